@@ -1,0 +1,34 @@
+"""From the queue's evidence and the received bytes to a signed certificate, in one worker call.
+
+The relay hands over what it recorded (sender, recipients, timeline); this step adds
+what the message itself says (subject, From, attachments and their hashes, text),
+parsed here, in the worker process, so that parsing a large or hostile MIME tree
+never runs on the SMTP event loop. Then it renders and signs (PAdES-B-T).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from certifier import pool
+from certifier.message import summarise
+
+
+def complete_evidence(evidence: dict[str, Any], eml: bytes) -> dict[str, Any]:
+    """Fill ``evidence["message"]`` from the message bytes; refuse if the hash differs."""
+    summary = summarise(eml)
+    expected = (evidence.get("message") or {}).get("sha256")
+    if expected is not None and expected != hashlib.sha256(eml).hexdigest():
+        raise ValueError("the message bytes do not match the received hash")
+    completed = dict(evidence)
+    completed["message"] = summary.as_evidence()
+    sender = dict(completed.get("sender") or {})
+    sender["header_from"] = summary.from_
+    completed["sender"] = sender
+    return completed
+
+
+def certify(evidence: dict[str, Any], eml: bytes) -> bytes:
+    """Complete the evidence, render the certificate and sign it; runs in a pool worker."""
+    return pool.render_and_sign(complete_evidence(evidence, eml), eml)

@@ -1,0 +1,316 @@
+"""The ``certifica`` command: ``serve``, ``verify``, ``users``, ``queue``.
+
+Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
+unreadable file, an unknown user) are one line on stderr and exit status 2; no
+traceback reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    if args.config:
+        return load_config(Path(args.config))
+    default = Path("config.toml")
+    return load_config(default if default.exists() else None)
+
+
+class _PostfixFormatter(logging.Formatter):
+    """``time program: [warning: |error: ]message``, as Postfix writes its log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            head, _, tail = line.partition(": ")
+            return f"{head}: error: {tail}"
+        if record.levelno >= logging.WARNING:
+            head, _, tail = line.partition(": ")
+            return f"{head}: warning: {tail}"
+        return line
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _PostfixFormatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+# -- serve ----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.server import Gateway, StartupError
+
+    cfg = _config(args)
+    _setup_logging(cfg.log.level)
+    try:
+        asyncio.run(Gateway(cfg).run_forever())
+    except StartupError as err:
+        raise UserError(str(err)) from None
+    return EXIT_OK
+
+
+# -- verify ---------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    from certifier.verify import verify_certificate
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    roots = [Path(p) for p in args.trust]
+    if not roots:
+        roots = _default_trust_roots(args)
+    report = verify_certificate(data, roots)
+    for check in report.checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.ok:
+        print(f"{path}: the certificate is intact and its evidence matches.")
+        return EXIT_OK
+    print(f"{path}: NOT VALID.", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _default_trust_roots(args: argparse.Namespace) -> list[Path]:
+    """The configured trust roots, else this gateway's own CA if it has one."""
+    try:
+        cfg = _config(args)
+    except ConfigError:
+        return []
+    if cfg.signing.trust_roots:
+        return list(cfg.signing.trust_roots)
+    ca = cfg.state_dir / "keys" / "ca.pem"
+    return [ca] if ca.exists() else []
+
+
+# -- users ----------------------------------------------------------------------------
+def _open_store(cfg: Config) -> Any:
+    from relay.store import Store
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store(cfg.state_dir / "queue.db", cfg.queue.lifetime)
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from certifier.message import parse_single_mailbox
+    from relay.users import hash_password, normalise_address
+
+    address = parse_single_mailbox(args.email)
+    if address is None or address != args.email.strip():
+        raise UserError(f"{args.email!r} is not a single e-mail address")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {address}: ")
+        if password != getpass.getpass("Again: "):
+            raise UserError("the two passwords differ")
+    if len(password) < 8:
+        raise UserError("the password must have at least 8 characters")
+    hashed = hash_password(password)
+    store = _open_store(_config(args))
+    try:
+        store.run_sync(
+            lambda db: db.conn.execute(
+                "INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?)"
+                " ON CONFLICT(address) DO UPDATE SET password_hash = excluded.password_hash",
+                (normalise_address(address), hashed, time.time()),
+            )
+        )
+    finally:
+        store.close()
+    print(f"user {normalise_address(address)} saved")
+    return EXIT_OK
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        rows = store.run_sync(
+            lambda db: list(db.query("SELECT address, created FROM users ORDER BY address"))
+        )
+    finally:
+        store.close()
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
+        print(f"{row['address']}\tadded {created} UTC")
+    return EXIT_OK
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    from relay.users import normalise_address
+
+    address = normalise_address(args.email)
+    store = _open_store(_config(args))
+    try:
+        removed = store.run_sync(
+            lambda db: db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount
+        )
+    finally:
+        store.close()
+    if not removed:
+        raise UserError(f"there is no user {address}")
+    print(f"user {address} removed")
+    return EXIT_OK
+
+
+# -- queue ----------------------------------------------------------------------------
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        rows = asyncio.run(_listing(store))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    if not rows:
+        print("Mail queue is empty")
+        return EXIT_OK
+    now = time.time()
+    for row in rows:
+        age = int(now - row["created"])
+        flags = ("C" if row["certified"] else " ") + ("!" if row["state"] == "held" else " ")
+        print(
+            f"{row['qid']}{flags} {row['size']:>9} {_age(age):>7}  <{row['sender']}>  {row['kind']}"
+        )
+        for r in row["recipients"]:
+            reply = (
+                f" ({r['reply_code']} {r['reply_text']})"
+                if r["reply_code"] or r["reply_text"]
+                else ""
+            )
+            print(f"{'':>14}{r['status']:<10} <{r['address']}>{reply}")
+    return EXIT_OK
+
+
+async def _listing(store: Any) -> list[dict[str, Any]]:
+    return await store.queue_listing()  # type: ignore[no-any-return]
+
+
+def _age(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+# -- parser ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certifica",
+        description="Certifica: an SMTP relay that certifies e-mail with signed PDF certificates.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: ./config.toml if present, else embedded defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the gateway (listeners, queue, certificates)",
+        description="Run the gateway until SIGTERM or SIGINT.",
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a certificate PDF offline",
+        description="Check a certificate's signature, timestamp and embedded message, "
+        "without the gateway's database. Exit 0 when valid, 1 when not.",
+    )
+    p.add_argument("file", help="the certificate PDF")
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="CA.pem",
+        help="a trusted root certificate (repeatable; default: the configured "
+        "signing.trust_roots, else this gateway's own CA)",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    users = sub.add_parser(
+        "users",
+        help="manage the users who may send",
+        description="Manage submission users (one e-mail address each).",
+    )
+    usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    p = usub.add_parser(
+        "add",
+        help="add a user or change its password",
+        description="Add a user, or change the password of an existing one.",
+    )
+    p.add_argument("email")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    p.set_defaults(func=cmd_users_add)
+    p = usub.add_parser("list", help="list users", description="List the users.")
+    p.set_defaults(func=cmd_users_list)
+    p = usub.add_parser("remove", help="remove a user", description="Remove a user.")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_users_remove)
+
+    queue = sub.add_parser("queue", help="look at the queue", description="Look at the mail queue.")
+    qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    p = qsub.add_parser(
+        "list",
+        help="list queued messages (like mailq)",
+        description="List the messages still in the queue with each "
+        "recipient's state and last reply. C = certified, ! = on hold.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_queue_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, UserError) as err:
+        print(f"certifica: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        if os.environ.get("CERTIFICA_DEBUG"):
+            raise
+        print(
+            f"certifica: unexpected error ({err.__class__.__name__}: {err}); "
+            "run again with CERTIFICA_DEBUG=1 for details",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

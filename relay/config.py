@@ -1,0 +1,261 @@
+"""Load ``config.toml`` into frozen dataclasses.
+
+Every key the gateway understands is declared here with its type and default, so
+that an unknown key or a value of the wrong type is an error naming the key and
+the file, like pyHanko's config loader. Paths are relative to the config file.
+Secrets (passwords for a TSA, key passphrases) may come from ``*_file`` keys or
+the environment, never only inline.
+
+Exceptions::
+
+    ConfigError          -- a key is unknown, missing, of the wrong type or value
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: it names the key and the file."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A listening or connecting address, ``host:port``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, key: str, where: str) -> Endpoint:
+    """Parse ``host:port`` or ``[v6]:port``; port 0 means "let the OS choose"."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{where}: {key} = {text!r} is not host:port")
+    host = host.strip("[]")
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"{where}: {key} = {text!r} has spaces in the host")
+    return Endpoint(host, int(port))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    hostname: str = "certifica.localhost"
+    domain: str = "certifica.localhost"
+    certification_address: str = "certifica@certifica.localhost"
+    state_dir: Path = Path("var")
+    relay_uncertified: bool = True
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    submission: str = "127.0.0.1:1587"
+    submission_tls: str = ""
+    mx: str = "127.0.0.1:1025"
+    http: str = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    message_size: int = 25 * 1024 * 1024
+    header_size: int = 256 * 1024
+    recipients: int = 100
+    timeout: float = 300.0
+    auth_failures: int = 3
+    auth_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    routes: dict[str, str] = field(default_factory=dict)
+    require_tls: bool = False
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    concurrency: int = 20
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    first_retry: float = 300.0
+    max_retry: float = 4000.0
+    lifetime: float = 5 * 24 * 3600.0
+    scan_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    chain: tuple[Path, ...] = ()
+    tsa_url: str = ""
+    tsa_timeout: float = 10.0
+    trust_roots: tuple[Path, ...] = ()
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    listen: str = ""
+    dir: Path = Path("var/mailbox")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.gateway.state_dir
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        """The ``[listen]`` address called ``name``, or None when it is empty (off)."""
+        text = getattr(self.listen, name)
+        return parse_endpoint(text, f"listen.{name}", str(self.source)) if text else None
+
+
+def _convert(value: Any, hint: Any, key: str, where: str, base: Path) -> Any:
+    """Check ``value`` against the dataclass type ``hint``; resolve paths against ``base``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None or value == "":
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, where, base)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: {key} must be a path (a non-empty string)")
+        path = Path(value)
+        return path if path.is_absolute() else (base / path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: {key} must be a whole number >= 0, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}: {key} must be a number >= 0, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"{where}: {key} must not contain line breaks or NUL")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list")
+        return tuple(_convert(v, args[0], f"{key}[{i}]", where, base) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{key}] must be a table")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", where, base) for k, v in value.items()}
+    raise ConfigError(f"{where}: {key} has an unsupported type")  # pragma: no cover
+
+
+def _build(cls: Any, data: Any, prefix: str, where: str, base: Path) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: [{prefix}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {full!r}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, full, where, base)
+        else:
+            values[key] = _convert(value, hint, full, where, base)
+    return cls(**values)
+
+
+def _validate(cfg: Config, where: str) -> None:
+    for name in ("submission", "submission_tls", "mx", "http"):
+        cfg.endpoint(name)
+    if cfg.sink.listen:
+        parse_endpoint(cfg.sink.listen, "sink.listen", where)
+    for domain, target in cfg.delivery.routes.items():
+        parse_endpoint(target, f"delivery.routes.{domain}", where)
+    for i, server in enumerate(cfg.dns.nameservers):
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 else server
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: dns.nameservers[{i}] = {server!r} is not an IP address"
+            ) from None
+    if "@" not in cfg.gateway.certification_address:
+        raise ConfigError(f"{where}: gateway.certification_address must be an e-mail address")
+    if cfg.limits.recipients < 1 or cfg.limits.message_size < 1024:
+        raise ConfigError(
+            f"{where}: limits.recipients must be >= 1 and limits.message_size >= 1024"
+        )
+    if cfg.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
+    if bool(cfg.signing.cert) != bool(cfg.signing.key):
+        raise ConfigError(f"{where}: signing.cert and signing.key go together")
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        raise ConfigError(f"{where}: tls.cert and tls.key go together")
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (or the embedded defaults when None) into a :class:`Config`."""
+    if path is None:
+        cfg = _build(Config, {}, "", "(embedded defaults)", Path.cwd())
+        return dataclasses.replace(cfg, source=None)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where}: cannot be read ({err.__class__.__name__})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    cfg = _build(Config, data, "", where, path.resolve().parent)
+    cfg = dataclasses.replace(cfg, source=path)
+    _validate(cfg, where)
+    return cfg

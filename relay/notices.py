@@ -1,0 +1,148 @@
+"""The mail the gateway writes itself: the "being processed" notice and the certificate mail.
+
+Both are RFC 5322 messages built with the stdlib's EmailMessage (which refuses CR/LF in
+header values and encodes non-ASCII per RFC 2047), from Jinja2 templates with HTML
+autoescaping on. Both carry ``Auto-Submitted: auto-generated`` (RFC 3834) and leave
+with the null reverse-path, so nothing ever answers them, and they are never certified.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+_env = Environment(
+    loader=PackageLoader("relay", "templates"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Untrusted text made safe for one header or log line: no control characters, capped."""
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class OriginalHeaders:
+    subject: str
+    message_id: str | None
+
+
+def original_headers(raw: bytes) -> OriginalHeaders:
+    """Subject and Message-ID of a message, decoded and made single-line; never raises."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 2]
+    try:
+        msg = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+        subject = one_line(str(msg.get("subject", "") or ""))
+        mid = str(msg.get("message-id", "") or "").strip()
+    except Exception:  # a header the stdlib cannot even decode: show nothing rather than fail
+        subject, mid = "", ""
+    return OriginalHeaders(subject or "(no subject)", mid if _MSG_ID.match(mid) else None)
+
+
+def _base(
+    gateway_name: str,
+    from_address: str,
+    to: str,
+    subject: str,
+    hostname: str,
+    original_id: str | None,
+    qid: str,
+) -> EmailMessage:
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = email.utils.formataddr((gateway_name, from_address))
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(usegmt=True)
+    msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Certifica-Queue-Id"] = qid
+    if original_id:
+        msg["In-Reply-To"] = original_id
+        msg["References"] = original_id
+    return msg
+
+
+def build_notice(
+    *,
+    gateway_name: str,
+    from_address: str,
+    hostname: str,
+    to: str,
+    qid: str,
+    accepted_at: str,
+    sha256: str,
+    recipients: list[str],
+    original: OriginalHeaders,
+) -> bytes:
+    """The "your certified message is being processed" notice."""
+    context: dict[str, Any] = {
+        "subject": original.subject,
+        "qid": qid,
+        "accepted_at": accepted_at,
+        "sha256": sha256,
+        "recipients": recipients,
+        "gateway": gateway_name,
+    }
+    msg = _base(
+        gateway_name,
+        from_address,
+        to,
+        one_line(f"Being certified: {original.subject}"),
+        hostname,
+        original.message_id,
+        qid,
+    )
+    msg.set_content(_env.get_template("notice.txt").render(context))
+    msg.add_alternative(_env.get_template("notice.html").render(context), subtype="html")
+    return msg.as_bytes()
+
+
+def build_certificate_mail(
+    *,
+    gateway_name: str,
+    from_address: str,
+    hostname: str,
+    to: str,
+    qid: str,
+    cert_id: str,
+    sha256: str,
+    recipients: list[dict[str, str]],
+    original: OriginalHeaders,
+    pdf: bytes,
+) -> bytes:
+    """The mail that carries the signed certificate back to the sender."""
+    context: dict[str, Any] = {
+        "subject": original.subject,
+        "qid": qid,
+        "cert_id": cert_id,
+        "sha256": sha256,
+        "recipients": recipients,
+        "gateway": gateway_name,
+    }
+    msg = _base(
+        gateway_name,
+        from_address,
+        to,
+        one_line(f"Certificate {cert_id}: {original.subject}"),
+        hostname,
+        original.message_id,
+        qid,
+    )
+    msg.set_content(_env.get_template("certificate.txt").render(context))
+    msg.add_alternative(_env.get_template("certificate.html").render(context), subtype="html")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
+    return msg.as_bytes()

@@ -1,0 +1,459 @@
+"""The queue manager: the workers that deliver, notify and certify (Postfix's qmgr + smtp).
+
+The SMTP side only accepts; this module does everything after the 250. It scans the
+store for work, so a restart resumes whatever was in flight: recipients still queued
+or deferred are tried again, notices and certificates still pending are made. Each
+delivery attempt ends every recipient in one of the named outcomes of
+:mod:`relay.delivery`; deferred ones get an exponential backoff (RFC 5321 §4.5.4.1)
+until the queue lifetime ends, then fail as "retries exhausted".
+
+Log lines follow Postfix's, queue id first, so "what happened to X?" is one grep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import logging
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from certifier import evidence as evidence_log
+from relay import notices
+from relay.config import Config
+from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
+from relay.logs import log_failure
+from relay.spool import Spool, write_durably
+from relay.store import NewMessage, Outcome, Store
+
+log = logging.getLogger("certifica/qmgr")
+smtp_log = logging.getLogger("certifica/smtp")
+cert_log = logging.getLogger("certifica/certifier")
+
+_LOG_STATUS = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "bounced"}
+_SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
+
+
+class Certifier(Protocol):
+    """Turns evidence and the original message into a signed PDF, off the event loop."""
+
+    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes: ...
+
+
+def new_queue_id() -> str:
+    """A Postfix-like queue id: 12 hex digits, unique enough and grep-friendly."""
+    return secrets.token_hex(6).upper()
+
+
+def new_certificate_id() -> str:
+    return "CF-" + secrets.token_hex(8).upper()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def backoff(cfg: Config, attempts: int) -> float:
+    """Seconds until the next try after ``attempts`` tries (Postfix: 5 min doubling to ~67)."""
+    return float(min(cfg.queue.max_retry, cfg.queue.first_retry * (2 ** max(0, attempts - 1))))
+
+
+def received_header(row: dict[str, Any], hostname: str, recipients: list[str]) -> bytes:
+    """The Received trace field this gateway adds (RFC 5321 §4.4), stable across retries."""
+    helo = _SAFE_HELO.sub("", str(row.get("client_helo") or "unknown"))[:64] or "unknown"
+    ip = _SAFE_HELO.sub("", str(row.get("client_ip") or "unknown"))[:64]
+    proto = "ESMTPSA" if row.get("auth_user") else "ESMTP"
+    if row.get("in_tls_version"):
+        proto = proto.replace("ESMTP", "ESMTPS") if not proto.startswith("ESMTPS") else proto
+    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    date = email.utils.formatdate(row["created"], usegmt=True)
+    return (
+        f"Received: from {helo} ([{ip}])\r\n\tby {hostname} (Certifica) with {proto} "
+        f"id {row['qid']}{for_clause};\r\n\t{date}\r\n"
+    ).encode("ascii", "replace")
+
+
+class QueueManager:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        spool: Spool,
+        deliverer: Deliverer,
+        certifier: Certifier,
+        certificates_dir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.deliverer = deliverer
+        self.certifier = certifier
+        self.certificates_dir = certificates_dir
+        self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._certifying: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deliveries = asyncio.Semaphore(cfg.delivery.concurrency)
+        self._certificates = asyncio.Semaphore(max(2, cfg.signing.workers or 2) * 2)
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Scan for work until stopped; woken early whenever a message is accepted."""
+        while not self._stopping:
+            try:
+                await self.scan()
+            except Exception:  # keep the queue running; the error is for the operator's log
+                log_failure(log, "queue scan failed; will retry")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.cfg.queue.scan_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def scan(self) -> None:
+        now = time.time()
+        due = await self.store.due(now)
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in due:
+            if row["id"] in self._in_flight:
+                continue
+            groups.setdefault((row["qid"], row["domain"]), []).append(row)
+        for rows in groups.values():
+            self._in_flight.update(r["id"] for r in rows)
+            self._spawn(self._deliver(rows))
+        work = await self.store.pending_work()
+        for qid in work["notices"]:
+            if qid + ":notice" not in self._certifying:
+                self._certifying.add(qid + ":notice")
+                self._spawn(self._notice(qid))
+        for qid in work["finished"]:
+            if qid not in self._certifying:
+                self._certifying.add(qid)
+                self._spawn(self._finish(qid))
+
+    # -- delivery ------------------------------------------------------------------
+    async def _deliver(self, rows: list[dict[str, Any]]) -> None:
+        first = rows[0]
+        qid = first["qid"]
+        try:
+            async with self._deliveries:
+                raw = await asyncio.to_thread(self.spool.read, qid)
+                addresses = [r["address"] for r in rows]
+                if first["kind"] == "mail":
+                    raw = received_header(first, self.cfg.gateway.hostname, addresses) + raw
+                started = time.time()
+                result = await self.deliverer.attempt(
+                    first["domain"], first["sender"], addresses, raw
+                )
+                await self._record(rows, result, started)
+        except Exception:
+            log_failure(log, "%s: delivery attempt failed unexpectedly; will retry", qid)
+            # Back off like a deferral, so a fault never turns into a busy loop.
+            try:
+                await self.store.claim(
+                    [r["id"] for r in rows], time.time() + self.cfg.queue.first_retry
+                )
+            except Exception:
+                log_failure(log, "%s: could not postpone the failed attempt", qid)
+        finally:
+            self._in_flight.difference_update(r["id"] for r in rows)
+            self.wake()
+
+    async def _record(
+        self, rows: list[dict[str, Any]], result: AttemptResult, started: float
+    ) -> None:
+        now = time.time()
+        qid = rows[0]["qid"]
+        hop = result.hop
+        outcomes: list[Outcome] = []
+        for row, res in zip(rows, result.results, strict=True):
+            status, text, next_attempt = res.status, res.text, None
+            if status == DEFERRED:
+                if now >= row["expires"]:
+                    status = FAILED
+                    text = f"retries exhausted after {row['attempts'] + 1} attempts; last: {text}"
+                else:
+                    next_attempt = now + backoff(self.cfg, row["attempts"] + 1)
+            outcomes.append(
+                Outcome(
+                    recipient_id=row["id"],
+                    status=status,
+                    reply_code=res.code,
+                    reply_enhanced=res.enhanced,
+                    reply_text=text,
+                    remote_qid=res.remote_qid,
+                    mx_host=hop.host if hop else None,
+                    ip=hop.ip if hop else None,
+                    port=hop.port if hop else None,
+                    tls_version=result.tls_version,
+                    tls_cipher=result.tls_cipher,
+                    delivered_sha256=result.delivered_sha256 if status == DELIVERED else None,
+                    note=res.note,
+                    next_attempt=next_attempt,
+                )
+            )
+            relay = f"{hop.host}[{hop.ip}]:{hop.port}" if hop else "none"
+            dsn = res.enhanced or (
+                f"{res.code // 100}.0.0"
+                if res.code
+                else ("4.4.1" if status == DEFERRED else "5.4.4")
+            )
+            reply = (
+                f"{res.code} {res.enhanced + ' ' if res.enhanced else ''}{text}"
+                if res.code
+                else text
+            )
+            smtp_log.info(
+                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+                qid,
+                row["address"],
+                relay,
+                now - row["next_attempt"] if row["attempts"] else now - started,
+                dsn,
+                _LOG_STATUS[status],
+                notices.one_line(reply, 400),
+            )
+        await self.store.record(qid, outcomes, now)
+
+    # -- notices and certificates ----------------------------------------------------
+    async def _queue_generated(
+        self, kind: str, parent: dict[str, Any], data: bytes, parent_columns: dict[str, Any]
+    ) -> str:
+        qid = new_queue_id()
+        await asyncio.to_thread(self.spool.store, qid, data)
+        msg = NewMessage(
+            qid=qid,
+            kind=kind,
+            sender="",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            recipients=(parent["sender"],),
+            parent_qid=parent["qid"],
+            method="generated",
+        )
+        await self.store.enqueue_generated(msg, parent["qid"], parent_columns, time.time())
+        log.info("%s: from=<>, size=%d, nrcpt=1, %s for %s", qid, len(data), kind, parent["qid"])
+        return qid
+
+    async def _notice(self, qid: str) -> None:
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["notice_state"] != "pending":
+                return
+            if not row["sender"]:  # never a notice to the null sender
+                await self.store.mark(qid, notice_state="done")
+                return
+            raw = await asyncio.to_thread(self.spool.read, qid)
+            original = notices.original_headers(raw)
+            recipients = [r["address"] for r in await self.store.recipients(qid)]
+            data = notices.build_notice(
+                gateway_name=self._gateway_name(),
+                from_address=self.cfg.gateway.certification_address,
+                hostname=self.cfg.gateway.hostname,
+                to=row["sender"],
+                qid=qid,
+                accepted_at=iso(row["created"]) or "",
+                sha256=row["sha256"],
+                recipients=recipients,
+                original=original,
+            )
+            notice_qid = await self._queue_generated("notice", row, data, {"notice_state": "done"})
+            await self.store.append_evidence(
+                qid, "NoticeSent", {"notice_qid": notice_qid}, time.time()
+            )
+            self.wake()
+        except Exception:
+            log_failure(log, "%s: could not make the processing notice; will retry", qid)
+        finally:
+            self._certifying.discard(qid + ":notice")
+
+    async def _finish(self, qid: str) -> None:
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["state"] != "active":
+                return
+            if row["kind"] == "mail" and row["certified"] and row["cert_state"] == "pending":
+                if row["notice_state"] == "pending":
+                    return  # the notice goes first; the next scan comes back here
+                async with self._certificates:
+                    await self._certify(row)
+            else:
+                await self.store.mark(qid, state="done", done_at=time.time())
+                await asyncio.to_thread(self.spool.remove, qid)
+                log.info("%s: removed", qid)
+        except Exception:
+            log_failure(log, "%s: could not finish the message; will retry", qid)
+        finally:
+            self._certifying.discard(qid)
+
+    async def _certify(self, row: dict[str, Any]) -> None:
+        qid = row["qid"]
+        raw = await asyncio.to_thread(self.spool.read, qid)
+        if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            # The spool no longer holds what was received: never certify something else.
+            log.error("%s: spool file does not match the received hash; certificate withheld", qid)
+            return
+        evidence = await self.build_evidence(row)
+        pdf = await self.certifier.certify(evidence, raw)
+        cert_id = row["cert_id"]
+        path = self.certificates_dir / f"{cert_id}.pdf"
+        await asyncio.to_thread(write_durably, path, pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        recipients = await self.store.recipients(qid)
+        data = notices.build_certificate_mail(
+            gateway_name=self._gateway_name(),
+            from_address=self.cfg.gateway.certification_address,
+            hostname=self.cfg.gateway.hostname,
+            to=row["sender"],
+            qid=qid,
+            cert_id=cert_id,
+            sha256=row["sha256"],
+            recipients=[
+                {
+                    "address": r["address"],
+                    "status": r["status"],
+                    "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+                }
+                for r in recipients
+            ],
+            original=notices.original_headers(raw),
+            pdf=pdf,
+        )
+        await self.store.append_evidence(
+            qid,
+            "CertificateIssued",
+            {"certificate_id": cert_id, "pdf_sha256": pdf_sha},
+            time.time(),
+        )
+        await self._queue_generated(
+            "certificate",
+            row,
+            data,
+            {"cert_state": "done", "state": "done", "done_at": time.time()},
+        )
+        cert_log.info(
+            "%s: certificate=%s sha256=%s pdf_sha256=%s", qid, cert_id, row["sha256"], pdf_sha
+        )
+        await asyncio.to_thread(self.spool.remove, qid)
+        log.info("%s: removed", qid)
+        self.wake()
+
+    async def build_evidence(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Everything the certificate states, as JSON-ready data (``evidence.json``)."""
+        qid = row["qid"]
+        recipients = await self.store.recipients(qid)
+        entries = await self.store.evidence_for(qid)
+        summary = row.get("summary")
+        return {
+            "format": "certifica-evidence/1",
+            "kind": "sending",
+            "certificate_id": row["cert_id"],
+            "queue_id": qid,
+            "issued_at": iso(time.time()),
+            "gateway": {
+                "hostname": self.cfg.gateway.hostname,
+                "domain": self.cfg.gateway.domain,
+                "software": f"Certifica {_version()}",
+            },
+            "sender": {
+                "envelope_from": row["sender"],
+                "header_from": None,
+                "authenticated_user": row["auth_user"],
+                "client_ip": row["client_ip"],
+                "client_helo": row["client_helo"],
+                "tls": {"version": row["tls_version"], "cipher": row["tls_cipher"]}
+                if row["tls_version"]
+                else None,
+                "method": row["method"],
+            },
+            "message": {
+                "sha256": row["sha256"],
+                "size": row["size"],
+                "summary_pending": summary is None,
+            },
+            "recipients": [
+                {
+                    "address": r["address"],
+                    "status": r["status"],
+                    "time": iso(r["last_attempt"]),
+                    "mx_host": r["mx_host"],
+                    "ip": r["ip"],
+                    "port": r["port"],
+                    "reply": {
+                        "code": r["reply_code"],
+                        "enhanced": r["reply_enhanced"],
+                        "text": r["reply_text"],
+                    },
+                    "remote_qid": r["remote_qid"],
+                    "tls": {"version": r["tls_version"], "cipher": r["tls_cipher"]}
+                    if r["tls_version"]
+                    else None,
+                    "attempts": r["attempts"],
+                    "delivered_sha256": r["delivered_sha256"],
+                    "note": r["note"],
+                }
+                for r in recipients
+            ],
+            "timeline": [
+                {
+                    "time": iso(e.time),
+                    "event": e.event,
+                    "recipient": e.recipient,
+                    "detail": _timeline_detail(e),
+                }
+                for e in entries
+            ],
+            "evidence_log": {
+                "head": entries[-1].hash if entries else evidence_log.GENESIS,
+                "entries": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
+            },
+        }
+
+    def _gateway_name(self) -> str:
+        return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _timeline_detail(entry: evidence_log.Entry) -> str:
+    d = entry.detail
+    if entry.event in ("RelayToNonERDS", "RelayToNonERDSFailure", "RelayAttemptDeferred"):
+        where = f" via {d.get('mx_host')}[{d.get('ip')}]:{d.get('port')}" if d.get("ip") else ""
+        note = f"; {d['note']}" if d.get("note") else ""
+        return f"{d.get('reply', '')}{where}{note}"
+    if entry.event == "SubmissionAcceptance":
+        return f"accepted as {entry.qid}, {d.get('size')} bytes, sha256 {d.get('sha256')}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items()))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("certifica")
+    except PackageNotFoundError:
+        return "development"

@@ -1,0 +1,104 @@
+"""Every SMTP reply the gateway sends, named once (RFC 5321 §4.2, RFC 3463 codes).
+
+Code and tests use these constants; a reader finds every refusal here. The texts
+are sentences a user understands when their mail client shows them; no reply ever
+carries an exception's text.
+
+:func:`with_enhanced_code` adds an RFC 3463 enhanced status code to the replies
+that aiosmtpd words without one, so that every reply the client sees has one.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- acceptance -------------------------------------------------------------------
+OK = "250 2.0.0 OK"
+SENDER_OK = "250 2.1.0 Sender OK"
+RECIPIENT_OK = "250 2.1.5 Recipient OK"
+CERTIFICATION_OK = "250 2.1.5 Certification requested: this message will be certified"
+QUEUED = "250 2.0.0 Message accepted for delivery, queued as {qid}"
+QUEUED_CERTIFIED = "250 2.0.0 Message accepted for certified delivery, queued as {qid}"
+AUTH_OK = "235 2.7.0 Authentication successful"
+
+# -- temporary failures -----------------------------------------------------------
+STORE_FAILED = (
+    "451 4.3.0 The message could not be stored safely; nothing was accepted, please try again later"
+)
+DISK_FULL = "452 4.3.1 The gateway is out of storage; nothing was accepted, please try again later"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another message"
+INTERNAL_ERROR = (
+    "451 4.3.0 The gateway met an internal error; nothing was accepted, please try again later"
+)
+SHUTTING_DOWN = "421 4.3.2 The gateway is shutting down; please try again later"
+TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many failed authentication attempts; closing connection"
+TIMEOUT = "421 4.4.2 Timeout exceeded; closing connection"
+
+# -- permanent refusals -----------------------------------------------------------
+AUTH_REQUIRED = "530 5.7.0 Authentication required: log in before sending"
+TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+AUTH_FAILED = "535 5.7.8 Authentication failed: wrong user name or password"
+SENDER_NOT_OWNED = (
+    "550 5.7.1 You may only send as your own address ({user}); "
+    "the sender address {sender} is not yours"
+)
+FROM_NOT_OWNED = (
+    "550 5.7.1 The From header must name exactly one address, your own ({user}); "
+    "this message's From does not"
+)
+NULL_SENDER = "550 5.7.1 An empty sender address is not accepted here"
+RELAY_UNCERTIFIED_OFF = "550 5.7.1 This gateway only relays certified mail: add {address} in Cc"
+NO_OTHER_RECIPIENTS = (
+    "554 5.5.1 The certification address was the only recipient: "
+    "add the people the message is for in To or Cc"
+)
+BAD_ADDRESS = "501 5.1.3 That address is not valid: {why}"
+BAD_CHARACTERS = "501 5.5.4 The command contains a control character (CR, LF or NUL)"
+SIZE_EXCEEDED = "552 5.3.4 The message is larger than the {limit}-byte limit of this gateway"
+HEADER_TOO_LARGE = "552 5.3.4 The message header is larger than the {limit}-byte limit"
+LINE_TOO_LONG = "500 5.5.2 A line of the message is longer than 1000 octets (RFC 5321 4.5.3.1.6)"
+BARE_LINE_ENDING = (
+    "550 5.6.0 The message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"
+)
+EIGHT_BIT_HEADERS = (
+    "550 5.6.7 The message header contains non-ASCII bytes but SMTPUTF8 was not "
+    "requested (RFC 6531)"
+)
+NOT_A_MESSAGE = "550 5.6.0 The data is not an e-mail message: no header section was found"
+
+# aiosmtpd words some replies without an RFC 3463 code; these are the codes to add.
+_ENHANCED_FOR = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "421": "4.7.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.7.0",
+    "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Return ``reply`` with an enhanced status code, adding one when it lacks it.
+
+    Greetings (220), EHLO lines, 354 and AUTH challenges (334) carry none by RFC 2034.
+    """
+    if len(reply) < 4 or _HAS_ENHANCED.match(reply):
+        return reply
+    code, sep, text = reply[:3], reply[3], reply[4:]
+    enhanced = _ENHANCED_FOR.get(code)
+    if enhanced is None or sep != " ":
+        return reply
+    text = text.removeprefix("Error: ")
+    return f"{code} {enhanced} {text}"

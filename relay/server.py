@@ -1,0 +1,250 @@
+"""The process that runs everything: listeners, queue manager, certificate workers.
+
+``certifica serve`` builds a :class:`Gateway` and runs it until SIGTERM or SIGINT. On
+start it makes the development PKI if none is configured, opens the store, removes
+spool files that were never acknowledged (no database row), and resumes the queue.
+On SIGTERM it stops accepting, lets in-flight work finish within a bound, and leaves
+the rest queued for the next start.
+
+Once listening it writes ``<state_dir>/listen.json`` with the actual addresses (port 0
+in the config means "any free port"; tests read the ports back from there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from certifier import pipeline
+from certifier.pki import Pki, ensure_dev_pki
+from certifier.pool import CertificatePool, SigningSettings
+from relay.config import Config, Endpoint, parse_endpoint
+from relay.delivery import Deliverer
+from relay.qmgr import QueueManager
+from relay.routing import Router
+from relay.sink import SinkHandler
+from relay.smtpd import CertificaSMTP
+from relay.spool import Spool, write_durably
+from relay.store import Store
+from relay.submission import SubmissionHandler
+
+log = logging.getLogger("certifica/master")
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message names what to fix (a port, a key file)."""
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop,
+    factory: Any,
+    key: str,
+    ep: Endpoint,
+    tls: ssl.SSLContext | None = None,
+) -> asyncio.base_events.Server:
+    try:
+        return await loop.create_server(factory, ep.host, ep.port, ssl=tls)
+    except OSError as err:
+        raise StartupError(f"cannot listen on {ep} ({key}): {err.strerror or err}") from None
+
+
+def state_paths(cfg: Config) -> dict[str, Path]:
+    root = cfg.state_dir
+    return {
+        "root": root,
+        "keys": root / "keys",
+        "spool": root / "spool",
+        "db": root / "queue.db",
+        "certificates": root / "certificates",
+        "listen": root / "listen.json",
+    }
+
+
+class PipelineCertifier:
+    """The queue manager's certifier: the pool running :func:`certifier.pipeline.certify`."""
+
+    def __init__(self, pool: CertificatePool) -> None:
+        self.pool = pool
+
+    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool._executor, pipeline.certify, evidence, eml)
+
+
+def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
+    if cfg.signing.cert and cfg.signing.key:
+        cert, key, extra = cfg.signing.cert, cfg.signing.key, tuple(cfg.signing.chain)
+    else:
+        cert, key, extra = pki.signing_cert, pki.signing_key, (pki.ca_cert,)
+    return SigningSettings(
+        signing_cert=cert,
+        signing_key=key,
+        extra_certs=extra,
+        tsa_url=cfg.signing.tsa_url or None,
+        tsa_cert=pki.tsa_cert,
+        tsa_key=pki.tsa_key,
+        tsa_timeout=cfg.signing.tsa_timeout,
+    )
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.paths = state_paths(cfg)
+        self.servers: dict[str, asyncio.base_events.Server] = {}
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pki = await asyncio.to_thread(ensure_dev_pki, self.paths["keys"], cfg.gateway.hostname)
+        self.store = Store(self.paths["db"], cfg.queue.lifetime)
+        self.spool = Spool(self.paths["spool"])
+        await self._remove_unacknowledged()
+        self.pool = CertificatePool(
+            signing_settings(cfg, self.pki), workers=cfg.signing.workers or None
+        )
+        deliverer = Deliverer(
+            Router(cfg),
+            cfg.gateway.hostname,
+            cfg.delivery.require_tls,
+            cfg.delivery.connect_timeout,
+            cfg.delivery.command_timeout,
+        )
+        self.qmgr = QueueManager(
+            cfg,
+            self.store,
+            self.spool,
+            deliverer,
+            PipelineCertifier(self.pool),
+            self.paths["certificates"],
+        )
+        self.submission = SubmissionHandler(cfg, self.store, self.spool, self.qmgr.wake)
+        tls = self._tls_context()
+        listen: dict[str, str] = {}
+        sub = cfg.endpoint("submission")
+        if sub:
+            listen["submission"] = await self._serve_submission(
+                "submission", sub, tls, implicit=False
+            )
+        sub_tls = cfg.endpoint("submission_tls")
+        if sub_tls:
+            listen["submission_tls"] = await self._serve_submission(
+                "submission_tls", sub_tls, tls, implicit=True
+            )
+        if cfg.sink.listen:
+            listen["sink"] = await self._serve_sink(
+                parse_endpoint(cfg.sink.listen, "sink.listen", str(cfg.source))
+            )
+        self._qmgr_task = asyncio.create_task(self.qmgr.run())
+        await asyncio.to_thread(
+            write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
+        )
+        log.info(
+            "started: %s; state in %s",
+            ", ".join(f"{k} on {v}" for k, v in listen.items()),
+            self.paths["root"],
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        cert = self.cfg.tls.cert or self.pki.tls_cert
+        key = self.cfg.tls.key or self.pki.tls_key
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    async def _serve_submission(
+        self, name: str, ep: Endpoint, tls: ssl.SSLContext, implicit: bool
+    ) -> str:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+
+        def factory() -> CertificaSMTP:
+            server = CertificaSMTP(
+                self.submission,
+                verifier=self.submission.verify_password,
+                header_limit=cfg.limits.header_size,
+                auth_failures=cfg.limits.auth_failures,
+                auth_delay=cfg.limits.auth_delay,
+                data_size_limit=cfg.limits.message_size,
+                enable_SMTPUTF8=True,
+                hostname=cfg.gateway.hostname,
+                ident="Certifica ESMTP",
+                tls_context=None if implicit else tls,
+                require_starttls=not implicit,
+                auth_required=True,
+                auth_require_tls=not implicit,
+                timeout=cfg.limits.timeout,
+                loop=loop,
+            )
+            if implicit:
+                # The TLS is the socket's; aiosmtpd treats AUTH as allowed when it knows.
+                server._auth_require_tls = False
+            return server
+
+        server = await _listen(loop, factory, f"listen.{name}", ep, tls if implicit else None)
+        self.servers[name] = server
+        return _bound(server)
+
+    async def _serve_sink(self, ep: Endpoint) -> str:
+        loop = asyncio.get_running_loop()
+        handler = SinkHandler(self.cfg.sink.dir)
+
+        def factory() -> SMTP:
+            return CertificaSMTP(
+                handler,
+                header_limit=self.cfg.limits.header_size,
+                auth_failures=3,
+                auth_delay=0,
+                data_size_limit=self.cfg.limits.message_size * 2,
+                enable_SMTPUTF8=True,
+                hostname="sink." + self.cfg.gateway.hostname,
+                ident="Certifica local mailbox",
+                loop=loop,
+            )
+
+        server = await _listen(loop, factory, "sink.listen", ep)
+        self.servers["sink"] = server
+        return _bound(server)
+
+    async def _remove_unacknowledged(self) -> None:
+        self.spool.clean_temporaries()
+        known = await self.store.all_qids()
+        for qid in sorted(self.spool.queued_ids() - known):
+            log.warning("%s: spool file without a queue record (never acknowledged); removed", qid)
+            self.spool.remove(qid)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)
+        self.submission.accepting = False
+        for server in self.servers.values():
+            server.close()
+        await self.qmgr.stop(grace)
+        self._qmgr_task.cancel()
+        await asyncio.gather(self._qmgr_task, return_exceptions=True)
+        self.pool.close()
+        self.store.close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+
+def _bound(server: asyncio.base_events.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

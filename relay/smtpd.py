@@ -1,0 +1,283 @@
+"""The SMTP server protocol: aiosmtpd's, hardened where RFC 5321 and the wild demand.
+
+What this subclass changes, and why:
+
+* DATA is read in blocks and ended only by ``CRLF.CRLF`` (RFC 5321 §4.1.1.4). A bare
+  CR or LF anywhere refuses the message (SMTP smuggling, CVE-2023-51766 family), lines
+  over 1000 octets refuse it (§4.5.3.1.6), data past the size limit is discarded as it
+  arrives (memory stays bounded) and refused with 552 (RFC 1870). Block reads replace
+  aiosmtpd's line-by-line loop, which costs one await per line.
+* AUTH PLAIN and LOGIN (RFC 4954) check the password off the event loop, answer an
+  unknown user and a wrong password identically, slow down each failure and close
+  the connection after a few.
+* Every reply carries an RFC 3463 enhanced status code; an internal error is a 451
+  that never contains the exception's text; a silent client gets 421 before the close.
+* CR, LF or NUL inside an envelope argument is a 501 before any parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from relay import replies
+from relay.logs import log_failure
+
+log = logging.getLogger("certifica/smtpd")
+
+END_OF_DATA = b"\r\n.\r\n"
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_LONG_LINE = re.compile(rb"[^\n]{1001}")  # 1000 octets incl. CRLF, +1 for a stuffed dot
+_READ_BLOCK = 256 * 1024
+
+Verifier = Callable[[str, str], Awaitable[bool]]
+
+
+class DataRefused(Exception):
+    """DATA content that must be refused; ``reply`` is what the client is told."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def unstuff(data: bytes) -> bytes:
+    """Remove the transparency dots of RFC 5321 §4.5.2 from DATA content."""
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
+
+
+def check_data(data: bytes, header_limit: int, smtputf8: bool) -> None:
+    """Refuse content a relay must not pass on. ``data`` is still dot-stuffed."""
+    if _BARE_CR_OR_LF.search(data):
+        raise DataRefused(replies.BARE_LINE_ENDING)
+    if _LONG_LINE.search(data):
+        raise DataRefused(replies.LINE_TOO_LONG)
+    end = data.find(b"\r\n\r\n")
+    header = data if end < 0 else data[: end + 2]
+    if len(header) > header_limit:
+        raise DataRefused(replies.HEADER_TOO_LARGE.format(limit=header_limit))
+    if not smtputf8 and not header.isascii():
+        raise DataRefused(replies.EIGHT_BIT_HEADERS)
+
+
+class CertificaSMTP(SMTP):
+    """One SMTP session; hooks in the handler decide, this class speaks the protocol."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        verifier: Verifier | None = None,
+        header_limit: int,
+        auth_failures: int,
+        auth_delay: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._verifier = verifier
+        self._header_limit = header_limit
+        self._auth_failures_allowed = auth_failures
+        self._auth_delay = auth_delay
+        self._auth_failures = 0
+        self._bare_reply = False
+        if verifier is None:
+            self._auth_methods.clear()
+
+    # -- replies -------------------------------------------------------------------
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._bare_reply:
+            status = replies.with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034: no enhanced codes in the EHLO response
+        self._bare_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._bare_reply = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._bare_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._bare_reply = False
+
+    async def handle_exception(self, error: Exception) -> str:
+        try:
+            raise error
+        except Exception:
+            log_failure(
+                log,
+                "%s: internal error in the session",
+                _peer_text(self.session.peer if self.session else None),
+            )
+        return replies.INTERNAL_ERROR
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(replies.TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()
+
+    # -- envelope --------------------------------------------------------------------
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and any(c in arg for c in "\r\n\0"):
+            await self.push(replies.BAD_CHARACTERS)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and any(c in arg for c in "\r\n\0"):
+            await self.push(replies.BAD_CHARACTERS)
+            return
+        await super().smtp_RCPT(arg)
+
+    # -- DATA ------------------------------------------------------------------------
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Need RCPT command first")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_data()
+        if content is None:
+            return  # connection lost
+        data, oversized = content
+        if oversized:
+            await self.push(replies.SIZE_EXCEEDED.format(limit=self.data_size_limit))
+            self._set_post_data_state()
+            return
+        try:
+            check_data(data, self._header_limit, bool(self.envelope.smtp_utf8))
+        except DataRefused as refusal:
+            await self.push(refusal.reply)
+            self._set_post_data_state()
+            return
+        self.envelope.original_content = unstuff(data)
+        self.envelope.content = self.envelope.original_content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes, bool] | None:
+        """Read up to and excluding the final ``.CRLF``; returns (data, oversized).
+
+        Data past the size limit is dropped while reading; only the last few bytes are
+        kept to find the terminator, so a client cannot make the gateway hold more than
+        the limit in memory.
+        """
+        limit = self.data_size_limit or 0
+        buf = bytearray()
+        dropped = 0
+        scanned = 0
+        reader = self._reader
+        while True:
+            # A message whose first line is the terminator is empty.
+            if not dropped and buf.startswith(b".\r\n"):
+                self._unread(bytes(buf[3:]))
+                return b"", False
+            idx = buf.find(END_OF_DATA, max(0, scanned - 4))
+            if idx >= 0:
+                self._unread(bytes(buf[idx + len(END_OF_DATA) :]))
+                if dropped or (limit and idx + 2 > limit):
+                    return b"", True
+                return bytes(buf[: idx + 2]), False
+            scanned = len(buf)
+            if limit and len(buf) > limit + 4:
+                # Keep only a tail long enough to hold a terminator split across reads.
+                dropped += len(buf) - 4
+                del buf[:-4]
+                scanned = 0
+            try:
+                block = await reader.read(_READ_BLOCK)
+            except (asyncio.CancelledError, ConnectionError):
+                self._writer.close()
+                raise
+            if not block:
+                return None
+            self._reset_timeout()
+            buf += block
+
+    def _unread(self, rest: bytes) -> None:
+        # Bytes after the terminator are the client's pipelined next commands.
+        if rest:
+            self._reader._buffer[0:0] = rest  # type: ignore[attr-defined]
+
+    # -- AUTH (RFC 4954) -------------------------------------------------------------
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Cannot decode the base64 credentials")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Malformed AUTH PLAIN credentials")
+            return AuthResult(success=False, handled=True)
+        return await self._check(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Cannot decode the base64 user name")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check(login, password)
+
+    async def _check(self, login: bytes, password: bytes) -> AuthResult:
+        assert self._verifier is not None
+        user = login.decode("utf-8", "replace")
+        ok = await self._verifier(user, password.decode("utf-8", "surrogateescape"))
+        if ok:
+            return AuthResult(
+                success=True,
+                handled=False,
+                auth_data=LoginPassword(login, password),
+                message=replies.AUTH_OK,
+            )
+        self._auth_failures += 1
+        peer = self.session.peer if self.session else None
+        log.warning("%s: authentication failed (attempt %d)", _peer_text(peer), self._auth_failures)
+        # Each failure waits longer than the one before: guessing gets slow.
+        await asyncio.sleep(self._auth_delay * self._auth_failures)
+        if self._auth_failures >= self._auth_failures_allowed:
+            await self.push(replies.TOO_MANY_AUTH_FAILURES)
+            if self.transport is not None:
+                self.transport.close()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and peer:
+        return f"[{peer[0]}]:{peer[1]}" if len(peer) > 1 else str(peer[0])
+    return "unknown"

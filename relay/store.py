@@ -1,0 +1,474 @@
+"""The queue's state: SQLite (WAL, ``synchronous=FULL``) through sqlite-utils.
+
+The spool holds the bytes; this database holds who owns them and what happened. It
+is the one thing the SMTP side and the workers share (Postfix's queue manager plays
+this role). Every call runs on one dedicated thread, so the event loop never blocks
+on disk and SQLite sees a single writer; each public coroutine is one transaction.
+
+Schema changes go through the numbered, transactional migrations in ``MIGRATIONS``.
+
+Recipient states, the only ones a reader needs to search for: ``queued`` (never
+tried), ``deferred`` (tried, will be retried), ``delivered``, ``failed`` (final).
+
+Exceptions::
+
+    StoreError             -- the database could not do what was asked
+      StoreFullError       -- out of disk space (452 to an SMTP client)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from certifier import evidence
+
+T = TypeVar("T")
+
+FINAL = ("delivered", "failed")
+
+MIGRATIONS: list[str] = [
+    # 1: the queue, the users and the evidence log
+    """
+    CREATE TABLE messages (
+        qid TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,               -- mail | notice | certificate
+        parent_qid TEXT,                  -- for notices and certificates: the mail they are about
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        sender TEXT NOT NULL,             -- envelope sender, '' for the null sender
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,             -- the received hash
+        certified INTEGER NOT NULL,
+        cert_id TEXT,
+        auth_user TEXT,
+        client_ip TEXT,
+        client_helo TEXT,
+        tls_version TEXT,
+        tls_cipher TEXT,
+        method TEXT NOT NULL,             -- submission | mx | generated
+        summary TEXT,                     -- JSON: certifier.message summary
+        state TEXT NOT NULL,              -- active | held | done
+        notice_state TEXT NOT NULL,       -- none | pending | done
+        cert_state TEXT NOT NULL,         -- none | pending | done
+        done_at REAL
+    );
+    CREATE INDEX messages_state ON messages(state);
+    CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL REFERENCES messages(qid),
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        status TEXT NOT NULL,             -- queued | deferred | delivered | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_attempt REAL,
+        reply_code INTEGER,
+        reply_enhanced TEXT,
+        reply_text TEXT,
+        remote_qid TEXT,
+        mx_host TEXT,
+        ip TEXT,
+        port INTEGER,
+        tls_version TEXT,
+        tls_cipher TEXT,
+        delivered_sha256 TEXT,
+        note TEXT
+    );
+    CREATE INDEX recipients_due ON recipients(status, next_attempt);
+    CREATE INDEX recipients_qid ON recipients(qid);
+    CREATE TABLE users (
+        address TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """
+    + evidence.SCHEMA,
+]
+
+
+class StoreError(Exception):
+    """The database could not record what was asked."""
+
+
+class StoreFullError(StoreError):
+    """The disk holding the database is full."""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to put in the queue: its row and its recipients."""
+
+    qid: str
+    kind: str
+    sender: str
+    size: int
+    sha256: str
+    recipients: tuple[str, ...]
+    certified: bool = False
+    method: str = "generated"
+    parent_qid: str | None = None
+    cert_id: str | None = None
+    auth_user: str | None = None
+    client_ip: str | None = None
+    client_helo: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    summary: dict[str, Any] | None = None
+    event: str | None = None
+    event_detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt ended in for one recipient: delivered, deferred or failed."""
+
+    recipient_id: int
+    status: str
+    reply_code: int | None
+    reply_enhanced: str | None
+    reply_text: str
+    remote_qid: str | None = None
+    mx_host: str | None = None
+    ip: str | None = None
+    port: int | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    delivered_sha256: str | None = None
+    note: str | None = None
+    next_attempt: float | None = None
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class Store:
+    """The database, reached only through its own thread."""
+
+    def __init__(self, path: Path, lifetime: float) -> None:
+        self.path = path
+        self.lifetime = lifetime
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._local = threading.local()
+        self._executor.submit(self._open).result()
+
+    # -- plumbing ----------------------------------------------------------------
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=5.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._local.db = sqlite_utils.Database(conn)
+        migrate(conn)
+
+    @property
+    def _db(self) -> sqlite_utils.Database:
+        return self._local.db  # type: ignore[no-any-return]
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._db.conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, fn, *args)
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            with self._conn:
+                return fn(*args)
+        except sqlite3.OperationalError as err:
+            text = str(err).lower()
+            if "full" in text:
+                raise StoreFullError(str(err)) from err
+            raise StoreError(str(err)) from err
+        except sqlite3.DatabaseError as err:
+            raise StoreError(str(err)) from err
+
+    def close(self) -> None:
+        def _close() -> None:
+            self._conn.close()
+
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)
+
+    # -- queue -------------------------------------------------------------------
+    async def enqueue(self, msg: NewMessage, now: float | None = None) -> None:
+        """Record a spooled message and its recipients; the message is owned from now on."""
+        await self._run(self._enqueue, msg, now or time.time())
+
+    def _enqueue(self, msg: NewMessage, now: float) -> None:
+        _insert(
+            self._conn,
+            "messages",
+            {
+                "qid": msg.qid,
+                "kind": msg.kind,
+                "parent_qid": msg.parent_qid,
+                "created": now,
+                "expires": now + self.lifetime,
+                "sender": msg.sender,
+                "size": msg.size,
+                "sha256": msg.sha256,
+                "certified": int(msg.certified),
+                "cert_id": msg.cert_id,
+                "auth_user": msg.auth_user,
+                "client_ip": msg.client_ip,
+                "client_helo": msg.client_helo,
+                "tls_version": msg.tls_version,
+                "tls_cipher": msg.tls_cipher,
+                "method": msg.method,
+                "summary": json.dumps(msg.summary) if msg.summary is not None else None,
+                "state": "active",
+                "notice_state": "pending" if msg.certified else "none",
+                "cert_state": "pending" if msg.certified else "none",
+            },
+        )
+        for rcpt in msg.recipients:
+            _insert(
+                self._conn,
+                "recipients",
+                {
+                    "qid": msg.qid,
+                    "address": rcpt,
+                    "domain": _domain(rcpt),
+                    "status": "queued",
+                    "next_attempt": now,
+                },
+            )
+        if msg.event:
+            evidence.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
+
+    async def due(self, now: float, limit: int = 200) -> list[dict[str, Any]]:
+        """Recipients whose next attempt is due, of messages not on hold, oldest first."""
+        return await self._run(self._due, now, limit)
+
+    def _due(self, now: float, limit: int) -> list[dict[str, Any]]:
+        return list(
+            self._db.query(
+                "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip, m.client_helo,"
+                " m.auth_user, m.tls_version AS in_tls_version, m.method"
+                " FROM recipients r JOIN messages m ON m.qid = r.qid"
+                " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
+                " AND m.state = 'active' ORDER BY r.next_attempt LIMIT ?",
+                (now, limit),
+            )
+        )
+
+    async def claim(self, ids: Iterable[int], until: float) -> None:
+        """Push the next attempt of recipients being tried now, so no scan picks them twice."""
+        ids = list(ids)
+        await self._run(self._claim, ids, until)
+
+    def _claim(self, ids: list[int], until: float) -> None:
+        self._conn.executemany(
+            "UPDATE recipients SET next_attempt = ? WHERE id = ?", [(until, i) for i in ids]
+        )
+
+    async def record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
+        """Store the outcome of one attempt for each recipient and log the evidence."""
+        await self._run(self._record, qid, outcomes, now)
+
+    def _record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
+        for out in outcomes:
+            row = self._conn.execute(
+                "SELECT address FROM recipients WHERE id = ?", (out.recipient_id,)
+            ).fetchone()
+            self._conn.execute(
+                "UPDATE recipients SET status = ?, attempts = attempts + 1, last_attempt = ?,"
+                " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
+                " remote_qid = ?, mx_host = ?, ip = ?, port = ?, tls_version = ?,"
+                " tls_cipher = ?, delivered_sha256 = ?, note = COALESCE(?, note) WHERE id = ?",
+                (
+                    out.status,
+                    now,
+                    out.next_attempt if out.next_attempt is not None else now,
+                    out.reply_code,
+                    out.reply_enhanced,
+                    out.reply_text,
+                    out.remote_qid,
+                    out.mx_host,
+                    out.ip,
+                    out.port,
+                    out.tls_version,
+                    out.tls_cipher,
+                    out.delivered_sha256,
+                    out.note,
+                    out.recipient_id,
+                ),
+            )
+            event = {
+                "delivered": "RelayToNonERDS",
+                "failed": "RelayToNonERDSFailure",
+                "deferred": "RelayAttemptDeferred",
+            }[out.status]
+            evidence.append(
+                self._conn,
+                now,
+                qid,
+                event,
+                {
+                    "reply": f"{out.reply_code or ''} {out.reply_enhanced or ''} "
+                    f"{out.reply_text}".strip(),
+                    "mx_host": out.mx_host,
+                    "ip": out.ip,
+                    "port": out.port,
+                    "tls": out.tls_version,
+                    "delivered_sha256": out.delivered_sha256,
+                    "note": out.note,
+                },
+                recipient=row[0] if row else None,
+            )
+
+    async def message(self, qid: str) -> dict[str, Any] | None:
+        return await self._run(self._message, qid)
+
+    def _message(self, qid: str) -> dict[str, Any] | None:
+        rows = list(self._db.query("SELECT * FROM messages WHERE qid = ?", (qid,)))
+        return rows[0] if rows else None
+
+    async def recipients(self, qid: str) -> list[dict[str, Any]]:
+        return await self._run(self._recipients, qid)
+
+    def _recipients(self, qid: str) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM recipients WHERE qid = ? ORDER BY id", (qid,)))
+
+    async def evidence_for(self, qid: str) -> list[evidence.Entry]:
+        return await self._run(lambda: evidence.entries_for(self._conn, qid))
+
+    async def pending_work(self) -> dict[str, list[str]]:
+        """Active messages needing a notice, a certificate, or to be closed."""
+        return await self._run(self._pending_work)
+
+    def _pending_work(self) -> dict[str, list[str]]:
+        notices = [
+            r["qid"]
+            for r in self._db.query(
+                "SELECT qid FROM messages WHERE notice_state = 'pending' AND state != 'done'"
+            )
+        ]
+        ready = [
+            r["qid"]
+            for r in self._db.query(
+                "SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS"
+                " (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
+                "  AND r.status NOT IN ('delivered', 'failed'))"
+            )
+        ]
+        return {"notices": notices, "finished": ready}
+
+    async def mark(self, qid: str, **columns: Any) -> None:
+        await self._run(self._mark, qid, columns)
+
+    def _mark(self, qid: str, columns: dict[str, Any]) -> None:
+        _update_message(self._conn, qid, columns)
+
+    async def enqueue_generated(
+        self, msg: NewMessage, parent_qid: str, parent_columns: dict[str, Any], now: float
+    ) -> None:
+        """Queue a notice or certificate and update its parent in one transaction."""
+        await self._run(self._enqueue_generated, msg, parent_qid, parent_columns, now)
+
+    def _enqueue_generated(
+        self, msg: NewMessage, parent_qid: str, parent_columns: dict[str, Any], now: float
+    ) -> None:
+        self._enqueue(msg, now)
+        _update_message(self._conn, parent_qid, parent_columns)
+
+    async def append_evidence(
+        self, qid: str, event: str, detail: dict[str, Any], now: float, recipient: str | None = None
+    ) -> None:
+        await self._run(lambda: evidence.append(self._conn, now, qid, event, detail, recipient))
+
+    async def active_qids(self) -> set[str]:
+        return await self._run(
+            lambda: {
+                r["qid"] for r in self._db.query("SELECT qid FROM messages WHERE state != 'done'")
+            }
+        )
+
+    async def all_qids(self) -> set[str]:
+        return await self._run(
+            lambda: {r["qid"] for r in self._db.query("SELECT qid FROM messages")}
+        )
+
+    async def queue_listing(self) -> list[dict[str, Any]]:
+        return await self._run(self._queue_listing)
+
+    def _queue_listing(self) -> list[dict[str, Any]]:
+        rows = list(self._db.query("SELECT * FROM messages WHERE state != 'done' ORDER BY created"))
+        for row in rows:
+            row["recipients"] = self._recipients(row["qid"])
+        return rows
+
+    # -- users -------------------------------------------------------------------
+    async def user_hash(self, address: str) -> str | None:
+        return await self._run(self._user_hash, address)
+
+    def _user_hash(self, address: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT password_hash FROM users WHERE address = ?", (address.lower(),)
+        ).fetchone()
+        return row[0] if row else None
+
+    def run_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run ``fn(db)`` in one transaction from synchronous code (the CLI)."""
+        return self._executor.submit(self._guarded, lambda: fn(self._db)).result()
+
+
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    # Plain SQL rather than sqlite-utils' insert(), which commits on its own and would
+    # split what must be one transaction (message, recipients, evidence).
+    assert table in ("messages", "recipients") and all(_COLUMN.match(c) for c in row)
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
+
+
+def _update_message(conn: sqlite3.Connection, qid: str, columns: dict[str, Any]) -> None:
+    assert all(_COLUMN.match(c) for c in columns)
+    assignments = ", ".join(f"{c} = ?" for c in columns)
+    conn.execute(
+        f"UPDATE messages SET {assignments} WHERE qid = ?",  # noqa: S608
+        (*columns.values(), qid),
+    )
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations not yet applied, each in its own transaction. Returns the version."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+    conn.commit()
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,112 @@
+"""The config contract and the command line: errors name the key and the file; --help everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from relay.cli import build_parser
+from relay.config import ConfigError, load_config
+from tests.conftest import CERTIFICA, ROOT
+
+
+def test_shipped_config_loads_and_matches_the_embedded_defaults_where_it_should() -> None:
+    cfg = load_config(ROOT / "config.toml")
+    embedded = load_config(None)
+    assert cfg.gateway.hostname == embedded.gateway.hostname == "certifica.localhost"
+    assert cfg.gateway.certification_address == "certifica@certifica.localhost"
+    assert cfg.listen == embedded.listen
+    assert cfg.limits == embedded.limits
+    assert cfg.queue == embedded.queue
+    assert cfg.state_dir == ROOT / "var"  # relative to the config file
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[gateway]\nhostnme = 'x'\n", "unknown key 'gateway.hostnme'"),
+        ("[limits]\nrecipients = 'many'\n", "limits.recipients must be a whole number"),
+        (
+            "[listen]\nsubmission = 'localhost'\n",
+            "listen.submission = 'localhost' is not host:port",
+        ),
+        ("[delivery.routes]\n'example.org' = 'nowhere'\n", "delivery.routes.example.org"),
+        ("[dns]\nnameservers = ['resolver.example']\n", "dns.nameservers[0]"),
+        (
+            "[gateway]\nrelay_uncertified = 'yes'\n",
+            "gateway.relay_uncertified must be true or false",
+        ),
+        ("[nonsense]\n", "unknown key 'nonsense'"),
+        ("[gateway\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_key_and_file(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert fragment in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_config_error_on_the_command_line_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[limits]\nrecipients = -3\n")
+    out = subprocess.run(
+        [CERTIFICA, "-c", str(path), "serve"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert "limits.recipients" in out.stderr and str(path) in out.stderr
+
+
+def _subcommands(parser, prefix=()):  # type: ignore[no-untyped-def]
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("command", list(_subcommands(build_parser())), ids=" ".join)
+def test_every_subcommand_has_help(command: tuple[str, ...]) -> None:
+    out = subprocess.run(
+        [CERTIFICA, *command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: certifica")
+    assert len(out.stdout.splitlines()) >= 3
+
+
+def test_users_add_list_remove(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[gateway]\nstate_dir = "s"\n')
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CERTIFICA, "-c", str(cfg), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert (
+        run("users", "add", "Zoe@Example.com", "--password-stdin", stdin="longenough\n").returncode
+        == 0
+    )
+    bad = run("users", "add", "a@x, b@y", "--password-stdin", stdin="longenough\n")
+    assert bad.returncode == 2 and "not a single e-mail address" in bad.stderr
+    short = run("users", "add", "amy@example.com", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 8" in short.stderr
+    listed = run("users", "list")
+    assert "zoe@example.com" in listed.stdout
+    assert "longenough" not in (tmp_path / "s" / "queue.db").read_bytes().decode("latin-1")
+    assert run("users", "remove", "zoe@example.com").returncode == 0
+    missing = run("users", "remove", "zoe@example.com")
+    assert missing.returncode == 2 and "no user" in missing.stderr

@@ -1,0 +1,276 @@
+"""SMTP in: the cases of BAD-INPUT.md "SMTP in", against the running gateway."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.conftest import CERT_ADDRESS, PASSWORD, Gateway, Sink, client_tls_context, make_message
+
+
+class Raw:
+    """A plain-socket SMTP client, for what smtplib refuses to send."""
+
+    def __init__(self, gw: Gateway, tls: bool = True, login: bool = True) -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", gw.port()), timeout=20
+        )
+        self.buf = b""
+        self.expect("220")
+        self.send(b"EHLO raw.test\r\n")
+        self.reply()
+        if tls:
+            self.send(b"STARTTLS\r\n")
+            self.expect("220")
+            self.sock = client_tls_context(gw.state).wrap_socket(self.sock)
+            self.send(b"EHLO raw.test\r\n")
+            self.reply()
+        if login:
+            import base64
+
+            token = base64.b64encode(f"\0alice@example.com\0{PASSWORD}".encode()).decode()
+            self.send(f"AUTH PLAIN {token}\r\n".encode())
+            self.expect("235")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed: " + " | ".join(lines))
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line.decode())
+            if len(line) < 4 or line[3:4] != b"-":
+                return "\n".join(lines)
+
+    def expect(self, code: str) -> str:
+        text = self.reply()
+        assert text.startswith(code), text
+        return text
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def qid_of(reply: str) -> str:
+    return reply.rsplit(" ", 1)[1]
+
+
+def test_auth_not_offered_before_tls(gateway: Gateway) -> None:
+    with smtplib.SMTP("127.0.0.1", gateway.port(), timeout=10) as c:
+        c.ehlo("client.test")
+        assert c.has_extn("starttls")
+        assert not c.has_extn("auth")
+        code, text = c.docmd("AUTH", "PLAIN AGFsaWNlQGV4YW1wbGUuY29tAHg=")
+        assert code == 530 and text.startswith(b"5.7.0")
+        code, text = c.docmd("MAIL", "FROM:<alice@example.com>")
+        assert code == 530
+
+
+def test_auth_offered_after_tls_and_required_for_mail(gateway: Gateway) -> None:
+    with gateway.smtp(user=None) as c:
+        assert "PLAIN" in c.esmtp_features["auth"] and "LOGIN" in c.esmtp_features["auth"]
+        code, text = c.docmd("MAIL", "FROM:<alice@example.com>")
+        assert code == 530 and b"5.7.0" in text
+
+
+def test_unknown_user_and_wrong_password_get_the_same_reply_then_disconnect(
+    gateway: Gateway,
+) -> None:
+    answers = []
+    with gateway.smtp(user=None) as c:
+        for user, password in (
+            ("nobody@example.com", PASSWORD),
+            ("alice@example.com", "wrong password"),
+        ):
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                c.login(user, password)
+            answers.append((err.value.smtp_code, err.value.smtp_error))
+        assert answers[0] == answers[1]
+        assert answers[0][0] == 535 and answers[0][1].startswith(b"5.7.8")
+        started = time.monotonic()
+        code, text = c.docmd("AUTH", "PLAIN " + "AGFsaWNlQGV4YW1wbGUuY29tAHdyb25n")
+        assert code == 421 and b"Too many failed" in text
+        assert time.monotonic() - started >= 0.5  # third failure waits 3 x auth_delay (0.2 s)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            c.noop()
+
+
+def test_login_mechanism_works(gateway: Gateway) -> None:
+    with gateway.smtp(user=None) as c:
+        c.user, c.password = "alice@example.com", PASSWORD
+        code, _ = c.auth("LOGIN", c.auth_login, initial_response_ok=False)
+        assert code == 235
+
+
+def test_sender_must_be_the_authenticated_user(gateway: Gateway) -> None:
+    with gateway.smtp() as c:
+        code, text = c.docmd("MAIL", "FROM:<mallory@example.com>")
+        assert code == 550 and text.startswith(b"5.7.1") and b"only send as your own" in text
+        code, text = c.docmd("MAIL", "FROM:<>")
+        assert code in (501, 550)
+
+
+def test_from_header_must_be_the_user(gateway: Gateway, mx: Sink) -> None:
+    raw = make_message(sender="ceo@example.com", subject="spoofed")
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        c.rcpt("bob@example.org")
+        code, text = c.data(raw)
+        assert code == 550 and text.startswith(b"5.7.1")
+    two_from = b"From: alice@example.com\r\nFrom: ceo@example.com\r\n" + make_message()
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        c.rcpt("bob@example.org")
+        code, _ = c.data(two_from)
+        assert code == 550
+
+
+def test_size_limit_at_mail_and_at_data(gateway: Gateway, mx: Sink) -> None:
+    with gateway.smtp() as c:
+        assert int(c.esmtp_features["size"]) == 1048576
+        code, text = c.docmd("MAIL", "FROM:<alice@example.com> SIZE=2000000")
+        assert code == 552
+        c.rset()
+        c.mail("alice@example.com")
+        c.rcpt("size-test@example.org")
+        big = make_message(body=("x" * 990 + "\r\n") * 1200)
+        code, text = c.data(big)
+        assert code == 552 and text.startswith(b"5.3.4")
+        assert c.noop()[0] == 250  # the session goes on
+    time.sleep(0.5)
+    assert mx.to("size-test@example.org") == []
+
+
+def test_recipient_limit(gateway: Gateway, mx: Sink) -> None:
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        for i in range(5):
+            assert c.rcpt(f"limit{i}@example.org")[0] == 250
+        code, text = c.rcpt("limit5@example.org")
+        assert code == 452 and text.startswith(b"4.5.3")
+        code, text = c.data(make_message(to="limit0@example.org", cc="limit1@example.org"))
+        assert code == 250
+    got = mx.wait_for(lambda ms: any("limit0@example.org" in m.rcpt_tos for m in ms))
+    delivered = {r for m in got for r in m.rcpt_tos if r.startswith("limit")}
+    mx.wait_for(
+        lambda ms: (
+            {r for m in ms for r in m.rcpt_tos if r.startswith("limit")}
+            >= {f"limit{i}@example.org" for i in range(5)}
+        )
+    )
+    assert "limit5@example.org" not in delivered
+
+
+@pytest.mark.parametrize("arg", ["<alice@example.com\rX>", "<alice@exa\0mple.com>"])
+def test_control_characters_in_envelope(gateway: Gateway, arg: str) -> None:
+    raw = Raw(gateway)
+    raw.send(f"MAIL FROM:{arg}\r\n".encode())
+    assert raw.expect("501").startswith("501 5.5.4")
+    raw.close()
+
+
+def test_long_line_refused(gateway: Gateway) -> None:
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        c.rcpt("bob@example.org")
+        code, text = c.data(make_message(body="y" * 1200 + "\r\n"))
+        assert code == 500 and text.startswith(b"5.5.2")
+
+
+def test_eight_bit_header_without_smtputf8(gateway: Gateway) -> None:
+    raw = Raw(gateway)
+    raw.send(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+    raw.expect("250")
+    raw.expect("250")
+    raw.expect("354")
+    raw.send(b"From: alice@example.com\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n.\r\n")
+    assert raw.expect("550").startswith("550 5.6.7")
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n"],
+    ids=["LF.LF", "CR.CR", "CRLF.LF", "LF.CRLF", "CRLF.CR", "CR.CRLF"],
+)
+def test_smuggling_yields_at_most_one_message(gateway: Gateway, mx: Sink, ending: bytes) -> None:
+    tag = f"smuggled-{ending.hex()}@example.org"
+    raw = Raw(gateway)
+    raw.send(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<outer@example.org>\r\nDATA\r\n")
+    raw.expect("250")
+    raw.expect("250")
+    raw.expect("354")
+    payload = (
+        b"From: alice@example.com\r\nSubject: outer\r\n\r\nhello"
+        + ending
+        + b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<"
+        + tag.encode()
+        + b">\r\nDATA\r\n"
+        + b"From: alice@example.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+    )
+    raw.send(payload)
+    reply = raw.reply()
+    # Either refused (bare CR/LF) or, at most, one message made of everything.
+    assert reply.startswith("550 5.6.0"), reply
+    raw.send(b"QUIT\r\n")
+    raw.close()
+    time.sleep(0.5)
+    assert mx.to(tag) == []
+
+
+def test_commands_pipelined_with_starttls_are_discarded(gateway: Gateway) -> None:
+    sock = socket.create_connection(("127.0.0.1", gateway.port()), timeout=10)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"220")
+    sock.sendall(b"EHLO x\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    sock.sendall(b"STARTTLS\r\nRSET\r\n")  # the RSET is plaintext injected before TLS
+    assert f.readline().startswith(b"220")
+    tls = client_tls_context(gateway.state).wrap_socket(sock)
+    tls.sendall(b"NOOP\r\n")
+    answer = tls.recv(1024)
+    assert answer.startswith(b"250") and answer.count(b"\r\n") == 1
+    tls.close()
+
+
+def test_certification_address_alone_is_refused(gateway: Gateway) -> None:
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        code, text = c.rcpt(CERT_ADDRESS)
+        assert code == 250 and b"certified" in text
+        code, text = c.data(make_message(to=CERT_ADDRESS, cc=""))
+        assert code == 554 and text.startswith(b"5.5.1")
+
+
+def test_bad_recipient_syntax(gateway: Gateway) -> None:
+    with gateway.smtp() as c:
+        c.mail("alice@example.com")
+        code, text = c.rcpt("no-domain")
+        assert code in (501, 553)
+        code, text = c.rcpt("u%ext.example@example.org")
+        assert code == 501 and text.startswith(b"5.1.3")
+
+
+def test_every_reply_has_an_enhanced_code(gateway: Gateway) -> None:
+    with gateway.smtp() as c:
+        for cmd, arg in (
+            ("NOOP", ""),
+            ("RSET", ""),
+            ("RCPT", "TO:<bob@example.org>"),
+            ("VRFY", "bob"),
+            ("BOGUS", ""),
+            ("DATA", ""),
+        ):
+            code, text = c.docmd(cmd, arg)
+            assert text[:1] in (b"2", b"4", b"5") and text[1:2] == b".", (cmd, code, text)
