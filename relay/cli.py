@@ -55,7 +55,7 @@ def _setup_logging(level: str) -> None:
     )
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 # -- serve ----------------------------------------------------------------------------

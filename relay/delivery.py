@@ -28,9 +28,14 @@ from relay.routing import Hop, RouteError, Router
 DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
-_REMOTE_QID = re.compile(
-    r"(?:queued as|id=|queue id|message accepted|ok:?)\s*:?\s*<?([A-Za-z0-9._@\-]{4,})", re.I
-)
+# How MTAs name the queue id in their 250 reply, most specific first (Postfix and Exim
+# say "queued as", Sendmail "Message accepted", Exchange/Gmail put it after "OK" or "id=").
+_REMOTE_QID = [
+    re.compile(r"queued as\s+<?([A-Za-z0-9._@\-]{4,})", re.I),
+    re.compile(r"\bid=<?([A-Za-z0-9._@\-]{4,})", re.I),
+    re.compile(r"([A-Za-z0-9._\-]{6,}) Message accepted", re.I),
+    re.compile(r"^(?:ok|accepted)\b[\s:]*<?([A-Za-z0-9._@\-]{6,})", re.I),
+]
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,12 @@ def split_reply(code: int | None, message: str) -> tuple[str | None, str]:
 
 
 def remote_queue_id(text: str) -> str | None:
-    match = _REMOTE_QID.search(text)
-    return match.group(1) if match else None
+    """The queue id the remote server gave in its 250 reply, if it gave one."""
+    for pattern in _REMOTE_QID:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
 
 
 def _outcome_for(code: int) -> str:

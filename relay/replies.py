@@ -68,7 +68,9 @@ NOT_A_MESSAGE = "550 5.6.0 The data is not an e-mail message: no header section 
 
 # aiosmtpd words some replies without an RFC 3463 code; these are the codes to add.
 _ENHANCED_FOR = {
+    "214": "2.0.0",
     "221": "2.0.0",
+    "252": "2.0.0",
     "250": "2.0.0",
     "421": "4.7.0",
     "451": "4.3.0",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_each_recipient_gets_the_message_once(thunderbird_run: dict, mx: Sink) -
 
 def test_sender_gets_a_processing_notice(thunderbird_run: dict, mx: Sink) -> None:
     notice = generated_for(mx, thunderbird_run["qid"], "notice")
-    assert notice.mail_from == ""  # null reverse-path: nothing ever answers a notice
+    assert notice.mail_from in ("", "<>")  # null reverse-path: nothing ever answers a notice
     assert notice.rcpt_tos == ["alice@example.com"]
     msg = notice.message
     assert msg["Auto-Submitted"] == "auto-generated"
@@ -227,35 +228,12 @@ def test_verify_command_rejects_a_changed_byte(
 def test_swaks_certified_mail(gateway: Gateway, mx: Sink) -> None:
     if shutil.which("swaks") is None:
         pytest.fail("swaks is not installed (.ci/run installs it)")
-    out = subprocess.run(
-        [
-            "swaks",
-            "--server",
-            f"127.0.0.1:{gateway.port()}",
-            "--tls",
-            "--tls-verify",
-            "0",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice@example.com",
-            "--auth-password",
-            PASSWORD,
-            "--from",
-            "alice@example.com",
-            "--to",
-            "dave@example.org",
-            "--cc",
-            CERT_ADDRESS,
-            "--header",
-            "Subject: swaks certified",
-            "--body",
-            "Sent with swaks",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    swaks = f"""swaks --server 127.0.0.1:{gateway.port()} --tls --auth PLAIN
+        --auth-user alice@example.com --auth-password {PASSWORD!r}
+        --from alice@example.com --to dave@example.org,{CERT_ADDRESS}
+        --header 'To: dave@example.org' --header 'Cc: {CERT_ADDRESS}'
+        --header 'Subject: swaks certified' --body 'Sent with swaks'"""
+    out = subprocess.run(shlex.split(swaks), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     line = [x for x in out.stdout.splitlines() if "queued as" in x][-1]
     qid = line.rsplit(" ", 1)[1]
