@@ -75,6 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from certifier.verify import verify_certificate
 
+    # pyHanko logs validation trouble with tracebacks; the checks below say it in one line.
+    logging.getLogger("pyhanko").setLevel(logging.CRITICAL)
+    logging.getLogger("pyhanko_certvalidator").setLevel(logging.CRITICAL)
     path = Path(args.file)
     try:
         data = path.read_bytes()

@@ -74,8 +74,7 @@ class PipelineCertifier:
         self.pool = pool
 
     async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool._executor, pipeline.certify, evidence, eml)
+        return await self.pool.run(pipeline.certify, evidence, eml)
 
 
 def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
@@ -91,6 +90,8 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         tsa_cert=pki.tsa_cert,
         tsa_key=pki.tsa_key,
         tsa_timeout=cfg.signing.tsa_timeout,
+        # The built-in TSA's tokens carry the development CA, whoever signs the PDF.
+        tsa_chain=(pki.ca_cert,),
     )
 
 

@@ -1,0 +1,878 @@
+"""The certificate document: an A4 PDF that a person reads and a machine re-checks.
+
+The visible pages say what the gateway saw and did (the content list of a certificate
+is in DESIGN.md, "Evidence"; event names follow ETSI EN 319 522). Two files travel
+inside the PDF as embedded files (ISO 32000-2 section 7.11.4, the ``EmbeddedFiles``
+name tree, and section 14.13 associated files ``/AF``, as PDF/A-3 and ETSI EN 319 142
+PAdES evidence containers use them):
+
+- ``message.eml`` — the message exactly as received (RFC 5322 bytes), whose SHA-256 the
+  certificate prints;
+- ``evidence.json`` — the evidence record, machine-readable.
+
+The document is returned unsigned; :mod:`certifier.signing` adds the PAdES signature.
+
+Everything in the evidence is untrusted: subject, names, addresses, body text, file
+names and remote servers' replies are chosen by whoever sent the mail or runs the
+remote server. Untrusted text never reaches reportlab's paragraph markup parser
+unescaped (a subject ``<img src=...>`` must print as those characters, not fetch a
+file), control and format characters are dropped for display, and every value is
+capped in length so that no table cell can outgrow a page (reportlab's ``LayoutError``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from pyhanko.pdf_utils import embed, generic
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_LEFT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen import canvas as rl_canvas
+from reportlab.platypus import (
+    CondPageBreak,
+    Flowable,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+from reportlab.platypus.doctemplate import LayoutError
+
+__all__ = [
+    "EMBEDDED_EVIDENCE",
+    "EMBEDDED_MESSAGE",
+    "TITLES",
+    "evidence_json",
+    "render_certificate",
+]
+
+EMBEDDED_MESSAGE = "message.eml"
+EMBEDDED_EVIDENCE = "evidence.json"
+
+TITLES = {
+    "sending": "Certificate of certified e-mail delivery",
+    "reception": "Certificate of certified e-mail reception",
+    "addendum": "Addendum to a certificate of certified e-mail delivery",
+}
+_INTRO = {
+    "sending": (
+        "The gateway named below received the message described in this certificate "
+        "for certified delivery, relayed it to each recipient's mail server and "
+        "recorded what each server answered. The original message and the "
+        "machine-readable evidence are attached to this PDF."
+    ),
+    "reception": (
+        "The gateway named below received the message described in this certificate "
+        "on behalf of the recipient's mailbox and recorded its content and origin. "
+        "The original message and the machine-readable evidence are attached to "
+        "this PDF."
+    ),
+    "addendum": (
+        "This addendum records events that happened after the certificate for the "
+        "message below was issued. The original message and the machine-readable "
+        "evidence are attached to this PDF."
+    ),
+}
+_STATUS = {
+    "delivered": "Delivered (accepted by the recipient's mail server)",
+    "failed": "Failed (not delivered)",
+    "bounced": "Bounced (accepted, then returned by the recipient's side)",
+    "withdrawn": "Withdrawn (delivery cancelled by the sender)",
+}
+
+# Display caps, in characters. A capped value ends with "[…]" and the full value stays
+# in the embedded evidence.json; the caps keep any single table row shorter than a
+# page, which reportlab cannot split.
+_CAP_SHORT = 300  # addresses, hosts, ids
+_CAP_LINE = 1000  # subject, reply texts, timeline details
+_CAP_LIST = 60  # entries of To/Cc shown before "and N more"
+_CAP_CELL = 2000  # any one table cell: 45 lines at worst, well under a page
+_CAP_BODY = 20_000  # message text
+_BODY_CHUNK = 20  # lines per paragraph of message text
+_CAP_ROWS = 400  # attachments, timeline and log entries shown
+# Recipients are the heart of the evidence: all of them are listed, up to a bound that
+# only keeps a hostile evidence record from rendering for minutes.
+_CAP_RECIPIENTS = 1000
+
+_PAGE_W, _PAGE_H = A4
+_MARGIN = 18 * mm
+_LABEL_W = 42 * mm
+_VALUE_W = _PAGE_W - 2 * _MARGIN - _LABEL_W
+
+_FONT_DIRS = (
+    Path(__file__).with_name("fonts"),
+    Path("/usr/share/fonts/truetype/dejavu"),
+)
+
+
+# --- fonts and styles -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _fonts() -> tuple[str, str, str, bool]:
+    """Register the fonts once per process: (regular, bold, mono, unicode_capable)."""
+    files = {
+        "CertificaSans": "DejaVuSans.ttf",
+        "CertificaSans-Bold": "DejaVuSans-Bold.ttf",
+        "CertificaMono": "DejaVuSansMono.ttf",
+    }
+    for directory in _FONT_DIRS:
+        paths = {name: directory / file for name, file in files.items()}
+        if all(p.is_file() for p in paths.values()):
+            for name, path in paths.items():
+                pdfmetrics.registerFont(TTFont(name, str(path)))
+            pdfmetrics.registerFontFamily(
+                "CertificaSans", normal="CertificaSans", bold="CertificaSans-Bold"
+            )
+            return "CertificaSans", "CertificaSans-Bold", "CertificaMono", True
+    # The standard 14 fonts need no files but only cover Latin-1 (see _clean).
+    return "Helvetica", "Helvetica-Bold", "Courier", False
+
+
+# DejaVu has no Chinese, Japanese or Korean glyphs. Runs of those characters are set in
+# the standard Adobe CJK fonts (ISO 32000 section 9.7.5.2 predefined CMaps): not
+# embedded, every reader has or substitutes them, and text extraction maps them back to
+# Unicode through the registry's CID-to-Unicode tables.
+_CJK_FONTS = {"korean": "HYGothic-Medium", "cjk": "HeiseiKakuGo-W5"}
+
+
+def _cjk_class(code: int) -> str | None:
+    if 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F:
+        return "korean"
+    if (
+        0x3000 <= code <= 0x30FF  # CJK punctuation, hiragana, katakana
+        or 0x3400 <= code <= 0x4DBF  # extension A
+        or 0x4E00 <= code <= 0x9FFF  # unified ideographs
+        or 0xF900 <= code <= 0xFAFF  # compatibility ideographs
+        or 0xFF00 <= code <= 0xFFEF  # half- and full-width forms
+        or 0x20000 <= code <= 0x2FFFF  # supplementary ideographs
+    ):
+        return "cjk"
+    return None
+
+
+@lru_cache(maxsize=4)
+def _cjk_font(cls: str) -> str:
+    name = _CJK_FONTS[cls]
+    pdfmetrics.registerFont(UnicodeCIDFont(name))
+    return name
+
+
+@lru_cache(maxsize=8)
+def _coverage(font_name: str) -> frozenset[int] | None:
+    """Code points *font_name* has glyphs for; None for the WinAnsi standard fonts."""
+    face = getattr(pdfmetrics.getFont(font_name), "face", None)
+    return frozenset(face.charToGlyph) if face is not None else None
+
+
+def _font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
+    """Split display text into (font or None for the style's font, text) runs.
+
+    A character no font can draw becomes U+FFFD: a visible mark that something is
+    there (the exact text is in evidence.json), where the font would draw nothing.
+    """
+    covered = _coverage(font_name)
+    if covered is not None and covered.issuperset(map(ord, text.replace("\n", ""))):
+        return [(None, text)]
+    runs: list[tuple[str | None, str]] = []
+    for ch in text:
+        code = ord(ch)
+        font: str | None = None
+        if covered is None:
+            if not _winansi(ch):
+                cls = _cjk_class(code)
+                font, ch = (_cjk_font(cls), ch) if cls else (None, "?")
+        elif code not in covered and ch not in "\n":
+            cls = _cjk_class(code)
+            font, ch = (_cjk_font(cls), ch) if cls else (None, "\ufffd")
+        if runs and runs[-1][0] == font:
+            runs[-1] = (font, runs[-1][1] + ch)
+        else:
+            runs.append((font, ch))
+    return runs
+
+
+def _winansi(ch: str) -> bool:
+    try:
+        ch.encode("cp1252")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _styles() -> dict[str, ParagraphStyle]:
+    regular, bold, mono, _ = _fonts()
+    base = ParagraphStyle("base", fontName=regular, fontSize=8.5, leading=11, alignment=TA_LEFT)
+    return {
+        "title": ParagraphStyle("title", base, fontName=bold, fontSize=16, leading=20),
+        "intro": ParagraphStyle("intro", base, fontSize=9, leading=12, spaceBefore=4),
+        "h2": ParagraphStyle(
+            "h2", base, fontName=bold, fontSize=11, leading=14, spaceBefore=10, spaceAfter=4
+        ),
+        "h3": ParagraphStyle("h3", base, fontName=bold, fontSize=9, leading=12, spaceBefore=6),
+        "label": ParagraphStyle("label", base, fontName=bold, textColor=colors.HexColor("#444444")),
+        "value": ParagraphStyle("value", base),
+        "cell": ParagraphStyle("cell", base, fontSize=7.5, leading=9.5),
+        "cellbold": ParagraphStyle("cellbold", base, fontName=bold, fontSize=7.5, leading=9.5),
+        # 7.5 pt DejaVu Sans Mono is 4.5 pt per character: a 64-digit hash takes
+        # 289 pt and fits on one line in every column it is printed in, so text
+        # extraction (pdftotext) yields it as one token.
+        "hash": ParagraphStyle("hash", base, fontName=mono, fontSize=7.5, leading=9.5),
+        "body": ParagraphStyle("body", base, fontSize=8.5, leading=11, splitLongWords=1),
+        "note": ParagraphStyle(
+            "note", base, fontSize=8, leading=10, textColor=colors.HexColor("#555555")
+        ),
+    }
+
+
+# --- untrusted values -----------------------------------------------------------------
+
+
+def _clean(value: object, cap: int, *, multiline: bool = False) -> str:
+    """Untrusted value -> plain display text: no control/format characters, capped."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool | int | float):
+        text = str(value)
+    else:
+        # A list or dict where a string was expected: show it, don't fail.
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (ValueError, RecursionError):
+            text = f"({type(value).__name__})"
+    # Cap before the per-character work so a 10 MB field costs nothing extra.
+    truncated = len(text) > cap
+    text = text[:cap]
+    lines = text.splitlines() if multiline else [text]
+    # str.isprintable() is False exactly for the categories removed below and for
+    # separators other than the space, so most lines skip the per-character pass.
+    text = "\n".join(
+        line if line.isprintable() else _clean_chars(line, multiline) for line in lines
+    )
+    if multiline:
+        text = re.sub(r"\n{3,}", "\n\n", text)
+    if truncated:
+        text += " […]"
+    return text
+
+
+def _clean_chars(text: str, multiline: bool) -> str:
+    out = []
+    for ch in text:
+        if ch == "\t":
+            out.append("    " if multiline else " ")
+        elif ch in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+            # Line breaks str.splitlines() knows; only reached on a single line.
+            out.append(" ")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Cn", "Co"):
+            # Cc/Cf: C0/C1 controls and bidi overrides (which could re-order what a
+            # reader sees); Cs: lone surrogates; Cn/Co: nothing a font can draw.
+            continue
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _markup(value: object, cap: int, font_name: str, *, multiline: bool = False) -> str:
+    """Untrusted value -> paragraph markup that prints exactly the cleaned characters."""
+    parts = []
+    for font, run in _font_runs(_clean(value, cap, multiline=multiline), font_name):
+        # escape() turns & < > into entities, so nothing in the value is markup.
+        text = escape(run)
+        if multiline:
+            # Runs of spaces would collapse in a paragraph; keep indentation visible.
+            text = text.replace("  ", "\u00a0 ").replace("\n", "<br/>")
+        parts.append(text if font is None else f'<font name="{font}">{text}</font>')
+    return "".join(parts)
+
+
+def _para(
+    value: object,
+    style: str = "value",
+    cap: int = _CAP_SHORT,
+    empty: str = "—",
+    *,
+    multiline: bool = False,
+) -> Paragraph:
+    st = _styles()[style]
+    text = _markup(value, cap, st.fontName, multiline=multiline)
+    return Paragraph(text if text.strip() else escape(empty), st)
+
+
+def _trusted(markup: str, style: str) -> Paragraph:
+    """A paragraph of the gateway's own wording (never evidence values)."""
+    return Paragraph(markup, _styles()[style])
+
+
+def _d(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _time(value: object, suffix: str = " UTC") -> str:
+    """An ISO 8601 time from the evidence, shown in UTC; anything else shown as is."""
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(dt.UTC)
+                return parsed.strftime("%Y-%m-%d %H:%M:%S") + suffix
+    return _clean(value, 64)
+
+
+def _size(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return _clean(value, 64)
+    text = f"{value:,} bytes"
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if value >= scale:
+            return f"{text} ({value / scale:.1f} {unit})"
+    return text
+
+
+def _tls(value: object) -> str:
+    tls = _d(value)
+    if not tls:
+        return "none (plain text)" if value is None else _clean(value, _CAP_SHORT)
+    parts = [_clean(tls.get("version"), 40), _clean(tls.get("cipher"), 120)]
+    return ", ".join(p for p in parts if p) or "yes"
+
+
+def _addresses(value: object) -> str:
+    items = value if isinstance(value, list) else ([value] if value else [])
+    shown: list[str] = []
+    length = 0
+    for item in items[:_CAP_LIST]:
+        text = _clean(item, _CAP_SHORT)
+        if length + len(text) > _CAP_CELL - 100:
+            break
+        shown.append(text)
+        length += len(text) + 2
+    text = ", ".join(shown)
+    if len(items) > len(shown):
+        text += f", and {len(items) - len(shown)} more (see evidence.json)"
+    return text
+
+
+# --- building blocks ------------------------------------------------------------------
+
+
+_GRID = colors.HexColor("#bbbbbb")
+_SHADE = colors.HexColor("#eeeeee")
+
+
+def _kv_table(rows: Iterable[tuple[str, Flowable]]) -> Table:
+    """Two columns: the gateway's label, the (escaped) value."""
+    data = [[_trusted(escape(label), "label"), value] for label, value in rows]
+    table = Table(data, colWidths=[_LABEL_W, _VALUE_W], hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+            ]
+        )
+    )
+    return table
+
+
+def _grid_table(
+    header: list[str],
+    rows: list[list[Flowable]],
+    widths: list[float],
+    extra: list[tuple] | None = None,
+) -> Table:
+    data: list[list[Flowable | str]] = [[_trusted(escape(h), "cellbold") for h in header]]
+    data.extend(rows)
+    table = Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("BACKGROUND", (0, 0), (-1, 0), _SHADE),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.3, _GRID),
+                ("LEFTPADDING", (0, 0), (-1, -1), 2),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 2),
+                *(extra or []),
+            ]
+        )
+    )
+    return table
+
+
+def _heading(text: str) -> list[Flowable]:
+    # Keep a heading with at least a few lines of what follows it.
+    return [CondPageBreak(30 * mm), _trusted(escape(text), "h2")]
+
+
+def _more_note(total: int, what: str, cap: int = _CAP_ROWS) -> list[Flowable]:
+    if total <= cap:
+        return []
+    return [_trusted(escape(f"{total - cap} more {what} are in evidence.json."), "note")]
+
+
+# --- sections -------------------------------------------------------------------------
+
+
+def _header(ev: dict[str, Any], kind: str) -> list[Flowable]:
+    gateway = _d(ev.get("gateway"))
+    title = TITLES.get(kind, TITLES["sending"])
+    return [
+        _trusted(escape(title), "title"),
+        _trusted(escape(_INTRO.get(kind, _INTRO["sending"])), "intro"),
+        Spacer(1, 4 * mm),
+        _kv_table(
+            [
+                ("Certificate id", _para(ev.get("certificate_id"), cap=100)),
+                ("Issued at (UTC)", _para(_time(ev.get("issued_at")))),
+                ("Gateway", _para(gateway.get("hostname"))),
+                ("Gateway domain", _para(gateway.get("domain"))),
+                ("Software", _para(gateway.get("software"))),
+                ("Queue id", _para(ev.get("queue_id"), cap=100)),
+            ]
+        ),
+    ]
+
+
+def _sender(ev: dict[str, Any]) -> list[Flowable]:
+    s = _d(ev.get("sender"))
+    client = _clean(s.get("client_ip"), 100)
+    helo = _clean(s.get("client_helo"), _CAP_SHORT)
+    if helo:
+        client = f"{client} (HELO {helo})" if client else f"HELO {helo}"
+    return [
+        *_heading("Sender"),
+        _kv_table(
+            [
+                ("Envelope sender", _para(s.get("envelope_from"))),
+                ("From header", _para(s.get("header_from"))),
+                (
+                    "Authenticated user",
+                    _para(s.get("authenticated_user"), empty="— (not authenticated)"),
+                ),
+                ("Client", _para(client)),
+                ("Connection TLS", _para(_tls(s.get("tls")))),
+                ("Received via", _para(s.get("method"))),
+            ]
+        ),
+    ]
+
+
+def _hash_para(value: object) -> Paragraph:
+    return _para(value, "hash", cap=_CAP_SHORT)
+
+
+def _message(ev: dict[str, Any]) -> list[Flowable]:
+    m = _d(ev.get("message"))
+    rows = [
+        ("Subject", _para(m.get("subject"), cap=_CAP_LINE, empty="— (no subject)")),
+        ("Date", _para(m.get("date"))),
+        ("Message-ID", _para(m.get("message_id"))),
+        ("From", _para(m.get("from"))),
+        ("To", _para(_addresses(m.get("to")), cap=_CAP_CELL)),
+        ("Cc", _para(_addresses(m.get("cc")), cap=_CAP_CELL)),
+        ("Size", _para(_size(m.get("size")))),
+        ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
+    ]
+    defects = _l(m.get("defects"))
+    if defects:
+        shown = "; ".join(_clean(d, 200) for d in defects[:20])
+        rows.append(("MIME defects found", _para(shown, cap=_CAP_LINE)))
+    return [*_heading("Message"), _kv_table(rows)]
+
+
+def _attachments(ev: dict[str, Any]) -> list[Flowable]:
+    items = _l(_d(ev.get("message")).get("attachments"))
+    out = _heading("Attachments")
+    if not items:
+        return [*out, _trusted("The message has no attachments.", "note")]
+    width = _PAGE_W - 2 * _MARGIN
+    rows: list[list[Flowable]] = []
+    spans: list[tuple[Any, ...]] = []
+    for index, raw in enumerate(items[:_CAP_ROWS]):
+        a = _d(raw)
+        top = 1 + 2 * index
+        rows.append(
+            [
+                _para(a.get("filename"), "cell", empty="— (no name)"),
+                _para(a.get("content_type"), "cell"),
+                _para(_size(a.get("size")), "cell"),
+            ]
+        )
+        # The hash gets a row of its own, the full table width, so it stays whole.
+        rows.append(
+            [
+                Table(
+                    [[_trusted("SHA-256", "cell"), _hash_para(a.get("sha256"))]],
+                    colWidths=[16 * mm, width - 20 * mm],
+                    hAlign="LEFT",
+                    style=[
+                        ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                        ("TOPPADDING", (0, 0), (-1, -1), 0),
+                    ],
+                ),
+                "",
+                "",
+            ]
+        )
+        spans.append(("SPAN", (0, top + 1), (-1, top + 1)))
+        spans.append(("LINEBELOW", (0, top), (-1, top), 0, colors.white))
+    table = _grid_table(
+        ["File name", "Type", "Size"], rows, [width * 0.5, width * 0.28, width * 0.22], spans
+    )
+    return [*out, table, *_more_note(len(items), "attachments")]
+
+
+def _reply(value: object) -> str:
+    r = _d(value)
+    if not r:
+        return _clean(value, _CAP_LINE)
+    parts = [
+        _clean(r.get("code"), 10),
+        _clean(r.get("enhanced"), 20),
+        _clean(r.get("text"), _CAP_LINE),
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def _recipients(ev: dict[str, Any]) -> list[Flowable]:
+    items = _l(ev.get("recipients"))
+    out = _heading("Recipients")
+    if not items:
+        return [*out, _trusted("The evidence lists no recipients.", "note")]
+    for raw in items[:_CAP_RECIPIENTS]:
+        r = _d(raw)
+        status = r.get("status")
+        status_text = (
+            _STATUS.get(status, _clean(status, 100))
+            if isinstance(status, str)
+            else (_clean(status, 100))
+        )
+        host = _clean(r.get("mx_host"), _CAP_SHORT)
+        ip = _clean(r.get("ip"), 100)
+        port = _clean(r.get("port"), 10)
+        where = host
+        if ip:
+            where += f" [{ip}]"
+        if port:
+            where += f":{port}"
+        rows = [
+            ("Status", _para(status_text)),
+            ("Time (UTC)", _para(_time(r.get("time")))),
+            ("Mail server", _para(where)),
+            ("Final reply", _para(_reply(r.get("reply")), cap=_CAP_LINE + 40)),
+            ("Remote queue id", _para(r.get("remote_queue_id"))),
+            ("TLS", _para(_tls(r.get("tls")))),
+            ("Attempts", _para(r.get("attempts"))),
+            ("SHA-256 delivered", _hash_para(r.get("delivered_sha256"))),
+        ]
+        if r.get("note"):
+            rows.append(("Note", _para(r.get("note"), cap=_CAP_LINE)))
+        block = [_para(r.get("address"), "h3", empty="— (no address)"), _kv_table(rows)]
+        out.append(KeepTogether(block))
+    return [*out, *_more_note(len(items), "recipients", _CAP_RECIPIENTS)]
+
+
+def _timeline(ev: dict[str, Any]) -> list[Flowable]:
+    items = _l(ev.get("timeline"))
+    if not items:
+        return []
+    width = _PAGE_W - 2 * _MARGIN
+    rows = []
+    for raw in items[:_CAP_ROWS]:
+        e = _d(raw)
+        rows.append(
+            [
+                _para(_time(e.get("time"), suffix=""), "cell"),
+                _para(e.get("event"), "cell", cap=100),
+                _para(e.get("recipient"), "cell", empty=""),
+                _para(e.get("detail"), "cell", cap=_CAP_LINE, empty=""),
+            ]
+        )
+    table = _grid_table(
+        ["Time (UTC)", "Event", "Recipient", "Detail"],
+        rows,
+        [width * 0.2, width * 0.2, width * 0.22, width * 0.38],
+    )
+    return [*_heading("Timeline"), table, *_more_note(len(items), "events")]
+
+
+def _evidence_log(ev: dict[str, Any]) -> list[Flowable]:
+    log = _d(ev.get("evidence_log"))
+    if not log:
+        return []
+    items = _l(log.get("entries"))
+    out = [
+        *_heading("Evidence log"),
+        _kv_table([("Log head (SHA-256)", _hash_para(log.get("head")))]),
+    ]
+    if items:
+        width = _PAGE_W - 2 * _MARGIN
+        rows = [
+            [
+                _para(_d(e).get("seq"), "cell"),
+                _para(_d(e).get("event"), "cell", cap=100),
+                _hash_para(_d(e).get("hash")),
+            ]
+            for e in items[:_CAP_ROWS]
+        ]
+        out += [
+            Spacer(1, 2 * mm),
+            _grid_table(
+                ["#", "Event", "Entry hash (SHA-256)"],
+                rows,
+                [width * 0.08, width * 0.3, width * 0.62],
+            ),
+            *_more_note(len(items), "log entries"),
+        ]
+    return out
+
+
+def _message_text(ev: dict[str, Any]) -> list[Flowable]:
+    m = _d(ev.get("message"))
+    text = m.get("text")
+    out = _heading("Message text")
+    if not isinstance(text, str) or not text.strip():
+        return [*out, _trusted("The message has no text part.", "note")]
+    notes = []
+    if len(text) > _CAP_BODY:
+        notes.append(f"Only the first {_CAP_BODY:,} of {len(text):,} characters are shown.")
+    if m.get("text_truncated") is True:
+        notes.append("The gateway recorded a shortened text.")
+    if notes:
+        out.append(
+            _trusted(
+                escape(" ".join(notes) + " The complete message is the attached message.eml."),
+                "note",
+            )
+        )
+    # Paragraphs of at most _BODY_CHUNK lines: platypus flows them over pages, and
+    # splitting a paragraph at a page end re-wraps all of its remaining lines, which
+    # for one paragraph of thousands of lines takes seconds.
+    body = _clean(text, _CAP_BODY, multiline=True)
+    for block in body.split("\n\n"):
+        lines = block.split("\n")
+        for start in range(0, len(lines), _BODY_CHUNK):
+            chunk = "\n".join(lines[start : start + _BODY_CHUNK])
+            if chunk.strip():
+                out.append(_para(chunk, "body", _CAP_BODY + 10, multiline=True))
+        out.append(Spacer(1, 4))
+    return out
+
+
+def _how_to_verify(ev: dict[str, Any]) -> list[Flowable]:
+    mono = _fonts()[2]
+
+    def code(text: str) -> str:
+        return f'<font name="{mono}">{escape(text)}</font>'
+
+    return [
+        *_heading("How to verify"),
+        _trusted(
+            "This PDF is signed (PAdES, ETSI EN 319 142) with the gateway's document signing "
+            "certificate and carries an RFC 3161 timestamp of the signature. "
+            f"Run {code('certifica verify certificate.pdf')}: it checks that the signature "
+            "covers the whole file and is intact, that the signing certificate leads to a "
+            "trusted authority, and that the timestamp is valid. The original message is "
+            f"attached to this PDF as {code('message.eml')}: its SHA-256 "
+            f"({code('sha256sum message.eml')}) must equal the "
+            '"SHA-256 of the message as received" printed above. The attached '
+            f"{code('evidence.json')} holds the same evidence in machine-readable form.",
+            "body",
+        ),
+    ]
+
+
+# --- page furniture -------------------------------------------------------------------
+
+
+class _NumberedCanvas(rl_canvas.Canvas):
+    """Defers page output so the footer can say "page x of y"."""
+
+    footer_text = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # noqa: N802 - reportlab's name
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        total = len(self._pages)
+        for state in self._pages:
+            self.__dict__.update(state)
+            self._footer(total)
+            super().showPage()
+        super().save()
+
+    def _footer(self, total: int) -> None:
+        self.saveState()
+        self.setFont(_fonts()[0], 7)
+        self.setFillColor(colors.HexColor("#666666"))
+        self.drawString(_MARGIN, 10 * mm, self.footer_text)
+        self.drawRightString(_PAGE_W - _MARGIN, 10 * mm, f"Page {self._pageNumber} of {total}")
+        self.restoreState()
+
+
+def _canvas_class(footer: str) -> type[_NumberedCanvas]:
+    return type("_FooterCanvas", (_NumberedCanvas,), {"footer_text": footer})
+
+
+# --- the document ---------------------------------------------------------------------
+
+
+def evidence_json(evidence: dict[str, Any]) -> bytes:
+    """The bytes of the embedded evidence.json."""
+    try:
+        return json.dumps(evidence, indent=2, sort_keys=True, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (a header decoded with surrogateescape) has no UTF-8 form;
+        # \\u escapes keep the file valid JSON that loads back to the same dict.
+        return json.dumps(evidence, indent=2, sort_keys=True, ensure_ascii=True).encode()
+
+
+def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
+    return [
+        *_header(ev, kind),
+        *_sender(ev),
+        *_message(ev),
+        *_attachments(ev),
+        *_recipients(ev),
+        *_timeline(ev),
+        *_evidence_log(ev),
+        *_message_text(ev),
+        *_how_to_verify(ev),
+    ]
+
+
+def _render_pages(ev: dict[str, Any], kind: str, story: list[Flowable]) -> bytes:
+    cert_id = _clean(ev.get("certificate_id"), 64)
+    title = TITLES.get(kind, TITLES["sending"])
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=_MARGIN,
+        rightMargin=_MARGIN,
+        topMargin=_MARGIN,
+        bottomMargin=_MARGIN + 4 * mm,
+        title=f"{title} {cert_id}".strip(),
+        author="Certifica",
+        subject=cert_id,
+        creator="Certifica",
+    )
+    footer = f"{title} · {cert_id}" if cert_id else title
+    # drawString cannot switch fonts: what the footer font lacks becomes "?".
+    footer = "".join(
+        run if font is None else "?" * len(run) for font, run in _font_runs(footer, _fonts()[0])
+    )
+    doc.build(story, canvasmaker=_canvas_class(footer))
+    return buf.getvalue()
+
+
+def _embed(pdf: bytes, eml: bytes, evidence_bytes: bytes) -> bytes:
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    # A name tree's keys must be sorted: evidence.json before message.eml.
+    files = [
+        (
+            EMBEDDED_EVIDENCE,
+            evidence_bytes,
+            "application/json",
+            "/Data",
+            "Evidence record (certifica-evidence/1), machine-readable",
+        ),
+        (
+            EMBEDDED_MESSAGE,
+            eml,
+            "message/rfc822",
+            "/Source",
+            "The certified message exactly as received (RFC 5322)",
+        ),
+    ]
+    for name, data, mime, relationship, description in files:
+        stream = embed.EmbeddedFileObject.from_file_data(
+            writer,
+            data=data,
+            mime_type=mime,
+            params=embed.EmbeddedFileParams(embed_size=True, embed_checksum=True),
+        )
+        embed.embed_file(
+            writer,
+            embed.FileSpec(
+                file_spec_string=name,
+                file_name=name,
+                embedded_data=stream,
+                description=description,
+                af_relationship=generic.NameObject(relationship),
+            ),
+        )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def render_certificate(evidence: dict, eml: bytes) -> bytes:
+    """Render the unsigned certificate PDF, with message.eml and evidence.json attached."""
+    ev = _d(evidence)
+    raw_kind = ev.get("kind")
+    kind = raw_kind if isinstance(raw_kind, str) and raw_kind in TITLES else "sending"
+    try:
+        pdf = _render_pages(ev, kind, _story(ev, kind))
+    except LayoutError:
+        # Unreachable with the caps above; if a reportlab change makes some value
+        # too tall anyway, a plainer certificate is better than none.
+        pdf = _render_pages(ev, kind, _fallback_story(ev, kind))
+    return _embed(pdf, bytes(eml), evidence_json(evidence))
+
+
+def _fallback_story(ev: dict[str, Any], kind: str) -> list[Flowable]:
+    m = _d(ev.get("message"))
+    return [
+        _trusted(escape(TITLES[kind]), "title"),
+        _kv_table(
+            [
+                ("Certificate id", _para(ev.get("certificate_id"), cap=100)),
+                ("Issued at (UTC)", _para(_time(ev.get("issued_at")))),
+                ("Subject", _para(m.get("subject"), cap=200)),
+                ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
+            ]
+        ),
+        _trusted(
+            "The full evidence could not be laid out on the page; it is in the "
+            "attached evidence.json, and the message in message.eml.",
+            "note",
+        ),
+        *_how_to_verify(ev),
+    ]

@@ -1,0 +1,386 @@
+"""The gateway's development public-key infrastructure (RFC 5280 profiles).
+
+With no signing configuration the gateway makes its own small PKI on first start,
+in its state directory, so that every certificate it issues is verifiable from the
+first message on. Nothing here is meant for production: an operator points the
+configuration at a real signing certificate and a real RFC 3161 timestamp authority.
+
+Four key pairs, all RSA-2048, all certificates X.509 v3 profiled after RFC 5280:
+
+- a root CA (10 years; basicConstraints CA, keyUsage keyCertSign+cRLSign);
+- a document signing certificate (2 years; keyUsage digitalSignature+nonRepudiation,
+  the usage ETSI EN 319 142 (PAdES) validators and pyHanko expect of a signer);
+- a timestamp authority certificate (2 years; extendedKeyUsage timeStamping, marked
+  critical as RFC 3161 section 2.3 requires, so `openssl ts -verify` accepts it);
+- a TLS server certificate for SMTP STARTTLS (2 years; subjectAltName = the
+  gateway's hostname, localhost and 127.0.0.1).
+
+Files are PEM, keys unencrypted PKCS#8 with mode 0600 in a 0700 directory; every file is
+written atomically (temporary file, fsync, rename, fsync of the directory) so that a
+crash never leaves a half-written key behind.
+
+:func:`ensure_dev_pki` is idempotent: it reuses what is on disk, re-issues a leaf
+certificate that is missing, unreadable, not issued by the CA on disk, within 30 days of
+expiry or (for TLS) made for another host, and starts over only when the CA itself is
+unusable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["Pki", "ensure_dev_pki"]
+
+CA_VALIDITY = dt.timedelta(days=3652)
+LEAF_VALIDITY = dt.timedelta(days=731)
+# Leaf certificates are re-issued this long before they expire, so a certificate
+# signed today is not signed by a key whose certificate dies tomorrow.
+RENEW_BEFORE = dt.timedelta(days=30)
+# Back-date notBefore a little: a verifier whose clock runs slightly behind ours must
+# not see a certificate that is "not yet valid".
+CLOCK_SKEW = dt.timedelta(minutes=10)
+KEY_SIZE = 2048
+
+# A certificate profile adds the extensions of one kind of certificate to a builder.
+Profile = Callable[[x509.CertificateBuilder], x509.CertificateBuilder]
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the development PKI files (all PEM)."""
+
+    ca_cert: Path
+    ca_key: Path
+    signing_cert: Path
+    signing_key: Path
+    tsa_cert: Path
+    tsa_key: Path
+    tls_cert: Path
+    tls_key: Path
+
+
+def ensure_dev_pki(
+    keys_dir: Path, hostname: str, organisation: str = "Certifica development CA"
+) -> Pki:
+    """Create the development PKI in *keys_dir*, or reuse the one already there."""
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory.
+    os.chmod(keys_dir, 0o700)
+    pki = Pki(
+        ca_cert=keys_dir / "ca.pem",
+        ca_key=keys_dir / "ca.key",
+        signing_cert=keys_dir / "signing.pem",
+        signing_key=keys_dir / "signing.key",
+        tsa_cert=keys_dir / "tsa.pem",
+        tsa_key=keys_dir / "tsa.key",
+        tls_cert=keys_dir / "tls.pem",
+        tls_key=keys_dir / "tls.key",
+    )
+    # Several processes (the server and a CLI run, or pool workers) may start at once;
+    # without the lock two of them could each make a CA and leave mismatched files.
+    with _locked(keys_dir / ".pki.lock"):
+        now = dt.datetime.now(dt.UTC)
+        ca = _load_pair(pki.ca_cert, pki.ca_key, now)
+        if ca is None:
+            ca = _make_ca(pki, organisation, now)
+            fresh_ca = True
+        else:
+            fresh_ca = False
+        ca_cert, ca_key = ca
+
+        def leaf(cert_path: Path, key_path: Path, wanted_host: str | None = None) -> bool:
+            if fresh_ca:
+                return True
+            pair = _load_pair(cert_path, key_path, now)
+            if pair is None:
+                return True
+            cert, _ = pair
+            if cert.not_valid_after_utc - now < RENEW_BEFORE:
+                return True
+            try:
+                # Issued by *this* CA's key, not by an earlier CA of the same name.
+                cert.verify_directly_issued_by(ca_cert)
+            except (ValueError, TypeError, InvalidSignature):
+                return True
+            if wanted_host is not None:
+                try:
+                    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                except x509.ExtensionNotFound:
+                    return True
+                present = [n.lower() for n in san.value.get_values_for_type(x509.DNSName)]
+                present += [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)]
+                if _san_form(wanted_host) not in present:
+                    return True
+            return False
+
+        if leaf(pki.signing_cert, pki.signing_key):
+            _issue(
+                pki.signing_cert,
+                pki.signing_key,
+                ca_cert,
+                ca_key,
+                now,
+                _name(f"{hostname} document signing", organisation),
+                _signing_profile,
+            )
+        if leaf(pki.tsa_cert, pki.tsa_key):
+            _issue(
+                pki.tsa_cert,
+                pki.tsa_key,
+                ca_cert,
+                ca_key,
+                now,
+                _name(f"{hostname} timestamp authority", organisation),
+                _tsa_profile,
+            )
+        if leaf(pki.tls_cert, pki.tls_key, hostname):
+            _issue(
+                pki.tls_cert,
+                pki.tls_key,
+                ca_cert,
+                ca_key,
+                now,
+                _name(hostname, organisation),
+                _tls_profile(hostname),
+            )
+    return pki
+
+
+# --- building blocks -------------------------------------------------------------------
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _name(common_name: str, organisation: str) -> x509.Name:
+    # A CN is limited to 64 characters (RFC 5280 ub-common-name); a long hostname
+    # still works because TLS clients match the subjectAltName, not the CN.
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+        ]
+    )
+
+
+def _load_pair(
+    cert_path: Path, key_path: Path, now: dt.datetime
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey] | None:
+    """The certificate and key on disk, or None when missing, broken or expired."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return None
+    if cert.public_key() != key.public_key():
+        return None
+    if cert.not_valid_after_utc <= now:
+        return None
+    return cert, key
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # makes the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _write_pair(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey
+) -> None:
+    # Key first: a certificate on disk without its key would be reused by nobody, but
+    # a key without certificate is simply re-made on the next start.
+    _write_atomic(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
+
+
+def _make_ca(
+    pki: Pki, organisation: str, now: dt.datetime
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = _new_key()
+    subject = _name(organisation, organisation)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_pair(pki.ca_cert, pki.ca_key, cert, key)
+    return cert, key
+
+
+def _key_usage(
+    *,
+    digital_signature: bool = False,
+    content_commitment: bool = False,
+    key_encipherment: bool = False,
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=content_commitment,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _signing_profile(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    # No extendedKeyUsage: any EKU would restrict which validators accept the
+    # signature (NSS, used by poppler, checks it against e-mail signing).
+    return builder.add_extension(
+        _key_usage(digital_signature=True, content_commitment=True), critical=True
+    )
+
+
+def _tsa_profile(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    return builder.add_extension(
+        _key_usage(digital_signature=True, content_commitment=True), critical=True
+    ).add_extension(
+        # RFC 3161 section 2.3: the TSA's certificate MUST contain only this EKU,
+        # and it MUST be critical.
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]),
+        critical=True,
+    )
+
+
+def _tls_profile(hostname: str) -> Profile:
+    def profile(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+        names: list[x509.GeneralName] = []
+        ips = {ipaddress.ip_address("127.0.0.1")}
+        try:
+            # A gateway reached by address: RFC 6125 matches IPs only as iPAddress.
+            ips.add(ipaddress.ip_address(hostname))
+        except ValueError:
+            names.append(x509.DNSName(_a_label(hostname)))
+        if "localhost" not in [n.value for n in names]:
+            names.append(x509.DNSName("localhost"))
+        names.extend(x509.IPAddress(ip) for ip in sorted(ips, key=str))
+        return (
+            builder.add_extension(
+                _key_usage(digital_signature=True, key_encipherment=True), critical=True
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        )
+
+    return profile
+
+
+def _san_form(hostname: str) -> str:
+    try:
+        return str(ipaddress.ip_address(hostname))
+    except ValueError:
+        return _a_label(hostname).lower()
+
+
+def _a_label(hostname: str) -> str:
+    """The ASCII form of an internationalised hostname (RFC 5890), as SANs require."""
+    try:
+        return hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return hostname.encode("ascii", "ignore").decode("ascii") or "localhost"
+
+
+def _issue(
+    cert_path: Path,
+    key_path: Path,
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    now: dt.datetime,
+    subject: x509.Name,
+    profile: Profile,
+) -> None:
+    key = _new_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    cert = profile(builder).sign(ca_key, hashes.SHA256())
+    _write_pair(cert_path, key_path, cert, key)

@@ -1,0 +1,151 @@
+"""Rendering and signing certificates off the event loop, in worker processes.
+
+Rendering (reportlab) and signing (pyHanko: RFC 5652 CMS, RFC 3161 timestamp, ETSI EN
+319 142 PAdES) are CPU-bound Python; in the gateway's process they would stall every
+SMTP session for tens of milliseconds per certificate. :class:`CertificatePool` runs
+them in a :class:`~concurrent.futures.ProcessPoolExecutor` (one worker per CPU, "spawn"
+start method so no worker inherits the parent's event loop, sockets or locks). Each
+worker builds its :class:`~certifier.signing.DocumentSigner` and timestamper once, in
+the pool initializer, from a small picklable :class:`SigningSettings`.
+
+Errors: whatever :meth:`DocumentSigner.sign <certifier.signing.DocumentSigner.sign>`
+raises in a worker is re-raised by :meth:`CertificatePool.certify` (notably
+``TimestampRequestError`` when a remote TSA fails: temporary, retry later);
+``concurrent.futures.process.BrokenProcessPool`` if a worker dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyhanko.sign.timestamps import TimeStamper
+
+from certifier.document import render_certificate
+from certifier.pki import Pki
+from certifier.signing import DocumentSigner
+from certifier.tsa import LocalTimeStamper, make_timestamper
+
+T = TypeVar("T")
+
+__all__ = [
+    "CertificatePool",
+    "SigningSettings",
+    "build_signer",
+    "init_process",
+    "render_and_sign",
+]
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    """What a process needs to sign certificates; paths only, so it pickles cheaply."""
+
+    signing_cert: Path
+    signing_key: Path
+    extra_certs: tuple[Path, ...]
+    tsa_url: str | None
+    tsa_cert: Path | None
+    tsa_key: Path | None
+    tsa_timeout: float = 10.0
+    # Certificates the local TSA puts in its tokens next to its own (its CA). Empty means
+    # extra_certs, right for the development PKI where one CA issued everything.
+    tsa_chain: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_pki(
+        cls, pki: Pki, tsa_url: str | None = None, tsa_timeout: float = 10.0
+    ) -> SigningSettings:
+        """Settings for the development PKI (and optionally a remote TSA)."""
+        return cls(
+            signing_cert=pki.signing_cert,
+            signing_key=pki.signing_key,
+            extra_certs=(pki.ca_cert,),
+            tsa_url=tsa_url,
+            tsa_cert=pki.tsa_cert,
+            tsa_key=pki.tsa_key,
+            tsa_timeout=tsa_timeout,
+            tsa_chain=(pki.ca_cert,),
+        )
+
+
+def build_signer(settings: SigningSettings) -> DocumentSigner:
+    """A signer (with its timestamper) for *settings*."""
+    timestamper: TimeStamper
+    if settings.tsa_url:
+        timestamper = make_timestamper(None, settings.tsa_url, settings.tsa_timeout)
+    elif settings.tsa_cert is not None and settings.tsa_key is not None:
+        timestamper = LocalTimeStamper.from_files(
+            settings.tsa_cert, settings.tsa_key, settings.tsa_chain or settings.extra_certs
+        )
+    else:
+        raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
+    return DocumentSigner(
+        settings.signing_cert, settings.signing_key, settings.extra_certs, timestamper
+    )
+
+
+# The signer of this process: set by init_process (the pool initializer in a worker,
+# or the gateway itself when it signs in-process).
+_signer: DocumentSigner | None = None
+
+
+def init_process(settings: SigningSettings) -> None:
+    """Build this process's signer once, and load the fonts before the first request."""
+    global _signer
+    _signer = build_signer(settings)
+    # Registering the TrueType fonts parses them (tens of ms); pay that here, not in
+    # the first certificate.
+    render_certificate({}, b"")
+
+
+def render_and_sign(evidence: dict, eml: bytes, signer: DocumentSigner | None = None) -> bytes:
+    """Render and sign one certificate in this process; returns the signed PDF."""
+    signer = signer or _signer
+    if signer is None:
+        raise RuntimeError("no signer: call init_process(settings) or pass signer=")
+    return signer.sign(render_certificate(evidence, eml))
+
+
+class CertificatePool:
+    """Worker processes that render and sign certificates for an asyncio program."""
+
+    def __init__(self, settings: SigningSettings, workers: int | None = None) -> None:
+        # Fail here, in the caller, on an unreadable key or certificate, instead of as a
+        # BrokenProcessPool on the first certificate.
+        build_signer(settings)
+        self._executor = ProcessPoolExecutor(
+            max_workers=workers or os.cpu_count() or 1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_process,
+            initargs=(settings,),
+        )
+
+    async def certify(self, evidence: dict, eml: bytes) -> bytes:
+        """Render and sign in a worker; the event loop keeps running meanwhile."""
+        return await self.run(render_and_sign, evidence, eml)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run *fn(*args)* in a worker, where :func:`render_and_sign` has its signer.
+
+        For a step that wraps rendering and signing (parsing the message first, say);
+        *fn* must be a module-level function and the arguments picklable.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        """Stop the workers; certificates still queued are cancelled."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> CertificatePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,689 @@
+"""The certificate PDF: rendering, PAdES B-T signing, RFC 3161 timestamps, verification.
+
+Everything is real: the development PKI is made in a temporary directory, signatures are
+checked by independent validators (poppler's pdfsig, pyHanko's validator, `openssl ts`),
+attachments are extracted with poppler's pdfdetach, text with pdftotext, and the remote
+TSA test talks HTTP to a timestamp server on a loopback port the OS picked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import io
+import json
+import os
+import random
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asn1crypto import tsp
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyhanko.keys import load_cert_from_pemder
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.embed import EmbeddedFileObject
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.timestamps import HTTPTimeStamper
+from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko.sign.validation.status import SignatureCoverageLevel
+from pyhanko_certvalidator import ValidationContext
+
+from certifier.document import TITLES, render_certificate
+from certifier.pki import Pki, ensure_dev_pki
+from certifier.pool import CertificatePool, SigningSettings, build_signer, render_and_sign
+from certifier.signing import DocumentSigner
+from certifier.tsa import DEVELOPMENT_TSA_POLICY, LocalTimeStamper, make_timestamper
+from certifier.verify import (
+    VerifyReport,
+    extract_timestamp_token,
+    signature_value,
+    verify_certificate,
+)
+
+HOSTILE_SUBJECT = "<b>bold</b> &amp; <font color=red>x</font> {{7*7}}"
+HOSTILE_NAME = "Renée Straße 日本 <img src=http://evil.example/x.png>"
+HOSTILE_FILE = 'in]]>voice<script>alert("x")</script>.pdf'
+HOSTILE_REPLY = "Ok: queued as <b>ABC</b> & ]]> {{ x }}"
+LONG_WORD = "W" * 2000
+
+EML = (
+    b"From: =?utf-8?q?Ren=C3=A9e?= <alice@example.com>\r\n"
+    b"To: bob@example.org\r\n"
+    b"Cc: certifica@certifica.localhost\r\n"
+    b"Subject: <b>bold</b> &amp; <font color=red>x</font> {{7*7}}\r\n"
+    b"Message-ID: <20261123100000.1@example.com>\r\n"
+    b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+    b"\r\n"
+    b"Hello Bob,\r\n\r\nthe contract is attached.\r\n"
+)
+
+
+def make_evidence(eml: bytes = EML, **message: object) -> dict[str, Any]:
+    sha = hashlib.sha256(eml).hexdigest()
+    evidence: dict[str, Any] = {
+        "format": "certifica-evidence/1",
+        "kind": "sending",
+        "certificate_id": "CF-6F1C2A9E0B7D4E11",
+        "queue_id": "4F2A1B3C9D",
+        "issued_at": "2026-11-23T10:00:03Z",
+        "gateway": {
+            "hostname": "certifica.localhost",
+            "domain": "certifica.localhost",
+            "software": "Certifica 0.1.0",
+        },
+        "sender": {
+            "envelope_from": "alice@example.com",
+            "header_from": f"{HOSTILE_NAME} <alice@example.com>",
+            "authenticated_user": "alice@example.com",
+            "client_ip": "127.0.0.1",
+            "client_helo": "laptop",
+            "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"},
+            "method": "submission",
+        },
+        "message": {
+            "subject": HOSTILE_SUBJECT,
+            "date": "Mon, 23 Nov 2026 10:00:00 +0000",
+            "message_id": "<20261123100000.1@example.com>",
+            "from": f"{HOSTILE_NAME} <alice@example.com>",
+            "to": ["bob@example.org"],
+            "cc": ["certifica@certifica.localhost"],
+            "size": len(eml),
+            "sha256": sha,
+            "attachments": [
+                {
+                    "filename": HOSTILE_FILE,
+                    "content_type": "application/pdf",
+                    "size": 1234,
+                    "sha256": "a1" * 32,
+                }
+            ],
+            "text": "Hello Bob,\n\nthe contract is attached.\n\n" + LONG_WORD,
+            "text_truncated": False,
+            "defects": [],
+        },
+        "recipients": [
+            {
+                "address": "bob@example.org",
+                "status": "delivered",
+                "time": "2026-11-23T10:00:01Z",
+                "mx_host": "mx.example.org",
+                "ip": "127.0.0.1",
+                "port": 25,
+                "reply": {"code": 250, "enhanced": "2.0.0", "text": HOSTILE_REPLY},
+                "remote_queue_id": "ABC",
+                "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"},
+                "attempts": 1,
+                "delivered_sha256": "b2" * 32,
+                "note": None,
+            },
+            {
+                "address": "carol@example.net",
+                "status": "failed",
+                "time": "2026-11-23T10:00:02Z",
+                "mx_host": "mx.example.net",
+                "ip": "192.0.2.7",
+                "port": 25,
+                "reply": {"code": 550, "enhanced": "5.1.1", "text": "User unknown"},
+                "remote_queue_id": None,
+                "tls": None,
+                "attempts": 1,
+                "delivered_sha256": None,
+                "note": None,
+            },
+        ],
+        "timeline": [
+            {
+                "time": "2026-11-23T10:00:00Z",
+                "event": "SubmissionAcceptance",
+                "recipient": None,
+                "detail": "250 2.0.0 queued as 4F2A1B3C9D",
+            },
+            {
+                "time": "2026-11-23T10:00:01Z",
+                "event": "RelayToNonERDS",
+                "recipient": "bob@example.org",
+                "detail": HOSTILE_REPLY,
+            },
+        ],
+        "evidence_log": {
+            "head": "c3" * 32,
+            "entries": [{"seq": 1, "event": "SubmissionAcceptance", "hash": "d4" * 32}],
+        },
+    }
+    evidence["message"].update(message)
+    return evidence
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return ensure_dev_pki(tmp_path_factory.mktemp("keys") / "pki", "certifica.localhost")
+
+
+@pytest.fixture(scope="module")
+def signer(pki: Pki) -> DocumentSigner:
+    return build_signer(SigningSettings.from_pki(pki))
+
+
+@pytest.fixture(scope="module")
+def signed(signer: DocumentSigner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pdf") / "certificate.pdf"
+    path.write_bytes(render_and_sign(make_evidence(), EML, signer))
+    return path
+
+
+def run(*args: str | Path, input_bytes: bytes | None = None) -> str:
+    done = subprocess.run(
+        [str(a) for a in args], input=input_bytes, capture_output=True, timeout=30, check=False
+    )
+    return (done.stdout + done.stderr).decode("utf-8", "replace")
+
+
+def embedded_files(pdf: bytes) -> dict[str, bytes]:
+    """Attachments as pyHanko reads them (a second extractor next to pdfdetach)."""
+    reader = PdfFileReader(io.BytesIO(pdf))
+    names = reader.root["/Names"]["/EmbeddedFiles"]["/Names"]
+    return {
+        str(names[i]): names[i + 1].get_object()["/EF"]["/F"].get_object().data
+        for i in range(0, len(names), 2)
+    }
+
+
+def failed(report: VerifyReport) -> dict[str, str]:
+    return {c.name: c.detail for c in report.checks if not c.ok}
+
+
+# --- the development PKI ----------------------------------------------------------------
+
+
+def test_dev_pki_is_private_idempotent_and_profiled(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    first = ensure_dev_pki(keys, "mx.example.test")
+    contents = {p: p.read_bytes() for p in keys.iterdir()}
+    assert ensure_dev_pki(keys, "mx.example.test") == first
+    assert {p: p.read_bytes() for p in keys.iterdir()} == contents  # reused, not re-made
+
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for key in (first.ca_key, first.signing_key, first.tsa_key, first.tls_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not list(keys.glob("*.tmp"))
+
+    out = run(
+        "openssl",
+        "verify",
+        "-CAfile",
+        first.ca_cert,
+        first.signing_cert,
+        first.tsa_cert,
+        first.tls_cert,
+    )
+    assert out.count(": OK") == 3, out
+
+    tsa = x509.load_pem_x509_certificate(first.tsa_cert.read_bytes())
+    eku = tsa.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert eku.critical and list(eku.value) == [ExtendedKeyUsageOID.TIME_STAMPING]
+    signing = x509.load_pem_x509_certificate(first.signing_cert.read_bytes())
+    usage = signing.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.content_commitment
+    ca = x509.load_pem_x509_certificate(first.ca_cert.read_bytes())
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days >= 3650
+    assert (signing.not_valid_after_utc - signing.not_valid_before_utc).days <= 732
+
+    # A new hostname re-issues only the TLS certificate, from the same CA.
+    ensure_dev_pki(keys, "gw.example.test")
+    assert first.ca_cert.read_bytes() == contents[first.ca_cert]
+    assert first.signing_key.read_bytes() == contents[first.signing_key]
+    tls = x509.load_pem_x509_certificate(first.tls_cert.read_bytes())
+    san = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "gw.example.test" in san.get_values_for_type(x509.DNSName)
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+
+
+# --- the signed certificate, checked by independent validators ---------------------------
+
+
+def test_poppler_says_signature_is_valid(signed: Path) -> None:
+    out = run("pdfsig", signed)
+    assert "Signature is Valid" in out, out
+    assert "ETSI.CAdES.detached" in out
+    assert "Total document signed" in out
+
+
+def test_pyhanko_validates_signature_chain_and_timestamp(signed: Path, pki: Pki) -> None:
+    reader = PdfFileReader(io.BytesIO(signed.read_bytes()))
+    (sig,) = reader.embedded_signatures
+    assert sig.sig_object["/SubFilter"] == "/ETSI.CAdES.detached"
+    context = ValidationContext(
+        trust_roots=[load_cert_from_pemder(str(pki.ca_cert))], allow_fetching=False
+    )
+    status = validate_pdf_signature(sig, signer_validation_context=context)
+    assert status.intact and status.valid and status.trusted
+    assert status.coverage == SignatureCoverageLevel.ENTIRE_FILE
+    assert status.md_algorithm == "sha256"
+    ts = status.timestamp_validity
+    assert ts is not None and ts.intact and ts.valid and ts.trusted
+    assert abs(time.time() - ts.timestamp.timestamp()) < 600
+    # The CA travels with the signature, so a verifier needs only the root's identity.
+    embedded = [c.subject for c in sig.other_embedded_certs]
+    assert load_cert_from_pemder(str(pki.ca_cert)).subject in embedded
+
+
+def test_openssl_verifies_the_timestamp_token(signed: Path, pki: Pki, tmp_path: Path) -> None:
+    pdf = signed.read_bytes()
+    token = tmp_path / "token.der"
+    token.write_bytes(extract_timestamp_token(pdf))
+    data = tmp_path / "signature.bin"
+    data.write_bytes(signature_value(pdf))
+    out = run(
+        "openssl", "ts", "-verify", "-in", token, "-token_in", "-data", data, "-CAfile", pki.ca_cert
+    )
+    assert "Verification: OK" in out, out
+    text = run("openssl", "ts", "-reply", "-in", token, "-token_in", "-text")
+    assert f"Policy OID: {DEVELOPMENT_TSA_POLICY}" in text, text
+    # The token is over this signature only: other data fails.
+    data.write_bytes(b"something else")
+    assert "Verification: OK" not in run(
+        "openssl", "ts", "-verify", "-in", token, "-token_in", "-data", data, "-CAfile", pki.ca_cert
+    )
+
+
+def test_attachments_are_byte_exact(signed: Path, tmp_path: Path) -> None:
+    out = run("pdfdetach", "-saveall", "-o", tmp_path, signed)
+    assert (tmp_path / "message.eml").read_bytes() == EML, out
+    evidence_bytes = (tmp_path / "evidence.json").read_bytes()
+    expected = make_evidence()
+    assert (
+        evidence_bytes
+        == json.dumps(expected, indent=2, sort_keys=True, ensure_ascii=False).encode()
+    )
+    assert embedded_files(signed.read_bytes()) == {
+        "evidence.json": evidence_bytes,
+        "message.eml": EML,
+    }
+
+
+def test_visible_text_has_whole_hashes_and_literal_hostile_strings(signed: Path) -> None:
+    text = run("pdftotext", "-layout", signed, "-")
+    evidence = make_evidence()
+    tokens = text.split()
+    # Whole 64-digit hashes, each one token: what a reader copies to compare.
+    for digest in (
+        evidence["message"]["sha256"],
+        "a1" * 32,
+        "b2" * 32,
+        "c3" * 32,
+        "d4" * 32,
+    ):
+        assert digest in tokens
+    flat = " ".join(tokens)
+    for literal in (
+        HOSTILE_SUBJECT,
+        "Renée Straße 日本",
+        "<img src=http://evil.example/x.png>",
+        "{{ x }}",
+        "<b>ABC</b> & ]]>",
+        "CF-6F1C2A9E0B7D4E11",
+        TITLES["sending"],
+        "certifica verify certificate.pdf",
+    ):
+        assert literal in flat, literal
+    assert "in]]>voice<script>alert(" in flat
+    assert flat.count("W") >= 2000  # the 2000-character word wrapped, not dropped
+    assert "Page 1 of" in flat
+    assert "bob@example.org" in flat and "carol@example.net" in flat
+    assert "550 5.1.1 User unknown" in flat
+
+
+# --- verify_certificate ------------------------------------------------------------------
+
+
+def test_verify_accepts_the_intact_certificate(signed: Path, pki: Pki) -> None:
+    report = verify_certificate(signed.read_bytes(), [pki.ca_cert])
+    assert report.ok, failed(report)
+    names = [c.name for c in report.checks]
+    for name in (
+        "signature-count",
+        "coverage",
+        "integrity",
+        "trust",
+        "timestamp",
+        "attachments",
+        "message-hash",
+    ):
+        assert name in names
+    assert report.evidence == make_evidence()
+    timestamp = next(c for c in report.checks if c.name == "timestamp")
+    assert "UTC" in timestamp.detail
+
+
+def test_verify_without_trust_roots_is_not_ok(signed: Path) -> None:
+    report = verify_certificate(signed.read_bytes(), [])
+    assert not report.ok
+    assert "not checked against a trust anchor" in failed(report)["trust"]
+    # Integrity is still reported on its own.
+    assert "integrity" not in failed(report)
+
+
+def test_verify_rejects_a_foreign_signer(tmp_path: Path, pki: Pki) -> None:
+    # A forger with their own development PKI: a perfect PDF, an untrusted signer.
+    forger = ensure_dev_pki(tmp_path / "forger", "certifica.localhost")
+    pdf = render_and_sign(make_evidence(), EML, build_signer(SigningSettings.from_pki(forger)))
+    report = verify_certificate(pdf, [pki.ca_cert])
+    assert not report.ok
+    assert set(failed(report)) == {"trust", "timestamp"}
+
+
+def _position_inside_signature(pdf: bytes | bytearray) -> int:
+    start = pdf.index(b"/Contents <") + len(b"/Contents <")
+    return start + 200
+
+
+def _position_in_signature_padding(pdf: bytes | bytearray) -> int:
+    start = pdf.index(b"/Contents <")
+    end = pdf.index(b">", start)
+    return end - 10  # the zero padding after the DER object
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "first byte",
+        "page content",
+        "middle",
+        "signature",
+        "signature padding",
+        "signature hex case",
+        "last byte",
+    ],
+)
+def test_verify_rejects_any_one_byte_change(signed: Path, pki: Pki, where: str) -> None:
+    pdf = bytearray(signed.read_bytes())
+    position = {
+        "first byte": 0,
+        "page content": pdf.index(b"stream") + 20,
+        "middle": len(pdf) // 2,
+        "signature": _position_inside_signature(pdf),
+        "signature padding": _position_in_signature_padding(pdf),
+        "signature hex case": next(
+            i for i in range(_position_inside_signature(pdf), len(pdf)) if pdf[i] in b"ABCDEF"
+        ),
+        "last byte": len(pdf) - 1,
+    }[where]
+    # A case change of a hex digit keeps its value; everything else flips a bit.
+    pdf[position] ^= 0x20 if where == "signature hex case" else 0x01
+    report = verify_certificate(bytes(pdf), [pki.ca_cert])
+    assert not report.ok, where
+    assert failed(report)
+
+
+def test_verify_rejects_a_re_embedded_message(signed: Path, pki: Pki) -> None:
+    # Swap message.eml in an incremental update, as an editing tool would.
+    writer = IncrementalPdfFileWriter(io.BytesIO(signed.read_bytes()))
+    names = writer.root["/Names"]["/EmbeddedFiles"]["/Names"]
+    spec = names[names.index(generic.pdf_string("message.eml")) + 1].get_object()
+    forged = EML.replace(b"Hello Bob", b"Hello Eve")
+    stream = EmbeddedFileObject.from_file_data(writer, forged)
+    spec["/EF"] = generic.DictionaryObject(
+        {
+            generic.pdf_name("/F"): stream.ef_stream_ref,
+            generic.pdf_name("/UF"): stream.ef_stream_ref,
+        }
+    )
+    writer.update_container(spec)
+    out = io.BytesIO()
+    writer.write(out)
+    report = verify_certificate(out.getvalue(), [pki.ca_cert])
+    assert not report.ok
+    problems = failed(report)
+    assert "whole file" in problems["coverage"]
+    assert "not the certified message" in problems["message-hash"]
+
+
+def test_verify_rejects_a_validly_signed_wrong_message(signer: DocumentSigner, pki: Pki) -> None:
+    # Even a properly signed PDF fails when message.eml is not the hashed message.
+    forged = EML.replace(b"Hello Bob", b"Hello Eve")
+    report = verify_certificate(render_and_sign(make_evidence(EML), forged, signer), [pki.ca_cert])
+    assert set(failed(report)) == {"message-hash"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello",
+        b"%PDF-1.7",
+        b"%PDF-1.7\n%%EOF\n",
+        os.urandom(4096),
+        b"%PDF-1.7\n" + os.urandom(4096),
+    ],
+)
+def test_verify_reports_garbage_without_raising(data: bytes, pki: Pki) -> None:
+    report = verify_certificate(data, [pki.ca_cert])
+    assert not report.ok and report.checks and report.evidence is None
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.3, 0.5, 0.9, 0.999])
+def test_verify_rejects_truncated_files(signed: Path, pki: Pki, fraction: float) -> None:
+    pdf = signed.read_bytes()
+    report = verify_certificate(pdf[: int(len(pdf) * fraction)], [pki.ca_cert])
+    assert not report.ok
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=2048), prefix=st.booleans())
+def test_verify_never_raises_on_arbitrary_bytes(data: bytes, prefix: bool) -> None:
+    report = verify_certificate((b"%PDF-1.7\n" if prefix else b"") + data, [])
+    assert not report.ok
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_verify_never_accepts_a_mutated_certificate(
+    signed: Path, pki: Pki, data: st.DataObject
+) -> None:
+    pdf = bytearray(signed.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        pdf = pdf[: data.draw(st.integers(0, len(pdf) - 1), label="length")]
+    else:
+        position = data.draw(st.integers(0, len(pdf) - 1), label="position")
+        pdf[position] = data.draw(st.integers(0, 255).filter(lambda b: b != pdf[position]))
+    assert not verify_certificate(bytes(pdf), [pki.ca_cert]).ok
+
+
+def test_extract_timestamp_token_refuses_garbage() -> None:
+    with pytest.raises(ValueError):
+        extract_timestamp_token(b"not a pdf")
+
+
+# --- rendering hostile and odd evidence ----------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    subject=st.text(max_size=300),
+    name=st.text(max_size=120),
+    body=st.text(max_size=3000),
+    filename=st.text(max_size=200),
+    reply=st.text(max_size=400),
+    odd=_json,
+    kind=st.sampled_from(["sending", "reception", "addendum", "unknown", None, ["sending"]]),
+)
+def test_render_never_raises_on_arbitrary_text(
+    subject: str,
+    name: str,
+    body: str,
+    filename: str,
+    reply: str,
+    odd: object,
+    kind: object,
+) -> None:
+    evidence = make_evidence(subject=subject, text=body, date=odd)
+    evidence["kind"] = kind
+    evidence["sender"]["header_from"] = name
+    evidence["message"]["attachments"][0]["filename"] = filename
+    evidence["recipients"][0]["reply"]["text"] = reply
+    evidence["recipients"][1] = odd  # a recipient that is not even a dict
+    evidence["timeline"][0]["detail"] = odd
+    pdf = render_certificate(evidence, body.encode("utf-8", "surrogatepass"))
+    assert pdf.startswith(b"%PDF-")
+    files = embedded_files(pdf)
+    assert files["message.eml"] == body.encode("utf-8", "surrogatepass")
+    assert json.loads(files["evidence.json"]) == evidence
+
+
+def test_render_survives_huge_and_malformed_evidence() -> None:
+    many = 405  # just over the 400 rows a table shows
+    wide = "Ｗ日" * 3000  # full-width: the widest glyphs, in the CJK fallback font
+    evidence = make_evidence(
+        subject="S" * 50_000,
+        to=[f"user{i}@example.org" for i in range(500)],
+        cc=[wide] * 80,
+        message_id=wide,
+        defects=[wide] * 30,
+        text="\x00\x1b[31m\u202etxet-lanimret\u202c\n" + "line\n" * 30_000,
+        attachments=[{"filename": "x" * 5000, "sha256": "f" * 64}]
+        + [{"filename": f"{i}.pdf"} for i in range(many - 1)],
+    )
+    evidence["recipients"] = [
+        {
+            "address": f"r{i}@example.org" + "y" * 1000,
+            "status": "bounced",
+            "reply": {"text": "z" * 5000},
+        }
+        for i in range(20)
+    ] + [["not", "a", "dict"], None, 42]
+    evidence["timeline"] = [{"event": "E" * 500, "detail": "d" * 5000}] * 3 + [
+        {"event": "RelayToNonERDS"}
+    ] * (many - 3)
+    evidence["timeline"][0] = {"time": wide, "event": wide, "recipient": wide, "detail": wide}
+    evidence["gateway"] = "not a dict"
+    evidence["evidence_log"] = {"head": None, "entries": "nope"}
+    pdf = render_certificate(evidence, b"")
+    text = " ".join(run("pdftotext", "-", "-", input_bytes=pdf).split())
+    assert f"{many - 400} more attachments are in evidence.json" in text
+    assert f"{many - 400} more events are in evidence.json" in text
+    assert "Only the first 20,000 of" in text
+    assert "and 440 more (see evidence.json)" in text  # To: 60 of 500 shown
+    # Control and bidi-override characters are dropped; the text itself stays.
+    assert "[31mtxet-lanimret" in text
+    assert "\u202e" not in text and "\x1b" not in text
+    assert render_certificate({}, b"").startswith(b"%PDF-")
+
+
+# --- remote TSA over HTTP, and the worker pool ----------------------------------------------
+
+
+@pytest.fixture()
+def tsa_url(pki: Pki) -> Iterator[str]:
+    """A real RFC 3161 timestamp server on a loopback port the OS picked."""
+    authority = LocalTimeStamper.from_pki(pki)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = authority.request_tsa_response(tsp.TimeStampReq.load(body)).dump()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/timestamp-reply")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/tsa"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_remote_tsa_over_http(pki: Pki, tsa_url: str) -> None:
+    timestamper = make_timestamper(None, tsa_url, timeout=5.0)
+    assert isinstance(timestamper, HTTPTimeStamper)
+    assert isinstance(make_timestamper(pki, None), LocalTimeStamper)
+    signer = DocumentSigner(pki.signing_cert, pki.signing_key, [pki.ca_cert], timestamper)
+    report = verify_certificate(render_and_sign(make_evidence(), EML, signer), [pki.ca_cert])
+    assert report.ok, failed(report)
+
+
+def test_pool_certifies_concurrently_without_blocking_the_loop(pki: Pki) -> None:
+    async def main() -> list[bytes]:
+        ticks = 0
+
+        async def heartbeat() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        with CertificatePool(SigningSettings.from_pki(pki), workers=2) as pool:
+            results = await asyncio.gather(
+                *(pool.certify(make_evidence(subject=f"message {i}"), EML) for i in range(4))
+            )
+        beat.cancel()
+        assert ticks > 0  # the loop kept running while workers rendered and signed
+        return list(results)
+
+    for pdf in asyncio.run(main()):
+        report = verify_certificate(pdf, [pki.ca_cert])
+        assert report.ok, failed(report)
+
+
+def test_timing_per_certificate(signer: DocumentSigner, capsys: pytest.CaptureFixture) -> None:
+    evidence = make_evidence(text="Hello Bob,\n\nthe contract is attached.\n\nAlice\n")
+    render_and_sign(evidence, EML, signer)  # warm caches
+    rounds = 10
+    render_s = sign_s = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        pdf = render_certificate(evidence, EML)
+        t1 = time.perf_counter()
+        signer.sign(pdf)
+        t2 = time.perf_counter()
+        render_s += t1 - t0
+        sign_s += t2 - t1
+    with capsys.disabled():
+        print(
+            f"\ncertificate: render {render_s / rounds * 1000:.1f} ms, "
+            f"sign (PAdES B-T, local TSA) {sign_s / rounds * 1000:.1f} ms, "
+            f"total {(render_s + sign_s) / rounds * 1000:.1f} ms per certificate"
+        )
+
+
+def test_signing_twice_gives_independent_valid_signatures(signer: DocumentSigner, pki: Pki) -> None:
+    pdf = render_certificate(make_evidence(), EML)
+    first, second = signer.sign(pdf), signer.sign(pdf)
+    assert first != second  # fresh timestamp, nonce and serial each time
+    rng = random.Random(1)
+    for signed_pdf in (first, second):
+        assert verify_certificate(signed_pdf, [pki.ca_cert]).ok
+        flipped = bytearray(signed_pdf)
+        flipped[rng.randrange(len(flipped))] ^= 0x40
+        assert not verify_certificate(bytes(flipped), [pki.ca_cert]).ok
