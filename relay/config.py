@@ -88,7 +88,11 @@ class DeliveryConfig:
     require_tls: bool = False
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
+    data_timeout: float = 600.0
     concurrency: int = 20
+    per_destination: int = 10
+    smtp_port: int = 25
+    connection_reuse: float = 10.0
 
 
 @dataclass(frozen=True)
