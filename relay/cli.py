@@ -208,6 +208,118 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_qid(store: Any, prefix: str) -> str:
+    matches = store.find_qids(prefix)
+    if not matches:
+        raise UserError(f"no message {prefix!r} in the queue")
+    if len(matches) > 1:
+        raise UserError(f"{prefix!r} matches {len(matches)} messages; give more of the id")
+    return str(matches[0])
+
+
+def _iso(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC" if ts else "-"
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        row = store.show(_one_qid(store, args.id))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(row, indent=2, default=str))
+        return EXIT_OK
+    print(f"queue id:     {row['qid']} ({row['kind']}, {row['state']})")
+    print(f"received:     {_iso(row['created'])}, {row['size']} bytes, sha256 {row['sha256']}")
+    print(
+        f"sender:       <{row['sender']}> (authenticated as {row['auth_user'] or '-'}, "
+        f"client {row['client_ip'] or '-'})"
+    )
+    if row["certified"]:
+        print(f"certificate:  {row['cert_id']} ({row['cert_state']})")
+    print("recipients:")
+    for r in row["recipients"]:
+        reply = (
+            f"{r['reply_code'] or ''} {r['reply_enhanced'] or ''} {r['reply_text'] or ''}".strip()
+        )
+        print(
+            f"  <{r['address']}> {r['status']}, {r['attempts']} attempts, last {_iso(r['last_attempt'])}"
+        )
+        if reply:
+            print(f"      {reply}")
+        if r["status"] in ("queued", "deferred"):
+            print(f"      next attempt {_iso(r['next_attempt'])}")
+    print("evidence:")
+    for e in row["evidence"]:
+        who = f" <{e['recipient']}>" if e["recipient"] else ""
+        print(f"  {_iso(e['time'])} {e['event']}{who} #{e['seq']} {e['hash'][:16]}")
+    return EXIT_OK
+
+
+def cmd_queue_flush(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        count = store.retry_now(None, time.time())
+    finally:
+        store.close()
+    print(f"{count} recipient(s) will be tried again now")
+    return EXIT_OK
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        qid = _one_qid(store, args.id)
+        count = store.retry_now(qid, time.time())
+    finally:
+        store.close()
+    print(f"{qid}: {count} recipient(s) will be tried again now")
+    return EXIT_OK
+
+
+def _hold(args: argparse.Namespace, held: bool) -> int:
+    store = _open_store(_config(args))
+    try:
+        qid = _one_qid(store, args.id)
+        changed = store.set_held(qid, held, time.time())
+    finally:
+        store.close()
+    word = "on hold" if held else "released"
+    print(f"{qid}: {word}" if changed else f"{qid}: already {word} or finished")
+    return EXIT_OK if changed else EXIT_FAILED
+
+
+def cmd_queue_hold(args: argparse.Namespace) -> int:
+    return _hold(args, True)
+
+
+def cmd_queue_release(args: argparse.Namespace) -> int:
+    return _hold(args, False)
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    store = _open_store(_config(args))
+    try:
+        qid = _one_qid(store, args.id)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UserError("refusing to delete without confirmation; add --yes")
+            answer = input(f"Withdraw {qid}? Undelivered recipients will not get it. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing done")
+                return EXIT_FAILED
+        operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+        count = store.withdraw(qid, operator, time.time())
+    finally:
+        store.close()
+    print(
+        f"{qid}: {count} recipient(s) withdrawn; a certified message gets a certificate "
+        "that says so"
+    )
+    return EXIT_OK
+
+
 async def _listing(store: Any) -> list[dict[str, Any]]:
     return await store.queue_listing()  # type: ignore[no-any-return]
 
@@ -291,6 +403,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_queue_list)
+    p = qsub.add_parser(
+        "show",
+        help="everything about one message",
+        description="Show one message: recipients, replies, evidence events. "
+        "ID may be abbreviated.",
+    )
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_queue_show)
+    p = qsub.add_parser(
+        "flush",
+        help="retry every deferred recipient now",
+        description="Make every deferred recipient due now (like postqueue -f).",
+    )
+    p.set_defaults(func=cmd_queue_flush)
+    p = qsub.add_parser(
+        "retry",
+        help="retry one message now",
+        description="Make the deferred recipients of one message due now.",
+    )
+    p.add_argument("id")
+    p.set_defaults(func=cmd_queue_retry)
+    p = qsub.add_parser(
+        "hold",
+        help="stop delivery attempts for a message",
+        description="Put a message on hold: no delivery attempts until released.",
+    )
+    p.add_argument("id")
+    p.set_defaults(func=cmd_queue_hold)
+    p = qsub.add_parser(
+        "release",
+        help="release a held message",
+        description="Release a message from hold; it is tried at once.",
+    )
+    p.add_argument("id")
+    p.set_defaults(func=cmd_queue_release)
+    p = qsub.add_parser(
+        "delete",
+        help="withdraw a message (recorded as evidence)",
+        description="Withdraw a message: its undelivered recipients become "
+        "'withdrawn', the deletion is an evidence event, and a certified "
+        "message is certified as withdrawn by the operator. Asks first.",
+    )
+    p.add_argument("id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_queue_delete)
     return parser
 
 

@@ -8,7 +8,8 @@ on disk and SQLite sees a single writer; each public coroutine is one transactio
 Schema changes go through the numbered, transactional migrations in ``MIGRATIONS``.
 
 Recipient states, the only ones a reader needs to search for: ``queued`` (never
-tried), ``deferred`` (tried, will be retried), ``delivered``, ``failed`` (final).
+tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
+``failed`` and ``withdrawn`` (the operator deleted the message before delivery).
 
 Exceptions::
 
@@ -36,7 +37,7 @@ from certifier import evidence
 
 T = TypeVar("T")
 
-FINAL = ("delivered", "failed")
+FINAL = ("delivered", "failed", "withdrawn")
 
 MIGRATIONS: list[str] = [
     # 1: the queue, the users and the evidence log
@@ -364,7 +365,7 @@ class Store:
             for r in self._db.query(
                 "SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS"
                 " (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
-                "  AND r.status NOT IN ('delivered', 'failed'))"
+                "  AND r.status NOT IN ('delivered', 'failed', 'withdrawn'))"
             )
         ]
         return {"notices": notices, "finished": ready}
@@ -412,6 +413,94 @@ class Store:
         for row in rows:
             row["recipients"] = self._recipients(row["qid"])
         return rows
+
+    # -- operator actions (certifica queue ...) -----------------------------------
+    def find_qids(self, prefix: str) -> list[str]:
+        """Queue ids starting with ``prefix`` (ids are long; operators type a few characters)."""
+        if not re.fullmatch(r"[0-9A-Fa-f]{1,12}", prefix):
+            return []
+        return self.run_sync(
+            lambda db: [
+                r["qid"]
+                for r in db.query(
+                    "SELECT qid FROM messages WHERE qid LIKE ? ORDER BY created",
+                    (prefix.upper() + "%",),
+                )
+            ]
+        )
+
+    def show(self, qid: str) -> dict[str, Any]:
+        def _show(db: sqlite_utils.Database) -> dict[str, Any]:
+            row = self._message(qid) or {}
+            row["recipients"] = self._recipients(qid)
+            row["evidence"] = [e.__dict__ for e in evidence.entries_for(self._conn, qid)]
+            return row
+
+        return self.run_sync(_show)
+
+    def retry_now(self, qid: str | None, now: float) -> int:
+        """Make deferred recipients due now (all messages, or one). Returns how many."""
+        if qid is None:
+            sql = (
+                "UPDATE recipients SET next_attempt = ? WHERE status IN ('queued', 'deferred')"
+                " AND qid IN (SELECT qid FROM messages WHERE state = 'active')"
+            )
+            return self.run_sync(lambda db: db.conn.execute(sql, (now,)).rowcount)
+        sql_one = (
+            "UPDATE recipients SET next_attempt = ? WHERE status IN ('queued', 'deferred')"
+            " AND qid = ?"
+        )
+        return self.run_sync(lambda db: db.conn.execute(sql_one, (now, qid)).rowcount)
+
+    def set_held(self, qid: str, held: bool, now: float) -> bool:
+        """Put a message on hold (no delivery attempts) or release it."""
+
+        def _set(db: sqlite_utils.Database) -> bool:
+            old, new = ("active", "held") if held else ("held", "active")
+            changed = db.conn.execute(
+                "UPDATE messages SET state = ? WHERE qid = ? AND state = ?", (new, qid, old)
+            ).rowcount
+            if changed:
+                event = "OperatorHold" if held else "OperatorRelease"
+                evidence.append(self._conn, now, qid, event, {})
+                if not held:
+                    db.conn.execute(
+                        "UPDATE recipients SET next_attempt = ? WHERE qid = ?"
+                        " AND status IN ('queued', 'deferred')",
+                        (now, qid),
+                    )
+            return bool(changed)
+
+        return self.run_sync(_set)
+
+    def withdraw(self, qid: str, operator: str, now: float) -> int:
+        """Delete a message from the queue as the operator: undelivered recipients become
+        ``withdrawn``; a certified message is then certified as withdrawn, never dropped."""
+
+        def _withdraw(db: sqlite_utils.Database) -> int:
+            rows = list(
+                db.query(
+                    "SELECT id, address FROM recipients WHERE qid = ?"
+                    " AND status IN ('queued', 'deferred')",
+                    (qid,),
+                )
+            )
+            for r in rows:
+                db.conn.execute(
+                    "UPDATE recipients SET status = 'withdrawn', reply_text = ?, last_attempt = ?"
+                    " WHERE id = ?",
+                    (f"withdrawn by the operator ({operator})", now, r["id"]),
+                )
+                evidence.append(
+                    self._conn, now, qid, "WithdrawnByOperator", {"operator": operator},
+                    recipient=r["address"],
+                )
+            db.conn.execute(
+                "UPDATE messages SET state = 'active' WHERE qid = ? AND state = 'held'", (qid,)
+            )
+            return len(rows)
+
+        return self.run_sync(_withdraw)
 
     # -- users -------------------------------------------------------------------
     async def user_hash(self, address: str) -> str | None:
