@@ -98,7 +98,8 @@ class QueueManager:
         self.certificates_dir = certificates_dir
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = asyncio.Event()
-        self._in_flight: set[int] = set()
+        self._delivering = 0
+        self._per_destination: dict[str, asyncio.Semaphore] = {}
         self._certifying: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._deliveries = asyncio.Semaphore(cfg.delivery.concurrency)
@@ -138,15 +139,18 @@ class QueueManager:
 
     async def scan(self) -> None:
         now = time.time()
-        due = await self.store.due(now)
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in due:
-            if row["id"] in self._in_flight:
-                continue
-            groups.setdefault((row["qid"], row["domain"]), []).append(row)
-        for rows in groups.values():
-            self._in_flight.update(r["id"] for r in rows)
-            self._spawn(self._deliver(rows))
+        # Take only as much as the workers can start soon: a queue of 100k messages
+        # stays in the database, not in memory.
+        room = self.cfg.delivery.concurrency * 4 - self._delivering
+        if room > 0:
+            lease = now + self.cfg.delivery.command_timeout * 4 + self.cfg.delivery.data_timeout
+            due = await self.store.take_due(now, room * 4, lease)
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in due:
+                groups.setdefault((row["qid"], row["domain"]), []).append(row)
+            for rows in groups.values():
+                self._delivering += 1
+                self._spawn(self._deliver(rows))
         work = await self.store.pending_work()
         for qid in work["notices"]:
             if qid + ":notice" not in self._certifying:
@@ -162,7 +166,9 @@ class QueueManager:
         first = rows[0]
         qid = first["qid"]
         try:
-            async with self._deliveries:
+            # The destination's slot first, then a global one: a slow or dead destination
+            # waits on its own limit without holding global slots the others need.
+            async with self._destination(first["domain"]), self._deliveries:
                 raw = await asyncio.to_thread(self.spool.read, qid)
                 addresses = [r["address"] for r in rows]
                 if first["kind"] == "mail":
@@ -176,14 +182,21 @@ class QueueManager:
             log_failure(log, "%s: delivery attempt failed unexpectedly; will retry", qid)
             # Back off like a deferral, so a fault never turns into a busy loop.
             try:
-                await self.store.claim(
+                await self.store.postpone(
                     [r["id"] for r in rows], time.time() + self.cfg.queue.first_retry
                 )
             except Exception:
                 log_failure(log, "%s: could not postpone the failed attempt", qid)
         finally:
-            self._in_flight.difference_update(r["id"] for r in rows)
+            self._delivering -= 1
             self.wake()
+
+    def _destination(self, domain: str) -> asyncio.Semaphore:
+        route = self.deliverer.router.fixed_route(domain)
+        key = str(route) if route is not None else domain
+        if key not in self._per_destination:
+            self._per_destination[key] = asyncio.Semaphore(self.cfg.delivery.per_destination)
+        return self._per_destination[key]
 
     async def _record(
         self, rows: list[dict[str, Any]], result: AttemptResult, started: float

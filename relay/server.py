@@ -109,6 +109,7 @@ class Gateway:
         self.store = Store(self.paths["db"], cfg.queue.lifetime)
         self.spool = Spool(self.paths["spool"])
         await self._remove_unacknowledged()
+        await self.store.release_leases()  # a new process is trying nothing yet
         self.pool = CertificatePool(
             signing_settings(cfg, self.pki), workers=cfg.signing.workers or None
         )

@@ -96,6 +96,10 @@ MIGRATIONS: list[str] = [
     );
     """
     + evidence.SCHEMA,
+    # 2: leases, so that one scan never picks a recipient another attempt is working on
+    """
+    ALTER TABLE recipients ADD COLUMN lease_until REAL;
+    """,
 ]
 
 
@@ -252,30 +256,48 @@ class Store:
         if msg.event:
             evidence.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
 
-    async def due(self, now: float, limit: int = 200) -> list[dict[str, Any]]:
-        """Recipients whose next attempt is due, of messages not on hold, oldest first."""
-        return await self._run(self._due, now, limit)
+    async def take_due(self, now: float, limit: int, lease: float) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due recipients (of messages not on hold), oldest first.
 
-    def _due(self, now: float, limit: int) -> list[dict[str, Any]]:
-        return list(
+        A lease marks a recipient as being tried by this process, so the next scan does not
+        pick it again; it ends with the attempt's outcome, and a new process starts with
+        none (:meth:`release_leases`), so a crash delays nothing.
+        """
+        return await self._run(self._take_due, now, limit, lease)
+
+    def _take_due(self, now: float, limit: int, lease: float) -> list[dict[str, Any]]:
+        rows = list(
             self._db.query(
                 "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip, m.client_helo,"
                 " m.auth_user, m.tls_version AS in_tls_version, m.method"
                 " FROM recipients r JOIN messages m ON m.qid = r.qid"
                 " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
-                " AND m.state = 'active' ORDER BY r.next_attempt LIMIT ?",
+                " AND r.lease_until IS NULL AND m.state = 'active'"
+                " ORDER BY r.next_attempt LIMIT ?",
                 (now, limit),
             )
         )
-
-    async def claim(self, ids: Iterable[int], until: float) -> None:
-        """Push the next attempt of recipients being tried now, so no scan picks them twice."""
-        ids = list(ids)
-        await self._run(self._claim, ids, until)
-
-    def _claim(self, ids: list[int], until: float) -> None:
         self._conn.executemany(
-            "UPDATE recipients SET next_attempt = ? WHERE id = ?", [(until, i) for i in ids]
+            "UPDATE recipients SET lease_until = ? WHERE id = ?", [(lease, r["id"]) for r in rows]
+        )
+        return rows
+
+    async def release_leases(self) -> None:
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE recipients SET lease_until = NULL WHERE lease_until IS NOT NULL"
+            )
+        )
+
+    async def postpone(self, ids: Iterable[int], until: float) -> None:
+        """Give up a lease and try again at ``until`` (after an attempt that failed oddly)."""
+        ids = list(ids)
+        await self._run(self._postpone, ids, until)
+
+    def _postpone(self, ids: list[int], until: float) -> None:
+        self._conn.executemany(
+            "UPDATE recipients SET next_attempt = ?, lease_until = NULL WHERE id = ?",
+            [(until, i) for i in ids],
         )
 
     async def record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
@@ -291,7 +313,8 @@ class Store:
                 "UPDATE recipients SET status = ?, attempts = attempts + 1, last_attempt = ?,"
                 " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
                 " remote_qid = ?, mx_host = ?, ip = ?, port = ?, tls_version = ?,"
-                " tls_cipher = ?, delivered_sha256 = ?, note = COALESCE(?, note) WHERE id = ?",
+                " tls_cipher = ?, delivered_sha256 = ?, note = COALESCE(?, note), lease_until = NULL"
+                " WHERE id = ?",
                 (
                     out.status,
                     now,
@@ -492,7 +515,11 @@ class Store:
                     (f"withdrawn by the operator ({operator})", now, r["id"]),
                 )
                 evidence.append(
-                    self._conn, now, qid, "WithdrawnByOperator", {"operator": operator},
+                    self._conn,
+                    now,
+                    qid,
+                    "WithdrawnByOperator",
+                    {"operator": operator},
                     recipient=r["address"],
                 )
             db.conn.execute(
