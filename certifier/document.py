@@ -95,7 +95,7 @@ _STATUS = {
     "delivered": "Delivered (accepted by the recipient's mail server)",
     "failed": "Failed (not delivered)",
     "bounced": "Bounced (accepted, then returned by the recipient's side)",
-    "withdrawn": "Withdrawn (delivery cancelled by the sender)",
+    "withdrawn": "Withdrawn (delivery cancelled by the gateway's operator)",
 }
 
 # Display caps, in characters. A capped value ends with "[…]" and the full value stays
@@ -454,6 +454,11 @@ def _header(ev: dict[str, Any], kind: str) -> list[Flowable]:
         _kv_table(
             [
                 ("Certificate id", _para(ev.get("certificate_id"), cap=100)),
+                *(
+                    [("Addendum to certificate", _para(ev.get("addendum_of"), cap=100))]
+                    if ev.get("addendum_of")
+                    else []
+                ),
                 ("Issued at (UTC)", _para(_time(ev.get("issued_at")))),
                 ("Gateway", _para(gateway.get("hostname"))),
                 ("Gateway domain", _para(gateway.get("domain"))),

@@ -123,8 +123,9 @@ def build_certificate_mail(
     recipients: list[dict[str, str]],
     original: OriginalHeaders,
     pdf: bytes,
+    label: str = "Certificate",
 ) -> bytes:
-    """The mail that carries the signed certificate back to the sender."""
+    """The mail that carries the signed certificate (or an addendum) back to the sender."""
     context: dict[str, Any] = {
         "subject": original.subject,
         "qid": qid,
@@ -132,12 +133,13 @@ def build_certificate_mail(
         "sha256": sha256,
         "recipients": recipients,
         "gateway": gateway_name,
+        "addendum": label == "Addendum",
     }
     msg = _base(
         gateway_name,
         from_address,
         to,
-        one_line(f"Certificate {cert_id}: {original.subject}"),
+        one_line(f"{label} {cert_id}: {original.subject}"),
         hostname,
         original.message_id,
         qid,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -256,8 +257,15 @@ class QueueManager:
 
     # -- notices and certificates ----------------------------------------------------
     async def _queue_generated(
-        self, kind: str, parent: dict[str, Any], data: bytes, parent_columns: dict[str, Any]
+        self,
+        kind: str,
+        parent: dict[str, Any],
+        data: bytes,
+        parent_columns: dict[str, Any],
+        update_qid: str | None = None,
     ) -> str:
+        """Queue a mail the gateway wrote, to the sender of ``parent``; in the same
+        transaction apply ``parent_columns`` to ``update_qid`` (default: the parent)."""
         qid = new_queue_id()
         await asyncio.to_thread(self.spool.store, qid, data)
         msg = NewMessage(
@@ -270,7 +278,9 @@ class QueueManager:
             parent_qid=parent["qid"],
             method="generated",
         )
-        await self.store.enqueue_generated(msg, parent["qid"], parent_columns, time.time())
+        await self.store.enqueue_generated(
+            msg, update_qid or parent["qid"], parent_columns, time.time()
+        )
         log.info("%s: from=<>, size=%d, nrcpt=1, %s for %s", qid, len(data), kind, parent["qid"])
         return qid
 
@@ -316,6 +326,14 @@ class QueueManager:
                     return  # the notice goes first; the next scan comes back here
                 async with self._certificates:
                     await self._certify(row)
+            elif row["kind"] == "dsn":
+                if row["certified"] and row["cert_state"] == "pending":
+                    async with self._certificates:
+                        await self._addendum(row)
+                else:
+                    await self.store.mark(qid, state="done", done_at=time.time())
+                    await asyncio.to_thread(self.spool.archive, qid)
+                    log.info("%s: removed", qid)
             else:
                 await self.store.mark(qid, state="done", done_at=time.time())
                 await asyncio.to_thread(self.spool.remove, qid)
@@ -330,11 +348,35 @@ class QueueManager:
         raw = await asyncio.to_thread(self.spool.read, qid)
         if hashlib.sha256(raw).hexdigest() != row["sha256"]:
             # The spool no longer holds what was received: never certify something else.
-            log.error("%s: spool file does not match the received hash; certificate withheld", qid)
+            log.error(
+                "%s: spool file does not match the received hash; certificate withheld, "
+                "message put on hold for the operator",
+                qid,
+            )
+            await self.store.mark(qid, state="held")
             return
         evidence = await self.build_evidence(row)
         pdf = await self.certifier.certify(evidence, raw)
-        cert_id = row["cert_id"]
+        await self._send_document(
+            row, row["cert_id"], pdf, raw, label="Certificate", update_qid=qid
+        )
+        await asyncio.to_thread(self.spool.archive, qid)
+        log.info("%s: removed", qid)
+        self.wake()
+
+    async def _send_document(
+        self,
+        row: dict[str, Any],
+        cert_id: str,
+        pdf: bytes,
+        raw: bytes,
+        *,
+        label: str,
+        update_qid: str,
+    ) -> None:
+        """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
+        message ``update_qid`` is done in the same transaction as the mail is queued."""
+        qid = row["qid"]
         path = self.certificates_dir / f"{cert_id}.pdf"
         await asyncio.to_thread(write_durably, path, pdf)
         pdf_sha = hashlib.sha256(pdf).hexdigest()
@@ -357,24 +399,47 @@ class QueueManager:
             ],
             original=notices.original_headers(raw),
             pdf=pdf,
+            label=label,
         )
+        event = "CertificateIssued" if label == "Certificate" else "AddendumIssued"
         await self.store.append_evidence(
-            qid,
-            "CertificateIssued",
-            {"certificate_id": cert_id, "pdf_sha256": pdf_sha},
-            time.time(),
+            qid, event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha}, time.time()
         )
         await self._queue_generated(
-            "certificate",
+            label.lower(),
             row,
             data,
             {"cert_state": "done", "state": "done", "done_at": time.time()},
+            update_qid=update_qid,
         )
         cert_log.info(
-            "%s: certificate=%s sha256=%s pdf_sha256=%s", qid, cert_id, row["sha256"], pdf_sha
+            "%s: %s=%s sha256=%s pdf_sha256=%s", qid, label.lower(), cert_id, row["sha256"], pdf_sha
         )
-        await asyncio.to_thread(self.spool.remove, qid)
-        log.info("%s: removed", qid)
+
+    async def _addendum(self, dsn: dict[str, Any]) -> None:
+        """A signed addendum to a certificate already sent: a recipient bounced late."""
+        parent = await self.store.message(dsn["parent_qid"])
+        if parent is None:
+            await self.store.mark(dsn["qid"], state="done", done_at=time.time())
+            return
+        raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        evidence = await self.build_evidence(parent)
+        evidence.update(
+            kind="addendum",
+            certificate_id=dsn["cert_id"],
+            addendum_of=parent["cert_id"],
+            late_bounce={
+                "dsn_queue_id": dsn["qid"],
+                "dsn_sha256": dsn["sha256"],
+                "reports": json.loads(dsn["summary"] or "{}").get("reports", []),
+            },
+        )
+        pdf = await self.certifier.certify(evidence, raw)
+        await self._send_document(
+            parent, dsn["cert_id"], pdf, raw, label="Addendum", update_qid=dsn["qid"]
+        )
+        await asyncio.to_thread(self.spool.archive, dsn["qid"])
+        log.info("%s: removed", dsn["qid"])
         self.wake()
 
     async def build_evidence(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -454,6 +519,10 @@ class QueueManager:
 
 def _timeline_detail(entry: evidence_log.Entry) -> str:
     d = entry.detail
+    if d.get("late"):
+        by = f" (reported by {d['reporting_mta']})" if d.get("reporting_mta") else ""
+        status = d.get("status") or ""
+        return f"delivery report after acceptance: {d.get('action')} {status} {d.get('diagnostic', '')}{by}"
     if entry.event in ("RelayToNonERDS", "RelayToNonERDSFailure", "RelayAttemptDeferred"):
         where = f" via {d.get('mx_host')}[{d.get('ip')}]:{d.get('port')}" if d.get("ip") else ""
         note = f"; {d['note']}" if d.get("note") else ""

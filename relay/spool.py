@@ -55,6 +55,10 @@ class Spool:
         self.root = root
         self.queue_dir = root / "queue"
         self.queue_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Certified originals (and the DSNs about them) stay as evidence after delivery:
+        # addenda embed them. Retention is the operator's policy (README, GDPR).
+        self.archive_dir = root / "archive"
+        self.archive_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, qid: str) -> Path:
         return self.queue_dir / f"{qid}.eml"
@@ -67,6 +71,24 @@ class Spool:
 
     def read(self, qid: str) -> bytes:
         return self.path(qid).read_bytes()
+
+    def archive(self, qid: str) -> None:
+        """Move a finished message to the archive, durably (rename + fsync of both dirs)."""
+        source = self.path(qid)
+        if source.exists():
+            os.replace(source, self.archived(qid))
+            fsync_dir(self.archive_dir)
+            fsync_dir(self.queue_dir)
+
+    def archived(self, qid: str) -> Path:
+        return self.archive_dir / f"{qid}.eml"
+
+    def read_any(self, qid: str) -> bytes:
+        """The message from the queue, or from the archive once it has left the queue."""
+        try:
+            return self.path(qid).read_bytes()
+        except FileNotFoundError:
+            return self.archived(qid).read_bytes()
 
     def remove(self, qid: str) -> None:
         self.path(qid).unlink(missing_ok=True)

@@ -9,7 +9,8 @@ Schema changes go through the numbered, transactional migrations in ``MIGRATIONS
 
 Recipient states, the only ones a reader needs to search for: ``queued`` (never
 tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
-``failed`` and ``withdrawn`` (the operator deleted the message before delivery).
+``failed``, ``withdrawn`` (the operator deleted the message before delivery) and
+``bounced`` (delivered, then a DSN said it failed after all).
 
 Exceptions::
 
@@ -37,7 +38,7 @@ from certifier import evidence
 
 T = TypeVar("T")
 
-FINAL = ("delivered", "failed", "withdrawn")
+FINAL = ("delivered", "failed", "withdrawn", "bounced")
 
 MIGRATIONS: list[str] = [
     # 1: the queue, the users and the evidence log
@@ -237,7 +238,7 @@ class Store:
                 "method": msg.method,
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
                 "state": "active",
-                "notice_state": "pending" if msg.certified else "none",
+                "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
                 "cert_state": "pending" if msg.certified else "none",
             },
         )
@@ -388,7 +389,7 @@ class Store:
             for r in self._db.query(
                 "SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS"
                 " (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
-                "  AND r.status NOT IN ('delivered', 'failed', 'withdrawn'))"
+                "  AND r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced'))"
             )
         ]
         return {"notices": notices, "finished": ready}
@@ -436,6 +437,66 @@ class Store:
         for row in rows:
             row["recipients"] = self._recipients(row["qid"])
         return rows
+
+    # -- late bounces (RFC 3464 DSNs to our VERP return path) ---------------------
+    async def accept_dsn(
+        self, dsn: NewMessage, parent_qid: str, reports: list[dict[str, Any]], now: float
+    ) -> list[str]:
+        """Record a DSN about ``parent_qid`` and what it says of each recipient, in one
+        transaction. Delivered recipients that it reports failed become ``bounced``; the DSN
+        is queued (kind ``dsn``) so an addendum is made when the certificate is out already.
+        Returns the addresses marked bounced."""
+        return await self._run(self._accept_dsn, dsn, parent_qid, reports, now)
+
+    def _accept_dsn(
+        self, dsn: NewMessage, parent_qid: str, reports: list[dict[str, Any]], now: float
+    ) -> list[str]:
+        parent = self._message(parent_qid)
+        if parent is None:
+            return []
+        bounced: list[str] = []
+        for report in reports:
+            address = str(report.get("recipient") or "").lower()
+            row = self._conn.execute(
+                "SELECT id, status, address FROM recipients WHERE qid = ? AND lower(address) = ?",
+                (parent_qid, address),
+            ).fetchone()
+            detail = {**report, "dsn_qid": dsn.qid, "dsn_sha256": dsn.sha256, "late": True}
+            if row is None:
+                evidence.append(self._conn, now, parent_qid, "DeliveryReportUnmatched", detail)
+                continue
+            if report.get("action") == "failed" and row[1] == "delivered":
+                self._conn.execute(
+                    "UPDATE recipients SET status = 'bounced', reply_enhanced = ?, reply_text = ?,"
+                    " reply_code = NULL, last_attempt = ? WHERE id = ?",
+                    (report.get("status"), str(report.get("diagnostic") or "")[:500], now, row[0]),
+                )
+                evidence.append(
+                    self._conn, now, parent_qid, "RelayToNonERDSFailure", detail, row[2]
+                )
+                bounced.append(row[2])
+            else:
+                evidence.append(self._conn, now, parent_qid, "DeliveryReport", detail, row[2])
+        addendum = bool(bounced) and parent["cert_state"] == "done" and bool(parent["certified"])
+        self._enqueue(
+            NewMessage(
+                qid=dsn.qid,
+                kind="dsn",
+                sender=dsn.sender,
+                size=dsn.size,
+                sha256=dsn.sha256,
+                recipients=(),
+                certified=addendum,
+                method="mx",
+                parent_qid=parent_qid,
+                cert_id=dsn.cert_id if addendum else None,
+                client_ip=dsn.client_ip,
+                client_helo=dsn.client_helo,
+                summary={"reports": reports},
+            ),
+            now,
+        )
+        return bounced
 
     # -- operator actions (certifica queue ...) -----------------------------------
     def find_qids(self, prefix: str) -> list[str]:
