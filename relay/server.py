@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -145,6 +146,9 @@ class Gateway:
             listen["sink"] = await self._serve_sink(
                 parse_endpoint(cfg.sink.listen, "sink.listen", str(cfg.source))
             )
+        # Start the certificate workers now (importing the PDF stack takes seconds), not on
+        # the first certificate.
+        self._warm = asyncio.create_task(self.pool.run(os.getpid))
         self._qmgr_task = asyncio.create_task(self.qmgr.run())
         await asyncio.to_thread(
             write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
