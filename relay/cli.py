@@ -395,60 +395,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="look at the queue", description="Look at the mail queue.")
     qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    p = qsub.add_parser(
-        "list",
-        help="list queued messages (like mailq)",
-        description="List the messages still in the queue with each "
-        "recipient's state and last reply. C = certified, ! = on hold.",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_queue_list)
-    p = qsub.add_parser(
-        "show",
-        help="everything about one message",
-        description="Show one message: recipients, replies, evidence events. "
-        "ID may be abbreviated.",
-    )
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_queue_show)
-    p = qsub.add_parser(
-        "flush",
-        help="retry every deferred recipient now",
-        description="Make every deferred recipient due now (like postqueue -f).",
-    )
-    p.set_defaults(func=cmd_queue_flush)
-    p = qsub.add_parser(
-        "retry",
-        help="retry one message now",
-        description="Make the deferred recipients of one message due now.",
-    )
-    p.add_argument("id")
-    p.set_defaults(func=cmd_queue_retry)
-    p = qsub.add_parser(
-        "hold",
-        help="stop delivery attempts for a message",
-        description="Put a message on hold: no delivery attempts until released.",
-    )
-    p.add_argument("id")
-    p.set_defaults(func=cmd_queue_hold)
-    p = qsub.add_parser(
-        "release",
-        help="release a held message",
-        description="Release a message from hold; it is tried at once.",
-    )
-    p.add_argument("id")
-    p.set_defaults(func=cmd_queue_release)
-    p = qsub.add_parser(
-        "delete",
-        help="withdraw a message (recorded as evidence)",
-        description="Withdraw a message: its undelivered recipients become "
-        "'withdrawn', the deletion is an evidence event, and a certified "
-        "message is certified as withdrawn by the operator. Asks first.",
-    )
-    p.add_argument("id")
+    for name, func, short, long, with_id, with_json in (
+        (
+            "list",
+            cmd_queue_list,
+            "list queued messages (like mailq)",
+            "List the messages still in the queue with each recipient's state and last reply. "
+            "C = certified, ! = on hold.",
+            False,
+            True,
+        ),
+        (
+            "show",
+            cmd_queue_show,
+            "everything about one message",
+            "Show one message: recipients, replies, evidence events.",
+            True,
+            True,
+        ),
+        (
+            "flush",
+            cmd_queue_flush,
+            "retry every deferred recipient now",
+            "Make every deferred recipient due now (like postqueue -f).",
+            False,
+            False,
+        ),
+        (
+            "retry",
+            cmd_queue_retry,
+            "retry one message now",
+            "Make the deferred recipients of one message due now.",
+            True,
+            False,
+        ),
+        (
+            "hold",
+            cmd_queue_hold,
+            "stop delivery attempts for a message",
+            "Put a message on hold: no delivery attempts until released.",
+            True,
+            False,
+        ),
+        (
+            "release",
+            cmd_queue_release,
+            "release a held message",
+            "Release a message from hold; it is tried at once.",
+            True,
+            False,
+        ),
+        (
+            "delete",
+            cmd_queue_delete,
+            "withdraw a message (recorded as evidence)",
+            "Withdraw a message: its undelivered recipients become 'withdrawn', the deletion "
+            "is an evidence event, and a certified message is certified as withdrawn by the "
+            "operator. Asks first.",
+            True,
+            False,
+        ),
+    ):
+        p = qsub.add_parser(name, help=short, description=long)
+        if with_id:
+            p.add_argument("id", help="queue id; its first characters are enough")
+        if with_json:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_queue_delete)
     return parser
 
 
