@@ -56,6 +56,7 @@ class GatewayConfig:
     certification_address: str = "certifica@certifica.localhost"
     state_dir: Path = Path("var")
     relay_uncertified: bool = True
+    bounce_prefix: str = "bounces"
 
 
 @dataclass(frozen=True)

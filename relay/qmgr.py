@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from certifier import evidence as evidence_log
 from relay import notices
+from relay.bounces import make_return_path
 from relay.config import Config
 from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
 from relay.logs import log_failure
@@ -90,6 +91,7 @@ class QueueManager:
         deliverer: Deliverer,
         certifier: Certifier,
         certificates_dir: Path,
+        verp_key: bytes = b"",
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -97,6 +99,7 @@ class QueueManager:
         self.deliverer = deliverer
         self.certifier = certifier
         self.certificates_dir = certificates_dir
+        self.verp_key = verp_key
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = asyncio.Event()
         self._delivering = 0
@@ -172,12 +175,15 @@ class QueueManager:
             async with self._destination(first["domain"]), self._deliveries:
                 raw = await asyncio.to_thread(self.spool.read, qid)
                 addresses = [r["address"] for r in rows]
+                sender = first["sender"]
                 if first["kind"] == "mail":
                     raw = received_header(first, self.cfg.gateway.hostname, addresses) + raw
+                    # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
+                    sender = make_return_path(
+                        qid, self.cfg.gateway.domain, self.verp_key, self.cfg.gateway.bounce_prefix
+                    )
                 started = time.time()
-                result = await self.deliverer.attempt(
-                    first["domain"], first["sender"], addresses, raw
-                )
+                result = await self.deliverer.attempt(first["domain"], sender, addresses, raw)
                 await self._record(rows, result, started)
         except Exception:
             log_failure(log, "%s: delivery attempt failed unexpectedly; will retry", qid)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import ssl
 from pathlib import Path
@@ -28,6 +29,8 @@ from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings
 from relay.config import Config, Endpoint, parse_endpoint
 from relay.delivery import Deliverer
+from relay.late_bounces import LateBounces
+from relay.mx import MXSMTP, MXHandler
 from relay.qmgr import QueueManager
 from relay.routing import Router
 from relay.sink import SinkHandler
@@ -121,6 +124,7 @@ class Gateway:
             cfg.delivery.connect_timeout,
             cfg.delivery.command_timeout,
         )
+        verp_key = await asyncio.to_thread(_secret, self.paths["keys"] / "verp.key")
         self.qmgr = QueueManager(
             cfg,
             self.store,
@@ -128,6 +132,7 @@ class Gateway:
             deliverer,
             PipelineCertifier(self.pool),
             self.paths["certificates"],
+            verp_key=verp_key,
         )
         self.submission = SubmissionHandler(cfg, self.store, self.spool, self.qmgr.wake)
         tls = self._tls_context()
@@ -142,6 +147,9 @@ class Gateway:
             listen["submission_tls"] = await self._serve_submission(
                 "submission_tls", sub_tls, tls, implicit=True
             )
+        mx = cfg.endpoint("mx")
+        if mx:
+            listen["mx"] = await self._serve_mx(mx, verp_key)
         if cfg.sink.listen:
             listen["sink"] = await self._serve_sink(
                 parse_endpoint(cfg.sink.listen, "sink.listen", str(cfg.source))
@@ -200,6 +208,35 @@ class Gateway:
         self.servers[name] = server
         return _bound(server)
 
+    async def _serve_mx(self, ep: Endpoint, verp_key: bytes) -> str:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        handler = MXHandler(
+            domain=cfg.gateway.domain,
+            hostname=cfg.gateway.hostname,
+            verp_key=verp_key,
+            verp_prefix=cfg.gateway.bounce_prefix,
+            on_bounce=LateBounces(self.store, self.spool, self.qmgr.wake),
+            max_recipients=cfg.limits.recipients,
+        )
+
+        def factory() -> MXSMTP:
+            return MXSMTP(
+                handler,
+                header_limit=cfg.limits.header_size,
+                data_size_limit=cfg.limits.message_size,
+                enable_SMTPUTF8=True,
+                hostname=cfg.gateway.hostname,
+                ident="Certifica ESMTP",
+                tls_context=self._tls_context(),
+                timeout=cfg.limits.timeout,
+                loop=loop,
+            )
+
+        server = await _listen(loop, factory, "listen.mx", ep)
+        self.servers["mx"] = server
+        return _bound(server)
+
     async def _serve_sink(self, ep: Endpoint) -> str:
         loop = asyncio.get_running_loop()
         handler = SinkHandler(self.cfg.sink.dir)
@@ -249,6 +286,16 @@ class Gateway:
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+def _secret(path: Path) -> bytes:
+    """A 32-byte key kept in the state directory, made on first use."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_durably(path, secrets.token_bytes(32))
+        return path.read_bytes()
 
 
 def _bound(server: asyncio.base_events.Server) -> str:

@@ -1,0 +1,71 @@
+"""Late bounces: a DSN (RFC 3464) that reaches a VERP return path after the remote said 250.
+
+The MX handler (:mod:`relay.mx`) parses it and calls :class:`LateBounces`; this stores
+it like any accepted message (spool, fsync, one database transaction) before the MX
+answers 250, so a DSN is never half-recorded. The queue manager then makes the signed
+addendum for the sender when the certificate had already been sent. Nothing is ever
+answered with mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from relay.bounces import BounceReport
+from relay.qmgr import new_certificate_id, new_queue_id
+from relay.spool import Spool
+from relay.store import NewMessage, Store
+
+log = logging.getLogger("certifica/bounce")
+
+
+class LateBounces:
+    def __init__(self, store: Store, spool: Spool, wake: Callable[[], None]) -> None:
+        self.store = store
+        self.spool = spool
+        self.wake = wake
+
+    async def __call__(self, qid: str, reports: list[BounceReport], raw: bytes) -> None:
+        if not reports:
+            log.info("%s: mail to the return path that is not a delivery report; ignored", qid)
+            return
+        dsn_qid = new_queue_id()
+        sha256 = hashlib.sha256(raw).hexdigest()
+        await asyncio.to_thread(self.spool.store, dsn_qid, raw)
+        try:
+            bounced = await self.store.accept_dsn(
+                NewMessage(
+                    qid=dsn_qid,
+                    kind="dsn",
+                    sender="",
+                    size=len(raw),
+                    sha256=sha256,
+                    recipients=(),
+                    cert_id=new_certificate_id(),
+                    method="mx",
+                ),
+                qid,
+                [dataclasses.asdict(r) for r in reports],
+                time.time(),
+            )
+        except BaseException:
+            await asyncio.to_thread(self.spool.remove, dsn_qid)
+            raise
+        for report in reports:
+            log.info(
+                "%s: delivery report %s for <%s>: %s %s (dsn %s)",
+                qid,
+                report.action,
+                report.recipient,
+                report.status or "",
+                report.diagnostic,
+                dsn_qid,
+            )
+        if bounced:
+            log.info("%s: bounced after delivery: %s", qid, ", ".join(f"<{a}>" for a in bounced))
+        self.wake()

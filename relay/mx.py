@@ -1,0 +1,244 @@
+"""The MX listener (port 25): mail for the gateway's own addresses, and nothing else.
+
+Today the only local addresses are the VERP return paths of relayed messages
+(:mod:`relay.bounces`): a delivery status notification that arrives there after the
+remote server said 250 becomes evidence through ``on_bounce``. Every other address is
+refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1). The handler decides
+and answers; it never sends mail, not even a bounce of a bounce (RFC 3834 §2).
+
+Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
+
+* ``MAIL``: any sender, the null reverse-path ``<>`` included (DSNs come from it).
+* ``RCPT``: a valid VERP address of ours -> ``250 2.1.5``; another address at our
+  domain -> ``550 5.1.1``; another domain, a source route (``@a,@b:x@y``), a ``%`` or
+  ``!`` hack, a quoted local part holding ``@`` or ``%`` -> ``550 5.7.1`` relaying
+  denied; over the recipient limit -> ``452 4.5.3``.
+* ``DATA``: a DSN -> ``250 2.0.0`` once ``on_bounce`` returned; anything else (someone
+  replied to the return path) -> ``250`` too, reported to ``on_bounce`` with no
+  reports; ``on_bounce`` raising -> ``451 4.3.0`` (the remote MTA retries), without
+  the exception's text.
+
+:class:`MXSMTP` is :class:`relay.smtpd.CertificaSMTP` with the null sender made to work:
+aiosmtpd 1.4.6 hands ``MAIL FROM:<>`` to the handler as the literal ``"<>"``, and
+treats an empty ``envelope.mail_from`` as "no MAIL yet" (RCPT then gets 503). So the
+protocol keeps ``"<>"`` in the envelope, as aiosmtpd's own checks need, and every
+handler hook sees ``""``, the RFC 5321 null reverse-path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from relay import replies
+from relay.bounces import BounceReport, parse_dsn, parse_return_path
+from relay.logs import log_failure
+from relay.smtpd import CertificaSMTP
+
+__all__ = [
+    "BOUNCE_NOT_RECORDED",
+    "BOUNCE_RECORDED",
+    "NO_SUCH_USER",
+    "NOT_A_BOUNCE",
+    "RELAY_DENIED",
+    "MXHandler",
+    "MXSMTP",
+]
+
+log = logging.getLogger("certifica/mx")
+
+# Replies of the MX listener (to move to relay/replies.py).
+NO_SUCH_USER = "550 5.1.1 No such user here"
+RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for {domain}"
+BOUNCE_RECORDED = "250 2.0.0 Bounce recorded"
+NOT_A_BOUNCE = "250 2.0.0 Message received; this address only reads delivery reports"
+BOUNCE_NOT_RECORDED = (
+    "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
+    "please try again later"
+)
+
+OnBounce = Callable[[str, list[BounceReport], bytes], Awaitable[None]]
+AddressKind = Literal["bounce"]
+
+_NULL_PATH = "<>"  # how aiosmtpd's _getaddr returns the null reverse-path
+_SOURCE_ROUTE = re.compile(r"\s*<(@[^<>]*:[^<>]*)>(.*)", re.S)
+# Characters that route mail onward when they appear in a local part (RFC 5321 Appendix
+# C source routes, the % hack, UUCP bang paths): an MX that honoured them would relay.
+_ROUTING = re.compile(r"[@%!:]")
+
+
+class MXSMTP(CertificaSMTP):
+    """The MX port's protocol: CertificaSMTP with no AUTH and the null sender working."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        header_limit: int,
+        auth_failures: int = 1,
+        auth_delay: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            handler,
+            verifier=None,
+            header_limit=header_limit,
+            auth_failures=auth_failures,
+            auth_delay=auth_delay,
+            **kwargs,
+        )
+        self._forward_path = False
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        envelope = self.envelope
+        if command == "MAIL" and args and args[0] == _NULL_PATH:
+            args = ("", *args[1:])
+        if envelope is not None and envelope.mail_from == _NULL_PATH:
+            envelope.mail_from = ""
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            # aiosmtpd reads a false mail_from as "no MAIL given": keep its spelling.
+            if envelope is not None and envelope.mail_from == "":
+                envelope.mail_from = _NULL_PATH
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._forward_path = True
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._forward_path = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd's parser drops a source route and keeps the last hop; the handler
+        # must see the route to refuse it as the relay attempt it is.
+        if self._forward_path:
+            route = _SOURCE_ROUTE.match(arg)
+            if route:
+                return route.group(1), route.group(2)
+        return super()._getaddr(arg)
+
+
+class MXHandler:
+    """aiosmtpd hooks for the MX: accepts only the gateway's own addresses."""
+
+    def __init__(
+        self,
+        *,
+        domain: str,
+        hostname: str,
+        verp_key: bytes,
+        verp_prefix: str,
+        on_bounce: OnBounce,
+        max_recipients: int = 100,
+    ) -> None:
+        if not domain or "@" in domain:
+            raise ValueError(f"the MX domain {domain!r} is not a domain")
+        if max_recipients < 1:
+            raise ValueError("max_recipients must be at least 1")
+        parse_return_path("", domain, verp_key, verp_prefix)  # a weak key fails at start
+        self.domain = domain.lower().rstrip(".")
+        self.hostname = hostname
+        self.verp_key = verp_key
+        self.verp_prefix = verp_prefix
+        self.on_bounce = on_bounce
+        self.max_recipients = max_recipients
+        self.accepting = True
+
+    def local_address_kind(self, address: str) -> AddressKind | None:
+        """What a local address of ours is for; None when it is no address of ours.
+
+        The certification address (a later kind) is added here.
+        """
+        if parse_return_path(address, self.domain, self.verp_key, self.verp_prefix):
+            return "bounce"
+        return None
+
+    def _is_ours(self, address: str) -> bool:
+        """True for ``local@<our domain>`` with a local part that routes nowhere else."""
+        local, at, domain = address.rpartition("@")
+        if not at:
+            return True  # an unqualified name ("postmaster") is local by RFC 5321 §4.1.1.3
+        return domain.lower().rstrip(".") == self.domain and not _ROUTING.search(local)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if not self.accepting:
+            return replies.SHUTTING_DOWN
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if not self._is_ours(address):
+            log.info(
+                "relay denied: from=<%s> to=<%s> client=%s",
+                envelope.mail_from,
+                address,
+                _peer(session),
+            )
+            return RELAY_DENIED.format(domain=self.domain)
+        kind = self.local_address_kind(address)
+        if kind is None:
+            return NO_SUCH_USER
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.accepting:
+            return replies.SHUTTING_DOWN
+        raw: bytes = envelope.original_content
+        qids: list[str] = []
+        for address in envelope.rcpt_tos:
+            qid = parse_return_path(address, self.domain, self.verp_key, self.verp_prefix)
+            if qid and qid not in qids:
+                qids.append(qid)
+        # Parsing is CPU work on untrusted bytes (bounded, linear): off the event loop.
+        reports = await asyncio.to_thread(parse_dsn, raw)
+        for qid in qids:
+            try:
+                await self.on_bounce(qid, reports, raw)
+            except Exception:
+                log_failure(log, "%s: the delivery report could not be recorded", qid)
+                return BOUNCE_NOT_RECORDED
+            _log_reports(qid, envelope.mail_from, reports, session)
+        return BOUNCE_RECORDED if reports else NOT_A_BOUNCE
+
+
+def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: Any) -> None:
+    if not reports:
+        log.info(
+            "%s: from=<%s>, client=%s: not a delivery report (a reply to the return "
+            "path?); recorded, nothing sent back",
+            qid,
+            sender,
+            _peer(session),
+        )
+    for report in reports:
+        log.info(
+            "%s: bounce: to=<%s>, action=%s, dsn=%s, remote=%s, reporting=%s (%s)",
+            qid,
+            report.recipient,
+            report.action,
+            report.status or "-",
+            report.remote_mta or "-",
+            report.reporting_mta or "-",
+            report.diagnostic,
+        )
+
+
+def _peer(session: Any) -> str:
+    peer = getattr(session, "peer", None)
+    if isinstance(peer, tuple) and peer:
+        return f"[{peer[0]}]:{peer[1]}" if len(peer) > 1 else str(peer[0])
+    return "unknown"
