@@ -31,8 +31,9 @@ class LateBounces:
         self.wake = wake
 
     async def __call__(self, qid: str, reports: list[BounceReport], raw: bytes) -> None:
+        # The MX has logged each report; some servers lowercase the whole return path.
+        qid = qid.upper()
         if not reports:
-            log.info("%s: mail to the return path that is not a delivery report; ignored", qid)
             return
         dsn_qid = new_queue_id()
         sha256 = hashlib.sha256(raw).hexdigest()

@@ -36,7 +36,14 @@ from typing import Any, Literal
 from relay import replies
 from relay.bounces import BounceReport, parse_dsn, parse_return_path
 from relay.logs import log_failure
-from relay.smtpd import CertificaSMTP
+from relay.replies import (
+    BOUNCE_NOT_RECORDED,
+    BOUNCE_RECORDED,
+    NO_SUCH_USER,
+    NOT_A_BOUNCE,
+    RELAY_DENIED,
+)
+from relay.smtpd import CertificaSMTP, _peer_text
 
 __all__ = [
     "BOUNCE_NOT_RECORDED",
@@ -49,16 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("certifica/mx")
-
-# Replies of the MX listener (to move to relay/replies.py).
-NO_SUCH_USER = "550 5.1.1 No such user here"
-RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for {domain}"
-BOUNCE_RECORDED = "250 2.0.0 Bounce recorded"
-NOT_A_BOUNCE = "250 2.0.0 Message received; this address only reads delivery reports"
-BOUNCE_NOT_RECORDED = (
-    "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
-    "please try again later"
-)
 
 OnBounce = Callable[[str, list[BounceReport], bytes], Awaitable[None]]
 AddressKind = Literal["bounce"]
@@ -177,15 +174,11 @@ class MXHandler:
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         if not self._is_ours(address):
-            log.info(
-                "relay denied: from=<%s> to=<%s> client=%s",
-                envelope.mail_from,
-                address,
-                _peer(session),
-            )
+            _log_reject(session, envelope, address, "Relay access denied")
             return RELAY_DENIED.format(domain=self.domain)
         kind = self.local_address_kind(address)
         if kind is None:
+            _log_reject(session, envelope, address, "No such user here (or a forged tag)")
             return NO_SUCH_USER
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
@@ -221,8 +214,8 @@ def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: An
             "%s: from=<%s>, client=%s: not a delivery report (a reply to the return "
             "path?); recorded, nothing sent back",
             qid,
-            sender,
-            _peer(session),
+            _printable(sender),
+            _peer_text(getattr(session, "peer", None)),
         )
     for report in reports:
         log.info(
@@ -237,8 +230,18 @@ def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: An
         )
 
 
-def _peer(session: Any) -> str:
-    peer = getattr(session, "peer", None)
-    if isinstance(peer, tuple) and peer:
-        return f"[{peer[0]}]:{peer[1]}" if len(peer) > 1 else str(peer[0])
-    return "unknown"
+def _log_reject(session: Any, envelope: Any, address: str, why: str) -> None:
+    # Postfix's wording, so that operators' greps for "NOQUEUE: reject" find these too.
+    log.info(
+        "NOQUEUE: reject: RCPT from %s: <%s>: %s; from=<%s>",
+        _peer_text(getattr(session, "peer", None)),
+        _printable(address),
+        why,
+        _printable(envelope.mail_from or ""),
+    )
+
+
+def _printable(text: str) -> str:
+    """Envelope text for a log line: aiosmtpd already refused CR, LF and NUL; the other
+    control characters (terminal escapes) are shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text[:320])

@@ -147,7 +147,10 @@ class QueueManager:
         # stays in the database, not in memory.
         room = self.cfg.delivery.concurrency * 4 - self._delivering
         if room > 0:
-            lease = now + self.cfg.delivery.command_timeout * 4 + self.cfg.delivery.data_timeout
+            d = self.cfg.delivery
+            # Longer than the longest attempt can take (every hop connecting, then stalling
+            # on each command), so a lease never ends while its attempt still runs.
+            lease = now + 5 * (d.connect_timeout + 4 * d.command_timeout + d.data_timeout)
             due = await self.store.take_due(now, room * 4, lease)
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for row in due:
@@ -254,7 +257,7 @@ class QueueManager:
                 qid,
                 row["address"],
                 relay,
-                now - row["next_attempt"] if row["attempts"] else now - started,
+                now - row["created"],  # Postfix's delay: total time since arrival
                 dsn,
                 _LOG_STATUS[status],
                 notices.one_line(reply, 400),

@@ -66,6 +66,17 @@ EIGHT_BIT_HEADERS = (
 )
 NOT_A_MESSAGE = "550 5.6.0 The data is not an e-mail message: no header section was found"
 
+# -- the MX listener ---------------------------------------------------------------
+NO_SUCH_USER = "550 5.1.1 No such user here"
+RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for {domain}"
+BOUNCE_RECORDED = "250 2.0.0 Bounce recorded"
+NOT_A_BOUNCE = "250 2.0.0 Message received; this address only reads delivery reports"
+BOUNCE_NOT_RECORDED = (
+    "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
+    "please try again later"
+)
+
+
 # aiosmtpd words some replies without an RFC 3463 code; these are the codes to add.
 _ENHANCED_FOR = {
     "214": "2.0.0",

@@ -123,7 +123,10 @@ class Gateway:
             cfg.delivery.require_tls,
             cfg.delivery.connect_timeout,
             cfg.delivery.command_timeout,
+            data_timeout=cfg.delivery.data_timeout,
+            reuse_seconds=cfg.delivery.connection_reuse,
         )
+        self.deliverer = deliverer
         verp_key = await asyncio.to_thread(_secret, self.paths["keys"] / "verp.key")
         self.qmgr = QueueManager(
             cfg,
@@ -271,6 +274,7 @@ class Gateway:
         for server in self.servers.values():
             server.close()
         await self.qmgr.stop(grace)
+        await self.deliverer.close()
         self._qmgr_task.cancel()
         await asyncio.gather(self._qmgr_task, return_exceptions=True)
         self.pool.close()

@@ -454,6 +454,12 @@ class Store:
         parent = self._message(parent_qid)
         if parent is None:
             return []
+        seen = self._conn.execute(
+            "SELECT 1 FROM messages WHERE kind = 'dsn' AND parent_qid = ? AND sha256 = ?",
+            (parent_qid, dsn.sha256),
+        ).fetchone()
+        if seen:
+            return []  # the same DSN again (the reporting MTA retried after a 451): once is enough
         bounced: list[str] = []
         for report in reports:
             address = str(report.get("recipient") or "").lower()

@@ -54,7 +54,7 @@ def test_enhanced_code_is_added_once(text: str) -> None:
     for code in ("250", "451", "550", "503"):
         once = replies.with_enhanced_code(f"{code} {text}")
         assert replies.with_enhanced_code(once) == once
-        assert re.match(rf"^{code} [245]\.\d+\.\d+ ", once)
+        assert re.match(rf"^{code} [245]\.\d+\.\d+( |$)", once)
 
 
 def test_every_named_reply_has_an_enhanced_code() -> None:
