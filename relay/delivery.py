@@ -37,6 +37,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -90,6 +91,9 @@ class AttemptResult:
     tls_version: str | None
     tls_cipher: str | None
     delivered_sha256: str | None
+    # Seconds from the start of the attempt until the transaction could begin (DNS,
+    # connect, greeting, EHLO, STARTTLS): Postfix's "c" in delays=a/b/c/d.
+    setup_seconds: float | None = None
 
 
 def split_reply(code: int | None, message: str) -> tuple[str | None, str]:
@@ -228,6 +232,7 @@ class Deliverer:
     async def attempt(
         self, domain: str, sender: str, recipients: list[str], message: bytes
     ) -> AttemptResult:
+        started = time.monotonic()
         try:
             hops = await self.router.resolve(domain)
         except RouteError as err:
@@ -237,7 +242,7 @@ class Deliverer:
         # connection cache; if it turns out stale, connect afresh in order.
         session = await self._take_idle(hops)
         if session is not None:
-            result, next_hop = await self._run(session, sender, recipients, message)
+            result, next_hop = await self._run(session, sender, recipients, message, started)
             if not next_hop:
                 return result
         last: AttemptResult | None = None
@@ -250,7 +255,7 @@ class Deliverer:
                 )
                 next_hop = err.next_hop
             else:
-                last, next_hop = await self._run(session, sender, recipients, message)
+                last, next_hop = await self._run(session, sender, recipients, message, started)
             if not next_hop:
                 return last
             if i + 1 < len(hops) and last.results:
@@ -375,9 +380,15 @@ class Deliverer:
             raise _Broken(f"{command} with {where} failed: {_reason(err)}") from None
 
     async def _run(
-        self, session: _Session, sender: str, recipients: list[str], message: bytes
+        self,
+        session: _Session,
+        sender: str,
+        recipients: list[str],
+        message: bytes,
+        started: float,
     ) -> tuple[AttemptResult, bool]:
         """One transaction on ``session``: the result and whether to try the next hop."""
+        setup = time.monotonic() - started
         decided: dict[str, RecipientResult] = {}
         next_hop = False
         try:
@@ -399,7 +410,9 @@ class Deliverer:
         results = tuple(decided[a] for a in recipients)
         delivered = any(r.status == DELIVERED for r in results)
         sha = hashlib.sha256(message).hexdigest() if delivered else None
-        result = AttemptResult(results, session.hop, session.tls_version, session.tls_cipher, sha)
+        result = AttemptResult(
+            results, session.hop, session.tls_version, session.tls_cipher, sha, setup
+        )
         return result, next_hop
 
     async def _transact(

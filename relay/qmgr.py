@@ -252,12 +252,22 @@ class QueueManager:
                 if res.code
                 else text
             )
+            # delays=a/b/c/d: a = waiting for a worker once due, b = waiting for the retry
+            # time (backoff), c = connection setup (DNS, connect, greeting, EHLO, TLS),
+            # d = the transaction itself.
+            due_at = max(row["created"], row["next_attempt"])
+            c = result.setup_seconds or 0.0
+            delays = (
+                f"{max(0.0, started - due_at):.2f}/{max(0.0, due_at - row['created']):.2f}/"
+                f"{c:.2f}/{max(0.0, now - started - c):.2f}"
+            )
             smtp_log.info(
-                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+                "%s: to=<%s>, relay=%s, delay=%.2f, delays=%s, dsn=%s, status=%s (%s)",
                 qid,
                 row["address"],
                 relay,
                 now - row["created"],  # Postfix's delay: total time since arrival
+                delays,
                 dsn,
                 _LOG_STATUS[status],
                 notices.one_line(reply, 400),
