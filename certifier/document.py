@@ -632,6 +632,58 @@ def _timeline(ev: dict[str, Any]) -> list[Flowable]:
     return [*_heading("Timeline"), table, *_more_note(len(items), "events")]
 
 
+def _tracking(ev: dict[str, Any]) -> list[Flowable]:
+    """Opens and clicks (the addendum), each with its classification and why."""
+    tracking = _d(ev.get("tracking"))
+    if not tracking:
+        return []
+    out: list[Flowable] = [*_heading("Opens and clicks")]
+    state = "on" if tracking.get("enabled") else "off"
+    out.append(
+        _kv_table(
+            [
+                (
+                    "Tracking",
+                    _para(
+                        f"{state}: each recipient's copy carried its own links and a "
+                        "1x1 image, so its delivered SHA-256 differs from the received one"
+                        if tracking.get("enabled")
+                        else state
+                    ),
+                ),
+            ]
+        )
+    )
+    items = _l(tracking.get("events"))
+    if items:
+        width = _PAGE_W - 2 * _MARGIN
+        rows = []
+        for raw in items[:_CAP_ROWS]:
+            e = _d(raw)
+            what = "open" if e.get("kind") == "open" else f"click on {e.get('url') or ''}"
+            verdict = "automatic" if e.get("automatic") else "likely a person"
+            rows.append(
+                [
+                    _para(_time(e.get("time"), suffix=""), "cell"),
+                    _para(e.get("recipient"), "cell", empty=""),
+                    _para(what, "cell", cap=_CAP_LINE),
+                    _para(
+                        f"{e.get('ip') or ''} {e.get('user_agent') or ''}", "cell", cap=_CAP_LINE
+                    ),
+                    _para(f"{verdict}: {e.get('reason') or ''}", "cell", cap=_CAP_LINE),
+                ]
+            )
+        out.append(
+            _grid_table(
+                ["Time (UTC)", "Recipient", "What", "From (IP, user agent)", "Classification"],
+                rows,
+                [width * 0.16, width * 0.2, width * 0.22, width * 0.22, width * 0.2],
+            )
+        )
+        out.extend(_more_note(len(items), "events"))
+    return out
+
+
 def _evidence_log(ev: dict[str, Any]) -> list[Flowable]:
     log = _d(ev.get("evidence_log"))
     if not log:
@@ -775,6 +827,7 @@ def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
         *_message(ev),
         *_attachments(ev),
         *_recipients(ev),
+        *_tracking(ev),
         *_timeline(ev),
         *_evidence_log(ev),
         *_message_text(ev),

@@ -320,6 +320,76 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- addendum -------------------------------------------------------------------------
+def cmd_addendum(args: argparse.Namespace) -> int:
+    """Render and sign, now, the addendum of a certificate: every event up to this moment."""
+    from certifier import pipeline, pool
+    from certifier.pki import ensure_dev_pki
+    from relay.qmgr import QueueManager, new_certificate_id
+    from relay.server import signing_settings, state_paths
+    from relay.spool import Spool
+
+    if sys.stdout.isatty():
+        raise UserError("the addendum is a PDF: redirect it to a file (> addendum.pdf)")
+    cfg = _config(args)
+    paths = state_paths(cfg)
+    store = _open_store(cfg)
+    try:
+        qid = store.run_sync(
+            lambda db: next(
+                (
+                    r["qid"]
+                    for r in db.query(
+                        "SELECT qid FROM messages WHERE cert_id = ? AND kind = 'mail'",
+                        (args.certificate.upper(),),
+                    )
+                ),
+                None,
+            )
+        )
+        if qid is None:
+            raise UserError(f"no certificate {args.certificate!r} on this gateway")
+        spool = Spool(paths["spool"])
+        qmgr = QueueManager(cfg, store, spool, None, None, paths["certificates"])  # type: ignore[arg-type]
+
+        async def _evidence() -> tuple[dict[str, Any], bytes]:
+            row = await store.message(qid)
+            return await qmgr.build_evidence(row), spool.read_any(qid)
+
+        evidence, raw = asyncio.run(_evidence())
+        cert_id = evidence["certificate_id"]
+        evidence.update(kind="addendum", certificate_id=new_certificate_id(), addendum_of=cert_id)
+    finally:
+        store.close()
+    pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname)
+    pool.init_process(signing_settings(cfg, pki))
+    sys.stdout.buffer.write(pipeline.certify(evidence, raw))
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_users_tracking(args: argparse.Namespace) -> int:
+    from relay.users import normalise_address
+
+    address = normalise_address(args.email)
+    store = _open_store(_config(args))
+    try:
+        changed = store.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "UPDATE users SET tracking = ? WHERE address = ?",
+                    (int(args.state == "on"), address),
+                ).rowcount
+            )
+        )
+    finally:
+        store.close()
+    if not changed:
+        raise UserError(f"there is no user {address}")
+    print(f"open and click tracking {args.state} for mail certified by {address}")
+    return EXIT_OK
+
+
 async def _listing(store: Any) -> list[dict[str, Any]]:
     return await store.queue_listing()  # type: ignore[no-any-return]
 
@@ -369,6 +439,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser(
+        "addendum",
+        help="sign an addendum of a certificate now (PDF on stdout)",
+        description="Render and sign, now, the addendum of certificate CERT-ID: every "
+        "event recorded so far (opens, clicks, late bounces). Writes the PDF to stdout.",
+    )
+    p.add_argument("certificate", metavar="CERT-ID")
+    p.set_defaults(func=cmd_addendum)
+
     users = sub.add_parser(
         "users",
         help="manage the users who may send",
@@ -387,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from the first line of standard input",
     )
     p.set_defaults(func=cmd_users_add)
+    p = usub.add_parser(
+        "tracking",
+        help="turn open and click tracking on or off for a user",
+        description="Opt a user's certified mail in or out of open and click tracking.",
+    )
+    p.add_argument("email")
+    p.add_argument("state", choices=["on", "off"])
+    p.set_defaults(func=cmd_users_tracking)
     p = usub.add_parser("list", help="list users", description="List the users.")
     p.set_defaults(func=cmd_users_list)
     p = usub.add_parser("remove", help="remove a user", description="Remove a user.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -128,6 +129,17 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = False
+    public_url: str = "http://127.0.0.1:8080"
+    rewrite_text: bool = True
+    never_domains: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    addendum_interval: float = 3600.0
+    fast_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -143,6 +155,7 @@ class Config:
     signing: SigningConfig = field(default_factory=SigningConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None
 
@@ -238,6 +251,20 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: limits.recipients must be >= 1 and limits.message_size >= 1024"
         )
+    url = cfg.tracking.public_url
+    if not re.fullmatch(
+        r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", url
+    ) or url.endswith("/"):
+        raise ConfigError(
+            f"{where}: tracking.public_url must be an http(s) URL without a trailing slash"
+        )
+    for i, net in enumerate(cfg.tracking.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: tracking.trusted_proxies[{i}] = {net!r} is not a network"
+            ) from None
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
     if bool(cfg.signing.cert) != bool(cfg.signing.key):

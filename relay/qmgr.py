@@ -32,6 +32,7 @@ from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
 from relay.logs import log_failure
 from relay.spool import Spool, write_durably
 from relay.store import NewMessage, Outcome, Store
+from relay.tracking import inject_copy, tracked_for
 
 log = logging.getLogger("certifica/qmgr")
 smtp_log = logging.getLogger("certifica/smtp")
@@ -92,6 +93,8 @@ class QueueManager:
         certifier: Certifier,
         certificates_dir: Path,
         verp_key: bytes = b"",
+        tracking_key: bytes = b"",
+        offload: Any = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -100,6 +103,9 @@ class QueueManager:
         self.certifier = certifier
         self.certificates_dir = certificates_dir
         self.verp_key = verp_key
+        self.tracking_key = tracking_key
+        # Runs a plain function in the worker processes (MIME rewriting is CPU work).
+        self.offload = offload
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = asyncio.Event()
         self._delivering = 0
@@ -152,12 +158,19 @@ class QueueManager:
             # on each command), so a lease never ends while its attempt still runs.
             lease = now + 5 * (d.connect_timeout + 4 * d.command_timeout + d.data_timeout)
             due = await self.store.take_due(now, room * 4, lease)
-            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             for row in due:
-                groups.setdefault((row["qid"], row["domain"]), []).append(row)
+                # A tracked copy is made for each recipient: one transaction each.
+                alone = self._tracked(row) and row["id"] or 0
+                groups.setdefault((row["qid"], row["domain"], alone), []).append(row)
             for rows in groups.values():
                 self._delivering += 1
                 self._spawn(self._deliver(rows))
+        if self.cfg.tracking.enabled:
+            for qid in await self.store.addenda_due(now, self.cfg.tracking.addendum_interval):
+                if qid + ":addendum" not in self._certifying:
+                    self._certifying.add(qid + ":addendum")
+                    self._spawn(self._tracking_addendum(qid))
         work = await self.store.pending_work()
         for qid in work["notices"]:
             if qid + ":notice" not in self._certifying:
@@ -179,6 +192,20 @@ class QueueManager:
                 raw = await asyncio.to_thread(self.spool.read, qid)
                 addresses = [r["address"] for r in rows]
                 sender = first["sender"]
+                if self._tracked(first):
+                    copy = await self.offload(
+                        inject_copy,
+                        raw,
+                        self.cfg.tracking.public_url,
+                        self.tracking_key,
+                        qid,
+                        first["id"],
+                        self.cfg.tracking.rewrite_text,
+                    )
+                    # The URLs are stored before the copy leaves: a click can only ever be
+                    # sent where the original message pointed.
+                    await self.store.tracking_links(qid, first["id"], copy.links)
+                    raw = copy.message
                 if first["kind"] == "mail":
                     raw = received_header(first, self.cfg.gateway.hostname, addresses) + raw
                     # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
@@ -200,6 +227,35 @@ class QueueManager:
         finally:
             self._delivering -= 1
             self.wake()
+
+    def _tracked(self, row: dict[str, Any]) -> bool:
+        return bool(
+            row.get("tracking")
+            and row["kind"] == "mail"
+            and self.cfg.tracking.enabled
+            and tracked_for(self.cfg, row["domain"])
+        )
+
+    async def _tracking_addendum(self, qid: str) -> None:
+        """A signed addendum listing a message's opens and clicks, to its sender."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or not row["cert_id"]:
+                return
+            async with self._certificates:
+                now = time.time()
+                raw = await asyncio.to_thread(self.spool.read_any, qid)
+                evidence = await self.build_evidence(row)
+                cert_id = new_certificate_id()
+                evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
+                pdf = await self.certifier.certify(evidence, raw)
+                await self._send_document(row, cert_id, pdf, raw, label="Addendum", update_qid=None)
+                await self.store.mark_addendum(qid, now)
+            self.wake()
+        except Exception:
+            log_failure(log, "%s: could not make the tracking addendum; will retry", qid)
+        finally:
+            self._certifying.discard(qid + ":addendum")
 
     def _destination(self, domain: str) -> asyncio.Semaphore:
         route = self.deliverer.router.fixed_route(domain)
@@ -391,7 +447,7 @@ class QueueManager:
         raw: bytes,
         *,
         label: str,
-        update_qid: str,
+        update_qid: str | None,
     ) -> None:
         """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
         message ``update_qid`` is done in the same transaction as the mail is queued."""
@@ -428,7 +484,7 @@ class QueueManager:
             label.lower(),
             row,
             data,
-            {"cert_state": "done", "state": "done", "done_at": time.time()},
+            {"cert_state": "done", "state": "done", "done_at": time.time()} if update_qid else {},
             update_qid=update_qid,
         )
         cert_log.info(
@@ -517,6 +573,7 @@ class QueueManager:
                 }
                 for r in recipients
             ],
+            "tracking": await self._tracking_evidence(row),
             "timeline": [
                 {
                     "time": iso(e.time),
@@ -530,6 +587,30 @@ class QueueManager:
                 "head": entries[-1].hash if entries else evidence_log.GENESIS,
                 "entries": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
             },
+        }
+
+    async def _tracking_evidence(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        if not row.get("tracking"):
+            return None
+        events = await self.store.tracking_events(row["qid"])
+        return {
+            "enabled": True,
+            "public_url": self.cfg.tracking.public_url,
+            "events": [
+                {
+                    "time": iso(e["time"]),
+                    "recipient": e["address"],
+                    "kind": e["kind"],
+                    "link": e["link"],
+                    "url": e["url"],
+                    "ip": e["ip"],
+                    "user_agent": e["user_agent"],
+                    "method": e["method"],
+                    "automatic": bool(e["automatic"]),
+                    "reason": e["reason"],
+                }
+                for e in events
+            ],
         }
 
     def _gateway_name(self) -> str:

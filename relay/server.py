@@ -38,6 +38,7 @@ from relay.smtpd import CertificaSMTP
 from relay.spool import Spool, write_durably
 from relay.store import Store
 from relay.submission import SubmissionHandler
+from relay.tracking import StoreBackend, start_http
 
 log = logging.getLogger("certifica/master")
 
@@ -128,6 +129,7 @@ class Gateway:
         )
         self.deliverer = deliverer
         verp_key = await asyncio.to_thread(_secret, self.paths["keys"] / "verp.key")
+        tracking_key = await asyncio.to_thread(_secret, self.paths["keys"] / "tracking.key")
         self.qmgr = QueueManager(
             cfg,
             self.store,
@@ -136,6 +138,8 @@ class Gateway:
             PipelineCertifier(self.pool),
             self.paths["certificates"],
             verp_key=verp_key,
+            tracking_key=tracking_key,
+            offload=self.pool.run,
         )
         self.submission = SubmissionHandler(cfg, self.store, self.spool, self.qmgr.wake)
         tls = self._tls_context()
@@ -150,6 +154,16 @@ class Gateway:
             listen["submission_tls"] = await self._serve_submission(
                 "submission_tls", sub_tls, tls, implicit=True
             )
+        http = cfg.endpoint("http")
+        self._http: Any = None
+        if http and cfg.tracking.enabled:
+            backend = StoreBackend(cfg, self.store, self.qmgr.wake)
+            try:
+                self._http, listen["http"] = await start_http(cfg, http, tracking_key, backend)
+            except OSError as err:
+                raise StartupError(
+                    f"cannot listen on {http} (listen.http): {err.strerror or err}"
+                ) from None
         mx = cfg.endpoint("mx")
         if mx:
             listen["mx"] = await self._serve_mx(mx, verp_key)
@@ -273,6 +287,8 @@ class Gateway:
         self.submission.accepting = False
         for server in self.servers.values():
             server.close()
+        if self._http is not None:
+            await self._http.cleanup()
         await self.qmgr.stop(grace)
         await self.deliverer.close()
         self._qmgr_task.cancel()

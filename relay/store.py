@@ -101,6 +101,34 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recipients ADD COLUMN lease_until REAL;
     """,
+    # 3: open and click tracking (the addendum)
+    """
+    ALTER TABLE messages ADD COLUMN tracking INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE recipients ADD COLUMN addendum_at REAL;
+    ALTER TABLE users ADD COLUMN tracking INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE tracking_links (
+        qid TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        link INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        PRIMARY KEY (qid, recipient_id, link)
+    );
+    CREATE TABLE tracking_events (
+        id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        link INTEGER NOT NULL,
+        url TEXT,
+        time REAL NOT NULL,
+        ip TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        method TEXT NOT NULL,
+        automatic INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX tracking_events_rcpt ON tracking_events(qid, recipient_id);
+    """,
 ]
 
 
@@ -132,6 +160,7 @@ class NewMessage:
     tls_version: str | None = None
     tls_cipher: str | None = None
     summary: dict[str, Any] | None = None
+    tracking: bool = False
     event: str | None = None
     event_detail: dict[str, Any] = field(default_factory=dict)
 
@@ -236,6 +265,7 @@ class Store:
                 "tls_version": msg.tls_version,
                 "tls_cipher": msg.tls_cipher,
                 "method": msg.method,
+                "tracking": int(msg.tracking),
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
                 "state": "active",
                 "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
@@ -270,7 +300,7 @@ class Store:
         rows = list(
             self._db.query(
                 "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip, m.client_helo,"
-                " m.auth_user, m.tls_version AS in_tls_version, m.method"
+                " m.auth_user, m.tls_version AS in_tls_version, m.method, m.tracking"
                 " FROM recipients r JOIN messages m ON m.qid = r.qid"
                 " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
                 " AND r.lease_until IS NULL AND m.state = 'active'"
@@ -437,6 +467,118 @@ class Store:
         for row in rows:
             row["recipients"] = self._recipients(row["qid"])
         return rows
+
+    # -- tracking (opens and clicks) ----------------------------------------------
+    async def tracking_links(self, qid: str, recipient_id: int, links: tuple[str, ...]) -> None:
+        """Record the URLs a recipient's copy links to, before it is sent."""
+        await self._run(
+            lambda: self._conn.executemany(
+                "INSERT OR REPLACE INTO tracking_links (qid, recipient_id, link, url)"
+                " VALUES (?, ?, ?, ?)",
+                [(qid, recipient_id, n, url) for n, url in enumerate(links, start=1)],
+            )
+        )
+
+    async def link_url(self, qid: str, recipient_id: int, link: int) -> str | None:
+        def _get() -> str | None:
+            row = self._conn.execute(
+                "SELECT url FROM tracking_links WHERE qid = ? AND recipient_id = ? AND link = ?",
+                (qid, recipient_id, link),
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._run(_get)
+
+    async def tracked_recipient(self, qid: str, recipient_id: int) -> dict[str, Any] | None:
+        def _get() -> dict[str, Any] | None:
+            rows = list(
+                self._db.query(
+                    "SELECT r.address, r.last_attempt, r.status, m.tracking FROM recipients r"
+                    " JOIN messages m ON m.qid = r.qid WHERE r.qid = ? AND r.id = ?",
+                    (qid, recipient_id),
+                )
+            )
+            return rows[0] if rows else None
+
+        return await self._run(_get)
+
+    async def record_tracking(self, address: str, row: dict[str, Any], now: float) -> None:
+        """One open or click: a row of its own and an evidence entry (extensions to ETSI)."""
+        await self._run(self._record_tracking, address, row, now)
+
+    def _record_tracking(self, address: str, row: dict[str, Any], now: float) -> None:
+        _insert(self._conn, "tracking_events", row)
+        detail = {
+            k: row[k] for k in ("link", "url", "ip", "user_agent", "method", "automatic", "reason")
+        }
+        event = "ContentOpened" if row["kind"] == "open" else "LinkClicked"
+        evidence.append(self._conn, now, row["qid"], event, detail, recipient=address)
+
+    async def recent_clicks(self, qid: str, recipient_id: int, since: float) -> int:
+        return await self._run(
+            lambda: self._conn.execute(
+                "SELECT COUNT(DISTINCT link) FROM tracking_events WHERE qid = ? AND recipient_id = ?"
+                " AND kind = 'click' AND time >= ?",
+                (qid, recipient_id, since),
+            ).fetchone()[0]
+        )
+
+    async def link_count(self, qid: str, recipient_id: int) -> int:
+        return await self._run(
+            lambda: self._conn.execute(
+                "SELECT COUNT(*) FROM tracking_links WHERE qid = ? AND recipient_id = ?",
+                (qid, recipient_id),
+            ).fetchone()[0]
+        )
+
+    async def addenda_due(self, now: float, interval: float) -> list[str]:
+        """Certified messages with opens or clicks not yet reported to the sender, whose
+        recipients have not had an addendum within ``interval``."""
+        return await self._run(
+            lambda: [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT DISTINCT r.qid FROM recipients r JOIN messages m ON m.qid = r.qid"
+                    " WHERE m.tracking = 1 AND m.cert_state = 'done' AND EXISTS"
+                    " (SELECT 1 FROM tracking_events e WHERE e.qid = r.qid"
+                    "  AND e.recipient_id = r.id AND e.time > COALESCE(r.addendum_at, 0))"
+                    " AND (r.addendum_at IS NULL OR r.addendum_at <= ?)",
+                    (now - interval,),
+                )
+            ]
+        )
+
+    async def tracking_events(self, qid: str) -> list[dict[str, Any]]:
+        return await self._run(
+            lambda: list(
+                self._db.query(
+                    "SELECT e.*, r.address FROM tracking_events e JOIN recipients r"
+                    " ON r.id = e.recipient_id WHERE e.qid = ? ORDER BY e.time, e.id",
+                    (qid,),
+                )
+            )
+        )
+
+    async def mark_addendum(self, qid: str, now: float) -> None:
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE recipients SET addendum_at = ? WHERE qid = ? AND id IN"
+                " (SELECT recipient_id FROM tracking_events WHERE qid = ?)",
+                (now, qid, qid),
+            )
+        )
+
+    async def user_tracking(self, address: str) -> bool:
+        return await self._run(
+            lambda: bool(
+                (
+                    self._conn.execute(
+                        "SELECT tracking FROM users WHERE address = ?", (address.lower(),)
+                    ).fetchone()
+                    or (1,)
+                )[0]
+            )
+        )
 
     # -- late bounces (RFC 3464 DSNs to our VERP return path) ---------------------
     async def accept_dsn(
@@ -617,13 +759,16 @@ _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
 def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     # Plain SQL rather than sqlite-utils' insert(), which commits on its own and would
     # split what must be one transaction (message, recipients, evidence).
-    assert table in ("messages", "recipients") and all(_COLUMN.match(c) for c in row)
+    assert table in ("messages", "recipients", "tracking_events")
+    assert all(_COLUMN.match(c) for c in row)
     columns = ", ".join(row)
     marks = ", ".join("?" for _ in row)
     conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))  # noqa: S608
 
 
 def _update_message(conn: sqlite3.Connection, qid: str, columns: dict[str, Any]) -> None:
+    if not columns:
+        return
     assert all(_COLUMN.match(c) for c in columns)
     assignments = ", ".join(f"{c} = ?" for c in columns)
     conn.execute(

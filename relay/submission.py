@@ -123,6 +123,7 @@ class SubmissionHandler:
         except OSError as err:
             log.error("%s: could not store the message: %s", qid, err.strerror or err)
             return replies.DISK_FULL if is_disk_full(err) else replies.STORE_FAILED
+        tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
         msg = NewMessage(
             qid=qid,
             kind="mail",
@@ -138,6 +139,7 @@ class SubmissionHandler:
             client_helo=session.host_name,
             tls_version=tls_version,
             tls_cipher=tls_cipher,
+            tracking=tracking,
             event="SubmissionAcceptance" if certified else None,
             event_detail={
                 "sha256": sha256,

@@ -1,0 +1,117 @@
+"""Open and click tracking wired into the gateway: per-recipient copies, the HTTP listener,
+and the storage behind :mod:`addendum.http`.
+
+Each recipient of a tracked certified message gets its own copy: links rewritten to
+``<public_url>/c/<token>`` and a 1x1 image ``<public_url>/o/<token>`` (tokens are MACs
+binding message, recipient and link; see :mod:`addendum.tokens`). The URLs are stored
+before the copy leaves, so a click can only ever be redirected to a URL that was in the
+original message. Every hit is evidence (``ContentOpened`` / ``LinkClicked``,
+extensions to ETSI EN 319 522), classified as automatic or likely by a person.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from addendum.classify import classify
+from addendum.http import TrackingEvent, make_app
+from addendum.inject import Injection, inject
+from addendum.tokens import TokenCodec, TokenData
+from relay.config import Config, Endpoint
+from relay.store import Store
+
+log = logging.getLogger("certifica/tracking")
+
+
+def inject_copy(
+    raw: bytes, public_url: str, key: bytes, qid: str, recipient_id: int, rewrite_text: bool
+) -> Injection:
+    """One recipient's copy; a plain function so it can run in a worker process."""
+    codec = TokenCodec(key)
+    return inject(
+        raw, public_url, lambda n: codec.make(TokenData(qid, recipient_id, n)), rewrite_text
+    )
+
+
+def tracked_for(cfg: Config, domain: str) -> bool:
+    never = {d.lower() for d in cfg.tracking.never_domains}
+    return domain.lower() not in never
+
+
+class StoreBackend:
+    """:class:`addendum.http.TrackingBackend` on the gateway's store."""
+
+    def __init__(self, cfg: Config, store: Store, wake: Any) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.wake = wake
+
+    async def link_url(self, qid: str, recipient_id: int, link: int) -> str | None:
+        return await self.store.link_url(qid, recipient_id, link)
+
+    async def record(self, event: TrackingEvent) -> None:
+        rcpt = await self.store.tracked_recipient(event.qid, event.recipient_id)
+        if rcpt is None or not rcpt["tracking"]:
+            return
+        since = (event.time - rcpt["last_attempt"]) if rcpt["last_attempt"] else None
+        clicks = links = 0
+        if event.kind == "click":
+            clicks = await self.store.recent_clicks(event.qid, event.recipient_id, event.time - 5)
+            clicks += 1
+            links = await self.store.link_count(event.qid, event.recipient_id)
+        verdict = classify(
+            event.kind,
+            event.user_agent,
+            event.ip,
+            since,
+            clicks,
+            links,
+            method=event.method,
+            fast_seconds=self.cfg.tracking.fast_seconds,
+        )
+        row = {
+            "qid": event.qid,
+            "recipient_id": event.recipient_id,
+            "kind": event.kind,
+            "link": event.link,
+            "url": event.url,
+            "time": event.time,
+            "ip": event.ip,
+            "user_agent": event.user_agent,
+            "method": event.method,
+            "automatic": int(verdict.automatic),
+            "reason": verdict.reason,
+        }
+        await self.store.record_tracking(rcpt["address"], row, time.time())
+        log.info(
+            "%s: %s by <%s>%s from %s, %s (%s)",
+            event.qid,
+            event.kind,
+            rcpt["address"],
+            f" of link {event.link}" if event.kind == "click" else "",
+            event.ip,
+            "automatic" if verdict.automatic else "likely a person",
+            verdict.reason,
+        )
+        self.wake()
+
+
+async def start_http(
+    cfg: Config, ep: Endpoint, key: bytes, backend: StoreBackend
+) -> tuple[web.AppRunner, str]:
+    """Serve the tracking endpoint on ``ep``; returns the runner and the bound address."""
+    # aiohttp logs malformed requests with a traceback; our own lines say what matters.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    app = make_app(TokenCodec(key), backend, cfg.tracking.trusted_proxies)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, ep.host, ep.port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    host, port = sockets[0].getsockname()[:2] if sockets else (ep.host, ep.port)
+    return runner, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
