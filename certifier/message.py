@@ -82,6 +82,7 @@ MAX_NAME_CHARS = 1024  # one address or one file name
 MAX_ADDRESSES = 1000  # per header field (To, Cc, From)
 MAX_DEFECTS = 100
 MAX_MAILBOX_CHARS = 4096  # parse_single_mailbox refuses longer values
+MAX_BOUNDARY_CHARS = 200  # RFC 2046 says 70; some mailers exceed it a little
 MAX_COMMENT_DEPTH = 8  # nested RFC 5322 comments; the stdlib recurses on each level
 HTML_MAX_CHARS = 2_000_000  # HTML beyond this is not converted (text_truncated is set)
 _HTML_CHUNK = 65536
@@ -384,7 +385,10 @@ def _header_str(value: bytes, name: str, defects: _Defects) -> str:
 
 _MIME_WORD = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _MIME_TYPE = re.compile(rf"\s*({_MIME_WORD})\s*/\s*({_MIME_WORD})")
-_PARAM_PIECES = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^;"]+|;|"', re.DOTALL)
+# A quoted string runs to its closing quote or, unterminated, to the end of the value.
+# Its pattern cannot fail once started, so it is never rescanned (escaped quotes made
+# the obvious '"..."|"' alternation quadratic).
+_PARAM_PIECES = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:\\\Z)?"?|[^;"]+|;', re.DOTALL)
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _PARAM_NAME = re.compile(r"([^*]+)(?:\*([0-9]{1,3}))?(\*)?")
 
@@ -1154,7 +1158,8 @@ def _leaf_text(leaf: _Leaf, max_text: int, defects: _Defects) -> tuple[str, bool
     text = _decode_charset(leaf.data, leaf.params.get("charset"), leaf.where, defects)
     incomplete = leaf.truncated_input
     if leaf.content_type == "text/html":
-        text, incomplete = _html_to_text(text, max_text, defects)
+        text, html_incomplete = _html_to_text(text, max_text, defects)
+        incomplete = incomplete or html_incomplete
     text = _body_text(text).strip("\n")
     if len(text) > max_text:
         return text[:max_text], True
@@ -1215,6 +1220,12 @@ def _summarise(
             if not boundary:
                 defects.add(f"multipart without a boundary {where}: read as plain text")
                 ctype = "text/plain"
+            elif len(boundary) > MAX_BOUNDARY_CHARS:  # RFC 2046 allows 70
+                defects.add(
+                    f"MIME boundary longer than {MAX_BOUNDARY_CHARS} characters {where}: "
+                    "read as plain text"
+                )
+                ctype = "text/plain"
             elif depth >= max_depth:
                 defects.add(f"nesting deeper than {max_depth} levels not examined")
                 continue
@@ -1258,6 +1269,8 @@ def _summarise(
     from_addresses = _from_addresses(top.get("from", []))
     if top.get("from") and not from_addresses:
         defects.add("the From header does not name its sender unambiguously")
+    elif len(from_addresses) > 1:
+        defects.add(f"From names {len(from_addresses)} mailboxes")
     text, truncated = "", False
     body = plain or html
     if body is not None:
@@ -1282,9 +1295,11 @@ def _summarise(
 def _leaf_slice(
     where: str, ctype: str, params: dict[str, str], data: bytes, max_text: int
 ) -> _Leaf:
-    """Keep only as many bytes of a plain-text body as ``max_text`` characters can need."""
+    """Keep only as many bytes of a body as its conversion to text can use."""
     if ctype == "text/plain":
         keep = (max_text + 1) * 8 + 16  # 4 bytes a character, CR LF counted twice
-        if len(data) > keep:
-            return _Leaf(where, ctype, params, data[:keep], True)
+    else:
+        keep = HTML_MAX_CHARS * 4
+    if len(data) > keep:
+        return _Leaf(where, ctype, params, data[:keep], True)
     return _Leaf(where, ctype, params, data, False)

@@ -397,7 +397,7 @@ def test_summary_flags_an_ambiguous_from() -> None:
     assert "the From header does not name its sender unambiguously" in s.defects
     s = summarise(b"From: a@example.com\r\nFrom: b@example.org\r\nDate: x\r\n\r\nhi\r\n")
     assert s.from_addresses == ("a@example.com", "b@example.org")
-    assert "2 From headers" in s.defects
+    assert "2 From headers" in s.defects and "From names 2 mailboxes" in s.defects
 
 
 # ---------------------------------------------------------------------------
@@ -483,6 +483,8 @@ def test_rfc2231_and_rfc2047_file_names() -> None:
         ("attachment; filename*=iso-8859-1'es'%E1rbol.txt", "árbol.txt"),
         ('attachment; filename="a\\"b.txt"; filename="second.txt"', 'a"b.txt'),
         ('attachment; filename="semi;colon.txt"', "semi;colon.txt"),
+        ('attachment; filename="unterminated; x=y.txt', '"unterminated; x=y.txt'),
+        ("attachment; filename=a.txt; filename*1=b", "a.txt"),  # no segment 0: ignored
         ("attachment", "(unnamed)"),
         ("inline; filename=inline.png", "inline.png"),
     ]
@@ -616,6 +618,11 @@ def test_megabyte_headers() -> None:
     assert s.from_addresses == ()
     param = 'Content-Type: text/plain; name="' + ";" * 1_000_000 + '"\r\n'
     timed("1 MB quoted parameter (quadratic in email.message)", message(param))
+    escaped = "Content-Type: text/plain; name=" + '\\"' * 500_000 + "\r\n"
+    timed("1 MB of escaped quotes in a parameter", message(escaped))
+    boundary = 'Content-Type: multipart/mixed; boundary="' + "b" * 1_000_000 + '"\r\n'
+    s = timed("1 MB boundary", message(boundary))
+    assert any(d.startswith("MIME boundary longer than 200 characters") for d in s.defects)
     continuation = "".join(f"name*{i % 1000}*=%41;" for i in range(90_000))
     timed("1 MB of RFC 2231 continuations", message(f"Content-Type: a/b; {continuation}\r\n"))
 
