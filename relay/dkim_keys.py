@@ -1,0 +1,246 @@
+"""Outbound DKIM: the signing keys per domain and the signing itself (RFC 6376, RFC 8463).
+
+Keys live in ``<keys_dir>/dkim/<domain>/<selector>.<rsa|ed25519>.pem``, mode 0600 in
+0700 directories, written atomically (exclusive temporary file, fsync, hard link to the
+final name so that an existing key is never overwritten, fsync of the directory). RSA
+keys are 2048-bit PKCS#1 PEM (what dkimpy and OpenDKIM read), Ed25519 keys PKCS#8 PEM.
+The keyring reads the directory on every call, so a key added by ``certifica`` in
+another process is used at once.
+
+Each :class:`DkimKey` carries the TXT record to publish (``dns_name``, ``dns_txt``).
+:func:`sign` prepends one DKIM-Signature per key, relaxed/relaxed, signing the headers
+recipients see (:data:`SIGNED_HEADERS`, each as often as it occurs) and From once more
+than it occurs, so that no From can be added without breaking the signature; it never
+sets ``l=``, which would let anyone append text (BAD-INPUT.md).
+
+Exceptions: :meth:`DkimKeyring.add` raises ``ValueError`` with a plain sentence for a
+bad domain, selector or algorithm, or a selector already in use; :func:`sign` raises
+``dkim.DKIMException`` when a key cannot be used (a corrupt key file).
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import logging
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from relay.spool import fsync_dir
+
+log = logging.getLogger("certifica/dkim")
+
+ALGORITHMS = ("rsa", "ed25519")
+RSA_BITS = 2048
+
+SIGNED_HEADERS = (
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"mime-version",
+    b"content-type",
+    b"reply-to",
+    b"in-reply-to",
+    b"references",
+)
+"""Header fields signed when present (RFC 6376 §5.4.1), From once more (oversigned)."""
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """One signing key and the DNS record that publishes its public half."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "rsa" or "ed25519"
+    private_pem: bytes
+    dns_name: str  # <selector>._domainkey.<domain>
+    dns_txt: str  # v=DKIM1; k=...; p=...
+
+    def __repr__(self) -> str:  # never print the private key by accident
+        return f"DkimKey(domain={self.domain!r}, selector={self.selector!r}, algorithm={self.algorithm!r})"
+
+
+def _domain(domain: str) -> str:
+    name = domain.strip().lower().rstrip(".")
+    if len(name) > 253 or not _DOMAIN.fullmatch(name):
+        raise ValueError(
+            f"{domain!r} is not a valid domain name for DKIM: use letters, digits and "
+            f"hyphens in at least two dot-separated labels (xn-- form for accents)."
+        )
+    return name
+
+
+def _selector(selector: str, domain: str) -> str:
+    name = selector.strip().lower()
+    if not _SELECTOR.fullmatch(name) or len(f"{name}._domainkey.{domain}") > 253:
+        raise ValueError(
+            f"{selector!r} is not a valid DKIM selector: use letters, digits and hyphens, "
+            f"optionally in dot-separated labels."
+        )
+    return name
+
+
+def _make_key(domain: str, selector: str, algorithm: str, pem: bytes) -> DkimKey:
+    """A :class:`DkimKey` from its private PEM; raises ``ValueError`` if it is not one."""
+    private = serialization.load_pem_private_key(pem, password=None)
+    if algorithm == "rsa" and isinstance(private, rsa.RSAPrivateKey):
+        public = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    elif algorithm == "ed25519" and isinstance(private, ed25519.Ed25519PrivateKey):
+        # RFC 8463 §4.2: p= is the raw 32-byte public key, not a SubjectPublicKeyInfo.
+        public = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    else:
+        raise ValueError(f"the key file does not hold an {algorithm} private key")
+    txt = f"v=DKIM1; k={algorithm}; p={base64.b64encode(public).decode('ascii')}"
+    return DkimKey(domain, selector, algorithm, pem, f"{selector}._domainkey.{domain}", txt)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a new 0600 file atomically; ``FileExistsError`` if ``path`` exists."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)  # unlike rename, never replaces an existing key
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.unlink()
+    fsync_dir(path.parent)
+
+
+class DkimKeyring:
+    """The DKIM keys under ``keys_dir/dkim``; see the module docstring."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.root = Path(keys_dir) / "dkim"
+
+    def add(self, domain: str, selector: str | None = None, algorithm: str = "rsa") -> DkimKey:
+        """Make and store a new key; the caller publishes ``dns_txt`` at ``dns_name``."""
+        domain = _domain(domain)
+        if selector is None:
+            selector = "certifica" + datetime.now(UTC).strftime("%Y%m")
+        selector = _selector(selector, domain)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"{algorithm!r} is not a DKIM key type: use rsa or ed25519.")
+        if any(key.selector == selector for key in self.for_domain(domain)):
+            raise ValueError(
+                f"{domain} already has a DKIM key with selector {selector}: choose another "
+                f"selector, so the key published in DNS stays valid for mail in transit."
+            )
+        private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+        if algorithm == "rsa":
+            private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+            pem_format = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1, for dkimpy
+        else:
+            private = ed25519.Ed25519PrivateKey.generate()
+            pem_format = serialization.PrivateFormat.PKCS8
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, pem_format, serialization.NoEncryption()
+        )
+        key = _make_key(domain, selector, algorithm, pem)
+        folder = self.root / domain
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            _write_new(folder / f"{selector}.{algorithm}.pem", pem)
+        except FileExistsError:
+            raise ValueError(f"{domain} already has a DKIM key with selector {selector}.") from None
+        log.info("DKIM key made: %s %s; publish TXT %s", algorithm, key.dns_name, key.dns_txt)
+        return key
+
+    def ensure_gateway_key(self, domain: str) -> DkimKey:
+        """The gateway's own key for ``domain`` (RSA preferred), made on first start."""
+        keys = self.for_domain(domain)
+        if keys:
+            return next((k for k in keys if k.algorithm == "rsa"), keys[0])
+        return self.add(domain)
+
+    def list(self) -> list[DkimKey]:
+        """Every readable key, by domain then selector; unreadable files are logged."""
+        keys: builtins.list[DkimKey] = []
+        if not self.root.is_dir():
+            return keys
+        for path in sorted(self.root.glob("*/*.pem")):
+            selector, _, algorithm = path.name[: -len(".pem")].rpartition(".")
+            domain = path.parent.name
+            try:
+                if algorithm not in ALGORITHMS or _domain(domain) != domain:
+                    raise ValueError("not named <selector>.<rsa|ed25519>.pem under its domain")
+                if _selector(selector, domain) != selector:
+                    raise ValueError("selector not in lower case")
+                keys.append(_make_key(domain, selector, algorithm, path.read_bytes()))
+            except (OSError, ValueError, TypeError) as err:
+                log.warning("DKIM key %s skipped: %s", path, err)
+        return keys
+
+    def for_domain(self, domain: str) -> builtins.list[DkimKey]:  # list: the method above
+        """The keys that sign mail From ``domain`` (its own keys only)."""
+        try:
+            name = _domain(domain)
+        except ValueError:
+            return []
+        return [key for key in self.list() if key.domain == name]
+
+
+def _private_for_dkimpy(key: DkimKey) -> bytes:
+    if key.algorithm == "rsa":
+        return key.private_pem
+    # dkimpy signs Ed25519 with PyNaCl, which takes the base64 of the 32-byte seed.
+    private = serialization.load_pem_private_key(key.private_pem, password=None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    raw = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(raw)
+
+
+def sign(message: bytes, keys: Sequence[DkimKey]) -> bytes:
+    """``message`` with one DKIM-Signature per key prepended (none if ``keys`` is empty)."""
+    if not keys:
+        return message
+    linesep = b"\r\n" if b"\r\n" in message else b"\n"
+    present = [name.lower() for name, _ in dkim.DKIM(message).headers]
+    include = [name for name in SIGNED_HEADERS for _ in range(present.count(name))]
+    include.append(b"from")  # one more From than present: none can be added later
+    signatures = []
+    for key in keys:
+        algorithm = b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
+        signer = dkim.DKIM(message, signature_algorithm=algorithm, linesep=linesep)
+        signatures.append(
+            signer.sign(
+                key.selector.encode("ascii"),
+                key.domain.encode("ascii"),
+                _private_for_dkimpy(key),
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=include,
+                length=False,
+            )
+        )
+    return b"".join(signatures) + message
