@@ -26,3 +26,15 @@ lint: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# make bench [QUICK=1] [PROFILE=1]: the gateway against Postfix on this machine
+# (bench/README.md). Installs Postfix for smtp-source/smtp-sink, unconfigured.
+bench: install
+	@if [ ! -x /usr/sbin/smtp-source ] && ! command -v smtp-source >/dev/null 2>&1; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections; \
+	  $$SUDO apt-get update -qq; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null; \
+	fi
+	$(if $(PROFILE),$(BIN)/pip install --quiet 'py-spy==0.4.3')
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
