@@ -18,7 +18,14 @@ Rules, first match wins (sources in brackets):
    image proxy since December 2013, UA ``Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko
    Firefox/11.0 (via ggpht.com GoogleImageProxy)``), ``YahooMailProxy`` (Yahoo's
    documented proxy, help.yahoo.com SLN28749).
-3. Microsoft Office link checks: ``Microsoft Office Existence Discovery`` (a HEAD that
+3. Google's network: an event from the address ranges Google publishes for its mail and
+   proxy servers (:data:`GOOGLE_NETWORKS`, below) was made by a Google server, not by the
+   recipient's device: Gmail's image proxy (reverse DNS ``google-proxy-*.google.com``,
+   commonly seen from 66.249.80.0/20 and 66.102.0.0/20) fetches the pixel whatever user
+   agent it shows, and Google's scanners follow links from the same ranges. The reason
+   names the range. Google's customer cloud (GCP) and Googlebot's crawl ranges are not in the list:
+   anyone can rent the former, and Googlebot says so in its user agent.
+4. Microsoft Office link checks: ``Microsoft Office Existence Discovery`` (a HEAD that
    Office sends before opening a URL, described by Microsoft in "Description of the
    Microsoft Office Existence Discovery Protocol", 2008), and, for clicks only,
    ``ms-office``/``MSOffice``/``Microsoft Office`` user agents: Office apps probe a
@@ -26,7 +33,7 @@ Rules, first match wins (sources in brackets):
    Outlook's own image download (``Microsoft Office/16.0 (...Microsoft Outlook...)``
    or ``ms-office``) happens only when a message is displayed with images allowed, so
    it is not on its own a sign of automation.
-4. Security gateways and link checkers by user agent: Barracuda, Mimecast, Proofpoint,
+5. Security gateways and link checkers by user agent: Barracuda, Mimecast, Proofpoint,
    Microsoft Safe Links, Symantec/Broadcom, Trend Micro, Sophos, Forcepoint,
    Cisco/IronPort, FireEye; HTTP libraries and tools (python-requests, urllib,
    aiohttp, httpx, curl, Wget, Go-http-client, Java, Apache-HttpClient, libwww-perl,
@@ -34,18 +41,20 @@ Rules, first match wins (sources in brackets):
    (HeadlessChrome, PhantomJS, Puppeteer, Playwright); chat link previews
    (facebookexternalhit, WhatsApp, Slack, Discord, Telegram, Skype); and any
    ``bot``/``crawler``/``spider``/``scanner``/``preview`` word (not the CUBOT phone brand).
-5. Apple Mail Privacy Protection: Apple Mail with MPP fetches remote content in the
+6. Apple Mail Privacy Protection: Apple Mail with MPP fetches remote content in the
    background through Apple's relays, with the bare user agent ``Mozilla/5.0`` and no
    further tokens (observed by SocketLabs, Word to the Wise and Mailchimp). No browser
    sends that user agent alone, so it is automatic from any address; the reason names
    Apple when the address is in Apple's own networks: 17.0.0.0/8 (ARIN, Apple's since
    1990), 2620:149::/32 (ARIN) and 2a01:b740::/32 (RIPE NCC). MPP also egresses
    through iCloud Private Relay partners' addresses, which are too many to list; the
-   user agent is what decides.
-6. A ``HEAD`` request: link checkers ask whether a page exists; a browser following a
+   user agent is what decides. Apple's range is not a signal on its own (unlike
+   Google's): 17.0.0.0/8 also holds Apple's offices, where people read their mail with
+   an ordinary browser or mail app.
+7. A ``HEAD`` request: link checkers ask whether a page exists; a browser following a
    link or showing an image uses ``GET``.
-7. Faster than a person: an event within ``fast_seconds`` (10 s) of delivery.
-8. Every link at once: ``clicks_in_last_seconds >= links_in_message >= 2`` (a scanner
+8. Faster than a person: an event within ``fast_seconds`` (10 s) of delivery.
+9. Every link at once: ``clicks_in_last_seconds >= links_in_message >= 2`` (a scanner
    following all the links of a message within seconds).
 
 Otherwise the event is "likely by a person", with what was checked.
@@ -57,12 +66,42 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["APPLE_NETWORKS", "FAST_SECONDS", "Classification", "classify"]
+__all__ = ["APPLE_NETWORKS", "FAST_SECONDS", "GOOGLE_NETWORKS", "Classification", "classify"]
 
 FAST_SECONDS = 10.0
 
 APPLE_NETWORKS = tuple(
     ipaddress.ip_network(n) for n in ("17.0.0.0/8", "2620:149::/32", "2a01:b740::/32")
+)
+
+# Google's own mail and proxy servers, from the SPF record Google tells mail admins to read
+# for its servers' addresses ("Google IP address ranges for outbound mail servers",
+# support.google.com/a/answer/60764): the TXT records of _netblocks.google.com (IPv4) and
+# _netblocks2.google.com (IPv6); re-check with `dig TXT _netblocks.google.com` when
+# updating. Left out: 35.190.247.0/24 and the _netblocks3 ranges in 35.191.0.0/16 and
+# 130.211.0.0/22, which are Google Cloud load-balancer space rather than Google's own
+# servers. Not all of Google's addresses (goog.json has those, customer cloud included):
+# only where Gmail's image proxy and mail servers are.
+GOOGLE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "64.233.160.0/19",
+        "66.102.0.0/20",
+        "66.249.80.0/20",
+        "72.14.192.0/18",
+        "74.125.0.0/16",
+        "108.177.8.0/21",
+        "173.194.0.0/16",
+        "209.85.128.0/17",
+        "216.58.192.0/19",
+        "216.239.32.0/19",
+        "2001:4860:4000::/36",
+        "2404:6800:4000::/36",
+        "2607:f8b0:4000::/36",
+        "2800:3f0:4000::/36",
+        "2a00:1450:4000::/36",
+        "2c0f:fb50:4000::/36",
+    )
 )
 
 
@@ -133,14 +172,18 @@ _SCANNERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _BARE_MOZILLA = re.compile(r"Mozilla/5\.0")
 
 
-def _in_apple_network(ip: str) -> bool:
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network_of(ip: str, networks: tuple[_Network, ...]) -> _Network | None:
+    """The network of ``networks`` holding ``ip`` (IPv4-mapped IPv6 read as IPv4), or None."""
     try:
         address = ipaddress.ip_address(ip.strip().strip("[]").split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in APPLE_NETWORKS)
+    return next((n for n in networks if address.version == n.version and address in n), None)
 
 
 def _duration(seconds: float) -> str:
@@ -179,6 +222,17 @@ def classify(
     for pattern, reason in _PROXIES:
         if pattern.search(ua):
             return Classification(True, reason)
+    google = _network_of(ip, GOOGLE_NETWORKS)
+    if google is not None:
+        if event == "open":
+            why = "where Gmail's image proxy runs; it hides who opened the message and from where"
+        else:
+            why = "where Google's link scanners and proxies run; a person's click comes from their own network"  # fmt: skip
+        return Classification(
+            True,
+            f"{event} made by a Google server, not the recipient's device: the address is in "
+            f"{google}, one of Google's published mail and proxy ranges, {why}",
+        )
     if event == "click" and _OFFICE_CLICK.search(ua):
         return Classification(
             True,
@@ -189,11 +243,12 @@ def classify(
         if pattern.search(ua):
             return Classification(True, f"{reason} ({_ua_shown(ua)} user agent)")
     if _BARE_MOZILLA.fullmatch(ua):
-        if _in_apple_network(ip):
+        apple = _network_of(ip, APPLE_NETWORKS)
+        if apple is not None:
             return Classification(
                 True,
-                "Apple Mail Privacy Protection (bare 'Mozilla/5.0' user agent from Apple's "
-                "network), which fetches content whether or not the message is read",
+                f"Apple Mail Privacy Protection (bare 'Mozilla/5.0' user agent from Apple's "
+                f"network {apple}), which fetches content whether or not the message is read",
             )
         return Classification(
             True,

@@ -799,3 +799,64 @@ def test_classify_head_request_is_automatic() -> None:
     result = classify("click", CHROME, "198.51.100.4", 600, method="HEAD")
     assert result.automatic and "HEAD" in result.reason
     assert not classify("click", CHROME, "198.51.100.4", 600, method="GET").automatic
+
+
+@pytest.mark.parametrize(
+    ("kind", "ua", "ip", "network"),
+    [
+        # Gmail's image proxy with an ordinary browser's user agent: the range decides.
+        ("open", CHROME, "66.249.84.10", "66.249.80.0/20"),
+        ("open", CHROME, "66.102.8.77", "66.102.0.0/20"),
+        ("open", OUTLOOK, "::ffff:66.249.93.1", "66.249.80.0/20"),
+        ("open", IPHONE, "2a00:1450:4013:c00::10", "2a00:1450:4000::/36"),
+        ("click", CHROME, "74.125.210.3", "74.125.0.0/16"),
+        ("click", CHROME, "209.85.238.2", "209.85.128.0/17"),
+    ],
+)
+def test_classify_google_ranges_are_automatic_and_named(
+    kind: str, ua: str, ip: str, network: str
+) -> None:
+    result = classify(kind, ua, ip, 3600)
+    assert result.automatic, result.reason
+    assert network in result.reason and "Google" in result.reason, result.reason
+    assert "not the recipient's device" in result.reason
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "66.249.79.255",  # just below 66.249.80.0/20 (Googlebot's crawl space)
+        "66.249.96.0",  # just above it
+        "66.102.16.1",  # just above 66.102.0.0/20
+        "35.190.247.1",  # Google Cloud load balancers: anyone's service
+        "34.64.6.1",  # Google Cloud customer space
+        "2a00:1450:5000::1",  # outside 2a00:1450:4000::/36
+        "198.51.100.4",
+        "not an address",
+    ],
+)
+def test_classify_outside_google_ranges_stays_a_person(ip: str) -> None:
+    result = classify("open", CHROME, ip, 3600)
+    assert not result.automatic, result.reason
+    assert "Google" not in result.reason
+
+
+def test_classify_google_user_agent_reason_wins_over_the_range() -> None:
+    # The user agent says more (Gmail's proxy by name) than the range does.
+    result = classify("open", GMAIL, "66.249.84.10", 3600)
+    assert result.automatic and "GoogleImageProxy" in result.reason
+
+
+def test_classify_apple_reason_names_the_network_it_matched() -> None:
+    result = classify("open", "Mozilla/5.0", "17.58.100.1", 3600)
+    assert result.automatic and "17.0.0.0/8" in result.reason
+    # Apple's range alone is not a signal: Apple's own staff read mail from it.
+    assert not classify("open", IPHONE, "17.58.100.1", 3600).automatic
+
+
+def test_classify_every_link_rule_needs_every_link() -> None:
+    # classify() is told the number of *distinct* links clicked; one short of all is a person.
+    assert classify("click", CHROME, "198.51.100.4", 600, 2, 2).automatic
+    assert not classify("click", CHROME, "198.51.100.4", 600, 1, 2).automatic
+    assert not classify("click", CHROME, "198.51.100.4", 600, 2, 3).automatic
+
