@@ -26,6 +26,9 @@ from relay.store import Store
 
 log = logging.getLogger("certifica/tracking")
 
+# Clicks on every link of a copy within this many seconds are a scanner's sweep.
+SWEEP_SECONDS = 5.0
+
 
 def inject_copy(
     raw: bytes, public_url: str, key: bytes, qid: str, recipient_id: int, rewrite_text: bool
@@ -53,6 +56,26 @@ class StoreBackend:
     async def link_url(self, qid: str, recipient_id: int, link: int) -> str | None:
         return await self.store.link_url(qid, recipient_id, link)
 
+    async def _distinct_recent_links(self, event: TrackingEvent) -> int:
+        """How many distinct links of this copy were clicked in the last
+        :data:`SWEEP_SECONDS`, this click included.
+
+        Distinct, so that a person clicking one link twice, or Office's HEAD probe followed
+        by the browser's GET of the same link, is not "every link clicked at once".
+        """
+        since = event.time - SWEEP_SECONDS
+        if not await self.store.recent_clicks(event.qid, event.recipient_id, since):
+            return 1  # the usual case: no other click in the window, nothing more to read
+        clicked = {
+            e["link"]
+            for e in await self.store.tracking_events(event.qid)
+            if e["recipient_id"] == event.recipient_id
+            and e["kind"] == "click"
+            and e["time"] >= since
+        }
+        clicked.add(event.link)
+        return len(clicked)
+
     async def record(self, event: TrackingEvent) -> None:
         rcpt = await self.store.tracked_recipient(event.qid, event.recipient_id)
         if rcpt is None or not rcpt["tracking"]:
@@ -60,9 +83,8 @@ class StoreBackend:
         since = (event.time - rcpt["last_attempt"]) if rcpt["last_attempt"] else None
         clicks = links = 0
         if event.kind == "click":
-            clicks = await self.store.recent_clicks(event.qid, event.recipient_id, event.time - 5)
-            clicks += 1
             links = await self.store.link_count(event.qid, event.recipient_id)
+            clicks = await self._distinct_recent_links(event)
         verdict = classify(
             event.kind,
             event.user_agent,

@@ -859,4 +859,3 @@ def test_classify_every_link_rule_needs_every_link() -> None:
     assert classify("click", CHROME, "198.51.100.4", 600, 2, 2).automatic
     assert not classify("click", CHROME, "198.51.100.4", 600, 1, 2).automatic
     assert not classify("click", CHROME, "198.51.100.4", 600, 2, 3).automatic
-
