@@ -41,8 +41,15 @@ def inject_copy(
 
 
 def tracked_for(cfg: Config, domain: str) -> bool:
-    never = {d.lower() for d in cfg.tracking.never_domains}
-    return domain.lower() not in never
+    """False for a domain listed in ``tracking.never_domains`` or under one of them: a
+    listed ``court.example`` also covers ``mail.court.example`` (a court's mail hosts and
+    departments), but not ``notcourt.example``. Comparison ignores case and a trailing dot."""
+    name = domain.strip().rstrip(".").lower()
+    for listed in cfg.tracking.never_domains:
+        never = listed.strip().strip(".").lower()
+        if never and (name == never or name.endswith("." + never)):
+            return False
+    return True
 
 
 class StoreBackend:

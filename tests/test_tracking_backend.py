@@ -1,5 +1,5 @@
 """relay.tracking: how a hit is classified and stored (StoreBackend on a real
-relay.store.Store in a temporary directory).
+relay.store.Store in a temporary directory), and which domains never get tracking.
 
 Times are given, not waited for: each TrackingEvent carries its own time, and the
 recipient's delivery time is what Store.record was told, so "3 seconds after delivery"
@@ -19,7 +19,7 @@ import pytest
 from addendum.http import TrackingEvent
 from relay.config import Config, TrackingConfig
 from relay.store import NewMessage, Outcome, Store
-from relay.tracking import SWEEP_SECONDS, StoreBackend
+from relay.tracking import SWEEP_SECONDS, StoreBackend, tracked_for
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -282,3 +282,40 @@ def test_single_link_message_is_never_a_sweep(store: Store) -> None:
         assert [a for _, _, a, _ in await verdicts(store, "Q-ONE")] == [False, False]
 
     run(test)
+
+
+# ---------------------------------------------------------------------------
+# relay.tracking.tracked_for: never_domains
+
+
+def never(*domains: str) -> Config:
+    return Config(tracking=TrackingConfig(enabled=True, never_domains=domains))
+
+
+@pytest.mark.parametrize(
+    ("domain", "tracked"),
+    [
+        ("court.example", False),
+        ("COURT.example", False),
+        ("court.example.", False),
+        ("mail.court.example", False),
+        ("a.b.mail.court.example", False),
+        ("notcourt.example", True),
+        ("court.example.org", True),
+        ("courtexample", True),
+        ("example", True),
+        ("other.example", True),
+    ],
+)
+def test_tracked_for_covers_subdomains_of_never_domains(domain: str, tracked: bool) -> None:
+    assert tracked_for(never("court.example", "Judiciary.Example."), domain) is tracked
+
+
+def test_tracked_for_listed_domains_case_and_dots() -> None:
+    cfg = never("Judiciary.Example.", ".gov.example")
+    assert not tracked_for(cfg, "judiciary.example")
+    assert not tracked_for(cfg, "mx1.JUDICIARY.example")
+    assert not tracked_for(cfg, "tax.gov.example")
+    assert tracked_for(cfg, "gov.example.org")
+    assert tracked_for(never(), "court.example")
+    assert tracked_for(never(""), "court.example")  # an empty entry never covers everything
