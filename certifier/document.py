@@ -488,9 +488,16 @@ def _sender(ev: dict[str, Any]) -> list[Flowable]:
                 ("Client", _para(client)),
                 ("Connection TLS", _para(_tls(s.get("tls")))),
                 ("Received via", _para(s.get("method"))),
+                *_authentication(s.get("authentication")),
             ]
         ),
     ]
+
+
+def _authentication(auth: object) -> list[tuple[str, Flowable]]:
+    """MX mode: the DKIM, SPF and DMARC results, as an Authentication-Results value."""
+    header = _d(auth).get("header")
+    return [("Sender authentication", _para(header, cap=_CAP_CELL))] if header else []
 
 
 def _hash_para(value: object) -> Paragraph:
@@ -596,7 +603,7 @@ def _recipients(ev: dict[str, Any]) -> list[Flowable]:
             ("Time (UTC)", _para(_time(r.get("time")))),
             ("Mail server", _para(where)),
             ("Final reply", _para(_reply(r.get("reply")), cap=_CAP_LINE + 40)),
-            ("Remote queue id", _para(r.get("remote_queue_id"))),
+            ("Remote queue id", _para(r.get("remote_qid"))),
             ("TLS", _para(_tls(r.get("tls")))),
             ("Attempts", _para(r.get("attempts"))),
             ("SHA-256 delivered", _hash_para(r.get("delivered_sha256"))),

@@ -70,6 +70,7 @@ from urllib.parse import unquote_to_bytes
 __all__ = [
     "Attachment",
     "MessageSummary",
+    "header_addresses",
     "header_from_addresses",
     "parse_single_mailbox",
     "sha256_hex",
@@ -1091,6 +1092,30 @@ def header_from_addresses(raw: bytes) -> list[str]:
     raw = bytes(raw)
     fields, _ = _read_headers(raw, 0, len(raw), frozenset({b"from"}), "", _Defects())
     return _from_addresses(fields.get("from", []))
+
+
+def header_addresses(raw: bytes, names: tuple[str, ...] = ("to", "cc")) -> list[str] | None:
+    """Addr-specs of every mailbox (group members included) of the ``names`` fields.
+
+    None when any of those fields cannot be parsed strictly: a caller that delivers to
+    these addresses must not guess at an address list it cannot read. Duplicates are
+    kept, in header order.
+    """
+    raw = bytes(raw)
+    wanted = frozenset(name.encode("ascii") for name in names)
+    fields, _ = _read_headers(raw, 0, len(raw), wanted, "", _Defects())
+    result: list[str] = []
+    for name in names:
+        for raw_value in fields.get(name, []):
+            try:
+                value = raw_value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            parsed = _parse_address_list(value)
+            if parsed is None or len(result) + len(parsed.mailboxes) > MAX_ADDRESSES:
+                return None
+            result.extend(box.addr for box in parsed.mailboxes)
+    return result
 
 
 # ---------------------------------------------------------------------------

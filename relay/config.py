@@ -140,6 +140,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class MXConfig:
+    require: str = "dkim-or-spf"
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    sign: bool = True
+    from_handling: str = "keep"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -156,6 +167,8 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    mx: MXConfig = field(default_factory=MXConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None
 
@@ -265,6 +278,10 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(
                 f"{where}: tracking.trusted_proxies[{i}] = {net!r} is not a network"
             ) from None
+    if cfg.mx.require not in ("dkim-or-spf", "dkim"):
+        raise ConfigError(f'{where}: mx.require must be "dkim-or-spf" or "dkim"')
+    if cfg.dkim.from_handling not in ("keep", "rewrite"):
+        raise ConfigError(f'{where}: dkim.from_handling must be "keep" or "rewrite"')
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
     if bool(cfg.signing.cert) != bool(cfg.signing.key):

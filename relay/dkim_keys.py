@@ -5,7 +5,8 @@ Keys live in ``<keys_dir>/dkim/<domain>/<selector>.<rsa|ed25519>.pem``, mode 060
 final name so that an existing key is never overwritten, fsync of the directory). RSA
 keys are 2048-bit PKCS#1 PEM (what dkimpy and OpenDKIM read), Ed25519 keys PKCS#8 PEM.
 The keyring reads the directory on every call, so a key added by ``certifica`` in
-another process is used at once.
+another process is used at once; a key file is parsed again only when its size or
+modification time changed.
 
 Each :class:`DkimKey` carries the TXT record to publish (``dns_name``, ``dns_txt``).
 :func:`sign` prepends one DKIM-Signature per key, relaxed/relaxed, signing the headers
@@ -141,6 +142,7 @@ class DkimKeyring:
 
     def __init__(self, keys_dir: Path) -> None:
         self.root = Path(keys_dir) / "dkim"
+        self._parsed: dict[Path, tuple[tuple[int, int], DkimKey]] = {}
 
     def add(self, domain: str, selector: str | None = None, algorithm: str = "rsa") -> DkimKey:
         """Make and store a new key; the caller publishes ``dns_txt`` at ``dns_name``."""
@@ -195,7 +197,13 @@ class DkimKeyring:
                     raise ValueError("not named <selector>.<rsa|ed25519>.pem under its domain")
                 if _selector(selector, domain) != selector:
                     raise ValueError("selector not in lower case")
-                keys.append(_make_key(domain, selector, algorithm, path.read_bytes()))
+                stat = path.stat()
+                version = (stat.st_mtime_ns, stat.st_size)
+                cached = self._parsed.get(path)
+                if cached is None or cached[0] != version:
+                    cached = (version, _make_key(domain, selector, algorithm, path.read_bytes()))
+                    self._parsed[path] = cached
+                keys.append(cached[1])
             except (OSError, ValueError, TypeError) as err:
                 log.warning("DKIM key %s skipped: %s", path, err)
         return keys

@@ -1,19 +1,26 @@
 """The MX listener (port 25): mail for the gateway's own addresses, and nothing else.
 
-Today the only local addresses are the VERP return paths of relayed messages
+The local addresses are the certification address, which receives the Cc copy a
+sender's own provider delivers (MX mode, :mod:`relay.certified_copy` decides on it
+through ``on_certify``), and the VERP return paths of relayed messages
 (:mod:`relay.bounces`): a delivery status notification that arrives there after the
 remote server said 250 becomes evidence through ``on_bounce``. Every other address is
-refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1). The handler decides
-and answers; it never sends mail, not even a bounce of a bounce (RFC 3834 §2).
+refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1): a certified copy
+goes only to the To and Cc of a message whose registered sender authenticated it. The
+handler decides and answers; it never sends mail, not even a bounce of a bounce (RFC
+3834 §2).
 
 Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
 
 * ``MAIL``: any sender, the null reverse-path ``<>`` included (DSNs come from it).
-* ``RCPT``: a valid VERP address of ours -> ``250 2.1.5``; another address at our
+* ``RCPT``: the certification address or a valid VERP address of ours -> ``250
+  2.1.5``; another address at our
   domain -> ``550 5.1.1``; another domain, a source route (``@a,@b:x@y``), a ``%`` or
   ``!`` hack, a quoted local part holding ``@`` or ``%`` -> ``550 5.7.1`` relaying
   denied; over the recipient limit -> ``452 4.5.3``.
-* ``DATA``: a DSN -> ``250 2.0.0`` once ``on_bounce`` returned; anything else (someone
+* ``DATA`` for the certification address: whatever ``on_certify`` answers (250 with
+  the queue id once the copy is owned, else a 4xx/5xx saying why).
+* ``DATA`` for a return path: a DSN -> ``250 2.0.0`` once ``on_bounce`` returned; anything else (someone
   replied to the return path) -> ``250`` too, reported to ``on_bounce`` with no
   reports; ``on_bounce`` raising -> ``451 4.3.0`` (the remote MTA retries), without
   the exception's text.
@@ -58,7 +65,8 @@ __all__ = [
 log = logging.getLogger("certifica/mx")
 
 OnBounce = Callable[[str, list[BounceReport], bytes], Awaitable[None]]
-AddressKind = Literal["bounce"]
+OnCertify = Callable[[Any, Any, Any], Awaitable[str]]
+AddressKind = Literal["bounce", "certify"]
 
 _NULL_PATH = "<>"  # how aiosmtpd's _getaddr returns the null reverse-path
 _SOURCE_ROUTE = re.compile(r"\s*<(@[^<>]*:[^<>]*)>(.*)", re.S)
@@ -130,6 +138,8 @@ class MXHandler:
         verp_key: bytes,
         verp_prefix: str,
         on_bounce: OnBounce,
+        certification_address: str = "",
+        on_certify: OnCertify | None = None,
         max_recipients: int = 100,
     ) -> None:
         if not domain or "@" in domain:
@@ -142,14 +152,15 @@ class MXHandler:
         self.verp_key = verp_key
         self.verp_prefix = verp_prefix
         self.on_bounce = on_bounce
+        self.certification_address = certification_address.strip().lower()
+        self.on_certify = on_certify
         self.max_recipients = max_recipients
         self.accepting = True
 
     def local_address_kind(self, address: str) -> AddressKind | None:
-        """What a local address of ours is for; None when it is no address of ours.
-
-        The certification address (a later kind) is added here.
-        """
+        """What a local address of ours is for; None when it is no address of ours."""
+        if self.on_certify is not None and address.strip().lower() == self.certification_address:
+            return "certify"
         if parse_return_path(address, self.domain, self.verp_key, self.verp_prefix):
             return "bounce"
         return None
@@ -191,6 +202,20 @@ class MXHandler:
         if not self.accepting:
             return replies.SHUTTING_DOWN
         raw: bytes = envelope.original_content
+        kinds = {self.local_address_kind(a) for a in envelope.rcpt_tos}
+        certify_reply = None
+        if "certify" in kinds and self.on_certify is not None:
+            try:
+                certify_reply = await self.on_certify(server, session, envelope)
+            except Exception:
+                log_failure(
+                    log, "%s: the certified copy could not be taken", _peer_text(session.peer)
+                )
+                return replies.INTERNAL_ERROR
+            if "bounce" not in kinds or not certify_reply.startswith("2"):
+                # One reply answers DATA for every recipient (RFC 5321 §4.1.1.4): a refused
+                # copy is refused whole, and a DSN sent along comes back with the retry.
+                return certify_reply
         qids: list[str] = []
         for address in envelope.rcpt_tos:
             qid = parse_return_path(address, self.domain, self.verp_key, self.verp_prefix)
@@ -205,6 +230,8 @@ class MXHandler:
                 log_failure(log, "%s: the delivery report could not be recorded", qid)
                 return BOUNCE_NOT_RECORDED
             _log_reports(qid, envelope.mail_from, reports, session)
+        if certify_reply is not None:
+            return certify_reply
         return BOUNCE_RECORDED if reports else NOT_A_BOUNCE
 
 

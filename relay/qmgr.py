@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certifier import evidence as evidence_log
-from relay import notices
+from relay import notices, outbound
 from relay.bounces import make_return_path
 from relay.config import Config
 from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
+from relay.dkim_keys import DkimKeyring, sign
 from relay.logs import log_failure
 from relay.spool import Spool, write_durably
 from relay.store import NewMessage, Outcome, Store
@@ -95,6 +96,7 @@ class QueueManager:
         verp_key: bytes = b"",
         tracking_key: bytes = b"",
         offload: Any = None,
+        dkim: DkimKeyring | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -106,6 +108,7 @@ class QueueManager:
         self.tracking_key = tracking_key
         # Runs a plain function in the worker processes (MIME rewriting is CPU work).
         self.offload = offload
+        self.dkim = dkim
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = asyncio.Event()
         self._delivering = 0
@@ -207,11 +210,11 @@ class QueueManager:
                     await self.store.tracking_links(qid, first["id"], copy.links)
                     raw = copy.message
                 if first["kind"] == "mail":
-                    raw = received_header(first, self.cfg.gateway.hostname, addresses) + raw
                     # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
                     sender = make_return_path(
                         qid, self.cfg.gateway.domain, self.verp_key, self.cfg.gateway.bounce_prefix
                     )
+                raw = await self._outgoing(first, addresses, raw)
                 started = time.time()
                 result = await self.deliverer.attempt(first["domain"], sender, addresses, raw)
                 await self._record(rows, result, started)
@@ -227,6 +230,42 @@ class QueueManager:
         finally:
             self._delivering -= 1
             self.wake()
+
+    async def _outgoing(self, row: dict[str, Any], addresses: list[str], raw: bytes) -> bytes:
+        """The copy that leaves: trace and copy headers, From handling, DKIM signatures
+        (:mod:`relay.outbound`). Mail the gateway wrote itself is only signed."""
+        gateway_domain = self.cfg.gateway.domain
+        if row["kind"] == "mail":
+            from_address = row.get("header_from") or row.get("auth_user") or row["sender"]
+            from_domain = str(from_address).rpartition("@")[2].lower()
+        else:
+            from_domain = gateway_domain
+        keys = []
+        if self.dkim is not None:
+            keys = await asyncio.to_thread(
+                outbound.signing_keys, self.dkim, from_domain, gateway_domain
+            )
+        if row["kind"] == "mail":
+            if self.cfg.dkim.from_handling == "rewrite" and outbound.needs_rewrite(
+                keys, from_domain
+            ):
+                raw = outbound.rewrite_from(
+                    raw,
+                    outbound.display_name(raw) or str(from_address),
+                    self.cfg.gateway.certification_address,
+                    "Certifica",
+                )
+            head = received_header(row, self.cfg.gateway.hostname, addresses)
+            if row.get("method") == "mx" and row.get("cert_id"):
+                head += outbound.certified_copy_header(str(from_address), row["cert_id"])
+            raw = head + raw
+        if not keys:
+            return raw
+        try:
+            return await asyncio.to_thread(sign, raw, keys)
+        except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
+            log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
+            return raw
 
     def _tracked(self, row: dict[str, Any]) -> bool:
         return bool(
@@ -535,8 +574,13 @@ class QueueManager:
                 "software": f"Certifica {_version()}",
             },
             "sender": {
-                "envelope_from": row["sender"],
+                "envelope_from": row["sender"]
+                if row.get("envelope_from") is None
+                else row["envelope_from"],
                 "header_from": None,
+                "authentication": json.loads(row["authentication"])
+                if row.get("authentication")
+                else None,
                 "authenticated_user": row["auth_user"],
                 "client_ip": row["client_ip"],
                 "client_helo": row["client_helo"],

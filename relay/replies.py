@@ -71,6 +71,28 @@ NO_SUCH_USER = "550 5.1.1 No such user here"
 RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for {domain}"
 BOUNCE_RECORDED = "250 2.0.0 Bounce recorded"
 NOT_A_BOUNCE = "250 2.0.0 Message received; this address only reads delivery reports"
+FROM_NOT_ONE_SENDER = (
+    "550 5.7.1 The From header must name exactly one sender, written plainly; "
+    "this message's From does not, so it cannot be certified"
+)
+SENDER_NOT_REGISTERED = (
+    "550 5.7.1 The sender {sender} is not registered with this gateway; "
+    "ask its operator to add the address before asking for certification"
+)
+NOT_AUTHENTICATED = "550 5.7.1 {why}"
+AUTHENTICATION_TEMPORARY = (
+    "451 4.7.0 The sender's authentication records (DKIM, SPF, DMARC) could not be read "
+    "from the DNS just now; please try again later"
+)
+RECIPIENTS_UNREADABLE = (
+    "550 5.6.0 The To or Cc header could not be read strictly; the gateway delivers the "
+    "certified copy only to addresses it can read without guessing"
+)
+HEADER_RECIPIENT_INVALID = "550 5.1.3 The recipient {address} in To or Cc is not valid: {why}"
+HEADER_RECIPIENTS_TOO_MANY = (
+    "552 5.5.3 To and Cc name more than {limit} recipients; this gateway certifies a "
+    "message for at most {limit}"
+)
 BOUNCE_NOT_RECORDED = (
     "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
     "please try again later"

@@ -27,8 +27,10 @@ from aiosmtpd.smtp import SMTP
 from certifier import pipeline
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings
+from relay.certified_copy import CertifiedCopyIntake
 from relay.config import Config, Endpoint, parse_endpoint
 from relay.delivery import Deliverer
+from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
 from relay.mx import MXSMTP, MXHandler
 from relay.qmgr import QueueManager
@@ -106,6 +108,7 @@ class Gateway:
         self.paths = state_paths(cfg)
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self._stopped = asyncio.Event()
+        self.mx_handler: MXHandler | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -130,6 +133,10 @@ class Gateway:
         self.deliverer = deliverer
         verp_key = await asyncio.to_thread(_secret, self.paths["keys"] / "verp.key")
         tracking_key = await asyncio.to_thread(_secret, self.paths["keys"] / "tracking.key")
+        keyring = DkimKeyring(self.paths["keys"])
+        if cfg.dkim.sign:
+            own = await asyncio.to_thread(keyring.ensure_gateway_key, cfg.gateway.domain)
+            log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
         self.qmgr = QueueManager(
             cfg,
             self.store,
@@ -140,6 +147,7 @@ class Gateway:
             verp_key=verp_key,
             tracking_key=tracking_key,
             offload=self.pool.run,
+            dkim=keyring if cfg.dkim.sign else None,
         )
         self.submission = SubmissionHandler(cfg, self.store, self.spool, self.qmgr.wake)
         tls = self._tls_context()
@@ -228,12 +236,14 @@ class Gateway:
     async def _serve_mx(self, ep: Endpoint, verp_key: bytes) -> str:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        handler = MXHandler(
+        handler = self.mx_handler = MXHandler(
             domain=cfg.gateway.domain,
             hostname=cfg.gateway.hostname,
             verp_key=verp_key,
             verp_prefix=cfg.gateway.bounce_prefix,
             on_bounce=LateBounces(self.store, self.spool, self.qmgr.wake),
+            certification_address=cfg.gateway.certification_address,
+            on_certify=CertifiedCopyIntake(cfg, self.store, self.spool, self.qmgr.wake),
             max_recipients=cfg.limits.recipients,
         )
 
@@ -285,6 +295,8 @@ class Gateway:
     async def stop(self, grace: float = 10.0) -> None:
         log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)
         self.submission.accepting = False
+        if self.mx_handler is not None:
+            self.mx_handler.accepting = False
         for server in self.servers.values():
             server.close()
         if self._http is not None:

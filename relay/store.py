@@ -129,6 +129,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tracking_events_rcpt ON tracking_events(qid, recipient_id);
     """,
+    # 4: MX mode (a Cc copy from the sender's provider): who the message is from and how
+    # that was authenticated. For MX mail, ``sender`` is the registered From address
+    # (notices and certificates go there) and ``envelope_from`` the MAIL FROM as received.
+    """
+    ALTER TABLE messages ADD COLUMN header_from TEXT;
+    ALTER TABLE messages ADD COLUMN envelope_from TEXT;
+    ALTER TABLE messages ADD COLUMN authentication TEXT;  -- JSON: DKIM, SPF, DMARC results
+    """,
 ]
 
 
@@ -161,6 +169,9 @@ class NewMessage:
     tls_cipher: str | None = None
     summary: dict[str, Any] | None = None
     tracking: bool = False
+    header_from: str | None = None
+    envelope_from: str | None = None
+    authentication: dict[str, Any] | None = None
     event: str | None = None
     event_detail: dict[str, Any] = field(default_factory=dict)
 
@@ -266,6 +277,11 @@ class Store:
                 "tls_cipher": msg.tls_cipher,
                 "method": msg.method,
                 "tracking": int(msg.tracking),
+                "header_from": msg.header_from,
+                "envelope_from": msg.envelope_from,
+                "authentication": json.dumps(msg.authentication)
+                if msg.authentication is not None
+                else None,
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
                 "state": "active",
                 "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
@@ -300,7 +316,8 @@ class Store:
         rows = list(
             self._db.query(
                 "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip, m.client_helo,"
-                " m.auth_user, m.tls_version AS in_tls_version, m.method, m.tracking"
+                " m.auth_user, m.tls_version AS in_tls_version, m.method, m.tracking,"
+                " m.header_from, m.cert_id"
                 " FROM recipients r JOIN messages m ON m.qid = r.qid"
                 " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
                 " AND r.lease_until IS NULL AND m.state = 'active'"

@@ -12,34 +12,20 @@ written so the recipients see the message is certified.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from certifier.message import header_from_addresses
 from relay import replies
 from relay.config import Config
+from relay.intake import accept, address_problem, session_tls
 from relay.qmgr import new_certificate_id, new_queue_id
-from relay.spool import Spool, is_disk_full
-from relay.store import NewMessage, Store, StoreError, StoreFullError
+from relay.spool import Spool
+from relay.store import NewMessage, Store
 from relay.users import check_password, normalise_address
 
 log = logging.getLogger("certifica/submission")
-
-
-def _address_problem(address: str) -> str | None:
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        return "it needs a local part and a domain"
-    if len(address) > 254 or len(local) > 64:
-        return "it is too long"
-    if domain.startswith("[") or "." not in domain and domain != "localhost":
-        return "the domain must be a host name"
-    if "%" in local or "!" in local:
-        return "source routes and % hacks are not accepted"
-    return None
 
 
 class SubmissionHandler:
@@ -80,7 +66,7 @@ class SubmissionHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        problem = _address_problem(address)
+        problem = address_problem(address)
         if problem:
             return replies.BAD_ADDRESS.format(why=problem)
         if len(envelope.rcpt_tos) >= self.cfg.limits.recipients:
@@ -116,48 +102,43 @@ class SubmissionHandler:
                 address=self.cfg.gateway.certification_address
             )
         qid = new_queue_id()
-        tls_version, tls_cipher = _session_tls(server)
+        tls_version, tls_cipher = session_tls(server)
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        try:
-            sha256 = await asyncio.to_thread(self._spool_message, qid, raw)
-        except OSError as err:
-            log.error("%s: could not store the message: %s", qid, err.strerror or err)
-            return replies.DISK_FULL if is_disk_full(err) else replies.STORE_FAILED
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
-        msg = NewMessage(
-            qid=qid,
-            kind="mail",
-            sender=envelope.mail_from,
-            size=len(raw),
-            sha256=sha256,
-            recipients=recipients,
-            certified=certified,
-            method="submission",
-            cert_id=new_certificate_id() if certified else None,
-            auth_user=user,
-            client_ip=peer,
-            client_helo=session.host_name,
-            tls_version=tls_version,
-            tls_cipher=tls_cipher,
-            tracking=tracking,
-            event="SubmissionAcceptance" if certified else None,
-            event_detail={
-                "sha256": sha256,
-                "size": len(raw),
-                "envelope_from": envelope.mail_from,
-                "recipients": list(recipients),
-                "client_ip": peer,
-                "authenticated_user": user,
-                "tls": tls_version,
-            },
-        )
-        try:
-            await self.store.enqueue(msg, time.time())
-        except (StoreError, OSError) as err:
-            await asyncio.to_thread(self.spool.remove, qid)
-            log.error("%s: could not record the message: %s", qid, err)
-            full = isinstance(err, StoreFullError) or is_disk_full(err)
-            return replies.DISK_FULL if full else replies.STORE_FAILED
+
+        def message(sha256: str) -> NewMessage:
+            return NewMessage(
+                qid=qid,
+                kind="mail",
+                sender=envelope.mail_from,
+                size=len(raw),
+                sha256=sha256,
+                recipients=recipients,
+                certified=certified,
+                method="submission",
+                cert_id=new_certificate_id() if certified else None,
+                auth_user=user,
+                client_ip=peer,
+                client_helo=session.host_name,
+                tls_version=tls_version,
+                tls_cipher=tls_cipher,
+                tracking=tracking,
+                header_from=user,
+                event="SubmissionAcceptance" if certified else None,
+                event_detail={
+                    "sha256": sha256,
+                    "size": len(raw),
+                    "envelope_from": envelope.mail_from,
+                    "recipients": list(recipients),
+                    "client_ip": peer,
+                    "authenticated_user": user,
+                    "tls": tls_version,
+                },
+            )
+
+        refused = await accept(self.store, self.spool, qid, raw, message)
+        if refused:
+            return refused
         log.info(
             "%s: client=%s[%s], sasl_username=%s", qid, session.host_name or "unknown", peer, user
         )
@@ -172,17 +153,3 @@ class SubmissionHandler:
         self.wake()
         template = replies.QUEUED_CERTIFIED if certified else replies.QUEUED
         return template.format(qid=qid)
-
-    def _spool_message(self, qid: str, raw: bytes) -> str:
-        self.spool.store(qid, raw)
-        return hashlib.sha256(raw).hexdigest()
-
-
-def _session_tls(server: Any) -> tuple[str | None, str | None]:
-    """TLS version and cipher of the session, for STARTTLS and implicit TLS alike."""
-    transport = getattr(server, "transport", None)
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None, None
-    cipher = ssl_object.cipher()
-    return ssl_object.version(), cipher[0] if cipher else None

@@ -82,8 +82,12 @@ def test_each_recipient_gets_the_message_once(thunderbird_run: dict, mx: Sink) -
         copies = [m for m in mx.to(rcpt) if qid.encode() in m.data.split(b"\r\n\r\n", 1)[0]]
         assert len(copies) == 1, rcpt
         got = copies[0].data
-        assert got.startswith(b"Received: from client.test")
-        assert got.endswith(raw)  # the original bytes, untouched, after our Received header
+        assert got.endswith(raw)  # the original bytes, untouched, after the gateway's fields
+        added = got[: len(got) - len(raw)]
+        # the gateway's DKIM signature over its Received field and the message
+        assert added.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
+        assert b"d=certifica.localhost;" in added
+        assert b"\r\nReceived: from client.test" in added
         # the return path is ours (VERP), so late bounces come back as evidence
         assert re.fullmatch(r"bounces\+[0-9A-F]{12}\.[a-z2-7]{10}@certifica\.localhost", copies[0].mail_from)
     assert not any(CERT_ADDRESS in m.rcpt_tos for m in mx.messages)

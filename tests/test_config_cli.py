@@ -23,6 +23,28 @@ def test_shipped_config_loads_and_matches_the_embedded_defaults_where_it_should(
     assert cfg.state_dir == ROOT / "var"  # relative to the config file
 
 
+def test_shipped_config_documents_every_key() -> None:
+    """config.toml is the reference: every key the loader knows is written there."""
+    import dataclasses
+    import tomllib
+
+    from relay.config import Config
+
+    shipped = tomllib.loads((ROOT / "config.toml").read_text())
+    missing = []
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        table = shipped.get(section.name)
+        if table is None:
+            missing.append(f"[{section.name}]")
+            continue
+        for key in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            if key.name not in table:
+                missing.append(f"{section.name}.{key.name}")
+    assert not missing, missing
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
@@ -39,6 +61,8 @@ def test_shipped_config_loads_and_matches_the_embedded_defaults_where_it_should(
             "gateway.relay_uncertified must be true or false",
         ),
         ("[nonsense]\n", "unknown key 'nonsense'"),
+        ("[mx]\nrequire = 'spf'\n", "mx.require must be"),
+        ("[dkim]\nfrom_handling = 'drop'\n", "dkim.from_handling must be"),
         ("[gateway\n", "not valid TOML"),
     ],
 )

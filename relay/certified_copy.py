@@ -1,0 +1,195 @@
+"""MX mode: the Cc copy a sender's own provider delivers to the certification address.
+
+A sender who keeps Gmail, Microsoft 365 or a company server as outgoing server puts
+``certifica@<domain>`` in Cc; their provider delivers that copy to this gateway's MX.
+The gateway then delivers a certified copy to every To and Cc recipient and certifies
+it, as if the message had been submitted, but only when all of this holds:
+
+1. the From header names exactly one mailbox, parsed strictly
+   (:func:`certifier.message.header_from_addresses`): never certify a message as coming
+   from someone its From does not unambiguously name (BAD-INPUT.md);
+2. that address is a registered user of the gateway;
+3. the message authenticates that address DMARC-style (:mod:`relay.authn`): DKIM
+   aligned with the From domain, or (policy ``dkim-or-spf``) an SPF pass for an aligned
+   MAIL FROM. A temporary DNS failure is a 451, so the provider tries again;
+4. To and Cc parse strictly and every address in them is deliverable; the gateway's
+   own addresses are left out. Bcc recipients cannot be seen here and get nothing.
+
+The refusals, as the sending provider reports them to its user::
+
+    550 5.7.1  From names no single sender; sender not registered; not authenticated
+    451 4.7.0  authentication records unreadable now (SERVFAIL, timeout)
+    550 5.6.0  To/Cc unreadable;  550 5.1.3 a To/Cc address invalid
+    552 5.5.3  more To/Cc recipients than [limits] recipients
+    554 5.5.1  nobody to deliver to but the gateway itself
+    451/452    the message could not be stored (:mod:`relay.intake`)
+
+The notices and the certificate go to the registered From address (the row's
+``sender``); the MAIL FROM as received is kept as ``envelope_from``, and the DKIM, SPF
+and DMARC results (an RFC 8601 Authentication-Results value and the details) are
+evidence, shown in the certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from certifier.message import header_addresses, header_from_addresses
+from relay import replies
+from relay.authn import AuthResults, TemporaryAuthError, authenticate
+from relay.config import Config
+from relay.intake import accept, address_problem, session_tls
+from relay.qmgr import new_certificate_id, new_queue_id
+from relay.smtpd import _peer_text
+from relay.spool import Spool
+from relay.store import NewMessage, Store
+from relay.users import normalise_address
+
+log = logging.getLogger("certifica/mx")
+
+_MAX_REPLY = 500  # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF
+
+
+class CertifiedCopyIntake:
+    """Decides on, stores and answers a Cc copy sent to the certification address."""
+
+    def __init__(self, cfg: Config, store: Store, spool: Spool, wake: Any) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.wake = wake
+        self.domain = cfg.gateway.domain.lower().rstrip(".")
+
+    async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
+        froms = header_from_addresses(raw)
+        if len(froms) != 1:
+            return self._refuse(session, mail_from, "From does not name one sender",
+                                replies.FROM_NOT_ONE_SENDER)  # fmt: skip
+        sender = normalise_address(froms[0])
+        if await self.store.user_hash(sender) is None:
+            return self._refuse(session, mail_from, f"sender <{sender}> is not registered",
+                                replies.SENDER_NOT_REGISTERED.format(sender=sender))  # fmt: skip
+        from_domain = sender.rpartition("@")[2]
+        try:
+            results = await authenticate(
+                raw,
+                mail_from,
+                peer,
+                session.host_name or "",
+                from_domain,
+                self.cfg.dns.nameservers,
+                self.cfg.dns.timeout,
+            )
+        except TemporaryAuthError as err:
+            log.warning(
+                "NOQUEUE: defer: DATA from %s: <%s>: %s; from=<%s>",
+                _peer_text(session.peer), sender, err, mail_from,
+            )  # fmt: skip
+            return replies.AUTHENTICATION_TEMPORARY
+        policy = self.cfg.mx.require
+        if not results.passes(policy):
+            why = results.refusal(policy)
+            return self._refuse(session, mail_from, f"<{sender}>: {results.header(self.domain)}",
+                                _reply(replies.NOT_AUTHENTICATED.format(why=why)))  # fmt: skip
+        recipients, problem = self._recipients(raw)
+        if problem:
+            return self._refuse(session, mail_from, "To/Cc refused", problem)
+        qid = new_queue_id()
+        tls_version, tls_cipher = session_tls(server)
+        tracking = self.cfg.tracking.enabled and await self.store.user_tracking(sender)
+        authentication = _authentication(results, self.domain)
+
+        def message(sha256: str) -> NewMessage:
+            return NewMessage(
+                qid=qid,
+                kind="mail",
+                sender=sender,
+                size=len(raw),
+                sha256=sha256,
+                recipients=recipients,
+                certified=True,
+                method="mx",
+                cert_id=new_certificate_id(),
+                client_ip=peer,
+                client_helo=session.host_name,
+                tls_version=tls_version,
+                tls_cipher=tls_cipher,
+                tracking=tracking,
+                header_from=sender,
+                envelope_from=mail_from,
+                authentication=authentication,
+                event="SubmissionAcceptance",
+                event_detail={
+                    "sha256": sha256,
+                    "size": len(raw),
+                    "envelope_from": mail_from,
+                    "header_from": sender,
+                    "recipients": list(recipients),
+                    "client_ip": peer,
+                    "tls": tls_version,
+                    "authentication": authentication["header"],
+                },
+            )
+
+        refused = await accept(self.store, self.spool, qid, raw, message)
+        if refused:
+            return refused
+        log.info("%s: client=%s[%s], %s", qid, session.host_name or "unknown", peer,
+                 authentication["header"])  # fmt: skip
+        log.info(
+            "%s: from=<%s>, header_from=<%s>, size=%d, nrcpt=%d, certified=yes (Cc copy)",
+            qid, mail_from, sender, len(raw), len(recipients),
+        )  # fmt: skip
+        self.wake()
+        return replies.QUEUED_CERTIFIED.format(qid=qid)
+
+    def _recipients(self, raw: bytes) -> tuple[tuple[str, ...], str | None]:
+        """The To and Cc addresses to deliver to, or the reply refusing them."""
+        listed = header_addresses(raw, ("to", "cc"))
+        if listed is None:
+            return (), replies.RECIPIENTS_UNREADABLE
+        chosen: list[str] = []
+        seen: set[str] = set()
+        for address in listed:
+            key = normalise_address(address)
+            if key in seen or key.rpartition("@")[2].rstrip(".") == self.domain:
+                continue  # our own addresses receive nothing
+            problem = address_problem(address)
+            if problem:
+                shown = "".join(c if c.isprintable() else "?" for c in address[:200])
+                return (), replies.HEADER_RECIPIENT_INVALID.format(address=shown, why=problem)
+            seen.add(key)
+            chosen.append(address)
+        if not chosen:
+            return (), replies.NO_OTHER_RECIPIENTS
+        if len(chosen) > self.cfg.limits.recipients:
+            return (), replies.HEADER_RECIPIENTS_TOO_MANY.format(limit=self.cfg.limits.recipients)
+        return tuple(chosen), None
+
+    def _refuse(self, session: Any, mail_from: str, why: str, reply: str) -> str:
+        # Postfix's wording, so an operator's grep for "NOQUEUE: reject" finds these too.
+        log.info(
+            "NOQUEUE: reject: DATA from %s: %s; from=<%s>",
+            _peer_text(session.peer), _printable(why), _printable(mail_from),
+        )  # fmt: skip
+        return reply
+
+
+def _authentication(results: AuthResults, authserv_id: str) -> dict[str, Any]:
+    """The authentication evidence: the RFC 8601 header value and every result."""
+    detail = asdict(results)
+    detail["dkim"] = [asdict(sig) for sig in results.dkim]
+    return {"header": results.header(authserv_id), **detail}
+
+
+def _reply(text: str) -> str:
+    return text if len(text) <= _MAX_REPLY else text[: _MAX_REPLY - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text[:400])
