@@ -136,8 +136,12 @@ class _TimedTSA:
     def __init__(self, signer: Any) -> None:
         self.seconds = 0.0
         tsa = signer.timestamper
-        inner = tsa.request_tsa_response
+        # The in-process authority's direct entry point, or the RFC 3161 request one.
+        for name in ("timestamp_token", "request_tsa_response"):
+            if hasattr(tsa, name):
+                setattr(tsa, name, self._timed(getattr(tsa, name)))
 
+    def _timed(self, inner: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             t0 = time.process_time()
             try:
@@ -145,7 +149,7 @@ class _TimedTSA:
             finally:
                 self.seconds += time.process_time() - t0
 
-        tsa.request_tsa_response = timed
+        return timed
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """Rendering and signing certificates off the event loop, in worker processes.
 
-Rendering (reportlab) and signing (pyHanko: RFC 5652 CMS, RFC 3161 timestamp, ETSI EN
-319 142 PAdES) are CPU-bound Python; in the gateway's process they would stall every
-SMTP session for tens of milliseconds per certificate. :class:`CertificatePool` runs
+Rendering (reportlab) and signing (:mod:`certifier.signing`: RFC 5652 CMS, RFC 3161
+timestamp, ETSI EN 319 142 PAdES) are CPU-bound Python; in the gateway's process they
+would stall every SMTP session for milliseconds per certificate. :class:`CertificatePool` runs
 them in a :class:`~concurrent.futures.ProcessPoolExecutor` (one worker per CPU, "spawn"
 start method so no worker inherits the parent's event loop, sockets or locks). Each
 worker builds its :class:`~certifier.signing.DocumentSigner` and timestamper once, in

@@ -7,33 +7,51 @@ implementations:
 
 - :class:`~pyhanko.sign.timestamps.HTTPTimeStamper` — an RFC 3161 section 3.4
   "Time-Stamp Protocol via HTTP" client, used when the configuration names a TSA URL
-  (production);
+  (production); every request has a timeout;
 - :class:`LocalTimeStamper` — a real timestamp authority running in this process,
   signing TSTInfo structures (RFC 3161 section 2.4.2) as CMS SignedData (RFC 5652) with
   the development PKI's TSA key. It is what the gateway uses with no configuration.
+  It answers RFC 3161 requests (:meth:`~LocalTimeStamper.request_tsa_response`, what
+  a TSA behind HTTP does) and, for the signer in the same process,
+  :meth:`~LocalTimeStamper.timestamp_token` skips the request and response
+  envelopes. Tokens are built by :class:`certifier.cms.CmsSigner`: the constant parts
+  are encoded once, so a token costs about one RSA signature.
 
 Errors: the HTTP client raises
 :class:`~pyhanko.sign.timestamps.TimestampRequestError` (network failure, timeout,
 malformed reply); the caller treats it as temporary and retries the certificate later.
+The local authority raises :class:`ValueError` for a hash algorithm it does not
+support (asn1crypto cannot encode the RFC 3161 rejection, a response without a token).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-from asn1crypto import cms, keys, tsp
+from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pyhanko.keys import load_cert_from_pemder, load_certs_from_pemder
 from pyhanko.sign import general
-from pyhanko.sign.general import simple_cms_attribute
-from pyhanko.sign.timestamps import DummyTimeStamper, HTTPTimeStamper, TimeStamper
-from pyhanko_certvalidator.registry import SimpleCertificateStore
+from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
 
+from certifier.cms import (
+    CONTENT_TYPE_TST_INFO,
+    CmsSigner,
+    attribute,
+    der,
+    digest_algorithm,
+    generalized_time,
+    hash_algorithm,
+    integer,
+    octet_string,
+    sequence,
+    utc_time,
+)
 from certifier.pki import Pki
 
 __all__ = ["DEVELOPMENT_TSA_POLICY", "LocalTimeStamper", "make_timestamper"]
@@ -46,21 +64,15 @@ the OID says "made by a Certifica development authority, no assurance about the
 clock" and must never appear on a production timestamp.
 """
 
-_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "sha256": hashes.SHA256(),
-    "sha384": hashes.SHA384(),
-    "sha512": hashes.SHA512(),
-}
 
-
-class LocalTimeStamper(DummyTimeStamper):
+class LocalTimeStamper(TimeStamper):
     """An RFC 3161 timestamp authority that runs in this process.
 
-    pyHanko's ``DummyTimeStamper`` is a complete in-process TSA; this subclass gives it
-    a development policy OID, unpredictable serial numbers, the CA certificate in every
-    token (so a verifier can build the TSA's chain from the token alone, as
-    ``openssl ts -verify -CAfile ca.pem`` does), and parses the TSA key once instead of
-    on every request.
+    Its tokens carry a development policy OID, an unpredictable serial number, the
+    TSA's name, the signing-certificate attribute the TSP profile requires (RFC 3161
+    section 2.4.1, RFC 2634 section 5.4) and the CA certificates next to the TSA's own,
+    so a verifier can build the TSA's chain from the token alone, as
+    ``openssl ts -verify -CAfile ca.pem`` does.
     """
 
     def __init__(
@@ -70,26 +82,19 @@ class LocalTimeStamper(DummyTimeStamper):
         ca_certs: list[asn1_x509.Certificate],
         policy: str = DEVELOPMENT_TSA_POLICY,
     ) -> None:
-        store = SimpleCertificateStore()
-        store.register_multiple(ca_certs)
-        key_info = keys.PrivateKeyInfo.load(
-            tsa_key.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        super().__init__(tsa_cert=tsa_cert, tsa_key=key_info, certs_to_embed=store)
-        self._key = tsa_key
+        super().__init__()
+        self.tsa_cert = tsa_cert
         self.policy = policy
-        # The signing-certificate attribute is the same in every token; built and
-        # serialised once, it is reused as parsed DER (asn1crypto re-serialises a
-        # freshly built one, which was most of the cost of a timestamp).
-        self._signing_cert_attr = cms.CMSAttribute.load(
-            simple_cms_attribute(
-                "signing_certificate", general.as_signing_certificate(tsa_cert)
-            ).dump()
-        )
+        self._signer = CmsSigner(tsa_cert, tsa_key, ca_certs)
+        self._policy = tsp.ObjectIdentifier(policy).dump()
+        # tsa [0] EXPLICIT GeneralName, the directoryName choice ([4] EXPLICIT Name).
+        self._tsa_name = der(0xA0, der(0xA4, tsa_cert.subject.dump()))
+        self._signing_cert_attr = cms.CMSAttribute(
+            {
+                "type": "signing_certificate",
+                "values": [general.as_signing_certificate(tsa_cert)],
+            }
+        ).dump()
 
     @classmethod
     def from_files(
@@ -110,40 +115,54 @@ class LocalTimeStamper(DummyTimeStamper):
         """The in-process authority of the development PKI."""
         return cls.from_files(pki.tsa_cert, pki.tsa_key, [pki.ca_cert])
 
-    def _build_tst_info(
-        self,
-        message_imprint: tsp.MessageImprint,
-        dt: datetime,
-        req: tsp.TimeStampReq,
-    ) -> tsp.TSTInfo:
-        tst_info = super()._build_tst_info(message_imprint, dt, req)
-        tst_info["policy"] = tsp.ObjectIdentifier(self.policy)
-        # RFC 3161 section 2.4.2: serialNumber must be unique per TSA; 64 random bits
-        # make collisions between restarts and worker processes negligible.
-        tst_info["serial_number"] = secrets.randbits(63) | (1 << 63)
-        return tst_info
+    def timestamp_token(self, message_digest: bytes, md_algorithm: str = "sha256") -> bytes:
+        """A DER TimeStampToken over *message_digest*, without request and response.
 
-    def _sign_tst_info(
-        self, tst_info_data: bytes, md_algorithm: str, dt: datetime
-    ) -> tuple[bytes, cms.CMSAttributes]:
-        # Same signed attributes as the parent (RFC 5652 section 11 content-type,
-        # message-digest, signing-time, plus the RFC 2634/5035 signing-certificate the
-        # TSP profile requires) but signed with the key parsed once in __init__.
-        algo = _HASHES.get(md_algorithm.lower())
-        if algo is None:
-            raise ValueError(f"unsupported timestamp digest algorithm {md_algorithm!r}")
-        digest = hashes.Hash(algo)
-        digest.update(tst_info_data)
-        signed_attrs = cms.CMSAttributes(
-            [
-                simple_cms_attribute("content_type", "tst_info"),
-                simple_cms_attribute("signing_time", cms.Time({"utc_time": dt})),
-                self._signing_cert_attr,
-                simple_cms_attribute("message_digest", digest.finalize()),
-            ]
+        What the signer in this process uses: there is no network, so no nonce.
+        """
+        if len(message_digest) != hash_algorithm(md_algorithm).digest_size:
+            raise ValueError(f"a {md_algorithm} digest has not {len(message_digest)} bytes")
+        imprint = sequence(digest_algorithm(md_algorithm), octet_string(message_digest))
+        return self._token(imprint, nonce=None)
+
+    def request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
+        """Answer an RFC 3161 TimeStampReq (section 2.4.1) with a TimeStampResp (2.4.2)."""
+        imprint = req["message_imprint"]
+        algorithm = str(imprint["hash_algorithm"]["algorithm"].native)
+        if len(imprint["hashed_message"].native) != hash_algorithm(algorithm).digest_size:
+            raise ValueError(f"the message imprint is not a {algorithm} digest")
+        # The token's messageImprint is the request's, byte for byte (section 2.4.2).
+        token = self._token(imprint.dump(), nonce=req["nonce"].native)
+        return tsp.TimeStampResp(
+            {"status": {"status": "granted"}, "time_stamp_token": cms.ContentInfo.load(token)}
         )
-        signature = self._key.sign(signed_attrs.dump(), padding.PKCS1v15(), algo)
-        return signature, signed_attrs
+
+    async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
+        return self.request_tsa_response(req)
+
+    def _token(self, imprint: bytes, nonce: int | None) -> bytes:
+        now = datetime.now(UTC)
+        tst_info = sequence(
+            integer(1),
+            self._policy,
+            imprint,
+            # serialNumber must be unique per TSA (section 2.4.2); 64 random bits make
+            # collisions between restarts and worker processes negligible.
+            integer(secrets.randbits(63) | (1 << 63)),
+            generalized_time(now),
+            integer(nonce) if nonce is not None else b"",
+            self._tsa_name,
+        )
+        signer = self._signer
+        signed = signer.signed_attributes(
+            CONTENT_TYPE_TST_INFO,
+            signer.digest(tst_info),
+            attribute("signing_time", utc_time(now)),
+            self._signing_cert_attr,
+        )
+        return signer.content_info(
+            CONTENT_TYPE_TST_INFO, signed, signer.sign(signed), content=tst_info
+        )
 
 
 def make_timestamper(pki: Pki | None, url: str | None, timeout: float = 10.0) -> TimeStamper:
