@@ -89,7 +89,9 @@ class DeliveryConfig:
     routes: dict[str, str] = field(default_factory=dict)
     require_tls: bool = False
     connect_timeout: float = 30.0
+    greeting_timeout: float = 300.0
     command_timeout: float = 300.0
+    data_init_timeout: float = 120.0
     data_timeout: float = 600.0
     concurrency: int = 20
     per_destination: int = 10

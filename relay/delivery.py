@@ -17,9 +17,13 @@ How an attempt runs (Postfix's smtp(8) is the model):
 * the hops come from :class:`relay.routing.Router`, most preferred first; a connection
   failure, a greeting other than 220, a 4xx before MAIL FROM or a 421 (or a lost
   connection) before any recipient is decided moves on to the next hop;
-* every wait has a limit (RFC 5321 §4.5.3.2): connection and greeting together
-  ``connect_timeout``, each command ``command_timeout``, the reply to the final dot
-  ``data_timeout``; a timeout reads "timed out waiting for ... from host[ip]:port";
+* every wait has a limit (RFC 5321 §4.5.3.2, Postfix's names in brackets): the TCP
+  connection ``connect_timeout`` (smtp_connect_timeout), the 220 greeting
+  ``greeting_timeout`` (5 min, §4.5.3.2.1), each of EHLO, STARTTLS, MAIL and RCPT
+  ``command_timeout`` (5 min), the 354 after DATA ``data_init_timeout`` (2 min,
+  §4.5.3.2.4), the message and the reply to the final dot ``data_timeout`` (10 min,
+  §4.5.3.2.6); a timeout reads "timed out waiting for ... from host[ip]:port". Only a
+  loss or a timeout after the final dot was sent is a possible duplicate;
 * with ``reuse_seconds`` > 0, a session that ended cleanly stays open, idle, for that
   long, one per hop; the next attempt to that hop takes it after a good RSET. A taken
   session belongs to one attempt only; a 421 or any error closes it.
@@ -148,6 +152,22 @@ def _reason(err: BaseException) -> str:
     return err.__class__.__name__
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _crlf(message: bytes) -> bytes:
+    """``message`` with every line ending CRLF (RFC 5321 §2.3.8), ending in one."""
+    if b"\r" in message.replace(b"\r\n", b"") or b"\n" in message.replace(b"\r\n", b""):
+        message = _LINE_END.sub(b"\r\n", message)
+    return message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+def _stuffed(message: bytes) -> bytes:
+    """The DATA content on the wire: dot-stuffed (RFC 5321 §4.5.2) and terminated."""
+    return _LEADING_DOT.sub(b"..", _crlf(message)) + b".\r\n"
+
+
 class _Broken(Exception):
     """The session with one hop ended before the transaction did.
 
@@ -211,6 +231,8 @@ class Deliverer:
         command_timeout: float,
         *,
         data_timeout: float = 600.0,
+        greeting_timeout: float = 300.0,
+        data_init_timeout: float = 120.0,
         reuse_seconds: float = 0.0,
     ) -> None:
         self.router = router
@@ -219,6 +241,8 @@ class Deliverer:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.data_timeout = data_timeout
+        self.greeting_timeout = greeting_timeout
+        self.data_init_timeout = data_init_timeout
         self.reuse_seconds = reuse_seconds
         # Opportunistic TLS as Postfix's "may": encrypt when offered, do not authenticate
         # the peer (most MX certificates would not verify; RFC 7435).
@@ -278,7 +302,6 @@ class Deliverer:
         """Connect, read the greeting, EHLO and STARTTLS when offered; raise _Broken."""
         where = _where(hop)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
         sock = socket.socket(
             socket.AF_INET6 if ":" in hop.ip else socket.AF_INET, socket.SOCK_STREAM
         )
@@ -305,7 +328,7 @@ class Deliverer:
             use_tls=False,
         )
         try:
-            await client.connect(timeout=max(0.001, deadline - loop.time()))
+            await client.connect(timeout=self.greeting_timeout)
         except aiosmtplib.SMTPConnectResponseError as err:
             sock.close()
             reply = " ".join(f"{err.code} {err.message}".split())
@@ -409,7 +432,8 @@ class Deliverer:
             await self._quit(session)
         results = tuple(decided[a] for a in recipients)
         delivered = any(r.status == DELIVERED for r in results)
-        sha = hashlib.sha256(message).hexdigest() if delivered else None
+        # The bytes the remote stores once it has undone the dot-stuffing.
+        sha = hashlib.sha256(_crlf(message)).hexdigest() if delivered else None
         result = AttemptResult(
             results, session.hop, session.tls_version, session.tls_cipher, sha, setup
         )
@@ -472,36 +496,57 @@ class Deliverer:
             accepted.append(address)
         if not accepted:
             return
-        try:
-            response = await client.data(message, timeout=self.data_timeout)
-        except aiosmtplib.SMTPResponseException as err:
-            if err.code < 200:
-                session.reusable = False
-                raise _Broken(
-                    f"{where} sent a malformed reply to the end of data",
-                    next_hop=False,
-                    after_dot=True,
-                ) from None
-            # The server refused the message in so many words: no duplicate possible.
-            session.reusable = err.code != _SERVICE_CLOSING and client.is_connected
-            enhanced, text = split_reply(err.code, err.message)
-            status = _outcome_for(err.code)
+        # DATA and its 354 first, with their own limit: a failure there cannot have
+        # delivered anything, so it is never a possible duplicate.
+        start = await self._step(
+            session, "DATA", client.execute_command(b"DATA", timeout=self.data_init_timeout)
+        )
+        if start.code != 354:
+            session.reusable = start.code != _SERVICE_CLOSING and client.is_connected
+            enhanced, text = split_reply(start.code, start.message)
+            status = DEFERRED if start.code < 500 else FAILED
             decided.update(
-                (a, RecipientResult(a, status, err.code, enhanced, text)) for a in accepted
+                (a, RecipientResult(a, status, start.code, enhanced, text)) for a in accepted
             )
             return
+        try:
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(_stuffed(message))
+            response = await protocol.read_response(timeout=self.data_timeout)
+        except aiosmtplib.SMTPResponseException as err:  # not an SMTP reply at all
+            session.reusable = False
+            raise _Broken(
+                f"{where} sent a malformed reply to the end of data",
+                next_hop=False,
+                after_dot=True,
+            ) from err
         except (aiosmtplib.SMTPTimeoutError, TimeoutError):
+            session.reusable = False
             raise _Broken(
                 f"timed out waiting for the reply to the end of data from {where}",
                 next_hop=False,
                 after_dot=True,
             ) from None
         except (aiosmtplib.SMTPException, OSError):
+            session.reusable = False
             raise _Broken(
                 f"lost connection with {where} after the end of data",
                 next_hop=False,
                 after_dot=True,
             ) from None
+        if response.code != 250:
+            # The server refused the message in so many words: no duplicate possible.
+            session.reusable = response.code != _SERVICE_CLOSING and client.is_connected
+            if response.code == _SERVICE_CLOSING:
+                client.close()
+            enhanced, text = split_reply(response.code, response.message)
+            status = _outcome_for(response.code)
+            decided.update(
+                (a, RecipientResult(a, status, response.code, enhanced, text)) for a in accepted
+            )
+            return
         enhanced, text = split_reply(response.code, response.message)
         qid = remote_queue_id(text)
         decided.update(

@@ -159,7 +159,8 @@ class QueueManager:
             d = self.cfg.delivery
             # Longer than the longest attempt can take (every hop connecting, then stalling
             # on each command), so a lease never ends while its attempt still runs.
-            lease = now + 5 * (d.connect_timeout + 4 * d.command_timeout + d.data_timeout)
+            per_hop = d.connect_timeout + d.greeting_timeout + 4 * d.command_timeout
+            lease = now + 5 * (per_hop + d.data_init_timeout + d.data_timeout)
             due = await self.store.take_due(now, room * 4, lease)
             groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             for row in due:

@@ -128,6 +128,8 @@ class Gateway:
             cfg.delivery.connect_timeout,
             cfg.delivery.command_timeout,
             data_timeout=cfg.delivery.data_timeout,
+            greeting_timeout=cfg.delivery.greeting_timeout,
+            data_init_timeout=cfg.delivery.data_init_timeout,
             reuse_seconds=cfg.delivery.connection_reuse,
         )
         self.deliverer = deliverer

@@ -11,6 +11,7 @@ wait has a limit, and an idle session is reused only when it still works.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -103,8 +104,9 @@ async def aiosmtpd_sink(sink: Sink, host: str = "127.0.0.1") -> AsyncIterator[Co
 
 class Scripted:
     """An SMTP server that follows a script: ``greeting=None`` never greets,
-    ``ehlo=False`` never answers EHLO, ``after_dot`` is a reply, ``"drop"`` (close
-    without a word) or ``"stall"`` (never answer); ``rset`` is the reply to RSET."""
+    ``ehlo=False`` never answers EHLO, ``data`` is the reply to DATA (or ``"stall"``),
+    ``after_dot`` is a reply, ``"drop"`` (close without a word) or ``"stall"`` (never
+    answer); ``rset`` is the reply to RSET."""
 
     def __init__(
         self,
@@ -112,8 +114,10 @@ class Scripted:
         ehlo: bool = True,
         after_dot: str = QUEUED,
         rset: str = "250 2.0.0 Ok",
+        data: str = "354 End data with <CR><LF>.<CR><LF>",
     ) -> None:
         self.greeting, self.ehlo, self.after_dot, self.rset = greeting, ehlo, after_dot, rset
+        self.data = data
         self.connections = 0
         self.messages = 0
         self.rsets = 0
@@ -140,7 +144,13 @@ class Scripted:
                         return
                     say("250-faulty.test\r\n250 8BITMIME")
                 elif verb == b"DATA":
-                    say("354 End data with <CR><LF>.<CR><LF>")
+                    if self.data == "stall":
+                        await reader.read()
+                        return
+                    say(self.data)
+                    if not self.data.startswith("354"):
+                        await writer.drain()
+                        continue
                     await reader.readuntil(b"\r\n.\r\n")
                     self.messages += 1
                     if self.after_dot == "drop":
@@ -259,10 +269,10 @@ def test_no_reply_to_final_dot_times_out_after_data_timeout() -> None:
     assert took < GENEROUS
 
 
-def test_silent_server_is_deferred_within_connect_timeout() -> None:
+def test_silent_server_is_deferred_within_greeting_timeout() -> None:
     async def main() -> tuple[AttemptResult, Scripted, float]:
         async with Scripted(greeting=None).serving() as server:
-            d = deliverer({"example.org": server.port}, connect_timeout=SHORT)
+            d = deliverer({"example.org": server.port}, greeting_timeout=SHORT)
             started = time.monotonic()
             result = await send(d, "example.org", "a@example.org")
             await d.close()
@@ -273,6 +283,64 @@ def test_silent_server_is_deferred_within_connect_timeout() -> None:
     assert r.status == DEFERRED and r.note is None
     assert r.text == f"timed out waiting for the greeting from 127.0.0.1[127.0.0.1]:{server.port}"
     assert took < GENEROUS
+
+
+def test_no_354_after_data_is_deferred_without_a_duplicate_note() -> None:
+    """RFC 5321 §4.5.3.2.4: DATA waits 2 minutes for its 354; nothing was sent yet."""
+
+    async def main() -> tuple[AttemptResult, Scripted, float]:
+        async with Scripted(data="stall").serving() as server:
+            d = deliverer({"example.org": server.port}, data_init_timeout=SHORT)
+            started = time.monotonic()
+            try:
+                result = await send(d, "example.org", "a@example.org")
+            finally:
+                await d.close()
+            return result, server, time.monotonic() - started
+
+    result, server, took = run(main())
+    (r,) = result.results
+    assert r.status == DEFERRED and r.note is None
+    assert r.text == (
+        f"timed out waiting for the reply to DATA from 127.0.0.1[127.0.0.1]:{server.port}"
+    )
+    assert server.messages == 0 and result.delivered_sha256 is None
+    assert took < GENEROUS
+
+
+def test_refusal_of_data_decides_without_a_duplicate_note() -> None:
+    async def main() -> tuple[AttemptResult, AttemptResult]:
+        async with Scripted(data="554 5.7.1 Transaction failed: policy").serving() as server:
+            d = deliverer({"example.org": server.port})
+            failed = await send(d, "example.org", "a@example.org")
+            await d.close()
+        async with Scripted(data="451 4.3.0 Try again later").serving() as server:
+            d = deliverer({"example.org": server.port})
+            deferred = await send(d, "example.org", "a@example.org")
+            await d.close()
+        return failed, deferred
+
+    failed, deferred = run(main())
+    assert [(r.status, r.code, r.enhanced, r.note) for r in failed.results] == [
+        (FAILED, 554, "5.7.1", None)
+    ]
+    assert [(r.status, r.code, r.note) for r in deferred.results] == [(DEFERRED, 451, None)]
+
+
+def test_dots_are_stuffed_on_the_wire_and_the_delivered_hash_is_what_arrives() -> None:
+    body = b"From: a@example.com\r\nSubject: dots\r\n\r\n.\r\n..two\r\n.three\r\nend\r\n"
+
+    async def main() -> tuple[AttemptResult, Sink]:
+        sink = Sink()
+        async with aiosmtpd_sink(sink):
+            d = deliverer({"example.org": sink.port})
+            result = await d.attempt("example.org", "a@example.com", ["b@example.org"], body)
+            await d.close()
+        return result, sink
+
+    result, sink = run(main())
+    assert sink.messages[0].data == body
+    assert result.delivered_sha256 == hashlib.sha256(body).hexdigest()
 
 
 def test_command_without_reply_times_out_after_command_timeout() -> None:
