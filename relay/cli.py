@@ -447,6 +447,20 @@ def _age(seconds: int) -> str:
 
 
 # -- parser ---------------------------------------------------------------------------
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it takes -c/--config too, so ``certifica serve -c FILE`` works."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: given here it wins, absent it leaves the top-level value alone.
+        self.add_argument(
+            "-c",
+            "--config",
+            default=argparse.SUPPRESS,
+            help="config file (default: ./config.toml if present, else embedded defaults)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certifica",
@@ -457,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help="config file (default: ./config.toml if present, else embedded defaults)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
 
     p = sub.add_parser(
         "serve",
