@@ -11,18 +11,39 @@ server said 2xx), ``RelayToNonERDSFailure`` (5xx, retries exhausted, later DSN),
 ``CertificateIssued``, ``NoticeSent``.
 
 The log lives in the gateway's SQLite database (table ``evidence``); this module only
-needs a DB-API connection, so it does not depend on the relay.
+needs a DB-API connection, so it does not depend on the relay. Checkpoints of the chain
+head, timestamped by an RFC 3161 authority, are :mod:`certifier.checkpoints`.
+
+An entry's hash is SHA-256 over the compact JSON array (ASCII, ``\\uXXXX`` escapes)
+``[prev_hash, seq, time, qid, recipient, event, detail]``, where ``time`` is the
+shortest decimal form of the entry's time (Python's ``repr`` of the float) and
+``detail`` the JSON text of the detail object exactly as stored (keys sorted, compact).
+A certificate embeds its message's entries in that form (:func:`excerpt`, format
+``certifica-log-excerpt/1``: each entry's ``time`` and ``detail`` are those two strings,
+so anyone can recompute its hash without this code); :func:`verify_excerpt` checks one
+offline. The entries of one message are not contiguous in the log (other messages'
+entries come between them), so an excerpt proves each entry's content and the links
+between consecutive entries only; the rest of the chain is checked on the gateway
+(:func:`chain_problems`, ``certifica evidence verify``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
+EXCERPT_FORMAT = "certifica-log-excerpt/1"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_COLUMNS = "seq, time, qid, recipient, event, detail, prev_hash, hash"
 
 SCHEMA = """
 CREATE TABLE evidence (
@@ -69,6 +90,11 @@ def entry_hash(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+def canonical_detail(detail: dict[str, Any]) -> str:
+    """The JSON text an entry's detail is stored and hashed as."""
+    return json.dumps(detail, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def append(
     conn: sqlite3.Connection,
     time: float,
@@ -80,7 +106,7 @@ def append(
     """Append one entry inside the caller's transaction and return it."""
     row = conn.execute("SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-    detail_json = json.dumps(detail, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    detail_json = canonical_detail(detail)
     digest = entry_hash(prev, seq, time, qid, recipient, event, detail_json)
     conn.execute(
         "INSERT INTO evidence (seq, time, qid, recipient, event, detail, prev_hash, hash)"
@@ -99,19 +125,204 @@ def entries_for(conn: sqlite3.Connection, qid: str) -> list[Entry]:
     return [Entry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
 
 
+def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """The last entry's (seq, hash), or None for an empty log."""
+    row = conn.execute("SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def excerpt(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[dict[str, Any]]:
+    """The entries *seqs* as a certificate embeds them: every hashed field, as hashed.
+
+    Read from the stored columns (not re-serialised from :class:`Entry`), so that the
+    hash of each excerpt entry recomputes even for a detail that would not survive a
+    JSON round trip unchanged.
+    """
+    wanted = sorted(set(seqs))
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM evidence WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+            chunk,
+        ).fetchall()
+        out.extend(
+            {
+                "seq": seq,
+                "time": repr(time),
+                "qid": qid,
+                "recipient": recipient,
+                "event": event,
+                "detail": detail_json,
+                "prev": prev_hash,
+                "hash": digest,
+            }
+            for seq, time, qid, recipient, event, detail_json, prev_hash, digest in rows
+        )
+    return out
+
+
+def chain_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
+    """Walk the whole chain and yield (seq, sentence) for every problem, in order.
+
+    Unlike :func:`verify_chain` it goes on after the first break, checking each entry
+    against its own stored predecessor hash, so one edited row is one or two lines
+    and not "everything after row N".
+    """
+    expected_prev, expected_seq = GENESIS, 1
+    cursor = conn.execute(f"SELECT {_COLUMNS} FROM evidence ORDER BY seq")  # noqa: S608
+    for seq, time, qid, recipient, event, detail_json, prev_hash, digest in cursor:
+        if seq != expected_seq:
+            missing = (
+                f"entry {expected_seq} is"
+                if seq == expected_seq + 1
+                else f"entries {expected_seq} to {seq - 1} are"
+            )
+            yield seq, f"{missing} missing before entry {seq}"
+        if prev_hash != expected_prev:
+            yield seq, f"entry {seq} does not follow the previous entry"
+        if entry_hash(prev_hash, seq, time, qid, recipient, event, detail_json) != digest:
+            yield seq, f"entry {seq} was altered (its content does not match its hash)"
+        expected_prev, expected_seq = digest, seq + 1
+
+
 def verify_chain(conn: sqlite3.Connection) -> tuple[bool, int, str]:
     """Recompute the whole chain. Returns (ok, entries checked, first problem or "")."""
-    prev = GENESIS
-    count = 0
-    cursor = conn.execute(
-        "SELECT seq, time, qid, recipient, event, detail, prev_hash, hash FROM evidence"
-        " ORDER BY seq"
-    )
-    for seq, time, qid, recipient, event, detail_json, prev_hash, digest in cursor:
-        count += 1
-        if prev_hash != prev:
-            return False, count, f"entry {seq} does not follow the previous entry"
-        if entry_hash(prev, seq, time, qid, recipient, event, detail_json) != digest:
-            return False, count, f"entry {seq} was altered"
-        prev = digest
-    return True, count, ""
+    for seq, problem in chain_problems(conn):
+        (checked,) = conn.execute("SELECT COUNT(*) FROM evidence WHERE seq <= ?", (seq,)).fetchone()
+        return False, int(checked), problem
+    (count,) = conn.execute("SELECT COUNT(*) FROM evidence").fetchone()
+    return True, int(count), ""
+
+
+def iso_time(ts: float) -> str:
+    """An entry time as the certificate's timeline writes it (UTC, milliseconds)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class ExcerptReport:
+    """What :func:`verify_excerpt` found: problems (empty when it passed) and a summary."""
+
+    problems: tuple[str, ...]
+    summary: str
+    entries: tuple[dict[str, Any], ...] = ()
+
+
+def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptReport:
+    """Check a certificate's ``evidence_log`` (format :data:`EXCERPT_FORMAT`) offline.
+
+    Every entry's hash is recomputed from its fields; consecutive entries (seq n and
+    n+1) must be linked (the later one's ``prev`` is the earlier one's hash); every
+    entry belongs to *queue_id*; ``head`` is the last entry's hash; and the timeline
+    lists the same events, recipients and times in the same order.
+    """
+    problems: list[str] = []
+    if not isinstance(log, dict):
+        return ExcerptReport(("the evidence has no evidence_log object",), "")
+    raw_entries = log.get("entries")
+    if not isinstance(raw_entries, list):
+        return ExcerptReport(("evidence_log.entries is not a list",), "")
+    entries: list[dict[str, Any]] = []
+    for n, raw in enumerate(raw_entries, start=1):
+        problem = _entry_shape_problem(raw)
+        if problem:
+            problems.append(f"log entry {n} in the certificate {problem}")
+            continue
+        assert isinstance(raw, dict)
+        entries.append(raw)
+        seq = raw["seq"]
+        digest = entry_hash(
+            raw["prev"],
+            seq,
+            float(raw["time"]),
+            raw["qid"],
+            raw["recipient"],
+            raw["event"],
+            raw["detail"],
+        )
+        if digest != raw["hash"]:
+            problems.append(
+                f"entry {seq} was altered: its fields hash to {digest[:16]}..., "
+                f"not to the recorded {raw['hash'][:16]}..."
+            )
+        if raw["qid"] != queue_id:
+            problems.append(f"entry {seq} is about queue id {raw['qid'][:40]!r}, not this message")
+    links = checked_links = 0
+    for before, after in zip(entries, entries[1:], strict=False):
+        if after["seq"] <= before["seq"]:
+            problems.append(f"entry {after['seq']} comes after entry {before['seq']}: out of order")
+            continue
+        links += 1
+        if after["seq"] == before["seq"] + 1:
+            checked_links += 1
+            if after["prev"] != before["hash"]:
+                problems.append(f"entry {after['seq']} does not follow entry {before['seq']}")
+    expected_head = entries[-1]["hash"] if entries else GENESIS
+    if len(entries) == len(raw_entries) and log.get("head") != expected_head:
+        problems.append("evidence_log.head is not the hash of the last entry")
+    problems.extend(_timeline_problems(entries, raw_entries, timeline))
+    if not entries:
+        summary = "The certificate lists no log entries."
+    else:
+        first, last = entries[0]["seq"], entries[-1]["seq"]
+        summary = (
+            f"{len(entries)} log entries (#{first} to #{last}) match their hashes; "
+            f"{checked_links} of {links} links between them checked "
+            "(the others pass through other messages' entries); the timeline lists them"
+        )
+    return ExcerptReport(tuple(problems), summary, tuple(entries))
+
+
+def _entry_shape_problem(raw: object) -> str | None:
+    if not isinstance(raw, dict):
+        return "is not an object"
+    want = {"seq", "time", "qid", "recipient", "event", "detail", "prev", "hash"}
+    missing = sorted(want - set(raw))
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    seq, time = raw["seq"], raw["time"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return "has no valid seq"
+    if not isinstance(time, str):
+        return f"(entry {seq}) has a time that is not the hashed decimal string"
+    try:
+        value = float(time)
+    except ValueError:
+        return f"(entry {seq}) has a time that is not a number"
+    if not math.isfinite(value) or repr(value) != time:
+        return f"(entry {seq}) has a time that is not in canonical form"
+    for key in ("qid", "event", "detail"):
+        if not isinstance(raw[key], str):
+            return f"(entry {seq}) has a {key} that is not a string"
+    if raw["recipient"] is not None and not isinstance(raw["recipient"], str):
+        return f"(entry {seq}) has a recipient that is neither a string nor null"
+    for key in ("prev", "hash"):
+        if not isinstance(raw[key], str) or not _HEX64.fullmatch(raw[key]):
+            return f"(entry {seq}) has a {key} that is not a SHA-256 in hex"
+    return None
+
+
+def _timeline_problems(
+    entries: list[dict[str, Any]], raw_entries: list[Any], timeline: object
+) -> list[str]:
+    if not isinstance(timeline, list):
+        return ["the evidence has no timeline list"]
+    if len(timeline) != len(raw_entries):
+        return [f"the timeline has {len(timeline)} events, the log excerpt {len(raw_entries)}"]
+    if len(entries) != len(raw_entries):
+        return []  # already reported: an entry that cannot be read cannot be compared
+    problems = []
+    for item, entry in zip(timeline, entries, strict=True):
+        seq = entry["seq"]
+        if not isinstance(item, dict):
+            problems.append(f"the timeline event for entry {seq} is not an object")
+            continue
+        if item.get("event") != entry["event"]:
+            problems.append(f"the timeline says {str(item.get('event'))[:60]!r} for entry {seq}")
+        if item.get("recipient") != entry["recipient"]:
+            problems.append(f"the timeline names another recipient for entry {seq}")
+        if item.get("time") != iso_time(float(entry["time"])):
+            problems.append(f"the timeline gives another time for entry {seq}")
+    return problems

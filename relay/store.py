@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from certifier import evidence
+from certifier import checkpoints, evidence
 
 T = TypeVar("T")
 
@@ -137,6 +137,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN envelope_from TEXT;
     ALTER TABLE messages ADD COLUMN authentication TEXT;  -- JSON: DKIM, SPF, DMARC results
     """,
+    # 5: RFC 3161 timestamped checkpoints of the evidence log's head
+    checkpoints.SCHEMA,
 ]
 
 
@@ -419,6 +421,23 @@ class Store:
 
     async def evidence_for(self, qid: str) -> list[evidence.Entry]:
         return await self._run(lambda: evidence.entries_for(self._conn, qid))
+
+    # -- evidence log checkpoints (certifier.checkpoints) -------------------------
+    async def evidence_head(self) -> tuple[int, str] | None:
+        return await self._run(lambda: evidence.head(self._conn))
+
+    async def evidence_excerpt(self, seqs: list[int]) -> list[dict[str, Any]]:
+        """Entries as a certificate embeds them (every hashed field, as hashed)."""
+        return await self._run(lambda: evidence.excerpt(self._conn, seqs))
+
+    async def add_checkpoint(self, checkpoint: checkpoints.Checkpoint) -> None:
+        await self._run(lambda: checkpoints.record(self._conn, checkpoint))
+
+    async def latest_checkpoint(self) -> checkpoints.Checkpoint | None:
+        return await self._run(lambda: checkpoints.latest(self._conn))
+
+    async def checkpoint_covering(self, seq: int) -> checkpoints.Checkpoint | None:
+        return await self._run(lambda: checkpoints.covering(self._conn, seq))
 
     async def pending_work(self) -> dict[str, list[str]]:
         """Active messages needing a notice, a certificate, or to be closed."""
