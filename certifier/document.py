@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape
 
 from pyhanko.pdf_utils import embed, generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
@@ -314,15 +315,98 @@ def _para(
     empty: str = "—",
     *,
     multiline: bool = False,
-) -> Paragraph:
+) -> Flowable:
     st = _styles()[style]
+    if not multiline:
+        text = _clean(value, cap)
+        runs = _font_runs(text, st.fontName)
+        if len(runs) == 1 and runs[0][0] is None and _SIMPLE_LINE.fullmatch(text):
+            return _Line(text, st)
     text = _markup(value, cap, st.fontName, multiline=multiline)
     return Paragraph(text if text.strip() else escape(empty), st)
 
 
-def _trusted(markup: str, style: str) -> Paragraph:
+def _trusted(markup: str, style: str) -> Flowable:
     """A paragraph of the gateway's own wording (never evidence values)."""
-    return Paragraph(markup, _styles()[style])
+    st = _styles()[style]
+    if "<" not in markup and "&" not in markup and _SIMPLE_LINE.fullmatch(markup):
+        return _Line(markup, st)
+    return Paragraph(markup, st)
+
+
+# Text that a Paragraph would show as it is: words with single spaces between them.
+# Paragraph collapses other whitespace, and _Line must print what a Paragraph would.
+_SIMPLE_LINE = re.compile(r"\S+(?: \S+)*")
+
+
+@lru_cache(maxsize=64)
+def _first_baseline(font_name: str, font_size: float) -> float:
+    """How far below its top a Paragraph puts its first baseline."""
+    if rl_config.paraFontSizeHeightOffset:
+        return font_size
+    return float(pdfmetrics.getAscentDescent(font_name, font_size)[0])
+
+
+class _Line(Flowable):
+    """One line of plain text in its style's font: most values of a certificate.
+
+    A Paragraph parses its markup, breaks lines and sets up a text object for every
+    value, which was most of the time a certificate took to render. A _Line measures
+    its text once and, when it fits the width it is given, draws it directly, exactly
+    where a one-line Paragraph of the same style would. When it does not fit it hands
+    over to that Paragraph, which wraps it.
+    """
+
+    def __init__(self, text: str, style: ParagraphStyle) -> None:
+        super().__init__()
+        self.text = text
+        self.style = style
+        self._text_width = pdfmetrics.stringWidth(text, style.fontName, style.fontSize)
+        self._paragraph: Paragraph | None = None
+        self._fits = True
+
+    def _fits_in(self, avail_width: float) -> bool:
+        st = self.style
+        room = avail_width - st.leftIndent - st.firstLineIndent - st.rightIndent
+        return avail_width >= 1e-8 and self._text_width <= room
+
+    def _as_paragraph(self) -> Paragraph:
+        if self._paragraph is None:
+            self._paragraph = Paragraph(escape(self.text), self.style)
+        return self._paragraph
+
+    def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:  # noqa: N803
+        self._fits = self._fits_in(availWidth)
+        if not self._fits:
+            return self._as_paragraph().wrap(availWidth, availHeight)  # type: ignore[no-any-return]
+        self.width = availWidth
+        self.height = self.style.leading if self.text else 0
+        return self.width, self.height
+
+    def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
+        if self._fits_in(availWidth):
+            return []  # one line that does not fit the height: move it on whole
+        return self._as_paragraph().split(availWidth, availHeight)  # type: ignore[no-any-return]
+
+    def minWidth(self) -> float:  # noqa: N802 - reportlab's name
+        return self._as_paragraph().minWidth()  # type: ignore[no-any-return]
+
+    def drawOn(self, canvas: rl_canvas.Canvas, x: float, y: float, _sW: float = 0) -> None:  # noqa: N802, N803
+        if not self._fits:
+            self._as_paragraph().drawOn(canvas, x, y, _sW)
+            return
+        if not self.text:
+            return
+        st = self.style
+        canvas.saveState()
+        canvas.setFillColor(st.textColor)
+        text = canvas.beginText(
+            x + st.leftIndent, y + self.height - _first_baseline(st.fontName, st.fontSize)
+        )
+        text.setFont(st.fontName, st.fontSize, st.leading)
+        text.textOut(self.text)
+        canvas.drawText(text)
+        canvas.restoreState()
 
 
 def _d(value: object) -> dict[str, Any]:
