@@ -27,7 +27,9 @@ from aiosmtpd.smtp import SMTP
 from certifier import pipeline
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings
+from certifier.tsa import make_timestamper
 from relay.certified_copy import CertifiedCopyIntake
+from relay.checkpoints import Checkpointer
 from relay.config import Config, Endpoint, parse_endpoint
 from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
@@ -185,6 +187,11 @@ class Gateway:
         # the first certificate.
         self._warm = asyncio.create_task(self.pool.run(os.getpid))
         self._qmgr_task = asyncio.create_task(self.qmgr.run())
+        timestamper = await asyncio.to_thread(
+            make_timestamper, self.pki, cfg.signing.tsa_url or None, cfg.signing.tsa_timeout
+        )
+        self.checkpointer = Checkpointer(self.store, timestamper)
+        self.checkpointer.start()
         await asyncio.to_thread(
             write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
         )
@@ -307,6 +314,7 @@ class Gateway:
         await self.deliverer.close()
         self._qmgr_task.cancel()
         await asyncio.gather(self._qmgr_task, return_exceptions=True)
+        await self.checkpointer.stop()  # and a last checkpoint of what is not stamped yet
         self.pool.close()
         self.store.close()
         log.info("stopped")
