@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from certifier import evidence as evidence_log
 from relay import notices, outbound
 from relay.bounces import make_return_path
+from relay.checkpoints import evidence_log_section
 from relay.config import Config
 from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
 from relay.dkim_keys import DkimKeyring, sign
@@ -628,10 +629,9 @@ class QueueManager:
                 }
                 for e in entries
             ],
-            "evidence_log": {
-                "head": entries[-1].hash if entries else evidence_log.GENESIS,
-                "entries": [{"seq": e.seq, "event": e.event, "hash": e.hash} for e in entries],
-            },
+            # The timeline's entries in full (every hashed field) and the RFC 3161
+            # checkpoint covering them, so a verifier recomputes them offline.
+            "evidence_log": await evidence_log_section(self.store, entries),
         }
 
     async def _tracking_evidence(self, row: dict[str, Any]) -> dict[str, Any] | None:
