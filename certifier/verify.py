@@ -26,7 +26,13 @@ as a named :class:`Check` with a sentence a person can act on:
 8. ``attachments`` — ``message.eml`` and ``evidence.json`` are embedded, once each;
 9. ``evidence`` — ``evidence.json`` is a JSON object;
 10. ``message-hash`` — SHA-256 of ``message.eml`` equals ``message.sha256`` in the
-    evidence.
+    evidence;
+11. ``evidence-log`` — every evidence log entry embedded in ``evidence.json`` hashes
+    to its recorded hash, consecutive entries are chained, all are this message's, and
+    the timeline lists the same events (:func:`certifier.evidence.verify_excerpt`);
+12. ``checkpoint`` — only when the evidence carries one: the RFC 3161 token of the log
+    checkpoint covering those entries timestamps it, and its TSA chains to a trust
+    anchor (:func:`certifier.checkpoints.check_embedded`).
 
 A parser giving up half-way on a hostile file adds a failed ``processing`` check.
 :func:`verify_certificate` never raises on bad input: random bytes, a truncated file or
@@ -59,6 +65,8 @@ from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
 
+from certifier import checkpoints
+from certifier import evidence as evidence_log
 from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE
 
 __all__ = [
@@ -209,6 +217,8 @@ def _verify(pdf: bytes, trust_roots: list[Path], checks: list[Check]) -> dict | 
 
     files = _embedded_files(reader)
     evidence = _attachment_checks(files, checks)
+    if evidence is not None:
+        checks.extend(_evidence_log_checks(evidence, roots))
     return evidence
 
 
@@ -494,6 +504,54 @@ def _attachment_checks(files: dict[str, list[bytes]], checks: list[Check]) -> di
             )
         )
     return evidence
+
+
+def _evidence_log_checks(evidence: dict, roots: list[asn1_x509.Certificate]) -> list[Check]:
+    log_part = evidence.get("evidence_log")
+    if _legacy_log(log_part):
+        return [
+            Check(
+                "evidence-log",
+                True,
+                "The log entries are listed by hash only (a certificate made before entries "
+                "were embedded in full): certifica evidence verify on the gateway checks them.",
+            )
+        ]
+    if isinstance(log_part, dict) and log_part.get("format") != evidence_log.EXCERPT_FORMAT:
+        return [Check("evidence-log", False, "The evidence log is in an unknown format.")]
+    report = evidence_log.verify_excerpt(
+        log_part, evidence.get("timeline"), evidence.get("queue_id")
+    )
+    if report.problems:
+        more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+        text = "; ".join(report.problems[:3])
+        return [Check("evidence-log", False, f"The evidence log does not hold: {text}{more}.")]
+    assert isinstance(log_part, dict)
+    checkpoint = log_part.get("checkpoint")
+    if checkpoint is None:
+        return [
+            Check(
+                "evidence-log",
+                True,
+                f"{report.summary}; no timestamped checkpoint covered them yet when this "
+                "document was made.",
+            )
+        ]
+    checked = checkpoints.check_embedded(checkpoint, list(report.entries), roots)
+    return [
+        Check("evidence-log", True, f"{report.summary}."),
+        Check("checkpoint", checked.ok, checked.detail[:1].upper() + checked.detail[1:] + "."),
+    ]
+
+
+def _legacy_log(log_part: object) -> bool:
+    """An evidence log in the first form: entries as (seq, event, hash) only, no format."""
+    if not isinstance(log_part, dict) or "format" in log_part:
+        return False
+    entries = log_part.get("entries")
+    return isinstance(entries, list) and all(
+        isinstance(e, dict) and set(e) <= {"seq", "event", "hash"} for e in entries
+    )
 
 
 # --- helpers --------------------------------------------------------------------------
