@@ -23,25 +23,26 @@ capped in length so that no table cell can outgrow a page (reportlab's ``LayoutE
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from pyhanko.pdf_utils import embed, generic
-from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase import pdfdoc, pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen import canvas as rl_canvas
@@ -865,9 +866,10 @@ def _how_to_verify(ev: dict[str, Any]) -> list[Flowable]:
 
 
 class _NumberedCanvas(rl_canvas.Canvas):
-    """Defers page output so the footer can say "page x of y"."""
+    """Defers page output so the footer can say "page x of y"; attaches the files."""
 
     footer_text = ""
+    attachments: tuple[_Attachment, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -883,6 +885,7 @@ class _NumberedCanvas(rl_canvas.Canvas):
             self.__dict__.update(state)
             self._footer(total)
             super().showPage()
+        _attach(self._doc, self.attachments)
         super().save()
 
     def _footer(self, total: int) -> None:
@@ -894,8 +897,86 @@ class _NumberedCanvas(rl_canvas.Canvas):
         self.restoreState()
 
 
-def _canvas_class(footer: str) -> type[_NumberedCanvas]:
-    return type("_FooterCanvas", (_NumberedCanvas,), {"footer_text": footer})
+def _canvas_class(footer: str, attachments: tuple[_Attachment, ...]) -> type[_NumberedCanvas]:
+    return type(
+        "_FooterCanvas", (_NumberedCanvas,), {"footer_text": footer, "attachments": attachments}
+    )
+
+
+# --- attached files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attachment:
+    name: str
+    data: bytes
+    mime_type: str
+    relationship: str  # ISO 32000-2 table 43, /AFRelationship
+    description: str
+
+
+def _attach(doc: pdfdoc.PDFDocument, files: Iterable[_Attachment]) -> None:
+    """Embed *files* in the document reportlab is about to write.
+
+    Each file is an embedded file stream (ISO 32000-2 section 7.11.4, with its size and
+    MD5 checksum, table 45), a file specification listed in the catalog's
+    EmbeddedFiles name tree and, as an associated file, in its /AF array (section
+    14.13). Written in the same pass as the pages, where a second PDF writer would
+    read and rewrite the whole file.
+    """
+    names: list[Any] = []
+    specs = []
+    # A name tree's keys must be sorted (section 7.9.6).
+    for f in sorted(files, key=lambda f: f.name):
+        stream = pdfdoc.PDFStream(
+            pdfdoc.PDFDictionary(
+                {
+                    "Type": pdfdoc.PDFName("EmbeddedFile"),
+                    "Subtype": _pdf_name(f.mime_type),
+                    "Params": pdfdoc.PDFDictionary(
+                        {
+                            "Size": len(f.data),
+                            "CheckSum": f"<{hashlib.md5(f.data, usedforsecurity=False).hexdigest()}>",
+                        }
+                    ),
+                }
+            ),
+            content=f.data,
+            filters=[pdfdoc.PDFZCompress],
+        )
+        stream_ref = doc.Reference(stream)
+        spec = doc.Reference(
+            pdfdoc.PDFDictionary(
+                {
+                    "Type": pdfdoc.PDFName("Filespec"),
+                    "F": pdfdoc.PDFString(f.name),
+                    "UF": pdfdoc.PDFString(f.name),
+                    "EF": pdfdoc.PDFDictionary({"F": stream_ref, "UF": stream_ref}),
+                    "Desc": pdfdoc.PDFString(f.description),
+                    "AFRelationship": pdfdoc.PDFName(f.relationship),
+                }
+            )
+        )
+        names += [pdfdoc.PDFString(f.name), spec]
+        specs.append(spec)
+    catalog = doc.Catalog
+    catalog.Names = pdfdoc.PDFDictionary(
+        {"EmbeddedFiles": pdfdoc.PDFDictionary({"Names": pdfdoc.PDFArray(names)})}
+    )
+    catalog.AF = pdfdoc.PDFArray(specs)
+    # reportlab's catalog writes the keys listed in these attributes ("to override, set
+    # as attributes"); /AF, an associated-files array, and /Version are not among them.
+    # Associated files are PDF 2.0 (section 14.13).
+    catalog.__NoDefault__ = [*pdfdoc.PDFCatalog.__NoDefault__, "AF"]
+    catalog.__Refs__ = [*pdfdoc.PDFCatalog.__Refs__, "AF"]
+    catalog.__Defaults__ = {**pdfdoc.PDFCatalog.__Defaults__, "Version": pdfdoc.PDFName("2.0")}
+
+
+def _pdf_name(text: str) -> str:
+    """A PDF name object for *text*, "/" and the other delimiters as #xx (7.3.5)."""
+    return "/" + "".join(
+        ch if "!" <= ch <= "~" and ch not in "%()<>[]{}/#" else f"#{ord(ch):02X}" for ch in text
+    )
 
 
 # --- the document ---------------------------------------------------------------------
@@ -926,7 +1007,9 @@ def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
     ]
 
 
-def _render_pages(ev: dict[str, Any], kind: str, story: list[Flowable]) -> bytes:
+def _render_pages(
+    ev: dict[str, Any], kind: str, story: list[Flowable], attachments: tuple[_Attachment, ...]
+) -> bytes:
     cert_id = _clean(ev.get("certificate_id"), 64)
     title = TITLES.get(kind, TITLES["sending"])
     buf = io.BytesIO()
@@ -947,49 +1030,44 @@ def _render_pages(ev: dict[str, Any], kind: str, story: list[Flowable]) -> bytes
     footer = "".join(
         run if font is None else "?" * len(run) for font, run in _font_runs(footer, _fonts()[0])
     )
-    doc.build(story, canvasmaker=_canvas_class(footer))
+    with _binary_streams():
+        doc.build(story, canvasmaker=_canvas_class(footer, attachments))
     return buf.getvalue()
 
 
-def _embed(pdf: bytes, eml: bytes, evidence_bytes: bytes) -> bytes:
-    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
-    # A name tree's keys must be sorted: evidence.json before message.eml.
-    files = [
-        (
+@contextmanager
+def _binary_streams() -> Iterator[None]:
+    """Page contents compressed only, not also ASCII85-encoded (reportlab's default).
+
+    ASCII85 keeps a PDF 7-bit clean at a quarter more bytes and a pure-Python pass
+    over every page; a certificate travels base64-encoded by mail and in binary
+    everywhere else. A process-wide reportlab setting, so set only while rendering.
+    """
+    saved = rl_config.useA85
+    rl_config.useA85 = 0
+    try:
+        yield
+    finally:
+        rl_config.useA85 = saved
+
+
+def _embedded_files(eml: bytes, evidence_bytes: bytes) -> tuple[_Attachment, ...]:
+    return (
+        _Attachment(
             EMBEDDED_EVIDENCE,
             evidence_bytes,
             "application/json",
-            "/Data",
+            "Data",
             "Evidence record (certifica-evidence/1), machine-readable",
         ),
-        (
+        _Attachment(
             EMBEDDED_MESSAGE,
             eml,
             "message/rfc822",
-            "/Source",
+            "Source",
             "The certified message exactly as received (RFC 5322)",
         ),
-    ]
-    for name, data, mime, relationship, description in files:
-        stream = embed.EmbeddedFileObject.from_file_data(
-            writer,
-            data=data,
-            mime_type=mime,
-            params=embed.EmbeddedFileParams(embed_size=True, embed_checksum=True),
-        )
-        embed.embed_file(
-            writer,
-            embed.FileSpec(
-                file_spec_string=name,
-                file_name=name,
-                embedded_data=stream,
-                description=description,
-                af_relationship=generic.NameObject(relationship),
-            ),
-        )
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    )
 
 
 def render_certificate(evidence: dict, eml: bytes) -> bytes:
@@ -997,13 +1075,13 @@ def render_certificate(evidence: dict, eml: bytes) -> bytes:
     ev = _d(evidence)
     raw_kind = ev.get("kind")
     kind = raw_kind if isinstance(raw_kind, str) and raw_kind in TITLES else "sending"
+    attachments = _embedded_files(bytes(eml), evidence_json(evidence))
     try:
-        pdf = _render_pages(ev, kind, _story(ev, kind))
+        return _render_pages(ev, kind, _story(ev, kind), attachments)
     except LayoutError:
         # Unreachable with the caps above; if a reportlab change makes some value
         # too tall anyway, a plainer certificate is better than none.
-        pdf = _render_pages(ev, kind, _fallback_story(ev, kind))
-    return _embed(pdf, bytes(eml), evidence_json(evidence))
+        return _render_pages(ev, kind, _fallback_story(ev, kind), attachments)
 
 
 def _fallback_story(ev: dict[str, Any], kind: str) -> list[Flowable]:

@@ -191,7 +191,9 @@ def test_an_undersized_placeholder_is_retried(pki: Pki) -> None:
     signer.contents_size = 1000  # less than the certificates alone
     pdf = signer.sign(render_certificate({}, b""))
     report = verify_certificate(pdf, [pki.ca_cert])
-    assert {c.name for c in report.checks if not c.ok} == {"message-hash"}  # no evidence
+    # The evidence is empty, so only the signature's own checks can pass.
+    passed = {c.name for c in report.checks if c.ok}
+    assert passed >= {"coverage", "container", "integrity", "trust", "timestamp"}
 
 
 class _WrongImprintTSA(TimeStamper):
