@@ -1,4 +1,5 @@
-"""The ``certifica`` command: ``serve``, ``verify``, ``users``, ``dkim``, ``queue``, ``addendum``.
+"""The ``certifica`` command: ``serve``, ``verify``, ``users``, ``dkim``, ``queue``, ``addendum``,
+``evidence``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -220,6 +221,46 @@ def cmd_dkim_list(args: argparse.Namespace) -> int:
         print(f"{key.domain}\t{key.selector}\t{key.algorithm}{own}")
         print(f'\t{key.dns_name}. IN TXT "{_txt_chunks(key.dns_txt)}"')
     return EXIT_OK
+
+
+# -- evidence -------------------------------------------------------------------------
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    """Recompute the evidence chain and check every RFC 3161 checkpoint; exit 1 on a problem."""
+    from pyhanko.keys import load_certs_from_pemder
+
+    from certifier import checkpoints
+
+    logging.getLogger("pyhanko").setLevel(logging.CRITICAL)
+    logging.getLogger("pyhanko_certvalidator").setLevel(logging.CRITICAL)
+    paths = [Path(p) for p in args.trust] or _default_trust_roots(args)
+    try:
+        roots = list(load_certs_from_pemder([str(p) for p in paths]))
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"cannot read the trust roots {', '.join(map(str, paths))}: {err}"
+        ) from None
+    store = _open_store(_config(args))
+    try:
+        found = store.run_sync(lambda db: checkpoints.audit(db.conn, roots))
+        written = (
+            store.run_sync(lambda db: checkpoints.export(db.conn, Path(args.export)))
+            if args.export
+            else None
+        )
+    finally:
+        store.close()
+    for problem in found.problems:
+        print(f"FAIL {problem}")
+    if found.more_problems:
+        print(f"FAIL and {found.more_problems} more problems")
+    if written is not None:
+        print(
+            f"{len(written) // 2} checkpoint(s) written to {args.export}: check one with "
+            "openssl ts -verify -data checkpoint-N.dat -in checkpoint-N.tst -token_in "
+            "-CAfile TSA-ROOT.pem"
+        )
+    print(found.summary())
+    return EXIT_OK if found.ok else EXIT_FAILED
 
 
 # -- queue ----------------------------------------------------------------------------
@@ -565,6 +606,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every DKIM key with the TXT record to publish for it.",
     )
     p.set_defaults(func=cmd_dkim_list)
+
+    evidence = sub.add_parser(
+        "evidence",
+        help="the hash-chained evidence log and its timestamped checkpoints",
+        description="Check the gateway's evidence log, in its database.",
+    )
+    esub = evidence.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
+    p = esub.add_parser(
+        "verify",
+        help="recompute the whole chain and check every checkpoint",
+        description="Recompute the hash of every evidence entry and its link to the one "
+        "before, and check every RFC 3161 checkpoint: its entry's hash is the timestamped "
+        "head, and its token is intact and issued by a trusted TSA. Prints one line per "
+        "problem, then a summary. Exit 0 when all holds, 1 when not.",
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="CA.pem",
+        help="a trusted root of the timestamp authority (repeatable; default: the "
+        "configured signing.trust_roots, else this gateway's own CA)",
+    )
+    p.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also write each checkpoint as DIR/checkpoint-<seq>.dat (the timestamped "
+        "statement) and .tst (the DER token), for openssl ts -verify",
+    )
+    p.set_defaults(func=cmd_evidence_verify)
 
     queue = sub.add_parser("queue", help="look at the queue", description="Look at the mail queue.")
     qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
