@@ -43,6 +43,7 @@ GENESIS = "0" * 64
 EXCERPT_FORMAT = "certifica-log-excerpt/1"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_YEAR_10000 = 253_402_300_800.0  # what a timeline's ISO 8601 time can still say
 _COLUMNS = "seq, time, qid, recipient, event, detail, prev_hash, hash"
 
 SCHEMA = """
@@ -302,6 +303,8 @@ def _entry_shape_problem(raw: object) -> str | None:
         return f"(entry {seq}) has a time that is not a number"
     if not math.isfinite(value) or repr(value) != time:
         return f"(entry {seq}) has a time that is not in canonical form"
+    if not 0 <= value < _YEAR_10000:
+        return f"(entry {seq}) has a time outside the calendar"
     for key in ("qid", "event", "detail"):
         if not isinstance(raw[key], str):
             return f"(entry {seq}) has a {key} that is not a string"

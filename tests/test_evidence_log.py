@@ -299,6 +299,37 @@ def test_excerpt_check_never_raises(log: object) -> None:
     assert evidence.verify_excerpt(log, [], QID).problems
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    log=st.none() | _json | st.fixed_dictionaries({"format": st.just("x"), "entries": _json}),
+    timeline=_json,
+    entries=st.lists(
+        st.fixed_dictionaries(
+            {
+                "seq": st.integers() | st.booleans(),
+                "time": st.text(max_size=30)
+                | st.floats().map(repr)
+                | st.integers(-(10**30), 10**30).map(lambda n: repr(float(n))),
+                "qid": st.just(QID) | _json,
+                "recipient": _json,
+                "event": st.text(max_size=8),
+                "detail": st.text(max_size=8),
+                "prev": st.just("0" * 64) | st.text(max_size=64),
+                "hash": st.just("a" * 64) | st.text(max_size=64),
+            }
+        ),
+        max_size=4,
+    ),
+)
+def test_excerpt_check_never_raises_on_hostile_evidence(
+    log: object, timeline: object, entries: list[dict[str, Any]]
+) -> None:
+    evidence.verify_excerpt(log, timeline, QID)
+    report = evidence.verify_excerpt({"format": "x", "entries": entries}, timeline, QID)
+    if entries:
+        assert report.problems  # made-up hashes never verify
+
+
 # --- checkpoints --------------------------------------------------------------------------
 
 
