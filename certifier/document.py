@@ -28,6 +28,8 @@ import io
 import json
 import re
 import unicodedata
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfdoc, pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfbase.ttfonts import SUBSETN, TTFont
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import (
     CondPageBreak,
@@ -140,13 +142,88 @@ def _fonts() -> tuple[str, str, str, bool]:
         paths = {name: directory / file for name, file in files.items()}
         if all(p.is_file() for p in paths.values()):
             for name, path in paths.items():
-                pdfmetrics.registerFont(TTFont(name, str(path)))
+                pdfmetrics.registerFont(_CachedSubsetsFont(name, str(path)))
             pdfmetrics.registerFontFamily(
                 "CertificaSans", normal="CertificaSans", bold="CertificaSans-Bold"
             )
             return "CertificaSans", "CertificaSans-Bold", "CertificaMono", True
     # The standard 14 fonts need no files but only cover Latin-1 (see _clean).
     return "Helvetica", "Helvetica-Bold", "Courier", False
+
+
+class _CachedSubsetsFont(TTFont):
+    """A TrueType font whose embedded subsets are made and compressed once per process.
+
+    reportlab embeds a TrueType font as subsets of up to 256 glyphs, and builds and
+    compresses each again for every document: a sixth of a certificate's rendering
+    time. Here subset 0 of every document is the same: ASCII at its own codes (as
+    reportlab's ``ttfAsciiReadable`` places it) and the few characters the gateway's own
+    wording uses (:data:`_SEEDED`); every other character goes to subset 1 or later,
+    which hold only the handful a message brings (accented letters, say). Subsets are
+    kept, made and compressed, keyed by their exact character list.
+    """
+
+    _KEEP = 32  # subsets kept per font: subset 0 and the most recent others
+
+    def __init__(self, name: str, filename: str) -> None:
+        super().__init__(name, filename)
+        self._made: OrderedDict[tuple[int, ...], tuple[bytes, bytes]] = OrderedDict()
+        make_subset = self.face.makeSubset
+
+        def cached_make_subset(subset: list[int]) -> bytes:
+            return self._subset(subset, make_subset)[0]
+
+        # reportlab's TTFontFace.addSubsetObjects calls face.makeSubset(subset).
+        self.face.makeSubset = cached_make_subset
+
+    def _subset(self, subset: list[int], make: Any) -> tuple[bytes, bytes]:
+        key = tuple(subset)
+        made = self._made.get(key)
+        if made is None:
+            raw = make(subset)
+            made = self._made[key] = (raw, zlib.compress(raw, 9))
+            if len(self._made) > self._KEEP:
+                self._made.popitem(last=False)
+        else:
+            self._made.move_to_end(key)
+        return made
+
+    def seed(self, doc: pdfdoc.PDFDocument) -> None:
+        """Fix subset 0 of this font in *doc* (call before any text is drawn)."""
+        state = self._assignState(doc)
+        self.splitString(_SEEDED, doc)
+        # The next character gets code 256, the first of subset 1.
+        state.nextCode = 256
+
+    def addObjects(self, doc: pdfdoc.PDFDocument) -> None:  # noqa: N802 - reportlab's name
+        subsets = [tuple(s) for s in self.state[doc].subsets] if doc in self.state else []
+        super().addObjects(doc)
+        if not doc.compression:
+            return
+        face = self.face
+        for n, subset in enumerate(subsets):
+            made = self._made.get(subset)
+            base = b"".join((SUBSETN(n), b"+", face.name, face.subfontNameX)).decode("pdfdoc")
+            # The font file stream reportlab just made, by the name it registers it with.
+            stream = doc.idToObject.get(f"fontFile:{face.filename}({base})")
+            if made is None or not isinstance(stream, pdfdoc.PDFStream):
+                continue
+            if stream.content is made[0]:
+                stream.content = made[1]
+                stream.filters = None
+                stream.dictionary["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName("FlateDecode")])
+
+
+# Characters of the gateway's own wording outside ASCII, in subset 0 of every font:
+# the dash of an empty value, the footer's separator, the mark of a shortened value.
+_SEEDED = "—·…"
+
+
+def _seed_fonts(doc: pdfdoc.PDFDocument) -> None:
+    for name in _fonts()[:3]:
+        font = pdfmetrics.getFont(name)
+        if isinstance(font, _CachedSubsetsFont):
+            font.seed(doc)
 
 
 # DejaVu has no Chinese, Japanese or Korean glyphs. Runs of those characters are set in
@@ -874,6 +951,7 @@ class _NumberedCanvas(rl_canvas.Canvas):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pages: list[dict[str, Any]] = []
+        _seed_fonts(self._doc)
 
     def showPage(self) -> None:  # noqa: N802 - reportlab's name
         self._pages.append(dict(self.__dict__))

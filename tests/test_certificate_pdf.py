@@ -687,3 +687,14 @@ def test_signing_twice_gives_independent_valid_signatures(signer: DocumentSigner
         flipped = bytearray(signed_pdf)
         flipped[rng.randrange(len(flipped))] ^= 0x40
         assert not verify_certificate(bytes(flipped), [pki.ca_cert]).ok
+
+
+def test_documents_sharing_cached_font_subsets_each_show_their_own_text() -> None:
+    # Font subsets are made once per process and reused; a document whose message
+    # brings other characters must still show exactly its own text.
+    subjects = ["Renée Müller", "Straße – ñandú “quoted”", "Renée Müller", "plain ascii only"]
+    for subject in subjects:
+        pdf = render_certificate(make_evidence(subject=subject), EML)
+        text = " ".join(run("pdftotext", "-", "-", input_bytes=pdf).split())
+        assert subject in text, subject
+        assert "Renée Straße 日本" in text  # the From header, in every one
