@@ -254,7 +254,7 @@ class Deliverer:
         self._closed = False
 
     async def attempt(
-        self, domain: str, sender: str, recipients: list[str], message: bytes
+        self, domain: str, sender: str, recipients: list[str], message: bytes, qid: str = ""
     ) -> AttemptResult:
         started = time.monotonic()
         try:
@@ -283,7 +283,12 @@ class Deliverer:
             if not next_hop:
                 return last
             if i + 1 < len(hops) and last.results:
-                log.info("%s: %s; trying the next mail server", domain, last.results[0].text)
+                log.info(
+                    "%s: to=<%s>: %s; trying the next mail server",
+                    qid or "NOQUEUE",
+                    recipients[0],
+                    last.results[0].text,
+                )
         assert last is not None  # the router never returns an empty list
         return last
 

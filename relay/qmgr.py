@@ -29,7 +29,14 @@ from relay import notices, outbound
 from relay.bounces import make_return_path
 from relay.checkpoints import evidence_log_section
 from relay.config import Config
-from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
+from relay.delivery import (
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    AttemptResult,
+    Deliverer,
+    RecipientResult,
+)
 from relay.dkim_keys import DkimKeyring, sign
 from relay.logs import log_failure
 from relay.spool import Spool, write_durably
@@ -113,6 +120,8 @@ class QueueManager:
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._wake = asyncio.Event()
         self._delivering = 0
+        self._by_domain: dict[str, int] = {}  # attempts spawned and not yet ended, per domain
+        self._unreachable: set[str] = set()  # no server of the domain answered, last time
         self._per_destination: dict[str, asyncio.Semaphore] = {}
         self._certifying: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,15 +171,28 @@ class QueueManager:
             # on each command), so a lease never ends while its attempt still runs.
             per_hop = d.connect_timeout + d.greeting_timeout + 4 * d.command_timeout
             lease = now + 5 * (per_hop + d.data_init_timeout + d.data_timeout)
-            due = await self.store.take_due(now, room * 4, lease)
+            # A domain never has more attempts under way than its limit, so none waits on
+            # a busy or dead destination while holding the room the others need; a domain
+            # whose servers do not answer at all gets one attempt at a time until one does
+            # (Postfix's destination concurrency feedback).
+            busy = [d for d, n in self._by_domain.items() if n >= self._allowance(d)]
+            due = await self.store.take_due(now, room * 4, lease, busy)
             groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             for row in due:
                 # A tracked copy is made for each recipient: one transaction each.
                 alone = self._tracked(row) and row["id"] or 0
                 groups.setdefault((row["qid"], row["domain"], alone), []).append(row)
+            later: list[int] = []
             for rows in groups.values():
+                domain = rows[0]["domain"]
+                if self._by_domain.get(domain, 0) >= self._allowance(domain):
+                    later.extend(r["id"] for r in rows)  # for a later scan
+                    continue
                 self._delivering += 1
+                self._by_domain[domain] = self._by_domain.get(domain, 0) + 1
                 self._spawn(self._deliver(rows))
+            if later:
+                await self.store.release(later)
         if self.cfg.tracking.enabled:
             for qid in await self.store.addenda_due(now, self.cfg.tracking.addendum_interval):
                 if qid + ":addendum" not in self._certifying:
@@ -218,19 +240,30 @@ class QueueManager:
                     )
                 raw = await self._outgoing(first, addresses, raw)
                 started = time.time()
-                result = await self.deliverer.attempt(first["domain"], sender, addresses, raw)
+                result = await self.deliverer.attempt(
+                    first["domain"], sender, addresses, raw, qid=qid
+                )
                 await self._record(rows, result, started)
         except Exception:
             log_failure(log, "%s: delivery attempt failed unexpectedly; will retry", qid)
-            # Back off like a deferral, so a fault never turns into a busy loop.
+            # Counted as a deferral: backoff, and a certified failure once the queue
+            # lifetime is over, so a fault (a lost spool file) never loops or lingers.
             try:
-                await self.store.postpone(
-                    [r["id"] for r in rows], time.time() + self.cfg.queue.first_retry
-                )
+                await self._record(rows, _internal_failure(rows), time.time(), feedback=False)
             except Exception:
-                log_failure(log, "%s: could not postpone the failed attempt", qid)
+                log_failure(log, "%s: could not record the failed attempt", qid)
+                try:
+                    await self.store.postpone(
+                        [r["id"] for r in rows], time.time() + self.cfg.queue.first_retry
+                    )
+                except Exception:
+                    log_failure(log, "%s: could not postpone the failed attempt", qid)
         finally:
             self._delivering -= 1
+            domain = first["domain"]
+            self._by_domain[domain] -= 1
+            if not self._by_domain[domain]:
+                del self._by_domain[domain]
             self.wake()
 
     async def _outgoing(self, row: dict[str, Any], addresses: list[str], raw: bytes) -> bytes:
@@ -269,6 +302,10 @@ class QueueManager:
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
             return raw
 
+    def _allowance(self, domain: str) -> int:
+        """Attempts to ``domain`` allowed at once: one while it looks dead."""
+        return 1 if domain in self._unreachable else self.cfg.delivery.per_destination
+
     def _tracked(self, row: dict[str, Any]) -> bool:
         return bool(
             row.get("tracking")
@@ -306,11 +343,22 @@ class QueueManager:
         return self._per_destination[key]
 
     async def _record(
-        self, rows: list[dict[str, Any]], result: AttemptResult, started: float
+        self,
+        rows: list[dict[str, Any]],
+        result: AttemptResult,
+        started: float,
+        feedback: bool = True,
     ) -> None:
         now = time.time()
         qid = rows[0]["qid"]
         hop = result.hop
+        domain = rows[0]["domain"]
+        if not feedback:
+            pass  # the attempt was never made: it says nothing about the destination
+        elif all(r.code is None and r.status == DEFERRED for r in result.results):
+            self._unreachable.add(domain)  # no reply at all: connection-level trouble
+        else:
+            self._unreachable.discard(domain)
         outcomes: list[Outcome] = []
         for row, res in zip(rows, result.results, strict=True):
             status, text, next_attempt = res.status, res.text, None
@@ -349,13 +397,14 @@ class QueueManager:
                 if res.code
                 else text
             )
-            # delays=a/b/c/d: a = waiting for a worker once due, b = waiting for the retry
-            # time (backoff), c = connection setup (DNS, connect, greeting, EHLO, TLS),
+            # delays=a/b/c/d as Postfix: a = before the queue manager took it (arrival to
+            # due, the backoff included), b = in the queue manager (due, waiting for a
+            # delivery slot), c = connection setup (DNS, connect, greeting, EHLO, TLS),
             # d = the transaction itself.
             due_at = max(row["created"], row["next_attempt"])
             c = result.setup_seconds or 0.0
             delays = (
-                f"{max(0.0, started - due_at):.2f}/{max(0.0, due_at - row['created']):.2f}/"
+                f"{max(0.0, due_at - row['created']):.2f}/{max(0.0, started - due_at):.2f}/"
                 f"{c:.2f}/{max(0.0, now - started - c):.2f}"
             )
             smtp_log.info(
@@ -660,6 +709,18 @@ class QueueManager:
 
     def _gateway_name(self) -> str:
         return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:
+    """A deferral for every recipient of an attempt that could not even be made."""
+    text = "the gateway could not attempt delivery (internal error; see its log)"
+    return AttemptResult(
+        tuple(RecipientResult(r["address"], DEFERRED, None, None, text) for r in rows),
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _timeline_detail(entry: evidence_log.Entry) -> str:

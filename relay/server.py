@@ -297,9 +297,17 @@ class Gateway:
     async def _remove_unacknowledged(self) -> None:
         self.spool.clean_temporaries()
         known = await self.store.all_qids()
-        for qid in sorted(self.spool.queued_ids() - known):
+        queued = self.spool.queued_ids()
+        for qid in sorted(queued - known):
             log.warning("%s: spool file without a queue record (never acknowledged); removed", qid)
             self.spool.remove(qid)
+        # Done in the database but still queued on disk: the process stopped in between.
+        for qid, keep in sorted((await self.store.finished_in_spool(queued & known)).items()):
+            if keep:
+                await asyncio.to_thread(self.spool.archive, qid)
+            else:
+                await asyncio.to_thread(self.spool.remove, qid)
+            log.info("%s: removed (finished before the last stop)", qid)
 
     async def stop(self, grace: float = 10.0) -> None:
         log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)

@@ -21,6 +21,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import sqlite3
@@ -39,6 +40,9 @@ from certifier import checkpoints, evidence
 T = TypeVar("T")
 
 FINAL = ("delivered", "failed", "withdrawn", "bounced")
+WITHDRAWN_TOO_LATE = (
+    "delivered by an attempt already under way when the operator withdrew the message"
+)
 
 MIGRATIONS: list[str] = [
     # 1: the queue, the users and the evidence log
@@ -305,28 +309,35 @@ class Store:
         if msg.event:
             evidence.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
 
-    async def take_due(self, now: float, limit: int, lease: float) -> list[dict[str, Any]]:
-        """Lease up to ``limit`` due recipients (of messages not on hold), oldest first.
+    async def take_due(
+        self, now: float, limit: int, lease: float, skip_domains: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` due recipients (of messages not on hold), oldest first,
+        leaving out ``skip_domains`` (destinations that have enough work waiting).
 
         A lease marks a recipient as being tried by this process, so the next scan does not
         pick it again; it ends with the attempt's outcome, and a new process starts with
         none (:meth:`release_leases`), so a crash delays nothing.
         """
-        return await self._run(self._take_due, now, limit, lease)
+        return await self._run(self._take_due, now, limit, lease, sorted(skip_domains))
 
-    def _take_due(self, now: float, limit: int, lease: float) -> list[dict[str, Any]]:
-        rows = list(
-            self._db.query(
-                "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip, m.client_helo,"
-                " m.auth_user, m.tls_version AS in_tls_version, m.method, m.tracking,"
-                " m.header_from, m.cert_id"
-                " FROM recipients r JOIN messages m ON m.qid = r.qid"
-                " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
-                " AND r.lease_until IS NULL AND m.state = 'active'"
-                " ORDER BY r.next_attempt LIMIT ?",
-                (now, limit),
-            )
+    def _take_due(
+        self, now: float, limit: int, lease: float, skip_domains: list[str]
+    ) -> list[dict[str, Any]]:
+        skip = (
+            f" AND r.domain NOT IN ({', '.join('?' for _ in skip_domains)})" if skip_domains else ""
         )
+        # Only placeholders are joined in: the domains themselves are parameters.
+        sql = (
+            "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip,"  # noqa: S608
+            " m.client_helo, m.auth_user, m.tls_version AS in_tls_version, m.method,"
+            " m.tracking, m.header_from, m.cert_id"
+            " FROM recipients r JOIN messages m ON m.qid = r.qid"
+            " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
+            " AND r.lease_until IS NULL AND m.state = 'active'"
+            f"{skip} ORDER BY r.next_attempt LIMIT ?"
+        )
+        rows = list(self._db.query(sql, (now, *skip_domains, limit)))
         self._conn.executemany(
             "UPDATE recipients SET lease_until = ? WHERE id = ?", [(lease, r["id"]) for r in rows]
         )
@@ -336,6 +347,15 @@ class Store:
         await self._run(
             lambda: self._conn.execute(
                 "UPDATE recipients SET lease_until = NULL WHERE lease_until IS NOT NULL"
+            )
+        )
+
+    async def release(self, ids: Iterable[int]) -> None:
+        """Give up leases taken but not used; the recipients are due as they were."""
+        ids = list(ids)
+        await self._run(
+            lambda: self._conn.executemany(
+                "UPDATE recipients SET lease_until = NULL WHERE id = ?", [(i,) for i in ids]
             )
         )
 
@@ -357,8 +377,20 @@ class Store:
     def _record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
         for out in outcomes:
             row = self._conn.execute(
-                "SELECT address FROM recipients WHERE id = ?", (out.recipient_id,)
+                "SELECT address, status FROM recipients WHERE id = ?", (out.recipient_id,)
             ).fetchone()
+            if row is not None and row[1] == "withdrawn":
+                # The operator withdrew the message while this attempt was under way.
+                if out.status != "delivered":
+                    self._conn.execute(
+                        "UPDATE recipients SET lease_until = NULL WHERE id = ?",
+                        (out.recipient_id,),
+                    )
+                    continue  # it stays withdrawn; nothing reached the recipient
+                # It was delivered all the same: the evidence says so, as it happened.
+                out = dataclasses.replace(
+                    out, note=((out.note + "; ") if out.note else "") + WITHDRAWN_TOO_LATE
+                )
             self._conn.execute(
                 "UPDATE recipients SET status = ?, attempts = attempts + 1, last_attempt = ?,"
                 " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
@@ -455,7 +487,8 @@ class Store:
             for r in self._db.query(
                 "SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS"
                 " (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
-                "  AND r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced'))"
+                "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
+                "       OR r.lease_until IS NOT NULL))"  # an attempt still under way
             )
         ]
         return {"notices": notices, "finished": ready}
@@ -494,6 +527,26 @@ class Store:
         return await self._run(
             lambda: {r["qid"] for r in self._db.query("SELECT qid FROM messages")}
         )
+
+    async def finished_in_spool(self, qids: Iterable[str]) -> dict[str, bool]:
+        """Of ``qids`` (files still in the spool's queue), those whose message is done,
+        with whether it must be archived (certified, or a DSN) rather than removed."""
+        wanted = list(qids)
+
+        def _query() -> dict[str, bool]:
+            found: dict[str, bool] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for r in self._db.query(
+                    f"SELECT qid, certified, kind FROM messages WHERE state = 'done'"  # noqa: S608
+                    f" AND qid IN ({marks})",
+                    chunk,
+                ):
+                    found[r["qid"]] = bool(r["certified"]) or r["kind"] == "dsn"
+            return found
+
+        return await self._run(_query)
 
     async def queue_listing(self) -> list[dict[str, Any]]:
         return await self._run(self._queue_listing)

@@ -104,12 +104,14 @@ class SinkServer:
         self.thread.start()
         self.servers: list[asyncio.base_events.Server] = []
 
-    def start(self, sink: Sink) -> Sink:
+    def start(self, sink: Sink, port: int = 0) -> Sink:
+        """Serve ``sink`` on ``port`` (0: one the OS picks; the sink's port is set)."""
+
         async def _start() -> asyncio.base_events.Server:
             return await self.loop.create_server(
                 lambda: SMTP(sink, hostname="sink.test", enable_SMTPUTF8=True, loop=self.loop),
                 "127.0.0.1",
-                0,
+                port,
             )
 
         server = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(10)
@@ -135,6 +137,15 @@ def sink_server() -> Iterator[SinkServer]:
     server = SinkServer()
     yield server
     server.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server that starts later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
