@@ -239,7 +239,7 @@ def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: An
     if not reports:
         log.info(
             "%s: from=<%s>, client=%s: not a delivery report (a reply to the return "
-            "path?); recorded, nothing sent back",
+            "path?); not kept, nothing sent back",
             qid,
             _printable(sender),
             _peer_text(getattr(session, "peer", None)),

@@ -373,3 +373,37 @@ def test_a_locked_database_gets_451_and_nothing_is_kept(
     # The operator is told, in one line, why the client got 451.
     assert "error: " in log and "could not record the message: database is locked" in log
     assert not any("locked@example.org" in m.rcpt_tos for m in sink.messages)
+
+
+def test_spool_files_of_finished_messages_are_cleaned_at_start(
+    sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """A stop between "done" in the database and the spool file's archive or removal
+    leaves the file queued; the next start puts it where it belongs, sends nothing."""
+    sink = sink_server.start(Sink())
+    cfg = write_config(tmp_path, {"example.org": sink.port, "example.com": sink.port})
+    gw = start_gateway(cfg)
+    certified = submit(gw, make_message(to="kept@example.org"), ["kept@example.org", CERT_ADDRESS])
+    generated_for(sink, certified, "certificate")
+    plain = submit(gw, make_message(to="plain@example.org", cc=""), ["plain@example.org"])
+    deadline = time.monotonic() + 30
+    while f"{plain}: removed" not in gw.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gw.stop()
+    spool = cfg.parent / "state" / "spool"
+    (spool / "queue" / f"{certified}.eml").write_bytes(
+        (spool / "archive" / f"{certified}.eml").read_bytes()
+    )
+    (spool / "queue" / f"{plain}.eml").write_bytes(b"left over")
+    delivered = len(sink.messages)
+    gw2 = start_gateway(cfg, users={})
+    try:
+        assert not (spool / "queue" / f"{certified}.eml").exists()
+        assert not (spool / "queue" / f"{plain}.eml").exists()
+        assert (spool / "archive" / f"{certified}.eml").exists()  # kept as evidence
+        assert f"{certified}: removed (finished before the last stop)" in gw2.log()
+    finally:
+        gw2.stop()
+    assert len(sink.messages) == delivered
+    assert_clean_log(gw2.log())
