@@ -154,34 +154,38 @@ def _fonts() -> tuple[str, str, str, bool]:
 class _CachedSubsetsFont(TTFont):
     """A TrueType font whose embedded subsets are made and compressed once per process.
 
-    reportlab embeds a TrueType font as subsets of up to 256 glyphs, and builds and
-    compresses each again for every document: a sixth of a certificate's rendering
-    time. Here subset 0 of every document is the same: ASCII at its own codes (as
-    reportlab's ``ttfAsciiReadable`` places it) and the few characters the gateway's own
-    wording uses (:data:`_SEEDED`); every other character goes to subset 1 or later,
-    which hold only the handful a message brings (accented letters, say). Subsets are
-    kept, made and compressed, keyed by their exact character list.
+    reportlab embeds a TrueType font as subsets of up to 256 glyphs, and builds,
+    compresses and describes (a /Widths array of 256 numbers) each again for every
+    document: a quarter of a certificate's rendering time. Here subset 0 of every
+    document is the same: ASCII at its own codes (as reportlab's ``ttfAsciiReadable``
+    places it) and the few characters of the gateway's own wording (:data:`_SEEDED`);
+    every other character goes to subset 1 or later, which hold only the handful a
+    message brings (accented letters, say). Subsets are kept, made, compressed and
+    described, keyed by their exact character list.
     """
 
     _KEEP = 32  # subsets kept per font: subset 0 and the most recent others
 
     def __init__(self, name: str, filename: str) -> None:
         super().__init__(name, filename)
-        self._made: OrderedDict[tuple[int, ...], tuple[bytes, bytes]] = OrderedDict()
+        self._made: OrderedDict[tuple[int, ...], _Subset] = OrderedDict()
         make_subset = self.face.makeSubset
 
         def cached_make_subset(subset: list[int]) -> bytes:
-            return self._subset(subset, make_subset)[0]
+            return self._subset(subset, make_subset).font_file
 
         # reportlab's TTFontFace.addSubsetObjects calls face.makeSubset(subset).
         self.face.makeSubset = cached_make_subset
 
-    def _subset(self, subset: list[int], make: Any) -> tuple[bytes, bytes]:
+    def _subset(self, subset: list[int], make: Any) -> _Subset:
         key = tuple(subset)
         made = self._made.get(key)
         if made is None:
             raw = make(subset)
-            made = self._made[key] = (raw, zlib.compress(raw, 9))
+            widths = pdfdoc.PDFArray([self.face.getCharWidth(c) for c in subset])
+            made = self._made[key] = _Subset(
+                raw, zlib.compress(raw, 9), _Formatted(widths.format(_FORMAT_DOC))
+            )
             if len(self._made) > self._KEEP:
                 self._made.popitem(last=False)
         else:
@@ -196,22 +200,47 @@ class _CachedSubsetsFont(TTFont):
         state.nextCode = 256
 
     def addObjects(self, doc: pdfdoc.PDFDocument) -> None:  # noqa: N802 - reportlab's name
-        subsets = [tuple(s) for s in self.state[doc].subsets] if doc in self.state else []
+        state = self.state.get(doc)
+        subsets = [tuple(s) for s in state.subsets] if state is not None else []
+        prefix = state.internalName if state is not None else None
         super().addObjects(doc)
-        if not doc.compression:
-            return
         face = self.face
         for n, subset in enumerate(subsets):
             made = self._made.get(subset)
-            base = b"".join((SUBSETN(n), b"+", face.name, face.subfontNameX)).decode("pdfdoc")
-            # The font file stream reportlab just made, by the name it registers it with.
-            stream = doc.idToObject.get(f"fontFile:{face.filename}({base})")
-            if made is None or not isinstance(stream, pdfdoc.PDFStream):
+            if made is None:
                 continue
-            if stream.content is made[0]:
-                stream.content = made[1]
-                stream.filters = None
-                stream.dictionary["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName("FlateDecode")])
+            # The objects reportlab just made, by the names it registers them with.
+            font = doc.idToObject.get(f"{prefix}+{n}")
+            if isinstance(font, pdfdoc.PDFTrueTypeFont):
+                font.Widths = made.widths
+            base = b"".join((SUBSETN(n), b"+", face.name, face.subfontNameX)).decode("pdfdoc")
+            stream = doc.idToObject.get(f"fontFile:{face.filename}({base})")
+            if doc.compression and isinstance(stream, pdfdoc.PDFStream):
+                if stream.content is made.font_file:
+                    stream.content = made.compressed
+                    stream.filters = None
+                    stream.dictionary["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName("FlateDecode")])
+
+
+@dataclass(frozen=True)
+class _Subset:
+    font_file: bytes  # the subset TrueType program
+    compressed: bytes  # the same, Flate-compressed
+    widths: _Formatted  # its /Widths array
+
+
+class _Formatted(pdfdoc.PDFObject):
+    """A PDF object already written out."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def format(self, document: pdfdoc.PDFDocument) -> bytes:
+        return self.data
+
+
+# Numbers and arrays format the same in every reportlab document.
+_FORMAT_DOC = pdfdoc.DummyDoc()
 
 
 # Characters of the gateway's own wording outside ASCII, in subset 0 of every font:
@@ -482,7 +511,9 @@ class _Line(Flowable):
             x + st.leftIndent, y + self.height - _first_baseline(st.fontName, st.fontSize)
         )
         text.setFont(st.fontName, st.fontSize, st.leading)
-        text.textOut(self.text)
+        # _textOut, as Paragraph draws: textOut would measure the text again only to
+        # move a cursor that is not used afterwards.
+        text._textOut(self.text)
         canvas.drawText(text)
         canvas.restoreState()
 
@@ -807,22 +838,32 @@ def _tracking(ev: dict[str, Any]) -> list[Flowable]:
     if not tracking:
         return []
     out: list[Flowable] = [*_heading("Opens and clicks")]
-    state = "on" if tracking.get("enabled") else "off"
-    out.append(
-        _kv_table(
-            [
-                (
-                    "Tracking",
-                    _para(
-                        f"{state}: each recipient's copy carried its own links and a "
-                        "1x1 image, so its delivered SHA-256 differs from the received one"
-                        if tracking.get("enabled")
-                        else state
-                    ),
-                ),
-            ]
-        )
-    )
+    rows: list[tuple[str, Flowable]] = [
+        ("Tracking", _para("on" if tracking.get("enabled") else "off")),
+    ]
+    for r in _l(ev.get("recipients"))[:_CAP_ROWS]:
+        per = _d(_d(r).get("tracking"))
+        if not per:
+            continue
+        if per.get("tracked"):
+            said = (
+                "tracked: its copy carried its own links and a 1x1 image, so its delivered "
+                "SHA-256 differs from the received one"
+            )
+        else:
+            said = "not tracked: delivered as received"
+        notes = "; ".join(_clean(n, 300) for n in _l(per.get("notes"))[:10])
+        rows.append((_clean(_d(r).get("address"), _CAP_SHORT), _para(
+            f"{said}{' (' + notes + ')' if notes else ''}", cap=_CAP_CELL
+        )))  # fmt: skip
+    before = _d(tracking.get("reported_before"))
+    if before:
+        rows.append((
+            "Reported before",
+            _para(f"earlier opens and clicks are in certificate {before.get('certificate_id')} "
+                  "and its earlier addenda; this document lists those recorded since"),
+        ))  # fmt: skip
+    out.append(_kv_table(rows))
     items = _l(tracking.get("events"))
     if items:
         width = _PAGE_W - 2 * _MARGIN

@@ -4,9 +4,10 @@ What this subclass changes, and why:
 
 * DATA is read in blocks and ended only by ``CRLF.CRLF`` (RFC 5321 §4.1.1.4). A bare
   CR or LF anywhere refuses the message (SMTP smuggling, CVE-2023-51766 family), lines
-  over 1000 octets refuse it (§4.5.3.1.6), data past the size limit is discarded as it
-  arrives (memory stays bounded) and refused with 552 (RFC 1870). Block reads replace
-  aiosmtpd's line-by-line loop, which costs one await per line.
+  over 1000 octets with their CRLF, counted after unstuffing, refuse it (§4.5.3.1.6),
+  data past the size limit is discarded as it arrives (memory stays bounded) and
+  refused with 552 (RFC 1870). Block reads replace aiosmtpd's line-by-line loop, which
+  costs one await per line.
 * AUTH PLAIN and LOGIN (RFC 4954) check the password off the event loop, answer an
   unknown user and a wrong password identically, slow down each failure and close
   the connection after a few.
@@ -33,7 +34,12 @@ log = logging.getLogger("certifica/smtpd")
 
 END_OF_DATA = b"\r\n.\r\n"
 _BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_LONG_LINE = re.compile(rb"[^\n]{1001}")  # 1000 octets incl. CRLF, +1 for a stuffed dot
+# RFC 5321 4.5.3.1.6: 1000 octets including the CRLF, counted after unstuffing. Matched
+# on the stuffed data, where a line starting with a dot carries one extra (the stuffed
+# dot). Anchored at line starts so the scan stays linear (an unanchored {999} run
+# rescans every line from each of its positions).
+MAX_LINE = 998  # octets of text per line, the CRLF not counted
+_LONG_LINE = re.compile(rb"(?m)^(?:\.[^\r\n]{%d}|[^.\r\n][^\r\n]{%d})" % (MAX_LINE + 1, MAX_LINE))
 _READ_BLOCK = 256 * 1024
 
 Verifier = Callable[[str, str], Awaitable[bool]]

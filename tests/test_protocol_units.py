@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,7 @@ from relay import replies
 from relay.delivery import remote_queue_id, split_reply
 from relay.notices import one_line, original_headers
 from relay.qmgr import received_header
-from relay.smtpd import DataRefused, check_data, unstuff
+from relay.smtpd import MAX_LINE, DataRefused, check_data, unstuff
 
 LINE = st.text(alphabet=st.characters(blacklist_characters="\r\n", codec="utf-8"), max_size=80)
 
@@ -100,3 +101,59 @@ def test_received_header_is_one_clean_field(helo: str, ip: str) -> None:
     for line in header.split(b"\r\n")[1:-1]:
         assert line.startswith(b"\t")
     assert header.isascii()
+
+
+def _refusal(data: bytes, header_limit: int = 1 << 20) -> str | None:
+    try:
+        check_data(data, header_limit=header_limit, smtputf8=False)
+    except DataRefused as refusal:
+        return refusal.reply
+    return None
+
+
+@pytest.mark.parametrize("where", ["first", "later"])
+@pytest.mark.parametrize(
+    ("line", "refused"),
+    [
+        (b"z" * 998, False),
+        (b"z" * 999, True),
+        (b"." + b"z" * 997, False),  # 998 after unstuffing: the stuffed dot does not count
+        (b"." + b"z" * 998, True),
+        (b"." * 998, False),
+        (b"." * 999, True),
+    ],
+    ids=["998", "999", "dot+997", "dot+998", "998-dots", "999-dots"],
+)
+def test_line_limit_is_1000_octets_with_crlf_after_unstuffing(
+    line: bytes, refused: bool, where: str
+) -> None:
+    """RFC 5321 4.5.3.1.6: 998 octets of text plus CRLF; the client stuffs a leading dot."""
+    stuffed = stuff([line])
+    data = stuffed if where == "first" else b"Subject: x\r\n\r\n" + stuffed + b"end\r\n"
+    assert len(unstuff(stuffed)) == len(line) + 2
+    assert _refusal(data) == (replies.LINE_TOO_LONG if refused else None)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.integers(0, 80) | st.integers(MAX_LINE - 3, MAX_LINE + 3),  # near the limit
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_line_limit_counts_unstuffed_octets(shapes: list[tuple[bool, int]]) -> None:
+    lines = [b"." * dot + b"a" * n for dot, n in shapes]
+    too_long = any(len(line) > MAX_LINE for line in lines)
+    assert (_refusal(stuff(lines)) == replies.LINE_TOO_LONG) is too_long
+
+
+def test_header_limit_boundary() -> None:
+    header = b"Subject: " + b"h" * 80 + b"\r\n"
+    fields = header * 20
+    data = fields + b"\r\nbody\r\n"
+    assert _refusal(data, header_limit=len(fields)) is None
+    refusal = _refusal(data, header_limit=len(fields) - 1)
+    assert refusal == replies.HEADER_TOO_LARGE.format(limit=len(fields) - 1)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from relay import replies
 from tests.conftest import CERT_ADDRESS, PASSWORD, Gateway, Sink, client_tls_context, make_message
 
 
@@ -178,6 +179,45 @@ def test_control_characters_in_envelope(gateway: Gateway, arg: str) -> None:
     raw.send(f"MAIL FROM:{arg}\r\n".encode())
     assert raw.expect("501").startswith("501 5.5.4")
     raw.close()
+
+
+def _send_raw_message(gw: Gateway, rcpt: str, stuffed_body_line: bytes) -> str:
+    head = make_message(to=rcpt, cc=rcpt, body="")
+    raw = Raw(gw)
+    raw.send(f"MAIL FROM:<alice@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+    raw.expect("250")
+    raw.expect("250")
+    raw.expect("354")
+    raw.send(head + b"before\r\n" + stuffed_body_line + b"\r\nafter\r\n.\r\n")
+    reply = raw.reply()
+    raw.send(b"QUIT\r\n")
+    raw.close()
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        (b"w" * 998, b"w" * 998),
+        (b".." + b"w" * 997, b"." + b"w" * 997),  # 999 sent, 998 after unstuffing
+        (b"w" * 999, None),
+        (b".." + b"w" * 998, None),
+    ],
+    ids=["998", "stuffed-998", "999", "stuffed-999"],
+)
+def test_line_limit_boundary(
+    gateway: Gateway, mx: Sink, sent: bytes, received: bytes | None
+) -> None:
+    """998 octets plus CRLF pass, 999 do not, counted after the stuffed dot is removed."""
+    rcpt = f"line-{len(sent)}-{sent[:2].hex()}@example.org"
+    reply = _send_raw_message(gateway, rcpt, sent)
+    if received is None:
+        assert reply == replies.LINE_TOO_LONG
+        return
+    assert reply.startswith("250 2.0.0"), reply
+    mx.wait_for(lambda ms: any(rcpt in m.rcpt_tos for m in ms))
+    (got,) = mx.to(rcpt)
+    assert b"\r\nbefore\r\n" + received + b"\r\nafter\r\n" in got.data
 
 
 def test_long_line_refused(gateway: Gateway) -> None:
