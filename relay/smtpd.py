@@ -13,7 +13,8 @@ What this subclass changes, and why:
   the connection after a few.
 * Every reply carries an RFC 3463 enhanced status code; an internal error is a 451
   that never contains the exception's text; a silent client gets 421 before the close.
-* CR, LF or NUL inside an envelope argument is a 501 before any parsing.
+* CR, LF or NUL inside an envelope argument is a 501 before any parsing, and so is a
+  command line ended by a bare LF (aiosmtpd would split the line there).
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ class DataRefused(Exception):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
+
+
+class BareLineFeed(Exception):
+    """A command line ended with a LF without its CR (RFC 5321 2.3.8 requires CRLF)."""
+
+
+class _CommandReader(asyncio.StreamReader):
+    """The session's reader: a command line must end with CRLF.
+
+    aiosmtpd splits commands at any LF, so ``RCPT TO:<bob@example.org\n>`` would name
+    bob as a recipient; the DATA reader already refuses bare line endings, and the
+    command reader now does too. The line is consumed, then refused with a 501.
+    """
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if separator == b"\n" and not line.endswith(b"\r\n"):
+            raise BareLineFeed
+        return line
 
 
 def unstuff(data: bytes) -> bytes:
@@ -119,6 +139,8 @@ class CertificaSMTP(SMTP):
             self._bare_reply = False
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineFeed):
+            return replies.BAD_CHARACTERS
         try:
             raise error
         except Exception:
@@ -128,6 +150,13 @@ class CertificaSMTP(SMTP):
                 _peer_text(self.session.peer if self.session else None),
             )
         return replies.INTERNAL_ERROR
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # aiosmtpd builds a plain StreamReader; the subclass adds only the CRLF check.
+        reader.__class__ = _CommandReader
+        super()._cb_client_connected(reader, writer)
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

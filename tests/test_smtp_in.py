@@ -181,6 +181,45 @@ def test_control_characters_in_envelope(gateway: Gateway, arg: str) -> None:
     raw.close()
 
 
+@pytest.mark.parametrize(
+    "address", ["<bob@exa\rmple.org>", "<bob@exa\0mple.org>", "<bob\r\0@example.org>"]
+)
+def test_control_characters_in_recipient(gateway: Gateway, address: str) -> None:
+    raw = Raw(gateway)
+    raw.send(b"MAIL FROM:<alice@example.com>\r\n")
+    raw.expect("250")
+    raw.send(f"RCPT TO:{address}\r\n".encode())
+    assert raw.reply() == replies.BAD_CHARACTERS
+    raw.send(b"DATA\r\n")  # the recipient was not taken
+    assert raw.expect("503").startswith("503 5.5.1")
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"RCPT TO:<bob@example.org\n>\r\n",
+        b"RCPT TO:<bob@exa\nmple.org>\r\n",
+        b"RCPT TO:<bob@example.org>\n",
+    ],
+    ids=["LF-before-bracket", "LF-in-domain", "LF-ending"],
+)
+def test_line_feed_in_a_recipient_is_refused(gateway: Gateway, command: bytes) -> None:
+    # aiosmtpd alone splits at the LF and takes <bob@example.org as bob@example.org.
+    raw = Raw(gateway)
+    raw.send(b"MAIL FROM:<alice@example.com>\r\n")
+    raw.expect("250")
+    raw.send(command + b"NOOP\r\n")
+    assert raw.reply() == replies.BAD_CHARACTERS
+    rest = raw.reply()
+    if not rest.startswith("250"):  # the part after the LF was a (refused) command of its own
+        assert rest.startswith("500 5.5.2"), rest
+        assert raw.expect("250")
+    raw.send(b"DATA\r\n")  # no recipient was taken
+    assert raw.expect("503").startswith("503 5.5.1")
+    raw.close()
+
+
 def _send_raw_message(gw: Gateway, rcpt: str, stuffed_body_line: bytes) -> str:
     head = make_message(to=rcpt, cc=rcpt, body="")
     raw = Raw(gw)
