@@ -6,8 +6,11 @@ What this subclass changes, and why:
   CR or LF anywhere refuses the message (SMTP smuggling, CVE-2023-51766 family), lines
   over 1000 octets with their CRLF, counted after unstuffing, refuse it (§4.5.3.1.6),
   data past the size limit is discarded as it arrives (memory stays bounded) and
-  refused with 552 (RFC 1870). Block reads replace aiosmtpd's line-by-line loop, which
-  costs one await per line.
+  refused with 552 (RFC 1870), and a "line" longer than the size limit is refused with
+  500 as it arrives, not after an end that may never come. Block reads replace
+  aiosmtpd's line-by-line loop, which costs one await per line.
+* DATA has a deadline as well as the idle timeout: ``timeout`` plus one second per
+  ``min_data_rate`` bytes, so a client dripping bytes gets 421 and the close.
 * AUTH PLAIN and LOGIN (RFC 4954) check the password off the event loop, answer an
   unknown user and a wrong password identically, slow down each failure and close
   the connection after a few.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
@@ -42,6 +46,11 @@ _BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 MAX_LINE = 998  # octets of text per line, the CRLF not counted
 _LONG_LINE = re.compile(rb"(?m)^(?:\.[^\r\n]{%d}|[^.\r\n][^\r\n]{%d})" % (MAX_LINE + 1, MAX_LINE))
 _READ_BLOCK = 256 * 1024
+# Bytes per second a client must average during DATA, once its first ``timeout`` is
+# spent (Postfix's smtpd_min_data_rate idea): 32 kbit/s, slower than any working link.
+MIN_DATA_RATE = 4096.0
+# Without a size limit, a "line" this long is data that will never end.
+_ENDLESS_LINE = 32 * 1024 * 1024
 
 Verifier = Callable[[str, str], Awaitable[bool]]
 
@@ -105,9 +114,13 @@ class CertificaSMTP(SMTP):
         header_limit: int,
         auth_failures: int,
         auth_delay: float,
+        min_data_rate: float = MIN_DATA_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        if min_data_rate <= 0:
+            raise ValueError("min_data_rate must be > 0")
+        self._min_data_rate = min_data_rate
         self._verifier = verifier
         self._header_limit = header_limit
         self._auth_failures_allowed = auth_failures
@@ -190,12 +203,11 @@ class CertificaSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content = await self._read_data()
-        if content is None:
-            return  # connection lost
-        data, oversized = content
-        if oversized:
-            await self.push(replies.SIZE_EXCEEDED.format(limit=self.data_size_limit))
+        data = await self._read_data()
+        if not isinstance(data, bytes):
+            if data is not None:
+                await self.push(data)
+            # None: answered already, or the connection is gone
             self._set_post_data_state()
             return
         try:
@@ -210,14 +222,32 @@ class CertificaSMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _read_data(self) -> tuple[bytes, bool] | None:
-        """Read up to and excluding the final ``.CRLF``; returns (data, oversized).
+    async def _read_data(self) -> bytes | str | None:
+        """Read up to and excluding the final ``.CRLF``.
 
-        Data past the size limit is dropped while reading; only the last few bytes are
-        kept to find the terminator, so a client cannot make the gateway hold more than
-        the limit in memory.
+        Returns the data, still dot-stuffed; or the reply refusing it (over the size
+        limit); or None when nothing is left to answer: the connection is gone or timed
+        out, or a line that never ended was refused while it arrived.
+
+        Memory: data past the size limit is dropped as it arrives; only the last few
+        bytes are kept to find the terminator, so a client cannot make the gateway hold
+        more than the limit.
+
+        Time: the client may be silent for at most ``timeout`` seconds, and the whole
+        phase may last ``timeout`` plus one second per ``min_data_rate`` bytes received
+        (bytes past the size limit earn nothing). Restarting the idle timer on every
+        block alone would let a client that drips a byte every few seconds hold the
+        session forever; this one gets 421 4.4.2 after about ``timeout`` seconds.
         """
+        loop = self.loop
+        timeout = float(self._timeout_duration)
         limit = self.data_size_limit or 0
+        endless = limit or _ENDLESS_LINE
+        started = loop.time()
+        cap = math.inf  # set once the data is refused: no more time is earned
+        received = 0
+        line = 0  # bytes since the last LF
+        refused = False
         buf = bytearray()
         dropped = 0
         scanned = 0
@@ -226,17 +256,31 @@ class CertificaSMTP(SMTP):
             # A message whose first line is the terminator is empty.
             if not dropped and buf.startswith(b".\r\n"):
                 self._unread(bytes(buf[3:]))
-                return b"", False
+                return b""
             idx = buf.find(END_OF_DATA, max(0, scanned - 4))
             if idx >= 0:
                 self._unread(bytes(buf[idx + len(END_OF_DATA) :]))
+                if refused:
+                    return None
                 if dropped or (limit and idx + 2 > limit):
-                    return b"", True
-                return bytes(buf[: idx + 2]), False
+                    return replies.SIZE_EXCEEDED.format(limit=limit)
+                return bytes(buf[: idx + 2])
             scanned = len(buf)
-            if limit and len(buf) > limit + 4:
+            if line > endless and not refused:
+                # No CRLF in more than the whole message may hold: this is not going to
+                # end as a message. Say so now rather than after an end that may never
+                # come; then discard until the end, for at most one more timeout.
+                log.warning(
+                    "%s: DATA line of more than %d octets without CRLF; refused",
+                    _peer_text(self.session.peer if self.session else None),
+                    endless,
+                )
+                await self.push(replies.LINE_TOO_LONG)
+                refused = True
+                cap = loop.time() + timeout
+            if refused or (limit and len(buf) > limit + 4):
                 # Keep only a tail long enough to hold a terminator split across reads.
-                dropped += len(buf) - 4
+                dropped += max(0, len(buf) - 4)
                 del buf[:-4]
                 scanned = 0
             try:
@@ -246,7 +290,16 @@ class CertificaSMTP(SMTP):
                 raise
             if not block:
                 return None
-            self._reset_timeout()
+            received += len(block)
+            newline = block.rfind(b"\n")
+            line = line + len(block) if newline < 0 else len(block) - newline - 1
+            earned = min(received, limit) if limit else received
+            deadline = min(started + timeout + earned / self._min_data_rate, cap)
+            left = deadline - loop.time()
+            if left <= 0:
+                self._timeout_cb()
+                return None
+            self._reset_timeout(min(timeout, left))
             buf += block
 
     def _unread(self, rest: bytes) -> None:
