@@ -59,6 +59,8 @@ class Checkpointer:
         interval: float = DEFAULT_INTERVAL,
         timeout: float = 30.0,
     ) -> None:
+        if not interval > 0:
+            raise ValueError(f"the checkpoint interval must be positive, not {interval!r}")
         self.store = store
         self.timestamper = timestamper
         self.interval = interval

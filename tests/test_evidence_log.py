@@ -502,6 +502,12 @@ def test_checkpointer_stamps_the_log_when_it_grows(
     assert audit.ok and audit.checkpoints >= 3, audit.problems
 
 
+def test_checkpoint_interval_must_be_positive(store: Store, stamper: TimeStamper) -> None:
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="interval must be positive"):
+            Checkpointer(store, stamper, interval=bad)
+
+
 class BlockingTimeStamper(TimeStamper):
     """The in-process TSA behind a gate: a slow TSA, held until the test opens it."""
 
