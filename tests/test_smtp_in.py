@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import socket
 import ssl
@@ -31,8 +32,6 @@ class Raw:
             self.send(b"EHLO raw.test\r\n")
             self.reply()
         if login:
-            import base64
-
             token = base64.b64encode(f"\0alice@example.com\0{PASSWORD}".encode()).decode()
             self.send(f"AUTH PLAIN {token}\r\n".encode())
             self.expect("235")
@@ -60,6 +59,17 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _read_to_eof(sock: socket.socket | ssl.SSLSocket, buf: bytes = b"") -> bytes:
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionError, ssl.SSLError):  # a reset or an unclean TLS close ends it too
+            return buf
+        if not chunk:
+            return buf
+        buf += chunk
 
 
 def qid_of(reply: str) -> str:
@@ -220,6 +230,26 @@ def test_line_feed_in_a_recipient_is_refused(gateway: Gateway, command: bytes) -
     raw.close()
 
 
+def test_auth_failures_read_the_same_then_the_third_closes(gateway: Gateway) -> None:
+    def plain(user: str, password: str) -> bytes:
+        return b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()) + b"\r\n"
+
+    raw = Raw(gateway, login=False)
+    raw.send(plain("nobody@example.com", PASSWORD))  # unknown user
+    unknown = raw.reply()
+    raw.send(b"AUTH LOGIN\r\n")  # known user, wrong password, the other mechanism
+    raw.expect("334")
+    raw.send(base64.b64encode(b"alice@example.com") + b"\r\n")
+    raw.expect("334")
+    raw.send(base64.b64encode(b"not the password") + b"\r\n")
+    wrong = raw.reply()
+    assert unknown == wrong == replies.AUTH_FAILED
+    raw.send(plain("alice@example.com", "still wrong"))
+    assert raw.reply() == replies.TOO_MANY_AUTH_FAILURES
+    assert _read_to_eof(raw.sock, raw.buf) == b""  # closed, and nothing more was said
+    raw.close()
+
+
 def _send_raw_message(gw: Gateway, rcpt: str, stuffed_body_line: bytes) -> str:
     head = make_message(to=rcpt, cc=rcpt, body="")
     raw = Raw(gw)
@@ -309,19 +339,22 @@ def test_smuggling_yields_at_most_one_message(gateway: Gateway, mx: Sink, ending
 
 
 def test_commands_pipelined_with_starttls_are_discarded(gateway: Gateway) -> None:
-    sock = socket.create_connection(("127.0.0.1", gateway.port()), timeout=10)
-    f = sock.makefile("rb")
-    assert f.readline().startswith(b"220")
-    sock.sendall(b"EHLO x\r\n")
-    while not f.readline().startswith(b"250 "):
-        pass
-    sock.sendall(b"STARTTLS\r\nRSET\r\n")  # the RSET is plaintext injected before TLS
-    assert f.readline().startswith(b"220")
-    tls = client_tls_context(gateway.state).wrap_socket(sock)
-    tls.sendall(b"NOOP\r\n")
-    answer = tls.recv(1024)
-    assert answer.startswith(b"250") and answer.count(b"\r\n") == 1
+    """RFC 3207 4.2: what came before the handshake, in the same packet, is not executed.
+
+    The injected MAIL would be answered 503 (no EHLO since the handshake) or 530 (no
+    AUTH), never 250; the NOOP sent after the handshake answers 250. So the first reply
+    after TLS tells which command the server ran, and QUIT shows nothing else came.
+    """
+    raw = Raw(gateway, tls=False, login=False)
+    raw.send(b"STARTTLS\r\nMAIL FROM:<alice@example.com>\r\n")  # injected in plaintext
+    assert raw.expect("220")
+    assert raw.buf == b""  # no plaintext answer to the injected MAIL either
+    tls = client_tls_context(gateway.state).wrap_socket(raw.sock)
+    tls.sendall(b"NOOP\r\nQUIT\r\n")
+    lines = _read_to_eof(tls).split(b"\r\n")
     tls.close()
+    assert lines[0] == b"250 2.0.0 OK", lines
+    assert lines[1].startswith(b"221 ") and lines[2:] == [b""], lines
 
 
 def test_certification_address_alone_is_refused(gateway: Gateway) -> None:
