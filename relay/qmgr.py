@@ -231,8 +231,22 @@ class QueueManager:
                     )
                     # The URLs are stored before the copy leaves: a click can only ever be
                     # sent where the original message pointed.
-                    await self.store.tracking_links(qid, first["id"], copy.links)
+                    tracked = copy.message != raw
+                    notes = copy.notes or (
+                        () if tracked else ("no link or HTML part to track: sent as received",)
+                    )
+                    await self.store.tracking_copy(qid, [first["id"]], copy.links, tracked, notes)
                     raw = copy.message
+                elif first.get("tracking") and first["kind"] == "mail":
+                    why = (
+                        f"{first['domain']} is in tracking.never_domains"
+                        if self.cfg.tracking.enabled
+                        else "tracking was turned off on the gateway"
+                    )
+                    ids = [r["id"] for r in rows]
+                    await self.store.tracking_copy(
+                        qid, ids, (), False, (f"{why}: sent as received",)
+                    )
                 if first["kind"] == "mail":
                     # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
                     sender = make_return_path(
@@ -323,12 +337,14 @@ class QueueManager:
             async with self._certificates:
                 now = time.time()
                 raw = await asyncio.to_thread(self.spool.read_any, qid)
-                evidence = await self.build_evidence(row)
+                # Only what the sender has not had yet, in the certificate or an addendum.
+                evidence = await self.build_evidence(row, tracking_after=row["tracking_reported"])
                 cert_id = new_certificate_id()
                 evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
                 pdf = await self.certifier.certify(evidence, raw)
                 await self._send_document(row, cert_id, pdf, raw, label="Addendum", update_qid=None)
-                await self.store.mark_addendum(qid, now)
+                last = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
+                await self.store.mark_reported(qid, last, now)
             self.wake()
         except Exception:
             log_failure(log, "%s: could not make the tracking addendum; will retry", qid)
@@ -522,8 +538,15 @@ class QueueManager:
             return
         evidence = await self.build_evidence(row)
         pdf = await self.certifier.certify(evidence, raw)
+        reported = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
         await self._send_document(
-            row, row["cert_id"], pdf, raw, label="Certificate", update_qid=qid
+            row,
+            row["cert_id"],
+            pdf,
+            raw,
+            label="Certificate",
+            update_qid=qid,
+            done={"tracking_reported": reported},
         )
         await asyncio.to_thread(self.spool.archive, qid)
         log.info("%s: removed", qid)
@@ -538,9 +561,11 @@ class QueueManager:
         *,
         label: str,
         update_qid: str | None,
+        done: dict[str, Any] | None = None,
     ) -> None:
         """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
-        message ``update_qid`` is done in the same transaction as the mail is queued."""
+        message ``update_qid`` is done (with ``done`` columns set) in the same
+        transaction as the mail is queued."""
         qid = row["qid"]
         path = self.certificates_dir / f"{cert_id}.pdf"
         await asyncio.to_thread(write_durably, path, pdf)
@@ -574,7 +599,9 @@ class QueueManager:
             label.lower(),
             row,
             data,
-            {"cert_state": "done", "state": "done", "done_at": time.time()} if update_qid else {},
+            {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})}
+            if update_qid
+            else {},
             update_qid=update_qid,
         )
         cert_log.info(
@@ -607,8 +634,10 @@ class QueueManager:
         log.info("%s: removed", dsn["qid"])
         self.wake()
 
-    async def build_evidence(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Everything the certificate states, as JSON-ready data (``evidence.json``)."""
+    async def build_evidence(self, row: dict[str, Any], tracking_after: int = 0) -> dict[str, Any]:
+        """Everything the certificate states, as JSON-ready data (``evidence.json``);
+        opens and clicks only after event ``tracking_after`` (those are in an earlier
+        document)."""
         qid = row["qid"]
         recipients = await self.store.recipients(qid)
         entries = await self.store.evidence_for(qid)
@@ -665,10 +694,16 @@ class QueueManager:
                     "attempts": r["attempts"],
                     "delivered_sha256": r["delivered_sha256"],
                     "note": r["note"],
+                    "tracking": None
+                    if r.get("tracked") is None
+                    else {
+                        "tracked": bool(r["tracked"]),
+                        "notes": json.loads(r["tracking_notes"] or "[]"),
+                    },
                 }
                 for r in recipients
             ],
-            "tracking": await self._tracking_evidence(row),
+            "tracking": await self._tracking_evidence(row, tracking_after),
             "timeline": [
                 {
                     "time": iso(e.time),
@@ -683,13 +718,17 @@ class QueueManager:
             "evidence_log": await evidence_log_section(self.store, entries),
         }
 
-    async def _tracking_evidence(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    async def _tracking_evidence(self, row: dict[str, Any], after: int) -> dict[str, Any] | None:
         if not row.get("tracking"):
             return None
-        events = await self.store.tracking_events(row["qid"])
+        events = await self.store.tracking_events(row["qid"], after)
         return {
             "enabled": True,
             "public_url": self.cfg.tracking.public_url,
+            "last_event_id": max([e["id"] for e in events], default=after),
+            "reported_before": {"until_event": after, "certificate_id": row["cert_id"]}
+            if after
+            else None,
             "events": [
                 {
                     "time": iso(e["time"]),

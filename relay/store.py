@@ -143,6 +143,13 @@ MIGRATIONS: list[str] = [
     """,
     # 5: RFC 3161 timestamped checkpoints of the evidence log's head
     checkpoints.SCHEMA,
+    # 6: per recipient, whether its copy carried tracking (and why not); per message, the
+    # last open or click already reported in a certificate or addendum
+    """
+    ALTER TABLE recipients ADD COLUMN tracked INTEGER;  -- 1 tracked, 0 sent as received, NULL not yet
+    ALTER TABLE recipients ADD COLUMN tracking_notes TEXT;  -- JSON list of sentences
+    ALTER TABLE messages ADD COLUMN tracking_reported INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -558,15 +565,31 @@ class Store:
         return rows
 
     # -- tracking (opens and clicks) ----------------------------------------------
-    async def tracking_links(self, qid: str, recipient_id: int, links: tuple[str, ...]) -> None:
-        """Record the URLs a recipient's copy links to, before it is sent."""
-        await self._run(
-            lambda: self._conn.executemany(
-                "INSERT OR REPLACE INTO tracking_links (qid, recipient_id, link, url)"
-                " VALUES (?, ?, ?, ?)",
-                [(qid, recipient_id, n, url) for n, url in enumerate(links, start=1)],
+    async def tracking_copy(
+        self,
+        qid: str,
+        recipient_ids: list[int],
+        links: tuple[str, ...],
+        tracked: bool,
+        notes: tuple[str, ...],
+    ) -> None:
+        """Record, before the copy is sent, whether these recipients' copy is tracked
+        (and the URLs its links stand for) or sent as received, and why."""
+
+        def _write() -> None:
+            if tracked:
+                (recipient_id,) = recipient_ids  # a tracked copy is one recipient's own
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO tracking_links (qid, recipient_id, link, url)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(qid, recipient_id, n, url) for n, url in enumerate(links, start=1)],
+                )
+            self._conn.executemany(
+                "UPDATE recipients SET tracked = ?, tracking_notes = ? WHERE id = ?",
+                [(int(tracked), json.dumps(list(notes)), i) for i in recipient_ids],
             )
-        )
+
+        await self._run(_write)
 
     async def link_url(self, qid: str, recipient_id: int, link: int) -> str | None:
         def _get() -> str | None:
@@ -630,32 +653,47 @@ class Store:
                     "SELECT DISTINCT r.qid FROM recipients r JOIN messages m ON m.qid = r.qid"
                     " WHERE m.tracking = 1 AND m.cert_state = 'done' AND EXISTS"
                     " (SELECT 1 FROM tracking_events e WHERE e.qid = r.qid"
-                    "  AND e.recipient_id = r.id AND e.time > COALESCE(r.addendum_at, 0))"
+                    "  AND e.recipient_id = r.id AND e.id > m.tracking_reported)"
                     " AND (r.addendum_at IS NULL OR r.addendum_at <= ?)",
                     (now - interval,),
                 )
             ]
         )
 
-    async def tracking_events(self, qid: str) -> list[dict[str, Any]]:
+    async def tracking_events(self, qid: str, after_id: int = 0) -> list[dict[str, Any]]:
+        """The opens and clicks of ``qid`` recorded after event ``after_id``."""
         return await self._run(
             lambda: list(
                 self._db.query(
                     "SELECT e.*, r.address FROM tracking_events e JOIN recipients r"
-                    " ON r.id = e.recipient_id WHERE e.qid = ? ORDER BY e.time, e.id",
-                    (qid,),
+                    " ON r.id = e.recipient_id WHERE e.qid = ? AND e.id > ?"
+                    " ORDER BY e.time, e.id",
+                    (qid, after_id),
                 )
             )
         )
 
-    async def mark_addendum(self, qid: str, now: float) -> None:
-        await self._run(
-            lambda: self._conn.execute(
-                "UPDATE recipients SET addendum_at = ? WHERE qid = ? AND id IN"
-                " (SELECT recipient_id FROM tracking_events WHERE qid = ?)",
-                (now, qid, qid),
+    async def mark_reported(self, qid: str, last_id: int, addendum_at: float | None) -> None:
+        """Opens and clicks up to event ``last_id`` are in a document the sender has; with
+        ``addendum_at``, the recipients they are about had an addendum at that time."""
+
+        def _mark() -> None:
+            previous = self._conn.execute(
+                "SELECT tracking_reported FROM messages WHERE qid = ?", (qid,)
+            ).fetchone()
+            if addendum_at is not None and previous is not None:
+                self._conn.execute(
+                    "UPDATE recipients SET addendum_at = ? WHERE qid = ? AND id IN"
+                    " (SELECT recipient_id FROM tracking_events WHERE qid = ?"
+                    "  AND id > ? AND id <= ?)",
+                    (addendum_at, qid, qid, previous[0], last_id),
+                )
+            self._conn.execute(
+                "UPDATE messages SET tracking_reported = MAX(tracking_reported, ?) WHERE qid = ?",
+                (last_id, qid),
             )
-        )
+
+        await self._run(_mark)
 
     async def user_tracking(self, address: str) -> bool:
         return await self._run(

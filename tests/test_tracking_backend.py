@@ -80,7 +80,7 @@ async def message(
             [Outcome(rcpt["id"], "delivered", 250, "2.0.0", "Ok", delivered_sha256="00" * 32)],
             delivered,
         )
-    await store.tracking_links(qid, rcpt["id"], links)
+    await store.tracking_copy(qid, [rcpt["id"]], links, True, ())
     return int(rcpt["id"])
 
 

@@ -15,6 +15,7 @@ import random
 import re
 import string
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from tests.test_tracking_e2e import (
 )
 
 INTERVAL = 3600.0  # far longer than the test: a second addendum would be a bug
+HOLD = threading.Event()
 TRUSTED_PROXY = "127.0.0.2"  # loopback too, so the test can connect from it
 OFFICE_PROBE = "Microsoft Office Existence Discovery"
 
@@ -64,7 +66,14 @@ class Tracked:
 
 @pytest.fixture(scope="module")
 def tracked(sink_server: SinkServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
-    sink = sink_server.start(Sink())
+    # held@example.org is refused with 451 until HOLD is set: a recipient still
+    # deferred while the others' copies are out, for as long as a test needs.
+    def rcpt(address: str) -> str | None:
+        if address.startswith("held@") and not HOLD.is_set():
+            return "451 4.3.0 Try again later"
+        return None
+
+    sink = sink_server.start(Sink(rcpt_reply=rcpt))
     tmp = tmp_path_factory.mktemp("trackgw")
     port = free_port()
     domains = ("example.org", "example.com", "court.example", "mail.court.example")
@@ -202,12 +211,25 @@ def only_prepended_headers(delivered: bytes, raw: bytes) -> bool:
     return True
 
 
-def test_never_domain_and_its_subdomains_get_untracked_copies(tracked: Tracked) -> None:
+def test_never_domain_and_its_subdomains_get_untracked_copies(
+    tracked: Tracked, tmp_path: Path
+) -> None:
     t = tracked
     rcpts = ["clerk@court.example", "judge@mail.court.example", "reader@notcourt.example"]
     raw = html_message(", ".join(rcpts))
     qid = submit(t.gw, raw, [*rcpts, CERT_ADDRESS])
-    generated_for(t.sink, qid, "certificate")
+    cert = generated_for(t.sink, qid, "certificate")
+    # The certificate says, per recipient, whether its copy was tracked, and why not.
+    evidence = pdf_evidence(certificate_pdf(cert, tmp_path / "c.pdf"), tmp_path / "c")
+    per = {r["address"]: r["tracking"] for r in evidence["recipients"]}
+    for rcpt in rcpts[:2]:
+        assert per[rcpt]["tracked"] is False
+        assert any("tracking.never_domains" in n for n in per[rcpt]["notes"]), per[rcpt]
+    assert per[rcpts[2]]["tracked"] is True
+    text = subprocess.run(
+        ["pdftotext", str(tmp_path / "c.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "not tracked: delivered as received" in " ".join(text.split())
     for rcpt in rcpts[:2]:
         got = copy_for(t.sink, rcpt, qid)
         assert got.rcpt_tos == [rcpt]
@@ -217,6 +239,36 @@ def test_never_domain_and_its_subdomains_get_untracked_copies(tracked: Tracked) 
     # Not a subdomain, only a name that ends the same way: tracked as usual.
     clicks, pixels = tracking_urls(copy_for(t.sink, rcpts[2], qid), t.base)
     assert len(clicks) == 2 and len(pixels) == 1
+
+
+def test_opens_in_the_certificate_are_not_repeated_in_the_first_addendum(
+    tracked: Tracked, tmp_path: Path
+) -> None:
+    t = tracked
+    raw = html_message("early@example.org, held@example.org")
+    qid = submit(t.gw, raw, ["early@example.org", "held@example.org", CERT_ADDRESS])
+    t.sink.wait_for(
+        lambda ms: bool(
+            [m for m in t.sink.to("early@example.org") if qid.encode() in m.data[:3000]]
+        )
+    )
+    got = copy_for(t.sink, "early@example.org", qid)
+    clicks, (pixel,) = tracking_urls(got, t.base)
+
+    async def hit(url: str) -> None:
+        async with client() as session:
+            assert (await fetch(session, url)).status in (200, 302)
+
+    asyncio.run(hit(pixel))  # opened while held@ is still deferred: before the certificate
+    HOLD.set()
+    cert = generated_for(t.sink, qid, "certificate")
+    cert_ev = pdf_evidence(certificate_pdf(cert, tmp_path / "c.pdf"), tmp_path / "c")
+    assert [e["kind"] for e in events_of(cert_ev, "early@example.org")] == ["open"]
+    asyncio.run(hit(clicks[0]))
+    (addendum,) = wait_addenda(t, qid)
+    add_ev = pdf_evidence(certificate_pdf(addendum, tmp_path / "a.pdf"), tmp_path / "a")
+    assert [e["kind"] for e in add_ev["tracking"]["events"]] == ["click"]  # only what is new
+    assert add_ev["tracking"]["reported_before"]["certificate_id"] == cert_ev["certificate_id"]
 
 
 # ---------------------------------------------------------------------------
