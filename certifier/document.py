@@ -943,13 +943,16 @@ def _message_text(ev: dict[str, Any]) -> list[Flowable]:
                 "note",
             )
         )
-    # One flowable per block between blank lines: a _TextBlock wraps its lines once and
-    # splits at a page end by slicing them, whatever its length.
+    # Paragraphs of at most _BODY_CHUNK lines: platypus flows them over pages, and
+    # splitting a paragraph at a page end re-wraps all of its remaining lines, which
+    # for one paragraph of thousands of lines takes seconds.
     body = _clean(text, _CAP_BODY, multiline=True)
-    style = _styles()["body"]
     for block in body.split("\n\n"):
-        if block.strip():
-            out.append(_TextBlock(block, style))
+        lines = block.split("\n")
+        for start in range(0, len(lines), _BODY_CHUNK):
+            chunk = "\n".join(lines[start : start + _BODY_CHUNK])
+            if chunk.strip():
+                out.append(_para(chunk, "body", _CAP_BODY + 10, multiline=True))
         out.append(Spacer(1, 4))
     return out
 
