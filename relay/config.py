@@ -142,6 +142,11 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    checkpoint_interval: float = 300.0
+
+
+@dataclass(frozen=True)
 class MXConfig:
     require: str = "dkim-or-spf"
 
@@ -169,6 +174,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     mx: MXConfig = field(default_factory=MXConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -280,6 +286,8 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(
                 f"{where}: tracking.trusted_proxies[{i}] = {net!r} is not a network"
             ) from None
+    if cfg.evidence.checkpoint_interval <= 0:
+        raise ConfigError(f"{where}: evidence.checkpoint_interval must be more than 0 seconds")
     if cfg.mx.require not in ("dkim-or-spf", "dkim"):
         raise ConfigError(f'{where}: mx.require must be "dkim-or-spf" or "dkim"')
     if cfg.dkim.from_handling not in ("keep", "rewrite"):

@@ -190,7 +190,9 @@ class Gateway:
         timestamper = await asyncio.to_thread(
             make_timestamper, self.pki, cfg.signing.tsa_url or None, cfg.signing.tsa_timeout
         )
-        self.checkpointer = Checkpointer(self.store, timestamper)
+        self.checkpointer = Checkpointer(
+            self.store, timestamper, interval=cfg.evidence.checkpoint_interval
+        )
         self.checkpointer.start()
         await asyncio.to_thread(
             write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
