@@ -42,6 +42,7 @@ from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
+from reportlab.lib.rl_accel import fp_str
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfdoc, pdfmetrics
@@ -110,7 +111,6 @@ _CAP_LINE = 1000  # subject, reply texts, timeline details
 _CAP_LIST = 60  # entries of To/Cc shown before "and N more"
 _CAP_CELL = 2000  # any one table cell: 45 lines at worst, well under a page
 _CAP_BODY = 20_000  # message text
-_BODY_CHUNK = 20  # lines per paragraph of message text
 _CAP_ROWS = 400  # attachments, timeline and log entries shown
 # Recipients are the heart of the evidence: all of them are listed, up to a bound that
 # only keeps a hostile evidence record from rendering for minutes.
@@ -454,6 +454,74 @@ def _first_baseline(font_name: str, font_size: float) -> float:
     return float(pdfmetrics.getAscentDescent(font_name, font_size)[0])
 
 
+def _draw_lines(
+    canvas: rl_canvas.Canvas,
+    x: float,
+    top: float,
+    style: ParagraphStyle,
+    lines: list[list[tuple[str | None, str]]],
+) -> None:
+    """Draw *lines* of (font or None for the style's, text) segments from *top* down.
+
+    The first baseline is where a Paragraph of *style* puts it, the others one leading
+    apart. With TrueType fonts the text operators are written directly (ISO 32000-2
+    section 9.4): reportlab's text object re-encodes every string through per-character
+    Python loops, which for a page of message text took longer than laying it out.
+    The characters still go through the font's own subset assignment
+    (``TTFont.splitString``), so the embedded subsets and ToUnicode maps are what
+    reportlab would write. Other fonts (the CJK ones, the standard 14) use reportlab's
+    text object.
+    """
+    size, leading = style.fontSize, style.leading
+    x += style.leftIndent
+    y = top - _first_baseline(style.fontName, size)
+    fonts = {font or style.fontName for line in lines for font, _ in line}
+    if not all(isinstance(pdfmetrics.getFont(f), TTFont) for f in fonts):
+        canvas.saveState()
+        canvas.setFillColor(style.textColor)
+        text = canvas.beginText(x, y)
+        text.setFont(style.fontName, size, leading)
+        for line in lines:
+            for font, segment in line:
+                if font is not None:
+                    text.setFont(font, size, leading)
+                # _textOut, as Paragraph draws: textOut would also measure the text.
+                text._textOut(segment)
+                if font is not None:
+                    text.setFont(style.fontName, size, leading)
+            text._textOut("", 1)  # T*: the next line, one leading down
+        canvas.drawText(text)
+        canvas.restoreState()
+        return
+    doc = canvas._doc
+    # Numbers as reportlab writes them, so the page is the one reportlab would draw.
+    ops = [f"q {fp_str(style.textColor.rgb())} rg BT {fp_str(x, y)} Td {fp_str(leading)} TL"]
+    size_text = fp_str(size)
+    current = None
+    for i, line in enumerate(lines):
+        if i:
+            ops.append("T*")
+        for font_name, segment in line:
+            font = pdfmetrics.getFont(font_name or style.fontName)
+            for subset, codes in font.splitString(segment, doc):
+                name = font.getSubsetInternalName(subset, doc)
+                if name != current:
+                    ops.append(f"{name} {size_text} Tf")
+                    current = name
+                ops.append(f"({_pdf_string_bytes(codes)}) Tj")
+    ops.append("ET Q")
+    canvas.addLiteral(" ".join(ops))
+
+
+_STRING_ESCAPES = re.compile(rb"[^\x20-\x7e]|[\\()]")
+
+
+def _pdf_string_bytes(data: bytes) -> str:
+    """The inside of a PDF literal string for *data* (7.3.4.2): ASCII as is, the rest
+    as octal escapes, and backslash and parentheses escaped."""
+    return _STRING_ESCAPES.sub(lambda m: b"\\%03o" % m.group()[0], data).decode("ascii")
+
+
 class _Line(Flowable):
     """One line of plain text in its style's font: most values of a certificate.
 
@@ -502,20 +570,141 @@ class _Line(Flowable):
         if not self._fits:
             self._as_paragraph().drawOn(canvas, x, y, _sW)
             return
-        if not self.text:
-            return
+        if self.text:
+            _draw_lines(canvas, x, y + self.height, self.style, [[(None, self.text)]])
+
+
+class _TextBlock(Flowable):
+    """Lines of plain text (a message body), wrapped to the width, split between pages.
+
+    A Paragraph of a message body measured every word again at every wrap and at
+    every page split, most of the time of a certificate for an ordinary message. Here
+    each source line is cut into words and runs of spaces once, measured once per
+    distinct word, and wrapped greedily: at a space, or inside a word longer than a
+    whole line. Spaces are kept as they are (indentation stays visible), characters
+    DejaVu lacks are set in the CJK fonts or shown as U+FFFD (see _font_runs), and a
+    page split only slices the wrapped lines.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        style: ParagraphStyle,
+        lines: list[list[tuple[str | None, str]]] | None = None,
+        width: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.text = text
+        self.style = style
+        self._lines = lines or []
+        self._wrapped_for = width if lines is not None else None
+
+    def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:  # noqa: N803
+        if availWidth != self._wrapped_for:
+            self._lines = self._wrap(availWidth)
+            self._wrapped_for = availWidth
+        self.width = availWidth
+        self.height = len(self._lines) * self.style.leading
+        return self.width, self.height
+
+    def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
+        self.wrap(availWidth, availHeight)
+        fit = int((availHeight + 1e-8) // self.style.leading)
+        if fit <= 0:
+            return []
+        if fit >= len(self._lines):
+            return [self]
+        head, tail = self._lines[:fit], self._lines[fit:]
+        return [
+            _TextBlock(_lines_text(head), self.style, head, availWidth),
+            _TextBlock(_lines_text(tail), self.style, tail, availWidth),
+        ]
+
+    def _wrap(self, width: float) -> list[list[tuple[str | None, str]]]:
         st = self.style
-        canvas.saveState()
-        canvas.setFillColor(st.textColor)
-        text = canvas.beginText(
-            x + st.leftIndent, y + self.height - _first_baseline(st.fontName, st.fontSize)
-        )
-        text.setFont(st.fontName, st.fontSize, st.leading)
-        # _textOut, as Paragraph draws: textOut would measure the text again only to
-        # move a cursor that is not used afterwards.
-        text._textOut(self.text)
-        canvas.drawText(text)
-        canvas.restoreState()
+        room = width - st.leftIndent - st.rightIndent
+        out: list[list[tuple[str | None, str]]] = []
+        for line in self.text.split("\n"):
+            out.extend(_wrap_line(line, st.fontName, st.fontSize, room))
+        return out
+
+    def drawOn(self, canvas: rl_canvas.Canvas, x: float, y: float, _sW: float = 0) -> None:  # noqa: N802, N803
+        _draw_lines(canvas, x, y + self.height, self.style, self._lines)
+
+
+def _lines_text(lines: list[list[tuple[str | None, str]]]) -> str:
+    return "\n".join("".join(segment for _, segment in line) for line in lines)
+
+
+_TOKENS = re.compile(r" +|[^ ]+")
+
+
+def _wrap_line(
+    line: str, font_name: str, size: float, room: float
+) -> list[list[tuple[str | None, str]]]:
+    """One source line as display lines of (font or None, text) segments."""
+    lines: list[list[tuple[str | None, str]]] = []
+    current: list[tuple[str | None, str]] = []
+    used = 0.0
+    for font, run in _font_runs(line, font_name):
+        face = font or font_name
+        for token in _TOKENS.findall(run):
+            width = _width(token, face, size)
+            if token[0] == " ":
+                # Spaces where a line was broken are dropped; indentation is kept.
+                if current or not lines:
+                    current.append((font, token))
+                    used += width
+                continue
+            if used + width > room and current:
+                while current and current[-1][1][0] == " ":
+                    used -= _width(current[-1][1], current[-1][0] or font_name, size)
+                    current.pop()
+                if any(seg.strip() for _, seg in current):
+                    lines.append(current)
+                current, used = [], 0.0
+            while width > room and len(token) > 1:
+                # A word longer than a whole line: as much of it as fits, then the rest.
+                cut = _fitting_prefix(token, face, size, room - used)
+                if cut == 0 and current:
+                    lines.append(current)
+                    current, used = [], 0.0
+                    continue
+                cut = max(cut, 1)
+                current.append((font, token[:cut]))
+                lines.append(current)
+                current, used = [], 0.0
+                token = token[cut:]
+                width = _width(token, face, size)
+            current.append((font, token))
+            used += width
+    lines.append(current)
+    return [_merge(segments) for segments in lines]
+
+
+def _fitting_prefix(token: str, font: str, size: float, room: float) -> int:
+    """How many leading characters of *token* fit in *room* points."""
+    used = 0.0
+    for i, ch in enumerate(token):
+        used += _width(ch, font, size)
+        if used > room:
+            return i
+    return len(token)
+
+
+def _merge(segments: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
+    merged: list[tuple[str | None, str]] = []
+    for font, text in segments:
+        if merged and merged[-1][0] == font:
+            merged[-1] = (font, merged[-1][1] + text)
+        else:
+            merged.append((font, text))
+    return merged
+
+
+@lru_cache(maxsize=8192)
+def _width(text: str, font: str, size: float) -> float:
+    return float(pdfmetrics.stringWidth(text, font, size))
 
 
 def _d(value: object) -> dict[str, Any]:
@@ -943,16 +1132,13 @@ def _message_text(ev: dict[str, Any]) -> list[Flowable]:
                 "note",
             )
         )
-    # Paragraphs of at most _BODY_CHUNK lines: platypus flows them over pages, and
-    # splitting a paragraph at a page end re-wraps all of its remaining lines, which
-    # for one paragraph of thousands of lines takes seconds.
+    # One flowable per block between blank lines: a _TextBlock wraps its lines once and
+    # splits at a page end by slicing them, whatever its length.
     body = _clean(text, _CAP_BODY, multiline=True)
+    style = _styles()["body"]
     for block in body.split("\n\n"):
-        lines = block.split("\n")
-        for start in range(0, len(lines), _BODY_CHUNK):
-            chunk = "\n".join(lines[start : start + _BODY_CHUNK])
-            if chunk.strip():
-                out.append(_para(chunk, "body", _CAP_BODY + 10, multiline=True))
+        if block.strip():
+            out.append(_TextBlock(block, style))
         out.append(Spacer(1, 4))
     return out
 
