@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import re
 import unicodedata
 import zlib
@@ -198,6 +199,8 @@ class _CachedSubsetsFont(TTFont):
         self.splitString(_SEEDED, doc)
         # The next character gets code 256, the first of subset 1.
         state.nextCode = 256
+        if self.splitString(_PRINTABLE_ASCII, doc) == [(0, _PRINTABLE_ASCII.encode("ascii"))]:
+            _ASCII_AS_IS.add(self)
 
     def addObjects(self, doc: pdfdoc.PDFDocument) -> None:  # noqa: N802 - reportlab's name
         state = self.state.get(doc)
@@ -242,6 +245,11 @@ class _Formatted(pdfdoc.PDFObject):
 # Numbers and arrays format the same in every reportlab document.
 _FORMAT_DOC = pdfdoc.DummyDoc()
 
+
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+# Fonts that keep printable ASCII in subset 0 at its own codes, as reportlab's
+# ttfAsciiReadable (on by default) does when the font has every ASCII glyph.
+_ASCII_AS_IS: set[TTFont] = set()
 
 # Characters of the gateway's own wording outside ASCII, in subset 0 of every font:
 # the dash of an empty value, the footer's separator, the mark of a shortened value.
@@ -494,23 +502,53 @@ def _draw_lines(
         canvas.restoreState()
         return
     doc = canvas._doc
-    # Numbers as reportlab writes them, so the page is the one reportlab would draw.
-    ops = [f"q {fp_str(style.textColor.rgb())} rg BT {fp_str(x, y)} Td {fp_str(leading)} TL"]
-    size_text = fp_str(size)
+    ops = [_text_state(style), "BT", _fp(x), _fp(y), "Td"]
+    size_text = _fp(size)
     current = None
     for i, line in enumerate(lines):
         if i:
             ops.append("T*")
         for font_name, segment in line:
             font = pdfmetrics.getFont(font_name or style.fontName)
-            for subset, codes in font.splitString(segment, doc):
+            if segment.isascii() and segment.isprintable() and font in _ASCII_AS_IS:
+                # Printable ASCII is in subset 0 at its own codes (see seed()); the
+                # per-character subset assignment would find exactly that.
+                chunks = [(0, segment.encode("ascii"))]
+            else:
+                chunks = font.splitString(segment, doc)
+            for subset, codes in chunks:
                 name = font.getSubsetInternalName(subset, doc)
                 if name != current:
-                    ops.append(f"{name} {size_text} Tf")
+                    ops += [name, size_text, "Tf"]
                     current = name
                 ops.append(f"({_pdf_string_bytes(codes)}) Tj")
     ops.append("ET Q")
     canvas.addLiteral(" ".join(ops))
+
+
+@lru_cache(maxsize=64)
+def _text_state(style: ParagraphStyle) -> str:
+    # ParagraphStyle hashes by identity; the styles are made once (_styles()).
+    return f"q {fp_str(style.textColor.rgb())} rg {_fp(style.leading)} TL"
+
+
+def _fp(value: float) -> str:
+    """*value* exactly as reportlab writes a number (``fp_str``), for one number.
+
+    reportlab's own is a pure-Python loop over its arguments unless its optional C
+    accelerator is installed; this is the same rule, a little faster.
+    """
+    magnitude = abs(value)
+    if magnitude <= 1e-7:
+        return "0"
+    places = 6 if magnitude <= 1 else min(max(0, 6 - int(math.log(magnitude) / _LOG_10)), 6)
+    text = f"{value:.{places}f}"
+    if places:
+        text = text.rstrip("0").rstrip(".")
+    return text[1:] if text[0] == "0" and len(text) > 1 else text
+
+
+_LOG_10 = math.log(10.0)
 
 
 _STRING_ESCAPES = re.compile(rb"[^\x20-\x7e]|[\\()]")
@@ -1297,13 +1335,55 @@ def evidence_json(evidence: dict[str, Any]) -> bytes:
         return json.dumps(evidence, indent=2, sort_keys=True, ensure_ascii=True).encode()
 
 
+def _reception(ev: dict[str, Any]) -> list[Flowable]:
+    """Certified reception: whose mailbox, when, and the way the message came."""
+    r = _d(ev.get("reception"))
+    if not r:
+        return []
+    env = _d(r.get("envelope"))
+    arc = _d(r.get("arc"))
+    receipt = _d(r.get("receipt"))
+    hop = _clean(env.get("client_ip"), 100)
+    if env.get("client_helo"):
+        hop = f"{hop} (HELO {_clean(env.get('client_helo'), _CAP_SHORT)})"
+    arc_text = _clean(arc.get("result"), 20) or "none"
+    if arc.get("instances"):
+        arc_text += f", {arc.get('instances')} hop(s)"
+    if arc.get("result") not in (None, "none", "pass") and arc.get("reason"):
+        arc_text += f": {_clean(arc.get('reason'), 200)}"
+    rcpts = ", ".join(_clean(a, _CAP_SHORT) for a in _l(env.get("rcpt_to"))[:_CAP_LIST])
+    rows = [
+        ("Mailbox owner", _para(r.get("owner"))),
+        ("Arrived at (UTC)", _para(_time(r.get("arrived_at")))),
+        ("Forwarded by", _para(hop)),
+        ("Last hop's TLS", _para(_clean(env.get("tls"), 100) or "— (none)")),
+        ("Envelope", _para(f"MAIL FROM <{_clean(env.get('mail_from'), _CAP_SHORT)}> "
+                           f"RCPT TO {rcpts}", cap=_CAP_CELL)),  # fmt: skip
+        ("Original sender (From)", _para(r.get("original_from"),
+                                         empty="— (the From header names no single sender)")),
+        ("ARC chain (RFC 8617)", _para(arc_text)),
+        ("Proof of receipt to the sender", _para(
+            f"sent to {_clean(receipt.get('to'), _CAP_SHORT)}" if receipt.get("to")
+            else f"not sent: {_clean(receipt.get('why'), 300)}")),
+    ]  # fmt: skip
+    trace = _d(r.get("trace"))
+    received = _l(trace.get("received"))
+    out = [*_heading("Reception"), _kv_table(rows)]
+    if received:
+        out += _heading("Forwarding chain (Received fields, newest first)")
+        for line in received[:_CAP_LIST]:
+            out.append(_para(line, cap=_CAP_LINE))
+    return out
+
+
 def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
     return [
         *_header(ev, kind),
+        *(_reception(ev) if kind == "reception" else []),
         *_sender(ev),
         *_message(ev),
         *_attachments(ev),
-        *_recipients(ev),
+        *([] if kind == "reception" else _recipients(ev)),
         *_tracking(ev),
         *_timeline(ev),
         *_evidence_log(ev),
