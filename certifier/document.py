@@ -410,19 +410,6 @@ def _clean_chars(text: str, multiline: bool) -> str:
     return "".join(out)
 
 
-def _markup(value: object, cap: int, font_name: str, *, multiline: bool = False) -> str:
-    """Untrusted value -> paragraph markup that prints exactly the cleaned characters."""
-    parts = []
-    for font, run in _font_runs(_clean(value, cap, multiline=multiline), font_name):
-        # escape() turns & < > into entities, so nothing in the value is markup.
-        text = escape(run)
-        if multiline:
-            # Runs of spaces would collapse in a paragraph; keep indentation visible.
-            text = text.replace("  ", "\u00a0 ").replace("\n", "<br/>")
-        parts.append(text if font is None else f'<font name="{font}">{text}</font>')
-    return "".join(parts)
-
-
 def _para(
     value: object,
     style: str = "value",
@@ -431,14 +418,22 @@ def _para(
     *,
     multiline: bool = False,
 ) -> Flowable:
+    """An untrusted value as plain text in *style*: never markup, wrapped to its cell."""
     st = _styles()[style]
+    text = _clean(value, cap, multiline=multiline)
     if not multiline:
-        text = _clean(value, cap)
+        # As a Paragraph would show it: single spaces between words.
+        text = _SPACES.sub(" ", text).strip(" ")
+    if not text.strip():
+        text = empty
+    if not multiline and _SIMPLE_LINE.fullmatch(text):
         runs = _font_runs(text, st.fontName)
-        if len(runs) == 1 and runs[0][0] is None and _SIMPLE_LINE.fullmatch(text):
+        if len(runs) == 1 and runs[0][0] is None:
             return _Line(text, st)
-    text = _markup(value, cap, st.fontName, multiline=multiline)
-    return Paragraph(text if text.strip() else escape(empty), st)
+    return _TextBlock(text, st) if text else _Line(text, st)
+
+
+_SPACES = re.compile(" {2,}")
 
 
 def _trusted(markup: str, style: str) -> Flowable:
@@ -567,7 +562,7 @@ class _Line(Flowable):
     value, which was most of the time a certificate took to render. A _Line measures
     its text once and, when it fits the width it is given, draws it directly, exactly
     where a one-line Paragraph of the same style would. When it does not fit it hands
-    over to that Paragraph, which wraps it.
+    over to a _TextBlock of the same text, which wraps it.
     """
 
     def __init__(self, text: str, style: ParagraphStyle) -> None:
@@ -575,7 +570,7 @@ class _Line(Flowable):
         self.text = text
         self.style = style
         self._text_width = pdfmetrics.stringWidth(text, style.fontName, style.fontSize)
-        self._paragraph: Paragraph | None = None
+        self._block: _TextBlock | None = None
         self._fits = True
 
     def _fits_in(self, avail_width: float) -> bool:
@@ -583,15 +578,15 @@ class _Line(Flowable):
         room = avail_width - st.leftIndent - st.firstLineIndent - st.rightIndent
         return avail_width >= 1e-8 and self._text_width <= room
 
-    def _as_paragraph(self) -> Paragraph:
-        if self._paragraph is None:
-            self._paragraph = Paragraph(escape(self.text), self.style)
-        return self._paragraph
+    def _as_block(self) -> _TextBlock:
+        if self._block is None:
+            self._block = _TextBlock(self.text, self.style)
+        return self._block
 
     def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:  # noqa: N803
         self._fits = self._fits_in(availWidth)
         if not self._fits:
-            return self._as_paragraph().wrap(availWidth, availHeight)  # type: ignore[no-any-return]
+            return self._as_block().wrap(availWidth, availHeight)
         self.width = availWidth
         self.height = self.style.leading if self.text else 0
         return self.width, self.height
@@ -599,21 +594,21 @@ class _Line(Flowable):
     def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
         if self._fits_in(availWidth):
             return []  # one line that does not fit the height: move it on whole
-        return self._as_paragraph().split(availWidth, availHeight)  # type: ignore[no-any-return]
+        return self._as_block().split(availWidth, availHeight)
 
     def minWidth(self) -> float:  # noqa: N802 - reportlab's name
-        return self._as_paragraph().minWidth()  # type: ignore[no-any-return]
+        return self._as_block().minWidth()
 
     def drawOn(self, canvas: rl_canvas.Canvas, x: float, y: float, _sW: float = 0) -> None:  # noqa: N802, N803
         if not self._fits:
-            self._as_paragraph().drawOn(canvas, x, y, _sW)
+            self._as_block().drawOn(canvas, x, y, _sW)
             return
         if self.text:
             _draw_lines(canvas, x, y + self.height, self.style, [[(None, self.text)]])
 
 
 class _TextBlock(Flowable):
-    """Lines of plain text (a message body), wrapped to the width, split between pages.
+    """Lines of plain text (a message body, a long value), wrapped, split between pages.
 
     A Paragraph of a message body measured every word again at every wrap and at
     every page split, most of the time of a certificate for an ordinary message. Here
@@ -657,6 +652,11 @@ class _TextBlock(Flowable):
             _TextBlock(_lines_text(head), self.style, head, availWidth),
             _TextBlock(_lines_text(tail), self.style, tail, availWidth),
         ]
+
+    def minWidth(self) -> float:  # noqa: N802 - reportlab's name
+        st = self.style
+        words = self.text.split()
+        return max((_width(w, st.fontName, st.fontSize) for w in words), default=0.0)
 
     def _wrap(self, width: float) -> list[list[tuple[str | None, str]]]:
         st = self.style
