@@ -14,10 +14,17 @@ The document is returned unsigned; :mod:`certifier.signing` adds the PAdES signa
 
 Everything in the evidence is untrusted: subject, names, addresses, body text, file
 names and remote servers' replies are chosen by whoever sent the mail or runs the
-remote server. Untrusted text never reaches reportlab's paragraph markup parser
-unescaped (a subject ``<img src=...>`` must print as those characters, not fetch a
-file), control and format characters are dropped for display, and every value is
-capped in length so that no table cell can outgrow a page (reportlab's ``LayoutError``).
+remote server. Untrusted text never reaches reportlab's paragraph markup parser: it is
+set as plain text by :class:`_Line` and :class:`_TextBlock` (a subject ``<img src=...>``
+prints as those characters, it does not fetch a file), control and format characters
+are dropped for display, and every value is capped in length so that no table cell can
+outgrow a page (reportlab's ``LayoutError``).
+
+Rendering is most of a certificate's CPU time, so the hot paths avoid what platypus
+does generically: plain text is measured once and its text operators written directly
+(ISO 32000-2 section 9.4), the attachments are written in reportlab's own pass, and
+the embedded font subsets are made once per process (:class:`_CachedSubsetsFont`).
+``bench/certs.py`` measures it.
 """
 
 from __future__ import annotations
