@@ -688,10 +688,13 @@ def _wrap_line(
     line: str, font_name: str, size: float, room: float
 ) -> list[list[tuple[str | None, str]]]:
     """One source line as display lines of (font or None, text) segments."""
+    runs = _font_runs(line, font_name)
+    if len(runs) == 1 and runs[0][0] is None and _width(line, font_name, size) <= room:
+        return [[(None, line)]] if line else [[]]  # most lines: they fit as they are
     lines: list[list[tuple[str | None, str]]] = []
     current: list[tuple[str | None, str]] = []
     used = 0.0
-    for font, run in _font_runs(line, font_name):
+    for font, run in runs:
         face = font or font_name
         for token in _TOKENS.findall(run):
             width = _width(token, face, size)
