@@ -104,9 +104,9 @@ class DocumentSigner:
                 "values": [general.as_signing_certificate_v2(cert)],
             }
         ).dump()
+        # DER bytes reserved for the CMS object (written hex-encoded, twice as long).
         own = sum(len(c.dump()) for c in (cert, *chain))
         self.contents_size = own + _CMS_OVERHEAD + _token_allowance(timestamper)
-        """DER bytes reserved for the CMS object (written hex-encoded, twice as long)."""
 
     def sign(
         self,
