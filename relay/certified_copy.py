@@ -102,7 +102,7 @@ class CertifiedCopyIntake:
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
         tracking = self.cfg.tracking.enabled and await self.store.user_tracking(sender)
-        authentication = _authentication(results, self.domain)
+        authentication = authentication_evidence(results, self.domain)
 
         def message(sha256: str) -> NewMessage:
             return NewMessage(
@@ -180,7 +180,7 @@ class CertifiedCopyIntake:
         return reply
 
 
-def _authentication(results: AuthResults, authserv_id: str) -> dict[str, Any]:
+def authentication_evidence(results: AuthResults, authserv_id: str) -> dict[str, Any]:
     """The authentication evidence: the RFC 8601 header value and every result."""
     detail = asdict(results)
     detail["dkim"] = [asdict(sig) for sig in results.dkim]

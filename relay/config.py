@@ -80,6 +80,7 @@ class LimitsConfig:
     header_size: int = 256 * 1024
     recipients: int = 100
     timeout: float = 300.0
+    min_data_rate: float = 4096.0
     auth_failures: int = 3
     auth_delay: float = 1.0
 
@@ -152,6 +153,14 @@ class MXConfig:
 
 
 @dataclass(frozen=True)
+class ReceptionConfig:
+    prefix: str = "recepcion"
+    ack_interval: float = 86400.0
+    ack_requires_authentication: bool = True
+    duplicate_window: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class DkimConfig:
     sign: bool = True
     from_handling: str = "keep"
@@ -177,6 +186,7 @@ class Config:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     mx: MXConfig = field(default_factory=MXConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    reception: ReceptionConfig = field(default_factory=ReceptionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None
 
@@ -268,6 +278,8 @@ def _validate(cfg: Config, where: str) -> None:
             ) from None
     if "@" not in cfg.gateway.certification_address:
         raise ConfigError(f"{where}: gateway.certification_address must be an e-mail address")
+    if cfg.limits.min_data_rate <= 0:
+        raise ConfigError(f"{where}: limits.min_data_rate must be more than 0")
     if cfg.limits.recipients < 1 or cfg.limits.message_size < 1024:
         raise ConfigError(
             f"{where}: limits.recipients must be >= 1 and limits.message_size >= 1024"
@@ -288,6 +300,11 @@ def _validate(cfg: Config, where: str) -> None:
             ) from None
     if cfg.evidence.checkpoint_interval <= 0:
         raise ConfigError(f"{where}: evidence.checkpoint_interval must be more than 0 seconds")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,30}", cfg.reception.prefix):
+        raise ConfigError(
+            f"{where}: reception.prefix must be a short lower-case local part "
+            "(letters, digits, dots, hyphens)"
+        )
     if cfg.mx.require not in ("dkim-or-spf", "dkim"):
         raise ConfigError(f'{where}: mx.require must be "dkim-or-spf" or "dkim"')
     if cfg.dkim.from_handling not in ("keep", "rewrite"):

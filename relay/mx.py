@@ -2,7 +2,9 @@
 
 The local addresses are the certification address, which receives the Cc copy a
 sender's own provider delivers (MX mode, :mod:`relay.certified_copy` decides on it
-through ``on_certify``), and the VERP return paths of relayed messages
+through ``on_certify``), the reception addresses ``<prefix>+<token>@<domain>`` of
+mailbox owners (certified reception, :mod:`relay.reception`, through
+``reception_owner`` at RCPT and ``on_reception`` at DATA), and the VERP return paths of relayed messages
 (:mod:`relay.bounces`): a delivery status notification that arrives there after the
 remote server said 250 becomes evidence through ``on_bounce``. Every other address is
 refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1): a certified copy
@@ -13,8 +15,9 @@ handler decides and answers; it never sends mail, not even a bounce of a bounce 
 Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
 
 * ``MAIL``: any sender, the null reverse-path ``<>`` included (DSNs come from it).
-* ``RCPT``: the certification address or a valid VERP address of ours -> ``250
-  2.1.5``; another address at our
+* ``RCPT``: the certification address, an enabled reception address or a valid VERP
+  address of ours -> ``250 2.1.5``; an unknown or disabled reception token too is
+  ``550 5.1.1``; another address at our
   domain -> ``550 5.1.1``; another domain, a source route (``@a,@b:x@y``), a ``%`` or
   ``!`` hack, a quoted local part holding ``@`` or ``%`` -> ``550 5.7.1`` relaying
   denied; over the recipient limit -> ``452 4.5.3``.
@@ -66,7 +69,8 @@ log = logging.getLogger("certifica/mx")
 
 OnBounce = Callable[[str, list[BounceReport], bytes], Awaitable[None]]
 OnCertify = Callable[[Any, Any, Any], Awaitable[str]]
-AddressKind = Literal["bounce", "certify"]
+OwnerLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+AddressKind = Literal["bounce", "certify", "reception"]
 
 _NULL_PATH = "<>"  # how aiosmtpd's _getaddr returns the null reverse-path
 _SOURCE_ROUTE = re.compile(r"\s*<(@[^<>]*:[^<>]*)>(.*)", re.S)
@@ -140,6 +144,8 @@ class MXHandler:
         on_bounce: OnBounce,
         certification_address: str = "",
         on_certify: OnCertify | None = None,
+        reception_owner: OwnerLookup | None = None,
+        on_reception: OnCertify | None = None,
         max_recipients: int = 100,
     ) -> None:
         if not domain or "@" in domain:
@@ -154,6 +160,8 @@ class MXHandler:
         self.on_bounce = on_bounce
         self.certification_address = certification_address.strip().lower()
         self.on_certify = on_certify
+        self.reception_owner = reception_owner
+        self.on_reception = on_reception
         self.max_recipients = max_recipients
         self.accepting = True
 
@@ -188,6 +196,10 @@ class MXHandler:
             _log_reject(session, envelope, address, "Relay access denied")
             return RELAY_DENIED.format(domain=self.domain)
         kind = self.local_address_kind(address)
+        owner = None
+        if kind is None and self.reception_owner is not None:
+            owner = await self.reception_owner(address)
+            kind = "reception" if owner is not None else None
         if kind is None:
             _log_reject(session, envelope, address, "No such user here (or a forged tag)")
             return NO_SUCH_USER
@@ -196,26 +208,46 @@ class MXHandler:
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
+            kinds = getattr(envelope, "local_kinds", None)
+            if kinds is None:
+                kinds = envelope.local_kinds = {}
+                envelope.reception_owners = []
+            kinds[address] = kind
+            if owner is not None:
+                known = next(
+                    (o for o in envelope.reception_owners if o["owner"] == owner["owner"]), None
+                )
+                if known is None:
+                    envelope.reception_owners.append({**owner, "addresses": [address]})
+                else:
+                    known["addresses"].append(address)
         return replies.RECIPIENT_OK
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if not self.accepting:
             return replies.SHUTTING_DOWN
         raw: bytes = envelope.original_content
-        kinds = {self.local_address_kind(a) for a in envelope.rcpt_tos}
-        certify_reply = None
-        if "certify" in kinds and self.on_certify is not None:
+        kinds = set(getattr(envelope, "local_kinds", {}).values())
+        # One reply answers DATA for every recipient (RFC 5321 §4.1.1.4): a message refused
+        # for one purpose is refused whole, and what was taken for another (a DSN) is
+        # taken again, idempotently, when the client retries.
+        answers: list[str] = []
+        for kind, take, what in (
+            ("certify", self.on_certify, "the certified copy"),
+            ("reception", self.on_reception, "the certified reception"),
+        ):
+            if kind not in kinds or take is None:
+                continue
             try:
-                certify_reply = await self.on_certify(server, session, envelope)
+                answer = await take(server, session, envelope)
             except Exception:
-                log_failure(
-                    log, "%s: the certified copy could not be taken", _peer_text(session.peer)
-                )
+                log_failure(log, "%s: %s could not be taken", _peer_text(session.peer), what)
                 return replies.INTERNAL_ERROR
-            if "bounce" not in kinds or not certify_reply.startswith("2"):
-                # One reply answers DATA for every recipient (RFC 5321 §4.1.1.4): a refused
-                # copy is refused whole, and a DSN sent along comes back with the retry.
-                return certify_reply
+            if not answer.startswith("2"):
+                return answer
+            answers.append(answer)
+        if "bounce" not in kinds:
+            return answers[0] if answers else NOT_A_BOUNCE
         qids: list[str] = []
         for address in envelope.rcpt_tos:
             qid = parse_return_path(address, self.domain, self.verp_key, self.verp_prefix)
@@ -230,8 +262,8 @@ class MXHandler:
                 log_failure(log, "%s: the delivery report could not be recorded", qid)
                 return BOUNCE_NOT_RECORDED
             _log_reports(qid, envelope.mail_from, reports, session)
-        if certify_reply is not None:
-            return certify_reply
+        if answers:
+            return answers[0]
         return BOUNCE_RECORDED if reports else NOT_A_BOUNCE
 
 

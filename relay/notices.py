@@ -1,4 +1,5 @@
-"""The mail the gateway writes itself: the "being processed" notice and the certificate mail.
+"""The mail the gateway writes itself: the "being processed" notice, the certificate mail,
+and for certified reception the owner's certificate mail and the sender's proof of receipt.
 
 Both are RFC 5322 messages built with the stdlib's EmailMessage (which refuses CR/LF in
 header values and encodes non-ASCII per RFC 2047), from Jinja2 templates with HTML
@@ -146,5 +147,48 @@ def build_certificate_mail(
     )
     msg.set_content(_env.get_template("certificate.txt").render(context))
     msg.add_alternative(_env.get_template("certificate.html").render(context), subtype="html")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
+    return msg.as_bytes()
+
+
+def build_reception_mail(
+    *,
+    gateway_name: str,
+    from_address: str,
+    hostname: str,
+    to: str,
+    qid: str,
+    cert_id: str,
+    sha256: str,
+    owner: str,
+    original_from: str,
+    original: OriginalHeaders,
+    pdf: bytes,
+    receipt: bool,
+) -> bytes:
+    """The reception certificate mailed to the mailbox owner, or (``receipt``) the proof
+    of receipt mailed to the original sender; both carry the same signed PDF."""
+    context: dict[str, Any] = {
+        "subject": original.subject,
+        "qid": qid,
+        "cert_id": cert_id,
+        "sha256": sha256,
+        "owner": owner,
+        "original_from": one_line(original_from or "(no single sender named)"),
+        "gateway": gateway_name,
+        "receipt": receipt,
+    }
+    label = "Proof of receipt" if receipt else "Reception certificate"
+    msg = _base(
+        gateway_name,
+        from_address,
+        to,
+        one_line(f"{label} {cert_id}: {original.subject}"),
+        hostname,
+        original.message_id,
+        qid,
+    )
+    msg.set_content(_env.get_template("reception.txt").render(context))
+    msg.add_alternative(_env.get_template("reception.html").render(context), subtype="html")
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
     return msg.as_bytes()

@@ -41,7 +41,7 @@ def header_end(raw: bytes) -> int:
     return len(raw) if end < 0 else end + 2
 
 
-def _fields(header: bytes) -> list[bytes]:
+def header_fields(header: bytes) -> list[bytes]:
     """The header fields of ``header``, each with its folded lines and final CRLF."""
     starts = [m.start() for m in _FIELD_START.finditer(header)]
     return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
@@ -63,7 +63,7 @@ def rewrite_from(raw: bytes, display_name: str, address: str, via: str) -> bytes
     """``raw`` with From ``"<display_name> via <via>" <address>``; the original From goes
     to Reply-To when the message has none. The body is untouched."""
     end = header_end(raw)
-    fields = _fields(raw[:end])
+    fields = header_fields(raw[:end])
     original = next((f for f in fields if _name(f) == b"from"), None)
     if original is None:
         return raw
@@ -84,7 +84,7 @@ def rewrite_from(raw: bytes, display_name: str, address: str, via: str) -> bytes
 def display_name(raw: bytes) -> str:
     """The display name of the first From mailbox, decoded (RFC 2047), or ''."""
     end = header_end(raw)
-    for field in _fields(raw[:end]):
+    for field in header_fields(raw[:end]):
         if _name(field) == b"from":
             value = field.split(b":", 1)[1].decode("utf-8", "replace")
             value = " ".join(value.split())

@@ -444,9 +444,11 @@ class QueueManager:
         data: bytes,
         parent_columns: dict[str, Any],
         update_qid: str | None = None,
+        recipient: str | None = None,
     ) -> str:
-        """Queue a mail the gateway wrote, to the sender of ``parent``; in the same
-        transaction apply ``parent_columns`` to ``update_qid`` (default: the parent)."""
+        """Queue a mail the gateway wrote, to the sender of ``parent`` (or ``recipient``);
+        in the same transaction apply ``parent_columns`` to ``update_qid`` (default: the
+        parent)."""
         qid = new_queue_id()
         await asyncio.to_thread(self.spool.store, qid, data)
         msg = NewMessage(
@@ -455,7 +457,7 @@ class QueueManager:
             sender="",
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
-            recipients=(parent["sender"],),
+            recipients=(recipient or parent["sender"],),
             parent_qid=parent["qid"],
             method="generated",
         )
@@ -507,6 +509,9 @@ class QueueManager:
                     return  # the notice goes first; the next scan comes back here
                 async with self._certificates:
                     await self._certify(row)
+            elif row["kind"] == "reception" and row["cert_state"] == "pending":
+                async with self._certificates:
+                    await self._certify_reception(row)
             elif row["kind"] == "dsn":
                 if row["certified"] and row["cert_state"] == "pending":
                     async with self._certificates:
@@ -548,6 +553,75 @@ class QueueManager:
             update_qid=qid,
             done={"tracking_reported": reported},
         )
+        await asyncio.to_thread(self.spool.archive, qid)
+        log.info("%s: removed", qid)
+        self.wake()
+
+    async def _certify_reception(self, row: dict[str, Any]) -> None:
+        """The reception certificate to the owner and, when decided at arrival (and still
+        within the per-sender interval), the same PDF to the sender as proof of receipt."""
+        qid = row["qid"]
+        raw = await asyncio.to_thread(self.spool.read, qid)
+        if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            log.error("%s: spool file does not match the received hash; held", qid)
+            await self.store.mark(qid, state="held")
+            return
+        detail = json.loads(row["reception"] or "{}")
+        to = (detail.get("receipt") or {}).get("to")
+        if to and not await self.store.claim_receipt(
+            row["sender"], to, time.time(), self.cfg.reception.ack_interval
+        ):
+            detail["receipt"] = {
+                "to": None,
+                "why": "a proof of receipt already went to this sender within "
+                f"{self.cfg.reception.ack_interval:.0f} s (RFC 3834: at most one per interval)",
+            }
+            to = None
+        evidence = await self.build_evidence(row)
+        evidence.update(kind="reception", reception=_reception_evidence(detail))
+        pdf = await self.certifier.certify(evidence, raw)
+        path = self.certificates_dir / f"{row['cert_id']}.pdf"
+        await asyncio.to_thread(write_durably, path, pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        original = notices.original_headers(raw)
+
+        def mail(receipt: bool, address: str) -> bytes:
+            return notices.build_reception_mail(
+                gateway_name=self._gateway_name(),
+                from_address=self.cfg.gateway.certification_address,
+                hostname=self.cfg.gateway.hostname,
+                to=address,
+                qid=qid,
+                cert_id=row["cert_id"],
+                sha256=row["sha256"],
+                owner=row["sender"],
+                original_from=row["header_from"] or "",
+                original=original,
+                pdf=pdf,
+                receipt=receipt,
+            )
+
+        await self.store.append_evidence(
+            qid, "CertificateIssued", {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
+            time.time(),
+        )  # fmt: skip
+        if to:
+            receipt_qid = await self._queue_generated(
+                "receipt", row, mail(True, to), {}, recipient=to
+            )
+            await self.store.append_evidence(
+                qid, "ReceiptSent", {"to": to, "receipt_qid": receipt_qid}, time.time()
+            )
+        await self._queue_generated(
+            "certificate",
+            row,
+            mail(False, row["sender"]),
+            {"cert_state": "done", "state": "done", "done_at": time.time()},
+        )
+        cert_log.info(
+            "%s: reception certificate=%s owner=<%s> sha256=%s pdf_sha256=%s receipt=%s",
+            qid, row["cert_id"], row["sender"], row["sha256"], pdf_sha, to or "none",
+        )  # fmt: skip
         await asyncio.to_thread(self.spool.archive, qid)
         log.info("%s: removed", qid)
         self.wake()
@@ -748,6 +822,19 @@ class QueueManager:
 
     def _gateway_name(self) -> str:
         return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:
+    """What a reception certificate states about the arrival, JSON-ready."""
+    return {
+        "owner": detail.get("owner"),
+        "arrived_at": iso(detail.get("arrived_at")),
+        "envelope": detail.get("envelope"),
+        "original_from": detail.get("original_from"),
+        "trace": detail.get("trace"),
+        "arc": detail.get("arc"),
+        "receipt": detail.get("receipt"),
+    }
 
 
 def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:

@@ -93,6 +93,7 @@ HEADER_RECIPIENTS_TOO_MANY = (
     "552 5.5.3 To and Cc name more than {limit} recipients; this gateway certifies a "
     "message for at most {limit}"
 )
+RECEPTION_CERTIFIED = "250 2.0.0 Message received and its arrival certified, {what}"
 BOUNCE_NOT_RECORDED = (
     "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
     "please try again later"

@@ -36,6 +36,7 @@ from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
 from relay.mx import MXSMTP, MXHandler
 from relay.qmgr import QueueManager
+from relay.reception import ReceptionIntake
 from relay.routing import Router
 from relay.sink import SinkHandler
 from relay.smtpd import CertificaSMTP
@@ -233,6 +234,7 @@ class Gateway:
                 auth_required=True,
                 auth_require_tls=not implicit,
                 timeout=cfg.limits.timeout,
+                min_data_rate=cfg.limits.min_data_rate,
                 loop=loop,
             )
             if implicit:
@@ -247,6 +249,7 @@ class Gateway:
     async def _serve_mx(self, ep: Endpoint, verp_key: bytes) -> str:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        reception = ReceptionIntake(cfg, self.store, self.spool, self.qmgr.wake)
         handler = self.mx_handler = MXHandler(
             domain=cfg.gateway.domain,
             hostname=cfg.gateway.hostname,
@@ -255,6 +258,8 @@ class Gateway:
             on_bounce=LateBounces(self.store, self.spool, self.qmgr.wake),
             certification_address=cfg.gateway.certification_address,
             on_certify=CertifiedCopyIntake(cfg, self.store, self.spool, self.qmgr.wake),
+            reception_owner=reception.owner_for,
+            on_reception=reception,
             max_recipients=cfg.limits.recipients,
         )
 
@@ -268,6 +273,7 @@ class Gateway:
                 ident="Certifica ESMTP",
                 tls_context=self._tls_context(),
                 timeout=cfg.limits.timeout,
+                min_data_rate=cfg.limits.min_data_rate,
                 loop=loop,
             )
 

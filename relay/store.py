@@ -150,6 +150,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE recipients ADD COLUMN tracking_notes TEXT;  -- JSON list of sentences
     ALTER TABLE messages ADD COLUMN tracking_reported INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: certified reception: mailbox owners, their forwarding tokens, the proofs of
+    # receipt sent (RFC 3834: at most one per sender per interval)
+    """
+    CREATE TABLE reception_owners (
+        owner TEXT PRIMARY KEY,
+        token TEXT NOT NULL UNIQUE,
+        ack_sender INTEGER NOT NULL,
+        enabled INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE reception_acks (
+        owner TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sent REAL NOT NULL,
+        PRIMARY KEY (owner, sender)
+    );
+    ALTER TABLE messages ADD COLUMN reception TEXT;  -- JSON: owner, forwarding chain, ARC, receipt
+    ALTER TABLE messages ADD COLUMN content_key TEXT;  -- SHA-256 without the forwarders' trace
+    CREATE INDEX messages_reception ON messages(kind, sender, content_key);
+    """,
 ]
 
 
@@ -185,6 +205,8 @@ class NewMessage:
     header_from: str | None = None
     envelope_from: str | None = None
     authentication: dict[str, Any] | None = None
+    reception: dict[str, Any] | None = None
+    content_key: str | None = None
     event: str | None = None
     event_detail: dict[str, Any] = field(default_factory=dict)
 
@@ -295,6 +317,8 @@ class Store:
                 "authentication": json.dumps(msg.authentication)
                 if msg.authentication is not None
                 else None,
+                "reception": json.dumps(msg.reception) if msg.reception is not None else None,
+                "content_key": msg.content_key,
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
                 "state": "active",
                 "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
@@ -864,6 +888,87 @@ class Store:
             return len(rows)
 
         return self.run_sync(_withdraw)
+
+    # -- certified reception -----------------------------------------------------------
+    async def reception_owner(self, token: str) -> dict[str, Any] | None:
+        """The enabled owner whose forwarding token is ``token`` (case-insensitive)."""
+        rows = await self._run(
+            lambda: list(
+                self._db.query(
+                    "SELECT * FROM reception_owners WHERE token = ? AND enabled = 1",
+                    (token.lower(),),
+                )
+            )
+        )
+        return rows[0] if rows else None
+
+    async def reception_duplicate(self, owner: str, key: str, since: float) -> str | None:
+        """A reception of the same message (``content_key``) for ``owner`` accepted since
+        ``since``, if any."""
+        row = await self._run(
+            lambda: self._conn.execute(
+                "SELECT qid FROM messages WHERE kind = 'reception' AND sender = ?"
+                " AND content_key = ? AND created >= ? ORDER BY created LIMIT 1",
+                (owner, key, since),
+            ).fetchone()
+        )
+        return row[0] if row else None
+
+    async def claim_receipt(self, owner: str, sender: str, now: float, interval: float) -> bool:
+        """Whether a proof of receipt may go from ``owner`` to ``sender`` now; if so it is
+        recorded in the same transaction, so two at once cannot both be sent."""
+
+        def _claim() -> bool:
+            row = self._conn.execute(
+                "SELECT sent FROM reception_acks WHERE owner = ? AND sender = ?",
+                (owner, sender),
+            ).fetchone()
+            if row is not None and row[0] > now - interval:
+                return False
+            self._conn.execute(
+                "INSERT OR REPLACE INTO reception_acks (owner, sender, sent) VALUES (?, ?, ?)",
+                (owner, sender, now),
+            )
+            return True
+
+        return await self._run(_claim)
+
+    def reception_enable(self, owner: str, token: str, ack_sender: bool, now: float) -> str:
+        """Turn certified reception on for ``owner``; its token stays the same if it had
+        one (forwarding rules already set up keep working). Returns the token."""
+
+        def _enable(db: sqlite_utils.Database) -> str:
+            row = db.conn.execute(
+                "SELECT token FROM reception_owners WHERE owner = ?", (owner,)
+            ).fetchone()
+            if row is not None:
+                db.conn.execute(
+                    "UPDATE reception_owners SET enabled = 1, ack_sender = ? WHERE owner = ?",
+                    (int(ack_sender), owner),
+                )
+                return str(row[0])
+            db.conn.execute(
+                "INSERT INTO reception_owners (owner, token, ack_sender, enabled, created)"
+                " VALUES (?, ?, ?, 1, ?)",
+                (owner, token, int(ack_sender), now),
+            )
+            return token
+
+        return self.run_sync(_enable)
+
+    def reception_disable(self, owner: str) -> bool:
+        return self.run_sync(
+            lambda db: db.conn.execute(
+                "UPDATE reception_owners SET enabled = 0 WHERE owner = ? AND enabled = 1",
+                (owner,),
+            ).rowcount
+            > 0
+        )
+
+    def reception_list(self) -> list[dict[str, Any]]:
+        return self.run_sync(
+            lambda db: list(db.query("SELECT * FROM reception_owners ORDER BY owner"))
+        )
 
     # -- users -------------------------------------------------------------------
     async def user_hash(self, address: str) -> str | None:
