@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import base64
 import builtins
+import hashlib
 import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from relay.spool import fsync_dir
 
@@ -217,16 +220,63 @@ class DkimKeyring:
         return [key for key in self.list() if key.domain == name]
 
 
-def _private_for_dkimpy(key: DkimKey) -> bytes:
-    if key.algorithm == "rsa":
-        return key.private_pem
-    # dkimpy signs Ed25519 with PyNaCl, which takes the base64 of the 32-byte seed.
-    private = serialization.load_pem_private_key(key.private_pem, password=None)
-    assert isinstance(private, ed25519.Ed25519PrivateKey)
-    raw = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    return base64.b64encode(raw)
+_CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_SIG_NAME = b"DKIM-Signature"
+
+
+def _private_key(key: DkimKey) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    """The parsed private key, once per key file version (parsing RSA costs ~1 ms)."""
+    cached = _PARSED.get(key.private_pem)
+    if cached is None:
+        loaded = serialization.load_pem_private_key(key.private_pem, password=None)
+        if not isinstance(loaded, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+            raise dkim.KeyFormatError(f"the {key.dns_name} key is not RSA or Ed25519")
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        cached = _PARSED[key.private_pem] = loaded
+    return cached
+
+
+_PARSED: dict[bytes, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = {}
+
+
+def _signature(parsed: dkim.DKIM, key: DkimKey, include: list[bytes], linesep: bytes) -> bytes:
+    """One DKIM-Signature field (RFC 6376 §3.5, §5) for the message ``parsed`` holds.
+
+    dkimpy canonicalises, hashes and folds exactly as its own ``DKIM.sign`` does (its
+    helpers are used for all of it); only the signature itself is made with
+    ``cryptography`` (OpenSSL) instead of dkimpy's pure-Python RSA, which costs ~7 ms
+    a message. The result verifies with dkimpy's ``verify`` (tests check that).
+    """
+    algorithm = b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
+    body_hash = base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(parsed.body)).digest())
+    domain = key.domain.encode("ascii")
+    fields = [
+        (b"v", b"1"),
+        (b"a", algorithm),
+        (b"c", _CANON.to_c_value()),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(int(time.time())).encode("ascii")),
+        (b"h", b" : ".join(include)),
+        (b"bh", body_hash),
+        (b"b", b"0" * 60),  # folded onto its own line, as dkimpy does, then emptied
+    ]
+    value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_SIG_NAME))
+    value = dkim.RE_BTAG.sub(b"\\1", value)
+    hasher = hashlib.sha256()
+    headers = _CANON.canonicalize_headers(parsed.headers)
+    dkim.hash_headers(hasher, _CANON, headers, include, (_SIG_NAME, b" " + value), dict(fields))
+    private = _private_key(key)
+    if isinstance(private, rsa.RSAPrivateKey):
+        raw = private.sign(hasher.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    else:  # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the signed data
+        raw = private.sign(hasher.digest())
+    fields[-1] = (b"b", base64.b64encode(raw))
+    value = b"; ".join(b"=".join(f) for f in fields) + linesep
+    return _SIG_NAME + b": " + dkim.fold(value, namelen=len(_SIG_NAME), linesep=linesep)
 
 
 def sign(message: bytes, keys: Sequence[DkimKey]) -> bytes:
@@ -234,21 +284,8 @@ def sign(message: bytes, keys: Sequence[DkimKey]) -> bytes:
     if not keys:
         return message
     linesep = b"\r\n" if b"\r\n" in message else b"\n"
-    present = [name.lower() for name, _ in dkim.DKIM(message).headers]
+    parsed = dkim.DKIM(message, linesep=linesep)
+    present = [name.lower() for name, _ in parsed.headers]
     include = [name for name in SIGNED_HEADERS for _ in range(present.count(name))]
     include.append(b"from")  # one more From than present: none can be added later
-    signatures = []
-    for key in keys:
-        algorithm = b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
-        signer = dkim.DKIM(message, signature_algorithm=algorithm, linesep=linesep)
-        signatures.append(
-            signer.sign(
-                key.selector.encode("ascii"),
-                key.domain.encode("ascii"),
-                _private_for_dkimpy(key),
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=include,
-                length=False,
-            )
-        )
-    return b"".join(signatures) + message
+    return b"".join(_signature(parsed, key, include, linesep) for key in keys) + message
