@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 
@@ -21,12 +22,76 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync_dir_now(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _DirSync:
+    """Group commit for renames: concurrent fsyncs of one directory are coalesced.
+
+    A caller returns once an fsync of the directory that *began after its call* has
+    finished (so it covers the caller's rename), or raises that fsync's error. Twenty
+    sessions renaming at once then share one or two fsyncs instead of queueing twenty.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started = 0  # generations of fsync begun
+        self._finished = 0
+        self._running = False
+        self._failed: dict[int, OSError] = {}
+
+    def sync(self, path: Path) -> None:
+        with self._cond:
+            wanted = self._started + 1
+            while self._finished < wanted and self._running:
+                self._cond.wait()
+            if self._finished >= wanted:
+                self._raise_if_failed(wanted)
+                return
+            self._running = True
+            self._started += 1
+            generation = self._started
+        error: OSError | None = None
+        try:
+            _fsync_dir_now(path)
+        except OSError as err:
+            error = err
+        with self._cond:
+            self._running = False
+            self._finished = generation
+            if error is not None:
+                self._failed[generation] = error
+                if len(self._failed) > 64:
+                    del self._failed[min(self._failed)]
+            self._cond.notify_all()
+        if error is not None:
+            raise error
+
+    def _raise_if_failed(self, wanted: int) -> None:
+        # Only the generation that began after the caller's call covers it; a later one
+        # covers it too, so the caller fails only if all of those failed.
+        covering = range(wanted, self._finished + 1)
+        if all(g in self._failed for g in covering):
+            raise self._failed[covering[-1]]
+
+
+_DIR_SYNC: dict[str, _DirSync] = {}
+_DIR_SYNC_LOCK = threading.Lock()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync ``path`` (a directory) so that renames into it survive a crash."""
+    key = os.fspath(path)
+    with _DIR_SYNC_LOCK:
+        syncer = _DIR_SYNC.get(key)
+        if syncer is None:
+            syncer = _DIR_SYNC[key] = _DirSync()
+    syncer.sync(path)
 
 
 def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
