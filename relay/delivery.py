@@ -158,7 +158,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 def _crlf(message: bytes) -> bytes:
     """``message`` with every line ending CRLF (RFC 5321 §2.3.8), ending in one."""
-    if b"\r" in message.replace(b"\r\n", b"") or b"\n" in message.replace(b"\r\n", b""):
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
         message = _LINE_END.sub(b"\r\n", message)
     return message if message.endswith(b"\r\n") else message + b"\r\n"
 

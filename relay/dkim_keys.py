@@ -4,9 +4,10 @@ Keys live in ``<keys_dir>/dkim/<domain>/<selector>.<rsa|ed25519>.pem``, mode 060
 0700 directories, written atomically (exclusive temporary file, fsync, hard link to the
 final name so that an existing key is never overwritten, fsync of the directory). RSA
 keys are 2048-bit PKCS#1 PEM (what dkimpy and OpenDKIM read), Ed25519 keys PKCS#8 PEM.
-The keyring reads the directory on every call, so a key added by ``certifica`` in
-another process is used at once; a key file is parsed again only when its size or
-modification time changed.
+The keyring lists the key files again only when the directory or one of its domain
+directories changed (their modification times), so a key added by ``certifica`` in
+another process is used at once, at the cost of a few ``stat`` calls per message; a
+key file is parsed again only when its size or modification time changed.
 
 Each :class:`DkimKey` carries the TXT record to publish (``dns_name``, ``dns_txt``).
 :func:`sign` prepends one DKIM-Signature per key, relaxed/relaxed, signing the headers
@@ -33,8 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dkim
+import dkim.canonicalization as dkim_canon
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -146,6 +149,7 @@ class DkimKeyring:
     def __init__(self, keys_dir: Path) -> None:
         self.root = Path(keys_dir) / "dkim"
         self._parsed: dict[Path, tuple[tuple[int, int], DkimKey]] = {}
+        self._listed: tuple[tuple[Any, ...], builtins.list[DkimKey]] | None = None
 
     def add(self, domain: str, selector: str | None = None, algorithm: str = "rsa") -> DkimKey:
         """Make and store a new key; the caller publishes ``dns_txt`` at ``dns_name``."""
@@ -189,6 +193,24 @@ class DkimKeyring:
 
     def list(self) -> list[DkimKey]:
         """Every readable key, by domain then selector; unreadable files are logged."""
+        version = self._version()
+        if self._listed is not None and self._listed[0] == version:
+            return self._listed[1]
+        keys = self._read()
+        self._listed = (version, keys)
+        return keys
+
+    def _version(self) -> tuple[Any, ...]:
+        """Modification times of the directory and its domain directories."""
+        try:
+            root = self.root.stat().st_mtime_ns
+            with os.scandir(self.root) as entries:
+                domains = sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir())
+        except OSError:
+            return ()
+        return (root, *domains)
+
+    def _read(self) -> builtins.list[DkimKey]:
         keys: builtins.list[DkimKey] = []
         if not self.root.is_dir():
             return keys
@@ -221,6 +243,31 @@ class DkimKeyring:
 
 
 _CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4 relaxed body canonicalisation, as dkimpy does it; a body with no
+    tab, no run of spaces and no space before a line end skips its two whole-body
+    regular expressions (they are most of the cost of signing a large message)."""
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        return _CANON.canonicalize_body(body)  # type: ignore[no-any-return]
+    return dkim_canon.correct_empty_body(dkim_canon.strip_trailing_lines(body))  # type: ignore[no-any-return]
+
+
+class _Parsed:
+    """The header fields and body of a message, as dkimpy's parser gives them."""
+
+    def __init__(self, message: bytes) -> None:
+        end = message.find(b"\r\n\r\n")
+        crlf = message.count(b"\r\n")
+        if end < 0 or message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+            self.headers, self.body = dkim.rfc822_parse(message)  # the general case
+        else:
+            # CRLF throughout (what this gateway sends): parse only the header section.
+            self.headers, _ = dkim.rfc822_parse(message[: end + 4])
+            self.body = message[end + 4 :]
+
+
 _SIG_NAME = b"DKIM-Signature"
 
 
@@ -240,7 +287,7 @@ def _private_key(key: DkimKey) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
 _PARSED: dict[bytes, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = {}
 
 
-def _signature(parsed: dkim.DKIM, key: DkimKey, include: list[bytes], linesep: bytes) -> bytes:
+def _signature(parsed: _Parsed, key: DkimKey, include: list[bytes], linesep: bytes) -> bytes:
     """One DKIM-Signature field (RFC 6376 §3.5, §5) for the message ``parsed`` holds.
 
     dkimpy canonicalises, hashes and folds exactly as its own ``DKIM.sign`` does (its
@@ -249,7 +296,7 @@ def _signature(parsed: dkim.DKIM, key: DkimKey, include: list[bytes], linesep: b
     a message. The result verifies with dkimpy's ``verify`` (tests check that).
     """
     algorithm = b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
-    body_hash = base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(parsed.body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(parsed.body)).digest())
     domain = key.domain.encode("ascii")
     fields = [
         (b"v", b"1"),
@@ -284,7 +331,7 @@ def sign(message: bytes, keys: Sequence[DkimKey]) -> bytes:
     if not keys:
         return message
     linesep = b"\r\n" if b"\r\n" in message else b"\n"
-    parsed = dkim.DKIM(message, linesep=linesep)
+    parsed = _Parsed(message)
     present = [name.lower() for name, _ in parsed.headers]
     include = [name for name in SIGNED_HEADERS for _ in range(present.count(name))]
     include.append(b"from")  # one more From than present: none can be added later

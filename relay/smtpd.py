@@ -91,10 +91,14 @@ def unstuff(data: bytes) -> bytes:
 
 def check_data(data: bytes, header_limit: int, smtputf8: bool) -> None:
     """Refuse content a relay must not pass on. ``data`` is still dot-stuffed."""
-    if _BARE_CR_OR_LF.search(data):
+    # Fast paths first (C-speed counts and splits; the patterns cost ~10 ms a megabyte):
+    # only data that may hold a bare CR or LF, or a line near the limit, is scanned.
+    crlf = data.count(b"\r\n")
+    if (data.count(b"\r") != crlf or data.count(b"\n") != crlf) and _BARE_CR_OR_LF.search(data):
         raise DataRefused(replies.BARE_LINE_ENDING)
-    if _LONG_LINE.search(data):
-        raise DataRefused(replies.LINE_TOO_LONG)
+    if len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE:
+        if _LONG_LINE.search(data):
+            raise DataRefused(replies.LINE_TOO_LONG)
     end = data.find(b"\r\n\r\n")
     header = data if end < 0 else data[: end + 2]
     if len(header) > header_limit:
