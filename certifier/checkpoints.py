@@ -39,9 +39,6 @@ from typing import Any
 
 from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
-from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
-from pyhanko.sign.validation.status import TimestampSignatureStatus
-from pyhanko_certvalidator import ValidationContext
 
 from certifier import evidence
 
@@ -192,6 +189,12 @@ def check_token(token: bytes, data: bytes, roots: list[asn1_x509.Certificate]) -
         return hashlib.new(algorithm, data).digest()
 
     try:
+        # pyHanko loads slowly and only verification needs it: the gateway's main
+        # process makes checkpoints without ever importing it.
+        from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
+        from pyhanko.sign.validation.status import TimestampSignatureStatus
+        from pyhanko_certvalidator import ValidationContext
+
         context = ValidationContext(trust_roots=roots, allow_fetching=False)
         status = TimestampSignatureStatus(
             **asyncio.run(validate_tst_signed_data(signed_data, context, imprint))

@@ -23,14 +23,16 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyhanko.sign.timestamps import TimeStamper
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from certifier.document import render_certificate
 from certifier.pki import Pki
-from certifier.signing import DocumentSigner
-from certifier.tsa import LocalTimeStamper, make_timestamper
+
+if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
+    from certifier.signing import DocumentSigner
 
 T = TypeVar("T")
 
@@ -77,6 +79,11 @@ class SigningSettings:
 
 def build_signer(settings: SigningSettings) -> DocumentSigner:
     """A signer (with its timestamper) for *settings*."""
+    from pyhanko.sign.timestamps import TimeStamper
+
+    from certifier.signing import DocumentSigner
+    from certifier.tsa import LocalTimeStamper, make_timestamper
+
     timestamper: TimeStamper
     if settings.tsa_url:
         timestamper = make_timestamper(None, settings.tsa_url, settings.tsa_timeout)
@@ -98,6 +105,8 @@ _signer: DocumentSigner | None = None
 
 def init_process(settings: SigningSettings) -> None:
     """Build this process's signer once, and load the fonts before the first request."""
+    from certifier.document import render_certificate
+
     global _signer
     _signer = build_signer(settings)
     # Registering the TrueType fonts parses them (tens of ms); pay that here, not in
@@ -107,10 +116,47 @@ def init_process(settings: SigningSettings) -> None:
 
 def render_and_sign(evidence: dict, eml: bytes, signer: DocumentSigner | None = None) -> bytes:
     """Render and sign one certificate in this process; returns the signed PDF."""
+    from certifier.document import render_certificate
+
     signer = signer or _signer
     if signer is None:
         raise RuntimeError("no signer: call init_process(settings) or pass signer=")
     return signer.sign(render_certificate(evidence, eml))
+
+
+def timestamp_token(imprint: bytes) -> bytes:
+    """A DER RFC 3161 TimeStampToken over the SHA-256 *imprint*, from this worker's TSA."""
+    if _signer is None:
+        raise RuntimeError("no signer: call init_process(settings) first")
+    token = asyncio.run(_signer.timestamper.async_timestamp(imprint, "sha256"))
+    return bytes(token.dump())
+
+
+def check_settings(settings: SigningSettings) -> None:
+    """Fail early, in the caller, on an unreadable certificate or key: reads them with
+    ``cryptography`` alone (the workers build the real signer)."""
+    for path in (settings.signing_cert, *settings.extra_certs):
+        x509.load_pem_x509_certificate(path.read_bytes())
+    serialization.load_pem_private_key(settings.signing_key.read_bytes(), password=None)
+    if not settings.tsa_url:
+        if settings.tsa_cert is None or settings.tsa_key is None:
+            raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
+        x509.load_pem_x509_certificate(settings.tsa_cert.read_bytes())
+        serialization.load_pem_private_key(settings.tsa_key.read_bytes(), password=None)
+
+
+class PoolTimeStamper:
+    """The workers' timestamp authority for the gateway's own process (checkpoints of
+    the evidence log): the ``async_timestamp`` of pyHanko's ``TimeStamper``, without
+    loading pyHanko here."""
+
+    def __init__(self, pool: CertificatePool) -> None:
+        self.pool = pool
+
+    async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
+        if md_algorithm != "sha256":
+            raise ValueError(f"only sha256 imprints are timestamped, not {md_algorithm}")
+        return cms.ContentInfo.load(await self.pool.run(timestamp_token, message_digest))
 
 
 class CertificatePool:
@@ -119,7 +165,7 @@ class CertificatePool:
     def __init__(self, settings: SigningSettings, workers: int | None = None) -> None:
         # Fail here, in the caller, on an unreadable key or certificate, instead of as a
         # BrokenProcessPool on the first certificate.
-        build_signer(settings)
+        check_settings(settings)
         self._executor = ProcessPoolExecutor(
             max_workers=workers or os.cpu_count() or 1,
             mp_context=multiprocessing.get_context("spawn"),

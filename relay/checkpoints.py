@@ -28,13 +28,22 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from asn1crypto import cms
 
 from certifier import checkpoints, evidence
 from relay.store import Store
 
-if TYPE_CHECKING:  # pyHanko loads slowly; the CLI imports this module for one function
-    from pyhanko.sign.timestamps import TimeStamper
+
+class TimeStamper(Protocol):
+    """What a checkpoint needs of a TSA client: pyHanko's ``TimeStamper`` method, which
+    :class:`certifier.pool.PoolTimeStamper` also has."""
+
+    async def async_timestamp(
+        self, message_digest: bytes, md_algorithm: str
+    ) -> cms.ContentInfo: ...
+
 
 __all__ = ["DEFAULT_INTERVAL", "Checkpointer", "evidence_log_section"]
 

@@ -26,8 +26,7 @@ from aiosmtpd.smtp import SMTP
 
 from certifier import pipeline
 from certifier.pki import Pki, ensure_dev_pki
-from certifier.pool import CertificatePool, SigningSettings
-from certifier.tsa import make_timestamper
+from certifier.pool import CertificatePool, PoolTimeStamper, SigningSettings
 from relay.certified_copy import CertifiedCopyIntake
 from relay.checkpoints import Checkpointer
 from relay.config import Config, Endpoint, parse_endpoint
@@ -122,7 +121,7 @@ class Gateway:
         await self._remove_unacknowledged()
         await self.store.release_leases()  # a new process is trying nothing yet
         self.pool = CertificatePool(
-            signing_settings(cfg, self.pki), workers=cfg.signing.workers or None
+            signing_settings(cfg, self.pki), workers=certificate_workers(cfg)
         )
         deliverer = Deliverer(
             Router(cfg),
@@ -188,9 +187,9 @@ class Gateway:
         # the first certificate.
         self._warm = asyncio.create_task(self.pool.run(os.getpid))
         self._qmgr_task = asyncio.create_task(self.qmgr.run())
-        timestamper = await asyncio.to_thread(
-            make_timestamper, self.pki, cfg.signing.tsa_url or None, cfg.signing.tsa_timeout
-        )
+        # The workers' TSA (the configured one, or the in-process development TSA):
+        # this process never loads pyHanko.
+        timestamper = PoolTimeStamper(self.pool)
         self.checkpointer = Checkpointer(
             self.store, timestamper, interval=cfg.evidence.checkpoint_interval
         )
@@ -344,6 +343,13 @@ class Gateway:
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+def certificate_workers(cfg: Config) -> int:
+    """``[signing] workers``, or by default one per core but the one the SMTP side and
+    the queue need (at least one): on two cores one worker signs ~75 certificates a
+    second, and a second one would only compete with the listeners for the CPU."""
+    return cfg.signing.workers or max(1, (os.cpu_count() or 2) - 1)
 
 
 def _secret(path: Path) -> bytes:
