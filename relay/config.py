@@ -94,8 +94,8 @@ class DeliveryConfig:
     command_timeout: float = 300.0
     data_init_timeout: float = 120.0
     data_timeout: float = 600.0
-    concurrency: int = 20
-    per_destination: int = 10
+    concurrency: int = 100
+    per_destination: int = 20
     smtp_port: int = 25
     connection_reuse: float = 10.0
 

@@ -235,6 +235,7 @@ class Deliverer:
         greeting_timeout: float = 300.0,
         data_init_timeout: float = 120.0,
         reuse_seconds: float = 0.0,
+        max_idle: int = 1,
     ) -> None:
         self.router = router
         self.helo_name = helo_name
@@ -250,7 +251,9 @@ class Deliverer:
         self._tls = ssl.create_default_context()
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
-        self._idle: dict[Hop, _Idle] = {}
+        # Idle sessions per hop, most recently used last; at most ``max_idle`` each.
+        self._idle: dict[Hop, list[_Idle]] = {}
+        self.max_idle = max_idle
         self._quitting: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -296,7 +299,7 @@ class Deliverer:
     async def close(self) -> None:
         """Close the idle sessions (with QUIT) and wait until they are closed."""
         self._closed = True
-        idle, self._idle = list(self._idle.values()), {}
+        idle, self._idle = [e for entries in self._idle.values() for e in entries], {}
         for entry in idle:
             entry.timer.cancel()
             self._quit_later(entry.session)
@@ -563,25 +566,29 @@ class Deliverer:
     async def _take_idle(self, hops: list[Hop]) -> _Session | None:
         """An idle session to one of ``hops`` that answered RSET, taken from the cache."""
         for hop in hops:
-            entry = self._idle.pop(hop, None)
-            if entry is None:
-                continue
-            entry.timer.cancel()
-            session = entry.session
-            try:
-                if session.client.is_connected:
-                    await self._step(session, "RSET", session.client.rset())
-                    return session
-            except _Broken:
-                pass
-            except BaseException:
+            entries = self._idle.get(hop)
+            while entries:
+                entry = entries.pop()
+                if not entries:
+                    del self._idle[hop]
+                entry.timer.cancel()
+                session = entry.session
+                try:
+                    if session.client.is_connected:
+                        await self._step(session, "RSET", session.client.rset())
+                        return session
+                except _Broken:
+                    pass
+                except BaseException:
+                    session.client.close()
+                    raise
                 session.client.close()
-                raise
-            session.client.close()
+                entries = self._idle.get(hop)
         return None
 
     def _park(self, session: _Session) -> bool:
-        """Keep a clean session idle for the next attempt to its hop, if reuse is on."""
+        """Keep a clean session idle for the next attempt to its hop, if reuse is on; the
+        oldest idle one goes when the hop already has ``max_idle``."""
         loop = asyncio.get_running_loop()
         if (
             self._closed
@@ -589,18 +596,23 @@ class Deliverer:
             or loop.time() - session.opened > REUSE_TIME_LIMIT
         ):
             return False
-        old = self._idle.pop(session.hop, None)
-        if old is not None:
+        entries = self._idle.setdefault(session.hop, [])
+        while len(entries) >= self.max_idle:
+            old = entries.pop(0)
             old.timer.cancel()
             self._quit_later(old.session)
         timer = loop.call_later(self.reuse_seconds, self._expire, session)
-        self._idle[session.hop] = _Idle(session, timer)
+        entries.append(_Idle(session, timer))
         return True
 
     def _expire(self, session: _Session) -> None:
-        entry = self._idle.get(session.hop)
-        if entry is not None and entry.session is session:
-            del self._idle[session.hop]
+        entries = self._idle.get(session.hop, [])
+        for entry in entries:
+            if entry.session is session:
+                entries.remove(entry)
+                break
+        if not entries:
+            self._idle.pop(session.hop, None)
         self._quit_later(session)
 
     def _quit_later(self, session: _Session) -> None:

@@ -245,13 +245,23 @@ class DkimKeyring:
 _CANON = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
 
+_WSP_RUN = re.compile(rb"[\t ]+")
+
+
 def _relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 §3.4.4 relaxed body canonicalisation, as dkimpy does it; a body with no
-    tab, no run of spaces and no space before a line end skips its two whole-body
-    regular expressions (they are most of the cost of signing a large message)."""
-    if b"\t" in body or b"  " in body or b" \r\n" in body:
-        return _CANON.canonicalize_body(body)  # type: ignore[no-any-return]
-    return dkim_canon.correct_empty_body(dkim_canon.strip_trailing_lines(body))  # type: ignore[no-any-return]
+    """RFC 6376 §3.4.4 relaxed body canonicalisation, byte for byte as dkimpy's (a test
+    compares them), line by line: only lines with a tab, a run of spaces or a trailing
+    space are rewritten, so a base64 attachment costs one split, not two whole-body
+    regular expressions."""
+    lines = body.split(b"\r\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if b"\t" in line or b"  " in line or line.endswith(b" "):
+            line = _WSP_RUN.sub(b" ", line)
+            # WSP before a line end goes; after the last line (no CRLF follows) it stays.
+            lines[i] = line.rstrip(b" ") if i < last else line
+    canonical = b"\r\n".join(lines)
+    return dkim_canon.correct_empty_body(dkim_canon.strip_trailing_lines(canonical))  # type: ignore[no-any-return]
 
 
 class _Parsed:

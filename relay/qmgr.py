@@ -126,7 +126,10 @@ class QueueManager:
         self._certifying: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._deliveries = asyncio.Semaphore(cfg.delivery.concurrency)
-        self._certificates = asyncio.Semaphore(max(2, cfg.signing.workers or 2) * 2)
+        # Documents in the making at once. Rendering and signing (~13 ms) run in the
+        # workers; most of a document's time is its fsyncs and transactions, which
+        # overlap well, so more are in flight than there are workers.
+        self._certificates = asyncio.Semaphore(12)
         self._stopping = False
 
     def wake(self) -> None:

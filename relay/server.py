@@ -133,6 +133,7 @@ class Gateway:
             greeting_timeout=cfg.delivery.greeting_timeout,
             data_init_timeout=cfg.delivery.data_init_timeout,
             reuse_seconds=cfg.delivery.connection_reuse,
+            max_idle=cfg.delivery.per_destination,
         )
         self.deliverer = deliverer
         verp_key = await asyncio.to_thread(_secret, self.paths["keys"] / "verp.key")

@@ -518,7 +518,7 @@ def test_key_files_survive_only_if_valid(tmp_path: Path) -> None:
 
 
 _BODY_BYTES = st.lists(
-    st.sampled_from([b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"-- ", b"\xc3\xa9", b"."]),
+    st.sampled_from([b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"-- ", b"\xc3\xa9", b"."]),
     max_size=60,
 ).map(b"".join)
 
@@ -540,3 +540,13 @@ def test_sign_verifies_with_dkimpy_for_any_body(
         message = message.replace(b"\r\n", b"\n")
     signed = sign(message, [signing_key])
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: signing_key.dns_txt.encode())
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=_BODY_BYTES)
+def test_relaxed_body_is_dkimpys(body: bytes) -> None:
+    from dkim.canonicalization import Relaxed
+
+    from relay.dkim_keys import _relaxed_body
+
+    assert _relaxed_body(body) == Relaxed.canonicalize_body(body)

@@ -403,6 +403,32 @@ def test_4xx_greeting_moves_on_to_the_next_mx() -> None:
 
 
 # -- connection reuse ----------------------------------------------------------------------
+def test_concurrent_attempts_keep_one_idle_connection_each_up_to_max_idle() -> None:
+    """Four attempts at once open four sessions; with max_idle = 3 three stay idle and
+    serve the next round of three without a new connection; the fourth is closed."""
+
+    async def main() -> tuple[Counter, list[AttemptResult]]:
+        sink = Sink()
+        async with aiosmtpd_sink(sink) as counter:
+            d = deliverer({"example.org": sink.port}, reuse_seconds=30.0, max_idle=3)
+            first = await asyncio.gather(
+                *(send(d, "example.org", f"a{i}@example.org") for i in range(4))
+            )
+            await counter.until(lambda: counter.closed == 1)  # the one beyond max_idle
+            second = await asyncio.gather(
+                *(send(d, "example.org", f"b{i}@example.org") for i in range(3))
+            )
+            opened_after = counter.opened
+            await d.close()
+            await counter.until(lambda: counter.closed == 4)
+        assert opened_after == 4
+        return counter, [*first, *second]
+
+    counter, results = run(main())
+    assert all(r.results[0].status == DELIVERED for r in results)
+    assert counter.opened == 4
+
+
 def test_two_attempts_in_a_row_share_one_connection() -> None:
     async def main() -> tuple[list[AttemptResult], Sink, Counter]:
         sink = Sink()
