@@ -17,7 +17,8 @@ run: install
 	$(BIN)/certifica -c config.toml serve
 
 test: install
-	$(BIN)/ruff check relay certifier addendum tests
+	$(BIN)/ruff check relay certifier addendum tests bench
+	$(BIN)/mypy relay certifier addendum
 	$(BIN)/pytest -q
 
 lint: install

@@ -1104,12 +1104,12 @@ def _tracking(ev: dict[str, Any]) -> list[Flowable]:
     items = _l(tracking.get("events"))
     if items:
         width = _PAGE_W - 2 * _MARGIN
-        rows = []
+        grid: list[list[Flowable]] = []
         for raw in items[:_CAP_ROWS]:
             e = _d(raw)
             what = "open" if e.get("kind") == "open" else f"click on {e.get('url') or ''}"
             verdict = "automatic" if e.get("automatic") else "likely a person"
-            rows.append(
+            grid.append(
                 [
                     _para(_time(e.get("time"), suffix=""), "cell"),
                     _para(e.get("recipient"), "cell", empty=""),
@@ -1123,7 +1123,7 @@ def _tracking(ev: dict[str, Any]) -> list[Flowable]:
         out.append(
             _grid_table(
                 ["Time (UTC)", "Recipient", "What", "From (IP, user agent)", "Classification"],
-                rows,
+                grid,
                 [width * 0.16, width * 0.2, width * 0.22, width * 0.22, width * 0.2],
             )
         )

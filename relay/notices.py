@@ -145,8 +145,15 @@ def build_certificate_mail(
         original.message_id,
         qid,
     )
-    msg.set_content(_env.get_template("certificate.txt").render(context))
-    msg.add_alternative(_env.get_template("certificate.html").render(context), subtype="html")
+    return _with_pdf(msg, "certificate", context, pdf, cert_id)
+
+
+def _with_pdf(
+    msg: EmailMessage, template: str, context: dict[str, Any], pdf: bytes, cert_id: str
+) -> bytes:
+    """``msg`` with the text and HTML of ``template`` and the signed PDF attached."""
+    msg.set_content(_env.get_template(f"{template}.txt").render(context))
+    msg.add_alternative(_env.get_template(f"{template}.html").render(context), subtype="html")
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
     return msg.as_bytes()
 
@@ -188,7 +195,4 @@ def build_reception_mail(
         original.message_id,
         qid,
     )
-    msg.set_content(_env.get_template("reception.txt").render(context))
-    msg.add_alternative(_env.get_template("reception.html").render(context), subtype="html")
-    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
-    return msg.as_bytes()
+    return _with_pdf(msg, "reception", context, pdf, cert_id)
