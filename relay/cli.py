@@ -60,9 +60,32 @@ def _setup_logging(level: str) -> None:
 
 
 # -- serve ----------------------------------------------------------------------------
+def _limit_malloc_arenas() -> None:
+    """Two glibc malloc arenas instead of one per thread and core.
+
+    The store's thread and the worker threads that write the spool and sign with DKIM
+    each got an arena of their own, and large message buffers left them fragmented:
+    the gateway's RSS halves with two (measured with ``make bench``). The certificate
+    workers inherit the setting through the environment (glibc reads it at start).
+    """
+    import ctypes
+    import ctypes.util
+
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-8, int(os.environ["MALLOC_ARENA_MAX"]))  # M_ARENA_MAX
+    except (OSError, AttributeError, ValueError):
+        pass  # not glibc: its own allocator decides
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.server import Gateway, StartupError
 
+    _limit_malloc_arenas()
     cfg = _config(args)
     _setup_logging(cfg.log.level)
     try:

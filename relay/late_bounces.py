@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from relay.bounces import BounceReport
 from relay.qmgr import new_certificate_id, new_queue_id
@@ -25,7 +26,7 @@ log = logging.getLogger("certifica/bounce")
 
 
 class LateBounces:
-    def __init__(self, store: Store, spool: Spool, wake: Callable[[], None]) -> None:
+    def __init__(self, store: Store, spool: Spool, wake: Callable[..., Any]) -> None:
         self.store = store
         self.spool = spool
         self.wake = wake
@@ -69,4 +70,4 @@ class LateBounces:
             )
         if bounced:
             log.info("%s: bounced after delivery: %s", qid, ", ".join(f"<{a}>" for a in bounced))
-        self.wake()
+        self.wake(dsn_qid)  # a DSN has nothing to deliver: its addendum can be made

@@ -48,6 +48,10 @@ smtp_log = logging.getLogger("certifica/smtp")
 cert_log = logging.getLogger("certifica/certifier")
 
 _LOG_STATUS = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "bounced"}
+FULL_SCAN = 5.0
+"""Seconds between looks at every active message for one that became finished."""
+MAX_DOCUMENT_TASKS = 256
+"""Notices, certificates and addenda started and not yet done, at most."""
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
 
 
@@ -122,6 +126,8 @@ class QueueManager:
         self._delivering = 0
         self._by_domain: dict[str, int] = {}  # attempts spawned and not yet ended, per domain
         self._unreachable: set[str] = set()  # no server of the domain answered, last time
+        self._maybe_finished: set[str] = set()  # messages whose last attempt just ended
+        self._next_full_scan = 0.0
         self._per_destination: dict[str, asyncio.Semaphore] = {}
         self._certifying: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,7 +138,11 @@ class QueueManager:
         self._certificates = asyncio.Semaphore(12)
         self._stopping = False
 
-    def wake(self) -> None:
+    def wake(self, qid: str | None = None) -> None:
+        """Scan now; ``qid``: a message that may be finished already (it has no
+        recipients to wait for, or one of them just reached a final state)."""
+        if qid is not None:
+            self._maybe_finished.add(qid)
         self._wake.set()
 
     async def run(self) -> None:
@@ -201,13 +211,27 @@ class QueueManager:
                 if qid + ":addendum" not in self._certifying:
                     self._certifying.add(qid + ":addendum")
                     self._spawn(self._tracking_addendum(qid))
-        work = await self.store.pending_work()
+        # Messages become finished when an attempt ends (their qids are noted then); every
+        # FULL_SCAN seconds, and at start, all active ones are looked at too, for what
+        # changed elsewhere (a withdrawal by the operator's command, a late DSN).
+        candidates: set[str] | None = self._maybe_finished
+        if now >= self._next_full_scan:
+            candidates = None
+            self._next_full_scan = now + FULL_SCAN
+        self._maybe_finished = set()
+        work = await self.store.pending_work(candidates)
+        # A backlog of 100k notices or certificates stays in the database: only so many
+        # tasks wait for the document slots at once; the rest is found again later.
         for qid in work["notices"]:
+            if len(self._certifying) >= MAX_DOCUMENT_TASKS:
+                break
             if qid + ":notice" not in self._certifying:
                 self._certifying.add(qid + ":notice")
                 self._spawn(self._notice(qid))
         for qid in work["finished"]:
-            if qid not in self._certifying:
+            if len(self._certifying) >= MAX_DOCUMENT_TASKS:
+                self._maybe_finished.add(qid)
+            elif qid not in self._certifying:
                 self._certifying.add(qid)
                 self._spawn(self._finish(qid))
 
@@ -438,6 +462,7 @@ class QueueManager:
                 notices.one_line(reply, 400),
             )
         await self.store.record(qid, outcomes, now)
+        self._maybe_finished.add(qid)
 
     # -- notices and certificates ----------------------------------------------------
     async def _queue_generated(
@@ -496,7 +521,7 @@ class QueueManager:
             await self.store.append_evidence(
                 qid, "NoticeSent", {"notice_qid": notice_qid}, time.time()
             )
-            self.wake()
+            self.wake(qid)  # its certificate waited for this notice
         except Exception:
             log_failure(log, "%s: could not make the processing notice; will retry", qid)
         finally:

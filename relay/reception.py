@@ -223,7 +223,7 @@ class ReceptionIntake:
                 "yes" if receipt else "no", why,
             )  # fmt: skip
             answers.append(f"queued as {qid}")
-        self.wake()
+            self.wake(qid)  # nothing to deliver: it is ready to be certified
         return replies.RECEPTION_CERTIFIED.format(what="; ".join(answers))
 
     async def _duplicate(self, raw: bytes, owner: str, now: float) -> str | None:

@@ -171,6 +171,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN content_key TEXT;  -- SHA-256 without the forwarders' trace
     CREATE INDEX messages_reception ON messages(kind, sender, content_key);
     """,
+    # 8: what the queue manager looks for on every scan, indexed, so a scan costs what
+    # is pending, not the whole history: pending notices, messages with opens or clicks
+    # not yet in an addendum
+    """
+    CREATE INDEX messages_notice_pending ON messages(qid) WHERE notice_state = 'pending';
+    ALTER TABLE messages ADD COLUMN addendum_pending INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET addendum_pending = 1 WHERE tracking = 1 AND EXISTS
+        (SELECT 1 FROM tracking_events e WHERE e.qid = messages.qid
+         AND e.id > messages.tracking_reported);
+    CREATE INDEX messages_addendum_pending ON messages(qid) WHERE addendum_pending = 1;
+    """,
 ]
 
 
@@ -602,26 +613,51 @@ class Store:
     async def checkpoint_covering(self, seq: int) -> checkpoints.Checkpoint | None:
         return await self._read(lambda: checkpoints.covering(self._conn, seq))
 
-    async def pending_work(self) -> dict[str, list[str]]:
-        """Active messages needing a notice, a certificate, or to be closed."""
-        return await self._read(self._pending_work)
+    async def pending_work(
+        self, candidates: Iterable[str] | None = None, limit: int = 256
+    ) -> dict[str, list[str]]:
+        """Active messages needing a notice, and (among ``candidates``, or all active
+        ones when None) those whose recipients are all final: to certify or close. At
+        most ``limit`` of each, oldest first; the next scan takes the rest."""
+        wanted = None if candidates is None else list(candidates)
+        return await self._read(self._pending_work, wanted, limit)
 
-    def _pending_work(self) -> dict[str, list[str]]:
+    def _pending_work(self, candidates: list[str] | None, limit: int) -> dict[str, list[str]]:
         notices = [
             r["qid"]
             for r in self._db.query(
                 "SELECT qid FROM messages WHERE notice_state = 'pending' AND state != 'done'"
+                " LIMIT ?",
+                (limit,),
             )
         ]
-        ready = [
-            r["qid"]
-            for r in self._db.query(
-                "SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS"
-                " (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
-                "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
-                "       OR r.lease_until IS NOT NULL))"  # an attempt still under way
-            )
-        ]
+        finished = (
+            " SELECT 1 FROM recipients r WHERE r.qid = m.qid"
+            "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
+            "       OR r.lease_until IS NOT NULL)"  # an attempt still under way
+        )
+        if candidates is None:
+            ready = [
+                r["qid"]
+                for r in self._db.query(
+                    f"SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS ({finished})"  # noqa: S608
+                    " ORDER BY m.created LIMIT ?",
+                    (limit,),
+                )
+            ]
+        else:
+            ready = []
+            for start in range(0, len(candidates), 500):
+                chunk = candidates[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                ready += [
+                    r["qid"]
+                    for r in self._db.query(
+                        f"SELECT m.qid FROM messages m WHERE m.qid IN ({marks})"  # noqa: S608
+                        f" AND m.state = 'active' AND NOT EXISTS ({finished})",
+                        chunk,
+                    )
+                ]
         return {"notices": notices, "finished": ready}
 
     async def mark(self, qid: str, **columns: Any) -> None:
@@ -744,6 +780,10 @@ class Store:
 
     def _record_tracking(self, address: str, row: dict[str, Any], now: float) -> None:
         _insert(self._conn, "tracking_events", row)
+        self._conn.execute(
+            "UPDATE messages SET addendum_pending = 1 WHERE qid = ? AND addendum_pending = 0",
+            (row["qid"],),
+        )
         detail = {
             k: row[k] for k in ("link", "url", "ip", "user_agent", "method", "automatic", "reason")
         }
@@ -769,20 +809,28 @@ class Store:
 
     async def addenda_due(self, now: float, interval: float) -> list[str]:
         """Certified messages with opens or clicks not yet reported to the sender, whose
-        recipients have not had an addendum within ``interval``."""
-        return await self._read(
-            lambda: [
+        recipients have not had an addendum within ``interval``. Messages flagged
+        ``addendum_pending`` whose events have all been reported lose the flag."""
+
+        def _due() -> list[str]:
+            self._conn.execute(
+                "UPDATE messages SET addendum_pending = 0 WHERE addendum_pending = 1"
+                " AND NOT EXISTS (SELECT 1 FROM tracking_events e WHERE e.qid = messages.qid"
+                "  AND e.id > messages.tracking_reported)"
+            )
+            return [
                 r[0]
                 for r in self._conn.execute(
-                    "SELECT DISTINCT r.qid FROM recipients r JOIN messages m ON m.qid = r.qid"
-                    " WHERE m.tracking = 1 AND m.cert_state = 'done' AND EXISTS"
-                    " (SELECT 1 FROM tracking_events e WHERE e.qid = r.qid"
+                    "SELECT DISTINCT r.qid FROM messages m JOIN recipients r ON r.qid = m.qid"
+                    " WHERE m.addendum_pending = 1 AND m.tracking = 1 AND m.cert_state = 'done'"
+                    " AND EXISTS (SELECT 1 FROM tracking_events e WHERE e.qid = r.qid"
                     "  AND e.recipient_id = r.id AND e.id > m.tracking_reported)"
                     " AND (r.addendum_at IS NULL OR r.addendum_at <= ?)",
                     (now - interval,),
                 )
             ]
-        )
+
+        return await self._run(_due)
 
     async def tracking_events(self, qid: str, after_id: int = 0) -> list[dict[str, Any]]:
         """The opens and clicks of ``qid`` recorded after event ``after_id``."""

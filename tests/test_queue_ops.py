@@ -183,11 +183,12 @@ def test_full_disk_answers_452_and_stores_nothing(sink_server: SinkServer, tmp_p
         gw = start_gateway(cfg)
         try:
             filler = mount / "filler"
-            with open(filler, "wb") as f:  # leave well under one message of room
+            # Fill the disk (unbuffered: nothing is left to flush, and fail, at close),
+            # then leave well under one message of room.
+            with open(filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * 65536)
-                        f.flush()
                 except OSError:
                     pass
             filler.write_bytes(filler.read_bytes()[: -200 * 1024])
