@@ -13,6 +13,7 @@ in the config means "any free port"; tests read the ports back from there).
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import logging
 import os
@@ -45,6 +46,12 @@ from relay.submission import SubmissionHandler
 from relay.tracking import StoreBackend, start_http
 
 log = logging.getLogger("certifica/master")
+
+# asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size); a
+# TLS record is at most 16 KiB, so 32 KiB reads lose nothing and 100 idle sessions
+# cost ~20 MB less (measured: 100 authenticated sessions, RSS).
+TLS_READ_BUFFER = 32 * 1024
+asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class StartupError(Exception):
