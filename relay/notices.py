@@ -9,9 +9,11 @@ with the null reverse-path, so nothing ever answers them, and they are never cer
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import email.utils
 import re
+import secrets
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
@@ -107,9 +109,7 @@ def build_notice(
         original.message_id,
         qid,
     )
-    msg.set_content(_env.get_template("notice.txt").render(context))
-    msg.add_alternative(_env.get_template("notice.html").render(context), subtype="html")
-    return msg.as_bytes()
+    return _assemble(msg, "notice", context)
 
 
 def build_certificate_mail(
@@ -145,17 +145,65 @@ def build_certificate_mail(
         original.message_id,
         qid,
     )
-    return _with_pdf(msg, "certificate", context, pdf, cert_id)
+    return _assemble(msg, "certificate", context, (pdf, cert_id))
 
 
-def _with_pdf(
-    msg: EmailMessage, template: str, context: dict[str, Any], pdf: bytes, cert_id: str
+def _assemble(
+    msg: EmailMessage,
+    template: str,
+    context: dict[str, Any],
+    pdf: tuple[bytes, str] | None = None,
 ) -> bytes:
-    """``msg`` with the text and HTML of ``template`` and the signed PDF attached."""
-    msg.set_content(_env.get_template(f"{template}.txt").render(context))
-    msg.add_alternative(_env.get_template(f"{template}.html").render(context), subtype="html")
-    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{cert_id}.pdf")
-    return msg.as_bytes()
+    """``msg`` (its header fields) with the text and HTML of ``template``
+    (multipart/alternative) and, given ``(pdf, certificate id)``, the signed PDF
+    attached (all in multipart/mixed).
+
+    The header fields are the stdlib's: it refuses CR/LF in values and encodes
+    non-ASCII (RFC 2047). The body, every byte of it base64 of ours, is written here:
+    the stdlib's MIME writer spends ~7 ms on a 60 KB PDF, one line at a time, on the
+    event loop.
+    """
+    outer, inner = (f"=_certifica_{secrets.token_hex(12)}" for _ in range(2))
+    text = _env.get_template(f"{template}.txt").render(context).encode("utf-8")
+    html = _env.get_template(f"{template}.html").render(context).encode("utf-8")
+    alternative = b"".join(
+        [
+            _part(inner, 'text/plain; charset="utf-8"', text),
+            _part(inner, 'text/html; charset="utf-8"', html),
+            f"--{inner}--\r\n".encode(),
+        ]
+    )
+    # Each field folded and encoded by the stdlib's SMTP policy, as as_bytes() would.
+    header = b"".join(msg.policy.fold_binary(name, value) for name, value in msg.items())
+    header += b"MIME-Version: 1.0\r\n"
+    if pdf is None:
+        kind = f'multipart/alternative; boundary="{inner}"'
+        return header + f"Content-Type: {kind}\r\n\r\n".encode() + alternative
+    data, cert_id = pdf
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", cert_id) + ".pdf"
+    return b"".join(
+        [
+            header,
+            f'Content-Type: multipart/mixed; boundary="{outer}"\r\n\r\n'.encode(),
+            f'--{outer}\r\nContent-Type: multipart/alternative; boundary="{inner}"\r\n\r\n'.encode(),
+            alternative,
+            _part(
+                outer,
+                f'application/pdf\r\nContent-Disposition: attachment; filename="{name}"',
+                data,
+            ),
+            f"--{outer}--\r\n".encode(),
+        ]
+    )
+
+
+def _part(boundary: str, content_type: str, data: bytes) -> bytes:
+    """One body part, base64 (RFC 2045 §6.8: 76-character lines, CRLF)."""
+    body = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    head = (
+        f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 def build_reception_mail(
@@ -195,4 +243,4 @@ def build_reception_mail(
         original.message_id,
         qid,
     )
-    return _with_pdf(msg, "reception", context, pdf, cert_id)
+    return _assemble(msg, "reception", context, (pdf, cert_id))

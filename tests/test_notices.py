@@ -1,0 +1,85 @@
+"""The mail the gateway writes: well-formed MIME, header fields that cannot be injected,
+and exactly the PDF it carries; read back with the stdlib's parser."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay import notices
+
+HOSTILE = "Re: <b>x</b>\r\nBcc: victim@example.org =?utf-8?b?Zm9v?= {{ 7*7 }} Straße 日本"
+
+
+def _parse(data: bytes) -> email.message.EmailMessage:
+    assert b"\n" not in data.replace(b"\r\n", b""), "a bare LF"
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert not msg.defects
+    return msg  # type: ignore[return-value]
+
+
+def _original(subject: str) -> notices.OriginalHeaders:
+    return notices.OriginalHeaders(notices.one_line(subject), "<orig@example.com>")
+
+
+@settings(max_examples=60, deadline=None)
+@given(subject=st.text(max_size=300), pdf=st.binary(max_size=5000))
+def test_certificate_mail_round_trips(subject: str, pdf: bytes) -> None:
+    data = notices.build_certificate_mail(
+        gateway_name="Certifica (certifica.test)",
+        from_address="certifica@certifica.test",
+        hostname="certifica.test",
+        to="alice@example.com",
+        qid="0123456789AB",
+        cert_id="CF-0123456789ABCDEF",
+        sha256="ab" * 32,
+        recipients=[{"address": "bob@example.org", "status": "delivered", "reply": subject}],
+        original=_original(subject),
+        pdf=pdf,
+    )
+    msg = _parse(data)
+    assert [p.get_content_type() for p in msg.walk()] == [
+        "multipart/mixed", "multipart/alternative", "text/plain", "text/html", "application/pdf",
+    ]  # fmt: skip
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["X-Certifica-Queue-Id"] == "0123456789AB"
+    assert msg.get_all("Bcc") is None and len(msg.get_all("To")) == 1
+    expected = notices.one_line(f"Certificate CF-0123456789ABCDEF: {notices.one_line(subject)}")
+    # RFC 2047 decoding may drop the space between two encoded words: compare the rest.
+    assert "".join(str(msg["Subject"]).split()) == "".join(expected.split())
+    (attachment,) = list(msg.iter_attachments())
+    assert attachment.get_filename() == "CF-0123456789ABCDEF.pdf"
+    assert attachment.get_payload(decode=True) == pdf
+
+
+def test_hostile_subject_stays_text_in_every_part() -> None:
+    data = notices.build_certificate_mail(
+        gateway_name="Certifica", from_address="certifica@certifica.test",
+        hostname="certifica.test", to="alice@example.com", qid="Q", cert_id="CF-1",
+        sha256="0" * 64, recipients=[], original=_original(HOSTILE), pdf=os.urandom(100),
+    )  # fmt: skip
+    msg = _parse(data)
+    assert msg.get_all("Bcc") is None  # the CR LF in the subject started no field
+    assert "日本" in str(msg["Subject"])
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html  # autoescaped
+    assert "{{ 7*7 }}" in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_notice_is_multipart_alternative() -> None:
+    data = notices.build_notice(
+        gateway_name="Certifica", from_address="certifica@certifica.test",
+        hostname="certifica.test", to="alice@example.com", qid="Q", accepted_at="now",
+        sha256="0" * 64, recipients=["bob@example.org"], original=_original("Contract"),
+    )  # fmt: skip
+    msg = _parse(data)
+    assert [p.get_content_type() for p in msg.walk()] == [
+        "multipart/alternative", "text/plain", "text/html",
+    ]  # fmt: skip
+    assert "bob@example.org" in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert msg["In-Reply-To"] == "<orig@example.com>"
