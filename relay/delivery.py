@@ -153,7 +153,6 @@ def _reason(err: BaseException) -> str:
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _crlf(message: bytes) -> bytes:
@@ -166,7 +165,8 @@ def _crlf(message: bytes) -> bytes:
 
 def _stuffed(message: bytes) -> bytes:
     """The DATA content on the wire: dot-stuffed (RFC 5321 §4.5.2) and terminated."""
-    return _LEADING_DOT.sub(b"..", _crlf(message)) + b".\r\n"
+    data = _crlf(message).replace(b"\r\n.", b"\r\n..")
+    return (b"." + data if data.startswith(b".") else data) + b".\r\n"
 
 
 class _Broken(Exception):
