@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +105,36 @@ def build_signer(settings: SigningSettings) -> DocumentSigner:
 _signer: DocumentSigner | None = None
 
 
+def _die_with_parent() -> None:
+    """End this worker when the gateway's process ends, however it ends (kill -9 too):
+    a worker left behind would hold its memory and its keys for nothing."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        import ctypes.util
+        import signal
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent is gone already
+        os._exit(0)
+
+    def watch() -> None:  # where prctl is missing: notice the parent change
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(settings: SigningSettings) -> None:
+    """The pool's initializer: a worker that ends with the gateway, then its signer."""
+    _die_with_parent()
+    init_process(settings)
+
+
 def init_process(settings: SigningSettings) -> None:
     """Build this process's signer once, and load the fonts before the first request."""
     from certifier.document import render_certificate
@@ -169,7 +201,7 @@ class CertificatePool:
         self._executor = ProcessPoolExecutor(
             max_workers=workers or os.cpu_count() or 1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_process,
+            initializer=_init_worker,
             initargs=(settings,),
         )
 
