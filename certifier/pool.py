@@ -23,13 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certifier.pki import Pki
 
@@ -61,6 +62,11 @@ class SigningSettings:
     # Certificates the local TSA puts in its tokens next to its own (its CA). Empty means
     # extra_certs, right for the development PKI where one CA issued everything.
     tsa_chain: tuple[Path, ...] = ()
+    # A PKCS#12 file with the signing key and certificate (then signing_cert and
+    # signing_key are not read), and the password of it or of an encrypted PEM key: kept
+    # in memory, handed to the workers through the pool's pipe, never written.
+    pkcs12: Path | None = None
+    password: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_pki(
@@ -95,8 +101,16 @@ def build_signer(settings: SigningSettings) -> DocumentSigner:
         )
     else:
         raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
+    if settings.pkcs12 is not None:
+        return DocumentSigner.from_pkcs12(
+            settings.pkcs12, settings.password, settings.extra_certs, timestamper
+        )
     return DocumentSigner(
-        settings.signing_cert, settings.signing_key, settings.extra_certs, timestamper
+        settings.signing_cert,
+        settings.signing_key,
+        settings.extra_certs,
+        timestamper,
+        key_passphrase=settings.password,
     )
 
 
@@ -167,9 +181,19 @@ def timestamp_token(imprint: bytes) -> bytes:
 def check_settings(settings: SigningSettings) -> None:
     """Fail early, in the caller, on an unreadable certificate or key: reads them with
     ``cryptography`` alone (the workers build the real signer)."""
-    for path in (settings.signing_cert, *settings.extra_certs):
+    for path in settings.extra_certs:
         x509.load_pem_x509_certificate(path.read_bytes())
-    serialization.load_pem_private_key(settings.signing_key.read_bytes(), password=None)
+    if settings.pkcs12 is not None:
+        key, cert, _ = pkcs12.load_key_and_certificates(
+            settings.pkcs12.read_bytes(), settings.password
+        )
+        if key is None or cert is None:
+            raise ValueError(f"{settings.pkcs12}: the PKCS#12 file holds no key and certificate")
+    else:
+        x509.load_pem_x509_certificate(settings.signing_cert.read_bytes())
+        serialization.load_pem_private_key(
+            settings.signing_key.read_bytes(), password=settings.password
+        )
     if not settings.tsa_url:
         if settings.tsa_cert is None or settings.tsa_key is None:
             raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")

@@ -41,8 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from asn1crypto import cms, keys
+from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from pyhanko.keys import load_cert_from_pemder
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -85,14 +87,48 @@ class DocumentSigner:
         key = serialization.load_pem_private_key(
             Path(signing_key).read_bytes(), password=key_passphrase
         )
+        cert = load_cert_from_pemder(str(signing_cert))
+        chain = [load_cert_from_pemder(str(p)) for p in extra_certs]
+        self._setup(cert, key, chain, timestamper, f"{signing_key}", f"{signing_cert}")
+
+    @classmethod
+    def from_pkcs12(
+        cls,
+        path: Path,
+        password: bytes | None,
+        extra_certs: Iterable[Path],
+        timestamper: TimeStamper,
+    ) -> DocumentSigner:
+        """A signer whose key and certificate (and chain) come from a PKCS#12 file
+        (RFC 7292), decrypted in memory only."""
+        key, cert, more = pkcs12.load_key_and_certificates(Path(path).read_bytes(), password)
+        if key is None or cert is None:
+            raise ValueError(f"{path}: the PKCS#12 file holds no key and certificate")
+        der = serialization.Encoding.DER
+        chain = [asn1_x509.Certificate.load(c.public_bytes(der)) for c in more]
+        chain += [load_cert_from_pemder(str(p)) for p in extra_certs]
+        signer = cls.__new__(cls)
+        signer._setup(
+            asn1_x509.Certificate.load(cert.public_bytes(der)), key, chain, timestamper,
+            str(path), str(path),
+        )  # fmt: skip
+        return signer
+
+    def _setup(
+        self,
+        cert: asn1_x509.Certificate,
+        key: object,
+        chain: list[asn1_x509.Certificate],
+        timestamper: TimeStamper,
+        key_name: str,
+        cert_name: str,
+    ) -> None:
         if not isinstance(key, rsa.RSAPrivateKey):
             # The development PKI makes RSA keys; an EC key would need its own
             # signature algorithm, size budget and tests before we claim support.
-            raise ValueError(f"{signing_key}: the document signing key must be RSA")
-        cert = load_cert_from_pemder(str(signing_cert))
-        chain = [load_cert_from_pemder(str(p)) for p in extra_certs]
+            raise ValueError(f"{key_name}: the document signing key must be RSA")
         if cert.public_key.native != _public_key_info(key).native:
-            raise ValueError(f"{signing_key} is not the key of {signing_cert}")
+            raise ValueError(f"{key_name} is not the key of {cert_name}")
         self.signing_cert = cert
         self.timestamper = timestamper
         self._cms = CmsSigner(cert, key, chain)

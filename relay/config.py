@@ -112,6 +112,8 @@ class QueueConfig:
 class SigningConfig:
     cert: Path | None = None
     key: Path | None = None
+    pkcs12: Path | None = None
+    password_file: Path | None = None
     chain: tuple[Path, ...] = ()
     tsa_url: str = ""
     tsa_timeout: float = 10.0
@@ -313,8 +315,33 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
     if bool(cfg.signing.cert) != bool(cfg.signing.key):
         raise ConfigError(f"{where}: signing.cert and signing.key go together")
+    if cfg.signing.pkcs12 and cfg.signing.cert:
+        raise ConfigError(f"{where}: signing.pkcs12 replaces signing.cert and signing.key: set one")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
+
+
+SIGNING_PASSWORD_ENV = "CERTIFICA_SIGNING_PASSWORD"  # noqa: S105 - a variable name
+
+
+def signing_password(cfg: Config) -> bytes | None:
+    """The password of the signing key (an encrypted PEM key, or the PKCS#12 file): the
+    first line of ``[signing] password_file``, else the environment variable
+    ``CERTIFICA_SIGNING_PASSWORD`` (systemd: ``LoadCredential=``/``Environment=``), else
+    none. Never inline in the config file. Raises :class:`ConfigError` naming the key."""
+    import os
+
+    if cfg.signing.password_file:
+        where = f"{cfg.source or '(embedded defaults)'}: signing.password_file"
+        try:
+            text = cfg.signing.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{where} = {cfg.signing.password_file}: cannot be read ({err.__class__.__name__})"
+            ) from None
+        return text.splitlines()[0].encode("utf-8") if text else b""
+    value = os.environ.get(SIGNING_PASSWORD_ENV)
+    return value.encode("utf-8") if value is not None else None
 
 
 def load_config(path: Path | None) -> Config:

@@ -30,7 +30,7 @@ from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, PoolTimeStamper, SigningSettings
 from relay.certified_copy import CertifiedCopyIntake
 from relay.checkpoints import Checkpointer
-from relay.config import Config, Endpoint, parse_endpoint
+from relay.config import Config, Endpoint, parse_endpoint, signing_password
 from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
@@ -94,7 +94,12 @@ class PipelineCertifier:
 
 
 def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
-    if cfg.signing.cert and cfg.signing.key:
+    """The signing key and TSA the workers use: ``[signing]``, else the development PKI."""
+    pkcs12 = None
+    if cfg.signing.pkcs12:
+        cert = key = pkcs12 = cfg.signing.pkcs12
+        extra = tuple(cfg.signing.chain)
+    elif cfg.signing.cert and cfg.signing.key:
         cert, key, extra = cfg.signing.cert, cfg.signing.key, tuple(cfg.signing.chain)
     else:
         cert, key, extra = pki.signing_cert, pki.signing_key, (pki.ca_cert,)
@@ -108,6 +113,8 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         tsa_timeout=cfg.signing.tsa_timeout,
         # The built-in TSA's tokens carry the development CA, whoever signs the PDF.
         tsa_chain=(pki.ca_cert,),
+        pkcs12=pkcs12,
+        password=signing_password(cfg) if (pkcs12 or cfg.signing.key) else None,
     )
 
 
@@ -127,9 +134,18 @@ class Gateway:
         self.spool = Spool(self.paths["spool"])
         await self._remove_unacknowledged()
         await self.store.release_leases()  # a new process is trying nothing yet
-        self.pool = CertificatePool(
-            signing_settings(cfg, self.pki), workers=certificate_workers(cfg)
-        )
+        try:
+            self.pool = CertificatePool(
+                signing_settings(cfg, self.pki), workers=certificate_workers(cfg)
+            )
+        except (ValueError, TypeError, OSError) as err:
+            # A wrong password, an unreadable file, a key that is not the certificate's.
+            why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+            raise StartupError(
+                f"{cfg.source}: the signing key cannot be used ({why}); check "
+                "signing.pkcs12 or signing.cert/signing.key, and the password "
+                "(signing.password_file or CERTIFICA_SIGNING_PASSWORD)"
+            ) from None
         deliverer = Deliverer(
             Router(cfg),
             cfg.gateway.hostname,
