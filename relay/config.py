@@ -83,6 +83,8 @@ class LimitsConfig:
     min_data_rate: float = 4096.0
     auth_failures: int = 3
     auth_delay: float = 1.0
+    auth_block: int = 20
+    auth_block_window: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,8 @@ def _validate(cfg: Config, where: str) -> None:
             ) from None
     if "@" not in cfg.gateway.certification_address:
         raise ConfigError(f"{where}: gateway.certification_address must be an e-mail address")
+    if cfg.limits.auth_block < 1:
+        raise ConfigError(f"{where}: limits.auth_block must be at least 1")
     if cfg.limits.min_data_rate <= 0:
         raise ConfigError(f"{where}: limits.min_data_rate must be more than 0")
     if cfg.limits.recipients < 1 or cfg.limits.message_size < 1024:

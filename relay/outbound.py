@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from relay.dkim_keys import DkimKey, DkimKeyring
 
 _FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069\"\\]")
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\"\\]")
 
 
 def header_end(raw: bytes) -> int:

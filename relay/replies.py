@@ -32,6 +32,10 @@ INTERNAL_ERROR = (
 )
 SHUTTING_DOWN = "421 4.3.2 The gateway is shutting down; please try again later"
 TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many failed authentication attempts; closing connection"
+AUTH_BLOCKED = (
+    "421 4.7.0 Too many failed authentication attempts from your address; "
+    "try again later; closing connection"
+)
 TIMEOUT = "421 4.4.2 Timeout exceeded; closing connection"
 
 # -- permanent refusals -----------------------------------------------------------

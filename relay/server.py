@@ -39,7 +39,7 @@ from relay.qmgr import QueueManager
 from relay.reception import ReceptionIntake
 from relay.routing import Router
 from relay.sink import SinkHandler
-from relay.smtpd import CertificaSMTP
+from relay.smtpd import AuthThrottle, CertificaSMTP
 from relay.spool import Spool, write_durably
 from relay.store import Store
 from relay.submission import SubmissionHandler
@@ -125,6 +125,8 @@ class Gateway:
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self._stopped = asyncio.Event()
         self.mx_handler: MXHandler | None = None
+        # One count of failed AUTH per client address for both submission ports.
+        self.auth_throttle = AuthThrottle(cfg.limits.auth_block, cfg.limits.auth_block_window)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -245,6 +247,7 @@ class Gateway:
             server = CertificaSMTP(
                 self.submission,
                 verifier=self.submission.verify_password,
+                throttle=self.auth_throttle,
                 header_limit=cfg.limits.header_size,
                 auth_failures=cfg.limits.auth_failures,
                 auth_delay=cfg.limits.auth_delay,

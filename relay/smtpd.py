@@ -23,9 +23,11 @@ What this subclass changes, and why:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
+import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +55,59 @@ MIN_DATA_RATE = 4096.0
 _ENDLESS_LINE = 32 * 1024 * 1024
 
 Verifier = Callable[[str, str], Awaitable[bool]]
+AUTH_DELAY_CAP = 30.0  # seconds: the longest wait before a failed AUTH is answered
+
+
+class AuthThrottle:
+    """Failed AUTH attempts per client address, shared by every session of a listener.
+
+    Reconnecting does not start a client afresh: the delay before a failure's answer
+    grows with the address's recent failures, and an address with ``limit`` failures
+    within ``window`` seconds is refused at AUTH, before any password is checked (so
+    guessing costs the gateway no scrypt either), until its failures age out. IPv6
+    clients are counted per /64, the block one subscriber usually holds.
+    """
+
+    def __init__(self, limit: int = 20, window: float = 900.0, max_clients: int = 10_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self._failures: dict[str, list[float]] = {}
+
+    @staticmethod
+    def _key(peer: Any) -> str:
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if ":" in host:
+            try:
+                return str(ipaddress.ip_network(f"{host}/64", strict=False))
+            except ValueError:
+                return host
+        return host
+
+    def recent(self, peer: Any, now: float | None = None) -> int:
+        """Failures of this client's address within the window."""
+        now = time.monotonic() if now is None else now
+        key = self._key(peer)
+        times = [t for t in self._failures.get(key, ()) if now - t < self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return len(times)
+
+    def blocked(self, peer: Any) -> bool:
+        return self.recent(peer) >= self.limit
+
+    def failed(self, peer: Any) -> int:
+        """Record a failure; returns the address's recent failures, this one included."""
+        now = time.monotonic()
+        count = self.recent(peer, now) + 1
+        if len(self._failures) >= self.max_clients and self._key(peer) not in self._failures:
+            # Bounded memory: forget the address whose last failure is oldest.
+            oldest = min(self._failures, key=lambda k: self._failures[k][-1])
+            del self._failures[oldest]
+        self._failures.setdefault(self._key(peer), []).append(now)
+        return count
 
 
 class DataRefused(Exception):
@@ -119,6 +174,7 @@ class CertificaSMTP(SMTP):
         auth_failures: int,
         auth_delay: float,
         min_data_rate: float = MIN_DATA_RATE,
+        throttle: AuthThrottle | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -130,6 +186,7 @@ class CertificaSMTP(SMTP):
         self._auth_failures_allowed = auth_failures
         self._auth_delay = auth_delay
         self._auth_failures = 0
+        self._throttle = throttle or AuthThrottle()
         self._bare_reply = False
         if verifier is None:
             self._auth_methods.clear()
@@ -347,6 +404,14 @@ class CertificaSMTP(SMTP):
 
     async def _check(self, login: bytes, password: bytes) -> AuthResult:
         assert self._verifier is not None
+        peer = self.session.peer if self.session else None
+        if self._throttle.blocked(peer):
+            log.warning("%s: authentication refused: too many failures from this address",
+                        _peer_text(peer))  # fmt: skip
+            await self.push(replies.AUTH_BLOCKED)
+            if self.transport is not None:
+                self.transport.close()
+            return AuthResult(success=False, handled=True)
         user = login.decode("utf-8", "replace")
         ok = await self._verifier(user, password.decode("utf-8", "surrogateescape"))
         if ok:
@@ -357,10 +422,12 @@ class CertificaSMTP(SMTP):
                 message=replies.AUTH_OK,
             )
         self._auth_failures += 1
-        peer = self.session.peer if self.session else None
-        log.warning("%s: authentication failed (attempt %d)", _peer_text(peer), self._auth_failures)
-        # Each failure waits longer than the one before: guessing gets slow.
-        await asyncio.sleep(self._auth_delay * self._auth_failures)
+        recent = self._throttle.failed(peer)
+        log.warning("%s: authentication failed (attempt %d, %d from this address recently)",
+                    _peer_text(peer), self._auth_failures, recent)  # fmt: skip
+        # Each failure waits longer than the one before, across reconnections too:
+        # guessing gets slow.
+        await asyncio.sleep(min(self._auth_delay * recent, AUTH_DELAY_CAP))
         if self._auth_failures >= self._auth_failures_allowed:
             await self.push(replies.TOO_MANY_AUTH_FAILURES)
             if self.transport is not None:

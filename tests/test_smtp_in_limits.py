@@ -9,6 +9,7 @@ gateway's peak memory grew by far less than what was sent.
 from __future__ import annotations
 
 import contextlib
+import smtplib
 import sqlite3
 import ssl
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from relay import replies
 from tests.conftest import (
+    PASSWORD,
     Gateway,
     Sink,
     SinkServer,
@@ -207,3 +209,63 @@ def test_a_slow_but_steady_client_is_not_cut_off(slow: Gateway, sink: Sink) -> N
     raw.close()
     assert stored(slow) == before + 1
     sink.wait_for(lambda ms: any("steady@example.org" in m.rcpt_tos for m in ms))
+
+
+# -- failed AUTH counted per client address, across connections ---------------------------
+def test_auth_throttle_counts_per_address_and_forgets_after_the_window() -> None:
+    from relay.smtpd import AuthThrottle
+
+    t = AuthThrottle(limit=3, window=60.0)
+    v4, other = ("192.0.2.7", 4000), ("192.0.2.8", 4001)
+    for n in range(1, 4):
+        assert not t.blocked(v4)
+        assert t.failed(v4) == n
+    assert t.blocked(v4) and not t.blocked(other)
+    # An IPv6 subscriber's /64 is one client, whatever the interface id.
+    t.failed(("2001:db8:1:2::10", 1, 0, 0))
+    assert t.recent(("2001:db8:1:2:ffff::1", 1, 0, 0)) == 1
+    assert t.recent(("2001:db8:1:3::10", 1, 0, 0)) == 0
+    # Failures age out.
+    import time
+
+    assert t.recent(v4, now=time.monotonic() + 61.0) == 0
+
+
+def test_auth_throttle_memory_is_bounded() -> None:
+    from relay.smtpd import AuthThrottle
+
+    t = AuthThrottle(limit=5, window=600.0, max_clients=100)
+    for i in range(1000):
+        t.failed((f"10.0.{i // 250}.{i % 250}", 1))
+    assert len(t._failures) <= 100
+
+
+def test_reconnecting_does_not_reset_failed_auth(sink_server: SinkServer, tmp_path: Path) -> None:
+    """With auth_block = 3, three wrong passwords over three connections, then the right
+    one on a fourth: refused with 421 before any password is checked."""
+    sink = sink_server.start(Sink())
+    cfg = write_config(tmp_path, {"example.org": sink.port})
+    limits = "[limits]\nauth_block = 3\nauth_block_window = 600.0\n"
+    cfg.write_text(cfg.read_text().replace("[limits]\n", limits))
+    gw = start_gateway(cfg)
+
+    def plain(password: str) -> None:  # one AUTH PLAIN (login() would try LOGIN too)
+        client = gw.smtp(user=None)
+        client.user, client.password = "alice@example.com", password
+        try:
+            client.auth("PLAIN", client.auth_plain)
+        finally:
+            client.close()
+
+    try:
+        for _ in range(3):
+            with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
+                plain("not the password")
+            assert wrong.value.smtp_code == 535
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            plain(PASSWORD)
+        assert refused.value.smtp_code == 421
+        assert b"from your address" in refused.value.smtp_error
+        assert "too many failures from this address" in gw.log()
+    finally:
+        gw.stop()
