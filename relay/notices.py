@@ -1,15 +1,17 @@
 """The mail the gateway writes itself: the "being processed" notice, the certificate mail,
 and for certified reception the owner's certificate mail and the sender's proof of receipt.
 
-Both are RFC 5322 messages built with the stdlib's EmailMessage (which refuses CR/LF in
-header values and encodes non-ASCII per RFC 2047), from Jinja2 templates with HTML
-autoescaping on. Both carry ``Auto-Submitted: auto-generated`` (RFC 3834) and leave
-with the null reverse-path, so nothing ever answers them, and they are never certified.
+All are RFC 5322 messages whose header fields refuse every control character (CR and
+LF above all) and encode non-ASCII per RFC 2047, with bodies from Jinja2 templates
+with HTML autoescaping on, written base64. All carry ``Auto-Submitted: auto-generated``
+(RFC 3834) and leave with the null reverse-path, so nothing ever answers them, and they
+are never certified.
 """
 
 from __future__ import annotations
 
 import base64
+import email.header
 import email.policy
 import email.utils
 import re
@@ -64,19 +66,53 @@ def _base(
     hostname: str,
     original_id: str | None,
     qid: str,
-) -> EmailMessage:
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = email.utils.formataddr((gateway_name, from_address))
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(usegmt=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=hostname)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Certifica-Queue-Id"] = qid
+) -> list[tuple[str, str]]:
+    """The header fields of a mail the gateway writes, in order (not yet encoded)."""
+    fields = [
+        ("From", email.utils.formataddr((gateway_name, from_address), charset="utf-8")),
+        ("To", to),
+        ("Subject", subject),
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Message-ID", email.utils.make_msgid(domain=hostname)),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Certifica-Queue-Id", qid),
+    ]
     if original_id:
-        msg["In-Reply-To"] = original_id
-        msg["References"] = original_id
-    return msg
+        fields += [("In-Reply-To", original_id), ("References", original_id)]
+    return fields
+
+
+_ADDRESS_FIELDS = frozenset({"From", "To"})
+
+
+def _header_section(fields: list[tuple[str, str]]) -> bytes:
+    """The fields encoded as RFC 5322 header lines (CRLF each).
+
+    No value may hold a control character, CR or LF above all (``ValueError``, as the
+    stdlib raises): a field can never start another. Text outside ASCII, or looking like
+    an encoded word, becomes RFC 2047 encoded words (``email.header.Header``). An
+    address outside ASCII must not be encoded that way (RFC 6532: it travels as UTF-8,
+    with SMTPUTF8): then the stdlib's EmailMessage writes the whole header with its
+    SMTPUTF8 policy (0.8 ms; the path above takes 0.06).
+    """
+    for name, value in fields:
+        if _CONTROL.search(value):
+            raise ValueError(f"{name}: header values may not contain control characters")
+    if not all(v.isascii() for n, v in fields if n in _ADDRESS_FIELDS):
+        msg = EmailMessage(policy=email.policy.SMTPUTF8)
+        for name, value in fields:
+            msg[name] = value
+        return b"".join(msg.policy.fold_binary(name, value) for name, value in msg.items())
+    lines = []
+    for name, value in fields:
+        if value.isascii() and "=?" not in value and len(name) + len(value) < 900:
+            lines.append(f"{name}: {value}\r\n")
+        else:
+            encoded = email.header.Header(value, "utf-8", header_name=name).encode(
+                linesep="\r\n"
+            )
+            lines.append(f"{name}: {encoded}\r\n")
+    return "".join(lines).encode("ascii")
 
 
 def build_notice(
@@ -149,19 +185,19 @@ def build_certificate_mail(
 
 
 def _assemble(
-    msg: EmailMessage,
+    msg: list[tuple[str, str]],
     template: str,
     context: dict[str, Any],
     pdf: tuple[bytes, str] | None = None,
 ) -> bytes:
-    """``msg`` (its header fields) with the text and HTML of ``template``
+    """The header fields ``msg`` with the text and HTML of ``template``
     (multipart/alternative) and, given ``(pdf, certificate id)``, the signed PDF
     attached (all in multipart/mixed).
 
-    The header fields are the stdlib's: it refuses CR/LF in values and encodes
-    non-ASCII (RFC 2047). The body, every byte of it base64 of ours, is written here:
-    the stdlib's MIME writer spends ~7 ms on a 60 KB PDF, one line at a time, on the
-    event loop.
+    The header fields go through :func:`_header_section` (no control characters, RFC
+    2047 for the rest). The body, every byte of it base64 of ours, is written here: the
+    stdlib's MIME writer spends ~7 ms on a 60 KB PDF, one line at a time, on the event
+    loop.
     """
     outer, inner = (f"=_certifica_{secrets.token_hex(12)}" for _ in range(2))
     text = _env.get_template(f"{template}.txt").render(context).encode("utf-8")
@@ -173,9 +209,7 @@ def _assemble(
             f"--{inner}--\r\n".encode(),
         ]
     )
-    # Each field folded and encoded by the stdlib's SMTP policy, as as_bytes() would.
-    header = b"".join(msg.policy.fold_binary(name, value) for name, value in msg.items())
-    header += b"MIME-Version: 1.0\r\n"
+    header = _header_section(msg) + b"MIME-Version: 1.0\r\n"
     if pdf is None:
         kind = f'multipart/alternative; boundary="{inner}"'
         return header + f"Content-Type: {kind}\r\n\r\n".encode() + alternative

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -892,7 +893,9 @@ def _timeline_detail(entry: evidence_log.Entry) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items()))
 
 
+@functools.cache
 def _version() -> str:
+    """The installed version, read once (importlib.metadata reads files every call)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -85,3 +85,28 @@ def test_notice_is_multipart_alternative() -> None:
     ]  # fmt: skip
     assert "bob@example.org" in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert msg["In-Reply-To"] == "<orig@example.com>"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(["Subject", "To"]),
+    value=st.text(min_size=1, max_size=400),
+)
+def test_header_section_never_lets_a_value_start_a_field(name: str, value: str) -> None:
+    """Any text is either refused (a control character) or one field that the stdlib
+    reads back as the same text, with no other field."""
+    fields = [("From", "Certifica <certifica@certifica.test>"), (name, value)]
+    try:
+        data = notices._header_section(fields)
+    except ValueError:
+        assert notices._CONTROL.search(value)
+        return
+    msg = email.message_from_bytes(data + b"\r\n", policy=email.policy.default)
+    assert [k for k in msg.keys()] == ["From", name]
+    if name == "Subject":
+        assert "".join(str(msg["Subject"]).split()) == "".join(value.split())
+
+
+def test_non_ascii_recipient_address_is_written_by_the_stdlib() -> None:
+    data = notices._header_section([("To", "josé@exämple.es"), ("Subject", "ok")])
+    assert "josé@exämple.es".encode() in data  # SMTPUTF8: never as encoded words
