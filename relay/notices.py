@@ -11,6 +11,7 @@ are never certified.
 from __future__ import annotations
 
 import base64
+import email.errors
 import email.header
 import email.policy
 import email.utils
@@ -100,9 +101,12 @@ def _header_section(fields: list[tuple[str, str]]) -> bytes:
             raise ValueError(f"{name}: header values may not contain control characters")
     if not all(v.isascii() for n, v in fields if n in _ADDRESS_FIELDS):
         msg = EmailMessage(policy=email.policy.SMTPUTF8)
-        for name, value in fields:
-            msg[name] = value
-        return b"".join(msg.policy.fold_binary(name, value) for name, value in msg.items())
+        try:
+            for name, value in fields:
+                msg[name] = value
+            return b"".join(msg.policy.fold_binary(n, v) for n, v in msg.items())
+        except (email.errors.HeaderParseError, IndexError) as err:  # not an address at all
+            raise ValueError(f"a header field cannot be written ({err.__class__.__name__})") from None
     lines = []
     for name, value in fields:
         if value.isascii() and "=?" not in value and len(name) + len(value) < 900:

@@ -99,7 +99,9 @@ def test_header_section_never_lets_a_value_start_a_field(name: str, value: str) 
     try:
         data = notices._header_section(fields)
     except ValueError:
-        assert notices._CONTROL.search(value)
+        # Refused: a control character, or text in To that is no address at all (the
+        # gateway only ever puts a validated address there).
+        assert notices._CONTROL.search(value) or (name == "To" and not value.isascii())
         return
     msg = email.message_from_bytes(data + b"\r\n", policy=email.policy.default)
     assert [k for k in msg.keys()] == ["From", name]
