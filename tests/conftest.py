@@ -27,6 +27,12 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from hypothesis import settings
+
+# CI runs the property tests on the same examples every time (a landing must not hang
+# on a new random find); a developer's run explores new ones.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
