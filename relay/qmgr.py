@@ -261,20 +261,18 @@ class QueueManager:
                     # sent where the original message pointed.
                     tracked = copy.message != raw
                     notes = copy.notes or (
-                        () if tracked else ("no link or HTML part to track: sent as received",)
+                        () if tracked else ("it had no link or HTML part to track",)
                     )
                     await self.store.tracking_copy(qid, [first["id"]], copy.links, tracked, notes)
                     raw = copy.message
                 elif first.get("tracking") and first["kind"] == "mail":
                     why = (
-                        f"{first['domain']} is in tracking.never_domains"
+                        f"{first['domain']} is covered by tracking.never_domains"
                         if self.cfg.tracking.enabled
                         else "tracking was turned off on the gateway"
                     )
                     ids = [r["id"] for r in rows]
-                    await self.store.tracking_copy(
-                        qid, ids, (), False, (f"{why}: sent as received",)
-                    )
+                    await self.store.tracking_copy(qid, ids, (), False, (why,))
                 if first["kind"] == "mail":
                     # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
                     sender = make_return_path(
