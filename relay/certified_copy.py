@@ -41,6 +41,7 @@ from relay import replies
 from relay.authn import AuthResults, TemporaryAuthError, authenticate
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
+from relay.logs import printable
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.smtpd import _peer_text
 from relay.spool import Spool
@@ -161,7 +162,7 @@ class CertifiedCopyIntake:
                 continue  # our own addresses receive nothing
             problem = address_problem(address)
             if problem:
-                shown = "".join(c if c.isprintable() else "?" for c in address[:200])
+                shown = printable(address, 200)
                 return (), replies.HEADER_RECIPIENT_INVALID.format(address=shown, why=problem)
             seen.add(key)
             chosen.append(address)
@@ -175,7 +176,7 @@ class CertifiedCopyIntake:
         # Postfix's wording, so an operator's grep for "NOQUEUE: reject" finds these too.
         log.info(
             "NOQUEUE: reject: DATA from %s: %s; from=<%s>",
-            _peer_text(session.peer), _printable(why), _printable(mail_from),
+            _peer_text(session.peer), printable(why, 400), printable(mail_from, 400),
         )  # fmt: skip
         return reply
 
@@ -189,7 +190,3 @@ def authentication_evidence(results: AuthResults, authserv_id: str) -> dict[str,
 
 def _reply(text: str) -> str:
     return text if len(text) <= _MAX_REPLY else text[: _MAX_REPLY - 3] + "..."
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text[:400])

@@ -164,8 +164,9 @@ def _crlf(message: bytes) -> bytes:
 
 
 def _stuffed(message: bytes) -> bytes:
-    """The DATA content on the wire: dot-stuffed (RFC 5321 §4.5.2) and terminated."""
-    data = _crlf(message).replace(b"\r\n.", b"\r\n..")
+    """The DATA content on the wire (``message`` already CRLF throughout): dot-stuffed
+    (RFC 5321 §4.5.2) and terminated."""
+    data = message.replace(b"\r\n.", b"\r\n..")
     return (b"." + data if data.startswith(b".") else data) + b".\r\n"
 
 
@@ -261,6 +262,8 @@ class Deliverer:
         self, domain: str, sender: str, recipients: list[str], message: bytes, qid: str = ""
     ) -> AttemptResult:
         started = time.monotonic()
+        # CRLF throughout, once: what is sent, sized (SIZE=) and hashed (delivered hash).
+        message = _crlf(message)
         try:
             hops = await self.router.resolve(domain)
         except RouteError as err:
@@ -441,8 +444,8 @@ class Deliverer:
             await self._quit(session)
         results = tuple(decided[a] for a in recipients)
         delivered = any(r.status == DELIVERED for r in results)
-        # The bytes the remote stores once it has undone the dot-stuffing.
-        sha = hashlib.sha256(_crlf(message)).hexdigest() if delivered else None
+        # The bytes the remote stores once it has undone the dot-stuffing (CRLF already).
+        sha = hashlib.sha256(message).hexdigest() if delivered else None
         result = AttemptResult(
             results, session.hop, session.tls_version, session.tls_cipher, sha, setup
         )

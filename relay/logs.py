@@ -22,3 +22,9 @@ def log_failure(log: logging.Logger, message: str, *args: object) -> None:
     name = err.__class__.__name__ if err is not None else "error"
     log.error(message + " (%s%s)", *args, name, where)
     log.debug("traceback", exc_info=err)
+
+
+def printable(text: str, limit: int = 320) -> str:
+    """Untrusted text for a log line or a reply: at most ``limit`` characters, every
+    non-printable one (terminal escapes, line breaks) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])

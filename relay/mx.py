@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from relay import replies
 from relay.bounces import BounceReport, parse_dsn, parse_return_path
-from relay.logs import log_failure
+from relay.logs import log_failure, printable
 from relay.replies import (
     BOUNCE_NOT_RECORDED,
     BOUNCE_RECORDED,
@@ -273,7 +273,7 @@ def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: An
             "%s: from=<%s>, client=%s: not a delivery report (a reply to the return "
             "path?); not kept, nothing sent back",
             qid,
-            _printable(sender),
+            printable(sender),
             _peer_text(getattr(session, "peer", None)),
         )
     for report in reports:
@@ -294,13 +294,7 @@ def _log_reject(session: Any, envelope: Any, address: str, why: str) -> None:
     log.info(
         "NOQUEUE: reject: RCPT from %s: <%s>: %s; from=<%s>",
         _peer_text(getattr(session, "peer", None)),
-        _printable(address),
+        printable(address),
         why,
-        _printable(envelope.mail_from or ""),
+        printable(envelope.mail_from or ""),
     )
-
-
-def _printable(text: str) -> str:
-    """Envelope text for a log line: aiosmtpd already refused CR, LF and NUL; the other
-    control characters (terminal escapes) are shown as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in text[:320])

@@ -146,11 +146,12 @@ class ReceptionIntake:
             auth_problem = f"temperror: {err}"
         arc = await check_arc(raw, self.cfg.dns.nameservers, self.cfg.dns.timeout)
         chain = trace(raw)
+        key = content_key(raw)
         tls_version, tls_cipher = session_tls(server)
         answers = []
         for owner in owners:
             address = owner["owner"]
-            sha_known = await self._duplicate(raw, address, now)
+            sha_known = await self._duplicate(raw, key, address, now)
             if sha_known:
                 answers.append(f"already certified as {sha_known}")
                 continue
@@ -198,7 +199,7 @@ class ReceptionIntake:
                     envelope_from=mail_from,
                     authentication=authentication,
                     reception=detail,
-                    content_key=content_key(raw),
+                    content_key=key,
                     event="ReceivedFromNonERDS",
                     event_detail={
                         "sha256": sha256,
@@ -226,11 +227,11 @@ class ReceptionIntake:
             self.wake(qid)  # nothing to deliver: it is ready to be certified
         return replies.RECEPTION_CERTIFIED.format(what="; ".join(answers))
 
-    async def _duplicate(self, raw: bytes, owner: str, now: float) -> str | None:
-        sha256 = hashlib.sha256(raw).hexdigest()
+    async def _duplicate(self, raw: bytes, key: str, owner: str, now: float) -> str | None:
         since = now - self.cfg.reception.duplicate_window
-        first = await self.store.reception_duplicate(owner, content_key(raw), since)
+        first = await self.store.reception_duplicate(owner, key, since)
         if first is not None:
+            sha256 = hashlib.sha256(raw).hexdigest()
             await self.store.append_evidence(
                 first, "DuplicateReception", {"sha256": sha256, "owner": owner}, now
             )
