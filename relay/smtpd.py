@@ -30,6 +30,8 @@ import re
 import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -53,6 +55,14 @@ _READ_BLOCK = 256 * 1024
 MIN_DATA_RATE = 4096.0
 # Without a size limit, a "line" this long is data that will never end.
 _ENDLESS_LINE = 32 * 1024 * 1024
+
+# The path almost every client sends: <dot-atom@host.name>, then the parameters. For it
+# the stdlib parser's answer is the text between the brackets (a property test holds
+# the two to the same result), so it is taken without building a token tree.
+_PLAIN_PATH = re.compile(
+    r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
+)
 
 Verifier = Callable[[str, str], Awaitable[bool]]
 AUTH_DELAY_CAP = 30.0  # seconds: the longest wait before a failed AUTH is answered
@@ -238,6 +248,31 @@ class CertificaSMTP(SMTP):
         super()._timeout_cb()
 
     # -- envelope --------------------------------------------------------------------
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's ``_getaddr``, same answers, without its per-call class and parse
+        tree for the plain ``<local@domain>`` path (7% of the CPU under `make bench`).
+
+        Where the stdlib's parser raises IndexError (``MAIL FROM:"``), the answer is
+        "no address" (501), not an internal error."""
+        if not arg:
+            return "", ""
+        plain = _PLAIN_PATH.match(arg)
+        rest = arg[plain.end() :] if plain else ""
+        if plain and "(" not in rest:  # a comment after the path: the stdlib's CFWS
+            addr, rest = plain.group(1), rest.lstrip(" \t")
+        else:
+            try:
+                if arg.lstrip().startswith("<"):
+                    address, rest = get_angle_addr(arg)
+                else:
+                    address, rest = get_addr_spec(arg)
+                addr = address.addr_spec
+            except (HeaderParseError, IndexError):  # the stdlib's IndexError: on '<"'
+                return None, None  # a 501 syntax error, not an internal error
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg and any(c in arg for c in "\r\n\0"):
             await self.push(replies.BAD_CHARACTERS)

@@ -157,3 +157,32 @@ def test_header_limit_boundary() -> None:
     assert _refusal(data, header_limit=len(fields)) is None
     refusal = _refusal(data, header_limit=len(fields) - 1)
     assert refusal == replies.HEADER_TOO_LARGE.format(limit=len(fields) - 1)
+
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+PATH_TEXT = st.text(alphabet=_ATEXT + '.@<>[]"\\ ()\t,:;é', max_size=40)
+PLAINISH_PATH = st.builds(
+    lambda local, domain, rest: f"<{local}@{domain}>{rest}",
+    st.text(alphabet=_ATEXT + ".", min_size=1, max_size=70),
+    st.text(alphabet="abz09-.", min_size=1, max_size=30),
+    st.sampled_from(["", " SIZE=100", " BODY=8BITMIME SMTPUTF8", ">", " <x@y>", "x"]),
+)
+
+
+@given(st.one_of(PLAINISH_PATH, PATH_TEXT, st.text(max_size=60)), st.sampled_from([0, 64]))
+@settings(max_examples=500)
+def test_envelope_path_parsing_matches_aiosmtpd(arg: str, local_limit: int) -> None:
+    """The fast path for <local@domain> gives aiosmtpd's own answer, for any argument."""
+    from types import SimpleNamespace
+
+    from aiosmtpd.smtp import SMTP
+
+    from relay.smtpd import CertificaSMTP
+
+    server = SimpleNamespace(local_part_limit=local_limit)
+
+    try:
+        expected = SMTP._getaddr(server, arg)  # type: ignore[arg-type]
+    except IndexError:  # the stdlib's parser on some input: for us a syntax error
+        expected = (None, None)
+    assert CertificaSMTP._getaddr(server, arg) == expected  # type: ignore[arg-type]

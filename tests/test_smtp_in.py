@@ -366,6 +366,19 @@ def test_certification_address_alone_is_refused(gateway: Gateway) -> None:
         assert code == 554 and text.startswith(b"5.5.1")
 
 
+@pytest.mark.parametrize("arg", ['"', '<"', 'FROM:<"@example.com'])
+def test_path_the_stdlib_parser_trips_on_is_a_syntax_error(gateway: Gateway, arg: str) -> None:
+    # email._header_value_parser raises IndexError here; that is the client's syntax
+    # error (501 or 553), not the gateway's internal error (451).
+    with gateway.smtp() as c:
+        code, text = c.docmd(f"MAIL FROM:{arg}")
+        assert (code, text[:4]) in ((501, b"5.5."), (553, b"5.1.")), (code, text)
+        code, _ = c.docmd("MAIL FROM:<alice@example.com>")
+        assert code == 250
+        code, text = c.docmd(f"RCPT TO:{arg}")
+        assert (code, text[:4]) in ((501, b"5.5."), (553, b"5.1.")), (code, text)
+
+
 def test_bad_recipient_syntax(gateway: Gateway) -> None:
     with gateway.smtp() as c:
         c.mail("alice@example.com")
