@@ -262,10 +262,8 @@ class CertificaSMTP(SMTP):
             addr, rest = plain.group(1), rest.lstrip(" \t")
         else:
             try:
-                if arg.lstrip().startswith("<"):
-                    address, rest = get_angle_addr(arg)
-                else:
-                    address, rest = get_addr_spec(arg)
+                parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+                address, rest = parse(arg)
                 addr = address.addr_spec
             except (HeaderParseError, IndexError):  # the stdlib's IndexError: on '<"'
                 return None, None  # a 501 syntax error, not an internal error
