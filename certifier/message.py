@@ -1016,8 +1016,26 @@ _TOLERATED_STDLIB_DEFECTS = (
 )
 
 
+# The From that nearly every client writes: "addr" or "Name Words <addr>", ASCII, with a
+# dot-atom local part and a host name. Our parser and both stdlib parsers read it alike
+# (a property test holds the shortcut to the full second opinion); asking them costs
+# ~0.5 ms a message, a tenth of the gateway's CPU for a plain relay.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?:[A-Za-z0-9]+[ \t]+)*<(?P<angle>{_DOT_ATOM}@{_HOST})>|(?P<bare>{_DOT_ATOM}@{_HOST}))[ \t]*"
+)
+
+
 def _stdlib_agrees(value: str, addr: str) -> bool:
     """Second opinion from both stdlib address parsers (only called on bounded input)."""
+    plain = _PLAIN_MAILBOX.fullmatch(value)
+    if plain and "=?" not in value:  # encoded-word syntax: the slow path decides
+        return (plain.group("angle") or plain.group("bare")) == addr
+    return _stdlib_parsers_agree(value, addr)
+
+
+def _stdlib_parsers_agree(value: str, addr: str) -> bool:
     # HeaderRegistry decodes encoded words in the display name and raises if one carries
     # CR LF, which says nothing about the address. "=_" has the same syntax as "=?"
     # (atext, qtext and ctext alike), and encoded words are refused in the addr-spec.
