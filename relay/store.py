@@ -28,7 +28,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,19 +452,38 @@ class Store:
             evidence.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
 
     async def take_due(
-        self, now: float, limit: int, lease: float, skip_domains: Iterable[str] = ()
+        self,
+        now: float,
+        limit: int,
+        lease: float,
+        skip_domains: Iterable[str] = (),
+        slots: Mapping[str, int] | None = None,
+        default_slots: int | None = None,
     ) -> list[dict[str, Any]]:
         """Lease up to ``limit`` due recipients (of messages not on hold), oldest first,
         leaving out ``skip_domains`` (destinations that have enough work waiting).
+
+        ``slots`` caps the messages taken per domain (``default_slots`` for a domain not
+        in it): the recipients of further messages to a domain that is at its limit stay
+        unleased in the database, instead of being leased, handed over and given back
+        (a backlog to one busy domain made every scan do that with hundreds of rows).
 
         A lease marks a recipient as being tried by this process, so the next scan does not
         pick it again; it ends with the attempt's outcome, and a new process starts with
         none (:meth:`release_leases`), so a crash delays nothing.
         """
-        return await self._run(self._take_due, now, limit, lease, sorted(skip_domains))
+        return await self._run(
+            self._take_due, now, limit, lease, sorted(skip_domains), slots, default_slots
+        )
 
     def _take_due(
-        self, now: float, limit: int, lease: float, skip_domains: list[str]
+        self,
+        now: float,
+        limit: int,
+        lease: float,
+        skip_domains: list[str],
+        slots: Mapping[str, int] | None = None,
+        default_slots: int | None = None,
     ) -> list[dict[str, Any]]:
         skip = (
             f" AND r.domain NOT IN ({', '.join('?' for _ in skip_domains)})" if skip_domains else ""
@@ -479,10 +498,38 @@ class Store:
             " AND r.lease_until IS NULL AND m.state = 'active'"
             f"{skip} ORDER BY r.next_attempt LIMIT ?"
         )
-        rows = list(self._db.query(sql, (now, *skip_domains, limit)))
+        if slots is None and default_slots is None:
+            rows = list(self._db.query(sql, (now, *skip_domains, limit)))
+        else:
+            rows = self._take_within_slots(
+                sql, (now, *skip_domains, limit), slots or {}, default_slots
+            )
         self._conn.executemany(
             "UPDATE recipients SET lease_until = ? WHERE id = ?", [(lease, r["id"]) for r in rows]
         )
+        return rows
+
+    def _take_within_slots(
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        slots: Mapping[str, int],
+        default_slots: int | None,
+    ) -> list[dict[str, Any]]:
+        cursor = self._conn.execute(sql, params)
+        columns = [d[0] for d in cursor.description]
+        qid_at, domain_at = columns.index("qid"), columns.index("domain")
+        messages: dict[str, set[str]] = {}
+        rows: list[dict[str, Any]] = []
+        for values in cursor:
+            domain, qid = values[domain_at], values[qid_at]
+            taken = messages.setdefault(domain, set())
+            if qid not in taken:
+                cap = slots.get(domain, default_slots)
+                if cap is not None and len(taken) >= cap:
+                    continue  # the domain is at its limit: this message waits in the database
+                taken.add(qid)
+            rows.append(dict(zip(columns, values, strict=True)))
         return rows
 
     async def release_leases(self) -> None:
@@ -1106,11 +1153,13 @@ class Store:
 
     def reception_disable(self, owner: str) -> bool:
         return self.run_sync(
-            lambda db: db.conn.execute(
-                "UPDATE reception_owners SET enabled = 0 WHERE owner = ? AND enabled = 1",
-                (owner,),
-            ).rowcount
-            > 0
+            lambda db: (
+                db.conn.execute(
+                    "UPDATE reception_owners SET enabled = 0 WHERE owner = ? AND enabled = 1",
+                    (owner,),
+                ).rowcount
+                > 0
+            )
         )
 
     def reception_list(self) -> list[dict[str, Any]]:
