@@ -420,7 +420,7 @@ class Bench:
             [
                 str(BENCH.parent / ".venv" / "bin" / "py-spy"), "record",
                 "--pid", str(self.gateway.pid()),
-                "--subprocesses", "--rate", "100", "--format", "raw", "--nonblocking",
+                "--subprocesses", "--gil", "--rate", "100", "--format", "raw", "--nonblocking",
                 "-o", str(self._profile_out),
             ],
             stdout=subprocess.DEVNULL,
@@ -619,7 +619,8 @@ def read_profile(path: Path, limit: int = 12) -> dict[str, Any]:
     ``processes``: share of the samples in the gateway's main process and in its
     certificate workers; ``self``: functions by own time (any code); ``project``: the
     gateway's own functions (relay/, certifier/) by time including callees. Shares are of
-    non-idle samples across all threads and processes, so roughly of CPU time.
+    the samples of the thread holding each process's GIL (``py-spy --gil``), so of the
+    Python time.
     """
     own: dict[str, int] = {}
     total: dict[str, int] = {}
