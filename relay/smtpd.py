@@ -36,6 +36,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from certifier.message import PLAIN_ADDR_SPEC
 from relay import replies
 from relay.logs import log_failure
 
@@ -59,10 +60,7 @@ _ENDLESS_LINE = 32 * 1024 * 1024
 # The path almost every client sends: <dot-atom@host.name>, then the parameters. For it
 # the stdlib parser's answer is the text between the brackets (a property test holds
 # the two to the same result), so it is taken without building a token tree.
-_PLAIN_PATH = re.compile(
-    r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
-)
+_PLAIN_PATH = re.compile(f"<({PLAIN_ADDR_SPEC})>")
 
 Verifier = Callable[[str, str], Awaitable[bool]]
 AUTH_DELAY_CAP = 30.0  # seconds: the longest wait before a failed AUTH is answered
