@@ -106,15 +106,15 @@ def _header_section(fields: list[tuple[str, str]]) -> bytes:
                 msg[name] = value
             return b"".join(msg.policy.fold_binary(n, v) for n, v in msg.items())
         except (email.errors.HeaderParseError, IndexError) as err:  # not an address at all
-            raise ValueError(f"a header field cannot be written ({err.__class__.__name__})") from None
+            raise ValueError(
+                f"a header field cannot be written ({err.__class__.__name__})"
+            ) from None
     lines = []
     for name, value in fields:
         if value.isascii() and "=?" not in value and len(name) + len(value) < 900:
             lines.append(f"{name}: {value}\r\n")
         else:
-            encoded = email.header.Header(value, "utf-8", header_name=name).encode(
-                linesep="\r\n"
-            )
+            encoded = email.header.Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
             lines.append(f"{name}: {encoded}\r\n")
     return "".join(lines).encode("ascii")
 

@@ -189,13 +189,12 @@ class QueueManager:
             # a busy or dead destination while holding the room the others need; a domain
             # whose servers do not answer at all gets one attempt at a time until one does
             # (Postfix's destination concurrency feedback).
-            busy = [d for d, n in self._by_domain.items() if n >= self._allowance(d)]
             slots = {
                 d: self._allowance(d) - self._by_domain.get(d, 0)
                 for d in {*self._by_domain, *self._unreachable}
             }
             due = await self.store.take_due(
-                now, room * 4, lease, busy, slots, self.cfg.delivery.per_destination
+                now, room * 4, lease, slots, self.cfg.delivery.per_destination
             )
             groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             for row in due:

@@ -456,38 +456,33 @@ class Store:
         now: float,
         limit: int,
         lease: float,
-        skip_domains: Iterable[str] = (),
         slots: Mapping[str, int] | None = None,
         default_slots: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Lease up to ``limit`` due recipients (of messages not on hold), oldest first,
-        leaving out ``skip_domains`` (destinations that have enough work waiting).
+        """Lease up to ``limit`` due recipients (of messages not on hold), oldest first.
 
         ``slots`` caps the messages taken per domain (``default_slots`` for a domain not
-        in it): the recipients of further messages to a domain that is at its limit stay
-        unleased in the database, instead of being leased, handed over and given back
-        (a backlog to one busy domain made every scan do that with hundreds of rows).
+        in it; None: no cap). A domain with no slot left is not even read; the
+        recipients of further messages to a domain that reaches its cap stay unleased in
+        the database, instead of being leased, handed over and given back (a backlog to
+        one busy domain made every scan do that with hundreds of rows).
 
         A lease marks a recipient as being tried by this process, so the next scan does not
         pick it again; it ends with the attempt's outcome, and a new process starts with
         none (:meth:`release_leases`), so a crash delays nothing.
         """
-        return await self._run(
-            self._take_due, now, limit, lease, sorted(skip_domains), slots, default_slots
-        )
+        return await self._run(self._take_due, now, limit, lease, dict(slots or {}), default_slots)
 
     def _take_due(
         self,
         now: float,
         limit: int,
         lease: float,
-        skip_domains: list[str],
-        slots: Mapping[str, int] | None = None,
-        default_slots: int | None = None,
+        slots: dict[str, int],
+        default_slots: int | None,
     ) -> list[dict[str, Any]]:
-        skip = (
-            f" AND r.domain NOT IN ({', '.join('?' for _ in skip_domains)})" if skip_domains else ""
-        )
+        full = sorted(d for d, n in slots.items() if n <= 0)
+        skip = f" AND r.domain NOT IN ({', '.join('?' for _ in full)})" if full else ""
         # Only placeholders are joined in: the domains themselves are parameters.
         sql = (
             "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip,"  # noqa: S608
@@ -498,28 +493,10 @@ class Store:
             " AND r.lease_until IS NULL AND m.state = 'active'"
             f"{skip} ORDER BY r.next_attempt LIMIT ?"
         )
-        if slots is None and default_slots is None:
-            rows = list(self._db.query(sql, (now, *skip_domains, limit)))
-        else:
-            rows = self._take_within_slots(
-                sql, (now, *skip_domains, limit), slots or {}, default_slots
-            )
-        self._conn.executemany(
-            "UPDATE recipients SET lease_until = ? WHERE id = ?", [(lease, r["id"]) for r in rows]
-        )
-        return rows
-
-    def _take_within_slots(
-        self,
-        sql: str,
-        params: tuple[Any, ...],
-        slots: Mapping[str, int],
-        default_slots: int | None,
-    ) -> list[dict[str, Any]]:
-        cursor = self._conn.execute(sql, params)
+        cursor = self._conn.execute(sql, (now, *full, limit))
         columns = [d[0] for d in cursor.description]
         qid_at, domain_at = columns.index("qid"), columns.index("domain")
-        messages: dict[str, set[str]] = {}
+        messages: dict[str, set[str]] = {}  # per domain, the messages taken
         rows: list[dict[str, Any]] = []
         for values in cursor:
             domain, qid = values[domain_at], values[qid_at]
@@ -530,6 +507,9 @@ class Store:
                     continue  # the domain is at its limit: this message waits in the database
                 taken.add(qid)
             rows.append(dict(zip(columns, values, strict=True)))
+        self._conn.executemany(
+            "UPDATE recipients SET lease_until = ? WHERE id = ?", [(lease, r["id"]) for r in rows]
+        )
         return rows
 
     async def release_leases(self) -> None:

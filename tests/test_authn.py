@@ -518,7 +518,9 @@ def test_key_files_survive_only_if_valid(tmp_path: Path) -> None:
 
 
 _BODY_BYTES = st.lists(
-    st.sampled_from([b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"-- ", b"\xc3\xa9", b"."]),
+    st.sampled_from(
+        [b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"-- ", b"\xc3\xa9", b"."]
+    ),
     max_size=60,
 ).map(b"".join)
 

@@ -89,7 +89,9 @@ def test_each_recipient_gets_the_message_once(thunderbird_run: dict, mx: Sink) -
         assert b"d=certifica.localhost;" in added
         assert b"\r\nReceived: from client.test" in added
         # the return path is ours (VERP), so late bounces come back as evidence
-        assert re.fullmatch(r"bounces\+[0-9A-F]{12}\.[a-z2-7]{10}@certifica\.localhost", copies[0].mail_from)
+        assert re.fullmatch(
+            r"bounces\+[0-9A-F]{12}\.[a-z2-7]{10}@certifica\.localhost", copies[0].mail_from
+        )
     assert not any(CERT_ADDRESS in m.rcpt_tos for m in mx.messages)
 
 

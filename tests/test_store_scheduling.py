@@ -44,7 +44,7 @@ def test_slots_cap_messages_per_domain_and_leave_the_rest_unleased(store: Store)
         await enqueue(store, "m7", "w@c.example")
         await enqueue(store, "m8", "v@c.example")
 
-        due = await store.take_due(NOW, 100, LEASE, (), {"a.example": 2}, 1)
+        due = await store.take_due(NOW, 100, LEASE, {"a.example": 2}, 1)
         taken = sorted({(r["qid"], r["domain"]) for r in due})
         # a.example: its two oldest messages, with both recipients; the others one each
         assert taken == [
@@ -56,7 +56,7 @@ def test_slots_cap_messages_per_domain_and_leave_the_rest_unleased(store: Store)
         assert len([r for r in due if r["domain"] == "a.example"]) == 4
 
         # What was not taken is not leased: the next scan finds it, oldest first.
-        again = await store.take_due(NOW, 100, LEASE, (), {"a.example": 1}, 5)
+        again = await store.take_due(NOW, 100, LEASE, {"a.example": 1}, 5)
         assert sorted({r["qid"] for r in again}) == ["m3", "m8"]
         # Without slots, everything due and unleased comes back.
         rest = await store.take_due(NOW, 100, LEASE)
@@ -70,7 +70,7 @@ def test_a_domain_at_its_limit_gets_nothing(store: Store) -> None:
     async def scenario() -> None:
         await enqueue(store, "m1", "x@a.example")
         await enqueue(store, "m2", "y@b.example")
-        due = await store.take_due(NOW, 100, LEASE, (), {"a.example": 0}, 3)
+        due = await store.take_due(NOW, 100, LEASE, {"a.example": 0}, 3)
         assert [r["qid"] for r in due] == ["m2"]
         assert [r["qid"] for r in await store.take_due(NOW, 100, LEASE)] == ["m1"]
 
