@@ -21,6 +21,7 @@ from certifier.pki import Pki, ensure_dev_pki
 from tests.conftest import (
     CERT_ADDRESS,
     CERTIFICA,
+    Gateway,
     Sink,
     SinkServer,
     assert_clean_log,
@@ -81,20 +82,25 @@ def sink(sink_server: SinkServer) -> Sink:
     return sink_server.start(Sink())
 
 
+def _certify_one(tmp: Path, sink: Sink, signing: str, to: str) -> tuple[Path, Gateway]:
+    """Start a gateway with ``signing`` lines, certify one message to ``to``, stop it:
+    the certificate PDF, and the stopped gateway (its log and state)."""
+    gw = start_gateway(_config(tmp, {"example.org": sink.port, "example.com": sink.port}, signing))
+    try:
+        qid = submit(gw, make_message(to=to), [to, CERT_ADDRESS])
+        pdf = certificate_pdf(generated_for(sink, qid, "certificate"), tmp / "c.pdf")
+    finally:
+        gw.stop()
+    return pdf, gw
+
+
 def test_pkcs12_with_a_password_file(organisation: Pki, sink: Sink, tmp_path: Path) -> None:
     p12 = _p12(organisation, tmp_path / "signing.p12")
     secret = tmp_path / "signing.password"
     secret.write_bytes(PASSWORD + b"\n")
     secret.chmod(0o600)
     extra = f'pkcs12 = "{p12}"\npassword_file = "{secret}"\n'
-    gw = start_gateway(
-        _config(tmp_path, {"example.org": sink.port, "example.com": sink.port}, extra)
-    )
-    try:
-        qid = submit(gw, make_message(to="judge@example.org"), ["judge@example.org", CERT_ADDRESS])
-        pdf = certificate_pdf(generated_for(sink, qid, "certificate"), tmp_path / "c.pdf")
-    finally:
-        gw.stop()
+    pdf, gw = _certify_one(tmp_path, sink, extra, "judge@example.org")
     _signed_by(pdf, organisation, gw.state)
     assert PASSWORD.decode() not in gw.log()
     assert_clean_log(gw.log())
@@ -117,14 +123,7 @@ def test_encrypted_pem_key_with_the_password_in_the_environment(
         f'chain = ["{organisation.ca_cert}"]\n'
     )
     monkeypatch.setenv("CERTIFICA_SIGNING_PASSWORD", PASSWORD.decode())
-    gw = start_gateway(
-        _config(tmp_path, {"example.org": sink.port, "example.com": sink.port}, extra)
-    )
-    try:
-        qid = submit(gw, make_message(to="clerk@example.org"), ["clerk@example.org", CERT_ADDRESS])
-        pdf = certificate_pdf(generated_for(sink, qid, "certificate"), tmp_path / "c.pdf")
-    finally:
-        gw.stop()
+    pdf, gw = _certify_one(tmp_path, sink, extra, "clerk@example.org")
     _signed_by(pdf, organisation, gw.state)
     assert_clean_log(gw.log())
 
