@@ -44,7 +44,7 @@ from typing import Any
 
 from certifier.message import header_from_addresses
 from relay import replies
-from relay.addresses import reception_token
+from relay.addresses import local_domains, reception_token
 from relay.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
 from relay.bounces import is_auto_reply
 from relay.certified_copy import authentication_evidence
@@ -106,6 +106,7 @@ class ReceptionIntake:
         self.spool = spool
         self.wake = wake
         self.domain = cfg.gateway.domain.lower().rstrip(".")
+        self.local_domains = local_domains(cfg)
 
     async def owner_for(self, address: str) -> dict[str, Any] | None:
         """The enabled owner an RCPT address forwards for, or None."""
@@ -246,7 +247,10 @@ class ReceptionIntake:
             return False, "automatic, bulk or mailing-list mail: never answered (RFC 3834)"
         if original_from is None:
             return False, "the From header does not name one sender"
-        if original_from == owner["owner"] or original_from.endswith("@" + self.domain):
+        if (
+            original_from == owner["owner"]
+            or original_from.rpartition("@")[2] in self.local_domains
+        ):
             return False, "the sender is the owner or the gateway itself"
         if self.cfg.reception.ack_requires_authentication and not (
             results is not None and results.passes("dkim-or-spf")

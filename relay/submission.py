@@ -81,13 +81,13 @@ class SubmissionHandler:
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         decision = self.addresses.classify(address)
-        if decision.refusal is not None:
-            return decision.refusal
         if decision.kind is not None:
             address = decision.address  # <Postmaster> is delivered as postmaster@<domain>
         problem = address_problem(address)
         if problem:
             return replies.BAD_ADDRESS.format(why=problem)
+        if decision.refusal is not None:
+            return decision.refusal
         if len(envelope.rcpt_tos) >= self.cfg.limits.recipients:
             return replies.TOO_MANY_RECIPIENTS
         if decision.kind is AddressKind.CERTIFY:
