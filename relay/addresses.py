@@ -7,15 +7,15 @@ is one more entry of :data:`CERTIFICATION_TAGS`. Both listeners (the MX, port 25
 submission, 587/465) ask :meth:`GatewayAddresses.classify` at RCPT, so they agree on
 what is ours:
 
-===============  =============================================  =========================
-kind             form                                           what it is for
-===============  =============================================  =========================
-``certify``      ``certifica@<domain>`` (+ a documented tag)    asks for certification
-``bounce``       ``bounces+<id>.<mac>@<domain>`` (VERP)         late delivery reports
-``reception``    ``recepcion+<token>@<domain>``                 certified reception
+===============  ==============================================  =======================
+kind             form                                            what it is for
+===============  ==============================================  =======================
+``certify``      ``certifica@<domain>`` (+ a documented tag)     asks for certification
+``bounce``       ``bounces+<id>.<mac>@<domain>`` (VERP)          late delivery reports
+``reception``    ``recepcion+<token>@<domain>``                  certified reception
 ``postmaster``   ``postmaster@<domain>``, bare ``<Postmaster>``  the operator (RFC 5321)
-``abuse``        ``abuse@<domain>``                             the operator (RFC 2142)
-===============  =============================================  =========================
+``abuse``        ``abuse@<domain>``                              the operator (RFC 2142)
+===============  ==============================================  =======================
 
 Any other address at one of the gateway's domains (:func:`local_domains`: the mail
 domain, the host name, the certification address's domain) is refused at RCPT with
