@@ -88,6 +88,10 @@ class SubmissionHandler:
             return replies.BAD_ADDRESS.format(why=problem)
         if decision.refusal is not None:
             return decision.refusal
+        if decision.kind is AddressKind.RECEPTION and not await self.store.reception_owner(
+            decision.detail
+        ):
+            return replies.NO_SUCH_USER  # as the MX would answer it at delivery
         if len(envelope.rcpt_tos) >= self.cfg.limits.recipients:
             return replies.TOO_MANY_RECIPIENTS
         if decision.kind is AddressKind.CERTIFY:

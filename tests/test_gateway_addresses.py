@@ -11,6 +11,7 @@ with one line naming the key and the file.
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import subprocess
 import time
@@ -31,7 +32,8 @@ from relay.addresses import (
     postmaster_address,
 )
 from relay.bounces import make_return_path
-from relay.config import ConfigError, load_config, parse_endpoint
+from relay.config import ConfigError, Endpoint, load_config, parse_endpoint
+from relay.routing import RouteError, Router
 from tests.conftest import (
     CERTIFICA,
     PASSWORD,
@@ -304,6 +306,26 @@ def test_production_with_real_names_starts(tmp_path: Path) -> None:
     assert gw.proc.returncode == 0, gw.log()
 
 
+def test_the_router_sends_our_domains_to_our_mx_whatever_the_routes(tmp_path: Path) -> None:
+    with DNSServer() as dns:
+        dns.add(DOMAIN, "MX", "10 trap.example.test.")
+        config = write(
+            tmp_path,
+            'hostname = "mx1.certifica.localhost"',
+            f'{dns.config_toml()}\n[delivery.routes]\n"*" = "127.0.0.1:2525"\n',
+        )
+        router = Router(load_config(config))
+        with pytest.raises(RouteError) as err:  # no MX listener: nowhere to go, and final
+            asyncio.run(router.resolve(DOMAIN))
+        assert not err.value.temporary and "[listen] mx" in err.value.text
+        router.route_local(Endpoint("0.0.0.0", 2526))  # noqa: S104 - a wildcard bind
+        for domain in (DOMAIN, "CERTIFICA.localhost.", "mx1.certifica.localhost"):
+            (hop,) = asyncio.run(router.resolve(domain))
+            assert (hop.ip, hop.port) == ("127.0.0.1", 2526)
+        assert asyncio.run(router.resolve("example.org"))[0].port == 2525
+        assert dns.queries == []
+
+
 # -- the real gateway ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ops(sink_server: SinkServer) -> Sink:
@@ -387,6 +409,17 @@ def test_other_addresses_at_our_domain_get_550_5_1_1_on_both_ports(
     for code, text in rcpt_on_both_ports(gateway, address):
         assert code == 550 and text.startswith("5.1.1 "), text
         assert sentence.lower() in text.lower(), text
+
+
+def test_submission_checks_a_reception_token_at_rcpt(gateway: Gateway) -> None:
+    enabled = gateway.cli("reception", "enable", "owner@example.com")
+    assert enabled.returncode == 0, enabled.stderr
+    forward = next(w for w in enabled.stdout.split() if w.startswith("recepcion+"))
+    with submission_client(gateway) as client:
+        client.mail("alice@example.com")
+        assert client.docmd(f"RCPT TO:<{forward}>")[0] == 250
+        code, text = client.docmd(f"RCPT TO:<recepcion+0000000000000000@{DOMAIN}>")
+        assert (code, text.decode()) == (550, replies.NO_SUCH_USER[4:])
 
 
 def body(marker: str) -> bytes:
