@@ -1,19 +1,18 @@
 """The MX listener (port 25): mail for the gateway's own addresses, and nothing else.
 
 The local addresses are listed once, in :mod:`relay.addresses`, which decides at RCPT:
-the certification address, which receives the Cc copy a
-sender's own provider delivers (MX mode, :mod:`relay.certified_copy` decides on it
-through ``on_certify``), the reception addresses ``<prefix>+<token>@<domain>`` of
-mailbox owners (certified reception, :mod:`relay.reception`, through
-``reception_owner`` at RCPT and ``on_reception`` at DATA), the VERP return paths of relayed messages
+the certification address, which receives the Cc copy a sender's own provider delivers
+(MX mode, :mod:`relay.certified_copy` decides on it through ``on_certify``); the
+reception addresses ``<prefix>+<token>@<domain>`` of mailbox owners (certified
+reception, :mod:`relay.reception`, through ``reception_owner`` at RCPT and
+``on_reception`` at DATA); the VERP return paths of relayed messages
 (:mod:`relay.bounces`): a delivery status notification that arrives there after the
-remote server said 250 becomes evidence through ``on_bounce``, and ``postmaster`` and
+remote server said 250 becomes evidence through ``on_bounce``; and ``postmaster`` and
 ``abuse``, relayed to the operator through ``on_postmaster`` (:mod:`relay.postmaster`).
-Every other address is
-refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1): a certified copy
-goes only to the To and Cc of a message whose registered sender authenticated it. The
-handler decides and answers; it never sends mail, not even a bounce of a bounce (RFC
-3834 §2).
+Every other address is refused at RCPT, so the MX is never a relay (RFC 5321 §3.6,
+§7.1): a certified copy goes only to the To and Cc of a message whose registered sender
+authenticated it. The handler decides and answers; it never sends mail, not even a
+bounce of a bounce (RFC 3834 §2).
 
 Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
 
