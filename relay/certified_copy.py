@@ -38,6 +38,7 @@ from typing import Any
 
 from certifier.message import header_addresses, header_from_addresses
 from relay import replies
+from relay.addresses import local_domains
 from relay.authn import AuthResults, TemporaryAuthError, authenticate
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
@@ -62,6 +63,7 @@ class CertifiedCopyIntake:
         self.spool = spool
         self.wake = wake
         self.domain = cfg.gateway.domain.lower().rstrip(".")
+        self.local_domains = local_domains(cfg)
 
     async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
@@ -158,7 +160,7 @@ class CertifiedCopyIntake:
         seen: set[str] = set()
         for address in listed:
             key = normalise_address(address)
-            if key in seen or key.rpartition("@")[2].rstrip(".") == self.domain:
+            if key in seen or key.rpartition("@")[2].rstrip(".") in self.local_domains:
                 continue  # our own addresses receive nothing
             problem = address_problem(address)
             if problem:

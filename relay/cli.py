@@ -204,7 +204,9 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 # -- reception ------------------------------------------------------------------------
 def _forwarding_address(cfg: Config, token: str) -> str:
-    return f"{cfg.reception.prefix}+{token}@{cfg.gateway.domain}"
+    from relay.addresses import reception_address
+
+    return reception_address(cfg.reception.prefix, token, cfg.gateway.domain)
 
 
 def cmd_reception_enable(args: argparse.Namespace) -> int:

@@ -58,6 +58,8 @@ class GatewayConfig:
     state_dir: Path = Path("var")
     relay_uncertified: bool = True
     bounce_prefix: str = "bounces"
+    mode: str = "development"
+    postmaster: str = ""
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ def _validate(cfg: Config, where: str) -> None:
             ) from None
     if "@" not in cfg.gateway.certification_address:
         raise ConfigError(f"{where}: gateway.certification_address must be an e-mail address")
+    _validate_gateway_addresses(cfg, where)
     if cfg.limits.auth_block < 1:
         raise ConfigError(f"{where}: limits.auth_block must be at least 1")
     if cfg.limits.min_data_rate <= 0:
@@ -323,6 +326,26 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: signing.pkcs12 replaces signing.cert and signing.key: set one")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
+
+
+def _validate_gateway_addresses(cfg: Config, where: str) -> None:
+    """``[gateway] mode`` and ``postmaster``: the production checks proper are
+    :func:`relay.production.check_production`, run when the gateway starts."""
+    from relay.addresses import local_domains, postmaster_address
+
+    if cfg.gateway.mode not in ("development", "production"):
+        raise ConfigError(f'{where}: gateway.mode must be "development" or "production"')
+    postmaster = postmaster_address(cfg)
+    local, at, domain = postmaster.rpartition("@")
+    if postmaster and (
+        not at or not local or "." not in domain or any(c.isspace() for c in postmaster)
+    ):
+        raise ConfigError(f"{where}: gateway.postmaster = {postmaster!r} is not an e-mail address")
+    if postmaster and domain.lower().rstrip(".") in local_domains(cfg):
+        raise ConfigError(
+            f"{where}: gateway.postmaster = {postmaster!r} is an address of the gateway itself; "
+            "name a mailbox elsewhere that a person reads (mail to it would loop)"
+        )
 
 
 SIGNING_PASSWORD_ENV = "CERTIFICA_SIGNING_PASSWORD"  # noqa: S105 - a variable name

@@ -1,24 +1,27 @@
 """The MX listener (port 25): mail for the gateway's own addresses, and nothing else.
 
-The local addresses are the certification address, which receives the Cc copy a
-sender's own provider delivers (MX mode, :mod:`relay.certified_copy` decides on it
-through ``on_certify``), the reception addresses ``<prefix>+<token>@<domain>`` of
-mailbox owners (certified reception, :mod:`relay.reception`, through
-``reception_owner`` at RCPT and ``on_reception`` at DATA), and the VERP return paths of relayed messages
+The local addresses are listed once, in :mod:`relay.addresses`, which decides at RCPT:
+the certification address, which receives the Cc copy a sender's own provider delivers
+(MX mode, :mod:`relay.certified_copy` decides on it through ``on_certify``); the
+reception addresses ``<prefix>+<token>@<domain>`` of mailbox owners (certified
+reception, :mod:`relay.reception`, through ``reception_owner`` at RCPT and
+``on_reception`` at DATA); the VERP return paths of relayed messages
 (:mod:`relay.bounces`): a delivery status notification that arrives there after the
-remote server said 250 becomes evidence through ``on_bounce``. Every other address is
-refused at RCPT, so the MX is never a relay (RFC 5321 §3.6, §7.1): a certified copy
-goes only to the To and Cc of a message whose registered sender authenticated it. The
-handler decides and answers; it never sends mail, not even a bounce of a bounce (RFC
-3834 §2).
+remote server said 250 becomes evidence through ``on_bounce``; and ``postmaster`` and
+``abuse``, relayed to the operator through ``on_postmaster`` (:mod:`relay.postmaster`).
+Every other address is refused at RCPT, so the MX is never a relay (RFC 5321 §3.6,
+§7.1): a certified copy goes only to the To and Cc of a message whose registered sender
+authenticated it. The handler decides and answers; it never sends mail, not even a
+bounce of a bounce (RFC 3834 §2).
 
 Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
 
 * ``MAIL``: any sender, the null reverse-path ``<>`` included (DSNs come from it).
-* ``RCPT``: the certification address, an enabled reception address or a valid VERP
-  address of ours -> ``250 2.1.5``; an unknown or disabled reception token too is
-  ``550 5.1.1``; another address at our
-  domain -> ``550 5.1.1``; another domain, a source route (``@a,@b:x@y``), a ``%`` or
+* ``RCPT``: the certification address, an enabled reception address, a valid VERP
+  address of ours, ``postmaster`` (bare too) or ``abuse`` -> ``250 2.1.5``; an unknown
+  or disabled reception token too is ``550 5.1.1``; another address at our domain ->
+  ``550 5.1.1`` with a sentence (:mod:`relay.addresses`: the valid forms, or "did you
+  mean"); another domain, a source route (``@a,@b:x@y``), a ``%`` or
   ``!`` hack, a quoted local part holding ``@`` or ``%`` -> ``550 5.7.1`` relaying
   denied; over the recipient limit -> ``452 4.5.3``.
 * ``DATA`` for the certification address: whatever ``on_certify`` answers (250 with
@@ -41,9 +44,10 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from relay import replies
+from relay.addresses import AddressKind, GatewayAddresses
 from relay.bounces import BounceReport, parse_dsn, parse_return_path
 from relay.logs import log_failure, printable
 from relay.replies import (
@@ -70,13 +74,9 @@ log = logging.getLogger("certifica/mx")
 OnBounce = Callable[[str, list[BounceReport], bytes], Awaitable[None]]
 OnCertify = Callable[[Any, Any, Any], Awaitable[str]]
 OwnerLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
-AddressKind = Literal["bounce", "certify", "reception"]
 
 _NULL_PATH = "<>"  # how aiosmtpd's _getaddr returns the null reverse-path
 _SOURCE_ROUTE = re.compile(r"\s*<(@[^<>]*:[^<>]*)>(.*)", re.S)
-# Characters that route mail onward when they appear in a local part (RFC 5321 Appendix
-# C source routes, the % hack, UUCP bang paths): an MX that honoured them would relay.
-_ROUTING = re.compile(r"[@%!:]")
 
 
 class MXSMTP(CertificaSMTP):
@@ -146,6 +146,8 @@ class MXHandler:
         on_certify: OnCertify | None = None,
         reception_owner: OwnerLookup | None = None,
         on_reception: OnCertify | None = None,
+        reception_prefix: str = "recepcion",
+        on_postmaster: OnCertify | None = None,
         max_recipients: int = 100,
     ) -> None:
         if not domain or "@" in domain:
@@ -162,23 +164,29 @@ class MXHandler:
         self.on_certify = on_certify
         self.reception_owner = reception_owner
         self.on_reception = on_reception
+        self.on_postmaster = on_postmaster
         self.max_recipients = max_recipients
         self.accepting = True
+        self.addresses = GatewayAddresses(
+            domain=self.domain,
+            hostname=hostname,
+            certification_address=self.certification_address,
+            verp_key=verp_key,
+            verp_prefix=verp_prefix,
+            reception_prefix=reception_prefix,
+        )
+        # The kinds this handler takes; one built without a taker refuses that kind.
+        self.taken = {AddressKind.BOUNCE}
+        self.taken |= {AddressKind.CERTIFY} if on_certify is not None else set()
+        if reception_owner is not None and on_reception is not None:
+            self.taken.add(AddressKind.RECEPTION)
+        if on_postmaster is not None:
+            self.taken |= {AddressKind.POSTMASTER, AddressKind.ABUSE}
 
     def local_address_kind(self, address: str) -> AddressKind | None:
         """What a local address of ours is for; None when it is no address of ours."""
-        if self.on_certify is not None and address.strip().lower() == self.certification_address:
-            return "certify"
-        if parse_return_path(address, self.domain, self.verp_key, self.verp_prefix):
-            return "bounce"
-        return None
-
-    def _is_ours(self, address: str) -> bool:
-        """True for ``local@<our domain>`` with a local part that routes nowhere else."""
-        local, at, domain = address.rpartition("@")
-        if not at:
-            return True  # an unqualified name ("postmaster") is local by RFC 5321 §4.1.1.3
-        return domain.lower().rstrip(".") == self.domain and not _ROUTING.search(local)
+        kind = self.addresses.classify(address).kind
+        return kind if kind in self.taken else None
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -192,14 +200,18 @@ class MXHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if not self._is_ours(address):
+        decision = self.addresses.classify(address)
+        if decision.refusal is not None:
+            _log_reject(session, envelope, address, decision.refusal[10:])
+            return decision.refusal
+        if decision.kind is None:
             _log_reject(session, envelope, address, "Relay access denied")
             return RELAY_DENIED.format(domain=self.domain)
-        kind = self.local_address_kind(address)
+        kind: AddressKind | None = decision.kind if decision.kind in self.taken else None
         owner = None
-        if kind is None and self.reception_owner is not None:
+        if kind is AddressKind.RECEPTION and self.reception_owner is not None:
             owner = await self.reception_owner(address)
-            kind = "reception" if owner is not None else None
+            kind = kind if owner is not None else None
         if kind is None:
             _log_reject(session, envelope, address, "No such user here (or a forged tag)")
             return NO_SUCH_USER
@@ -232,11 +244,16 @@ class MXHandler:
         # for one purpose is refused whole, and what was taken for another (a DSN) is
         # taken again, idempotently, when the client retries.
         answers: list[str] = []
-        for kind, take, what in (
-            ("certify", self.on_certify, "the certified copy"),
-            ("reception", self.on_reception, "the certified reception"),
+        for wanted, take, what in (
+            ({AddressKind.CERTIFY}, self.on_certify, "the certified copy"),
+            ({AddressKind.RECEPTION}, self.on_reception, "the certified reception"),
+            (
+                {AddressKind.POSTMASTER, AddressKind.ABUSE},
+                self.on_postmaster,
+                "the postmaster's mail",
+            ),
         ):
-            if kind not in kinds or take is None:
+            if not wanted & kinds or take is None:
                 continue
             try:
                 answer = await take(server, session, envelope)
@@ -246,7 +263,7 @@ class MXHandler:
             if not answer.startswith("2"):
                 return answer
             answers.append(answer)
-        if "bounce" not in kinds:
+        if AddressKind.BOUNCE not in kinds:
             return answers[0] if answers else NOT_A_BOUNCE
         qids: list[str] = []
         for address in envelope.rcpt_tos:

@@ -44,6 +44,7 @@ from typing import Any
 
 from certifier.message import header_from_addresses
 from relay import replies
+from relay.addresses import local_domains, reception_token
 from relay.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
 from relay.bounces import is_auto_reply
 from relay.certified_copy import authentication_evidence
@@ -60,17 +61,6 @@ log = logging.getLogger("certifica/reception")
 
 MAX_TRACE_FIELDS = 50  # Received and ARC fields kept as evidence
 MAX_TRACE_CHARS = 2000  # per field
-
-
-def token_of(address: str, prefix: str, domain: str) -> str | None:
-    """The token of ``<prefix>+<token>@<domain>``, or None if ``address`` is not one."""
-    local, at, dom = address.strip().rpartition("@")
-    if not at or dom.lower().rstrip(".") != domain.lower().rstrip("."):
-        return None
-    head, plus, token = local.partition("+")
-    if not plus or head.lower() != prefix or not token.isalnum() or len(token) > 64:
-        return None
-    return token.lower()
 
 
 # Fields each hop may add or rewrite on the way: a message forwarded twice differs only
@@ -116,10 +106,11 @@ class ReceptionIntake:
         self.spool = spool
         self.wake = wake
         self.domain = cfg.gateway.domain.lower().rstrip(".")
+        self.local_domains = local_domains(cfg)
 
     async def owner_for(self, address: str) -> dict[str, Any] | None:
         """The enabled owner an RCPT address forwards for, or None."""
-        token = token_of(address, self.cfg.reception.prefix, self.domain)
+        token = reception_token(address, self.cfg.reception.prefix, self.domain)
         return await self.store.reception_owner(token) if token else None
 
     async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
@@ -256,7 +247,10 @@ class ReceptionIntake:
             return False, "automatic, bulk or mailing-list mail: never answered (RFC 3834)"
         if original_from is None:
             return False, "the From header does not name one sender"
-        if original_from == owner["owner"] or original_from.endswith("@" + self.domain):
+        if (
+            original_from == owner["owner"]
+            or original_from.rpartition("@")[2] in self.local_domains
+        ):
             return False, "the sender is the owner or the gateway itself"
         if self.cfg.reception.ack_requires_authentication and not (
             results is not None and results.passes("dkim-or-spf")

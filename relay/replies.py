@@ -70,8 +70,20 @@ EIGHT_BIT_HEADERS = (
 )
 NOT_A_MESSAGE = "550 5.6.0 The data is not an e-mail message: no header section was found"
 
-# -- the MX listener ---------------------------------------------------------------
+# -- the gateway's own addresses (relay/addresses.py), on both listeners ------------
 NO_SUCH_USER = "550 5.1.1 No such user here"
+NO_SUCH_ADDRESS = (
+    "550 5.1.1 There is no such address at {domain}; this gateway receives mail only at {addresses}"
+)
+CERTIFICATION_TAG_NONE = "550 5.1.1 The certification address takes no +tag; write it as {address}"
+CERTIFICATION_TAG_UNKNOWN = (
+    "550 5.1.1 That +tag of the certification address does not exist; the valid forms are {valid}"
+)
+CERTIFICATION_NEAR_MISS = (
+    "550 5.1.1 There is no such address here; did you mean the certification address {address}?"
+)
+
+# -- the MX listener ---------------------------------------------------------------
 RELAY_DENIED = "550 5.7.1 Relaying denied: this server only accepts mail for {domain}"
 BOUNCE_RECORDED = "250 2.0.0 Bounce recorded"
 NOT_A_BOUNCE = "250 2.0.0 Message received; this address only reads delivery reports"

@@ -1,9 +1,13 @@
 """Where mail for a domain goes: a fixed route from config, or the domain's MX (RFC 5321 §5.1).
 
-Two implementations behind one interface (STYLE.md, "Interfaces where the world
-differs"): :class:`Router` asks ``[delivery.routes]`` first (``"*"`` matches any other
-domain) and otherwise looks the domain up in the DNS with dnspython's asynchronous
-resolver, through ``[dns] nameservers`` when set and within ``[dns] timeout``:
+The gateway's own domains (:func:`relay.addresses.local_domains`) go to its own MX
+listener, whatever the DNS or the routes say: it never looks itself up (a submitted
+message to ``postmaster@<domain>`` or a reception address is handed to the MX, which
+decides on it as on any other). Otherwise two implementations behind one interface
+(STYLE.md, "Interfaces where the world differs"): :class:`Router` asks
+``[delivery.routes]`` first (``"*"`` matches any other domain) and otherwise looks the
+domain up in the DNS with dnspython's asynchronous resolver, through ``[dns]
+nameservers`` when set and within ``[dns] timeout``:
 
 * MX records by preference, equal preferences in random order (RFC 5321 §5.1), each
   MX host's A then AAAA records, every hop on ``[delivery] smtp_port``;
@@ -33,6 +37,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from relay.addresses import local_domains
 from relay.config import Config, Endpoint, parse_endpoint
 
 log = logging.getLogger("certifica/dns")
@@ -123,6 +128,8 @@ class Router:
             domain.lower(): parse_endpoint(target, f"delivery.routes.{domain}", where)
             for domain, target in cfg.delivery.routes.items()
         }
+        self._local = local_domains(cfg)
+        self._local_mx: Endpoint | None = None
         self._smtp_port = cfg.delivery.smtp_port
         self._limit = max(1, address_limit)
         self._resolver = dns.asyncresolver.Resolver(configure=not cfg.dns.nameservers)
@@ -132,11 +139,26 @@ class Router:
         self._resolver.lifetime = cfg.dns.timeout
         self._resolver.timeout = min(self._resolver.timeout, cfg.dns.timeout)
 
+    def route_local(self, mx: Endpoint) -> None:
+        """Hand the gateway's own domains to its MX listener, bound at ``mx``."""
+        # A wildcard bind is reached on the loopback address of its family.
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        host = wildcard.get(mx.host, mx.host)
+        self._local_mx = Endpoint(host, mx.port)
+
     def fixed_route(self, domain: str) -> Endpoint | None:
+        if domain.lower().rstrip(".") in self._local:
+            return self._local_mx
         return self._routes.get(domain.lower()) or self._routes.get("*")
 
     async def resolve(self, domain: str) -> list[Hop]:
         """The hops to try for ``domain``, in order; raises :class:`RouteError`."""
+        if domain.lower().rstrip(".") in self._local and self._local_mx is None:
+            raise RouteError(
+                f"{domain} is the gateway's own domain and its MX listener ([listen] mx) "
+                "is off: it receives no mail",
+                temporary=False,
+            )
         route = self.fixed_route(domain)
         if route is not None:
             return (await self._addresses(route.host, route.port))[: self._limit]

@@ -35,6 +35,8 @@ from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
 from relay.mx import MXSMTP, MXHandler
+from relay.postmaster import PostmasterIntake
+from relay.production import check_production
 from relay.qmgr import QueueManager
 from relay.reception import ReceptionIntake
 from relay.routing import Router
@@ -130,6 +132,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.cfg
+        check_production(cfg)  # before anything is made: a refused start leaves no state
         self.paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
         self.pki = await asyncio.to_thread(ensure_dev_pki, self.paths["keys"], cfg.gateway.hostname)
         self.store = Store(self.paths["db"], cfg.queue.lifetime)
@@ -179,7 +182,9 @@ class Gateway:
             offload=self.pool.run,
             dkim=keyring if cfg.dkim.sign else None,
         )
-        self.submission = SubmissionHandler(cfg, self.store, self.spool, self.qmgr.wake)
+        self.submission = SubmissionHandler(
+            cfg, self.store, self.spool, self.qmgr.wake, verp_key=verp_key
+        )
         tls = self._tls_context()
         listen: dict[str, str] = {}
         sub = cfg.endpoint("submission")
@@ -205,6 +210,9 @@ class Gateway:
         mx = cfg.endpoint("mx")
         if mx:
             listen["mx"] = await self._serve_mx(mx, verp_key)
+            # Mail to the gateway's own domains goes to this listener, never via the DNS.
+            host, _, port = listen["mx"].rpartition(":")
+            deliverer.router.route_local(Endpoint(host.strip("[]"), int(port)))
         if cfg.sink.listen:
             listen["sink"] = await self._serve_sink(
                 parse_endpoint(cfg.sink.listen, "sink.listen", str(cfg.source))
@@ -286,6 +294,8 @@ class Gateway:
             on_certify=CertifiedCopyIntake(cfg, self.store, self.spool, self.qmgr.wake),
             reception_owner=reception.owner_for,
             on_reception=reception,
+            reception_prefix=cfg.reception.prefix,
+            on_postmaster=PostmasterIntake(cfg, self.store, self.spool, self.qmgr.wake).handle_DATA,
             max_recipients=cfg.limits.recipients,
         )
 

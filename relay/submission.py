@@ -7,6 +7,12 @@ its row committed in the store; if either fails the client gets 451/452.
 The certification address among the envelope recipients (the sender put it in Cc)
 asks for certification: it is taken out of delivery, and the Cc header is left as
 written so the recipients see the message is certified.
+
+An address at one of the gateway's own domains is decided at RCPT as the MX decides
+(:mod:`relay.addresses`): ``postmaster`` (bare ``<Postmaster>`` too), ``abuse``, a
+reception or return-path address are accepted and handed to the gateway's own MX at
+delivery (:mod:`relay.routing`); any other is ``550 5.1.1`` with a sentence, and a near
+miss of the certification address (``certifca@``) says which address was meant.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from certifier.message import header_from_addresses
 from relay import replies
+from relay.addresses import AddressKind, GatewayAddresses
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
 from relay.qmgr import new_certificate_id, new_queue_id
@@ -31,12 +38,19 @@ log = logging.getLogger("certifica/submission")
 class SubmissionHandler:
     """aiosmtpd hooks for authenticated submission."""
 
-    def __init__(self, cfg: Config, store: Store, spool: Spool, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        spool: Spool,
+        wake: Callable[[], None],
+        verp_key: bytes = b"",
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.spool = spool
         self.wake = wake
-        self.cert_address = normalise_address(cfg.gateway.certification_address)
+        self.addresses = GatewayAddresses.from_config(cfg, verp_key)
         self.accepting = True
 
     async def verify_password(self, user: str, password: str) -> bool:
@@ -66,12 +80,21 @@ class SubmissionHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        decision = self.addresses.classify(address)
+        if decision.kind is not None:
+            address = decision.address  # <Postmaster> is delivered as postmaster@<domain>
         problem = address_problem(address)
         if problem:
             return replies.BAD_ADDRESS.format(why=problem)
+        if decision.refusal is not None:
+            return decision.refusal
+        if decision.kind is AddressKind.RECEPTION and not await self.store.reception_owner(
+            decision.detail
+        ):
+            return replies.NO_SUCH_USER  # as the MX would answer it at delivery
         if len(envelope.rcpt_tos) >= self.cfg.limits.recipients:
             return replies.TOO_MANY_RECIPIENTS
-        if normalise_address(address) == self.cert_address:
+        if decision.kind is AddressKind.CERTIFY:
             if address not in envelope.rcpt_tos:
                 envelope.rcpt_tos.append(address)
             return replies.CERTIFICATION_OK
@@ -91,10 +114,8 @@ class SubmissionHandler:
         header = raw if end < 0 else raw[: end + 2]
         if [normalise_address(a) for a in header_from_addresses(header)] != [user]:
             return replies.FROM_NOT_OWNED.format(user=user)
-        certified = any(normalise_address(a) == self.cert_address for a in envelope.rcpt_tos)
-        recipients = tuple(
-            a for a in envelope.rcpt_tos if normalise_address(a) != self.cert_address
-        )
+        certified = any(self.addresses.is_certification(a) for a in envelope.rcpt_tos)
+        recipients = tuple(a for a in envelope.rcpt_tos if not self.addresses.is_certification(a))
         if not recipients:
             return replies.NO_OTHER_RECIPIENTS
         if not certified and not self.cfg.gateway.relay_uncertified:

@@ -1,0 +1,82 @@
+"""Mail for ``postmaster@`` and ``abuse@``: taken on the MX and relayed to a person.
+
+RFC 5321 §4.5.1 requires every SMTP server to accept mail for ``postmaster`` (with its
+domain, or bare ``<Postmaster>``), even from the null reverse-path, and RFC 2142 names
+``abuse`` for reports. The gateway keeps no mailboxes, so such mail is queued like any
+relayed message, uncertified, for the one address ``[gateway] postmaster`` names
+(:func:`relay.addresses.postmaster_address`), outside the gateway's own domains, and
+leaves with the gateway's return path. Submitted mail for these addresses reaches this
+module too: the router hands the gateway's own domains to its MX (:mod:`relay.routing`).
+
+Replies: ``250 2.0.0`` with the queue id once owned; ``451``/``452`` when it could not
+be stored (:mod:`relay.intake`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from relay import replies
+from relay.addresses import postmaster_address
+from relay.config import Config
+from relay.intake import accept, session_tls
+from relay.logs import printable
+from relay.qmgr import new_queue_id
+from relay.spool import Spool
+from relay.store import NewMessage, Store
+
+log = logging.getLogger("certifica/mx")
+
+
+class PostmasterIntake:
+    """Stores what arrives for postmaster@ and abuse@ and queues it for the operator."""
+
+    def __init__(self, cfg: Config, store: Store, spool: Spool, wake: Any) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.wake = wake
+        self.postmaster = postmaster_address(cfg)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """Queue the message for ``[gateway] postmaster``; the reply to DATA."""
+        raw: bytes = envelope.original_content
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
+        kinds = getattr(envelope, "local_kinds", {})
+        addressed = [a for a, k in kinds.items() if k in ("postmaster", "abuse")]
+        qid = new_queue_id()
+        tls_version, tls_cipher = session_tls(server)
+
+        def message(sha256: str) -> NewMessage:
+            return NewMessage(
+                qid=qid,
+                kind="mail",
+                sender=mail_from,
+                size=len(raw),
+                sha256=sha256,
+                recipients=(self.postmaster,),
+                method="mx",
+                client_ip=peer,
+                client_helo=session.host_name,
+                tls_version=tls_version,
+                tls_cipher=tls_cipher,
+                envelope_from=mail_from,
+            )
+
+        refused = await accept(self.store, self.spool, qid, raw, message)
+        if refused:
+            return refused
+        log.info(
+            "%s: from=<%s>, to=<%s>, size=%d, client=%s[%s]: relayed to <%s> (gateway.postmaster)",
+            qid,
+            printable(mail_from),
+            ">, <".join(printable(a) for a in addressed),
+            len(raw),
+            printable(session.host_name or "unknown", 200),
+            peer,
+            self.postmaster,
+        )
+        self.wake()
+        return replies.QUEUED.format(qid=qid)

@@ -1,0 +1,468 @@
+"""The gateway's own addresses (relay/addresses.py), and development or production mode.
+
+Against the real gateway (a subprocess on ports the OS picks) with smtplib: on both the
+MX port and the submission port, an address at the gateway's domain that is none of its
+own gets ``550 5.1.1`` at RCPT with a sentence; postmaster (bare too) and abuse are
+accepted, from the null sender on the MX, and arrive at ``[gateway] postmaster`` (an
+aiosmtpd sink); submitted mail for them is handed to the gateway's own MX without a DNS
+lookup (a DNS server that records queries says so). Production mode refuses to start
+with one line naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import replies
+from relay.addresses import (
+    ADDRESS_FORMS,
+    DEVELOPMENT_POSTMASTER,
+    AddressKind,
+    GatewayAddresses,
+    edit_distance,
+    postmaster_address,
+)
+from relay.bounces import make_return_path
+from relay.config import ConfigError, Endpoint, load_config, parse_endpoint
+from relay.routing import RouteError, Router
+from tests.conftest import (
+    CERTIFICA,
+    PASSWORD,
+    ROOT,
+    Gateway,
+    Sink,
+    SinkServer,
+    assert_clean_log,
+    client_tls_context,
+    start_gateway,
+)
+from tests.dnsserver import DNSServer
+
+DOMAIN = "certifica.localhost"
+CERT = f"certifica@{DOMAIN}"
+POSTMASTER = "ops@example.net"
+KEY = bytes(range(32))
+
+
+# -- the list and the decision, without a gateway ----------------------------------------
+def addresses(**kwargs: object) -> GatewayAddresses:
+    return GatewayAddresses(
+        domain=DOMAIN,
+        certification_address=CERT,
+        verp_key=KEY,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_every_kind_is_one_entry_of_the_list() -> None:
+    assert sorted(e.kind for e in ADDRESS_FORMS) == sorted(AddressKind)
+    forms = [form for _, form, _ in addresses().forms()]
+    assert forms == [
+        CERT,
+        f"bounces+<id>.<mac>@{DOMAIN}",
+        f"recepcion+<token>@{DOMAIN}",
+        f"postmaster@{DOMAIN}",
+        f"abuse@{DOMAIN}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "kind", "canonical"),
+    [
+        (CERT, AddressKind.CERTIFY, CERT),
+        ("Certifica@CERTIFICA.localhost", AddressKind.CERTIFY, "Certifica@CERTIFICA.localhost"),
+        ("Postmaster", AddressKind.POSTMASTER, f"postmaster@{DOMAIN}"),
+        ("POSTMASTER", AddressKind.POSTMASTER, f"postmaster@{DOMAIN}"),
+        (f"PostMaster@{DOMAIN}", AddressKind.POSTMASTER, f"postmaster@{DOMAIN}"),
+        (f"abuse@{DOMAIN}.", AddressKind.ABUSE, f"abuse@{DOMAIN}"),
+        (f"recepcion+5uorlxra64bj@{DOMAIN}", AddressKind.RECEPTION, None),
+        (make_return_path("4F2A1B3C9D0E", DOMAIN, KEY), AddressKind.BOUNCE, None),
+    ],
+)
+def test_our_addresses(address: str, kind: AddressKind, canonical: str | None) -> None:
+    decision = addresses().classify(address)
+    assert decision.kind is kind and decision.refusal is None
+    assert decision.address == (canonical or address)
+
+
+@pytest.mark.parametrize(
+    ("address", "reply"),
+    [
+        (f"nobody@{DOMAIN}", "no such address at certifica.localhost"),
+        ("nobody", "no such address"),
+        (f'"a b"@{DOMAIN}', "no such address"),
+        (f"postmaster+x@{DOMAIN}", "no such address"),
+        (f"certifica+bogus@{DOMAIN}", f"takes no +tag; write it as {CERT}"),
+        (f"certifca@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"certifica.@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"certificat@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"certifcia@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"certifca+x@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        ("certifica@certifca.localhost", f"did you mean the certification address {CERT}?"),
+        (f"bounces+4F2A1B3C9D0E.aaaaaaaaaa@{DOMAIN}", "No such user here"),
+        (f"recepcion+not-a-token@{DOMAIN}", "No such user here"),
+    ],
+)
+def test_other_local_addresses_are_refused_with_a_sentence(address: str, reply: str) -> None:
+    decision = addresses().classify(address)
+    assert decision.kind is None and decision.refusal is not None
+    assert decision.refusal.startswith("550 5.1.1 ")
+    assert reply.lower() in decision.refusal.lower()
+    assert len(decision.refusal) <= 510  # RFC 5321 §4.5.3.1.5
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "bob@example.org",
+        "certification@example.org",  # far from the certification address
+        "certifica@example.org",  # the same local part at an unrelated domain
+        f"u%ext.example@{DOMAIN}",
+        f"@relay.example:x@{DOMAIN}",
+        f'"x@ext.example"@{DOMAIN}',
+    ],
+)
+def test_addresses_elsewhere_are_left_to_the_relay_rules(address: str) -> None:
+    assert addresses().classify(address).kind is None
+    assert addresses().classify(address).refusal is None
+
+
+def test_a_documented_tag_is_one_entry_and_the_refusal_lists_the_forms() -> None:
+    tagged = addresses(tags={"hosted": "recipients get a link, not the content"})
+    assert tagged.classify(f"certifica+Hosted@{DOMAIN}").kind is AddressKind.CERTIFY
+    assert tagged.classify(f"certifica+Hosted@{DOMAIN}").detail == "hosted"
+    assert (f"certifica+hosted@{DOMAIN}") in [f for _, f, _ in tagged.forms()]
+    refusal = tagged.classify(f"certifica+bogus@{DOMAIN}").refusal
+    assert refusal == replies.CERTIFICATION_TAG_UNKNOWN.format(
+        valid=f"{CERT}, certifica+hosted@{DOMAIN}"
+    )
+
+
+def test_the_hostname_and_the_certification_domain_are_local() -> None:
+    gateway = GatewayAddresses(
+        domain="certifica.example",
+        hostname="mx1.certifica.example",
+        certification_address="cc@certify.example",
+    )
+    assert gateway.classify("postmaster@MX1.certifica.example").kind is AddressKind.POSTMASTER
+    assert gateway.classify("abuse@certify.example").kind is AddressKind.ABUSE
+    assert gateway.classify("cc@certify.example").kind is AddressKind.CERTIFY
+    assert "did you mean" in (gateway.classify("cc@certifica.example").refusal or "")
+    assert gateway.classify("x@other.example").refusal is None
+
+
+def _osa(a: str, b: str) -> int:
+    """The textbook optimal string alignment distance, without a limit."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+@given(st.text("certifa.+", max_size=12), st.text("certifa.+", max_size=12), st.integers(0, 4))
+def test_edit_distance_is_the_bounded_textbook_distance(a: str, b: str, limit: int) -> None:
+    assert edit_distance(a, b, limit) == min(_osa(a, b), limit + 1)
+    assert edit_distance(a, b, limit) == edit_distance(b, a, limit)
+
+
+@given(st.text(max_size=300))
+def test_classify_never_raises_and_refuses_with_5_1_1(address: str) -> None:
+    decision = addresses().classify(address)
+    assert decision.refusal is None or decision.refusal.startswith("550 5.1.1 ")
+    assert decision.kind is None or decision.refusal is None
+
+
+# -- config: mode and postmaster ---------------------------------------------------------
+def write(tmp: Path, gateway: str, rest: str = "") -> Path:
+    path = tmp / "config.toml"
+    path.write_text(f'[gateway]\nstate_dir = "state"\n{gateway}\n{rest}')
+    return path
+
+
+def test_the_shipped_config_is_development_and_its_postmaster_lands_in_the_mailbox() -> None:
+    cfg = load_config(ROOT / "config.toml")
+    assert cfg.gateway.mode == "development" and cfg.gateway.postmaster == ""
+    assert postmaster_address(cfg) == DEVELOPMENT_POSTMASTER
+    domain = DEVELOPMENT_POSTMASTER.rpartition("@")[2]
+    assert parse_endpoint(cfg.delivery.routes[domain], "", "") == parse_endpoint(
+        cfg.sink.listen, "", ""
+    )
+    assert load_config(ROOT / "systemd" / "config.toml").gateway.mode == "production"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [
+        ('mode = "staging"', 'gateway.mode must be "development" or "production"'),
+        ('postmaster = "nobody"', "gateway.postmaster = 'nobody' is not an e-mail address"),
+        (f'postmaster = "root@{DOMAIN}"', "is an address of the gateway itself"),
+        (
+            'hostname = "mx.example.org"\npostmaster = "pm@MX.example.org"',
+            "is an address of the gateway itself",
+        ),
+    ],
+)
+def test_bad_mode_or_postmaster_names_the_key_and_file(
+    tmp_path: Path, gateway: str, message: str
+) -> None:
+    path = write(tmp_path, gateway)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+PRODUCTION = """mode = "production"
+hostname = "mail.certifica.es"
+domain = "certifica.es"
+certification_address = "certifica@certifica.es"
+postmaster = "ops@operator.es"
+"""
+PORTS = """[listen]
+submission = "127.0.0.1:0"
+mx = "127.0.0.1:0"
+http = "127.0.0.1:0"
+[signing]
+workers = 1
+"""
+
+
+def serve(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CERTIFICA, "-c", str(config), "serve"], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], config: Path, key: str) -> str:
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"certifica: {config}: {key} "), lines[0]
+    assert "production mode refuses to start" in lines[0]
+    assert not (config.parent / "state").exists()  # refused before anything was made
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (('postmaster = "ops@operator.es"', ""), "gateway.postmaster"),
+        (
+            ('postmaster = "ops@operator.es"', 'postmaster = "ops@example.com"'),
+            "gateway.postmaster",
+        ),
+        (('domain = "certifica.es"', 'domain = "certifica.test"'), "gateway.domain"),
+        (('hostname = "mail.certifica.es"', 'hostname = "localhost"'), "gateway.hostname"),
+        (
+            (
+                'certification_address = "certifica@certifica.es"',
+                'certification_address = "c@x.invalid"',
+            ),
+            "gateway.certification_address",
+        ),
+        (("", ""), "tracking.public_url"),
+    ],
+)
+def test_production_refuses_to_start_naming_the_key_and_file(
+    tmp_path: Path, change: tuple[str, str], key: str
+) -> None:
+    old, new = change
+    rest = PORTS
+    if key == "tracking.public_url":
+        rest += '[tracking]\nenabled = true\npublic_url = "http://127.0.0.1:8080"\n'
+    config = write(tmp_path, PRODUCTION.replace(old, new) if old else PRODUCTION, rest)
+    assert_refused(serve(config), config, key)
+
+
+def test_the_systemd_config_refuses_until_edited(tmp_path: Path) -> None:
+    """As shipped its names are placeholders; the one line names every key to edit."""
+    config = tmp_path / "config.toml"
+    text = (ROOT / "systemd" / "config.toml").read_text()
+    config.write_text(text.replace('"/var/lib/certifica', f'"{tmp_path}/state'))
+    line = assert_refused(serve(config), config, "gateway.postmaster")
+    for key in ("gateway.domain", "gateway.hostname", "gateway.certification_address"):
+        assert key in line
+
+
+def test_production_with_real_names_starts(tmp_path: Path) -> None:
+    config = write(tmp_path, PRODUCTION, PORTS)
+    gw = start_gateway(config, users={})
+    try:
+        assert gw.proc.poll() is None
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0, gw.log()
+
+
+def test_the_router_sends_our_domains_to_our_mx_whatever_the_routes(tmp_path: Path) -> None:
+    with DNSServer() as dns:
+        dns.add(DOMAIN, "MX", "10 trap.example.test.")
+        config = write(
+            tmp_path,
+            'hostname = "mx1.certifica.localhost"',
+            f'{dns.config_toml()}\n[delivery.routes]\n"*" = "127.0.0.1:2525"\n',
+        )
+        router = Router(load_config(config))
+        with pytest.raises(RouteError) as err:  # no MX listener: nowhere to go, and final
+            asyncio.run(router.resolve(DOMAIN))
+        assert not err.value.temporary and "[listen] mx" in err.value.text
+        router.route_local(Endpoint("0.0.0.0", 2526))  # noqa: S104 - a wildcard bind
+        for domain in (DOMAIN, "CERTIFICA.localhost.", "mx1.certifica.localhost"):
+            (hop,) = asyncio.run(router.resolve(domain))
+            assert (hop.ip, hop.port) == ("127.0.0.1", 2526)
+        assert asyncio.run(router.resolve("example.org"))[0].port == 2525
+        assert dns.queries == []
+
+
+# -- the real gateway ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ops(sink_server: SinkServer) -> Sink:
+    """The remote MX of example.org/.net/.com: the operator's mailbox and Bob's."""
+    return sink_server.start(Sink())
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DNSServer]:
+    with DNSServer() as server:
+        # Were the gateway to look its own domain up, it would find this and fail.
+        server.add(DOMAIN, "MX", "10 trap.example.test.")
+        server.add("trap.example.test", "A", "127.0.0.2")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, ops: Sink, dns: DNSServer
+) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("addresses")
+    routes = "\n".join(
+        f'"{d}" = "127.0.0.1:{ops.port}"' for d in ("example.org", "example.net", "example.com")
+    )
+    config = write(
+        tmp,
+        f'postmaster = "{POSTMASTER}"',
+        f"{PORTS}[queue]\nfirst_retry = 1.0\nmax_retry = 2.0\nscan_interval = 0.2\n"
+        f"[limits]\nauth_delay = 0.2\n{dns.config_toml()}\n[delivery.routes]\n{routes}\n",
+    )
+    gw = start_gateway(config)
+    yield gw
+    gw.stop()
+    assert_clean_log(gw.log())
+
+
+def mx_client(gw: Gateway) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30)
+    client.ehlo("mail.sender.test")
+    return client
+
+
+def submission_client(gw: Gateway) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", gw.port("submission"), timeout=30)
+    client.ehlo("laptop.test")
+    client.starttls(context=client_tls_context(gw.state))
+    client.ehlo("laptop.test")
+    client.login("alice@example.com", PASSWORD)
+    return client
+
+
+def rcpt_on_both_ports(gw: Gateway, address: str) -> list[tuple[int, str]]:
+    answers = []
+    with mx_client(gw) as client:
+        client.mail("someone@sender.test")
+        code, text = client.docmd(f"RCPT TO:<{address}>")
+        answers.append((code, text.decode()))
+    with submission_client(gw) as client:
+        client.mail("alice@example.com")
+        code, text = client.docmd(f"RCPT TO:<{address}>")
+        answers.append((code, text.decode()))
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("address", "sentence"),
+    [
+        (
+            f"nobody@{DOMAIN}",
+            f"no such address at {DOMAIN}; this gateway receives mail only at {CERT}",
+        ),
+        (f"certifica+bogus@{DOMAIN}", f"takes no +tag; write it as {CERT}"),
+        (f"certifca@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"Certifica.@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+        (f"certificat@{DOMAIN}", f"did you mean the certification address {CERT}?"),
+    ],
+)
+def test_other_addresses_at_our_domain_get_550_5_1_1_on_both_ports(
+    gateway: Gateway, address: str, sentence: str
+) -> None:
+    for code, text in rcpt_on_both_ports(gateway, address):
+        assert code == 550 and text.startswith("5.1.1 "), text
+        assert sentence.lower() in text.lower(), text
+
+
+def test_submission_checks_a_reception_token_at_rcpt(gateway: Gateway) -> None:
+    enabled = gateway.cli("reception", "enable", "owner@example.com")
+    assert enabled.returncode == 0, enabled.stderr
+    forward = next(w for w in enabled.stdout.split() if w.startswith("recepcion+"))
+    with submission_client(gateway) as client:
+        client.mail("alice@example.com")
+        assert client.docmd(f"RCPT TO:<{forward}>")[0] == 250
+        code, text = client.docmd(f"RCPT TO:<recepcion+0000000000000000@{DOMAIN}>")
+        assert (code, text.decode()) == (550, replies.NO_SUCH_USER[4:])
+
+
+def body(marker: str) -> bytes:
+    return (
+        f"From: someone@sender.test\r\nTo: postmaster\r\nSubject: {marker}\r\n"
+        f"Message-ID: <{marker}@sender.test>\r\n\r\n{marker}\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("address", ["Postmaster", f"postmaster@{DOMAIN}", f"ABUSE@{DOMAIN}"])
+def test_postmaster_and_abuse_take_the_null_sender_and_reach_the_operator(
+    gateway: Gateway, ops: Sink, address: str
+) -> None:
+    marker = f"pm-{time.monotonic_ns()}"
+    with mx_client(gateway) as client:
+        assert client.docmd("MAIL FROM:<>")[0] == 250
+        code, text = client.docmd(f"RCPT TO:<{address}>")
+        assert code == 250, text
+        code, text = client.data(body(marker))
+        assert code == 250 and b"queued as" in text, text
+    received = ops.wait_for(lambda ms: any(marker.encode() in m.data for m in ms), timeout=60)
+    (got,) = [m for m in received if marker.encode() in m.data]
+    assert got.rcpt_tos == [POSTMASTER] and marker.encode() in got.data
+    assert got.mail_from.startswith("bounces+") and got.mail_from.endswith(f"@{DOMAIN}")
+
+
+def test_submitted_mail_to_postmaster_goes_to_our_mx_not_to_the_dns(
+    gateway: Gateway, ops: Sink, dns: DNSServer
+) -> None:
+    marker = f"sub-{time.monotonic_ns()}"
+    message = (
+        f"From: alice@example.com\r\nTo: postmaster@{DOMAIN}\r\nSubject: {marker}\r\n"
+        f"Message-ID: <{marker}@example.com>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+        f"\r\n{marker}\r\n"
+    ).encode()
+    with submission_client(gateway) as client:
+        client.mail("alice@example.com")
+        assert client.docmd("RCPT TO:<Postmaster>")[0] == 250
+        assert client.docmd(f"RCPT TO:<abuse@{DOMAIN}>")[0] == 250
+        code, text = client.data(message)
+        assert code == 250, text
+    received = ops.wait_for(lambda ms: any(marker.encode() in m.data for m in ms), timeout=60)
+    (got,) = [m for m in received if marker.encode() in m.data]
+    assert got.rcpt_tos == [POSTMASTER]
+    assert not [q for q in dns.queries if q[0].lower().rstrip(".") == DOMAIN]
+    assert f"relayed to <{POSTMASTER}> (gateway.postmaster)" in gateway.log()
