@@ -58,6 +58,7 @@ NO_OTHER_RECIPIENTS = (
 )
 BAD_ADDRESS = "501 5.1.3 That address is not valid: {why}"
 BAD_CHARACTERS = "501 5.5.4 The command contains a control character (CR, LF or NUL)"
+BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (RFC 3461): {why}"
 SIZE_EXCEEDED = "552 5.3.4 The message is larger than the {limit}-byte limit of this gateway"
 HEADER_TOO_LARGE = "552 5.3.4 The message header is larger than the {limit}-byte limit"
 LINE_TOO_LONG = "500 5.5.2 A line of the message is longer than 1000 octets (RFC 5321 4.5.3.1.6)"
