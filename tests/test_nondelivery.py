@@ -11,6 +11,7 @@ bounce reader (:func:`relay.bounces.parse_dsn`).
 from __future__ import annotations
 
 import re
+import signal
 import smtplib
 import string
 import time
@@ -19,6 +20,7 @@ from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pytest
+from flufl.bounce import all_failures
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +34,7 @@ from tests.conftest import (
     Sink,
     SinkServer,
     assert_clean_log,
+    free_port,
     make_message,
     start_gateway,
     write_config,
@@ -152,6 +155,12 @@ def block_for(blocks: list[Message], address: str) -> Message:
     return found[0]
 
 
+def failures(report: Received) -> tuple[set[str], set[str]]:
+    """(temporary, permanent) failures as Mailman's bounce reader finds them."""
+    temporary, permanent = all_failures(report.message)
+    return {a.decode() for a in temporary}, {a.decode() for a in permanent}
+
+
 def assert_envelope_and_headers(report: Received, gw: Gateway) -> None:
     assert report.mail_from in ("", "<>")  # null return path: never bounced again
     msg = report.message
@@ -199,6 +208,8 @@ def test_refused_recipients_get_one_report_with_their_fields(
     assert original.get_content_type() == "text/rfc822-headers"
     returned = original.get_payload()
     assert "Message-ID:" in returned and "the contract is attached" not in returned
+    # Mailman names a recipient by its ORCPT, the address the sender wrote
+    assert failures(report) == (set(), {"Reject1+x@Example.org", "reject2@example.org"})
     found = {r.recipient: r for r in parse_dsn(report.data)}
     assert found["reject2@example.org"].action == "failed"
     assert found["reject2@example.org"].status == "5.1.1"
@@ -217,6 +228,10 @@ def test_domains_that_do_not_exist_or_take_no_mail(gateway: Gateway, home: Sink)
     assert by["rfc822; b@nullmx.test"]["Status"] == "5.1.10"
     assert all(b["Action"] == "failed" for b in blocks) and len(blocks) == 2
     human = "".join(parts(r)[0].get_content() for r in reports_for(home, qid))
+    assert set().union(*(failures(r)[1] for r in reports_for(home, qid))) == {
+        "a@nowhere.test",
+        "b@nullmx.test",
+    }
     assert "The domain nowhere.test does not exist" in human
     assert "nullmx.test says it accepts no mail" in human
 
@@ -284,6 +299,7 @@ def test_delay_warning_once_then_failure_when_the_lifetime_ends(
     assert block["Action"] == "delayed" and block["Status"] == "4.3.0"
     assert block["Will-Retry-Until"] and block["Diagnostic-Code"].startswith("smtp; 451")
     assert "keeps trying" in human.get_content()
+    assert failures(delayed) == ({"slow@example.org"}, set())
     assert f"{qid}: sender delay notification:" in gateway.log()
 
     reports = reports_for(home, qid, count=2, timeout=60)
@@ -374,6 +390,7 @@ def test_a_late_bounce_for_plain_mail_is_passed_on(
     assert block["Action"] == "failed" and block["Status"] == "5.1.1"
     assert block["Original-Recipient"] == "rfc822; vanish@example.org"
     assert "mailbox unavailable" in block["Diagnostic-Code"]
+    assert failures(report) == (set(), {"vanish@example.org"})
     assert "mx.example.org" in human.get_content()
     assert "Subject: late plain" in original.get_payload()
     assert f"{qid}: sender non-delivery notification:" in gateway.log()
@@ -402,6 +419,39 @@ def test_certified_failure_says_not_delivered_in_the_certificate_mail(
     assert text.startswith("Your message was not delivered to reject-cert@example.org.")
     finished(gateway, qid)
     assert_no_report(gateway, home, qid)  # the certificate is the notice
+
+
+def test_a_report_survives_kill_9_and_is_sent_once(
+    sink_server: SinkServer, remote: Sink, tmp_path: Path
+) -> None:
+    """The sender's MX is down when the report is made; the gateway is killed; after the
+    restart (and the MX up) the report arrives once and the queue empties."""
+    port = free_port()
+    cfg = write_config(tmp_path, {"example.org": remote.port, "example.com": port})
+    gw = start_gateway(cfg)
+    qid = send(gw, make_message(to="reject-k1@example.org"), ["reject-k1@example.org"])
+    made = rf"{qid}: sender non-delivery notification: ([0-9A-F]{{12}})"
+    deadline = time.monotonic() + 30
+    while not (found := re.search(rf"{made}[\s\S]*Connection refused", gw.log())):
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.05)
+    gw.proc.send_signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    home = sink_server.start(Sink(), port=port)
+    gw2 = start_gateway(cfg, users={})
+    try:
+        (report,) = reports_for(home, qid)
+        assert report.message["Message-ID"]
+        deadline = time.monotonic() + 30
+        while (listing := gw2.cli("queue", "list")).stdout.strip() != "Mail queue is empty":
+            assert time.monotonic() < deadline, listing.stdout
+            time.sleep(0.1)
+        assert len(reports_for(home, qid)) == 1
+        assert found.group(1) in gw2.log()  # the same report, from the spool
+        assert not re.search(made, gw2.log())  # not made again
+    finally:
+        gw2.stop()
+    assert_clean_log(gw2.log())
 
 
 def test_dsn_parameters_are_read_strictly_and_advertised_where_honoured(
@@ -437,6 +487,28 @@ def test_dsn_parameters_are_read_strictly_and_advertised_where_honoured(
 
 
 _PRINTABLE = st.text(alphabet=string.printable[:95], max_size=80)
+
+
+@given(
+    st.sampled_from(["FULL", "HDRS", "full", "Hdrs"]),
+    _PRINTABLE.filter(bool),
+    st.sets(st.sampled_from(["SUCCESS", "FAILURE", "DELAY"]), min_size=1),
+    _PRINTABLE.filter(bool),
+)
+def test_valid_parameters_are_accepted_as_sent(
+    ret: str, envid: str, notify: set[str], address: str
+) -> None:
+    found, rest = dsn.split_parameters(
+        f"SIZE=10 ret={ret} ENVID={dsn.xtext_encode(envid)} BODY=8BITMIME", dsn.MAIL_KEYWORDS
+    )
+    assert rest == ["SIZE=10", "BODY=8BITMIME"]
+    mail = dsn.parse_mail_parameters(found)
+    assert mail.ret == ret.upper() and mail.envid == envid
+    rcpt = dsn.parse_rcpt_parameters(
+        {"NOTIFY": ",".join(notify).lower(), "ORCPT": "RFC822;" + dsn.xtext_encode(address)}
+    )
+    assert rcpt.notify is not None and set(rcpt.notify.split(",")) == notify
+    assert rcpt.orcpt == "rfc822;" + address
 
 
 @given(_PRINTABLE)
