@@ -57,6 +57,8 @@ __all__ = [
     "build_report",
     "header_section",
     "is_report",
+    "late_status",
+    "notification_name",
     "parse_mail_parameters",
     "parse_rcpt_parameters",
     "recipient_status",
@@ -314,9 +316,7 @@ def _explain(
     expired: bool,
 ) -> str:
     """One or two plain sentences: what happened, and what the other side said."""
-    said = f" Their server said: {text}" if code else ""
-    if code:
-        said = f" Their server said: {code} {text}"
+    said = f" Their server said: {code} {text}" if code else ""
     if action == Action.DELAYED:
         why = f" The last problem was: {text}" if text else ""
         return f"It has not been delivered yet; the gateway keeps trying.{why}"
@@ -346,6 +346,48 @@ def _explain(
     if code:
         return "The recipient's mail server refused it." + said
     return f"It could not be delivered: {text}" if text else "It could not be delivered."
+
+
+def late_status(
+    *,
+    address: str,
+    action: Action,
+    status: str | None,
+    diagnostic: str | None,
+    remote_mta: str | None,
+    received: float,
+    orcpt: str | None = None,
+) -> RecipientStatus:
+    """A recipient's block from what a remote's own DSN said of it after its 250
+    (as :func:`relay.bounces.parse_dsn` read it), to pass on to the sender."""
+    if not status or not _ENHANCED.fullmatch(status):
+        status = {Action.FAILED: "5.0.0", Action.DELAYED: "4.0.0"}.get(action, "2.0.0")
+    said = _ascii_line(diagnostic or "")
+    what = {
+        Action.FAILED: "then reported that it could not deliver it",
+        Action.DELAYED: "then reported that delivery is delayed",
+    }.get(action, "then reported it delivered")
+    return RecipientStatus(
+        address=address,
+        action=action,
+        status=status,
+        explanation=f"The recipient's mail server accepted the message, {what}."
+        + (f" It said: {said}" if said else ""),
+        diagnostic=f"smtp; {said}" if said else None,
+        remote_mta=_ascii_line(remote_mta, 255) if remote_mta else None,
+        original_recipient=orcpt,
+        last_attempt=received,
+    )
+
+
+def notification_name(statuses: Iterable[RecipientStatus]) -> str:
+    """What Postfix calls such a report in its log: ``non-delivery notification``..."""
+    actions = {s.action for s in statuses}
+    if Action.FAILED in actions:
+        return "non-delivery notification"
+    if Action.DELAYED in actions:
+        return "delay notification"
+    return "delivery status notification"
 
 
 def header_section(raw: bytes) -> bytes:
@@ -419,8 +461,8 @@ def build_report(report: Report) -> bytes:
     if report.reported_by:
         lines += [
             "",
-            f"The report comes from {_ascii_line(report.reported_by, 200)}, which had "
-            "accepted the message and then could not deliver it.",
+            f"This passes on a report from {_ascii_line(report.reported_by, 200)}, the "
+            "recipient's side, which had accepted the message.",
         ]
     for r in report.recipients:
         lines += ["", f"  {one_line(r.address, 320)}:", f"    {r.explanation}"]

@@ -5,7 +5,9 @@ store for work, so a restart resumes whatever was in flight: recipients still qu
 or deferred are tried again, notices and certificates still pending are made. Each
 delivery attempt ends every recipient in one of the named outcomes of
 :mod:`relay.delivery`; deferred ones get an exponential backoff (RFC 5321 §4.5.4.1)
-until the queue lifetime ends, then fail as "retries exhausted".
+until the queue lifetime ends, then fail as "retries exhausted". The sender of plain
+(uncertified) mail is told of failures, and of delays and successes when asked, by a
+delivery status notification (:mod:`relay.dsn`); certified mail has its certificate.
 
 Log lines follow Postfix's, queue id first, so "what happened to X?" is one grep.
 """
@@ -623,7 +625,9 @@ class QueueManager:
             sender = _envelope_sender(row)
             why_not = (
                 "the message has the null sender"
-                if not sender or row["kind"] != "mail" or row["certified"]
+                if not sender
+                else "it is not plain mail"
+                if row["kind"] != "mail" or row["certified"]
                 else "the message is itself a delivery report"
                 if dsn.is_report(raw)
                 else None
@@ -649,7 +653,7 @@ class QueueManager:
             if not await self.store.record_report(qid, report, final, delay, now):
                 await asyncio.to_thread(self.spool.remove, report_qid)  # another task sent it
                 return
-            log.info("%s: sender %s: %s", qid, _notification(entries), report_qid)
+            log.info("%s: sender %s: %s", qid, dsn.notification_name(entries), report_qid)
             log.info("%s: from=<>, size=%d, nrcpt=1, report for %s", report_qid, len(data), qid)
             self.wake(qid)
         except Exception:
@@ -709,12 +713,25 @@ class QueueManager:
             if r is None or not dsn.wants(r["notify"], action):
                 continue
             reporting = reporting or said.get("reporting_mta")
-            entries.append(_late_status(r, action, said, report_row["created"]))
+            entries.append(
+                dsn.late_status(
+                    address=r["address"],
+                    action=action,
+                    status=said.get("status"),
+                    diagnostic=said.get("diagnostic"),
+                    remote_mta=said.get("remote_mta") or said.get("reporting_mta"),
+                    received=report_row["created"],
+                    orcpt=r["orcpt"],
+                )
+            )
         if not entries:
             await self.store.mark(qid, state="done", done_at=now)
             log.info("%s: no delivery status notification passed on for %s", qid, parent["qid"])
             return
-        returned = await asyncio.to_thread(self.spool.read, qid)
+        try:
+            returned = await asyncio.to_thread(self.spool.read, qid)
+        except FileNotFoundError:
+            returned = b""  # the report still goes on, without the original's fields
         original = returned_headers(returned) or b""
         data = self._build_report(parent, sender, entries, original, reporting or "a remote server")
         report_qid = await self._queue_generated(
@@ -725,7 +742,7 @@ class QueueManager:
             update_qid=qid,
             recipient=sender,
         )
-        log.info("%s: sender %s: %s", parent["qid"], _notification(entries), report_qid)
+        log.info("%s: sender %s: %s", parent["qid"], dsn.notification_name(entries), report_qid)
 
     async def _certify(self, row: dict[str, Any]) -> None:
         qid = row["qid"]
@@ -1054,41 +1071,6 @@ def _recipient_status(
         orcpt=r["orcpt"],
         will_retry_until=retry_until,
     )
-
-
-def _late_status(
-    r: dict[str, Any], action: dsn.Action, said: dict[str, Any], received: float
-) -> dsn.RecipientStatus:
-    """A recipient's block from what a remote's DSN said of it (relay.bounces)."""
-    status = str(said.get("status") or "")
-    if not status:
-        status = {dsn.Action.FAILED: "5.0.0", dsn.Action.DELAYED: "4.0.0"}.get(action, "2.0.0")
-    diagnostic = notices.one_line(str(said.get("diagnostic") or ""), 500)
-    what = {
-        dsn.Action.FAILED: "then reported that it could not deliver it",
-        dsn.Action.DELAYED: "then reported that delivery is delayed",
-    }.get(action, "then reported it delivered")
-    return dsn.RecipientStatus(
-        address=r["address"],
-        action=action,
-        status=status,
-        explanation=f"The recipient's mail server accepted the message, {what}."
-        + (f" It said: {diagnostic}" if diagnostic else ""),
-        diagnostic=f"smtp; {diagnostic}" if diagnostic else None,
-        remote_mta=said.get("remote_mta") or said.get("reporting_mta"),
-        original_recipient=r["orcpt"],
-        last_attempt=received,
-    )
-
-
-def _notification(entries: list[dsn.RecipientStatus]) -> str:
-    """Postfix's name for a report, for the log line."""
-    actions = {e.action for e in entries}
-    if dsn.Action.FAILED in actions:
-        return "non-delivery notification"
-    if dsn.Action.DELAYED in actions:
-        return "delay notification"
-    return "delivery status notification"
 
 
 def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:

@@ -12,6 +12,11 @@ tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
 ``failed``, ``withdrawn`` (the operator deleted the message before delivery) and
 ``bounced`` (delivered, then a DSN said it failed after all).
 
+Reports to the sender of plain mail (:mod:`relay.dsn`): a message has
+``reports_pending`` while a recipient's outcome is still to be told; a recipient's
+``report_qid`` names the report that told it ('' when none was due), a message's
+``delay_report_qid`` its one "still trying" report.
+
 Exceptions::
 
     StoreError             -- the database could not do what was asked
