@@ -66,6 +66,8 @@ class SubmissionSMTP(CertificaSMTP):
         inner = self._strip_command_keyword(keyword, arg)
         if inner is None or not self.session.extended_smtp:
             return arg
+        if command == "RCPT" and not (self.envelope and self.envelope.mail_from):
+            return arg  # the parent answers 503: MAIL first
         address, params = self._getaddr(inner)
         if not address or not params:
             return arg
