@@ -566,3 +566,55 @@ def test_report_headers_never_carry_a_line_break_from_the_original(tmp_path: Pat
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert not re.search(rb"\r\nX-Evil", status_part)
     assert not re.search(rb"(?<!\r)\n", data)  # CRLF throughout
+
+
+_FIELD = re.compile(rb"^[!-9;-~]+:", re.M)
+
+
+@given(
+    st.binary(max_size=2000),
+    st.text(max_size=300),
+    st.text(max_size=80),
+    st.booleans(),
+    st.sampled_from(list(dsn.Action)),
+)
+def test_any_original_and_reply_make_a_report_that_parses(
+    original: bytes, reply: str, subject: str, full: bool, action: dsn.Action
+) -> None:
+    raw = b"Subject: " + subject.encode("utf-8", "surrogatepass") + b"\r\n" + original
+    status = dsn.recipient_status(
+        address="bob@example.org",
+        action=action,
+        reply_code=550 if action == dsn.Action.FAILED else 451,
+        reply_enhanced=None,
+        reply_text=reply,
+        mx_host="mx.example.org",
+    )
+    data = dsn.build_report(
+        dsn.Report(
+            hostname="gw.example",
+            domain="gw.example",
+            to="alice@example.com",
+            queue_id="0123456789AB",
+            arrival=0.0,
+            recipients=(status,),
+            original=raw,
+            return_full=full,
+        )
+    )
+    head, _, body = data.partition(b"\r\n\r\n")
+    names = {m.group(0)[:-1].lower() for m in _FIELD.finditer(head)}
+    assert names <= {
+        b"from", b"to", b"subject", b"date", b"message-id", b"in-reply-to",
+        b"references", b"auto-submitted", b"x-certifica-queue-id", b"mime-version",
+        b"content-type",
+    }  # fmt: skip
+    status_part = body.split(b"Content-Type: message/delivery-status\r\n\r\n", 1)[1]
+    status_part = status_part.split(b"\r\n--=_certifica_report_", 1)[0]
+    fields = {m.group(0)[:-1] for m in _FIELD.finditer(status_part)}
+    assert fields <= {
+        b"Reporting-MTA", b"X-Certifica-Queue-Id", b"Arrival-Date", b"Final-Recipient",
+        b"Action", b"Status", b"Remote-MTA", b"Diagnostic-Code",
+    }  # fmt: skip
+    (found,) = parse_dsn(data)
+    assert found.recipient == "bob@example.org" and found.action == action.value
