@@ -58,7 +58,6 @@ NO_OTHER_RECIPIENTS = (
 )
 BAD_ADDRESS = "501 5.1.3 That address is not valid: {why}"
 BAD_CHARACTERS = "501 5.5.4 The command contains a control character (CR, LF or NUL)"
-BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (RFC 3461): {why}"
 SIZE_EXCEEDED = "552 5.3.4 The message is larger than the {limit}-byte limit of this gateway"
 HEADER_TOO_LARGE = "552 5.3.4 The message header is larger than the {limit}-byte limit"
 LINE_TOO_LONG = "500 5.5.2 A line of the message is longer than 1000 octets (RFC 5321 4.5.3.1.6)"
@@ -103,6 +102,9 @@ BOUNCE_NOT_RECORDED = (
     "451 4.3.0 The delivery report could not be recorded; nothing was accepted, "
     "please try again later"
 )
+
+# -- the DSN extension's parameters (RFC 3461, relay/dsn.py), on the submission ports ---
+BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (RFC 3461): {why}"
 
 
 # aiosmtpd words some replies without an RFC 3463 code; these are the codes to add.
