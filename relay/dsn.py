@@ -318,7 +318,8 @@ def _explain(
     """One or two plain sentences: what happened, and what the other side said."""
     said = f" Their server said: {code} {text}" if code else ""
     if action == Action.DELAYED:
-        why = f" The last problem was: {text}" if text else ""
+        last = f"{code} {text}" if code else text
+        why = f" The last problem was: {last}" if last else ""
         return f"It has not been delivered yet; the gateway keeps trying.{why}"
     if action in (Action.RELAYED, Action.DELIVERED):
         where = f" ({mx_host})" if mx_host else ""
