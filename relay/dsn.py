@@ -408,6 +408,18 @@ def is_report(raw: bytes) -> bool:
     return match is not None and match.group(1).lower() == "multipart/report"
 
 
+def _address_field(address: str) -> str:
+    """An address as a DSN field value: ``rfc822; bob@example.org``, or for an address
+    outside ASCII (SMTPUTF8) ``utf-8;`` and the utf-8-addr-xtext of RFC 6533 §3, which
+    keeps the ``message/delivery-status`` part ASCII."""
+    address = one_line(address, 320)
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(
+        c if 0x21 <= ord(c) <= 0x7E and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address
+    )
+
+
 def _date(ts: float) -> str:
     return email.utils.format_datetime(datetime.fromtimestamp(ts, UTC))
 
@@ -495,7 +507,7 @@ def build_report(report: Report) -> bytes:
             kind, _, address = r.original_recipient.partition(";")
             fields.append(("Original-Recipient", f"{kind}; {address}"))
         fields += [
-            ("Final-Recipient", f"rfc822; {r.address}"),
+            ("Final-Recipient", _address_field(r.address)),
             ("Action", r.action.value),
             ("Status", r.status),
         ]

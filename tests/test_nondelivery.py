@@ -618,3 +618,27 @@ def test_any_original_and_reply_make_a_report_that_parses(
     }  # fmt: skip
     (found,) = parse_dsn(data)
     assert found.recipient == "bob@example.org" and found.action == action.value
+
+
+def test_an_smtputf8_recipient_is_written_as_rfc_6533_xtext() -> None:
+    status = dsn.recipient_status(
+        address="jösé+1@exämple.org",
+        action=dsn.Action.FAILED,
+        reply_code=550,
+        reply_enhanced="5.1.1",
+        reply_text="unknown",
+    )
+    data = dsn.build_report(
+        dsn.Report(
+            hostname="gw.example",
+            domain="gw.example",
+            to="alice@example.com",
+            queue_id="0123456789AB",
+            arrival=0.0,
+            recipients=(status,),
+            original=b"Subject: x\r\n\r\n",
+        )
+    )
+    assert b"Final-Recipient: utf-8; j\\x{F6}s\\x{E9}\\x{2B}1@ex\\x{E4}mple.org\r\n" in data
+    status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
+    assert status_part.isascii()
