@@ -54,6 +54,7 @@ __all__ = [
     "make_return_path",
     "parse_dsn",
     "parse_return_path",
+    "returned_headers",
 ]
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")  # RFC 3464 2.3.3
@@ -758,3 +759,25 @@ def _exchange_blocks(text: str, start: int) -> list[tuple[str, str, str | None]]
         if len(found) >= MAX_REPORTS:
             break
     return found
+
+
+def returned_headers(raw: bytes) -> bytes | None:
+    """The header section of the original that a DSN returns (its ``text/rfc822-headers``
+    part, or the header of its ``message/rfc822`` part), CRLF line ends; None when it
+    returns none. Bounded like :func:`parse_dsn`; never raises on the content of ``raw``."""
+    stack: list[tuple[_Entity | memoryview, int]] = [(_Entity.parse(memoryview(bytes(raw))), 0)]
+    examined = 0
+    while stack and examined < MAX_PARTS:
+        item, depth = stack.pop()
+        entity = item if isinstance(item, _Entity) else _Entity.parse(item)
+        examined += 1
+        ctype, params = entity.content_type()
+        if ctype.startswith("multipart/") and depth < MAX_DEPTH:
+            children = _split_multipart(entity.body, params.get("boundary", ""), MAX_PARTS)
+            stack.extend((child, depth + 1) for child in reversed(children))
+        elif ctype in ("text/rfc822-headers", "message/rfc822", "message/global-headers"):
+            header, _ = _split_header(memoryview(entity.decoded()))
+            lines = _LINE_BREAK.split(bytes(header).decode("utf-8", "replace").strip("\r\n"))
+            text = "\r\n".join(lines)
+            return (text + "\r\n").encode("utf-8") if text.strip() else None
+    return None

@@ -110,6 +110,8 @@ class QueueConfig:
     max_retry: float = 4000.0
     lifetime: float = 5 * 24 * 3600.0
     scan_interval: float = 1.0
+    delay_warning: float = 0.0  # seconds before a "still trying" report (0: none)
+    dsn_full_limit: int = 50_000  # bytes of a message returned whole (RET=FULL), at most
 
 
 @dataclass(frozen=True)

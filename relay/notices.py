@@ -31,6 +31,8 @@ _env = Environment(
     keep_trailing_newline=True,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # C0, C1, line and paragraph separators
+FAILED_STATES = ("failed", "bounced")
+"""Recipient states (relay/store.py) in which the message did not reach the recipient."""
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
 
 
@@ -166,7 +168,12 @@ def build_certificate_mail(
     pdf: bytes,
     label: str = "Certificate",
 ) -> bytes:
-    """The mail that carries the signed certificate (or an addendum) back to the sender."""
+    """The mail that carries the signed certificate (or an addendum) back to the sender.
+
+    When a recipient was not delivered to (``failed``, ``bounced``), its subject and
+    first sentence say so in plain words: the sender reads that before any PDF."""
+    failed = [r["address"] for r in recipients if r.get("status") in FAILED_STATES]
+    not_delivered = f"not delivered to {', '.join(failed)}" if failed else ""
     context: dict[str, Any] = {
         "subject": original.subject,
         "qid": qid,
@@ -175,12 +182,17 @@ def build_certificate_mail(
         "recipients": recipients,
         "gateway": gateway_name,
         "addendum": label == "Addendum",
+        "failed": failed,
     }
     msg = _base(
         gateway_name,
         from_address,
         to,
-        one_line(f"{label} {cert_id}: {original.subject}"),
+        one_line(
+            f"{label} {cert_id}: "
+            + (f"{not_delivered[0].upper()}{not_delivered[1:]}: " if failed else "")
+            + original.subject
+        ),
         hostname,
         original.message_id,
         qid,

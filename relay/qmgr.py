@@ -5,7 +5,9 @@ store for work, so a restart resumes whatever was in flight: recipients still qu
 or deferred are tried again, notices and certificates still pending are made. Each
 delivery attempt ends every recipient in one of the named outcomes of
 :mod:`relay.delivery`; deferred ones get an exponential backoff (RFC 5321 §4.5.4.1)
-until the queue lifetime ends, then fail as "retries exhausted".
+until the queue lifetime ends, then fail as "retries exhausted". The sender of plain
+(uncertified) mail is told of failures, and of delays and successes when asked, by a
+delivery status notification (:mod:`relay.dsn`); certified mail has its certificate.
 
 Log lines follow Postfix's, queue id first, so "what happened to X?" is one grep.
 """
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certifier import evidence as evidence_log
-from relay import notices, outbound
-from relay.bounces import make_return_path
+from relay import dsn, notices, outbound
+from relay.bounces import make_return_path, returned_headers
 from relay.checkpoints import evidence_log_section
 from relay.config import Config
 from relay.delivery import (
@@ -234,6 +236,17 @@ class QueueManager:
             if qid + ":notice" not in self._certifying:
                 self._certifying.add(qid + ":notice")
                 self._spawn(self._notice(qid))
+        reports = list(work["reports"])
+        warn = self.cfg.queue.delay_warning
+        if warn > 0 and candidates is None:  # delay reports: looked for on the full scans
+            reports += await self.store.delays_due(now - warn)
+        for qid in reports:
+            if (
+                len(self._certifying) < MAX_DOCUMENT_TASKS
+                and qid + ":report" not in self._certifying
+            ):
+                self._certifying.add(qid + ":report")
+                self._spawn(self._report(qid))
         for qid in work["finished"]:
             if len(self._certifying) >= MAX_DOCUMENT_TASKS:
                 self._maybe_finished.add(qid)
@@ -549,7 +562,7 @@ class QueueManager:
                     async with self._certificates:
                         await self._addendum(row)
                 else:
-                    await self.store.mark(qid, state="done", done_at=time.time())
+                    await self._pass_on(row)
                     await asyncio.to_thread(self.spool.archive, qid)
                     log.info("%s: removed", qid)
             else:
@@ -560,6 +573,176 @@ class QueueManager:
             log_failure(log, "%s: could not finish the message; will retry", qid)
         finally:
             self._certifying.discard(qid)
+
+    # -- delivery status notifications to the sender of plain mail (relay/dsn.py) --------
+    async def _report(self, qid: str) -> None:
+        """The report the sender of plain mail is due: recipients that failed (or, with
+        NOTIFY=SUCCESS, were relayed) since the last report, and the one "still trying"
+        report after ``[queue] delay_warning``. Queued and recorded in one transaction,
+        before the message can be closed, so a restart sends it once."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["state"] != "active":
+                return
+            now = time.time()
+            recipients = await self.store.recipients(qid)
+            final: list[int] = []
+            entries: list[dsn.RecipientStatus] = []
+            for r in recipients:
+                action = {FAILED: dsn.Action.FAILED, DELIVERED: dsn.Action.RELAYED}.get(r["status"])
+                if (
+                    action is not None
+                    and r["report_qid"] is None
+                    and r["lease_until"] is None
+                    and dsn.wants(r["notify"], action)
+                ):
+                    final.append(r["id"])
+                    entries.append(_recipient_status(r, action))
+            warn = self.cfg.queue.delay_warning
+            delayed = [
+                r
+                for r in recipients
+                if r["status"] == DEFERRED and dsn.wants(r["notify"], dsn.Action.DELAYED)
+            ]
+            delay = bool(
+                warn > 0
+                and delayed
+                and row["delay_report_qid"] is None
+                and now >= row["created"] + warn
+            )
+            if delay:
+                entries += [
+                    _recipient_status(r, dsn.Action.DELAYED, row["expires"]) for r in delayed
+                ]
+            if not entries:
+                await self.store.record_report(qid, None, [], False, now)  # nothing left due
+                self.wake(qid)
+                return
+            try:
+                raw = await asyncio.to_thread(self.spool.read, qid)
+            except FileNotFoundError:
+                raw = b""  # the report still goes; it just cannot quote the original
+            sender = _envelope_sender(row)
+            why_not = (
+                "the message has the null sender"
+                if not sender
+                else "it is not plain mail"
+                if row["kind"] != "mail" or row["certified"]
+                else "the message is itself a delivery report"
+                if dsn.is_report(raw)
+                else None
+            )
+            if why_not:
+                await self.store.record_report(qid, None, final, delay, now)
+                log.info("%s: no delivery status notification: %s", qid, why_not)
+                self.wake(qid)
+                return
+            data = self._build_report(row, sender, entries, raw)
+            report_qid = new_queue_id()
+            await asyncio.to_thread(self.spool.store, report_qid, data)
+            report = NewMessage(
+                qid=report_qid,
+                kind="report",
+                sender="",
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                recipients=(sender,),
+                parent_qid=qid,
+                method="generated",
+            )
+            if not await self.store.record_report(qid, report, final, delay, now):
+                await asyncio.to_thread(self.spool.remove, report_qid)  # another task sent it
+                return
+            log.info("%s: sender %s: %s", qid, dsn.notification_name(entries), report_qid)
+            log.info("%s: from=<>, size=%d, nrcpt=1, report for %s", report_qid, len(data), qid)
+            self.wake(qid)
+        except Exception:
+            log_failure(log, "%s: could not make the delivery status notification; will retry", qid)
+        finally:
+            self._certifying.discard(qid + ":report")
+
+    def _build_report(
+        self,
+        row: dict[str, Any],
+        sender: str,
+        entries: list[dsn.RecipientStatus],
+        original: bytes,
+        reported_by: str | None = None,
+    ) -> bytes:
+        # RET=FULL returns the whole message on failure only (RFC 3461 §4.3), up to a cap.
+        full = row["dsn_ret"] == "FULL" and any(e.action == dsn.Action.FAILED for e in entries)
+        too_big = full and len(original) > self.cfg.queue.dsn_full_limit
+        return dsn.build_report(
+            dsn.Report(
+                hostname=self.cfg.gateway.hostname,
+                domain=self.cfg.gateway.domain,
+                to=sender,
+                queue_id=row["qid"],
+                arrival=row["created"],
+                recipients=tuple(entries),
+                original=original,
+                return_full=full and not too_big,
+                full_refused=len(original) if too_big else None,
+                envid=row["dsn_envid"],
+                reported_by=reported_by,
+            )
+        )
+
+    async def _pass_on(self, report_row: dict[str, Any]) -> None:
+        """A DSN that came back (to the VERP return path) for plain mail goes on to its
+        sender as a report of ours, with the remote's per-recipient fields; the DSN is
+        done in the same transaction. Anything else is only closed."""
+        qid = report_row["qid"]
+        now = time.time()
+        parent = (
+            await self.store.message(report_row["parent_qid"]) if report_row["parent_qid"] else None
+        )
+        sender = _envelope_sender(parent) if parent is not None else ""
+        if parent is None or parent["kind"] != "mail" or parent["certified"] or not sender:
+            await self.store.mark(qid, state="done", done_at=now)
+            return
+        wanted = {r["address"].lower(): r for r in await self.store.recipients(parent["qid"])}
+        entries: list[dsn.RecipientStatus] = []
+        reporting: str | None = None
+        for said in json.loads(report_row["summary"] or "{}").get("reports", []):
+            r = wanted.get(str(said.get("recipient") or "").lower())
+            try:
+                action = dsn.Action(str(said.get("action")))
+            except ValueError:
+                continue  # "expanded": nothing the sender needs
+            if r is None or not dsn.wants(r["notify"], action):
+                continue
+            reporting = reporting or said.get("reporting_mta")
+            entries.append(
+                dsn.late_status(
+                    address=r["address"],
+                    action=action,
+                    status=said.get("status"),
+                    diagnostic=said.get("diagnostic"),
+                    remote_mta=said.get("remote_mta") or said.get("reporting_mta"),
+                    received=report_row["created"],
+                    orcpt=r["orcpt"],
+                )
+            )
+        if not entries:
+            await self.store.mark(qid, state="done", done_at=now)
+            log.info("%s: no delivery status notification passed on for %s", qid, parent["qid"])
+            return
+        try:
+            returned = await asyncio.to_thread(self.spool.read, qid)
+        except FileNotFoundError:
+            returned = b""  # the report still goes on, without the original's fields
+        original = returned_headers(returned) or b""
+        data = self._build_report(parent, sender, entries, original, reporting or "a remote server")
+        report_qid = await self._queue_generated(
+            "report",
+            parent,
+            data,
+            {"state": "done", "done_at": now},
+            update_qid=qid,
+            recipient=sender,
+        )
+        log.info("%s: sender %s: %s", parent["qid"], dsn.notification_name(entries), report_qid)
 
     async def _certify(self, row: dict[str, Any]) -> None:
         qid = row["qid"]
@@ -867,6 +1050,27 @@ def _reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:
         "arc": detail.get("arc"),
         "receipt": detail.get("receipt"),
     }
+
+
+def _envelope_sender(row: dict[str, Any]) -> str:
+    """Where reports about a message go: its MAIL FROM as received ('' for the null one)."""
+    return str(row["sender"] if row.get("envelope_from") is None else row["envelope_from"])
+
+
+def _recipient_status(
+    r: dict[str, Any], action: dsn.Action, retry_until: float | None = None
+) -> dsn.RecipientStatus:
+    return dsn.recipient_status(
+        address=r["address"],
+        action=action,
+        reply_code=r["reply_code"],
+        reply_enhanced=r["reply_enhanced"],
+        reply_text=r["reply_text"],
+        mx_host=r["mx_host"],
+        last_attempt=r["last_attempt"],
+        orcpt=r["orcpt"],
+        will_retry_until=retry_until,
+    )
 
 
 def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:

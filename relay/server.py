@@ -44,7 +44,7 @@ from relay.sink import SinkHandler
 from relay.smtpd import AuthThrottle, CertificaSMTP
 from relay.spool import Spool, write_durably
 from relay.store import Store
-from relay.submission import SubmissionHandler
+from relay.submission import SubmissionHandler, SubmissionSMTP
 from relay.tracking import StoreBackend, start_http
 
 log = logging.getLogger("certifica/master")
@@ -252,7 +252,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
 
         def factory() -> CertificaSMTP:
-            server = CertificaSMTP(
+            server = SubmissionSMTP(
                 self.submission,
                 verifier=self.submission.verify_password,
                 throttle=self.auth_throttle,

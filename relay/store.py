@@ -12,6 +12,11 @@ tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
 ``failed``, ``withdrawn`` (the operator deleted the message before delivery) and
 ``bounced`` (delivered, then a DSN said it failed after all).
 
+Reports to the sender of plain mail (:mod:`relay.dsn`): a message has
+``reports_pending`` while a recipient's outcome is still to be told; a recipient's
+``report_qid`` names the report that told it ('' when none was due), a message's
+``delay_report_qid`` its one "still trying" report.
+
 Exceptions::
 
     StoreError             -- the database could not do what was asked
@@ -37,6 +42,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from certifier import checkpoints, evidence
+from relay import dsn
 
 T = TypeVar("T")
 
@@ -182,6 +188,19 @@ MIGRATIONS: list[str] = [
          AND e.id > messages.tracking_reported);
     CREATE INDEX messages_addendum_pending ON messages(qid) WHERE addendum_pending = 1;
     """,
+    # 9: delivery status notifications for uncertified mail (RFC 3461, relay/dsn.py): the
+    # DSN parameters as received, and which reports went to the sender, so a restart
+    # sends each once
+    """
+    ALTER TABLE messages ADD COLUMN dsn_ret TEXT;           -- RET=: FULL | HDRS; NULL: not given
+    ALTER TABLE messages ADD COLUMN dsn_envid TEXT;         -- ENVID=, xtext-decoded
+    ALTER TABLE messages ADD COLUMN reports_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN delay_report_qid TEXT;  -- the "still trying" report sent
+    ALTER TABLE recipients ADD COLUMN notify TEXT;          -- NOTIFY=: NEVER | SUCCESS,FAILURE,DELAY
+    ALTER TABLE recipients ADD COLUMN orcpt TEXT;           -- ORCPT=, decoded: rfc822;bob@example.org
+    ALTER TABLE recipients ADD COLUMN report_qid TEXT;      -- the report of its final outcome; '' none
+    CREATE INDEX messages_reports_pending ON messages(qid) WHERE reports_pending = 1;
+    """,
 ]
 
 
@@ -221,6 +240,10 @@ class NewMessage:
     content_key: str | None = None
     event: str | None = None
     event_detail: dict[str, Any] = field(default_factory=dict)
+    dsn_ret: str | None = None  # RFC 3461 RET=
+    dsn_envid: str | None = None  # RFC 3461 ENVID=, decoded
+    notify: Mapping[str, str] = field(default_factory=dict)  # NOTIFY= per recipient given one
+    orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
 
 
 @dataclass(frozen=True)
@@ -431,6 +454,8 @@ class Store:
                 "reception": json.dumps(msg.reception) if msg.reception is not None else None,
                 "content_key": msg.content_key,
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
+                "dsn_ret": msg.dsn_ret,
+                "dsn_envid": msg.dsn_envid,
                 "state": "active",
                 "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
                 "cert_state": "pending" if msg.certified else "none",
@@ -446,6 +471,8 @@ class Store:
                     "domain": _domain(rcpt),
                     "status": "queued",
                     "next_attempt": now,
+                    "notify": msg.notify.get(rcpt),
+                    "orcpt": msg.orcpt.get(rcpt),
                 },
             )
         if msg.event:
@@ -544,9 +571,10 @@ class Store:
         await self._run(self._record, qid, outcomes, now)
 
     def _record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
+        report = False  # an outcome the sender asked to hear of (relay/dsn.py)
         for out in outcomes:
             row = self._conn.execute(
-                "SELECT address, status FROM recipients WHERE id = ?", (out.recipient_id,)
+                "SELECT address, status, notify FROM recipients WHERE id = ?", (out.recipient_id,)
             ).fetchone()
             if row is not None and row[1] == "withdrawn":
                 # The operator withdrew the message while this attempt was under way.
@@ -606,6 +634,17 @@ class Store:
                 },
                 recipient=row[0] if row else None,
             )
+            action = {"failed": dsn.Action.FAILED, "delivered": dsn.Action.RELAYED}.get(out.status)
+            if action is not None and row is not None and dsn.wants(row[2], action):
+                report = True
+        if report:
+            # Only mail a person sent plainly gets reports: certified mail has its
+            # certificate, and the null sender and the gateway's own mail get nothing.
+            self._conn.execute(
+                "UPDATE messages SET reports_pending = 1 WHERE qid = ? AND kind = 'mail'"
+                " AND certified = 0 AND sender != ''",
+                (qid,),
+            )
 
     async def message(self, qid: str) -> dict[str, Any] | None:
         return await self._read(self._message, qid)
@@ -663,12 +702,13 @@ class Store:
             "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
             "       OR r.lease_until IS NOT NULL)"  # an attempt still under way
         )
+        no_report = " AND m.reports_pending = 0"  # the sender's report goes first
         if candidates is None:
             ready = [
                 r["qid"]
                 for r in self._db.query(
                     f"SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS ({finished})"  # noqa: S608
-                    " ORDER BY m.created LIMIT ?",
+                    f"{no_report} ORDER BY m.created LIMIT ?",
                     (limit,),
                 )
             ]
@@ -681,11 +721,91 @@ class Store:
                     r["qid"]
                     for r in self._db.query(
                         f"SELECT m.qid FROM messages m WHERE m.qid IN ({marks})"  # noqa: S608
-                        f" AND m.state = 'active' AND NOT EXISTS ({finished})",
+                        f" AND m.state = 'active' AND NOT EXISTS ({finished}){no_report}",
                         chunk,
                     )
                 ]
-        return {"notices": notices, "finished": ready}
+        reports = [
+            r["qid"]
+            for r in self._db.query(
+                "SELECT m.qid FROM messages m WHERE m.reports_pending = 1 AND m.state = 'active'"
+                " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
+                "  AND r.lease_until IS NOT NULL) LIMIT ?",  # one report per delivery round
+                (limit,),
+            )
+        ]
+        return {"notices": notices, "finished": ready, "reports": reports}
+
+    async def delays_due(self, arrived_before: float, limit: int = 256) -> list[str]:
+        """Plain mail that arrived before ``arrived_before``, still deferred for someone
+        who did not decline delay reports (RFC 3461 NOTIFY), and had no delay report."""
+        return await self._read(
+            lambda: [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT m.qid FROM messages m WHERE m.state = 'active' AND m.kind = 'mail'"
+                    " AND m.certified = 0 AND m.sender != '' AND m.delay_report_qid IS NULL"
+                    " AND m.created <= ? AND EXISTS (SELECT 1 FROM recipients r"
+                    "  WHERE r.qid = m.qid AND r.status = 'deferred'"
+                    "  AND (r.notify IS NULL OR r.notify LIKE '%DELAY%'))"
+                    " ORDER BY m.created LIMIT ?",
+                    (arrived_before, limit),
+                )
+            ]
+        )
+
+    async def record_report(
+        self,
+        qid: str,
+        report: NewMessage | None,
+        final_ids: list[int],
+        delay: bool,
+        now: float,
+    ) -> bool:
+        """Queue ``report`` (a DSN to the sender of ``qid``) and note, in the same
+        transaction, that it told the final outcome of recipients ``final_ids`` (and,
+        with ``delay``, that the message had its delay report). Without ``report``,
+        those recipients need none (NOTIFY=NEVER, or the message is a report itself).
+        False, with nothing written, when one of them was reported already."""
+        return await self._run(self._record_report, qid, report, final_ids, delay, now)
+
+    def _record_report(
+        self, qid: str, report: NewMessage | None, final_ids: list[int], delay: bool, now: float
+    ) -> bool:
+        marks = ", ".join("?" for _ in final_ids)
+        if final_ids:
+            open_ids = self._conn.execute(
+                f"SELECT COUNT(*) FROM recipients WHERE qid = ? AND id IN ({marks})"  # noqa: S608
+                " AND report_qid IS NULL",
+                (qid, *final_ids),
+            ).fetchone()[0]
+            if open_ids != len(final_ids):
+                return False
+        if delay:
+            row = self._conn.execute(
+                "SELECT delay_report_qid FROM messages WHERE qid = ?", (qid,)
+            ).fetchone()
+            if row is None or row[0] is not None:
+                return False
+        report_qid = report.qid if report is not None else ""
+        if report is not None:
+            self._enqueue(report, now)
+        if final_ids:
+            self._conn.execute(
+                f"UPDATE recipients SET report_qid = ? WHERE qid = ? AND id IN ({marks})",  # noqa: S608
+                (report_qid, qid, *final_ids),
+            )
+        if delay:
+            _update_message(self._conn, qid, {"delay_report_qid": report_qid})
+        # Still pending if an outcome was recorded since the caller looked (dsn.wants).
+        self._conn.execute(
+            "UPDATE messages SET reports_pending = EXISTS (SELECT 1 FROM recipients r"
+            " WHERE r.qid = messages.qid AND r.report_qid IS NULL AND ("
+            "  (r.status = 'failed' AND (r.notify IS NULL OR r.notify LIKE '%FAILURE%'))"
+            "  OR (r.status = 'delivered' AND r.notify LIKE '%SUCCESS%'))) WHERE qid = ?",
+            (qid,),
+        )
+        return True
 
     async def mark(self, qid: str, **columns: Any) -> None:
         await self._run(self._mark, qid, columns)

@@ -23,16 +23,75 @@ from collections.abc import Callable
 from typing import Any
 
 from certifier.message import header_from_addresses
-from relay import replies
+from relay import dsn, replies
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
 from relay.qmgr import new_certificate_id, new_queue_id
+from relay.smtpd import CertificaSMTP
 from relay.spool import Spool
 from relay.store import NewMessage, Store
 from relay.users import check_password, normalise_address
 
 log = logging.getLogger("certifica/submission")
+
+
+class SubmissionSMTP(CertificaSMTP):
+    """The submission ports' protocol: :class:`CertificaSMTP` honouring the DSN
+    parameters (RFC 3461): RET= and ENVID= on MAIL, NOTIFY= and ORCPT= on RCPT.
+
+    aiosmtpd refuses parameters it does not know (555) and upper-cases the others, but
+    xtext is case-sensitive: they are taken out of the command here, read strictly
+    (a malformed one: 501 5.5.4), and left for the handler in :attr:`dsn_mail` and
+    :attr:`dsn_rcpt`; the rest of the command goes on to aiosmtpd unchanged.
+    """
+
+    dsn_mail = dsn.MailParameters()
+    dsn_rcpt = dsn.RcptParameters()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        rest = await self._take_dsn("MAIL", "FROM:", arg)
+        if rest is not None:
+            await super().smtp_MAIL(rest)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        rest = await self._take_dsn("RCPT", "TO:", arg)
+        if rest is not None:
+            await super().smtp_RCPT(rest)
+
+    async def _take_dsn(self, command: str, keyword: str, arg: str | None) -> str | None:
+        """``arg`` without its DSN parameters; None when a reply was already sent."""
+        self.dsn_mail, self.dsn_rcpt = (
+            (dsn.MailParameters(), self.dsn_rcpt)
+            if command == "MAIL"
+            else (self.dsn_mail, dsn.RcptParameters())
+        )
+        if not arg or any(c in arg for c in "\r\n\0") or self.session is None:
+            return arg  # the parent's checks answer these
+        if await self.check_helo_needed() or await self.check_auth_needed(command):
+            return None
+        inner = self._strip_command_keyword(keyword, arg)
+        if inner is None or not self.session.extended_smtp:
+            return arg
+        if command == "RCPT" and not (self.envelope and self.envelope.mail_from):
+            return arg  # the parent answers 503: MAIL first
+        address, params = self._getaddr(inner)
+        if not address or not params:
+            return arg
+        keywords = dsn.MAIL_KEYWORDS if command == "MAIL" else dsn.RCPT_KEYWORDS
+        try:
+            found, others = dsn.split_parameters(params, keywords)
+            if command == "MAIL":
+                self.dsn_mail = dsn.parse_mail_parameters(found)
+            else:
+                self.dsn_rcpt = dsn.parse_rcpt_parameters(found)
+        except dsn.ParameterError as err:
+            await self.push(replies.BAD_DSN_PARAMETER.format(why=err))
+            return None
+        if not found:
+            return arg
+        path = inner[: len(inner) - len(params)].rstrip()
+        return " ".join([keyword + path, *others])
 
 
 class SubmissionHandler:
@@ -65,6 +124,13 @@ class SubmissionHandler:
             login.decode("utf-8", "replace") if isinstance(login, bytes) else str(login)
         )
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """The EHLO keywords, with DSN: its parameters are honoured (RFC 3461 §4)."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -75,6 +141,8 @@ class SubmissionHandler:
             return replies.SENDER_NOT_OWNED.format(user=user, sender=address)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        envelope.dsn_mail = getattr(server, "dsn_mail", dsn.MailParameters())
+        envelope.dsn_rcpt = {}
         return replies.SENDER_OK
 
     async def handle_RCPT(
@@ -101,6 +169,7 @@ class SubmissionHandler:
         if normalise_address(address) not in {normalise_address(a) for a in envelope.rcpt_tos}:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
+            envelope.dsn_rcpt[address] = getattr(server, "dsn_rcpt", dsn.RcptParameters())
         return replies.RECIPIENT_OK
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -127,6 +196,9 @@ class SubmissionHandler:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
 
+        mail_params: dsn.MailParameters = envelope.dsn_mail
+        rcpt_params: dict[str, dsn.RcptParameters] = envelope.dsn_rcpt
+
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
@@ -145,6 +217,10 @@ class SubmissionHandler:
                 tls_cipher=tls_cipher,
                 tracking=tracking,
                 header_from=user,
+                dsn_ret=mail_params.ret,
+                dsn_envid=mail_params.envid,
+                notify={a: p.notify for a, p in rcpt_params.items() if p.notify},
+                orcpt={a: p.orcpt for a, p in rcpt_params.items() if p.orcpt},
                 event="SubmissionAcceptance" if certified else None,
                 event_detail={
                     "sha256": sha256,
