@@ -15,6 +15,7 @@ kind             form                                            what it is for
 ``reception``    ``recepcion+<token>@<domain>``                  certified reception
 ``postmaster``   ``postmaster@<domain>``, bare ``<Postmaster>``  the operator (RFC 5321)
 ``abuse``        ``abuse@<domain>``                              the operator (RFC 2142)
+``postmaster``   ``mailer-daemon@<domain>``                      replies to reports
 ===============  ==============================================  =======================
 
 Any other address at one of the gateway's domains (:func:`local_domains`: the mail
@@ -95,6 +96,12 @@ ADDRESS_FORMS: tuple[AddressForm, ...] = (
         public=True,
     ),
     AddressForm(
+        AddressKind.POSTMASTER,
+        "mailer-daemon@{domain}",
+        "the sender of non-delivery reports (relay.dsn): a reply reaches the operator",
+        public=False,
+    ),
+    AddressForm(
         AddressKind.ABUSE,
         "abuse@{domain}",
         "reports of abuse, relayed to [gateway] postmaster (RFC 2142)",
@@ -103,7 +110,13 @@ ADDRESS_FORMS: tuple[AddressForm, ...] = (
 )
 
 # Local parts that are the same mailbox at every domain of the gateway.
-_ROLE_ACCOUNTS = {"postmaster": AddressKind.POSTMASTER, "abuse": AddressKind.ABUSE}
+# MAILER-DAEMON signs the non-delivery reports (relay.dsn); a person who answers one
+# reaches the operator, as Postfix's default alias sends it to postmaster.
+_ROLE_ACCOUNTS = {
+    "postmaster": AddressKind.POSTMASTER,
+    "mailer-daemon": AddressKind.POSTMASTER,
+    "abuse": AddressKind.ABUSE,
+}
 # Characters that route mail onward when they appear in a local part (RFC 5321 Appendix
 # C source routes, the % hack, UUCP bang paths): such an address is never ours.
 _ROUTING = frozenset("@%!:")
