@@ -419,11 +419,17 @@ def _iso(ts: float | None) -> str:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    from relay.spool import SPOOL_QUEUE, SPOOL_SUBDIR
+
+    cfg = _config(args)
+    store = _open_store(cfg)
     try:
         row = store.show(_one_qid(store, args.id))
     finally:
         store.close()
+    spool_file = cfg.state_dir / SPOOL_SUBDIR / SPOOL_QUEUE / f"{row['qid']}.eml"
+    if row["state"] != "done" and not spool_file.exists():
+        row["spool_file"] = f"spool file missing: {spool_file}"
     if args.json:
         print(json.dumps(row, indent=2, default=str))
         return EXIT_OK
@@ -433,6 +439,8 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         f"sender:       <{row['sender']}> (authenticated as {row['auth_user'] or '-'}, "
         f"client {row['client_ip'] or '-'})"
     )
+    if row.get("spool_file"):
+        print(f"problem:      {row['spool_file']} (the gateway's copy of the message is gone)")
     if row["certified"]:
         print(f"certificate:  {row['cert_id']} ({row['cert_state']})")
     print("recipients:")

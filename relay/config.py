@@ -108,6 +108,7 @@ class QueueConfig:
     max_retry: float = 4000.0
     lifetime: float = 5 * 24 * 3600.0
     scan_interval: float = 1.0
+    missing_spool_grace: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The mail the gateway writes itself: the "being processed" notice, the certificate mail,
-and for certified reception the owner's certificate mail and the sender's proof of receipt.
+for certified reception the owner's certificate mail and the sender's proof of receipt,
+and the mail that says a certificate could not be issued (the gateway lost its copy).
 
 All are RFC 5322 messages whose header fields refuse every control character (CR and
 LF above all) and encode non-ASCII per RFC 2047, with bodies from Jinja2 templates
@@ -186,6 +187,42 @@ def build_certificate_mail(
         qid,
     )
     return _assemble(msg, "certificate", context, (pdf, cert_id))
+
+
+def build_content_lost(
+    *,
+    gateway_name: str,
+    from_address: str,
+    hostname: str,
+    to: str,
+    qid: str,
+    cert_id: str,
+    received_at: str,
+    sha256: str,
+    size: int,
+    recipients: list[dict[str, str]],
+) -> bytes:
+    """In place of a certificate: the gateway lost its copy of the message (spool file
+    missing), so it states what its database still knows and that nothing was certified."""
+    context: dict[str, Any] = {
+        "qid": qid,
+        "cert_id": cert_id,
+        "received_at": received_at,
+        "sha256": sha256,
+        "size": size,
+        "recipients": recipients,
+        "gateway": gateway_name,
+    }
+    msg = _base(
+        gateway_name,
+        from_address,
+        to,
+        one_line(f"Not certified: message {qid} was lost by the gateway (spool file missing)"),
+        hostname,
+        None,
+        qid,
+    )
+    return _assemble(msg, "content_lost", context)
 
 
 def _assemble(

@@ -40,7 +40,7 @@ from relay.delivery import (
 )
 from relay.dkim_keys import DkimKeyring, sign
 from relay.logs import log_failure
-from relay.spool import Spool, write_durably
+from relay.spool import Spool, SpoolFileMissing, write_durably
 from relay.store import NewMessage, Outcome, Store
 from relay.tracking import inject_copy, tracked_for
 
@@ -249,7 +249,12 @@ class QueueManager:
             # The destination's slot first, then a global one: a slow or dead destination
             # waits on its own limit without holding global slots the others need.
             async with self._destination(first["domain"]), self._deliveries:
-                raw = await asyncio.to_thread(self.spool.read, qid)
+                try:
+                    raw = await asyncio.to_thread(self.spool.read, qid)
+                except SpoolFileMissing as missing:
+                    result = await self._spool_missing_result(rows, missing)
+                    await self._record(rows, result, time.time(), feedback=False)
+                    return
                 addresses = [r["address"] for r in rows]
                 sender = first["sender"]
                 if self._tracked(first):
@@ -507,7 +512,18 @@ class QueueManager:
             if not row["sender"]:  # never a notice to the null sender
                 await self.store.mark(qid, notice_state="done")
                 return
-            raw = await asyncio.to_thread(self.spool.read, qid)
+            try:
+                raw = await asyncio.to_thread(self.spool.read, qid)
+            except SpoolFileMissing as missing:
+                # No notice about content the gateway cannot read; the sender hears of
+                # the message in the mail that replaces its certificate.
+                await self._missing_since(qid, missing)
+                await self.store.append_evidence(
+                    qid, "NoticeWithheld", {"reason": str(missing)}, time.time()
+                )
+                await self.store.mark(qid, notice_state="done")
+                self.wake(qid)
+                return
             original = notices.original_headers(raw)
             recipients = [r["address"] for r in await self.store.recipients(qid)]
             data = notices.build_notice(
@@ -563,7 +579,11 @@ class QueueManager:
 
     async def _certify(self, row: dict[str, Any]) -> None:
         qid = row["qid"]
-        raw = await asyncio.to_thread(self.spool.read, qid)
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            await self._content_lost(row, missing)
+            return
         if hashlib.sha256(raw).hexdigest() != row["sha256"]:
             # The spool no longer holds what was received: never certify something else.
             log.error(
@@ -593,7 +613,11 @@ class QueueManager:
         """The reception certificate to the owner and, when decided at arrival (and still
         within the per-sender interval), the same PDF to the sender as proof of receipt."""
         qid = row["qid"]
-        raw = await asyncio.to_thread(self.spool.read, qid)
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            await self._content_lost(row, missing)
+            return
         if hashlib.sha256(raw).hexdigest() != row["sha256"]:
             log.error("%s: spool file does not match the received hash; held", qid)
             await self.store.mark(qid, state="held")
@@ -655,6 +679,103 @@ class QueueManager:
             qid, row["cert_id"], row["sender"], row["sha256"], pdf_sha, to or "none",
         )  # fmt: skip
         await asyncio.to_thread(self.spool.archive, qid)
+        log.info("%s: removed", qid)
+        self.wake()
+
+    # -- a spool file that is gone ----------------------------------------------------
+    async def _missing_since(self, qid: str, missing: SpoolFileMissing) -> float:
+        """When the spool file of ``qid`` was first found missing. The first time is an
+        evidence event (``SpoolFileMissing``), so a restart does not start the grace
+        again, and the one error line the operator gets about it."""
+        for entry in await self.store.evidence_for(qid):
+            if entry.event == "SpoolFileMissing":
+                return entry.time
+        now = time.time()
+        await self.store.append_evidence(
+            qid, "SpoolFileMissing", {"path": str(missing.path)}, now
+        )
+        log.error(
+            "%s: spool file missing (%s): the gateway's copy of the message is gone; "
+            "it fails after queue.missing_spool_grace (%.0f s) unless the file is restored",
+            qid,
+            missing.path,
+            self.cfg.queue.missing_spool_grace,
+        )
+        return now
+
+    async def _spool_missing_result(
+        self, rows: list[dict[str, Any]], missing: SpoolFileMissing
+    ) -> AttemptResult:
+        """A deferral of every recipient while the grace lasts, a failure after it."""
+        since = await self._missing_since(rows[0]["qid"], missing)
+        final = time.time() >= since + self.cfg.queue.missing_spool_grace
+        text = SPOOL_MISSING_TEXT + (
+            "; not delivered"
+            if final
+            else f"; it fails after {self.cfg.queue.missing_spool_grace:.0f} s unless restored"
+        )
+        status, enhanced = (FAILED, "5.3.0") if final else (DEFERRED, "4.3.0")
+        return AttemptResult(
+            tuple(RecipientResult(r["address"], status, None, enhanced, text) for r in rows),
+            None,
+            None,
+            None,
+            None,
+        )
+
+    async def _content_lost(self, row: dict[str, Any], missing: SpoolFileMissing) -> None:
+        """The certificate of a message whose spool file is gone, once the grace is over.
+
+        A certificate embeds the message and a verifier checks its hash (DESIGN.md,
+        "Evidence"), so without the bytes none can be signed. What is still known, from
+        the database, goes to the sender instead, in plain words: the queue id, when it
+        was received, its SHA-256 and size as received, each recipient's outcome, and
+        that no certificate was issued because the content could not be read. The
+        evidence log records ``CertificateNotIssued`` with the reason.
+        """
+        qid = row["qid"]
+        since = await self._missing_since(qid, missing)
+        if time.time() < since + self.cfg.queue.missing_spool_grace:
+            return  # the next full scan comes back here
+        recipients = await self.store.recipients(qid)
+        data = notices.build_content_lost(
+            gateway_name=self._gateway_name(),
+            from_address=self.cfg.gateway.certification_address,
+            hostname=self.cfg.gateway.hostname,
+            to=row["sender"],
+            qid=qid,
+            cert_id=row["cert_id"] or "",
+            received_at=iso(row["created"]) or "",
+            sha256=row["sha256"],
+            size=row["size"],
+            recipients=[
+                {
+                    "address": r["address"],
+                    "status": r["status"],
+                    "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+                }
+                for r in recipients
+            ],
+        )
+        await self.store.append_evidence(
+            qid,
+            "CertificateNotIssued",
+            {"certificate_id": row["cert_id"], "reason": str(missing)},
+            time.time(),
+        )
+        columns = {"cert_state": "failed", "state": "done", "done_at": time.time()}
+        if row["sender"]:
+            notice_qid = await self._queue_generated("failure", row, data, columns)
+        else:
+            await self.store.mark(qid, **columns)
+            notice_qid = "none"
+        cert_log.warning(
+            "%s: certificate=%s not issued (spool file missing: %s); sender told by %s",
+            qid,
+            row["cert_id"],
+            missing.path,
+            notice_qid,
+        )
         log.info("%s: removed", qid)
         self.wake()
 
@@ -867,6 +988,11 @@ def _reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:
         "arc": detail.get("arc"),
         "receipt": detail.get("receipt"),
     }
+
+
+SPOOL_MISSING_TEXT = (
+    "spool file missing: the gateway's copy of the message is gone (disk fault or operator error)"
+)
 
 
 def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:

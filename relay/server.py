@@ -40,7 +40,7 @@ from relay.reception import ReceptionIntake
 from relay.routing import Router
 from relay.sink import SinkHandler
 from relay.smtpd import AuthThrottle, CertificaSMTP
-from relay.spool import Spool, write_durably
+from relay.spool import SPOOL_SUBDIR, Spool, write_durably
 from relay.store import Store
 from relay.submission import SubmissionHandler
 from relay.tracking import StoreBackend, start_http
@@ -76,7 +76,7 @@ def state_paths(cfg: Config) -> dict[str, Path]:
     return {
         "root": root,
         "keys": root / "keys",
-        "spool": root / "spool",
+        "spool": root / SPOOL_SUBDIR,
         "db": root / "queue.db",
         "certificates": root / "certificates",
         "listen": root / "listen.json",

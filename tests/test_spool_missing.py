@@ -1,0 +1,129 @@
+"""A queued message whose spool file is gone (issue 12, item 8): the fault is named
+("spool file missing") in the log, in ``certifica queue show`` and in what the sender
+gets, and the message fails after ``[queue] missing_spool_grace``, never an internal
+error and never pending for the queue's lifetime."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    CERT_ADDRESS,
+    Gateway,
+    Received,
+    Sink,
+    SinkServer,
+    make_message,
+    start_gateway,
+    write_config,
+)
+from tests.test_certified_sending import submit
+
+GRACE = 3.0
+
+
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture()
+def deferring(sink_server: SinkServer, tmp_path: Path) -> Iterator[tuple[Gateway, Sink]]:
+    """A gateway whose only remote MX defers bob@example.org for ever (451 at DATA) and
+    takes everything else (the sender's notices): bob's message stays in the queue."""
+
+    def reply(msg: Received) -> str:
+        if "bob@example.org" in msg.rcpt_tos:
+            return "451 4.3.0 Mailbox busy, try again later"
+        return "250 2.0.0 Ok: queued as SINK0001"
+
+    sink = sink_server.start(Sink(data_reply=reply))
+    cfg = write_config(tmp_path, {"example.org": sink.port, "example.com": sink.port})
+    cfg.write_text(
+        cfg.read_text()
+        .replace("lifetime = 30.0", "lifetime = 86400.0")
+        .replace("scan_interval = 0.2", f"scan_interval = 0.2\nmissing_spool_grace = {GRACE}")
+    )
+    gw = start_gateway(cfg)
+    yield gw, sink
+    gw.stop()
+
+
+def _for(sink: Sink, qid: str, subject: str) -> list[Received]:
+    return [
+        m
+        for m in sink.messages
+        if m.message["X-Certifica-Queue-Id"] == qid
+        and (m.message["Subject"] or "").startswith(subject)
+    ]
+
+
+def test_certified_message_whose_spool_file_is_gone_fails_by_name(
+    deferring: tuple[Gateway, Sink],
+) -> None:
+    gw, sink = deferring
+    qid = submit(gw, make_message(), ["bob@example.org", CERT_ADDRESS])
+    _wait(lambda: _for(sink, qid, "Being certified"), "the processing notice")
+    _wait(lambda: f"{qid}: to=<bob@example.org>" in gw.log(), "a first, deferred attempt")
+    spool_file = gw.state / "spool" / "queue" / f"{qid}.eml"
+    spool_file.unlink()  # the fault: a disk or an operator lost it
+    missing_at = time.monotonic()
+
+    # Within the grace: deferred, and named so everywhere the operator looks.
+    _wait(lambda: "spool file missing" in gw.log(), "the log line")
+    shown = gw.cli("queue", "show", qid)
+    assert shown.returncode == 0, shown.stderr
+    assert f"spool file missing: {spool_file}" in shown.stdout
+    log = gw.log()
+    assert re.search(rf"{qid}: spool file missing \({re.escape(str(spool_file))}\)", log), log
+
+    # After the grace: failed by the gateway, and the sender told, in plain words.
+    _wait(lambda: _for(sink, qid, "Not certified"), "the mail that replaces the certificate")
+    assert time.monotonic() - missing_at >= GRACE - 0.5
+    mail = _for(sink, qid, "Not certified")[0]
+    assert mail.rcpt_tos == ["alice@example.com"] and mail.mail_from in ("", "<>")
+    assert mail.message["Auto-Submitted"] == "auto-generated"
+    body = mail.message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "spool file missing" in text
+    assert "bob@example.org: failed (spool file missing" in text
+    assert "No certificate" in text and "cannot sign a certificate" in text
+    assert re.search(r"[0-9a-f]{64}", text)  # the received hash, from the database
+    assert not _for(sink, qid, "Certificate")
+
+    log = gw.log()
+    assert "internal error" not in log and "Traceback" not in log
+    assert re.search(
+        rf"{qid}: to=<bob@example.org>, .* dsn=5\.3\.0, status=bounced \(spool file missing", log
+    ), log
+    assert f"{qid}: certificate=" in log and "not issued (spool file missing" in log
+    shown = gw.cli("queue", "show", qid)
+    assert "failed" in shown.stdout and "spool file missing" in shown.stdout
+    assert "CertificateNotIssued" in shown.stdout and "SpoolFileMissing" in shown.stdout
+    listing = gw.cli("queue", "list")
+    assert qid not in listing.stdout  # nothing left pending
+
+
+def test_uncertified_message_whose_spool_file_is_gone_fails_after_the_grace(
+    deferring: tuple[Gateway, Sink],
+) -> None:
+    gw, sink = deferring
+    raw = make_message(cc="carol@example.org")
+    qid = submit(gw, raw, ["bob@example.org"])
+    _wait(lambda: f"{qid}: to=<bob@example.org>" in gw.log(), "a first, deferred attempt")
+    (gw.state / "spool" / "queue" / f"{qid}.eml").unlink()
+    _wait(lambda: f"{qid}: removed" in gw.log(), "the message leaving the queue")
+    log = gw.log()
+    assert re.search(rf"{qid}: to=<bob@example.org>, .* status=bounced \(spool file missing", log)
+    assert "internal error" not in log and "Traceback" not in log
+    shown = gw.cli("queue", "show", qid)
+    assert "<bob@example.org> failed" in shown.stdout and "spool file missing" in shown.stdout
