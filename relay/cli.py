@@ -133,11 +133,20 @@ def _default_trust_roots(args: argparse.Namespace) -> list[Path]:
 
 
 # -- users ----------------------------------------------------------------------------
+def _state_dir(cfg: Config) -> Path:
+    """The state directory, created and made private (any path that was open to other
+    users is said on stderr)."""
+    from relay.private import secure_state_dir
+
+    for problem in secure_state_dir(cfg.state_dir):
+        print(f"certifica: warning: state directory: {problem}", file=sys.stderr)
+    return cfg.state_dir
+
+
 def _open_store(cfg: Config) -> Any:
     from relay.store import Store
 
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(cfg.state_dir / "queue.db", cfg.queue.lifetime)
+    return Store(_state_dir(cfg) / "queue.db", cfg.queue.lifetime)
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
@@ -295,8 +304,7 @@ def cmd_reception_list(args: argparse.Namespace) -> int:
 def _keyring(cfg: Config) -> Any:
     from relay.dkim_keys import DkimKeyring
 
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return DkimKeyring(cfg.state_dir / "keys")
+    return DkimKeyring(_state_dir(cfg) / "keys")
 
 
 def cmd_dkim_add(args: argparse.Namespace) -> int:
@@ -868,6 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from relay.private import restrict_umask
+
+    # Whatever is created from here on is private, whatever umask the caller had.
+    restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

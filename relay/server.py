@@ -35,6 +35,7 @@ from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
 from relay.mx import MXSMTP, MXHandler
+from relay.private import secure_state_dir
 from relay.qmgr import QueueManager
 from relay.reception import ReceptionIntake
 from relay.routing import Router
@@ -130,7 +131,8 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+        for problem in secure_state_dir(self.paths["root"]):
+            log.warning("state directory: %s", problem)
         self.pki = await asyncio.to_thread(ensure_dev_pki, self.paths["keys"], cfg.gateway.hostname)
         self.store = Store(self.paths["db"], cfg.queue.lifetime)
         self.spool = Spool(self.paths["spool"])
@@ -221,7 +223,7 @@ class Gateway:
         )
         self.checkpointer.start()
         await asyncio.to_thread(
-            write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
+            write_durably, self.paths["listen"], json.dumps(listen).encode()
         )
         log.info(
             "started: %s; state in %s",

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from certifier import checkpoints, evidence
+from relay.private import create_private_file
 
 T = TypeVar("T")
 
@@ -308,6 +309,9 @@ class Store:
 
     # -- plumbing ----------------------------------------------------------------
     def _open(self) -> None:
+        if not self.path.exists():
+            # SQLite gives -wal and -shm the database file's mode: 0600 for all three.
+            create_private_file(self.path)
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
