@@ -201,10 +201,13 @@ def build_content_lost(
     sha256: str,
     size: int,
     recipients: list[dict[str, str]],
+    addendum: bool = False,
 ) -> bytes:
-    """In place of a certificate: the gateway lost its copy of the message (spool file
-    missing), so it states what its database still knows and that nothing was certified."""
+    """In place of a certificate (or, ``addendum``, of an addendum after a late report):
+    the gateway lost its copy of the message (spool file missing), so it states what its
+    database still knows and that nothing was certified."""
     context: dict[str, Any] = {
+        "addendum": addendum,
         "qid": qid,
         "cert_id": cert_id,
         "received_at": received_at,
@@ -217,7 +220,10 @@ def build_content_lost(
         gateway_name,
         from_address,
         to,
-        one_line(f"Not certified: message {qid} was lost by the gateway (spool file missing)"),
+        one_line(
+            f"{'Addendum not issued' if addendum else 'Not certified'}: message {qid} was "
+            "lost by the gateway (spool file missing)"
+        ),
         hostname,
         None,
         qid,

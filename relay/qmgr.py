@@ -372,7 +372,15 @@ class QueueManager:
                 return
             async with self._certificates:
                 now = time.time()
-                raw = await asyncio.to_thread(self.spool.read_any, qid)
+                try:
+                    raw = await asyncio.to_thread(self.spool.read_any, qid)
+                except SpoolFileMissing as missing:
+                    # No addendum can embed the message: recorded once, not retried.
+                    await self._addendum_not_issued(qid, missing, "opens and clicks")
+                    events = await self.store.tracking_events(qid, row["tracking_reported"])
+                    last = max((e["id"] for e in events), default=row["tracking_reported"])
+                    await self.store.mark_reported(qid, last, now)
+                    return
                 # Only what the sender has not had yet, in the certificate or an addendum.
                 evidence = await self.build_evidence(row, tracking_after=row["tracking_reported"])
                 cert_id = new_certificate_id()
@@ -723,20 +731,34 @@ class QueueManager:
             None,
         )
 
-    async def _content_lost(self, row: dict[str, Any], missing: SpoolFileMissing) -> None:
-        """The certificate of a message whose spool file is gone, once the grace is over.
+    async def _addendum_not_issued(self, qid: str, missing: SpoolFileMissing, about: str) -> None:
+        await self.store.append_evidence(
+            qid, "AddendumNotIssued", {"about": about, "reason": str(missing)}, time.time()
+        )
+        log.error("%s: addendum about %s not issued: %s", qid, about, missing)
+
+    async def _content_lost(
+        self,
+        row: dict[str, Any],
+        missing: SpoolFileMissing,
+        addendum: dict[str, Any] | None = None,
+    ) -> None:
+        """The certificate of a message whose spool file is gone, once the grace is over
+        (or, given the late delivery report ``addendum``, the addendum about it).
 
         A certificate embeds the message and a verifier checks its hash (DESIGN.md,
         "Evidence"), so without the bytes none can be signed. What is still known, from
         the database, goes to the sender instead, in plain words: the queue id, when it
         was received, its SHA-256 and size as received, each recipient's outcome, and
         that no certificate was issued because the content could not be read. The
-        evidence log records ``CertificateNotIssued`` with the reason.
+        evidence log records ``CertificateNotIssued`` (``AddendumNotIssued``) with the
+        reason.
         """
         qid = row["qid"]
-        since = await self._missing_since(qid, missing)
-        if time.time() < since + self.cfg.queue.missing_spool_grace:
-            return  # the next full scan comes back here
+        if addendum is None:
+            since = await self._missing_since(qid, missing)
+            if time.time() < since + self.cfg.queue.missing_spool_grace:
+                return  # the next full scan comes back here
         recipients = await self.store.recipients(qid)
         data = notices.build_content_lost(
             gateway_name=self._gateway_name(),
@@ -748,6 +770,7 @@ class QueueManager:
             received_at=iso(row["created"]) or "",
             sha256=row["sha256"],
             size=row["size"],
+            addendum=addendum is not None,
             recipients=[
                 {
                     "address": r["address"],
@@ -757,6 +780,20 @@ class QueueManager:
                 for r in recipients
             ],
         )
+        if addendum is not None:
+            # The addendum's own row (the late report) is what this mail finishes.
+            done = {"state": "done", "cert_state": "failed", "done_at": time.time()}
+            if row["sender"]:
+                told = await self._queue_generated(
+                    "failure", row, data, done, update_qid=addendum["qid"]
+                )
+            else:
+                await self.store.mark(addendum["qid"], **done)
+                told = "none"
+            await asyncio.to_thread(self.spool.archive, addendum["qid"])
+            log.info("%s: removed (sender told by %s)", addendum["qid"], told)
+            self.wake()
+            return
         await self.store.append_evidence(
             qid,
             "CertificateNotIssued",
@@ -841,7 +878,12 @@ class QueueManager:
         if parent is None:
             await self.store.mark(dsn["qid"], state="done", done_at=time.time())
             return
-        raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        try:
+            raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        except SpoolFileMissing as missing:
+            await self._addendum_not_issued(parent["qid"], missing, f"late report {dsn['qid']}")
+            await self._content_lost(parent, missing, addendum=dsn)
+            return
         evidence = await self.build_evidence(parent)
         evidence.update(
             kind="addendum",

@@ -174,11 +174,17 @@ class Spool:
         return self.archive_dir / f"{qid}.eml"
 
     def read_any(self, qid: str) -> bytes:
-        """The message from the queue, or from the archive once it has left the queue."""
+        """The message from the queue, or from the archive once it has left the queue;
+        raises :class:`SpoolFileMissing` (naming the archive) when it is in neither."""
         try:
             return self.path(qid).read_bytes()
         except FileNotFoundError:
-            return self.archived(qid).read_bytes()
+            pass
+        archived = self.archived(qid)
+        try:
+            return archived.read_bytes()
+        except FileNotFoundError:
+            raise SpoolFileMissing(qid, archived) from None
 
     def remove(self, qid: str) -> None:
         self.path(qid).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ error and never pending for the queue's lifetime."""
 from __future__ import annotations
 
 import re
+import smtplib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from tests.conftest import (
     start_gateway,
     write_config,
 )
-from tests.test_certified_sending import submit
+from tests.test_certified_sending import generated_for, submit
+from tests.test_late_bounce import dsn_for
 
 GRACE = 3.0
 
@@ -127,3 +129,33 @@ def test_uncertified_message_whose_spool_file_is_gone_fails_after_the_grace(
     assert "internal error" not in log and "Traceback" not in log
     shown = gw.cli("queue", "show", qid)
     assert "<bob@example.org> failed" in shown.stdout and "spool file missing" in shown.stdout
+
+
+def test_late_report_about_a_message_whose_copy_is_gone_is_told_in_plain_words(
+    deferring: tuple[Gateway, Sink],
+) -> None:
+    gw, sink = deferring
+    raw = make_message(subject="late", to="carol@example.org")
+    qid = submit(gw, raw, ["carol@example.org", CERT_ADDRESS])
+    generated_for(sink, qid, "certificate")
+    (gw.state / "spool" / "archive" / f"{qid}.eml").unlink()  # the evidence copy, lost
+    copy = [m for m in sink.to("carol@example.org") if qid.encode() in m.data[:3000]][0]
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as c:
+        c.ehlo("mx.example.org")
+        c.mail("<>")
+        assert c.rcpt(copy.mail_from)[0] == 250
+        code, text = c.data(dsn_for(copy.mail_from, "carol@example.org", raw))
+        assert code == 250, text
+
+    _wait(lambda: _for(sink, qid, "Addendum not issued"), "the mail about the late report")
+    mail = _for(sink, qid, "Addendum not issued")[0]
+    assert mail.rcpt_tos == ["alice@example.com"]
+    body = mail.message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "carol@example.org: bounced" in text and "spool file missing" in text
+    assert "No addendum" in text
+    log = gw.log()
+    assert re.search(rf"{qid}: addendum about late report \w+ not issued: spool file missing", log)
+    assert "Traceback" not in log and "will retry" not in log
+    assert not _for(sink, qid, "Addendum CF-")
