@@ -1,6 +1,6 @@
 """The mail the gateway writes itself: the "being processed" notice, the certificate mail,
 for certified reception the owner's certificate mail and the sender's proof of receipt,
-and the mail that says a certificate could not be issued (the gateway lost its copy).
+and the mail carrying a certificate made after the gateway lost its copy of the message.
 
 All are RFC 5322 messages whose header fields refuse every control character (CR and
 LF above all) and encode non-ASCII per RFC 2047, with bodies from Jinja2 templates
@@ -201,13 +201,14 @@ def build_content_lost(
     sha256: str,
     size: int,
     recipients: list[dict[str, str]],
-    addendum: bool = False,
+    pdf: bytes,
+    addendum_of: str | None = None,
 ) -> bytes:
-    """In place of a certificate (or, ``addendum``, of an addendum after a late report):
-    the gateway lost its copy of the message (spool file missing), so it states what its
-    database still knows and that nothing was certified."""
+    """The mail carrying a certificate (or, ``addendum_of``, an addendum) made after the
+    gateway lost its copy of the message (spool file missing): it says so in plain
+    words, with what the database still knows."""
     context: dict[str, Any] = {
-        "addendum": addendum,
+        "addendum_of": addendum_of,
         "qid": qid,
         "cert_id": cert_id,
         "received_at": received_at,
@@ -216,19 +217,20 @@ def build_content_lost(
         "recipients": recipients,
         "gateway": gateway_name,
     }
+    label = "Addendum" if addendum_of else "Certificate"
     msg = _base(
         gateway_name,
         from_address,
         to,
         one_line(
-            f"{'Addendum not issued' if addendum else 'Not certified'}: message {qid} was "
-            "lost by the gateway (spool file missing)"
+            f"{label} {cert_id}: message {qid} could not be read by the gateway "
+            "(spool file missing)"
         ),
         hostname,
         None,
         qid,
     )
-    return _assemble(msg, "content_lost", context)
+    return _assemble(msg, "content_lost", context, (pdf, cert_id))
 
 
 def _assemble(

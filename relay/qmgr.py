@@ -59,7 +59,9 @@ _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
 class Certifier(Protocol):
     """Turns evidence and the original message into a signed PDF, off the event loop."""
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes: ...
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
+        """``eml`` None: the message is lost; the evidence says why (no message.eml)."""
+        ...
 
 
 def new_queue_id() -> str:
@@ -699,9 +701,9 @@ class QueueManager:
             if entry.event == "SpoolFileMissing":
                 return entry.time
         now = time.time()
-        await self.store.append_evidence(
-            qid, "SpoolFileMissing", {"path": str(missing.path)}, now
-        )
+        # The file as the spool names it; its full path is for the operator's log only.
+        where = f"spool/{missing.path.parent.name}/{missing.path.name}"
+        await self.store.append_evidence(qid, "SpoolFileMissing", {"file": where}, now)
         log.error(
             "%s: spool file missing (%s): the gateway's copy of the message is gone; "
             "it fails after queue.missing_spool_grace (%.0f s) unless the file is restored",
@@ -746,19 +748,42 @@ class QueueManager:
         """The certificate of a message whose spool file is gone, once the grace is over
         (or, given the late delivery report ``addendum``, the addendum about it).
 
-        A certificate embeds the message and a verifier checks its hash (DESIGN.md,
-        "Evidence"), so without the bytes none can be signed. What is still known, from
-        the database, goes to the sender instead, in plain words: the queue id, when it
-        was received, its SHA-256 and size as received, each recipient's outcome, and
-        that no certificate was issued because the content could not be read. The
-        evidence log records ``CertificateNotIssued`` (``AddendumNotIssued``) with the
-        reason.
+        What it can honestly state comes from the database and the evidence log: who
+        sent a message when, its SHA-256 and size as received, each recipient's outcome
+        and the timeline. What it cannot: the content. So the certificate is signed and
+        timestamped as any other, its evidence says why the content is missing
+        (``message.content_unavailable``), it embeds no message.eml and states no
+        subject or text (:mod:`certifier.document`), and ``certifica verify`` reports
+        the content as not certified (:mod:`certifier.verify`). The mail carrying it
+        says the same in plain words.
         """
         qid = row["qid"]
         if addendum is None:
             since = await self._missing_since(qid, missing)
             if time.time() < since + self.cfg.queue.missing_spool_grace:
                 return  # the next full scan comes back here
+        evidence = await self.build_evidence(row)
+        evidence["message"]["content_unavailable"] = SPOOL_MISSING_TEXT
+        if row["kind"] == "reception":
+            detail = json.loads(row["reception"] or "{}")
+            evidence.update(kind="reception", reception=_reception_evidence(detail))
+        cert_id = row["cert_id"]
+        if addendum is not None:
+            cert_id = addendum["cert_id"]
+            evidence.update(
+                kind="addendum",
+                certificate_id=cert_id,
+                addendum_of=row["cert_id"],
+                late_bounce={
+                    "dsn_queue_id": addendum["qid"],
+                    "dsn_sha256": addendum["sha256"],
+                    "reports": json.loads(addendum["summary"] or "{}").get("reports", []),
+                },
+            )
+        pdf = await self.certifier.certify(evidence, None)
+        await asyncio.to_thread(write_durably, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        label = "Addendum" if addendum is not None else "Certificate"
         recipients = await self.store.recipients(qid)
         data = notices.build_content_lost(
             gateway_name=self._gateway_name(),
@@ -766,11 +791,11 @@ class QueueManager:
             hostname=self.cfg.gateway.hostname,
             to=row["sender"],
             qid=qid,
-            cert_id=row["cert_id"] or "",
+            cert_id=cert_id,
             received_at=iso(row["created"]) or "",
             sha256=row["sha256"],
             size=row["size"],
-            addendum=addendum is not None,
+            addendum_of=row["cert_id"] if addendum is not None else None,
             recipients=[
                 {
                     "address": r["address"],
@@ -779,41 +804,36 @@ class QueueManager:
                 }
                 for r in recipients
             ],
+            pdf=pdf,
         )
-        if addendum is not None:
-            # The addendum's own row (the late report) is what this mail finishes.
-            done = {"state": "done", "cert_state": "failed", "done_at": time.time()}
-            if row["sender"]:
-                told = await self._queue_generated(
-                    "failure", row, data, done, update_qid=addendum["qid"]
-                )
-            else:
-                await self.store.mark(addendum["qid"], **done)
-                told = "none"
-            await asyncio.to_thread(self.spool.archive, addendum["qid"])
-            log.info("%s: removed (sender told by %s)", addendum["qid"], told)
-            self.wake()
-            return
         await self.store.append_evidence(
             qid,
-            "CertificateNotIssued",
-            {"certificate_id": row["cert_id"], "reason": str(missing)},
+            f"{label}Issued",
+            {"certificate_id": cert_id, "pdf_sha256": pdf_sha, "content": "unavailable"},
             time.time(),
         )
-        columns = {"cert_state": "failed", "state": "done", "done_at": time.time()}
+        done_qid = addendum["qid"] if addendum is not None else qid
+        columns = {"cert_state": "done", "state": "done", "done_at": time.time()}
         if row["sender"]:
-            notice_qid = await self._queue_generated("failure", row, data, columns)
+            mailed = await self._queue_generated(
+                label.lower(), row, data, columns, update_qid=done_qid
+            )
         else:
-            await self.store.mark(qid, **columns)
-            notice_qid = "none"
+            await self.store.mark(done_qid, **columns)
+            mailed = "none"
         cert_log.warning(
-            "%s: certificate=%s not issued (spool file missing: %s); sender told by %s",
+            "%s: %s=%s sha256=%s pdf_sha256=%s without the message (%s); mailed as %s",
             qid,
-            row["cert_id"],
-            missing.path,
-            notice_qid,
+            label.lower(),
+            cert_id,
+            row["sha256"],
+            pdf_sha,
+            missing,
+            mailed,
         )
-        log.info("%s: removed", qid)
+        if addendum is not None:
+            await asyncio.to_thread(self.spool.archive, done_qid)
+        log.info("%s: removed", done_qid)
         self.wake()
 
     async def _send_document(
@@ -881,7 +901,6 @@ class QueueManager:
         try:
             raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
         except SpoolFileMissing as missing:
-            await self._addendum_not_issued(parent["qid"], missing, f"late report {dsn['qid']}")
             await self._content_lost(parent, missing, addendum=dsn)
             return
         evidence = await self.build_evidence(parent)

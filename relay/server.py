@@ -90,7 +90,7 @@ class PipelineCertifier:
     def __init__(self, pool: CertificatePool) -> None:
         self.pool = pool
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes:
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
         return await self.pool.run(pipeline.certify, evidence, eml)
 
 

@@ -5,8 +5,10 @@ error and never pending for the queue's lifetime."""
 
 from __future__ import annotations
 
+import json
 import re
 import smtplib
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from tests.conftest import (
     start_gateway,
     write_config,
 )
-from tests.test_certified_sending import generated_for, submit
+from tests.test_certified_sending import certificate_pdf, generated_for, submit
 from tests.test_late_bounce import dsn_for
 
 GRACE = 3.0
@@ -69,7 +71,7 @@ def _for(sink: Sink, qid: str, subject: str) -> list[Received]:
 
 
 def test_certified_message_whose_spool_file_is_gone_fails_by_name(
-    deferring: tuple[Gateway, Sink],
+    deferring: tuple[Gateway, Sink], tmp_path: Path
 ) -> None:
     gw, sink = deferring
     qid = submit(gw, make_message(), ["bob@example.org", CERT_ADDRESS])
@@ -87,32 +89,59 @@ def test_certified_message_whose_spool_file_is_gone_fails_by_name(
     log = gw.log()
     assert re.search(rf"{qid}: spool file missing \({re.escape(str(spool_file))}\)", log), log
 
-    # After the grace: failed by the gateway, and the sender told, in plain words.
-    _wait(lambda: _for(sink, qid, "Not certified"), "the mail that replaces the certificate")
+    # After the grace: failed by the gateway, and a certificate that says so and that
+    # the content could not be read.
+    _wait(lambda: _for(sink, qid, "Certificate"), "the certificate")
     assert time.monotonic() - missing_at >= GRACE - 0.5
-    mail = _for(sink, qid, "Not certified")[0]
+    mail = _for(sink, qid, "Certificate")[0]
     assert mail.rcpt_tos == ["alice@example.com"] and mail.mail_from in ("", "<>")
-    assert mail.message["Auto-Submitted"] == "auto-generated"
+    assert "could not be read by the gateway (spool file missing)" in mail.message["Subject"]
     body = mail.message.get_body(("plain",))
     assert body is not None
     text = body.get_content()
-    assert "spool file missing" in text
+    assert "the gateway lost its copy" in text and "spool file missing" in text
     assert "bob@example.org: failed (spool file missing" in text
-    assert "No certificate" in text and "cannot sign a certificate" in text
-    assert re.search(r"[0-9a-f]{64}", text)  # the received hash, from the database
-    assert not _for(sink, qid, "Certificate")
+    assert "does not prove its content" in text
+    sha = json.loads(gw.cli("queue", "show", qid, "--json").stdout)["sha256"]
+    assert sha in text  # the received hash, from the database
+
+    evidence = _certificate_checked(gw, mail, tmp_path)
+    assert "spool file missing" in evidence["message"]["content_unavailable"]
+    assert evidence["message"]["sha256"] == sha
+    rcpt = evidence["recipients"][0]
+    assert rcpt["status"] == "failed" and "spool file missing" in rcpt["reply"]["text"]
+    assert "SpoolFileMissing" in [e["event"] for e in evidence["timeline"]]
 
     log = gw.log()
     assert "internal error" not in log and "Traceback" not in log
     assert re.search(
         rf"{qid}: to=<bob@example.org>, .* dsn=5\.3\.0, status=bounced \(spool file missing", log
     ), log
-    assert f"{qid}: certificate=" in log and "not issued (spool file missing" in log
+    assert re.search(rf"{qid}: certificate=CF-\w+ sha256={sha} .* without the message", log)
     shown = gw.cli("queue", "show", qid)
     assert "failed" in shown.stdout and "spool file missing" in shown.stdout
-    assert "CertificateNotIssued" in shown.stdout and "SpoolFileMissing" in shown.stdout
+    assert "CertificateIssued" in shown.stdout and "SpoolFileMissing" in shown.stdout
     listing = gw.cli("queue", "list")
     assert qid not in listing.stdout  # nothing left pending
+
+
+def _certificate_checked(gw: Gateway, mail: Received, tmp: Path) -> dict:  # type: ignore[type-arg]
+    """The PDF verifies, says on its pages that the message could not be read, embeds
+    evidence.json and no message.eml; returns its evidence."""
+    pdf = certificate_pdf(mail, tmp / "certificate.pdf")
+    verified = gw.cli("verify", str(pdf))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "ok   message-hash: Content not certified" in verified.stdout, verified.stdout
+    listed = subprocess.run(
+        ["pdfdetach", "-list", str(pdf)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "evidence.json" in listed and "message.eml" not in listed
+    subprocess.run(["pdfdetach", "-saveall", "-o", str(tmp), str(pdf)], check=True)
+    pages = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+    pages = " ".join(pages.split())
+    assert "The message could not be read" in pages
+    assert "it does not prove the message's content" in pages
+    return json.loads((tmp / "evidence.json").read_text())  # type: ignore[no-any-return]
 
 
 def test_uncertified_message_whose_spool_file_is_gone_fails_after_the_grace(
@@ -131,8 +160,8 @@ def test_uncertified_message_whose_spool_file_is_gone_fails_after_the_grace(
     assert "<bob@example.org> failed" in shown.stdout and "spool file missing" in shown.stdout
 
 
-def test_late_report_about_a_message_whose_copy_is_gone_is_told_in_plain_words(
-    deferring: tuple[Gateway, Sink],
+def test_late_report_about_a_message_whose_copy_is_gone_gets_an_addendum_without_it(
+    deferring: tuple[Gateway, Sink], tmp_path: Path
 ) -> None:
     gw, sink = deferring
     raw = make_message(subject="late", to="carol@example.org")
@@ -147,15 +176,18 @@ def test_late_report_about_a_message_whose_copy_is_gone_is_told_in_plain_words(
         code, text = c.data(dsn_for(copy.mail_from, "carol@example.org", raw))
         assert code == 250, text
 
-    _wait(lambda: _for(sink, qid, "Addendum not issued"), "the mail about the late report")
-    mail = _for(sink, qid, "Addendum not issued")[0]
+    _wait(lambda: _for(sink, qid, "Addendum"), "the addendum about the late report")
+    mail = _for(sink, qid, "Addendum")[0]
     assert mail.rcpt_tos == ["alice@example.com"]
     body = mail.message.get_body(("plain",))
     assert body is not None
     text = body.get_content()
     assert "carol@example.org: bounced" in text and "spool file missing" in text
-    assert "No addendum" in text
+    assert "can no longer read your message" in text
+    evidence = _certificate_checked(gw, mail, tmp_path)
+    assert evidence["kind"] == "addendum" and evidence["addendum_of"].startswith("CF-")
+    assert evidence["recipients"][0]["status"] == "bounced"
+    assert evidence["late_bounce"]["reports"][0]["recipient"] == "carol@example.org"
     log = gw.log()
-    assert re.search(rf"{qid}: addendum about late report \w+ not issued: spool file missing", log)
+    assert re.search(rf"{qid}: addendum=CF-\w+ .* without the message \(spool file missing", log)
     assert "Traceback" not in log and "will retry" not in log
-    assert not _for(sink, qid, "Addendum CF-")
