@@ -534,11 +534,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
     try:
         found = store.run_sync(lambda db: checkpoints.audit(db.conn, roots))
-        written = (
-            store.run_sync(lambda db: checkpoints.export(db.conn, Path(args.export)))
-            if args.export
-            else None
-        )
+        written = _export_checkpoints(store, Path(args.export)) if args.export else None
     finally:
         store.close()
     for problem in found.problems:
@@ -553,6 +549,33 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         )
     print(found.summary())
     return EXIT_OK if found.ok else EXIT_FAILED
+
+
+def _export_checkpoints(store: Any, target: Path) -> list[Path]:
+    """Every checkpoint into ``target``, a new or empty directory, all at once: they are
+    written into a temporary directory beside it, renamed into place when complete, so
+    an error leaves nothing behind."""
+    import shutil
+    import tempfile
+
+    from certifier import checkpoints
+
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} is not an empty directory: give a new or empty one")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    try:
+        written = store.run_sync(lambda db: checkpoints.export(db.conn, partial))
+        if target.exists():
+            target.rmdir()
+        os.replace(partial, target)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    return [target / p.name for p in written]
 
 
 # -- queue ----------------------------------------------------------------------------
@@ -1012,7 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--export",
         metavar="DIR",
         help="also write each checkpoint as DIR/checkpoint-<seq>.dat (the timestamped "
-        "statement) and .tst (the DER token), for openssl ts -verify",
+        "statement) and .tst (the DER token), for openssl ts -verify; DIR must be new or "
+        "empty, and is filled only once every file is written",
     )
     p.set_defaults(func=cmd_evidence_verify)
 

@@ -258,3 +258,23 @@ def test_root_acts_as_the_owner_of_the_state_directory_or_refuses(
         assert [str(p) for p in state.rglob("*") if p.lstat().st_uid == 0] == []
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_evidence_export_writes_a_complete_directory_or_nothing(cfg: Path, tmp_path: Path) -> None:
+    assert certifica(cfg, "users", "add", "a@example.com", "--password-stdin", stdin="long enough\n").returncode == 0
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("the operator's")
+    refused = certifica(cfg, "evidence", "verify", "--export", str(busy))
+    assert refused.returncode == 2 and "is not an empty directory" in refused.stderr
+    assert [p.name for p in busy.iterdir()] == ["mine.txt"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    failed = certifica(cfg, "evidence", "verify", "--export", str(blocker / "out"))
+    assert failed.returncode == 2 and "cannot be written" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    fresh = tmp_path / "fresh" / "checkpoints"
+    made = certifica(cfg, "evidence", "verify", "--export", str(fresh))
+    assert made.returncode in (0, 1), made.stderr
+    assert fresh.is_dir() and "written to" in made.stdout
+    assert [p.name for p in fresh.parent.iterdir()] == ["checkpoints"]  # no partial left
