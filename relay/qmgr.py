@@ -529,7 +529,7 @@ class QueueManager:
                 # the message in the mail that replaces its certificate.
                 await self._missing_since(qid, missing)
                 await self.store.append_evidence(
-                    qid, "NoticeWithheld", {"reason": str(missing)}, time.time()
+                    qid, "NoticeWithheld", {"reason": SPOOL_MISSING_TEXT}, time.time()
                 )
                 await self.store.mark(qid, notice_state="done")
                 self.wake(qid)
@@ -735,7 +735,7 @@ class QueueManager:
 
     async def _addendum_not_issued(self, qid: str, missing: SpoolFileMissing, about: str) -> None:
         await self.store.append_evidence(
-            qid, "AddendumNotIssued", {"about": about, "reason": str(missing)}, time.time()
+            qid, "AddendumNotIssued", {"about": about, "reason": SPOOL_MISSING_TEXT}, time.time()
         )
         log.error("%s: addendum about %s not issued: %s", qid, about, missing)
 
