@@ -255,6 +255,18 @@ def _open_store(cfg: Config, *, writes: bool = False) -> Any:
     return Store(_state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime)
 
 
+def _need_terminal(args: argparse.Namespace, address: str) -> None:
+    """Without ``--password-stdin`` the password is asked on the terminal: say what to do
+    when there is none (a script, ssh without -t), before anything is touched."""
+    if args.password_stdin or (sys.stdin is not None and sys.stdin.isatty()):
+        return
+    raise UserError(
+        "there is no terminal to ask for the password on: give it on standard input "
+        f"with --password-stdin, e.g. certifica users {args.users_command} {address} "
+        "--password-stdin < password-file"
+    )
+
+
 def _read_password(args: argparse.Namespace, address: str) -> str:
     """The new password: the first line of stdin with ``--password-stdin``, else asked
     twice on the terminal; without a terminal, a sentence that says what to do."""
@@ -264,12 +276,7 @@ def _read_password(args: argparse.Namespace, address: str) -> str:
             raise UserError("no password on standard input (--password-stdin reads its first line)")
         password = line.rstrip("\r\n")
     else:
-        if sys.stdin is None or not sys.stdin.isatty():
-            raise UserError(
-                "there is no terminal to ask for the password on: give it on standard input "
-                f"with --password-stdin, e.g. certifica users {args.users_command} {address} "
-                "--password-stdin < password-file"
-            )
+        _need_terminal(args, address)
         try:
             password = getpass.getpass(f"Password for {address}: ")
             again = getpass.getpass("Again: ")
@@ -302,6 +309,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     if parsed is None or parsed != args.email.strip():
         raise UserError(f"{args.email!r} is not a single e-mail address")
     address = normalise_address(parsed)
+    _need_terminal(args, address)
     store = _open_store(_config(args), writes=True)
     try:
         if _user_exists(store, address):
@@ -329,6 +337,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
     from relay.users import hash_password, normalise_address
 
     address = normalise_address(args.email)
+    _need_terminal(args, address)
     store = _open_store(_config(args), writes=True)
     try:
         if not _user_exists(store, address):

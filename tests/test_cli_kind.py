@@ -93,6 +93,12 @@ def test_no_terminal_says_to_use_password_stdin(cfg: Path, action: str) -> None:
         made = certifica(cfg, "users", "add", "amy@example.com", "--password-stdin", stdin="long enough\n")
         assert made.returncode == 0, made.stderr
     before = certifica(cfg, "users", "list").stdout
+    if action == "add":  # on a fresh machine: refused before any state is made
+        fresh = cfg.parent / "fresh.toml"
+        fresh.write_text('[gateway]\nstate_dir = "fresh-state"\n')
+        out = certifica(fresh, "users", "add", "amy@example.com", devnull=True)
+        assert out.returncode == 2 and "--password-stdin" in out.stderr
+        assert not (cfg.parent / "fresh-state").exists()
     out = certifica(cfg, "users", action, "amy@example.com", devnull=True)
     assert out.returncode == 2
     assert "no terminal to ask for the password" in out.stderr
