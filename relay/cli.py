@@ -334,10 +334,14 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_set(args: argparse.Namespace) -> int:
+    """Change an existing user: its password (asked, or ``--password-stdin``) unless only
+    other options are given, and ``--tracking on|off``."""
     from relay.users import hash_password, normalise_address
 
     address = normalise_address(args.email)
-    _need_terminal(args, address)
+    new_password = args.password_stdin or args.tracking is None
+    if new_password:
+        _need_terminal(args, address)
     store = _open_store(_config(args), writes=True)
     try:
         if not _user_exists(store, address):
@@ -345,15 +349,26 @@ def cmd_users_set(args: argparse.Namespace) -> int:
                 f"there is no user {address}; to add it: certifica users add {address} "
                 "[--password-stdin]"
             )
-        hashed = hash_password(_read_password(args, address))
-        store.run_sync(
-            lambda db: db.conn.execute(
-                "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, address)
-            )
-        )
+        hashed = hash_password(_read_password(args, address)) if new_password else None
+        tracking = None if args.tracking is None else int(args.tracking == "on")
+
+        def _set(db: Any) -> None:
+            if hashed is not None:
+                db.conn.execute(
+                    "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, address)
+                )
+            if tracking is not None:
+                db.conn.execute(
+                    "UPDATE users SET tracking = ? WHERE address = ?", (tracking, address)
+                )
+
+        store.run_sync(_set)
     finally:
         store.close()
-    print(f"user {address}: password changed")
+    changed = (["password changed"] if hashed is not None else []) + (
+        [f"open and click tracking {args.tracking}"] if tracking is not None else []
+    )
+    print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
 
 
@@ -926,7 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
             "set",
             cmd_users_set,
             "change an existing user (its password)",
-            "Change an existing user: its password. The one command that changes a user.",
+            "Change an existing user: its password (asked on the terminal, or read with "
+            "--password-stdin), and with --tracking its open and click tracking. The one "
+            "command that changes a user.",
         ),
     ):
         p = usub.add_parser(name, help=short, description=long)
@@ -937,11 +954,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="read the password from the first line of standard input (needed "
             "when there is no terminal to ask on)",
         )
+        if name == "set":
+            p.add_argument(
+                "--tracking",
+                choices=["on", "off"],
+                help="open and click tracking for the user's certified mail; given alone, "
+                "the password is left as it is",
+            )
         p.set_defaults(func=func)
     p = usub.add_parser(
         "tracking",
-        help="turn open and click tracking on or off for a user",
-        description="Opt a user's certified mail in or out of open and click tracking.",
+        help="turn open and click tracking on or off for a user (= set --tracking)",
+        description="Opt a user's certified mail in or out of open and click tracking; "
+        "the same as 'certifica users set EMAIL --tracking on|off'.",
     )
     p.add_argument("email")
     p.add_argument("state", choices=["on", "off"])

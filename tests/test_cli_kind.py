@@ -81,6 +81,13 @@ def test_users_add_refuses_an_existing_user_and_set_changes_it(cfg: Path) -> Non
     assert check_password("second pw 2", _hash_of(state, "zoe@example.com"))
     assert not check_password("first pw 1", _hash_of(state, "zoe@example.com"))
 
+    tracking = certifica(cfg, "users", "set", "zoe@example.com", "--tracking", "off", devnull=True)
+    assert tracking.returncode == 0, tracking.stderr
+    assert "open and click tracking off" in tracking.stdout and "password" not in tracking.stdout
+    assert check_password("second pw 2", _hash_of(state, "zoe@example.com"))  # kept
+    with sqlite3.connect(state / "queue.db") as db:
+        assert db.execute("SELECT tracking FROM users").fetchall() == [(0,)]
+
     unknown = certifica(cfg, "users", "set", "nobody@example.com", "--password-stdin", stdin="x" * 9)
     assert unknown.returncode == 2
     assert "there is no user nobody@example.com" in unknown.stderr
