@@ -104,6 +104,11 @@ _INTRO = {
         "evidence are attached to this PDF."
     ),
 }
+_ATTACHED = "The original message and the machine-readable evidence are attached to this PDF."
+_ATTACHED_WITHOUT_MESSAGE = (
+    "Only the machine-readable evidence is attached to this PDF: the message could not "
+    "be read (see below)."
+)
 _STATUS = {
     "delivered": "Delivered (accepted by the recipient's mail server)",
     "failed": "Failed (not delivered)",
@@ -877,9 +882,12 @@ def _more_note(total: int, what: str, cap: int = _CAP_ROWS) -> list[Flowable]:
 def _header(ev: dict[str, Any], kind: str) -> list[Flowable]:
     gateway = _d(ev.get("gateway"))
     title = TITLES.get(kind, TITLES["sending"])
+    intro = _INTRO.get(kind, _INTRO["sending"])
+    if content_unavailable(ev):
+        intro = intro.replace(_ATTACHED, _ATTACHED_WITHOUT_MESSAGE)
     return [
         _trusted(escape(title), "title"),
-        _trusted(escape(_INTRO.get(kind, _INTRO["sending"])), "intro"),
+        _trusted(escape(intro), "intro"),
         Spacer(1, 4 * mm),
         _kv_table(
             [
@@ -936,6 +944,13 @@ def _hash_para(value: object) -> Paragraph:
 
 def _message(ev: dict[str, Any]) -> list[Flowable]:
     m = _d(ev.get("message"))
+    if content_unavailable(ev):  # only what the gateway recorded at reception
+        rows = [
+            ("Content", _para("not available: the gateway could not read the message")),
+            ("Size", _para(_size(m.get("size")))),
+            ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
+        ]
+        return [*_heading("Message"), _kv_table(rows)]
     rows = [
         ("Subject", _para(m.get("subject"), cap=_CAP_LINE, empty="— (no subject)")),
         ("Date", _para(m.get("date"))),
@@ -1197,6 +1212,20 @@ def _how_to_verify(ev: dict[str, Any]) -> list[Flowable]:
     def code(text: str) -> str:
         return f'<font name="{mono}">{escape(text)}</font>'
 
+    if content_unavailable(ev):
+        return [
+            *_heading("How to verify"),
+            _trusted(
+                "This PDF is signed (PAdES, ETSI EN 319 142) with the gateway's document "
+                "signing certificate and carries an RFC 3161 timestamp of the signature. "
+                f"Run {code('certifica verify certificate.pdf')}: it checks the signature, "
+                "the signing certificate and the timestamp. No message.eml is attached (see "
+                f"above); the attached {code('evidence.json')} holds the evidence in "
+                "machine-readable form.",
+                "body",
+            ),
+        ]
+
     return [
         *_heading("How to verify"),
         _trusted(
@@ -1387,18 +1416,36 @@ def _reception(ev: dict[str, Any]) -> list[Flowable]:
 
 
 def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
+    lost = content_unavailable(ev)
     return [
         *_header(ev, kind),
+        *(_content_lost(lost) if lost else []),
         *(_reception(ev) if kind == "reception" else []),
         *_sender(ev),
         *_message(ev),
-        *_attachments(ev),
+        *([] if lost else _attachments(ev)),
         *([] if kind == "reception" else _recipients(ev)),
         *_tracking(ev),
         *_timeline(ev),
         *_evidence_log(ev),
-        *_message_text(ev),
+        *([] if lost else _message_text(ev)),
         *_how_to_verify(ev),
+    ]
+
+
+def _content_lost(reason: str) -> list[Flowable]:
+    """What a certificate made without the message states, on page 1, in full sentences."""
+    return [
+        *_heading("The message could not be read"),
+        _trusted(
+            "The gateway could no longer read the message when it made this certificate ("
+            + escape(_clean(reason, 300))
+            + "). It is not attached, and its subject, headers, attachments and text are "
+            "not stated. This certificate proves when the gateway received a message, from "
+            "whom, with the SHA-256 below (recorded at reception, in the evidence log), and "
+            "what happened to each recipient; it does not prove the message's content.",
+            "body",
+        ),
     ]
 
 
@@ -1446,31 +1493,41 @@ def _binary_streams() -> Iterator[None]:
         rl_config.useA85 = saved
 
 
-def _embedded_files(eml: bytes, evidence_bytes: bytes) -> tuple[_Attachment, ...]:
-    return (
-        _Attachment(
-            EMBEDDED_EVIDENCE,
-            evidence_bytes,
-            "application/json",
-            "Data",
-            "Evidence record (certifica-evidence/1), machine-readable",
-        ),
-        _Attachment(
-            EMBEDDED_MESSAGE,
-            eml,
-            "message/rfc822",
-            "Source",
-            "The certified message exactly as received (RFC 5322)",
-        ),
+def _embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[_Attachment, ...]:
+    evidence = _Attachment(
+        EMBEDDED_EVIDENCE,
+        evidence_bytes,
+        "application/json",
+        "Data",
+        "Evidence record (certifica-evidence/1), machine-readable",
     )
+    if eml is None:
+        return (evidence,)
+    message = _Attachment(
+        EMBEDDED_MESSAGE,
+        eml,
+        "message/rfc822",
+        "Source",
+        "The certified message exactly as received (RFC 5322)",
+    )
+    return (evidence, message)
 
 
-def render_certificate(evidence: dict, eml: bytes) -> bytes:
-    """Render the unsigned certificate PDF, with message.eml and evidence.json attached."""
+def content_unavailable(evidence: dict[str, Any]) -> str | None:
+    """Why the message is not in this certificate, when the gateway could not read it
+    any more (``message.content_unavailable``); None for every normal certificate."""
+    reason = _d(evidence.get("message")).get("content_unavailable")
+    return reason if isinstance(reason, str) and reason else None
+
+
+def render_certificate(evidence: dict, eml: bytes | None) -> bytes:
+    """Render the unsigned certificate PDF, with message.eml and evidence.json attached;
+    ``eml`` None: the gateway lost the message, which the evidence states
+    (:func:`content_unavailable`), and only evidence.json is attached."""
     ev = _d(evidence)
     raw_kind = ev.get("kind")
     kind = raw_kind if isinstance(raw_kind, str) and raw_kind in TITLES else "sending"
-    attachments = _embedded_files(bytes(eml), evidence_json(evidence))
+    attachments = _embedded_files(None if eml is None else bytes(eml), evidence_json(evidence))
     try:
         return _render_pages(ev, kind, _story(ev, kind), attachments)
     except LayoutError:

@@ -15,8 +15,14 @@ from certifier import pool
 from certifier.message import summarise
 
 
-def complete_evidence(evidence: dict[str, Any], eml: bytes) -> dict[str, Any]:
-    """Fill ``evidence["message"]`` from the message bytes; refuse if the hash differs."""
+def complete_evidence(evidence: dict[str, Any], eml: bytes | None) -> dict[str, Any]:
+    """Fill ``evidence["message"]`` from the message bytes; refuse if the hash differs.
+    Without the bytes (``eml`` None), the evidence must say why
+    (``message.content_unavailable``) and is kept as it is."""
+    if eml is None:
+        if not (evidence.get("message") or {}).get("content_unavailable"):
+            raise ValueError("no message bytes, and the evidence does not say why")
+        return evidence
     summary = summarise(eml)
     expected = (evidence.get("message") or {}).get("sha256")
     if expected is not None and expected != hashlib.sha256(eml).hexdigest():
@@ -29,6 +35,6 @@ def complete_evidence(evidence: dict[str, Any], eml: bytes) -> dict[str, Any]:
     return completed
 
 
-def certify(evidence: dict[str, Any], eml: bytes) -> bytes:
+def certify(evidence: dict[str, Any], eml: bytes | None) -> bytes:
     """Complete the evidence, render the certificate and sign it; runs in a pool worker."""
     return pool.render_and_sign(complete_evidence(evidence, eml), eml)

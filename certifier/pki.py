@@ -15,7 +15,7 @@ Four key pairs, all RSA-2048, all certificates X.509 v3 profiled after RFC 5280:
 - a TLS server certificate for SMTP STARTTLS (2 years; subjectAltName = the
   gateway's hostname, localhost and 127.0.0.1).
 
-Files are PEM, keys unencrypted PKCS#8 with mode 0600 in a 0700 directory; every file is
+Files are PEM (keys unencrypted PKCS#8), mode 0600 in a 0700 directory; every file is
 written atomically (temporary file, fsync, rename, fsync of the directory) so that a
 crash never leaves a half-written key behind.
 
@@ -234,7 +234,7 @@ def _write_pair(
         ),
         0o600,
     )
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
 
 
 def _new_key() -> rsa.RSAPrivateKey:

@@ -160,7 +160,9 @@ def init_process(settings: SigningSettings) -> None:
     render_certificate({}, b"")
 
 
-def render_and_sign(evidence: dict, eml: bytes, signer: DocumentSigner | None = None) -> bytes:
+def render_and_sign(
+    evidence: dict, eml: bytes | None, signer: DocumentSigner | None = None
+) -> bytes:
     """Render and sign one certificate in this process; returns the signed PDF."""
     from certifier.document import render_certificate
 
@@ -229,7 +231,7 @@ class CertificatePool:
             initargs=(settings,),
         )
 
-    async def certify(self, evidence: dict, eml: bytes) -> bytes:
+    async def certify(self, evidence: dict, eml: bytes | None) -> bytes:
         """Render and sign in a worker; the event loop keeps running meanwhile."""
         return await self.run(render_and_sign, evidence, eml)
 

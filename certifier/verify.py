@@ -26,7 +26,10 @@ as a named :class:`Check` with a sentence a person can act on:
 8. ``attachments`` — ``message.eml`` and ``evidence.json`` are embedded, once each;
 9. ``evidence`` — ``evidence.json`` is a JSON object;
 10. ``message-hash`` — SHA-256 of ``message.eml`` equals ``message.sha256`` in the
-    evidence;
+    evidence. One exception: a certificate the gateway made after losing the message
+    (spool file missing) embeds no ``message.eml`` and its evidence says why
+    (``message.content_unavailable``); checks 8 to 10 then pass with a detail that
+    says the content is not certified, only the recorded hash;
 11. ``evidence-log`` — every evidence log entry embedded in ``evidence.json`` hashes
     to its recorded hash, consecutive entries are chained, all are this message's, and
     the timeline lists the same events (:func:`certifier.evidence.verify_excerpt`);
@@ -67,7 +70,7 @@ from pyhanko_certvalidator import ValidationContext
 
 from certifier import checkpoints
 from certifier import evidence as evidence_log
-from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE
+from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE, content_unavailable
 
 __all__ = [
     "Check",
@@ -448,6 +451,9 @@ def _timestamp_check(
 
 
 def _attachment_checks(files: dict[str, list[bytes]], checks: list[Check]) -> dict | None:
+    lost = _content_lost(files)
+    if lost is not None:
+        return _content_lost_checks(lost, checks)
     missing = [n for n in (EMBEDDED_MESSAGE, EMBEDDED_EVIDENCE) if not files.get(n)]
     doubled = [n for n in (EMBEDDED_MESSAGE, EMBEDDED_EVIDENCE) if len(files.get(n, [])) > 1]
     if missing or doubled:
@@ -503,6 +509,51 @@ def _attachment_checks(files: dict[str, list[bytes]], checks: list[Check]) -> di
                 f"SHA-256 of {EMBEDDED_MESSAGE} is {actual}, as recorded in the evidence.",
             )
         )
+    return evidence
+
+
+def _content_lost(files: dict[str, list[bytes]]) -> dict | None:
+    """The evidence of a certificate made without the message (the gateway lost it):
+    one evidence.json that states why (``message.content_unavailable``) and no
+    message.eml at all. None for every other file, which the usual checks then judge."""
+    if files.get(EMBEDDED_MESSAGE) or len(files.get(EMBEDDED_EVIDENCE, [])) != 1:
+        return None
+    try:
+        evidence = json.loads(files[EMBEDDED_EVIDENCE][0])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(evidence, dict) or not content_unavailable(evidence):
+        return None
+    return evidence
+
+
+def _content_lost_checks(evidence: dict, checks: list[Check]) -> dict:
+    reason = str(content_unavailable(evidence))[:300]
+    message = evidence.get("message")
+    recorded = message.get("sha256") if isinstance(message, dict) else None
+    checks.append(
+        Check(
+            "attachments",
+            True,
+            f"{EMBEDDED_EVIDENCE} is embedded; {EMBEDDED_MESSAGE} is not, as the evidence "
+            "states.",
+        )
+    )
+    checks.append(
+        Check(
+            "evidence",
+            True,
+            f"{EMBEDDED_EVIDENCE} is readable (format {str(evidence.get('format'))[:60]!r}).",
+        )
+    )
+    checks.append(
+        Check(
+            "message-hash",
+            True,
+            "Content not certified: the gateway states it could not read the message ("
+            f"{reason}); the SHA-256 it recorded at reception is {str(recorded)[:64]}.",
+        )
+    )
     return evidence
 
 

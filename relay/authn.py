@@ -32,9 +32,10 @@ from worker threads (:func:`asyncio.to_thread`), so the event loop never blocks:
   ``temperror``.
 * DMARC: the TXT record at ``_dmarc.<From domain>``, falling back to the
   organisational domain (``sp=`` applies there when present, RFC 7489 §6.6.3). The
-  organisational domain is the last two labels, or three under a short list of known
-  second-level registries (``co.uk``, ``com.es``, ...): not the Public Suffix List, so
-  a domain under an unlisted multi-label suffix is compared one level too high.
+  organisational domain is found with the Public Suffix List (RFC 7489 §3.2), ICANN
+  and private sections both, as the ``publicsuffixlist`` package ships it: one label
+  under the longest public suffix (``example.co.uk``, ``foo.github.io``,
+  ``x.k12.ca.us``). A name that is itself a public suffix is its own.
 
 All lookups of one call share a deadline of :data:`LOOKUP_BUDGET` times the timeout.
 
@@ -53,6 +54,7 @@ already passed. Other temporary failures show as ``temperror`` in the results.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -66,6 +68,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 import spf
+from publicsuffixlist import PublicSuffixList
 
 from relay.routing import _nameservers
 
@@ -84,19 +87,6 @@ ACCEPTED_ALGORITHMS = (b"rsa-sha256", b"ed25519-sha256")
 
 POLICIES = ("dkim-or-spf", "dkim")
 """What :meth:`AuthResults.passes` accepts: aligned DKIM or SPF, or aligned DKIM only."""
-
-# Registries that sell names at the third level; a small stand-in for the Public
-# Suffix List (see the module docstring).
-TWO_LEVEL_SUFFIXES = frozenset(
-    {
-        "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "ltd.uk", "plc.uk", "net.uk",
-        "sch.uk", "nhs.uk", "com.es", "org.es", "nom.es", "gob.es", "edu.es",
-        "com.au", "net.au", "org.au", "edu.au", "gov.au", "co.nz", "org.nz", "net.nz",
-        "co.jp", "ne.jp", "or.jp", "ac.jp", "go.jp", "co.kr", "co.in", "co.za",
-        "co.il", "com.br", "com.mx", "com.ar", "com.co", "com.pe", "com.tr", "com.cn",
-        "net.cn", "org.cn", "com.hk", "com.sg", "com.tw", "gov.br", "gob.mx",
-    }
-)  # fmt: skip
 
 _SAFE_PVALUE = re.compile(r"[A-Za-z0-9._+@-]+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
@@ -275,11 +265,22 @@ def _reason(err: BaseException) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List bundled with ``publicsuffixlist``, parsed once (~50 ms)."""
+    return PublicSuffixList()
+
+
 def organizational_domain(domain: str) -> str:
-    """The registered domain of ``domain`` (RFC 7489 §3.2), by the rule above."""
-    labels = [label for label in domain.lower().rstrip(".").split(".") if label]
-    keep = 3 if len(labels) >= 3 and ".".join(labels[-2:]) in TWO_LEVEL_SUFFIXES else 2
-    return ".".join(labels[-keep:])
+    """The organisational domain of ``domain`` (RFC 7489 §3.2): the longest public suffix
+    it ends in plus one label. A public suffix itself (``co.uk``), a single label or a
+    name the list cannot parse is its own organisational domain; never raises."""
+    name = ".".join(label for label in domain.lower().rstrip(".").split(".") if label)
+    try:
+        found = _public_suffixes().privatesuffix(name)
+    except (ValueError, TypeError, UnicodeError):
+        found = None
+    return found if isinstance(found, str) else name
 
 
 def _aligned(domain: str, from_domain: str, *, strict: bool) -> bool:

@@ -87,6 +87,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _limit_malloc_arenas()
     cfg = _config(args)
+    owner = _owner_of(cfg.state_dir) if os.geteuid() == 0 else None
+    if owner is not None:
+        raise UserError(
+            f"the state directory {cfg.state_dir} belongs to {owner[1]}: run the gateway as "
+            f"{owner[1]} (systemd: User={owner[1]}), not as root, so that no file in it "
+            "becomes root's"
+        )
     _setup_logging(cfg.log.level)
     try:
         asyncio.run(Gateway(cfg).run_forever())
@@ -133,41 +140,235 @@ def _default_trust_roots(args: argparse.Namespace) -> list[Path]:
 
 
 # -- users ----------------------------------------------------------------------------
-def _open_store(cfg: Config) -> Any:
+def _owner_of(path: Path) -> tuple[int, str] | None:
+    """The uid and name of the user owning ``path`` when it exists and is not root's."""
+    import pwd
+
+    try:
+        uid = path.stat().st_uid
+    except FileNotFoundError:
+        return None
+    if uid == 0:
+        return None
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
+
+
+def _become_owner(path: Path) -> None:
+    """Run as root against a state directory another user owns: become that user (its
+    groups, then its uid) before touching anything, so no file in it is left owned by
+    root, unreadable to the gateway. Anyone else is left as they are."""
+    if os.geteuid() != 0:
+        return
+    owner = _owner_of(path)
+    if owner is None:
+        return
+    import pwd
+
+    uid, name = owner
+    try:
+        entry = pwd.getpwuid(uid)
+        gid, groups = entry.pw_gid, os.getgrouplist(name, entry.pw_gid)
+    except KeyError:
+        gid = path.stat().st_gid
+        groups = [gid]
+    advice = f"run the command as {name} (sudo -u {name} certifica ...)"
+    unreadable = _unreadable_for(uid, gid, groups)
+    if unreadable is not None:
+        raise UserError(
+            f"the state directory {path} belongs to {name}, who cannot read {unreadable} "
+            f"(part of the Python this command runs on), so root will not act in its "
+            f"place and leave files of root's there: {advice}, with a Python {name} can read"
+        )
+    # pluggy (sqlite-utils' plugins) imports it on first use, from the standard library.
+    import importlib.metadata  # noqa: F401
+
+    try:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        raise UserError(
+            f"the state directory {path} belongs to {name}, and root cannot become that "
+            f"user here ({err.strerror}): {advice}"
+        ) from None
+    print(f"certifica: running as {name}, the owner of {path}", file=sys.stderr)
+
+
+def _unreadable_for(uid: int, gid: int, groups: list[int]) -> str | None:
+    """The first directory of the running Python (its standard library, the installed
+    packages, this package) that user ``uid`` cannot read, else None. Checked with
+    that user's effective ids, then root's are taken back (the real ids stay root's)."""
+    import sqlite_utils
+
+    wanted = [
+        Path(os.__file__).parent,
+        Path(sqlite_utils.__file__).parent,
+        Path(__file__).resolve().parent,
+    ]
+    saved = os.getgroups()
+    os.setgroups(groups)
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        for folder in wanted:
+            if not os.access(folder, os.R_OK | os.X_OK, effective_ids=True):
+                return str(folder)
+        return None
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved)
+
+
+def _state_dir(cfg: Config, *, writes: bool = False) -> Path:
+    """The state directory, as its owner (see :func:`_become_owner`), created and made
+    private (any path that was open to other users is said on stderr). A command that
+    ``writes`` says which config and state directory it used, on one line on stderr."""
+    from relay.private import secure_state_dir
+
+    _become_owner(cfg.state_dir)
+    try:
+        problems = secure_state_dir(cfg.state_dir)
+    except OSError as err:
+        owner = _owner_of(cfg.state_dir)
+        whose = f" (it belongs to {owner[1]}; run the command as that user)" if owner else ""
+        raise UserError(
+            f"cannot use the state directory {cfg.state_dir}: {err.strerror}{whose}"
+        ) from None
+    for problem in problems:
+        print(f"certifica: warning: state directory: {problem}", file=sys.stderr)
+    if writes:
+        print(
+            f"certifica: config {cfg.source.resolve() if cfg.source else '(embedded defaults)'}"
+            f", state directory {cfg.state_dir}",
+            file=sys.stderr,
+        )
+    return cfg.state_dir
+
+
+def _open_store(cfg: Config, *, writes: bool = False) -> Any:
     from relay.store import Store
 
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Store(cfg.state_dir / "queue.db", cfg.queue.lifetime)
+    return Store(_state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime)
 
 
-def cmd_users_add(args: argparse.Namespace) -> int:
-    from certifier.message import parse_single_mailbox
-    from relay.users import hash_password, normalise_address
+def _need_terminal(args: argparse.Namespace, address: str) -> None:
+    """Without ``--password-stdin`` the password is asked on the terminal: say what to do
+    when there is none (a script, ssh without -t), before anything is touched."""
+    if args.password_stdin or (sys.stdin is not None and sys.stdin.isatty()):
+        return
+    raise UserError(
+        "there is no terminal to ask for the password on: give it on standard input "
+        f"with --password-stdin, e.g. certifica users {args.users_command} {address} "
+        "--password-stdin < password-file"
+    )
 
-    address = parse_single_mailbox(args.email)
-    if address is None or address != args.email.strip():
-        raise UserError(f"{args.email!r} is not a single e-mail address")
+
+def _read_password(args: argparse.Namespace, address: str) -> str:
+    """The new password: the first line of stdin with ``--password-stdin``, else asked
+    twice on the terminal; without a terminal, a sentence that says what to do."""
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if not line:
+            raise UserError("no password on standard input (--password-stdin reads its first line)")
+        password = line.rstrip("\r\n")
     else:
-        password = getpass.getpass(f"Password for {address}: ")
-        if password != getpass.getpass("Again: "):
+        _need_terminal(args, address)
+        try:
+            password = getpass.getpass(f"Password for {address}: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise UserError("no password given") from None
+        if password != again:
             raise UserError("the two passwords differ")
     if len(password) < 8:
         raise UserError("the password must have at least 8 characters")
-    hashed = hash_password(password)
-    store = _open_store(_config(args))
-    try:
+    return password
+
+
+def _user_exists(store: Any, address: str) -> bool:
+    return bool(
         store.run_sync(
             lambda db: db.conn.execute(
-                "INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?)"
-                " ON CONFLICT(address) DO UPDATE SET password_hash = excluded.password_hash",
-                (normalise_address(address), hashed, time.time()),
-            )
+                "SELECT 1 FROM users WHERE address = ?", (address,)
+            ).fetchone()
         )
+    )
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from certifier.message import parse_single_mailbox
+    from relay.users import hash_password, normalise_address
+
+    parsed = parse_single_mailbox(args.email)
+    if parsed is None or parsed != args.email.strip():
+        raise UserError(f"{args.email!r} is not a single e-mail address")
+    address = normalise_address(parsed)
+    _need_terminal(args, address)
+    store = _open_store(_config(args), writes=True)
+    try:
+        if _user_exists(store, address):
+            raise UserError(
+                f"user {address} exists already; to change it: certifica users set "
+                f"{address} [--password-stdin]"
+            )
+        hashed = hash_password(_read_password(args, address))
+        try:
+            store.run_sync(
+                lambda db: db.conn.execute(
+                    "INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?)",
+                    (address, hashed, time.time()),
+                )
+            )
+        except sqlite3.IntegrityError:  # added by someone else meanwhile
+            raise UserError(f"user {address} exists already") from None
     finally:
         store.close()
-    print(f"user {normalise_address(address)} saved")
+    print(f"user {address} added")
+    return EXIT_OK
+
+
+def cmd_users_set(args: argparse.Namespace) -> int:
+    """Change an existing user: its password (asked, or ``--password-stdin``) unless only
+    other options are given, and ``--tracking on|off``."""
+    from relay.users import hash_password, normalise_address
+
+    address = normalise_address(args.email)
+    new_password = args.password_stdin or args.tracking is None
+    if new_password:
+        _need_terminal(args, address)
+    store = _open_store(_config(args), writes=True)
+    try:
+        if not _user_exists(store, address):
+            raise UserError(
+                f"there is no user {address}; to add it: certifica users add {address} "
+                "[--password-stdin]"
+            )
+        hashed = hash_password(_read_password(args, address)) if new_password else None
+        tracking = None if args.tracking is None else int(args.tracking == "on")
+
+        def _set(db: Any) -> None:
+            if hashed is not None:
+                db.conn.execute(
+                    "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, address)
+                )
+            if tracking is not None:
+                db.conn.execute(
+                    "UPDATE users SET tracking = ? WHERE address = ?", (tracking, address)
+                )
+
+        store.run_sync(_set)
+    finally:
+        store.close()
+    changed = (["password changed"] if hashed is not None else []) + (
+        [f"open and click tracking {args.tracking}"] if tracking is not None else []
+    )
+    print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
 
 
@@ -189,7 +390,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     from relay.users import normalise_address
 
     address = normalise_address(args.email)
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         removed = store.run_sync(
             lambda db: db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount
@@ -223,14 +424,18 @@ def cmd_reception_enable(args: argparse.Namespace) -> int:
     cfg = _config(args)
     # 130 bits, lower-case letters and digits only: forwarders may lower-case addresses.
     token = base64.b32encode(secrets.token_bytes(17)).decode().rstrip("=").lower()
-    store = _open_store(cfg)
+    store = _open_store(cfg, writes=True)
     try:
-        token = store.reception_enable(owner, token, args.ack_sender, time.time())
+        token, ack = store.reception_enable(owner, token, args.ack_sender, time.time())
     finally:
         store.close()
     forward = _forwarding_address(cfg, token)
     print(f"Certified reception is on for {owner}" + (
-        " (the original sender also gets a proof of receipt)." if args.ack_sender else "."
+        " (ack-sender: yes, the original sender also gets a proof of receipt; "
+        "--no-ack-sender turns it off)."
+        if ack
+        else " (ack-sender: no, the original sender gets no proof of receipt; "
+        "--ack-sender turns it on)."
     ))  # fmt: skip
     print(f"Forward (a copy of) the mail {owner} receives to:\n\n    {forward}\n")
     print(_RECIPES.format(owner=owner, forward=forward, local=owner.split("@")[0]))
@@ -266,7 +471,7 @@ def cmd_reception_disable(args: argparse.Namespace) -> int:
     from relay.users import normalise_address
 
     owner = normalise_address(args.email)
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         changed = store.reception_disable(owner)
     finally:
@@ -288,23 +493,22 @@ def cmd_reception_list(args: argparse.Namespace) -> int:
         print("no mailbox has certified reception")
     for row in rows:
         state = "on" if row["enabled"] else "off"
-        ack = ", proof of receipt to senders" if row["ack_sender"] else ""
-        print(f"{row['owner']}\t{state}{ack}\t{_forwarding_address(cfg, row['token'])}")
+        ack = "ack-sender: yes" if row["ack_sender"] else "ack-sender: no"
+        print(f"{row['owner']}\t{state}\t{_forwarding_address(cfg, row['token'])}\t{ack}")
     return EXIT_OK
 
 
 # -- dkim -----------------------------------------------------------------------------
-def _keyring(cfg: Config) -> Any:
+def _keyring(cfg: Config, *, writes: bool = False) -> Any:
     from relay.dkim_keys import DkimKeyring
 
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return DkimKeyring(cfg.state_dir / "keys")
+    return DkimKeyring(_state_dir(cfg, writes=writes) / "keys")
 
 
 def cmd_dkim_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
-        key = _keyring(cfg).add(args.domain, args.selector, args.algorithm)
+        key = _keyring(cfg, writes=True).add(args.domain, args.selector, args.algorithm)
     except ValueError as err:
         raise UserError(str(err)) from None
     print(f"DKIM key made for {key.domain} (selector {key.selector}, {key.algorithm}).")
@@ -356,11 +560,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
     try:
         found = store.run_sync(lambda db: checkpoints.audit(db.conn, roots))
-        written = (
-            store.run_sync(lambda db: checkpoints.export(db.conn, Path(args.export)))
-            if args.export
-            else None
-        )
+        written = _export_checkpoints(store, Path(args.export)) if args.export else None
     finally:
         store.close()
     for problem in found.problems:
@@ -377,6 +577,33 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if found.ok else EXIT_FAILED
 
 
+def _export_checkpoints(store: Any, target: Path) -> list[Path]:
+    """Every checkpoint into ``target``, a new or empty directory, all at once: they are
+    written into a temporary directory beside it, renamed into place when complete, so
+    an error leaves nothing behind."""
+    import shutil
+    import tempfile
+
+    from certifier import checkpoints
+
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} is not an empty directory: give a new or empty one")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    try:
+        written = store.run_sync(lambda db: checkpoints.export(db.conn, partial))
+        if target.exists():
+            target.rmdir()
+        os.replace(partial, target)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    return [target / p.name for p in written]
+
+
 # -- queue ----------------------------------------------------------------------------
 def cmd_queue_list(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
@@ -391,18 +618,21 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         print("Mail queue is empty")
         return EXIT_OK
     now = time.time()
+    print(f"{'QUEUE ID':<12}  {'FLAGS':<5}  {'SIZE':>9}  {'AGE':>5}  SENDER (KIND), RECIPIENTS")
     for row in rows:
         age = int(now - row["created"])
-        flags = ("C" if row["certified"] else " ") + ("!" if row["state"] == "held" else " ")
+        flags = ("C" if row["certified"] else "-") + ("!" if row["state"] == "held" else "-")
         print(
-            f"{row['qid']}{flags} {row['size']:>9} {_age(age):>7}  <{row['sender']}>  {row['kind']}"
+            f"{row['qid']:<12}  {flags:<5}  {row['size'] or 0:>9}  {_age(age):>5}  "
+            f"<{row['sender'] or ''}> ({row['kind']})"
         )
         for r in row["recipients"]:
-            reply = (
-                f" ({r['reply_code']} {r['reply_text']})"
-                if r["reply_code"] or r["reply_text"]
-                else ""
+            said = " ".join(
+                str(part)
+                for part in (r["reply_code"], r.get("reply_enhanced"), r["reply_text"])
+                if part
             )
+            reply = f" ({said})" if said else ""
             print(f"{'':>14}{r['status']:<10} <{r['address']}>{reply}")
     return EXIT_OK
 
@@ -421,11 +651,17 @@ def _iso(ts: float | None) -> str:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    from relay.spool import SPOOL_QUEUE, SPOOL_SUBDIR
+
+    cfg = _config(args)
+    store = _open_store(cfg)
     try:
         row = store.show(_one_qid(store, args.id))
     finally:
         store.close()
+    spool_file = cfg.state_dir / SPOOL_SUBDIR / SPOOL_QUEUE / f"{row['qid']}.eml"
+    if row["state"] != "done" and not spool_file.exists():
+        row["spool_file"] = f"spool file missing: {spool_file}"
     if args.json:
         print(json.dumps(row, indent=2, default=str))
         return EXIT_OK
@@ -435,6 +671,8 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         f"sender:       <{row['sender']}> (authenticated as {row['auth_user'] or '-'}, "
         f"client {row['client_ip'] or '-'})"
     )
+    if row.get("spool_file"):
+        print(f"problem:      {row['spool_file']} (the gateway's copy of the message is gone)")
     if row["certified"]:
         print(f"certificate:  {row['cert_id']} ({row['cert_state']})")
     print("recipients:")
@@ -457,7 +695,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_flush(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         count = store.retry_now(None, time.time())
     finally:
@@ -467,7 +705,7 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         qid = _one_qid(store, args.id)
         count = store.retry_now(qid, time.time())
@@ -478,7 +716,7 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
 
 
 def _hold(args: argparse.Namespace, held: bool) -> int:
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         qid = _one_qid(store, args.id)
         changed = store.set_held(qid, held, time.time())
@@ -498,7 +736,7 @@ def cmd_queue_release(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_delete(args: argparse.Namespace) -> int:
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         qid = _one_qid(store, args.id)
         if not args.yes:
@@ -526,10 +764,10 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     from certifier.pki import ensure_dev_pki
     from relay.qmgr import QueueManager, new_certificate_id
     from relay.server import signing_settings, state_paths
-    from relay.spool import Spool
+    from relay.spool import Spool, write_durably
 
-    if sys.stdout.isatty():
-        raise UserError("the addendum is a PDF: redirect it to a file (> addendum.pdf)")
+    if not args.output and sys.stdout.isatty():
+        raise UserError("the addendum is a PDF: give a file to write it to (-o addendum.pdf)")
     cfg = _config(args)
     paths = state_paths(cfg)
     store = _open_store(cfg)
@@ -555,15 +793,31 @@ def cmd_addendum(args: argparse.Namespace) -> int:
             row = await store.message(qid)
             return await qmgr.build_evidence(row), spool.read_any(qid)
 
-        evidence, raw = asyncio.run(_evidence())
+        try:
+            evidence, raw = asyncio.run(_evidence())
+        except FileNotFoundError:
+            raise UserError(
+                f"the message of {args.certificate.upper()} is no longer in the spool "
+                "(spool file missing): an addendum embeds it, so none can be made"
+            ) from None
         cert_id = evidence["certificate_id"]
         evidence.update(kind="addendum", certificate_id=new_certificate_id(), addendum_of=cert_id)
     finally:
         store.close()
     pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname)
     pool.init_process(signing_settings(cfg, pki))
-    sys.stdout.buffer.write(pipeline.certify(evidence, raw))
-    sys.stdout.buffer.flush()
+    pdf = pipeline.certify(evidence, raw)
+    if not args.output:
+        sys.stdout.buffer.write(pdf)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    output = Path(args.output)
+    try:
+        # A temporary file renamed into place: on any error, FILE is left as it was.
+        write_durably(output, pdf)
+    except OSError as err:
+        raise UserError(f"{output}: cannot be written ({err.strerror})") from None
+    print(f"addendum {evidence['certificate_id']} written to {output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -571,7 +825,7 @@ def cmd_users_tracking(args: argparse.Namespace) -> int:
     from relay.users import normalise_address
 
     address = normalise_address(args.email)
-    store = _open_store(_config(args))
+    store = _open_store(_config(args), writes=True)
     try:
         changed = store.run_sync(
             lambda db: (
@@ -656,11 +910,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "addendum",
-        help="sign an addendum of a certificate now (PDF on stdout)",
+        help="sign an addendum of a certificate now (PDF to -o FILE or stdout)",
         description="Render and sign, now, the addendum of certificate CERT-ID: every "
-        "event recorded so far (opens, clicks, late bounces). Writes the PDF to stdout.",
+        "event recorded so far (opens, clicks, late bounces). Writes the PDF to FILE "
+        "(-o), else to stdout when it is not a terminal.",
     )
     p.add_argument("certificate", metavar="CERT-ID")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the PDF to FILE (only once it is complete; nothing on error) "
+        "instead of stdout",
+    )
     p.set_defaults(func=cmd_addendum)
 
     users = sub.add_parser(
@@ -669,22 +931,44 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage submission users (one e-mail address each).",
     )
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
-    p = usub.add_parser(
-        "add",
-        help="add a user or change its password",
-        description="Add a user, or change the password of an existing one.",
-    )
-    p.add_argument("email")
-    p.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input",
-    )
-    p.set_defaults(func=cmd_users_add)
+    for name, func, short, long in (
+        (
+            "add",
+            cmd_users_add,
+            "add a user (refused if it exists: see set)",
+            "Add a user who may send. An existing user is refused: change it with "
+            "'certifica users set'.",
+        ),
+        (
+            "set",
+            cmd_users_set,
+            "change an existing user (its password)",
+            "Change an existing user: its password (asked on the terminal, or read with "
+            "--password-stdin), and with --tracking its open and click tracking. The one "
+            "command that changes a user.",
+        ),
+    ):
+        p = usub.add_parser(name, help=short, description=long)
+        p.add_argument("email")
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input (needed "
+            "when there is no terminal to ask on)",
+        )
+        if name == "set":
+            p.add_argument(
+                "--tracking",
+                choices=["on", "off"],
+                help="open and click tracking for the user's certified mail; given alone, "
+                "the password is left as it is",
+            )
+        p.set_defaults(func=func)
     p = usub.add_parser(
         "tracking",
-        help="turn open and click tracking on or off for a user",
-        description="Opt a user's certified mail in or out of open and click tracking.",
+        help="turn open and click tracking on or off for a user (= set --tracking)",
+        description="Opt a user's certified mail in or out of open and click tracking; "
+        "the same as 'certifica users set EMAIL --tracking on|off'.",
     )
     p.add_argument("email")
     p.add_argument("state", choices=["on", "off"])
@@ -712,9 +996,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("email", metavar="OWNER")
     p.add_argument(
         "--ack-sender",
-        action="store_true",
-        help="also mail the original sender a proof of receipt (never to bounces, lists, "
-        "automatic or unauthenticated mail; at most one per sender per interval)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--ack-sender: also mail the original sender a proof of receipt (never to "
+        "bounces, lists, automatic or unauthenticated mail; at most one per sender per "
+        "interval); --no-ack-sender: do not. Without either, enabling again keeps the "
+        "current choice (off for a new mailbox).",
     )
     p.set_defaults(func=cmd_reception_enable)
     p = rsub.add_parser(
@@ -784,7 +1071,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--export",
         metavar="DIR",
         help="also write each checkpoint as DIR/checkpoint-<seq>.dat (the timestamped "
-        "statement) and .tst (the DER token), for openssl ts -verify",
+        "statement) and .tst (the DER token), for openssl ts -verify; DIR must be new or "
+        "empty, and is filled only once every file is written",
     )
     p.set_defaults(func=cmd_evidence_verify)
 
@@ -796,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_queue_list,
             "list queued messages (like mailq)",
             "List the messages still in the queue with each recipient's state and last reply. "
-            "C = certified, ! = on hold.",
+            "FLAGS: C = certified, ! = on hold, - = neither.",
             False,
             True,
         ),
@@ -862,6 +1150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from relay.private import restrict_umask
+
+    # Whatever is created from here on is private, whatever umask the caller had.
+    restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -112,6 +112,7 @@ class QueueConfig:
     scan_interval: float = 1.0
     delay_warning: float = 0.0  # seconds before a "still trying" report (0: none)
     dsn_full_limit: int = 50_000  # bytes of a message returned whole (RET=FULL), at most
+    missing_spool_grace: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The mail the gateway writes itself: the "being processed" notice, the certificate mail,
-and for certified reception the owner's certificate mail and the sender's proof of receipt.
+for certified reception the owner's certificate mail and the sender's proof of receipt,
+and the mail carrying a certificate made after the gateway lost its copy of the message.
 
 All are RFC 5322 messages whose header fields refuse every control character (CR and
 LF above all) and encode non-ASCII per RFC 2047, with bodies from Jinja2 templates
@@ -198,6 +199,50 @@ def build_certificate_mail(
         qid,
     )
     return _assemble(msg, "certificate", context, (pdf, cert_id))
+
+
+def build_content_lost(
+    *,
+    gateway_name: str,
+    from_address: str,
+    hostname: str,
+    to: str,
+    qid: str,
+    cert_id: str,
+    received_at: str,
+    sha256: str,
+    size: int,
+    recipients: list[dict[str, str]],
+    pdf: bytes,
+    addendum_of: str | None = None,
+) -> bytes:
+    """The mail carrying a certificate (or, ``addendum_of``, an addendum) made after the
+    gateway lost its copy of the message (spool file missing): it says so in plain
+    words, with what the database still knows."""
+    context: dict[str, Any] = {
+        "addendum_of": addendum_of,
+        "qid": qid,
+        "cert_id": cert_id,
+        "received_at": received_at,
+        "sha256": sha256,
+        "size": size,
+        "recipients": recipients,
+        "gateway": gateway_name,
+    }
+    label = "Addendum" if addendum_of else "Certificate"
+    msg = _base(
+        gateway_name,
+        from_address,
+        to,
+        one_line(
+            f"{label} {cert_id}: message {qid} could not be read by the gateway "
+            "(spool file missing)"
+        ),
+        hostname,
+        None,
+        qid,
+    )
+    return _assemble(msg, "content_lost", context, (pdf, cert_id))
 
 
 def _assemble(

@@ -42,7 +42,7 @@ from relay.delivery import (
 )
 from relay.dkim_keys import DkimKeyring, sign
 from relay.logs import log_failure
-from relay.spool import Spool, write_durably
+from relay.spool import Spool, SpoolFileMissing, write_durably
 from relay.store import NewMessage, Outcome, Store
 from relay.tracking import inject_copy, tracked_for
 
@@ -61,7 +61,9 @@ _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
 class Certifier(Protocol):
     """Turns evidence and the original message into a signed PDF, off the event loop."""
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes: ...
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
+        """``eml`` None: the message is lost; the evidence says why (no message.eml)."""
+        ...
 
 
 def new_queue_id() -> str:
@@ -262,7 +264,12 @@ class QueueManager:
             # The destination's slot first, then a global one: a slow or dead destination
             # waits on its own limit without holding global slots the others need.
             async with self._destination(first["domain"]), self._deliveries:
-                raw = await asyncio.to_thread(self.spool.read, qid)
+                try:
+                    raw = await asyncio.to_thread(self.spool.read, qid)
+                except SpoolFileMissing as missing:
+                    result = await self._spool_missing_result(rows, missing)
+                    await self._record(rows, result, time.time(), feedback=False)
+                    return
                 addresses = [r["address"] for r in rows]
                 sender = first["sender"]
                 if self._tracked(first):
@@ -380,7 +387,15 @@ class QueueManager:
                 return
             async with self._certificates:
                 now = time.time()
-                raw = await asyncio.to_thread(self.spool.read_any, qid)
+                try:
+                    raw = await asyncio.to_thread(self.spool.read_any, qid)
+                except SpoolFileMissing as missing:
+                    # No addendum can embed the message: recorded once, not retried.
+                    await self._addendum_not_issued(qid, missing, "opens and clicks")
+                    events = await self.store.tracking_events(qid, row["tracking_reported"])
+                    last = max((e["id"] for e in events), default=row["tracking_reported"])
+                    await self.store.mark_reported(qid, last, now)
+                    return
                 # Only what the sender has not had yet, in the certificate or an addendum.
                 evidence = await self.build_evidence(row, tracking_after=row["tracking_reported"])
                 cert_id = new_certificate_id()
@@ -520,7 +535,18 @@ class QueueManager:
             if not row["sender"]:  # never a notice to the null sender
                 await self.store.mark(qid, notice_state="done")
                 return
-            raw = await asyncio.to_thread(self.spool.read, qid)
+            try:
+                raw = await asyncio.to_thread(self.spool.read, qid)
+            except SpoolFileMissing as missing:
+                # No notice about content the gateway cannot read; the sender hears of
+                # the message in the mail that replaces its certificate.
+                await self._missing_since(qid, missing)
+                await self.store.append_evidence(
+                    qid, "NoticeWithheld", {"reason": SPOOL_MISSING_TEXT}, time.time()
+                )
+                await self.store.mark(qid, notice_state="done")
+                self.wake(qid)
+                return
             original = notices.original_headers(raw)
             recipients = [r["address"] for r in await self.store.recipients(qid)]
             data = notices.build_notice(
@@ -746,7 +772,11 @@ class QueueManager:
 
     async def _certify(self, row: dict[str, Any]) -> None:
         qid = row["qid"]
-        raw = await asyncio.to_thread(self.spool.read, qid)
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            await self._content_lost(row, missing)
+            return
         if hashlib.sha256(raw).hexdigest() != row["sha256"]:
             # The spool no longer holds what was received: never certify something else.
             log.error(
@@ -776,7 +806,11 @@ class QueueManager:
         """The reception certificate to the owner and, when decided at arrival (and still
         within the per-sender interval), the same PDF to the sender as proof of receipt."""
         qid = row["qid"]
-        raw = await asyncio.to_thread(self.spool.read, qid)
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            await self._content_lost(row, missing)
+            return
         if hashlib.sha256(raw).hexdigest() != row["sha256"]:
             log.error("%s: spool file does not match the received hash; held", qid)
             await self.store.mark(qid, state="held")
@@ -841,6 +875,150 @@ class QueueManager:
         log.info("%s: removed", qid)
         self.wake()
 
+    # -- a spool file that is gone ----------------------------------------------------
+    async def _missing_since(self, qid: str, missing: SpoolFileMissing) -> float:
+        """When the spool file of ``qid`` was first found missing. The first time is an
+        evidence event (``SpoolFileMissing``), so a restart does not start the grace
+        again, and the one error line the operator gets about it."""
+        for entry in await self.store.evidence_for(qid):
+            if entry.event == "SpoolFileMissing":
+                return entry.time
+        now = time.time()
+        # The file as the spool names it; its full path is for the operator's log only.
+        where = f"spool/{missing.path.parent.name}/{missing.path.name}"
+        await self.store.append_evidence(qid, "SpoolFileMissing", {"file": where}, now)
+        log.error(
+            "%s: spool file missing (%s): the gateway's copy of the message is gone; "
+            "it fails after queue.missing_spool_grace (%.0f s) unless the file is restored",
+            qid,
+            missing.path,
+            self.cfg.queue.missing_spool_grace,
+        )
+        return now
+
+    async def _spool_missing_result(
+        self, rows: list[dict[str, Any]], missing: SpoolFileMissing
+    ) -> AttemptResult:
+        """A deferral of every recipient while the grace lasts, a failure after it."""
+        since = await self._missing_since(rows[0]["qid"], missing)
+        final = time.time() >= since + self.cfg.queue.missing_spool_grace
+        text = SPOOL_MISSING_TEXT + (
+            "; not delivered"
+            if final
+            else f"; it fails after {self.cfg.queue.missing_spool_grace:.0f} s unless restored"
+        )
+        status, enhanced = (FAILED, "5.3.0") if final else (DEFERRED, "4.3.0")
+        return AttemptResult(
+            tuple(RecipientResult(r["address"], status, None, enhanced, text) for r in rows),
+            None,
+            None,
+            None,
+            None,
+        )
+
+    async def _addendum_not_issued(self, qid: str, missing: SpoolFileMissing, about: str) -> None:
+        await self.store.append_evidence(
+            qid, "AddendumNotIssued", {"about": about, "reason": SPOOL_MISSING_TEXT}, time.time()
+        )
+        log.error("%s: addendum about %s not issued: %s", qid, about, missing)
+
+    async def _content_lost(
+        self,
+        row: dict[str, Any],
+        missing: SpoolFileMissing,
+        addendum: dict[str, Any] | None = None,
+    ) -> None:
+        """The certificate of a message whose spool file is gone, once the grace is over
+        (or, given the late delivery report ``addendum``, the addendum about it).
+
+        What it can honestly state comes from the database and the evidence log: who
+        sent a message when, its SHA-256 and size as received, each recipient's outcome
+        and the timeline. What it cannot: the content. So the certificate is signed and
+        timestamped as any other, its evidence says why the content is missing
+        (``message.content_unavailable``), it embeds no message.eml and states no
+        subject or text (:mod:`certifier.document`), and ``certifica verify`` reports
+        the content as not certified (:mod:`certifier.verify`). The mail carrying it
+        says the same in plain words.
+        """
+        qid = row["qid"]
+        if addendum is None:
+            since = await self._missing_since(qid, missing)
+            if time.time() < since + self.cfg.queue.missing_spool_grace:
+                return  # the next full scan comes back here
+        evidence = await self.build_evidence(row)
+        evidence["message"]["content_unavailable"] = SPOOL_MISSING_TEXT
+        if row["kind"] == "reception":
+            detail = json.loads(row["reception"] or "{}")
+            evidence.update(kind="reception", reception=_reception_evidence(detail))
+        cert_id = row["cert_id"]
+        if addendum is not None:
+            cert_id = addendum["cert_id"]
+            evidence.update(
+                kind="addendum",
+                certificate_id=cert_id,
+                addendum_of=row["cert_id"],
+                late_bounce={
+                    "dsn_queue_id": addendum["qid"],
+                    "dsn_sha256": addendum["sha256"],
+                    "reports": json.loads(addendum["summary"] or "{}").get("reports", []),
+                },
+            )
+        pdf = await self.certifier.certify(evidence, None)
+        await asyncio.to_thread(write_durably, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        label = "Addendum" if addendum is not None else "Certificate"
+        recipients = await self.store.recipients(qid)
+        data = notices.build_content_lost(
+            gateway_name=self._gateway_name(),
+            from_address=self.cfg.gateway.certification_address,
+            hostname=self.cfg.gateway.hostname,
+            to=row["sender"],
+            qid=qid,
+            cert_id=cert_id,
+            received_at=iso(row["created"]) or "",
+            sha256=row["sha256"],
+            size=row["size"],
+            addendum_of=row["cert_id"] if addendum is not None else None,
+            recipients=[
+                {
+                    "address": r["address"],
+                    "status": r["status"],
+                    "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+                }
+                for r in recipients
+            ],
+            pdf=pdf,
+        )
+        await self.store.append_evidence(
+            qid,
+            f"{label}Issued",
+            {"certificate_id": cert_id, "pdf_sha256": pdf_sha, "content": "unavailable"},
+            time.time(),
+        )
+        done_qid = addendum["qid"] if addendum is not None else qid
+        columns = {"cert_state": "done", "state": "done", "done_at": time.time()}
+        if row["sender"]:
+            mailed = await self._queue_generated(
+                label.lower(), row, data, columns, update_qid=done_qid
+            )
+        else:
+            await self.store.mark(done_qid, **columns)
+            mailed = "none"
+        cert_log.warning(
+            "%s: %s=%s sha256=%s pdf_sha256=%s without the message (%s); mailed as %s",
+            qid,
+            label.lower(),
+            cert_id,
+            row["sha256"],
+            pdf_sha,
+            missing,
+            mailed,
+        )
+        if addendum is not None:
+            await asyncio.to_thread(self.spool.archive, done_qid)
+        log.info("%s: removed", done_qid)
+        self.wake()
+
     async def _send_document(
         self,
         row: dict[str, Any],
@@ -903,7 +1081,11 @@ class QueueManager:
         if parent is None:
             await self.store.mark(dsn["qid"], state="done", done_at=time.time())
             return
-        raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        try:
+            raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        except SpoolFileMissing as missing:
+            await self._content_lost(parent, missing, addendum=dsn)
+            return
         evidence = await self.build_evidence(parent)
         evidence.update(
             kind="addendum",
@@ -1071,6 +1253,11 @@ def _recipient_status(
         orcpt=r["orcpt"],
         will_retry_until=retry_until,
     )
+
+
+SPOOL_MISSING_TEXT = (
+    "spool file missing: the gateway's copy of the message is gone (disk fault or operator error)"
+)
 
 
 def _internal_failure(rows: list[dict[str, Any]]) -> AttemptResult:

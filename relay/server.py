@@ -36,13 +36,14 @@ from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
 from relay.mx import MXSMTP, MXHandler
 from relay.postmaster import PostmasterIntake
+from relay.private import secure_state_dir
 from relay.production import check_production
 from relay.qmgr import QueueManager
 from relay.reception import ReceptionIntake
 from relay.routing import Router
 from relay.sink import SinkHandler
 from relay.smtpd import AuthThrottle, CertificaSMTP
-from relay.spool import Spool, write_durably
+from relay.spool import SPOOL_SUBDIR, Spool, write_durably
 from relay.store import Store
 from relay.submission import SubmissionHandler, SubmissionSMTP
 from relay.tracking import StoreBackend, start_http
@@ -78,7 +79,7 @@ def state_paths(cfg: Config) -> dict[str, Path]:
     return {
         "root": root,
         "keys": root / "keys",
-        "spool": root / "spool",
+        "spool": root / SPOOL_SUBDIR,
         "db": root / "queue.db",
         "certificates": root / "certificates",
         "listen": root / "listen.json",
@@ -91,7 +92,7 @@ class PipelineCertifier:
     def __init__(self, pool: CertificatePool) -> None:
         self.pool = pool
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes) -> bytes:
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
         return await self.pool.run(pipeline.certify, evidence, eml)
 
 
@@ -133,7 +134,8 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.cfg
         check_production(cfg)  # before anything is made: a refused start leaves no state
-        self.paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+        for problem in secure_state_dir(self.paths["root"]):
+            log.warning("state directory: %s", problem)
         self.pki = await asyncio.to_thread(ensure_dev_pki, self.paths["keys"], cfg.gateway.hostname)
         self.store = Store(self.paths["db"], cfg.queue.lifetime)
         self.spool = Spool(self.paths["spool"])
@@ -229,7 +231,7 @@ class Gateway:
         )
         self.checkpointer.start()
         await asyncio.to_thread(
-            write_durably, self.paths["listen"], json.dumps(listen).encode(), 0o644
+            write_durably, self.paths["listen"], json.dumps(listen).encode()
         )
         log.info(
             "started: %s; state in %s",

@@ -42,14 +42,14 @@ class SinkHandler:
 
     @staticmethod
     def _file(folder: Path, name: str, data: bytes) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_durably(folder / f"{name}.eml", data, mode=0o644)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_durably(folder / f"{name}.eml", data)
         try:
             msg = BytesParser(policy=email.policy.default).parsebytes(data)
             for part in msg.iter_attachments():
                 if part.get_content_type() == "application/pdf":
                     payload = part.get_payload(decode=True)
                     if isinstance(payload, bytes):
-                        write_durably(folder / f"{name}.pdf", payload, mode=0o644)
+                        write_durably(folder / f"{name}.pdf", payload)
         except Exception:  # the .eml is filed; a PDF we cannot find is no error
             log.debug("no PDF extracted from %s", name)

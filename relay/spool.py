@@ -8,6 +8,8 @@ transaction that was never answered 250; :meth:`Spool.orphans` finds those at st
 Exceptions::
 
     OSError            -- propagated; ENOSPC/EDQUOT mean "out of storage" (see is_disk_full)
+      SpoolFileMissing -- (a FileNotFoundError) a queued message's file is gone: a disk
+                          fault or an operator's mistake, never a normal state
 """
 
 from __future__ import annotations
@@ -16,6 +18,18 @@ import errno
 import os
 import threading
 from pathlib import Path
+
+
+class SpoolFileMissing(FileNotFoundError):
+    """The file of a queued message is not in the spool; ``str()`` says so in plain words."""
+
+    def __init__(self, qid: str, path: Path) -> None:
+        super().__init__(f"spool file missing: {path}")
+        self.qid = qid
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"spool file missing: {self.path}"
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -113,12 +127,18 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
+SPOOL_SUBDIR = "spool"
+"""The spool's directory under the state directory."""
+SPOOL_QUEUE = "queue"
+"""Queued messages' files (``<qid>.eml``), under the spool."""
+
+
 class Spool:
     """Message files under ``<state_dir>/spool``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.queue_dir = root / "queue"
+        self.queue_dir = root / SPOOL_QUEUE
         self.queue_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Certified originals (and the DSNs about them) stay as evidence after delivery:
         # addenda embed them. Retention is the operator's policy (README, GDPR).
@@ -135,7 +155,12 @@ class Spool:
         return path
 
     def read(self, qid: str) -> bytes:
-        return self.path(qid).read_bytes()
+        """The queued message; raises :class:`SpoolFileMissing` when its file is gone."""
+        path = self.path(qid)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise SpoolFileMissing(qid, path) from None
 
     def archive(self, qid: str) -> None:
         """Move a finished message to the archive, durably (rename + fsync of both dirs)."""
@@ -149,11 +174,17 @@ class Spool:
         return self.archive_dir / f"{qid}.eml"
 
     def read_any(self, qid: str) -> bytes:
-        """The message from the queue, or from the archive once it has left the queue."""
+        """The message from the queue, or from the archive once it has left the queue;
+        raises :class:`SpoolFileMissing` (naming the archive) when it is in neither."""
         try:
             return self.path(qid).read_bytes()
         except FileNotFoundError:
-            return self.archived(qid).read_bytes()
+            pass
+        archived = self.archived(qid)
+        try:
+            return archived.read_bytes()
+        except FileNotFoundError:
+            raise SpoolFileMissing(qid, archived) from None
 
     def remove(self, qid: str) -> None:
         self.path(qid).unlink(missing_ok=True)

@@ -43,6 +43,7 @@ import sqlite_utils
 
 from certifier import checkpoints, evidence
 from relay import dsn
+from relay.private import create_private_file
 
 T = TypeVar("T")
 
@@ -331,6 +332,9 @@ class Store:
 
     # -- plumbing ----------------------------------------------------------------
     def _open(self) -> None:
+        if not self.path.exists():
+            # SQLite gives -wal and -shm the database file's mode: 0600 for all three.
+            create_private_file(self.path)
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -1228,26 +1232,31 @@ class Store:
 
         return await self._run(_claim)
 
-    def reception_enable(self, owner: str, token: str, ack_sender: bool, now: float) -> str:
+    def reception_enable(
+        self, owner: str, token: str, ack_sender: bool | None, now: float
+    ) -> tuple[str, bool]:
         """Turn certified reception on for ``owner``; its token stays the same if it had
-        one (forwarding rules already set up keep working). Returns the token."""
+        one (forwarding rules already set up keep working). ``ack_sender`` None keeps the
+        current choice (off for a new owner). Returns the token and the choice."""
 
-        def _enable(db: sqlite_utils.Database) -> str:
+        def _enable(db: sqlite_utils.Database) -> tuple[str, bool]:
             row = db.conn.execute(
-                "SELECT token FROM reception_owners WHERE owner = ?", (owner,)
+                "SELECT token, ack_sender FROM reception_owners WHERE owner = ?", (owner,)
             ).fetchone()
             if row is not None:
+                ack = bool(row[1]) if ack_sender is None else ack_sender
                 db.conn.execute(
                     "UPDATE reception_owners SET enabled = 1, ack_sender = ? WHERE owner = ?",
-                    (int(ack_sender), owner),
+                    (int(ack), owner),
                 )
-                return str(row[0])
+                return str(row[0]), ack
+            ack = bool(ack_sender)
             db.conn.execute(
                 "INSERT INTO reception_owners (owner, token, ack_sender, enabled, created)"
                 " VALUES (?, ?, ?, 1, ?)",
-                (owner, token, int(ack_sender), now),
+                (owner, token, int(ack), now),
             )
-            return token
+            return token, ack
 
         return self.run_sync(_enable)
 

@@ -243,8 +243,13 @@ def start_gateway(
     config: Path, users: dict[str, str] | None = None, timeout: float = 60.0
 ) -> Gateway:
     state = config.parent / "state"
-    for user, password in (users or {"alice@example.com": PASSWORD}).items():
+    wanted = {"alice@example.com": PASSWORD} if users is None else users
+    for user, password in wanted.items():
         result = run_cli(config, "users", "add", user, "--password-stdin", stdin=password + "\n")
+        if result.returncode != 0 and "exists already" in result.stderr:  # a restart
+            result = run_cli(
+                config, "users", "set", user, "--password-stdin", stdin=password + "\n"
+            )
         assert result.returncode == 0, result.stderr
     listen_file = state / "listen.json"
     listen_file.unlink(missing_ok=True)

@@ -67,8 +67,11 @@ def test_list_show_hold_release_flush(
     wait_until(lambda: deferred(gw, qid))
     listing = gw.cli("queue", "list")
     assert listing.returncode == 0
-    assert re.search(rf"^{qid}C ", listing.stdout, re.M), listing.stdout
-    assert "deferred   <held@example.org> (421 Service shutting down, try later)" in listing.stdout
+    assert re.search(rf"^{qid}  C-  ", listing.stdout, re.M), listing.stdout
+    assert "deferred   <held@example.org> (421 4.3.2 Service shutting down, try later)" in (
+        listing.stdout
+    )
+    assert "None" not in listing.stdout
     as_json = json.loads(gw.cli("queue", "list", "--json").stdout)
     assert any(m["qid"] == qid for m in as_json)
 
@@ -77,7 +80,7 @@ def test_list_show_hold_release_flush(
     assert "SubmissionAcceptance" in shown.stdout and "RelayAttemptDeferred" in shown.stdout
 
     assert gw.cli("queue", "hold", qid).returncode == 0
-    assert re.search(rf"^{qid}C!", gw.cli("queue", "list").stdout, re.M)
+    assert re.search(rf"^{qid}  C!  ", gw.cli("queue", "list").stdout, re.M)
     faults.down = False
     assert gw.cli("queue", "flush").returncode == 0  # held: flush does not touch it
     time.sleep(1.0)
