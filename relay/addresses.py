@@ -278,10 +278,14 @@ class GatewayAddresses:
                 return Decision(AddressKind.POSTMASTER, f"postmaster@{self.domain}")
             return Decision(refusal=self._no_such_address())
         domain = domain.lower().rstrip(".")
-        if _ROUTING.intersection(local):
-            return Decision()  # it routes elsewhere: never one of ours
         if domain not in self.domains:
-            return self._elsewhere(local, domain)
+            # Another domain's address, even one a letter away from ours: a real address
+            # there (certifica@certifica.eu beside certifica.es) must stay sendable.
+            return Decision()
+        if _ROUTING.intersection(local):
+            # A source route, the % hack or a quoted "x@elsewhere" at our domain: not an
+            # address of ours, and never relayed on (RFC 5321 Appendix C).
+            return Decision(refusal=self._no_such_address())
         lower = local.lower()
         head, plus, tag = lower.partition("+")
         if self.certification and domain == self.cert_domain and head == self.cert_local:
@@ -309,17 +313,6 @@ class GatewayAddresses:
         ):
             return Decision(refusal=self._did_you_mean())
         return Decision(refusal=self._no_such_address())
-
-    def _elsewhere(self, local: str, domain: str) -> Decision:
-        """An address at another domain: a typo of the certification address's domain
-        (``certifica@certifca.example``) is refused, anything else is not ours."""
-        if (
-            self.certification
-            and local.lower() == self.cert_local
-            and self._near_miss(domain, self.cert_domain)
-        ):
-            return Decision(refusal=self._did_you_mean())
-        return Decision()
 
     @staticmethod
     def _near_miss(text: str, target: str) -> bool:

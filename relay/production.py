@@ -8,7 +8,19 @@ requirement of production is one more function in :data:`CHECKS`.
 
 Reserved names (RFC 2606 §2-3, RFC 6761 §6): the top-level domains ``.test``,
 ``.example``, ``.invalid``, ``.localhost`` and the second-level ``example.com``,
-``example.net``, ``example.org``.
+``example.net``, ``example.org``; and names that only resolve inside a site: ``.local``
+(RFC 6762, mDNS), ``home.arpa`` (RFC 8375) and ``.internal`` (reserved by ICANN in 2024
+for private use).
+
+A public URL must name a host recipients can reach: not a loopback, private,
+link-local or unspecified address in any of its spellings (``127.1``, ``2130706433``,
+``0x7f000001``, ``[::ffff:127.0.0.1]`` all are 127.0.0.1 to the resolver, as
+``inet_aton(3)`` reads them).
+
+Evidence must be signed by the operator's own certificate and timestamped by a real
+timestamp authority: the development CA and the in-process TSA that a first start makes
+prove nothing to a court. A local mailbox (``[sink]``) that catches the example domains
+has no place on a production host.
 
 Exceptions::
 
@@ -18,13 +30,14 @@ Exceptions::
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from relay.config import Config, ConfigError
 
-RESERVED_TLDS = ("test", "example", "invalid", "localhost")
-RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+RESERVED_TLDS = ("test", "example", "invalid", "localhost", "local", "internal")
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "home.arpa")
 
 
 def is_reserved(domain: str) -> bool:
@@ -36,15 +49,32 @@ def is_reserved(domain: str) -> bool:
     )
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost``, a ``.localhost`` name or a loopback IP address."""
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, in every spelling a resolver accepts (``127.1``,
+    ``2130706433``, ``0x7f000001``: ``inet_aton(3)``), an IPv4-mapped IPv6 address as its
+    IPv4 address; None for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not host or not all(c in "0123456789abcdefx." for c in host):
+            return None
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_unreachable_host(host: str) -> bool:
+    """True for ``localhost``, a ``.localhost`` name, or an IP address that is not
+    global (loopback, private, link-local, unspecified, reserved), however spelled."""
     host = host.lower().strip("[]").rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    address = _ip_address(host)
+    return address is not None and not address.is_global
 
 
 Problem = tuple[str, str]  # the key, what is wrong with it
@@ -79,7 +109,7 @@ def _public_url(cfg: Config) -> Iterator[Problem]:
     if not cfg.tracking.enabled:
         return
     host = urlsplit(cfg.tracking.public_url).hostname or ""
-    if is_loopback_host(host) or is_reserved(host):
+    if is_unreachable_host(host) or is_reserved(host):
         yield (
             "tracking.public_url",
             f"= {cfg.tracking.public_url!r} cannot be reached by recipients; "
@@ -87,7 +117,37 @@ def _public_url(cfg: Config) -> Iterator[Problem]:
         )
 
 
-CHECKS: tuple[Callable[[Config], Iterator[Problem]], ...] = (_postmaster, _names, _public_url)
+def _evidence_keys(cfg: Config) -> Iterator[Problem]:
+    signing = cfg.signing
+    if not signing.pkcs12 and not (signing.cert and signing.key):
+        yield (
+            "signing.cert",
+            "is not set: certificates would be signed by the development CA, which no "
+            "one trusts; give your signing certificate and key (or signing.pkcs12)",
+        )
+    if not signing.tsa_url:
+        yield (
+            "signing.tsa_url",
+            "is not set: certificates would be timestamped by the development timestamp "
+            "authority; give a qualified or trusted RFC 3161 TSA's URL",
+        )
+
+
+def _sink(cfg: Config) -> Iterator[Problem]:
+    if cfg.sink.listen:
+        yield (
+            "sink.listen",
+            f"= {cfg.sink.listen!r} starts the development mailbox; leave it empty",
+        )
+
+
+CHECKS: tuple[Callable[[Config], Iterator[Problem]], ...] = (
+    _postmaster,
+    _names,
+    _public_url,
+    _evidence_keys,
+    _sink,
+)
 """Each yields (key, problem) for a production config that must not start."""
 
 
