@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import dkim
+
 from certifier import evidence as evidence_log
 from relay import notices, outbound
 from relay.bounces import make_return_path
@@ -343,6 +345,13 @@ class QueueManager:
             return raw
         try:
             return await asyncio.to_thread(sign, raw, keys)
+        except dkim.MessageFormatError:  # the client's header section, not a gateway fault
+            log.warning(
+                "%s: DKIM signing skipped: the message header is malformed (a line that is "
+                "not a header field); sent unsigned",
+                row["qid"],
+            )
+            return raw
         except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
             return raw

@@ -43,11 +43,11 @@ def assert_safe(shown: str) -> None:
 
 # Text as clients send it: any code point, surrogate-escaped bytes, and the dangerous ones.
 _DANGEROUS = st.sampled_from(
-    list("\r\n\x00\x1b\x7f\x85\x9b\u2028\u2029\\") + sorted(_BIDI) + ["\udcff", "\udc80", "\ud800", "\U0010ffff"]
+    list("\r\n\x00\x1b\x7f\x85\x9b\u2028\u2029\\")
+    + sorted(_BIDI)
+    + ["\udcff", "\udc80", "\ud800", "\U0010ffff"]
 )
-client_text = st.lists(
-    st.one_of(st.characters(codec=None), _DANGEROUS), max_size=60
-).map("".join)
+client_text = st.lists(st.one_of(st.characters(codec=None), _DANGEROUS), max_size=60).map("".join)
 
 
 @given(client_text)
@@ -96,7 +96,9 @@ def test_formatter_keeps_one_event_per_line() -> None:
         log.removeHandler(handler)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
-    assert lines[0] == "test-escaping: helo=x\\x0d\\x0atest-escaping: 2026 forged line\\x1b[2J\\u202e"
+    assert (
+        lines[0] == "test-escaping: helo=x\\x0d\\x0atest-escaping: 2026 forged line\\x1b[2J\\u202e"
+    )
     assert lines[1].endswith(printable(forged))
     for line in lines:
         assert_safe(line)
