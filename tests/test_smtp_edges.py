@@ -33,6 +33,12 @@ def assert_clean(gw: Gateway) -> None:
     for bad in (*NEVER, "internal error"):
         assert bad not in log, log[-3000:]
     assert "\x1b" not in log and "\x00" not in log
+    # Every spool file belongs to a recorded message: a refused transaction left none.
+    spooled = {p.stem for p in (gw.state / "spool" / "queue").glob("*.eml")}
+    with sqlite3.connect(f"file:{gw.state / 'queue.db'}?mode=ro", uri=True) as db:
+        known = {qid for (qid,) in db.execute("SELECT qid FROM messages")}
+    db.close()
+    assert spooled <= known, spooled - known
 
 
 def assert_proper(reply: str) -> None:
