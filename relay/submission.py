@@ -20,6 +20,7 @@ from certifier.message import header_from_addresses
 from relay import replies
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
+from relay.logs import printable
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.spool import Spool
 from relay.store import NewMessage, Store
@@ -139,13 +140,17 @@ class SubmissionHandler:
         refused = await accept(self.store, self.spool, qid, raw, message)
         if refused:
             return refused
-        log.info(
-            "%s: client=%s[%s], sasl_username=%s", qid, session.host_name or "unknown", peer, user
+        log.info(  # the EHLO name is escaped already (relay.smtpd)
+            "%s: client=%s[%s], sasl_username=%s",
+            qid,
+            session.host_name or "unknown",
+            peer,
+            printable(user),
         )
         log.info(
             "%s: from=<%s>, size=%d, nrcpt=%d, certified=%s",
             qid,
-            envelope.mail_from,
+            printable(envelope.mail_from),
             len(raw),
             len(recipients),
             "yes" if certified else "no",
