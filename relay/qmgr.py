@@ -338,6 +338,10 @@ class QueueManager:
                     "Certifica",
                 )
             head = received_header(row, self.cfg.gateway.hostname, addresses)
+            if row.get("method") == "submission":
+                head += outbound.submission_fields(
+                    raw, row["qid"], row["created"], self.cfg.gateway.hostname
+                )
             if row.get("method") == "mx" and row.get("cert_id"):
                 head += outbound.certified_copy_header(str(from_address), row["cert_id"])
             raw = head + raw
@@ -788,6 +792,16 @@ class QueueManager:
                 "sha256": row["sha256"],
                 "size": row["size"],
                 "summary_pending": summary is None,
+                # Header fields the gateway added on the way out (RFC 6409 §8): the
+                # received hash is of the message without them, the delivered one with.
+                "added_fields": next(
+                    (
+                        list(e.detail.get("added_fields") or [])
+                        for e in entries
+                        if e.event == "SubmissionAcceptance"
+                    ),
+                    [],
+                ),
             },
             "recipients": [
                 {

@@ -21,6 +21,7 @@ from relay import replies
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
 from relay.logs import printable
+from relay.outbound import missing_submission_fields
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.spool import Spool
 from relay.store import NewMessage, Store
@@ -134,6 +135,8 @@ class SubmissionHandler:
                     "client_ip": peer,
                     "authenticated_user": user,
                     "tls": tls_version,
+                    # added to the copy that leaves (relay.outbound), not to the spool
+                    "added_fields": missing_submission_fields(raw),
                 },
             )
 
