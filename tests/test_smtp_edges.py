@@ -14,6 +14,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import struct
 import time
 
 import pytest
@@ -351,3 +352,38 @@ def test_pipelined_group_is_answered_in_order_and_together(gateway: Gateway, mx:
     got = mx.wait_for(lambda ms: any("pipe2@example.org" in m.rcpt_tos for m in ms))
     assert not any("u%ext@example.org" in m.rcpt_tos for m in got)
     assert_clean(gateway)
+
+
+# -- clients that vanish ------------------------------------------------------------------
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a crashed client or a scanner does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("where", ["greeting", "command", "data", "tls"])
+@pytest.mark.parametrize("port", ["submission", "mx", "submission_tls"])
+def test_reset_connections_leave_no_traceback(gateway: Gateway, port: str, where: str) -> None:
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", gateway.port(port)), timeout=10)
+        if port == "submission_tls" and where != "tls":
+            tls = client_tls_context(gateway.state).wrap_socket(sock)
+            tls.recv(1024)
+            tls.sendall(b"EHLO reset.test\r\nMAIL FROM:<x@example.com>\r\n")
+            if where == "data":
+                tls.sendall(b"DATA\r\nSubject: half")
+            _reset(tls)
+            continue
+        if where == "tls":
+            sock.sendall(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03")  # half a ClientHello
+        elif where != "greeting":
+            sock.recv(1024)
+            sock.sendall(b"EHLO reset.test\r\nMAIL FROM:<x@example.com>\r\nRCPT TO:<")
+            if where == "data":
+                sock.sendall(b"postmaster>\r\nDATA\r\nSubject: half a message\r\n")
+        _reset(sock)
+    time.sleep(0.5)
+    assert_clean(gateway)
+    assert "Task exception was never retrieved" not in gateway.log()
