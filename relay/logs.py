@@ -25,9 +25,12 @@ one line that cannot colour the terminal.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 import sys
 import traceback
+from typing import Any
 
 
 def log_failure(log: logging.Logger, message: str, *args: object) -> None:
@@ -40,6 +43,28 @@ def log_failure(log: logging.Logger, message: str, *args: object) -> None:
     name = err.__class__.__name__ if err is not None else "error"
     log.error(message + " (%s%s)", *args, name, where)
     log.debug("traceback", exc_info=err)
+
+
+_loop_log = logging.getLogger("certifica/loop")
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's last resort, one line instead of asyncio's traceback.
+
+    A connection that breaks (a reset, a TLS alert: OSError) is the peer's doing and an
+    ``info`` line; anything else is an error line naming the exception; the traceback
+    goes to the debug level, like :func:`log_failure`.
+    """
+    err = context.get("exception")
+    message = str(context.get("message") or "unexpected error in the event loop")
+    if isinstance(err, OSError | ssl.SSLError):
+        reason = getattr(err, "reason", None) or err.__class__.__name__
+        _loop_log.info("%s: %s", printable(message, 200), printable(str(reason), 120))
+        return
+    name = err.__class__.__name__ if err is not None else "no exception"
+    _loop_log.error("%s (%s)", printable(message, 200), name)
+    if err is not None:
+        _loop_log.debug("traceback", exc_info=err)
 
 
 def _escape_char(c: str) -> str:

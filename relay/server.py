@@ -34,6 +34,7 @@ from relay.config import Config, Endpoint, parse_endpoint, signing_password
 from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
+from relay.logs import loop_exception_handler
 from relay.mx import MXSMTP, MXHandler
 from relay.qmgr import QueueManager
 from relay.reception import ReceptionIntake
@@ -361,6 +362,7 @@ class Gateway:
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -10,7 +11,7 @@ import unicodedata
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from relay.logs import OneLineFormatter, one_line, printable
+from relay.logs import OneLineFormatter, loop_exception_handler, one_line, printable
 
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 _TOKEN = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
@@ -102,3 +103,28 @@ def test_formatter_keeps_one_event_per_line() -> None:
     assert lines[1].endswith(printable(forged))
     for line in lines:
         assert_safe(line)
+
+
+def test_loop_exception_handler_writes_one_line() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("certifica/loop")
+    log.addHandler(handler)
+    old_level, log.level = log.level, logging.INFO
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            raise ValueError("secret\ntext")
+        except ValueError as err:
+            loop_exception_handler(loop, {"message": "Task exception\r\n", "exception": err})
+        loop_exception_handler(loop, {"message": "Fatal error", "exception": ConnectionResetError()})
+    finally:
+        loop.close()
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "ERROR certifica/loop: Task exception\\x0d\\x0a (ValueError)",
+        "INFO certifica/loop: Fatal error: ConnectionResetError",
+    ], lines
