@@ -20,6 +20,7 @@ CERTIFICATION_OK = "250 2.1.5 Certification requested: this message will be cert
 QUEUED = "250 2.0.0 Message accepted for delivery, queued as {qid}"
 QUEUED_CERTIFIED = "250 2.0.0 Message accepted for certified delivery, queued as {qid}"
 AUTH_OK = "235 2.7.0 Authentication successful"
+READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
 
 # -- temporary failures -----------------------------------------------------------
 STORE_FAILED = (

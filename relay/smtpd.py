@@ -302,6 +302,7 @@ class CertificaSMTP(SMTP):
         if self._closing:
             return
         if isinstance(status, str):
+            status = _OWN_WORDING.get(status, status)
             if not self._bare_reply:
                 status = replies.with_enhanced_code(status)
             status = one_line(status).encode(
@@ -359,6 +360,9 @@ class CertificaSMTP(SMTP):
 
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
         self._bare_reply = True
         try:
             await super().smtp_HELO(hostname)
@@ -454,8 +458,9 @@ class CertificaSMTP(SMTP):
         """aiosmtpd's ``_getaddr``, same answers, without its per-call class and parse
         tree for the plain ``<local@domain>`` path (7% of the CPU under `make bench`).
 
-        Where the stdlib's parser raises IndexError (``MAIL FROM:"``), the answer is
-        "no address" (501), not an internal error."""
+        Where the stdlib's parser raises something else than HeaderParseError
+        (``MAIL FROM:"``, ``MAIL FROM:0@[``), the answer is "no address" (501), not an
+        internal error."""
         if not arg:
             return "", ""
         plain = _PLAIN_PATH.match(arg)
@@ -467,8 +472,11 @@ class CertificaSMTP(SMTP):
                 parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
                 address, rest = parse(arg)
                 addr = address.addr_spec
-            except (HeaderParseError, IndexError):  # the stdlib's IndexError: on '<"'
-                return None, None  # a 501 syntax error, not an internal error
+            except (HeaderParseError, IndexError, AttributeError, ValueError, TypeError):
+                # The stdlib's parser raises more than HeaderParseError on client text:
+                # IndexError on '<"', AttributeError on '0@['. Each is the client's
+                # syntax error (501/553), not an internal error.
+                return None, None
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest
@@ -658,6 +666,10 @@ class CertificaSMTP(SMTP):
                 self.transport.close()
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+
+# aiosmtpd replies that need more than an added enhanced code.
+_OWN_WORDING = {"220 Ready to start TLS": replies.READY_FOR_TLS}
 
 
 def _writes_now(reply: bytes) -> bool:

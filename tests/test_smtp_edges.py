@@ -18,6 +18,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay import replies
 from tests.conftest import CERT_ADDRESS, Gateway, Sink, client_tls_context, make_message
@@ -61,15 +63,6 @@ class Plain(Raw):
             self.send(ehlo)
             self.reply()
 
-    def reply(self) -> str:
-        text = super().reply()
-        return text
-
-
-def _line(raw: Raw) -> str:
-    """One reply, read as bytes would be shown: anything not UTF-8 fails the test."""
-    return raw.reply()
-
 
 # -- any command, any bytes ------------------------------------------------------------
 
@@ -102,7 +95,7 @@ def test_bad_bytes_in_any_command_get_a_proper_reply(gateway: Gateway, port: str
     raw = Raw(gateway) if port == "submission" else Plain(gateway)
     for command, expected in BAD_COMMANDS:
         raw.send(command)
-        reply = _line(raw)
+        reply = raw.reply()
         assert_proper(reply)
         assert reply.startswith(expected), (command, reply)
         raw.send(b"NOOP\r\n")  # the session goes on
@@ -145,7 +138,7 @@ def test_odd_arguments_get_a_reply_that_echoes_nothing_raw(gateway: Gateway, por
     for command in ODD_ARGUMENTS:
         raw = Raw(gateway, login=False) if port == "submission" else Plain(gateway)
         raw.send(command)
-        reply = _line(raw)
+        reply = raw.reply()
         assert_proper(reply)
         raw.send(b"NOOP\r\n")
         assert raw.reply().startswith("250"), command
@@ -387,3 +380,56 @@ def test_reset_connections_leave_no_traceback(gateway: Gateway, port: str, where
     time.sleep(0.5)
     assert_clean(gateway)
     assert "Task exception was never retrieved" not in gateway.log()
+
+
+# -- a bounded fuzz of command lines -------------------------------------------------------
+
+VERBS = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"AUTH", b"AUTH PLAIN", b"VRFY",
+         b"NOOP", b"HELP", b"RSET", b"EXPN", b"STARTTLS", b"BDAT", b"XCLIENT", b""]  # fmt: skip
+PIECES = st.one_of(
+    st.binary(max_size=12),
+    st.sampled_from([b"<", b">", b"@", b'"', b"\\", b"%", b"\x00", b"\r", b"\x1b[31m", b"\xff",
+                     b"\xc3\xa9", b"\xe2\x80\xae", b" SIZE=", b" BODY=8BITMIME", b" SMTPUTF8",
+                     b"=", b"postmaster", b"example.org", b"(", b")", b":", b",", b" ", b"\t",
+                     b"[", b"]", b"0@[", b"<@a,@b:c@d>"]),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(verb=st.sampled_from(VERBS), parts=st.lists(PIECES, max_size=8))
+def test_fuzzed_command_lines_get_proper_replies(
+    gateway: Gateway, verb: bytes, parts: list[bytes]
+) -> None:
+    line = (verb + b" " + b"".join(parts)).replace(b"\n", b"")
+    if b"\r" in line:
+        line = line.replace(b"\r", b"\r ")  # keep it inside the line: never a CRLF
+    sessions = _FUZZ_SESSIONS.setdefault(id(gateway), {})
+    for port in ("submission", "mx"):
+        raw = sessions.get(port)
+        if raw is None:
+            raw = sessions[port] = Raw(gateway) if port == "submission" else Plain(gateway)
+        try:
+            raw.send(line + b"\r\n")
+            reply = raw.reply()
+            assert_proper(reply)
+            if reply.startswith("334"):  # an AUTH challenge: abort it
+                raw.send(b"*\r\n")
+                assert_proper(raw.reply())
+            elif reply.startswith("354"):
+                raw.send(b".\r\n")
+                assert_proper(raw.reply())
+        except BaseException:
+            sessions.pop(port).close()  # the next example starts afresh
+            raise
+        # TLS would start, or the server ends the session (too many unknown commands)
+        if reply.startswith(("220", "221", "421", "502 5.5.1 Too many")):
+            sessions.pop(port).close()
+
+
+_FUZZ_SESSIONS: dict[int, dict[str, Raw]] = {}
+
+
+def test_fuzz_left_the_gateway_clean(gateway: Gateway) -> None:
+    for raw in _FUZZ_SESSIONS.pop(id(gateway), {}).values():
+        raw.close()
+    assert_clean(gateway)

@@ -366,7 +366,7 @@ def test_certification_address_alone_is_refused(gateway: Gateway) -> None:
         assert code == 554 and text.startswith(b"5.5.1")
 
 
-@pytest.mark.parametrize("arg", ['"', '<"', 'FROM:<"@example.com'])
+@pytest.mark.parametrize("arg", ['"', '<"', 'FROM:<"@example.com', "0@[", "<0@[>"])
 def test_path_the_stdlib_parser_trips_on_is_a_syntax_error(gateway: Gateway, arg: str) -> None:
     # email._header_value_parser raises IndexError here; that is the client's syntax
     # error (501 or 553), not the gateway's internal error (451).
