@@ -173,3 +173,11 @@ def test_starttls_inside_tls_is_503(gateway: Gateway, port: str) -> None:
     raw.send(b"NOOP\r\n")
     assert raw.reply().startswith("250 2.0.0")
     raw.close()
+
+
+@pytest.mark.parametrize("port", ["submission", "submission_tls", "mx"])
+def test_tls_1_1_is_refused_with_one_info_line(gateway: Gateway, port: str) -> None:
+    mark = len(gateway.log())
+    result = s_client(gateway, port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+    assert negotiated(result) is None, result.stdout[-2000:]
+    _assert_one_info_line(gateway, mark)
