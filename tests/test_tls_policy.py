@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -18,7 +20,7 @@ import time
 import pytest
 
 from relay import replies
-from tests.conftest import Gateway, client_tls_context
+from tests.conftest import PASSWORD, Gateway, Sink, client_tls_context, make_message
 from tests.test_smtp_in import Raw
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -181,3 +183,22 @@ def test_tls_1_1_is_refused_with_one_info_line(gateway: Gateway, port: str) -> N
     result = s_client(gateway, port, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
     assert negotiated(result) is None, result.stdout[-2000:]
     _assert_one_info_line(gateway, mark)
+
+
+def test_implicit_tls_submission_delivers_and_records_tls(gateway: Gateway, mx: Sink) -> None:
+    rcpt = "implicit-tls@example.org"
+    ctx = client_tls_context(gateway.state)
+    with smtplib.SMTP_SSL("127.0.0.1", gateway.port("submission_tls"), context=ctx) as c:
+        c.ehlo("client.test")
+        assert c.has_extn("auth") and not c.has_extn("starttls") and c.has_extn("pipelining")
+        c.login("alice@example.com", PASSWORD)
+        c.sendmail("alice@example.com", [rcpt], make_message(to=rcpt, cc=""))
+    mx.wait_for(lambda ms: any(rcpt in m.rcpt_tos for m in ms))
+    with sqlite3.connect(f"file:{gateway.state / 'queue.db'}?mode=ro", uri=True) as db:
+        row = db.execute(
+            "SELECT m.tls_version, m.tls_cipher FROM messages m JOIN recipients r "
+            "ON r.qid = m.qid WHERE r.address = ?",
+            (rcpt,),
+        ).fetchone()
+    db.close()
+    assert row[0] in ("TLSv1.2", "TLSv1.3") and row[1], row
