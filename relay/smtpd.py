@@ -189,13 +189,20 @@ class _CommandReader(asyncio.StreamReader):
     # The last read() ended with CR: aiosmtpd reads an overlong line in pieces, and
     # the piece after one that ended with CR may be the LF of its CRLF.
     _read_cr = False
+    # Set when the session ends (521, timeout, failed TLS): what the client sent after
+    # that is never executed, even if it is already in the buffer.
+    stopped = False
 
     async def read(self, n: int = -1) -> bytes:
+        if self.stopped:
+            raise asyncio.CancelledError
         data = await super().read(n)
         self._read_cr = data.endswith(b"\r")
         return data
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
+        if self.stopped:
+            raise asyncio.CancelledError
         if self.flush is not None and separator not in self._buffer:  # type: ignore[attr-defined]
             self.flush()
         line = await super().readuntil(separator)
@@ -322,9 +329,16 @@ class CertificaSMTP(SMTP):
 
     async def _push_and_close(self, status: str) -> None:
         await self.push(status)
-        self._closing = True
+        self._stop()
         if self.transport is not None:
             self.transport.close()
+
+    def _stop(self) -> None:
+        """The session is over: no more replies, and nothing more is read or executed."""
+        self._closing = True
+        reader = getattr(self, "_reader", None)
+        if isinstance(reader, _CommandReader):
+            reader.stopped = True
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -407,7 +421,7 @@ class CertificaSMTP(SMTP):
             raise
         except Exception as err:
             self._log_handshake_failure(err)
-            self._closing = True
+            self._stop()
             if self.transport is not None:
                 self.transport.close()
             self.connection_lost(err)
@@ -425,7 +439,7 @@ class CertificaSMTP(SMTP):
             return error.reply
         if isinstance(error, TLSSetupException):
             # aiosmtpd closes the connection after this; the reply goes nowhere.
-            self._closing = True
+            self._stop()
             self._log_handshake_failure(error.__cause__)
             return replies.TLS_FAILED
         try:
@@ -450,7 +464,7 @@ class CertificaSMTP(SMTP):
         self._flush_replies()
         if self.transport is not None and not self.transport.is_closing() and not self._closing:
             self._writer.write(replies.TIMEOUT.encode() + b"\r\n")
-        self._closing = True
+        self._stop()
         super()._timeout_cb()
 
     # -- envelope --------------------------------------------------------------------

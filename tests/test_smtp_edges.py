@@ -433,3 +433,25 @@ def test_fuzz_left_the_gateway_clean(gateway: Gateway) -> None:
     for raw in _FUZZ_SESSIONS.pop(id(gateway), {}).values():
         raw.close()
     assert_clean(gateway)
+
+
+@pytest.mark.parametrize("port", ["submission", "mx"])
+def test_nothing_after_a_bare_lf_is_executed(gateway: Gateway, mx: Sink, port: str) -> None:
+    """Commands already in the buffer behind the 521 are not run: no message is taken."""
+    rcpt = CERT_ADDRESS if port == "mx" else "after-lf@example.org"
+    raw = Raw(gateway) if port == "submission" else Plain(gateway)
+    before = {p.name for p in (gateway.state / "spool" / "queue").glob("*.eml")}
+    raw.send(
+        b"MAIL FROM:<alice@example.com>\r\nNOOP\n"
+        + f"RSET\r\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+        + make_message(to="after-lf@example.org", cc="")
+        + b".\r\nQUIT\r\n"
+    )
+    assert raw.expect("250").startswith("250 2.1.0")
+    assert raw.reply() == replies.BARE_LINE_FEED
+    assert _read_to_eof(raw.sock, raw.buf) == b""
+    raw.close()
+    time.sleep(0.5)
+    assert {p.name for p in (gateway.state / "spool" / "queue").glob("*.eml")} <= before
+    assert mx.to("after-lf@example.org") == []
+    assert_clean(gateway)
