@@ -654,9 +654,7 @@ class CertificaSMTP(SMTP):
         if self._throttle.blocked(peer):
             log.warning("%s: authentication refused: too many failures from this address",
                         _peer_text(peer))  # fmt: skip
-            await self.push(replies.AUTH_BLOCKED)
-            if self.transport is not None:
-                self.transport.close()
+            await self._push_and_close(replies.AUTH_BLOCKED)
             return AuthResult(success=False, handled=True)
         user = login.decode("utf-8", "replace")
         ok = await self._verifier(user, password.decode("utf-8", "surrogateescape"))
@@ -675,9 +673,7 @@ class CertificaSMTP(SMTP):
         # guessing gets slow.
         await asyncio.sleep(min(self._auth_delay * recent, AUTH_DELAY_CAP))
         if self._auth_failures >= self._auth_failures_allowed:
-            await self.push(replies.TOO_MANY_AUTH_FAILURES)
-            if self.transport is not None:
-                self.transport.close()
+            await self._push_and_close(replies.TOO_MANY_AUTH_FAILURES)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
 
