@@ -340,6 +340,22 @@ class CertificaSMTP(SMTP):
         if isinstance(reader, _CommandReader):
             reader.stopped = True
 
+    def ehlo_keywords(self) -> list[str]:
+        """The extensions EHLO advertises now (RFC 5321 §4.1.1.1): only what is honoured."""
+        keywords = ["PIPELINING"]  # RFC 2920
+        if self.data_size_limit:
+            keywords.append(f"SIZE {self.data_size_limit}")  # RFC 1870
+        if not self._decode_data:
+            keywords.append("8BITMIME")  # RFC 6152
+        if self.enable_SMTPUTF8:
+            keywords.append("SMTPUTF8")  # RFC 6531
+        keywords.append("ENHANCEDSTATUSCODES")  # RFC 2034
+        if self.tls_context and not self._tls_active():
+            keywords.append("STARTTLS")  # RFC 3207
+        if self._auth_methods and (not self._auth_require_tls or self._tls_active()):
+            keywords.append("AUTH " + " ".join(sorted(self._auth_methods)))  # RFC 4954
+        return keywords
+
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034: no enhanced codes in the EHLO response
@@ -349,18 +365,7 @@ class CertificaSMTP(SMTP):
         self._set_rset_state()
         assert self.session is not None
         self.session.extended_smtp = True
-        response = [f"250-{self.hostname}", "250-PIPELINING"]
-        if self.data_size_limit:
-            response.append(f"250-SIZE {self.data_size_limit}")
-        if not self._decode_data:
-            response.append("250-8BITMIME")
-        if self.enable_SMTPUTF8:
-            response.append("250-SMTPUTF8")
-        response.append("250-ENHANCEDSTATUSCODES")
-        if self.tls_context and not self._tls_active():
-            response.append("250-STARTTLS")
-        if self._auth_methods and (not self._auth_require_tls or self._tls_active()):
-            response.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        response = [f"250-{self.hostname}", *(f"250-{k}" for k in self.ehlo_keywords())]
         response.append("250 HELP")
         if self._ehlo_hook_ver == "new":  # a handler that adds its own keywords
             response = await self._call_handler_hook("EHLO", hostname, response)

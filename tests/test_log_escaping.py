@@ -118,7 +118,9 @@ def test_loop_exception_handler_writes_one_line() -> None:
             raise ValueError("secret\ntext")
         except ValueError as err:
             loop_exception_handler(loop, {"message": "Task exception\r\n", "exception": err})
-        loop_exception_handler(loop, {"message": "Fatal error", "exception": ConnectionResetError()})
+        loop_exception_handler(
+            loop, {"message": "Fatal error", "exception": ConnectionResetError()}
+        )
     finally:
         loop.close()
         log.removeHandler(handler)
