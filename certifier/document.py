@@ -961,6 +961,19 @@ def _message(ev: dict[str, Any]) -> list[Flowable]:
         ("Size", _para(_size(m.get("size")))),
         ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
     ]
+    added = [str(name) for name in _l(m.get("added_fields"))]
+    if added:
+        rows.append(
+            (
+                "Header fields added by the gateway",
+                _para(
+                    f"{', '.join(added)}: the message as submitted had none (RFC 6409 §8). "
+                    "The hash above is of the message as received, without them; each "
+                    "recipient's delivered hash is of the message as sent, with them.",
+                    cap=_CAP_LINE,
+                ),
+            )
+        )
     defects = _l(m.get("defects"))
     if defects:
         shown = "; ".join(_clean(d, 200) for d in defects[:20])

@@ -28,7 +28,11 @@ def complete_evidence(evidence: dict[str, Any], eml: bytes | None) -> dict[str, 
     if expected is not None and expected != hashlib.sha256(eml).hexdigest():
         raise ValueError("the message bytes do not match the received hash")
     completed = dict(evidence)
-    completed["message"] = summary.as_evidence()
+    message = summary.as_evidence()
+    added = (evidence.get("message") or {}).get("added_fields")
+    if added:  # header fields the gateway added on the way out (RFC 6409 §8)
+        message["added_fields"] = list(added)
+    completed["message"] = message
     sender = dict(completed.get("sender") or {})
     sender["header_from"] = summary.from_
     completed["sender"] = sender

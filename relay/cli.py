@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, ConfigError, load_config
+from relay.logs import OneLineFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -35,8 +36,9 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(default if default.exists() else None)
 
 
-class _PostfixFormatter(logging.Formatter):
-    """``time program: [warning: |error: ]message``, as Postfix writes its log."""
+class _PostfixFormatter(OneLineFormatter):
+    """``time program: [warning: |error: ]message``, as Postfix writes its log; the
+    message always one line (client text escaped, :mod:`relay.logs`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

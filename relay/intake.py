@@ -4,8 +4,9 @@ Both listeners that accept mail for delivery (submission, and the MX for Cc copi
 end their DATA the same way: the bytes go to the spool, fsynced with their directory,
 then the row goes to the store in one transaction, and only then is the client told
 250 (RFC 5321 §6.1: once the server says 250 it owns the message). If either step
-fails the client is told 451 or 452 and the spool file is removed, so nothing half
-accepted is left behind.
+fails, for any reason, the spool file is removed before the client is told 451 or 452,
+so nothing half accepted is left behind (the one exception: the client leaving while
+the row is written, when the row may yet commit; the next start sweeps such files).
 
 Also here: the checks an envelope or header recipient must pass before the gateway
 will deliver to it (no source routes, no % hacks, a real domain).
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from relay import replies
+from relay.logs import log_failure
 from relay.spool import Spool, is_disk_full
 from relay.store import NewMessage, Store, StoreError, StoreFullError
 
@@ -60,15 +62,33 @@ async def accept(
         sha256 = await loop.run_in_executor(_INTAKE, _spool, spool, qid, raw)
     except OSError as err:
         log.error("%s: could not store the message: %s", qid, err.strerror or err)
+        # The rename may have happened before the directory's fsync failed.
+        await loop.run_in_executor(_INTAKE, _remove_quietly, spool, qid)
         return replies.DISK_FULL if is_disk_full(err) else replies.STORE_FAILED
     try:
         await store.enqueue(message(sha256), time.time())
-    except (StoreError, OSError) as err:
-        await loop.run_in_executor(_INTAKE, spool.remove, qid)
+    except asyncio.CancelledError:
+        # The client left while the row was being written: the store may still commit
+        # it, so the file stays (a file without a row is removed at the next start).
+        raise
+    except Exception as err:
+        # Nothing was recorded (the store's transaction rolled back): the file goes now,
+        # before the answer, whatever the error was.
+        await loop.run_in_executor(_INTAKE, _remove_quietly, spool, qid)
+        if not isinstance(err, StoreError | OSError):
+            log_failure(log, "%s: could not record the message; nothing was kept", qid)
+            return replies.INTERNAL_ERROR
         log.error("%s: could not record the message: %s", qid, err)
         full = isinstance(err, StoreFullError) or is_disk_full(err)
         return replies.DISK_FULL if full else replies.STORE_FAILED
     return None
+
+
+def _remove_quietly(spool: Spool, qid: str) -> None:
+    try:
+        spool.remove(qid)
+    except OSError as err:  # the next start removes a file without a row
+        log.warning("%s: could not remove the unrecorded spool file: %s", qid, err)
 
 
 def _spool(spool: Spool, qid: str, raw: bytes) -> str:

@@ -2,18 +2,39 @@
 
 An unexpected error is logged as one line naming the error and where it happened; the
 traceback goes to the debug level, for a developer who turns ``[log] level = "debug"``.
+
+Client text (EHLO names, addresses, AUTH user names, subjects, remote replies, user
+agents) is escaped by :func:`printable` wherever it is written: in a log line, in the
+database, in a reply that echoes it. The escape is one line of printable characters
+and can be read back to the exact input:
+
+* ``\\`` becomes ``\\\\``, so an escape sequence in the output always came from the
+  escaper, never from the client (nobody can forge one);
+* C0 controls and DEL (CR, LF, ESC, NUL...) become ``\\xNN``;
+* bytes that were not UTF-8 (held by Python as surrogateescape code points
+  U+DC80-U+DCFF) become ``\\xNN`` too, NN >= 80, so they do not collide with the C0 ones;
+* every other non-printable code point (C1 controls, the bidi overrides U+202A-U+202E
+  and isolates U+2066-U+2069, the line and paragraph separators U+2028/U+2029, other
+  format characters, lone surrogates) becomes ``\\uNNNN`` (``\\UNNNNNNNN`` above U+FFFF).
+
+:class:`OneLineFormatter` is the safety net under all of it: it escapes the whole
+formatted message of every record (the backslash excepted, so text already escaped by
+:func:`printable` passes unchanged), so a log call that forgot to escape still writes
+one line that cannot colour the terminal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
+import sys
 import traceback
+from typing import Any
 
 
 def log_failure(log: logging.Logger, message: str, *args: object) -> None:
     """Log the exception being handled as one error line; the traceback only at debug."""
-    import sys
-
     err = sys.exc_info()[1]
     where = ""
     if err is not None and err.__traceback__ is not None:
@@ -24,7 +45,73 @@ def log_failure(log: logging.Logger, message: str, *args: object) -> None:
     log.debug("traceback", exc_info=err)
 
 
-def printable(text: str, limit: int = 320) -> str:
-    """Untrusted text for a log line or a reply: at most ``limit`` characters, every
-    non-printable one (terminal escapes, line breaks) shown as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+_loop_log = logging.getLogger("certifica/loop")
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's last resort, one line instead of asyncio's traceback.
+
+    A connection that breaks (a reset, a TLS alert: OSError) is the peer's doing and an
+    ``info`` line; anything else is an error line naming the exception; the traceback
+    goes to the debug level, like :func:`log_failure`.
+    """
+    err = context.get("exception")
+    message = str(context.get("message") or "unexpected error in the event loop")
+    if isinstance(err, OSError | ssl.SSLError):
+        reason = getattr(err, "reason", None) or err.__class__.__name__
+        _loop_log.info("%s: %s", printable(message, 200), printable(str(reason), 120))
+        return
+    name = err.__class__.__name__ if err is not None else "no exception"
+    _loop_log.error("%s (%s)", printable(message, 200), name)
+    if err is not None:
+        _loop_log.debug("traceback", exc_info=err)
+
+
+def _escape_char(c: str) -> str:
+    n = ord(c)
+    if n < 0x80:
+        return f"\\x{n:02x}"
+    if 0xDC80 <= n <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{n - 0xDC00:02x}"
+    return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
+def _escape(text: str, backslash: bool) -> str:
+    if text.isprintable() and (not backslash or "\\" not in text):
+        return text  # the common case, at C speed
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\" if backslash else c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(_escape_char(c))
+    return "".join(out)
+
+
+def printable(text: str | bytes, limit: int | None = 320) -> str:
+    """Untrusted text for a log line, the database or a reply: one line of printable
+    characters, reversible (see the module docstring), cut to ``limit`` characters of
+    input (``None``: no cut) with ``...`` marking the cut. Bytes are read as UTF-8,
+    the bytes that are not shown as ``\\xNN``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    cut = limit is not None and len(text) > limit
+    shown = _escape(text[:limit] if cut else text, backslash=True)
+    return shown + "..." if cut else shown
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped as :func:`printable` does,
+    the backslash left alone: idempotent on :func:`printable`'s output."""
+    return _escape(text, backslash=False)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose message part is always one printable line (the traceback, only
+    logged at debug level, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = one_line(record.message)
+        return super().formatMessage(record)

@@ -3,7 +3,10 @@
 The received hash covers the bytes the sender sent; everything here changes only the
 copy that leaves, and each recipient's delivered hash covers that copy. In order:
 
-1. the ``Received`` trace field (RFC 5321 §4.4) and, for a certified copy that came in
+1. the ``Received`` trace field (RFC 5321 §4.4); for mail submitted on 587/465 whose
+   header has none, ``Date`` and ``Message-ID`` (RFC 6409 §8.2, §8.3:
+   :func:`submission_fields`, the same at every attempt, named in the certificate
+   as ``added_fields``); for a certified copy that came in
    through the MX (a Cc copy from the sender's provider), ``X-Certifica-Copy``, which
    tells the recipient that this is the gateway's certified copy of the sender's
    message (they may get the sender's own copy too);
@@ -44,11 +47,36 @@ def header_end(raw: bytes) -> int:
 def header_fields(header: bytes) -> list[bytes]:
     """The header fields of ``header``, each with its folded lines and final CRLF."""
     starts = [m.start() for m in _FIELD_START.finditer(header)]
+    if not starts:  # empty, or only continuation lines
+        return [header] if header else []
     return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
 
 
 def _name(field: bytes) -> bytes:
     return field.split(b":", 1)[0].strip().lower()
+
+
+# RFC 6409 §8: fields a submission server may add when the message lacks them.
+SUBMISSION_FIELDS = ("Date", "Message-ID")
+
+
+def missing_submission_fields(raw: bytes) -> list[str]:
+    """Which of :data:`SUBMISSION_FIELDS` the header of ``raw`` lacks, in that order."""
+    present = {_name(f) for f in header_fields(raw[: header_end(raw)])}
+    return [name for name in SUBMISSION_FIELDS if name.lower().encode() not in present]
+
+
+def submission_fields(raw: bytes, qid: str, created: float, hostname: str) -> bytes:
+    """The ``Date`` and ``Message-ID`` fields a submitted message lacks, made from its
+    acceptance (queue id, time): every delivery attempt adds the same ones."""
+    values = {
+        "Date": email.utils.formatdate(created, usegmt=True),
+        "Message-ID": f"<{qid}.{int(created * 1000)}@{hostname}>",
+    }
+    return b"".join(
+        f"{name}: {values[name]}\r\n".encode("ascii", "replace")
+        for name in missing_submission_fields(raw)
+    )
 
 
 def certified_copy_header(sender: str, cert_id: str) -> bytes:

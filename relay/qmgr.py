@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import dkim
+
 from certifier import evidence as evidence_log
 from relay import dsn, notices, outbound
 from relay.bounces import make_return_path, returned_headers
@@ -356,6 +358,10 @@ class QueueManager:
                     "Certifica",
                 )
             head = received_header(row, self.cfg.gateway.hostname, addresses)
+            if row.get("method") == "submission":
+                head += outbound.submission_fields(
+                    raw, row["qid"], row["created"], self.cfg.gateway.hostname
+                )
             if row.get("method") == "mx" and row.get("cert_id"):
                 head += outbound.certified_copy_header(str(from_address), row["cert_id"])
             raw = head + raw
@@ -363,6 +369,13 @@ class QueueManager:
             return raw
         try:
             return await asyncio.to_thread(sign, raw, keys)
+        except dkim.MessageFormatError:  # the client's header section, not a gateway fault
+            log.warning(
+                "%s: DKIM signing skipped: the message header is malformed (a line that is "
+                "not a header field); sent unsigned",
+                row["qid"],
+            )
+            return raw
         except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
             return raw
@@ -1144,6 +1157,16 @@ class QueueManager:
                 "sha256": row["sha256"],
                 "size": row["size"],
                 "summary_pending": summary is None,
+                # Header fields the gateway added on the way out (RFC 6409 §8): the
+                # received hash is of the message without them, the delivered one with.
+                "added_fields": next(
+                    (
+                        list(e.detail.get("added_fields") or [])
+                        for e in entries
+                        if e.event == "SubmissionAcceptance"
+                    ),
+                    [],
+                ),
             },
             "recipients": [
                 {

@@ -20,6 +20,7 @@ CERTIFICATION_OK = "250 2.1.5 Certification requested: this message will be cert
 QUEUED = "250 2.0.0 Message accepted for delivery, queued as {qid}"
 QUEUED_CERTIFIED = "250 2.0.0 Message accepted for certified delivery, queued as {qid}"
 AUTH_OK = "235 2.7.0 Authentication successful"
+READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
 
 # -- temporary failures -----------------------------------------------------------
 STORE_FAILED = (
@@ -57,7 +58,19 @@ NO_OTHER_RECIPIENTS = (
     "add the people the message is for in To or Cc"
 )
 BAD_ADDRESS = "501 5.1.3 That address is not valid: {why}"
-BAD_CHARACTERS = "501 5.5.4 The command contains a control character (CR, LF or NUL)"
+BAD_CHARACTERS = "501 5.5.4 The command contains a control character (CR or NUL)"
+# Postfix's smtpd_forbid_bare_newline: the connection is closed after this reply.
+BARE_LINE_FEED = (
+    "521 5.5.2 A command line ended with a bare LF; lines must end with CRLF "
+    "(RFC 5321 2.3.8); closing connection"
+)
+NOT_UTF8 = "500 5.5.2 The command is not valid UTF-8 (RFC 6531)"
+NUL_IN_DATA = (
+    "550 5.6.0 The message contains a NUL byte, which mail may not carry "
+    "(RFC 2045 2.7-2.8); it was not accepted"
+)
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS is already active"
+TLS_FAILED = "454 4.7.0 The TLS handshake failed"
 SIZE_EXCEEDED = "552 5.3.4 The message is larger than the {limit}-byte limit of this gateway"
 HEADER_TOO_LARGE = "552 5.3.4 The message header is larger than the {limit}-byte limit"
 LINE_TOO_LONG = "500 5.5.2 A line of the message is longer than 1000 octets (RFC 5321 4.5.3.1.6)"

@@ -34,6 +34,7 @@ from relay.config import Config, Endpoint, parse_endpoint, signing_password
 from relay.delivery import Deliverer
 from relay.dkim_keys import DkimKeyring
 from relay.late_bounces import LateBounces
+from relay.logs import loop_exception_handler
 from relay.mx import MXSMTP, MXHandler
 from relay.postmaster import PostmasterIntake
 from relay.private import secure_state_dir
@@ -187,7 +188,7 @@ class Gateway:
         self.submission = SubmissionHandler(
             cfg, self.store, self.spool, self.qmgr.wake, verp_key=verp_key
         )
-        tls = self._tls_context()
+        tls = self._tls_context("submission")
         listen: dict[str, str] = {}
         sub = cfg.endpoint("submission")
         if sub:
@@ -239,13 +240,10 @@ class Gateway:
             self.paths["root"],
         )
 
-    def _tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    def _tls_context(self, policy: str = "submission") -> ssl.SSLContext:
         cert = self.cfg.tls.cert or self.pki.tls_cert
         key = self.cfg.tls.key or self.pki.tls_key
-        ctx.load_cert_chain(str(cert), str(key))
-        return ctx
+        return tls_context(str(cert), str(key), policy)
 
     async def _serve_submission(
         self, name: str, ep: Endpoint, tls: ssl.SSLContext, implicit: bool
@@ -254,7 +252,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
 
         def factory() -> CertificaSMTP:
-            server = SubmissionSMTP(
+            return SubmissionSMTP(
                 self.submission,
                 verifier=self.submission.verify_password,
                 throttle=self.auth_throttle,
@@ -265,20 +263,19 @@ class Gateway:
                 enable_SMTPUTF8=True,
                 hostname=cfg.gateway.hostname,
                 ident="Certifica ESMTP",
-                tls_context=None if implicit else tls,
+                tls_context=tls,
+                # Port 465: the session starts TLS itself before its greeting, so AUTH
+                # is over TLS on both ports and aiosmtpd has no reason to warn.
+                implicit_tls=implicit,
                 require_starttls=not implicit,
                 auth_required=True,
-                auth_require_tls=not implicit,
+                auth_require_tls=True,
                 timeout=cfg.limits.timeout,
                 min_data_rate=cfg.limits.min_data_rate,
                 loop=loop,
             )
-            if implicit:
-                # The TLS is the socket's; aiosmtpd treats AUTH as allowed when it knows.
-                server._auth_require_tls = False
-            return server
 
-        server = await _listen(loop, factory, f"listen.{name}", ep, tls if implicit else None)
+        server = await _listen(loop, factory, f"listen.{name}", ep)
         self.servers[name] = server
         return _bound(server)
 
@@ -286,6 +283,7 @@ class Gateway:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         reception = ReceptionIntake(cfg, self.store, self.spool, self.qmgr.wake)
+        mx_tls = self._tls_context("mx")
         handler = self.mx_handler = MXHandler(
             domain=cfg.gateway.domain,
             hostname=cfg.gateway.hostname,
@@ -309,7 +307,7 @@ class Gateway:
                 enable_SMTPUTF8=True,
                 hostname=cfg.gateway.hostname,
                 ident="Certifica ESMTP",
-                tls_context=self._tls_context(),
+                tls_context=mx_tls,
                 timeout=cfg.limits.timeout,
                 min_data_rate=cfg.limits.min_data_rate,
                 loop=loop,
@@ -376,12 +374,63 @@ class Gateway:
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
         await stop.wait()
         await self.stop()
+
+
+# Mozilla's "intermediate" TLS 1.2 suites (https://ssl-config.mozilla.org, v5.7):
+# forward secret key exchange and AEAD ciphers only, no CBC. TLS 1.3 suites are all
+# AEAD and stay OpenSSL's defaults.
+SUBMISSION_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# The MX port: STARTTLS there is opportunistic (RFC 7435 §1.3, RFC 3207): a sending
+# server whose handshake fails delivers in plaintext, which is worse than any cipher
+# below. So the strong suites come first and the server picks, and CBC and plain RSA key
+# exchange stay for old MTAs; what is broken (RC4, 3DES, MD5, export, anonymous) is out.
+MX_CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:DHE+AES:RSA+AESGCM:RSA+AES"
+    ":!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES:!EXPORT"
+)
+
+
+def tls_context(cert: str, key: str, policy: str) -> ssl.SSLContext:
+    """The server TLS context of a listener: ``policy`` is "submission" (ports 587 and
+    465: clients we configure, Mozilla intermediate) or "mx" (port 25: any MTA).
+
+    Both keep TLS 1.2 as the minimum. On the MX it is a judgement (RFC 7435 would rather
+    have TLS 1.0 than plaintext): RFC 8996 deprecates TLS 1.0 and 1.1, OpenSSL 3 only
+    speaks them at security level 0 (which lets every weak suite back in) and Python
+    deprecates them; an MTA that speaks nothing newer is rare and still delivers, in
+    plaintext, as it would to a server without STARTTLS.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED  # TLS 1.3 on
+    if policy == "submission":
+        ctx.set_ciphers(SUBMISSION_CIPHERS)
+    elif policy == "mx":
+        ctx.set_ciphers(MX_CIPHERS)
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        raise ValueError(f"unknown TLS policy {policy!r}")
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def certificate_workers(cfg: Config) -> int:

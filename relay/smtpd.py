@@ -16,29 +16,51 @@ What this subclass changes, and why:
   the connection after a few.
 * Every reply carries an RFC 3463 enhanced status code; an internal error is a 451
   that never contains the exception's text; a silent client gets 421 before the close.
-* CR, LF or NUL inside an envelope argument is a 501 before any parsing, and so is a
-  command line ended by a bare LF (aiosmtpd would split the line there).
+* Every command line is checked before aiosmtpd reads it (:class:`_CommandReader`):
+  a bare LF anywhere is ``521 5.5.2`` and the connection is closed, as Postfix does with
+  ``smtpd_forbid_bare_newline = yes`` (aiosmtpd would split the line there, so
+  ``RCPT TO:<bob@example.org\n>`` would name bob); a CR or NUL inside the line is 501;
+  bytes that are not UTF-8 are ``500 5.5.2`` (RFC 6531 §3.3 allows UTF-8 and nothing
+  else). No command line reaches a handler with characters a reply, a log line or the
+  database could not hold, and every reply is escaped (:func:`relay.logs.one_line`)
+  before it is written, so a reply that echoes the client cannot carry its controls.
+* NUL in DATA refuses the message (RFC 2045 §2.7-2.8: neither 7bit nor 8bit data may
+  hold it), so it is never relayed.
+* EHLO (RFC 5321 §4.1.1.1) is built here and written in one piece: some clients and TLS
+  scanners read the reply once. It advertises what the gateway honours: PIPELINING,
+  SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, STARTTLS before TLS and AUTH only
+  where there is an AUTH mechanism and TLS. The EHLO/HELO name is kept escaped.
+* PIPELINING (RFC 2920 §3.1): the replies to a group of commands that arrived together
+  are written together, in order, once no further complete command is waiting (and
+  always before the gateway waits for the client, or closes).
+* TLS: STARTTLS inside TLS is ``503 5.5.1``. Implicit TLS (port 465, RFC 8314) is the
+  STARTTLS machinery started at connect, so both share one path; a failed handshake
+  (a scanner, an old client, plaintext after STARTTLS) is one ``info`` line naming the
+  peer and the reason, and the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import ipaddress
 import logging
 import math
 import re
+import ssl
 import time
 from base64 import b64decode
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 
 from certifier.message import PLAIN_ADDR_SPEC
 from relay import replies
-from relay.logs import log_failure
+from relay.logs import log_failure, one_line, printable
 
 log = logging.getLogger("certifica/smtpd")
 
@@ -126,22 +148,76 @@ class DataRefused(Exception):
         self.reply = reply
 
 
-class BareLineFeed(Exception):
+class BadCommandLine(Exception):
+    """A command line refused before it is parsed; ``reply`` is what the client is told."""
+
+    reply = replies.BAD_CHARACTERS
+    close = False
+
+
+class BareLineFeed(BadCommandLine):
     """A command line ended with a LF without its CR (RFC 5321 2.3.8 requires CRLF)."""
+
+    reply = replies.BARE_LINE_FEED
+    close = True
+
+
+class ControlCharacter(BadCommandLine):
+    """A CR or NUL inside a command line."""
+
+    reply = replies.BAD_CHARACTERS
+
+
+class NotUtf8(BadCommandLine):
+    """A command line whose bytes are not UTF-8."""
+
+    reply = replies.NOT_UTF8
 
 
 class _CommandReader(asyncio.StreamReader):
-    """The session's reader: a command line must end with CRLF.
+    """The session's reader: every command line (and AUTH response) is checked whole.
 
-    aiosmtpd splits commands at any LF, so ``RCPT TO:<bob@example.org\n>`` would name
-    bob as a recipient; the DATA reader already refuses bare line endings, and the
-    command reader now does too. The line is consumed, then refused with a 501.
+    aiosmtpd splits commands at any LF and decodes arguments with surrogateescape, so
+    without this ``RCPT TO:<bob@example.org\n>`` would name bob as a recipient and a
+    byte that is not UTF-8 would reach the handlers, the log and the database. The line
+    is consumed, then refused: :class:`BareLineFeed` (the connection is closed),
+    :class:`ControlCharacter` or :class:`NotUtf8`. Before waiting for more input the
+    session's pending replies are written (PIPELINING, see ``CertificaSMTP.push``).
     """
 
+    flush: Callable[[], None] | None = None
+    # The last read() ended with CR: aiosmtpd reads an overlong line in pieces, and
+    # the piece after one that ended with CR may be the LF of its CRLF.
+    _read_cr = False
+    # Set when the session ends (521, timeout, failed TLS): what the client sent after
+    # that is never executed, even if it is already in the buffer.
+    stopped = False
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.stopped:
+            raise asyncio.CancelledError
+        data = await super().read(n)
+        self._read_cr = data.endswith(b"\r")
+        return data
+
     async def readuntil(self, separator: Any = b"\n") -> bytes:
+        if self.stopped:
+            raise asyncio.CancelledError
+        if self.flush is not None and separator not in self._buffer:  # type: ignore[attr-defined]
+            self.flush()
         line = await super().readuntil(separator)
-        if separator == b"\n" and not line.endswith(b"\r\n"):
-            raise BareLineFeed
+        split_crlf, self._read_cr = self._read_cr and line == b"\n", False
+        if separator == b"\n" and not split_crlf:
+            if not line.endswith(b"\r\n"):
+                raise BareLineFeed
+            body = line[:-2]
+            if b"\r" in body or b"\0" in body:
+                raise ControlCharacter
+            if not body.isascii():
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise NotUtf8 from None
         return line
 
 
@@ -168,10 +244,16 @@ def check_data(data: bytes, header_limit: int, smtputf8: bool) -> None:
         raise DataRefused(replies.HEADER_TOO_LARGE.format(limit=header_limit))
     if not smtputf8 and not header.isascii():
         raise DataRefused(replies.EIGHT_BIT_HEADERS)
+    if b"\0" in data:
+        raise DataRefused(replies.NUL_IN_DATA)
 
 
 class CertificaSMTP(SMTP):
-    """One SMTP session; hooks in the handler decide, this class speaks the protocol."""
+    """One SMTP session; hooks in the handler decide, this class speaks the protocol.
+
+    ``implicit_tls``: the connection is TLS from its first byte (port 465, RFC 8314):
+    the handshake runs before the greeting, through the same code as STARTTLS.
+    """
 
     def __init__(
         self,
@@ -183,11 +265,17 @@ class CertificaSMTP(SMTP):
         auth_delay: float,
         min_data_rate: float = MIN_DATA_RATE,
         throttle: AuthThrottle | None = None,
+        implicit_tls: bool = False,
         **kwargs: Any,
     ) -> None:
+        if implicit_tls and kwargs.get("tls_context") is None:
+            raise ValueError("implicit_tls needs a tls_context")
+        if implicit_tls:
+            kwargs["require_starttls"] = False  # TLS comes before the first command
         super().__init__(handler, **kwargs)
         if min_data_rate <= 0:
             raise ValueError("min_data_rate must be > 0")
+        self._implicit_tls = implicit_tls
         self._min_data_rate = min_data_rate
         self._verifier = verifier
         self._header_limit = header_limit
@@ -196,33 +284,169 @@ class CertificaSMTP(SMTP):
         self._auth_failures = 0
         self._throttle = throttle or AuthThrottle()
         self._bare_reply = False
+        self._pending: list[bytes] = []  # replies not written yet (PIPELINING)
+        self._closing = False
+        # aiosmtpd keeps these limits in a dict shared by every session and grows it at
+        # each EHLO; a session's own, fixed: RFC 5321 4.5.3.1.4's 512 octets plus what
+        # the advertised extensions add (SIZE, BODY, SMTPUTF8; RFC 3461 RET, ENVID at
+        # MAIL, NOTIFY and ORCPT at RCPT).
+        self.command_size_limits = defaultdict(
+            lambda: self.command_size_limit, {"MAIL": 700, "RCPT": 1000}
+        )
         if verifier is None:
             self._auth_methods.clear()
 
     # -- replies -------------------------------------------------------------------
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._bare_reply:
-            status = replies.with_enhanced_code(status)
-        await super().push(status)
+        """Queue a reply; write the queue unless more pipelined commands are waiting.
 
+        Replies are escaped (one printable line: an echoed argument carries no control
+        or byte that is not UTF-8). A reply that the client waits on before it sends more
+        (220, 334, 354), or that comes before a close (221, 421, 521, the last 502), is
+        written at once; the others wait while a further complete command line is
+        already in the buffer, and go out together with its reply (RFC 2920 §3.1).
+        """
+        if self._closing:
+            return
+        if isinstance(status, str):
+            status = _OWN_WORDING.get(status, status)
+            if not self._bare_reply:
+                status = replies.with_enhanced_code(status)
+            status = one_line(status).encode(
+                "utf-8" if self.enable_SMTPUTF8 else "ascii", "backslashreplace"
+            )
+        self._pending.append(status + b"\r\n")
+        if _writes_now(status) or b"\n" not in self._reader._buffer:  # type: ignore[attr-defined]
+            self._flush_replies()
+            await self._writer.drain()
+
+    def _flush_replies(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self._writer.write(data)
+
+    async def _push_and_close(self, status: str) -> None:
+        await self.push(status)
+        self._stop()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _stop(self) -> None:
+        """The session is over: no more replies, and nothing more is read or executed."""
+        self._closing = True
+        reader = getattr(self, "_reader", None)
+        if isinstance(reader, _CommandReader):
+            reader.stopped = True
+
+    def ehlo_keywords(self) -> list[str]:
+        """The extensions EHLO advertises now (RFC 5321 §4.1.1.1): only what is honoured."""
+        keywords = ["PIPELINING"]  # RFC 2920
+        if self.data_size_limit:
+            keywords.append(f"SIZE {self.data_size_limit}")  # RFC 1870
+        if not self._decode_data:
+            keywords.append("8BITMIME")  # RFC 6152
+        if self.enable_SMTPUTF8:
+            keywords.append("SMTPUTF8")  # RFC 6531
+        keywords.append("ENHANCEDSTATUSCODES")  # RFC 2034
+        if self.tls_context and not self._tls_active():
+            keywords.append("STARTTLS")  # RFC 3207
+        if self._auth_methods and (not self._auth_require_tls or self._tls_active()):
+            keywords.append("AUTH " + " ".join(sorted(self._auth_methods)))  # RFC 4954
+        return keywords
+
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034: no enhanced codes in the EHLO response
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        response = [f"250-{self.hostname}", *(f"250-{k}" for k in self.ehlo_keywords())]
+        response.append("250 HELP")
+        if self._ehlo_hook_ver == "new":  # a handler that adds its own keywords
+            response = await self._call_handler_hook("EHLO", hostname, response)
+        self.session.host_name = printable(hostname, 255)
         self._bare_reply = True
         try:
-            await super().smtp_EHLO(hostname)
+            # One write: each push would be a TCP segment (or a TLS record) of its own.
+            await self.push("\r\n".join(response).encode())
         finally:
             self._bare_reply = False
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
         self._bare_reply = True
         try:
             await super().smtp_HELO(hostname)
         finally:
             self._bare_reply = False
+        if self.session is not None and self.session.host_name:
+            self.session.host_name = printable(self.session.host_name, 255)
+
+    def _tls_active(self) -> bool:
+        return self._tls_protocol is not None or (
+            self.transport is not None and self.transport.get_extra_info("ssl_object") is not None
+        )
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_active():
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def _handle_client(self) -> None:
+        if self._implicit_tls and self._tls_protocol is None:
+            if not await self._implicit_handshake():
+                return
+        await super()._handle_client()
+
+    async def _implicit_handshake(self) -> bool:
+        """Start TLS at once, as STARTTLS would after its 220; False when it failed."""
+        assert self.tls_context is not None  # checked in __init__
+        waiter = self.loop.create_future()
+        self._tls_protocol = asyncio.sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)  # type: ignore[arg-type]
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self._log_handshake_failure(err)
+            self._stop()
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(err)
+            return False
+        return True
+
+    def _log_handshake_failure(self, err: BaseException | None) -> None:
+        peer = self.session.peer if self.session else None
+        log.info("%s: TLS handshake failed: %s", _peer_text(peer), _tls_reason(err))
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, BareLineFeed):
-            return replies.BAD_CHARACTERS
+        if isinstance(error, BadCommandLine):
+            if error.close:
+                await self._push_and_close(error.reply)
+            return error.reply
+        if isinstance(error, TLSSetupException):
+            # aiosmtpd closes the connection after this; the reply goes nowhere.
+            self._stop()
+            self._log_handshake_failure(error.__cause__)
+            return replies.TLS_FAILED
         try:
             raise error
         except Exception:
@@ -236,13 +460,16 @@ class CertificaSMTP(SMTP):
     def _cb_client_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        # aiosmtpd builds a plain StreamReader; the subclass adds only the CRLF check.
+        # aiosmtpd builds a plain StreamReader; the subclass adds the line checks.
         reader.__class__ = _CommandReader
+        reader.flush = self._flush_replies  # type: ignore[attr-defined]
         super()._cb_client_connected(reader, writer)
 
     def _timeout_cb(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        self._flush_replies()
+        if self.transport is not None and not self.transport.is_closing() and not self._closing:
             self._writer.write(replies.TIMEOUT.encode() + b"\r\n")
+        self._stop()
         super()._timeout_cb()
 
     # -- envelope --------------------------------------------------------------------
@@ -250,8 +477,9 @@ class CertificaSMTP(SMTP):
         """aiosmtpd's ``_getaddr``, same answers, without its per-call class and parse
         tree for the plain ``<local@domain>`` path (7% of the CPU under `make bench`).
 
-        Where the stdlib's parser raises IndexError (``MAIL FROM:"``), the answer is
-        "no address" (501), not an internal error."""
+        Where the stdlib's parser raises something else than HeaderParseError
+        (``MAIL FROM:"``, ``MAIL FROM:0@[``), the answer is "no address" (501), not an
+        internal error."""
         if not arg:
             return "", ""
         plain = _PLAIN_PATH.match(arg)
@@ -263,23 +491,14 @@ class CertificaSMTP(SMTP):
                 parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
                 address, rest = parse(arg)
                 addr = address.addr_spec
-            except (HeaderParseError, IndexError):  # the stdlib's IndexError: on '<"'
-                return None, None  # a 501 syntax error, not an internal error
+            except (HeaderParseError, IndexError, AttributeError, ValueError, TypeError):
+                # The stdlib's parser raises more than HeaderParseError on client text:
+                # IndexError on '<"', AttributeError on '0@['. Each is the client's
+                # syntax error (501/553), not an internal error.
+                return None, None
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if arg and any(c in arg for c in "\r\n\0"):
-            await self.push(replies.BAD_CHARACTERS)
-            return
-        await super().smtp_MAIL(arg)
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if arg and any(c in arg for c in "\r\n\0"):
-            await self.push(replies.BAD_CHARACTERS)
-            return
-        await super().smtp_RCPT(arg)
 
     # -- DATA ------------------------------------------------------------------------
     async def smtp_DATA(self, arg: str) -> None:
@@ -375,6 +594,7 @@ class CertificaSMTP(SMTP):
                 dropped += max(0, len(buf) - 4)
                 del buf[:-4]
                 scanned = 0
+            self._flush_replies()
             try:
                 block = await reader.read(_READ_BLOCK)
             except (asyncio.CancelledError, ConnectionError):
@@ -439,9 +659,7 @@ class CertificaSMTP(SMTP):
         if self._throttle.blocked(peer):
             log.warning("%s: authentication refused: too many failures from this address",
                         _peer_text(peer))  # fmt: skip
-            await self.push(replies.AUTH_BLOCKED)
-            if self.transport is not None:
-                self.transport.close()
+            await self._push_and_close(replies.AUTH_BLOCKED)
             return AuthResult(success=False, handled=True)
         user = login.decode("utf-8", "replace")
         ok = await self._verifier(user, password.decode("utf-8", "surrogateescape"))
@@ -460,11 +678,35 @@ class CertificaSMTP(SMTP):
         # guessing gets slow.
         await asyncio.sleep(min(self._auth_delay * recent, AUTH_DELAY_CAP))
         if self._auth_failures >= self._auth_failures_allowed:
-            await self.push(replies.TOO_MANY_AUTH_FAILURES)
-            if self.transport is not None:
-                self.transport.close()
+            await self._push_and_close(replies.TOO_MANY_AUTH_FAILURES)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+
+# aiosmtpd replies that need more than an added enhanced code.
+_OWN_WORDING = {"220 Ready to start TLS": replies.READY_FOR_TLS}
+
+
+def _writes_now(reply: bytes) -> bool:
+    """A reply after which the client waits, or the server closes: never held back."""
+    return (
+        reply[:1] == b"3"
+        or reply[:3] in (b"220", b"221", b"421", b"521")
+        or (
+            reply.startswith(b"502 5.5.1 Too many")  # aiosmtpd's last word to a bogus client
+        )
+    )
+
+
+def _tls_reason(err: BaseException | None) -> str:
+    """Why a handshake failed, in OpenSSL's words where it has them."""
+    if isinstance(err, ssl.SSLError) and err.reason:
+        return printable(err.reason.lower().replace("_", " "), 120)
+    if isinstance(err, ConnectionError | TimeoutError):
+        return "the client closed the connection or timed out"
+    if err is None:
+        return "unknown"
+    return printable(err.__class__.__name__, 120)
 
 
 def _peer_text(peer: Any) -> str:

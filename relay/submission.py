@@ -27,6 +27,8 @@ from relay import dsn, replies
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.config import Config
 from relay.intake import accept, address_problem, session_tls
+from relay.logs import printable
+from relay.outbound import missing_submission_fields
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.smtpd import CertificaSMTP
 from relay.spool import Spool
@@ -230,19 +232,25 @@ class SubmissionHandler:
                     "client_ip": peer,
                     "authenticated_user": user,
                     "tls": tls_version,
+                    # added to the copy that leaves (relay.outbound), not to the spool
+                    "added_fields": missing_submission_fields(raw),
                 },
             )
 
         refused = await accept(self.store, self.spool, qid, raw, message)
         if refused:
             return refused
-        log.info(
-            "%s: client=%s[%s], sasl_username=%s", qid, session.host_name or "unknown", peer, user
+        log.info(  # the EHLO name is escaped already (relay.smtpd)
+            "%s: client=%s[%s], sasl_username=%s",
+            qid,
+            session.host_name or "unknown",
+            peer,
+            printable(user),
         )
         log.info(
             "%s: from=<%s>, size=%d, nrcpt=%d, certified=%s",
             qid,
-            envelope.mail_from,
+            printable(envelope.mail_from),
             len(raw),
             len(recipients),
             "yes" if certified else "no",
