@@ -222,6 +222,9 @@ MIGRATIONS: list[str] = [
         dsn_qid TEXT NOT NULL,
         PRIMARY KEY (recipient_id, action)
     );
+    -- Until now postmaster mail was queued as plain mail; the only plain mail the MX takes.
+    UPDATE messages SET kind = 'postmaster'
+        WHERE kind = 'mail' AND method = 'mx' AND certified = 0 AND state != 'done';
     """,
 ]
 

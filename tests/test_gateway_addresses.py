@@ -597,3 +597,33 @@ def test_postmaster_mail_keeps_its_from_is_never_signed_as_the_sender_and_says_w
     }
     assert signers <= {DOMAIN}  # the gateway's own key at most, never bank.example's
     assert got.mail_from.startswith("bounces+")  # its late bounces come back to us
+
+
+def test_postmaster_mail_queued_before_the_upgrade_becomes_the_operators(tmp_path: Path) -> None:
+    """Migration 10: plain mail taken on the MX (only postmaster mail ever was) that is
+    still queued gets its own kind, so no report goes to its sender after the upgrade."""
+    import sqlite3
+
+    from relay.store import MIGRATIONS, _statements, migrate
+
+    conn = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+    for number, script in enumerate(MIGRATIONS[:9], start=1):
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?)", (number,))
+    row = (
+        "INSERT INTO messages (qid, kind, created, expires, sender, size, sha256, certified,"
+        " method, state, notice_state, cert_state) VALUES (?, 'mail', 0, 1, 'v@example.net',"
+        " 1, 'x', ?, ?, ?, 'none', 'none')"
+    )
+    conn.execute(row, ("PM0000000001", 0, "mx", "active"))
+    conn.execute(row, ("PM0000000002", 0, "submission", "active"))
+    conn.execute(row, ("PM0000000003", 1, "mx", "active"))
+    assert migrate(conn) == len(MIGRATIONS)
+    kinds = dict(conn.execute("SELECT qid, kind FROM messages ORDER BY qid").fetchall())
+    assert kinds == {
+        "PM0000000001": "postmaster",
+        "PM0000000002": "mail",
+        "PM0000000003": "mail",
+    }
