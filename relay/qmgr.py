@@ -645,7 +645,7 @@ class QueueManager:
         """The header section of a queued message, whole fields up to
         :data:`KEPT_HEADERS` bytes; None when its spool file is gone."""
         try:
-            head = dsn.header_section(self.spool.read(qid))
+            head = dsn.header_section(self.spool.read_head(qid, KEPT_HEADERS + 4))
         except FileNotFoundError:
             return None
         if len(head) <= KEPT_HEADERS:
