@@ -2,7 +2,8 @@
 
 The MX handler (:mod:`relay.mx`) parses it and calls :class:`LateBounces`; this stores
 it like any accepted message (spool, fsync, one database transaction) before the MX
-answers 250, so a DSN is never half-recorded. The queue manager then makes the signed
+answers 250, so a DSN is never half-recorded; one the store does not record (a repeat,
+or about no message it has) leaves no spool file behind. The queue manager then makes the signed
 addendum for the sender when the certificate had already been sent. Nothing is ever
 answered with mail.
 """
@@ -58,6 +59,12 @@ class LateBounces:
         except BaseException:
             await asyncio.to_thread(self.spool.remove, dsn_qid)
             raise
+        if bounced is None:
+            # Not recorded (the same DSN again, or no such message): no spool file may
+            # stay without its row.
+            await asyncio.to_thread(self.spool.remove, dsn_qid)
+            log.info("%s: delivery report not kept: already recorded, or no such message", qid)
+            return
         for report in reports:
             log.info(
                 "%s: delivery report %s for <%s>: %s %s (dsn %s)",

@@ -31,14 +31,20 @@ _env = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # C0, C1, line and paragraph separators
+UNSAFE_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""Characters untrusted text never brings into a header, a report or a log line, as the
+body of a regular expression class: C0 and C1 controls, the line and paragraph
+separators, and the bidirectional embeddings, overrides and isolates (Unicode UAX #9),
+which would make a line read in another order than it is written (CVE-2021-42574)."""
+_CONTROL = re.compile(f"[{UNSAFE_CHARACTERS}]+")
 FAILED_STATES = ("failed", "bounced")
 """Recipient states (relay/store.py) in which the message did not reach the recipient."""
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    """Untrusted text made safe for one header or log line: no control characters, capped."""
+    """Untrusted text made safe for one header or log line: no control characters and
+    no bidirectional overrides (:data:`UNSAFE_CHARACTERS`), capped."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -31,9 +31,10 @@ import re
 from collections.abc import Sequence
 
 from relay.dkim_keys import DkimKey, DkimKeyring
+from relay.notices import UNSAFE_CHARACTERS
 
 _FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\"\\]")
+_UNSAFE_NAME = re.compile(f'[{UNSAFE_CHARACTERS}"\\\\]')  # and what ends a quoted name
 
 
 def header_end(raw: bytes) -> int:

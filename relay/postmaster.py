@@ -8,6 +8,15 @@ relayed message, uncertified, for the one address ``[gateway] postmaster`` names
 leaves with the gateway's return path. Submitted mail for these addresses reaches this
 module too: the router hands the gateway's own domains to its MX (:mod:`relay.routing`).
 
+It is queued as its own kind, ``postmaster`` (:mod:`relay.store`), never as a user's
+mail: its MAIL FROM is whatever an unauthenticated client said, so nothing about it is
+ever told to that sender (no non-delivery report, which would be backscatter and would
+name the operator's mailbox); its From is not rewritten and no customer's delegated DKIM
+key signs it; it leaves with ``X-Original-To`` naming the address it was sent to, as
+Postfix's local delivery writes it (:mod:`relay.qmgr`). When the operator's mailbox
+refuses it for good, the operator's log has one error line and the message stays in the
+spool archive (``certifica queue show``).
+
 Replies: ``250 2.0.0`` with the queue id once owned; ``451``/``452`` when it could not
 be stored (:mod:`relay.intake`).
 """
@@ -18,7 +27,7 @@ import logging
 from typing import Any
 
 from relay import replies
-from relay.addresses import postmaster_address
+from relay.addresses import GatewayAddresses, postmaster_address
 from relay.config import Config
 from relay.intake import accept, session_tls
 from relay.logs import printable
@@ -38,6 +47,7 @@ class PostmasterIntake:
         self.spool = spool
         self.wake = wake
         self.postmaster = postmaster_address(cfg)
+        self.addresses = GatewayAddresses.from_config(cfg)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Queue the message for ``[gateway] postmaster``; the reply to DATA."""
@@ -46,13 +56,17 @@ class PostmasterIntake:
         mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
         kinds = getattr(envelope, "local_kinds", {})
         addressed = [a for a, k in kinds.items() if k in ("postmaster", "abuse")]
+        # As written in X-Original-To: the canonical form (bare <Postmaster> with the domain).
+        original_to = tuple(
+            dict.fromkeys(self.addresses.classify(a).address.lower() for a in addressed)
+        )
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
 
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="mail",
+                kind="postmaster",
                 sender=mail_from,
                 size=len(raw),
                 sha256=sha256,
@@ -63,6 +77,7 @@ class PostmasterIntake:
                 tls_version=tls_version,
                 tls_cipher=tls_cipher,
                 envelope_from=mail_from,
+                original_to=original_to,
             )
 
         refused = await accept(self.store, self.spool, qid, raw, message)

@@ -31,7 +31,7 @@ import dkim
 
 from certifier import evidence as evidence_log
 from relay import dsn, notices, outbound
-from relay.bounces import make_return_path, returned_headers
+from relay.bounces import make_return_path
 from relay.checkpoints import evidence_log_section
 from relay.config import Config
 from relay.delivery import (
@@ -57,6 +57,9 @@ FULL_SCAN = 5.0
 """Seconds between looks at every active message for one that became finished."""
 MAX_DOCUMENT_TASKS = 256
 """Notices, certificates and addenda started and not yet done, at most."""
+KEPT_HEADERS = 65536
+"""Bytes of a plain message's header section kept once it leaves the queue, for a late
+report passed on to its sender."""
 _SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
 
 
@@ -300,7 +303,7 @@ class QueueManager:
                     )
                     ids = [r["id"] for r in rows]
                     await self.store.tracking_copy(qid, ids, (), False, (why,))
-                if first["kind"] == "mail":
+                if first["kind"] in ("mail", "postmaster"):
                     # Late bounces come back to us (VERP, MAC-tagged), not to the sender.
                     sender = make_return_path(
                         qid, self.cfg.gateway.domain, self.verp_key, self.cfg.gateway.bounce_prefix
@@ -335,8 +338,19 @@ class QueueManager:
 
     async def _outgoing(self, row: dict[str, Any], addresses: list[str], raw: bytes) -> bytes:
         """The copy that leaves: trace and copy headers, From handling, DKIM signatures
-        (:mod:`relay.outbound`). Mail the gateway wrote itself is only signed."""
+        (:mod:`relay.outbound`). Mail the gateway wrote itself is only signed. Mail for
+        postmaster@ and abuse@ (:mod:`relay.postmaster`) came from anyone: it gets the
+        trace and ``X-Original-To`` (Postfix's name for the address it was sent to), its
+        From is never rewritten, and only the gateway's own key signs it, never a key a
+        customer delegated."""
         gateway_domain = self.cfg.gateway.domain
+        if row["kind"] == "postmaster":
+            head = received_header(row, self.cfg.gateway.hostname, addresses)
+            for address in json.loads(row.get("original_to") or "[]"):
+                head += f"X-Original-To: {notices.one_line(str(address), 320)}\r\n".encode(
+                    "ascii", "replace"
+                )
+            raw = head + raw
         if row["kind"] == "mail":
             from_address = row.get("header_from") or row.get("auth_user") or row["sender"]
             from_domain = str(from_address).rpartition("@")[2].lower()
@@ -508,6 +522,19 @@ class QueueManager:
             )
         await self.store.record(qid, outcomes, now)
         self._maybe_finished.add(qid)
+        if rows[0]["kind"] == "postmaster":
+            for row, out in zip(rows, outcomes, strict=True):
+                if out.status == FAILED:
+                    # Never told to its sender (relay/postmaster.py): the operator's log is
+                    # where it shows, and the message stays in the spool archive.
+                    log.error(
+                        "%s: postmaster mail could not be delivered to <%s> (%s); it is kept "
+                        "in the spool archive: certifica queue show %s",
+                        qid,
+                        row["address"],
+                        notices.one_line(f"{out.reply_code or ''} {out.reply_text}", 300),
+                        qid,
+                    )
 
     # -- notices and certificates ----------------------------------------------------
     async def _queue_generated(
@@ -605,13 +632,43 @@ class QueueManager:
                     await asyncio.to_thread(self.spool.archive, qid)
                     log.info("%s: removed", qid)
             else:
-                await self.store.mark(qid, state="done", done_at=time.time())
-                await asyncio.to_thread(self.spool.remove, qid)
+                recipients = await self.store.recipients(qid)
+                columns: dict[str, Any] = {"state": "done", "done_at": time.time()}
+                if (
+                    row["kind"] == "mail"
+                    and not row["certified"]
+                    and _envelope_sender(row)
+                    and any(r["status"] == DELIVERED for r in recipients)
+                ):
+                    # A late DSN may still come for it: its report quotes this, not the
+                    # header fields a remote DSN claims the message had.
+                    columns["header_section"] = await asyncio.to_thread(self._kept_headers, qid)
+                await self.store.mark(qid, **columns)
+                if row["kind"] == "postmaster" and any(r["status"] == FAILED for r in recipients):
+                    await asyncio.to_thread(self.spool.archive, qid)  # for the operator
+                else:
+                    await asyncio.to_thread(self.spool.remove, qid)
                 log.info("%s: removed", qid)
         except Exception:
             log_failure(log, "%s: could not finish the message; will retry", qid)
         finally:
             self._certifying.discard(qid)
+
+    def _kept_headers(self, qid: str) -> bytes | None:
+        """The header section of a queued message, whole fields up to
+        :data:`KEPT_HEADERS` bytes; None when its spool file is gone."""
+        try:
+            head = dsn.header_section(self.spool.read_head(qid, KEPT_HEADERS + 4))
+        except FileNotFoundError:
+            return None
+        if len(head) <= KEPT_HEADERS:
+            return head
+        kept = b""
+        for field in outbound.header_fields(head):
+            if len(kept) + len(field) > KEPT_HEADERS:
+                break
+            kept += field
+        return kept
 
     # -- delivery status notifications to the sender of plain mail (relay/dsn.py) --------
     async def _report(self, qid: str) -> None:
@@ -707,9 +764,16 @@ class QueueManager:
         entries: list[dsn.RecipientStatus],
         original: bytes,
         reported_by: str | None = None,
+        headers_only: bool = False,
     ) -> bytes:
+        """``headers_only``: ``original`` is only the header section (the message left the
+        queue), attached as ``text/rfc822-headers`` whatever RET= asked."""
         # RET=FULL returns the whole message on failure only (RFC 3461 §4.3), up to a cap.
-        full = row["dsn_ret"] == "FULL" and any(e.action == dsn.Action.FAILED for e in entries)
+        full = (
+            row["dsn_ret"] == "FULL"
+            and not headers_only
+            and any(e.action == dsn.Action.FAILED for e in entries)
+        )
         too_big = full and len(original) > self.cfg.queue.dsn_full_limit
         return dsn.build_report(
             dsn.Report(
@@ -729,8 +793,14 @@ class QueueManager:
 
     async def _pass_on(self, report_row: dict[str, Any]) -> None:
         """A DSN that came back (to the VERP return path) for plain mail goes on to its
-        sender as a report of ours, with the remote's per-recipient fields; the DSN is
-        done in the same transaction. Anything else is only closed."""
+        sender as a report of ours; the DSN is done in the same transaction. Anything
+        else is only closed.
+
+        The DSN is believed for no more than its per-recipient fields, and only for the
+        reports :meth:`relay.store.Store.accept_dsn` kept: about a recipient the gateway
+        delivered to, once per recipient and action. Anyone who knows a return path can
+        write a DSN, so the report quotes the original's own Subject and header fields
+        (the spool, or what was kept when it left the queue), never the DSN's."""
         qid = report_row["qid"]
         now = time.time()
         parent = (
@@ -740,10 +810,13 @@ class QueueManager:
         if parent is None or parent["kind"] != "mail" or parent["certified"] or not sender:
             await self.store.mark(qid, state="done", done_at=now)
             return
+        summary = json.loads(report_row["summary"] or "{}")
+        reports = summary.get("reports", [])
         wanted = {r["address"].lower(): r for r in await self.store.recipients(parent["qid"])}
         entries: list[dsn.RecipientStatus] = []
         reporting: str | None = None
-        for said in json.loads(report_row["summary"] or "{}").get("reports", []):
+        for index in summary.get("pass_on", []):
+            said = reports[index]
             r = wanted.get(str(said.get("recipient") or "").lower())
             try:
                 action = dsn.Action(str(said.get("action")))
@@ -763,16 +836,20 @@ class QueueManager:
                     orcpt=r["orcpt"],
                 )
             )
+        headers_only = False
+        try:
+            original = await asyncio.to_thread(self.spool.read, parent["qid"])
+        except FileNotFoundError:  # it left the queue: what was kept of it then
+            original, headers_only = parent["header_section"] or b"", True
+        if entries and dsn.is_report(original):
+            entries = []  # a report about a report: never (RFC 3461 §6.2)
         if not entries:
             await self.store.mark(qid, state="done", done_at=now)
             log.info("%s: no delivery status notification passed on for %s", qid, parent["qid"])
             return
-        try:
-            returned = await asyncio.to_thread(self.spool.read, qid)
-        except FileNotFoundError:
-            returned = b""  # the report still goes on, without the original's fields
-        original = returned_headers(returned) or b""
-        data = self._build_report(parent, sender, entries, original, reporting or "a remote server")
+        data = self._build_report(
+            parent, sender, entries, original, reporting or "a remote server", headers_only
+        )
         report_qid = await self._queue_generated(
             "report",
             parent,

@@ -162,6 +162,16 @@ class Spool:
         except FileNotFoundError:
             raise SpoolFileMissing(qid, path) from None
 
+    def read_head(self, qid: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of the queued message (its header section, usually);
+        raises :class:`SpoolFileMissing` when its file is gone."""
+        path = self.path(qid)
+        try:
+            with path.open("rb") as f:
+                return f.read(limit)
+        except FileNotFoundError:
+            raise SpoolFileMissing(qid, path) from None
+
     def archive(self, qid: str) -> None:
         """Move a finished message to the archive, durably (rename + fsync of both dirs)."""
         source = self.path(qid)

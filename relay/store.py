@@ -12,10 +12,16 @@ tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
 ``failed``, ``withdrawn`` (the operator deleted the message before delivery) and
 ``bounced`` (delivered, then a DSN said it failed after all).
 
+Message kinds: ``mail`` (what a user sent, certified or plain), ``postmaster`` (mail for
+``postmaster@``/``abuse@``, relayed to the operator, never reported to its sender),
+``reception``, ``dsn`` (a late delivery report), and the gateway's own ``notice``,
+``certificate``, ``addendum``, ``receipt`` and ``report``.
+
 Reports to the sender of plain mail (:mod:`relay.dsn`): a message has
 ``reports_pending`` while a recipient's outcome is still to be told; a recipient's
 ``report_qid`` names the report that told it ('' when none was due), a message's
-``delay_report_qid`` its one "still trying" report.
+``delay_report_qid`` its one "still trying" report; a late DSN is passed on at most
+once per recipient and action (``late_reports``).
 
 Exceptions::
 
@@ -202,6 +208,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE recipients ADD COLUMN report_qid TEXT;      -- the report of its final outcome; '' none
     CREATE INDEX messages_reports_pending ON messages(qid) WHERE reports_pending = 1;
     """,
+    # 10: mail for postmaster@ and abuse@ (kind 'postmaster', relay/postmaster.py): the
+    # addresses it was sent to (X-Original-To). For plain mail that left the queue: its
+    # own header section, which a late DSN passed on to its sender quotes, and the late
+    # reports already passed on, one per recipient and action, so a forged or repeated
+    # DSN makes no second report.
+    """
+    ALTER TABLE messages ADD COLUMN original_to TEXT;       -- JSON list, postmaster mail only
+    ALTER TABLE messages ADD COLUMN header_section BLOB;    -- plain mail, kept when it is done
+    CREATE TABLE late_reports (
+        recipient_id INTEGER NOT NULL,
+        action TEXT NOT NULL,                               -- RFC 3464 action passed on
+        dsn_qid TEXT NOT NULL,
+        PRIMARY KEY (recipient_id, action)
+    );
+    -- Until now postmaster mail was queued as plain mail; the only plain mail the MX takes.
+    UPDATE messages SET kind = 'postmaster'
+        WHERE kind = 'mail' AND method = 'mx' AND certified = 0 AND state != 'done';
+    """,
 ]
 
 
@@ -245,6 +269,7 @@ class NewMessage:
     dsn_envid: str | None = None  # RFC 3461 ENVID=, decoded
     notify: Mapping[str, str] = field(default_factory=dict)  # NOTIFY= per recipient given one
     orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
+    original_to: tuple[str, ...] = ()  # postmaster mail: the addresses it was sent to
 
 
 @dataclass(frozen=True)
@@ -265,6 +290,10 @@ class Outcome:
     delivered_sha256: str | None = None
     note: str | None = None
     next_attempt: float | None = None
+
+
+LATE_ACTIONS = frozenset(a.value for a in dsn.Action)
+"""The RFC 3464 actions a late DSN can pass on to a sender (once each per recipient)."""
 
 
 def _domain(address: str) -> str:
@@ -460,6 +489,7 @@ class Store:
                 "summary": json.dumps(msg.summary) if msg.summary is not None else None,
                 "dsn_ret": msg.dsn_ret,
                 "dsn_envid": msg.dsn_envid,
+                "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
                 "state": "active",
                 "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
                 "cert_state": "pending" if msg.certified else "none",
@@ -518,7 +548,7 @@ class Store:
         sql = (
             "SELECT r.*, m.sender, m.kind, m.created, m.expires, m.client_ip,"  # noqa: S608
             " m.client_helo, m.auth_user, m.tls_version AS in_tls_version, m.method,"
-            " m.tracking, m.header_from, m.cert_id"
+            " m.tracking, m.header_from, m.cert_id, m.original_to"
             " FROM recipients r JOIN messages m ON m.qid = r.qid"
             " WHERE r.status IN ('queued', 'deferred') AND r.next_attempt <= ?"
             " AND r.lease_until IS NULL AND m.state = 'active'"
@@ -848,7 +878,8 @@ class Store:
 
     async def finished_in_spool(self, qids: Iterable[str]) -> dict[str, bool]:
         """Of ``qids`` (files still in the spool's queue), those whose message is done,
-        with whether it must be archived (certified, or a DSN) rather than removed."""
+        with whether it must be archived (certified, a DSN, or postmaster mail the
+        operator's mailbox refused) rather than removed."""
         wanted = list(qids)
 
         def _query() -> dict[str, bool]:
@@ -857,11 +888,16 @@ class Store:
                 chunk = wanted[start : start + 500]
                 marks = ", ".join("?" for _ in chunk)
                 for r in self._db.query(
-                    f"SELECT qid, certified, kind FROM messages WHERE state = 'done'"  # noqa: S608
-                    f" AND qid IN ({marks})",
+                    f"SELECT qid, certified, kind, EXISTS (SELECT 1 FROM recipients r"  # noqa: S608
+                    f" WHERE r.qid = messages.qid AND r.status = 'failed') AS failed"
+                    f" FROM messages WHERE state = 'done' AND qid IN ({marks})",
                     chunk,
                 ):
-                    found[r["qid"]] = bool(r["certified"]) or r["kind"] == "dsn"
+                    found[r["qid"]] = (
+                        bool(r["certified"])
+                        or r["kind"] == "dsn"
+                        or (r["kind"] == "postmaster" and bool(r["failed"]))
+                    )
             return found
 
         return await self._read(_query)
@@ -1033,27 +1069,36 @@ class Store:
     # -- late bounces (RFC 3464 DSNs to our VERP return path) ---------------------
     async def accept_dsn(
         self, dsn: NewMessage, parent_qid: str, reports: list[dict[str, Any]], now: float
-    ) -> list[str]:
+    ) -> list[str] | None:
         """Record a DSN about ``parent_qid`` and what it says of each recipient, in one
         transaction. Delivered recipients that it reports failed become ``bounced``; the DSN
-        is queued (kind ``dsn``) so an addendum is made when the certificate is out already.
-        Returns the addresses marked bounced."""
+        is queued (kind ``dsn``) so an addendum is made when the certificate is out already,
+        or, for plain mail, the reports not yet passed on go on to its sender (summary key
+        ``pass_on``: their indexes in ``reports``). Returns the addresses marked bounced;
+        None, with nothing written, when the DSN is not recorded (no such message, or the
+        same DSN again): its spool file is then the caller's to remove."""
         return await self._run(self._accept_dsn, dsn, parent_qid, reports, now)
 
     def _accept_dsn(
         self, dsn: NewMessage, parent_qid: str, reports: list[dict[str, Any]], now: float
-    ) -> list[str]:
+    ) -> list[str] | None:
         parent = self._message(parent_qid)
         if parent is None:
-            return []
+            return None
         seen = self._conn.execute(
             "SELECT 1 FROM messages WHERE kind = 'dsn' AND parent_qid = ? AND sha256 = ?",
             (parent_qid, dsn.sha256),
         ).fetchone()
-        if seen:
-            return []  # the same DSN again (the reporting MTA retried after a 451): once is enough
+        if seen:  # the same DSN again (the reporting MTA retried after a 451): once is enough
+            return None
+        envelope_sender = (
+            parent["sender"] if parent["envelope_from"] is None else parent["envelope_from"]
+        )
+        # Only what a user sent plainly is passed on; postmaster mail never goes back.
+        plain = parent["kind"] == "mail" and not parent["certified"] and bool(envelope_sender)
         bounced: list[str] = []
-        for report in reports:
+        pass_on: list[int] = []
+        for index, report in enumerate(reports):
             address = str(report.get("recipient") or "").lower()
             row = self._conn.execute(
                 "SELECT id, status, address FROM recipients WHERE qid = ? AND lower(address) = ?",
@@ -1063,6 +1108,16 @@ class Store:
             if row is None:
                 evidence.append(self._conn, now, parent_qid, "DeliveryReportUnmatched", detail)
                 continue
+            # A report is passed on only about a recipient the gateway delivered to, once
+            # per action: anyone who knows a return path cannot make it write again.
+            if plain and row[1] == "delivered" and report.get("action") in LATE_ACTIONS:
+                claimed = self._conn.execute(
+                    "INSERT OR IGNORE INTO late_reports (recipient_id, action, dsn_qid)"
+                    " VALUES (?, ?, ?)",
+                    (row[0], report.get("action"), dsn.qid),
+                ).rowcount
+                if claimed:
+                    pass_on.append(index)
             if report.get("action") == "failed" and row[1] == "delivered":
                 self._conn.execute(
                     "UPDATE recipients SET status = 'bounced', reply_enhanced = ?, reply_text = ?,"
@@ -1090,7 +1145,7 @@ class Store:
                 cert_id=dsn.cert_id if addendum else None,
                 client_ip=dsn.client_ip,
                 client_helo=dsn.client_helo,
-                summary={"reports": reports},
+                summary={"reports": reports, "pass_on": pass_on},
             ),
             now,
         )

@@ -12,6 +12,7 @@ with one line naming the key and the file.
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import subprocess
 import time
@@ -40,6 +41,7 @@ from tests.conftest import (
     PASSWORD,
     ROOT,
     Gateway,
+    Received,
     Sink,
     SinkServer,
     assert_clean_log,
@@ -514,3 +516,160 @@ def test_submitted_mail_to_postmaster_goes_to_our_mx_not_to_the_dns(
     assert got.rcpt_tos == [POSTMASTER]
     assert not [q for q in dns.queries if q[0].lower().rstrip(".") == DOMAIN]
     assert f"relayed to <{POSTMASTER}> (gateway.postmaster)" in gateway.log()
+
+
+# -- postmaster mail is the operator's, never a user's (relay/postmaster.py) ---------------
+OPERATOR = "ops@operator.example"
+
+
+@pytest.fixture(scope="module")
+def operator_box(sink_server: SinkServer) -> Sink:
+    """The operator's mailbox, which refuses (550) what carries ``refuse-me``; it is also
+    the MX of example.net, where the forged sender's mailbox is."""
+
+    def reply(msg: Received) -> str:
+        if b"refuse-me" in msg.data:
+            return "550 5.7.1 Message refused by the operator's filter"
+        return "250 2.0.0 Ok: queued as OPS0001"
+
+    return sink_server.start(Sink(data_reply=reply))
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(
+    tmp_path_factory: pytest.TempPathFactory, operator_box: Sink
+) -> Iterator[Gateway]:
+    """From rewriting on, and a DKIM key delegated by bank.example: the settings under
+    which postmaster mail must still be neither rewritten nor signed as the bank."""
+    tmp = tmp_path_factory.mktemp("postmaster")
+    routes = "\n".join(
+        f'"{d}" = "127.0.0.1:{operator_box.port}"'
+        for d in ("operator.example", "example.net", "bank.example")
+    )
+    config = write(
+        tmp,
+        f'postmaster = "{OPERATOR}"',
+        f"{PORTS}[queue]\nfirst_retry = 1.0\nmax_retry = 2.0\nscan_interval = 0.2\n"
+        f'[dkim]\nfrom_handling = "rewrite"\n[delivery.routes]\n{routes}\n',
+    )
+    (tmp / "state").mkdir(mode=0o700)
+    delegated = subprocess.run(
+        [CERTIFICA, "-c", str(config), "dkim", "add", "bank.example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert delegated.returncode == 0, delegated.stderr
+    gw = start_gateway(config, users={})
+    yield gw
+    gw.stop()
+    log = gw.log()
+    # The one error line the refused postmaster mail is allowed to cause.
+    errors = [line for line in log.splitlines() if ": error: " in line]
+    assert all("postmaster mail could not be delivered" in line for line in errors), errors
+    assert_clean_log("\n".join(line for line in log.splitlines() if line not in errors))
+
+
+def send_to_postmaster(gw: Gateway, mail_from: str, rcpt: str, message: bytes) -> str:
+    with mx_client(gw) as client:
+        assert client.docmd(f"MAIL FROM:<{mail_from}>")[0] == 250
+        code, text = client.docmd(f"RCPT TO:<{rcpt}>")
+        assert code == 250, text
+        code, text = client.data(message)
+        assert code == 250, text
+    return text.decode().rsplit(" ", 1)[1]
+
+
+def wait_for_log(gw: Gateway, text: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := gw.log()):
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.1)
+    return log
+
+
+def bank_mail(marker: str, to: str) -> bytes:
+    return (
+        f"From: Bank <alerts@bank.example>\r\nTo: {to}\r\nSubject: {marker}\r\n"
+        f"Message-ID: <{marker}@bank.example>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+        f"\r\n{marker}\r\n"
+    ).encode()
+
+
+def test_refused_postmaster_mail_never_goes_back_to_its_forgeable_sender(
+    strict_gateway: Gateway, operator_box: Sink
+) -> None:
+    """The reviewer's reproducer: MAIL FROM a victim, RCPT abuse@, the operator's mailbox
+    answers 550. The victim gets nothing; the operator's log has one error line."""
+    marker = f"refuse-me-{time.monotonic_ns()}"
+    qid = send_to_postmaster(
+        strict_gateway, "victim@example.net", f"abuse@{DOMAIN}", bank_mail(marker, "abuse")
+    )
+    log = wait_for_log(strict_gateway, f"{qid}: removed")
+    errors = [line for line in log.splitlines() if ": error: " in line and qid in line]
+    assert len(errors) == 1, errors
+    assert "postmaster mail could not be delivered" in errors[0]
+    assert f"certifica queue show {qid}" in errors[0]
+    assert not re.search(rf"{qid}: sender [a-z -]*notification", log)
+    time.sleep(1.0)  # a report would have been queued with the outcome; give it a scan
+    assert operator_box.to("victim@example.net") == []
+    assert not [m for m in operator_box.messages if OPERATOR.encode() in m.data]
+    shown = strict_gateway.cli("queue", "show", qid)
+    assert shown.returncode == 0, shown.stderr
+    assert "(postmaster, done)" in shown.stdout and f"<{OPERATOR}> failed" in shown.stdout
+    archived = strict_gateway.state / "spool" / "archive" / f"{qid}.eml"
+    assert marker.encode() in archived.read_bytes()  # kept for the operator
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "original_to"),
+    [("Postmaster", f"postmaster@{DOMAIN}"), ("ABUSE@Certifica.LOCALHOST", f"abuse@{DOMAIN}")],
+)
+def test_postmaster_mail_keeps_its_from_is_never_signed_as_the_sender_and_says_where_it_went(
+    strict_gateway: Gateway, operator_box: Sink, rcpt: str, original_to: str
+) -> None:
+    marker = f"pm-from-{time.monotonic_ns()}"
+    send_to_postmaster(strict_gateway, "alerts@bank.example", rcpt, bank_mail(marker, rcpt))
+    received = operator_box.wait_for(lambda ms: any(marker.encode() in m.data for m in ms))
+    (got,) = [m for m in received if marker.encode() in m.data]
+    assert got.rcpt_tos == [OPERATOR]
+    msg = got.message
+    assert msg["From"] == "Bank <alerts@bank.example>"  # not "Bank via Certifica"
+    assert msg.get_all("X-Original-To") == [original_to]
+    assert "Reply-To" not in msg
+    signers = {
+        re.search(r"\bd=([^;\s]+)", " ".join(str(s).split())).group(1)  # type: ignore[union-attr]
+        for s in msg.get_all("DKIM-Signature") or []
+    }
+    assert signers <= {DOMAIN}  # the gateway's own key at most, never bank.example's
+    assert got.mail_from.startswith("bounces+")  # its late bounces come back to us
+
+
+def test_postmaster_mail_queued_before_the_upgrade_becomes_the_operators(tmp_path: Path) -> None:
+    """Migration 10: plain mail taken on the MX (only postmaster mail ever was) that is
+    still queued gets its own kind, so no report goes to its sender after the upgrade."""
+    import sqlite3
+
+    from relay.store import MIGRATIONS, _statements, migrate
+
+    conn = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+    for number, script in enumerate(MIGRATIONS[:9], start=1):
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?)", (number,))
+    row = (
+        "INSERT INTO messages (qid, kind, created, expires, sender, size, sha256, certified,"
+        " method, state, notice_state, cert_state) VALUES (?, 'mail', 0, 1, 'v@example.net',"
+        " 1, 'x', ?, ?, ?, 'none', 'none')"
+    )
+    conn.execute(row, ("PM0000000001", 0, "mx", "active"))
+    conn.execute(row, ("PM0000000002", 0, "submission", "active"))
+    conn.execute(row, ("PM0000000003", 1, "mx", "active"))
+    assert migrate(conn) == len(MIGRATIONS)
+    kinds = dict(conn.execute("SELECT qid, kind FROM messages ORDER BY qid").fetchall())
+    assert kinds == {
+        "PM0000000001": "postmaster",
+        "PM0000000002": "mail",
+        "PM0000000003": "mail",
+    }

@@ -10,9 +10,11 @@ bounce reader (:func:`relay.bounces.parse_dsn`).
 
 from __future__ import annotations
 
+import base64
 import re
 import signal
 import smtplib
+import sqlite3
 import string
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay import dsn
-from relay.bounces import parse_dsn
+from relay.bounces import make_return_path, parse_dsn
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,
@@ -394,6 +396,125 @@ def test_a_late_bounce_for_plain_mail_is_passed_on(
     assert "mx.example.org" in human.get_content()
     assert "Subject: late plain" in original.get_payload()
     assert f"{qid}: sender non-delivery notification:" in gateway.log()
+
+
+def forged_dsn(return_path: str, said: list[tuple[str, str]], subject: str, text: str) -> bytes:
+    """A DSN anyone who knows ``return_path`` could write: per recipient (address,
+    action), attacker text in its own Subject, its human part and the returned headers."""
+    boundary = "forged-boundary"
+    blocks = "".join(
+        f"\r\nFinal-Recipient: rfc822; {address}\r\nAction: {action}\r\nStatus: "
+        f"{'5.1.1' if action == 'failed' else '2.0.0'}\r\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 mailbox unavailable\r\n"
+        for address, action in said
+    )
+    return (
+        f"From: MAILER-DAEMON@mx.example.org\r\nTo: {return_path}\r\n"
+        f"Subject: {subject}\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"'
+        f"\r\n\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.example.org\r\n{blocks}"
+        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: alice@example.com\r\nSubject: {subject}\r\n\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+def deliver_dsn(gw: Gateway, return_path: str, data: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as c:
+        c.ehlo("mx.example.org")
+        c.mail("<>")
+        code, text = c.rcpt(return_path)
+        assert code == 250, text
+        code, text = c.data(data)
+        assert code == 250, text
+
+
+def spool_without_record(gw: Gateway) -> set[str]:
+    """Spool files (queue and archive) whose message the database does not have."""
+    spool = gw.state / "spool"
+    files = {p.stem for d in ("queue", "archive") for p in (spool / d).glob("*.eml")}
+    with sqlite3.connect(f"file:{gw.state / 'queue.db'}?mode=ro", uri=True) as db:
+        rows = {r[0] for r in db.execute("SELECT qid FROM messages")}
+    return files - rows
+
+
+def test_a_late_report_quotes_our_copy_and_goes_once_per_recipient_and_action(
+    gateway: Gateway, remote: Sink, home: Sink
+) -> None:
+    """Forged DSNs to a known return path: the report quotes the original's own Subject
+    and header fields (the header section alone, though RET=FULL), only for the recipient
+    the gateway delivered to, once; bidi overrides in the original's Subject are gone."""
+    subject = "=?utf-8?b?" + base64.b64encode("genuine \u202egnp.exe".encode()).decode() + "?="
+    raw = make_message(subject=subject, to="vanish2@example.org", cc="reject-late@example.org")
+    qid = send(
+        gateway,
+        raw,
+        ["vanish2@example.org", "reject-late@example.org"],
+        mail_options=("RET=FULL",),
+    )
+    copy = [
+        m
+        for m in remote.wait_for(lambda ms: any(qid.encode() in m.data[:3000] for m in ms))
+        if qid.encode() in m.data[:3000]
+    ][0]
+    finished(gateway, qid)
+    (refused,) = reports_for(home, qid)  # reject-late@, refused at once
+    attack = forged_dsn(
+        copy.mail_from,
+        [("vanish2@example.org", "failed"), ("reject-late@example.org", "failed")],
+        "Your account is locked: visit evil.example",
+        "Send your password to evil.example",
+    )
+    deliver_dsn(gateway, copy.mail_from, attack)
+    late = [r for r in reports_for(home, qid, count=2) if r is not refused]
+    assert len(late) == 1
+    report = late[0]
+    assert_envelope_and_headers(report, gateway)
+    human, blocks, original = parts(report)
+    assert str(report.message["Subject"]).startswith("Undelivered mail: genuine ")
+    assert len(blocks) == 2  # vanish2@ only: reject-late@ was never delivered
+    assert block_for(blocks, "vanish2@example.org")["Action"] == "failed"
+    assert b"evil.example" not in report.data
+    # RET=FULL, but the message left the queue: only its header section is left
+    assert original.get_content_type() == "text/rfc822-headers"
+    message_id = re.search(rb"Message-ID: (<[^>]+>)", raw).group(1).decode()  # type: ignore[union-attr]
+    assert f"Message-ID: {message_id}" in original.get_payload()
+    assert "the contract is attached" not in original.get_payload()
+    # again, other bytes, and a "delivered" once more: nothing more goes to the sender
+    for again in (
+        forged_dsn(copy.mail_from, [("vanish2@example.org", "failed")], "again", "again"),
+        attack,  # the same bytes: not even recorded
+    ):
+        deliver_dsn(gateway, copy.mail_from, again)
+    deadline = time.monotonic() + 30
+    passed_over = f"no delivery status notification passed on for {qid}"
+    while gateway.log().count(passed_over) < 1:
+        assert time.monotonic() < deadline, gateway.log()[-3000:]
+        time.sleep(0.1)
+    assert "delivery report not kept: already recorded" in gateway.log()
+    time.sleep(1.0)  # a scan or more: a second report would be queued by now
+    assert len(reports_for(home, qid, count=2)) == 2
+    assert spool_without_record(gateway) == set()
+    for report in (refused, late[0]):  # no bidi override from the original's Subject
+        assert "\u202e" not in str(report.message["Subject"])
+        assert "\u202e" not in parts(report)[0].get_content()
+
+
+def test_a_dsn_that_is_not_recorded_leaves_no_spool_file(gateway: Gateway) -> None:
+    """The same DSN twice, and one about a message the gateway never had: every spool
+    file still has its row."""
+    key = (gateway.state / "keys" / "verp.key").read_bytes()
+    unknown = make_return_path("0123456789AB", "certifica.localhost", key)
+    data = forged_dsn(unknown, [("nobody@example.org", "failed")], "unknown", "unknown")
+    before = {p.stem for p in (gateway.state / "spool" / "queue").glob("*.eml")}
+    deliver_dsn(gateway, unknown, data)
+    deliver_dsn(gateway, unknown, data)
+    after = {p.stem for p in (gateway.state / "spool" / "queue").glob("*.eml")}
+    assert spool_without_record(gateway) == set()
+    assert after <= before
+    assert gateway.log().count("0123456789AB: delivery report not kept") == 2
 
 
 def test_certified_failure_says_not_delivered_in_the_certificate_mail(

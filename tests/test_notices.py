@@ -4,6 +4,7 @@ and exactly the PDF it carries; read back with the stdlib's parser."""
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import os
 
@@ -112,3 +113,20 @@ def test_header_section_never_lets_a_value_start_a_field(name: str, value: str) 
 def test_non_ascii_recipient_address_is_written_by_the_stdlib() -> None:
     data = notices._header_section([("To", "josé@exämple.es"), ("Subject", "ok")])
     assert "josé@exämple.es".encode() in data  # SMTPUTF8: never as encoded words
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@given(st.text(alphabet=st.sampled_from(BIDI + "ab\r\n\x1b\u2028"), max_size=40))
+def test_one_line_keeps_no_bidi_override_nor_control(text: str) -> None:
+    cleaned = notices.one_line(text)
+    assert not set(cleaned) & set(BIDI + "\r\n\x1b\u2028")
+    # the same set makes a From display name safe (relay/outbound.py)
+    from relay.outbound import rewrite_from
+
+    raw = f"From: {text.replace(chr(13), '').replace(chr(10), '')} <a@example.com>\r\n\r\n"
+    out = rewrite_from(raw.encode(), text, "c@example.org", "Certifica").decode()
+    new_from = out.split("\r\n", 1)[0]  # Reply-To keeps the original From as it was
+    decoded = str(email.header.make_header(email.header.decode_header(new_from[6:])))
+    assert new_from.startswith("From: ") and not set(decoded) & set(BIDI)
