@@ -68,6 +68,12 @@ async def accept(
         log.error("%s: could not record the message: %s", qid, err)
         full = isinstance(err, StoreFullError) or is_disk_full(err)
         return replies.DISK_FULL if full else replies.STORE_FAILED
+    except Exception:
+        # Not recorded (the row could not be built or written: a fault of ours, which
+        # the caller reports), so not owned: the spool file goes now, not at the next
+        # start. Cancellation is not caught: the commit may still have happened.
+        await loop.run_in_executor(_INTAKE, spool.remove, qid)
+        raise
     return None
 
 
