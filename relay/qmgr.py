@@ -38,7 +38,7 @@ from relay.delivery import (
     Deliverer,
     RecipientResult,
 )
-from relay.dkim_keys import DkimKeyring, sign
+from relay.dkim_keys import DkimKeyring, UnsignableMessage, sign
 from relay.logs import log_failure
 from relay.spool import Spool, write_durably
 from relay.store import NewMessage, Outcome, Store
@@ -343,6 +343,9 @@ class QueueManager:
             return raw
         try:
             return await asyncio.to_thread(sign, raw, keys)
+        except UnsignableMessage as why:  # the sender's header section: not a fault of ours
+            log.warning("%s: not DKIM-signed: %s (RFC 5322 2.2); sent as received", row["qid"], why)
+            return raw
         except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
             return raw
