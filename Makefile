@@ -65,6 +65,12 @@ lint: install
 	$(BIN)/ruff check relay certifier addendum tests
 	$(BIN)/mypy relay certifier addendum
 
+# make fuzz [FUZZ_SECONDS=600] [FUZZ_SEED=N]: mutated SMTP and MIME against the real gateway
+# on both ports for that long, then checks it (tests/fuzz_smtp.py; findings in var/fuzz/).
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(BIN)/python -m tests.fuzz_smtp --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
