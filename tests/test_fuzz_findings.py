@@ -5,7 +5,14 @@ Each test is the smallest input that showed the fault, sent with a real client.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import pytest
+
+from relay.authn import check_arc
 from tests.conftest import Gateway, Received, Sink
+from tests.dnsserver import DNSServer
 
 
 def test_a_header_line_that_is_not_a_field_is_relayed_unsigned_with_a_warning(
@@ -30,3 +37,18 @@ def test_a_header_line_that_is_not_a_field_is_relayed_unsigned_with_a_warning(
     log = gateway.log()
     assert "not DKIM-signed: a header line is neither a field nor a continuation" in log
     assert "DKIM signing failed" not in log
+
+
+def test_a_broken_arc_set_is_a_verdict_not_an_error_line(caplog: pytest.LogCaptureFixture) -> None:
+    """dkimpy logged "Incomplete ARC set for instance <the sender's number>" at error
+    level (client text, unescaped, as a fault of the gateway); the verdict is enough."""
+    raw = (
+        b"ARC-Seal: i=99999999999999999999; cv=pass; a=rsa-sha256; d=x.test; s=s; b=AA==\r\n"
+        b"ARC-Seal: i=1; cv=none; b=\r\nFrom: a@x.test\r\nSubject: arc\r\n\r\nbody\r\n"
+    )
+    caplog.set_level(logging.DEBUG)
+    with DNSServer() as dns:
+        result = asyncio.run(check_arc(raw, [dns.address], 2.0))
+    assert result.result == "fail"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r for r in caplog.records if r.name == "dkimpy"] == []
