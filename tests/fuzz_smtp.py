@@ -380,11 +380,37 @@ def encoded_word(rng: random.Random, text: bytes) -> bytes:
     )
 
 
+URLS = [
+    b"http://example.org/a", b"https://example.org/p?q=1#f", b"http://\xc3\xa9xample.test/\xe2\x82\xac",
+    b"https://ok@evil.example/", b"javascript:alert(1)", b"http://[::1]/x", b"http://[::1",
+    b"https://example.org/" + b"a" * 900, b"http://x.test/%0D%0ABcc:%20y", b"HTTP://EXAMPLE.ORG",
+    b"http://xn--nxasmq6b.test/", b"http://a.test/\x00b", b"  http://sp.test/  ", b"http:/x",
+    b"https://example.org/\\evil", b"mailto:a@b.test", b"data:text/html,<b>x</b>", b"http://",
+    b"http://example.org/\xff\xfe", b"http://1.2.3.4:99999/", b"https://xn--/", b"http://a..b/",
+]  # fmt: skip
 NASTY_TEXT = [
     b"Hello\r\nBcc: mallory@evil.test", b"a\rb\nc\x00d", b"<b>bold</b> <font size=99>x</font>",
     b"{{7*7}} ${jndi:ldap://x} '; DROP TABLE messages; --", b"\x1b[2J\x1b[31mred",
     b"\xe2\x80\xaeevil\xe2\x80\xac", "日本語 한국어 ñandú".encode(), b"\xff\xfe\xfd", b"=?=?=",
     b"x" * 500, b"\r\n\r\n--boundary--\r\n",
+]  # fmt: skip
+
+
+AUTH_HEADERS = [
+    b"DKIM-Signature: v=1; a=rsa-sha256; d=spf.test; s=sel; h=from:to; bh=; b=",
+    b"DKIM-Signature: v=1; a=ed25519-sha256; d=spf.test; s=sel; l=5; h=from; bh=AA==; b=AA==",
+    b"DKIM-Signature: v=1; a=rsa-sha1; d=\xff; s=; h=; bh=; b=",
+    b"DKIM-Signature: ",
+    b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=spf.test; s=sel; b=",
+    b"ARC-Message-Signature: i=1; a=rsa-sha256; d=spf.test; s=sel; h=from; bh=; b=",
+    b"ARC-Authentication-Results: i=1; mx.test; dkim=pass",
+    b"ARC-Seal: i=99999999999999999999; cv=pass; b=",
+    b"Authentication-Results: certifica.localhost; dkim=pass header.d=spf.test",
+    b"Received: from \xff ([999.1.1.1]) by x; ",
+    b"Auto-Submitted: auto-replied; ",
+    b"Content-Type: multipart/report; report-type=delivery-status; ",
+    b"Return-Path: <",
+    b"Resent-From: ",
 ]  # fmt: skip
 
 
@@ -411,12 +437,30 @@ def leaf(rng: random.Random) -> tuple[list[bytes], bytes]:
     if kind == 0:
         charset = rng.choice((b"utf-8", b"iso-8859-1", b"x-unknown", b"utf-7", b"", b'"utf-8'))
         text = rng.choice(NASTY_TEXT).replace(b"\r", b"").replace(b"\n", b"\r\n")
-        return [b"Content-Type: text/plain; charset=" + charset], text + b"\r\nBody text.\r\n"
+        links = b"\r\n".join(
+            rng.choice(URLS) + b"?%d" % i for i in range(rng.choice((0, 1, 3, 600)))
+        )
+        return [b"Content-Type: text/plain; charset=" + charset], text + b"\r\n" + links + b"\r\n"
     if kind == 1:
-        html = (b"<html><body><a href='http://example.org/x?a=1&b=2'>link</a><img src="
-                b"'http://example.net/p.png'><script>alert(1)</script>" + encoded_word(rng, b"x")
-                + b"</body></html>")  # fmt: skip
-        return [b"Content-Type: text/html; charset=utf-8"], html + b"\r\n"
+        anchors = b"".join(
+            b"<a href=" + rng.choice((b"'", b'"', b"")) + rng.choice(URLS) + b"#%d'>x</a>\r\n" % i
+            for i in range(rng.choice((1, 3, 600)))
+        )
+        html = (b"<html><body>" + anchors + b"<img src='http://example.net/p.png'><a href="
+                b"'http://example.org/x?a=1&b=2'>link</a><!--[if mso]><a href='http://x.test/'>"
+                b"<![endif]--><script>alert(1)</script><area href=http://a.test/ " + encoded_word(rng, b"x")
+                + rng.choice((b"</body></html>", b"</html>", b"", b"</body", b"<a href='"))
+               )  # fmt: skip
+        charset = rng.choice((b"utf-8", b"utf-16", b"iso-2022-jp", b"latin1", b"bogus"))
+        cte = rng.choice((b"", b"quoted-printable", b"base64"))
+        if cte == b"base64":
+            html = wrap76(base64.b64encode(html))
+        elif cte == b"quoted-printable":
+            html = html.replace(b"=", b"=3D").replace(b"://", b":=\r\n//")
+        return [
+            b"Content-Type: text/html; charset=" + charset,
+            b"Content-Transfer-Encoding: " + (cte or b"8bit"),
+        ], html + b"\r\n"
     if kind == 2:  # base64, sometimes broken
         body = wrap76(base64.b64encode(payload))
         how = rng.randrange(5)
@@ -576,6 +620,11 @@ def message(rng: random.Random, sender: bytes, to: bytes, cc: bytes, dsn_for: st
         head.append(rng.choice((b"X-8bit: caf\xc3\xa9", b"X-Bad: \xff\xfe", b"Subject: second")))
     if rng.random() < 0.05:
         head.append(b"X-Long: " + b"y" * rng.choice((990, 1200)))
+    if rng.random() < 0.2:  # what the MX's DKIM, ARC and bounce readers parse
+        head.append(
+            rng.choice(AUTH_HEADERS)
+            + bytes(rng.randrange(33, 127) for _ in range(rng.randint(0, 40)))
+        )
     rng.shuffle(head)
     headers, body = mime
     data = b"".join(h + b"\r\n" for h in head + headers) + b"\r\n" + body
