@@ -147,7 +147,9 @@ class World:
         self.verp_key = (self.gw.state / "keys" / "verp.key").read_bytes()
         self.tls = client_tls_context(self.gw.state)
         self.accepted: list[Accepted] = []
-        self.peers: dict[int, int] = {}  # client port -> the session that used it last
+        # client port -> (start, end, session) of each session that used it: the log
+        # names a client by its port, and ports are reused over a long campaign
+        self.peers: dict[int, list[tuple[float, float, int]]] = {}
         self._lock = threading.Lock()
 
     def port(self, name: str) -> int:
@@ -666,7 +668,8 @@ class Session:
         self.findings.append(Finding(kind, detail, self.number, transcript))
 
     # -- talking --------------------------------------------------------------------
-    def check(self, reply: bytes) -> None:
+    def check(self, reply: bytes, command: bytes = b"") -> None:
+        """``reply`` to the command line ``command`` (b"" for the greeting or DATA's end)."""
         first = reply.split(b"\r\n", 1)[0]
         code = first[:3].decode("ascii", "replace")
         with self.stats.lock:
@@ -683,7 +686,10 @@ class Session:
                 self.finding("reply-control-character", repr(line[:200]))
         if first.startswith(b"451") and b"internal" in reply.lower():
             self.finding("internal-error-reply", repr(reply[:300]))
-        if code[:1] in "45" and not ENHANCED.match(first):
+        # RFC 2034 §3: every 2xx/4xx/5xx reply carries an enhanced code except the
+        # greeting and the replies to HELO and EHLO.
+        verb = command.split(b" ", 1)[0].strip().upper()
+        if code[:1] in "45" and verb not in (b"HELO", b"EHLO") and not ENHANCED.match(first):
             self.finding("no-enhanced-code", repr(first[:200]))
 
     def lines(
@@ -695,15 +701,16 @@ class Session:
         if expected is None:
             expected = data.count(b"\n")
             self.commands += expected
+        commands = data.split(b"\n")
         replies = []
-        for _ in range(expected):
+        for index in range(expected):
             try:
                 reply = self.conn.reply(timeout)
             except Stall as stall:
                 if data.endswith(b"\r\n") or replies:
                     self.finding("no-reply", f"no reply within {timeout:.0f} s; buffer {stall}")
                 raise Closed("stalled") from None
-            self.check(reply)
+            self.check(reply, commands[index] if index < len(commands) else b"")
             replies.append(reply)
         return replies
 
@@ -721,7 +728,7 @@ class Session:
         except OSError as err:
             self.finding("connect-failed", f"{kind}: {err}")
             return
-        self.world.peers[self.conn.local_port] = self.number
+        started = time.time()
         try:
             self.check(self.conn.reply())
             self.talk(kind)
@@ -729,6 +736,8 @@ class Session:
             pass
         finally:
             self.conn.close()
+            uses = self.world.peers.setdefault(self.conn.local_port, [])
+            uses.append((started, time.time(), self.number))
             with self.stats.lock:
                 self.stats.sessions += 1
                 self.stats.commands += self.commands
@@ -938,6 +947,16 @@ def check_outcomes(world: World) -> list[Finding]:
     return findings
 
 
+def _session_at(world: World, port: int, line: str) -> int | None:
+    """The session that used client ``port`` when the log ``line`` was written."""
+    try:
+        when = time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    near = [n for start, end, n in world.peers.get(port, ()) if start - 1 <= when <= end + 1]
+    return near[0] if len(near) == 1 else None
+
+
 def check_log(world: World) -> list[Finding]:
     """Log lines that show a fault, each with the session it came from where the line
     names the client's port or an accepted queue id."""
@@ -947,7 +966,7 @@ def check_log(world: World) -> list[Finding]:
         shown = f"line {number}: {line[:400]!r}"
         peer = re.search(r"\[127\.0\.0\.1\]:(\d+)", line)
         qid = re.search(r"\b([0-9A-F]{12})\b", line)
-        session = world.peers.get(int(peer.group(1))) if peer else None
+        session = _session_at(world, int(peer.group(1)), line) if peer else None
         if session is None and qid:
             session = by_qid.get(qid.group(1))
         if "Traceback" in line:
