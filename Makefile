@@ -27,7 +27,11 @@ else \
 fi; \
 if [ -n "$$missing" ]; then \
   echo "make: installing Debian packages:$$missing"; \
-  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+  SUDO=""; \
+  if [ "$$(id -u)" != 0 ]; then \
+    command -v sudo >/dev/null 2>&1 || { echo "make: no sudo; as root, run: apt-get install$$missing" >&2; exit 1; }; \
+    SUDO="sudo"; \
+  fi; \
   $$SUDO apt-get update -qq && \
   $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 fi
