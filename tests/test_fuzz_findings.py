@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import smtplib
+from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.authn import check_arc
-from tests.conftest import Gateway, Received, Sink
+from relay.outbound import header_fields
+from tests.conftest import Gateway, Received, Sink, assert_clean_log
 from tests.dnsserver import DNSServer
+from tests.fuzz_smtp import World
 
 
 def test_a_header_line_that_is_not_a_field_is_relayed_unsigned_with_a_warning(
@@ -52,3 +58,40 @@ def test_a_broken_arc_set_is_a_verdict_not_an_error_line(caplog: pytest.LogCaptu
     assert result.result == "fail"
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert [r for r in caplog.records if r.name == "dkimpy"] == []
+
+
+@given(
+    st.lists(st.sampled_from([b"A: b\r\n", b" x\r\n", b"\tc\r\n", b"\r\n", b"From: a@b\r\n", b"y"]))
+)
+def test_header_fields_join_back_to_the_header(pieces: list[bytes]) -> None:
+    """A header section starting with a continuation line, or empty, made
+    ``header_fields`` raise (zip of unequal lengths): reception answered 451."""
+    header = b"".join(pieces)
+    fields = header_fields(header)
+    assert b"".join(fields) == header
+    assert all(fields)
+
+
+@pytest.fixture(scope="module")
+def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    world = World(tmp_path_factory.mktemp("fuzzworld"))
+    yield world
+    world.close()
+    assert_clean_log(world.gw.log())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\r\nno header section at all\r\n",
+        b" leading continuation\r\nFrom: carol@partner.test\r\nSubject: x\r\n\r\nbody\r\n",
+    ],
+)
+def test_reception_of_a_message_without_a_proper_first_field(fuzz_world: World, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", fuzz_world.port("mx"), timeout=30) as client:
+        client.ehlo("partner.test")
+        client.mail("carol@partner.test")
+        client.rcpt(fuzz_world.reception)
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    assert b"queued as" in reply
