@@ -637,6 +637,10 @@ def message(rng: random.Random, sender: bytes, to: bytes, cc: bytes, dsn_for: st
         data = bytes(flipped)
     if rng.random() < 0.05:
         data = data[: rng.randint(0, len(data))]
+    if rng.random() < 0.04:  # no header section, or one that starts oddly
+        data = (
+            rng.choice((b"\r\n", b" ", b"\t", b"\r\n\r\n", b":", b"From ", b"\xef\xbb\xbf")) + data
+        )
     return data
 
 
