@@ -963,9 +963,11 @@ def _session_at(world: World, port: int, line: str) -> int | None:
 
 def check_log(world: World) -> list[Finding]:
     """Log lines that show a fault, each with the session it came from where the line
-    names the client's port or an accepted queue id."""
+    names the client's port or an accepted queue id (a line that is no event: the
+    session of the event it broke off from)."""
     findings = []
     by_qid = {a.qid: a.session for a in world.accepted}
+    previous: int | None = None
     for number, line in enumerate(world.gw.log().splitlines(), 1):
         shown = f"line {number}: {line[:400]!r}"
         peer = re.search(r"\[127\.0\.0\.1\]:(\d+)", line)
@@ -973,6 +975,10 @@ def check_log(world: World) -> list[Finding]:
         session = _session_at(world, int(peer.group(1)), line) if peer else None
         if session is None and qid:
             session = by_qid.get(qid.group(1))
+        if LOG_LINE.match(line):
+            previous = session
+        else:
+            session = previous
         if "Traceback" in line:
             findings.append(Finding("log-traceback", shown, session))
         elif "internal error" in line.lower():
