@@ -1007,7 +1007,16 @@ class Result:
             f"accepted {s.accepted}",
             "  replies by class: " + ", ".join(f"{k} {v}" for k, v in sorted(s.replies.items())),
             "  messages refused (reply to the final dot): "
-            + (", ".join(f"{k}: {v}" for k, v in s.refused.most_common()) or "none"),
+            + (
+                ", ".join(
+                    f"{c}xx {sum(v for k, v in s.refused.items() if k.startswith(c))}" for c in "45"
+                )
+                + " ("
+                + ", ".join(f"{k}: {v}" for k, v in s.refused.most_common())
+                + ")"
+                if s.refused
+                else "none"
+            ),
             f"  findings {len(self.findings)}"
             + (": " + ", ".join(f"{k} {v}" for k, v in kinds.most_common()) if kinds else ""),
         ]
