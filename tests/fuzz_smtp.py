@@ -1,8 +1,8 @@
 """A bounded fuzz campaign against the real gateway, over both of its SMTP ports.
 
 ``make fuzz`` (``FUZZ_SECONDS``, default 600) runs it; ``python -m tests.fuzz_smtp
---seconds N --seed S`` is the same from the command line, and ``--session N`` replays
-one session. It starts the gateway as the tests do (tests/conftest.py: a config with
+--seconds N --seed S`` is the same from the command line, ``--session N`` replays
+one session and ``--debug-log`` has the gateway log tracebacks. It starts the gateway as the tests do (tests/conftest.py: a config with
 port 0, ``listen.json``, aiosmtpd sinks as the remote MXs through ``[delivery.routes]``,
 a local DNS server), registers a submission user and an MX-mode user, enables a
 certified-reception owner, and drives SMTP sessions from a few client threads:
@@ -23,7 +23,8 @@ Findings, each with the seed and session number that replay it:
 
 * a ``451`` reply that says "internal"; a reply that is not ``ddd[ -]text``, that
   carries a control character or invalid UTF-8, or a 4xx/5xx without an RFC 3463
-  enhanced status code; a command line (CRLF-ended) that gets no reply in time;
+  enhanced status code (replies to HELO and EHLO have none, RFC 2034 §3); a command
+  line (CRLF-ended) that gets no reply in time;
 * after the campaign: the gateway not answering EHLO on every port (or gone); a
   ``Traceback``, "internal error", an ``error:`` line, or a line not in the log format
   (an unescaped line break) in the gateway's log; an accepted message (250 after DATA)
@@ -37,9 +38,10 @@ instruments and drives a function in its own process; it cannot see coverage acr
 the socket, and a harness calling the parsers directly would skip the protocol, the
 queue and the certificate workers where the faults were. Every session is generated
 from ``random.Random(f"{seed}:{session}")`` alone, so a finding is replayed from two
-numbers, whatever ran before or beside it; a seeded ``random.Random`` also keeps
-hypothesis's shrinking out of a campaign whose unit is a whole SMTP session. The
-parsers themselves have property tests (hypothesis) in the suite.
+numbers, whatever ran before or beside it. hypothesis, the other candidate, earns its
+keep by shrinking a failing input, which here would mean replaying many sessions
+against a gateway whose queue, throttles and logs have moved on since the failure;
+the parsers themselves have hypothesis property tests in the suite.
 """
 
 from __future__ import annotations
