@@ -3,20 +3,64 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+# Debian packages, installed by the target that needs them when they are missing.
+# make install: venv, when $(PYTHON) lacks it (Debian ships it apart from python3).
+# make run: the certificate's Unicode font (without it, text beyond Latin-1 shows as "?").
+VENV_PACKAGES := python3-venv
+RUN_PACKAGES := fonts-dejavu-core
+# make test: swaks, a real SMTP client, and its STARTTLS modules (only recommended by the
+# package); poppler-utils for pdfsig and pdftotext, poppler-data for pdftotext's CJK maps;
+# openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail.
+TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
+	poppler-utils poppler-data openssl chromium
+
+# $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
+# installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.
+define debian_packages
+@missing=""; \
+if command -v dpkg >/dev/null 2>&1; then \
+  for p in $(1); do \
+    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+  done; \
+else \
+  echo "make: not a Debian system; make sure the equivalents of these are installed: $(1)" >&2; \
+fi; \
+if [ -n "$$missing" ]; then \
+  echo "make: installing Debian packages:$$missing"; \
+  SUDO=""; \
+  if [ "$$(id -u)" != 0 ]; then \
+    command -v sudo >/dev/null 2>&1 || { echo "make: no sudo; as root, run: apt-get install$$missing" >&2; exit 1; }; \
+    SUDO="sudo"; \
+  fi; \
+  $$SUDO apt-get update -qq && \
+  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+fi
+endef
+
+.PHONY: install run test lint bench fuzz clean venv-packages run-packages test-packages
 
 install: $(VENV)/.installed
 
+venv-packages:
+	$(call debian_packages,$(VENV_PACKAGES))
+
+run-packages:
+	$(call debian_packages,$(RUN_PACKAGES))
+
+test-packages:
+	$(call debian_packages,$(TEST_PACKAGES))
+
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory venv-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-run: install
+run: install run-packages
 	$(BIN)/certifica -c config.toml serve
 
-test: install
+test: install test-packages
 	$(BIN)/ruff check relay certifier addendum tests bench
 	$(BIN)/mypy relay certifier addendum
 	$(BIN)/pytest -q
@@ -24,6 +68,12 @@ test: install
 lint: install
 	$(BIN)/ruff check relay certifier addendum tests
 	$(BIN)/mypy relay certifier addendum
+
+# make fuzz [FUZZ_SECONDS=600] [FUZZ_SEED=N]: mutated SMTP and MIME against the real gateway
+# on both ports for that long, then checks it (tests/fuzz_smtp.py; findings in var/fuzz/).
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(BIN)/python -m tests.fuzz_smtp --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -145,6 +145,12 @@ def _die_with_parent() -> None:
 
 def _init_worker(settings: SigningSettings) -> None:
     """The pool's initializer: a worker that ends with the gateway, then its signer."""
+    import signal
+
+    # Ctrl-C in a terminal (`make run`) signals the whole process group: the gateway
+    # stops its workers itself, so a worker hit by SIGINT would only print a
+    # KeyboardInterrupt traceback per process on the operator's terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     init_process(settings)
 

@@ -73,6 +73,14 @@ from publicsuffixlist import PublicSuffixList
 from relay.routing import _nameservers
 
 log = logging.getLogger("certifica/authn")
+# dkimpy logs what it meets in a message at error level, in the message's own words
+# ("Incomplete ARC set for instance <the sender's number>"): hostile bytes are not a
+# fault of the gateway, and client text must not reach the log unescaped. Its verdicts
+# are returned and logged here, so its own lines go nowhere.
+_DKIMPY_LOG = logging.getLogger("certifica/authn/dkimpy")
+_DKIMPY_LOG.propagate = False
+_DKIMPY_LOG.addHandler(logging.NullHandler())
+_DKIMPY_LOG.setLevel(logging.CRITICAL)
 
 MAX_SIGNATURES = 5
 """DKIM-Signature fields examined per message at most (aligned ones first)."""
@@ -323,7 +331,7 @@ class _Checked:
 def _verify_dkim(lookup: _DNS, raw: bytes, from_domain: str) -> list[_Checked]:
     """Every DKIM-Signature of ``raw`` (up to the cap), aligned candidates first."""
     try:
-        verifier = dkim.DKIM(raw, minkey=MIN_RSA_BITS)
+        verifier = dkim.DKIM(raw, logger=_DKIMPY_LOG, minkey=MIN_RSA_BITS)
         headers = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
     except Exception as err:  # dkimpy's parser on hostile bytes: IndexError and the like
         log.info("DKIM: message could not be parsed for verification (%s)", err.__class__.__name__)
@@ -506,7 +514,9 @@ def _check_arc(lookup: _DNS, raw: bytes) -> ArcResult:
         return records[0] if records else None
 
     try:
-        cv, results, reason = dkim.arc_verify(raw, dnsfunc=txt, minkey=MIN_RSA_BITS)
+        cv, results, reason = dkim.arc_verify(
+            raw, logger=_DKIMPY_LOG, dnsfunc=txt, minkey=MIN_RSA_BITS
+        )
     except Exception as err:  # dkimpy on hostile bytes
         log.info("ARC: chain not verifiable (%s)", err.__class__.__name__)
         return ArcResult("fail", 0, "not verifiable")

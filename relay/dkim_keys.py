@@ -17,6 +17,8 @@ sets ``l=``, which would let anyone append text (BAD-INPUT.md).
 
 Exceptions: :meth:`DkimKeyring.add` raises ``ValueError`` with a plain sentence for a
 bad domain, selector or algorithm, or a selector already in use; :func:`sign` raises
+:class:`UnsignableMessage` for a message whose header section is not RFC 5322 (a line
+that is neither a field nor a continuation: no verifier could parse it either), and
 ``dkim.DKIMException`` when a key cannot be used (a corrupt key file).
 """
 
@@ -260,18 +262,26 @@ def _relaxed_body(body: bytes) -> bytes:
     return dkim_canon.correct_empty_body(dkim_canon.strip_trailing_lines(body))  # type: ignore[no-any-return]
 
 
+class UnsignableMessage(ValueError):
+    """The message's header section is not RFC 5322 §2.2 fields, so it cannot be signed."""
+
+
 class _Parsed:
     """The header fields and body of a message, as dkimpy's parser gives them."""
 
     def __init__(self, message: bytes) -> None:
         end = message.find(b"\r\n\r\n")
         crlf = message.count(b"\r\n")
-        if end < 0 or message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-            self.headers, self.body = dkim.rfc822_parse(message)  # the general case
-        else:
-            # CRLF throughout (what this gateway sends): parse only the header section.
-            self.headers, _ = dkim.rfc822_parse(message[: end + 4])
-            self.body = message[end + 4 :]
+        try:
+            if end < 0 or message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+                self.headers, self.body = dkim.rfc822_parse(message)  # the general case
+            else:
+                # CRLF throughout (what this gateway sends): parse only the header section.
+                self.headers, _ = dkim.rfc822_parse(message[: end + 4])
+                self.body = message[end + 4 :]
+        except dkim.MessageFormatError:
+            # Its text names the offending line: client bytes, not for a log.
+            raise UnsignableMessage("a header line is neither a field nor a continuation") from None
 
 
 _SIG_NAME = b"DKIM-Signature"

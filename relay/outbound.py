@@ -46,10 +46,14 @@ def header_end(raw: bytes) -> int:
 
 
 def header_fields(header: bytes) -> list[bytes]:
-    """The header fields of ``header``, each with its folded lines and final CRLF."""
-    starts = [m.start() for m in _FIELD_START.finditer(header)]
-    if not starts:  # empty, or only continuation lines
-        return [header] if header else []
+    """The header fields of ``header``, each with its folded lines and final CRLF.
+
+    The pieces join back to ``header`` whatever it holds: a header section that starts
+    with a continuation line (white space first, which RFC 5322 §2.2.3 does not allow)
+    keeps those bytes as a first piece of their own, and an empty one has no fields."""
+    if not header:
+        return []
+    starts = [0] + [m.start() for m in _FIELD_START.finditer(header) if m.start() > 0]
     return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
 
 

@@ -27,8 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import dkim
-
 from certifier import evidence as evidence_log
 from relay import dsn, notices, outbound
 from relay.bounces import make_return_path
@@ -42,7 +40,7 @@ from relay.delivery import (
     Deliverer,
     RecipientResult,
 )
-from relay.dkim_keys import DkimKeyring, sign
+from relay.dkim_keys import DkimKeyring, UnsignableMessage, sign
 from relay.logs import log_failure
 from relay.spool import Spool, SpoolFileMissing, write_durably
 from relay.store import NewMessage, Outcome, Store
@@ -383,12 +381,8 @@ class QueueManager:
             return raw
         try:
             return await asyncio.to_thread(sign, raw, keys)
-        except dkim.MessageFormatError:  # the client's header section, not a gateway fault
-            log.warning(
-                "%s: DKIM signing skipped: the message header is malformed (a line that is "
-                "not a header field); sent unsigned",
-                row["qid"],
-            )
+        except UnsignableMessage as why:  # the sender's header section: not a fault of ours
+            log.warning("%s: not DKIM-signed: %s (RFC 5322 2.2); sent as received", row["qid"], why)
             return raw
         except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
