@@ -52,16 +52,22 @@ class SubmissionSMTP(CertificaSMTP):
     dsn_rcpt = dsn.RcptParameters()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is None:  # "MAIL" alone: the parent's syntax reply
+            await super().smtp_MAIL(arg)
+            return
         rest = await self._take_dsn("MAIL", "FROM:", arg)
         if rest is not None:
             await super().smtp_MAIL(rest)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg is None:  # "RCPT" alone: the parent's syntax reply
+            await super().smtp_RCPT(arg)
+            return
         rest = await self._take_dsn("RCPT", "TO:", arg)
         if rest is not None:
             await super().smtp_RCPT(rest)
 
-    async def _take_dsn(self, command: str, keyword: str, arg: str | None) -> str | None:
+    async def _take_dsn(self, command: str, keyword: str, arg: str) -> str | None:
         """``arg`` without its DSN parameters; None when a reply was already sent."""
         self.dsn_mail, self.dsn_rcpt = (
             (dsn.MailParameters(), self.dsn_rcpt)

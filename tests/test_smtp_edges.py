@@ -146,6 +146,23 @@ def test_odd_arguments_get_a_reply_that_echoes_nothing_raw(gateway: Gateway, por
     assert_clean(gateway)
 
 
+@pytest.mark.parametrize("port", ["submission", "mx"])
+def test_a_verb_without_its_argument_is_answered(gateway: Gateway, port: str) -> None:
+    """'RCPT ' with nothing after it once went unanswered on the submission port, where
+    the DSN parameters are read first (found by make fuzz, seed 12)."""
+    raw = Raw(gateway) if port == "submission" else Plain(gateway)
+    for command in (b"MAIL\r\n", b"MAIL \r\n"):
+        raw.send(command)
+        assert raw.reply().startswith("501 5.5.4"), command
+    raw.send(b"MAIL FROM:<alice@example.com>\r\n")
+    assert raw.reply().startswith("250")
+    for command in (b"RCPT\r\n", b"RCPT \r\n"):
+        raw.send(command)
+        assert raw.reply().startswith("501 5.5.4"), command
+    raw.close()
+    assert_clean(gateway)
+
+
 def test_auth_responses_with_bad_bytes(gateway: Gateway) -> None:
     for response in (b"\xff\xfe\r\n", b"\x00\r\n", b"*\r\n", b"!!!\r\n", b"\x1b[2J\r\n"):
         raw = Raw(gateway, login=False)
