@@ -96,6 +96,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    content_not_certified: bool = False  # passed, but it proves no message content
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ class VerifyReport:
     ok: bool
     checks: tuple[Check, ...]
     evidence: dict | None
+    content_certified: bool = True
+    """False for a certificate the gateway made without the message (it could not read
+    it): signature and evidence may be intact, but no content is proven."""
 
 
 class _Failed(Exception):
@@ -129,7 +133,8 @@ def verify_certificate(pdf: bytes, trust_roots: list[Path]) -> VerifyReport:
         log.debug("verification aborted", exc_info=True)
         checks.append(Check("processing", False, f"The file could not be processed ({_why(exc)})."))
     ok = bool(checks) and all(c.ok for c in checks)
-    return VerifyReport(ok=ok, checks=tuple(checks), evidence=evidence)
+    content = not any(c.content_not_certified for c in checks)
+    return VerifyReport(ok=ok, checks=tuple(checks), evidence=evidence, content_certified=content)
 
 
 def extract_timestamp_token(pdf: bytes) -> bytes:
@@ -552,6 +557,7 @@ def _content_lost_checks(evidence: dict, checks: list[Check]) -> dict:
             True,
             "Content not certified: the gateway states it could not read the message ("
             f"{reason}); the SHA-256 it recorded at reception is {str(recorded)[:64]}.",
+            content_not_certified=True,
         )
     )
     return evidence

@@ -23,6 +23,9 @@ from relay.config import Config, ConfigError, load_config
 from relay.logs import OneLineFormatter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# verify: signature and evidence intact, but the certificate proves no message content
+# (the gateway made it without the message: README, "Spool file missing").
+EXIT_CONTENT_NOT_CERTIFIED = 3
 
 
 class UserError(Exception):
@@ -122,6 +125,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_certificate(data, roots)
     for check in report.checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.ok and not report.content_certified:
+        print(
+            f"{path}: the signature and the evidence are intact, but the message content is "
+            "NOT certified (the gateway could not read the message when it made this "
+            "certificate)."
+        )
+        return EXIT_CONTENT_NOT_CERTIFIED
     if report.ok:
         print(f"{path}: the certificate is intact and its evidence matches.")
         return EXIT_OK
@@ -897,7 +907,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check a certificate PDF offline",
         description="Check a certificate's signature, timestamp and embedded message, "
-        "without the gateway's database. Exit 0 when valid, 1 when not.",
+        "without the gateway's database. Exit 0 when valid, 1 when not, 3 when the "
+        "signature and evidence are intact but the certificate proves no message content "
+        "(the gateway could not read the message when it made it).",
     )
     p.add_argument("file", help="the certificate PDF")
     p.add_argument(

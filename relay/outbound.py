@@ -57,8 +57,16 @@ def header_fields(header: bytes) -> list[bytes]:
     return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
 
 
+# RFC 5322 §3.6.8: a field name is printable ASCII but the colon, then the colon (an
+# obsolete space before it is tolerated, §4.5). A line without one is no field.
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
 def _name(field: bytes) -> bytes:
-    return field.split(b":", 1)[0].strip().lower()
+    """The field's name in lower case; empty for a piece that is no field (a line
+    without a colon, continuation lines before the first field)."""
+    match = _FIELD_NAME.match(field)
+    return match.group(1).lower() if match else b""
 
 
 # RFC 6409 §8: fields a submission server may add when the message lacks them.

@@ -39,6 +39,20 @@ def test_fields_found_by_name_only_in_the_header() -> None:
     ]
 
 
+def test_a_line_without_a_colon_is_no_field() -> None:
+    """'Date' alone, or a continuation line before the first field, is not a Date field:
+    the certificate's added fields must say what was really delivered."""
+    assert missing_submission_fields(b"From: a@b.example\r\nDate\r\nMessage-ID\r\n\r\nx") == [
+        "Date",
+        "Message-ID",
+    ]
+    assert missing_submission_fields(b" Date: x\r\nFrom: a@b.example\r\n\r\nx") == [
+        "Date",
+        "Message-ID",
+    ]
+    assert missing_submission_fields(b"Date : x\r\nMessage-ID: <a@b>\r\n\r\nx") == []
+
+
 @given(st.binary(max_size=300), st.integers(0, 2**33), st.text("ABCDEF0123456789", max_size=12))
 def test_added_fields_are_stable_and_one_clean_field_each(
     raw: bytes, created: int, qid: str
