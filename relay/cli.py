@@ -153,13 +153,22 @@ def _default_trust_roots(args: argparse.Namespace) -> list[Path]:
 
 # -- users ----------------------------------------------------------------------------
 def _owner_of(path: Path) -> tuple[int, str] | None:
-    """The uid and name of the user owning ``path`` when it exists and is not root's."""
+    """The uid and name of the user owning ``path`` (or, while it does not exist yet, its
+    nearest existing parent, where it will be made) when that is not root.
+
+    The path itself is looked at, not what it points to: a symbolic link another user
+    made there is that user's, and root acts as that user or not at all."""
     import pwd
 
-    try:
-        uid = path.stat().st_uid
-    except FileNotFoundError:
-        return None
+    probe = path.absolute()
+    while True:
+        try:
+            uid = probe.lstat().st_uid
+            break
+        except FileNotFoundError:
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
     if uid == 0:
         return None
     try:
@@ -184,7 +193,7 @@ def _become_owner(path: Path) -> None:
         entry = pwd.getpwuid(uid)
         gid, groups = entry.pw_gid, os.getgrouplist(name, entry.pw_gid)
     except KeyError:
-        gid = path.stat().st_gid
+        gid = uid  # a user without an entry: its own number as its group, no others
         groups = [gid]
     advice = f"run the command as {name} (sudo -u {name} certifica ...)"
     unreadable = _unreadable_for(uid, gid, groups)

@@ -48,7 +48,16 @@ def _restrict(path: Path, mode: int) -> str | None:
         return None
     if path.is_symlink() or not current & 0o077:
         return None
-    os.chmod(path, mode)
+    # Through a descriptor opened without following links: a link put in its place
+    # since the look above is refused (ELOOP), never followed to another file.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     return f"{path} was open to other users (mode {current:04o}); made it {mode:04o}"
 
 

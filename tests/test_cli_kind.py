@@ -215,11 +215,13 @@ def _system_python() -> list[str] | None:
 
 
 @pytest.mark.parametrize("python", ["installed", "system"])
+@pytest.mark.parametrize("made", ["made", "not yet"])
 def test_root_acts_as_the_owner_of_the_state_directory_or_refuses(
-    other_user: pwd.struct_passwd, python: str
+    other_user: pwd.struct_passwd, python: str, made: str
 ) -> None:
     """Root never leaves files of its own in another user's state directory: it becomes
-    that user, or, when that user could not even run this Python, refuses in a sentence."""
+    that user, or, when that user could not even run this Python, refuses in a sentence.
+    A state directory not made yet belongs to the owner of the directory it goes in."""
     command = [CERTIFICA]
     env = dict(os.environ)
     if python == "system":
@@ -232,11 +234,15 @@ def test_root_acts_as_the_owner_of_the_state_directory_or_refuses(
     base = Path(tempfile.mkdtemp(prefix="certifica-owner-"))
     try:
         os.chmod(base, 0o755)  # noqa: S103 - the other user must reach its state directory
-        state = base / "state"
-        state.mkdir(mode=0o700)
-        os.chown(state, other_user.pw_uid, other_user.pw_gid)
+        home = base / "home"
+        home.mkdir(mode=0o700)
+        os.chown(home, other_user.pw_uid, other_user.pw_gid)
+        state = home / "state"
+        if made == "made":
+            state.mkdir(mode=0o700)
+            os.chown(state, other_user.pw_uid, other_user.pw_gid)
         cfg = base / "config.toml"
-        cfg.write_text('[gateway]\nstate_dir = "state"\n')
+        cfg.write_text('[gateway]\nstate_dir = "home/state"\n')
 
         def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -259,10 +265,11 @@ def test_root_acts_as_the_owner_of_the_state_directory_or_refuses(
             assert (state / "queue.db").exists() and (state / "keys").is_dir()
         else:  # this Python is out of the other user's reach: a sentence, nothing done
             assert added.returncode == 2
-            assert f"the state directory {state} belongs to {name}, who cannot read" in added.stderr
+            assert f"belongs to {name}, who cannot read" in added.stderr
             assert f"run the command as {name}" in added.stderr
             assert added.stderr.count("\n") == 1
-        assert [str(p) for p in [state, *state.rglob("*")] if p.lstat().st_uid != other_user.pw_uid] == []
+        made_now = [state, *state.rglob("*")] if state.exists() else []
+        assert [str(p) for p in made_now if p.lstat().st_uid != other_user.pw_uid] == []
 
         refused = run("serve")
         assert refused.returncode == 2
