@@ -41,7 +41,7 @@ from relay.delivery import (
     RecipientResult,
 )
 from relay.dkim_keys import DkimKeyring, UnsignableMessage, sign
-from relay.logs import log_failure
+from relay.logs import log_failure, printable
 from relay.spool import Spool, SpoolFileMissing, write_durably
 from relay.store import NewMessage, Outcome, Store
 from relay.tracking import inject_copy, tracked_for
@@ -583,17 +583,30 @@ class QueueManager:
                 return
             original = notices.original_headers(raw)
             recipients = [r["address"] for r in await self.store.recipients(qid)]
-            data = notices.build_notice(
-                gateway_name=self._gateway_name(),
-                from_address=self.cfg.gateway.certification_address,
-                hostname=self.cfg.gateway.hostname,
-                to=row["sender"],
-                qid=qid,
-                accepted_at=iso(row["created"]) or "",
-                sha256=row["sha256"],
-                recipients=recipients,
-                original=original,
-            )
+            try:
+                data = notices.build_notice(
+                    gateway_name=self._gateway_name(),
+                    from_address=self.cfg.gateway.certification_address,
+                    hostname=self.cfg.gateway.hostname,
+                    to=row["sender"],
+                    qid=qid,
+                    accepted_at=iso(row["created"]) or "",
+                    sha256=row["sha256"],
+                    recipients=recipients,
+                    original=original,
+                )
+            except ValueError as why:
+                # A value of the message's that no header field may carry: the same at
+                # every retry, so the notice is withheld (and said so in the evidence)
+                # rather than holding the certificate back for ever.
+                reason = f"the notice could not be written ({printable(str(why))[:200]})"
+                log.error("%s: processing notice withheld: %s", qid, reason)
+                await self.store.append_evidence(
+                    qid, "NoticeWithheld", {"reason": reason}, time.time()
+                )
+                await self.store.mark(qid, notice_state="done")
+                self.wake(qid)
+                return
             notice_qid = await self._queue_generated("notice", row, data, {"notice_state": "done"})
             await self.store.append_evidence(
                 qid, "NoticeSent", {"notice_qid": notice_qid}, time.time()

@@ -83,6 +83,7 @@ _ENDLESS_LINE = 32 * 1024 * 1024
 # the stdlib parser's answer is the text between the brackets (a property test holds
 # the two to the same result), so it is taken without building a token tree.
 _PLAIN_PATH = re.compile(f"<({PLAIN_ADDR_SPEC})>")
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 but TAB, DEL, C1
 
 Verifier = Callable[[str, str], Awaitable[bool]]
 AUTH_DELAY_CAP = 30.0  # seconds: the longest wait before a failed AUTH is answered
@@ -306,7 +307,9 @@ class CertificaSMTP(SMTP):
         written at once; the others wait while a further complete command line is
         already in the buffer, and go out together with its reply (RFC 2920 §3.1).
         """
-        if self._closing:
+        if self._closing or status is None:
+            # None: aiosmtpd's _handle_client pushes whatever handle_exception returned,
+            # even when the session was cancelled inside it (a 521 close): nothing to say.
             return
         if isinstance(status, str):
             status = _OWN_WORDING.get(status, status)
@@ -482,6 +485,12 @@ class CertificaSMTP(SMTP):
         internal error."""
         if not arg:
             return "", ""
+        if _CONTROL.search(arg):
+            # RFC 5321 §4.1.2 (RFC 6531 for UTF-8): no control character belongs in a
+            # path or an ESMTP parameter, quoted or not. The stdlib's parser keeps some
+            # (<\x0calice@…> was taken as alice's, whose notice no header could carry)
+            # and drops others as white space.
+            return None, None
         plain = _PLAIN_PATH.match(arg)
         rest = arg[plain.end() :] if plain else ""
         if plain and "(" not in rest:  # a comment after the path: the stdlib's CFWS

@@ -172,7 +172,8 @@ PLAINISH_PATH = st.builds(
 @given(st.one_of(PLAINISH_PATH, PATH_TEXT, st.text(max_size=60)), st.sampled_from([0, 64]))
 @settings(max_examples=500)
 def test_envelope_path_parsing_matches_aiosmtpd(arg: str, local_limit: int) -> None:
-    """The fast path for <local@domain> gives aiosmtpd's own answer, for any argument."""
+    """The fast path for <local@domain> gives aiosmtpd's own answer, for any argument
+    without a control character (with one, the answer is a syntax error)."""
     from types import SimpleNamespace
 
     from aiosmtpd.smtp import SMTP
@@ -185,4 +186,6 @@ def test_envelope_path_parsing_matches_aiosmtpd(arg: str, local_limit: int) -> N
         expected = SMTP._getaddr(server, arg)  # type: ignore[arg-type]
     except (IndexError, AttributeError):  # the stdlib's parser on some input: a syntax error
         expected = (None, None)
+    if any(c != "\t" and (c < " " or "\x7f" <= c <= "\x9f") for c in arg):
+        expected = (None, None)  # a control character: a syntax error, whatever aiosmtpd says
     assert CertificaSMTP._getaddr(server, arg) == expected  # type: ignore[arg-type]

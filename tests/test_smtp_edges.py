@@ -163,6 +163,25 @@ def test_a_verb_without_its_argument_is_answered(gateway: Gateway, port: str) ->
     assert_clean(gateway)
 
 
+@pytest.mark.parametrize("port", ["submission", "mx"])
+def test_a_control_character_in_a_path_is_a_syntax_error(gateway: Gateway, port: str) -> None:
+    """<\x0calice@…> was once taken as alice (the comparison strips white space) and its
+    notice could never be written; a recipient with \x0f was relayed (make fuzz)."""
+    raw = Raw(gateway) if port == "submission" else Plain(gateway)
+    for bad in (b"\x0c", b"\x0f", b"\x7f", b"\xc2\x85", b"\x1b[31m"):
+        raw.send(b"MAIL FROM:<" + bad + b"alice@example.com>\r\n")
+        assert raw.reply().startswith(("501 5.5.4", "553 5.1.3")), bad
+    raw.send(b"MAIL FROM:<alice@example.com>\r\n")
+    assert raw.reply().startswith("250")
+    for bad in (b"\x0c", b"\x0f", b"\x7f", b"\xc2\x85"):
+        raw.send(b"RCPT TO:<dave@example." + bad + b"org>\r\n")
+        assert raw.reply().startswith(("501 5.5.4", "553 5.1.3")), bad
+        raw.send(b"RCPT TO:<" + bad + CERT_ADDRESS.encode() + b">\r\n")
+        assert raw.reply().startswith(("501 5.5.4", "553 5.1.3")), bad
+    raw.close()
+    assert_clean(gateway)
+
+
 def test_auth_responses_with_bad_bytes(gateway: Gateway) -> None:
     for response in (b"\xff\xfe\r\n", b"\x00\r\n", b"*\r\n", b"!!!\r\n", b"\x1b[2J\r\n"):
         raw = Raw(gateway, login=False)
