@@ -1042,6 +1042,13 @@ class QueueManager:
             since = await self._missing_since(qid, missing)
             if time.time() < since + self.cfg.queue.missing_spool_grace:
                 return  # the next full scan comes back here
+        elif not any(e.event == "SpoolFileMissing" for e in await self.store.evidence_for(qid)):
+            # The archived copy is gone (retention, a disk fault, an operator): the claim
+            # the addendum makes rests on an entry of the evidence log, as the
+            # certificate's does, naming the file that was looked for.
+            where = f"spool/{missing.path.parent.name}/{missing.path.name}"
+            await self.store.append_evidence(qid, "SpoolFileMissing", {"file": where}, time.time())
+            log.error("%s: archived copy missing (%s); the addendum states no content", qid, where)
         evidence = await self.build_evidence(row)
         evidence["message"]["content_unavailable"] = SPOOL_MISSING_TEXT
         if row["kind"] == "reception":

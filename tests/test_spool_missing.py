@@ -190,6 +190,8 @@ def test_late_report_about_a_message_whose_copy_is_gone_gets_an_addendum_without
     assert evidence["kind"] == "addendum" and evidence["addendum_of"].startswith("CF-")
     assert evidence["recipients"][0]["status"] == "bounced"
     assert evidence["late_bounce"]["reports"][0]["recipient"] == "carol@example.org"
+    # The claim rests on an entry of the evidence log, as the certificate's does.
+    assert "SpoolFileMissing" in [e.get("event") for e in evidence["timeline"]]
     log = gw.log()
     assert re.search(rf"{qid}: addendum=CF-\w+ .* without the message \(spool file missing", log)
     assert "Traceback" not in log and "will retry" not in log
