@@ -1057,16 +1057,7 @@ class QueueManager:
         cert_id = row["cert_id"]
         if addendum is not None:
             cert_id = addendum["cert_id"]
-            evidence.update(
-                kind="addendum",
-                certificate_id=cert_id,
-                addendum_of=row["cert_id"],
-                late_bounce={
-                    "dsn_queue_id": addendum["qid"],
-                    "dsn_sha256": addendum["sha256"],
-                    "reports": json.loads(addendum["summary"] or "{}").get("reports", []),
-                },
-            )
+            evidence.update(_late_bounce_addendum(row, addendum))
         pdf = await self.certifier.certify(evidence, None)
         await asyncio.to_thread(write_durably, self.certificates_dir / f"{cert_id}.pdf", pdf)
         pdf_sha = hashlib.sha256(pdf).hexdigest()
@@ -1191,16 +1182,7 @@ class QueueManager:
             await self._content_lost(parent, missing, addendum=dsn)
             return
         evidence = await self.build_evidence(parent)
-        evidence.update(
-            kind="addendum",
-            certificate_id=dsn["cert_id"],
-            addendum_of=parent["cert_id"],
-            late_bounce={
-                "dsn_queue_id": dsn["qid"],
-                "dsn_sha256": dsn["sha256"],
-                "reports": json.loads(dsn["summary"] or "{}").get("reports", []),
-            },
-        )
+        evidence.update(_late_bounce_addendum(parent, dsn))
         pdf = await self.certifier.certify(evidence, raw)
         await self._send_document(
             parent, dsn["cert_id"], pdf, raw, label="Addendum", update_qid=dsn["qid"]
@@ -1333,6 +1315,21 @@ class QueueManager:
 
     def _gateway_name(self) -> str:
         return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _late_bounce_addendum(parent: dict[str, Any], dsn: dict[str, Any]) -> dict[str, Any]:
+    """The evidence fields that make a message's evidence the addendum about the late
+    delivery report ``dsn`` (a row of kind dsn) that came back for it."""
+    return {
+        "kind": "addendum",
+        "certificate_id": dsn["cert_id"],
+        "addendum_of": parent["cert_id"],
+        "late_bounce": {
+            "dsn_queue_id": dsn["qid"],
+            "dsn_sha256": dsn["sha256"],
+            "reports": json.loads(dsn["summary"] or "{}").get("reports", []),
+        },
+    }
 
 
 def _reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:
