@@ -4,7 +4,7 @@ An open pixel fetched, or a tracked link followed, proves that *something* asked
 it. Much of that traffic is not a person reading: mailbox providers fetch images
 through proxies, Apple Mail prefetches them, and security gateways follow every link
 to scan it, often seconds after delivery. An addendum must not present such an event
-as "the recipient read it" (BAD-INPUT.md, Tracking). :func:`classify` says which events
+as "the recipient read it" (README, "Opens, clicks and late bounces"). :func:`classify` says which events
 look automatic and why, in a sentence that can go into the addendum as it is.
 
 "Automatic" means "not evidence of a person": a proxy that fetches an image *because*

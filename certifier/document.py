@@ -1,7 +1,7 @@
 """The certificate document: an A4 PDF that a person reads and a machine re-checks.
 
 The visible pages say what the gateway saw and did (the content list of a certificate
-is in DESIGN.md, "Evidence"; event names follow ETSI EN 319 522). Two files travel
+is in README, "What a certificate holds"; event names follow ETSI EN 319 522). Two files travel
 inside the PDF as embedded files (ISO 32000-2 section 7.11.4, the ``EmbeddedFiles``
 name tree, and section 14.13 associated files ``/AF``, as PDF/A-3 and ETSI EN 319 142
 PAdES evidence containers use them):

@@ -7,7 +7,7 @@ the From domain, or an SPF pass (:rfc:`7208`) for an aligned MAIL FROM domain
 :class:`AuthResults`, which also writes the Authentication-Results header (:rfc:`8601`)
 and the sentence for a refusal.
 
-What counts (BAD-INPUT.md): a DKIM signature passes only if it verifies, has no ``l=``
+What counts (README, "Two ways to send certified mail"; RFC 7489 §3.1): a DKIM signature passes only if it verifies, has no ``l=``
 tag (anyone could append text after the signed length), uses ``a=rsa-sha256`` or
 ``a=ed25519-sha256`` (:rfc:`8301` forbids rsa-sha1; :rfc:`8463`), and, for RSA, a key
 of at least 1024 bits. Signatures that verify but fail these rules are ``neutral``

@@ -7,7 +7,7 @@ it, as if the message had been submitted, but only when all of this holds:
 
 1. the From header names exactly one mailbox, parsed strictly
    (:func:`certifier.message.header_from_addresses`): never certify a message as coming
-   from someone its From does not unambiguously name (BAD-INPUT.md);
+   from someone its From does not unambiguously name (RFC 7489 §6.6.1);
 2. that address is a registered user of the gateway;
 3. the message authenticates that address DMARC-style (:mod:`relay.authn`): DKIM
    aligned with the From domain, or (policy ``dkim-or-spf``) an SPF pass for an aligned

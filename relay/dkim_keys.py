@@ -13,7 +13,7 @@ Each :class:`DkimKey` carries the TXT record to publish (``dns_name``, ``dns_txt
 :func:`sign` prepends one DKIM-Signature per key, relaxed/relaxed, signing the headers
 recipients see (:data:`SIGNED_HEADERS`, each as often as it occurs) and From once more
 than it occurs, so that no From can be added without breaking the signature; it never
-sets ``l=``, which would let anyone append text (BAD-INPUT.md).
+sets ``l=``, which would let anyone append text (RFC 6376 §8.2).
 
 Exceptions: :meth:`DkimKeyring.add` raises ``ValueError`` with a plain sentence for a
 bad domain, selector or algorithm, or a selector already in use; :func:`sign` raises

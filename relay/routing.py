@@ -3,8 +3,8 @@
 The gateway's own domains (:func:`relay.addresses.local_domains`) go to its own MX
 listener, whatever the DNS or the routes say: it never looks itself up (a submitted
 message to ``postmaster@<domain>`` or a reception address is handed to the MX, which
-decides on it as on any other). Otherwise two implementations behind one interface
-(STYLE.md, "Interfaces where the world differs"): :class:`Router` asks
+decides on it as on any other). Otherwise two implementations behind one interface:
+:class:`Router` asks
 ``[delivery.routes]`` first (``"*"`` matches any other domain) and otherwise looks the
 domain up in the DNS with dnspython's asynchronous resolver, through ``[dns]
 nameservers`` when set and within ``[dns] timeout``:

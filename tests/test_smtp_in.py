@@ -1,4 +1,4 @@
-"""SMTP in: the cases of BAD-INPUT.md "SMTP in", against the running gateway."""
+"""SMTP in: the bad-input cases of RFC 5321 and the wild, against the running gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SMTP in, the resource cases of BAD-INPUT.md: slow clients, endless data, huge headers.
+"""SMTP in, the resource cases: slow clients, endless data, huge headers.
 
 One gateway with a short idle timeout, so that a slow client is cut off within seconds.
 Only the last test here has a message accepted: every other one checks that nothing

@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md ("Layout"): relay -> addendum -> certifier.
+"""The import direction the README states (For developers): relay -> addendum -> certifier.
 
 No module in ``certifier/`` imports ``relay`` or ``addendum``; no module in ``addendum/``
 imports ``relay``. Read with :mod:`ast`, not by importing, so a module that would only
