@@ -1074,14 +1074,7 @@ class QueueManager:
             sha256=row["sha256"],
             size=row["size"],
             addendum_of=row["cert_id"] if addendum is not None else None,
-            recipients=[
-                {
-                    "address": r["address"],
-                    "status": r["status"],
-                    "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
-                }
-                for r in recipients
-            ],
+            recipients=_outcomes_for_mail(recipients),
             pdf=pdf,
         )
         await self.store.append_evidence(
@@ -1141,14 +1134,7 @@ class QueueManager:
             qid=qid,
             cert_id=cert_id,
             sha256=row["sha256"],
-            recipients=[
-                {
-                    "address": r["address"],
-                    "status": r["status"],
-                    "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
-                }
-                for r in recipients
-            ],
+            recipients=_outcomes_for_mail(recipients),
             original=notices.original_headers(raw),
             pdf=pdf,
             label=label,
@@ -1330,6 +1316,18 @@ def _late_bounce_addendum(parent: dict[str, Any], dsn: dict[str, Any]) -> dict[s
             "reports": json.loads(dsn["summary"] or "{}").get("reports", []),
         },
     }
+
+
+def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each recipient's address, status and last reply, as the sender's mail lists them."""
+    return [
+        {
+            "address": r["address"],
+            "status": r["status"],
+            "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+        }
+        for r in recipients
+    ]
 
 
 def _reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:

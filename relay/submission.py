@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from certifier.message import header_from_addresses
@@ -52,20 +52,23 @@ class SubmissionSMTP(CertificaSMTP):
     dsn_rcpt = dsn.RcptParameters()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if arg is None:  # "MAIL" alone: the parent's syntax reply
-            await super().smtp_MAIL(arg)
-            return
-        rest = await self._take_dsn("MAIL", "FROM:", arg)
-        if rest is not None:
-            await super().smtp_MAIL(rest)
+        await self._without_dsn_parameters(super().smtp_MAIL, "MAIL", "FROM:", arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if arg is None:  # "RCPT" alone: the parent's syntax reply
-            await super().smtp_RCPT(arg)
-            return
-        rest = await self._take_dsn("RCPT", "TO:", arg)
-        if rest is not None:
-            await super().smtp_RCPT(rest)
+        await self._without_dsn_parameters(super().smtp_RCPT, "RCPT", "TO:", arg)
+
+    async def _without_dsn_parameters(
+        self,
+        parent: Callable[[str | None], Awaitable[None]],
+        command: str,
+        keyword: str,
+        arg: str | None,
+    ) -> None:
+        """``parent`` (aiosmtpd's handler) with ``arg`` less its DSN parameters, unless a
+        reply was sent already; a verb alone (``arg`` None) gets the parent's 501."""
+        rest = arg if arg is None else await self._take_dsn(command, keyword, arg)
+        if arg is None or rest is not None:
+            await parent(rest)
 
     async def _take_dsn(self, command: str, keyword: str, arg: str) -> str | None:
         """``arg`` without its DSN parameters; None when a reply was already sent."""
