@@ -41,7 +41,7 @@ from relay import replies
 from relay.addresses import local_domains
 from relay.authn import AuthResults, TemporaryAuthError, authenticate
 from relay.config import Config
-from relay.intake import accept, address_problem, session_tls
+from relay.intake import accept, address_problem, client_ip, reverse_path, session_tls
 from relay.logs import printable
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.smtpd import _peer_text
@@ -67,8 +67,8 @@ class CertifiedCopyIntake:
 
     async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
+        peer = client_ip(session)
+        mail_from = reverse_path(envelope)
         froms = header_from_addresses(raw)
         if len(froms) != 1:
             return self._refuse(session, mail_from, "From does not name one sender",

@@ -96,6 +96,16 @@ def _spool(spool: Spool, qid: str, raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def client_ip(session: Any) -> str:
+    """The SMTP client's IP address, as the evidence and the log name it."""
+    return session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+
+
+def reverse_path(envelope: Any) -> str:
+    """The MAIL FROM address, '' for the null reverse-path (RFC 5321 §4.5.5)."""
+    return "" if envelope.mail_from == "<>" else str(envelope.mail_from)
+
+
 def session_tls(server: Any) -> tuple[str | None, str | None]:
     """TLS version and cipher of an SMTP session, for STARTTLS and implicit TLS alike."""
     transport = getattr(server, "transport", None)

@@ -29,7 +29,7 @@ from typing import Any
 from relay import replies
 from relay.addresses import GatewayAddresses, postmaster_address
 from relay.config import Config
-from relay.intake import accept, session_tls
+from relay.intake import accept, client_ip, reverse_path, session_tls
 from relay.logs import printable
 from relay.qmgr import new_queue_id
 from relay.spool import Spool
@@ -52,8 +52,8 @@ class PostmasterIntake:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Queue the message for ``[gateway] postmaster``; the reply to DATA."""
         raw: bytes = envelope.original_content
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
+        peer = client_ip(session)
+        mail_from = reverse_path(envelope)
         kinds = getattr(envelope, "local_kinds", {})
         addressed = [a for a, k in kinds.items() if k in ("postmaster", "abuse")]
         # As written in X-Original-To: the canonical form (bare <Postmaster> with the domain).

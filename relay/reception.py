@@ -49,7 +49,7 @@ from relay.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
 from relay.bounces import is_auto_reply
 from relay.certified_copy import authentication_evidence
 from relay.config import Config
-from relay.intake import accept, session_tls
+from relay.intake import accept, client_ip, reverse_path, session_tls
 from relay.outbound import header_end, header_fields
 from relay.qmgr import new_certificate_id, new_queue_id
 from relay.smtpd import _peer_text
@@ -117,8 +117,8 @@ class ReceptionIntake:
         raw: bytes = envelope.original_content
         owners: list[dict[str, Any]] = envelope.reception_owners
         now = time.time()
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        mail_from = envelope.mail_from if envelope.mail_from != "<>" else ""
+        peer = client_ip(session)
+        mail_from = reverse_path(envelope)
         froms = header_from_addresses(raw)
         original_from = normalise_address(froms[0]) if len(froms) == 1 else None
         results: AuthResults | None = None

@@ -26,7 +26,7 @@ from certifier.message import header_from_addresses
 from relay import dsn, replies
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.config import Config
-from relay.intake import accept, address_problem, session_tls
+from relay.intake import accept, address_problem, client_ip, session_tls
 from relay.logs import printable
 from relay.outbound import missing_submission_fields
 from relay.qmgr import new_certificate_id, new_queue_id
@@ -204,7 +204,7 @@ class SubmissionHandler:
             )
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        peer = client_ip(session)
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
 
         mail_params: dsn.MailParameters = envelope.dsn_mail
