@@ -658,6 +658,24 @@ def test_parameters_parse_or_refuse_with_a_sentence(
         assert rcpt.orcpt is not None and re.fullmatch(r"[\x20-\x7e]+", rcpt.orcpt)
 
 
+def _report(
+    status: dsn.RecipientStatus, original: bytes, arrival: float = 0.0, return_full: bool = False
+) -> bytes:
+    """A report from gw.example to alice@example.com about ``original`` for one recipient."""
+    return dsn.build_report(
+        dsn.Report(
+            hostname="gw.example",
+            domain="gw.example",
+            to="alice@example.com",
+            queue_id="0123456789AB",
+            arrival=arrival,
+            recipients=(status,),
+            original=original,
+            return_full=return_full,
+        )
+    )
+
+
 def test_report_headers_never_carry_a_line_break_from_the_original(tmp_path: Path) -> None:
     raw = (
         b"Subject: hi\r\n there =?utf-8?q?a=0D=0AX-Evil:_1?=\r\n"
@@ -671,17 +689,7 @@ def test_report_headers_never_carry_a_line_break_from_the_original(tmp_path: Pat
         reply_text="no such user\r\nX-Evil: 2",
         mx_host="mx.example.org",
     )
-    data = dsn.build_report(
-        dsn.Report(
-            hostname="gw.example",
-            domain="gw.example",
-            to="alice@example.com",
-            queue_id="0123456789AB",
-            arrival=time.time(),
-            recipients=(status,),
-            original=raw,
-        )
-    )
+    data = _report(status, raw, arrival=time.time())
     top = data.split(b"\r\n\r\n", 1)[0]
     assert b"X-Evil: 1" in top and not re.search(rb"\nX-Evil", top)  # text, not a field
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
@@ -711,18 +719,7 @@ def test_any_original_and_reply_make_a_report_that_parses(
         reply_text=reply,
         mx_host="mx.example.org",
     )
-    data = dsn.build_report(
-        dsn.Report(
-            hostname="gw.example",
-            domain="gw.example",
-            to="alice@example.com",
-            queue_id="0123456789AB",
-            arrival=0.0,
-            recipients=(status,),
-            original=raw,
-            return_full=full,
-        )
-    )
+    data = _report(status, raw, return_full=full)
     head, _, body = data.partition(b"\r\n\r\n")
     names = {m.group(0)[:-1].lower() for m in _FIELD.finditer(head)}
     assert names <= {
@@ -749,17 +746,7 @@ def test_an_smtputf8_recipient_is_written_as_rfc_6533_xtext() -> None:
         reply_enhanced="5.1.1",
         reply_text="unknown",
     )
-    data = dsn.build_report(
-        dsn.Report(
-            hostname="gw.example",
-            domain="gw.example",
-            to="alice@example.com",
-            queue_id="0123456789AB",
-            arrival=0.0,
-            recipients=(status,),
-            original=b"Subject: x\r\n\r\n",
-        )
-    )
+    data = _report(status, b"Subject: x\r\n\r\n")
     assert b"Final-Recipient: utf-8; j\\x{F6}s\\x{E9}\\x{2B}1@ex\\x{E4}mple.org\r\n" in data
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert status_part.isascii()
