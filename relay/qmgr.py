@@ -721,20 +721,22 @@ class QueueManager:
                 await self.store.record_report(qid, None, [], False, now)  # nothing left due
                 self.wake(qid)
                 return
-            try:
-                raw = await asyncio.to_thread(self.spool.read, qid)
-            except FileNotFoundError:
-                raw = b""  # the report still goes; it just cannot quote the original
             sender = _envelope_sender(row)
             why_not = (
                 "the message has the null sender"
                 if not sender
                 else "it is not plain mail"
                 if row["kind"] != "mail" or row["certified"]
-                else "the message is itself a delivery report"
-                if dsn.is_report(raw)
                 else None
             )
+            raw = b""
+            if why_not is None:  # only plain mail is read from the spool
+                try:
+                    raw = await asyncio.to_thread(self.spool.read, qid)
+                except FileNotFoundError:
+                    pass  # the report still goes; it just cannot quote the original
+                if dsn.is_report(raw):
+                    why_not = "the message is itself a delivery report"
             if why_not:
                 await self.store.record_report(qid, None, final, delay, now)
                 log.info("%s: no delivery status notification: %s", qid, why_not)
