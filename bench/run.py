@@ -555,9 +555,9 @@ def fill_queue(gw: Gateway, count: int, size: int, deferred: bool = False) -> No
     a burst of submissions. ``deferred``: as when the recipients' MX has been down for a
     while: notices sent, every recipient deferred after one attempt, next try in an hour.
     """
-    from relay.qmgr import new_certificate_id, new_queue_id
-    from relay.spool import Spool
-    from relay.store import NewMessage, Store
+    from relay.queue.manager import new_certificate_id, new_queue_id
+    from relay.queue.spool import Spool
+    from relay.queue.store import NewMessage, Store
 
     spool = Spool(gw.state / "spool")
     messages = []
@@ -633,7 +633,7 @@ def read_profile(path: Path, limit: int = 12) -> dict[str, Any]:
         count = int(n)
         parts = stack.split(";")
         procs = [f for f in parts if f.startswith("process ")]
-        # By function, not by line: "check_data (relay/smtpd.py:61)" -> "... (relay/smtpd.py)".
+        # By function, not by line: "check_data (relay/smtpd/protocol.py:61)" -> "... (relay/smtpd/protocol.py)".
         frames = [
             _LINE_NUMBER.sub(")", f) for f in parts if not f.startswith(("process ", "thread "))
         ]

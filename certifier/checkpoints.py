@@ -19,7 +19,7 @@ checks an exported checkpoint independently of this code.
 
 This module is the pure part: the statement, the table (``evidence_checkpoints``, made
 by the relay's migrations), and checking tokens and a whole database. Making
-checkpoints while the gateway runs is :mod:`relay.checkpoints`. :func:`check_token`
+checkpoints while the gateway runs is :mod:`relay.certify.checkpoints`. :func:`check_token`
 never raises on a bad token; it reports why.
 """
 

@@ -540,8 +540,7 @@ def _content_lost_checks(evidence: dict, checks: list[Check]) -> dict:
         Check(
             "attachments",
             True,
-            f"{EMBEDDED_EVIDENCE} is embedded; {EMBEDDED_MESSAGE} is not, as the evidence "
-            "states.",
+            f"{EMBEDDED_EVIDENCE} is embedded; {EMBEDDED_MESSAGE} is not, as the evidence states.",
         )
     )
     checks.append(

@@ -26,7 +26,7 @@ the valid forms, a near miss of it (``certifca@``, ``certifica.@``; see
 that exist. ``postmaster`` is matched case-insensitively and also without a domain
 (RFC 5321 §4.5.1); it and ``abuse`` are relayed to ``[gateway] postmaster``
 (:func:`postmaster_address`), an address outside the gateway. The gateway never looks
-its own domains up in the DNS: :mod:`relay.routing` hands their mail to its own MX.
+its own domains up in the DNS: :mod:`relay.delivery.routing` hands their mail to its own MX.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relay import replies
-from relay.bounces import parse_return_path
+from relay.cleanup.bounces import parse_return_path
+from relay.smtpd import replies
 
 if TYPE_CHECKING:  # relay.config validates [gateway] postmaster with this module
     from relay.config import Config
@@ -98,7 +98,7 @@ ADDRESS_FORMS: tuple[AddressForm, ...] = (
     AddressForm(
         AddressKind.POSTMASTER,
         "mailer-daemon@{domain}",
-        "the sender of non-delivery reports (relay.dsn): a reply reaches the operator",
+        "the sender of non-delivery reports (relay.certify.dsn): a reply reaches the operator",
         public=False,
     ),
     AddressForm(
@@ -110,7 +110,7 @@ ADDRESS_FORMS: tuple[AddressForm, ...] = (
 )
 
 # Local parts that are the same mailbox at every domain of the gateway.
-# MAILER-DAEMON signs the non-delivery reports (relay.dsn); a person who answers one
+# MAILER-DAEMON signs the non-delivery reports (relay.certify.dsn); a person who answers one
 # reaches the operator, as Postfix's default alias sends it to postmaster.
 _ROLE_ACCOUNTS = {
     "postmaster": AddressKind.POSTMASTER,

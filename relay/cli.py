@@ -88,7 +88,7 @@ def _limit_malloc_arenas() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.server import Gateway, StartupError
+    from relay.process.gateway import Gateway, StartupError
 
     _limit_malloc_arenas()
     cfg = _config(args)
@@ -271,7 +271,7 @@ def _state_dir(cfg: Config, *, writes: bool = False) -> Path:
 
 
 def _open_store(cfg: Config, *, writes: bool = False) -> Any:
-    from relay.store import Store
+    from relay.queue.store import Store
 
     return Store(_state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime)
 
@@ -324,7 +324,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     import sqlite3
 
     from certifier.message import parse_single_mailbox
-    from relay.users import hash_password, normalise_address
+    from relay.smtpd.users import hash_password, normalise_address
 
     parsed = parse_single_mailbox(args.email)
     if parsed is None or parsed != args.email.strip():
@@ -357,7 +357,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 def cmd_users_set(args: argparse.Namespace) -> int:
     """Change an existing user: its password (asked, or ``--password-stdin``) unless only
     other options are given, and ``--tracking on|off``."""
-    from relay.users import hash_password, normalise_address
+    from relay.smtpd.users import hash_password, normalise_address
 
     address = normalise_address(args.email)
     new_password = args.password_stdin or args.tracking is None
@@ -408,7 +408,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
-    from relay.users import normalise_address
+    from relay.smtpd.users import normalise_address
 
     address = normalise_address(args.email)
     store = _open_store(_config(args), writes=True)
@@ -436,7 +436,7 @@ def cmd_reception_enable(args: argparse.Namespace) -> int:
     import secrets
 
     from certifier.message import parse_single_mailbox
-    from relay.users import normalise_address
+    from relay.smtpd.users import normalise_address
 
     address = parse_single_mailbox(args.email)
     if address is None or address != args.email.strip():
@@ -489,7 +489,7 @@ signatures still verify when they arrive here."""
 
 
 def cmd_reception_disable(args: argparse.Namespace) -> int:
-    from relay.users import normalise_address
+    from relay.smtpd.users import normalise_address
 
     owner = normalise_address(args.email)
     store = _open_store(_config(args), writes=True)
@@ -521,7 +521,7 @@ def cmd_reception_list(args: argparse.Namespace) -> int:
 
 # -- dkim -----------------------------------------------------------------------------
 def _keyring(cfg: Config, *, writes: bool = False) -> Any:
-    from relay.dkim_keys import DkimKeyring
+    from relay.delivery.dkim_keys import DkimKeyring
 
     return DkimKeyring(_state_dir(cfg, writes=writes) / "keys")
 
@@ -672,7 +672,7 @@ def _iso(ts: float | None) -> str:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    from relay.spool import SPOOL_QUEUE, SPOOL_SUBDIR
+    from relay.queue.spool import SPOOL_QUEUE, SPOOL_SUBDIR
 
     cfg = _config(args)
     store = _open_store(cfg)
@@ -783,9 +783,9 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     """Render and sign, now, the addendum of a certificate: every event up to this moment."""
     from certifier import pipeline, pool
     from certifier.pki import ensure_dev_pki
-    from relay.qmgr import QueueManager, new_certificate_id
-    from relay.server import signing_settings, state_paths
-    from relay.spool import Spool, write_durably
+    from relay.process.gateway import signing_settings, state_paths
+    from relay.queue.manager import QueueManager, new_certificate_id
+    from relay.queue.spool import Spool, write_durably
 
     if not args.output and sys.stdout.isatty():
         raise UserError("the addendum is a PDF: give a file to write it to (-o addendum.pdf)")
@@ -843,7 +843,7 @@ def cmd_addendum(args: argparse.Namespace) -> int:
 
 
 def cmd_users_tracking(args: argparse.Namespace) -> int:
-    from relay.users import normalise_address
+    from relay.smtpd.users import normalise_address
 
     address = normalise_address(args.email)
     store = _open_store(_config(args), writes=True)
@@ -943,8 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="FILE",
-        help="write the PDF to FILE (only once it is complete; nothing on error) "
-        "instead of stdout",
+        help="write the PDF to FILE (only once it is complete; nothing on error) instead of stdout",
     )
     p.set_defaults(func=cmd_addendum)
 

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.bounces import make_return_path
+from relay.cleanup.bounces import make_return_path
 from tests.conftest import (
     PASSWORD,
     Gateway,

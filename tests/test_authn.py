@@ -25,8 +25,8 @@ from dkim.util import parse_tag_value
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.authn import AuthResults, DkimResult, TemporaryAuthError, authenticate
-from relay.dkim_keys import DkimKey, DkimKeyring, sign
+from relay.delivery.dkim_keys import DkimKey, DkimKeyring, sign
+from relay.smtpd.authn import AuthResults, DkimResult, TemporaryAuthError, authenticate
 from tests.dnsserver import DNSServer
 
 ALLOWED_IP = "127.0.0.1"  # in sender.test's SPF record
@@ -549,6 +549,6 @@ def test_sign_verifies_with_dkimpy_for_any_body(
 def test_relaxed_body_is_dkimpys(body: bytes) -> None:
     from dkim.canonicalization import Relaxed
 
-    from relay.dkim_keys import _relaxed_body
+    from relay.delivery.dkim_keys import _relaxed_body
 
     assert _relaxed_body(body) == Relaxed.canonicalize_body(body)

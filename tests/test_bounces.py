@@ -21,8 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import replies
-from relay.bounces import (
+from relay.cleanup.bounces import (
     ACTIONS,
     MAX_DIAGNOSTIC,
     BounceReport,
@@ -31,7 +30,8 @@ from relay.bounces import (
     parse_dsn,
     parse_return_path,
 )
-from relay.mx import (
+from relay.smtpd import replies
+from relay.smtpd.mx import (
     BOUNCE_NOT_RECORDED,
     BOUNCE_RECORDED,
     MXSMTP,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from relay.users import check_password
+from relay.smtpd.users import check_password
 from tests.conftest import (
     CERT_ADDRESS,
     CERTIFICA,
@@ -65,18 +65,24 @@ def cfg(tmp_path: Path) -> Path:
 
 def test_users_add_refuses_an_existing_user_and_set_changes_it(cfg: Path) -> None:
     state = cfg.parent / "state"
-    added = certifica(cfg, "users", "add", "Zoe@Example.com", "--password-stdin", stdin="first pw 1\n")
+    added = certifica(
+        cfg, "users", "add", "Zoe@Example.com", "--password-stdin", stdin="first pw 1\n"
+    )
     assert added.returncode == 0, added.stderr
     assert "user zoe@example.com added" in added.stdout
     # The command that created state says where, on one line.
     assert f"certifica: config {cfg}, state directory {state}\n" in added.stderr
-    again = certifica(cfg, "users", "add", "zoe@example.com", "--password-stdin", stdin="second pw 2\n")
+    again = certifica(
+        cfg, "users", "add", "zoe@example.com", "--password-stdin", stdin="second pw 2\n"
+    )
     assert again.returncode == 2
     assert "user zoe@example.com exists already" in again.stderr
     assert "certifica users set zoe@example.com [--password-stdin]" in again.stderr
     assert check_password("first pw 1", _hash_of(state, "zoe@example.com"))
 
-    changed = certifica(cfg, "users", "set", "zoe@example.com", "--password-stdin", stdin="second pw 2\n")
+    changed = certifica(
+        cfg, "users", "set", "zoe@example.com", "--password-stdin", stdin="second pw 2\n"
+    )
     assert changed.returncode == 0, changed.stderr
     assert check_password("second pw 2", _hash_of(state, "zoe@example.com"))
     assert not check_password("first pw 1", _hash_of(state, "zoe@example.com"))
@@ -88,7 +94,9 @@ def test_users_add_refuses_an_existing_user_and_set_changes_it(cfg: Path) -> Non
     with sqlite3.connect(state / "queue.db") as db:
         assert db.execute("SELECT tracking FROM users").fetchall() == [(0,)]
 
-    unknown = certifica(cfg, "users", "set", "nobody@example.com", "--password-stdin", stdin="x" * 9)
+    unknown = certifica(
+        cfg, "users", "set", "nobody@example.com", "--password-stdin", stdin="x" * 9
+    )
     assert unknown.returncode == 2
     assert "there is no user nobody@example.com" in unknown.stderr
     assert "certifica users add nobody@example.com" in unknown.stderr
@@ -97,7 +105,9 @@ def test_users_add_refuses_an_existing_user_and_set_changes_it(cfg: Path) -> Non
 @pytest.mark.parametrize("action", ["add", "set"])
 def test_no_terminal_says_to_use_password_stdin(cfg: Path, action: str) -> None:
     if action == "set":
-        made = certifica(cfg, "users", "add", "amy@example.com", "--password-stdin", stdin="long enough\n")
+        made = certifica(
+            cfg, "users", "add", "amy@example.com", "--password-stdin", stdin="long enough\n"
+        )
         assert made.returncode == 0, made.stderr
     before = certifica(cfg, "users", "list").stdout
     if action == "add":  # on a fresh machine: refused before any state is made
@@ -169,8 +179,19 @@ def test_queue_list_separates_id_and_flags_and_shows_no_none(queued: tuple[Path,
     assert out.returncode == 0, out.stderr
     assert "None" not in out.stdout, out.stdout
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["QUEUE", "ID", "FLAGS", "SIZE", "AGE", "SENDER", "(KIND),", "RECIPIENTS"]
-    assert re.search(rf"^{qid}  C-  +\d+ +\d+s  <alice@example\.com> \(mail\)$", out.stdout, re.M), out.stdout
+    assert lines[0].split() == [
+        "QUEUE",
+        "ID",
+        "FLAGS",
+        "SIZE",
+        "AGE",
+        "SENDER",
+        "(KIND),",
+        "RECIPIENTS",
+    ]
+    assert re.search(
+        rf"^{qid}  C-  +\d+ +\d+s  <alice@example\.com> \(mail\)$", out.stdout, re.M
+    ), out.stdout
     rcpt = [ln for ln in lines if "<bob@example.org>" in ln]
     assert len(rcpt) == 1 and re.match(r"^ {14}deferred   <bob@example\.org> \(\S", rcpt[0]), rcpt
 
@@ -200,7 +221,9 @@ def other_user() -> Iterator[pwd.struct_passwd]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the case is root running the CLI on another user's state")
     name = f"cftest{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True
+    )
     try:
         yield pwd.getpwnam(name)
     finally:
@@ -281,7 +304,12 @@ def test_root_acts_as_the_owner_of_the_state_directory_or_refuses(
 
 
 def test_evidence_export_writes_a_complete_directory_or_nothing(cfg: Path, tmp_path: Path) -> None:
-    assert certifica(cfg, "users", "add", "a@example.com", "--password-stdin", stdin="long enough\n").returncode == 0
+    assert (
+        certifica(
+            cfg, "users", "add", "a@example.com", "--password-stdin", stdin="long enough\n"
+        ).returncode
+        == 0
+    )
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("the operator's")

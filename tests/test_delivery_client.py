@@ -22,8 +22,8 @@ import trustme
 from aiosmtpd.smtp import SMTP
 
 from relay.config import Config, DeliveryConfig, DNSConfig
-from relay.delivery import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
-from relay.routing import Hop, Router
+from relay.delivery.client import DEFERRED, DELIVERED, FAILED, AttemptResult, Deliverer
+from relay.delivery.routing import Hop, Router
 from tests.conftest import Sink
 from tests.dnsserver import DNSServer
 

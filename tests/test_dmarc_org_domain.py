@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.authn import AuthResults, authenticate, organizational_domain
+from relay.smtpd.authn import AuthResults, authenticate, organizational_domain
 from tests.dnsserver import DNSServer
 from tests.test_authn import MESSAGE, STRONG, dkim_sign, dns_txt, with_from
 
@@ -61,9 +61,7 @@ def test_organisational_domain_never_raises(domain: str) -> None:
     assert len(org) <= len(domain) * 3  # lower-casing may grow a name, never invent one
 
 
-@given(
-    st.lists(st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True), max_size=8)
-)
+@given(st.lists(st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True), max_size=8))
 def test_organisational_domain_is_a_suffix_of_the_name(labels: list[str]) -> None:
     name = ".".join(labels)
     org = organizational_domain(name)

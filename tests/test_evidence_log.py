@@ -35,8 +35,8 @@ from certifier.pool import SigningSettings, build_signer, render_and_sign
 from certifier.signing import DocumentSigner
 from certifier.tsa import make_timestamper
 from certifier.verify import verify_certificate
-from relay.checkpoints import NO_CHECKPOINT_YET, Checkpointer, evidence_log_section
-from relay.store import Store, migrate
+from relay.certify.checkpoints import NO_CHECKPOINT_YET, Checkpointer, evidence_log_section
+from relay.queue.store import Store, migrate
 from tests.conftest import (
     CERT_ADDRESS,
     Gateway,
@@ -91,7 +91,7 @@ def flip_float(value: float) -> float:
 
 
 def timeline_of(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The certificate's timeline for *entries*, as relay.qmgr.build_evidence writes it."""
+    """The certificate's timeline for *entries*, as relay.queue.manager.build_evidence writes it."""
     return [
         {
             "time": evidence.iso_time(float(e["time"])),

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.authn import check_arc
-from relay.outbound import header_fields
+from relay.delivery.outbound import header_fields
+from relay.smtpd.authn import check_arc
 from tests.conftest import Gateway, Received, Sink, assert_clean_log
 from tests.dnsserver import DNSServer
 from tests.fuzz_smtp import World

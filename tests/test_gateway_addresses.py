@@ -24,7 +24,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certifier.pki import ensure_dev_pki
-from relay import replies
 from relay.addresses import (
     ADDRESS_FORMS,
     DEVELOPMENT_POSTMASTER,
@@ -33,9 +32,10 @@ from relay.addresses import (
     edit_distance,
     postmaster_address,
 )
-from relay.bounces import make_return_path
+from relay.cleanup.bounces import make_return_path
 from relay.config import ConfigError, Endpoint, load_config, parse_endpoint
-from relay.routing import RouteError, Router
+from relay.delivery.routing import RouteError, Router
+from relay.smtpd import replies
 from tests.conftest import (
     CERTIFICA,
     PASSWORD,
@@ -518,7 +518,7 @@ def test_submitted_mail_to_postmaster_goes_to_our_mx_not_to_the_dns(
     assert f"relayed to <{POSTMASTER}> (gateway.postmaster)" in gateway.log()
 
 
-# -- postmaster mail is the operator's, never a user's (relay/postmaster.py) ---------------
+# -- postmaster mail is the operator's, never a user's (relay/cleanup/postmaster.py) ---------------
 OPERATOR = "ops@operator.example"
 
 
@@ -650,7 +650,7 @@ def test_postmaster_mail_queued_before_the_upgrade_becomes_the_operators(tmp_pat
     still queued gets its own kind, so no report goes to its sender after the upgrade."""
     import sqlite3
 
-    from relay.store import MIGRATIONS, _statements, migrate
+    from relay.queue.store import MIGRATIONS, _statements, migrate
 
     conn = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")

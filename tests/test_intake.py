@@ -1,4 +1,4 @@
-"""Taking ownership of a message (relay.intake): spooled and recorded, or neither.
+"""Taking ownership of a message (relay.cleanup.intake): spooled and recorded, or neither.
 
 A real spool directory and a real store (SQLite): a row that cannot be written must not
 leave its spool file behind, whatever the reason (issue 12 item 3: a failed transaction
@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from relay import replies
-from relay.intake import accept
-from relay.spool import Spool
-from relay.store import NewMessage, Store
+from relay.cleanup.intake import accept
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
+from relay.smtpd import replies
 
 
 def _message(qid: str, helo: str) -> NewMessage:

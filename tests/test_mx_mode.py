@@ -21,7 +21,7 @@ import dkim
 import dns.resolver
 import pytest
 
-from relay.dkim_keys import DkimKey, DkimKeyring
+from relay.delivery.dkim_keys import DkimKey, DkimKeyring
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,

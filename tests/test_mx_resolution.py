@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from relay.config import Config, DeliveryConfig, DNSConfig
-from relay.routing import MX_ADDRESS_LIMIT, Hop, RouteError, Router
+from relay.delivery.routing import MX_ADDRESS_LIMIT, Hop, RouteError, Router
 from tests.conftest import (
     CERT_ADDRESS,
     Gateway,

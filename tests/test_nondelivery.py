@@ -5,7 +5,7 @@ The real gateway relays uncertified mail to a remote sink that refuses some reci
 second sink that records what the gateway sends back. Domains that do not exist and
 null MX come from the local DNS server. Every report is read back with two parsers
 that are not the one that wrote it: Python's ``email`` package and the gateway's own
-bounce reader (:func:`relay.bounces.parse_dsn`).
+bounce reader (:func:`relay.cleanup.bounces.parse_dsn`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from flufl.bounce import all_failures
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import dsn
-from relay.bounces import make_return_path, parse_dsn
+from relay.certify import dsn
+from relay.cleanup.bounces import make_return_path, parse_dsn
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,

@@ -11,7 +11,7 @@ import os
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay import notices
+from relay.certify import notices
 
 HOSTILE = "Re: <b>x</b>\r\nBcc: victim@example.org =?utf-8?b?Zm9v?= {{ 7*7 }} Straße 日本"
 
@@ -122,8 +122,8 @@ BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 def test_one_line_keeps_no_bidi_override_nor_control(text: str) -> None:
     cleaned = notices.one_line(text)
     assert not set(cleaned) & set(BIDI + "\r\n\x1b\u2028")
-    # the same set makes a From display name safe (relay/outbound.py)
-    from relay.outbound import rewrite_from
+    # the same set makes a From display name safe (relay/delivery/outbound.py)
+    from relay.delivery.outbound import rewrite_from
 
     raw = f"From: {text.replace(chr(13), '').replace(chr(10), '')} <a@example.com>\r\n\r\n"
     out = rewrite_from(raw.encode(), text, "c@example.org", "Certifica").decode()

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import replies
-from relay.delivery import remote_queue_id, split_reply
-from relay.notices import one_line, original_headers
-from relay.qmgr import received_header
-from relay.smtpd import MAX_LINE, DataRefused, check_data, unstuff
+from relay.certify.notices import one_line, original_headers
+from relay.delivery.client import remote_queue_id, split_reply
+from relay.queue.manager import received_header
+from relay.smtpd import replies
+from relay.smtpd.protocol import MAX_LINE, DataRefused, check_data, unstuff
 
 LINE = st.text(alphabet=st.characters(blacklist_characters="\r\n", codec="utf-8"), max_size=80)
 
@@ -178,7 +178,7 @@ def test_envelope_path_parsing_matches_aiosmtpd(arg: str, local_limit: int) -> N
 
     from aiosmtpd.smtp import SMTP
 
-    from relay.smtpd import CertificaSMTP
+    from relay.smtpd.protocol import CertificaSMTP
 
     server = SimpleNamespace(local_part_limit=local_limit)
 

@@ -28,7 +28,7 @@ import dkim
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.dkim_keys import DkimKey, DkimKeyring
+from relay.delivery.dkim_keys import DkimKey, DkimKeyring
 from tests.conftest import (
     PASSWORD,
     Received,

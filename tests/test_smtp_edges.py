@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import replies
+from relay.smtpd import replies
 from tests.conftest import CERT_ADDRESS, Gateway, Sink, client_tls_context, make_message
 from tests.test_smtp_in import Raw, _read_to_eof
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from relay import replies
+from relay.smtpd import replies
 from tests.conftest import CERT_ADDRESS, PASSWORD, Gateway, Sink, client_tls_context, make_message
 
 

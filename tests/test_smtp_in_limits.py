@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import replies
+from relay.smtpd import replies
 from tests.conftest import (
     PASSWORD,
     Gateway,
@@ -213,7 +213,7 @@ def test_a_slow_but_steady_client_is_not_cut_off(slow: Gateway, sink: Sink) -> N
 
 # -- failed AUTH counted per client address, across connections ---------------------------
 def test_auth_throttle_counts_per_address_and_forgets_after_the_window() -> None:
-    from relay.smtpd import AuthThrottle
+    from relay.smtpd.protocol import AuthThrottle
 
     t = AuthThrottle(limit=3, window=60.0)
     v4, other = ("192.0.2.7", 4000), ("192.0.2.8", 4001)
@@ -232,7 +232,7 @@ def test_auth_throttle_counts_per_address_and_forgets_after_the_window() -> None
 
 
 def test_auth_throttle_memory_is_bounded() -> None:
-    from relay.smtpd import AuthThrottle
+    from relay.smtpd.protocol import AuthThrottle
 
     t = AuthThrottle(limit=5, window=600.0, max_clients=100)
     for i in range(1000):

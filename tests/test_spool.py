@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import spool
+from relay.queue import spool
 
 
 def test_every_caller_is_covered_by_an_fsync_that_began_after_its_call(

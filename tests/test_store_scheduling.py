@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import NewMessage, Store
+from relay.queue.store import NewMessage, Store
 
 NOW = 1_800_000_000.0
 LEASE = NOW + 3600

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.outbound import missing_submission_fields, submission_fields
+from relay.delivery.outbound import missing_submission_fields, submission_fields
 from tests.conftest import CERT_ADDRESS, Gateway, Sink
 from tests.test_certified_sending import certificate_pdf, generated_for, submit
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from relay import replies
+from relay.smtpd import replies
 from tests.conftest import PASSWORD, Gateway, Sink, client_tls_context, make_message
 from tests.test_smtp_in import Raw
 

@@ -1,5 +1,5 @@
-"""relay.tracking: how a hit is classified and stored (StoreBackend on a real
-relay.store.Store in a temporary directory), and which domains never get tracking.
+"""relay.web.tracking: how a hit is classified and stored (StoreBackend on a real
+relay.queue.store.Store in a temporary directory), and which domains never get tracking.
 
 Times are given, not waited for: each TrackingEvent carries its own time, and the
 recipient's delivery time is what Store.record was told, so "3 seconds after delivery"
@@ -18,8 +18,8 @@ import pytest
 
 from addendum.http import TrackingEvent
 from relay.config import Config, TrackingConfig
-from relay.store import NewMessage, Outcome, Store
-from relay.tracking import SWEEP_SECONDS, StoreBackend, tracked_for
+from relay.queue.store import NewMessage, Outcome, Store
+from relay.web.tracking import SWEEP_SECONDS, StoreBackend, tracked_for
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -285,7 +285,7 @@ def test_single_link_message_is_never_a_sweep(store: Store) -> None:
 
 
 # ---------------------------------------------------------------------------
-# relay.tracking.tracked_for: never_domains
+# relay.web.tracking.tracked_for: never_domains
 
 
 def never(*domains: str) -> Config:

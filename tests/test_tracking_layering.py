@@ -106,7 +106,7 @@ def test_the_check_finds_each_kind_of_wrong_import(tmp_path: Path) -> None:
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "fine.py").write_text("import hashlib\nfrom certifier import pool\nfrom . import pki\n")
-    (pkg / "top.py").write_text("import relay.store\n")
+    (pkg / "top.py").write_text("import relay.queue.store\n")
     (pkg / "sub" / "late.py").write_text(
         "def f():\n    from addendum.tokens import TokenCodec\n    return TokenCodec\n"
     )

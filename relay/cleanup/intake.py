@@ -22,10 +22,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from relay import replies
 from relay.logs import log_failure
-from relay.spool import Spool, is_disk_full
-from relay.store import NewMessage, Store, StoreError, StoreFullError
+from relay.queue.spool import Spool, is_disk_full
+from relay.queue.store import NewMessage, Store, StoreError, StoreFullError
+from relay.smtpd import replies
 
 log = logging.getLogger("certifica/intake")
 

@@ -22,7 +22,7 @@ from addendum.http import TrackingEvent, make_app
 from addendum.inject import Injection, inject
 from addendum.tokens import TokenCodec, TokenData
 from relay.config import Config, Endpoint
-from relay.store import Store
+from relay.queue.store import Store
 
 log = logging.getLogger("certifica/tracking")
 

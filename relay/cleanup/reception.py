@@ -13,7 +13,7 @@ With ``--ack-sender`` the original sender also gets a proof of receipt (the same
 but never (RFC 3834 §2, and no backscatter to forged senders):
 
 * for the null reverse-path, delivery reports, mailing-list or bulk mail and anything
-  ``Auto-Submitted`` other than ``no`` (:func:`relay.bounces.is_auto_reply`);
+  ``Auto-Submitted`` other than ``no`` (:func:`relay.cleanup.bounces.is_auto_reply`);
 * when the From header does not name one sender, or the sender is the owner or an
   address of the gateway's own domain;
 * when the original From is not authenticated (aligned DKIM or SPF, as in MX mode),
@@ -28,8 +28,8 @@ is certified once: the second arrival is answered 250 and
 recorded on the first (``DuplicateReception``), and no second certificate is made.
 
 Replies: ``250 2.0.0`` with the queue id once owned; ``451``/``452`` when it could not
-be stored (:mod:`relay.intake`). An unknown or disabled token is refused at RCPT with
-``550 5.1.1`` by the MX (:mod:`relay.mx`). A temporary DNS failure while reading the
+be stored (:mod:`relay.cleanup.intake`). An unknown or disabled token is refused at RCPT with
+``550 5.1.1`` by the MX (:mod:`relay.smtpd.mx`). A temporary DNS failure while reading the
 DKIM keys does not refuse the message: reception is recorded as it happened, with the
 ``temperror`` in the results.
 """
@@ -43,19 +43,19 @@ import time
 from typing import Any
 
 from certifier.message import header_from_addresses
-from relay import replies
 from relay.addresses import local_domains, reception_token
-from relay.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
-from relay.bounces import is_auto_reply
-from relay.certified_copy import authentication_evidence
+from relay.cleanup.bounces import is_auto_reply
+from relay.cleanup.certified_copy import authentication_evidence
+from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
-from relay.intake import accept, client_ip, reverse_path, session_tls
-from relay.outbound import header_end, header_fields
-from relay.qmgr import new_certificate_id, new_queue_id
-from relay.smtpd import _peer_text
-from relay.spool import Spool
-from relay.store import NewMessage, Store
-from relay.users import normalise_address
+from relay.delivery.outbound import header_end, header_fields
+from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
+from relay.smtpd import replies
+from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
+from relay.smtpd.protocol import _peer_text
+from relay.smtpd.users import normalise_address
 
 log = logging.getLogger("certifica/reception")
 

@@ -2,13 +2,13 @@
 
 The local addresses are listed once, in :mod:`relay.addresses`, which decides at RCPT:
 the certification address, which receives the Cc copy a sender's own provider delivers
-(MX mode, :mod:`relay.certified_copy` decides on it through ``on_certify``); the
+(MX mode, :mod:`relay.cleanup.certified_copy` decides on it through ``on_certify``); the
 reception addresses ``<prefix>+<token>@<domain>`` of mailbox owners (certified
-reception, :mod:`relay.reception`, through ``reception_owner`` at RCPT and
+reception, :mod:`relay.cleanup.reception`, through ``reception_owner`` at RCPT and
 ``on_reception`` at DATA); the VERP return paths of relayed messages
-(:mod:`relay.bounces`): a delivery status notification that arrives there after the
+(:mod:`relay.cleanup.bounces`): a delivery status notification that arrives there after the
 remote server said 250 becomes evidence through ``on_bounce``; and ``postmaster`` and
-``abuse``, relayed to the operator through ``on_postmaster`` (:mod:`relay.postmaster`).
+``abuse``, relayed to the operator through ``on_postmaster`` (:mod:`relay.cleanup.postmaster`).
 Every other address is refused at RCPT, so the MX is never a relay (RFC 5321 §3.6,
 §7.1): a certified copy goes only to the To and Cc of a message whose registered sender
 authenticated it. The handler decides and answers; it never sends mail, not even a
@@ -31,7 +31,7 @@ Replies (RFC 5321 §4.2, RFC 3463 codes); the decisions, from the client's side:
   reports; ``on_bounce`` raising -> ``451 4.3.0`` (the remote MTA retries), without
   the exception's text.
 
-:class:`MXSMTP` is :class:`relay.smtpd.CertificaSMTP` with the null sender made to work:
+:class:`MXSMTP` is :class:`relay.smtpd.protocol.CertificaSMTP` with the null sender made to work:
 aiosmtpd 1.4.6 hands ``MAIL FROM:<>`` to the handler as the literal ``"<>"``, and
 treats an empty ``envelope.mail_from`` as "no MAIL yet" (RCPT then gets 503). So the
 protocol keeps ``"<>"`` in the envelope, as aiosmtpd's own checks need, and every
@@ -46,18 +46,18 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relay import replies
 from relay.addresses import AddressKind, GatewayAddresses
-from relay.bounces import BounceReport, parse_dsn, parse_return_path
+from relay.cleanup.bounces import BounceReport, parse_dsn, parse_return_path
 from relay.logs import log_failure, printable
-from relay.replies import (
+from relay.smtpd import replies
+from relay.smtpd.protocol import CertificaSMTP, _peer_text
+from relay.smtpd.replies import (
     BOUNCE_NOT_RECORDED,
     BOUNCE_RECORDED,
     NO_SUCH_USER,
     NOT_A_BOUNCE,
     RELAY_DENIED,
 )
-from relay.smtpd import CertificaSMTP, _peer_text
 
 __all__ = [
     "BOUNCE_NOT_RECORDED",

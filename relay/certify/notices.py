@@ -38,7 +38,7 @@ separators, and the bidirectional embeddings, overrides and isolates (Unicode UA
 which would make a line read in another order than it is written (CVE-2021-42574)."""
 _CONTROL = re.compile(f"[{UNSAFE_CHARACTERS}]+")
 FAILED_STATES = ("failed", "bounced")
-"""Recipient states (relay/store.py) in which the message did not reach the recipient."""
+"""Recipient states (relay/queue/store.py) in which the message did not reach the recipient."""
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
 
 

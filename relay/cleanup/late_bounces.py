@@ -1,6 +1,6 @@
 """Late bounces: a DSN (RFC 3464) that reaches a VERP return path after the remote said 250.
 
-The MX handler (:mod:`relay.mx`) parses it and calls :class:`LateBounces`; this stores
+The MX handler (:mod:`relay.smtpd.mx`) parses it and calls :class:`LateBounces`; this stores
 it like any accepted message (spool, fsync, one database transaction) before the MX
 answers 250, so a DSN is never half-recorded; one the store does not record (a repeat,
 or about no message it has) leaves no spool file behind. The queue manager then makes the signed
@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from relay.bounces import BounceReport
-from relay.qmgr import new_certificate_id, new_queue_id
-from relay.spool import Spool
-from relay.store import NewMessage, Store
+from relay.cleanup.bounces import BounceReport
+from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
 
 log = logging.getLogger("certifica/bounce")
 

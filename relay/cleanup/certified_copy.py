@@ -9,7 +9,7 @@ it, as if the message had been submitted, but only when all of this holds:
    (:func:`certifier.message.header_from_addresses`): never certify a message as coming
    from someone its From does not unambiguously name (RFC 7489 §6.6.1);
 2. that address is a registered user of the gateway;
-3. the message authenticates that address DMARC-style (:mod:`relay.authn`): DKIM
+3. the message authenticates that address DMARC-style (:mod:`relay.smtpd.authn`): DKIM
    aligned with the From domain, or (policy ``dkim-or-spf``) an SPF pass for an aligned
    MAIL FROM. A temporary DNS failure is a 451, so the provider tries again;
 4. To and Cc parse strictly and every address in them is deliverable; the gateway's
@@ -22,7 +22,7 @@ The refusals, as the sending provider reports them to its user::
     550 5.6.0  To/Cc unreadable;  550 5.1.3 a To/Cc address invalid
     552 5.5.3  more To/Cc recipients than [limits] recipients
     554 5.5.1  nobody to deliver to but the gateway itself
-    451/452    the message could not be stored (:mod:`relay.intake`)
+    451/452    the message could not be stored (:mod:`relay.cleanup.intake`)
 
 The notices and the certificate go to the registered From address (the row's
 ``sender``); the MAIL FROM as received is kept as ``envelope_from``, and the DKIM, SPF
@@ -37,17 +37,17 @@ from dataclasses import asdict
 from typing import Any
 
 from certifier.message import header_addresses, header_from_addresses
-from relay import replies
 from relay.addresses import local_domains
-from relay.authn import AuthResults, TemporaryAuthError, authenticate
+from relay.cleanup.intake import accept, address_problem, client_ip, reverse_path, session_tls
 from relay.config import Config
-from relay.intake import accept, address_problem, client_ip, reverse_path, session_tls
 from relay.logs import printable
-from relay.qmgr import new_certificate_id, new_queue_id
-from relay.smtpd import _peer_text
-from relay.spool import Spool
-from relay.store import NewMessage, Store
-from relay.users import normalise_address
+from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
+from relay.smtpd import replies
+from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate
+from relay.smtpd.protocol import _peer_text
+from relay.smtpd.users import normalise_address
 
 log = logging.getLogger("certifica/mx")
 

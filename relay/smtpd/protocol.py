@@ -59,8 +59,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 
 from certifier.message import PLAIN_ADDR_SPEC
-from relay import replies
 from relay.logs import log_failure, one_line, printable
+from relay.smtpd import replies
 
 log = logging.getLogger("certifica/smtpd")
 

@@ -4,10 +4,10 @@ The SMTP side only accepts; this module does everything after the 250. It scans 
 store for work, so a restart resumes whatever was in flight: recipients still queued
 or deferred are tried again, notices and certificates still pending are made. Each
 delivery attempt ends every recipient in one of the named outcomes of
-:mod:`relay.delivery`; deferred ones get an exponential backoff (RFC 5321 §4.5.4.1)
+:mod:`relay.delivery.client`; deferred ones get an exponential backoff (RFC 5321 §4.5.4.1)
 until the queue lifetime ends, then fail as "retries exhausted". The sender of plain
 (uncertified) mail is told of failures, and of delays and successes when asked, by a
-delivery status notification (:mod:`relay.dsn`); certified mail has its certificate.
+delivery status notification (:mod:`relay.certify.dsn`); certified mail has its certificate.
 
 Log lines follow Postfix's, queue id first, so "what happened to X?" is one grep.
 """
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certifier import evidence as evidence_log
-from relay import dsn, notices, outbound
-from relay.bounces import make_return_path
-from relay.checkpoints import evidence_log_section
+from relay.certify import dsn, notices
+from relay.certify.checkpoints import evidence_log_section
+from relay.cleanup.bounces import make_return_path
 from relay.config import Config
-from relay.delivery import (
+from relay.delivery import outbound
+from relay.delivery.client import (
     DEFERRED,
     DELIVERED,
     FAILED,
@@ -40,11 +41,11 @@ from relay.delivery import (
     Deliverer,
     RecipientResult,
 )
-from relay.dkim_keys import DkimKeyring, UnsignableMessage, sign
+from relay.delivery.dkim_keys import DkimKeyring, UnsignableMessage, sign
 from relay.logs import log_failure, printable
-from relay.spool import Spool, SpoolFileMissing, write_durably
-from relay.store import NewMessage, Outcome, Store
-from relay.tracking import inject_copy, tracked_for
+from relay.queue.spool import Spool, SpoolFileMissing, write_durably
+from relay.queue.store import NewMessage, Outcome, Store
+from relay.web.tracking import inject_copy, tracked_for
 
 log = logging.getLogger("certifica/qmgr")
 smtp_log = logging.getLogger("certifica/smtp")
@@ -336,8 +337,8 @@ class QueueManager:
 
     async def _outgoing(self, row: dict[str, Any], addresses: list[str], raw: bytes) -> bytes:
         """The copy that leaves: trace and copy headers, From handling, DKIM signatures
-        (:mod:`relay.outbound`). Mail the gateway wrote itself is only signed. Mail for
-        postmaster@ and abuse@ (:mod:`relay.postmaster`) came from anyone: it gets the
+        (:mod:`relay.delivery.outbound`). Mail the gateway wrote itself is only signed. Mail for
+        postmaster@ and abuse@ (:mod:`relay.cleanup.postmaster`) came from anyone: it gets the
         trace and ``X-Original-To`` (Postfix's name for the address it was sent to), its
         From is never rewritten, and only the gateway's own key signs it, never a key a
         customer delegated."""
@@ -519,7 +520,7 @@ class QueueManager:
         if rows[0]["kind"] == "postmaster":
             for row, out in zip(rows, outcomes, strict=True):
                 if out.status == FAILED:
-                    # Never told to its sender (relay/postmaster.py): the operator's log is
+                    # Never told to its sender (relay/cleanup/postmaster.py): the operator's log is
                     # where it shows, and the message stays in the spool archive.
                     log.error(
                         "%s: postmaster mail could not be delivered to <%s> (%s); it is kept "
@@ -677,7 +678,7 @@ class QueueManager:
             kept += field
         return kept
 
-    # -- delivery status notifications to the sender of plain mail (relay/dsn.py) --------
+    # -- delivery status notifications to the sender of plain mail (relay/certify/dsn.py) --------
     async def _report(self, qid: str) -> None:
         """The report the sender of plain mail is due: recipients that failed (or, with
         NOTIFY=SUCCESS, were relayed) since the last report, and the one "still trying"
@@ -806,7 +807,7 @@ class QueueManager:
         else is only closed.
 
         The DSN is believed for no more than its per-recipient fields, and only for the
-        reports :meth:`relay.store.Store.accept_dsn` kept: about a recipient the gateway
+        reports :meth:`relay.queue.store.Store.accept_dsn` kept: about a recipient the gateway
         delivered to, once per recipient and action. Anyone who knows a return path can
         write a DSN, so the report quotes the original's own Subject and header fields
         (the spool, or what was kept when it left the queue), never the DSN's."""

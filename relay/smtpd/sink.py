@@ -19,7 +19,7 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
-from relay.spool import write_durably
+from relay.queue.spool import write_durably
 
 log = logging.getLogger("certifica/sink")
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+\-]")

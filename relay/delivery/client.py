@@ -14,7 +14,7 @@ deferred and noted as a possible duplicate: the remote may have the message alre
 
 How an attempt runs (Postfix's smtp(8) is the model):
 
-* the hops come from :class:`relay.routing.Router`, most preferred first; a connection
+* the hops come from :class:`relay.delivery.routing.Router`, most preferred first; a connection
   failure, a greeting other than 220, a 4xx before MAIL FROM or a 421 (or a lost
   connection) before any recipient is decided moves on to the next hop;
 * every wait has a limit (RFC 5321 §4.5.3.2, Postfix's names in brackets): the TCP
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
-from relay.routing import Hop, RouteError, Router
+from relay.delivery.routing import Hop, RouteError, Router
 
 log = logging.getLogger("certifica/delivery")
 

@@ -28,26 +28,26 @@ from aiosmtpd.smtp import SMTP
 from certifier import pipeline
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, PoolTimeStamper, SigningSettings
-from relay.certified_copy import CertifiedCopyIntake
-from relay.checkpoints import Checkpointer
+from relay.certify.checkpoints import Checkpointer
+from relay.cleanup.certified_copy import CertifiedCopyIntake
+from relay.cleanup.late_bounces import LateBounces
+from relay.cleanup.postmaster import PostmasterIntake
+from relay.cleanup.reception import ReceptionIntake
 from relay.config import Config, Endpoint, parse_endpoint, signing_password
-from relay.delivery import Deliverer
-from relay.dkim_keys import DkimKeyring
-from relay.late_bounces import LateBounces
+from relay.delivery.client import Deliverer
+from relay.delivery.dkim_keys import DkimKeyring
+from relay.delivery.routing import Router
 from relay.logs import loop_exception_handler
-from relay.mx import MXSMTP, MXHandler
-from relay.postmaster import PostmasterIntake
 from relay.private import secure_state_dir
 from relay.production import check_production
-from relay.qmgr import QueueManager
-from relay.reception import ReceptionIntake
-from relay.routing import Router
-from relay.sink import SinkHandler
-from relay.smtpd import AuthThrottle, CertificaSMTP
-from relay.spool import SPOOL_SUBDIR, Spool, write_durably
-from relay.store import Store
-from relay.submission import SubmissionHandler, SubmissionSMTP
-from relay.tracking import StoreBackend, start_http
+from relay.queue.manager import QueueManager
+from relay.queue.spool import SPOOL_SUBDIR, Spool, write_durably
+from relay.queue.store import Store
+from relay.smtpd.mx import MXSMTP, MXHandler
+from relay.smtpd.protocol import AuthThrottle, CertificaSMTP
+from relay.smtpd.sink import SinkHandler
+from relay.smtpd.submission import SubmissionHandler, SubmissionSMTP
+from relay.web.tracking import StoreBackend, start_http
 
 log = logging.getLogger("certifica/master")
 
@@ -231,9 +231,7 @@ class Gateway:
             self.store, timestamper, interval=cfg.evidence.checkpoint_interval
         )
         self.checkpointer.start()
-        await asyncio.to_thread(
-            write_durably, self.paths["listen"], json.dumps(listen).encode()
-        )
+        await asyncio.to_thread(write_durably, self.paths["listen"], json.dumps(listen).encode())
         log.info(
             "started: %s; state in %s",
             ", ".join(f"{k} on {v}" for k, v in listen.items()),

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from asn1crypto import cms
 
 from certifier import checkpoints, evidence
-from relay.store import Store
+from relay.queue.store import Store
 
 
 class TimeStamper(Protocol):

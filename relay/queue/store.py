@@ -17,7 +17,7 @@ Message kinds: ``mail`` (what a user sent, certified or plain), ``postmaster`` (
 ``reception``, ``dsn`` (a late delivery report), and the gateway's own ``notice``,
 ``certificate``, ``addendum``, ``receipt`` and ``report``.
 
-Reports to the sender of plain mail (:mod:`relay.dsn`): a message has
+Reports to the sender of plain mail (:mod:`relay.certify.dsn`): a message has
 ``reports_pending`` while a recipient's outcome is still to be told; a recipient's
 ``report_qid`` names the report that told it ('' when none was due), a message's
 ``delay_report_qid`` its one "still trying" report; a late DSN is passed on at most
@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from certifier import checkpoints, evidence
-from relay import dsn
+from relay.certify import dsn
 from relay.private import create_private_file
 
 T = TypeVar("T")
@@ -195,7 +195,7 @@ MIGRATIONS: list[str] = [
          AND e.id > messages.tracking_reported);
     CREATE INDEX messages_addendum_pending ON messages(qid) WHERE addendum_pending = 1;
     """,
-    # 9: delivery status notifications for uncertified mail (RFC 3461, relay/dsn.py): the
+    # 9: delivery status notifications for uncertified mail (RFC 3461, relay/certify/dsn.py): the
     # DSN parameters as received, and which reports went to the sender, so a restart
     # sends each once
     """
@@ -208,7 +208,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE recipients ADD COLUMN report_qid TEXT;      -- the report of its final outcome; '' none
     CREATE INDEX messages_reports_pending ON messages(qid) WHERE reports_pending = 1;
     """,
-    # 10: mail for postmaster@ and abuse@ (kind 'postmaster', relay/postmaster.py): the
+    # 10: mail for postmaster@ and abuse@ (kind 'postmaster', relay/cleanup/postmaster.py): the
     # addresses it was sent to (X-Original-To). For plain mail that left the queue: its
     # own header section, which a late DSN passed on to its sender quotes, and the late
     # reports already passed on, one per recipient and action, so a forged or repeated
@@ -605,7 +605,7 @@ class Store:
         await self._run(self._record, qid, outcomes, now)
 
     def _record(self, qid: str, outcomes: list[Outcome], now: float) -> None:
-        report = False  # an outcome the sender asked to hear of (relay/dsn.py)
+        report = False  # an outcome the sender asked to hear of (relay/certify/dsn.py)
         for out in outcomes:
             row = self._conn.execute(
                 "SELECT address, status, notify FROM recipients WHERE id = ?", (out.recipient_id,)

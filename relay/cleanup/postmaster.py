@@ -6,19 +6,19 @@ domain, or bare ``<Postmaster>``), even from the null reverse-path, and RFC 2142
 relayed message, uncertified, for the one address ``[gateway] postmaster`` names
 (:func:`relay.addresses.postmaster_address`), outside the gateway's own domains, and
 leaves with the gateway's return path. Submitted mail for these addresses reaches this
-module too: the router hands the gateway's own domains to its MX (:mod:`relay.routing`).
+module too: the router hands the gateway's own domains to its MX (:mod:`relay.delivery.routing`).
 
-It is queued as its own kind, ``postmaster`` (:mod:`relay.store`), never as a user's
+It is queued as its own kind, ``postmaster`` (:mod:`relay.queue.store`), never as a user's
 mail: its MAIL FROM is whatever an unauthenticated client said, so nothing about it is
 ever told to that sender (no non-delivery report, which would be backscatter and would
 name the operator's mailbox); its From is not rewritten and no customer's delegated DKIM
 key signs it; it leaves with ``X-Original-To`` naming the address it was sent to, as
-Postfix's local delivery writes it (:mod:`relay.qmgr`). When the operator's mailbox
+Postfix's local delivery writes it (:mod:`relay.queue.manager`). When the operator's mailbox
 refuses it for good, the operator's log has one error line and the message stays in the
 spool archive (``certifica queue show``).
 
 Replies: ``250 2.0.0`` with the queue id once owned; ``451``/``452`` when it could not
-be stored (:mod:`relay.intake`).
+be stored (:mod:`relay.cleanup.intake`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from relay import replies
 from relay.addresses import GatewayAddresses, postmaster_address
+from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
-from relay.intake import accept, client_ip, reverse_path, session_tls
 from relay.logs import printable
-from relay.qmgr import new_queue_id
-from relay.spool import Spool
-from relay.store import NewMessage, Store
+from relay.queue.manager import new_queue_id
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
+from relay.smtpd import replies
 
 log = logging.getLogger("certifica/mx")
 

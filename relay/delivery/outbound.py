@@ -15,7 +15,7 @@ copy that leaves, and each recipient's delivered hash covers that copy. In order
    <certification address>`` and ``Reply-To: Alice`` (unless the message has a
    Reply-To), so that the DKIM signature of the gateway's domain aligns with From
    (DMARC, RFC 7489 §3.1) and replies still reach Alice;
-3. the DKIM signatures (:func:`relay.dkim_keys.sign`): with the From domain's own keys
+3. the DKIM signatures (:func:`relay.delivery.dkim_keys.sign`): with the From domain's own keys
    when it has delegated some (``certifica dkim add example.com``), otherwise with the
    gateway's domain key.
 
@@ -30,8 +30,8 @@ import email.utils
 import re
 from collections.abc import Sequence
 
-from relay.dkim_keys import DkimKey, DkimKeyring
-from relay.notices import UNSAFE_CHARACTERS
+from relay.certify.notices import UNSAFE_CHARACTERS
+from relay.delivery.dkim_keys import DkimKey, DkimKeyring
 
 _FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
 _UNSAFE_NAME = re.compile(f'[{UNSAFE_CHARACTERS}"\\\\]')  # and what ends a quoted name

@@ -70,7 +70,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from relay.routing import _nameservers
+from relay.delivery.routing import _nameservers
 
 log = logging.getLogger("certifica/authn")
 # dkimpy logs what it meets in a message at error level, in the message's own words

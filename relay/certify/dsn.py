@@ -1,6 +1,6 @@
 """Delivery status notifications the gateway writes, and the SMTP DSN parameters it honours.
 
-Two halves, both pure functions (no I/O; the queue manager, :mod:`relay.qmgr`, decides
+Two halves, both pure functions (no I/O; the queue manager, :mod:`relay.queue.manager`, decides
 when a report is due and queues what this module builds):
 
 - **Parameters** (RFC 3461 §4, the SMTP DSN extension): ``RET=`` and ``ENVID=`` on
@@ -43,7 +43,7 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from enum import StrEnum
 
-from relay.notices import one_line, original_headers
+from relay.certify.notices import one_line, original_headers
 
 __all__ = [
     "MAIL_KEYWORDS",
@@ -73,10 +73,10 @@ RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
 MAX_ENVID = 100  # characters, RFC 3461 §4.4
 MAX_ORCPT = 500  # characters, RFC 3461 §4.2
 EXPIRED_PREFIX = "retries exhausted"
-"""How :mod:`relay.qmgr` starts the reply text of a recipient whose lifetime ended."""
+"""How :mod:`relay.queue.manager` starts the reply text of a recipient whose lifetime ended."""
 NXDOMAIN_MARK = "(NXDOMAIN)"
 NULL_MX_MARK = "(null MX, RFC 7505)"
-"""How :mod:`relay.routing` words a domain that does not exist / accepts no mail."""
+"""How :mod:`relay.delivery.routing` words a domain that does not exist / accepts no mail."""
 
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")
@@ -360,7 +360,7 @@ def late_status(
     orcpt: str | None = None,
 ) -> RecipientStatus:
     """A recipient's block from what a remote's own DSN said of it after its 250
-    (as :func:`relay.bounces.parse_dsn` read it), to pass on to the sender."""
+    (as :func:`relay.cleanup.bounces.parse_dsn` read it), to pass on to the sender."""
     if not status or not _ENHANCED.fullmatch(status):
         status = {Action.FAILED: "5.0.0", Action.DELAYED: "4.0.0"}.get(action, "2.0.0")
     said = _ascii_line(diagnostic or "")

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from relay.spool import fsync_dir
+from relay.queue.spool import fsync_dir
 
 log = logging.getLogger("certifica/dkim")
 

@@ -128,7 +128,7 @@ BOUNCE_NOT_RECORDED = (
     "please try again later"
 )
 
-# -- the DSN extension's parameters (RFC 3461, relay/dsn.py), on the submission ports ---
+# -- the DSN extension's parameters (RFC 3461, relay/certify/dsn.py), on the submission ports ---
 BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (RFC 3461): {why}"
 
 

@@ -11,7 +11,7 @@ written so the recipients see the message is certified.
 An address at one of the gateway's own domains is decided at RCPT as the MX decides
 (:mod:`relay.addresses`): ``postmaster`` (bare ``<Postmaster>`` too), ``abuse``, a
 reception or return-path address are accepted and handed to the gateway's own MX at
-delivery (:mod:`relay.routing`); any other is ``550 5.1.1`` with a sentence, and a near
+delivery (:mod:`relay.delivery.routing`); any other is ``550 5.1.1`` with a sentence, and a near
 miss of the certification address (``certifca@``) says which address was meant.
 """
 
@@ -23,17 +23,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from certifier.message import header_from_addresses
-from relay import dsn, replies
 from relay.addresses import AddressKind, GatewayAddresses
+from relay.certify import dsn
+from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
 from relay.config import Config
-from relay.intake import accept, address_problem, client_ip, session_tls
+from relay.delivery.outbound import missing_submission_fields
 from relay.logs import printable
-from relay.outbound import missing_submission_fields
-from relay.qmgr import new_certificate_id, new_queue_id
-from relay.smtpd import CertificaSMTP
-from relay.spool import Spool
-from relay.store import NewMessage, Store
-from relay.users import check_password, normalise_address
+from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.spool import Spool
+from relay.queue.store import NewMessage, Store
+from relay.smtpd import replies
+from relay.smtpd.protocol import CertificaSMTP
+from relay.smtpd.users import check_password, normalise_address
 
 log = logging.getLogger("certifica/submission")
 
@@ -241,7 +242,7 @@ class SubmissionHandler:
                     "client_ip": peer,
                     "authenticated_user": user,
                     "tls": tls_version,
-                    # added to the copy that leaves (relay.outbound), not to the spool
+                    # added to the copy that leaves (relay.delivery.outbound), not to the spool
                     "added_fields": missing_submission_fields(raw),
                 },
             )
@@ -249,7 +250,7 @@ class SubmissionHandler:
         refused = await accept(self.store, self.spool, qid, raw, message)
         if refused:
             return refused
-        log.info(  # the EHLO name is escaped already (relay.smtpd)
+        log.info(  # the EHLO name is escaped already (relay.smtpd.protocol)
             "%s: client=%s[%s], sasl_username=%s",
             qid,
             session.host_name or "unknown",
