@@ -88,7 +88,8 @@ def _limit_malloc_arenas() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.process.gateway import Gateway, StartupError
+    from relay.process.gateway import StartupError
+    from relay.process.master import Master
 
     _limit_malloc_arenas()
     cfg = _config(args)
@@ -101,9 +102,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     _setup_logging(cfg.log.level)
     try:
-        asyncio.run(Gateway(cfg).run_forever())
+        return Master(cfg).run()
     except StartupError as err:
         raise UserError(str(err)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from relay.process.status import NotRunning, lines, processes
+
+    cfg = _config(args)
+    try:
+        records = processes(cfg.state_dir)
+    except NotRunning as err:
+        print(f"certifica: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    for line in lines(records):
+        print(line)
     return EXIT_OK
 
 
@@ -911,6 +925,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the gateway until SIGTERM or SIGINT.",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "status",
+        help="list the gateway's processes and what each is doing",
+        description="List the running gateway's processes (the master, the queue manager, "
+        "the acceptors...) with their pids, uptimes and what each is doing. Exit 1 when "
+        "the gateway is not running.",
+    )
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "verify",
