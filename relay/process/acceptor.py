@@ -303,7 +303,13 @@ class Acceptor:
     def describe(self) -> tuple[str, dict[str, int]]:
         s = self.sessions
         doing = f"{len(s.open)} sessions ({s.in_data} in DATA), {s.accepted} accepted"
-        return doing, {"sessions": len(s.open), "in_data": s.in_data, "accepted": s.accepted}
+        counters = {
+            "sessions": len(s.open),
+            "sessions_total": s.total,
+            "in_data": s.in_data,
+            "accepted": s.accepted,
+        }
+        return doing, counters
 
     async def stop(self, grace: float) -> None:
         """Stop accepting: close the listeners, answer 421 to new transactions, and give
