@@ -135,6 +135,7 @@ def bind_unix(path: Path, kind: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.bind(str(path))
+        os.chmod(path, 0o600)  # like every file of the state directory (connecting needs w)
     except OSError as err:
         sock.close()
         raise StartupError(f"cannot make the socket {path}: {err.strerror or err}") from None
