@@ -21,6 +21,7 @@ from typing import Any
 
 from relay.config import Config, ConfigError, load_config
 from relay.logs import OneLineFormatter
+from relay.queue.states import PENDING, MessageState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # verify: signature and evidence intact, but the certificate proves no message content
@@ -642,7 +643,9 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     print(f"{'QUEUE ID':<12}  {'FLAGS':<5}  {'SIZE':>9}  {'AGE':>5}  SENDER (KIND), RECIPIENTS")
     for row in rows:
         age = int(now - row["created"])
-        flags = ("C" if row["certified"] else "-") + ("!" if row["state"] == "held" else "-")
+        flags = ("C" if row["certified"] else "-") + (
+            "!" if row["state"] == MessageState.HELD else "-"
+        )
         print(
             f"{row['qid']:<12}  {flags:<5}  {row['size'] or 0:>9}  {_age(age):>5}  "
             f"<{row['sender'] or ''}> ({row['kind']})"
@@ -681,7 +684,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     spool_file = cfg.state_dir / SPOOL_SUBDIR / SPOOL_QUEUE / f"{row['qid']}.eml"
-    if row["state"] != "done" and not spool_file.exists():
+    if row["state"] != MessageState.DONE and not spool_file.exists():
         row["spool_file"] = f"spool file missing: {spool_file}"
     if args.json:
         print(json.dumps(row, indent=2, default=str))
@@ -706,7 +709,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         )
         if reply:
             print(f"      {reply}")
-        if r["status"] in ("queued", "deferred"):
+        if r["status"] in PENDING:
             print(f"      next attempt {_iso(r['next_attempt'])}")
     print("evidence:")
     for e in row["evidence"]:

@@ -43,6 +43,7 @@ from relay.config import Config
 from relay.logs import printable
 from relay.queue.manager import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate
@@ -110,13 +111,13 @@ class CertifiedCopyIntake:
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="mail",
+                kind=MessageKind.MAIL,
                 sender=sender,
                 size=len(raw),
                 sha256=sha256,
                 recipients=recipients,
                 certified=True,
-                method="mx",
+                method=Method.MX,
                 cert_id=new_certificate_id(),
                 client_ip=peer,
                 client_helo=session.host_name,

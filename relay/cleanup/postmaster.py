@@ -32,6 +32,7 @@ from relay.config import Config
 from relay.logs import printable
 from relay.queue.manager import new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 
@@ -66,12 +67,12 @@ class PostmasterIntake:
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="postmaster",
+                kind=MessageKind.POSTMASTER,
                 sender=mail_from,
                 size=len(raw),
                 sha256=sha256,
                 recipients=(self.postmaster,),
-                method="mx",
+                method=Method.MX,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,

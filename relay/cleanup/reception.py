@@ -51,6 +51,7 @@ from relay.config import Config
 from relay.delivery.outbound import header_end, header_fields
 from relay.queue.manager import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
@@ -174,13 +175,13 @@ class ReceptionIntake:
                         authentication: dict[str, Any] = authentication) -> NewMessage:  # fmt: skip
                 return NewMessage(
                     qid=qid,
-                    kind="reception",
+                    kind=MessageKind.RECEPTION,
                     sender=address,  # the certificate goes to the owner
                     size=len(raw),
                     sha256=sha256,
                     recipients=(),
                     certified=True,
-                    method="reception",
+                    method=Method.RECEPTION,
                     cert_id=new_certificate_id(),
                     client_ip=peer,
                     client_helo=session.host_name,
