@@ -96,7 +96,7 @@ def _reason(err: BaseException) -> str:
     return err.__class__.__name__
 
 
-def _nameservers(servers: tuple[str, ...]) -> list[dns.nameserver.Nameserver]:
+def parse_nameservers(servers: tuple[str, ...]) -> list[dns.nameserver.Nameserver]:
     """``[dns] nameservers`` entries: ``ip``, ``ip:port``, ``[v6]`` or ``[v6]:port``."""
     result: list[dns.nameserver.Nameserver] = []
     for server in servers:
@@ -134,7 +134,7 @@ class Router:
         self._limit = max(1, address_limit)
         self._resolver = dns.asyncresolver.Resolver(configure=not cfg.dns.nameservers)
         if cfg.dns.nameservers:
-            self._resolver.nameservers = _nameservers(cfg.dns.nameservers)
+            self._resolver.nameservers = parse_nameservers(cfg.dns.nameservers)
         # One query's whole life (all servers, retries) stays within [dns] timeout.
         self._resolver.lifetime = cfg.dns.timeout
         self._resolver.timeout = min(self._resolver.timeout, cfg.dns.timeout)

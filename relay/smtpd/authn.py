@@ -70,7 +70,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from relay.delivery.routing import _nameservers
+from relay.delivery.routing import parse_nameservers
 
 log = logging.getLogger("certifica/authn")
 # dkimpy logs what it meets in a message at error level, in the message's own words
@@ -235,7 +235,7 @@ class _DNS:
             self._problem = f"no usable resolver ({err.__class__.__name__})"
             return
         if nameservers:
-            self._resolver.nameservers = _nameservers(tuple(nameservers))
+            self._resolver.nameservers = parse_nameservers(tuple(nameservers))
         self._resolver.timeout = min(self._resolver.timeout, timeout)
 
     def lookup(self, name: str | bytes, rdtype: str) -> list[Any]:
