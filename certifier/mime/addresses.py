@@ -158,6 +158,8 @@ def _tokenize(value: str) -> list[_Token] | None:
 
 @dataclass(frozen=True)
 class Mailbox:
+    """One RFC 5322 mailbox: display name, local part and domain as written (unquoted)."""
+
     name: str
     local: str
     domain: str
@@ -176,6 +178,8 @@ class Mailbox:
 
 @dataclass
 class AddressList:
+    """The mailboxes of an address-list, group members included, and what else it held."""
+
     mailboxes: list[Mailbox] = field(default_factory=list)
     groups: int = 0
     empty_elements: int = 0

@@ -24,6 +24,8 @@ __all__ = ["Split", "decode_transfer", "split_multipart"]
 
 @dataclass
 class Split:
+    """The child byte ranges of one multipart body, and how its delimiters were found."""
+
     children: list[tuple[int, int]] = field(default_factory=list)
     found_start: bool = False
     closed: bool = False

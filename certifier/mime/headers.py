@@ -175,6 +175,8 @@ def parse_structured(value: str, where: str, defects: Defects) -> tuple[str, dic
 
 @dataclass
 class PartHeaders:
+    """What the MIME fields of one entity say: type, parameters, disposition, encoding."""
+
     content_type: str
     params: dict[str, str]
     disposition: str

@@ -37,6 +37,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from certifier.errors import DeliveryError, TemporaryError
 from relay.addresses import local_domains
 from relay.config import Config, Endpoint, parse_endpoint
 
@@ -46,7 +47,7 @@ MX_ADDRESS_LIMIT = 5
 """Hops tried per attempt at most, like Postfix's ``smtp_mx_address_limit``."""
 
 
-class RouteError(Exception):
+class RouteError(DeliveryError):
     """No hop to try now: ``temporary`` says whether trying later may help."""
 
     def __init__(self, text: str, temporary: bool) -> None:
@@ -64,7 +65,7 @@ class Hop:
     port: int
 
 
-class _Temporary(Exception):
+class _Temporary(TemporaryError):
     """A lookup that may work later (SERVFAIL, timeout); carries the reason."""
 
 

@@ -70,6 +70,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from certifier.errors import TemporaryError
 from relay.delivery.routing import parse_nameservers
 
 log = logging.getLogger("certifica/authn")
@@ -102,11 +103,11 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 _DNS_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
-class TemporaryAuthError(Exception):
+class TemporaryAuthError(TemporaryError):
     """A DNS lookup that decides the outcome failed (SERVFAIL, timeout): answer 451 4.7.x."""
 
 
-class _Temporary(Exception):
+class _Temporary(TemporaryError):
     """One lookup failed in a way that trying later may cure; carries the reason."""
 
 

@@ -58,6 +58,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 
+from certifier.errors import PermanentError
 from certifier.mime import PLAIN_ADDR_SPEC
 from relay.logs import log_failure, one_line, peer_text, printable
 from relay.smtpd import replies
@@ -141,7 +142,7 @@ class AuthThrottle:
         return count
 
 
-class DataRefused(Exception):
+class DataRefused(PermanentError):
     """DATA content that must be refused; ``reply`` is what the client is told."""
 
     def __init__(self, reply: str) -> None:
@@ -149,7 +150,7 @@ class DataRefused(Exception):
         self.reply = reply
 
 
-class BadCommandLine(Exception):
+class BadCommandLine(PermanentError):
     """A command line refused before it is parsed; ``reply`` is what the client is told."""
 
     reply = replies.BAD_CHARACTERS
