@@ -43,6 +43,7 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from enum import StrEnum
 
+from certifier.errors import PermanentError
 from relay.certify.notices import one_line, original_headers
 
 __all__ = [
@@ -85,7 +86,7 @@ _NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
-class ParameterError(ValueError):
+class ParameterError(ValueError, PermanentError):
     """A DSN parameter that is malformed; the text is a sentence for the client."""
 
 

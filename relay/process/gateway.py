@@ -26,6 +26,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from certifier import pipeline
+from certifier.errors import StartupError
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, PoolTimeStamper, SigningSettings
 from relay.certify.checkpoints import Checkpointer
@@ -56,10 +57,6 @@ log = logging.getLogger("certifica/master")
 # cost ~20 MB less (measured: 100 authenticated sessions, RSS).
 TLS_READ_BUFFER = 32 * 1024
 asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
-
-
-class StartupError(Exception):
-    """The gateway cannot start; the message names what to fix (a port, a key file)."""
 
 
 async def _listen(

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from certifier.message import header_from_addresses
+from certifier.mime import header_from_addresses
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.certify import dsn
 from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
