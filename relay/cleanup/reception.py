@@ -49,7 +49,7 @@ from relay.cleanup.certified_copy import authentication_evidence
 from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
 from relay.delivery.outbound import header_end, header_fields
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
