@@ -786,8 +786,9 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     """Render and sign, now, the addendum of a certificate: every event up to this moment."""
     from certifier import pipeline, pool
     from certifier.pki import ensure_dev_pki
+    from relay.certify.evidence_record import build_evidence
     from relay.process.gateway import signing_settings, state_paths
-    from relay.queue.manager import QueueManager, new_certificate_id
+    from relay.queue.ids import new_certificate_id
     from relay.queue.spool import Spool, write_durably
 
     if not args.output and sys.stdout.isatty():
@@ -811,11 +812,10 @@ def cmd_addendum(args: argparse.Namespace) -> int:
         if qid is None:
             raise UserError(f"no certificate {args.certificate!r} on this gateway")
         spool = Spool(paths["spool"])
-        qmgr = QueueManager(cfg, store, spool, None, None, paths["certificates"])  # type: ignore[arg-type]
 
         async def _evidence() -> tuple[dict[str, Any], bytes]:
             row = await store.message(qid)
-            return await qmgr.build_evidence(row), spool.read_any(qid)
+            return await build_evidence(cfg, store, row), spool.read_any(qid)
 
         try:
             evidence, raw = asyncio.run(_evidence())

@@ -74,7 +74,7 @@ RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
 MAX_ENVID = 100  # characters, RFC 3461 §4.4
 MAX_ORCPT = 500  # characters, RFC 3461 §4.2
 EXPIRED_PREFIX = "retries exhausted"
-"""How :mod:`relay.queue.manager` starts the reply text of a recipient whose lifetime ended."""
+"""How :mod:`relay.delivery.agent` starts the reply text of a recipient whose lifetime ended."""
 NXDOMAIN_MARK = "(NXDOMAIN)"
 NULL_MX_MARK = "(null MX, RFC 7505)"
 """How :mod:`relay.delivery.routing` words a domain that does not exist / accepts no mail."""

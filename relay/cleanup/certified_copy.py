@@ -41,7 +41,7 @@ from relay.addresses import local_domains
 from relay.cleanup.intake import accept, address_problem, client_ip, reverse_path, session_tls
 from relay.config import Config
 from relay.logs import peer_text, printable
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.cleanup.bounces import BounceReport
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store

@@ -50,7 +50,7 @@ from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
 from relay.delivery.outbound import header_end, header_fields
 from relay.logs import peer_text
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store

@@ -30,17 +30,20 @@ from certifier.errors import StartupError
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, PoolTimeStamper, SigningSettings
 from relay.certify.checkpoints import Checkpointer
+from relay.certify.documents import DocumentMaker
 from relay.cleanup.certified_copy import CertifiedCopyIntake
 from relay.cleanup.late_bounces import LateBounces
 from relay.cleanup.postmaster import PostmasterIntake
 from relay.cleanup.reception import ReceptionIntake
 from relay.config import Config, Endpoint, parse_endpoint, signing_password
+from relay.delivery.agent import DeliveryAgent
 from relay.delivery.client import Deliverer
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.delivery.routing import Router
 from relay.logs import loop_exception_handler
 from relay.private import secure_state_dir
 from relay.production import check_production
+from relay.queue.local import LocalDispatcher
 from relay.queue.manager import QueueManager
 from relay.queue.spool import SPOOL_SUBDIR, Spool, write_durably
 from relay.queue.store import Store
@@ -170,18 +173,20 @@ class Gateway:
         if cfg.dkim.sign:
             own = await asyncio.to_thread(keyring.ensure_gateway_key, cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
-        self.qmgr = QueueManager(
+        agent = DeliveryAgent(
             cfg,
             self.store,
             self.spool,
             deliverer,
-            PipelineCertifier(self.pool),
-            self.paths["certificates"],
             verp_key=verp_key,
             tracking_key=tracking_key,
             offload=self.pool.run,
             dkim=keyring if cfg.dkim.sign else None,
         )
+        maker = DocumentMaker(
+            cfg, self.store, self.spool, PipelineCertifier(self.pool), self.paths["certificates"]
+        )
+        self.qmgr = QueueManager(cfg, self.store, LocalDispatcher(agent, maker))
         self.submission = SubmissionHandler(
             cfg, self.store, self.spool, self.qmgr.wake, verp_key=verp_key
         )

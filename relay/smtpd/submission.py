@@ -29,7 +29,7 @@ from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
 from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
 from relay.logs import printable
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
