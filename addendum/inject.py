@@ -21,12 +21,13 @@ Decisions worth knowing:
   address the recipient went to, which is what the evidence is about, and "every link
   clicked at once" (a scanner) is counted over distinct URLs.
 - **Only what is certain is changed.** The MIME structure is walked as
-  :mod:`certifier.message` walks it (same header, parameter and boundary readers,
-  same bounds), so the parts rewritten are the parts the certificate shows as the
-  text. Attachments (a disposition other than ``inline``, a file name, any other
-  type), ``message/rfc822`` parts and everything inside them are never touched. A
-  multipart whose boundary is missing, whose final boundary is missing, or that is
-  nested deeper than 100 levels is left exactly as it is, with a note.
+  :mod:`certifier.message` walks it, with the readers of :mod:`certifier.mime` (same
+  header, parameter and boundary readers, same bounds), so the parts rewritten are the
+  parts the certificate shows as the text. Attachments (a disposition other than
+  ``inline``, a file name, any other type), ``message/rfc822`` parts and everything
+  inside them are never touched. A multipart whose boundary is missing, whose final
+  boundary is missing, or that is nested deeper than 100 levels is left exactly as it
+  is, with a note.
 - **Splicing, not regenerating.** Only the bytes of the rewritten part bodies change
   (plus, rarely, that part's ``Content-Transfer-Encoding`` or ``charset``); headers,
   boundaries, preamble, epilogue and other parts stay byte-identical. Inside a part, the
@@ -81,14 +82,14 @@ from html.parser import HTMLParser
 from urllib.parse import quote
 
 # The MIME readers are shared with the certificate so both see the same parts.
-from certifier.message import (
-    _PART_FIELDS,
-    _Defects,
-    _one_line,
-    _part_headers,
-    _read_headers,
-    _split_multipart,
-    _split_semicolons,
+from certifier.mime import (
+    PART_FIELDS,
+    Defects,
+    one_line,
+    part_headers,
+    read_headers,
+    split_multipart,
+    split_semicolons,
 )
 
 __all__ = [
@@ -229,7 +230,7 @@ def _ascii_url(url: str) -> str | None:
 
 
 def _cut_url(url: str) -> str:
-    shown = _one_line(url)
+    shown = one_line(url)
     return shown if len(shown) <= _NOTE_URL_CHARS else shown[:_NOTE_URL_CHARS] + "\u2026"
 
 
@@ -569,7 +570,7 @@ def _with_utf8_charset(field: bytes, eol: bytes) -> bytes:
     """A Content-Type field with its charset parameter(s) replaced by ``charset=utf-8``."""
     name, _, value = field.decode("latin-1").partition(":")
     value = value.rstrip("\r\n")
-    segments = _split_semicolons(value)
+    segments = split_semicolons(value)
     kept = [segments[0]]
     for segment in segments[1:]:
         param = segment.split("=", 1)[0].strip().lower()
@@ -608,7 +609,7 @@ def _where(section: str) -> str:
 
 
 def _walk(
-    raw: bytes, rewrite_text: bool, notes: _Defects
+    raw: bytes, rewrite_text: bool, notes: Defects
 ) -> tuple[list[_Leaf], list[tuple[str, ...]]]:
     """The parts to rewrite, and the outline of every MIME entity examined."""
     leaves: list[_Leaf] = []
@@ -622,9 +623,9 @@ def _walk(
         start, end, section, depth, default_type = stack.pop()
         examined += 1
         where = _where(section)
-        scratch = _Defects()  # defects are the certificate's business, not ours
-        fields, body_start = _read_headers(raw, start, end, _PART_FIELDS, where, scratch)
-        headers = _part_headers(fields, default_type, where, scratch)
+        scratch = Defects()  # defects are the certificate's business, not ours
+        fields, body_start = read_headers(raw, start, end, PART_FIELDS, where, scratch)
+        headers = part_headers(fields, default_type, where, scratch)
         ctype = headers.content_type
         named = headers.disposition_params.get("filename") or headers.params.get("name") or ""
         outline.append((section, ctype, headers.disposition, named))
@@ -637,7 +638,7 @@ def _walk(
                 notes.add(f"MIME nesting deeper than {MAX_DEPTH} levels: left as it is")
                 continue
             limit = max(MAX_PARTS - examined - len(stack) + 1, 1)
-            split = _split_multipart(
+            split = split_multipart(
                 raw, body_start, end, boundary.encode("utf-8", "surrogatepass"), limit
             )
             if not split.found_start:
@@ -680,7 +681,7 @@ def _walk(
 class _Links:
     """Distinct recorded URLs, numbered from 1 in order of first appearance."""
 
-    def __init__(self, notes: _Defects) -> None:
+    def __init__(self, notes: Defects) -> None:
         self.numbers: dict[str, int] = {}
         self.notes = notes
 
@@ -699,7 +700,7 @@ class _Links:
         return self.numbers[url]
 
 
-def _plan_html(leaf: _Leaf, text: _Text, links: _Links, notes: _Defects) -> _Plan | None:
+def _plan_html(leaf: _Leaf, text: _Text, links: _Links, notes: Defects) -> _Plan | None:
     where = _where(leaf.section)
     parsed = _defuse_same_length(text.text)
     finder = _LinkFinder(text.text, parsed)
@@ -738,7 +739,7 @@ def _plan_text(leaf: _Leaf, text: _Text, links: _Links) -> _Plan:
     return _Plan(leaf, text, replacements, None)
 
 
-def _plan(leaf: _Leaf, raw: bytes, links: _Links, notes: _Defects) -> _Plan | None:
+def _plan(leaf: _Leaf, raw: bytes, links: _Links, notes: Defects) -> _Plan | None:
     where = _where(leaf.section)
     data = _decode_transfer(raw[leaf.body_start : leaf.end], leaf.cte)
     if data is None:
@@ -861,7 +862,7 @@ def inject(
         raise TypeError("raw must be bytes")
     raw = bytes(raw)
     base = _check_base(public_url)
-    notes = _Defects()
+    notes = Defects()
     try:
         links = _Links(notes)
         plans = []
@@ -896,7 +897,7 @@ def inject(
         # A re-encoded body must not create a boundary line (a soft line break can start a
         # line with "--boundary" that the original encoding hid): read the result again
         # and check that every part is still there and each new body is read whole.
-        new_leaves, new_outline = _walk(message, rewrite_text, _Defects())
+        new_leaves, new_outline = _walk(message, rewrite_text, Defects())
         found = {leaf.section: message[leaf.body_start : leaf.end] for leaf in new_leaves}
         same = new_outline == outline and all(
             found.get(section) == body for section, body in bodies.items()

@@ -5,7 +5,7 @@
 One process, the development PKI in a temporary directory, the in-process RFC 3161
 TSA, and the sample messages in tests/fixtures/*.eml (the headline figures) and the
 4 KB and 100 KB plain-text messages bench/run.py sends, with evidence shaped like
-``relay.queue.manager.QueueManager.build_evidence`` makes it (two recipients, a timeline, the
+``relay.certify.evidence_record.build_evidence`` makes it (two recipients, a timeline, the
 evidence log). Each certificate goes through the same steps as
 :func:`certifier.pipeline.certify`, timed separately with ``time.process_time`` (CPU,
 not wall clock):

@@ -555,7 +555,7 @@ def fill_queue(gw: Gateway, count: int, size: int, deferred: bool = False) -> No
     a burst of submissions. ``deferred``: as when the recipients' MX has been down for a
     while: notices sent, every recipient deferred after one attempt, next try in an hour.
     """
-    from relay.queue.manager import new_certificate_id, new_queue_id
+    from relay.queue.ids import new_certificate_id, new_queue_id
     from relay.queue.spool import Spool
     from relay.queue.store import NewMessage, Store
 

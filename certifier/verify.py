@@ -71,6 +71,7 @@ from pyhanko_certvalidator import ValidationContext
 from certifier import checkpoints
 from certifier import evidence as evidence_log
 from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE, content_unavailable
+from certifier.errors import VerificationError
 
 __all__ = [
     "Check",
@@ -115,7 +116,7 @@ class VerifyReport:
     it): signature and evidence may be intact, but no content is proven."""
 
 
-class _Failed(Exception):
+class _Failed(VerificationError):
     """A check failed in a way that makes the following checks meaningless."""
 
 

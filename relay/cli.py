@@ -21,6 +21,7 @@ from typing import Any
 
 from relay.config import Config, ConfigError, load_config
 from relay.logs import OneLineFormatter
+from relay.queue.states import PENDING, MessageState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # verify: signature and evidence intact, but the certificate proves no message content
@@ -88,7 +89,7 @@ def _limit_malloc_arenas() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.process.gateway import StartupError
+    from certifier.errors import StartupError
     from relay.process.master import Master
 
     _limit_malloc_arenas()
@@ -656,7 +657,9 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     print(f"{'QUEUE ID':<12}  {'FLAGS':<5}  {'SIZE':>9}  {'AGE':>5}  SENDER (KIND), RECIPIENTS")
     for row in rows:
         age = int(now - row["created"])
-        flags = ("C" if row["certified"] else "-") + ("!" if row["state"] == "held" else "-")
+        flags = ("C" if row["certified"] else "-") + (
+            "!" if row["state"] == MessageState.HELD else "-"
+        )
         print(
             f"{row['qid']:<12}  {flags:<5}  {row['size'] or 0:>9}  {_age(age):>5}  "
             f"<{row['sender'] or ''}> ({row['kind']})"
@@ -695,7 +698,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     spool_file = cfg.state_dir / SPOOL_SUBDIR / SPOOL_QUEUE / f"{row['qid']}.eml"
-    if row["state"] != "done" and not spool_file.exists():
+    if row["state"] != MessageState.DONE and not spool_file.exists():
         row["spool_file"] = f"spool file missing: {spool_file}"
     if args.json:
         print(json.dumps(row, indent=2, default=str))
@@ -720,7 +723,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         )
         if reply:
             print(f"      {reply}")
-        if r["status"] in ("queued", "deferred"):
+        if r["status"] in PENDING:
             print(f"      next attempt {_iso(r['next_attempt'])}")
     print("evidence:")
     for e in row["evidence"]:
@@ -797,8 +800,9 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     """Render and sign, now, the addendum of a certificate: every event up to this moment."""
     from certifier import pipeline, pool
     from certifier.pki import ensure_dev_pki
+    from relay.certify.evidence_record import build_evidence
     from relay.process.gateway import signing_settings, state_paths
-    from relay.queue.manager import QueueManager, new_certificate_id
+    from relay.queue.ids import new_certificate_id
     from relay.queue.spool import Spool, write_durably
 
     if not args.output and sys.stdout.isatty():
@@ -822,11 +826,10 @@ def cmd_addendum(args: argparse.Namespace) -> int:
         if qid is None:
             raise UserError(f"no certificate {args.certificate!r} on this gateway")
         spool = Spool(paths["spool"])
-        qmgr = QueueManager(cfg, store, spool, None, None, paths["certificates"])  # type: ignore[arg-type]
 
         async def _evidence() -> tuple[dict[str, Any], bytes]:
             row = await store.message(qid)
-            return await qmgr.build_evidence(row), spool.read_any(qid)
+            return await build_evidence(cfg, store, row), spool.read_any(qid)
 
         try:
             evidence, raw = asyncio.run(_evidence())

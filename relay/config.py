@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the operator: it names the key and the file."""
+from certifier.errors import ConfigError
 
 
 @dataclass(frozen=True)

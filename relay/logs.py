@@ -45,6 +45,13 @@ def log_failure(log: logging.Logger, message: str, *args: object) -> None:
     log.debug("traceback", exc_info=err)
 
 
+def peer_text(peer: Any) -> str:
+    """A client's address as log lines write it: ``[192.0.2.1]:52100``, else ``unknown``."""
+    if isinstance(peer, tuple) and peer:
+        return f"[{peer[0]}]:{peer[1]}" if len(peer) > 1 else str(peer[0])
+    return "unknown"
+
+
 _loop_log = logging.getLogger("certifica/loop")
 
 

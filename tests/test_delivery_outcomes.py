@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import load_config
-from relay.queue.manager import backoff
+from relay.delivery.agent import backoff
 from tests.conftest import (
     CERT_ADDRESS,
     Gateway,

@@ -23,15 +23,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from certifier import message as message_module
-from certifier.message import (
-    Attachment,
-    MessageSummary,
-    header_from_addresses,
-    parse_single_mailbox,
-    sha256_hex,
-    summarise,
-)
+from certifier.message import Attachment, MessageSummary, sha256_hex, summarise
+from certifier.mime import addresses as addresses_module
+from certifier.mime import header_from_addresses, parse_single_mailbox
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ALICE = "alice@example.com"
@@ -861,16 +855,18 @@ def test_hostile_display_text_never_leaves_its_line(subject: str, name: str) -> 
 
 
 @PROPERTY
-@given(st.from_regex(message_module._PLAIN_MAILBOX, fullmatch=True))
+@given(st.from_regex(addresses_module._PLAIN_MAILBOX, fullmatch=True))
 def test_plain_from_shortcut_gives_the_stdlib_parsers_answer(value: str) -> None:
     """The From shortcut (no stdlib second opinion) only ever says what it would say."""
-    plain = message_module._PLAIN_MAILBOX.fullmatch(value)
+    plain = addresses_module._PLAIN_MAILBOX.fullmatch(value)
     assert plain is not None
     assume("=?" not in value)  # left to the full second opinion
     addr = plain.group("angle") or plain.group("bare")
-    assert message_module._stdlib_parsers_agree(value, addr)
+    assert addresses_module._stdlib_parsers_agree(value, addr)
     got = parse_single_mailbox(value)
     assert got in (addr, None)
     if got is None:  # refused by our own strict checks (lengths), not by the shortcut
         local, _, domain = addr.partition("@")
-        assert len(local) > 64 or len(domain) > 253 or len(value) > message_module.MAX_MAILBOX_CHARS
+        assert (
+            len(local) > 64 or len(domain) > 253 or len(value) > addresses_module.MAX_MAILBOX_CHARS
+        )

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.certify.notices import one_line, original_headers
+from relay.delivery.agent import received_header
 from relay.delivery.client import remote_queue_id, split_reply
-from relay.queue.manager import received_header
 from relay.smtpd import replies
 from relay.smtpd.protocol import MAX_LINE, DataRefused, check_data, unstuff
 

@@ -43,6 +43,7 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from enum import StrEnum
 
+from certifier.errors import PermanentError
 from relay.certify.notices import one_line, original_headers
 
 __all__ = [
@@ -73,7 +74,7 @@ RCPT_KEYWORDS = frozenset({"NOTIFY", "ORCPT"})
 MAX_ENVID = 100  # characters, RFC 3461 §4.4
 MAX_ORCPT = 500  # characters, RFC 3461 §4.2
 EXPIRED_PREFIX = "retries exhausted"
-"""How :mod:`relay.queue.manager` starts the reply text of a recipient whose lifetime ended."""
+"""How :mod:`relay.delivery.agent` starts the reply text of a recipient whose lifetime ended."""
 NXDOMAIN_MARK = "(NXDOMAIN)"
 NULL_MX_MARK = "(null MX, RFC 7505)"
 """How :mod:`relay.delivery.routing` words a domain that does not exist / accepts no mail."""
@@ -85,7 +86,7 @@ _NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 
 
-class ParameterError(ValueError):
+class ParameterError(ValueError, PermanentError):
     """A DSN parameter that is malformed; the text is a sentence for the client."""
 
 

@@ -23,8 +23,8 @@ Standards and shapes read by :func:`parse_dsn`:
 Why not flufl.bounce: its scanners return only addresses (no action, status or
 diagnostic, which the evidence needs) and it parses with ``email.parser``, which on
 Python 3.11 raises ``RecursionError`` on deeply nested multiparts (see
-``certifier/message.py``). This module reads the MIME structure with linear, iterative
-code over the bytes, like ``certifier/message.py`` does, with caps on parts, depth and
+``certifier/mime``). This module reads the MIME structure with linear, iterative
+code over the bytes, like ``certifier/mime`` does, with caps on parts, depth and
 the bytes examined.
 
 Errors: :func:`parse_dsn` and :func:`is_auto_reply` never raise on the content of

@@ -6,7 +6,7 @@ The gateway then delivers a certified copy to every To and Cc recipient and cert
 it, as if the message had been submitted, but only when all of this holds:
 
 1. the From header names exactly one mailbox, parsed strictly
-   (:func:`certifier.message.header_from_addresses`): never certify a message as coming
+   (:func:`certifier.mime.header_from_addresses`): never certify a message as coming
    from someone its From does not unambiguously name (RFC 7489 §6.6.1);
 2. that address is a registered user of the gateway;
 3. the message authenticates that address DMARC-style (:mod:`relay.smtpd.authn`): DKIM
@@ -36,17 +36,17 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from certifier.message import header_addresses, header_from_addresses
+from certifier.mime import header_addresses, header_from_addresses
 from relay.addresses import local_domains
 from relay.cleanup.intake import accept, address_problem, client_ip, reverse_path, session_tls
 from relay.config import Config
-from relay.logs import printable
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.logs import peer_text, printable
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate
-from relay.smtpd.protocol import _peer_text
 from relay.smtpd.users import normalise_address
 
 log = logging.getLogger("certifica/mx")
@@ -91,7 +91,7 @@ class CertifiedCopyIntake:
         except TemporaryAuthError as err:
             log.warning(
                 "NOQUEUE: defer: DATA from %s: <%s>: %s; from=<%s>",
-                _peer_text(session.peer), sender, err, mail_from,
+                peer_text(session.peer), sender, err, mail_from,
             )  # fmt: skip
             return replies.AUTHENTICATION_TEMPORARY
         policy = self.cfg.mx.require
@@ -110,13 +110,13 @@ class CertifiedCopyIntake:
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="mail",
+                kind=MessageKind.MAIL,
                 sender=sender,
                 size=len(raw),
                 sha256=sha256,
                 recipients=recipients,
                 certified=True,
-                method="mx",
+                method=Method.MX,
                 cert_id=new_certificate_id(),
                 client_ip=peer,
                 client_helo=session.host_name,
@@ -178,7 +178,7 @@ class CertifiedCopyIntake:
         # Postfix's wording, so an operator's grep for "NOQUEUE: reject" finds these too.
         log.info(
             "NOQUEUE: reject: DATA from %s: %s; from=<%s>",
-            _peer_text(session.peer), printable(why, 400), printable(mail_from, 400),
+            peer_text(session.peer), printable(why, 400), printable(mail_from, 400),
         )  # fmt: skip
         return reply
 

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.cleanup.bounces import BounceReport
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 
 log = logging.getLogger("certifica/bounce")
@@ -44,13 +45,13 @@ class LateBounces:
             bounced = await self.store.accept_dsn(
                 NewMessage(
                     qid=dsn_qid,
-                    kind="dsn",
+                    kind=MessageKind.DSN,
                     sender="",
                     size=len(raw),
                     sha256=sha256,
                     recipients=(),
                     cert_id=new_certificate_id(),
-                    method="mx",
+                    method=Method.MX,
                 ),
                 qid,
                 [dataclasses.asdict(r) for r in reports],

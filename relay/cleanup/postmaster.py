@@ -13,7 +13,7 @@ mail: its MAIL FROM is whatever an unauthenticated client said, so nothing about
 ever told to that sender (no non-delivery report, which would be backscatter and would
 name the operator's mailbox); its From is not rewritten and no customer's delegated DKIM
 key signs it; it leaves with ``X-Original-To`` naming the address it was sent to, as
-Postfix's local delivery writes it (:mod:`relay.queue.manager`). When the operator's mailbox
+Postfix's local delivery writes it (:mod:`relay.delivery.agent`). When the operator's mailbox
 refuses it for good, the operator's log has one error line and the message stays in the
 spool archive (``certifica queue show``).
 
@@ -30,8 +30,9 @@ from relay.addresses import GatewayAddresses, postmaster_address
 from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
 from relay.logs import printable
-from relay.queue.manager import new_queue_id
+from relay.queue.ids import new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 
@@ -66,12 +67,12 @@ class PostmasterIntake:
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="postmaster",
+                kind=MessageKind.POSTMASTER,
                 sender=mail_from,
                 size=len(raw),
                 sha256=sha256,
                 recipients=(self.postmaster,),
-                method="mx",
+                method=Method.MX,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,

@@ -42,19 +42,20 @@ import logging
 import time
 from typing import Any
 
-from certifier.message import header_from_addresses
+from certifier.mime import header_from_addresses
 from relay.addresses import local_domains, reception_token
 from relay.cleanup.bounces import is_auto_reply
 from relay.cleanup.certified_copy import authentication_evidence
 from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
 from relay.delivery.outbound import header_end, header_fields
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.logs import peer_text
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate, check_arc
-from relay.smtpd.protocol import _peer_text
 from relay.smtpd.users import normalise_address
 
 log = logging.getLogger("certifica/reception")
@@ -174,13 +175,13 @@ class ReceptionIntake:
                         authentication: dict[str, Any] = authentication) -> NewMessage:  # fmt: skip
                 return NewMessage(
                     qid=qid,
-                    kind="reception",
+                    kind=MessageKind.RECEPTION,
                     sender=address,  # the certificate goes to the owner
                     size=len(raw),
                     sha256=sha256,
                     recipients=(),
                     certified=True,
-                    method="reception",
+                    method=Method.RECEPTION,
                     cert_id=new_certificate_id(),
                     client_ip=peer,
                     client_helo=session.host_name,
@@ -210,7 +211,7 @@ class ReceptionIntake:
             log.info(
                 "%s: reception for <%s>: from=<%s>, header_from=<%s>, client=%s, size=%d, "
                 "%s, arc=%s, receipt=%s (%s)",
-                qid, address, mail_from, original_from or "?", _peer_text(session.peer),
+                qid, address, mail_from, original_from or "?", peer_text(session.peer),
                 len(raw), authentication["header"], arc.result,
                 "yes" if receipt else "no", why,
             )  # fmt: skip

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from certifier.errors import DeliveryError
 from relay.delivery.routing import Hop, RouteError, Router
 
 log = logging.getLogger("certifica/delivery")
@@ -170,7 +171,7 @@ def _stuffed(message: bytes) -> bytes:
     return (b"." + data if data.startswith(b".") else data) + b".\r\n"
 
 
-class _Broken(Exception):
+class _Broken(DeliveryError):
     """The session with one hop ended before the transaction did.
 
     ``code``/``message`` are the remote's reply when it gave one; ``next_hop`` says

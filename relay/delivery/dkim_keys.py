@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from certifier.errors import PermanentError
 from relay.queue.spool import fsync_dir
 
 log = logging.getLogger("certifica/dkim")
@@ -262,7 +263,7 @@ def _relaxed_body(body: bytes) -> bytes:
     return dkim_canon.correct_empty_body(dkim_canon.strip_trailing_lines(body))  # type: ignore[no-any-return]
 
 
-class UnsignableMessage(ValueError):
+class UnsignableMessage(ValueError, PermanentError):
     """The message's header section is not RFC 5322 §2.2 fields, so it cannot be signed."""
 
 

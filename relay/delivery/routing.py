@@ -37,6 +37,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from certifier.errors import DeliveryError, TemporaryError
 from relay.addresses import local_domains
 from relay.config import Config, Endpoint, parse_endpoint
 
@@ -46,7 +47,7 @@ MX_ADDRESS_LIMIT = 5
 """Hops tried per attempt at most, like Postfix's ``smtp_mx_address_limit``."""
 
 
-class RouteError(Exception):
+class RouteError(DeliveryError):
     """No hop to try now: ``temporary`` says whether trying later may help."""
 
     def __init__(self, text: str, temporary: bool) -> None:
@@ -64,7 +65,7 @@ class Hop:
     port: int
 
 
-class _Temporary(Exception):
+class _Temporary(TemporaryError):
     """A lookup that may work later (SERVFAIL, timeout); carries the reason."""
 
 
@@ -96,7 +97,7 @@ def _reason(err: BaseException) -> str:
     return err.__class__.__name__
 
 
-def _nameservers(servers: tuple[str, ...]) -> list[dns.nameserver.Nameserver]:
+def parse_nameservers(servers: tuple[str, ...]) -> list[dns.nameserver.Nameserver]:
     """``[dns] nameservers`` entries: ``ip``, ``ip:port``, ``[v6]`` or ``[v6]:port``."""
     result: list[dns.nameserver.Nameserver] = []
     for server in servers:
@@ -134,7 +135,7 @@ class Router:
         self._limit = max(1, address_limit)
         self._resolver = dns.asyncresolver.Resolver(configure=not cfg.dns.nameservers)
         if cfg.dns.nameservers:
-            self._resolver.nameservers = _nameservers(cfg.dns.nameservers)
+            self._resolver.nameservers = parse_nameservers(cfg.dns.nameservers)
         # One query's whole life (all servers, retries) stays within [dns] timeout.
         self._resolver.lifetime = cfg.dns.timeout
         self._resolver.timeout = min(self._resolver.timeout, cfg.dns.timeout)

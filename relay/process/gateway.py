@@ -35,10 +35,6 @@ TLS_READ_BUFFER = 32 * 1024
 asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
-class StartupError(Exception):
-    """The gateway cannot start; the message names what to fix (a port, a key file)."""
-
-
 def state_paths(cfg: Config) -> dict[str, Path]:
     root = cfg.state_dir
     return {

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certifier.errors import StartupError
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import check_settings
 from relay.config import Config, Endpoint, parse_endpoint
@@ -51,7 +52,6 @@ from relay.logs import log_failure
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
-    StartupError,
     certificate_workers,
     remove_unacknowledged,
     secret,

@@ -24,12 +24,15 @@ from pathlib import Path
 from certifier.pki import Pki
 from certifier.pool import CertificatePool, PoolTimeStamper
 from relay.certify.checkpoints import Checkpointer
+from relay.certify.documents import DocumentMaker
 from relay.config import Config, Endpoint
+from relay.delivery.agent import DeliveryAgent
 from relay.delivery.client import Deliverer
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.delivery.routing import Router
 from relay.logs import loop_exception_handler
 from relay.process.child import StatusFile, report_status
+from relay.queue.local import LocalDispatcher
 from relay.queue.manager import QueueManager
 from relay.queue.spool import Spool
 from relay.queue.store import Store
@@ -88,18 +91,20 @@ class QueueProcess:
             # Mail to the gateway's own domains goes to its MX listener, never via the DNS.
             self.deliverer.router.route_local(setup.local_mx)
         keyring = DkimKeyring(setup.paths["keys"])
-        self.qmgr = QueueManager(
+        agent = DeliveryAgent(
             cfg,
             self.store,
             self.spool,
             self.deliverer,
-            PipelineCertifier(self.pool),
-            setup.paths["certificates"],
             verp_key=setup.verp_key,
             tracking_key=setup.tracking_key,
             offload=self.pool.run,
             dkim=keyring if cfg.dkim.sign else None,
         )
+        maker = DocumentMaker(
+            cfg, self.store, self.spool, PipelineCertifier(self.pool), setup.paths["certificates"]
+        )
+        self.qmgr = QueueManager(cfg, self.store, LocalDispatcher(agent, maker))
         loop = asyncio.get_running_loop()
         wake = setup.wake_socket
         wake.setblocking(False)

@@ -19,8 +19,10 @@ import os
 import threading
 from pathlib import Path
 
+from certifier.errors import StorageError
 
-class SpoolFileMissing(FileNotFoundError):
+
+class SpoolFileMissing(FileNotFoundError, StorageError):
     """The file of a queued message is not in the spool; ``str()`` says so in plain words."""
 
     def __init__(self, qid: str, path: Path) -> None:

@@ -7,15 +7,9 @@ on disk and SQLite sees a single writer; each public coroutine is one transactio
 
 Schema changes go through the numbered, transactional migrations in ``MIGRATIONS``.
 
-Recipient states, the only ones a reader needs to search for: ``queued`` (never
-tried), ``deferred`` (tried, will be retried), and the final ones ``delivered``,
-``failed``, ``withdrawn`` (the operator deleted the message before delivery) and
-``bounced`` (delivered, then a DSN said it failed after all).
-
-Message kinds: ``mail`` (what a user sent, certified or plain), ``postmaster`` (mail for
-``postmaster@``/``abuse@``, relayed to the operator, never reported to its sender),
-``reception``, ``dsn`` (a late delivery report), and the gateway's own ``notice``,
-``certificate``, ``addendum``, ``receipt`` and ``report``.
+Recipient states (``queued``, ``deferred``, and the final ``delivered``, ``failed``,
+``withdrawn``, ``bounced``), message kinds and message states are the enumerations of
+:mod:`relay.queue.states`, the only names a reader needs to search for.
 
 Reports to the sender of plain mail (:mod:`relay.certify.dsn`): a message has
 ``reports_pending`` while a recipient's outcome is still to be told; a recipient's
@@ -50,10 +44,16 @@ import sqlite_utils
 from certifier import checkpoints, evidence
 from relay.certify import dsn
 from relay.private import create_private_file
+from relay.queue.states import (
+    DocumentState,
+    MessageKind,
+    MessageState,
+    RecipientState,
+    TrackingKind,
+)
 
 T = TypeVar("T")
 
-FINAL = ("delivered", "failed", "withdrawn", "bounced")
 WITHDRAWN_TOO_LATE = (
     "delivered by an attempt already under way when the operator withdrew the message"
 )
@@ -225,6 +225,11 @@ MIGRATIONS: list[str] = [
     -- Until now postmaster mail was queued as plain mail; the only plain mail the MX takes.
     UPDATE messages SET kind = 'postmaster'
         WHERE kind = 'mail' AND method = 'mx' AND certified = 0 AND state != 'done';
+    """,
+    # 11: who holds a recipient's lease (a process, later a node): a lease is given back
+    # by its owner, and one left by an owner that died is taken over once it expires
+    """
+    ALTER TABLE recipients ADD COLUMN lease_owner TEXT;
     """,
 ]
 
@@ -490,9 +495,11 @@ class Store:
                 "dsn_ret": msg.dsn_ret,
                 "dsn_envid": msg.dsn_envid,
                 "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
-                "state": "active",
-                "notice_state": "pending" if msg.certified and msg.kind == "mail" else "none",
-                "cert_state": "pending" if msg.certified else "none",
+                "state": MessageState.ACTIVE,
+                "notice_state": DocumentState.PENDING
+                if msg.certified and msg.kind == MessageKind.MAIL
+                else DocumentState.NONE,
+                "cert_state": DocumentState.PENDING if msg.certified else DocumentState.NONE,
             },
         )
         for rcpt in msg.recipients:
@@ -503,7 +510,7 @@ class Store:
                     "qid": msg.qid,
                     "address": rcpt,
                     "domain": _domain(rcpt),
-                    "status": "queued",
+                    "status": RecipientState.QUEUED,
                     "next_attempt": now,
                     "notify": msg.notify.get(rcpt),
                     "orcpt": msg.orcpt.get(rcpt),
@@ -610,9 +617,9 @@ class Store:
             row = self._conn.execute(
                 "SELECT address, status, notify FROM recipients WHERE id = ?", (out.recipient_id,)
             ).fetchone()
-            if row is not None and row[1] == "withdrawn":
+            if row is not None and row[1] == RecipientState.WITHDRAWN:
                 # The operator withdrew the message while this attempt was under way.
-                if out.status != "delivered":
+                if out.status != RecipientState.DELIVERED:
                     self._conn.execute(
                         "UPDATE recipients SET lease_until = NULL WHERE id = ?",
                         (out.recipient_id,),
@@ -647,10 +654,10 @@ class Store:
                 ),
             )
             event = {
-                "delivered": "RelayToNonERDS",
-                "failed": "RelayToNonERDSFailure",
-                "deferred": "RelayAttemptDeferred",
-            }[out.status]
+                RecipientState.DELIVERED: "RelayToNonERDS",
+                RecipientState.FAILED: "RelayToNonERDSFailure",
+                RecipientState.DEFERRED: "RelayAttemptDeferred",
+            }[RecipientState(out.status)]
             evidence.append(
                 self._conn,
                 now,
@@ -668,7 +675,10 @@ class Store:
                 },
                 recipient=row[0] if row else None,
             )
-            action = {"failed": dsn.Action.FAILED, "delivered": dsn.Action.RELAYED}.get(out.status)
+            action = {
+                RecipientState.FAILED: dsn.Action.FAILED,
+                RecipientState.DELIVERED: dsn.Action.RELAYED,
+            }.get(RecipientState(out.status))
             if action is not None and row is not None and dsn.wants(row[2], action):
                 report = True
         if report:
@@ -895,8 +905,8 @@ class Store:
                 ):
                     found[r["qid"]] = (
                         bool(r["certified"])
-                        or r["kind"] == "dsn"
-                        or (r["kind"] == "postmaster" and bool(r["failed"]))
+                        or r["kind"] == MessageKind.DSN
+                        or (r["kind"] == MessageKind.POSTMASTER and bool(r["failed"]))
                     )
             return found
 
@@ -974,7 +984,7 @@ class Store:
         detail = {
             k: row[k] for k in ("link", "url", "ip", "user_agent", "method", "automatic", "reason")
         }
-        event = "ContentOpened" if row["kind"] == "open" else "LinkClicked"
+        event = "ContentOpened" if row["kind"] == TrackingKind.OPEN else "LinkClicked"
         evidence.append(self._conn, now, row["qid"], event, detail, recipient=address)
 
     async def recent_clicks(self, qid: str, recipient_id: int, since: float) -> int:
@@ -1095,7 +1105,9 @@ class Store:
             parent["sender"] if parent["envelope_from"] is None else parent["envelope_from"]
         )
         # Only what a user sent plainly is passed on; postmaster mail never goes back.
-        plain = parent["kind"] == "mail" and not parent["certified"] and bool(envelope_sender)
+        plain = (
+            parent["kind"] == MessageKind.MAIL and not parent["certified"] and bool(envelope_sender)
+        )
         bounced: list[str] = []
         pass_on: list[int] = []
         for index, report in enumerate(reports):
@@ -1110,7 +1122,11 @@ class Store:
                 continue
             # A report is passed on only about a recipient the gateway delivered to, once
             # per action: anyone who knows a return path cannot make it write again.
-            if plain and row[1] == "delivered" and report.get("action") in LATE_ACTIONS:
+            if (
+                plain
+                and row[1] == RecipientState.DELIVERED
+                and report.get("action") in LATE_ACTIONS
+            ):
                 claimed = self._conn.execute(
                     "INSERT OR IGNORE INTO late_reports (recipient_id, action, dsn_qid)"
                     " VALUES (?, ?, ?)",
@@ -1118,7 +1134,7 @@ class Store:
                 ).rowcount
                 if claimed:
                     pass_on.append(index)
-            if report.get("action") == "failed" and row[1] == "delivered":
+            if report.get("action") == "failed" and row[1] == RecipientState.DELIVERED:
                 self._conn.execute(
                     "UPDATE recipients SET status = 'bounced', reply_enhanced = ?, reply_text = ?,"
                     " reply_code = NULL, last_attempt = ? WHERE id = ?",
@@ -1130,11 +1146,15 @@ class Store:
                 bounced.append(row[2])
             else:
                 evidence.append(self._conn, now, parent_qid, "DeliveryReport", detail, row[2])
-        addendum = bool(bounced) and parent["cert_state"] == "done" and bool(parent["certified"])
+        addendum = (
+            bool(bounced)
+            and parent["cert_state"] == DocumentState.DONE
+            and bool(parent["certified"])
+        )
         self._enqueue(
             NewMessage(
                 qid=dsn.qid,
-                kind="dsn",
+                kind=MessageKind.DSN,
                 sender=dsn.sender,
                 size=dsn.size,
                 sha256=dsn.sha256,
@@ -1193,7 +1213,11 @@ class Store:
         """Put a message on hold (no delivery attempts) or release it."""
 
         def _set(db: sqlite_utils.Database) -> bool:
-            old, new = ("active", "held") if held else ("held", "active")
+            old, new = (
+                (MessageState.ACTIVE, MessageState.HELD)
+                if held
+                else (MessageState.HELD, MessageState.ACTIVE)
+            )
             changed = db.conn.execute(
                 "UPDATE messages SET state = ? WHERE qid = ? AND state = ?", (new, qid, old)
             ).rowcount

@@ -70,7 +70,8 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from relay.delivery.routing import _nameservers
+from certifier.errors import TemporaryError
+from relay.delivery.routing import parse_nameservers
 
 log = logging.getLogger("certifica/authn")
 # dkimpy logs what it meets in a message at error level, in the message's own words
@@ -102,11 +103,11 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 _DNS_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
 
 
-class TemporaryAuthError(Exception):
+class TemporaryAuthError(TemporaryError):
     """A DNS lookup that decides the outcome failed (SERVFAIL, timeout): answer 451 4.7.x."""
 
 
-class _Temporary(Exception):
+class _Temporary(TemporaryError):
     """One lookup failed in a way that trying later may cure; carries the reason."""
 
 
@@ -235,7 +236,7 @@ class _DNS:
             self._problem = f"no usable resolver ({err.__class__.__name__})"
             return
         if nameservers:
-            self._resolver.nameservers = _nameservers(tuple(nameservers))
+            self._resolver.nameservers = parse_nameservers(tuple(nameservers))
         self._resolver.timeout = min(self._resolver.timeout, timeout)
 
     def lookup(self, name: str | bytes, rdtype: str) -> list[Any]:

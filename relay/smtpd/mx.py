@@ -48,9 +48,9 @@ from typing import Any
 
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.cleanup.bounces import BounceReport, parse_dsn, parse_return_path
-from relay.logs import log_failure, printable
+from relay.logs import log_failure, peer_text, printable
 from relay.smtpd import replies
-from relay.smtpd.protocol import CertificaSMTP, _peer_text
+from relay.smtpd.protocol import CertificaSMTP
 from relay.smtpd.replies import (
     BOUNCE_NOT_RECORDED,
     BOUNCE_RECORDED,
@@ -258,7 +258,7 @@ class MXHandler:
             try:
                 answer = await take(server, session, envelope)
             except Exception:
-                log_failure(log, "%s: %s could not be taken", _peer_text(session.peer), what)
+                log_failure(log, "%s: %s could not be taken", peer_text(session.peer), what)
                 return replies.INTERNAL_ERROR
             if not answer.startswith("2"):
                 return answer
@@ -291,7 +291,7 @@ def _log_reports(qid: str, sender: str, reports: list[BounceReport], session: An
             "path?); not kept, nothing sent back",
             qid,
             printable(sender),
-            _peer_text(getattr(session, "peer", None)),
+            peer_text(getattr(session, "peer", None)),
         )
     for report in reports:
         log.info(
@@ -310,7 +310,7 @@ def _log_reject(session: Any, envelope: Any, address: str, why: str) -> None:
     # Postfix's wording, so that operators' greps for "NOQUEUE: reject" find these too.
     log.info(
         "NOQUEUE: reject: RCPT from %s: <%s>: %s; from=<%s>",
-        _peer_text(getattr(session, "peer", None)),
+        peer_text(getattr(session, "peer", None)),
         printable(address),
         why,
         printable(envelope.mail_from or ""),

@@ -58,8 +58,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, syntax
 
-from certifier.message import PLAIN_ADDR_SPEC
-from relay.logs import log_failure, one_line, printable
+from certifier.errors import PermanentError
+from certifier.mime import PLAIN_ADDR_SPEC
+from relay.logs import log_failure, one_line, peer_text, printable
 from relay.smtpd import replies
 
 log = logging.getLogger("certifica/smtpd")
@@ -146,7 +147,7 @@ class AuthThrottle:
         self._failures.setdefault(self._key(peer), []).append(when)
 
 
-class DataRefused(Exception):
+class DataRefused(PermanentError):
     """DATA content that must be refused; ``reply`` is what the client is told."""
 
     def __init__(self, reply: str) -> None:
@@ -154,7 +155,7 @@ class DataRefused(Exception):
         self.reply = reply
 
 
-class BadCommandLine(Exception):
+class BadCommandLine(PermanentError):
     """A command line refused before it is parsed; ``reply`` is what the client is told."""
 
     reply = replies.BAD_CHARACTERS
@@ -443,7 +444,7 @@ class CertificaSMTP(SMTP):
 
     def _log_handshake_failure(self, err: BaseException | None) -> None:
         peer = self.session.peer if self.session else None
-        log.info("%s: TLS handshake failed: %s", _peer_text(peer), _tls_reason(err))
+        log.info("%s: TLS handshake failed: %s", peer_text(peer), _tls_reason(err))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BadCommandLine):
@@ -461,7 +462,7 @@ class CertificaSMTP(SMTP):
             log_failure(
                 log,
                 "%s: internal error in the session",
-                _peer_text(self.session.peer if self.session else None),
+                peer_text(self.session.peer if self.session else None),
             )
         return replies.INTERNAL_ERROR
 
@@ -597,7 +598,7 @@ class CertificaSMTP(SMTP):
                 # come; then discard until the end, for at most one more timeout.
                 log.warning(
                     "%s: DATA line of more than %d octets without CRLF; refused",
-                    _peer_text(self.session.peer if self.session else None),
+                    peer_text(self.session.peer if self.session else None),
                     endless,
                 )
                 await self.push(replies.LINE_TOO_LONG)
@@ -672,7 +673,7 @@ class CertificaSMTP(SMTP):
         peer = self.session.peer if self.session else None
         if self._throttle.blocked(peer):
             log.warning("%s: authentication refused: too many failures from this address",
-                        _peer_text(peer))  # fmt: skip
+                        peer_text(peer))  # fmt: skip
             await self._push_and_close(replies.AUTH_BLOCKED)
             return AuthResult(success=False, handled=True)
         user = login.decode("utf-8", "replace")
@@ -687,7 +688,7 @@ class CertificaSMTP(SMTP):
         self._auth_failures += 1
         recent = self._throttle.failed(peer)
         log.warning("%s: authentication failed (attempt %d, %d from this address recently)",
-                    _peer_text(peer), self._auth_failures, recent)  # fmt: skip
+                    peer_text(peer), self._auth_failures, recent)  # fmt: skip
         # Each failure waits longer than the one before, across reconnections too:
         # guessing gets slow.
         await asyncio.sleep(min(self._auth_delay * recent, AUTH_DELAY_CAP))
@@ -721,9 +722,3 @@ def _tls_reason(err: BaseException | None) -> str:
     if err is None:
         return "unknown"
     return printable(err.__class__.__name__, 120)
-
-
-def _peer_text(peer: Any) -> str:
-    if isinstance(peer, tuple) and peer:
-        return f"[{peer[0]}]:{peer[1]}" if len(peer) > 1 else str(peer[0])
-    return "unknown"

@@ -22,15 +22,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from certifier.message import header_from_addresses
+from certifier.mime import header_from_addresses
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.certify import dsn
 from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
 from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
 from relay.logs import printable
-from relay.queue.manager import new_certificate_id, new_queue_id
+from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
+from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
 from relay.smtpd.protocol import CertificaSMTP
@@ -214,13 +215,13 @@ class SubmissionHandler:
         def message(sha256: str) -> NewMessage:
             return NewMessage(
                 qid=qid,
-                kind="mail",
+                kind=MessageKind.MAIL,
                 sender=envelope.mail_from,
                 size=len(raw),
                 sha256=sha256,
                 recipients=recipients,
                 certified=certified,
-                method="submission",
+                method=Method.SUBMISSION,
                 cert_id=new_certificate_id() if certified else None,
                 auth_user=user,
                 client_ip=peer,

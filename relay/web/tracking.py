@@ -22,6 +22,7 @@ from addendum.http import TrackingEvent, make_app
 from addendum.inject import Injection, inject
 from addendum.tokens import TokenCodec, TokenData
 from relay.config import Config, Endpoint
+from relay.queue.states import TrackingKind
 from relay.queue.store import Store
 
 log = logging.getLogger("certifica/tracking")
@@ -77,7 +78,7 @@ class StoreBackend:
             e["link"]
             for e in await self.store.tracking_events(event.qid)
             if e["recipient_id"] == event.recipient_id
-            and e["kind"] == "click"
+            and e["kind"] == TrackingKind.CLICK
             and e["time"] >= since
         }
         clicked.add(event.link)
@@ -89,7 +90,7 @@ class StoreBackend:
             return
         since = (event.time - rcpt["last_attempt"]) if rcpt["last_attempt"] else None
         clicks = links = 0
-        if event.kind == "click":
+        if event.kind == TrackingKind.CLICK:
             links = await self.store.link_count(event.qid, event.recipient_id)
             clicks = await self._distinct_recent_links(event)
         verdict = classify(
@@ -121,7 +122,7 @@ class StoreBackend:
             event.qid,
             event.kind,
             rcpt["address"],
-            f" of link {event.link}" if event.kind == "click" else "",
+            f" of link {event.link}" if event.kind == TrackingKind.CLICK else "",
             event.ip,
             "automatic" if verdict.automatic else "likely a person",
             verdict.reason,

@@ -1,0 +1,784 @@
+"""The documents the gateway writes about a message (the certify stage).
+
+A :class:`DocumentMaker` makes one :class:`~relay.queue.jobs.DocumentJob` at a time,
+many at once: the processing notice to the sender of certified mail, the certificate
+(of sending, of reception, or of a message whose content was lost), the delivery status
+notification to the sender of plain mail (RFC 3464, :mod:`relay.certify.dsn`), and the
+addenda (opens and clicks; a delivery report that came back late). What it states comes
+from the store (:mod:`relay.certify.evidence_record`); the PDF is rendered and signed
+by a :class:`Certifier`; the mail carrying it is queued in the same transaction that
+records the message as done, so a crash never loses or doubles it.
+
+A job may be asked twice (the process making it ended before answering): each kind
+reads the message's state first, and a certificate is committed only while its message
+is still uncertified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from relay.certify import dsn, notices
+from relay.certify.evidence_record import (
+    build_evidence,
+    iso,
+    late_bounce_addendum,
+    reception_evidence,
+)
+from relay.config import Config
+from relay.delivery import outbound
+from relay.delivery.client import DEFERRED, DELIVERED, FAILED
+from relay.logs import log_failure, printable
+from relay.queue.ids import new_certificate_id, new_queue_id
+from relay.queue.jobs import DocumentDone, DocumentJob, DocumentKind
+from relay.queue.spool import Spool, SpoolFileMissing, write_durably
+from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since, spool_name
+from relay.queue.store import NewMessage, Store
+
+log = logging.getLogger("certifica/qmgr")
+cert_log = logging.getLogger("certifica/certifier")
+
+KEPT_HEADERS = 65536
+"""Bytes of a plain message's header section kept once it leaves the queue, for a late
+report passed on to its sender."""
+CONCURRENT_DOCUMENTS = 12
+"""Documents in the making at once. Rendering and signing (~13 ms) run in the worker
+processes; most of a document's time is its fsyncs and transactions, which overlap
+well, so more are in flight than there are workers."""
+
+
+class Certifier(Protocol):
+    """Turns evidence and the original message into a signed PDF, off the event loop."""
+
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
+        """``eml`` None: the message is lost; the evidence says why (no message.eml)."""
+        ...
+
+
+class DocumentMaker:
+    """The certify stage: makes the notices, certificates, reports and addenda the
+    queue manager asks for, and queues each as a mail of the gateway's own.
+
+    Every method reads what it needs from the store and records what it did there;
+    the queue manager learns only which messages changed (the returned
+    :class:`~relay.queue.jobs.DocumentDone`). A failure is logged and left for the
+    next scan to find again.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        spool: Spool,
+        certifier: Certifier,
+        certificates_dir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.certifier = certifier
+        self.certificates_dir = certificates_dir
+        self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._certificates = asyncio.Semaphore(CONCURRENT_DOCUMENTS)
+
+    async def make(self, job: DocumentJob) -> DocumentDone:
+        """Make the document of ``job``; never raises (a failure is logged and retried
+        on a later scan)."""
+        run = {
+            DocumentKind.NOTICE: self.notice,
+            DocumentKind.FINISH: self.finish,
+            DocumentKind.REPORT: self.report,
+            DocumentKind.ADDENDUM: self.tracking_addendum,
+        }[job.kind]
+        return DocumentDone((job.qid,) if await run(job.qid) else ())
+
+    async def _certified_already(self, qid: str) -> bool:
+        """Whether ``qid`` is closed or certified already: read again just before a
+        certificate is written, so a job run twice does not certify twice."""
+        row = await self.store.message(qid)
+        return row is None or row["state"] != "active" or row["cert_state"] != "pending"
+
+    async def tracking_addendum(self, qid: str) -> bool:
+        """A signed addendum listing a message's opens and clicks, to its sender."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or not row["cert_id"]:
+                return False
+            async with self._certificates:
+                now = time.time()
+                try:
+                    raw = await asyncio.to_thread(self.spool.read_any, qid)
+                except SpoolFileMissing as missing:
+                    # No addendum can embed the message: recorded once, not retried.
+                    await self._addendum_not_issued(qid, missing, "opens and clicks")
+                    events = await self.store.tracking_events(qid, row["tracking_reported"])
+                    last = max((e["id"] for e in events), default=row["tracking_reported"])
+                    await self.store.mark_reported(qid, last, now)
+                    return False
+                # Only what the sender has not had yet, in the certificate or an addendum.
+                evidence = await build_evidence(
+                    self.cfg, self.store, row, tracking_after=row["tracking_reported"]
+                )
+                cert_id = new_certificate_id()
+                evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
+                pdf = await self.certifier.certify(evidence, raw)
+                await self._send_document(row, cert_id, pdf, raw, label="Addendum", update_qid=None)
+                last = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
+                await self.store.mark_reported(qid, last, now)
+            return True
+        except Exception:
+            log_failure(log, "%s: could not make the tracking addendum; will retry", qid)
+            return False
+
+    async def queue_generated(
+        self,
+        kind: str,
+        parent: dict[str, Any],
+        data: bytes,
+        parent_columns: dict[str, Any],
+        update_qid: str | None = None,
+        recipient: str | None = None,
+    ) -> str:
+        """Queue a mail the gateway wrote, to the sender of ``parent`` (or ``recipient``);
+        in the same transaction apply ``parent_columns`` to ``update_qid`` (default: the
+        parent)."""
+        qid = new_queue_id()
+        await asyncio.to_thread(self.spool.store, qid, data)
+        msg = NewMessage(
+            qid=qid,
+            kind=kind,
+            sender="",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            recipients=(recipient or parent["sender"],),
+            parent_qid=parent["qid"],
+            method="generated",
+        )
+        await self.store.enqueue_generated(
+            msg, update_qid or parent["qid"], parent_columns, time.time()
+        )
+        log.info("%s: from=<>, size=%d, nrcpt=1, %s for %s", qid, len(data), kind, parent["qid"])
+        return qid
+
+    async def notice(self, qid: str) -> bool:
+        """The processing notice to the sender of certified mail, before its certificate."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["notice_state"] != "pending":
+                return False
+            if not row["sender"]:  # never a notice to the null sender
+                await self.store.mark(qid, notice_state="done")
+                return True
+            try:
+                raw = await asyncio.to_thread(self.spool.read, qid)
+            except SpoolFileMissing as missing:
+                # No notice about content the gateway cannot read; the sender hears of
+                # the message in the mail that replaces its certificate.
+                await missing_since(self.cfg, self.store, qid, missing)
+                await self.store.append_evidence(
+                    qid, "NoticeWithheld", {"reason": SPOOL_MISSING_TEXT}, time.time()
+                )
+                await self.store.mark(qid, notice_state="done")
+                return True
+            original = notices.original_headers(raw)
+            recipients = [r["address"] for r in await self.store.recipients(qid)]
+            try:
+                data = notices.build_notice(
+                    gateway_name=self._gateway_name(),
+                    from_address=self.cfg.gateway.certification_address,
+                    hostname=self.cfg.gateway.hostname,
+                    to=row["sender"],
+                    qid=qid,
+                    accepted_at=iso(row["created"]) or "",
+                    sha256=row["sha256"],
+                    recipients=recipients,
+                    original=original,
+                )
+            except ValueError as why:
+                # A value of the message's that no header field may carry: the same at
+                # every retry, so the notice is withheld (and said so in the evidence)
+                # rather than holding the certificate back for ever.
+                reason = f"the notice could not be written ({printable(str(why))[:200]})"
+                log.error("%s: processing notice withheld: %s", qid, reason)
+                await self.store.append_evidence(
+                    qid, "NoticeWithheld", {"reason": reason}, time.time()
+                )
+                await self.store.mark(qid, notice_state="done")
+                return True
+            notice_qid = await self.queue_generated("notice", row, data, {"notice_state": "done"})
+            await self.store.append_evidence(
+                qid, "NoticeSent", {"notice_qid": notice_qid}, time.time()
+            )
+            return True  # its certificate waited for this notice
+        except Exception:
+            log_failure(log, "%s: could not make the processing notice; will retry", qid)
+            return False
+
+    async def finish(self, qid: str) -> bool:
+        """Close a message whose recipients all ended: its certificate, the addendum
+        or report a late bounce calls for, or only its removal from the queue. A
+        message closed already (a job run twice) is left as it is."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["state"] != "active":
+                return False
+            if row["kind"] == "mail" and row["certified"] and row["cert_state"] == "pending":
+                if row["notice_state"] == "pending":
+                    return False  # the notice goes first; the next scan comes back here
+                async with self._certificates:
+                    return await self._certify(row)
+            elif row["kind"] == "reception" and row["cert_state"] == "pending":
+                async with self._certificates:
+                    return await self._certify_reception(row)
+            elif row["kind"] == "dsn":
+                if row["certified"] and row["cert_state"] == "pending":
+                    async with self._certificates:
+                        return await self._addendum(row)
+                await self._pass_on(row)
+                await asyncio.to_thread(self.spool.archive, qid)
+                log.info("%s: removed", qid)
+            else:
+                recipients = await self.store.recipients(qid)
+                columns: dict[str, Any] = {"state": "done", "done_at": time.time()}
+                if (
+                    row["kind"] == "mail"
+                    and not row["certified"]
+                    and _envelope_sender(row)
+                    and any(r["status"] == DELIVERED for r in recipients)
+                ):
+                    # A late DSN may still come for it: its report quotes this, not the
+                    # header fields a remote DSN claims the message had.
+                    columns["header_section"] = await asyncio.to_thread(self._kept_headers, qid)
+                await self.store.mark(qid, **columns)
+                if row["kind"] == "postmaster" and any(r["status"] == FAILED for r in recipients):
+                    await asyncio.to_thread(self.spool.archive, qid)  # for the operator
+                else:
+                    await asyncio.to_thread(self.spool.remove, qid)
+                log.info("%s: removed", qid)
+            return False  # closed: nothing more to look at
+        except Exception:
+            log_failure(log, "%s: could not finish the message; will retry", qid)
+            return False
+
+    def _kept_headers(self, qid: str) -> bytes | None:
+        """The header section of a queued message, whole fields up to
+        :data:`KEPT_HEADERS` bytes; None when its spool file is gone."""
+        try:
+            head = dsn.header_section(self.spool.read_head(qid, KEPT_HEADERS + 4))
+        except FileNotFoundError:
+            return None
+        if len(head) <= KEPT_HEADERS:
+            return head
+        kept = b""
+        for field in outbound.header_fields(head):
+            if len(kept) + len(field) > KEPT_HEADERS:
+                break
+            kept += field
+        return kept
+
+    # -- delivery status notifications to the sender of plain mail (relay/certify/dsn.py) --------
+    async def report(self, qid: str) -> bool:
+        """The report the sender of plain mail is due: recipients that failed (or, with
+        NOTIFY=SUCCESS, were relayed) since the last report, and the one "still trying"
+        report after ``[queue] delay_warning``. Queued and recorded in one transaction,
+        before the message can be closed, so a restart sends it once."""
+        try:
+            row = await self.store.message(qid)
+            if row is None or row["state"] != "active":
+                return False
+            now = time.time()
+            recipients = await self.store.recipients(qid)
+            final: list[int] = []
+            entries: list[dsn.RecipientStatus] = []
+            for r in recipients:
+                action = {FAILED: dsn.Action.FAILED, DELIVERED: dsn.Action.RELAYED}.get(r["status"])
+                if (
+                    action is not None
+                    and r["report_qid"] is None
+                    and r["lease_until"] is None
+                    and dsn.wants(r["notify"], action)
+                ):
+                    final.append(r["id"])
+                    entries.append(_recipient_status(r, action))
+            warn = self.cfg.queue.delay_warning
+            delayed = [
+                r
+                for r in recipients
+                if r["status"] == DEFERRED and dsn.wants(r["notify"], dsn.Action.DELAYED)
+            ]
+            delay = bool(
+                warn > 0
+                and delayed
+                and row["delay_report_qid"] is None
+                and now >= row["created"] + warn
+            )
+            if delay:
+                entries += [
+                    _recipient_status(r, dsn.Action.DELAYED, row["expires"]) for r in delayed
+                ]
+            if not entries:
+                await self.store.record_report(qid, None, [], False, now)  # nothing left due
+                return True
+            sender = _envelope_sender(row)
+            why_not = (
+                "the message has the null sender"
+                if not sender
+                else "it is not plain mail"
+                if row["kind"] != "mail" or row["certified"]
+                else None
+            )
+            raw = b""
+            if why_not is None:  # only plain mail is read from the spool
+                try:
+                    raw = await asyncio.to_thread(self.spool.read, qid)
+                except FileNotFoundError:
+                    pass  # the report still goes; it just cannot quote the original
+                if dsn.is_report(raw):
+                    why_not = "the message is itself a delivery report"
+            if why_not:
+                await self.store.record_report(qid, None, final, delay, now)
+                log.info("%s: no delivery status notification: %s", qid, why_not)
+                return True
+            data = self._build_report(row, sender, entries, raw)
+            report_qid = new_queue_id()
+            await asyncio.to_thread(self.spool.store, report_qid, data)
+            report = NewMessage(
+                qid=report_qid,
+                kind="report",
+                sender="",
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                recipients=(sender,),
+                parent_qid=qid,
+                method="generated",
+            )
+            if not await self.store.record_report(qid, report, final, delay, now):
+                await asyncio.to_thread(self.spool.remove, report_qid)  # another task sent it
+                return False
+            log.info("%s: sender %s: %s", qid, dsn.notification_name(entries), report_qid)
+            log.info("%s: from=<>, size=%d, nrcpt=1, report for %s", report_qid, len(data), qid)
+            return True
+        except Exception:
+            log_failure(log, "%s: could not make the delivery status notification; will retry", qid)
+            return False
+
+    def _build_report(
+        self,
+        row: dict[str, Any],
+        sender: str,
+        entries: list[dsn.RecipientStatus],
+        original: bytes,
+        reported_by: str | None = None,
+        headers_only: bool = False,
+    ) -> bytes:
+        """``headers_only``: ``original`` is only the header section (the message left the
+        queue), attached as ``text/rfc822-headers`` whatever RET= asked."""
+        # RET=FULL returns the whole message on failure only (RFC 3461 §4.3), up to a cap.
+        full = (
+            row["dsn_ret"] == "FULL"
+            and not headers_only
+            and any(e.action == dsn.Action.FAILED for e in entries)
+        )
+        too_big = full and len(original) > self.cfg.queue.dsn_full_limit
+        return dsn.build_report(
+            dsn.Report(
+                hostname=self.cfg.gateway.hostname,
+                domain=self.cfg.gateway.domain,
+                to=sender,
+                queue_id=row["qid"],
+                arrival=row["created"],
+                recipients=tuple(entries),
+                original=original,
+                return_full=full and not too_big,
+                full_refused=len(original) if too_big else None,
+                envid=row["dsn_envid"],
+                reported_by=reported_by,
+            )
+        )
+
+    async def _pass_on(self, report_row: dict[str, Any]) -> None:
+        """A DSN that came back (to the VERP return path) for plain mail goes on to its
+        sender as a report of ours; the DSN is done in the same transaction. Anything
+        else is only closed.
+
+        The DSN is believed for no more than its per-recipient fields, and only for the
+        reports :meth:`relay.queue.store.Store.accept_dsn` kept: about a recipient the gateway
+        delivered to, once per recipient and action. Anyone who knows a return path can
+        write a DSN, so the report quotes the original's own Subject and header fields
+        (the spool, or what was kept when it left the queue), never the DSN's."""
+        qid = report_row["qid"]
+        now = time.time()
+        parent = (
+            await self.store.message(report_row["parent_qid"]) if report_row["parent_qid"] else None
+        )
+        sender = _envelope_sender(parent) if parent is not None else ""
+        if parent is None or parent["kind"] != "mail" or parent["certified"] or not sender:
+            await self.store.mark(qid, state="done", done_at=now)
+            return
+        summary = json.loads(report_row["summary"] or "{}")
+        reports = summary.get("reports", [])
+        wanted = {r["address"].lower(): r for r in await self.store.recipients(parent["qid"])}
+        entries: list[dsn.RecipientStatus] = []
+        reporting: str | None = None
+        for index in summary.get("pass_on", []):
+            said = reports[index]
+            r = wanted.get(str(said.get("recipient") or "").lower())
+            try:
+                action = dsn.Action(str(said.get("action")))
+            except ValueError:
+                continue  # "expanded": nothing the sender needs
+            if r is None or not dsn.wants(r["notify"], action):
+                continue
+            reporting = reporting or said.get("reporting_mta")
+            entries.append(
+                dsn.late_status(
+                    address=r["address"],
+                    action=action,
+                    status=said.get("status"),
+                    diagnostic=said.get("diagnostic"),
+                    remote_mta=said.get("remote_mta") or said.get("reporting_mta"),
+                    received=report_row["created"],
+                    orcpt=r["orcpt"],
+                )
+            )
+        headers_only = False
+        try:
+            original = await asyncio.to_thread(self.spool.read, parent["qid"])
+        except FileNotFoundError:  # it left the queue: what was kept of it then
+            original, headers_only = parent["header_section"] or b"", True
+        if entries and dsn.is_report(original):
+            entries = []  # a report about a report: never (RFC 3461 §6.2)
+        if not entries:
+            await self.store.mark(qid, state="done", done_at=now)
+            log.info("%s: no delivery status notification passed on for %s", qid, parent["qid"])
+            return
+        data = self._build_report(
+            parent, sender, entries, original, reporting or "a remote server", headers_only
+        )
+        report_qid = await self.queue_generated(
+            "report",
+            parent,
+            data,
+            {"state": "done", "done_at": now},
+            update_qid=qid,
+            recipient=sender,
+        )
+        log.info("%s: sender %s: %s", parent["qid"], dsn.notification_name(entries), report_qid)
+
+    async def _certify(self, row: dict[str, Any]) -> bool:
+        qid = row["qid"]
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            return await self._content_lost(row, missing)
+        if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            # The spool no longer holds what was received: never certify something else.
+            log.error(
+                "%s: spool file does not match the received hash; certificate withheld, "
+                "message put on hold for the operator",
+                qid,
+            )
+            await self.store.mark(qid, state="held")
+            return False
+        evidence = await build_evidence(self.cfg, self.store, row)
+        pdf = await self.certifier.certify(evidence, raw)
+        reported = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
+        if not await self._send_document(
+            row,
+            row["cert_id"],
+            pdf,
+            raw,
+            label="Certificate",
+            update_qid=qid,
+            done={"tracking_reported": reported},
+        ):
+            return False
+        await asyncio.to_thread(self.spool.archive, qid)
+        log.info("%s: removed", qid)
+        return True
+
+    async def _certify_reception(self, row: dict[str, Any]) -> bool:
+        """The reception certificate to the owner and, when decided at arrival (and still
+        within the per-sender interval), the same PDF to the sender as proof of receipt."""
+        qid = row["qid"]
+        try:
+            raw = await asyncio.to_thread(self.spool.read, qid)
+        except SpoolFileMissing as missing:
+            return await self._content_lost(row, missing)
+        if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            log.error("%s: spool file does not match the received hash; held", qid)
+            await self.store.mark(qid, state="held")
+            return False
+        detail = json.loads(row["reception"] or "{}")
+        to = (detail.get("receipt") or {}).get("to")
+        if to and not await self.store.claim_receipt(
+            row["sender"], to, time.time(), self.cfg.reception.ack_interval
+        ):
+            detail["receipt"] = {
+                "to": None,
+                "why": "a proof of receipt already went to this sender within "
+                f"{self.cfg.reception.ack_interval:.0f} s (RFC 3834: at most one per interval)",
+            }
+            to = None
+        evidence = await build_evidence(self.cfg, self.store, row)
+        evidence.update(kind="reception", reception=reception_evidence(detail))
+        pdf = await self.certifier.certify(evidence, raw)
+        if await self._certified_already(qid):
+            return False
+        path = self.certificates_dir / f"{row['cert_id']}.pdf"
+        await asyncio.to_thread(write_durably, path, pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        original = notices.original_headers(raw)
+
+        def mail(receipt: bool, address: str) -> bytes:
+            return notices.build_reception_mail(
+                gateway_name=self._gateway_name(),
+                from_address=self.cfg.gateway.certification_address,
+                hostname=self.cfg.gateway.hostname,
+                to=address,
+                qid=qid,
+                cert_id=row["cert_id"],
+                sha256=row["sha256"],
+                owner=row["sender"],
+                original_from=row["header_from"] or "",
+                original=original,
+                pdf=pdf,
+                receipt=receipt,
+            )
+
+        await self.store.append_evidence(
+            qid, "CertificateIssued", {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
+            time.time(),
+        )  # fmt: skip
+        if to:
+            receipt_qid = await self.queue_generated(
+                "receipt", row, mail(True, to), {}, recipient=to
+            )
+            await self.store.append_evidence(
+                qid, "ReceiptSent", {"to": to, "receipt_qid": receipt_qid}, time.time()
+            )
+        await self.queue_generated(
+            "certificate",
+            row,
+            mail(False, row["sender"]),
+            {"cert_state": "done", "state": "done", "done_at": time.time()},
+        )
+        cert_log.info(
+            "%s: reception certificate=%s owner=<%s> sha256=%s pdf_sha256=%s receipt=%s",
+            qid, row["cert_id"], row["sender"], row["sha256"], pdf_sha, to or "none",
+        )  # fmt: skip
+        await asyncio.to_thread(self.spool.archive, qid)
+        log.info("%s: removed", qid)
+        return True
+
+    async def _addendum_not_issued(self, qid: str, missing: SpoolFileMissing, about: str) -> None:
+        await self.store.append_evidence(
+            qid, "AddendumNotIssued", {"about": about, "reason": SPOOL_MISSING_TEXT}, time.time()
+        )
+        log.error("%s: addendum about %s not issued: %s", qid, about, missing)
+
+    async def _content_lost(
+        self,
+        row: dict[str, Any],
+        missing: SpoolFileMissing,
+        addendum: dict[str, Any] | None = None,
+    ) -> bool:
+        """The certificate of a message whose spool file is gone, once the grace is over
+        (or, given the late delivery report ``addendum``, the addendum about it).
+
+        What it can honestly state comes from the database and the evidence log: who
+        sent a message when, its SHA-256 and size as received, each recipient's outcome
+        and the timeline. What it cannot: the content. So the certificate is signed and
+        timestamped as any other, its evidence says why the content is missing
+        (``message.content_unavailable``), it embeds no message.eml and states no
+        subject or text (:mod:`certifier.document`), and ``certifica verify`` reports
+        the content as not certified (:mod:`certifier.verify`). The mail carrying it
+        says the same in plain words.
+        """
+        qid = row["qid"]
+        if addendum is None:
+            since = await missing_since(self.cfg, self.store, qid, missing)
+            if time.time() < since + self.cfg.queue.missing_spool_grace:
+                return False  # the next full scan comes back here
+        elif not any(e.event == "SpoolFileMissing" for e in await self.store.evidence_for(qid)):
+            # The archived copy is gone (retention, a disk fault, an operator): the claim
+            # the addendum makes rests on an entry of the evidence log, as the
+            # certificate's does, naming the file that was looked for.
+            where = spool_name(missing)
+            await self.store.append_evidence(qid, "SpoolFileMissing", {"file": where}, time.time())
+            log.error("%s: archived copy missing (%s); the addendum states no content", qid, where)
+        evidence = await build_evidence(self.cfg, self.store, row)
+        evidence["message"]["content_unavailable"] = SPOOL_MISSING_TEXT
+        if row["kind"] == "reception":
+            detail = json.loads(row["reception"] or "{}")
+            evidence.update(kind="reception", reception=reception_evidence(detail))
+        cert_id = row["cert_id"]
+        if addendum is not None:
+            cert_id = addendum["cert_id"]
+            evidence.update(late_bounce_addendum(row, addendum))
+        pdf = await self.certifier.certify(evidence, None)
+        done_qid = addendum["qid"] if addendum is not None else qid
+        if await self._certified_already(done_qid):
+            return False
+        await asyncio.to_thread(write_durably, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        label = "Addendum" if addendum is not None else "Certificate"
+        recipients = await self.store.recipients(qid)
+        data = notices.build_content_lost(
+            gateway_name=self._gateway_name(),
+            from_address=self.cfg.gateway.certification_address,
+            hostname=self.cfg.gateway.hostname,
+            to=row["sender"],
+            qid=qid,
+            cert_id=cert_id,
+            received_at=iso(row["created"]) or "",
+            sha256=row["sha256"],
+            size=row["size"],
+            addendum_of=row["cert_id"] if addendum is not None else None,
+            recipients=_outcomes_for_mail(recipients),
+            pdf=pdf,
+        )
+        await self.store.append_evidence(
+            qid,
+            f"{label}Issued",
+            {"certificate_id": cert_id, "pdf_sha256": pdf_sha, "content": "unavailable"},
+            time.time(),
+        )
+        columns = {"cert_state": "done", "state": "done", "done_at": time.time()}
+        if row["sender"]:
+            mailed = await self.queue_generated(
+                label.lower(), row, data, columns, update_qid=done_qid
+            )
+        else:
+            await self.store.mark(done_qid, **columns)
+            mailed = "none"
+        cert_log.warning(
+            "%s: %s=%s sha256=%s pdf_sha256=%s without the message (%s); mailed as %s",
+            qid,
+            label.lower(),
+            cert_id,
+            row["sha256"],
+            pdf_sha,
+            missing,
+            mailed,
+        )
+        if addendum is not None:
+            await asyncio.to_thread(self.spool.archive, done_qid)
+        log.info("%s: removed", done_qid)
+        return True
+
+    async def _send_document(
+        self,
+        row: dict[str, Any],
+        cert_id: str,
+        pdf: bytes,
+        raw: bytes,
+        *,
+        label: str,
+        update_qid: str | None,
+        done: dict[str, Any] | None = None,
+    ) -> bool:
+        """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
+        message ``update_qid`` is done (with ``done`` columns set) in the same
+        transaction as the mail is queued. False, with nothing done, when that message
+        was certified already (this job ran twice)."""
+        qid = row["qid"]
+        if update_qid and await self._certified_already(update_qid):
+            return False
+        path = self.certificates_dir / f"{cert_id}.pdf"
+        await asyncio.to_thread(write_durably, path, pdf)
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        recipients = await self.store.recipients(qid)
+        data = notices.build_certificate_mail(
+            gateway_name=self._gateway_name(),
+            from_address=self.cfg.gateway.certification_address,
+            hostname=self.cfg.gateway.hostname,
+            to=row["sender"],
+            qid=qid,
+            cert_id=cert_id,
+            sha256=row["sha256"],
+            recipients=_outcomes_for_mail(recipients),
+            original=notices.original_headers(raw),
+            pdf=pdf,
+            label=label,
+        )
+        event = "CertificateIssued" if label == "Certificate" else "AddendumIssued"
+        await self.store.append_evidence(
+            qid, event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha}, time.time()
+        )
+        await self.queue_generated(
+            label.lower(),
+            row,
+            data,
+            {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})}
+            if update_qid
+            else {},
+            update_qid=update_qid,
+        )
+        cert_log.info(
+            "%s: %s=%s sha256=%s pdf_sha256=%s", qid, label.lower(), cert_id, row["sha256"], pdf_sha
+        )
+        return True
+
+    async def _addendum(self, dsn: dict[str, Any]) -> bool:
+        """A signed addendum to a certificate already sent: a recipient bounced late."""
+        parent = await self.store.message(dsn["parent_qid"])
+        if parent is None:
+            await self.store.mark(dsn["qid"], state="done", done_at=time.time())
+            return False
+        try:
+            raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
+        except SpoolFileMissing as missing:
+            return await self._content_lost(parent, missing, addendum=dsn)
+        evidence = await build_evidence(self.cfg, self.store, parent)
+        evidence.update(late_bounce_addendum(parent, dsn))
+        pdf = await self.certifier.certify(evidence, raw)
+        if not await self._send_document(
+            parent, dsn["cert_id"], pdf, raw, label="Addendum", update_qid=dsn["qid"]
+        ):
+            return False
+        await asyncio.to_thread(self.spool.archive, dsn["qid"])
+        log.info("%s: removed", dsn["qid"])
+        return True
+
+    def _gateway_name(self) -> str:
+        return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Each recipient's address, status and last reply, as the sender's mail lists them."""
+    return [
+        {
+            "address": r["address"],
+            "status": r["status"],
+            "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+        }
+        for r in recipients
+    ]
+
+
+def _envelope_sender(row: dict[str, Any]) -> str:
+    """Where reports about a message go: its MAIL FROM as received ('' for the null one)."""
+    return str(row["sender"] if row.get("envelope_from") is None else row["envelope_from"])
+
+
+def _recipient_status(
+    r: dict[str, Any], action: dsn.Action, retry_until: float | None = None
+) -> dsn.RecipientStatus:
+    return dsn.recipient_status(
+        address=r["address"],
+        action=action,
+        reply_code=r["reply_code"],
+        reply_enhanced=r["reply_enhanced"],
+        reply_text=r["reply_text"],
+        mx_host=r["mx_host"],
+        last_attempt=r["last_attempt"],
+        orcpt=r["orcpt"],
+        will_retry_until=retry_until,
+    )

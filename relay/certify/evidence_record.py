@@ -1,0 +1,210 @@
+"""The evidence record (``certifica-evidence/1``): everything a certificate states, as
+JSON-ready data (``evidence.json`` inside the PDF).
+
+It is built from the store alone: the message's row, each recipient's outcome, the
+opens and clicks, and the evidence log with the RFC 3161 checkpoint covering it
+(:mod:`relay.certify.checkpoints`), so ``certifica verify`` recomputes it offline
+(:mod:`certifier.verify`). The documents (:mod:`relay.certify.documents`) add what is
+particular to a reception certificate or an addendum.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from certifier import evidence as evidence_log
+from relay.certify.checkpoints import evidence_log_section
+from relay.config import Config
+from relay.queue.store import Store
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+async def build_evidence(
+    cfg: Config, store: Store, row: dict[str, Any], tracking_after: int = 0
+) -> dict[str, Any]:
+    """Everything the certificate states, as JSON-ready data (``evidence.json``);
+    opens and clicks only after event ``tracking_after`` (those are in an earlier
+    document)."""
+    qid = row["qid"]
+    recipients = await store.recipients(qid)
+    entries = await store.evidence_for(qid)
+    summary = row.get("summary")
+    return {
+        "format": "certifica-evidence/1",
+        "kind": "sending",
+        "certificate_id": row["cert_id"],
+        "queue_id": qid,
+        "issued_at": iso(time.time()),
+        "gateway": {
+            "hostname": cfg.gateway.hostname,
+            "domain": cfg.gateway.domain,
+            "software": f"Certifica {_version()}",
+        },
+        "sender": {
+            "envelope_from": row["sender"]
+            if row.get("envelope_from") is None
+            else row["envelope_from"],
+            "header_from": None,
+            "authentication": json.loads(row["authentication"])
+            if row.get("authentication")
+            else None,
+            "authenticated_user": row["auth_user"],
+            "client_ip": row["client_ip"],
+            "client_helo": row["client_helo"],
+            "tls": {"version": row["tls_version"], "cipher": row["tls_cipher"]}
+            if row["tls_version"]
+            else None,
+            "method": row["method"],
+        },
+        "message": {
+            "sha256": row["sha256"],
+            "size": row["size"],
+            "summary_pending": summary is None,
+            # Header fields the gateway added on the way out (RFC 6409 §8): the
+            # received hash is of the message without them, the delivered one with.
+            "added_fields": next(
+                (
+                    list(e.detail.get("added_fields") or [])
+                    for e in entries
+                    if e.event == "SubmissionAcceptance"
+                ),
+                [],
+            ),
+        },
+        "recipients": [
+            {
+                "address": r["address"],
+                "status": r["status"],
+                "time": iso(r["last_attempt"]),
+                "mx_host": r["mx_host"],
+                "ip": r["ip"],
+                "port": r["port"],
+                "reply": {
+                    "code": r["reply_code"],
+                    "enhanced": r["reply_enhanced"],
+                    "text": r["reply_text"],
+                },
+                "remote_qid": r["remote_qid"],
+                "tls": {"version": r["tls_version"], "cipher": r["tls_cipher"]}
+                if r["tls_version"]
+                else None,
+                "attempts": r["attempts"],
+                "delivered_sha256": r["delivered_sha256"],
+                "note": r["note"],
+                "tracking": None
+                if r.get("tracked") is None
+                else {
+                    "tracked": bool(r["tracked"]),
+                    "notes": json.loads(r["tracking_notes"] or "[]"),
+                },
+            }
+            for r in recipients
+        ],
+        "tracking": await _tracking_evidence(cfg, store, row, tracking_after),
+        "timeline": [
+            {
+                "time": iso(e.time),
+                "event": e.event,
+                "recipient": e.recipient,
+                "detail": _timeline_detail(e),
+            }
+            for e in entries
+        ],
+        # The timeline's entries in full (every hashed field) and the RFC 3161
+        # checkpoint covering them, so a verifier recomputes them offline.
+        "evidence_log": await evidence_log_section(store, entries),
+    }
+
+
+async def _tracking_evidence(
+    cfg: Config, store: Store, row: dict[str, Any], after: int
+) -> dict[str, Any] | None:
+    if not row.get("tracking"):
+        return None
+    events = await store.tracking_events(row["qid"], after)
+    return {
+        "enabled": True,
+        "public_url": cfg.tracking.public_url,
+        "last_event_id": max([e["id"] for e in events], default=after),
+        "reported_before": {"until_event": after, "certificate_id": row["cert_id"]}
+        if after
+        else None,
+        "events": [
+            {
+                "time": iso(e["time"]),
+                "recipient": e["address"],
+                "kind": e["kind"],
+                "link": e["link"],
+                "url": e["url"],
+                "ip": e["ip"],
+                "user_agent": e["user_agent"],
+                "method": e["method"],
+                "automatic": bool(e["automatic"]),
+                "reason": e["reason"],
+            }
+            for e in events
+        ],
+    }
+
+
+def late_bounce_addendum(parent: dict[str, Any], dsn: dict[str, Any]) -> dict[str, Any]:
+    """The evidence fields that make a message's evidence the addendum about the late
+    delivery report ``dsn`` (a row of kind dsn) that came back for it."""
+    return {
+        "kind": "addendum",
+        "certificate_id": dsn["cert_id"],
+        "addendum_of": parent["cert_id"],
+        "late_bounce": {
+            "dsn_queue_id": dsn["qid"],
+            "dsn_sha256": dsn["sha256"],
+            "reports": json.loads(dsn["summary"] or "{}").get("reports", []),
+        },
+    }
+
+
+def reception_evidence(detail: dict[str, Any]) -> dict[str, Any]:
+    """What a reception certificate states about the arrival, JSON-ready."""
+    return {
+        "owner": detail.get("owner"),
+        "arrived_at": iso(detail.get("arrived_at")),
+        "envelope": detail.get("envelope"),
+        "original_from": detail.get("original_from"),
+        "trace": detail.get("trace"),
+        "arc": detail.get("arc"),
+        "receipt": detail.get("receipt"),
+    }
+
+
+def _timeline_detail(entry: evidence_log.Entry) -> str:
+    d = entry.detail
+    if d.get("late"):
+        by = f" (reported by {d['reporting_mta']})" if d.get("reporting_mta") else ""
+        status = d.get("status") or ""
+        return f"delivery report after acceptance: {d.get('action')} {status} {d.get('diagnostic', '')}{by}"
+    if entry.event in ("RelayToNonERDS", "RelayToNonERDSFailure", "RelayAttemptDeferred"):
+        where = f" via {d.get('mx_host')}[{d.get('ip')}]:{d.get('port')}" if d.get("ip") else ""
+        note = f"; {d['note']}" if d.get("note") else ""
+        return f"{d.get('reply', '')}{where}{note}"
+    if entry.event == "SubmissionAcceptance":
+        return f"accepted as {entry.qid}, {d.get('size')} bytes, sha256 {d.get('sha256')}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items()))
+
+
+@functools.cache
+def _version() -> str:
+    """The installed version, read once (importlib.metadata reads files every call)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("certifica")
+    except PackageNotFoundError:
+        return "development"
