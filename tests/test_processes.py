@@ -11,6 +11,7 @@ and the acceptors share the listening sockets.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import smtplib
 import socket
@@ -35,7 +36,8 @@ from tests.conftest import (
     write_config,
 )
 
-PROCESSES = "[processes]\nacceptors = 2\n"
+PROCESSES = "[processes]\nacceptors = 2\ndelivery_agents = 1\n"  # [signing] workers = 1
+CHILDREN = ("qmgr-0", "acceptor-0", "acceptor-1", "delivery-0", "certify-0")
 
 
 def statuses(gw: Gateway) -> dict[str, dict]:
@@ -197,6 +199,9 @@ def kill_mid_load(
         "duplicate copies": sum(n - 1 for n in got.values() if n > 1),
         "restart s": round(restart, 2),
     }
+    lost = re.search(rf"{re.escape(process_name(victim))} pid {old} disconnected; (\d+) jobs", log)
+    if lost:  # a delivery agent or certificate worker: what it was doing when killed
+        figures["jobs lost"] = int(lost.group(1))
     print(f"\nkill -9 of {victim} under load: {figures}; client errors {dict(load.errors)}")
     return figures
 
@@ -212,7 +217,7 @@ def signal_pid(pid: int, sig: int) -> None:
     os.kill(pid, sig)
 
 
-@pytest.mark.parametrize("victim", ["acceptor-0", "qmgr-0"])
+@pytest.mark.parametrize("victim", ["acceptor-0", "qmgr-0", "delivery-0", "certify-0"])
 def test_kill_9_of_a_child_under_load_loses_nothing(
     sink_server: SinkServer, tmp_path: Path, victim: str
 ) -> None:
@@ -232,12 +237,20 @@ def test_sigterm_stops_the_children_in_order_and_exits_0(
     def first(text: str) -> int:
         return next(i for i, line in enumerate(lines) if text in line)
 
-    acceptors_stopped = max(
-        i for i, line in enumerate(lines) if "certifica/acceptor[" in line and "stopped" in line
-    )
-    assert first("stopping acceptor[0], acceptor[1]") < acceptors_stopped
-    assert acceptors_stopped < first("master: stopping qmgr")
-    assert first("master: stopping qmgr") < first("qmgr[") < first("certifica/master: stopped")
+    def stopped(role: str) -> list[int]:
+        return [
+            i
+            for i, line in enumerate(lines)
+            if f"certifica/{role}[" in line and ": stopped" in line
+        ]
+
+    assert len(stopped("acceptor")) == 2
+    assert first("stopping acceptor[0], acceptor[1]") < min(stopped("acceptor"))
+    assert max(stopped("acceptor")) < first("master: stopping qmgr") < min(stopped("qmgr"))
+    assert max(stopped("qmgr")) < first("master: stopping delivery[0], certify[0]")
+    assert first("master: stopping delivery[0], certify[0]") < min(stopped("delivery"))
+    assert first("master: stopping delivery[0], certify[0]") < min(stopped("certify"))
+    assert max(stopped("delivery") + stopped("certify")) < first("certifica/master: stopped")
     assert_clean_log(gw.log())
     status = gw.cli("status")
     assert status.returncode == 1
@@ -248,14 +261,21 @@ def test_status_lists_every_process(sink_server: SinkServer, tmp_path: Path) -> 
     sink = sink_server.start(Sink())
     gw = start_gateway(write_config(tmp_path, {"example.org": sink.port}, PROCESSES))
     try:
-        for name in ("qmgr-0", "acceptor-0", "acceptor-1"):
+        for name in CHILDREN:
             pid_of(gw, name)
         result = gw.cli("status")
         assert result.returncode == 0, result.stderr
         names = [line.split()[0] for line in result.stdout.splitlines()]
-        assert names == ["master", "qmgr", "acceptor[0]", "acceptor[1]"], result.stdout
+        assert names == [
+            "master",
+            "qmgr",
+            "acceptor[0]",
+            "acceptor[1]",
+            "delivery[0]",
+            "certify[0]",
+        ], result.stdout
         assert f"pid {gw.proc.pid} " in result.stdout.splitlines()[0]
-        assert "supervising 3 children" in result.stdout
+        assert "supervising 5 children" in result.stdout
     finally:
         gw.stop()
     assert_clean_log(gw.log())
@@ -266,7 +286,7 @@ def test_status_of_a_killed_gateway_says_so(sink_server: SinkServer, tmp_path: P
     ``certifica status`` says the gateway is not running."""
     sink = sink_server.start(Sink())
     gw = start_gateway(write_config(tmp_path, {"example.org": sink.port}, PROCESSES))
-    children = [pid_of(gw, n) for n in ("qmgr-0", "acceptor-0", "acceptor-1")]
+    children = [pid_of(gw, n) for n in CHILDREN]
     gw.proc.send_signal(signal.SIGKILL)
     gw.proc.wait(10)
     deadline = time.monotonic() + 10
@@ -313,5 +333,46 @@ def test_the_acceptors_share_the_listening_sockets(sink_server: SinkServer, tmp_
     finally:
         for sock in clients:
             sock.close()
+        gw.stop()
+    assert_clean_log(gw.log())
+
+
+def test_an_attempt_under_way_when_the_qmgr_dies_is_not_made_twice(
+    sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """The queue manager is killed while the delivery agent waits for the MX's reply to
+    DATA. The new one hears from the agent that the attempt is still under way: it keeps
+    the recipient's lease (no second attempt), and the agent records the outcome."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(msg: Received) -> str:
+        entered.set()
+        release.wait(30)  # holds the sinks' event loop: no other session is served
+        return "250 2.0.0 Ok: queued as SLOW"
+
+    sink = sink_server.start(Sink(data_reply=slow))
+    gw = start_gateway(write_config(tmp_path, {"example.org": sink.port}, PROCESSES))
+    try:
+        old, agent = pid_of(gw, "qmgr-0"), pid_of(gw, "delivery-0")
+        with gw.smtp() as client:
+            client.sendmail("alice@example.com", ["bob@example.org"], make_message(cc=""))
+        assert entered.wait(30), gw.log()
+        signal_pid(old, signal.SIGKILL)
+        new = wait_for_new_pid(gw, "qmgr-0", old)
+        hello = f"certifica/qmgr[{new}]: delivery[0] pid {agent} connected"
+        deadline = time.monotonic() + 30
+        while hello not in gw.log():
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.05)
+        time.sleep(1.0)  # five scans: a released lease would be tried again by now
+        release.set()
+        sink.wait_for(lambda ms: bool(ms))
+        deadline = time.monotonic() + 30
+        while (listing := gw.cli("queue", "list")).stdout.strip() != "Mail queue is empty":
+            assert time.monotonic() < deadline, listing.stdout
+            time.sleep(0.1)
+        assert len(sink.to("bob@example.org")) == 1
+    finally:
+        release.set()
         gw.stop()
     assert_clean_log(gw.log())

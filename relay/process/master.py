@@ -100,6 +100,11 @@ def acceptor_count(cfg: Config) -> int:
     return cfg.processes.acceptors or os.cpu_count() or 1
 
 
+def delivery_agents(cfg: Config) -> int:
+    """``[processes] delivery_agents``, or one (it runs many connections at once)."""
+    return cfg.processes.delivery_agents or 1
+
+
 def bind(key: str, ep: Endpoint) -> socket.socket:
     """A listening TCP socket on ``ep``, non-blocking (the acceptors share it: a
     connection another acceptor took must not leave this one blocked in accept)."""
@@ -163,8 +168,9 @@ class Master:
         for problem in secure_state_dir(self.paths["root"]):
             log.warning("state directory: %s", problem)
         self.pki: Pki = ensure_dev_pki(self.paths["keys"], cfg.gateway.hostname)
+        self.signing = signing_settings(cfg, self.pki)
         try:
-            check_settings(signing_settings(cfg, self.pki))
+            check_settings(self.signing)
         except (ValueError, TypeError, OSError) as err:
             # A wrong password, an unreadable file, a key that is not the certificate's.
             why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
@@ -245,18 +251,27 @@ class Master:
         return Endpoint(host.strip("[]"), int(port))
 
     def _children(self) -> None:
-        from relay.process import acceptor, qmgr
+        from relay.process import acceptor, qmgr, worker
 
         cfg, grace = self.cfg, self.GRACE
+        agents, certifiers = delivery_agents(cfg), certificate_workers(cfg)
         qsetup = qmgr.QmgrSetup(
+            cfg=cfg,
+            paths=self.paths,
+            wake_socket=self.wake_socket,
+            job_socket=self.job_socket,
+            workers=agents + certifiers,
+            grace=grace,
+        )
+        wsetup = worker.WorkerSetup(
             cfg=cfg,
             pki=self.pki,
             paths=self.paths,
-            wake_socket=self.wake_socket,
+            job_path=self.run_dir / "qmgr.sock",
             local_mx=self._local_mx(),
             verp_key=self.verp_key,
             tracking_key=self.tracking_key,
-            workers=certificate_workers(cfg),
+            signing=self.signing,
             grace=grace,
         )
         asetup = acceptor.AcceptorSetup(
@@ -270,7 +285,12 @@ class Master:
             tracking_key=self.tracking_key,
             grace=grace,
         )
+        # Started in this order; stopped acceptors first (see stop).
         self.slots.append(Slot("qmgr", 0, _runner(qmgr.serve, qsetup)))
+        for i in range(agents):
+            self.slots.append(Slot("delivery", i, _runner(worker.serve, wsetup, "delivery", i)))
+        for i in range(certifiers):
+            self.slots.append(Slot("certify", i, _runner(worker.serve, wsetup, "certify", i)))
         for i in range(acceptor_count(cfg)):
             self.slots.append(Slot("acceptor", i, _runner(acceptor.serve, asetup, i)))
 
@@ -283,6 +303,7 @@ class Master:
         import certifier.signing  # noqa: F401 - pyHanko
         import relay.process.acceptor  # noqa: F401
         import relay.process.qmgr  # noqa: F401
+        import relay.process.worker  # noqa: F401
 
         gc.collect()
         gc.freeze()

@@ -580,12 +580,21 @@ class Store:
         )
         return rows
 
-    async def release_leases(self) -> None:
-        await self._run(
-            lambda: self._conn.execute(
+    async def release_leases(self, keep: Iterable[int] = ()) -> None:
+        """Release every lease but those of the recipients ``keep`` (attempts still
+        under way in a delivery agent that outlived the queue manager)."""
+        kept = sorted(set(keep))
+
+        def _release() -> None:
+            self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept_leases (id INTEGER)")
+            self._conn.execute("DELETE FROM kept_leases")
+            self._conn.executemany("INSERT INTO kept_leases VALUES (?)", [(i,) for i in kept])
+            self._conn.execute(
                 "UPDATE recipients SET lease_until = NULL WHERE lease_until IS NOT NULL"
+                " AND id NOT IN (SELECT id FROM kept_leases)"
             )
-        )
+
+        await self._run(_release)
 
     async def release(self, ids: Iterable[int]) -> None:
         """Give up leases taken but not used; the recipients are due as they were."""
