@@ -25,7 +25,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +65,6 @@ class AcceptorSetup:
     verp_key: bytes
     tracking_key: bytes
     grace: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Waker:

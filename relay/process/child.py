@@ -21,6 +21,7 @@ only when what the child does has changed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import json
@@ -69,12 +70,13 @@ def become_child(role: str, index: int) -> None:
         pass
 
 
+SINGLE = ("master", "qmgr")
+"""The roles with one process, named without an index."""
+
+
 def process_name(role: str, index: int) -> str:
     """``qmgr`` (one of its kind) or ``acceptor[2]``."""
     return role if role in SINGLE else f"{role}[{index}]"
-
-
-SINGLE = ("master", "qmgr")
 
 
 class _ProcessTag(logging.Filter):
@@ -124,8 +126,6 @@ async def report_status(
     status: StatusFile, describe: Callable[[], tuple[str, dict[str, int]]]
 ) -> None:
     """Keep ``status`` up to date every second until cancelled."""
-    import asyncio
-
     while True:
         doing, counters = describe()
         status.update(doing, counters)

@@ -2,8 +2,8 @@
 signing settings, the listeners' TLS contexts and the secrets kept in the state directory.
 
 The processes themselves are :mod:`relay.process.master` (which ``certifica serve``
-runs), :mod:`relay.process.acceptor` and :mod:`relay.process.qmgr` (ARCHITECTURE.md,
-"Processes"). Once listening, the master writes ``<state_dir>/listen.json`` with the
+runs), :mod:`relay.process.acceptor`, :mod:`relay.process.qmgr` and
+:mod:`relay.process.worker` (ARCHITECTURE.md, "Processes"). Once listening, the master writes ``<state_dir>/listen.json`` with the
 actual addresses (port 0 in the config means "any free port"; tests read the ports
 back from there).
 """

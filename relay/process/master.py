@@ -152,6 +152,9 @@ def bind_unix(path: Path, kind: int) -> socket.socket:
 class Master:
     """The supervisor of the gateway's processes (see the module docstring)."""
 
+    GRACE = 10.0
+    """Seconds the work in flight has to finish when the gateway stops."""
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.paths = state_paths(cfg)
@@ -309,8 +312,6 @@ class Master:
         gc.freeze()
 
     # -- the children ------------------------------------------------------------------
-    GRACE = 10.0
-
     def _fork(self, slot: Slot) -> None:
         pid = os.fork()
         if pid == 0:

@@ -37,6 +37,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def _is_certifica(pid: int) -> bool:
+    """Whether ``pid`` runs certifica (not another program that got the pid of a
+    master that was killed); True where /proc cannot tell."""
+    try:
+        return b"certifica" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
 def master_pid(state_dir: Path) -> int:
     """The running master's pid; raises :class:`NotRunning`."""
     path = run_dir(state_dir) / "master.pid"
@@ -46,7 +55,7 @@ def master_pid(state_dir: Path) -> int:
         raise NotRunning(f"the gateway is not running (no {path})") from None
     except ValueError:
         raise NotRunning(f"the gateway is not running ({path} holds no pid)") from None
-    if not alive(pid):
+    if not alive(pid) or not _is_certifica(pid):
         raise NotRunning(
             f"the gateway is not running (pid {pid} in {path} has ended: it was killed)"
         )
