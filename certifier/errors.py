@@ -14,7 +14,9 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── relay.smtpd.authn.TemporaryAuthError       451 4.7.x (DNS failed for SPF,
     │   │                                              DKIM or DMARC)
     │   ├── relay.smtpd.authn._Temporary               one lookup; becomes the above
-    │   └── relay.delivery.routing._Temporary          one lookup; becomes RouteError
+    │   ├── relay.delivery.routing._Temporary          one lookup; becomes RouteError
+    │   └── relay.queue.jobs.JobLost                   the process running a job ended;
+    │                                                  the scheduler hands it out again
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)
