@@ -3,7 +3,8 @@
 Every part of the gateway that reads a message goes through here, so they all see the
 same header fields, the same parts and the same addresses: the certificate's summary
 (:mod:`certifier.message`), the tracking rewrite (:mod:`addendum.inject`), the sender
-checks of the submission and certified-copy intakes, the reception intake, and the CLI.
+checks of the submission and certified-copy intakes, the reception intake, the fields
+added to the outgoing copy (``relay.delivery.outbound``), and the CLI.
 
 Standards, by module:
 
@@ -47,6 +48,9 @@ from certifier.mime.body import Split, decode_transfer, split_multipart
 from certifier.mime.headers import (
     PART_FIELDS,
     PartHeaders,
+    field_name,
+    header_end,
+    header_fields,
     header_str,
     parse_structured,
     part_headers,
@@ -80,8 +84,11 @@ __all__ = [
     "decode_charset",
     "decode_transfer",
     "decode_words",
+    "field_name",
     "from_addresses",
     "header_addresses",
+    "header_end",
+    "header_fields",
     "header_from_addresses",
     "header_str",
     "no_surrogates",
