@@ -12,7 +12,9 @@ Standards, by module:
   RFC 6532 (UTF-8 header fields), RFC 2045 section 5 and RFC 2231 (``Content-Type``
   and its parameters, continuations and charsets), RFC 2183 (``Content-Disposition``).
 - :mod:`certifier.mime.body`: RFC 2046 section 5.1 (multipart boundaries) and RFC 2045
-  section 6 (``Content-Transfer-Encoding``).
+  section 6 (``Content-Transfer-Encoding``); RFC 2049 section 2 (conformance): every
+  multipart subtype is split as ``multipart/mixed`` would be, and a body in an unknown
+  transfer encoding is kept as sent, like ``application/octet-stream``.
 - :mod:`certifier.mime.text`: RFC 2047 (encoded words, decoded for display only),
   charsets (RFC 2045/2046, WHATWG Encoding Standard fallbacks), strings safe to show
   on one line.
