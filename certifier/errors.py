@@ -36,8 +36,8 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     ├── StartupError              the gateway cannot start (a port, a key file); exit 2
     ├── StorageError              the queue could not be read or written
     │   ├── relay.queue.spool.SpoolFileMissing         (FileNotFoundError)
-    │   └── StoreError, StoreFullError (relay.queue)   4xx to a client while the disk is
-    │                                                  full
+    │   └── StoreError, StoreFullError (relay.queue)   451 / 452 to a client: nothing was
+    │                                                  accepted, try again later
     ├── UsageError                a command line the CLI cannot carry out; one line, exit 2
     │                             (relay.cli.UserError)
     └── VerificationError         a certificate cannot be verified; ``certifica verify``
@@ -48,9 +48,11 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
 Not in the tree: errors of the libraries we call, which keep their own classes where
 they are caught: pyHanko's ``TimestampRequestError`` (the timestamp authority failed:
 temporary, the certificate is made later) and ``SigningError`` (a PDF that cannot be
-signed), ``OSError`` from sockets and files, ``sqlite3.Error``. An exception's text is
-never sent to an SMTP client: the client gets the reply named by the code that caught it
-(``relay.smtpd.replies``).
+signed), ``OSError`` from sockets and files, ``sqlite3.Error``.
+
+An exception's text reaches an SMTP client only where its class is written for one (the
+``reply`` of DataRefused and BadCommandLine, the sentence of ParameterError); otherwise
+the client gets the reply named by the code that caught it (``relay.smtpd.replies``).
 """
 
 from __future__ import annotations
