@@ -185,6 +185,7 @@ def _own_cgroup2() -> str | None:
 
 
 _JOIN = 'echo $$ > "$0" && exec "$@"'  # sh: move into the cgroup, then become the command
+USE_CGROUP = True  # bench/run.py --cpu-from proc: measure from /proc even where a cgroup works
 
 
 class ProcessTree:
@@ -224,7 +225,7 @@ class ProcessTree:
     @staticmethod
     def _make_cgroup(name: str) -> Path | None:
         mount, own = _cgroup2_mount(), _own_cgroup2()
-        if mount is None or own is None:
+        if not USE_CGROUP or mount is None or own is None:
             return None
         path = mount / own.lstrip("/") / f"certifica-bench-{os.getpid()}-{name}"
         try:
