@@ -398,8 +398,8 @@ class Bench:
         first, last = (min(replies), max(replies)) if replies else (t0, client["end"])
         accepting = last - first
         end_to_end = during = None
-        if certified and certs:
-            end_to_end = len(certs) / max(1e-9, max(t for t, *_ in certs) - first)
+        if certified:  # no certificate at all is 0/s, not "not measured"
+            end_to_end = len(certs) / max(1e-9, max(t for t, *_ in certs) - first) if certs else 0.0
             if accepting > 0:
                 during = sum(1 for t, *_ in certs if first <= t <= last) / accepting
         seconds = client["end"] - t0
