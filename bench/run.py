@@ -265,7 +265,7 @@ class Bench:
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            return self._drive(proc, sessions, deadline, ready)
+            return self._drive(proc, sessions, deadline, ready, auth)
         finally:
             if proc.poll() is None:  # an error or an interrupt on our side
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -277,11 +277,16 @@ class Bench:
         sessions: int,
         deadline: float,
         ready: Callable[[], None] | None,
+        auth: bool,
     ) -> dict[str, Any]:
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(PASSWORD.encode() + b"\n")
-            proc.stdin.flush()
+            # The password only where loadgen reads it (--user): a line it did not read
+            # would be taken as the "go" below, and it would start before the row's
+            # measurements.
+            if auth:
+                proc.stdin.write(PASSWORD.encode() + b"\n")
+                proc.stdin.flush()
             # Logins first (bounded by the client's own timeouts), then the signal to go.
             ready_line = b""
             if select.select([proc.stdout], [], [], 120 + sessions)[0]:
@@ -1049,7 +1054,7 @@ def cpu_report(rows: list[dict[str, Any]]) -> str:
     out = ["", "CPU by process, ms per accepted message (last sample per process; "
            "'unsampled': ended between samples):"]  # fmt: skip
     kinds = {k: i for i, k in enumerate(KINDS)}
-    for r in sorted(rows, key=lambda r: (kinds[r["kind"]], r["size"], r["system"])):
+    for r in sorted(rows, key=lambda r: (kinds[r["kind"]], r["size"], r["row"])):
         split, accepted = r.get("cpu_by_process_s") or {}, r.get("accepted") or 0
         if not split or not accepted:
             continue
@@ -1065,7 +1070,7 @@ def cpu_report(rows: list[dict[str, Any]]) -> str:
         if rest > 0.01 * r["cpu_s"]:
             parts.append(f"unsampled {1000 * rest / accepted:.2f}")
         out.append(
-            f"  {size_label(r['size']):>6} {r['system']:<21} {r['kind']:<11} "
+            f"  {size_label(r['size']):>6} {r['row']:<19} {r['kind']:<11} "
             f"{fmt(r.get('cpu_ms_per_msg'), '.2f')} = " + " + ".join(parts)
         )
     return "\n".join(out)

@@ -332,6 +332,9 @@ class Sampler:
         self.peaks: dict[str, tuple[int, int, int]] = {}
         self.cpu: dict[str, dict[int, tuple[str, float]]] = {}  # tree -> pid -> (name, s)
         self._lock = threading.Lock()
+        # One sample at a time: a sample that read older values must not write them
+        # over a newer one's (the thread's and a row's own samples would interleave).
+        self._sampling = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -363,6 +366,10 @@ class Sampler:
             return dict(self.cpu.get(name, {}))
 
     def sample(self) -> None:
+        with self._sampling:
+            self._sample()
+
+    def _sample(self) -> None:
         with self._lock:
             trees = dict(self.trees)
         for name, (tree, label) in trees.items():
