@@ -1065,6 +1065,7 @@ def cpu_report(rows: list[dict[str, Any]]) -> str:
         parts = [
             f"{name}{f' x{n}' if n > 1 else ''} {1000 * s / accepted:.2f}"
             for name, (s, n) in sorted(by_role.items(), key=lambda kv: -kv[1][0])
+            if 1000 * s / accepted >= 0.005  # what rounds to 0.00 says nothing
         ]
         rest = r["cpu_s"] - sum(split.values())
         if rest > 0.01 * r["cpu_s"]:
