@@ -287,10 +287,11 @@ def _defuse_same_length(text: str) -> str:
     """Blank out each "<" that cannot open a tag (no ">" before the next "<").
 
     Comments are kept whole (they may contain tags); after an unclosed comment every
-    "<" is blanked, since a browser reads the rest as comment. html.parser rescans from such a "<" to the end of its input, which is quadratic on
-    input like ``"<a" * n`` (see certifier.message._defuse_html). Replacing the
-    character by a space keeps every offset, so positions found in the copy are
-    positions in the original.
+    "<" is blanked, since a browser reads the rest as comment. html.parser rescans from
+    such a "<" to the end of its input, which is quadratic on input like ``"<a" * n``
+    (the certificate's HTML to text conversion in :mod:`certifier.message` escapes them
+    for the same reason). Replacing the character by a space keeps every offset, so
+    positions found in the copy are positions in the original.
     """
     out: list[str] = []
     pos = 0

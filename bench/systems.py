@@ -2,8 +2,14 @@
 
 Each class starts its process(es) in their own session (process group) and ``stop()``
 ends them, escalating from the polite way (``postfix stop``, SIGTERM) to SIGKILL of the
-whole group; ``stop()`` never raises, so it is safe in ``finally``. CPU time and RSS
-come from ``/proc`` (no psutil): the sum over a process and all its descendants.
+whole group; ``stop()`` never raises, so it is safe in ``finally``.
+
+A system under test is a whole tree of processes (Postfix's master and its daemons; the
+gateway's master and the children it forks, see ARCHITECTURE.md; today's gateway, one
+process and its certificate workers). :class:`ProcessTree` finds every process of one
+system and measures its CPU time, whatever the processes come and go; :class:`Sampler`
+records the peak memory of the trees and the CPU of each process. No psutil: cgroup
+files and ``/proc``.
 """
 
 from __future__ import annotations
@@ -82,15 +88,21 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants that are alive now."""
-    children: dict[int, list[int]] = {}
+def _all_stats() -> dict[int, list[str]]:
+    stats = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             fields = _stat(int(entry.name))
             if fields:
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
+                stats[int(entry.name)] = fields
+    return stats
+
+
+def _tree(root: int, stats: dict[int, list[str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tree, todo = [], [root] if root in stats else []
     while todo:
         pid = todo.pop()
         tree.append(pid)
@@ -98,14 +110,177 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system time of the processes and of the children they have reaped."""
-    ticks = 0
-    for pid in pids:
-        fields = _stat(pid)
-        if fields:  # utime stime cutime cstime are fields 14-17 of stat(5)
-            ticks += sum(int(x) for x in fields[11:15])
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants that are alive now (zombies included)."""
+    return _tree(root, _all_stats())
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system time of ``root``'s tree: of every live process and of every child
+    that any of them has reaped.
+
+    The kernel adds a reaped child's utime + stime and its own cutime + cstime to the
+    parent's cutime + cstime (getrusage(2), RUSAGE_CHILDREN), so a process that ended is
+    still counted, exactly, in the parent that waited for it, and in the grandparent
+    after that. One scan of /proc is not atomic: a reap between reading the child and
+    the parent would count the child twice or not at all, so the scan is repeated until
+    two in a row see the same processes.
+    """
+    previous: frozenset[int] | None = None
+    for _ in range(5):
+        stats = _all_stats()
+        tree = _tree(root, stats)
+        # utime stime cutime cstime are fields 14-17 of proc_pid_stat(5).
+        ticks = sum(int(x) for pid in tree for x in stats[pid][11:15])
+        if frozenset(tree) == previous:
+            break
+        previous = frozenset(tree)
     return ticks / CLK_TCK
+
+
+def own_cpu_seconds(pid: int) -> float | None:
+    """CPU time of one process so far.
+
+    Two sources, each short in its own way: utime + stime from ``stat`` count every
+    thread, also those that ended, but in whole clock ticks (10 ms), which loses most
+    of what a process does when a row gives it a few ms (Postfix's twenty smtpd); the
+    first field of each thread's ``schedstat`` is exact (ns) but exists only for live
+    threads. The larger of the two.
+    """
+    fields = _stat(pid)
+    if not fields:
+        return None
+    ticks = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    exact = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                exact += int(Path(task.path, "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    return max(ticks, exact / 1e9)
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1])
+    except OSError:
+        pass
+    return None
+
+
+def _own_cgroup2() -> str | None:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return None
+
+
+_JOIN = 'echo $$ > "$0" && exec "$@"'  # sh: move into the cgroup, then become the command
+USE_CGROUP = True  # bench/run.py --cpu-from proc: measure from /proc even where a cgroup works
+
+
+class ProcessTree:
+    """Every process of one system under test, and the CPU time they all spent.
+
+    The CPU time must cover the whole tree, children that ended included: the gateway
+    forks acceptors, a queue manager, delivery agents and certificate workers
+    (ARCHITECTURE.md), and Postfix's master forks daemons that exit when idle. Two ways,
+    the first one that works on this machine:
+
+    * **cgroup v2** (when the benchmark may create one: root, cgroup2 mounted). The
+      system is started inside its own cgroup (``command()`` wraps it in a shell that
+      joins the cgroup and then execs), and every process it ever forks stays in it.
+      The kernel charges each task's CPU time to its cgroup as it runs, so
+      ``cpu.stat``'s ``usage_usec`` counts every process, alive, ended, reaped by
+      whoever, or re-parented: nothing escapes, nothing is counted twice.
+      ``cgroup.procs`` lists the processes for the memory samples.
+    * **/proc** otherwise: the descendants of the root pid (``root()``), with
+      :func:`tree_cpu_seconds` (live processes plus what they reaped). Exact as long as
+      every process is reaped by its parent inside the tree; a process whose parent
+      ended before it is re-parented out of the tree and its time is lost from then on.
+
+    Not ``getrusage(RUSAGE_CHILDREN)`` of the benchmark: it counts only children the
+    benchmark has waited for (the gateway once it has stopped, never during a row), it
+    would mix in the benchmark's other children (clients, sinks), and Postfix is not
+    the benchmark's child (``postfix start`` daemonizes). Not the last value seen per
+    pid either: it loses what a process spends after its last sample and misses
+    processes that live less than one sampling interval.
+    """
+
+    def __init__(self, name: str, root: Callable[[], int | None]) -> None:
+        self.name = name
+        self.root = root
+        self.cgroup = self._make_cgroup(name)
+        self.method = "cgroup v2" if self.cgroup is not None else "/proc tree"
+
+    @staticmethod
+    def _make_cgroup(name: str) -> Path | None:
+        mount, own = _cgroup2_mount(), _own_cgroup2()
+        if not USE_CGROUP or mount is None or own is None:
+            return None
+        path = mount / own.lstrip("/") / f"certifica-bench-{os.getpid()}-{name}"
+        try:
+            path.mkdir(exist_ok=True)
+            # Try it: some hosts let us create a cgroup but not move into it.
+            joined = subprocess.run(
+                ["sh", "-c", _JOIN, str(path / "cgroup.procs"), "true"],
+                capture_output=True,
+                timeout=10,
+            )
+            if joined.returncode == 0 and (path / "cpu.stat").read_text():
+                return path
+        except (OSError, subprocess.SubprocessError):
+            pass
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+        return None
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` so that it runs inside this tree's cgroup (unchanged without one)."""
+        if self.cgroup is None:
+            return argv
+        return ["sh", "-c", _JOIN, str(self.cgroup / "cgroup.procs"), *argv]
+
+    def pids(self) -> list[int]:
+        if self.cgroup is not None:
+            try:
+                return [int(x) for x in (self.cgroup / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                return []
+        root = self.root()
+        return process_tree(root) if root is not None else []
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the whole tree so far; use differences."""
+        if self.cgroup is not None:
+            for line in (self.cgroup / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+            return 0.0
+        root = self.root()
+        return tree_cpu_seconds(root) if root is not None else 0.0
+
+    def close(self) -> None:
+        """Remove the cgroup (once every process in it has ended)."""
+        if self.cgroup is None:
+            return
+        try:
+            wait_until(lambda: not self.pids(), 10, f"{self.name}: processes ending")
+            self.cgroup.rmdir()
+        except (OSError, BenchError) as err:
+            print(f"bench: could not remove {self.cgroup}: {err}", file=sys.stderr)
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -142,19 +317,32 @@ def machine_cpu() -> tuple[float, float]:
 
 
 class Sampler:
-    """Samples the RSS and PSS of process trees in a thread and keeps each one's peak."""
+    """Samples the process trees in a thread: the peak RSS and PSS of each tree, and the
+    CPU time and name of each process in it.
+
+    Memory is a sum over the whole tree at one moment, sampled every ``interval``
+    seconds. The CPU time per process is the last value seen for each pid: it serves
+    only to split the exact total of :meth:`ProcessTree.cpu_seconds` by process (what
+    a process spends after its last sample is missing from the split, not the total).
+    """
 
     def __init__(self, interval: float = 0.25) -> None:
         self.interval = interval
-        self.roots: dict[str, Callable[[], int | None]] = {}
+        self.trees: dict[str, tuple[ProcessTree, Callable[[int], str]]] = {}
         self.peaks: dict[str, tuple[int, int, int]] = {}
+        self.cpu: dict[str, dict[int, tuple[str, float]]] = {}  # tree -> pid -> (name, s)
         self._lock = threading.Lock()
+        # One sample at a time: a sample that read older values must not write them
+        # over a newer one's (the thread's and a row's own samples would interleave).
+        self._sampling = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def watch(self, name: str, root: Callable[[], int | None]) -> None:
+    def watch(self, name: str, tree: ProcessTree, label: Callable[[int], str]) -> None:
+        """Sample ``tree``; ``label(pid)`` names a process of it (``acceptor[0]``...)."""
         with self._lock:
-            self.roots[name] = root
+            self.trees[name] = (tree, label)
+            self.cpu.setdefault(name, {})
 
     def start(self) -> None:
         self._thread.start()
@@ -171,18 +359,35 @@ class Sampler:
         with self._lock:
             return self.peaks.get(name, (0, 0, 0))
 
-    def sample(self) -> None:
+    def cpu_by_process(self, name: str) -> dict[int, tuple[str, float]]:
+        """pid -> (name, CPU seconds at the last sample), for every process seen."""
+        self.sample()
         with self._lock:
-            roots = dict(self.roots)
-        for name, root in roots.items():
-            pid = root()
-            if pid is None:
+            return dict(self.cpu.get(name, {}))
+
+    def sample(self) -> None:
+        with self._sampling:
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            trees = dict(self.trees)
+        for name, (tree, label) in trees.items():
+            pids = tree.pids()
+            if not pids:
                 continue
-            tree = process_tree(pid)
-            rss, pss, own = rss_bytes(tree), pss_bytes(tree), rss_bytes([pid])
+            root = tree.root()
+            rss, pss = rss_bytes(pids), pss_bytes(pids)
+            own = rss_bytes([root]) if root is not None else 0
+            seen = {}
+            for pid in pids:
+                cpu = own_cpu_seconds(pid)
+                if cpu is not None:
+                    seen[pid] = (label(pid), cpu)
             with self._lock:
                 old = self.peaks.get(name, (0, 0, 0))
                 self.peaks[name] = (max(old[0], rss), max(old[1], pss), max(old[2], own))
+                self.cpu[name].update(seen)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -192,6 +397,21 @@ class Sampler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+
+
+def comm(pid: int) -> str:
+    """The process's command name (Postfix's daemons: smtpd, cleanup, qmgr, smtp...)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 # -- sinks ---------------------------------------------------------------------------
@@ -319,6 +539,7 @@ class Postfix:
         self.plain_port = free_port()
         self.tls_port = free_port()
         self.started = False
+        self.tree = ProcessTree("postfix", self.master_pid)
 
     def start(self) -> None:
         for d in (self.dir, self.config, self.queue):
@@ -345,7 +566,10 @@ class Postfix:
                 text = text.replace(f"@{key}@", value)
             (self.config / name).write_text(text)
         result = subprocess.run(
-            [POSTFIX, "-c", str(self.config), "start"], capture_output=True, text=True, timeout=60
+            self.tree.command([POSTFIX, "-c", str(self.config), "start"]),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if result.returncode != 0:
             raise BenchError(f"postfix start failed: {result.stderr.strip()} {self._log_tail()}")
@@ -358,6 +582,10 @@ class Postfix:
             return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
         except OSError:
             return ""
+
+    def label(self, pid: int) -> str:
+        """A Postfix process by its daemon's name (smtpd, cleanup, qmgr, smtp, ...)."""
+        return comm(pid)
 
     def master_pid(self) -> int | None:
         try:
@@ -392,6 +620,7 @@ class Postfix:
                     except ProcessLookupError:
                         pass
         self.started = False
+        self.tree.close()
 
 
 def _accepts(port: int) -> bool:
@@ -421,6 +650,7 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
+        self.tree = ProcessTree("gateway", self.pid)
 
     def write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -459,7 +689,7 @@ listen = ""
         self.starts += 1
         self.log = self.dir / f"gateway-{self.starts}.log"
         self.proc = subprocess.Popen(
-            [str(CERTIFICA), "-c", str(self.config), "serve"],
+            self.tree.command([str(CERTIFICA), "-c", str(self.config), "serve"]),
             stdout=open(self.log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -476,6 +706,32 @@ listen = ""
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def label(self, pid: int) -> str:
+        """A gateway process by its role: from the status file each child of the
+        multi-process gateway writes (``<state>/run/status/<role>-<n>.json``: role,
+        index, pid), else from its command line (a certificate worker started by
+        multiprocessing, or a title set with setproctitle), else "master" or "main
+        process" for the process the benchmark started."""
+        for status in (self.state / "run" / "status").glob("*.json"):
+            try:
+                info = json.loads(status.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and info.get("pid") == pid:
+                index = info.get("index")
+                return f"{info.get('role', '?')}" + (f"[{index}]" if index is not None else "")
+        if pid == self.pid():
+            return "master" if (self.state / "run" / "status").is_dir() else "main process"
+        line = cmdline(pid)
+        if "multiprocessing.resource_tracker" in line:
+            return "resource tracker"
+        if "multiprocessing" in line:
+            return "certificate worker"
+        root = self.pid()
+        if line and root is not None and line != cmdline(root):
+            return line[:40]
+        return comm(pid)
 
     def active_messages(self) -> int | None:
         """Messages not yet done, from the gateway's database (read-only)."""
@@ -502,3 +758,6 @@ listen = ""
         after ``grace`` seconds."""
         kill_group(self.proc, grace)
         self.proc = None
+
+    def close(self) -> None:
+        self.tree.close()

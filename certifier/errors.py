@@ -14,7 +14,9 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── relay.smtpd.authn.TemporaryAuthError       451 4.7.x (DNS failed for SPF,
     │   │                                              DKIM or DMARC)
     │   ├── relay.smtpd.authn._Temporary               one lookup; becomes the above
-    │   └── relay.delivery.routing._Temporary          one lookup; becomes RouteError
+    │   ├── relay.delivery.routing._Temporary          one lookup; becomes RouteError
+    │   └── relay.queue.jobs.JobLost                   the process running a job ended;
+    │                                                  the scheduler hands it out again
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)
@@ -34,8 +36,8 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     ├── StartupError              the gateway cannot start (a port, a key file); exit 2
     ├── StorageError              the queue could not be read or written
     │   ├── relay.queue.spool.SpoolFileMissing         (FileNotFoundError)
-    │   └── StoreError, StoreFullError (relay.queue)   4xx to a client while the disk is
-    │                                                  full
+    │   └── StoreError, StoreFullError (relay.queue)   451 / 452 to a client: nothing was
+    │                                                  accepted, try again later
     ├── UsageError                a command line the CLI cannot carry out; one line, exit 2
     │                             (relay.cli.UserError)
     └── VerificationError         a certificate cannot be verified; ``certifica verify``
@@ -46,9 +48,11 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
 Not in the tree: errors of the libraries we call, which keep their own classes where
 they are caught: pyHanko's ``TimestampRequestError`` (the timestamp authority failed:
 temporary, the certificate is made later) and ``SigningError`` (a PDF that cannot be
-signed), ``OSError`` from sockets and files, ``sqlite3.Error``. An exception's text is
-never sent to an SMTP client: the client gets the reply named by the code that caught it
-(``relay.smtpd.replies``).
+signed), ``OSError`` from sockets and files, ``sqlite3.Error``.
+
+An exception's text reaches an SMTP client only where its class is written for one (the
+``reply`` of DataRefused and BadCommandLine, the sentence of ParameterError); otherwise
+the client gets the reply named by the code that caught it (``relay.smtpd.replies``).
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ from certifier.mime import (
 )
 
 # parse_single_mailbox, header_addresses and header_from_addresses moved to
-# certifier.mime; re-exported here until relay/cli.py imports them from there.
+# certifier.mime; re-exported here while code importing them from here is merged
+# (relay/cli.py imports parse_single_mailbox).
 from certifier.mime import header_addresses as header_addresses
 from certifier.mime import header_from_addresses as header_from_addresses
 from certifier.mime import parse_single_mailbox as parse_single_mailbox

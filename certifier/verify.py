@@ -30,10 +30,13 @@ as a named :class:`Check` with a sentence a person can act on:
     (spool file missing) embeds no ``message.eml`` and its evidence says why
     (``message.content_unavailable``); checks 8 to 10 then pass with a detail that
     says the content is not certified, only the recorded hash;
-11. ``evidence-log`` — every evidence log entry embedded in ``evidence.json`` hashes
+11. ``evidence-schema`` — ``evidence.json`` matches the JSON Schema of its format,
+    ``certifica-evidence/1`` (:mod:`certifier.evidence_record`); when it does not, the
+    detail names the first field that does not and what was expected;
+12. ``evidence-log`` — every evidence log entry embedded in ``evidence.json`` hashes
     to its recorded hash, consecutive entries are chained, all are this message's, and
     the timeline lists the same events (:func:`certifier.evidence.verify_excerpt`);
-12. ``checkpoint`` — only when the evidence carries one: the RFC 3161 token of the log
+13. ``checkpoint`` — only when the evidence carries one: the RFC 3161 token of the log
     checkpoint covering those entries timestamps it, and its TSA chains to a trust
     anchor (:func:`certifier.checkpoints.check_embedded`).
 
@@ -68,7 +71,7 @@ from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
 
-from certifier import checkpoints
+from certifier import checkpoints, evidence_record
 from certifier import evidence as evidence_log
 from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE, content_unavailable
 from certifier.errors import VerificationError
@@ -227,8 +230,22 @@ def _verify(pdf: bytes, trust_roots: list[Path], checks: list[Check]) -> dict | 
     files = _embedded_files(reader)
     evidence = _attachment_checks(files, checks)
     if evidence is not None:
+        checks.append(_schema_check(evidence))
         checks.extend(_evidence_log_checks(evidence, roots))
     return evidence
+
+
+def _schema_check(evidence: dict) -> Check:
+    problem = evidence_record.schema_problem(evidence)
+    if problem is not None:
+        return Check(
+            "evidence-schema",
+            False,
+            f"{EMBEDDED_EVIDENCE} does not follow the {evidence_record.FORMAT} schema: {problem}.",
+        )
+    return Check(
+        "evidence-schema", True, f"{EMBEDDED_EVIDENCE} follows the {evidence_record.FORMAT} schema."
+    )
 
 
 def _placeholder_problem(pdf: bytes, sig: EmbeddedPdfSignature) -> str | None:

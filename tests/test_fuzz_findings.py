@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.delivery.outbound import header_fields
+from certifier.mime import header_fields
 from relay.smtpd.authn import check_arc
 from tests.conftest import Gateway, Received, Sink, assert_clean_log
 from tests.dnsserver import DNSServer

@@ -3,7 +3,8 @@
 Every part of the gateway that reads a message goes through here, so they all see the
 same header fields, the same parts and the same addresses: the certificate's summary
 (:mod:`certifier.message`), the tracking rewrite (:mod:`addendum.inject`), the sender
-checks of the submission and certified-copy intakes, the reception intake, and the CLI.
+checks of the submission and certified-copy intakes, the reception intake, the fields
+added to the outgoing copy (``relay.delivery.outbound``), and the CLI.
 
 Standards, by module:
 
@@ -11,7 +12,9 @@ Standards, by module:
   RFC 6532 (UTF-8 header fields), RFC 2045 section 5 and RFC 2231 (``Content-Type``
   and its parameters, continuations and charsets), RFC 2183 (``Content-Disposition``).
 - :mod:`certifier.mime.body`: RFC 2046 section 5.1 (multipart boundaries) and RFC 2045
-  section 6 (``Content-Transfer-Encoding``).
+  section 6 (``Content-Transfer-Encoding``); RFC 2049 section 2 (conformance): every
+  multipart subtype is split as ``multipart/mixed`` would be, and a body in an unknown
+  transfer encoding is kept as sent, like ``application/octet-stream``.
 - :mod:`certifier.mime.text`: RFC 2047 (encoded words, decoded for display only),
   charsets (RFC 2045/2046, WHATWG Encoding Standard fallbacks), strings safe to show
   on one line.
@@ -47,6 +50,9 @@ from certifier.mime.body import Split, decode_transfer, split_multipart
 from certifier.mime.headers import (
     PART_FIELDS,
     PartHeaders,
+    field_name,
+    header_end,
+    header_fields,
     header_str,
     parse_structured,
     part_headers,
@@ -80,8 +86,11 @@ __all__ = [
     "decode_charset",
     "decode_transfer",
     "decode_words",
+    "field_name",
     "from_addresses",
     "header_addresses",
+    "header_end",
+    "header_fields",
     "header_from_addresses",
     "header_str",
     "no_surrogates",

@@ -11,6 +11,12 @@ Standards:
 - RFC 2045 section 5.2, RFC 2183: ``Content-Type`` (an unreadable one means the
   default, parameters too), ``Content-Disposition``, ``Content-Transfer-Encoding``.
 
+:func:`read_headers` unfolds the fields it is asked for, for reading;
+:func:`header_end`, :func:`header_fields` and :func:`field_name` cut a header section
+into its fields byte for byte (folded lines and CRLF kept, the pieces join back to the
+input), for code that adds, removes or rewrites fields (the outgoing copy, the
+reception intake).
+
 Every reader is linear in its input and never recurses: ``email.parser`` and
 ``Message.get_param`` are not (see :mod:`certifier.mime`).
 """
@@ -26,6 +32,9 @@ from certifier.mime.text import Defects, decode_charset, one_line
 __all__ = [
     "PART_FIELDS",
     "PartHeaders",
+    "field_name",
+    "header_end",
+    "header_fields",
     "header_str",
     "parse_structured",
     "part_headers",
@@ -36,6 +45,47 @@ __all__ = [
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*")  # RFC 5322 ftext, obs-optional space
 PART_FIELDS = frozenset({b"content-type", b"content-disposition", b"content-transfer-encoding"})
 _MAX_SAME_FIELD = 1000
+
+
+# -- header sections as bytes, for code that splices them (RFC 5322 section 2.2) -----
+# Unlike read_headers, these keep every byte: the pieces join back to the input.
+
+_FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
+
+
+def header_end(raw: bytes) -> int:
+    """Offset just past the CRLF that ends the header section (its last field)."""
+    if raw.startswith(b"\r\n"):
+        return 0
+    end = raw.find(b"\r\n\r\n")
+    return len(raw) if end < 0 else end + 2
+
+
+def header_fields(header: bytes) -> list[bytes]:
+    """The header fields of ``header``, each with its folded lines and final CRLF.
+
+    The pieces join back to ``header`` whatever it holds: a header section that starts
+    with a continuation line (white space first, which RFC 5322 §2.2.3 does not allow)
+    keeps those bytes as a first piece of their own, and an empty one has no fields."""
+    if not header:
+        return []
+    starts = [0] + [m.start() for m in _FIELD_START.finditer(header) if m.start() > 0]
+    return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
+
+
+# RFC 5322 §3.6.8: a field name is printable ASCII but the colon, then the colon (an
+# obsolete space before it is tolerated, §4.5). A line without one is no field.
+_FIELD_NAME_COLON = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def field_name(field: bytes) -> bytes:
+    """The field's name in lower case; empty for a piece that is no field (a line
+    without a colon, continuation lines before the first field)."""
+    match = _FIELD_NAME_COLON.match(field)
+    return match.group(1).lower() if match else b""
+
+
+# -- unfolded fields -------------------------------------------------------------------
 
 
 def read_headers(

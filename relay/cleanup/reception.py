@@ -42,13 +42,12 @@ import logging
 import time
 from typing import Any
 
-from certifier.mime import header_from_addresses
+from certifier.mime import header_end, header_fields, header_from_addresses
 from relay.addresses import local_domains, reception_token
 from relay.cleanup.bounces import is_auto_reply
 from relay.cleanup.certified_copy import authentication_evidence
 from relay.cleanup.intake import accept, client_ip, reverse_path, session_tls
 from relay.config import Config
-from relay.delivery.outbound import header_end, header_fields
 from relay.logs import peer_text
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool

@@ -30,43 +30,11 @@ import email.utils
 import re
 from collections.abc import Sequence
 
+from certifier.mime import field_name, header_end, header_fields
 from relay.certify.notices import UNSAFE_CHARACTERS
 from relay.delivery.dkim_keys import DkimKey, DkimKeyring
 
-_FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
 _UNSAFE_NAME = re.compile(f'[{UNSAFE_CHARACTERS}"\\\\]')  # and what ends a quoted name
-
-
-def header_end(raw: bytes) -> int:
-    """Offset just past the CRLF that ends the header section (its last field)."""
-    if raw.startswith(b"\r\n"):
-        return 0
-    end = raw.find(b"\r\n\r\n")
-    return len(raw) if end < 0 else end + 2
-
-
-def header_fields(header: bytes) -> list[bytes]:
-    """The header fields of ``header``, each with its folded lines and final CRLF.
-
-    The pieces join back to ``header`` whatever it holds: a header section that starts
-    with a continuation line (white space first, which RFC 5322 §2.2.3 does not allow)
-    keeps those bytes as a first piece of their own, and an empty one has no fields."""
-    if not header:
-        return []
-    starts = [0] + [m.start() for m in _FIELD_START.finditer(header) if m.start() > 0]
-    return [header[a:b] for a, b in zip(starts, [*starts[1:], len(header)], strict=True)]
-
-
-# RFC 5322 §3.6.8: a field name is printable ASCII but the colon, then the colon (an
-# obsolete space before it is tolerated, §4.5). A line without one is no field.
-_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
-
-
-def _name(field: bytes) -> bytes:
-    """The field's name in lower case; empty for a piece that is no field (a line
-    without a colon, continuation lines before the first field)."""
-    match = _FIELD_NAME.match(field)
-    return match.group(1).lower() if match else b""
 
 
 # RFC 6409 §8: fields a submission server may add when the message lacks them.
@@ -75,7 +43,7 @@ SUBMISSION_FIELDS = ("Date", "Message-ID")
 
 def missing_submission_fields(raw: bytes) -> list[str]:
     """Which of :data:`SUBMISSION_FIELDS` the header of ``raw`` lacks, in that order."""
-    present = {_name(f) for f in header_fields(raw[: header_end(raw)])}
+    present = {field_name(f) for f in header_fields(raw[: header_end(raw)])}
     return [name for name in SUBMISSION_FIELDS if name.lower().encode() not in present]
 
 
@@ -105,19 +73,19 @@ def rewrite_from(raw: bytes, display_name: str, address: str, via: str) -> bytes
     to Reply-To when the message has none. The body is untouched."""
     end = header_end(raw)
     fields = header_fields(raw[:end])
-    original = next((f for f in fields if _name(f) == b"from"), None)
+    original = next((f for f in fields if field_name(f) == b"from"), None)
     if original is None:
         return raw
     name = _UNSAFE_NAME.sub(" ", display_name).strip()[:200] or "the sender"
     new_from = email.utils.formataddr((f"{name} via {via}", address), charset="utf-8")
     result = []
     for field in fields:
-        if _name(field) == b"from":
+        if field_name(field) == b"from":
             if field is original:
                 result.append(b"From: " + new_from.encode("ascii") + b"\r\n")
             continue  # a second From would make the message ambiguous again
         result.append(field)
-    if not any(_name(f) == b"reply-to" for f in fields):
+    if not any(field_name(f) == b"reply-to" for f in fields):
         result.append(b"Reply-To:" + original.split(b":", 1)[1])
     return b"".join(result) + raw[end:]
 
@@ -126,7 +94,7 @@ def display_name(raw: bytes) -> str:
     """The display name of the first From mailbox, decoded (RFC 2047), or ''."""
     end = header_end(raw)
     for field in header_fields(raw[:end]):
-        if _name(field) == b"from":
+        if field_name(field) == b"from":
             value = field.split(b":", 1)[1].decode("utf-8", "replace")
             value = " ".join(value.split())
             try:

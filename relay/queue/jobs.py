@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from certifier.errors import TemporaryError
+
 Row = dict[str, Any]
 """A recipient due for delivery with its message's columns, as
 :meth:`relay.queue.store.Store.take_due` returns it."""
@@ -129,7 +131,7 @@ class DocumentDone:
         return cls(tuple(str(q) for q in data["changed"]))
 
 
-class JobLost(Exception):
+class JobLost(TemporaryError):
     """The process running a job ended before answering. What it did is in the store
     or not at all: the scheduler gives the job's leases back and looks at the message
     again."""

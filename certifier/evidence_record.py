@@ -1,0 +1,325 @@
+"""The evidence record ``certifica-evidence/1``: its type, and its JSON Schema.
+
+A certificate embeds what the gateway recorded about one message as ``evidence.json``
+(:mod:`certifier.document`): the queue builds the record (sender, recipients' outcomes,
+timeline, evidence log), :mod:`certifier.pipeline` adds what the message says
+(:meth:`certifier.message.MessageSummary.as_evidence`), and ``certifica verify``
+(:mod:`certifier.verify`) reads it back from the PDF, years later, without the gateway.
+
+The contract is the JSON Schema (draft 2020-12) shipped beside this module,
+``certifier/schemas/certifica-evidence-1.schema.json``: anyone can check a record with
+any JSON Schema validator. The ``TypedDict`` classes below say the same for mypy (a
+test holds the two to the same keys). Fields that every record of this format has are
+``Required``; the others appeared as the gateway learnt more (tracking, reception,
+late bounces) and are typed where present. Objects may carry more fields than listed:
+a verifier ignores what it does not know.
+
+:func:`schema_problem` is what ``certifica verify`` asks: None when the record matches,
+else one sentence naming the first field that does not (where in the record, and what
+was expected), safe to print on one line.
+"""
+
+# No "from __future__ import annotations": TypedDict reads Required[...] at run time.
+import functools
+import json
+from importlib import resources
+from typing import Any, Literal, Required, TypedDict
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_FILE",
+    "Attachment",
+    "EvidenceLog",
+    "EvidenceRecord",
+    "Gateway",
+    "LateBounce",
+    "LateBounceReport",
+    "LegacyEvidenceLog",
+    "LegacyLogEntry",
+    "LogCheckpoint",
+    "LogEntry",
+    "Message",
+    "Reception",
+    "Recipient",
+    "RecipientTracking",
+    "ReportedBefore",
+    "Reply",
+    "Sender",
+    "TimelineEntry",
+    "Tls",
+    "Tracking",
+    "TrackingEvent",
+    "schema",
+    "schema_problem",
+]
+
+FORMAT = "certifica-evidence/1"
+SCHEMA_FILE = "certifica-evidence-1.schema.json"
+MAX_PROBLEM_CHARS = 300
+
+
+class Tls(TypedDict):
+    version: str | None
+    cipher: str | None
+
+
+class Gateway(TypedDict):
+    hostname: str
+    domain: str
+    software: str
+
+
+class Sender(TypedDict, total=False):
+    envelope_from: Required[str]
+    header_from: str | None
+    authentication: dict[str, Any] | None  # MX and reception: the RFC 8601 results
+    authenticated_user: str | None
+    client_ip: str | None
+    client_helo: str | None
+    tls: Tls | None
+    method: Required[str]  # submission, certified copy (MX), reception
+
+
+class Attachment(TypedDict):
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+# "from" is a Python keyword: the functional form.
+Message = TypedDict(
+    "Message",
+    {
+        "sha256": Required[str],  # of the message as received
+        "size": Required[int],
+        "subject": str,
+        "date": str,
+        "message_id": str,
+        "from": str,
+        "to": list[str],
+        "cc": list[str],
+        "attachments": list[Attachment],
+        "text": str,
+        "text_truncated": bool,
+        "defects": list[str],
+        "added_fields": list[str],  # header fields the gateway added (RFC 6409 section 8)
+        "summary_pending": bool,
+        "content_unavailable": str,  # the gateway lost the message: why
+    },
+    total=False,
+)
+
+
+class Reply(TypedDict, total=False):
+    code: int | None
+    enhanced: str | None
+    text: str | None
+
+
+class RecipientTracking(TypedDict, total=False):
+    tracked: Required[bool]
+    notes: list[str]
+
+
+class Recipient(TypedDict, total=False):
+    address: Required[str]
+    status: Required[Literal["queued", "deferred", "delivered", "failed", "withdrawn", "bounced"]]
+    time: str | None
+    mx_host: str | None
+    ip: str | None
+    port: int | None
+    reply: Reply | None
+    remote_qid: str | None
+    tls: Tls | None
+    attempts: int
+    delivered_sha256: str | None
+    note: str | None
+    tracking: RecipientTracking | None
+
+
+class TrackingEvent(TypedDict, total=False):
+    time: Required[str]
+    recipient: str | None
+    kind: Required[Literal["open", "click"]]
+    link: int | None
+    url: str | None
+    ip: str | None
+    user_agent: str | None
+    method: str | None
+    automatic: bool
+    reason: str | None
+
+
+class ReportedBefore(TypedDict):
+    until_event: int
+    certificate_id: str | None
+
+
+class Tracking(TypedDict, total=False):
+    enabled: Required[bool]
+    public_url: str | None
+    last_event_id: int
+    reported_before: ReportedBefore | None
+    events: Required[list[TrackingEvent]]
+
+
+class TimelineEntry(TypedDict, total=False):
+    time: Required[str]
+    event: Required[str]  # ETSI EN 319 522 names where one fits
+    recipient: str | None
+    detail: str | None
+
+
+class LogEntry(TypedDict):
+    """One entry of the hash-chained evidence log, every hashed field (certifier.evidence)."""
+
+    seq: int
+    time: str
+    qid: str
+    recipient: str | None
+    event: str
+    detail: str
+    prev: str
+    hash: str
+
+
+class LogCheckpoint(TypedDict):
+    format: str
+    seq: int
+    head: str
+    time: str
+    timestamp: str
+    token: str  # base64 of the DER RFC 3161 TimeStampToken
+
+
+class EvidenceLog(TypedDict, total=False):
+    format: Required[Literal["certifica-log-excerpt/1"]]
+    head: Required[str]
+    entries: Required[list[LogEntry]]
+    checkpoint: LogCheckpoint | None
+    checkpoint_note: str
+
+
+class LegacyLogEntry(TypedDict):
+    seq: int
+    event: str
+    hash: str
+
+
+class LegacyEvidenceLog(TypedDict):
+    """The first form of ``evidence_log``: entries by hash only, no format."""
+
+    head: str
+    entries: list[LegacyLogEntry]
+
+
+class Reception(TypedDict, total=False):
+    owner: Required[str | None]
+    arrived_at: Required[str | None]
+    envelope: dict[str, Any] | None
+    original_from: str | None
+    trace: dict[str, Any] | None
+    arc: dict[str, Any] | None
+    receipt: dict[str, Any] | None
+
+
+class LateBounceReport(TypedDict, total=False):
+    recipient: Required[str]
+    action: Required[Literal["failed", "delayed", "delivered", "relayed", "expanded"]]
+    status: str | None
+    diagnostic: str | None
+    remote_mta: str | None
+    reporting_mta: str | None
+    arrival_date: str | None
+
+
+class LateBounce(TypedDict):
+    dsn_queue_id: str
+    dsn_sha256: str
+    reports: list[LateBounceReport]
+
+
+class EvidenceRecord(TypedDict, total=False):
+    """The whole record, as ``evidence.json`` holds it."""
+
+    format: Required[Literal["certifica-evidence/1"]]
+    kind: Required[Literal["sending", "reception", "addendum"]]
+    certificate_id: Required[str]
+    addendum_of: str  # kind addendum: the certificate this one adds to
+    queue_id: Required[str]
+    issued_at: Required[str]  # UTC, ISO 8601 with Z
+    gateway: Required[Gateway]
+    sender: Required[Sender]
+    message: Required[Message]
+    recipients: Required[list[Recipient]]
+    tracking: Tracking | None
+    timeline: Required[list[TimelineEntry]]
+    evidence_log: Required[EvidenceLog | LegacyEvidenceLog]
+    reception: Reception  # kind reception
+    late_bounce: LateBounce  # an addendum about a late delivery report
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of ``certifica-evidence/1``, as shipped in the package."""
+    text = resources.files("certifier").joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+def schema_problem(record: object) -> str | None:
+    """None when ``record`` matches the schema; else one printable sentence saying where
+    and what (the most relevant error, as jsonschema ranks them)."""
+    error = best_match(_validator().iter_errors(record))
+    if error is None:
+        return None
+    return _sentence(error)
+
+
+def _sentence(error: ValidationError) -> str:
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    where = where.lstrip(".") or "the record"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        what = f"lacks the required field {', '.join(map(str, missing)) or '?'}"
+    elif error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else str(expected)
+        what = f"is a {_json_type(error.instance)} where {expected} is expected"
+    elif error.validator in ("enum", "const"):
+        what = "holds a value this format does not allow"
+    elif error.validator == "pattern":
+        what = "is not written as this format requires"
+    elif error.validator in ("anyOf", "oneOf"):
+        what = "matches none of the forms this format allows"
+    else:
+        what = f"does not match the schema ({error.validator})"
+    sentence = f"{where} {what}"
+    # Field names come from the file: keep the sentence one printable line.
+    sentence = "".join(c if c.isprintable() else "?" for c in sentence)
+    return sentence[:MAX_PROBLEM_CHARS]
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
