@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,21 +153,27 @@ def _summary(job: dict[str, Any]) -> dict[str, Any]:
 
 
 class InProcessCertifier:
-    """Renders and signs in this process (:func:`certifier.pipeline.certify`)."""
+    """Renders and signs in this process (:func:`certifier.pipeline.certify`), on one
+    thread of its own: the event loop goes on with the other documents' database work
+    meanwhile, and the signer is never used by two threads at once."""
+
+    def __init__(self) -> None:
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
     async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
-        return pipeline.certify(evidence, eml)
-
-
-class InProcessTimeStamper:
-    """This process's timestamp authority client, for the evidence checkpoints."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.thread, pipeline.certify, evidence, eml)
 
     async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
+        """The signer's timestamp authority, for the evidence checkpoints."""
         if md_algorithm != "sha256":
             raise ValueError(f"only sha256 imprints are timestamped, not {md_algorithm}")
-        # pyHanko's client runs its own event loop: on a thread of its own.
-        token = await asyncio.to_thread(timestamp_token, message_digest)
+        loop = asyncio.get_running_loop()
+        token = await loop.run_in_executor(self.thread, timestamp_token, message_digest)
         return cms.ContentInfo.load(token)
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
 
 
 async def _offload(fn: Callable[..., Any], *args: Any) -> Any:
@@ -201,6 +208,7 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     store = Store(setup.paths["db"], cfg.queue.lifetime)
     spool = Spool(setup.paths["spool"])
     checkpointer: Checkpointer | None = None
+    certifier: InProcessCertifier | None = None
     deliverer = None
     handle: Handler
     if role == "delivery":
@@ -223,16 +231,15 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
 
     else:
         init_process(setup.signing)  # this process's signer, and the fonts loaded
-        maker = DocumentMaker(cfg, store, spool, InProcessCertifier(), setup.paths["certificates"])
+        certifier = InProcessCertifier()
+        maker = DocumentMaker(cfg, store, spool, certifier, setup.paths["certificates"])
 
         async def handle(job: dict[str, Any]) -> dict[str, Any]:
             kind = DocumentKind(job["document"])
             return (await maker.make(DocumentJob(kind, str(job["qid"])))).to_json()
 
         if index == 0:
-            checkpointer = Checkpointer(
-                store, InProcessTimeStamper(), interval=cfg.evidence.checkpoint_interval
-            )
+            checkpointer = Checkpointer(store, certifier, interval=cfg.evidence.checkpoint_interval)
             checkpointer.start()
     client = JobClient(setup.job_path, role, index, handle)
     connection = asyncio.create_task(client.run())
@@ -256,5 +263,7 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
         await deliverer.close()
     if checkpointer is not None:
         await checkpointer.stop()  # and a last checkpoint of what is not stamped yet
+    if certifier is not None:
+        certifier.close()
     store.close()
     logging.getLogger(f"certifica/{role}").info("stopped")
