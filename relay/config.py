@@ -175,7 +175,7 @@ class DkimConfig:
 
 @dataclass(frozen=True)
 class ProcessesConfig:
-    """``[processes]``: how many of each child the master runs (ARCHITECTURE.md);
+    """``[processes]``: how many of each child the master runs (ARCHITECTURE.md §1);
     0 means the default. Certificate workers are ``[signing] workers``."""
 
     acceptors: int = 0  # default: one per core

@@ -4,7 +4,8 @@ Postfix's smtpd(8) with cleanup(8) inside it: an acceptor speaks SMTP, decides, 
 the message to the spool (fsynced with its directory) and its row to the queue
 database, answers 250, and only then sends a wake datagram to the queue manager
 (``run/qmgr.wake``, best effort: the queue manager scans on its own every
-``[queue] scan_interval``). It never delivers and never renders a PDF.
+``[queue] scan_interval``). It never delivers and never renders a PDF (ARCHITECTURE.md
+§1).
 
 The master binds every listening socket once; each of the ``[processes] acceptors``
 children serves all of them, and the kernel gives each new connection to one of the

@@ -1,8 +1,8 @@
 """What every child of the master does first, and the status file it keeps.
 
 A child is forked by :mod:`relay.process.master` after the heavy imports, so it
-shares the master's pages; it then makes itself a process of its own (ARCHITECTURE.md,
-"Processes"):
+shares the master's pages; it then makes itself a process of its own (ARCHITECTURE.md
+§1):
 
 * it dies with the master (``PR_SET_PDEATHSIG``: a ``kill -9`` of the master ends the
   whole tree, as a crash of a one-process gateway would);

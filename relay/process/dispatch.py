@@ -1,5 +1,5 @@
 """The queue manager's end of ``run/qmgr.sock``: jobs to the delivery agents and the
-certificate workers, one JSON object a line.
+certificate workers, one JSON object a line (ARCHITECTURE.md §1, "Hand-offs").
 
 A child connects (the master bound the socket, so a child connecting while the queue
 manager restarts waits in its backlog) and says hello::

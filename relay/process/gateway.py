@@ -1,11 +1,11 @@
-"""What the gateway's processes share: the state paths, the startup checks' error, the
-signing settings, the listeners' TLS contexts and the secrets kept in the state directory.
+"""What the gateway's processes share: the state paths, the signing settings, the
+listeners' TLS contexts and the secrets kept in the state directory.
 
 The processes themselves are :mod:`relay.process.master` (which ``certifica serve``
 runs), :mod:`relay.process.acceptor`, :mod:`relay.process.qmgr` and
-:mod:`relay.process.worker` (ARCHITECTURE.md, "Processes"). Once listening, the master writes ``<state_dir>/listen.json`` with the
-actual addresses (port 0 in the config means "any free port"; tests read the ports
-back from there).
+:mod:`relay.process.worker` (ARCHITECTURE.md §1). Once listening, the master writes
+``<state_dir>/listen.json`` with the actual addresses (port 0 in the config means "any
+free port"; tests read the ports back from there).
 """
 
 from __future__ import annotations

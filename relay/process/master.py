@@ -1,6 +1,6 @@
 """The master: owns the listening sockets, starts its children, restarts them, stops them.
 
-Postfix's master(8) in Python (ARCHITECTURE.md, "Processes"). ``certifica serve``:
+Postfix's master(8) in Python (ARCHITECTURE.md §1). ``certifica serve``:
 
 1. checks the configuration and the state directory, makes the development PKI if
    none is configured, opens the queue database once (migrations), removes spool files

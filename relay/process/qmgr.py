@@ -11,7 +11,7 @@ anyway. Its :class:`~relay.queue.manager.QueueManager` hands every job to the
 On start it waits (up to two seconds) for the children's hellos, then releases every
 recipient lease no child reports busy: such a lease belonged to an attempt of a queue
 manager that was killed, which nobody is making any more (at-least-once delivery,
-ARCHITECTURE.md "Durability points").
+ARCHITECTURE.md §1, "Hand-offs").
 """
 
 from __future__ import annotations

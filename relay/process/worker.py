@@ -1,6 +1,6 @@
 """The delivery agents and the certificate workers: children that run the queue
 manager's jobs, received on ``run/qmgr.sock`` (the protocol is in
-:mod:`relay.process.dispatch`).
+:mod:`relay.process.dispatch`; ARCHITECTURE.md §1).
 
 A delivery agent (Postfix's smtp(8), ``[processes] delivery_agents`` of them) runs a
 :class:`~relay.delivery.agent.DeliveryAgent`: many attempts at once, each recording its
