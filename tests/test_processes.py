@@ -181,11 +181,11 @@ def kill_mid_load(
         old = pid_of(gw, victim)
         load = Load(gw, count).start()
         load.wait_accepted(count // 4)
-        if not victim.startswith("acceptor"):
-            # Kill it while its status file (written each second) says it is busy.
-            deadline = time.monotonic() + 20
-            while not statuses(gw)[victim].get("in_flight", 0) and time.monotonic() < deadline:
-                time.sleep(0.01)
+        # Kill it while its status file (written each second) says it is busy.
+        busy = "sessions" if victim.startswith("acceptor") else "in_flight"
+        deadline = time.monotonic() + 20
+        while not statuses(gw)[victim].get(busy, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
         killed = time.monotonic()
         signal_pid(old, signal.SIGKILL)
         new = wait_for_new_pid(gw, victim, old)
