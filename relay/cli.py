@@ -311,19 +311,7 @@ def _read_password(args: argparse.Namespace, address: str) -> str:
     return password
 
 
-def _user_exists(store: Any, address: str) -> bool:
-    return bool(
-        store.run_sync(
-            lambda db: db.conn.execute(
-                "SELECT 1 FROM users WHERE address = ?", (address,)
-            ).fetchone()
-        )
-    )
-
-
 def cmd_users_add(args: argparse.Namespace) -> int:
-    import sqlite3
-
     from certifier.message import parse_single_mailbox
     from relay.smtpd.users import hash_password, normalise_address
 
@@ -334,21 +322,14 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     _need_terminal(args, address)
     store = _open_store(_config(args), writes=True)
     try:
-        if _user_exists(store, address):
+        if store.user_exists(address):
             raise UserError(
                 f"user {address} exists already; to change it: certifica users set "
                 f"{address} [--password-stdin]"
             )
         hashed = hash_password(_read_password(args, address))
-        try:
-            store.run_sync(
-                lambda db: db.conn.execute(
-                    "INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?)",
-                    (address, hashed, time.time()),
-                )
-            )
-        except sqlite3.IntegrityError:  # added by someone else meanwhile
-            raise UserError(f"user {address} exists already") from None
+        if not store.add_user(address, hashed, time.time()):  # added by someone else meanwhile
+            raise UserError(f"user {address} exists already")
     finally:
         store.close()
     print(f"user {address} added")
@@ -366,25 +347,15 @@ def cmd_users_set(args: argparse.Namespace) -> int:
         _need_terminal(args, address)
     store = _open_store(_config(args), writes=True)
     try:
-        if not _user_exists(store, address):
+        if not store.user_exists(address):
             raise UserError(
                 f"there is no user {address}; to add it: certifica users add {address} "
                 "[--password-stdin]"
             )
         hashed = hash_password(_read_password(args, address)) if new_password else None
-        tracking = None if args.tracking is None else int(args.tracking == "on")
-
-        def _set(db: Any) -> None:
-            if hashed is not None:
-                db.conn.execute(
-                    "UPDATE users SET password_hash = ? WHERE address = ?", (hashed, address)
-                )
-            if tracking is not None:
-                db.conn.execute(
-                    "UPDATE users SET tracking = ? WHERE address = ?", (tracking, address)
-                )
-
-        store.run_sync(_set)
+        tracking = None if args.tracking is None else args.tracking == "on"
+        if not store.set_user(address, password_hash=hashed, tracking=tracking):
+            raise UserError(f"there is no user {address}")
     finally:
         store.close()
     changed = (["password changed"] if hashed is not None else []) + (
@@ -397,9 +368,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
 def cmd_users_list(args: argparse.Namespace) -> int:
     store = _open_store(_config(args))
     try:
-        rows = store.run_sync(
-            lambda db: list(db.query("SELECT address, created FROM users ORDER BY address"))
-        )
+        rows = store.list_users()
     finally:
         store.close()
     for row in rows:
@@ -414,9 +383,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     address = normalise_address(args.email)
     store = _open_store(_config(args), writes=True)
     try:
-        removed = store.run_sync(
-            lambda db: db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount
-        )
+        removed = store.remove_user(address)
     finally:
         store.close()
     if not removed:
@@ -568,8 +535,6 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     """Recompute the evidence chain and check every RFC 3161 checkpoint; exit 1 on a problem."""
     from pyhanko.keys import load_certs_from_pemder
 
-    from certifier import checkpoints
-
     logging.getLogger("pyhanko").setLevel(logging.CRITICAL)
     logging.getLogger("pyhanko_certvalidator").setLevel(logging.CRITICAL)
     paths = [Path(p) for p in args.trust] or _default_trust_roots(args)
@@ -581,7 +546,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         ) from None
     store = _open_store(_config(args))
     try:
-        found = store.run_sync(lambda db: checkpoints.audit(db.conn, roots))
+        found = store.audit_evidence(roots)
         written = _export_checkpoints(store, Path(args.export)) if args.export else None
     finally:
         store.close()
@@ -606,8 +571,6 @@ def _export_checkpoints(store: Any, target: Path) -> list[Path]:
     import shutil
     import tempfile
 
-    from certifier import checkpoints
-
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty directory: give a new or empty one")
     try:
@@ -616,7 +579,7 @@ def _export_checkpoints(store: Any, target: Path) -> list[Path]:
     except OSError as err:
         raise UserError(f"{target}: cannot be written ({err.strerror})") from None
     try:
-        written = store.run_sync(lambda db: checkpoints.export(db.conn, partial))
+        written = store.export_checkpoints(partial)
         if target.exists():
             target.rmdir()
         os.replace(partial, target)
@@ -796,18 +759,7 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     paths = state_paths(cfg)
     store = _open_store(cfg)
     try:
-        qid = store.run_sync(
-            lambda db: next(
-                (
-                    r["qid"]
-                    for r in db.query(
-                        "SELECT qid FROM messages WHERE cert_id = ? AND kind = 'mail'",
-                        (args.certificate.upper(),),
-                    )
-                ),
-                None,
-            )
-        )
+        qid = store.certified_mail(args.certificate)
         if qid is None:
             raise UserError(f"no certificate {args.certificate!r} on this gateway")
         spool = Spool(paths["spool"])
@@ -851,14 +803,7 @@ def cmd_users_tracking(args: argparse.Namespace) -> int:
     address = normalise_address(args.email)
     store = _open_store(_config(args), writes=True)
     try:
-        changed = store.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "UPDATE users SET tracking = ? WHERE address = ?",
-                    (int(args.state == "on"), address),
-                ).rowcount
-            )
-        )
+        changed = store.set_user(address, tracking=args.state == "on")
     finally:
         store.close()
     if not changed:
