@@ -152,15 +152,18 @@ class Messages(Database):
         return await self._read(_query)
 
     async def pending_work(
-        self, candidates: Iterable[str] | None = None, limit: int = 256
+        self, candidates: Iterable[str] | None = None, limit: int = 256, now: float | None = None
     ) -> dict[str, list[str]]:
         """Active messages needing a notice, and (among ``candidates``, or all active
         ones when None) those whose recipients are all final: to certify or close. At
-        most ``limit`` of each, oldest first; the next scan takes the rest."""
+        most ``limit`` of each, oldest first; the next scan takes the rest. A recipient
+        whose lease has not expired at ``now`` (default: the clock) is still being tried."""
         wanted = None if candidates is None else list(candidates)
-        return await self._read(self._pending_work, wanted, limit)
+        return await self._read(self._pending_work, wanted, limit, now or time.time())
 
-    def _pending_work(self, candidates: list[str] | None, limit: int) -> dict[str, list[str]]:
+    def _pending_work(
+        self, candidates: list[str] | None, limit: int, now: float
+    ) -> dict[str, list[str]]:
         notices = [
             r["qid"]
             for r in self._db.query(
@@ -172,7 +175,7 @@ class Messages(Database):
         finished = (
             " SELECT 1 FROM recipients r WHERE r.qid = m.qid"
             "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
-            "       OR r.lease_until IS NOT NULL)"  # an attempt still under way
+            "       OR r.lease_until >= ?)"  # an attempt still under way
         )
         no_report = " AND m.reports_pending = 0"  # the sender's report goes first
         if candidates is None:
@@ -181,7 +184,7 @@ class Messages(Database):
                 for r in self._db.query(
                     f"SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS ({finished})"  # noqa: S608
                     f"{no_report} ORDER BY m.created LIMIT ?",
-                    (limit,),
+                    (now, limit),
                 )
             ]
         else:
@@ -194,7 +197,7 @@ class Messages(Database):
                     for r in self._db.query(
                         f"SELECT m.qid FROM messages m WHERE m.qid IN ({marks})"  # noqa: S608
                         f" AND m.state = 'active' AND NOT EXISTS ({finished}){no_report}",
-                        chunk,
+                        [*chunk, now],
                     )
                 ]
         reports = [
@@ -202,8 +205,8 @@ class Messages(Database):
             for r in self._db.query(
                 "SELECT m.qid FROM messages m WHERE m.reports_pending = 1 AND m.state = 'active'"
                 " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
-                "  AND r.lease_until IS NOT NULL) LIMIT ?",  # one report per delivery round
-                (limit,),
+                "  AND r.lease_until >= ?) LIMIT ?",  # one report per delivery round
+                (now, limit),
             )
         ]
         return {"notices": notices, "finished": ready, "reports": reports}

@@ -84,10 +84,11 @@ class Store(
     records through :class:`~relay.queue.messages.Messages`).
 
     Correctness rests on transactions and on conditional updates, not on SQLite being one
-    writer: a recipient is claimed by ``UPDATE ... WHERE id IN (SELECT ... due AND lease
-    expired) `` with the condition checked again in the UPDATE; an outcome is recorded
-    only by the lease's owner, once; a report or a certificate is recorded only if it was
-    not yet. A PostgreSQL backend (a later issue, psycopg 3, several nodes sharing one
+    writer nor on ``rowid`` order: a recipient is claimed by ``UPDATE ... SET lease_until,
+    lease_owner WHERE id IN (candidates) AND <due, lease null or expired> RETURNING id``
+    (:mod:`relay.queue.leases`), so of two claimers only one gets it; an outcome is
+    recorded once (a repeat finds the state final) and, under a lease its owner lost,
+    only if it delivered; a report or a certificate is recorded only if it was not yet. A PostgreSQL backend (a later issue, psycopg 3, several nodes sharing one
     queue) would provide the same methods and must give:
 
     - claiming with ``SELECT ... FOR UPDATE SKIP LOCKED`` inside the claiming
