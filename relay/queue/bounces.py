@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from certifier import evidence
 from relay.certify import dsn
+from relay.queue import evidence_log
 from relay.queue.messages import Messages
 from relay.queue.records import NewMessage
 from relay.queue.states import DocumentState, MessageKind, RecipientState
@@ -63,7 +63,7 @@ class LateBounces(Messages):
             ).fetchone()
             detail = {**report, "dsn_qid": dsn.qid, "dsn_sha256": dsn.sha256, "late": True}
             if row is None:
-                evidence.append(self._conn, now, parent_qid, "DeliveryReportUnmatched", detail)
+                evidence_log.append(self._conn, now, parent_qid, "DeliveryReportUnmatched", detail)
                 continue
             # A report is passed on only about a recipient the gateway delivered to, once
             # per action: anyone who knows a return path cannot make it write again.
@@ -85,12 +85,12 @@ class LateBounces(Messages):
                     " reply_code = NULL, last_attempt = ? WHERE id = ?",
                     (report.get("status"), str(report.get("diagnostic") or "")[:500], now, row[0]),
                 )
-                evidence.append(
+                evidence_log.append(
                     self._conn, now, parent_qid, "RelayToNonERDSFailure", detail, row[2]
                 )
                 bounced.append(row[2])
             else:
-                evidence.append(self._conn, now, parent_qid, "DeliveryReport", detail, row[2])
+                evidence_log.append(self._conn, now, parent_qid, "DeliveryReport", detail, row[2])
         addendum = (
             bool(bounced)
             and parent["cert_state"] == DocumentState.DONE

@@ -14,8 +14,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from certifier import evidence
 from relay.certify import dsn
+from relay.queue import evidence_log
 from relay.queue.db import Database
 from relay.queue.records import Outcome
 from relay.queue.states import FINAL, RecipientState
@@ -257,7 +257,7 @@ class Leases(Database):
                 RecipientState.FAILED: "RelayToNonERDSFailure",
                 RecipientState.DEFERRED: "RelayAttemptDeferred",
             }[RecipientState(out.status)]
-            evidence.append(
+            evidence_log.append(
                 self._conn,
                 now,
                 qid,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from certifier import evidence
+from relay.queue import evidence_log
 from relay.queue.db import Database, insert_row, update_message
 from relay.queue.records import NewMessage, domain_of
 from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
@@ -80,7 +80,7 @@ class Messages(Database):
                 },
             )
         if msg.event:
-            evidence.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
+            evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
 
     async def message(self, qid: str) -> dict[str, Any] | None:
         return await self._read(self._message, qid)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from certifier import checkpoints, evidence
-
 MIGRATIONS: list[str] = [
     # 1: the queue, the users and the evidence log
     """
@@ -68,8 +66,19 @@ MIGRATIONS: list[str] = [
         password_hash TEXT NOT NULL,
         created REAL NOT NULL
     );
-    """
-    + evidence.SCHEMA,
+    -- the evidence log (certifier/evidence.py: an entry, its hash, the chain)
+    CREATE TABLE evidence (
+        seq INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        qid TEXT NOT NULL,
+        recipient TEXT,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX evidence_qid ON evidence(qid);
+    """,
     # 2: leases, so that one scan never picks a recipient another attempt is working on
     """
     ALTER TABLE recipients ADD COLUMN lease_until REAL;
@@ -111,7 +120,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN authentication TEXT;  -- JSON: DKIM, SPF, DMARC results
     """,
     # 5: RFC 3161 timestamped checkpoints of the evidence log's head
-    checkpoints.SCHEMA,
+    # (certifier/checkpoints.py: the statement a token covers)
+    """
+    CREATE TABLE evidence_checkpoints (
+        seq INTEGER PRIMARY KEY,          -- the last evidence entry the checkpoint covers
+        head TEXT NOT NULL,               -- that entry's hash
+        time REAL NOT NULL,               -- the gateway's clock when the checkpoint was made
+        tsa_time REAL NOT NULL,           -- genTime of the token (RFC 3161 TSTInfo)
+        token BLOB NOT NULL               -- DER TimeStampToken over SHA-256(statement)
+    );
+    """,
     # 6: per recipient, whether its copy carried tracking (and why not); per message, the
     # last open or click already reported in a certificate or addendum
     """

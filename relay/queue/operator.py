@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
-from certifier import evidence
+from relay.queue import evidence_log
 from relay.queue.messages import Messages
 from relay.queue.states import MessageKind, MessageState
 
@@ -46,7 +46,7 @@ class OperatorActions(Messages):
         def _show(db: sqlite_utils.Database) -> dict[str, Any]:
             row = self._message(qid) or {}
             row["recipients"] = self._recipients(qid)
-            row["evidence"] = [e.__dict__ for e in evidence.entries_for(self._conn, qid)]
+            row["evidence"] = [e.__dict__ for e in evidence_log.entries_for(self._conn, qid)]
             return row
 
         return self.run_sync(_show)
@@ -79,7 +79,7 @@ class OperatorActions(Messages):
             ).rowcount
             if changed:
                 event = "OperatorHold" if held else "OperatorRelease"
-                evidence.append(self._conn, now, qid, event, {})
+                evidence_log.append(self._conn, now, qid, event, {})
                 if not held:
                     db.conn.execute(
                         "UPDATE recipients SET next_attempt = ? WHERE qid = ?"
@@ -108,7 +108,7 @@ class OperatorActions(Messages):
                     " WHERE id = ?",
                     (f"withdrawn by the operator ({operator})", now, r["id"]),
                 )
-                evidence.append(
+                evidence_log.append(
                     self._conn,
                     now,
                     qid,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from certifier import evidence
+from relay.queue import evidence_log
 from relay.queue.db import Database, insert_row
 from relay.queue.states import TrackingKind
 
@@ -78,7 +78,7 @@ class Tracking(Database):
             k: row[k] for k in ("link", "url", "ip", "user_agent", "method", "automatic", "reason")
         }
         event = "ContentOpened" if row["kind"] == TrackingKind.OPEN else "LinkClicked"
-        evidence.append(self._conn, now, row["qid"], event, detail, recipient=address)
+        evidence_log.append(self._conn, now, row["qid"], event, detail, recipient=address)
 
     async def recent_clicks(self, qid: str, recipient_id: int, since: float) -> int:
         return await self._read(
