@@ -4,4 +4,5 @@ import sys
 
 from relay.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not on a mere import (a test walking every module imports it)
+    sys.exit(main())
