@@ -214,3 +214,18 @@ def test_an_outcome_under_a_lost_lease_is_dropped_unless_it_delivered(store: Sto
     assert (m1["status"], m1["attempts"], m1["lease_owner"]) == ("queued", 0, "agent-2")
     # What reached the recipient is recorded as it happened.
     assert (m2["status"], m2["attempts"]) == ("delivered", 1)
+
+
+def test_an_expired_lease_is_no_attempt_under_way(store: Store) -> None:
+    """A message withdrawn while an attempt holds a lease waits for that attempt's outcome,
+    but not past the lease: an owner that died never records one."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await enqueue(store, "m1", "x@a.example")
+        await store.take_due(NOW, 100, NOW + 10, owner="agent-1")
+        assert store.withdraw("m1", "op", NOW + 1) == 1  # withdrawn while an attempt runs
+        while_leased = await store.pending_work(now=NOW + 5)
+        expired = await store.pending_work(now=NOW + 11)
+        return while_leased["finished"], expired["finished"]
+
+    assert asyncio.run(scenario()) == ([], ["m1"])
