@@ -88,8 +88,10 @@ class Store(
     lease_owner WHERE id IN (candidates) AND <due, lease null or expired> RETURNING id``
     (:mod:`relay.queue.leases`), so of two claimers only one gets it; an outcome is
     recorded once (a repeat finds the state final) and, under a lease its owner lost,
-    only if it delivered; a report or a certificate is recorded only if it was not yet. A PostgreSQL backend (a later issue, psycopg 3, several nodes sharing one
-    queue) would provide the same methods and must give:
+    only if it delivered; a report or a certificate is recorded only if it was not yet.
+
+    A PostgreSQL backend (a later issue, psycopg 3, several nodes sharing one queue)
+    would provide the same methods and must give:
 
     - claiming with ``SELECT ... FOR UPDATE SKIP LOCKED`` inside the claiming
       ``UPDATE`` (or ``UPDATE ... RETURNING``), so two nodes never lease one recipient;
@@ -97,6 +99,9 @@ class Store(
       expiry compares times written by different nodes;
     - the evidence chain's head locked for each append (``SELECT ... FOR UPDATE`` of the
       last entry, or an advisory lock), so entries form one chain whoever writes them;
+    - the message row locked (``SELECT ... FOR UPDATE``) when an open or click is
+      recorded and when events are marked reported: ``tracking_reported`` is a high-water
+      mark over ``tracking_events.id``, and ids from a sequence can commit out of order;
     - ``INSERT ... ON CONFLICT DO NOTHING`` where SQLite says ``INSERT OR IGNORE``
       (``late_reports``, checkpoints) and ``ON CONFLICT DO UPDATE`` for ``OR REPLACE``;
     - the group commit of :class:`~relay.queue.db.Database` becomes a pool of
