@@ -610,7 +610,7 @@ def fill_queue(gw: Gateway, count: int, size: int, deferred: bool = False) -> No
 
 
 _LINE_NUMBER = re.compile(r":\d+\)$")
-_ENTRY_POINTS = ("main (relay/cli/__init__.py)", "cmd_serve (relay/cli/serve.py)")
+_ENTRY_POINTS = ("main (relay/cli.py)", "cmd_serve (relay/cli.py)")
 
 
 def read_profile(path: Path, limit: int = 12) -> dict[str, Any]:
