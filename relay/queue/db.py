@@ -105,6 +105,25 @@ def update_message(conn: sqlite3.Connection, qid: str, columns: dict[str, Any]) 
     )
 
 
+def update_message_if(
+    conn: sqlite3.Connection, qid: str, columns: dict[str, Any], only_if: dict[str, Any]
+) -> bool:
+    """Set ``columns`` of message ``qid`` only while its columns still hold ``only_if``;
+    False when they no longer do (another process got there first). The condition and
+    the write are one statement, so no claimer sees a stale value (ARCHITECTURE.md §5)."""
+    if not columns or not only_if:
+        raise ValueError("a conditional update needs columns to set and a condition")
+    _check_columns(columns)
+    _check_columns(only_if)
+    assignments = ", ".join(f"{c} = ?" for c in columns)
+    conditions = " AND ".join(f"{c} = ?" for c in only_if)
+    cursor = conn.execute(
+        f"UPDATE messages SET {assignments} WHERE qid = ? AND {conditions}",  # noqa: S608
+        (*columns.values(), qid, *only_if.values()),
+    )
+    return cursor.rowcount == 1
+
+
 class Database:
     """The database, reached only through its own thread, with group commit.
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from relay.queue import evidence_log
-from relay.queue.db import Database, insert_row, update_message
+from relay.queue.db import Database, insert_row, update_message, update_message_if
 from relay.queue.records import NewMessage, domain_of
 from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
 
@@ -102,16 +102,42 @@ class Messages(Database):
         update_message(self._conn, qid, columns)
 
     async def enqueue_generated(
-        self, msg: NewMessage, parent_qid: str, parent_columns: dict[str, Any], now: float
-    ) -> None:
-        """Queue a notice or certificate and update its parent in one transaction."""
-        await self._run(self._enqueue_generated, msg, parent_qid, parent_columns, now)
+        self,
+        msg: NewMessage,
+        parent_qid: str,
+        parent_columns: dict[str, Any],
+        now: float,
+        *,
+        only_if: dict[str, Any] | None = None,
+        evidence: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        """Queue a notice or certificate and update its parent in one transaction, with
+        the parent's ``evidence`` entry (event, detail) if given. With ``only_if``, all
+        of it happens only while the parent's columns still hold those values: False,
+        and nothing written, when they do not (a document job that ran twice makes its
+        document once; ARCHITECTURE.md §1, Hand-offs)."""
+        return await self._run(
+            self._enqueue_generated, msg, parent_qid, parent_columns, now, only_if, evidence
+        )
 
     def _enqueue_generated(
-        self, msg: NewMessage, parent_qid: str, parent_columns: dict[str, Any], now: float
-    ) -> None:
+        self,
+        msg: NewMessage,
+        parent_qid: str,
+        parent_columns: dict[str, Any],
+        now: float,
+        only_if: dict[str, Any] | None = None,
+        evidence: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        if only_if:
+            if not update_message_if(self._conn, parent_qid, parent_columns, only_if):
+                return False
+        else:
+            update_message(self._conn, parent_qid, parent_columns)
+        if evidence is not None:
+            evidence_log.append(self._conn, now, parent_qid, evidence[0], evidence[1])
         self._enqueue(msg, now)
-        update_message(self._conn, parent_qid, parent_columns)
+        return True
 
     async def active_qids(self) -> set[str]:
         return await self._read(
