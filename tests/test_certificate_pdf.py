@@ -698,3 +698,73 @@ def test_documents_sharing_cached_font_subsets_each_show_their_own_text() -> Non
         text = " ".join(run("pdftotext", "-", "-", input_bytes=pdf).split())
         assert subject in text, subject
         assert "Renée Straße 日本" in text  # the From header, in every one
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(st.text(st.characters(max_codepoint=127)), st.text()),
+    size=st.sampled_from([7, 7.5, 8.5, 9, 11, 16, 0.1, 300]),
+    font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
+)
+def test_ascii_string_width_equals_reportlab(text: str, size: float, font: str) -> None:
+    # The fast path of certifier.document._CachedSubsetsFont.stringWidth gives exactly
+    # reportlab's float, so every line break and position is the same.
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    from certifier.document import _fonts
+
+    _fonts()
+    face = pdfmetrics.getFont(font)
+    assert face.stringWidth(text, size) == TTFont.stringWidth(face, text, size)
+    assert face.stringWidth(text.encode("utf-8"), size) == TTFont.stringWidth(
+        face, text.encode("utf-8"), size
+    )
+
+
+def _drawn(flowables: list[Any], width: float, height: float) -> bytes:
+    """The page bytes reportlab writes for *flowables* (invariant: no dates or ids)."""
+    from reportlab import rl_config
+    from reportlab.pdfgen import canvas as rl_canvas
+    from reportlab.platypus import Frame
+
+    saved = rl_config.invariant
+    rl_config.invariant = 1
+    try:
+        buf = io.BytesIO()
+        c = rl_canvas.Canvas(buf, pageCompression=0)
+        for flowable in flowables:
+            frame = Frame(0, 0, width, height, showBoundary=0)
+            frame.addFromList([flowable], c)
+            c.showPage()
+        c.save()
+        return buf.getvalue()
+    finally:
+        rl_config.invariant = saved
+
+
+def test_own_paragraph_lays_out_as_a_paragraph() -> None:
+    # The "How to verify" text keeps its line breaks across certificates
+    # (certifier.document._OwnParagraph); drawn once, again from the cache, and split
+    # over two frames, it is what a plain Paragraph draws.
+    from reportlab.platypus import Paragraph
+
+    from certifier.document import _how_to_verify, _OwnParagraph
+
+    for evidence in ({}, {"message": {"content_unavailable": "spool file missing"}}):
+        own = [f for f in _how_to_verify(evidence) if isinstance(f, _OwnParagraph)]
+        assert own, "the How to verify text is no longer an _OwnParagraph"
+        markup, style = own[0].text, own[0].style
+        for width in (480.0, 300.0):
+            expected = _drawn([Paragraph(markup, style)], width, 800)
+            assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+            assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+            # Too little height for the whole text: split, the rest in the next frame.
+            plain = Paragraph(markup, style)
+            plain.wrap(width, 30)
+            cached = _OwnParagraph(markup, style)
+            cached.wrap(width, 30)
+            parts_plain = plain.split(width, 30)
+            parts_cached = cached.split(width, 30)
+            assert len(parts_plain) == len(parts_cached) == 2
+            assert _drawn(parts_cached, width, 800) == _drawn(parts_plain, width, 800)
