@@ -768,3 +768,60 @@ def test_own_paragraph_lays_out_as_a_paragraph() -> None:
             parts_cached = cached.split(width, 30)
             assert len(parts_plain) == len(parts_cached) == 2
             assert _drawn(parts_cached, width, 800) == _drawn(parts_plain, width, 800)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.one_of(
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+        st.integers(min_value=-100_000, max_value=100_000).map(lambda n: n / 64),
+    )
+)
+def test_number_formatting_equals_reportlab(value: float) -> None:
+    # certifier.document._fp writes numbers into page streams in place of reportlab's
+    # fp_str (pure Python); kept per value, so asked twice.
+    from reportlab.lib.rl_accel import fp_str
+
+    from certifier.document import _fp
+
+    assert _fp(value) == fp_str(value)
+    assert _fp(value) == fp_str(value)
+
+
+def _fonts_of(pdf: bytes) -> list[dict[str, Any]]:
+    """Every font of every page, its PDF objects decoded (streams as their data)."""
+
+    def plain(obj: Any) -> Any:
+        obj = obj.get_object() if isinstance(obj, generic.IndirectObject) else obj
+        if isinstance(obj, generic.StreamObject):
+            return {"data": obj.data, **{k: plain(v) for k, v in obj.items() if k != "/Length"}}
+        if isinstance(obj, generic.DictionaryObject):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, generic.ArrayObject):
+            return [plain(v) for v in obj]
+        return obj
+
+    reader = PdfFileReader(io.BytesIO(pdf))
+    fonts = []
+    for i in range(int(reader.root["/Pages"]["/Count"])):
+        page = reader.find_page_for_modification(i)[0].get_object()
+        resources = page["/Resources"]
+        fonts += [plain(f) for _, f in sorted(resources["/Font"].items())]
+    return fonts
+
+
+def test_font_objects_are_reportlabs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # certifier.document._CachedSubsetsFont.addObjects writes the font objects from
+    # parts made once per process; decoded, they are what reportlab's own writes
+    # (several subsets: accented letters, a CJK run), in every document made after.
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    from certifier.document import _CachedSubsetsFont
+
+    evidence = make_evidence(subject="Renée Straße – ñandú “quoted” 日本 ĀăĄ")
+    ours = [_fonts_of(render_certificate(evidence, EML)) for _ in range(2)]
+    monkeypatch.setattr(_CachedSubsetsFont, "addObjects", TTFont.addObjects)
+    reportlabs = _fonts_of(render_certificate(evidence, EML))
+    assert len(reportlabs) > 3
+    assert ours[0] == reportlabs
+    assert ours[1] == reportlabs
