@@ -648,8 +648,24 @@ _STRING_ESCAPES = re.compile(rb"[^\x20-\x7e]|[\\()]")
 
 def _pdf_string_bytes(data: bytes) -> str:
     """The inside of a PDF literal string for *data* (7.3.4.2): ASCII as is, the rest
-    as octal escapes, and backslash and parentheses escaped."""
+    as octal escapes, and backslash and parentheses escaped.
+
+    Most strings need no escape at all: ``bytes.translate`` finds that in one C pass,
+    a third of the time of the regular expression substitution it would otherwise go
+    through (about 2% of the rendering time). ``test_pdf_string_fast_path`` holds the
+    two equal.
+    """
+    if not data.translate(None, _NEEDS_NO_ESCAPE):
+        return data.decode("ascii")
+    return _pdf_string_escaped(data)
+
+
+def _pdf_string_escaped(data: bytes) -> str:
     return _STRING_ESCAPES.sub(lambda m: b"\\%03o" % m.group()[0], data).decode("ascii")
+
+
+# What _STRING_ESCAPES leaves alone: printable ASCII but backslash and parentheses.
+_NEEDS_NO_ESCAPE = bytes(c for c in range(0x20, 0x7F) if c not in b"\\()")
 
 
 class _Line(Flowable):

@@ -825,3 +825,17 @@ def test_font_objects_are_reportlabs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(reportlabs) > 3
     assert ours[0] == reportlabs
     assert ours[1] == reportlabs
+
+
+@settings(max_examples=500)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200), st.text(st.characters(max_codepoint=127)).map(str.encode)
+    )
+)
+def test_pdf_string_fast_path(data: bytes) -> None:
+    # certifier.document._pdf_string_bytes skips the substitution when nothing needs an
+    # escape; the result is the same either way (ISO 32000-2 7.3.4.2).
+    from certifier.document import _pdf_string_bytes, _pdf_string_escaped
+
+    assert _pdf_string_bytes(data) == _pdf_string_escaped(data)
