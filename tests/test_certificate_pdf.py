@@ -839,3 +839,29 @@ def test_pdf_string_fast_path(data: bytes) -> None:
     from certifier.document import _pdf_string_bytes, _pdf_string_escaped
 
     assert _pdf_string_bytes(data) == _pdf_string_escaped(data)
+
+
+_coordinate = st.one_of(
+    st.integers(min_value=-2000, max_value=2000),
+    st.floats(min_value=-2000, max_value=2000, allow_nan=False),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.booleans(), st.tuples(*[_coordinate] * 6)), max_size=6))
+def test_canvas_transform_is_reportlabs(steps: list[tuple[bool, tuple[float, ...]]]) -> None:
+    # certifier.document._NumberedCanvas.transform writes its numbers with _fp; the
+    # page operators and the tracked matrix are what reportlab's Canvas makes, also
+    # when consecutive transforms merge into one cm operator.
+    from reportlab.pdfgen import canvas as rl_canvas
+
+    from certifier.document import _NumberedCanvas
+
+    ours, theirs = _NumberedCanvas(io.BytesIO()), rl_canvas.Canvas(io.BytesIO())
+    for save_first, numbers in steps:
+        for c in (ours, theirs):
+            if save_first:
+                c.saveState()
+            c.transform(*numbers)
+    assert ours._code == theirs._code
+    assert ours._currentMatrix == theirs._currentMatrix
