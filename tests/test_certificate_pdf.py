@@ -744,30 +744,66 @@ def _drawn(flowables: list[Any], width: float, height: float) -> bytes:
 
 
 def test_own_paragraph_lays_out_as_a_paragraph() -> None:
-    # The "How to verify" text keeps its line breaks across certificates
+    # Markup of the gateway's own wording keeps its line breaks across certificates
     # (certifier.document._OwnParagraph); drawn once, again from the cache, and split
     # over two frames, it is what a plain Paragraph draws.
     from reportlab.platypus import Paragraph
 
-    from certifier.document import _how_to_verify, _OwnParagraph
+    from certifier.document import _fonts, _OwnParagraph, _styles, _trusted
+
+    mono = _fonts()[2]
+    markup = (
+        "The gateway could no longer read the message (a reason with &amp; and "
+        f'<font name="{mono}">certifica verify</font>). ' * 6
+    )
+    style = _styles()["body"]
+    assert isinstance(_trusted(markup, "body"), _OwnParagraph)
+    for width in (480.0, 300.0):
+        expected = _drawn([Paragraph(markup, style)], width, 800)
+        assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+        assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+        # Too little height for the whole text: split, the rest in the next frame.
+        plain = Paragraph(markup, style)
+        plain.wrap(width, 30)
+        cached = _OwnParagraph(markup, style)
+        cached.wrap(width, 30)
+        parts_plain = plain.split(width, 30)
+        parts_cached = cached.split(width, 30)
+        assert len(parts_plain) == len(parts_cached) == 2
+        assert _drawn(parts_cached, width, 800) == _drawn(parts_plain, width, 800)
+
+
+def test_how_to_verify_breaks_lines_as_a_paragraph() -> None:
+    # The "How to verify" text is a _RunsBlock (commands in the mono font): its lines
+    # hold the words a Paragraph of the same markup puts on each line, at any width
+    # a page could have, when the Paragraph may not shrink spaces (reportlab lets it
+    # shrink them by 5% to fit one more word; no _TextBlock of the certificate does).
+    from xml.sax.saxutils import escape
+
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.platypus import Paragraph
+
+    from certifier.document import _how_to_verify, _RunsBlock
 
     for evidence in ({}, {"message": {"content_unavailable": "spool file missing"}}):
-        own = [f for f in _how_to_verify(evidence) if isinstance(f, _OwnParagraph)]
-        assert own, "the How to verify text is no longer an _OwnParagraph"
-        markup, style = own[0].text, own[0].style
-        for width in (480.0, 300.0):
-            expected = _drawn([Paragraph(markup, style)], width, 800)
-            assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
-            assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
-            # Too little height for the whole text: split, the rest in the next frame.
-            plain = Paragraph(markup, style)
-            plain.wrap(width, 30)
-            cached = _OwnParagraph(markup, style)
-            cached.wrap(width, 30)
-            parts_plain = plain.split(width, 30)
-            parts_cached = cached.split(width, 30)
-            assert len(parts_plain) == len(parts_cached) == 2
-            assert _drawn(parts_cached, width, 800) == _drawn(parts_plain, width, 800)
+        block = _how_to_verify(evidence)[-1]
+        assert isinstance(block, _RunsBlock)
+        markup = "".join(
+            f'<font name="{font}">{escape(text)}</font>' if font else escape(text)
+            for font, text in block.runs
+        )
+        style = ParagraphStyle("no-shrink", block.style, spaceShrinkage=0)
+        for width in [493.2, *range(100, 600, 7)]:
+            paragraph = Paragraph(markup, style)
+            paragraph.wrap(width, 1000)
+            expected = [
+                " ".join("".join(getattr(w, "text", "") for w in line.words).split())
+                for line in paragraph.blPara.lines
+            ]
+            ours = _RunsBlock(block.runs, block.style)
+            ours.wrap(width, 1000)
+            got = [" ".join("".join(t for _, t in line).split()) for line in ours._lines]
+            assert got == expected, width
 
 
 @settings(max_examples=500, deadline=None)
