@@ -355,6 +355,13 @@ def _coverage(font_name: str) -> frozenset[int] | None:
     return frozenset(face.charToGlyph) if face is not None else None
 
 
+@lru_cache(maxsize=8)
+def _covers_ascii(font_name: str) -> bool:
+    """Whether *font_name* has a glyph for every printable ASCII character."""
+    covered = _coverage(font_name)
+    return covered is not None and covered.issuperset(range(0x20, 0x7F))
+
+
 def _font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
     """Split display text into (font or None for the style's font, text) runs.
 
@@ -362,8 +369,15 @@ def _font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
     there (the exact text is in evidence.json), where the font would draw nothing.
     """
     covered = _coverage(font_name)
-    if covered is not None and covered.issuperset(map(ord, text.replace("\n", ""))):
-        return [(None, text)]
+    if covered is not None:
+        flat = text.replace("\n", "")
+        # Printable ASCII (most text) is answered by two C passes, a tenth of the time
+        # of looking each character up (~2% of the rendering time): the same answer
+        # where the font covers printable ASCII (_covers_ascii, test_font_runs_fast_path).
+        if flat.isascii() and flat.isprintable() and _covers_ascii(font_name):
+            return [(None, text)]
+        if covered.issuperset(map(ord, flat)):
+            return [(None, text)]
     runs: list[tuple[str | None, str]] = []
     for ch in text:
         code = ord(ch)

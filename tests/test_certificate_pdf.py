@@ -901,3 +901,23 @@ def test_canvas_transform_is_reportlabs(steps: list[tuple[bool, tuple[float, ...
             c.transform(*numbers)
     assert ours._code == theirs._code
     assert ours._currentMatrix == theirs._currentMatrix
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(st.text(st.characters(max_codepoint=127)), st.text()),
+    font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
+)
+def test_font_runs_fast_path(text: str, font: str) -> None:
+    # certifier.document._font_runs answers printable ASCII without looking each
+    # character up; the runs are what the lookup gives.
+    from certifier.document import _coverage, _font_runs, _fonts
+
+    _fonts()
+    covered = _coverage(font)
+    assert covered is not None
+    runs = _font_runs(text, font)
+    if covered.issuperset(map(ord, text.replace("\n", ""))):
+        assert runs == [(None, text)]
+    else:
+        assert runs != [(None, text)]
