@@ -687,7 +687,7 @@ def fill_queue(gw: Gateway, count: int, size: int, deferred: bool = False) -> No
 
 _LINE_NUMBER = re.compile(r":\d+\)$")
 _PROCESS = re.compile(r"^process (\d+)")
-_ENTRY_POINTS = ("main (relay/cli.py)", "cmd_serve (relay/cli.py)")
+_ENTRY_POINTS = ("main (relay/cli/__init__.py)", "cmd_serve (relay/cli/serve.py)")
 
 
 def role(label: str) -> str:

@@ -17,9 +17,10 @@ checkpoint failing, because the TSA, not the gateway, signs the time.
 ``openssl ts -verify -data <statement file> -in <token> -token_in -CAfile <TSA root>``
 checks an exported checkpoint independently of this code.
 
-This module is the pure part: the statement, the table (``evidence_checkpoints``, made
-by the relay's migrations), and checking tokens and a whole database. Making
-checkpoints while the gateway runs is :mod:`relay.certify.checkpoints`. :func:`check_token`
+This module is the pure part: the statement, checking tokens, and auditing a whole
+log handed to it (:func:`audit`). The checkpoints are stored by the queue package
+(``relay/queue/evidence_log.py``, table ``evidence_checkpoints``); making them while
+the gateway runs is :mod:`relay.certify.checkpoints`. :func:`check_token`
 never raises on a bad token; it reports why.
 """
 
@@ -30,8 +31,7 @@ import base64
 import hashlib
 import json
 import logging
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,17 +44,13 @@ from certifier import evidence
 
 __all__ = [
     "FORMAT",
-    "SCHEMA",
     "Audit",
     "Checkpoint",
     "TokenCheck",
     "audit",
     "check_embedded",
     "check_token",
-    "covering",
     "export",
-    "latest",
-    "record",
     "statement",
     "token_time",
 ]
@@ -62,16 +58,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT = "certifica-checkpoint/1"
-
-SCHEMA = """
-CREATE TABLE evidence_checkpoints (
-    seq INTEGER PRIMARY KEY,          -- the last evidence entry the checkpoint covers
-    head TEXT NOT NULL,               -- that entry's hash
-    time REAL NOT NULL,               -- the gateway's clock when the checkpoint was made
-    tsa_time REAL NOT NULL,           -- genTime of the token (RFC 3161 TSTInfo)
-    token BLOB NOT NULL               -- DER TimeStampToken over SHA-256(statement)
-);
-"""
 
 _MAX_PROBLEMS = 10_000
 
@@ -111,48 +97,6 @@ class Checkpoint:
 def token_time(token: bytes) -> datetime:
     """The genTime of a DER TimeStampToken; ValueError when it is not one."""
     return _tst_info(cms.ContentInfo.load(token))["gen_time"].native  # type: ignore[no-any-return]
-
-
-# -- the table ----------------------------------------------------------------------
-
-
-def record(conn: sqlite3.Connection, checkpoint: Checkpoint) -> None:
-    """Store a checkpoint inside the caller's transaction (once per head)."""
-    conn.execute(
-        "INSERT OR IGNORE INTO evidence_checkpoints (seq, head, time, tsa_time, token)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (checkpoint.seq, checkpoint.head, checkpoint.time, checkpoint.tsa_time, checkpoint.token),
-    )
-
-
-def latest(conn: sqlite3.Connection) -> Checkpoint | None:
-    """The checkpoint of the highest seq, or None."""
-    row = conn.execute(
-        "SELECT seq, head, time, tsa_time, token FROM evidence_checkpoints"
-        " ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
-    return _checkpoint(row) if row else None
-
-
-def covering(conn: sqlite3.Connection, seq: int) -> Checkpoint | None:
-    """The earliest checkpoint that covers entry *seq*: the tightest "no later than"."""
-    row = conn.execute(
-        "SELECT seq, head, time, tsa_time, token FROM evidence_checkpoints WHERE seq >= ?"
-        " ORDER BY seq LIMIT 1",
-        (seq,),
-    ).fetchone()
-    return _checkpoint(row) if row else None
-
-
-def _all(conn: sqlite3.Connection) -> Iterator[Checkpoint]:
-    for row in conn.execute(
-        "SELECT seq, head, time, tsa_time, token FROM evidence_checkpoints ORDER BY seq"
-    ):
-        yield _checkpoint(row)
-
-
-def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
-    return Checkpoint(int(row[0]), str(row[1]), float(row[2]), float(row[3]), bytes(row[4]))
 
 
 # -- checking tokens ----------------------------------------------------------------
@@ -280,8 +224,13 @@ class Audit:
         return f"{chain}; {marks}: {verdict}"
 
 
-def audit(conn: sqlite3.Connection, roots: list[asn1_x509.Certificate]) -> Audit:
-    """Recompute the whole chain and check every checkpoint against it and its TSA.
+def audit(
+    rows: Iterable[evidence.Row],
+    checkpoints: Iterable[Checkpoint],
+    roots: list[asn1_x509.Certificate],
+) -> Audit:
+    """Recompute a whole chain (``rows``: every stored entry, in order) and check every
+    checkpoint against it and its TSA.
 
     A checkpoint fails when the entry it names is gone, when that entry's hash is not
     the timestamped head (the log up to it was rewritten, even if consistently), when
@@ -289,19 +238,29 @@ def audit(conn: sqlite3.Connection, roots: list[asn1_x509.Certificate]) -> Audit
     timestamped before the checkpoint preceding it.
     """
     result = Audit()
-    for _seq, problem in evidence.chain_problems(conn):
+    marks = list(checkpoints)
+    wanted = {checkpoint.seq for checkpoint in marks}
+    hashes: dict[int, str] = {}  # the stored hash of each entry a checkpoint names
+
+    def walked() -> Iterator[evidence.Row]:
+        for row in rows:
+            result.entries += 1
+            result.head = (int(row[0]), str(row[7]))
+            if row[0] in wanted:
+                hashes[row[0]] = row[7]
+            yield row
+
+    for _seq, problem in evidence.chain_problems(walked()):
         result.problem(problem)
-    (result.entries,) = conn.execute("SELECT COUNT(*) FROM evidence").fetchone()
-    result.head = evidence.head(conn)
     previous: tuple[int, datetime] | None = None
-    for checkpoint in _all(conn):
+    for checkpoint in marks:
         result.checkpoints += 1
         result.last_checkpoint = checkpoint
         where = f"checkpoint #{checkpoint.seq}"
-        row = conn.execute("SELECT hash FROM evidence WHERE seq = ?", (checkpoint.seq,)).fetchone()
-        if row is None:
+        stored = hashes.get(checkpoint.seq)
+        if stored is None:
             result.problem(f"{where}: entry {checkpoint.seq} is not in the log (entries removed)")
-        elif row[0] != checkpoint.head:
+        elif stored != checkpoint.head:
             result.problem(
                 f"{where}: entry {checkpoint.seq}'s hash is not the timestamped head "
                 "(the log up to it was rewritten)"
@@ -319,12 +278,12 @@ def audit(conn: sqlite3.Connection, roots: list[asn1_x509.Certificate]) -> Audit
     return result
 
 
-def export(conn: sqlite3.Connection, directory: Path) -> list[Path]:
+def export(checkpoints: Iterable[Checkpoint], directory: Path) -> list[Path]:
     """Write each checkpoint as ``checkpoint-<seq>.dat`` (the statement) and ``.tst``
     (the DER token), for ``openssl ts -verify -data X.dat -in X.tst -token_in``."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for checkpoint in _all(conn):
+    for checkpoint in checkpoints:
         stem = directory / f"checkpoint-{checkpoint.seq:010d}"
         stem.with_suffix(".dat").write_bytes(checkpoint.statement())
         stem.with_suffix(".tst").write_bytes(checkpoint.token)

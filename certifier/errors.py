@@ -36,10 +36,11 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     ├── StartupError              the gateway cannot start (a port, a key file); exit 2
     ├── StorageError              the queue could not be read or written
     │   ├── relay.queue.spool.SpoolFileMissing         (FileNotFoundError)
-    │   └── StoreError, StoreFullError (relay.queue)   451 / 452 to a client: nothing was
-    │                                                  accepted, try again later
+    │   └── relay.queue.errors.StoreError              451 to a client: nothing was
+    │       └── StoreFullError                         accepted, try again later (452
+    │                                                  when the disk is full)
     ├── UsageError                a command line the CLI cannot carry out; one line, exit 2
-    │                             (relay.cli.UserError)
+    │                             (relay.cli.common.UserError)
     └── VerificationError         a certificate cannot be verified; ``certifica verify``
         │                         says why in one sentence and exits 1
         └── certifier.verify._Failed                   a check that makes the following

@@ -10,15 +10,17 @@ server said 2xx), ``RelayToNonERDSFailure`` (5xx, retries exhausted, later DSN),
 ``ContentHandover``, ``ReceivedFromNonERDS``; and the extensions ``RelayAttemptDeferred``,
 ``CertificateIssued``, ``NoticeSent``.
 
-The log lives in the gateway's SQLite database (table ``evidence``); this module only
-needs a DB-API connection, so it does not depend on the relay. Checkpoints of the chain
-head, timestamped by an RFC 3161 authority, are :mod:`certifier.checkpoints`.
+The log lives in the gateway's database, stored and read by the queue package
+(``relay/queue/evidence_log.py``, the only code that writes SQL); this module computes
+entries and checks the rows it is handed, so it depends on neither the relay nor a
+database. Checkpoints of the chain head, timestamped by an RFC 3161 authority, are
+:mod:`certifier.checkpoints`.
 
 An entry's hash is SHA-256 over the compact JSON array (ASCII, ``\\uXXXX`` escapes)
 ``[prev_hash, seq, time, qid, recipient, event, detail]``, where ``time`` is the
 shortest decimal form of the entry's time (Python's ``repr`` of the float) and
 ``detail`` the JSON text of the detail object exactly as stored (keys sorted, compact).
-A certificate embeds its message's entries in that form (:func:`excerpt`, format
+A certificate embeds its message's entries in that form (:func:`excerpt_entry`, format
 ``certifica-log-excerpt/1``: each entry's ``time`` and ``detail`` are those two strings,
 so anyone can recompute its hash without this code); :func:`verify_excerpt` checks one
 offline. The entries of one message are not contiguous in the log (other messages'
@@ -33,7 +35,6 @@ import hashlib
 import json
 import math
 import re
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,21 +45,10 @@ EXCERPT_FORMAT = "certifica-log-excerpt/1"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _YEAR_10000 = 253_402_300_800.0  # what a timeline's ISO 8601 time can still say
-_COLUMNS = "seq, time, qid, recipient, event, detail, prev_hash, hash"
 
-SCHEMA = """
-CREATE TABLE evidence (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    qid TEXT NOT NULL,
-    recipient TEXT,
-    event TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX evidence_qid ON evidence(qid);
-"""
+Row = tuple[int, float, str, str | None, str, str, str, str]
+"""An entry as stored: seq, time, qid, recipient, event, detail (its JSON text, as
+hashed), prev_hash, hash."""
 
 
 @dataclass(frozen=True)
@@ -96,87 +86,55 @@ def canonical_detail(detail: dict[str, Any]) -> str:
     return json.dumps(detail, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def append(
-    conn: sqlite3.Connection,
+def next_entry(
+    last: tuple[int, str] | None,
     time: float,
     qid: str,
     event: str,
     detail: dict[str, Any],
     recipient: str | None = None,
-) -> Entry:
-    """Append one entry inside the caller's transaction and return it."""
+) -> tuple[Entry, str]:
+    """The entry that follows ``last`` (the log's head as (seq, hash); None for an empty
+    log), with its detail's JSON text as it must be stored."""
     # The column is REAL: an int time (5) reads back as 5.0, whose repr differs, and the
     # entry would no longer verify. Hash what is stored.
     time = float(time)
-    row = conn.execute("SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     detail_json = canonical_detail(detail)
     digest = entry_hash(prev, seq, time, qid, recipient, event, detail_json)
-    conn.execute(
-        "INSERT INTO evidence (seq, time, qid, recipient, event, detail, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, time, qid, recipient, event, detail_json, prev, digest),
-    )
-    return Entry(seq, time, qid, recipient, event, detail, prev, digest)
+    return Entry(seq, time, qid, recipient, event, detail, prev, digest), detail_json
 
 
-def entries_for(conn: sqlite3.Connection, qid: str) -> list[Entry]:
-    rows = conn.execute(
-        "SELECT seq, time, qid, recipient, event, detail, prev_hash, hash FROM evidence"
-        " WHERE qid = ? ORDER BY seq",
-        (qid,),
-    ).fetchall()
-    return [Entry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+def excerpt_entry(row: Row) -> dict[str, Any]:
+    """A stored entry as a certificate embeds it: every hashed field, as hashed.
 
-
-def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    """The last entry's (seq, hash), or None for an empty log."""
-    row = conn.execute("SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else None
-
-
-def excerpt(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[dict[str, Any]]:
-    """The entries *seqs* as a certificate embeds them: every hashed field, as hashed.
-
-    Read from the stored columns (not re-serialised from :class:`Entry`), so that the
+    Made from the stored columns (not re-serialised from :class:`Entry`), so that the
     hash of each excerpt entry recomputes even for a detail that would not survive a
     JSON round trip unchanged.
     """
-    wanted = sorted(set(seqs))
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-        chunk = wanted[start : start + 500]
-        marks = ", ".join("?" for _ in chunk)
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM evidence WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-            chunk,
-        ).fetchall()
-        out.extend(
-            {
-                "seq": seq,
-                "time": repr(time),
-                "qid": qid,
-                "recipient": recipient,
-                "event": event,
-                "detail": detail_json,
-                "prev": prev_hash,
-                "hash": digest,
-            }
-            for seq, time, qid, recipient, event, detail_json, prev_hash, digest in rows
-        )
-    return out
+    seq, time, qid, recipient, event, detail_json, prev_hash, digest = row
+    return {
+        "seq": seq,
+        "time": repr(time),
+        "qid": qid,
+        "recipient": recipient,
+        "event": event,
+        "detail": detail_json,
+        "prev": prev_hash,
+        "hash": digest,
+    }
 
 
-def chain_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
-    """Walk the whole chain and yield (seq, sentence) for every problem, in order.
+def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
+    """Walk a whole chain (every stored entry, in order) and yield (seq, sentence) for
+    every problem, in order.
 
-    Unlike :func:`verify_chain` it goes on after the first break, checking each entry
-    against its own stored predecessor hash, so one edited row is one or two lines
-    and not "everything after row N".
+    It goes on after the first break, checking each entry against its own stored
+    predecessor hash, so one edited row is one or two lines and not "everything after
+    row N".
     """
     expected_prev, expected_seq = GENESIS, 1
-    cursor = conn.execute(f"SELECT {_COLUMNS} FROM evidence ORDER BY seq")  # noqa: S608
-    for seq, time, qid, recipient, event, detail_json, prev_hash, digest in cursor:
+    for seq, time, qid, recipient, event, detail_json, prev_hash, digest in rows:
         if seq != expected_seq:
             missing = (
                 f"entry {expected_seq} is"
@@ -189,15 +147,6 @@ def chain_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
         if entry_hash(prev_hash, seq, time, qid, recipient, event, detail_json) != digest:
             yield seq, f"entry {seq} was altered (its content does not match its hash)"
         expected_prev, expected_seq = digest, seq + 1
-
-
-def verify_chain(conn: sqlite3.Connection) -> tuple[bool, int, str]:
-    """Recompute the whole chain. Returns (ok, entries checked, first problem or "")."""
-    for seq, problem in chain_problems(conn):
-        (checked,) = conn.execute("SELECT COUNT(*) FROM evidence WHERE seq <= ?", (seq,)).fetchone()
-        return False, int(checked), problem
-    (count,) = conn.execute("SELECT COUNT(*) FROM evidence").fetchone()
-    return True, int(count), ""
 
 
 def iso_time(ts: float) -> str:

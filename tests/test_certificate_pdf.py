@@ -698,3 +698,226 @@ def test_documents_sharing_cached_font_subsets_each_show_their_own_text() -> Non
         text = " ".join(run("pdftotext", "-", "-", input_bytes=pdf).split())
         assert subject in text, subject
         assert "Renée Straße 日本" in text  # the From header, in every one
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(st.text(st.characters(max_codepoint=127)), st.text()),
+    size=st.sampled_from([7, 7.5, 8.5, 9, 11, 16, 0.1, 300]),
+    font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
+)
+def test_ascii_string_width_equals_reportlab(text: str, size: float, font: str) -> None:
+    # The fast path of certifier.document._CachedSubsetsFont.stringWidth gives exactly
+    # reportlab's float, so every line break and position is the same.
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    from certifier.document import _fonts
+
+    _fonts()
+    face = pdfmetrics.getFont(font)
+    assert face.stringWidth(text, size) == TTFont.stringWidth(face, text, size)
+    assert face.stringWidth(text.encode("utf-8"), size) == TTFont.stringWidth(
+        face, text.encode("utf-8"), size
+    )
+
+
+def _drawn(flowables: list[Any], width: float, height: float) -> bytes:
+    """The page bytes reportlab writes for *flowables* (invariant: no dates or ids)."""
+    from reportlab import rl_config
+    from reportlab.pdfgen import canvas as rl_canvas
+    from reportlab.platypus import Frame
+
+    saved = rl_config.invariant
+    rl_config.invariant = 1
+    try:
+        buf = io.BytesIO()
+        c = rl_canvas.Canvas(buf, pageCompression=0)
+        for flowable in flowables:
+            frame = Frame(0, 0, width, height, showBoundary=0)
+            frame.addFromList([flowable], c)
+            c.showPage()
+        c.save()
+        return buf.getvalue()
+    finally:
+        rl_config.invariant = saved
+
+
+def test_own_paragraph_lays_out_as_a_paragraph() -> None:
+    # Markup of the gateway's own wording keeps its line breaks across certificates
+    # (certifier.document._OwnParagraph); drawn once, again from the cache, and split
+    # over two frames, it is what a plain Paragraph draws.
+    from reportlab.platypus import Paragraph
+
+    from certifier.document import _fonts, _OwnParagraph, _styles, _trusted
+
+    mono = _fonts()[2]
+    markup = (
+        "The gateway could no longer read the message (a reason with &amp; and "
+        f'<font name="{mono}">certifica verify</font>). ' * 6
+    )
+    style = _styles()["body"]
+    assert isinstance(_trusted(markup, "body"), _OwnParagraph)
+    for width in (480.0, 300.0):
+        expected = _drawn([Paragraph(markup, style)], width, 800)
+        assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+        assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
+        # Too little height for the whole text: split, the rest in the next frame.
+        plain = Paragraph(markup, style)
+        plain.wrap(width, 30)
+        cached = _OwnParagraph(markup, style)
+        cached.wrap(width, 30)
+        parts_plain = plain.split(width, 30)
+        parts_cached = cached.split(width, 30)
+        assert len(parts_plain) == len(parts_cached) == 2
+        assert _drawn(parts_cached, width, 800) == _drawn(parts_plain, width, 800)
+
+
+def test_how_to_verify_breaks_lines_as_a_paragraph() -> None:
+    # The "How to verify" text is a _RunsBlock (commands in the mono font): its lines
+    # hold the words a Paragraph of the same markup puts on each line, at any width
+    # a page could have, when the Paragraph may not shrink spaces (reportlab lets it
+    # shrink them by 5% to fit one more word; no _TextBlock of the certificate does).
+    from xml.sax.saxutils import escape
+
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.platypus import Paragraph
+
+    from certifier.document import _how_to_verify, _RunsBlock
+
+    for evidence in ({}, {"message": {"content_unavailable": "spool file missing"}}):
+        block = _how_to_verify(evidence)[-1]
+        assert isinstance(block, _RunsBlock)
+        markup = "".join(
+            f'<font name="{font}">{escape(text)}</font>' if font else escape(text)
+            for font, text in block.runs
+        )
+        style = ParagraphStyle("no-shrink", block.style, spaceShrinkage=0)
+        for width in [493.2, *range(100, 600, 7)]:
+            paragraph = Paragraph(markup, style)
+            paragraph.wrap(width, 1000)
+            expected = [
+                " ".join("".join(getattr(w, "text", "") for w in line.words).split())
+                for line in paragraph.blPara.lines
+            ]
+            ours = _RunsBlock(block.runs, block.style)
+            ours.wrap(width, 1000)
+            got = [" ".join("".join(t for _, t in line).split()) for line in ours._lines]
+            assert got == expected, width
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.one_of(
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+        st.integers(min_value=-100_000, max_value=100_000).map(lambda n: n / 64),
+    )
+)
+def test_number_formatting_equals_reportlab(value: float) -> None:
+    # certifier.document._fp writes numbers into page streams in place of reportlab's
+    # fp_str (pure Python); kept per value, so asked twice.
+    from reportlab.lib.rl_accel import fp_str
+
+    from certifier.document import _fp
+
+    assert _fp(value) == fp_str(value)
+    assert _fp(value) == fp_str(value)
+
+
+def _fonts_of(pdf: bytes) -> list[dict[str, Any]]:
+    """Every font of every page, its PDF objects decoded (streams as their data)."""
+
+    def plain(obj: Any) -> Any:
+        obj = obj.get_object() if isinstance(obj, generic.IndirectObject) else obj
+        if isinstance(obj, generic.StreamObject):
+            return {"data": obj.data, **{k: plain(v) for k, v in obj.items() if k != "/Length"}}
+        if isinstance(obj, generic.DictionaryObject):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, generic.ArrayObject):
+            return [plain(v) for v in obj]
+        return obj
+
+    reader = PdfFileReader(io.BytesIO(pdf))
+    fonts = []
+    for i in range(int(reader.root["/Pages"]["/Count"])):
+        page = reader.find_page_for_modification(i)[0].get_object()
+        resources = page["/Resources"]
+        fonts += [plain(f) for _, f in sorted(resources["/Font"].items())]
+    return fonts
+
+
+def test_font_objects_are_reportlabs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # certifier.document._CachedSubsetsFont.addObjects writes the font objects from
+    # parts made once per process; decoded, they are what reportlab's own writes
+    # (several subsets: accented letters, a CJK run), in every document made after.
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    from certifier.document import _CachedSubsetsFont
+
+    evidence = make_evidence(subject="Renée Straße – ñandú “quoted” 日本 ĀăĄ")
+    ours = [_fonts_of(render_certificate(evidence, EML)) for _ in range(2)]
+    monkeypatch.setattr(_CachedSubsetsFont, "addObjects", TTFont.addObjects)
+    reportlabs = _fonts_of(render_certificate(evidence, EML))
+    assert len(reportlabs) > 3
+    assert ours[0] == reportlabs
+    assert ours[1] == reportlabs
+
+
+@settings(max_examples=500)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200), st.text(st.characters(max_codepoint=127)).map(str.encode)
+    )
+)
+def test_pdf_string_fast_path(data: bytes) -> None:
+    # certifier.document._pdf_string_bytes skips the substitution when nothing needs an
+    # escape; the result is the same either way (ISO 32000-2 7.3.4.2).
+    from certifier.document import _pdf_string_bytes, _pdf_string_escaped
+
+    assert _pdf_string_bytes(data) == _pdf_string_escaped(data)
+
+
+_coordinate = st.one_of(
+    st.integers(min_value=-2000, max_value=2000),
+    st.floats(min_value=-2000, max_value=2000, allow_nan=False),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.booleans(), st.tuples(*[_coordinate] * 6)), max_size=6))
+def test_canvas_transform_is_reportlabs(steps: list[tuple[bool, tuple[float, ...]]]) -> None:
+    # certifier.document._NumberedCanvas.transform writes its numbers with _fp; the
+    # page operators and the tracked matrix are what reportlab's Canvas makes, also
+    # when consecutive transforms merge into one cm operator.
+    from reportlab.pdfgen import canvas as rl_canvas
+
+    from certifier.document import _NumberedCanvas
+
+    ours, theirs = _NumberedCanvas(io.BytesIO()), rl_canvas.Canvas(io.BytesIO())
+    for save_first, numbers in steps:
+        for c in (ours, theirs):
+            if save_first:
+                c.saveState()
+            c.transform(*numbers)
+    assert ours._code == theirs._code
+    assert ours._currentMatrix == theirs._currentMatrix
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(st.text(st.characters(max_codepoint=127)), st.text()),
+    font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
+)
+def test_font_runs_fast_path(text: str, font: str) -> None:
+    # certifier.document._font_runs answers printable ASCII without looking each
+    # character up; the runs are what the lookup gives.
+    from certifier.document import _coverage, _font_runs, _fonts
+
+    _fonts()
+    covered = _coverage(font)
+    assert covered is not None
+    runs = _font_runs(text, font)
+    if covered.issuperset(map(ord, text.replace("\n", ""))):
+        assert runs == [(None, text)]
+    else:
+        assert runs != [(None, text)]

@@ -36,6 +36,7 @@ from certifier.signing import DocumentSigner
 from certifier.tsa import make_timestamper
 from certifier.verify import verify_certificate
 from relay.certify.checkpoints import NO_CHECKPOINT_YET, Checkpointer, evidence_log_section
+from relay.queue import evidence_log
 from relay.queue.store import Store, migrate
 from tests.conftest import (
     CERT_ADDRESS,
@@ -65,7 +66,7 @@ def fill(conn: sqlite3.Connection, n: int = 6, qid: str = QID) -> list[evidence.
     out = []
     for i in range(n):
         out.append(
-            evidence.append(
+            evidence_log.append(
                 conn,
                 start + i * 0.25,
                 qid if i % 2 == 0 else "OTHER0001",
@@ -104,8 +105,8 @@ def timeline_of(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def excerpt_log(conn: sqlite3.Connection, qid: str = QID) -> dict[str, Any]:
-    seqs = [e.seq for e in evidence.entries_for(conn, qid)]
-    entries = evidence.excerpt(conn, seqs)
+    seqs = [e.seq for e in evidence_log.entries_for(conn, qid)]
+    entries = evidence_log.excerpt(conn, seqs)
     return {
         "format": evidence.EXCERPT_FORMAT,
         "head": entries[-1]["hash"] if entries else evidence.GENESIS,
@@ -115,7 +116,7 @@ def excerpt_log(conn: sqlite3.Connection, qid: str = QID) -> dict[str, Any]:
 
 
 def make_checkpoint(conn: sqlite3.Connection, stamper: TimeStamper) -> checkpoints.Checkpoint:
-    head = evidence.head(conn)
+    head = evidence_log.head(conn)
     assert head is not None
     now = time.time()
     imprint = hashlib.sha256(checkpoints.statement(head[0], head[1], now)).digest()
@@ -123,7 +124,7 @@ def make_checkpoint(conn: sqlite3.Connection, stamper: TimeStamper) -> checkpoin
     made = checkpoints.Checkpoint(
         head[0], head[1], now, checkpoints.token_time(token).timestamp(), token
     )
-    checkpoints.record(conn, made)
+    evidence_log.record_checkpoint(conn, made)
     return made
 
 
@@ -154,11 +155,11 @@ def signer(pki: Pki) -> DocumentSigner:
 
 def test_appended_entries_verify() -> None:
     conn = new_db()
-    assert evidence.verify_chain(conn) == (True, 0, "")
+    assert evidence_log.verify_chain(conn) == (True, 0, "")
     fill(conn)
-    assert evidence.verify_chain(conn) == (True, 6, "")
-    assert list(evidence.chain_problems(conn)) == []
-    assert evidence.head(conn) == (6, evidence.entries_for(conn, "OTHER0001")[-1].hash)
+    assert evidence_log.verify_chain(conn) == (True, 6, "")
+    assert list(evidence_log.chain_problems(conn)) == []
+    assert evidence_log.head(conn) == (6, evidence_log.entries_for(conn, "OTHER0001")[-1].hash)
 
 
 FIELDS = ["detail", "event", "time", "prev_hash", "hash", "qid", "recipient"]
@@ -178,11 +179,11 @@ def test_one_changed_byte_names_the_first_broken_entry(column: str, seq: int) ->
     else:
         changed = flip_text(value, seq * 7)
     conn.execute(f"UPDATE evidence SET {column} = ? WHERE seq = ?", (changed, seq))  # noqa: S608
-    ok, checked, problem = evidence.verify_chain(conn)
+    ok, checked, problem = evidence_log.verify_chain(conn)
     assert not ok
     assert problem.startswith(f"entry {seq} "), problem
     assert checked == seq
-    problems = list(evidence.chain_problems(conn))
+    problems = list(evidence_log.chain_problems(conn))
     assert problems and problems[0][0] == seq
     # Only the changed entry and, for its hash, the link to the next one are reported.
     assert {s for s, _ in problems} <= {seq, seq + 1}
@@ -192,19 +193,19 @@ def test_a_removed_entry_is_named() -> None:
     conn = new_db()
     fill(conn)
     conn.execute("DELETE FROM evidence WHERE seq = 3")
-    problems = [p for _, p in evidence.chain_problems(conn)]
+    problems = [p for _, p in evidence_log.chain_problems(conn)]
     assert problems == [
         "entry 3 is missing before entry 4",
         "entry 4 does not follow the previous entry",
     ]
-    assert not evidence.verify_chain(conn)[0]
+    assert not evidence_log.verify_chain(conn)[0]
 
 
 def test_an_int_time_is_hashed_as_stored() -> None:
     # The column is REAL: 5 comes back as 5.0, and repr(5) != repr(5.0).
     conn = new_db()
-    evidence.append(conn, 1_763_892_000, QID, "SubmissionAcceptance", {})
-    assert evidence.verify_chain(conn)[0]
+    evidence_log.append(conn, 1_763_892_000, QID, "SubmissionAcceptance", {})
+    assert evidence_log.verify_chain(conn)[0]
 
 
 _json = st.recursive(
@@ -236,8 +237,8 @@ _appends = st.lists(
 def test_any_sequence_of_appends_verifies(appends: list[tuple[Any, ...]]) -> None:
     conn = new_db()
     for when, qid, event, detail, recipient in appends:
-        evidence.append(conn, when, qid, event, detail, recipient=recipient)
-    assert evidence.verify_chain(conn) == (True, len(appends), "")
+        evidence_log.append(conn, when, qid, event, detail, recipient=recipient)
+    assert evidence_log.verify_chain(conn) == (True, len(appends), "")
     # Each message's excerpt, as a certificate embeds it, verifies offline too.
     for qid in {a[1] for a in appends}:
         log = excerpt_log(conn, qid)
@@ -256,8 +257,8 @@ def test_excerpt_verifies_and_counts_its_links() -> None:
     assert report.problems == ()
     assert "3 log entries (#1 to #5)" in report.summary and "0 of 2 links" in report.summary
     # A message with consecutive entries has them linked.
-    evidence.append(conn, time.time(), QID, "CertificateIssued", {})
-    evidence.append(conn, time.time(), QID, "NoticeSent", {})
+    evidence_log.append(conn, time.time(), QID, "CertificateIssued", {})
+    evidence_log.append(conn, time.time(), QID, "NoticeSent", {})
     log = excerpt_log(conn)
     report = evidence.verify_excerpt(log, timeline_of(log["entries"]), QID)
     assert report.problems == () and "1 of 4 links" in report.summary
@@ -337,11 +338,11 @@ def test_checkpoint_token_timestamps_the_head(stamper: TimeStamper, roots: list[
     conn = new_db()
     fill(conn)
     made = make_checkpoint(conn, stamper)
-    assert (made.seq, made.head) == evidence.head(conn)
+    assert (made.seq, made.head) == evidence_log.head(conn)
     assert abs(made.tsa_time - made.time) < 60
     checked = checkpoints.check_token(made.token, made.statement(), roots)
     assert checked.ok, checked.detail
-    audit = checkpoints.audit(conn, roots)
+    audit = evidence_log.audit(conn, roots)
     assert audit.ok, audit.problems
     assert audit.summary().endswith(": OK")
     assert "1 checkpoint(s), the last covering #6" in audit.summary()
@@ -374,9 +375,9 @@ def test_a_consistent_rewrite_of_history_fails_the_checkpoint(
             (detail, prev, digest, seq),
         )
         prev = digest
-    assert evidence.verify_chain(conn)[0]
+    assert evidence_log.verify_chain(conn)[0]
     # ...but the timestamped head no longer matches.
-    audit = checkpoints.audit(conn, roots)
+    audit = evidence_log.audit(conn, roots)
     assert audit.problems == [
         "checkpoint #6: entry 6's hash is not the timestamped head (the log up to it was rewritten)"
     ]
@@ -389,20 +390,20 @@ def test_removed_entries_and_an_edited_checkpoint_fail(
     fill(conn)
     make_checkpoint(conn, stamper)
     conn.execute("DELETE FROM evidence WHERE seq >= 5")  # the chain alone cannot see this
-    assert evidence.verify_chain(conn)[0]
-    assert checkpoints.audit(conn, roots).problems == [
+    assert evidence_log.verify_chain(conn)[0]
+    assert evidence_log.audit(conn, roots).problems == [
         "checkpoint #6: entry 6 is not in the log (entries removed)"
     ]
     conn = new_db()
     fill(conn)
     made = make_checkpoint(conn, stamper)
     conn.execute("UPDATE evidence_checkpoints SET time = ?", (flip_float(made.time),))
-    (problem,) = checkpoints.audit(conn, roots).problems
+    (problem,) = evidence_log.audit(conn, roots).problems
     assert problem.startswith("checkpoint #6: the token (") and "does not timestamp" in problem
     conn.execute(
         "UPDATE evidence_checkpoints SET time = ?, token = ?", (made.time, made.token[:-40])
     )
-    (problem,) = checkpoints.audit(conn, roots).problems
+    (problem,) = evidence_log.audit(conn, roots).problems
     assert problem.startswith("checkpoint #6: the token")
 
 
@@ -411,7 +412,7 @@ def test_a_foreign_tsa_is_not_trusted(tmp_path: Path, roots: list[Any]) -> None:
     conn = new_db()
     fill(conn)
     make_checkpoint(conn, make_timestamper(forger, None))
-    (problem,) = checkpoints.audit(conn, roots).problems
+    (problem,) = evidence_log.audit(conn, roots).problems
     assert "does not chain to a trusted root" in problem
 
 
@@ -423,7 +424,7 @@ def test_exported_checkpoint_passes_openssl_ts_verify(
     make_checkpoint(conn, stamper)
     fill(conn, 2)
     make_checkpoint(conn, stamper)
-    written = checkpoints.export(conn, tmp_path / "out")
+    written = checkpoints.export(evidence_log.all_checkpoints(conn), tmp_path / "out")
     names = sorted(p.name for p in written)
     assert names == [
         "checkpoint-0000000003.dat",
@@ -498,7 +499,7 @@ def test_checkpointer_stamps_the_log_when_it_grows(
         assert await task.checkpoint() is None  # nothing new: no second checkpoint of #5
 
     asyncio.run(scenario())
-    audit = store.run_sync(lambda db: checkpoints.audit(db.conn, roots))
+    audit = store.audit_evidence(roots)
     assert audit.ok and audit.checkpoints >= 3, audit.problems
 
 

@@ -650,12 +650,12 @@ def test_postmaster_mail_queued_before_the_upgrade_becomes_the_operators(tmp_pat
     still queued gets its own kind, so no report goes to its sender after the upgrade."""
     import sqlite3
 
-    from relay.queue.store import MIGRATIONS, _statements, migrate
+    from relay.queue.migrations import MIGRATIONS, migrate, statements
 
     conn = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
     for number, script in enumerate(MIGRATIONS[:9], start=1):
-        for statement in _statements(script):
+        for statement in statements(script):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_migrations VALUES (?)", (number,))
     row = (

@@ -14,7 +14,7 @@ TSA, so the gateway's event loop never waits for a timestamp.
 
 :func:`evidence_log_section` is the ``evidence_log`` part of a certificate's
 ``evidence.json``: the message's entries with every hashed field
-(:func:`certifier.evidence.excerpt`) and the earliest checkpoint covering them, when
+(:func:`certifier.evidence.excerpt_entry`) and the earliest checkpoint covering them, when
 there is one yet.
 
 Errors: a failed timestamp request (``TimestampRequestError``, an ``OSError``, a

@@ -37,7 +37,7 @@ from relay.delivery.client import DEFERRED, DELIVERED, FAILED
 from relay.logs import log_failure, printable
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.jobs import DocumentDone, DocumentJob, DocumentKind
-from relay.queue.spool import Spool, SpoolFileMissing, write_durably
+from relay.queue.spool import Spool, SpoolFileMissing, write_once
 from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since, spool_name
 from relay.queue.store import NewMessage, Store
 
@@ -144,11 +144,18 @@ class DocumentMaker:
         parent_columns: dict[str, Any],
         update_qid: str | None = None,
         recipient: str | None = None,
-    ) -> str:
+        *,
+        only_if: dict[str, Any] | None = None,
+        evidence: tuple[str, dict[str, Any]] | None = None,
+        qid: str | None = None,
+    ) -> str | None:
         """Queue a mail the gateway wrote, to the sender of ``parent`` (or ``recipient``);
         in the same transaction apply ``parent_columns`` to ``update_qid`` (default: the
-        parent)."""
-        qid = new_queue_id()
+        parent) and append its ``evidence`` entry. With ``only_if``, only while that
+        message's columns still hold those values: None, and nothing queued, when they
+        do not (the document was made already). ``qid``: the new mail's queue id, when
+        the evidence names it."""
+        qid = qid or new_queue_id()
         await asyncio.to_thread(self.spool.store, qid, data)
         msg = NewMessage(
             qid=qid,
@@ -160,9 +167,22 @@ class DocumentMaker:
             parent_qid=parent["qid"],
             method="generated",
         )
-        await self.store.enqueue_generated(
-            msg, update_qid or parent["qid"], parent_columns, time.time()
-        )
+        try:
+            queued = await self.store.enqueue_generated(
+                msg,
+                update_qid or parent["qid"],
+                parent_columns,
+                time.time(),
+                only_if=only_if,
+                evidence=evidence,
+            )
+        except BaseException:
+            await asyncio.to_thread(self.spool.remove, qid)
+            raise
+        if not queued:
+            await asyncio.to_thread(self.spool.remove, qid)
+            log.info("%s: %s for %s made already; not queued again", qid, kind, parent["qid"])
+            return None
         log.info("%s: from=<>, size=%d, nrcpt=1, %s for %s", qid, len(data), kind, parent["qid"])
         return qid
 
@@ -211,11 +231,17 @@ class DocumentMaker:
                 )
                 await self.store.mark(qid, notice_state="done")
                 return True
-            notice_qid = await self.queue_generated("notice", row, data, {"notice_state": "done"})
-            await self.store.append_evidence(
-                qid, "NoticeSent", {"notice_qid": notice_qid}, time.time()
+            notice_qid = new_queue_id()
+            queued = await self.queue_generated(
+                "notice",
+                row,
+                data,
+                {"notice_state": "done"},
+                qid=notice_qid,
+                only_if={"notice_state": "pending"},
+                evidence=("NoticeSent", {"notice_qid": notice_qid}),
             )
-            return True  # its certificate waited for this notice
+            return queued is not None  # its certificate waited for this notice
         except Exception:
             log_failure(log, "%s: could not make the processing notice; will retry", qid)
             return False
@@ -532,7 +558,7 @@ class DocumentMaker:
         if await self._certified_already(qid):
             return False
         path = self.certificates_dir / f"{row['cert_id']}.pdf"
-        await asyncio.to_thread(write_durably, path, pdf)
+        pdf = await asyncio.to_thread(write_once, path, pdf)
         pdf_sha = hashlib.sha256(pdf).hexdigest()
         original = notices.original_headers(raw)
 
@@ -552,10 +578,6 @@ class DocumentMaker:
                 receipt=receipt,
             )
 
-        await self.store.append_evidence(
-            qid, "CertificateIssued", {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
-            time.time(),
-        )  # fmt: skip
         if to:
             receipt_qid = await self.queue_generated(
                 "receipt", row, mail(True, to), {}, recipient=to
@@ -563,12 +585,21 @@ class DocumentMaker:
             await self.store.append_evidence(
                 qid, "ReceiptSent", {"to": to, "receipt_qid": receipt_qid}, time.time()
             )
-        await self.queue_generated(
-            "certificate",
-            row,
-            mail(False, row["sender"]),
-            {"cert_state": "done", "state": "done", "done_at": time.time()},
-        )
+        if (
+            await self.queue_generated(
+                "certificate",
+                row,
+                mail(False, row["sender"]),
+                {"cert_state": "done", "state": "done", "done_at": time.time()},
+                only_if={"cert_state": "pending"},
+                evidence=(
+                    "CertificateIssued",
+                    {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
+                ),
+            )
+            is None
+        ):
+            return False
         cert_log.info(
             "%s: reception certificate=%s owner=<%s> sha256=%s pdf_sha256=%s receipt=%s",
             qid, row["cert_id"], row["sender"], row["sha256"], pdf_sha, to or "none",
@@ -626,7 +657,7 @@ class DocumentMaker:
         done_qid = addendum["qid"] if addendum is not None else qid
         if await self._certified_already(done_qid):
             return False
-        await asyncio.to_thread(write_durably, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
         pdf_sha = hashlib.sha256(pdf).hexdigest()
         label = "Addendum" if addendum is not None else "Certificate"
         recipients = await self.store.recipients(qid)
@@ -644,20 +675,29 @@ class DocumentMaker:
             recipients=_outcomes_for_mail(recipients),
             pdf=pdf,
         )
-        await self.store.append_evidence(
-            qid,
+        issued = (
             f"{label}Issued",
             {"certificate_id": cert_id, "pdf_sha256": pdf_sha, "content": "unavailable"},
-            time.time(),
         )
         columns = {"cert_state": "done", "state": "done", "done_at": time.time()}
+        mailed: str | None = "none"
         if row["sender"]:
             mailed = await self.queue_generated(
-                label.lower(), row, data, columns, update_qid=done_qid
+                label.lower(),
+                row,
+                data,
+                columns,
+                update_qid=done_qid,
+                only_if={"cert_state": "pending"},
+                evidence=issued if done_qid == qid else None,
             )
+            if mailed is None:
+                return False
+            if done_qid != qid:
+                await self.store.append_evidence(qid, *issued, time.time())
         else:
+            await self.store.append_evidence(qid, *issued, time.time())
             await self.store.mark(done_qid, **columns)
-            mailed = "none"
         cert_log.warning(
             "%s: %s=%s sha256=%s pdf_sha256=%s without the message (%s); mailed as %s",
             qid,
@@ -691,8 +731,9 @@ class DocumentMaker:
         qid = row["qid"]
         if update_qid and await self._certified_already(update_qid):
             return False
-        path = self.certificates_dir / f"{cert_id}.pdf"
-        await asyncio.to_thread(write_durably, path, pdf)
+        # The first PDF written under this id is the certificate: a job made again after
+        # a worker died mid-way mails that one, never a second signed PDF.
+        pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
         pdf_sha = hashlib.sha256(pdf).hexdigest()
         recipients = await self.store.recipients(qid)
         data = notices.build_certificate_mail(
@@ -709,18 +750,26 @@ class DocumentMaker:
             label=label,
         )
         event = "CertificateIssued" if label == "Certificate" else "AddendumIssued"
-        await self.store.append_evidence(
-            qid, event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha}, time.time()
-        )
-        await self.queue_generated(
-            label.lower(),
-            row,
-            data,
-            {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})}
-            if update_qid
-            else {},
-            update_qid=update_qid,
-        )
+        issued = (event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha})
+        if update_qid:
+            # The evidence entry, the message's state and the mail in one transaction,
+            # on condition that no other job certified the message meanwhile.
+            mailed = await self.queue_generated(
+                label.lower(),
+                row,
+                data,
+                {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})},
+                update_qid=update_qid,
+                only_if={"cert_state": "pending"},
+                evidence=issued if update_qid == qid else None,
+            )
+            if mailed is None:
+                return False
+            if update_qid != qid:
+                await self.store.append_evidence(qid, *issued, time.time())
+        else:
+            await self.store.append_evidence(qid, *issued, time.time())
+            await self.queue_generated(label.lower(), row, data, {})
         cert_log.info(
             "%s: %s=%s sha256=%s pdf_sha256=%s", qid, label.lower(), cert_id, row["sha256"], pdf_sha
         )

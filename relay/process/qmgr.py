@@ -60,7 +60,7 @@ class QueueProcess:
         busy = await self.dispatcher.wait_for_children(setup.workers)
         # The attempts of a killed queue manager are over, but for those a delivery
         # agent still runs.
-        await self.store.release_leases(keep=busy)
+        await self.store.release_leases(except_ids=busy)
         self.qmgr = QueueManager(cfg, self.store, self.dispatcher)
         loop = asyncio.get_running_loop()
         wake = setup.wake_socket

@@ -129,6 +129,23 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
+def write_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
+    """Write ``data`` to ``path`` unless a file is there already; return what ``path``
+    holds. The first writer wins (a hard link fails on an existing name, rename would
+    replace it), so a document made again after a worker died, or by two workers at
+    once, is kept and mailed as the one first written (ARCHITECTURE.md §1, Hand-offs)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_durably(tmp, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return data
+
+
 SPOOL_SUBDIR = "spool"
 """The spool's directory under the state directory."""
 SPOOL_QUEUE = "queue"

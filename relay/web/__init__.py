@@ -1,0 +1,1 @@
+"""The tracking endpoint wired to the queue: opens and clicks become evidence."""

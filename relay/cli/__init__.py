@@ -1,0 +1,82 @@
+"""The ``certifica`` command: ``serve``, ``status``, ``verify``, ``users``, ``reception``,
+``dkim``, ``queue``, ``addendum``, ``evidence``.
+
+Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
+unreadable file, an unknown user) are one line on stderr and exit status 2; no
+traceback reaches the terminal.
+
+The parser is assembled here from one module per command (``relay/cli/<command>.py``,
+each with its ``register``); the code they share is :mod:`relay.cli.common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from relay.cli import addendum, dkim, evidence, queue, reception, serve, status, users, verify
+from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError
+from relay.config import ConfigError
+
+COMMANDS = (serve, status, verify, addendum, users, reception, dkim, evidence, queue)
+"""The command modules, in the order ``certifica --help`` lists them."""
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it takes -c/--config too, so ``certifica serve -c FILE`` works."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: given here it wins, absent it leaves the top-level value alone.
+        self.add_argument(
+            "-c",
+            "--config",
+            default=argparse.SUPPRESS,
+            help="config file (default: ./config.toml if present, else embedded defaults)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certifica",
+        description="Certifica: an SMTP relay that certifies e-mail with signed PDF certificates.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: ./config.toml if present, else embedded defaults)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
+
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from relay.private import restrict_umask
+
+    # Whatever is created from here on is private, whatever umask the caller had.
+    restrict_umask()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, UserError) as err:
+        print(f"certifica: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as err:  # the last line of defence: one line, never a traceback
+        if os.environ.get("CERTIFICA_DEBUG"):
+            raise
+        print(
+            f"certifica: unexpected error ({err.__class__.__name__}: {err}); "
+            "run again with CERTIFICA_DEBUG=1 for details",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

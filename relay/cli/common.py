@@ -1,0 +1,194 @@
+"""What every ``certifica`` command shares: exit statuses, the one-line error, the config,
+the state directory (acted on as its owner) and the queue's store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certifier.errors import UsageError
+from relay.config import Config, ConfigError, load_config
+from relay.logs import OneLineFormatter
+
+if TYPE_CHECKING:
+    from relay.queue.store import Store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# verify: signature and evidence intact, but the certificate proves no message content
+# (the gateway made it without the message: README, "Spool file missing").
+EXIT_CONTENT_NOT_CERTIFIED = 3
+
+
+class UserError(UsageError):
+    """A problem the user can fix; printed as one line."""
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    if args.config:
+        return load_config(Path(args.config))
+    default = Path("config.toml")
+    return load_config(default if default.exists() else None)
+
+
+class PostfixFormatter(OneLineFormatter):
+    """``time program: [warning: |error: ]message``, as Postfix writes its log; the
+    message always one line (client text escaped, :mod:`relay.logs`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            head, _, tail = line.partition(": ")
+            return f"{head}: error: {tail}"
+        if record.levelno >= logging.WARNING:
+            head, _, tail = line.partition(": ")
+            return f"{head}: warning: {tail}"
+        return line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PostfixFormatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+
+def owner_of(path: Path) -> tuple[int, str] | None:
+    """The uid and name of the user owning ``path`` (or, while it does not exist yet, its
+    nearest existing parent, where it will be made) when that is not root.
+
+    The path itself is looked at, not what it points to: a symbolic link another user
+    made there is that user's, and root acts as that user or not at all."""
+    import pwd
+
+    probe = path.absolute()
+    while True:
+        try:
+            uid = probe.lstat().st_uid
+            break
+        except FileNotFoundError:
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
+    if uid == 0:
+        return None
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
+
+
+def become_owner(path: Path) -> None:
+    """Run as root against a state directory another user owns: become that user (its
+    groups, then its uid) before touching anything, so no file in it is left owned by
+    root, unreadable to the gateway. Anyone else is left as they are."""
+    if os.geteuid() != 0:
+        return
+    owner = owner_of(path)
+    if owner is None:
+        return
+    import pwd
+
+    uid, name = owner
+    try:
+        entry = pwd.getpwuid(uid)
+        gid, groups = entry.pw_gid, os.getgrouplist(name, entry.pw_gid)
+    except KeyError:
+        gid = uid  # a user without an entry: its own number as its group, no others
+        groups = [gid]
+    advice = f"run the command as {name} (sudo -u {name} certifica ...)"
+    unreadable = unreadable_for(uid, gid, groups)
+    if unreadable is not None:
+        raise UserError(
+            f"the state directory {path} belongs to {name}, who cannot read {unreadable} "
+            f"(part of the Python this command runs on), so root will not act in its "
+            f"place and leave files of root's there: {advice}, with a Python {name} can read"
+        )
+    # pluggy (sqlite-utils' plugins) imports it on first use, from the standard library.
+    import importlib.metadata  # noqa: F401
+
+    try:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        raise UserError(
+            f"the state directory {path} belongs to {name}, and root cannot become that "
+            f"user here ({err.strerror}): {advice}"
+        ) from None
+    print(f"certifica: running as {name}, the owner of {path}", file=sys.stderr)
+
+
+def unreadable_for(uid: int, gid: int, groups: list[int]) -> str | None:
+    """The first directory of the running Python (its standard library, the installed
+    packages, this package) that user ``uid`` cannot read, else None. Checked with
+    that user's effective ids, then root's are taken back (the real ids stay root's)."""
+    import sqlite_utils
+
+    wanted = [
+        Path(os.__file__).parent,
+        Path(sqlite_utils.__file__).parent,
+        Path(__file__).resolve().parent.parent,  # the relay package
+    ]
+    saved = os.getgroups()
+    os.setgroups(groups)
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        for folder in wanted:
+            if not os.access(folder, os.R_OK | os.X_OK, effective_ids=True):
+                return str(folder)
+        return None
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(saved)
+
+
+def state_dir(cfg: Config, *, writes: bool = False) -> Path:
+    """The state directory, as its owner (see :func:`become_owner`), created and made
+    private (any path that was open to other users is said on stderr). A command that
+    ``writes`` says which config and state directory it used, on one line on stderr."""
+    from relay.private import secure_state_dir
+
+    become_owner(cfg.state_dir)
+    try:
+        problems = secure_state_dir(cfg.state_dir)
+    except OSError as err:
+        owner = owner_of(cfg.state_dir)
+        whose = f" (it belongs to {owner[1]}; run the command as that user)" if owner else ""
+        raise UserError(
+            f"cannot use the state directory {cfg.state_dir}: {err.strerror}{whose}"
+        ) from None
+    for problem in problems:
+        print(f"certifica: warning: state directory: {problem}", file=sys.stderr)
+    if writes:
+        print(
+            f"certifica: config {cfg.source.resolve() if cfg.source else '(embedded defaults)'}"
+            f", state directory {cfg.state_dir}",
+            file=sys.stderr,
+        )
+    return cfg.state_dir
+
+
+def open_store(cfg: Config, *, writes: bool = False) -> Store:
+    from relay.queue.store import Store
+
+    return Store(state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime)
+
+
+def default_trust_roots(args: argparse.Namespace) -> list[Path]:
+    """The configured trust roots, else this gateway's own CA if it has one."""
+    try:
+        cfg = config_of(args)
+    except ConfigError:
+        return []
+    if cfg.signing.trust_roots:
+        return list(cfg.signing.trust_roots)
+    ca = cfg.state_dir / "keys" / "ca.pem"
+    return [ca] if ca.exists() else []

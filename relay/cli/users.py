@@ -1,0 +1,197 @@
+"""``certifica users``: the users who may submit mail (add, set, tracking, list, remove)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+
+from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+
+
+def _need_terminal(args: argparse.Namespace, address: str) -> None:
+    """Without ``--password-stdin`` the password is asked on the terminal: say what to do
+    when there is none (a script, ssh without -t), before anything is touched."""
+    if args.password_stdin or (sys.stdin is not None and sys.stdin.isatty()):
+        return
+    raise UserError(
+        "there is no terminal to ask for the password on: give it on standard input "
+        f"with --password-stdin, e.g. certifica users {args.users_command} {address} "
+        "--password-stdin < password-file"
+    )
+
+
+def _read_password(args: argparse.Namespace, address: str) -> str:
+    """The new password: the first line of stdin with ``--password-stdin``, else asked
+    twice on the terminal; without a terminal, a sentence that says what to do."""
+    if args.password_stdin:
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        if not line:
+            raise UserError("no password on standard input (--password-stdin reads its first line)")
+        password = line.rstrip("\r\n")
+    else:
+        _need_terminal(args, address)
+        try:
+            password = getpass.getpass(f"Password for {address}: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise UserError("no password given") from None
+        if password != again:
+            raise UserError("the two passwords differ")
+    if len(password) < 8:
+        raise UserError("the password must have at least 8 characters")
+    return password
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from certifier.message import parse_single_mailbox
+    from relay.smtpd.users import hash_password, normalise_address
+
+    parsed = parse_single_mailbox(args.email)
+    if parsed is None or parsed != args.email.strip():
+        raise UserError(f"{args.email!r} is not a single e-mail address")
+    address = normalise_address(parsed)
+    _need_terminal(args, address)
+    store = open_store(config_of(args), writes=True)
+    try:
+        if store.user_exists(address):
+            raise UserError(
+                f"user {address} exists already; to change it: certifica users set "
+                f"{address} [--password-stdin]"
+            )
+        hashed = hash_password(_read_password(args, address))
+        if not store.add_user(address, hashed, time.time()):  # added by someone else meanwhile
+            raise UserError(f"user {address} exists already")
+    finally:
+        store.close()
+    print(f"user {address} added")
+    return EXIT_OK
+
+
+def cmd_users_set(args: argparse.Namespace) -> int:
+    """Change an existing user: its password (asked, or ``--password-stdin``) unless only
+    other options are given, and ``--tracking on|off``."""
+    from relay.smtpd.users import hash_password, normalise_address
+
+    address = normalise_address(args.email)
+    new_password = args.password_stdin or args.tracking is None
+    if new_password:
+        _need_terminal(args, address)
+    store = open_store(config_of(args), writes=True)
+    try:
+        if not store.user_exists(address):
+            raise UserError(
+                f"there is no user {address}; to add it: certifica users add {address} "
+                "[--password-stdin]"
+            )
+        hashed = hash_password(_read_password(args, address)) if new_password else None
+        tracking = None if args.tracking is None else args.tracking == "on"
+        if not store.set_user(address, password_hash=hashed, tracking=tracking):
+            raise UserError(f"there is no user {address}")
+    finally:
+        store.close()
+    changed = (["password changed"] if hashed is not None else []) + (
+        [f"open and click tracking {args.tracking}"] if tracking is not None else []
+    )
+    print(f"user {address}: {', '.join(changed)}")
+    return EXIT_OK
+
+
+def cmd_users_tracking(args: argparse.Namespace) -> int:
+    from relay.smtpd.users import normalise_address
+
+    address = normalise_address(args.email)
+    store = open_store(config_of(args), writes=True)
+    try:
+        changed = store.set_user(address, tracking=args.state == "on")
+    finally:
+        store.close()
+    if not changed:
+        raise UserError(f"there is no user {address}")
+    print(f"open and click tracking {args.state} for mail certified by {address}")
+    return EXIT_OK
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    store = open_store(config_of(args))
+    try:
+        rows = store.list_users()
+    finally:
+        store.close()
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
+        print(f"{row['address']}\tadded {created} UTC")
+    return EXIT_OK
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    from relay.smtpd.users import normalise_address
+
+    address = normalise_address(args.email)
+    store = open_store(config_of(args), writes=True)
+    try:
+        removed = store.remove_user(address)
+    finally:
+        store.close()
+    if not removed:
+        raise UserError(f"there is no user {address}")
+    print(f"user {address} removed")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``certifica users`` to the subcommands."""
+    users = sub.add_parser(
+        "users",
+        help="manage the users who may send",
+        description="Manage submission users (one e-mail address each).",
+    )
+    usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    for name, func, short, long in (
+        (
+            "add",
+            cmd_users_add,
+            "add a user (refused if it exists: see set)",
+            "Add a user who may send. An existing user is refused: change it with "
+            "'certifica users set'.",
+        ),
+        (
+            "set",
+            cmd_users_set,
+            "change an existing user (its password)",
+            "Change an existing user: its password (asked on the terminal, or read with "
+            "--password-stdin), and with --tracking its open and click tracking. The one "
+            "command that changes a user.",
+        ),
+    ):
+        p = usub.add_parser(name, help=short, description=long)
+        p.add_argument("email")
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input (needed "
+            "when there is no terminal to ask on)",
+        )
+        if name == "set":
+            p.add_argument(
+                "--tracking",
+                choices=["on", "off"],
+                help="open and click tracking for the user's certified mail; given alone, "
+                "the password is left as it is",
+            )
+        p.set_defaults(func=func)
+    p = usub.add_parser(
+        "tracking",
+        help="turn open and click tracking on or off for a user (= set --tracking)",
+        description="Opt a user's certified mail in or out of open and click tracking; "
+        "the same as 'certifica users set EMAIL --tracking on|off'.",
+    )
+    p.add_argument("email")
+    p.add_argument("state", choices=["on", "off"])
+    p.set_defaults(func=cmd_users_tracking)
+    p = usub.add_parser("list", help="list users", description="List the users.")
+    p.set_defaults(func=cmd_users_list)
+    p = usub.add_parser("remove", help="remove a user", description="Remove a user.")
+    p.add_argument("email")
+    p.set_defaults(func=cmd_users_remove)

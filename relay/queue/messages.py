@@ -1,0 +1,238 @@
+"""The queue's messages: recording one as it is accepted, reading it back, and finding the
+work it still needs (a notice, a certificate, a report, closing it).
+
+A message is owned by the gateway from the commit of :meth:`Messages.enqueue` on: an
+intake answers 250 only after it (RFC 5321 6.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from relay.queue import evidence_log
+from relay.queue.db import Database, insert_row, update_message, update_message_if
+from relay.queue.records import NewMessage, domain_of
+from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
+
+
+class Messages(Database):
+    """Messages and their recipients as the intakes queue them and the queue manager reads them."""
+
+    async def enqueue(self, msg: NewMessage, now: float | None = None) -> None:
+        """Record a spooled message and its recipients; the message is owned from now on."""
+        await self._run(self._enqueue, msg, now or time.time())
+
+    def _enqueue(self, msg: NewMessage, now: float) -> None:
+        insert_row(
+            self._conn,
+            "messages",
+            {
+                "qid": msg.qid,
+                "kind": msg.kind,
+                "parent_qid": msg.parent_qid,
+                "created": now,
+                "expires": now + self.lifetime,
+                "sender": msg.sender,
+                "size": msg.size,
+                "sha256": msg.sha256,
+                "certified": int(msg.certified),
+                "cert_id": msg.cert_id,
+                "auth_user": msg.auth_user,
+                "client_ip": msg.client_ip,
+                "client_helo": msg.client_helo,
+                "tls_version": msg.tls_version,
+                "tls_cipher": msg.tls_cipher,
+                "method": msg.method,
+                "tracking": int(msg.tracking),
+                "header_from": msg.header_from,
+                "envelope_from": msg.envelope_from,
+                "authentication": json.dumps(msg.authentication)
+                if msg.authentication is not None
+                else None,
+                "reception": json.dumps(msg.reception) if msg.reception is not None else None,
+                "content_key": msg.content_key,
+                "summary": json.dumps(msg.summary) if msg.summary is not None else None,
+                "dsn_ret": msg.dsn_ret,
+                "dsn_envid": msg.dsn_envid,
+                "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
+                "state": MessageState.ACTIVE,
+                "notice_state": DocumentState.PENDING
+                if msg.certified and msg.kind == MessageKind.MAIL
+                else DocumentState.NONE,
+                "cert_state": DocumentState.PENDING if msg.certified else DocumentState.NONE,
+            },
+        )
+        for rcpt in msg.recipients:
+            insert_row(
+                self._conn,
+                "recipients",
+                {
+                    "qid": msg.qid,
+                    "address": rcpt,
+                    "domain": domain_of(rcpt),
+                    "status": RecipientState.QUEUED,
+                    "next_attempt": now,
+                    "notify": msg.notify.get(rcpt),
+                    "orcpt": msg.orcpt.get(rcpt),
+                },
+            )
+        if msg.event:
+            evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
+
+    async def message(self, qid: str) -> dict[str, Any] | None:
+        return await self._read(self._message, qid)
+
+    def _message(self, qid: str) -> dict[str, Any] | None:
+        rows = list(self._db.query("SELECT * FROM messages WHERE qid = ?", (qid,)))
+        return rows[0] if rows else None
+
+    async def recipients(self, qid: str) -> list[dict[str, Any]]:
+        return await self._read(self._recipients, qid)
+
+    def _recipients(self, qid: str) -> list[dict[str, Any]]:
+        return list(self._db.query("SELECT * FROM recipients WHERE qid = ? ORDER BY id", (qid,)))
+
+    async def mark(self, qid: str, **columns: Any) -> None:
+        await self._run(self._mark, qid, columns)
+
+    def _mark(self, qid: str, columns: dict[str, Any]) -> None:
+        update_message(self._conn, qid, columns)
+
+    async def enqueue_generated(
+        self,
+        msg: NewMessage,
+        parent_qid: str,
+        parent_columns: dict[str, Any],
+        now: float,
+        *,
+        only_if: dict[str, Any] | None = None,
+        evidence: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        """Queue a notice or certificate and update its parent in one transaction, with
+        the parent's ``evidence`` entry (event, detail) if given. With ``only_if``, all
+        of it happens only while the parent's columns still hold those values: False,
+        and nothing written, when they do not (a document job that ran twice makes its
+        document once; ARCHITECTURE.md §1, Hand-offs)."""
+        return await self._run(
+            self._enqueue_generated, msg, parent_qid, parent_columns, now, only_if, evidence
+        )
+
+    def _enqueue_generated(
+        self,
+        msg: NewMessage,
+        parent_qid: str,
+        parent_columns: dict[str, Any],
+        now: float,
+        only_if: dict[str, Any] | None = None,
+        evidence: tuple[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        if only_if:
+            if not update_message_if(self._conn, parent_qid, parent_columns, only_if):
+                return False
+        else:
+            update_message(self._conn, parent_qid, parent_columns)
+        if evidence is not None:
+            evidence_log.append(self._conn, now, parent_qid, evidence[0], evidence[1])
+        self._enqueue(msg, now)
+        return True
+
+    async def active_qids(self) -> set[str]:
+        return await self._read(
+            lambda: {
+                r["qid"] for r in self._db.query("SELECT qid FROM messages WHERE state != 'done'")
+            }
+        )
+
+    async def all_qids(self) -> set[str]:
+        return await self._read(
+            lambda: {r["qid"] for r in self._db.query("SELECT qid FROM messages")}
+        )
+
+    async def finished_in_spool(self, qids: Iterable[str]) -> dict[str, bool]:
+        """Of ``qids`` (files still in the spool's queue), those whose message is done,
+        with whether it must be archived (certified, a DSN, or postmaster mail the
+        operator's mailbox refused) rather than removed."""
+        wanted = list(qids)
+
+        def _query() -> dict[str, bool]:
+            found: dict[str, bool] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                for r in self._db.query(
+                    f"SELECT qid, certified, kind, EXISTS (SELECT 1 FROM recipients r"  # noqa: S608
+                    f" WHERE r.qid = messages.qid AND r.status = 'failed') AS failed"
+                    f" FROM messages WHERE state = 'done' AND qid IN ({marks})",
+                    chunk,
+                ):
+                    found[r["qid"]] = (
+                        bool(r["certified"])
+                        or r["kind"] == MessageKind.DSN
+                        or (r["kind"] == MessageKind.POSTMASTER and bool(r["failed"]))
+                    )
+            return found
+
+        return await self._read(_query)
+
+    async def pending_work(
+        self, candidates: Iterable[str] | None = None, limit: int = 256, now: float | None = None
+    ) -> dict[str, list[str]]:
+        """Active messages needing a notice, and (among ``candidates``, or all active
+        ones when None) those whose recipients are all final: to certify or close. At
+        most ``limit`` of each, oldest first; the next scan takes the rest. A recipient
+        whose lease has not expired at ``now`` (default: the clock) is still being tried."""
+        wanted = None if candidates is None else list(candidates)
+        return await self._read(self._pending_work, wanted, limit, now or time.time())
+
+    def _pending_work(
+        self, candidates: list[str] | None, limit: int, now: float
+    ) -> dict[str, list[str]]:
+        notices = [
+            r["qid"]
+            for r in self._db.query(
+                "SELECT qid FROM messages WHERE notice_state = 'pending' AND state != 'done'"
+                " LIMIT ?",
+                (limit,),
+            )
+        ]
+        finished = (
+            " SELECT 1 FROM recipients r WHERE r.qid = m.qid"
+            "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
+            "       OR r.lease_until >= ?)"  # an attempt still under way
+        )
+        no_report = " AND m.reports_pending = 0"  # the sender's report goes first
+        if candidates is None:
+            ready = [
+                r["qid"]
+                for r in self._db.query(
+                    f"SELECT m.qid FROM messages m WHERE m.state = 'active' AND NOT EXISTS ({finished})"  # noqa: S608
+                    f"{no_report} ORDER BY m.created LIMIT ?",
+                    (now, limit),
+                )
+            ]
+        else:
+            ready = []
+            for start in range(0, len(candidates), 500):
+                chunk = candidates[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                ready += [
+                    r["qid"]
+                    for r in self._db.query(
+                        f"SELECT m.qid FROM messages m WHERE m.qid IN ({marks})"  # noqa: S608
+                        f" AND m.state = 'active' AND NOT EXISTS ({finished}){no_report}",
+                        [*chunk, now],
+                    )
+                ]
+        reports = [
+            r["qid"]
+            for r in self._db.query(
+                "SELECT m.qid FROM messages m WHERE m.reports_pending = 1 AND m.state = 'active'"
+                " AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
+                "  AND r.lease_until >= ?) LIMIT ?",  # one report per delivery round
+                (now, limit),
+            )
+        ]
+        return {"notices": notices, "finished": ready, "reports": reports}

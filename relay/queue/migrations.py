@@ -1,0 +1,232 @@
+"""The queue database's schema, as numbered, transactional migrations.
+
+Migration *n* is ``MIGRATIONS[n - 1]``; :func:`migrate` applies those not yet applied,
+each in its own transaction, and records it in ``schema_migrations``. A change of schema
+is a new migration at the end, never an edit of one already released: databases in the
+field have applied it. The states stored in the text columns are the enumerations of
+:mod:`relay.queue.states`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the queue, the users and the evidence log
+    """
+    CREATE TABLE messages (
+        qid TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,               -- mail | notice | certificate
+        parent_qid TEXT,                  -- for notices and certificates: the mail they are about
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        sender TEXT NOT NULL,             -- envelope sender, '' for the null sender
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,             -- the received hash
+        certified INTEGER NOT NULL,
+        cert_id TEXT,
+        auth_user TEXT,
+        client_ip TEXT,
+        client_helo TEXT,
+        tls_version TEXT,
+        tls_cipher TEXT,
+        method TEXT NOT NULL,             -- submission | mx | generated
+        summary TEXT,                     -- JSON: certifier.message summary
+        state TEXT NOT NULL,              -- active | held | done
+        notice_state TEXT NOT NULL,       -- none | pending | done
+        cert_state TEXT NOT NULL,         -- none | pending | done
+        done_at REAL
+    );
+    CREATE INDEX messages_state ON messages(state);
+    CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL REFERENCES messages(qid),
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        status TEXT NOT NULL,             -- queued | deferred | delivered | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        last_attempt REAL,
+        reply_code INTEGER,
+        reply_enhanced TEXT,
+        reply_text TEXT,
+        remote_qid TEXT,
+        mx_host TEXT,
+        ip TEXT,
+        port INTEGER,
+        tls_version TEXT,
+        tls_cipher TEXT,
+        delivered_sha256 TEXT,
+        note TEXT
+    );
+    CREATE INDEX recipients_due ON recipients(status, next_attempt);
+    CREATE INDEX recipients_qid ON recipients(qid);
+    CREATE TABLE users (
+        address TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    -- the evidence log (certifier/evidence.py: an entry, its hash, the chain)
+    CREATE TABLE evidence (
+        seq INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        qid TEXT NOT NULL,
+        recipient TEXT,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX evidence_qid ON evidence(qid);
+    """,
+    # 2: leases, so that one scan never picks a recipient another attempt is working on
+    """
+    ALTER TABLE recipients ADD COLUMN lease_until REAL;
+    """,
+    # 3: open and click tracking (the addendum)
+    """
+    ALTER TABLE messages ADD COLUMN tracking INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE recipients ADD COLUMN addendum_at REAL;
+    ALTER TABLE users ADD COLUMN tracking INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE tracking_links (
+        qid TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        link INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        PRIMARY KEY (qid, recipient_id, link)
+    );
+    CREATE TABLE tracking_events (
+        id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        link INTEGER NOT NULL,
+        url TEXT,
+        time REAL NOT NULL,
+        ip TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        method TEXT NOT NULL,
+        automatic INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX tracking_events_rcpt ON tracking_events(qid, recipient_id);
+    """,
+    # 4: MX mode (a Cc copy from the sender's provider): who the message is from and how
+    # that was authenticated. For MX mail, ``sender`` is the registered From address
+    # (notices and certificates go there) and ``envelope_from`` the MAIL FROM as received.
+    """
+    ALTER TABLE messages ADD COLUMN header_from TEXT;
+    ALTER TABLE messages ADD COLUMN envelope_from TEXT;
+    ALTER TABLE messages ADD COLUMN authentication TEXT;  -- JSON: DKIM, SPF, DMARC results
+    """,
+    # 5: RFC 3161 timestamped checkpoints of the evidence log's head
+    # (certifier/checkpoints.py: the statement a token covers)
+    """
+    CREATE TABLE evidence_checkpoints (
+        seq INTEGER PRIMARY KEY,          -- the last evidence entry the checkpoint covers
+        head TEXT NOT NULL,               -- that entry's hash
+        time REAL NOT NULL,               -- the gateway's clock when the checkpoint was made
+        tsa_time REAL NOT NULL,           -- genTime of the token (RFC 3161 TSTInfo)
+        token BLOB NOT NULL               -- DER TimeStampToken over SHA-256(statement)
+    );
+    """,
+    # 6: per recipient, whether its copy carried tracking (and why not); per message, the
+    # last open or click already reported in a certificate or addendum
+    """
+    ALTER TABLE recipients ADD COLUMN tracked INTEGER;  -- 1 tracked, 0 sent as received, NULL not yet
+    ALTER TABLE recipients ADD COLUMN tracking_notes TEXT;  -- JSON list of sentences
+    ALTER TABLE messages ADD COLUMN tracking_reported INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 7: certified reception: mailbox owners, their forwarding tokens, the proofs of
+    # receipt sent (RFC 3834: at most one per sender per interval)
+    """
+    CREATE TABLE reception_owners (
+        owner TEXT PRIMARY KEY,
+        token TEXT NOT NULL UNIQUE,
+        ack_sender INTEGER NOT NULL,
+        enabled INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE reception_acks (
+        owner TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sent REAL NOT NULL,
+        PRIMARY KEY (owner, sender)
+    );
+    ALTER TABLE messages ADD COLUMN reception TEXT;  -- JSON: owner, forwarding chain, ARC, receipt
+    ALTER TABLE messages ADD COLUMN content_key TEXT;  -- SHA-256 without the forwarders' trace
+    CREATE INDEX messages_reception ON messages(kind, sender, content_key);
+    """,
+    # 8: what the queue manager looks for on every scan, indexed, so a scan costs what
+    # is pending, not the whole history: pending notices, messages with opens or clicks
+    # not yet in an addendum
+    """
+    CREATE INDEX messages_notice_pending ON messages(qid) WHERE notice_state = 'pending';
+    ALTER TABLE messages ADD COLUMN addendum_pending INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET addendum_pending = 1 WHERE tracking = 1 AND EXISTS
+        (SELECT 1 FROM tracking_events e WHERE e.qid = messages.qid
+         AND e.id > messages.tracking_reported);
+    CREATE INDEX messages_addendum_pending ON messages(qid) WHERE addendum_pending = 1;
+    """,
+    # 9: delivery status notifications for uncertified mail (RFC 3461, relay/certify/dsn.py): the
+    # DSN parameters as received, and which reports went to the sender, so a restart
+    # sends each once
+    """
+    ALTER TABLE messages ADD COLUMN dsn_ret TEXT;           -- RET=: FULL | HDRS; NULL: not given
+    ALTER TABLE messages ADD COLUMN dsn_envid TEXT;         -- ENVID=, xtext-decoded
+    ALTER TABLE messages ADD COLUMN reports_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN delay_report_qid TEXT;  -- the "still trying" report sent
+    ALTER TABLE recipients ADD COLUMN notify TEXT;          -- NOTIFY=: NEVER | SUCCESS,FAILURE,DELAY
+    ALTER TABLE recipients ADD COLUMN orcpt TEXT;           -- ORCPT=, decoded: rfc822;bob@example.org
+    ALTER TABLE recipients ADD COLUMN report_qid TEXT;      -- the report of its final outcome; '' none
+    CREATE INDEX messages_reports_pending ON messages(qid) WHERE reports_pending = 1;
+    """,
+    # 10: mail for postmaster@ and abuse@ (kind 'postmaster', relay/cleanup/postmaster.py): the
+    # addresses it was sent to (X-Original-To). For plain mail that left the queue: its
+    # own header section, which a late DSN passed on to its sender quotes, and the late
+    # reports already passed on, one per recipient and action, so a forged or repeated
+    # DSN makes no second report.
+    """
+    ALTER TABLE messages ADD COLUMN original_to TEXT;       -- JSON list, postmaster mail only
+    ALTER TABLE messages ADD COLUMN header_section BLOB;    -- plain mail, kept when it is done
+    CREATE TABLE late_reports (
+        recipient_id INTEGER NOT NULL,
+        action TEXT NOT NULL,                               -- RFC 3464 action passed on
+        dsn_qid TEXT NOT NULL,
+        PRIMARY KEY (recipient_id, action)
+    );
+    -- Until now postmaster mail was queued as plain mail; the only plain mail the MX takes.
+    UPDATE messages SET kind = 'postmaster'
+        WHERE kind = 'mail' AND method = 'mx' AND certified = 0 AND state != 'done';
+    """,
+    # 11: who holds a recipient's lease (a process, later a node): a lease is given back
+    # by its owner, and one left by an owner that died is taken over once it expires
+    """
+    ALTER TABLE recipients ADD COLUMN lease_owner TEXT;
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations not yet applied, each in its own transaction. Returns the version."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+    conn.commit()
+    done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

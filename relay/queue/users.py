@@ -1,0 +1,94 @@
+"""The users who may submit mail (``certifica users ...``): their password hashes and
+whether their certified mail is tracked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.queue.db import Database
+
+
+class Users(Database):
+    """The ``users`` table."""
+
+    async def user_hash(self, address: str) -> str | None:
+        return await self._read(self._user_hash, address)
+
+    def _user_hash(self, address: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT password_hash FROM users WHERE address = ?", (address.lower(),)
+        ).fetchone()
+        return row[0] if row else None
+
+    async def user_tracking(self, address: str) -> bool:
+        return await self._read(
+            lambda: bool(
+                (
+                    self._conn.execute(
+                        "SELECT tracking FROM users WHERE address = ?", (address.lower(),)
+                    ).fetchone()
+                    or (1,)
+                )[0]
+            )
+        )
+
+    def user_exists(self, address: str) -> bool:
+        """Whether ``address`` (normalised already) is a user."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone()
+                is not None
+            )
+        )
+
+    def add_user(self, address: str, password_hash: str, now: float) -> bool:
+        """Add a user; False, with nothing changed, when it exists already (added by
+        someone else since the caller looked)."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "INSERT OR IGNORE INTO users (address, password_hash, created)"
+                    " VALUES (?, ?, ?)",
+                    (address, password_hash, now),
+                ).rowcount
+                > 0
+            )
+        )
+
+    def set_user(
+        self, address: str, *, password_hash: str | None = None, tracking: bool | None = None
+    ) -> bool:
+        """Change a user's password hash and/or whether its certified mail is tracked
+        (None: unchanged). False when there is no such user."""
+
+        def _set(db: Any) -> bool:
+            found = db.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,))
+            if found.fetchone() is None:
+                return False
+            if password_hash is not None:
+                db.conn.execute(
+                    "UPDATE users SET password_hash = ? WHERE address = ?",
+                    (password_hash, address),
+                )
+            if tracking is not None:
+                db.conn.execute(
+                    "UPDATE users SET tracking = ? WHERE address = ?", (int(tracking), address)
+                )
+            return True
+
+        return self.run_sync(_set)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user's ``address`` and ``created``, by address."""
+        return self.run_sync(
+            lambda db: list(db.query("SELECT address, created FROM users ORDER BY address"))
+        )
+
+    def remove_user(self, address: str) -> bool:
+        """Remove a user; False when there is none."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount > 0
+            )
+        )
