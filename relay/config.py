@@ -174,6 +174,15 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class ProcessesConfig:
+    """``[processes]``: how many of each child the master runs (ARCHITECTURE.md §1);
+    0 means the default. Certificate workers are ``[signing] workers``."""
+
+    acceptors: int = 0  # default: one per core
+    delivery_agents: int = 0  # default: 1
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -195,6 +204,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     reception: ReceptionConfig = field(default_factory=ReceptionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    processes: ProcessesConfig = field(default_factory=ProcessesConfig)
     source: Path | None = None
 
     @property

@@ -21,7 +21,7 @@ import pytest
 
 from relay.cli import build_parser
 from relay.config import SigningConfig, load_config
-from relay.process.gateway import Gateway as GatewayProcess
+from relay.process.master import Master as GatewayProcess
 from tests.conftest import CERTIFICA, ROOT, run_cli, write_config
 
 UNIT = ROOT / "systemd" / "certifica.service"

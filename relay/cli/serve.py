@@ -5,10 +5,9 @@ the processes it starts).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 
-from relay.cli.common import EXIT_OK, UserError, config_of, owner_of, setup_logging
+from relay.cli.common import UserError, config_of, owner_of, setup_logging
 
 
 def _limit_malloc_arenas() -> None:
@@ -34,7 +33,8 @@ def _limit_malloc_arenas() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.process.gateway import Gateway, StartupError
+    from certifier.errors import StartupError
+    from relay.process.master import Master
 
     _limit_malloc_arenas()
     cfg = config_of(args)
@@ -47,10 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     setup_logging(cfg.log.level)
     try:
-        asyncio.run(Gateway(cfg).run_forever())
+        return Master(cfg).run()
     except StartupError as err:
         raise UserError(str(err)) from None
-    return EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -134,12 +134,17 @@ class AuthThrottle:
         """Record a failure; returns the address's recent failures, this one included."""
         now = time.monotonic()
         count = self.recent(peer, now) + 1
+        self.record(peer, now)
+        return count
+
+    def record(self, peer: Any, when: float) -> None:
+        """Count a failure at ``when`` (``time.monotonic()``, the same clock in every
+        process of the machine): this listener's, or one another acceptor saw."""
         if len(self._failures) >= self.max_clients and self._key(peer) not in self._failures:
             # Bounded memory: forget the address whose last failure is oldest.
             oldest = min(self._failures, key=lambda k: self._failures[k][-1])
             del self._failures[oldest]
-        self._failures.setdefault(self._key(peer), []).append(now)
-        return count
+        self._failures.setdefault(self._key(peer), []).append(when)
 
 
 class DataRefused(PermanentError):

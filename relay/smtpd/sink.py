@@ -1,8 +1,9 @@
 """A local mailbox for trying the gateway on one machine (``[sink]`` in config.toml).
 
 It accepts any mail on a loopback port and files each message under
-``<dir>/<recipient>/<time>-<n>.eml``; a PDF attachment (a certificate) is also saved
-beside it as ``.pdf`` so a newcomer can open it at once. The default config routes the
+``<dir>/<recipient>/<time>-<pid>-<n>.eml`` (the pid: every acceptor process serves the
+sink and counts its own messages); a PDF attachment (a certificate) is also saved beside
+it as ``.pdf`` so a newcomer can open it at once. The default config routes the
 reserved example domains (RFC 2606) here. It is a development aid: turn it off in
 production by leaving ``[sink] listen`` empty.
 """
@@ -13,6 +14,7 @@ import asyncio
 import email.policy
 import itertools
 import logging
+import os
 import re
 import time
 from email.parser import BytesParser
@@ -35,7 +37,7 @@ class SinkHandler:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for rcpt in envelope.rcpt_tos:
             folder = self.root / (_UNSAFE.sub("_", rcpt.lower())[:200] or "unknown")
-            name = f"{stamp}-{next(_counter)}"
+            name = f"{stamp}-{os.getpid()}-{next(_counter)}"
             await asyncio.to_thread(self._file, folder, name, data)
             log.info("delivered to <%s>: %s/%s.eml", rcpt, folder, name)
         return "250 2.0.0 OK: filed in the local mailbox"

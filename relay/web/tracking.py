@@ -130,15 +130,22 @@ class StoreBackend:
         self.wake()
 
 
-async def start_http(
-    cfg: Config, ep: Endpoint, key: bytes, backend: StoreBackend
-) -> tuple[web.AppRunner, str]:
-    """Serve the tracking endpoint on ``ep``; returns the runner and the bound address."""
+async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> web.AppRunner:
+    """The tracking endpoint's aiohttp runner, set up; a site (an address or a socket the
+    master bound) is added by the caller."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     app = make_app(TokenCodec(key), backend, cfg.tracking.trusted_proxies)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    return runner
+
+
+async def start_http(
+    cfg: Config, ep: Endpoint, key: bytes, backend: StoreBackend
+) -> tuple[web.AppRunner, str]:
+    """Serve the tracking endpoint on ``ep``; returns the runner and the bound address."""
+    runner = await make_http_runner(cfg, key, backend)
     site = web.TCPSite(runner, ep.host, ep.port)
     await site.start()
     server = site._server

@@ -1,0 +1,460 @@
+"""The master: owns the listening sockets, starts its children, restarts them, stops them.
+
+Postfix's master(8) in Python (ARCHITECTURE.md §1). ``certifica serve``:
+
+1. checks the configuration and the state directory, makes the development PKI if
+   none is configured, opens the queue database once (migrations), removes spool files
+   that were never acknowledged, releases leases, and checks that the signing key can
+   be used: a mistake is a :class:`~relay.process.gateway.StartupError` naming the key
+   and the file, before any child exists;
+2. binds every listening socket (``[listen]``, ``[sink] listen``) and the local sockets
+   of ``<state>/run/`` (``qmgr.wake``, ``qmgr.sock``, one ``acceptor-<n>.auth`` per
+   acceptor), then writes ``<state>/listen.json`` with the bound addresses;
+3. imports the heavy modules (the PDF and signing stack), freezes the garbage
+   collector's view of them (``gc.freeze()``: a child touching an object's reference
+   count would otherwise copy its page), and forks the children: the queue manager,
+   then the acceptors (``[processes] acceptors``, one per core by default).
+
+Then it supervises: a child that ends is logged and started again, at once if it had
+lived 10 seconds, else after a backoff (1 s doubling up to 60 s). SIGTERM or SIGINT
+stops the children in order (the acceptors, so no new mail comes in, then the queue
+manager, which lets what is in flight finish) and the master exits 0.
+
+The master itself never runs a thread: a fork copies only the thread that calls it,
+and a lock held by another thread at that moment would stay locked in the child for
+ever. Its startup work is synchronous, or in an ``asyncio.run()`` whose executor is
+shut down before the first fork; it waits for signals with ``sigtimedwait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certifier.errors import StartupError
+from certifier.pki import Pki, ensure_dev_pki
+from certifier.pool import check_settings
+from relay.config import Config, Endpoint, parse_endpoint
+from relay.delivery.dkim_keys import DkimKeyring
+from relay.logs import log_failure
+from relay.private import secure_state_dir
+from relay.process import child
+from relay.process.gateway import (
+    certificate_workers,
+    remove_unacknowledged,
+    secret,
+    signing_settings,
+    state_paths,
+)
+from relay.production import check_production
+from relay.queue.spool import Spool, write_durably
+from relay.queue.store import Store
+
+log = logging.getLogger("certifica/master")
+
+SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+QUICK_DEATH = 10.0  # a child that ends sooner than this is restarted after a backoff
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+KILL_AFTER = 5.0  # seconds past the stop's bound before a child is killed
+
+
+@dataclass
+class Slot:
+    """One child the master keeps running: its role, index and current process."""
+
+    role: str
+    index: int
+    main: Callable[[], None]
+    pid: int = 0
+    started: float = 0.0
+    quick_deaths: int = 0
+    start_at: float = 0.0  # when a child that died is to be started again (monotonic)
+
+    @property
+    def name(self) -> str:
+        return child.process_name(self.role, self.index)
+
+
+@dataclass
+class Listeners:
+    """The sockets the master binds, by ``[listen]`` key (and ``sink``)."""
+
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+def acceptor_count(cfg: Config) -> int:
+    """``[processes] acceptors``, or one per core."""
+    return cfg.processes.acceptors or os.cpu_count() or 1
+
+
+def delivery_agents(cfg: Config) -> int:
+    """``[processes] delivery_agents``, or one (it runs many connections at once)."""
+    return cfg.processes.delivery_agents or 1
+
+
+def bind(key: str, ep: Endpoint) -> socket.socket:
+    """A listening TCP socket on ``ep``, non-blocking (the acceptors share it: a
+    connection another acceptor took must not leave this one blocked in accept)."""
+    try:
+        infos = socket.getaddrinfo(
+            ep.host or None, ep.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as err:
+        raise StartupError(f"cannot listen on {ep} ({key}): {err.strerror or err}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bound(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_unix(path: Path, kind: int) -> socket.socket:
+    """A Unix socket at ``path`` in the run directory (a stale one is replaced)."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # like every file of the state directory (connecting needs w)
+    except OSError as err:
+        sock.close()
+        raise StartupError(f"cannot make the socket {path}: {err.strerror or err}") from None
+    if kind == socket.SOCK_STREAM:
+        sock.listen(socket.SOMAXCONN)
+    return sock
+
+
+class Master:
+    """The supervisor of the gateway's processes (see the module docstring)."""
+
+    GRACE = 10.0
+    """Seconds the work in flight has to finish when the gateway stops."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.paths = state_paths(cfg)
+        self.run_dir = child.run_dir(cfg.state_dir)
+        self.slots: list[Slot] = []
+        self.stopping = False
+        self.restarts = 0
+
+    # -- before the first fork ---------------------------------------------------------
+    def prepare(self) -> None:
+        """Step 1 and 2 of the module docstring; raises :class:`StartupError`."""
+        cfg = self.cfg
+        check_production(cfg)  # before anything is made: a refused start leaves no state
+        for problem in secure_state_dir(self.paths["root"]):
+            log.warning("state directory: %s", problem)
+        self.pki: Pki = ensure_dev_pki(self.paths["keys"], cfg.gateway.hostname)
+        self.signing = signing_settings(cfg, self.pki)
+        try:
+            check_settings(self.signing)
+        except (ValueError, TypeError, OSError) as err:
+            # A wrong password, an unreadable file, a key that is not the certificate's.
+            why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+            raise StartupError(
+                f"{cfg.source}: the signing key cannot be used ({why}); check "
+                "signing.pkcs12 or signing.cert/signing.key, and the password "
+                "(signing.password_file or CERTIFICA_SIGNING_PASSWORD)"
+            ) from None
+        asyncio.run(self._prepare_queue())
+        self.verp_key = secret(self.paths["keys"] / "verp.key")
+        self.tracking_key = secret(self.paths["keys"] / "tracking.key")
+        if cfg.dkim.sign:
+            own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
+            log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
+        self.listeners = self._bind()
+        self.run_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        status = self.run_dir / child.STATUS_SUBDIR
+        status.mkdir(mode=0o700, exist_ok=True)
+        for old in status.glob("*.json"):
+            old.unlink(missing_ok=True)
+        self.wake_socket = bind_unix(self.run_dir / "qmgr.wake", socket.SOCK_DGRAM)
+        self.job_socket = bind_unix(self.run_dir / "qmgr.sock", socket.SOCK_STREAM)
+        self.auth_sockets = [
+            bind_unix(self.run_dir / f"acceptor-{i}.auth", socket.SOCK_DGRAM)
+            for i in range(acceptor_count(cfg))
+        ]
+        write_durably(self.paths["listen"], json.dumps(self.listeners.addresses).encode())
+        write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
+
+    async def _prepare_queue(self) -> None:
+        store = Store(self.paths["db"], self.cfg.queue.lifetime)  # migrations
+        try:
+            await remove_unacknowledged(store, Spool(self.paths["spool"]))
+            await store.release_leases()  # no process is trying anything yet
+        finally:
+            store.close()
+        # asyncio.run() shuts the default executor down: no thread is left for the fork.
+
+    def _bind(self) -> Listeners:
+        cfg = self.cfg
+        listeners = Listeners()
+        wanted: list[tuple[str, str, Endpoint]] = []
+        for name in ("submission", "submission_tls"):
+            ep = cfg.endpoint(name)
+            if ep:
+                wanted.append((name, f"listen.{name}", ep))
+        http = cfg.endpoint("http")
+        if http and cfg.tracking.enabled:
+            wanted.append(("http", "listen.http", http))
+        mx = cfg.endpoint("mx")
+        if mx:
+            wanted.append(("mx", "listen.mx", mx))
+        if cfg.sink.listen:
+            wanted.append(
+                (
+                    "sink",
+                    "sink.listen",
+                    parse_endpoint(cfg.sink.listen, "sink.listen", str(cfg.source)),
+                )
+            )
+        try:
+            for name, key, ep in wanted:
+                sock = bind(key, ep)
+                listeners.sockets[name] = sock
+                listeners.addresses[name] = bound(sock)
+        except StartupError:
+            for sock in listeners.sockets.values():
+                sock.close()
+            raise
+        return listeners
+
+    def _local_mx(self) -> Endpoint | None:
+        address = self.listeners.addresses.get("mx")
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        return Endpoint(host.strip("[]"), int(port))
+
+    def _children(self) -> None:
+        from relay.process import acceptor, qmgr, worker
+
+        cfg, grace = self.cfg, self.GRACE
+        agents, certifiers = delivery_agents(cfg), certificate_workers(cfg)
+        qsetup = qmgr.QmgrSetup(
+            cfg=cfg,
+            paths=self.paths,
+            wake_socket=self.wake_socket,
+            job_socket=self.job_socket,
+            workers=agents + certifiers,
+            grace=grace,
+        )
+        wsetup = worker.WorkerSetup(
+            cfg=cfg,
+            pki=self.pki,
+            paths=self.paths,
+            job_path=self.run_dir / "qmgr.sock",
+            local_mx=self._local_mx(),
+            verp_key=self.verp_key,
+            tracking_key=self.tracking_key,
+            signing=self.signing,
+            grace=grace,
+        )
+        asetup = acceptor.AcceptorSetup(
+            cfg=cfg,
+            pki=self.pki,
+            paths=self.paths,
+            sockets=self.listeners.sockets,
+            wake_path=self.run_dir / "qmgr.wake",
+            auth_sockets=self.auth_sockets,
+            verp_key=self.verp_key,
+            tracking_key=self.tracking_key,
+            grace=grace,
+        )
+        # Started in this order; stopped acceptors first (see stop).
+        self.slots.append(Slot("qmgr", 0, _runner(qmgr.serve, qsetup)))
+        for i in range(agents):
+            self.slots.append(Slot("delivery", i, _runner(worker.serve, wsetup, "delivery", i)))
+        for i in range(certifiers):
+            self.slots.append(Slot("certify", i, _runner(worker.serve, wsetup, "certify", i)))
+        for i in range(acceptor_count(cfg)):
+            self.slots.append(Slot("acceptor", i, _runner(acceptor.serve, asetup, i)))
+
+    @staticmethod
+    def _load_heavy_modules() -> None:
+        """Import what the children use before forking them, so that its pages are
+        shared, then keep the collector from writing to them (``gc.freeze``)."""
+        import certifier.document  # noqa: F401 - reportlab
+        import certifier.pipeline  # noqa: F401
+        import certifier.signing  # noqa: F401 - pyHanko
+        import relay.process.acceptor  # noqa: F401
+        import relay.process.qmgr  # noqa: F401
+        import relay.process.worker  # noqa: F401
+
+        gc.collect()
+        gc.freeze()
+
+    # -- the children ------------------------------------------------------------------
+    def _fork(self, slot: Slot) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                child.become_child(slot.role, slot.index)
+                slot.main()
+            except SystemExit as end:
+                code = end.code if isinstance(end.code, int) else 1
+            except BaseException:  # one line in the log, the master restarts it
+                log_failure(logging.getLogger(f"certifica/{slot.role}"), "%s failed", slot.name)
+                code = 1
+            finally:
+                child.child_exit(code)
+        slot.pid, slot.started = pid, time.monotonic()
+        log.info("%s started, pid %d", slot.name, pid)
+
+    def _reap(self) -> list[Slot]:
+        """Collect every child that ended; returns their slots."""
+        ended = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            for slot in self.slots:
+                if slot.pid == pid:
+                    self._ended(slot, status)
+                    slot.pid = 0
+                    ended.append(slot)
+        return ended
+
+    def _ended(self, slot: Slot, status: int) -> None:
+        if os.WIFSIGNALED(status):
+            how = f"signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exit {os.waitstatus_to_exitcode(status)}"
+        if self.stopping:
+            log.info("%s pid %d ended (%s)", slot.name, slot.pid, how)
+            return
+        now = time.monotonic()
+        lived = now - slot.started
+        if lived < QUICK_DEATH:
+            slot.quick_deaths += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (slot.quick_deaths - 1))
+        else:
+            slot.quick_deaths, delay = 0, 0.0
+        slot.start_at = now + delay
+        self.restarts += 1
+        when = "restarting" if delay == 0 else f"restarting in {delay:.0f} s"
+        log.warning("%s pid %d ended (%s) after %.1f s; %s", slot.name, slot.pid, how, lived, when)
+
+    def _write_status(self) -> None:
+        running = sum(1 for s in self.slots if s.pid)
+        self.status.write(
+            {
+                "doing": f"supervising {running} children, {self.restarts} restarts",
+                "children": running,
+                "restarts": self.restarts,
+            }
+        )
+
+    # -- the life of the master --------------------------------------------------------
+    def run(self) -> int:
+        """Prepare, fork, supervise until SIGTERM or SIGINT, stop in order; exit 0."""
+        # From here on a SIGTERM waits for sigtimedwait: one that comes while the master
+        # starts stops the gateway once it has started, in order.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        self.prepare()
+        self._load_heavy_modules()
+        self._children()
+        if threading.active_count() != 1:
+            log.warning(
+                "%d threads before forking; a child may inherit a held lock",
+                threading.active_count(),
+            )
+        self.status = child.StatusFile(self.cfg.state_dir, "master", 0)
+        for slot in self.slots:
+            self._fork(slot)
+        log.info(
+            "started: %s; state in %s",
+            ", ".join(f"{k} on {v}" for k, v in self.listeners.addresses.items()),
+            self.paths["root"],
+        )
+        self._write_status()
+        while True:
+            due = [s.start_at for s in self.slots if not s.pid]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else 60.0
+            info = signal.sigtimedwait(SIGNALS, timeout)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                break
+            self._reap()
+            now = time.monotonic()
+            for slot in self.slots:
+                if not slot.pid and slot.start_at <= now:
+                    self._fork(slot)
+            self._write_status()
+        self.stop()
+        return 0
+
+    def stop(self, grace: float = GRACE) -> None:
+        """Stop the children in order: the acceptors (no new mail; the messages in DATA
+        are stored and answered), then the queue manager (what is in flight finishes
+        within ``grace`` seconds, the rest stays queued for the next start). A child
+        still running ``grace`` + the TSA timeout + 5 s after the stop began is killed."""
+        self.stopping = True
+        log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)
+        deadline = time.monotonic() + grace + self.cfg.signing.tsa_timeout + KILL_AFTER
+        for roles in (("acceptor",), ("qmgr",), ("delivery", "certify")):
+            group = [s for s in self.slots if s.role in roles and s.pid]
+            if not group:
+                continue
+            log.info("stopping %s", ", ".join(s.name for s in group))
+            for slot in group:
+                _signal(slot.pid, signal.SIGTERM)
+            self._wait_for(group, deadline)
+        for path in (self.run_dir / "master.pid", *self.status.path.parent.glob("*.json")):
+            path.unlink(missing_ok=True)
+        log.info("stopped")
+
+    def _wait_for(self, group: list[Slot], deadline: float) -> None:
+        while any(s.pid for s in group):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for slot in group:
+                    if slot.pid:
+                        log.warning("%s did not stop in time; killed", slot.name)
+                        _signal(slot.pid, signal.SIGKILL)
+                deadline = time.monotonic() + KILL_AFTER
+            signal.sigtimedwait({signal.SIGCHLD}, max(0.05, min(left, 1.0)))
+            self._reap()
+
+
+def _runner(main: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Callable[[], None]:
+    """A child's body: its own event loop running ``main(*args)``."""
+    return lambda: asyncio.run(main(*args))
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as err:
+        if err.errno != errno.ESRCH:
+            raise
