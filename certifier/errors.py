@@ -15,8 +15,11 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │                                              DKIM or DMARC)
     │   ├── relay.smtpd.authn._Temporary               one lookup; becomes the above
     │   ├── relay.delivery.routing._Temporary          one lookup; becomes RouteError
-    │   └── relay.queue.jobs.JobLost                   the process running a job ended;
-    │                                                  the scheduler hands it out again
+    │   ├── relay.queue.jobs.JobLost                   the process running a job ended;
+    │   │                                              the scheduler hands it out again
+    │   └── relay.process.dispatch.ChildFailed         a job failed in its child (logged
+    │                                                  there); its message is looked at
+    │                                                  again on the next scan
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)
@@ -40,7 +43,9 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │       └── StoreFullError                         accepted, try again later (452
     │                                                  when the disk is full)
     ├── UsageError                a command line the CLI cannot carry out; one line, exit 2
-    │                             (relay.cli.common.UserError)
+    │   │                         (relay.cli.common.UserError)
+    │   └── relay.process.status.NotRunning            ``certifica status``: the gateway
+    │                                                  is not running; exit 1
     └── VerificationError         a certificate cannot be verified; ``certifica verify``
         │                         says why in one sentence and exits 1
         └── certifier.verify._Failed                   a check that makes the following

@@ -86,7 +86,7 @@ SINK_DOMAINS = ("example.com", "example.net", "example.org", "spf.test", "owner.
 FINAL = ("delivered", "failed", "withdrawn", "bounced")
 REPLY_TIMEOUT = 15.0  # seconds for the answer to one command line
 DATA_TIMEOUT = 90.0  # seconds for the answer to the final dot (DNS, DKIM, spool fsync)
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d [\w./-]+: ")
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d [\w./-]+(?:\[\d+\])?: ")
 ENHANCED = re.compile(rb"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 QUEUED = re.compile(rb"queued as ([A-Za-z0-9]+)")
 

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from certifier.errors import TemporaryError
 from relay.logs import log_failure, printable
 from relay.queue.jobs import (
     DeliveryDone,
@@ -57,7 +58,7 @@ LINE_LIMIT = 64 * 1024 * 1024
 """The longest line on the socket (a delivery job carries its rows, not the message)."""
 
 
-class ChildFailed(Exception):
+class ChildFailed(TemporaryError):
     """A job ended in its child with an unexpected error (logged there)."""
 
 

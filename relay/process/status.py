@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from certifier.errors import UsageError
 from relay.process.child import STATUS_SUBDIR, process_name, run_dir
 
 ORDER = {"master": 0, "qmgr": 1, "acceptor": 2, "delivery": 3, "certify": 4}
 
 
-class NotRunning(Exception):
+class NotRunning(UsageError):
     """The gateway is not running; the message says how we know."""
 
 
