@@ -65,7 +65,7 @@ class CertifiedCopyIntake:
         self.domain = cfg.gateway.domain.lower().rstrip(".")
         self.local_domains = local_domains(cfg)
 
-    async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         peer = client_ip(session)
         mail_from = reverse_path(envelope)

@@ -33,7 +33,7 @@ class LateBounces:
         self.spool = spool
         self.wake = wake
 
-    async def __call__(self, qid: str, reports: list[BounceReport], raw: bytes) -> None:
+    async def handle_report(self, qid: str, reports: list[BounceReport], raw: bytes) -> None:
         # The MX has logged each report; some servers lowercase the whole return path.
         qid = qid.upper()
         if not reports:

@@ -113,7 +113,7 @@ class ReceptionIntake:
         token = reception_token(address, self.cfg.reception.prefix, self.domain)
         return await self.store.reception_owner(token) if token else None
 
-    async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content
         owners: list[dict[str, Any]] = envelope.reception_owners
         now = time.time()
