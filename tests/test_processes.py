@@ -401,3 +401,28 @@ def test_an_attempt_under_way_when_the_qmgr_dies_is_not_made_twice(
         release.set()
         gw.stop()
     assert_clean_log(gw.log())
+
+
+def test_a_second_serve_on_the_same_state_directory_is_refused(
+    sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """A second master would sweep the first one's spool files as never acknowledged:
+    it stops, in one sentence, before touching the queue; the first one goes on."""
+    sink = sink_server.start(Sink())
+    gw = start_gateway(write_config(tmp_path, {"example.org": sink.port}, PROCESSES))
+    try:
+        pid_of(gw, "qmgr-0")
+        second = gw.cli("serve")
+        assert second.returncode != 0
+        assert "in use by another certifica serve" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        with gw.smtp() as client:
+            client.sendmail(
+                "alice@example.com",
+                ["bob@example.org"],
+                make_message(to="bob@example.org", subject="after the refused second serve"),
+            )
+        sink.wait_for(lambda ms: any("after the refused" in m.data.decode() for m in ms))
+    finally:
+        gw.stop()
+    assert_clean_log(gw.log())

@@ -128,10 +128,19 @@ class DocumentMaker:
                 cert_id = new_certificate_id()
                 evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
                 pdf = await self.certifier.certify(evidence, raw)
-                await self._send_document(row, cert_id, pdf, raw, label="Addendum", update_qid=None)
                 last = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
-                await self.store.mark_reported(qid, last, now)
-            return True
+                # Sent, recorded and marked reported in one transaction, on condition that
+                # no other job reported these events meanwhile: an addendum made twice
+                # (a worker killed before answering) is mailed once.
+                return await self._send_document(
+                    row,
+                    cert_id,
+                    pdf,
+                    raw,
+                    label="Addendum",
+                    update_qid=None,
+                    reported=(row["tracking_reported"], last, now),
+                )
         except Exception:
             log_failure(log, "%s: could not make the tracking addendum; will retry", qid)
             return False
@@ -148,6 +157,8 @@ class DocumentMaker:
         only_if: dict[str, Any] | None = None,
         evidence: tuple[str, dict[str, Any]] | None = None,
         qid: str | None = None,
+        evidence_qid: str | None = None,
+        addendum_at: tuple[int, int, float] | None = None,
     ) -> str | None:
         """Queue a mail the gateway wrote, to the sender of ``parent`` (or ``recipient``);
         in the same transaction apply ``parent_columns`` to ``update_qid`` (default: the
@@ -175,8 +186,14 @@ class DocumentMaker:
                 time.time(),
                 only_if=only_if,
                 evidence=evidence,
+                evidence_qid=evidence_qid,
+                addendum_at=addendum_at,
             )
-        except BaseException:
+        except asyncio.CancelledError:
+            # The store's thread may still commit the row: the file stays. If the row
+            # never commits, the next start removes the file (no row, never acknowledged).
+            raise
+        except Exception:
             await asyncio.to_thread(self.spool.remove, qid)
             raise
         if not queued:
@@ -689,15 +706,21 @@ class DocumentMaker:
                 columns,
                 update_qid=done_qid,
                 only_if={"cert_state": "pending"},
-                evidence=issued if done_qid == qid else None,
+                evidence=issued,
+                evidence_qid=qid,
             )
             if mailed is None:
                 return False
-            if done_qid != qid:
-                await self.store.append_evidence(qid, *issued, time.time())
-        else:
-            await self.store.append_evidence(qid, *issued, time.time())
-            await self.store.mark(done_qid, **columns)
+        elif not await self.store.enqueue_generated(
+            None,
+            done_qid,
+            columns,
+            time.time(),
+            only_if={"cert_state": "pending"},
+            evidence=issued,
+            evidence_qid=qid,
+        ):
+            return False
         cert_log.warning(
             "%s: %s=%s sha256=%s pdf_sha256=%s without the message (%s); mailed as %s",
             qid,
@@ -723,6 +746,7 @@ class DocumentMaker:
         label: str,
         update_qid: str | None,
         done: dict[str, Any] | None = None,
+        reported: tuple[int, int, float] | None = None,
     ) -> bool:
         """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
         message ``update_qid`` is done (with ``done`` columns set) in the same
@@ -761,12 +785,24 @@ class DocumentMaker:
                 {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})},
                 update_qid=update_qid,
                 only_if={"cert_state": "pending"},
-                evidence=issued if update_qid == qid else None,
+                evidence=issued,
+                evidence_qid=qid,
             )
             if mailed is None:
                 return False
-            if update_qid != qid:
-                await self.store.append_evidence(qid, *issued, time.time())
+        elif reported is not None:
+            previous, last, at = reported
+            mailed = await self.queue_generated(
+                label.lower(),
+                row,
+                data,
+                {"tracking_reported": max(previous, last)},
+                only_if={"tracking_reported": previous},
+                evidence=issued,
+                addendum_at=(previous, last, at),
+            )
+            if mailed is None:
+                return False
         else:
             await self.store.append_evidence(qid, *issued, time.time())
             await self.queue_generated(label.lower(), row, data, {})

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import gc
 import json
 import logging
@@ -164,12 +165,31 @@ class Master:
         self.restarts = 0
 
     # -- before the first fork ---------------------------------------------------------
+    def _lock_state_dir(self) -> None:
+        """One master per state directory: a second ``certifica serve`` would sweep the
+        spool files the first one's acceptors are writing and drop its leases. The lock
+        (flock on ``master.lock``) is the kernel's, so it ends with the process however
+        the process ends."""
+        root = self.paths["root"]
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(root / "master.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StartupError(
+                f"{root} is in use by another certifica serve (state_dir in {self.cfg.source}); "
+                "stop it first, or give this one a state directory of its own"
+            ) from None
+        self._lock_fd = fd
+
     def prepare(self) -> None:
         """Step 1 and 2 of the module docstring; raises :class:`StartupError`."""
         cfg = self.cfg
         check_production(cfg)  # before anything is made: a refused start leaves no state
         for problem in secure_state_dir(self.paths["root"]):
             log.warning("state directory: %s", problem)
+        self._lock_state_dir()
         self.pki: Pki = ensure_dev_pki(self.paths["keys"], cfg.gateway.hostname)
         self.signing = signing_settings(cfg, self.pki)
         try:

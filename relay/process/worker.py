@@ -100,7 +100,11 @@ class JobClient:
                 await writer.drain()
                 self._writer = writer
                 while line := await reader.readline():
-                    self._start(json.loads(line))
+                    job = json.loads(line)
+                    if isinstance(job, dict) and "job" in job:
+                        self._start(job)
+                    else:  # the queue manager is ours: a line that is no job is a bug there
+                        log.warning("a line from the queue manager that is no job; ignored")
             except (OSError, ValueError, asyncio.LimitOverrunError):
                 pass
             finally:

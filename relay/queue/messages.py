@@ -16,6 +16,7 @@ from relay.queue import evidence_log
 from relay.queue.db import Database, insert_row, update_message, update_message_if
 from relay.queue.records import NewMessage, domain_of
 from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
+from relay.queue.tracking import mark_addendum_at
 
 
 class Messages(Database):
@@ -103,31 +104,46 @@ class Messages(Database):
 
     async def enqueue_generated(
         self,
-        msg: NewMessage,
+        msg: NewMessage | None,
         parent_qid: str,
         parent_columns: dict[str, Any],
         now: float,
         *,
         only_if: dict[str, Any] | None = None,
         evidence: tuple[str, dict[str, Any]] | None = None,
+        evidence_qid: str | None = None,
+        addendum_at: tuple[int, int, float] | None = None,
     ) -> bool:
         """Queue a notice or certificate and update its parent in one transaction, with
         the parent's ``evidence`` entry (event, detail) if given. With ``only_if``, all
         of it happens only while the parent's columns still hold those values: False,
         and nothing written, when they do not (a document job that ran twice makes its
-        document once; ARCHITECTURE.md §1, Hand-offs)."""
+        document once; ARCHITECTURE.md §1, Hand-offs). The evidence entry is about
+        ``evidence_qid`` (default: the parent); with no ``msg``, nothing is mailed (a
+        document for a message without a sender). ``addendum_at`` (after_id, last_id,
+        time): the recipients of those opens and clicks had this addendum."""
         return await self._run(
-            self._enqueue_generated, msg, parent_qid, parent_columns, now, only_if, evidence
+            self._enqueue_generated,
+            msg,
+            parent_qid,
+            parent_columns,
+            now,
+            only_if,
+            evidence,
+            evidence_qid,
+            addendum_at,
         )
 
     def _enqueue_generated(
         self,
-        msg: NewMessage,
+        msg: NewMessage | None,
         parent_qid: str,
         parent_columns: dict[str, Any],
         now: float,
         only_if: dict[str, Any] | None = None,
         evidence: tuple[str, dict[str, Any]] | None = None,
+        evidence_qid: str | None = None,
+        addendum_at: tuple[int, int, float] | None = None,
     ) -> bool:
         if only_if:
             if not update_message_if(self._conn, parent_qid, parent_columns, only_if):
@@ -135,8 +151,12 @@ class Messages(Database):
         else:
             update_message(self._conn, parent_qid, parent_columns)
         if evidence is not None:
-            evidence_log.append(self._conn, now, parent_qid, evidence[0], evidence[1])
-        self._enqueue(msg, now)
+            about = evidence_qid or parent_qid
+            evidence_log.append(self._conn, now, about, evidence[0], evidence[1])
+        if addendum_at is not None:
+            mark_addendum_at(self._conn, parent_qid, *addendum_at)
+        if msg is not None:
+            self._enqueue(msg, now)
         return True
 
     async def active_qids(self) -> set[str]:

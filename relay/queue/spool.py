@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def write_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
     holds. The first writer wins (a hard link fails on an existing name, rename would
     replace it), so a document made again after a worker died, or by two workers at
     once, is kept and mailed as the one first written (ARCHITECTURE.md §1, Hand-offs)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A name of its own per call: two jobs in one process may write the same path.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     write_durably(tmp, data, mode)
     try:
         os.link(tmp, path)

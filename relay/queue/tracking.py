@@ -5,11 +5,25 @@ recorded, and which events the sender has already been told of.
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 from relay.queue import evidence_log
 from relay.queue.db import Database, insert_row
 from relay.queue.states import TrackingKind
+
+
+def mark_addendum_at(
+    conn: sqlite3.Connection, qid: str, after_id: int, last_id: int, at: float
+) -> None:
+    """Inside the current transaction: the recipients of events ``after_id`` < id <=
+    ``last_id`` of message ``qid`` had an addendum at ``at``."""
+    conn.execute(
+        "UPDATE recipients SET addendum_at = ? WHERE qid = ? AND id IN"
+        " (SELECT recipient_id FROM tracking_events WHERE qid = ?"
+        "  AND id > ? AND id <= ?)",
+        (at, qid, qid, after_id, last_id),
+    )
 
 
 class Tracking(Database):
@@ -144,12 +158,7 @@ class Tracking(Database):
                 "SELECT tracking_reported FROM messages WHERE qid = ?", (qid,)
             ).fetchone()
             if addendum_at is not None and previous is not None:
-                self._conn.execute(
-                    "UPDATE recipients SET addendum_at = ? WHERE qid = ? AND id IN"
-                    " (SELECT recipient_id FROM tracking_events WHERE qid = ?"
-                    "  AND id > ? AND id <= ?)",
-                    (addendum_at, qid, qid, previous[0], last_id),
-                )
+                mark_addendum_at(self._conn, qid, previous[0], last_id, addendum_at)
             self._conn.execute(
                 "UPDATE messages SET tracking_reported = MAX(tracking_reported, ?) WHERE qid = ?",
                 (last_id, qid),
