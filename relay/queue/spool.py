@@ -111,10 +111,9 @@ def fsync_dir(path: Path) -> None:
     syncer.sync(path)
 
 
-def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``data`` and fsync it (the directory entry is the caller's)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
@@ -123,9 +122,15 @@ def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def write_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_synced(tmp, data, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -137,14 +142,14 @@ def write_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
     once, is kept and mailed as the one first written (ARCHITECTURE.md §1, Hand-offs)."""
     # A name of its own per call: two jobs in one process may write the same path.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    write_durably(tmp, data, mode)
+    _write_synced(tmp, data, mode)
     try:
         os.link(tmp, path)
     except FileExistsError:
         return path.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    fsync_dir(path.parent)  # one fsync covers the link and the temporary name's removal
     return data
 
 
