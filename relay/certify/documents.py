@@ -39,7 +39,23 @@ from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.jobs import DocumentDone, DocumentJob, DocumentKind
 from relay.queue.spool import Spool, SpoolFileMissing, write_once
 from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since, spool_name
+from relay.queue.states import DocumentState, MessageState
 from relay.queue.store import NewMessage, Store
+
+# The condition every certificate's commit carries: the message still owes it. A job run
+# twice (a worker killed before it answered) then commits once (ARCHITECTURE.md §1).
+CERTIFICATE_OWED = {"cert_state": DocumentState.PENDING}
+
+
+def certified_columns(**extra: Any) -> dict[str, Any]:
+    """The message's columns once its certificate (or addendum) is queued."""
+    return {
+        "cert_state": DocumentState.DONE,
+        "state": MessageState.DONE,
+        "done_at": time.time(),
+        **extra,
+    }
+
 
 log = logging.getLogger("certifica/qmgr")
 cert_log = logging.getLogger("certifica/certifier")
@@ -102,7 +118,11 @@ class DocumentMaker:
         """Whether ``qid`` is closed or certified already: read again just before a
         certificate is written, so a job run twice does not certify twice."""
         row = await self.store.message(qid)
-        return row is None or row["state"] != "active" or row["cert_state"] != "pending"
+        return (
+            row is None
+            or row["state"] != MessageState.ACTIVE
+            or row["cert_state"] != DocumentState.PENDING
+        )
 
     async def tracking_addendum(self, qid: str) -> bool:
         """A signed addendum listing a message's opens and clicks, to its sender."""
@@ -607,8 +627,8 @@ class DocumentMaker:
                 "certificate",
                 row,
                 mail(False, row["sender"]),
-                {"cert_state": "done", "state": "done", "done_at": time.time()},
-                only_if={"cert_state": "pending"},
+                certified_columns(),
+                only_if=CERTIFICATE_OWED,
                 evidence=(
                     "CertificateIssued",
                     {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
@@ -696,7 +716,7 @@ class DocumentMaker:
             f"{label}Issued",
             {"certificate_id": cert_id, "pdf_sha256": pdf_sha, "content": "unavailable"},
         )
-        columns = {"cert_state": "done", "state": "done", "done_at": time.time()}
+        columns = certified_columns()
         mailed: str | None = "none"
         if row["sender"]:
             mailed = await self.queue_generated(
@@ -705,7 +725,7 @@ class DocumentMaker:
                 data,
                 columns,
                 update_qid=done_qid,
-                only_if={"cert_state": "pending"},
+                only_if=CERTIFICATE_OWED,
                 evidence=issued,
                 evidence_qid=qid,
             )
@@ -716,7 +736,7 @@ class DocumentMaker:
             done_qid,
             columns,
             time.time(),
-            only_if={"cert_state": "pending"},
+            only_if=CERTIFICATE_OWED,
             evidence=issued,
             evidence_qid=qid,
         ):
@@ -782,9 +802,9 @@ class DocumentMaker:
                 label.lower(),
                 row,
                 data,
-                {"cert_state": "done", "state": "done", "done_at": time.time(), **(done or {})},
+                certified_columns(**(done or {})),
                 update_qid=update_qid,
-                only_if={"cert_state": "pending"},
+                only_if=CERTIFICATE_OWED,
                 evidence=issued,
                 evidence_qid=qid,
             )
