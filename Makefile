@@ -5,14 +5,15 @@ BIN := $(VENV)/bin
 
 # Debian packages, installed by the target that needs them when they are missing.
 # make install: venv, when $(PYTHON) lacks it (Debian ships it apart from python3).
-# make run: the certificate's Unicode font (without it, text beyond Latin-1 shows as "?").
+# make run: nothing (the certificate's fonts ship inside the package, certifier/fonts/).
 VENV_PACKAGES := python3-venv
-RUN_PACKAGES := fonts-dejavu-core
+RUN_PACKAGES :=
 # make test: swaks, a real SMTP client, and its STARTTLS modules (only recommended by the
 # package); poppler-utils for pdfsig and pdftotext, poppler-data for pdftotext's CJK maps;
-# openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail.
+# openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail
+# and the verification page; zbar-tools, whose zbarimg reads the QR codes back.
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
-	poppler-utils poppler-data openssl chromium
+	poppler-utils poppler-data openssl chromium zbar-tools
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.
@@ -50,11 +51,12 @@ run-packages:
 test-packages:
 	$(call debian_packages,$(TEST_PACKAGES))
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard certifier/locale/*/LC_MESSAGES/*.po)
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory venv-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m certifier.catalogs compile
 	touch $@
 
 run: install run-packages

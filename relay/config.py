@@ -58,6 +58,34 @@ class GatewayConfig:
     bounce_prefix: str = "bounces"
     mode: str = "development"
     postmaster: str = ""
+    language: str = "en"  # of every document, mail and page, unless the user has one
+    timezone: str = "UTC"  # IANA name; dates are shown in it, with the UTC time beside
+
+
+DEVELOPMENT_PROVIDER = "Certifica development provider (not a trust service provider)"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """``[provider]``: who issues the certificates, as page 1 of each one states it."""
+
+    name: str = DEVELOPMENT_PROVIDER
+    legal_id: str = ""  # NIF, VAT number, codice fiscale
+    address: str = ""
+    website: str = ""
+    contact: str = ""
+    policy_id: str = "urn:oid:2.999.1"  # a URI; an OID as urn:oid:... (RFC 3061)
+    policy_url: str = ""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """``[web]``: every public page (tracking, verification, and later ones)."""
+
+    public_url: str = "http://127.0.0.1:8080"
+    trusted_proxies: tuple[str, ...] = ()
+    rate_limit: int = 60  # requests per minute per client address
+    max_upload: int = 25 * 1024 * 1024  # bytes of a PDF dropped on the verification page
 
 
 @dataclass(frozen=True)
@@ -122,6 +150,7 @@ class SigningConfig:
     chain: tuple[Path, ...] = ()
     tsa_url: str = ""
     tsa_timeout: float = 10.0
+    publicly_trusted: bool = False
     trust_roots: tuple[Path, ...] = ()
     workers: int = 0
 
@@ -141,10 +170,10 @@ class SinkConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = False
-    public_url: str = "http://127.0.0.1:8080"
+    public_url: str | None = None  # deprecated: [web] public_url
     rewrite_text: bool = True
     never_domains: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] | None = None  # deprecated: [web] trusted_proxies
     addendum_interval: float = 3600.0
     fast_seconds: float = 10.0
 
@@ -190,6 +219,8 @@ class LogConfig:
 @dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -206,6 +237,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     processes: ProcessesConfig = field(default_factory=ProcessesConfig)
     source: Path | None = None
+    deprecations: tuple[str, ...] = ()  # one sentence per deprecated key in use, logged at start
 
     @property
     def state_dir(self) -> Path:
@@ -264,7 +296,7 @@ def _build(cls: Any, data: Any, prefix: str, where: str, base: Path) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{prefix}] must be a table")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    known = {f.name for f in dataclasses.fields(cls) if f.name not in ("source", "deprecations")}
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -304,20 +336,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: limits.recipients must be >= 1 and limits.message_size >= 1024"
         )
-    url = cfg.tracking.public_url
-    if not re.fullmatch(
-        r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", url
-    ) or url.endswith("/"):
-        raise ConfigError(
-            f"{where}: tracking.public_url must be an http(s) URL without a trailing slash"
-        )
-    for i, net in enumerate(cfg.tracking.trusted_proxies):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"{where}: tracking.trusted_proxies[{i}] = {net!r} is not a network"
-            ) from None
+    _validate_web(cfg, where)
+    _validate_reader(cfg, where)
     if cfg.evidence.checkpoint_interval <= 0:
         raise ConfigError(f"{where}: evidence.checkpoint_interval must be more than 0 seconds")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,30}", cfg.reception.prefix):
@@ -337,6 +357,74 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: signing.pkcs12 replaces signing.cert and signing.key: set one")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
+
+
+def _validate_web(cfg: Config, where: str) -> None:
+    # The key a value came from: [tracking] when only the deprecated key was set.
+    url_key = "web.public_url"
+    if any("tracking.public_url" in d for d in cfg.deprecations):
+        url_key = "tracking.public_url"
+    url = cfg.web.public_url
+    if not re.fullmatch(
+        r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", url
+    ) or url.endswith("/"):
+        raise ConfigError(f"{where}: {url_key} must be an http(s) URL without a trailing slash")
+    proxies_key = "web.trusted_proxies"
+    if any("tracking.trusted_proxies" in d for d in cfg.deprecations):
+        proxies_key = "tracking.trusted_proxies"
+    for i, net in enumerate(cfg.web.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: {proxies_key}[{i}] = {net!r} is not a network") from None
+    if cfg.web.rate_limit < 1:
+        raise ConfigError(f"{where}: web.rate_limit must be at least 1 request per minute")
+    if cfg.web.max_upload < 1024:
+        raise ConfigError(f"{where}: web.max_upload must be at least 1024 bytes")
+
+
+def _validate_reader(cfg: Config, where: str) -> None:
+    from certifier.i18n import check_language, check_timezone
+
+    for key, check in (("language", check_language), ("timezone", check_timezone)):
+        try:
+            check(getattr(cfg.gateway, key))
+        except ValueError as err:
+            raise ConfigError(f"{where}: gateway.{key}: {err}") from None
+    policy = cfg.provider.policy_id
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+", policy):
+        raise ConfigError(
+            f"{where}: provider.policy_id = {policy!r} is not a URI "
+            "(an OID is written urn:oid:1.2.3, RFC 3061)"
+        )
+    if policy.lower().startswith("urn:oid:") and not re.fullmatch(
+        r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+", policy, re.IGNORECASE
+    ):
+        raise ConfigError(f"{where}: provider.policy_id = {policy!r} is not a valid urn:oid: URI")
+    if not cfg.provider.name.strip():
+        raise ConfigError(f"{where}: provider.name must name the provider")
+
+
+def _moved_to_web(cfg: Config, data: dict[str, Any], where: str) -> Config:
+    """``[tracking] public_url`` and ``trusted_proxies`` moved to ``[web]``: a config that
+    still sets them keeps working, with one deprecation sentence each (logged at start)."""
+    section = data.get("web")
+    web_data: dict[str, Any] = section if isinstance(section, dict) else {}
+    notes: list[str] = []
+    web = cfg.web
+    for key in ("public_url", "trusted_proxies"):
+        old = getattr(cfg.tracking, key)
+        if old is None:
+            continue
+        if key in web_data:
+            notes.append(
+                f"{where}: tracking.{key} is deprecated and ignored: web.{key} is set; "
+                f"remove tracking.{key}"
+            )
+        else:
+            web = dataclasses.replace(web, **{key: old})
+            notes.append(f"{where}: tracking.{key} is deprecated: rename it web.{key}")
+    return dataclasses.replace(cfg, web=web, deprecations=tuple(notes))
 
 
 def _validate_gateway_addresses(cfg: Config, where: str) -> None:
@@ -398,5 +486,6 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
     cfg = _build(Config, data, "", where, path.resolve().parent)
     cfg = dataclasses.replace(cfg, source=path)
+    cfg = _moved_to_web(cfg, data, where)
     _validate(cfg, where)
     return cfg

@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
-from relay.config import Config, ConfigError
+from relay.config import DEVELOPMENT_PROVIDER, Config, ConfigError
 
 RESERVED_TLDS = ("test", "example", "invalid", "localhost", "local", "internal")
 RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "home.arpa")
@@ -106,14 +106,26 @@ def _names(cfg: Config) -> Iterator[Problem]:
 
 
 def _public_url(cfg: Config) -> Iterator[Problem]:
-    if not cfg.tracking.enabled:
-        return
-    host = urlsplit(cfg.tracking.public_url).hostname or ""
+    """Every certificate prints its verification URL, and tracked copies carry links:
+    both under ``[web] public_url`` (``[tracking] public_url`` while deprecated)."""
+    host = urlsplit(cfg.web.public_url).hostname or ""
     if is_unreachable_host(host) or is_reserved(host):
+        key = "web.public_url"
+        if any("tracking.public_url" in d for d in cfg.deprecations):
+            key = "tracking.public_url"
         yield (
-            "tracking.public_url",
-            f"= {cfg.tracking.public_url!r} cannot be reached by recipients; "
-            "give the https:// address of your proxy",
+            key,
+            f"= {cfg.web.public_url!r} cannot be reached by recipients or readers of a "
+            "certificate; give the https:// address of your proxy",
+        )
+
+
+def _provider(cfg: Config) -> Iterator[Problem]:
+    if cfg.provider.name == DEVELOPMENT_PROVIDER:
+        yield (
+            "provider.name",
+            "is the development provider's; give the legal name of the provider that "
+            "issues the certificates (and provider.legal_id)",
         )
 
 
@@ -145,6 +157,7 @@ CHECKS: tuple[Callable[[Config], Iterator[Problem]], ...] = (
     _postmaster,
     _names,
     _public_url,
+    _provider,
     _evidence_keys,
     _sink,
 )

@@ -243,6 +243,11 @@ PORTS = """[listen]
 submission = "127.0.0.1:0"
 mx = "127.0.0.1:0"
 http = "127.0.0.1:0"
+[provider]
+name = "Certifica Servicios de Confianza S.L."
+legal_id = "B00000000"
+[web]
+public_url = "https://verify.certifica.es"
 [signing]
 workers = 1
 """
@@ -281,7 +286,8 @@ def assert_refused(result: subprocess.CompletedProcess[str], config: Path, key: 
             ),
             "gateway.certification_address",
         ),
-        (("", ""), "tracking.public_url"),
+        (("", ""), "web.public_url"),
+        (("", ""), "provider.name"),
     ],
 )
 def test_production_refuses_to_start_naming_the_key_and_file(
@@ -289,8 +295,10 @@ def test_production_refuses_to_start_naming_the_key_and_file(
 ) -> None:
     old, new = change
     rest = PORTS
-    if key == "tracking.public_url":
-        rest += '[tracking]\nenabled = true\npublic_url = "http://127.0.0.1:8080"\n'
+    if key == "web.public_url":
+        rest = rest.replace("https://verify.certifica.es", "http://127.0.0.1:8080")
+    if key == "provider.name":
+        rest = rest.replace('name = "Certifica Servicios de Confianza S.L."', "")
     config = write(tmp_path, PRODUCTION.replace(old, new) if old else PRODUCTION, rest)
     assert_refused(serve(config), config, key)
 
@@ -322,7 +330,7 @@ def operator_keys(tmp_path: Path) -> str:
         ("KEYS", "signing.tsa_url"),
         ('KEYS[sink]\nlisten = "127.0.0.1:0"\n', "sink.listen"),
         *(
-            (f'KEYS[tracking]\nenabled = true\npublic_url = "{url}"\n', "tracking.public_url")
+            (f"KEYSWEB={url}", "web.public_url")
             for url in (
                 "http://127.1",
                 "http://2130706433",
@@ -334,6 +342,8 @@ def operator_keys(tmp_path: Path) -> str:
                 "https://track.certifica.local",
             )
         ),
+        # The deprecated key still works, and is the key named.
+        ("KEYSOLD=http://127.1", "tracking.public_url"),
     ],
 )
 def test_production_refuses_development_keys_mailbox_and_unreachable_urls(
@@ -342,7 +352,15 @@ def test_production_refuses_development_keys_mailbox_and_unreachable_urls(
     keys = operator_keys(tmp_path).replace('tsa_url = "http://127.0.0.1:9/tsa"\n', "")
     if key != "signing.tsa_url":
         keys += 'tsa_url = "http://127.0.0.1:9/tsa"\n'
-    config = write(tmp_path, PRODUCTION, PORTS + (extra.replace("KEYS", keys) if extra else ""))
+    ports = PORTS
+    if "WEB=" in extra:
+        extra, _, url = extra.partition("WEB=")
+        ports = PORTS.replace("https://verify.certifica.es", url)
+    if "OLD=" in extra:
+        extra, _, url = extra.partition("OLD=")
+        ports = PORTS.replace('[web]\npublic_url = "https://verify.certifica.es"\n', "")
+        extra += f'[tracking]\nenabled = true\npublic_url = "{url}"\n'
+    config = write(tmp_path, PRODUCTION, ports + (extra.replace("KEYS", keys) if extra else ""))
     assert_refused(serve(config), config, key)
 
 

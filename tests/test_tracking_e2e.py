@@ -83,7 +83,7 @@ def tracked(
     cfg = write_config(tmp, {"example.org": sink.port, "example.com": sink.port})
     text = cfg.read_text().replace('http = "127.0.0.1:0"', f'http = "127.0.0.1:{port}"')
     text += (
-        f'\n[tracking]\nenabled = true\npublic_url = "http://127.0.0.1:{port}"\n'
+        f'\n[web]\npublic_url = "http://127.0.0.1:{port}"\n[tracking]\nenabled = true\n'
         "addendum_interval = 0.0\nfast_seconds = 0.0\n"
     )
     cfg.write_text(text)

@@ -80,7 +80,7 @@ def tracked(sink_server: SinkServer, tmp_path_factory: pytest.TempPathFactory) -
     cfg = write_config(tmp, {**dict.fromkeys(domains, sink.port), "notcourt.example": sink.port})
     text = cfg.read_text().replace('http = "127.0.0.1:0"', f'http = "127.0.0.1:{port}"')
     text += (
-        f'\n[tracking]\nenabled = true\npublic_url = "http://127.0.0.1:{port}"\n'
+        f'\n[web]\npublic_url = "http://127.0.0.1:{port}"\n[tracking]\nenabled = true\n'
         f"addendum_interval = {INTERVAL}\nfast_seconds = 0.0\n"
         'never_domains = ["court.example"]\n'
         f'trusted_proxies = ["{TRUSTED_PROXY}/32"]\n'

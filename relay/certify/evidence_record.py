@@ -133,7 +133,7 @@ async def _tracking_evidence(
     events = await store.tracking_events(row["qid"], after)
     return {
         "enabled": True,
-        "public_url": cfg.tracking.public_url,
+        "public_url": cfg.web.public_url,
         "last_event_id": max([e["id"] for e in events], default=after),
         "reported_before": {"until_event": after, "certificate_id": row["cert_id"]}
         if after

@@ -148,7 +148,7 @@ class DeliveryAgent:
                     copy = await self.offload(
                         inject_copy,
                         raw,
-                        self.cfg.tracking.public_url,
+                        self.cfg.web.public_url,
                         self.tracking_key,
                         qid,
                         first["id"],

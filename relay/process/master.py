@@ -187,6 +187,8 @@ class Master:
         """Step 1 and 2 of the module docstring; raises :class:`StartupError`."""
         cfg = self.cfg
         check_production(cfg)  # before anything is made: a refused start leaves no state
+        for note in cfg.deprecations:
+            log.warning("config: %s", note)
         for problem in secure_state_dir(self.paths["root"]):
             log.warning("state directory: %s", problem)
         self._lock_state_dir()

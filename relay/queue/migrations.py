@@ -204,6 +204,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recipients ADD COLUMN lease_owner TEXT;
     """,
+    # 12: documents for their readers (README, "Languages and readers"): each user's
+    # language and time zone; how to rebuild each recipient's delivered copy from the
+    # message as received (JSON, certifier/copies.py); and the public verification page's
+    # record of every document issued, found by the SHA-256 of its code (never the code
+    # itself, so a copy of the database does not hand out working links).
+    """
+    ALTER TABLE users ADD COLUMN language TEXT;             -- es, ca, it, en; NULL: [gateway] language
+    ALTER TABLE users ADD COLUMN timezone TEXT;             -- IANA name; NULL: [gateway] timezone
+    ALTER TABLE recipients ADD COLUMN delivered_copy TEXT;  -- JSON: prefix, edits, changes
+    CREATE TABLE verifications (
+        code_sha256 TEXT PRIMARY KEY,
+        cert_id TEXT NOT NULL UNIQUE,
+        qid TEXT NOT NULL,
+        kind TEXT NOT NULL,                                 -- sending, reception, addendum
+        outcome TEXT NOT NULL,                              -- delivery, non-delivery, partial, ...
+        issued_at REAL NOT NULL,
+        pdf_sha256 TEXT NOT NULL,
+        recipients TEXT,                                    -- JSON [{address, status, time}]; NULL once erased
+        erased_at REAL
+    );
+    """,
 ]
 
 

@@ -17,7 +17,8 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.bounces`     late bounces (RFC 3464 DSNs to the VERP return path)
 :mod:`relay.queue.operator`    ``certifica queue``: show, retry, hold, withdraw
 :mod:`relay.queue.reception`   certified reception: owners, tokens, proofs of receipt
-:mod:`relay.queue.users`       the users who may submit
+:mod:`relay.queue.users`       the users who may submit, their language and time zone
+:mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
@@ -45,6 +46,7 @@ from relay.queue.reports import Reports
 from relay.queue.states import FINAL
 from relay.queue.tracking import Tracking
 from relay.queue.users import Users
+from relay.queue.verifications import Verifications
 
 __all__ = [
     "FINAL",
@@ -72,6 +74,7 @@ class Store(
     Tracking,
     Reception,
     Users,
+    Verifications,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.

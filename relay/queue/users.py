@@ -1,5 +1,6 @@
-"""The users who may submit mail (``certifica users ...``): their password hashes and
-whether their certified mail is tracked.
+"""The users who may submit mail (``certifica users ...``): their password hashes,
+whether their certified mail is tracked, and the language and time zone their documents
+are written in (NULL: the ``[gateway]`` defaults).
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class Users(Database):
             )
         )
 
+    async def user_reading(self, address: str) -> tuple[str | None, str | None]:
+        """The user's (language, timezone); (None, None) for no user or no choice."""
+
+        def read() -> tuple[str | None, str | None]:
+            row = self._conn.execute(
+                "SELECT language, timezone FROM users WHERE address = ?", (address.lower(),)
+            ).fetchone()
+            return (row[0], row[1]) if row else (None, None)
+
+        return await self._read(read)
+
     def user_exists(self, address: str) -> bool:
         """Whether ``address`` (normalised already) is a user."""
         return self.run_sync(
@@ -57,10 +69,17 @@ class Users(Database):
         )
 
     def set_user(
-        self, address: str, *, password_hash: str | None = None, tracking: bool | None = None
+        self,
+        address: str,
+        *,
+        password_hash: str | None = None,
+        tracking: bool | None = None,
+        language: str | None = None,
+        timezone: str | None = None,
     ) -> bool:
-        """Change a user's password hash and/or whether its certified mail is tracked
-        (None: unchanged). False when there is no such user."""
+        """Change a user's password hash, whether its certified mail is tracked, its
+        language or its time zone (None: unchanged; "" for language or timezone: back to
+        the ``[gateway]`` default). False when there is no such user."""
 
         def _set(db: Any) -> bool:
             found = db.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,))
@@ -75,14 +94,26 @@ class Users(Database):
                 db.conn.execute(
                     "UPDATE users SET tracking = ? WHERE address = ?", (int(tracking), address)
                 )
+            if language is not None:
+                db.conn.execute(
+                    "UPDATE users SET language = ? WHERE address = ?", (language or None, address)
+                )
+            if timezone is not None:
+                db.conn.execute(
+                    "UPDATE users SET timezone = ? WHERE address = ?", (timezone or None, address)
+                )
             return True
 
         return self.run_sync(_set)
 
     def list_users(self) -> list[dict[str, Any]]:
-        """Every user's ``address`` and ``created``, by address."""
+        """Every user's ``address``, ``created``, ``language`` and ``timezone``, by address."""
         return self.run_sync(
-            lambda db: list(db.query("SELECT address, created FROM users ORDER BY address"))
+            lambda db: list(
+                db.query(
+                    "SELECT address, created, language, timezone FROM users ORDER BY address"
+                )
+            )
         )
 
     def remove_user(self, address: str) -> bool:

@@ -135,7 +135,7 @@ async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> we
     master bound) is added by the caller."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    app = make_app(TokenCodec(key), backend, cfg.tracking.trusted_proxies)
+    app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner

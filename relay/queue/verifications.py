@@ -1,0 +1,95 @@
+"""The public verification page's records (README, "Verifying a certificate"): one row
+per document issued, found by the SHA-256 of its verification code.
+
+The code (``<public_url>/v/<code>``, printed on the document and in its QR code) is a
+capability: whoever holds the PDF may see the page. The table keeps only its hash, so a
+copy of the database hands out no working links. What the page shows of the recipients
+(addresses, outcome, time) is kept apart from what proves the document (issue time and
+the PDF's SHA-256): erasing a person's data (:meth:`Verifications.erase_verification`)
+empties the first and keeps the second, so the page still confirms the document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from relay.queue.db import Database
+
+
+def code_sha256(code: str) -> str:
+    return hashlib.sha256(code.encode("ascii", "replace")).hexdigest()
+
+
+class Verifications(Database):
+    """The ``verifications`` table."""
+
+    async def record_verification(
+        self,
+        code: str,
+        *,
+        cert_id: str,
+        qid: str,
+        kind: str,
+        outcome: str,
+        issued_at: float,
+        pdf_sha256: str,
+        recipients: list[dict[str, Any]],
+    ) -> None:
+        """Record a document issued; made again for the same document (a job rerun keeps
+        the first PDF, so the same hash), the row is rewritten unchanged."""
+
+        def write() -> None:
+            self._conn.execute(
+                "INSERT INTO verifications (code_sha256, cert_id, qid, kind, outcome,"
+                " issued_at, pdf_sha256, recipients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(cert_id) DO UPDATE SET code_sha256 = excluded.code_sha256,"
+                " kind = excluded.kind, outcome = excluded.outcome,"
+                " issued_at = excluded.issued_at, pdf_sha256 = excluded.pdf_sha256,"
+                " recipients = excluded.recipients WHERE erased_at IS NULL",
+                (
+                    code_sha256(code),
+                    cert_id,
+                    qid,
+                    kind,
+                    outcome,
+                    issued_at,
+                    pdf_sha256,
+                    json.dumps(recipients, ensure_ascii=False),
+                ),
+            )
+
+        await self._run(write)
+
+    async def verification(self, code: str) -> dict[str, Any] | None:
+        """The record for ``code``, with ``recipients`` decoded (None once erased); None
+        when no document has that code."""
+
+        def read() -> dict[str, Any] | None:
+            cur = self._conn.execute(
+                "SELECT cert_id, qid, kind, outcome, issued_at, pdf_sha256, recipients,"
+                " erased_at FROM verifications WHERE code_sha256 = ?",
+                (code_sha256(code),),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            out = dict(zip([d[0] for d in cur.description], row, strict=True))
+            out["recipients"] = json.loads(out["recipients"]) if out["recipients"] else None
+            return out
+
+        return await self._read(read)
+
+    def erase_verification(self, cert_id: str, now: float) -> bool:
+        """Forget the personal data the page shows for ``cert_id`` (its recipients),
+        keeping the issue time and the PDF's hash. False when there is no such record."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "UPDATE verifications SET recipients = NULL, erased_at = ? WHERE cert_id = ?",
+                    (now, cert_id),
+                ).rowcount
+                > 0
+            )
+        )
