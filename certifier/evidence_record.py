@@ -42,16 +42,19 @@ __all__ = [
     "LogCheckpoint",
     "LogEntry",
     "Message",
+    "Provider",
     "Reception",
     "Recipient",
     "RecipientTracking",
     "ReportedBefore",
     "Reply",
+    "Seal",
     "Sender",
     "TimelineEntry",
     "Tls",
     "Tracking",
     "TrackingEvent",
+    "Verification",
     "schema",
     "schema_problem",
 ]
@@ -70,6 +73,36 @@ class Gateway(TypedDict):
     hostname: str
     domain: str
     software: str
+
+
+class Provider(TypedDict, total=False):
+    """``[provider]`` of the gateway that issued the record: who attests it, and under
+    which policy (``policy_id`` a URI; an OID as ``urn:oid:1.2.3``, RFC 3061)."""
+
+    name: Required[str]
+    legal_id: str
+    address: str
+    website: str
+    contact: str
+    policy_id: Required[str]
+    policy_url: str
+
+
+class Verification(TypedDict):
+    """Where anyone checks the document: ``<public_url>/v/<code>``, the code at least
+    128 bits (README, "Verifying a certificate")."""
+
+    url: str
+
+
+class Seal(TypedDict, total=False):
+    """The signing certificate's holder, as the page's visible seal names it."""
+
+    signer: Required[str]
+    organization: str | None
+    issuer: str
+    serial: str
+    not_after: str
 
 
 class Sender(TypedDict, total=False):
@@ -253,6 +286,9 @@ class EvidenceRecord(TypedDict, total=False):
     queue_id: Required[str]
     issued_at: Required[str]  # UTC, ISO 8601 with Z
     gateway: Required[Gateway]
+    provider: Provider  # records since the readers' issue (README, "Languages and readers")
+    verification: Verification
+    seal: Seal
     sender: Required[Sender]
     message: Required[Message]
     recipients: Required[list[Recipient]]

@@ -103,6 +103,9 @@ def _typed_dicts() -> list[tuple[str, Any, dict[str, Any]]]:
         ("LegacyEvidenceLog", "legacy_log"),
         ("Reception", "reception"),
         ("LateBounce", "late_bounce"),
+        ("Provider", "provider"),
+        ("Verification", "verification"),
+        ("Seal", "seal"),
     ]:
         pairs.append((name, getattr(evidence_record, name), defs[definition]))
     return pairs

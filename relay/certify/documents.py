@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from certifier.i18n import Reader
 from relay.certify import dsn, notices
 from relay.certify.evidence_record import (
     build_evidence,
@@ -102,6 +103,14 @@ class DocumentMaker:
         self.certificates_dir = certificates_dir
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._certificates = asyncio.Semaphore(CONCURRENT_DOCUMENTS)
+
+    async def reader_for(self, address: str | None) -> Reader:
+        """Who reads what goes to ``address``: the user's language and time zone
+        (``certifica users set ADDR --language/--timezone``), else ``[gateway]``'s."""
+        language, timezone = (None, None)
+        if address:
+            language, timezone = await self.store.user_reading(address)
+        return Reader(language or self.cfg.gateway.language, timezone or self.cfg.gateway.timezone)
 
     async def make(self, job: DocumentJob) -> DocumentDone:
         """Make the document of ``job``; never raises (a failure is logged and retried

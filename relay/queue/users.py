@@ -110,9 +110,7 @@ class Users(Database):
         """Every user's ``address``, ``created``, ``language`` and ``timezone``, by address."""
         return self.run_sync(
             lambda db: list(
-                db.query(
-                    "SELECT address, created, language, timezone FROM users ORDER BY address"
-                )
+                db.query("SELECT address, created, language, timezone FROM users ORDER BY address")
             )
         )
 
