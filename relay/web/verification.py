@@ -12,8 +12,8 @@ Routes, on the gateway's public HTTP listener (:mod:`relay.web.tracking` assembl
   (:mod:`relay.web.checker`), never on the event loop; the answer is JSON, in words:
   ``{"same_file": bool, "verdict": "valid"|"content_not_certified"|"not_valid",
   "message": str, "details": [str]}``, or ``{"message": str}`` with ``4xx``/``503``.
-- ``GET /v/static/<name>``: the page's script and style sheet (the page runs no inline
-  script: its Content-Security-Policy allows only these).
+- ``GET /v/static/<name>``: the page's script, style sheet and icon (the page runs no
+  inline script: its Content-Security-Policy allows only these).
 
 What the page never shows: the message (subject, body, attachments), full addresses (a
 recipient is ``b**@example.org``, :func:`relay.web.pages.mask_address`), the queue id.
@@ -53,7 +53,7 @@ from relay.web.ratelimit import RateLimiter, client_key
 __all__ = ["CONTENT_SECURITY_POLICY", "VerificationRecords", "install"]
 
 STATIC = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
