@@ -638,6 +638,7 @@ class DocumentMaker:
                 "to": None,
                 "why": "a proof of receipt already went to this sender within "
                 f"{self.cfg.reception.ack_interval:.0f} s (RFC 3834: at most one per interval)",
+                "reason": "interval",
             }
             to = None
         evidence = await build_evidence(self.cfg, self.store, row)
