@@ -69,6 +69,8 @@ from reportlab.platypus import (
 )
 from reportlab.platypus.doctemplate import LayoutError
 
+from certifier.i18n import Reader
+
 __all__ = [
     "EMBEDDED_EVIDENCE",
     "EMBEDDED_MESSAGE",
@@ -1743,7 +1745,7 @@ def content_unavailable(evidence: dict[str, Any]) -> str | None:
     return reason if isinstance(reason, str) and reason else None
 
 
-def render_certificate(evidence: dict, eml: bytes | None) -> bytes:
+def render_certificate(evidence: dict, eml: bytes | None, reader: Reader | None = None) -> bytes:
     """Render the unsigned certificate PDF, with message.eml and evidence.json attached;
     ``eml`` None: the gateway lost the message, which the evidence states
     (:func:`content_unavailable`), and only evidence.json is attached."""

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from certifier import pool
+from certifier.i18n import Reader
 from certifier.message import summarise
 
 
@@ -39,6 +40,7 @@ def complete_evidence(evidence: dict[str, Any], eml: bytes | None) -> dict[str, 
     return completed
 
 
-def certify(evidence: dict[str, Any], eml: bytes | None) -> bytes:
-    """Complete the evidence, render the certificate and sign it; runs in a pool worker."""
-    return pool.render_and_sign(complete_evidence(evidence, eml), eml)
+def certify(evidence: dict[str, Any], eml: bytes | None, reader: Reader | None = None) -> bytes:
+    """Complete the evidence, render the certificate for ``reader`` (default: English,
+    UTC) and sign it; runs in a pool worker."""
+    return pool.render_and_sign(complete_evidence(evidence, eml), eml, reader=reader)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from certifier.i18n import Reader
 from certifier.pki import Pki
 
 if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
@@ -167,15 +169,23 @@ def init_process(settings: SigningSettings) -> None:
 
 
 def render_and_sign(
-    evidence: dict, eml: bytes | None, signer: DocumentSigner | None = None
+    evidence: dict,
+    eml: bytes | None,
+    signer: DocumentSigner | None = None,
+    *,
+    reader: Reader | None = None,
 ) -> bytes:
-    """Render and sign one certificate in this process; returns the signed PDF."""
+    """Render one certificate for ``reader`` (default: English, UTC) and sign it in this
+    process; returns the signed PDF. The evidence gains the ``seal`` the page shows: the
+    holder of the certificate that signs it."""
     from certifier.document import render_certificate
 
     signer = signer or _signer
     if signer is None:
         raise RuntimeError("no signer: call init_process(settings) or pass signer=")
-    return signer.sign(render_certificate(evidence, eml))
+    if "seal" not in evidence:
+        evidence = {**evidence, "seal": signer.seal}
+    return signer.sign(render_certificate(evidence, eml, reader or Reader()))
 
 
 def timestamp_token(imprint: bytes) -> bytes:
@@ -237,9 +247,11 @@ class CertificatePool:
             initargs=(settings,),
         )
 
-    async def certify(self, evidence: dict, eml: bytes | None) -> bytes:
+    async def certify(
+        self, evidence: dict, eml: bytes | None, reader: Reader | None = None
+    ) -> bytes:
         """Render and sign in a worker; the event loop keeps running meanwhile."""
-        return await self.run(render_and_sign, evidence, eml)
+        return await self.run(partial(render_and_sign, reader=reader), evidence, eml)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run *fn(*args)* in a worker, where :func:`render_and_sign` has its signer.

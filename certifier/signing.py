@@ -114,6 +114,21 @@ class DocumentSigner:
         )  # fmt: skip
         return signer
 
+    @property
+    def seal(self) -> dict[str, str | None]:
+        """Who seals the documents, as the page's visible seal block names it: the
+        signing certificate's subject common name and organisation, issuer, serial
+        number and end of validity (RFC 5280 §4.1.2)."""
+        cert = self.signing_cert
+        subject = cert.subject.native
+        return {
+            "signer": str(subject.get("common_name") or cert.subject.human_friendly),
+            "organization": subject.get("organization_name"),
+            "issuer": cert.issuer.human_friendly,
+            "serial": format(cert.serial_number, "x"),
+            "not_after": cert.not_valid_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
     def _setup(
         self,
         cert: asn1_x509.Certificate,

@@ -137,3 +137,53 @@ def test_users_add_list_remove(tmp_path: Path) -> None:
     assert run("users", "remove", "zoe@example.com").returncode == 0
     missing = run("users", "remove", "zoe@example.com")
     assert missing.returncode == 2 and "no user" in missing.stderr
+
+
+def test_tracking_keys_moved_to_web_keep_working_with_one_deprecation_line(
+    tmp_path: Path,
+) -> None:
+    """[tracking] public_url and trusted_proxies moved to [web]: the old keys still take
+    effect, each with one sentence saying what to rename; set beside the new key, the old
+    one is ignored and the sentence says so."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[tracking]\npublic_url = "https://track.example.net"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    )
+    cfg = load_config(config)
+    assert cfg.web.public_url == "https://track.example.net"
+    assert cfg.web.trusted_proxies == ("10.0.0.0/8",)
+    assert cfg.deprecations == (
+        f"{config}: tracking.public_url is deprecated: rename it web.public_url",
+        f"{config}: tracking.trusted_proxies is deprecated: rename it web.trusted_proxies",
+    )
+    config.write_text(
+        '[web]\npublic_url = "https://verify.example.net"\n'
+        '[tracking]\npublic_url = "https://track.example.net"\n'
+    )
+    cfg = load_config(config)
+    assert cfg.web.public_url == "https://verify.example.net"
+    assert len(cfg.deprecations) == 1 and "ignored: web.public_url is set" in cfg.deprecations[0]
+    # A bad value under the old key is named by the old key.
+    config.write_text('[tracking]\npublic_url = "ftp://x"\n')
+    with pytest.raises(ConfigError, match=r"tracking\.public_url must be an http\(s\) URL"):
+        load_config(config)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('[gateway]\nlanguage = "fr"\n', "gateway.language: 'fr' is not a language of the gateway"),
+        ('[gateway]\ntimezone = "Europe/Madird"\n', "gateway.timezone: 'Europe/Madird' is not"),
+        ('[provider]\npolicy_id = "1.2.3"\n', "provider.policy_id = '1.2.3' is not a URI"),
+        ('[provider]\npolicy_id = "urn:oid:1.2.x"\n', "is not a valid urn:oid: URI"),
+        ("[web]\nrate_limit = 0\n", "web.rate_limit must be at least 1"),
+        ('[web]\npublic_url = "https://v.example/"\n', "web.public_url must be an http(s) URL"),
+    ],
+)
+def test_reader_and_provider_keys_are_checked(tmp_path: Path, text: str, fragment: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert str(raised.value).startswith(f"{config}: ")
+    assert fragment in str(raised.value)

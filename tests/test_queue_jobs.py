@@ -111,7 +111,12 @@ def test_finish_asked_again_after_the_certificate_does_nothing(tmp_path: Path, m
         try:
             queued = await store.all_qids()
             maker = DocumentMaker(
-                cfg, store, Spool(paths["spool"]), PipelineCertifier(pool), paths["certificates"]
+                cfg,
+                store,
+                Spool(paths["spool"]),
+                PipelineCertifier(pool),
+                paths["certificates"],
+                b"k" * 32,
             )
             results = [
                 await maker.make(DocumentJob(kind, qid))

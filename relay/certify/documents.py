@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certifier.i18n import Reader
+from certifier.outcome import outcome
 from relay.certify import dsn, notices
 from relay.certify.evidence_record import (
     build_evidence,
@@ -32,6 +33,7 @@ from relay.certify.evidence_record import (
     late_bounce_addendum,
     reception_evidence,
 )
+from relay.certify.verification import verification_code, verification_url
 from relay.config import Config
 from relay.delivery import outbound
 from relay.delivery.client import DEFERRED, DELIVERED, FAILED
@@ -73,8 +75,9 @@ well, so more are in flight than there are workers."""
 class Certifier(Protocol):
     """Turns evidence and the original message into a signed PDF, off the event loop."""
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
-        """``eml`` None: the message is lost; the evidence says why (no message.eml)."""
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None, reader: Reader) -> bytes:
+        """``eml`` None: the message is lost; the evidence says why (no message.eml).
+        ``reader``: the language and time zone the document is written for."""
         ...
 
 
@@ -95,8 +98,10 @@ class DocumentMaker:
         spool: Spool,
         certifier: Certifier,
         certificates_dir: Path,
+        code_key: bytes,
     ) -> None:
         self.cfg = cfg
+        self.code_key = code_key
         self.store = store
         self.spool = spool
         self.certifier = certifier
@@ -111,6 +116,41 @@ class DocumentMaker:
         if address:
             language, timezone = await self.store.user_reading(address)
         return Reader(language or self.cfg.gateway.language, timezone or self.cfg.gateway.timezone)
+
+    async def _render(
+        self, row: dict[str, Any], evidence: dict[str, Any], eml: bytes | None
+    ) -> bytes:
+        """The signed PDF of ``evidence``, for the reader ``row``'s documents go to (its
+        sender, or the mailbox owner), with its verification URL (README, "Verifying a
+        certificate")."""
+        url = verification_url(self.cfg.web.public_url, self.code_key, evidence["certificate_id"])
+        evidence["verification"] = {"url": url}
+        return await self.certifier.certify(evidence, eml, await self.reader_for(row["sender"]))
+
+    async def _record_verification(
+        self, row: dict[str, Any], cert_id: str, pdf: bytes, evidence: dict[str, Any]
+    ) -> str:
+        """What the verification page shows for the PDF kept under ``cert_id``: recorded
+        before the mail is queued, so the page answers by the time anyone has the link.
+        Returns the PDF's SHA-256."""
+        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        await self.store.record_verification(
+            verification_code(self.code_key, cert_id),
+            cert_id=cert_id,
+            qid=row["qid"],
+            kind=str(evidence.get("kind") or "sending"),
+            outcome=str(outcome(evidence)),
+            issued_at=time.time(),
+            pdf_sha256=pdf_sha,
+            recipients=[
+                {"address": r.get("address"), "status": r.get("status"), "time": r.get("time")}
+                for r in evidence.get("recipients") or []
+                if isinstance(r, dict)
+            ]
+            if evidence.get("kind") != "reception"
+            else [{"address": row["sender"], "status": "received", "time": None}],
+        )
+        return pdf_sha
 
     async def make(self, job: DocumentJob) -> DocumentDone:
         """Make the document of ``job``; never raises (a failure is logged and retried
@@ -156,7 +196,7 @@ class DocumentMaker:
                 )
                 cert_id = new_certificate_id()
                 evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
-                pdf = await self.certifier.certify(evidence, raw)
+                pdf = await self._render(row, evidence, raw)
                 last = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
                 # Sent, recorded and marked reported in one transaction, on condition that
                 # no other job reported these events meanwhile: an addendum made twice
@@ -168,6 +208,7 @@ class DocumentMaker:
                     raw,
                     label="Addendum",
                     update_qid=None,
+                    evidence=evidence,
                     reported=(row["tracking_reported"], last, now),
                 )
         except Exception:
@@ -559,7 +600,7 @@ class DocumentMaker:
             await self.store.mark(qid, state="held")
             return False
         evidence = await build_evidence(self.cfg, self.store, row)
-        pdf = await self.certifier.certify(evidence, raw)
+        pdf = await self._render(row, evidence, raw)
         reported = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
         if not await self._send_document(
             row,
@@ -568,6 +609,7 @@ class DocumentMaker:
             raw,
             label="Certificate",
             update_qid=qid,
+            evidence=evidence,
             done={"tracking_reported": reported},
         ):
             return False
@@ -596,16 +638,17 @@ class DocumentMaker:
                 "to": None,
                 "why": "a proof of receipt already went to this sender within "
                 f"{self.cfg.reception.ack_interval:.0f} s (RFC 3834: at most one per interval)",
+                "reason": "interval",
             }
             to = None
         evidence = await build_evidence(self.cfg, self.store, row)
         evidence.update(kind="reception", reception=reception_evidence(detail))
-        pdf = await self.certifier.certify(evidence, raw)
+        pdf = await self._render(row, evidence, raw)
         if await self._certified_already(qid):
             return False
         path = self.certificates_dir / f"{row['cert_id']}.pdf"
         pdf = await asyncio.to_thread(write_once, path, pdf)
-        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        pdf_sha = await self._record_verification(row, row["cert_id"], pdf, evidence)
         original = notices.original_headers(raw)
 
         def mail(receipt: bool, address: str) -> bytes:
@@ -699,12 +742,12 @@ class DocumentMaker:
         if addendum is not None:
             cert_id = addendum["cert_id"]
             evidence.update(late_bounce_addendum(row, addendum))
-        pdf = await self.certifier.certify(evidence, None)
+        pdf = await self._render(row, evidence, None)
         done_qid = addendum["qid"] if addendum is not None else qid
         if await self._certified_already(done_qid):
             return False
         pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
-        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        pdf_sha = await self._record_verification(row, cert_id, pdf, evidence)
         label = "Addendum" if addendum is not None else "Certificate"
         recipients = await self.store.recipients(qid)
         data = notices.build_content_lost(
@@ -774,6 +817,7 @@ class DocumentMaker:
         *,
         label: str,
         update_qid: str | None,
+        evidence: dict[str, Any],
         done: dict[str, Any] | None = None,
         reported: tuple[int, int, float] | None = None,
     ) -> bool:
@@ -787,7 +831,7 @@ class DocumentMaker:
         # The first PDF written under this id is the certificate: a job made again after
         # a worker died mid-way mails that one, never a second signed PDF.
         pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
-        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        pdf_sha = await self._record_verification(row, cert_id, pdf, evidence)
         recipients = await self.store.recipients(qid)
         data = notices.build_certificate_mail(
             gateway_name=self._gateway_name(),
@@ -852,9 +896,15 @@ class DocumentMaker:
             return await self._content_lost(parent, missing, addendum=dsn)
         evidence = await build_evidence(self.cfg, self.store, parent)
         evidence.update(late_bounce_addendum(parent, dsn))
-        pdf = await self.certifier.certify(evidence, raw)
+        pdf = await self._render(parent, evidence, raw)
         if not await self._send_document(
-            parent, dsn["cert_id"], pdf, raw, label="Addendum", update_qid=dsn["qid"]
+            parent,
+            dsn["cert_id"],
+            pdf,
+            raw,
+            label="Addendum",
+            update_qid=dsn["qid"],
+            evidence=evidence,
         ):
             return False
         await asyncio.to_thread(self.spool.archive, dsn["qid"])

@@ -49,6 +49,7 @@ async def build_evidence(
             "domain": cfg.gateway.domain,
             "software": f"Certifica {_version()}",
         },
+        "provider": provider_evidence(cfg),
         "sender": {
             "envelope_from": row["sender"]
             if row.get("envelope_from") is None
@@ -122,6 +123,20 @@ async def build_evidence(
         # The timeline's entries in full (every hashed field) and the RFC 3161
         # checkpoint covering them, so a verifier recomputes them offline.
         "evidence_log": await evidence_log_section(store, entries),
+    }
+
+
+def provider_evidence(cfg: Config) -> dict[str, str]:
+    """``[provider]``: who issues the document and under which policy (page 1 says it)."""
+    p = cfg.provider
+    return {
+        "name": p.name,
+        "legal_id": p.legal_id,
+        "address": p.address,
+        "website": p.website,
+        "contact": p.contact,
+        "policy_id": p.policy_id,
+        "policy_url": p.policy_url,
     }
 
 

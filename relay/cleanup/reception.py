@@ -97,6 +97,21 @@ def trace(raw: bytes) -> dict[str, list[str]]:
     return kept
 
 
+RECEIPT_REASONS = {
+    "sent": "sent to the authenticated sender, at most once per interval",
+    "not_requested": "the owner did not ask for proofs of receipt",
+    "null_sender": "null sender (a delivery report): never answered (RFC 3834)",
+    "automatic": "automatic, bulk or mailing-list mail: never answered (RFC 3834)",
+    "no_single_sender": "the From header does not name one sender",
+    "own_address": "the sender is the owner or the gateway itself",
+    "not_authenticated": "the sender's address is not authenticated (no aligned DKIM or SPF)",
+    "interval": "a proof of receipt already went to this sender within the interval (RFC 3834)",
+}
+"""Whether a proof of receipt went to the original sender, and why not: the key is the
+language-neutral ``reception.receipt.reason`` of the evidence (the certificate words it
+in the reader's language); the English sentence is ``receipt.why`` and the log's."""
+
+
 class ReceptionIntake:
     """Decides on, stores and answers mail sent to the reception addresses."""
 
@@ -147,7 +162,8 @@ class ReceptionIntake:
                 answers.append(f"already certified as {sha_known}")
                 continue
             qid = new_queue_id()
-            receipt, why = self._receipt(owner, raw, mail_from, original_from, results)
+            reason = self._receipt(owner, raw, mail_from, original_from, results)
+            receipt, why = reason == "sent", RECEIPT_REASONS[reason]
             authentication = (
                 authentication_evidence(results, self.domain)
                 if results is not None
@@ -166,7 +182,7 @@ class ReceptionIntake:
                 "original_from": original_from,
                 "trace": chain,
                 "arc": dataclasses.asdict(arc),
-                "receipt": {"to": original_from if receipt else None, "why": why},
+                "receipt": {"to": original_from if receipt else None, "why": why, "reason": reason},
             }
 
             def message(sha256: str, qid: str = qid, address: str = address,
@@ -237,23 +253,24 @@ class ReceptionIntake:
         mail_from: str,
         original_from: str | None,
         results: AuthResults | None,
-    ) -> tuple[bool, str]:
-        """Whether the original sender gets a proof of receipt, and why (not)."""
+    ) -> str:
+        """Whether the original sender gets a proof of receipt: ``"sent"``, or the
+        :data:`RECEIPT_REASONS` key saying why not."""
         if not owner["ack_sender"]:
-            return False, "the owner did not ask for proofs of receipt"
+            return "not_requested"
         if not mail_from:
-            return False, "null sender (a delivery report): never answered (RFC 3834)"
+            return "null_sender"
         if is_auto_reply(raw):
-            return False, "automatic, bulk or mailing-list mail: never answered (RFC 3834)"
+            return "automatic"
         if original_from is None:
-            return False, "the From header does not name one sender"
+            return "no_single_sender"
         if (
             original_from == owner["owner"]
             or original_from.rpartition("@")[2] in self.local_domains
         ):
-            return False, "the sender is the owner or the gateway itself"
+            return "own_address"
         if self.cfg.reception.ack_requires_authentication and not (
             results is not None and results.passes("dkim-or-spf")
         ):
-            return False, "the sender's address is not authenticated (no aligned DKIM or SPF)"
-        return True, "sent to the authenticated sender, at most once per interval"
+            return "not_authenticated"
+        return "sent"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from certifier import pipeline
+from certifier.i18n import Reader
 from certifier.pki import Pki
 from certifier.pool import CertificatePool, SigningSettings
 from relay.config import Config, signing_password
@@ -53,8 +54,8 @@ class PipelineCertifier:
     def __init__(self, pool: CertificatePool) -> None:
         self.pool = pool
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
-        return await self.pool.run(pipeline.certify, evidence, eml)
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None, reader: Reader) -> bytes:
+        return await self.pool.run(pipeline.certify, evidence, eml, reader)
 
 
 def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:

@@ -32,6 +32,7 @@ from typing import Any
 from asn1crypto import cms
 
 from certifier import pipeline
+from certifier.i18n import Reader
 from certifier.pki import Pki
 from certifier.pool import SigningSettings, init_process, timestamp_token
 from relay.certify.checkpoints import Checkpointer
@@ -164,9 +165,9 @@ class InProcessCertifier:
     def __init__(self) -> None:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sign")
 
-    async def certify(self, evidence: dict[str, Any], eml: bytes | None) -> bytes:
+    async def certify(self, evidence: dict[str, Any], eml: bytes | None, reader: Reader) -> bytes:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.thread, pipeline.certify, evidence, eml)
+        return await loop.run_in_executor(self.thread, pipeline.certify, evidence, eml, reader)
 
     async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
         """The signer's timestamp authority, for the evidence checkpoints."""
@@ -236,7 +237,9 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     else:
         init_process(setup.signing)  # this process's signer, and the fonts loaded
         certifier = InProcessCertifier()
-        maker = DocumentMaker(cfg, store, spool, certifier, setup.paths["certificates"])
+        maker = DocumentMaker(
+            cfg, store, spool, certifier, setup.paths["certificates"], setup.tracking_key
+        )
 
         async def handle(job: dict[str, Any]) -> dict[str, Any]:
             kind = DocumentKind(job["document"])
