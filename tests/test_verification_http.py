@@ -370,3 +370,18 @@ def test_client_keys() -> None:
     )
     assert client_key("2001:db8:1:3::7") != client_key("2001:db8:1:2::7")
     assert client_key("") == ""
+
+
+def test_a_database_that_does_not_answer_gets_503_not_a_traceback(
+    tmp_path: Path, certificate: tuple[bytes, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    pdf, ca = certificate
+    with serving(tmp_path, pdf, ca) as broken:
+        broken.store.close()  # its thread gone: a lookup fails or never answers
+        page = fetch(broken.page_url(), headers={"Accept-Language": "es"})
+        posted = fetch(broken.page_url() + "/check", "POST", data=pdf)
+    assert page.status == 503 and page.headers["Retry-After"] == "60"
+    assert "Servicio no disponible temporalmente" in page.text
+    assert posted.status == 503 and "Temporarily unavailable" in posted.json()["message"]
+    assert "Traceback" not in caplog.text
+    assert "verification page: record not read" in caplog.text

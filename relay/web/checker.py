@@ -71,6 +71,9 @@ class PdfChecker:
         except TimeoutError:
             log.warning("verification page: a check took over %.0f s and was stopped", self.timeout)
             return None
+        except OSError as err:  # no room for the file, out of processes or descriptors
+            log.error("verification page: check not made (%s)", err.strerror or type(err).__name__)
+            return None
 
     async def _run(self, pdf: bytes) -> CheckResult | None:
         with tempfile.TemporaryDirectory(prefix="certifica-check-") as folder:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,10 @@ PAGE_HEADERS = {
 _CODE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
+LOOKUP_TIMEOUT = 5.0  # seconds for the database to answer, as the tracking endpoint waits
+
+log = logging.getLogger("certifica/web")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -101,6 +106,10 @@ OTHER_RESULT = N_("As stated in the certificate")
 
 # The checks of certifier.verify, in the four groups the page words for a visitor.
 SEAL_CHECKS = frozenset({"pdf", "signature-count", "coverage", "container", "integrity"})
+
+
+class Unavailable(Exception):
+    """The records could not be read: the visitor is asked to come back (503)."""
 
 
 class VerificationRecords(Protocol):
@@ -191,7 +200,10 @@ class VerificationPage:
             key = client_key(client_ip(request, self.trusted))
             wait = self.limiter.hit(key, time.monotonic())
             if wait is None:
-                return await handler(request)
+                try:
+                    return await handler(request)
+                except Unavailable:
+                    return self.unavailable(request)
             text = translations(self.language(request), "web").gettext(
                 N_("Too many requests from your address. Please try again in a minute.")
             )
@@ -209,6 +221,16 @@ class VerificationPage:
 
         return counted
 
+    def unavailable(self, request: web.Request) -> web.Response:
+        text = N_("Temporarily unavailable, please try again in a minute.")
+        if request.method == "POST":
+            gettext = translations(self.language(request), "web").gettext
+            response = self.json(request, 503, message=gettext(text))
+        else:
+            response = self.message_page(request, 503, N_("Temporarily unavailable"), text)
+        response.headers["Retry-After"] = "60"
+        return response
+
     def json(self, request: web.Request, status: int, **body: Any) -> web.Response:
         return web.json_response(body, status=status, headers=PAGE_HEADERS)
 
@@ -224,7 +246,11 @@ class VerificationPage:
         code = request.match_info["code"]
         if not _CODE.fullmatch(code):
             return None
-        record = await self.records.verification(code)
+        try:
+            record = await asyncio.wait_for(self.records.verification(code), LOOKUP_TIMEOUT)
+        except Exception as exc:
+            log.error("verification page: record not read (%s)", type(exc).__name__)
+            raise Unavailable from None
         if record is None or not _HEX64.fullmatch(str(record.get("pdf_sha256", ""))):
             return None
         return record
