@@ -11,6 +11,7 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,12 @@ def test_hostile_provider_name_shows_as_text(
     assert "Evil &#34;Provider&#34; &lt;img src=x onerror=alert(1)&gt;" in page.text
 
 
+def uploads_on_disk() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("certifica-check-*"))
+
+
 def test_the_check_verifies_seal_and_timestamp_in_another_process(site: Site) -> None:
+    before = uploads_on_disk()
     answer = fetch(site.page_url() + "/check?lang=es", "POST", data=site.pdf)
     assert answer.status == 200, answer.text
     body = answer.json()
@@ -236,6 +242,7 @@ def test_the_check_verifies_seal_and_timestamp_in_another_process(site: Site) ->
     assert garbage["verdict"] == "not_valid"
     empty = fetch(site.page_url() + "/check", "POST", data=b"")
     assert empty.status == 400 and empty.json()["message"] == "No file was sent."
+    assert uploads_on_disk() <= before  # every file received was removed
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ files are not counted): beyond it, ``429`` with ``Retry-After`` and a sentence.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
@@ -315,49 +314,33 @@ class VerificationPage:
         reader = self.reader(request)
         gettext = reader.catalog("web").gettext
         limit = self.cfg.web.max_upload
-        pdf = await _read_upload(request, limit)
-        if pdf is None:
-            return self.json(
-                request,
-                413,
-                message=gettext(
-                    N_("The file is larger than %(size)s, the largest this page checks.")
-                )
-                % {"size": reader.size(limit)},
-            )
-        if not pdf:
-            return self.json(request, 400, message=gettext(N_("No file was sent.")))
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(pdf).hexdigest())
-        result = await self.checker.check(pdf)
+        too_large = gettext(
+            N_("The file is larger than %(size)s, the largest this page checks.")
+        ) % {"size": reader.size(limit)}
+        try_later = gettext(N_("The file could not be checked just now. Please try again later."))
+        if request.content_length is not None and request.content_length > limit:
+            return self.json(request, 413, message=too_large)
+        if self.checker.full:
+            return self.json(request, 503, message=try_later)
+        async with self.checker.receiving() as upload:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                if upload.size + len(chunk) > limit:
+                    return self.json(request, 413, message=too_large)  # read no further
+                await upload.write(chunk)
+            await upload.finish()
+            if not upload.size:
+                return self.json(request, 400, message=gettext(N_("No file was sent.")))
+            result = await self.checker.check(upload)
         if result is None:
-            return self.json(
-                request,
-                503,
-                message=gettext(
-                    N_("The file could not be checked just now. Please try again later.")
-                ),
-            )
-        return self.json(request, 200, **_answer(reader, result, digest == record["pdf_sha256"]))
+            return self.json(request, 503, message=try_later)
+        same_file = upload.sha256 == record["pdf_sha256"]
+        return self.json(request, 200, **_answer(reader, result, same_file))
 
 
 def _as_time(value: object) -> float | None:
     with suppress(TypeError, ValueError):
         return float(value)  # type: ignore[arg-type]
     return None
-
-
-async def _read_upload(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is over ``limit`` bytes (read no further)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, Any]:
