@@ -21,10 +21,19 @@ Once a person's data is erased (``store.erase_verification``) it still confirms 
 time and the hash, without recipients.
 
 Every ``/v/`` path that is not a document's page answers one 404 page: an unknown code, a
-malformed one, an erased one that never existed, another method; the body and the header
-fields depend only on the request's language, never on what exists. Requests are counted
-per client (:mod:`relay.web.ratelimit`, ``[web] rate_limit`` per minute; the static
-files are not counted): beyond it, ``429`` with ``Retry-After`` and a sentence.
+malformed one, another path or method; the body and the header fields depend only on the
+request's language, never on what exists. Requests are counted per client
+(:mod:`relay.web.ratelimit`, ``[web] rate_limit`` per minute; the static files are not
+counted).
+
+What goes wrong, as the visitor sees it (always a sentence in their language, never an
+exception's text; one log line for the operator where the gateway is at fault):
+
+- too many requests: ``429`` with ``Retry-After``;
+- a file over ``[web] max_upload``: ``413``; an empty body: ``400``;
+- the database does not answer within 5 s: ``503`` with ``Retry-After``, logged;
+- a check that cannot be made (too many files at once, over its time, the command
+  failed): ``503``, "please try again later", logged.
 """
 
 from __future__ import annotations
