@@ -81,7 +81,10 @@ def test_a_real_certificate_is_verified_on_its_page(
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(url)
-        assert page.locator("h1").inner_text() == "Certificato di consegna parziale"
+        assert (
+            page.locator("h1").inner_text()
+            == "Certificato di consegna parziale di posta elettronica certificata"
+        )
         issued = page.inner_text("#issued")
         assert issued.startswith("Questo documento è stato emesso da Certifica development")
         rows = page.locator("#recipients tbody tr").all_inner_texts()

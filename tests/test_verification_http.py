@@ -88,7 +88,7 @@ def test_the_page_says_who_issued_what_when_in_the_visitors_language(site: Site)
     assert page.headers["Content-Type"].startswith("text/html")
     text = visible_text(page.text)
     assert '<html lang="es">' in page.text
-    assert "Certificado de entrega parcial" in text
+    assert "Certificado de entrega parcial de correo electrónico certificado" in text
     assert (
         "Este documento fue emitido por Certifica Test Provider S.L. (B12345678) el "
         "3 de diciembre de 2026, 11:42:07 CET (10:42:07 UTC)." in text
@@ -109,13 +109,25 @@ def test_the_page_says_who_issued_what_when_in_the_visitors_language(site: Site)
 @pytest.mark.parametrize(
     ("accept", "query", "title"),
     [
-        ("ca", "", "Certificat de lliurament parcial"),
-        ("it-IT,it;q=0.9", "", "Certificato di consegna parziale"),
-        ("de-DE, it;q=0.3, ca;q=0.8", "", "Certificat de lliurament parcial"),
-        ("de-DE,fr;q=0.9", "", "Certificate of partial delivery"),  # the gateway's language
-        ("", "", "Certificate of partial delivery"),
-        ("es", "?lang=it", "Certificato di consegna parziale"),  # the switch wins
-        ("es", "?lang=xx", "Certificado de entrega parcial"),
+        ("ca", "", "Certificat de lliurament parcial de correu electrònic certificat"),
+        ("it-IT,it;q=0.9", "", "Certificato di consegna parziale di posta elettronica certificata"),
+        (
+            "de-DE, it;q=0.3, ca;q=0.8",
+            "",
+            "Certificat de lliurament parcial de correu electrònic certificat",
+        ),
+        (
+            "de-DE,fr;q=0.9",
+            "",
+            "Certificate of partial delivery of a certified e-mail",
+        ),  # the gateway's language
+        ("", "", "Certificate of partial delivery of a certified e-mail"),
+        (
+            "es",
+            "?lang=it",
+            "Certificato di consegna parziale di posta elettronica certificata",
+        ),  # the switch wins
+        ("es", "?lang=xx", "Certificado de entrega parcial de correo electrónico certificado"),
     ],
 )
 def test_the_language_is_negotiated_and_switchable(
@@ -187,7 +199,7 @@ def test_an_erased_record_still_confirms_issue_time_and_hash(site: Site) -> None
     page = fetch(site.page_url(ERASED_CODE), headers={"Accept-Language": "it"})
     assert page.status == 200
     text = visible_text(page.text)
-    assert "Certificato di consegna" in text
+    assert "Certificato di consegna di posta elettronica certificata" in text
     assert "3 dicembre 2026, 11:42:07 CET (10:42:07 UTC)" in text
     assert " ".join(grouped("ab" * 32)) in text
     assert "I dati personali dei destinatari sono stati cancellati" in text

@@ -92,14 +92,16 @@ def N_(message: str) -> str:
     return message
 
 
+# The titles of the certificates themselves (certifier.document), so the page and the PDF
+# name the document alike.
 TITLES = {
-    Outcome.DELIVERY: N_("Certificate of delivery"),
-    Outcome.NON_DELIVERY: N_("Certificate of non-delivery"),
-    Outcome.PARTIAL: N_("Certificate of partial delivery"),
-    Outcome.WITHDRAWAL: N_("Certificate of withdrawal"),
-    Outcome.PENDING: N_("Certificate of sending"),
-    Outcome.RECEPTION: N_("Certificate of reception"),
-    Outcome.ADDENDUM: N_("Addendum to a certificate"),
+    Outcome.DELIVERY: N_("Certificate of delivery of a certified e-mail"),
+    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified e-mail"),
+    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified e-mail"),
+    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified e-mail"),
+    Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
+    Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
+    Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
 }
 RESULTS = {
     "delivered": N_("Accepted by the recipient's mail server"),
