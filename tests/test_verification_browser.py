@@ -167,3 +167,24 @@ def test_the_qr_code_on_the_page_is_its_address(site: Site, page: Any, tmp_path:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == site.page_url(CODE)
     assert page.inner_text("#url") == site.page_url(CODE)
+
+
+def test_a_file_over_max_upload_is_not_sent(browser: Any, tmp_path: Path) -> None:
+    """The page knows ``[web] max_upload`` and says so before sending anything."""
+    pdf, ca = signed_certificate(tmp_path / "keys")
+    extra = "rate_limit = 100000\nmax_upload = 2000"
+    (tmp_path / "site").mkdir()
+    with serving(tmp_path / "site", pdf, ca, web_extra=extra) as small:
+        context = browser.new_context(locale="ca-ES")
+        page = context.new_page()
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.goto(small.page_url())
+        drop(page, pdf)
+        sync_api.expect(page.locator("#result")).to_contain_text("és exactament el document")
+        page.click("#check")
+        sync_api.expect(page.locator("#answer")).to_have_text(
+            "El fitxer supera els 2.000 bytes, la mida màxima que aquesta pàgina comprova."
+        )
+        context.close()
+    assert posts == []
