@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from addendum.inject import inject
 from certifier import copies
 from certifier.copies import Edit, Recipe, RecipeError
+from relay.delivery import client, outbound
 from tests import test_tracking_units as units
 
 _BYTES = st.binary(max_size=300)
@@ -210,3 +211,66 @@ def test_inject_names_the_pixel_and_a_part_it_reencoded() -> None:
     assert result.pixel
     assert result.reencoded == (("the message body", "quoted-printable"),)
     assert copies.apply(raw, result.edits) == result.message
+
+
+# --- the delivery agent's recipe (relay/delivery/outbound.py) --------------------------
+
+_LINES = st.lists(st.sampled_from([b"a", b"From: x\r\n", b"\r\n", b"\n", b"\r", b".", b"b c"]))
+
+
+@given(_LINES.map(b"".join))
+def test_wire_form_is_what_the_smtp_client_sends_and_hashes(message: bytes) -> None:
+    wired, edits = outbound.wire_form(message)
+    assert wired == client._crlf(message)
+    assert copies.apply(message, edits) == wired
+    assert client._crlf(wired) == wired  # the client changes nothing more
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_the_recipe_of_each_step_rebuilds_the_wire_copy(draw: st.DataObject) -> None:
+    original = draw.draw(_LINES.map(b"".join))
+    recipe = outbound.CopyRecipe(original)
+    body = original
+    for _ in range(draw.draw(st.integers(0, 2))):  # tracking, From rewriting
+        _, edits = draw.draw(edited(body))
+        body = copies.apply(body, edits)
+        recipe.rewritten(edits, {"change": "other"})
+    message = body
+    for head in draw.draw(st.lists(st.sampled_from([b"Received: x\r\n", b"DKIM-Signature: y\n"]))):
+        message = head + message
+        recipe.prepended(head)
+    wired = recipe.wire(message)
+    assert wired == client._crlf(message)
+    made = recipe.recipe(wired)
+    assert not recipe.broken
+    assert copies.rebuild(original, made.to_json()) == wired
+
+
+def test_a_recipe_that_missed_a_step_records_the_difference() -> None:
+    original = b"From: a@example.com\r\n\r\nbody\r\n"
+    recipe = outbound.CopyRecipe(original)
+    copy = b"Received: x\r\nFrom: b@example.com\r\n\r\nbody\r\n"  # From edit not told
+    recipe.prepended(b"Received: x\r\n")
+    made = recipe.recipe(recipe.wire(copy))
+    assert recipe.broken and made.changes == ({"change": "other"},)
+    assert copies.rebuild(original, made) == copy
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"From: Alice <a@example.com>\r\nTo: b@example.org\r\n",
+        b"To: b@example.org\r\nFrom: A <a@example.com>\r\nFrom: B <b@example.com>\r\n"
+        b"Reply-To: c@example.com\r\n",
+        b"From: A\r\n <a@example.com>\r\nSubject: folded From",
+        b"Subject: no From\r\n",
+    ],
+)
+def test_from_edits_make_the_rewritten_message(header: bytes) -> None:
+    raw = header + b"\r\nbody\r\n"
+    edits = outbound.from_edits(raw, "Alice", "certifica@gw.example", "Certifica")
+    rewritten = outbound.rewrite_from(raw, "Alice", "certifica@gw.example", "Certifica")
+    assert copies.apply(raw, edits) == rewritten
+    assert (rewritten == raw) == (b"From:" not in header)
+    assert rewritten.count(b"From:") == (1 if b"From:" in header else 0)

@@ -164,10 +164,10 @@ class CopyRecipe:
             self.broken = True
             return wired
         # The prefix ends a line, so no line end spans it and the body: each is put in
-        # wire form on its own; an empty body adds nothing.
+        # wire form on its own; an empty body after a prefix adds nothing.
         prefix, prefix_edits = wire_form(self.prefix) if self.prefix else (b"", [])
         body = message[len(self.prefix) :]
-        body_edits = wire_form(body)[1] if body else []
+        body_edits = wire_form(body)[1] if body or not self.prefix else []
         self.line_ends = bool(prefix_edits or body_edits)
         self.prefix = prefix
         self.rewritten(body_edits)
