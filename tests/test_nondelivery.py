@@ -11,6 +11,8 @@ bounce reader (:func:`relay.cleanup.bounces.parse_dsn`).
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import re
 import signal
 import smtplib
@@ -26,6 +28,7 @@ from flufl.bounce import all_failures
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certifier.i18n import Reader
 from relay.certify import dsn
 from relay.cleanup.bounces import make_return_path, parse_dsn
 from tests.conftest import (
@@ -282,7 +285,8 @@ def test_ret_full_returns_the_message_up_to_the_configured_size(
     human, _, original = parts(report)
     assert original.get_content_type() == "text/rfc822-headers"
     assert b"yyyy" not in report.data
-    assert "RET=FULL" in human.get_content() and str(len(big)) in human.get_content()
+    said = human.get_content()
+    assert "RET=FULL" in said and f"{Reader().number(len(big))} bytes" in said  # "4,575 bytes"
 
     hdrs = send(gateway, small, ["reject-hdrs@example.org"], mail_options=("RET=HDRS",))
     (report,) = reports_for(home, hdrs)
@@ -473,7 +477,7 @@ def test_a_late_report_quotes_our_copy_and_goes_once_per_recipient_and_action(
     report = late[0]
     assert_envelope_and_headers(report, gateway)
     human, blocks, original = parts(report)
-    assert str(report.message["Subject"]).startswith("Undelivered mail: genuine ")
+    assert str(report.message["Subject"]).startswith("Undelivered mail: “genuine ")
     assert len(blocks) == 2  # vanish2@ only: reject-late@ was never delivered
     assert block_for(blocks, "vanish2@example.org")["Action"] == "failed"
     assert b"evil.example" not in report.data
@@ -535,9 +539,10 @@ def test_certified_failure_says_not_delivered_in_the_certificate_mail(
         ]
 
     (mail,) = certificate(home.wait_for(lambda ms: bool(certificate(ms)), 90))
-    assert "Not delivered to reject-cert@example.org" in str(mail.message["Subject"])
+    assert str(mail.message["Subject"]).startswith("Certificate of non-delivery: “Notice to quit”")
     text = mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert text.startswith("Your message was not delivered to reject-cert@example.org.")
+    first = " ".join(text.split("\n\n", 1)[0].split())  # the first paragraph, unwrapped
+    assert first == "Your message “Notice to quit” was not delivered to reject-cert@example.org."
     finished(gateway, qid)
     assert_no_report(gateway, home, qid)  # the certificate is the notice
 
@@ -691,7 +696,9 @@ def test_report_headers_never_carry_a_line_break_from_the_original(tmp_path: Pat
     )
     data = _report(status, raw, arrival=time.time())
     top = data.split(b"\r\n\r\n", 1)[0]
-    assert b"X-Evil: 1" in top and not re.search(rb"\nX-Evil", top)  # text, not a field
+    assert not re.search(rb"\nX-Evil", top)
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert "X-Evil: 1" in str(msg["Subject"]) and "X-Evil" not in msg  # text, not a field
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert not re.search(rb"\r\nX-Evil", status_part)
     assert not re.search(rb"(?<!\r)\n", data)  # CRLF throughout
