@@ -757,3 +757,50 @@ def test_an_smtputf8_recipient_is_written_as_rfc_6533_xtext() -> None:
     assert b"Final-Recipient: utf-8; j\\x{F6}s\\x{E9}\\x{2B}1@ex\\x{E4}mple.org\r\n" in data
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert status_part.isascii()
+
+
+def _status_part(data: bytes) -> bytes:
+    part = data.split(b"Content-Type: message/delivery-status\r\n\r\n", 1)[1]
+    return part.split(b"\r\n--=_certifica_report_", 1)[0]
+
+
+@pytest.mark.parametrize("language", ["es", "ca", "it"])
+def test_the_first_part_is_in_the_senders_language_and_the_status_part_unchanged(
+    language: str,
+) -> None:
+    """The same report for an English and another reader: the first part and the subject
+    differ, the ``message/delivery-status`` part is the same bytes, and the parsers that
+    read English reports read this one alike."""
+    status = dsn.recipient_status(
+        address="bob@example.org",
+        action=dsn.Action.FAILED,
+        reply_code=550,
+        reply_enhanced="5.1.1",
+        reply_text="<bob@example.org>: Recipient address rejected: User unknown",
+        mx_host="mx.example.org",
+        last_attempt=1796294525.0,
+    )
+    report = dsn.Report(
+        hostname="gw.example", domain="gw.example", to="alice@example.com",
+        queue_id="0123456789AB", arrival=1796294500.0, recipients=(status,),
+        original=b"Subject: Contrato\r\nMessage-ID: <c@example.com>\r\n\r\nbody\r\n",
+        now=1796294530.0,
+    )  # fmt: skip
+    english = dsn.build_report(report)
+    theirs = dsn.build_report(report, reader=Reader(language, "Europe/Madrid"))
+    assert _status_part(theirs) == _status_part(english)
+    msg = email.message_from_bytes(theirs, policy=email.policy.default)
+    human = msg.get_payload()[0]  # type: ignore[index]
+    assert human["Content-Language"] == language
+    said = human.get_content()
+    expected = {
+        "es": ("No se pudo entregar: «Contrato»", "indica que esta dirección no existe"),
+        "ca": ("No s'ha pogut lliurar: «Contrato»", "indica que aquesta adreça no existeix"),
+        "it": ("Mancata consegna: «Contrato»", "indica che questo indirizzo non esiste"),
+    }[language]
+    assert str(msg["Subject"]) == expected[0] and expected[1] in said
+    assert "does not exist" not in said and "550 <bob@example.org>: Recipient" in said
+    assert failures(Received("", ["alice@example.com"], theirs)) == (set(), {"bob@example.org"})
+    assert [(r.recipient, r.action, r.status) for r in parse_dsn(theirs)] == [
+        ("bob@example.org", "failed", "5.1.1")
+    ]
