@@ -679,6 +679,7 @@ class DocumentMaker:
                 pdf=pdf,
                 receipt=receipt,
                 reader=await self.reader_for(address),
+                verify_url=evidence["verification"]["url"],
                 publicly_trusted=self.cfg.signing.publicly_trusted,
                 received_at=row["created"],
             )
@@ -780,7 +781,9 @@ class DocumentMaker:
             recipients=_outcomes_for_mail(recipients),
             pdf=pdf,
             reader=await self.reader_for(row["sender"]),
+            verify_url=evidence["verification"]["url"],
             publicly_trusted=self.cfg.signing.publicly_trusted,
+            outcome=str(outcome(evidence)),
         )
         issued = (
             f"{label}Issued",
@@ -864,7 +867,9 @@ class DocumentMaker:
             pdf=pdf,
             label=label,
             reader=await self.reader_for(row["sender"]),
+            verify_url=evidence["verification"]["url"],
             publicly_trusted=self.cfg.signing.publicly_trusted,
+            outcome=str(outcome(evidence)),
         )
         event = "CertificateIssued" if label == "Certificate" else "AddendumIssued"
         issued = (event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha})
