@@ -81,6 +81,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import quote
 
+from certifier.copies import Edit, compact
+
 # The MIME readers are shared with the certificate so both see the same parts.
 from certifier.mime import (
     PART_FIELDS,
@@ -116,13 +118,20 @@ class Injection:
 
     ``links[n - 1]`` is the URL recorded for link ``n``; ``parts_rewritten`` counts the
     MIME parts whose body changed; ``notes`` says, in plain English, what was left as it
-    was and why.
+    was and why. ``edits`` are the byte edits that make ``message`` from the input
+    (:func:`certifier.copies.apply`; ascending, not overlapping, only the bytes that
+    changed), so the copy can be rebuilt from the original; ``pixel`` says whether the
+    open pixel was added; ``reencoded`` names each part (as the notes name it) whose
+    transfer encoding or charset changed, with the new one.
     """
 
     message: bytes
     links: tuple[str, ...]
     parts_rewritten: int
     notes: tuple[str, ...]
+    edits: tuple[Edit, ...] = ()
+    pixel: bool = False
+    reencoded: tuple[tuple[str, str], ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -785,9 +794,11 @@ def _apply(plan: _Plan, base: str, tokens: dict[int, str]) -> str:
     return "".join(out)
 
 
-def _part_edits(raw: bytes, plan: _Plan, new_text: str) -> list[tuple[int, int, bytes]]:
+def _part_edits(
+    raw: bytes, plan: _Plan, new_text: str, reencoded: list[tuple[str, str]]
+) -> list[tuple[int, int, bytes]]:
     """Byte edits (start, end, replacement) for one rewritten part: the body first, then
-    maybe header fields."""
+    maybe header fields (each such change named in ``reencoded``)."""
     leaf = plan.leaf
     eol = raw[leaf.blank : leaf.body_start]
     try:
@@ -810,6 +821,7 @@ def _part_edits(raw: bytes, plan: _Plan, new_text: str) -> list[tuple[int, int, 
     edits = [(leaf.body_start, leaf.end, body)]
     fields = _fields(raw, leaf.start, leaf.blank)
     if cte != leaf.cte:
+        reencoded.append((_where(leaf.section), "quoted-printable"))
         new_field = b"Content-Transfer-Encoding: quoted-printable" + eol
         cte_fields = [f for f in fields if f[0] == b"content-transfer-encoding"]
         if cte_fields:
@@ -817,6 +829,7 @@ def _part_edits(raw: bytes, plan: _Plan, new_text: str) -> list[tuple[int, int, 
         else:
             edits.append((leaf.blank, leaf.blank, new_field))
     if utf8:
+        reencoded.append((_where(leaf.section), "utf-8"))
         ct_fields = [f for f in fields if f[0] == b"content-type"]
         if ct_fields:
             _, f_start, f_end = ct_fields[0]
@@ -890,8 +903,9 @@ def inject(
     try:
         edits: list[tuple[int, int, bytes]] = []
         bodies: dict[str, bytes] = {}
+        reencoded: list[tuple[str, str]] = []
         for plan in plans:
-            part_edits = _part_edits(raw, plan, _apply(plan, base, tokens))
+            part_edits = _part_edits(raw, plan, _apply(plan, base, tokens), reencoded)
             bodies[plan.leaf.section] = part_edits[0][2]
             edits.extend(part_edits)
         message = _splice(raw, edits)
@@ -909,4 +923,14 @@ def inject(
     if not same:
         notes.add("rewriting would have changed the MIME structure: the message is left as it is")
         return Injection(raw, (), 0, notes.result())
-    return Injection(message, tuple(links.numbers), len(plans), notes.result())
+    # _splice sorted the edits; the recipe keeps only the bytes that changed.
+    spliced = compact(raw, (Edit(start, end - start, new) for start, end, new in edits))
+    return Injection(
+        message,
+        tuple(links.numbers),
+        len(plans),
+        notes.result(),
+        tuple(spliced),
+        any(plan.pixel_at is not None for plan in plans),
+        tuple(reencoded),
+    )

@@ -32,6 +32,9 @@ __all__ = [
     "FORMAT",
     "SCHEMA_FILE",
     "Attachment",
+    "Copy",
+    "CopyChange",
+    "CopyEdit",
     "EvidenceLog",
     "EvidenceRecord",
     "Gateway",
@@ -158,6 +161,39 @@ class RecipientTracking(TypedDict, total=False):
     notes: list[str]
 
 
+class CopyEdit(TypedDict):
+    offset: int
+    length: int
+    insert: str  # base64
+
+
+class CopyChange(TypedDict, total=False):
+    change: Required[
+        Literal[
+            "header_added",
+            "link_tracked",
+            "open_pixel_added",
+            "from_rewritten",
+            "part_reencoded",
+            "other",
+        ]
+    ]
+    field: str  # header_added: the field's name
+    link: int  # link_tracked: its number (1 first), as the tracking evidence numbers it
+    url: str  # link_tracked: where it pointed
+    part: str  # part_reencoded: which part, in words
+    encoding: str  # part_reencoded: the new transfer encoding or charset
+    detail: str  # other: what, in words, when known
+
+
+class Copy(TypedDict):
+    """How to rebuild a recipient's delivered copy from message.eml (:mod:`certifier.copies`)."""
+
+    prefix: str
+    edits: list[CopyEdit]
+    changes: list[CopyChange]
+
+
 class Recipient(TypedDict, total=False):
     address: Required[str]
     status: Required[Literal["queued", "deferred", "delivered", "failed", "withdrawn", "bounced"]]
@@ -170,6 +206,7 @@ class Recipient(TypedDict, total=False):
     tls: Tls | None
     attempts: int
     delivered_sha256: str | None
+    copy: Copy | None
     note: str | None
     tracking: RecipientTracking | None
 

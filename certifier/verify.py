@@ -38,7 +38,13 @@ as a named :class:`Check` with a sentence a person can act on:
     the timeline lists the same events (:func:`certifier.evidence.verify_excerpt`);
 13. ``checkpoint`` — only when the evidence carries one: the RFC 3161 token of the log
     checkpoint covering those entries timestamps it, and its TSA chains to a trust
-    anchor (:func:`certifier.checkpoints.check_embedded`).
+    anchor (:func:`certifier.checkpoints.check_embedded`);
+14. ``delivered-copies`` — every recipient whose evidence says how its copy was made
+    (``copy``: header fields put in front, tracking links, From rewritten) gets that
+    copy rebuilt from ``message.eml`` (:func:`certifier.copies.rebuild`), and its
+    SHA-256 must be the ``delivered_sha256`` stated; the detail names the first
+    recipient whose copy does not rebuild or match. A certificate made before copies
+    were recorded passes it as "not recorded".
 
 A parser giving up half-way on a hostile file adds a failed ``processing`` check.
 :func:`verify_certificate` never raises on bad input: random bytes, a truncated file or
@@ -71,7 +77,7 @@ from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
 
-from certifier import checkpoints, evidence_record
+from certifier import checkpoints, copies, evidence_record
 from certifier import evidence as evidence_log
 from certifier.document import EMBEDDED_EVIDENCE, EMBEDDED_MESSAGE, content_unavailable
 from certifier.errors import VerificationError
@@ -232,7 +238,72 @@ def _verify(pdf: bytes, trust_roots: list[Path], checks: list[Check]) -> dict | 
     if evidence is not None:
         checks.append(_schema_check(evidence))
         checks.extend(_evidence_log_checks(evidence, roots))
+        eml = files[EMBEDDED_MESSAGE][0] if len(files.get(EMBEDDED_MESSAGE, [])) == 1 else None
+        checks.append(copies_check(evidence, eml))
     return evidence
+
+
+def copies_check(evidence: dict, eml: bytes | None) -> Check:
+    """Check 14: each recipient's delivered copy, rebuilt from ``eml`` with the recipe
+    in the evidence, has the SHA-256 stated as delivered."""
+    recipients = evidence.get("recipients")
+    rows = [r for r in recipients if isinstance(r, dict)] if isinstance(recipients, list) else []
+    problems: list[str] = []
+    rebuilt = unrecorded = 0
+    for row in rows:
+        copy, stated = row.get("copy"), row.get("delivered_sha256")
+        who = _printable(row.get("address"))
+        if copy is None:
+            if isinstance(stated, str):
+                unrecorded += 1
+            continue
+        if not isinstance(stated, str):
+            problems.append(f"the copy for {who} is described but no delivered SHA-256 is stated")
+            continue
+        if eml is None:
+            return Check(
+                "delivered-copies",
+                True,
+                f"Not checked: {EMBEDDED_MESSAGE} is not embedded, so no copy can be rebuilt.",
+                content_not_certified=True,
+            )
+        try:
+            made = copies.rebuild(eml, copy)
+        except copies.RecipeError as why:
+            problems.append(f"the copy delivered to {who} cannot be rebuilt: {why}")
+            continue
+        actual = hashlib.sha256(made).hexdigest()
+        if actual != stated.lower():
+            problems.append(
+                f"the copy rebuilt for {who} has SHA-256 {actual}, not the {stated[:64]} "
+                "stated as delivered"
+            )
+            continue
+        rebuilt += 1
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check(
+            "delivered-copies", False, f"{problems[0][:1].upper()}{problems[0][1:]}{more}."
+        )
+    if not rebuilt:
+        return Check(
+            "delivered-copies",
+            True,
+            "Not recorded: the evidence states no recipe for a delivered copy "
+            "(a certificate made before copies were recorded, or nothing was delivered).",
+        )
+    detail = (
+        f"{rebuilt} delivered cop{'y' if rebuilt == 1 else 'ies'} rebuilt from {EMBEDDED_MESSAGE}, "
+        "each with the SHA-256 stated as delivered"
+    )
+    if unrecorded:
+        detail += f"; {unrecorded} delivered copy(ies) not recorded"
+    return Check("delivered-copies", True, detail + ".")
+
+
+def _printable(value: object) -> str:
+    text = str(value)[:200]
+    return "<" + "".join(c if c.isprintable() else "?" for c in text) + ">"
 
 
 def _schema_check(evidence: dict) -> Check:

@@ -9,6 +9,7 @@ DKIM signatures are checked with dkimpy against the keys published in that DNS.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import smtplib
@@ -21,6 +22,8 @@ import dkim
 import dns.resolver
 import pytest
 
+from certifier.copies import rebuild
+from certifier.verify import copies_check
 from relay.delivery.dkim_keys import DkimKey, DkimKeyring
 from tests.conftest import (
     CERT_ADDRESS,
@@ -408,3 +411,49 @@ def test_from_is_rewritten_when_the_domain_has_no_key(
     assert copy["From"] == f"Alice Example via Certifica <{CERT_ADDRESS}>"
     assert copy["Reply-To"] == "Alice Example <alice@sender.test>"
     assert len(copy.get_all("From")) == 1
+
+
+# -- the delivered copies rebuilt from the certificate (certifier/copies.py) ---------------
+def test_each_certified_copy_is_rebuilt_from_the_certificate(
+    certified_run: dict, gateway: Gateway
+) -> None:
+    eml = (certified_run["pdf"].parent / "message.eml").read_bytes()
+    assert eml == certified_run["raw"]
+    got = {
+        "dave@example.org": certified_run["dave"][0],
+        "erin@example.net": certified_run["erin"][0],
+    }
+    for recipient in certified_run["evidence"]["recipients"]:
+        data = got[recipient["address"]].data
+        recipe = recipient["copy"]
+        assert rebuild(eml, recipe) == data
+        assert hashlib.sha256(data).hexdigest() == recipient["delivered_sha256"]
+        added = [c["field"] for c in recipe["changes"] if c["change"] == "header_added"]
+        assert added == ["DKIM-Signature", "Received", "X-Certifica-Copy"]
+        assert recipe["edits"] == []  # only fields put in front: the sender's bytes follow
+    result = gateway.cli("verify", str(certified_run["pdf"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   delivered-copies: 2 delivered copies rebuilt" in result.stdout, result.stdout
+
+
+def test_a_copy_with_from_rewritten_is_rebuilt_from_the_certificate(
+    strict_gateway: Gateway, sink: Sink, dns_zone: tuple[DNSServer, dict], tmp_path: Path
+) -> None:
+    raw = signed(message(to="ivan@example.org", cc=CERT_ADDRESS), dns_zone[1]["sender"])
+    code, reply = send_mx(strict_gateway, raw)
+    assert code == 250, reply
+    qid = qid_of(reply)
+    data = copies(sink, qid, "ivan@example.org")[0].data
+    pdf, evidence = evidence_of(certificate_for(sink, qid), tmp_path)
+    eml = (tmp_path / "message.eml").read_bytes()
+    assert eml == raw
+    (recipient,) = evidence["recipients"]
+    recipe = recipient["copy"]
+    assert rebuild(eml, recipe) == data
+    assert hashlib.sha256(data).hexdigest() == recipient["delivered_sha256"]
+    assert {"change": "from_rewritten"} in recipe["changes"]
+    assert {"change": "header_added", "field": "Reply-To"} in recipe["changes"]
+    assert copies_check(evidence, eml).ok
+    result = strict_gateway.cli("verify", str(pdf))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   delivered-copies: 1 delivered copy rebuilt" in result.stdout, result.stdout

@@ -11,6 +11,8 @@ bounce reader (:func:`relay.cleanup.bounces.parse_dsn`).
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import re
 import signal
 import smtplib
@@ -26,6 +28,7 @@ from flufl.bounce import all_failures
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certifier.i18n import Reader
 from relay.certify import dsn
 from relay.cleanup.bounces import make_return_path, parse_dsn
 from tests.conftest import (
@@ -282,7 +285,8 @@ def test_ret_full_returns_the_message_up_to_the_configured_size(
     human, _, original = parts(report)
     assert original.get_content_type() == "text/rfc822-headers"
     assert b"yyyy" not in report.data
-    assert "RET=FULL" in human.get_content() and str(len(big)) in human.get_content()
+    said = human.get_content()
+    assert "RET=FULL" in said and f"{Reader().number(len(big))} bytes" in said  # "4,575 bytes"
 
     hdrs = send(gateway, small, ["reject-hdrs@example.org"], mail_options=("RET=HDRS",))
     (report,) = reports_for(home, hdrs)
@@ -473,7 +477,7 @@ def test_a_late_report_quotes_our_copy_and_goes_once_per_recipient_and_action(
     report = late[0]
     assert_envelope_and_headers(report, gateway)
     human, blocks, original = parts(report)
-    assert str(report.message["Subject"]).startswith("Undelivered mail: genuine ")
+    assert str(report.message["Subject"]).startswith("Undelivered mail: “genuine ")
     assert len(blocks) == 2  # vanish2@ only: reject-late@ was never delivered
     assert block_for(blocks, "vanish2@example.org")["Action"] == "failed"
     assert b"evil.example" not in report.data
@@ -535,9 +539,10 @@ def test_certified_failure_says_not_delivered_in_the_certificate_mail(
         ]
 
     (mail,) = certificate(home.wait_for(lambda ms: bool(certificate(ms)), 90))
-    assert "Not delivered to reject-cert@example.org" in str(mail.message["Subject"])
+    assert str(mail.message["Subject"]).startswith("Certificate of non-delivery: “Notice to quit”")
     text = mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert text.startswith("Your message was not delivered to reject-cert@example.org.")
+    first = " ".join(text.split("\n\n", 1)[0].split())  # the first paragraph, unwrapped
+    assert first == "Your message “Notice to quit” was not delivered to reject-cert@example.org."
     finished(gateway, qid)
     assert_no_report(gateway, home, qid)  # the certificate is the notice
 
@@ -691,7 +696,9 @@ def test_report_headers_never_carry_a_line_break_from_the_original(tmp_path: Pat
     )
     data = _report(status, raw, arrival=time.time())
     top = data.split(b"\r\n\r\n", 1)[0]
-    assert b"X-Evil: 1" in top and not re.search(rb"\nX-Evil", top)  # text, not a field
+    assert not re.search(rb"\nX-Evil", top)
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert "X-Evil: 1" in str(msg["Subject"]) and "X-Evil" not in msg  # text, not a field
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert not re.search(rb"\r\nX-Evil", status_part)
     assert not re.search(rb"(?<!\r)\n", data)  # CRLF throughout
@@ -750,3 +757,50 @@ def test_an_smtputf8_recipient_is_written_as_rfc_6533_xtext() -> None:
     assert b"Final-Recipient: utf-8; j\\x{F6}s\\x{E9}\\x{2B}1@ex\\x{E4}mple.org\r\n" in data
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"--=_certifica", 1)[0]
     assert status_part.isascii()
+
+
+def _status_part(data: bytes) -> bytes:
+    part = data.split(b"Content-Type: message/delivery-status\r\n\r\n", 1)[1]
+    return part.split(b"\r\n--=_certifica_report_", 1)[0]
+
+
+@pytest.mark.parametrize("language", ["es", "ca", "it"])
+def test_the_first_part_is_in_the_senders_language_and_the_status_part_unchanged(
+    language: str,
+) -> None:
+    """The same report for an English and another reader: the first part and the subject
+    differ, the ``message/delivery-status`` part is the same bytes, and the parsers that
+    read English reports read this one alike."""
+    status = dsn.recipient_status(
+        address="bob@example.org",
+        action=dsn.Action.FAILED,
+        reply_code=550,
+        reply_enhanced="5.1.1",
+        reply_text="<bob@example.org>: Recipient address rejected: User unknown",
+        mx_host="mx.example.org",
+        last_attempt=1796294525.0,
+    )
+    report = dsn.Report(
+        hostname="gw.example", domain="gw.example", to="alice@example.com",
+        queue_id="0123456789AB", arrival=1796294500.0, recipients=(status,),
+        original=b"Subject: Contrato\r\nMessage-ID: <c@example.com>\r\n\r\nbody\r\n",
+        now=1796294530.0,
+    )  # fmt: skip
+    english = dsn.build_report(report)
+    theirs = dsn.build_report(report, reader=Reader(language, "Europe/Madrid"))
+    assert _status_part(theirs) == _status_part(english)
+    msg = email.message_from_bytes(theirs, policy=email.policy.default)
+    human = msg.get_payload()[0]  # type: ignore[index]
+    assert human["Content-Language"] == language
+    said = human.get_content()
+    expected = {
+        "es": ("No se pudo entregar: «Contrato»", "indica que esta dirección no existe"),
+        "ca": ("No s'ha pogut lliurar: «Contrato»", "indica que aquesta adreça no existeix"),
+        "it": ("Mancata consegna: «Contrato»", "indica che questo indirizzo non esiste"),
+    }[language]
+    assert str(msg["Subject"]) == expected[0] and expected[1] in said
+    assert "does not exist" not in said and "550 <bob@example.org>: Recipient" in said
+    assert failures(Received("", ["alice@example.com"], theirs)) == (set(), {"bob@example.org"})
+    assert [(r.recipient, r.action, r.status) for r in parse_dsn(theirs)] == [
+        ("bob@example.org", "failed", "5.1.1")
+    ]

@@ -306,6 +306,7 @@ class DocumentMaker:
                     sha256=row["sha256"],
                     recipients=recipients,
                     original=original,
+                    reader=await self.reader_for(row["sender"]),
                 )
             except ValueError as why:
                 # A value of the message's that no header field may carry: the same at
@@ -458,7 +459,9 @@ class DocumentMaker:
                 await self.store.record_report(qid, None, final, delay, now)
                 log.info("%s: no delivery status notification: %s", qid, why_not)
                 return True
-            data = self._build_report(row, sender, entries, raw)
+            data = self._build_report(
+                row, sender, entries, raw, reader=await self.reader_for(sender)
+            )
             report_qid = new_queue_id()
             await asyncio.to_thread(self.spool.store, report_qid, data)
             report = NewMessage(
@@ -489,9 +492,12 @@ class DocumentMaker:
         original: bytes,
         reported_by: str | None = None,
         headers_only: bool = False,
+        *,
+        reader: Reader,
     ) -> bytes:
         """``headers_only``: ``original`` is only the header section (the message left the
-        queue), attached as ``text/rfc822-headers`` whatever RET= asked."""
+        queue), attached as ``text/rfc822-headers`` whatever RET= asked. ``reader``: the
+        sender, in whose language the report's first part is written."""
         # RET=FULL returns the whole message on failure only (RFC 3461 §4.3), up to a cap.
         full = (
             row["dsn_ret"] == "FULL"
@@ -512,7 +518,8 @@ class DocumentMaker:
                 full_refused=len(original) if too_big else None,
                 envid=row["dsn_envid"],
                 reported_by=reported_by,
-            )
+            ),
+            reader=reader,
         )
 
     async def _pass_on(self, report_row: dict[str, Any]) -> None:
@@ -572,7 +579,13 @@ class DocumentMaker:
             log.info("%s: no delivery status notification passed on for %s", qid, parent["qid"])
             return
         data = self._build_report(
-            parent, sender, entries, original, reporting or "a remote server", headers_only
+            parent,
+            sender,
+            entries,
+            original,
+            reporting or "a remote server",
+            headers_only,
+            reader=await self.reader_for(sender),
         )
         report_qid = await self.queue_generated(
             "report",
@@ -651,7 +664,7 @@ class DocumentMaker:
         pdf_sha = await self._record_verification(row, row["cert_id"], pdf, evidence)
         original = notices.original_headers(raw)
 
-        def mail(receipt: bool, address: str) -> bytes:
+        async def mail(receipt: bool, address: str) -> bytes:
             return notices.build_reception_mail(
                 gateway_name=self._gateway_name(),
                 from_address=self.cfg.gateway.certification_address,
@@ -665,11 +678,15 @@ class DocumentMaker:
                 original=original,
                 pdf=pdf,
                 receipt=receipt,
+                reader=await self.reader_for(address),
+                verify_url=evidence["verification"]["url"],
+                publicly_trusted=self.cfg.signing.publicly_trusted,
+                received_at=row["created"],
             )
 
         if to:
             receipt_qid = await self.queue_generated(
-                "receipt", row, mail(True, to), {}, recipient=to
+                "receipt", row, await mail(True, to), {}, recipient=to
             )
             await self.store.append_evidence(
                 qid, "ReceiptSent", {"to": to, "receipt_qid": receipt_qid}, time.time()
@@ -678,7 +695,7 @@ class DocumentMaker:
             await self.queue_generated(
                 "certificate",
                 row,
-                mail(False, row["sender"]),
+                await mail(False, row["sender"]),
                 certified_columns(),
                 only_if=CERTIFICATE_OWED,
                 evidence=(
@@ -763,6 +780,10 @@ class DocumentMaker:
             addendum_of=row["cert_id"] if addendum is not None else None,
             recipients=_outcomes_for_mail(recipients),
             pdf=pdf,
+            reader=await self.reader_for(row["sender"]),
+            verify_url=evidence["verification"]["url"],
+            publicly_trusted=self.cfg.signing.publicly_trusted,
+            outcome=str(outcome(evidence)),
         )
         issued = (
             f"{label}Issued",
@@ -845,6 +866,10 @@ class DocumentMaker:
             original=notices.original_headers(raw),
             pdf=pdf,
             label=label,
+            reader=await self.reader_for(row["sender"]),
+            verify_url=evidence["verification"]["url"],
+            publicly_trusted=self.cfg.signing.publicly_trusted,
+            outcome=str(outcome(evidence)),
         )
         event = "CertificateIssued" if label == "Certificate" else "AddendumIssued"
         issued = (event, {"certificate_id": cert_id, "pdf_sha256": pdf_sha})
@@ -916,12 +941,14 @@ class DocumentMaker:
 
 
 def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Each recipient's address, status and last reply, as the sender's mail lists them."""
+    """Each recipient's address, status, last reply and its time, as the sender's mail
+    lists them."""
     return [
         {
             "address": r["address"],
             "status": r["status"],
             "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
+            "at": iso(r["last_attempt"]) or "",
         }
         for r in recipients
     ]

@@ -11,7 +11,9 @@ when a report is due and queues what this module builds):
   report it is copied into.
 - **Reports** (RFC 3464 ``message/delivery-status`` inside an RFC 6522
   ``multipart/report; report-type=delivery-status``, which replaced RFC 3462): a plain
-  first part for people, the machine-readable status part (per message
+  first part for people, in the sender's language (:class:`certifier.i18n.Reader`, the
+  gettext domain ``mail``; ``Content-Language``, RFC 3282, on that part), the
+  machine-readable status part, the same in every language (per message
   ``Reporting-MTA``, ``Original-Envelope-Id``, ``Arrival-Date``; per recipient
   ``Final-Recipient``, ``Original-Recipient``, ``Action``, ``Status`` (RFC 3463),
   ``Remote-MTA``, ``Diagnostic-Code``, ``Last-Attempt-Date``, ``Will-Retry-Until``),
@@ -44,7 +46,8 @@ from email.message import EmailMessage, Message
 from enum import StrEnum
 
 from certifier.errors import PermanentError
-from relay.certify.notices import one_line, original_headers
+from certifier.i18n import Reader
+from relay.certify.notices import DEFAULT_READER, DOMAIN, N_, one_line, original_headers
 
 __all__ = [
     "MAIL_KEYWORDS",
@@ -219,6 +222,15 @@ def wants(notify: str | None, action: Action | str) -> bool:
 
 
 # -- what the report says -------------------------------------------------------------------
+Sentence = tuple[str, tuple[tuple[str, str], ...]]
+"""A sentence of the first part not yet translated: its message id (English, marked with
+``N_``) and the values of its named placeholders."""
+
+
+def _sentence(message: str, **values: str) -> Sentence:
+    return message, tuple(values.items())
+
+
 @dataclass(frozen=True)
 class RecipientStatus:
     """One recipient's block of the report (RFC 3464 §2.3) and its plain explanation."""
@@ -226,12 +238,17 @@ class RecipientStatus:
     address: str
     action: Action
     status: str  # RFC 3463, "5.1.1"
-    explanation: str  # plain words for the first part
+    explanation: tuple[Sentence, ...]  # plain words for the first part (see explain)
     diagnostic: str | None = None  # the Diagnostic-Code value: "smtp; 550 5.1.1 ..."
     remote_mta: str | None = None
     original_recipient: str | None = None  # "rfc822;bob@example.org"
     last_attempt: float | None = None
     will_retry_until: float | None = None
+
+    def explain(self, reader: Reader = DEFAULT_READER) -> str:
+        """The explanation in ``reader``'s language."""
+        _ = reader.catalog(DOMAIN).gettext
+        return " ".join(_(message) % dict(values) for message, values in self.explanation)
 
 
 @dataclass(frozen=True)
@@ -315,39 +332,72 @@ def _explain(
     code: int | None,
     text: str,
     expired: bool,
-) -> str:
+) -> tuple[Sentence, ...]:
     """One or two plain sentences: what happened, and what the other side said."""
-    said = f" Their server said: {code} {text}" if code else ""
+    said = (_sentence(N_("Their server said: %(reply)s"), reply=f"{code} {text}"),) if code else ()
     if action == Action.DELAYED:
         last = f"{code} {text}" if code else text
-        why = f" The last problem was: {last}" if last else ""
-        return f"It has not been delivered yet; the gateway keeps trying.{why}"
+        why = (_sentence(N_("The last problem was: %(problem)s"), problem=last),) if last else ()
+        return (_sentence(N_("It has not been delivered yet; the gateway keeps trying.")), *why)
     if action in (Action.RELAYED, Action.DELIVERED):
-        where = f" ({mx_host})" if mx_host else ""
+        if mx_host:
+            return (
+                _sentence(
+                    N_(
+                        "It was handed to the recipient's mail server (%(server)s), which "
+                        "accepted it. That server may not report further."
+                    ),
+                    server=mx_host,
+                ),
+            )
         return (
-            f"It was handed to the recipient's mail server{where}, which accepted it. "
-            "That server may not report further."
+            _sentence(
+                N_(
+                    "It was handed to the recipient's mail server, which accepted it. That "
+                    "server may not report further."
+                )
+            ),
         )
     if expired:
         return (
-            "The gateway kept trying but could not deliver it before giving up. "
-            f"The last problem was: {text.split('; last: ', 1)[-1]}"
+            _sentence(N_("The gateway kept trying but could not deliver it before giving up.")),
+            _sentence(
+                N_("The last problem was: %(problem)s"), problem=text.split("; last: ", 1)[-1]
+            ),
         )
     if status == "5.1.2":
-        return f"The domain {domain} does not exist, so the address cannot receive mail."
+        return (
+            _sentence(
+                N_("The domain %(domain)s does not exist, so the address cannot receive mail."),
+                domain=domain,
+            ),
+        )
     if status == "5.1.10":
-        return f"The domain {domain} says it accepts no mail at all."
+        return (
+            _sentence(N_("The domain %(domain)s says it accepts no mail at all."), domain=domain),
+        )
     if status.startswith("5.1."):
-        return "The recipient's mail server says this address does not exist." + said
+        return (
+            _sentence(N_("The recipient's mail server says this address does not exist.")),
+            *said,
+        )
     if status.startswith("5.2."):
-        return "The recipient's mailbox cannot take it (full, disabled or too small)." + said
+        return (
+            _sentence(N_("The recipient's mailbox cannot take it (full, disabled or too small).")),
+            *said,
+        )
     if status.startswith("5.7."):
         return (
-            "The recipient's mail server refused it by policy (for example a spam filter)." + said
+            _sentence(
+                N_("The recipient's mail server refused it by policy (for example a spam filter).")
+            ),
+            *said,
         )
     if code:
-        return "The recipient's mail server refused it." + said
-    return f"It could not be delivered: {text}" if text else "It could not be delivered."
+        return (_sentence(N_("The recipient's mail server refused it.")), *said)
+    if text:
+        return (_sentence(N_("It could not be delivered: %(reason)s"), reason=text),)
+    return (_sentence(N_("It could not be delivered.")),)
 
 
 def late_status(
@@ -366,15 +416,25 @@ def late_status(
         status = {Action.FAILED: "5.0.0", Action.DELAYED: "4.0.0"}.get(action, "2.0.0")
     said = _ascii_line(diagnostic or "")
     what = {
-        Action.FAILED: "then reported that it could not deliver it",
-        Action.DELAYED: "then reported that delivery is delayed",
-    }.get(action, "then reported it delivered")
+        Action.FAILED: N_(
+            "The recipient's mail server accepted the message, then reported that it could "
+            "not deliver it."
+        ),
+        Action.DELAYED: N_(
+            "The recipient's mail server accepted the message, then reported that delivery "
+            "is delayed."
+        ),
+    }.get(
+        action, N_("The recipient's mail server accepted the message, then reported it delivered.")
+    )
     return RecipientStatus(
         address=address,
         action=action,
         status=status,
-        explanation=f"The recipient's mail server accepted the message, {what}."
-        + (f" It said: {said}" if said else ""),
+        explanation=(
+            _sentence(what),
+            *((_sentence(N_("It said: %(reply)s"), reply=said),) if said else ()),
+        ),
         diagnostic=f"smtp; {said}" if said else None,
         remote_mta=_ascii_line(remote_mta, 255) if remote_mta else None,
         original_recipient=orcpt,
@@ -433,29 +493,47 @@ def _block(fields: list[tuple[str, str]]) -> Message:
 
 
 _TITLES = {
-    Action.FAILED: ("Undelivered mail", "could not be delivered to"),
-    Action.DELAYED: ("Delivery delayed", "has not yet been delivered to"),
-    Action.RELAYED: ("Delivered", "was handed on for delivery to"),
-    Action.DELIVERED: ("Delivered", "was delivered to"),
+    Action.FAILED: (
+        N_("Undelivered mail: “%(subject)s”"),
+        N_("Your message “%(subject)s” could not be delivered to the recipients below."),
+    ),
+    Action.DELAYED: (
+        N_("Delivery delayed: “%(subject)s”"),
+        N_("Your message “%(subject)s” has not yet been delivered to the recipients below."),
+    ),
+    Action.RELAYED: (
+        N_("Delivered: “%(subject)s”"),
+        N_("Your message “%(subject)s” was handed on for delivery to the recipients below."),
+    ),
+    Action.DELIVERED: (
+        N_("Delivered: “%(subject)s”"),
+        N_("Your message “%(subject)s” was delivered to the recipients below."),
+    ),
 }
+"""The subject and first sentence of a report, by the action it is about."""
 
 
-def build_report(report: Report) -> bytes:
-    """The report as bytes, CRLF throughout, ready for the queue (DKIM comes later)."""
+def build_report(report: Report, *, reader: Reader = DEFAULT_READER) -> bytes:
+    """The report as bytes, CRLF throughout, ready for the queue (DKIM comes later). Its
+    subject and first part are written for ``reader`` (the sender); the
+    ``message/delivery-status`` part and the returned original are the same whoever
+    reads it."""
+    _ = reader.catalog(DOMAIN).gettext
     now = report.now if report.now is not None else time.time()
     first = report.recipients[0].action
     for action in (Action.FAILED, Action.DELAYED):
         if any(r.action == action for r in report.recipients):
             first = action
             break
-    title, verb = _TITLES[first]
+    title, opening = _TITLES[first]
     original = original_headers(report.original)
+    subject = one_line(original.subject, 150)
     to = one_line(report.to, 320)
     policy = email.policy.SMTP if to.isascii() else email.policy.SMTPUTF8
     msg = EmailMessage(policy=policy)
     msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{report.domain}>"
     msg["To"] = to
-    msg["Subject"] = one_line(f"{title}: {original.subject}", 200)
+    msg["Subject"] = one_line(_(title) % {"subject": subject}, 200)
     msg["Date"] = _date(now)
     msg["Message-ID"] = email.utils.make_msgid(domain=report.hostname)
     if original.message_id:
@@ -468,31 +546,40 @@ def build_report(report: Report) -> bytes:
     msg["Content-Type"] = f'multipart/report; report-type=delivery-status; boundary="{boundary}"'
 
     lines = [
-        f"This is the mail system at {report.hostname}.",
+        _("This is the mail system at %(host)s.") % {"host": report.hostname},
         "",
-        f'Your message "{original.subject}" {verb} the recipients below.',
+        _(opening) % {"subject": subject},
     ]
     if report.reported_by:
         lines += [
             "",
-            f"This passes on a report from {_ascii_line(report.reported_by, 200)}, the "
-            "recipient's side, which had accepted the message.",
+            _(
+                "This passes on a report from %(server)s, the recipient's side, which had "
+                "accepted the message."
+            )
+            % {"server": _ascii_line(report.reported_by, 200)},
         ]
     for r in report.recipients:
-        lines += ["", f"  {one_line(r.address, 320)}:", f"    {r.explanation}"]
+        lines += ["", f"  {one_line(r.address, 320)}:", f"    {r.explain(reader)}"]
     if first == Action.DELAYED:
-        lines += ["", "You do not need to send it again. You will hear from us if it fails."]
+        lines += [
+            "",
+            _("You do not need to send it again. You will hear from us if it fails."),
+        ]
     if report.full_refused is not None:
         lines += [
             "",
-            f"You asked for the whole message back (RET=FULL), but it has "
-            f"{report.full_refused} bytes, more than this gateway returns: only its "
-            "header fields are attached.",
+            _(
+                "You asked for the whole message back (RET=FULL), but it has %(size)s bytes, "
+                "more than this gateway returns: only its header fields are attached."
+            )
+            % {"size": reader.number(report.full_refused)},
         ]
-    lines += ["", "The technical details follow, for your mail administrator."]
+    lines += ["", _("The technical details follow, for your mail administrator.")]
     human = EmailMessage(policy=policy)
     human.set_content("\r\n".join(lines) + "\r\n", charset="utf-8")
     del human["MIME-Version"]
+    human["Content-Language"] = reader.language
 
     per_message = [("Reporting-MTA", f"dns; {report.hostname}")]
     if report.envid:

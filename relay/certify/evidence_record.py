@@ -100,6 +100,8 @@ async def build_evidence(
                 else None,
                 "attempts": r["attempts"],
                 "delivered_sha256": r["delivered_sha256"],
+                # How to rebuild the delivered copy from message.eml (certifier.copies).
+                "copy": json.loads(r["delivered_copy"]) if r.get("delivered_copy") else None,
                 "note": r["note"],
                 "tracking": None
                 if r.get("tracked") is None

@@ -1,4 +1,9 @@
-"""``certifica users``: the users who may submit mail (add, set, tracking, list, remove)."""
+"""``certifica users``: the users who may submit mail (add, set, tracking, list, remove).
+
+A user may have a language and a time zone of its own (``--language``, ``--timezone``):
+the mails the gateway writes to it (notice, certificate mail, reports) and its
+certificates are in that language, with times in that zone (README, "Languages and
+readers"); without them, ``[gateway] language`` and ``timezone`` apply."""
 
 from __future__ import annotations
 
@@ -7,7 +12,34 @@ import getpass
 import sys
 import time
 
+from certifier.i18n import LANGUAGES, check_language, check_timezone
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+
+
+def _reading(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``--language`` and ``--timezone`` checked before anything is touched: None when not
+    given, "" to go back to the ``[gateway]`` default, else a language of
+    :data:`certifier.i18n.LANGUAGES` and an IANA time zone name; a wrong one is refused
+    with a sentence naming what is allowed."""
+    language, timezone = args.language, args.timezone
+    try:
+        if language:
+            language = check_language(language.strip().lower())
+        if timezone:
+            timezone = check_timezone(timezone.strip())
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return language, timezone
+
+
+def _reading_changes(language: str | None, timezone: str | None) -> list[str]:
+    """What ``users add``/``set`` says it set, one phrase each."""
+    said = []
+    if language is not None:
+        said.append(f"language {language}" if language else "language: the [gateway] default")
+    if timezone is not None:
+        said.append(f"time zone {timezone}" if timezone else "time zone: the [gateway] default")
+    return said
 
 
 def _need_terminal(args: argparse.Namespace, address: str) -> None:
@@ -52,6 +84,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     if parsed is None or parsed != args.email.strip():
         raise UserError(f"{args.email!r} is not a single e-mail address")
     address = normalise_address(parsed)
+    language, timezone = _reading(args)
     _need_terminal(args, address)
     store = open_store(config_of(args), writes=True)
     try:
@@ -63,19 +96,28 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         hashed = hash_password(_read_password(args, address))
         if not store.add_user(address, hashed, time.time()):  # added by someone else meanwhile
             raise UserError(f"user {address} exists already")
+        if language or timezone:
+            store.set_user(address, language=language or None, timezone=timezone or None)
     finally:
         store.close()
-    print(f"user {address} added")
+    print(
+        f"user {address} added"
+        + "".join(f", {c}" for c in _reading_changes(language or None, timezone or None))
+    )
     return EXIT_OK
 
 
 def cmd_users_set(args: argparse.Namespace) -> int:
     """Change an existing user: its password (asked, or ``--password-stdin``) unless only
-    other options are given, and ``--tracking on|off``."""
+    other options are given, ``--tracking on|off``, ``--language`` and ``--timezone``
+    ("" for either: back to the ``[gateway]`` default)."""
     from relay.smtpd.users import hash_password, normalise_address
 
     address = normalise_address(args.email)
-    new_password = args.password_stdin or args.tracking is None
+    language, timezone = _reading(args)
+    new_password = args.password_stdin or (
+        args.tracking is None and language is None and timezone is None
+    )
     if new_password:
         _need_terminal(args, address)
     store = open_store(config_of(args), writes=True)
@@ -87,12 +129,16 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             )
         hashed = hash_password(_read_password(args, address)) if new_password else None
         tracking = None if args.tracking is None else args.tracking == "on"
-        if not store.set_user(address, password_hash=hashed, tracking=tracking):
+        if not store.set_user(
+            address, password_hash=hashed, tracking=tracking, language=language, timezone=timezone
+        ):
             raise UserError(f"there is no user {address}")
     finally:
         store.close()
-    changed = (["password changed"] if hashed is not None else []) + (
-        [f"open and click tracking {args.tracking}"] if tracking is not None else []
+    changed = (
+        (["password changed"] if hashed is not None else [])
+        + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
+        + _reading_changes(language, timezone)
     )
     print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
@@ -114,14 +160,19 @@ def cmd_users_tracking(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    store = open_store(config_of(args))
+    """One line per user: address, when added, language and time zone (the ``[gateway]``
+    ones, said so, for a user without its own)."""
+    cfg = config_of(args)
+    store = open_store(cfg)
     try:
         rows = store.list_users()
     finally:
         store.close()
     for row in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
-        print(f"{row['address']}\tadded {created} UTC")
+        language = row.get("language") or f"{cfg.gateway.language} (default)"
+        timezone = row.get("timezone") or f"{cfg.gateway.timezone} (default)"
+        print(f"{row['address']}\tadded {created} UTC\tlanguage {language}\ttime zone {timezone}")
     return EXIT_OK
 
 
@@ -159,10 +210,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         (
             "set",
             cmd_users_set,
-            "change an existing user (its password)",
+            "change an existing user (password, tracking, language, time zone)",
             "Change an existing user: its password (asked on the terminal, or read with "
-            "--password-stdin), and with --tracking its open and click tracking. The one "
-            "command that changes a user.",
+            "--password-stdin), with --tracking its open and click tracking, with "
+            "--language and --timezone the language and time zone of its mails and "
+            "certificates. Given only those options, the password is left as it is. The "
+            "one command that changes a user.",
         ),
     ):
         p = usub.add_parser(name, help=short, description=long)
@@ -172,6 +225,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             action="store_true",
             help="read the password from the first line of standard input (needed "
             "when there is no terminal to ask on)",
+        )
+        p.add_argument(
+            "--language",
+            metavar="LANG",
+            help=f"the language of the user's mails and certificates: one of "
+            f"{', '.join(LANGUAGES)}"
+            + ("; '' for the [gateway] default" if name == "set" else "")
+            + " (default: [gateway] language)",
+        )
+        p.add_argument(
+            "--timezone",
+            metavar="ZONE",
+            help="the time zone the user reads times in, an IANA name such as "
+            "Europe/Madrid or Atlantic/Canary"
+            + ("; '' for the [gateway] default" if name == "set" else "")
+            + " (default: [gateway] timezone)",
         )
         if name == "set":
             p.add_argument(

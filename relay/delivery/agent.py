@@ -22,6 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from addendum.inject import Injection
+from certifier import copies
 from relay.certify import notices
 from relay.cleanup.bounces import make_return_path
 from relay.config import Config
@@ -80,6 +82,20 @@ def gets_tracked_copy(cfg: Config, row: Row) -> bool:
         and cfg.tracking.enabled
         and tracked_for(cfg, row["domain"])
     )
+
+
+def tracking_changes(copy: Injection) -> list[dict[str, Any]]:
+    """What tracking changed in a copy, as the certificate lists it."""
+    changes: list[dict[str, Any]] = [
+        {"change": "link_tracked", "link": n, "url": url} for n, url in enumerate(copy.links, 1)
+    ]
+    if copy.pixel:
+        changes.append({"change": "open_pixel_added"})
+    changes += [
+        {"change": "part_reencoded", "part": part, "encoding": encoding}
+        for part, encoding in copy.reencoded
+    ]
+    return changes
 
 
 def answered(result: AttemptResult) -> bool:
@@ -142,6 +158,8 @@ class DeliveryAgent:
                     return DeliveryDone(qid, job.domain, None)
                 addresses = [r["address"] for r in rows]
                 sender = first["sender"]
+                # How to rebuild the copy that leaves from the message as received.
+                recipe = outbound.CopyRecipe(raw)
                 if gets_tracked_copy(self.cfg, first):
                     if self.offload is None:
                         raise RuntimeError("a tracked copy needs the worker processes (offload)")
@@ -162,6 +180,7 @@ class DeliveryAgent:
                     )
                     await self.store.tracking_copy(qid, [first["id"]], copy.links, tracked, notes)
                     raw = copy.message
+                    recipe.rewritten(copy.edits, *tracking_changes(copy))
                 elif first.get("tracking") and first["kind"] == "mail":
                     why = (
                         f"{first['domain']} is covered by tracking.never_domains"
@@ -175,11 +194,13 @@ class DeliveryAgent:
                     sender = make_return_path(
                         qid, self.cfg.gateway.domain, self.verp_key, self.cfg.gateway.bounce_prefix
                     )
-                raw = await self.outgoing(first, addresses, raw)
+                raw = await self.outgoing(first, addresses, raw, recipe)
+                raw = recipe.wire(raw)
+                delivered_copy = self.delivered_copy(qid, raw, recipe)
                 started = time.time()
                 result = await self.deliverer.attempt(job.domain, sender, addresses, raw, qid=qid)
                 reachable = answered(result)
-                await self._record(rows, result, started)
+                await self._record(rows, result, started, delivered_copy)
         except Exception:
             log_failure(log, "%s: delivery attempt failed unexpectedly; will retry", qid)
             # Counted as a deferral: backoff, and a certified failure once the queue
@@ -196,14 +217,19 @@ class DeliveryAgent:
                     log_failure(log, "%s: could not postpone the failed attempt", qid)
         return DeliveryDone(qid, job.domain, reachable)
 
-    async def outgoing(self, row: Row, addresses: list[str], raw: bytes) -> bytes:
+    async def outgoing(
+        self, row: Row, addresses: list[str], raw: bytes, recipe: outbound.CopyRecipe | None = None
+    ) -> bytes:
         """The copy that leaves: trace and copy headers, From handling, DKIM signatures
-        (:mod:`relay.delivery.outbound`). Mail the gateway wrote itself is only signed. Mail for
+        (:mod:`relay.delivery.outbound`), each step told to ``recipe`` when given (what
+        was added is put in front; From handling is edits on the message). Mail the
+        gateway wrote itself is only signed. Mail for
         postmaster@ and abuse@ (:mod:`relay.cleanup.postmaster`) came from anyone: it gets the
         trace and ``X-Original-To`` (Postfix's name for the address it was sent to), its
         From is never rewritten, and only the gateway's own key signs it, never a key a
         customer delegated."""
         gateway_domain = self.cfg.gateway.domain
+        recipe = recipe or outbound.CopyRecipe(raw)
         if row["kind"] == "postmaster":
             head = received_header(row, self.cfg.gateway.hostname, addresses)
             for address in json.loads(row.get("original_to") or "[]"):
@@ -211,6 +237,7 @@ class DeliveryAgent:
                     "ascii", "replace"
                 )
             raw = head + raw
+            recipe.prepended(head)
         if row["kind"] == "mail":
             from_address = row.get("header_from") or row.get("auth_user") or row["sender"]
             from_domain = str(from_address).rpartition("@")[2].lower()
@@ -225,12 +252,20 @@ class DeliveryAgent:
             if self.cfg.dkim.from_handling == "rewrite" and outbound.needs_rewrite(
                 keys, from_domain
             ):
-                raw = outbound.rewrite_from(
+                edits = outbound.from_edits(
                     raw,
                     outbound.display_name(raw) or str(from_address),
                     self.cfg.gateway.certification_address,
                     "Certifica",
                 )
+                if edits:
+                    raw = copies.apply(raw, edits)
+                    added = [{"change": "header_added", "field": "Reply-To"}]
+                    recipe.rewritten(
+                        edits,
+                        {"change": "from_rewritten"},
+                        *(added if edits[-1].length == 0 else []),
+                    )
             head = received_header(row, self.cfg.gateway.hostname, addresses)
             if row.get("method") == "submission":
                 head += outbound.submission_fields(
@@ -239,16 +274,32 @@ class DeliveryAgent:
             if row.get("method") == "mx" and row.get("cert_id"):
                 head += outbound.certified_copy_header(str(from_address), row["cert_id"])
             raw = head + raw
+            recipe.prepended(head)
         if not keys:
             return raw
         try:
-            return await asyncio.to_thread(sign, raw, keys)
+            signed = await asyncio.to_thread(sign, raw, keys)
+            recipe.prepended(signed[: len(signed) - len(raw)])
+            return signed
         except UnsignableMessage as why:  # the sender's header section: not a fault of ours
             log.warning("%s: not DKIM-signed: %s (RFC 5322 2.2); sent as received", row["qid"], why)
             return raw
         except Exception:  # a corrupt key file: the mail still goes, unsigned, and says why
             log_failure(log, "%s: DKIM signing failed; sent unsigned", row["qid"])
             return raw
+
+    def delivered_copy(self, qid: str, copy: bytes, recipe: outbound.CopyRecipe) -> str | None:
+        """The recipe of ``copy`` as stored with a delivered outcome (compact JSON). Should
+        it not rebuild the copy (a step missed), the difference itself is recorded and
+        the log says so; should even that fail, none is, and the delivery goes on."""
+        try:
+            made = recipe.recipe(copy)
+            if recipe.broken:
+                log.error("%s: the delivered copy's recipe did not fit; recorded as a diff", qid)
+            return json.dumps(made.to_json(), separators=(",", ":"))
+        except Exception:
+            log_failure(log, "%s: the delivered copy's recipe could not be made", qid)
+            return None
 
     def _destination(self, domain: str) -> asyncio.Semaphore:
         route = self.deliverer.router.fixed_route(domain)
@@ -262,8 +313,10 @@ class DeliveryAgent:
         rows: list[Row],
         result: AttemptResult,
         started: float,
+        delivered_copy: str | None = None,
     ) -> None:
-        """Each recipient's outcome of the attempt, in one transaction, and its log line."""
+        """Each recipient's outcome of the attempt, in one transaction, and its log line;
+        a delivered one with ``delivered_copy``, the recipe of the copy that left."""
         now = time.time()
         qid = rows[0]["qid"]
         hop = result.hop
@@ -290,6 +343,7 @@ class DeliveryAgent:
                     tls_version=result.tls_version,
                     tls_cipher=result.tls_cipher,
                     delivered_sha256=result.delivered_sha256 if status == DELIVERED else None,
+                    delivered_copy=delivered_copy if status == DELIVERED else None,
                     note=res.note,
                     next_attempt=next_attempt,
                 )

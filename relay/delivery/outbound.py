@@ -29,7 +29,10 @@ import email.header
 import email.utils
 import re
 from collections.abc import Sequence
+from typing import Any
 
+from certifier import copies
+from certifier.copies import Edit
 from certifier.mime import field_name, header_end, header_fields
 from relay.certify.notices import UNSAFE_CHARACTERS
 from relay.delivery.dkim_keys import DkimKey, DkimKeyring
@@ -71,23 +74,123 @@ def certified_copy_header(sender: str, cert_id: str) -> bytes:
 def rewrite_from(raw: bytes, display_name: str, address: str, via: str) -> bytes:
     """``raw`` with From ``"<display_name> via <via>" <address>``; the original From goes
     to Reply-To when the message has none. The body is untouched."""
+    return copies.apply(raw, from_edits(raw, display_name, address, via))
+
+
+def from_edits(raw: bytes, display_name: str, address: str, via: str) -> list[Edit]:
+    """The edits of :func:`rewrite_from` (empty when ``raw`` has no From): the first From
+    replaced, any other From removed, Reply-To added after the last field."""
     end = header_end(raw)
     fields = header_fields(raw[:end])
     original = next((f for f in fields if field_name(f) == b"from"), None)
     if original is None:
-        return raw
+        return []
     name = _UNSAFE_NAME.sub(" ", display_name).strip()[:200] or "the sender"
     new_from = email.utils.formataddr((f"{name} via {via}", address), charset="utf-8")
-    result = []
+    edits = []
+    offset = 0
     for field in fields:
         if field_name(field) == b"from":
-            if field is original:
-                result.append(b"From: " + new_from.encode("ascii") + b"\r\n")
-            continue  # a second From would make the message ambiguous again
-        result.append(field)
+            # A second From would make the message ambiguous again: it goes.
+            insert = b"From: " + new_from.encode("ascii") + b"\r\n" if field is original else b""
+            edits.append(Edit(offset, len(field), insert))
+        offset += len(field)
     if not any(field_name(f) == b"reply-to" for f in fields):
-        result.append(b"Reply-To:" + original.split(b":", 1)[1])
-    return b"".join(result) + raw[end:]
+        edits.append(Edit(end, 0, b"Reply-To:" + original.split(b":", 1)[1]))
+    return edits
+
+
+# RFC 5321 §2.3.8: on the wire every line ends in CRLF; what the SMTP client hashes as
+# delivered (relay.delivery.client) is the message in that form.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def wire_form(message: bytes) -> tuple[bytes, list[Edit]]:
+    """``message`` with every line ending CRLF and ending in one, and the edits that make
+    it so (none when it already is: the usual case, as SMTP DATA arrives so)."""
+    crlf = message.count(b"\r\n")
+    edits: list[Edit] = []
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        edits = [
+            Edit(m.start(), m.end() - m.start(), b"\r\n")
+            for m in _LINE_END.finditer(message)
+            if m.group() != b"\r\n"
+        ]
+    if not message.endswith((b"\r", b"\n")):
+        edits.append(Edit(len(message), 0, b"\r\n"))
+    return (copies.apply(message, edits) if edits else message), edits
+
+
+class CopyRecipe:
+    """What the copy that leaves is made of, step by step: how to rebuild it from the
+    message as received (:mod:`certifier.copies`), and what changed, in the words the
+    certificate uses.
+
+    The body's rewrites (tracking, From) are composed into one list of edits on the
+    original bytes; fields put in front go to the prefix; :meth:`wire` gives the CRLF
+    form the SMTP client sends and hashes, and brings the recipe to it. Building the
+    recipe never stops a delivery: a step that does not fit marks it ``broken`` and
+    :meth:`recipe` then records the difference itself.
+    """
+
+    def __init__(self, original: bytes) -> None:
+        self.original = original
+        self.prefix = b""
+        self.edits: list[Edit] = []
+        self.changes: list[dict[str, Any]] = []
+        self.line_ends = False
+        self.broken = False
+
+    def rewritten(self, edits: Sequence[Edit], *changes: dict[str, Any]) -> None:
+        """The body (the message without the prefix) was changed by ``edits``."""
+        self.changes.extend(changes)
+        if edits and not self.broken:
+            try:
+                self.edits = copies.compose(self.edits, edits, len(self.original))
+            except copies.RecipeError:
+                self.broken = True
+
+    def prepended(self, head: bytes) -> None:
+        """Header fields were put in front of the copy."""
+        self.prefix = head + self.prefix
+
+    def wire(self, message: bytes) -> bytes:
+        """``message`` (prefix then body) as the SMTP client sends it and hashes it
+        (:func:`wire_form`), the recipe brought to match."""
+        wired, _ = wire_form(message)
+        if self.broken:
+            return wired
+        if not message.startswith(self.prefix) or (self.prefix and not self.prefix.endswith(b"\n")):
+            self.broken = True
+            return wired
+        # The prefix ends a line, so no line end spans it and the body: each is put in
+        # wire form on its own; an empty body after a prefix adds nothing.
+        prefix, prefix_edits = wire_form(self.prefix) if self.prefix else (b"", [])
+        body = message[len(self.prefix) :]
+        body_edits = wire_form(body)[1] if body or not self.prefix else []
+        self.line_ends = bool(prefix_edits or body_edits)
+        self.prefix = prefix
+        self.rewritten(body_edits)
+        return wired
+
+    def recipe(self, copy: bytes) -> copies.Recipe:
+        """The recipe of ``copy`` (what :meth:`wire` returned), checked by rebuilding it."""
+        changes = [
+            {"change": "header_added", "field": _field_name_as_written(f)}
+            for f in header_fields(self.prefix)
+        ]
+        changes += self.changes
+        if self.line_ends:
+            changes.append({"change": "other", "detail": "line ends made CRLF (RFC 5321 2.3.8)"})
+        made = copies.Recipe(self.prefix, tuple(self.edits), tuple(changes))
+        if not self.broken and copies.rebuild(self.original, made) == copy:
+            return made
+        self.broken = True
+        return copies.Recipe(b"", tuple(copies.diff(self.original, copy)), ({"change": "other"},))
+
+
+def _field_name_as_written(field: bytes) -> str:
+    return field.split(b":", 1)[0].strip().decode("ascii", "replace")
 
 
 def display_name(raw: bytes) -> str:

@@ -231,8 +231,8 @@ class Leases(Database):
                 "UPDATE recipients SET status = ?, attempts = attempts + 1, last_attempt = ?,"
                 " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
                 " remote_qid = ?, mx_host = ?, ip = ?, port = ?, tls_version = ?,"
-                " tls_cipher = ?, delivered_sha256 = ?, note = COALESCE(?, note), lease_until = NULL,"
-                " lease_owner = NULL"
+                " tls_cipher = ?, delivered_sha256 = ?, delivered_copy = ?,"
+                " note = COALESCE(?, note), lease_until = NULL, lease_owner = NULL"
                 " WHERE id = ?",
                 (
                     out.status,
@@ -248,6 +248,7 @@ class Leases(Database):
                     out.tls_version,
                     out.tls_cipher,
                     out.delivered_sha256,
+                    out.delivered_copy,
                     out.note,
                     out.recipient_id,
                 ),

@@ -64,6 +64,7 @@ class Outcome:
     delivered_sha256: str | None = None
     note: str | None = None
     next_attempt: float | None = None
+    delivered_copy: str | None = None  # JSON: how to rebuild the copy (certifier.copies)
 
 
 def domain_of(address: str) -> str:

@@ -1,0 +1,366 @@
+"""Rebuilding, byte for byte, the copy each recipient received from the message as received.
+
+The certificate embeds ``message.eml``, the bytes the sender sent. The copy that left for
+a recipient can differ: header fields the gateway put in front (``Received``, ``Date`` and
+``Message-ID`` on submission, RFC 6409 §8; the certified-copy field; DKIM signatures,
+RFC 6376), ``From`` rewritten so DKIM aligns (RFC 7489 §3.1), links and the open pixel
+of tracking, and line ends made CRLF for SMTP (RFC 5321 §2.3.8). Each recipient's
+evidence then holds a *recipe* (``recipients[i].copy``)::
+
+    {"prefix": "<text put in front, ASCII>",
+     "edits": [{"offset": 1234, "length": 56, "insert": "<base64>"}],
+     "changes": [{"change": "header_added", "field": "Received"}, ...]}
+
+and the delivered copy is ``prefix`` followed by ``message.eml`` with each edit applied
+(``length`` bytes at ``offset`` replaced by ``insert``; offsets into ``message.eml``,
+ascending, not overlapping). Its SHA-256 is the recipient's ``delivered_sha256``.
+``changes`` says in words what differs; it is what a reader is told, the edits are what
+a verifier recomputes. A recipe holds the changed bytes only, never a whole copy.
+
+:func:`rebuild` applies a recipe; a recipe that does not apply (not base64, an edit
+beyond the message, edits out of order) raises :class:`RecipeError` with a sentence that
+says which, never anything else. :func:`compose` turns two successive rewrites into one
+recipe, which is how the delivery agent builds it from each step's edits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from certifier.errors import CertificaError
+
+__all__ = [
+    "CHANGES",
+    "Edit",
+    "Recipe",
+    "RecipeError",
+    "apply",
+    "compact",
+    "compose",
+    "describe",
+    "diff",
+    "rebuild",
+]
+
+# What a change may be; the certificate words each one (certifier.document).
+CHANGES = (
+    "header_added",
+    "link_tracked",
+    "open_pixel_added",
+    "from_rewritten",
+    "part_reencoded",
+    "other",
+)
+
+# Bounds a hostile evidence.json cannot exceed (a real recipe has a few dozen edits).
+MAX_EDITS = 100_000
+MAX_CHANGES = 10_000
+
+
+class RecipeError(CertificaError, ValueError):
+    """A recipe that cannot be applied to the message; the text says why."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """``length`` bytes at ``offset`` replaced by ``insert`` (an insertion when length is 0)."""
+
+    offset: int
+    length: int
+    insert: bytes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one delivered copy is made from the message as received."""
+
+    prefix: bytes
+    edits: tuple[Edit, ...]
+    changes: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The evidence form (``recipients[i].copy``)."""
+        return {
+            "prefix": self.prefix.decode("latin-1"),
+            "edits": [
+                {
+                    "offset": e.offset,
+                    "length": e.length,
+                    "insert": base64.b64encode(e.insert).decode("ascii"),
+                }
+                for e in self.edits
+            ],
+            "changes": [dict(c) for c in self.changes],
+        }
+
+    @classmethod
+    def from_json(cls, copy: object) -> Recipe:
+        """A recipe read from evidence; :class:`RecipeError` names what is wrong."""
+        if not isinstance(copy, Mapping):
+            raise RecipeError("the copy is not a JSON object")
+        prefix = copy.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise RecipeError("its prefix is not text")
+        try:
+            prefix_bytes = prefix.encode("latin-1")
+        except UnicodeEncodeError:
+            raise RecipeError("its prefix has characters beyond one byte each") from None
+        edits_in = copy.get("edits", [])
+        if not isinstance(edits_in, list) or len(edits_in) > MAX_EDITS:
+            raise RecipeError("its edits are not a list (or more than the bound)")
+        edits: list[Edit] = []
+        for i, item in enumerate(edits_in, 1):
+            if not isinstance(item, Mapping):
+                raise RecipeError(f"edit {i} is not a JSON object")
+            offset, length, insert = item.get("offset"), item.get("length"), item.get("insert")
+            if not _count(offset) or not _count(length):
+                raise RecipeError(f"edit {i} has no valid offset and length")
+            if not isinstance(insert, str):
+                raise RecipeError(f"edit {i} has no insert text")
+            try:
+                data = base64.b64decode(insert.encode("ascii"), validate=True)
+            except (binascii.Error, ValueError, UnicodeEncodeError):
+                raise RecipeError(f"the insert of edit {i} is not base64") from None
+            edits.append(Edit(offset, length, data))  # type: ignore[arg-type]
+        changes = copy.get("changes", [])
+        if not isinstance(changes, list) or len(changes) > MAX_CHANGES:
+            raise RecipeError("its changes are not a list (or more than the bound)")
+        if not all(isinstance(c, Mapping) for c in changes):
+            raise RecipeError("a change is not a JSON object")
+        return cls(prefix_bytes, tuple(edits), tuple(dict(c) for c in changes))
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check(edits: Sequence[Edit], size: int) -> None:
+    """Raise :class:`RecipeError` unless ``edits`` apply to ``size`` bytes: within them,
+    ascending, not overlapping."""
+    pos = 0
+    for i, e in enumerate(edits, 1):
+        if e.offset < pos:
+            raise RecipeError(
+                f"edit {i} (offset {e.offset}) overlaps or comes before the edit ahead of it"
+            )
+        if e.offset + e.length > size:
+            raise RecipeError(
+                f"edit {i} (offset {e.offset}, length {e.length}) goes beyond the "
+                f"message's {size} bytes"
+            )
+        pos = e.offset + e.length
+
+
+def apply(data: bytes, edits: Sequence[Edit]) -> bytes:
+    """``data`` with ``edits`` applied; :class:`RecipeError` if they do not fit."""
+    check(edits, len(data))
+    out: list[bytes] = []
+    pos = 0
+    for e in edits:
+        out.append(data[pos : e.offset])
+        out.append(e.insert)
+        pos = e.offset + e.length
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def rebuild(eml: bytes, copy: object) -> bytes:
+    """The delivered copy: ``copy``'s prefix, then ``eml`` with its edits applied.
+
+    ``copy`` is the evidence form (a dict) or a :class:`Recipe`; :class:`RecipeError`
+    says why one does not apply."""
+    recipe = copy if isinstance(copy, Recipe) else Recipe.from_json(copy)
+    return recipe.prefix + apply(bytes(eml), recipe.edits)
+
+
+# --- building recipes -----------------------------------------------------------------
+
+
+def compose(first: Sequence[Edit], second: Sequence[Edit], size: int) -> list[Edit]:
+    """One list of edits on the ``size`` original bytes doing ``first``, then ``second``
+    (whose offsets are into the result of ``first``).
+
+    The result of ``first`` is seen as pieces, each either a range of the original or
+    bytes ``first`` inserted; ``second`` cuts and splices those pieces; what is left
+    is read back as edits wherever the original is not copied straight through.
+    """
+    check(first, size)
+    # (original start, original end, None) copies; (-1, -1, bytes) inserted bytes.
+    pieces: list[tuple[int, int, bytes | None]] = []
+    pos = 0
+    for e in first:
+        if e.offset > pos:
+            pieces.append((pos, e.offset, None))
+        if e.insert:
+            pieces.append((-1, -1, e.insert))
+        pos = e.offset + e.length
+    if pos < size:
+        pieces.append((pos, size, None))
+    middle = sum((b - a) if data is None else len(data) for a, b, data in pieces)
+    check(second, middle)
+
+    result: list[tuple[int, int, bytes | None]] = []
+    at = 0  # position in the middle text where pieces[k] starts
+    k = 0
+
+    def take(until: int) -> None:
+        """Move the pieces (or parts of them) up to middle offset ``until`` to result."""
+        nonlocal at, k
+        while k < len(pieces) and at < until:
+            a, b, data = pieces[k]
+            length = (b - a) if data is None else len(data)
+            n = min(length, until - at)
+            if data is None:
+                result.append((a, a + n, None))
+                rest: tuple[int, int, bytes | None] = (a + n, b, None)
+            else:
+                result.append((-1, -1, data[:n]))
+                rest = (-1, -1, data[n:])
+            at += n
+            if n == length:
+                k += 1
+            else:
+                pieces[k] = rest
+
+    def skip(until: int) -> None:
+        """Drop the pieces up to middle offset ``until``."""
+        nonlocal at, k
+        while k < len(pieces) and at < until:
+            a, b, data = pieces[k]
+            length = (b - a) if data is None else len(data)
+            n = min(length, until - at)
+            at += n
+            if n == length:
+                k += 1
+            else:
+                pieces[k] = (a + n, b, None) if data is None else (-1, -1, data[n:])
+
+    for e in second:
+        take(e.offset)
+        skip(e.offset + e.length)
+        if e.insert:
+            result.append((-1, -1, e.insert))
+    take(middle)
+
+    edits: list[Edit] = []
+    cursor = 0
+    pending: list[bytes] = []
+    for a, b, data in result:
+        if data is not None:
+            pending.append(data)
+            continue
+        if a != cursor or pending:
+            edits.append(Edit(cursor, a - cursor, b"".join(pending)))
+            pending = []
+        cursor = b
+    if cursor < size or pending:
+        edits.append(Edit(cursor, size - cursor, b"".join(pending)))
+    return edits
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix (binary search over C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid : len(a) - lo] == b[len(b) - mid : len(b) - lo]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# An edit whose old and new bytes are both longer than this is diffed line by line.
+_LINE_DIFF_BYTES = 2048
+_LINE_DIFF_MAX_LINES = 20_000
+
+
+def compact(data: bytes, edits: Iterable[Edit]) -> list[Edit]:
+    """The same changes to ``data`` holding fewer bytes: each edit loses what its old and
+    new bytes share at both ends, and a long one (a re-encoded body) is split where whole
+    lines are unchanged."""
+    out: list[Edit] = []
+    for e in edits:
+        old = data[e.offset : e.offset + e.length]
+        new = e.insert
+        head = _common_prefix(old, new)
+        tail = _common_suffix(old, new, min(len(old), len(new)) - head)
+        old, new = old[head : len(old) - tail], new[head : len(new) - tail]
+        start = e.offset + head
+        if not old and not new:
+            continue
+        if len(old) > _LINE_DIFF_BYTES and len(new) > _LINE_DIFF_BYTES:
+            out.extend(_line_diff(old, new, start))
+        else:
+            out.append(Edit(start, len(old), new))
+    return out
+
+
+def _line_diff(old: bytes, new: bytes, start: int) -> list[Edit]:
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    if len(a) > _LINE_DIFF_MAX_LINES or len(b) > _LINE_DIFF_MAX_LINES:
+        return [Edit(start, len(old), new)]
+    offsets_a = [0]
+    for line in a:
+        offsets_a.append(offsets_a[-1] + len(line))
+    offsets_b = [0]
+    for line in b:
+        offsets_b.append(offsets_b[-1] + len(line))
+    edits: list[Edit] = []
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=True)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        edits.append(
+            Edit(
+                start + offsets_a[i1],
+                offsets_a[i2] - offsets_a[i1],
+                new[offsets_b[j1] : offsets_b[j2]],
+            )
+        )
+    return edits
+
+
+def diff(original: bytes, copy: bytes) -> list[Edit]:
+    """Edits making ``copy`` from ``original`` when nothing better is known: one edit
+    over what differs between their common beginning and end, diffed by lines."""
+    return compact(original, [Edit(0, len(original), copy)])
+
+
+# --- words ----------------------------------------------------------------------------
+
+
+def describe(change: Mapping[str, Any]) -> str:
+    """One change in plain English (the certificate words them in the reader's language)."""
+    kind = change.get("change")
+    if kind == "header_added":
+        return f"The header field {change.get('field')} was added."
+    if kind == "link_tracked":
+        return f"Link {change.get('link')} ({change.get('url')}) was replaced by a tracking link."
+    if kind == "open_pixel_added":
+        return "An image that reports when the message is opened was added."
+    if kind == "from_rewritten":
+        return (
+            "The From field was rewritten to the gateway's address; the sender's address "
+            "is in Reply-To."
+        )
+    if kind == "part_reencoded":
+        return f"The {change.get('part')} was re-encoded as {change.get('encoding')}."
+    detail = change.get("detail")
+    return f"Other change: {detail}." if detail else "Another change was made."
