@@ -23,6 +23,13 @@ is one of ``trusted_proxies`` (CIDR networks); then the right-most address that 
 trusted proxy is the client (the left part of the header is whatever the client wrote).
 The user agent is cut at 500 characters and stripped of control characters.
 
+The few sentences a person may read here (the 404, the 503) are in the visitor's
+language: :func:`reader_language` picks one of :data:`certifier.i18n.LANGUAGES` from a
+``?lang=`` parameter, else the ``Accept-Language`` field (RFC 9110 section 12.5.4), else
+the gateway's language; the texts come from the ``web`` gettext catalog. Every 404 of one
+request is still the same byte for byte: the language depends on the request's own fields,
+never on whether a token exists.
+
 Errors, as the recipient sees them:
 
 - ``backend.record`` fails or is slow (over 5 s): the image or redirect is answered
@@ -46,12 +53,16 @@ from aiohttp import web
 
 from addendum.inject import is_safe_redirect
 from addendum.tokens import MAX_TOKEN_CHARS, TokenCodec, TokenData
+from certifier.i18n import LANGUAGES, translations
 
 __all__ = [
     "PIXEL_GIF",
     "TrackingBackend",
     "TrackingEvent",
+    "client_ip",
     "make_app",
+    "reader_language",
+    "trusted_networks",
 ]
 
 log = logging.getLogger("certifica.addendum")
@@ -72,7 +83,7 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_NOT_FOUND_BODY = b"Not found\n"
+MAX_ACCEPT_LANGUAGE = 500
 _UA_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _TOKEN_ROUTE = f"{{token:[A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}}}"
@@ -101,10 +112,44 @@ class TrackingBackend(Protocol):
     async def record(self, event: TrackingEvent) -> None: ...
 
 
-def _not_found() -> web.Response:
+def _(message: str) -> str:
+    """Marks a text of the ``web`` catalog; translated where it is answered."""
+    return message
+
+
+def reader_language(request: web.Request, default: str = "en") -> str:
+    """The language to answer ``request`` in: ``?lang=`` when it names one of
+    :data:`~certifier.i18n.LANGUAGES`, else the best of ``Accept-Language`` (RFC 9110
+    section 12.5.4: the highest weight wins, ties in the order written; ``es-ES`` counts
+    as ``es``), else ``default``."""
+    asked = request.query.get("lang", "")
+    if asked in LANGUAGES:
+        return asked
+    best, best_q = default, 0.0
+    for item in request.headers.get("Accept-Language", "")[:MAX_ACCEPT_LANGUAGE].split(","):
+        tag, _sep, params = item.strip().partition(";")
+        primary = tag.strip().lower().split("-", 1)[0]
+        q = 1.0
+        for param in params.split(";"):
+            name, _eq, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if primary in LANGUAGES and q > best_q:
+            best, best_q = primary, q
+    return best
+
+
+def _text(language: str, message: str) -> str:
+    return translations(language, "web").gettext(message)
+
+
+def _not_found(language: str) -> web.Response:
     return web.Response(
         status=404,
-        body=_NOT_FOUND_BODY,
+        text=_text(language, _("Not found")) + "\n",
         content_type="text/plain",
         charset="utf-8",
     )
@@ -136,7 +181,13 @@ def _address(text: str) -> Address | None:
     return address
 
 
-def _client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
+def trusted_networks(trusted_proxies: Sequence[str]) -> tuple[Network, ...]:
+    """``[web] trusted_proxies`` as networks, for :func:`client_ip`."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+
+
+def client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """The client's address (see the module docstring); "" when the peer is unknown."""
     peer = _address(request.remote or "")
     if peer is None:
         return ""
@@ -157,10 +208,14 @@ def _client_ip(request: web.Request, trusted: tuple[Network, ...]) -> str:
 
 
 def make_app(
-    codec: TokenCodec, backend: TrackingBackend, trusted_proxies: Sequence[str] = ()
+    codec: TokenCodec,
+    backend: TrackingBackend,
+    trusted_proxies: Sequence[str] = (),
+    language: str = "en",
 ) -> web.Application:
-    """The tracking web application (mount it on the gateway's HTTP listener)."""
-    trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+    """The tracking web application (mount it on the gateway's HTTP listener);
+    ``language`` is the one to answer in when the visitor's is not one of ours."""
+    trusted = trusted_networks(trusted_proxies)
 
     @web.middleware
     async def uniform_answers(
@@ -171,7 +226,8 @@ def make_app(
         except web.HTTPException as exc:
             if not 400 <= exc.status < 500:
                 raise
-            response = _not_found()  # the router's 404 and 405: the same missing page
+            # the router's 404 and 405: the same missing page
+            response = _not_found(reader_language(request, language))
         response.headers.update(_SECURITY_HEADERS)
         return response
 
@@ -183,7 +239,7 @@ def make_app(
             link=data.link,
             url=url,
             time=time.time(),
-            ip=_client_ip(request, trusted),
+            ip=client_ip(request, trusted),
             user_agent=_clean_user_agent(request.headers.get("User-Agent", "")),
             method=request.method,
         )
@@ -201,14 +257,14 @@ def make_app(
     async def open_pixel(request: web.Request) -> web.StreamResponse:
         data = codec.read(request.match_info["token"])
         if data is None or data.link != 0:
-            return _not_found()
+            return _not_found(reader_language(request, language))
         await record(event(request, "open", data, None))
         return web.Response(body=PIXEL_GIF, content_type="image/gif")
 
     async def click(request: web.Request) -> web.StreamResponse:
         data = codec.read(request.match_info["token"])
         if data is None or data.link == 0:
-            return _not_found()
+            return _not_found(reader_language(request, language))
         try:
             url = await asyncio.wait_for(
                 backend.link_url(data.qid, data.recipient_id, data.link), BACKEND_TIMEOUT
@@ -221,17 +277,21 @@ def make_app(
             log.debug("traceback", exc_info=exc)
             return web.Response(
                 status=503,
-                text="Temporarily unavailable, please try again in a minute.\n",
+                text=_text(
+                    reader_language(request, language),
+                    _("Temporarily unavailable, please try again in a minute."),
+                )
+                + "\n",
                 headers={"Retry-After": "60"},
             )
         if url is None:
-            return _not_found()
+            return _not_found(reader_language(request, language))
         if not is_safe_redirect(url):
             log.warning(
                 "%s: stored URL of link %d of recipient %d refused: not a safe redirect",
                 data.qid, data.link, data.recipient_id,
             )  # fmt: skip
-            return _not_found()
+            return _not_found(reader_language(request, language))
         await record(event(request, "click", data, url))
         return web.Response(status=302, headers={"Location": url})
 

@@ -24,6 +24,7 @@ from addendum.tokens import TokenCodec, TokenData
 from relay.config import Config, Endpoint
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
+from relay.web import verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -131,11 +132,13 @@ class StoreBackend:
 
 
 async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> web.AppRunner:
-    """The tracking endpoint's aiohttp runner, set up; a site (an address or a socket the
+    """The public HTTP listener's aiohttp runner, set up: the tracking endpoint and the
+    verification page (:mod:`relay.web.verification`); a site (an address or a socket the
     master bound) is added by the caller."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies)
+    app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies, cfg.gateway.language)
+    verification.install(app, cfg, backend.store)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner

@@ -1,0 +1,116 @@
+// The verification page's script (README, "Verifying a certificate"). Served from
+// /v/static/ because the page's Content-Security-Policy allows no inline script.
+// The texts it shows come translated in the data-* attributes of #verify.
+"use strict";
+
+(function () {
+  const root = document.getElementById("verify");
+  if (!root) {
+    return;
+  }
+  const zone = document.getElementById("drop");
+  const input = document.getElementById("file");
+  const result = document.getElementById("result");
+  const fileHash = document.getElementById("file-hash");
+  const server = document.getElementById("server");
+  const button = document.getElementById("check");
+  const answer = document.getElementById("answer");
+  const details = document.getElementById("details");
+  const expected = root.dataset.sha256;
+  const maxUpload = Number(root.dataset.maxUpload);
+  let chosen = null;
+
+  function say(element, text, state) {
+    element.textContent = text;
+    element.className = state || "";
+  }
+
+  function hex(buffer) {
+    return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function groups(text) {
+    return text.match(/.{1,8}/g).join(" ");
+  }
+
+  async function examine(file) {
+    if (!file) {
+      return;
+    }
+    chosen = file;
+    say(answer, "");
+    details.replaceChildren();
+    server.hidden = false;
+    fileHash.hidden = true;
+    if (!(window.crypto && window.crypto.subtle)) {
+      say(result, root.dataset.msgNoCrypto, "unknown");
+      return;
+    }
+    say(result, root.dataset.msgReading, "busy");
+    const digest = hex(await window.crypto.subtle.digest("SHA-256", await file.arrayBuffer()));
+    if (file !== chosen) {
+      return; // another file was dropped meanwhile
+    }
+    fileHash.textContent = "SHA-256: " + groups(digest);
+    fileHash.hidden = false;
+    if (digest === expected) {
+      say(result, root.dataset.msgSame, "good");
+    } else {
+      say(result, root.dataset.msgDifferent, "bad");
+    }
+  }
+
+  async function check() {
+    if (!chosen) {
+      return;
+    }
+    details.replaceChildren();
+    if (chosen.size > maxUpload) {
+      say(answer, root.dataset.msgTooLarge, "bad");
+      return;
+    }
+    button.disabled = true;
+    say(answer, root.dataset.msgChecking, "busy");
+    try {
+      const response = await fetch(root.dataset.checkUrl, {
+        method: "POST",
+        body: chosen,
+        headers: { "Content-Type": "application/pdf" },
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      const body = await response.json();
+      const state = body.verdict === "valid" && body.same_file ? "good" : "bad";
+      say(answer, body.message || root.dataset.msgFailed, response.ok ? state : "bad");
+      for (const line of body.details || []) {
+        const item = document.createElement("li");
+        item.textContent = line;
+        details.appendChild(item);
+      }
+    } catch (error) {
+      say(answer, root.dataset.msgFailed, "bad");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // A file dropped anywhere else must not make the browser leave the page.
+  for (const name of ["dragover", "drop"]) {
+    document.addEventListener(name, (event) => event.preventDefault());
+  }
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files.length) {
+      examine(files[0]);
+    }
+  });
+  input.addEventListener("change", () => examine(input.files[0]));
+  button.addEventListener("click", check);
+})();

@@ -1,0 +1,425 @@
+"""The public verification page (README, "Verifying a certificate"): anyone holding a
+certificate opens ``<public_url>/v/<code>`` (printed on it, and in its QR code) and reads,
+in their language, who issued it, when, its SHA-256, and the outcome per recipient.
+
+Routes, on the gateway's public HTTP listener (:mod:`relay.web.tracking` assembles it):
+
+- ``GET /v/<code>``: the page (``?lang=es|ca|it|en`` overrides ``Accept-Language``).
+  Dropping the PDF on it computes its SHA-256 in the browser (WebCrypto; nothing is
+  uploaded) and says whether it is exactly the file issued.
+- ``POST /v/<code>/check``: the PDF as the body (at most ``[web] max_upload`` bytes, else
+  ``413``); its seal and timestamp are checked by ``certifica verify`` in a child process
+  (:mod:`relay.web.checker`), never on the event loop; the answer is JSON, in words:
+  ``{"same_file": bool, "verdict": "valid"|"content_not_certified"|"not_valid",
+  "message": str, "details": [str]}``, or ``{"message": str}`` with ``4xx``/``503``.
+- ``GET /v/static/<name>``: the page's script, style sheet and icon (the page runs no
+  inline script: its Content-Security-Policy allows only these).
+
+What the page never shows: the message (subject, body, attachments), full addresses (a
+recipient is ``b**@example.org``, :func:`relay.web.pages.mask_address`), the queue id.
+Once a person's data is erased (``store.erase_verification``) it still confirms the issue
+time and the hash, without recipients.
+
+Every ``/v/`` path that is not a document's page answers one 404 page: an unknown code, a
+malformed one, another path or method; the body and the header fields depend only on the
+request's language, never on what exists. Requests are counted per client
+(:mod:`relay.web.ratelimit`, ``[web] rate_limit`` per minute; the static files are not
+counted).
+
+What goes wrong, as the visitor sees it (always a sentence in their language, never an
+exception's text; one log line for the operator where the gateway is at fault):
+
+- too many requests: ``429`` with ``Retry-After``;
+- a file over ``[web] max_upload``: ``413``; an empty body: ``400``;
+- the database does not answer within 5 s: ``503`` with ``Retry-After``, logged;
+- a check that cannot be made (too many files at once, over its time, the command
+  failed): ``503``, "please try again later", logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from markupsafe import Markup
+
+from addendum.http import client_ip, reader_language, trusted_networks
+from certifier.i18n import LANGUAGES, Reader, translations
+from certifier.outcome import Outcome
+from relay.config import Config
+from relay.web.checker import CheckResult, PdfChecker
+from relay.web.pages import LANGUAGE_NAMES, grouped, mask_address, qr_svg, render
+from relay.web.ratelimit import RateLimiter, client_key
+
+__all__ = ["CONTENT_SECURITY_POLICY", "VerificationRecords", "install"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",  # the code is in the URL
+    "Cache-Control": "no-store",
+    "Vary": "Accept-Language",
+}
+
+_CODE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+LOOKUP_TIMEOUT = 5.0  # seconds for the database to answer, as the tracking endpoint waits
+
+log = logging.getLogger("certifica/web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def N_(message: str) -> str:
+    """Marks a text of the ``web`` catalog; translated when the page is rendered."""
+    return message
+
+
+# The titles of the certificates themselves (certifier.document), so the page and the PDF
+# name the document alike.
+TITLES = {
+    Outcome.DELIVERY: N_("Certificate of delivery of a certified e-mail"),
+    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified e-mail"),
+    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified e-mail"),
+    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified e-mail"),
+    Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
+    Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
+    Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
+}
+RESULTS = {
+    "delivered": N_("Accepted by the recipient's mail server"),
+    "failed": N_("Not delivered"),
+    "bounced": N_("Accepted, then reported undeliverable"),
+    "withdrawn": N_("Withdrawn before delivery"),
+    "queued": N_("Not yet delivered"),
+    "deferred": N_("Not yet delivered"),
+    "received": N_("Received"),
+}
+OTHER_RESULT = N_("As stated in the certificate")
+
+# The checks of certifier.verify, in the four groups the page words for a visitor.
+SEAL_CHECKS = frozenset({"pdf", "signature-count", "coverage", "container", "integrity"})
+
+
+class Unavailable(Exception):
+    """The records could not be read: the visitor is asked to come back (503)."""
+
+
+class VerificationRecords(Protocol):
+    """Where the records come from (the queue's store, :mod:`relay.queue.verifications`)."""
+
+    async def verification(self, code: str) -> dict[str, Any] | None: ...
+
+
+def install(app: web.Application, cfg: Config, records: VerificationRecords) -> None:
+    """Add the verification routes to ``app`` (the public HTTP listener's)."""
+    VerificationPage(cfg, records).add_routes(app)
+
+
+def _outcome(kind: str, value: str) -> Outcome:
+    if kind in ("reception", "addendum"):
+        return Outcome(kind)
+    try:
+        return Outcome(value.replace("-", "_"))
+    except ValueError:
+        return Outcome.PENDING
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    return {
+        path.name: (path.read_bytes(), STATIC_TYPES[path.suffix])
+        for path in STATIC.iterdir()
+        if path.suffix in STATIC_TYPES
+    }
+
+
+class VerificationPage:
+    """The handlers of the ``/v/`` routes, sharing one rate limiter and one checker."""
+
+    def __init__(self, cfg: Config, records: VerificationRecords) -> None:
+        self.cfg = cfg
+        self.records = records
+        self.limiter = RateLimiter(cfg.web.rate_limit)
+        self.checker = PdfChecker(cfg)
+        self.trusted = trusted_networks(cfg.web.trusted_proxies)
+        self.static = _static_files()
+        self.base_url = cfg.web.public_url.rstrip("/")
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v/static/{name}", self.static_file)
+        app.router.add_get("/v/{code}", self.limited(self.page))
+        app.router.add_post("/v/{code}/check", self.limited(self.check))
+        app.router.add_route("*", "/v/{rest:.*}", self.limited(self.not_found))
+
+    # --- answers shared by every route --------------------------------------------------
+
+    def language(self, request: web.Request) -> str:
+        return reader_language(request, self.cfg.gateway.language)
+
+    def reader(self, request: web.Request) -> Reader:
+        return Reader(self.language(request), self.cfg.gateway.timezone)
+
+    def message_page(
+        self, request: web.Request, status: int, title: str, text: str
+    ) -> web.Response:
+        language = self.language(request)
+        gettext = translations(language, "web").gettext
+        depth = max(0, request.path.count("/") - 2)
+        body = render(
+            "message.html",
+            language,
+            title=gettext(title),
+            text=gettext(text),
+            static="../" * depth + "static",
+            languages=self.languages(language),
+        )
+        return web.Response(
+            status=status, text=body, content_type="text/html", headers=PAGE_HEADERS
+        )
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return self.message_page(
+            request,
+            404,
+            N_("No such document"),
+            N_(
+                "There is no document with this verification code. Please check that the "
+                "address was copied in full, as printed on the certificate."
+            ),
+        )
+
+    def limited(self, handler: Handler) -> Handler:
+        async def counted(request: web.Request) -> web.StreamResponse:
+            key = client_key(client_ip(request, self.trusted))
+            wait = self.limiter.hit(key, time.monotonic())
+            if wait is None:
+                try:
+                    return await handler(request)
+                except Unavailable:
+                    return self.unavailable(request)
+            text = translations(self.language(request), "web").gettext(
+                N_("Too many requests from your address. Please try again in a minute.")
+            )
+            if request.method == "POST":
+                response: web.Response = self.json(request, 429, message=text)
+            else:
+                response = self.message_page(
+                    request,
+                    429,
+                    N_("Too many requests"),
+                    N_("Too many requests from your address. Please try again in a minute."),
+                )
+            response.headers["Retry-After"] = str(wait)
+            return response
+
+        return counted
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        text = N_("Temporarily unavailable, please try again in a minute.")
+        if request.method == "POST":
+            gettext = translations(self.language(request), "web").gettext
+            response = self.json(request, 503, message=gettext(text))
+        else:
+            response = self.message_page(request, 503, N_("Temporarily unavailable"), text)
+        response.headers["Retry-After"] = "60"
+        return response
+
+    def json(self, request: web.Request, status: int, **body: Any) -> web.Response:
+        return web.json_response(body, status=status, headers=PAGE_HEADERS)
+
+    @staticmethod
+    def languages(current: str) -> list[dict[str, Any]]:
+        return [
+            {"code": code, "name": LANGUAGE_NAMES[code], "current": code == current}
+            for code in ("es", "ca", "it", "en")
+            if code in LANGUAGES
+        ]
+
+    async def record_of(self, request: web.Request) -> dict[str, Any] | None:
+        code = request.match_info["code"]
+        if not _CODE.fullmatch(code):
+            return None
+        try:
+            record = await asyncio.wait_for(self.records.verification(code), LOOKUP_TIMEOUT)
+        except Exception as exc:
+            log.error("verification page: record not read (%s)", type(exc).__name__)
+            raise Unavailable from None
+        if record is None or not _HEX64.fullmatch(str(record.get("pdf_sha256", ""))):
+            return None
+        return record
+
+    # --- the routes --------------------------------------------------------------------
+
+    async def static_file(self, request: web.Request) -> web.StreamResponse:
+        found = self.static.get(request.match_info["name"])
+        if found is None:
+            return await self.limited(self.not_found)(request)
+        body, content_type = found
+        return web.Response(
+            body=body, content_type=content_type, charset="utf-8", headers=PAGE_HEADERS
+        )
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        record = await self.record_of(request)
+        if record is None:
+            return await self.not_found(request)
+        reader = self.reader(request)
+        gettext = reader.catalog("web").gettext
+        code = request.match_info["code"]
+        url = f"{self.base_url}/v/{code}"
+        recipients = record["recipients"]
+        shown = None
+        if isinstance(recipients, list):
+            shown = [
+                {
+                    "address": mask_address(str(r.get("address", ""))),
+                    "result": gettext(RESULTS.get(str(r.get("status")), OTHER_RESULT)),
+                    "time": reader.moment(r.get("time")),
+                }
+                for r in recipients
+                if isinstance(r, dict)
+            ]
+        provider = self.cfg.provider
+        body = render(
+            "verification.html",
+            reader.language,
+            title=gettext(TITLES[_outcome(str(record["kind"]), str(record["outcome"]))]),
+            provider_name=provider.name,
+            legal_id=provider.legal_id,
+            issued_moment=reader.moment(_as_time(record["issued_at"])),
+            sha256=record["pdf_sha256"],
+            hash_groups=grouped(record["pdf_sha256"]),
+            recipients=shown,
+            accepted=any(r.get("status") == "delivered" for r in recipients or ()),
+            url=url,
+            qr=Markup(qr_svg(url)),  # noqa: S704 - our own SVG: numbers only, no text of the record
+            check_url=f"{code}/check?lang={reader.language}",
+            max_upload=self.cfg.web.max_upload,
+            max_upload_text=reader.size(self.cfg.web.max_upload),
+            static="static",
+            languages=self.languages(reader.language),
+        )
+        return web.Response(text=body, content_type="text/html", headers=PAGE_HEADERS)
+
+    async def check(self, request: web.Request) -> web.StreamResponse:
+        record = await self.record_of(request)
+        if record is None:
+            return await self.not_found(request)
+        reader = self.reader(request)
+        gettext = reader.catalog("web").gettext
+        limit = self.cfg.web.max_upload
+        too_large = gettext(
+            N_("The file is larger than %(size)s, the largest this page checks.")
+        ) % {"size": reader.size(limit)}
+        try_later = gettext(N_("The file could not be checked just now. Please try again later."))
+        if request.content_length is not None and request.content_length > limit:
+            return self.json(request, 413, message=too_large)
+        if self.checker.full:
+            return self.json(request, 503, message=try_later)
+        async with self.checker.receiving() as upload:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                if upload.size + len(chunk) > limit:
+                    return self.json(request, 413, message=too_large)  # read no further
+                await upload.write(chunk)
+            await upload.finish()
+            if not upload.size:
+                return self.json(request, 400, message=gettext(N_("No file was sent.")))
+            result = await self.checker.check(upload)
+        if result is None:
+            return self.json(request, 503, message=try_later)
+        same_file = upload.sha256 == record["pdf_sha256"]
+        return self.json(request, 200, **_answer(reader, result, same_file))
+
+
+def _as_time(value: object) -> float | None:
+    with suppress(TypeError, ValueError):
+        return float(value)  # type: ignore[arg-type]
+    return None
+
+
+def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, Any]:
+    """The check's JSON for the page: a verdict, a sentence and the details in words."""
+    gettext = reader.catalog("web").gettext
+    if result.ok and result.content_certified:
+        verdict = "valid"
+        message = N_(
+            "The electronic seal and the timestamp of this file are valid: it has not been "
+            "changed since it was sealed."
+        )
+    elif result.ok:
+        verdict = "content_not_certified"
+        message = N_(
+            "The electronic seal and the timestamp of this file are valid, but this "
+            "certificate does not prove the content of the message: the gateway could not "
+            "read it when it made the certificate."
+        )
+    else:
+        verdict = "not_valid"
+        message = N_("This file does NOT pass the check: see below what failed.")
+    sentences = [gettext(message)]
+    sentences.append(
+        gettext(N_("It is exactly the document issued under this code."))
+        if same_file
+        else gettext(N_("It is not the document issued under this code."))
+    )
+    checks = result.checks
+    seal = [ok for name, ok in checks.items() if name in SEAL_CHECKS]
+    rest = [ok for name, ok in checks.items() if name not in SEAL_CHECKS | {"trust", "timestamp"}]
+    details = [
+        gettext(
+            N_("The electronic seal is intact: the file has not been changed since it was sealed.")
+            if seal and all(seal)
+            else N_(
+                "The electronic seal is missing or broken: the file was changed after it "
+                "was sealed, or it is not a certificate."
+            )
+        ),
+        gettext(
+            N_("The seal was made with a certificate of the provider.")
+            if checks.get("trust")
+            else N_("The seal was not made with a certificate this provider recognises.")
+        ),
+    ]
+    if checks.get("timestamp") and result.timestamp:
+        details.append(
+            gettext(N_("A timestamp authority attests that the file existed on %(moment)s."))
+            % {"moment": reader.moment(_iso(result.timestamp))}
+        )
+    else:
+        details.append(gettext(N_("The timestamp is missing or does not verify.")))
+    details.append(
+        gettext(
+            N_("The evidence and the message embedded in the file match what was sealed.")
+            if rest and all(rest)
+            else N_("The evidence embedded in the file does not verify.")
+        )
+    )
+    return {
+        "same_file": same_file,
+        "verdict": verdict,
+        "message": " ".join(sentences),
+        "details": details,
+    }
+
+
+def _iso(text: str) -> datetime | None:
+    with suppress(ValueError):
+        return datetime.fromisoformat(text)
+    return None
