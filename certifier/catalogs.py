@@ -16,6 +16,8 @@ A translator edits the ``.po`` files by hand or with any PO editor (Poedit, Loka
 
 from __future__ import annotations
 
+import copy
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -87,7 +89,9 @@ def update(domains: Iterable[str] = DOMAINS, languages: Iterable[str] = LANGUAGE
         for language in languages:
             path = po_path(language, domain)
             catalog = _read(path, language, domain)
-            catalog.update(template, no_fuzzy_matching=True)
+            # Catalog.update takes the template's message objects: each language gets its
+            # own copy, or English filled in below would stand in every later language.
+            catalog.update(copy.deepcopy(template), no_fuzzy_matching=True)
             catalog.obsolete.clear()
             if language == "en":
                 for message in catalog:
@@ -132,10 +136,23 @@ def problems(root: Path = ROOT) -> list[str]:
                     out.append(f"{where} is not translated")
                 elif have.fuzzy:
                     out.append(f"{where} is marked fuzzy")
+                elif language != "en" and _english_left(have.id, have.string):
+                    out.append(f"{where} is the English text, not a translation")
             for message, errors in catalog.check():
                 for error in errors:
                     out.append(f"{path.relative_to(ROOT)}: {_short(message.id)!r}: {error}")
     return out
+
+
+def _english_left(message_id: object, string: object) -> bool:
+    """A sentence (three words or more) whose "translation" is the English itself: a
+    string copied over untranslated. Names and codes ("SHA-256", "PDF") are shorter."""
+    ids = message_id if isinstance(message_id, tuple) else (message_id,)
+    strings = string if isinstance(string, tuple) else (string,)
+    return any(
+        s == i and len(re.findall(r"[A-Za-z]{3,}", str(i))) >= 3
+        for i, s in zip(ids, strings, strict=False)
+    )
 
 
 def _short(message_id: object) -> str:

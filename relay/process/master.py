@@ -244,7 +244,7 @@ class Master:
             if ep:
                 wanted.append((name, f"listen.{name}", ep))
         http = cfg.endpoint("http")
-        if http and cfg.tracking.enabled:
+        if http:  # the public pages: verification always, tracking when it is on
             wanted.append(("http", "listen.http", http))
         mx = cfg.endpoint("mx")
         if mx:
