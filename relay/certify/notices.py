@@ -267,7 +267,9 @@ _STATUS_WORDS_AT: dict[str, str] = {
         "could not deliver it"
     ),
 }
-"""What happened to one recipient, in words (and, when known, when)."""
+_REFUSED = N_("not delivered: the recipient's mail server refused it")
+"""What happened to one recipient, in words (and, when known, when); a failed one whose
+last reply was a 5xx was refused, else it may also never have been reached."""
 
 _STATUS_NAMES: dict[str, str] = {
     "delivered": N_("delivered"),
@@ -295,6 +297,8 @@ def _in_words(r: Mapping[str, Any], reader: Reader) -> str:
     when = reader.moment(r.get("at"))
     if when and status in _STATUS_WORDS_AT:
         return _(_STATUS_WORDS_AT[status]) % {"when": when}
+    if status == "failed" and re.match(r"5\d\d\b", str(r.get("reply") or "")):
+        return _(_REFUSED)
     return _(_STATUS_WORDS.get(status, N_("not delivered yet")))
 
 
