@@ -256,3 +256,29 @@ def test_a_language_or_time_zone_the_gateway_does_not_know_is_refused(
     refused = _cli(tmp_path, "users", "set", "zoe@example.com", option, value)
     assert refused.returncode == 2 and named in refused.stderr, refused.stderr
     assert "(default)" in _cli(tmp_path, "users", "list").stdout  # unchanged
+
+
+def test_gateway_defaults_and_a_publicly_trusted_signer(
+    sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """A user with no language of its own reads ``[gateway] language`` and ``timezone``;
+    with ``[signing] publicly_trusted = true`` the certificate mail says that any PDF
+    reader can check it offline (and no longer that the reader must trust the provider)."""
+    sink = sink_server.start(Sink())
+    cfg = write_config(tmp_path, {"example.org": sink.port, "example.com": sink.port})
+    text = cfg.read_text().replace(
+        'state_dir = "state"', 'state_dir = "state"\nlanguage = "it"\ntimezone = "Europe/Rome"'
+    )
+    cfg.write_text(text.replace("[signing]\n", "[signing]\npublicly_trusted = true\n"))
+    gw = start_gateway(cfg, {ALICE: PASSWORD})
+    try:
+        qid = send(gw, ALICE, make_message(subject="Diffida"), ["bob@example.org", CERT_ADDRESS])
+        mail = mail_for(sink, qid, "Certificato di consegna: «Diffida» (CF-")
+        assert mail.message["Content-Language"] == "it"
+        said = " ".join(text_of(mail).split())
+        assert re.search(r"il \d+ \w+ 20\d\d, \d\d:\d\d:\d\d CES?T \(\d\d:\d\d:\d\d UTC\)", said)
+        assert "chiunque può verificarlo senza connessione con qualsiasi lettore PDF" in said
+        assert "certificato del prestatore" not in said
+    finally:
+        gw.stop()
+    assert_clean_log(gw.log())

@@ -124,6 +124,7 @@ def test_non_ascii_recipient_address_is_written_by_the_stdlib() -> None:
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
+@settings(deadline=None)  # its first example imports relay.delivery.outbound
 @given(st.text(alphabet=st.sampled_from(BIDI + "ab\r\n\x1b\u2028"), max_size=40))
 def test_one_line_keeps_no_bidi_override_nor_control(text: str) -> None:
     cleaned = notices.one_line(text)
@@ -317,3 +318,20 @@ def test_the_offline_claim_is_made_only_for_a_publicly_trusted_signer(language: 
         said, not_said = " ".join(read(trusted).split()), " ".join(read(private).split())
         assert claim in said and caveat not in said
         assert claim not in not_said and caveat in not_said
+
+
+def test_each_recipient_is_told_in_words() -> None:
+    unreachable = {"address": "dave@example.org", "status": "failed", "reply": ""}
+    bounced = {**DELIVERED, "address": "erin@example.org", "status": "bounced"}
+    text = _text(_parse(_certificate(Reader(), [DELIVERED, REFUSED, unreachable, bounced])))
+    said = " ".join(text.split(Reader().gettext("mail", "Technical details"))[0].split())
+    assert "bob@example.org: accepted by the recipient's mail server on 3 December 2026" in said
+    assert "carol@example.org: not delivered: the recipient's mail server refused it -" in said
+    assert (
+        "dave@example.org: not delivered: the recipient's mail server refused it, or could not be reached"
+        in said
+    )
+    assert (
+        "erin@example.org: accepted by the recipient's mail server on 3 December 2026, 10:42:05 UTC, which reported later"
+        in said
+    )

@@ -47,7 +47,14 @@ from enum import StrEnum
 
 from certifier.errors import PermanentError
 from certifier.i18n import Reader
-from relay.certify.notices import DEFAULT_READER, DOMAIN, N_, one_line, original_headers
+from relay.certify.notices import (
+    DEFAULT_READER,
+    DOMAIN,
+    N_,
+    one_line,
+    original_headers,
+    quoted_subject,
+)
 
 __all__ = [
     "MAIL_KEYWORDS",
@@ -527,7 +534,7 @@ def build_report(report: Report, *, reader: Reader = DEFAULT_READER) -> bytes:
             break
     title, opening = _TITLES[first]
     original = original_headers(report.original)
-    subject = one_line(original.subject, 150)
+    subject = quoted_subject(original, reader, 150)
     to = one_line(report.to, 320)
     policy = email.policy.SMTP if to.isascii() else email.policy.SMTPUTF8
     msg = EmailMessage(policy=policy)

@@ -2,7 +2,7 @@
 for certified reception the owner's certificate mail and the sender's proof of receipt,
 and the mail carrying a certificate made after the gateway lost its copy of the message.
 
-Each is written for the person who reads it (README, "Languages and readers"): in their
+Each is written for the person who reads it (README, "The mails you receive"): in their
 language and time zone (:class:`certifier.i18n.Reader`, the gettext domain ``mail``),
 saying first what happened in plain words (:mod:`certifier.outcome`) and how to verify
 the certificate, with the technical detail (queue id, SHA-256, the servers' replies)
@@ -110,6 +110,10 @@ def one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+NO_SUBJECT = N_("(no subject)")
+"""What stands for the subject of a message that has none (translated where shown)."""
+
+
 @dataclass(frozen=True)
 class OriginalHeaders:
     subject: str
@@ -126,7 +130,7 @@ def original_headers(raw: bytes) -> OriginalHeaders:
         mid = str(msg.get("message-id", "") or "").strip()
     except Exception:  # a header the stdlib cannot even decode: show nothing rather than fail
         subject, mid = "", ""
-    return OriginalHeaders(subject or "(no subject)", mid if _MSG_ID.match(mid) else None)
+    return OriginalHeaders(subject or NO_SUBJECT, mid if _MSG_ID.match(mid) else None)
 
 
 def _base(
@@ -263,7 +267,9 @@ _STATUS_WORDS_AT: dict[str, str] = {
         "could not deliver it"
     ),
 }
-"""What happened to one recipient, in words (and, when known, when)."""
+_REFUSED = N_("not delivered: the recipient's mail server refused it")
+"""What happened to one recipient, in words (and, when known, when); a failed one whose
+last reply was a 5xx was refused, else it may also never have been reached."""
 
 _STATUS_NAMES: dict[str, str] = {
     "delivered": N_("delivered"),
@@ -276,9 +282,12 @@ _STATUS_NAMES: dict[str, str] = {
 """A recipient state (:mod:`relay.queue.states`) named in the technical details."""
 
 
-def _quoted_subject(original: OriginalHeaders) -> str:
-    """The original's subject, short enough that the rest of a header still fits."""
-    return one_line(original.subject, 120)
+def quoted_subject(original: OriginalHeaders, reader: Reader, limit: int = 120) -> str:
+    """The original's subject as ``reader`` reads it, short enough that the rest of a
+    header still fits."""
+    if original.subject == NO_SUBJECT:
+        return reader.gettext(DOMAIN, NO_SUBJECT)
+    return one_line(original.subject, limit)
 
 
 def _in_words(r: Mapping[str, Any], reader: Reader) -> str:
@@ -288,6 +297,8 @@ def _in_words(r: Mapping[str, Any], reader: Reader) -> str:
     when = reader.moment(r.get("at"))
     if when and status in _STATUS_WORDS_AT:
         return _(_STATUS_WORDS_AT[status]) % {"when": when}
+    if status == "failed" and re.match(r"5\d\d\b", str(r.get("reply") or "")):
+        return _(_REFUSED)
     return _(_STATUS_WORDS.get(status, N_("not delivered yet")))
 
 
@@ -308,10 +319,11 @@ def _listed(reader: Reader, recipients: Recipients) -> list[dict[str, str]]:
     ]
 
 
-def _verification(
-    reader: Reader, cert_id: str, verify_url: str | None, publicly_trusted: bool
-) -> dict[str, Any]:
-    """What the mail says about checking the certificate (the ``verify`` template)."""
+def _verification(cert_id: str, verify_url: str | None, publicly_trusted: bool) -> dict[str, Any]:
+    """What the mail says about checking the certificate (``verify.txt``/``verify.html``):
+    the verification page when there is one; the claim that any PDF reader validates the
+    signature only when the signer chains to a root readers trust (``[signing]
+    publicly_trusted``), else what a PDF reader shows; ``certifica verify`` always."""
     return {
         "verify_url": verify_url,
         "publicly_trusted": publicly_trusted,
@@ -338,7 +350,7 @@ def build_notice(
 ) -> bytes:
     """The "your certified message is being processed" notice, in ``reader``'s words."""
     _ = reader.catalog(DOMAIN).gettext
-    subject = _quoted_subject(original)
+    subject = quoted_subject(original, reader)
     context: dict[str, Any] = {
         "subject": subject,
         "qid": qid,
@@ -394,7 +406,7 @@ def build_certificate_mail(
         what = outcome or recipients_outcome(r.get("status") for r in recipients).value
     if what not in _SUBJECTS:
         what = Outcome.PENDING.value
-    subject = _quoted_subject(original)
+    subject = quoted_subject(original, reader)
     failed = [
         one_line(str(r["address"]), 320) for r in recipients if r.get("status") != "delivered"
     ]
@@ -414,7 +426,7 @@ def build_certificate_mail(
         "sha256": sha256,
         "recipients": _listed(reader, recipients),
         "gateway": gateway_name,
-        **_verification(reader, cert_id, verify_url, publicly_trusted),
+        **_verification(cert_id, verify_url, publicly_trusted),
     }
     msg = _base(
         gateway_name,
@@ -463,7 +475,7 @@ def build_content_lost(
         "size": reader.size(size),
         "recipients": _listed(reader, recipients),
         "gateway": gateway_name,
-        **_verification(reader, cert_id, verify_url, publicly_trusted),
+        **_verification(cert_id, verify_url, publicly_trusted),
     }
     subject = (
         _("Addendum without the message: the gateway lost its copy (%(id)s)")
@@ -506,7 +518,7 @@ def build_reception_mail(
     of receipt mailed to the original sender; both carry the same signed PDF.
     ``received_at``: when the message arrived, said in the first sentence when given."""
     _ = reader.catalog(DOMAIN).gettext
-    subject = _quoted_subject(original)
+    subject = quoted_subject(original, reader)
     sender = one_line(original_from) or _("an unidentified sender")
     values = {
         "subject": subject,
@@ -547,7 +559,7 @@ def build_reception_mail(
         "original_from": sender,
         "gateway": gateway_name,
         "receipt": receipt,
-        **_verification(reader, cert_id, verify_url, publicly_trusted),
+        **_verification(cert_id, verify_url, publicly_trusted),
     }
     title = (
         _("Proof of receipt: “%(subject)s” (%(id)s)")
