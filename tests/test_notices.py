@@ -303,8 +303,9 @@ def test_the_offline_claim_is_made_only_for_a_publicly_trusted_signer(language: 
     reader = Reader(language)
     claim = reader.gettext(
         "mail",
-        "Anyone can also check it offline with any PDF reader: its signature panel shows "
-        "who signed it and that it has not been changed since.",
+        "Anyone can also check it offline with a PDF reader that validates signatures (such "
+        "as Adobe Acrobat Reader): its signature panel shows who signed it and that it has "
+        "not been changed since.",
     )
     caveat = reader.gettext(
         "mail",

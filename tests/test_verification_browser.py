@@ -89,14 +89,14 @@ def test_the_page_opens_in_the_visitors_language_and_switches(site: Site, page: 
     assert page.locator("html").get_attribute("lang") == "es"
     assert (
         page.locator("h1").inner_text()
-        == "Certificado de entrega parcial de correo electrónico certificado"
+        == "Certificado de entrega parcial de un correo electrónico certificado"
     )
     assert "b**@example.org" in page.locator("#recipients").inner_text()
     page.get_by_role("link", name="Català").click()
     page.wait_for_url("**?lang=ca")
     assert (
         page.locator("h1").inner_text()
-        == "Certificat de lliurament parcial de correu electrònic certificat"
+        == "Certificat de lliurament parcial d'un correu electrònic certificat"
     )
     assert "Aquest document el va emetre Certifica Test Provider S.L." in page.inner_text("#issued")
     page.get_by_role("link", name="English").click()

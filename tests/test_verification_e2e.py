@@ -83,7 +83,7 @@ def test_a_real_certificate_is_verified_on_its_page(
         page.goto(url)
         assert (
             page.locator("h1").inner_text()
-            == "Certificato di consegna parziale di posta elettronica certificata"
+            == "Certificato di consegna parziale di un messaggio di posta elettronica"
         )
         issued = page.inner_text("#issued")
         assert issued.startswith("Questo documento è stato emesso da Certifica development")

@@ -215,7 +215,7 @@ class VerificationPage:
                 except Unavailable:
                     return self.unavailable(request)
             text = translations(self.language(request), "web").gettext(
-                N_("Too many requests from your address. Please try again in a minute.")
+                N_("Too many requests from your network address. Please try again in a minute.")
             )
             if request.method == "POST":
                 response: web.Response = self.json(request, 429, message=text)
@@ -224,7 +224,7 @@ class VerificationPage:
                     request,
                     429,
                     N_("Too many requests"),
-                    N_("Too many requests from your address. Please try again in a minute."),
+                    N_("Too many requests from your network address. Please try again in a minute."),
                 )
             response.headers["Retry-After"] = str(wait)
             return response
