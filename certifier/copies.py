@@ -28,7 +28,9 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,60 +288,115 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     return lo
 
 
-# An edit whose old and new bytes are both longer than this is diffed line by line.
-_LINE_DIFF_BYTES = 2048
-_LINE_DIFF_MAX_LINES = 20_000
+# An edit whose old and new bytes are both longer than this is split further: by
+# lines, then within a changed line by what it shares with its counterpart, then by
+# words. difflib's matcher is quadratic in the worst case: above the bounds an edit is
+# kept whole (correct, only larger).
+_DIFF_BYTES = 512
+_MAX_LINES = 20_000
+_MAX_WORDS = 20_000
+# Edits closer than this are merged: each costs some 40 bytes of JSON of its own.
+_MERGE_GAP = 16
+_WORD = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")
 
 
 def compact(data: bytes, edits: Iterable[Edit]) -> list[Edit]:
     """The same changes to ``data`` holding fewer bytes: each edit loses what its old and
-    new bytes share at both ends, and a long one (a re-encoded body) is split where whole
-    lines are unchanged."""
+    new bytes share at both ends, and a long one (a re-encoded body) is split where
+    lines, or the ends of lines, or words, are unchanged."""
     out: list[Edit] = []
     for e in edits:
         old = data[e.offset : e.offset + e.length]
-        new = e.insert
-        head = _common_prefix(old, new)
-        tail = _common_suffix(old, new, min(len(old), len(new)) - head)
-        old, new = old[head : len(old) - tail], new[head : len(new) - tail]
-        start = e.offset + head
-        if not old and not new:
-            continue
-        if len(old) > _LINE_DIFF_BYTES and len(new) > _LINE_DIFF_BYTES:
-            out.extend(_line_diff(old, new, start))
+        if len(old) > _DIFF_BYTES and len(e.insert) > _DIFF_BYTES:
+            # Whole lines first: trimming first would cut a line in two and misalign them.
+            out.extend(_by_lines(old, e.insert, e.offset))
         else:
-            out.append(Edit(start, len(old), new))
+            out.extend(_trimmed(old, e.insert, e.offset, _by_words))
+    return _merged(data, out)
+
+
+def _trimmed(
+    old: bytes, new: bytes, start: int, finer: Callable[[bytes, bytes, int], list[Edit]]
+) -> list[Edit]:
+    head = _common_prefix(old, new)
+    tail = _common_suffix(old, new, min(len(old), len(new)) - head)
+    old, new = old[head : len(old) - tail], new[head : len(new) - tail]
+    if not old and not new:
+        return []
+    if len(old) <= _DIFF_BYTES or len(new) <= _DIFF_BYTES:
+        return [Edit(start + head, len(old), new)]
+    return finer(old, new, start + head)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Lines, a quoted-printable soft line break (RFC 2045 6.7 rule 5) joining the next:
+    re-encoding moves soft breaks only up to the next hard one."""
+    out: list[bytes] = []
+    joined = b""
+    for line in data.splitlines(keepends=True):
+        joined += line
+        if not line.rstrip(b"\r\n").endswith(b"="):
+            out.append(joined)
+            joined = b""
+    if joined:
+        out.append(joined)
     return out
 
 
-def _line_diff(old: bytes, new: bytes, start: int) -> list[Edit]:
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    if len(a) > _LINE_DIFF_MAX_LINES or len(b) > _LINE_DIFF_MAX_LINES:
+def _by_lines(old: bytes, new: bytes, start: int) -> list[Edit]:
+    a, b = _lines(old), _lines(new)
+    if len(a) > _MAX_LINES or len(b) > _MAX_LINES:
         return [Edit(start, len(old), new)]
-    offsets_a = [0]
-    for line in a:
-        offsets_a.append(offsets_a[-1] + len(line))
-    offsets_b = [0]
-    for line in b:
-        offsets_b.append(offsets_b[-1] + len(line))
+    at_a = list(itertools.accumulate(map(len, a), initial=0))
+    at_b = list(itertools.accumulate(map(len, b), initial=0))
     edits: list[Edit] = []
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=True)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    if len(a) == len(b):  # the usual case (rewriting keeps the lines): line for line
+        for i, (line_a, line_b) in enumerate(zip(a, b, strict=True)):
+            if line_a != line_b:
+                edits.extend(_trimmed(line_a, line_b, start + at_a[i], _by_words))
+        return edits
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
         if tag == "equal":
             continue
-        edits.append(
-            Edit(
-                start + offsets_a[i1],
-                offsets_a[i2] - offsets_a[i1],
-                new[offsets_b[j1] : offsets_b[j2]],
-            )
-        )
+        if i2 - i1 == j2 - j1:  # line for line: each changed line on its own
+            for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                edits.extend(_trimmed(a[i], b[j], start + at_a[i], _by_words))
+        else:
+            piece_old, piece_new = old[at_a[i1] : at_a[i2]], new[at_b[j1] : at_b[j2]]
+            edits.extend(_trimmed(piece_old, piece_new, start + at_a[i1], _by_words))
     return edits
 
 
+def _by_words(old: bytes, new: bytes, start: int) -> list[Edit]:
+    a, b = _WORD.findall(old), _WORD.findall(new)
+    if len(a) > _MAX_WORDS or len(b) > _MAX_WORDS:
+        return [Edit(start, len(old), new)]
+    at_a = list(itertools.accumulate(map(len, a), initial=0))
+    at_b = list(itertools.accumulate(map(len, b), initial=0))
+    return [
+        Edit(start + at_a[i1], at_a[i2] - at_a[i1], new[at_b[j1] : at_b[j2]])
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
+        if tag != "equal"
+    ]
+
+
+def _merged(data: bytes, edits: list[Edit]) -> list[Edit]:
+    out: list[Edit] = []
+    for e in edits:
+        if out and e.offset - (out[-1].offset + out[-1].length) < _MERGE_GAP:
+            last = out[-1]
+            gap = data[last.offset + last.length : e.offset]
+            out[-1] = Edit(
+                last.offset, e.offset + e.length - last.offset, last.insert + gap + e.insert
+            )
+        else:
+            out.append(e)
+    return out
+
+
 def diff(original: bytes, copy: bytes) -> list[Edit]:
-    """Edits making ``copy`` from ``original`` when nothing better is known: one edit
-    over what differs between their common beginning and end, diffed by lines."""
+    """Edits making ``copy`` from ``original`` when nothing better is known: what differs
+    between their common beginning and end, diffed by lines and words."""
     return compact(original, [Edit(0, len(original), copy)])
 
 
