@@ -418,6 +418,7 @@ def describe(change: Mapping[str, Any]) -> str:
             "is in Reply-To."
         )
     if kind == "part_reencoded":
-        return f"The {change.get('part')} was re-encoded as {change.get('encoding')}."
+        part = str(change.get("part") or "a part")  # "part 1.2", "the message body"
+        return f"{part[:1].upper()}{part[1:]} was re-encoded as {change.get('encoding')}."
     detail = change.get("detail")
     return f"Other change: {detail}." if detail else "Another change was made."

@@ -178,6 +178,9 @@ def test_every_change_reads_as_a_sentence() -> None:
     assert copies.describe({"change": "link_tracked", "link": 2, "url": "https://e.org/x"}) == (
         "Link 2 (https://e.org/x) was replaced by a tracking link."
     )
+    assert copies.describe(
+        {"change": "part_reencoded", "part": "the message body", "encoding": "quoted-printable"}
+    ) == ("The message body was re-encoded as quoted-printable.")
     for kind in copies.CHANGES:
         assert copies.describe({"change": kind}).endswith(".")
 
