@@ -18,8 +18,9 @@ ascending, not overlapping). Its SHA-256 is the recipient's ``delivered_sha256``
 a verifier recomputes. A recipe holds the changed bytes only, never a whole copy.
 
 :func:`rebuild` applies a recipe; a recipe that does not apply (not base64, an edit
-beyond the message, edits out of order) raises :class:`RecipeError` with a sentence that
-says which, never anything else. :func:`compose` turns two successive rewrites into one
+beyond the message, edits out of order) raises
+:class:`certifier.errors.VerificationError` with a sentence that says which, never
+anything else. :func:`compose` turns two successive rewrites into one
 recipe, which is how the delivery agent builds it from each step's edits.
 """
 
@@ -34,13 +35,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from certifier.errors import CertificaError
+from certifier.errors import VerificationError
 
 __all__ = [
     "CHANGES",
     "Edit",
     "Recipe",
-    "RecipeError",
     "apply",
     "compact",
     "compose",
@@ -62,10 +62,6 @@ CHANGES = (
 # Bounds a hostile evidence.json cannot exceed (a real recipe has a few dozen edits).
 MAX_EDITS = 100_000
 MAX_CHANGES = 10_000
-
-
-class RecipeError(CertificaError, ValueError):
-    """A recipe that cannot be applied to the message; the text says why."""
 
 
 @dataclass(frozen=True)
@@ -102,38 +98,38 @@ class Recipe:
 
     @classmethod
     def from_json(cls, copy: object) -> Recipe:
-        """A recipe read from evidence; :class:`RecipeError` names what is wrong."""
+        """A recipe read from evidence; :class:`~certifier.errors.VerificationError` names what is wrong."""
         if not isinstance(copy, Mapping):
-            raise RecipeError("the copy is not a JSON object")
+            raise VerificationError("the copy is not a JSON object")
         prefix = copy.get("prefix", "")
         if not isinstance(prefix, str):
-            raise RecipeError("its prefix is not text")
+            raise VerificationError("its prefix is not text")
         try:
             prefix_bytes = prefix.encode("latin-1")
         except UnicodeEncodeError:
-            raise RecipeError("its prefix has characters beyond one byte each") from None
+            raise VerificationError("its prefix has characters beyond one byte each") from None
         edits_in = copy.get("edits", [])
         if not isinstance(edits_in, list) or len(edits_in) > MAX_EDITS:
-            raise RecipeError("its edits are not a list (or more than the bound)")
+            raise VerificationError("its edits are not a list (or more than the bound)")
         edits: list[Edit] = []
         for i, item in enumerate(edits_in, 1):
             if not isinstance(item, Mapping):
-                raise RecipeError(f"edit {i} is not a JSON object")
+                raise VerificationError(f"edit {i} is not a JSON object")
             offset, length, insert = item.get("offset"), item.get("length"), item.get("insert")
             if not _count(offset) or not _count(length):
-                raise RecipeError(f"edit {i} has no valid offset and length")
+                raise VerificationError(f"edit {i} has no valid offset and length")
             if not isinstance(insert, str):
-                raise RecipeError(f"edit {i} has no insert text")
+                raise VerificationError(f"edit {i} has no insert text")
             try:
                 data = base64.b64decode(insert.encode("ascii"), validate=True)
             except (binascii.Error, ValueError, UnicodeEncodeError):
-                raise RecipeError(f"the insert of edit {i} is not base64") from None
+                raise VerificationError(f"the insert of edit {i} is not base64") from None
             edits.append(Edit(offset, length, data))  # type: ignore[arg-type]
         changes = copy.get("changes", [])
         if not isinstance(changes, list) or len(changes) > MAX_CHANGES:
-            raise RecipeError("its changes are not a list (or more than the bound)")
+            raise VerificationError("its changes are not a list (or more than the bound)")
         if not all(isinstance(c, Mapping) for c in changes):
-            raise RecipeError("a change is not a JSON object")
+            raise VerificationError("a change is not a JSON object")
         return cls(prefix_bytes, tuple(edits), tuple(dict(c) for c in changes))
 
 
@@ -142,16 +138,16 @@ def _count(value: object) -> bool:
 
 
 def check(edits: Sequence[Edit], size: int) -> None:
-    """Raise :class:`RecipeError` unless ``edits`` apply to ``size`` bytes: within them,
+    """Raise :class:`~certifier.errors.VerificationError` unless ``edits`` apply to ``size`` bytes: within them,
     ascending, not overlapping."""
     pos = 0
     for i, e in enumerate(edits, 1):
         if e.offset < pos:
-            raise RecipeError(
+            raise VerificationError(
                 f"edit {i} (offset {e.offset}) overlaps or comes before the edit ahead of it"
             )
         if e.offset + e.length > size:
-            raise RecipeError(
+            raise VerificationError(
                 f"edit {i} (offset {e.offset}, length {e.length}) goes beyond the "
                 f"message's {size} bytes"
             )
@@ -159,7 +155,7 @@ def check(edits: Sequence[Edit], size: int) -> None:
 
 
 def apply(data: bytes, edits: Sequence[Edit]) -> bytes:
-    """``data`` with ``edits`` applied; :class:`RecipeError` if they do not fit."""
+    """``data`` with ``edits`` applied; :class:`~certifier.errors.VerificationError` if they do not fit."""
     check(edits, len(data))
     out: list[bytes] = []
     pos = 0
@@ -174,7 +170,7 @@ def apply(data: bytes, edits: Sequence[Edit]) -> bytes:
 def rebuild(eml: bytes, copy: object) -> bytes:
     """The delivered copy: ``copy``'s prefix, then ``eml`` with its edits applied.
 
-    ``copy`` is the evidence form (a dict) or a :class:`Recipe`; :class:`RecipeError`
+    ``copy`` is the evidence form (a dict) or a :class:`Recipe`; :class:`~certifier.errors.VerificationError`
     says why one does not apply."""
     recipe = copy if isinstance(copy, Recipe) else Recipe.from_json(copy)
     return recipe.prefix + apply(bytes(eml), recipe.edits)

@@ -1,5 +1,5 @@
 """Recipes of delivered copies (certifier/copies.py): applying, composing, compacting,
-reading them from evidence; a broken recipe is a RecipeError, never another exception."""
+reading them from evidence; a broken recipe is a VerificationError, never another exception."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from addendum.inject import inject
 from certifier import copies
-from certifier.copies import Edit, Recipe, RecipeError
+from certifier.copies import Edit, Recipe
+from certifier.errors import VerificationError
 from relay.delivery import client, outbound
 from tests import test_tracking_units as units
 
@@ -147,7 +148,7 @@ _JSON = st.recursive(
 def test_any_recipe_rebuilds_or_says_why(copy: Any, eml: bytes) -> None:
     try:
         copies.rebuild(eml, copy)
-    except RecipeError as why:
+    except VerificationError as why:
         assert str(why)
 
 
@@ -170,7 +171,7 @@ def test_any_recipe_rebuilds_or_says_why(copy: Any, eml: bytes) -> None:
     ],
 )
 def test_a_recipe_that_does_not_apply_says_why(copy: Any, says: str) -> None:
-    with pytest.raises(RecipeError, match=says):
+    with pytest.raises(VerificationError, match=says):
         copies.rebuild(b"0123456789", copy)
 
 

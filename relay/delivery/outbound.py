@@ -33,6 +33,7 @@ from typing import Any
 
 from certifier import copies
 from certifier.copies import Edit
+from certifier.errors import VerificationError
 from certifier.mime import field_name, header_end, header_fields
 from relay.certify.notices import UNSAFE_CHARACTERS
 from relay.delivery.dkim_keys import DkimKey, DkimKeyring
@@ -147,7 +148,7 @@ class CopyRecipe:
         if edits and not self.broken:
             try:
                 self.edits = copies.compose(self.edits, edits, len(self.original))
-            except copies.RecipeError:
+            except VerificationError:
                 self.broken = True
 
     def prepended(self, head: bytes) -> None:
