@@ -289,8 +289,8 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
 # words. difflib's matcher is quadratic in the worst case: above the bounds an edit is
 # kept whole (correct, only larger).
 _DIFF_BYTES = 512
-_MAX_LINES = 20_000
-_MAX_WORDS = 20_000
+_MAX_LINES = 2_000
+_MAX_WORDS = 2_000
 # Edits closer than this are merged: each costs some 40 bytes of JSON of its own.
 _MERGE_GAP = 16
 _WORD = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")
@@ -340,26 +340,56 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 def _by_lines(old: bytes, new: bytes, start: int) -> list[Edit]:
-    a, b = _lines(old), _lines(new)
-    if len(a) > _MAX_LINES or len(b) > _MAX_LINES:
-        return [Edit(start, len(old), new)]
+    """By hard lines, then (a long quoted-printable line) by its physical lines."""
+    return _by_units(old, new, start, _lines, _by_physical_lines)
+
+
+def _by_physical_lines(old: bytes, new: bytes, start: int) -> list[Edit]:
+    return _by_units(old, new, start, _physical_lines, _by_words)
+
+
+def _physical_lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def _by_units(
+    old: bytes,
+    new: bytes,
+    start: int,
+    split: Callable[[bytes], list[bytes]],
+    finer: Callable[[bytes, bytes, int], list[Edit]],
+) -> list[Edit]:
+    a, b = split(old), split(new)
     at_a = list(itertools.accumulate(map(len, a), initial=0))
     at_b = list(itertools.accumulate(map(len, b), initial=0))
     edits: list[Edit] = []
     if len(a) == len(b):  # the usual case (rewriting keeps the lines): line for line
         for i, (line_a, line_b) in enumerate(zip(a, b, strict=True)):
             if line_a != line_b:
-                edits.extend(_trimmed(line_a, line_b, start + at_a[i], _by_words))
+                edits.extend(_trimmed(line_a, line_b, start + at_a[i], finer))
         return edits
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
+    # Lines added or removed: the same lines at both ends are kept, the middle diffed.
+    shorter = min(len(a), len(b))
+    lo = 0
+    while lo < shorter and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < shorter - lo and a[len(a) - 1 - hi] == b[len(b) - 1 - hi]:
+        hi += 1
+    mid_a, mid_b = a[lo : len(a) - hi], b[lo : len(b) - hi]
+    if len(mid_a) > _MAX_LINES or len(mid_b) > _MAX_LINES:
+        piece_old = old[at_a[lo] : at_a[len(a) - hi]]
+        return [Edit(start + at_a[lo], len(piece_old), new[at_b[lo] : at_b[len(b) - hi]])]
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, mid_a, mid_b).get_opcodes():
         if tag == "equal":
             continue
+        i1, i2, j1, j2 = i1 + lo, i2 + lo, j1 + lo, j2 + lo
         if i2 - i1 == j2 - j1:  # line for line: each changed line on its own
             for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
-                edits.extend(_trimmed(a[i], b[j], start + at_a[i], _by_words))
+                edits.extend(_trimmed(a[i], b[j], start + at_a[i], finer))
         else:
             piece_old, piece_new = old[at_a[i1] : at_a[i2]], new[at_b[j1] : at_b[j2]]
-            edits.extend(_trimmed(piece_old, piece_new, start + at_a[i1], _by_words))
+            edits.extend(_trimmed(piece_old, piece_new, start + at_a[i1], finer))
     return edits
 
 
