@@ -15,7 +15,9 @@ and the delivered copy is ``prefix`` followed by ``message.eml`` with each edit 
 (``length`` bytes at ``offset`` replaced by ``insert``; offsets into ``message.eml``,
 ascending, not overlapping). Its SHA-256 is the recipient's ``delivered_sha256``.
 ``changes`` says in words what differs; it is what a reader is told, the edits are what
-a verifier recomputes. A recipe holds the changed bytes only, never a whole copy.
+a verifier recomputes. A recipe holds the bytes that changed (:func:`compact`), never
+the copy again; where re-encoding changed a part throughout (base64, or the rest of a
+quoted-printable line after a link) that is the re-encoded part from there on.
 
 :func:`rebuild` applies a recipe; a recipe that does not apply (not base64, an edit
 beyond the message, edits out of order) raises
@@ -42,6 +44,7 @@ __all__ = [
     "Edit",
     "Recipe",
     "apply",
+    "check",
     "compact",
     "compose",
     "describe",
