@@ -15,11 +15,14 @@ and the delivered copy is ``prefix`` followed by ``message.eml`` with each edit 
 (``length`` bytes at ``offset`` replaced by ``insert``; offsets into ``message.eml``,
 ascending, not overlapping). Its SHA-256 is the recipient's ``delivered_sha256``.
 ``changes`` says in words what differs; it is what a reader is told, the edits are what
-a verifier recomputes. A recipe holds the changed bytes only, never a whole copy.
+a verifier recomputes. A recipe holds the bytes that changed (:func:`compact`), never
+the copy again; where re-encoding changed a part throughout (base64, or the rest of a
+quoted-printable line after a link) that is the re-encoded part from there on.
 
 :func:`rebuild` applies a recipe; a recipe that does not apply (not base64, an edit
-beyond the message, edits out of order) raises :class:`RecipeError` with a sentence that
-says which, never anything else. :func:`compose` turns two successive rewrites into one
+beyond the message, edits out of order) raises
+:class:`certifier.errors.VerificationError` with a sentence that says which, never
+anything else. :func:`compose` turns two successive rewrites into one
 recipe, which is how the delivery agent builds it from each step's edits.
 """
 
@@ -28,18 +31,20 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from certifier.errors import CertificaError
+from certifier.errors import VerificationError
 
 __all__ = [
     "CHANGES",
     "Edit",
     "Recipe",
-    "RecipeError",
     "apply",
+    "check",
     "compact",
     "compose",
     "describe",
@@ -60,10 +65,6 @@ CHANGES = (
 # Bounds a hostile evidence.json cannot exceed (a real recipe has a few dozen edits).
 MAX_EDITS = 100_000
 MAX_CHANGES = 10_000
-
-
-class RecipeError(CertificaError, ValueError):
-    """A recipe that cannot be applied to the message; the text says why."""
 
 
 @dataclass(frozen=True)
@@ -100,38 +101,38 @@ class Recipe:
 
     @classmethod
     def from_json(cls, copy: object) -> Recipe:
-        """A recipe read from evidence; :class:`RecipeError` names what is wrong."""
+        """A recipe read from evidence; :class:`~certifier.errors.VerificationError` names what is wrong."""
         if not isinstance(copy, Mapping):
-            raise RecipeError("the copy is not a JSON object")
+            raise VerificationError("the copy is not a JSON object")
         prefix = copy.get("prefix", "")
         if not isinstance(prefix, str):
-            raise RecipeError("its prefix is not text")
+            raise VerificationError("its prefix is not text")
         try:
             prefix_bytes = prefix.encode("latin-1")
         except UnicodeEncodeError:
-            raise RecipeError("its prefix has characters beyond one byte each") from None
+            raise VerificationError("its prefix has characters beyond one byte each") from None
         edits_in = copy.get("edits", [])
         if not isinstance(edits_in, list) or len(edits_in) > MAX_EDITS:
-            raise RecipeError("its edits are not a list (or more than the bound)")
+            raise VerificationError("its edits are not a list (or more than the bound)")
         edits: list[Edit] = []
         for i, item in enumerate(edits_in, 1):
             if not isinstance(item, Mapping):
-                raise RecipeError(f"edit {i} is not a JSON object")
+                raise VerificationError(f"edit {i} is not a JSON object")
             offset, length, insert = item.get("offset"), item.get("length"), item.get("insert")
             if not _count(offset) or not _count(length):
-                raise RecipeError(f"edit {i} has no valid offset and length")
+                raise VerificationError(f"edit {i} has no valid offset and length")
             if not isinstance(insert, str):
-                raise RecipeError(f"edit {i} has no insert text")
+                raise VerificationError(f"edit {i} has no insert text")
             try:
                 data = base64.b64decode(insert.encode("ascii"), validate=True)
             except (binascii.Error, ValueError, UnicodeEncodeError):
-                raise RecipeError(f"the insert of edit {i} is not base64") from None
+                raise VerificationError(f"the insert of edit {i} is not base64") from None
             edits.append(Edit(offset, length, data))  # type: ignore[arg-type]
         changes = copy.get("changes", [])
         if not isinstance(changes, list) or len(changes) > MAX_CHANGES:
-            raise RecipeError("its changes are not a list (or more than the bound)")
+            raise VerificationError("its changes are not a list (or more than the bound)")
         if not all(isinstance(c, Mapping) for c in changes):
-            raise RecipeError("a change is not a JSON object")
+            raise VerificationError("a change is not a JSON object")
         return cls(prefix_bytes, tuple(edits), tuple(dict(c) for c in changes))
 
 
@@ -140,16 +141,16 @@ def _count(value: object) -> bool:
 
 
 def check(edits: Sequence[Edit], size: int) -> None:
-    """Raise :class:`RecipeError` unless ``edits`` apply to ``size`` bytes: within them,
+    """Raise :class:`~certifier.errors.VerificationError` unless ``edits`` apply to ``size`` bytes: within them,
     ascending, not overlapping."""
     pos = 0
     for i, e in enumerate(edits, 1):
         if e.offset < pos:
-            raise RecipeError(
+            raise VerificationError(
                 f"edit {i} (offset {e.offset}) overlaps or comes before the edit ahead of it"
             )
         if e.offset + e.length > size:
-            raise RecipeError(
+            raise VerificationError(
                 f"edit {i} (offset {e.offset}, length {e.length}) goes beyond the "
                 f"message's {size} bytes"
             )
@@ -157,7 +158,7 @@ def check(edits: Sequence[Edit], size: int) -> None:
 
 
 def apply(data: bytes, edits: Sequence[Edit]) -> bytes:
-    """``data`` with ``edits`` applied; :class:`RecipeError` if they do not fit."""
+    """``data`` with ``edits`` applied; :class:`~certifier.errors.VerificationError` if they do not fit."""
     check(edits, len(data))
     out: list[bytes] = []
     pos = 0
@@ -172,7 +173,7 @@ def apply(data: bytes, edits: Sequence[Edit]) -> bytes:
 def rebuild(eml: bytes, copy: object) -> bytes:
     """The delivered copy: ``copy``'s prefix, then ``eml`` with its edits applied.
 
-    ``copy`` is the evidence form (a dict) or a :class:`Recipe`; :class:`RecipeError`
+    ``copy`` is the evidence form (a dict) or a :class:`Recipe`; :class:`~certifier.errors.VerificationError`
     says why one does not apply."""
     recipe = copy if isinstance(copy, Recipe) else Recipe.from_json(copy)
     return recipe.prefix + apply(bytes(eml), recipe.edits)
@@ -286,60 +287,145 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     return lo
 
 
-# An edit whose old and new bytes are both longer than this is diffed line by line.
-_LINE_DIFF_BYTES = 2048
-_LINE_DIFF_MAX_LINES = 20_000
+# An edit whose old and new bytes are both longer than this is split further: by
+# lines, then within a changed line by what it shares with its counterpart, then by
+# words. difflib's matcher is quadratic in the worst case: above the bounds an edit is
+# kept whole (correct, only larger).
+_DIFF_BYTES = 512
+_MAX_LINES = 2_000
+_MAX_WORDS = 2_000
+# Edits closer than this are merged: each costs some 40 bytes of JSON of its own.
+_MERGE_GAP = 16
+_WORD = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")
 
 
 def compact(data: bytes, edits: Iterable[Edit]) -> list[Edit]:
     """The same changes to ``data`` holding fewer bytes: each edit loses what its old and
-    new bytes share at both ends, and a long one (a re-encoded body) is split where whole
-    lines are unchanged."""
+    new bytes share at both ends, and a long one (a re-encoded body) is split where
+    lines, or the ends of lines, or words, are unchanged."""
     out: list[Edit] = []
     for e in edits:
         old = data[e.offset : e.offset + e.length]
-        new = e.insert
-        head = _common_prefix(old, new)
-        tail = _common_suffix(old, new, min(len(old), len(new)) - head)
-        old, new = old[head : len(old) - tail], new[head : len(new) - tail]
-        start = e.offset + head
-        if not old and not new:
-            continue
-        if len(old) > _LINE_DIFF_BYTES and len(new) > _LINE_DIFF_BYTES:
-            out.extend(_line_diff(old, new, start))
+        if len(old) > _DIFF_BYTES and len(e.insert) > _DIFF_BYTES:
+            # Whole lines first: trimming first would cut a line in two and misalign them.
+            out.extend(_by_lines(old, e.insert, e.offset))
         else:
-            out.append(Edit(start, len(old), new))
+            out.extend(_trimmed(old, e.insert, e.offset, _by_words))
+    return _merged(data, out)
+
+
+def _trimmed(
+    old: bytes, new: bytes, start: int, finer: Callable[[bytes, bytes, int], list[Edit]]
+) -> list[Edit]:
+    head = _common_prefix(old, new)
+    tail = _common_suffix(old, new, min(len(old), len(new)) - head)
+    old, new = old[head : len(old) - tail], new[head : len(new) - tail]
+    if not old and not new:
+        return []
+    if len(old) <= _DIFF_BYTES or len(new) <= _DIFF_BYTES:
+        return [Edit(start + head, len(old), new)]
+    return finer(old, new, start + head)
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Lines, a quoted-printable soft line break (RFC 2045 6.7 rule 5) joining the next:
+    re-encoding moves soft breaks only up to the next hard one."""
+    out: list[bytes] = []
+    joined = b""
+    for line in data.splitlines(keepends=True):
+        joined += line
+        if not line.rstrip(b"\r\n").endswith(b"="):
+            out.append(joined)
+            joined = b""
+    if joined:
+        out.append(joined)
     return out
 
 
-def _line_diff(old: bytes, new: bytes, start: int) -> list[Edit]:
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    if len(a) > _LINE_DIFF_MAX_LINES or len(b) > _LINE_DIFF_MAX_LINES:
-        return [Edit(start, len(old), new)]
-    offsets_a = [0]
-    for line in a:
-        offsets_a.append(offsets_a[-1] + len(line))
-    offsets_b = [0]
-    for line in b:
-        offsets_b.append(offsets_b[-1] + len(line))
+def _by_lines(old: bytes, new: bytes, start: int) -> list[Edit]:
+    """By hard lines, then (a long quoted-printable line) by its physical lines."""
+    return _by_units(old, new, start, _lines, _by_physical_lines)
+
+
+def _by_physical_lines(old: bytes, new: bytes, start: int) -> list[Edit]:
+    return _by_units(old, new, start, _physical_lines, _by_words)
+
+
+def _physical_lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def _by_units(
+    old: bytes,
+    new: bytes,
+    start: int,
+    split: Callable[[bytes], list[bytes]],
+    finer: Callable[[bytes, bytes, int], list[Edit]],
+) -> list[Edit]:
+    a, b = split(old), split(new)
+    at_a = list(itertools.accumulate(map(len, a), initial=0))
+    at_b = list(itertools.accumulate(map(len, b), initial=0))
     edits: list[Edit] = []
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=True)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    if len(a) == len(b):  # the usual case (rewriting keeps the lines): line for line
+        for i, (line_a, line_b) in enumerate(zip(a, b, strict=True)):
+            if line_a != line_b:
+                edits.extend(_trimmed(line_a, line_b, start + at_a[i], finer))
+        return edits
+    # Lines added or removed: the same lines at both ends are kept, the middle diffed.
+    shorter = min(len(a), len(b))
+    lo = 0
+    while lo < shorter and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < shorter - lo and a[len(a) - 1 - hi] == b[len(b) - 1 - hi]:
+        hi += 1
+    mid_a, mid_b = a[lo : len(a) - hi], b[lo : len(b) - hi]
+    if len(mid_a) > _MAX_LINES or len(mid_b) > _MAX_LINES:
+        piece_old = old[at_a[lo] : at_a[len(a) - hi]]
+        return [Edit(start + at_a[lo], len(piece_old), new[at_b[lo] : at_b[len(b) - hi]])]
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, mid_a, mid_b).get_opcodes():
         if tag == "equal":
             continue
-        edits.append(
-            Edit(
-                start + offsets_a[i1],
-                offsets_a[i2] - offsets_a[i1],
-                new[offsets_b[j1] : offsets_b[j2]],
-            )
-        )
+        i1, i2, j1, j2 = i1 + lo, i2 + lo, j1 + lo, j2 + lo
+        if i2 - i1 == j2 - j1:  # line for line: each changed line on its own
+            for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                edits.extend(_trimmed(a[i], b[j], start + at_a[i], finer))
+        else:
+            piece_old, piece_new = old[at_a[i1] : at_a[i2]], new[at_b[j1] : at_b[j2]]
+            edits.extend(_trimmed(piece_old, piece_new, start + at_a[i1], finer))
     return edits
 
 
+def _by_words(old: bytes, new: bytes, start: int) -> list[Edit]:
+    a, b = _WORD.findall(old), _WORD.findall(new)
+    if len(a) > _MAX_WORDS or len(b) > _MAX_WORDS:
+        return [Edit(start, len(old), new)]
+    at_a = list(itertools.accumulate(map(len, a), initial=0))
+    at_b = list(itertools.accumulate(map(len, b), initial=0))
+    return [
+        Edit(start + at_a[i1], at_a[i2] - at_a[i1], new[at_b[j1] : at_b[j2]])
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes()
+        if tag != "equal"
+    ]
+
+
+def _merged(data: bytes, edits: list[Edit]) -> list[Edit]:
+    out: list[Edit] = []
+    for e in edits:
+        if out and e.offset - (out[-1].offset + out[-1].length) < _MERGE_GAP:
+            last = out[-1]
+            gap = data[last.offset + last.length : e.offset]
+            out[-1] = Edit(
+                last.offset, e.offset + e.length - last.offset, last.insert + gap + e.insert
+            )
+        else:
+            out.append(e)
+    return out
+
+
 def diff(original: bytes, copy: bytes) -> list[Edit]:
-    """Edits making ``copy`` from ``original`` when nothing better is known: one edit
-    over what differs between their common beginning and end, diffed by lines."""
+    """Edits making ``copy`` from ``original`` when nothing better is known: what differs
+    between their common beginning and end, diffed by lines and words."""
     return compact(original, [Edit(0, len(original), copy)])
 
 
@@ -361,6 +447,7 @@ def describe(change: Mapping[str, Any]) -> str:
             "is in Reply-To."
         )
     if kind == "part_reencoded":
-        return f"The {change.get('part')} was re-encoded as {change.get('encoding')}."
+        part = str(change.get("part") or "a part")  # "part 1.2", "the message body"
+        return f"{part[:1].upper()}{part[1:]} was re-encoded as {change.get('encoding')}."
     detail = change.get("detail")
     return f"Other change: {detail}." if detail else "Another change was made."

@@ -269,7 +269,7 @@ def copies_check(evidence: dict, eml: bytes | None) -> Check:
             )
         try:
             made = copies.rebuild(eml, copy)
-        except copies.RecipeError as why:
+        except VerificationError as why:
             problems.append(f"the copy delivered to {who} cannot be rebuilt: {why}")
             continue
         actual = hashlib.sha256(made).hexdigest()

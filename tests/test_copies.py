@@ -1,22 +1,30 @@
 """Recipes of delivered copies (certifier/copies.py): applying, composing, compacting,
-reading them from evidence; a broken recipe is a RecipeError, never another exception."""
+reading them from evidence; a broken recipe is a VerificationError, never another exception."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from addendum.inject import inject
 from certifier import copies
-from certifier.copies import Edit, Recipe, RecipeError
+from certifier.copies import Edit, Recipe
+from certifier.errors import VerificationError
+from certifier.verify import copies_check
 from relay.delivery import client, outbound
 from tests import test_tracking_units as units
 
 _BYTES = st.binary(max_size=300)
+# No deadline: the machine running the tests is shared; nothing here is about time.
+_SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
+PROPERTY = settings(max_examples=100, deadline=None, database=None, suppress_health_check=_SLOW)
+MORE = settings(max_examples=300, deadline=None, database=None, suppress_health_check=_SLOW)
 
 
 @st.composite
@@ -42,13 +50,14 @@ def _naive(data: bytes, edits: list[Edit]) -> bytes:
     return data
 
 
+@PROPERTY
 @given(edited())
 def test_apply_splices_every_edit(case: tuple[bytes, list[Edit]]) -> None:
     data, edits = case
     assert copies.apply(data, edits) == _naive(data, edits)
 
 
-@settings(max_examples=300)
+@MORE
 @given(st.data())
 def test_two_rewrites_composed_make_the_same_copy(draw: st.DataObject) -> None:
     data, first = draw.draw(edited())
@@ -60,6 +69,7 @@ def test_two_rewrites_composed_make_the_same_copy(draw: st.DataObject) -> None:
     copies.check(composed, len(data))
 
 
+@PROPERTY
 @given(edited())
 def test_compacted_edits_make_the_same_copy_and_hold_no_more(
     case: tuple[bytes, list[Edit]],
@@ -67,9 +77,14 @@ def test_compacted_edits_make_the_same_copy_and_hold_no_more(
     data, edits = case
     small = copies.compact(data, edits)
     assert copies.apply(data, small) == copies.apply(data, edits)
-    assert sum(len(e.insert) for e in small) <= sum(len(e.insert) for e in edits)
+
+    def size(edits: list[Edit]) -> int:
+        return len(json.dumps(Recipe(b"", tuple(edits), ()).to_json()))
+
+    assert size(small) <= size(edits)
 
 
+@PROPERTY
 @given(_BYTES, _BYTES, _BYTES)
 def test_a_recipe_round_trips_through_its_evidence_form(
     eml: bytes, prefix_text: bytes, copy: bytes
@@ -78,6 +93,22 @@ def test_a_recipe_round_trips_through_its_evidence_form(
     recipe = Recipe(prefix, tuple(copies.diff(eml, copy)), ({"change": "other"},))
     assert copies.rebuild(eml, recipe.to_json()) == prefix + copy
     assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+_BODY_PIECES = st.sampled_from(
+    [b"<p>clause ", b"=\r\n", b"\r\n", b"\n", b"https://example.org/x", b"=3D", b" ", b"a" * 300]
+)
+
+
+@PROPERTY
+@given(st.data())
+def test_a_long_body_split_by_lines_and_words_rebuilds(draw: st.DataObject) -> None:
+    old = b"".join(draw.draw(st.lists(_BODY_PIECES, min_size=20, max_size=200)))
+    _, edits = draw.draw(edited(old))
+    new = copies.apply(old, edits)
+    small = copies.compact(old, [Edit(0, len(old), new)])
+    assert copies.apply(old, small) == new
+    copies.check(small, len(old))
 
 
 def test_a_long_reencoded_body_is_recorded_by_the_lines_that_changed() -> None:
@@ -98,7 +129,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@MORE
 @given(
     st.fixed_dictionaries(
         {},
@@ -126,7 +157,7 @@ _JSON = st.recursive(
 def test_any_recipe_rebuilds_or_says_why(copy: Any, eml: bytes) -> None:
     try:
         copies.rebuild(eml, copy)
-    except RecipeError as why:
+    except VerificationError as why:
         assert str(why)
 
 
@@ -149,7 +180,7 @@ def test_any_recipe_rebuilds_or_says_why(copy: Any, eml: bytes) -> None:
     ],
 )
 def test_a_recipe_that_does_not_apply_says_why(copy: Any, says: str) -> None:
-    with pytest.raises(RecipeError, match=says):
+    with pytest.raises(VerificationError, match=says):
         copies.rebuild(b"0123456789", copy)
 
 
@@ -157,6 +188,9 @@ def test_every_change_reads_as_a_sentence() -> None:
     assert copies.describe({"change": "link_tracked", "link": 2, "url": "https://e.org/x"}) == (
         "Link 2 (https://e.org/x) was replaced by a tracking link."
     )
+    assert copies.describe(
+        {"change": "part_reencoded", "part": "the message body", "encoding": "quoted-printable"}
+    ) == ("The message body was re-encoded as quoted-printable.")
     for kind in copies.CHANGES:
         assert copies.describe({"change": kind}).endswith(".")
 
@@ -218,6 +252,7 @@ def test_inject_names_the_pixel_and_a_part_it_reencoded() -> None:
 _LINES = st.lists(st.sampled_from([b"a", b"From: x\r\n", b"\r\n", b"\n", b"\r", b".", b"b c"]))
 
 
+@PROPERTY
 @given(_LINES.map(b"".join))
 def test_wire_form_is_what_the_smtp_client_sends_and_hashes(message: bytes) -> None:
     wired, edits = outbound.wire_form(message)
@@ -226,7 +261,7 @@ def test_wire_form_is_what_the_smtp_client_sends_and_hashes(message: bytes) -> N
     assert client._crlf(wired) == wired  # the client changes nothing more
 
 
-@settings(max_examples=300)
+@MORE
 @given(st.data())
 def test_the_recipe_of_each_step_rebuilds_the_wire_copy(draw: st.DataObject) -> None:
     original = draw.draw(_LINES.map(b"".join))
@@ -274,3 +309,35 @@ def test_from_edits_make_the_rewritten_message(header: bytes) -> None:
     assert copies.apply(raw, edits) == rewritten
     assert (rewritten == raw) == (b"From:" not in header)
     assert rewritten.count(b"From:") == (1 if b"From:" in header else 0)
+
+
+# --- certifica verify's delivered-copies check (certifier/verify.py) --------------------
+
+
+def _evidence(eml: bytes, copy: bytes, recipe: Recipe | None, stated: str | None) -> dict[str, Any]:
+    return {
+        "recipients": [
+            {
+                "address": "bob@example.org",
+                "status": "delivered",
+                "delivered_sha256": stated,
+                "copy": recipe.to_json() if recipe else None,
+            }
+        ]
+    }
+
+
+def test_the_check_rebuilds_a_copy_and_names_a_recipient_whose_copy_differs() -> None:
+    eml = b"Subject: x\r\n\r\nbody\r\n"
+    copy = b"Received: by gw\r\nSubject: x\r\n\r\nbody, edited\r\n"
+    recipe = Recipe(b"Received: by gw\r\n", tuple(copies.diff(eml, copy[17:])), ())
+    good = hashlib.sha256(copy).hexdigest()
+    assert copies_check(_evidence(eml, copy, recipe, good), eml).ok
+    wrong = copies_check(_evidence(eml, copy, recipe, "0" * 64), eml)
+    assert not wrong.ok and "<bob@example.org>" in wrong.detail and "0" * 64 in wrong.detail
+    unstated = copies_check(_evidence(eml, copy, recipe, None), eml)
+    assert not unstated.ok and "no delivered SHA-256" in unstated.detail
+    lost = copies_check(_evidence(eml, copy, recipe, good), None)
+    assert lost.ok and lost.content_not_certified
+    nothing = copies_check({"recipients": "not a list"}, eml)
+    assert nothing.ok and nothing.detail.startswith("Not recorded")

@@ -21,6 +21,12 @@ copy that leaves, and each recipient's delivered hash covers that copy. In order
 
 Header text built here is ASCII or RFC 2047 encoded words, never raw mail text with a
 line break in it.
+
+The certificate embeds the message as received, so each step also says how it changed
+the copy (:class:`CopyRecipe`): fields put in front, edits on the message (tracking,
+From), line ends made CRLF for the wire (:func:`wire_form`, what the SMTP client sends
+and hashes). The recipe is checked by rebuilding the copy before it is recorded with
+the delivery (:mod:`certifier.copies`), and building it never stops a delivery.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 from certifier import copies
 from certifier.copies import Edit
+from certifier.errors import VerificationError
 from certifier.mime import field_name, header_end, header_fields
 from relay.certify.notices import UNSAFE_CHARACTERS
 from relay.delivery.dkim_keys import DkimKey, DkimKeyring
@@ -147,7 +154,7 @@ class CopyRecipe:
         if edits and not self.broken:
             try:
                 self.edits = copies.compose(self.edits, edits, len(self.original))
-            except copies.RecipeError:
+            except VerificationError:
                 self.broken = True
 
     def prepended(self, head: bytes) -> None:
@@ -158,11 +165,17 @@ class CopyRecipe:
         """``message`` (prefix then body) as the SMTP client sends it and hashes it
         (:func:`wire_form`), the recipe brought to match."""
         wired, _ = wire_form(message)
-        if self.broken:
-            return wired
+        if not self.broken:
+            try:
+                self._wire(message)
+            except Exception:  # a fault here must not stop the mail; recipe() says so
+                self.broken = True
+        return wired
+
+    def _wire(self, message: bytes) -> None:
         if not message.startswith(self.prefix) or (self.prefix and not self.prefix.endswith(b"\n")):
             self.broken = True
-            return wired
+            return
         # The prefix ends a line, so no line end spans it and the body: each is put in
         # wire form on its own; an empty body after a prefix adds nothing.
         prefix, prefix_edits = wire_form(self.prefix) if self.prefix else (b"", [])
@@ -171,7 +184,6 @@ class CopyRecipe:
         self.line_ends = bool(prefix_edits or body_edits)
         self.prefix = prefix
         self.rewritten(body_edits)
-        return wired
 
     def recipe(self, copy: bytes) -> copies.Recipe:
         """The recipe of ``copy`` (what :meth:`wire` returned), checked by rebuilding it."""
