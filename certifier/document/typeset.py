@@ -355,6 +355,7 @@ def styles() -> dict[str, ParagraphStyle]:
     regular, bold, mono = fonts()
     base = ParagraphStyle("base", fontName=regular, fontSize=8.5, leading=11, alignment=TA_LEFT)
     ink = colors.HexColor("#1f2a44")
+    grey = colors.HexColor("#555555")
     return {
         "title": ParagraphStyle(
             "title", base, fontName=bold, fontSize=15, leading=19, textColor=ink
@@ -388,6 +389,11 @@ def styles() -> dict[str, ParagraphStyle]:
             "note", base, fontSize=8, leading=10.5, textColor=colors.HexColor("#444444")
         ),
         "url": ParagraphStyle("url", base, fontName=mono, fontSize=7.5, leading=9.5),
+        # The header and footer of every page.
+        "furniture": ParagraphStyle("furniture", base, fontSize=7, leading=9, textColor=grey),
+        "furniture-bold": ParagraphStyle(
+            "furniture-bold", base, fontName=bold, fontSize=7.5, leading=9, textColor=grey
+        ),
     }
 
 
@@ -1042,25 +1048,33 @@ class NumberedCanvas(rl_canvas.Canvas):
         code.append(f"{_fp(a)} {_fp(b)} {_fp(c)} {_fp(d)} {_fp(e)} {_fp(f)} cm")
 
     def _footer(self, total: int) -> None:
+        # The texts are drawn by _draw_lines, as the pages' own text: drawString's text
+        # object re-encoded them character by character, three times a page.
+        st = styles()
         self.saveState()
-        regular, bold, _ = fonts()
-        self.setFillColor(_FURNITURE)
         self.setStrokeColor(_RULE)
-        top = PAGE_H - 11 * mm
-        self.setFont(bold, 7.5)
-        self.drawString(MARGIN, top, self.header_left)
-        self.setFont(regular, 7)
-        self.drawRightString(PAGE_W - MARGIN, top, self.header_right)
         self.setLineWidth(0.4)
+        top = PAGE_H - 11 * mm
+        self._put(self.header_left, st["furniture-bold"], MARGIN, top)
+        self._put(self.header_right, st["furniture"], PAGE_W - MARGIN, top, right=True)
         self.line(MARGIN, top - 2.5 * mm, PAGE_W - MARGIN, top - 2.5 * mm)
         self.line(MARGIN, 13 * mm, PAGE_W - MARGIN, 13 * mm)
-        self.drawString(MARGIN, 9.5 * mm, self.footer_text)
-        label = self.page_label % {"page": self._pageNumber, "pages": total}
-        self.drawRightString(PAGE_W - MARGIN, 9.5 * mm, label)
+        self._put(self.footer_text, st["furniture"], MARGIN, 9.5 * mm)
+        label = drawable(self.page_label % {"page": self._pageNumber, "pages": total})
+        self._put(label, st["furniture"], PAGE_W - MARGIN, 9.5 * mm, right=True)
         self.restoreState()
 
+    def _put(
+        self, text: str, style: ParagraphStyle, x: float, baseline: float, *, right: bool = False
+    ) -> None:
+        if not text:
+            return
+        if right:
+            x -= text_width(text, style.fontName, style.fontSize)
+        top = baseline + _first_baseline(style.fontName, style.fontSize)
+        _draw_lines(self, x, top, style, [[(None, text)]])
 
-_FURNITURE = colors.HexColor("#555555")
+
 _RULE = colors.HexColor("#999999")
 
 
