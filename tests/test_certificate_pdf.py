@@ -931,3 +931,22 @@ def test_font_runs_fast_path(text: str, font: str) -> None:
         assert runs == [(None, text)]
     else:
         assert runs != [(None, text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    word=st.text(st.sampled_from("abcxyz.@-/_?&=#W日"), min_size=1, max_size=400),
+    room=st.sampled_from([30.0, 80.0, 150.0, 400.0]),
+)
+def test_long_words_break_without_losing_a_character(word: str, room: float) -> None:
+    # certifier.document.typeset._sensible_cut moves the break of a word longer than a
+    # line back to just after an "@", dot, slash or hyphen: every character stays, in
+    # order, and no line is wider than the room (but a single character).
+    from certifier.document.typeset import _wrap_runs, fonts, text_width
+
+    regular = fonts()[0]
+    lines = _wrap_runs([(None, word)], regular, 8.5, room)
+    assert "".join(text for line in lines for _, text in line) == word
+    for line in lines:
+        text = "".join(t for _, t in line)
+        assert len(text) == 1 or text_width(text, regular, 8.5) <= room + 1e-6
