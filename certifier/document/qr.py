@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 
 from reportlab.graphics.barcode import qrencoder
-from reportlab.lib import colors
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import Flowable
+
+from certifier.document.typeset import _fp
 
 __all__ = ["QrMark"]
 
@@ -53,22 +54,26 @@ class QrMark(Flowable):
         return self.size, self.size
 
     def draw(self) -> None:
+        # The rectangles as path operators written directly (ISO 32000-2 section
+        # 8.5.2.1, "re", then one "f"): reportlab's path object formats every number
+        # through its pure-Python fp_str, a few hundred rectangles a symbol.
         canvas: rl_canvas.Canvas = self.canv
         count = len(self.modules)
         box = self.size / (count + 2 * _QUIET)
-        path = canvas.beginPath()
+        ops = ["q 0 0 0 rg"]
+        height = _fp(box)
         for r, row in enumerate(self.modules):
-            y = self.size - (r + _QUIET + 1) * box
+            y = _fp(self.size - (r + _QUIET + 1) * box)
             c = 0
             while c < count:
                 if row[c]:
                     start = c
                     while c < count and row[c]:
                         c += 1
-                    path.rect((start + _QUIET) * box, y, (c - start) * box, box)
+                    ops.append(
+                        f"{_fp((start + _QUIET) * box)} {y} {_fp((c - start) * box)} {height} re"
+                    )
                 else:
                     c += 1
-        canvas.saveState()
-        canvas.setFillColor(colors.black)
-        canvas.drawPath(path, stroke=0, fill=1)
-        canvas.restoreState()
+        ops.append("f Q")
+        canvas.addLiteral("\n".join(ops))
