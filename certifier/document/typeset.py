@@ -1,30 +1,27 @@
-"""The certificate document: an A4 PDF that a person reads and a machine re-checks.
+"""Setting a certificate's text on A4 pages, fast and safely: fonts, plain text, tables,
+the page header and footer, and the files embedded in the PDF.
 
-The visible pages say what the gateway saw and did (the content list of a certificate
-is in README, "What a certificate holds"; event names follow ETSI EN 319 522). Two files travel
-inside the PDF as embedded files (ISO 32000-2 section 7.11.4, the ``EmbeddedFiles``
-name tree, and section 14.13 associated files ``/AF``, as PDF/A-3 and ETSI EN 319 142
-PAdES evidence containers use them):
+Fonts: only the DejaVu fonts shipped in ``certifier/fonts`` (:data:`FONT_DIR`), embedded
+as subsets, for every word including the header, the footer and the seal; there is no
+fallback to system fonts or to a standard-14 font (a missing font file is an error).
+DejaVu has no Chinese, Japanese or Korean glyphs: runs of those characters in a message
+are set in the predefined Adobe CJK fonts (see :func:`font_runs`).
 
-- ``message.eml`` — the message exactly as received (RFC 5322 bytes), whose SHA-256 the
-  certificate prints;
-- ``evidence.json`` — the evidence record, machine-readable.
-
-The document is returned unsigned; :mod:`certifier.signing` adds the PAdES signature.
-
-Everything in the evidence is untrusted: subject, names, addresses, body text, file
-names and remote servers' replies are chosen by whoever sent the mail or runs the
-remote server. Untrusted text never reaches reportlab's paragraph markup parser: it is
-set as plain text by :class:`Line` and :class:`TextBlock` (a subject ``<img src=...>``
-prints as those characters, it does not fetch a file), control and format characters
-are dropped for display, and every value is capped in length so that no table cell can
-outgrow a page (reportlab's ``LayoutError``).
+Everything in the evidence is untrusted. Untrusted text never reaches reportlab's
+paragraph markup parser: it is set as plain text by :class:`Line` and
+:class:`TextBlock` (a subject ``<img src=...>`` prints as those characters, it does not
+fetch a file), control and format characters are dropped for display (:func:`clean`),
+and every value is capped in length (``CAP_*``) so that no table cell can outgrow a page
+(reportlab's ``LayoutError``). :func:`trusted` is for the gateway's own words only.
 
 Rendering is most of a certificate's CPU time, so the hot paths avoid what platypus
 does generically: plain text is measured once and its text operators written directly
 (ISO 32000-2 section 9.4), the attachments are written in reportlab's own pass, and
 the embedded font subsets are made once per process (:class:`_CachedSubsetsFont`).
 ``bench/certs.py`` measures it.
+
+Embedded files (ISO 32000-2 section 7.11.4 and 14.13): ``message.eml`` and
+``evidence.json`` (:func:`embedded_files`, :func:`_attach`).
 """
 
 from __future__ import annotations
