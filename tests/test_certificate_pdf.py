@@ -41,6 +41,7 @@ from pyhanko_certvalidator import ValidationContext
 
 from certifier.document import TITLES, render_certificate
 from certifier.document.pages import hash_groups
+from certifier.i18n import Reader
 from certifier.outcome import Outcome
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings, build_signer, render_and_sign
@@ -549,7 +550,18 @@ def test_render_never_raises_on_arbitrary_text(
     evidence["recipients"][0]["reply"]["text"] = reply
     evidence["recipients"][1] = odd  # a recipient that is not even a dict
     evidence["timeline"][0]["detail"] = odd
-    pdf = render_certificate(evidence, body.encode("utf-8", "surrogatepass"))
+    # The fields of the readers' issue, as hostile as the rest.
+    evidence["provider"] = {"name": name, "policy_id": odd, "address": subject, "website": odd}
+    evidence["seal"] = {"signer": name, "organization": odd, "not_after": odd, "serial": reply}
+    evidence["verification"] = {"url": subject}  # the QR code holds whatever it is given
+    evidence["recipients"][0]["copy"] = {
+        "changes": [{"change": "link_tracked", "link": odd, "url": reply}, odd, {"change": odd}]
+    }
+    evidence["evidence_log"]["entries"][0]["detail"] = odd
+    language = ["en", "es", "ca", "it"][len(subject) % 4]
+    pdf = render_certificate(
+        evidence, body.encode("utf-8", "surrogatepass"), Reader(language, "Atlantic/Canary")
+    )
     assert pdf.startswith(b"%PDF-")
     files = embedded_files(pdf)
     assert files["message.eml"] == body.encode("utf-8", "surrogatepass")

@@ -325,12 +325,8 @@ def _identity(doc: Document) -> list[Flowable]:
             (_("Certification policy"), provider.get("policy_id")),
             (_("Policy document"), provider.get("policy_url")),
         ]
-        left = [
-            kv_table(
-                [(label, para(value, cap=CAP_SHORT)) for label, value in rows if value],
-                (44 * mm, left_w - 44 * mm),
-            )
-        ]
+        shown = [(label, para(value, cap=CAP_SHORT)) for label, value in rows if value]
+        left = [kv_table(shown, (44 * mm, left_w - 44 * mm))] if shown else []
     if not url:
         return [Spacer(1, 3 * mm), *left] if left else []
     right = [
