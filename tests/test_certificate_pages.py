@@ -323,3 +323,25 @@ def test_long_addresses_break_after_the_at_sign_or_a_dot() -> None:
     pieces = [line.strip() for line in out.splitlines() if "sub.sub" in line or "xxxx" in line]
     assert pieces
     assert all(p.endswith(("@", ".")) or p.endswith("example.org") or " " in p for p in pieces)
+
+
+def test_an_unknown_event_and_hostile_new_fields_print_as_plain_words() -> None:
+    evidence = evidence_for("delivered")
+    evidence["timeline"].append(
+        {"time": "2026-12-03T09:05:00Z", "event": "BrandNewEvent", "recipient": None,
+         "detail": "secret=1"}
+    )  # fmt: skip
+    evidence["evidence_log"]["entries"].append(
+        dict(evidence["evidence_log"]["entries"][-1], seq=5, event="BrandNewEvent",
+             detail='{"secret":1}')
+    )  # fmt: skip
+    hostile = "<b>Evil</b> &amp; <font color=red>Sealer</font>"
+    evidence["seal"]["signer"] = hostile
+    evidence["recipients"][0]["copy"]["changes"].append(
+        {"change": "link_tracked", "link": 7, "url": "https://x.example/<img src=a>"}
+    )
+    text = words(render_certificate(evidence, b"x"))
+    assert "BrandNewEvent" not in text and "secret" not in text
+    assert text.count("Other recorded event") == 2  # the timeline and the evidence log
+    assert hostile in text
+    assert "Link 7 (https://x.example/<img src=a>) was replaced by a tracking link." in text
