@@ -929,6 +929,28 @@ GRID = colors.HexColor("#bbbbbb")
 SHADE = colors.HexColor("#eeeeee")
 
 
+class _KeptTable(Table):
+    """A table of label and value rows that a page end never splits so that fewer than
+    :attr:`KEEP` rows stand alone on either page (widow and orphan rows); a table too
+    short for that moves to the next page whole."""
+
+    KEEP = 3
+
+    def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
+        parts: list[Flowable] = super().split(availWidth, availHeight)
+        if len(parts) != 2:
+            return parts
+        rows = len(self._cellvalues)
+        head = len(parts[0]._cellvalues)  # type: ignore[attr-defined]
+        if rows < 2 * self.KEEP or head < self.KEEP:
+            return []
+        if rows - head < self.KEEP:
+            # Fewer rows on this page, so that KEEP go to the next one.
+            height = sum(self._rowHeights[: rows - self.KEEP])
+            parts = super().split(availWidth, height + 0.01)
+        return parts
+
+
 def base_font() -> tuple[str, tuple[int, int], tuple[int, int], str]:
     """The table style rule that sets a table's own text (empty cells included: a
     Table sets its font for them too, Helvetica unless told) in the shipped font."""
@@ -940,7 +962,7 @@ def kv_table(
 ) -> Table:
     """Two columns: the gateway's label (its own words), the value (plain text)."""
     data = [[trusted(escape(label), "label"), value] for label, value in rows]
-    table = Table(data, colWidths=list(widths), hAlign="LEFT")
+    table = _KeptTable(data, colWidths=list(widths), hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
