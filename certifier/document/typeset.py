@@ -932,13 +932,16 @@ SHADE = colors.HexColor("#eeeeee")
 class _KeptTable(Table):
     """A table of label and value rows that a page end never splits so that fewer than
     :attr:`KEEP` rows stand alone on either page (widow and orphan rows); a table too
-    short for that moves to the next page whole."""
+    short for that moves to the next page whole. A table that starts near the top of a
+    page and still does not fit (a row of 60 addresses) splits as a Table does."""
 
     KEEP = 3
 
     def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
         parts: list[Flowable] = super().split(availWidth, availHeight)
-        if len(parts) != 2:
+        if len(parts) != 2 or availHeight > 0.75 * (PAGE_H - 2 * MARGIN):
+            # Near the top of a page the table is split where it must be: moving it on
+            # would only meet the same split on the next page.
             return parts
         rows = len(self._cellvalues)
         head = len(parts[0]._cellvalues)  # type: ignore[attr-defined]
