@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageChops
 
 from certifier.document import render_certificate
@@ -346,3 +348,20 @@ def test_an_unknown_event_and_hostile_new_fields_print_as_plain_words() -> None:
     assert text.count("Other recorded event") == 2  # the timeline and the evidence log
     assert hostile in text
     assert "Link 7 (https://x.example/<img src=a>) was replaced by a tracking link." in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.integers(0, 255), min_size=1, max_size=80),
+    length=st.sampled_from([7, 10, 13, 15, 16, 17, 18, 20, 22, 24, 26, 28, 30]),
+)
+def test_reed_solomon_remainder_is_reportlabs(data: list[int], length: int) -> None:
+    # certifier.document.qr replaces reportlab's recursive QRPolynomial.mod with a loop;
+    # for every data block and error correction length QR codes use, the same numbers.
+    from reportlab.graphics.barcode import qrencoder
+
+    from certifier.document.qr import reportlabs_remainder
+
+    generator = qrencoder.QRUtil.getErrorCorrectPolynomial(length)
+    raw = qrencoder.QRPolynomial(data, generator.getLength() - 1)
+    assert raw.mod(generator).num == reportlabs_remainder(raw, generator).num

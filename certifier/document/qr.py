@@ -12,6 +12,9 @@ reportlab's encoder (``reportlab.graphics.barcode.qrencoder``, the one behind it
   per process (``QRUtil.getErrorCorrectPolynomial``, a pure function of that length,
   whose result the encoder only reads): making it again for every symbol was 40% of
   the rest;
+- the remainder of the Reed-Solomon division (``QRPolynomial.mod``) is a loop, where
+  reportlab's recurses once per data codeword building a polynomial object each time:
+  the same numbers (``test_reed_solomon_remainder_is_reportlabs``), a third of the time;
 - the dark modules are drawn as one path of rectangles, one fill, rather than a
   Drawing of one shape object per run.
 """
@@ -26,12 +29,38 @@ from reportlab.platypus import Flowable
 
 from certifier.document.typeset import _fp
 
-__all__ = ["QrMark"]
+__all__ = ["QrMark", "reportlabs_remainder"]
 
 if not hasattr(qrencoder.QRUtil.getErrorCorrectPolynomial, "cache_info"):
     qrencoder.QRUtil.getErrorCorrectPolynomial = staticmethod(  # type: ignore[method-assign]
         functools.lru_cache(maxsize=32)(qrencoder.QRUtil.getErrorCorrectPolynomial)
     )
+
+
+def _remainder(self: qrencoder.QRPolynomial, e: qrencoder.QRPolynomial) -> qrencoder.QRPolynomial:
+    """``QRPolynomial.mod`` as a loop: *self* modulo *e* in GF(256)."""
+    num: list[int] = self.num
+    n = len(e.num)
+    if len(num) < n:
+        return self
+    logs = [_LOG[c] for c in e.num]  # a generator polynomial has no zero coefficient
+    while len(num) >= n:
+        ratio = _LOG[num[0]] - logs[0]
+        num = [a ^ _EXP[(b + ratio) % 255] for a, b in zip(num[:n], logs, strict=True)] + num[n:]
+        start = 0
+        while start < len(num) and num[start] == 0:
+            start += 1
+        num = num[start:]
+    return qrencoder.QRPolynomial(num or [0], 0)
+
+
+_EXP: list[int] = qrencoder.EXP_TABLE
+_LOG: list[int] = qrencoder.LOG_TABLE
+# reportlab's own, kept for the test that holds the two equal (also if this module is
+# imported again).
+reportlabs_remainder = getattr(qrencoder.QRPolynomial, "reportlabs_mod", qrencoder.QRPolynomial.mod)
+qrencoder.QRPolynomial.reportlabs_mod = reportlabs_remainder  # type: ignore[attr-defined]
+qrencoder.QRPolynomial.mod = _remainder  # type: ignore[method-assign]
 
 _MASK = 2
 _QUIET = 4  # modules of white border the standard asks for (section 6.3.8)
