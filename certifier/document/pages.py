@@ -111,8 +111,31 @@ class Document:
         return content_unavailable(self.ev)
 
     def moment(self, value: object) -> str:
-        text = self.reader.moment(value) if isinstance(value, str | int | float) else ""
+        """A time of the evidence as the reader writes it; anything that is not one
+        (a year 10000, a number no clock reaches) as plain text."""
+        text = ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                text = self.reader.moment(value)
+            except (ValueError, OverflowError, OSError):
+                text = ""
         return text or clean(value, 64) or "—"
+
+    def short_moment(self, value: object) -> str:
+        """The compact form for table cells (see :meth:`moment`)."""
+        if isinstance(value, str) and value[:1].isdigit() and "-" not in value[:8]:
+            # The evidence log writes its times as POSIX seconds, as text.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        text = ""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                text = self.reader.short_moment(value)
+            except (ValueError, OverflowError, OSError):
+                text = ""
+        return text or clean(value, 64)
 
     def size(self, value: object) -> str:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -916,12 +939,7 @@ def _annex_tracking(doc: Document) -> list[Flowable]:
         )
         grid.append(
             [
-                para(
-                    doc.reader.short_moment(e.get("time"))
-                    if isinstance(e.get("time"), str)
-                    else clean(e.get("time"), 64),
-                    "cell",
-                ),  # fmt: skip
+                para(doc.short_moment(e.get("time")), "cell"),
                 para(e.get("recipient"), "cell", empty=""),
                 para(what, "cell", cap=CAP_LINE),
                 para(f"{clean(e.get('ip'), 100)} {clean(e.get('user_agent'), 300)}", "cell"),
@@ -971,13 +989,9 @@ def _annex_timeline(doc: Document) -> list[Flowable]:
     for index, raw in enumerate(items[:CAP_ROWS]):
         e = as_dict(raw)
         structured = details[index] if aligned else {}
-        when = e.get("time")
         rows.append(
             [
-                para(
-                    doc.reader.short_moment(when) if isinstance(when, str) else clean(when, 64),
-                    "cell",
-                ),  # fmt: skip
+                para(doc.short_moment(e.get("time")), "cell"),
                 para(words.event_phrase(_, e.get("event")), "cell"),
                 para(e.get("recipient"), "cell", empty=""),
                 para(_timeline_detail(doc, e, structured), "cell", cap=CAP_LINE * 2, empty=""),
@@ -1053,11 +1067,7 @@ def _annex_log(doc: Document) -> list[Flowable]:
         grid = []
         for raw in items[:CAP_ROWS]:
             e = as_dict(raw)
-            when = e.get("time")
-            try:
-                moment = doc.reader.short_moment(float(when)) if isinstance(when, str) else ""
-            except ValueError:
-                moment = clean(when, 64)
+            moment = doc.short_moment(e.get("time"))
             grid.append(
                 [
                     para(e.get("seq"), "cell"),
