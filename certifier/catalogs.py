@@ -150,7 +150,7 @@ def _english_left(message_id: object, string: object) -> bool:
     ids = message_id if isinstance(message_id, tuple) else (message_id,)
     strings = string if isinstance(string, tuple) else (string,)
     return any(
-        s == i and len(re.findall(r"[A-Za-z]{3,}", str(i))) >= 3
+        s == i and len(re.findall(r"[A-Za-z]{3,}", re.sub(r"%\(\w+\)[sdif]", "", str(i)))) >= 3
         for i, s in zip(ids, strings, strict=False)
     )
 

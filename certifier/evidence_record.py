@@ -323,7 +323,7 @@ class EvidenceRecord(TypedDict, total=False):
     queue_id: Required[str]
     issued_at: Required[str]  # UTC, ISO 8601 with Z
     gateway: Required[Gateway]
-    provider: Provider  # records since the readers' issue (README, "Languages and readers")
+    provider: Provider  # records since the readers' issue (README, "Your language and time zone")
     verification: Verification
     seal: Seal
     sender: Required[Sender]

@@ -40,6 +40,9 @@ from pyhanko.sign.validation.status import SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
 
 from certifier.document import TITLES, render_certificate
+from certifier.document.pages import hash_groups
+from certifier.i18n import Reader
+from certifier.outcome import Outcome
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings, build_signer, render_and_sign
 from certifier.signing import DocumentSigner
@@ -319,7 +322,10 @@ def test_visible_text_has_whole_hashes_and_literal_hostile_strings(signed: Path)
     text = run("pdftotext", "-layout", signed, "-")
     evidence = make_evidence()
     tokens = text.split()
-    # Whole 64-digit hashes, each one token: what a reader copies to compare.
+    flat = " ".join(tokens)
+    # Whole 64-digit hashes in 8 groups of 8 digits, as a reader compares them by eye
+    # (in reading order: a table cell's two lines stay together).
+    reading = " ".join(run("pdftotext", signed, "-").split())
     for digest in (
         evidence["message"]["sha256"],
         "a1" * 32,
@@ -327,8 +333,7 @@ def test_visible_text_has_whole_hashes_and_literal_hostile_strings(signed: Path)
         "c3" * 32,
         "d4" * 32,
     ):
-        assert digest in tokens
-    flat = " ".join(tokens)
+        assert hash_groups(digest) in reading, digest
     for literal in (
         HOSTILE_SUBJECT,
         "Renée Straße 日本",
@@ -336,7 +341,7 @@ def test_visible_text_has_whole_hashes_and_literal_hostile_strings(signed: Path)
         "{{ x }}",
         "<b>ABC</b> & ]]>",
         "CF-6F1C2A9E0B7D4E11",
-        TITLES["sending"],
+        TITLES[Outcome.PARTIAL],  # one recipient delivered, one failed
         "certifica verify certificate.pdf",
     ):
         assert literal in flat, literal
@@ -545,7 +550,18 @@ def test_render_never_raises_on_arbitrary_text(
     evidence["recipients"][0]["reply"]["text"] = reply
     evidence["recipients"][1] = odd  # a recipient that is not even a dict
     evidence["timeline"][0]["detail"] = odd
-    pdf = render_certificate(evidence, body.encode("utf-8", "surrogatepass"))
+    # The fields of the readers' issue, as hostile as the rest.
+    evidence["provider"] = {"name": name, "policy_id": odd, "address": subject, "website": odd}
+    evidence["seal"] = {"signer": name, "organization": odd, "not_after": odd, "serial": reply}
+    evidence["verification"] = {"url": subject}  # the QR code holds whatever it is given
+    evidence["recipients"][0]["copy"] = {
+        "changes": [{"change": "link_tracked", "link": odd, "url": reply}, odd, {"change": odd}]
+    }
+    evidence["evidence_log"]["entries"][0]["detail"] = odd
+    language = ["en", "es", "ca", "it"][len(subject) % 4]
+    pdf = render_certificate(
+        evidence, body.encode("utf-8", "surrogatepass"), Reader(language, "Atlantic/Canary")
+    )
     assert pdf.startswith(b"%PDF-")
     files = embedded_files(pdf)
     assert files["message.eml"] == body.encode("utf-8", "surrogatepass")
@@ -581,8 +597,8 @@ def test_render_survives_huge_and_malformed_evidence() -> None:
     evidence["evidence_log"] = {"head": None, "entries": "nope"}
     pdf = render_certificate(evidence, b"")
     text = " ".join(run("pdftotext", "-", "-", input_bytes=pdf).split())
-    assert f"{many - 400} more attachments are in evidence.json" in text
-    assert f"{many - 400} more events are in evidence.json" in text
+    # attachments and timeline entries
+    assert text.count(f"{many - 400} more entries are in the attached evidence.json") == 2
     assert "Only the first 20,000 of" in text
     assert "and 440 more (see evidence.json)" in text  # To: 60 of 500 shown
     # Control and bidi-override characters are dropped; the text itself stays.
@@ -707,14 +723,14 @@ def test_documents_sharing_cached_font_subsets_each_show_their_own_text() -> Non
     font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
 )
 def test_ascii_string_width_equals_reportlab(text: str, size: float, font: str) -> None:
-    # The fast path of certifier.document._CachedSubsetsFont.stringWidth gives exactly
+    # The fast path of certifier.document.typeset._CachedSubsetsFont.stringWidth gives exactly
     # reportlab's float, so every line break and position is the same.
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.ttfonts import TTFont
 
-    from certifier.document import _fonts
+    from certifier.document.typeset import fonts
 
-    _fonts()
+    fonts()
     face = pdfmetrics.getFont(font)
     assert face.stringWidth(text, size) == TTFont.stringWidth(face, text, size)
     assert face.stringWidth(text.encode("utf-8"), size) == TTFont.stringWidth(
@@ -745,19 +761,19 @@ def _drawn(flowables: list[Any], width: float, height: float) -> bytes:
 
 def test_own_paragraph_lays_out_as_a_paragraph() -> None:
     # Markup of the gateway's own wording keeps its line breaks across certificates
-    # (certifier.document._OwnParagraph); drawn once, again from the cache, and split
+    # (certifier.document.typeset._OwnParagraph); drawn once, again from the cache, and split
     # over two frames, it is what a plain Paragraph draws.
     from reportlab.platypus import Paragraph
 
-    from certifier.document import _fonts, _OwnParagraph, _styles, _trusted
+    from certifier.document.typeset import _OwnParagraph, fonts, styles, trusted
 
-    mono = _fonts()[2]
+    mono = fonts()[2]
     markup = (
         "The gateway could no longer read the message (a reason with &amp; and "
         f'<font name="{mono}">certifica verify</font>). ' * 6
     )
-    style = _styles()["body"]
-    assert isinstance(_trusted(markup, "body"), _OwnParagraph)
+    style = styles()["body"]
+    assert isinstance(trusted(markup, "body"), _OwnParagraph)
     for width in (480.0, 300.0):
         expected = _drawn([Paragraph(markup, style)], width, 800)
         assert _drawn([_OwnParagraph(markup, style)], width, 800) == expected
@@ -774,36 +790,42 @@ def test_own_paragraph_lays_out_as_a_paragraph() -> None:
 
 
 def test_how_to_verify_breaks_lines_as_a_paragraph() -> None:
-    # The "How to verify" text is a _RunsBlock (commands in the mono font): its lines
-    # hold the words a Paragraph of the same markup puts on each line, at any width
-    # a page could have, when the Paragraph may not shrink spaces (reportlab lets it
-    # shrink them by 5% to fit one more word; no _TextBlock of the certificate does).
+    # The "How to verify" text is made of RunsBlocks (commands in the mono font): their
+    # lines hold the words a Paragraph of the same markup puts on each line, in every
+    # language and at any width a page could have, when the Paragraph may not shrink
+    # spaces (reportlab lets it shrink them by 5% to fit one more word; no TextBlock of
+    # the certificate does).
     from xml.sax.saxutils import escape
 
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.platypus import Paragraph
 
-    from certifier.document import _how_to_verify, _RunsBlock
+    from certifier.document.pages import Document, how_to_verify
+    from certifier.document.typeset import RunsBlock
+    from certifier.i18n import LANGUAGES, Reader
 
     for evidence in ({}, {"message": {"content_unavailable": "spool file missing"}}):
-        block = _how_to_verify(evidence)[-1]
-        assert isinstance(block, _RunsBlock)
-        markup = "".join(
-            f'<font name="{font}">{escape(text)}</font>' if font else escape(text)
-            for font, text in block.runs
-        )
-        style = ParagraphStyle("no-shrink", block.style, spaceShrinkage=0)
-        for width in [493.2, *range(100, 600, 7)]:
-            paragraph = Paragraph(markup, style)
-            paragraph.wrap(width, 1000)
-            expected = [
-                " ".join("".join(getattr(w, "text", "") for w in line.words).split())
-                for line in paragraph.blPara.lines
-            ]
-            ours = _RunsBlock(block.runs, block.style)
-            ours.wrap(width, 1000)
-            got = [" ".join("".join(t for _, t in line).split()) for line in ours._lines]
-            assert got == expected, width
+        for language in LANGUAGES:
+            section = how_to_verify(Document(evidence, Reader(language)))
+            blocks = [b for b in section if isinstance(b, RunsBlock)]
+            assert len(blocks) == 2
+            for block in blocks:
+                markup = "".join(
+                    f'<font name="{font}">{escape(text)}</font>' if font else escape(text)
+                    for font, text in block.runs
+                )
+                style = ParagraphStyle("no-shrink", block.style, spaceShrinkage=0)
+                for width in [493.2, *range(100, 600, 7)]:
+                    paragraph = Paragraph(markup, style)
+                    paragraph.wrap(width, 1000)
+                    expected = [
+                        " ".join("".join(getattr(w, "text", "") for w in line.words).split())
+                        for line in paragraph.blPara.lines
+                    ]
+                    ours = RunsBlock(block.runs, block.style)
+                    ours.wrap(width, 1000)
+                    got = [" ".join("".join(t for _, t in line).split()) for line in ours._lines]
+                    assert got == expected, (language, width)
 
 
 @settings(max_examples=500, deadline=None)
@@ -814,11 +836,11 @@ def test_how_to_verify_breaks_lines_as_a_paragraph() -> None:
     )
 )
 def test_number_formatting_equals_reportlab(value: float) -> None:
-    # certifier.document._fp writes numbers into page streams in place of reportlab's
+    # certifier.document.typeset._fp writes numbers into page streams in place of reportlab's
     # fp_str (pure Python); kept per value, so asked twice.
     from reportlab.lib.rl_accel import fp_str
 
-    from certifier.document import _fp
+    from certifier.document.typeset import _fp
 
     assert _fp(value) == fp_str(value)
     assert _fp(value) == fp_str(value)
@@ -847,12 +869,12 @@ def _fonts_of(pdf: bytes) -> list[dict[str, Any]]:
 
 
 def test_font_objects_are_reportlabs(monkeypatch: pytest.MonkeyPatch) -> None:
-    # certifier.document._CachedSubsetsFont.addObjects writes the font objects from
+    # certifier.document.typeset._CachedSubsetsFont.addObjects writes the font objects from
     # parts made once per process; decoded, they are what reportlab's own writes
     # (several subsets: accented letters, a CJK run), in every document made after.
     from reportlab.pdfbase.ttfonts import TTFont
 
-    from certifier.document import _CachedSubsetsFont
+    from certifier.document.typeset import _CachedSubsetsFont
 
     evidence = make_evidence(subject="Renée Straße – ñandú “quoted” 日本 ĀăĄ")
     ours = [_fonts_of(render_certificate(evidence, EML)) for _ in range(2)]
@@ -870,9 +892,9 @@ def test_font_objects_are_reportlabs(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 )
 def test_pdf_string_fast_path(data: bytes) -> None:
-    # certifier.document._pdf_string_bytes skips the substitution when nothing needs an
+    # certifier.document.typeset._pdf_string_bytes skips the substitution when nothing needs an
     # escape; the result is the same either way (ISO 32000-2 7.3.4.2).
-    from certifier.document import _pdf_string_bytes, _pdf_string_escaped
+    from certifier.document.typeset import _pdf_string_bytes, _pdf_string_escaped
 
     assert _pdf_string_bytes(data) == _pdf_string_escaped(data)
 
@@ -886,14 +908,14 @@ _coordinate = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(steps=st.lists(st.tuples(st.booleans(), st.tuples(*[_coordinate] * 6)), max_size=6))
 def test_canvas_transform_is_reportlabs(steps: list[tuple[bool, tuple[float, ...]]]) -> None:
-    # certifier.document._NumberedCanvas.transform writes its numbers with _fp; the
+    # certifier.document.typeset.NumberedCanvas.transform writes its numbers with _fp; the
     # page operators and the tracked matrix are what reportlab's Canvas makes, also
     # when consecutive transforms merge into one cm operator.
     from reportlab.pdfgen import canvas as rl_canvas
 
-    from certifier.document import _NumberedCanvas
+    from certifier.document.typeset import NumberedCanvas
 
-    ours, theirs = _NumberedCanvas(io.BytesIO()), rl_canvas.Canvas(io.BytesIO())
+    ours, theirs = NumberedCanvas(io.BytesIO()), rl_canvas.Canvas(io.BytesIO())
     for save_first, numbers in steps:
         for c in (ours, theirs):
             if save_first:
@@ -909,15 +931,34 @@ def test_canvas_transform_is_reportlabs(steps: list[tuple[bool, tuple[float, ...
     font=st.sampled_from(["CertificaSans", "CertificaSans-Bold", "CertificaMono"]),
 )
 def test_font_runs_fast_path(text: str, font: str) -> None:
-    # certifier.document._font_runs answers printable ASCII without looking each
+    # certifier.document.typeset.font_runs answers printable ASCII without looking each
     # character up; the runs are what the lookup gives.
-    from certifier.document import _coverage, _font_runs, _fonts
+    from certifier.document.typeset import _coverage, font_runs, fonts
 
-    _fonts()
+    fonts()
     covered = _coverage(font)
     assert covered is not None
-    runs = _font_runs(text, font)
+    runs = font_runs(text, font)
     if covered.issuperset(map(ord, text.replace("\n", ""))):
         assert runs == [(None, text)]
     else:
         assert runs != [(None, text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    word=st.text(st.sampled_from("abcxyz.@-/_?&=#W日"), min_size=1, max_size=400),
+    room=st.sampled_from([30.0, 80.0, 150.0, 400.0]),
+)
+def test_long_words_break_without_losing_a_character(word: str, room: float) -> None:
+    # certifier.document.typeset._sensible_cut moves the break of a word longer than a
+    # line back to just after an "@", dot, slash or hyphen: every character stays, in
+    # order, and no line is wider than the room (but a single character).
+    from certifier.document.typeset import _wrap_runs, fonts, text_width
+
+    regular = fonts()[0]
+    lines = _wrap_runs([(None, word)], regular, 8.5, room)
+    assert "".join(text for line in lines for _, text in line) == word
+    for line in lines:
+        text = "".join(t for _, t in line)
+        assert len(text) == 1 or text_width(text, regular, 8.5) <= room + 1e-6

@@ -220,7 +220,7 @@ def test_the_owner_gets_a_reception_certificate_that_verifies(
     text = " ".join(
         subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split()
     )
-    assert "Certificate of certified e-mail reception" in text
+    assert "Certificate of reception of a certified e-mail" in text
     assert OWNER in text and "mailbox.owner.test" in text
 
 

@@ -204,7 +204,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recipients ADD COLUMN lease_owner TEXT;
     """,
-    # 12: documents for their readers (README, "Languages and readers"): each user's
+    # 12: documents for their readers (README, "Your language and time zone"): each user's
     # language and time zone; how to rebuild each recipient's delivered copy from the
     # message as received (JSON, certifier/copies.py); and the public verification page's
     # record of every document issued, found by the SHA-256 of its code (never the code

@@ -224,7 +224,9 @@ class VerificationPage:
                     request,
                     429,
                     N_("Too many requests"),
-                    N_("Too many requests from your network address. Please try again in a minute."),
+                    N_(
+                        "Too many requests from your network address. Please try again in a minute."
+                    ),
                 )
             response.headers["Retry-After"] = str(wait)
             return response

@@ -1,37 +1,32 @@
-"""The certificate document: an A4 PDF that a person reads and a machine re-checks.
+"""Setting a certificate's text on A4 pages, fast and safely: fonts, plain text, tables,
+the page header and footer, and the files embedded in the PDF.
 
-The visible pages say what the gateway saw and did (the content list of a certificate
-is in README, "What a certificate holds"; event names follow ETSI EN 319 522). Two files travel
-inside the PDF as embedded files (ISO 32000-2 section 7.11.4, the ``EmbeddedFiles``
-name tree, and section 14.13 associated files ``/AF``, as PDF/A-3 and ETSI EN 319 142
-PAdES evidence containers use them):
+Fonts: only the DejaVu fonts shipped in ``certifier/fonts`` (:data:`FONT_DIR`), embedded
+as subsets, for every word including the header, the footer and the seal; there is no
+fallback to system fonts or to a standard-14 font (a missing font file is an error).
+DejaVu has no Chinese, Japanese or Korean glyphs: runs of those characters in a message
+are set in the predefined Adobe CJK fonts (see :func:`font_runs`).
 
-- ``message.eml`` — the message exactly as received (RFC 5322 bytes), whose SHA-256 the
-  certificate prints;
-- ``evidence.json`` — the evidence record, machine-readable.
-
-The document is returned unsigned; :mod:`certifier.signing` adds the PAdES signature.
-
-Everything in the evidence is untrusted: subject, names, addresses, body text, file
-names and remote servers' replies are chosen by whoever sent the mail or runs the
-remote server. Untrusted text never reaches reportlab's paragraph markup parser: it is
-set as plain text by :class:`_Line` and :class:`_TextBlock` (a subject ``<img src=...>``
-prints as those characters, it does not fetch a file), control and format characters
-are dropped for display, and every value is capped in length so that no table cell can
-outgrow a page (reportlab's ``LayoutError``).
+Everything in the evidence is untrusted. Untrusted text never reaches reportlab's
+paragraph markup parser: it is set as plain text by :class:`Line` and
+:class:`TextBlock` (a subject ``<img src=...>`` prints as those characters, it does not
+fetch a file), control and format characters are dropped for display (:func:`clean`),
+and every value is capped in length (``CAP_*``) so that no table cell can outgrow a page
+(reportlab's ``LayoutError``). :func:`trusted` is for the gateway's own words only.
 
 Rendering is most of a certificate's CPU time, so the hot paths avoid what platypus
 does generically: plain text is measured once and its text operators written directly
 (ISO 32000-2 section 9.4), the attachments are written in reportlab's own pass, and
 the embedded font subsets are made once per process (:class:`_CachedSubsetsFont`).
 ``bench/certs.py`` measures it.
+
+Embedded files (ISO 32000-2 section 7.11.4 and 14.13): ``message.eml`` and
+``evidence.json`` (:func:`embedded_files`, :func:`_attach`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import io
 import json
 import math
 import re
@@ -58,112 +53,57 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import SUBSETN, TTFont, makeToUnicodeCMap
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import (
-    CondPageBreak,
     Flowable,
-    KeepTogether,
     Paragraph,
-    SimpleDocTemplate,
-    Spacer,
     Table,
     TableStyle,
 )
-from reportlab.platypus.doctemplate import LayoutError
-
-from certifier.i18n import Reader
-
-__all__ = [
-    "EMBEDDED_EVIDENCE",
-    "EMBEDDED_MESSAGE",
-    "TITLES",
-    "evidence_json",
-    "render_certificate",
-]
 
 EMBEDDED_MESSAGE = "message.eml"
 EMBEDDED_EVIDENCE = "evidence.json"
 
-TITLES = {
-    "sending": "Certificate of certified e-mail delivery",
-    "reception": "Certificate of certified e-mail reception",
-    "addendum": "Addendum to a certificate of certified e-mail delivery",
-}
-_INTRO = {
-    "sending": (
-        "The gateway named below received the message described in this certificate "
-        "for certified delivery, relayed it to each recipient's mail server and "
-        "recorded what each server answered. The original message and the "
-        "machine-readable evidence are attached to this PDF."
-    ),
-    "reception": (
-        "The gateway named below received the message described in this certificate "
-        "on behalf of the recipient's mailbox and recorded its content and origin. "
-        "The original message and the machine-readable evidence are attached to "
-        "this PDF."
-    ),
-    "addendum": (
-        "This addendum records events that happened after the certificate for the "
-        "message below was issued. The original message and the machine-readable "
-        "evidence are attached to this PDF."
-    ),
-}
-_ATTACHED = "The original message and the machine-readable evidence are attached to this PDF."
-_ATTACHED_WITHOUT_MESSAGE = (
-    "Only the machine-readable evidence is attached to this PDF: the message could not "
-    "be read (see below)."
-)
-_STATUS = {
-    "delivered": "Delivered (accepted by the recipient's mail server)",
-    "failed": "Failed (not delivered)",
-    "bounced": "Bounced (accepted, then returned by the recipient's side)",
-    "withdrawn": "Withdrawn (delivery cancelled by the gateway's operator)",
-}
-
 # Display caps, in characters. A capped value ends with "[…]" and the full value stays
 # in the embedded evidence.json; the caps keep any single table row shorter than a
 # page, which reportlab cannot split.
-_CAP_SHORT = 300  # addresses, hosts, ids
-_CAP_LINE = 1000  # subject, reply texts, timeline details
-_CAP_LIST = 60  # entries of To/Cc shown before "and N more"
-_CAP_CELL = 2000  # any one table cell: 45 lines at worst, well under a page
-_CAP_BODY = 20_000  # message text
-_CAP_ROWS = 400  # attachments, timeline and log entries shown
+CAP_SHORT = 300  # addresses, hosts, ids
+CAP_LINE = 1000  # subject, reply texts, timeline details
+CAP_LIST = 60  # entries of To/Cc shown before "and N more"
+CAP_CELL = 2000  # any one table cell: 45 lines at worst, well under a page
+CAP_BODY = 20_000  # message text
+CAP_ROWS = 400  # attachments, timeline and log entries shown
 # Recipients are the heart of the evidence: all of them are listed, up to a bound that
 # only keeps a hostile evidence record from rendering for minutes.
-_CAP_RECIPIENTS = 1000
+CAP_RECIPIENTS = 1000
 
-_PAGE_W, _PAGE_H = A4
-_MARGIN = 18 * mm
-_LABEL_W = 42 * mm
-_VALUE_W = _PAGE_W - 2 * _MARGIN - _LABEL_W
+PAGE_W, PAGE_H = A4
+MARGIN = 18 * mm
+LABEL_W = 48 * mm
+VALUE_W = PAGE_W - 2 * MARGIN - LABEL_W
 
-_FONT_DIRS = (
-    Path(__file__).with_name("fonts"),
-    Path("/usr/share/fonts/truetype/dejavu"),
-)
+FONT_DIR = Path(__file__).resolve().parent.parent / "fonts"
+"""The fonts a certificate is set in ship inside the package (DejaVu, free licence, see
+``certifier/fonts/LICENSE``): every page, header and seal is drawn with them, embedded,
+so a machine without them never substitutes a standard-14 font."""
 
 
 # --- fonts and styles -----------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)
-def _fonts() -> tuple[str, str, str, bool]:
-    """Register the fonts once per process: (regular, bold, mono, unicode_capable)."""
+def fonts() -> tuple[str, str, str]:
+    """Register the shipped fonts once per process: (regular, bold, mono)."""
     files = {
         "CertificaSans": "DejaVuSans.ttf",
         "CertificaSans-Bold": "DejaVuSans-Bold.ttf",
         "CertificaMono": "DejaVuSansMono.ttf",
     }
-    for directory in _FONT_DIRS:
-        paths = {name: directory / file for name, file in files.items()}
-        if all(p.is_file() for p in paths.values()):
-            for name, path in paths.items():
-                pdfmetrics.registerFont(_CachedSubsetsFont(name, str(path)))
-            pdfmetrics.registerFontFamily(
-                "CertificaSans", normal="CertificaSans", bold="CertificaSans-Bold"
-            )
-            return "CertificaSans", "CertificaSans-Bold", "CertificaMono", True
-    # The standard 14 fonts need no files but only cover Latin-1 (see _clean).
-    return "Helvetica", "Helvetica-Bold", "Courier", False
+    for name, file in files.items():
+        # A missing font is a broken installation: fail loudly, never fall back.
+        pdfmetrics.registerFont(_CachedSubsetsFont(name, str(FONT_DIR / file)))
+    pdfmetrics.registerFontFamily(
+        "CertificaSans", normal="CertificaSans", bold="CertificaSans-Bold"
+    )
+    return "CertificaSans", "CertificaSans-Bold", "CertificaMono"
 
 
 class _CachedSubsetsFont(TTFont):
@@ -310,12 +250,13 @@ _PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
 _ASCII_AS_IS: set[TTFont] = set()
 
 # Characters of the gateway's own wording outside ASCII, in subset 0 of every font:
-# the dash of an empty value, the footer's separator, the mark of a shortened value.
-_SEEDED = "—·…"
+# the dash of an empty value, the footer's separator, the mark of a shortened value,
+# quotation marks, and the accented letters of Spanish, Catalan and Italian.
+_SEEDED = "—·…–“”‘’«»°§áéíóúüñÁÉÍÓÚÑàèìòùçÀÈÌÒÙÇïÏ"
 
 
 def _seed_fonts(doc: pdfdoc.PDFDocument) -> None:
-    for name in _fonts()[:3]:
+    for name in fonts():
         font = pdfmetrics.getFont(name)
         if isinstance(font, _CachedSubsetsFont):
             font.seed(doc)
@@ -364,7 +305,7 @@ def _covers_ascii(font_name: str) -> bool:
     return covered is not None and covered.issuperset(range(0x20, 0x7F))
 
 
-def _font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
+def font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
     """Split display text into (font or None for the style's font, text) runs.
 
     A character no font can draw becomes U+FFFD: a visible mark that something is
@@ -407,27 +348,48 @@ def _winansi(ch: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _styles() -> dict[str, ParagraphStyle]:
-    regular, bold, mono, _ = _fonts()
+def styles() -> dict[str, ParagraphStyle]:
+    regular, bold, mono = fonts()
     base = ParagraphStyle("base", fontName=regular, fontSize=8.5, leading=11, alignment=TA_LEFT)
+    ink = colors.HexColor("#1f2a44")
+    grey = colors.HexColor("#555555")
     return {
-        "title": ParagraphStyle("title", base, fontName=bold, fontSize=16, leading=20),
-        "intro": ParagraphStyle("intro", base, fontSize=9, leading=12, spaceBefore=4),
-        "h2": ParagraphStyle(
-            "h2", base, fontName=bold, fontSize=11, leading=14, spaceBefore=10, spaceAfter=4
+        "title": ParagraphStyle(
+            "title", base, fontName=bold, fontSize=15, leading=19, textColor=ink
         ),
-        "h3": ParagraphStyle("h3", base, fontName=bold, fontSize=9, leading=12, spaceBefore=6),
+        "subtitle": ParagraphStyle(
+            "subtitle", base, fontSize=8.5, leading=11, textColor=colors.HexColor("#444444")
+        ),
+        "intro": ParagraphStyle("intro", base, fontSize=9, leading=12.5),
+        "h2": ParagraphStyle(
+            "h2",
+            base,
+            fontName=bold,
+            fontSize=11,
+            leading=14,
+            spaceBefore=8,
+            spaceAfter=3,
+            textColor=ink,
+        ),
+        "h3": ParagraphStyle("h3", base, fontName=bold, fontSize=9, leading=12, spaceBefore=5),
         "label": ParagraphStyle("label", base, fontName=bold, textColor=colors.HexColor("#444444")),
         "value": ParagraphStyle("value", base),
+        "sentence": ParagraphStyle("sentence", base, fontSize=9, leading=12.5),
+        "seal": ParagraphStyle("seal", base, fontName=bold, fontSize=10, leading=13, textColor=ink),
         "cell": ParagraphStyle("cell", base, fontSize=7.5, leading=9.5),
         "cellbold": ParagraphStyle("cellbold", base, fontName=bold, fontSize=7.5, leading=9.5),
-        # 7.5 pt DejaVu Sans Mono is 4.5 pt per character: a 64-digit hash takes
-        # 289 pt and fits on one line in every column it is printed in, so text
-        # extraction (pdftotext) yields it as one token.
-        "hash": ParagraphStyle("hash", base, fontName=mono, fontSize=7.5, leading=9.5),
+        # Hashes in 8 groups of 8 hex digits (see hash_groups): 8 pt DejaVu Sans Mono is
+        # 4.8 pt a character, one hash 341 pt on a line, or two lines of four groups.
+        "hash": ParagraphStyle("hash", base, fontName=mono, fontSize=8, leading=10.5),
         "body": ParagraphStyle("body", base, fontSize=8.5, leading=11, splitLongWords=1),
         "note": ParagraphStyle(
-            "note", base, fontSize=8, leading=10, textColor=colors.HexColor("#555555")
+            "note", base, fontSize=8, leading=10.5, textColor=colors.HexColor("#444444")
+        ),
+        "url": ParagraphStyle("url", base, fontName=mono, fontSize=7.5, leading=9.5),
+        # The header and footer of every page.
+        "furniture": ParagraphStyle("furniture", base, fontSize=7, leading=9, textColor=grey),
+        "furniture-bold": ParagraphStyle(
+            "furniture-bold", base, fontName=bold, fontSize=7.5, leading=9, textColor=grey
         ),
     }
 
@@ -435,7 +397,7 @@ def _styles() -> dict[str, ParagraphStyle]:
 # --- untrusted values -----------------------------------------------------------------
 
 
-def _clean(value: object, cap: int, *, multiline: bool = False) -> str:
+def clean(value: object, cap: int, *, multiline: bool = False) -> str:
     """Untrusted value -> plain display text: no control/format characters, capped."""
     if value is None:
         return ""
@@ -482,37 +444,37 @@ def _clean_chars(text: str, multiline: bool) -> str:
     return "".join(out)
 
 
-def _para(
+def para(
     value: object,
     style: str = "value",
-    cap: int = _CAP_SHORT,
+    cap: int = CAP_SHORT,
     empty: str = "—",
     *,
     multiline: bool = False,
 ) -> Flowable:
     """An untrusted value as plain text in *style*: never markup, wrapped to its cell."""
-    st = _styles()[style]
-    text = _clean(value, cap, multiline=multiline)
+    st = styles()[style]
+    text = clean(value, cap, multiline=multiline)
     if not multiline:
         # As a Paragraph would show it: single spaces between words.
         text = _SPACES.sub(" ", text).strip(" ")
     if not text.strip():
         text = empty
     if not multiline and _SIMPLE_LINE.fullmatch(text):
-        runs = _font_runs(text, st.fontName)
+        runs = font_runs(text, st.fontName)
         if len(runs) == 1 and runs[0][0] is None:
-            return _Line(text, st)
-    return _TextBlock(text, st) if text else _Line(text, st)
+            return Line(text, st)
+    return TextBlock(text, st) if text else Line(text, st)
 
 
 _SPACES = re.compile(" {2,}")
 
 
-def _trusted(markup: str, style: str) -> Flowable:
+def trusted(markup: str, style: str) -> Flowable:
     """A paragraph of the gateway's own wording (never evidence values)."""
-    st = _styles()[style]
+    st = styles()[style]
     if "<" not in markup and "&" not in markup and _SIMPLE_LINE.fullmatch(markup):
-        return _Line(markup, st)
+        return Line(markup, st)
     return _OwnParagraph(markup, st)
 
 
@@ -534,8 +496,8 @@ class _OwnParagraph(Paragraph):
     def breakLines(self, width: Any) -> Any:  # noqa: N802 - reportlab's name
         if not isinstance(self.text, str):
             return super().breakLines(width)
-        # Styles are made once per process (_styles()); a ParagraphStyle hashes by
-        # identity, which its id() stands for while _styles() keeps it alive.
+        # Styles are made once per process (styles()); a ParagraphStyle hashes by
+        # identity, which its id() stands for while styles() keeps it alive.
         key = (self.text, id(self.style), tuple(width))
         broken = self._broken.get(key)
         if broken is None:
@@ -554,7 +516,7 @@ class _OwnParagraph(Paragraph):
 
 
 # Text that a Paragraph would show as it is: words with single spaces between them.
-# Paragraph collapses other whitespace, and _Line must print what a Paragraph would.
+# Paragraph collapses other whitespace, and Line must print what a Paragraph would.
 _SIMPLE_LINE = re.compile(r"\S+(?: \S+)*")
 
 
@@ -632,7 +594,7 @@ def _draw_lines(
 
 @lru_cache(maxsize=64)
 def _text_state(style: ParagraphStyle) -> str:
-    # ParagraphStyle hashes by identity; the styles are made once (_styles()).
+    # ParagraphStyle hashes by identity; the styles are made once (styles()).
     return f"q {fp_str(style.textColor.rgb())} rg {_fp(style.leading)} TL"
 
 
@@ -684,14 +646,14 @@ def _pdf_string_escaped(data: bytes) -> str:
 _NEEDS_NO_ESCAPE = bytes(c for c in range(0x20, 0x7F) if c not in b"\\()")
 
 
-class _Line(Flowable):
+class Line(Flowable):
     """One line of plain text in its style's font: most values of a certificate.
 
     A Paragraph parses its markup, breaks lines and sets up a text object for every
-    value, which was most of the time a certificate took to render. A _Line measures
+    value, which was most of the time a certificate took to render. A Line measures
     its text once and, when it fits the width it is given, draws it directly, exactly
     where a one-line Paragraph of the same style would. When it does not fit it hands
-    over to a _TextBlock of the same text, which wraps it.
+    over to a TextBlock of the same text, which wraps it.
     """
 
     def __init__(self, text: str, style: ParagraphStyle) -> None:
@@ -699,7 +661,7 @@ class _Line(Flowable):
         self.text = text
         self.style = style
         self._text_width = pdfmetrics.stringWidth(text, style.fontName, style.fontSize)
-        self._block: _TextBlock | None = None
+        self._block: TextBlock | None = None
         self._fits = True
 
     def _fits_in(self, avail_width: float) -> bool:
@@ -707,9 +669,9 @@ class _Line(Flowable):
         room = avail_width - st.leftIndent - st.firstLineIndent - st.rightIndent
         return avail_width >= 1e-8 and self._text_width <= room
 
-    def _as_block(self) -> _TextBlock:
+    def _as_block(self) -> TextBlock:
         if self._block is None:
-            self._block = _TextBlock(self.text, self.style)
+            self._block = TextBlock(self.text, self.style)
         return self._block
 
     def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:  # noqa: N803
@@ -736,7 +698,7 @@ class _Line(Flowable):
             _draw_lines(canvas, x, y + self.height, self.style, [[(None, self.text)]])
 
 
-class _TextBlock(Flowable):
+class TextBlock(Flowable):
     """Lines of plain text (a message body, a long value), wrapped, split between pages.
 
     A Paragraph of a message body measured every word again at every wrap and at
@@ -744,7 +706,7 @@ class _TextBlock(Flowable):
     each source line is cut into words and runs of spaces once, measured once per
     distinct word, and wrapped greedily: at a space, or inside a word longer than a
     whole line. Spaces are kept as they are (indentation stays visible), characters
-    DejaVu lacks are set in the CJK fonts or shown as U+FFFD (see _font_runs), and a
+    DejaVu lacks are set in the CJK fonts or shown as U+FFFD (see font_runs), and a
     page split only slices the wrapped lines.
     """
 
@@ -778,14 +740,14 @@ class _TextBlock(Flowable):
             return [self]
         head, tail = self._lines[:fit], self._lines[fit:]
         return [
-            _TextBlock(_lines_text(head), self.style, head, availWidth),
-            _TextBlock(_lines_text(tail), self.style, tail, availWidth),
+            TextBlock(_lines_text(head), self.style, head, availWidth),
+            TextBlock(_lines_text(tail), self.style, tail, availWidth),
         ]
 
     def minWidth(self) -> float:  # noqa: N802 - reportlab's name
         st = self.style
         words = self.text.split()
-        return max((_width(w, st.fontName, st.fontSize) for w in words), default=0.0)
+        return max((text_width(w, st.fontName, st.fontSize) for w in words), default=0.0)
 
     def _wrap(self, width: float) -> list[list[tuple[str | None, str]]]:
         st = self.style
@@ -799,7 +761,7 @@ class _TextBlock(Flowable):
         _draw_lines(canvas, x, y + self.height, self.style, self._lines)
 
 
-class _RunsBlock(_TextBlock):
+class RunsBlock(TextBlock):
     """A paragraph of the gateway's own wording given as runs of (font or None for the
     style's, text): the "How to verify" text, whose commands and file names are set in
     the mono font. Wrapped once per process and width, drawn by :func:`_draw_lines`.
@@ -808,7 +770,7 @@ class _RunsBlock(_TextBlock):
     breaking and per-fragment drawing were ~9% of every certificate's rendering time.
     The words are the same and break at spaces by the same greedy rule and the same
     widths (``test_how_to_verify_breaks_lines_as_a_paragraph``); unlike a Paragraph,
-    and like every other _TextBlock, a line does not shrink its spaces (by up to 5%,
+    and like every other TextBlock, a line does not shrink its spaces (by up to 5%,
     reportlab's ``spaceShrinkage``) to take one more word.
     """
 
@@ -841,8 +803,8 @@ def _wrap_line(
     line: str, font_name: str, size: float, room: float
 ) -> list[list[tuple[str | None, str]]]:
     """One source line as display lines of (font or None, text) segments."""
-    runs = _font_runs(line, font_name)
-    if len(runs) == 1 and runs[0][0] is None and _width(line, font_name, size) <= room:
+    runs = font_runs(line, font_name)
+    if len(runs) == 1 and runs[0][0] is None and text_width(line, font_name, size) <= room:
         return [[(None, line)]] if line else [[]]  # most lines: they fit as they are
     return _wrap_runs(runs, font_name, size, room)
 
@@ -869,7 +831,7 @@ def _wrap_runs(
     for font, run in runs:
         face = font or font_name
         for token in _TOKENS.findall(run):
-            width = _width(token, face, size)
+            width = text_width(token, face, size)
             if token[0] == " ":
                 # Spaces where a line was broken are dropped; indentation is kept.
                 if current or not lines:
@@ -891,7 +853,7 @@ def _wrap_runs(
                 if any(seg.strip() for _, seg in current):
                     lines.append(current)
                 current = carry
-                used = sum(_width(seg, f or font_name, size) for f, seg in carry)
+                used = sum(text_width(seg, f or font_name, size) for f, seg in carry)
             while width > room and len(token) > 1:
                 # A word longer than a whole line: as much of it as fits, then the rest.
                 cut = _fitting_prefix(token, face, size, room - used)
@@ -899,12 +861,12 @@ def _wrap_runs(
                     lines.append(current)
                     current, used = [], 0.0
                     continue
-                cut = max(cut, 1)
+                cut = _sensible_cut(token, max(cut, 1))
                 current.append((font, token[:cut]))
                 lines.append(current)
                 current, used = [], 0.0
                 token = token[cut:]
-                width = _width(token, face, size)
+                width = text_width(token, face, size)
             current.append((font, token))
             used += width
     lines.append(current)
@@ -915,10 +877,26 @@ def _fitting_prefix(token: str, font: str, size: float, room: float) -> int:
     """How many leading characters of *token* fit in *room* points."""
     used = 0.0
     for i, ch in enumerate(token):
-        used += _width(ch, font, size)
+        used += text_width(ch, font, size)
         if used > room:
             return i
     return len(token)
+
+
+_BREAK_AFTER = "@./-_?&=#"
+
+
+def _sensible_cut(token: str, cut: int) -> int:
+    """Where to break a word longer than a line, *cut* characters fitting: after the
+    last "@", dot, slash or hyphen of the second half of what fits (an address reads
+    ``someone@`` / ``example.org``, a link ``https://example.org/`` / ``offer``), else
+    where the room ends."""
+    if cut >= len(token):
+        return cut
+    for i in range(cut - 1, cut // 2, -1):
+        if token[i] in _BREAK_AFTER:
+            return i + 1
+    return cut
 
 
 def _merge(segments: list[tuple[str | None, str]]) -> list[tuple[str | None, str]]:
@@ -932,80 +910,66 @@ def _merge(segments: list[tuple[str | None, str]]) -> list[tuple[str | None, str
 
 
 @lru_cache(maxsize=8192)
-def _width(text: str, font: str, size: float) -> float:
+def text_width(text: str, font: str, size: float) -> float:
     return float(pdfmetrics.stringWidth(text, font, size))
 
 
-def _d(value: object) -> dict[str, Any]:
+def as_dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _l(value: object) -> list[Any]:
+def as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _time(value: object, suffix: str = " UTC") -> str:
-    """An ISO 8601 time from the evidence, shown in UTC; anything else shown as is."""
-    if isinstance(value, str) and len(value) <= 64:
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                parsed = parsed.astimezone(dt.UTC)
-                return parsed.strftime("%Y-%m-%d %H:%M:%S") + suffix
-    return _clean(value, 64)
-
-
-def _size(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return _clean(value, 64)
-    text = f"{value:,} bytes"
-    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
-        if value >= scale:
-            return f"{text} ({value / scale:.1f} {unit})"
-    return text
-
-
-def _tls(value: object) -> str:
-    tls = _d(value)
-    if not tls:
-        return "none (plain text)" if value is None else _clean(value, _CAP_SHORT)
-    parts = [_clean(tls.get("version"), 40), _clean(tls.get("cipher"), 120)]
-    return ", ".join(p for p in parts if p) or "yes"
-
-
-def _addresses(value: object) -> str:
-    items = value if isinstance(value, list) else ([value] if value else [])
-    shown: list[str] = []
-    length = 0
-    for item in items[:_CAP_LIST]:
-        text = _clean(item, _CAP_SHORT)
-        if length + len(text) > _CAP_CELL - 100:
-            break
-        shown.append(text)
-        length += len(text) + 2
-    text = ", ".join(shown)
-    if len(items) > len(shown):
-        text += f", and {len(items) - len(shown)} more (see evidence.json)"
-    return text
 
 
 # --- building blocks ------------------------------------------------------------------
 
 
-_GRID = colors.HexColor("#bbbbbb")
-_SHADE = colors.HexColor("#eeeeee")
+GRID = colors.HexColor("#bbbbbb")
+SHADE = colors.HexColor("#eeeeee")
 
 
-def _kv_table(rows: Iterable[tuple[str, Flowable]]) -> Table:
-    """Two columns: the gateway's label, the (escaped) value."""
-    data = [[_trusted(escape(label), "label"), value] for label, value in rows]
-    table = Table(data, colWidths=[_LABEL_W, _VALUE_W], hAlign="LEFT")
+class _KeptTable(Table):
+    """A table of label and value rows that a page end never splits so that fewer than
+    :attr:`KEEP` rows stand alone on either page (widow and orphan rows); a table too
+    short for that moves to the next page whole. A table that starts near the top of a
+    page and still does not fit (a row of 60 addresses) splits as a Table does."""
+
+    KEEP = 3
+
+    def split(self, availWidth: float, availHeight: float) -> list[Flowable]:  # noqa: N803
+        parts: list[Flowable] = super().split(availWidth, availHeight)
+        if len(parts) != 2 or availHeight > 0.75 * (PAGE_H - 2 * MARGIN):
+            # Near the top of a page the table is split where it must be: moving it on
+            # would only meet the same split on the next page.
+            return parts
+        rows = len(self._cellvalues)
+        head = len(parts[0]._cellvalues)  # type: ignore[attr-defined]
+        if rows < 2 * self.KEEP or head < self.KEEP:
+            return []
+        if rows - head < self.KEEP:
+            # Fewer rows on this page, so that KEEP go to the next one.
+            height = sum(self._rowHeights[: rows - self.KEEP])
+            parts = super().split(availWidth, height + 0.01)
+        return parts
+
+
+def base_font() -> tuple[str, tuple[int, int], tuple[int, int], str]:
+    """The table style rule that sets a table's own text (empty cells included: a
+    Table sets its font for them too, Helvetica unless told) in the shipped font."""
+    return ("FONTNAME", (0, 0), (-1, -1), fonts()[0])
+
+
+def kv_table(
+    rows: Iterable[tuple[str, Flowable]], widths: tuple[float, float] = (LABEL_W, VALUE_W)
+) -> Table:
+    """Two columns: the gateway's label (its own words), the value (plain text)."""
+    data = [[trusted(escape(label), "label"), value] for label, value in rows]
+    table = _KeptTable(data, colWidths=list(widths), hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
+                base_font(),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ("LEFTPADDING", (0, 0), (-1, -1), 0),
                 ("RIGHTPADDING", (0, 0), (-1, -1), 4),
@@ -1017,21 +981,22 @@ def _kv_table(rows: Iterable[tuple[str, Flowable]]) -> Table:
     return table
 
 
-def _grid_table(
+def grid_table(
     header: list[str],
     rows: list[list[Flowable]],
     widths: list[float],
     extra: list[tuple] | None = None,
 ) -> Table:
-    data: list[list[Flowable | str]] = [[_trusted(escape(h), "cellbold") for h in header]]
+    data: list[list[Flowable | str]] = [[trusted(escape(h), "cellbold") for h in header]]
     data.extend(rows)
     table = Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
+                base_font(),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                ("BACKGROUND", (0, 0), (-1, 0), _SHADE),
-                ("LINEBELOW", (0, 0), (-1, -1), 0.3, _GRID),
+                ("BACKGROUND", (0, 0), (-1, 0), SHADE),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.3, GRID),
                 ("LEFTPADDING", (0, 0), (-1, -1), 2),
                 ("RIGHTPADDING", (0, 0), (-1, -1), 2),
                 *(extra or []),
@@ -1041,417 +1006,26 @@ def _grid_table(
     return table
 
 
-def _heading(text: str) -> list[Flowable]:
-    # Keep a heading with at least a few lines of what follows it.
-    return [CondPageBreak(30 * mm), _trusted(escape(text), "h2")]
-
-
-def _more_note(total: int, what: str, cap: int = _CAP_ROWS) -> list[Flowable]:
-    if total <= cap:
-        return []
-    return [_trusted(escape(f"{total - cap} more {what} are in evidence.json."), "note")]
-
-
-# --- sections -------------------------------------------------------------------------
-
-
-def _header(ev: dict[str, Any], kind: str) -> list[Flowable]:
-    gateway = _d(ev.get("gateway"))
-    title = TITLES.get(kind, TITLES["sending"])
-    intro = _INTRO.get(kind, _INTRO["sending"])
-    if content_unavailable(ev):
-        intro = intro.replace(_ATTACHED, _ATTACHED_WITHOUT_MESSAGE)
-    return [
-        _trusted(escape(title), "title"),
-        _trusted(escape(intro), "intro"),
-        Spacer(1, 4 * mm),
-        _kv_table(
-            [
-                ("Certificate id", _para(ev.get("certificate_id"), cap=100)),
-                *(
-                    [("Addendum to certificate", _para(ev.get("addendum_of"), cap=100))]
-                    if ev.get("addendum_of")
-                    else []
-                ),
-                ("Issued at (UTC)", _para(_time(ev.get("issued_at")))),
-                ("Gateway", _para(gateway.get("hostname"))),
-                ("Gateway domain", _para(gateway.get("domain"))),
-                ("Software", _para(gateway.get("software"))),
-                ("Queue id", _para(ev.get("queue_id"), cap=100)),
-            ]
-        ),
-    ]
-
-
-def _sender(ev: dict[str, Any]) -> list[Flowable]:
-    s = _d(ev.get("sender"))
-    client = _clean(s.get("client_ip"), 100)
-    helo = _clean(s.get("client_helo"), _CAP_SHORT)
-    if helo:
-        client = f"{client} (HELO {helo})" if client else f"HELO {helo}"
-    return [
-        *_heading("Sender"),
-        _kv_table(
-            [
-                ("Envelope sender", _para(s.get("envelope_from"))),
-                ("From header", _para(s.get("header_from"))),
-                (
-                    "Authenticated user",
-                    _para(s.get("authenticated_user"), empty="— (not authenticated)"),
-                ),
-                ("Client", _para(client)),
-                ("Connection TLS", _para(_tls(s.get("tls")))),
-                ("Received via", _para(s.get("method"))),
-                *_authentication(s.get("authentication")),
-            ]
-        ),
-    ]
-
-
-def _authentication(auth: object) -> list[tuple[str, Flowable]]:
-    """MX mode: the DKIM, SPF and DMARC results, as an Authentication-Results value."""
-    header = _d(auth).get("header")
-    return [("Sender authentication", _para(header, cap=_CAP_CELL))] if header else []
-
-
-def _hash_para(value: object) -> Paragraph:
-    return _para(value, "hash", cap=_CAP_SHORT)
-
-
-def _message(ev: dict[str, Any]) -> list[Flowable]:
-    m = _d(ev.get("message"))
-    if content_unavailable(ev):  # only what the gateway recorded at reception
-        rows = [
-            ("Content", _para("not available: the gateway could not read the message")),
-            ("Size", _para(_size(m.get("size")))),
-            ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
-        ]
-        return [*_heading("Message"), _kv_table(rows)]
-    rows = [
-        ("Subject", _para(m.get("subject"), cap=_CAP_LINE, empty="— (no subject)")),
-        ("Date", _para(m.get("date"))),
-        ("Message-ID", _para(m.get("message_id"))),
-        ("From", _para(m.get("from"))),
-        ("To", _para(_addresses(m.get("to")), cap=_CAP_CELL)),
-        ("Cc", _para(_addresses(m.get("cc")), cap=_CAP_CELL)),
-        ("Size", _para(_size(m.get("size")))),
-        ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
-    ]
-    added = [str(name) for name in _l(m.get("added_fields"))]
-    if added:
-        rows.append(
-            (
-                "Header fields added by the gateway",
-                _para(
-                    f"{', '.join(added)}: the message as submitted had none (RFC 6409 §8). "
-                    "The hash above is of the message as received, without them; each "
-                    "recipient's delivered hash is of the message as sent, with them.",
-                    cap=_CAP_LINE,
-                ),
-            )
-        )
-    defects = _l(m.get("defects"))
-    if defects:
-        shown = "; ".join(_clean(d, 200) for d in defects[:20])
-        rows.append(("MIME defects found", _para(shown, cap=_CAP_LINE)))
-    return [*_heading("Message"), _kv_table(rows)]
-
-
-def _attachments(ev: dict[str, Any]) -> list[Flowable]:
-    items = _l(_d(ev.get("message")).get("attachments"))
-    out = _heading("Attachments")
-    if not items:
-        return [*out, _trusted("The message has no attachments.", "note")]
-    width = _PAGE_W - 2 * _MARGIN
-    rows: list[list[Flowable]] = []
-    spans: list[tuple[Any, ...]] = []
-    for index, raw in enumerate(items[:_CAP_ROWS]):
-        a = _d(raw)
-        top = 1 + 2 * index
-        rows.append(
-            [
-                _para(a.get("filename"), "cell", empty="— (no name)"),
-                _para(a.get("content_type"), "cell"),
-                _para(_size(a.get("size")), "cell"),
-            ]
-        )
-        # The hash gets a row of its own, the full table width, so it stays whole.
-        rows.append(
-            [
-                Table(
-                    [[_trusted("SHA-256", "cell"), _hash_para(a.get("sha256"))]],
-                    colWidths=[16 * mm, width - 20 * mm],
-                    hAlign="LEFT",
-                    style=[
-                        ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                        ("TOPPADDING", (0, 0), (-1, -1), 0),
-                    ],
-                ),
-                "",
-                "",
-            ]
-        )
-        spans.append(("SPAN", (0, top + 1), (-1, top + 1)))
-        spans.append(("LINEBELOW", (0, top), (-1, top), 0, colors.white))
-    table = _grid_table(
-        ["File name", "Type", "Size"], rows, [width * 0.5, width * 0.28, width * 0.22], spans
-    )
-    return [*out, table, *_more_note(len(items), "attachments")]
-
-
-def _reply(value: object) -> str:
-    r = _d(value)
-    if not r:
-        return _clean(value, _CAP_LINE)
-    parts = [
-        _clean(r.get("code"), 10),
-        _clean(r.get("enhanced"), 20),
-        _clean(r.get("text"), _CAP_LINE),
-    ]
-    return " ".join(p for p in parts if p)
-
-
-def _recipients(ev: dict[str, Any]) -> list[Flowable]:
-    items = _l(ev.get("recipients"))
-    out = _heading("Recipients")
-    if not items:
-        return [*out, _trusted("The evidence lists no recipients.", "note")]
-    for raw in items[:_CAP_RECIPIENTS]:
-        r = _d(raw)
-        status = r.get("status")
-        status_text = (
-            _STATUS.get(status, _clean(status, 100))
-            if isinstance(status, str)
-            else (_clean(status, 100))
-        )
-        host = _clean(r.get("mx_host"), _CAP_SHORT)
-        ip = _clean(r.get("ip"), 100)
-        port = _clean(r.get("port"), 10)
-        where = host
-        if ip:
-            where += f" [{ip}]"
-        if port:
-            where += f":{port}"
-        rows = [
-            ("Status", _para(status_text)),
-            ("Time (UTC)", _para(_time(r.get("time")))),
-            ("Mail server", _para(where)),
-            ("Final reply", _para(_reply(r.get("reply")), cap=_CAP_LINE + 40)),
-            ("Remote queue id", _para(r.get("remote_qid"))),
-            ("TLS", _para(_tls(r.get("tls")))),
-            ("Attempts", _para(r.get("attempts"))),
-            ("SHA-256 delivered", _hash_para(r.get("delivered_sha256"))),
-        ]
-        if r.get("note"):
-            rows.append(("Note", _para(r.get("note"), cap=_CAP_LINE)))
-        block = [_para(r.get("address"), "h3", empty="— (no address)"), _kv_table(rows)]
-        out.append(KeepTogether(block))
-    return [*out, *_more_note(len(items), "recipients", _CAP_RECIPIENTS)]
-
-
-def _timeline(ev: dict[str, Any]) -> list[Flowable]:
-    items = _l(ev.get("timeline"))
-    if not items:
-        return []
-    width = _PAGE_W - 2 * _MARGIN
-    rows = []
-    for raw in items[:_CAP_ROWS]:
-        e = _d(raw)
-        rows.append(
-            [
-                _para(_time(e.get("time"), suffix=""), "cell"),
-                _para(e.get("event"), "cell", cap=100),
-                _para(e.get("recipient"), "cell", empty=""),
-                _para(e.get("detail"), "cell", cap=_CAP_LINE, empty=""),
-            ]
-        )
-    table = _grid_table(
-        ["Time (UTC)", "Event", "Recipient", "Detail"],
-        rows,
-        [width * 0.2, width * 0.2, width * 0.22, width * 0.38],
-    )
-    return [*_heading("Timeline"), table, *_more_note(len(items), "events")]
-
-
-def _tracking(ev: dict[str, Any]) -> list[Flowable]:
-    """Opens and clicks (the addendum), each with its classification and why."""
-    tracking = _d(ev.get("tracking"))
-    if not tracking:
-        return []
-    out: list[Flowable] = [*_heading("Opens and clicks")]
-    rows: list[tuple[str, Flowable]] = [
-        ("Tracking", _para("on" if tracking.get("enabled") else "off")),
-    ]
-    for r in _l(ev.get("recipients"))[:_CAP_ROWS]:
-        per = _d(_d(r).get("tracking"))
-        if not per:
-            continue
-        if per.get("tracked"):
-            said = (
-                "tracked: its copy carried its own links and a 1x1 image, so its delivered "
-                "SHA-256 differs from the received one"
-            )
-        else:
-            said = "not tracked: delivered as received"
-        notes = "; ".join(_clean(n, 300) for n in _l(per.get("notes"))[:10])
-        rows.append((_clean(_d(r).get("address"), _CAP_SHORT), _para(
-            f"{said}{' (' + notes + ')' if notes else ''}", cap=_CAP_CELL
-        )))  # fmt: skip
-    before = _d(tracking.get("reported_before"))
-    if before:
-        rows.append((
-            "Reported before",
-            _para(f"earlier opens and clicks are in certificate {before.get('certificate_id')} "
-                  "and its earlier addenda; this document lists those recorded since"),
-        ))  # fmt: skip
-    out.append(_kv_table(rows))
-    items = _l(tracking.get("events"))
-    if items:
-        width = _PAGE_W - 2 * _MARGIN
-        grid: list[list[Flowable]] = []
-        for raw in items[:_CAP_ROWS]:
-            e = _d(raw)
-            what = "open" if e.get("kind") == "open" else f"click on {e.get('url') or ''}"
-            verdict = "automatic" if e.get("automatic") else "likely a person"
-            grid.append(
-                [
-                    _para(_time(e.get("time"), suffix=""), "cell"),
-                    _para(e.get("recipient"), "cell", empty=""),
-                    _para(what, "cell", cap=_CAP_LINE),
-                    _para(
-                        f"{e.get('ip') or ''} {e.get('user_agent') or ''}", "cell", cap=_CAP_LINE
-                    ),
-                    _para(f"{verdict}: {e.get('reason') or ''}", "cell", cap=_CAP_LINE),
-                ]
-            )
-        out.append(
-            _grid_table(
-                ["Time (UTC)", "Recipient", "What", "From (IP, user agent)", "Classification"],
-                grid,
-                [width * 0.16, width * 0.2, width * 0.22, width * 0.22, width * 0.2],
-            )
-        )
-        out.extend(_more_note(len(items), "events"))
-    return out
-
-
-def _evidence_log(ev: dict[str, Any]) -> list[Flowable]:
-    log = _d(ev.get("evidence_log"))
-    if not log:
-        return []
-    items = _l(log.get("entries"))
-    out = [
-        *_heading("Evidence log"),
-        _kv_table([("Log head (SHA-256)", _hash_para(log.get("head")))]),
-    ]
-    if items:
-        width = _PAGE_W - 2 * _MARGIN
-        rows = [
-            [
-                _para(_d(e).get("seq"), "cell"),
-                _para(_d(e).get("event"), "cell", cap=100),
-                _hash_para(_d(e).get("hash")),
-            ]
-            for e in items[:_CAP_ROWS]
-        ]
-        out += [
-            Spacer(1, 2 * mm),
-            _grid_table(
-                ["#", "Event", "Entry hash (SHA-256)"],
-                rows,
-                [width * 0.08, width * 0.3, width * 0.62],
-            ),
-            *_more_note(len(items), "log entries"),
-        ]
-    return out
-
-
-def _message_text(ev: dict[str, Any]) -> list[Flowable]:
-    m = _d(ev.get("message"))
-    text = m.get("text")
-    out = _heading("Message text")
-    if not isinstance(text, str) or not text.strip():
-        return [*out, _trusted("The message has no text part.", "note")]
-    notes = []
-    if len(text) > _CAP_BODY:
-        notes.append(f"Only the first {_CAP_BODY:,} of {len(text):,} characters are shown.")
-    if m.get("text_truncated") is True:
-        notes.append("The gateway recorded a shortened text.")
-    if notes:
-        out.append(
-            _trusted(
-                escape(" ".join(notes) + " The complete message is the attached message.eml."),
-                "note",
-            )
-        )
-    # One flowable per block between blank lines: a _TextBlock wraps its lines once and
-    # splits at a page end by slicing them, whatever its length.
-    body = _clean(text, _CAP_BODY, multiline=True)
-    style = _styles()["body"]
-    for block in body.split("\n\n"):
-        if block.strip():
-            out.append(_TextBlock(block, style))
-        out.append(Spacer(1, 4))
-    return out
-
-
-def _how_to_verify(ev: dict[str, Any]) -> list[Flowable]:
-    mono = _fonts()[2]
-    style = _styles()["body"]
-    if content_unavailable(ev):
-        runs: tuple[tuple[str | None, str], ...] = (
-            (
-                None,
-                "This PDF is signed (PAdES, ETSI EN 319 142) with the gateway's document "
-                "signing certificate and carries an RFC 3161 timestamp of the signature. Run ",
-            ),
-            (mono, "certifica verify certificate.pdf"),
-            (
-                None,
-                ": it checks the signature, the signing certificate and the timestamp. No "
-                "message.eml is attached (see above); the attached ",
-            ),
-            (mono, "evidence.json"),
-            (None, " holds the evidence in machine-readable form."),
-        )
-    else:
-        runs = (
-            (
-                None,
-                "This PDF is signed (PAdES, ETSI EN 319 142) with the gateway's document "
-                "signing certificate and carries an RFC 3161 timestamp of the signature. Run ",
-            ),
-            (mono, "certifica verify certificate.pdf"),
-            (
-                None,
-                ": it checks that the signature covers the whole file and is intact, that "
-                "the signing certificate leads to a trusted authority, and that the "
-                "timestamp is valid. The original message is attached to this PDF as ",
-            ),
-            (mono, "message.eml"),
-            (None, ": its SHA-256 ("),
-            (mono, "sha256sum message.eml"),
-            (
-                None,
-                ') must equal the "SHA-256 of the message as received" printed above. The '
-                "attached ",
-            ),
-            (mono, "evidence.json"),
-            (None, " holds the same evidence in machine-readable form."),
-        )
-    return [*_heading("How to verify"), _RunsBlock(runs, style)]
-
-
 # --- page furniture -------------------------------------------------------------------
 
 
-class _NumberedCanvas(rl_canvas.Canvas):
-    """Defers page output so the footer can say "page x of y"; attaches the files."""
+class NumberedCanvas(rl_canvas.Canvas):
+    """Defers page output so that every page gets its header (the provider's name and
+    the certificate's id) and its footer (the title and "page N of M" in the reader's
+    words) once the number of pages is known; attaches the files."""
 
+    header_left = ""
+    header_right = ""
     footer_text = ""
-    attachments: tuple[_Attachment, ...] = ()
+    page_label = "Page %(page)s of %(pages)s"
+    attachments: tuple[Attachment, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # reportlab opens every page with its base font (Helvetica, a standard-14 font
+        # that would then be listed among the document's fonts): the shipped one instead.
+        # (platypus passes initialFontName=None explicitly.)
+        kwargs["initialFontName"] = kwargs.get("initialFontName") or fonts()[0]
+        kwargs["initialFontSize"] = kwargs.get("initialFontSize") or 8.5
         super().__init__(*args, **kwargs)
         self._pages: list[dict[str, Any]] = []
         _seed_fonts(self._doc)
@@ -1496,17 +1070,62 @@ class _NumberedCanvas(rl_canvas.Canvas):
         code.append(f"{_fp(a)} {_fp(b)} {_fp(c)} {_fp(d)} {_fp(e)} {_fp(f)} cm")
 
     def _footer(self, total: int) -> None:
+        # The texts are drawn by _draw_lines, as the pages' own text: drawString's text
+        # object re-encoded them character by character, three times a page.
+        st = styles()
         self.saveState()
-        self.setFont(_fonts()[0], 7)
-        self.setFillColor(colors.HexColor("#666666"))
-        self.drawString(_MARGIN, 10 * mm, self.footer_text)
-        self.drawRightString(_PAGE_W - _MARGIN, 10 * mm, f"Page {self._pageNumber} of {total}")
+        self.setStrokeColor(_RULE)
+        self.setLineWidth(0.4)
+        top = PAGE_H - 11 * mm
+        self._put(self.header_left, st["furniture-bold"], MARGIN, top)
+        self._put(self.header_right, st["furniture"], PAGE_W - MARGIN, top, right=True)
+        self.line(MARGIN, top - 2.5 * mm, PAGE_W - MARGIN, top - 2.5 * mm)
+        self.line(MARGIN, 13 * mm, PAGE_W - MARGIN, 13 * mm)
+        self._put(self.footer_text, st["furniture"], MARGIN, 9.5 * mm)
+        label = drawable(self.page_label % {"page": self._pageNumber, "pages": total})
+        self._put(label, st["furniture"], PAGE_W - MARGIN, 9.5 * mm, right=True)
         self.restoreState()
 
+    def _put(
+        self, text: str, style: ParagraphStyle, x: float, baseline: float, *, right: bool = False
+    ) -> None:
+        if not text:
+            return
+        if right:
+            x -= text_width(text, style.fontName, style.fontSize)
+        top = baseline + _first_baseline(style.fontName, style.fontSize)
+        _draw_lines(self, x, top, style, [[(None, text)]])
 
-def _canvas_class(footer: str, attachments: tuple[_Attachment, ...]) -> type[_NumberedCanvas]:
+
+_RULE = colors.HexColor("#999999")
+
+
+def drawable(text: str) -> str:
+    """*text* as ``drawString`` can set it in the regular font, which cannot switch
+    fonts: a character the font lacks becomes "?"."""
+    return "".join(
+        run if font is None else "?" * len(run) for font, run in font_runs(text, fonts()[0])
+    )
+
+
+def canvas_class(
+    *,
+    header: tuple[str, str],
+    footer: str,
+    page_label: str,
+    attachments: tuple[Attachment, ...],
+) -> type[NumberedCanvas]:
+    """A canvas class for one document (reportlab makes the canvas itself)."""
     return type(
-        "_FooterCanvas", (_NumberedCanvas,), {"footer_text": footer, "attachments": attachments}
+        "_DocumentCanvas",
+        (NumberedCanvas,),
+        {
+            "header_left": drawable(header[0]),
+            "header_right": drawable(header[1]),
+            "footer_text": drawable(footer),
+            "page_label": page_label,
+            "attachments": attachments,
+        },
     )
 
 
@@ -1514,7 +1133,7 @@ def _canvas_class(footer: str, attachments: tuple[_Attachment, ...]) -> type[_Nu
 
 
 @dataclass(frozen=True)
-class _Attachment:
+class Attachment:
     name: str
     data: bytes
     mime_type: str
@@ -1522,7 +1141,7 @@ class _Attachment:
     description: str
 
 
-def _attach(doc: pdfdoc.PDFDocument, files: Iterable[_Attachment]) -> None:
+def _attach(doc: pdfdoc.PDFDocument, files: Iterable[Attachment]) -> None:
     """Embed *files* in the document reportlab is about to write.
 
     Each file is an embedded file stream (ISO 32000-2 section 7.11.4, with its size and
@@ -1586,9 +1205,6 @@ def _pdf_name(text: str) -> str:
     )
 
 
-# --- the document ---------------------------------------------------------------------
-
-
 def evidence_json(evidence: dict[str, Any]) -> bytes:
     """The bytes of the embedded evidence.json."""
     try:
@@ -1599,111 +1215,8 @@ def evidence_json(evidence: dict[str, Any]) -> bytes:
         return json.dumps(evidence, indent=2, sort_keys=True, ensure_ascii=True).encode()
 
 
-def _reception(ev: dict[str, Any]) -> list[Flowable]:
-    """Certified reception: whose mailbox, when, and the way the message came."""
-    r = _d(ev.get("reception"))
-    if not r:
-        return []
-    env = _d(r.get("envelope"))
-    arc = _d(r.get("arc"))
-    receipt = _d(r.get("receipt"))
-    hop = _clean(env.get("client_ip"), 100)
-    if env.get("client_helo"):
-        hop = f"{hop} (HELO {_clean(env.get('client_helo'), _CAP_SHORT)})"
-    arc_text = _clean(arc.get("result"), 20) or "none"
-    if arc.get("instances"):
-        arc_text += f", {arc.get('instances')} hop(s)"
-    if arc.get("result") not in (None, "none", "pass") and arc.get("reason"):
-        arc_text += f": {_clean(arc.get('reason'), 200)}"
-    rcpts = ", ".join(_clean(a, _CAP_SHORT) for a in _l(env.get("rcpt_to"))[:_CAP_LIST])
-    rows = [
-        ("Mailbox owner", _para(r.get("owner"))),
-        ("Arrived at (UTC)", _para(_time(r.get("arrived_at")))),
-        ("Forwarded by", _para(hop)),
-        ("Last hop's TLS", _para(_clean(env.get("tls"), 100) or "— (none)")),
-        ("Envelope", _para(f"MAIL FROM <{_clean(env.get('mail_from'), _CAP_SHORT)}> "
-                           f"RCPT TO {rcpts}", cap=_CAP_CELL)),  # fmt: skip
-        ("Original sender (From)", _para(r.get("original_from"),
-                                         empty="— (the From header names no single sender)")),
-        ("ARC chain (RFC 8617)", _para(arc_text)),
-        ("Proof of receipt to the sender", _para(
-            f"sent to {_clean(receipt.get('to'), _CAP_SHORT)}" if receipt.get("to")
-            else f"not sent: {_clean(receipt.get('why'), 300)}")),
-    ]  # fmt: skip
-    trace = _d(r.get("trace"))
-    received = _l(trace.get("received"))
-    out = [*_heading("Reception"), _kv_table(rows)]
-    if received:
-        out += _heading("Forwarding chain (Received fields, newest first)")
-        for line in received[:_CAP_LIST]:
-            out.append(_para(line, cap=_CAP_LINE))
-    return out
-
-
-def _story(ev: dict[str, Any], kind: str) -> list[Flowable]:
-    lost = content_unavailable(ev)
-    return [
-        *_header(ev, kind),
-        *(_content_lost(lost) if lost else []),
-        *(_reception(ev) if kind == "reception" else []),
-        *_sender(ev),
-        *_message(ev),
-        *([] if lost else _attachments(ev)),
-        *([] if kind == "reception" else _recipients(ev)),
-        *_tracking(ev),
-        *_timeline(ev),
-        *_evidence_log(ev),
-        *([] if lost else _message_text(ev)),
-        *_how_to_verify(ev),
-    ]
-
-
-def _content_lost(reason: str) -> list[Flowable]:
-    """What a certificate made without the message states, on page 1, in full sentences."""
-    return [
-        *_heading("The message could not be read"),
-        _trusted(
-            "The gateway could no longer read the message when it made this certificate ("
-            + escape(_clean(reason, 300))
-            + "). It is not attached, and its subject, headers, attachments and text are "
-            "not stated. This certificate proves when the gateway received a message, from "
-            "whom, with the SHA-256 below (recorded at reception, in the evidence log), and "
-            "what happened to each recipient; it does not prove the message's content.",
-            "body",
-        ),
-    ]
-
-
-def _render_pages(
-    ev: dict[str, Any], kind: str, story: list[Flowable], attachments: tuple[_Attachment, ...]
-) -> bytes:
-    cert_id = _clean(ev.get("certificate_id"), 64)
-    title = TITLES.get(kind, TITLES["sending"])
-    buf = io.BytesIO()
-    doc = SimpleDocTemplate(
-        buf,
-        pagesize=A4,
-        leftMargin=_MARGIN,
-        rightMargin=_MARGIN,
-        topMargin=_MARGIN,
-        bottomMargin=_MARGIN + 4 * mm,
-        title=f"{title} {cert_id}".strip(),
-        author="Certifica",
-        subject=cert_id,
-        creator="Certifica",
-    )
-    footer = f"{title} · {cert_id}" if cert_id else title
-    # drawString cannot switch fonts: what the footer font lacks becomes "?".
-    footer = "".join(
-        run if font is None else "?" * len(run) for font, run in _font_runs(footer, _fonts()[0])
-    )
-    with _binary_streams():
-        doc.build(story, canvasmaker=_canvas_class(footer, attachments))
-    return buf.getvalue()
-
-
 @contextmanager
-def _binary_streams() -> Iterator[None]:
+def binary_streams() -> Iterator[None]:
     """Page contents compressed only, not also ASCII85-encoded (reportlab's default).
 
     ASCII85 keeps a PDF 7-bit clean at a quarter more bytes and a pure-Python pass
@@ -1718,8 +1231,8 @@ def _binary_streams() -> Iterator[None]:
         rl_config.useA85 = saved
 
 
-def _embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[_Attachment, ...]:
-    evidence = _Attachment(
+def embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[Attachment, ...]:
+    evidence = Attachment(
         EMBEDDED_EVIDENCE,
         evidence_bytes,
         "application/json",
@@ -1728,7 +1241,7 @@ def _embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[_Attachme
     )
     if eml is None:
         return (evidence,)
-    message = _Attachment(
+    message = Attachment(
         EMBEDDED_MESSAGE,
         eml,
         "message/rfc822",
@@ -1736,47 +1249,3 @@ def _embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[_Attachme
         "The certified message exactly as received (RFC 5322)",
     )
     return (evidence, message)
-
-
-def content_unavailable(evidence: dict[str, Any]) -> str | None:
-    """Why the message is not in this certificate, when the gateway could not read it
-    any more (``message.content_unavailable``); None for every normal certificate."""
-    reason = _d(evidence.get("message")).get("content_unavailable")
-    return reason if isinstance(reason, str) and reason else None
-
-
-def render_certificate(evidence: dict, eml: bytes | None, reader: Reader | None = None) -> bytes:
-    """Render the unsigned certificate PDF, with message.eml and evidence.json attached;
-    ``eml`` None: the gateway lost the message, which the evidence states
-    (:func:`content_unavailable`), and only evidence.json is attached."""
-    ev = _d(evidence)
-    raw_kind = ev.get("kind")
-    kind = raw_kind if isinstance(raw_kind, str) and raw_kind in TITLES else "sending"
-    attachments = _embedded_files(None if eml is None else bytes(eml), evidence_json(evidence))
-    try:
-        return _render_pages(ev, kind, _story(ev, kind), attachments)
-    except LayoutError:
-        # Unreachable with the caps above; if a reportlab change makes some value
-        # too tall anyway, a plainer certificate is better than none.
-        return _render_pages(ev, kind, _fallback_story(ev, kind), attachments)
-
-
-def _fallback_story(ev: dict[str, Any], kind: str) -> list[Flowable]:
-    m = _d(ev.get("message"))
-    return [
-        _trusted(escape(TITLES[kind]), "title"),
-        _kv_table(
-            [
-                ("Certificate id", _para(ev.get("certificate_id"), cap=100)),
-                ("Issued at (UTC)", _para(_time(ev.get("issued_at")))),
-                ("Subject", _para(m.get("subject"), cap=200)),
-                ("SHA-256 of the message as received", _hash_para(m.get("sha256"))),
-            ]
-        ),
-        _trusted(
-            "The full evidence could not be laid out on the page; it is in the "
-            "attached evidence.json, and the message in message.eml.",
-            "note",
-        ),
-        *_how_to_verify(ev),
-    ]
