@@ -692,6 +692,8 @@ def _annex_reception(doc: Document) -> list[Flowable]:
     rcpts = ", ".join(clean(a, CAP_SHORT) for a in as_list(env.get("rcpt_to"))[:CAP_LIST])
     if receipt.get("to"):
         receipt_text = _("sent to %(address)s") % {"address": clean(receipt.get("to"), CAP_SHORT)}
+    elif why := words.receipt_reason(_, receipt.get("reason")):
+        receipt_text = _("not sent: %(reason)s") % {"reason": why}
     else:
         receipt_text = _("not sent")
     rows = [

@@ -282,3 +282,31 @@ def change_sentence(_: Gettext, change: Mapping[str, Any]) -> str:
             "encoding": _text(change.get("encoding")),
         }
     return _("Another change was made; the evidence record describes its exact bytes.")
+
+
+_RECEIPT_REASONS = {
+    "not_requested": N_("the mailbox owner did not ask for proofs of receipt"),
+    "null_sender": N_(
+        "the message was itself a delivery report, which is never answered (RFC 3834)"
+    ),
+    "automatic": N_(
+        "the message was automatic, bulk or mailing-list mail, which is never answered (RFC 3834)"
+    ),
+    "no_single_sender": N_("its From field does not name a single sender"),
+    "own_address": N_("the sender is the mailbox owner or the service itself"),
+    "not_authenticated": N_(
+        "the sender's address could not be authenticated (no aligned DKIM signature or SPF)"
+    ),
+    "interval": N_(
+        "a proof of receipt had already been sent to this sender within the configured "
+        "interval (RFC 3834)"
+    ),
+}
+
+
+def receipt_reason(_: Gettext, reason: object) -> str | None:
+    """Why no proof of receipt went to the original sender (the evidence's
+    ``reception.receipt.reason``), in words; None for a reason this version does not
+    know (the page then says only that none was sent)."""
+    text = _RECEIPT_REASONS.get(reason) if isinstance(reason, str) else None
+    return _(text) if text else None
