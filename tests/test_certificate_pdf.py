@@ -307,7 +307,9 @@ def test_attachments_are_byte_exact(signed: Path, tmp_path: Path) -> None:
     out = run("pdfdetach", "-saveall", "-o", tmp_path, signed)
     assert (tmp_path / "message.eml").read_bytes() == EML, out
     evidence_bytes = (tmp_path / "evidence.json").read_bytes()
-    expected = make_evidence()
+    # Signing adds the seal: the holder of the certificate that signed it.
+    expected = {**make_evidence(), "seal": json.loads(evidence_bytes)["seal"]}
+    assert expected["seal"]["signer"] and expected["seal"]["serial"]
     assert (
         evidence_bytes
         == json.dumps(expected, indent=2, sort_keys=True, ensure_ascii=False).encode()
@@ -369,7 +371,7 @@ def test_verify_accepts_the_intact_certificate(signed: Path, pki: Pki) -> None:
         "message-hash",
     ):
         assert name in names
-    assert report.evidence == make_evidence()
+    assert report.evidence == {**make_evidence(), "seal": report.evidence["seal"]}
     timestamp = next(c for c in report.checks if c.name == "timestamp")
     assert "UTC" in timestamp.detail
 
