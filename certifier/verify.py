@@ -85,6 +85,7 @@ from certifier.errors import VerificationError
 __all__ = [
     "Check",
     "VerifyReport",
+    "embedded_evidence",
     "extract_timestamp_token",
     "signature_value",
     "verify_certificate",
@@ -723,6 +724,17 @@ def _timestamp_token(sig: EmbeddedPdfSignature) -> cms.ContentInfo | None:
             values = attr["values"]
             return values[0] if len(values) == 1 else None
     return None
+
+
+def embedded_evidence(pdf: bytes) -> dict[str, Any] | None:
+    """The ``evidence.json`` a certificate PDF embeds, as a dict; None when it has none
+    or it cannot be read (nothing is checked here: :func:`verify_certificate` does)."""
+    try:
+        files = _embedded_files(PdfFileReader(io.BytesIO(pdf), strict=False))
+        loaded = json.loads(files[EMBEDDED_EVIDENCE][0])
+    except Exception:
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _embedded_files(reader: PdfFileReader) -> dict[str, list[bytes]]:

@@ -310,14 +310,16 @@ def test_the_rate_limit_answers_429_with_retry_after(strict: Site) -> None:
     assert fetch(f"{strict.url}/v/static/verify.js", headers=client).status == 200
 
 
-def test_ipv6_clients_are_limited_by_their_64(strict: Site) -> None:
+def test_ipv6_clients_are_limited_by_their_56(strict: Site) -> None:
+    """A subscriber's delegation is usually a /56 (RFC 6177): walking its /64s does not
+    escape the limit; the next /56 is another client."""
     for n in range(1, 4):
-        one = {"X-Forwarded-For": f"2001:db8:1:2::{n}"}
+        one = {"X-Forwarded-For": f"2001:db8:1:{n}::{n}"}
         assert fetch(strict.page_url(), headers=one).status == 200
-    same_64 = {"X-Forwarded-For": "2001:db8:1:2:ffff::1"}
-    assert fetch(strict.page_url(), headers=same_64).status == 429
-    next_64 = {"X-Forwarded-For": "2001:db8:1:3::1"}
-    assert fetch(strict.page_url(), headers=next_64).status == 200
+    same_56 = {"X-Forwarded-For": "2001:db8:1:ff::1"}
+    assert fetch(strict.page_url(), headers=same_56).status == 429
+    next_56 = {"X-Forwarded-For": "2001:db8:1:100::1"}
+    assert fetch(strict.page_url(), headers=next_56).status == 200
 
 
 def test_tracking_answers_are_in_the_visitors_language(site: Site) -> None:
@@ -389,10 +391,8 @@ def test_the_limiter_forgets_clients_within_its_bound() -> None:
 
 def test_client_keys() -> None:
     assert client_key("192.0.2.7") == "192.0.2.7"
-    assert (
-        client_key("2001:db8:1:2::7") == client_key("2001:db8:1:2:abcd::1") == "2001:db8:1:2::/64"
-    )
-    assert client_key("2001:db8:1:3::7") != client_key("2001:db8:1:2::7")
+    assert client_key("2001:db8:1:2::7") == client_key("2001:db8:1:ff:abcd::1") == "2001:db8:1::/56"
+    assert client_key("2001:db8:1:100::7") != client_key("2001:db8:1:2::7")
     assert client_key("") == ""
 
 

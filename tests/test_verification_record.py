@@ -14,7 +14,10 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from relay.certify.verification import CODE_BITS, verification_code
 from relay.queue.store import Store
@@ -80,8 +83,13 @@ def test_a_certificate_carries_its_verification_url_and_the_page_record(
     assert row["qid"] == qid
     assert row["kind"] == "sending" and row["outcome"] == "delivery"
     assert row["pdf_sha256"] == hashlib.sha256(pdf).hexdigest()
+    # The page states what the PDF states: its issue time and each recipient's time.
+    issued = datetime.fromisoformat(evidence["issued_at"].replace("Z", "+00:00")).timestamp()
+    assert row["issued_at"] == pytest.approx(issued, abs=0.001)
+    bob = evidence["recipients"][0]
+    assert bob["time"].endswith("Z")
     assert row["recipients"] == [
-        {"address": "bob@example.org", "status": "delivered", "time": row["recipients"][0]["time"]}
+        {"address": "bob@example.org", "status": "delivered", "time": bob["time"]}
     ]
     # Only the code's hash is stored, never the code.
     with sqlite3.connect(gateway.state / "queue.db") as conn:

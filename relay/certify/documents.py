@@ -21,11 +21,13 @@ import hashlib
 import json
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from certifier.i18n import Reader
 from certifier.outcome import outcome
+from certifier.verify import embedded_evidence
 from relay.certify import dsn, notices
 from relay.certify.evidence_record import (
     build_evidence,
@@ -128,27 +130,45 @@ class DocumentMaker:
         return await self.certifier.certify(evidence, eml, await self.reader_for(row["sender"]))
 
     async def _record_verification(
-        self, row: dict[str, Any], cert_id: str, pdf: bytes, evidence: dict[str, Any]
+        self,
+        row: dict[str, Any],
+        cert_id: str,
+        kept: bytes,
+        rendered: bytes,
+        evidence: dict[str, Any],
     ) -> str:
-        """What the verification page shows for the PDF kept under ``cert_id``: recorded
-        before the mail is queued, so the page answers by the time anyone has the link.
-        Returns the PDF's SHA-256."""
-        pdf_sha = hashlib.sha256(pdf).hexdigest()
+        """What the verification page shows for the PDF ``kept`` under ``cert_id``:
+        recorded before the mail is queued, so the page answers by the time anyone has
+        the link. A rerun keeps the PDF first written (:func:`write_once`): the page then
+        describes that one, from its own embedded evidence, not this run's. Returns the
+        kept PDF's SHA-256."""
+        pdf_sha = hashlib.sha256(kept).hexdigest()
+        if kept != rendered:
+            first: dict[str, Any] | None = await asyncio.to_thread(embedded_evidence, kept)
+            evidence = first or evidence
+        recipients = [
+            {"address": r.get("address"), "status": r.get("status"), "time": r.get("time")}
+            for r in evidence.get("recipients") or []
+            if isinstance(r, dict)
+        ]
+        if evidence.get("kind") == "reception":
+            reception = evidence.get("reception") or {}
+            recipients = [
+                {
+                    "address": row["sender"],
+                    "status": "received",
+                    "time": reception.get("arrived_at"),
+                }
+            ]
         await self.store.record_verification(
             verification_code(self.code_key, cert_id),
             cert_id=cert_id,
             qid=row["qid"],
             kind=str(evidence.get("kind") or "sending"),
             outcome=str(outcome(evidence)),
-            issued_at=time.time(),
+            issued_at=_posix(evidence.get("issued_at")) or time.time(),
             pdf_sha256=pdf_sha,
-            recipients=[
-                {"address": r.get("address"), "status": r.get("status"), "time": r.get("time")}
-                for r in evidence.get("recipients") or []
-                if isinstance(r, dict)
-            ]
-            if evidence.get("kind") != "reception"
-            else [{"address": row["sender"], "status": "received", "time": None}],
+            recipients=recipients,
         )
         return pdf_sha
 
@@ -583,7 +603,7 @@ class DocumentMaker:
             sender,
             entries,
             original,
-            reporting or "a remote server",
+            reporting or "",
             headers_only,
             reader=await self.reader_for(sender),
         )
@@ -660,8 +680,9 @@ class DocumentMaker:
         if await self._certified_already(qid):
             return False
         path = self.certificates_dir / f"{row['cert_id']}.pdf"
-        pdf = await asyncio.to_thread(write_once, path, pdf)
-        pdf_sha = await self._record_verification(row, row["cert_id"], pdf, evidence)
+        kept = await asyncio.to_thread(write_once, path, pdf)
+        pdf_sha = await self._record_verification(row, row["cert_id"], kept, pdf, evidence)
+        pdf = kept
         original = notices.original_headers(raw)
 
         async def mail(receipt: bool, address: str) -> bytes:
@@ -763,8 +784,9 @@ class DocumentMaker:
         done_qid = addendum["qid"] if addendum is not None else qid
         if await self._certified_already(done_qid):
             return False
-        pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
-        pdf_sha = await self._record_verification(row, cert_id, pdf, evidence)
+        kept = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf_sha = await self._record_verification(row, cert_id, kept, pdf, evidence)
+        pdf = kept
         label = "Addendum" if addendum is not None else "Certificate"
         recipients = await self.store.recipients(qid)
         data = notices.build_content_lost(
@@ -851,8 +873,9 @@ class DocumentMaker:
             return False
         # The first PDF written under this id is the certificate: a job made again after
         # a worker died mid-way mails that one, never a second signed PDF.
-        pdf = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
-        pdf_sha = await self._record_verification(row, cert_id, pdf, evidence)
+        kept = await asyncio.to_thread(write_once, self.certificates_dir / f"{cert_id}.pdf", pdf)
+        pdf_sha = await self._record_verification(row, cert_id, kept, pdf, evidence)
+        pdf = kept
         recipients = await self.store.recipients(qid)
         data = notices.build_certificate_mail(
             gateway_name=self._gateway_name(),
@@ -938,6 +961,16 @@ class DocumentMaker:
 
     def _gateway_name(self) -> str:
         return f"Certifica ({self.cfg.gateway.domain})"
+
+
+def _posix(iso_time: object) -> float | None:
+    """The POSIX time of an evidence time (ISO 8601, UTC, ``Z``); None if it is not one."""
+    if not isinstance(iso_time, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -566,6 +566,11 @@ def build_report(report: Report, *, reader: Reader = DEFAULT_READER) -> bytes:
             )
             % {"server": _ascii_line(report.reported_by, 200)},
         ]
+    elif report.reported_by is not None:  # a late report whose sender did not say who it is
+        lines += [
+            "",
+            _("This passes on a report from the recipient's side, which had accepted the message."),
+        ]
     for r in report.recipients:
         lines += ["", f"  {one_line(r.address, 320)}:", f"    {r.explain(reader)}"]
     if first == Action.DELAYED:

@@ -3,8 +3,10 @@ pages (README, "Verifying a certificate").
 
 A client is its address as :func:`addendum.http.client_ip` determines it (the TCP peer,
 or the ``X-Forwarded-For`` hop behind ``[web] trusted_proxies``); an IPv6 client is its
-/64 network, the block one subscriber is usually given (RFC 6177), so a client cannot
-escape the limit by walking through the addresses of its own network.
+/56 network: RFC 6177 recommends giving a subscriber more than a /64, usually a /56
+(a /48 for some), so counting by /64 would let one home multiply the limit by 256. A
+/56 keeps a client from walking through the networks of its own delegation, at the cost
+of counting together the few subscribers an operator packs into one /56.
 
 The limit is the generic cell rate algorithm (GCRA, ITU-T I.371), the "leaky bucket as a
 meter": one number per client, the time at which its bucket is empty again. A client may
@@ -31,16 +33,17 @@ MAX_CLIENTS = 100_000
 """Clients remembered at once; past it the least recently seen is forgotten."""
 
 WINDOW = 60.0
+IPV6_PREFIX = 56
 
 
 def client_key(address: str) -> str:
-    """What the limit counts: an IPv4 address, or the /64 of an IPv6 one."""
+    """What the limit counts: an IPv4 address, or the /56 of an IPv6 one."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address  # "" for an unknown peer: all of those share one bucket
     if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
     return str(ip)
 
 

@@ -81,6 +81,7 @@ _CODE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 LOOKUP_TIMEOUT = 5.0  # seconds for the database to answer, as the tracking endpoint waits
+UPLOAD_SECONDS = 120.0  # seconds for a whole PDF to arrive (25 MB at ~200 kB/s), else 408
 
 log = logging.getLogger("certifica/web")
 
@@ -336,10 +337,20 @@ class VerificationPage:
         if self.checker.full:
             return self.json(request, 503, message=try_later)
         async with self.checker.receiving() as upload:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                if upload.size + len(chunk) > limit:
-                    return self.json(request, 413, message=too_large)  # read no further
-                await upload.write(chunk)
+            try:
+                # A client that trickles its upload would hold one of the few upload
+                # slots for as long as it likes: the whole body must arrive in time.
+                async with asyncio.timeout(UPLOAD_SECONDS):
+                    async for chunk in request.content.iter_chunked(64 * 1024):
+                        if upload.size + len(chunk) > limit:
+                            return self.json(request, 413, message=too_large)  # read no further
+                        await upload.write(chunk)
+            except TimeoutError:
+                return self.json(
+                    request,
+                    408,
+                    message=gettext(N_("The file took too long to arrive. Please try again.")),
+                )
             await upload.finish()
             if not upload.size:
                 return self.json(request, 400, message=gettext(N_("No file was sent.")))
