@@ -208,9 +208,9 @@ EXPECTED = {
         "Page 1 of",
     ],
     "es": [
-        "Certificado de entrega de correo electrónico certificado",
+        "Certificado de entrega de un correo electrónico certificado",
         "Prestador de servicios de confianza",
-        "El servidor de correo de example.org aceptó el mensaje para bob@example.org el "
+        "El servidor de correo de example.org aceptó el mensaje dirigido a bob@example.org el "
         "3 de diciembre de 2026, 10:02:39 CET (09:02:39 UTC).",
         "servidor de correo del destinatario",
         "sello electrónico",
@@ -219,18 +219,18 @@ EXPECTED = {
         "Página 1 de",
     ],
     "ca": [
-        "Certificat de lliurament de correu electrònic certificat",
+        "Certificat de lliurament d'un correu electrònic certificat",
         "Prestador de serveis de confiança",
-        "El servidor de correu de example.org va acceptar el missatge per a bob@example.org "
+        "El servidor de correu de example.org va acceptar el missatge adreçat a bob@example.org "
         "el 3 de desembre del 2026, 10:02:39 CET (09:02:39 UTC).",
         "segell electrònic",
         "Annex C — Lliurament a cada destinatari",
         "Pàgina 1 de",
     ],
     "it": [
-        "Certificato di consegna di posta elettronica certificata",
+        "Certificato di consegna di un messaggio di posta elettronica",
         "Prestatore di servizi fiduciari",
-        "Il server di posta di example.org ha accettato il messaggio per bob@example.org il "
+        "Il server di posta di example.org ha accettato il messaggio destinato a bob@example.org il "
         "3 dicembre 2026, 10:02:39 CET (09:02:39 UTC).",
         "sigillo elettronico",
         "Allegato C — Consegna a ciascun destinatario",
