@@ -504,7 +504,7 @@ def _accepted_means(doc: Document) -> str:
         "What “accepted by the recipient's mail server” means: the server that receives "
         "e-mail for the recipient's domain confirmed that it took charge of the message "
         "(reply 250, RFC 5321). This proves that the message, with the content identified "
-        "in annex %(annex)s, reached the recipient's mail system at that time. It does not "
+        "in annex %(annex)s, reached that server at that time. It does not "
         "prove that the recipient opened or read it."
     ) % {"annex": doc.annex("message")}
 

@@ -45,7 +45,7 @@ EVENTS: dict[str, str] = {
     "WithdrawnByOperator": N_("Withdrawn by the operator"),
     "OperatorHold": N_("Held by the operator"),
     "OperatorRelease": N_("Released by the operator"),
-    "ContentOpened": N_("Tracking image loaded (message opened)"),
+    "ContentOpened": N_("Tracking image loaded"),
     "LinkClicked": N_("Tracked link followed"),
     "DeliveryReport": N_("Delivery report received"),
     "DeliveryReportUnmatched": N_("Delivery report about an unknown recipient"),
