@@ -95,7 +95,9 @@ def update(domains: Iterable[str] = DOMAINS, languages: Iterable[str] = LANGUAGE
             catalog.obsolete.clear()
             if language == "en":
                 for message in catalog:
-                    if message.id and not message.string:
+                    if message.id and not (
+                        all(message.string) if message.pluralizable else message.string
+                    ):
                         message.string = message.id
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("wb") as f:

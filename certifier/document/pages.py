@@ -97,10 +97,12 @@ class Document:
     outcome: Outcome = Outcome.DELIVERY
     annexes: dict[str, str] = field(default_factory=dict)  # section -> its letter
     _: Callable[[str], str] = field(init=False, repr=False)  # gettext, "certificate"
+    ngettext: Callable[[str, str, int], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.outcome = outcome(self.ev)
         self._ = self.reader.catalog("certificate").gettext
+        self.ngettext = self.reader.catalog("certificate").ngettext
 
     @property
     def kind(self) -> str:
@@ -204,9 +206,11 @@ def _annex_heading(doc: Document, section: str, text: str) -> list[Flowable]:
 def _more_note(doc: Document, total: int, cap: int = CAP_ROWS) -> list[Flowable]:
     if total <= cap:
         return []
-    text = doc._("%(count)s more entries are in the attached evidence.json.") % {
-        "count": doc.reader.number(total - cap)
-    }
+    text = doc.ngettext(
+        "%(count)s more entry is in the attached evidence.json.",
+        "%(count)s more entries are in the attached evidence.json.",
+        total - cap,
+    ) % {"count": doc.reader.number(total - cap)}
     return [trusted(escape(text), "note")]
 
 
@@ -462,7 +466,11 @@ def _what_happened(doc: Document) -> list[Flowable]:
     if len(recipients) > len(shown):
         out.append(
             _sentence(
-                _("The results for the other %(count)s recipients are in annex %(annex)s.")
+                doc.ngettext(
+                    "The result for the other recipient is in annex %(annex)s.",
+                    "The results for the other %(count)s recipients are in annex %(annex)s.",
+                    len(recipients) - len(shown),
+                )
                 % {
                     "count": doc.reader.number(len(recipients) - len(shown)),
                     "annex": doc.annex("delivery"),
@@ -475,20 +483,28 @@ def _what_happened(doc: Document) -> list[Flowable]:
     events = [as_dict(e) for e in as_list(tracking.get("events"))]
     if doc.outcome == Outcome.ADDENDUM and events:
         opens = sum(e.get("kind") == "open" for e in events)
-        out += _bullets(
-            [
-                _(
-                    "Since the certificate was issued, the gateway recorded %(opens)s "
-                    "loadings of the tracking image and %(clicks)s followed links; each is "
-                    "listed in annex %(annex)s with its classification."
-                )
-                % {
-                    "opens": doc.reader.number(opens),
-                    "clicks": doc.reader.number(len(events) - opens),
-                    "annex": doc.annex("tracking"),
-                }
-            ]
-        )
+        clicks = len(events) - opens
+        said = [
+            doc.ngettext(
+                "Since the certificate was issued, the tracking image was loaded once.",
+                "Since the certificate was issued, the tracking image was loaded %(count)s times.",
+                opens,
+            )
+            % {"count": doc.reader.number(opens)}
+            if opens
+            else "",
+            doc.ngettext(
+                "A tracking link was followed once.",
+                "Tracking links were followed %(count)s times.",
+                clicks,
+            )
+            % {"count": doc.reader.number(clicks)}
+            if clicks
+            else "",
+            _("Each is listed in annex %(annex)s with its classification.")
+            % {"annex": doc.annex("tracking")},
+        ]
+        out += _bullets([" ".join(s for s in said if s)])
     if any(r.get("status") in ("delivered", "bounced") for r in recipients):
         out += [Spacer(1, 2 * mm), _sentence(_accepted_means(doc), "note")]
     if doc.lost:
