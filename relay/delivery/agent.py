@@ -196,7 +196,9 @@ class DeliveryAgent:
                     )
                 raw = await self.outgoing(first, addresses, raw, recipe)
                 raw = recipe.wire(raw)
-                delivered_copy = self.delivered_copy(qid, raw, recipe)
+                # Rebuilding the copy to check its recipe is CPU work on the whole message:
+                # off this agent's event loop, like the tracking rewrite.
+                delivered_copy = await asyncio.to_thread(self.delivered_copy, qid, raw, recipe)
                 started = time.time()
                 result = await self.deliverer.attempt(job.domain, sender, addresses, raw, qid=qid)
                 reachable = answered(result)
