@@ -95,9 +95,9 @@ def update(domains: Iterable[str] = DOMAINS, languages: Iterable[str] = LANGUAGE
             catalog.obsolete.clear()
             if language == "en":
                 for message in catalog:
-                    if message.id and not (
-                        all(message.string) if message.pluralizable else message.string
-                    ):
+                    string = message.string
+                    filled = all(string) if isinstance(string, tuple | list) else bool(string)
+                    if message.id and not filled:
                         message.string = message.id
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("wb") as f:

@@ -17,9 +17,11 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── relay.delivery.routing._Temporary          one lookup; becomes RouteError
     │   ├── relay.queue.jobs.JobLost                   the process running a job ended;
     │   │                                              the scheduler hands it out again
-    │   └── relay.process.dispatch.ChildFailed         a job failed in its child (logged
-    │                                                  there); its message is looked at
-    │                                                  again on the next scan
+    │   ├── relay.process.dispatch.ChildFailed         a job failed in its child (logged
+    │   │                                              there); its message is looked at
+    │   │                                              again on the next scan
+    │   └── relay.web.verification.Unavailable         the verification page's records
+    │                                                  cannot be read now: 503, Retry-After
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)

@@ -838,14 +838,14 @@ def test_how_to_verify_breaks_lines_as_a_paragraph() -> None:
     )
 )
 def test_number_formatting_equals_reportlab(value: float) -> None:
-    # certifier.document.typeset._fp writes numbers into page streams in place of reportlab's
+    # certifier.document.typeset.fp writes numbers into page streams in place of reportlab's
     # fp_str (pure Python); kept per value, so asked twice.
     from reportlab.lib.rl_accel import fp_str
 
-    from certifier.document.typeset import _fp
+    from certifier.document.typeset import fp
 
-    assert _fp(value) == fp_str(value)
-    assert _fp(value) == fp_str(value)
+    assert fp(value) == fp_str(value)
+    assert fp(value) == fp_str(value)
 
 
 def _fonts_of(pdf: bytes) -> list[dict[str, Any]]:

@@ -277,7 +277,10 @@ def test_gateway_defaults_and_a_publicly_trusted_signer(
         assert mail.message["Content-Language"] == "it"
         said = " ".join(text_of(mail).split())
         assert re.search(r"il \d+ \w+ 20\d\d, \d\d:\d\d:\d\d CES?T \(\d\d:\d\d:\d\d UTC\)", said)
-        assert "chiunque può verificarlo senza connessione con qualsiasi lettore PDF" in said
+        assert (
+            "chiunque può verificarlo senza connessione con un lettore PDF che convalidi le firme"
+            in said
+        )
         assert "certificato del prestatore" not in said
     finally:
         gw.stop()

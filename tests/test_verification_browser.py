@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,12 @@ from typing import Any
 
 import pytest
 
+# Required, never skipped: make test installs chromium and zbar-tools, and playwright
+# is a test dependency (pyproject.toml).
+from playwright import sync_api  # noqa: E402
+
 from relay.web.pages import grouped
 from tests.verification_site import CODE, Site, serving, signed_certificate
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,10 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test installs it)"
-)
 
 SAME_ES = "Este archivo es exactamente el documento emitido con este código."
 DIFFERENT_ES = "Este archivo NO es el documento emitido con este código"
@@ -156,7 +153,6 @@ def test_the_check_button_asks_the_server_and_says_the_answer(
     assert answer.get_attribute("class") == "bad"
 
 
-@pytest.mark.skipif(not shutil.which("zbarimg"), reason="needs zbarimg (apt zbar-tools)")
 def test_the_qr_code_on_the_page_is_its_address(site: Site, page: Any, tmp_path: Path) -> None:
     page.goto(site.page_url())
     shot = tmp_path / "qr.png"

@@ -27,7 +27,7 @@ from reportlab.graphics.barcode import qrencoder
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import Flowable
 
-from certifier.document.typeset import _fp
+from certifier.document.typeset import fp
 
 __all__ = ["QrMark", "reportlabs_remainder"]
 
@@ -90,9 +90,9 @@ class QrMark(Flowable):
         count = len(self.modules)
         box = self.size / (count + 2 * _QUIET)
         ops = ["q 0 0 0 rg"]
-        height = _fp(box)
+        height = fp(box)
         for r, row in enumerate(self.modules):
-            y = _fp(self.size - (r + _QUIET + 1) * box)
+            y = fp(self.size - (r + _QUIET + 1) * box)
             c = 0
             while c < count:
                 if row[c]:
@@ -100,7 +100,7 @@ class QrMark(Flowable):
                     while c < count and row[c]:
                         c += 1
                     ops.append(
-                        f"{_fp((start + _QUIET) * box)} {y} {_fp((c - start) * box)} {height} re"
+                        f"{fp((start + _QUIET) * box)} {y} {fp((c - start) * box)} {height} re"
                     )
                 else:
                     c += 1

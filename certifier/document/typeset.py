@@ -568,8 +568,8 @@ def _draw_lines(
         canvas.restoreState()
         return
     doc = canvas._doc
-    ops = [_text_state(style), "BT", _fp(x), _fp(y), "Td"]
-    size_text = _fp(size)
+    ops = [_text_state(style), "BT", fp(x), fp(y), "Td"]
+    size_text = fp(size)
     current = None
     for i, line in enumerate(lines):
         if i:
@@ -595,11 +595,11 @@ def _draw_lines(
 @lru_cache(maxsize=64)
 def _text_state(style: ParagraphStyle) -> str:
     # ParagraphStyle hashes by identity; the styles are made once (styles()).
-    return f"q {fp_str(style.textColor.rgb())} rg {_fp(style.leading)} TL"
+    return f"q {fp_str(style.textColor.rgb())} rg {fp(style.leading)} TL"
 
 
 @lru_cache(maxsize=4096)
-def _fp(value: float) -> str:
+def fp(value: float) -> str:
     """*value* exactly as reportlab writes a number (``fp_str``), for one number.
 
     reportlab's own is a pure-Python loop over its arguments unless its optional C
@@ -1044,7 +1044,7 @@ class NumberedCanvas(rl_canvas.Canvas):
         super().save()
 
     def transform(self, a: float, b: float, c: float, d: float, e: float, f: float) -> None:
-        """reportlab's ``Canvas.transform`` with the numbers written by :func:`_fp`.
+        """reportlab's ``Canvas.transform`` with the numbers written by :func:`fp`.
 
         Every table cell is drawn after a ``translate`` (a transform), whose six
         numbers went through reportlab's pure-Python ``fp_str``: ~2% of the rendering
@@ -1067,7 +1067,7 @@ class NumberedCanvas(rl_canvas.Canvas):
                 a0 * e + c0 * f + e0,
                 b0 * e + d0 * f + f0,
             )
-        code.append(f"{_fp(a)} {_fp(b)} {_fp(c)} {_fp(d)} {_fp(e)} {_fp(f)} cm")
+        code.append(f"{fp(a)} {fp(b)} {fp(c)} {fp(d)} {fp(e)} {fp(f)} cm")
 
     def _footer(self, total: int) -> None:
         # The texts are drawn by _draw_lines, as the pages' own text: drawString's text

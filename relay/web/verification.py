@@ -52,6 +52,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from addendum.http import client_ip, reader_language, trusted_networks
+from certifier.errors import TemporaryError
 from certifier.i18n import LANGUAGES, Reader, translations
 from certifier.outcome import Outcome
 from relay.config import Config
@@ -119,7 +120,7 @@ OTHER_RESULT = N_("As stated in the certificate")
 SEAL_CHECKS = frozenset({"pdf", "signature-count", "coverage", "container", "integrity"})
 
 
-class Unavailable(Exception):
+class Unavailable(TemporaryError):
     """The records could not be read: the visitor is asked to come back (503)."""
 
 
