@@ -23,7 +23,11 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Outcome", "outcome", "recipients_outcome"]
+__all__ = ["TITLES", "Outcome", "outcome", "recipients_outcome"]
+
+
+def N_(message: str) -> str:  # noqa: N802 - the gettext convention for "mark only"
+    return message
 
 
 class Outcome(StrEnum):
@@ -34,6 +38,19 @@ class Outcome(StrEnum):
     PENDING = "pending"
     RECEPTION = "reception"
     ADDENDUM = "addendum"
+
+
+TITLES: dict[Outcome, str] = {
+    Outcome.DELIVERY: N_("Certificate of delivery of a certified e-mail"),
+    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified e-mail"),
+    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified e-mail"),
+    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified e-mail"),
+    Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
+    Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
+    Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
+}
+"""The title of each kind of document (English message ids of the ``certificate``
+catalog): the PDF and the verification page name a document alike."""
 
 
 def recipients_outcome(statuses: Iterable[object]) -> Outcome:

@@ -57,20 +57,10 @@ from certifier.document.typeset import (
 )
 from certifier.document.words import N_
 from certifier.i18n import Reader
-from certifier.outcome import Outcome, outcome
+from certifier.outcome import TITLES, Outcome, outcome
 
 __all__ = ["TITLES", "Document", "content_unavailable", "fallback_story", "story", "title"]
 
-TITLES: dict[Outcome, str] = {
-    Outcome.DELIVERY: N_("Certificate of delivery of a certified e-mail"),
-    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified e-mail"),
-    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified e-mail"),
-    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified e-mail"),
-    Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
-    Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
-    Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
-}
-"""The title of each kind of document (English message ids; :func:`title` translates)."""
 
 _WIDTH = PAGE_W - 2 * MARGIN
 _HEX = re.compile(r"[0-9a-fA-F]{64}")

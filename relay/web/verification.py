@@ -54,7 +54,7 @@ from markupsafe import Markup
 from addendum.http import client_ip, reader_language, trusted_networks
 from certifier.errors import TemporaryError
 from certifier.i18n import LANGUAGES, Reader, translations
-from certifier.outcome import Outcome
+from certifier.outcome import TITLES, Outcome
 from relay.config import Config
 from relay.web.checker import CheckResult, PdfChecker
 from relay.web.pages import LANGUAGE_NAMES, grouped, mask_address, qr_svg, render
@@ -94,17 +94,6 @@ def N_(message: str) -> str:
     return message
 
 
-# The titles of the certificates themselves (certifier.document), so the page and the PDF
-# name the document alike.
-TITLES = {
-    Outcome.DELIVERY: N_("Certificate of delivery of a certified e-mail"),
-    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified e-mail"),
-    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified e-mail"),
-    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified e-mail"),
-    Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
-    Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
-    Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
-}
 RESULTS = {
     "delivered": N_("Accepted by the recipient's mail server"),
     "failed": N_("Not delivered"),
@@ -304,7 +293,10 @@ class VerificationPage:
         body = render(
             "verification.html",
             reader.language,
-            title=gettext(TITLES[_outcome(str(record["kind"]), str(record["outcome"]))]),
+            # The certificate's own catalog: the page names the document as the PDF does.
+            title=reader.catalog("certificate").gettext(
+                TITLES[_outcome(str(record["kind"]), str(record["outcome"]))]
+            ),
             provider_name=provider.name,
             legal_id=provider.legal_id,
             issued_moment=reader.moment(_as_time(record["issued_at"])),
