@@ -257,3 +257,16 @@ def test_config_needs_a_pin_source_and_an_existing_module(tmp_path: Path) -> Non
             [CERTIFICA, "-c", str(cfg), "serve"], capture_output=True, text=True, env=env
         )
         assert out.returncode == 2 and named in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+def test_production_mode_takes_an_hsm_key_as_the_operators_own(hsm: Hsm, tmp_path: Path) -> None:
+    from relay.config import load_config
+    from relay.production import CHECKS
+
+    def problems(signing: str) -> list[str]:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"[signing]\n{signing}")
+        return [key for check in CHECKS for key, _ in check(load_config(cfg))]
+
+    assert "signing.cert" in problems("")
+    assert "signing.cert" not in problems(hsm.signing_lines())
