@@ -245,7 +245,8 @@ def check_settings(settings: SigningSettings) -> None:
 def _check_pkcs11(settings: SigningSettings) -> None:
     """Open the token with the PIN, find the key, compare it with the certificate, and
     close the session and the library again (C_Finalize): the workers open their own,
-    nothing is kept to be inherited (PKCS#11 v2.40 section 6.7.7)."""
+    nothing is kept to be inherited (a PKCS#11 v2.40 session is not
+    usable in a forked child)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     cert = x509.load_pem_x509_certificate(settings.signing_cert.read_bytes())

@@ -36,6 +36,7 @@ import asyncio
 import binascii
 import io
 import os
+import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,7 +245,7 @@ class Pkcs11Key(rsa.RSAPrivateKey):
     SHA-256 (mechanism CKM_SHA256_RSA_PKCS), ``public_key`` from the private key
     object's public attributes (CKA_MODULUS, CKA_PUBLIC_EXPONENT). Nothing can export
     it. The session is opened on first use in the process that uses it and reopened
-    if that process is a fork of the one that opened it: PKCS#11 (section 6.7.7) gives
+    if that process is a fork of the one that opened it: PKCS#11 v2.40 gives
     a child no use of its parent's sessions, so a session is never inherited (the
     certificate workers are spawned and build their own, ARCHITECTURE.md).
 
@@ -261,6 +262,7 @@ class Pkcs11Key(rsa.RSAPrivateKey):
         self._session: object = None
         self._key: object = None
         self._public: rsa.RSAPublicKey | None = None
+        self._lock = threading.Lock()
 
     def _private(self) -> object:
         if self._pid != os.getpid():
@@ -282,8 +284,8 @@ class Pkcs11Key(rsa.RSAPrivateKey):
             except (pkcs11.PinIncorrect, pkcs11.PinLenRange, pkcs11.PinInvalid):
                 raise ValueError(f"{self.name}: the PIN is wrong") from None
             except pkcs11.UserAlreadyLoggedIn:
-                # Login is per application, not per session (PKCS#11 v2.40 section
-                # 5.6): another key of this process logged in already.
+                # Login is per application, not per session (PKCS#11 v2.40):
+                # another key of this process logged in already.
                 session = token.open()
             try:
                 key = session.get_key(
@@ -327,8 +329,10 @@ class Pkcs11Key(rsa.RSAPrivateKey):
 
         if not isinstance(padding, padding_.PKCS1v15) or not isinstance(algorithm, hashes.SHA256):
             raise ValueError(f"{self.name}: only PKCS#1 v1.5 with SHA-256 is supported")
-        key = self._private()
-        return bytes(key.sign(bytes(data), mechanism=Mechanism.SHA256_RSA_PKCS))  # type: ignore[attr-defined]
+        # One operation at a time per session: a PKCS#11 session is not for two threads at once.
+        with self._lock:
+            key = self._private()
+            return bytes(key.sign(bytes(data), mechanism=Mechanism.SHA256_RSA_PKCS))  # type: ignore[attr-defined]
 
     def public_key(self) -> rsa.RSAPublicKey:
         self._private()
