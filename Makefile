@@ -11,9 +11,10 @@ RUN_PACKAGES :=
 # make test: swaks, a real SMTP client, and its STARTTLS modules (only recommended by the
 # package); poppler-utils for pdfsig and pdftotext, poppler-data for pdftotext's CJK maps;
 # openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail
-# and the verification page; zbar-tools, whose zbarimg reads the QR codes back.
+# and the verification page; zbar-tools, whose zbarimg reads the QR codes back; softhsm2, a
+# PKCS#11 token for the signing key in an HSM.
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
-	poppler-utils poppler-data openssl chromium zbar-tools
+	poppler-utils poppler-data openssl chromium zbar-tools softhsm2
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.

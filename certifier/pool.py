@@ -37,7 +37,7 @@ from certifier.i18n import Reader
 from certifier.pki import Pki
 
 if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
-    from certifier.signing import DocumentSigner
+    from certifier.signing import DocumentSigner, Pkcs11Key
 
 T = TypeVar("T")
 
@@ -69,6 +69,23 @@ class SigningSettings:
     # in memory, handed to the workers through the pool's pipe, never written.
     pkcs12: Path | None = None
     password: bytes | None = field(default=None, repr=False)
+    # A key in a PKCS#11 token (an HSM), used when pkcs11_module is set: signing_cert is
+    # then its certificate and signing_key is not read. Each process that signs opens its
+    # own session (certifier.signing.Pkcs11Key); the PIN travels like the password.
+    pkcs11_module: Path | None = None
+    pkcs11_token: str = ""
+    pkcs11_key_label: str = ""
+    pkcs11_pin: str | None = field(default=None, repr=False)
+
+    def pkcs11_key(self) -> Pkcs11Key:
+        """The token's key object (no session opened until it is used)."""
+        from certifier.signing import Pkcs11Key
+
+        if self.pkcs11_module is None or self.pkcs11_pin is None:
+            raise ValueError("no PKCS#11 module or PIN")
+        return Pkcs11Key(
+            self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label, self.pkcs11_pin
+        )
 
     @classmethod
     def from_pki(
@@ -103,6 +120,10 @@ def build_signer(settings: SigningSettings) -> DocumentSigner:
         )
     else:
         raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
+    if settings.pkcs11_module is not None:
+        return DocumentSigner.from_pkcs11(
+            settings.pkcs11_key(), settings.signing_cert, settings.extra_certs, timestamper
+        )
     if settings.pkcs12 is not None:
         return DocumentSigner.from_pkcs12(
             settings.pkcs12, settings.password, settings.extra_certs, timestamper
@@ -201,7 +222,9 @@ def check_settings(settings: SigningSettings) -> None:
     ``cryptography`` alone (the workers build the real signer)."""
     for path in settings.extra_certs:
         x509.load_pem_x509_certificate(path.read_bytes())
-    if settings.pkcs12 is not None:
+    if settings.pkcs11_module is not None:
+        _check_pkcs11(settings)
+    elif settings.pkcs12 is not None:
         key, cert, _ = pkcs12.load_key_and_certificates(
             settings.pkcs12.read_bytes(), settings.password
         )
@@ -217,6 +240,24 @@ def check_settings(settings: SigningSettings) -> None:
             raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
         x509.load_pem_x509_certificate(settings.tsa_cert.read_bytes())
         serialization.load_pem_private_key(settings.tsa_key.read_bytes(), password=None)
+
+
+def _check_pkcs11(settings: SigningSettings) -> None:
+    """Open the token with the PIN, find the key, compare it with the certificate, and
+    close the session and the library again (C_Finalize): the workers open their own,
+    nothing is kept to be inherited (a PKCS#11 v2.40 session is not
+    usable in a forked child)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    cert = x509.load_pem_x509_certificate(settings.signing_cert.read_bytes())
+    key = settings.pkcs11_key()
+    try:
+        spki = PublicFormat.SubjectPublicKeyInfo
+        public = key.public_key().public_bytes(Encoding.DER, spki)
+        if public != cert.public_key().public_bytes(Encoding.DER, spki):
+            raise ValueError(f"{key.name} is not the key of {settings.signing_cert}")
+    finally:
+        key.close()
 
 
 class PoolTimeStamper:

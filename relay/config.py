@@ -153,6 +153,15 @@ class SigningConfig:
     publicly_trusted: bool = False
     trust_roots: tuple[Path, ...] = ()
     workers: int = 0
+    # A signing key in a PKCS#11 token (an HSM): the module (the vendor's .so), the
+    # token's label, the key's label (CKA_LABEL), the PIN's file (else the environment
+    # variable CERTIFICA_PKCS11_PIN) and the key's certificate (PEM: read from this file,
+    # not from the token).
+    pkcs11_module: Path | None = None
+    pkcs11_token: str = ""
+    pkcs11_key_label: str = ""
+    pkcs11_pin_file: Path | None = None
+    pkcs11_cert: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -357,6 +366,33 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: signing.pkcs12 replaces signing.cert and signing.key: set one")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
+    _validate_pkcs11(cfg, where)
+
+
+def _validate_pkcs11(cfg: Config, where: str) -> None:
+    import os
+
+    signing = cfg.signing
+    if not signing.pkcs11_module:
+        for name in ("pkcs11_token", "pkcs11_key_label", "pkcs11_pin_file", "pkcs11_cert"):
+            if getattr(signing, name):
+                raise ConfigError(f"{where}: signing.{name} needs signing.pkcs11_module")
+        return
+    if not signing.pkcs11_module.is_file():
+        raise ConfigError(f"{where}: signing.pkcs11_module = {signing.pkcs11_module}: no such file")
+    if signing.cert or signing.key or signing.pkcs12:
+        raise ConfigError(
+            f"{where}: signing.pkcs11_module replaces signing.cert, signing.key and "
+            "signing.pkcs12: set one"
+        )
+    for name in ("pkcs11_token", "pkcs11_key_label", "pkcs11_cert"):
+        if not getattr(signing, name):
+            raise ConfigError(f"{where}: signing.pkcs11_module needs signing.{name}")
+    if not signing.pkcs11_pin_file and PKCS11_PIN_ENV not in os.environ:
+        raise ConfigError(
+            f"{where}: signing.pkcs11_module needs signing.pkcs11_pin_file "
+            f"(or the environment variable {PKCS11_PIN_ENV})"
+        )
 
 
 def _validate_web(cfg: Config, where: str) -> None:
@@ -468,6 +504,28 @@ def signing_password(cfg: Config) -> bytes | None:
         return text.splitlines()[0].encode("utf-8") if text else b""
     value = os.environ.get(SIGNING_PASSWORD_ENV)
     return value.encode("utf-8") if value is not None else None
+
+
+PKCS11_PIN_ENV = "CERTIFICA_PKCS11_PIN"
+
+
+def pkcs11_pin(cfg: Config) -> str | None:
+    """The PIN of the PKCS#11 token: the first line of ``[signing] pkcs11_pin_file``,
+    else the environment variable ``CERTIFICA_PKCS11_PIN``. Never inline in the config
+    file. Raises :class:`ConfigError` naming the key."""
+    import os
+
+    if cfg.signing.pkcs11_pin_file:
+        where = f"{cfg.source or '(embedded defaults)'}: signing.pkcs11_pin_file"
+        try:
+            text = cfg.signing.pkcs11_pin_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{where} = {cfg.signing.pkcs11_pin_file}: cannot be read "
+                f"({err.__class__.__name__})"
+            ) from None
+        return text.splitlines()[0] if text else ""
+    return os.environ.get(PKCS11_PIN_ENV)
 
 
 def load_config(path: Path | None) -> Config:

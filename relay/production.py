@@ -131,11 +131,14 @@ def _provider(cfg: Config) -> Iterator[Problem]:
 
 def _evidence_keys(cfg: Config) -> Iterator[Problem]:
     signing = cfg.signing
-    if not signing.pkcs12 and not (signing.cert and signing.key):
+    # A key in an HSM (signing.pkcs11_*) is the operator's own as much as a key file.
+    own = signing.pkcs12 or (signing.cert and signing.key) or signing.pkcs11_module
+    if not own:
         yield (
             "signing.cert",
             "is not set: certificates would be signed by the development CA, which no "
-            "one trusts; give your signing certificate and key (or signing.pkcs12)",
+            "one trusts; give your signing certificate and key (or signing.pkcs12, or "
+            "a key in an HSM: signing.pkcs11_module)",
         )
     if not signing.tsa_url:
         yield (

@@ -23,7 +23,7 @@ from certifier import pipeline
 from certifier.i18n import Reader
 from certifier.pki import Pki
 from certifier.pool import CertificatePool, SigningSettings
-from relay.config import Config, signing_password
+from relay.config import Config, pkcs11_pin, signing_password
 from relay.queue.spool import SPOOL_SUBDIR, Spool, write_durably
 from relay.queue.store import Store
 
@@ -61,7 +61,10 @@ class PipelineCertifier:
 def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
     """The signing key and TSA the workers use: ``[signing]``, else the development PKI."""
     pkcs12 = None
-    if cfg.signing.pkcs12:
+    if cfg.signing.pkcs11_module and cfg.signing.pkcs11_cert:
+        cert = key = cfg.signing.pkcs11_cert
+        extra = tuple(cfg.signing.chain)
+    elif cfg.signing.pkcs12:
         cert = key = pkcs12 = cfg.signing.pkcs12
         extra = tuple(cfg.signing.chain)
     elif cfg.signing.cert and cfg.signing.key:
@@ -80,6 +83,10 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         tsa_chain=(pki.ca_cert,),
         pkcs12=pkcs12,
         password=signing_password(cfg) if (pkcs12 or cfg.signing.key) else None,
+        pkcs11_module=cfg.signing.pkcs11_module,
+        pkcs11_token=cfg.signing.pkcs11_token,
+        pkcs11_key_label=cfg.signing.pkcs11_key_label,
+        pkcs11_pin=pkcs11_pin(cfg) if cfg.signing.pkcs11_module else None,
     )
 
 
