@@ -88,6 +88,11 @@ def assert_pdfa3b(data: bytes) -> None:
         assert int(profile.N) == 3
         icc = ImageCms.ImageCmsProfile(io.BytesIO(profile.read_bytes()))
         assert icc.profile.xcolor_space.strip() == "RGB"
+        # Colours: DeviceRGB (rg, RG) or DeviceGray (g, G) only, which the RGB output
+        # intent covers; no DeviceCMYK, no other colour space set (6.2.4.3).
+        for page in pdf.pages:
+            ops = {str(op) for _, op in pikepdf.parse_content_stream(page)}
+            assert not ops & {"k", "K", "cs", "CS", "sc", "SC", "scn", "SCN"}, ops
         # No JavaScript (6.6.1), no encryption (6.1.3, above).
         assert "/JavaScript" not in root.get("/Names", {})
         assert "/OpenAction" not in root
