@@ -151,6 +151,8 @@ def test_signature_is_an_allowed_form_field(signed: bytes) -> None:
                 assert x1 == x2 and y1 == y2
             else:
                 assert appearance.Subtype == "/Form"
+            # No string longer than 32767 bytes (6.1.13): the CMS in /Contents neither.
+            assert len(bytes(field.V.Contents)) <= 32767
         assert "/NeedAppearances" not in pdf.Root.AcroForm
 
 
