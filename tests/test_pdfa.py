@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import subprocess
 from datetime import datetime
 
@@ -56,6 +57,21 @@ def pdf_date(value: str) -> datetime:
     return datetime.strptime(f"{digits}{sign}{hh}{mm}", "%Y%m%d%H%M%S%z")
 
 
+def cmap_subtables(font_program: bytes) -> list[tuple[int, int]]:
+    """(platform, encoding) of each subtable of a TrueType font's cmap table."""
+    (count,) = struct.unpack(">H", font_program[4:6])
+    for i in range(count):
+        record = font_program[12 + 16 * i : 28 + 16 * i]
+        if record[:4] == b"cmap":
+            (offset,) = struct.unpack(">I", record[8:12])
+            (n,) = struct.unpack(">H", font_program[offset + 2 : offset + 4])
+            at = offset + 4
+            return [
+                struct.unpack(">HH", font_program[at + 8 * j : at + 8 * j + 4]) for j in range(n)
+            ]
+    raise AssertionError("no cmap table")
+
+
 def assert_pdfa3b(data: bytes) -> None:
     assert data.startswith(b"%PDF-1.7\n")  # PDF/A-3 is based on PDF 1.7 (6.1.2)
     with open_pdf(data) as pdf:
@@ -88,6 +104,16 @@ def assert_pdfa3b(data: bytes) -> None:
         assert int(profile.N) == 3
         icc = ImageCms.ImageCmsProfile(io.BytesIO(profile.read_bytes()))
         assert icc.profile.xcolor_space.strip() == "RGB"
+        # Symbolic TrueType fonts (reportlab's subsets): no /Encoding, and the font
+        # program's cmap has exactly one encoding or the (3,0) one (6.2.11.6).
+        for page in pdf.pages:
+            for font in page.Resources.Font.values():
+                descriptor = font.FontDescriptor
+                assert font.Subtype == "/TrueType" and "/FontFile2" in descriptor
+                if int(descriptor.Flags) & 4:
+                    assert "/Encoding" not in font
+                    subtables = cmap_subtables(descriptor.FontFile2.read_bytes())
+                    assert len(subtables) == 1 or (3, 0) in subtables, subtables
         # Colours: DeviceRGB (rg, RG) or DeviceGray (g, G) only, which the RGB output
         # intent covers; no DeviceCMYK, no other colour space set (6.2.4.3).
         for page in pdf.pages:
