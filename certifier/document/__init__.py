@@ -12,7 +12,9 @@ and ETSI EN 319 142 PAdES evidence containers use them):
 - ``evidence.json`` — the evidence record, machine-readable and language-neutral: the
   same record renders in any language.
 
-The document is returned unsigned; :mod:`certifier.signing` adds the PAdES signature.
+The document is PDF/A-3b (ISO 19005-3, level B: :func:`certifier.document.typeset._pdfa`),
+returned unsigned; :mod:`certifier.signing` adds the PAdES signature as an incremental
+update, which PDF/A allows (a signature field).
 
 Everything in the evidence is untrusted: subject, names, addresses, body text, file
 names and remote servers' replies are chosen by whoever sent the mail or runs the

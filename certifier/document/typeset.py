@@ -4,8 +4,8 @@ the page header and footer, and the files embedded in the PDF.
 Fonts: only the DejaVu fonts shipped in ``certifier/fonts`` (:data:`FONT_DIR`), embedded
 as subsets, for every word including the header, the footer and the seal; there is no
 fallback to system fonts or to a standard-14 font (a missing font file is an error).
-DejaVu has no Chinese, Japanese or Korean glyphs: runs of those characters in a message
-are set in the predefined Adobe CJK fonts (see :func:`font_runs`).
+DejaVu has no Chinese, Japanese or Korean glyphs: those characters show as U+FFFD (see
+:func:`font_runs`), the exact text being in the embedded evidence.json.
 
 Everything in the evidence is untrusted. Untrusted text never reaches reportlab's
 paragraph markup parser: it is set as plain text by :class:`Line` and
@@ -49,7 +49,6 @@ from reportlab.lib.rl_accel import fp_str
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfdoc, pdfmetrics
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import SUBSETN, TTFont, makeToUnicodeCMap
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import (
@@ -262,35 +261,6 @@ def _seed_fonts(doc: pdfdoc.PDFDocument) -> None:
             font.seed(doc)
 
 
-# DejaVu has no Chinese, Japanese or Korean glyphs. Runs of those characters are set in
-# the standard Adobe CJK fonts (ISO 32000 section 9.7.5.2 predefined CMaps): not
-# embedded, every reader has or substitutes them, and text extraction maps them back to
-# Unicode through the registry's CID-to-Unicode tables.
-_CJK_FONTS = {"korean": "HYGothic-Medium", "cjk": "HeiseiKakuGo-W5"}
-
-
-def _cjk_class(code: int) -> str | None:
-    if 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F:
-        return "korean"
-    if (
-        0x3000 <= code <= 0x30FF  # CJK punctuation, hiragana, katakana
-        or 0x3400 <= code <= 0x4DBF  # extension A
-        or 0x4E00 <= code <= 0x9FFF  # unified ideographs
-        or 0xF900 <= code <= 0xFAFF  # compatibility ideographs
-        or 0xFF00 <= code <= 0xFFEF  # half- and full-width forms
-        or 0x20000 <= code <= 0x2FFFF  # supplementary ideographs
-    ):
-        return "cjk"
-    return None
-
-
-@lru_cache(maxsize=4)
-def _cjk_font(cls: str) -> str:
-    name = _CJK_FONTS[cls]
-    pdfmetrics.registerFont(UnicodeCIDFont(name))
-    return name
-
-
 @lru_cache(maxsize=8)
 def _coverage(font_name: str) -> frozenset[int] | None:
     """Code points *font_name* has glyphs for; None for the WinAnsi standard fonts."""
@@ -305,11 +275,22 @@ def _covers_ascii(font_name: str) -> bool:
     return covered is not None and covered.issuperset(range(0x20, 0x7F))
 
 
+MISSING = "\ufffd"
+"""The "font" of a run of characters the shipped fonts cannot draw (see :func:`font_runs`)."""
+
+
 def font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
     """Split display text into (font or None for the style's font, text) runs.
 
-    A character no font can draw becomes U+FFFD: a visible mark that something is
-    there (the exact text is in evidence.json), where the font would draw nothing.
+    Characters the font cannot draw are a run of font :data:`MISSING`: each is drawn
+    as U+FFFD, a visible mark that something is there where the font would draw
+    nothing (the .notdef glyph, which PDF/A forbids using, ISO 19005-3 section
+    6.2.11.8), with the exact characters as its replacement text (/ActualText, ISO
+    32000-1 section 14.9.4): copied or extracted, the text is what was sent, and
+    evidence.json holds it too. That includes Chinese, Japanese and Korean, which
+    DejaVu lacks: PDF/A wants every font embedded (section 6.2.11.4), so the
+    predefined Adobe CJK fonts, which are never embedded, are not an option, and no
+    CJK font ships.
     """
     covered = _coverage(font_name)
     if covered is not None:
@@ -321,17 +302,11 @@ def font_runs(text: str, font_name: str) -> list[tuple[str | None, str]]:
             return [(None, text)]
         if covered.issuperset(map(ord, flat)):
             return [(None, text)]
+    if covered is None:
+        return [(None, "".join(ch if _winansi(ch) else "?" for ch in text))]
     runs: list[tuple[str | None, str]] = []
     for ch in text:
-        code = ord(ch)
-        font: str | None = None
-        if covered is None:
-            if not _winansi(ch):
-                cls = _cjk_class(code)
-                font, ch = (_cjk_font(cls), ch) if cls else (None, "?")
-        elif code not in covered and ch not in "\n":
-            cls = _cjk_class(code)
-            font, ch = (_cjk_font(cls), ch) if cls else (None, "\ufffd")
+        font = None if ch == "\n" or ord(ch) in covered else MISSING
         if runs and runs[-1][0] == font:
             runs[-1] = (font, runs[-1][1] + ch)
         else:
@@ -463,7 +438,7 @@ def para(
     if not multiline and _SIMPLE_LINE.fullmatch(text):
         runs = font_runs(text, st.fontName)
         if len(runs) == 1 and runs[0][0] is None:
-            return Line(text, st)
+            return Line(text, st)  # (characters the font lacks: a TextBlock, MISSING runs)
     return TextBlock(text, st) if text else Line(text, st)
 
 
@@ -543,13 +518,13 @@ def _draw_lines(
     Python loops, which for a page of message text took longer than laying it out.
     The characters still go through the font's own subset assignment
     (``TTFont.splitString``), so the embedded subsets and ToUnicode maps are what
-    reportlab would write. Other fonts (the CJK ones, the standard 14) use reportlab's
-    text object.
+    reportlab would write. Other fonts (the standard 14, which certificates do not use)
+    use reportlab's text object.
     """
     size, leading = style.fontSize, style.leading
     x += style.leftIndent
     y = top - _first_baseline(style.fontName, size)
-    fonts = {font or style.fontName for line in lines for font, _ in line}
+    fonts = {font or style.fontName for line in lines for font, _ in line} - {MISSING}
     if not all(isinstance(pdfmetrics.getFont(f), TTFont) for f in fonts):
         canvas.saveState()
         canvas.setFillColor(style.textColor)
@@ -557,6 +532,8 @@ def _draw_lines(
         text.setFont(style.fontName, size, leading)
         for line in lines:
             for font, segment in line:
+                if font == MISSING:
+                    font, segment = None, MISSING * len(segment)
                 if font is not None:
                     text.setFont(font, size, leading)
                 # _textOut, as Paragraph draws: textOut would also measure the text.
@@ -575,6 +552,10 @@ def _draw_lines(
         if i:
             ops.append("T*")
         for font_name, segment in line:
+            actual = None
+            if font_name == MISSING:
+                actual, segment, font_name = segment, MISSING * len(segment), None
+                ops.append(f"/Span <</ActualText {_pdf_text_string(actual)}>> BDC")
             font = pdfmetrics.getFont(font_name or style.fontName)
             if segment.isascii() and segment.isprintable() and font in _ASCII_AS_IS:
                 # Printable ASCII is in subset 0 at its own codes (see seed()); the
@@ -588,8 +569,16 @@ def _draw_lines(
                     ops += [name, size_text, "Tf"]
                     current = name
                 ops.append(f"({_pdf_string_bytes(codes)}) Tj")
+            if actual is not None:
+                ops.append("EMC")
     ops.append("ET Q")
     canvas.addLiteral(" ".join(ops))
+
+
+def _pdf_text_string(text: str) -> str:
+    """*text* as a PDF text string in UTF-16BE with its byte order mark (ISO 32000-1
+    section 7.9.2.2), hexadecimal."""
+    return "<FEFF" + text.encode("utf-16-be", "surrogatepass").hex().upper() + ">"
 
 
 @lru_cache(maxsize=64)
@@ -706,7 +695,7 @@ class TextBlock(Flowable):
     each source line is cut into words and runs of spaces once, measured once per
     distinct word, and wrapped greedily: at a space, or inside a word longer than a
     whole line. Spaces are kept as they are (indentation stays visible), characters
-    DejaVu lacks are set in the CJK fonts or shown as U+FFFD (see font_runs), and a
+    DejaVu lacks are shown as U+FFFD (see font_runs), and a
     page split only slices the wrapped lines.
     """
 
@@ -822,16 +811,15 @@ def _wrap_runs(
 
     With *whole_words*, a word whose parts are in different runs (``(`` then a
     command in the mono font) is never broken between them, as a Paragraph keeps
-    adjacent fragments together; without, the runs of one message line (text, then
-    CJK characters DejaVu lacks) may break where the font changes.
+    adjacent fragments together; without, runs may break where the font changes.
     """
     lines: list[list[tuple[str | None, str]]] = []
     current: list[tuple[str | None, str]] = []
     used = 0.0
     for font, run in runs:
-        face = font or font_name
+        face = font_name if font is None or font == MISSING else font
         for token in _TOKENS.findall(run):
-            width = text_width(token, face, size)
+            width = _run_width(token, font, font_name, size)
             if token[0] == " ":
                 # Spaces where a line was broken are dropped; indentation is kept.
                 if current or not lines:
@@ -853,10 +841,11 @@ def _wrap_runs(
                 if any(seg.strip() for _, seg in current):
                     lines.append(current)
                 current = carry
-                used = sum(text_width(seg, f or font_name, size) for f, seg in carry)
+                used = sum(_run_width(seg, f, font_name, size) for f, seg in carry)
             while width > room and len(token) > 1:
                 # A word longer than a whole line: as much of it as fits, then the rest.
-                cut = _fitting_prefix(token, face, size, room - used)
+                shown = MISSING * len(token) if font == MISSING else token
+                cut = _fitting_prefix(shown, face, size, room - used)
                 if cut == 0 and current:
                     lines.append(current)
                     current, used = [], 0.0
@@ -866,11 +855,18 @@ def _wrap_runs(
                 lines.append(current)
                 current, used = [], 0.0
                 token = token[cut:]
-                width = text_width(token, face, size)
+                width = _run_width(token, font, font_name, size)
             current.append((font, token))
             used += width
     lines.append(current)
     return [_merge(segments) for segments in lines]
+
+
+def _run_width(text: str, font: str | None, font_name: str, size: float) -> float:
+    """The width of a run's *text* as drawn (a MISSING run as that many U+FFFD)."""
+    if font == MISSING:
+        return text_width(MISSING * len(text), font_name, size)
+    return text_width(text, font or font_name, size)
 
 
 def _fitting_prefix(token: str, font: str, size: float, room: float) -> int:
@@ -1041,6 +1037,7 @@ class NumberedCanvas(rl_canvas.Canvas):
             self._footer(total)
             super().showPage()
         _attach(self._doc, self.attachments)
+        _pdfa(self._doc)
         super().save()
 
     def transform(self, a: float, b: float, c: float, d: float, e: float, f: float) -> None:
@@ -1161,6 +1158,7 @@ def _attach(doc: pdfdoc.PDFDocument, files: Iterable[Attachment]) -> None:
                     "Subtype": _pdf_name(f.mime_type),
                     "Params": pdfdoc.PDFDictionary(
                         {
+                            "ModDate": pdfdoc.PDFDate(ts=doc._timeStamp),
                             "Size": len(f.data),
                             "CheckSum": f"<{hashlib.md5(f.data, usedforsecurity=False).hexdigest()}>",
                         }
@@ -1191,11 +1189,115 @@ def _attach(doc: pdfdoc.PDFDocument, files: Iterable[Attachment]) -> None:
     )
     catalog.AF = pdfdoc.PDFArray(specs)
     # reportlab's catalog writes the keys listed in these attributes ("to override, set
-    # as attributes"); /AF, an associated-files array, and /Version are not among them.
-    # Associated files are PDF 2.0 (section 14.13).
-    catalog.__NoDefault__ = [*pdfdoc.PDFCatalog.__NoDefault__, "AF"]
-    catalog.__Refs__ = [*pdfdoc.PDFCatalog.__Refs__, "AF"]
-    catalog.__Defaults__ = {**pdfdoc.PDFCatalog.__Defaults__, "Version": pdfdoc.PDFName("2.0")}
+    # as attributes"); /AF, an associated-files array (ISO 19005-3 section 6.8), is not
+    # among them.
+    catalog.__NoDefault__ = [*catalog.__NoDefault__, "AF"]
+    catalog.__Refs__ = [*catalog.__Refs__, "AF"]
+
+
+# --- PDF/A-3b (ISO 19005-3) -------------------------------------------------------------
+
+_PDFA_VERSION = (1, 7)  # PDF/A-3 is based on ISO 32000-1, PDF 1.7 (ISO 19005-3 section 6.1.2)
+
+
+def _pdfa(doc: pdfdoc.PDFDocument) -> None:
+    """Make the document reportlab is about to write PDF/A-3b (ISO 19005-3, level B).
+
+    What reportlab already writes as PDF/A wants it: every font embedded (the shipped
+    fonts only, see :func:`font_runs`), a file identifier (/ID) in the trailer, no
+    encryption, no JavaScript. Added here: the header version 1.7 (section 6.1.2), an
+    XMP metadata stream that identifies the part and level and says what the document
+    information dictionary says (section 6.6.2, 6.6.4), an sRGB output intent with its
+    ICC profile for the DeviceRGB colours of the pages (section 6.2.3), and the
+    embedded files as associated files (:func:`_attach`, section 6.8).
+    """
+    doc._pdfVersion = _PDFA_VERSION
+    catalog = doc.Catalog
+    # The metadata stream is not filtered (section 6.6.2.1): readable as it is.
+    metadata = _RawStream(b"/Type /Metadata /Subtype /XML", _xmp(doc.info, doc._timeStamp))
+    catalog.Metadata = metadata
+    catalog.OutputIntents = pdfdoc.PDFArray(
+        [
+            pdfdoc.PDFDictionary(
+                {
+                    "Type": pdfdoc.PDFName("OutputIntent"),
+                    "S": pdfdoc.PDFName("GTS_PDFA1"),
+                    "OutputConditionIdentifier": pdfdoc.PDFString("sRGB IEC61966-2.1"),
+                    "Info": pdfdoc.PDFString("sRGB IEC61966-2.1"),
+                    "DestOutputProfile": doc.Reference(
+                        _RawStream(b"/Filter /FlateDecode /N 3", _srgb_profile())
+                    ),
+                }
+            )
+        ]
+    )
+    catalog.__NoDefault__ = [*catalog.__NoDefault__, "OutputIntents"]
+
+
+class _RawStream(pdfdoc.PDFObject):
+    """A stream object written out once: *entries* of its dictionary and its *data*
+    (ISO 32000-1 section 7.3.8), without reportlab's default filters."""
+
+    def __init__(self, entries: bytes, data: bytes) -> None:
+        self.data = b"<< %s /Length %d >>\nstream\n%s\nendstream" % (entries, len(data), data)
+
+    def format(self, document: pdfdoc.PDFDocument) -> bytes:
+        return self.data
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile() -> bytes:
+    """An sRGB ICC profile (ISO 32000-1 section 8.6.5.5), compressed, made once per
+    process (littleCMS's, through Pillow)."""
+    from PIL import ImageCms  # here only: the workers import it once, when rendering
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return zlib.compress(profile)
+
+
+def _xmp(info: pdfdoc.PDFInfo, stamp: Any) -> bytes:
+    """The XMP packet (ISO 16684-1) of a document: PDF/A identification and, property
+    by property, what reportlab writes in the document information dictionary
+    (:class:`reportlab.pdfbase.pdfdoc.PDFInfo`), which PDF/A requires to agree
+    (ISO 19005-3 section 6.6.2.3.1, ISO 32000-1 table 317 and section 14.3.2)."""
+    yyyy, mo, dd, hh, mi, ss = stamp.YMDhms
+    sign = "-" if stamp.dhh < 0 else "+"
+    # The same instant and offset as reportlab's PDFDate writes for /CreationDate and
+    # /ModDate (reportlab's PDFDocument stamps both with one TimeStamp).
+    date = (
+        f"{yyyy:04d}-{mo:02d}-{dd:02d}T{hh:02d}:{mi:02d}:{ss:02d}"
+        f"{sign}{abs(stamp.dhh):02d}:{stamp.dmm:02d}"
+    )
+
+    def text(value: object) -> str:
+        return escape(str(value))
+
+    packet = f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:pdf="http://ns.adobe.com/pdf/1.3/">
+   <pdfaid:part>3</pdfaid:part>
+   <pdfaid:conformance>B</pdfaid:conformance>
+   <dc:format>application/pdf</dc:format>
+   <dc:title><rdf:Alt><rdf:li xml:lang="x-default">{text(info.title)}</rdf:li></rdf:Alt></dc:title>
+   <dc:creator><rdf:Seq><rdf:li>{text(info.author)}</rdf:li></rdf:Seq></dc:creator>
+   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{text(info.subject)}</rdf:li></rdf:Alt></dc:description>
+   <pdf:Keywords>{text(info.keywords)}</pdf:Keywords>
+   <pdf:Producer>{text(info.producer)}</pdf:Producer>
+   <pdf:Trapped>{text(info.trapped)}</pdf:Trapped>
+   <xmp:CreatorTool>{text(info.creator)}</xmp:CreatorTool>
+   <xmp:CreateDate>{date}</xmp:CreateDate>
+   <xmp:ModifyDate>{date}</xmp:ModifyDate>
+   <xmp:MetadataDate>{date}</xmp:MetadataDate>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+    return packet.encode("utf-8", "surrogatepass")
 
 
 def _pdf_name(text: str) -> str:
