@@ -199,10 +199,18 @@ class Master:
         except (ValueError, TypeError, OSError) as err:
             # A wrong password, an unreadable file, a key that is not the certificate's.
             why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+            if cfg.signing.pkcs11_module:
+                hint = (
+                    "check signing.pkcs11_module, pkcs11_token, pkcs11_key_label and "
+                    "pkcs11_cert, and the PIN (signing.pkcs11_pin_file or CERTIFICA_PKCS11_PIN)"
+                )
+            else:
+                hint = (
+                    "check signing.pkcs12 or signing.cert/signing.key, and the password "
+                    "(signing.password_file or CERTIFICA_SIGNING_PASSWORD)"
+                )
             raise StartupError(
-                f"{cfg.source}: the signing key cannot be used ({why}); check "
-                "signing.pkcs12 or signing.cert/signing.key, and the password "
-                "(signing.password_file or CERTIFICA_SIGNING_PASSWORD)"
+                f"{cfg.source}: the signing key cannot be used ({why}); {hint}"
             ) from None
         asyncio.run(self._prepare_queue())
         self.verp_key = secret(self.paths["keys"] / "verp.key")
