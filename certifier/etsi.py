@@ -39,7 +39,9 @@ provider and the gateway as SAML attributes, with the signing certificate;
 (1-based) when the event concerns one recipient; ``SubmissionTime``;
 ``MessageIdentifier`` the Message-ID (else the queue id); ``UserContentInfo`` with a
 ``PartInfo`` and SHA-256 digest for the whole message (``message/rfc822``, the digest
-of the bytes as received) and for every attachment (its decoded content);
+of the bytes as received) and for every MIME leaf part (its decoded body, identified by
+its RFC 3501 section number), or, when the message is lost, for every attachment the
+record lists;
 ``ForwardedToExternalSystem`` the MX that answered (``host[ip]:port``).
 
 ``Extensions`` hold, in the namespace ``urn:certifica:etsi-extensions:1``: the log
@@ -52,12 +54,22 @@ DKIM, SPF, DMARC) and the tracking classification.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
 
 from lxml import etree
+
+from certifier.mime import (
+    PART_FIELDS,
+    Defects,
+    decode_transfer,
+    part_headers,
+    read_headers,
+    split_multipart,
+)
 
 __all__ = [
     "CERTIFICA_EVENT",
@@ -67,6 +79,7 @@ __all__ = [
     "etsi_event_uri",
     "etsi_evidence_files",
     "evidence_documents",
+    "mime_parts",
     "sign_xml",
 ]
 
@@ -81,6 +94,8 @@ CERTIFICA_EVENT = "urn:certifica:event:"
 REASON = "urn:certifica:reason:"
 SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"  # XML Encryption, as XAdES uses it
 VERSION = "1"
+MAX_PARTS = 1000
+MAX_DEPTH = 64
 
 _ETSI_EVENTS = {
     "SubmissionAcceptance": "SubmissionAcceptance",
@@ -268,7 +283,11 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
 
 
 def _document(
-    evidence: dict[str, Any], entry: dict[str, Any], number: int, signer_cert_der: bytes | None
+    evidence: dict[str, Any],
+    entry: dict[str, Any],
+    number: int,
+    eml: bytes | None,
+    signer_cert_der: bytes | None,
 ) -> etree._Element:
     event = str(entry.get("event") or "Unknown")
     detail = _detail(entry)
@@ -316,7 +335,7 @@ def _document(
         "MessageIdentifier",
         str(message.get("message_id") or evidence.get("queue_id") or evidence["certificate_id"]),
     )
-    _content(root, message)
+    _content(root, message, eml)
     if detail.get("mx_host"):
         forwarded = f"{detail['mx_host']}[{detail.get('ip') or ''}]"
         if detail.get("port"):
@@ -326,27 +345,70 @@ def _document(
     return root
 
 
-def _content(root: etree._Element, message: dict[str, Any]) -> None:
-    attachments = message.get("attachments") or []
+def _content(root: etree._Element, message: dict[str, Any], eml: bytes | None) -> None:
+    """``UserContentInfo``: the whole message, then every MIME leaf part of ``eml`` when
+    it is the message the record attests (same SHA-256), else every attachment the
+    record lists (the gateway lost the message, or none was given)."""
+    digest = str(message.get("sha256") or "")
+    parts = [("message.eml", "message/rfc822", digest)]
+    if eml is not None and hashlib.sha256(eml).hexdigest() == digest:
+        parts += mime_parts(eml)
+    else:
+        parts += [
+            (str(a.get("filename") or f"attachment {i}"), str(a.get("content_type") or ""),
+             str(a.get("sha256") or ""))
+            for i, a in enumerate(message.get("attachments") or [], 1)
+        ]  # fmt: skip
     info = _sub(root, "UserContentInfo")
-    _sub(info, "ComposingParts", str(1 + len(attachments)))
-    parts = _sub(info, "PartsInfo")
-    whole = [("message.eml", "message/rfc822", str(message.get("sha256") or ""))]
-    listed = [
-        (str(a.get("filename") or f"part-{i}"), str(a.get("content_type") or ""), a.get("sha256"))
-        for i, a in enumerate(attachments, 1)
-    ]
-    for name, content_type, digest in whole + listed:
-        part = _sub(parts, "PartInfo")
+    _sub(info, "ComposingParts", str(len(parts)))
+    listed = _sub(info, "PartsInfo")
+    for name, content_type, sha256 in parts:
+        part = _sub(listed, "PartInfo")
         _sub(part, "Identifier", name)
         _sub(part, "ContentType", content_type or "application/octet-stream")
-        if digest:
+        if sha256:
             _sub(part, "DigestMethod", ns=DS_NS).set("Algorithm", SHA256)
-            _sub(part, "DigestValue", _b64_of_hex(str(digest)), ns=DS_NS)
+            _sub(part, "DigestValue", _b64_of_hex(sha256), ns=DS_NS)
+
+
+def mime_parts(eml: bytes) -> list[tuple[str, str, str]]:
+    """Every leaf part of a message: ``(identifier, content type, SHA-256 hex of its
+    decoded body)``. The identifier is the part's section number (RFC 3501 section
+    6.4.5: ``1``, ``2.1``, ...), with its file name if it has one. Read with
+    :mod:`certifier.mime`, iteratively, at most ``MAX_PARTS`` entities ``MAX_DEPTH`` deep;
+    what cannot be read is left out (the whole message's digest still covers it)."""
+    defects = Defects()
+    out: list[tuple[str, str, str]] = []
+    stack: list[tuple[int, int, str, int]] = [(0, len(eml), "", 0)]
+    examined = 0
+    while stack and examined < MAX_PARTS:
+        examined += 1
+        start, end, section, depth = stack.pop()
+        fields, body_start = read_headers(eml, start, end, PART_FIELDS, "", defects)
+        headers = part_headers(fields, "text/plain", "", defects)
+        boundary = headers.params.get("boundary", "")
+        if headers.content_type.startswith("multipart/") and boundary and depth < MAX_DEPTH:
+            split = split_multipart(
+                eml, body_start, end, boundary.encode("utf-8", "surrogatepass"), MAX_PARTS
+            )
+            del stack[MAX_PARTS:]  # bounded, whatever the nesting
+            for number in range(len(split.children), 0, -1):
+                child_start, child_end = split.children[number - 1]
+                child = f"{section}.{number}" if section else str(number)
+                stack.append((child_start, child_end, child, depth + 1))
+            continue
+        data = decode_transfer(eml[body_start:end], headers.transfer_encoding, "", defects)
+        name = headers.disposition_params.get("filename") or headers.params.get("name")
+        identifier = section or "1"
+        out.append(
+            (f"{identifier} ({name})" if name else identifier, headers.content_type,
+             hashlib.sha256(data).hexdigest())
+        )  # fmt: skip
+    return out
 
 
 def evidence_documents(
-    evidence: dict[str, Any], signer_cert_pem: bytes | None = None
+    evidence: dict[str, Any], eml: bytes | None = None, signer_cert_pem: bytes | None = None
 ) -> list[tuple[str, etree._Element]]:
     """The unsigned ``Evidence`` documents of a record, one per log entry, with their
     file names (``evidence/001-SubmissionAcceptance.xml``, ...)."""
@@ -360,7 +422,9 @@ def evidence_documents(
     out = []
     for number, entry in enumerate(entries, 1):
         name = "".join(c for c in str(entry.get("event") or "Unknown") if c.isalnum())
-        out.append((f"evidence/{number:03d}-{name}.xml", _document(evidence, entry, number, der)))
+        out.append(
+            (f"evidence/{number:03d}-{name}.xml", _document(evidence, entry, number, eml, der))
+        )
     return out
 
 
@@ -402,12 +466,10 @@ def etsi_evidence_files(
 ) -> list[tuple[str, bytes]]:
     """Every event of ``evidence`` as a signed EN 319 522-3 ``Evidence`` document:
     ``(name, xml)`` pairs in the log's order, ``name`` like
-    ``evidence/001-SubmissionAcceptance.xml``. ``eml`` (the message as received, None
-    when lost) is not needed today: the record already carries the digests of the
-    message and of each attachment. ``signer_key``/``signer_cert``: PEM, as for
-    :func:`sign_xml`."""
-    del eml  # the record's digests are the ones the certificate attests
+    ``evidence/001-SubmissionAcceptance.xml``. ``eml`` is the message as received
+    (None when the gateway lost it): its MIME parts are listed with their digests.
+    ``signer_key``/``signer_cert``: PEM, as for :func:`sign_xml`."""
     return [
         (name, sign_xml(document, signer_key, signer_cert, key_password=key_password))
-        for name, document in evidence_documents(evidence, signer_cert)
+        for name, document in evidence_documents(evidence, eml, signer_cert)
     ]

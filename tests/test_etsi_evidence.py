@@ -12,6 +12,7 @@ goes through ``certifica evidence export``.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -181,8 +182,51 @@ def test_export_writes_one_signed_valid_file_per_event_of_a_real_certificate(
         assert text(xml, "e:EvidenceIssuerPolicyID/PolicyID/text()") == [
             evidence["provider"]["policy_id"]
         ]
+        # message.eml came out of the PDF: its MIME parts are listed beside the whole.
+        identifiers = text(xml, "e:UserContentInfo/e:PartsInfo/e:PartInfo/Identifier/text()")
+        assert identifiers[0] == "message.eml" and len(identifiers) >= 2
 
     missing = gateway.cli("evidence", "export", "CF-0000000000000000", str(tmp_path / "none"))
     assert missing.returncode == 2
     assert "no certificate CF-0000000000000000" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_user_content_lists_every_mime_part_of_the_attested_message(
+    schema: xmlschema.XMLSchema, pki: Pki
+) -> None:
+    evidence = json.loads((FIXTURES / "evidence" / "sending.json").read_text())
+    eml = (FIXTURES / "thunderbird_attachments.eml").read_bytes()  # sending.json's message
+    key, cert = pki.signing_key.read_bytes(), pki.signing_cert.read_bytes()
+
+    _name, xml = etsi_evidence_files(evidence, eml, key, cert)[0]
+    schema.validate(xml.decode())
+    parts = "e:UserContentInfo/e:PartsInfo/e:PartInfo/"
+    assert text(xml, parts + "Identifier/text()") == [
+        "message.eml",
+        "1.1",
+        "1.2",
+        "2 (contrato-revisión.pdf)",
+        "3 (firma.png)",
+    ]
+    assert text(xml, parts + "ContentType/text()") == [
+        "message/rfc822",
+        "text/plain",
+        "text/html",
+        "application/pdf",
+        "image/png",
+    ]
+    digests = [
+        base64.b64decode(d).hex() for d in text(xml, parts + "*[local-name()='DigestValue']/text()")
+    ]
+    assert digests[0] == evidence["message"]["sha256"]
+    assert digests[3:] == [a["sha256"] for a in evidence["message"]["attachments"]]
+    assert text(xml, "e:UserContentInfo/ComposingParts/text()") == ["5"]
+
+    # Another message than the one attested: its parts are not described.
+    _name, other = etsi_evidence_files(evidence, eml + b"\r\n", key, cert)[0]
+    assert text(other, parts + "Identifier/text()") == [
+        "message.eml",
+        "contrato-revisión.pdf",
+        "firma.png",
+    ]
