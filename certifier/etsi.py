@@ -56,6 +56,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
@@ -137,11 +138,28 @@ def _q(name: str, ns: str = NS) -> str:
     return f"{{{ns}}}{name}"
 
 
+# Characters XML 1.0 cannot carry (section 2.2: C0 controls but tab and line breaks,
+# surrogates, U+FFFE/U+FFFF): a remote reply or header may hold them; each becomes
+# U+FFFD here, the exact bytes staying in the log entry's hash chain and evidence.json.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+_HEX_SHA256 = re.compile("[0-9a-f]{64}")
+
+
+def _xml(value: object) -> str:
+    return _NOT_XML.sub("\ufffd", str(value))
+
+
 def _sub(parent: etree._Element, name: str, text: str | None = None, ns: str = NS) -> Any:
     element = etree.SubElement(parent, _q(name, ns))
     if text is not None:
-        element.text = text
+        element.text = _xml(text)
     return element
+
+
+def _set(element: etree._Element, name: str, value: object) -> None:
+    element.set(name, _xml(value))
 
 
 def _iso(seconds: float) -> str:
@@ -240,10 +258,10 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
     detail = _detail(entry)
     extensions = _sub(parent, "Extensions")
     log = _sub(_sub(extensions, "Extension"), "LogEntry", ns=EXT_NS)
-    log.set("event", str(entry.get("event", "")))
+    _set(log, "event", entry.get("event", ""))
     for key in ("seq", "qid", "recipient", "time", "prev", "hash"):
         if entry.get(key) is not None:
-            log.set(key, str(entry[key]))
+            _set(log, key, entry[key])
     _sub(log, "Detail", str(entry.get("detail") or ""), ns=EXT_NS)
 
     extras = _sub(extensions, "Extension")
@@ -259,9 +277,9 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
         element = _sub(extras, "Tls", ns=EXT_NS)
         for key in ("version", "cipher"):
             if tls.get(key):
-                element.set(key, str(tls[key]))
+                _set(element, key, tls[key])
     elif tls:
-        _sub(extras, "Tls", ns=EXT_NS).set("version", str(tls))
+        _set(_sub(extras, "Tls", ns=EXT_NS), "version", tls)
     authentication = sender.get("authentication")
     if isinstance(authentication, dict) and entry.get("event") == "ReceivedFromNonERDS":
         auth = _sub(extras, "Authentication", ns=EXT_NS)
@@ -269,7 +287,7 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
             _sub(auth, "AuthenticationResults", str(authentication["header"]), ns=EXT_NS)
         for dkim in authentication.get("dkim") or []:
             element = _sub(auth, "Dkim", str(dkim.get("result", "")), ns=EXT_NS)
-            element.set("domain", str(dkim.get("domain", "")))
+            _set(element, "domain", dkim.get("domain", ""))
         for key in ("spf", "dmarc"):
             if authentication.get(key):
                 _sub(auth, key.capitalize(), str(authentication[key]), ns=EXT_NS)
@@ -277,7 +295,7 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
         element = _sub(extras, "Tracking", str(detail.get("reason") or ""), ns=EXT_NS)
         element.set("automatic", "true" if detail.get("automatic") else "false")
         if detail.get("link"):
-            element.set("link", str(detail["link"]))
+            _set(element, "link", detail["link"])
     if len(extras) == 0:
         extensions.remove(extras)
 
@@ -366,7 +384,7 @@ def _content(root: etree._Element, message: dict[str, Any], eml: bytes | None) -
         part = _sub(listed, "PartInfo")
         _sub(part, "Identifier", name)
         _sub(part, "ContentType", content_type or "application/octet-stream")
-        if sha256:
+        if _HEX_SHA256.fullmatch(sha256):
             _sub(part, "DigestMethod", ns=DS_NS).set("Algorithm", SHA256)
             _sub(part, "DigestValue", _b64_of_hex(sha256), ns=DS_NS)
 

@@ -230,3 +230,23 @@ def test_user_content_lists_every_mime_part_of_the_attested_message(
         "contrato-revisión.pdf",
         "firma.png",
     ]
+
+
+def test_what_xml_cannot_carry_is_replaced_and_the_document_stays_valid(
+    schema: xmlschema.XMLSchema, pki: Pki
+) -> None:
+    evidence = json.loads((FIXTURES / "evidence" / "sending.json").read_text())
+    entry = evidence["evidence_log"]["entries"][2]
+    detail = json.loads(entry["detail"])
+    detail["reply"] = "250 2.0.0 queued\x00\x1b[31m\udcff\ufffe"
+    entry["detail"] = json.dumps(detail)
+    evidence["message"]["attachments"][0]["sha256"] = "not a digest"
+
+    _name, xml = etsi_evidence_files(
+        evidence, None, pki.signing_key.read_bytes(), pki.signing_cert.read_bytes()
+    )[2]
+    schema.validate(xml.decode())
+    XAdESVerifier().verify(xml, ca_pem_file=str(pki.ca_cert))
+    assert text(xml, "//*[local-name()='RemoteReply']/text()") == [
+        "250 2.0.0 queued\ufffd\ufffd[31m\ufffd\ufffd"
+    ]
