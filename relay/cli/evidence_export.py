@@ -13,7 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
-from relay.cli.common import EXIT_OK, UserError, config_of
+from relay.cli.common import EXIT_OK, UserError, config_of, state_dir
 
 _CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
@@ -25,6 +25,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     from relay.process.gateway import state_paths
 
     cfg = config_of(args)
+    state_dir(cfg)  # as its owner, like every command that reads the state directory
     cert_id = str(args.certificate).upper()
     if not _CERT_ID.fullmatch(cert_id):
         raise UserError(f"{args.certificate!r} is not a certificate id (like CF-1CD0C29858F87AD3)")
