@@ -737,6 +737,17 @@ def embedded_evidence(pdf: bytes) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
+def embedded_message(pdf: bytes) -> bytes | None:
+    """The ``message.eml`` a certificate PDF embeds; None when it has none (the
+    gateway had lost the message), more than one, or the file cannot be read."""
+    try:
+        found = _embedded_files(PdfFileReader(io.BytesIO(pdf), strict=False))
+    except Exception:
+        return None
+    messages = found.get(EMBEDDED_MESSAGE, [])
+    return messages[0] if len(messages) == 1 else None
+
+
 def _embedded_files(reader: PdfFileReader) -> dict[str, list[bytes]]:
     """The EmbeddedFiles name tree (ISO 32000-2 section 7.7.4): name -> contents."""
     files: dict[str, list[bytes]] = {}

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from relay.cli import evidence_export
 from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -110,3 +111,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "empty, and is filled only once every file is written",
     )
     p.set_defaults(func=cmd_evidence_verify)
+    evidence_export.register(esub)
