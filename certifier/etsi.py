@@ -462,20 +462,21 @@ def _private_key(pem: bytes, password: bytes | None) -> Any:
 
 def sign_xml(
     document: etree._Element,
-    signer_key: bytes,
+    signer_key: bytes | Any,
     signer_cert: bytes,
     *,
     key_password: bytes | None = None,
 ) -> bytes:
     """``document`` with an enveloped XAdES-B-B signature (signxml) appended as its last
     child, serialised as UTF-8 with an XML declaration. ``signer_key`` and
-    ``signer_cert`` are PEM (the key encrypted under ``key_password`` if given); RSA and
+    ``signer_cert`` are PEM (the key encrypted under ``key_password`` if given), or the
+    key is already a key object (the certificate worker's, possibly in an HSM); RSA and
     EC keys are supported."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from signxml import DigestAlgorithm, SignatureMethod
     from signxml.xades import XAdESSigner
 
-    key = _private_key(signer_key, key_password)
+    key = _private_key(signer_key, key_password) if isinstance(signer_key, bytes) else signer_key
     method = (
         SignatureMethod.ECDSA_SHA256
         if isinstance(key, ec.EllipticCurvePrivateKey)
@@ -489,7 +490,7 @@ def sign_xml(
 def etsi_evidence_files(
     evidence: dict[str, Any],
     eml: bytes | None,
-    signer_key: bytes,
+    signer_key: bytes | Any,
     signer_cert: bytes,
     *,
     key_password: bytes | None = None,

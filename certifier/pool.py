@@ -206,7 +206,8 @@ def render_and_sign(
         raise RuntimeError("no signer: call init_process(settings) or pass signer=")
     if "seal" not in evidence:
         evidence = {**evidence, "seal": signer.seal}
-    return signer.sign(render_certificate(evidence, eml, reader or Reader()))
+    xml = signer.etsi_evidence(evidence, eml)
+    return signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
 
 
 def timestamp_token(imprint: bytes) -> bytes:

@@ -33,6 +33,7 @@ answers with a token for something else (temporary: the caller retries),
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import io
 import os
@@ -40,6 +41,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import cms, keys
 from asn1crypto import x509 as asn1_x509
@@ -131,6 +133,25 @@ class DocumentSigner:
         signer._setup(cert, key, chain, timestamper, key.name, str(cert_path))
         return signer
 
+    def etsi_evidence(self, evidence: dict[str, Any], eml: bytes | None) -> list[tuple[str, bytes]]:
+        """The ETSI EN 319 522-3 evidence documents of ``evidence``, each XAdES-signed by
+        this signer's key (:mod:`certifier.etsi`), to be embedded in the certificate."""
+        from certifier.etsi import etsi_evidence_files
+
+        pem = self.signing_cert.dump()
+        cert_pem = (
+            b"-----BEGIN CERTIFICATE-----\n"
+            + base64.encodebytes(pem)
+            + b"-----END CERTIFICATE-----\n"
+        )
+        # Flat names in the PDF ("evidence-001-SubmissionAcceptance.xml"): a "/" in an
+        # embedded file's name makes `pdfdetach -saveall` and PDF readers' "save
+        # attachment" fail; `certifica evidence export` writes them under evidence/.
+        return [
+            (name.replace("/", "-"), xml)
+            for name, xml in etsi_evidence_files(evidence, eml, self._key, cert_pem)
+        ]
+
     @property
     def seal(self) -> dict[str, str | None]:
         """Who seals the documents, as the page's visible seal block names it: the
@@ -162,6 +183,7 @@ class DocumentSigner:
         if cert.public_key.native != _public_key_info(key).native:
             raise ValueError(f"{key_name} is not the key of {cert_name}")
         self.signing_cert = cert
+        self._key = key
         self.timestamper = timestamper
         self._cms = CmsSigner(cert, key, chain)
         # ESS signing-certificate-v2 (RFC 5035): binds the signature to this certificate,

@@ -314,7 +314,14 @@ def test_attachments_are_byte_exact(signed: Path, tmp_path: Path) -> None:
         evidence_bytes
         == json.dumps(expected, indent=2, sort_keys=True, ensure_ascii=False).encode()
     )
-    assert embedded_files(signed.read_bytes()) == {
+    files = embedded_files(signed.read_bytes())
+    # Beside them, one signed ETSI EN 319 522-3 document per logged event
+    # (tests/test_etsi_evidence.py checks those), each saved by pdfdetach as well.
+    xml = {name: data for name, data in files.items() if name.startswith("evidence-")}
+    assert len(xml) == len(expected["evidence_log"]["entries"])
+    for name, data in xml.items():
+        assert (tmp_path / name).read_bytes() == data
+    assert {n: d for n, d in files.items() if n not in xml} == {
         "evidence.json": evidence_bytes,
         "message.eml": EML,
     }

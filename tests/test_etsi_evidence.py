@@ -250,3 +250,37 @@ def test_what_xml_cannot_carry_is_replaced_and_the_document_stays_valid(
     assert text(xml, "//*[local-name()='RemoteReply']/text()") == [
         "250 2.0.0 queued\ufffd\ufffd[31m\ufffd\ufffd"
     ]
+
+
+def test_the_certificate_embeds_one_signed_evidence_document_per_event(
+    gateway: Gateway, mx: Sink, schema: xmlschema.XMLSchema
+) -> None:
+    """The PDF the sender gets carries the ETSI documents beside evidence.json, as
+    associated files with relationship Data (read back with pikepdf, not our code)."""
+    import io
+
+    import pikepdf
+
+    from certifier.verify import embedded_evidence
+
+    raw = make_message(to="bob@example.org", cc=CERT_ADDRESS, subject="ETSI embedded")
+    qid = submit(gateway, raw, ["bob@example.org", CERT_ADDRESS])
+    pdf = certificate_of(mx, qid)
+    evidence = embedded_evidence(pdf)
+    assert evidence is not None
+    entries = evidence["evidence_log"]["entries"]
+    with pikepdf.open(io.BytesIO(pdf)) as doc:
+        files = {name: spec for name, spec in doc.attachments.items()}
+        related = {str(f.get("/F")): str(f.get("/AFRelationship")) for f in doc.Root.AF}
+        xml_names = sorted(n for n in files if n.startswith("evidence-"))
+        assert xml_names == [f"evidence-{n:03d}-{e['event']}.xml" for n, e in enumerate(entries, 1)]
+        ca = gateway.state / "keys" / "ca.pem"
+        for name in xml_names:
+            assert related[name] == "/Data"
+            xml = files[name].get_file().read_bytes()
+            schema.validate(xml.decode())
+            XAdESVerifier().verify(xml, ca_pem_file=str(ca))
+    # The gateway's own verifier still accepts the certificate with the extra files.
+    path = gateway.state / "certificates" / f"{evidence['certificate_id']}.pdf"
+    check = gateway.cli("verify", str(path))
+    assert check.returncode == 0, check.stdout + check.stderr

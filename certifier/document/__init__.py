@@ -37,6 +37,7 @@ The modules:
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from typing import Any
 
 from reportlab.lib.pagesizes import A4
@@ -80,14 +81,19 @@ _ENGLISH = Reader()
 
 
 def render_certificate(
-    evidence: dict[str, Any], eml: bytes | None, reader: Reader = _ENGLISH
+    evidence: dict[str, Any],
+    eml: bytes | None,
+    reader: Reader = _ENGLISH,
+    extra_files: Iterable[tuple[str, bytes]] = (),
 ) -> bytes:
     """Render the unsigned certificate PDF for ``reader`` (language, time zone), with
     message.eml and evidence.json attached; ``eml`` None: the gateway lost the message,
     which the evidence states (:func:`content_unavailable`), and only evidence.json is
-    attached."""
+    attached. ``extra_files``: the ETSI EN 319 522-3 evidence documents, attached too."""
     ev = as_dict(evidence)
-    attachments = embedded_files(None if eml is None else bytes(eml), evidence_json(evidence))
+    attachments = embedded_files(
+        None if eml is None else bytes(eml), evidence_json(evidence), extra_files
+    )
     try:
         doc = Document(ev, reader)
         return _render_pages(doc, story(doc), attachments)

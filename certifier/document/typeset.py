@@ -1333,7 +1333,27 @@ def binary_streams() -> Iterator[None]:
         rl_config.useA85 = saved
 
 
-def embedded_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[Attachment, ...]:
+def embedded_files(
+    eml: bytes | None, evidence_bytes: bytes, extra: Iterable[tuple[str, bytes]] = ()
+) -> tuple[Attachment, ...]:
+    """The files a certificate carries: evidence.json, message.eml (unless the message
+    was lost) and ``extra``, the ETSI EN 319 522-3 evidence documents (``evidence-
+    001-SubmissionAcceptance.xml``, ..., XAdES-signed, :mod:`certifier.etsi`), each an
+    associated file with relationship ``Data`` (ISO 32000-2 §14.13)."""
+    more = tuple(
+        Attachment(
+            name,
+            data,
+            "application/xml",
+            "Data",
+            "ETSI EN 319 522-3 evidence of one event, XAdES-signed",
+        )
+        for name, data in extra
+    )
+    return _main_files(eml, evidence_bytes) + more
+
+
+def _main_files(eml: bytes | None, evidence_bytes: bytes) -> tuple[Attachment, ...]:
     evidence = Attachment(
         EMBEDDED_EVIDENCE,
         evidence_bytes,
