@@ -80,6 +80,11 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         tsa_chain=(pki.ca_cert,),
         pkcs12=pkcs12,
         password=signing_password(cfg) if (pkcs12 or cfg.signing.key) else None,
+        # The development CA's CRL is read from its files; an operator's CA or a remote
+        # TSA publish theirs, fetched when a certificate is made B-LT (certifier.lta).
+        revocation_keys_dir=pki.ca_cert.parent,
+        fetch_revocation=bool(pkcs12 or cfg.signing.cert or cfg.signing.tsa_url),
+        document_timestamp=cfg.evidence.lta_delay == 0,
     )
 
 
