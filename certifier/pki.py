@@ -206,6 +206,16 @@ def current_crl(keys_dir: Path) -> bytes:
     """The CA's CRL (DER) in *keys_dir*, re-signed first when it is near its nextUpdate
     or missing. Raises :class:`OSError` or :class:`ValueError` when the CA is unusable."""
     pki = _paths(Path(keys_dir))
+    now = dt.datetime.now(dt.UTC)
+    try:
+        # The usual case, without the lock or the CA's key (loading the key costs tens
+        # of milliseconds, more than the rest of a certificate's long-term validation).
+        data = pki.ca_crl.read_bytes()
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        if _fresh_crl(data, ca_cert.public_key(), now):
+            return data
+    except (OSError, ValueError):
+        pass
     with _locked(pki.ca_cert.parent / ".pki.lock"):
         now = dt.datetime.now(dt.UTC)
         ca = _load_pair(pki.ca_cert, pki.ca_key, now)
@@ -219,13 +229,7 @@ def _ensure_crl(
 ) -> bytes:
     try:
         data = pki.ca_crl.read_bytes()
-        crl = x509.load_der_x509_crl(data)
-        next_update = crl.next_update_utc
-        if (
-            crl.is_signature_valid(ca_key.public_key())
-            and next_update is not None
-            and next_update - now >= CRL_RENEW_BEFORE
-        ):
+        if _fresh_crl(data, ca_key.public_key(), now):
             return data
     except (OSError, ValueError):
         pass
@@ -246,6 +250,19 @@ def _ensure_crl(
     data = crl.public_bytes(serialization.Encoding.DER)
     _write_atomic(pki.ca_crl, data, 0o600)
     return data
+
+
+def _fresh_crl(data: bytes, ca_public_key: object, now: dt.datetime) -> bool:
+    """Whether *data* is a CRL signed by the CA's key that need not be re-signed yet."""
+    if not isinstance(ca_public_key, rsa.RSAPublicKey):
+        return False
+    crl = x509.load_der_x509_crl(data)
+    next_update = crl.next_update_utc
+    return (
+        crl.is_signature_valid(ca_public_key)
+        and next_update is not None
+        and next_update - now >= CRL_RENEW_BEFORE
+    )
 
 
 def _published(public_url: str | None) -> list[x509.ExtensionType]:
