@@ -490,6 +490,12 @@ def _lta_coverage_check(
 ) -> Check:
     """Check 3 for a certificate followed by document timestamps (PAdES B-LTA)."""
     level = status.modification_level
+    if status.coverage != SignatureCoverageLevel.ENTIRE_REVISION:
+        return Check(
+            "coverage",
+            False,
+            "The signature does not cover the whole revision it was made in.",
+        )
     if level is None or level > ModificationLevel.LTA_UPDATES:
         return Check(
             "coverage",
