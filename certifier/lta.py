@@ -70,10 +70,10 @@ class Archiver:
         self.fetch = fetch or crls is None
         self.document_timestamp = document_timestamp
 
-    def _context(self, more: Iterable[asn1_x509.Certificate] = ()) -> ValidationContext:
-        # A fresh context per document: a context caches what it validated, and the CRLs
-        # may have been re-signed since the last certificate.
-        known = [] if self.crls is None else self.crls()
+    def _context(
+        self, known: list[bytes], more: Iterable[asn1_x509.Certificate] = ()
+    ) -> ValidationContext:
+        # A fresh context per step: a context caches what it validated.
         more = list(more)
         return ValidationContext(
             # The roots the signature's own chain ends in (a PKCS#12 file's) count too:
@@ -92,8 +92,11 @@ class Archiver:
         """*pdf* (signed) with its DSS and, if so configured, a document timestamp."""
         reader = PdfFileReader(io.BytesIO(pdf))
         signature = reader.embedded_signatures[-1]
+        # Read once per document, so that both steps put the same CRLs in (one re-signed
+        # in between would make the timestamp step write the DSS again, after itself).
+        known = [] if self.crls is None else self.crls()
         try:
-            context = self._context(signature.other_embedded_certs)
+            context = self._context(known, signature.other_embedded_certs)
             out = add_validation_info(signature, context, add_vri_entry=True)
         except (PathBuildingError, PathValidationError) as exc:
             if not self.fetch:
@@ -104,11 +107,10 @@ class Archiver:
             return pdf
         if not self.document_timestamp:
             return bytes(out.getvalue())
-        return self.timestamp(out.getvalue())
+        return self._timestamp(out.getvalue(), known)
 
-    def timestamp(self, pdf: bytes) -> bytes:
-        """*pdf* with a new document timestamp, then its authority's chain and CRLs in
-        the DSS (both incremental updates)."""
+    def _timestamp(self, pdf: bytes, known: list[bytes]) -> bytes:
+        """*pdf* with a document timestamp (an incremental update)."""
         writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
         # The DSS already holds the chain and CRL of our TSA (the signature timestamp's):
         # without a VRI entry for the timestamp nothing is written after it, so the
@@ -117,7 +119,7 @@ class Archiver:
         out = PdfTimeStamper(self.timestamper).timestamp_pdf(
             writer,
             "sha256",
-            validation_context=self._context(),
+            validation_context=self._context(known),
             dss_settings=TimestampDSSContentSettings(include_vri=False),
         )
         return bytes(out.getvalue())
