@@ -3,7 +3,8 @@
 What a certificate is (see :mod:`certifier.document` and :mod:`certifier.signing`): a
 PDF with one PAdES signature (ETSI EN 319 142-1, CMS per RFC 5652, SubFilter
 ``ETSI.CAdES.detached``) carrying an RFC 3161 signature timestamp, and two embedded
-files, ``message.eml`` and ``evidence.json``. :func:`verify_certificate` checks, each
+files, ``message.eml`` and ``evidence.json``; since PAdES B-LTA (:mod:`certifier.lta`)
+the signature is followed by a document security store and a document timestamp. :func:`verify_certificate` checks, each
 as a named :class:`Check` with a sentence a person can act on:
 
 1. ``pdf`` — the input is a PDF pyHanko can read;
