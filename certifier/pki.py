@@ -10,12 +10,28 @@ Four key pairs, all RSA-2048, all certificates X.509 v3 profiled after RFC 5280:
 - a root CA (10 years; basicConstraints CA, keyUsage keyCertSign+cRLSign);
 - a document signing certificate (2 years; keyUsage digitalSignature+nonRepudiation,
   the usage ETSI EN 319 142 (PAdES) validators and pyHanko expect of a signer);
-- a timestamp authority certificate (2 years; extendedKeyUsage timeStamping, marked
-  critical as RFC 3161 section 2.3 requires, so `openssl ts -verify` accepts it);
+- a timestamp authority certificate (as long as the CA, 10 years; extendedKeyUsage
+  timeStamping, marked critical as RFC 3161 section 2.3 requires, so `openssl ts -verify`
+  accepts it). Longer than the signing certificate on purpose: the document timestamp
+  that makes a certificate PAdES B-LTA (:mod:`certifier.lta`) keeps proving that the
+  signature existed while its certificate was valid for as long as the TSA's certificate
+  is, so a validator still trusts it after the signing certificate has expired (ETSI EN
+  319 102-1 section 5.6.2.4);
 - a TLS server certificate for SMTP STARTTLS (2 years; subjectAltName = the
   gateway's hostname, localhost and 127.0.0.1).
 
-Files are PEM (keys unencrypted PKCS#8), mode 0600 in a 0700 directory; every file is
+The CA publishes revocation data (RFC 5280 section 5): a CRL (``ca.crl``, DER), valid
+:data:`CRL_VALIDITY` and re-signed by :func:`current_crl` once less than
+:data:`CRL_RENEW_BEFORE` of it remains, served with the CA certificate on the public HTTP
+listener (``/pki/ca.crl``, ``/pki/ca.crt``: :mod:`relay.web.pki`). Leaf certificates issued
+with a ``public_url`` name them (cRLDistributionPoints, RFC 5280 section 4.2.1.13;
+authorityInfoAccess caIssuers, section 4.2.2.1), so a validator such as pyHanko's
+(ETSI EN 319 102-1) can find them; certificates issued before keep their old extensions
+until they are re-issued. Both are put into every certificate's document security store
+(:mod:`certifier.lta`), which is what makes it verifiable after the gateway is gone.
+
+Files are PEM (keys unencrypted PKCS#8; the CRL is DER, as RFC 5280 publishes it),
+mode 0600 in a 0700 directory; every file is
 written atomically (temporary file, fsync, rename, fsync of the directory) so that a
 crash never leaves a half-written key behind.
 
@@ -31,7 +47,7 @@ import datetime as dt
 import fcntl
 import ipaddress
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +58,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Pki", "ensure_dev_pki"]
+__all__ = ["CRL_PATH", "CA_CERT_PATH", "Pki", "current_crl", "ensure_dev_pki"]
 
 CA_VALIDITY = dt.timedelta(days=3652)
 LEAF_VALIDITY = dt.timedelta(days=731)
+TSA_VALIDITY = CA_VALIDITY  # bounded by the CA's own end of validity, like every leaf
 # Leaf certificates are re-issued this long before they expire, so a certificate
 # signed today is not signed by a key whose certificate dies tomorrow.
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -53,6 +70,14 @@ RENEW_BEFORE = dt.timedelta(days=30)
 # not see a certificate that is "not yet valid".
 CLOCK_SKEW = dt.timedelta(minutes=10)
 KEY_SIZE = 2048
+# The CRL promises its next issue (nextUpdate) this far ahead, and is re-signed once less
+# than CRL_RENEW_BEFORE of that remains.
+CRL_VALIDITY = dt.timedelta(days=30)
+CRL_RENEW_BEFORE = dt.timedelta(days=15)
+# Where the public HTTP listener serves the CA's CRL and certificate (relay.web.pki), below
+# [web] public_url.
+CRL_PATH = "/pki/ca.crl"
+CA_CERT_PATH = "/pki/ca.crt"
 
 # A certificate profile adds the extensions of one kind of certificate to a builder.
 Profile = Callable[[x509.CertificateBuilder], x509.CertificateBuilder]
@@ -70,17 +95,11 @@ class Pki:
     tsa_key: Path
     tls_cert: Path
     tls_key: Path
+    ca_crl: Path
 
 
-def ensure_dev_pki(
-    keys_dir: Path, hostname: str, organisation: str = "Certifica development CA"
-) -> Pki:
-    """Create the development PKI in *keys_dir*, or reuse the one already there."""
-    keys_dir = Path(keys_dir)
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and ignored for an existing directory.
-    os.chmod(keys_dir, 0o700)
-    pki = Pki(
+def _paths(keys_dir: Path) -> Pki:
+    return Pki(
         ca_cert=keys_dir / "ca.pem",
         ca_key=keys_dir / "ca.key",
         signing_cert=keys_dir / "signing.pem",
@@ -89,7 +108,26 @@ def ensure_dev_pki(
         tsa_key=keys_dir / "tsa.key",
         tls_cert=keys_dir / "tls.pem",
         tls_key=keys_dir / "tls.key",
+        ca_crl=keys_dir / "ca.crl",
     )
+
+
+def ensure_dev_pki(
+    keys_dir: Path,
+    hostname: str,
+    organisation: str = "Certifica development CA",
+    public_url: str | None = None,
+) -> Pki:
+    """Create the development PKI in *keys_dir*, or reuse the one already there.
+
+    With *public_url* (``[web] public_url``), leaf certificates issued now name the CRL
+    and the CA certificate served below it."""
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory.
+    os.chmod(keys_dir, 0o700)
+    pki = _paths(keys_dir)
+    published = _published(public_url)
     # Several processes (the server and a CLI run, or pool workers) may start at once;
     # without the lock two of them could each make a CA and leave mismatched files.
     with _locked(keys_dir / ".pki.lock"):
@@ -136,6 +174,7 @@ def ensure_dev_pki(
                 now,
                 _name(f"{hostname} document signing", organisation),
                 _signing_profile,
+                published,
             )
         if leaf(pki.tsa_cert, pki.tsa_key):
             _issue(
@@ -146,6 +185,8 @@ def ensure_dev_pki(
                 now,
                 _name(f"{hostname} timestamp authority", organisation),
                 _tsa_profile,
+                published,
+                TSA_VALIDITY,
             )
         if leaf(pki.tls_cert, pki.tls_key, hostname):
             _issue(
@@ -157,7 +198,98 @@ def ensure_dev_pki(
                 _name(hostname, organisation),
                 _tls_profile(hostname),
             )
+        _ensure_crl(pki, ca_cert, ca_key, now)
     return pki
+
+
+def current_crl(keys_dir: Path) -> bytes:
+    """The CA's CRL (DER) in *keys_dir*, re-signed first when it is near its nextUpdate
+    or missing. Raises :class:`OSError` or :class:`ValueError` when the CA is unusable."""
+    pki = _paths(Path(keys_dir))
+    now = dt.datetime.now(dt.UTC)
+    try:
+        # The usual case, without the lock or the CA's key (loading the key costs tens
+        # of milliseconds, more than the rest of a certificate's long-term validation).
+        data = pki.ca_crl.read_bytes()
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        if _fresh_crl(data, ca_cert.public_key(), now):
+            return data
+    except (OSError, ValueError):
+        pass
+    with _locked(pki.ca_cert.parent / ".pki.lock"):
+        now = dt.datetime.now(dt.UTC)
+        ca = _load_pair(pki.ca_cert, pki.ca_key, now)
+        if ca is None:
+            raise ValueError(f"{pki.ca_cert}: no usable development CA")
+        return _ensure_crl(pki, *ca, now)
+
+
+def _ensure_crl(
+    pki: Pki, ca_cert: x509.Certificate, ca_key: rsa.RSAPrivateKey, now: dt.datetime
+) -> bytes:
+    try:
+        data = pki.ca_crl.read_bytes()
+        if _fresh_crl(data, ca_key.public_key(), now):
+            return data
+    except (OSError, ValueError):
+        pass
+    # Nothing is ever revoked by the development CA: an empty list, but a real one,
+    # with the CRL number and authority key identifier RFC 5280 section 5.2 requires.
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    data = crl.public_bytes(serialization.Encoding.DER)
+    _write_atomic(pki.ca_crl, data, 0o600)
+    return data
+
+
+def _fresh_crl(data: bytes, ca_public_key: object, now: dt.datetime) -> bool:
+    """Whether *data* is a CRL signed by the CA's key that need not be re-signed yet."""
+    if not isinstance(ca_public_key, rsa.RSAPublicKey):
+        return False
+    crl = x509.load_der_x509_crl(data)
+    next_update = crl.next_update_utc
+    return (
+        crl.is_signature_valid(ca_public_key)
+        and next_update is not None
+        and next_update - now >= CRL_RENEW_BEFORE
+    )
+
+
+def _published(public_url: str | None) -> list[x509.ExtensionType]:
+    """The extensions that name where the CRL and the CA certificate are served."""
+    if not public_url:
+        return []
+    base = public_url.rstrip("/")
+    return [
+        x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(base + CRL_PATH)],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        ),
+        x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(
+                    x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                    x509.UniformResourceIdentifier(base + CA_CERT_PATH),
+                )
+            ]
+        ),
+    ]
 
 
 # --- building blocks -------------------------------------------------------------------
@@ -365,6 +497,8 @@ def _issue(
     now: dt.datetime,
     subject: x509.Name,
     profile: Profile,
+    published: Sequence[x509.ExtensionType] = (),
+    validity: dt.timedelta = LEAF_VALIDITY,
 ) -> None:
     key = _new_key()
     builder = (
@@ -374,7 +508,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -382,5 +516,7 @@ def _issue(
             critical=False,
         )
     )
+    for extension in published:
+        builder = builder.add_extension(extension, critical=False)
     cert = profile(builder).sign(ca_key, hashes.SHA256())
     _write_pair(cert_path, key_path, cert, key)

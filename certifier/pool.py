@@ -1,7 +1,8 @@
 """Rendering and signing certificates off the event loop, in worker processes.
 
-Rendering (reportlab) and signing (:mod:`certifier.signing`: RFC 5652 CMS, RFC 3161
-timestamp, ETSI EN 319 142 PAdES) are CPU-bound Python; in the gateway's process they
+Rendering (reportlab), signing (:mod:`certifier.signing`: RFC 5652 CMS, RFC 3161
+timestamp, ETSI EN 319 142 PAdES B-T) and making the result B-LTA (:mod:`certifier.lta`:
+the document security store and a document timestamp) are CPU-bound Python; in the gateway's process they
 would stall every SMTP session for milliseconds per certificate. :class:`CertificatePool` runs
 them in a :class:`~concurrent.futures.ProcessPoolExecutor` (one worker per CPU, "spawn"
 start method so no worker inherits the parent's event loop, sockets or locks). Each
@@ -37,6 +38,7 @@ from certifier.i18n import Reader
 from certifier.pki import Pki
 
 if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
+    from certifier.lta import Archiver
     from certifier.signing import DocumentSigner, Pkcs11Key
 
 T = TypeVar("T")
@@ -44,6 +46,7 @@ T = TypeVar("T")
 __all__ = [
     "CertificatePool",
     "SigningSettings",
+    "build_archiver",
     "build_signer",
     "init_process",
     "render_and_sign",
@@ -87,6 +90,16 @@ class SigningSettings:
             self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label, self.pkcs11_pin
         )
 
+    # Long-term validation (certifier.lta): the development PKI's key directory, whose
+    # CA's CRL goes into every certificate's DSS (None: no CRL known in advance); whether
+    # revocation data of other CAs (an operator's, a remote TSA's) is fetched over the
+    # network; and whether the document timestamp is added at issue ([evidence]
+    # lta_delay = 0). ``archive=False`` leaves certificates PAdES B-T.
+    archive: bool = True
+    revocation_keys_dir: Path | None = None
+    fetch_revocation: bool = False
+    document_timestamp: bool = True
+
     @classmethod
     def from_pki(
         cls, pki: Pki, tsa_url: str | None = None, tsa_timeout: float = 10.0
@@ -101,6 +114,8 @@ class SigningSettings:
             tsa_key=pki.tsa_key,
             tsa_timeout=tsa_timeout,
             tsa_chain=(pki.ca_cert,),
+            revocation_keys_dir=pki.ca_cert.parent,
+            fetch_revocation=bool(tsa_url),
         )
 
 
@@ -137,9 +152,32 @@ def build_signer(settings: SigningSettings) -> DocumentSigner:
     )
 
 
-# The signer of this process: set by init_process (the pool initializer in a worker,
-# or the gateway itself when it signs in-process).
+def build_archiver(settings: SigningSettings, signer: DocumentSigner) -> Archiver | None:
+    """The B-LT/B-LTA step for *signer*'s certificates (None with ``archive=False``)."""
+    from pyhanko.keys import load_cert_from_pemder
+
+    from certifier.lta import Archiver
+    from certifier.pki import current_crl
+
+    if not settings.archive:
+        return None
+    paths = dict.fromkeys((*settings.extra_certs, *(settings.tsa_chain or ())))
+    certs = [load_cert_from_pemder(str(p)) for p in paths]
+    keys_dir = settings.revocation_keys_dir
+    crls = None if keys_dir is None else (lambda: [current_crl(keys_dir)])
+    return Archiver(
+        signer.timestamper,
+        certs,
+        crls,
+        fetch=settings.fetch_revocation,
+        document_timestamp=settings.document_timestamp,
+    )
+
+
+# The signer of this process and its archiver: set by init_process (the pool initializer
+# in a worker, or the gateway itself when it signs in-process).
 _signer: DocumentSigner | None = None
+_archiver: Archiver | None = None
 
 
 def _die_with_parent() -> None:
@@ -182,8 +220,9 @@ def init_process(settings: SigningSettings) -> None:
     """Build this process's signer once, and load the fonts before the first request."""
     from certifier.document import render_certificate
 
-    global _signer
+    global _signer, _archiver
     _signer = build_signer(settings)
+    _archiver = build_archiver(settings, _signer)
     # Registering the TrueType fonts parses them (tens of ms); pay that here, not in
     # the first certificate.
     render_certificate({}, b"")
@@ -195,10 +234,12 @@ def render_and_sign(
     signer: DocumentSigner | None = None,
     *,
     reader: Reader | None = None,
+    archiver: Archiver | None = None,
 ) -> bytes:
     """Render one certificate for ``reader`` (default: English, UTC) and sign it in this
-    process; returns the signed PDF. The evidence gains the ``seal`` the page shows: the
-    holder of the certificate that signs it."""
+    process; returns the signed PDF, B-LTA (or B-LT) when this process has an archiver
+    (:func:`init_process`) or one is given, else B-T. The evidence gains the ``seal``
+    the page shows: the holder of the certificate that signs it."""
     from certifier.document import render_certificate
 
     signer = signer or _signer
@@ -207,7 +248,9 @@ def render_and_sign(
     if "seal" not in evidence:
         evidence = {**evidence, "seal": signer.seal}
     xml = signer.etsi_evidence(evidence, eml)
-    return signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
+    signed = signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
+    archiver = archiver or (_archiver if signer is _signer else None)
+    return signed if archiver is None else archiver.archive(signed)
 
 
 def timestamp_token(imprint: bytes) -> bytes:

@@ -3,14 +3,20 @@
 What a certificate is (see :mod:`certifier.document` and :mod:`certifier.signing`): a
 PDF with one PAdES signature (ETSI EN 319 142-1, CMS per RFC 5652, SubFilter
 ``ETSI.CAdES.detached``) carrying an RFC 3161 signature timestamp, and two embedded
-files, ``message.eml`` and ``evidence.json``. :func:`verify_certificate` checks, each
+files, ``message.eml`` and ``evidence.json``; since PAdES B-LTA (:mod:`certifier.lta`)
+the signature is followed by a document security store and a document timestamp. :func:`verify_certificate` checks, each
 as a named :class:`Check` with a sentence a person can act on:
 
 1. ``pdf`` — the input is a PDF pyHanko can read;
-2. ``signature-count`` — it holds exactly one signature;
+2. ``signature-count`` — it holds exactly one signature, the gateway's, optionally
+   followed by document timestamps (``/DocTimeStamp``, ETSI EN 319 142-1 section 5.5:
+   what makes a certificate PAdES B-LTA, :mod:`certifier.lta`) and nothing else;
 3. ``coverage`` — the signature covers the whole file: nothing was appended after it
    (no incremental update), and the one gap in the signed byte ranges holds exactly
-   the CMS object, hex-encoded in one letter case, then zero padding;
+   the CMS object, hex-encoded in one letter case, then zero padding. With document
+   timestamps, the same holds of the newest one instead, each timestamp is intact, and
+   pyHanko's difference analysis finds that what follows the signature is long-term
+   validation data only (DSS and timestamps, ``ModificationLevel.LTA_UPDATES``);
 4. ``container`` — the CMS object is strict DER (ISO 32000-2 section 12.8.3.3), its
    unsigned fields follow RFC 5652 sections 5.1 and 5.3, and every certificate in it
    (and in the timestamp token) verifies under its issuer. With 3, this makes a change
@@ -72,7 +78,8 @@ from cryptography.exceptions import InvalidSignature
 from pyhanko.keys import load_certs_from_pemder
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko.sign.diff_analysis import ModificationLevel
+from pyhanko.sign.validation import validate_pdf_signature, validate_pdf_timestamp
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureCoverageLevel
 from pyhanko_certvalidator import ValidationContext
@@ -204,31 +211,38 @@ def _verify(pdf: bytes, trust_roots: list[Path], checks: list[Check]) -> dict | 
         ) from None
     checks.append(Check("pdf", True, f"A readable PDF of {len(pdf):,} bytes."))
 
-    if len(sigs) != 1:
+    signatures = [s for s in sigs if s.sig_object_type != "/DocTimeStamp"]
+    if len(signatures) != 1:
         raise fail(
-            "signature-count", f"A certificate has exactly one signature; this PDF has {len(sigs)}."
+            "signature-count",
+            f"A certificate has exactly one signature; this PDF has {len(signatures)}.",
         )
-    sig = sigs[0]
+    sig, stamps = sigs[0], sigs[1:]
     if sig.sig_object_type != "/Sig":
         raise fail(
             "signature-count",
-            "The only signature is a document timestamp, not the gateway's signature.",
+            "The first signature is a document timestamp, not the gateway's signature.",
         )
     subfilter = sig.sig_object.get("/SubFilter")
+    also = f", then {len(stamps)} document timestamp(s)" if stamps else ""
     checks.append(
         Check(
             "signature-count",
             True,
-            f"One signature ({_name(subfilter)}) in field {str(sig.field_name)[:80]!r}.",
+            f"One signature ({_name(subfilter)}) in field {str(sig.field_name)[:80]!r}{also}.",
         )
     )
 
     roots = _load_roots(trust_roots, checks)
-    placeholder_problem = _placeholder_problem(pdf, sig)
     context = ValidationContext(trust_roots=roots, allow_fetching=False)
-    status = validate_pdf_signature(sig, signer_validation_context=context, skip_diff=True)
-
-    checks.append(_coverage_check(status, placeholder_problem))
+    if stamps:
+        # Long-term validation data after the signature: the difference analysis must
+        # find nothing else, and the newest timestamp seals the whole file.
+        status = validate_pdf_signature(sig, signer_validation_context=context, skip_diff=False)
+        checks.append(_lta_coverage_check(pdf, status, stamps, roots))
+    else:
+        status = validate_pdf_signature(sig, signer_validation_context=context, skip_diff=True)
+        checks.append(_coverage_check(status, _placeholder_problem(pdf, sig)))
     checks.append(_container_check(sig, roots))
     checks.append(_integrity_check(status))
     checks.append(_trust_check(status, bool(roots)))
@@ -466,6 +480,54 @@ def _coverage_check(status: PdfSignatureStatus, placeholder_problem: str | None)
         )
     return Check(
         "coverage", True, "The signature covers the whole file; nothing was added after signing."
+    )
+
+
+def _lta_coverage_check(
+    pdf: bytes,
+    status: PdfSignatureStatus,
+    stamps: list[EmbeddedPdfSignature],
+    roots: list[asn1_x509.Certificate],
+) -> Check:
+    """Check 3 for a certificate followed by document timestamps (PAdES B-LTA)."""
+    level = status.modification_level
+    if status.coverage != SignatureCoverageLevel.ENTIRE_REVISION:
+        return Check(
+            "coverage",
+            False,
+            "The signature does not cover the whole revision it was made in.",
+        )
+    if level is None or level > ModificationLevel.LTA_UPDATES:
+        return Check(
+            "coverage",
+            False,
+            "The file was changed after it was signed: what follows the signature is not "
+            "only long-term validation data (certificates, revocation data, timestamps).",
+        )
+    newest = stamps[-1]
+    placeholder_problem = _placeholder_problem(pdf, newest)
+    context = ValidationContext(trust_roots=roots, allow_fetching=False)
+    for stamp in stamps:
+        stamp_status = validate_pdf_timestamp(stamp, validation_context=context, skip_diff=True)
+        if not stamp_status.intact or not stamp_status.valid:
+            return Check(
+                "coverage",
+                False,
+                f"The document timestamp in field {str(stamp.field_name)[:80]!r} is not intact.",
+            )
+        if stamp is newest and stamp_status.coverage != SignatureCoverageLevel.ENTIRE_FILE:
+            placeholder_problem = placeholder_problem or "the newest timestamp does not cover it"
+    if placeholder_problem:
+        return Check(
+            "coverage",
+            False,
+            f"The file was changed after its newest document timestamp: {placeholder_problem}.",
+        )
+    return Check(
+        "coverage",
+        True,
+        "The signature covers the document; what follows it is long-term validation data "
+        f"only, and the newest of {len(stamps)} document timestamp(s) covers the whole file.",
     )
 
 

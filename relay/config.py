@@ -190,6 +190,9 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class EvidenceConfig:
     checkpoint_interval: float = 300.0
+    # Seconds between issue and the document timestamp that makes a certificate PAdES
+    # B-LTA (certifier.lta). Only 0 (at issue) for now: nothing adds it later yet.
+    lta_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,11 @@ def _validate(cfg: Config, where: str) -> None:
     _validate_reader(cfg, where)
     if cfg.evidence.checkpoint_interval <= 0:
         raise ConfigError(f"{where}: evidence.checkpoint_interval must be more than 0 seconds")
+    if cfg.evidence.lta_delay != 0:
+        raise ConfigError(
+            f"{where}: evidence.lta_delay must be 0 (the document timestamp is added at "
+            "issue; a later one needs a renewal job this version does not have)"
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,30}", cfg.reception.prefix):
         raise ConfigError(
             f"{where}: reception.prefix must be a short lower-case local part "

@@ -121,15 +121,20 @@ def test_certificate_passes_pyhanko_validator(thunderbird_run: dict, gateway: Ga
     root = load_cert_from_pemder(str(gateway.state / "keys" / "ca.pem"))
     with open(thunderbird_run["pdf"], "rb") as f:
         reader = PdfFileReader(f)
-        assert len(reader.embedded_signatures) == 1
+        # One signature, then only the document timestamp of PAdES B-LTA (tests/test_lta.py).
+        assert len(reader.embedded_regular_signatures) == 1
+        assert len(reader.embedded_timestamp_signatures) == 1
         status = validate_pdf_signature(
-            reader.embedded_signatures[0],
+            reader.embedded_regular_signatures[0],
             signer_validation_context=ValidationContext(trust_roots=[root]),
             ts_validation_context=ValidationContext(trust_roots=[root]),
         )
     assert status.intact and status.valid and status.trusted
     assert status.timestamp_validity is not None and status.timestamp_validity.intact
-    assert status.coverage.name == "ENTIRE_FILE"
+    # What follows the signature is long-term validation data only (DSS, timestamp).
+    assert status.coverage.name == "ENTIRE_REVISION"
+    assert status.modification_level is not None
+    assert status.modification_level.name == "LTA_UPDATES"
 
 
 def test_certificate_text_holds_the_received_hash_and_recipients(thunderbird_run: dict) -> None:

@@ -48,7 +48,7 @@ def cmd_addendum(args: argparse.Namespace) -> int:
         evidence.update(kind="addendum", certificate_id=new_certificate_id(), addendum_of=cert_id)
     finally:
         store.close()
-    pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname)
+    pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname, public_url=cfg.web.public_url)
     pool.init_process(signing_settings(cfg, pki))
     pdf = pipeline.certify(evidence, raw)
     if not args.output:

@@ -87,6 +87,11 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         pkcs11_token=cfg.signing.pkcs11_token,
         pkcs11_key_label=cfg.signing.pkcs11_key_label,
         pkcs11_pin=pkcs11_pin(cfg) if cfg.signing.pkcs11_module else None,
+        # The development CA's CRL is read from its files; an operator's CA or a remote
+        # TSA publish theirs, fetched when a certificate is made B-LT (certifier.lta).
+        revocation_keys_dir=pki.ca_cert.parent,
+        fetch_revocation=bool(pkcs12 or cfg.signing.cert or cfg.signing.tsa_url),
+        document_timestamp=cfg.evidence.lta_delay == 0,
     )
 
 

@@ -192,7 +192,9 @@ class Master:
         for problem in secure_state_dir(self.paths["root"]):
             log.warning("state directory: %s", problem)
         self._lock_state_dir()
-        self.pki: Pki = ensure_dev_pki(self.paths["keys"], cfg.gateway.hostname)
+        self.pki: Pki = ensure_dev_pki(
+            self.paths["keys"], cfg.gateway.hostname, public_url=cfg.web.public_url
+        )
         self.signing = signing_settings(cfg, self.pki)
         try:
             check_settings(self.signing)

@@ -24,7 +24,7 @@ from addendum.tokens import TokenCodec, TokenData
 from relay.config import Config, Endpoint
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
-from relay.web import verification
+from relay.web import pki, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -132,13 +132,15 @@ class StoreBackend:
 
 
 async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> web.AppRunner:
-    """The public HTTP listener's aiohttp runner, set up: the tracking endpoint and the
-    verification page (:mod:`relay.web.verification`); a site (an address or a socket the
+    """The public HTTP listener's aiohttp runner, set up: the tracking endpoint, the
+    verification page (:mod:`relay.web.verification`) and the development CA's CRL and
+    certificate (:mod:`relay.web.pki`); a site (an address or a socket the
     master bound) is added by the caller."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies, cfg.gateway.language)
     verification.install(app, cfg, backend.store)
+    pki.install(app, cfg.state_dir / "keys")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner
