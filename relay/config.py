@@ -499,18 +499,7 @@ def signing_password(cfg: Config) -> bytes | None:
     first line of ``[signing] password_file``, else the environment variable
     ``CERTIFICA_SIGNING_PASSWORD`` (systemd: ``LoadCredential=``/``Environment=``), else
     none. Never inline in the config file. Raises :class:`ConfigError` naming the key."""
-    import os
-
-    if cfg.signing.password_file:
-        where = f"{cfg.source or '(embedded defaults)'}: signing.password_file"
-        try:
-            text = cfg.signing.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"{where} = {cfg.signing.password_file}: cannot be read ({err.__class__.__name__})"
-            ) from None
-        return text.splitlines()[0].encode("utf-8") if text else b""
-    value = os.environ.get(SIGNING_PASSWORD_ENV)
+    value = _secret(cfg, "password_file", SIGNING_PASSWORD_ENV)
     return value.encode("utf-8") if value is not None else None
 
 
@@ -521,19 +510,24 @@ def pkcs11_pin(cfg: Config) -> str | None:
     """The PIN of the PKCS#11 token: the first line of ``[signing] pkcs11_pin_file``,
     else the environment variable ``CERTIFICA_PKCS11_PIN``. Never inline in the config
     file. Raises :class:`ConfigError` naming the key."""
+    return _secret(cfg, "pkcs11_pin_file", PKCS11_PIN_ENV)
+
+
+def _secret(cfg: Config, key: str, env: str) -> str | None:
+    """The first line of the file ``[signing] key`` names, else the variable ``env``."""
     import os
 
-    if cfg.signing.pkcs11_pin_file:
-        where = f"{cfg.source or '(embedded defaults)'}: signing.pkcs11_pin_file"
+    path: Path | None = getattr(cfg.signing, key)
+    if path:
+        where = f"{cfg.source or '(embedded defaults)'}: signing.{key}"
         try:
-            text = cfg.signing.pkcs11_pin_file.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(
-                f"{where} = {cfg.signing.pkcs11_pin_file}: cannot be read "
-                f"({err.__class__.__name__})"
+                f"{where} = {path}: cannot be read ({err.__class__.__name__})"
             ) from None
         return text.splitlines()[0] if text else ""
-    return os.environ.get(PKCS11_PIN_ENV)
+    return os.environ.get(env)
 
 
 def load_config(path: Path | None) -> Config:
