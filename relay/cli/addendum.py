@@ -24,8 +24,7 @@ def cmd_addendum(args: argparse.Namespace) -> int:
         raise UserError("the addendum is a PDF: give a file to write it to (-o addendum.pdf)")
     cfg = config_of(args)
     paths = state_paths(cfg)
-    store = open_store(cfg)
-    try:
+    with open_store(cfg) as store:
         qid = store.certified_mail(args.certificate)
         if qid is None:
             raise UserError(f"no certificate {args.certificate!r} on this gateway")
@@ -46,8 +45,6 @@ def cmd_addendum(args: argparse.Namespace) -> int:
             ) from None
         cert_id = evidence["certificate_id"]
         evidence.update(kind="addendum", certificate_id=new_certificate_id(), addendum_of=cert_id)
-    finally:
-        store.close()
     pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname, public_url=cfg.web.public_url)
     pool.init_process(signing_settings(cfg, pki))
     pdf = pipeline.certify(evidence, raw)

@@ -34,12 +34,9 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         raise UserError(
             f"cannot read the trust roots {', '.join(map(str, paths))}: {err}"
         ) from None
-    store = open_store(config_of(args))
-    try:
+    with open_store(config_of(args)) as store:
         found = store.audit_evidence(roots)
         written = _export_checkpoints(store, Path(args.export)) if args.export else None
-    finally:
-        store.close()
     for problem in found.problems:
         print(f"FAIL {problem}")
     if found.more_problems:

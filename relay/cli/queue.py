@@ -21,11 +21,8 @@ async def _listing(store: Any) -> list[dict[str, Any]]:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    store = open_store(config_of(args))
-    try:
+    with open_store(config_of(args)) as store:
         rows = asyncio.run(_listing(store))
-    finally:
-        store.close()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
@@ -79,11 +76,8 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     from relay.queue.spool import SPOOL_QUEUE, SPOOL_SUBDIR
 
     cfg = config_of(args)
-    store = open_store(cfg)
-    try:
+    with open_store(cfg) as store:
         row = store.show(_one_qid(store, args.id))
-    finally:
-        store.close()
     spool_file = cfg.state_dir / SPOOL_SUBDIR / SPOOL_QUEUE / f"{row['qid']}.eml"
     if row["state"] != MessageState.DONE and not spool_file.exists():
         row["spool_file"] = f"spool file missing: {spool_file}"
@@ -120,33 +114,24 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_flush(args: argparse.Namespace) -> int:
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         count = store.retry_now(None, time.time())
-    finally:
-        store.close()
     print(f"{count} recipient(s) will be tried again now")
     return EXIT_OK
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         qid = _one_qid(store, args.id)
         count = store.retry_now(qid, time.time())
-    finally:
-        store.close()
     print(f"{qid}: {count} recipient(s) will be tried again now")
     return EXIT_OK
 
 
 def _hold(args: argparse.Namespace, held: bool) -> int:
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         qid = _one_qid(store, args.id)
         changed = store.set_held(qid, held, time.time())
-    finally:
-        store.close()
     word = "on hold" if held else "released"
     print(f"{qid}: {word}" if changed else f"{qid}: already {word} or finished")
     return EXIT_OK if changed else EXIT_FAILED
@@ -161,8 +146,7 @@ def cmd_queue_release(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_delete(args: argparse.Namespace) -> int:
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         qid = _one_qid(store, args.id)
         if not args.yes:
             if not sys.stdin.isatty():
@@ -173,8 +157,6 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
         count = store.withdraw(qid, operator, time.time())
-    finally:
-        store.close()
     print(
         f"{qid}: {count} recipient(s) withdrawn; a certified message gets a certificate "
         "that says so"

@@ -29,11 +29,8 @@ def cmd_reception_enable(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     # 130 bits, lower-case letters and digits only: forwarders may lower-case addresses.
     token = base64.b32encode(secrets.token_bytes(17)).decode().rstrip("=").lower()
-    store = open_store(cfg, writes=True)
-    try:
+    with open_store(cfg, writes=True) as store:
         token, ack = store.reception_enable(owner, token, args.ack_sender, time.time())
-    finally:
-        store.close()
     forward = _forwarding_address(cfg, token)
     print(f"Certified reception is on for {owner}" + (
         " (ack-sender: yes, the original sender also gets a proof of receipt; "
@@ -76,11 +73,8 @@ def cmd_reception_disable(args: argparse.Namespace) -> int:
     from relay.smtpd.users import normalise_address
 
     owner = normalise_address(args.email)
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         changed = store.reception_disable(owner)
-    finally:
-        store.close()
     if not changed:
         raise UserError(f"certified reception is not on for {owner}")
     print(f"certified reception off for {owner}; mail to its forwarding address is refused")
@@ -89,11 +83,8 @@ def cmd_reception_disable(args: argparse.Namespace) -> int:
 
 def cmd_reception_list(args: argparse.Namespace) -> int:
     cfg = config_of(args)
-    store = open_store(cfg)
-    try:
+    with open_store(cfg) as store:
         rows = store.reception_list()
-    finally:
-        store.close()
     if not rows:
         print("no mailbox has certified reception")
     for row in rows:

@@ -86,8 +86,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     address = normalise_address(parsed)
     language, timezone = _reading(args)
     _need_terminal(args, address)
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         if store.user_exists(address):
             raise UserError(
                 f"user {address} exists already; to change it: certifica users set "
@@ -98,8 +97,6 @@ def cmd_users_add(args: argparse.Namespace) -> int:
             raise UserError(f"user {address} exists already")
         if language or timezone:
             store.set_user(address, language=language or None, timezone=timezone or None)
-    finally:
-        store.close()
     print(
         f"user {address} added"
         + "".join(f", {c}" for c in _reading_changes(language or None, timezone or None))
@@ -120,8 +117,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
     )
     if new_password:
         _need_terminal(args, address)
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         if not store.user_exists(address):
             raise UserError(
                 f"there is no user {address}; to add it: certifica users add {address} "
@@ -133,8 +129,6 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             address, password_hash=hashed, tracking=tracking, language=language, timezone=timezone
         ):
             raise UserError(f"there is no user {address}")
-    finally:
-        store.close()
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
@@ -148,11 +142,8 @@ def cmd_users_tracking(args: argparse.Namespace) -> int:
     from relay.smtpd.users import normalise_address
 
     address = normalise_address(args.email)
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         changed = store.set_user(address, tracking=args.state == "on")
-    finally:
-        store.close()
     if not changed:
         raise UserError(f"there is no user {address}")
     print(f"open and click tracking {args.state} for mail certified by {address}")
@@ -163,11 +154,8 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     """One line per user: address, when added, language and time zone (the ``[gateway]``
     ones, said so, for a user without its own)."""
     cfg = config_of(args)
-    store = open_store(cfg)
-    try:
+    with open_store(cfg) as store:
         rows = store.list_users()
-    finally:
-        store.close()
     for row in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
         language = row.get("language") or f"{cfg.gateway.language} (default)"
@@ -180,11 +168,8 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     from relay.smtpd.users import normalise_address
 
     address = normalise_address(args.email)
-    store = open_store(config_of(args), writes=True)
-    try:
+    with open_store(config_of(args), writes=True) as store:
         removed = store.remove_user(address)
-    finally:
-        store.close()
     if not removed:
         raise UserError(f"there is no user {address}")
     print(f"user {address} removed")

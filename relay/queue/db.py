@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import sqlite_utils
 
@@ -241,6 +241,14 @@ class Database:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+    def __enter__(self) -> Self:
+        """``with open_store(cfg) as store:``, closed however the block ends (the
+        ``certifica`` commands)."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def run_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run ``fn(db)`` as one operation from synchronous code: the methods of this
