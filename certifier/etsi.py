@@ -64,6 +64,7 @@ from typing import Any
 
 from lxml import etree
 
+from certifier.i18n import as_datetime
 from certifier.mime import (
     PART_FIELDS,
     Defects,
@@ -176,13 +177,8 @@ def _time(value: str | None) -> str | None:
         return _iso(float(value))
     except ValueError:
         pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return _iso(parsed.timestamp())
+    parsed = as_datetime(value)
+    return None if parsed is None else _iso(parsed.timestamp())
 
 
 def _b64_of_hex(digest: str) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "LANGUAGES",
     "LOCALE_DIR",
     "Reader",
+    "as_datetime",
     "check_language",
     "check_timezone",
     "translations",
@@ -143,7 +144,7 @@ class Reader:
         unless the reader's zone is UTC, the UTC time beside it ("(10:42:05 UTC)").
         ``when`` is a datetime, a POSIX time or an ISO 8601 text (the evidence's form);
         "" when it is missing or unreadable."""
-        moment = _as_datetime(when)
+        moment = as_datetime(when)
         if moment is None:
             return ""
         local = moment.astimezone(self.zone)
@@ -157,7 +158,7 @@ class Reader:
 
     def short_moment(self, when: datetime | float | str | None) -> str:
         """A compact local time for tables: "03/12/2026 11:42:05" in the reader's zone."""
-        moment = _as_datetime(when)
+        moment = as_datetime(when)
         if moment is None:
             return ""
         return format_datetime(
@@ -188,7 +189,10 @@ def _zone_label(local: datetime) -> str:
     return name
 
 
-def _as_datetime(when: datetime | float | str | None) -> datetime | None:
+def as_datetime(when: datetime | float | str | None) -> datetime | None:
+    """``when`` as an aware datetime: a datetime (naive means UTC), a POSIX time, or an
+    ISO 8601 text as the evidence writes times (``...Z``); None when missing or
+    unreadable."""
     if when is None or when == "":
         return None
     if isinstance(when, datetime):

@@ -21,11 +21,10 @@ import hashlib
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from certifier.i18n import Reader
+from certifier.i18n import Reader, as_datetime
 from certifier.outcome import outcome
 from certifier.verify import embedded_evidence
 from relay.certify import dsn, notices
@@ -965,12 +964,8 @@ class DocumentMaker:
 
 def _posix(iso_time: object) -> float | None:
     """The POSIX time of an evidence time (ISO 8601, UTC, ``Z``); None if it is not one."""
-    if not isinstance(iso_time, str):
-        return None
-    try:
-        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    moment = as_datetime(iso_time) if isinstance(iso_time, str) else None
+    return moment.timestamp() if moment is not None else None
 
 
 def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -44,7 +44,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -406,7 +405,7 @@ def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, A
     if checks.get("timestamp") and result.timestamp:
         details.append(
             gettext(N_("A timestamp authority attests that the file existed on %(moment)s."))
-            % {"moment": reader.moment(_iso(result.timestamp))}
+            % {"moment": reader.moment(result.timestamp)}
         )
     else:
         details.append(gettext(N_("The timestamp is missing or does not verify.")))
@@ -423,9 +422,3 @@ def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, A
         "message": " ".join(sentences),
         "details": details,
     }
-
-
-def _iso(text: str) -> datetime | None:
-    with suppress(ValueError):
-        return datetime.fromisoformat(text)
-    return None
