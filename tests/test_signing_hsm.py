@@ -172,11 +172,12 @@ class Hsm:
             revocation_keys_dir=self.pki.ca_cert.parent,
         )
 
-    def signing_lines(self, pin_file: Path | None = None) -> str:
+    def signing_lines(self, pin_file: Path | None = None, tsa_label: str = "") -> str:
         return (
             f'pkcs11_module = "{MODULE}"\npkcs11_token = "{TOKEN}"\n'
             f'pkcs11_key_label = "{LABEL}"\npkcs11_pin_file = "{pin_file or self.pin_file}"\n'
             f'pkcs11_cert = "{self.cert}"\nchain = ["{self.pki.ca_cert}"]\n'
+            + (f'pkcs11_tsa_key_label = "{tsa_label}"\n' if tsa_label else "")
         )
 
 
@@ -385,6 +386,66 @@ def test_a_gateway_signs_through_the_token(
     assert_clean_log(gw.log())
 
 
+def test_a_gateway_timestamps_with_the_key_in_the_token(
+    hsm: Hsm, sink_server: SinkServer, tmp_path: Path
+) -> None:
+    sink = sink_server.start(Sink())
+    to = "judge@example.org"
+    routes = {"example.org": sink.port, "example.com": sink.port}
+    cfg = _config(tmp_path, routes, hsm.signing_lines(tsa_label=TSA_LABEL))
+    gw = start_gateway(cfg)
+    try:
+        qid = submit(gw, make_message(to=to), [to, CERT_ADDRESS])
+        pdf = certificate_pdf(generated_for(sink, qid, "certificate"), tmp_path / "c.pdf")
+    finally:
+        gw.stop()
+    keys = gw.state / "keys"
+    # The development CA certified the token's key: timeStamping only, critical.
+    tsa_cert = x509.load_pem_x509_certificate((keys / "tsa-token.pem").read_bytes())
+    key = hsm.lta_settings().pkcs11_tsa_key()
+    try:
+        assert tsa_cert.public_key() == key.public_key()
+    finally:
+        key.close()
+    eku = tsa_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert eku.critical and list(eku.value) == [x509.oid.ExtendedKeyUsageOID.TIME_STAMPING]
+    data = pdf.read_bytes()
+    token, value = tmp_path / "token.der", tmp_path / "signature.bin"
+    token.write_bytes(extract_timestamp_token(data))
+    value.write_bytes(signature_value(data))
+    verify = subprocess.run(
+        ["openssl", "ts", "-verify", "-in", str(token), "-token_in", "-data", str(value),
+         "-CAfile", str(keys / "ca.pem")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Verification: OK" in verify.stdout, verify.stdout + verify.stderr
+    out = subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True).stdout
+    signature, stamp = out.split("Signature #2:")
+    assert "Signature is Valid" in signature and "Certifica HSM Seal" in signature, out
+    assert "timestamp authority (token)" in stamp, out
+    verify = subprocess.run(
+        [CERTIFICA, "verify", str(pdf), "--trust", str(hsm.pki.ca_cert),
+         "--trust", str(keys / "ca.pem")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert PIN not in gw.log()
+    assert_clean_log(gw.log())
+
+
+def test_a_wrong_tsa_label_stops_the_gateway_with_one_line(hsm: Hsm, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, {}, hsm.signing_lines(tsa_label="no-such-tsa-key"))
+    out = subprocess.run(
+        [CERTIFICA, "-c", str(cfg), "serve"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("certifica: ")]
+    assert str(cfg) in line and "signing.pkcs11_tsa_key_label" in line, line
+    assert "'no-such-tsa-key'" in line and "no RSA private key of that label" in line, line
+
+
 def test_a_wrong_pin_stops_the_gateway_with_one_line(hsm: Hsm, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.pin"
     wrong.write_text("0000-0000\n")
@@ -410,6 +471,16 @@ def test_config_needs_a_pin_source_and_an_existing_module(tmp_path: Path) -> Non
         ): "signing.pkcs11_pin_file",
         f'pkcs11_module = "{MODULE}"\npkcs11_token = "t"\n': "signing.pkcs11_key_label",
         'pkcs11_pin = "1234"\n': "unknown key 'signing.pkcs11_pin'",
+        'pkcs11_tsa_key_label = "tsa"\n': "signing.pkcs11_tsa_key_label needs signing.pkcs11_module",
+        (
+            f'pkcs11_module = "{MODULE}"\npkcs11_token = "t"\npkcs11_key_label = "k"\n'
+            f'pkcs11_cert = "{cert}"\npkcs11_pin_file = "{cert}"\npkcs11_tsa_key_label = "k"\n'
+        ): "signing.pkcs11_tsa_key_label = 'k' is the signing key's label",
+        (
+            f'pkcs11_module = "{MODULE}"\npkcs11_token = "t"\npkcs11_key_label = "k"\n'
+            f'pkcs11_cert = "{cert}"\npkcs11_pin_file = "{cert}"\n'
+            'pkcs11_tsa_key_label = "tsa"\ntsa_url = "https://tsa.example.net/"\n'
+        ): "signing.tsa_url replaces that authority",
     }
     env = {k: v for k, v in os.environ.items() if k != "CERTIFICA_PKCS11_PIN"}
     for lines, named in cases.items():
@@ -432,3 +503,8 @@ def test_production_mode_takes_an_hsm_key_as_the_operators_own(hsm: Hsm, tmp_pat
 
     assert "signing.cert" in problems("")
     assert "signing.cert" not in problems(hsm.signing_lines())
+    # The development TSA stays the development TSA with its key in the token.
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[signing]\n{hsm.signing_lines(tsa_label=TSA_LABEL)}")
+    why = dict(problem for check in CHECKS for problem in check(load_config(cfg)))
+    assert "the development CA certifies it" in why["signing.tsa_url"]
