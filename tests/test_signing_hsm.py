@@ -35,6 +35,7 @@ from pyhanko.keys import load_cert_from_pemder
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
+from signxml.xades import XAdESVerifier
 
 from certifier.hsm import Pkcs11Key
 from certifier.pki import Pki, ensure_dev_pki, ensure_token_tsa_cert
@@ -45,7 +46,7 @@ from certifier.pool import (
     check_settings,
     render_and_sign,
 )
-from certifier.verify import extract_timestamp_token, signature_value
+from certifier.verify import embedded_evidence, extract_timestamp_token, signature_value
 from tests.conftest import (
     CERT_ADDRESS,
     CERTIFICA,
@@ -429,6 +430,14 @@ def test_a_gateway_timestamps_with_the_key_in_the_token(
         capture_output=True, text=True,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The ETSI evidence exported later is XAdES-signed by the key in the token too.
+    cert_id = embedded_evidence(data)["certificate_id"]  # type: ignore[index]
+    export = gw.cli("evidence", "export", cert_id, str(tmp_path / "out"))
+    assert export.returncode == 0, export.stdout + export.stderr
+    exported = sorted((tmp_path / "out" / "evidence").iterdir())
+    assert exported
+    for path in exported:
+        XAdESVerifier().verify(path.read_bytes(), ca_pem_file=str(hsm.pki.ca_cert))
     assert PIN not in gw.log()
     assert_clean_log(gw.log())
 
