@@ -294,15 +294,13 @@ def check_settings(settings: SigningSettings) -> None:
         )
     if settings.tsa_url:
         return
-    if settings.tsa_cert is None:
-        raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
-    if settings.pkcs11_tsa_key_label:
+    if settings.tsa_cert is not None and settings.pkcs11_tsa_key_label:
         _check_pkcs11(settings.pkcs11_tsa_key(), settings.tsa_cert)
-        return
-    if settings.tsa_key is None:
+    elif settings.tsa_cert is not None and settings.tsa_key is not None:
+        x509.load_pem_x509_certificate(settings.tsa_cert.read_bytes())
+        serialization.load_pem_private_key(settings.tsa_key.read_bytes(), password=None)
+    else:
         raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
-    x509.load_pem_x509_certificate(settings.tsa_cert.read_bytes())
-    serialization.load_pem_private_key(settings.tsa_key.read_bytes(), password=None)
 
 
 def _check_pkcs11(key: Pkcs11Key, cert_path: Path) -> None:

@@ -19,8 +19,9 @@ link-local or unspecified address in any of its spellings (``127.1``, ``21307064
 
 Evidence must be signed by the operator's own certificate and timestamped by a real
 timestamp authority: the development CA and the in-process TSA that a first start makes
-prove nothing to a court, whether the TSA's key is a file or in the operator's token. A local mailbox (``[sink]``) that catches the example domains
-has no place on a production host.
+prove nothing to a court, whether the TSA's key is a file or in the operator's token. A
+local mailbox (``[sink]``) that catches the example domains has no place on a production
+host.
 
 Exceptions::
 

@@ -103,7 +103,7 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         pkcs11_token=cfg.signing.pkcs11_token,
         pkcs11_key_label=cfg.signing.pkcs11_key_label,
         pkcs11_pin=pin,
-        pkcs11_tsa_key_label=cfg.signing.pkcs11_tsa_key_label,
+        pkcs11_tsa_key_label=label,
         # The development CA's CRL is read from its files; an operator's CA (of a key
         # file, a PKCS#12 file or a key in an HSM) or a remote TSA publish theirs, fetched
         # when a certificate is made B-LT (certifier.lta).
