@@ -480,7 +480,6 @@ def test_config_needs_a_pin_source_and_an_existing_module(tmp_path: Path) -> Non
         ): "signing.pkcs11_pin_file",
         f'pkcs11_module = "{MODULE}"\npkcs11_token = "t"\n': "signing.pkcs11_key_label",
         'pkcs11_pin = "1234"\n': "unknown key 'signing.pkcs11_pin'",
-        'pkcs11_tsa_key_label = "tsa"\n': "signing.pkcs11_tsa_key_label needs signing.pkcs11_module",
         (
             f'pkcs11_module = "{MODULE}"\npkcs11_token = "t"\npkcs11_key_label = "k"\n'
             f'pkcs11_cert = "{cert}"\npkcs11_pin_file = "{cert}"\npkcs11_tsa_key_label = "k"\n'
