@@ -47,6 +47,7 @@ import cProfile
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
 import pstats
 import statistics
@@ -157,31 +158,24 @@ def evidence_for(eml: bytes, n: int) -> dict[str, Any]:
         # One log entry per event, every hashed field (certifier.evidence.excerpt_entry):
         # the certificate embeds one signed ETSI EN 319 522-3 document per entry.
         "evidence_log": {
-            "format": "certifica-log-excerpt/1",
+            "format": "certifica-log-excerpt/2",
             "head": "c3" * 32,
             "entries": [
                 {
                     "seq": seq,
-                    "time": t.format(second),
+                    "time": repr(1795428000.123 + seq),  # 2026-11-23T10:00:0x
                     "qid": qid,
                     "recipient": recipient,
                     "event": event,
-                    "detail": detail,
-                    "prev": prev * 32,
-                    "hash": digest * 32,
+                    "detail": json.dumps({"code": code}, separators=(",", ":")),
+                    "prev": f"{seq - 1:064x}",
+                    "hash": f"{seq:064x}",
+                    "salt": "5a" * 32,
                 }
-                for seq, second, recipient, event, detail, prev, digest in (
-                    (1, 0, None, "SubmissionAcceptance", f'{{"size": {len(eml)}}}', "00", "a1"),
-                    (2, 2, "bob@example.org", "RelayToNonERDS", '{"code": 250}', "a1", "b2"),
-                    (
-                        3,
-                        3,
-                        "carol@example.net",
-                        "RelayToNonERDSFailure",
-                        '{"code": 550}',
-                        "b2",
-                        "c3",
-                    ),
+                for seq, recipient, event, code in (
+                    (1, None, "SubmissionAcceptance", 250),
+                    (2, "bob@example.org", "RelayToNonERDS", 250),
+                    (3, "carol@example.net", "RelayToNonERDSFailure", 550),
                 )
             ],
         },
