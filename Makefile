@@ -12,9 +12,10 @@ RUN_PACKAGES :=
 # package); poppler-utils for pdfsig and pdftotext, poppler-data for pdftotext's CJK maps;
 # openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail
 # and the verification page; zbar-tools, whose zbarimg reads the QR codes back; softhsm2, a
-# PKCS#11 token for the signing key in an HSM.
+# PKCS#11 token for the signing key in an HSM, and opensc, whose pkcs11-tool makes the
+# timestamp authority's key in it as README "Keys in an HSM" says.
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
-	poppler-utils poppler-data openssl chromium zbar-tools softhsm2
+	poppler-utils poppler-data openssl chromium zbar-tools softhsm2 opensc
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.

@@ -16,7 +16,8 @@ Four key pairs, all RSA-2048, all certificates X.509 v3 profiled after RFC 5280:
   that makes a certificate PAdES B-LTA (:mod:`certifier.lta`) keeps proving that the
   signature existed while its certificate was valid for as long as the TSA's certificate
   is, so a validator still trusts it after the signing certificate has expired (ETSI EN
-  319 102-1 section 5.6.2.4);
+  319 102-1 section 5.6.2.4). Its key may instead stay in a PKCS#11 token
+  (:func:`ensure_token_tsa_cert` certifies it, ``tsa-token.pem``);
 - a TLS server certificate for SMTP STARTTLS (2 years; subjectAltName = the
   gateway's hostname, localhost and 127.0.0.1).
 
@@ -58,7 +59,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CRL_PATH", "CA_CERT_PATH", "Pki", "current_crl", "ensure_dev_pki"]
+__all__ = [
+    "CRL_PATH",
+    "CA_CERT_PATH",
+    "Pki",
+    "current_crl",
+    "ensure_dev_pki",
+    "ensure_token_tsa_cert",
+]
 
 CA_VALIDITY = dt.timedelta(days=3652)
 LEAF_VALIDITY = dt.timedelta(days=731)
@@ -96,6 +104,9 @@ class Pki:
     tls_cert: Path
     tls_key: Path
     ca_crl: Path
+    # The timestamp authority's certificate when its key stays in a PKCS#11 token
+    # (ensure_token_tsa_cert); tsa_cert and tsa_key are then not used.
+    tsa_token_cert: Path
 
 
 def _paths(keys_dir: Path) -> Pki:
@@ -109,6 +120,7 @@ def _paths(keys_dir: Path) -> Pki:
         tls_cert=keys_dir / "tls.pem",
         tls_key=keys_dir / "tls.key",
         ca_crl=keys_dir / "ca.crl",
+        tsa_token_cert=keys_dir / "tsa-token.pem",
     )
 
 
@@ -147,12 +159,7 @@ def ensure_dev_pki(
             if pair is None:
                 return True
             cert, _ = pair
-            if cert.not_valid_after_utc - now < RENEW_BEFORE:
-                return True
-            try:
-                # Issued by *this* CA's key, not by an earlier CA of the same name.
-                cert.verify_directly_issued_by(ca_cert)
-            except (ValueError, TypeError, InvalidSignature):
+            if not _current(cert, ca_cert, now):
                 return True
             if wanted_host is not None:
                 try:
@@ -200,6 +207,44 @@ def ensure_dev_pki(
             )
         _ensure_crl(pki, ca_cert, ca_key, now)
     return pki
+
+
+def ensure_token_tsa_cert(
+    pki: Pki, public_key: rsa.RSAPublicKey, hostname: str, public_url: str | None = None
+) -> Path:
+    """The development CA's certificate for a timestamp authority key it never holds,
+    one that stays in a PKCS#11 token (``[signing] pkcs11_tsa_key_label``,
+    :class:`certifier.hsm.Pkcs11Key`): ``pki.tsa_token_cert``, issued for *public_key*
+    with the TSA profile (timeStamping the only extended key usage, critical), and
+    reused while it is for that key, issued by the CA on disk and not near its end.
+
+    The development PKI must exist (:func:`ensure_dev_pki`); raises :class:`ValueError`
+    when its CA is unusable."""
+    with _locked(pki.ca_cert.parent / ".pki.lock"):
+        now = dt.datetime.now(dt.UTC)
+        ca = _load_pair(pki.ca_cert, pki.ca_key, now)
+        if ca is None:
+            raise ValueError(f"{pki.ca_cert}: no usable development CA")
+        ca_cert, ca_key = ca
+        try:
+            cert = x509.load_pem_x509_certificate(pki.tsa_token_cert.read_bytes())
+            if cert.public_key() == public_key and _current(cert, ca_cert, now):
+                return pki.tsa_token_cert
+        except (OSError, ValueError):
+            pass
+        (organisation,) = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        cert = _certificate(
+            public_key,
+            ca_cert,
+            ca_key,
+            now,
+            _name(f"{hostname} timestamp authority (token)", str(organisation.value)),
+            _tsa_profile,
+            _published(public_url),
+            TSA_VALIDITY,
+        )
+        _write_atomic(pki.tsa_token_cert, cert.public_bytes(serialization.Encoding.PEM), 0o600)
+    return pki.tsa_token_cert
 
 
 def current_crl(keys_dir: Path) -> bytes:
@@ -333,6 +378,18 @@ def _load_pair(
     if cert.not_valid_after_utc <= now:
         return None
     return cert, key
+
+
+def _current(cert: x509.Certificate, ca_cert: x509.Certificate, now: dt.datetime) -> bool:
+    """Whether a leaf certificate can still be used: issued by *this* CA's key (not by
+    an earlier CA of the same name) and not within RENEW_BEFORE of its end."""
+    if cert.not_valid_after_utc - now < RENEW_BEFORE:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -500,17 +557,35 @@ def _issue(
     published: Sequence[x509.ExtensionType] = (),
     validity: dt.timedelta = LEAF_VALIDITY,
 ) -> None:
+    """A new key pair and its certificate, written to *key_path* and *cert_path*."""
     key = _new_key()
+    cert = _certificate(
+        key.public_key(), ca_cert, ca_key, now, subject, profile, published, validity
+    )
+    _write_pair(cert_path, key_path, cert, key)
+
+
+def _certificate(
+    public_key: rsa.RSAPublicKey,
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    now: dt.datetime,
+    subject: x509.Name,
+    profile: Profile,
+    published: Sequence[x509.ExtensionType] = (),
+    validity: dt.timedelta = LEAF_VALIDITY,
+) -> x509.Certificate:
+    """The CA's certificate of *profile* for *public_key*."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -518,5 +593,4 @@ def _issue(
     )
     for extension in published:
         builder = builder.add_extension(extension, critical=False)
-    cert = profile(builder).sign(ca_key, hashes.SHA256())
-    _write_pair(cert_path, key_path, cert, key)
+    return profile(builder).sign(ca_key, hashes.SHA256())

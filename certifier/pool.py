@@ -34,12 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
 from certifier.pki import Pki
 
 if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
     from certifier.lta import Archiver
-    from certifier.signing import DocumentSigner, Pkcs11Key
+    from certifier.signing import DocumentSigner
 
 T = TypeVar("T")
 
@@ -74,21 +75,27 @@ class SigningSettings:
     password: bytes | None = field(default=None, repr=False)
     # A key in a PKCS#11 token (an HSM), used when pkcs11_module is set: signing_cert is
     # then its certificate and signing_key is not read. Each process that signs opens its
-    # own session (certifier.signing.Pkcs11Key); the PIN travels like the password.
+    # own session (certifier.hsm.Pkcs11Key); the PIN travels like the password.
     pkcs11_module: Path | None = None
     pkcs11_token: str = ""
     pkcs11_key_label: str = ""
     pkcs11_pin: str | None = field(default=None, repr=False)
+    # The local TSA's key in that token (without tsa_url): tsa_cert is then the
+    # certificate the development CA issued for it, and tsa_key is not read.
+    pkcs11_tsa_key_label: str = ""
 
     def pkcs11_key(self) -> Pkcs11Key:
-        """The token's key object (no session opened until it is used)."""
-        from certifier.signing import Pkcs11Key
+        """The token's signing key (no session opened until it is used)."""
+        return self._pkcs11(self.pkcs11_key_label)
 
+    def pkcs11_tsa_key(self) -> Pkcs11Key:
+        """The token's timestamp authority key (no session opened until it is used)."""
+        return self._pkcs11(self.pkcs11_tsa_key_label)
+
+    def _pkcs11(self, label: str) -> Pkcs11Key:
         if self.pkcs11_module is None or self.pkcs11_pin is None:
             raise ValueError("no PKCS#11 module or PIN")
-        return Pkcs11Key(
-            self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label, self.pkcs11_pin
-        )
+        return Pkcs11Key(self.pkcs11_module, self.pkcs11_token, label, self.pkcs11_pin)
 
     # Long-term validation (certifier.lta): the development PKI's key directory, whose
     # CA's CRL goes into every certificate's DSS (None: no CRL known in advance); whether
@@ -129,6 +136,12 @@ def build_signer(settings: SigningSettings) -> DocumentSigner:
     timestamper: TimeStamper
     if settings.tsa_url:
         timestamper = make_timestamper(None, settings.tsa_url, settings.tsa_timeout)
+    elif settings.tsa_cert is not None and settings.pkcs11_tsa_key_label:
+        timestamper = LocalTimeStamper.with_key(
+            settings.tsa_cert,
+            settings.pkcs11_tsa_key(),
+            settings.tsa_chain or settings.extra_certs,
+        )
     elif settings.tsa_cert is not None and settings.tsa_key is not None:
         timestamper = LocalTimeStamper.from_files(
             settings.tsa_cert, settings.tsa_key, settings.tsa_chain or settings.extra_certs
@@ -267,7 +280,7 @@ def check_settings(settings: SigningSettings) -> None:
     for path in settings.extra_certs:
         x509.load_pem_x509_certificate(path.read_bytes())
     if settings.pkcs11_module is not None:
-        _check_pkcs11(settings)
+        _check_pkcs11(settings.pkcs11_key(), settings.signing_cert)
     elif settings.pkcs12 is not None:
         key, cert, _ = pkcs12.load_key_and_certificates(
             settings.pkcs12.read_bytes(), settings.password
@@ -279,27 +292,30 @@ def check_settings(settings: SigningSettings) -> None:
         serialization.load_pem_private_key(
             settings.signing_key.read_bytes(), password=settings.password
         )
-    if not settings.tsa_url:
-        if settings.tsa_cert is None or settings.tsa_key is None:
-            raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
+    if settings.tsa_url:
+        return
+    if settings.tsa_cert is not None and settings.pkcs11_tsa_key_label:
+        _check_pkcs11(settings.pkcs11_tsa_key(), settings.tsa_cert)
+    elif settings.tsa_cert is not None and settings.tsa_key is not None:
         x509.load_pem_x509_certificate(settings.tsa_cert.read_bytes())
         serialization.load_pem_private_key(settings.tsa_key.read_bytes(), password=None)
+    else:
+        raise ValueError("no timestamp authority: set a TSA URL or a TSA certificate and key")
 
 
-def _check_pkcs11(settings: SigningSettings) -> None:
-    """Open the token with the PIN, find the key, compare it with the certificate, and
-    close the session and the library again (C_Finalize): the workers open their own,
-    nothing is kept to be inherited (a PKCS#11 v2.40 session is not
+def _check_pkcs11(key: Pkcs11Key, cert_path: Path) -> None:
+    """Open the token with the PIN, find *key*, compare it with the certificate in
+    *cert_path*, and close the session and the library again (C_Finalize): the workers
+    open their own, nothing is kept to be inherited (a PKCS#11 v2.40 session is not
     usable in a forked child)."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    cert = x509.load_pem_x509_certificate(settings.signing_cert.read_bytes())
-    key = settings.pkcs11_key()
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     try:
         spki = PublicFormat.SubjectPublicKeyInfo
         public = key.public_key().public_bytes(Encoding.DER, spki)
         if public != cert.public_key().public_bytes(Encoding.DER, spki):
-            raise ValueError(f"{key.name} is not the key of {settings.signing_cert}")
+            raise ValueError(f"{key.name} is not the key of {cert_path}")
     finally:
         key.close()
 

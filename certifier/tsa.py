@@ -10,7 +10,8 @@ implementations:
   (production); every request has a timeout;
 - :class:`LocalTimeStamper` — a real timestamp authority running in this process,
   signing TSTInfo structures (RFC 3161 section 2.4.2) as CMS SignedData (RFC 5652) with
-  the development PKI's TSA key. It is what the gateway uses with no configuration.
+  the development PKI's TSA key: a key file, or a key that stays in a PKCS#11 token
+  (:class:`certifier.hsm.Pkcs11Key`). It is what the gateway uses with no configuration.
   It answers RFC 3161 requests (:meth:`~LocalTimeStamper.request_tsa_response`, what
   a TSA behind HTTP does) and, for the signer in the same process,
   :meth:`~LocalTimeStamper.timestamp_token` skips the request and response
@@ -104,9 +105,18 @@ class LocalTimeStamper(TimeStamper):
         key = serialization.load_pem_private_key(Path(tsa_key).read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"{tsa_key}: the timestamp authority key must be RSA")
+        return cls.with_key(tsa_cert, key, ca_certs)
+
+    @classmethod
+    def with_key(
+        cls, tsa_cert: Path, tsa_key: rsa.RSAPrivateKey, ca_certs: Iterable[Path] = ()
+    ) -> LocalTimeStamper:
+        """The authority whose certificate is in this PEM/DER file and whose RSA key is
+        *tsa_key*: a key file's, or a :class:`certifier.hsm.Pkcs11Key` that signs inside
+        a token (``[signing] pkcs11_tsa_key_label``)."""
         return cls(
             tsa_cert=load_cert_from_pemder(str(tsa_cert)),
-            tsa_key=key,
+            tsa_key=tsa_key,
             ca_certs=list(load_certs_from_pemder([str(p) for p in ca_certs])),
         )
 

@@ -428,6 +428,19 @@ def _validate_pkcs11(cfg: Config, where: str) -> None:
             f"{where}: signing.pkcs11_module needs signing.pkcs11_pin_file "
             f"(or the environment variable {PKCS11_PIN_ENV})"
         )
+    tsa_label = signing.pkcs11_tsa_key_label
+    if tsa_label and tsa_label == signing.pkcs11_key_label:
+        # RFC 3161 section 2.3: a TSA's certificate carries the timeStamping usage
+        # only, so its key cannot be the one whose certificate signs documents.
+        raise ConfigError(
+            f"{where}: signing.pkcs11_tsa_key_label = {tsa_label!r} is the signing key's "
+            "label: the timestamp authority needs a key of its own"
+        )
+    if tsa_label and signing.tsa_url:
+        raise ConfigError(
+            f"{where}: signing.pkcs11_tsa_key_label is the development timestamp "
+            "authority's key, and signing.tsa_url replaces that authority: set one"
+        )
 
 
 def _validate_web(cfg: Config, where: str) -> None:

@@ -19,8 +19,9 @@ link-local or unspecified address in any of its spellings (``127.1``, ``21307064
 
 Evidence must be signed by the operator's own certificate and timestamped by a real
 timestamp authority: the development CA and the in-process TSA that a first start makes
-prove nothing to a court. A local mailbox (``[sink]``) that catches the example domains
-has no place on a production host.
+prove nothing to a court, whether the TSA's key is a file or in the operator's token. A
+local mailbox (``[sink]``) that catches the example domains has no place on a production
+host.
 
 Exceptions::
 
@@ -141,10 +142,17 @@ def _evidence_keys(cfg: Config) -> Iterator[Problem]:
             "a key in an HSM: signing.pkcs11_module)",
         )
     if not signing.tsa_url:
+        # Its key in the token (signing.pkcs11_tsa_key_label) changes nothing: its
+        # certificate is still the development CA's.
+        in_token = (
+            " (its key in the token or not: the development CA certifies it)"
+            if signing.pkcs11_tsa_key_label
+            else ""
+        )
         yield (
             "signing.tsa_url",
             "is not set: certificates would be timestamped by the development timestamp "
-            "authority; give a qualified or trusted RFC 3161 TSA's URL",
+            f"authority{in_token}; give a qualified or trusted RFC 3161 TSA's URL",
         )
 
 

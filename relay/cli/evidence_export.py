@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, UserError, config_of, state_dir
+
+if TYPE_CHECKING:
+    from certifier.hsm import Pkcs11Key
 
 _CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
@@ -46,6 +50,9 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as err:
         raise UserError(f"the signing key cannot sign the XML evidence: {err}") from None
+    finally:
+        if not isinstance(key, bytes):
+            key.close()  # a key in a PKCS#11 token: its session and the library
     target = Path(args.dir)
     written = 0
     try:
@@ -60,8 +67,9 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _signing_key(args: argparse.Namespace) -> tuple[bytes, bytes, bytes | None]:
-    """The PEM key, PEM certificate and key password that sign the PDFs."""
+def _signing_key(args: argparse.Namespace) -> tuple[bytes | Pkcs11Key, bytes, bytes | None]:
+    """The key (PEM, or one that signs in its PKCS#11 token), PEM certificate and key
+    password that sign the PDFs."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
         NoEncryption,
@@ -75,6 +83,8 @@ def _signing_key(args: argparse.Namespace) -> tuple[bytes, bytes, bytes | None]:
     cfg = config_of(args)
     settings = signing_settings(cfg, ensure_dev_pki(state_paths(cfg)["keys"], cfg.gateway.hostname))
     try:
+        if settings.pkcs11_module is not None:
+            return settings.pkcs11_key(), settings.signing_cert.read_bytes(), None
         if settings.pkcs12 is not None:
             key, cert, _ = pkcs12.load_key_and_certificates(
                 settings.pkcs12.read_bytes(), settings.password

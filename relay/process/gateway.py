@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from certifier import pipeline
+from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
-from certifier.pki import Pki
+from certifier.pki import Pki, ensure_token_tsa_cert
 from certifier.pool import CertificatePool, SigningSettings
-from relay.config import Config, pkcs11_pin, signing_password
+from relay.config import Config, ConfigError, pkcs11_pin, signing_password
 from relay.queue.spool import SPOOL_SUBDIR, Spool, write_durably
 from relay.queue.store import Store
 
@@ -59,7 +60,13 @@ class PipelineCertifier:
 
 
 def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
-    """The signing key and TSA the workers use: ``[signing]``, else the development PKI."""
+    """The signing key and TSA the workers use: ``[signing]``, else the development PKI.
+
+    With ``[signing] pkcs11_tsa_key_label`` the development TSA signs with that key in
+    the token: this reads its public key once (and closes the session and the library
+    again, so that no process inherits them) and has the development CA certify it
+    (:func:`certifier.pki.ensure_token_tsa_cert`). Raises :class:`ConfigError` naming
+    the key and the file when the token or the key cannot be used."""
     pkcs12 = None
     if cfg.signing.pkcs11_module and cfg.signing.pkcs11_cert:
         cert = key = cfg.signing.pkcs11_cert
@@ -71,13 +78,22 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         cert, key, extra = cfg.signing.cert, cfg.signing.key, tuple(cfg.signing.chain)
     else:
         cert, key, extra = pki.signing_cert, pki.signing_key, (pki.ca_cert,)
+    module, label = cfg.signing.pkcs11_module, cfg.signing.pkcs11_tsa_key_label
+    pin = pkcs11_pin(cfg) if module else None
+    tsa_cert: Path = pki.tsa_cert
+    tsa_key: Path | None = pki.tsa_key
+    if module and pin is not None and label:
+        tsa_key = None
+        tsa_cert = _token_tsa_cert(
+            cfg, pki, Pkcs11Key(module, cfg.signing.pkcs11_token, label, pin)
+        )
     return SigningSettings(
         signing_cert=cert,
         signing_key=key,
         extra_certs=extra,
         tsa_url=cfg.signing.tsa_url or None,
-        tsa_cert=pki.tsa_cert,
-        tsa_key=pki.tsa_key,
+        tsa_cert=tsa_cert,
+        tsa_key=tsa_key,
         tsa_timeout=cfg.signing.tsa_timeout,
         # The built-in TSA's tokens carry the development CA, whoever signs the PDF.
         tsa_chain=(pki.ca_cert,),
@@ -86,13 +102,34 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
         pkcs11_module=cfg.signing.pkcs11_module,
         pkcs11_token=cfg.signing.pkcs11_token,
         pkcs11_key_label=cfg.signing.pkcs11_key_label,
-        pkcs11_pin=pkcs11_pin(cfg) if cfg.signing.pkcs11_module else None,
-        # The development CA's CRL is read from its files; an operator's CA or a remote
-        # TSA publish theirs, fetched when a certificate is made B-LT (certifier.lta).
+        pkcs11_pin=pin,
+        pkcs11_tsa_key_label=label,
+        # The development CA's CRL is read from its files; an operator's CA (of a key
+        # file, a PKCS#12 file or a key in an HSM) or a remote TSA publish theirs, fetched
+        # when a certificate is made B-LT (certifier.lta).
         revocation_keys_dir=pki.ca_cert.parent,
-        fetch_revocation=bool(pkcs12 or cfg.signing.cert or cfg.signing.tsa_url),
+        fetch_revocation=bool(
+            pkcs12 or cfg.signing.cert or cfg.signing.pkcs11_module or cfg.signing.tsa_url
+        ),
         document_timestamp=cfg.evidence.lta_delay == 0,
     )
+
+
+def _token_tsa_cert(cfg: Config, pki: Pki, key: Pkcs11Key) -> Path:
+    """The development CA's certificate for the TSA's *key* in the token."""
+    try:
+        return ensure_token_tsa_cert(
+            pki, key.public_key(), cfg.gateway.hostname, cfg.web.public_url
+        )
+    except (ValueError, OSError) as err:
+        why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+        raise ConfigError(
+            f"{cfg.source or '(embedded defaults)'}: signing.pkcs11_tsa_key_label: the "
+            f"timestamp authority's key cannot be used ({why}); check signing.pkcs11_token, "
+            "pkcs11_tsa_key_label and the PIN (signing.pkcs11_pin_file or CERTIFICA_PKCS11_PIN)"
+        ) from None
+    finally:
+        key.close()
 
 
 async def remove_unacknowledged(store: Store, spool: Spool) -> None:
