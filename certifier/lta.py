@@ -102,8 +102,9 @@ class Archiver:
             revocation_mode="soft-fail" if self.fetch else "hard-fail",
         )
 
-    def archive(self, pdf: bytes) -> bytes:
-        """*pdf* (signed) with its DSS and, if so configured, a document timestamp."""
+    def archive(self, pdf: bytes, document_timestamp: bool | None = None) -> bytes:
+        """*pdf* (signed) with its DSS and, if so configured (or *document_timestamp*
+        says), a document timestamp."""
         reader = PdfFileReader(io.BytesIO(pdf))
         signature = reader.embedded_signatures[-1]
         # Read once per document, so that both steps put the same CRLs in (one re-signed
@@ -119,7 +120,7 @@ class Archiver:
             # certificate stays B-T rather than not being issued.
             log.warning("certificate left PAdES B-T: no validation data (%s)", _why(exc))
             return pdf
-        if not self.document_timestamp:
+        if not (self.document_timestamp if document_timestamp is None else document_timestamp):
             return bytes(out.getvalue())
         return self._timestamp(out.getvalue(), known)
 
@@ -146,6 +147,11 @@ class Archiver:
         a valid path to a root (expired, revoked): the file cannot be renewed any more,
         which is why renewal runs well before that (``[evidence] renew_before``)."""
         reader = PdfFileReader(io.BytesIO(pdf))
+        if "/DSS" not in reader.root:
+            # Left PAdES B-T at issue (no validation data could be had then): the
+            # signature's own chain and revocation data first, as at issue.
+            pdf = self.archive(pdf, document_timestamp=False)
+            reader = PdfFileReader(io.BytesIO(pdf))
         newest = newest_timestamp(reader)
         known = [] if self.crls is None else self.crls()
         context = self._context(known, newest.certificates)

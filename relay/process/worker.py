@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from asn1crypto import cms
 
@@ -50,6 +50,7 @@ from relay.queue.spool import Spool
 from relay.queue.store import Store
 
 log = logging.getLogger("certifica/worker")
+T = TypeVar("T")
 
 RECONNECT = 0.2  # seconds between two tries to reach the queue manager
 
@@ -176,6 +177,12 @@ class InProcessCertifier:
         loop = asyncio.get_running_loop()
         token = await loop.run_in_executor(self.thread, timestamp_token, message_digest)
         return cms.ContentInfo.load(token)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the signing thread: renewals of archived certificates
+        (:mod:`relay.certify.renewal`) use the signer's timestamp authority."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.thread, fn, *args)
 
     def close(self) -> None:
         self.thread.shutdown(wait=True)
