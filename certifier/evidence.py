@@ -16,13 +16,29 @@ entries and checks the rows it is handed, so it depends on neither the relay nor
 database. Checkpoints of the chain head, timestamped by an RFC 3161 authority, are
 :mod:`certifier.checkpoints`.
 
-An entry's hash is SHA-256 over the compact JSON array (ASCII, ``\\uXXXX`` escapes)
-``[prev_hash, seq, time, qid, recipient, event, detail]``, where ``time`` is the
+Two entry formats, both in every log made since the second one exists:
+
+- **Format 2** (every entry made now): the personal values of an entry, its
+  ``recipient`` and its ``detail``, are covered through a salted commitment,
+  ``commitment = SHA-256(salt || [recipient, detail])`` (the 32 random bytes of ``salt``,
+  then the compact ASCII JSON array), and the entry's hash is SHA-256 over the compact
+  JSON array ``[2, prev_hash, seq, time, qid, event, commitment]``. The values and the
+  salt are stored beside the commitment, so they can be forgotten (erasure and retention,
+  docs/erasure.md: values and salt removed, commitment kept) while every hash of the
+  chain still recomputes. Without the salt, the commitment says nothing about the
+  address it covers: it cannot be tested against a list of guesses.
+- **Format 1** (entries made before): the hash is SHA-256 over
+  ``[prev_hash, seq, time, qid, recipient, event, detail]``. A forgotten format-1 entry
+  keeps its stored hash; the chain checks it by its links only (the next entry's hash
+  covers it, and so do the timestamped checkpoints).
+
+In both, arrays are compact JSON in ASCII (``\\uXXXX`` escapes), ``time`` is the
 shortest decimal form of the entry's time (Python's ``repr`` of the float) and
 ``detail`` the JSON text of the detail object exactly as stored (keys sorted, compact).
 A certificate embeds its message's entries in that form (:func:`excerpt_entry`, format
-``certifica-log-excerpt/1``: each entry's ``time`` and ``detail`` are those two strings,
-so anyone can recompute its hash without this code); :func:`verify_excerpt` checks one
+``certifica-log-excerpt/2``: each entry's ``time`` and ``detail`` are those two strings,
+and a format-2 entry has its ``salt``, so anyone can recompute its hash without this
+code, even after the gateway forgot the values); :func:`verify_excerpt` checks one
 offline. The entries of one message are not contiguous in the log (other messages'
 entries come between them), so an excerpt proves each entry's content and the links
 between consecutive entries only; the rest of the chain is checked on the gateway
@@ -35,20 +51,27 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 GENESIS = "0" * 64
-EXCERPT_FORMAT = "certifica-log-excerpt/1"
+EXCERPT_FORMAT = "certifica-log-excerpt/2"
+EXCERPT_FORMATS = ("certifica-log-excerpt/1", EXCERPT_FORMAT)
+"""Excerpt formats :func:`verify_excerpt` reads (certificates made before format 2 say /1)."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _YEAR_10000 = 253_402_300_800.0  # what a timeline's ISO 8601 time can still say
 
-Row = tuple[int, float, str, str | None, str, str, str, str]
+Row = tuple[int, float, str, str | None, str, str, str, str, str | None, str | None, float | None]
 """An entry as stored: seq, time, qid, recipient, event, detail (its JSON text, as
-hashed), prev_hash, hash."""
+hashed), prev_hash, hash, salt (hex; None for format 1 or once forgotten), commitment
+(hex; None for format 1), erased (when the values were forgotten, else None)."""
+
+FORGOTTEN = {"erased": True}
+"""What a forgotten entry's detail holds (plus any residue kept outside the hash)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,26 @@ class Entry:
     detail: dict[str, Any]
     prev_hash: str
     hash: str
+    salt: str | None = None
+    commitment: str | None = None
+
+
+def _ascii_json(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def commitment(salt: str, recipient: str | None, detail_json: str) -> str:
+    """The salted commitment to a format-2 entry's personal values (hex SHA-256)."""
+    return hashlib.sha256(bytes.fromhex(salt) + _ascii_json([recipient, detail_json])).hexdigest()
+
+
+def entry_hash_v2(
+    prev_hash: str, seq: int, time: float, qid: str, event: str, commitment: str
+) -> str:
+    """The chained hash of a format-2 entry: it covers the commitment, not the values."""
+    return hashlib.sha256(
+        _ascii_json([2, prev_hash, seq, repr(time), qid, event, commitment])
+    ).hexdigest()
 
 
 def entry_hash(
@@ -93,16 +136,49 @@ def next_entry(
     event: str,
     detail: dict[str, Any],
     recipient: str | None = None,
+    salt: str | None = None,
 ) -> tuple[Entry, str]:
-    """The entry that follows ``last`` (the log's head as (seq, hash); None for an empty
-    log), with its detail's JSON text as it must be stored."""
+    """The format-2 entry that follows ``last`` (the log's head as (seq, hash); None for
+    an empty log), with its detail's JSON text as it must be stored. ``salt``: 64 hex
+    digits, random when not given."""
     # The column is REAL: an int time (5) reads back as 5.0, whose repr differs, and the
     # entry would no longer verify. Hash what is stored.
     time = float(time)
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     detail_json = canonical_detail(detail)
-    digest = entry_hash(prev, seq, time, qid, recipient, event, detail_json)
-    return Entry(seq, time, qid, recipient, event, detail, prev, digest), detail_json
+    salt = salt if salt is not None else secrets.token_hex(32)
+    committed = commitment(salt, recipient, detail_json)
+    digest = entry_hash_v2(prev, seq, time, qid, event, committed)
+    entry = Entry(seq, time, qid, recipient, event, detail, prev, digest, salt, committed)
+    return entry, detail_json
+
+
+def forgotten_detail(detail_json: str, keep: Iterable[str] = ()) -> str:
+    """The detail a forgotten entry keeps: :data:`FORGOTTEN` and the ``keep`` keys of the
+    old detail (a residue outside the hash, such as a tracking hit's classification)."""
+    try:
+        old = json.loads(detail_json)
+    except ValueError:
+        old = {}
+    residue = {k: old[k] for k in keep if isinstance(old, dict) and k in old}
+    return canonical_detail({**residue, **FORGOTTEN})
+
+
+def row_problem(row: Row) -> str | None:
+    """Why a stored entry does not match its own hash, or None. A forgotten format-1
+    entry cannot be recomputed: its links are what checks it."""
+    seq, time, qid, recipient, event, detail_json, prev_hash, digest, salt, committed, erased = row
+    if committed is None:
+        if erased is not None:
+            return None
+        if entry_hash(prev_hash, seq, time, qid, recipient, event, detail_json) != digest:
+            return f"entry {seq} was altered (its content does not match its hash)"
+        return None
+    if erased is None and (salt is None or commitment(salt, recipient, detail_json) != committed):
+        return f"entry {seq} was altered (its values do not match their commitment)"
+    if entry_hash_v2(prev_hash, seq, time, qid, event, committed) != digest:
+        return f"entry {seq} was altered (its content does not match its hash)"
+    return None
 
 
 def excerpt_entry(row: Row) -> dict[str, Any]:
@@ -112,8 +188,8 @@ def excerpt_entry(row: Row) -> dict[str, Any]:
     hash of each excerpt entry recomputes even for a detail that would not survive a
     JSON round trip unchanged.
     """
-    seq, time, qid, recipient, event, detail_json, prev_hash, digest = row
-    return {
+    seq, time, qid, recipient, event, detail_json, prev_hash, digest, salt, committed, erased = row
+    out: dict[str, Any] = {
         "seq": seq,
         "time": repr(time),
         "qid": qid,
@@ -123,6 +199,10 @@ def excerpt_entry(row: Row) -> dict[str, Any]:
         "prev": prev_hash,
         "hash": digest,
     }
+    if committed is not None:
+        # A forgotten entry has no salt: its commitment is all that is left to hash.
+        out.update({"salt": salt} if erased is None and salt else {"commitment": committed})
+    return out
 
 
 def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
@@ -134,7 +214,8 @@ def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
     row N".
     """
     expected_prev, expected_seq = GENESIS, 1
-    for seq, time, qid, recipient, event, detail_json, prev_hash, digest in rows:
+    for row in rows:
+        seq, prev_hash, digest = row[0], row[6], row[7]
         if seq != expected_seq:
             missing = (
                 f"entry {expected_seq} is"
@@ -144,8 +225,9 @@ def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
             yield seq, f"{missing} missing before entry {seq}"
         if prev_hash != expected_prev:
             yield seq, f"entry {seq} does not follow the previous entry"
-        if entry_hash(prev_hash, seq, time, qid, recipient, event, detail_json) != digest:
-            yield seq, f"entry {seq} was altered (its content does not match its hash)"
+        problem = row_problem(row)
+        if problem:
+            yield seq, problem
         expected_prev, expected_seq = digest, seq + 1
 
 
@@ -186,15 +268,7 @@ def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptRe
         assert isinstance(raw, dict)
         entries.append(raw)
         seq = raw["seq"]
-        digest = entry_hash(
-            raw["prev"],
-            seq,
-            float(raw["time"]),
-            raw["qid"],
-            raw["recipient"],
-            raw["event"],
-            raw["detail"],
-        )
+        digest = _excerpt_hash(raw)
         if digest != raw["hash"]:
             problems.append(
                 f"entry {seq} was altered: its fields hash to {digest[:16]}..., "
@@ -234,6 +308,22 @@ def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptRe
     return ExcerptReport(tuple(problems), summary, tuple(entries))
 
 
+def _excerpt_hash(raw: dict[str, Any]) -> str:
+    """The hash an excerpt entry's fields give: format 2 when it has a salt (or, once
+    forgotten, only its commitment), else format 1."""
+    time = float(raw["time"])
+    if "salt" in raw or "commitment" in raw:
+        committed = (
+            commitment(raw["salt"], raw["recipient"], raw["detail"])
+            if "salt" in raw
+            else raw["commitment"]
+        )
+        return entry_hash_v2(raw["prev"], raw["seq"], time, raw["qid"], raw["event"], committed)
+    return entry_hash(
+        raw["prev"], raw["seq"], time, raw["qid"], raw["recipient"], raw["event"], raw["detail"]
+    )
+
+
 def _entry_shape_problem(raw: object) -> str | None:
     if not isinstance(raw, dict):
         return "is not an object"
@@ -259,9 +349,11 @@ def _entry_shape_problem(raw: object) -> str | None:
             return f"(entry {seq}) has a {key} that is not a string"
     if raw["recipient"] is not None and not isinstance(raw["recipient"], str):
         return f"(entry {seq}) has a recipient that is neither a string nor null"
-    for key in ("prev", "hash"):
-        if not isinstance(raw[key], str) or not _HEX64.fullmatch(raw[key]):
+    for key in ("prev", "hash", "commitment"):
+        if key in raw and (not isinstance(raw[key], str) or not _HEX64.fullmatch(raw[key])):
             return f"(entry {seq}) has a {key} that is not a SHA-256 in hex"
+    if "salt" in raw and (not isinstance(raw["salt"], str) or not _HEX64.fullmatch(raw["salt"])):
+        return f"(entry {seq}) has a salt that is not 64 hexadecimal digits"
     return None
 
 

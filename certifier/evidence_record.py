@@ -244,17 +244,20 @@ class TimelineEntry(TypedDict, total=False):
     detail: str | None
 
 
-class LogEntry(TypedDict):
-    """One entry of the hash-chained evidence log, every hashed field (certifier.evidence)."""
+class LogEntry(TypedDict, total=False):
+    """One entry of the hash-chained evidence log, every hashed field (certifier.evidence).
+    Format 2 adds ``salt`` (or, once the values were forgotten, ``commitment``)."""
 
-    seq: int
-    time: str
-    qid: str
-    recipient: str | None
-    event: str
-    detail: str
-    prev: str
-    hash: str
+    seq: Required[int]
+    time: Required[str]
+    qid: Required[str]
+    recipient: Required[str | None]
+    event: Required[str]
+    detail: Required[str]
+    prev: Required[str]
+    hash: Required[str]
+    salt: str
+    commitment: str
 
 
 class LogCheckpoint(TypedDict):
@@ -267,7 +270,7 @@ class LogCheckpoint(TypedDict):
 
 
 class EvidenceLog(TypedDict, total=False):
-    format: Required[Literal["certifica-log-excerpt/1"]]
+    format: Required[Literal["certifica-log-excerpt/1", "certifica-log-excerpt/2"]]
     head: Required[str]
     entries: Required[list[LogEntry]]
     checkpoint: LogCheckpoint | None

@@ -725,7 +725,7 @@ def _evidence_log_checks(evidence: dict, roots: list[asn1_x509.Certificate]) -> 
                 "were embedded in full): certifica evidence verify on the gateway checks them.",
             )
         ]
-    if isinstance(log_part, dict) and log_part.get("format") != evidence_log.EXCERPT_FORMAT:
+    if isinstance(log_part, dict) and log_part.get("format") not in evidence_log.EXCERPT_FORMATS:
         return [Check("evidence-log", False, "The evidence log is in an unknown format.")]
     report = evidence_log.verify_excerpt(
         log_part, evidence.get("timeline"), evidence.get("queue_id")

@@ -162,6 +162,9 @@ class SigningConfig:
     pkcs11_key_label: str = ""
     pkcs11_pin_file: Path | None = None
     pkcs11_cert: Path | None = None
+    # The development TSA's own key in the same token (its label); empty: a key file
+    # under <state_dir>/keys, as without a token.
+    pkcs11_tsa_key_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,23 @@ class TrackingConfig:
 class EvidenceConfig:
     checkpoint_interval: float = 300.0
     # Seconds between issue and the document timestamp that makes a certificate PAdES
-    # B-LTA (certifier.lta). Only 0 (at issue) for now: nothing adds it later yet.
+    # B-LTA (certifier.lta): 0 at issue; more lets the renewal job add it later.
     lta_delay: float = 0.0
+    # Where every issued PDF is kept for renewal and the verification page; None:
+    # <state_dir>/certificates.
+    archive_dir: Path | None = None
+    # Days: a certificate whose newest timestamp's TSA certificate expires within this
+    # many days gets a new document timestamp (certifica evidence renew, and daily).
+    renew_before: int = 365
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """``[retention]``: how long personal data is kept (GDPR art. 5(1)(e); docs/retention.md)."""
+
+    content_days: int = 30  # message bodies and attachments of finished messages
+    evidence_years: int = 5  # certificates, the evidence log's values, the XML evidence
+    tracking_days: int = 90  # raw IP addresses and user agents of opens and clicks
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,7 @@ class Config:
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     mx: MXConfig = field(default_factory=MXConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     reception: ReceptionConfig = field(default_factory=ReceptionConfig)
@@ -352,11 +371,13 @@ def _validate(cfg: Config, where: str) -> None:
     _validate_reader(cfg, where)
     if cfg.evidence.checkpoint_interval <= 0:
         raise ConfigError(f"{where}: evidence.checkpoint_interval must be more than 0 seconds")
-    if cfg.evidence.lta_delay != 0:
-        raise ConfigError(
-            f"{where}: evidence.lta_delay must be 0 (the document timestamp is added at "
-            "issue; a later one needs a renewal job this version does not have)"
-        )
+    if not 0 <= cfg.evidence.lta_delay <= 30 * 86400:
+        raise ConfigError(f"{where}: evidence.lta_delay must be 0 to 2592000 seconds (30 days)")
+    if cfg.evidence.renew_before < 1:
+        raise ConfigError(f"{where}: evidence.renew_before must be at least 1 day")
+    for name in ("content_days", "evidence_years", "tracking_days"):
+        if getattr(cfg.retention, name) < 1:
+            raise ConfigError(f"{where}: retention.{name} must be at least 1")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,30}", cfg.reception.prefix):
         raise ConfigError(
             f"{where}: reception.prefix must be a short lower-case local part "
@@ -382,7 +403,13 @@ def _validate_pkcs11(cfg: Config, where: str) -> None:
 
     signing = cfg.signing
     if not signing.pkcs11_module:
-        for name in ("pkcs11_token", "pkcs11_key_label", "pkcs11_pin_file", "pkcs11_cert"):
+        for name in (
+            "pkcs11_token",
+            "pkcs11_key_label",
+            "pkcs11_pin_file",
+            "pkcs11_cert",
+            "pkcs11_tsa_key_label",
+        ):
             if getattr(signing, name):
                 raise ConfigError(f"{where}: signing.{name} needs signing.pkcs11_module")
         return

@@ -178,6 +178,15 @@ def test_tracking_keys_moved_to_web_keep_working_with_one_deprecation_line(
         ('[provider]\npolicy_id = "urn:oid:1.2.x"\n', "is not a valid urn:oid: URI"),
         ("[web]\nrate_limit = 0\n", "web.rate_limit must be at least 1"),
         ('[web]\npublic_url = "https://v.example/"\n', "web.public_url must be an http(s) URL"),
+        ("[evidence]\nlta_delay = 3000000\n", "evidence.lta_delay must be 0 to 2592000"),
+        ("[evidence]\nrenew_before = 0\n", "evidence.renew_before must be at least 1 day"),
+        ("[retention]\ncontent_days = 0\n", "retention.content_days must be at least 1"),
+        ("[retention]\nevidence_years = 0\n", "retention.evidence_years must be at least 1"),
+        ("[retention]\ntracking_days = -1\n", "retention.tracking_days must be a whole number"),
+        (
+            '[signing]\npkcs11_tsa_key_label = "tsa"\n',
+            "signing.pkcs11_tsa_key_label needs signing.pkcs11_module",
+        ),
     ],
 )
 def test_reader_and_provider_keys_are_checked(tmp_path: Path, text: str, fragment: str) -> None:

@@ -363,16 +363,17 @@ def test_a_consistent_rewrite_of_history_fails_the_checkpoint(
     make_checkpoint(conn, stamper)
     # The operator edits entry 2 and recomputes every hash after it: the chain holds...
     rows = conn.execute(
-        "SELECT seq, time, qid, recipient, event, detail FROM evidence ORDER BY seq"
+        "SELECT seq, time, qid, recipient, event, detail, salt FROM evidence ORDER BY seq"
     ).fetchall()
     prev = evidence.GENESIS
-    for seq, when, qid, recipient, event, detail in rows:
+    for seq, when, qid, recipient, event, detail, salt in rows:
         if seq == 2:
             detail = detail.replace("250", "550")
-        digest = evidence.entry_hash(prev, seq, when, qid, recipient, event, detail)
+        committed = evidence.commitment(salt, recipient, detail)
+        digest = evidence.entry_hash_v2(prev, seq, when, qid, event, committed)
         conn.execute(
-            "UPDATE evidence SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-            (detail, prev, digest, seq),
+            "UPDATE evidence SET detail = ?, commitment = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (detail, committed, prev, digest, seq),
         )
         prev = digest
     assert evidence_log.verify_chain(conn)[0]
@@ -599,6 +600,7 @@ def test_evidence_log_section_embeds_the_covering_checkpoint(
         "detail",
         "prev",
         "hash",
+        "salt",
     }
 
 
@@ -787,7 +789,7 @@ def test_evidence_verify_after_stop_checks_the_last_checkpoint(
     result = gw.cli("evidence", "verify")
     assert result.returncode == 1
     fails = [x for x in result.stdout.splitlines() if x.startswith("FAIL")]
-    assert fails == [f"FAIL entry {seq} was altered (its content does not match its hash)"]
+    assert fails == [f"FAIL entry {seq} was altered (its values do not match their commitment)"]
     assert "1 problem(s)" in result.stdout.splitlines()[-1]
     assert "Traceback" not in result.stderr
 

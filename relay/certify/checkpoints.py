@@ -157,8 +157,8 @@ async def evidence_log_section(store: Store, entries: list[evidence.Entry]) -> d
     """``evidence_log`` of a certificate: *entries* in full, and the checkpoint covering them.
 
     *entries* are the ones the timeline is made of, so the two always list the same
-    events; entries never change once written, so reading their stored columns again
-    gives exactly what was hashed.
+    events; reading their stored columns again gives exactly what was hashed (an entry
+    whose values were forgotten, docs/erasure.md, gives its commitment instead).
     """
     excerpt = await store.evidence_excerpt([e.seq for e in entries])
     covering = await store.checkpoint_covering(entries[-1].seq) if entries else None

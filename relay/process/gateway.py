@@ -43,7 +43,7 @@ def state_paths(cfg: Config) -> dict[str, Path]:
         "keys": root / "keys",
         "spool": root / SPOOL_SUBDIR,
         "db": root / "queue.db",
-        "certificates": root / "certificates",
+        "certificates": cfg.evidence.archive_dir or root / "certificates",
         "listen": root / "listen.json",
     }
 

@@ -8,7 +8,8 @@ own outcome in the queue database. A certificate worker (``[signing] workers`` o
 runs a :class:`~relay.certify.documents.DocumentMaker` whose PDFs are rendered and
 signed in this process, with the signer it built after the fork (a signing key handle,
 later an HSM session, does not survive a fork); worker 0 also checkpoints the evidence
-log (:class:`~relay.certify.checkpoints.Checkpointer`).
+log (:class:`~relay.certify.checkpoints.Checkpointer`) and runs the daily jobs
+(:class:`~relay.certify.maintenance.Maintenance`: renewal, retention).
 
 A worker keeps running its jobs when the queue manager goes away: each job records its
 result in the database itself. It connects again every 0.2 s, and its hello names the
@@ -37,6 +38,7 @@ from certifier.pki import Pki
 from certifier.pool import SigningSettings, init_process, timestamp_token
 from relay.certify.checkpoints import Checkpointer
 from relay.certify.documents import DocumentMaker
+from relay.certify.maintenance import Maintenance, maintenance_tasks
 from relay.config import Config, Endpoint
 from relay.delivery.agent import DeliveryAgent
 from relay.delivery.client import Deliverer
@@ -50,7 +52,6 @@ from relay.queue.spool import Spool
 from relay.queue.store import Store
 
 log = logging.getLogger("certifica/worker")
-T = TypeVar("T")
 
 RECONNECT = 0.2  # seconds between two tries to reach the queue manager
 
@@ -158,6 +159,9 @@ def _summary(job: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "document", "document": job.get("document"), "qid": job.get("qid")}
 
 
+T = TypeVar("T")
+
+
 class InProcessCertifier:
     """Renders and signs in this process (:func:`certifier.pipeline.certify`), on one
     thread of its own: the event loop goes on with the other documents' database work
@@ -178,11 +182,10 @@ class InProcessCertifier:
         token = await loop.run_in_executor(self.thread, timestamp_token, message_digest)
         return cms.ContentInfo.load(token)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the signing thread: renewals of archived certificates
-        (:mod:`relay.certify.renewal`) use the signer's timestamp authority."""
+    async def run_in_signing_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the signing thread (a daily job's timestamps and signatures)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.thread, fn, *args)
+        return await loop.run_in_executor(self.thread, fn)
 
     def close(self) -> None:
         self.thread.shutdown(wait=True)
@@ -220,6 +223,7 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     store = Store(setup.paths["db"], cfg.queue.lifetime)
     spool = Spool(setup.paths["spool"])
     checkpointer: Checkpointer | None = None
+    maintenance: Maintenance | None = None
     certifier: InProcessCertifier | None = None
     deliverer = None
     handle: Handler
@@ -255,6 +259,9 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
         if index == 0:
             checkpointer = Checkpointer(store, certifier, interval=cfg.evidence.checkpoint_interval)
             checkpointer.start()
+            tasks = maintenance_tasks(cfg, store, spool, certifier, setup.paths)
+            maintenance = Maintenance(store, tasks)
+            maintenance.start()
     client = JobClient(setup.job_path, role, index, handle)
     connection = asyncio.create_task(client.run())
     status = StatusFile(cfg.state_dir, role, index)
@@ -275,6 +282,8 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     await asyncio.gather(connection, reporter, return_exceptions=True)
     if deliverer is not None:
         await deliverer.close()
+    if maintenance is not None:
+        await maintenance.stop()
     if checkpointer is not None:
         await checkpointer.stop()  # and a last checkpoint of what is not stamped yet
     if certifier is not None:

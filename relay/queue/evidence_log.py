@@ -27,7 +27,9 @@ from asn1crypto import x509 as asn1_x509
 from certifier import checkpoints, evidence
 from relay.queue.db import Database
 
-_COLUMNS = "seq, time, qid, recipient, event, detail, prev_hash, hash"  # evidence.Row's order
+_COLUMNS = (  # evidence.Row's order
+    "seq, time, qid, recipient, event, detail, prev_hash, hash, salt, commitment, erased"
+)
 _CHECKPOINT_COLUMNS = "seq, head, time, tsa_time, token"
 
 
@@ -45,7 +47,7 @@ def append(
     """Append one entry after the log's head, inside the caller's transaction."""
     entry, detail_json = evidence.next_entry(head(conn), time, qid, event, detail, recipient)
     conn.execute(
-        f"INSERT INTO evidence ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO evidence ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",  # noqa: S608
         (
             entry.seq,
             entry.time,
@@ -55,9 +57,40 @@ def append(
             detail_json,
             entry.prev_hash,
             entry.hash,
+            entry.salt,
+            entry.commitment,
         ),
     )
     return entry
+
+
+def forget(
+    conn: sqlite3.Connection, seqs: Iterable[int], now: float, keep: Iterable[str] = ()
+) -> int:
+    """Forget the personal values of entries ``seqs``, inside the caller's transaction:
+    their recipient and salt are removed and their detail becomes
+    :data:`certifier.evidence.FORGOTTEN` plus the ``keep`` keys of the old detail (a
+    residue outside the hash). The commitment and the hash stay, so the chain still
+    verifies (docs/erasure.md). Entries already forgotten are left alone. Returns how
+    many entries changed."""
+    kept = tuple(keep)
+    wanted = sorted(set(seqs))
+    changed = 0
+    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+        chunk = wanted[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        found = conn.execute(
+            f"SELECT seq, detail FROM evidence WHERE seq IN ({marks}) AND erased IS NULL",  # noqa: S608
+            chunk,
+        ).fetchall()
+        for seq, detail_json in found:
+            conn.execute(
+                "UPDATE evidence SET recipient = NULL, salt = NULL, detail = ?, erased = ?"
+                " WHERE seq = ?",
+                (evidence.forgotten_detail(detail_json, kept), now, seq),
+            )
+        changed += len(found)
+    return changed
 
 
 def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
@@ -73,7 +106,8 @@ def entries_for(conn: sqlite3.Connection, qid: str) -> list[evidence.Entry]:
         (qid,),
     ).fetchall()
     return [
-        evidence.Entry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows
+        evidence.Entry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9])
+        for r in rows
     ]
 
 

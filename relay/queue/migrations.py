@@ -225,6 +225,36 @@ MIGRATIONS: list[str] = [
         erased_at REAL
     );
     """,
+    # 13: evidence that outlives its keys and its subjects (docs/retention.md,
+    # docs/erasure.md): the evidence log's format 2, whose hash covers a salted commitment
+    # to the personal values rather than the values, so that they can be forgotten and
+    # the chain still verifies (certifier/evidence.py); legal holds; every version of
+    # every PDF issued (the issued one, then each renewal), so the verification page
+    # knows an older copy; and the last run of each daily job.
+    """
+    ALTER TABLE evidence ADD COLUMN salt TEXT;              -- hex; NULL: format 1, or forgotten
+    ALTER TABLE evidence ADD COLUMN commitment TEXT;        -- hex SHA-256; NULL: format 1
+    ALTER TABLE evidence ADD COLUMN erased REAL;            -- when the values were forgotten
+    CREATE TABLE legal_holds (
+        cert_id TEXT PRIMARY KEY,
+        qid TEXT NOT NULL,
+        since REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX legal_holds_qid ON legal_holds(qid);
+    CREATE TABLE certificate_versions (
+        pdf_sha256 TEXT PRIMARY KEY,
+        cert_id TEXT NOT NULL,
+        made REAL NOT NULL,
+        kind TEXT NOT NULL                                  -- issued | renewed
+    );
+    CREATE INDEX certificate_versions_cert ON certificate_versions(cert_id);
+    CREATE TABLE maintenance_runs (
+        task TEXT PRIMARY KEY,
+        last_run REAL NOT NULL,
+        result TEXT NOT NULL
+    );
+    """,
 ]
 
 

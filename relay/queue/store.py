@@ -19,6 +19,8 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.reception`   certified reception: owners, tokens, proofs of receipt
 :mod:`relay.queue.users`       the users who may submit, their language and time zone
 :mod:`relay.queue.verifications`  the public verification page's record of each document
+:mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
+:mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
@@ -37,6 +39,7 @@ from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
 from relay.queue.evidence_log import EvidenceLog
 from relay.queue.leases import WITHDRAWN_TOO_LATE, Leases
+from relay.queue.maintenance import MaintenanceRuns
 from relay.queue.messages import Messages
 from relay.queue.migrations import MIGRATIONS, migrate
 from relay.queue.operator import OperatorActions
@@ -75,6 +78,7 @@ class Store(
     Reception,
     Users,
     Verifications,
+    MaintenanceRuns,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.
