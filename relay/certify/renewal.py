@@ -34,20 +34,24 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from certifier import pool
 from certifier.errors import TemporaryError
+from relay.config import Config
 from relay.queue.spool import write_durably
 from relay.queue.verifications import VersionKind
 
 if TYPE_CHECKING:  # pyHanko weighs ~50 MB: loaded where a file is read
     from certifier.lta import Archiver
+    from relay.certify.maintenance import Task, TimeStampingCertifier
 
 __all__ = [
     "Candidate",
@@ -57,10 +61,12 @@ __all__ = [
     "publish",
     "renew_bytes",
     "renewal_lock",
+    "renewal_tasks",
 ]
 
+log = logging.getLogger("certifica/renewal")
+
 LOCK_NAME = ".renew.lock"
-T = TypeVar("T")
 
 
 class RenewalBusy(TemporaryError):
@@ -229,13 +235,6 @@ def renew_archive_sync(
     return report
 
 
-class SigningThread(Protocol):
-    """Where the certificate worker signs (:class:`relay.process.worker.InProcessCertifier`):
-    one thread of its own, so the signer is never used by two threads at once."""
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-
 class VersionRecords(Protocol):
     """The store's ``certificate_versions`` (:mod:`relay.queue.verifications`)."""
 
@@ -246,7 +245,7 @@ class VersionRecords(Protocol):
 
 async def renew_archive(
     archive: Path,
-    thread: SigningThread,
+    thread: TimeStampingCertifier,
     records: VersionRecords,
     *,
     before: dt.timedelta,
@@ -265,7 +264,7 @@ async def renew_archive(
     start = time.monotonic()
     now = dt.datetime.now(dt.UTC)
     with renewal_lock(archive):
-        current = await thread.run(current_authority)
+        current = await thread.run_in_signing_thread(current_authority)
         found_all = await asyncio.to_thread(list, candidates(archive, current, newer_than))
         for found in found_all:
             report.looked_at += 1
@@ -279,7 +278,9 @@ async def renew_archive(
                 continue
             try:
                 mtime = found.path.stat().st_mtime
-                old_sha, renewed = await thread.run(renew_with_this_process, found.path)
+                old_sha, renewed = await thread.run_in_signing_thread(
+                    partial(renew_with_this_process, found.path)
+                )
                 new_sha = hashlib.sha256(renewed).hexdigest()
                 await records.record_certificate_version(
                     old_sha, found.cert_id, mtime, VersionKind.ISSUED
@@ -317,3 +318,46 @@ def describe(found: Candidate) -> str:
 def _why(exc: BaseException) -> str:
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+LTA_LOOKBACK = 7 * 86400.0
+"""How far back (seconds, by the file's time) the ``lta`` task looks for documents
+without a document timestamp; the daily ``renew`` task looks at every one."""
+
+
+def renewal_tasks(
+    cfg: Config, records: VersionRecords, thread: TimeStampingCertifier, archive: Path
+) -> list[Task]:
+    """The gateway's own renewal (:class:`relay.certify.maintenance.Maintenance` runs
+    them): ``renew`` daily, and with ``[evidence] lta_delay`` > 0 ``lta`` often enough
+    that a document gets its first document timestamp within that delay."""
+    from relay.certify.maintenance import Task
+
+    before = dt.timedelta(days=cfg.evidence.renew_before)
+
+    async def run(newer_than: float | None, first_only: bool) -> str:
+        try:
+            report = await renew_archive(
+                archive,
+                thread,
+                records,
+                before=before,
+                newer_than=newer_than,
+                first_only=first_only,
+            )
+        except RenewalBusy:
+            return "not run: another renewal is running (certifica evidence renew?)"
+        for line in report.failed:
+            log.warning("renewal: %s", line)
+        return report.summary()
+
+    async def renew(now: float) -> str:
+        return await run(None, False)
+
+    async def lta(now: float) -> str:
+        return await run(now - LTA_LOOKBACK, True)
+
+    tasks = [Task("renew", 86400.0, renew)]
+    if cfg.evidence.lta_delay > 0:
+        tasks.append(Task("lta", min(cfg.evidence.lta_delay / 2, 3600.0), lta))
+    return tasks
