@@ -29,7 +29,10 @@ from pathlib import Path
 import pytest
 from pyhanko.pdf_utils.reader import PdfFileReader
 
+from certifier.pki import ensure_dev_pki
+from certifier.pool import SigningSettings
 from certifier.verify import embedded_evidence, verify_certificate
+from relay.certify.renewal import RenewalReport
 from relay.queue.store import Store
 from relay.queue.verifications import versions_of
 from tests.conftest import (
@@ -279,3 +282,48 @@ def test_with_lta_delay_the_gateway_adds_the_document_timestamp(
     assert verify_certificate(pdf, [ca(gw)]).ok
     assert [r["kind"] for r in versions(gw, cert_id)] == ["issued", "renewed"]
     assert "maintenance: lta: 1 renewed" in gw.log()
+
+
+def test_the_daily_task_renews_only_what_a_new_timestamp_would_extend(tmp_path: Path) -> None:
+    """The gateway's own pass (relay.certify.renewal.renew_archive), on the signing thread
+    of a certificate worker: a B-LTA file whose newest timestamp is by the authority in
+    use now is left alone (one more timestamp from it would not last longer), a B-LT file
+    gets its first document timestamp, and both versions are recorded."""
+    import asyncio
+
+    from certifier import pool
+    from relay.certify.renewal import renew_archive
+    from relay.process.worker import InProcessCertifier
+    from tests.verification_site import EML, evidence
+
+    pki = ensure_dev_pki(tmp_path / "keys", "certifica.localhost")
+    settings = SigningSettings.from_pki(pki)
+    pool.init_process(settings)
+    archive = tmp_path / "certificates"
+    archive.mkdir()
+    lta = pool.render_and_sign(evidence(), EML)
+    signed = pool.render_and_sign(evidence(), EML, pool.build_signer(settings))  # B-T
+    lt = pool.archiver().archive(signed, document_timestamp=False)
+    assert document_timestamps(lta) == 1 and document_timestamps(lt) == 0
+    (archive / "CF-LTA.pdf").write_bytes(lta)
+    (archive / "CF-LT.pdf").write_bytes(lt)
+    certifier = InProcessCertifier()
+
+    async def run() -> RenewalReport:
+        with Store(tmp_path / "queue.db", 30.0) as store:
+            report = await renew_archive(archive, certifier, store, before=dt.timedelta(days=4000))
+            rows = await store.certificate_versions("CF-LT")
+        assert [r["kind"] for r in rows] == ["issued", "renewed"]
+        return report
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        certifier.close()
+    assert report.looked_at == 2 and report.skipped_same_authority == 1
+    assert [line.split(":")[0] for line in report.renewed] == ["CF-LT"]
+    assert (archive / "CF-LTA.pdf").read_bytes() == lta
+    renewed = (archive / "CF-LT.pdf").read_bytes()
+    assert renewed.startswith(lt) and document_timestamps(renewed) == 1
+    assert verify_certificate(renewed, [pki.ca_cert]).ok
+    assert "timestamp authority's own certificate expires too soon" in report.summary()

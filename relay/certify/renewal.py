@@ -81,7 +81,7 @@ class Candidate:
     path: Path
     expires: dt.datetime  # its newest timestamp's authority certificate's notAfter
     document_timestamps: int  # 0: issued B-LT (lta_delay > 0), or B-T
-    same_authority: bool  # the newest timestamp is already by the authority we use now
+    authority: bytes  # the SHA-256 of that authority's certificate
 
     def due(self, now: dt.datetime, before: dt.timedelta) -> bool:
         """Whether it needs a document timestamp: none yet, or its newest timestamp's
@@ -129,12 +129,11 @@ def renewal_lock(archive: Path) -> Iterator[None]:
 
 
 def candidates(
-    archive: Path, current_authority: bytes | None, newer_than: float | None = None
+    archive: Path, newer_than: float | None = None
 ) -> Iterator[Candidate | tuple[Path, str]]:
     """Every PDF in ``archive`` (written after ``newer_than``, a POSIX time, if given),
     in name order, as a :class:`Candidate`, or ``(path, reason)`` when it cannot be read.
-    ``current_authority``: the SHA-256 of the certificate the renewing authority signs
-    with (None: unknown). Blocking: runs in a thread."""
+    Blocking: runs in a thread."""
     from certifier.lta import newest_timestamp
 
     for path in sorted(archive.glob("*.pdf")):
@@ -152,8 +151,7 @@ def candidates(
             path=path,
             expires=newest.expires,
             document_timestamps=newest.document_timestamps,
-            same_authority=current_authority is not None
-            and newest.tsa_cert.sha256 == current_authority,
+            authority=bytes(newest.tsa_cert.sha256),
         )
 
 
@@ -197,7 +195,7 @@ def renew_archive_sync(
     start = time.monotonic()
     now = dt.datetime.now(dt.UTC)
     with renewal_lock(archive):
-        for found in candidates(archive, None):
+        for found in candidates(archive):
             report.looked_at += 1
             if isinstance(found, tuple):
                 line = f"{found[0].name}: cannot be read ({found[1]})"
@@ -264,8 +262,8 @@ async def renew_archive(
     start = time.monotonic()
     now = dt.datetime.now(dt.UTC)
     with renewal_lock(archive):
-        current = await thread.run_in_signing_thread(current_authority)
-        found_all = await asyncio.to_thread(list, candidates(archive, current, newer_than))
+        found_all = await asyncio.to_thread(list, candidates(archive, newer_than))
+        current: bytes | None = None  # asked of the authority only when a file is due
         for found in found_all:
             report.looked_at += 1
             if isinstance(found, tuple):
@@ -273,9 +271,12 @@ async def renew_archive(
                 continue
             if not found.due(now, before) or (first_only and found.document_timestamps):
                 continue
-            if found.document_timestamps and found.same_authority:
-                report.skipped_same_authority += 1
-                continue
+            if found.document_timestamps:
+                if current is None:
+                    current = await thread.run_in_signing_thread(current_authority)
+                if found.authority == current:
+                    report.skipped_same_authority += 1
+                    continue
             try:
                 mtime = found.path.stat().st_mtime
                 old_sha, renewed = await thread.run_in_signing_thread(
