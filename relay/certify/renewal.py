@@ -337,17 +337,11 @@ def renewal_tasks(
     before = dt.timedelta(days=cfg.evidence.renew_before)
 
     async def run(newer_than: float | None, first_only: bool) -> str:
-        try:
-            report = await renew_archive(
-                archive,
-                thread,
-                records,
-                before=before,
-                newer_than=newer_than,
-                first_only=first_only,
-            )
-        except RenewalBusy:
-            return "not run: another renewal is running (certifica evidence renew?)"
+        # RenewalBusy (certifica evidence renew holds the archive) propagates: the
+        # scheduler logs it and tries again later, rather than counting today as done.
+        report = await renew_archive(
+            archive, thread, records, before=before, newer_than=newer_than, first_only=first_only
+        )
         for line in report.failed:
             log.warning("renewal: %s", line)
         return report.summary()
