@@ -15,6 +15,15 @@ after every certificate in it has expired and after the gateway is gone:
    It proves that the revocation data existed while the certificates were valid; a later
    document timestamp (renewal) extends that proof past the expiry of this one's authority.
 
+**Renewal** (:meth:`Archiver.renew`, ETSI EN 319 142-1 section 5.5, the "LTA" cycle of
+ETSI EN 319 102-1 section 5.6.3) appends one more incremental update to a B-LT or B-LTA
+file, never rewriting a byte before it: the validation data of its newest timestamp (the
+authority's chain and current CRLs) in the DSS, then a new document timestamp over the
+whole file, that DSS included. The DSS update comes *before* the timestamp, in the same
+revision, so the newest timestamp always covers the whole file (what
+:mod:`certifier.verify` requires). A B-LT file (issued with ``[evidence] lta_delay`` > 0)
+gets its first document timestamp the same way.
+
 With the development PKI (:mod:`certifier.pki`) the CRL comes straight from the CA's files
 (no HTTP fetch); with an operator's certificates pyHanko fetches what their
 cRLDistributionPoints and OCSP responders publish.
@@ -26,23 +35,28 @@ issued, as with a failing TSA, and the caller retries later.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import io
 import logging
 from collections.abc import Callable, Iterable
 
+from asn1crypto import cms
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.general import extract_certificate_info
 from pyhanko.sign.signers.pdf_signer import PdfTimeStamper, TimestampDSSContentSettings
 from pyhanko.sign.timestamps import TimeStamper
-from pyhanko.sign.validation import add_validation_info
-from pyhanko_certvalidator import ValidationContext
+from pyhanko.sign.validation import DocumentSecurityStore, add_validation_info
+from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 
 log = logging.getLogger("certifica/lta")
 
-__all__ = ["Archiver"]
+__all__ = ["Archiver", "NewestTimestamp", "newest_timestamp"]
 
 
 class Archiver:
@@ -88,8 +102,9 @@ class Archiver:
             revocation_mode="soft-fail" if self.fetch else "hard-fail",
         )
 
-    def archive(self, pdf: bytes) -> bytes:
-        """*pdf* (signed) with its DSS and, if so configured, a document timestamp."""
+    def archive(self, pdf: bytes, document_timestamp: bool | None = None) -> bytes:
+        """*pdf* (signed) with its DSS and, if so configured (or *document_timestamp*
+        says), a document timestamp."""
         reader = PdfFileReader(io.BytesIO(pdf))
         signature = reader.embedded_signatures[-1]
         # Read once per document, so that both steps put the same CRLs in (one re-signed
@@ -105,7 +120,7 @@ class Archiver:
             # certificate stays B-T rather than not being issued.
             log.warning("certificate left PAdES B-T: no validation data (%s)", _why(exc))
             return pdf
-        if not self.document_timestamp:
+        if not (self.document_timestamp if document_timestamp is None else document_timestamp):
             return bytes(out.getvalue())
         return self._timestamp(out.getvalue(), known)
 
@@ -123,6 +138,98 @@ class Archiver:
             dss_settings=TimestampDSSContentSettings(include_vri=False),
         )
         return bytes(out.getvalue())
+
+    def renew(self, pdf: bytes) -> bytes:
+        """*pdf* (B-LT or B-LTA) with one more incremental update: the validation data of
+        its newest timestamp in the DSS, then a new document timestamp over the whole file.
+
+        Raises pyHanko's path errors when the newest timestamp's authority no longer has
+        a valid path to a root (expired, revoked): the file cannot be renewed any more,
+        which is why renewal runs well before that (``[evidence] renew_before``)."""
+        reader = PdfFileReader(io.BytesIO(pdf))
+        if "/DSS" not in reader.root:
+            # Left PAdES B-T at issue (no validation data could be had then): the
+            # signature's own chain and revocation data first, as at issue.
+            pdf = self.archive(pdf, document_timestamp=False)
+            reader = PdfFileReader(io.BytesIO(pdf))
+        newest = newest_timestamp(reader)
+        known = [] if self.crls is None else self.crls()
+        context = self._context(known, newest.certificates)
+        # The newest timestamp's authority, validated now (its certificates still valid)
+        # with current revocation data: this is what the new timestamp preserves.
+        validator = CertificateValidator(
+            newest.tsa_cert, intermediate_certs=newest.certificates, validation_context=context
+        )
+        path = asyncio.run(validator.async_validate_usage(set(), {"time_stamping"}))
+        writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+        # No VRI entry: a VRI is keyed by a signature that exists, and this update must
+        # come before the new timestamp, which then covers it (certifier.verify).
+        DocumentSecurityStore.supply_dss_in_writer(
+            writer, None, paths=[path], validation_context=context
+        )
+        out = PdfTimeStamper(self.timestamper).timestamp_pdf(
+            writer,
+            "sha256",
+            validation_context=context,
+            # The new timestamp's own authority (another one, after a change of TSA) goes
+            # into the same DSS update, before the timestamp, never after it.
+            dss_settings=TimestampDSSContentSettings(include_vri=False, update_before_ts=True),
+        )
+        return bytes(out.getvalue())
+
+    def tsa_certificate(self) -> asn1_x509.Certificate:
+        """The certificate of the authority this archiver's timestamps come from (read
+        from a token it issued; pyHanko asks a remote authority once per process)."""
+        token = asyncio.run(self.timestamper.async_dummy_response("sha256"))
+        return extract_certificate_info(token["content"]).signer_cert
+
+
+class NewestTimestamp:
+    """The newest timestamp of a certificate PDF: its authority's certificate and the
+    certificates its token carries, and how many document timestamps the file has."""
+
+    def __init__(
+        self,
+        tsa_cert: asn1_x509.Certificate,
+        certificates: list[asn1_x509.Certificate],
+        document_timestamps: int,
+    ) -> None:
+        self.tsa_cert = tsa_cert
+        self.certificates = certificates
+        self.document_timestamps = document_timestamps
+
+    @property
+    def expires(self) -> dt.datetime:
+        """When the newest timestamp's authority certificate expires (UTC)."""
+        return self.tsa_cert.not_valid_after.astimezone(dt.UTC)
+
+
+def newest_timestamp(source: bytes | PdfFileReader) -> NewestTimestamp:
+    """The newest timestamp of a certificate PDF: its last document timestamp, else (a
+    B-T or B-LT file) the signature timestamp of its signature. Raises
+    :class:`ValueError` when the file has neither."""
+    reader = PdfFileReader(io.BytesIO(source)) if isinstance(source, bytes) else source
+    stamps = reader.embedded_timestamp_signatures
+    if stamps:
+        data = stamps[-1].signed_data
+    else:
+        signatures = reader.embedded_regular_signatures
+        if not signatures:
+            raise ValueError("the file has no signature")
+        token = _signature_timestamp(signatures[0])
+        if token is None:
+            raise ValueError("the signature carries no timestamp")
+        data = token["content"]
+    found = extract_certificate_info(data)
+    return NewestTimestamp(found.signer_cert, list(found.other_certs), len(stamps))
+
+
+def _signature_timestamp(sig: EmbeddedPdfSignature) -> cms.ContentInfo | None:
+    """The RFC 3161 token of *sig* (id-aa-signatureTimeStampToken, RFC 3161 appendix A)."""
+    for attr in sig.signer_info["unsigned_attrs"] or ():
+        if attr["type"].native == "signature_time_stamp_token" and len(attr["values"]) == 1:
+            return attr["values"][0]
+    return None
 
 
 def _why(exc: BaseException) -> str:

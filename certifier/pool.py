@@ -47,6 +47,7 @@ T = TypeVar("T")
 __all__ = [
     "CertificatePool",
     "SigningSettings",
+    "archiver",
     "build_archiver",
     "build_signer",
     "init_process",
@@ -264,6 +265,14 @@ def render_and_sign(
     signed = signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
     archiver = archiver or (_archiver if signer is _signer else None)
     return signed if archiver is None else archiver.archive(signed)
+
+
+def archiver() -> Archiver:
+    """This process's archiver (:func:`init_process`), for renewals
+    (:meth:`certifier.lta.Archiver.renew`)."""
+    if _archiver is None:
+        raise RuntimeError("no archiver: call init_process(settings) with archive=True")
+    return _archiver
 
 
 def timestamp_token(imprint: bytes) -> bytes:

@@ -45,6 +45,7 @@ from relay.queue.spool import Spool, SpoolFileMissing, write_once
 from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since, spool_name
 from relay.queue.states import DocumentState, MessageState
 from relay.queue.store import NewMessage, Store
+from relay.queue.verifications import VersionKind
 
 # The condition every certificate's commit carries: the message still owes it. A job run
 # twice (a worker killed before it answered) then commits once (ARCHITECTURE.md §1).
@@ -139,7 +140,8 @@ class DocumentMaker:
         """What the verification page shows for the PDF ``kept`` under ``cert_id``:
         recorded before the mail is queued, so the page answers by the time anyone has
         the link. A rerun keeps the PDF first written (:func:`write_once`): the page then
-        describes that one, from its own embedded evidence, not this run's. Returns the
+        describes that one, from its own embedded evidence, not this run's. The PDF is
+        also the certificate's first version (``certificate_versions``). Returns the
         kept PDF's SHA-256."""
         pdf_sha = hashlib.sha256(kept).hexdigest()
         if kept != rendered:
@@ -168,6 +170,10 @@ class DocumentMaker:
             issued_at=_posix(evidence.get("issued_at")) or time.time(),
             pdf_sha256=pdf_sha,
             recipients=recipients,
+        )
+        # The first version of the archived file; renewals add theirs (relay.certify.renewal).
+        await self.store.record_certificate_version(
+            pdf_sha, cert_id, time.time(), VersionKind.ISSUED
         )
         return pdf_sha
 

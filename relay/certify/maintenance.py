@@ -61,7 +61,11 @@ def maintenance_tasks(
     paths: dict[str, Path],
 ) -> list[Task]:
     """Every daily job of this gateway."""
-    return []
+    from relay.certify.renewal import renewal_tasks
+
+    tasks: list[Task] = []
+    tasks += renewal_tasks(cfg, store, certifier, paths["certificates"])
+    return tasks
 
 
 class Maintenance:

@@ -260,7 +260,8 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
             checkpointer = Checkpointer(store, certifier, interval=cfg.evidence.checkpoint_interval)
             checkpointer.start()
             tasks = maintenance_tasks(cfg, store, spool, certifier, setup.paths)
-            maintenance = Maintenance(store, tasks)
+            # As often as the most frequent task needs ([evidence] lta_delay: "lta").
+            maintenance = Maintenance(store, tasks, poll=min([60.0, *(t.interval for t in tasks)]))
             maintenance.start()
     client = JobClient(setup.job_path, role, index, handle)
     connection = asyncio.create_task(client.run())

@@ -7,12 +7,19 @@ copy of the database hands out no working links. What the page shows of the reci
 (addresses, outcome, time) is kept apart from what proves the document (issue time and
 the PDF's SHA-256): erasing a person's data (:meth:`Verifications.erase_verification`)
 empties the first and keeps the second, so the page still confirms the document.
+
+``certificate_versions`` lists every PDF the gateway handed out or archived under a
+certificate id, by SHA-256: the one issued (kind ``issued``) and each renewal's
+(``renewed``, :mod:`relay.certify.renewal`). The page matches a dropped copy against them,
+so an earlier copy is recognised as genuine and its holder offered the current one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+from enum import StrEnum
 from typing import Any
 
 from relay.queue.db import Database
@@ -20,6 +27,36 @@ from relay.queue.db import Database
 
 def code_sha256(code: str) -> str:
     return hashlib.sha256(code.encode("ascii", "replace")).hexdigest()
+
+
+class VersionKind(StrEnum):
+    """How a version of a certificate's PDF came to be."""
+
+    ISSUED = "issued"  # written when the document was made, and mailed
+    RENEWED = "renewed"  # a renewal appended validation data and a document timestamp
+
+
+def record_version(
+    conn: sqlite3.Connection, pdf_sha256: str, cert_id: str, made: float, kind: VersionKind
+) -> None:
+    """Record one version of ``cert_id``'s PDF (inside the caller's transaction); a version
+    recorded already keeps its first row (a document job rerun keeps the same PDF)."""
+    conn.execute(
+        "INSERT INTO certificate_versions (pdf_sha256, cert_id, made, kind) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(pdf_sha256) DO NOTHING",
+        (pdf_sha256, cert_id, made, str(kind)),
+    )
+
+
+def versions_of(conn: sqlite3.Connection, cert_id: str) -> list[dict[str, Any]]:
+    """Every recorded version of ``cert_id``'s PDF, oldest first:
+    ``{"pdf_sha256", "made", "kind"}``."""
+    cur = conn.execute(
+        "SELECT pdf_sha256, made, kind FROM certificate_versions WHERE cert_id = ?"
+        " ORDER BY made, kind = 'renewed'",
+        (cert_id,),
+    )
+    return [{"pdf_sha256": r[0], "made": r[1], "kind": r[2]} for r in cur.fetchall()]
 
 
 class Verifications(Database):
@@ -61,6 +98,22 @@ class Verifications(Database):
             )
 
         await self._run(write)
+
+    async def record_certificate_version(
+        self, pdf_sha256: str, cert_id: str, made: float, kind: VersionKind
+    ) -> None:
+        """Record a version of a certificate's PDF (:func:`record_version`)."""
+        await self._run(record_version, self._conn, pdf_sha256, cert_id, made, kind)
+
+    def record_certificate_version_sync(
+        self, pdf_sha256: str, cert_id: str, made: float, kind: VersionKind
+    ) -> None:
+        """:meth:`record_certificate_version` for ``certifica`` commands."""
+        self.run_sync(lambda db: record_version(db.conn, pdf_sha256, cert_id, made, kind))
+
+    async def certificate_versions(self, cert_id: str) -> list[dict[str, Any]]:
+        """Every recorded version of ``cert_id``'s PDF, oldest first (:func:`versions_of`)."""
+        return await self._read(versions_of, self._conn, cert_id)
 
     async def verification(self, code: str) -> dict[str, Any] | None:
         """The record for ``code``, with ``recipients`` decoded (None once erased); None

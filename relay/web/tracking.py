@@ -139,7 +139,9 @@ async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> we
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies, cfg.gateway.language)
-    verification.install(app, cfg, backend.store)
+    from relay.process.gateway import state_paths  # the archive's path, [evidence] archive_dir
+
+    verification.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
     pki.install(app, cfg.state_dir / "keys")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

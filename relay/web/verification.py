@@ -12,6 +12,12 @@ Routes, on the gateway's public HTTP listener (:mod:`relay.web.tracking` assembl
   (:mod:`relay.web.checker`), never on the event loop; the answer is JSON, in words:
   ``{"same_file": bool, "verdict": "valid"|"content_not_certified"|"not_valid",
   "message": str, "details": [str]}``, or ``{"message": str}`` with ``4xx``/``503``.
+- ``GET /v/<code>/pdf``: the document as the archive holds it now (README, "Renewal"):
+  after a renewal, a copy with a newer document timestamp than the one first issued.
+  Only to whoever has the code; ``404`` (the message page) once the archive no longer
+  holds it. The page offers it when the file dropped on it is an earlier version of the
+  document (its SHA-256 is one of the certificate's recorded versions), and the check's
+  JSON then says ``"earlier_copy": true`` with the ``"download"`` link.
 - ``GET /v/static/<name>``: the page's script, style sheet and icon (the page runs no
   inline script: its Content-Security-Policy allows only these).
 
@@ -39,6 +45,7 @@ exception's text; one log line for the operator where the gateway is at fault):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -55,6 +62,7 @@ from certifier.errors import TemporaryError
 from certifier.i18n import LANGUAGES, Reader, translations
 from certifier.outcome import TITLES, Outcome
 from relay.config import Config
+from relay.queue.verifications import VersionKind
 from relay.web.checker import CheckResult, PdfChecker
 from relay.web.pages import LANGUAGE_NAMES, grouped, mask_address, qr_svg, render
 from relay.web.ratelimit import RateLimiter, client_key
@@ -117,10 +125,16 @@ class VerificationRecords(Protocol):
 
     async def verification(self, code: str) -> dict[str, Any] | None: ...
 
+    async def certificate_versions(self, cert_id: str) -> list[dict[str, Any]]: ...
 
-def install(app: web.Application, cfg: Config, records: VerificationRecords) -> None:
-    """Add the verification routes to ``app`` (the public HTTP listener's)."""
-    VerificationPage(cfg, records).add_routes(app)
+
+def install(
+    app: web.Application, cfg: Config, records: VerificationRecords, archive: Path | None = None
+) -> None:
+    """Add the verification routes to ``app`` (the public HTTP listener's); ``archive``:
+    where the issued documents are kept (``[evidence] archive_dir``), for the download
+    of a renewed copy (None: not offered)."""
+    VerificationPage(cfg, records, archive).add_routes(app)
 
 
 def _outcome(kind: str, value: str) -> Outcome:
@@ -143,9 +157,12 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 class VerificationPage:
     """The handlers of the ``/v/`` routes, sharing one rate limiter and one checker."""
 
-    def __init__(self, cfg: Config, records: VerificationRecords) -> None:
+    def __init__(
+        self, cfg: Config, records: VerificationRecords, archive: Path | None = None
+    ) -> None:
         self.cfg = cfg
         self.records = records
+        self.archive = archive
         self.limiter = RateLimiter(cfg.web.rate_limit)
         self.checker = PdfChecker(cfg)
         self.trusted = trusted_networks(cfg.web.trusted_proxies)
@@ -156,6 +173,7 @@ class VerificationPage:
         app.router.add_get("/v/static/{name}", self.static_file)
         app.router.add_get("/v/{code}", self.limited(self.page))
         app.router.add_post("/v/{code}/check", self.limited(self.check))
+        app.router.add_get("/v/{code}/pdf", self.limited(self.download))
         app.router.add_route("*", "/v/{rest:.*}", self.limited(self.not_found))
 
     # --- answers shared by every route --------------------------------------------------
@@ -257,6 +275,25 @@ class VerificationPage:
             return None
         return record
 
+    async def versions_of(self, record: dict[str, Any]) -> tuple[str, list[str], float | None]:
+        """The SHA-256 of the document's current version, of its earlier ones
+        (``certificate_versions``; the issued one alone when it was never renewed), and
+        when it was last renewed (None: never)."""
+        try:
+            rows = await asyncio.wait_for(
+                self.records.certificate_versions(str(record["cert_id"])), LOOKUP_TIMEOUT
+            )
+        except Exception as exc:
+            log.error("verification page: versions not read (%s)", type(exc).__name__)
+            raise Unavailable from None
+        rows = [r for r in rows if _HEX64.fullmatch(str(r["pdf_sha256"]))]
+        known = [str(r["pdf_sha256"]) for r in rows]
+        issued = str(record["pdf_sha256"])
+        if issued not in known:
+            known.insert(0, issued)
+        renewed = [r for r in rows if r["kind"] == VersionKind.RENEWED]
+        return known[-1], known[:-1], _as_time(renewed[-1]["made"]) if renewed else None
+
     # --- the routes --------------------------------------------------------------------
 
     async def static_file(self, request: web.Request) -> web.StreamResponse:
@@ -276,6 +313,7 @@ class VerificationPage:
         gettext = reader.catalog("web").gettext
         code = request.match_info["code"]
         url = f"{self.base_url}/v/{code}"
+        current, earlier, renewed_at = await self.versions_of(record)
         recipients = record["recipients"]
         shown = None
         if isinstance(recipients, list):
@@ -300,6 +338,11 @@ class VerificationPage:
             legal_id=provider.legal_id,
             issued_moment=reader.moment(_as_time(record["issued_at"])),
             sha256=record["pdf_sha256"],
+            current_sha256=current,
+            current_groups=grouped(current),
+            renewed_moment=reader.moment(renewed_at) if renewed_at is not None else None,
+            earlier=" ".join(earlier),
+            download_url=f"{code}/pdf",
             hash_groups=grouped(record["pdf_sha256"]),
             recipients=shown,
             accepted=any(r.get("status") == "delivered" for r in recipients or ()),
@@ -349,8 +392,44 @@ class VerificationPage:
             result = await self.checker.check(upload)
         if result is None:
             return self.json(request, 503, message=try_later)
-        same_file = upload.sha256 == record["pdf_sha256"]
-        return self.json(request, 200, **_answer(reader, result, same_file))
+        current, earlier, _ = await self.versions_of(record)
+        same_file = upload.sha256 == current
+        answer = _answer(reader, result, same_file, upload.sha256 in earlier)
+        if answer["earlier_copy"]:
+            answer["download"] = f"pdf?lang={reader.language}"
+        return self.json(request, 200, **answer)
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        """The document as the archive holds it now (a renewed copy, after a renewal)."""
+        record = await self.record_of(request)
+        if record is None or self.archive is None:
+            return await self.not_found(request)
+        current, earlier, _ = await self.versions_of(record)
+        cert_id = str(record["cert_id"])
+        try:
+            pdf = await asyncio.to_thread((self.archive / f"{cert_id}.pdf").read_bytes)
+        except OSError:
+            pdf = b""
+        # Only a version recorded for this document leaves (never whatever the file
+        # became by other means): a renewal records its version before it replaces it.
+        if hashlib.sha256(pdf).hexdigest() not in (current, *earlier):
+            return self.message_page(
+                request,
+                404,
+                N_("Document no longer kept"),
+                N_(
+                    "The provider no longer keeps a copy of this document. The copy you "
+                    "hold can still be checked on this page."
+                ),
+            )
+        return web.Response(
+            body=pdf,
+            content_type="application/pdf",
+            headers={
+                **PAGE_HEADERS,
+                "Content-Disposition": f'attachment; filename="{cert_id}.pdf"',
+            },
+        )
 
 
 def _as_time(value: object) -> float | None:
@@ -359,7 +438,9 @@ def _as_time(value: object) -> float | None:
     return None
 
 
-def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, Any]:
+def _answer(
+    reader: Reader, result: CheckResult, same_file: bool, earlier_copy: bool = False
+) -> dict[str, Any]:
     """The check's JSON for the page: a verdict, a sentence and the details in words."""
     gettext = reader.catalog("web").gettext
     if result.ok and result.content_certified:
@@ -379,11 +460,20 @@ def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, A
         verdict = "not_valid"
         message = N_("This file does NOT pass the check: see below what failed.")
     sentences = [gettext(message)]
-    sentences.append(
-        gettext(N_("It is exactly the document issued under this code."))
-        if same_file
-        else gettext(N_("It is not the document issued under this code."))
-    )
+    if same_file:
+        sentences.append(gettext(N_("It is exactly the document issued under this code.")))
+    elif earlier_copy:
+        sentences.append(
+            gettext(
+                N_(
+                    "It is an earlier copy of the document issued under this code: genuine, "
+                    "but the provider has since renewed its timestamp. Download the renewed "
+                    "copy from this page and keep that one."
+                )
+            )
+        )
+    else:
+        sentences.append(gettext(N_("It is not the document issued under this code.")))
     checks = result.checks
     seal = [ok for name, ok in checks.items() if name in SEAL_CHECKS]
     rest = [ok for name, ok in checks.items() if name not in SEAL_CHECKS | {"trust", "timestamp"}]
@@ -418,6 +508,7 @@ def _answer(reader: Reader, result: CheckResult, same_file: bool) -> dict[str, A
     )
     return {
         "same_file": same_file,
+        "earlier_copy": earlier_copy,
         "verdict": verdict,
         "message": " ".join(sentences),
         "details": details,

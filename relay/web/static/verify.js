@@ -16,7 +16,10 @@
   const button = document.getElementById("check");
   const answer = document.getElementById("answer");
   const details = document.getElementById("details");
-  const expected = root.dataset.sha256;
+  const expected = root.dataset.current || root.dataset.sha256;
+  // Earlier versions of the document (the one issued, before a renewal: README, "Renewal").
+  const earlier = (root.dataset.earlier || "").split(" ").filter(Boolean);
+  const renewedCopy = document.getElementById("renewed-copy");
   const maxUpload = Number(root.dataset.maxUpload);
   let chosen = null;
 
@@ -42,6 +45,7 @@
     details.replaceChildren();
     server.hidden = false;
     fileHash.hidden = true;
+    renewedCopy.hidden = true;
     if (!(window.crypto && window.crypto.subtle)) {
       say(result, root.dataset.msgNoCrypto, "unknown");
       return;
@@ -55,6 +59,9 @@
     fileHash.hidden = false;
     if (digest === expected) {
       say(result, root.dataset.msgSame, "good");
+    } else if (earlier.includes(digest)) {
+      say(result, root.dataset.msgEarlier, "good");
+      renewedCopy.hidden = false;
     } else {
       say(result, root.dataset.msgDifferent, "bad");
     }
@@ -80,7 +87,11 @@
         referrerPolicy: "no-referrer",
       });
       const body = await response.json();
-      const state = body.verdict === "valid" && body.same_file ? "good" : "bad";
+      const known = body.same_file || body.earlier_copy;
+      const state = body.verdict === "valid" && known ? "good" : "bad";
+      if (body.earlier_copy) {
+        renewedCopy.hidden = false;
+      }
       say(answer, body.message || root.dataset.msgFailed, response.ok ? state : "bad");
       for (const line of body.details || []) {
         const item = document.createElement("li");
