@@ -12,9 +12,11 @@ RUN_PACKAGES :=
 # package); poppler-utils for pdfsig and pdftotext, poppler-data for pdftotext's CJK maps;
 # openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail
 # and the verification page; zbar-tools, whose zbarimg reads the QR codes back; softhsm2, a
-# PKCS#11 token for the signing key in an HSM.
+# PKCS#11 token for the signing key in an HSM; systemd for systemd-analyze (the unit's
+# security rating and verify) and python3-seccomp, with which tests/unit_sandbox.py runs
+# the gateway under the unit's seccomp filters where systemd is not PID 1.
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
-	poppler-utils poppler-data openssl chromium zbar-tools softhsm2
+	poppler-utils poppler-data openssl chromium zbar-tools softhsm2 systemd python3-seccomp
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.
