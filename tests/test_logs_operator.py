@@ -1,0 +1,223 @@
+"""Logs for operators: ``[log] format = "json"``, ``[log] file``, lines without a time
+under systemd's journal, and ``certifica log QID``.
+
+Real gateways, real clients, real sinks; the log is read back as an operator (or a log
+shipper) reads it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    CERT_ADDRESS,
+    CERTIFICA,
+    Gateway,
+    Sink,
+    SinkServer,
+    assert_clean_log,
+    make_message,
+    run_cli,
+    start_gateway,
+    write_config,
+)
+from tests.test_certified_sending import generated_for, submit
+
+FIELDS = {"time", "level", "process", "message"}
+LEVELS = {"debug", "info", "warning", "error"}
+TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
+
+
+@pytest.fixture(scope="module")
+def remote(sink_server: SinkServer) -> Sink:
+    return sink_server.start(Sink())
+
+
+def routes(remote: Sink) -> dict[str, int]:
+    return {d: remote.port for d in ("example.org", "example.net", "example.com")}
+
+
+@pytest.fixture(scope="module")
+def json_gateway(
+    tmp_path_factory: pytest.TempPathFactory, remote: Sink
+) -> Iterator[tuple[Gateway, Path]]:
+    tmp = tmp_path_factory.mktemp("jsonlog")
+    cfg = write_config(tmp, routes(remote), '[log]\nformat = "json"\nfile = "log/gateway.log"\n')
+    (tmp / "log").mkdir()
+    gw = start_gateway(cfg)
+    yield gw, tmp / "log" / "gateway.log"
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def two_messages(json_gateway: tuple[Gateway, Path], remote: Sink) -> tuple[str, str]:
+    """Two certified sends, each finished: its certificate mail delivered."""
+    gw, _ = json_gateway
+    first = submit(gw, make_message("First"), ["bob@example.org", CERT_ADDRESS])
+    second = submit(gw, make_message("Second"), ["carol@example.net", CERT_ADDRESS])
+    for qid in (first, second):
+        mail = generated_for(remote, qid, "certificate")
+        cert_qid = mail.message["X-Certifica-Queue-Id"]
+        assert cert_qid == qid
+    # The certificate mail's own delivery is logged once the sink said 250: wait for it.
+    log = json_gateway[1]
+    deadline = time.monotonic() + 60
+    while log.read_text().count("to=<alice@example.com>") < 4:  # 2 notices, 2 certificates
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return first, second
+
+
+def entries(text: str) -> list[dict[str, str]]:
+    out = []
+    for line in text.splitlines():
+        entry = json.loads(line)  # every line is one JSON object
+        assert isinstance(entry, dict), line
+        out.append(entry)
+    return out
+
+
+def test_json_lines_have_the_fields_in_the_file_and_on_stderr(
+    json_gateway: tuple[Gateway, Path], two_messages: tuple[str, str]
+) -> None:
+    gw, log_file = json_gateway
+    first, _ = two_messages
+    written, stderr = entries(log_file.read_text()), entries(gw.log())
+    assert written and len(stderr) >= len(written)  # the file holds what stderr has
+    for entry in written + stderr:
+        assert FIELDS <= set(entry), entry
+        assert entry["level"] in LEVELS, entry
+        when = datetime.datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+        assert when.utcoffset() == datetime.timedelta(0), entry
+        assert entry["process"].startswith("certifica"), entry
+        if re.match(r"[0-9A-F]{12}: ", entry["message"]):
+            assert entry["qid"] == entry["message"][:12], entry
+        else:
+            assert "qid" not in entry, entry
+    about_first = [e for e in written if e.get("qid") == first]
+    assert any("status=sent" in e["message"] for e in about_first), about_first
+    # A child's lines carry its role and pid, as in the text format.
+    assert any(re.fullmatch(r"certifica/\w+\[\d+\]", e["process"]) for e in written)
+
+
+def test_log_prints_every_line_about_a_message_and_nothing_about_another(
+    json_gateway: tuple[Gateway, Path], two_messages: tuple[str, str]
+) -> None:
+    gw, _ = json_gateway
+    first, second = two_messages
+    result = gw.cli("log", first)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    messages = [e["message"] for e in lines]
+    text = "\n".join(messages)
+    print(f"\ncertifica log {first}:\n{text}")
+    # Acceptance, delivery to Bob, the certificate, and the mails made about it.
+    assert re.search(rf"^{first}: from=<alice@example.com>", text, re.M), text
+    assert re.search(rf"^{first}: to=<bob@example.org>, .*status=sent", text, re.M), text
+    assert re.search(rf"^{first}: certificate=CF-", text, re.M), text
+    linked = {e["qid"] for e in lines if e.get("qid") and e["qid"] != first}
+    assert len(linked) >= 2, text  # the notice and the certificate mail
+    for qid in linked:
+        assert re.search(rf"^{qid}: to=<alice@example.com>, .*status=sent", text, re.M), text
+    # Nothing about the other message, nor about the mails made about it.
+    other = gw.cli("log", second)
+    assert other.returncode == 0, other.stderr
+    theirs = {json.loads(line).get("qid") for line in other.stdout.splitlines()} - {None}
+    assert second in theirs and not theirs & ({first} | linked), (theirs, linked)
+    for line in result.stdout.splitlines():
+        assert not any(q in line for q in theirs), line
+    # An abbreviated id does the same; an unknown one is one line and exit status 1 or 2.
+    assert gw.cli("log", first[:8]).stdout == result.stdout
+    unknown = gw.cli("log", "ABCDEF012345")
+    assert unknown.returncode == 1 and unknown.stdout == "", unknown
+    assert unknown.stderr.count("\n") == 1 and "no line about ABCDEF012345" in unknown.stderr
+    assert gw.cli("log", "zz").returncode == 2
+
+
+def test_log_reads_the_rotated_file_and_the_gateway_writes_a_new_one(
+    json_gateway: tuple[Gateway, Path], two_messages: tuple[str, str], remote: Sink
+) -> None:
+    """logrotate renames the file (create mode): the gateway's processes notice and
+    write a new one; ``certifica log`` reads the previous one too."""
+    gw, log_file = json_gateway
+    first, _ = two_messages
+    before = gw.cli("log", first).stdout
+    log_file.rename(log_file.with_name(log_file.name + ".1"))
+    third = submit(gw, make_message("Third"), ["bob@example.org", CERT_ADDRESS])
+    generated_for(remote, third, "certificate")
+    deadline = time.monotonic() + 60
+    while not (log_file.exists() and f"{third}: certificate=" in log_file.read_text()):
+        assert time.monotonic() < deadline, "no new log file after the rotation"
+        time.sleep(0.1)
+    assert gw.cli("log", first).stdout == before  # all in the rotated file
+    assert f'"qid": "{third}"' in gw.cli("log", third).stdout
+
+
+def journal_env(stderr_file: Path) -> dict[str, str]:
+    """What systemd sets for a service whose stderr is the journal (systemd.exec(5))."""
+    status = os.stat(stderr_file)
+    return {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+
+
+def run_briefly(cfg: Path, env: dict[str, str], stderr_file: Path) -> str:
+    """Start ``certifica serve``, wait for its listeners, stop it; its stderr."""
+    listen = cfg.parent / "state" / "listen.json"
+    listen.unlink(missing_ok=True)
+    with open(stderr_file, "ab") as out:
+        proc = subprocess.Popen([CERTIFICA, "-c", str(cfg), "serve"], stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not listen.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, stderr_file.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0, stderr_file.read_text()
+    return stderr_file.read_text()
+
+
+def test_under_the_journal_text_lines_have_no_time_and_a_priority(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {}, '[log]\nfile = "gateway.log"\n')
+    stderr_file = tmp_path / "journal.txt"
+    stderr_file.touch()
+    text = run_briefly(cfg, journal_env(stderr_file), stderr_file)
+    lines = text.splitlines()
+    assert any("stopped" in line for line in lines), text
+    for line in lines:
+        assert re.match(r"<[3-7]>certifica(/[\w.-]+(\[\d+\])?)?: ", line), line
+        assert not TIME.search(line), line
+    # The file has no journal to stamp it: its lines keep their time, and no priority.
+    for line in (tmp_path / "gateway.log").read_text().splitlines():
+        assert TIME.match(line) and not line.startswith("<"), line
+    assert_clean_log(text)
+
+
+def test_journal_stream_of_another_file_is_not_trusted(tmp_path: Path) -> None:
+    """A process whose stderr was redirected away from the journal inherits the
+    variable; the time stays in its lines."""
+    cfg = write_config(tmp_path, {})
+    elsewhere = tmp_path / "other.txt"
+    elsewhere.touch()
+    stderr_file = tmp_path / "stderr.txt"
+    text = run_briefly(cfg, journal_env(elsewhere), stderr_file)
+    assert text and all(TIME.match(line) for line in text.splitlines()), text
+
+
+def test_bad_log_keys_are_refused_naming_the_key(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, {}, '[log]\nformat = "xml"\n')
+    result = run_cli(cfg, "serve")
+    assert result.returncode == 2 and "log.format" in result.stderr and str(cfg) in result.stderr
+    cfg = write_config(tmp_path, {}, '[log]\nfile = "no/such/dir/gateway.log"\n')
+    result = run_cli(cfg, "serve")
+    assert result.returncode == 2, result
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"certifica: {cfg}: log.file ") and "Traceback" not in line, line
