@@ -35,7 +35,9 @@ from tests.conftest import (
     run_cli,
     write_config,
 )
-from tests.test_certified_sending import generated_for, submit
+from tests.test_certified_sending import certificate_pdf, generated_for, submit
+from tests.test_signing_hsm import MODULE, Hsm, _config
+from tests.test_signing_hsm import hsm as hsm  # the SoftHSM2 token fixture
 
 UNIT = ROOT / "systemd" / "certifica.service"
 SANDBOX = Path(__file__).with_name("unit_sandbox.py")
@@ -191,3 +193,25 @@ def test_the_gateway_certifies_under_the_units_seccomp_filters(
     assert_clean_log(gw.log())
     # A refused call would show as EPERM somewhere; nothing in the log mentions one.
     assert "Operation not permitted" not in gw.log(), gw.log()
+
+
+@needs_seccomp
+@pytest.mark.skipif(not MODULE.exists(), reason="no SoftHSM2 (Debian: softhsm2)")
+def test_signing_through_pkcs11_works_under_the_units_seccomp_filters(
+    hsm: Hsm, sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """python-pkcs11 and SoftHSM2's library (a PKCS#11 module loaded into the process)
+    sign under the same filters: no device, no writable executable memory needed. A USB
+    token would need its device (the unit's comments say how)."""
+    mx = sink_server.start(Sink())
+    routes = {d: mx.port for d in ("example.org", "example.com")}
+    gw = start_sandboxed(_config(tmp_path, routes, hsm.signing_lines()))
+    try:
+        qid = submit(gw, make_message(), ["bob@example.org", CERT_ADDRESS])
+        pdf = certificate_pdf(generated_for(mx, qid, "certificate"), tmp_path / "c.pdf")
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0, gw.log()
+    assert_clean_log(gw.log())
+    out = subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True).stdout
+    assert "Signature is Valid" in out and "Certifica HSM Seal" in out, out  # the token's key
