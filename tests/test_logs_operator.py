@@ -11,6 +11,9 @@ import datetime
 import json
 import os
 import re
+import secrets
+import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -194,7 +197,7 @@ def test_under_the_journal_text_lines_have_no_time_and_a_priority(tmp_path: Path
     assert any("stopped" in line for line in lines), text
     for line in lines:
         assert re.match(r"<[3-7]>certifica(/[\w.-]+(\[\d+\])?)?: ", line), line
-        assert not TIME.search(line), line
+        assert not TIME.match(line), line
     # The file has no journal to stamp it: its lines keep their time, and no priority.
     for line in (tmp_path / "gateway.log").read_text().splitlines():
         assert TIME.match(line) and not line.startswith("<"), line
@@ -210,6 +213,102 @@ def test_journal_stream_of_another_file_is_not_trusted(tmp_path: Path) -> None:
     stderr_file = tmp_path / "stderr.txt"
     text = run_briefly(cfg, journal_env(elsewhere), stderr_file)
     assert text and all(TIME.match(line) for line in text.splitlines()), text
+
+
+JOURNALD = Path("/lib/systemd/systemd-journald")
+
+
+@pytest.fixture
+def journal() -> Iterator[str]:
+    """A journald of its own (a journal namespace, systemd-journald(8)), so the test
+    neither needs systemd as PID 1 nor reads or writes the machine's journal."""
+    if not JOURNALD.exists() or shutil.which("journalctl") is None or os.geteuid() != 0:
+        pytest.skip("needs systemd-journald and journalctl, as root")
+    namespace = f"certifica-test-{secrets.token_hex(4)}"
+    run = Path(f"/run/systemd/journal.{namespace}")
+    machine = Path("/etc/machine-id").read_text().strip()
+    stored = [Path(f"/{base}/log/journal/{machine}.{namespace}") for base in ("var", "run")]
+    daemon = subprocess.Popen(
+        [str(JOURNALD), namespace], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (run / "stdout").exists():
+            assert daemon.poll() is None and time.monotonic() < deadline, "journald did not start"
+            time.sleep(0.05)
+        yield namespace
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        for path in (run, *stored):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def journal_stream(namespace: str, identifier: str) -> socket.socket:
+    """A stream to journald, as systemd gives a service for its stdout and stderr: the
+    header names the identifier and asks journald to read a ``<N>`` priority prefix."""
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream.connect(f"/run/systemd/journal.{namespace}/stdout")
+    # identifier, unit, default priority, level prefix, to syslog, kmsg, console
+    stream.sendall(f"{identifier}\n\n6\n1\n0\n0\n0\n".encode())
+    stream.shutdown(socket.SHUT_RD)
+    return stream
+
+
+def test_log_reads_the_journal_when_the_gateway_runs_under_it(
+    journal: str, remote: Sink, tmp_path: Path
+) -> None:
+    """The gateway's stderr is a journald stream with JOURNAL_STREAM set, as under the
+    unit; its lines arrive with their priority read and without a time of their own, and
+    ``certifica log`` finds a message's lines through journalctl."""
+    cfg = write_config(tmp_path, routes(remote))
+    added = run_cli(cfg, "users", "add", "alice@example.com", "--password-stdin",
+                    stdin="correct horse battery\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    stream = journal_stream(journal, "certifica")
+    status = os.fstat(stream.fileno())
+    env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+    listen = tmp_path / "state" / "listen.json"
+    proc = subprocess.Popen(
+        [CERTIFICA, "-c", str(cfg), "serve"], stdout=stream, stderr=stream, env=env
+    )
+    stream.close()
+    try:
+        deadline = time.monotonic() + 60
+        while not listen.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+        gw = Gateway(cfg, tmp_path / "state", proc, json.loads(listen.read_text()), tmp_path)
+        qid = submit(gw, make_message("Journal"), ["bob@example.org", CERT_ADDRESS])
+        generated_for(remote, qid, "certificate")
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+
+    def lines_about(qid: str) -> str:
+        result = run_cli(cfg, "log", "--journal", "--namespace", journal, qid)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    deadline = time.monotonic() + 30
+    while f"{qid}: certificate=CF-" not in (text := lines_about(qid)):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    assert re.search(rf"certifica\[\d+\]: certifica/\S+: {qid}: from=<alice", text), text
+    assert re.search(rf": {qid}: to=<bob@example.org>, .*status=sent", text), text
+    assert text.count("status=sent") >= 3, text  # Bob's copy, the notice, the certificate
+    # journald read each line's priority and took it off; no time but the journal's own.
+    records = subprocess.run(
+        ["journalctl", f"--namespace={journal}", "-t", "certifica", "-o", "json", "--no-pager"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert records
+    for record in map(json.loads, records):
+        message = record["MESSAGE"]
+        assert message.startswith("certifica"), record  # no time of its own first
+        expected = {"error": "3", "warning": "4"}
+        level = re.search(r": (error|warning): ", message)
+        assert record["PRIORITY"] == (expected[level.group(1)] if level else "6"), record
 
 
 def test_bad_log_keys_are_refused_naming_the_key(tmp_path: Path) -> None:

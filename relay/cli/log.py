@@ -57,8 +57,9 @@ def file_lines(path: Path) -> Iterator[str]:
         raise UserError(f"the log file {path} does not exist (log.file)")
 
 
-def journal_lines(identifier: str, qids: list[str]) -> Iterator[str]:
-    """The journal's lines of ``identifier`` that name one of ``qids``."""
+def journal_lines(identifier: str, qids: list[str], namespace: str = "") -> Iterator[str]:
+    """The journal's lines of ``identifier`` (in journal ``namespace``, if given) that
+    name one of ``qids``."""
     journalctl = shutil.which("journalctl")
     if journalctl is None:
         raise UserError(
@@ -67,6 +68,8 @@ def journal_lines(identifier: str, qids: list[str]) -> Iterator[str]:
         )
     command = [journalctl, "--no-pager", "--quiet", "-o", "short-iso", "-t", identifier]
     command += ["--grep", "|".join(qids)]
+    if namespace:
+        command.append(f"--namespace={namespace}")
     try:
         result = subprocess.run(
             command, capture_output=True, text=True, errors="replace", timeout=JOURNAL_TIMEOUT
@@ -88,7 +91,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     if file is not None and not args.journal:
         lines, source = file_lines(file), str(file)
     else:
-        lines, source = journal_lines(args.identifier, qids), f"the journal (-t {args.identifier})"
+        lines = journal_lines(args.identifier, qids, args.namespace)
+        source = f"the journal (-t {args.identifier})"
     printed = 0
     for line in lines:
         if about.search(line):
@@ -121,5 +125,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--identifier",
         default="certifica",
         help="the journal's syslog identifier (the unit's SyslogIdentifier=; default certifica)",
+    )
+    p.add_argument(
+        "--namespace",
+        default="",
+        help="the journal namespace the unit logs to (its LogNamespace=; default: none)",
     )
     p.set_defaults(func=cmd_log)
