@@ -216,17 +216,20 @@ def test_journal_stream_of_another_file_is_not_trusted(tmp_path: Path) -> None:
 
 
 JOURNALD = Path("/lib/systemd/systemd-journald")
+MACHINE_ID = Path("/etc/machine-id")
 
 
 @pytest.fixture
 def journal() -> Iterator[str]:
     """A journald of its own (a journal namespace, systemd-journald(8)), so the test
     neither needs systemd as PID 1 nor reads or writes the machine's journal."""
-    if not JOURNALD.exists() or shutil.which("journalctl") is None or os.geteuid() != 0:
-        pytest.skip("needs systemd-journald and journalctl, as root")
+    if not (JOURNALD.exists() and shutil.which("journalctl") and MACHINE_ID.exists()):
+        pytest.skip("needs systemd-journald, journalctl and a machine id")
+    if os.geteuid() != 0:
+        pytest.skip("needs root (journald's sockets are in /run/systemd)")
     namespace = f"certifica-test-{secrets.token_hex(4)}"
     run = Path(f"/run/systemd/journal.{namespace}")
-    machine = Path("/etc/machine-id").read_text().strip()
+    machine = MACHINE_ID.read_text().strip()
     stored = [Path(f"/{base}/log/journal/{machine}.{namespace}") for base in ("var", "run")]
     daemon = subprocess.Popen(
         [str(JOURNALD), namespace], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
