@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 from tests.conftest import (
     CERT_ADDRESS,
     CERTIFICA,
+    ROOT,
     Gateway,
     Sink,
     SinkServer,
@@ -34,6 +37,8 @@ from tests.conftest import (
     write_config,
 )
 from tests.test_certified_sending import generated_for, submit
+from tests.test_cli_kind import _system_python
+from tests.test_cli_kind import other_user as other_user  # a user made for the test
 
 FIELDS = {"time", "level", "process", "message"}
 LEVELS = {"debug", "info", "warning", "error"}
@@ -312,6 +317,49 @@ def test_log_reads_the_journal_when_the_gateway_runs_under_it(
         expected = {"error": "3", "warning": "4"}
         level = re.search(r": (error|warning): ", message)
         assert record["PRIORITY"] == (expected[level.group(1)] if level else "6"), record
+
+
+def test_root_reads_the_journal_while_the_queue_is_read_as_its_owner(
+    journal: str, other_user: pwd.struct_passwd, request: pytest.FixtureRequest
+) -> None:
+    """As an operator with sudo on a host where the state belongs to the certifica user:
+    the queue is read as that user (root leaves no file there), the journal as root,
+    which that user cannot read."""
+    found = _system_python()  # a Python the other user can run (this one may be root's)
+    if found is None:
+        pytest.skip("no system Python of this version for the other user")
+    import sqlite_utils
+
+    site = Path(sqlite_utils.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{site}"}
+    base = Path(tempfile.mkdtemp(prefix="certifica-log-"))  # pytest's are root's alone
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    os.chmod(base, 0o755)  # noqa: S103 - the other user must reach its state directory
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, other_user.pw_uid, other_user.pw_gid)
+    cfg = write_config(base, {})
+
+    def certifica(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*found, "-c", str(cfg), *args], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    assert certifica("queue", "list").returncode == 0  # the queue made, as its owner
+    qid = secrets.token_hex(6).upper()  # a message the queue no longer holds
+    stream = journal_stream(journal, "certifica")
+    stream.sendall(f"<6>certifica/smtpd[7]: {qid}: from=<a@example.com>, size=1\n".encode())
+    stream.sendall(b"<6>certifica/smtpd[7]: 000000000000: from=<b@example.com>, size=2\n")
+    stream.close()
+    deadline = time.monotonic() + 30
+    while (result := certifica("log", "--namespace", journal, qid)).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.2)
+    assert f"running as {other_user.pw_name}" in result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.endswith(f"certifica/smtpd[7]: {qid}: from=<a@example.com>, size=1"), line
+    owned = [p for p in (state, *state.rglob("*")) if p.lstat().st_uid != other_user.pw_uid]
+    assert owned == []
 
 
 def test_bad_log_keys_are_refused_naming_the_key(tmp_path: Path) -> None:

@@ -12,15 +12,18 @@ Lines are printed as written, text or JSON (``[log] format``).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store
-from relay.config import Config
+from relay.config import Config, ConfigError
 
 QID = re.compile(r"[0-9A-F]{12}")  # relay.queue.ids
 JOURNAL_TIMEOUT = 120.0  # seconds; journalctl reads every entry of the identifier
@@ -38,6 +41,36 @@ def message_qids(cfg: Config, given: str) -> list[str]:
                 return [given.upper()]
             raise UserError(f"no message {given!r} in the queue; give its whole queue id")
         return [matches[0], *store.linked_qids(matches[0])]
+
+
+def message_qids_keeping_root(cfg: Config, given: str) -> list[str]:
+    """:func:`message_qids`, in a child process when run as root: opening the queue
+    makes root the state directory's owner for good (``become_owner``), and reading the
+    system journal takes root (or the systemd-journal group), which the certifica user
+    does not have."""
+    if os.geteuid() != 0:
+        return message_qids(cfg, given)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no thread exists yet in the parent, the fork is safe
+        os.close(read)
+        try:
+            answer: dict[str, Any] = {"qids": message_qids(cfg, given)}
+        except (UserError, ConfigError) as err:
+            answer = {"error": str(err)}
+        except Exception as err:  # noqa: BLE001 - one line for the parent, never a traceback
+            answer = {"error": f"cannot read the queue ({err.__class__.__name__})"}
+        with os.fdopen(write, "w") as out:
+            json.dump(answer, out)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    answer = json.loads(text) if text else {"error": "cannot read the queue"}
+    if "error" in answer:
+        raise UserError(answer["error"])
+    return [str(q) for q in answer["qids"]]
 
 
 def file_lines(path: Path) -> Iterator[str]:
@@ -85,10 +118,11 @@ def journal_lines(identifier: str, qids: list[str], namespace: str = "") -> Iter
 
 def cmd_log(args: argparse.Namespace) -> int:
     cfg = config_of(args)
-    qids = message_qids(cfg, args.id)
-    about = re.compile(r"\b(?:" + "|".join(qids) + r")\b")
     file = Path(args.file) if args.file else cfg.log.file
-    if file is not None and not args.journal:
+    journal = file is None or args.journal
+    qids = message_qids_keeping_root(cfg, args.id) if journal else message_qids(cfg, args.id)
+    about = re.compile(r"\b(?:" + "|".join(qids) + r")\b")
+    if file is not None and not journal:
         lines, source = file_lines(file), str(file)
     else:
         lines = journal_lines(args.identifier, qids, args.namespace)
