@@ -151,15 +151,38 @@ def test_log_prints_every_line_about_a_message_and_nothing_about_another(
     assert gw.cli("log", "zz").returncode == 2
 
 
+def rotate(log_file: Path) -> None:
+    """Run logrotate with the rule README.md gives, on ``log_file``, now."""
+    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+    if not Path(logrotate).exists():
+        pytest.skip("no logrotate (Debian: logrotate)")
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"^/var/log/certifica/certifica\.log \{\n.*?^\}\n", readme, re.M | re.S)
+    assert found, "README.md has no logrotate rule"
+    me = pwd.getpwuid(os.getuid()).pw_name
+    rule = found.group(0).replace("/var/log/certifica/certifica.log", str(log_file))
+    rule = rule.replace("create 0600 certifica certifica", f"create 0600 {me} {me}")
+    conf = log_file.parent.parent / "logrotate.conf"
+    conf.write_text(rule)
+    done = subprocess.run(
+        [logrotate, "--force", "--state", str(conf.with_suffix(".state")), str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr
+
+
 def test_log_reads_the_rotated_file_and_the_gateway_writes_a_new_one(
     json_gateway: tuple[Gateway, Path], two_messages: tuple[str, str], remote: Sink
 ) -> None:
-    """logrotate renames the file (create mode): the gateway's processes notice and
-    write a new one; ``certifica log`` reads the previous one too."""
+    """logrotate, with the README's rule, renames the file (create mode): the gateway's
+    processes notice and write a new one; ``certifica log`` reads the previous one too."""
     gw, log_file = json_gateway
     first, _ = two_messages
     before = gw.cli("log", first).stdout
-    log_file.rename(log_file.with_name(log_file.name + ".1"))
+    rotate(log_file)
+    assert log_file.with_name(log_file.name + ".1").exists()
     third = submit(gw, make_message("Third"), ["bob@example.org", CERT_ADDRESS])
     generated_for(remote, third, "certificate")
     deadline = time.monotonic() + 60
