@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,12 +132,10 @@ def test_the_sandbox_refuses_what_the_unit_forbids() -> None:
         "    except OSError as e:\n"
         "        print(name, e.errno)\n"
     )
-    free = subprocess.run(
-        [CERTIFICA.replace("certifica", "python"), "-c", probe], capture_output=True, text=True
-    )
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert free.stdout.split() == ["wx", "allowed", "netlink", "allowed", "chown", "allowed"]
     caged = subprocess.run(
-        sandboxed([CERTIFICA.replace("certifica", "python"), "-c", probe]),
+        sandboxed([sys.executable, "-c", probe]),
         capture_output=True,
         text=True,
     )
