@@ -57,7 +57,7 @@ class OperatorActions(Messages):
                     " (SELECT value FROM json_each(?)) ORDER BY created"
                 )
                 rows = db.query(sql, (json.dumps(about),))
-                about = [r["qid"] for r in rows if r["qid"] not in found]
+                about = [r["qid"] for r in rows if r["qid"] not in (qid, *found)]
                 found += about
             return found
 
