@@ -217,3 +217,19 @@ def test_signing_through_pkcs11_works_under_the_units_seccomp_filters(
     assert_clean_log(gw.log())
     out = subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True).stdout
     assert "Signature is Valid" in out and "Certifica HSM Seal" in out, out  # the token's key
+
+
+def test_the_units_config_marks_every_placeholder_for_the_operator() -> None:
+    """systemd/config.toml carries no development name and no loopback public URL
+    silently: every reserved-name or loopback value is on a line marked EDIT, or is the
+    public pages' listener, which stays behind the proxy on this host."""
+    text = (ROOT / "systemd" / "config.toml").read_text()
+    assert "localhost" not in text
+    section = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("["):
+            section = line
+        value = line.split("#", 1)[0]
+        if ".example" in value or "127.0.0.1" in value:
+            behind_proxy = section == "[listen]" and value.startswith("http ")
+            assert "EDIT" in line or behind_proxy, f"config.toml:{number}: {line}"
