@@ -13,9 +13,13 @@ RUN_PACKAGES :=
 # openssl for `openssl ts -verify` and s_client; chromium, a real browser opening a tracked mail
 # and the verification page; zbar-tools, whose zbarimg reads the QR codes back; softhsm2, a
 # PKCS#11 token for the signing key in an HSM, and opensc, whose pkcs11-tool makes the
-# timestamp authority's key in it as README "Keys in an HSM" says.
+# timestamp authority's key in it as README "Keys in an HSM" says; systemd for systemd-analyze
+# (the unit's security rating and verify) and python3-seccomp, with which tests/unit_sandbox.py
+# runs the gateway under the unit's seccomp filters where systemd is not PID 1; logrotate, which
+# rotates [log] file under the running gateway with the README's rule.
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
-	poppler-utils poppler-data openssl chromium zbar-tools softhsm2 opensc
+	poppler-utils poppler-data openssl chromium zbar-tools softhsm2 opensc systemd \
+	python3-seccomp logrotate
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.

@@ -243,7 +243,11 @@ class ProcessesConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """``[log]``: what the gateway writes about each event (README, "Logs")."""
+
     level: str = "info"
+    format: str = "text"  # "text": Postfix's one line; "json": one object per line
+    file: Path | None = None  # also written there (relative: next to the config file)
 
 
 @dataclass(frozen=True)
@@ -389,6 +393,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f'{where}: dkim.from_handling must be "keep" or "rewrite"')
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: log.level must be debug, info, warning or error")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError(f'{where}: log.format must be "text" or "json", not {cfg.log.format!r}')
     if bool(cfg.signing.cert) != bool(cfg.signing.key):
         raise ConfigError(f"{where}: signing.cert and signing.key go together")
     if cfg.signing.pkcs12 and cfg.signing.cert:

@@ -21,16 +21,30 @@ and can be read back to the exact input:
 formatted message of every record (the backslash excepted, so text already escaped by
 :func:`printable` passes unchanged), so a log call that forgot to escape still writes
 one line that cannot colour the terminal.
+
+Where the lines go (``[log]``, README "Logs"): stderr always, and ``[log] file`` as well
+when set. ``format = "text"`` is Postfix's line, ``time process: [warning: ]message``;
+under systemd, whose journal stamps each line itself, the time is left out and the line
+starts with its syslog priority (``<4>``, sd-daemon(3)) so ``journalctl -p warning``
+selects by level. ``format = "json"`` writes one object per line with the same fields,
+for log shippers: ``time`` (RFC 3339, UTC), ``level``, ``process``, ``qid`` when the line
+is about a message, ``message``. :func:`configure` installs both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
+import logging.handlers
+import os
+import re
 import ssl
 import sys
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 
 def log_failure(log: logging.Logger, message: str, *args: object) -> None:
@@ -122,3 +136,104 @@ class OneLineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = one_line(record.message)
         return super().formatMessage(record)
+
+
+class PostfixFormatter(OneLineFormatter):
+    """``[time ]process: [warning: |error: ]message``, as Postfix writes its log; the
+    message always one line. ``journal``: no time (the journal has it) and the syslog
+    priority first, ``<3>`` to ``<7>``, which journald reads and strips (sd-daemon(3))."""
+
+    def __init__(self, journal: bool = False) -> None:
+        if journal:
+            super().__init__("%(name)s: %(message)s")
+        else:
+            super().__init__("%(asctime)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.ERROR:
+            head, _, tail = line.partition(": ")
+            line = f"{head}: error: {tail}"
+        elif record.levelno >= logging.WARNING:
+            head, _, tail = line.partition(": ")
+            line = f"{head}: warning: {tail}"
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.journal else line
+
+
+def syslog_priority(levelno: int) -> int:
+    """RFC 5424 severity of a logging level: 3 error, 4 warning, 6 info, 7 debug."""
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    return 6 if levelno >= logging.INFO else 7
+
+
+QID_FIRST = re.compile(r"([0-9A-F]{12}): ")
+"""A line about a message starts with its queue id (``relay.queue.ids``), as Postfix's do."""
+
+
+def qid_of(message: str) -> str | None:
+    """The queue id a log line is about, or None."""
+    found = QID_FIRST.match(message)
+    return found.group(1) if found else None
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``process``, ``qid`` (when the line
+    is about a message), ``message``; the fields of the text line, for log shippers. The
+    message is escaped as in the text line; a traceback (debug only) is ``traceback``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = one_line(record.getMessage())
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, str] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "process": record.name,
+        }
+        qid = qid_of(message)
+        if qid:
+            entry["qid"] = qid
+        entry["message"] = message
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def under_journal(stream: IO[str]) -> bool:
+    """True when ``stream`` is connected to the journal: systemd sets ``JOURNAL_STREAM``
+    to the device and inode of the stdout/stderr it gave the service (systemd.exec(5));
+    a stream that was redirected elsewhere has others, so the variable alone is not
+    trusted."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def formatter(kind: str, journal: bool) -> logging.Formatter:
+    """The formatter of ``[log] format`` (``text`` or ``json``)."""
+    return JSONFormatter() if kind == "json" else PostfixFormatter(journal=journal)
+
+
+def configure(level: str, kind: str = "text", file: Path | None = None) -> None:
+    """Log at ``level`` to stderr and, when given, to ``file`` as well, in ``kind``
+    (``[log] format``). The file is reopened when logrotate moved it away
+    (:class:`logging.handlers.WatchedFileHandler`, in every process). Raises
+    :class:`OSError` when the file cannot be opened for appending."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter(kind, journal=under_journal(sys.stderr)))
+    handlers: list[logging.Handler] = [console]
+    if file is not None:
+        written = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        written.setFormatter(formatter(kind, journal=False))
+        handlers.append(written)
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=handlers, force=True)
+    # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)

@@ -19,9 +19,10 @@ link-local or unspecified address in any of its spellings (``127.1``, ``21307064
 
 Evidence must be signed by the operator's own certificate and timestamped by a real
 timestamp authority: the development CA and the in-process TSA that a first start makes
-prove nothing to a court, whether the TSA's key is a file or in the operator's token. A
-local mailbox (``[sink]``) that catches the example domains has no place on a production
-host.
+prove nothing to a court, whether the TSA's key is a file or in the operator's token;
+nor does a server certificate made by that CA prove the host's name to a client or a
+sending MTA that checks it (RFC 7672, MTA-STS RFC 8461). A local mailbox (``[sink]``)
+that catches the example domains has no place on a production host.
 
 Exceptions::
 
@@ -164,6 +165,16 @@ def _sink(cfg: Config) -> Iterator[Problem]:
         )
 
 
+def _tls(cfg: Config) -> Iterator[Problem]:
+    if not (cfg.tls.cert and cfg.tls.key):
+        yield (
+            "tls.cert" if not cfg.tls.cert else "tls.key",
+            "is not set: the server certificate would be made by the development CA, "
+            "which no client trusts; give the certificate and key for gateway.hostname "
+            "(e.g. from ACME)",
+        )
+
+
 CHECKS: tuple[Callable[[Config], Iterator[Problem]], ...] = (
     _postmaster,
     _names,
@@ -171,6 +182,7 @@ CHECKS: tuple[Callable[[Config], Iterator[Problem]], ...] = (
     _provider,
     _evidence_keys,
     _sink,
+    _tls,
 )
 """Each yields (key, problem) for a production config that must not start."""
 

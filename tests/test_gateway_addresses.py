@@ -328,6 +328,7 @@ def operator_keys(tmp_path: Path) -> str:
     [
         ("", "signing.cert"),
         ("KEYS", "signing.tsa_url"),
+        ("KEYS", "tls.cert"),
         ('KEYS[sink]\nlisten = "127.0.0.1:0"\n', "sink.listen"),
         *(
             (f"KEYSWEB={url}", "web.public_url")
@@ -364,8 +365,14 @@ def test_production_refuses_development_keys_mailbox_and_unreachable_urls(
     assert_refused(serve(config), config, key)
 
 
+def operator_tls(tmp_path: Path) -> str:
+    """A [tls] server certificate of the operator's own (ACME's in real life)."""
+    pki = ensure_dev_pki(tmp_path / "operator-keys", "mail.certifica.es")
+    return f'[tls]\ncert = "{pki.tls_cert}"\nkey = "{pki.tls_key}"\n'
+
+
 def test_production_with_real_names_starts(tmp_path: Path) -> None:
-    config = write(tmp_path, PRODUCTION, PORTS + operator_keys(tmp_path))
+    config = write(tmp_path, PRODUCTION, PORTS + operator_keys(tmp_path) + operator_tls(tmp_path))
     gw = start_gateway(config, users={})
     try:
         assert gw.proc.poll() is None

@@ -5,7 +5,6 @@ the state directory (acted on as its owner) and the queue's store.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from certifier.errors import UsageError
 from relay.config import Config, ConfigError, load_config
-from relay.logs import OneLineFormatter
 
 if TYPE_CHECKING:
     from relay.queue.store import Store
@@ -35,27 +33,18 @@ def config_of(args: argparse.Namespace) -> Config:
     return load_config(default if default.exists() else None)
 
 
-class PostfixFormatter(OneLineFormatter):
-    """``time program: [warning: |error: ]message``, as Postfix writes its log; the
-    message always one line (client text escaped, :mod:`relay.logs`)."""
+def setup_logging(cfg: Config) -> None:
+    """Logging as ``[log]`` says (:func:`relay.logs.configure`); a log file that cannot
+    be written stops the start with one line naming the key."""
+    from relay.logs import configure
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        if record.levelno >= logging.ERROR:
-            head, _, tail = line.partition(": ")
-            return f"{head}: error: {tail}"
-        if record.levelno >= logging.WARNING:
-            head, _, tail = line.partition(": ")
-            return f"{head}: warning: {tail}"
-        return line
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PostfixFormatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-    # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    try:
+        configure(cfg.log.level, cfg.log.format, cfg.log.file)
+    except OSError as err:
+        where = cfg.source or "(embedded defaults)"
+        raise UserError(
+            f"{where}: log.file {cfg.log.file} cannot be written ({err.strerror})"
+        ) from None
 
 
 def owner_of(path: Path) -> tuple[int, str] | None:

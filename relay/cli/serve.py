@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{owner[1]} (systemd: User={owner[1]}), not as root, so that no file in it "
             "becomes root's"
         )
-    setup_logging(cfg.log.level)
+    setup_logging(cfg)
     try:
         return Master(cfg).run()
     except StartupError as err:

@@ -6,6 +6,7 @@ These run from the CLI while the gateway may be running: each is one transaction
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -41,6 +42,26 @@ class OperatorActions(Messages):
                 )
             ]
         )
+
+    def linked_qids(self, qid: str) -> list[str]:
+        """The messages the gateway made about ``qid`` (its notice, certificate mail,
+        delivery reports, addenda: their ``parent_qid``), and those made about them,
+        oldest first."""
+
+        def _linked(db: sqlite_utils.Database) -> list[str]:
+            found: list[str] = []
+            about = [qid]
+            while about and len(found) < 1000:  # a bound, should a loop ever be made
+                sql = (
+                    "SELECT qid FROM messages WHERE parent_qid IN"
+                    " (SELECT value FROM json_each(?)) ORDER BY created"
+                )
+                rows = db.query(sql, (json.dumps(about),))
+                about = [r["qid"] for r in rows if r["qid"] not in (qid, *found)]
+                found += about
+            return found
+
+        return self.run_sync(_linked)
 
     def show(self, qid: str) -> dict[str, Any]:
         def _show(db: sqlite_utils.Database) -> dict[str, Any]:
