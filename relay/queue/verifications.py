@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from typing import Any
 
 from relay.queue.db import Database
@@ -20,6 +21,17 @@ from relay.queue.db import Database
 
 def code_sha256(code: str) -> str:
     return hashlib.sha256(code.encode("ascii", "replace")).hexdigest()
+
+
+def erase_record(conn: sqlite3.Connection, cert_id: str, now: float) -> bool:
+    """Inside the caller's transaction: forget what the page shows of ``cert_id``'s
+    recipients, keeping the issue time and the PDF's hash (an erasure,
+    :mod:`relay.queue.erasure`). False when there is no such record."""
+    cursor = conn.execute(
+        "UPDATE verifications SET recipients = NULL, erased_at = ? WHERE cert_id = ?",
+        (now, cert_id),
+    )
+    return cursor.rowcount > 0
 
 
 class Verifications(Database):
@@ -84,12 +96,4 @@ class Verifications(Database):
     def erase_verification(self, cert_id: str, now: float) -> bool:
         """Forget the personal data the page shows for ``cert_id`` (its recipients),
         keeping the issue time and the PDF's hash. False when there is no such record."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "UPDATE verifications SET recipients = NULL, erased_at = ? WHERE cert_id = ?",
-                    (now, cert_id),
-                ).rowcount
-                > 0
-            )
-        )
+        return self.run_sync(lambda db: erase_record(db.conn, cert_id, now))
