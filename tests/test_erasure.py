@@ -9,12 +9,14 @@ in the queue makes the command refuse; a second run changes nothing.
 from __future__ import annotations
 
 import getpass
+import http.client
 import json
 import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,7 +32,8 @@ from tests.conftest import (
     start_gateway,
     write_config,
 )
-from tests.test_certified_sending import submit
+from tests.test_certified_sending import generated_for, submit
+from tests.test_tracking_e2e import addenda, copy_for, html_message
 from tests.test_verification_http import fetch
 from tests.test_verification_record import certificate_of, embedded_evidence
 
@@ -41,8 +44,9 @@ DAVE = "dave@example.com"
 def site(
     sink_server: SinkServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, Sink]]:
-    """The gateway with its public listener on a known port (the verification page), two
-    users who send, and an MX that defers gina (her message stays in the queue)."""
+    """The gateway with its public listener on a known port (the verification page and
+    tracking), two users who send, and an MX that defers gina (her message stays in the
+    queue)."""
     sink = sink_server.start(
         Sink(rcpt_reply=lambda a: "450 4.2.0 Try later" if a.startswith("gina@") else None)
     )
@@ -52,7 +56,10 @@ def site(
         tmp, {"example.org": sink.port, "example.net": sink.port, "example.com": sink.port}
     )
     text = cfg.read_text().replace('http = "127.0.0.1:0"', f'http = "127.0.0.1:{port}"')
-    text += f'\n[web]\npublic_url = "http://127.0.0.1:{port}"\n'
+    text += (
+        f'\n[web]\npublic_url = "http://127.0.0.1:{port}"\n'
+        "[tracking]\nenabled = true\naddendum_interval = 0.0\nfast_seconds = 0.0\n"
+    )
     cfg.write_text(text)
     gw = start_gateway(cfg, users={"alice@example.com": PASSWORD, DAVE: PASSWORD})
     yield gw, sink
@@ -103,6 +110,19 @@ def files_naming(root: Path, address: str) -> list[str]:
         for p in root.rglob("*")
         if p.is_file() and pattern.search(p.read_bytes())
     )
+
+
+def status_of(url: str, agent: str = "Mozilla/5.0") -> int:
+    """The HTTP status of GET ``url`` (redirects not followed, body not decoded)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    try:
+        conn.request("GET", parts.path, headers={"User-Agent": agent})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 def query(gw: Gateway, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -287,3 +307,61 @@ def test_refusals_are_one_sentence(site: tuple[Gateway, Sink]) -> None:
     nobody = gw.cli("erase", "--subject", "nobody@example.org", "--yes")
     assert nobody.returncode == 0
     assert "Nothing to erase" in nobody.stdout
+
+
+def test_erasing_a_tracked_recipient_keeps_only_the_classification_of_its_opens(
+    site: tuple[Gateway, Sink],
+) -> None:
+    gw, sink = site
+    qid = submit(gw, html_message("ivan@example.org"), ["ivan@example.org", CERT_ADDRESS])
+    generated_for(sink, qid, "certificate")
+    html = copy_for(sink, "ivan@example.org", qid).message.get_body(("html",)).get_content()
+    (pixel,) = re.findall(r'src="(http://127\.0\.0\.1:\d+/o/[A-Za-z0-9_-]+)"', html)
+    clicks = re.findall(r'href="(http://127\.0\.0\.1:\d+/c/[A-Za-z0-9_-]+)"', html)
+    assert clicks
+    agent = "IvansBrowser/7.1 (X11; Linux)"
+    assert status_of(pixel, agent) == 200
+    sink.wait_for(lambda ms: bool(addenda(sink, qid)), timeout=90)
+    settle(gw)
+    checkpointed(gw)
+    assert "queue.db" in files_naming(gw.state, agent)
+
+    done = gw.cli("erase", "--subject", "ivan@example.org", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "1 open(s)/click(s) lose IP address and user agent" in done.stdout
+    checkpointed(gw)
+    assert files_naming(gw.state, agent) == []
+    assert files_naming(gw.state, "ivan@example.org") == []
+    # The open is still there, as what it was: kind, time, classification.
+    ((kind, ip, user_agent, automatic, reason),) = query(
+        gw,
+        "SELECT kind, ip, user_agent, automatic, reason FROM tracking_events WHERE qid = ?",
+        (qid,),
+    )
+    assert (kind, ip, user_agent, automatic) == ("open", "", "", 0)
+    assert reason
+    ((detail,),) = query(
+        gw, "SELECT detail FROM evidence WHERE qid = ? AND event = 'ContentOpened'", (qid,)
+    )
+    assert json.loads(str(detail)) == {
+        "erased": True,
+        "automatic": False,
+        "reason": reason,
+        "link": 0,
+        "method": "GET",
+    }
+    # No more opens recorded; its links lead nowhere now.
+    assert status_of(pixel, agent) == 200
+    assert status_of(clicks[0]) == 404
+    assert len(query(gw, "SELECT id FROM tracking_events WHERE qid = ?", (qid,))) == 1
+    assert gw.cli("evidence", "verify").returncode == 0
+
+
+def test_erasing_a_reception_owner_removes_its_forwarding(site: tuple[Gateway, Sink]) -> None:
+    gw, _ = site
+    assert gw.cli("reception", "enable", "olga@example.org").returncode == 0
+    assert "olga@example.org" in gw.cli("reception", "list").stdout
+    done = gw.cli("erase", "--subject", "olga@example.org", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "its forwarding address stops working" in done.stdout
+    assert "olga@example.org" not in gw.cli("reception", "list").stdout

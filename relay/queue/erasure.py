@@ -83,6 +83,7 @@ class Plan:
     sent: int = 0  # of those, sent by the address
     evidence_entries: int = 0
     tracking_events: int = 0
+    tracking_links: int = 0
     verifications: int = 0
     users: int = 0
     reception_owners: int = 0
@@ -97,6 +98,7 @@ class Plan:
             self.messages
             or self.evidence_entries
             or self.tracking_events
+            or self.tracking_links
             or self.verifications
             or self.users
             or self.reception_owners
@@ -111,6 +113,7 @@ class Plan:
             "sent": self.sent,
             "evidence_entries": self.evidence_entries,
             "tracking_events": self.tracking_events,
+            "tracking_links": self.tracking_links,
             "verifications": self.verifications,
             "users": self.users,
             "reception_owners": self.reception_owners,
@@ -240,6 +243,7 @@ def _plan(
                 plan.sent += 1
     events = subjects.tracking_to_erase(conn, own)
     plan.tracking_events = len(events)
+    plan.tracking_links = subjects.tracked_links(conn, own)
     entries = [
         e
         for e in subjects.evidence_about(conn, match)
@@ -364,6 +368,11 @@ def describe(plan: Plan) -> list[str]:
         )
     if plan.tracking_events:
         lines.append(f"{plan.tracking_events} open(s)/click(s) lose IP address and user agent")
+    if plan.tracking_links:
+        lines.append(
+            f"{plan.tracking_links} tracked link(s) of its copies are removed: they no "
+            "longer lead anywhere, and no open or click is recorded any more"
+        )
     if plan.verifications:
         lines.append(
             f"{plan.verifications} verification page(s) stop showing recipients "

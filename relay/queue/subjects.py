@@ -352,14 +352,20 @@ def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> lis
                 chunk,
             )
         ]
-        out += [
-            -int(r[0])  # a link row still there counts as something to erase
-            for r in conn.execute(
-                f"SELECT DISTINCT recipient_id FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-        ]
     return out
+
+
+def tracked_links(conn: sqlite3.Connection, recipient_ids: list[int]) -> int:
+    """How many links of these recipient rows' tracked copies are still stored."""
+    count = 0
+    for chunk in _chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        (n,) = conn.execute(
+            f"SELECT COUNT(*) FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
+            chunk,
+        ).fetchone()
+        count += int(n)
+    return count
 
 
 def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
