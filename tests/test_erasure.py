@@ -304,6 +304,12 @@ def test_refusals_are_one_sentence(site: tuple[Gateway, Sink]) -> None:
         bad.stderr.strip()
         == "certifica: 'not an address' is not an e-mail address (like bob@example.org)"
     )
+    own = gw.cli("erase", "--subject", CERT_ADDRESS, "--yes")
+    assert own.returncode == 2
+    assert own.stderr.strip() == (
+        f"certifica: {CERT_ADDRESS} is an address of the gateway itself, not of a person; "
+        "give the address of the person who asked"
+    )
     nobody = gw.cli("erase", "--subject", "nobody@example.org", "--yes")
     assert nobody.returncode == 0
     assert "Nothing to erase" in nobody.stdout

@@ -22,7 +22,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from relay.queue import erasure
 
     cfg = config_of(args)
-    address = subject_address(args.subject)
+    address = subject_address(args.subject, cfg)
     paths = state_paths(cfg)
     with open_store(cfg, writes=True) as store:
         key = subject_key(cfg)

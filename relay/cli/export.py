@@ -28,13 +28,21 @@ _JSON_COLUMNS = ("summary", "authentication", "reception", "original_to", "detai
 _RECIPIENT_JSON = ("delivered_copy", "tracking_notes")
 
 
-def subject_address(text: str) -> str:
-    """The ``--subject`` argument, normalised; a one-line refusal when it is no address."""
+def subject_address(text: str, cfg: Any) -> str:
+    """The ``--subject`` argument, normalised; a one-line refusal when it is no address,
+    or one of the gateway's own (the certification address is in the Cc of every
+    certified message: erasing it would erase them all)."""
+    from relay.addresses import local_domains
     from relay.queue.subjects import looks_like_address, normalise
 
     address = normalise(text)
     if not looks_like_address(address):
         raise UserError(f"{text!r} is not an e-mail address (like bob@example.org)")
+    if address.rpartition("@")[2].rstrip(".") in local_domains(cfg):
+        raise UserError(
+            f"{address} is an address of the gateway itself, not of a person; "
+            "give the address of the person who asked"
+        )
     return address
 
 
@@ -52,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from relay.queue.spool import SPOOL_QUEUE
 
     cfg = config_of(args)
-    address = subject_address(args.subject)
+    address = subject_address(args.subject, cfg)
     target = Path(args.dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty directory: give a new or empty one")
