@@ -67,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with open_store(cfg) as store:
         key = subject_key(cfg)
         committed = subjects.commitment(key, address)
-        found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed))
+        found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed), read=True)
     paths = state_paths(cfg)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

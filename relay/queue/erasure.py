@@ -273,7 +273,7 @@ def _plan(
 def plan(store: Database, address: str, key: bytes, spool_root: Path, certificates: Path) -> Plan:
     """What :func:`erase` would do now (reads only)."""
     match = subjects.Matcher(address, subjects.commitment(key, address))
-    return store.run_sync(lambda db: _plan(db.conn, match, spool_root, certificates)[0])
+    return store.run_sync(lambda db: _plan(db.conn, match, spool_root, certificates)[0], read=True)
 
 
 def erase(
@@ -288,7 +288,7 @@ def erase(
     """Erase ``address`` (see the module docstring). Returns what was done; raises
     :class:`StillActive` (nothing changed) while messages about it are in the queue."""
     match = subjects.Matcher(address, subjects.commitment(key, address))
-    first = store.run_sync(lambda db: _plan(db.conn, match, spool_root, certificates)[0])
+    first = plan(store, address, key, spool_root, certificates)
     if first.active:
         raise StillActive(match.address, first.active)
     for path in first.files:

@@ -96,6 +96,13 @@ class Matcher:
             return None
         return self.pattern.sub(replacement, value)
 
+    def params(self) -> dict[str, str]:
+        """The parameters of :func:`_naming`'s SQL. ``needle`` is what SQLite's ``lower()``
+        can find: an ASCII address without characters JSON escapes; otherwise empty
+        (``instr(x, '')`` is 1: every row goes to the registered function)."""
+        plain = self.address.isascii() and not set(self.address) & set('"\\')
+        return {"needle": self.address if plain else "", "committed": self.committed}
+
     def register(self, conn: sqlite3.Connection) -> None:
         """Make ``certifica_mentions_subject(x)`` callable in this connection's SQL."""
         conn.create_function(
@@ -192,8 +199,10 @@ class Holdings:
         }
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, tuple(params))
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Iterable[Any] | dict[str, Any] = ()
+) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -203,18 +212,35 @@ def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
         yield values[start : start + size]
 
 
+def _naming(columns: tuple[str, ...]) -> str:
+    """SQL true for a row where one of ``columns`` names the address or its commitment.
+    SQLite's ``instr`` over ``lower()`` passes over most rows in C; the registered
+    function then decides on the few left (a whole word, any case, JSON escapes): a
+    50,000-message database is searched in a fraction of a second instead of seconds,
+    while the erasure holds the write lock."""
+    return " OR ".join(
+        f"((instr(lower({c}), :needle) > 0 OR instr({c}, :committed) > 0) AND {_MENTIONS}({c}))"
+        for c in columns
+    )
+
+
 def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
     """The messages about the address (or its commitment): sent or received by it, naming
     it, and the documents and reports made about those (their children, recursively)."""
     match.register(conn)
-    on_message = " OR ".join(
-        f"{_MENTIONS}({c})" for c in MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS
-    )
-    on_recipient = " OR ".join(f"{_MENTIONS}({c})" for c in ("address", *RECIPIENT_TEXT_COLUMNS))
-    found = {r[0] for r in conn.execute(f"SELECT qid FROM messages WHERE {on_message}")}  # noqa: S608
+    on_message = _naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
+    on_recipient = _naming(("address", *RECIPIENT_TEXT_COLUMNS))
+    params = match.params()
+    found = {
+        r[0]
+        for r in conn.execute(f"SELECT qid FROM messages WHERE {on_message}", params)  # noqa: S608
+    }
     found |= {
         r[0]
-        for r in conn.execute(f"SELECT DISTINCT qid FROM recipients WHERE {on_recipient}")  # noqa: S608
+        for r in conn.execute(
+            f"SELECT DISTINCT qid FROM recipients WHERE {on_recipient}",  # noqa: S608
+            params,
+        )
     }
     frontier = sorted(found)
     while frontier:
@@ -254,8 +280,8 @@ def evidence_about(conn: sqlite3.Connection, match: Matcher) -> list[dict[str, A
     match.register(conn)
     return _rows(
         conn,
-        f"SELECT * FROM evidence WHERE {_MENTIONS}(recipient) OR {_MENTIONS}(detail)"  # noqa: S608
-        " ORDER BY seq",
+        f"SELECT * FROM evidence WHERE {_naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
+        match.params(),
     )
 
 
