@@ -1,15 +1,20 @@
 """``certifica export --subject ADDRESS DIR`` on a real gateway (GDPR art. 15,
 docs/erasure.md): what it writes about a recipient and about a sender, that its manifest
-checks with ``sha256sum -c``, its refusals, and what it says once the address is erased.
+checks with ``sha256sum -c``, its refusals, and what it says once the address is erased;
+how an address is found in the database's texts and what its commitment is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from relay.queue.subjects import Matcher, commitment
 from tests.conftest import Gateway, Sink
 from tests.test_erasure import cert_id_of, certified, files_naming, query, settle
 
@@ -131,3 +136,40 @@ def test_after_an_erasure_the_export_says_what_remains(
     assert "This address was erased on" in readme and committed in readme
     # The address is only in the README's title: every record names the commitment.
     assert files_naming(tmp_path / "after", "hugo@example.org") == ["README.txt"]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("bob@example.org", True),
+        ("To: Bob <Bob@Example.ORG>, carol@example.net", True),
+        ("250 2.1.5 <bob@example.org>... Recipient ok.", True),
+        ('{"recipients": ["bob@example.org"]}', True),
+        ("xbob@example.org", False),
+        ("bob@example.org.uk", False),
+        ("bob@example.organic", False),
+        ("rob.bob@example.org", False),
+        ("bob@example-org.net", False),
+        ("", False),
+    ],
+)
+def test_the_address_is_found_as_a_whole_in_any_case(text: str, named: bool) -> None:
+    match = Matcher("bob@example.org", commitment(b"k" * 32, "bob@example.org"))
+    assert match.mentions(text) is named
+    assert match.mentions(text.encode()) is named  # a BLOB (a kept header section)
+
+
+def test_non_ascii_addresses_are_found_behind_json_escapes() -> None:
+    address = "josé@exemple.cat"
+    match = Matcher("JOSÉ@exemple.cat", commitment(b"k" * 32, address))
+    assert match.mentions(json.dumps({"to": [address]}))  # \\u00e9, ensure_ascii
+    assert not match.mentions(json.dumps({"to": ["josep@exemple.cat"]}))
+    assert match.params()["needle"] == ""  # SQLite's lower() cannot find it: no prefilter
+
+
+def test_the_commitment_is_keyed_and_ignores_case() -> None:
+    one = commitment(b"a" * 32, "Bob@Example.org")
+    assert one == commitment(b"a" * 32, " <bob@example.org> ")
+    assert one != commitment(b"b" * 32, "bob@example.org")  # another installation
+    bare = hashlib.sha256(b"bob@example.org").hexdigest()
+    assert re.fullmatch(r"erased:[0-9a-f]{64}", one) and bare not in one
