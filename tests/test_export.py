@@ -134,6 +134,13 @@ def test_after_an_erasure_the_export_says_what_remains(
     assert not (tmp_path / "after" / "messages").exists()
     readme = (tmp_path / "after" / "README.txt").read_text()
     assert "This address was erased on" in readme and committed in readme
+    spanish = gateway.cli(
+        "export", "--subject", "hugo@example.org", "--language", "es", str(tmp_path / "es")
+    )
+    assert spanish.returncode == 0, spanish.stderr
+    readme = (tmp_path / "es" / "README.txt").read_text()
+    assert readme.startswith("Lo que esta pasarela de correo guarda sobre hugo@example.org")
+    assert "Esta dirección se suprimió el" in readme
     # The address is only in the README's title: every record names the commitment.
     assert files_naming(tmp_path / "after", "hugo@example.org") == ["README.txt"]
 

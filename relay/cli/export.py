@@ -3,7 +3,8 @@ e-mail address, for a request of access (GDPR art. 15; docs/erasure.md).
 
 DIR (new or empty) receives one JSON file per kind of record (:mod:`relay.queue.subjects`
 finds them), copies of the messages kept in the spool and of the archived certificates
-about those messages, ``README.txt`` saying in plain words what each file is, and
+about those messages, ``README.txt`` saying in plain words what each file is (in the
+person's language: ``--language``, else theirs as a user, else ``[gateway] language``), and
 ``MANIFEST.sha256`` (``sha256sum -c MANIFEST.sha256`` checks every file). After an
 erasure it says what remains: records that name the address only by its commitment.
 Everything is written into a temporary directory beside DIR and renamed into place when
@@ -18,10 +19,12 @@ import json
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+from certifier.i18n import LANGUAGES
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
 
 _JSON_COLUMNS = ("summary", "authentication", "reception", "original_to", "detail")
@@ -69,13 +72,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         committed = subjects.commitment(key, address)
         found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed), read=True)
     paths = state_paths(cfg)
+    # The person's own language when it is a user who chose one, else the gateway's.
+    chosen = [u["language"] for u in found.users if u.get("language")]
+    language = args.language or (chosen[0] if chosen else cfg.gateway.language)
+    zones = [u["timezone"] for u in found.users if u.get("timezone")]
+    timezone = zones[0] if zones else cfg.gateway.timezone
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as err:
         raise UserError(f"{target}: cannot be written ({err.strerror})") from None
     try:
-        copied = _write(partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"])
+        copied = _write(
+            partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"], language, timezone
+        )
         if target.exists():
             target.rmdir()
         os.replace(partial, target)
@@ -126,7 +136,15 @@ def _messages(found: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _write(root: Path, found: Any, spool_root: Path, queue_dir: str, certificates: Path) -> int:
+def _write(
+    root: Path,
+    found: Any,
+    spool_root: Path,
+    queue_dir: str,
+    certificates: Path,
+    language: str,
+    timezone: str,
+) -> int:
     records: dict[str, Any] = {
         "messages.json": _messages(found),
         "evidence.json": [_readable(e, _JSON_COLUMNS) for e in found.evidence],
@@ -159,55 +177,114 @@ def _write(root: Path, found: Any, spool_root: Path, queue_dir: str, certificate
             (root / "certificates").mkdir(exist_ok=True)
             shutil.copyfile(source, root / "certificates" / f"{cert_id}.pdf")
             copied += 1
-    (root / "README.txt").write_text(_readme(found, copied), encoding="utf-8")
+    (root / "README.txt").write_text(_readme(found, copied, language, timezone), encoding="utf-8")
     _manifest(root)
     return copied
 
 
-def _readme(found: Any, copied: int) -> str:
+def _readme(found: Any, copied: int, language: str, timezone: str) -> str:
+    """README.txt for the person who asked, in their language (the ``mail`` catalog)."""
+    from certifier.i18n import Reader, translations
+
+    _ = translations(language, "mail").gettext
+    reader = Reader(language, timezone)
     counts = found.counts()
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"What this mail gateway holds about {found.address}",
-        f"Written on {when} (GDPR article 15: the right of access).",
-        "",
-        "The gateway relays and certifies e-mail: it records who sent what to whom, when,",
-        "and what each recipient's mail server answered, and it issues signed PDF",
-        "certificates of that. This folder holds every record of it that names this address.",
-        "",
-        f"messages.json          {counts['messages']} message(s) sent or received by the address,",
-        "                       or naming it, with their recipients (of a message the address",
-        "                       received, only its own recipient record) and the documents",
-        "                       made about them.",
-        f"evidence.json          {counts['evidence_entries']} entries of the evidence log that name it.",
-        f"tracking.json          {counts['tracking_events']} opening(s) and click(s) of its copies.",
-        f"verification-pages.json  {counts['verifications']} record(s) behind the public",
-        "                       verification pages of those documents.",
-        "account.json           its user account (without the password's hash), certified",
-        "                       reception settings and proofs of receipt.",
-        "legal-holds.json       messages kept under legal hold.",
-        "erasures.json          erasures of this address already made.",
-        f"messages/, certificates/  {copied} copies of the messages and certificates kept.",
-        "MANIFEST.sha256        the SHA-256 of every file (check: sha256sum -c MANIFEST.sha256).",
-        "",
+
+    def para(text: str) -> str:
+        return textwrap.fill(text, 78, break_long_words=False, break_on_hyphens=False)
+
+    def item(name: str, text: str) -> str:
+        return (
+            name
+            + "\n"
+            + textwrap.fill(
+                text, 78, initial_indent="    ", subsequent_indent="    ", break_long_words=False
+            )
+        )
+
+    parts = [
+        _("What this mail gateway holds about %(address)s") % {"address": found.address},
+        para(
+            _("Written on %(when)s, in answer to a request of access (article 15 of the GDPR).")
+            % {"when": reader.moment(time.time())}
+        ),
+        para(
+            _(
+                "This gateway relays and certifies e-mail: it records who sent what to whom "
+                "and when, and what each recipient's mail server answered, and it issues "
+                "signed PDF certificates of that. This folder holds every record it keeps "
+                "that names this address."
+            )
+        ),
+        para(
+            _(
+                "Messages: %(messages)s. Evidence entries: %(entries)s. Opens and clicks: "
+                "%(tracking)s. Copies of messages and certificates: %(files)s."
+            )
+            % {
+                "messages": reader.number(counts["messages"]),
+                "entries": reader.number(counts["evidence_entries"]),
+                "tracking": reader.number(counts["tracking_events"]),
+                "files": reader.number(copied),
+            }
+        ),
+        _("What each file holds:"),
+        item(
+            "messages.json",
+            _(
+                "the messages sent or received by this address, or naming it, with their "
+                "recipients (of a message it received, only its own record), and the "
+                "documents made about them."
+            ),
+        ),
+        item("evidence.json", _("the entries of the gateway's evidence log that name it.")),
+        item("tracking.json", _("the times its copies were opened and their links followed.")),
+        item(
+            "verification-pages.json",
+            _("what the public verification pages of those certificates show."),
+        ),
+        item(
+            "account.json",
+            _(
+                "its user account (without the password), its certified reception settings "
+                "and the proofs of receipt sent to it."
+            ),
+        ),
+        item("legal-holds.json", _("the messages kept under legal hold.")),
+        item("erasures.json", _("the erasures of this address already made.")),
+        item(
+            "messages/, certificates/",
+            _("copies of the messages and certificates the gateway keeps."),
+        ),
+        item(
+            "MANIFEST.sha256", _("the SHA-256 fingerprint of every file; this command checks them:")
+        )
+        + "\n\n        sha256sum -c MANIFEST.sha256",
     ]
     if found.erasures:
-        dates = ", ".join(
-            time.strftime("%Y-%m-%d", time.gmtime(float(e["time"]))) for e in found.erasures
+        dates = ", ".join(reader.moment(float(e["time"])) for e in found.erasures)
+        parts.append(
+            para(
+                _(
+                    "This address was erased on %(dates)s. What remains names it only by a "
+                    "code (%(code)s), computed with a secret key of this gateway, which links "
+                    "the records of one person without saying who it is. It is kept with the "
+                    "fingerprints and the evidence log, so that the certificates already "
+                    "issued stay verifiable: the certificates their holders keep still prove "
+                    "what they prove."
+                )
+                % {"dates": dates, "code": found.committed}
+            )
         )
-        lines += [
-            f"This address was erased on {dates}. What remains names it only by a code",
-            f"({found.committed}), computed with a secret key of this installation, that",
-            "links the records of one person without saying who: the hashes and the",
-            "evidence log that keep every certificate already issued verifiable. The",
-            "certificates the sender holds still prove what they prove.",
-            "",
-        ]
-    lines += [
-        "Not in this folder: the gateway's log lines, kept by the operating system's",
-        "journal under the operator's retention settings.",
-    ]
-    return "\n".join(lines) + "\n"
+    parts.append(
+        para(
+            _(
+                "Not in this folder: the gateway's log lines, which the operating system "
+                "keeps for the period the operator set."
+            )
+        )
+    )
+    return "\n\n".join(parts) + "\n"
 
 
 def _manifest(root: Path) -> None:
@@ -230,5 +307,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "remains (records naming the address only by its commitment).",
     )
     p.add_argument("--subject", required=True, metavar="ADDRESS", help="the e-mail address")
+    p.add_argument(
+        "--language",
+        choices=LANGUAGES,
+        help="the language of README.txt (default: the user's, else [gateway] language)",
+    )
     p.add_argument("dir", metavar="DIR", help="a new or empty directory to write into")
     p.set_defaults(func=cmd_export)
