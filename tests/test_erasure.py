@@ -16,10 +16,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests import test_reception
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,
@@ -33,11 +35,14 @@ from tests.conftest import (
     write_config,
 )
 from tests.test_certified_sending import generated_for, submit
+from tests.test_reception import OWNER, send_to_owner, signed, wait_document
+from tests.test_reception import message as reception_message
 from tests.test_tracking_e2e import addenda, copy_for, html_message
 from tests.test_verification_http import fetch
 from tests.test_verification_record import certificate_of, embedded_evidence
 
 DAVE = "dave@example.com"
+world = test_reception.world  # the gateway with a reception owner, its mailbox, DKIM in DNS
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +224,7 @@ def test_erasing_a_sender_removes_its_account(site: tuple[Gateway, Sink], tmp_pa
     assert pdf.exists()
     done = gw.cli("erase", "--subject", DAVE, "--yes")
     assert done.returncode == 0, done.stderr
+    assert f"1 message(s) (1 sent by {DAVE})" in done.stdout
     assert f"The user account {DAVE} was removed." in done.stdout
     assert DAVE not in gw.cli("users", "list").stdout
     checkpointed(gw)
@@ -371,3 +377,37 @@ def test_erasing_a_reception_owner_removes_its_forwarding(site: tuple[Gateway, S
     assert done.returncode == 0, done.stderr
     assert "its forwarding address stops working" in done.stdout
     assert "olga@example.org" not in gw.cli("reception", "list").stdout
+
+
+def test_erasing_the_sender_of_a_certified_reception_and_its_owner(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    gw, sink = world["gw"], world["sink"]
+    send_to_owner(world, signed(reception_message("Offer for erasure"), world["key"]))
+    mail = wait_document(sink, OWNER, "Reception certificate", "Offer for erasure")
+    wait_document(sink, "bob@partner.test", "Proof of receipt", "Offer for erasure")
+    settle(gw)
+    checkpointed(gw)
+    assert "queue.db" in files_naming(gw.state, "bob@partner.test")
+
+    done = gw.cli("erase", "--subject", "bob@partner.test", "--yes")
+    assert done.returncode == 0, done.stderr
+    checkpointed(gw)
+    assert files_naming(gw.state, "bob@partner.test") == []
+    assert not query(gw, "SELECT 1 FROM reception_acks")
+    # The owner's certificate still verifies; the chain too.
+    pdf = tmp_path / "reception.pdf"
+    pdf.write_bytes(
+        next(
+            p for p in mail.message.iter_attachments() if p.get_content_type() == "application/pdf"
+        ).get_payload(decode=True)
+    )
+    assert gw.cli("verify", str(pdf)).returncode == 0
+    assert gw.cli("evidence", "verify").returncode == 0
+
+    owner = gw.cli("erase", "--subject", OWNER, "--yes")
+    assert owner.returncode == 0, owner.stderr
+    assert "its forwarding address stops working" in owner.stdout
+    assert OWNER not in gw.cli("reception", "list").stdout
+    checkpointed(gw)
+    assert files_naming(gw.state, OWNER) == []

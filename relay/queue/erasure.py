@@ -79,8 +79,8 @@ class Plan:
 
     address: str
     committed: str
-    messages: int = 0  # messages whose rows change
-    sent: int = 0  # of those, sent by the address
+    messages: int = 0  # messages whose rows (or their documents' rows) change
+    sent: int = 0  # of those, the ones the address sent
     evidence_entries: int = 0
     tracking_events: int = 0
     tracking_links: int = 0
@@ -238,9 +238,15 @@ def _plan(
         own += found.own_recipients
         if found:
             changes[message["qid"]] = found
-            plan.messages += 1
-            if set(found.message) & set(subjects.MESSAGE_ADDRESS_COLUMNS):
-                plan.sent += 1
+    # Counted as the operator knows them: messages, not the documents made about them.
+    plan.messages = len({root(q) for q in changes})
+    plan.sent = len(
+        {
+            root(q)
+            for q, found in changes.items()
+            if set(found.message) & set(subjects.MESSAGE_ADDRESS_COLUMNS)
+        }
+    )
     events = subjects.tracking_to_erase(conn, own)
     plan.tracking_events = len(events)
     plan.tracking_links = subjects.tracked_links(conn, own)
