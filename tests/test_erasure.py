@@ -12,6 +12,7 @@ import getpass
 import http.client
 import json
 import re
+import smtplib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -34,7 +35,8 @@ from tests.conftest import (
     start_gateway,
     write_config,
 )
-from tests.test_certified_sending import generated_for, submit
+from tests.test_certified_sending import certificate_pdf, generated_for, submit
+from tests.test_late_bounce import addendum_for, dsn_for
 from tests.test_reception import OWNER, send_to_owner, signed, wait_document
 from tests.test_reception import message as reception_message
 from tests.test_tracking_e2e import addenda, copy_for, html_message
@@ -411,3 +413,38 @@ def test_erasing_the_sender_of_a_certified_reception_and_its_owner(
     assert OWNER not in gw.cli("reception", "list").stdout
     checkpointed(gw)
     assert files_naming(gw.state, OWNER) == []
+
+
+def test_erasing_a_recipient_that_bounced_late_removes_the_report_and_the_addendum(
+    site: tuple[Gateway, Sink], tmp_path: Path
+) -> None:
+    gw, sink = site
+    raw = make_message(subject="late bounce", to="vera@example.org")
+    qid = submit(gw, raw, ["vera@example.org", CERT_ADDRESS])
+    generated_for(sink, qid, "certificate")
+    return_path = [m for m in sink.to("vera@example.org") if qid.encode() in m.data[:3000]][0]
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as client:
+        client.ehlo("mx.example.org")
+        client.mail("<>")
+        assert client.rcpt(return_path.mail_from)[0] == 250
+        assert client.data(dsn_for(return_path.mail_from, "vera@example.org", raw))[0] == 250
+    addendum = certificate_pdf(addendum_for(sink, qid), tmp_path / "addendum.pdf")
+    settle(gw)
+    documents = [
+        gw.state / "certificates" / f"{cert_id}.pdf"
+        for (cert_id,) in query(gw, "SELECT cert_id FROM verifications WHERE qid = ?", (qid,))
+    ]
+    assert len(documents) == 2 and all(p.exists() for p in documents)
+    ((dsn_qid,),) = query(
+        gw, "SELECT qid FROM messages WHERE kind = 'dsn' AND parent_qid = ?", (qid,)
+    )
+    assert (gw.state / "spool" / "archive" / f"{dsn_qid}.eml").exists()
+
+    done = gw.cli("erase", "--subject", "vera@example.org", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not any(p.exists() for p in documents)
+    assert not (gw.state / "spool" / "archive" / f"{dsn_qid}.eml").exists()
+    checkpointed(gw)
+    assert files_naming(gw.state, "vera@example.org") == []
+    assert gw.cli("verify", str(addendum)).returncode == 0
+    assert gw.cli("evidence", "verify").returncode == 0
