@@ -44,6 +44,7 @@ from typing import Any
 from certifier.errors import UsageError
 from relay.queue import evidence_log, holds, subjects, verifications
 from relay.queue.db import Database
+from relay.queue.spool import SPOOL_QUEUE
 from relay.queue.states import MessageState
 
 ERASURE_EVENT = "Erasure"
@@ -191,8 +192,6 @@ def _files(
     spool_root: Path,
     certificates: Path,
 ) -> list[Path]:
-    from relay.queue.spool import SPOOL_QUEUE
-
     out: list[Path] = []
     cert_ids: set[str] = set()
     for message in messages:
