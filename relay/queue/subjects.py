@@ -48,7 +48,7 @@ from typing import Any
 COMMITMENT_PREFIX = "erased:"
 """What an erased address becomes in a column: this prefix and 64 hex digits."""
 
-_MENTIONS = "certifica_mentions_subject"  # the SQL function registered by :func:`matcher`
+_MENTIONS = "certifica_mentions_subject"  # the SQL function of :meth:`Matcher.register`
 # Characters that may stand right before a local part, or right after a domain, and so
 # make a longer address of which ours would only be a piece (RFC 5322 atext, dots).
 _BEFORE = r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-])"
@@ -68,8 +68,9 @@ def looks_like_address(address: str) -> bool:
 
 
 def commitment(key: bytes, address: str) -> str:
-    """The salted commitment that replaces ``address`` once erased:
-    ``erased:`` + HMAC-SHA256(key, normalised address), hex."""
+    """The keyed commitment that replaces ``address`` once erased:
+    ``erased:`` + HMAC-SHA256(key, normalised address), hex (docs/erasure.md says why
+    not a bare SHA-256)."""
     mac = hmac.new(key, normalise(address).encode("utf-8"), hashlib.sha256).hexdigest()
     return COMMITMENT_PREFIX + mac
 
