@@ -1,5 +1,5 @@
 """The ``certifica`` command: ``serve``, ``status``, ``verify``, ``users``, ``reception``,
-``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``.
+``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``, ``erase``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -19,7 +19,9 @@ from typing import Any
 from relay.cli import (
     addendum,
     dkim,
+    erase,
     evidence,
+    export,
     log,
     queue,
     reception,
@@ -31,7 +33,20 @@ from relay.cli import (
 from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError
 from relay.config import ConfigError
 
-COMMANDS = (serve, status, verify, addendum, users, reception, dkim, evidence, queue, log)
+COMMANDS = (
+    serve,
+    status,
+    verify,
+    addendum,
+    users,
+    reception,
+    dkim,
+    evidence,
+    queue,
+    log,
+    export,
+    erase,
+)
 """The command modules, in the order ``certifica --help`` lists them."""
 
 

@@ -25,7 +25,7 @@ from certifier.i18n import Reader
 from certifier.pki import Pki, ensure_token_tsa_cert
 from certifier.pool import CertificatePool, SigningSettings
 from relay.config import Config, ConfigError, pkcs11_pin, signing_password
-from relay.queue.spool import SPOOL_SUBDIR, Spool, write_durably
+from relay.queue.spool import SPOOL_SUBDIR, Spool, write_once
 from relay.queue.store import Store
 
 log = logging.getLogger("certifica/master")
@@ -207,11 +207,17 @@ def certificate_workers(cfg: Config) -> int:
     return cfg.signing.workers or max(1, (os.cpu_count() or 2) - 1)
 
 
+SUBJECT_KEY = "subject.key"
+"""The secret under ``keys/`` that erased addresses are committed with
+(:func:`relay.queue.subjects.commitment`, docs/erasure.md)."""
+
+
 def secret(path: Path) -> bytes:
-    """A 32-byte key kept in the state directory, made on first use."""
+    """A 32-byte key kept in the state directory, made on first use. The first writer
+    wins (:func:`write_once`): the gateway starting and a ``certifica`` command making
+    the same key at once end up with one key."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_durably(path, secrets.token_bytes(32))
-        return path.read_bytes()
+        return write_once(path, secrets.token_bytes(32))

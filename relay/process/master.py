@@ -53,6 +53,7 @@ from relay.logs import log_failure
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
+    SUBJECT_KEY,
     certificate_workers,
     remove_unacknowledged,
     secret,
@@ -217,6 +218,9 @@ class Master:
         asyncio.run(self._prepare_queue())
         self.verp_key = secret(self.paths["keys"] / "verp.key")
         self.tracking_key = secret(self.paths["keys"] / "tracking.key")
+        # Made here so that it exists from the first start; only `certifica erase` and
+        # `certifica export` use it (docs/erasure.md).
+        secret(self.paths["keys"] / SUBJECT_KEY)
         if cfg.dkim.sign:
             own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)

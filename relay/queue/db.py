@@ -250,9 +250,10 @@ class Database:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def run_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    def run_sync(self, fn: Callable[[sqlite_utils.Database], T], *, read: bool = False) -> T:
         """Run ``fn(db)`` as one operation from synchronous code: the methods of this
-        package that ``certifica`` commands call, and tests."""
+        package that ``certifica`` commands call, and tests. ``read``: it only reads, and
+        takes no write lock (a long search leaves the gateway's writers alone)."""
         future: Future[T] = Future()
 
         def reply(ok: bool, value: Any) -> None:
@@ -261,5 +262,5 @@ class Database:
             else:
                 future.set_exception(value)
 
-        self._queue.put(_Op(lambda: fn(self._db), (), reply))
+        self._queue.put(_Op(lambda: fn(self._db), (), reply, read))
         return future.result()

@@ -137,12 +137,15 @@ class Verifications(Database):
     def erase_verification(self, cert_id: str, now: float) -> bool:
         """Forget the personal data the page shows for ``cert_id`` (its recipients),
         keeping the issue time and the PDF's hash. False when there is no such record."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "UPDATE verifications SET recipients = NULL, erased_at = ? WHERE cert_id = ?",
-                    (now, cert_id),
-                ).rowcount
-                > 0
-            )
-        )
+        return self.run_sync(lambda db: erase_record(db.conn, cert_id, now))
+
+
+def erase_record(conn: sqlite3.Connection, cert_id: str, now: float) -> bool:
+    """Inside the caller's transaction: forget what the page shows of ``cert_id``'s
+    recipients, keeping the issue time and the PDF's hash (an erasure,
+    :mod:`relay.queue.erasure`). False when there is no such record."""
+    cursor = conn.execute(
+        "UPDATE verifications SET recipients = NULL, erased_at = ? WHERE cert_id = ?",
+        (now, cert_id),
+    )
+    return cursor.rowcount > 0

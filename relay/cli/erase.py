@@ -1,0 +1,96 @@
+"""``certifica erase --subject ADDRESS [--yes]``: erase what the gateway holds about one
+e-mail address (GDPR art. 17), keeping what proves the evidence (docs/erasure.md).
+
+Without ``--yes`` it says what would be erased and asks (and refuses when its input is
+not a terminal); the work is :func:`relay.queue.erasure.erase`. It refuses, changing
+nothing, while a message about the address is still in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+
+from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store
+from relay.cli.export import subject_address, subject_key
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from relay.process.gateway import state_paths
+    from relay.queue import erasure
+
+    cfg = config_of(args)
+    address = subject_address(args.subject, cfg)
+    paths = state_paths(cfg)
+    with open_store(cfg, writes=True) as store:
+        key = subject_key(cfg)
+        plan = erasure.plan(store, address, key, paths["spool"], paths["certificates"])
+        if plan.active:
+            raise UserError(str(erasure.StillActive(address, plan.active)))
+        if plan.nothing:
+            print(f"Nothing to erase: the gateway holds no personal data of {address}.")
+            if plan.held:
+                print(
+                    f"{len(plan.held)} message(s) about it are under legal hold and kept as "
+                    "they are; run again once the hold is released."
+                )
+            return EXIT_OK
+        print(f"Erasing {address} would do this:")
+        for line in erasure.describe(plan):
+            print(f"  - {line}")
+        print(
+            "  What proves the certificates stays: hashes, commitments, the evidence chain; "
+            "copies the senders hold still verify."
+        )
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UserError("refusing to erase without confirmation; add --yes")
+            answer = input(f"Erase {address}? This cannot be undone. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing done")
+                return EXIT_FAILED
+        try:
+            done = erasure.erase(
+                store,
+                address,
+                key,
+                paths["spool"],
+                paths["certificates"],
+                operator=getpass.getuser(),
+                now=time.time(),
+            )
+        except erasure.StillActive as err:
+            raise UserError(str(err)) from None
+    print(
+        f"{address} erased: {done.messages} message(s), {done.evidence_entries} evidence "
+        f"entr{'y' if done.evidence_entries == 1 else 'ies'}, {len(done.files)} file(s); "
+        f"recorded in the evidence log as Erasure of {done.committed}"
+    )
+    if done.users:
+        print(f"The user account {address} was removed.")
+    if done.held:
+        print(
+            f"{len(done.held)} message(s) under legal hold were kept; run again once the "
+            "hold is released."
+        )
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``certifica erase`` to the subcommands."""
+    p = sub.add_parser(
+        "erase",
+        help="erase an e-mail address's data, keeping the proof (GDPR erasure request)",
+        description="Erase what the gateway holds about an e-mail address: its messages' "
+        "content, the texts and evidence values naming it, its opens and clicks' IP "
+        "addresses and user agents, the archived certificates and spool copies about it, "
+        "its user account and reception settings. The address becomes a keyed commitment; "
+        "hashes and the evidence chain stay, so every certificate issued still verifies. "
+        "Messages under legal hold are kept. Refuses while messages about the address are "
+        "still in the queue. Asks first unless --yes; see docs/erasure.md.",
+    )
+    p.add_argument("--subject", required=True, metavar="ADDRESS", help="the e-mail address")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_erase)

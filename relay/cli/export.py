@@ -1,0 +1,316 @@
+"""``certifica export --subject ADDRESS DIR``: everything the gateway holds about one
+e-mail address, for a request of access (GDPR art. 15; docs/erasure.md).
+
+DIR (new or empty) receives one JSON file per kind of record (:mod:`relay.queue.subjects`
+finds them), copies of the messages kept in the spool and of the archived certificates
+about those messages, ``README.txt`` saying in plain words what each file is (in the
+person's language: ``--language``, else theirs as a user, else ``[gateway] language``), and
+``MANIFEST.sha256`` (``sha256sum -c MANIFEST.sha256`` checks every file). After an
+erasure it says what remains: records that name the address only by its commitment.
+Everything is written into a temporary directory beside DIR and renamed into place when
+complete, so an error leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from certifier.i18n import LANGUAGES
+from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+
+_JSON_COLUMNS = ("summary", "authentication", "reception", "original_to", "detail")
+_RECIPIENT_JSON = ("delivered_copy", "tracking_notes")
+
+
+def subject_address(text: str, cfg: Any) -> str:
+    """The ``--subject`` argument, normalised; a one-line refusal when it is no address,
+    or one of the gateway's own (the certification address is in the Cc of every
+    certified message: erasing it would erase them all)."""
+    from relay.addresses import local_domains
+    from relay.queue.subjects import looks_like_address, normalise
+
+    address = normalise(text)
+    if not looks_like_address(address):
+        raise UserError(f"{text!r} is not an e-mail address (like bob@example.org)")
+    if address.rpartition("@")[2].rstrip(".") in local_domains(cfg):
+        raise UserError(
+            f"{address} is an address of the gateway itself, not of a person; "
+            "give the address of the person who asked"
+        )
+    return address
+
+
+def subject_key(cfg: Any) -> bytes:
+    """The installation's secret for commitments (``keys/subject.key``), made here if the
+    gateway never ran (:func:`relay.process.gateway.secret`)."""
+    from relay.process.gateway import SUBJECT_KEY, secret, state_paths
+
+    return secret(state_paths(cfg)["keys"] / SUBJECT_KEY)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from relay.process.gateway import state_paths
+    from relay.queue import subjects
+    from relay.queue.spool import SPOOL_QUEUE
+
+    cfg = config_of(args)
+    address = subject_address(args.subject, cfg)
+    target = Path(args.dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} is not an empty directory: give a new or empty one")
+    with open_store(cfg) as store:
+        key = subject_key(cfg)
+        committed = subjects.commitment(key, address)
+        found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed), read=True)
+    paths = state_paths(cfg)
+    # The person's own language when it is a user who chose one, else the gateway's.
+    chosen = [u["language"] for u in found.users if u.get("language")]
+    language = args.language or (chosen[0] if chosen else cfg.gateway.language)
+    zones = [u["timezone"] for u in found.users if u.get("timezone")]
+    timezone = zones[0] if zones else cfg.gateway.timezone
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    try:
+        copied = _write(
+            partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"], language, timezone
+        )
+        if target.exists():
+            target.rmdir()
+        os.replace(partial, target)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    counts = found.counts()
+    print(
+        f"{address}: {counts['messages']} message(s), {counts['evidence_entries']} evidence "
+        f"entr{'y' if counts['evidence_entries'] == 1 else 'ies'}, {copied} file(s) copied; "
+        f"written to {target} (see README.txt; check with sha256sum -c MANIFEST.sha256)"
+    )
+    return EXIT_OK
+
+
+def _readable(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(row)
+    for column in columns:
+        value = out.get(column)
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                out[column] = json.loads(value)
+            except ValueError:
+                pass
+    for column, value in out.items():
+        if isinstance(value, bytes):
+            out[column] = value.decode("utf-8", "replace")
+    return out
+
+
+def _messages(found: Any) -> list[dict[str, Any]]:
+    from relay.queue.subjects import is_sender
+
+    out = []
+    for message in found.messages:
+        row = _readable(message, _JSON_COLUMNS)
+        # The recipients of what the address sent are its own record; of a message it
+        # received, only its own row: the others are other people's data.
+        mine = is_sender(message)
+        row["recipients"] = [
+            _readable(r, _RECIPIENT_JSON)
+            for r in message["recipients"]
+            if mine
+            or r["address"] in (found.address, found.committed)
+            or r["address"].lower() == found.address
+        ]
+        out.append(row)
+    return out
+
+
+def _write(
+    root: Path,
+    found: Any,
+    spool_root: Path,
+    queue_dir: str,
+    certificates: Path,
+    language: str,
+    timezone: str,
+) -> int:
+    records: dict[str, Any] = {
+        "messages.json": _messages(found),
+        "evidence.json": [_readable(e, _JSON_COLUMNS) for e in found.evidence],
+        "tracking.json": {"events": found.tracking_events, "links": found.tracking_links},
+        "verification-pages.json": [_readable(v, ("recipients",)) for v in found.verifications],
+        "account.json": {
+            "users": found.users,
+            "reception_owners": found.reception_owners,
+            "reception_acks": found.reception_acks,
+        },
+        "legal-holds.json": found.legal_holds,
+        "erasures.json": [_readable(e, _JSON_COLUMNS) for e in found.erasures],
+    }
+    for name, value in records.items():
+        (root / name).write_text(
+            json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        )
+    copied = 0
+    for qid in found.qids:
+        for where in (spool_root / queue_dir, spool_root / "archive"):
+            source = where / f"{qid}.eml"
+            if source.exists():
+                (root / "messages").mkdir(exist_ok=True)
+                shutil.copyfile(source, root / "messages" / f"{qid}.eml")
+                copied += 1
+                break
+    for cert_id in found.cert_ids:
+        source = certificates / f"{cert_id}.pdf"
+        if source.exists():
+            (root / "certificates").mkdir(exist_ok=True)
+            shutil.copyfile(source, root / "certificates" / f"{cert_id}.pdf")
+            copied += 1
+    (root / "README.txt").write_text(_readme(found, copied, language, timezone), encoding="utf-8")
+    _manifest(root)
+    return copied
+
+
+def _readme(found: Any, copied: int, language: str, timezone: str) -> str:
+    """README.txt for the person who asked, in their language (the ``mail`` catalog)."""
+    from certifier.i18n import Reader, translations
+
+    _ = translations(language, "mail").gettext
+    reader = Reader(language, timezone)
+    counts = found.counts()
+
+    def para(text: str) -> str:
+        return textwrap.fill(text, 78, break_long_words=False, break_on_hyphens=False)
+
+    def item(name: str, text: str) -> str:
+        return (
+            name
+            + "\n"
+            + textwrap.fill(
+                text, 78, initial_indent="    ", subsequent_indent="    ", break_long_words=False
+            )
+        )
+
+    parts = [
+        _("What this mail gateway holds about %(address)s") % {"address": found.address},
+        para(
+            _("Written on %(when)s, in answer to a request of access (article 15 of the GDPR).")
+            % {"when": reader.moment(time.time())}
+        ),
+        para(
+            _(
+                "This gateway relays and certifies e-mail: it records who sent what to whom "
+                "and when, and what each recipient's mail server answered, and it issues "
+                "signed PDF certificates of that. This folder holds every record it keeps "
+                "that names this address."
+            )
+        ),
+        para(
+            _(
+                "Messages: %(messages)s. Evidence entries: %(entries)s. Opens and clicks: "
+                "%(tracking)s. Copies of messages and certificates: %(files)s."
+            )
+            % {
+                "messages": reader.number(counts["messages"]),
+                "entries": reader.number(counts["evidence_entries"]),
+                "tracking": reader.number(counts["tracking_events"]),
+                "files": reader.number(copied),
+            }
+        ),
+        _("What each file holds:"),
+        item(
+            "messages.json",
+            _(
+                "the messages sent or received by this address, or naming it, with their "
+                "recipients (of a message it received, only its own record), and the "
+                "documents made about them."
+            ),
+        ),
+        item("evidence.json", _("the entries of the gateway's evidence log that name it.")),
+        item("tracking.json", _("the times its copies were opened and their links followed.")),
+        item(
+            "verification-pages.json",
+            _("what the public verification pages of those certificates show."),
+        ),
+        item(
+            "account.json",
+            _(
+                "its user account (without the password), its certified reception settings "
+                "and the proofs of receipt sent to it."
+            ),
+        ),
+        item("legal-holds.json", _("the messages kept under legal hold.")),
+        item("erasures.json", _("the erasures of this address already made.")),
+        item(
+            "messages/, certificates/",
+            _("copies of the messages and certificates the gateway keeps."),
+        ),
+        item(
+            "MANIFEST.sha256", _("the SHA-256 fingerprint of every file; this command checks them:")
+        )
+        + "\n\n        sha256sum -c MANIFEST.sha256",
+    ]
+    if found.erasures:
+        dates = ", ".join(reader.moment(float(e["time"])) for e in found.erasures)
+        parts.append(
+            para(
+                _(
+                    "This address was erased on %(dates)s. What remains names it only by a "
+                    "code (%(code)s), computed with a secret key of this gateway, which links "
+                    "the records of one person without saying who it is. It is kept with the "
+                    "fingerprints and the evidence log, so that the certificates already "
+                    "issued stay verifiable: the certificates their holders keep still prove "
+                    "what they prove."
+                )
+                % {"dates": dates, "code": found.committed}
+            )
+        )
+    parts.append(
+        para(
+            _(
+                "Not in this folder: the gateway's log lines, which the operating system "
+                "keeps for the period the operator set."
+            )
+        )
+    )
+    return "\n\n".join(parts) + "\n"
+
+
+def _manifest(root: Path) -> None:
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"{digest}  {path.relative_to(root).as_posix()}")
+    (root / "MANIFEST.sha256").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``certifica export`` to the subcommands."""
+    p = sub.add_parser(
+        "export",
+        help="everything held about an e-mail address (GDPR access request)",
+        description="Write into DIR (new or empty) everything the gateway holds about an "
+        "e-mail address: its messages, evidence entries, opens and clicks, verification "
+        "records and account as JSON, copies of the messages and certificates kept, a "
+        "README.txt in plain words and MANIFEST.sha256. After an erasure it says what "
+        "remains (records naming the address only by its commitment).",
+    )
+    p.add_argument("--subject", required=True, metavar="ADDRESS", help="the e-mail address")
+    p.add_argument(
+        "--language",
+        choices=LANGUAGES,
+        help="the language of README.txt (default: the user's, else [gateway] language)",
+    )
+    p.add_argument("dir", metavar="DIR", help="a new or empty directory to write into")
+    p.set_defaults(func=cmd_export)

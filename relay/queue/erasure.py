@@ -1,0 +1,402 @@
+"""Erasing what the gateway holds about one address (GDPR art. 17; ``certifica erase
+--subject``), keeping what proves the evidence. docs/erasure.md gives the reasons.
+
+:func:`plan` says what an erasure would do (read only); :func:`erase` does it:
+
+1. it refuses while a message about the address is still in the queue
+   (:class:`StillActive`): erasing under a delivery would break it;
+2. it deletes the files of the messages about the address: their spool copies
+   (``spool/queue``, ``spool/archive``) and the archived PDFs of their documents
+   (``certificates/<id>.pdf``), unless the message is under legal hold
+   (:mod:`relay.queue.holds`); their hashes stay in the database
+   (``messages.sha256``, ``verifications.pdf_sha256``, ``certificate_versions``);
+3. in one transaction, with SQLite's ``secure_delete`` on (freed space is overwritten,
+   not left in free pages): the address becomes its commitment
+   (:func:`relay.queue.subjects.commitment`) wherever a column holds it; the content of
+   those messages (``summary``, ``header_section``) and every text naming the address
+   is removed; its tracking hits keep their classification but lose the IP address and
+   user agent; the evidence entries naming it forget their values
+   (:func:`relay.queue.evidence_log.forget`: the chain still verifies); the
+   verification page forgets the recipients of those documents
+   (:func:`relay.queue.verifications.erase_record`); its user account and reception
+   settings are removed; an ``Erasure`` evidence entry records who, when and the scope
+   (counts and the commitment, never the address);
+4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file.
+
+Files go first: if the command dies before the transaction, running it again finds the
+rows still naming the address and finishes. A second run finds nothing and changes
+nothing. Messages under legal hold are left entirely as they are (art. 17(3)(e)); the
+erasure names them, and a run after the hold is released erases them.
+
+Exceptions::
+
+    StillActive   -- messages about the address are still being delivered or documented
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certifier.errors import UsageError
+from relay.queue import evidence_log, holds, subjects, verifications
+from relay.queue.db import Database
+from relay.queue.spool import SPOOL_QUEUE
+from relay.queue.states import MessageState
+
+ERASURE_EVENT = "Erasure"
+"""The evidence event an erasure appends (detail: operator, subject commitment, scope)."""
+ERASURE_QID = "erasure"
+"""The ``qid`` of an ``Erasure`` entry: it is about an address, not about one message."""
+
+# What a tracking hit keeps once its values are forgotten: how it was classified, never
+# who (IP address, user agent). Outside the entry's hash (evidence_log.forget).
+_TRACKING_KEPT = ("link", "method", "automatic", "reason")
+_TRACKING_EVENTS = frozenset({"ContentOpened", "LinkClicked"})
+# The message's content: removed from every message about the address.
+_CONTENT_COLUMNS = ("summary", "header_section")
+# Texts in which only the address itself is replaced (a remote server's reply stays).
+_SCRUBBED = frozenset({"reply_text", "note"})
+
+
+class StillActive(UsageError):
+    """Messages about the address are still in the queue; ``str()`` is the sentence."""
+
+    def __init__(self, address: str, qids: list[str]) -> None:
+        self.qids = qids
+        super().__init__(
+            f"{len(qids)} message(s) to or from {address} are still being delivered "
+            f"({', '.join(qids[:5])}{', ...' if len(qids) > 5 else ''}); run again when "
+            "they finish, or withdraw them with certifica queue delete QUEUE-ID"
+        )
+
+
+@dataclass
+class Plan:
+    """What an erasure of ``address`` would change (counts) and which files it deletes."""
+
+    address: str
+    committed: str
+    messages: int = 0  # messages whose rows (or their documents' rows) change
+    sent: int = 0  # of those, the ones the address sent
+    evidence_entries: int = 0
+    tracking_events: int = 0
+    tracking_links: int = 0
+    verifications: int = 0
+    users: int = 0
+    reception_owners: int = 0
+    reception_acks: int = 0
+    files: list[Path] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # qids under legal hold, left as they are
+    active: list[str] = field(default_factory=list)  # qids still in the queue
+
+    @property
+    def nothing(self) -> bool:
+        return not (
+            self.messages
+            or self.evidence_entries
+            or self.tracking_events
+            or self.tracking_links
+            or self.verifications
+            or self.users
+            or self.reception_owners
+            or self.reception_acks
+            or self.files
+        )
+
+    def scope(self) -> dict[str, int]:
+        """The counts an ``Erasure`` entry records."""
+        return {
+            "messages": self.messages,
+            "sent": self.sent,
+            "evidence_entries": self.evidence_entries,
+            "tracking_events": self.tracking_events,
+            "tracking_links": self.tracking_links,
+            "verifications": self.verifications,
+            "users": self.users,
+            "reception_owners": self.reception_owners,
+            "reception_acks": self.reception_acks,
+            "files": len(self.files),
+            "held": len(self.held),
+        }
+
+
+@dataclass
+class _Changes:
+    """The writes one message needs."""
+
+    message: dict[str, Any] = field(default_factory=dict)
+    recipients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    own_recipients: list[int] = field(default_factory=list)  # the address's recipient rows
+
+    def __bool__(self) -> bool:
+        return bool(self.message or self.recipients)
+
+
+def _message_changes(message: dict[str, Any], match: subjects.Matcher) -> _Changes:
+    changes = _Changes()
+    sender = False
+    for column in subjects.MESSAGE_ADDRESS_COLUMNS:
+        if match.is_subject(message.get(column)):
+            changes.message[column] = match.committed
+            sender = True
+    if sender:  # where the address sent from is the sender's personal data too
+        for column in ("client_ip", "client_helo"):
+            if message.get(column) is not None:
+                changes.message[column] = None
+    for column in subjects.MESSAGE_TEXT_COLUMNS:
+        value = message.get(column)
+        if value is not None and (column in _CONTENT_COLUMNS or match.mentions(value)):
+            changes.message[column] = None
+    # No more opens or clicks recorded, no addendum: its content is gone.
+    for column in ("tracking", "addendum_pending"):
+        if message.get(column):
+            changes.message[column] = 0
+    for rcpt in message["recipients"]:
+        cols: dict[str, Any] = {}
+        if match.is_subject(rcpt["address"]):
+            cols["address"] = match.committed
+            changes.own_recipients.append(int(rcpt["id"]))
+            for column in ("orcpt", "delivered_copy"):
+                if rcpt.get(column) is not None:
+                    cols[column] = None
+        elif rcpt["address"] == match.committed:
+            changes.own_recipients.append(int(rcpt["id"]))
+        for column in subjects.RECIPIENT_TEXT_COLUMNS:
+            value = rcpt.get(column)
+            if column not in cols and match.mentions(value):
+                cols[column] = match.scrub(value) if column in _SCRUBBED else None
+        if cols:
+            changes.recipients[int(rcpt["id"])] = cols
+    return changes
+
+
+def _held(conn: sqlite3.Connection, messages: list[dict[str, Any]]) -> set[str]:
+    """The messages under legal hold, with the documents and reports made about them."""
+    held = holds.held_qids(conn) & {m["qid"] for m in messages}
+    grew = True
+    while grew:
+        more = {m["qid"] for m in messages if m.get("parent_qid") in held} - held
+        held |= more
+        grew = bool(more)
+    return held
+
+
+def _files(
+    messages: list[dict[str, Any]],
+    verification_rows: list[dict[str, Any]],
+    held: set[str],
+    spool_root: Path,
+    certificates: Path,
+) -> list[Path]:
+    out: list[Path] = []
+    cert_ids: set[str] = set()
+    for message in messages:
+        if message["qid"] in held:
+            continue
+        out += [
+            spool_root / SPOOL_QUEUE / f"{message['qid']}.eml",
+            spool_root / "archive" / f"{message['qid']}.eml",
+        ]
+        if message.get("cert_id"):
+            cert_ids.add(str(message["cert_id"]))
+    cert_ids |= {str(v["cert_id"]) for v in verification_rows if v["qid"] not in held}
+    for cert_id in sorted(cert_ids):
+        out += sorted(certificates.glob(f"{cert_id}.*"))
+    return [p for p in out if p.exists()]
+
+
+def _plan(
+    conn: sqlite3.Connection,
+    match: subjects.Matcher,
+    spool_root: Path,
+    certificates: Path,
+) -> tuple[Plan, dict[str, Any]]:
+    plan = Plan(match.address, match.committed)
+    qids = subjects.concerned_qids(conn, match)
+    messages = subjects.messages_of(conn, qids)
+    held = _held(conn, messages)
+    parents = {m["qid"]: m.get("parent_qid") for m in messages}
+
+    def root(qid: str) -> str:  # the message a document or report is about
+        while parents.get(qid) in parents:
+            qid = str(parents[qid])
+        return qid
+
+    plan.held = sorted({root(q) for q in held})
+    plan.active = sorted({root(m["qid"]) for m in messages if m["state"] != MessageState.DONE})
+    changes: dict[str, _Changes] = {}
+    own: list[int] = []
+    for message in messages:
+        if message["qid"] in held:
+            continue
+        found = _message_changes(message, match)
+        own += found.own_recipients
+        if found:
+            changes[message["qid"]] = found
+    # Counted as the operator knows them: messages, not the documents made about them.
+    plan.messages = len({root(q) for q in changes})
+    plan.sent = len(
+        {
+            root(q)
+            for q, found in changes.items()
+            if set(found.message) & set(subjects.MESSAGE_ADDRESS_COLUMNS)
+        }
+    )
+    events = subjects.tracking_to_erase(conn, own)
+    plan.tracking_events = len(events)
+    plan.tracking_links = subjects.tracked_links(conn, own)
+    entries = [
+        e
+        for e in subjects.evidence_about(conn, match)
+        if e["qid"] not in held
+        and e["event"] != ERASURE_EVENT
+        and (match.mentions(e["recipient"]) or match.mentions(e["detail"]))
+    ]
+    plan.evidence_entries = len(entries)
+    rows = subjects.verifications_of(conn, [q for q in qids if q not in held])
+    pending = [v for v in rows if v["recipients"] is not None]
+    plan.verifications = len(pending)
+    accounts = subjects.accounts(conn, match)
+    plan.users = len(accounts["users"])
+    plan.reception_owners = len(accounts["reception_owners"])
+    plan.reception_acks = len(accounts["reception_acks"])
+    plan.files = _files(messages, rows, held, spool_root, certificates)
+    work = {
+        "changes": changes,
+        "own": own,
+        "events": events,
+        "entries": entries,
+        "verifications": pending,
+    }
+    return plan, work
+
+
+def plan(store: Database, address: str, key: bytes, spool_root: Path, certificates: Path) -> Plan:
+    """What :func:`erase` would do now (reads only)."""
+    match = subjects.Matcher(address, subjects.commitment(key, address))
+    return store.run_sync(lambda db: _plan(db.conn, match, spool_root, certificates)[0], read=True)
+
+
+def erase(
+    store: Database,
+    address: str,
+    key: bytes,
+    spool_root: Path,
+    certificates: Path,
+    operator: str,
+    now: float,
+) -> Plan:
+    """Erase ``address`` (see the module docstring). Returns what was done; raises
+    :class:`StillActive` (nothing changed) while messages about it are in the queue."""
+    match = subjects.Matcher(address, subjects.commitment(key, address))
+    first = plan(store, address, key, spool_root, certificates)
+    if first.active:
+        raise StillActive(match.address, first.active)
+    for path in first.files:
+        path.unlink(missing_ok=True)
+    removed = list(first.files)
+
+    def transaction(db: Any) -> Plan:
+        conn: sqlite3.Connection = db.conn
+        conn.execute("PRAGMA secure_delete = ON")
+        done, work = _plan(conn, match, spool_root, certificates)
+        if done.active:  # a message arrived since: change nothing
+            raise StillActive(match.address, done.active)
+        done.files = removed
+        _apply(conn, match, done, work, now)
+        if not done.nothing:
+            evidence_log.append(
+                conn,
+                now,
+                ERASURE_QID,
+                ERASURE_EVENT,
+                {"operator": operator, "subject": match.committed, "scope": done.scope()},
+            )
+        return done
+
+    result = store.run_sync(transaction)
+    checkpoint(store.path)
+    return result
+
+
+def _apply(
+    conn: sqlite3.Connection,
+    match: subjects.Matcher,
+    plan: Plan,
+    work: dict[str, Any],
+    now: float,
+) -> None:
+    for qid, changes in work["changes"].items():
+        subjects.update_message(conn, qid, changes.message)
+        for rid, cols in changes.recipients.items():
+            subjects.update_recipient(conn, rid, cols)
+    subjects.forget_tracking(conn, work["own"])
+    by_keep: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for entry in work["entries"]:
+        keep: tuple[str, ...] = _TRACKING_KEPT if entry["event"] in _TRACKING_EVENTS else ()
+        by_keep[keep].append(int(entry["seq"]))
+    for keep, seqs in by_keep.items():
+        evidence_log.forget(conn, seqs, now, keep=keep)
+    for row in work["verifications"]:
+        verifications.erase_record(conn, str(row["cert_id"]), now)
+    subjects.remove_accounts(conn, match)
+
+
+def checkpoint(path: Path) -> bool:
+    """Move the WAL into the database and empty it (``wal_checkpoint(TRUNCATE)``), so the
+    pages written before the erasure leave the ``-wal`` file. False when a reader kept it
+    from finishing (the gateway's next checkpoint completes it)."""
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    return row is not None and int(row[0]) == 0
+
+
+def describe(plan: Plan) -> list[str]:
+    """The plan as sentences for the operator."""
+    lines = []
+    if plan.messages:
+        lines.append(
+            f"{plan.messages} message(s) ({plan.sent} sent by {plan.address}): the address "
+            "becomes a commitment, their content and every text naming it are removed"
+        )
+    if plan.evidence_entries:
+        lines.append(
+            f"{plan.evidence_entries} evidence entr{'y' if plan.evidence_entries == 1 else 'ies'}"
+            " forget their values (their hashes stay: the chain still verifies)"
+        )
+    if plan.tracking_events:
+        lines.append(f"{plan.tracking_events} open(s)/click(s) lose IP address and user agent")
+    if plan.tracking_links:
+        lines.append(
+            f"{plan.tracking_links} tracked link(s) of its copies are removed: they no "
+            "longer lead anywhere, and no open or click is recorded any more"
+        )
+    if plan.verifications:
+        lines.append(
+            f"{plan.verifications} verification page(s) stop showing recipients "
+            "(they still confirm their documents by hash)"
+        )
+    if plan.files:
+        lines.append(
+            f"{len(plan.files)} file(s) deleted (spool copies, archived certificates): "
+            "their hashes stay"
+        )
+    if plan.users:
+        lines.append(f"the user account {plan.address} is removed: it can no longer send")
+    if plan.reception_owners:
+        lines.append("certified reception for it is removed: its forwarding address stops working")
+    if plan.reception_acks:
+        lines.append(f"{plan.reception_acks} record(s) of proofs of receipt are removed")
+    if plan.held:
+        lines.append(
+            f"{len(plan.held)} message(s) under legal hold are kept as they are "
+            f"({', '.join(plan.held[:5])}): run again once the hold is released"
+        )
+    return lines

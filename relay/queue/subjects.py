@@ -1,0 +1,486 @@
+"""Everything the gateway's database holds about one e-mail address: the inventory that
+``certifica export --subject`` writes out (GDPR art. 15) and ``certifica erase --subject``
+erases (art. 17; :mod:`relay.queue.erasure`). docs/erasure.md says what is kept and why.
+
+Where an address can be, column by column (the schema is :mod:`relay.queue.migrations`):
+
+- ``messages``: ``sender`` (envelope sender; for MX mail the registered From; for a
+  reception, its owner), ``auth_user``, ``header_from``, ``envelope_from``; inside the
+  texts ``summary`` (To, Cc, From of the message), ``authentication`` (DKIM/SPF results),
+  ``reception`` (owner, forwarding chain, the original sender), ``original_to``
+  (postmaster mail), ``header_section`` (plain mail's kept header), ``dsn_envid``;
+- ``recipients``: ``address``, ``orcpt``, and inside ``reply_text``, ``note``,
+  ``delivered_copy`` (the trace fields added on the way out), ``tracking_notes``;
+- ``tracking_events`` and ``tracking_links`` of the address's recipient rows (its IP
+  addresses, user agents, the links of its copy);
+- ``evidence``: ``recipient``, and inside ``detail`` (a late report's recipient, the
+  recipients of a submission, a reception's original sender);
+- ``verifications.recipients`` (what the verification page shows);
+- ``users.address``, ``reception_owners.owner``, ``reception_acks`` (owner, sender).
+
+An address is compared as the rest of the gateway compares it
+(:func:`relay.smtpd.users.normalise_address`): the whole address case-insensitively.
+RFC 5321 §2.4 lets a server tell ``Bob@`` from ``bob@``, but no provider does, and an
+erasure that missed a spelling would leave the person's data behind; the text columns
+are searched for the address as a whole word (``xbob@example.org`` is not
+``bob@example.org``). Each text is searched by a function registered on the connection
+(SQLite's ``lower()`` folds ASCII only): a full scan, which an operator's command can
+afford.
+
+Once erased, the address is replaced by its *commitment* (:func:`commitment`): an
+HMAC-SHA256 of the normalised address under the installation's secret
+(``keys/subject.key``), so the rows of one person stay linked and a later request about
+the same address finds them, while nobody without the key can test a guess (a bare
+SHA-256 of an address can be reversed by hashing candidate addresses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+COMMITMENT_PREFIX = "erased:"
+"""What an erased address becomes in a column: this prefix and 64 hex digits."""
+
+_MENTIONS = "certifica_mentions_subject"  # the SQL function of :meth:`Matcher.register`
+# Characters that may stand right before a local part, or right after a domain, and so
+# make a longer address of which ours would only be a piece (RFC 5322 atext, dots).
+_BEFORE = r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-])"
+_AFTER = r"(?![A-Za-z0-9\-]|\.[A-Za-z0-9])"
+
+
+def normalise(address: str) -> str:
+    """The address as the gateway compares it: no angle brackets or blanks around it,
+    lower case (as :func:`relay.smtpd.users.normalise_address`)."""
+    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+
+
+def looks_like_address(address: str) -> bool:
+    """Whether ``address`` (normalised) is a mailbox ``local@domain`` with a dotted domain."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and "." in domain and not any(c.isspace() for c in address))
+
+
+def commitment(key: bytes, address: str) -> str:
+    """The keyed commitment that replaces ``address`` once erased:
+    ``erased:`` + HMAC-SHA256(key, normalised address), hex (docs/erasure.md says why
+    not a bare SHA-256)."""
+    mac = hmac.new(key, normalise(address).encode("utf-8"), hashlib.sha256).hexdigest()
+    return COMMITMENT_PREFIX + mac
+
+
+class Matcher:
+    """Finds the address (or its commitment) in any column's value."""
+
+    def __init__(self, address: str, committed: str) -> None:
+        self.address = normalise(address)
+        self.committed = committed
+        self.pattern = re.compile(_BEFORE + re.escape(self.address) + _AFTER, re.IGNORECASE)
+
+    def is_subject(self, value: object) -> bool:
+        """The value is the address itself (a column holding one address)."""
+        return isinstance(value, str) and normalise(value) == self.address
+
+    def mentions(self, value: object) -> bool:
+        """The address appears in the value (text, JSON or bytes) as a whole word."""
+        return any(self.pattern.search(text) for text in _texts(value))
+
+    def scrub(self, value: str | None, replacement: str = "[erased]") -> str | None:
+        """The text with every mention of the address replaced."""
+        if value is None:
+            return None
+        return self.pattern.sub(replacement, value)
+
+    def params(self) -> dict[str, str]:
+        """The parameters of :func:`_naming`'s SQL. ``needle`` is what SQLite's ``lower()``
+        can find: an ASCII address without characters JSON escapes; otherwise empty
+        (``instr(x, '')`` is 1: every row goes to the registered function)."""
+        plain = self.address.isascii() and not set(self.address) & set('"\\')
+        return {"needle": self.address if plain else "", "committed": self.committed}
+
+    def register(self, conn: sqlite3.Connection) -> None:
+        """Make ``certifica_mentions_subject(x)`` callable in this connection's SQL."""
+        conn.create_function(
+            _MENTIONS,
+            1,
+            lambda v: int(self.mentions(v) or (isinstance(v, str) and self.committed in v)),
+            deterministic=True,
+        )
+
+
+def _texts(value: object) -> Iterator[str]:
+    if value is None:
+        return
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value).decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        return
+    yield text
+    # JSON written with ensure_ascii hides a non-ASCII address as \\uXXXX escapes.
+    if "\\u" in text and text[:1] in "[{":
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return
+        yield from _strings(decoded)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+MESSAGE_ADDRESS_COLUMNS = ("sender", "auth_user", "header_from", "envelope_from")
+"""Columns of ``messages`` that hold one address each."""
+MESSAGE_TEXT_COLUMNS = (
+    "summary",
+    "authentication",
+    "reception",
+    "original_to",
+    "header_section",
+    "dsn_envid",
+)
+"""Columns of ``messages`` whose text may name the address among other things."""
+RECIPIENT_TEXT_COLUMNS = ("orcpt", "reply_text", "note", "delivered_copy", "tracking_notes")
+"""Columns of ``recipients`` beside ``address`` whose text may name the address."""
+
+
+@dataclass
+class Holdings:
+    """What the database holds about one address (the rows, as dicts)."""
+
+    address: str
+    committed: str
+    messages: list[dict[str, Any]] = field(default_factory=list)  # with roles, recipients
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    tracking_events: list[dict[str, Any]] = field(default_factory=list)
+    tracking_links: list[dict[str, Any]] = field(default_factory=list)
+    verifications: list[dict[str, Any]] = field(default_factory=list)
+    legal_holds: list[dict[str, Any]] = field(default_factory=list)
+    users: list[dict[str, Any]] = field(default_factory=list)
+    reception_owners: list[dict[str, Any]] = field(default_factory=list)
+    reception_acks: list[dict[str, Any]] = field(default_factory=list)
+    erasures: list[dict[str, Any]] = field(default_factory=list)  # Erasure evidence entries
+
+    @property
+    def qids(self) -> list[str]:
+        return [m["qid"] for m in self.messages]
+
+    @property
+    def cert_ids(self) -> list[str]:
+        """Every document issued about these messages (certificates, addenda, receptions)."""
+        found = [m["cert_id"] for m in self.messages if m.get("cert_id")]
+        found += [v["cert_id"] for v in self.verifications]
+        return sorted(set(found))
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "messages": len(self.messages),
+            "evidence_entries": len(self.evidence),
+            "tracking_events": len(self.tracking_events),
+            "verifications": len(self.verifications),
+            "users": len(self.users),
+            "reception_owners": len(self.reception_owners),
+            "reception_acks": len(self.reception_acks),
+        }
+
+
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Iterable[Any] | dict[str, Any] = ()
+) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    for start in range(0, len(values), size):  # SQLite's bound-parameter limit
+        yield values[start : start + size]
+
+
+def _naming(columns: tuple[str, ...]) -> str:
+    """SQL true for a row where one of ``columns`` names the address or its commitment.
+    SQLite's ``instr`` over ``lower()`` passes over most rows in C; the registered
+    function then decides on the few left (a whole word, any case, JSON escapes): a
+    50,000-message database is searched in a fraction of a second instead of seconds,
+    while the erasure holds the write lock."""
+    return " OR ".join(
+        f"((instr(lower({c}), :needle) > 0 OR instr({c}, :committed) > 0) AND {_MENTIONS}({c}))"
+        for c in columns
+    )
+
+
+def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
+    """The messages about the address (or its commitment): sent or received by it, naming
+    it, and the documents and reports made about those (their children, recursively)."""
+    match.register(conn)
+    on_message = _naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
+    on_recipient = _naming(("address", *RECIPIENT_TEXT_COLUMNS))
+    params = match.params()
+    found = {
+        r[0]
+        for r in conn.execute(f"SELECT qid FROM messages WHERE {on_message}", params)  # noqa: S608
+    }
+    found |= {
+        r[0]
+        for r in conn.execute(
+            f"SELECT DISTINCT qid FROM recipients WHERE {on_recipient}",  # noqa: S608
+            params,
+        )
+    }
+    frontier = sorted(found)
+    while frontier:
+        children: set[str] = set()
+        for chunk in _chunks(frontier):
+            marks = ", ".join("?" for _ in chunk)
+            children |= {
+                r[0]
+                for r in conn.execute(
+                    f"SELECT qid FROM messages WHERE parent_qid IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            }
+        frontier = sorted(children - found)
+        found |= children
+    return sorted(found)
+
+
+def messages_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any]]:
+    """The message rows of ``qids`` (ordered by time), each with all its recipient rows
+    under ``recipients``."""
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(qids):
+        marks = ", ".join("?" for _ in chunk)
+        out += _rows(conn, f"SELECT * FROM messages WHERE qid IN ({marks})", chunk)  # noqa: S608
+    out.sort(key=lambda m: (m["created"], m["qid"]))
+    for message in out:
+        message["recipients"] = _rows(
+            conn, "SELECT * FROM recipients WHERE qid = ? ORDER BY id", (message["qid"],)
+        )
+    return out
+
+
+def evidence_about(conn: sqlite3.Connection, match: Matcher) -> list[dict[str, Any]]:
+    """The evidence entries naming the address (recipient column or detail) or its
+    commitment, in log order."""
+    match.register(conn)
+    return _rows(
+        conn,
+        f"SELECT * FROM evidence WHERE {_naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
+        match.params(),
+    )
+
+
+def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings:
+    """Everything the database holds about ``address`` (and rows already erased, which
+    name only its commitment ``committed``). Read-only."""
+    match = Matcher(address, committed)
+    found = Holdings(match.address, committed)
+    qids = concerned_qids(conn, match)
+    found.messages = messages_of(conn, qids)
+    for message in found.messages:
+        message["roles"] = roles(message, match)
+    own = [r["id"] for m in found.messages for r in m["recipients"] if _is(match, r["address"])]
+    for chunk in _chunks(own):
+        marks = ", ".join("?" for _ in chunk)
+        found.tracking_events += _rows(
+            conn,
+            f"SELECT * FROM tracking_events WHERE recipient_id IN ({marks}) ORDER BY id",  # noqa: S608
+            chunk,
+        )
+        found.tracking_links += _rows(
+            conn,
+            f"SELECT * FROM tracking_links WHERE recipient_id IN ({marks})"  # noqa: S608
+            " ORDER BY recipient_id, link",
+            chunk,
+        )
+    entries = evidence_about(conn, match)
+    found.evidence = [e for e in entries if e["event"] != "Erasure"]
+    found.erasures = [e for e in entries if e["event"] == "Erasure"]
+    found.verifications = verifications_of(conn, qids)
+    for chunk in _chunks(qids):
+        marks = ", ".join("?" for _ in chunk)
+        found.legal_holds += _rows(
+            conn,
+            f"SELECT * FROM legal_holds WHERE qid IN ({marks})",  # noqa: S608
+            chunk,
+        )
+    kept = accounts(conn, match)
+    found.users = kept["users"]
+    found.reception_owners = kept["reception_owners"]
+    found.reception_acks = kept["reception_acks"]
+    return found
+
+
+def _is(match: Matcher, value: object) -> bool:
+    return match.is_subject(value) or value == match.committed
+
+
+def roles(message: dict[str, Any], match: Matcher) -> list[str]:
+    """How the address takes part in a message: the columns naming it, ``recipient``,
+    ``named`` (only inside a text: a header, a report), or ``document`` (a document or
+    report made about a message that concerns it)."""
+    found = [c for c in MESSAGE_ADDRESS_COLUMNS if _is(match, message.get(c))]
+    if any(_is(match, r["address"]) for r in message["recipients"]):
+        found.append("recipient")
+    if not found and (
+        any(match.mentions(message.get(c)) for c in MESSAGE_TEXT_COLUMNS)
+        or any(
+            match.mentions(r.get(c)) for r in message["recipients"] for c in RECIPIENT_TEXT_COLUMNS
+        )
+    ):
+        found.append("named")
+    return found or ["document"]
+
+
+def is_sender(message: dict[str, Any]) -> bool:
+    """Whether the address sent the message (rather than received it or is named in it)."""
+    return any(r in message["roles"] for r in MESSAGE_ADDRESS_COLUMNS)
+
+
+def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any]]:
+    """The verification records of the documents issued about ``qids``."""
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(qids):
+        marks = ", ".join("?" for _ in chunk)
+        out += _rows(
+            conn,
+            f"SELECT * FROM verifications WHERE qid IN ({marks}) ORDER BY issued_at",  # noqa: S608
+            chunk,
+        )
+    return out
+
+
+def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> list[int]:
+    """The opens and clicks of these recipient rows that still hold who made them."""
+    out: list[int] = []
+    for chunk in _chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        out += [
+            int(r[0])
+            for r in conn.execute(
+                f"SELECT id FROM tracking_events WHERE recipient_id IN ({marks})"  # noqa: S608
+                " AND (ip != '' OR user_agent != '' OR url IS NOT NULL)",
+                chunk,
+            )
+        ]
+    return out
+
+
+def tracked_links(conn: sqlite3.Connection, recipient_ids: list[int]) -> int:
+    """How many links of these recipient rows' tracked copies are still stored."""
+    count = 0
+    for chunk in _chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        (n,) = conn.execute(
+            f"SELECT COUNT(*) FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
+            chunk,
+        ).fetchone()
+        count += int(n)
+    return count
+
+
+def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
+    """Inside the caller's transaction: the opens and clicks of these recipient rows keep
+    their kind, time and classification, and lose the IP address, the user agent and
+    the URL; the links of their copies are removed (a click on one now finds nothing)."""
+    for chunk in _chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        conn.execute(
+            f"UPDATE tracking_events SET ip = '', user_agent = '', url = NULL"  # noqa: S608
+            f" WHERE recipient_id IN ({marks})",
+            chunk,
+        )
+        conn.execute(
+            f"DELETE FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
+            chunk,
+        )
+
+
+def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[str, Any]]]:
+    """The address's user account, reception settings and proofs of receipt sent to or
+    for it (the rows still naming the address itself)."""
+    match.register(conn)
+    return {
+        "users": _rows(
+            conn,
+            "SELECT address, created, tracking, language, timezone FROM users"
+            " WHERE lower(address) = ? OR address = ?",
+            (match.address, match.address),
+        ),
+        "reception_owners": _rows(
+            conn,
+            "SELECT * FROM reception_owners WHERE owner = ?",
+            (match.address,),
+        ),
+        "reception_acks": _rows(
+            conn,
+            "SELECT * FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",
+            (match.address, match.address, match.address),
+        ),
+    }
+
+
+def remove_accounts(conn: sqlite3.Connection, match: Matcher) -> None:
+    """Inside the caller's transaction: remove the address's user account, its reception
+    settings and the records of proofs of receipt to or for it."""
+    conn.execute(
+        "DELETE FROM users WHERE lower(address) = ? OR address = ?", (match.address, match.address)
+    )
+    conn.execute("DELETE FROM reception_owners WHERE owner = ?", (match.address,))
+    conn.execute(
+        "DELETE FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",
+        (match.address, match.address, match.address),
+    )
+
+
+_MESSAGE_WRITABLE = frozenset(
+    (*MESSAGE_ADDRESS_COLUMNS, *MESSAGE_TEXT_COLUMNS, "client_ip", "client_helo", "tracking")
+    + ("addendum_pending",)
+)
+_RECIPIENT_WRITABLE = frozenset(("address", *RECIPIENT_TEXT_COLUMNS))
+
+
+def update_message(conn: sqlite3.Connection, qid: str, columns: dict[str, Any]) -> None:
+    """Inside the caller's transaction: set these columns (of the ones an erasure writes)."""
+    _update(conn, "messages", "qid", qid, columns, _MESSAGE_WRITABLE)
+
+
+def update_recipient(conn: sqlite3.Connection, rid: int, columns: dict[str, Any]) -> None:
+    """Inside the caller's transaction: set these columns of recipient row ``rid``."""
+    _update(conn, "recipients", "id", rid, columns, _RECIPIENT_WRITABLE)
+
+
+def _update(
+    conn: sqlite3.Connection,
+    table: str,
+    key: str,
+    value: object,
+    columns: dict[str, Any],
+    allowed: frozenset[str],
+) -> None:
+    if not columns:
+        return
+    unknown = set(columns) - allowed
+    if unknown:  # the names are joined into the SQL: only the listed ones (a raise, not assert)
+        raise ValueError(f"not a column an erasure writes: {sorted(unknown)}")
+    assignments = ", ".join(f"{c} = ?" for c in columns)
+    conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE {key} = ?",  # noqa: S608
+        (*columns.values(), value),
+    )
