@@ -61,7 +61,9 @@ def maintenance_tasks(
     paths: dict[str, Path],
 ) -> list[Task]:
     """Every daily job of this gateway."""
-    return []
+    from relay.certify.retention import retention_task  # it imports Task from here
+
+    return [retention_task(cfg, store, spool, paths["certificates"])]
 
 
 class Maintenance:

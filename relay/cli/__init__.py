@@ -1,5 +1,5 @@
 """The ``certifica`` command: ``serve``, ``status``, ``verify``, ``users``, ``reception``,
-``dkim``, ``queue``, ``addendum``, ``evidence``.
+``dkim``, ``queue``, ``addendum``, ``evidence``, ``retention``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -16,11 +16,22 @@ import os
 import sys
 from typing import Any
 
-from relay.cli import addendum, dkim, evidence, queue, reception, serve, status, users, verify
+from relay.cli import (
+    addendum,
+    dkim,
+    evidence,
+    queue,
+    reception,
+    retention,
+    serve,
+    status,
+    users,
+    verify,
+)
 from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError
 from relay.config import ConfigError
 
-COMMANDS = (serve, status, verify, addendum, users, reception, dkim, evidence, queue)
+COMMANDS = (serve, status, verify, addendum, users, reception, dkim, evidence, queue, retention)
 """The command modules, in the order ``certifica --help`` lists them."""
 
 

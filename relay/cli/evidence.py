@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from relay.cli import evidence_export
+from relay.cli import evidence_export, legal_hold
 from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -109,3 +109,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=cmd_evidence_verify)
     evidence_export.register(esub)
+    legal_hold.register(esub)
