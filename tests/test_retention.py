@@ -289,6 +289,11 @@ def test_evidence_goes_after_evidence_years(world: World) -> None:
         ).fetchall()
     assert pages and all(r is None and sha for r, sha in pages)
     assert world.recipients(world.plain)[0]["address"] == ""
+    # Opening the mail or clicking its links now records nothing: nobody to tell.
+    hits = len(world.evidence(world.qid))
+    clicks, pixels = tracking_urls(copy_for(world.sink, "bob@example.org", world.qid), world.base)
+    assert fetch(pixels[0])[0] == 200 and fetch(clicks[0])[0] == 404
+    assert len(world.evidence(world.qid)) == hits
     # The chain still verifies, and so does the certificate the sender holds.
     verified = world.gw.cli("evidence", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr

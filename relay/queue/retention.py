@@ -259,36 +259,63 @@ def remove_tracking(
     ``tracking_days``, and forget the values of their evidence entries keeping the
     classification (:data:`TRACKING_KEPT`)."""
     cutoff = now - tracking_days * DAY
-    return _on(db, _tracking, cutoff, now, dry_run)
-
-
-def _tracking(
-    conn: sqlite3.Connection, cutoff: float, now: float, dry_run: bool
-) -> TrackingRemoval:
-    held = json.dumps(sorted(held_qids(conn)))
     if dry_run:
-        (events,) = conn.execute(
-            "SELECT COUNT(*) FROM tracking_events WHERE time < ? AND (ip != '' OR user_agent != '')"
-            " AND qid NOT IN (SELECT value FROM json_each(?))",
-            (cutoff, held),
-        ).fetchone()
-    else:
-        events = conn.execute(
-            "UPDATE tracking_events SET ip = '', user_agent = ''"
-            " WHERE time < ? AND (ip != '' OR user_agent != '')"
-            " AND qid NOT IN (SELECT value FROM json_each(?))",
-            (cutoff, held),
-        ).rowcount
+        return _on(db, _tracking_due, cutoff)
+    events = entries = 0
+    while True:
+        batch = _on(db, _tracking_batch, cutoff, now)
+        if batch == TrackingRemoval():
+            return TrackingRemoval(events, entries)
+        events, entries = events + batch.events, entries + batch.entries
+
+
+# The opens and clicks whose IP address and user agent are due to go, and their
+# evidence entries: older than the cutoff, of a message that left the queue and is
+# not under legal hold (the JSON list of held queue ids).
+_TRACKING_DUE = """
+time < ? AND (ip != '' OR user_agent != '')
+AND qid IN (SELECT qid FROM messages WHERE state = 'done')
+AND qid NOT IN (SELECT value FROM json_each(?))
+"""
+_TRACKING_ENTRIES_DUE = """
+event IN (SELECT value FROM json_each(?)) AND time < ? AND erased IS NULL
+AND qid IN (SELECT qid FROM messages WHERE state = 'done')
+AND qid NOT IN (SELECT value FROM json_each(?))
+"""
+
+
+def _tracking_due(conn: sqlite3.Connection, cutoff: float) -> TrackingRemoval:
+    """What :func:`remove_tracking` would change."""
+    held = json.dumps(sorted(held_qids(conn)))
+    (events,) = conn.execute(
+        f"SELECT COUNT(*) FROM tracking_events WHERE {_TRACKING_DUE}",  # noqa: S608
+        (cutoff, held),
+    ).fetchone()
+    (entries,) = conn.execute(
+        f"SELECT COUNT(*) FROM evidence WHERE {_TRACKING_ENTRIES_DUE}",  # noqa: S608
+        (json.dumps(TRACKING_EVENTS), cutoff, held),
+    ).fetchone()
+    return TrackingRemoval(int(events), int(entries))
+
+
+def _tracking_batch(conn: sqlite3.Connection, cutoff: float, now: float) -> TrackingRemoval:
+    """Up to :data:`BATCH` opens and clicks and as many evidence entries, in this
+    transaction; nothing changed when nothing is due any more."""
+    held = json.dumps(sorted(held_qids(conn)))
+    events = conn.execute(
+        "UPDATE tracking_events SET ip = '', user_agent = '' WHERE id IN"  # noqa: S608
+        f" (SELECT id FROM tracking_events WHERE {_TRACKING_DUE} LIMIT ?)",
+        (cutoff, held, BATCH),
+    ).rowcount
     seqs = [
         int(r[0])
         for r in conn.execute(
-            "SELECT seq FROM evidence WHERE event IN (?, ?) AND time < ? AND erased IS NULL"
-            " AND qid NOT IN (SELECT value FROM json_each(?))",
-            (*TRACKING_EVENTS, cutoff, held),
+            f"SELECT seq FROM evidence WHERE {_TRACKING_ENTRIES_DUE} LIMIT ?",  # noqa: S608
+            (json.dumps(TRACKING_EVENTS), cutoff, held, BATCH),
         )
     ]
-    entries = len(seqs) if dry_run else evidence_log.forget(conn, seqs, now, keep=TRACKING_KEPT)
-    return TrackingRemoval(int(events), entries)
+    entries = evidence_log.forget(conn, seqs, now, keep=TRACKING_KEPT)
+    return TrackingRemoval(events, entries)
 
 
 def remove_evidence(
