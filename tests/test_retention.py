@@ -12,6 +12,7 @@ in the database (its ``done_at`` moved back), the one thing a test cannot wait f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import smtplib
@@ -30,6 +31,7 @@ from relay.process.gateway import state_paths
 from relay.queue import retention
 from relay.queue.spool import Spool
 from relay.queue.store import Store
+from relay.web.pages import mask_address
 from tests.conftest import (
     CERT_ADDRESS,
     Gateway,
@@ -160,15 +162,60 @@ def test_dry_run_changes_nothing(world: World) -> None:
     assert world.gw.cli("retention", "run", "--dry-run").returncode == 0
 
 
-def test_content_goes_after_content_days(world: World) -> None:
-    archived = world.spool().archived(world.qid)
-    assert archived.exists() and world.message(world.plain)["header_section"]
+# The passes below move time forward in order (content, tracking, evidence), each once
+# per module, as fixtures: a test selected alone still finds the passes it follows made.
+
+
+@pytest.fixture(scope="module")
+def content_gone(world: World) -> tuple[retention.ContentRemoval, ...]:
+    """Content passes at 29 days (nothing due), 31 days, and 31 days again."""
+    assert world.spool().archived(world.qid).exists()
+    assert world.message(world.plain)["header_section"]
     assert any(r["delivered_copy"] for r in world.recipients(world.qid))
     with world.store() as store:
-        early = retention.remove_content(store, world.spool(), time.time() + 29 * DAY, 30)
-        assert early == retention.ContentRemoval(0, 0)
-        removed = retention.remove_content(store, world.spool(), time.time() + 31 * DAY, 30)
-        again = retention.remove_content(store, world.spool(), time.time() + 31 * DAY, 30)
+        return tuple(
+            retention.remove_content(store, world.spool(), time.time() + days * DAY, 30)
+            for days in (29, 31, 31)
+        )
+
+
+@pytest.fixture(scope="module")
+def tracking_gone(world: World) -> tuple[int, retention.TrackingRemoval, retention.TrackingRemoval]:
+    """How many hits had an IP address, then tracking passes at 89 and 91 days."""
+    with world.db() as db:
+        (before,) = db.execute(
+            "SELECT COUNT(*) FROM tracking_events WHERE qid = ? AND ip != ''", (world.qid,)
+        ).fetchone()
+    with world.store() as store:
+        early = retention.remove_tracking(store, time.time() + 89 * DAY, 90)
+        removed = retention.remove_tracking(store, time.time() + 91 * DAY, 90)
+    return before, early, removed
+
+
+@pytest.fixture(scope="module")
+def evidence_gone(
+    world: World, content_gone: object, tracking_gone: object
+) -> tuple[list[str], retention.EvidenceRemoval, retention.EvidenceRemoval]:
+    """The documents issued about the tracked message (all kept until now), then
+    evidence passes at 4 and 6 years."""
+    with world.db() as db:
+        documents = [
+            r[0]
+            for r in db.execute("SELECT cert_id FROM verifications WHERE qid = ?", (world.qid,))
+        ]
+    assert all((world.certificates() / f"{c}.pdf").exists() for c in documents)
+    with world.store() as store:
+        early = retention.remove_evidence(store, world.certificates(), time.time() + 4 * YEAR, 5)
+        removed = retention.remove_evidence(store, world.certificates(), time.time() + 6 * YEAR, 5)
+    return documents, early, removed
+
+
+def test_content_goes_after_content_days(
+    world: World, content_gone: tuple[retention.ContentRemoval, ...]
+) -> None:
+    archived = world.spool().archived(world.qid)
+    early, removed, again = content_gone
+    assert early == retention.ContentRemoval(0, 0)
     assert removed.messages >= 2 and removed.files >= 1
     assert again == retention.ContentRemoval(0, 0)  # done once, recorded once
     assert not archived.exists()
@@ -181,10 +228,12 @@ def test_content_goes_after_content_days(world: World) -> None:
     assert (world.certificates() / f"{world.cert_id}.pdf").exists()
 
 
-def test_addenda_after_the_content_went_say_why(world: World, tmp_path: Path) -> None:
+def test_addenda_after_the_content_went_say_why(
+    world: World, content_gone: object, tmp_path: Path
+) -> None:
     """An open and a late bounce after content_days: each addendum is made without the
     message and states that retention removed it; no error reaches the log."""
-    assert not world.spool().archived(world.qid).exists()  # after the test above
+    assert not world.spool().archived(world.qid).exists()
     seen = len(addenda(world.sink, world.qid))
     _, pixels = tracking_urls(copy_for(world.sink, "bob@example.org", world.qid), world.base)
     assert fetch(pixels[0])[0] == 200
@@ -234,15 +283,11 @@ def _checked_without_content(world: World, mail: Received, dest: Path) -> dict[s
     return evidence
 
 
-def test_tracking_goes_after_tracking_days(world: World) -> None:
-    with world.db() as db:
-        before = db.execute(
-            "SELECT COUNT(*) FROM tracking_events WHERE qid = ? AND ip != ''", (world.qid,)
-        ).fetchone()[0]
-    assert before >= 1
-    with world.store() as store:
-        assert retention.remove_tracking(store, time.time() + 89 * DAY, 90).events == 0
-        removed = retention.remove_tracking(store, time.time() + 91 * DAY, 90)
+def test_tracking_goes_after_tracking_days(
+    world: World, tracking_gone: tuple[int, retention.TrackingRemoval, retention.TrackingRemoval]
+) -> None:
+    before, early, removed = tracking_gone
+    assert before >= 1 and early.events == 0
     assert removed.events >= before and removed.entries >= before
     with world.db() as db:
         left = db.execute(
@@ -260,19 +305,15 @@ def test_tracking_goes_after_tracking_days(world: World) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_evidence_goes_after_evidence_years(world: World) -> None:
+def test_evidence_goes_after_evidence_years(
+    world: World,
+    evidence_gone: tuple[list[str], retention.EvidenceRemoval, retention.EvidenceRemoval],
+    tmp_path: Path,
+) -> None:
     certificates = world.certificates()
-    with world.db() as db:
-        documents = [
-            r[0]
-            for r in db.execute("SELECT cert_id FROM verifications WHERE qid = ?", (world.qid,))
-        ]
-    assert len(documents) >= 3  # the certificate and its addenda
-    assert all((certificates / f"{c}.pdf").exists() for c in documents)
-    with world.store() as store:
-        early = retention.remove_evidence(store, certificates, time.time() + 4 * YEAR, 5)
-        assert early.messages == 0
-        removed = retention.remove_evidence(store, certificates, time.time() + 6 * YEAR, 5)
+    documents, early, removed = evidence_gone
+    assert len(documents) >= 2  # the certificate and the first addendum, at least
+    assert early.messages == 0
     assert removed.pdfs >= len(documents) and removed.entries >= 5
     assert not any((certificates / f"{c}.pdf").exists() for c in documents)
     message = world.message(world.qid)
@@ -299,6 +340,12 @@ def test_evidence_goes_after_evidence_years(world: World) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
     checked = world.gw.cli("verify", str(world.certificate))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The verification page still confirms it: its record keeps the PDF's hash.
+    url = pdf_evidence(world.certificate, tmp_path / "held")["verification"]["url"]
+    status, _, page = fetch(url)
+    sha = hashlib.sha256(world.certificate.read_bytes()).hexdigest()
+    assert status == 200 and sha[:8] in page.decode(), page[:2000]
+    assert mask_address("bob@example.org") not in page.decode()  # the recipients went
 
 
 def test_retention_run_with_real_ages(world: World) -> None:
