@@ -18,6 +18,7 @@ import re
 import smtplib
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,6 +161,26 @@ def test_dry_run_changes_nothing(world: World) -> None:
     assert archived.exists()
     assert (world.message(world.qid), world.evidence(world.qid)) == before
     assert world.gw.cli("retention", "run", "--dry-run").returncode == 0
+
+
+def test_a_pass_asked_to_stop_stops_before_its_next_batch(world: World) -> None:
+    """The daily task sets ``stop`` when the worker stops: the pass ends before it
+    touches the database again (a pass interrupted later resumes at the next run)."""
+    before = world.message(world.qid), world.evidence(world.qid)
+    stop = threading.Event()
+    stop.set()
+    with world.store() as store, pytest.raises(retention.Stopped):
+        retention.apply(
+            store,
+            world.spool(),
+            world.certificates(),
+            time.time() + 10 * YEAR,
+            content_days=30,
+            tracking_days=90,
+            evidence_years=5,
+            stop=stop,
+        )
+    assert (world.message(world.qid), world.evidence(world.qid)) == before
 
 
 # The passes below move time forward in order (content, tracking, evidence), each once

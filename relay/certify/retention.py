@@ -11,6 +11,7 @@ up in one log line ``maintenance: retention: ...``.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,16 +29,24 @@ def retention_task(cfg: Config, store: Store, spool: Spool, certificates: Path) 
     kept = cfg.retention
 
     async def run(now: float) -> str:
-        removed = await asyncio.to_thread(
-            retention.apply,
-            store,
-            spool,
-            certificates,
-            now,
-            content_days=kept.content_days,
-            tracking_days=kept.tracking_days,
-            evidence_years=kept.evidence_years,
-        )
+        stop = threading.Event()
+        try:
+            removed = await asyncio.to_thread(
+                retention.apply,
+                store,
+                spool,
+                certificates,
+                now,
+                content_days=kept.content_days,
+                tracking_days=kept.tracking_days,
+                evidence_years=kept.evidence_years,
+                stop=stop,
+            )
+        except asyncio.CancelledError:
+            # The worker is stopping: the thread ends after the batch it is in, before
+            # the store closes (each batch is one transaction; the next run goes on).
+            stop.set()
+            raise
         return removed.summary()
 
     return Task("retention", DAY, run)

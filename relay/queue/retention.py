@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,7 +159,13 @@ def count(number: int, one: str, many: str | None = None) -> str:
 
 
 def remove_content(
-    db: Database, spool: Spool, now: float, content_days: int, *, dry_run: bool = False
+    db: Database,
+    spool: Spool,
+    now: float,
+    content_days: int,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> ContentRemoval:
     """Remove the content of messages that left the queue more than ``content_days``
     ago: the archived file, ``header_section``, the recipients' ``delivered_copy``."""
@@ -166,22 +173,30 @@ def remove_content(
     due: set[str] = set()
     after: str | None = ""
     while after is not None:  # rows that still hold content, in queue id order
-        batch, after = _on(db, _content_rows, after, cutoff, now, content_days, dry_run)
+        batch, after = _on(db, stop, _content_rows, after, cutoff, now, content_days, dry_run)
         due.update(batch)
     archived = sorted(p.stem for p in spool.archive_dir.glob("*.eml"))
     files: list[Path] = []
     for start in range(0, len(archived), BATCH):  # files in the archive
         chunk = archived[start : start + BATCH]
-        batch = _on(db, _content_files, chunk, cutoff, now, content_days, dry_run)
+        batch = _on(db, stop, _content_files, chunk, cutoff, now, content_days, dry_run)
         due.update(batch)
         files.extend(spool.archived(qid) for qid in batch)
     removed = len(files) if dry_run else _unlink(files)
     return ContentRemoval(len(due), removed)
 
 
-def _on(db: Database, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(conn, *args)`` as one operation on the store's thread (one transaction)."""
+def _on(db: Database, stop: threading.Event | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(conn, *args)`` as one operation on the store's thread (one transaction);
+    raises :class:`Stopped` instead once ``stop`` is set."""
+    if stop is not None and stop.is_set():
+        raise Stopped
     return db.run_sync(lambda d: fn(d.conn, *args))
+
+
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """The pass was asked to stop (the gateway is stopping) between two batches; what
+    it did so far is committed and the next pass goes on from there."""
 
 
 def _content_rows(
@@ -253,17 +268,22 @@ def content_removed(conn: sqlite3.Connection, qid: str) -> int | None:
 
 
 def remove_tracking(
-    db: Database, now: float, tracking_days: int, *, dry_run: bool = False
+    db: Database,
+    now: float,
+    tracking_days: int,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> TrackingRemoval:
     """Blank the IP address and user agent of opens and clicks older than
     ``tracking_days``, and forget the values of their evidence entries keeping the
     classification (:data:`TRACKING_KEPT`)."""
     cutoff = now - tracking_days * DAY
     if dry_run:
-        return _on(db, _tracking_due, cutoff)
+        return _on(db, stop, _tracking_due, cutoff)
     events = entries = 0
     while True:
-        batch = _on(db, _tracking_batch, cutoff, now)
+        batch = _on(db, stop, _tracking_batch, cutoff, now)
         if batch == TrackingRemoval():
             return TrackingRemoval(events, entries)
         events, entries = events + batch.events, entries + batch.entries
@@ -319,7 +339,13 @@ def _tracking_batch(conn: sqlite3.Connection, cutoff: float, now: float) -> Trac
 
 
 def remove_evidence(
-    db: Database, certificates: Path, now: float, evidence_years: int, *, dry_run: bool = False
+    db: Database,
+    certificates: Path,
+    now: float,
+    evidence_years: int,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> EvidenceRemoval:
     """Remove what is kept as evidence of messages whose last event is more than
     ``evidence_years`` old: their certificate PDFs (the hashes stay), the values of
@@ -329,7 +355,7 @@ def remove_evidence(
     totals = EvidenceRemoval()
     after = ""
     while True:
-        found = _on(db, _evidence_due, after, cutoff)
+        found = _on(db, stop, _evidence_due, after, cutoff)
         if found is None:
             break
         after, due = found
@@ -338,12 +364,12 @@ def remove_evidence(
         pdfs = [certificates / f"{cert_id}.pdf" for _, ids in due for cert_id in ids]
         qids = [qid for qid, _ in due]
         if dry_run:
-            entries, records = _on(db, _evidence_counts, qids)
+            entries, records = _on(db, stop, _evidence_counts, qids)
             deleted = sum(1 for p in pdfs if p.exists())
         else:
             # The files first: a pass that stops here finds these rows again next time.
             deleted = _unlink(pdfs)
-            entries, records = _on(db, _clear_evidence, qids, now)
+            entries, records = _on(db, stop, _clear_evidence, qids, now)
         totals = EvidenceRemoval(
             totals.messages + len(due),
             totals.pdfs + deleted,
@@ -485,11 +511,13 @@ def apply(
     tracking_days: int,
     evidence_years: int,
     dry_run: bool = False,
+    stop: threading.Event | None = None,
 ) -> Removed:
-    """One retention pass: content, tracking, evidence, in that order."""
+    """One retention pass: content, tracking, evidence, in that order. ``stop``: when
+    set (from another thread), the pass raises :class:`Stopped` before its next batch."""
     return Removed(
-        content=remove_content(db, spool, now, content_days, dry_run=dry_run),
-        tracking=remove_tracking(db, now, tracking_days, dry_run=dry_run),
-        evidence=remove_evidence(db, certificates, now, evidence_years, dry_run=dry_run),
-        holds=_on(db, lambda conn: len(held_qids(conn))),
+        content=remove_content(db, spool, now, content_days, dry_run=dry_run, stop=stop),
+        tracking=remove_tracking(db, now, tracking_days, dry_run=dry_run, stop=stop),
+        evidence=remove_evidence(db, certificates, now, evidence_years, dry_run=dry_run, stop=stop),
+        holds=_on(db, stop, lambda conn: len(held_qids(conn))),
     )
