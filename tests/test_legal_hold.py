@@ -6,6 +6,7 @@ held message whole until the hold is released.
 from __future__ import annotations
 
 import json
+import smtplib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from relay.config import load_config
 from relay.process.gateway import state_paths
-from relay.queue import retention
+from relay.queue import holds, retention
 from relay.queue.spool import Spool
 from relay.queue.store import Store
 from tests.conftest import (
@@ -28,6 +29,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.test_certified_sending import generated_for, submit
+from tests.test_late_bounce import addendum_for, dsn_for
 from tests.test_tracking_gateway import cert_id_of
 
 FAR = 10 * 365 * 86400.0  # later than every retention period
@@ -94,14 +96,36 @@ def test_a_held_message_keeps_everything_until_released(
     assert event == "LegalHold" and detail["certificate_id"] == kept
     assert detail["note"] == "case 12/2026, court of Girona" and detail["operator"]
 
+    # A late bounce about the held message: the report and its addendum are held too.
+    delivered = [m for m in sink.to("bob@example.org") if kept_qid.encode() in m.data[:3000]][0]
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as c:
+        c.ehlo("mx.example.org")
+        c.mail("<>")
+        assert c.rcpt(delivered.mail_from)[0] == 250
+        code, text = c.data(dsn_for(delivered.mail_from, "bob@example.org", delivered.data))
+        assert code == 250, text
+    addendum = cert_id_of(addendum_for(sink, kept_qid))
     paths = state_paths(load_config(gw.config))
-    archived = Spool(paths["spool"]).archived(kept_qid)
-    pdf = paths["certificates"] / f"{kept}.pdf"
-    assert archived.exists() and pdf.exists()
+    with sqlite3.connect(f"file:{paths['db']}?mode=ro", uri=True) as db:
+        (report_qid,) = db.execute(
+            "SELECT qid FROM messages WHERE kind = 'dsn' AND parent_qid = ?", (kept_qid,)
+        ).fetchone()
+    with Store(paths["db"], 30.0) as store:
+        assert store.run_sync(lambda d: holds.is_held(d.conn, report_qid))
+        assert not store.run_sync(lambda d: holds.is_held(d.conn, other_qid))
+
+    spool = Spool(paths["spool"])
+    kept_files = [
+        spool.archived(kept_qid),
+        spool.archived(report_qid),
+        paths["certificates"] / f"{kept}.pdf",
+        paths["certificates"] / f"{addendum}.pdf",
+    ]
+    assert all(f.exists() for f in kept_files)
     before = _events(gw, kept_qid)
     removed = _apply_far(gw)
     assert removed.holds == 1 and removed.content.messages >= 1
-    assert archived.exists() and pdf.exists()  # held: untouched
+    assert all(f.exists() for f in kept_files)  # held: untouched
     assert _events(gw, kept_qid) == before
     assert not Spool(paths["spool"]).archived(other_qid).exists()  # not held: gone
 
@@ -115,7 +139,7 @@ def test_a_held_message_keeps_everything_until_released(
     # Released, the policy applies again: everything past its time goes.
     removed = _apply_far(gw)
     assert removed.holds == 0
-    assert not archived.exists() and not pdf.exists()
+    assert not any(f.exists() for f in kept_files)
     with sqlite3.connect(f"file:{gw.state / 'queue.db'}?mode=ro", uri=True) as db:
         erased = db.execute(
             "SELECT COUNT(*) FROM evidence WHERE qid = ? AND erased IS NULL", (kept_qid,)

@@ -21,8 +21,13 @@ from relay.queue.states import MessageKind
 
 
 def is_held(conn: sqlite3.Connection, qid: str) -> bool:
-    """Whether message ``qid`` (or a document about it) is under legal hold."""
-    row = conn.execute("SELECT 1 FROM legal_holds WHERE qid = ? LIMIT 1", (qid,)).fetchone()
+    """Whether message ``qid`` (or a document about it) is under legal hold: held itself,
+    or a message about a held one (a late delivery report: its ``parent_qid``)."""
+    row = conn.execute(
+        "SELECT 1 FROM legal_holds WHERE qid = ?"
+        " OR qid = (SELECT parent_qid FROM messages WHERE qid = ?) LIMIT 1",
+        (qid, qid),
+    ).fetchone()
     return row is not None
 
 
