@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -206,7 +207,8 @@ def _content_rows(
     content, handled (unless ``dry_run``): their queue ids and the last one looked at
     (None when there are no more)."""
     rows = conn.execute(
-        "SELECT m.qid, m.parent_qid FROM messages m WHERE m.qid > ? AND m.state = 'done'"
+        # "+m.state": in queue id order, by the primary key (see _EVIDENCE_DUE)
+        "SELECT m.qid, m.parent_qid FROM messages m WHERE m.qid > ? AND +m.state = 'done'"
         " AND COALESCE(m.done_at, m.created) < ? AND (m.header_section IS NOT NULL"
         "  OR EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
         "   AND r.delivered_copy IS NOT NULL))"
@@ -225,7 +227,7 @@ def _content_files(
     (unless ``dry_run``): their files are to be deleted."""
     rows = conn.execute(
         "SELECT qid, parent_qid FROM messages WHERE qid IN (SELECT value FROM json_each(?))"
-        " AND state = 'done' AND COALESCE(done_at, created) < ?",
+        " AND +state = 'done' AND COALESCE(done_at, created) < ?",  # by queue id, not state
         (json.dumps(qids), cutoff),
     ).fetchall()
     return _content_gone(conn, rows, now, days, dry_run)
@@ -279,63 +281,74 @@ def remove_tracking(
     ``tracking_days``, and forget the values of their evidence entries keeping the
     classification (:data:`TRACKING_KEPT`)."""
     cutoff = now - tracking_days * DAY
-    if dry_run:
-        return _on(db, stop, _tracking_due, cutoff)
     events = entries = 0
-    while True:
-        batch = _on(db, stop, _tracking_batch, cutoff, now)
-        if batch == TrackingRemoval():
-            return TrackingRemoval(events, entries)
+    after_id: int | None = 0
+    after_seq: int | None = 0
+    while after_id is not None or after_seq is not None:
+        batch, after_id, after_seq = _on(
+            db, stop, _tracking_batch, after_id, after_seq, cutoff, now, dry_run
+        )
         events, entries = events + batch.events, entries + batch.entries
+    return TrackingRemoval(events, entries)
 
 
 # The opens and clicks whose IP address and user agent are due to go, and their
 # evidence entries: older than the cutoff, of a message that left the queue and is
-# not under legal hold (the JSON list of held queue ids).
+# not under legal hold (the JSON list of held queue ids); walked in id (seq) order, so
+# that each batch starts where the last one ended.
 _TRACKING_DUE = """
-time < ? AND (ip != '' OR user_agent != '')
-AND qid IN (SELECT qid FROM messages WHERE state = 'done')
+SELECT id FROM tracking_events t WHERE id > ? AND time < ? AND (ip != '' OR user_agent != '')
+AND EXISTS (SELECT 1 FROM messages m WHERE m.qid = t.qid AND m.state = 'done')
 AND qid NOT IN (SELECT value FROM json_each(?))
+ORDER BY id LIMIT ?
 """
 _TRACKING_ENTRIES_DUE = """
-event IN (SELECT value FROM json_each(?)) AND time < ? AND erased IS NULL
-AND qid IN (SELECT qid FROM messages WHERE state = 'done')
+SELECT seq FROM evidence e WHERE seq > ? AND event IN (SELECT value FROM json_each(?))
+AND time < ? AND erased IS NULL
+AND EXISTS (SELECT 1 FROM messages m WHERE m.qid = e.qid AND m.state = 'done')
 AND qid NOT IN (SELECT value FROM json_each(?))
+ORDER BY seq LIMIT ?
 """
 
 
-def _tracking_due(conn: sqlite3.Connection, cutoff: float) -> TrackingRemoval:
-    """What :func:`remove_tracking` would change."""
+def _tracking_batch(
+    conn: sqlite3.Connection,
+    after_id: int | None,
+    after_seq: int | None,
+    cutoff: float,
+    now: float,
+    dry_run: bool,
+) -> tuple[TrackingRemoval, int | None, int | None]:
+    """Up to :data:`BATCH` opens and clicks after id ``after_id`` and as many evidence
+    entries after ``after_seq`` (None: that walk has ended), handled in this transaction
+    (unless ``dry_run``); returns what changed and where each walk goes on."""
     held = json.dumps(sorted(held_qids(conn)))
-    (events,) = conn.execute(
-        f"SELECT COUNT(*) FROM tracking_events WHERE {_TRACKING_DUE}",  # noqa: S608
-        (cutoff, held),
-    ).fetchone()
-    (entries,) = conn.execute(
-        f"SELECT COUNT(*) FROM evidence WHERE {_TRACKING_ENTRIES_DUE}",  # noqa: S608
-        (json.dumps(TRACKING_EVENTS), cutoff, held),
-    ).fetchone()
-    return TrackingRemoval(int(events), int(entries))
-
-
-def _tracking_batch(conn: sqlite3.Connection, cutoff: float, now: float) -> TrackingRemoval:
-    """Up to :data:`BATCH` opens and clicks and as many evidence entries, in this
-    transaction; nothing changed when nothing is due any more."""
-    held = json.dumps(sorted(held_qids(conn)))
-    events = conn.execute(
-        "UPDATE tracking_events SET ip = '', user_agent = '' WHERE id IN"  # noqa: S608
-        f" (SELECT id FROM tracking_events WHERE {_TRACKING_DUE} LIMIT ?)",
-        (cutoff, held, BATCH),
-    ).rowcount
-    seqs = [
-        int(r[0])
-        for r in conn.execute(
-            f"SELECT seq FROM evidence WHERE {_TRACKING_ENTRIES_DUE} LIMIT ?",  # noqa: S608
-            (json.dumps(TRACKING_EVENTS), cutoff, held, BATCH),
-        )
-    ]
-    entries = evidence_log.forget(conn, seqs, now, keep=TRACKING_KEPT)
-    return TrackingRemoval(events, entries)
+    ids: list[int] = []
+    if after_id is not None:
+        ids = [r[0] for r in conn.execute(_TRACKING_DUE, (after_id, cutoff, held, BATCH))]
+    seqs: list[int] = []
+    if after_seq is not None:
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                _TRACKING_ENTRIES_DUE,
+                (after_seq, json.dumps(TRACKING_EVENTS), cutoff, held, BATCH),
+            )
+        ]
+    if dry_run:
+        changed = TrackingRemoval(len(ids), len(seqs))
+    else:
+        events = conn.execute(
+            "UPDATE tracking_events SET ip = '', user_agent = ''"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        ).rowcount
+        changed = TrackingRemoval(events, evidence_log.forget(conn, seqs, now, keep=TRACKING_KEPT))
+    return (
+        changed,
+        ids[-1] if len(ids) == BATCH else None,
+        seqs[-1] if len(seqs) == BATCH else None,
+    )
 
 
 def remove_evidence(
@@ -362,14 +375,13 @@ def remove_evidence(
         if not due:
             continue
         pdfs = [certificates / f"{cert_id}.pdf" for _, ids in due for cert_id in ids]
-        qids = [qid for qid, _ in due]
         if dry_run:
-            entries, records = _on(db, stop, _evidence_counts, qids)
+            entries, records = _on(db, stop, _evidence_counts, due)
             deleted = sum(1 for p in pdfs if p.exists())
         else:
             # The files first: a pass that stops here finds these rows again next time.
             deleted = _unlink(pdfs)
-            entries, records = _on(db, stop, _clear_evidence, qids, now)
+            entries, records = _on(db, stop, _clear_evidence, due, now)
         totals = EvidenceRemoval(
             totals.messages + len(due),
             totals.pdfs + deleted,
@@ -381,58 +393,72 @@ def remove_evidence(
 
 # A message whose evidence is due: left the queue, its last event (other than
 # OWN_EVENTS) before the cutoff, something personal still kept. Not held: checked in
-# Python, as a hold covers the message's children too.
+# Python, as a hold covers the message's children too. "+m.state": walk the messages in
+# queue id order (the primary key, so LIMIT ends the walk), not through the state index
+# (every done message, then sorted, for every batch).
 _EVIDENCE_DUE = """
 SELECT m.qid, m.parent_qid, m.cert_id FROM messages m
-WHERE m.qid > ? AND m.state = 'done' AND COALESCE(m.done_at, m.created) < ?
+WHERE m.qid > ? AND +m.state = 'done' AND COALESCE(m.done_at, m.created) < ?
 AND NOT EXISTS (SELECT 1 FROM evidence e WHERE e.qid = m.qid AND e.time >= ?
     AND e.event NOT IN (SELECT value FROM json_each(?)))
 AND (m.sender != '' OR m.client_ip IS NOT NULL OR m.auth_user IS NOT NULL
     OR EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid AND r.address != '')
     OR EXISTS (SELECT 1 FROM evidence e WHERE e.qid = m.qid AND e.erased IS NULL)
-    OR EXISTS (SELECT 1 FROM verifications v WHERE v.qid = m.qid AND v.recipients IS NOT NULL))
+    OR EXISTS (SELECT 1 FROM verifications v WHERE v.cert_id = m.cert_id
+        AND v.recipients IS NOT NULL))
 ORDER BY m.qid LIMIT ?
 """
+_CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+
+Due = list[tuple[str, list[str]]]
+"""Messages whose evidence is due: each one's queue id and the ids of the documents
+issued about it (its certificate, its addenda)."""
 
 
-def _evidence_due(
-    conn: sqlite3.Connection, after: str, cutoff: float
-) -> tuple[str, list[tuple[str, list[str]]]] | None:
+def _evidence_due(conn: sqlite3.Connection, after: str, cutoff: float) -> tuple[str, Due] | None:
     """The next batch of messages whose evidence is due, after queue id ``after``: the
-    last queue id looked at and, for each message not held, its queue id and the ids of
-    the documents issued about it. None when there are no more."""
+    last queue id looked at and those of them not under legal hold. None when there
+    are no more."""
     held = held_qids(conn)
     rows = conn.execute(
         _EVIDENCE_DUE, (after, cutoff, cutoff, json.dumps(OWN_EVENTS), BATCH)
     ).fetchall()
     if not rows:
         return None
-    due: list[tuple[str, list[str]]] = []
+    due: Due = []
     for qid, parent, cert_id in rows:
         if qid in held or (parent and parent in held):
             continue
-        ids = {
-            str(r[0])
-            for r in conn.execute("SELECT cert_id FROM verifications WHERE qid = ?", (qid,))
-        }
-        if cert_id:
-            ids.add(str(cert_id))
-        due.append((qid, sorted(ids)))
+        due.append((qid, sorted(_documents_of(conn, qid, cert_id))))
     return str(rows[-1][0]), due
 
 
-def _evidence_counts(conn: sqlite3.Connection, qids: list[str]) -> tuple[int, int]:
+def _documents_of(conn: sqlite3.Connection, qid: str, cert_id: str | None) -> set[str]:
+    """The certificate ids of the documents issued about ``qid``: its own, and those
+    its evidence entries name (``CertificateIssued``, ``AddendumIssued``, ...)."""
+    ids = {cert_id} if cert_id else set()
+    for (detail,) in conn.execute(
+        "SELECT detail FROM evidence WHERE qid = ? AND erased IS NULL"
+        " AND detail LIKE '%certificate_id%'",
+        (qid,),
+    ):
+        named = json.loads(detail).get("certificate_id")
+        if isinstance(named, str):
+            ids.add(named)
+    return {i for i in ids if _CERT_ID.fullmatch(i)}  # each names a file: nothing else
+
+
+def _evidence_counts(conn: sqlite3.Connection, due: Due) -> tuple[int, int]:
     """(evidence entries, verification records) :func:`_clear_evidence` would change."""
-    marks = json.dumps(qids)
     (entries,) = conn.execute(
         "SELECT COUNT(*) FROM evidence WHERE erased IS NULL"
         " AND qid IN (SELECT value FROM json_each(?))",
-        (marks,),
+        (json.dumps([qid for qid, _ in due]),),
     ).fetchone()
     (records,) = conn.execute(
         "SELECT COUNT(*) FROM verifications WHERE recipients IS NOT NULL"
-        " AND qid IN (SELECT value FROM json_each(?))",
-        (marks,),
+        " AND cert_id IN (SELECT value FROM json_each(?))",
+        (json.dumps([i for _, ids in due for i in ids]),),
     ).fetchone()
     return int(entries), int(records)
 
@@ -450,13 +476,14 @@ _PERSONAL_RECIPIENT_COLUMNS = (
 )
 
 
-def _clear_evidence(conn: sqlite3.Connection, qids: list[str], now: float) -> tuple[int, int]:
-    """Forget the evidence values and personal columns of ``qids``, in this transaction;
-    returns (evidence entries forgotten, verification records emptied). A message held
-    or active again since it was found (a hold placed meanwhile) is left alone."""
+def _clear_evidence(conn: sqlite3.Connection, due: Due, now: float) -> tuple[int, int]:
+    """Forget the evidence values and personal columns of the messages ``due``, in this
+    transaction; returns (evidence entries forgotten, verification records emptied). A
+    message held or active again since it was found (a hold placed meanwhile) is left
+    alone."""
     held = held_qids(conn)
     entries = records = 0
-    for qid in qids:
+    for qid, documents in due:
         row = conn.execute(
             "SELECT parent_qid, state FROM messages WHERE qid = ?", (qid,)
         ).fetchone()
@@ -471,8 +498,8 @@ def _clear_evidence(conn: sqlite3.Connection, qids: list[str], now: float) -> tu
         entries += evidence_log.forget(conn, seqs, now)
         records += conn.execute(
             "UPDATE verifications SET recipients = NULL, erased_at = ?"
-            " WHERE qid = ? AND recipients IS NOT NULL",
-            (now, qid),
+            " WHERE cert_id IN (SELECT value FROM json_each(?)) AND recipients IS NOT NULL",
+            (now, json.dumps(documents)),
         ).rowcount
         conn.execute(_PERSONAL_MESSAGE_COLUMNS, (qid,))
         conn.execute(_PERSONAL_RECIPIENT_COLUMNS, (qid,))
