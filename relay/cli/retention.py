@@ -38,7 +38,7 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     ):
         print(f"{kind} (kept {how_long}): {verb} the {what.summary()}")
     print(
-        f"legal holds: {removed.holds} in place, nothing of theirs removed "
+        f"legal hold: {retention.count(removed.holds, 'message')} kept whole "
         "(certifica evidence holds)"
     )
     return EXIT_OK

@@ -139,7 +139,8 @@ class EvidenceRemoval:
 
 @dataclass(frozen=True)
 class Removed:
-    """One retention pass: what each kind removed, and how many legal holds it respected."""
+    """One retention pass: what each kind removed, and how many messages it kept whole
+    because they are under legal hold."""
 
     content: ContentRemoval
     tracking: TrackingRemoval
@@ -150,7 +151,7 @@ class Removed:
         """One line for the log (``maintenance: retention: ...``)."""
         return (
             f"{self.content.summary()}; {self.tracking.summary()}; {self.evidence.summary()}; "
-            f"{count(self.holds, 'legal hold')} respected"
+            f"{count(self.holds, 'message')} under legal hold kept whole"
         )
 
 
