@@ -388,3 +388,16 @@ def test_retention_run_with_real_ages(world: World) -> None:
     assert "evidence (kept 1 year): removed the evidence of 0 messages" in run.stdout
     assert not world.spool().archived(qid).exists()
     assert world.spool().archived(fresh).exists()
+
+
+def test_years_are_calendar_years() -> None:
+    """``evidence_years`` counts calendar years: 29 February goes back to 28 February,
+    and five years before a date in March span the leap days between."""
+    from datetime import UTC, datetime
+
+    def at(*ymd: int) -> float:
+        return datetime(*ymd, 12, tzinfo=UTC).timestamp()
+
+    assert retention.years_before(at(2028, 2, 29), 5) == at(2023, 2, 28)
+    assert retention.years_before(at(2031, 3, 1), 5) == at(2026, 3, 1)
+    assert retention.years_before(at(2031, 3, 1), 5) < at(2031, 3, 1) - 5 * YEAR
