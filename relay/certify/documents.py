@@ -34,6 +34,7 @@ from relay.certify.evidence_record import (
     late_bounce_addendum,
     reception_evidence,
 )
+from relay.certify.retention import content_removed_reason
 from relay.certify.verification import verification_code, verification_url
 from relay.config import Config
 from relay.delivery import outbound
@@ -206,22 +207,28 @@ class DocumentMaker:
                 return False
             async with self._certificates:
                 now = time.time()
+                removed: str | None = None
                 try:
                     raw = await asyncio.to_thread(self.spool.read_any, qid)
                 except SpoolFileMissing as missing:
-                    # No addendum can embed the message: recorded once, not retried.
-                    await self._addendum_not_issued(qid, missing, "opens and clicks")
-                    events = await self.store.tracking_events(qid, row["tracking_reported"])
-                    last = max((e["id"] for e in events), default=row["tracking_reported"])
-                    await self.store.mark_reported(qid, last, now)
-                    return False
+                    removed = await self._removed_by_retention(qid)
+                    if removed is None:
+                        # No addendum can embed the message: recorded once, not retried.
+                        await self._addendum_not_issued(qid, missing, "opens and clicks")
+                        events = await self.store.tracking_events(qid, row["tracking_reported"])
+                        last = max((e["id"] for e in events), default=row["tracking_reported"])
+                        await self.store.mark_reported(qid, last, now)
+                        return False
+                    raw = b""  # the addendum is made without it, and says why
                 # Only what the sender has not had yet, in the certificate or an addendum.
                 evidence = await build_evidence(
                     self.cfg, self.store, row, tracking_after=row["tracking_reported"]
                 )
                 cert_id = new_certificate_id()
                 evidence.update(kind="addendum", certificate_id=cert_id, addendum_of=row["cert_id"])
-                pdf = await self._render(row, evidence, raw)
+                if removed is not None:
+                    evidence["message"]["content_unavailable"] = removed
+                pdf = await self._render(row, evidence, raw or None)
                 last = evidence["tracking"]["last_event_id"] if evidence["tracking"] else 0
                 # Sent, recorded and marked reported in one transaction, on condition that
                 # no other job reported these events meanwhile: an addendum made twice
@@ -740,6 +747,15 @@ class DocumentMaker:
         log.info("%s: removed", qid)
         return True
 
+    async def _removed_by_retention(self, qid: str) -> str | None:
+        """Why the message ``qid`` is no longer in the archive when the retention policy
+        removed it (README, "Retention"), else None (it was lost). An addendum made then
+        states what happened without the message; the policy is no fault to report."""
+        removed = content_removed_reason(await self.store.evidence_for(qid))
+        if removed is not None:
+            log.info("%s: content removed by retention; the addendum is made without it", qid)
+        return removed
+
     async def _addendum_not_issued(self, qid: str, missing: SpoolFileMissing, about: str) -> None:
         await self.store.append_evidence(
             qid, "AddendumNotIssued", {"about": about, "reason": SPOOL_MISSING_TEXT}, time.time()
@@ -943,13 +959,19 @@ class DocumentMaker:
         if parent is None:
             await self.store.mark(dsn["qid"], state="done", done_at=time.time())
             return False
+        removed: str | None = None
         try:
             raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
         except SpoolFileMissing as missing:
-            return await self._content_lost(parent, missing, addendum=dsn)
+            removed = await self._removed_by_retention(parent["qid"])
+            if removed is None:
+                return await self._content_lost(parent, missing, addendum=dsn)
+            raw = b""  # the addendum is made without it, and says why
         evidence = await build_evidence(self.cfg, self.store, parent)
         evidence.update(late_bounce_addendum(parent, dsn))
-        pdf = await self._render(parent, evidence, raw)
+        if removed is not None:
+            evidence["message"]["content_unavailable"] = removed
+        pdf = await self._render(parent, evidence, raw or None)
         if not await self._send_document(
             parent,
             dsn["cert_id"],

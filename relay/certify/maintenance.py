@@ -62,8 +62,10 @@ def maintenance_tasks(
 ) -> list[Task]:
     """Every daily job of this gateway."""
     from relay.certify.renewal import renewal_tasks
+    from relay.certify.retention import retention_task  # it imports Task from here
 
-    tasks: list[Task] = []
+    # Retention first: a renewal of a file retention is about to remove is wasted work.
+    tasks: list[Task] = [retention_task(cfg, store, spool, paths["certificates"])]
     tasks += renewal_tasks(cfg, store, certifier, paths["certificates"])
     return tasks
 

@@ -1,5 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``verify``, ``users``, ``reception``,
-``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``, ``erase``.
+``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``, ``erase``,
+``retention``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -25,6 +26,7 @@ from relay.cli import (
     log,
     queue,
     reception,
+    retention,
     serve,
     status,
     users,
@@ -46,6 +48,7 @@ COMMANDS = (
     log,
     export,
     erase,
+    retention,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

@@ -16,6 +16,7 @@ def cmd_addendum(args: argparse.Namespace) -> int:
     from certifier import pipeline, pool
     from certifier.pki import ensure_dev_pki
     from relay.certify.evidence_record import build_evidence
+    from relay.certify.retention import content_removed_reason
     from relay.process.gateway import signing_settings, state_paths
     from relay.queue.ids import new_certificate_id
     from relay.queue.spool import Spool, write_durably
@@ -30,11 +31,21 @@ def cmd_addendum(args: argparse.Namespace) -> int:
             raise UserError(f"no certificate {args.certificate!r} on this gateway")
         spool = Spool(paths["spool"])
 
-        async def _evidence() -> tuple[dict[str, Any], bytes]:
+        async def _evidence() -> tuple[dict[str, Any], bytes | None]:
             row = await store.message(qid)
             if row is None:  # withdrawn from the database since it was found
                 raise UserError(f"no certificate {args.certificate!r} on this gateway")
-            return await build_evidence(cfg, store, row), spool.read_any(qid)
+            evidence = await build_evidence(cfg, store, row)
+            try:
+                return evidence, spool.read_any(qid)
+            except FileNotFoundError:
+                # Removed by the retention policy: the addendum is made without it and
+                # says why (README, "Retention"); lost otherwise: none is made.
+                removed = content_removed_reason(await store.evidence_for(qid))
+                if removed is None:
+                    raise
+                evidence["message"]["content_unavailable"] = removed
+                return evidence, None
 
         try:
             evidence, raw = asyncio.run(_evidence())

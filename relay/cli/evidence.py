@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from relay.cli import evidence_export, evidence_renew
+from relay.cli import evidence_export, evidence_renew, legal_hold
 from relay.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -110,3 +110,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_evidence_verify)
     evidence_export.register(esub)
     evidence_renew.register(esub)
+    legal_hold.register(esub)

@@ -57,8 +57,11 @@ class LateBounces(Messages):
         pass_on: list[int] = []
         for index, report in enumerate(reports):
             address = str(report.get("recipient") or "").lower()
+            # An empty address matches no recipient: retention empties the addresses of
+            # a message whose evidence went (docs/retention.md).
             row = self._conn.execute(
-                "SELECT id, status, address FROM recipients WHERE qid = ? AND lower(address) = ?",
+                "SELECT id, status, address FROM recipients WHERE qid = ? AND lower(address) = ?"
+                " AND address != ''",
                 (parent_qid, address),
             ).fetchone()
             detail = {**report, "dsn_qid": dsn.qid, "dsn_sha256": dsn.sha256, "late": True}

@@ -87,7 +87,9 @@ class StoreBackend:
 
     async def record(self, event: TrackingEvent) -> None:
         rcpt = await self.store.tracked_recipient(event.qid, event.recipient_id)
-        if rcpt is None or not rcpt["tracking"]:
+        if rcpt is None or not rcpt["tracking"] or not rcpt["address"]:
+            # No address: the message's evidence went after [retention] evidence_years
+            # (docs/retention.md); there is nobody to report a hit to, nor to record.
             return
         since = (event.time - rcpt["last_attempt"]) if rcpt["last_attempt"] else None
         clicks = links = 0
