@@ -24,6 +24,11 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
+Outside :class:`Store`, the operators' data-protection passes take a connection and run
+their own transactions: :mod:`relay.queue.retention` (the retention periods),
+:mod:`relay.queue.subjects` (everything held about an address) and
+:mod:`relay.queue.erasure` (erasing it; docs/erasure.md).
+
 No SQL is written anywhere else in the project (``tests/test_no_sql_outside_queue.py``).
 
 Exceptions::
