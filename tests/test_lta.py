@@ -197,3 +197,53 @@ def test_certifica_verify_refuses_an_update_after_the_timestamp(
     report = verify_certificate(out.getvalue(), [ca(gateway)])
     assert not report.ok
     assert not {c.name: c.ok for c in report.checks}["coverage"]
+
+
+def openssl(*args: str) -> tuple[bool, str]:
+    done = subprocess.run(  # noqa: S603 - our own arguments
+        ["openssl", *args],  # noqa: S607
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode == 0, done.stdout + done.stderr
+
+
+def test_openssl_verifies_the_signature_and_the_document_timestamp_over_their_byte_ranges(
+    gateway: Gateway, certificate: Path, tmp_path: Path
+) -> None:
+    """Not our code: the PAdES signature is a detached CMS SignedData over the bytes its
+    /ByteRange names (``openssl cms -verify``); the document timestamp is an RFC 3161
+    token whose imprint is the hash of its own byte range (``openssl ts -verify``). Both
+    chain to the development root, and one changed byte in a covered range fails."""
+    pdf = certificate.read_bytes()
+    reader = PdfFileReader(io.BytesIO(pdf))
+    signature, timestamp = reader.embedded_signatures  # the gateway's, then the LTA one
+    root = str(ca(gateway))
+    for n, embedded in enumerate((signature, timestamp)):
+        start1, length1, start2, length2 = (int(x) for x in embedded.sig_object["/ByteRange"])
+        covered = pdf[start1 : start1 + length1] + pdf[start2 : start2 + length2]
+        changed = covered[:100] + bytes([covered[100] ^ 1]) + covered[101:]
+        token = tmp_path / f"{n}.der"
+        token.write_bytes(embedded.pkcs7_content)
+        for data, expected in ((covered, True), (changed, False)):
+            (tmp_path / "data.bin").write_bytes(data)
+            if embedded is signature:
+                ok, out = openssl(
+                    "cms", "-verify", "-binary", "-inform", "DER", "-in", str(token),
+                    "-content", str(tmp_path / "data.bin"), "-CAfile", root,
+                    "-purpose", "any", "-out", "/dev/null",
+                )  # fmt: skip
+            else:
+                ok, out = openssl(
+                    "ts", "-verify", "-data", str(tmp_path / "data.bin"), "-in", str(token),
+                    "-token_in", "-CAfile", root,
+                )  # fmt: skip
+            assert ok is expected, out
+            said = (
+                ("Verification successful", "Verification: OK")
+                if expected
+                else ("failure", "FAILED")
+            )
+            assert any(words in out for words in said), out
+    assert timestamp.sig_object["/Type"] == "/DocTimeStamp"
