@@ -262,7 +262,8 @@ def _readme(found: Any, copied: int, language: str, timezone: str) -> str:
         + "\n\n        sha256sum -c MANIFEST.sha256",
     ]
     if found.erasures:
-        dates = ", ".join(reader.moment(float(e["time"])) for e in found.erasures)
+        # "; " between them: each moment already has commas ("3 de diciembre de 2026, 11:42 ...").
+        dates = "; ".join(reader.moment(float(e["time"])) for e in found.erasures)
         parts.append(
             para(
                 _(
