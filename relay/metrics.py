@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import Counter, Histogram, values
@@ -107,6 +108,33 @@ def enable_multiprocess(directory: Path) -> None:
     directory.mkdir(parents=True, mode=0o700)
     os.environ[ENV] = str(directory)
     values.ValueClass = values.MultiProcessValue()
+
+
+SMTP_LISTENERS = ("submission", "submission_tls", "mx")
+
+
+def show_zeros(listeners: Iterable[str], roles: Iterable[str]) -> None:
+    """Give the series known in advance a value of 0 (the master, once), so that a
+    scrape shows ``certifica_tsa_errors_total{use="certificate"} 0`` rather than nothing
+    until the first error: an alert on a rate needs the series to exist."""
+    smtp = [name for name in listeners if name in SMTP_LISTENERS]
+    for name in smtp:
+        MESSAGES_ACCEPTED.labels(name)
+        TLS_HANDSHAKE_FAILURES.labels(name)
+    for outcome in ("delivered", "failed", "bounced"):
+        RECIPIENTS_FINAL.labels(outcome)
+    for result in ("delivered", "deferred", "failed"):
+        DELIVERY_ATTEMPTS.labels(result)
+    for result in ("issued", "failed"):
+        CERTIFICATES.labels(result)
+    for use in ("certificate", "checkpoint"):
+        TSA_ERRORS.labels(use)
+    SIGNING_ERRORS.labels("certificate")
+    for kind in ("open", "click"):
+        for classification in ("person", "automatic"):
+            TRACKING_HITS.labels(kind, classification)
+    for role in roles:
+        PROCESS_RESTARTS.labels(role)
 
 
 def reason_class(reply: str) -> str:

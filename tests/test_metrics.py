@@ -31,6 +31,7 @@ from tests.conftest import (
     Gateway,
     Sink,
     assert_clean_log,
+    free_port,
     make_message,
     start_gateway,
     write_config,
@@ -138,7 +139,16 @@ def test_counters_move_with_certified_mail(gateway: Gateway, mx: Sink) -> None:
     assert value(
         after, "certifica_certificate_seconds_bucket", result="issued", le="+Inf"
     ) == value(after, "certifica_certificate_seconds_count", result="issued")
-    assert value(after, "certifica_tsa_errors_total", use="certificate") == 0
+    # Series known in advance are there at 0 before anything happened to them.
+    for name, labels in (
+        ("certifica_tsa_errors_total", {"use": "certificate"}),
+        ("certifica_tsa_errors_total", {"use": "checkpoint"}),
+        ("certifica_signing_errors_total", {"use": "certificate"}),
+        ("certifica_process_restarts_total", {"role": "acceptor"}),
+        ("certifica_recipients_final_total", {"outcome": "failed"}),
+        ("certifica_tracking_hits_total", {"kind": "open", "classification": "person"}),
+    ):
+        assert after[(name, tuple(sorted(labels.items())))] == 0, name
     # Every recipient of the message is final now: nothing queued or deferred is its.
     assert value(after, "certifica_queue_recipients", state="deferred") == 0
     assert value(after, "certifica_queue_oldest_deferred_seconds") == 0
@@ -225,6 +235,51 @@ def test_a_child_killed_is_counted_as_a_restart(short_gateway: Gateway) -> None:
         ),
         what="the restart in /metrics",
     )
+
+
+def test_a_dead_tsa_fails_readyz_and_counts_its_errors(tmp_path: Path, mx: Sink) -> None:
+    """A remote TSA nobody answers at: the certificate and the checkpoint that needed it
+    count an error each, and /readyz names the TSA (from those real uses: no probe
+    asked it for a timestamp)."""
+    dead = free_port()
+    cfg = write_config(
+        tmp_path,
+        {"example.org": mx.port, "example.com": mx.port},
+        "[evidence]\ncheckpoint_interval = 1.0\n",
+    )
+    text = cfg.read_text().replace(
+        "[signing]\nworkers = 1\n",
+        f'[signing]\nworkers = 1\ntsa_url = "http://127.0.0.1:{dead}/tsa"\ntsa_timeout = 1.0\n',
+    )
+    cfg.write_text(text)
+    gw = start_gateway(cfg)
+    try:
+        # Nothing used the TSA yet (the evidence log is empty): a TCP probe, no request.
+        _, report = wait_until(
+            lambda: (r := readyz(gw))[0] == 503 and "tsa" in r[1]["failed"] and r,
+            what="/readyz failing on the TSA",
+        )
+        assert report["checks"]["tsa"]["detail"].startswith(
+            f"no recent request; 127.0.0.1:{dead} unreachable"
+        )
+        submit(gw, make_message(subject="No timestamp"), ["bob@example.org", CERT_ADDRESS])
+
+        def errors() -> Samples | None:
+            samples = scrape(gw)
+            certificate = value(samples, "certifica_tsa_errors_total", use="certificate")
+            checkpoint = value(samples, "certifica_tsa_errors_total", use="checkpoint")
+            return samples if certificate >= 1 and checkpoint >= 1 else None
+
+        samples = wait_until(errors, what="TSA errors in /metrics")
+        assert value(samples, "certifica_signing_errors_total", use="certificate") == 0
+        assert value(samples, "certifica_certificate_seconds_count", result="failed") >= 1
+        status, report = readyz(gw)
+        assert status == 503 and "tsa" in report["failed"], report
+        assert "the last request failed" in report["checks"]["tsa"]["detail"]
+        assert report["checks"]["spool"]["ok"] and report["checks"]["database"]["ok"]
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log()
 
 
 def test_reason_class_is_the_enhanced_code_class_and_subject() -> None:

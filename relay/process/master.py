@@ -59,7 +59,7 @@ from certifier.pool import check_settings
 from relay.config import Config, Endpoint, parse_endpoint
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.logs import log_failure
-from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir
+from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir, show_zeros
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
@@ -449,6 +449,7 @@ class Master:
                 threading.active_count(),
             )
         self.status = child.StatusFile(self.cfg.state_dir, "master", 0)
+        show_zeros(self.listeners.addresses, {slot.role for slot in self.slots})
         for slot in self.slots:
             self._fork(slot)
         log.info(
