@@ -102,8 +102,14 @@ def metrics_dir(state_dir: Path) -> Path:
 
 def enable_multiprocess(directory: Path) -> None:
     """Make every value from now on live in ``directory``, emptied first (the master,
-    before its first fork). Metrics already defined made no value yet (they all have
-    labels), so they follow."""
+    before its first fork; the children inherit the setting and the environment).
+
+    prometheus-client picks its value class from ``PROMETHEUS_MULTIPROC_DIR`` when it is
+    first imported, and its documentation asks for the variable to be set before the
+    program starts; but the modules defining metrics are imported before the master has
+    read the configuration that names the state directory. So the class is set here,
+    explicitly: metrics already defined made no value yet (they all have labels), so
+    every value is made in the directory."""
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700)
     os.environ[ENV] = str(directory)
