@@ -68,8 +68,8 @@ DELIVERY_ATTEMPTS = Histogram(
 )
 CERTIFICATES = Histogram(
     "certifica_certificate_seconds",
-    "Signed documents made (certificates, addenda, notices that carry a PDF) and the "
-    "time to render, sign and timestamp each, by result (issued, failed)",
+    "Signed PDFs made (certificates and addenda) and the time to render, sign and "
+    "timestamp each, by result (issued, failed)",
     ["result"],
     buckets=CERTIFICATE_BUCKETS,
 )

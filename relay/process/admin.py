@@ -105,10 +105,27 @@ class QueueCollector(Collector):
         )
 
 
+class ValueFiles(MultiProcessCollector):
+    """prometheus-client's collector of every process's value files, leaving out a file
+    still being made: a process that counts for the first time creates its file empty,
+    then sizes it, and a scrape in between would fail on it. Once sized, a file is
+    always readable (an entry is written before the header counts it)."""
+
+    def collect(self):  # type: ignore[no-untyped-def]  # prometheus-client's signature
+        files = []
+        for path in Path(self._path).glob("*.db"):
+            try:
+                if path.stat().st_size >= 8:  # the header: how much of the file is used
+                    files.append(str(path))
+            except FileNotFoundError:
+                continue
+        return self.merge(files, accumulate=True)
+
+
 def exposition(directory: Path, figures: QueueFigures | None, now: float) -> bytes:
     """The text of ``/metrics``: every process's value files, and ``figures``."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
+    ValueFiles(registry, path=str(directory))
     if figures is not None:
         registry.register(QueueCollector(figures, now))
     return generate_latest(registry)
@@ -139,7 +156,11 @@ class Admin:
         self.scrapes += 1
         now = time.time()
         figures = await self.figures(now)
-        body = await asyncio.to_thread(exposition, self.directory, figures, now)
+        try:
+            body = await asyncio.to_thread(exposition, self.directory, figures, now)
+        except Exception:
+            log_failure(log, "the metrics could not be read")
+            return web.Response(status=503, text="The metrics could not be read now.\n")
         # The text format 0.0.4, which every Prometheus server reads (2.x and 3.x): the
         # names are plain [a-z_] ones, so nothing of the 1.0.0 format's escaping is needed.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
