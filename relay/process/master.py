@@ -39,6 +39,7 @@ import asyncio
 import errno
 import fcntl
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -274,6 +275,13 @@ class Master:
         admin = cfg.endpoint("admin")
         if admin:  # metrics and health: the admin process's alone, not the acceptors'
             wanted.append(("admin", "listen.admin", admin))
+            if not _loopback(admin.host):
+                log.warning(
+                    "listen.admin = %s is not a loopback address: /metrics and /readyz have "
+                    "no authentication; let only your monitoring reach it (%s)",
+                    admin,
+                    cfg.source,
+                )
         if cfg.sink.listen:
             wanted.append(
                 (
@@ -505,6 +513,16 @@ class Master:
                 deadline = time.monotonic() + KILL_AFTER
             signal.sigtimedwait({signal.SIGCHLD}, max(0.05, min(left, 1.0)))
             self._reap()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a ``[listen]`` host) only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to, say so
 
 
 def _runner(main: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Callable[[], None]:
