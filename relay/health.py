@@ -187,6 +187,7 @@ class Readiness:
                 asyncio.open_connection(host, port), self.cfg.signing.tsa_timeout
             )
             writer.close()
+            await writer.wait_closed()
             check = Check("tsa", True, f"no recent request; {host}:{port} is reachable")
         except (OSError, TimeoutError) as err:
             check = Check(

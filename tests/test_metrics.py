@@ -8,6 +8,7 @@ gateway with an impossible ``[limits] min_free`` shows the 452 4.3.1 at MAIL and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,8 +24,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.config import load_config
+from relay.health import TSA_PROBE_EVERY, Check, Readiness
 from relay.metrics import reason_class
 from relay.queue.space import FreeSpace
+from relay.queue.store import Store
 from relay.smtpd import replies
 from tests.conftest import (
     CERT_ADDRESS,
@@ -299,3 +303,43 @@ def test_free_space_is_asked_once_per_interval(tmp_path: Path) -> None:
     assert cached.free() == first
     assert fresh.free() == float("inf")
     assert FreeSpace(tmp_path, min_free=0).low() is False
+
+
+def test_the_tsa_probe_connects_at_most_every_few_minutes_and_asks_nothing(
+    tmp_path: Path,
+) -> None:
+    """With no real use on record, /readyz reaches a remote TSA's host by TCP, once per
+    TSA_PROBE_EVERY, and sends it nothing: no timestamp is ever bought by a probe."""
+    received: list[bytes] = []
+    connections = []
+
+    async def run() -> tuple[Check, Check, int]:
+        heard = asyncio.Event()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(writer)
+            received.append(await reader.read())  # until the probe closes
+            writer.close()
+            heard.set()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg_path = tmp_path / "config.toml"
+        cfg_path.write_text(
+            f'[gateway]\nstate_dir = "state"\n[signing]\ntsa_url = "http://127.0.0.1:{port}/tsa"\n'
+        )
+        cfg = load_config(cfg_path)
+        with Store(tmp_path / "queue.db", 60.0) as store:
+            readiness = Readiness(cfg, store, FreeSpace(tmp_path, 0), {})
+            first = await readiness.timestamps(time.time())
+            second = await readiness.timestamps(time.time())
+        await asyncio.wait_for(heard.wait(), 10)
+        server.close()
+        await server.wait_closed()
+        return first, second, port
+
+    first, second, port = asyncio.run(run())
+    assert (first.ok, first.detail) == (True, f"no recent request; 127.0.0.1:{port} is reachable")
+    assert second is first  # the second look within TSA_PROBE_EVERY reuses the probe
+    assert len(connections) == 1 and TSA_PROBE_EVERY >= 60
+    assert received == [b""]  # connected, then closed: not one byte of a request
