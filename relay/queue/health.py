@@ -28,10 +28,6 @@ class QueueFigures:
     oldest_unstamped: float | None = None  # the oldest evidence entry no checkpoint covers
 
 
-class _ProbeRolledBack(Exception):
-    """Raised inside the probe so its write is rolled back (it is the expected end)."""
-
-
 class QueueHealth(Database):
     """Reads for ``/metrics`` and ``/readyz``."""
 
@@ -82,14 +78,16 @@ class QueueHealth(Database):
         :class:`~relay.queue.errors.StoreError` when the database refuses."""
 
         def write() -> None:
-            self._conn.execute(
-                "INSERT INTO maintenance_runs (task, last_run, result) VALUES (?, 0, '')"
-                " ON CONFLICT(task) DO NOTHING",
-                ("readiness probe",),
-            )
-            raise _ProbeRolledBack  # the operation's savepoint is rolled back
+            conn = self._conn
+            conn.execute("SAVEPOINT probe")  # inside the operation's own savepoint
+            try:
+                conn.execute(
+                    "INSERT INTO maintenance_runs (task, last_run, result) VALUES (?, 0, '')"
+                    " ON CONFLICT(task) DO NOTHING",
+                    ("readiness probe",),
+                )
+            finally:
+                conn.execute("ROLLBACK TO probe")
+                conn.execute("RELEASE probe")
 
-        try:
-            await self._run(write)
-        except _ProbeRolledBack:
-            return
+        await self._run(write)
