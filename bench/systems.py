@@ -664,6 +664,7 @@ state_dir = "state"
 submission = "127.0.0.1:0"
 submission_tls = ""
 mx = ""
+admin = "127.0.0.1:0"
 [sink]
 listen = ""
 [delivery.routes]

@@ -94,6 +94,9 @@ class ListenConfig:
     submission_tls: str = ""
     mx: str = "127.0.0.1:1025"
     http: str = "127.0.0.1:8080"
+    # Metrics and health for the operator (relay/process/admin.py); loopback only by
+    # default, never the public pages' listener. Empty: off.
+    admin: str = "127.0.0.1:9725"
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ class LimitsConfig:
     auth_delay: float = 1.0
     auth_block: int = 20
     auth_block_window: float = 900.0
+    # Megabytes the spool's file system must keep free: below it MAIL gets 452 4.3.1
+    # (Postfix's queue_minfree) and /readyz says so. 0: no check.
+    min_free: int = 100
 
 
 @dataclass(frozen=True)
@@ -346,7 +352,7 @@ def _build(cls: Any, data: Any, prefix: str, where: str, base: Path) -> Any:
 
 
 def _validate(cfg: Config, where: str) -> None:
-    for name in ("submission", "submission_tls", "mx", "http"):
+    for name in ("submission", "submission_tls", "mx", "http", "admin"):
         cfg.endpoint(name)
     if cfg.sink.listen:
         parse_endpoint(cfg.sink.listen, "sink.listen", where)
@@ -363,6 +369,8 @@ def _validate(cfg: Config, where: str) -> None:
     if "@" not in cfg.gateway.certification_address:
         raise ConfigError(f"{where}: gateway.certification_address must be an e-mail address")
     _validate_gateway_addresses(cfg, where)
+    if cfg.limits.min_free < 0:
+        raise ConfigError(f"{where}: limits.min_free must be 0 (no check) or more megabytes")
     if cfg.limits.auth_block < 1:
         raise ConfigError(f"{where}: limits.auth_block must be at least 1")
     if cfg.limits.min_data_rate <= 0:

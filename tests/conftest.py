@@ -220,6 +220,7 @@ submission = "127.0.0.1:0"
 submission_tls = "127.0.0.1:0"
 mx = "127.0.0.1:0"
 http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 [limits]
 auth_delay = 0.2
 message_size = 1048576

@@ -243,6 +243,7 @@ PORTS = """[listen]
 submission = "127.0.0.1:0"
 mx = "127.0.0.1:0"
 http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 [provider]
 name = "Certifica Servicios de Confianza S.L."
 legal_id = "B00000000"

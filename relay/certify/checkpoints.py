@@ -33,6 +33,8 @@ from typing import Any, Protocol
 from asn1crypto import cms
 
 from certifier import checkpoints, evidence
+from relay.health import UseRecord, why
+from relay.metrics import TSA_ERRORS
 from relay.queue.store import Store
 
 
@@ -67,6 +69,7 @@ class Checkpointer:
         timestamper: TimeStamper,
         interval: float = DEFAULT_INTERVAL,
         timeout: float = 30.0,
+        tsa_use: UseRecord | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"the checkpoint interval must be positive, not {interval!r}")
@@ -74,6 +77,7 @@ class Checkpointer:
         self.timestamper = timestamper
         self.interval = interval
         self.timeout = timeout
+        self.tsa_use = tsa_use  # the TSA's last result, for /readyz (relay/health.py)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -115,9 +119,17 @@ class Checkpointer:
             seq, digest = head
             now = time.time()
             imprint = hashlib.sha256(checkpoints.statement(seq, digest, now)).digest()
-            token = await asyncio.wait_for(
-                asyncio.to_thread(_timestamp, self.timestamper, imprint), self.timeout
-            )
+            try:
+                token = await asyncio.wait_for(
+                    asyncio.to_thread(_timestamp, self.timestamper, imprint), self.timeout
+                )
+            except Exception as err:
+                TSA_ERRORS.labels("checkpoint").inc()
+                if self.tsa_use is not None:
+                    self.tsa_use.record(False, why(err))
+                raise
+            if self.tsa_use is not None:
+                self.tsa_use.record(True)
             made = checkpoints.Checkpoint(
                 seq, digest, now, checkpoints.token_time(token).timestamp(), token
             )

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from pyhanko.sign.timestamps import TimestampRequestError
+
 from certifier.i18n import Reader, as_datetime
 from certifier.outcome import outcome
 from certifier.verify import embedded_evidence
@@ -39,7 +41,9 @@ from relay.certify.verification import verification_code, verification_url
 from relay.config import Config
 from relay.delivery import outbound
 from relay.delivery.client import DEFERRED, DELIVERED, FAILED
+from relay.health import UseRecord, why
 from relay.logs import log_failure, printable
+from relay.metrics import CERTIFICATES, SIGNING_ERRORS, TSA_ERRORS
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.jobs import DocumentDone, DocumentJob, DocumentKind
 from relay.queue.spool import Spool, SpoolFileMissing, write_once
@@ -111,6 +115,9 @@ class DocumentMaker:
         self.certificates_dir = certificates_dir
         self.certificates_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._certificates = asyncio.Semaphore(CONCURRENT_DOCUMENTS)
+        # The result of the last real use of each, for /readyz (relay/health.py).
+        self.signing_use = UseRecord(cfg.state_dir, "signing")
+        self.tsa_use = UseRecord(cfg.state_dir, "tsa")
 
     async def reader_for(self, address: str | None) -> Reader:
         """Who reads what goes to ``address``: the user's language and time zone
@@ -128,7 +135,24 @@ class DocumentMaker:
         certificate")."""
         url = verification_url(self.cfg.web.public_url, self.code_key, evidence["certificate_id"])
         evidence["verification"] = {"url": url}
-        return await self.certifier.certify(evidence, eml, await self.reader_for(row["sender"]))
+        reader = await self.reader_for(row["sender"])
+        started = time.monotonic()
+        try:
+            pdf = await self.certifier.certify(evidence, eml, reader)
+        except TimestampRequestError as err:  # the TSA's fault: /readyz names it
+            CERTIFICATES.labels("failed").observe(time.monotonic() - started)
+            TSA_ERRORS.labels("certificate").inc()
+            self.tsa_use.record(False, why(err))
+            raise
+        except Exception as err:
+            CERTIFICATES.labels("failed").observe(time.monotonic() - started)
+            SIGNING_ERRORS.labels("certificate").inc()
+            self.signing_use.record(False, why(err))
+            raise
+        CERTIFICATES.labels("issued").observe(time.monotonic() - started)
+        self.signing_use.record(True)
+        self.tsa_use.record(True)
+        return pdf
 
     async def _record_verification(
         self,

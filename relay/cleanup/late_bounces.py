@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.cleanup.bounces import BounceReport
+from relay.metrics import RECIPIENTS_FINAL
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.spool import Spool
-from relay.queue.states import MessageKind, Method
+from relay.queue.states import MessageKind, Method, RecipientState
 from relay.queue.store import NewMessage, Store
 
 log = logging.getLogger("certifica/bounce")
@@ -77,5 +78,6 @@ class LateBounces:
                 dsn_qid,
             )
         if bounced:
+            RECIPIENTS_FINAL.labels(RecipientState.BOUNCED).inc(len(bounced))
             log.info("%s: bounced after delivery: %s", qid, ", ".join(f"<{a}>" for a in bounced))
         self.wake(dsn_qid)  # a DSN has nothing to deliver: its addendum can be made

@@ -38,6 +38,7 @@ from relay.delivery.client import (
 )
 from relay.delivery.dkim_keys import DkimKeyring, UnsignableMessage, sign
 from relay.logs import log_failure
+from relay.metrics import DELIVERY_ATTEMPTS, RECIPIENTS_FINAL
 from relay.queue.jobs import DeliveryDone, DeliveryJob, Row
 from relay.queue.spool import Spool, SpoolFileMissing
 from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since
@@ -383,6 +384,10 @@ class DeliveryAgent:
                 notices.one_line(reply, 400),
             )
         await self.store.record(qid, outcomes, now)
+        for out in outcomes:
+            DELIVERY_ATTEMPTS.labels(out.status).observe(max(0.0, now - started))
+            if out.status in (DELIVERED, FAILED):
+                RECIPIENTS_FINAL.labels(out.status).inc()
         if rows[0]["kind"] == "postmaster":
             for row, out in zip(rows, outcomes, strict=True):
                 if out.status == FAILED:

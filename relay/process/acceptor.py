@@ -41,6 +41,7 @@ from relay.cleanup.reception import ReceptionIntake
 from relay.config import Config
 from relay.logs import loop_exception_handler
 from relay.process.child import StatusFile, report_status
+from relay.queue.space import FreeSpace
 from relay.queue.spool import Spool
 from relay.queue.store import Store
 from relay.smtpd.mx import MXSMTP, MXHandler
@@ -188,6 +189,7 @@ class Acceptor:
         loop = asyncio.get_running_loop()
         self.store = Store(setup.paths["db"], cfg.queue.lifetime)
         self.spool = Spool(setup.paths["spool"])
+        self.space = FreeSpace(setup.paths["spool"], cfg.limits.min_free)
         wake = Waker(setup.wake_path, self._accepted)
         own = setup.auth_sockets[self.index]
         throttle = SharedAuthThrottle(
@@ -202,15 +204,17 @@ class Acceptor:
             submission = self.submission = SubmissionHandler(
                 cfg, self.store, self.spool, wake, verp_key=setup.verp_key
             )
+            submission.space = self.space
             tls = self._tls("submission")
             protocol = self.sessions.counted(SubmissionSMTP)
             for name, implicit in (("submission", False), ("submission_tls", True)):
                 if name not in socks:
                     continue
 
-                def factory(implicit: bool = implicit) -> SMTP:
+                def factory(implicit: bool = implicit, name: str = name) -> SMTP:
                     return protocol(
                         submission,
+                        listener=name,
                         verifier=submission.verify_password,
                         throttle=throttle,
                         header_limit=cfg.limits.header_size,
@@ -262,11 +266,13 @@ class Acceptor:
             on_postmaster=PostmasterIntake(cfg, self.store, self.spool, wake).handle_DATA,
             max_recipients=cfg.limits.recipients,
         )
+        handler.space = self.space
         protocol = self.sessions.counted(MXSMTP)
 
         def factory() -> SMTP:
             return protocol(
                 handler,
+                listener="mx",
                 header_limit=cfg.limits.header_size,
                 data_size_limit=cfg.limits.message_size,
                 enable_SMTPUTF8=True,
@@ -288,6 +294,7 @@ class Acceptor:
         def factory() -> SMTP:
             return protocol(
                 handler,
+                listener="sink",
                 header_limit=cfg.limits.header_size,
                 auth_failures=3,
                 auth_delay=0,

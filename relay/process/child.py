@@ -70,7 +70,7 @@ def become_child(role: str, index: int) -> None:
         pass
 
 
-SINGLE = ("master", "qmgr")
+SINGLE = ("master", "qmgr", "admin")
 """The roles with one process, named without an index."""
 
 

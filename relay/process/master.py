@@ -13,7 +13,14 @@ Postfix's master(8) in Python (ARCHITECTURE.md §1). ``certifica serve``:
 3. imports the heavy modules (the PDF and signing stack), freezes the garbage
    collector's view of them (``gc.freeze()``: a child touching an object's reference
    count would otherwise copy its page), and forks the children: the queue manager,
-   then the acceptors (``[processes] acceptors``, one per core by default).
+   then the acceptors (``[processes] acceptors``, one per core by default), and the
+   admin process when ``[listen] admin`` is set (metrics and health,
+   :mod:`relay.process.admin`).
+
+The metrics of every process live in ``<state>/run/metrics`` (:mod:`relay.metrics`):
+the master empties it before the first fork, counts the restarts of its children
+there, and removes the live gauges of a child that ended (prometheus-client's
+``mark_process_dead``).
 
 Then it supervises: a child that ends is logged and started again, at once if it had
 lived 10 seconds, else after a backoff (1 s doubling up to 60 s). SIGTERM or SIGINT
@@ -32,6 +39,7 @@ import asyncio
 import errno
 import fcntl
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -44,12 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from certifier.errors import StartupError
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import check_settings
 from relay.config import Config, Endpoint, parse_endpoint
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.logs import log_failure
+from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir, show_zeros
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
@@ -227,6 +238,8 @@ class Master:
         self.listeners = self._bind()
         self.run_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
+        # Before any metric has a value, and before the children inherit the setting.
+        enable_multiprocess(metrics_dir(cfg.state_dir))
         status = self.run_dir / child.STATUS_SUBDIR
         status.mkdir(mode=0o700, exist_ok=True)
         for old in status.glob("*.json"):
@@ -263,6 +276,16 @@ class Master:
         mx = cfg.endpoint("mx")
         if mx:
             wanted.append(("mx", "listen.mx", mx))
+        admin = cfg.endpoint("admin")
+        if admin:  # metrics and health: the admin process's alone, not the acceptors'
+            wanted.append(("admin", "listen.admin", admin))
+            if not _loopback(admin.host):
+                log.warning(
+                    "listen.admin = %s is not a loopback address: /metrics and /readyz have "
+                    "no authentication; let only your monitoring reach it (%s)",
+                    admin,
+                    cfg.source,
+                )
         if cfg.sink.listen:
             wanted.append(
                 (
@@ -290,7 +313,7 @@ class Master:
         return Endpoint(host.strip("[]"), int(port))
 
     def _children(self) -> None:
-        from relay.process import acceptor, qmgr, worker
+        from relay.process import acceptor, admin, qmgr, worker
 
         cfg, grace = self.cfg, self.GRACE
         agents, certifiers = delivery_agents(cfg), certificate_workers(cfg)
@@ -317,7 +340,7 @@ class Master:
             cfg=cfg,
             pki=self.pki,
             paths=self.paths,
-            sockets=self.listeners.sockets,
+            sockets={k: v for k, v in self.listeners.sockets.items() if k != "admin"},
             wake_path=self.run_dir / "qmgr.wake",
             auth_sockets=self.auth_sockets,
             verp_key=self.verp_key,
@@ -332,6 +355,14 @@ class Master:
             self.slots.append(Slot("certify", i, _runner(worker.serve, wsetup, "certify", i)))
         for i in range(acceptor_count(cfg)):
             self.slots.append(Slot("acceptor", i, _runner(acceptor.serve, asetup, i)))
+        if "admin" in self.listeners.sockets:
+            adsetup = admin.AdminSetup(
+                cfg=cfg,
+                paths=self.paths,
+                socket=self.listeners.sockets["admin"],
+                listen=dict(self.listeners.addresses),
+            )
+            self.slots.append(Slot("admin", 0, _runner(admin.serve, adsetup)))
 
     @staticmethod
     def _load_heavy_modules() -> None:
@@ -341,6 +372,7 @@ class Master:
         import certifier.pipeline  # noqa: F401
         import certifier.signing  # noqa: F401 - pyHanko
         import relay.process.acceptor  # noqa: F401
+        import relay.process.admin  # noqa: F401
         import relay.process.qmgr  # noqa: F401
         import relay.process.worker  # noqa: F401
 
@@ -375,6 +407,7 @@ class Master:
                 break
             if pid == 0:
                 break
+            mark_process_dead(pid, str(metrics_dir(self.cfg.state_dir)))
             for slot in self.slots:
                 if slot.pid == pid:
                     self._ended(slot, status)
@@ -399,6 +432,7 @@ class Master:
             slot.quick_deaths, delay = 0, 0.0
         slot.start_at = now + delay
         self.restarts += 1
+        PROCESS_RESTARTS.labels(slot.role).inc()
         when = "restarting" if delay == 0 else f"restarting in {delay:.0f} s"
         log.warning("%s pid %d ended (%s) after %.1f s; %s", slot.name, slot.pid, how, lived, when)
 
@@ -427,6 +461,7 @@ class Master:
                 threading.active_count(),
             )
         self.status = child.StatusFile(self.cfg.state_dir, "master", 0)
+        show_zeros(self.listeners.addresses, {slot.role for slot in self.slots})
         for slot in self.slots:
             self._fork(slot)
         log.info(
@@ -458,7 +493,8 @@ class Master:
         self.stopping = True
         log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)
         deadline = time.monotonic() + grace + self.cfg.signing.tsa_timeout + KILL_AFTER
-        for roles in (("acceptor",), ("qmgr",), ("delivery", "certify")):
+        # The admin process with the acceptors: /readyz stops answering when mail does.
+        for roles in (("acceptor", "admin"), ("qmgr",), ("delivery", "certify")):
             group = [s for s in self.slots if s.role in roles and s.pid]
             if not group:
                 continue
@@ -481,6 +517,16 @@ class Master:
                 deadline = time.monotonic() + KILL_AFTER
             signal.sigtimedwait({signal.SIGCHLD}, max(0.05, min(left, 1.0)))
             self._reap()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (a ``[listen]`` host) only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to, say so
 
 
 def _runner(main: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Callable[[], None]:

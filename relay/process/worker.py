@@ -257,7 +257,12 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
             return (await maker.make(DocumentJob(kind, str(job["qid"])))).to_json()
 
         if index == 0:
-            checkpointer = Checkpointer(store, certifier, interval=cfg.evidence.checkpoint_interval)
+            checkpointer = Checkpointer(
+                store,
+                certifier,
+                interval=cfg.evidence.checkpoint_interval,
+                tsa_use=maker.tsa_use,
+            )
             checkpointer.start()
             tasks = maintenance_tasks(cfg, store, spool, certifier, setup.paths)
             # As often as the most frequent task needs ([evidence] lta_delay: "lta").

@@ -21,6 +21,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
+:mod:`relay.queue.health`     what the admin listener reads: the queue by state, the write probe
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
@@ -43,6 +44,7 @@ from relay.queue.bounces import LATE_ACTIONS, LateBounces
 from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
 from relay.queue.evidence_log import EvidenceLog
+from relay.queue.health import QueueHealth
 from relay.queue.leases import WITHDRAWN_TOO_LATE, Leases
 from relay.queue.maintenance import MaintenanceRuns
 from relay.queue.messages import Messages
@@ -84,6 +86,7 @@ class Store(
     Users,
     Verifications,
     MaintenanceRuns,
+    QueueHealth,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.

@@ -49,6 +49,7 @@ from typing import Any
 from relay.addresses import AddressKind, GatewayAddresses
 from relay.cleanup.bounces import BounceReport, parse_dsn, parse_return_path
 from relay.logs import log_failure, peer_text, printable
+from relay.queue.space import FreeSpace
 from relay.smtpd import replies
 from relay.smtpd.protocol import CertificaSMTP
 from relay.smtpd.replies import (
@@ -167,6 +168,9 @@ class MXHandler:
         self.on_postmaster = on_postmaster
         self.max_recipients = max_recipients
         self.accepting = True
+        # [limits] min_free: MAIL gets 452 4.3.1 while the spool's disk is short (set
+        # by the acceptor; None: no check).
+        self.space: FreeSpace | None = None
         self.addresses = GatewayAddresses(
             domain=self.domain,
             hostname=hostname,
@@ -193,6 +197,8 @@ class MXHandler:
     ) -> str:
         if not self.accepting:
             return replies.SHUTTING_DOWN
+        if self.space is not None and self.space.low():
+            return replies.LOW_ON_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return replies.SENDER_OK

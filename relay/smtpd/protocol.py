@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import functools
 import ipaddress
 import logging
 import math
@@ -61,6 +62,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, sy
 from certifier.errors import PermanentError
 from certifier.mime import PLAIN_ADDR_SPEC
 from relay.logs import log_failure, one_line, peer_text, printable
+from relay.metrics import MESSAGES_ACCEPTED, SMTP_REFUSALS, TLS_HANDSHAKE_FAILURES, reason_class
 from relay.smtpd import replies
 
 log = logging.getLogger("certifica/smtpd")
@@ -260,6 +262,7 @@ class CertificaSMTP(SMTP):
 
     ``implicit_tls``: the connection is TLS from its first byte (port 465, RFC 8314):
     the handshake runs before the greeting, through the same code as STARTTLS.
+    ``listener``: the ``[listen]`` name the session came in on, for the metrics.
     """
 
     def __init__(
@@ -273,6 +276,7 @@ class CertificaSMTP(SMTP):
         min_data_rate: float = MIN_DATA_RATE,
         throttle: AuthThrottle | None = None,
         implicit_tls: bool = False,
+        listener: str = "smtp",
         **kwargs: Any,
     ) -> None:
         if implicit_tls and kwargs.get("tls_context") is None:
@@ -302,6 +306,36 @@ class CertificaSMTP(SMTP):
         )
         if verifier is None:
             self._auth_methods.clear()
+        # The metrics count the replies to the transaction's commands (relay/metrics.py):
+        # the command being answered is known while its method runs.
+        self._listener = listener
+        self._verb: str | None = None
+        for verb in ("MAIL", "RCPT", "DATA"):
+            if verb in self._smtp_methods:
+                self._smtp_methods[verb] = self._answering(verb, self._smtp_methods[verb])
+
+    def _answering(self, verb: str, method: Any) -> Any:
+        @functools.wraps(method)  # keeps aiosmtpd's __smtp_syntax__ for HELP
+        async def answering(arg: str) -> None:
+            self._verb = verb
+            try:
+                await method(arg)
+            finally:
+                self._verb = None
+
+        return answering
+
+    def _count(self, reply: bytes) -> None:
+        """A transaction's outcome, for the metrics: a 250 to the end of DATA, or a
+        refusal of MAIL, RCPT or DATA by its enhanced status class."""
+        verb = self._verb
+        if verb is None or reply[:1] not in b"2345":
+            return
+        if reply[:1] in b"45":
+            text = reply.decode("ascii", "replace")
+            SMTP_REFUSALS.labels(self._listener, verb, reason_class(text)).inc()
+        elif verb == "DATA" and reply[:3] == b"250":
+            MESSAGES_ACCEPTED.labels(self._listener).inc()
 
     # -- replies -------------------------------------------------------------------
     async def push(self, status: Any) -> None:
@@ -324,6 +358,7 @@ class CertificaSMTP(SMTP):
             status = one_line(status).encode(
                 "utf-8" if self.enable_SMTPUTF8 else "ascii", "backslashreplace"
             )
+        self._count(status)
         self._pending.append(status + b"\r\n")
         if _writes_now(status) or b"\n" not in self._reader._buffer:  # type: ignore[attr-defined]
             self._flush_replies()
@@ -444,6 +479,7 @@ class CertificaSMTP(SMTP):
 
     def _log_handshake_failure(self, err: BaseException | None) -> None:
         peer = self.session.peer if self.session else None
+        TLS_HANDSHAKE_FAILURES.labels(self._listener).inc()
         log.info("%s: TLS handshake failed: %s", peer_text(peer), _tls_reason(err))
 
     async def handle_exception(self, error: Exception) -> str:

@@ -27,6 +27,8 @@ STORE_FAILED = (
     "451 4.3.0 The message could not be stored safely; nothing was accepted, please try again later"
 )
 DISK_FULL = "452 4.3.1 The gateway is out of storage; nothing was accepted, please try again later"
+# [limits] min_free (Postfix's queue_minfree): refused at MAIL, before any data is sent.
+LOW_ON_SPACE = "452 4.3.1 The gateway is short of storage space just now; please try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another message"
 INTERNAL_ERROR = (
     "451 4.3.0 The gateway met an internal error; nothing was accepted, please try again later"

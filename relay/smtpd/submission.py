@@ -30,6 +30,7 @@ from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
 from relay.logs import printable
 from relay.queue.ids import new_certificate_id, new_queue_id
+from relay.queue.space import FreeSpace
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
@@ -124,6 +125,9 @@ class SubmissionHandler:
         self.wake = wake
         self.addresses = GatewayAddresses.from_config(cfg, verp_key)
         self.accepting = True
+        # [limits] min_free: MAIL gets 452 4.3.1 while the spool's disk is short (set
+        # by the acceptor; None: no check).
+        self.space: FreeSpace | None = None
 
     async def verify_password(self, user: str, password: str) -> bool:
         stored = await self.store.user_hash(normalise_address(user))
@@ -149,6 +153,8 @@ class SubmissionHandler:
     ) -> str:
         if not self.accepting:
             return replies.SHUTTING_DOWN
+        if self.space is not None and self.space.low():
+            return replies.LOW_ON_SPACE
         user = self._user(session)
         if normalise_address(address) != user:
             return replies.SENDER_NOT_OWNED.format(user=user, sender=address)

@@ -22,6 +22,7 @@ from addendum.http import TrackingEvent, make_app
 from addendum.inject import Injection, inject
 from addendum.tokens import TokenCodec, TokenData
 from relay.config import Config, Endpoint
+from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
 from relay.web import pki, verification
@@ -120,6 +121,7 @@ class StoreBackend:
             "reason": verdict.reason,
         }
         await self.store.record_tracking(rcpt["address"], row, time.time())
+        TRACKING_HITS.labels(event.kind, "automatic" if verdict.automatic else "person").inc()
         log.info(
             "%s: %s by <%s>%s from %s, %s (%s)",
             event.qid,
