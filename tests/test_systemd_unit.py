@@ -222,7 +222,8 @@ def test_signing_through_pkcs11_works_under_the_units_seccomp_filters(
 def test_the_units_config_marks_every_placeholder_for_the_operator() -> None:
     """systemd/config.toml carries no development name and no loopback public URL
     silently: every reserved-name or loopback value is on a line marked EDIT, or is the
-    public pages' listener, which stays behind the proxy on this host."""
+    public pages' listener, which stays behind the proxy on this host, or the admin
+    listener, which stays on loopback (no authentication)."""
     text = (ROOT / "systemd" / "config.toml").read_text()
     assert "localhost" not in text
     section = ""
@@ -231,5 +232,5 @@ def test_the_units_config_marks_every_placeholder_for_the_operator() -> None:
             section = line
         value = line.split("#", 1)[0]
         if ".example" in value or "127.0.0.1" in value:
-            behind_proxy = section == "[listen]" and value.startswith("http ")
+            behind_proxy = section == "[listen]" and value.startswith(("http ", "admin "))
             assert "EDIT" in line or behind_proxy, f"config.toml:{number}: {line}"
