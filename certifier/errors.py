@@ -20,8 +20,10 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── relay.process.dispatch.ChildFailed         a job failed in its child (logged
     │   │                                              there); its message is looked at
     │   │                                              again on the next scan
-    │   └── relay.web.verification.Unavailable         the verification page's records
-    │                                                  cannot be read now: 503, Retry-After
+    │   ├── relay.web.verification.Unavailable         the verification page's records
+    │   │                                              cannot be read now: 503, Retry-After
+    │   └── relay.certify.renewal.RenewalBusy          another renewal pass holds the
+    │                                                  archive: the next one renews
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)
@@ -46,12 +48,18 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │                                                  when the disk is full)
     ├── UsageError                a command line the CLI cannot carry out; one line, exit 2
     │   │                         (relay.cli.common.UserError)
-    │   └── relay.process.status.NotRunning            ``certifica status``: the gateway
-    │                                                  is not running; exit 1
-    └── VerificationError         a certificate cannot be verified; ``certifica verify``
-        │                         says why in one sentence and exits 1
-        └── certifier.verify._Failed                   a check that makes the following
-                                                       ones meaningless
+    │   ├── relay.process.status.NotRunning            ``certifica status``: the gateway
+    │   │                                              is not running; exit 1
+    │   ├── relay.queue.erasure.StillActive            ``certifica erase``: messages about
+    │   │                                              the address are still queued
+    │   └── relay.queue.holds.NoSuchCertificate        ``certifica evidence legal-hold``:
+    │                                                  no such certificate (LookupError)
+    ├── VerificationError         a certificate cannot be verified; ``certifica verify``
+    │   │                         says why in one sentence and exits 1
+    │   └── certifier.verify._Failed                   a check that makes the following
+    │                                                  ones meaningless
+    └── relay.queue.retention.Stopped                  not an error: a retention pass was
+                                                       asked to stop between two batches
 
 Not in the tree: errors of the libraries we call, which keep their own classes where
 they are caught: pyHanko's ``TimestampRequestError`` (the timestamp authority failed:

@@ -316,3 +316,21 @@ def make_message(
         f"Message-ID: <{time.monotonic_ns()}@example.com>\r\n"
         f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
     ).encode()
+
+
+# One SoftHSM2 token for the whole session (tests/test_signing_hsm.py, and the unit's
+# sandbox in tests/test_systemd_unit.py): SoftHSM2 reads SOFTHSM2_CONF when the library is
+# first initialised in this process, so a second token made by another module would not
+# be seen, and its login would collide with the first one's.
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from certifier.pki import ensure_dev_pki
+    from tests.test_signing_hsm import Hsm
+
+    before = os.environ.get("SOFTHSM2_CONF")
+    root = tmp_path_factory.mktemp("hsm")
+    yield Hsm(root, ensure_dev_pki(root / "pki", "hsm.example", "HSM Test CA"))
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before

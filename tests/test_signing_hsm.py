@@ -25,7 +25,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,17 +180,6 @@ class Hsm:
             f'pkcs11_cert = "{self.cert}"\nchain = ["{self.pki.ca_cert}"]\n'
             + (f'pkcs11_tsa_key_label = "{tsa_label}"\n' if tsa_label else "")
         )
-
-
-@pytest.fixture(scope="module")
-def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
-    before = os.environ.get("SOFTHSM2_CONF")
-    root = tmp_path_factory.mktemp("hsm")
-    yield Hsm(root, ensure_dev_pki(root / "pki", "hsm.example", "HSM Test CA"))
-    if before is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = before
 
 
 @pytest.fixture(scope="module")

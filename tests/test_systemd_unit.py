@@ -38,7 +38,6 @@ from tests.conftest import (
 )
 from tests.test_certified_sending import certificate_pdf, generated_for, submit
 from tests.test_signing_hsm import MODULE, Hsm, _config
-from tests.test_signing_hsm import hsm as hsm  # the SoftHSM2 token fixture
 
 UNIT = ROOT / "systemd" / "certifica.service"
 SANDBOX = Path(__file__).with_name("unit_sandbox.py")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from certifier.errors import UsageError
 from relay.queue import evidence_log
 from relay.queue.states import MessageKind
 
@@ -47,7 +48,7 @@ class Hold:
     note: str
 
 
-class NoSuchCertificate(LookupError):
+class NoSuchCertificate(UsageError, LookupError):
     """No document with that certificate id was issued by this gateway."""
 
 

@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from certifier.errors import CertificaError
 from relay.queue import evidence_log
 from relay.queue.db import Database
 from relay.queue.holds import held_qids
@@ -196,7 +197,7 @@ def _on(db: Database, stop: threading.Event | None, fn: Callable[..., T], *args:
     return db.run_sync(lambda d: fn(d.conn, *args))
 
 
-class Stopped(Exception):  # noqa: N818 - a signal, not an error
+class Stopped(CertificaError):  # noqa: N818 - a signal, not an error
     """The pass was asked to stop (the gateway is stopping) between two batches; what
     it did so far is committed and the next pass goes on from there."""
 
