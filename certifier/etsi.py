@@ -45,8 +45,10 @@ record lists;
 ``ForwardedToExternalSystem`` the MX that answered (``host[ip]:port``).
 
 ``Extensions`` hold, in the namespace ``urn:certifica:etsi-extensions:1``: the log
-entry itself (sequence number, its hash and the previous one, and the ``detail`` JSON
-verbatim, so the entry's hash in the chain can be recomputed from the XML alone), the
+entry itself (sequence number, its hash and the previous one, the ``detail`` JSON
+verbatim and, for a format-2 entry, its ``salt`` (or, once the gateway forgot its values,
+its ``commitment``), so the entry's hash in the chain can be recomputed from the XML
+alone, as :mod:`certifier.evidence` describes and README "The evidence log" says), the
 remote server's reply, TLS, the sender's authentication results (RFC 8601 header,
 DKIM, SPF, DMARC) and the tracking classification.
 """
@@ -256,7 +258,7 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
     extensions = _sub(parent, "Extensions")
     log = _sub(_sub(extensions, "Extension"), "LogEntry", ns=EXT_NS)
     _set(log, "event", entry.get("event", ""))
-    for key in ("seq", "qid", "recipient", "time", "prev", "hash"):
+    for key in ("seq", "qid", "recipient", "time", "prev", "hash", "salt", "commitment"):
         if entry.get(key) is not None:
             _set(log, key, entry[key])
     _sub(log, "Detail", str(entry.get("detail") or ""), ns=EXT_NS)

@@ -71,7 +71,13 @@ hashed), prev_hash, hash, salt (hex; None for format 1 or once forgotten), commi
 (hex; None for format 1), erased (when the values were forgotten, else None)."""
 
 FORGOTTEN = {"erased": True}
-"""What a forgotten entry's detail holds (plus any residue kept outside the hash)."""
+"""What a forgotten entry's detail holds (plus the residue the forgetting kept)."""
+
+FORGOTTEN_EVENT = "EvidenceForgotten"
+"""The entry that declares which entries were just forgotten (:func:`forgotten_digest`)."""
+FORGETTING_QID = "evidence"
+"""The queue id of those declarations: about the log, not about one message, so that no
+retention or erasure of a message ever forgets them."""
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,24 @@ def forgotten_detail(detail_json: str, keep: Iterable[str] = ()) -> str:
     return canonical_detail({**residue, **FORGOTTEN})
 
 
+def forgotten_digest(rows: Iterable[Row]) -> str:
+    """SHA-256 over the forgotten entries as they are stored right after forgetting (seq,
+    time, qid, recipient, event, detail, hash, commitment of each, in seq order, as a
+    compact ASCII JSON array): the declaration entry (:data:`FORGOTTEN_EVENT`) records it,
+    so what a forgotten entry still holds (its time, its event, the residue kept in its
+    detail) can no longer be changed unseen, even for a format-1 entry whose own hash
+    cannot be recomputed any more."""
+    items = [
+        [r[0], repr(r[1]), r[2], r[3], r[4], r[5], r[7], r[9]]
+        for r in sorted(rows, key=lambda r: r[0])
+    ]
+    return hashlib.sha256(_ascii_json(items)).hexdigest()
+
+
 def row_problem(row: Row) -> str | None:
     """Why a stored entry does not match its own hash, or None. A forgotten format-1
-    entry cannot be recomputed: its links are what checks it."""
+    entry cannot be recomputed: its links and the declaration that forgot it
+    (:func:`forgotten_digest`) are what check it."""
     seq, time, qid, recipient, event, detail_json, prev_hash, digest, salt, committed, erased = row
     if committed is None:
         if erased is not None:
@@ -260,6 +281,7 @@ def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptRe
     if not isinstance(raw_entries, list):
         return ExcerptReport(("evidence_log.entries is not a list",), "")
     entries: list[dict[str, Any]] = []
+    forgotten = 0
     for n, raw in enumerate(raw_entries, start=1):
         problem = _entry_shape_problem(raw)
         if problem:
@@ -268,6 +290,13 @@ def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptRe
         assert isinstance(raw, dict)
         entries.append(raw)
         seq = raw["seq"]
+        if "commitment" in raw and "salt" not in raw:
+            forgotten += 1
+            if raw["recipient"] is not None or _detail_of(raw["detail"]).get("erased") is not True:
+                problems.append(
+                    f"entry {seq} claims values the gateway says it forgot: they are not "
+                    "covered by its hash"
+                )
         digest = _excerpt_hash(raw)
         if digest != raw["hash"]:
             problems.append(
@@ -305,7 +334,20 @@ def verify_excerpt(log: object, timeline: object, queue_id: object) -> ExcerptRe
             f"{len(entries)} log entries (#{first} to #{last}) match their hashes; "
             f"{chained}; the timeline lists them"
         )
+        if forgotten:
+            summary += (
+                f"; the gateway had forgotten the values of {forgotten} of them (retention "
+                "or erasure) before this document was made: their content is not certified"
+            )
     return ExcerptReport(tuple(problems), summary, tuple(entries))
+
+
+def _detail_of(detail_json: str) -> dict[str, Any]:
+    try:
+        value = json.loads(detail_json)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _excerpt_hash(raw: dict[str, Any]) -> str:

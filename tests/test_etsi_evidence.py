@@ -25,6 +25,7 @@ from signxml.exceptions import InvalidSignature
 from signxml.xades import XAdESVerifier
 
 from certifier.etsi import ETSI_EVENT, NS, etsi_evidence_files
+from certifier.evidence import commitment, entry_hash_v2
 from certifier.pki import Pki, ensure_dev_pki
 from tests.conftest import CERT_ADDRESS, FIXTURES, ROOT, Gateway, Sink, make_message
 from tests.test_certified_sending import submit
@@ -200,6 +201,14 @@ def test_export_writes_one_signed_valid_file_per_event_of_a_real_certificate(
         # message.eml came out of the PDF: its MIME parts are listed beside the whole.
         identifiers = text(xml, "e:UserContentInfo/e:PartsInfo/e:PartInfo/Identifier/text()")
         assert identifiers[0] == "message.eml" and len(identifiers) >= 2
+        # The chain hash of the entry recomputes from the XML alone (format 2: the salt).
+        (log,) = etree.fromstring(xml).xpath("//*[local-name()='LogEntry']")
+        detail = text(xml, "//*[local-name()='Detail']/text()")
+        committed = commitment(log.get("salt"), log.get("recipient"), detail[0] if detail else "")
+        assert log.get("hash") == entry_hash_v2(
+            log.get("prev"), int(log.get("seq")), float(log.get("time")), log.get("qid"),
+            log.get("event"), committed,
+        )  # fmt: skip
 
     missing = gateway.cli("evidence", "export", "CF-0000000000000000", str(tmp_path / "none"))
     assert missing.returncode == 2

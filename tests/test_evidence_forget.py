@@ -96,15 +96,19 @@ def test_forgetting_removes_the_values_and_the_chain_still_verifies() -> None:
         row[0] for row in conn.execute("SELECT seq FROM evidence WHERE recipient = ?", (ADDRESS,))
     ]
     with conn:
-        assert evidence_log.forget(conn, seqs, 1_800_000_000.0) == 5
-    assert evidence_log.forget(conn, seqs, 1_800_000_001.0) == 0  # already forgotten
+        assert evidence_log.forget(conn, seqs, 1_800_000_000.0, reason="test") == 5
+    assert evidence_log.forget(conn, seqs, 1_800_000_001.0, reason="test") == 0  # already forgotten
     for seq in seqs:
         recipient, detail, salt, committed, erased, _ = stored(conn, seq)
         assert (recipient, salt, erased) == (None, None, 1_800_000_000.0)
         assert json.loads(detail) == {"erased": True}
         assert committed is not None
     assert [stored(conn, seq)[5] for seq in range(1, 7)] == hashes
-    assert evidence_log.verify_chain(conn) == (True, 6, "")
+    # The forgetting is itself an entry of the chain: which entries, why, what they keep.
+    (declaration,) = evidence_log.entries_for(conn, evidence.FORGETTING_QID)
+    assert declaration.seq == 7 and declaration.event == evidence.FORGOTTEN_EVENT
+    assert declaration.detail["reason"] == "test" and declaration.detail["seqs"] == seqs
+    assert evidence_log.verify_chain(conn) == (True, 7, "")
     forgotten = [stored(conn, seq) for seq in seqs]
     assert not any(ADDRESS in str(v) or "192.0.2.7" in str(v) for row in forgotten for v in row)
 
@@ -112,7 +116,7 @@ def test_forgetting_removes_the_values_and_the_chain_still_verifies() -> None:
 def test_a_residue_outside_the_hash_may_be_kept() -> None:
     conn = new_db()
     fill(conn)
-    evidence_log.forget(conn, [3], 1_800_000_000.0, keep=("n", "absent"))
+    evidence_log.forget(conn, [3], 1_800_000_000.0, keep=("n", "absent"), reason="test")
     assert json.loads(stored(conn, 3)[1]) == {"erased": True, "n": 2}
     assert evidence_log.verify_chain(conn)[0]
 
@@ -123,7 +127,7 @@ def test_the_senders_excerpt_still_matches_after_the_gateway_forgot() -> None:
     seqs = [1, 3, 5]  # the entries of QID
     before = evidence_log.excerpt(conn, seqs)
     assert all("salt" in e for e in before)
-    evidence_log.forget(conn, [3, 5], 1_800_000_000.0)
+    evidence_log.forget(conn, [3, 5], 1_800_000_000.0, reason="test")
     log = {"format": evidence.EXCERPT_FORMAT, "head": before[-1]["hash"], "entries": before}
     report = evidence.verify_excerpt(log, timeline_of(before), QID)
     assert report.problems == ()
@@ -133,13 +137,21 @@ def test_the_senders_excerpt_still_matches_after_the_gateway_forgot() -> None:
     after = evidence_log.excerpt(conn, seqs)
     assert "salt" in after[0] and "commitment" in after[1] and after[1]["recipient"] is None
     log = {"format": evidence.EXCERPT_FORMAT, "head": after[-1]["hash"], "entries": after}
-    assert evidence.verify_excerpt(log, timeline_of(after), QID).problems == ()
+    report = evidence.verify_excerpt(log, timeline_of(after), QID)
+    assert report.problems == ()
+    assert "forgotten the values of 2 of them" in report.summary
+    # A forgotten entry that claims values anyway: they are not covered by its hash.
+    after[1]["recipient"] = "someone@example.org"
+    report = evidence.verify_excerpt(log, timeline_of(after), QID)
+    assert report.problems == (
+        "entry 3 claims values the gateway says it forgot: they are not covered by its hash",
+    )
 
 
 def test_an_altered_value_salt_or_forgotten_field_is_found() -> None:
     conn = new_db()
     fill(conn)
-    evidence_log.forget(conn, [4], 1_800_000_000.0)
+    evidence_log.forget(conn, [4], 1_800_000_000.0, reason="test")  # declared by entry 7
     conn.execute("UPDATE evidence SET detail = replace(detail, 'R2', 'R9') WHERE seq = 3")
     conn.execute("UPDATE evidence SET salt = ? WHERE seq = 5", ("0" * 64,))
     conn.execute("UPDATE evidence SET time = time + 1 WHERE seq = 4")
@@ -148,6 +160,8 @@ def test_an_altered_value_salt_or_forgotten_field_is_found() -> None:
         "entry 3 was altered (its values do not match their commitment)",
         "entry 4 was altered (its content does not match its hash)",
         "entry 5 was altered (its values do not match their commitment)",
+        "the entries entry 7 declares forgotten were changed since (what a forgotten entry "
+        "keeps no longer matches the declaration)",
     ]
     # A sender's excerpt whose recipient was changed no longer verifies.
     excerpt = evidence_log.excerpt(conn, [2])
@@ -155,6 +169,39 @@ def test_an_altered_value_salt_or_forgotten_field_is_found() -> None:
     log = {"format": evidence.EXCERPT_FORMAT, "head": excerpt[0]["hash"], "entries": excerpt}
     report = evidence.verify_excerpt(log, timeline_of(excerpt), "OTHER0001")
     assert report.problems and "entry 2 was altered" in report.problems[0]
+
+
+def test_emptying_an_entry_by_hand_or_changing_what_it_kept_is_found() -> None:
+    conn = new_db()
+    fill(conn)
+    evidence_log.forget(conn, [3], 1_800_000_000.0, keep=("n",), reason="test")
+    assert evidence_log.verify_chain(conn)[0]
+    # The operator empties entry 5 the way forgetting does, without declaring it.
+    conn.execute(
+        "UPDATE evidence SET recipient = NULL, salt = NULL, detail = ?, erased = 1 WHERE seq = 5",
+        (evidence.forgotten_detail("{}"),),
+    )
+    # ... and changes the residue entry 3 kept (outside its own hash).
+    conn.execute("UPDATE evidence SET detail = ? WHERE seq = 3", ('{"erased":true,"n":7}',))
+    problems = [p for _, p in evidence_log.chain_problems(conn)]
+    assert problems == [
+        "the entries entry 7 declares forgotten were changed since (what a forgotten entry "
+        "keeps no longer matches the declaration)",
+        "entry 5 was emptied, but no later entry records that it was forgotten",
+    ]
+
+
+def test_a_declaration_is_never_forgotten_and_tampering_with_it_shows() -> None:
+    conn = new_db()
+    fill(conn)
+    evidence_log.forget(conn, [2], 1_800_000_000.0, reason="test")
+    assert evidence_log.forget(conn, [7], 1_800_000_001.0, reason="test") == 0
+    conn.execute(
+        'UPDATE evidence SET detail = replace(detail, \'"reason":"test"\', \'"reason":"x"\')'
+        " WHERE seq = 7"
+    )
+    problems = [p for _, p in evidence_log.chain_problems(conn)]
+    assert problems == ["entry 7 was altered (its values do not match their commitment)"]
 
 
 def test_format1_entries_verify_and_once_forgotten_hold_by_their_links() -> None:
@@ -167,12 +214,18 @@ def test_format1_entries_verify_and_once_forgotten_hold_by_their_links() -> None
     assert "salt" not in old[0] and "commitment" not in old[0] and "salt" in old[3]
     log = {"format": evidence.EXCERPT_FORMAT, "head": old[-1]["hash"], "entries": old}
     assert evidence.verify_excerpt(log, timeline_of(old), QID).problems == ()
-    evidence_log.forget(conn, [2], 1_800_000_001.0)
-    assert evidence_log.verify_chain(conn) == (True, 4, "")
-    # Its stored hash is what the next entry covers: changing it breaks the link.
+    evidence_log.forget(conn, [2], 1_800_000_001.0, reason="test")
+    assert evidence_log.verify_chain(conn) == (True, 5, "")
+    # Its own hash cannot be recomputed any more; what it still holds is bound by the
+    # declaration, and its stored hash by the next entry's link.
+    conn.execute("UPDATE evidence SET event = 'SubmissionRejection' WHERE seq = 2")
     conn.execute("UPDATE evidence SET hash = ? WHERE seq = 2", ("f" * 64,))
     problems = [p for _, p in evidence_log.chain_problems(conn)]
-    assert problems == ["entry 3 does not follow the previous entry"]
+    assert problems == [
+        "entry 3 does not follow the previous entry",
+        "the entries entry 5 declares forgotten were changed since (what a forgotten entry "
+        "keeps no longer matches the declaration)",
+    ]
 
 
 def test_certificates_made_before_format_2_still_verify() -> None:
@@ -195,7 +248,7 @@ def test_any_entry_verifies_before_and_after_it_is_forgotten(
     conn = new_db()
     evidence_log.append(conn, time, QID, "RelayToNonERDS", detail, recipient)
     excerpt = evidence_log.excerpt(conn, [1])
-    evidence_log.forget(conn, [1], 1.0)
+    evidence_log.forget(conn, [1], 1.0, reason="test")
     assert evidence_log.verify_chain(conn)[0]
     for entries in (excerpt, evidence_log.excerpt(conn, [1])):
         log = {"format": evidence.EXCERPT_FORMAT, "head": entries[0]["hash"], "entries": entries}

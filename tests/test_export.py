@@ -139,7 +139,7 @@ def test_after_an_erasure_the_export_says_what_remains(
     )
     assert spanish.returncode == 0, spanish.stderr
     readme = (tmp_path / "es" / "README.txt").read_text()
-    assert readme.startswith("Lo que esta pasarela de correo guarda sobre hugo@example.org")
+    assert readme.startswith("Lo que este servicio de correo conserva sobre hugo@example.org")
     assert "Esta dirección se suprimió el" in readme
     # The address is only in the README's title: every record names the commitment.
     assert files_naming(tmp_path / "after", "hugo@example.org") == ["README.txt"]

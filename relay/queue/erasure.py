@@ -340,7 +340,7 @@ def _apply(
         keep: tuple[str, ...] = _TRACKING_KEPT if entry["event"] in _TRACKING_EVENTS else ()
         by_keep[keep].append(int(entry["seq"]))
     for keep, seqs in by_keep.items():
-        evidence_log.forget(conn, seqs, now, keep=keep)
+        evidence_log.forget(conn, seqs, now, keep=keep, reason="erasure")
     for row in work["verifications"]:
         verifications.erase_record(conn, str(row["cert_id"]), now)
     subjects.remove_accounts(conn, match)

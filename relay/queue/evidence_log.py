@@ -65,23 +65,37 @@ def append(
 
 
 def forget(
-    conn: sqlite3.Connection, seqs: Iterable[int], now: float, keep: Iterable[str] = ()
+    conn: sqlite3.Connection,
+    seqs: Iterable[int],
+    now: float,
+    keep: Iterable[str] = (),
+    *,
+    reason: str,
 ) -> int:
-    """Forget the personal values of entries ``seqs``, inside the caller's transaction:
-    their recipient and salt are removed and their detail becomes
-    :data:`certifier.evidence.FORGOTTEN` plus the ``keep`` keys of the old detail (a
-    residue outside the hash). The commitment and the hash stay, so the chain still
-    verifies (docs/erasure.md). Entries already forgotten are left alone. Returns how
-    many entries changed."""
+    """Forget the personal values of entries ``seqs``, inside the caller's transaction,
+    and declare it in the log. Returns how many entries changed.
+
+    Each entry's recipient and salt are removed and its detail becomes
+    :data:`certifier.evidence.FORGOTTEN` plus the ``keep`` keys of the old detail (the
+    residue, e.g. a tracking hit's classification). The commitment and the hash stay, so
+    the chain still recomputes (docs/erasure.md). Then one entry
+    :data:`certifier.evidence.FORGOTTEN_EVENT` (queue id
+    :data:`certifier.evidence.FORGETTING_QID`) records ``reason``, the sequence numbers
+    and :func:`certifier.evidence.forgotten_digest` of what the entries hold now, and each
+    forgotten entry points to it (``forgotten_by``): emptying an entry by hand, or
+    changing what a forgotten one still holds, shows in :func:`forgetting_problems`.
+    Entries already forgotten, and declarations, are left alone.
+    """
     kept = tuple(keep)
     wanted = sorted(set(seqs))
-    changed = 0
+    changed: list[evidence.Row] = []
     for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
         chunk = wanted[start : start + 500]
         marks = ", ".join("?" for _ in chunk)
         found = conn.execute(
-            f"SELECT seq, detail FROM evidence WHERE seq IN ({marks}) AND erased IS NULL",  # noqa: S608
-            chunk,
+            f"SELECT seq, detail FROM evidence WHERE seq IN ({marks}) AND erased IS NULL"  # noqa: S608
+            " AND event != ?",
+            (*chunk, evidence.FORGOTTEN_EVENT),
         ).fetchall()
         for seq, detail_json in found:
             conn.execute(
@@ -89,8 +103,82 @@ def forget(
                 " WHERE seq = ?",
                 (evidence.forgotten_detail(detail_json, kept), now, seq),
             )
-        changed += len(found)
-    return changed
+        changed += _stored(conn, [int(row[0]) for row in found])
+    if not changed:
+        return 0
+    declared = [row[0] for row in changed]
+    declaration = append(
+        conn,
+        now,
+        evidence.FORGETTING_QID,
+        evidence.FORGOTTEN_EVENT,
+        {"reason": reason, "seqs": declared, "digest": evidence.forgotten_digest(changed)},
+    )
+    for start in range(0, len(declared), 500):
+        chunk = declared[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        conn.execute(
+            f"UPDATE evidence SET forgotten_by = ? WHERE seq IN ({marks})",  # noqa: S608
+            (declaration.seq, *chunk),
+        )
+    return len(changed)
+
+
+def _stored(conn: sqlite3.Connection, seqs: list[int]) -> list[evidence.Row]:
+    if not seqs:
+        return []
+    marks = ", ".join("?" for _ in seqs)
+    return conn.execute(
+        f"SELECT {_COLUMNS} FROM evidence WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+        seqs,
+    ).fetchall()
+
+
+def forgetting_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
+    """(seq, sentence) for every forgotten entry no declaration accounts for, and every
+    declaration whose entries changed since (:func:`forget`)."""
+    declarations = conn.execute(
+        "SELECT seq, detail, erased FROM evidence WHERE event = ? ORDER BY seq",
+        (evidence.FORGOTTEN_EVENT,),
+    ).fetchall()
+    for seq, detail_json, erased in declarations:
+        try:
+            detail = json.loads(detail_json)
+            listed = [int(n) for n in detail["seqs"]]
+            recorded = str(detail["digest"])
+        except (ValueError, KeyError, TypeError):
+            yield seq, f"entry {seq} declares forgotten entries in a form that cannot be read"
+            continue
+        if erased is not None:
+            yield seq, f"entry {seq}, which declares forgotten entries, was itself emptied"
+            continue
+        found: list[evidence.Row] = []
+        for start in range(0, len(listed), 500):
+            found += _stored(conn, listed[start : start + 500])
+        pointing = {
+            int(r[0])
+            for r in conn.execute("SELECT seq FROM evidence WHERE forgotten_by = ?", (seq,))
+        }
+        if (
+            len(found) != len(listed)
+            or pointing != set(listed)
+            or any(row[10] is None or row[0] >= seq for row in found)
+            or evidence.forgotten_digest(found) != recorded
+        ):
+            yield (
+                seq,
+                (
+                    f"the entries entry {seq} declares forgotten were changed since "
+                    "(what a forgotten entry keeps no longer matches the declaration)"
+                ),
+            )
+    undeclared = conn.execute(
+        "SELECT e.seq FROM evidence e LEFT JOIN evidence d ON d.seq = e.forgotten_by"
+        " WHERE e.erased IS NOT NULL AND (d.seq IS NULL OR d.event != ?) ORDER BY e.seq",
+        (evidence.FORGOTTEN_EVENT,),
+    )
+    for (seq,) in undeclared:
+        yield seq, f"entry {seq} was emptied, but no later entry records that it was forgotten"
 
 
 def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
@@ -133,8 +221,10 @@ def rows(conn: sqlite3.Connection) -> Iterator[evidence.Row]:
 
 
 def chain_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
-    """(seq, sentence) for every break in the whole chain (:func:`certifier.evidence.chain_problems`)."""
-    return evidence.chain_problems(rows(conn))
+    """(seq, sentence) for every break in the whole chain (:func:`certifier.evidence.chain_problems`),
+    then for every forgotten entry that does not hold (:func:`forgetting_problems`)."""
+    yield from evidence.chain_problems(rows(conn))
+    yield from forgetting_problems(conn)
 
 
 def verify_chain(conn: sqlite3.Connection) -> tuple[bool, int, str]:
@@ -194,8 +284,12 @@ def _checkpoint(row: Any) -> checkpoints.Checkpoint:
 
 
 def audit(conn: sqlite3.Connection, roots: list[asn1_x509.Certificate]) -> checkpoints.Audit:
-    """Recompute the whole chain and check every checkpoint (:func:`certifier.checkpoints.audit`)."""
-    return checkpoints.audit(rows(conn), all_checkpoints(conn), roots)
+    """Recompute the whole chain and check every checkpoint (:func:`certifier.checkpoints.audit`),
+    and every forgotten entry against its declaration (:func:`forgetting_problems`)."""
+    result = checkpoints.audit(rows(conn), all_checkpoints(conn), roots)
+    for _seq, problem in forgetting_problems(conn):
+        result.problem(problem)
+    return result
 
 
 class EvidenceLog(Database):

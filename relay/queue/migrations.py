@@ -235,6 +235,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE evidence ADD COLUMN salt TEXT;              -- hex; NULL: format 1, or forgotten
     ALTER TABLE evidence ADD COLUMN commitment TEXT;        -- hex SHA-256; NULL: format 1
     ALTER TABLE evidence ADD COLUMN erased REAL;            -- when the values were forgotten
+    ALTER TABLE evidence ADD COLUMN forgotten_by INTEGER;   -- the EvidenceForgotten entry declaring it
     CREATE TABLE legal_holds (
         cert_id TEXT PRIMARY KEY,
         qid TEXT NOT NULL,

@@ -345,7 +345,12 @@ def _tracking_batch(
             " WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(ids),),
         ).rowcount
-        changed = TrackingRemoval(events, evidence_log.forget(conn, seqs, now, keep=TRACKING_KEPT))
+        changed = TrackingRemoval(
+            events,
+            evidence_log.forget(
+                conn, seqs, now, keep=TRACKING_KEPT, reason="retention: tracking_days"
+            ),
+        )
     return (
         changed,
         ids[-1] if len(ids) == BATCH else None,
@@ -497,7 +502,7 @@ def _clear_evidence(conn: sqlite3.Connection, due: Due, now: float) -> tuple[int
                 "SELECT seq FROM evidence WHERE qid = ? AND erased IS NULL", (qid,)
             )
         ]
-        entries += evidence_log.forget(conn, seqs, now)
+        entries += evidence_log.forget(conn, seqs, now, reason="retention: evidence_years")
         records += conn.execute(
             "UPDATE verifications SET recipients = NULL, erased_at = ?"
             " WHERE cert_id IN (SELECT value FROM json_each(?)) AND recipients IS NOT NULL",
