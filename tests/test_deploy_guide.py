@@ -19,7 +19,8 @@ guide escapes. The kinds:
   ``systemd NAME``: a unit file of that name, ``systemd-analyze verify``;
 - ``yaml``: parsed; every ``certifica_*`` metric an alert names is in a real scrape;
 - ``mta-sts``: an MTA-STS policy file, RFC 8461 section 3.2;
-- ``text``: output shown to the reader, not checked.
+- ``refusal``: what ``certifica serve`` prints on systemd/config.toml as shipped, compared
+  with what it does print.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def guide_blocks() -> list[Block]:
 
 
 BLOCKS = guide_blocks()
-SIMPLE_KINDS = {"sh run", "sh syntax", "dns", "toml", "nginx", "yaml", "mta-sts", "text"}
+SIMPLE_KINDS = {"sh run", "sh syntax", "dns", "toml", "nginx", "yaml", "mta-sts", "refusal"}
 
 
 def kind(block: Block) -> str | None:
@@ -111,6 +112,20 @@ def test_the_readme_links_the_guide_and_its_own_links_resolve() -> None:
         assert anchor in headings, anchor
     for target in re.findall(r"\]\(([\w./-]+\.md)\)", text):
         assert (GUIDE.parent / target).is_file(), target
+
+
+def test_the_refusal_shown_is_what_serve_says_on_the_shipped_config(tmp_path: Path) -> None:
+    (block,) = of_kind("refusal")
+    shipped = (ROOT / "systemd" / "config.toml").read_text()
+    config = tmp_path / "config.toml"
+    config.write_text(shipped.replace('"/var/lib/certifica"', f'"{tmp_path}/state"'))
+    result = subprocess.run(
+        [CERTIFICA, "-c", str(config), "serve"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    said = result.stderr.replace(str(config), "/etc/certifica/config.toml")
+    assert said == block.text, said
+    assert not (tmp_path / "state").exists()  # refused before anything was made
 
 
 @pytest.mark.parametrize("block", of_kind("sh run") + of_kind("sh syntax"), ids=str)
