@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,6 @@ def zones() -> list[dns.zone.Zone]:
 
 def guide_config() -> dict[str, str]:
     """The [gateway] keys of the guide's first TOML block, the config of the example host."""
-    import tomllib
-
     return tomllib.loads(of_kind("toml")[0].text)["gateway"]
 
 
@@ -161,11 +160,15 @@ def test_dns_records_parse_and_agree_with_the_config() -> None:
             )
     # The MX of the gateway's domain is the host the EHLO names.
     assert records[(domain, "MX")] == [f"10 {hostname}"]
-    addresses = records[(hostname, "A")] + records[(hostname, "AAAA")]
+    # SMTP listens on IPv4 only in the guide's config (one address per listener), so the
+    # mail host has no AAAA; the PTR of its address names it back (forward-confirmed).
+    assert (hostname, "AAAA") not in records
+    addresses = records[(hostname, "A")] + records[(domain, "AAAA")]
     assert len(addresses) == 2
-    # Each address's PTR names the host back (forward-confirmed reverse DNS).
     for address in addresses:
         assert records[(dns.reversename.from_address(address), "PTR")] == [str(hostname)]
+    listen = tomllib.loads(of_kind("toml")[0].text)["listen"]
+    assert all(listen[k].startswith("0.0.0.0:") for k in ("mx", "submission", "submission_tls"))
     txt = {name.to_text(): values for (name, rtype), values in records.items() if rtype == "TXT"}
     assert txt[str(domain)][0].startswith('"v=spf1 ')
     assert all(a in txt[str(domain)][0] for a in addresses)
