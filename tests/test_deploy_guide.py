@@ -329,8 +329,8 @@ def ran(gateway: Gateway, mx: Sink, tmp_path_factory: pytest.TempPathFactory) ->
     )
     generated_for(mx, qid, "certificate")
     tmp = tmp_path_factory.mktemp("guide")
-    etc, work, home = tmp / "etc", tmp / "work", tmp / "root"
-    for directory in (etc, work, home):
+    etc, work, home, backups = tmp / "etc", tmp / "work", tmp / "root", tmp / "backups"
+    for directory in (etc, work, home, backups):
         directory.mkdir()
     # What the provider would deliver: a PKCS#12 file and its password.
     cert, key = openssl_certificate(tmp, "Example Provider S.L.")
@@ -346,6 +346,7 @@ def ran(gateway: Gateway, mx: Sink, tmp_path_factory: pytest.TempPathFactory) ->
         ("/etc/certifica/", f"{etc}/"),
         ("/var/lib/certifica", str(gateway.state)),
         ("/root/", f"{home}/"),
+        ("/var/backups/certifica", str(backups)),
         ("127.0.0.1:9725", gateway.listen["admin"]),
     ]
     env = {"PATH": f"{Path(CERTIFICA).parent}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
