@@ -8,7 +8,8 @@ guide escapes. The kinds:
   other tests start it (port 0, a local sink as every MX), with the guide's paths mapped
   to the test's (``/etc/certifica/config.toml`` to the gateway's config,
   ``/var/lib/certifica`` to its state directory, ``127.0.0.1:9725`` to its admin
-  listener); the signing certificate a provider would deliver is made here;
+  listener, ``/etc/certifica/``, ``/root/`` and ``/var/backups/certifica`` to temporary
+  directories); the signing certificate a provider would deliver is made here;
 - ``sh syntax``: ``bash -n`` (systemctl, certbot, dig, and what needs a real host);
 - ``dns``: a zone snippet starting with ``$ORIGIN``, read by dnspython; the MX, the PTRs
   and the host's addresses must agree with each other and with ``[gateway] hostname``;
