@@ -16,10 +16,12 @@ RUN_PACKAGES :=
 # timestamp authority's key in it as README "Keys in an HSM" says; systemd for systemd-analyze
 # (the unit's security rating and verify) and python3-seccomp, with which tests/unit_sandbox.py
 # runs the gateway under the unit's seccomp filters where systemd is not PID 1; logrotate, which
-# rotates [log] file under the running gateway with the README's rule.
+# rotates [log] file under the running gateway with the README's rule; nginx-light, whose
+# `nginx -t` checks docs/deploy.md's reverse proxy (on a host where systemd runs, Debian
+# starts the nginx service it installs: stop or disable it if port 80 is taken).
 TEST_PACKAGES := $(RUN_PACKAGES) swaks libnet-ssleay-perl libio-socket-ssl-perl \
 	poppler-utils poppler-data openssl chromium zbar-tools softhsm2 opensc systemd \
-	python3-seccomp logrotate
+	python3-seccomp logrotate nginx-light
 
 # $(call debian_packages,PACKAGES): install those of PACKAGES that dpkg does not list as
 # installed; apt-get update only then, sudo only when not root. Not Debian: say what to get.
