@@ -185,21 +185,26 @@ def test_new_clients_get_the_new_certificate_and_open_sessions_finish(setup: Set
     assert b"Hello." in arrived(setup.mx, "opened before the reload")
 
 
-def test_the_log_level_changes_to_debug(setup: Setup) -> None:
+def test_the_log_level_changes_to_debug_and_a_log_file_opens(setup: Setup) -> None:
     gw = setup.gw
     send(gw, "at info level")
     arrived(setup.mx, "at info level")
     assert "example.org: fixed route" not in gw.log()
-    setup.sections["log"] = 'level = "debug"'
+    written = setup.tmp / "logs" / "certifica.log"
+    written.parent.mkdir()
+    setup.sections["log"] = f'level = "debug"\nfile = "{written}"'
     setup.write()
     lines = reload(gw)
-    assert "applying log.level" in lines
+    assert "applying log.level, log.file" in lines
     send(gw, "at debug level")
     arrived(setup.mx, "at debug level")
     deadline = time.monotonic() + 10
     while "example.org: fixed route" not in gw.log():
         assert time.monotonic() < deadline, gw.log()[-3000:]
         time.sleep(0.05)
+    # Every process writes [log] file from the reload on, its lines tagged as before.
+    assert len(CHILD_APPLIED.findall(written.read_text())) == CHILDREN
+    assert "example.org: fixed route" in written.read_text()
 
 
 def test_a_changed_route_is_taken_by_the_next_message(setup: Setup) -> None:
@@ -244,8 +249,9 @@ def test_a_rotated_dkim_key_signs_the_next_message(setup: Setup) -> None:
         ({"tls": 'cert = "x"\nkey = "y"\nsize = 1'}, "unknown key 'tls.size'"),
         ({"tls": 'cert = "missing.crt"\nkey = "tls.key"'}, "tls.cert = "),
         ({"tls": 'cert = "tls.crt"\nkey = "other.key"'}, "tls.key = "),
+        ({"log": 'file = "no-such-directory/certifica.log"'}, "log.file = "),
     ],
-    ids=["bad TOML", "wrong key", "unreadable file", "key not the certificate's"],
+    ids=["bad TOML", "wrong key", "unreadable file", "key not the certificate's", "log file"],
 )
 def test_a_broken_config_is_refused_and_the_old_one_stays(
     setup: Setup, broken: dict[str, str], named: str
