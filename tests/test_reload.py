@@ -379,3 +379,11 @@ def test_the_certbot_deploy_hook_installs_the_renewal_and_reloads(setup: Setup) 
     assert (dest / "privkey.pem").stat().st_mode & 0o777 == 0o640
     assert dest.stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in dest.iterdir()) == ["fullchain.pem", "privkey.pem"]
+
+
+def test_no_process_was_restarted_by_the_reloads(setup: Setup) -> None:
+    """Every reload above was applied in place: no child ended, none was started again."""
+    log = setup.gw.log()
+    assert log.count("certifica/master: reload: ") >= 8
+    assert " ended (" not in log, [line for line in log.splitlines() if " ended (" in line]
+    assert log.count(" started, pid ") == CHILDREN
