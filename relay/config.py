@@ -584,18 +584,30 @@ def _secret(cfg: Config, key: str, env: str) -> str | None:
     return os.environ.get(env)
 
 
-def load_config(path: Path | None) -> Config:
-    """Read ``path`` (or the embedded defaults when None) into a :class:`Config`."""
+def read_config_text(path: Path) -> str:
+    """The text of the config file ``path``; raises :class:`ConfigError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err.__class__.__name__})") from None
+
+
+def load_config(path: Path | None, text: str | None = None) -> Config:
+    """Read ``path`` (or the embedded defaults when None) into a :class:`Config`.
+
+    ``text``: the file's content read before (a reload hands every process the text
+    the master checked, README "Reloading"); paths in it are still relative to
+    ``path``."""
     if path is None:
         cfg = _build(Config, {}, "", "(embedded defaults)", Path.cwd())
         return dataclasses.replace(cfg, source=None)
     where = str(path)
+    if text is None:
+        text = read_config_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{where}: cannot be read ({err.__class__.__name__})") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
     cfg = _build(Config, data, "", where, path.resolve().parent)

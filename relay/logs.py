@@ -226,7 +226,12 @@ def configure(level: str, kind: str = "text", file: Path | None = None) -> None:
     """Log at ``level`` to stderr and, when given, to ``file`` as well, in ``kind``
     (``[log] format``). The file is reopened when logrotate moved it away
     (:class:`logging.handlers.WatchedFileHandler`, in every process). Raises
-    :class:`OSError` when the file cannot be opened for appending."""
+    :class:`OSError` when the file cannot be opened for appending, and then leaves the
+    logging as it was.
+
+    Called again on a reload (README "Reloading"): the new handlers replace the old
+    ones, which are closed (so ``[log] file`` is opened anew), and keep their filters
+    (a child's process tag, :mod:`relay.process.child`)."""
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(formatter(kind, journal=under_journal(sys.stderr)))
     handlers: list[logging.Handler] = [console]
@@ -234,6 +239,10 @@ def configure(level: str, kind: str = "text", file: Path | None = None) -> None:
         written = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
         written.setFormatter(formatter(kind, journal=False))
         handlers.append(written)
+    kept = [f for h in logging.getLogger().handlers for f in h.filters]
+    for handler in handlers:
+        for kept_filter in dict.fromkeys(kept):
+            handler.addFilter(kept_filter)
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=handlers, force=True)
     # aiosmtpd logs every command line at INFO; the gateway logs what matters itself.
     logging.getLogger("mail.log").setLevel(logging.ERROR)

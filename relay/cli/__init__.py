@@ -1,6 +1,6 @@
-"""The ``certifica`` command: ``serve``, ``status``, ``verify``, ``users``, ``reception``,
-``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``, ``erase``,
-``retention``.
+"""The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
+``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
+``erase``, ``retention``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -26,6 +26,7 @@ from relay.cli import (
     log,
     queue,
     reception,
+    reload,
     retention,
     serve,
     status,
@@ -38,6 +39,7 @@ from relay.config import ConfigError
 COMMANDS = (
     serve,
     status,
+    reload,
     verify,
     addendum,
     users,

@@ -40,6 +40,7 @@ import dns.resolver
 from certifier.errors import DeliveryError, TemporaryError
 from relay.addresses import local_domains
 from relay.config import Config, Endpoint, parse_endpoint
+from relay.logs import printable
 
 log = logging.getLogger("certifica/dns")
 
@@ -162,6 +163,9 @@ class Router:
             )
         route = self.fixed_route(domain)
         if route is not None:
+            # At debug level ([log] level, which a reload changes): which route a domain
+            # took, when a changed [delivery.routes] seems not to be used.
+            log.debug("%s: fixed route %s", printable(domain, 200), route)
             return (await self._addresses(route.host, route.port))[: self._limit]
         domain = domain.lower().rstrip(".")
         if domain.startswith("[") and domain.endswith("]"):

@@ -40,7 +40,8 @@ from relay.cleanup.postmaster import PostmasterIntake
 from relay.cleanup.reception import ReceptionIntake
 from relay.config import Config
 from relay.logs import loop_exception_handler
-from relay.process.child import StatusFile, report_status
+from relay.process.child import StatusFile, report_status, run_dir
+from relay.process.reload import Reload, listen_for_reload
 from relay.queue.space import FreeSpace
 from relay.queue.spool import Spool
 from relay.queue.store import Store
@@ -173,13 +174,24 @@ class Acceptor:
         self.submission: SubmissionHandler | None = None
         self.mx_handler: MXHandler | None = None
         self._http: web.AppRunner | None = None
+        self.tls: dict[str, ssl.SSLContext] = {}  # by policy; a reload replaces them
 
-    def _tls(self, policy: str) -> ssl.SSLContext:
-        from relay.process.gateway import tls_context
+    def _load_tls(self, cfg: Config) -> dict[str, ssl.SSLContext]:
+        from relay.process.gateway import tls_contexts
 
-        cert = self.cfg.tls.cert or self.setup.pki.tls_cert
-        key = self.cfg.tls.key or self.setup.pki.tls_key
-        return tls_context(str(cert), str(key), policy)
+        return tls_contexts(cfg, self.setup.pki)
+
+    def reload(self, change: Reload) -> Callable[[], None]:
+        """A reload's part here: the TLS certificate and key, read again. A session
+        takes the context in force when it connects, so sessions already open keep
+        the certificate they started with (:mod:`relay.process.reload`)."""
+        contexts = self._load_tls(change.config)
+
+        def commit() -> None:
+            self.cfg = change.config
+            self.tls = contexts
+
+        return commit
 
     def _accepted(self) -> None:
         self.sessions.accepted += 1
@@ -200,12 +212,12 @@ class Acceptor:
         )
         throttle.listen(loop)
         socks = setup.sockets
+        self.tls = self._load_tls(cfg)
         if "submission" in socks or "submission_tls" in socks:
             submission = self.submission = SubmissionHandler(
                 cfg, self.store, self.spool, wake, verp_key=setup.verp_key
             )
             submission.space = self.space
-            tls = self._tls("submission")
             protocol = self.sessions.counted(SubmissionSMTP)
             for name, implicit in (("submission", False), ("submission_tls", True)):
                 if name not in socks:
@@ -224,7 +236,7 @@ class Acceptor:
                         enable_SMTPUTF8=True,
                         hostname=cfg.gateway.hostname,
                         ident="Certifica ESMTP",
-                        tls_context=tls,
+                        tls_context=self.tls["submission"],
                         # Port 465: the session starts TLS itself before its greeting,
                         # so AUTH is over TLS on both ports and aiosmtpd has no reason
                         # to warn.
@@ -251,7 +263,6 @@ class Acceptor:
     def _mx_factory(self, wake: Waker) -> Callable[[], SMTP]:
         cfg, loop = self.cfg, asyncio.get_running_loop()
         reception = ReceptionIntake(cfg, self.store, self.spool, wake)
-        mx_tls = self._tls("mx")
         handler = self.mx_handler = MXHandler(
             domain=cfg.gateway.domain,
             hostname=cfg.gateway.hostname,
@@ -278,7 +289,7 @@ class Acceptor:
                 enable_SMTPUTF8=True,
                 hostname=cfg.gateway.hostname,
                 ident="Certifica ESMTP",
-                tls_context=mx_tls,
+                tls_context=self.tls["mx"],
                 timeout=cfg.limits.timeout,
                 min_data_rate=cfg.limits.min_data_rate,
                 loop=loop,
@@ -344,6 +355,7 @@ async def serve(setup: AcceptorSetup, index: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     acceptor = Acceptor(setup, index)
     await acceptor.start()
+    listen_for_reload(run_dir(setup.cfg.state_dir), lambda: acceptor.cfg, acceptor.reload, log)
     status = StatusFile(setup.cfg.state_dir, "acceptor", index)
     reporter = asyncio.create_task(report_status(status, acceptor.describe))
     await stop.wait()

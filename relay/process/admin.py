@@ -40,6 +40,7 @@ from relay.health import Readiness
 from relay.logs import log_failure, loop_exception_handler
 from relay.metrics import metrics_dir
 from relay.process.child import StatusFile, report_status
+from relay.process.reload import listen_for_log_reload
 from relay.queue.health import QueueFigures
 from relay.queue.space import FreeSpace
 from relay.queue.store import Store
@@ -210,6 +211,7 @@ async def serve(setup: AdminSetup) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     admin = Admin(setup)
     await admin.start()
+    listen_for_log_reload(setup.cfg, log)
     status = StatusFile(setup.cfg.state_dir, "admin", 0)
     reporter = asyncio.create_task(report_status(status, admin.describe))
     await stop.wait()

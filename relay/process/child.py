@@ -8,7 +8,9 @@ shares the master's pages; it then makes itself a process of its own (ARCHITECTU
   whole tree, as a crash of a one-process gateway would);
 * it takes back the signals the master blocked, ignores SIGINT (Ctrl-C in a terminal
   signals the whole process group; the master decides the order of the stop) and
-  stops on SIGTERM, which only the master sends;
+  stops on SIGTERM, which only the master sends; SIGHUP (a reload) stays blocked until
+  its event loop handles it (:func:`relay.process.reload.listen_for_reload`), so a
+  reload sent while the child starts is applied once it can be, never a death;
 * its log lines carry its role and pid (``certifica/qmgr[1234]``, as Postfix writes
   ``postfix/qmgr[1234]``);
 * it opens its own handles (SQLite, TLS contexts, signer): nothing of that kind is
@@ -55,7 +57,7 @@ def die_with_parent() -> None:
 def become_child(role: str, index: int) -> None:
     """The first steps of a forked child (see the module docstring)."""
     die_with_parent()
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -19,6 +19,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
 from certifier import pipeline
 from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
@@ -198,6 +201,53 @@ def tls_context(cert: str, key: str, policy: str) -> ssl.SSLContext:
         raise ValueError(f"unknown TLS policy {policy!r}")
     ctx.load_cert_chain(cert, key)
     return ctx
+
+
+TLS_POLICIES = ("submission", "mx")
+
+
+def tls_contexts(cfg: Config, pki: Pki) -> dict[str, ssl.SSLContext]:
+    """The listeners' TLS contexts by policy (:func:`tls_context`), from ``[tls] cert``
+    and ``key`` or else the development certificate. Raises :class:`ConfigError` naming
+    the key and the file when a file cannot be read, holds no certificate or no
+    unencrypted key, or the key is not the certificate's: the master checks a reload
+    with it before any process takes the files (README "Reloading")."""
+    where = cfg.source or "(embedded defaults)"
+    cert, key = cfg.tls.cert or pki.tls_cert, cfg.tls.key or pki.tls_key
+    data: dict[str, bytes] = {}
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        try:
+            data[name] = path.read_bytes()
+        except OSError as err:
+            why = err.strerror or err.__class__.__name__
+            raise ConfigError(f"{where}: {name} = {path}: cannot be read ({why})") from None
+    try:
+        x509.load_pem_x509_certificates(data["tls.cert"])
+    except ValueError:
+        raise ConfigError(f"{where}: tls.cert = {cert}: holds no PEM certificate") from None
+    try:
+        serialization.load_pem_private_key(data["tls.key"], password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{where}: tls.key = {key}: holds no PEM private key without a password"
+        ) from None
+    try:
+        return {policy: tls_context(str(cert), str(key), policy) for policy in TLS_POLICIES}
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"{where}: tls.key = {key} is not the key of tls.cert = {cert} "
+            f"({err.reason or 'refused by OpenSSL'})"
+        ) from None
+    except OSError as err:  # replaced or removed between the two readings
+        why = err.strerror or err.__class__.__name__
+        raise ConfigError(f"{where}: tls.cert = {cert}: cannot be read ({why})") from None
+
+
+def served_certificate(cfg: Config, pki: Pki) -> str:
+    """The TLS certificate's SHA-256 fingerprint and end of validity, for a log line."""
+    cert = x509.load_pem_x509_certificates((cfg.tls.cert or pki.tls_cert).read_bytes())[0]
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return f"SHA256 {fingerprint}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
 
 
 def certificate_workers(cfg: Config) -> int:

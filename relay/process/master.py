@@ -25,7 +25,8 @@ there, and removes the live gauges of a child that ended (prometheus-client's
 Then it supervises: a child that ends is logged and started again, at once if it had
 lived 10 seconds, else after a backoff (1 s doubling up to 60 s). SIGTERM or SIGINT
 stops the children in order (the acceptors, so no new mail comes in, then the queue
-manager, which lets what is in flight finish) and the master exits 0.
+manager, which lets what is in flight finish) and the master exits 0. SIGHUP reloads
+the configuration (:meth:`Master.reload`, :mod:`relay.process.reload`).
 
 The master itself never runs a thread: a fork copies only the thread that calls it,
 and a lock held by another thread at that moment would stay locked in the child for
@@ -57,7 +58,14 @@ from prometheus_client.multiprocess import mark_process_dead
 from certifier.errors import StartupError
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import check_settings
-from relay.config import Config, Endpoint, parse_endpoint
+from relay.config import (
+    Config,
+    ConfigError,
+    Endpoint,
+    load_config,
+    parse_endpoint,
+    read_config_text,
+)
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.logs import log_failure
 from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir, show_zeros
@@ -68,9 +76,12 @@ from relay.process.gateway import (
     certificate_workers,
     remove_unacknowledged,
     secret,
+    served_certificate,
     signing_settings,
     state_paths,
+    tls_contexts,
 )
+from relay.process.reload import RELOAD_RESULT, apply_logging, merge, reload_path
 from relay.production import check_production
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
@@ -173,8 +184,10 @@ class Master:
         self.paths = state_paths(cfg)
         self.run_dir = child.run_dir(cfg.state_dir)
         self.slots: list[Slot] = []
+        self.setups: list[Any] = []  # what the children are started with (a reload updates cfg)
         self.stopping = False
         self.restarts = 0
+        self.reloads = 0
 
     # -- before the first fork ---------------------------------------------------------
     def _lock_state_dir(self) -> None:
@@ -207,6 +220,7 @@ class Master:
         self.pki: Pki = ensure_dev_pki(
             self.paths["keys"], cfg.gateway.hostname, public_url=cfg.web.public_url
         )
+        tls_contexts(cfg, self.pki)  # a file an acceptor could not use stops the start here
         self.signing = signing_settings(cfg, self.pki)
         try:
             check_settings(self.signing)
@@ -244,6 +258,8 @@ class Master:
         status.mkdir(mode=0o700, exist_ok=True)
         for old in status.glob("*.json"):
             old.unlink(missing_ok=True)
+        for old_reload in (reload_path(self.run_dir), self.run_dir / RELOAD_RESULT):
+            old_reload.unlink(missing_ok=True)  # a reload of an earlier life
         self.wake_socket = bind_unix(self.run_dir / "qmgr.wake", socket.SOCK_DGRAM)
         self.job_socket = bind_unix(self.run_dir / "qmgr.sock", socket.SOCK_STREAM)
         self.auth_sockets = [
@@ -347,6 +363,7 @@ class Master:
             tracking_key=self.tracking_key,
             grace=grace,
         )
+        self.setups = [qsetup, wsetup, asetup]
         # Started in this order; stopped acceptors first (see stop).
         self.slots.append(Slot("qmgr", 0, _runner(qmgr.serve, qsetup)))
         for i in range(agents):
@@ -362,6 +379,7 @@ class Master:
                 socket=self.listeners.sockets["admin"],
                 listen=dict(self.listeners.addresses),
             )
+            self.setups.append(adsetup)
             self.slots.append(Slot("admin", 0, _runner(admin.serve, adsetup)))
 
     @staticmethod
@@ -476,6 +494,8 @@ class Master:
             info = signal.sigtimedwait(SIGNALS, timeout)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 break
+            if info is not None and info.si_signo == signal.SIGHUP:
+                self.reload()
             self._reap()
             now = time.monotonic()
             for slot in self.slots:
@@ -484,6 +504,80 @@ class Master:
             self._write_status()
         self.stop()
         return 0
+
+    def reload(self) -> None:
+        """SIGHUP: read the config file again, check it, and have every child apply it.
+
+        Refused as a whole, with one line naming the key and the file, when the file
+        does not load, the TLS certificate and key cannot be used or ``[log] file``
+        cannot be opened: nothing changes anywhere. Else the keys a reload cannot change
+        are named in one line and left as they were, the master takes the log settings,
+        the children's setups take the new configuration (a child started from now on
+        has it) and every child is sent SIGHUP to apply it (:mod:`relay.process.reload`).
+
+        Why signals and a file rather than a message on the control paths: the master
+        has no connection to its children (``run/qmgr.sock`` joins the queue manager to
+        the workers; the acceptors and the admin process have none) and no event loop
+        to speak over one; a signal reaches every child whatever it is doing, and the
+        checked text in ``run/reload.toml`` makes every child apply the same bytes."""
+        self.reloads += 1
+        cfg = self.cfg
+        if cfg.source is None:
+            self._reloaded("refused", "the gateway runs on the embedded defaults: no file to read")
+            return
+        try:
+            text = read_config_text(cfg.source)
+            change = merge(cfg, load_config(cfg.source, text))
+            new = change.config
+            tls_contexts(new, self.pki)  # every process reads the files again
+            shown = served_certificate(new, self.pki)
+            if new.dkim.sign:  # made here at the first start too; the agents read the files
+                DkimKeyring(self.paths["keys"]).ensure_gateway_key(new.gateway.domain)
+            write_durably(reload_path(self.run_dir), text.encode("utf-8"))
+            apply_logging(new)  # the last check: it changes nothing when it fails
+        except ConfigError as err:
+            self._reloaded("refused", str(err))
+            return
+        except (OSError, ValueError) as err:  # the state directory: full, or not writable
+            self._reloaded("refused", getattr(err, "strerror", None) or str(err))
+            return
+        if change.needs_restart:
+            log.warning(
+                "reload: %s: needs a restart: %s (left as they were)",
+                cfg.source,
+                ", ".join(change.needs_restart),
+            )
+        self.cfg = new
+        for setup in self.setups:
+            setup.cfg = new
+        applying = ", ".join(change.applied) or "no changed key (files read again)"
+        message = f"{cfg.source}: applying {applying}; TLS certificate {shown}"
+        self._reloaded("applied", message, change.needs_restart)
+        for slot in self.slots:
+            if slot.pid:
+                _signal(slot.pid, signal.SIGHUP)
+
+    def _reloaded(self, outcome: str, message: str, needs_restart: tuple[str, ...] = ()) -> None:
+        """Log a reload's outcome and leave it in ``run/reload.json`` for ``certifica
+        reload``, which waits for it (its ``serial`` counts the master's reloads)."""
+        if outcome == "refused":
+            log.warning("reload refused: %s; the configuration in force stays", message)
+        else:
+            log.info("reload: %s", message)
+        state = {
+            "serial": self.reloads,
+            "pid": os.getpid(),
+            "outcome": outcome,
+            "message": message,
+            "needs_restart": list(needs_restart),
+        }
+        path = self.run_dir / RELOAD_RESULT
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, path)
+        except OSError as err:  # for the command only: the reload itself is done
+            log.warning("cannot write %s: %s", path, err.strerror or err)
 
     def stop(self, grace: float = GRACE) -> None:
         """Stop the children in order: the acceptors (no new mail; the messages in DATA

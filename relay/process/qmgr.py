@@ -27,6 +27,7 @@ from relay.config import Config
 from relay.logs import loop_exception_handler
 from relay.process.child import StatusFile, report_status
 from relay.process.dispatch import ChildDispatcher
+from relay.process.reload import listen_for_log_reload
 from relay.queue.manager import QueueManager
 from relay.queue.store import Store
 
@@ -104,6 +105,7 @@ async def serve(setup: QmgrSetup) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     process = QueueProcess(setup)
     await process.start()
+    listen_for_log_reload(setup.cfg, log)
     status = StatusFile(setup.cfg.state_dir, "qmgr", 0)
     reporter = asyncio.create_task(report_status(status, process.describe))
     await stop.wait()

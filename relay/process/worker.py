@@ -45,8 +45,9 @@ from relay.delivery.client import Deliverer
 from relay.delivery.dkim_keys import DkimKeyring
 from relay.delivery.routing import Router
 from relay.logs import log_failure, loop_exception_handler
-from relay.process.child import StatusFile, report_status
+from relay.process.child import StatusFile, report_status, run_dir
 from relay.process.dispatch import LINE_LIMIT, encode
+from relay.process.reload import Reload, listen_for_reload
 from relay.queue.jobs import DeliveryJob, DocumentJob, DocumentKind
 from relay.queue.spool import Spool
 from relay.queue.store import Store
@@ -268,6 +269,29 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
             # As often as the most frequent task needs ([evidence] lta_delay: "lta").
             maintenance = Maintenance(store, tasks, poll=min([60.0, *(t.interval for t in tasks)]))
             maintenance.start()
+    in_force = [cfg]  # the configuration a reload changes
+
+    def reload(change: Reload) -> Callable[[], None]:
+        """A reload's part here: a delivery agent takes the routes and the DKIM
+        settings, and reads the DKIM keys again; a certificate worker only its log."""
+        new = change.config
+        router = keyring = None
+        if deliverer is not None:
+            router = Router(new)
+            if setup.local_mx is not None:
+                router.route_local(setup.local_mx)
+            keyring = DkimKeyring(setup.paths["keys"]) if new.dkim.sign else None
+
+        def commit() -> None:
+            in_force[0] = new
+            if deliverer is not None and router is not None:
+                deliverer.router = router  # attempts in flight keep the hops they have
+                agent.cfg = new
+                agent.dkim = keyring
+
+        return commit
+
+    listen_for_reload(run_dir(cfg.state_dir), lambda: in_force[0], reload, log)
     client = JobClient(setup.job_path, role, index, handle)
     connection = asyncio.create_task(client.run())
     status = StatusFile(cfg.state_dir, role, index)
