@@ -25,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -327,3 +328,59 @@ def test_the_daily_task_renews_only_what_a_new_timestamp_would_extend(tmp_path: 
     assert renewed.startswith(lt) and document_timestamps(renewed) == 1
     assert verify_certificate(renewed, [pki.ca_cert]).ok
     assert "timestamp authority's own certificate expires too soon" in report.summary()
+
+
+@pytest.fixture(scope="module")
+def renewable(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Any]:
+    """A signed certificate (B-LTA, as issued) and an archiver of the same development PKI."""
+    from certifier.pool import build_archiver, build_signer
+    from tests.verification_site import signed_certificate
+
+    keys = tmp_path_factory.mktemp("keys")
+    pdf, _ = signed_certificate(keys)
+    settings = SigningSettings.from_pki(ensure_dev_pki(keys, "certifica.localhost"))
+    archiver = build_archiver(settings, build_signer(settings))
+    assert archiver is not None
+    return pdf, archiver
+
+
+@pytest.mark.parametrize("meanwhile", ["removed", "changed"])
+def test_a_renewal_not_published_leaves_no_recorded_version(
+    tmp_path: Path, renewable: tuple[bytes, Any], meanwhile: str
+) -> None:
+    """The file goes (retention, an erasure) or changes between the renewal's recording
+    of the new version and its replacing the file: the file stays as it became, and the
+    version that was never published is not recorded, so the verification page does
+    not take it for the current document."""
+    from relay.certify.renewal import renew_archive_sync
+    from relay.queue.verifications import VersionKind
+
+    pdf, archiver = renewable
+    archive = tmp_path / "certificates"
+    archive.mkdir()
+    path = archive / "CF-GONE.pdf"
+    path.write_bytes(pdf)
+    with Store(tmp_path / "queue.db", 30.0) as store:
+
+        def record(sha: str, cert_id: str, made: float, kind: VersionKind) -> None:
+            store.record_certificate_version_sync(sha, cert_id, made, kind)
+            if kind == VersionKind.RENEWED:  # what another process does meanwhile
+                if meanwhile == "removed":
+                    path.unlink()
+                else:
+                    path.write_bytes(pdf + b"\n% changed\n")
+
+        report = renew_archive_sync(
+            archive,
+            archiver,
+            record,
+            store.forget_certificate_renewal_sync,
+            before=dt.timedelta(days=4000),
+        )
+        rows = store.run_sync(lambda db: versions_of(db.conn, "CF-GONE"))
+    assert report.renewed == [] and report.failed == []
+    assert [(r["kind"], r["pdf_sha256"]) for r in rows] == [("issued", sha256(pdf))]
+    if meanwhile == "removed":
+        assert not path.exists()
+    else:
+        assert path.read_bytes() == pdf + b"\n% changed\n"
