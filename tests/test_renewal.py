@@ -8,7 +8,8 @@ document timestamps). ``certifica verify`` and ``certifica evidence verify`` pas
 selection follows ``--before``: the development TSA's certificate lasts ten years, so
 ``--before 30`` leaves the file alone and ``--before 4000`` makes it due (no clock is
 faked). Whoever drops the copy they were mailed on the verification page is told it is
-an earlier copy of a genuine document and can download the renewed one. With
+an earlier copy of a genuine document and gets the renewed one in exchange for it; the
+code alone never gives it. With
 ``[evidence] lta_delay`` > 0 the certificate is mailed PAdES B-LT and the gateway's own
 task adds the document timestamp.
 """
@@ -224,8 +225,8 @@ def test_the_page_offers_the_renewed_copy_for_an_earlier_one(
     assert answer["verdict"] == "valid", answer
     assert answer["same_file"] is False and answer["earlier_copy"] is True
     assert "earlier copy" in answer["message"]
-    assert answer["download"] == "pdf?lang=en"
-    status, download, headers = http(gateway, f"/v/{code}/pdf")
+    # In exchange for it (and only for it), the renewed copy.
+    status, download, headers = http(gateway, f"/v/{code}/renewed?lang=en", mailed)
     assert status == 200
     assert headers["Content-Type"] == "application/pdf"
     assert download == pdf
@@ -235,8 +236,44 @@ def test_the_page_offers_the_renewed_copy_for_an_earlier_one(
     assert answer["verdict"] == "valid" and answer["same_file"] is True, answer
     assert answer["earlier_copy"] is False
     # Without the code, nothing is handed out.
-    status, _, _ = http(gateway, "/v/" + "x" * 32 + "/pdf")
+    status, _, _ = http(gateway, "/v/" + "x" * 32 + "/renewed", mailed)
     assert status == 404
+
+
+def test_the_code_alone_never_gives_the_document(
+    gateway: Gateway,
+    issued: tuple[str, bytes],
+    renewed: tuple[str, bytes, list[str]],
+) -> None:
+    """The code is printed on page 1 and in its QR code: whoever sees a photo of that
+    page has it. No request without an earlier copy of the document returns the PDF
+    (it carries the message, its attachments, every recipient and the evidence): not
+    a GET of any path, not the current copy, not the issued hash the page prints."""
+    _, mailed = issued
+    _, pdf, _ = renewed
+    code = page_code(mailed)
+    for path in (
+        "pdf",
+        "renewed",
+        "download",
+        "renewed?lang=en",
+        f"renewed?sha256={sha256(mailed)}",
+    ):
+        status, body, headers = http(gateway, f"/v/{code}/{path}")
+        assert status == 404, path
+        assert b"%PDF" not in body and "pdf" not in headers.get("Content-Type", ""), path
+    for sent in (
+        b"",
+        pdf,  # the current copy: its holder needs nothing
+        sha256(mailed).encode(),
+        sha256(pdf).encode(),
+        mailed[:-1],
+        b"%PDF-1.7\n",
+    ):
+        for path in ("renewed", f"renewed?sha256={sha256(mailed)}", "pdf"):
+            status, body, headers = http(gateway, f"/v/{code}/{path}", sent)
+            assert status in (400, 403, 404), (path, status)
+            assert b"%PDF" not in body and "pdf" not in headers.get("Content-Type", ""), path
 
 
 def test_renew_has_a_clear_refusal_for_a_wrong_before(gateway: Gateway) -> None:
