@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 from certifier import pool
 from certifier.errors import TemporaryError
 from relay.config import Config
+from relay.queue.archive import archive_lock
 from relay.queue.spool import write_durably
 from relay.queue.verifications import VersionKind
 
@@ -171,15 +172,18 @@ def renew_bytes(archiver: Archiver, path: Path) -> tuple[str, bytes]:
 
 def publish(path: Path, renewed: bytes, before_sha256: str) -> bool:
     """Replace ``path`` with ``renewed`` (atomically, durably), unless it is gone or is
-    no longer the version renewed. Blocking: runs in a thread."""
-    try:
-        now = path.read_bytes()
-    except FileNotFoundError:
-        return False  # retention or an erasure removed it meanwhile: stays removed
-    if hashlib.sha256(now).hexdigest() != before_sha256:
-        return False
-    write_durably(path, renewed)
-    return True
+    no longer the version renewed. The check and the replacement hold the archive lock
+    (:mod:`relay.queue.archive`), which retention and an erasure hold while they delete:
+    a file they removed is never put back. Blocking: runs in a thread."""
+    with archive_lock(path.parent):
+        try:
+            now = path.read_bytes()
+        except FileNotFoundError:
+            return False  # retention or an erasure removed it meanwhile: stays removed
+        if hashlib.sha256(now).hexdigest() != before_sha256:
+            return False
+        write_durably(path, renewed)
+        return True
 
 
 def renew_archive_sync(
