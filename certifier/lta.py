@@ -22,7 +22,9 @@ authority's chain and current CRLs) in the DSS, then a new document timestamp ov
 whole file, that DSS included. The DSS update comes *before* the timestamp, in the same
 revision, so the newest timestamp always covers the whole file (what
 :mod:`certifier.verify` requires). A B-LT file (issued with ``[evidence] lta_delay`` > 0)
-gets its first document timestamp the same way.
+gets its first document timestamp the same way. A file left B-T at issue first gets its
+signer's chain and revocation data, as at issue; when those still cannot be had, it is
+not renewed (:class:`NoValidationData`) and stays as it was, to be tried again.
 
 With the development PKI (:mod:`certifier.pki`) the CRL comes straight from the CA's files
 (no HTTP fetch); with an operator's certificates pyHanko fetches what their
@@ -56,7 +58,12 @@ from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 
 log = logging.getLogger("certifica/lta")
 
-__all__ = ["Archiver", "NewestTimestamp", "newest_timestamp"]
+__all__ = ["Archiver", "NewestTimestamp", "NoValidationData", "newest_timestamp"]
+
+
+class NoValidationData(ValueError):
+    """The signer's certificate has no path to a trust root: the validation data a
+    renewal must add first (ETSI EN 319 142-1 section 5.4) cannot be had."""
 
 
 class Archiver:
@@ -145,15 +152,27 @@ class Archiver:
 
         Raises pyHanko's path errors when the newest timestamp's authority no longer has
         a valid path to a root (expired, revoked): the file cannot be renewed any more,
-        which is why renewal runs well before that (``[evidence] renew_before``)."""
+        which is why renewal runs well before that (``[evidence] renew_before``).
+        Raises :class:`NoValidationData` for a file without its signer's validation data
+        (left B-T at issue) whose signer's chain cannot be built now either."""
         reader = PdfFileReader(io.BytesIO(pdf))
-        if "/DSS" not in reader.root:
+        known = [] if self.crls is None else self.crls()
+        if not _signer_in_dss(reader):
             # Left PAdES B-T at issue (no validation data could be had then): the
-            # signature's own chain and revocation data first, as at issue.
-            pdf = self.archive(pdf, document_timestamp=False)
+            # signature's own chain and revocation data first, as at issue. Without
+            # them the file is not renewed: it would get only the timestamp's data, and
+            # the later renewals, finding a DSS, would never add the signer's.
+            signature = reader.embedded_regular_signatures[0]
+            try:
+                context = self._context(known, signature.other_embedded_certs)
+                out = add_validation_info(signature, context, add_vri_entry=True)
+            except (PathBuildingError, PathValidationError) as exc:
+                raise NoValidationData(
+                    f"no validation data for the signer's certificate ({_why(exc)})"
+                ) from None
+            pdf = bytes(out.getvalue())
             reader = PdfFileReader(io.BytesIO(pdf))
         newest = newest_timestamp(reader)
-        known = [] if self.crls is None else self.crls()
         context = self._context(known, newest.certificates)
         # The newest timestamp's authority, validated now (its certificates still valid)
         # with current revocation data: this is what the new timestamp preserves.
@@ -222,6 +241,18 @@ def newest_timestamp(source: bytes | PdfFileReader) -> NewestTimestamp:
         data = token["content"]
     found = extract_certificate_info(data)
     return NewestTimestamp(found.signer_cert, list(found.other_certs), len(stamps))
+
+
+def _signer_in_dss(reader: PdfFileReader) -> bool:
+    """Whether the file's DSS holds its signer's certificate (its validation data was
+    added, at issue or by a renewal)."""
+    if "/DSS" not in reader.root:
+        return False
+    signatures = reader.embedded_regular_signatures
+    if not signatures:
+        raise ValueError("the file has no signature")
+    certs = DocumentSecurityStore.read_dss(reader).certs
+    return signatures[0].signer_cert.issuer_serial in certs
 
 
 def _signature_timestamp(sig: EmbeddedPdfSignature) -> cms.ContentInfo | None:

@@ -180,3 +180,84 @@ def test_a_hold_placed_after_the_content_went_says_so(held: tuple[Gateway, Sink]
     assert placed.returncode == 0, placed.stderr
     assert "its content was removed before the hold, after 30 days" in placed.stdout
     assert gw.cli("evidence", "legal-hold", cert, "--release").returncode == 0
+
+
+def _evidence_due_now(store: Store, qid: str) -> retention.Due:
+    """What retention's pass decides, far in the future, about ``qid``: due or not."""
+    cutoff = retention.years_before(time.time() + FAR, 5)
+    due: retention.Due = []
+    after = ""
+    while True:
+        found = store.run_sync(
+            lambda d, after=after: retention._evidence_due(d.conn, after, cutoff)  # type: ignore[misc]
+        )
+        if found is None:
+            return [d for d in due if d[0] == qid]
+        after, batch = found
+        due += batch
+
+
+def test_a_hold_placed_after_retention_decided_still_keeps_the_pdf(
+    held: tuple[Gateway, Sink],
+) -> None:
+    """Retention decides which evidence is due in one transaction and deletes the PDFs
+    after it: a hold placed in between (by ``certifica evidence legal-hold``) keeps
+    them, as the holds are read again, under the archive lock, right before deleting."""
+    gw, sink = held
+    qid, cert = _certified(gw, sink, "held at the last moment")
+    paths = state_paths(load_config(gw.config))
+    pdf = paths["certificates"] / f"{cert}.pdf"
+    with Store(paths["db"], 30.0) as store:
+        due = _evidence_due_now(store, qid)
+        assert [q for q, _ in due] == [qid] and cert in due[0][1]
+        placed = gw.cli("evidence", "legal-hold", cert, "--note", "just in time")
+        assert placed.returncode == 0, placed.stderr
+        left, deleted = retention._delete_pdfs(store, None, paths["certificates"], due)
+    assert left == [] and deleted == 0
+    assert pdf.exists()
+    assert gw.cli("evidence", "legal-hold", cert, "--release").returncode == 0
+    with Store(paths["db"], 30.0) as store:  # released, the same decision deletes it
+        left, deleted = retention._delete_pdfs(store, None, paths["certificates"], due)
+    assert left == due and deleted >= 1
+    assert not pdf.exists()
+
+
+def test_deleting_renewing_and_placing_a_hold_wait_for_the_archive_lock(
+    held: tuple[Gateway, Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the archive lock is held (another process replacing or deleting a file),
+    retention's deletion, an erasure, a renewal's replacement and the placing of a hold
+    each wait for it; here they give up after a short wait, and nothing has changed."""
+    import argparse
+    import hashlib
+
+    from relay.certify.renewal import publish
+    from relay.cli.common import UserError
+    from relay.cli.legal_hold import cmd_legal_hold
+    from relay.queue import archive, erasure
+
+    gw, sink = held
+    qid, cert = _certified(gw, sink, "locked archive")
+    paths = state_paths(load_config(gw.config))
+    certificates = paths["certificates"]
+    pdf = certificates / f"{cert}.pdf"
+    before = pdf.read_bytes()
+    monkeypatch.setattr(archive, "TIMEOUT", 0.2)
+    with archive.archive_lock(certificates), Store(paths["db"], 30.0) as store:
+        with pytest.raises(archive.ArchiveBusy):
+            retention._delete_pdfs(store, None, certificates, [(qid, [cert])])
+        with pytest.raises(archive.ArchiveBusy):
+            erasure.erase(
+                store, "bob@example.org", b"k" * 32, paths["spool"], certificates, "test", 0.0
+            )
+        with pytest.raises(archive.ArchiveBusy):
+            publish(pdf, before + b"%renewed\n", hashlib.sha256(before).hexdigest())
+        with pytest.raises(UserError, match="stayed busy"):
+            cmd_legal_hold(
+                argparse.Namespace(config=str(gw.config), certificate=cert, note="", release=False)
+            )
+        assert not store.run_sync(lambda d: holds.is_held(d.conn, qid))
+    assert pdf.read_bytes() == before
+    placed = gw.cli("evidence", "legal-hold", cert)  # the lock free, it is placed at once
+    assert placed.returncode == 0, placed.stderr
+    assert gw.cli("evidence", "legal-hold", cert, "--release").returncode == 0

@@ -247,3 +247,59 @@ def test_openssl_verifies_the_signature_and_the_document_timestamp_over_their_by
             )
             assert any(words in out for words in said), out
     assert timestamp.sig_object["/Type"] == "/DocTimeStamp"
+
+
+def test_a_bt_file_is_not_renewed_without_its_signers_validation_data(tmp_path: Path) -> None:
+    """A certificate left PAdES B-T at issue (its signer's chain could not be built) is
+    renewed only once its signer's chain and revocation data can be added first: with a
+    trust root that is not its issuer, the renewal refuses (one line in the pass's
+    report, the file left as it was), rather than adding the timestamp's data alone
+    and a document timestamp, after which no renewal would ever add the signer's."""
+    import dataclasses
+    import datetime as dt
+
+    from pyhanko.sign.validation import DocumentSecurityStore
+
+    from certifier.lta import Archiver, NoValidationData
+    from certifier.pki import ensure_dev_pki
+    from certifier.pool import SigningSettings, build_signer, render_and_sign
+    from relay.certify.renewal import renew_archive_sync
+    from relay.queue.store import Store
+    from tests.verification_site import EML, evidence
+
+    pki = ensure_dev_pki(tmp_path / "keys", "certifica.localhost")
+    stranger = ensure_dev_pki(tmp_path / "other", "other.localhost")
+    settings = SigningSettings.from_pki(pki)
+    # The signature carries no CA certificate: its chain is built from the roots given.
+    signer = build_signer(
+        dataclasses.replace(settings, extra_certs=(), tsa_chain=settings.extra_certs)
+    )
+    pdf = render_and_sign(evidence(), EML, signer)
+    assert "/DSS" not in PdfFileReader(io.BytesIO(pdf)).root  # B-T
+
+    def archiver(root: Path) -> Archiver:
+        return Archiver(signer.timestamper, [load_cert_from_pemder(str(root))], None, fetch=True)
+
+    with pytest.raises(NoValidationData, match="no validation data for the signer's certificate"):
+        archiver(stranger.ca_cert).renew(pdf)
+    archive = tmp_path / "certificates"
+    archive.mkdir()
+    (archive / "CF-BT.pdf").write_bytes(pdf)
+    with Store(tmp_path / "queue.db", 30.0) as store:
+        report = renew_archive_sync(
+            archive,
+            archiver(stranger.ca_cert),
+            store.record_certificate_version_sync,
+            store.forget_certificate_renewal_sync,
+            before=dt.timedelta(days=4000),
+        )
+    assert report.renewed == []
+    assert len(report.failed) == 1 and report.failed[0].startswith("CF-BT: not renewed (")
+    assert "\n" not in report.failed[0]
+    assert (archive / "CF-BT.pdf").read_bytes() == pdf
+    # With its issuer's root the same file is renewed, its signer's data added first.
+    renewed = archiver(pki.ca_cert).renew(pdf)
+    reader = PdfFileReader(io.BytesIO(renewed))
+    signer_cert = reader.embedded_regular_signatures[0].signer_cert
+    assert signer_cert.issuer_serial in DocumentSecurityStore.read_dss(reader).certs
+    assert len(reader.embedded_timestamp_signatures) == 1

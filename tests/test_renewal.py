@@ -8,7 +8,8 @@ document timestamps). ``certifica verify`` and ``certifica evidence verify`` pas
 selection follows ``--before``: the development TSA's certificate lasts ten years, so
 ``--before 30`` leaves the file alone and ``--before 4000`` makes it due (no clock is
 faked). Whoever drops the copy they were mailed on the verification page is told it is
-an earlier copy of a genuine document and can download the renewed one. With
+an earlier copy of a genuine document and gets the renewed one in exchange for it; the
+code alone never gives it. With
 ``[evidence] lta_delay`` > 0 the certificate is mailed PAdES B-LT and the gateway's own
 task adds the document timestamp.
 """
@@ -25,6 +26,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -223,8 +225,8 @@ def test_the_page_offers_the_renewed_copy_for_an_earlier_one(
     assert answer["verdict"] == "valid", answer
     assert answer["same_file"] is False and answer["earlier_copy"] is True
     assert "earlier copy" in answer["message"]
-    assert answer["download"] == "pdf?lang=en"
-    status, download, headers = http(gateway, f"/v/{code}/pdf")
+    # In exchange for it (and only for it), the renewed copy.
+    status, download, headers = http(gateway, f"/v/{code}/renewed?lang=en", mailed)
     assert status == 200
     assert headers["Content-Type"] == "application/pdf"
     assert download == pdf
@@ -234,8 +236,44 @@ def test_the_page_offers_the_renewed_copy_for_an_earlier_one(
     assert answer["verdict"] == "valid" and answer["same_file"] is True, answer
     assert answer["earlier_copy"] is False
     # Without the code, nothing is handed out.
-    status, _, _ = http(gateway, "/v/" + "x" * 32 + "/pdf")
+    status, _, _ = http(gateway, "/v/" + "x" * 32 + "/renewed", mailed)
     assert status == 404
+
+
+def test_the_code_alone_never_gives_the_document(
+    gateway: Gateway,
+    issued: tuple[str, bytes],
+    renewed: tuple[str, bytes, list[str]],
+) -> None:
+    """The code is printed on page 1 and in its QR code: whoever sees a photo of that
+    page has it. No request without an earlier copy of the document returns the PDF
+    (it carries the message, its attachments, every recipient and the evidence): not
+    a GET of any path, not the current copy, not the issued hash the page prints."""
+    _, mailed = issued
+    _, pdf, _ = renewed
+    code = page_code(mailed)
+    for path in (
+        "pdf",
+        "renewed",
+        "download",
+        "renewed?lang=en",
+        f"renewed?sha256={sha256(mailed)}",
+    ):
+        status, body, headers = http(gateway, f"/v/{code}/{path}")
+        assert status == 404, path
+        assert b"%PDF" not in body and "pdf" not in headers.get("Content-Type", ""), path
+    for sent in (
+        b"",
+        pdf,  # the current copy: its holder needs nothing
+        sha256(mailed).encode(),
+        sha256(pdf).encode(),
+        mailed[:-1],
+        b"%PDF-1.7\n",
+    ):
+        for path in ("renewed", f"renewed?sha256={sha256(mailed)}", "pdf"):
+            status, body, headers = http(gateway, f"/v/{code}/{path}", sent)
+            assert status in (400, 403, 404), (path, status)
+            assert b"%PDF" not in body and "pdf" not in headers.get("Content-Type", ""), path
 
 
 def test_renew_has_a_clear_refusal_for_a_wrong_before(gateway: Gateway) -> None:
@@ -327,3 +365,59 @@ def test_the_daily_task_renews_only_what_a_new_timestamp_would_extend(tmp_path: 
     assert renewed.startswith(lt) and document_timestamps(renewed) == 1
     assert verify_certificate(renewed, [pki.ca_cert]).ok
     assert "timestamp authority's own certificate expires too soon" in report.summary()
+
+
+@pytest.fixture(scope="module")
+def renewable(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Any]:
+    """A signed certificate (B-LTA, as issued) and an archiver of the same development PKI."""
+    from certifier.pool import build_archiver, build_signer
+    from tests.verification_site import signed_certificate
+
+    keys = tmp_path_factory.mktemp("keys")
+    pdf, _ = signed_certificate(keys)
+    settings = SigningSettings.from_pki(ensure_dev_pki(keys, "certifica.localhost"))
+    archiver = build_archiver(settings, build_signer(settings))
+    assert archiver is not None
+    return pdf, archiver
+
+
+@pytest.mark.parametrize("meanwhile", ["removed", "changed"])
+def test_a_renewal_not_published_leaves_no_recorded_version(
+    tmp_path: Path, renewable: tuple[bytes, Any], meanwhile: str
+) -> None:
+    """The file goes (retention, an erasure) or changes between the renewal's recording
+    of the new version and its replacing the file: the file stays as it became, and the
+    version that was never published is not recorded, so the verification page does
+    not take it for the current document."""
+    from relay.certify.renewal import renew_archive_sync
+    from relay.queue.verifications import VersionKind
+
+    pdf, archiver = renewable
+    archive = tmp_path / "certificates"
+    archive.mkdir()
+    path = archive / "CF-GONE.pdf"
+    path.write_bytes(pdf)
+    with Store(tmp_path / "queue.db", 30.0) as store:
+
+        def record(sha: str, cert_id: str, made: float, kind: VersionKind) -> None:
+            store.record_certificate_version_sync(sha, cert_id, made, kind)
+            if kind == VersionKind.RENEWED:  # what another process does meanwhile
+                if meanwhile == "removed":
+                    path.unlink()
+                else:
+                    path.write_bytes(pdf + b"\n% changed\n")
+
+        report = renew_archive_sync(
+            archive,
+            archiver,
+            record,
+            store.forget_certificate_renewal_sync,
+            before=dt.timedelta(days=4000),
+        )
+        rows = store.run_sync(lambda db: versions_of(db.conn, "CF-GONE"))
+    assert report.renewed == [] and report.failed == []
+    assert [(r["kind"], r["pdf_sha256"]) for r in rows] == [("issued", sha256(pdf))]
+    if meanwhile == "removed":
+        assert not path.exists()
+    else:
+        assert path.read_bytes() == pdf + b"\n% changed\n"

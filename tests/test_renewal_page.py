@@ -4,7 +4,8 @@ Chromium, headless, through playwright, as tests/test_verification_browser.py dr
 The listener serves a certificate that was issued and then renewed: the archive holds
 the renewed file and ``certificate_versions`` both versions. A visitor who drops the copy
 they were mailed is told, in their language, that it is an earlier copy of a genuine
-document, and the link then shown downloads the renewed copy from the archive.
+document, and the button then shown sends that copy and saves the renewed one the
+archive gives in exchange.
 """
 
 from __future__ import annotations

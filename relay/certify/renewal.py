@@ -17,8 +17,11 @@ other: renewal never removes anything.
 How a file is replaced: the renewed bytes' SHA-256 is recorded in
 ``certificate_versions`` first (so the verification page knows the version before anyone
 can have it), then the file is replaced atomically and durably (temporary file, fsync,
-rename, fsync of the directory). A crash in between leaves the previous version in place
-and a recorded version nobody holds, which is harmless; the next pass renews again. One
+rename, fsync of the directory). When the file is gone or has changed by then (retention
+or an erasure removed it), or the replacement fails, the recorded version is removed
+again: the page takes the newest recorded version for the current document, and must
+never announce a renewal that did not happen. A crash between the two leaves a recorded
+version nobody holds until the next pass renews the file (it is still due). One
 pass at a time (an advisory lock on ``<archive>/.renew.lock``): the gateway's daily task
 and ``certifica evidence renew`` never renew one file twice at once.
 
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 from certifier import pool
 from certifier.errors import TemporaryError
 from relay.config import Config
+from relay.queue.archive import archive_lock
 from relay.queue.spool import write_durably
 from relay.queue.verifications import VersionKind
 
@@ -168,28 +172,33 @@ def renew_bytes(archiver: Archiver, path: Path) -> tuple[str, bytes]:
 
 def publish(path: Path, renewed: bytes, before_sha256: str) -> bool:
     """Replace ``path`` with ``renewed`` (atomically, durably), unless it is gone or is
-    no longer the version renewed. Blocking: runs in a thread."""
-    try:
-        now = path.read_bytes()
-    except FileNotFoundError:
-        return False  # retention or an erasure removed it meanwhile: stays removed
-    if hashlib.sha256(now).hexdigest() != before_sha256:
-        return False
-    write_durably(path, renewed)
-    return True
+    no longer the version renewed. The check and the replacement hold the archive lock
+    (:mod:`relay.queue.archive`), which retention and an erasure hold while they delete:
+    a file they removed is never put back. Blocking: runs in a thread."""
+    with archive_lock(path.parent):
+        try:
+            now = path.read_bytes()
+        except FileNotFoundError:
+            return False  # retention or an erasure removed it meanwhile: stays removed
+        if hashlib.sha256(now).hexdigest() != before_sha256:
+            return False
+        write_durably(path, renewed)
+        return True
 
 
 def renew_archive_sync(
     archive: Path,
     archiver: Archiver | None,
     record: Callable[[str, str, float, VersionKind], None],
+    forget: Callable[[str, str], None],
     *,
     before: dt.timedelta,
     dry_run: bool = False,
     echo: Callable[[str], None] = lambda line: None,
 ) -> RenewalReport:
     """One pass over ``archive`` for ``certifica evidence renew``: renew every due file,
-    saying each on ``echo``. ``record(sha256, cert_id, made, kind)`` writes a version;
+    saying each on ``echo``. ``record(sha256, cert_id, made, kind)`` writes a version,
+    ``forget(sha256, cert_id)`` removes a renewed one that was not published;
     ``archiver`` may be None only in a ``dry_run``."""
     report = RenewalReport()
     start = time.monotonic()
@@ -219,7 +228,13 @@ def renew_archive_sync(
                 # before versions were recorded), then the renewed one, then the file.
                 record(old_sha, found.cert_id, mtime, VersionKind.ISSUED)
                 record(new_sha, found.cert_id, time.time(), VersionKind.RENEWED)
-                if not publish(found.path, renewed, old_sha):
+                published = False
+                try:
+                    published = publish(found.path, renewed, old_sha)
+                finally:
+                    if not published:  # gone, changed, or not written: no such version
+                        forget(new_sha, found.cert_id)
+                if not published:
                     continue
             except Exception as exc:
                 line = f"{found.cert_id}: not renewed ({_why(exc)})"
@@ -239,6 +254,8 @@ class VersionRecords(Protocol):
     async def record_certificate_version(
         self, pdf_sha256: str, cert_id: str, made: float, kind: VersionKind
     ) -> None: ...
+
+    async def forget_certificate_renewal(self, pdf_sha256: str, cert_id: str) -> None: ...
 
 
 async def renew_archive(
@@ -289,7 +306,13 @@ async def renew_archive(
                 await records.record_certificate_version(
                     new_sha, found.cert_id, time.time(), VersionKind.RENEWED
                 )
-                if not await asyncio.to_thread(publish, found.path, renewed, old_sha):
+                published = False
+                try:
+                    published = await asyncio.to_thread(publish, found.path, renewed, old_sha)
+                finally:
+                    if not published:  # gone, changed, or not written: no such version
+                        await records.forget_certificate_renewal(new_sha, found.cert_id)
+                if not published:
                     continue
             except Exception as exc:
                 report.failed.append(f"{found.cert_id}: not renewed ({_why(exc)})")

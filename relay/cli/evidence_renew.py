@@ -49,6 +49,7 @@ def cmd_evidence_renew(args: argparse.Namespace) -> int:
                 archive,
                 archiver,
                 store.record_certificate_version_sync,
+                store.forget_certificate_renewal_sync,
                 before=dt.timedelta(days=days),
                 dry_run=args.dry_run,
                 echo=print,

@@ -24,7 +24,9 @@ def _iso(ts: float) -> str:
 
 def cmd_legal_hold(args: argparse.Namespace) -> int:
     """Place (or, ``--release``, release) a legal hold on the message of a certificate."""
+    from relay.process.gateway import state_paths
     from relay.queue import holds, retention
+    from relay.queue.archive import ArchiveBusy, archive_lock
 
     cert_id = str(args.certificate).upper()
     if not _CERT_ID.fullmatch(cert_id):
@@ -32,7 +34,8 @@ def cmd_legal_hold(args: argparse.Namespace) -> int:
     operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
     note = " ".join(str(args.note or "").split())
     now = time.time()
-    with open_store(config_of(args), writes=True) as store:
+    cfg = config_of(args)
+    with open_store(cfg, writes=True) as store:
         if args.release:
             released = store.run_sync(lambda d: holds.release(d.conn, cert_id, note, operator, now))
             if released is None:
@@ -43,9 +46,19 @@ def cmd_legal_hold(args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         try:
-            hold, new = store.run_sync(lambda d: holds.place(d.conn, cert_id, note, operator, now))
+            # Under the archive lock: retention and an erasure read the holds again under
+            # it right before deleting, so this hold comes wholly before or after that.
+            with archive_lock(state_paths(cfg)["certificates"]):
+                hold, new = store.run_sync(
+                    lambda d: holds.place(d.conn, cert_id, note, operator, now)
+                )
         except holds.NoSuchCertificate:
             raise UserError(f"no certificate {cert_id} was issued by this gateway") from None
+        except ArchiveBusy:
+            raise UserError(
+                "the archive of certificates stayed busy (a renewal, retention or an "
+                "erasure is writing it): nothing was placed, try again"
+            ) from None
         removed = store.run_sync(lambda d: retention.content_removed(d.conn, hold.qid))
     if not new:
         print(

@@ -43,6 +43,7 @@ from typing import Any
 
 from certifier.errors import UsageError
 from relay.queue import evidence_log, holds, subjects, verifications
+from relay.queue.archive import archive_lock
 from relay.queue.db import Database
 from relay.queue.spool import SPOOL_QUEUE
 from relay.queue.states import MessageState
@@ -293,11 +294,15 @@ def erase(
     """Erase ``address`` (see the module docstring). Returns what was done; raises
     :class:`StillActive` (nothing changed) while messages about it are in the queue."""
     match = subjects.Matcher(address, subjects.commitment(key, address))
-    first = plan(store, address, key, spool_root, certificates)
-    if first.active:
-        raise StillActive(match.address, first.active)
-    for path in first.files:
-        path.unlink(missing_ok=True)
+    # Planned and deleted under the archive lock: a legal hold placed until then
+    # (certifica evidence legal-hold takes the same lock) keeps its files, and a renewal
+    # never puts a deleted certificate back.
+    with archive_lock(certificates):
+        first = plan(store, address, key, spool_root, certificates)
+        if first.active:
+            raise StillActive(match.address, first.active)
+        for path in first.files:
+            path.unlink(missing_ok=True)
     removed = list(first.files)
 
     def transaction(db: Any) -> Plan:

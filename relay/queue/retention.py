@@ -55,8 +55,9 @@ from typing import Any, TypeVar
 
 from certifier.errors import CertificaError
 from relay.queue import evidence_log
+from relay.queue.archive import archive_lock
 from relay.queue.db import Database
-from relay.queue.holds import held_qids
+from relay.queue.holds import held_qids, is_held
 from relay.queue.spool import Spool, fsync_dir
 
 T = TypeVar("T")
@@ -387,7 +388,7 @@ def remove_evidence(
             deleted = sum(1 for p in pdfs if p.exists())
         else:
             # The files first: a pass that stops here finds these rows again next time.
-            deleted = _unlink(pdfs)
+            due, deleted = _delete_pdfs(db, stop, certificates, due)
             entries, records = _on(db, stop, _clear_evidence, due, now)
         totals = EvidenceRemoval(
             totals.messages + len(due),
@@ -438,6 +439,25 @@ def _evidence_due(conn: sqlite3.Connection, after: str, cutoff: float) -> tuple[
             continue
         due.append((qid, sorted(_documents_of(conn, qid, cert_id))))
     return str(rows[-1][0]), due
+
+
+def _delete_pdfs(
+    db: Database, stop: threading.Event | None, certificates: Path, due: Due
+) -> tuple[Due, int]:
+    """Delete the PDFs of the messages ``due`` that are not under legal hold now; returns
+    those messages and how many files were there. Under the archive lock
+    (:mod:`relay.queue.archive`), with the holds read again: a hold placed since
+    :func:`_evidence_due` found them (``certifica evidence legal-hold`` takes the same
+    lock) keeps its files, and a renewal never puts a deleted file back."""
+    with archive_lock(certificates):
+        due = _on(db, stop, _not_held, due)
+        return due, _unlink(certificates / f"{i}.pdf" for _, ids in due for i in ids)
+
+
+def _not_held(conn: sqlite3.Connection, due: Due) -> Due:
+    """Those of ``due`` not under legal hold now (a hold may have been placed since they
+    were found)."""
+    return [(qid, ids) for qid, ids in due if not is_held(conn, qid)]
 
 
 def _documents_of(conn: sqlite3.Connection, qid: str, cert_id: str | None) -> set[str]:

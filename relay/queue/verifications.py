@@ -48,6 +48,17 @@ def record_version(
     )
 
 
+def forget_renewal(conn: sqlite3.Connection, pdf_sha256: str, cert_id: str) -> bool:
+    """Remove a ``renewed`` version recorded for ``cert_id`` that was never published (the
+    file was gone or had changed when the renewal came to replace it): the page must not
+    take for the current document a file nobody holds. Returns whether a row went."""
+    cur = conn.execute(
+        "DELETE FROM certificate_versions WHERE pdf_sha256 = ? AND cert_id = ? AND kind = ?",
+        (pdf_sha256, cert_id, str(VersionKind.RENEWED)),
+    )
+    return cur.rowcount > 0
+
+
 def versions_of(conn: sqlite3.Connection, cert_id: str) -> list[dict[str, Any]]:
     """Every recorded version of ``cert_id``'s PDF, oldest first:
     ``{"pdf_sha256", "made", "kind"}``."""
@@ -110,6 +121,14 @@ class Verifications(Database):
     ) -> None:
         """:meth:`record_certificate_version` for ``certifica`` commands."""
         self.run_sync(lambda db: record_version(db.conn, pdf_sha256, cert_id, made, kind))
+
+    async def forget_certificate_renewal(self, pdf_sha256: str, cert_id: str) -> None:
+        """Remove a renewed version that was never published (:func:`forget_renewal`)."""
+        await self._run(forget_renewal, self._conn, pdf_sha256, cert_id)
+
+    def forget_certificate_renewal_sync(self, pdf_sha256: str, cert_id: str) -> None:
+        """:meth:`forget_certificate_renewal` for ``certifica`` commands."""
+        self.run_sync(lambda db: forget_renewal(db.conn, pdf_sha256, cert_id))
 
     async def certificate_versions(self, cert_id: str) -> list[dict[str, Any]]:
         """Every recorded version of ``cert_id``'s PDF, oldest first (:func:`versions_of`)."""

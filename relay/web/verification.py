@@ -12,12 +12,18 @@ Routes, on the gateway's public HTTP listener (:mod:`relay.web.tracking` assembl
   (:mod:`relay.web.checker`), never on the event loop; the answer is JSON, in words:
   ``{"same_file": bool, "verdict": "valid"|"content_not_certified"|"not_valid",
   "message": str, "details": [str]}``, or ``{"message": str}`` with ``4xx``/``503``.
-- ``GET /v/<code>/pdf``: the document as the archive holds it now (README, "Renewal"):
-  after a renewal, a copy with a newer document timestamp than the one first issued.
-  Only to whoever has the code; ``404`` (the message page) once the archive no longer
-  holds it. The page offers it when the file dropped on it is an earlier version of the
-  document (its SHA-256 is one of the certificate's recorded versions), and the check's
-  JSON then says ``"earlier_copy": true`` with the ``"download"`` link.
+- ``POST /v/<code>/renewed``: the document as the archive holds it now (README,
+  "Renewal"): after a renewal, a copy with a newer document timestamp than the one
+  first issued. Handed out only in exchange for an earlier copy: the body (at most
+  ``[web] max_upload`` bytes) must hash to one of the document's recorded versions
+  before the current one (``certificate_versions``); anything else, the current copy
+  included, gets ``403`` and JSON ``{"message": str}``, and ``404`` once the archive no
+  longer holds the current version. The code alone (printed on page 1 and in its QR
+  code, so seen by whoever sees a photo of that page) never gives the file: the renewed
+  copy carries the message, its attachments, every recipient and the evidence. No hash
+  is accepted in place of the file (the page shows the issued hash). The page offers
+  it when the file dropped on it is an earlier version (the check's JSON then says
+  ``"earlier_copy": true``); its script sends that same file.
 - ``GET /v/static/<name>``: the page's script, style sheet and icon (the page runs no
   inline script: its Content-Security-Policy allows only these).
 
@@ -132,8 +138,8 @@ def install(
     app: web.Application, cfg: Config, records: VerificationRecords, archive: Path | None = None
 ) -> None:
     """Add the verification routes to ``app`` (the public HTTP listener's); ``archive``:
-    where the issued documents are kept (``[evidence] archive_dir``), for the download
-    of a renewed copy (None: not offered)."""
+    where the issued documents are kept (``[evidence] archive_dir``), for the renewed
+    copy given in exchange for an earlier one (None: not offered)."""
     VerificationPage(cfg, records, archive).add_routes(app)
 
 
@@ -173,7 +179,7 @@ class VerificationPage:
         app.router.add_get("/v/static/{name}", self.static_file)
         app.router.add_get("/v/{code}", self.limited(self.page))
         app.router.add_post("/v/{code}/check", self.limited(self.check))
-        app.router.add_get("/v/{code}/pdf", self.limited(self.download))
+        app.router.add_post("/v/{code}/renewed", self.limited(self.renewed))
         app.router.add_route("*", "/v/{rest:.*}", self.limited(self.not_found))
 
     # --- answers shared by every route --------------------------------------------------
@@ -342,7 +348,7 @@ class VerificationPage:
             current_groups=grouped(current),
             renewed_moment=reader.moment(renewed_at) if renewed_at is not None else None,
             earlier=" ".join(earlier),
-            download_url=f"{code}/pdf",
+            renewed_url=f"{code}/renewed?lang={reader.language}",
             hash_groups=grouped(record["pdf_sha256"]),
             recipients=shown,
             accepted=any(r.get("status") == "delivered" for r in recipients or ()),
@@ -395,31 +401,67 @@ class VerificationPage:
         current, earlier, _ = await self.versions_of(record)
         same_file = upload.sha256 == current
         answer = _answer(reader, result, same_file, upload.sha256 in earlier)
-        if answer["earlier_copy"]:
-            answer["download"] = f"pdf?lang={reader.language}"
         return self.json(request, 200, **answer)
 
-    async def download(self, request: web.Request) -> web.StreamResponse:
-        """The document as the archive holds it now (a renewed copy, after a renewal)."""
+    async def renewed(self, request: web.Request) -> web.StreamResponse:
+        """The document as the archive holds it now, in exchange for an earlier copy of it
+        (the request's body): never for the code alone, nor for the current copy."""
         record = await self.record_of(request)
         if record is None or self.archive is None:
             return await self.not_found(request)
+        reader = self.reader(request)
+        gettext = reader.catalog("web").gettext
+        limit = self.cfg.web.max_upload
+        too_large = gettext(
+            N_("The file is larger than %(size)s, the largest this page checks.")
+        ) % {"size": reader.size(limit)}
+        if request.content_length is not None and request.content_length > limit:
+            return self.json(request, 413, message=too_large)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with asyncio.timeout(UPLOAD_SECONDS):  # as for a check: no trickling
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        return self.json(request, 413, message=too_large)  # read no further
+                    digest.update(chunk)
+        except TimeoutError:
+            return self.json(
+                request,
+                408,
+                message=gettext(N_("The file took too long to arrive. Please try again.")),
+            )
+        if not size:
+            return self.json(request, 400, message=gettext(N_("No file was sent.")))
         current, earlier, _ = await self.versions_of(record)
+        if digest.hexdigest() not in earlier:
+            return self.json(
+                request,
+                403,
+                message=gettext(
+                    N_(
+                        "The renewed copy is given only in exchange for an earlier copy of "
+                        "this document: drop the copy you hold on this page."
+                    )
+                ),
+            )
         cert_id = str(record["cert_id"])
         try:
             pdf = await asyncio.to_thread((self.archive / f"{cert_id}.pdf").read_bytes)
         except OSError:
             pdf = b""
-        # Only a version recorded for this document leaves (never whatever the file
-        # became by other means): a renewal records its version before it replaces it.
-        if hashlib.sha256(pdf).hexdigest() not in (current, *earlier):
-            return self.message_page(
+        # Only the current recorded version leaves (never whatever the file became by
+        # other means): a renewal records its version before it replaces the file.
+        if hashlib.sha256(pdf).hexdigest() != current:
+            return self.json(
                 request,
                 404,
-                N_("Document no longer kept"),
-                N_(
-                    "The provider no longer keeps a copy of this document. The copy you "
-                    "hold can still be checked on this page."
+                message=gettext(
+                    N_(
+                        "The provider no longer keeps a copy of this document. The copy you "
+                        "hold can still be checked on this page."
+                    )
                 ),
             )
         return web.Response(

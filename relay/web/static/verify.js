@@ -20,6 +20,8 @@
   // Earlier versions of the document (the one issued, before a renewal: README, "Renewal").
   const earlier = (root.dataset.earlier || "").split(" ").filter(Boolean);
   const renewedCopy = document.getElementById("renewed-copy");
+  const download = document.getElementById("download");
+  const downloadAnswer = document.getElementById("download-answer");
   const maxUpload = Number(root.dataset.maxUpload);
   let chosen = null;
 
@@ -46,6 +48,7 @@
     server.hidden = false;
     fileHash.hidden = true;
     renewedCopy.hidden = true;
+    say(downloadAnswer, "");
     if (!(window.crypto && window.crypto.subtle)) {
       say(result, root.dataset.msgNoCrypto, "unknown");
       return;
@@ -105,6 +108,48 @@
     }
   }
 
+  // The renewed copy is given only in exchange for an earlier one (README, "Renewal"):
+  // the file chosen is sent, and the answer saved under the name the server gives.
+  async function fetchRenewed() {
+    if (!chosen) {
+      return;
+    }
+    const sent = chosen;
+    download.disabled = true;
+    say(downloadAnswer, "");
+    try {
+      const response = await fetch(root.dataset.renewedUrl, {
+        method: "POST",
+        body: sent,
+        headers: { "Content-Type": "application/pdf" },
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.startsWith("application/pdf")) {
+        let message = root.dataset.msgFailed;
+        if (type.startsWith("application/json")) {
+          message = (await response.json()).message || message;
+        }
+        say(downloadAnswer, message, "bad");
+        return;
+      }
+      const blob = await response.blob();
+      const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = named ? named[1] : "certificate.pdf";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      say(downloadAnswer, root.dataset.msgFailed, "bad");
+    } finally {
+      download.disabled = false;
+    }
+  }
+
   // A file dropped anywhere else must not make the browser leave the page.
   for (const name of ["dragover", "drop"]) {
     document.addEventListener(name, (event) => event.preventDefault());
@@ -124,4 +169,5 @@
   });
   input.addEventListener("change", () => examine(input.files[0]));
   button.addEventListener("click", check);
+  download.addEventListener("click", fetchRenewed);
 })();
