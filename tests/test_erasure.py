@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from relay.cli.common import operator_name
 from tests import test_reception
 from tests.conftest import (
     CERT_ADDRESS,
@@ -457,3 +458,23 @@ def test_erasing_a_recipient_that_bounced_late_removes_the_report_and_the_addend
     assert files_naming(gw.state, "vera@example.org") == []
     assert gw.cli("verify", str(addendum)).returncode == 0
     assert gw.cli("evidence", "verify").returncode == 0
+
+
+def test_the_erasure_records_who_ran_sudo_not_root(
+    site: tuple[Gateway, Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, sink = site
+    certified(gw, sink, ["ivan@example.org"])
+    settle(gw)
+    monkeypatch.setenv("SUDO_USER", "maria")  # what sudo sets; USER is root's then
+    monkeypatch.setenv("USER", "root")
+    done = gw.cli("erase", "--subject", "ivan@example.org", "--yes")
+    assert done.returncode == 0, done.stderr
+    details = [
+        json.loads(str(d))
+        for (d,) in query(gw, "SELECT detail FROM evidence WHERE event = 'Erasure'")
+    ]
+    assert details[-1]["operator"] == "maria"
+    assert operator_name() == "maria"
+    monkeypatch.delenv("SUDO_USER")
+    assert operator_name() == getpass.getuser()

@@ -9,11 +9,17 @@ nothing, while a message about the address is still in the queue.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 import time
 
-from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store
+from relay.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UserError,
+    config_of,
+    open_store,
+    operator_name,
+)
 from relay.cli.export import subject_address, subject_key
 
 
@@ -58,7 +64,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
                 key,
                 paths["spool"],
                 paths["certificates"],
-                operator=getpass.getuser(),
+                operator=operator_name(),
                 now=time.time(),
             )
         except erasure.StillActive as err:
