@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from certifier.errors import UsageError
 from relay.queue import evidence_log, holds, subjects, verifications
 from relay.queue.db import Database
+from relay.queue.retention import TRACKING_EVENTS, TRACKING_KEPT
 from relay.queue.spool import SPOOL_QUEUE
 from relay.queue.states import MessageState
 
@@ -52,10 +55,6 @@ ERASURE_EVENT = "Erasure"
 ERASURE_QID = "erasure"
 """The ``qid`` of an ``Erasure`` entry: it is about an address, not about one message."""
 
-# What a tracking hit keeps once its values are forgotten: how it was classified, never
-# who (IP address, user agent). Outside the entry's hash (evidence_log.forget).
-_TRACKING_KEPT = ("link", "method", "automatic", "reason")
-_TRACKING_EVENTS = frozenset({"ContentOpened", "LinkClicked"})
 # The message's content: removed from every message about the address.
 _CONTENT_COLUMNS = ("summary", "header_section")
 # Texts in which only the address itself is replaced (a remote server's reply stays).
@@ -300,8 +299,8 @@ def erase(
         path.unlink(missing_ok=True)
     removed = list(first.files)
 
-    def transaction(db: Any) -> Plan:
-        conn: sqlite3.Connection = db.conn
+    def transaction(db: sqlite_utils.Database) -> Plan:
+        conn = db.conn
         conn.execute("PRAGMA secure_delete = ON")
         done, work = _plan(conn, match, spool_root, certificates)
         if done.active:  # a message arrived since: change nothing
@@ -337,7 +336,8 @@ def _apply(
     subjects.forget_tracking(conn, work["own"])
     by_keep: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for entry in work["entries"]:
-        keep: tuple[str, ...] = _TRACKING_KEPT if entry["event"] in _TRACKING_EVENTS else ()
+        # A tracking hit keeps its classification, as after tracking_days (retention).
+        keep: tuple[str, ...] = TRACKING_KEPT if entry["event"] in TRACKING_EVENTS else ()
         by_keep[keep].append(int(entry["seq"]))
     for keep, seqs in by_keep.items():
         evidence_log.forget(conn, seqs, now, keep=keep)
