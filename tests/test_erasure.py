@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from relay.cli.common import operator_name
+from relay.queue.erasure import StillActive
 from tests import test_reception
 from tests.conftest import (
     CERT_ADDRESS,
@@ -478,3 +479,30 @@ def test_the_erasure_records_who_ran_sudo_not_root(
     assert operator_name() == "maria"
     monkeypatch.delenv("SUDO_USER")
     assert operator_name() == getpass.getuser()
+
+
+def test_a_checkpoint_kept_from_finishing_is_said(site: tuple[Gateway, Sink]) -> None:
+    gw, sink = site
+    certified(gw, sink, ["judy@example.org"])
+    settle(gw)
+    reader = sqlite3.connect(gw.state / "queue.db", timeout=10, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages").fetchone()  # a snapshot held open
+        done = gw.cli("erase", "--subject", "judy@example.org", "--yes")
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert done.returncode == 0, done.stderr
+    assert "judy@example.org erased" in done.stdout
+    assert "warning: a reader kept the checkpoint from finishing" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_files_deleted_before_a_new_message_arrived_are_said() -> None:
+    # The window between the file deletions and the transaction cannot be timed from
+    # outside: the sentence the command prints then is checked here.
+    text = str(StillActive("kim@example.org", ["4F2A1B3C9D0E"], deleted=2))
+    assert text.startswith("2 file(s) about kim@example.org were deleted, but the database")
+    assert "unchanged" in text and text.endswith("run again when they are delivered")
+    assert "Nothing" not in text

@@ -74,6 +74,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
         f"entr{'y' if done.evidence_entries == 1 else 'ies'}, {len(done.files)} file(s); "
         f"recorded in the evidence log as Erasure of {done.committed}"
     )
+    if not done.wal_cleared:
+        print(
+            "certifica: warning: a reader kept the checkpoint from finishing: the "
+            "database's write-ahead log (queue.db-wal) still holds old pages naming the "
+            "address until the gateway's later writes overwrite them or it stops (SQLite "
+            "then empties the log)",
+            file=sys.stderr,
+        )
     if done.users:
         print(f"The user account {address} was removed.")
     if done.held:

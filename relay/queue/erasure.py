@@ -21,16 +21,21 @@
    (:func:`relay.queue.verifications.erase_record`); its user account and reception
    settings are removed; an ``Erasure`` evidence entry records who, when and the scope
    (counts and the commitment, never the address);
-4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file.
+4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file;
+   when a reader keeps it from finishing, the result says so (``wal_cleared``) and the
+   gateway's next checkpoint completes it.
 
-Files go first: if the command dies before the transaction, running it again finds the
-rows still naming the address and finishes. A second run finds nothing and changes
+Files go first: if the command dies before the transaction, or a message about the
+address arrives between the two (:class:`StillActive` then says the files went and the
+database did not change), running it again finds the rows still naming the address and
+finishes. A second run finds nothing and changes
 nothing. Messages under legal hold are left entirely as they are (art. 17(3)(e)); the
 erasure names them, and a run after the hold is released erases them.
 
 Exceptions::
 
     StillActive   -- messages about the address are still being delivered or documented
+                     (``deleted``: how many files went before one arrived)
 """
 
 from __future__ import annotations
@@ -64,12 +69,21 @@ _SCRUBBED = frozenset({"reply_text", "note"})
 class StillActive(UsageError):
     """Messages about the address are still in the queue; ``str()`` is the sentence."""
 
-    def __init__(self, address: str, qids: list[str]) -> None:
+    def __init__(self, address: str, qids: list[str], deleted: int = 0) -> None:
         self.qids = qids
+        self.deleted = deleted
+        listed = f"{', '.join(qids[:5])}{', ...' if len(qids) > 5 else ''}"
+        if deleted:  # a message arrived between the files and the transaction
+            super().__init__(
+                f"{deleted} file(s) about {address} were deleted, but the database is "
+                f"unchanged: {len(qids)} message(s) to or from it arrived meanwhile and are "
+                f"still being delivered ({listed}); run again when they are delivered"
+            )
+            return
         super().__init__(
             f"{len(qids)} message(s) to or from {address} are still being delivered "
-            f"({', '.join(qids[:5])}{', ...' if len(qids) > 5 else ''}); run again when "
-            "they finish, or withdraw them with certifica queue delete QUEUE-ID"
+            f"({listed}); run again when they finish, or withdraw them with certifica "
+            "queue delete QUEUE-ID"
         )
 
 
@@ -91,6 +105,7 @@ class Plan:
     files: list[Path] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # qids under legal hold, left as they are
     active: list[str] = field(default_factory=list)  # qids still in the queue
+    wal_cleared: bool = True  # after erase: the checkpoint emptied the write-ahead log
 
     @property
     def nothing(self) -> bool:
@@ -303,8 +318,8 @@ def erase(
         conn = db.conn
         conn.execute("PRAGMA secure_delete = ON")
         done, work = _plan(conn, match, spool_root, certificates)
-        if done.active:  # a message arrived since: change nothing
-            raise StillActive(match.address, done.active)
+        if done.active:  # a message arrived since: change nothing more
+            raise StillActive(match.address, done.active, deleted=len(removed))
         done.files = removed
         _apply(conn, match, done, work, now)
         if not done.nothing:
@@ -318,7 +333,7 @@ def erase(
         return done
 
     result = store.run_sync(transaction)
-    checkpoint(store.path)
+    result.wal_cleared = checkpoint(store.path)
     return result
 
 
@@ -349,8 +364,11 @@ def _apply(
 def checkpoint(path: Path) -> bool:
     """Move the WAL into the database and empty it (``wal_checkpoint(TRUNCATE)``), so the
     pages written before the erasure leave the ``-wal`` file. False when a reader kept it
-    from finishing (the gateway's next checkpoint completes it)."""
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    from finishing: the old pages stay in the log until later writes overwrite them, or
+    the last connection closes (SQLite then checkpoints and removes the log)."""
+    # While it waits for readers, a TRUNCATE checkpoint holds the write lock: a short
+    # wait keeps the gateway's writers (which wait 5 s for the lock) from failing.
+    conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
     try:
         row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     finally:
