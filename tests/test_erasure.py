@@ -513,3 +513,65 @@ def test_files_deleted_before_a_new_message_arrived_are_said() -> None:
     assert text.startswith("2 file(s) about kim@example.org were deleted, but the database")
     assert "unchanged" in text and text.endswith("run again when they are delivered")
     assert "Nothing" not in text
+
+
+def test_a_lost_key_is_not_replaced_and_an_erasure_is_applied_again_to_a_restored_backup(
+    sink_server: SinkServer, tmp_path: Path
+) -> None:
+    """A backup of the database made before an erasure, restored: the erasure is applied
+    again by the commitment it recorded. A state directory restored without its
+    subject.key (the database holds erasures) gets no new key: start and CLI refuse."""
+    sink = sink_server.start(Sink())
+    gw = start_gateway(write_config(tmp_path, {"example.org": sink.port, "example.com": sink.port}))
+    backup = tmp_path / "backup.db"
+    try:
+        qid, _ = certified(gw, sink, ["liam@example.org"])
+        settle(gw)
+        source = sqlite3.connect(gw.state / "queue.db", timeout=10)
+        target = sqlite3.connect(backup)
+        source.backup(target)  # the state backup, made before the erasure
+        target.close()
+        source.close()
+        done = gw.cli("erase", "--subject", "liam@example.org", "--yes")
+        assert done.returncode == 0, done.stderr
+        (committed,) = re.findall(r"erased:[0-9a-f]{64}", done.stdout)  # kept off-site
+    finally:
+        gw.stop()
+    # The older backup restored: liam is back in it.
+    for name in ("queue.db", "queue.db-wal", "queue.db-shm"):
+        (gw.state / name).unlink(missing_ok=True)
+    (gw.state / "queue.db").write_bytes(backup.read_bytes())
+    assert query(
+        gw, "SELECT 1 FROM recipients WHERE qid = ? AND address = ?", (qid, "liam@example.org")
+    )
+    bad = gw.cli("erase", "--commitment", "erased:123", "--yes")
+    assert bad.returncode == 2 and "is not a commitment" in bad.stderr
+    again = gw.cli("erase", "--commitment", committed.removeprefix("erased:"), "--yes")
+    assert again.returncode == 0, again.stderr
+    assert f"{committed} is the commitment of liam@example.org." in again.stdout
+    assert f"recorded in the evidence log as Erasure of {committed}" in again.stdout
+    checkpointed(gw)
+    assert files_naming(gw.state, "liam@example.org") == []
+    nothing = gw.cli("erase", "--commitment", committed, "--yes")
+    assert nothing.returncode == 0 and "Nothing to erase" in nothing.stdout
+
+    # Restored without keys/subject.key: no new key, one sentence, from the CLI and serve.
+    key = gw.state / "keys" / "subject.key"
+    kept = key.read_bytes()
+    key.unlink()
+    for refused in (
+        gw.cli("export", "--subject", "liam@example.org", str(tmp_path / "export")),
+        gw.cli("erase", "--subject", "liam@example.org", "--yes"),
+        gw.cli("serve"),
+    ):
+        assert refused.returncode != 0
+        assert (
+            f"{key} is missing, but the database holds addresses erased with it" in refused.stderr
+        )
+        assert "Traceback" not in refused.stderr
+    assert not key.exists() and not (tmp_path / "export").exists()
+    key.write_bytes(kept)
+    key.chmod(0o600)
+    restarted = start_gateway(gw.config, users={})
+    restarted.stop()
+    assert key.read_bytes() == kept

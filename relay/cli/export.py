@@ -23,10 +23,13 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certifier.i18n import LANGUAGES
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+
+if TYPE_CHECKING:
+    from relay.queue.store import Store
 
 _JSON_COLUMNS = ("summary", "authentication", "reception", "original_to", "detail")
 _RECIPIENT_JSON = ("delivered_copy", "tracking_notes")
@@ -61,12 +64,22 @@ def subject_address(text: str, cfg: Any) -> str:
     return address
 
 
-def subject_key(cfg: Any) -> bytes:
+def subject_key(cfg: Any, store: Store) -> bytes:
     """The installation's secret for commitments (``keys/subject.key``), made here if the
-    gateway never ran (:func:`relay.process.gateway.secret`)."""
-    from relay.process.gateway import SUBJECT_KEY, secret, state_paths
+    gateway never ran; refused (one line) when it is missing from a state directory whose
+    database already holds erasures (:func:`relay.process.gateway.subject_key`)."""
+    from certifier.errors import StartupError
+    from relay.process.gateway import state_paths
+    from relay.process.gateway import subject_key as load
+    from relay.queue.subjects import holds_erasures
 
-    return secret(state_paths(cfg)["keys"] / SUBJECT_KEY)
+    def erasures() -> bool:
+        return store.run_sync(lambda db: holds_erasures(db.conn), read=True)
+
+    try:
+        return load(state_paths(cfg)["keys"], erasures)
+    except StartupError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -80,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty directory: give a new or empty one")
     with open_store(cfg) as store:
-        key = subject_key(cfg)
+        key = subject_key(cfg, store)
         committed = subjects.commitment(key, address)
         found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed), read=True)
     paths = state_paths(cfg)

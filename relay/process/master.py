@@ -45,6 +45,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -64,16 +65,17 @@ from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir, sh
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
-    SUBJECT_KEY,
     certificate_workers,
     remove_unacknowledged,
     secret,
     signing_settings,
     state_paths,
+    subject_key,
 )
 from relay.production import check_production
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
+from relay.queue.subjects import holds_erasures
 
 log = logging.getLogger("certifica/master")
 
@@ -230,8 +232,8 @@ class Master:
         self.verp_key = secret(self.paths["keys"] / "verp.key")
         self.tracking_key = secret(self.paths["keys"] / "tracking.key")
         # Made here so that it exists from the first start; only `certifica erase` and
-        # `certifica export` use it (docs/erasure.md).
-        secret(self.paths["keys"] / SUBJECT_KEY)
+        # `certifica export` use it (docs/erasure.md). Not made again once lost.
+        subject_key(self.paths["keys"], self._holds_erasures)
         if cfg.dkim.sign:
             own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
@@ -252,6 +254,13 @@ class Master:
         ]
         write_durably(self.paths["listen"], json.dumps(self.listeners.addresses).encode())
         write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
+
+    def _holds_erasures(self) -> bool:
+        conn = sqlite3.connect(f"file:{self.paths['db']}?mode=ro", uri=True, timeout=10.0)
+        try:
+            return holds_erasures(conn)
+        finally:
+            conn.close()
 
     async def _prepare_queue(self) -> None:
         store = Store(self.paths["db"], self.cfg.queue.lifetime)  # migrations
