@@ -256,7 +256,7 @@ class Master:
         write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
 
     def _holds_erasures(self) -> bool:
-        conn = sqlite3.connect(f"file:{self.paths['db']}?mode=ro", uri=True, timeout=10.0)
+        conn = sqlite3.connect(self.paths["db"], timeout=10.0)  # made by _prepare_queue
         try:
             return holds_erasures(conn)
         finally:
