@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli.export import WITHHELD
 from relay.queue.subjects import Matcher, commitment
 from tests.conftest import Gateway, Sink
 from tests.test_erasure import cert_id_of, certified, files_naming, query, settle
@@ -77,11 +78,12 @@ def test_an_export_holds_everything_about_an_address_and_nothing_else(
     eml = (tmp_path / "bob" / "messages" / f"{about_bob}.eml").read_bytes()
     ((sha256,),) = query(gateway, "SELECT sha256 FROM messages WHERE qid = ?", (about_bob,))
     assert hashlib.sha256(eml).hexdigest() == sha256
-    pdf = tmp_path / "bob" / "certificates" / f"{cert_id_of(gateway, about_bob)}.pdf"
-    assert pdf.read_bytes() == copy
+    # The certificate is the sender's (it names every recipient): not copied, said why.
+    assert not (tmp_path / "bob" / "certificates").exists()
     readme = (tmp_path / "bob" / "README.txt").read_text()
     assert readme.startswith("What this mail gateway holds about bob@example.org")
     assert "sha256sum -c MANIFEST.sha256" in readme
+    assert "the sender of each message holds its own" in " ".join(readme.split())
 
     # The sender: both messages, every recipient, its account without the password hash.
     found = exported(gateway, "alice@example.com", tmp_path / "alice")
@@ -93,6 +95,50 @@ def test_an_export_holds_everything_about_an_address_and_nothing_else(
     (user,) = found["account.json"]["users"]  # type: ignore[index]
     assert user["address"] == "alice@example.com" and "password_hash" not in user
     assert not files_naming(tmp_path / "alice", "scrypt")
+    # Its certificates are its own: copied as issued.
+    pdf = tmp_path / "alice" / "certificates" / f"{cert_id_of(gateway, about_bob)}.pdf"
+    assert pdf.read_bytes() == copy
+
+
+def test_a_recipient_export_names_no_other_recipient_nor_the_senders_connection(
+    gateway: Gateway, mx: Sink, tmp_path: Path
+) -> None:
+    """To: bob, with secretbcc@example.net as a Bcc (an RCPT the headers do not name)."""
+    qid, _ = certified(
+        gateway, mx, ["bob@example.org", "secretbcc@example.net"], to_header="bob@example.org"
+    )
+    settle(gateway)
+    assert "secretbcc@example.net" in json.dumps(
+        exported(gateway, "alice@example.com", tmp_path / "alice")["evidence.json"]
+    )  # the sender's own record names its Bcc recipient
+
+    found = exported(gateway, "bob@example.org", tmp_path / "bob")
+    assert files_naming(tmp_path / "bob", "secretbcc") == []
+    ((ip, login),) = query(
+        gateway, "SELECT client_ip, auth_user FROM messages WHERE qid = ?", (qid,)
+    )
+    assert ip and login == "alice@example.com"
+    (mail,) = [m for m in found["messages.json"] if m["qid"] == qid]  # type: ignore[union-attr]
+    for column in ("client_ip", "client_helo", "auth_user", "authentication"):
+        assert column not in mail
+    assert [r["address"] for r in mail["recipients"]] == ["bob@example.org"]
+    assert "delivered_copy" in mail["recipients"][0]  # his own copy's trace, unchanged
+    assert WITHHELD not in json.dumps(mail["recipients"][0]["delivered_copy"])
+    entries = [e for e in found["evidence.json"] if e["qid"] == qid]  # type: ignore[union-attr]
+    assert entries and all(e["recipient"] in (None, "bob@example.org") for e in entries)
+    assert all("salt" not in e for e in entries)
+    (accepted,) = [e for e in entries if e["event"] == "SubmissionAcceptance"]
+    assert accepted["detail"]["recipients"] == ["bob@example.org"]
+    assert accepted["detail"]["envelope_from"] == "alice@example.com"
+    for key in ("client_ip", "authenticated_user"):
+        assert key not in accepted["detail"]
+    pages = [v for v in found["verification-pages.json"] if v["qid"] == qid]  # type: ignore[union-attr]
+    assert pages
+    for page in pages:
+        assert [r["address"] for r in page["recipients"]] == ["bob@example.org"]
+    # The copy he received is his; the certificate (naming secretbcc) is alice's.
+    assert (tmp_path / "bob" / "messages" / f"{qid}.eml").exists()
+    assert not (tmp_path / "bob" / "certificates").exists()
 
 
 def test_an_export_refuses_a_directory_in_use_and_a_non_address(

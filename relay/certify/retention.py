@@ -11,6 +11,7 @@ up in one log line ``maintenance: retention: ...``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,8 +31,8 @@ def retention_task(cfg: Config, store: Store, spool: Spool, certificates: Path) 
 
     async def run(now: float) -> str:
         stop = threading.Event()
-        try:
-            removed = await asyncio.to_thread(
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
                 retention.apply,
                 store,
                 spool,
@@ -42,10 +43,20 @@ def retention_task(cfg: Config, store: Store, spool: Spool, certificates: Path) 
                 evidence_years=kept.evidence_years,
                 stop=stop,
             )
+        )
+        try:
+            removed = await asyncio.shield(work)
         except asyncio.CancelledError:
-            # The worker is stopping: the thread ends after the batch it is in, before
-            # the store closes (each batch is one transaction; the next run goes on).
+            # The worker is stopping: the thread ends after the batch it is in (each
+            # batch is one transaction; the next run goes on). Wait for it before the
+            # worker closes the store: a thread that had just passed the stop check
+            # would otherwise queue its next call behind the close and wait for ever.
             stop.set()
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({work})
+            if not work.cancelled():
+                work.exception()  # retrieved: an error of that last batch is retried next run
             raise
         return removed.summary()
 

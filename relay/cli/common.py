@@ -5,6 +5,7 @@ the state directory (acted on as its owner) and the queue's store.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,19 @@ EXIT_CONTENT_NOT_CERTIFIED = 3
 
 class UserError(UsageError):
     """A problem the user can fix; printed as one line."""
+
+
+def operator_name() -> str:
+    """Who runs the command, as evidence entries record the operator (an ``Erasure``, a
+    legal hold, a withdrawal): the user who ran ``sudo`` (``SUDO_USER``) rather than
+    root, else the login name (:func:`getpass.getuser`), else ``operator``."""
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo:
+        return sudo
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name in the environment nor in the password database
+        return "operator"
 
 
 def config_of(args: argparse.Namespace) -> Config:

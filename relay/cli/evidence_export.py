@@ -10,16 +10,14 @@ key and certificate that sign the PDFs (``[signing]``, else the development PKI)
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, UserError, config_of, state_dir
+from relay.queue.ids import CERTIFICATE_ID
 
 if TYPE_CHECKING:
     from certifier.hsm import Pkcs11Key
-
-_CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
 
 def cmd_evidence_export(args: argparse.Namespace) -> int:
@@ -31,7 +29,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     state_dir(cfg)  # as its owner, like every command that reads the state directory
     cert_id = str(args.certificate).upper()
-    if not _CERT_ID.fullmatch(cert_id):
+    if not CERTIFICATE_ID.fullmatch(cert_id):
         raise UserError(f"{args.certificate!r} is not a certificate id (like CF-1CD0C29858F87AD3)")
     path = state_paths(cfg)["certificates"] / f"{cert_id}.pdf"
     try:

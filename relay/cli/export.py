@@ -17,18 +17,33 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certifier.i18n import LANGUAGES
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
 
+if TYPE_CHECKING:
+    from relay.queue.store import Store
+
 _JSON_COLUMNS = ("summary", "authentication", "reception", "original_to", "detail")
 _RECIPIENT_JSON = ("delivered_copy", "tracking_notes")
+# Of a message the address did not send, what is the sender's alone: where it connected
+# from, its login and its authentication results (message columns; the same values
+# under the evidence details' names). The other recipients are left out separately.
+_SENDER_CONNECTION = frozenset(
+    {"client_ip", "client_helo", "auth_user", "authentication", "authenticated_user"}
+)
+WITHHELD = "[withheld]"
+"""What replaces another person's address in a record exported to someone else."""
+# An address inside a text (a header, a report). Not '=' in the local part: a DKIM
+# signature's ``i=@domain`` is no address.
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 def subject_address(text: str, cfg: Any) -> str:
@@ -49,12 +64,22 @@ def subject_address(text: str, cfg: Any) -> str:
     return address
 
 
-def subject_key(cfg: Any) -> bytes:
+def subject_key(cfg: Any, store: Store) -> bytes:
     """The installation's secret for commitments (``keys/subject.key``), made here if the
-    gateway never ran (:func:`relay.process.gateway.secret`)."""
-    from relay.process.gateway import SUBJECT_KEY, secret, state_paths
+    gateway never ran; refused (one line) when it is missing from a state directory whose
+    database already holds erasures (:func:`relay.process.gateway.subject_key`)."""
+    from certifier.errors import StartupError
+    from relay.process.gateway import state_paths
+    from relay.process.gateway import subject_key as load
+    from relay.queue.subjects import holds_erasures
 
-    return secret(state_paths(cfg)["keys"] / SUBJECT_KEY)
+    def erasures() -> bool:
+        return store.run_sync(lambda db: holds_erasures(db.conn), read=True)
+
+    try:
+        return load(state_paths(cfg)["keys"], erasures)
+    except StartupError as err:
+        raise UserError(str(err)) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -68,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} is not an empty directory: give a new or empty one")
     with open_store(cfg) as store:
-        key = subject_key(cfg)
+        key = subject_key(cfg, store)
         committed = subjects.commitment(key, address)
         found = store.run_sync(lambda db: subjects.holdings(db.conn, address, committed), read=True)
     paths = state_paths(cfg)
@@ -116,22 +141,112 @@ def _readable(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _messages(found: Any) -> list[dict[str, Any]]:
-    from relay.queue.subjects import is_sender
+class _Others:
+    """Keeps other people out of an export (docs/erasure.md, "Access"). Of a message the
+    address sent, everything is its own record. Of any other message (one it received,
+    one naming it, a document about one of those): only its own recipient row and
+    evidence entries, no value of the sender's connection (:data:`_SENDER_CONNECTION`),
+    and in every other text each address but its own and the sender's becomes
+    :data:`WITHHELD`; a list item that is another address (a Bcc recipient) is left out,
+    so not even their number shows."""
 
+    def __init__(self, found: Any) -> None:
+        from relay.queue.subjects import is_sender, normalise
+
+        self.subject = {found.address, found.committed}
+        self.by_qid = {m["qid"]: m for m in found.messages}
+        self.sent = {m["qid"] for m in found.messages if is_sender(m)}
+        grew = True
+        while grew:  # the documents and reports about what it sent are its record too
+            more = {m["qid"] for m in found.messages if m.get("parent_qid") in self.sent}
+            grew = bool(more - self.sent)
+            self.sent |= more
+        self._normalise = normalise
+
+    def is_subject(self, value: object) -> bool:
+        return isinstance(value, str) and self._normalise(value) in self.subject
+
+    def allowed(self, qid: str) -> set[str]:
+        """The addresses a record of message ``qid`` may show: the subject's and the
+        sender's (which the message it received names anyway)."""
+        message = self.by_qid.get(qid) or {}
+        senders = (message.get(c) for c in ("sender", "header_from", "envelope_from"))
+        return self.subject | {self._normalise(a) for a in senders if isinstance(a, str) and a}
+
+    def withhold(self, value: Any, allowed: set[str]) -> Any:
+        """``value`` (a JSON value) without the sender's connection and other addresses."""
+        if isinstance(value, str):
+            return _ADDRESS.sub(
+                lambda m: m[0] if self._normalise(m[0]) in allowed else WITHHELD, value
+            )
+        if isinstance(value, dict):
+            return {
+                k: self.withhold(v, allowed)
+                for k, v in value.items()
+                if k not in _SENDER_CONNECTION
+            }
+        if isinstance(value, list):
+            return [self.withhold(v, allowed) for v in value if not self._foreign(v, allowed)]
+        return value
+
+    def _foreign(self, item: Any, allowed: set[str]) -> bool:
+        if isinstance(item, dict):
+            item = item.get("address", item.get("recipient"))
+        return (
+            isinstance(item, str)
+            and _ADDRESS.fullmatch(item.strip().strip("<>")) is not None
+            and self._normalise(item) not in allowed
+        )
+
+
+def _messages(found: Any, others: _Others) -> list[dict[str, Any]]:
     out = []
     for message in found.messages:
         row = _readable(message, _JSON_COLUMNS)
-        # The recipients of what the address sent are its own record; of a message it
-        # received, only its own row: the others are other people's data.
-        mine = is_sender(message)
+        if message["qid"] in others.sent:
+            # The recipients of what the address sent are its own record.
+            row["recipients"] = [_readable(r, _RECIPIENT_JSON) for r in message["recipients"]]
+            out.append(row)
+            continue
+        allowed = others.allowed(message["qid"])
+        row = others.withhold(
+            {k: v for k, v in row.items() if k != "recipients" and k != "roles"}, allowed
+        )
+        row["roles"] = message["roles"]
         row["recipients"] = [
-            _readable(r, _RECIPIENT_JSON)
+            others.withhold(_readable(r, _RECIPIENT_JSON), allowed)
             for r in message["recipients"]
-            if mine
-            or r["address"] in (found.address, found.committed)
-            or r["address"].lower() == found.address
+            if others.is_subject(r["address"])
         ]
+        out.append(row)
+    return out
+
+
+def _evidence(found: Any, others: _Others) -> list[dict[str, Any]]:
+    out = []
+    for entry in found.evidence:
+        row = _readable(entry, _JSON_COLUMNS)
+        if entry["qid"] not in others.sent:
+            if entry.get("recipient") and not others.is_subject(entry["recipient"]):
+                continue  # another recipient's entry
+            # Without the values left out, the salt would let anyone test guesses of
+            # them against the entry's commitment: it goes too.
+            row.pop("salt", None)
+            row = others.withhold(row, others.allowed(entry["qid"]))
+        out.append(row)
+    return out
+
+
+def _verifications(found: Any, others: _Others) -> list[dict[str, Any]]:
+    out = []
+    for record in found.verifications:
+        row = _readable(record, ("recipients",))
+        if record["qid"] not in others.sent and isinstance(row.get("recipients"), list):
+            row["recipients"] = [
+                r
+                for r in row["recipients"]
+                if isinstance(r, dict) and others.is_subject(r.get("address"))
+            ]
         out.append(row)
     return out
 
@@ -145,11 +260,12 @@ def _write(
     language: str,
     timezone: str,
 ) -> int:
+    others = _Others(found)
     records: dict[str, Any] = {
-        "messages.json": _messages(found),
-        "evidence.json": [_readable(e, _JSON_COLUMNS) for e in found.evidence],
+        "messages.json": _messages(found, others),
+        "evidence.json": _evidence(found, others),
         "tracking.json": {"events": found.tracking_events, "links": found.tracking_links},
-        "verification-pages.json": [_readable(v, ("recipients",)) for v in found.verifications],
+        "verification-pages.json": _verifications(found, others),
         "account.json": {
             "users": found.users,
             "reception_owners": found.reception_owners,
@@ -163,7 +279,12 @@ def _write(
             json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
         )
     copied = 0
+    # The copies it sent or received; not another's mail that names it, nor the mail
+    # carrying a sender's certificate.
+    received = {m["qid"] for m in found.messages if "recipient" in m["roles"]}
     for qid in found.qids:
+        if qid not in others.sent and qid not in received:
+            continue
         for where in (spool_root / queue_dir, spool_root / "archive"):
             source = where / f"{qid}.eml"
             if source.exists():
@@ -171,18 +292,27 @@ def _write(
                 shutil.copyfile(source, root / "messages" / f"{qid}.eml")
                 copied += 1
                 break
+    # A certificate belongs to the sender of its message, who holds it: it names every
+    # recipient (README.txt says so when some are not copied).
+    theirs = {m["cert_id"] for m in found.messages if m["qid"] not in others.sent}
+    theirs |= {v["cert_id"] for v in found.verifications if v["qid"] not in others.sent}
     for cert_id in found.cert_ids:
         source = certificates / f"{cert_id}.pdf"
+        if cert_id in theirs:
+            continue
         if source.exists():
             (root / "certificates").mkdir(exist_ok=True)
             shutil.copyfile(source, root / "certificates" / f"{cert_id}.pdf")
             copied += 1
-    (root / "README.txt").write_text(_readme(found, copied, language, timezone), encoding="utf-8")
+    withheld = bool(set(found.qids) - others.sent)
+    (root / "README.txt").write_text(
+        _readme(found, copied, withheld, language, timezone), encoding="utf-8"
+    )
     _manifest(root)
     return copied
 
 
-def _readme(found: Any, copied: int, language: str, timezone: str) -> str:
+def _readme(found: Any, copied: int, withheld: bool, language: str, timezone: str) -> str:
     """README.txt for the person who asked, in their language (the ``mail`` catalog)."""
     from certifier.i18n import Reader, translations
 
@@ -261,6 +391,18 @@ def _readme(found: Any, copied: int, language: str, timezone: str) -> str:
         )
         + "\n\n        sha256sum -c MANIFEST.sha256",
     ]
+    if withheld:
+        parts.append(
+            para(
+                _(
+                    "Of the messages this address did not send, these files hold only what "
+                    "is about it: the other recipients, where the sender connected from and "
+                    "its login are left out, and other people's addresses are shown as "
+                    "[withheld]. Their certificates are not copied: they name every "
+                    "recipient, and the sender of each message holds its own."
+                )
+            )
+        )
     if found.erasures:
         # "; " between them: each moment already has commas ("3 de diciembre de 2026, 11:42 ...").
         dates = "; ".join(reader.moment(float(e["time"])) for e in found.erasures)

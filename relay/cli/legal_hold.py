@@ -9,13 +9,10 @@ Placing and releasing a hold are evidence entries of the message (``LegalHold``,
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import time
 
-from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store
-
-_CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
+from relay.queue.ids import CERTIFICATE_ID
 
 
 def _iso(ts: float) -> str:
@@ -29,9 +26,9 @@ def cmd_legal_hold(args: argparse.Namespace) -> int:
     from relay.queue.archive import ArchiveBusy, archive_lock
 
     cert_id = str(args.certificate).upper()
-    if not _CERT_ID.fullmatch(cert_id):
+    if not CERTIFICATE_ID.fullmatch(cert_id):
         raise UserError(f"{args.certificate!r} is not a certificate id (like CF-1CD0C29858F87AD3)")
-    operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    operator = operator_name()
     note = " ".join(str(args.note or "").split())
     now = time.time()
     cfg = config_of(args)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from typing import Any
 
-from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store
+from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
 from relay.queue.states import PENDING, MessageState
 
 
@@ -155,7 +154,7 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing done")
                 return EXIT_FAILED
-        operator = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+        operator = operator_name()
         count = store.withdraw(qid, operator, time.time())
     print(
         f"{qid}: {count} recipient(s) withdrawn; a certified message gets a certificate "

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certifier import pipeline
+from certifier.errors import StartupError
 from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
 from certifier.pki import Pki, ensure_token_tsa_cert
@@ -260,6 +262,23 @@ def certificate_workers(cfg: Config) -> int:
 SUBJECT_KEY = "subject.key"
 """The secret under ``keys/`` that erased addresses are committed with
 (:func:`relay.queue.subjects.commitment`, docs/erasure.md)."""
+
+
+def subject_key(keys: Path, holds_erasures: Callable[[], bool]) -> bytes:
+    """``keys/subject.key`` (:data:`SUBJECT_KEY`), made on first use like :func:`secret`,
+    but never while the database already holds erasures (``holds_erasures()``, see
+    :func:`relay.queue.subjects.holds_erasures`): the key is missing then because the
+    state directory was restored without it, and a new key would silently stop matching
+    the earlier commitments (an access or erasure request would miss their rows).
+    Raises :class:`StartupError` with the sentence to show."""
+    path = keys / SUBJECT_KEY
+    if not path.exists() and holds_erasures():
+        raise StartupError(
+            f"{path} is missing, but the database holds addresses erased with it: restore "
+            'the key from its own backup (docs/erasure.md, "The commitment key"); a new '
+            "key would no longer match them, so none is made"
+        )
+    return secret(path)
 
 
 def secret(path: Path) -> bytes:

@@ -46,6 +46,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -72,19 +73,20 @@ from relay.metrics import PROCESS_RESTARTS, enable_multiprocess, metrics_dir, sh
 from relay.private import secure_state_dir
 from relay.process import child
 from relay.process.gateway import (
-    SUBJECT_KEY,
     certificate_workers,
     remove_unacknowledged,
     secret,
     served_certificate,
     signing_settings,
     state_paths,
+    subject_key,
     tls_contexts,
 )
 from relay.process.reload import RELOAD_RESULT, apply_logging, merge, reload_path
 from relay.production import check_production
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
+from relay.queue.subjects import holds_erasures
 
 log = logging.getLogger("certifica/master")
 
@@ -244,8 +246,8 @@ class Master:
         self.verp_key = secret(self.paths["keys"] / "verp.key")
         self.tracking_key = secret(self.paths["keys"] / "tracking.key")
         # Made here so that it exists from the first start; only `certifica erase` and
-        # `certifica export` use it (docs/erasure.md).
-        secret(self.paths["keys"] / SUBJECT_KEY)
+        # `certifica export` use it (docs/erasure.md). Not made again once lost.
+        subject_key(self.paths["keys"], self._holds_erasures)
         if cfg.dkim.sign:
             own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
@@ -268,6 +270,13 @@ class Master:
         ]
         write_durably(self.paths["listen"], json.dumps(self.listeners.addresses).encode())
         write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
+
+    def _holds_erasures(self) -> bool:
+        conn = sqlite3.connect(self.paths["db"], timeout=10.0)  # made by _prepare_queue
+        try:
+            return holds_erasures(conn)
+        finally:
+            conn.close()
 
     async def _prepare_queue(self) -> None:
         store = Store(self.paths["db"], self.cfg.queue.lifetime)  # migrations

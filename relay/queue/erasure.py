@@ -21,16 +21,21 @@
    (:func:`relay.queue.verifications.erase_record`); its user account and reception
    settings are removed; an ``Erasure`` evidence entry records who, when and the scope
    (counts and the commitment, never the address);
-4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file.
+4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file;
+   when a reader keeps it from finishing, the result says so (``wal_cleared``) and the
+   gateway's next checkpoint completes it.
 
-Files go first: if the command dies before the transaction, running it again finds the
-rows still naming the address and finishes. A second run finds nothing and changes
+Files go first: if the command dies before the transaction, or a message about the
+address arrives between the two (:class:`StillActive` then says the files went and the
+database did not change), running it again finds the rows still naming the address and
+finishes. A second run finds nothing and changes
 nothing. Messages under legal hold are left entirely as they are (art. 17(3)(e)); the
 erasure names them, and a run after the hold is released erases them.
 
 Exceptions::
 
     StillActive   -- messages about the address are still being delivered or documented
+                     (``deleted``: how many files went before one arrived)
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from certifier.errors import UsageError
 from relay.queue import evidence_log, holds, subjects, verifications
 from relay.queue.archive import archive_lock
 from relay.queue.db import Database
+from relay.queue.retention import TRACKING_EVENTS, TRACKING_KEPT
 from relay.queue.spool import SPOOL_QUEUE
 from relay.queue.states import MessageState
 
@@ -53,10 +61,6 @@ ERASURE_EVENT = "Erasure"
 ERASURE_QID = "erasure"
 """The ``qid`` of an ``Erasure`` entry: it is about an address, not about one message."""
 
-# What a tracking hit keeps once its values are forgotten: how it was classified, never
-# who (IP address, user agent). Outside the entry's hash (evidence_log.forget).
-_TRACKING_KEPT = ("link", "method", "automatic", "reason")
-_TRACKING_EVENTS = frozenset({"ContentOpened", "LinkClicked"})
 # The message's content: removed from every message about the address.
 _CONTENT_COLUMNS = ("summary", "header_section")
 # Texts in which only the address itself is replaced (a remote server's reply stays).
@@ -66,12 +70,21 @@ _SCRUBBED = frozenset({"reply_text", "note"})
 class StillActive(UsageError):
     """Messages about the address are still in the queue; ``str()`` is the sentence."""
 
-    def __init__(self, address: str, qids: list[str]) -> None:
+    def __init__(self, address: str, qids: list[str], deleted: int = 0) -> None:
         self.qids = qids
+        self.deleted = deleted
+        listed = f"{', '.join(qids[:5])}{', ...' if len(qids) > 5 else ''}"
+        if deleted:  # a message arrived between the files and the transaction
+            super().__init__(
+                f"{deleted} file(s) about {address} were deleted, but the database is "
+                f"unchanged: {len(qids)} message(s) to or from it arrived meanwhile and are "
+                f"still being delivered ({listed}); run again when they are delivered"
+            )
+            return
         super().__init__(
             f"{len(qids)} message(s) to or from {address} are still being delivered "
-            f"({', '.join(qids[:5])}{', ...' if len(qids) > 5 else ''}); run again when "
-            "they finish, or withdraw them with certifica queue delete QUEUE-ID"
+            f"({listed}); run again when they finish, or withdraw them with certifica "
+            "queue delete QUEUE-ID"
         )
 
 
@@ -93,6 +106,7 @@ class Plan:
     files: list[Path] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # qids under legal hold, left as they are
     active: list[str] = field(default_factory=list)  # qids still in the queue
+    wal_cleared: bool = True  # after erase: the checkpoint emptied the write-ahead log
 
     @property
     def nothing(self) -> bool:
@@ -305,12 +319,12 @@ def erase(
             path.unlink(missing_ok=True)
     removed = list(first.files)
 
-    def transaction(db: Any) -> Plan:
-        conn: sqlite3.Connection = db.conn
+    def transaction(db: sqlite_utils.Database) -> Plan:
+        conn = db.conn
         conn.execute("PRAGMA secure_delete = ON")
         done, work = _plan(conn, match, spool_root, certificates)
-        if done.active:  # a message arrived since: change nothing
-            raise StillActive(match.address, done.active)
+        if done.active:  # a message arrived since: change nothing more
+            raise StillActive(match.address, done.active, deleted=len(removed))
         done.files = removed
         _apply(conn, match, done, work, now)
         if not done.nothing:
@@ -324,7 +338,7 @@ def erase(
         return done
 
     result = store.run_sync(transaction)
-    checkpoint(store.path)
+    result.wal_cleared = checkpoint(store.path)
     return result
 
 
@@ -342,7 +356,8 @@ def _apply(
     subjects.forget_tracking(conn, work["own"])
     by_keep: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for entry in work["entries"]:
-        keep: tuple[str, ...] = _TRACKING_KEPT if entry["event"] in _TRACKING_EVENTS else ()
+        # A tracking hit keeps its classification, as after tracking_days (retention).
+        keep: tuple[str, ...] = TRACKING_KEPT if entry["event"] in TRACKING_EVENTS else ()
         by_keep[keep].append(int(entry["seq"]))
     for keep, seqs in by_keep.items():
         evidence_log.forget(conn, seqs, now, keep=keep, reason="erasure")
@@ -354,8 +369,11 @@ def _apply(
 def checkpoint(path: Path) -> bool:
     """Move the WAL into the database and empty it (``wal_checkpoint(TRUNCATE)``), so the
     pages written before the erasure leave the ``-wal`` file. False when a reader kept it
-    from finishing (the gateway's next checkpoint completes it)."""
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    from finishing: the old pages stay in the log until later writes overwrite them, or
+    the last connection closes (SQLite then checkpoints and removes the log)."""
+    # While it waits for readers, a TRUNCATE checkpoint holds the write lock: a short
+    # wait keeps the gateway's writers (which wait 5 s for the lock) from failing.
+    conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
     try:
         row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     finally:

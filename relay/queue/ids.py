@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+
+CERTIFICATE_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+"""What a certificate id looks like (``CF-1CD0C29858F87AD3``; upper-case letters and digits
+in groups joined by hyphens): one checked against it is safe to use as a file name."""
 
 
 def new_queue_id() -> str:

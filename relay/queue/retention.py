@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -58,7 +57,9 @@ from relay.queue import evidence_log
 from relay.queue.archive import archive_lock
 from relay.queue.db import Database
 from relay.queue.holds import held_qids, is_held
+from relay.queue.ids import CERTIFICATE_ID
 from relay.queue.spool import Spool, fsync_dir
+from relay.queue.states import MessageState
 
 T = TypeVar("T")
 
@@ -416,7 +417,6 @@ AND (m.sender != '' OR m.client_ip IS NOT NULL OR m.auth_user IS NOT NULL
         AND v.recipients IS NOT NULL))
 ORDER BY m.qid LIMIT ?
 """
-_CERT_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 
 Due = list[tuple[str, list[str]]]
 """Messages whose evidence is due: each one's queue id and the ids of the documents
@@ -472,7 +472,7 @@ def _documents_of(conn: sqlite3.Connection, qid: str, cert_id: str | None) -> se
         named = json.loads(detail).get("certificate_id")
         if isinstance(named, str):
             ids.add(named)
-    return {i for i in ids if _CERT_ID.fullmatch(i)}  # each names a file: nothing else
+    return {i for i in ids if CERTIFICATE_ID.fullmatch(i)}  # each names a file: nothing else
 
 
 def _evidence_counts(conn: sqlite3.Connection, due: Due) -> tuple[int, int]:
@@ -514,7 +514,7 @@ def _clear_evidence(conn: sqlite3.Connection, due: Due, now: float) -> tuple[int
         row = conn.execute(
             "SELECT parent_qid, state FROM messages WHERE qid = ?", (qid,)
         ).fetchone()
-        if row is None or row[1] != "done" or qid in held or (row[0] and row[0] in held):
+        if row is None or row[1] != MessageState.DONE or qid in held or (row[0] and row[0] in held):
             continue
         seqs = [
             int(r[0])

@@ -75,6 +75,52 @@ def commitment(key: bytes, address: str) -> str:
     return COMMITMENT_PREFIX + mac
 
 
+def holds_erasures(conn: sqlite3.Connection) -> bool:
+    """Whether an address was ever erased in this database: an ``Erasure`` evidence entry,
+    or a commitment in an address column. Their commitments were made with
+    ``keys/subject.key``: a new key would no longer match them."""
+    like = COMMITMENT_PREFIX + "%"
+    (found,) = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM evidence WHERE event = 'Erasure')"
+        " OR EXISTS (SELECT 1 FROM recipients WHERE address LIKE :like)"
+        " OR EXISTS (SELECT 1 FROM messages WHERE sender LIKE :like OR auth_user LIKE :like"
+        " OR header_from LIKE :like OR envelope_from LIKE :like)",
+        {"like": like},
+    ).fetchone()
+    return bool(found)
+
+
+_ADDRESS_HOLDERS = (
+    *(("messages", c) for c in ("sender", "auth_user", "header_from", "envelope_from")),
+    ("recipients", "address"),
+    ("evidence", "recipient"),
+    ("users", "address"),
+    ("reception_owners", "owner"),
+    ("reception_acks", "owner"),
+    ("reception_acks", "sender"),
+)
+
+
+def address_committed_to(conn: sqlite3.Connection, key: bytes, committed: str) -> str | None:
+    """The address held in the database (a column holding one address) whose commitment
+    under ``key`` is ``committed``, else None: how an erasure is applied again, by its
+    commitment, to a backup restored from before it (docs/erasure.md). A full scan of
+    those columns, one HMAC per distinct address: for an operator's command."""
+    seen: set[str] = set()
+    for table, column in _ADDRESS_HOLDERS:
+        rows = conn.execute(
+            f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE '%@%'"  # noqa: S608
+        )
+        for (value,) in rows:
+            address = normalise(str(value))
+            if address in seen:
+                continue
+            seen.add(address)
+            if hmac.compare_digest(commitment(key, address), committed):
+                return address
+    return None
+
+
 class Matcher:
     """Finds the address (or its commitment) in any column's value."""
 
