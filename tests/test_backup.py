@@ -113,6 +113,8 @@ def restored(sink_server: SinkServer, tmp_path_factory: pytest.TempPathFactory) 
     cfg = _config(second, sink)
     restore = run_cli(cfg, "restore", str(backup_dir))
     assert restore.returncode == 0, restore.stderr
+    # The figures README, "Backups and restore", quotes (pytest -s prints them).
+    print(made.stdout, restore.stdout, sep="")
     holding.clear()
     gw2 = start_gateway(cfg)
     return {
@@ -305,3 +307,35 @@ def test_chain_accepts_only_the_gap_a_restored_entry_declares() -> None:
     # An entry removed after the restore is still found.
     rows = _chain(evidence.RESTORED, [3, 10])
     assert [s for s, _p in evidence.chain_problems(rows[:2] + rows[3:])] == [12, 12]
+
+
+def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_path: Path) -> None:
+    """A number from a later certificate moves the restored log past it; --gap 0 when the
+    operator knows the lost log's last entry. The chain still verifies."""
+    info = restored["info"]
+    later = info["highest_seq"] + 500
+    cfg = _config(tmp_path, restored["sink"])
+    done = run_cli(
+        cfg, "restore", str(restored["backup"]), "--continue-after", str(later), "--gap", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    conn = sqlite3.connect(tmp_path / "state" / "queue.db")
+    try:
+        (seq,) = conn.execute("SELECT MAX(seq) FROM evidence").fetchone()
+    finally:
+        conn.close()
+    assert seq == later + 1
+    verified = run_cli(cfg, "evidence", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # A number below what the backup knows never moves the log back.
+    again = tmp_path / "again"
+    again.mkdir()
+    cfg2 = _config(again, restored["sink"])
+    done = run_cli(cfg2, "restore", str(restored["backup"]), "--continue-after", "1", "--gap", "0")
+    assert done.returncode == 0, done.stderr
+    conn = sqlite3.connect(again / "state" / "queue.db")
+    try:
+        (seq,) = conn.execute("SELECT MAX(seq) FROM evidence").fetchone()
+    finally:
+        conn.close()
+    assert seq == info["highest_seq"] + 1
