@@ -21,13 +21,16 @@ copy, would be missing. So the backup takes SQLite's write lock on the live data
 (``BEGIN IMMEDIATE``: no transaction can commit while it is held, so no message can be
 finished and no file of a queued message removed), pins a read snapshot on a second
 connection, hard-links every spool and certificate file into a staging directory (a
-link keeps the file's bytes whatever the gateway does with its name afterwards; about
-10 µs a file), and lets the lock go. The gateway's writers wait for that while (their
-busy timeout is 5 s); only then are the database pages copied from the pinned snapshot
+link keeps the file's bytes whatever the gateway does with its name afterwards), and
+lets the lock go. The links are made once before the lock, then brought up to date
+under it: a listing of the directories (the inode of each name comes with it), and a
+link only for a file added or replaced since, so the gateway's writers (whose busy
+timeout is 5 s) wait for a listing, not for a link per certificate; only then are the database pages copied from the pinned snapshot
 and the linked files copied into the backup, at leisure. A file written after the
 snapshot (a message whose row is not in it) is harmless: the restored gateway removes a
 spool file without a row at its start. Where the certificates live on another file
-system than the state directory (no hard link across), they are copied under the lock.
+system than the state directory (no hard link across), they are copied instead (a
+replaced one under the lock).
 
 **Restore** checks every hash of the manifest first, refuses a state directory that
 holds any file (naming it), copies the files back durably, then records a ``Restored``
@@ -184,29 +187,61 @@ def _check_name(relative: str) -> None:
         raise BackupError(f"{relative!r}: a file name with a newline or backslash cannot be listed")
 
 
-def _stage(source: Path, staging: Path) -> int:
-    """Hard-link every file under ``source`` into ``staging`` (same layout); copy when the
-    two are on different file systems. Returns how many. A file removed while this runs
-    (finished before the lock was taken) is skipped."""
-    count = 0
-    for path in _files_under(source):
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue  # a write in progress: not a file of the queue yet
-        dest = staging / path.relative_to(source)
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+def _scan(root: Path, prefix: str = "") -> dict[str, int]:
+    """Every regular file under ``root`` as {relative path: inode}, from the directory
+    entries alone (no stat of each file: ``DirEntry.inode`` comes with the listing)."""
+    found: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            found.update(_scan(Path(entry.path), f"{prefix}{entry.name}/"))
+        elif entry.is_file(follow_symlinks=False) and not (
+            entry.name.startswith(".") and entry.name.endswith(".tmp")  # a write in progress
+        ):
+            found[prefix + entry.name] = entry.inode()
+    return found
+
+
+def _link(source: Path, dest: Path) -> bool:
+    """Hard-link ``source`` as ``dest`` (copy it across file systems); False when it is
+    gone already."""
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    try:
+        os.link(source, dest)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        if err.errno != errno.EXDEV:  # another file system: copy
+            raise
         try:
-            os.link(path, dest)
+            shutil.copyfile(source, dest)
         except FileNotFoundError:
+            return False
+    return True
+
+
+def _stage(source: Path, staging: Path, staged: dict[str, int] | None = None) -> dict[str, int]:
+    """Make ``staging`` hold what ``source`` holds now, by hard links; returns what it
+    holds. With ``staged`` (what an earlier call staged), only the files added,
+    replaced (another inode under the name) or removed since are linked or unlinked:
+    the call made under the write lock costs a directory listing, not a link per file."""
+    now = _scan(source)
+    done = dict(staged or {})
+    for name in set(done) - set(now):
+        (staging / name).unlink(missing_ok=True)
+        del done[name]
+    for name, inode in now.items():
+        if done.get(name) == inode:
             continue
-        except OSError as err:
-            if err.errno != errno.EXDEV:  # another file system: copy
-                raise
-            try:
-                shutil.copyfile(path, dest)
-            except FileNotFoundError:
-                continue
-        count += 1
-    return count
+        (staging / name).unlink(missing_ok=True)
+        if _link(source / name, staging / name):
+            done[name] = inode
+        else:
+            done.pop(name, None)
+    return done
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -231,6 +266,10 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
     staging.mkdir(parents=True, mode=DIR_MODE)
     hashes: dict[str, str] = {}
     try:
+        sources = {sub: state_dir / sub for sub in SPOOL_DIRS}
+        sources[CERTIFICATES] = certificates
+        # First without the lock (the long part), then again under it (the changes only).
+        staged = {sub: _stage(path, staging / sub) for sub, path in sources.items()}
         writer, reader = _connect(db_path), _connect(db_path)
         try:
             locked = time.monotonic()
@@ -238,9 +277,8 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
             try:
                 reader.execute("BEGIN")
                 result.head = evidence_log.head(reader)  # pins the snapshot
-                for sub in SPOOL_DIRS:
-                    _stage(state_dir / sub, staging / sub)
-                _stage(certificates, staging / CERTIFICATES)
+                for sub, path in sources.items():
+                    _stage(path, staging / sub, staged[sub])
             finally:
                 writer.execute("ROLLBACK")
                 result.lock_seconds = time.monotonic() - locked
