@@ -339,3 +339,20 @@ def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_pat
     finally:
         conn.close()
     assert seq == info["highest_seq"] + 1
+
+
+def test_an_unfinished_backup_or_one_inside_the_state_directory_is_refused(
+    restored: dict[str, Any], tmp_path: Path
+) -> None:
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(restored["backup"], unfinished)
+    (unfinished / "MANIFEST").unlink()  # written last: a backup stopped before the end
+    refused = run_cli(_config(tmp_path, restored["sink"]), "restore", str(unfinished))
+    assert refused.returncode == 2
+    assert f"{unfinished / 'MANIFEST'} does not exist" in refused.stderr
+    gw: Gateway = restored["gateway"]
+    inside = gw.state / "spool" / "b"
+    refused = gw.cli("backup", str(inside))
+    assert refused.returncode == 2
+    assert f"{inside} is inside {gw.state}" in refused.stderr
+    assert not inside.exists()

@@ -259,6 +259,9 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
         raise BackupError(f"{db_path} does not exist: there is nothing to back up")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BackupError(f"{target} is not an empty directory: give a new or empty one")
+    inside = [r for r in (state_dir, certificates) if target.resolve().is_relative_to(r.resolve())]
+    if inside:
+        raise BackupError(f"{target} is inside {inside[0]}: give a directory outside it")
     target.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(target, DIR_MODE)
     result = BackupResult(target)
