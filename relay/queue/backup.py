@@ -283,7 +283,8 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
                 for sub, path in sources.items():
                     _stage(path, staging / sub, staged[sub])
             finally:
-                writer.execute("ROLLBACK")
+                if writer.in_transaction:
+                    writer.execute("ROLLBACK")
                 result.lock_seconds = time.monotonic() - locked
             copy = target / DATABASE
             fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
