@@ -219,7 +219,8 @@ def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
 
     It goes on after the first break, checking each entry against its own stored
     predecessor hash, so one edited row is one or two lines and not "everything after
-    row N".
+    row N". Numbers missing before an entry are a problem unless that entry is a
+    :data:`RESTORED` one declaring exactly them.
     """
     expected_prev, expected_seq = GENESIS, 1
     for row in rows:
