@@ -406,3 +406,23 @@ def test_an_unfinished_backup_or_one_inside_the_state_directory_is_refused(
     assert refused.returncode == 2
     assert f"{inside} is inside {gw.state}" in refused.stderr
     assert not inside.exists()
+
+
+def test_certificates_go_to_the_configured_archive_dir(
+    restored: dict[str, Any], tmp_path: Path
+) -> None:
+    archive = tmp_path / "pdfs"
+    cfg = _config(tmp_path, restored["sink"])
+    cfg.write_text(cfg.read_text() + f'\n[evidence]\narchive_dir = "{archive}"\n')
+    archive.mkdir()
+    (archive / "old.pdf").write_bytes(b"%PDF-1.7\n")
+    refused = run_cli(cfg, "restore", str(restored["backup"]))
+    assert refused.returncode == 2
+    assert f"{archive} is not empty ({archive / 'old.pdf'} is there)" in refused.stderr
+    (archive / "old.pdf").unlink()
+    done = run_cli(cfg, "restore", str(restored["backup"]))
+    assert done.returncode == 0, done.stderr
+    backed_up = sorted(p.name for p in (restored["backup"] / "certificates").glob("*.pdf"))
+    assert backed_up
+    assert sorted(p.name for p in archive.glob("*.pdf")) == backed_up
+    assert not (tmp_path / "state" / "certificates").exists()
