@@ -8,7 +8,8 @@ ETSI EN 319 522-2 where one fits:
 ``SubmissionAcceptance``, ``SubmissionRejection``, ``RelayToNonERDS`` (the remote
 server said 2xx), ``RelayToNonERDSFailure`` (5xx, retries exhausted, later DSN),
 ``ContentHandover``, ``ReceivedFromNonERDS``; and the extensions ``RelayAttemptDeferred``,
-``CertificateIssued``, ``NoticeSent``.
+``CertificateIssued``, ``NoticeSent``, ``Restored`` (the gateway was restored from a
+backup: :data:`RESTORED`).
 
 The log lives in the gateway's database, stored and read by the queue package
 (``relay/queue/evidence_log.py``, the only code that writes SQL); this module computes
@@ -69,6 +70,13 @@ Row = tuple[int, float, str, str | None, str, str, str, str, str | None, str | N
 """An entry as stored: seq, time, qid, recipient, event, detail (its JSON text, as
 hashed), prev_hash, hash, salt (hex; None for format 1 or once forgotten), commitment
 (hex; None for format 1), erased (when the values were forgotten, else None)."""
+
+RESTORED = "Restored"
+"""The entry ``certifica restore`` makes (README, "Backups and restore"). Entries made on
+the lost installation after the backup are not in the restored log, and their sequence
+numbers must never be issued again: a Restored entry is numbered past them, chained to
+the backup's head, and its detail declares the numbers it skips as ``"unlogged": [first,
+last]``. That is the one gap :func:`chain_problems` accepts."""
 
 FORGOTTEN = {"erased": True}
 """What a forgotten entry's detail holds (plus the residue the forgetting kept)."""
@@ -232,12 +240,13 @@ def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
 
     It goes on after the first break, checking each entry against its own stored
     predecessor hash, so one edited row is one or two lines and not "everything after
-    row N".
+    row N". Numbers missing before an entry are a problem unless that entry is a
+    :data:`RESTORED` one declaring exactly them.
     """
     expected_prev, expected_seq = GENESIS, 1
     for row in rows:
         seq, prev_hash, digest = row[0], row[6], row[7]
-        if seq != expected_seq:
+        if seq != expected_seq and not _declared_gap(row, expected_seq):
             missing = (
                 f"entry {expected_seq} is"
                 if seq == expected_seq + 1
@@ -250,6 +259,23 @@ def chain_problems(rows: Iterable[Row]) -> Iterator[tuple[int, str]]:
         if problem:
             yield seq, problem
         expected_prev, expected_seq = digest, seq + 1
+
+
+def _declared_gap(row: Row, expected_seq: int) -> bool:
+    """Whether ``row`` is a :data:`RESTORED` entry that declares exactly the numbers
+    from ``expected_seq`` to the one before its own as unlogged. Its detail is covered
+    by its hash; once forgotten (retention), its event name, which the hash covers too,
+    is what is left to go by."""
+    seq, event, detail_json, erased = row[0], row[4], row[5], row[10]
+    if event != RESTORED or seq <= expected_seq:
+        return False
+    if erased is not None:
+        return True
+    try:
+        detail = json.loads(detail_json)
+    except ValueError:
+        return False
+    return isinstance(detail, dict) and detail.get("unlogged") == [expected_seq, seq - 1]
 
 
 def iso_time(ts: float) -> str:

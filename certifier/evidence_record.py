@@ -208,6 +208,7 @@ class Recipient(TypedDict, total=False):
     delivered_sha256: str | None
     copy: Copy | None
     note: str | None
+    restored_from: str
     tracking: RecipientTracking | None
 
 

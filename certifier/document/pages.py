@@ -863,6 +863,8 @@ def _annex_delivery(doc: Document) -> list[Flowable]:
         ]
         if r.get("note"):
             rows.append((_("Note"), para(r.get("note"), cap=CAP_LINE)))
+        if r.get("restored_from"):
+            rows.append((_("Possible duplicate"), para(_restored_note(doc, r))))
         tracking = as_dict(r.get("tracking"))
         if tracking:
             rows.append(
@@ -885,6 +887,16 @@ def _annex_delivery(doc: Document) -> list[Flowable]:
     if len(items) > CAP_RECIPIENTS:
         out += _more_note(doc, len(items), CAP_RECIPIENTS)
     return out
+
+
+def _restored_note(doc: Document, r: dict[str, Any]) -> str:
+    """Delivery is at least once: the gateway was restored from a backup made while this
+    recipient was still to be tried (README, "Backups and restore")."""
+    return doc._(
+        "The service was restored from a copy of its data made on %(time)s, when this "
+        "message was still on its way to this recipient. It may have been delivered before "
+        "the restore as well, so the recipient may have received it twice."
+    ) % {"time": doc.moment(r.get("restored_from"))}
 
 
 def _copy_changes(doc: Document, copy: object) -> list[Flowable]:

@@ -103,6 +103,12 @@ async def build_evidence(
                 # How to rebuild the delivered copy from message.eml (certifier.copies).
                 "copy": json.loads(r["delivered_copy"]) if r.get("delivered_copy") else None,
                 "note": r["note"],
+                # Pending in the backup a restore started from (relay/queue/backup.py).
+                **(
+                    {"restored_from": iso(r["restored_from"])}
+                    if r.get("restored_from") is not None
+                    else {}
+                ),
                 "tracking": None
                 if r.get("tracked") is None
                 else {

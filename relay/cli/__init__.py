@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
-``erase``, ``retention``.
+``erase``, ``retention``, ``backup``, ``restore``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -19,6 +19,7 @@ from typing import Any
 
 from relay.cli import (
     addendum,
+    backup,
     dkim,
     erase,
     evidence,
@@ -51,6 +52,7 @@ COMMANDS = (
     export,
     erase,
     retention,
+    backup,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

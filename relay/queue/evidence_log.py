@@ -43,9 +43,19 @@ def append(
     event: str,
     detail: dict[str, Any],
     recipient: str | None = None,
+    continue_after: int | None = None,
 ) -> evidence.Entry:
-    """Append one entry after the log's head, inside the caller's transaction."""
-    entry, detail_json = evidence.next_entry(head(conn), time, qid, event, detail, recipient)
+    """Append one entry after the log's head, inside the caller's transaction.
+
+    ``continue_after``: number the entry ``continue_after + 1`` (still chained to the
+    head) where numbers were issued elsewhere: only a ``Restored`` entry does, and it
+    declares the numbers it skips (:func:`certifier.evidence.chain_problems`)."""
+    last = head(conn)
+    if continue_after is not None:
+        if event != evidence.RESTORED or continue_after < (last[0] if last else 0):
+            raise ValueError("only a Restored entry skips sequence numbers, and only forward")
+        last = (continue_after, last[1] if last else evidence.GENESIS)
+    entry, detail_json = evidence.next_entry(last, time, qid, event, detail, recipient)
     conn.execute(
         f"INSERT INTO evidence ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",  # noqa: S608
         (

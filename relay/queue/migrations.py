@@ -256,6 +256,12 @@ MIGRATIONS: list[str] = [
         result TEXT NOT NULL
     );
     """,
+    # 14: restored from a backup (relay/queue/backup.py): a recipient still to be tried in
+    # the backup may have been delivered by the lost installation after it; its
+    # certificate says it may have arrived twice.
+    """
+    ALTER TABLE recipients ADD COLUMN restored_from REAL;   -- the backup's time; NULL: not restored
+    """,
 ]
 
 
