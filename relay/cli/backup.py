@@ -42,6 +42,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     for qid in done.missing:
         print(f"certifica: warning: {qid}: queued, but its spool file was already missing")
     print(f"check it with: cd {done.directory} && sha256sum -c --quiet MANIFEST")
+    print(
+        "keys/subject.key is not in the backup: keep it apart from it and put it back after "
+        'a restore (docs/erasure.md, "The commitment key")'
+    )
     return EXIT_OK
 
 

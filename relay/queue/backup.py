@@ -5,7 +5,7 @@ A backup holds the database (copied with SQLite's online backup API,
 https://www.sqlite.org/backup.html, so the gateway goes on working), the spool
 (``spool/queue`` and ``spool/archive``), the certificates (``[evidence] archive_dir``)
 and the keys (``keys/``: the development PKI and TLS certificate, DKIM keys, the
-``subject.key``, ``verp.key`` and ``tracking.key`` secrets). ``MANIFEST`` lists the
+``verp.key`` and ``tracking.key`` secrets; not ``subject.key``, :data:`LEFT_OUT`). ``MANIFEST`` lists the
 SHA-256 of every other file, in the format ``sha256sum -c`` reads; ``backup.json`` (listed
 in it) says when the backup was made, by which version, the schema version, the
 evidence log's head in the copy and the highest sequence number the log had issued when
@@ -88,6 +88,10 @@ DATABASE = "queue.db"
 SPOOL_DIRS = ("spool/queue", "spool/archive")
 CERTIFICATES = "certificates"
 KEYS = "keys"
+LEFT_OUT = "keys/subject.key"
+"""Never in a backup: whoever holds the database and this key together can test guessed
+addresses against the erasure commitments (docs/erasure.md, "The commitment key"), so the
+operator keeps it apart and puts it back after a restore."""
 RESTORE_QID = "restore"
 """The queue id of a ``Restored`` evidence entry (it is about the gateway, no message)."""
 RESTORE_GAP = 1_000_000
@@ -325,6 +329,8 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
             result.size += size
         for path in _files_under(state_dir / KEYS):
             relative = path.relative_to(state_dir).as_posix()
+            if relative == LEFT_OUT:
+                continue
             _check_name(relative)
             hashes[relative], size = _copy_durably(path, target / relative)
             result.size += size
