@@ -5,9 +5,13 @@ the state directory (acted on as its owner) and the queue's store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,3 +199,33 @@ def default_trust_roots(args: argparse.Namespace) -> list[Path]:
         return list(cfg.signing.trust_roots)
     ca = cfg.state_dir / "keys" / "ca.pem"
     return [ca] if ca.exists() else []
+
+
+def refuse_unless_empty(target: Path) -> None:
+    """An export goes into a new or empty directory, never over files already there."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} is not an empty directory: give a new or empty one")
+
+
+@contextlib.contextmanager
+def written_at_once(target: Path) -> Iterator[Path]:
+    """A temporary directory beside ``target`` (a new or empty directory) to write into,
+    renamed into place when the block ends: an error leaves nothing behind
+    (``certifica export``, ``certifica evidence verify --export``)."""
+    refuse_unless_empty(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    try:
+        yield partial
+        if target.exists():
+            target.rmdir()
+        os.replace(partial, target)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from relay.cli.common import (
     config_of,
     default_trust_roots,
     open_store,
+    written_at_once,
 )
 
 
@@ -55,24 +55,8 @@ def _export_checkpoints(store: Any, target: Path) -> list[Path]:
     """Every checkpoint into ``target``, a new or empty directory, all at once: they are
     written into a temporary directory beside it, renamed into place when complete, so
     an error leaves nothing behind."""
-    import shutil
-    import tempfile
-
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{target} is not an empty directory: give a new or empty one")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as err:
-        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
-    try:
+    with written_at_once(target) as partial:
         written = store.export_checkpoints(partial)
-        if target.exists():
-            target.rmdir()
-        os.replace(partial, target)
-    except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
     return [target / p.name for p in written]
 
 

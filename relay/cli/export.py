@@ -16,17 +16,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from certifier.i18n import LANGUAGES
-from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.cli.common import (
+    EXIT_OK,
+    UserError,
+    config_of,
+    open_store,
+    refuse_unless_empty,
+    written_at_once,
+)
 
 if TYPE_CHECKING:
     from relay.queue.store import Store
@@ -90,8 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     address = subject_address(args.subject, cfg)
     target = Path(args.dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{target} is not an empty directory: give a new or empty one")
+    refuse_unless_empty(target)  # before the database is opened
     with open_store(cfg) as store:
         key = subject_key(cfg, store)
         committed = subjects.commitment(key, address)
@@ -102,21 +106,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     language = args.language or (chosen[0] if chosen else cfg.gateway.language)
     zones = [u["timezone"] for u in found.users if u.get("timezone")]
     timezone = zones[0] if zones else cfg.gateway.timezone
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as err:
-        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
-    try:
+    with written_at_once(target) as partial:
         copied = _write(
             partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"], language, timezone
         )
-        if target.exists():
-            target.rmdir()
-        os.replace(partial, target)
-    except OSError as err:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise UserError(f"{target}: cannot be written ({err.strerror})") from None
     counts = found.counts()
     print(
         f"{address}: {counts['messages']} message(s), {counts['evidence_entries']} evidence "

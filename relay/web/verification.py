@@ -362,39 +362,66 @@ class VerificationPage:
         )
         return web.Response(text=body, content_type="text/html", headers=PAGE_HEADERS)
 
+    def too_large(self, request: web.Request, reader: Reader) -> web.Response:
+        limit = self.cfg.web.max_upload
+        gettext = reader.catalog("web").gettext
+        return self.json(
+            request,
+            413,
+            message=gettext(N_("The file is larger than %(size)s, the largest this page checks."))
+            % {"size": reader.size(limit)},
+        )
+
+    def declared_too_large(self, request: web.Request, reader: Reader) -> web.Response | None:
+        """413 at once for a body announced larger than ``[web] max_upload``."""
+        length = request.content_length
+        if length is not None and length > self.cfg.web.max_upload:
+            return self.too_large(request, reader)
+        return None
+
+    async def receive(
+        self, request: web.Request, reader: Reader, write: Callable[[bytes], Awaitable[None]]
+    ) -> web.Response | None:
+        """Pass the dropped file (the request's body) to ``write``, chunk by chunk; the
+        answer to send instead when it is larger than ``[web] max_upload``, empty, or too
+        slow, else None. A client that trickles its upload would hold one of the few upload
+        slots for as long as it likes: the whole body must arrive within UPLOAD_SECONDS."""
+        gettext = reader.catalog("web").gettext
+        size = 0
+        try:
+            async with asyncio.timeout(UPLOAD_SECONDS):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > self.cfg.web.max_upload:
+                        return self.too_large(request, reader)  # read no further
+                    await write(chunk)
+        except TimeoutError:
+            return self.json(
+                request,
+                408,
+                message=gettext(N_("The file took too long to arrive. Please try again.")),
+            )
+        if not size:
+            return self.json(request, 400, message=gettext(N_("No file was sent.")))
+        return None
+
     async def check(self, request: web.Request) -> web.StreamResponse:
         record = await self.record_of(request)
         if record is None:
             return await self.not_found(request)
         reader = self.reader(request)
         gettext = reader.catalog("web").gettext
-        limit = self.cfg.web.max_upload
-        too_large = gettext(
-            N_("The file is larger than %(size)s, the largest this page checks.")
-        ) % {"size": reader.size(limit)}
         try_later = gettext(N_("The file could not be checked just now. Please try again later."))
-        if request.content_length is not None and request.content_length > limit:
-            return self.json(request, 413, message=too_large)
+        refused = self.declared_too_large(request, reader)
+        if refused is not None:
+            return refused
         if self.checker.full:
             return self.json(request, 503, message=try_later)
         async with self.checker.receiving() as upload:
-            try:
-                # A client that trickles its upload would hold one of the few upload
-                # slots for as long as it likes: the whole body must arrive in time.
-                async with asyncio.timeout(UPLOAD_SECONDS):
-                    async for chunk in request.content.iter_chunked(64 * 1024):
-                        if upload.size + len(chunk) > limit:
-                            return self.json(request, 413, message=too_large)  # read no further
-                        await upload.write(chunk)
-            except TimeoutError:
-                return self.json(
-                    request,
-                    408,
-                    message=gettext(N_("The file took too long to arrive. Please try again.")),
-                )
+            refused = await self.receive(request, reader, upload.write)
+            if refused is not None:
+                return refused
             await upload.finish()
-            if not upload.size:
-                return self.json(request, 400, message=gettext(N_("No file was sent.")))
             result = await self.checker.check(upload)
         if result is None:
             return self.json(request, 503, message=try_later)
@@ -411,29 +438,16 @@ class VerificationPage:
             return await self.not_found(request)
         reader = self.reader(request)
         gettext = reader.catalog("web").gettext
-        limit = self.cfg.web.max_upload
-        too_large = gettext(
-            N_("The file is larger than %(size)s, the largest this page checks.")
-        ) % {"size": reader.size(limit)}
-        if request.content_length is not None and request.content_length > limit:
-            return self.json(request, 413, message=too_large)
         digest = hashlib.sha256()
-        size = 0
-        try:
-            async with asyncio.timeout(UPLOAD_SECONDS):  # as for a check: no trickling
-                async for chunk in request.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > limit:
-                        return self.json(request, 413, message=too_large)  # read no further
-                    digest.update(chunk)
-        except TimeoutError:
-            return self.json(
-                request,
-                408,
-                message=gettext(N_("The file took too long to arrive. Please try again.")),
-            )
-        if not size:
-            return self.json(request, 400, message=gettext(N_("No file was sent.")))
+
+        async def hash_chunk(chunk: bytes) -> None:
+            digest.update(chunk)
+
+        refused = self.declared_too_large(request, reader) or await self.receive(
+            request, reader, hash_chunk
+        )
+        if refused is not None:
+            return refused
         current, earlier, _ = await self.versions_of(record)
         if digest.hexdigest() not in earlier:
             return self.json(
