@@ -22,8 +22,10 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │                                              again on the next scan
     │   ├── relay.web.verification.Unavailable         the verification page's records
     │   │                                              cannot be read now: 503, Retry-After
-    │   └── relay.certify.renewal.RenewalBusy          another renewal pass holds the
-    │                                                  archive: the next one renews
+    │   ├── relay.certify.renewal.RenewalBusy          another renewal pass holds the
+    │   │                                              archive: the next one renews
+    │   └── relay.queue.archive.ArchiveBusy            the archive lock stayed taken: the
+    │                                                  deletion or renewal is tried again
     ├── PermanentError            trying again will not work: an SMTP client gets 5xx,
     │   │                         a recipient fails
     │   ├── relay.smtpd.protocol.DataRefused           5xx to DATA (``reply``)
@@ -32,6 +34,8 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │   ├── ControlCharacter
     │   │   └── NotUtf8
     │   ├── relay.certify.dsn.ParameterError           501 to a DSN parameter (ValueError)
+    │   ├── certifier.lta.NoValidationData             a renewal cannot add the signer's
+    │   │                                              validation data (ValueError)
     │   └── relay.delivery.dkim_keys.UnsignableMessage header not RFC 5322 (ValueError)
     ├── DeliveryError             an outbound attempt ended without a reply for every
     │   │                         recipient; ``temporary`` / ``next_hop`` / ``code`` say
@@ -52,6 +56,8 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │                                              is not running; exit 1
     │   ├── relay.queue.erasure.StillActive            ``certifica erase``: messages about
     │   │                                              the address are still queued
+    │   ├── relay.queue.backup.BackupError             ``certifica backup``/``restore``
+    │   │                                              refused; names the path
     │   └── relay.queue.holds.NoSuchCertificate        ``certifica evidence legal-hold``:
     │                                                  no such certificate (LookupError)
     ├── VerificationError         a certificate cannot be verified; ``certifica verify``

@@ -56,12 +56,14 @@ from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 
+from certifier.errors import PermanentError
+
 log = logging.getLogger("certifica/lta")
 
 __all__ = ["Archiver", "NewestTimestamp", "NoValidationData", "newest_timestamp"]
 
 
-class NoValidationData(ValueError):
+class NoValidationData(PermanentError, ValueError):
     """The signer's certificate has no path to a trust root: the validation data a
     renewal must add first (ETSI EN 319 142-1 section 5.4) cannot be had."""
 
