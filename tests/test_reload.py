@@ -25,6 +25,7 @@ import pytest
 import trustme
 
 from tests.conftest import (
+    CERTIFICA,
     PASSWORD,
     ROOT,
     Gateway,
@@ -311,6 +312,51 @@ def test_keys_that_need_a_restart_are_reported_and_left(setup: Setup) -> None:
     assert len(CHILD_APPLIED.findall(lines)) == CHILDREN  # still one acceptor
     with smtplib.SMTP("127.0.0.1", int(mx_before.rsplit(":", 1)[1]), timeout=30) as client:
         assert client.ehlo("client.test")[0] == 250
+
+
+def held_signals(pid: int) -> int:
+    """The signals ``pid``'s main thread blocks, as a bit mask (bit n-1: signal n)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^SigBlk:\s+([0-9a-f]+)$", status, re.M)
+    assert found, status
+    return int(found.group(1), 16)
+
+
+def test_a_reload_sent_as_the_gateway_starts_is_applied_not_fatal(tmp_path: Path) -> None:
+    """systemd allows `systemctl reload` as soon as it has started the process
+    (Type=simple): a SIGHUP that comes before the master listens for it is held, then
+    applied, instead of ending the gateway (SIGHUP's default action)."""
+    config = write_config(tmp_path, {})
+    state = tmp_path / "state"
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [CERTIFICA, "-c", str(config), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    gw = Gateway(config, state, proc, {}, log_path)
+    try:
+        # The first moment the process holds SIGHUP: the interpreter has just started,
+        # the command's modules and the config are not loaded, nothing of state_dir exists.
+        deadline = time.monotonic() + 30
+        while not held_signals(proc.pid) & (1 << (signal.SIGHUP - 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, gw.log()
+        proc.send_signal(signal.SIGHUP)
+        assert not (state / "listen.json").exists()
+        deadline = time.monotonic() + 60
+        while "certifica/master: reload: " not in gw.log():
+            assert proc.poll() is None, f"ended ({proc.returncode}):\n{gw.log()}"
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.05)
+        assert "applying no changed key" in gw.log(), gw.log()
+        assert proc.poll() is None
+        assert run_cli(config, "status").returncode == 0
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, gw.log()
+    assert_clean_log(gw.log())
 
 
 HOOK = ROOT / "systemd" / "certbot-deploy-hook"
