@@ -261,8 +261,11 @@ def test_a_broken_config_is_refused_and_the_old_one_stays(
     other = setup.ca.issue_cert("other.test")
     other.private_key_pem.write_to_path(str(setup.tmp / "other.key"))
     in_force = served(gw)
+    checked = gw.state / "run" / "reload.toml"  # what a child sent SIGHUP would apply
+    text_before = checked.read_bytes() if checked.exists() else None
     config = setup.write(**broken)
     lines = reload(gw)
+    assert (checked.read_bytes() if checked.exists() else None) == text_before
     refused = [line for line in lines.splitlines() if "reload refused" in line]
     assert len(refused) == 1, lines
     assert named in refused[0] and str(config) in refused[0], refused
