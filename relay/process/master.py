@@ -46,7 +46,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -92,7 +91,7 @@ from relay.process.reload import (
 from relay.production import check_production
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
-from relay.queue.subjects import holds_erasures
+from relay.queue.subjects import database_holds_erasures
 
 log = logging.getLogger("certifica/master")
 
@@ -253,7 +252,7 @@ class Master:
         self.tracking_key = secret(self.paths["keys"] / "tracking.key")
         # Made here so that it exists from the first start; only `certifica erase` and
         # `certifica export` use it (docs/erasure.md). Not made again once lost.
-        subject_key(self.paths["keys"], self._holds_erasures)
+        subject_key(self.paths["keys"], lambda: database_holds_erasures(self.paths["db"]))
         if cfg.dkim.sign:
             own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
@@ -276,13 +275,6 @@ class Master:
         ]
         write_durably(self.paths["listen"], json.dumps(self.listeners.addresses).encode())
         write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
-
-    def _holds_erasures(self) -> bool:
-        conn = sqlite3.connect(self.paths["db"], timeout=10.0)  # made by _prepare_queue
-        try:
-            return holds_erasures(conn)
-        finally:
-            conn.close()
 
     async def _prepare_queue(self) -> None:
         store = Store(self.paths["db"], self.cfg.queue.lifetime)  # migrations
