@@ -29,6 +29,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import Counter, Histogram, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -113,7 +116,51 @@ def enable_multiprocess(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700)
     os.environ[ENV] = str(directory)
+    _values_in_files()
+
+
+# -- prometheus-client beyond its public API ---------------------------------------------
+# Two things the gateway needs that prometheus-client does not offer publicly, written
+# against the version pinned in pyproject.toml and used nowhere else. On an upgrade,
+# check them against the new version's prometheus_client/values.py and multiprocess.py;
+# tests/test_metrics.py checks them with the installed one (and fails on another version).
+PINNED_VERSION = "0.26.0"
+
+
+def _values_in_files() -> None:
+    """Make every value created from now on live in ``PROMETHEUS_MULTIPROC_DIR``: the
+    library chooses its value class once, at import (``values.ValueClass``)."""
     values.ValueClass = values.MultiProcessValue()
+
+
+def installed_version() -> str:
+    """The version of prometheus-client this process runs."""
+    from importlib.metadata import version
+
+    return version("prometheus-client")
+
+
+class ValueFiles(Collector):
+    """A collector (``registry.register(ValueFiles(directory))``) of every process's
+    value files in ``directory``, added up as prometheus-client's
+    :class:`~prometheus_client.multiprocess.MultiProcessCollector` adds them, but
+    leaving out a file still being made: a process that counts for the first time
+    creates its file empty, then sizes it, and a scrape in between would fail on it.
+    Once sized, a file is always readable (an entry is written before the header counts
+    it). The library's collector reads every ``*.db`` file with no such exception."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for path in self.directory.glob("*.db"):
+            try:
+                if path.stat().st_size >= 8:  # the header: how much of the file is used
+                    files.append(str(path))
+            except FileNotFoundError:
+                continue
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return]
 
 
 SMTP_LISTENERS = ("submission", "submission_tls", "mx")

@@ -343,3 +343,57 @@ def test_the_tsa_probe_connects_at_most_every_few_minutes_and_asks_nothing(
     assert second is first  # the second look within TSA_PROBE_EVERY reuses the probe
     assert len(connections) == 1 and TSA_PROBE_EVERY >= 60
     assert received == [b""]  # connected, then closed: not one byte of a request
+
+
+ADAPTER_PROBE = """
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry, generate_latest
+from relay.metrics import MESSAGES_ACCEPTED, ValueFiles, enable_multiprocess
+
+directory = Path(sys.argv[1])
+enable_multiprocess(directory)
+MESSAGES_ACCEPTED.labels("mx").inc(3)
+(directory / "counter_999999.db").touch()  # another process's file, still being made
+registry = CollectorRegistry()
+registry.register(ValueFiles(directory))
+print(sorted(p.name for p in directory.iterdir()))
+print(generate_latest(registry).decode())
+"""
+
+
+def test_the_prometheus_client_adapter_works_with_the_installed_version(tmp_path: Path) -> None:
+    """relay/metrics.py reaches past prometheus-client's public API in one place (the
+    value class, the merge of the value files): checked against the installed library,
+    in a fresh interpreter (it changes where that process keeps its values). Another
+    version than the one the code was written for fails here first, by name."""
+    import subprocess
+    import sys
+
+    from relay.metrics import PINNED_VERSION, installed_version
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'"prometheus-client=={PINNED_VERSION}"' in pyproject
+    assert installed_version() == PINNED_VERSION, (
+        f"prometheus-client {installed_version()} is installed; relay/metrics.py's adapter "
+        f"was written for {PINNED_VERSION}: check it against the new version, then "
+        "PINNED_VERSION and pyproject.toml"
+    )
+    directory = tmp_path / "metrics"
+    probe = subprocess.run(
+        [sys.executable, "-c", ADAPTER_PROBE, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+    )
+    assert probe.returncode == 0, probe.stderr
+    files, exposition = probe.stdout.split("\n", 1)
+    assert f"'counter_{os.getpid()}.db'" not in files  # the probe's own pid, not ours
+    assert files.count(".db") == 2, files  # the value went to a file of the directory
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    assert samples[("certifica_messages_accepted_total", (("listener", "mx"),))] == 3.0

@@ -67,6 +67,37 @@ def test_no_sql_outside_the_queue_package() -> None:
     )
 
 
+def sqlite_imports(path: Path) -> list[int]:
+    """The lines of ``path`` importing the sqlite3 module: a connection opened with it
+    runs SQL however the statement is spelled."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == "sqlite3" for a in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sqlite3":
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_import_check_finds_sqlite3(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os, sqlite3\nfrom sqlite3 import connect\nimport sqlite_utils\n")
+    assert sqlite_imports(sample) == [1, 2]
+
+
+def test_no_database_connection_outside_the_queue_package() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): found
+        for p in modules_outside_queue()
+        if (found := sqlite_imports(p))
+    }
+    assert offenders == {}, (
+        "sqlite3 imported outside relay/queue/ (give the queue package a function instead): "
+        + "; ".join(f"{path} line {lines}" for path, lines in offenders.items())
+    )
+
+
 def test_the_queue_package_is_where_the_sql_is() -> None:
     """The check looks where SQL is: the queue package has plenty (it would find it)."""
     assert sum(len(sql_in(p)) for p in QUEUE.glob("*.py")) > 50

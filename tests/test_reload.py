@@ -25,6 +25,7 @@ import pytest
 import trustme
 
 from tests.conftest import (
+    CERTIFICA,
     PASSWORD,
     ROOT,
     Gateway,
@@ -260,8 +261,11 @@ def test_a_broken_config_is_refused_and_the_old_one_stays(
     other = setup.ca.issue_cert("other.test")
     other.private_key_pem.write_to_path(str(setup.tmp / "other.key"))
     in_force = served(gw)
+    checked = gw.state / "run" / "reload.toml"  # what a child sent SIGHUP would apply
+    text_before = checked.read_bytes() if checked.exists() else None
     config = setup.write(**broken)
     lines = reload(gw)
+    assert (checked.read_bytes() if checked.exists() else None) == text_before
     refused = [line for line in lines.splitlines() if "reload refused" in line]
     assert len(refused) == 1, lines
     assert named in refused[0] and str(config) in refused[0], refused
@@ -295,7 +299,7 @@ def test_certifica_reload_says_what_came_of_it(setup: Setup, tmp_path: Path) -> 
         "applying no changed key" in applied.stdout and "TLS certificate SHA256" in applied.stdout
     )
     idle = run_cli(write_config(tmp_path, {}), "reload")
-    assert idle.returncode != 0 and "the gateway is not running" in idle.stderr, idle
+    assert idle.returncode == 3 and "the gateway is not running" in idle.stderr, idle
 
 
 def test_keys_that_need_a_restart_are_reported_and_left(setup: Setup) -> None:
@@ -313,6 +317,51 @@ def test_keys_that_need_a_restart_are_reported_and_left(setup: Setup) -> None:
         assert client.ehlo("client.test")[0] == 250
 
 
+def held_signals(pid: int) -> int:
+    """The signals ``pid``'s main thread blocks, as a bit mask (bit n-1: signal n)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^SigBlk:\s+([0-9a-f]+)$", status, re.M)
+    assert found, status
+    return int(found.group(1), 16)
+
+
+def test_a_reload_sent_as_the_gateway_starts_is_applied_not_fatal(tmp_path: Path) -> None:
+    """systemd allows `systemctl reload` as soon as it has started the process
+    (Type=simple): a SIGHUP that comes before the master listens for it is held, then
+    applied, instead of ending the gateway (SIGHUP's default action)."""
+    config = write_config(tmp_path, {})
+    state = tmp_path / "state"
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [CERTIFICA, "-c", str(config), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    gw = Gateway(config, state, proc, {}, log_path)
+    try:
+        # The first moment the process holds SIGHUP: the interpreter has just started,
+        # the command's modules and the config are not loaded, nothing of state_dir exists.
+        deadline = time.monotonic() + 30
+        while not held_signals(proc.pid) & (1 << (signal.SIGHUP - 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, gw.log()
+        proc.send_signal(signal.SIGHUP)
+        assert not (state / "listen.json").exists()
+        deadline = time.monotonic() + 60
+        while "certifica/master: reload: " not in gw.log():
+            assert proc.poll() is None, f"ended ({proc.returncode}):\n{gw.log()}"
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.05)
+        assert "applying no changed key" in gw.log(), gw.log()
+        assert proc.poll() is None
+        assert run_cli(config, "status").returncode == 0
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, gw.log()
+    assert_clean_log(gw.log())
+
+
 HOOK = ROOT / "systemd" / "certbot-deploy-hook"
 
 
@@ -322,63 +371,98 @@ def test_the_certbot_deploy_hook_is_valid_shell() -> None:
 
 
 def test_the_certbot_deploy_hook_installs_the_renewal_and_reloads(setup: Setup) -> None:
-    """The hook as certbot runs it, with a stub ``systemctl`` on PATH that records its
-    arguments and does what ``systemctl reload certifica`` does: SIGHUP to the master."""
+    """The hook as certbot runs it, with the real ``certifica reload`` against the test
+    gateway's config: it exits 0 when the gateway took the pair, 1 when it refused it
+    (the previous pair still served), 1 while its name= is the placeholder, and 0 when
+    the gateway is not running (the files are installed for its start)."""
     gw, tmp = setup.gw, setup.tmp
     dest = tmp / "tls"
-    calls = tmp / "systemctl-calls"
-    stub = tmp / "bin" / "systemctl"
-    stub.parent.mkdir()
-    stub.write_text(
-        "#!/bin/sh\n"
-        f'echo "$@" >> "{calls}"\n'
-        f'[ "$*" = "reload certifica" ] && kill -HUP "$(cat "{gw.state}/run/master.pid")"\n'
-    )
-    stub.chmod(0o755)
+    idle_dest = tmp / "idle" / "tls"
 
-    def renew(lineage: Path, domains: str) -> subprocess.CompletedProcess[str]:
+    def renew(
+        lineage: Path, domains: str, name: str | None = "mx.example.org", **more: str
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
-            "PATH": f"{stub.parent}:{os.environ['PATH']}",
             "RENEWED_LINEAGE": str(lineage),
             "RENEWED_DOMAINS": domains,
-            "CERTIFICA_TLS_NAME": "mx.example.org",
             "CERTIFICA_TLS_DIR": str(dest),
             "CERTIFICA_TLS_OWNER": subprocess.check_output(["id", "-un"], text=True).strip(),
             "CERTIFICA_TLS_GROUP": subprocess.check_output(["id", "-gn"], text=True).strip(),
+            "CERTIFICA_CONFIG": str(gw.config),
+            "CERTIFICA_COMMAND": CERTIFICA,
+            **more,
         }
-        result = subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        return result
+        if name is not None:
+            env["CERTIFICA_TLS_NAME"] = name
+        else:
+            env.pop("CERTIFICA_TLS_NAME", None)
+        return subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=60)
 
-    def lineage(name: str) -> tuple[Path, bytes]:
+    def lineage(name: str, key_of: str | None = None) -> tuple[Path, bytes]:
         live = tmp / "live" / name
         live.mkdir(parents=True)
         issued = setup.ca.issue_cert("mx.example.org")
         issued.private_key_pem.write_to_path(str(live / "privkey.pem"))
+        if key_of is not None:  # a key that is not the certificate's
+            (live / "privkey.pem").write_bytes((tmp / "live" / key_of / "privkey.pem").read_bytes())
         chain = b"".join(blob.bytes() for blob in issued.cert_chain_pems)
         (live / "fullchain.pem").write_bytes(chain)
         return live, ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
 
     # Another certificate of the host: nothing copied, no reload.
+    start = len(gw.log())
     other, _ = lineage("other")
-    renew(other, "www.example.org")
-    assert not dest.exists() and not calls.exists()
+    result = renew(other, "www.example.org")
+    assert result.returncode == 0 and not result.stdout and not result.stderr, result
+    assert not dest.exists() and "reload" not in gw.log()[start:]
+
+    # name= left as shipped: every certificate is refused, none installed.
+    placeholder = renew(other, "mx.example.org", name=None)
+    assert placeholder.returncode == 1, placeholder
+    assert "still the placeholder mx.example.org" in placeholder.stderr, placeholder
+    assert placeholder.stderr.count("\n") == 1 and not dest.exists()
 
     setup.listen_mx = "127.0.0.1:0"
     setup.sections["tls"] = f'cert = "{dest}/fullchain.pem"\nkey = "{dest}/privkey.pem"'
     setup.write()
+    results: list[subprocess.CompletedProcess[str]] = []
     for name in ("first", "renewed"):
         live, der = lineage(name)
-        lines = reload(gw, trigger=lambda live=live: renew(live, "example.org mx.example.org"))
+        lines = reload(
+            gw, trigger=lambda live=live: results.append(renew(live, "example.org mx.example.org"))
+        )
         assert "reload refused" not in lines, lines
+        took = results.pop()
+        assert took.returncode == 0, took
+        assert "reload: " in took.stdout and "TLS certificate SHA256" in took.stdout, took
         assert served(gw) == der
-    assert calls.read_text().splitlines() == ["reload certifica"] * 2
     assert (dest / "privkey.pem").read_bytes() == (live / "privkey.pem").read_bytes()
     assert (dest / "fullchain.pem").stat().st_mode & 0o777 == 0o644
     assert (dest / "privkey.pem").stat().st_mode & 0o777 == 0o640
     assert dest.stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in dest.iterdir()) == ["fullchain.pem", "privkey.pem"]
+
+    # A pair the gateway refuses: certbot sees the hook fail; the previous pair stays served.
+    broken, _ = lineage("broken", key_of="first")
+    reload(gw, trigger=lambda: results.append(renew(broken, "mx.example.org")))
+    refused = results.pop()
+    assert refused.returncode == 1, refused
+    assert "reload refused:" in refused.stderr and "is not the key of tls.cert" in refused.stderr
+    assert "still serves the previous one" in refused.stderr, refused
+    assert served(gw) == der
+    reload(gw, trigger=lambda: results.append(renew(live, "mx.example.org")))  # good again
+    assert results.pop().returncode == 0 and served(gw) == der
+
+    # The gateway not running (the first certificate, before the first start).
+    (tmp / "idle").mkdir()
+    idle_config = write_config(tmp / "idle", {})
+    stopped = renew(
+        live, "mx.example.org", CERTIFICA_CONFIG=str(idle_config), CERTIFICA_TLS_DIR=str(idle_dest)
+    )
+    assert stopped.returncode == 0, stopped
+    assert "the gateway is not running; it reads" in stopped.stdout, stopped
+    assert (idle_dest / "fullchain.pem").read_bytes() == (live / "fullchain.pem").read_bytes()
 
 
 def test_no_process_was_restarted_by_the_reloads(setup: Setup) -> None:

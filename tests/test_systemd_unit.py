@@ -103,6 +103,14 @@ def test_systemd_analyze_verify_of_the_installed_unit_finds_nothing(tmp_path: Pa
     )
 
 
+def test_a_gateway_ended_by_sighup_is_started_again() -> None:
+    """A reload that reaches the process before Python runs its first line ends it with
+    SIGHUP, which Restart=on-failure alone counts as a clean stop (systemd.service(5))."""
+    lines = UNIT.read_text().splitlines()
+    assert "Restart=on-failure" in lines
+    assert "RestartForceExitStatus=SIGHUP" in lines
+
+
 def _has_seccomp() -> bool:
     if not os.path.exists(SYSTEM_PYTHON) or shutil.which("systemd-analyze") is None:
         return False

@@ -14,10 +14,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
-from relay.cli import (
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand in ``argv`` (the first word that is not an option or -c's value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-c", "--config"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+# `certifica serve`: SIGHUP (a reload) is held from the first line of the command, not
+# only once the master is listening for it: systemd may send one as soon as it has
+# started the process (Type=simple), and SIGHUP's default action ends a process. Held, it
+# is applied once the master waits for signals (Master.run); the children start with it
+# held too (relay.process.child). The rest of the CLI is imported after this.
+_HELD = _command(sys.argv[1:]) == "serve"
+if _HELD:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+from relay.cli import (  # noqa: E402 - after SIGHUP is held
     addendum,
     backup,
     dkim,
@@ -34,8 +56,8 @@ from relay.cli import (
     users,
     verify,
 )
-from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError
-from relay.config import ConfigError
+from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError  # noqa: E402
+from relay.config import ConfigError  # noqa: E402
 
 COMMANDS = (
     serve,
@@ -97,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":  # main(argv) called from Python: hold it from here
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    elif _HELD:  # the import guessed serve, but argv was another command's
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         return int(args.func(args))
     except (ConfigError, UserError) as err:

@@ -15,6 +15,11 @@ from typing import Any
 
 from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, become_owner, config_of
 
+EXIT_NOT_RUNNING = 3
+"""The gateway is not running: nothing to reload (the LSB's status code for a program
+that is not running); it reads the configuration when it starts. certbot's deploy hook
+(``systemd/certbot-deploy-hook``) tells this apart from a refusal."""
+
 
 def _outcome(path: Path) -> dict[str, Any]:
     """The master's last reload outcome (``run/reload.json``), or {} before the first."""
@@ -35,7 +40,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         pid = master_pid(cfg.state_dir)
     except NotRunning as err:
-        raise UserError(str(err)) from None
+        print(f"certifica: {err}; it reads its configuration when it starts", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     path = run_dir(cfg.state_dir) / RELOAD_RESULT
     last = _outcome(path)
     before = last.get("serial", 0) if last.get("pid") == pid else 0
@@ -78,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "state_dir/run/master.pid), as `systemctl reload certifica` does, and print what "
         "came of it: the keys applied and the TLS certificate now served, the keys that "
         "need a restart, or why the new configuration was refused (exit 1; the "
-        "configuration in force then stays). Exit 1 as well when the gateway is not running.",
+        "configuration in force then stays). Exit 3 when the gateway is not running.",
     )
     p.add_argument(
         "--wait",

@@ -32,13 +32,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from relay.config import Config
 from relay.health import Readiness
 from relay.logs import log_failure, loop_exception_handler
-from relay.metrics import metrics_dir
+from relay.metrics import ValueFiles, metrics_dir
 from relay.process.child import StatusFile, report_status
 from relay.process.reload import listen_for_log_reload
 from relay.queue.health import QueueFigures
@@ -106,27 +105,10 @@ class QueueCollector(Collector):
         )
 
 
-class ValueFiles(MultiProcessCollector):
-    """prometheus-client's collector of every process's value files, leaving out a file
-    still being made: a process that counts for the first time creates its file empty,
-    then sizes it, and a scrape in between would fail on it. Once sized, a file is
-    always readable (an entry is written before the header counts it)."""
-
-    def collect(self):  # type: ignore[no-untyped-def]  # prometheus-client's signature
-        files = []
-        for path in Path(self._path).glob("*.db"):
-            try:
-                if path.stat().st_size >= 8:  # the header: how much of the file is used
-                    files.append(str(path))
-            except FileNotFoundError:
-                continue
-        return self.merge(files, accumulate=True)
-
-
 def exposition(directory: Path, figures: QueueFigures | None, now: float) -> bytes:
     """The text of ``/metrics``: every process's value files, and ``figures``."""
     registry = CollectorRegistry()
-    ValueFiles(registry, path=str(directory))
+    registry.register(ValueFiles(directory))
     if figures is not None:
         registry.register(QueueCollector(figures, now))
     return generate_latest(registry)

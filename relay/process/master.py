@@ -46,7 +46,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -82,11 +81,17 @@ from relay.process.gateway import (
     subject_key,
     tls_contexts,
 )
-from relay.process.reload import RELOAD_RESULT, apply_logging, merge, reload_path
+from relay.process.reload import (
+    RELOAD_RESULT,
+    apply_logging,
+    check_logging,
+    merge,
+    reload_path,
+)
 from relay.production import check_production
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
-from relay.queue.subjects import holds_erasures
+from relay.queue.subjects import database_holds_erasures
 
 log = logging.getLogger("certifica/master")
 
@@ -247,7 +252,7 @@ class Master:
         self.tracking_key = secret(self.paths["keys"] / "tracking.key")
         # Made here so that it exists from the first start; only `certifica erase` and
         # `certifica export` use it (docs/erasure.md). Not made again once lost.
-        subject_key(self.paths["keys"], self._holds_erasures)
+        subject_key(self.paths["keys"], lambda: database_holds_erasures(self.paths["db"]))
         if cfg.dkim.sign:
             own = DkimKeyring(self.paths["keys"]).ensure_gateway_key(cfg.gateway.domain)
             log.info("DKIM: signing as %s; publish TXT %s", own.dns_name, own.dns_txt)
@@ -270,13 +275,6 @@ class Master:
         ]
         write_durably(self.paths["listen"], json.dumps(self.listeners.addresses).encode())
         write_durably(self.run_dir / "master.pid", f"{os.getpid()}\n".encode())
-
-    def _holds_erasures(self) -> bool:
-        conn = sqlite3.connect(self.paths["db"], timeout=10.0)  # made by _prepare_queue
-        try:
-            return holds_erasures(conn)
-        finally:
-            conn.close()
 
     async def _prepare_queue(self) -> None:
         store = Store(self.paths["db"], self.cfg.queue.lifetime)  # migrations
@@ -542,8 +540,10 @@ class Master:
             shown = served_certificate(new, self.pki)
             if new.dkim.sign:  # made here at the first start too; the agents read the files
                 DkimKeyring(self.paths["keys"]).ensure_gateway_key(new.gateway.domain)
-            write_durably(reload_path(self.run_dir), text.encode("utf-8"))
-            apply_logging(new)  # the last check: it changes nothing when it fails
+            check_logging(new)  # the last check
+            # Only a text that passed every check is written: a child sent SIGHUP from
+            # outside (`systemctl kill -s HUP` signals every process) applies this file.
+            self._install_reload(text, new)
         except ConfigError as err:
             self._reloaded("refused", str(err))
             return
@@ -565,6 +565,25 @@ class Master:
         for slot in self.slots:
             if slot.pid:
                 _signal(slot.pid, signal.SIGHUP)
+
+    def _install_reload(self, text: str, new: Config) -> None:
+        """Write ``run/reload.toml`` and take ``new``'s log settings; when the log file
+        went away since it was checked, the text the children had stays and the
+        :class:`ConfigError` is raised."""
+        path = reload_path(self.run_dir)
+        try:
+            before: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            before = None
+        write_durably(path, text.encode("utf-8"))
+        try:
+            apply_logging(new)  # changes nothing when it fails
+        except ConfigError:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_durably(path, before)
+            raise
 
     def _reloaded(self, outcome: str, message: str, needs_restart: tuple[str, ...] = ()) -> None:
         """Log a reload's outcome and leave it in ``run/reload.json`` for ``certifica

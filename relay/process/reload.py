@@ -98,16 +98,33 @@ def reload_path(run_dir: Path) -> Path:
     return run_dir / RELOAD_TEXT
 
 
+def _unwritable(cfg: Config, err: OSError) -> ConfigError:
+    where = cfg.source or "(embedded defaults)"
+    return ConfigError(
+        f"{where}: log.file = {cfg.log.file} cannot be written ({err.strerror or err})"
+    )
+
+
+def check_logging(cfg: Config) -> None:
+    """Raises :class:`ConfigError` naming ``log.file`` when ``[log] file`` of ``cfg``
+    cannot be opened for appending; changes no logging (the file is made when missing,
+    as the logging would make it)."""
+    if cfg.log.file is None:
+        return
+    try:
+        with open(cfg.log.file, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise _unwritable(cfg, err) from None
+
+
 def apply_logging(cfg: Config) -> None:
     """``[log]`` of ``cfg`` in this process; raises :class:`ConfigError` naming
     ``log.file`` when it cannot be opened (the logging in force then stays)."""
     try:
         configure(cfg.log.level, cfg.log.format, cfg.log.file)
     except OSError as err:
-        where = cfg.source or "(embedded defaults)"
-        raise ConfigError(
-            f"{where}: log.file = {cfg.log.file} cannot be written ({err.strerror or err})"
-        ) from None
+        raise _unwritable(cfg, err) from None
 
 
 Apply = Callable[[Reload], Callable[[], None]]

@@ -43,6 +43,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 COMMITMENT_PREFIX = "erased:"
@@ -73,6 +74,16 @@ def commitment(key: bytes, address: str) -> str:
     not a bare SHA-256)."""
     mac = hmac.new(key, normalise(address).encode("utf-8"), hashlib.sha256).hexdigest()
     return COMMITMENT_PREFIX + mac
+
+
+def database_holds_erasures(path: Path) -> bool:
+    """:func:`holds_erasures` of the database at ``path`` (made and migrated already),
+    on a connection of its own (the master's start, before any process has the queue)."""
+    conn = sqlite3.connect(path, timeout=10.0)
+    try:
+        return holds_erasures(conn)
+    finally:
+        conn.close()
 
 
 def holds_erasures(conn: sqlite3.Connection) -> bool:
