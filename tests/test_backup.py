@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -428,3 +429,75 @@ def test_certificates_go_to_the_configured_archive_dir(
     assert backed_up
     assert sorted(p.name for p in archive.glob("*.pdf")) == backed_up
     assert not (tmp_path / "state" / "certificates").exists()
+
+
+def _pages(size: int) -> int:
+    return -(-size // 4096)
+
+
+def test_a_restore_stopped_by_a_full_disk_blocks_the_start_until_run_again(
+    restored: dict[str, Any], tmp_path: Path
+) -> None:
+    """The disk fills up after queue.db was copied, before the spool files: the state
+    directory holds the backup's database without its Restored entry. The gateway must
+    not start on it (it would issue again numbers the lost one may have issued); the
+    restore run again, with room, starts over and finishes."""
+    backup: Path = restored["backup"]
+    listed = [line.split("  ", 1)[1] for line in (backup / "MANIFEST").read_text().splitlines()]
+    before = sum(
+        _pages((backup / n).stat().st_size)
+        for n in listed
+        if not n.startswith("spool/") and n != "backup.json"
+    )
+    spool = [_pages((backup / n).stat().st_size) for n in listed if n.startswith("spool/")]
+    assert len(spool) >= 4
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    try:
+        cfg = _config(mount, restored["sink"])
+        (mount / "state").mkdir()
+        filler = mount / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        # Room for the marker, everything before the spool, and half the spool.
+        os.truncate(filler, filler.stat().st_size - (before + 1 + sum(spool) // 2) * 4096)
+        failed = run_cli(cfg, "restore", str(backup))
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        assert "No space left on device" in failed.stderr
+        assert "the restore did not finish" in failed.stderr
+        assert f"run certifica restore {backup} again" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        state = mount / "state"
+        assert (state / "queue.db").is_file()  # the backup's database, no Restored entry
+        assert (state / "RESTORING").is_file()
+        refused = run_cli(cfg, "serve")
+        assert refused.returncode != 0
+        assert f"{state / 'RESTORING'} is there: a restore into {state} did not finish" in (
+            refused.stderr
+        )
+        assert "Traceback" not in refused.stderr
+        assert not (state / "master.lock").exists()
+        filler.unlink()
+        done = run_cli(cfg, "restore", str(backup))
+        assert done.returncode == 0, done.stderr
+        assert not (state / "RESTORING").exists()
+        for name in listed:
+            if name.startswith("spool/"):
+                assert (state / name).read_bytes() == (backup / name).read_bytes(), name
+        verified = run_cli(cfg, "evidence", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        conn = sqlite3.connect(state / "queue.db")
+        try:
+            (restores,) = conn.execute(
+                "SELECT COUNT(*) FROM evidence WHERE event = ?", (evidence.RESTORED,)
+            ).fetchone()
+        finally:
+            conn.close()
+        assert restores == 1
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -33,8 +33,13 @@ system than the state directory (no hard link across), they are copied instead (
 replaced one under the lock).
 
 **Restore** checks every hash of the manifest first, refuses a state directory that
-holds any file (naming it), copies the files back durably, then records a ``Restored``
-evidence entry naming the backup (its time and the SHA-256 of its ``MANIFEST``). Entries
+holds any file (naming it), writes :data:`UNFINISHED` into it, copies the files back
+durably, records a ``Restored`` evidence entry naming the backup (its time and the
+SHA-256 of its ``MANIFEST``), and only after that entry has committed removes
+:data:`UNFINISHED`. A restore stopped half way (a full disk) leaves a database without
+its ``Restored`` entry: a gateway started on it would issue again the numbers after the
+backup's head, so ``certifica serve`` refuses to start while the marker is there, and
+``certifica restore`` run again removes what the stopped one copied and starts over. Entries
 made on the lost installation after the backup had sequence numbers above the copy's
 head; they must never be issued twice (a certificate sent before the loss may cite one).
 The highest one known is the larger of ``backup.json``'s ``highest_seq`` and the
@@ -88,6 +93,11 @@ DATABASE = "queue.db"
 SPOOL_DIRS = ("spool/queue", "spool/archive")
 CERTIFICATES = "certificates"
 KEYS = "keys"
+UNFINISHED = "RESTORING"
+"""In the state directory from a restore's first file copied until its ``Restored`` entry
+has committed: a restore stopped half way (a full disk) leaves it, ``certifica serve``
+refuses to start while it is there, and ``certifica restore`` run again removes what the
+stopped one copied and starts over."""
 LEFT_OUT = "keys/subject.key"
 """Never in a backup: whoever holds the database and this key together can test guessed
 addresses against the erasure commitments (docs/erasure.md, "The commitment key"), so the
@@ -432,7 +442,11 @@ def restore(
         )
     if gap < 0:
         raise BackupError("--gap must be 0 or more")
+    marker = state_dir / UNFINISHED
+    unfinished = _unfinished_restore(marker)
     for root in (state_dir, certificates):
+        if unfinished is not None and (root == state_dir or str(root) == unfinished):
+            continue  # this command's own partial copy, removed below
         found = _first_file(root)
         if found is not None:
             raise BackupError(
@@ -442,6 +456,83 @@ def restore(
     if DATABASE not in listed:
         raise BackupError(f"the backup is damaged: {source / DATABASE} is not in its MANIFEST")
     state_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    try:
+        if unfinished is not None:
+            _clear(state_dir, keep=marker)
+            _clear(certificates)
+        else:
+            # Before the first file: a copy stopped half way is never taken for a state
+            # directory (`certifica serve` refuses to start while it is there).
+            mark = {"source": str(source), "certificates": str(certificates)}
+            _write_new(marker, json.dumps(mark).encode())
+            fsync_dir(state_dir)
+        entry, unlogged, in_flight, backup_time = _restore_files(
+            source, listed, info, manifest_sha256, state_dir, certificates, continue_after, gap, now
+        )
+        # Only once the Restored entry has committed is the state directory a gateway's.
+        marker.unlink()
+        fsync_dir(state_dir)
+    except (OSError, sqlite3.Error) as err:
+        where = getattr(err, "filename", None)
+        why = getattr(err, "strerror", None) or str(err)
+        raise BackupError(
+            f"{where + ': ' if where else ''}{why}; the restore did not finish, and the gateway "
+            f"will not start on {state_dir} until it has: run certifica restore {source} again "
+            "(it starts over)"
+        ) from None
+    return RestoreResult(
+        state_dir,
+        len(listed),
+        backup_time,
+        manifest_sha256,
+        entry.seq,
+        unlogged,
+        in_flight,
+    )
+
+
+def _unfinished_restore(marker: Path) -> str | None:
+    """The certificates directory an unfinished restore wrote into, when ``marker``
+    (:data:`UNFINISHED`) says one did; None when there is none."""
+    try:
+        text = marker.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:  # cut short by the failure it marks: the state directory only
+        return ""
+    return str(data.get("certificates")) if isinstance(data, dict) else ""
+
+
+def _clear(root: Path, keep: Path | None = None) -> None:
+    """Remove everything under ``root`` but ``keep``: what an unfinished restore copied."""
+    if not root.is_dir():
+        return
+    for entry in os.scandir(root):
+        path = Path(entry.path)
+        if path == keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    fsync_dir(root)
+
+
+def _restore_files(
+    source: Path,
+    listed: dict[str, str],
+    info: dict[str, Any],
+    manifest_sha256: str,
+    state_dir: Path,
+    certificates: Path,
+    continue_after: int | None,
+    gap: int,
+    now: float | None,
+) -> tuple[evidence.Entry, tuple[int, int] | None, int, str]:
+    """Copy the backup's files and record the ``Restored`` entry; returns the entry, the
+    numbers it skips, the recipients still to be tried and the backup's time."""
     for name in sorted(listed):
         if name in (INFO,):
             continue
@@ -449,7 +540,12 @@ def restore(
             dest = certificates / name[len(CERTIFICATES) + 1 :]
         else:
             dest = state_dir / name
-        _copy_durably(source / name, dest)
+        try:
+            _copy_durably(source / name, dest)
+        except OSError as err:
+            if not err.filename:  # a failed write names no file: name the one written
+                err.filename = str(dest)
+            raise
     for root in (state_dir, certificates):
         if root.is_dir():
             _fsync_tree(root)
@@ -496,12 +592,4 @@ def restore(
             raise
     finally:
         conn.close()
-    return RestoreResult(
-        state_dir,
-        len(listed),
-        backup_time,
-        manifest_sha256,
-        entry.seq,
-        unlogged,
-        in_flight,
-    )
+    return entry, unlogged, in_flight, backup_time
