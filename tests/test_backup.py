@@ -270,7 +270,8 @@ def test_the_evidence_log_verifies_and_continues_after_the_highest(
     assert len(rows) == 1
     seq, _event, detail_json = rows[0]
     detail = json.loads(detail_json)
-    assert seq == info["highest_seq"] + RESTORE_GAP + 1
+    floor = int(_restored_entry(gw.state)[1] * 1000)
+    assert seq == max(info["highest_seq"] + RESTORE_GAP, floor) + 1
     assert before == info["evidence_head"]["seq"]
     assert detail["unlogged"] == [info["evidence_head"]["seq"] + 1, seq - 1]
     assert detail["backup_time"] == info["time"]
@@ -362,6 +363,40 @@ def test_chain_accepts_only_the_gap_a_restored_entry_declares() -> None:
     assert [s for s, _p in evidence.chain_problems(rows[:2] + rows[3:])] == [12, 12]
 
 
+def _restored_entry(state: Path) -> tuple[int, float]:
+    """The sequence number and time of the state directory's (last) Restored entry."""
+    conn = sqlite3.connect(state / "queue.db")
+    try:
+        seq, at = conn.execute(
+            "SELECT seq, time FROM evidence WHERE event = ? ORDER BY seq DESC LIMIT 1",
+            (evidence.RESTORED,),
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(seq), float(at)
+
+
+def test_one_backup_restored_twice_gives_different_increasing_numbers(
+    restored: dict[str, Any], tmp_path: Path
+) -> None:
+    """A drill, then the real restore of the same backup: the second Restored entry (and
+    all that follows it) is numbered above the first, which depends on the backup only
+    but for the clock's floor (milliseconds since the epoch)."""
+    numbers = []
+    for name in ("drill", "real"):
+        (tmp_path / name).mkdir()
+        cfg = _config(tmp_path / name, restored["sink"])
+        done = run_cli(cfg, "restore", str(restored["backup"]))
+        assert done.returncode == 0, done.stderr
+        seq, at = _restored_entry(tmp_path / name / "state")
+        assert seq == max(restored["info"]["highest_seq"] + RESTORE_GAP, int(at * 1000)) + 1
+        assert seq < 2**53  # exact in JSON
+        verified = run_cli(cfg, "evidence", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        numbers.append(seq)
+    assert numbers[0] < numbers[1]
+
+
 def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_path: Path) -> None:
     """A number from a later certificate moves the restored log past it; --gap 0 when the
     operator knows the lost log's last entry. The chain still verifies."""
@@ -372,12 +407,8 @@ def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_pat
         cfg, "restore", str(restored["backup"]), "--continue-after", str(later), "--gap", "0"
     )
     assert done.returncode == 0, done.stderr
-    conn = sqlite3.connect(tmp_path / "state" / "queue.db")
-    try:
-        (seq,) = conn.execute("SELECT MAX(seq) FROM evidence").fetchone()
-    finally:
-        conn.close()
-    assert seq == later + 1
+    seq, at = _restored_entry(tmp_path / "state")
+    assert seq == max(later, int(at * 1000)) + 1
     verified = run_cli(cfg, "evidence", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     # A number below what the backup knows never moves the log back.
@@ -386,12 +417,8 @@ def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_pat
     cfg2 = _config(again, restored["sink"])
     done = run_cli(cfg2, "restore", str(restored["backup"]), "--continue-after", "1", "--gap", "0")
     assert done.returncode == 0, done.stderr
-    conn = sqlite3.connect(again / "state" / "queue.db")
-    try:
-        (seq,) = conn.execute("SELECT MAX(seq) FROM evidence").fetchone()
-    finally:
-        conn.close()
-    assert seq == info["highest_seq"] + 1
+    seq, at = _restored_entry(again / "state")
+    assert seq == max(info["highest_seq"], int(at * 1000)) + 1
 
 
 def test_an_unfinished_backup_or_one_inside_the_state_directory_is_refused(

@@ -47,6 +47,12 @@ operator's ``--continue-after`` (read from a later certificate or checkpoint); n
 knows what the lost installation issued after that, so the ``Restored`` entry takes its
 sequence number a margin (:data:`RESTORE_GAP`, ``--gap``) beyond it, and declares the
 numbers it skips (:func:`certifier.evidence.chain_problems` accepts exactly that gap).
+That alone depends on the backup only: the same backup restored twice (a drill, then the
+real thing; or a restore redone after the restored gateway ran for a while) would issue
+the same numbers twice. So the number is also at least the restore's time in
+milliseconds since the epoch (13 digits, far below JSON's exact 2**53): two restores
+get increasing numbers as long as a restored log issues fewer than a thousand entries a
+second on average.
 Its ``prev_hash`` is the copy's head, so the chain still verifies end to end.
 
 Delivery is at least once (RFC 5321 §6.1): a recipient still pending in the copy may have
@@ -567,7 +573,9 @@ def _restore_files(
                 " WHERE status IN (?, ?) AND qid IN (SELECT qid FROM messages WHERE state != ?)",
                 (backup_ts, *sorted(PENDING), MessageState.DONE),
             ).rowcount
-            last = known + gap
+            # The clock's floor: two restores of one backup must not issue the same
+            # numbers either (module docstring).
+            last = max(known + gap, int(restored_at * 1000))
             unlogged = (head_seq + 1, last) if last > head_seq else None
             detail: dict[str, Any] = {
                 "backup_time": backup_time,
