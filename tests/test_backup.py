@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from certifier import evidence
+from certifier import checkpoints, evidence
 from relay.queue.backup import RESTORE_GAP
 from tests.conftest import (
     CERT_ADDRESS,
@@ -279,6 +279,17 @@ def test_the_evidence_log_verifies_and_continues_after_the_highest(
     assert detail["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
     assert after > 0  # the restored gateway's own entries follow it
     assert f"evidence entry #{seq} records it" in restored["restore_out"]
+    # The auditor is told of the restore: a log cut short and followed by a made-up
+    # Restored entry would verify just the same.
+    restores = [line for line in verified.stdout.splitlines() if line.startswith("RESTORED")]
+    assert restores == [
+        f"RESTORED #{seq}, {restores[0].split(', ')[1].split(': ')[0]}: restored from the backup of "
+        f"{info['time']}, MANIFEST SHA-256 {detail['manifest_sha256']}; "
+        f"#{detail['unlogged'][0]} to #{detail['unlogged'][1]} are not in this log (made on "
+        "the lost installation after the backup, or never); check that a backup with that "
+        "MANIFEST exists (sha256sum MANIFEST)"
+    ]
+    assert "restored from a backup 1 time(s)" in verified.stdout.splitlines()[-1]
 
 
 def test_a_damaged_backup_is_refused_naming_the_file(
@@ -395,6 +406,20 @@ def test_one_backup_restored_twice_gives_different_increasing_numbers(
         assert verified.returncode == 0, verified.stdout + verified.stderr
         numbers.append(seq)
     assert numbers[0] < numbers[1]
+
+
+def test_entries_not_timestamped_are_counted_not_subtracted() -> None:
+    """After a restore the numbers jump: the entries after the last checkpoint are
+    counted (here #11 and #12 after a checkpoint on #2), not the difference of numbers."""
+    rows = _chain(evidence.RESTORED, [3, 10])
+    mark = checkpoints.Checkpoint(rows[1][0], rows[1][7], 1001.0, 1001.0, b"")
+    audit = checkpoints.audit(rows, [mark], [])
+    assert audit.uncovered == 2
+    assert "the last covering #2" in audit.summary()
+    assert "(2 newer entries not timestamped yet)" in audit.summary()
+    assert len(audit.restores) == 1
+    assert audit.restores[0].startswith("#11, ")
+    assert "#3 to #10 are not in this log" in audit.restores[0]
 
 
 def test_continue_after_a_number_learned_later(restored: dict[str, Any], tmp_path: Path) -> None:
