@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,15 @@ def test_backup_lists_every_file_for_sha256sum(restored: dict[str, Any]) -> None
     assert info["format"] == "certifica-backup/1"
     assert info["highest_seq"] >= info["evidence_head"]["seq"] > 0
     assert info["schema_version"] >= 14
+    # backup.json's time is the snapshot's (under the lock), not the end of the copy: it
+    # is after the copy's last evidence entry and before the database copy was written.
+    at = datetime.fromisoformat(info["time"].replace("Z", "+00:00")).timestamp()
+    conn = sqlite3.connect(backup / "queue.db")
+    try:
+        (head_time,) = conn.execute("SELECT MAX(time) FROM evidence").fetchone()
+    finally:
+        conn.close()
+    assert head_time - 0.001 <= at <= (backup / "queue.db").stat().st_mtime
 
 
 def test_every_message_queued_at_backup_time_is_in_the_backup(restored: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ https://www.sqlite.org/backup.html, so the gateway goes on working), the spool
 and the keys (``keys/``: the development PKI and TLS certificate, DKIM keys, the
 ``verp.key`` and ``tracking.key`` secrets; not ``subject.key``, :data:`LEFT_OUT`). ``MANIFEST`` lists the
 SHA-256 of every other file, in the format ``sha256sum -c`` reads; ``backup.json`` (listed
-in it) says when the backup was made, by which version, the schema version, the
+in it) says when the backup was made (the time of the database snapshot, taken under the
+lock), by which version, the schema version, the
 evidence log's head in the copy and the highest sequence number the log had issued when
 the backup ended.
 
@@ -300,6 +301,9 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
             try:
                 reader.execute("BEGIN")
                 result.head = evidence_log.head(reader)  # pins the snapshot
+                # The copy's time (backup.json, and restored_from after a restore): the
+                # snapshot's, not the end of the copy, which may come minutes later.
+                snapshot_at = time.time()
                 for sub, path in sources.items():
                     _stage(path, staging / sub, staged[sub])
             finally:
@@ -361,7 +365,7 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
     result.highest_seq = max(live_head[0] if live_head else 0, result.head[0] if result.head else 0)
     info = {
         "format": BACKUP_FORMAT,
-        "time": _iso(time.time()),
+        "time": _iso(snapshot_at),
         "version": version,
         "schema_version": int(schema),
         "evidence_head": {"seq": result.head[0], "hash": result.head[1]} if result.head else None,
