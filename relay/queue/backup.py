@@ -283,6 +283,36 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
     inside = [r for r in (state_dir, certificates) if target.resolve().is_relative_to(r.resolve())]
     if inside:
         raise BackupError(f"{target} is inside {inside[0]}: give a directory outside it")
+    created = not target.exists()
+    try:
+        return _write_backup(state_dir, certificates, target, version, started)
+    except BaseException:
+        # A partial backup would only be mistaken for one (it has no MANIFEST, but an
+        # operator may not look): remove what this command made.
+        _remove_partial(target, created)
+        raise
+
+
+def _remove_partial(target: Path, created: bool) -> None:
+    """Remove ``target`` if this command ``created`` it, else only what it holds."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    try:
+        for entry in os.scandir(target):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+    except OSError:
+        pass  # the error being raised says what went wrong
+
+
+def _write_backup(
+    state_dir: Path, certificates: Path, target: Path, version: str, started: float
+) -> BackupResult:
+    """The body of :func:`backup`, once its refusals are past."""
+    db_path = state_dir / DATABASE
     target.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(target, DIR_MODE)
     result = BackupResult(target)
