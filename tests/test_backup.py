@@ -6,6 +6,7 @@ damaged backup or a state directory in use is refused (README, "Backups and rest
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from certifier import checkpoints, evidence
+from certifier.i18n import Reader
 from relay.queue.backup import RESTORE_GAP
 from tests.conftest import (
     CERT_ADDRESS,
@@ -604,3 +608,31 @@ def test_a_failed_backup_leaves_no_partial_copy(restored: dict[str, Any], tmp_pa
     assert given.is_dir()
     assert list(given.iterdir()) == []
     assert list((tmp_path / "state" / "run").glob("backup-*")) == []
+
+
+def test_the_verification_page_says_when_the_service_was_restored(
+    restored: dict[str, Any],
+) -> None:
+    """A certificate the lost machine issued after the backup is unknown to the restored
+    one: its 404 says so, with the restore's and the backup's times, in the visitor's
+    language; the same sentence for any code (it reveals nothing about which exist)."""
+    gw: Gateway = restored["gateway"]
+    _seq, restored_at = _restored_entry(gw.state)
+    pages = {}
+    for code, language in (("A" * 16, "en"), ("B" * 16, "en"), ("C" * 16, "es")):
+        request = urllib.request.Request(
+            f"http://{gw.listen['http']}/v/{code}", headers={"Accept-Language": language}
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=30)
+        assert answer.value.code == 404
+        pages[code] = html.unescape(answer.value.read().decode())
+    english = Reader("en", "UTC")
+    sentence = (
+        f"This service was restored on {english.moment(restored_at)} from a copy made on "
+        f"{english.moment(restored['info']['time'])}: a document issued between those two "
+        "times is not known here"
+    )
+    assert sentence in " ".join(pages["A" * 16].split())
+    assert pages["A" * 16] == pages["B" * 16]
+    assert "Este servicio se restableció el" in pages["C" * 16]
