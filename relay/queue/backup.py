@@ -64,8 +64,11 @@ their certificate says that the message may have arrived twice.
 Exceptions::
 
     BackupError -- (a UsageError) a refusal: a non-empty target, a damaged backup, a
-                   state directory that holds files; one sentence naming the path
-    OSError     -- propagated (a disk that cannot be read or written)
+                   state directory that holds files; one sentence naming the path. Also
+                   a restore that failed once it had begun copying (a full disk): the
+                   sentence says it did not finish and to run it again
+    OSError     -- propagated from a backup (a disk that cannot be read or written; the
+                   partial copy is removed first)
 """
 
 from __future__ import annotations
