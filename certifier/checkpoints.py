@@ -188,6 +188,13 @@ class Audit:
     last_timestamp: datetime | None = None
     problems: list[str] = field(default_factory=list)
     more_problems: int = 0
+    uncovered: int = 0
+    """Entries after the last checkpoint (entries, not a difference of numbers: a
+    ``Restored`` entry skips numbers)."""
+    restores: list[str] = field(default_factory=list)
+    """One line per ``Restored`` entry: the backup it came from and the numbers not in
+    this log. A log cut short and then followed by a made-up ``Restored`` entry would
+    verify like a real restore, so the auditor is told of every one."""
 
     @property
     def ok(self) -> bool:
@@ -204,6 +211,8 @@ class Audit:
             chain = "the evidence log is empty"
         else:
             chain = f"{self.entries} evidence entries, head #{self.head[0]} {self.head[1][:16]}"
+            if self.restores:
+                chain += f", restored from a backup {len(self.restores)} time(s) (RESTORED above)"
         if self.last_checkpoint is None:
             marks = "no checkpoint yet"
         else:
@@ -216,9 +225,8 @@ class Audit:
                 f"{self.checkpoints} checkpoint(s), the last covering #{self.last_checkpoint.seq}"
                 f" at {when}"
             )
-            uncovered = self.head[0] - self.last_checkpoint.seq if self.head else 0
-            if uncovered > 0:
-                marks += f" ({uncovered} newer entries not timestamped yet)"
+            if self.uncovered > 0:
+                marks += f" ({self.uncovered} newer entries not timestamped yet)"
         count = len(self.problems) + self.more_problems
         verdict = "OK" if self.ok else f"{count} problem(s)"
         return f"{chain}; {marks}: {verdict}"
@@ -242,12 +250,18 @@ def audit(
     wanted = {checkpoint.seq for checkpoint in marks}
     hashes: dict[int, str] = {}  # the stored hash of each entry a checkpoint names
 
+    last_mark = marks[-1].seq if marks else None
+
     def walked() -> Iterator[evidence.Row]:
         for row in rows:
             result.entries += 1
             result.head = (int(row[0]), str(row[7]))
             if row[0] in wanted:
                 hashes[row[0]] = row[7]
+            if last_mark is not None and row[0] > last_mark:
+                result.uncovered += 1
+            if row[4] == evidence.RESTORED:
+                result.restores.append(_restore_line(row))
             yield row
 
     for _seq, problem in evidence.chain_problems(walked()):
@@ -276,6 +290,28 @@ def audit(
                 )
             previous = (checkpoint.seq, checked.time)
     return result
+
+
+def _restore_line(row: evidence.Row) -> str:
+    """What a ``Restored`` entry says: when, from which backup, which numbers it skips."""
+    try:
+        detail = json.loads(str(row[5]))
+    except ValueError:
+        detail = None
+    if not isinstance(detail, dict):
+        detail = {}
+    when = datetime.fromtimestamp(float(row[1]), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    line = (
+        f"#{row[0]}, {when}: restored from the backup of {detail.get('backup_time', '?')}, "
+        f"MANIFEST SHA-256 {detail.get('manifest_sha256', '?')}"
+    )
+    unlogged = detail.get("unlogged")
+    if isinstance(unlogged, list) and len(unlogged) == 2:
+        line += (
+            f"; #{unlogged[0]} to #{unlogged[1]} are not in this log (made on the lost "
+            "installation after the backup, or never)"
+        )
+    return line + "; check that a backup with that MANIFEST exists (sha256sum MANIFEST)"
 
 
 def export(checkpoints: Iterable[Checkpoint], directory: Path) -> list[Path]:

@@ -104,7 +104,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "[gateway] state_dir (and [evidence] archive_dir), which must hold no file, and "
         "record a Restored entry in the evidence log naming the backup. Its sequence "
         "number comes after every number the lost installation may have issued: the "
-        "highest known (the backup's, or --continue-after) plus a margin (--gap). Run it "
+        "highest known (the backup's, or --continue-after) plus a margin (--gap), and at "
+        "least the restore's time in milliseconds since the epoch, so that one backup "
+        "restored twice never issues a number twice. Run it "
         "with the gateway stopped; start the gateway afterwards.",
     )
     p.add_argument("directory", metavar="DIR", help="a directory written by certifica backup")

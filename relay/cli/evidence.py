@@ -47,6 +47,8 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
             "openssl ts -verify -data checkpoint-N.dat -in checkpoint-N.tst -token_in "
             "-CAfile TSA-ROOT.pem"
         )
+    for line in found.restores:
+        print(f"RESTORED {line}")
     print(found.summary())
     return EXIT_OK if found.ok else EXIT_FAILED
 
@@ -74,7 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Recompute the hash of every evidence entry and its link to the one "
         "before, and check every RFC 3161 checkpoint: its entry's hash is the timestamped "
         "head, and its token is intact and issued by a trusted TSA. Prints one line per "
-        "problem, then a summary. Exit 0 when all holds, 1 when not.",
+        "problem, one line per restore from a backup (its Restored entry: the backup's "
+        "time and MANIFEST SHA-256, the numbers not in this log), then a summary. Exit 0 "
+        "when all holds, 1 when not.",
     )
     p.add_argument(
         "--trust",

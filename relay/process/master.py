@@ -89,6 +89,7 @@ from relay.process.reload import (
     reload_path,
 )
 from relay.production import check_production
+from relay.queue.backup import UNFINISHED
 from relay.queue.spool import Spool, write_durably
 from relay.queue.store import Store
 from relay.queue.subjects import database_holds_erasures
@@ -219,6 +220,12 @@ class Master:
         """Step 1 and 2 of the module docstring; raises :class:`StartupError`."""
         cfg = self.cfg
         check_production(cfg)  # before anything is made: a refused start leaves no state
+        unfinished = self.paths["root"] / UNFINISHED
+        if unfinished.exists():
+            raise StartupError(
+                f"{unfinished} is there: a restore into {self.paths['root']} did not finish; "
+                'run certifica restore again with the same backup (README, "Backups and restore")'
+            )
         for note in cfg.deprecations:
             log.warning("config: %s", note)
         for problem in secure_state_dir(self.paths["root"]):

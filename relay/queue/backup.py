@@ -7,7 +7,8 @@ https://www.sqlite.org/backup.html, so the gateway goes on working), the spool
 and the keys (``keys/``: the development PKI and TLS certificate, DKIM keys, the
 ``verp.key`` and ``tracking.key`` secrets; not ``subject.key``, :data:`LEFT_OUT`). ``MANIFEST`` lists the
 SHA-256 of every other file, in the format ``sha256sum -c`` reads; ``backup.json`` (listed
-in it) says when the backup was made, by which version, the schema version, the
+in it) says when the backup was made (the time of the database snapshot, taken under the
+lock), by which version, the schema version, the
 evidence log's head in the copy and the highest sequence number the log had issued when
 the backup ended.
 
@@ -33,8 +34,13 @@ system than the state directory (no hard link across), they are copied instead (
 replaced one under the lock).
 
 **Restore** checks every hash of the manifest first, refuses a state directory that
-holds any file (naming it), copies the files back durably, then records a ``Restored``
-evidence entry naming the backup (its time and the SHA-256 of its ``MANIFEST``). Entries
+holds any file (naming it), writes :data:`UNFINISHED` into it, copies the files back
+durably, records a ``Restored`` evidence entry naming the backup (its time and the
+SHA-256 of its ``MANIFEST``), and only after that entry has committed removes
+:data:`UNFINISHED`. A restore stopped half way (a full disk) leaves a database without
+its ``Restored`` entry: a gateway started on it would issue again the numbers after the
+backup's head, so ``certifica serve`` refuses to start while the marker is there, and
+``certifica restore`` run again removes what the stopped one copied and starts over. Entries
 made on the lost installation after the backup had sequence numbers above the copy's
 head; they must never be issued twice (a certificate sent before the loss may cite one).
 The highest one known is the larger of ``backup.json``'s ``highest_seq`` and the
@@ -42,6 +48,12 @@ operator's ``--continue-after`` (read from a later certificate or checkpoint); n
 knows what the lost installation issued after that, so the ``Restored`` entry takes its
 sequence number a margin (:data:`RESTORE_GAP`, ``--gap``) beyond it, and declares the
 numbers it skips (:func:`certifier.evidence.chain_problems` accepts exactly that gap).
+That alone depends on the backup only: the same backup restored twice (a drill, then the
+real thing; or a restore redone after the restored gateway ran for a while) would issue
+the same numbers twice. So the number is also at least the restore's time in
+milliseconds since the epoch (13 digits, far below JSON's exact 2**53): two restores
+get increasing numbers as long as a restored log issues fewer than a thousand entries a
+second on average.
 Its ``prev_hash`` is the copy's head, so the chain still verifies end to end.
 
 Delivery is at least once (RFC 5321 §6.1): a recipient still pending in the copy may have
@@ -52,8 +64,11 @@ their certificate says that the message may have arrived twice.
 Exceptions::
 
     BackupError -- (a UsageError) a refusal: a non-empty target, a damaged backup, a
-                   state directory that holds files; one sentence naming the path
-    OSError     -- propagated (a disk that cannot be read or written)
+                   state directory that holds files; one sentence naming the path. Also
+                   a restore that failed once it had begun copying (a full disk): the
+                   sentence says it did not finish and to run it again
+    OSError     -- propagated from a backup (a disk that cannot be read or written; the
+                   partial copy is removed first)
 """
 
 from __future__ import annotations
@@ -88,6 +103,11 @@ DATABASE = "queue.db"
 SPOOL_DIRS = ("spool/queue", "spool/archive")
 CERTIFICATES = "certificates"
 KEYS = "keys"
+UNFINISHED = "RESTORING"
+"""In the state directory from a restore's first file copied until its ``Restored`` entry
+has committed: a restore stopped half way (a full disk) leaves it, ``certifica serve``
+refuses to start while it is there, and ``certifica restore`` run again removes what the
+stopped one copied and starts over."""
 LEFT_OUT = "keys/subject.key"
 """Never in a backup: whoever holds the database and this key together can test guessed
 addresses against the erasure commitments (docs/erasure.md, "The commitment key"), so the
@@ -266,6 +286,36 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
     inside = [r for r in (state_dir, certificates) if target.resolve().is_relative_to(r.resolve())]
     if inside:
         raise BackupError(f"{target} is inside {inside[0]}: give a directory outside it")
+    created = not target.exists()
+    try:
+        return _write_backup(state_dir, certificates, target, version, started)
+    except BaseException:
+        # A partial backup would only be mistaken for one (it has no MANIFEST, but an
+        # operator may not look): remove what this command made.
+        _remove_partial(target, created)
+        raise
+
+
+def _remove_partial(target: Path, created: bool) -> None:
+    """Remove ``target`` if this command ``created`` it, else only what it holds."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    try:
+        for entry in os.scandir(target):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+    except OSError:
+        pass  # the error being raised says what went wrong
+
+
+def _write_backup(
+    state_dir: Path, certificates: Path, target: Path, version: str, started: float
+) -> BackupResult:
+    """The body of :func:`backup`, once its refusals are past."""
+    db_path = state_dir / DATABASE
     target.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     os.chmod(target, DIR_MODE)
     result = BackupResult(target)
@@ -284,6 +334,9 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
             try:
                 reader.execute("BEGIN")
                 result.head = evidence_log.head(reader)  # pins the snapshot
+                # The copy's time (backup.json, and restored_from after a restore): the
+                # snapshot's, not the end of the copy, which may come minutes later.
+                snapshot_at = time.time()
                 for sub, path in sources.items():
                     _stage(path, staging / sub, staged[sub])
             finally:
@@ -345,7 +398,7 @@ def backup(state_dir: Path, certificates: Path, target: Path, version: str) -> B
     result.highest_seq = max(live_head[0] if live_head else 0, result.head[0] if result.head else 0)
     info = {
         "format": BACKUP_FORMAT,
-        "time": _iso(time.time()),
+        "time": _iso(snapshot_at),
         "version": version,
         "schema_version": int(schema),
         "evidence_head": {"seq": result.head[0], "hash": result.head[1]} if result.head else None,
@@ -432,7 +485,11 @@ def restore(
         )
     if gap < 0:
         raise BackupError("--gap must be 0 or more")
+    marker = state_dir / UNFINISHED
+    unfinished = _unfinished_restore(marker)
     for root in (state_dir, certificates):
+        if unfinished is not None and (root == state_dir or str(root) == unfinished):
+            continue  # this command's own partial copy, removed below
         found = _first_file(root)
         if found is not None:
             raise BackupError(
@@ -442,6 +499,83 @@ def restore(
     if DATABASE not in listed:
         raise BackupError(f"the backup is damaged: {source / DATABASE} is not in its MANIFEST")
     state_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    try:
+        if unfinished is not None:
+            _clear(state_dir, keep=marker)
+            _clear(certificates)
+        else:
+            # Before the first file: a copy stopped half way is never taken for a state
+            # directory (`certifica serve` refuses to start while it is there).
+            mark = {"source": str(source), "certificates": str(certificates)}
+            _write_new(marker, json.dumps(mark).encode())
+            fsync_dir(state_dir)
+        entry, unlogged, in_flight, backup_time = _restore_files(
+            source, listed, info, manifest_sha256, state_dir, certificates, continue_after, gap, now
+        )
+        # Only once the Restored entry has committed is the state directory a gateway's.
+        marker.unlink()
+        fsync_dir(state_dir)
+    except (OSError, sqlite3.Error) as err:
+        where = getattr(err, "filename", None)
+        why = getattr(err, "strerror", None) or str(err)
+        raise BackupError(
+            f"{where + ': ' if where else ''}{why}; the restore did not finish, and the gateway "
+            f"will not start on {state_dir} until it has: run certifica restore {source} again "
+            "(it starts over)"
+        ) from None
+    return RestoreResult(
+        state_dir,
+        len(listed),
+        backup_time,
+        manifest_sha256,
+        entry.seq,
+        unlogged,
+        in_flight,
+    )
+
+
+def _unfinished_restore(marker: Path) -> str | None:
+    """The certificates directory an unfinished restore wrote into, when ``marker``
+    (:data:`UNFINISHED`) says one did; None when there is none."""
+    try:
+        text = marker.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:  # cut short by the failure it marks: the state directory only
+        return ""
+    return str(data.get("certificates")) if isinstance(data, dict) else ""
+
+
+def _clear(root: Path, keep: Path | None = None) -> None:
+    """Remove everything under ``root`` but ``keep``: what an unfinished restore copied."""
+    if not root.is_dir():
+        return
+    for entry in os.scandir(root):
+        path = Path(entry.path)
+        if path == keep:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    fsync_dir(root)
+
+
+def _restore_files(
+    source: Path,
+    listed: dict[str, str],
+    info: dict[str, Any],
+    manifest_sha256: str,
+    state_dir: Path,
+    certificates: Path,
+    continue_after: int | None,
+    gap: int,
+    now: float | None,
+) -> tuple[evidence.Entry, tuple[int, int] | None, int, str]:
+    """Copy the backup's files and record the ``Restored`` entry; returns the entry, the
+    numbers it skips, the recipients still to be tried and the backup's time."""
     for name in sorted(listed):
         if name in (INFO,):
             continue
@@ -449,7 +583,12 @@ def restore(
             dest = certificates / name[len(CERTIFICATES) + 1 :]
         else:
             dest = state_dir / name
-        _copy_durably(source / name, dest)
+        try:
+            _copy_durably(source / name, dest)
+        except OSError as err:
+            if not err.filename:  # a failed write names no file: name the one written
+                err.filename = str(dest)
+            raise
     for root in (state_dir, certificates):
         if root.is_dir():
             _fsync_tree(root)
@@ -471,7 +610,9 @@ def restore(
                 " WHERE status IN (?, ?) AND qid IN (SELECT qid FROM messages WHERE state != ?)",
                 (backup_ts, *sorted(PENDING), MessageState.DONE),
             ).rowcount
-            last = known + gap
+            # The clock's floor: two restores of one backup must not issue the same
+            # numbers either (module docstring).
+            last = max(known + gap, int(restored_at * 1000))
             unlogged = (head_seq + 1, last) if last > head_seq else None
             detail: dict[str, Any] = {
                 "backup_time": backup_time,
@@ -496,12 +637,4 @@ def restore(
             raise
     finally:
         conn.close()
-    return RestoreResult(
-        state_dir,
-        len(listed),
-        backup_time,
-        manifest_sha256,
-        entry.seq,
-        unlogged,
-        in_flight,
-    )
+    return entry, unlogged, in_flight, backup_time

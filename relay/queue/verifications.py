@@ -22,6 +22,7 @@ import sqlite3
 from enum import StrEnum
 from typing import Any
 
+from certifier import evidence
 from relay.queue.db import Database
 
 
@@ -133,6 +134,26 @@ class Verifications(Database):
     async def certificate_versions(self, cert_id: str) -> list[dict[str, Any]]:
         """Every recorded version of ``cert_id``'s PDF, oldest first (:func:`versions_of`)."""
         return await self._read(versions_of, self._conn, cert_id)
+
+    async def last_restore(self) -> tuple[float, str] | None:
+        """When the last ``Restored`` evidence entry was made, and the time of the backup
+        it restored (README, "Backups and restore"); None when there was no restore."""
+
+        def read() -> tuple[float, str] | None:
+            row = self._conn.execute(
+                "SELECT time, detail FROM evidence WHERE event = ? ORDER BY seq DESC LIMIT 1",
+                (evidence.RESTORED,),
+            ).fetchone()
+            if row is None:
+                return None
+            try:
+                detail = json.loads(row[1])
+            except ValueError:
+                detail = {}
+            backup_time = detail.get("backup_time") if isinstance(detail, dict) else None
+            return float(row[0]), str(backup_time or "")
+
+        return await self._read(read)
 
     async def verification(self, code: str) -> dict[str, Any] | None:
         """The record for ``code``, with ``recipients`` decoded (None once erased); None

@@ -133,6 +133,8 @@ class VerificationRecords(Protocol):
 
     async def certificate_versions(self, cert_id: str) -> list[dict[str, Any]]: ...
 
+    async def last_restore(self) -> tuple[float, str] | None: ...
+
 
 def install(
     app: web.Application, cfg: Config, records: VerificationRecords, archive: Path | None = None
@@ -174,6 +176,7 @@ class VerificationPage:
         self.trusted = trusted_networks(cfg.web.trusted_proxies)
         self.static = _static_files()
         self.base_url = cfg.web.public_url.rstrip("/")
+        self._restore: tuple[tuple[float, str] | None] | None = None  # once read
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v/static/{name}", self.static_file)
@@ -191,7 +194,7 @@ class VerificationPage:
         return Reader(self.language(request), self.cfg.gateway.timezone)
 
     def message_page(
-        self, request: web.Request, status: int, title: str, text: str
+        self, request: web.Request, status: int, title: str, text: str, note: str = ""
     ) -> web.Response:
         language = self.language(request)
         gettext = translations(language, "web").gettext
@@ -200,7 +203,7 @@ class VerificationPage:
             "message.html",
             language,
             title=gettext(title),
-            text=gettext(text),
+            text=f"{gettext(text)} {note}".strip(),
             static="../" * depth + "static",
             languages=self.languages(language),
         )
@@ -217,6 +220,35 @@ class VerificationPage:
                 "There is no document with this verification code. Please check that the "
                 "address was copied in full, as printed on the certificate."
             ),
+            await self.restore_note(request),
+        )
+
+    async def restore_note(self, request: web.Request) -> str:
+        """After a restore (README, "Backups and restore"), the one sentence saying that
+        documents issued between the backup and the restore are not known here; the same
+        for every code, so it reveals nothing about which codes exist. The restore is
+        made with the gateway stopped: read once per process."""
+        if self._restore is None:
+            try:
+                found = await asyncio.wait_for(self.records.last_restore(), LOOKUP_TIMEOUT)
+            except Exception as exc:
+                log.error("verification page: restore not read (%s)", type(exc).__name__)
+                return ""
+            self._restore = (found,)
+        if self._restore[0] is None:
+            return ""
+        restored_at, backup_time = self._restore[0]
+        reader = self.reader(request)
+        return (
+            reader.catalog("web")
+            .gettext(
+                N_(
+                    "This service was restored on {restored} from a copy made on {backup}: "
+                    "a document issued between those two times is not known here, and its "
+                    "electronic signature can still be checked in a PDF reader."
+                )
+            )
+            .format(restored=reader.moment(restored_at), backup=reader.moment(backup_time))
         )
 
     def limited(self, handler: Handler) -> Handler:
