@@ -97,26 +97,21 @@ def forget(
     Entries already forgotten, and declarations, are left alone.
     """
     kept = tuple(keep)
-    wanted = sorted(set(seqs))
-    changed: list[evidence.Row] = []
-    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-        chunk = wanted[start : start + 500]
-        marks = ", ".join("?" for _ in chunk)
-        found = conn.execute(
-            f"SELECT seq, detail FROM evidence WHERE seq IN ({marks}) AND erased IS NULL"  # noqa: S608
-            " AND event != ?",
-            (*chunk, evidence.FORGOTTEN_EVENT),
-        ).fetchall()
-        for seq, detail_json in found:
-            conn.execute(
-                "UPDATE evidence SET recipient = NULL, salt = NULL, detail = ?, erased = ?"
-                " WHERE seq = ?",
-                (evidence.forgotten_detail(detail_json, kept), now, seq),
-            )
-        changed += _stored(conn, [int(row[0]) for row in found])
-    if not changed:
+    found = conn.execute(
+        "SELECT seq, detail FROM evidence WHERE seq IN (SELECT value FROM json_each(?))"
+        " AND erased IS NULL AND event != ? ORDER BY seq",
+        (json.dumps(sorted(set(seqs))), evidence.FORGOTTEN_EVENT),
+    ).fetchall()
+    if not found:
         return 0
-    declared = [row[0] for row in changed]
+    for seq, detail_json in found:
+        conn.execute(
+            "UPDATE evidence SET recipient = NULL, salt = NULL, detail = ?, erased = ?"
+            " WHERE seq = ?",
+            (evidence.forgotten_detail(detail_json, kept), now, seq),
+        )
+    declared = [int(row[0]) for row in found]
+    changed = _stored(conn, declared)
     declaration = append(
         conn,
         now,
@@ -124,23 +119,20 @@ def forget(
         evidence.FORGOTTEN_EVENT,
         {"reason": reason, "seqs": declared, "digest": evidence.forgotten_digest(changed)},
     )
-    for start in range(0, len(declared), 500):
-        chunk = declared[start : start + 500]
-        marks = ", ".join("?" for _ in chunk)
-        conn.execute(
-            f"UPDATE evidence SET forgotten_by = ? WHERE seq IN ({marks})",  # noqa: S608
-            (declaration.seq, *chunk),
-        )
+    conn.execute(
+        "UPDATE evidence SET forgotten_by = ? WHERE seq IN (SELECT value FROM json_each(?))",
+        (declaration.seq, json.dumps(declared)),
+    )
     return len(changed)
 
 
-def _stored(conn: sqlite3.Connection, seqs: list[int]) -> list[evidence.Row]:
-    if not seqs:
-        return []
-    marks = ", ".join("?" for _ in seqs)
+def _stored(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[evidence.Row]:
+    """Entries ``seqs`` as stored, in log order (any number of them: the list goes in as
+    one JSON parameter, not one bound parameter each)."""
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM evidence WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-        seqs,
+        f"SELECT {_COLUMNS} FROM evidence WHERE seq IN (SELECT value FROM json_each(?))"  # noqa: S608
+        " ORDER BY seq",
+        (json.dumps(sorted(set(seqs))),),
     ).fetchall()
 
 
@@ -162,9 +154,7 @@ def forgetting_problems(conn: sqlite3.Connection) -> Iterator[tuple[int, str]]:
         if erased is not None:
             yield seq, f"entry {seq}, which declares forgotten entries, was itself emptied"
             continue
-        found: list[evidence.Row] = []
-        for start in range(0, len(listed), 500):
-            found += _stored(conn, listed[start : start + 500])
+        found = _stored(conn, listed)
         pointing = {
             int(r[0])
             for r in conn.execute("SELECT seq FROM evidence WHERE forgotten_by = ?", (seq,))
@@ -212,17 +202,7 @@ def entries_for(conn: sqlite3.Connection, qid: str) -> list[evidence.Entry]:
 def excerpt(conn: sqlite3.Connection, seqs: Iterable[int]) -> list[dict[str, Any]]:
     """The entries ``seqs`` as a certificate embeds them (:func:`certifier.evidence.excerpt_entry`),
     read from the stored columns so that each hash recomputes exactly."""
-    wanted = sorted(set(seqs))
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-        chunk = wanted[start : start + 500]
-        marks = ", ".join("?" for _ in chunk)
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM evidence WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-            chunk,
-        ).fetchall()
-        out.extend(evidence.excerpt_entry(row) for row in rows)
-    return out
+    return [evidence.excerpt_entry(row) for row in _stored(conn, seqs)]
 
 
 def rows(conn: sqlite3.Connection) -> Iterator[evidence.Row]:
