@@ -56,8 +56,7 @@ from relay.queue.retention import TRACKING_EVENTS, TRACKING_KEPT
 from relay.queue.spool import SPOOL_QUEUE
 from relay.queue.states import MessageState
 
-ERASURE_EVENT = "Erasure"
-"""The evidence event an erasure appends (detail: operator, subject commitment, scope)."""
+ERASURE_EVENT = subjects.ERASURE_EVENT
 ERASURE_QID = "erasure"
 """The ``qid`` of an ``Erasure`` entry: it is about an address, not about one message."""
 

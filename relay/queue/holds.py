@@ -20,6 +20,11 @@ from certifier.errors import UsageError
 from relay.queue import evidence_log
 from relay.queue.states import MessageKind
 
+LEGAL_HOLD = "LegalHold"
+"""The evidence event of a hold placed (detail: certificate id, note, operator)."""
+LEGAL_HOLD_RELEASED = "LegalHoldReleased"
+"""The evidence event of a hold released."""
+
 
 def is_held(conn: sqlite3.Connection, qid: str) -> bool:
     """Whether message ``qid`` (or a document about it) is under legal hold: held itself,
@@ -95,7 +100,7 @@ def place(
         conn,
         now,
         qid,
-        "LegalHold",
+        LEGAL_HOLD,
         {"certificate_id": cert_id, "note": note, "operator": operator},
     )
     return Hold(cert_id, qid, now, note), True
@@ -117,7 +122,7 @@ def release(
         conn,
         now,
         hold.qid,
-        "LegalHoldReleased",
+        LEGAL_HOLD_RELEASED,
         {"certificate_id": cert_id, "note": note, "operator": operator, "since": hold.since},
     )
     return hold

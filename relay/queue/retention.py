@@ -56,10 +56,11 @@ from certifier.errors import CertificaError
 from relay.queue import evidence_log
 from relay.queue.archive import archive_lock
 from relay.queue.db import Database
-from relay.queue.holds import held_qids, is_held
+from relay.queue.holds import LEGAL_HOLD, LEGAL_HOLD_RELEASED, held_qids, is_held
 from relay.queue.ids import CERTIFICATE_ID
 from relay.queue.spool import Spool, fsync_dir
 from relay.queue.states import MessageState
+from relay.queue.subjects import ERASURE_EVENT
 
 T = TypeVar("T")
 
@@ -76,7 +77,7 @@ TRACKING_KEPT = ("link", "method", "automatic", "reason")
 """What stays of an open's or click's evidence entry after ``tracking_days``: its
 classification (which link, how it was fetched, whether a machine did it and why), not
 who fetched it (IP address, user agent) nor the URL."""
-OWN_EVENTS = (CONTENT_REMOVED, "LegalHold", "LegalHoldReleased", "Erasure")
+OWN_EVENTS = (CONTENT_REMOVED, LEGAL_HOLD, LEGAL_HOLD_RELEASED, ERASURE_EVENT)
 """Entries that do not count as activity of a message: retention, a legal hold and an
 erasure must not restart the clock that decides when its evidence goes."""
 

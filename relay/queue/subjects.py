@@ -46,6 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ERASURE_EVENT = "Erasure"
+"""The evidence event an erasure appends (detail: operator, subject commitment, scope;
+:mod:`relay.queue.erasure`)."""
+
 COMMITMENT_PREFIX = "erased:"
 """What an erased address becomes in a column: this prefix and 64 hex digits."""
 
@@ -367,8 +371,8 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
             chunk,
         )
     entries = evidence_about(conn, match)
-    found.evidence = [e for e in entries if e["event"] != "Erasure"]
-    found.erasures = [e for e in entries if e["event"] == "Erasure"]
+    found.evidence = [e for e in entries if e["event"] != ERASURE_EVENT]
+    found.erasures = [e for e in entries if e["event"] == ERASURE_EVENT]
     found.verifications = verifications_of(conn, qids)
     for chunk in _chunks(qids):
         marks = ", ".join("?" for _ in chunk)
