@@ -58,8 +58,10 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │                                              the address are still queued
     │   ├── relay.queue.backup.BackupError             ``certifica backup``/``restore``
     │   │                                              refused; names the path
-    │   └── relay.queue.holds.NoSuchCertificate        ``certifica evidence legal-hold``:
-    │                                                  no such certificate (LookupError)
+    │   ├── relay.queue.holds.NoSuchCertificate        ``certifica evidence legal-hold``:
+    │   │                                              no such certificate (LookupError)
+    │   └── relay.queue.credits.NoSuchOrganisation     ``certifica credits``, ``org``: no
+    │                                                  organisation with that code (LookupError)
     ├── VerificationError         a certificate cannot be verified; ``certifica verify``
     │   │                         says why in one sentence and exits 1
     │   └── certifier.verify._Failed                   a check that makes the following

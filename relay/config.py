@@ -239,6 +239,41 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class CreditsConfig:
+    """``[credits]``: what each certified product costs an organisation (docs/accounts.md).
+    Prices are whole credits; 0 is free (the shipped config: ``make run`` needs none)."""
+
+    email_recipient: int = 0  # per recipient of a certified message, reserved with the 250
+    addendum: int = 0  # per addendum document (opens, clicks, a late bounce)
+    reception: int = 0  # per certificate of certified reception
+    sms_segment: int = 0  # per segment of a certified SMS
+    # Per SMS segment to numbers with these prefixes ("+1" = 3): longest prefix wins.
+    sms_prefix: dict[str, int] = field(default_factory=dict)
+    warn_below: int = 0  # the organisation's admins are told when the balance falls below
+    # Not enough credits for a certified message: "refuse" (550 5.7.1) or "defer"
+    # (452 4.7.1, so a relaying MTA tries again after a top-up).
+    when_short: str = "refuse"
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``[console]``: the web console (``/app/``) and the JSON API (``/api/v1/``)."""
+
+    enabled: bool = True
+    session_idle: float = 1800.0  # seconds without a request before a session ends
+    session_max: float = 12 * 3600.0  # seconds after login a session ends regardless
+    totp_issuer: str = "Certifica"  # the name authenticator apps show (RFC 6238)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """``[webhooks]``: organisations' event notifications over HTTP (docs/accounts.md)."""
+
+    timeout: float = 10.0  # seconds for one POST, connection included
+    retry_for: float = 86400.0  # seconds an event is retried, with backoff, before it fails
+
+
+@dataclass(frozen=True)
 class ProcessesConfig:
     """``[processes]``: how many of each child the master runs (ARCHITECTURE.md §1);
     0 means the default. Certificate workers are ``[signing] workers``."""
@@ -277,6 +312,9 @@ class Config:
     reception: ReceptionConfig = field(default_factory=ReceptionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     processes: ProcessesConfig = field(default_factory=ProcessesConfig)
+    credits: CreditsConfig = field(default_factory=CreditsConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: Path | None = None
     deprecations: tuple[str, ...] = ()  # one sentence per deprecated key in use, logged at start
 
@@ -395,6 +433,21 @@ def _validate(cfg: Config, where: str) -> None:
             f"{where}: reception.prefix must be a short lower-case local part "
             "(letters, digits, dots, hyphens)"
         )
+    if cfg.credits.when_short not in ("refuse", "defer"):
+        raise ConfigError(
+            f'{where}: credits.when_short must be "refuse" or "defer", not {cfg.credits.when_short!r}'
+        )
+    for prefix in cfg.credits.sms_prefix:
+        if not re.fullmatch(r"\+[0-9]{1,6}", prefix):
+            raise ConfigError(
+                f'{where}: credits.sms_prefix.{prefix} must be a + and up to 6 digits, like "+1"'
+            )
+    if cfg.console.session_idle <= 0 or cfg.console.session_max <= 0:
+        raise ConfigError(
+            f"{where}: console.session_idle and console.session_max must be more than 0"
+        )
+    if not 0 < cfg.webhooks.timeout <= 60:
+        raise ConfigError(f"{where}: webhooks.timeout must be more than 0 and at most 60 seconds")
     if cfg.mx.require not in ("dkim-or-spf", "dkim"):
         raise ConfigError(f'{where}: mx.require must be "dkim-or-spf" or "dkim"')
     if cfg.dkim.from_handling not in ("keep", "rewrite"):

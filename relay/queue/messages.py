@@ -59,6 +59,7 @@ class Messages(Database):
                 "dsn_ret": msg.dsn_ret,
                 "dsn_envid": msg.dsn_envid,
                 "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
+                "org": msg.org,
                 "state": MessageState.ACTIVE,
                 "notice_state": DocumentState.PENDING
                 if msg.certified and msg.kind == MessageKind.MAIL

@@ -262,6 +262,131 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recipients ADD COLUMN restored_from REAL;   -- the backup's time; NULL: not restored
     """,
+    # 15: organisations, roles and credits; the web console's sessions, app passwords and
+    # API tokens; webhooks (docs/accounts.md). The users already there join the
+    # organisation "default" as senders: each keeps sending and seeing its own
+    # certificates, and none sees another's until the operator makes one an admin.
+    """
+    CREATE TABLE organisations (
+        code TEXT PRIMARY KEY,                  -- the operator's short name: ACME
+        name TEXT NOT NULL,                     -- the legal name: Acme S.L.
+        legal_id TEXT NOT NULL DEFAULT '',      -- NIF, partita IVA, VAT number
+        created REAL NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        balance INTEGER NOT NULL DEFAULT 0,     -- credits: the sum of its credit_movements
+        low_notice REAL                         -- admins told the balance fell below [credits] warn_below
+    );
+    INSERT INTO organisations (code, name, created)
+        VALUES ('default', 'Default organisation', CAST(strftime('%s', 'now') AS REAL));
+    ALTER TABLE users ADD COLUMN org TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'sender';  -- admin | sender | auditor
+    ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN totp_secret TEXT;          -- RFC 6238 secret (base32); NULL: none
+    ALTER TABLE users ADD COLUMN totp_step INTEGER;         -- the last time step accepted (used once)
+    ALTER TABLE users ADD COLUMN credentials_changed REAL;  -- console sessions begun before it end
+    CREATE INDEX users_org ON users(org);
+    CREATE TABLE org_domains (
+        domain TEXT PRIMARY KEY,                -- lower case, IDNA (A-labels)
+        org TEXT NOT NULL,
+        added REAL NOT NULL
+    );
+    ALTER TABLE messages ADD COLUMN org TEXT;   -- attributed to; NULL: none (generated, postmaster)
+    CREATE INDEX messages_org ON messages(org, created);
+    CREATE TABLE credit_movements (
+        id INTEGER PRIMARY KEY,
+        org TEXT NOT NULL,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,                     -- relay.queue.states.CreditKind
+        amount INTEGER NOT NULL,                -- signed: what it adds to the balance
+        balance INTEGER NOT NULL,               -- the balance after it
+        product TEXT,                           -- relay.queue.states.Product
+        qid TEXT,                               -- the message it is about
+        units INTEGER,                          -- recipients, documents, segments
+        note TEXT,
+        actor TEXT NOT NULL,                    -- 'operator', a user's address, 'gateway'
+        evidence_seq INTEGER NOT NULL           -- its entry in the evidence log
+    );
+    CREATE INDEX credit_movements_org ON credit_movements(org, time);
+    CREATE INDEX credit_movements_qid ON credit_movements(qid);
+    CREATE TABLE credit_holds (                 -- what a message reserved, until settled
+        id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL,
+        recipient_id INTEGER,                   -- NULL: a charge for a document
+        org TEXT NOT NULL,
+        product TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        state TEXT NOT NULL,                    -- reserved | spent | refunded
+        settled REAL
+    );
+    CREATE INDEX credit_holds_qid ON credit_holds(qid);
+    CREATE INDEX credit_holds_open ON credit_holds(state) WHERE state = 'reserved';
+    CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY,               -- SHA-256 of the cookie: the database holds no session
+        address TEXT NOT NULL,
+        created REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        csrf TEXT NOT NULL,
+        stage TEXT NOT NULL,                    -- password (second factor owed) | full
+        ip TEXT,
+        user_agent TEXT
+    );
+    CREATE INDEX web_sessions_address ON web_sessions(address);
+    CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL UNIQUE,       -- SHA-256 of a random 128-bit secret
+        created REAL NOT NULL,
+        last_used REAL,
+        UNIQUE (address, name)
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,        -- SHA-256 of a random 256-bit token
+        created REAL NOT NULL,
+        last_used REAL,
+        UNIQUE (address, name)
+    );
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY,
+        org TEXT NOT NULL,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,                   -- JSON list of event names
+        secret TEXT NOT NULL,                   -- HMAC key, shown once when added
+        created REAL NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY,
+        webhook_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        evidence_seq INTEGER,                   -- the entry it reports
+        payload TEXT NOT NULL,                  -- the JSON body, as signed
+        created REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL,
+        state TEXT NOT NULL,                    -- pending | delivered | failed
+        last_status INTEGER,
+        last_error TEXT,
+        done_at REAL
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(state, next_attempt);
+    CREATE TABLE webhook_attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL,
+        time REAL NOT NULL,
+        status INTEGER,                         -- HTTP status; NULL: no answer
+        error TEXT,
+        seconds REAL NOT NULL
+    );
+    CREATE INDEX webhook_attempts_delivery ON webhook_attempts(delivery_id);
+    CREATE TABLE webhook_cursor (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL                    -- the evidence entries read so far
+    );
+    """,
 ]
 
 

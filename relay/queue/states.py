@@ -76,6 +76,9 @@ class DocumentState(StrEnum):
     NONE = "none"  # none is owed
     PENDING = "pending"  # owed, not yet queued
     DONE = "done"  # queued (or found impossible and recorded so)
+    # owed, waiting for its organisation's credits (a reception certificate, an
+    # addendum: docs/accounts.md "Credits"); pending again when credits are added
+    WAITING = "waiting"
 
 
 class Method(StrEnum):
@@ -92,6 +95,41 @@ class TrackingKind(StrEnum):
 
     OPEN = "open"  # the copy's image was fetched
     CLICK = "click"  # a link of the copy was followed
+
+
+class Role(StrEnum):
+    """``users.role``: what a user of an organisation may do (relay/roles.py, docs/accounts.md)."""
+
+    ADMIN = "admin"  # manages the organisation's users, sees all its certificates, sends
+    SENDER = "sender"  # sends, sees its own certificates
+    AUDITOR = "auditor"  # reads all the organisation's certificates, sends nothing
+
+
+class Product(StrEnum):
+    """What credits are spent on: one ``[credits]`` price each (docs/accounts.md)."""
+
+    EMAIL_RECIPIENT = "email_recipient"  # a recipient of a certified message
+    ADDENDUM = "addendum"  # an addendum document (opens, clicks, a late bounce)
+    RECEPTION = "reception"  # a certificate of certified reception
+    SMS_SEGMENT = "sms_segment"  # one segment of a certified SMS
+
+
+class CreditKind(StrEnum):
+    """``credit_movements.kind``: why an organisation's balance moved."""
+
+    PURCHASE = "purchase"  # a bundle the operator added (certifica credits add)
+    RESERVE = "reserve"  # taken when a message was accepted (with its 250)
+    REFUND = "refund"  # given back: a recipient withdrawn before any attempt
+    CHARGE = "charge"  # taken when a document was made (an addendum, a reception certificate)
+    ADJUST = "adjust"  # an operator's correction, with a note
+
+
+class HoldState(StrEnum):
+    """``credit_holds.state``: a reservation until the message ends."""
+
+    RESERVED = "reserved"  # taken from the balance, not yet settled
+    SPENT = "spent"  # attempted (delivered or failed): the evidence was produced
+    REFUNDED = "refunded"  # never attempted: given back
 
 
 class MessageRow(TypedDict):
@@ -132,6 +170,7 @@ class MessageRow(TypedDict):
     delay_report_qid: str | None
     original_to: str | None  # JSON
     header_section: bytes | None
+    org: str | None  # the organisation it is attributed to
 
 
 class RecipientRow(TypedDict):

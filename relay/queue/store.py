@@ -18,6 +18,9 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.operator`    ``certifica queue``: show, retry, hold, withdraw
 :mod:`relay.queue.reception`   certified reception: owners, tokens, proofs of receipt
 :mod:`relay.queue.users`       the users who may submit, their language and time zone
+:mod:`relay.queue.orgs`        organisations, their users' roles, their domains
+:mod:`relay.queue.credits`     organisations' balances and every movement of them
+:mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
@@ -41,6 +44,8 @@ Exceptions::
 from __future__ import annotations
 
 from relay.queue.bounces import LATE_ACTIONS, LateBounces
+from relay.queue.certificates import Certificates
+from relay.queue.credits import Credits
 from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
 from relay.queue.evidence_log import EvidenceLog
@@ -50,6 +55,7 @@ from relay.queue.maintenance import MaintenanceRuns
 from relay.queue.messages import Messages
 from relay.queue.migrations import MIGRATIONS, migrate
 from relay.queue.operator import OperatorActions
+from relay.queue.orgs import Organisations
 from relay.queue.reception import Reception
 from relay.queue.records import NewMessage, Outcome
 from relay.queue.reports import Reports
@@ -84,6 +90,9 @@ class Store(
     Tracking,
     Reception,
     Users,
+    Organisations,
+    Credits,
+    Certificates,
     Verifications,
     MaintenanceRuns,
     QueueHealth,

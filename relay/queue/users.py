@@ -54,15 +54,24 @@ class Users(Database):
             )
         )
 
-    def add_user(self, address: str, password_hash: str, now: float) -> bool:
-        """Add a user; False, with nothing changed, when it exists already (added by
-        someone else since the caller looked)."""
+    def add_user(
+        self,
+        address: str,
+        password_hash: str,
+        now: float,
+        *,
+        org: str = "default",
+        role: str = "sender",
+    ) -> bool:
+        """Add a user to organisation ``org`` with ``role`` (docs/accounts.md); False,
+        with nothing changed, when it exists already (added by someone else since the
+        caller looked)."""
         return self.run_sync(
             lambda db: (
                 db.conn.execute(
-                    "INSERT OR IGNORE INTO users (address, password_hash, created)"
-                    " VALUES (?, ?, ?)",
-                    (address, password_hash, now),
+                    "INSERT OR IGNORE INTO users (address, password_hash, created, org, role)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (address, password_hash, now, org, role),
                 ).rowcount
                 > 0
             )
