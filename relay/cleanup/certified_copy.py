@@ -105,6 +105,8 @@ class CertifiedCopyIntake:
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
         tracking = self.cfg.tracking.enabled and await self.store.user_tracking(sender)
+        account = await self.store.account(sender)
+        org = account.org if account is not None else None  # docs/accounts.md
         authentication = authentication_evidence(results, self.domain)
 
         def message(sha256: str) -> NewMessage:
@@ -118,6 +120,7 @@ class CertifiedCopyIntake:
                 certified=True,
                 method=Method.MX,
                 cert_id=new_certificate_id(),
+                org=org,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,

@@ -163,6 +163,7 @@ class ReceptionIntake:
                 continue
             qid = new_queue_id()
             reason = self._receipt(owner, raw, mail_from, original_from, results)
+            org = await self._organisation(address)
             receipt, why = reason == "sent", RECEIPT_REASONS[reason]
             authentication = (
                 authentication_evidence(results, self.domain)
@@ -186,7 +187,7 @@ class ReceptionIntake:
             }
 
             def message(sha256: str, qid: str = qid, address: str = address,
-                        detail: dict[str, Any] = detail,
+                        detail: dict[str, Any] = detail, org: str | None = org,
                         authentication: dict[str, Any] = authentication) -> NewMessage:  # fmt: skip
                 return NewMessage(
                     qid=qid,
@@ -198,6 +199,7 @@ class ReceptionIntake:
                     certified=True,
                     method=Method.RECEPTION,
                     cert_id=new_certificate_id(),
+                    org=org,
                     client_ip=peer,
                     client_helo=session.host_name,
                     tls_version=tls_version,
@@ -233,6 +235,15 @@ class ReceptionIntake:
             answers.append(f"queued as {qid}")
             self.wake(qid)  # nothing to deliver: it is ready to be certified
         return replies.RECEPTION_CERTIFIED.format(what="; ".join(answers))
+
+    async def _organisation(self, owner: str) -> str | None:
+        """The organisation a reception owner's certificates are attributed to (README,
+        "Organisations and credits"): the owner's own as a user, else the one its
+        domain is bound to, else none."""
+        account = await self.store.account(owner)
+        if account is not None:
+            return account.org
+        return await self.store.org_for_domain(owner.rpartition("@")[2])
 
     async def _duplicate(self, raw: bytes, key: str, owner: str, now: float) -> str | None:
         since = now - self.cfg.reception.duplicate_window

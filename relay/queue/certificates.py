@@ -4,7 +4,8 @@
 A *document* is one row of ``verifications``: a certificate of sending or of reception,
 or an addendum, with its certificate id, its message and its outcome. Who may see it is
 decided here, in the query, never after it: a sender sees the documents about the
-messages it sent (``messages.auth_user``) or received through certified reception; an admin or an auditor sees every document
+messages it sent (``messages.auth_user``, or the registered sender of a Cc copy
+received by the MX) or received through certified reception (the owner); an admin or an auditor sees every document
 of its organisation (``messages.org``), as :mod:`relay.roles` says. A document a viewer
 may not see is reported exactly as one that does not exist.
 
@@ -71,9 +72,11 @@ def _scope(viewer: Account) -> tuple[str, list[object]] | None:
     if allowed(viewer.role, Action.SEE_ORG_CERTIFICATES):
         return "m.org = ?", [viewer.org]
     if allowed(viewer.role, Action.SEE_OWN_CERTIFICATES):
-        # its own: what it sent, and what it received through certified reception
+        # its own: what it sent through submission (the authenticated user), and what
+        # it sent through the MX or received through certified reception (no SMTP
+        # user; the sender is the registered From or the reception owner)
         return (
-            "m.org = ? AND (m.auth_user = ? OR json_extract(m.reception, '$.owner') = ?)",
+            "m.org = ? AND (m.auth_user = ? OR (m.auth_user IS NULL AND m.sender = ?))",
             [viewer.org, viewer.address, viewer.address],
         )
     return None

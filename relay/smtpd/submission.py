@@ -214,6 +214,8 @@ class SubmissionHandler:
         tls_version, tls_cipher = session_tls(server)
         peer = client_ip(session)
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
+        account = await self.store.account(user)
+        org = account.org if account is not None else None  # docs/accounts.md
 
         mail_params: dsn.MailParameters = envelope.dsn_mail
         rcpt_params: dict[str, dsn.RcptParameters] = envelope.dsn_rcpt
@@ -230,6 +232,7 @@ class SubmissionHandler:
                 method=Method.SUBMISSION,
                 cert_id=new_certificate_id() if certified else None,
                 auth_user=user,
+                org=org,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,
