@@ -70,10 +70,15 @@ $(VENV)/.installed: pyproject.toml $(wildcard certifier/locale/*/LC_MESSAGES/*.p
 run: install run-packages
 	$(BIN)/certifica -c config.toml serve
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (most tests wait on a gateway, not on
+# a core); --dist loadfile keeps each test file on one worker, so a module's gateway is
+# started once and its tests run in their written order. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
+
 test: install test-packages
 	$(BIN)/ruff check relay certifier addendum tests bench
 	$(BIN)/mypy relay certifier addendum
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: install
 	$(BIN)/ruff check relay certifier addendum tests
