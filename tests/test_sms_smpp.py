@@ -362,3 +362,22 @@ def test_every_status_has_words() -> None:
         "an error the standard does not name (vendor-specific, 0x00000401)"
     )
     assert "reserved" in status_sentence(0x10)
+
+
+def test_no_smsc_is_retried_with_backoff_and_stop_ends_the_wait() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def scenario() -> None:
+        settings = SmscSettings("127.0.0.1", port, "esme", "secret", backoff_first=30.0)
+        client = EsmeClient(settings)
+        task = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.unbound.wait(), 10)
+        assert client.last_error == "the SMSC refused the connection"
+        await client.stop()  # during the 30 s pause: run() ends now, not after it
+        await asyncio.wait_for(task, 5)
+
+    run(scenario)

@@ -318,14 +318,21 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _body(pdu: Any) -> bytes:
+    """The message octets: ``short_message``, else the ``message_payload`` TLV (5.3.2.32;
+    the only body a ``data_sm`` has)."""
+    body = getattr(pdu, "short_message", None) or getattr(pdu, "message_payload", None)
+    return body if isinstance(body, bytes) else b""
+
+
 def _receipt(pdu: Any) -> DeliveryReceipt:
-    short = pdu.short_message or b""
+    short = _body(pdu)
     fields = parse_receipt_text(short.decode("latin-1"))
-    tlv_state = pdu.message_state
+    tlv_state = getattr(pdu, "message_state", None)
     state = _TLV_STATES.get(tlv_state) if tlv_state is not None else None
     if state is None:
         state = _STATE_WORDS.get(fields.get("stat", "").upper())
-    message_id = _text(pdu.receipted_message_id) or fields.get("id", "")
+    message_id = _text(getattr(pdu, "receipted_message_id", None)) or fields.get("id", "")
     return DeliveryReceipt(
         message_id=message_id,
         state=state,
@@ -334,9 +341,7 @@ def _receipt(pdu: Any) -> DeliveryReceipt:
         error=fields.get("err", ""),
         submitted=fields.get("sub", ""),
         delivered=fields.get("dlvrd", ""),
-        network_error_code=bytes(pdu.network_error_code or b"")
-        if isinstance(pdu.network_error_code, bytes)
-        else b"",
+        network_error_code=_octets(getattr(pdu, "network_error_code", None)),
         text_fields=fields,
         tlv_state=tlv_state,
         source_addr=_international(pdu),
@@ -344,6 +349,12 @@ def _receipt(pdu: Any) -> DeliveryReceipt:
         short_message=short,
         esm_class=pdu.esm_class or 0,
     )
+
+
+def _octets(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return b"" if value is None else str(value).encode("latin-1", "replace")
 
 
 def _international(pdu: Any) -> str:
@@ -354,7 +365,7 @@ def _international(pdu: Any) -> str:
 
 
 def _mobile_originated(pdu: Any) -> MobileOriginated:
-    short = pdu.short_message or b""
+    short = _body(pdu)
     data_coding = pdu.data_coding or 0
     udh, text = decode_short_message(short, data_coding, pdu.esm_class or 0)
     return MobileOriginated(
@@ -409,8 +420,9 @@ ReceiptHandler = Callable[[DeliveryReceipt], Awaitable[None]]
 MoHandler = Callable[[MobileOriginated], Awaitable[None]]
 
 
-class _Lost(Exception):
-    """The connection ended while a response was awaited (internal)."""
+# The connection ended while a response was awaited: a builtin class, caught inside this
+# module only (every end becomes a SubmitResult or EsmeClient.last_error).
+_Lost = ConnectionAbortedError
 
 
 class _Sequence:
@@ -467,6 +479,7 @@ class EsmeClient:
         self._window = asyncio.Semaphore(settings.submit_window)
         self._session: _Session | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._attempt_error = ""
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -477,26 +490,31 @@ class EsmeClient:
         """Connect, bind, serve, and again after each loss, until :meth:`stop`."""
         pause = self.settings.backoff_first
         while not self._stopping:
+            binds = self.binds
             try:
                 await self._connect_and_serve()
-                pause = self.settings.backoff_first  # a session was up: start short again
             except (OSError, TimeoutError, ssl.SSLError, _Lost, asyncio.IncompleteReadError) as err:
                 self.last_error = self._attempt_error or _connection_error(err)
             except Exception:
+                self.last_error = "an internal error (logged)"
                 log_failure(log, "sms: the session with the SMSC ended")
             if self._stopping:
                 break
+            if self.binds > binds:  # a session was up: start short again
+                pause = self.settings.backoff_first
             self.unbound.set()
             log.warning(
                 "sms: not bound to %s:%d (%s); again in %.1f s",
                 self.settings.host, self.settings.port, self.last_error, pause,
             )  # fmt: skip
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), pause)
             pause = min(pause * 2, self.settings.backoff_max)
 
     async def stop(self) -> None:
-        """Unbind (4.2) and close; what is still awaited is deferred."""
+        """Unbind (4.2) and close; what is still awaited is deferred. :meth:`run` ends."""
         self._stopping = True
+        self._stopped.set()
         session = self._session
         if session is not None and not session.closed and self.bound.is_set():
             with contextlib.suppress(Exception):
@@ -515,6 +533,8 @@ class EsmeClient:
         session = _Session(reader, writer)
         self._session = session
         reading = asyncio.create_task(self._read_loop(session))
+        # The stream's end fails what is awaited at once (the bind's response too).
+        reading.add_done_callback(lambda _task: self._close(session))
         try:
             resp = await asyncio.wait_for(
                 self._request(
@@ -532,6 +552,8 @@ class EsmeClient:
             )
             if resp.status != ESME_ROK:
                 self._attempt_error = f"the SMSC refused the bind: {status_sentence(resp.status)}"
+                return
+            if self._stopping:
                 return
             self.binds += 1
             self.last_error = ""
@@ -767,6 +789,8 @@ def _connection_error(err: BaseException) -> str:
         return f"the SMSC's TLS certificate was not accepted ({err.verify_message})"
     if isinstance(err, ssl.SSLError):
         return f"TLS with the SMSC failed ({err.reason or err.__class__.__name__})"
+    if isinstance(err, asyncio.IncompleteReadError | ConnectionResetError | _Lost):
+        return "the SMSC closed the connection"
     if isinstance(err, TimeoutError):
         return "the SMSC did not answer in time"
     if isinstance(err, ConnectionRefusedError):
