@@ -236,7 +236,7 @@ _TLV_STATES = {
 }
 # Appendix B; operators vary the case, add spaces, and some write "DELIVERED".
 _RECEIPT_FIELDS = re.compile(
-    r"(id|sub|dlvrd|submit date|done date|stat|err):\s*(\S*)|text:(.*)$",
+    r"\b(id|sub|dlvrd|submit date|done date|stat|err):[ ]?((?!text:)\S*)|\btext:(.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 _STATE_WORDS = {s.value: s for s in ReceiptState} | {
@@ -295,21 +295,27 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
     """True when a receipt's id names the ``message_id`` a ``submit_sm_resp`` gave.
 
     SMSCs do not all write it alike: the same id may come in another case, with leading
-    zeros, or in decimal in the receipt where the response had hexadecimal (a habit
-    of several SMSC products, and why Appendix B calls the text's format
-    vendor-specific)."""
+    zeros, or in decimal in the receipt where the response had hexadecimal (a habit of
+    several SMSC products; Appendix B calls the text's format vendor-specific). The
+    notations are crossed only when one side has a hexadecimal letter, so two decimal
+    ids never match by being read as hexadecimal."""
     a, b = message_id.strip().lower(), receipt_id.strip().lower()
     if not a or not b:
         return False
-    if a == b or a.lstrip("0") == b.lstrip("0"):
+    if a == b or (a.lstrip("0") == b.lstrip("0") and a.isalnum() and b.isalnum()):
         return True
-    with contextlib.suppress(ValueError):
-        if b.isdigit() and int(a, 16) == int(b):
-            return True
-    with contextlib.suppress(ValueError):
-        if a.isdigit() and int(b, 16) == int(a):
+    for hexadecimal, decimal in ((a, b), (b, a)):
+        if (
+            decimal.isdigit()
+            and _HEX_ID.fullmatch(hexadecimal)
+            and not hexadecimal.isdigit()
+            and int(hexadecimal, 16) == int(decimal)
+        ):
             return True
     return False
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{1,32}")
 
 
 def _text(value: Any) -> str:
