@@ -93,3 +93,30 @@ def test_any_bytes_give_text_or_a_sentence(raw: bytes) -> None:
     if isinstance(result, SmsText):
         assert result.text == result.text.strip()
         assert "\r" not in result.text and "\n\n\n" not in result.text
+
+
+def _flowed(body: str, delsp: str = "") -> bytes:
+    return (
+        "From: alice@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n"
+        f"Content-Type: text/plain; charset=UTF-8; format=flowed{delsp}\r\n\r\n"
+        f"{body}\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b--\r\n"
+    ).encode()
+
+
+def test_format_flowed_soft_breaks_are_joined() -> None:
+    body = (
+        "La consegna è confermata per \r\ndomani mattina, \r\n From the start.\r\n\r\n-- \r\nAlice"
+    )
+    result = sms_text(_flowed(body))
+    assert isinstance(result, SmsText)
+    assert result.text == "La consegna è confermata per domani mattina, From the start."
+    assert result.signature_cut
+    joined = sms_text(_flowed("Buon\r\ngiorno a tut \r\nti", "; delsp=yes"))
+    assert isinstance(joined, SmsText) and joined.text == "Buon\ngiorno a tutti"
+
+
+def test_fixed_text_keeps_its_line_breaks() -> None:
+    raw = _flowed("one \r\ntwo").replace(b"; format=flowed", b"")
+    result = sms_text(raw)
+    assert isinstance(result, SmsText) and result.text == "one\ntwo"

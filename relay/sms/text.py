@@ -8,6 +8,11 @@ breaks, ``<script>``/``<style>``/``<head>`` are dropped, entities decoded). Reus
 means the SMS and an e-mail certificate read the same body the same way, with no second
 HTML converter to keep safe (that one is bounded and never raises on hostile markup).
 
+A ``text/plain`` part sent ``format=flowed`` (RFC 3676 section 4.2, as Thunderbird
+sends) is first unwrapped: a line ending in a space goes on with the next one (the space
+removed when ``DelSp=yes``, section 4.3 space-stuffing undone), so the SMS does not pay a
+line break every 72 characters.
+
 Then the rule, applied in this order (docs/sms.md repeats it for senders):
 
 1. **Signature**: everything from the first line that is ``-- `` (RFC 3676 section 4.3,
@@ -37,8 +42,15 @@ import re
 from dataclasses import dataclass
 
 from certifier.message import summarise
+from certifier.mime import (
+    PART_FIELDS,
+    Defects,
+    part_headers,
+    read_headers,
+    split_multipart,
+)
 
-__all__ = ["NoText", "SmsText", "normalise_whitespace", "sms_text", "sms_text_of_body"]
+__all__ = ["NoText", "SmsText", "normalise_whitespace", "sms_text", "sms_text_of_body", "unflow"]
 
 MAX_SOURCE_CHARS = 20000  # of the body examined; a longer text is refused as too long anyway
 
@@ -77,7 +89,68 @@ class NoText:
 def sms_text(raw: bytes) -> SmsText | NoText:
     """The SMS text of the mail message ``raw`` (module docstring)."""
     summary = summarise(raw, max_text=MAX_SOURCE_CHARS)
-    return sms_text_of_body(summary.text)
+    body = summary.text
+    params = _plain_part_params(raw)
+    if params is not None and params.get("format", "").lower() == "flowed":
+        body = unflow(body, params.get("delsp", "").lower() == "yes")
+    return sms_text_of_body(body)
+
+
+MAX_PARTS = 1000  # entities looked at to find the text/plain part
+
+
+def _plain_part_params(raw: bytes) -> dict[str, str] | None:
+    """The Content-Type parameters of the part :func:`summarise` takes its text from when
+    that is a ``text/plain`` one: the first inline ``text/plain`` leaf, in the same order
+    (depth first, document order, no recursion), or None."""
+    defects = Defects()  # what summarise reports already; not needed twice
+    stack: list[tuple[int, int]] = [(0, len(raw))]
+    examined = 0
+    while stack and examined < MAX_PARTS:
+        start, end = stack.pop()
+        examined += 1
+        fields, body_start = read_headers(raw, start, end, PART_FIELDS, "", defects)
+        headers = part_headers(fields, "text/plain", "", defects)
+        boundary = headers.params.get("boundary", "")
+        if headers.content_type.startswith("multipart/") and 0 < len(boundary) <= 200:
+            split = split_multipart(
+                raw, body_start, end, boundary.encode("utf-8", "surrogatepass"), MAX_PARTS
+            )
+            stack.extend(reversed(split.children))
+            continue
+        named = headers.disposition_params.get("filename") or headers.params.get("name")
+        if (
+            headers.content_type == "text/plain"
+            and headers.disposition in ("", "inline")
+            and not named
+        ):
+            return headers.params
+    return None
+
+
+def unflow(text: str, delsp: bool) -> str:
+    """Join the soft line breaks of ``format=flowed`` text (RFC 3676 section 4.2); quoted
+    lines and the signature separator ``-- `` are left as they are."""
+    out: list[str] = []
+    current: str | None = None
+    for line in text.split("\n"):
+        if line.startswith(">"):
+            if current is not None:
+                out.append(current)
+                current = None
+            out.append(line)
+            continue
+        if line.startswith(" "):  # section 4.4: space-stuffed
+            line = line[1:]
+        flowed = line.endswith(" ") and line != "-- "
+        piece = line[:-1] if flowed and delsp else line
+        current = piece if current is None else current + piece
+        if not flowed:
+            out.append(current)
+            current = None
+    if current is not None:
+        out.append(current)
+    return "\n".join(out)
 
 
 def sms_text_of_body(body: str) -> SmsText | NoText:
