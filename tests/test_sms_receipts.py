@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.sms.smpp import parse_receipt_text, receipt_matches, sender_address
+from relay.sms.inbound import parse_receipt_text, receipt_matches
+from relay.sms.smpp import sender_address
 
 
 def test_the_appendix_b_example() -> None:

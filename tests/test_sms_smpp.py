@@ -15,15 +15,12 @@ from typing import Any
 import trustme
 
 from relay.sms.encoding import EncodedSms, encode_sms
+from relay.sms.inbound import DeliveryReceipt, MobileOriginated, ReceiptState, receipt_matches
 from relay.sms.smpp import (
-    DeliveryReceipt,
     EsmeClient,
-    MobileOriginated,
     Outcome,
-    ReceiptState,
     SmscSettings,
     SubmitResult,
-    receipt_matches,
     sender_address,
     status_sentence,
 )

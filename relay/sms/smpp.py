@@ -22,12 +22,9 @@ What the session does (SMPP 3.4 section numbers):
     delivery, as for mail in ARCHITECTURE.md §1);
   - ``failed``: any other ``command_status``, in words (:data:`COMMAND_STATUS`, 5.1.3).
 
-- **Delivery receipts** (``deliver_sm`` with ``esm_class`` message type 0x04, SMSC
-  delivery receipt, or 0x20, intermediate notification; 5.2.12) are read from the TLVs
-  ``receipted_message_id`` and ``message_state`` (5.3.2.12, 5.3.2.35) and from the text of
-  Appendix B (``id:… sub:… dlvrd:… submit date:YYMMDDhhmm done date:YYMMDDhhmm stat:…
-  err:… text:…``), both kept, with the raw ``short_message``; the times are kept as the
-  operator wrote them (its clock and time zone). Any other ``deliver_sm`` is a mobile
+- **Delivery receipts** (``deliver_sm`` with ``esm_class`` message type 0x04 or 0x20,
+  5.2.12) go to the receipt callback, read by :mod:`relay.sms.inbound` (TLVs and the
+  Appendix B text, both kept with the raw octets); any other ``deliver_sm`` is a mobile
   originated message (a reply such as STOP) and goes to the MO callback.
   ``deliver_sm_resp`` is sent only after the callback returned, so a receipt or an MO
   is acknowledged once the caller has it (recorded durably, for the queue); a callback
@@ -57,7 +54,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import re
 import ssl
 import struct
 import time
@@ -70,20 +66,25 @@ from smpplib import smpp as smpplib_pdu
 
 from relay.config import Config, smsc_password
 from relay.logs import log_failure, printable
-from relay.sms.encoding import EncodedSms, decode_short_message
+from relay.sms.encoding import EncodedSms
+from relay.sms.inbound import (
+    NPI_ISDN,
+    TON_INTERNATIONAL,
+    DeliveryReceipt,
+    MobileOriginated,
+    is_receipt,
+    mo_from_pdu,
+    pdu_text,
+    receipt_from_pdu,
+)
 
 __all__ = [
     "COMMAND_STATUS",
-    "DeliveryReceipt",
     "EsmeClient",
-    "MobileOriginated",
     "Outcome",
-    "ReceiptState",
     "Sender",
     "SmscSettings",
     "SubmitResult",
-    "parse_receipt_text",
-    "receipt_matches",
     "sender_address",
     "status_sentence",
 ]
@@ -100,11 +101,8 @@ ESME_ROK = 0x00
 ESME_RMSGQFUL = 0x14
 ESME_RTHROTTLED = 0x58
 ESME_RX_T_APPN = 0x64
-ESM_TYPE_MASK = 0x3C  # SMPP 3.4 section 5.2.12, bits 5-2: the message type
-ESM_RECEIPT = 0x04
-ESM_INTERMEDIATE = 0x20
-TON_INTERNATIONAL, TON_ALPHANUMERIC = 1, 5
-NPI_ISDN, NPI_UNKNOWN = 1, 0
+TON_ALPHANUMERIC = 5
+NPI_UNKNOWN = 0
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 
 # SMPP 3.4 section 5.1.3, command_status: the name and what it means, in words.
@@ -204,184 +202,6 @@ def sender_address(text: str) -> Sender:
     if text.startswith("+") and text[1:].isdigit():
         return Sender(text[1:], TON_INTERNATIONAL, NPI_ISDN)
     return Sender(text, TON_ALPHANUMERIC, NPI_UNKNOWN)
-
-
-class ReceiptState(enum.StrEnum):
-    """A message's state in a receipt (SMPP 3.4 section 5.2.28 and Appendix B)."""
-
-    ENROUTE = "ENROUTE"
-    DELIVERED = "DELIVRD"
-    EXPIRED = "EXPIRED"
-    DELETED = "DELETED"
-    UNDELIVERABLE = "UNDELIV"
-    ACCEPTED = "ACCEPTD"
-    UNKNOWN = "UNKNOWN"
-    REJECTED = "REJECTD"
-
-    @property
-    def final(self) -> bool:
-        return self is not ReceiptState.ENROUTE
-
-
-# message_state TLV values (section 5.2.28) to the text form of Appendix B.
-_TLV_STATES = {
-    1: ReceiptState.ENROUTE,
-    2: ReceiptState.DELIVERED,
-    3: ReceiptState.EXPIRED,
-    4: ReceiptState.DELETED,
-    5: ReceiptState.UNDELIVERABLE,
-    6: ReceiptState.ACCEPTED,
-    7: ReceiptState.UNKNOWN,
-    8: ReceiptState.REJECTED,
-}
-# Appendix B; operators vary the case, add spaces, and some write "DELIVERED".
-_RECEIPT_FIELDS = re.compile(
-    r"\b(id|sub|dlvrd|submit date|done date|stat|err):[ ]?((?!text:)\S*)|\btext:(.*)$",
-    re.IGNORECASE | re.DOTALL,
-)
-_STATE_WORDS = {s.value: s for s in ReceiptState} | {
-    "DELIVERED": ReceiptState.DELIVERED,
-    "UNDELIVERABLE": ReceiptState.UNDELIVERABLE,
-    "ACCEPTED": ReceiptState.ACCEPTED,
-    "REJECTED": ReceiptState.REJECTED,
-}
-
-
-@dataclass(frozen=True)
-class DeliveryReceipt:
-    """An operator's receipt, raw and parsed. ``message_id`` is the TLV's when present,
-    else the text's ``id:``; times are as the operator wrote them (``YYMMDDhhmm``)."""
-
-    message_id: str
-    state: ReceiptState | None
-    submit_date: str
-    done_date: str
-    error: str
-    submitted: str
-    delivered: str
-    network_error_code: bytes
-    text_fields: dict[str, str]
-    tlv_state: int | None
-    source_addr: str
-    destination_addr: str
-    short_message: bytes
-    esm_class: int
-
-
-@dataclass(frozen=True)
-class MobileOriginated:
-    """A message from a phone (a reply such as STOP): its number, to whom, the text."""
-
-    source_addr: str  # "+34600111222" when TON is international, else as sent
-    destination_addr: str
-    text: str
-    udh: bytes
-    data_coding: int
-    short_message: bytes
-
-
-def parse_receipt_text(text: str) -> dict[str, str]:
-    """The fields of an Appendix B receipt text, keys in lower case (``submit date``)."""
-    fields: dict[str, str] = {}
-    for m in _RECEIPT_FIELDS.finditer(text):
-        if m.group(3) is not None:
-            fields.setdefault("text", m.group(3))
-        else:
-            fields.setdefault(m.group(1).lower(), m.group(2))
-    return fields
-
-
-def receipt_matches(message_id: str, receipt_id: str) -> bool:
-    """True when a receipt's id names the ``message_id`` a ``submit_sm_resp`` gave.
-
-    SMSCs do not all write it alike: the same id may come in another case, with leading
-    zeros, or in decimal in the receipt where the response had hexadecimal (a habit of
-    several SMSC products; Appendix B calls the text's format vendor-specific). The
-    notations are crossed only when one side has a hexadecimal letter, so two decimal
-    ids never match by being read as hexadecimal."""
-    a, b = message_id.strip().lower(), receipt_id.strip().lower()
-    if not a or not b:
-        return False
-    if a == b or (a.lstrip("0") == b.lstrip("0") and a.isalnum() and b.isalnum()):
-        return True
-    for hexadecimal, decimal in ((a, b), (b, a)):
-        if (
-            decimal.isdigit()
-            and _HEX_ID.fullmatch(hexadecimal)
-            and not hexadecimal.isdigit()
-            and int(hexadecimal, 16) == int(decimal)
-        ):
-            return True
-    return False
-
-
-_HEX_ID = re.compile(r"[0-9a-f]{1,32}")
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return "" if value is None else str(value)
-
-
-def _body(pdu: Any) -> bytes:
-    """The message octets: ``short_message``, else the ``message_payload`` TLV (5.3.2.32;
-    the only body a ``data_sm`` has)."""
-    body = getattr(pdu, "short_message", None) or getattr(pdu, "message_payload", None)
-    return body if isinstance(body, bytes) else b""
-
-
-def _receipt(pdu: Any) -> DeliveryReceipt:
-    short = _body(pdu)
-    fields = parse_receipt_text(short.decode("latin-1"))
-    tlv_state = getattr(pdu, "message_state", None)
-    state = _TLV_STATES.get(tlv_state) if tlv_state is not None else None
-    if state is None:
-        state = _STATE_WORDS.get(fields.get("stat", "").upper())
-    message_id = _text(getattr(pdu, "receipted_message_id", None)) or fields.get("id", "")
-    return DeliveryReceipt(
-        message_id=message_id,
-        state=state,
-        submit_date=fields.get("submit date", ""),
-        done_date=fields.get("done date", ""),
-        error=fields.get("err", ""),
-        submitted=fields.get("sub", ""),
-        delivered=fields.get("dlvrd", ""),
-        network_error_code=_octets(getattr(pdu, "network_error_code", None)),
-        text_fields=fields,
-        tlv_state=tlv_state,
-        source_addr=_international(pdu),
-        destination_addr=_text(pdu.destination_addr),
-        short_message=short,
-        esm_class=pdu.esm_class or 0,
-    )
-
-
-def _octets(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode("latin-1", "replace")
-
-
-def _international(pdu: Any) -> str:
-    addr = _text(pdu.source_addr)
-    if pdu.source_addr_ton == TON_INTERNATIONAL and addr.isdigit():
-        return "+" + addr
-    return addr
-
-
-def _mobile_originated(pdu: Any) -> MobileOriginated:
-    short = _body(pdu)
-    data_coding = pdu.data_coding or 0
-    udh, text = decode_short_message(short, data_coding, pdu.esm_class or 0)
-    return MobileOriginated(
-        source_addr=_international(pdu),
-        destination_addr=_text(pdu.destination_addr),
-        text=text,
-        udh=udh,
-        data_coding=data_coding,
-        short_message=short,
-    )
 
 
 @dataclass(frozen=True)
@@ -688,12 +508,11 @@ class EsmeClient:
 
     async def _deliver(self, session: _Session, pdu: Any) -> None:
         resp = "deliver_sm_resp" if pdu.command == "deliver_sm" else "data_sm_resp"
-        kind = (pdu.esm_class or 0) & ESM_TYPE_MASK
         try:
-            if kind in (ESM_RECEIPT, ESM_INTERMEDIATE):
-                await self.on_receipt(_receipt(pdu))
+            if is_receipt(pdu.esm_class or 0):
+                await self.on_receipt(receipt_from_pdu(pdu))
             else:
-                await self.on_mo(_mobile_originated(pdu))
+                await self.on_mo(mo_from_pdu(pdu))
         except Exception:
             log_failure(log, "sms: a %s could not be handled; the SMSC will send it again", resp)
             await self._respond(session, resp, pdu.sequence, ESME_RX_T_APPN)
@@ -768,7 +587,7 @@ class EsmeClient:
         status = resp.status
         if status == ESME_ROK:
             return SubmitResult(
-                Outcome.ACCEPTED, message_id=_text(getattr(resp, "message_id", "")),
+                Outcome.ACCEPTED, message_id=pdu_text(getattr(resp, "message_id", "")),
                 command_status=status,
             )  # fmt: skip
         sentence = f"the SMSC refused the SMS: {status_sentence(status)}"
