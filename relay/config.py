@@ -292,6 +292,31 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class SmsConfig:
+    """``[sms]``: certified SMS through an SMSC over SMPP 3.4 (README, "Certified SMS";
+    docs/sms.md). Off by default; the pieces in ``relay/sms/`` read it."""
+
+    enabled: bool = False
+    smsc: str = ""  # host:port of the operator's SMSC
+    system_id: str = ""  # the ESME's login (SMPP 3.4 section 4.1.1)
+    password_file: Path | None = None  # else the environment variable CERTIFICA_SMSC_PASSWORD
+    system_type: str = ""
+    tls: bool = False
+    source: str = ""  # default sender ID: alphanumeric (11 at most) or an E.164 number
+    default_region: str = "ES"  # ISO 3166 region of national numbers (+34 for ES)
+    roles: tuple[str, ...] = ("admin",)
+    max_segments: int = 6
+    gsm_data_coding: int = 0  # SMPP 3.4 section 5.2.19: 0 is the SMSC default alphabet
+    receipt_timeout: float = 172800.0  # seconds to wait for the operator's receipt
+    optout_text: str = "STOP: {optout_url}"
+    optout_keywords: tuple[str, ...] = ("STOP", "BAJA", "BAIXA", "ALT")
+    optout_scope: str = "marketing"  # "marketing" or "all"
+    submit_window: int = 10  # submit_sm sent before their responses come back
+    enquire_link_interval: float = 30.0  # seconds of silence before an enquire_link
+    response_timeout: float = 30.0  # seconds to wait for a response PDU
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
@@ -315,6 +340,7 @@ class Config:
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
     source: Path | None = None
     deprecations: tuple[str, ...] = ()  # one sentence per deprecated key in use, logged at start
 
@@ -375,7 +401,10 @@ def _build(cls: Any, data: Any, prefix: str, where: str, base: Path) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{prefix}] must be a table")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name not in ("source", "deprecations")}
+    # Config.source and Config.deprecations are set by the loader, not by the file
+    # ([sms] source is a key of its own).
+    internal = ("source", "deprecations") if cls is Config else ()
+    known = {f.name for f in dataclasses.fields(cls) if f.name not in internal}
     values: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -463,6 +492,94 @@ def _validate(cfg: Config, where: str) -> None:
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
     _validate_pkcs11(cfg, where)
+    _validate_sms(cfg, where)
+
+
+SMSC_PASSWORD_ENV = "CERTIFICA_SMSC_PASSWORD"  # noqa: S105 - a variable name
+_SMS_SENDER_ALPHANUMERIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .&-]{0,10}")
+_SMS_SENDER_NUMBER = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+def sms_sender_ok(text: str) -> bool:
+    """A sender ID an SMSC takes: an international number (E.164, ``+`` and up to 15
+    digits) or 1 to 11 letters, digits and a few marks (3GPP TS 23.040 section 9.1.2.5:
+    an alphanumeric address is 11 GSM characters at most), not only digits."""
+    if _SMS_SENDER_NUMBER.fullmatch(text):
+        return True
+    return bool(_SMS_SENDER_ALPHANUMERIC.fullmatch(text)) and not text.isdigit()
+
+
+def _validate_sms(cfg: Config, where: str) -> None:
+    import os
+
+    import phonenumbers
+
+    sms = cfg.sms
+    if sms.smsc:
+        parse_endpoint(sms.smsc, "sms.smsc", where)
+    if sms.default_region and sms.default_region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(
+            f"{where}: sms.default_region = {sms.default_region!r} is not a region code "
+            "(ISO 3166-1 alpha-2, upper case: ES, IT, US)"
+        )
+    if sms.source and not sms_sender_ok(sms.source):
+        raise ConfigError(
+            f"{where}: sms.source = {sms.source!r} is not a sender ID: 1 to 11 letters and "
+            "digits, or an international number such as +34600111222"
+        )
+    if not 1 <= sms.max_segments <= 255:
+        raise ConfigError(f"{where}: sms.max_segments must be 1 to 255 (the UDH counts to 255)")
+    if sms.gsm_data_coding > 255 or sms.gsm_data_coding == 8:
+        raise ConfigError(
+            f"{where}: sms.gsm_data_coding must be a data_coding for the GSM alphabet "
+            "(0 to 255, not 8, which is UCS-2)"
+        )
+    if sms.optout_scope not in ("marketing", "all"):
+        raise ConfigError(f'{where}: sms.optout_scope must be "marketing" or "all"')
+    try:
+        sms.optout_text.format(optout_url="")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(
+            f"{where}: sms.optout_text may use only the placeholder {{optout_url}}"
+        ) from None
+    for i, word in enumerate(sms.optout_keywords):
+        if not word.strip() or any(c.isspace() for c in word):
+            raise ConfigError(f"{where}: sms.optout_keywords[{i}] must be one word")
+    for name in ("submit_window",):
+        if getattr(sms, name) < 1:
+            raise ConfigError(f"{where}: sms.{name} must be at least 1")
+    for name in ("enquire_link_interval", "response_timeout", "receipt_timeout"):
+        if getattr(sms, name) <= 0:
+            raise ConfigError(f"{where}: sms.{name} must be more than 0 seconds")
+    if not sms.enabled:
+        return
+    for name in ("smsc", "system_id", "source"):
+        if not getattr(sms, name):
+            raise ConfigError(f"{where}: sms.enabled needs sms.{name}")
+    if not sms.password_file and SMSC_PASSWORD_ENV not in os.environ:
+        raise ConfigError(
+            f"{where}: sms.enabled needs sms.password_file "
+            f"(or the environment variable {SMSC_PASSWORD_ENV})"
+        )
+
+
+def smsc_password(cfg: Config) -> str:
+    """The password the gateway binds to the SMSC with: the first line of ``[sms]
+    password_file``, else the environment variable ``CERTIFICA_SMSC_PASSWORD``, else
+    empty. Never inline in the config file. Raises :class:`ConfigError` naming the key."""
+    import os
+
+    path = cfg.sms.password_file
+    if path:
+        where = f"{cfg.source or '(embedded defaults)'}: sms.password_file"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{where} = {path}: cannot be read ({err.__class__.__name__})"
+            ) from None
+        return text.splitlines()[0] if text else ""
+    return os.environ.get(SMSC_PASSWORD_ENV, "")
 
 
 def _validate_pkcs11(cfg: Config, where: str) -> None:
