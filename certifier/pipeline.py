@@ -1,7 +1,8 @@
 """From the queue's evidence and the received bytes to a signed certificate, in one worker call.
 
 The relay hands over what it recorded (sender, recipients, timeline); this step adds
-what the message itself says (subject, From, attachments and their hashes, text),
+what the message itself says (subject, From, attachments and their hashes, text, the
+essentials of the attachments that are invoices, read as ``[invoices]`` says),
 parsed here, in the worker process, so that parsing a large or hostile MIME tree
 never runs on the SMTP event loop. Then it renders and signs (PAdES-B-T).
 """
@@ -24,7 +25,7 @@ def complete_evidence(evidence: dict[str, Any], eml: bytes | None) -> dict[str, 
         if not (evidence.get("message") or {}).get("content_unavailable"):
             raise ValueError("no message bytes, and the evidence does not say why")
         return evidence
-    summary = summarise(eml)
+    summary = summarise(eml, invoices=pool.invoice_settings())
     expected = (evidence.get("message") or {}).get("sha256")
     if expected is not None and expected != hashlib.sha256(eml).hexdigest():
         raise ValueError("the message bytes do not match the received hash")
