@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def invoice_message(signer: Signer) -> bytes:
         (b"%PDF-1.4\nnot an invoice\n", "pdf", "folleto.pdf"),
     ]:
         msg.add_attachment(data, maintype="application", subtype=subtype, filename=name)
-    return bytes(msg)
+    return msg.as_bytes(policy=SMTP)  # CRLF line ends, as SMTP carries them
 
 
 @pytest.fixture(scope="module")
