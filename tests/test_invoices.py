@@ -173,6 +173,7 @@ def test_fatturapa_p7m_is_opened_and_its_signature_noted_as_present(
     invoice = read_invoice(enveloped, "IT01234567890_00001.xml.p7m", "application/pkcs7-mime")
     assert invoice is not None and invoice.signature is not None
     assert invoice.signature.status == SignatureStatus.PRESENT
+    assert invoice.signature.signer == "TALLERES EJEMPLO SL"  # named, not verified
     assert replace(invoice, signature=None) == FPR12
 
 

@@ -122,6 +122,7 @@ def test_the_record_holds_each_invoice_on_its_attachment_and_matches_the_schema(
     assert by_name["IT01234567890_00001.xml.p7m"]["signature"] == {
         "status": "present",
         "kind": "CAdES",
+        "signer": "TALLERES EJEMPLO SL",
     }
     assert by_name["rota.xml"]["problem"].startswith("not well-formed XML")
     assert by_name["folleto.pdf"] is None
@@ -152,7 +153,10 @@ def test_the_certificate_states_each_invoice_in_the_readers_language(
         assert "What could not be read not well-formed XML" in text
         assert "An invoice in the UBL format that could not be read" in text
         assert "Signer (as its certificate names it) TALLERES EJEMPLO SL" in text
-        assert "It came in an electronically signed envelope, which was not checked." in text
+        assert (
+            "It came in an envelope electronically signed by TALLERES EJEMPLO SL; that "
+            "signature was not checked." in text
+        )
 
 
 def test_hostile_invoice_values_are_set_as_plain_text(tmp_path: Path) -> None:

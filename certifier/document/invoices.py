@@ -50,7 +50,10 @@ _SIGNATURES = {
         "signed, or the signature is damaged."
     ),
     "unchecked": N_("It carries an electronic signature that could not be checked."),
-    "present": N_("It came in an electronically signed envelope, which was not checked."),
+    "present": N_(
+        "It came in an envelope electronically signed by %(signer)s; that signature was "
+        "not checked."
+    ),
 }
 STATUS_WORDS = {
     "trusted": N_("intact, signer on the trust list"),

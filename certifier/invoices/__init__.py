@@ -73,13 +73,14 @@ def _read(
     if facturx.looks_like_pdf(data):
         return facturx.read(data, settings.max_size)
     if data[:1] == b"\x30" or filename.endswith(".p7m") or content_type in _P7M_TYPES:
-        inner = fatturapa.unwrap_p7m(data)
-        if inner is not None and looks_like_xml(inner):
-            return _read_xml(inner, settings, enveloped=True)
-        if inner is not None or not looks_like_xml(data):
+        unwrapped = fatturapa.unwrap_p7m(data)
+        if unwrapped is not None:
+            inner, signer = unwrapped
+            return _read_xml(inner, settings, signer) if looks_like_xml(inner) else None
+        if not looks_like_xml(data):
             return None
     if looks_like_xml(data):
-        return _read_xml(data, settings, enveloped=False)
+        return _read_xml(data, settings, None)
     return None
 
 
@@ -91,7 +92,9 @@ def _guess(data: bytes) -> str | None:
     return None
 
 
-def _read_xml(data: bytes, settings: InvoiceSettings, enveloped: bool) -> Invoice | None:
+def _read_xml(data: bytes, settings: InvoiceSettings, signer: str | None) -> Invoice | None:
+    """The invoice in XML ``data``; ``signer`` is not None when it came out of a CMS
+    envelope (then the envelope's first certificate's name, maybe "")."""
     try:
         root = parse(data)
     except ValueError as err:
@@ -106,5 +109,5 @@ def _read_xml(data: bytes, settings: InvoiceSettings, enveloped: bool) -> Invoic
     if namespace == cii.NAMESPACE and local == "CrossIndustryInvoice":
         return cii.read(root, "CII")
     if namespace == fatturapa.NAMESPACE and local == "FatturaElettronica":
-        return fatturapa.read(root, signed=enveloped)
+        return fatturapa.read(root, signed=signer is not None, signer=signer or "")
     return None

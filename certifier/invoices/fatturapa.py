@@ -38,9 +38,10 @@ _NO_NS: dict[str, str] = {}
 _BASE64 = re.compile(rb"[A-Za-z0-9+/=\r\n]+")
 
 
-def unwrap_p7m(data: bytes) -> bytes | None:
-    """The content of a CMS SignedData (RFC 5652) in ``data`` (DER, or base64 of DER);
-    None when ``data`` is not one or holds no content."""
+def unwrap_p7m(data: bytes) -> tuple[bytes, str] | None:
+    """The content of a CMS SignedData (RFC 5652) in ``data`` (DER, or base64 of DER),
+    with the common name of the first certificate it carries (the signer's, as CAdES
+    puts it first; "" when none); None when ``data`` is not one or holds no content."""
     from asn1crypto import cms
 
     der = data
@@ -56,10 +57,24 @@ def unwrap_p7m(data: bytes) -> bytes | None:
         info = cms.ContentInfo.load(der)
         if info["content_type"].native != "signed_data":
             return None
-        content = info["content"]["encap_content_info"]["content"].native
+        signed = info["content"]
+        content = signed["encap_content_info"]["content"].native
     except Exception:  # asn1crypto raises ValueError, TypeError, KeyError... on bad DER
         return None
-    return content if isinstance(content, bytes) else None
+    if not isinstance(content, bytes):
+        return None
+    return content, _first_signer(signed)
+
+
+def _first_signer(signed: object) -> str:
+    try:
+        for choice in signed["certificates"] or []:  # type: ignore[index]
+            name = choice.chosen.subject.native.get("common_name")
+            if isinstance(name, str):
+                return name[:300]
+    except Exception:  # a damaged certificate list: no name, the content still read
+        return ""
+    return ""
 
 
 def _party(party: etree._Element | None) -> tuple[str, str]:
@@ -87,9 +102,10 @@ def _payable(body: etree._Element, problems: list[str]) -> str:
     return str(total)
 
 
-def read(root: etree._Element, signed: bool = False) -> Invoice:
+def read(root: etree._Element, signed: bool = False, signer: str = "") -> Invoice:
     """The essentials of a FatturaPA ``root`` element; ``signed``: it came out of a
-    ``.p7m`` envelope, whose signature is noted as present."""
+    ``.p7m`` envelope, whose signature is noted as present (with the ``signer`` its
+    certificate names, not verified)."""
     problems: list[str] = []
     header = first(root, ["FatturaElettronicaHeader"], _NO_NS)
     seller_name, seller_tax = _party(
@@ -130,5 +146,5 @@ def read(root: etree._Element, signed: bool = False) -> Invoice:
         total=decimal_text(total, problems),
         currency=value(document, ["Divisa"], _NO_NS),
         problem="; ".join(problems) or None,
-        signature=Signature(SignatureStatus.PRESENT, "CAdES") if signed else None,
+        signature=Signature(SignatureStatus.PRESENT, "CAdES", signer or None) if signed else None,
     )
