@@ -3,7 +3,8 @@
 
 - Factur-X and ZUGFeRD: the CII file wrapped into a PDF/A-3 by the ``factur-x`` library
   (its ``generate_from_binary``, which also checks the XML against the Factur-X XSD),
-  around a one-page PDF drawn with reportlab;
+  around a one-page PDF drawn with reportlab; ZUGFeRD: the same CII file embedded as
+  ``zugferd-invoice.xml`` by pikepdf, with compressed object streams;
 - Facturae: the 3.2.2 file signed with signxml's XAdES signer by a key and certificate
   made here (a root and a signer, as a qualified certificate's chain would be), and
   its 3.2 and 3.2.1 twins (the same invoice in those versions' namespaces);
@@ -158,3 +159,24 @@ def p7m(content: bytes, signer: Signer, encoding: str = "der") -> bytes:
         .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     )
     return base64.encodebytes(der) if encoding == "base64" else der
+
+
+def zugferd_pdf(xml: bytes | None = None) -> bytes:
+    """A ZUGFeRD 2.x PDF: the CII sample embedded as ``zugferd-invoice.xml`` by pikepdf
+    (another writer than the Factur-X one), saved with compressed object streams, so
+    that the embedded file's specification is found inside an object stream."""
+    import pikepdf
+    from reportlab.pdfgen import canvas
+
+    page = io.BytesIO()
+    drawing = canvas.Canvas(page)
+    drawing.drawString(72, 760, "Rechnung F20260023")
+    drawing.save()
+    pdf = pikepdf.open(io.BytesIO(page.getvalue()))
+    spec = pikepdf.AttachedFileSpec(
+        pdf, xml if xml is not None else sample("factur-x.xml"), mime_type="text/xml"
+    )
+    pdf.attachments["zugferd-invoice.xml"] = spec
+    out = io.BytesIO()
+    pdf.save(out, object_stream_mode=pikepdf.ObjectStreamMode.generate)
+    return out.getvalue()

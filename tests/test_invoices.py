@@ -31,6 +31,7 @@ from tests.invoice_samples import (
     p7m,
     sample,
     signed_facturae,
+    zugferd_pdf,
 )
 
 PROPERTY = settings(
@@ -94,6 +95,12 @@ def test_facturx_pdf_essentials_match_what_the_factur_x_library_extracts() -> No
     name, xml = facturx.get_xml_from_pdf(pdf, check_xsd=True)
     assert name == "factur-x.xml" and xml == sample("factur-x.xml")
     assert read_invoice(pdf, "F20260023.pdf", "application/pdf") == CII
+
+
+def test_zugferd_pdf_with_compressed_object_streams_is_read_as_zugferd() -> None:
+    pdf = zugferd_pdf()
+    assert b"EmbeddedFiles" not in pdf  # the catalog is inside a compressed object stream
+    assert read_invoice(pdf, "Rechnung.pdf") == replace(CII, format="ZUGFeRD")
 
 
 def test_bare_cii_xml_is_read_as_cii() -> None:
@@ -373,7 +380,12 @@ def test_mutated_xml_invoices_never_raise(data: bytes) -> None:
 
 
 def test_mutated_signed_and_wrapped_invoices_never_raise(signer: Signer) -> None:
-    seeds = [signed_facturae(signer), facturx_pdf(), p7m(sample("fatturapa-FPR12.xml"), signer)]
+    seeds = [
+        signed_facturae(signer),
+        facturx_pdf(),
+        zugferd_pdf(),
+        p7m(sample("fatturapa-FPR12.xml"), signer),
+    ]
 
     @PROPERTY
     @given(mutated(seeds))
