@@ -252,6 +252,20 @@ def test_with_trust_roots_the_signer_is_trusted_or_not(signer: Signer, tmp_path:
     assert changed.signature.status == SignatureStatus.NOT_INTACT
 
 
+def test_a_signature_that_does_not_cover_the_whole_invoice_is_not_judged_intact(
+    signer: Signer,
+) -> None:
+    signed = signed_facturae(signer)
+    start = signed.index(b"<ds:Signature")
+    end = signed.index(b"</ds:Signature>") + len(b"</ds:Signature>")
+    twice = signed[:start] + signed[start:end] + signed[start:]  # two signatures
+    elsewhere = signed.replace(b'URI=""', b'URI="#nothing"', 1)  # not the whole document
+    for data in (twice, elsewhere):
+        invoice = read_invoice(data)
+        assert invoice is not None and invoice.signature is not None
+        assert invoice.signature.status == SignatureStatus.UNCHECKED, invoice.signature
+
+
 def test_an_unsigned_facturae_has_no_signature_verdict() -> None:
     invoice = read_invoice(facturae())
     assert invoice is not None and invoice.signature is None

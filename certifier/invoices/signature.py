@@ -7,7 +7,8 @@ in two steps (docs/invoices.md, "How signatures are judged"):
 
 1. **Integrity**, with the certificate the signature carries (``ds:KeyInfo``): the
    references' digests, the signature value, and that one reference covers the whole
-   document (``URI=""``), so no part of what Certifica reads is outside what was signed.
+   document (``URI=""``), so no part of what Certifica reads is outside what was signed
+   (a file with more than one signature is not judged: "could not be checked").
    A changed byte gives ``not-intact``. SHA-1, which older Facturae software still
    uses, is accepted for this check (it says whether the file changed, not whether to
    trust a new signature); the signer's certificate is checked as at the XAdES
@@ -102,6 +103,15 @@ def _judge(root: etree._Element, signature: etree._Element, trust_roots: Path | 
     if not certificates:
         return Signature(
             SignatureStatus.UNCHECKED, "XAdES", detail="no certificate in the signature (KeyInfo)"
+        )
+    if sum(1 for _ in root.iter(f"{{{DS_NS}}}Signature")) > 1:
+        return Signature(SignatureStatus.UNCHECKED, "XAdES", detail="more than one signature")
+    whole = signature.find(f"{{{DS_NS}}}SignedInfo/{{{DS_NS}}}Reference[@URI='']")
+    if whole is None:
+        return Signature(
+            SignatureStatus.UNCHECKED,
+            "XAdES",
+            detail="the signature does not cover the whole invoice",
         )
     chain = [x509.load_pem_x509_certificate(add_pem_header(c.text or "")) for c in certificates]
     at = _signing_time(signature)
