@@ -130,13 +130,14 @@ def test_the_record_holds_each_invoice_on_its_attachment_and_matches_the_schema(
 
 def test_the_worker_reads_invoices_as_its_settings_say(signer: Signer) -> None:
     eml = invoice_message(signer)
-    before = pool.invoice_settings()
-    try:
-        pool._invoices = InvoiceSettings(enabled=False)
-        off = complete_evidence(make_evidence(eml), eml)
-    finally:
-        pool._invoices = before
+    assert pool.invoice_settings() == InvoiceSettings()  # before init_process: the defaults
+    off = complete_evidence(make_evidence(eml), eml, InvoiceSettings(enabled=False))
     assert all("invoice" not in a for a in off["message"]["attachments"])
+    small = complete_evidence(make_evidence(eml), eml, InvoiceSettings(max_size=6000))
+    attachments = small["message"]["attachments"]
+    assert [a["filename"] for a in attachments if a["size"] > 6000] == ["factura.xml"]
+    read = [a["filename"] for a in attachments if "invoice" in a]
+    assert read == ["F20260023.pdf", "abono.xml", "IT01234567890_00001.xml.p7m", "rota.xml"]
 
 
 @pytest.mark.parametrize("language", ["en", "es", "ca", "it"])
