@@ -6,6 +6,7 @@ documents), and the pages are read back with pdftotext in every language.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -23,6 +24,7 @@ from certifier.evidence_record import schema_problem
 from certifier.i18n import Reader
 from certifier.invoices import InvoiceSettings
 from certifier.pipeline import complete_evidence
+from tests.conftest import FIXTURES
 from tests.invoice_samples import Signer, facturx_pdf, make_signer, p7m, sample, signed_facturae
 from tests.test_certificate_pdf import make_evidence
 from tests.test_etsi_evidence import schema  # noqa: F401 - the XSD fixture
@@ -207,3 +209,20 @@ def test_every_etsi_document_carries_the_invoices_and_validates_against_the_xsd(
         # The invoice names the part UserContentInfo lists, by its digest.
         digests = {a["filename"]: a["sha256"] for a in evidence["message"]["attachments"]}
         assert facturae.get("sha256") == digests["factura.xml"]
+
+
+def test_a_reception_certificate_states_the_invoice_that_arrived(
+    completed: tuple[dict[str, Any], bytes], tmp_path: Path
+) -> None:
+    """Certified reception (README, "For mailbox owners"): the same words on page 1."""
+    evidence, _eml = completed
+    record = json.loads((FIXTURES / "evidence" / "reception.json").read_text(encoding="utf-8"))
+    facturae = next(a for a in evidence["message"]["attachments"] if a["filename"] == "factura.xml")
+    record["message"]["attachments"] = [facturae]
+    assert schema_problem(record) is None
+    text = pdf_text(render_certificate(record, None, Reader("it", "Europe/Rome")), tmp_path)
+    assert "Il messaggio conteneva una fattura:" in text
+    assert (
+        "factura.xml: Fattura n. FAC-2026-0001 del 28 novembre 2026 da Talleres Ejemplo, S.L. "
+        "(B12345674) a Núria Puig Ferrer (12345678Z), totale 1.234,56 EUR (Facturae 3.2.2)."
+    ) in text
