@@ -50,7 +50,12 @@ verbatim and, for a format-2 entry, its ``salt`` (or, once the gateway forgot it
 its ``commitment``), so the entry's hash in the chain can be recomputed from the XML
 alone, as :mod:`certifier.evidence` describes and README "The evidence log" says), the
 remote server's reply, TLS, the sender's authentication results (RFC 8601 header,
-DKIM, SPF, DMARC) and the tracking classification.
+DKIM, SPF, DMARC) and the tracking classification; and, in an ``Extension`` of its own
+in every document, one ``Invoice`` element per attachment that is an invoice
+(:mod:`certifier.invoices`: format, version, number, issue date, seller and buyer with
+their tax ids, total with currency, the invoice's own signature and any problem in
+reading it), naming the attachment by file name and SHA-256 as ``UserContentInfo``
+lists it. ``Extension`` is ``AnyType`` in the schema, so these validate as they are.
 """
 
 from __future__ import annotations
@@ -297,6 +302,39 @@ def _extensions(parent: etree._Element, evidence: dict[str, Any], entry: dict[st
             _set(element, "link", detail["link"])
     if len(extras) == 0:
         extensions.remove(extras)
+    _invoices(extensions, evidence)
+
+
+def _invoices(extensions: etree._Element, evidence: dict[str, Any]) -> None:
+    """One ``Invoice`` per attachment the record found to be an invoice."""
+    attachments = (evidence.get("message") or {}).get("attachments") or []
+    found = [a for a in attachments if isinstance(a, dict) and isinstance(a.get("invoice"), dict)]
+    if not found:
+        return
+    extension = _sub(extensions, "Extension")
+    for attachment in found:
+        invoice = attachment["invoice"]
+        element = _sub(extension, "Invoice", ns=EXT_NS)
+        _set(element, "part", attachment.get("filename") or "")
+        _set(element, "sha256", attachment.get("sha256") or "")
+        for key in ("format", "version", "kind"):
+            _set(element, key, invoice.get(key) or "")
+        _sub(element, "Number", str(invoice.get("number") or ""), ns=EXT_NS)
+        _sub(element, "IssueDate", str(invoice.get("issue_date") or ""), ns=EXT_NS)
+        for role in ("seller", "buyer"):
+            party = invoice.get(role) or {}
+            who = _sub(element, role.capitalize(), str(party.get("name") or ""), ns=EXT_NS)
+            _set(who, "taxId", party.get("tax_id") or "")
+        total = _sub(element, "Total", str(invoice.get("total") or ""), ns=EXT_NS)
+        _set(total, "currency", invoice.get("currency") or "")
+        signature = invoice.get("signature")
+        if isinstance(signature, dict):
+            seal = _sub(element, "Signature", str(signature.get("detail") or ""), ns=EXT_NS)
+            for key in ("status", "kind", "signer"):
+                if signature.get(key):
+                    _set(seal, key, signature[key])
+        if invoice.get("problem"):
+            _sub(element, "Problem", str(invoice["problem"]), ns=EXT_NS)
 
 
 def _document(

@@ -38,6 +38,9 @@ __all__ = [
     "EvidenceLog",
     "EvidenceRecord",
     "Gateway",
+    "Invoice",
+    "InvoiceParty",
+    "InvoiceSignature",
     "LateBounce",
     "LateBounceReport",
     "LegacyEvidenceLog",
@@ -119,11 +122,44 @@ class Sender(TypedDict, total=False):
     method: Required[str]  # submission, certified copy (MX), reception
 
 
-class Attachment(TypedDict):
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
+class InvoiceParty(TypedDict):
+    name: str
+    tax_id: str
+
+
+class InvoiceSignature(TypedDict, total=False):
+    """An invoice's own signature (:class:`certifier.invoices.SignatureStatus`)."""
+
+    status: Required[
+        Literal["trusted", "untrusted", "intact", "not-intact", "unchecked", "present"]
+    ]
+    kind: Required[str]
+    signer: str
+    detail: str
+
+
+class Invoice(TypedDict, total=False):
+    """The essentials of an attachment that is an invoice (:mod:`certifier.invoices`)."""
+
+    format: Required[Literal["Facturae", "Factur-X", "ZUGFeRD", "CII", "UBL", "FatturaPA"]]
+    version: Required[str]
+    kind: Required[Literal["invoice", "credit note"]]
+    number: Required[str]
+    issue_date: Required[str]
+    seller: Required[InvoiceParty]
+    buyer: Required[InvoiceParty]
+    total: Required[str]
+    currency: Required[str]
+    problem: str
+    signature: InvoiceSignature
+
+
+class Attachment(TypedDict, total=False):
+    filename: Required[str]
+    content_type: Required[str]
+    size: Required[int]
+    sha256: Required[str]
+    invoice: Invoice  # when the attachment is an invoice
 
 
 # "from" is a Python keyword: the functional form.

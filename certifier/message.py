@@ -24,6 +24,9 @@ Decisions worth knowing:
   shown as UTF-8 or Windows-1252; subject, names and file names never hold a control
   character, a line break or a bidirectional override). Body text keeps its line
   breaks and tabs.
+- Attachments that are invoices (Facturae, Factur-X/ZUGFeRD, UBL, FatturaPA) carry
+  their essentials (:mod:`certifier.invoices`) when :func:`summarise` is given
+  ``invoices`` settings; a malformed one is listed with its problem, never refused.
 - Output is bounded: at most ``max_parts`` parts and ``max_depth`` levels are examined,
   long header strings are cut at 4096 characters, at most 1000 addresses per field and
   100 defects are listed; each cut is itself reported as a defect.
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
+from certifier.invoices import Invoice, InvoiceSettings, read_invoice
 from certifier.mime import (
     MAX_ADDRESSES,
     PART_FIELDS,
@@ -95,12 +99,26 @@ def sha256_hex(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Attachment:
-    """One attachment: size and SHA-256 of its decoded content (see module docstring)."""
+    """One attachment: size and SHA-256 of its decoded content (see module docstring),
+    and what it says when it is an invoice."""
 
     filename: str
     content_type: str
     size: int
     sha256: str
+    invoice: Invoice | None = None
+
+    def as_evidence(self) -> dict[str, Any]:
+        """The attachment as ``evidence.json`` lists it (``invoice`` only for one)."""
+        out: dict[str, Any] = {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+        if self.invoice is not None:
+            out["invoice"] = self.invoice.as_evidence()
+        return out
 
 
 @dataclass(frozen=True)
@@ -132,15 +150,7 @@ class MessageSummary:
             "from": self.from_,
             "to": list(self.to),
             "cc": list(self.cc),
-            "attachments": [
-                {
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "sha256": a.sha256,
-                }
-                for a in self.attachments
-            ],
+            "attachments": [a.as_evidence() for a in self.attachments],
             "text": self.text,
             "text_truncated": self.text_truncated,
             "defects": list(self.defects),
@@ -371,13 +381,18 @@ def _leaf_text(leaf: _Leaf, max_text: int, defects: Defects) -> tuple[str, bool]
 
 
 def summarise(
-    raw: bytes, max_text: int = 20000, max_parts: int = 10000, max_depth: int = 100
+    raw: bytes,
+    max_text: int = 20000,
+    max_parts: int = 10000,
+    max_depth: int = 100,
+    invoices: InvoiceSettings | None = None,
 ) -> MessageSummary:
     """Summarise ``raw`` (a complete RFC 5322 message) for its certificate.
 
     Never raises on the content of ``raw``: what cannot be read is listed in ``defects``.
     At most ``max_parts`` MIME entities (containers included) and ``max_depth`` levels of
     multipart nesting are examined; ``text`` holds at most ``max_text`` characters.
+    With ``invoices``, each attachment is also read as an invoice (``[invoices]``).
     """
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise TypeError("raw must be bytes")
@@ -386,7 +401,7 @@ def summarise(
     raw = bytes(raw)
     defects = Defects()
     try:
-        return _summarise(raw, max_text, max_parts, max_depth, defects)
+        return _summarise(raw, max_text, max_parts, max_depth, defects, invoices)
     except Exception as exc:  # last resort; tests assert it never happens
         defects.add(f"internal error while examining the message ({type(exc).__name__})")
         return MessageSummary(
@@ -397,7 +412,12 @@ def summarise(
 
 
 def _summarise(
-    raw: bytes, max_text: int, max_parts: int, max_depth: int, defects: Defects
+    raw: bytes,
+    max_text: int,
+    max_parts: int,
+    max_depth: int,
+    defects: Defects,
+    invoices: InvoiceSettings | None = None,
 ) -> MessageSummary:
     top: dict[str, list[bytes]] = {}
     attachments: list[Attachment] = []
@@ -457,7 +477,12 @@ def _summarise(
         filename = _filename(headers, leaf_where, defects)
         is_text_body = ctype in ("text/plain", "text/html")
         if headers.disposition not in ("", "inline") or filename or not is_text_body:
-            attachments.append(Attachment(filename or UNNAMED, ctype, len(data), sha256_hex(data)))
+            invoice = None
+            if invoices is not None and invoices.enabled:
+                invoice = read_invoice(data, filename, ctype, invoices)
+            attachments.append(
+                Attachment(filename or UNNAMED, ctype, len(data), sha256_hex(data), invoice)
+            )
         elif ctype == "text/plain" and plain is None:
             plain = _leaf_slice(leaf_where, ctype, headers.params, data, max_text)
         elif ctype == "text/html" and html is None:

@@ -1,7 +1,8 @@
 """From the queue's evidence and the received bytes to a signed certificate, in one worker call.
 
 The relay hands over what it recorded (sender, recipients, timeline); this step adds
-what the message itself says (subject, From, attachments and their hashes, text),
+what the message itself says (subject, From, attachments and their hashes, text, the
+essentials of the attachments that are invoices, read as ``[invoices]`` says),
 parsed here, in the worker process, so that parsing a large or hostile MIME tree
 never runs on the SMTP event loop. Then it renders and signs (PAdES-B-T).
 """
@@ -13,18 +14,23 @@ from typing import Any
 
 from certifier import pool
 from certifier.i18n import Reader
+from certifier.invoices import InvoiceSettings
 from certifier.message import summarise
 
 
-def complete_evidence(evidence: dict[str, Any], eml: bytes | None) -> dict[str, Any]:
+def complete_evidence(
+    evidence: dict[str, Any], eml: bytes | None, invoices: InvoiceSettings | None = None
+) -> dict[str, Any]:
     """Fill ``evidence["message"]`` from the message bytes; refuse if the hash differs.
     Without the bytes (``eml`` None), the evidence must say why
-    (``message.content_unavailable``) and is kept as it is."""
+    (``message.content_unavailable``) and is kept as it is. Attachments are read as
+    invoices as ``invoices`` says, by default as this process was set up
+    (:func:`certifier.pool.invoice_settings`)."""
     if eml is None:
         if not (evidence.get("message") or {}).get("content_unavailable"):
             raise ValueError("no message bytes, and the evidence does not say why")
         return evidence
-    summary = summarise(eml)
+    summary = summarise(eml, invoices=invoices or pool.invoice_settings())
     expected = (evidence.get("message") or {}).get("sha256")
     if expected is not None and expected != hashlib.sha256(eml).hexdigest():
         raise ValueError("the message bytes do not match the received hash")

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
+from certifier.invoices.model import InvoiceSettings
 from certifier.pki import Pki
 
 if TYPE_CHECKING:  # imported in the workers only: pyHanko and reportlab weigh ~50 MB
@@ -51,6 +52,7 @@ __all__ = [
     "build_archiver",
     "build_signer",
     "init_process",
+    "invoice_settings",
     "render_and_sign",
 ]
 
@@ -107,6 +109,9 @@ class SigningSettings:
     revocation_keys_dir: Path | None = None
     fetch_revocation: bool = False
     document_timestamp: bool = True
+    # [invoices]: how the attachments of the certified messages are read as invoices
+    # (certifier.invoices), in the process that parses the message.
+    invoices: InvoiceSettings = InvoiceSettings()
 
     @classmethod
     def from_pki(
@@ -192,6 +197,7 @@ def build_archiver(settings: SigningSettings, signer: DocumentSigner) -> Archive
 # in a worker, or the gateway itself when it signs in-process).
 _signer: DocumentSigner | None = None
 _archiver: Archiver | None = None
+_invoices = InvoiceSettings()
 
 
 def _die_with_parent() -> None:
@@ -234,9 +240,10 @@ def init_process(settings: SigningSettings) -> None:
     """Build this process's signer once, and load the fonts before the first request."""
     from certifier.document import render_certificate
 
-    global _signer, _archiver
+    global _signer, _archiver, _invoices
     _signer = build_signer(settings)
     _archiver = build_archiver(settings, _signer)
+    _invoices = settings.invoices
     # Registering the TrueType fonts parses them (tens of ms); pay that here, not in
     # the first certificate.
     render_certificate({}, b"")
@@ -265,6 +272,12 @@ def render_and_sign(
     signed = signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
     archiver = archiver or (_archiver if signer is _signer else None)
     return signed if archiver is None else archiver.archive(signed)
+
+
+def invoice_settings() -> InvoiceSettings:
+    """How this process reads invoices (``[invoices]``, set by :func:`init_process`;
+    the defaults before it)."""
+    return _invoices
 
 
 def archiver() -> Archiver:

@@ -317,6 +317,16 @@ class SmsConfig:
 
 
 @dataclass(frozen=True)
+class InvoicesConfig:
+    """``[invoices]``: attachments read as invoices, their essentials certified (README,
+    "Invoices"; docs/invoices.md)."""
+
+    enabled: bool = True
+    max_size: int = 10_000_000  # bytes of one attachment examined; larger ones are not read
+    trust_roots: Path | None = None  # PEM roots a Facturae signer must chain to; None: not checked
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
@@ -341,6 +351,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
+    invoices: InvoicesConfig = field(default_factory=InvoicesConfig)
     source: Path | None = None
     deprecations: tuple[str, ...] = ()  # one sentence per deprecated key in use, logged at start
 
@@ -493,6 +504,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: tls.cert and tls.key go together")
     _validate_pkcs11(cfg, where)
     _validate_sms(cfg, where)
+    _validate_invoices(cfg, where)
 
 
 SMSC_PASSWORD_ENV = "CERTIFICA_SMSC_PASSWORD"  # noqa: S105 - a variable name
@@ -785,3 +797,24 @@ def load_config(path: Path | None, text: str | None = None) -> Config:
     cfg = _moved_to_web(cfg, data, where)
     _validate(cfg, where)
     return cfg
+
+
+def _validate_invoices(cfg: Config, where: str) -> None:
+    """``[invoices]``: a sensible size, and trust roots that are PEM certificates."""
+    from cryptography import x509
+
+    if cfg.invoices.max_size < 1024:
+        raise ConfigError(f"{where}: invoices.max_size must be at least 1024 bytes")
+    roots = cfg.invoices.trust_roots
+    if roots is None:
+        return
+    try:
+        certificates = x509.load_pem_x509_certificates(roots.read_bytes())
+    except OSError as err:
+        raise ConfigError(
+            f"{where}: invoices.trust_roots: cannot read {roots} ({err.strerror})"
+        ) from None
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ConfigError(f"{where}: invoices.trust_roots: {roots} holds no PEM certificate")

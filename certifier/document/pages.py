@@ -30,7 +30,7 @@ from reportlab.lib import colors
 from reportlab.lib.units import mm
 from reportlab.platypus import CondPageBreak, Flowable, KeepTogether, Spacer, Table, TableStyle
 
-from certifier.document import words
+from certifier.document import invoices, words
 from certifier.document.qr import QrMark
 from certifier.document.typeset import (
     CAP_BODY,
@@ -367,6 +367,42 @@ def _identity(doc: Document) -> list[Flowable]:
     return [Spacer(1, 3 * mm), box]
 
 
+_PAGE1_INVOICES = 3
+
+
+def _invoice_lines(doc: Document) -> list[Flowable]:
+    """Page 1: the attached invoices, one sentence each (README, "Invoices")."""
+    if doc.lost:
+        return []
+    found = invoices.invoices(doc.ev.get("message"))
+    if not found:
+        return []
+    _ = doc._
+    intro = doc.ngettext(
+        "The message carried an invoice:",
+        "The message carried %(count)s invoices:",
+        len(found),
+    ) % {"count": doc.reader.number(len(found))}
+    lines = [
+        _("%(file)s: %(invoice)s")
+        % {
+            "file": clean(a.get("filename"), CAP_SHORT) or _("(no name)"),
+            "invoice": invoices.invoice_sentence(_, doc.reader, i),
+        }
+        for a, i in found[:_PAGE1_INVOICES]
+    ]
+    out: list[Flowable] = [Spacer(1, 2 * mm), _sentence(intro), *_bullets(lines)]
+    if len(found) > _PAGE1_INVOICES:
+        out.append(
+            _sentence(
+                _("The other invoices are listed with the attached files in annex %(annex)s.")
+                % {"annex": doc.annex("message")},
+                "note",
+            )
+        )
+    return out
+
+
 def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
     _ = doc._
     address = clean(r.get("address"), CAP_SHORT) or "—"
@@ -424,7 +460,7 @@ def _what_happened(doc: Document) -> list[Flowable]:
     recipients = [as_dict(r) for r in as_list(ev.get("recipients"))]
     out = _heading(_("What happened"))
     if doc.outcome == Outcome.RECEPTION:
-        return out + _what_arrived(doc)
+        return out + _what_arrived(doc) + _invoice_lines(doc)
     subject = clean(m.get("subject"), 300)
     values = {
         "time": doc.moment(_sent_at(ev)),
@@ -450,6 +486,7 @@ def _what_happened(doc: Document) -> list[Flowable]:
             len(recipients),
         )
     out.append(_sentence(text % values))
+    out += _invoice_lines(doc)
     out.append(Spacer(1, 2 * mm))
     shown = recipients[:_PAGE1_RECIPIENTS]
     out += _bullets([_recipient_sentence(doc, r) for r in shown])
@@ -775,9 +812,9 @@ def _attachments(doc: Document) -> list[Flowable]:
     rows: list[list[Flowable | str]] = []
     spans: list[tuple[Any, ...]] = []
     sha_label = _("SHA-256")
-    for index, raw in enumerate(items[:CAP_ROWS]):
+    for raw in items[:CAP_ROWS]:
         a = as_dict(raw)
-        top = 1 + 2 * index
+        top = 1 + len(rows)  # row 0 is the header; an invoice adds a row
         rows.append(
             [
                 para(a.get("filename"), "cell", empty=_("(no name)")),
@@ -804,13 +841,43 @@ def _attachments(doc: Document) -> list[Flowable]:
         )
         spans.append(("SPAN", (0, top + 1), (-1, top + 1)))
         spans.append(("LINEBELOW", (0, top), (-1, top), 0, colors.white))
+        invoice = as_dict(a.get("invoice"))
+        if invoice:  # the invoice in words, on the attachment's own entry
+            rows.append(
+                [_sentence(invoices.invoice_sentence(_, doc.reader, invoice), "cell"), "", ""]
+            )
+            row = len(rows)  # the header is row 0
+            spans.append(("SPAN", (0, row), (-1, row)))
+            spans.append(("LINEBELOW", (0, row - 1), (-1, row - 1), 0, colors.white))
     table = grid_table(
         [_("File name"), _("Type"), _("Size")],
         rows,  # type: ignore[arg-type]
         [_WIDTH * 0.5, _WIDTH * 0.3, _WIDTH * 0.2],
         spans,
     )
-    return [*out, table, *_more_note(doc, len(items))]
+    return [*out, table, *_more_note(doc, len(items)), *_invoice_details(doc, items[:CAP_ROWS])]
+
+
+def _invoice_details(doc: Document, items: list[Any]) -> list[Flowable]:
+    """Every field read from each attached invoice, its signature and any problem."""
+    _ = doc._
+    out: list[Flowable] = []
+    for raw in items:
+        a = as_dict(raw)
+        invoice = as_dict(a.get("invoice"))
+        if not invoice:
+            continue
+        out += _heading(
+            _("Invoice in the attached file %(file)s")
+            % {"file": clean(a.get("filename"), CAP_SHORT) or _("(no name)")},
+            "h3",
+        )
+        rows = [
+            (label, para(value, cap=CAP_LINE))
+            for label, value in invoices.details(_, doc.reader, invoice)
+        ]
+        out.append(kv_table(rows))
+    return out
 
 
 _STATUS = {

@@ -27,6 +27,7 @@ from certifier import pipeline
 from certifier.errors import StartupError
 from certifier.hsm import Pkcs11Key
 from certifier.i18n import Reader
+from certifier.invoices.model import InvoiceSettings
 from certifier.pki import Pki, ensure_token_tsa_cert
 from certifier.pool import CertificatePool, SigningSettings
 from relay.config import Config, ConfigError, pkcs11_pin, signing_password
@@ -117,6 +118,11 @@ def signing_settings(cfg: Config, pki: Pki) -> SigningSettings:
             pkcs12 or cfg.signing.cert or cfg.signing.pkcs11_module or cfg.signing.tsa_url
         ),
         document_timestamp=cfg.evidence.lta_delay == 0,
+        invoices=InvoiceSettings(
+            enabled=cfg.invoices.enabled,
+            max_size=cfg.invoices.max_size,
+            trust_roots=cfg.invoices.trust_roots,
+        ),
     )
 
 
