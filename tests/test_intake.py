@@ -8,9 +8,13 @@ leaves no spool file at once, not "removed at next start").
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
-from relay.cleanup.intake import accept
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.cleanup.intake import SUBJECT_MAX, accept, subject_of
 from relay.queue.spool import Spool
 from relay.queue.store import NewMessage, Store
 from relay.smtpd import replies
@@ -59,3 +63,24 @@ def test_a_row_that_cannot_be_written_leaves_no_spool_file(tmp_path: Path) -> No
         assert store.show("A2")["qid"] == "A2"
     finally:
         store.close()
+
+
+# The Subject kept to find a certificate again (relay.cleanup.intake.subject_of).
+
+
+def test_the_subject_is_decoded_unfolded_and_one_line() -> None:
+    raw = (
+        b"From: a@example.org\r\nSubject: =?utf-8?q?Contrato_de_alquiler_=E2=82=AC?=\r\n"
+        b" 2026\r\nTo: b@example.org\r\n\r\nbody\r\n"
+    )
+    assert subject_of(raw) == "Contrato de alquiler \u20ac 2026"
+    assert subject_of(b"From: a@example.org\r\n\r\nno subject\r\n") is None
+    hostile = b"Subject: =?utf-8?b?" + base64.b64encode(b"a\r\nBcc: x@evil\x00") + b"?=\r\n\r\n"
+    assert subject_of(hostile) == "a Bcc: x@evil"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_subject_of_never_raises_and_gives_one_printable_line(raw: bytes) -> None:
+    subject = subject_of(b"Subject: " + raw + b"\r\n\r\n")
+    assert subject is None or (subject.isprintable() and len(subject) <= SUBJECT_MAX)

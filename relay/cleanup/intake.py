@@ -15,11 +15,14 @@ will deliver to it (no source routes, no % hacks, a real domain).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email.policy
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from relay.logs import log_failure
@@ -59,14 +62,19 @@ async def accept(
     """
     loop = asyncio.get_running_loop()
     try:
-        sha256 = await loop.run_in_executor(_INTAKE, _spool, spool, qid, raw)
+        sha256, subject = await loop.run_in_executor(_INTAKE, _spool, spool, qid, raw)
     except OSError as err:
         log.error("%s: could not store the message: %s", qid, err.strerror or err)
         # The rename may have happened before the directory's fsync failed.
         await loop.run_in_executor(_INTAKE, _remove_quietly, spool, qid)
         return replies.DISK_FULL if is_disk_full(err) else replies.STORE_FAILED
+    record = message(sha256)
+    if record.certified and record.subject is None:
+        # kept to find the certificate again (the console, the API); cleared with the
+        # content by retention and erasure. Plain mail's subject is not kept.
+        record = dataclasses.replace(record, subject=subject)
     try:
-        await store.enqueue(message(sha256), time.time())
+        await store.enqueue(record, time.time())
     except asyncio.CancelledError:
         # The client left while the row was being written: the store may still commit
         # it, so the file stays (a file without a row is removed at the next start).
@@ -91,9 +99,30 @@ def _remove_quietly(spool: Spool, qid: str) -> None:
         log.warning("%s: could not remove the unrecorded spool file: %s", qid, err)
 
 
-def _spool(spool: Spool, qid: str, raw: bytes) -> str:
+def _spool(spool: Spool, qid: str, raw: bytes) -> tuple[str, str | None]:
     spool.store(qid, raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(raw).hexdigest(), subject_of(raw)
+
+
+SUBJECT_MAX = 998
+"""The most characters of a Subject kept (RFC 5322 §2.1.1's line limit)."""
+
+
+def subject_of(raw: bytes) -> str | None:
+    """The Subject of the message ``raw``, decoded (RFC 2047), unfolded onto one line of
+    printable characters, at most :data:`SUBJECT_MAX` of them; None when there is none
+    or it cannot be read. Never raises on the bytes (a property test holds it)."""
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end < 0 else raw[: end + 2]
+    try:
+        value = BytesHeaderParser(policy=email.policy.default).parsebytes(header).get("subject")
+        text = None if value is None else str(value)
+    except Exception:  # noqa: BLE001 - hostile bytes: the message is kept, without a subject
+        return None
+    if text is None:
+        return None
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line[:SUBJECT_MAX]
 
 
 def client_ip(session: Any) -> str:

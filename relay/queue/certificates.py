@@ -84,7 +84,7 @@ def _scope(viewer: Account) -> tuple[str, list[object]] | None:
 
 _SELECT = (
     "SELECT v.cert_id, v.qid, v.kind, v.outcome, v.issued_at, v.pdf_sha256, v.erased_at,"
-    " v.recipients, m.auth_user, m.sender, json_extract(m.summary, '$.subject'), m.org"
+    " v.recipients, m.auth_user, m.sender, m.subject, m.org"
     " FROM verifications v JOIN messages m ON m.qid = v.qid"
 )
 
@@ -141,7 +141,7 @@ def find(
         where.append("m.auth_user = ?")
         params.append(query.sender.lower())
     if query.subject:
-        where.append("json_extract(m.summary, '$.subject') LIKE ? ESCAPE '\\'")
+        where.append("m.subject LIKE ? ESCAPE '\\'")
         params.append(_like(query.subject))
     if query.recipient:
         where.append(

@@ -61,7 +61,7 @@ ERASURE_QID = "erasure"
 """The ``qid`` of an ``Erasure`` entry: it is about an address, not about one message."""
 
 # The message's content: removed from every message about the address.
-_CONTENT_COLUMNS = ("summary", "header_section")
+_CONTENT_COLUMNS = ("summary", "header_section", "subject")
 # Texts in which only the address itself is replaced (a remote server's reply stays).
 _SCRUBBED = frozenset({"reply_text", "note"})
 

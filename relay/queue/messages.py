@@ -60,6 +60,7 @@ class Messages(Database):
                 "dsn_envid": msg.dsn_envid,
                 "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
                 "org": msg.org,
+                "subject": msg.subject,
                 "state": MessageState.ACTIVE,
                 "notice_state": DocumentState.PENDING
                 if msg.certified and msg.kind == MessageKind.MAIL

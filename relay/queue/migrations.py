@@ -291,6 +291,7 @@ MIGRATIONS: list[str] = [
         added REAL NOT NULL
     );
     ALTER TABLE messages ADD COLUMN org TEXT;   -- attributed to; NULL: none (generated, postmaster)
+    ALTER TABLE messages ADD COLUMN subject TEXT;  -- decoded, to find it again; cleared with the content
     CREATE INDEX messages_org ON messages(org, created);
     CREATE TABLE credit_movements (
         id INTEGER PRIMARY KEY,

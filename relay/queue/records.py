@@ -43,6 +43,7 @@ class NewMessage:
     dsn_envid: str | None = None  # RFC 3461 ENVID=, decoded
     notify: Mapping[str, str] = field(default_factory=dict)  # NOTIFY= per recipient given one
     org: str | None = None  # the organisation it is attributed to (docs/accounts.md)
+    subject: str | None = None  # the Subject, decoded (intake.accept sets it from the bytes)
     orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
     original_to: tuple[str, ...] = ()  # postmaster mail: the addresses it was sent to
 

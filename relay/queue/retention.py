@@ -215,6 +215,7 @@ def _content_rows(
         # "+m.state": in queue id order, by the primary key (see _EVIDENCE_DUE)
         "SELECT m.qid, m.parent_qid FROM messages m WHERE m.qid > ? AND +m.state = 'done'"
         " AND COALESCE(m.done_at, m.created) < ? AND (m.header_section IS NOT NULL"
+        "  OR m.subject IS NOT NULL"
         "  OR EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
         "   AND r.delivered_copy IS NOT NULL))"
         " ORDER BY m.qid LIMIT ?",
@@ -252,7 +253,9 @@ def _content_gone(
     if dry_run:
         return due
     for qid in due:
-        conn.execute("UPDATE messages SET header_section = NULL WHERE qid = ?", (qid,))
+        conn.execute(
+            "UPDATE messages SET header_section = NULL, subject = NULL WHERE qid = ?", (qid,)
+        )
         conn.execute("UPDATE recipients SET delivered_copy = NULL WHERE qid = ?", (qid,))
         if content_removed(conn, qid) is None:
             evidence_log.append(
@@ -494,7 +497,7 @@ def _evidence_counts(conn: sqlite3.Connection, due: Due) -> tuple[int, int]:
 _PERSONAL_MESSAGE_COLUMNS = (
     "UPDATE messages SET sender = '', auth_user = NULL, client_ip = NULL, client_helo = NULL,"
     " header_from = NULL, envelope_from = NULL, authentication = NULL, reception = NULL,"
-    " original_to = NULL, dsn_envid = NULL, summary = NULL, header_section = NULL"
+    " original_to = NULL, dsn_envid = NULL, summary = NULL, header_section = NULL, subject = NULL"
     " WHERE qid = ?"
 )
 _PERSONAL_RECIPIENT_COLUMNS = (

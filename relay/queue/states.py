@@ -171,6 +171,7 @@ class MessageRow(TypedDict):
     original_to: str | None  # JSON
     header_section: bytes | None
     org: str | None  # the organisation it is attributed to
+    subject: str | None  # decoded; NULL once the content is past retention or erased
 
 
 class RecipientRow(TypedDict):

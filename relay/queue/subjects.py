@@ -215,6 +215,7 @@ MESSAGE_TEXT_COLUMNS = (
     "original_to",
     "header_section",
     "dsn_envid",
+    "subject",
 )
 """Columns of ``messages`` whose text may name the address among other things."""
 RECIPIENT_TEXT_COLUMNS = ("orcpt", "reply_text", "note", "delivered_copy", "tracking_notes")

@@ -5,6 +5,7 @@ are written in (NULL: the ``[gateway]`` defaults).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from relay.queue.db import Database
@@ -86,19 +87,23 @@ class Users(Database):
         language: str | None = None,
         timezone: str | None = None,
     ) -> bool:
-        """Change a user's password hash, whether its certified mail is tracked, its
-        language or its time zone (None: unchanged; "" for language or timezone: back to
-        the ``[gateway]`` default). False when there is no such user."""
+        """Change a user's password hash (which ends its console sessions and voids its
+        API tokens), whether its certified mail is tracked, its language or its time
+        zone (None: unchanged; "" for language or timezone: back to the ``[gateway]``
+        default). False when there is no such user."""
 
         def _set(db: Any) -> bool:
             found = db.conn.execute("SELECT 1 FROM users WHERE address = ?", (address,))
             if found.fetchone() is None:
                 return False
             if password_hash is not None:
+                # A new password ends what the old one opened: console sessions and API
+                # tokens made before now (docs/accounts.md).
                 db.conn.execute(
-                    "UPDATE users SET password_hash = ? WHERE address = ?",
-                    (password_hash, address),
+                    "UPDATE users SET password_hash = ?, credentials_changed = ? WHERE address = ?",
+                    (password_hash, time.time(), address),
                 )
+                db.conn.execute("DELETE FROM web_sessions WHERE address = ?", (address,))
             if tracking is not None:
                 db.conn.execute(
                     "UPDATE users SET tracking = ? WHERE address = ?", (int(tracking), address)
