@@ -185,6 +185,8 @@ class JsonApi:
                 return await handler(request, viewer)
             except Problem as problem:
                 return problem_response(problem.status, problem.detail, problem.headers)
+            except web.HTTPRequestEntityTooLarge:
+                return problem_response(413, "The request body is too large.")
             except TimeoutError:
                 log.error("api: %s %s: the database did not answer", request.method, request.path)
                 return problem_response(

@@ -5,6 +5,10 @@ sentence for the integrator and never an exception's text.
 ``type`` is ``about:blank`` (RFC 9457 §4.2.1): the HTTP status says what kind of
 problem it is, and ``title`` is that status's phrase; the sentence in ``detail`` says
 what to change. docs/openapi.yaml describes the object as the schema ``Problem``.
+
+The sentences are English, as the ``certifica`` command's are: they are read by the
+developer of a program, not shown to its users (the web console speaks their
+language); ``Content-Language`` says so.
 """
 
 from __future__ import annotations
@@ -46,5 +50,5 @@ def problem_response(
         text=json.dumps(body, ensure_ascii=False),
         content_type=PROBLEM_TYPE,
         charset="utf-8",
-        headers=dict(headers or {}),
+        headers={"Content-Language": "en", **(headers or {})},
     )
