@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from addendum.http import client_ip, trusted_networks
+from certifier.message import parse_single_mailbox
 from certifier.outcome import Outcome
 from relay.config import Config
 from relay.logs import printable
@@ -38,6 +39,7 @@ from relay.queue.orgs import Account
 from relay.queue.states import Role
 from relay.queue.store import Store
 from relay.roles import Action, allowed
+from relay.smtpd.users import hash_password, normalise_address
 from relay.web.api import params
 from relay.web.api.problems import Problem, problem_response
 from relay.web.ratelimit import RateLimiter, client_key
@@ -57,6 +59,7 @@ CERTIFICATE_PARAMS = frozenset(
 
 T = TypeVar("T")
 Handler = Callable[[web.Request, Account], Awaitable[web.StreamResponse]]
+RawHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def rfc3339(moment: float | None) -> str | None:
@@ -164,13 +167,15 @@ class JsonApi:
             for method, (handler, action) in methods.items():
                 app.router.add_route(method, PREFIX + path, self.endpoint(handler, action))
             allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
-            app.router.add_route("*", PREFIX + path, self.not_allowed(allow))
-        app.router.add_route("*", "/api/{rest:.*}", self.no_such_path)
+            app.router.add_route("*", PREFIX + path, self.limited(self.not_allowed(allow)))
+        app.router.add_route("*", "/api/{rest:.*}", self.limited(self.no_such_path))
 
     # --- what every request passes ----------------------------------------------------
 
-    def endpoint(self, handler: Handler, action: Action | None) -> Callable[..., Any]:
-        async def answered(request: web.Request) -> web.StreamResponse:
+    def limited(self, handler: RawHandler) -> RawHandler:
+        """``handler`` behind the client's rate (``[web] rate_limit``; 429 beyond it)."""
+
+        async def counted(request: web.Request) -> web.StreamResponse:
             wait = self.limiter.hit(client_key(client_ip(request, self.trusted)), time.monotonic())
             if wait is not None:
                 return problem_response(
@@ -178,6 +183,15 @@ class JsonApi:
                     "Too many requests from your network address; try again in a minute.",
                     {"Retry-After": str(wait)},
                 )
+            return await handler(request)
+
+        return counted
+
+    def endpoint(self, handler: Handler, action: Action | None) -> RawHandler:
+        """``handler`` behind the rate limit, the bearer token and ``action``'s
+        permission, its failures answered as problems."""
+
+        async def answered(request: web.Request) -> web.StreamResponse:
             try:
                 viewer = await self.authenticated(request)
                 if action is not None and not allowed(viewer.role, action):
@@ -188,7 +202,11 @@ class JsonApi:
             except web.HTTPRequestEntityTooLarge:
                 return problem_response(413, "The request body is too large.")
             except TimeoutError:
-                log.error("api: %s %s: the database did not answer", request.method, request.path)
+                log.error(
+                    "api: %s %s: the database did not answer",
+                    request.method,
+                    printable(request.path, 200),
+                )
                 return problem_response(
                     503, "Temporarily unavailable; try again in a minute.", {"Retry-After": "60"}
                 )
@@ -202,7 +220,7 @@ class JsonApi:
                 log.debug("traceback", exc_info=exc)
                 return problem_response(500, "The request could not be carried out.")
 
-        return answered
+        return self.limited(answered)
 
     async def authenticated(self, request: web.Request) -> Account:
         """The active user of the request's bearer token (RFC 6750 §2.1); 401 with
@@ -230,7 +248,7 @@ class JsonApi:
         return await asyncio.wait_for(pending, LOOKUP_TIMEOUT)
 
     @staticmethod
-    def not_allowed(allow: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def not_allowed(allow: str) -> RawHandler:
         async def refused(request: web.Request) -> web.StreamResponse:
             return problem_response(405, f"This path takes only: {allow}.", {"Allow": allow})
 
@@ -330,17 +348,12 @@ class JsonApi:
 
     async def member(self, viewer: Account, address: str) -> Account:
         """The user ``address`` of the viewer's organisation; 404 for any other."""
-        from relay.smtpd.users import normalise_address
-
         found = await self.read(self.store.account(normalise_address(address)))
         if found is None or found.org != viewer.org:
             raise Problem(404, "There is no user with this address in your organisation.")
         return found
 
     async def add_user(self, request: web.Request, viewer: Account) -> web.StreamResponse:
-        from certifier.message import parse_single_mailbox
-        from relay.smtpd.users import hash_password, normalise_address
-
         params.query(request.query, frozenset())
         body = params.json_object(await request.text(), {"address": str, "role": str})
         if "address" not in body or "role" not in body:
@@ -368,8 +381,6 @@ class JsonApi:
             raise Problem(404, "There is no such path in this API (see docs/api.md).")
         target = await self.member(viewer, request.match_info["address"])
         if action == "reset":
-            from relay.smtpd.users import hash_password
-
             password = secrets.token_urlsafe(PASSWORD_BYTES)
             hashed = await asyncio.to_thread(hash_password, password)
             await asyncio.to_thread(self.store.set_user, target.address, password_hash=hashed)
