@@ -57,7 +57,7 @@ def moment(name: str, text: str, *, end_of_day: bool = False) -> float:
             day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
             return (day + timedelta(days=1) if end_of_day else day).timestamp()
         return datetime.fromisoformat(text.upper().replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):  # 2026-02-30; the day after 9999-12-31
         raise bad(f"The parameter {name!r} is not a date that exists.") from None
 
 
@@ -94,7 +94,7 @@ def domain(text: str) -> str:
     name = text.strip().rstrip(".")
     try:
         ascii_name = idna.encode(name, uts46=True).decode("ascii") if name else ""
-    except idna.IDNAError:
+    except ValueError:  # idna.IDNAError, and the UnicodeError of a label over 63
         ascii_name = ""
     labels = ascii_name.split(".")
     if (
