@@ -524,7 +524,11 @@ def test_the_pdf_is_the_archived_one_and_verifies(site: Site, tmp_path: Path) ->
             {"body": {"address": "a@example.com, b@example.com", "role": "sender"}},
             "The field 'address' must be a single e-mail address",
         ),
-        ("addUser", {"body": {"address": "x@example.com", "role": "root"}}, "The parameter 'role'"),
+        (
+            "addUser",
+            {"body": {"address": "x@example.com", "role": "root"}},
+            "The field 'role' must be one of: admin, sender, auditor",
+        ),
         ("bindDomain", {"domain": "localhost"}, "'localhost' is not a domain name"),
         ("bindDomain", {"domain": "-bad-.example"}, "'-bad-.example' is not a domain name"),
     ],

@@ -361,7 +361,7 @@ class JsonApi:
         parsed = parse_single_mailbox(body["address"])
         if parsed is None or parsed != body["address"].strip():
             raise params.bad("The field 'address' must be a single e-mail address.")
-        role = params.choice("role", body["role"], tuple(str(r) for r in Role))
+        role = params.choice("role", body["role"], tuple(str(r) for r in Role), "field")
         address = normalise_address(parsed)
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         hashed = await asyncio.to_thread(hash_password, password)

@@ -68,9 +68,10 @@ def number(name: str, text: str, lowest: int, highest: int) -> int:
     return int(text)
 
 
-def choice(name: str, text: str, choices: tuple[str, ...]) -> str:
+def choice(name: str, text: str, choices: tuple[str, ...], what: str = "parameter") -> str:
+    """One of ``choices``; ``what``: "parameter" (of the query) or "field" (of a body)."""
     if text not in choices:
-        raise bad(f"The parameter {name!r} must be one of: {', '.join(choices)}.")
+        raise bad(f"The {what} {name!r} must be one of: {', '.join(choices)}.")
     return text
 
 
