@@ -326,12 +326,17 @@ def test_every_operation_answers_as_the_document_says(site: Site) -> None:
     pdf = client.call("getCertificatePdf", alice, id=site.certs["alice"])
     assert pdf.status == 200 and pdf.body.startswith(b"%PDF-")
 
-    assert client.call("getBalance", alice).json == {"organisation": "ACME", "balance": 100}
+    # The config's prices are 0 ([credits]): whatever the sending moved, the statement
+    # adds up from the bundle bought to the balance.
+    balance = client.call("getBalance", alice).json
+    assert balance["organisation"] == "ACME"
     statement = client.call("getStatement", alice, month=today[:7]).json
-    assert statement["balances"] and statement["closing"] == 100
-    assert [(m["kind"], m["amount"], m["note"]) for m in statement["movements"]] == [
-        ("purchase", 100, "invoice 2026-117")
-    ]
+    assert statement["balances"] and statement["opening"] == 0
+    assert statement["closing"] == balance["balance"]
+    first = statement["movements"][0]
+    assert (first["kind"], first["amount"], first["note"]) == ("purchase", 100, "invoice 2026-117")
+    assert first["balance"] == 100 and first["actor"] == "operator"
+    assert client.call("getStatement", alice).json["movements"][0] == first
 
     users = client.call("listUsers", alice).json["users"]
     assert {
@@ -434,8 +439,9 @@ def test_an_auditor_reads_the_organisations_certificates(site: Site) -> None:
         assert client.call("getCertificate", carol, id=site.certs[name]).status == 200
         pdf = client.call("getCertificatePdf", carol, id=site.certs[name])
         assert pdf.body == site.pdfs[name]
-    assert client.call("getStatement", carol).json["balances"]
-    assert client.call("getBalance", carol).json["balance"] == 100
+    statement = client.call("getStatement", carol).json
+    assert statement["balances"] and statement["organisation"] == "ACME"
+    assert client.call("getBalance", carol).json["balance"] == statement["closing"]
 
 
 def test_another_organisations_admin_sees_nothing_of_it(site: Site) -> None:
