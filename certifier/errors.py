@@ -60,6 +60,9 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   │                                              refused; names the path
     │   ├── relay.queue.holds.NoSuchCertificate        ``certifica evidence legal-hold``:
     │   │                                              no such certificate (LookupError)
+    │   ├── relay.web.api.problems.Problem             a JSON API request refused: its
+    │   │                                              status and plain detail are the
+    │   │                                              answer (RFC 9457)
     │   └── relay.queue.credits.NoSuchOrganisation     ``certifica credits``, ``org``: no
     │                                                  organisation with that code (LookupError)
     ├── VerificationError         a certificate cannot be verified; ``certifica verify``

@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
-``erase``, ``retention``, ``backup``, ``restore``.
+``erase``, ``retention``, ``backup``, ``restore``, ``token``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -53,6 +53,7 @@ from relay.cli import (  # noqa: E402 - after SIGHUP is held
     retention,
     serve,
     status,
+    token,
     users,
     verify,
 )
@@ -75,6 +76,7 @@ COMMANDS = (
     erase,
     retention,
     backup,
+    token,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

@@ -21,6 +21,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.orgs`        organisations, their users' roles, their domains
 :mod:`relay.queue.credits`     organisations' balances and every movement of them
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
+:mod:`relay.queue.tokens`      the JSON API's tokens (stored as SHA-256), whom each acts for
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
@@ -60,6 +61,7 @@ from relay.queue.reception import Reception
 from relay.queue.records import NewMessage, Outcome
 from relay.queue.reports import Reports
 from relay.queue.states import FINAL
+from relay.queue.tokens import Tokens
 from relay.queue.tracking import Tracking
 from relay.queue.users import Users
 from relay.queue.verifications import Verifications
@@ -93,6 +95,7 @@ class Store(
     Organisations,
     Credits,
     Certificates,
+    Tokens,
     Verifications,
     MaintenanceRuns,
     QueueHealth,

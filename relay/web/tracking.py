@@ -25,7 +25,7 @@ from relay.config import Config, Endpoint
 from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
-from relay.web import pki, verification
+from relay.web import api, pki, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -137,8 +137,8 @@ class StoreBackend:
 
 async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> web.AppRunner:
     """The public HTTP listener's aiohttp runner, set up: the tracking endpoint, the
-    verification page (:mod:`relay.web.verification`) and the development CA's CRL and
-    certificate (:mod:`relay.web.pki`); a site (an address or a socket the
+    verification page (:mod:`relay.web.verification`), the JSON API (:mod:`relay.web.api`)
+    and the development CA's CRL and certificate (:mod:`relay.web.pki`); a site (an address or a socket the
     master bound) is added by the caller."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
@@ -146,6 +146,7 @@ async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> we
     from relay.process.gateway import state_paths  # the archive's path, [evidence] archive_dir
 
     verification.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
+    api.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
     pki.install(app, cfg.state_dir / "keys")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
