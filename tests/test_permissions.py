@@ -167,3 +167,15 @@ def test_a_user_disabled_after_login_sends_nothing(gateway: Gateway) -> None:
     assert auth(gateway, LATE)[0] == 535
     assert gateway.cli("users", "set", LATE, "--enable").returncode == 0
     assert auth(gateway, LATE)[0] == 235  # enabled again, it logs in
+
+
+def test_the_tests_docs_accounts_names_exist() -> None:
+    """Every ``tests/test_x.py::name`` docs/accounts.md cites is a test of that file (a
+    file another part of the console or API adds is checked once it is there)."""
+    text = (ROOT / "docs" / "accounts.md").read_text(encoding="utf-8")
+    cited = set(re.findall(r"`(tests/test_\w+\.py)::(\w+)`", text))
+    assert cited
+    for path, name in cited:
+        source = ROOT / path
+        if source.exists():
+            assert re.search(rf"^def {name}\(", source.read_text(), re.M), f"{path}::{name}"
