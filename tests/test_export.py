@@ -72,7 +72,14 @@ def test_an_export_holds_everything_about_an_address_and_nothing_else(
     assert isinstance(evidence, list) and evidence
     assert {e["qid"] for e in evidence} == {about_bob}
     assert {e["event"] for e in evidence} >= {"SubmissionAcceptance", "RelayToNonERDS"}
-    assert found["account.json"] == {"users": [], "reception_owners": [], "reception_acks": []}
+    assert found["account.json"] == {
+        "users": [],
+        "app_passwords": [],
+        "api_tokens": [],
+        "web_sessions": [],
+        "reception_owners": [],
+        "reception_acks": [],
+    }
     assert found["erasures.json"] == []
     # Copies: the message as received (its stored hash) and the certificate as issued.
     eml = (tmp_path / "bob" / "messages" / f"{about_bob}.eml").read_bytes()

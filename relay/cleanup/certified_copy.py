@@ -8,24 +8,31 @@ it, as if the message had been submitted, but only when all of this holds:
 1. the From header names exactly one mailbox, parsed strictly
    (:func:`certifier.mime.header_from_addresses`): never certify a message as coming
    from someone its From does not unambiguously name (RFC 7489 §6.6.1);
-2. that address is a registered user of the gateway;
+2. that address is a registered user of the gateway, or its domain is bound to an
+   organisation (``certifica org domain add ACME acme.example``; docs/accounts.md);
 3. the message authenticates that address DMARC-style (:mod:`relay.smtpd.authn`): DKIM
    aligned with the From domain, or (policy ``dkim-or-spf``) an SPF pass for an aligned
    MAIL FROM. A temporary DNS failure is a 451, so the provider tries again;
-4. To and Cc parse strictly and every address in them is deliverable; the gateway's
+4. the sender may send (:func:`relay.roles.allowed`): a registered user is active and
+   its role sends (an auditor does not), and its organisation, or the bound domain's,
+   is not disabled. Checked once the message authenticated, so a forged From learns
+   nothing about the account;
+5. To and Cc parse strictly and every address in them is deliverable; the gateway's
    own addresses are left out. Bcc recipients cannot be seen here and get nothing.
 
 The refusals, as the sending provider reports them to its user::
 
-    550 5.7.1  From names no single sender; sender not registered; not authenticated
+    550 5.7.1  From names no single sender; sender not registered; not authenticated;
+               the sender may not send (role, disabled)
     451 4.7.0  authentication records unreadable now (SERVFAIL, timeout)
     550 5.6.0  To/Cc unreadable;  550 5.1.3 a To/Cc address invalid
     552 5.5.3  more To/Cc recipients than [limits] recipients
     554 5.5.1  nobody to deliver to but the gateway itself
     451/452    the message could not be stored (:mod:`relay.cleanup.intake`)
 
-The notices and the certificate go to the registered From address (the row's
-``sender``); the MAIL FROM as received is kept as ``envelope_from``, and the DKIM, SPF
+The message is attributed (``messages.org``) to the registered sender's organisation,
+else to the organisation the From domain is bound to. The notices and the certificate go
+to the From address (the row's ``sender``), registered or of a bound domain; the MAIL FROM as received is kept as ``envelope_from``, and the DKIM, SPF
 and DMARC results (an RFC 8601 Authentication-Results value and the details) are
 evidence, shown in the certificate.
 """
@@ -42,9 +49,11 @@ from relay.cleanup.intake import accept, address_problem, client_ip, reverse_pat
 from relay.config import Config
 from relay.logs import peer_text, printable
 from relay.queue.ids import new_certificate_id, new_queue_id
+from relay.queue.orgs import Account
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
+from relay.roles import Action, allowed
 from relay.smtpd import replies
 from relay.smtpd.authn import AuthResults, TemporaryAuthError, authenticate
 from relay.smtpd.users import normalise_address
@@ -74,10 +83,12 @@ class CertifiedCopyIntake:
             return self._refuse(session, mail_from, "From does not name one sender",
                                 replies.FROM_NOT_ONE_SENDER)  # fmt: skip
         sender = normalise_address(froms[0])
-        if await self.store.user_hash(sender) is None:
+        from_domain = sender.rpartition("@")[2]
+        account = await self.store.account(sender)
+        bound = None if account is not None else await self.store.org_for_domain(from_domain)
+        if account is None and bound is None:
             return self._refuse(session, mail_from, f"sender <{sender}> is not registered",
                                 replies.SENDER_NOT_REGISTERED.format(sender=sender))  # fmt: skip
-        from_domain = sender.rpartition("@")[2]
         try:
             results = await authenticate(
                 raw,
@@ -99,14 +110,16 @@ class CertifiedCopyIntake:
             why = results.refusal(policy)
             return self._refuse(session, mail_from, f"<{sender}>: {results.header(self.domain)}",
                                 _reply(replies.NOT_AUTHENTICATED.format(why=why)))  # fmt: skip
+        org = await self._organisation(account, bound)
+        if org is None:
+            return self._refuse(session, mail_from, f"sender <{sender}> may not send",
+                                replies.SENDER_MAY_NOT_SEND.format(sender=sender))  # fmt: skip
         recipients, problem = self._recipients(raw)
         if problem:
             return self._refuse(session, mail_from, "To/Cc refused", problem)
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
         tracking = self.cfg.tracking.enabled and await self.store.user_tracking(sender)
-        account = await self.store.account(sender)
-        org = account.org if account is not None else None  # docs/accounts.md
         authentication = authentication_evidence(results, self.domain)
 
         def message(sha256: str) -> NewMessage:
@@ -153,6 +166,16 @@ class CertifiedCopyIntake:
         )  # fmt: skip
         self.wake()
         return replies.QUEUED_CERTIFIED.format(qid=qid)
+
+    async def _organisation(self, account: Account | None, bound: str | None) -> str | None:
+        """The organisation the copy is attributed to (docs/accounts.md): the registered
+        sender's, if it may send, else the one its domain is bound to, if that is not
+        disabled; None when the sender may not send."""
+        if account is not None:
+            may = account.active and allowed(account.role, Action.SEND)
+            return account.org if may else None
+        holder = None if bound is None else await self.store.organisation(bound)
+        return None if holder is None or holder.disabled else holder.code
 
     def _recipients(self, raw: bytes) -> tuple[tuple[str, ...], str | None]:
         """The To and Cc addresses to deliver to, or the reply refusing them."""

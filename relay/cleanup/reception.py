@@ -237,9 +237,9 @@ class ReceptionIntake:
         return replies.RECEPTION_CERTIFIED.format(what="; ".join(answers))
 
     async def _organisation(self, owner: str) -> str | None:
-        """The organisation a reception owner's certificates are attributed to (README,
-        "Organisations and credits"): the owner's own as a user, else the one its
-        domain is bound to, else none."""
+        """The organisation a reception owner's certificates are attributed to
+        (docs/accounts.md): the owner's own as a user, else the one its domain is bound
+        to, else none."""
         account = await self.store.account(owner)
         if account is not None:
             return account.org

@@ -1,5 +1,5 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
-``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
+``org``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
 ``erase``, ``retention``, ``backup``, ``restore``, ``token``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
@@ -47,6 +47,7 @@ from relay.cli import (  # noqa: E402 - after SIGHUP is held
     evidence,
     export,
     log,
+    org,
     queue,
     reception,
     reload,
@@ -67,6 +68,7 @@ COMMANDS = (
     verify,
     addendum,
     users,
+    org,
     reception,
     dkim,
     evidence,

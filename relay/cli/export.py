@@ -261,6 +261,9 @@ def _write(
         "verification-pages.json": _verifications(found, others),
         "account.json": {
             "users": found.users,
+            "app_passwords": found.app_passwords,
+            "api_tokens": found.api_tokens,
+            "web_sessions": found.web_sessions,
             "reception_owners": found.reception_owners,
             "reception_acks": found.reception_acks,
         },

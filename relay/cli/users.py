@@ -1,4 +1,12 @@
-"""``certifica users``: the users who may submit mail (add, set, tracking, list, remove).
+"""``certifica users``: the users who may submit mail (add, set, tracking, list, remove,
+app-password).
+
+Each user belongs to one organisation (``--org``, default ``default``) with one role
+(``--role admin|sender|auditor``, default ``sender``; what each may do is
+:mod:`relay.roles`), and may be disabled. A user with a second factor (set up in the
+web console) authenticates SMTP with app passwords only (``users app-password``);
+``users set ADDR --no-totp`` is the operator's reset of a lost second factor
+(docs/accounts.md).
 
 A user may have a language and a time zone of its own (``--language``, ``--timezone``):
 the mails the gateway writes to it (notice, certificate mail, reports) and its
@@ -11,9 +19,14 @@ import argparse
 import getpass
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from certifier.i18n import LANGUAGES, check_language, check_timezone
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.queue.states import Role
+
+if TYPE_CHECKING:
+    from relay.queue.store import Store
 
 
 def _reading(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -78,6 +91,7 @@ def _read_password(args: argparse.Namespace, address: str) -> str:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     from certifier.message import parse_single_mailbox
+    from relay.queue.orgs import DEFAULT_ORG
     from relay.smtpd.users import hash_password, normalise_address
 
     parsed = parse_single_mailbox(args.email)
@@ -85,6 +99,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         raise UserError(f"{args.email!r} is not a single e-mail address")
     address = normalise_address(parsed)
     language, timezone = _reading(args)
+    org = (args.org or DEFAULT_ORG).strip()
+    role = args.role or Role.SENDER
     _need_terminal(args, address)
     with open_store(config_of(args), writes=True) as store:
         if store.user_exists(address):
@@ -92,16 +108,25 @@ def cmd_users_add(args: argparse.Namespace) -> int:
                 f"user {address} exists already; to change it: certifica users set "
                 f"{address} [--password-stdin]"
             )
+        _need_organisation(store, org)
         hashed = hash_password(_read_password(args, address))
-        if not store.add_user(address, hashed, time.time()):  # added by someone else meanwhile
-            raise UserError(f"user {address} exists already")
+        if not store.add_user(address, hashed, time.time(), org=org, role=str(role)):
+            raise UserError(f"user {address} exists already")  # added by someone else meanwhile
         if language or timezone:
             store.set_user(address, language=language or None, timezone=timezone or None)
     print(
-        f"user {address} added"
+        f"user {address} added to organisation {org} as {role}"
         + "".join(f", {c}" for c in _reading_changes(language or None, timezone or None))
     )
     return EXIT_OK
+
+
+def _need_organisation(store: Store, org: str) -> None:
+    """Refuse, in one sentence, an organisation code that does not exist."""
+    if store.organisation_now(org) is None:
+        raise UserError(
+            f"there is no organisation {org}; add it first: certifica org add {org} --name NAME"
+        )
 
 
 def cmd_users_set(args: argparse.Namespace) -> int:
@@ -112,8 +137,17 @@ def cmd_users_set(args: argparse.Namespace) -> int:
 
     address = normalise_address(args.email)
     language, timezone = _reading(args)
+    org = None if args.org is None else args.org.strip()
+    role = None if args.role is None else Role(args.role)
+    disabled = args.disabled
     new_password = args.password_stdin or (
-        args.tracking is None and language is None and timezone is None
+        args.tracking is None
+        and language is None
+        and timezone is None
+        and org is None
+        and role is None
+        and disabled is None
+        and not args.no_totp
     )
     if new_password:
         _need_terminal(args, address)
@@ -123,16 +157,29 @@ def cmd_users_set(args: argparse.Namespace) -> int:
                 f"there is no user {address}; to add it: certifica users add {address} "
                 "[--password-stdin]"
             )
+        if org is not None:
+            _need_organisation(store, org)
         hashed = hash_password(_read_password(args, address)) if new_password else None
         tracking = None if args.tracking is None else args.tracking == "on"
+        now = time.time()
         if not store.set_user(
             address, password_hash=hashed, tracking=tracking, language=language, timezone=timezone
-        ):
+        ) or not store.set_membership(address, org=org, role=role, disabled=disabled, now=now):
             raise UserError(f"there is no user {address}")
+        if args.no_totp:
+            store.clear_totp(address, now)
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
         + _reading_changes(language, timezone)
+        + ([f"organisation {org}"] if org is not None else [])
+        + ([f"role {role}"] if role is not None else [])
+        + ([("disabled" if disabled else "enabled")] if disabled is not None else [])
+        + (
+            ["second factor removed (the account password sends mail again)"]
+            if args.no_totp
+            else []
+        )
     )
     print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
@@ -151,8 +198,9 @@ def cmd_users_tracking(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    """One line per user: address, when added, language and time zone (the ``[gateway]``
-    ones, said so, for a user without its own)."""
+    """One line per user: address, organisation, role, whether disabled, whether it has a
+    second factor (TOTP), when added, language and time zone (the ``[gateway]`` ones,
+    said so, for a user without its own)."""
     cfg = config_of(args)
     with open_store(cfg) as store:
         rows = store.list_users()
@@ -160,7 +208,12 @@ def cmd_users_list(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created"]))
         language = row.get("language") or f"{cfg.gateway.language} (default)"
         timezone = row.get("timezone") or f"{cfg.gateway.timezone} (default)"
-        print(f"{row['address']}\tadded {created} UTC\tlanguage {language}\ttime zone {timezone}")
+        print(
+            f"{row['address']}\torg {row['org']}\trole {row['role']}"
+            f"\t{'disabled' if row['disabled'] else 'enabled'}"
+            f"\tTOTP {'yes' if row['totp'] else 'no'}"
+            f"\tadded {created} UTC\tlanguage {language}\ttime zone {timezone}"
+        )
     return EXIT_OK
 
 
@@ -174,6 +227,89 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
         raise UserError(f"there is no user {address}")
     print(f"user {address} removed")
     return EXIT_OK
+
+
+def _existing_user(store: Store, email: str) -> str:
+    from relay.smtpd.users import normalise_address
+
+    address = normalise_address(email)
+    if not store.user_exists(address):
+        raise UserError(f"there is no user {address}")
+    return address
+
+
+def _device_name(text: str) -> str:
+    name = text.strip()
+    if not name or len(name) > 64 or any(not c.isprintable() for c in name):
+        raise UserError("--name must be 1 to 64 printable characters, e.g. --name phone")
+    return name
+
+
+def cmd_app_password_add(args: argparse.Namespace) -> int:
+    """Make an app password for one device; it is printed once, on the last line."""
+    name = _device_name(args.name)
+    with open_store(config_of(args), writes=True) as store:
+        address = _existing_user(store, args.email)
+        secret = store.add_app_password(address, name, time.time())
+    if secret is None:
+        raise UserError(
+            f"user {address} has an app password named {name!r} already; remove it first "
+            f"or choose another name"
+        )
+    print(
+        f"App password {name!r} for {address}: give it to that one device as the SMTP "
+        "password; it is shown only now, and works until removed "
+        f"(certifica users app-password remove {address} --name {name!r})."
+    )
+    print(secret)
+    return EXIT_OK
+
+
+def cmd_app_password_list(args: argparse.Namespace) -> int:
+    """One line per app password of the user: name, when made, when last used."""
+    with open_store(config_of(args)) as store:
+        address = _existing_user(store, args.email)
+        found = store.app_passwords_now(address)
+
+    def when(t: float | None) -> str:
+        return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+    for entry in found:
+        print(f"{entry.name}\tadded {when(entry.created)}\tlast used {when(entry.last_used)}")
+    return EXIT_OK
+
+
+def cmd_app_password_remove(args: argparse.Namespace) -> int:
+    name = _device_name(args.name)
+    with open_store(config_of(args), writes=True) as store:
+        address = _existing_user(store, args.email)
+        removed = store.remove_app_password(address, name)
+    if not removed:
+        raise UserError(f"user {address} has no app password named {name!r}")
+    print(f"app password {name!r} of {address} removed: that device can no longer send")
+    return EXIT_OK
+
+
+def _register_app_passwords(usub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apps = usub.add_parser(
+        "app-password",
+        help="manage a user's app passwords (SMTP AUTH for each device)",
+        description="App passwords: one random password per device (a phone, a mail "
+        "client) for SMTP AUTH. A user with a second factor (TOTP) authenticates SMTP "
+        "only with these; others may use either. The password is printed once, on the "
+        "last line of 'add'; only its hash is kept.",
+    )
+    asub = apps.add_subparsers(dest="app_password_command", metavar="ACTION", required=True)
+    for name, func, short in (
+        ("add", cmd_app_password_add, "make an app password (printed on the last line)"),
+        ("list", cmd_app_password_list, "list a user's app passwords (never the passwords)"),
+        ("remove", cmd_app_password_remove, "remove an app password: that device stops sending"),
+    ):
+        p = asub.add_parser(name, help=short, description=short[0].upper() + short[1:] + ".")
+        p.add_argument("email")
+        if name != "list":
+            p.add_argument("--name", required=True, help="the device's name, e.g. phone")
+        p.set_defaults(func=func)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -227,7 +363,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             + ("; '' for the [gateway] default" if name == "set" else "")
             + " (default: [gateway] timezone)",
         )
+        p.add_argument(
+            "--org",
+            metavar="CODE",
+            help="the organisation the user belongs to"
+            + (" (default: default)" if name == "add" else ""),
+        )
+        p.add_argument(
+            "--role",
+            choices=[str(r) for r in Role],
+            help="admin (manages the organisation's users, sees all its certificates, "
+            "sends), sender (sends, sees its own) or auditor (sees all, sends nothing)"
+            + ("; default: sender" if name == "add" else ""),
+        )
         if name == "set":
+            state = p.add_mutually_exclusive_group()
+            state.add_argument(
+                "--disable",
+                dest="disabled",
+                action="store_const",
+                const=True,
+                help="disable the user: it can no longer send, log in or use the API",
+            )
+            state.add_argument(
+                "--enable",
+                dest="disabled",
+                action="store_const",
+                const=False,
+                help="enable a disabled user again",
+            )
+            p.add_argument(
+                "--no-totp",
+                action="store_true",
+                help="remove the user's second factor (a lost phone): its console "
+                "sessions end, and its account password sends mail again",
+            )
             p.add_argument(
                 "--tracking",
                 choices=["on", "off"],
@@ -246,6 +416,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_users_tracking)
     p = usub.add_parser("list", help="list users", description="List the users.")
     p.set_defaults(func=cmd_users_list)
-    p = usub.add_parser("remove", help="remove a user", description="Remove a user.")
+    p = usub.add_parser(
+        "remove",
+        help="remove a user",
+        description="Remove a user, with its app passwords, API tokens and console sessions.",
+    )
     p.add_argument("email")
     p.set_defaults(func=cmd_users_remove)
+    _register_app_passwords(usub)

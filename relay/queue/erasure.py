@@ -100,6 +100,7 @@ class Plan:
     tracking_links: int = 0
     verifications: int = 0
     users: int = 0
+    credentials: int = 0  # the user's app passwords, API tokens and console sessions
     reception_owners: int = 0
     reception_acks: int = 0
     files: list[Path] = field(default_factory=list)
@@ -116,6 +117,7 @@ class Plan:
             or self.tracking_links
             or self.verifications
             or self.users
+            or self.credentials
             or self.reception_owners
             or self.reception_acks
             or self.files
@@ -131,6 +133,7 @@ class Plan:
             "tracking_links": self.tracking_links,
             "verifications": self.verifications,
             "users": self.users,
+            "credentials": self.credentials,
             "reception_owners": self.reception_owners,
             "reception_acks": self.reception_acks,
             "files": len(self.files),
@@ -276,6 +279,9 @@ def _plan(
     plan.verifications = len(pending)
     accounts = subjects.accounts(conn, match)
     plan.users = len(accounts["users"])
+    plan.credentials = sum(
+        len(accounts[t]) for t in ("app_passwords", "api_tokens", "web_sessions")
+    )
     plan.reception_owners = len(accounts["reception_owners"])
     plan.reception_acks = len(accounts["reception_acks"])
     plan.files = _files(messages, rows, held, spool_root, certificates)
@@ -412,6 +418,11 @@ def describe(plan: Plan) -> list[str]:
         )
     if plan.users:
         lines.append(f"the user account {plan.address} is removed: it can no longer send")
+    if plan.credentials:
+        lines.append(
+            f"{plan.credentials} app password(s), API token(s) and console session(s) of it "
+            "are removed: none of them works any more"
+        )
     if plan.reception_owners:
         lines.append("certified reception for it is removed: its forwarding address stops working")
     if plan.reception_acks:

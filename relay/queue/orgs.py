@@ -31,6 +31,30 @@ ORG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 """An organisation's code: what the operator types (``ACME``); letters, digits, - and _."""
 
 
+def normalise_domain(domain: str) -> str:
+    """``domain`` as ``org_domains`` holds it and as it is looked up: lower case, without
+    a final dot, each label in its ASCII form (IDNA A-labels, RFC 5890; Python's codec,
+    the same the rest of the gateway uses for host names), so ``Bücher.Example`` and
+    ``xn--bcher-kva.example`` are one domain. Raises ValueError, with a sentence, for
+    what is no domain name."""
+    text = domain.strip().rstrip(".").lower()
+    if not text or "@" in text or any(c.isspace() for c in text) or "." not in text:
+        raise ValueError(f"{domain!r} is not a domain name such as acme.example")
+    try:
+        ascii_form = text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ValueError(f"{domain!r} is not a valid domain name") from None
+    if not _HOSTNAME.fullmatch(ascii_form):
+        raise ValueError(f"{domain!r} is not a valid domain name")
+    return ascii_form
+
+
+# RFC 1123 §2.1 labels (letters, digits, inner hyphens, at most 63), at most 253 in all.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
 @dataclass(frozen=True)
 class Organisation:
     """One row of ``organisations``."""
@@ -153,7 +177,13 @@ class Organisations(Database):
         return await self._read(lambda: organisation(self._conn, code))
 
     async def org_for_domain(self, domain: str) -> str | None:
-        return await self._read(lambda: org_for_domain(self._conn, domain.lower()))
+        """The organisation ``domain`` (any spelling: :func:`normalise_domain`) is bound
+        to, or None (also for what is no domain name)."""
+        try:
+            key = normalise_domain(domain)
+        except ValueError:
+            return None
+        return await self._read(lambda: org_for_domain(self._conn, key))
 
     async def org_domains(self, org: str) -> list[str]:
         return await self._read(lambda: domains(self._conn, org))

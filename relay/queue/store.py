@@ -19,6 +19,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.reception`   certified reception: owners, tokens, proofs of receipt
 :mod:`relay.queue.users`       the users who may submit, their language and time zone
 :mod:`relay.queue.orgs`        organisations, their users' roles, their domains
+:mod:`relay.queue.app_passwords`  the users' app passwords for SMTP AUTH (one per device)
 :mod:`relay.queue.credits`     organisations' balances and every movement of them
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.tokens`      the JSON API's tokens (stored as SHA-256), whom each acts for
@@ -44,6 +45,7 @@ Exceptions::
 
 from __future__ import annotations
 
+from relay.queue.app_passwords import AppPasswords
 from relay.queue.bounces import LATE_ACTIONS, LateBounces
 from relay.queue.certificates import Certificates
 from relay.queue.credits import Credits
@@ -93,6 +95,7 @@ class Store(
     Reception,
     Users,
     Organisations,
+    AppPasswords,
     Credits,
     Certificates,
     Tokens,

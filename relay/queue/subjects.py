@@ -16,7 +16,10 @@ Where an address can be, column by column (the schema is :mod:`relay.queue.migra
 - ``evidence``: ``recipient``, and inside ``detail`` (a late report's recipient, the
   recipients of a submission, a reception's original sender);
 - ``verifications.recipients`` (what the verification page shows);
-- ``users.address``, ``reception_owners.owner``, ``reception_acks`` (owner, sender).
+- ``users.address`` (with its organisation, role and whether it has a second factor),
+  the user's ``app_passwords``, ``api_tokens`` and ``web_sessions`` (by ``address``:
+  names and times, a session's IP address and user agent; never a secret nor its hash),
+  ``reception_owners.owner``, ``reception_acks`` (owner, sender).
 
 An address is compared as the rest of the gateway compares it
 (:func:`relay.smtpd.users.normalise_address`): the whole address case-insensitively.
@@ -235,6 +238,9 @@ class Holdings:
     verifications: list[dict[str, Any]] = field(default_factory=list)
     legal_holds: list[dict[str, Any]] = field(default_factory=list)
     users: list[dict[str, Any]] = field(default_factory=list)
+    app_passwords: list[dict[str, Any]] = field(default_factory=list)
+    api_tokens: list[dict[str, Any]] = field(default_factory=list)
+    web_sessions: list[dict[str, Any]] = field(default_factory=list)
     reception_owners: list[dict[str, Any]] = field(default_factory=list)
     reception_acks: list[dict[str, Any]] = field(default_factory=list)
     erasures: list[dict[str, Any]] = field(default_factory=list)  # Erasure evidence entries
@@ -384,6 +390,9 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
         )
     kept = accounts(conn, match)
     found.users = kept["users"]
+    found.app_passwords = kept["app_passwords"]
+    found.api_tokens = kept["api_tokens"]
+    found.web_sessions = kept["web_sessions"]
     found.reception_owners = kept["reception_owners"]
     found.reception_acks = kept["reception_acks"]
     return found
@@ -474,17 +483,33 @@ def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
         )
 
 
+# The columns of the user's own rows that an export shows: names, times, where a
+# session came from; never a secret, a hash of one, nor a session's CSRF token.
+_USER_ROWS = {
+    "app_passwords": "SELECT name, created, last_used FROM app_passwords",
+    "api_tokens": "SELECT name, created, last_used FROM api_tokens",
+    "web_sessions": "SELECT created, last_seen, stage, ip, user_agent FROM web_sessions",
+}
+
+
 def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[str, Any]]]:
-    """The address's user account, reception settings and proofs of receipt sent to or
-    for it (the rows still naming the address itself)."""
+    """The address's user account (its organisation, role, whether it has a second
+    factor; its app passwords, API tokens and console sessions), reception settings and
+    proofs of receipt sent to or for it (the rows still naming the address itself)."""
     match.register(conn)
+    own = {
+        table: _rows(conn, f"{select} WHERE address = ? ORDER BY created", (match.address,))
+        for table, select in _USER_ROWS.items()
+    }
     return {
         "users": _rows(
             conn,
-            "SELECT address, created, tracking, language, timezone FROM users"
+            "SELECT address, created, tracking, language, timezone, org, role, disabled,"
+            " totp_secret IS NOT NULL AS second_factor FROM users"
             " WHERE lower(address) = ? OR address = ?",
             (match.address, match.address),
         ),
+        **own,
         "reception_owners": _rows(
             conn,
             "SELECT * FROM reception_owners WHERE owner = ?",
@@ -499,11 +524,14 @@ def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[st
 
 
 def remove_accounts(conn: sqlite3.Connection, match: Matcher) -> None:
-    """Inside the caller's transaction: remove the address's user account, its reception
-    settings and the records of proofs of receipt to or for it."""
+    """Inside the caller's transaction: remove the address's user account (with its app
+    passwords, API tokens and console sessions), its reception settings and the records
+    of proofs of receipt to or for it."""
     conn.execute(
         "DELETE FROM users WHERE lower(address) = ? OR address = ?", (match.address, match.address)
     )
+    for table in _USER_ROWS:
+        conn.execute(f"DELETE FROM {table} WHERE address = ?", (match.address,))  # noqa: S608
     conn.execute("DELETE FROM reception_owners WHERE owner = ?", (match.address,))
     conn.execute(
         "DELETE FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",

@@ -1,6 +1,7 @@
 """The users who may submit mail (``certifica users ...``): their password hashes,
 whether their certified mail is tracked, and the language and time zone their documents
-are written in (NULL: the ``[gateway]`` defaults).
+are written in (NULL: the ``[gateway]`` defaults). Their organisation and role are
+:mod:`relay.queue.orgs`; their app passwords :mod:`relay.queue.app_passwords`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import sqlite_utils
+
 from relay.queue.db import Database
+
+USER_TABLES = ("app_passwords", "api_tokens", "web_sessions")
+"""The tables whose rows belong to one user (``address``): removed with it, listed by
+``certifica export --subject`` and removed by ``certifica erase --subject``."""
 
 
 class Users(Database):
@@ -120,18 +127,46 @@ class Users(Database):
 
         return self.run_sync(_set)
 
+    def clear_totp(self, address: str, now: float) -> bool:
+        """The operator's reset of a lost second factor (``certifica users set ADDR
+        --no-totp``): the TOTP secret is forgotten, the user's console sessions end, and
+        its account password works for SMTP AUTH again (docs/accounts.md). False when
+        there is no such user."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            changed = db.conn.execute(
+                "UPDATE users SET totp_secret = NULL, totp_step = NULL, credentials_changed = ?"
+                " WHERE address = ?",
+                (now, address),
+            ).rowcount
+            if changed:
+                db.conn.execute("DELETE FROM web_sessions WHERE address = ?", (address,))
+            return changed > 0
+
+        return self.run_sync(write)
+
     def list_users(self) -> list[dict[str, Any]]:
-        """Every user's ``address``, ``created``, ``language`` and ``timezone``, by address."""
+        """Every user's ``address``, ``created``, ``language``, ``timezone``, ``org``,
+        ``role``, ``disabled`` and ``totp`` (whether it has a second factor), by address."""
         return self.run_sync(
             lambda db: list(
-                db.query("SELECT address, created, language, timezone FROM users ORDER BY address")
-            )
+                db.query(
+                    "SELECT address, created, language, timezone, org, role, disabled,"
+                    " totp_secret IS NOT NULL AS totp FROM users ORDER BY address"
+                )
+            ),
+            read=True,
         )
 
     def remove_user(self, address: str) -> bool:
-        """Remove a user; False when there is none."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount > 0
-            )
-        )
+        """Remove a user, with its app passwords, API tokens and console sessions; False
+        when there is none."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            if not db.conn.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount:
+                return False
+            for table in USER_TABLES:
+                db.conn.execute(f"DELETE FROM {table} WHERE address = ?", (address,))  # noqa: S608
+            return True
+
+        return self.run_sync(write)

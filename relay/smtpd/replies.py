@@ -172,3 +172,15 @@ def with_enhanced_code(reply: str) -> str:
         return reply
     text = text.removeprefix("Error: ")
     return f"{code} {enhanced} {text}"
+
+
+# -- organisations and roles (relay/roles.py, docs/accounts.md) -----------------------
+ROLE_DOES_NOT_SEND = (
+    "550 5.7.1 This account's role ({role}) reads certificates and does not send mail"
+)
+ACCOUNT_CANNOT_SEND = "550 5.7.1 This account may not send mail now; ask the gateway's operator"
+# MX mode: the From is a registered user (or of a bound domain) who may not send.
+SENDER_MAY_NOT_SEND = (
+    "550 5.7.1 The sender {sender} may not send certified mail through this gateway "
+    "(its account does not send or is disabled); ask its operator"
+)

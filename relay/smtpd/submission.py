@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,10 +31,12 @@ from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
 from relay.logs import printable
 from relay.queue.ids import new_certificate_id, new_queue_id
+from relay.queue.orgs import Account
 from relay.queue.space import FreeSpace
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
+from relay.roles import Action, allowed
 from relay.smtpd import replies
 from relay.smtpd.protocol import CertificaSMTP
 from relay.smtpd.users import check_password, normalise_address
@@ -130,8 +133,34 @@ class SubmissionHandler:
         self.space: FreeSpace | None = None
 
     async def verify_password(self, user: str, password: str) -> bool:
-        stored = await self.store.user_hash(normalise_address(user))
-        return await asyncio.to_thread(check_password, password, stored)
+        """SMTP AUTH (docs/accounts.md, "App passwords"): the account password, or one of
+        the user's app passwords; a user with a second factor (TOTP) only the latter,
+        since its account password alone must no longer send mail. An unknown user, a
+        wrong password and a disabled account (or organisation) are all just False, and
+        the scrypt of the account password runs for each, so neither the reply nor the
+        time taken tells them apart. An auditor authenticates: MAIL tells it why it
+        cannot send."""
+        address = normalise_address(user)
+        stored = await self.store.user_hash(address)
+        password_ok = await asyncio.to_thread(check_password, password, stored)
+        app_password = await self.store.app_password_id(address, password)
+        account = await self.store.account(address)
+        if account is None or not account.active:
+            return False
+        if app_password is not None:
+            await self.store.app_password_used(app_password, time.time())
+            return True
+        return password_ok and not account.totp
+
+    @staticmethod
+    def sending_refusal(account: Account | None) -> str | None:
+        """None when ``account`` may send now, else the refusal (docs/accounts.md): its
+        role does not send (an auditor), or it was removed or disabled since it logged in."""
+        if account is None or not account.active:
+            return replies.ACCOUNT_CANNOT_SEND
+        if not allowed(account.role, Action.SEND):
+            return replies.ROLE_DOES_NOT_SEND.format(role=account.role)
+        return None
 
     @staticmethod
     def _user(session: Any) -> str:
@@ -156,6 +185,9 @@ class SubmissionHandler:
         if self.space is not None and self.space.low():
             return replies.LOW_ON_SPACE
         user = self._user(session)
+        refused = self.sending_refusal(await self.store.account(user))
+        if refused:
+            return refused
         if normalise_address(address) != user:
             return replies.SENDER_NOT_OWNED.format(user=user, sender=address)
         envelope.mail_from = address
@@ -213,9 +245,12 @@ class SubmissionHandler:
         qid = new_queue_id()
         tls_version, tls_cipher = session_tls(server)
         peer = client_ip(session)
-        tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
         account = await self.store.account(user)
-        org = account.org if account is not None else None  # docs/accounts.md
+        refused = self.sending_refusal(account)  # disabled, or its role changed, since MAIL
+        if refused or account is None:
+            return refused or replies.ACCOUNT_CANNOT_SEND
+        tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
+        org = account.org  # docs/accounts.md
 
         mail_params: dsn.MailParameters = envelope.dsn_mail
         rcpt_params: dict[str, dsn.RcptParameters] = envelope.dsn_rcpt
