@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
-``erase``, ``retention``, ``backup``, ``restore``.
+``erase``, ``retention``, ``backup``, ``restore``, ``credits``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -42,6 +42,7 @@ if _HELD:
 from relay.cli import (  # noqa: E402 - after SIGHUP is held
     addendum,
     backup,
+    credits,
     dkim,
     erase,
     evidence,
@@ -75,6 +76,7 @@ COMMANDS = (
     erase,
     retention,
     backup,
+    credits,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 
