@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -33,6 +34,7 @@ from tests.conftest import (
     CERTIFICA,
     PASSWORD,
     Gateway,
+    Received,
     Sink,
     SinkServer,
     assert_clean_log,
@@ -40,6 +42,7 @@ from tests.conftest import (
     start_gateway,
     write_config,
 )
+from tests.dnsserver import DNSServer
 from tests.test_certified_sending import generated_for, submit
 
 CONTACT = "billing@provider.example"
@@ -54,6 +57,9 @@ warn_below = 5
 USERS = {
     "alice@example.com": ("ACME", Role.ADMIN),
     "sam@example.com": ("SHORT", Role.SENDER),
+    "lee@example.com": ("LOW", Role.ADMIN),
+    "lou@example.com": ("LOW", Role.SENDER),
+    "rita@example.com": ("RCPT", Role.ADMIN),
 }
 
 
@@ -93,12 +99,15 @@ def organise(gw: Gateway, users: dict[str, tuple[str, Role]]) -> None:
 def gw(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("credits")
     routes = {"example.org": sink.port, "example.net": sink.port, "example.com": sink.port}
-    gateway = start_gateway(
-        write_config(tmp, routes, PRICES), {address: PASSWORD for address in USERS}
-    )
-    organise(gateway, USERS)
-    yield gateway
-    gateway.stop()
+    with DNSServer() as dns:  # the reception sender's SPF and DMARC, answered here
+        dns.add("partner.test", "TXT", "v=spf1 -all")
+        gateway = start_gateway(
+            write_config(tmp, routes, PRICES + dns.config_toml()),
+            {address: PASSWORD for address in USERS},
+        )
+        organise(gateway, USERS)
+        yield gateway
+        gateway.stop()
     assert_clean_log(gateway.log())
 
 
@@ -308,3 +317,113 @@ def test_defer_when_short_answers_452(sink_server: SinkServer, tmp_path: Path) -
     finally:
         gateway.stop()
     assert_clean_log(gateway.log())
+
+
+def submit_as(gw: Gateway, user: str, raw: bytes, rcpts: list[str]) -> str:
+    """Send one message as ``user``; the queue id from the 250 reply."""
+    with gw.smtp(user) as client:
+        client.mail(user)
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        code, text = client.data(raw)
+    assert code == 250, text
+    return text.decode().rsplit(" ", 1)[1]
+
+
+def mails_to(sink: Sink, address: str, subject_start: str) -> list[Received]:
+    return [m for m in sink.to(address) if (m.message["Subject"] or "").startswith(subject_start)]
+
+
+def org_row(gw: Gateway, org: str) -> tuple[int, float | None, float | None]:
+    with open_db(gw) as store:
+        return store.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT low_owed, low_notice, waiting_notice FROM organisations WHERE code = ?",
+                (org,),
+            ).fetchone(),
+            read=True,
+        )
+
+
+def test_low_balance_notice_once_in_the_admins_language(gw: Gateway, sink: Sink) -> None:
+    assert gw.cli("users", "set", "lee@example.com", "--language", "es").returncode == 0
+    add(gw, "LOW", 6, "bundle")
+    # lou (a sender) takes the balance from 6 to 4, below warn_below = 5: lee, the
+    # organisation's admin, is told once, in Spanish.
+    first = submit_as(
+        gw,
+        "lou@example.com",
+        make_message(sender="lou@example.com", to="l1@example.org, l2@example.org"),
+        ["l1@example.org", "l2@example.org", CERT_ADDRESS],
+    )
+    notice = sink.wait_for(lambda ms: bool(mails_to(sink, "lee@example.com", "Créditos")))
+    mail = mails_to(sink, "lee@example.com", "Créditos")[0]
+    assert mail.message["Content-Language"] == "es"
+    assert mail.message["Auto-Submitted"] == "auto-generated" and mail.mail_from == "<>"
+    text = mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "4" in text and "5" in text and CONTACT in text, text
+    assert mails_to(sink, "lou@example.com", "Créditos") == []  # a sender is not told
+    assert notice
+    # Below the threshold already, and told: another movement owes no second notice.
+    second = submit_as(
+        gw,
+        "lou@example.com",
+        make_message(sender="lou@example.com", to="l3@example.org"),
+        ["l3@example.org", CERT_ADDRESS],
+    )
+    assert org_balance(gw, "LOW") == 3
+    low_owed, low_notice, _ = org_row(gw, "LOW")
+    assert low_owed == 0 and low_notice is not None
+    generated_for(sink, first, "certificate")
+    generated_for(sink, second, "certificate")
+    # Back above the threshold: the next fall is told again.
+    add(gw, "LOW", 10, "bundle")
+    assert org_row(gw, "LOW")[:2] == (0, None)
+    assert len(mails_to(sink, "lee@example.com", "Créditos")) == 1
+
+
+def test_reception_without_credits_waits_then_is_made(gw: Gateway, sink: Sink) -> None:
+    out = gw.cli("reception", "enable", "rita@example.com")
+    assert out.returncode == 0, out.stderr
+    forward = re.search(r"recepcion\+[a-z2-7]+@certifica\.localhost", out.stdout)
+    assert forward, out.stdout
+    raw = (
+        "From: Bob Partner <bob@partner.test>\r\nTo: rita@example.com\r\n"
+        "Subject: Signed offer for Rita\r\nDate: Tue, 01 Dec 2026 11:00:00 +0000\r\n"
+        f"Message-ID: <{time.monotonic_ns()}@partner.test>\r\n\r\nThe offer.\r\n"
+    ).encode()
+    # Never refused for credits: RCPT has none, the mail is accepted and recorded.
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as client:
+        client.ehlo("mail.partner.test")
+        code, reply = client.docmd("MAIL FROM:<bob@partner.test>")
+        assert code == 250, reply
+        assert client.rcpt(forward.group(0))[0] == 250
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    waiting = sink.wait_for(
+        lambda ms: bool(mails_to(sink, "rita@example.com", "Certificates wait for credits"))
+    )
+    assert waiting
+    told = mails_to(sink, "rita@example.com", "Certificates wait for credits")[0]
+    body = told.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Reception certificates waiting: 1" in body and CONTACT in body, body
+    with open_db(gw) as store:
+        states = store.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT cert_state, state FROM messages WHERE kind = 'reception' AND org = 'RCPT'"
+            ).fetchall(),
+            read=True,
+        )
+    assert states == [("waiting", "active")]
+    assert mails_to(sink, "rita@example.com", "Reception certificate") == []
+
+    add(gw, "RCPT", 3, "first bundle")  # the certificate is made and charged now
+    sink.wait_for(lambda ms: bool(mails_to(sink, "rita@example.com", "Reception certificate")))
+    wait_until(lambda: org_balance(gw, "RCPT") == 1)
+    kinds = [
+        line.split()[2]
+        for line in gw.cli("credits", "statement", "RCPT").stdout.splitlines()
+        if line[:4].isdigit()
+    ]
+    assert kinds == ["purchase", "charge"]
+    assert len(mails_to(sink, "rita@example.com", "Certificates wait for credits")) == 1

@@ -107,6 +107,12 @@ class CreditTerms:
             contact=cfg.provider.contact,
         )
 
+    @property
+    def in_use(self) -> bool:
+        """Whether anything costs credits or is watched (else nothing is looked for)."""
+        prices = (self.email_recipient, self.addendum, self.reception, self.sms_segment)
+        return any(p > 0 for p in prices) or self.warn_below > 0
+
     def price(self, product: Product) -> int:
         """What one unit of ``product`` costs (0: free)."""
         return int(getattr(self, str(product)))

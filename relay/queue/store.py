@@ -20,6 +20,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.users`       the users who may submit, their language and time zone
 :mod:`relay.queue.orgs`        organisations, their users' roles, their domains
 :mod:`relay.queue.credits`     organisations' balances and every movement of them
+:mod:`relay.queue.credit_notices`  the notices owed to admins about credits (low, waiting)
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 from relay.queue.bounces import LATE_ACTIONS, LateBounces
 from relay.queue.certificates import Certificates
+from relay.queue.credit_notices import CreditNotices
 from relay.queue.credits import Credits
 from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
@@ -81,6 +83,7 @@ __all__ = [
 
 
 class Store(
+    CreditNotices,
     Reports,
     LateBounces,
     OperatorActions,
