@@ -44,6 +44,7 @@ from tests.conftest import (
 )
 from tests.dnsserver import DNSServer
 from tests.test_certified_sending import generated_for, submit
+from tests.test_late_bounce import addendum_for, dsn_for
 
 CONTACT = "billing@provider.example"
 PRICES = f"""
@@ -52,6 +53,7 @@ contact = "{CONTACT}"
 [credits]
 email_recipient = 1
 reception = 2
+addendum = 1
 warn_below = 5
 """
 USERS = {
@@ -60,6 +62,7 @@ USERS = {
     "lee@example.com": ("LOW", Role.ADMIN),
     "lou@example.com": ("LOW", Role.SENDER),
     "rita@example.com": ("RCPT", Role.ADMIN),
+    "ada@example.com": ("ADD", Role.ADMIN),
 }
 
 
@@ -427,3 +430,36 @@ def test_reception_without_credits_waits_then_is_made(gw: Gateway, sink: Sink) -
     ]
     assert kinds == ["purchase", "charge"]
     assert len(mails_to(sink, "rita@example.com", "Certificates wait for credits")) == 1
+
+
+def test_a_late_bounce_addendum_waits_then_is_charged(gw: Gateway, sink: Sink) -> None:
+    add(gw, "ADD", 1, "one message")
+    raw = make_message(sender="ada@example.com", to="vanishing@example.org", subject="Late")
+    qid = submit_as(gw, "ada@example.com", raw, ["vanishing@example.org", CERT_ADDRESS])
+    generated_for(sink, qid, "certificate")
+    assert org_balance(gw, "ADD") == 0
+    copy = [m for m in sink.to("vanishing@example.org") if qid.encode() in m.data[:3000]][0]
+    with smtplib.SMTP("127.0.0.1", gw.port("mx"), timeout=30) as client:
+        client.ehlo("mx.example.org")
+        client.mail("<>")
+        assert client.rcpt(copy.mail_from)[0] == 250
+        code, text = client.data(dsn_for(copy.mail_from, "vanishing@example.org", raw))
+    assert code == 250, text  # recorded; its addendum waits for ADD's credits
+    sink.wait_for(
+        lambda ms: bool(mails_to(sink, "ada@example.com", "Certificates wait for credits"))
+    )
+    told = mails_to(sink, "ada@example.com", "Certificates wait for credits")[0]
+    body = told.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Addenda waiting: 1" in body, body
+    assert not [
+        m for m in sink.to("ada@example.com") if (m.message["Subject"] or "").startswith("Addendum")
+    ]
+    add(gw, "ADD", 2, "top-up")
+    addendum_for(sink, qid)
+    wait_until(lambda: org_balance(gw, "ADD") == 1)
+    kinds = [
+        line.split()[2]
+        for line in gw.cli("credits", "statement", "ADD").stdout.splitlines()
+        if line[:4].isdigit()
+    ]
+    assert kinds == ["purchase", "reserve", "purchase", "charge"]
