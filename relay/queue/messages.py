@@ -32,13 +32,18 @@ class Messages(Credits):
 
     def _enqueue(self, msg: NewMessage, now: float) -> None:
         # Certified mail of an organisation reserves its recipients' credits with its
-        # 250; other kinds (the gateway's own mail, reception, postmaster) reserve none.
-        reserves = bool(msg.certified and msg.kind == MessageKind.MAIL and msg.org)
-        if reserves and msg.org:
+        # 250; other kinds (the gateway's own mail, reception, postmaster) reserve none,
+        # and with the price 0 nothing is read or written.
+        payer = (
+            msg.org
+            if msg.certified and msg.kind == MessageKind.MAIL and self.credit_terms.email_recipient
+            else None
+        )
+        if payer:
             needed = self.credit_terms.email_recipient * len(msg.recipients)
-            have = credits.balance(self._conn, msg.org)
+            have = credits.balance(self._conn, payer)
             if have < needed:  # nothing written: the intake refuses the message
-                raise self.credit_terms.short(msg.org, have, needed)
+                raise self.credit_terms.short(payer, have, needed)
         insert_row(
             self._conn,
             "messages",
@@ -94,15 +99,16 @@ class Messages(Credits):
                     "orcpt": msg.orcpt.get(rcpt),
                 },
             )
-            recipient_ids.append(
-                int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-            )
+            if payer:  # its hold names it
+                recipient_ids.append(
+                    int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+                )
         if msg.event:
             evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
-        if reserves and msg.org:
+        if payer:
             credits.reserve(
                 self._conn,
-                msg.org,
+                payer,
                 msg.qid,
                 recipient_ids,
                 self.credit_terms,

@@ -395,6 +395,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE organisations ADD COLUMN low_owed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE organisations ADD COLUMN waiting_notice REAL;
     CREATE INDEX messages_waiting ON messages(cert_state) WHERE cert_state = 'waiting';
+    -- a recipient's hold, found when the recipient ends (its delivery, its withdrawal)
+    CREATE INDEX credit_holds_recipient ON credit_holds(recipient_id)
+        WHERE recipient_id IS NOT NULL;
     """,
 ]
 
