@@ -138,11 +138,11 @@ BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (R
 # -- than its organisation's balance; nothing was accepted, nothing is sent uncertified ---
 CREDITS_SHORT = (
     "550 5.7.1 Not enough credits to certify this message: your organisation's balance "
-    "is {balance} credits and it needs {needed}; nothing was sent. {top_up}"
+    "is {balance} and this message needs {needed}; nothing was sent. {top_up}"
 )
 CREDITS_SHORT_DEFER = (
     "452 4.7.1 Not enough credits to certify this message yet: your organisation's "
-    "balance is {balance} credits and it needs {needed}; nothing was accepted, it will "
+    "balance is {balance} and this message needs {needed}; nothing was accepted, it will "
     "be tried again. {top_up}"
 )
 CREDITS_TOP_UP = "To top up, contact {contact}"
