@@ -12,6 +12,12 @@ records the message as done, so a crash never loses or doubles it.
 A job may be asked twice (the process making it ended before answering): each kind
 reads the message's state first, and a certificate is committed only while its message
 is still uncertified.
+
+A reception certificate and an addendum cost their organisation ``[credits] reception``
+and ``addendum`` (docs/credits.md), charged in the transaction that queues them, so a
+document made once is charged once. Short of credits, the document is not refused: it
+waits (``DocumentState.WAITING``, the admins are told) until ``certifica credits add``
+makes it pending again.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pyhanko.sign.timestamps import TimestampRequestError
 from certifier.i18n import Reader, as_datetime
 from certifier.outcome import outcome
 from certifier.verify import embedded_evidence
-from relay.certify import dsn, notices
+from relay.certify import credit_notices, dsn, notices
 from relay.certify.evidence_record import (
     build_evidence,
     iso,
@@ -44,11 +50,13 @@ from relay.delivery.client import DEFERRED, DELIVERED, FAILED
 from relay.health import UseRecord, why
 from relay.logs import log_failure, printable
 from relay.metrics import CERTIFICATES, SIGNING_ERRORS, TSA_ERRORS
+from relay.queue.credit_notices import CreditFacts, CreditNotice
+from relay.queue.credits import Charge, InsufficientCredits
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.jobs import DocumentDone, DocumentJob, DocumentKind
 from relay.queue.spool import Spool, SpoolFileMissing, write_once
 from relay.queue.spool_missing import SPOOL_MISSING_TEXT, missing_since, spool_name
-from relay.queue.states import DocumentState, MessageState
+from relay.queue.states import DocumentState, MessageState, Product
 from relay.queue.store import NewMessage, Store
 from relay.queue.verifications import VersionKind
 
@@ -210,6 +218,7 @@ class DocumentMaker:
             DocumentKind.FINISH: self.finish,
             DocumentKind.REPORT: self.report,
             DocumentKind.ADDENDUM: self.tracking_addendum,
+            DocumentKind.CREDITS: self.credit_notices,
         }[job.kind]
         return DocumentDone((job.qid,) if await run(job.qid) else ())
 
@@ -228,6 +237,11 @@ class DocumentMaker:
         try:
             row = await self.store.message(qid)
             if row is None or not row["cert_id"]:
+                return False
+            # Short of credits it is not made: its opens and clicks stay unreported, and
+            # the addenda due are found again once credits are added (docs/credits.md).
+            go, charge = await self._charge_or_wait(row, row["org"], Product.ADDENDUM, "")
+            if not go:
                 return False
             async with self._certificates:
                 now = time.time()
@@ -266,6 +280,7 @@ class DocumentMaker:
                     update_qid=None,
                     evidence=evidence,
                     reported=(row["tracking_reported"], last, now),
+                    charge=charge,
                 )
         except Exception:
             log_failure(log, "%s: could not make the tracking addendum; will retry", qid)
@@ -285,6 +300,7 @@ class DocumentMaker:
         qid: str | None = None,
         evidence_qid: str | None = None,
         addendum_at: tuple[int, int, float] | None = None,
+        charge: Charge | None = None,
     ) -> str | None:
         """Queue a mail the gateway wrote, to the sender of ``parent`` (or ``recipient``);
         in the same transaction apply ``parent_columns`` to ``update_qid`` (default: the
@@ -314,6 +330,7 @@ class DocumentMaker:
                 evidence=evidence,
                 evidence_qid=evidence_qid,
                 addendum_at=addendum_at,
+                charge=charge,
             )
         except asyncio.CancelledError:
             # The store's thread may still commit the row: the file stays. If the row
@@ -398,6 +415,8 @@ class DocumentMaker:
             row = await self.store.message(qid)
             if row is None or row["state"] != "active":
                 return False
+            if row["cert_state"] == DocumentState.WAITING:
+                return False  # for its organisation's credits: `certifica credits add`
             if row["kind"] == "mail" and row["certified"] and row["cert_state"] == "pending":
                 if row["notice_state"] == "pending":
                     return False  # the notice goes first; the next scan comes back here
@@ -690,6 +709,9 @@ class DocumentMaker:
         """The reception certificate to the owner and, when decided at arrival (and still
         within the per-sender interval), the same PDF to the sender as proof of receipt."""
         qid = row["qid"]
+        go, charge = await self._charge_or_wait(row, row["org"], Product.RECEPTION)
+        if not go:
+            return True  # it waits for credits; the queue manager looks at it again
         try:
             raw = await asyncio.to_thread(self.spool.read, qid)
         except SpoolFileMissing as missing:
@@ -748,8 +770,8 @@ class DocumentMaker:
             await self.store.append_evidence(
                 qid, "ReceiptSent", {"to": to, "receipt_qid": receipt_qid}, time.time()
             )
-        if (
-            await self.queue_generated(
+        try:
+            queued = await self.queue_generated(
                 "certificate",
                 row,
                 await mail(False, row["sender"]),
@@ -759,9 +781,12 @@ class DocumentMaker:
                     "CertificateIssued",
                     {"certificate_id": row["cert_id"], "pdf_sha256": pdf_sha},
                 ),
+                charge=charge,
             )
-            is None
-        ):
+        except InsufficientCredits as short:  # spent meanwhile by another document
+            await self._wait_for_credits(qid, short.org, Product.RECEPTION)
+            return True
+        if queued is None:
             return False
         cert_log.info(
             "%s: reception certificate=%s owner=<%s> sha256=%s pdf_sha256=%s receipt=%s",
@@ -770,6 +795,101 @@ class DocumentMaker:
         await asyncio.to_thread(self.spool.archive, qid)
         log.info("%s: removed", qid)
         return True
+
+    async def credit_notices(self, org: str) -> bool:
+        """The notices ``org``'s active admins are owed about its credits, each in the
+        admin's language: the balance fell below ``[credits] warn_below``, documents
+        wait for credits. Each kind is queued once, with the organisation marked told,
+        in one transaction (docs/credits.md)."""
+        try:
+            facts = await self.store.credit_facts(org)
+            if facts is None:
+                return False
+            for notice in facts.owed:
+                await self._credit_notice(facts, notice)
+            return False  # no message's state changed
+        except Exception:
+            log_failure(log, "%s: could not make the notice about credits; will retry", org)
+            return False
+
+    async def _credit_notice(self, facts: CreditFacts, notice: CreditNotice) -> None:
+        qids: list[str] = []
+        mails: list[NewMessage] = []
+        try:
+            for admin in facts.admins:
+                reader = Reader(
+                    admin.language or self.cfg.gateway.language,
+                    admin.timezone or self.cfg.gateway.timezone,
+                )
+                qid = new_queue_id()
+                common: dict[str, Any] = {
+                    "gateway_name": self._gateway_name(),
+                    "from_address": self.cfg.gateway.certification_address,
+                    "hostname": self.cfg.gateway.hostname,
+                    "to": admin.address,
+                    "qid": qid,
+                    "org_name": facts.name,
+                    "balance": facts.balance,
+                    "contact": self.cfg.provider.contact,
+                    "reader": reader,
+                }
+                if notice == CreditNotice.LOW:
+                    data = credit_notices.build_low_balance(
+                        threshold=self.cfg.credits.warn_below, **common
+                    )
+                else:
+                    data = credit_notices.build_waiting(
+                        receptions=facts.receptions_waiting, addenda=facts.addenda_waiting, **common
+                    )
+                await asyncio.to_thread(self.spool.store, qid, data)
+                qids.append(qid)
+                mails.append(
+                    NewMessage(
+                        qid=qid,
+                        kind="notice",
+                        sender="",
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        recipients=(admin.address,),
+                    )
+                )
+            queued = await self.store.queue_credit_notice(facts.org, notice, mails, time.time())
+        except asyncio.CancelledError:
+            raise  # the rows may still commit: the files stay (the next start sweeps them)
+        except Exception:
+            for qid in qids:
+                await asyncio.to_thread(self.spool.remove, qid)
+            raise
+        if not queued:
+            for qid in qids:
+                await asyncio.to_thread(self.spool.remove, qid)
+            return
+        for mail in mails:
+            log.info(
+                "%s: from=<>, size=%d, nrcpt=1, %s credits notice for organisation %s",
+                mail.qid, mail.size, notice, facts.org,
+            )  # fmt: skip
+        if not mails:
+            log.info("organisation %s has no active admin to tell (%s credits)", facts.org, notice)
+
+    async def _charge_or_wait(
+        self, row: dict[str, Any], org: str | None, product: Product, wait_qid: str | None = None
+    ) -> tuple[bool, Charge | None]:
+        """Whether ``row``'s ``product`` may be made now, and what making it will charge
+        (None: nothing, no organisation or free). Not when ``org`` is short of it: the
+        document owed for ``wait_qid`` (default: ``row``) then waits for credits
+        (docs/credits.md)."""
+        if not org or self.store.credit_terms.price(product) <= 0:
+            return True, None
+        if not await self.store.can_pay(org, product):
+            if wait_qid != "":  # "": nothing to mark (a tracking addendum waits unmarked)
+                await self._wait_for_credits(wait_qid or row["qid"], org, product)
+            return False, None
+        return True, Charge(org, product, row["qid"])
+
+    async def _wait_for_credits(self, qid: str, org: str, product: Product) -> None:
+        if await self.store.mark_waiting(qid, org):
+            log.info("%s: %s waits for credits of organisation %s", qid, product, org)
 
     async def _removed_by_retention(self, qid: str) -> str | None:
         """Why the message ``qid`` is no longer in the archive when the retention policy
@@ -908,11 +1028,13 @@ class DocumentMaker:
         evidence: dict[str, Any],
         done: dict[str, Any] | None = None,
         reported: tuple[int, int, float] | None = None,
+        charge: Charge | None = None,
     ) -> bool:
         """Keep the signed PDF, record it, and mail it to the sender of ``row``; the
         message ``update_qid`` is done (with ``done`` columns set) in the same
-        transaction as the mail is queued. False, with nothing done, when that message
-        was certified already (this job ran twice)."""
+        transaction as the mail is queued, with its ``charge``. False, with nothing done,
+        when that message was certified already (this job ran twice) or its organisation
+        has no longer the credits (the document then waits)."""
         qid = row["qid"]
         if update_qid and await self._certified_already(update_qid):
             return False
@@ -944,29 +1066,38 @@ class DocumentMaker:
         if update_qid:
             # The evidence entry, the message's state and the mail in one transaction,
             # on condition that no other job certified the message meanwhile.
-            mailed = await self.queue_generated(
-                label.lower(),
-                row,
-                data,
-                certified_columns(**(done or {})),
-                update_qid=update_qid,
-                only_if=CERTIFICATE_OWED,
-                evidence=issued,
-                evidence_qid=qid,
-            )
+            try:
+                mailed = await self.queue_generated(
+                    label.lower(),
+                    row,
+                    data,
+                    certified_columns(**(done or {})),
+                    update_qid=update_qid,
+                    only_if=CERTIFICATE_OWED,
+                    evidence=issued,
+                    evidence_qid=qid,
+                    charge=charge,
+                )
+            except InsufficientCredits as short:  # spent meanwhile by another document
+                await self._wait_for_credits(update_qid, short.org, Product.ADDENDUM)
+                return False
             if mailed is None:
                 return False
         elif reported is not None:
             previous, last, at = reported
-            mailed = await self.queue_generated(
-                label.lower(),
-                row,
-                data,
-                {"tracking_reported": max(previous, last)},
-                only_if={"tracking_reported": previous},
-                evidence=issued,
-                addendum_at=(previous, last, at),
-            )
+            try:
+                mailed = await self.queue_generated(
+                    label.lower(),
+                    row,
+                    data,
+                    {"tracking_reported": max(previous, last)},
+                    only_if={"tracking_reported": previous},
+                    evidence=issued,
+                    addendum_at=(previous, last, at),
+                    charge=charge,
+                )
+            except InsufficientCredits:  # made again once credits are added
+                return False
             if mailed is None:
                 return False
         else:
@@ -983,6 +1114,9 @@ class DocumentMaker:
         if parent is None:
             await self.store.mark(dsn["qid"], state="done", done_at=time.time())
             return False
+        go, charge = await self._charge_or_wait(parent, parent["org"], Product.ADDENDUM, dsn["qid"])
+        if not go:
+            return True  # it waits for credits
         removed: str | None = None
         try:
             raw = await asyncio.to_thread(self.spool.read_any, parent["qid"])
@@ -1004,6 +1138,7 @@ class DocumentMaker:
             label="Addendum",
             update_qid=dsn["qid"],
             evidence=evidence,
+            charge=charge,
         ):
             return False
         await asyncio.to_thread(self.spool.archive, dsn["qid"])

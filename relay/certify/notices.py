@@ -133,7 +133,7 @@ def original_headers(raw: bytes) -> OriginalHeaders:
     return OriginalHeaders(subject or NO_SUBJECT, mid if _MSG_ID.match(mid) else None)
 
 
-def _base(
+def header_fields(
     gateway_name: str,
     from_address: str,
     to: str,
@@ -359,7 +359,7 @@ def build_notice(
         "recipients": [one_line(r, 320) for r in recipients],
         "gateway": gateway_name,
     }
-    msg = _base(
+    msg = header_fields(
         gateway_name,
         from_address,
         to,
@@ -369,7 +369,7 @@ def build_notice(
         qid,
         reader.language,
     )
-    return _assemble(msg, "notice", context, reader)
+    return assemble(msg, "notice", context, reader)
 
 
 def build_certificate_mail(
@@ -428,7 +428,7 @@ def build_certificate_mail(
         "gateway": gateway_name,
         **_verification(cert_id, verify_url, publicly_trusted),
     }
-    msg = _base(
+    msg = header_fields(
         gateway_name,
         from_address,
         to,
@@ -438,7 +438,7 @@ def build_certificate_mail(
         qid,
         reader.language,
     )
-    return _assemble(msg, "certificate", context, reader, (pdf, cert_id))
+    return assemble(msg, "certificate", context, reader, (pdf, cert_id))
 
 
 def build_content_lost(
@@ -482,7 +482,7 @@ def build_content_lost(
         if addendum_of
         else _("Certificate without the message: the gateway lost its copy (%(id)s)")
     )
-    msg = _base(
+    msg = header_fields(
         gateway_name,
         from_address,
         to,
@@ -492,7 +492,7 @@ def build_content_lost(
         qid,
         reader.language,
     )
-    return _assemble(msg, "content_lost", context, reader, (pdf, cert_id))
+    return assemble(msg, "content_lost", context, reader, (pdf, cert_id))
 
 
 def build_reception_mail(
@@ -566,7 +566,7 @@ def build_reception_mail(
         if receipt
         else _("Reception certificate: “%(subject)s” (%(id)s)")
     )
-    msg = _base(
+    msg = header_fields(
         gateway_name,
         from_address,
         to,
@@ -576,10 +576,10 @@ def build_reception_mail(
         qid,
         reader.language,
     )
-    return _assemble(msg, "reception", context, reader, (pdf, cert_id))
+    return assemble(msg, "reception", context, reader, (pdf, cert_id))
 
 
-def _assemble(
+def assemble(
     msg: list[tuple[str, str]],
     template: str,
     context: dict[str, Any],

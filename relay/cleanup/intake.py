@@ -7,6 +7,10 @@ then the row goes to the store in one transaction, and only then is the client t
 fails, for any reason, the spool file is removed before the client is told 451 or 452,
 so nothing half accepted is left behind (the one exception: the client leaving while
 the row is written, when the row may yet commit; the next start sweeps such files).
+A certified message its organisation has not the credits for is refused the same way
+(550 5.7.1, or 452 4.7.1 with ``[credits] when_short = "defer"``; docs/credits.md):
+the reservation is in the row's transaction, so nothing of it was written, and it is
+never sent uncertified instead.
 
 Also here: the checks an envelope or header recipient must pass before the gateway
 will deliver to it (no source routes, no % hacks, a real domain).
@@ -25,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from relay.logs import log_failure
+from relay.logs import log_failure, printable
+from relay.queue.credits import InsufficientCredits
 from relay.queue.spool import Spool, is_disk_full
 from relay.queue.store import NewMessage, Store, StoreError, StoreFullError
 from relay.smtpd import replies
@@ -83,6 +88,12 @@ async def accept(
         # Nothing was recorded (the store's transaction rolled back): the file goes now,
         # before the answer, whatever the error was.
         await loop.run_in_executor(_INTAKE, _remove_quietly, spool, qid)
+        if isinstance(err, InsufficientCredits):
+            log.info(
+                "%s: refused: organisation %s has %d credits, the message needs %d",
+                qid, printable(err.org), err.balance, err.needed,
+            )  # fmt: skip
+            return credits_short_reply(err)
         if not isinstance(err, StoreError | OSError):
             log_failure(log, "%s: could not record the message; nothing was kept", qid)
             return replies.INTERNAL_ERROR
@@ -90,6 +101,18 @@ async def accept(
         full = isinstance(err, StoreFullError) or is_disk_full(err)
         return replies.DISK_FULL if full else replies.STORE_FAILED
     return None
+
+
+def credits_short_reply(short: InsufficientCredits) -> str:
+    """The reply to a certified message its organisation cannot pay for: the balance,
+    what it needed and how to top up (``[provider] contact``, when it fits in a reply)."""
+    contact = " ".join(short.contact.split())
+    fits = contact and contact.isascii() and contact.isprintable() and len(contact) <= 200
+    top_up = (
+        replies.CREDITS_TOP_UP.format(contact=contact) if fits else replies.CREDITS_TOP_UP_OPERATOR
+    )
+    reply = replies.CREDITS_SHORT_DEFER if short.defer else replies.CREDITS_SHORT
+    return reply.format(balance=short.balance, needed=short.needed, top_up=top_up)
 
 
 def _remove_quietly(spool: Spool, qid: str) -> None:

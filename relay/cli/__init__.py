@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
-``org``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
-``erase``, ``retention``, ``backup``, ``restore``, ``token``.
+``org``, ``credits``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``,
+``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -42,6 +42,7 @@ if _HELD:
 from relay.cli import (  # noqa: E402 - after SIGHUP is held
     addendum,
     backup,
+    credits,
     dkim,
     erase,
     evidence,
@@ -69,6 +70,7 @@ COMMANDS = (
     addendum,
     users,
     org,
+    credits,
     reception,
     dkim,
     evidence,

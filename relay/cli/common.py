@@ -184,9 +184,12 @@ def state_dir(cfg: Config, *, writes: bool = False) -> Path:
 
 
 def open_store(cfg: Config, *, writes: bool = False) -> Store:
+    from relay.queue.credits import CreditTerms
     from relay.queue.store import Store
 
-    return Store(state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime)
+    return Store(
+        state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime, CreditTerms.of(cfg)
+    )
 
 
 def default_trust_roots(args: argparse.Namespace) -> list[Path]:

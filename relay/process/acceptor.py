@@ -42,6 +42,7 @@ from relay.config import Config
 from relay.logs import loop_exception_handler
 from relay.process.child import StatusFile, report_status, run_dir
 from relay.process.reload import Reload, listen_for_reload
+from relay.queue.credits import CreditTerms
 from relay.queue.space import FreeSpace
 from relay.queue.spool import Spool
 from relay.queue.store import Store
@@ -199,7 +200,7 @@ class Acceptor:
     async def start(self) -> None:
         cfg, setup = self.cfg, self.setup
         loop = asyncio.get_running_loop()
-        self.store = Store(setup.paths["db"], cfg.queue.lifetime)
+        self.store = Store(setup.paths["db"], cfg.queue.lifetime, CreditTerms.of(cfg))
         self.spool = Spool(setup.paths["spool"])
         self.space = FreeSpace(setup.paths["spool"], cfg.limits.min_free)
         wake = Waker(setup.wake_path, self._accepted)

@@ -28,6 +28,7 @@ from relay.logs import loop_exception_handler
 from relay.process.child import StatusFile, report_status
 from relay.process.dispatch import ChildDispatcher
 from relay.process.reload import listen_for_log_reload
+from relay.queue.credits import CreditTerms
 from relay.queue.manager import QueueManager
 from relay.queue.store import Store
 
@@ -55,7 +56,7 @@ class QueueProcess:
 
     async def start(self) -> None:
         setup, cfg = self.setup, self.setup.cfg
-        self.store = Store(setup.paths["db"], cfg.queue.lifetime)
+        self.store = Store(setup.paths["db"], cfg.queue.lifetime, CreditTerms.of(cfg))
         self.dispatcher = ChildDispatcher(setup.job_socket, self.store.release)
         await self.dispatcher.start()
         busy = await self.dispatcher.wait_for_children(setup.workers)

@@ -48,6 +48,7 @@ from relay.logs import log_failure, loop_exception_handler
 from relay.process.child import StatusFile, report_status, run_dir
 from relay.process.dispatch import LINE_LIMIT, encode
 from relay.process.reload import Reload, listen_for_reload
+from relay.queue.credits import CreditTerms
 from relay.queue.jobs import DeliveryJob, DocumentJob, DocumentKind
 from relay.queue.spool import Spool
 from relay.queue.store import Store
@@ -221,7 +222,7 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     loop.set_exception_handler(loop_exception_handler)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    store = Store(setup.paths["db"], cfg.queue.lifetime)
+    store = Store(setup.paths["db"], cfg.queue.lifetime, CreditTerms.of(cfg))
     spool = Spool(setup.paths["spool"])
     checkpointer: Checkpointer | None = None
     maintenance: Maintenance | None = None

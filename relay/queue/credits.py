@@ -1,4 +1,4 @@
-"""Credits: an organisation's balance and every movement of it (docs/accounts.md).
+"""Credits: an organisation's balance and every movement of it (docs/credits.md).
 
 Credits are bought in bundles that never expire (``certifica credits add ACME 1000
 --note "invoice 2026-117"``) and spent per certified product at the ``[credits]``
@@ -12,23 +12,43 @@ be shown to a court with the rest of the evidence.
 transaction (the reservation of a certified message is in the transaction that queues
 it, so the 250 and the credits are one decision).
 
+What a certified message reserved is held per recipient (``credit_holds``) until the
+recipient ends (:func:`settle`): a recipient withdrawn before any delivery attempt is
+refunded, an attempted one (delivered, failed, expired) is spent, because its evidence
+was produced. A hold's state is the guard: a hold is settled once, whoever asks twice.
+Documents made later (a reception certificate, an addendum) are charged in the
+transaction that queues them (:func:`charge`); short of credits, they wait
+(``DocumentState.WAITING``) until credits are added (:meth:`Credits.add_credits`).
+
 Exceptions::
 
     UsageError
       NoSuchOrganisation  -- an organisation code that does not exist
+    PermanentError
+      InsufficientCredits -- a certified message or document costs more than the
+                             balance: 550 5.7.1 (452 4.7.1 with when_short = "defer")
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time as _time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from certifier.errors import UsageError
+import sqlite_utils
+
+from certifier.errors import PermanentError, UsageError
 from relay.queue import evidence_log
 from relay.queue.db import Database
-from relay.queue.states import CreditKind
+from relay.queue.states import CreditKind, DocumentState, HoldState, Product
+
+if TYPE_CHECKING:
+    from relay.config import Config
 
 CREDITS_QID = "credits"
 """The evidence log's queue id for movements that are about no message (a purchase)."""
@@ -45,6 +65,66 @@ EVENTS: dict[CreditKind, str] = {
 
 class NoSuchOrganisation(UsageError, LookupError):
     """No organisation has that code."""
+
+
+class InsufficientCredits(PermanentError):
+    """``org``'s balance is below what a certified message or document costs. The
+    intake answers 550 5.7.1 (``defer``: 452 4.7.1) with the figures; nothing is written."""
+
+    def __init__(self, org: str, balance: int, needed: int, *, defer: bool, contact: str) -> None:
+        super().__init__(f"organisation {org} has {balance} credits; {needed} are needed")
+        self.org = org
+        self.balance = balance
+        self.needed = needed
+        self.defer = defer
+        self.contact = contact
+
+
+@dataclass(frozen=True)
+class CreditTerms:
+    """The ``[credits]`` prices and rules as the store applies them; given to the
+    :class:`relay.queue.store.Store` when it is made, as the queue's lifetime is. The
+    default, every price 0, reserves and charges nothing and writes nothing."""
+
+    email_recipient: int = 0
+    addendum: int = 0
+    reception: int = 0
+    sms_segment: int = 0
+    warn_below: int = 0
+    defer_when_short: bool = False  # [credits] when_short = "defer"
+    contact: str = ""  # [provider] contact: how to top up
+
+    @classmethod
+    def of(cls, cfg: Config) -> CreditTerms:
+        c = cfg.credits
+        return cls(
+            email_recipient=c.email_recipient,
+            addendum=c.addendum,
+            reception=c.reception,
+            sms_segment=c.sms_segment,
+            warn_below=c.warn_below,
+            defer_when_short=c.when_short == "defer",
+            contact=cfg.provider.contact,
+        )
+
+    @property
+    def in_use(self) -> bool:
+        """Whether anything costs credits or is watched (else nothing is looked for)."""
+        prices = (self.email_recipient, self.addendum, self.reception, self.sms_segment)
+        return any(p > 0 for p in prices) or self.warn_below > 0
+
+    def price(self, product: Product) -> int:
+        """What one unit of ``product`` costs (0: free)."""
+        return int(getattr(self, str(product)))
+
+    def short(self, org: str, balance: int, needed: int) -> InsufficientCredits:
+        return InsufficientCredits(
+            org, balance, needed, defer=self.defer_when_short, contact=self.contact
+        )
+
+
+FREE = CreditTerms()
+"""Every price 0: what a store made without terms applies (the shipped config)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +181,17 @@ def move(
     qid: str | None = None,
     units: int | None = None,
     note: str | None = None,
+    warn_below: int = 0,
 ) -> Movement:
     """Add ``amount`` (signed) to ``org``'s balance, inside the caller's transaction,
     with its ``credit_movements`` row and its evidence entry. The caller decides
-    whether the balance may go below zero (a reservation checks first)."""
+    whether the balance may go below zero (a reservation checks first). With
+    ``warn_below`` (``[credits] warn_below``), a movement that takes the balance below it
+    makes the admins' low-balance notice owed, once until the balance is back above."""
     after = balance(conn, org) + amount
     conn.execute("UPDATE organisations SET balance = ? WHERE code = ?", (after, org))
+    if warn_below > 0:
+        _watch_low(conn, org, after, warn_below)
     detail = {
         "organisation": org,
         "kind": str(kind),
@@ -137,6 +222,175 @@ def move(
         actor,
         entry.seq,
     )
+
+
+def _watch_low(conn: sqlite3.Connection, org: str, after: int, warn_below: int) -> None:
+    """``low_notice`` is when the admins were told the balance fell below ``warn_below``;
+    ``low_owed`` says a notice is owed. Told once until the balance is back above."""
+    if after >= warn_below:
+        conn.execute(
+            "UPDATE organisations SET low_notice = NULL, low_owed = 0 WHERE code = ?", (org,)
+        )
+    else:
+        conn.execute(
+            "UPDATE organisations SET low_owed = 1 WHERE code = ? AND low_notice IS NULL",
+            (org,),
+        )
+
+
+def reserve(
+    conn: sqlite3.Connection,
+    org: str,
+    qid: str,
+    recipient_ids: list[int],
+    terms: CreditTerms,
+    now: float,
+    *,
+    actor: str,
+) -> int:
+    """Reserve ``[credits] email_recipient`` per recipient of the certified message
+    ``qid``, in the transaction that queues it: one ``RESERVE`` movement and one hold per
+    recipient. Raises :class:`InsufficientCredits` (the caller's transaction is then
+    rolled back whole) when the balance is short. Returns the credits reserved."""
+    price = terms.email_recipient
+    if price <= 0 or not recipient_ids:
+        return 0
+    needed = price * len(recipient_ids)
+    have = balance(conn, org)
+    if have < needed:
+        raise terms.short(org, have, needed)
+    move(
+        conn,
+        org,
+        CreditKind.RESERVE,
+        -needed,
+        now,
+        actor=actor,
+        product=str(Product.EMAIL_RECIPIENT),
+        qid=qid,
+        units=len(recipient_ids),
+        warn_below=terms.warn_below,
+    )
+    conn.executemany(
+        "INSERT INTO credit_holds (qid, recipient_id, org, product, amount, state)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (qid, rid, org, str(Product.EMAIL_RECIPIENT), price, str(HoldState.RESERVED))
+            for rid in recipient_ids
+        ],
+    )
+    return needed
+
+
+def settle(
+    conn: sqlite3.Connection,
+    recipient_ids: Iterable[int],
+    now: float,
+    *,
+    refund: bool,
+    actor: str,
+    warn_below: int = 0,
+) -> int:
+    """Settle the holds still reserved for ``recipient_ids``, in the transaction that
+    makes those recipients final: ``refund`` (withdrawn before any attempt) gives the
+    credits back with one ``REFUND`` movement per message; otherwise they are spent
+    (the evidence of an attempt was produced) and the balance does not move. A hold
+    settled already is left alone, so a repeat settles nothing. Returns the credits
+    refunded."""
+    ids = sorted(set(recipient_ids))
+    if not ids:
+        return 0
+    marks = ", ".join("?" for _ in ids)
+    rows = conn.execute(
+        f"SELECT id, qid, org, amount FROM credit_holds"  # noqa: S608 - placeholders only
+        f" WHERE recipient_id IN ({marks}) AND state = ? ORDER BY id",
+        (*ids, str(HoldState.RESERVED)),
+    ).fetchall()
+    if not rows:
+        return 0
+    state = HoldState.REFUNDED if refund else HoldState.SPENT
+    conn.executemany(
+        "UPDATE credit_holds SET state = ?, settled = ? WHERE id = ? AND state = ?",
+        [(str(state), now, row[0], str(HoldState.RESERVED)) for row in rows],
+    )
+    if not refund:
+        return 0
+    per_message: dict[tuple[str, str], list[int]] = {}
+    for _, qid, org, amount in rows:
+        per_message.setdefault((str(org), str(qid)), []).append(int(amount))
+    refunded = 0
+    for (org, qid), amounts in per_message.items():
+        move(
+            conn,
+            org,
+            CreditKind.REFUND,
+            sum(amounts),
+            now,
+            actor=actor,
+            product=str(Product.EMAIL_RECIPIENT),
+            qid=qid,
+            units=len(amounts),
+            note="withdrawn before any delivery attempt",
+            warn_below=warn_below,
+        )
+        refunded += sum(amounts)
+    return refunded
+
+
+def affordable(conn: sqlite3.Connection, org: str | None, price: int) -> bool:
+    """Whether ``org`` can pay ``price`` now (no organisation, or free: always)."""
+    return org is None or price <= 0 or balance(conn, org) >= price
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A document to charge in the transaction that queues it: ``product`` for ``org``."""
+
+    org: str
+    product: Product
+    qid: str  # the message the document is about
+
+
+def charge(conn: sqlite3.Connection, ch: Charge, terms: CreditTerms, now: float) -> int:
+    """Charge ``ch`` (one unit at its ``[credits]`` price) inside the document's
+    transaction, with a spent hold naming the document's message. Raises
+    :class:`InsufficientCredits` when the balance is short (the document then waits).
+    Returns the credits charged."""
+    price = terms.price(ch.product)
+    if price <= 0:
+        return 0
+    have = balance(conn, ch.org)
+    if have < price:
+        raise terms.short(ch.org, have, price)
+    move(
+        conn,
+        ch.org,
+        CreditKind.CHARGE,
+        -price,
+        now,
+        actor="gateway",
+        product=str(ch.product),
+        qid=ch.qid,
+        units=1,
+        warn_below=terms.warn_below,
+    )
+    conn.execute(
+        "INSERT INTO credit_holds (qid, recipient_id, org, product, amount, state, settled)"
+        " VALUES (?, NULL, ?, ?, ?, ?, ?)",
+        (ch.qid, ch.org, str(ch.product), price, str(HoldState.SPENT), now),
+    )
+    return price
+
+
+def release_waiting(conn: sqlite3.Connection, org: str) -> int:
+    """Make ``org``'s documents waiting for credits pending again (credits were added);
+    the admins may be told again should they wait once more. Returns how many."""
+    released = conn.execute(
+        "UPDATE messages SET cert_state = ? WHERE org = ? AND cert_state = ?",
+        (str(DocumentState.PENDING), org, str(DocumentState.WAITING)),
+    ).rowcount
+    conn.execute("UPDATE organisations SET waiting_notice = NULL WHERE code = ?", (org,))
+    return int(released)
 
 
 def _month_bounds(month: str) -> tuple[float, float]:
@@ -198,7 +452,13 @@ def _movement(row: tuple[object, ...]) -> Movement:
 
 
 class Credits(Database):
-    """Balances and statements: ``certifica credits``, the console and the API."""
+    """Balances, statements and the ``[credits]`` terms: ``certifica credits``, the
+    console and the API read here; :class:`relay.queue.messages.Messages` reserves with
+    :attr:`credit_terms` as it queues a certified message."""
+
+    def __init__(self, path: Path, lifetime: float, credit_terms: CreditTerms = FREE) -> None:
+        self.credit_terms = credit_terms
+        super().__init__(path, lifetime)
 
     async def balance_of(self, org: str) -> int:
         return await self._read(lambda: balance(self._conn, org))
@@ -209,12 +469,71 @@ class Credits(Database):
     def statement_now(self, org: str, month: str | None = None) -> Statement:
         return self.run_sync(lambda db: statement(db.conn, org, month), read=True)
 
-    def add_credits(
-        self, org: str, amount: int, *, note: str | None, actor: str, now: float | None = None
-    ) -> Movement:
-        """A bundle bought (``amount`` > 0) or an operator's correction (< 0, ``ADJUST``)."""
-        kind = CreditKind.PURCHASE if amount > 0 else CreditKind.ADJUST
-        when = _time.time() if now is None else now
+    def certificate_ids_now(self, qids: Iterable[str]) -> dict[str, str]:
+        """The certificate id of each of ``qids`` that has one (a statement's column)."""
+        wanted = json.dumps(sorted(qids))
         return self.run_sync(
-            lambda db: move(db.conn, org, kind, amount, when, actor=actor, note=note)
+            lambda db: {
+                str(r[0]): str(r[1])
+                for r in db.conn.execute(
+                    "SELECT qid, cert_id FROM messages WHERE cert_id IS NOT NULL"
+                    " AND qid IN (SELECT value FROM json_each(?))",
+                    (wanted,),
+                )
+            },
+            read=True,
         )
+
+    def balance_now(self, org: str) -> int:
+        return self.run_sync(lambda db: balance(db.conn, org), read=True)
+
+    def add_credits(
+        self,
+        org: str,
+        amount: int,
+        *,
+        note: str | None,
+        actor: str,
+        now: float | None = None,
+        kind: CreditKind | None = None,
+    ) -> Movement:
+        """A bundle bought (``amount`` > 0, ``PURCHASE``) or an operator's correction
+        (``ADJUST``, signed; the default for ``amount`` < 0). Documents of ``org`` that
+        waited for credits are pending again in the same transaction (they are charged
+        when made; those still short wait again)."""
+        kind = kind or (CreditKind.PURCHASE if amount > 0 else CreditKind.ADJUST)
+        when = _time.time() if now is None else now
+        warn = self.credit_terms.warn_below
+
+        def write(db: sqlite_utils.Database) -> Movement:
+            movement = move(
+                db.conn, org, kind, amount, when, actor=actor, note=note, warn_below=warn
+            )
+            if amount > 0:
+                release_waiting(db.conn, org)
+            return movement
+
+        return self.run_sync(write)
+
+    async def can_pay(self, org: str | None, product: Product) -> bool:
+        """Whether ``org`` has the price of one ``product`` now (a document about to be
+        made checks before rendering; the charge itself is in its transaction)."""
+        price = self.credit_terms.price(product)
+        return await self._read(lambda: affordable(self._conn, org, price))
+
+    async def mark_waiting(self, qid: str, org: str) -> bool:
+        """The document owed for ``qid`` waits for ``org``'s credits (on condition that
+        it is still pending); the message is attributed to ``org`` if it was to none
+        (a late bounce's addendum: its certified mail's organisation)."""
+
+        def write() -> bool:
+            return (
+                self._conn.execute(
+                    "UPDATE messages SET cert_state = ?, org = COALESCE(org, ?)"
+                    " WHERE qid = ? AND cert_state = ?",
+                    (str(DocumentState.WAITING), org, qid, str(DocumentState.PENDING)),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(write)

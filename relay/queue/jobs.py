@@ -91,6 +91,10 @@ class DocumentKind(enum.StrEnum):
     """A delivery status notification to the sender of plain mail (RFC 3464)."""
     ADDENDUM = "addendum"
     """The addendum listing the opens and clicks since the last document."""
+    CREDITS = "credits"
+    """The notices to an organisation's admins about its credits (the balance fell
+    below ``[credits] warn_below``, documents wait for credits); the job's ``qid`` is
+    the organisation's code (docs/credits.md)."""
 
 
 @dataclass(frozen=True)

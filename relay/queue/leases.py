@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relay.certify import dsn
-from relay.queue import evidence_log
+from relay.queue import credits, evidence_log
 from relay.queue.db import Database
 from relay.queue.records import Outcome
 from relay.queue.states import FINAL, RecipientState
@@ -253,6 +253,10 @@ class Leases(Database):
                     out.recipient_id,
                 ),
             )
+            if out.status in (RecipientState.DELIVERED, RecipientState.FAILED):
+                # Attempted: its credits are spent, the evidence was produced (a failure
+                # and an expiry too; docs/credits.md). A settled hold stays as it is.
+                credits.settle(self._conn, [out.recipient_id], now, refund=False, actor="gateway")
             event = {
                 RecipientState.DELIVERED: "RelayToNonERDS",
                 RecipientState.FAILED: "RelayToNonERDSFailure",

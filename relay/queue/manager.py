@@ -153,7 +153,10 @@ class QueueManager:
             if later:
                 await self.store.release(later)
         if self.cfg.tracking.enabled:
-            for qid in await self.store.addenda_due(now, self.cfg.tracking.addendum_interval):
+            price = self.store.credit_terms.addendum  # short of it, an addendum waits
+            for qid in await self.store.addenda_due(
+                now, self.cfg.tracking.addendum_interval, price
+            ):
                 self._hand_out(DocumentJob(DocumentKind.ADDENDUM, qid))
         # Messages become finished when an attempt ends (their qids are noted then); every
         # FULL_SCAN seconds, and at start, all active ones are looked at too, for what
@@ -182,6 +185,11 @@ class QueueManager:
                 self._maybe_finished.add(qid)
             else:
                 self._hand_out(DocumentJob(DocumentKind.FINISH, qid))
+        if candidates is None and self.store.credit_terms.in_use:
+            # The organisations whose admins are owed a notice about their credits
+            # (docs/credits.md): looked for on the full scans.
+            for org in await self.store.credit_notices_due():
+                self._hand_out(DocumentJob(DocumentKind.CREDITS, org))
 
     def _allowance(self, domain: str) -> int:
         """Attempts to ``domain`` allowed at once: one while it looks dead."""

@@ -2,7 +2,10 @@
 work it still needs (a notice, a certificate, a report, closing it).
 
 A message is owned by the gateway from the commit of :meth:`Messages.enqueue` on: an
-intake answers 250 only after it (RFC 5321 6.1).
+intake answers 250 only after it (RFC 5321 6.1). A certified message of an organisation
+reserves its credits in that same transaction (:func:`relay.queue.credits.reserve`), so
+the 250 and the credits are one decision: short of credits, nothing is written and the
+intake refuses it (docs/credits.md).
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from relay.queue import evidence_log
-from relay.queue.db import Database, insert_row, update_message, update_message_if
+from relay.queue import credits, evidence_log
+from relay.queue.credits import Charge, Credits
+from relay.queue.db import insert_row, update_message, update_message_if
 from relay.queue.records import NewMessage, domain_of
 from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
 from relay.queue.tracking import mark_addendum_at
 
 
-class Messages(Database):
+class Messages(Credits):
     """Messages and their recipients as the intakes queue them and the queue manager reads them."""
 
     async def enqueue(self, msg: NewMessage, now: float | None = None) -> None:
@@ -27,6 +31,19 @@ class Messages(Database):
         await self._run(self._enqueue, msg, now or time.time())
 
     def _enqueue(self, msg: NewMessage, now: float) -> None:
+        # Certified mail of an organisation reserves its recipients' credits with its
+        # 250; other kinds (the gateway's own mail, reception, postmaster) reserve none,
+        # and with the price 0 nothing is read or written.
+        payer = (
+            msg.org
+            if msg.certified and msg.kind == MessageKind.MAIL and self.credit_terms.email_recipient
+            else None
+        )
+        if payer:
+            needed = self.credit_terms.email_recipient * len(msg.recipients)
+            have = credits.balance(self._conn, payer)
+            if have < needed:  # nothing written: the intake refuses the message
+                raise self.credit_terms.short(payer, have, needed)
         insert_row(
             self._conn,
             "messages",
@@ -68,6 +85,7 @@ class Messages(Database):
                 "cert_state": DocumentState.PENDING if msg.certified else DocumentState.NONE,
             },
         )
+        recipient_ids: list[int] = []
         for rcpt in msg.recipients:
             insert_row(
                 self._conn,
@@ -82,8 +100,22 @@ class Messages(Database):
                     "orcpt": msg.orcpt.get(rcpt),
                 },
             )
+            if payer:  # its hold names it
+                recipient_ids.append(
+                    int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+                )
         if msg.event:
             evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
+        if payer:
+            credits.reserve(
+                self._conn,
+                payer,
+                msg.qid,
+                recipient_ids,
+                self.credit_terms,
+                now,
+                actor=msg.auth_user or msg.sender or "gateway",
+            )
 
     async def message(self, qid: str) -> dict[str, Any] | None:
         return await self._read(self._message, qid)
@@ -115,6 +147,7 @@ class Messages(Database):
         evidence: tuple[str, dict[str, Any]] | None = None,
         evidence_qid: str | None = None,
         addendum_at: tuple[int, int, float] | None = None,
+        charge: Charge | None = None,
     ) -> bool:
         """Queue a notice or certificate and update its parent in one transaction, with
         the parent's ``evidence`` entry (event, detail) if given. With ``only_if``, all
@@ -123,7 +156,9 @@ class Messages(Database):
         document once; ARCHITECTURE.md §1, Hand-offs). The evidence entry is about
         ``evidence_qid`` (default: the parent); with no ``msg``, nothing is mailed (a
         document for a message without a sender). ``addendum_at`` (after_id, last_id,
-        time): the recipients of those opens and clicks had this addendum."""
+        time): the recipients of those opens and clicks had this addendum. ``charge``: the
+        document's price is taken from its organisation in the same transaction
+        (:class:`relay.queue.credits.InsufficientCredits`, nothing written, when short)."""
         return await self._run(
             self._enqueue_generated,
             msg,
@@ -134,6 +169,7 @@ class Messages(Database):
             evidence,
             evidence_qid,
             addendum_at,
+            charge,
         )
 
     def _enqueue_generated(
@@ -146,12 +182,15 @@ class Messages(Database):
         evidence: tuple[str, dict[str, Any]] | None = None,
         evidence_qid: str | None = None,
         addendum_at: tuple[int, int, float] | None = None,
+        charge: Charge | None = None,
     ) -> bool:
         if only_if:
             if not update_message_if(self._conn, parent_qid, parent_columns, only_if):
                 return False
         else:
             update_message(self._conn, parent_qid, parent_columns)
+        if charge is not None:  # after the condition: a document made once is charged once
+            credits.charge(self._conn, charge, self.credit_terms, now)
         if evidence is not None:
             about = evidence_qid or parent_qid
             evidence_log.append(self._conn, now, about, evidence[0], evidence[1])
@@ -225,7 +264,9 @@ class Messages(Database):
             "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
             "       OR r.lease_until >= ?)"  # an attempt still under way
         )
-        no_report = " AND m.reports_pending = 0"  # the sender's report goes first
+        # The sender's report goes first; a document waiting for credits is not finished
+        # (``credits add`` makes it pending again).
+        no_report = " AND m.reports_pending = 0 AND m.cert_state != 'waiting'"
         if candidates is None:
             ready = [
                 r["qid"]

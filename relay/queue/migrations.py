@@ -388,6 +388,18 @@ MIGRATIONS: list[str] = [
         seq INTEGER NOT NULL                    -- the evidence entries read so far
     );
     """,
+    # 16: what an organisation's admins are owed or were told about its
+    # credits (docs/credits.md): a movement took the balance below [credits] warn_below
+    # (low_owed, until the notice is queued and low_notice set), and documents waiting
+    # for credits (waiting_notice: when they were told; cleared when credits are added).
+    """
+    ALTER TABLE organisations ADD COLUMN low_owed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE organisations ADD COLUMN waiting_notice REAL;
+    CREATE INDEX messages_waiting ON messages(cert_state) WHERE cert_state = 'waiting';
+    -- a recipient's hold, found when the recipient ends (its delivery, its withdrawal)
+    CREATE INDEX credit_holds_recipient ON credit_holds(recipient_id)
+        WHERE recipient_id IS NOT NULL;
+    """,
 ]
 
 

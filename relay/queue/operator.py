@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
-from relay.queue import evidence_log
+from relay.queue import credits, evidence_log
 from relay.queue.messages import Messages
 from relay.queue.states import MessageKind, MessageState
 
@@ -113,16 +113,24 @@ class OperatorActions(Messages):
 
     def withdraw(self, qid: str, operator: str, now: float) -> int:
         """Delete a message from the queue as the operator: undelivered recipients become
-        ``withdrawn``; a certified message is then certified as withdrawn, never dropped."""
+        ``withdrawn``; a certified message is then certified as withdrawn, never dropped.
+        The credits reserved for a recipient never attempted (and not being attempted now)
+        are refunded; those of a recipient attempted already are spent (docs/credits.md)."""
 
         def _withdraw(db: sqlite_utils.Database) -> int:
             rows = list(
                 db.query(
-                    "SELECT id, address FROM recipients WHERE qid = ?"
+                    "SELECT id, address, attempts, lease_until FROM recipients WHERE qid = ?"
                     " AND status IN ('queued', 'deferred')",
                     (qid,),
                 )
             )
+            untried = [
+                r["id"]
+                for r in rows
+                if r["attempts"] == 0 and (r["lease_until"] is None or r["lease_until"] < now)
+            ]
+            tried = [r["id"] for r in rows if r["id"] not in untried]
             for r in rows:
                 db.conn.execute(
                     "UPDATE recipients SET status = 'withdrawn', reply_text = ?, last_attempt = ?"
@@ -137,6 +145,10 @@ class OperatorActions(Messages):
                     {"operator": operator},
                     recipient=r["address"],
                 )
+            actor = f"operator:{operator}"
+            warn = self.credit_terms.warn_below
+            credits.settle(db.conn, untried, now, refund=True, actor=actor, warn_below=warn)
+            credits.settle(db.conn, tried, now, refund=False, actor=actor)
             db.conn.execute(
                 "UPDATE messages SET state = 'active' WHERE qid = ? AND state = 'held'", (qid,)
             )

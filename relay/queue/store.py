@@ -21,6 +21,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.orgs`        organisations, their users' roles, their domains
 :mod:`relay.queue.app_passwords`  the users' app passwords for SMTP AUTH (one per device)
 :mod:`relay.queue.credits`     organisations' balances and every movement of them
+:mod:`relay.queue.credit_notices`  the notices owed to admins about credits (low, waiting)
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.tokens`      the JSON API's tokens (stored as SHA-256), whom each acts for
 :mod:`relay.queue.verifications`  the public verification page's record of each document
@@ -48,6 +49,7 @@ from __future__ import annotations
 from relay.queue.app_passwords import AppPasswords
 from relay.queue.bounces import LATE_ACTIONS, LateBounces
 from relay.queue.certificates import Certificates
+from relay.queue.credit_notices import CreditNotices
 from relay.queue.credits import Credits
 from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
@@ -85,6 +87,7 @@ __all__ = [
 
 
 class Store(
+    CreditNotices,
     Reports,
     LateBounces,
     OperatorActions,

@@ -111,10 +111,12 @@ class Tracking(Database):
             ).fetchone()[0]
         )
 
-    async def addenda_due(self, now: float, interval: float) -> list[str]:
+    async def addenda_due(self, now: float, interval: float, price: int = 0) -> list[str]:
         """Certified messages with opens or clicks not yet reported to the sender, whose
         recipients have not had an addendum within ``interval``. Messages flagged
-        ``addendum_pending`` whose events have all been reported lose the flag."""
+        ``addendum_pending`` whose events have all been reported lose the flag. With a
+        ``price`` (``[credits] addendum``), those of an organisation short of it wait
+        (docs/credits.md)."""
 
         def _due() -> list[str]:
             self._conn.execute(
@@ -129,8 +131,10 @@ class Tracking(Database):
                     " WHERE m.addendum_pending = 1 AND m.tracking = 1 AND m.cert_state = 'done'"
                     " AND EXISTS (SELECT 1 FROM tracking_events e WHERE e.qid = r.qid"
                     "  AND e.recipient_id = r.id AND e.id > m.tracking_reported)"
-                    " AND (r.addendum_at IS NULL OR r.addendum_at <= ?)",
-                    (now - interval,),
+                    " AND (r.addendum_at IS NULL OR r.addendum_at <= ?)"
+                    " AND (? <= 0 OR m.org IS NULL OR (SELECT o.balance FROM organisations o"
+                    "  WHERE o.code = m.org) >= ?)",
+                    (now - interval, price, price),
                 )
             ]
 
