@@ -35,13 +35,14 @@ RECIPIENTS = {
     OTHER_SENDER: "carol@example.net",
     OUTSIDER: "dan@example.org",
 }
-COOKIE = "certifica"  # the plain name: the tests' public_url is http (relay/web/console/base.py)
+COOKIE = "__Host-certifica"  # also on http://127.0.0.1 (relay/web/console/base.py)
 
 
 def add_organisation(gw: Gateway, org: str = ORG, members: dict[str, str] = MEMBERS) -> None:
+    """The organisation (if new) and its ``members`` (address: role), password PASSWORD."""
     now = time.time()
     with Store(gw.state / "queue.db", 30.0) as store:
-        store.add_organisation(org, "Acme S.L.", "B12345678", now)
+        store.add_organisation(org, "Acme S.L.", "B12345678", now)  # False when it exists
         for address, role in members.items():
             store.add_user(address, hash_password(PASSWORD), now, org=org, role=role)
 
@@ -153,3 +154,13 @@ class ConsoleClient:
 
     def token(self, path: str = "/app/account") -> str:
         return self.get(path).csrf()
+
+    def cert_ids(self) -> dict[str, str]:
+        """The certificates the list shows: recipients -> certificate id."""
+        page = self.get("/app/certificates")
+        assert page.status == 200, page.text
+        rows = re.findall(
+            r'certificates/([A-Za-z0-9_-]+)">[^<]+</a></td><td>[^<]*</td><td>([^<]*)</td>',
+            page.text,
+        )
+        return {recipients: cert for cert, recipients in rows}

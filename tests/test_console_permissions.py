@@ -7,7 +7,6 @@ offers is tried over real HTTP against a real gateway, and must be allowed exact
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,13 +56,7 @@ def logged_in(gw: Gateway, role: Role) -> ConsoleClient:
 
 
 def cert_ids(client: ConsoleClient) -> dict[str, str]:
-    """The certificates the client's list shows: recipient -> certificate id."""
-    page = client.get("/app/certificates")
-    assert page.status == 200
-    rows = re.findall(
-        r'certificates/([A-Za-z0-9_-]+)">[^<]+</a></td><td>[^<]*</td><td>([^<]*)</td>', page.text
-    )
-    return {recipients: cert for cert, recipients in rows}
+    return client.cert_ids()
 
 
 @pytest.mark.parametrize("role", list(Role))

@@ -75,5 +75,13 @@ def install(
             visit, 404, N_("There is no such page in the console."), N_("Not found")
         )
 
+    async def own_referrer_policy(request: web.Request, response: web.StreamResponse) -> None:
+        # The listener's middleware gives every answer "Referrer-Policy: no-referrer"
+        # (addendum.http: a tracking token must not leak); under it a browser's form
+        # sends "Origin: null", so the console's pages say same-origin instead.
+        if request.path.startswith("/app/") and not response.prepared:
+            response.headers["Referrer-Policy"] = PAGE_HEADERS["Referrer-Policy"]
+
+    app.on_response_prepare.append(own_referrer_policy)
     app.router.add_get("/app/static/{name}", static_file)
     app.router.add_route("*", "/app/{rest:.*}", console.guarded(not_found, public=True))

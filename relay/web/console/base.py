@@ -2,15 +2,19 @@
 the answers (a page, a refusal in a sentence, a redirect) and the guard that puts them
 in front of each handler (docs/console.md).
 
-The cookie is ``__Host-certifica`` with ``Secure`` when ``[web] public_url`` is https
-(RFC 6265bis section 4.1.3.2: the browser then binds it to this host, path ``/``, and
-never sends it over plain HTTP); with an http ``public_url`` (a development gateway on
-loopback) it is ``certifica`` without ``Secure``, the only form a browser keeps from
-plain HTTP on every address. Both are ``HttpOnly`` and ``SameSite=Strict``.
+The cookie is ``__Host-certifica`` with ``Secure`` (RFC 6265bis section 4.1.3.2: the
+browser binds it to this host and path ``/``, and never sends it over plain HTTP) when
+``[web] public_url`` is https, and also when it is plain http on a loopback address
+(``make run``, the tests): Chromium and Firefox treat loopback as a secure context
+(W3C Secure Contexts section 3.1) and keep a ``Secure`` and ``__Host-`` cookie from it
+(Chromium 156 checked). Only an http ``public_url`` on another host (a development
+gateway on a LAN) gets the plain ``certifica`` without ``Secure``, the one form a browser
+keeps from plain HTTP there. Both are ``HttpOnly`` and ``SameSite=Strict``.
 
-A POST is accepted only from this site's own pages: its ``Origin`` (else its
-``Referer``) must be ``public_url``'s origin or the origin the request was addressed to,
-and, once logged in, its form must carry the session's CSRF token. The login form has
+A POST is accepted only from this site's own pages: its ``Sec-Fetch-Site`` must say
+``same-origin`` (a browser's own word), else its ``Origin`` (else its ``Referer``) must be
+``public_url``'s origin or the origin the request was addressed to; and, once logged in,
+its form must carry the session's CSRF token. The login form has
 no session yet: the origin check is what protects it.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -114,6 +119,16 @@ class Visit:
         return "../" * max(0, self.request.path.count("/") - 2)
 
 
+def _loopback(host: str) -> bool:
+    """``localhost``, ``*.localhost`` (RFC 6761 section 6.3) or a loopback address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Console:
     """The console's shared parts: configuration, store, the SMTP lockout, the archive."""
 
@@ -124,7 +139,7 @@ class Console:
         self.archive = archive
         self.trusted = trusted_networks(cfg.web.trusted_proxies)
         public = urlsplit(cfg.web.public_url)
-        self.secure = public.scheme == "https"
+        self.secure = public.scheme == "https" or _loopback(public.hostname or "")
         self.cookie = SECURE_COOKIE if self.secure else PLAIN_COOKIE
         self.public_origin = f"{public.scheme}://{public.netloc}".lower()
         self.static = {name: (STATIC / name).read_bytes() for name in STATIC_FILES}
@@ -198,7 +213,12 @@ class Console:
     # --- CSRF ---------------------------------------------------------------------------
 
     def same_origin(self, request: web.Request) -> bool:
-        """Whether a POST comes from this site's own pages (``Origin``, else ``Referer``)."""
+        """Whether a POST comes from this site's own pages: the browser's
+        ``Sec-Fetch-Site`` (W3C Fetch Metadata) when it sends one, else ``Origin``, else
+        ``Referer``, naming ``public_url``'s origin or the one the request was sent to."""
+        fetch_site = request.headers.get("Sec-Fetch-Site")
+        if fetch_site is not None:
+            return fetch_site == "same-origin"
         origin = request.headers.get("Origin")
         if origin is None or origin == "null":
             referer = request.headers.get("Referer")
