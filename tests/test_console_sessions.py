@@ -109,3 +109,46 @@ def test_totp_codes_follow_rfc_6238() -> None:
     assert totp.matching_step(secret, "287082", 59 + 60) is None  # two: refused
     assert totp.matching_step(secret, "28708", 59) is None
     assert totp.matching_step("not a secret", "287082", 59) is None
+
+
+def serve_console(tmp_path: Path, console: str) -> tuple[int, dict[str, str], str]:
+    """GET /app/login from the HTTP listener's application with ``[console]`` set so."""
+    import aiohttp
+    from aiohttp import web
+
+    from relay.config import load_config
+    from relay.web.tracking import StoreBackend, make_http_runner
+
+    (tmp_path / "state").mkdir(mode=0o700, parents=True)
+    (tmp_path / "config.toml").write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[console]\n{console}\n'
+    )
+    cfg = load_config(tmp_path / "config.toml")
+
+    async def fetch() -> tuple[int, dict[str, str], str]:
+        with Store(tmp_path / "state" / "queue.db", 3600.0) as store:
+            runner = await make_http_runner(cfg, b"k" * 32, StoreBackend(cfg, store, None))
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            try:
+                async with aiohttp.ClientSession() as session:
+                    url = f"http://127.0.0.1:{port}/app/login"
+                    async with session.get(url, headers={"Accept-Language": "ca"}) as answer:
+                        return answer.status, dict(answer.headers), await answer.text()
+            finally:
+                await runner.cleanup()
+
+    return asyncio.run(fetch())
+
+
+def test_the_console_is_there_only_when_enabled(tmp_path: Path) -> None:
+    status, headers, body = serve_console(tmp_path / "on", "enabled = true")
+    assert status == 200 and "<h1>Entrar</h1>" in body
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
+    assert "form-action 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cache-Control"] == "no-store"
+    status, _, body = serve_console(tmp_path / "off", "enabled = false")
+    assert status == 404 and "Entrar" not in body

@@ -79,7 +79,7 @@ def install(
         # The listener's middleware gives every answer "Referrer-Policy: no-referrer"
         # (addendum.http: a tracking token must not leak); under it a browser's form
         # sends "Origin: null", so the console's pages say same-origin instead.
-        if request.path.startswith("/app/") and not response.prepared:
+        if request.path.startswith("/app/"):
             response.headers["Referrer-Policy"] = PAGE_HEADERS["Referrer-Policy"]
 
     app.on_response_prepare.append(own_referrer_policy)
