@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,15 @@ def test_log_in_search_and_download(site: Gateway, people: Contexts, tmp_path: P
     page.select_option("#status", "delivery")
     page.click("#search button")
     assert page.locator("#results tbody tr").count() == 1
+    today = datetime.now(UTC).date()
+    page.fill("#since", str(today + timedelta(days=2)))  # issued before that day
+    page.click("#search button")
+    assert page.inner_text("#empty") == "Ningún certificado coincide."
+    page.fill("#since", str(today - timedelta(days=1)))
+    page.fill("#until", str(today + timedelta(days=1)))
+    page.click("#search button")
+    assert page.locator("#results tbody tr").count() == 1
+    assert page.input_value("#recipient") == "BOB@"  # the form keeps what was searched
 
     page.click("#results tbody a")
     cert_id = page.inner_text("#cert-id")
