@@ -24,8 +24,8 @@ route                         what                                              
 Security, in one place (:mod:`.base`, :mod:`.login`): sessions of a random 256-bit id
 whose SHA-256 alone is stored (:mod:`relay.queue.sessions`), a new id at login and after
 the second factor, idle and absolute expiry, an ``HttpOnly`` ``SameSite=Strict`` cookie
-(``__Host-``/``Secure`` under an https ``public_url``); every POST from this site's own
-pages (``Origin``) with the session's CSRF token; login failures counted with SMTP
+(``__Host-``/``Secure`` under an https or loopback ``public_url``); every POST from this
+site's own pages (``Sec-Fetch-Site``, else ``Origin``) with the session's CSRF token; login failures counted with SMTP
 AUTH's, per client address (the acceptor's :class:`relay.smtpd.protocol.AuthThrottle`).
 """
 
