@@ -7,12 +7,14 @@ offers is tried over real HTTP against a real gateway, and must be allowed exact
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.queue.states import Role
+from relay.queue.store import Store
 from relay.roles import Action, allowed
 from tests.conftest import Gateway, Sink, start_gateway, write_config
 from tests.console_site import (
@@ -136,3 +138,14 @@ def test_bind_domains(site: tuple[Gateway, list[Path]], role: Role) -> None:
         unbound = client.post("/app/domains/unbind", {"csrf": token, "domain": domain})
         assert unbound.status == 303
         assert domain not in client.get("/app/domains").text
+        # a domain another organisation holds: refused with a sentence naming no one
+        with Store(gw.state / "queue.db", 30.0) as store:
+            assert store.bind_domain("default", "taken.example", time.time()) is None
+        taken = client.post("/app/domains", {"csrf": token, "domain": "taken.example"})
+        assert taken.status == 409
+        assert "This domain belongs to another organisation." in taken.text
+        assert "default" not in taken.text.split("<main>")[1]
+        assert (
+            client.post("/app/domains/unbind", {"csrf": token, "domain": "taken.example"}).status
+            == 404
+        )
