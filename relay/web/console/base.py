@@ -310,7 +310,8 @@ class Console:
                 if not public and not full:
                     if request.method == "POST":
                         return self.refusal(visit, 403, FORBIDDEN_FORM, N_("Form not accepted"))
-                    return self.redirect(visit, "login")
+                    owed = session is not None and session.stage == SessionStage.PASSWORD
+                    return self.redirect(visit, "code" if owed else "login")
                 if action is not None and (
                     session is None or not allowed(session.account.role, action)
                 ):
