@@ -12,7 +12,8 @@ children serves all of them, and the kernel gives each new connection to one of 
 acceptors waiting on that socket. What must hold across the acceptors lives in the
 database (users, reception owners, duplicates) or is told to the others: a failed
 AUTH is sent to every other acceptor's ``run/acceptor-<n>.auth`` datagram socket, so
-``[limits] auth_block`` counts a client's failures on all of them.
+``[limits] auth_block`` counts a client's failures on all of them; failed logins to the
+web console (:mod:`relay.web.console`) are counted and told the same way.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ class Acceptor:
             self.servers.append(await loop.create_server(self._sink_factory(), sock=socks["sink"]))
         if "http" in socks:
             backend = StoreBackend(cfg, self.store, Waker(setup.wake_path))
-            self._http = await make_http_runner(cfg, setup.tracking_key, backend)
+            self._http = await make_http_runner(cfg, setup.tracking_key, backend, throttle)
             site = web.SockSite(self._http, socks["http"])
             await site.start()
 

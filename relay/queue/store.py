@@ -24,6 +24,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.credit_notices`  the notices owed to admins about credits (low, waiting)
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.tokens`      the JSON API's tokens (stored as SHA-256), whom each acts for
+:mod:`relay.queue.sessions`    the web console's sessions, second factors (TOTP), resets
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
@@ -64,6 +65,7 @@ from relay.queue.orgs import Organisations
 from relay.queue.reception import Reception
 from relay.queue.records import NewMessage, Outcome
 from relay.queue.reports import Reports
+from relay.queue.sessions import WebSessions
 from relay.queue.states import FINAL
 from relay.queue.tokens import Tokens
 from relay.queue.tracking import Tracking
@@ -102,6 +104,7 @@ class Store(
     Credits,
     Certificates,
     Tokens,
+    WebSessions,
     Verifications,
     MaintenanceRuns,
     QueueHealth,

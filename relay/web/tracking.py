@@ -25,7 +25,8 @@ from relay.config import Config, Endpoint
 from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
-from relay.web import api, pki, verification
+from relay.smtpd.protocol import AuthThrottle
+from relay.web import api, console, pki, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -135,18 +136,26 @@ class StoreBackend:
         self.wake()
 
 
-async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> web.AppRunner:
+async def make_http_runner(
+    cfg: Config, key: bytes, backend: StoreBackend, throttle: AuthThrottle | None = None
+) -> web.AppRunner:
     """The public HTTP listener's aiohttp runner, set up: the tracking endpoint, the
-    verification page (:mod:`relay.web.verification`), the JSON API (:mod:`relay.web.api`)
-    and the development CA's CRL and certificate (:mod:`relay.web.pki`); a site (an address or a socket the
-    master bound) is added by the caller."""
+    verification page (:mod:`relay.web.verification`), the web console
+    (:mod:`relay.web.console`), the JSON API (:mod:`relay.web.api`) and the development
+    CA's CRL and certificate (:mod:`relay.web.pki`); a site (an address or a socket the
+    master bound) is added by the caller. ``throttle``: the acceptor's count of failed
+    SMTP AUTH, which console logins share (None: one of the listener's own)."""
     # aiohttp logs malformed requests with a traceback; our own lines say what matters.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     app = make_app(TokenCodec(key), backend, cfg.web.trusted_proxies, cfg.gateway.language)
     from relay.process.gateway import state_paths  # the archive's path, [evidence] archive_dir
 
-    verification.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
-    api.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
+    archive = state_paths(cfg)["certificates"]
+    verification.install(app, cfg, backend.store, archive)
+    if throttle is None:
+        throttle = AuthThrottle(cfg.limits.auth_block, cfg.limits.auth_block_window)
+    console.install(app, cfg, backend.store, throttle, archive)
+    api.install(app, cfg, backend.store, archive)
     pki.install(app, cfg.state_dir / "keys")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,0 +1,230 @@
+"""The console's administration pages: an organisation's admins add, disable, enable and
+reset its users, and bind and unbind its domains (docs/console.md; who may is
+:mod:`relay.roles`: ``manage-users``, ``bind-domains``).
+
+A new user's password, and a reset one, is made here (random, 120 bits) and shown once;
+a reset ends the user's console sessions (``credentials_changed``), and so does
+disabling. An admin acts only on the users of its own organisation: any other address
+is answered as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from certifier.message import parse_single_mailbox
+from relay.queue.states import Role
+from relay.roles import Action
+from relay.smtpd.users import hash_password, normalise_address
+from relay.web.console.base import N_, Console, Visit
+
+log = logging.getLogger("certifica/console")
+
+ROLES = {
+    Role.ADMIN: N_("Administrator"),
+    Role.SENDER: N_("Sender"),
+    Role.AUDITOR: N_("Auditor"),
+}
+NO_USER = N_("There is no such user in your organisation.")
+
+
+def new_password() -> str:
+    """A password to hand over once: 120 random bits in 20 URL-safe characters."""
+    return secrets.token_urlsafe(15)
+
+
+def _domain(text: str) -> str | None:
+    """A domain name as ``org_domains`` keeps it (lower case, A-labels), or None."""
+    name = text.strip().rstrip(".").lower()
+    if not name or "." not in name or len(name) > 253:
+        return None
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = ascii_name.split(".")
+    if any(
+        not label or len(label) > 63 or not all(ch.isalnum() or ch == "-" for ch in label)
+        for label in labels
+    ):
+        return None
+    return ascii_name
+
+
+class Admin:
+    """Users and domains of the admin's organisation."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def add_routes(self, app: web.Application) -> None:
+        c = self.console
+        users, domains = Action.MANAGE_USERS, Action.BIND_DOMAINS
+        app.router.add_get("/app/users", c.guarded(self.users, action=users))
+        app.router.add_post("/app/users", c.guarded(self.add_user, action=users))
+        app.router.add_post("/app/users/disable", c.guarded(self.disable, action=users))
+        app.router.add_post("/app/users/enable", c.guarded(self.enable, action=users))
+        app.router.add_post("/app/users/reset", c.guarded(self.reset, action=users))
+        app.router.add_get("/app/domains", c.guarded(self.domains, action=domains))
+        app.router.add_post("/app/domains", c.guarded(self.bind, action=domains))
+        app.router.add_post("/app/domains/unbind", c.guarded(self.unbind, action=domains))
+
+    # --- users --------------------------------------------------------------------------
+
+    async def users(
+        self, request: web.Request, visit: Visit, status: int = 200, error: str = ""
+    ) -> web.Response:
+        c = self.console
+        org = visit.account.org
+        members = await c.store.org_accounts(org)
+        done = {
+            "disabled": N_("The user is disabled: it can no longer send nor log in."),
+            "enabled": N_("The user is enabled again."),
+        }.get(request.query.get("done", ""), "")
+        return c.page(
+            visit,
+            "users.html",
+            status,
+            members=members,
+            roles=[(str(r), visit.gettext(label)) for r, label in ROLES.items()],
+            role_names={str(r): visit.gettext(label) for r, label in ROLES.items()},
+            org_name=visit.account.org_name,
+            error=visit.gettext(error) if error else "",
+            note=visit.gettext(done) if done else "",
+        )
+
+    async def member(self, visit: Visit, form: object) -> str | None:
+        """The address the form names, when it is a user of the admin's organisation."""
+        address = normalise_address(str(getattr(form, "get", lambda *_: "")("address", "")))
+        found = await self.console.store.account(address) if address else None
+        return address if found is not None and found.org == visit.account.org else None
+
+    async def add_user(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        c = self.console
+        form = await request.post()
+        text = str(form.get("address", "")).strip()
+        parsed = parse_single_mailbox(text)
+        if parsed is None or parsed != text:
+            return await self.users(request, visit, 400, N_("That is not a single e-mail address."))
+        try:
+            role = Role(str(form.get("role", "")))
+        except ValueError:
+            return await self.users(request, visit, 400, N_("Choose a role."))
+        address = normalise_address(parsed)
+        password = new_password()
+        hashed = await asyncio.to_thread(hash_password, password)
+        org = visit.account.org
+        added = await asyncio.to_thread(
+            c.store.add_user, address, hashed, time.time(), org=org, role=str(role)
+        )
+        if not added:
+            return await self.users(
+                request, visit, 409, N_("This address is already a user of the service.")
+            )
+        log.info("console: <%s> added <%s> to %s as %s", visit.account.address, address, org, role)
+        return c.page(
+            visit,
+            "password.html",
+            title=visit.gettext(N_("User added")),
+            address=address,
+            password=password,
+        )
+
+    async def set_disabled(
+        self, request: web.Request, visit: Visit, disabled: bool
+    ) -> web.StreamResponse:
+        c = self.console
+        address = await self.member(visit, await request.post())
+        if address is None:
+            return await self.users(request, visit, 404, NO_USER)
+        if disabled and address == visit.account.address:
+            return await self.users(request, visit, 409, N_("You cannot disable your own account."))
+        await asyncio.to_thread(c.store.set_membership, address, disabled=disabled, now=time.time())
+        log.info(
+            "console: <%s> %s <%s>",
+            visit.account.address,
+            "disabled" if disabled else "enabled",
+            address,
+        )
+        return c.redirect(visit, "users?done=" + ("disabled" if disabled else "enabled"))
+
+    async def disable(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self.set_disabled(request, visit, True)
+
+    async def enable(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        return await self.set_disabled(request, visit, False)
+
+    async def reset(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        c = self.console
+        address = await self.member(visit, await request.post())
+        if address is None:
+            return await self.users(request, visit, 404, NO_USER)
+        password = new_password()
+        hashed = await asyncio.to_thread(hash_password, password)
+        await c.store.replace_password(address, hashed, time.time())
+        log.info("console: <%s> reset the password of <%s>", visit.account.address, address)
+        return c.page(
+            visit,
+            "password.html",
+            title=visit.gettext(N_("Password reset")),
+            address=address,
+            password=password,
+        )
+
+    # --- domains ------------------------------------------------------------------------
+
+    async def domains(
+        self, request: web.Request, visit: Visit, status: int = 200, error: str = ""
+    ) -> web.Response:
+        c = self.console
+        bound = await c.store.org_domains(visit.account.org)
+        return c.page(
+            visit,
+            "domains.html",
+            status,
+            domains=bound,
+            org_name=visit.account.org_name,
+            error=visit.gettext(error) if error else "",
+        )
+
+    async def bind(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        c = self.console
+        form = await request.post()
+        domain = _domain(str(form.get("domain", "")))
+        if domain is None:
+            return await self.domains(request, visit, 400, N_("That is not a domain name."))
+        holder = await asyncio.to_thread(
+            c.store.bind_domain, visit.account.org, domain, time.time()
+        )
+        if holder is not None:
+            return await self.domains(
+                request,
+                visit,
+                409,
+                N_(
+                    "This domain belongs to another organisation. If it is yours, please "
+                    "ask the service's operator."
+                ),
+            )
+        log.info("console: <%s> bound %s to %s", visit.account.address, domain, visit.account.org)
+        return c.redirect(visit, "domains")
+
+    async def unbind(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        c = self.console
+        form = await request.post()
+        domain = _domain(str(form.get("domain", "")))
+        if domain is None or not await asyncio.to_thread(
+            c.store.unbind_domain, visit.account.org, domain
+        ):
+            return await self.domains(
+                request, visit, 404, N_("That domain is not bound to your organisation.")
+            )
+        log.info(
+            "console: <%s> unbound %s from %s", visit.account.address, domain, visit.account.org
+        )
+        return c.redirect(visit, "domains")
