@@ -36,7 +36,9 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── relay.certify.dsn.ParameterError           501 to a DSN parameter (ValueError)
     │   ├── certifier.lta.NoValidationData             a renewal cannot add the signer's
     │   │                                              validation data (ValueError)
-    │   └── relay.delivery.dkim_keys.UnsignableMessage header not RFC 5322 (ValueError)
+    │   ├── relay.delivery.dkim_keys.UnsignableMessage header not RFC 5322 (ValueError)
+    │   └── relay.webhooks.guard.ForbiddenAddress      a webhook's host is or resolves to
+    │                                                  a non-public address (no SSRF)
     ├── DeliveryError             an outbound attempt ended without a reply for every
     │   │                         recipient; ``temporary`` / ``next_hop`` / ``code`` say
     │   │                         whether the recipients are deferred or failed

@@ -21,6 +21,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.orgs`        organisations, their users' roles, their domains
 :mod:`relay.queue.credits`     organisations' balances and every movement of them
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
+:mod:`relay.queue.webhooks`    organisations' webhooks, the deliveries owed, their attempts
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
@@ -63,6 +64,7 @@ from relay.queue.states import FINAL
 from relay.queue.tracking import Tracking
 from relay.queue.users import Users
 from relay.queue.verifications import Verifications
+from relay.queue.webhooks import Webhooks
 
 __all__ = [
     "FINAL",
@@ -93,6 +95,7 @@ class Store(
     Organisations,
     Credits,
     Certificates,
+    Webhooks,
     Verifications,
     MaintenanceRuns,
     QueueHealth,
