@@ -37,6 +37,7 @@ import logging
 import random
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from relay.process.reload import listen_for_log_reload
 from relay.queue.store import Store
 from relay.queue.webhooks import Attempt, DeliveryState, Due
 from relay.webhooks.events import mapper
-from relay.webhooks.sender import IN_FLIGHT, Sender
+from relay.webhooks.sender import IN_FLIGHT, PER_URL, Sender
 
 log = logging.getLogger("certifica/webhooks")
 
@@ -99,6 +100,7 @@ class WebhookProcess:
         )
         self.to_event = mapper(cfg.web.public_url, setup.tracking_key)
         self.in_flight: dict[int, asyncio.Task[None]] = {}
+        self.urls: dict[int, str] = {}  # the URL of each delivery in flight
         self.wake = asyncio.Event()
         self.stopping = False
         self.delivered = self.failed = self.attempts = 0
@@ -128,16 +130,25 @@ class WebhookProcess:
         room = IN_FLIGHT - len(self.in_flight)
         if room <= 0 or self.stopping:
             return
-        due = await self.store.due_webhook_deliveries(time.time(), room, frozenset(self.in_flight))
+        per_url = Counter(self.urls.values())
+        full = frozenset(url for url, n in per_url.items() if n >= PER_URL)
+        due = await self.store.due_webhook_deliveries(
+            time.time(), room, frozenset(self.in_flight), full
+        )
         for item in due:
+            if per_url[item.url] >= PER_URL:
+                continue  # in a later round, when one of that URL's POSTs has ended
+            per_url[item.url] += 1
             task = asyncio.create_task(self._attempt(item))
             self.in_flight[item.id] = task
+            self.urls[item.id] = item.url
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         for delivery_id, running in list(self.in_flight.items()):
             if running is task:
                 del self.in_flight[delivery_id]
+                self.urls.pop(delivery_id, None)
         self.wake.set()  # a slot is free: the next due delivery can start
 
     async def _attempt(self, due: Due) -> None:

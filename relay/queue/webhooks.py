@@ -250,17 +250,22 @@ def cursor(conn: sqlite3.Connection) -> int:
 
 
 def due(
-    conn: sqlite3.Connection, now: float, limit: int, busy: frozenset[int] = frozenset()
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    busy: frozenset[int] = frozenset(),
+    full: frozenset[str] = frozenset(),
 ) -> list[Due]:
     """Pending deliveries whose next attempt has come, oldest first, except ``busy`` ones
-    (those in flight)."""
+    (in flight) and those to the URLs in ``full`` (as many in flight as allowed)."""
     rows = conn.execute(
         "SELECT d.id, d.webhook_id, w.url, w.secret, d.event, d.payload, d.created, d.attempts"
         " FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id"
         " WHERE d.state = ? AND d.next_attempt <= ?"
         " AND d.id NOT IN (SELECT value FROM json_each(?))"
+        " AND w.url NOT IN (SELECT value FROM json_each(?))"
         " ORDER BY d.next_attempt, d.id LIMIT ?",
-        (DeliveryState.PENDING, now, json.dumps(sorted(busy)), limit),
+        (DeliveryState.PENDING, now, json.dumps(sorted(busy)), json.dumps(sorted(full)), limit),
     ).fetchall()
     return [
         Due(
@@ -366,9 +371,9 @@ class Webhooks(Database):
         return await self._run(run)
 
     async def due_webhook_deliveries(
-        self, now: float, limit: int, busy: frozenset[int]
+        self, now: float, limit: int, busy: frozenset[int], full: frozenset[str]
     ) -> list[Due]:
-        return await self._read(lambda: due(self._conn, now, limit, busy))
+        return await self._read(lambda: due(self._conn, now, limit, busy, full))
 
     async def next_webhook_due(self) -> float | None:
         return await self._read(lambda: next_due(self._conn))

@@ -5,9 +5,10 @@ resolves each host through :class:`relay.webhooks.guard.CheckedResolver` on ever
 connection (no DNS cache, so an answer that changed is checked again), follows no
 redirect (a 3xx is an answer like any other non-2xx: the receiver moved, the sender
 is not to be steered elsewhere), uses no proxy from the environment, and gives each
-attempt ``[webhooks] timeout`` seconds, connection included. At most
-:data:`PER_URL` POSTs to one URL are in flight at once, so one organisation's slow
-receiver takes at most that many of the process's :data:`IN_FLIGHT`.
+attempt ``[webhooks] timeout`` seconds, connection included. The webhook process
+(:mod:`relay.process.webhooks`) keeps at most :data:`IN_FLIGHT` POSTs in flight, at most
+:data:`PER_URL` of them to one URL, so one organisation's slow receiver holds only that
+many and the others' events go on.
 
 The request (docs/webhooks.md)::
 
@@ -26,7 +27,6 @@ dropped, so the connection can be reused.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from urllib.parse import urlsplit
@@ -56,7 +56,6 @@ class Sender:
     def __init__(self, *, timeout: float, production: bool) -> None:
         self.timeout = timeout
         self.production = production
-        self._urls: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -80,11 +79,9 @@ class Sender:
 
     async def post(self, due: Due) -> Attempt:
         """One attempt at ``due``; never raises but for cancellation."""
-        lock = self._urls.setdefault(due.url, asyncio.Semaphore(PER_URL))
-        async with lock:
-            start = time.time()
-            status, error = await self._post(due)
-            return Attempt(start, status, error, round(time.time() - start, 3))
+        start = time.time()
+        status, error = await self._post(due)
+        return Attempt(start, status, error, round(time.time() - start, 3))
 
     async def _post(self, due: Due) -> tuple[int | None, str | None]:
         problem = url_problem(due.url, production=self.production)
