@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -287,6 +288,13 @@ def test_delivered_and_certificate_arrive_signed_once_each(
             == 2
         )
         assert len(receiver.about("/ok", qid)) == 2
+        # A delivery that has ended keeps no body: no second copy of the recipient.
+        with sqlite3.connect(f"file:{gw.state / 'queue.db'}?mode=ro", uri=True) as db:
+            kept = db.execute(
+                "SELECT payload FROM webhook_deliveries WHERE id IN (?, ?)",
+                (both[0].delivery, both[1].delivery),
+            ).fetchall()
+        assert kept == [("",), ("",)]
         # The opened event was not asked for, and the message's notice is no event.
         assert {r.json["event"] for r in receiver.about("/ok", qid)} == {"delivered", "certificate"}
     finally:

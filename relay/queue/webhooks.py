@@ -17,7 +17,11 @@ owed twice. Which entry is which event, and what its body says, is
 
 Delivery states (:class:`DeliveryState`): ``pending`` (owed; ``next_attempt`` says
 when), ``delivered`` (a 2xx answer), ``failed`` (given up after ``[webhooks]
-retry_for``, or its webhook was removed).
+retry_for``, or its webhook was removed). A delivery's body, which names a recipient,
+is kept only while it is pending: once it has ended, the row keeps its event, its
+evidence entry and its attempts (what ``webhook log`` shows), so the gateway holds no
+second copy of recipients' addresses beside the queue's own (docs/retention.md,
+docs/erasure.md).
 """
 
 from __future__ import annotations
@@ -175,7 +179,7 @@ def remove(conn: sqlite3.Connection, org: str, webhook_id: int, now: float) -> b
     if not changed:
         return False
     conn.execute(
-        "UPDATE webhook_deliveries SET state = ?, last_error = ?, done_at = ?"
+        "UPDATE webhook_deliveries SET state = ?, last_error = ?, done_at = ?, payload = ''"
         " WHERE webhook_id = ? AND state = ?",
         (DeliveryState.FAILED, REMOVED, now, webhook_id, DeliveryState.PENDING),
     )
@@ -298,13 +302,15 @@ def record_attempt(
     done = None if state == DeliveryState.PENDING else now
     changed = conn.execute(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?, next_attempt = ?,"
-        " last_status = ?, last_error = ?, done_at = ? WHERE id = ? AND state = ?",
+        " last_status = ?, last_error = ?, done_at = ?,"
+        " payload = CASE WHEN ? THEN payload ELSE '' END WHERE id = ? AND state = ?",
         (
             state,
             next_attempt,
             attempt.status,
             attempt.error,
             done,
+            state == DeliveryState.PENDING,
             delivery_id,
             DeliveryState.PENDING,
         ),
