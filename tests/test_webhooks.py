@@ -41,6 +41,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.test_certified_sending import generated_for, submit
+from tests.test_tracking_e2e import BROWSER_UA, copy_for, html_message
 
 RETRY_FOR = 6.0
 WEBHOOKS = f"""
@@ -163,11 +164,15 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink, receiver: Receiver) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("webhooks")
+    port = free_port()
     cfg = write_config(
         tmp,
         {"example.org": mx.port, "example.net": mx.port, "example.com": mx.port},
-        WEBHOOKS,
+        WEBHOOKS
+        + f'[web]\npublic_url = "http://127.0.0.1:{port}"\n'
+        + "[tracking]\nenabled = true\nfast_seconds = 0.0\n",
     )
+    cfg.write_text(cfg.read_text().replace('http = "127.0.0.1:0"', f'http = "127.0.0.1:{port}"'))
     gateway = start_gateway(cfg)
     yield gateway
     gateway.stop()
@@ -378,6 +383,52 @@ def test_a_failed_recipient_is_a_failed_event(gw: Gateway, mx: Sink, receiver: R
         assert [r.json["recipient"] for r in receiver.about("/ok", qid)] == ["nobody@example.org"]
     finally:
         mx.rcpt_reply = lambda address: None
+        remove_webhook(gw, webhook_id)
+
+
+def test_an_open_and_a_click_are_opened_events(gw: Gateway, mx: Sink, receiver: Receiver) -> None:
+    webhook_id, secret = add_webhook(gw, receiver.url("/ok"), "opened")
+    base = f"http://127.0.0.1:{gw.port('http')}"
+    try:
+        qid = submit(gw, html_message("carol@example.org"), ["carol@example.org", CERT_ADDRESS])
+        mx.wait_for(
+            lambda ms: any(
+                qid.encode() in m.data[:3000] and "carol@example.org" in m.rcpt_tos for m in ms
+            )
+        )
+        part = copy_for(mx, "carol@example.org", qid).message.get_body(("html",))
+        assert part is not None
+        html = str(part.get_content())
+        pixel = re.search(rf'src="({re.escape(base)}/o/[A-Za-z0-9_-]+)"', html)
+        click = re.search(rf'href="({re.escape(base)}/c/[A-Za-z0-9_-]+)"', html)
+        assert pixel and click, html
+
+        async def hit() -> list[int]:
+            async with aiohttp.ClientSession(headers={"User-Agent": BROWSER_UA}) as session:
+                statuses = []
+                for url in (pixel.group(1), click.group(1)):
+                    async with session.get(url, allow_redirects=False) as response:
+                        statuses.append(response.status)
+                return statuses
+
+        assert asyncio.run(hit()) == [200, 302]
+        both = receiver.wait_for(
+            lambda rs: (
+                mine
+                if len(mine := [r for r in rs if r.path == "/ok" and r.json["queue_id"] == qid])
+                >= 2
+                else []
+            )
+        )
+        assert sorted(r.json["status"] for r in both) == ["clicked", "opened"]
+        for request in both:
+            verify_signature(secret, request)
+            body = request.json
+            assert body["event"] == "opened" and body["recipient"] == "carol@example.org"
+            assert isinstance(body["automatic"], bool)
+            assert body["verification_url"].startswith(f"{base}/v/")
+            assert b"contract.example" not in request.body  # the link is content: not sent
+    finally:
         remove_webhook(gw, webhook_id)
 
 
