@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,9 @@ def test_delivered_and_certificate_arrive_signed_once_each(
 ) -> None:
     webhook_id, secret = add_webhook(gw, receiver.url("/ok"), "delivered,certificate")
     assert secret.startswith("whsec_")
+    listed = gw.cli("webhook", "list", "default")
+    assert f"{webhook_id}\t{receiver.url('/ok')}\tdelivered,certificate\t" in listed.stdout
+    assert secret not in listed.stdout  # shown once, at add
     try:
         qid = certified(gw, "Webhooks: delivered and certificate")
         both = receiver.wait_for(
@@ -300,6 +304,14 @@ def test_delivered_and_certificate_arrive_signed_once_each(
                 (both[0].delivery, both[1].delivery),
             ).fetchall()
         assert kept == [("",), ("",)]
+        # /metrics counts them.
+        with urllib.request.urlopen(f"http://{gw.listen['admin']}/metrics", timeout=30) as page:
+            metrics = page.read().decode()
+        counted = re.search(
+            r'^certifica_webhook_attempts_total\{result="delivered"\} (\S+)', metrics, re.M
+        )
+        assert counted and float(counted.group(1)) >= 2, metrics
+        assert 'certifica_webhook_attempts_total{result="failed"}' in metrics
         # The opened event was not asked for, and the message's notice is no event.
         assert {r.json["event"] for r in receiver.about("/ok", qid)} == {"delivered", "certificate"}
     finally:
