@@ -444,6 +444,25 @@ def test_an_open_and_a_click_are_opened_events(gw: Gateway, mx: Sink, receiver: 
         remove_webhook(gw, webhook_id)
 
 
+def test_removing_a_webhook_gives_up_what_it_was_owed(gw: Gateway) -> None:
+    webhook_id, _ = add_webhook(gw, f"http://127.0.0.1:{free_port()}/down", "delivered")
+    qid = certified(gw, "Webhooks: removed")
+    deadline = time.monotonic() + 60
+    while not (
+        mine := [
+            b for b in re.split(r"\n(?=delivery )", webhook_log(gw)) if f" queue_id={qid} " in b
+        ]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    remove_webhook(gw, webhook_id)
+    entry = log_entry(webhook_log(gw), mine[0].split(":", 1)[0].split()[1])
+    assert entry.splitlines()[0].endswith("(webhook removed)"), entry
+    assert str(webhook_id) not in [
+        line.split("\t")[0] for line in gw.cli("webhook", "list", "default").stdout.splitlines()
+    ]
+
+
 # -- a slow or dead webhook never delays mail -------------------------------------------------
 
 

@@ -101,7 +101,8 @@ def cmd_webhook_log(args: argparse.Namespace) -> int:
         if d.state == DeliveryState.DELIVERED:
             state = f"delivered {_when(d.done_at or d.created)}"
         elif d.state == DeliveryState.FAILED:
-            state = f"given up {_when(d.done_at or d.created)}"
+            why = " (webhook removed)" if d.removed else ""
+            state = f"given up {_when(d.done_at or d.created)}{why}"
         else:
             state = f"next try {_when(d.next_attempt)}"
         about = f" queue_id={d.qid}" if d.qid else ""

@@ -124,6 +124,7 @@ class Delivery:
     state: DeliveryState
     next_attempt: float
     done_at: float | None
+    removed: bool  # given up because its webhook was removed
     attempts: tuple[Attempt, ...]
 
 
@@ -328,7 +329,7 @@ def log(conn: sqlite3.Connection, org: str, limit: int) -> list[Delivery]:
     first, each with its attempts in order."""
     rows = conn.execute(
         "SELECT d.id, d.webhook_id, w.url, d.event, e.qid, d.created, d.state,"
-        " d.next_attempt, d.done_at FROM webhook_deliveries d"
+        " d.next_attempt, d.done_at, d.last_error FROM webhook_deliveries d"
         " JOIN webhooks w ON w.id = d.webhook_id"
         " LEFT JOIN evidence e ON e.seq = d.evidence_seq"
         " WHERE w.org = ? ORDER BY d.id DESC LIMIT ?",
@@ -355,6 +356,7 @@ def log(conn: sqlite3.Connection, org: str, limit: int) -> list[Delivery]:
             state=DeliveryState(str(r[6])),
             next_attempt=float(r[7]),
             done_at=None if r[8] is None else float(r[8]),
+            removed=r[9] == REMOVED,
             attempts=tuple(attempts[int(r[0])]),
         )
         for r in rows
