@@ -44,11 +44,7 @@ def check_url(cfg: Config, url: str) -> None:
     if problem is None:
         problem = resolved_problem(url, production=production)
     if problem is not None:
-        rule = (
-            "production mode refuses it"
-            if production
-            else "refused (development mode allows loopback addresses only)"
-        )
+        rule = "production mode refuses it" if production else "refused"
         raise UserError(f"{url[:200]!r}: {problem}; {rule} (docs/webhooks.md)")
 
 

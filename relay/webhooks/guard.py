@@ -45,6 +45,11 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
+_ONLY_PUBLIC = {
+    False: "webhooks are only sent to public addresses",
+    True: "webhooks are only sent to public addresses (and loopback, in development mode)",
+}
+
 
 class ForbiddenAddress(PermanentError):
     """A webhook's host is, or resolves to, an address the gateway does not POST to."""
@@ -132,10 +137,10 @@ def url_problem(url: str, *, production: bool) -> str | None:
     if address is not None:
         why = why_forbidden(address, allow_loopback=not production)
         if why:
-            return f"{host} is {why}; webhooks are only sent to public addresses"
+            return f"{host} is {why}; {_ONLY_PUBLIC[not production]}"
     elif host.rstrip(".").lower() == "localhost" or host.rstrip(".").lower().endswith(".localhost"):
         if production:
-            return f"{host} is this machine; webhooks are only sent to public addresses"
+            return f"{host} is this machine; {_ONLY_PUBLIC[False]}"
     return None
 
 
@@ -148,7 +153,7 @@ def check_addresses(host: str, addresses: list[str], *, allow_loopback: bool) ->
         why = why_forbidden(address, allow_loopback=allow_loopback)
         if why:
             raise ForbiddenAddress(
-                f"{host} resolves to {address}, {why}; webhooks are only sent to public addresses"
+                f"{host} resolves to {address}, {why}; {_ONLY_PUBLIC[allow_loopback]}"
             )
 
 
