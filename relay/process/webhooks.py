@@ -120,7 +120,7 @@ class WebhookProcess:
                 pass
 
     async def _collect(self) -> None:
-        more = True
+        more = await self.store.webhook_backlog()
         while more and not self.stopping:
             made, more = await self.store.collect_webhook_events(self.to_event, time.time())
             if made:

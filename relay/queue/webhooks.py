@@ -368,6 +368,16 @@ class Webhooks(Database):
     (:mod:`relay.process.webhooks`)."""
 
     # The webhook process, on the store's thread.
+    async def webhook_backlog(self) -> bool:
+        """Whether evidence entries past the cursor wait: a read, which takes no write
+        lock, so that an idle gateway's webhook process never competes with the writers."""
+
+        def run() -> bool:
+            (head,) = self._conn.execute("SELECT MAX(seq) FROM evidence").fetchone()
+            return head is not None and int(head) > cursor(self._conn)
+
+        return await self._read(run)
+
     async def collect_webhook_events(self, mapper: Mapper, now: float) -> tuple[int, bool]:
         """One batch of :func:`collect`: (deliveries made, whether entries are left)."""
 
