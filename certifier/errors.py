@@ -37,10 +37,12 @@ The tree (``relay.x.Name`` is where a leaf is defined)::
     │   ├── certifier.lta.NoValidationData             a renewal cannot add the signer's
     │   │                                              validation data (ValueError)
     │   ├── relay.delivery.dkim_keys.UnsignableMessage header not RFC 5322 (ValueError)
-    │   └── relay.queue.credits.InsufficientCredits    the organisation's balance is short:
-    │                                                  550 5.7.1 to a certified message
-    │                                                  (452 4.7.1 when_short = "defer"); a
-    │                                                  document waits for credits
+    │   ├── relay.queue.credits.InsufficientCredits    the organisation's balance is short:
+    │   │                                              550 5.7.1 to a certified message
+    │   │                                              (452 4.7.1 when_short = "defer"); a
+    │   │                                              document waits for credits
+    │   └── relay.webhooks.guard.ForbiddenAddress      a webhook's host is or resolves to
+    │                                                  a non-public address (no SSRF)
     ├── DeliveryError             an outbound attempt ended without a reply for every
     │   │                         recipient; ``temporary`` / ``next_hop`` / ``code`` say
     │   │                         whether the recipients are deferred or failed

@@ -267,10 +267,12 @@ class ConsoleConfig:
 
 @dataclass(frozen=True)
 class WebhooksConfig:
-    """``[webhooks]``: organisations' event notifications over HTTP (docs/accounts.md)."""
+    """``[webhooks]``: organisations' event notifications over HTTP (docs/webhooks.md)."""
 
     timeout: float = 10.0  # seconds for one POST, connection included
     retry_for: float = 86400.0  # seconds an event is retried, with backoff, before it fails
+    first_retry: float = 30.0  # seconds before the second attempt; doubles after each failure
+    max_retry: float = 3600.0  # the longest wait between two attempts
 
 
 @dataclass(frozen=True)
@@ -488,6 +490,12 @@ def _validate(cfg: Config, where: str) -> None:
         )
     if not 0 < cfg.webhooks.timeout <= 60:
         raise ConfigError(f"{where}: webhooks.timeout must be more than 0 and at most 60 seconds")
+    if not 0 < cfg.webhooks.first_retry <= cfg.webhooks.max_retry:
+        raise ConfigError(
+            f"{where}: webhooks.first_retry must be more than 0 and at most webhooks.max_retry"
+        )
+    if cfg.webhooks.retry_for <= 0:
+        raise ConfigError(f"{where}: webhooks.retry_for must be more than 0")
     if cfg.mx.require not in ("dkim-or-spf", "dkim"):
         raise ConfigError(f'{where}: mx.require must be "dkim-or-spf" or "dkim"')
     if cfg.dkim.from_handling not in ("keep", "rewrite"):

@@ -91,6 +91,12 @@ TRACKING_HITS = Counter(
     "Opens and clicks recorded, by kind and classification (person, automatic)",
     ["kind", "classification"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "certifica_webhook_attempts",
+    "Webhook POSTs made, by result (delivered: a 2xx; deferred: tried again later; "
+    "failed: given up)",
+    ["result"],
+)
 PROCESS_RESTARTS = Counter(
     "certifica_process_restarts",
     "Children the master started again after they ended, by role",
@@ -186,6 +192,8 @@ def show_zeros(listeners: Iterable[str], roles: Iterable[str]) -> None:
     for kind in ("open", "click"):
         for classification in ("person", "automatic"):
             TRACKING_HITS.labels(kind, classification)
+    for result in ("delivered", "deferred", "failed"):
+        WEBHOOK_ATTEMPTS.labels(result)
     for role in roles:
         PROCESS_RESTARTS.labels(role)
 

@@ -39,7 +39,15 @@ from tests.conftest import (
 )
 
 PROCESSES = "[processes]\nacceptors = 2\ndelivery_agents = 1\n"  # [signing] workers = 1
-CHILDREN = ("qmgr-0", "acceptor-0", "acceptor-1", "delivery-0", "certify-0", "admin-0")
+CHILDREN = (
+    "qmgr-0",
+    "acceptor-0",
+    "acceptor-1",
+    "delivery-0",
+    "certify-0",
+    "admin-0",
+    "webhooks-0",
+)
 
 
 def statuses(gw: Gateway) -> dict[str, dict]:
@@ -299,9 +307,10 @@ def test_status_lists_every_process(sink_server: SinkServer, tmp_path: Path) -> 
             "delivery[0]",
             "certify[0]",
             "admin",
+            "webhooks",
         ], result.stdout
         assert f"pid {gw.proc.pid} " in result.stdout.splitlines()[0]
-        assert "supervising 6 children" in result.stdout
+        assert "supervising 7 children" in result.stdout
     finally:
         gw.stop()
     assert_clean_log(gw.log())

@@ -37,7 +37,7 @@ from tests.conftest import (
     write_config,
 )
 
-CHILDREN = 5  # qmgr, delivery[0], certify[0], acceptor[0], admin
+CHILDREN = 6  # qmgr, delivery[0], certify[0], acceptor[0], admin, webhooks
 CHILD_APPLIED = re.compile(r"certifica/\w+\[\d+\]: reload: applied")
 
 

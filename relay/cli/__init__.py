@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``org``, ``credits``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``,
-``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``.
+``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``, ``webhook``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -58,6 +58,7 @@ from relay.cli import (  # noqa: E402 - after SIGHUP is held
     token,
     users,
     verify,
+    webhook,
 )
 from relay.cli.common import EXIT_FAILED, EXIT_USAGE, UserError  # noqa: E402
 from relay.config import ConfigError  # noqa: E402
@@ -81,6 +82,7 @@ COMMANDS = (
     retention,
     backup,
     token,
+    webhook,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

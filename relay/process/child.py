@@ -72,7 +72,7 @@ def become_child(role: str, index: int) -> None:
         pass
 
 
-SINGLE = ("master", "qmgr", "admin")
+SINGLE = ("master", "qmgr", "admin", "webhooks")
 """The roles with one process, named without an index."""
 
 

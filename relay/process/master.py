@@ -15,7 +15,8 @@ Postfix's master(8) in Python (ARCHITECTURE.md §1). ``certifica serve``:
    count would otherwise copy its page), and forks the children: the queue manager,
    then the acceptors (``[processes] acceptors``, one per core by default), and the
    admin process when ``[listen] admin`` is set (metrics and health,
-   :mod:`relay.process.admin`).
+   :mod:`relay.process.admin`), and the webhook process (organisations' events POSTed
+   to their URLs, :mod:`relay.process.webhooks`).
 
 The metrics of every process live in ``<state>/run/metrics`` (:mod:`relay.metrics`):
 the master empties it before the first fork, counts the restarts of its children
@@ -343,7 +344,7 @@ class Master:
         return Endpoint(host.strip("[]"), int(port))
 
     def _children(self) -> None:
-        from relay.process import acceptor, admin, qmgr, worker
+        from relay.process import acceptor, admin, qmgr, webhooks, worker
 
         cfg, grace = self.cfg, self.GRACE
         agents, certifiers = delivery_agents(cfg), certificate_workers(cfg)
@@ -395,6 +396,13 @@ class Master:
             )
             self.setups.append(adsetup)
             self.slots.append(Slot("admin", 0, _runner(admin.serve, adsetup)))
+        # A webhook's receiver is a stranger's server: it gets a process of its own, which
+        # nothing the mail needs waits for (relay/process/webhooks.py).
+        whsetup = webhooks.WebhooksSetup(
+            cfg=cfg, paths=self.paths, tracking_key=self.tracking_key, grace=grace
+        )
+        self.setups.append(whsetup)
+        self.slots.append(Slot("webhooks", 0, _runner(webhooks.serve, whsetup)))
 
     @staticmethod
     def _load_heavy_modules() -> None:
@@ -406,6 +414,7 @@ class Master:
         import relay.process.acceptor  # noqa: F401
         import relay.process.admin  # noqa: F401
         import relay.process.qmgr  # noqa: F401
+        import relay.process.webhooks  # noqa: F401
         import relay.process.worker  # noqa: F401
 
         gc.collect()
@@ -622,8 +631,9 @@ class Master:
         self.stopping = True
         log.info("stopping: no new mail accepted; in-flight work has %.0f s to finish", grace)
         deadline = time.monotonic() + grace + self.cfg.signing.tsa_timeout + KILL_AFTER
-        # The admin process with the acceptors: /readyz stops answering when mail does.
-        for roles in (("acceptor", "admin"), ("qmgr",), ("delivery", "certify")):
+        # The admin process with the acceptors: /readyz stops answering when mail does;
+        # the webhook process too: what it has not sent is sent at the next start.
+        for roles in (("acceptor", "admin", "webhooks"), ("qmgr",), ("delivery", "certify")):
             group = [s for s in self.slots if s.role in roles and s.pid]
             if not group:
                 continue

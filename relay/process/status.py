@@ -21,7 +21,15 @@ from typing import Any
 from certifier.errors import UsageError
 from relay.process.child import STATUS_SUBDIR, process_name, run_dir
 
-ORDER = {"master": 0, "qmgr": 1, "acceptor": 2, "delivery": 3, "certify": 4, "admin": 5}
+ORDER = {
+    "master": 0,
+    "qmgr": 1,
+    "acceptor": 2,
+    "delivery": 3,
+    "certify": 4,
+    "admin": 5,
+    "webhooks": 6,
+}
 
 
 class NotRunning(UsageError):

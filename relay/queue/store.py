@@ -25,6 +25,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.certificates`  finding documents again (the console, the API), by role
 :mod:`relay.queue.tokens`      the JSON API's tokens (stored as SHA-256), whom each acts for
 :mod:`relay.queue.sessions`    the web console's sessions, second factors (TOTP), resets
+:mod:`relay.queue.webhooks`    organisations' webhooks, the deliveries owed, their attempts
 :mod:`relay.queue.verifications`  the public verification page's record of each document
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
@@ -71,6 +72,7 @@ from relay.queue.tokens import Tokens
 from relay.queue.tracking import Tracking
 from relay.queue.users import Users
 from relay.queue.verifications import Verifications
+from relay.queue.webhooks import Webhooks
 
 __all__ = [
     "FINAL",
@@ -105,6 +107,7 @@ class Store(
     Certificates,
     Tokens,
     WebSessions,
+    Webhooks,
     Verifications,
     MaintenanceRuns,
     QueueHealth,
