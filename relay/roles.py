@@ -15,10 +15,10 @@ see the balance              yes    yes     yes
 see the statement            yes    no      yes
 manage users                 yes    no      no
 bind domains                 yes    no      no
-manage webhooks              yes    no      no
 ==========================  =====  ======  =======
 
-A user's own credentials (password, second factor, app passwords, API tokens) are its
+Webhooks are registered by the operator (``certifica webhook add``, docs/webhooks.md), not
+by a role. A user's own credentials (password, second factor, app passwords, API tokens) are its
 own to manage whatever its role. A disabled user, or a user of a disabled organisation,
 may do nothing at all.
 """
@@ -42,7 +42,6 @@ class Action(StrEnum):
     SEE_STATEMENT = "see-statement"
     MANAGE_USERS = "manage-users"
     BIND_DOMAINS = "bind-domains"
-    MANAGE_WEBHOOKS = "manage-webhooks"
 
 
 PERMISSIONS: dict[Role, frozenset[Action]] = {

@@ -2,7 +2,7 @@
 for each role (admin, sender, auditor), each "see" and "manage" action the console
 offers is tried over real HTTP against a real gateway, and must be allowed exactly when
 :func:`relay.roles.allowed` says so. (``send`` is SMTP's, not the console's;
-``manage-webhooks`` has no console page.)
+webhooks are the operator's, not a role's.)
 """
 
 from __future__ import annotations
