@@ -587,19 +587,7 @@ def smsc_password(cfg: Config) -> str:
     """The password the gateway binds to the SMSC with: the first line of ``[sms]
     password_file``, else the environment variable ``CERTIFICA_SMSC_PASSWORD``, else
     empty. Never inline in the config file. Raises :class:`ConfigError` naming the key."""
-    import os
-
-    path = cfg.sms.password_file
-    if path:
-        where = f"{cfg.source or '(embedded defaults)'}: sms.password_file"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"{where} = {path}: cannot be read ({err.__class__.__name__})"
-            ) from None
-        return text.splitlines()[0] if text else ""
-    return os.environ.get(SMSC_PASSWORD_ENV, "")
+    return _secret(cfg, "sms", "password_file", SMSC_PASSWORD_ENV) or ""
 
 
 def _validate_pkcs11(cfg: Config, where: str) -> None:
@@ -743,7 +731,7 @@ def signing_password(cfg: Config) -> bytes | None:
     first line of ``[signing] password_file``, else the environment variable
     ``CERTIFICA_SIGNING_PASSWORD`` (systemd: ``LoadCredential=``/``Environment=``), else
     none. Never inline in the config file. Raises :class:`ConfigError` naming the key."""
-    value = _secret(cfg, "password_file", SIGNING_PASSWORD_ENV)
+    value = _secret(cfg, "signing", "password_file", SIGNING_PASSWORD_ENV)
     return value.encode("utf-8") if value is not None else None
 
 
@@ -754,16 +742,16 @@ def pkcs11_pin(cfg: Config) -> str | None:
     """The PIN of the PKCS#11 token: the first line of ``[signing] pkcs11_pin_file``,
     else the environment variable ``CERTIFICA_PKCS11_PIN``. Never inline in the config
     file. Raises :class:`ConfigError` naming the key."""
-    return _secret(cfg, "pkcs11_pin_file", PKCS11_PIN_ENV)
+    return _secret(cfg, "signing", "pkcs11_pin_file", PKCS11_PIN_ENV)
 
 
-def _secret(cfg: Config, key: str, env: str) -> str | None:
-    """The first line of the file ``[signing] key`` names, else the variable ``env``."""
+def _secret(cfg: Config, section: str, key: str, env: str) -> str | None:
+    """The first line of the file ``[section] key`` names, else the variable ``env``."""
     import os
 
-    path: Path | None = getattr(cfg.signing, key)
+    path: Path | None = getattr(getattr(cfg, section), key)
     if path:
-        where = f"{cfg.source or '(embedded defaults)'}: signing.{key}"
+        where = f"{cfg.source or '(embedded defaults)'}: {section}.{key}"
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
