@@ -575,3 +575,34 @@ def test_a_lost_key_is_not_replaced_and_an_erasure_is_applied_again_to_a_restore
     restarted = start_gateway(gw.config, users={})
     restarted.stop()
     assert key.read_bytes() == kept
+
+
+def test_an_erasure_gives_up_the_webhook_events_still_owed_that_name_the_address(
+    tmp_path: Path,
+) -> None:
+    """A pending webhook delivery's body names its recipient (docs/webhooks.md): erasing
+    the address gives it up, its body emptied; another recipient's event is still owed."""
+    import sqlite3
+
+    from relay.queue import subjects
+    from relay.queue.migrations import migrate
+
+    conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    migrate(conn)
+    conn.execute(
+        "INSERT INTO webhooks (id, org, url, events, secret, created)"
+        " VALUES (1, 'default', 'http://127.0.0.1:9/h', '[\"delivered\"]', 's', 0)"
+    )
+    for recipient in ("Bob@Example.org", "carol@example.org"):
+        payload = json.dumps({"event": "delivered", "recipient": recipient.lower()})
+        conn.execute(
+            "INSERT INTO webhook_deliveries (webhook_id, event, payload, created, next_attempt,"
+            " state) VALUES (1, 'delivered', ?, 0, 0, 'pending')",
+            (payload,),
+        )
+    subjects.remove_accounts(conn, subjects.Matcher("bob@example.org", "c"))
+    rows = conn.execute(
+        "SELECT state, payload, last_error FROM webhook_deliveries ORDER BY id"
+    ).fetchall()
+    assert rows[0] == ("failed", "", subjects.WEBHOOK_ERASED)
+    assert rows[1][0] == "pending" and "carol@example.org" in rows[1][1]

@@ -44,6 +44,7 @@ import hmac
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -523,10 +524,14 @@ def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[st
     }
 
 
+WEBHOOK_ERASED = "given up: its recipient's data was erased"
+"""``webhook_deliveries.last_error`` of an event an erasure stopped (``certifica webhook log``)."""
+
+
 def remove_accounts(conn: sqlite3.Connection, match: Matcher) -> None:
     """Inside the caller's transaction: remove the address's user account (with its app
-    passwords, API tokens and console sessions), its reception settings and the records
-    of proofs of receipt to or for it."""
+    passwords, API tokens and console sessions), its reception settings, the records
+    of proofs of receipt to or for it, and the webhook events still owed that name it."""
     conn.execute(
         "DELETE FROM users WHERE lower(address) = ? OR address = ?", (match.address, match.address)
     )
@@ -536,6 +541,13 @@ def remove_accounts(conn: sqlite3.Connection, match: Matcher) -> None:
     conn.execute(
         "DELETE FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",
         (match.address, match.address, match.address),
+    )
+    # A webhook event still owed names its recipient (docs/webhooks.md): it is given up
+    # rather than sent, its body emptied as a delivered one's is.
+    conn.execute(
+        "UPDATE webhook_deliveries SET state = 'failed', payload = '', last_error = ?,"
+        " done_at = ? WHERE state = 'pending' AND instr(lower(payload), ?) > 0",
+        (WEBHOOK_ERASED, time.time(), json.dumps(match.address, ensure_ascii=False)),
     )
 
 
