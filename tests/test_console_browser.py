@@ -165,7 +165,7 @@ def test_log_in_search_and_download(site: Gateway, people: Contexts, tmp_path: P
 
     page.fill("#recipient", "carol")
     page.click("#search button")
-    assert page.inner_text("#empty") == "Ningún certificado coincide."
+    assert page.inner_text("#empty") == "Ningún certificado coincide con la búsqueda."
     page.fill("#recipient", "BOB@")
     page.select_option("#status", "delivery")
     page.click("#search button")
@@ -173,7 +173,7 @@ def test_log_in_search_and_download(site: Gateway, people: Contexts, tmp_path: P
     today = datetime.now(UTC).date()
     page.fill("#since", str(today + timedelta(days=2)))  # issued before that day
     page.click("#search button")
-    assert page.inner_text("#empty") == "Ningún certificado coincide."
+    assert page.inner_text("#empty") == "Ningún certificado coincide con la búsqueda."
     page.fill("#since", str(today - timedelta(days=1)))
     page.fill("#until", str(today + timedelta(days=1)))
     page.click("#search button")
@@ -181,7 +181,7 @@ def test_log_in_search_and_download(site: Gateway, people: Contexts, tmp_path: P
     assert page.input_value("#recipient") == "BOB@"  # the form keeps what was searched
     page.fill("#subject", "no such subject")
     page.click("#search button")
-    assert page.inner_text("#empty") == "Ningún certificado coincide."
+    assert page.inner_text("#empty") == "Ningún certificado coincide con la búsqueda."
     page.fill("#subject", "CONTRACT FOR")  # any case, any part
     page.click("#search button")
     assert page.locator("#results tbody tr").count() == 1
@@ -210,7 +210,7 @@ def test_a_sender_cannot_see_another_senders_certificate(site: Gateway, people: 
     hidden = page.goto(f"/app/certificates/{other}")
     assert hidden.status == 404
     said = page.inner_text("main")
-    assert "Este documento no existe, o no es uno que usted pueda ver." in said
+    assert "Este documento no existe o usted no tiene permiso para verlo." in said
     missing = page.goto("/app/certificates/CF-0000000000000000")
     assert missing.status == 404 and page.inner_text("main") == said
     assert page.goto(f"/app/certificates/{other}/pdf").status == 404
@@ -229,7 +229,7 @@ def test_an_auditor_sees_the_organisations_certificates_and_the_statement(
     menu = page.inner_text("nav.menu")
     assert "Extracto" in menu and "Usuarios" not in menu
     assert page.goto("/app/users").status == 403
-    assert "Su rol en su organización no lo permite." in page.inner_text("main")
+    assert "Su rol en la organización no le permite hacerlo." in page.inner_text("main")
 
     page.goto("/app/balance")
     assert page.inner_text("#balance") == "500"

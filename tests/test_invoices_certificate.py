@@ -39,25 +39,26 @@ SENTENCES = {
         "LE CLIENT (FR19987654321), total 1,234.56 EUR (Factur-X EN 16931).",
     ],
     "es": [
-        "factura.xml: Factura n.º FAC-2026-0001 del 28 de noviembre de 2026 de Talleres "
-        "Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), total 1.234,56 EUR "
-        "(Facturae 3.2.2).",
-        "Su firma electrónica está intacta: el archivo no ha cambiado desde que TALLERES "
-        "EJEMPLO SL lo firmó.",
-        "Factura n.º F20260023 del 31 de enero de 2026 de LE FOURNISSEUR (FR11123456782) a "
-        "LE CLIENT (FR19987654321), total 1.234,56 EUR (Factur-X EN 16931).",
+        "factura.xml: Factura n.º FAC-2026-0001 de fecha 28 de noviembre de 2026, emitida "
+        "por Talleres Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), por un "
+        "total de 1.234,56 EUR (Facturae 3.2.2).",
+        "La firma electrónica de la factura está intacta: el archivo no ha cambiado desde "
+        "que TALLERES EJEMPLO SL lo firmó.",
+        "Factura n.º F20260023 de fecha 31 de enero de 2026, emitida por LE FOURNISSEUR "
+        "(FR11123456782) a LE CLIENT (FR19987654321), por un total de 1.234,56 EUR "
+        "(Factur-X EN 16931).",
     ],
     "ca": [
-        "factura.xml: Factura núm. FAC-2026-0001 del 28 de novembre del 2026 de Talleres "
-        "Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), total 1.234,56 EUR "
-        "(Facturae 3.2.2).",
-        "La seva signatura electrònica està intacta",
+        "factura.xml: Factura núm. FAC-2026-0001 de data 28 de novembre del 2026, emesa per "
+        "Talleres Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), per un total "
+        "de 1.234,56 EUR (Facturae 3.2.2).",
+        "La signatura electrònica de la factura està intacta",
     ],
     "it": [
-        "factura.xml: Fattura n. FAC-2026-0001 del 28 novembre 2026 da Talleres Ejemplo, "
-        "S.L. (B12345674) a Núria Puig Ferrer (12345678Z), totale 1.234,56 EUR "
-        "(Facturae 3.2.2).",
-        "La sua firma elettronica è integra",
+        "factura.xml: Fattura n. FAC-2026-0001 del 28 novembre 2026 emessa da Talleres "
+        "Ejemplo, S.L. (B12345674) nei confronti di Núria Puig Ferrer (12345678Z), per un "
+        "totale di 1.234,56 EUR (Facturae 3.2.2).",
+        "La firma elettronica del documento è integra",
         "Nota di credito n. CN-2026-0042 del 30 novembre 2026",
     ],
 }
@@ -223,6 +224,7 @@ def test_a_reception_certificate_states_the_invoice_that_arrived(
     text = pdf_text(render_certificate(record, None, Reader("it", "Europe/Rome")), tmp_path)
     assert "Il messaggio conteneva una fattura:" in text
     assert (
-        "factura.xml: Fattura n. FAC-2026-0001 del 28 novembre 2026 da Talleres Ejemplo, S.L. "
-        "(B12345674) a Núria Puig Ferrer (12345678Z), totale 1.234,56 EUR (Facturae 3.2.2)."
+        "factura.xml: Fattura n. FAC-2026-0001 del 28 novembre 2026 emessa da Talleres "
+        "Ejemplo, S.L. (B12345674) nei confronti di Núria Puig Ferrer (12345678Z), per un "
+        "totale di 1.234,56 EUR (Facturae 3.2.2)."
     ) in text

@@ -88,22 +88,25 @@ def test_the_certificate_states_the_invoices_in_spanish(
     out = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True)
     text = " ".join(out.stdout.split())
     for sentence in [
-        "El mensaje llevaba 5 facturas:",
-        "factura.xml: Factura n.º FAC-2026-0001 del 28 de noviembre de 2026 de Talleres "
-        "Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), total 1.234,56 EUR "
-        "(Facturae 3.2.2).",
+        "El mensaje contenía 5 facturas:",
+        "factura.xml: Factura n.º FAC-2026-0001 de fecha 28 de noviembre de 2026, emitida "
+        "por Talleres Ejemplo, S.L. (B12345674) a Núria Puig Ferrer (12345678Z), por un "
+        "total de 1.234,56 EUR (Facturae 3.2.2).",
         # [invoices] trust_roots holds the signer's root: the signer is on the trust list.
-        "Su firma electrónica está intacta, y su firmante, TALLERES EJEMPLO SL, tiene un "
-        "certificado de una autoridad de la lista de confianza del prestador.",
-        "Factura n.º F20260023 del 31 de enero de 2026 de LE FOURNISSEUR (FR11123456782) a "
-        "LE CLIENT (FR19987654321), total 1.234,56 EUR (Factur-X EN 16931).",
-        "Factura rectificativa n.º CN-2026-0042 del 30 de noviembre de 2026 de Nordlicht "
-        "Handel GmbH (DE123456789) a Grachtenbouw B.V. (NL987654321B01), total 119,00 EUR "
-        "(UBL 2.1).",
-        "Factura n.º 123 del 18 de enero de 2017 de SOCIETA' ALPHA SRL (IT01234567890) a "
-        "BETA GAMMA (09876543210), total 6,10 EUR (FatturaPA FPR12).",
+        "La firma electrónica de la factura está intacta y su firmante, TALLERES EJEMPLO "
+        "SL, es titular de un certificado expedido por una autoridad que figura en la lista "
+        "de confianza del prestador.",
+        "Factura n.º F20260023 de fecha 31 de enero de 2026, emitida por LE FOURNISSEUR "
+        "(FR11123456782) a LE CLIENT (FR19987654321), por un total de 1.234,56 EUR "
+        "(Factur-X EN 16931).",
+        "Factura rectificativa n.º CN-2026-0042 de fecha 30 de noviembre de 2026, emitida "
+        "por Nordlicht Handel GmbH (DE123456789) a Grachtenbouw B.V. (NL987654321B01), por "
+        "un total de 119,00 EUR (UBL 2.1).",
+        "Factura n.º 123 de fecha 18 de enero de 2017, emitida por SOCIETA' ALPHA SRL "
+        "(IT01234567890) a BETA GAMMA (09876543210), por un total de 6,10 EUR (FatturaPA "
+        "FPR12).",
         "Una factura en formato UBL que no se ha podido leer",
-        "Factura del archivo adjunto rota.xml",
+        "Factura contenida en el archivo adjunto rota.xml",
     ]:
         assert sentence in text, sentence
 
