@@ -240,7 +240,10 @@ def test_an_auditor_sees_the_organisations_certificates_and_the_statement(
     with page.expect_download() as download:
         page.click("#csv")
     csv = Path(download.value.path()).read_text()
-    assert "purchase,500,500" in csv and csv.splitlines()[-1].endswith("closing,,500,,,,,")
+    # the same document as `certifica credits statement --csv` (relay/statements.py)
+    assert csv.splitlines()[0].startswith("date_utc,kind,product,message,certificate,")
+    assert "purchase,,,,,500,500,invoice 2026-117," in csv
+    assert csv.splitlines()[-1] == ",closing,,,,,500,500,,"
 
 
 def test_an_admin_adds_disables_and_resets_a_user(

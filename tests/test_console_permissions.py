@@ -99,7 +99,7 @@ def test_see_balance_and_statement(site: tuple[Gateway, list[Path]], role: Role)
     if may:
         assert "invoice 2026-117" in statement.text
         assert csv.headers["Content-Type"].startswith("text/csv")
-        assert "purchase,100,100" in csv.text
+        assert "purchase,,,,,100,100,invoice 2026-117," in csv.text
     else:
         assert "Your role in your organisation does not allow this." in statement.text
 

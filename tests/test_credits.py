@@ -242,7 +242,7 @@ def test_statement_balances_as_text_and_csv(gw: Gateway, sink: Sink) -> None:
     rows = list(csv.reader(io.StringIO(out.stdout)))
     assert rows[0] == [
         "date_utc", "kind", "product", "message", "certificate", "units", "amount",
-        "balance", "note",
+        "balance", "note", "actor",
     ]  # fmt: skip
     opening, movements, closing = rows[1], rows[2:-1], rows[-1]
     assert opening[1] == "opening" and closing[1] == "closing"
@@ -251,6 +251,8 @@ def test_statement_balances_as_text_and_csv(gw: Gateway, sink: Sink) -> None:
     assert [r[8] for r in movements if r[8].endswith("(evil)")] == ["'=HYPERLINK(evil)"]
     reserved = [r for r in movements if r[1] == "reserve"]
     assert reserved and all(r[3] and r[4] for r in reserved)  # the message, its certificate
+    purchases = [r for r in movements if r[1] == "purchase"]
+    assert purchases and all(r[9].startswith("operator:") for r in purchases)  # who added them
 
     month = time.strftime("%Y-%m", time.gmtime())
     this = gw.cli("credits", "statement", "ACME", "--month", month, "--csv")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli.credits import spreadsheet_safe, statement_csv
 from relay.queue.credits import CreditTerms, InsufficientCredits
 from relay.queue.records import NewMessage, Outcome
 from relay.queue.states import CreditKind, HoldState, RecipientState
 from relay.queue.store import Store
+from relay.statements import spreadsheet_safe, statement_csv
 
 PRICED = CreditTerms(email_recipient=2, warn_below=3)
 NOW = datetime(2026, 11, 15, tzinfo=UTC).timestamp()
@@ -112,8 +112,8 @@ def test_a_months_statement_opens_where_the_last_closed(store: Store) -> None:
     st = store.statement_now("ACME", "2026-11")
     assert (st.opening, st.closing, st.balances) == (100, 150, True)
     assert [m.amount for m in st.movements] == [50]
-    text = statement_csv(st, {})
-    assert text.splitlines()[2].endswith(",'=cmd|' /C calc'!A0")
+    text = statement_csv(st)
+    assert text.splitlines()[2].endswith(",'=cmd|' /C calc'!A0,test")
     assert store.statement_now("ACME", "2026-12").movements == ()
 
 

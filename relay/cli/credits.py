@@ -9,38 +9,14 @@ so ``certifica evidence verify`` covers the credits as it covers the mail.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
-from collections.abc import Iterator
 
 from certifier.errors import UsageError
 from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
-from relay.queue.credits import CREDITS_QID, Movement, NoSuchOrganisation, Statement
+from relay.queue.credits import NoSuchOrganisation
 from relay.queue.states import CreditKind
-
-CSV_HEADER = (
-    "date_utc",
-    "kind",
-    "product",
-    "message",
-    "certificate",
-    "units",
-    "amount",
-    "balance",
-    "note",
-)
-"""The statement's CSV columns: one row per movement, between an opening and a closing row."""
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str) -> str:
-    """``text`` as a CSV cell a spreadsheet shows and never runs: a cell starting with
-    ``= + - @`` (or a tab or CR) gets a leading ``'`` (OWASP's CSV injection advice).
-    Applied to every text cell; the numbers are the gateway's own integers."""
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+from relay.statements import statement_csv, statement_text
 
 
 def _amount(text: str) -> int:
@@ -50,80 +26,12 @@ def _amount(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of credits") from None
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-
-
 def _month(text: str) -> str:
     try:
         time.strptime(text, "%Y-%m")
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a month like 2026-11") from None
     return text
-
-
-def _movement_cells(m: Movement, certificates: dict[str, str]) -> list[str]:
-    qid = "" if m.qid in (None, CREDITS_QID) else str(m.qid)
-    return [
-        _when(m.time),
-        str(m.kind),
-        m.product or "",
-        qid,
-        certificates.get(qid, ""),
-        "" if m.units is None else str(m.units),
-        str(m.amount),
-        str(m.balance),
-        m.note or "",
-    ]
-
-
-def _rows(st: Statement, certificates: dict[str, str]) -> Iterator[list[str]]:
-    yield ["", "opening", "", "", "", "", "", str(st.opening), st.period or "all movements"]
-    for m in st.movements:
-        yield _movement_cells(m, certificates)
-    total = sum(m.amount for m in st.movements)
-    yield ["", "closing", "", "", "", "", str(total), str(st.closing), ""]
-
-
-def statement_csv(st: Statement, certificates: dict[str, str]) -> str:
-    """The statement as RFC 4180 CSV (CRLF line ends, a header row)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow(CSV_HEADER)
-    for row in _rows(st, certificates):
-        # Columns 6 and 7 (amount, balance) are integers; every other cell is text.
-        writer.writerow(
-            [cell if i in (6, 7) else spreadsheet_safe(cell) for i, cell in enumerate(row)]
-        )
-    return out.getvalue()
-
-
-def statement_text(st: Statement, name: str, certificates: dict[str, str]) -> str:
-    """The statement for a terminal: one line per movement, then whether it balances."""
-    period = st.period or "all movements"
-    lines = [f"Credits statement of {st.org} ({name}), {period}; dates in UTC", ""]
-    widths = (19, 8, 15, 12, 19, 5, 7, 8)
-    head = ("DATE", "KIND", "PRODUCT", "MESSAGE", "CERTIFICATE", "UNITS", "AMOUNT", "BALANCE")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  NOTE")
-    for row in _rows(st, certificates):
-        cells = [
-            c.rjust(w) if i >= 5 else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row[:8], widths, strict=True))
-        ]
-        lines.append(("  ".join(cells) + "  " + row[8]).rstrip())
-    total = sum(m.amount for m in st.movements)
-    sign = "+" if total >= 0 else "-"
-    if st.balances:
-        lines.append(
-            f"Balances: opening {st.opening} {sign} {abs(total)} in {len(st.movements)} "
-            f"movement(s) = closing {st.closing}."
-        )
-    else:
-        lines.append(
-            f"DOES NOT BALANCE: opening {st.opening} {sign} {abs(total)} is "
-            f"{st.opening + total}, but the closing balance is {st.closing}."
-        )
-    return "\n".join(lines)
 
 
 def _move(args: argparse.Namespace, kind: CreditKind) -> int:
@@ -142,7 +50,11 @@ def _move(args: argparse.Namespace, kind: CreditKind) -> int:
                     f"taking {-args.amount} would leave it below 0"
                 )
             movement = store.add_credits(
-                args.org, args.amount, note=note or None, actor=operator_name(), kind=kind
+                args.org,
+                args.amount,
+                note=note or None,
+                actor=f"operator:{operator_name()}",
+                kind=kind,
             )
         except NoSuchOrganisation as err:
             raise UserError(str(err)) from None
@@ -181,11 +93,10 @@ def cmd_credits_statement(args: argparse.Namespace) -> int:
             st = store.statement_now(args.org, args.month)
         except UsageError as err:
             raise UserError(str(err)) from None
-        certificates = store.certificate_ids_now({m.qid for m in st.movements if m.qid})
     if args.csv:
-        sys.stdout.write(statement_csv(st, certificates))
+        sys.stdout.write(statement_csv(st))
     else:
-        print(statement_text(st, org.name, certificates))
+        print(statement_text(st, org.name))
     return EXIT_OK if st.balances else EXIT_FAILED
 
 

@@ -31,7 +31,6 @@ Exceptions::
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time as _time
 from collections.abc import Iterable
@@ -143,6 +142,7 @@ class Movement:
     note: str | None
     actor: str
     evidence_seq: int
+    cert_id: str | None = None  # the certificate of the message it is about (statements)
 
 
 @dataclass(frozen=True)
@@ -410,7 +410,10 @@ def _month_bounds(month: str) -> tuple[float, float]:
 def statement(conn: sqlite3.Connection, org: str, month: str | None = None) -> Statement:
     """``org``'s movements in ``month`` (UTC; None: all of them), oldest first."""
     closing_now = balance(conn, org)
-    columns = "id, org, time, kind, amount, balance, product, qid, units, note, actor, evidence_seq"
+    columns = (
+        "id, org, time, kind, amount, balance, product, qid, units, note, actor, evidence_seq,"
+        " (SELECT cert_id FROM messages m WHERE m.qid = credit_movements.qid)"
+    )
     if month is None:
         rows = conn.execute(
             f"SELECT {columns} FROM credit_movements WHERE org = ? ORDER BY id",  # noqa: S608
@@ -448,6 +451,7 @@ def _movement(row: tuple[object, ...]) -> Movement:
         None if row[9] is None else str(row[9]),
         str(row[10]),
         int(row[11]),  # type: ignore[call-overload]
+        None if len(row) < 13 or row[12] is None else str(row[12]),
     )
 
 
@@ -468,21 +472,6 @@ class Credits(Database):
 
     def statement_now(self, org: str, month: str | None = None) -> Statement:
         return self.run_sync(lambda db: statement(db.conn, org, month), read=True)
-
-    def certificate_ids_now(self, qids: Iterable[str]) -> dict[str, str]:
-        """The certificate id of each of ``qids`` that has one (a statement's column)."""
-        wanted = json.dumps(sorted(qids))
-        return self.run_sync(
-            lambda db: {
-                str(r[0]): str(r[1])
-                for r in db.conn.execute(
-                    "SELECT qid, cert_id FROM messages WHERE cert_id IS NOT NULL"
-                    " AND qid IN (SELECT value FROM json_each(?))",
-                    (wanted,),
-                )
-            },
-            read=True,
-        )
 
     def balance_now(self, org: str) -> int:
         return self.run_sync(lambda db: balance(db.conn, org), read=True)

@@ -127,9 +127,10 @@ class Leases(Database):
             claimed.update(
                 row[0]
                 for row in self._conn.execute(
-                    f"UPDATE recipients SET lease_until = ?, lease_owner = ?"  # noqa: S608
+                    f"UPDATE recipients SET lease_until = ?, lease_owner = ?,"  # noqa: S608
+                    f" handed_out = COALESCE(handed_out, ?)"
                     f" WHERE id IN ({marks}) AND {CLAIMABLE} RETURNING id",
-                    (lease, owner, *chunk, now),
+                    (lease, owner, now, *chunk, now),
                 )
             )
         taken_rows = [r for r in rows if r["id"] in claimed]

@@ -400,6 +400,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX credit_holds_recipient ON credit_holds(recipient_id)
         WHERE recipient_id IS NOT NULL;
     """,
+    # 17: when a recipient was first handed to a delivery agent. An attempt begins then:
+    # a withdrawal refunds only a recipient never handed out, since an agent that died
+    # after the remote's 250 leaves no attempt recorded (docs/credits.md).
+    """
+    ALTER TABLE recipients ADD COLUMN handed_out REAL;
+    """,
 ]
 
 

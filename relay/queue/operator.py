@@ -114,22 +114,21 @@ class OperatorActions(Messages):
     def withdraw(self, qid: str, operator: str, now: float) -> int:
         """Delete a message from the queue as the operator: undelivered recipients become
         ``withdrawn``; a certified message is then certified as withdrawn, never dropped.
-        The credits reserved for a recipient never attempted (and not being attempted now)
-        are refunded; those of a recipient attempted already are spent (docs/credits.md)."""
+        The credits reserved for a recipient never handed to a delivery agent are
+        refunded; those of a recipient handed out (an attempt began) are spent
+        (docs/credits.md)."""
 
         def _withdraw(db: sqlite_utils.Database) -> int:
             rows = list(
                 db.query(
-                    "SELECT id, address, attempts, lease_until FROM recipients WHERE qid = ?"
+                    "SELECT id, address, attempts, handed_out FROM recipients WHERE qid = ?"
                     " AND status IN ('queued', 'deferred')",
                     (qid,),
                 )
             )
-            untried = [
-                r["id"]
-                for r in rows
-                if r["attempts"] == 0 and (r["lease_until"] is None or r["lease_until"] < now)
-            ]
+            # Never handed to a delivery agent: an agent that died after the remote's 250
+            # left no attempt recorded, so a recipient handed out counts as attempted.
+            untried = [r["id"] for r in rows if r["attempts"] == 0 and r["handed_out"] is None]
             tried = [r["id"] for r in rows if r["id"] not in untried]
             for r in rows:
                 db.conn.execute(

@@ -197,6 +197,7 @@ class RecipientRow(TypedDict):
     delivered_sha256: str | None
     note: str | None
     lease_until: float | None
+    handed_out: float | None  # first handed to a delivery agent: an attempt began
     lease_owner: str | None
     addendum_at: float | None
     tracked: int | None

@@ -10,8 +10,6 @@ see answers exactly as one that does not exist. The PDF comes from the archive
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,6 +21,7 @@ from certifier.outcome import TITLES, Outcome
 from relay.queue.certificates import CertificateInfo, CertificateQuery
 from relay.queue.states import CreditKind
 from relay.roles import Action
+from relay.statements import statement_csv
 from relay.web.console.base import N_, PAGE_HEADERS, Console, Visit
 from relay.web.verification import OTHER_RESULT, RESULTS
 
@@ -52,7 +51,6 @@ MOVEMENTS = {
 
 NO_DOCUMENT = N_("There is no such document, or it is not one you may see.")
 NOT_KEPT = N_("The provider no longer keeps the PDF of this document.")
-CSV_SPECIAL = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _outcome(info: CertificateInfo) -> Outcome:
@@ -67,12 +65,6 @@ def _day(text: str) -> date | None:
         return date.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def _spreadsheet_safe(value: object) -> str:
-    """A text cell a spreadsheet will not run as a formula (OWASP "CSV injection")."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(CSV_SPECIAL) else text
 
 
 class Views:
@@ -246,33 +238,13 @@ class Views:
     async def statement_csv(self, request: web.Request, visit: Visit) -> web.StreamResponse:
         """The month's movements as CSV (RFC 4180), one row each, in UTC: what an
         accountant reconciles; the opening and the closing balance are the first and
-        the last rows."""
+        the last rows. The same document as ``certifica credits statement --csv``
+        (:mod:`relay.statements`)."""
         account = visit.account
         month = self.month_of(request)
         found = await self.console.store.statement_of(account.org, month)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(
-            ["time", "kind", "amount", "balance", "product", "units", "qid", "note", "actor"]
-        )
-        writer.writerow(["", "opening", "", found.opening, "", "", "", "", ""])
-        for m in found.movements:
-            writer.writerow(
-                [
-                    datetime.fromtimestamp(m.time, UTC).isoformat(timespec="seconds"),
-                    str(m.kind),
-                    m.amount,
-                    m.balance,
-                    _spreadsheet_safe(m.product),
-                    "" if m.units is None else m.units,
-                    _spreadsheet_safe(m.qid),
-                    _spreadsheet_safe(m.note),
-                    _spreadsheet_safe(m.actor),
-                ]
-            )
-        writer.writerow(["", "closing", "", found.closing, "", "", "", "", ""])
         return web.Response(
-            text=out.getvalue(),
+            text=statement_csv(found),
             content_type="text/csv",
             charset="utf-8",
             headers={
