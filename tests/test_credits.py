@@ -203,7 +203,7 @@ def test_short_of_credits_is_refused_with_the_balance(gw: Gateway, sink: Sink) -
         code, text = client.data(raw)
     reply = text.decode()
     assert code == 550 and reply.startswith("5.7.1 Not enough credits"), reply
-    assert "balance is 1 and this message needs 2" in reply and CONTACT in reply, reply
+    assert "balance is 1 and it needs 2" in reply and CONTACT in reply, reply
     assert queued_qids(gw) == before  # nothing queued: nothing can be sent
     assert org_balance(gw, "SHORT") == 1
     # The spool file went with the refusal: every file left has its row.
@@ -310,7 +310,7 @@ def test_defer_when_short_answers_452(sink_server: SinkServer, tmp_path: Path) -
             client.rcpt(CERT_ADDRESS)
             code, text = client.data(make_message(to="d1@example.org"))
         assert code == 452 and text.decode().startswith("4.7.1 Not enough credits"), text
-        assert "balance is 0 and this message needs 1" in text.decode()
+        assert "balance is 0 and it needs 1" in text.decode()
         with pytest.raises(smtplib.SMTPDataError):  # the same through sendmail
             with gateway.smtp() as client:
                 client.sendmail(

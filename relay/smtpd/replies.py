@@ -138,15 +138,15 @@ BAD_DSN_PARAMETER = "501 5.5.4 A delivery notification parameter is not valid (R
 # -- than its organisation's balance; nothing was accepted, nothing is sent uncertified ---
 CREDITS_SHORT = (
     "550 5.7.1 Not enough credits to certify this message: your organisation's balance "
-    "is {balance} and this message needs {needed}; nothing was sent. {top_up}"
+    "is {balance} and it needs {needed}, so nothing was sent; {top_up}."
 )
 CREDITS_SHORT_DEFER = (
     "452 4.7.1 Not enough credits to certify this message yet: your organisation's "
-    "balance is {balance} and this message needs {needed}; nothing was accepted, it will "
-    "be tried again. {top_up}"
+    "balance is {balance} and it needs {needed}, so nothing was accepted; it can be sent "
+    "again once credits are added ({top_up})."
 )
-CREDITS_TOP_UP = "To top up, contact {contact}"
-CREDITS_TOP_UP_OPERATOR = "To top up, ask the operator of this gateway"
+CREDITS_TOP_UP = "to top up, contact {contact}"
+CREDITS_TOP_UP_OPERATOR = "to top up, ask the operator of this gateway"
 
 # aiosmtpd words some replies without an RFC 3463 code; these are the codes to add.
 _ENHANCED_FOR = {
