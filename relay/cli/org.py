@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Add an organisation. CODE is the short name you type (ACME); --name "
         "its legal name. An existing code (in any case) is refused.",
     )
-    p.add_argument("code", metavar="CODE")
+    p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
     p.add_argument("--name", required=True, help="the legal name, e.g. 'Acme S.L.'")
     p.add_argument("--legal-id", help="tax or registration number (NIF, partita IVA, VAT)")
     p.set_defaults(func=cmd_org_add)
@@ -188,14 +188,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="show one organisation",
         description="Show an organisation: its users with their roles, its domains, its balance.",
     )
-    p.add_argument("code", metavar="CODE")
+    p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
     p.set_defaults(func=cmd_org_show)
     p = osub.add_parser(
         "set",
         help="change an organisation's name or legal id",
         description="Change an organisation's name or legal id; what is not given stays.",
     )
-    p.add_argument("code", metavar="CODE")
+    p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
     p.add_argument("--name", help="the new legal name")
     p.add_argument("--legal-id", help="the new tax or registration number ('' for none)")
     p.set_defaults(func=cmd_org_set)
@@ -210,7 +210,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("enable", "enable a disabled organisation", "Enable a disabled organisation again."),
     ):
         p = osub.add_parser(name, help=short, description=long)
-        p.add_argument("code", metavar="CODE")
+        p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
         p.set_defaults(func=cmd_org_disable)
     p = osub.add_parser(
         "domain",
@@ -221,6 +221,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "their ASCII (xn--) form; a domain bound to another organisation is refused.",
     )
     p.add_argument("domain_action", choices=["add", "remove", "list"], metavar="add|remove|list")
-    p.add_argument("code", metavar="CODE")
+    p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
     p.add_argument("domain", metavar="DOMAIN", nargs="?", help="the domain (add, remove)")
     p.set_defaults(func=cmd_org_domain)

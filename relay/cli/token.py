@@ -100,13 +100,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="List a user's tokens: name, when made, when last used (to the "
         "minute). The tokens themselves are not kept, so never shown.",
     )
-    p.add_argument("email")
+    p.add_argument("email", metavar="ADDR", help="the user the token acts for")
     p.set_defaults(func=cmd_token_list)
     p = tsub.add_parser(
         "remove",
         help="remove a user's token (calls with it are refused at once)",
         description="Remove a user's token: calls with it are answered 401 from now on.",
     )
-    p.add_argument("email")
+    p.add_argument("email", metavar="ADDR", help="the user the token acts for")
     p.add_argument("--name", required=True, help="the token's name (see token list)")
     p.set_defaults(func=cmd_token_remove)

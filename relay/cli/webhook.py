@@ -53,10 +53,11 @@ def cmd_webhook_add(args: argparse.Namespace) -> int:
 
     cfg = config_of(args)
     events = _events(args.events)
+    with open_store(cfg) as store:
+        org = _org(store, args.org)  # an unknown organisation first, before any lookup
     check_url(cfg, args.url)
     secret = new_secret()
     with open_store(cfg, writes=True) as store:
-        org = _org(store, args.org)
         webhook_id = store.add_webhook(org, args.url, events, secret)
     print(f"webhook {webhook_id} of {org}: {args.url} ({', '.join(events)})")
     print("Its secret signs every POST (Certifica-Signature); it is shown only now, keep it:")
@@ -131,7 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "is refused (development mode allows loopback).",
     )
     p.add_argument("org", metavar="ORG", help="the organisation's code")
-    p.add_argument("url", metavar="URL")
+    p.add_argument("url", metavar="URL", help="where the events are POSTed (https)")
     p.add_argument(
         "--events",
         default=",".join(str(e) for e in WebhookEvent),
@@ -143,7 +144,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="list an organisation's webhooks",
         description="List ORG's webhooks: id, URL, events, when added.",
     )
-    p.add_argument("org", metavar="ORG")
+    p.add_argument("org", metavar="ORG", help="the organisation's code (ACME)")
     p.set_defaults(func=cmd_webhook_list)
     p = wsub.add_parser(
         "remove",
@@ -151,8 +152,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Remove ORG's webhook ID: nothing more is sent to it, and what it was "
         "still owed is given up. Its log stays.",
     )
-    p.add_argument("org", metavar="ORG")
-    p.add_argument("id", metavar="ID", type=int)
+    p.add_argument("org", metavar="ORG", help="the organisation's code (ACME)")
+    p.add_argument("id", metavar="ID", type=int, help="the webhook's number (webhook list)")
     p.set_defaults(func=cmd_webhook_remove)
     p = wsub.add_parser(
         "log",
@@ -162,6 +163,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "or when it was given up; under each, every attempt with its time and the HTTP "
         "status or the error.",
     )
-    p.add_argument("org", metavar="ORG")
+    p.add_argument("org", metavar="ORG", help="the organisation's code (ACME)")
     p.add_argument("--limit", type=int, default=20, help="how many deliveries (default 20)")
     p.set_defaults(func=cmd_webhook_log)
