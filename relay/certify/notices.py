@@ -634,3 +634,8 @@ def _part(boundary: str, content_type: str, data: bytes) -> bytes:
         f"--{boundary}\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+# For the other mails the gateway writes the same way (relay/hosted/notification.py).
+base_fields = _base
+assemble = _assemble

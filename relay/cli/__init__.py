@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``, ``export``,
-``erase``, ``retention``, ``backup``, ``restore``.
+``erase``, ``retention``, ``backup``, ``restore``, ``hosted``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -46,6 +46,7 @@ from relay.cli import (  # noqa: E402 - after SIGHUP is held
     erase,
     evidence,
     export,
+    hosted,
     log,
     queue,
     reception,
@@ -75,6 +76,7 @@ COMMANDS = (
     erase,
     retention,
     backup,
+    hosted,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

@@ -113,7 +113,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
     address = normalise_address(args.email)
     language, timezone = _reading(args)
     new_password = args.password_stdin or (
-        args.tracking is None and language is None and timezone is None
+        args.tracking is None and language is None and timezone is None and args.mode is None
     )
     if new_password:
         _need_terminal(args, address)
@@ -129,10 +129,13 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             address, password_hash=hashed, tracking=tracking, language=language, timezone=timezone
         ):
             raise UserError(f"there is no user {address}")
+        if args.mode is not None:  # docs/hosted.md
+            store.set_user_hosted_mode(address, None if args.mode == "plain" else args.mode)
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
         + _reading_changes(language, timezone)
+        + ([f"mode {args.mode}"] if args.mode is not None else [])
     )
     print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
@@ -233,6 +236,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 choices=["on", "off"],
                 help="open and click tracking for the user's certified mail; given alone, "
                 "the password is left as it is",
+            )
+            p.add_argument(
+                "--mode",
+                choices=["hosted", "hosted-code", "accept", "plain"],
+                help="what the recipients of the user's certified mail get: a link to the "
+                "content (hosted, hosted-code), the content to accept or reject (accept), "
+                "or the content itself (plain); docs/hosted.md",
             )
         p.set_defaults(func=func)
     p = usub.add_parser(

@@ -138,8 +138,9 @@ class QueueManager:
             )
             groups: dict[tuple[str, str, int], list[Row]] = {}
             for row in due:
-                # A tracked copy is made for each recipient: one transaction each.
-                alone = gets_tracked_copy(self.cfg, row) and row["id"] or 0
+                # A tracked copy or a hosted notification (docs/hosted.md) is made for
+                # each recipient: one transaction each.
+                alone = (gets_tracked_copy(self.cfg, row) or row.get("hosted")) and row["id"] or 0
                 groups.setdefault((row["qid"], row["domain"], alone), []).append(row)
             later: list[int] = []
             for rows in groups.values():

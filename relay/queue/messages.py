@@ -60,6 +60,7 @@ class Messages(Database):
                 "dsn_envid": msg.dsn_envid,
                 "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
                 "org": msg.org,
+                "hosted_mode": msg.hosted,
                 "state": MessageState.ACTIVE,
                 "notice_state": DocumentState.PENDING
                 if msg.certified and msg.kind == MessageKind.MAIL
@@ -79,6 +80,7 @@ class Messages(Database):
                     "next_attempt": now,
                     "notify": msg.notify.get(rcpt),
                     "orcpt": msg.orcpt.get(rcpt),
+                    "hosted": msg.hosted,
                 },
             )
         if msg.event:

@@ -45,6 +45,7 @@ class NewMessage:
     org: str | None = None  # the organisation it is attributed to (docs/accounts.md)
     orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
     original_to: tuple[str, ...] = ()  # postmaster mail: the addresses it was sent to
+    hosted: str | None = None  # hosted | hosted-code | accept (docs/hosted.md)
 
 
 @dataclass(frozen=True)

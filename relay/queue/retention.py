@@ -57,6 +57,7 @@ from relay.queue import evidence_log
 from relay.queue.archive import archive_lock
 from relay.queue.db import Database
 from relay.queue.holds import LEGAL_HOLD, LEGAL_HOLD_RELEASED, held_qids, is_held
+from relay.queue.hosted import kept_for_hosting
 from relay.queue.ids import CERTIFICATE_ID
 from relay.queue.spool import Spool, fsync_dir
 from relay.queue.states import MessageState
@@ -249,6 +250,8 @@ def _content_gone(
     legal hold and record ``ContentRemoved`` once for each; returns their queue ids."""
     held = held_qids(conn)
     due = [qid for qid, parent in rows if qid not in held and not (parent and parent in held)]
+    hosted = kept_for_hosting(conn, due, now, days)  # until the links expire (docs/hosted.md)
+    due = [qid for qid in due if qid not in hosted]
     if dry_run:
         return due
     for qid in due:

@@ -172,3 +172,12 @@ def with_enhanced_code(reply: str) -> str:
         return reply
     text = text.removeprefix("Error: ")
     return f"{code} {enhanced} {text}"
+
+
+# Hosted content (docs/hosted.md) is asked for through submission only: on the MX port the
+# sender's own provider has already delivered the content to the recipients.
+HOSTED_ON_MX = (
+    "550 5.7.1 Hosted content and acceptance are asked for when sending through the "
+    "gateway (submission, port 587 or 465), not by a copy to {address}; send the message "
+    "through the gateway with that address in Cc"
+)

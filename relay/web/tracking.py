@@ -25,7 +25,7 @@ from relay.config import Config, Endpoint
 from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
-from relay.web import pki, verification
+from relay.web import hosted, pki, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -147,6 +147,7 @@ async def make_http_runner(cfg: Config, key: bytes, backend: StoreBackend) -> we
 
     verification.install(app, cfg, backend.store, state_paths(cfg)["certificates"])
     pki.install(app, cfg.state_dir / "keys")
+    hosted.install_on_gateway(app, cfg, backend.store, key, backend.wake)  # docs/hosted.md
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner
