@@ -371,3 +371,80 @@ def test_links_not_opened_expire_with_evidence(hosted: tuple[Gateway, Sink, int]
     assert status == 404 and body == fetch(link[:-5] + "AAAAA")[2]
     bad = gw.cli("hosted", "expire", "--at", "yesterday")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("choice", ["accept", "reject"])
+def test_a_decision_is_recorded_once_with_what_was_shown(
+    hosted: tuple[Gateway, Sink, int], page: Any, choice: str
+) -> None:
+    gw, sink, _ = hosted
+    rcpt = f"ivan-{choice}@example.org"
+    pdf = b"%PDF-1.4\n% terms\n" + os.urandom(500)
+    raw = message(f"Terms {choice}", rcpt, cc="certifica+accept@certifica.localhost",
+                  attachment=("terms.pdf", pdf))  # fmt: skip
+    qid = send(gw, raw, [rcpt, "certifica+accept@certifica.localhost"])
+    mail = notification(sink, rcpt, f"Terms {choice}")
+    assert "accept or reject" in str(mail.message["Subject"])
+    link = link_of(mail)
+    page.goto(link)
+    page.click("#open")
+    assert "simple electronic signature" in page.locator("form.decide").inner_text()
+    page.fill("#name", "Ivan Petrov")
+    page.fill("#comment", "Read and understood.")
+    page.click(f"#{choice}")
+    verdict = "accepted" if choice == "accept" else "rejected"
+    assert verdict in page.locator("#decision").inner_text()
+    event = "ContentAccepted" if choice == "accept" else "ContentRejected"
+    decided = evidence(gw, qid, event)
+    assert len(decided) == 1
+    shown = evidence(gw, qid, "ContentHandover")[0]
+    assert decided[0]["page_sha256"] == shown["page_sha256"]
+    assert decided[0]["name"] == "Ivan Petrov" and decided[0]["comment"] == "Read and understood."
+    import hashlib
+
+    assert decided[0]["attachments"] == [
+        {"name": "terms.pdf", "sha256": hashlib.sha256(pdf).hexdigest()}
+    ]
+    # final: a second visit shows the decision, a second POST changes nothing
+    page.goto(link)
+    assert verdict in page.locator(".decision").inner_text()
+    page.click("#open")
+    assert page.locator("form.decide").count() == 0
+    form = page.locator("input[name=form]").first.get_attribute("value")
+    other = "rejected" if verdict == "accepted" else "accepted"
+    fetch(f"{link}/decide", f"form={form}&decision={other}".encode())
+    assert len(evidence(gw, qid, event)) == 1
+    assert evidence(gw, qid, "ContentAccepted" if other == "accepted" else "ContentRejected") == []
+
+
+@pytest.mark.parametrize("language", ["es-ES", "it-IT"])
+def test_the_page_speaks_the_readers_language(
+    hosted: tuple[Gateway, Sink, int], browser: Any, language: str
+) -> None:
+    gw, sink, _ = hosted
+    rcpt = f"judy-{language.lower()}@example.org"
+    raw = message(f"Contrato {language}", rcpt, cc="certifica+accept@certifica.localhost",
+                  html="<p>Estimada Judy,</p><p>el contrato de compraventa.</p>",
+                  attachment=("contrato.pdf", b"%PDF-1.4\n"))  # fmt: skip
+    send(gw, raw, [rcpt, "certifica+accept@certifica.localhost"])
+    link = link_of(notification(sink, rcpt, f"Contrato {language}"))
+    context = browser.new_context(locale=language, viewport={"width": 900, "height": 1100})
+    tab = context.new_page()
+    try:
+        tab.goto(link)
+        words = {
+            "es-ES": ("Abrir el mensaje", "Aceptar"),
+            "it-IT": ("Apri il messaggio", "Accetto"),
+        }
+        assert tab.locator("#open").inner_text() == words[language][0]
+        if os.environ.get("CERTIFICA_SCREENSHOTS") == "1":
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SCREENSHOTS / f"hosted-landing-{language[:2]}.png"))
+        tab.click("#open")
+        assert tab.locator("#accept").inner_text() == words[language][1]
+        if os.environ.get("CERTIFICA_SCREENSHOTS") == "1":
+            tab.screenshot(
+                path=str(SCREENSHOTS / f"hosted-content-{language[:2]}.png"), full_page=True
+            )
+    finally:
+        context.close()

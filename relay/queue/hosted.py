@@ -220,7 +220,7 @@ class Hosted(Database):
             qid, address = row
             self._conn.execute(
                 "UPDATE hosted_links SET decision = ?, decided_at = ?, decision_detail = ?,"
-                " decision_cert_id = ? WHERE recipient_id = ?",
+                " decision_cert_id = ?, decision_cert_state = 'pending' WHERE recipient_id = ?",
                 (decision, now, json.dumps(detail, sort_keys=True), cert_id, recipient_id),
             )
             evidence_log.append(

@@ -413,7 +413,8 @@ MIGRATIONS: list[str] = [
         decision TEXT,                      -- accepted | rejected (accept)
         decided_at REAL,
         decision_detail TEXT,               -- JSON: name, comment, hashes, context
-        decision_cert_id TEXT
+        decision_cert_id TEXT,
+        decision_cert_state TEXT            -- pending | done: the sender's certificate of it
     );
     CREATE INDEX hosted_links_qid ON hosted_links(qid);
     CREATE INDEX hosted_links_due ON hosted_links(state, expires);
