@@ -317,11 +317,28 @@ class LateBounce(TypedDict):
     reports: list[LateBounceReport]
 
 
+class Decision(TypedDict, total=False):
+    """A recipient's acceptance or rejection of hosted content (docs/hosted.md)."""
+
+    decision: Required[Literal["accepted", "rejected"]]
+    recipient: Required[str]
+    time: Required[str]  # UTC, ISO 8601 with Z
+    name: str  # typed by the recipient, optional
+    comment: str
+    page_sha256: str  # the content page the server sent that recipient
+    message_sha256: str
+    attachments: list[dict[str, str]]  # name, sha256
+    ip: str
+    user_agent: str
+    automatic: bool
+    reason: str
+
+
 class EvidenceRecord(TypedDict, total=False):
     """The whole record, as ``evidence.json`` holds it."""
 
     format: Required[Literal["certifica-evidence/1"]]
-    kind: Required[Literal["sending", "reception", "addendum"]]
+    kind: Required[Literal["sending", "reception", "addendum", "acceptance"]]
     certificate_id: Required[str]
     addendum_of: str  # kind addendum: the certificate this one adds to
     queue_id: Required[str]
@@ -338,6 +355,7 @@ class EvidenceRecord(TypedDict, total=False):
     evidence_log: Required[EvidenceLog | LegacyEvidenceLog]
     reception: Reception  # kind reception
     late_bounce: LateBounce  # an addendum about a late delivery report
+    decision: Decision  # kind acceptance (docs/hosted.md)
 
 
 @functools.cache

@@ -11,6 +11,7 @@ import os
 import re
 import smtplib
 import sqlite3
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -375,7 +376,7 @@ def test_links_not_opened_expire_with_evidence(hosted: tuple[Gateway, Sink, int]
 
 @pytest.mark.parametrize("choice", ["accept", "reject"])
 def test_a_decision_is_recorded_once_with_what_was_shown(
-    hosted: tuple[Gateway, Sink, int], page: Any, choice: str
+    hosted: tuple[Gateway, Sink, int], page: Any, choice: str, tmp_path: Path
 ) -> None:
     gw, sink, _ = hosted
     rcpt = f"ivan-{choice}@example.org"
@@ -405,6 +406,35 @@ def test_a_decision_is_recorded_once_with_what_was_shown(
     assert decided[0]["attachments"] == [
         {"name": "terms.pdf", "sha256": hashlib.sha256(pdf).hexdigest()}
     ]
+    # the sender's signed certificate of the decision, at once
+    title = "acceptance" if choice == "accept" else "rejection"
+    certificate = sink.wait_for(
+        lambda ms: any(
+            f"Certificate of {title}: “Terms {choice}”" in str(m.message["Subject"]) for m in ms
+        )  # fmt: skip
+    )
+    mail = next(m for m in certificate if f"Certificate of {title}" in str(m.message["Subject"]))
+    assert mail.rcpt_tos == ["alice@example.com"]
+    pdfs = [a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"]
+    path = tmp_path / "decision.pdf"
+    path.write_bytes(pdfs[0].get_payload(decode=True))
+    signed = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True)
+    assert "Signature is Valid" in signed.stdout, signed.stdout + signed.stderr
+    verified = gw.cli("verify", str(path))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    first = subprocess.run(["pdftotext", "-l", "1", str(path), "-"], capture_output=True, text=True)
+    page1 = " ".join(first.stdout.split())
+    assert f"Certificate of {title} of a certified e-mail" in page1
+    assert "simple electronic signature" in page1 and "3(10)" in page1
+    assert "Ivan Petrov" in page1
+    assert hashlib.sha256(pdf).hexdigest()[:8] in page1.replace(" ", "")
+    if os.environ.get("CERTIFICA_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["pdftoppm", "-png", "-r", "80", "-f", "1", "-l", "1", "-singlefile", str(path),
+             str(SCREENSHOTS / f"{title}-certificate-page1")],
+            check=True,
+        )  # fmt: skip
     # final: a second visit shows the decision, a second POST changes nothing
     page.goto(link)
     assert verdict in page.locator(".decision").inner_text()

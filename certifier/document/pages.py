@@ -323,6 +323,61 @@ def _statement(doc: Document) -> list[Flowable]:
     return [Spacer(1, 3 * mm), _sentence(" ".join(sentences), "intro")]
 
 
+def _decision(doc: Document) -> list[Flowable]:
+    """Page 1 of a certificate of acceptance or rejection (docs/hosted.md): who decided
+    what and when, with what they saw, and what kind of signature that is."""
+    d = as_dict(doc.ev.get("decision"))
+    if not d:
+        return []
+    _ = doc._
+    values = {
+        "recipient": clean(d.get("recipient"), CAP_SHORT) or "—",
+        "time": doc.moment(d.get("time")),
+        "subject": clean(as_dict(doc.ev.get("message")).get("subject"), CAP_SHORT) or "—",
+    }
+    if d.get("decision") == "accepted":
+        first = _("%(recipient)s accepted the message “%(subject)s” on %(time)s.") % values
+    else:
+        first = _("%(recipient)s rejected the message “%(subject)s” on %(time)s.") % values
+    items = []
+    if clean(d.get("name"), CAP_SHORT):
+        items.append(_("Name typed: %(name)s") % {"name": clean(d.get("name"), CAP_SHORT)})
+    if clean(d.get("comment"), CAP_CELL):
+        items.append(_("Comment: %(comment)s") % {"comment": clean(d.get("comment"), CAP_CELL)})
+    items.append(
+        _("From the network address %(ip)s, with the browser “%(agent)s”.")
+        % {"ip": clean(d.get("ip"), 100) or "—", "agent": clean(d.get("user_agent"), 300) or "—"}
+    )
+    out: list[Flowable] = [
+        *_heading(_("The recipient's decision")),
+        _sentence(first),
+        *_bullets(items),
+        _sentence(_("SHA-256 of the page the recipient was shown:")),
+        _hash(d.get("page_sha256")),
+    ]
+    for a in as_list(d.get("attachments")):
+        item = as_dict(a)
+        out += [
+            _sentence(
+                _("SHA-256 of the attachment %(name)s:")
+                % {"name": clean(item.get("name"), CAP_SHORT) or "—"}
+            ),
+            _hash(item.get("sha256")),
+        ]
+    out.append(
+        _sentence(
+            _(
+                "Typing a name and pressing a button is a simple electronic signature "
+                "(Regulation (EU) No 910/2014, eIDAS, article 3(10)): it records the "
+                "recipient's will, but it is not an advanced or a qualified electronic "
+                "signature."
+            ),
+            "intro",
+        )
+    )
+    return out
+
+
 def _identity(doc: Document) -> list[Flowable]:
     """The provider's identity beside the verification URL and its QR code."""
     _ = doc._
@@ -1250,6 +1305,7 @@ def story(doc: Document) -> list[Flowable]:
     out = [
         *_title_block(doc),
         *_statement(doc),
+        *_decision(doc),
         *_identity(doc),
         *_what_happened(doc),
         *_seal(doc),

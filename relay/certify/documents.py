@@ -210,6 +210,7 @@ class DocumentMaker:
             DocumentKind.FINISH: self.finish,
             DocumentKind.REPORT: self.report,
             DocumentKind.ADDENDUM: self.tracking_addendum,
+            DocumentKind.ACCEPTANCE: self.decisions,
         }[job.kind]
         return DocumentDone((job.qid,) if await run(job.qid) else ())
 
@@ -222,6 +223,13 @@ class DocumentMaker:
             or row["state"] != MessageState.ACTIVE
             or row["cert_state"] != DocumentState.PENDING
         )
+
+    async def decisions(self, qid: str) -> bool:
+        """The certificates of acceptance or rejection owed for ``qid``
+        (:mod:`relay.certify.acceptance`)."""
+        from relay.certify.acceptance import decision_certificates
+
+        return await decision_certificates(self, qid)
 
     async def tracking_addendum(self, qid: str) -> bool:
         """A signed addendum listing a message's opens and clicks, to its sender."""

@@ -73,7 +73,8 @@ def expire_links(conn: sqlite3.Connection, now: float) -> int:
 
 
 class Hosted(Database):
-    """Hosted links, their handovers, codes and decisions."""
+    """Hosted links, their handovers, codes and decisions (with :class:`HostedDecisions`,
+    the certificates the decisions are owed)."""
 
     async def user_hosted_mode(self, address: str) -> str | None:
         """The user's default mode (``certifica users set --mode``); None: plain."""
@@ -252,3 +253,45 @@ def kept_for_hosting(conn: sqlite3.Connection, qids: list[str], now: float, days
         (json.dumps(qids), days * 86400.0, now),
     )
     return {r[0] for r in rows}
+
+
+class HostedDecisions(Database):
+    """The decisions whose certificate is owed (the queue manager hands them out to a
+    certificate worker: :mod:`relay.certify.acceptance`)."""
+
+    async def decisions_due(self, limit: int = 100) -> list[str]:
+        """Messages with a decision whose certificate is not made yet."""
+        return await self._read(
+            lambda: [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT DISTINCT qid FROM hosted_links WHERE decision_cert_state = 'pending'"
+                    " LIMIT ?",
+                    (limit,),
+                )
+            ]
+        )
+
+    async def decisions_pending(self, qid: str) -> list[dict[str, Any]]:
+        """The decisions of ``qid`` whose certificate is owed, with their detail."""
+
+        def read() -> list[dict[str, Any]]:
+            cursor = self._conn.execute(
+                "SELECT h.recipient_id, h.decision, h.decided_at, h.decision_detail,"
+                " h.decision_cert_id, r.address FROM hosted_links h"
+                " JOIN recipients r ON r.id = h.recipient_id"
+                " WHERE h.qid = ? AND h.decision_cert_state = 'pending' ORDER BY h.recipient_id",
+                (qid,),
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
+
+        return await self._read(read)
+
+    async def decision_certified(self, recipient_id: int) -> None:
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE hosted_links SET decision_cert_state = 'done' WHERE recipient_id = ?",
+                (recipient_id,),
+            )
+        )

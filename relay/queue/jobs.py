@@ -91,6 +91,8 @@ class DocumentKind(enum.StrEnum):
     """A delivery status notification to the sender of plain mail (RFC 3464)."""
     ADDENDUM = "addendum"
     """The addendum listing the opens and clicks since the last document."""
+    ACCEPTANCE = "acceptance"
+    """The certificates of the recipients' decisions on hosted content (docs/hosted.md)."""
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,8 @@ class QueueManager:
         if self.cfg.tracking.enabled:
             for qid in await self.store.addenda_due(now, self.cfg.tracking.addendum_interval):
                 self._hand_out(DocumentJob(DocumentKind.ADDENDUM, qid))
+        for qid in await self.store.decisions_due():  # accepted or rejected (docs/hosted.md)
+            self._hand_out(DocumentJob(DocumentKind.ACCEPTANCE, qid))
         # Messages become finished when an attempt ends (their qids are noted then); every
         # FULL_SCAN seconds, and at start, all active ones are looked at too, for what
         # changed elsewhere (a withdrawal by the operator's command, a late DSN).

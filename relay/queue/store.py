@@ -51,7 +51,7 @@ from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
 from relay.queue.evidence_log import EvidenceLog
 from relay.queue.health import QueueHealth
-from relay.queue.hosted import Hosted
+from relay.queue.hosted import Hosted, HostedDecisions
 from relay.queue.leases import WITHDRAWN_TOO_LATE, Leases
 from relay.queue.maintenance import MaintenanceRuns
 from relay.queue.messages import Messages
@@ -99,6 +99,7 @@ class Store(
     MaintenanceRuns,
     QueueHealth,
     Hosted,
+    HostedDecisions,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.

@@ -33,6 +33,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -116,9 +117,11 @@ def install(
     spool: Spool,
     key: bytes,
     mailer: Mailer | None = None,
+    wake: Callable[[], None] | None = None,
 ) -> None:
-    """Add the ``/h/`` routes to ``app`` (the public HTTP listener's)."""
-    HostedPage(cfg, records, spool, key, mailer).add_routes(app)
+    """Add the ``/h/`` routes to ``app`` (the public HTTP listener's); ``wake`` tells the
+    queue manager a decision's certificate is owed."""
+    HostedPage(cfg, records, spool, key, mailer, wake).add_routes(app)
 
 
 def code_hash(token_sha256: str, code: str) -> str:
@@ -136,7 +139,9 @@ class HostedPage:
         spool: Spool,
         key: bytes,
         mailer: Mailer | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
+        self.wake = wake
         self.cfg = cfg
         self.records = records
         self.spool = spool
@@ -507,6 +512,8 @@ class HostedPage:
                 decision,
             )
             row = {**row, "decision": decision, "decided_at": now}
+            if self.wake is not None:
+                self.wake()  # the sender's certificate is made at once
         else:  # decided already: the page shows the first decision
             row = await self.link(request) or row
         body = render(
@@ -565,4 +572,4 @@ def install_on_gateway(
     from relay.process.gateway import state_paths
 
     spool = Spool(state_paths(cfg)["spool"])
-    install(app, cfg, store, spool, key, SpoolMailer(store, spool, wake))
+    install(app, cfg, store, spool, key, SpoolMailer(store, spool, wake), wake)
