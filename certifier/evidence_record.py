@@ -194,6 +194,18 @@ class Copy(TypedDict):
     changes: list[CopyChange]
 
 
+class HostedLink(TypedDict, total=False):
+    """What became of a recipient's link to hosted content (docs/hosted.md)."""
+
+    mode: Required[Literal["hosted", "hosted-code", "accept"]]
+    state: Required[Literal["waiting", "handed_over", "expired"]]
+    expires: str | None
+    handed_over_at: str | None
+    expired_at: str | None
+    decision: Literal["accepted", "rejected"] | None
+    decided_at: str | None
+
+
 class Recipient(TypedDict, total=False):
     address: Required[str]
     status: Required[Literal["queued", "deferred", "delivered", "failed", "withdrawn", "bounced"]]
@@ -210,6 +222,7 @@ class Recipient(TypedDict, total=False):
     note: str | None
     restored_from: str
     tracking: RecipientTracking | None
+    hosted: HostedLink  # hosted content (docs/hosted.md)
 
 
 class TrackingEvent(TypedDict, total=False):

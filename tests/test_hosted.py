@@ -174,6 +174,70 @@ def wait_evidence(gw: Gateway, qid: str, event: str, count: int = 1) -> list[dic
     return found
 
 
+def certificate_of(gw: Gateway, sink: Sink, subject: str, tmp: Path) -> tuple[Path, str]:
+    """The PDF of the message's certificate mailed to the sender, and its page 1 as text."""
+    found = sink.wait_for(
+        lambda ms: any(
+            f"“{subject}”" in str(m.message["Subject"])
+            and "alice@example.com" in m.rcpt_tos
+            and str(m.message["Subject"]).startswith("Certificate of d")
+            for m in ms
+        )  # fmt: skip
+    )
+    mail = next(
+        m for m in found
+        if f"“{subject}”" in str(m.message["Subject"])
+        and str(m.message["Subject"]).startswith("Certificate of d")
+    )  # fmt: skip
+    pdfs = [a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"]
+    path = tmp / "certificate.pdf"
+    path.write_bytes(pdfs[0].get_payload(decode=True))
+    signed = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True)
+    assert "Signature is Valid" in signed.stdout, signed.stdout + signed.stderr
+    verified = gw.cli("verify", str(path))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    first = subprocess.run(["pdftotext", "-l", "1", str(path), "-"], capture_output=True, text=True)
+    return path, " ".join(first.stdout.split())
+
+
+def etsi_schema() -> Any:
+    """The published ETSI EN 319 522-3 schema, as tests/test_etsi_evidence.py loads it."""
+    import saml2
+    import xmlschema
+
+    from tests.test_etsi_evidence import XSD, XSD_PLACES
+
+    assert XSD is not None, f"the ETSI schema is in none of {XSD_PLACES}"
+    bundled = Path(xmlschema.__file__).parent / "schemas"
+    saml = Path(saml2.__file__).parent / "data" / "schemas" / "saml-schema-assertion-2.0.xsd"
+    return xmlschema.XMLSchema(
+        str(XSD),
+        locations=[
+            ("http://www.w3.org/XML/1998/namespace", str(bundled / "XML" / "xml_minimal.xsd")),
+            (
+                "http://www.w3.org/2000/09/xmldsig#",
+                str(bundled / "DSIG" / "xmldsig-core-schema.xsd"),
+            ),
+            ("urn:oasis:names:tc:SAML:2.0:assertion", str(saml)),
+        ],
+    )
+
+
+def etsi_documents(gw: Gateway, pdf: Path, out: Path) -> dict[str, bytes]:
+    """The ETSI evidence of a certificate (certifica evidence export), each valid."""
+    from certifier.verify import embedded_evidence
+
+    evidence = embedded_evidence(pdf.read_bytes())
+    assert evidence is not None
+    done = gw.cli("evidence", "export", evidence["certificate_id"], str(out))
+    assert done.returncode == 0, done.stderr
+    schema = etsi_schema()
+    files = {p.name: p.read_bytes() for p in sorted((out / "evidence").iterdir())}
+    for xml in files.values():
+        schema.validate(xml.decode())
+    return files
+
+
 def fetch(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=data, headers={"Accept-Language": "en"})
     try:
@@ -207,7 +271,7 @@ def test_a_hosted_cc_sends_a_notification_not_the_content(
 
 
 def test_get_alone_never_hands_over_and_the_post_does(
-    hosted: tuple[Gateway, Sink, int], page: Any
+    hosted: tuple[Gateway, Sink, int], page: Any, tmp_path: Path
 ) -> None:
     gw, sink, _ = hosted
     raw = message("Open me", "carol@example.org", cc="certifica+hosted@certifica.localhost",
@@ -243,6 +307,12 @@ def test_get_alone_never_hands_over_and_the_post_does(
         state = conn.execute("SELECT state, handed_over_at FROM hosted_links WHERE qid = ?",
                              (qid,)).fetchone()  # fmt: skip
     assert state["state"] == "handed_over" and state["handed_over_at"]
+    # the message's certificate, issued once the content was handed over, says so
+    pdf, page1 = certificate_of(gw, sink, "Open me", tmp_path)
+    assert "notification with the link" in page1 and "handed over to the recipient" in page1
+    files = etsi_documents(gw, pdf, tmp_path / "etsi")
+    handover = [x for n, x in files.items() if n.endswith("-ContentHandover.xml")]
+    assert handover and b"http://uri.etsi.org/19522/Event/ContentHandover" in handover[0]
 
 
 def test_attachments_download_as_certified_events(
@@ -354,7 +424,9 @@ def test_a_one_time_code_before_anything_is_shown(
     assert len(evidence(gw, qid, "ContentHandover")) == 1
 
 
-def test_links_not_opened_expire_with_evidence(hosted: tuple[Gateway, Sink, int]) -> None:
+def test_links_not_opened_expire_with_evidence(
+    hosted: tuple[Gateway, Sink, int], tmp_path: Path
+) -> None:
     gw, sink, _ = hosted
     qid = send(gw, message("Never opened", "heidi@example.org"),
                ["heidi@example.org", "certifica+hosted@certifica.localhost"])  # fmt: skip
@@ -370,6 +442,11 @@ def test_links_not_opened_expire_with_evidence(hosted: tuple[Gateway, Sink, int]
     assert "expiry" in expired[0]["reason"]
     status, _, body = fetch(link)
     assert status == 404 and body == fetch(link[:-5] + "AAAAA")[2]
+    _pdf, page1 = certificate_of(gw, sink, "Never opened", tmp_path)
+    assert "was not opened before it expired" in page1 and "not handed over" in page1
+    files = etsi_documents(gw, _pdf, tmp_path / "etsi")
+    failure = [x for n, x in files.items() if n.endswith("-ContentHandoverFailure.xml")]
+    assert failure and b"http://uri.etsi.org/19522/Event/ContentHandoverFailure" in failure[0]
     bad = gw.cli("hosted", "expire", "--at", "yesterday")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 

@@ -432,6 +432,9 @@ def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
         "reply": _reply(r.get("reply")),
     }
     status = r.get("status")
+    hosted = as_dict(r.get("hosted"))
+    if status == "delivered" and hosted:
+        return _hosted_sentence(doc, hosted, values)
     if status == "delivered":
         return (
             _("The mail server of %(domain)s accepted the message for %(address)s on %(time)s.")
@@ -470,6 +473,45 @@ def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
     if status in ("queued", "deferred"):
         return _("Delivery to %(address)s had not ended when this document was issued.") % values
     return _("The evidence states no result for %(address)s.") % values
+
+
+def _hosted_sentence(doc: Document, hosted: dict[str, Any], values: dict[str, str]) -> str:
+    """A recipient of hosted content (docs/hosted.md): the notification, then whether and
+    when the content itself was handed over, or the link expired."""
+    _ = doc._
+    out = [
+        _(
+            "The mail server of %(domain)s accepted for %(address)s on %(time)s the "
+            "notification with the link to the message, which the gateway kept."
+        )
+        % values
+    ]
+    if hosted.get("state") == "handed_over":
+        out.append(
+            _("The content was handed over to the recipient on the gateway's page on %(when)s.")
+            % {"when": doc.moment(hosted.get("handed_over_at"))}
+        )
+    elif hosted.get("state") == "expired":
+        out.append(
+            _(
+                "The link was not opened before it expired (%(when)s): the content was not "
+                "handed over."
+            )
+            % {"when": doc.moment(hosted.get("expired_at") or hosted.get("expires"))}
+        )
+    else:
+        out.append(_("The content had not been handed over when this document was issued."))
+    if hosted.get("decision") == "accepted":
+        out.append(
+            _("The recipient accepted it on %(when)s.")
+            % {"when": doc.moment(hosted.get("decided_at"))}
+        )
+    elif hosted.get("decision") == "rejected":
+        out.append(
+            _("The recipient rejected it on %(when)s.")
+            % {"when": doc.moment(hosted.get("decided_at"))}
+        )
+    return " ".join(out)
 
 
 def _what_happened(doc: Document) -> list[Flowable]:

@@ -224,7 +224,10 @@ class Messages(Database):
         finished = (
             " SELECT 1 FROM recipients r WHERE r.qid = m.qid"
             "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
-            "       OR r.lease_until >= ?)"  # an attempt still under way
+            "       OR r.lease_until >= ?"  # an attempt still under way
+            # hosted content not yet handed over nor expired (docs/hosted.md)
+            "       OR r.status = 'delivered' AND EXISTS (SELECT 1 FROM hosted_links h"
+            "          WHERE h.recipient_id = r.id AND h.state = 'waiting'))"
         )
         no_report = " AND m.reports_pending = 0"  # the sender's report goes first
         if candidates is None:
