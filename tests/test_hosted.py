@@ -347,6 +347,9 @@ def test_attachments_download_as_certified_events(
     # without the page's form key: nothing
     status, _, _ = fetch(f"{link}/a/1", b"form=1.abc")
     assert status == 404
+    _, _, landing = fetch(link)  # the landing page's key opens, it does not download
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    assert fetch(f"{link}/a/1", f"form={key}".encode())[0] == 404
 
 
 def test_unknown_links_get_one_identical_404(hosted: tuple[Gateway, Sink, int]) -> None:
@@ -421,6 +424,14 @@ def test_a_one_time_code_before_anything_is_shown(
     page.fill("#code", code)
     page.click("#open")
     assert "sale of the boat" in page.locator("pre.body").inner_text()
+    assert len(evidence(gw, qid, "ContentHandover")) == 1
+    # whoever holds only the link gets nothing, even now: no open without a new code,
+    # and the landing page's form key downloads and decides nothing
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, body = fetch(f"{link}/open", f"form={key}&code={code}".encode())
+    assert b"sale of the boat" not in body and b'role="alert"' in body
+    assert fetch(f"{link}/a/1", f"form={key}".encode())[0] == 404
     assert len(evidence(gw, qid, "ContentHandover")) == 1
 
 

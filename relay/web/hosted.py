@@ -241,18 +241,22 @@ class HostedPage:
             return None  # the daily task has not certified it yet: already gone for the page
         return row
 
-    def form_key(self, row: dict[str, Any], issued: int | None = None) -> str:
+    def form_key(self, row: dict[str, Any], scope: str, issued: int | None = None) -> str:
+        """The forms' key of a page: ``landing`` (open, ask for a code) or ``content``
+        (also download and decide: given only with the content, so with ``+hosted-code``
+        only after the code)."""
         issued = int(time.time()) if issued is None else issued
-        mac = hmac.new(
-            self.key, f"hosted-form|{row['token_sha256']}|{issued}".encode(), hashlib.sha256
-        ).hexdigest()[:32]
+        text = f"hosted-form|{scope}|{row['token_sha256']}|{issued}"
+        mac = hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()[:32]
         return f"{issued}.{mac}"
 
-    def form_ok(self, row: dict[str, Any], value: str) -> bool:
+    def form_ok(self, row: dict[str, Any], value: str, *scopes: str) -> bool:
         issued, _, _mac = value.partition(".")
         if not issued.isdigit() or time.time() - int(issued) > FORM_SECONDS:
             return False
-        return hmac.compare_digest(self.form_key(row, int(issued)), value)
+        return any(
+            hmac.compare_digest(self.form_key(row, scope, int(issued)), value) for scope in scopes
+        )
 
     async def reader(self, request: web.Request, row: dict[str, Any]) -> Reader:
         """The recipient's language (the page's choice, the browser's, the user's)."""
@@ -272,12 +276,14 @@ class HostedPage:
             log.error("%s: hosted content missing from the spool archive", row["qid"])
             return None
 
-    def context(self, request: web.Request, row: dict[str, Any], reader: Reader) -> dict[str, Any]:
+    def context(
+        self, request: web.Request, row: dict[str, Any], reader: Reader, scope: str = "landing"
+    ) -> dict[str, Any]:
         return {
             "sender": str(row.get("auth_user") or row["sender"]),
             "expires": reader.moment(row["expires"]),
             "mode": str(row["mode"]),
-            "form": self.form_key(row),
+            "form": self.form_key(row, scope),
             "base": f"/h/{request.match_info['token']}",
             "lang": reader.language,
             "decision": row.get("decision"),
@@ -329,7 +335,8 @@ class HostedPage:
             return await self.not_found(request)
         form = await request.post()
         reader = await self.reader(request, row)
-        if row["mode"] != Mode.HOSTED_CODE or not self.form_ok(row, str(form.get("form", ""))):
+        key = str(form.get("form", ""))
+        if row["mode"] != Mode.HOSTED_CODE or not self.form_ok(row, key, "landing", "content"):
             return await self.not_found(request)
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         expires = time.time() + self.cfg.hosted.code_minutes * 60
@@ -360,7 +367,7 @@ class HostedPage:
         if row is None:
             return await self.not_found(request)
         form = await request.post()
-        if not self.form_ok(row, str(form.get("form", ""))):
+        if not self.form_ok(row, str(form.get("form", "")), "landing", "content"):
             return await self.not_found(request)
         reader = await self.reader(request, row)
         raw = await self.raw(row)
@@ -427,7 +434,7 @@ class HostedPage:
             html=_framed(content.html) if content.html is not None else None,
             images=images,
             languages=[],
-            **self.context(request, row, reader),
+            **self.context(request, row, reader, "content"),
         )
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -435,7 +442,7 @@ class HostedPage:
         if row is None:
             return await self.not_found(request)
         form = await request.post()
-        if not self.form_ok(row, str(form.get("form", ""))) or row["state"] == WAITING:
+        if not self.form_ok(row, str(form.get("form", "")), "content") or row["state"] == WAITING:
             return await self.not_found(request)  # the page was opened first
         number = request.match_info["number"]
         raw = await self.raw(row)
@@ -478,7 +485,7 @@ class HostedPage:
         form = await request.post()
         decision = str(form.get("decision", ""))
         if (
-            not self.form_ok(row, str(form.get("form", "")))
+            not self.form_ok(row, str(form.get("form", "")), "content")
             or decision not in ("accepted", "rejected")
             or row["state"] == WAITING
             or not row.get("shown_sha256")
