@@ -55,3 +55,27 @@ def test_unknown_links_are_rate_limited_and_answered_alike(tmp_path: Path) -> No
             store.close()
 
     asyncio.run(run())
+
+
+def test_retention_keeps_hosted_content_until_the_links_expire(tmp_path: Path) -> None:
+    """``[retention] content_days`` counts from a hosted message's last expiry."""
+    from relay.queue.hosted import kept_for_hosting
+
+    store = Store(tmp_path / "queue.db", 30.0)
+    day = 86400.0
+    try:
+
+        def check(db: object) -> None:
+            conn = db.conn  # type: ignore[attr-defined]
+            conn.execute(
+                "INSERT INTO hosted_links (recipient_id, qid, token_sha256, mode, created,"
+                " expires, state) VALUES (1, 'Q1', 'h1', 'hosted', 0, ?, 'waiting')",
+                (10 * day,),
+            )
+            assert kept_for_hosting(conn, ["Q1", "Q2"], 5 * day, 30) == {"Q1"}  # open
+            assert kept_for_hosting(conn, ["Q1"], 39 * day, 30) == {"Q1"}  # expired 29 days ago
+            assert kept_for_hosting(conn, ["Q1"], 41 * day, 30) == set()  # then it may go
+
+        store.run_sync(check)
+    finally:
+        store.close()
