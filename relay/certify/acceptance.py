@@ -106,14 +106,18 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
         publicly_trusted=documents.cfg.signing.publicly_trusted,
         outcome="acceptance" if decision["decision"] == "accepted" else "rejection",
     )
+    issued = {
+        "certificate_id": cert_id,
+        "pdf_sha256": pdf_sha,
+        "recipient_id": decision["recipient_id"],
+    }
     await documents.queue_generated(
         "certificate",
         row,
         data,
         {},
-        evidence=(ISSUED, {"certificate_id": cert_id, "pdf_sha256": pdf_sha,
-                           "recipient_id": decision["recipient_id"]}),
-    )  # fmt: skip
+        evidence=(ISSUED, issued),
+    )
     await documents.store.decision_certified(int(decision["recipient_id"]))
     log.info(
         "%s: certificate %s of the %s by <%s> mailed to the sender",

@@ -76,8 +76,9 @@ def build_notification(
             one_line(_(_SUBJECTS[mode]) % {"sender": who, "subject": subject}, 250),
         ),
     ]
-    base = notices.base_fields(gateway_name, from_address, to, "", hostname, original.message_id, qid,
-                         reader.language)  # fmt: skip
+    base = notices.base_fields(
+        gateway_name, from_address, to, "", hostname, original.message_id, qid, reader.language
+    )
     # The gateway's own fields after ours, less the ones ours replace.
     fields += [(n, v) for n, v in base if n not in ("From", "To", "Subject")]
     return notices.assemble(fields, "hosted", context, reader)

@@ -65,10 +65,13 @@ def expire_links(conn: sqlite3.Connection, now: float) -> int:
             now,
             qid,
             EXPIRY,
-            {"reason": "consignment expiry: the link was not opened", "mode": mode,
-             "expired": expires},
+            {
+                "reason": "consignment expiry: the link was not opened",
+                "mode": mode,
+                "expired": expires,
+            },
             address,
-        )  # fmt: skip
+        )
     return len(due)
 
 
@@ -224,10 +227,10 @@ class Hosted(Database):
                 " decision_cert_id = ?, decision_cert_state = 'pending' WHERE recipient_id = ?",
                 (decision, now, json.dumps(detail, sort_keys=True), cert_id, recipient_id),
             )
+            event = DECISIONS[decision]
             evidence_log.append(
-                self._conn, now, qid, DECISIONS[decision], {**detail, "certificate": cert_id},
-                address,
-            )  # fmt: skip
+                self._conn, now, qid, event, {**detail, "certificate": cert_id}, address
+            )
             return True
 
         return await self._run(write)

@@ -35,19 +35,24 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
 from addendum.classify import classify
 from addendum.http import client_ip, reader_language, trusted_networks
 from certifier.i18n import Reader, translations
+from relay.certify.hosted_notification import build_code_mail
 from relay.certify.notices import N_, original_headers
 from relay.config import Config
 from relay.hosted.content import Content, read_content
 from relay.hosted.modes import TOKEN, Mode, token_hash
 from relay.logs import printable
 from relay.queue.hosted import EXPIRED, WAITING
+from relay.queue.ids import new_certificate_id, new_queue_id
+from relay.queue.records import NewMessage
 from relay.queue.spool import Spool, SpoolFileMissing
+from relay.queue.states import MessageKind
 from relay.web.pages import LANGUAGE_NAMES, render
 from relay.web.ratelimit import RateLimiter, client_key
 
@@ -168,8 +173,12 @@ class HostedPage:
                     return await handler(request)  # type: ignore[no-any-return]
                 except (TimeoutError, OSError) as exc:
                     log.error("hosted page: records not read (%s)", type(exc).__name__)
-                    return self.message(request, 503, N_("Temporarily unavailable"),
-                                        N_("Temporarily unavailable, please try again in a minute."))  # fmt: skip
+                    return self.message(
+                        request,
+                        503,
+                        N_("Temporarily unavailable"),
+                        N_("Temporarily unavailable, please try again in a minute."),
+                    )
             response = self.message(
                 request,
                 429,
@@ -295,8 +304,14 @@ class HostedPage:
         """The context of one handover, as tracking records a hit."""
         ip, agent = self.ip(request), request.headers.get("User-Agent", "")[:500]
         since = time.time() - row["last_attempt"] if row.get("last_attempt") else None
-        verdict = classify("open", agent, ip, since, method=request.method,
-                           fast_seconds=self.cfg.tracking.fast_seconds)  # fmt: skip
+        verdict = classify(
+            "open",
+            agent,
+            ip,
+            since,
+            method=request.method,
+            fast_seconds=self.cfg.tracking.fast_seconds,
+        )
         return {
             "what": what,
             "mode": str(row["mode"]),
@@ -344,8 +359,6 @@ class HostedPage:
             int(row["recipient_id"]), code_hash(str(row["token_sha256"]), code), expires
         )
         if self.mailer is not None:
-            from relay.certify.hosted_notification import build_code_mail
-
             data = build_code_mail(self.cfg, str(row["address"]), code, reader, str(row["qid"]))
             await self.mailer(str(row["qid"]), str(row["address"]), data)
         log.info("%s: one-time code sent to <%s>", row["qid"], printable(str(row["address"])))
@@ -463,11 +476,12 @@ class HostedPage:
             is None
         ):
             return await self.not_found(request)
-        ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_"
-                             for c in found.name) or "attachment"  # fmt: skip
-        from urllib.parse import quote
-
-        disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(found.name, safe='')}"  # RFC 6266 section 4.3
+        ascii_name = "".join(
+            c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in found.name
+        )
+        # RFC 6266 section 4.3: an ASCII name for old clients, the exact one in filename*.
+        utf8_name = quote(found.name, safe="")
+        disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{utf8_name}"
         return web.Response(
             body=found.data,
             headers={
@@ -496,8 +510,6 @@ class HostedPage:
         if raw is None:
             return await self.not_found(request)
         content = await asyncio.to_thread(read_content, raw)
-        from relay.queue.ids import new_certificate_id
-
         detail = {
             **self.event(request, row, "decision"),
             "decision": decision,
@@ -548,10 +560,6 @@ class SpoolMailer:
         self.wake = wake
 
     async def __call__(self, parent_qid: str, to: str, data: bytes) -> None:
-        from relay.queue.ids import new_queue_id
-        from relay.queue.records import NewMessage
-        from relay.queue.states import MessageKind
-
         qid = new_queue_id()
         await asyncio.to_thread(self.spool.store, qid, data)
         msg = NewMessage(
