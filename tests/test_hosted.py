@@ -514,6 +514,11 @@ def test_a_decision_is_recorded_once_with_what_was_shown(
     page1 = " ".join(first.stdout.split())
     assert f"Certificate of {title} of a certified e-mail" in page1
     assert "simple electronic signature" in page1 and "3(10)" in page1
+    body_text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    url = re.search(r"http://127\.0\.0\.1:\d+/v/[A-Za-z0-9_-]+", body_text)
+    assert url, body_text
+    status, _, body = fetch(url.group())  # the verification page knows it
+    assert status == 200 and f"Certificate of {title} of a certified e-mail".encode() in body
     assert "Ivan Petrov" in page1
     assert hashlib.sha256(pdf).hexdigest()[:8] in page1.replace(" ", "")
     if os.environ.get("CERTIFICA_SCREENSHOTS") == "1":
@@ -566,3 +571,20 @@ def test_the_page_speaks_the_readers_language(
             )
     finally:
         context.close()
+
+
+def test_the_notification_speaks_the_senders_language_when_the_recipients_is_unknown(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    gw, sink, _ = hosted
+    assert gw.cli("users", "set", "alice@example.com", "--language", "es").returncode == 0
+    try:
+        send(gw, message("Aviso", "kim@example.org"),
+             ["kim@example.org", "certifica+hosted@certifica.localhost"])  # fmt: skip
+        mail = notification(sink, "kim@example.org", "Aviso")
+    finally:
+        assert gw.cli("users", "set", "alice@example.com", "--language", "").returncode == 0
+    assert mail.message["Content-Language"] == "es"
+    assert "le ha enviado un mensaje certificado" in str(mail.message["Subject"])
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "El enlace funciona hasta el" in text
