@@ -424,7 +424,8 @@ def test_a_one_time_code_before_anything_is_shown(
     page.fill("#code", code)
     page.click("#open")
     assert "sale of the boat" in page.locator("pre.body").inner_text()
-    assert len(evidence(gw, qid, "ContentHandover")) == 1
+    (handed,) = evidence(gw, qid, "ContentHandover")
+    assert handed["code_checked"] is True
     # whoever holds only the link gets nothing, even now: no open without a new code,
     # and the landing page's form key downloads and decides nothing
     _, _, landing = fetch(link)

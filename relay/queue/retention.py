@@ -257,6 +257,9 @@ def _content_gone(
     for qid in due:
         conn.execute("UPDATE messages SET header_section = NULL WHERE qid = ?", (qid,))
         conn.execute("UPDATE recipients SET delivered_copy = NULL WHERE qid = ?", (qid,))
+        # A decision's name, comment, address and browser (docs/hosted.md): its certificate
+        # and the evidence log keep what it proves.
+        conn.execute("UPDATE hosted_links SET decision_detail = NULL WHERE qid = ?", (qid,))
         if content_removed(conn, qid) is None:
             evidence_log.append(
                 conn, now, qid, CONTENT_REMOVED, {"reason": "retention", "content_days": days}

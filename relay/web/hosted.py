@@ -417,12 +417,15 @@ class HostedPage:
             "page_sha256": page_sha256,
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "images": images,
+            "code_checked": row["mode"] == Mode.HOSTED_CODE,  # bound to the mailbox
         }
         done = await self.records.record_handover(
             int(row["recipient_id"]), detail, time.time(), page_sha256
         )
         if done is None:
             return await self.not_found(request)
+        if done["first"] and self.wake is not None:
+            self.wake()  # the message's certificate may be due now
         log.info(
             "%s: content handed over to <%s> from %s",
             row["qid"],
