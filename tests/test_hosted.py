@@ -269,6 +269,10 @@ def test_a_hosted_cc_sends_a_notification_not_the_content(
     with db(gw) as conn:
         row = conn.execute("SELECT * FROM hosted_links").fetchall()
     assert row and all(token not in json.dumps(dict(r)) for r in row)
+    # the sender's processing notice says when the certificate comes
+    notice = notification(sink, "alice@example.com", "Being certified: “Boat sale”")
+    text = notice.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "once each of them has opened it, or when the link expires" in " ".join(text.split())
 
 
 def test_get_alone_never_hands_over_and_the_post_does(

@@ -371,6 +371,7 @@ class DocumentMaker:
                     recipients=recipients,
                     original=original,
                     reader=await self.reader_for(row["sender"]),
+                    hosted=bool(row.get("hosted_mode")),
                 )
             except ValueError as why:
                 # A value of the message's that no header field may carry: the same at

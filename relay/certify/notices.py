@@ -357,8 +357,10 @@ def build_notice(
     recipients: list[str],
     original: OriginalHeaders,
     reader: Reader = DEFAULT_READER,
+    hosted: bool = False,
 ) -> bytes:
-    """The "your certified message is being processed" notice, in ``reader``'s words."""
+    """The "your certified message is being processed" notice, in ``reader``'s words;
+    ``hosted``: the recipients get a link to the content (docs/hosted.md)."""
     _ = reader.catalog(DOMAIN).gettext
     subject = quoted_subject(original, reader)
     context: dict[str, Any] = {
@@ -368,6 +370,7 @@ def build_notice(
         "sha256": sha256,
         "recipients": [one_line(r, 320) for r in recipients],
         "gateway": gateway_name,
+        "hosted": hosted,
     }
     msg = _base(
         gateway_name,
