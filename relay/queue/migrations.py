@@ -418,6 +418,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX hosted_links_qid ON hosted_links(qid);
     CREATE INDEX hosted_links_due ON hosted_links(state, expires);
+    CREATE INDEX hosted_links_decisions ON hosted_links(qid)
+        WHERE decision_cert_state = 'pending';  -- read at every scan of the queue manager
     """,
 ]
 
