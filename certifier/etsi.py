@@ -113,6 +113,8 @@ _ETSI_EVENTS = {
     "RelayToNonERDSFailure": "RelayToNonERDSFailure",
     "ReceivedFromNonERDS": "ReceivedFromNonERDS",
     "ContentOpened": "ContentHandover",
+    "ContentHandover": "ContentHandover",  # the hosted page handed the content over
+    "ContentHandoverFailure": "ContentHandoverFailure",  # its link expired unopened
 }
 
 

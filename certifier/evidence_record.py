@@ -230,6 +230,18 @@ class Copy(TypedDict):
     changes: list[CopyChange]
 
 
+class HostedLink(TypedDict, total=False):
+    """What became of a recipient's link to hosted content (docs/hosted.md)."""
+
+    mode: Required[Literal["hosted", "hosted-code", "accept"]]
+    state: Required[Literal["waiting", "handed_over", "expired"]]
+    expires: str | None
+    handed_over_at: str | None
+    expired_at: str | None
+    decision: Literal["accepted", "rejected"] | None
+    decided_at: str | None
+
+
 class Recipient(TypedDict, total=False):
     address: Required[str]
     status: Required[Literal["queued", "deferred", "delivered", "failed", "withdrawn", "bounced"]]
@@ -246,6 +258,7 @@ class Recipient(TypedDict, total=False):
     note: str | None
     restored_from: str
     tracking: RecipientTracking | None
+    hosted: HostedLink  # hosted content (docs/hosted.md)
 
 
 class TrackingEvent(TypedDict, total=False):
@@ -353,11 +366,28 @@ class LateBounce(TypedDict):
     reports: list[LateBounceReport]
 
 
+class Decision(TypedDict, total=False):
+    """A recipient's acceptance or rejection of hosted content (docs/hosted.md)."""
+
+    decision: Required[Literal["accepted", "rejected"]]
+    recipient: Required[str]
+    time: Required[str]  # UTC, ISO 8601 with Z
+    name: str  # typed by the recipient, optional
+    comment: str
+    page_sha256: str  # the content page the server sent that recipient
+    message_sha256: str
+    attachments: list[dict[str, str]]  # name, sha256
+    ip: str
+    user_agent: str
+    automatic: bool
+    reason: str
+
+
 class EvidenceRecord(TypedDict, total=False):
     """The whole record, as ``evidence.json`` holds it."""
 
     format: Required[Literal["certifica-evidence/1"]]
-    kind: Required[Literal["sending", "reception", "addendum"]]
+    kind: Required[Literal["sending", "reception", "addendum", "acceptance"]]
     certificate_id: Required[str]
     addendum_of: str  # kind addendum: the certificate this one adds to
     queue_id: Required[str]
@@ -374,6 +404,7 @@ class EvidenceRecord(TypedDict, total=False):
     evidence_log: Required[EvidenceLog | LegacyEvidenceLog]
     reception: Reception  # kind reception
     late_bounce: LateBounce  # an addendum about a late delivery report
+    decision: Decision  # kind acceptance (docs/hosted.md)
 
 
 @functools.cache

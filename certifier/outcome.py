@@ -12,6 +12,8 @@ failed or withdrawn message is never called a delivery:
 ``pending``        not every recipient is final (never so for a certificate)
 ``reception``      certified reception: a message arrived for a mailbox owner
 ``addendum``       events after the certificate (opens, clicks, a late bounce)
+``acceptance``     a recipient accepted the hosted content (docs/hosted.md)
+``rejection``      a recipient rejected it
 =================  =========================================================
 
 Statuses are those of the evidence record (``recipients[].status``).
@@ -38,6 +40,8 @@ class Outcome(StrEnum):
     PENDING = "pending"
     RECEPTION = "reception"
     ADDENDUM = "addendum"
+    ACCEPTANCE = "acceptance"
+    REJECTION = "rejection"
 
 
 TITLES: dict[Outcome, str] = {
@@ -48,6 +52,8 @@ TITLES: dict[Outcome, str] = {
     Outcome.PENDING: N_("Certificate of sending of a certified e-mail"),
     Outcome.RECEPTION: N_("Certificate of reception of a certified e-mail"),
     Outcome.ADDENDUM: N_("Addendum to a certificate of certified e-mail"),
+    Outcome.ACCEPTANCE: N_("Certificate of acceptance of a certified e-mail"),
+    Outcome.REJECTION: N_("Certificate of rejection of a certified e-mail"),
 }
 """The title of each kind of document (English message ids of the ``certificate``
 catalog): the PDF and the verification page name a document alike."""
@@ -77,6 +83,10 @@ def outcome(evidence: Mapping[str, Any]) -> Outcome:
         return Outcome.RECEPTION
     if kind == "addendum":
         return Outcome.ADDENDUM
+    if kind == "acceptance":
+        decision = evidence.get("decision")
+        accepted = isinstance(decision, Mapping) and decision.get("decision") == "accepted"
+        return Outcome.ACCEPTANCE if accepted else Outcome.REJECTION
     recipients = evidence.get("recipients")
     if not isinstance(recipients, list):
         return Outcome.NON_DELIVERY

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.cleanup.bounces import parse_return_path
+from relay.hosted.modes import TAGS as HOSTED_TAGS
 from relay.smtpd import replies
 
 if TYPE_CHECKING:  # relay.config validates [gateway] postmaster with this module
@@ -45,9 +46,10 @@ DEVELOPMENT_POSTMASTER = "postmaster@example.org"
 """``[gateway] postmaster`` when unset in development: the shipped config.toml routes
 example.org to the local mailbox (``[sink]``), so it lands in var/mailbox/."""
 
-CERTIFICATION_TAGS: dict[str, str] = {}
-"""The documented ``+tag`` forms of the certification address, tag -> what it asks for.
-None exists yet: ``certifica+anything@`` is refused and told the plain form."""
+CERTIFICATION_TAGS: dict[str, str] = dict(HOSTED_TAGS)
+"""The documented ``+tag`` forms of the certification address, tag -> what it asks for:
+the hosted modes (docs/hosted.md; :mod:`relay.hosted.modes`). Any other
+``certifica+anything@`` is refused with the list of the valid forms."""
 
 
 class AddressKind(enum.StrEnum):

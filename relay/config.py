@@ -329,6 +329,15 @@ class InvoicesConfig:
 
 
 @dataclass(frozen=True)
+class HostedConfig:
+    """``[hosted]``: hosted content and acceptance (docs/hosted.md)."""
+
+    expiry_days: int = 14  # a link not opened in this many days is certified as expired
+    code_minutes: int = 15  # a one-time code (+hosted-code) is valid this long
+    code_tries: int = 5  # wrong codes before the link needs a new code
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
@@ -354,6 +363,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     invoices: InvoicesConfig = field(default_factory=InvoicesConfig)
+    hosted: HostedConfig = field(default_factory=HostedConfig)
     source: Path | None = None
     deprecations: tuple[str, ...] = ()  # one sentence per deprecated key in use, logged at start
 
@@ -513,6 +523,10 @@ def _validate(cfg: Config, where: str) -> None:
     _validate_pkcs11(cfg, where)
     _validate_sms(cfg, where)
     _validate_invoices(cfg, where)
+    if not 1 <= cfg.hosted.expiry_days <= 3650:
+        raise ConfigError(f"{where}: hosted.expiry_days must be 1 to 3650 days")
+    if cfg.hosted.code_minutes < 1 or cfg.hosted.code_tries < 1:
+        raise ConfigError(f"{where}: hosted.code_minutes and hosted.code_tries must be at least 1")
 
 
 SMSC_PASSWORD_ENV = "CERTIFICA_SMSC_PASSWORD"  # noqa: S105 - a variable name

@@ -323,6 +323,61 @@ def _statement(doc: Document) -> list[Flowable]:
     return [Spacer(1, 3 * mm), _sentence(" ".join(sentences), "intro")]
 
 
+def _decision(doc: Document) -> list[Flowable]:
+    """Page 1 of a certificate of acceptance or rejection (docs/hosted.md): who decided
+    what and when, with what they saw, and what kind of signature that is."""
+    d = as_dict(doc.ev.get("decision"))
+    if not d:
+        return []
+    _ = doc._
+    values = {
+        "recipient": clean(d.get("recipient"), CAP_SHORT) or "—",
+        "time": doc.moment(d.get("time")),
+        "subject": clean(as_dict(doc.ev.get("message")).get("subject"), CAP_SHORT) or "—",
+    }
+    if d.get("decision") == "accepted":
+        first = _("%(recipient)s accepted the message “%(subject)s” on %(time)s.") % values
+    else:
+        first = _("%(recipient)s rejected the message “%(subject)s” on %(time)s.") % values
+    items = []
+    if clean(d.get("name"), CAP_SHORT):
+        items.append(_("Name typed: %(name)s") % {"name": clean(d.get("name"), CAP_SHORT)})
+    if clean(d.get("comment"), CAP_CELL):
+        items.append(_("Comment: %(comment)s") % {"comment": clean(d.get("comment"), CAP_CELL)})
+    items.append(
+        _("From the network address %(ip)s, with the browser “%(agent)s”.")
+        % {"ip": clean(d.get("ip"), 100) or "—", "agent": clean(d.get("user_agent"), 300) or "—"}
+    )
+    out: list[Flowable] = [
+        *_heading(_("The recipient's decision")),
+        _sentence(first),
+        *_bullets(items),
+        _sentence(_("SHA-256 of the page the recipient was shown:")),
+        _hash(d.get("page_sha256")),
+    ]
+    for a in as_list(d.get("attachments")):
+        item = as_dict(a)
+        out += [
+            _sentence(
+                _("SHA-256 of the attachment %(name)s:")
+                % {"name": clean(item.get("name"), CAP_SHORT) or "—"}
+            ),
+            _hash(item.get("sha256")),
+        ]
+    out.append(
+        _sentence(
+            _(
+                "Typing a name and pressing a button is a simple electronic signature "
+                "(Regulation (EU) No 910/2014, eIDAS, article 3(10)): it records the "
+                "recipient's will, but it is not an advanced or a qualified electronic "
+                "signature."
+            ),
+            "intro",
+        )
+    )
+    return out
+
+
 def _identity(doc: Document) -> list[Flowable]:
     """The provider's identity beside the verification URL and its QR code."""
     _ = doc._
@@ -413,6 +468,9 @@ def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
         "reply": _reply(r.get("reply")),
     }
     status = r.get("status")
+    hosted = as_dict(r.get("hosted"))
+    if status == "delivered" and hosted:
+        return _hosted_sentence(doc, hosted, values)
     if status == "delivered":
         return (
             _("The mail server of %(domain)s accepted the message for %(address)s on %(time)s.")
@@ -451,6 +509,45 @@ def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
     if status in ("queued", "deferred"):
         return _("Delivery to %(address)s had not ended when this document was issued.") % values
     return _("The evidence states no result for %(address)s.") % values
+
+
+def _hosted_sentence(doc: Document, hosted: dict[str, Any], values: dict[str, str]) -> str:
+    """A recipient of hosted content (docs/hosted.md): the notification, then whether and
+    when the content itself was handed over, or the link expired."""
+    _ = doc._
+    out = [
+        _(
+            "The mail server of %(domain)s accepted for %(address)s on %(time)s the "
+            "notification with the link to the message, which the gateway kept."
+        )
+        % values
+    ]
+    if hosted.get("state") == "handed_over":
+        out.append(
+            _("The content was handed over to the recipient on the gateway's page on %(when)s.")
+            % {"when": doc.moment(hosted.get("handed_over_at"))}
+        )
+    elif hosted.get("state") == "expired":
+        out.append(
+            _(
+                "The link was not opened before it expired (%(when)s): the content was not "
+                "handed over."
+            )
+            % {"when": doc.moment(hosted.get("expired_at") or hosted.get("expires"))}
+        )
+    else:
+        out.append(_("The content had not been handed over when this document was issued."))
+    if hosted.get("decision") == "accepted":
+        out.append(
+            _("The recipient accepted it on %(when)s.")
+            % {"when": doc.moment(hosted.get("decided_at"))}
+        )
+    elif hosted.get("decision") == "rejected":
+        out.append(
+            _("The recipient rejected it on %(when)s.")
+            % {"when": doc.moment(hosted.get("decided_at"))}
+        )
+    return " ".join(out)
 
 
 def _what_happened(doc: Document) -> list[Flowable]:
@@ -1317,6 +1414,7 @@ def story(doc: Document) -> list[Flowable]:
     out = [
         *_title_block(doc),
         *_statement(doc),
+        *_decision(doc),
         *_identity(doc),
         *_what_happened(doc),
         *_seal(doc),

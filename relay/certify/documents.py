@@ -219,6 +219,7 @@ class DocumentMaker:
             DocumentKind.REPORT: self.report,
             DocumentKind.ADDENDUM: self.tracking_addendum,
             DocumentKind.CREDITS: self.credit_notices,
+            DocumentKind.ACCEPTANCE: self.decisions,
         }[job.kind]
         return DocumentDone((job.qid,) if await run(job.qid) else ())
 
@@ -231,6 +232,13 @@ class DocumentMaker:
             or row["state"] != MessageState.ACTIVE
             or row["cert_state"] != DocumentState.PENDING
         )
+
+    async def decisions(self, qid: str) -> bool:
+        """The certificates of acceptance or rejection owed for ``qid``
+        (:mod:`relay.certify.acceptance`)."""
+        from relay.certify.acceptance import decision_certificates
+
+        return await decision_certificates(self, qid)
 
     async def tracking_addendum(self, qid: str) -> bool:
         """A signed addendum listing a message's opens and clicks, to its sender."""
@@ -380,6 +388,7 @@ class DocumentMaker:
                     recipients=recipients,
                     original=original,
                     reader=await self.reader_for(row["sender"]),
+                    hosted=bool(row.get("hosted_mode")),
                 )
             except ValueError as why:
                 # A value of the message's that no header field may carry: the same at

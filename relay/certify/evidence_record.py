@@ -36,6 +36,7 @@ async def build_evidence(
     document)."""
     qid = row["qid"]
     recipients = await store.recipients(qid)
+    hosted = {h["recipient_id"]: h for h in await store.hosted_links_of(qid)}  # docs/hosted.md
     entries = await store.evidence_for(qid)
     summary = row.get("summary")
     return {
@@ -115,6 +116,7 @@ async def build_evidence(
                     "tracked": bool(r["tracked"]),
                     "notes": json.loads(r["tracking_notes"] or "[]"),
                 },
+                **({"hosted": hosted_evidence(hosted[r["id"]])} if r["id"] in hosted else {}),
             }
             for r in recipients
         ],
@@ -131,6 +133,20 @@ async def build_evidence(
         # The timeline's entries in full (every hashed field) and the RFC 3161
         # checkpoint covering them, so a verifier recomputes them offline.
         "evidence_log": await evidence_log_section(store, entries),
+    }
+
+
+def hosted_evidence(link: dict[str, Any]) -> dict[str, Any]:
+    """What became of a recipient's hosted link (docs/hosted.md): the mode, the link's
+    expiry, when the content was handed over or the link expired, the decision."""
+    return {
+        "mode": link["mode"],
+        "state": link["state"],
+        "expires": iso(link["expires"]),
+        "handed_over_at": iso(link["handed_over_at"]),
+        "expired_at": iso(link["expired_at"]),
+        "decision": link["decision"],
+        "decided_at": iso(link["decided_at"]),
     }
 
 

@@ -61,12 +61,14 @@ def maintenance_tasks(
     paths: dict[str, Path],
 ) -> list[Task]:
     """Every daily job of this gateway."""
+    from relay.certify.hosted_expiry import expiry_task
     from relay.certify.renewal import renewal_tasks
     from relay.certify.retention import retention_task  # it imports Task from here
 
     # Retention first: a renewal of a file retention is about to remove is wasted work.
     tasks: list[Task] = [retention_task(cfg, store, spool, paths["certificates"])]
     tasks += renewal_tasks(cfg, store, certifier, paths["certificates"])
+    tasks.append(expiry_task(store))  # hosted links not opened in time (docs/hosted.md)
     return tasks
 
 

@@ -227,6 +227,8 @@ _SUBJECTS: dict[str, str] = {
     Outcome.WITHDRAWAL: N_("Certificate of withdrawal: “%(subject)s” (%(id)s)"),
     Outcome.PENDING: N_("Certificate: “%(subject)s” (%(id)s)"),
     Outcome.ADDENDUM: N_("Addendum to the certificate: “%(subject)s” (%(id)s)"),
+    Outcome.ACCEPTANCE: N_("Certificate of acceptance: “%(subject)s” (%(id)s)"),
+    Outcome.REJECTION: N_("Certificate of rejection: “%(subject)s” (%(id)s)"),
 }
 """The certificate mail's subject: what happened, the original's subject, the reference."""
 
@@ -246,6 +248,14 @@ _HEADLINES: dict[str, str] = {
     Outcome.ADDENDUM: N_(
         "Something happened after the certificate of your message “%(subject)s” was "
         "issued: the attached addendum records it."
+    ),
+    Outcome.ACCEPTANCE: N_(
+        "A recipient accepted your message “%(subject)s”: the attached certificate records "
+        "the decision."
+    ),
+    Outcome.REJECTION: N_(
+        "A recipient rejected your message “%(subject)s”: the attached certificate records "
+        "the decision."
     ),
 }
 """The certificate mail's first sentence, by outcome."""
@@ -347,8 +357,10 @@ def build_notice(
     recipients: list[str],
     original: OriginalHeaders,
     reader: Reader = DEFAULT_READER,
+    hosted: bool = False,
 ) -> bytes:
-    """The "your certified message is being processed" notice, in ``reader``'s words."""
+    """The "your certified message is being processed" notice, in ``reader``'s words;
+    ``hosted``: the recipients get a link to the content (docs/hosted.md)."""
     _ = reader.catalog(DOMAIN).gettext
     subject = quoted_subject(original, reader)
     context: dict[str, Any] = {
@@ -358,6 +370,7 @@ def build_notice(
         "sha256": sha256,
         "recipients": [one_line(r, 320) for r in recipients],
         "gateway": gateway_name,
+        "hosted": hosted,
     }
     msg = header_fields(
         gateway_name,

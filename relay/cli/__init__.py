@@ -1,6 +1,6 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
 ``org``, ``credits``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``,
-``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``, ``webhook``.
+``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``, ``webhook``, ``hosted``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
 unreadable file, an unknown user) are one line on stderr and exit status 2; no
@@ -47,6 +47,7 @@ from relay.cli import (  # noqa: E402 - after SIGHUP is held
     erase,
     evidence,
     export,
+    hosted,
     log,
     org,
     queue,
@@ -83,6 +84,7 @@ COMMANDS = (
     backup,
     token,
     webhook,
+    hosted,
 )
 """The command modules, in the order ``certifica --help`` lists them."""
 

@@ -148,6 +148,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
         and role is None
         and disabled is None
         and not args.no_totp
+        and args.mode is None
     )
     if new_password:
         _need_terminal(args, address)
@@ -168,6 +169,8 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             raise UserError(f"there is no user {address}")
         if args.no_totp:
             store.clear_totp(address, now)
+        if args.mode is not None:  # docs/hosted.md
+            store.set_user_hosted_mode(address, None if args.mode == "plain" else args.mode)
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
@@ -180,6 +183,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             if args.no_totp
             else []
         )
+        + ([f"mode {args.mode}"] if args.mode is not None else [])
     )
     print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
@@ -403,6 +407,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 choices=["on", "off"],
                 help="open and click tracking for the user's certified mail; given alone, "
                 "the password is left as it is",
+            )
+            p.add_argument(
+                "--mode",
+                choices=["hosted", "hosted-code", "accept", "plain"],
+                help="what the recipients of the user's certified mail get: a link to the "
+                "content (hosted, hosted-code), the content to accept or reject (accept), "
+                "or the content itself (plain); docs/hosted.md",
             )
         p.set_defaults(func=func)
     p = usub.add_parser(

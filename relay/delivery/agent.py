@@ -25,6 +25,7 @@ from typing import Any
 from addendum.inject import Injection
 from certifier import copies
 from relay.certify import notices
+from relay.certify.hosted_notification import notification_for
 from relay.cleanup.bounces import make_return_path
 from relay.config import Config
 from relay.delivery import outbound
@@ -161,7 +162,13 @@ class DeliveryAgent:
                 sender = first["sender"]
                 # How to rebuild the copy that leaves from the message as received.
                 recipe = outbound.CopyRecipe(raw)
-                if gets_tracked_copy(self.cfg, first):
+                hosted = bool(first.get("hosted")) and first["kind"] == "mail"
+                if hosted:  # a notification instead of the content (docs/hosted.md)
+                    raw = await notification_for(
+                        self.cfg, self.store, self.tracking_key, first, raw
+                    )
+                    recipe = outbound.CopyRecipe(raw)
+                elif gets_tracked_copy(self.cfg, first):
                     if self.offload is None:
                         raise RuntimeError("a tracked copy needs the worker processes (offload)")
                     copy = await self.offload(
@@ -195,11 +202,18 @@ class DeliveryAgent:
                     sender = make_return_path(
                         qid, self.cfg.gateway.domain, self.verp_key, self.cfg.gateway.bounce_prefix
                     )
-                raw = await self.outgoing(first, addresses, raw, recipe)
+                # The notification is the gateway's own mail: only signed, as such.
+                row = {**first, "kind": "hosted"} if hosted else first
+                raw = await self.outgoing(row, addresses, raw, recipe)
                 raw = recipe.wire(raw)
                 # Rebuilding the copy to check its recipe is CPU work on the whole message:
-                # off this agent's event loop, like the tracking rewrite.
-                delivered_copy = await asyncio.to_thread(self.delivered_copy, qid, raw, recipe)
+                # off this agent's event loop, like the tracking rewrite. A notification
+                # is not the message: there is no recipe from the one to the other.
+                delivered_copy = (
+                    None
+                    if hosted
+                    else await asyncio.to_thread(self.delivered_copy, qid, raw, recipe)
+                )
                 started = time.time()
                 result = await self.deliverer.attempt(job.domain, sender, addresses, raw, qid=qid)
                 reachable = answered(result)

@@ -95,6 +95,8 @@ class DocumentKind(enum.StrEnum):
     """The notices to an organisation's admins about its credits (the balance fell
     below ``[credits] warn_below``, documents wait for credits); the job's ``qid`` is
     the organisation's code (docs/credits.md)."""
+    ACCEPTANCE = "acceptance"
+    """The certificates of the recipients' decisions on hosted content (docs/hosted.md)."""
 
 
 @dataclass(frozen=True)

@@ -138,8 +138,9 @@ class QueueManager:
             )
             groups: dict[tuple[str, str, int], list[Row]] = {}
             for row in due:
-                # A tracked copy is made for each recipient: one transaction each.
-                alone = gets_tracked_copy(self.cfg, row) and row["id"] or 0
+                # A tracked copy or a hosted notification (docs/hosted.md) is made for
+                # each recipient: one transaction each.
+                alone = (gets_tracked_copy(self.cfg, row) or row.get("hosted")) and row["id"] or 0
                 groups.setdefault((row["qid"], row["domain"], alone), []).append(row)
             later: list[int] = []
             for rows in groups.values():
@@ -158,6 +159,8 @@ class QueueManager:
                 now, self.cfg.tracking.addendum_interval, price
             ):
                 self._hand_out(DocumentJob(DocumentKind.ADDENDUM, qid))
+        for qid in await self.store.decisions_due():  # accepted or rejected (docs/hosted.md)
+            self._hand_out(DocumentJob(DocumentKind.ACCEPTANCE, qid))
         # Messages become finished when an attempt ends (their qids are noted then); every
         # FULL_SCAN seconds, and at start, all active ones are looked at too, for what
         # changed elsewhere (a withdrawal by the operator's command, a late DSN).

@@ -78,6 +78,7 @@ class Messages(Credits):
                 "original_to": json.dumps(list(msg.original_to)) if msg.original_to else None,
                 "org": msg.org,
                 "subject": msg.subject,
+                "hosted_mode": msg.hosted,
                 "state": MessageState.ACTIVE,
                 "notice_state": DocumentState.PENDING
                 if msg.certified and msg.kind == MessageKind.MAIL
@@ -98,6 +99,7 @@ class Messages(Credits):
                     "next_attempt": now,
                     "notify": msg.notify.get(rcpt),
                     "orcpt": msg.orcpt.get(rcpt),
+                    "hosted": msg.hosted,
                 },
             )
             if payer:  # its hold names it
@@ -262,7 +264,10 @@ class Messages(Credits):
         finished = (
             " SELECT 1 FROM recipients r WHERE r.qid = m.qid"
             "  AND (r.status NOT IN ('delivered', 'failed', 'withdrawn', 'bounced')"
-            "       OR r.lease_until >= ?)"  # an attempt still under way
+            "       OR r.lease_until >= ?"  # an attempt still under way
+            # hosted content not yet handed over nor expired (docs/hosted.md)
+            "       OR r.status = 'delivered' AND EXISTS (SELECT 1 FROM hosted_links h"
+            "          WHERE h.recipient_id = r.id AND h.state = 'waiting'))"
         )
         # The sender's report goes first; a document waiting for credits is not finished
         # (``credits add`` makes it pending again).

@@ -406,6 +406,40 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recipients ADD COLUMN handed_out REAL;
     """,
+    # 18: hosted content and acceptance (docs/hosted.md). Each message's
+    # mode (NULL: the content is delivered), copied to its recipients so the queue manager
+    # sends each one a notification of its own; per recipient the SHA-256 of its link's
+    # token (never the token), the link's expiry and what became of it (handed over,
+    # expired, accepted or rejected); each user's default mode.
+    """
+    ALTER TABLE messages ADD COLUMN hosted_mode TEXT;    -- hosted | hosted-code | accept
+    ALTER TABLE recipients ADD COLUMN hosted TEXT;       -- the message's hosted_mode
+    ALTER TABLE users ADD COLUMN hosted_mode TEXT;       -- the user's default; NULL: plain
+    CREATE TABLE hosted_links (
+        recipient_id INTEGER PRIMARY KEY,
+        qid TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        mode TEXT NOT NULL,                 -- hosted | hosted-code | accept
+        created REAL NOT NULL,              -- when the notification was first made
+        expires REAL NOT NULL,              -- [hosted] expiry_days after created
+        state TEXT NOT NULL,                -- waiting | handed_over | expired
+        handed_over_at REAL,
+        expired_at REAL,
+        code_sha256 TEXT,                   -- the one-time code mailed (hosted-code)
+        code_expires REAL,
+        code_tries INTEGER NOT NULL DEFAULT 0,
+        shown_sha256 TEXT,                  -- SHA-256 of the last content page sent
+        decision TEXT,                      -- accepted | rejected (accept)
+        decided_at REAL,
+        decision_detail TEXT,               -- JSON: name, comment, hashes, context
+        decision_cert_id TEXT,
+        decision_cert_state TEXT            -- pending | done: the sender's certificate of it
+    );
+    CREATE INDEX hosted_links_qid ON hosted_links(qid);
+    CREATE INDEX hosted_links_due ON hosted_links(state, expires);
+    CREATE INDEX hosted_links_decisions ON hosted_links(qid)
+        WHERE decision_cert_state = 'pending';  -- read at every scan of the queue manager
+    """,
 ]
 
 

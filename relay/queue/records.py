@@ -46,6 +46,7 @@ class NewMessage:
     subject: str | None = None  # the Subject, decoded (intake.accept sets it from the bytes)
     orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
     original_to: tuple[str, ...] = ()  # postmaster mail: the addresses it was sent to
+    hosted: str | None = None  # hosted | hosted-code | accept (docs/hosted.md)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from relay.queue import evidence_log
 from relay.queue.archive import archive_lock
 from relay.queue.db import Database
 from relay.queue.holds import LEGAL_HOLD, LEGAL_HOLD_RELEASED, held_qids, is_held
+from relay.queue.hosted import kept_for_hosting
 from relay.queue.ids import CERTIFICATE_ID
 from relay.queue.spool import Spool, fsync_dir
 from relay.queue.states import MessageState
@@ -250,6 +251,8 @@ def _content_gone(
     legal hold and record ``ContentRemoved`` once for each; returns their queue ids."""
     held = held_qids(conn)
     due = [qid for qid, parent in rows if qid not in held and not (parent and parent in held)]
+    hosted = kept_for_hosting(conn, due, now, days)  # until the links expire (docs/hosted.md)
+    due = [qid for qid in due if qid not in hosted]
     if dry_run:
         return due
     for qid in due:
@@ -257,6 +260,9 @@ def _content_gone(
             "UPDATE messages SET header_section = NULL, subject = NULL WHERE qid = ?", (qid,)
         )
         conn.execute("UPDATE recipients SET delivered_copy = NULL WHERE qid = ?", (qid,))
+        # A decision's name, comment, address and browser (docs/hosted.md): its certificate
+        # and the evidence log keep what it proves.
+        conn.execute("UPDATE hosted_links SET decision_detail = NULL WHERE qid = ?", (qid,))
         if content_removed(conn, qid) is None:
             evidence_log.append(
                 conn, now, qid, CONTENT_REMOVED, {"reason": "retention", "content_days": days}

@@ -30,6 +30,7 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.holds`       legal holds (retention and erasure leave those messages alone)
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
 :mod:`relay.queue.health`     what the admin listener reads: the queue by state, the write probe
+:mod:`relay.queue.hosted`      hosted content: each recipient's link, handovers, decisions
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
@@ -57,6 +58,7 @@ from relay.queue.db import GROUP_MAX, Database
 from relay.queue.errors import StoreError, StoreFullError
 from relay.queue.evidence_log import EvidenceLog
 from relay.queue.health import QueueHealth
+from relay.queue.hosted import Hosted, HostedDecisions
 from relay.queue.leases import WITHDRAWN_TOO_LATE, Leases
 from relay.queue.maintenance import MaintenanceRuns
 from relay.queue.messages import Messages
@@ -111,6 +113,8 @@ class Store(
     Verifications,
     MaintenanceRuns,
     QueueHealth,
+    Hosted,
+    HostedDecisions,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.

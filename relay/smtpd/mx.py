@@ -213,6 +213,9 @@ class MXHandler:
         if decision.kind is None:
             _log_reject(session, envelope, address, "Relay access denied")
             return RELAY_DENIED.format(domain=self.domain)
+        if decision.kind is AddressKind.CERTIFY and decision.detail:  # a hosted mode's tag
+            _log_reject(session, envelope, address, "hosted mode asked for on the MX port")
+            return replies.HOSTED_ON_MX.format(address=self.certification_address)
         kind: AddressKind | None = decision.kind if decision.kind in self.taken else None
         owner = None
         if kind is AddressKind.RECEPTION and self.reception_owner is not None:

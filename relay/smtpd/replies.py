@@ -198,3 +198,11 @@ SENDER_MAY_NOT_SEND = (
     "550 5.7.1 The sender {sender} may not send certified mail through this gateway "
     "(its account does not send or is disabled); ask its operator"
 )
+
+# Hosted content (docs/hosted.md) is asked for through submission only: on the MX port the
+# sender's own provider has already delivered the content to the recipients.
+HOSTED_ON_MX = (
+    "550 5.7.1 Hosted content and acceptance are asked for when sending through the "
+    "gateway (submission, port 587 or 465), not by a copy to {address}; send the message "
+    "through the gateway with that address in Cc"
+)

@@ -29,6 +29,7 @@ from relay.certify import dsn
 from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
 from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
+from relay.hosted.modes import hosted_mode
 from relay.logs import printable
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.orgs import Account
@@ -236,6 +237,9 @@ class SubmissionHandler:
             return replies.FROM_NOT_OWNED.format(user=user)
         certified = any(self.addresses.is_certification(a) for a in envelope.rcpt_tos)
         recipients = tuple(a for a in envelope.rcpt_tos if not self.addresses.is_certification(a))
+        # Hosted content or acceptance (docs/hosted.md): a tag, the header field, the user's default.
+        hosted = await hosted_mode(self.store, self.addresses, envelope.rcpt_tos, raw, user)
+        certified = certified or hosted is not None
         if not recipients:
             return replies.NO_OTHER_RECIPIENTS
         if not certified and not self.cfg.gateway.relay_uncertified:
@@ -268,6 +272,7 @@ class SubmissionHandler:
                 cert_id=new_certificate_id() if certified else None,
                 auth_user=user,
                 org=org,
+                hosted=hosted,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,

@@ -26,7 +26,7 @@ from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
 from relay.smtpd.protocol import AuthThrottle
-from relay.web import api, console, pki, verification
+from relay.web import api, console, hosted, pki, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -157,6 +157,7 @@ async def make_http_runner(
     console.install(app, cfg, backend.store, throttle, archive)
     api.install(app, cfg, backend.store, archive)
     pki.install(app, cfg.state_dir / "keys")
+    hosted.install_on_gateway(app, cfg, backend.store, key, backend.wake)  # docs/hosted.md
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner
