@@ -400,6 +400,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX credit_holds_recipient ON credit_holds(recipient_id)
         WHERE recipient_id IS NOT NULL;
     """,
+    # 17 (branch credfix): wrong second-factor codes counted per console session and per
+    # user (docs/console.md, "The second factor"): a password-stage session ends after
+    # a few; a user's codes are refused for [limits] auth_block_window after more.
+    """
+    ALTER TABLE web_sessions ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN wrong_codes_since REAL;  -- the first of them in the window
+    ALTER TABLE users ADD COLUMN codes_refused_until REAL;
+    """,
 ]
 
 
