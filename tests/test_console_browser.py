@@ -306,10 +306,12 @@ def test_second_factor_enrolment_login_and_a_replayed_code(
         name=TOTP_USER, issuer_name="Certifica"
     )
     totp = pyotp.TOTP(secret)
+    page.fill("#enrol-password", PASSWORD)  # asked again (a step-up)
     page.fill("#code", "000000" if totp.now() != "000000" else "111111")
     page.click("#enrol button")
     assert page.inner_text("#error").startswith("Questo codice non è corretto.")
     before = cookie_of(page)
+    page.fill("#enrol-password", PASSWORD)
     page.fill("#code", totp.now())
     page.click("#enrol button")
     assert page.inner_text("#note") == "Il secondo fattore è attivo."
