@@ -134,7 +134,8 @@ def expire(conn: sqlite3.Connection, now: float, idle: float, longest: float) ->
 
 def end_sessions(conn: sqlite3.Connection, address: str, now: float) -> None:
     """The user's credentials changed: every console session of it ends, and one begun
-    before ``now`` anywhere else (another process's cached view) is refused too."""
+    before ``now`` anywhere else (another process's cached view) is refused too, as are
+    its API tokens and app passwords made before ``now``."""
     conn.execute("UPDATE users SET credentials_changed = ? WHERE address = ?", (now, address))
     conn.execute("DELETE FROM web_sessions WHERE address = ?", (address,))
 
