@@ -35,6 +35,7 @@ OWNER = "owner@example.com"
 GUESSED = "guessed@example.com"
 FORGETFUL = "forgetful@example.com"
 HIJACKED = "hijacked@example.com"
+OPERATED = "operated@example.com"
 MEMBERS = {
     ADMIN: "admin",
     RESET: "sender",
@@ -43,6 +44,7 @@ MEMBERS = {
     GUESSED: "sender",
     FORGETFUL: "sender",
     HIJACKED: "sender",
+    OPERATED: "sender",
 }
 WINDOW = 900  # [limits] auth_block_window's default
 
@@ -104,6 +106,22 @@ def test_an_app_password_made_before_a_disable_and_enable_is_refused(gw: Gateway
         assert done.status == 303, done.text
     assert auth(gw, CYCLED, secret)[0] == 535
     assert auth(gw, CYCLED)[0] == 235  # the account password (no second factor) still works
+
+
+def test_an_app_password_made_before_the_operators_reset_is_refused(gw: Gateway) -> None:
+    """``certifica users set --password-stdin`` (the store's ``set_user``, which the API's
+    reset calls too), then ``--no-totp`` for a user with a second factor."""
+    secret = app_password(gw, OPERATED, "phone")
+    out = gw.cli("users", "set", OPERATED, "--password-stdin", stdin="a new long password\n")
+    assert out.returncode == 0, out.stderr
+    assert auth(gw, OPERATED, secret)[0] == 535
+    assert auth(gw, OPERATED, "a new long password")[0] == 235
+    with sqlite3.connect(gw.state / "queue.db", timeout=10) as db:
+        db.execute("UPDATE users SET totp_secret = ? WHERE address = ?", (SECRET, OPERATED))
+    second = app_password(gw, OPERATED, "tablet")
+    assert auth(gw, OPERATED, second)[0] == 235
+    assert gw.cli("users", "set", OPERATED, "--no-totp").returncode == 0
+    assert auth(gw, OPERATED, second)[0] == 535
 
 
 def test_a_user_lists_makes_and_revokes_its_own_app_passwords(gw: Gateway) -> None:
