@@ -14,6 +14,7 @@ test's tmp dir; with ``CERTIFICA_SCREENSHOTS=1`` they are also copied to
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -42,6 +43,7 @@ from tests.console_site import (
     add_organisation,
     send_and_wait,
 )
+from tests.test_permissions import auth
 from tests.test_verification_browser import CHROMIUM, CHROMIUM_ARGS
 
 TOTP_USER = "totp@example.com"
@@ -309,10 +311,12 @@ def test_second_factor_enrolment_login_and_a_replayed_code(
         name=TOTP_USER, issuer_name="Certifica"
     )
     totp = pyotp.TOTP(secret)
+    page.fill("#enrol-password", PASSWORD)  # asked again (a step-up)
     page.fill("#code", "000000" if totp.now() != "000000" else "111111")
     page.click("#enrol button")
     assert page.inner_text("#error").startswith("Questo codice non è corretto.")
     before = cookie_of(page)
+    page.fill("#enrol-password", PASSWORD)
     page.fill("#code", totp.now())
     page.click("#enrol button")
     assert page.inner_text("#note") == "Il secondo fattore è attivo."
@@ -335,6 +339,28 @@ def test_second_factor_enrolment_login_and_a_replayed_code(
     page.click("#code-form button")
     assert page.inner_text("#error") == "Questo codice è già stato usato. Attenda il successivo."
     assert page.url.endswith("/app/code")
+
+
+def test_own_app_passwords_made_and_revoked(
+    site: Gateway, people: Contexts, tmp_path: Path
+) -> None:
+    page = people.page("ca-ES")
+    log_in(page, SENDER)
+    page.wait_for_url("**/app/certificates")
+    page.goto("/app/account")
+    assert page.inner_text("#no-app-passwords") == "No té cap contrasenya d'aplicació."
+    page.fill("#device", "mòbil")
+    page.fill("#device-password", PASSWORD)
+    page.click("#add-app-password button")
+    secret = page.inner_text("#app-password")
+    assert re.fullmatch(r"[a-z2-7]{32}", secret)
+    shot(page, "app-password", tmp_path)
+    assert auth(site, SENDER, secret)[0] == 235
+    page.click('#app-passwords tr[data-name="mòbil"] button')
+    page.wait_for_url("**/app/account?done=revoked")
+    assert page.inner_text("#note").startswith("La contrasenya d'aplicació s'ha retirat")
+    assert page.locator("#app-passwords").count() == 0
+    assert auth(site, SENDER, secret)[0] == 535
 
 
 def test_a_form_without_the_token_or_from_another_site_is_refused(

@@ -1,7 +1,8 @@
 """The console's sessions and second factor in the store (:mod:`relay.queue.sessions`),
 on a real database, with the clock given: idle and absolute expiry, credentials changed
-after a session began, only the id's hash stored, a TOTP step accepted once; and the
-TOTP codes themselves (:mod:`relay.web.console.totp`) against RFC 6238's test vector.
+after a session began, only the id's hash stored, a TOTP step accepted once, wrong codes
+counted per session and per user within a window, app passwords void once the
+credentials change; and the TOTP codes themselves (:mod:`relay.web.console.totp`) against RFC 6238's test vector.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pyotp
 
-from relay.queue.sessions import SessionStage
+from relay.queue import app_passwords
+from relay.queue.sessions import ACCOUNT_WRONG_CODES, SESSION_WRONG_CODES, SessionStage
 from relay.queue.store import Store
 from relay.smtpd.users import hash_password
 from relay.web.console import totp
@@ -28,13 +30,19 @@ def store_with_user(tmp_path: Path) -> Store:
     return store
 
 
-def begin(store: Store, session_id: str, now: float, replaces: str | None = None) -> None:
+def begin(
+    store: Store,
+    session_id: str,
+    now: float,
+    replaces: str | None = None,
+    stage: SessionStage = SessionStage.FULL,
+) -> None:
     asyncio.run(
         store.begin_session(
             session_hash(session_id),
             "ana@example.com",
             "csrf-token",
-            SessionStage.FULL,
+            stage,
             now,
             "192.0.2.1",
             "test",
@@ -152,3 +160,57 @@ def test_the_console_is_there_only_when_enabled(tmp_path: Path) -> None:
     assert headers["Cache-Control"] == "no-store"
     status, _, body = serve_console(tmp_path / "off", "enabled = false")
     assert status == 404 and "Entrar" not in body
+
+
+WINDOW = 900.0
+
+
+def test_wrong_codes_end_a_session_and_refuse_the_users_codes_for_a_window(
+    tmp_path: Path,
+) -> None:
+    ana = "ana@example.com"
+    with store_with_user(tmp_path) as store:
+        begin(store, "owes", T0, stage=SessionStage.PASSWORD)
+        for n in range(1, SESSION_WRONG_CODES + 1):
+            counted = asyncio.run(store.wrong_code(session_hash("owes"), ana, T0 + n, WINDOW))
+            assert counted.session_ended == (n == SESSION_WRONG_CODES)
+            assert alive(store, "owes", T0 + n) == (n < SESSION_WRONG_CODES)
+        # the window passes: the user's count begins again
+        later = T0 + WINDOW + 10
+        for n in range(1, ACCOUNT_WRONG_CODES + 1):
+            counted = asyncio.run(store.wrong_code(None, ana, later + n, WINDOW))
+            assert counted.codes_refused == (n == ACCOUNT_WRONG_CODES)
+            assert asyncio.run(store.codes_refused(ana, later + n)) == (n == ACCOUNT_WRONG_CODES)
+        locked_at = later + ACCOUNT_WRONG_CODES
+        assert asyncio.run(store.codes_refused(ana, locked_at + WINDOW - 1))
+        assert not asyncio.run(store.codes_refused(ana, locked_at + WINDOW + 1))
+
+
+def test_a_right_code_sets_the_users_count_back(tmp_path: Path) -> None:
+    ana = "ana@example.com"
+    with store_with_user(tmp_path) as store:
+        asyncio.run(store.set_totp(ana, totp.new_secret(), 100, T0))
+        for n in range(ACCOUNT_WRONG_CODES - 1):
+            asyncio.run(store.wrong_code(None, ana, T0 + n, WINDOW))
+        assert asyncio.run(store.accept_totp_step(ana, 101))
+        counted = asyncio.run(store.wrong_code(None, ana, T0 + 20, WINDOW))
+        assert not counted.codes_refused  # 1 since the right code, not 10
+
+
+def test_app_passwords_made_before_the_credentials_changed_are_void(tmp_path: Path) -> None:
+    ana = "ana@example.com"
+    with store_with_user(tmp_path) as store:
+        secret = store.add_app_password(ana, "phone", T0 + 1)
+        assert secret is not None
+        found = store.run_sync(lambda db: app_passwords.matching(db.conn, ana, secret), read=True)
+        assert found is not None
+        asyncio.run(store.replace_password(ana, hash_password("another one"), T0 + 5))
+        found = store.run_sync(lambda db: app_passwords.matching(db.conn, ana, secret), read=True)
+        assert found is None
+        assert store.app_passwords_now(ana) == []
+        again = store.add_app_password(ana, "phone", T0 + 6)  # the void one's name is free
+        assert again is not None and again != secret
+        assert [p.name for p in store.app_passwords_now(ana)] == ["phone"]
+        store.set_membership(ana, disabled=True, now=T0 + 7)
+        store.set_membership(ana, disabled=False, now=T0 + 8)
+        assert store.app_passwords_now(ana) == []

@@ -14,6 +14,13 @@ hash by guessing, so the slow, salted hash a person's password needs (scrypt,
 API tokens and session cookies). A candidate is compared with every hash of the user
 in constant time (:func:`hmac.compare_digest`), so the time taken does not tell how
 much of a hash matched.
+
+An app password ends with the credentials it was made under, as an API token does
+(:mod:`relay.queue.tokens`): one made before its user's ``credentials_changed`` (a
+password reset, the user disabled, the second factor turned on or off or cleared by the
+operator) or before its user's ``created`` (a user removed and added again) is *void*:
+SMTP AUTH refuses it, it is not listed, and the next app password made for the user
+deletes it. The user lists and revokes its own in the web console (docs/console.md).
 """
 
 from __future__ import annotations
@@ -24,8 +31,6 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
-
-import sqlite_utils
 
 from relay.queue.db import Database
 
@@ -56,10 +61,20 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(typed.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+LIVE = (
+    "a.created >= u.created AND (u.credentials_changed IS NULL"
+    " OR a.created >= u.credentials_changed)"
+)
+"""SQL: app password ``a`` is not void (made since its user ``u`` was added and since
+its credentials last changed)."""
+
+
 def listed(conn: sqlite3.Connection, address: str) -> list[AppPassword]:
-    """The app passwords of ``address``, by name."""
+    """The app passwords of ``address`` that are not void, by name."""
     rows = conn.execute(
-        "SELECT name, created, last_used FROM app_passwords WHERE address = ? ORDER BY name",
+        "SELECT a.name, a.created, a.last_used FROM app_passwords a"  # noqa: S608 - LIVE
+        f" JOIN users u ON u.address = a.address WHERE a.address = ? AND {LIVE}"
+        " ORDER BY a.name",
         (address,),
     ).fetchall()
     return [
@@ -68,21 +83,58 @@ def listed(conn: sqlite3.Connection, address: str) -> list[AppPassword]:
 
 
 def matching(conn: sqlite3.Connection, address: str, candidate: str) -> int | None:
-    """The id of ``address``'s app password that ``candidate`` is, or None. Every hash of
-    the user is compared, in constant time, whichever matches."""
+    """The id of ``address``'s app password that ``candidate`` is, or None, also when
+    that one is void. Every hash of the user is compared, void or not, in constant time,
+    whichever matches: a void app password costs what a wrong one costs."""
     wanted = secret_hash(candidate).encode("ascii")
     found = None
-    for row_id, stored in conn.execute(
-        "SELECT id, secret_hash FROM app_passwords WHERE address = ?", (address,)
+    for row_id, stored, live in conn.execute(
+        f"SELECT a.id, a.secret_hash, {LIVE} FROM app_passwords a"  # noqa: S608 - LIVE
+        " JOIN users u ON u.address = a.address WHERE a.address = ?",
+        (address,),
     ):
-        if hmac.compare_digest(wanted, str(stored).encode("ascii")):
+        if hmac.compare_digest(wanted, str(stored).encode("ascii")) and live:
             found = int(row_id)
     return found
 
 
+def delete_void(conn: sqlite3.Connection, address: str) -> None:
+    """Delete ``address``'s void app passwords (their names become free again)."""
+    conn.execute(
+        "DELETE FROM app_passwords WHERE id IN (SELECT a.id FROM app_passwords a"  # noqa: S608
+        f" JOIN users u ON u.address = a.address WHERE a.address = ? AND NOT ({LIVE}))",
+        (address,),
+    )
+
+
+def insert(conn: sqlite3.Connection, address: str, name: str, secret: str, now: float) -> bool:
+    """Store ``secret``'s hash as ``address``'s app password ``name`` (the user's void
+    ones deleted first); False when it has a live one of that name."""
+    delete_void(conn, address)
+    return (
+        conn.execute(
+            "INSERT OR IGNORE INTO app_passwords (address, name, secret_hash, created)"
+            " VALUES (?, ?, ?, ?)",
+            (address, name, secret_hash(secret), now),
+        ).rowcount
+        > 0
+    )
+
+
+def delete(conn: sqlite3.Connection, address: str, name: str) -> bool:
+    """Remove ``address``'s app password ``name``; False when there is none."""
+    return (
+        conn.execute(
+            "DELETE FROM app_passwords WHERE address = ? AND name = ?", (address, name)
+        ).rowcount
+        > 0
+    )
+
+
 class AppPasswords(Database):
-    """The ``app_passwords`` table: added and removed by ``certifica users app-password``,
-    checked by SMTP AUTH (:meth:`relay.smtpd.submission.SubmissionHandler.verify_password`)."""
+    """The ``app_passwords`` table: added and removed by ``certifica users app-password``
+    and by the user on its console account page, checked by SMTP AUTH
+    (:meth:`relay.smtpd.submission.SubmissionHandler.verify_password`)."""
 
     async def app_password_id(self, address: str, candidate: str) -> int | None:
         """Which of ``address``'s app passwords ``candidate`` is (its id), or None. Only
@@ -97,34 +149,31 @@ class AppPasswords(Database):
             )
         )
 
+    async def app_passwords_of(self, address: str) -> list[AppPassword]:
+        """The user's own list (the console's account page)."""
+        return await self._read(lambda: listed(self._conn, address))
+
+    async def new_app_password(self, address: str, name: str, now: float) -> str | None:
+        """:meth:`add_app_password`, for the console."""
+        secret = new_secret()
+        added = await self._run(lambda: insert(self._conn, address, name, secret, now))
+        return secret if added else None
+
+    async def revoke_app_password(self, address: str, name: str) -> bool:
+        """:meth:`remove_app_password`, for the console."""
+        return await self._run(lambda: delete(self._conn, address, name))
+
     def add_app_password(self, address: str, name: str, now: float) -> str | None:
         """A new app password named ``name`` for the user ``address``: returns the secret
         (shown once; only its hash is kept), or None when that user already has one of
         that name."""
         secret = new_secret()
-
-        def write(db: sqlite_utils.Database) -> bool:
-            return (
-                db.conn.execute(
-                    "INSERT OR IGNORE INTO app_passwords (address, name, secret_hash, created)"
-                    " VALUES (?, ?, ?, ?)",
-                    (address, name, secret_hash(secret), now),
-                ).rowcount
-                > 0
-            )
-
-        return secret if self.run_sync(write) else None
+        added = self.run_sync(lambda db: insert(db.conn, address, name, secret, now))
+        return secret if added else None
 
     def app_passwords_now(self, address: str) -> list[AppPassword]:
         return self.run_sync(lambda db: listed(db.conn, address), read=True)
 
     def remove_app_password(self, address: str, name: str) -> bool:
         """Remove ``address``'s app password ``name``; False when there is none."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "DELETE FROM app_passwords WHERE address = ? AND name = ?", (address, name)
-                ).rowcount
-                > 0
-            )
-        )
+        return self.run_sync(lambda db: delete(db.conn, address, name))

@@ -440,6 +440,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX hosted_links_decisions ON hosted_links(qid)
         WHERE decision_cert_state = 'pending';  -- read at every scan of the queue manager
     """,
+    # 19: wrong second-factor codes counted per console session and per
+    # user (docs/console.md, "The second factor"): a password-stage session ends after
+    # a few; a user's codes are refused for [limits] auth_block_window after more.
+    """
+    ALTER TABLE web_sessions ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN wrong_codes_since REAL;  -- the first of them in the window
+    ALTER TABLE users ADD COLUMN codes_refused_until REAL;
+    """,
 ]
 
 

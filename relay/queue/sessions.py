@@ -15,6 +15,15 @@ section 5.2): :func:`accept_totp_step` records its step on condition that it is 
 than the last one, in one statement, so two requests racing with one code cannot both
 win.
 
+Wrong codes are counted twice (:func:`wrong_code`), besides the per-address lockout the
+console shares with SMTP AUTH: per session (``web_sessions.wrong_codes``), which ends
+after :data:`SESSION_WRONG_CODES`, so the next guesses cost a password login again; and
+per user (``users.wrong_codes`` since ``wrong_codes_since``), whose codes are refused
+for ``[limits] auth_block_window`` (``codes_refused_until``) after
+:data:`ACCOUNT_WRONG_CODES` within such a window, from whatever addresses they came. A
+right code sets both counts back to zero. Only someone who knows the password can make
+them count, so the refusal is not a way for anyone else to lock a user out.
+
 The module-level functions take a connection and run inside the caller's transaction;
 :class:`WebSessions` is the part of :class:`relay.queue.store.Store` that wraps them.
 """
@@ -31,6 +40,14 @@ from relay.queue.orgs import Account, account
 TOUCH_INTERVAL = 60.0
 """Seconds between two writes of a session's ``last_seen``: a page view is a read, not
 a write per request; the idle expiry is therefore exact to within this."""
+
+
+SESSION_WRONG_CODES = 5
+"""Wrong second-factor codes after which a password-stage session ends."""
+
+ACCOUNT_WRONG_CODES = 10
+"""Wrong second-factor codes of one user within ``[limits] auth_block_window`` after
+which its codes are refused for that long."""
 
 
 class SessionStage(StrEnum):
@@ -117,7 +134,8 @@ def expire(conn: sqlite3.Connection, now: float, idle: float, longest: float) ->
 
 def end_sessions(conn: sqlite3.Connection, address: str, now: float) -> None:
     """The user's credentials changed: every console session of it ends, and one begun
-    before ``now`` anywhere else (another process's cached view) is refused too."""
+    before ``now`` anywhere else (another process's cached view) is refused too, as are
+    its API tokens and app passwords made before ``now``."""
     conn.execute("UPDATE users SET credentials_changed = ? WHERE address = ?", (now, address))
     conn.execute("DELETE FROM web_sessions WHERE address = ?", (address,))
 
@@ -141,6 +159,67 @@ def accept_totp_step(conn: sqlite3.Connection, address: str, step: int) -> bool:
             (step, address, step),
         ).rowcount
         == 1
+    )
+
+
+@dataclass(frozen=True)
+class WrongCode:
+    """What one wrong second-factor code led to."""
+
+    session_ended: bool  # the session reached SESSION_WRONG_CODES: it was deleted
+    codes_refused: bool  # this one made the user's ACCOUNT_WRONG_CODES: refused from now
+
+
+def codes_refused(conn: sqlite3.Connection, address: str, now: float) -> bool:
+    """Whether the user's second-factor codes are refused now (too many wrong ones)."""
+    row = conn.execute(
+        "SELECT codes_refused_until FROM users WHERE address = ?", (address,)
+    ).fetchone()
+    return row is not None and row[0] is not None and float(row[0]) > now
+
+
+def wrong_code(
+    conn: sqlite3.Connection, id_hash: str | None, address: str, now: float, window: float
+) -> WrongCode:
+    """Count a wrong code against session ``id_hash`` (None: not at login, no session
+    count) and against the user, in the caller's transaction."""
+    ended = False
+    if id_hash is not None:
+        conn.execute(
+            "UPDATE web_sessions SET wrong_codes = wrong_codes + 1 WHERE id_hash = ?", (id_hash,)
+        )
+        ended = (
+            conn.execute(
+                "DELETE FROM web_sessions WHERE id_hash = ? AND wrong_codes >= ?",
+                (id_hash, SESSION_WRONG_CODES),
+            ).rowcount
+            > 0
+        )
+    row = conn.execute(
+        "SELECT wrong_codes, wrong_codes_since FROM users WHERE address = ?", (address,)
+    ).fetchone()
+    if row is None:
+        return WrongCode(ended, False)
+    count, since = int(row[0]), row[1]
+    if since is None or now - float(since) >= window:
+        count, since = 0, now  # a new window begins with this code
+    count += 1
+    refused = count >= ACCOUNT_WRONG_CODES
+    conn.execute(
+        "UPDATE users SET wrong_codes = ?, wrong_codes_since = ?,"
+        " codes_refused_until = CASE WHEN ? THEN ? ELSE codes_refused_until END"
+        " WHERE address = ?",
+        (0 if refused else count, None if refused else since, refused, now + window, address),
+    )
+    return WrongCode(ended, refused)
+
+
+def right_code(conn: sqlite3.Connection, address: str) -> None:
+    """A right code: the user's count of wrong ones starts again from zero (the session
+    that owed it is replaced by a new one, whose count is zero)."""
+    conn.execute(
+        "UPDATE users SET wrong_codes = 0, wrong_codes_since = NULL WHERE address = ?",
+        (address,),
     )
 
 
@@ -204,7 +283,24 @@ class WebSessions(Database):
         return await self._read(lambda: totp_of(self._conn, address))
 
     async def accept_totp_step(self, address: str, step: int) -> bool:
-        return await self._run(lambda: accept_totp_step(self._conn, address, step))
+        """Accept a right code's ``step`` once (:func:`accept_totp_step`); when accepted,
+        the user's count of wrong codes starts again from zero."""
+
+        def write() -> bool:
+            accepted = accept_totp_step(self._conn, address, step)
+            if accepted:
+                right_code(self._conn, address)
+            return accepted
+
+        return await self._run(write)
+
+    async def codes_refused(self, address: str, now: float) -> bool:
+        return await self._read(lambda: codes_refused(self._conn, address, now))
+
+    async def wrong_code(
+        self, id_hash: str | None, address: str, now: float, window: float
+    ) -> WrongCode:
+        return await self._run(lambda: wrong_code(self._conn, id_hash, address, now, window))
 
     async def set_totp(
         self, address: str, secret: str | None, step: int | None, now: float

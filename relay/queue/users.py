@@ -95,7 +95,7 @@ class Users(Database):
         timezone: str | None = None,
     ) -> bool:
         """Change a user's password hash (which ends its console sessions and voids its
-        API tokens), whether its certified mail is tracked, its language or its time
+        API tokens and app passwords: ``credentials_changed``), whether its certified mail is tracked, its language or its time
         zone (None: unchanged; "" for language or timezone: back to the ``[gateway]``
         default). False when there is no such user."""
 
@@ -104,8 +104,8 @@ class Users(Database):
             if found.fetchone() is None:
                 return False
             if password_hash is not None:
-                # A new password ends what the old one opened: console sessions and API
-                # tokens made before now (docs/accounts.md).
+                # A new password ends what the old one opened: console sessions, API
+                # tokens and app passwords made before now (docs/accounts.md).
                 db.conn.execute(
                     "UPDATE users SET password_hash = ?, credentials_changed = ? WHERE address = ?",
                     (password_hash, time.time(), address),
@@ -129,8 +129,9 @@ class Users(Database):
 
     def clear_totp(self, address: str, now: float) -> bool:
         """The operator's reset of a lost second factor (``certifica users set ADDR
-        --no-totp``): the TOTP secret is forgotten, the user's console sessions end, and
-        its account password works for SMTP AUTH again (docs/accounts.md). False when
+        --no-totp``): the TOTP secret is forgotten, the user's console sessions end (and
+        its app passwords: ``credentials_changed``), and its account password works for
+        SMTP AUTH again (docs/accounts.md). False when
         there is no such user."""
 
         def write(db: sqlite_utils.Database) -> bool:

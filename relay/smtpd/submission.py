@@ -135,11 +135,12 @@ class SubmissionHandler:
 
     async def verify_password(self, user: str, password: str) -> bool:
         """SMTP AUTH (docs/accounts.md, "App passwords"): the account password, or one of
-        the user's app passwords; a user with a second factor (TOTP) only the latter,
-        since its account password alone must no longer send mail. An unknown user, a
-        wrong password and a disabled account (or organisation) are all just False, and
-        the scrypt of the account password runs for each, so neither the reply nor the
-        time taken tells them apart. An auditor authenticates: MAIL tells it why it
+        the user's app passwords not void (made since its credentials last changed:
+        :mod:`relay.queue.app_passwords`); a user with a second factor (TOTP) only the
+        latter, since its account password alone must no longer send mail. An unknown
+        user, a wrong password, a void app password and a disabled account (or
+        organisation) are all just False, and the scrypt of the account password runs
+        for each, so neither the reply nor the time taken tells them apart. An auditor authenticates: MAIL tells it why it
         cannot send."""
         address = normalise_address(user)
         stored = await self.store.user_hash(address)

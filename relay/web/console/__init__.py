@@ -12,7 +12,8 @@ route                         what                                              
 ``GET|POST /app/login``       the password (:mod:`.login`)                        anyone
 ``GET|POST /app/code``        the second factor, when the user has one            anyone
 ``POST /app/logout``          ends the session                                    logged in
-``GET /app/account``          the user's own page: the second factor (TOTP)       logged in
+``GET /app/account``          the user's own page: the second factor (TOTP), its  logged in
+                              app passwords (list, make, revoke)
 ``GET /app/certificates``     search by date, recipient, subject, status          logged in
 ``GET /app/certificates/ID``  one document; ``.../pdf`` downloads it again        its viewers
 ``GET /app/balance``          the organisation's credits                          ``see-balance``
