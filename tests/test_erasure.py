@@ -606,3 +606,30 @@ def test_an_erasure_gives_up_the_webhook_events_still_owed_that_name_the_address
     ).fetchall()
     assert rows[0] == ("failed", "", subjects.WEBHOOK_ERASED)
     assert rows[1][0] == "pending" and "carol@example.org" in rows[1][1]
+
+
+def test_an_erasure_keeps_a_hosted_decision_and_forgets_its_name_and_context(
+    tmp_path: Path,
+) -> None:
+    """docs/erasure.md, "Hosted content's decisions": the decision and its time stay, the
+    typed name, comment, IP address and user agent go; another recipient's stay."""
+    import sqlite3
+
+    from relay.queue import subjects
+    from relay.queue.migrations import migrate
+
+    conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    migrate(conn)
+    for rid in (1, 2):
+        conn.execute(
+            "INSERT INTO hosted_links (recipient_id, qid, token_sha256, mode, created, expires,"
+            " state, decision, decided_at, decision_detail) VALUES (?, 'Q', ?, 'accept', 0, 9,"
+            " 'handed_over', 'accepted', 5, ?)",
+            (rid, f"t{rid}", json.dumps({"name": f"Name {rid}", "ip": "192.0.2.7"})),
+        )
+    subjects.forget_hosted(conn, [1])
+    rows = conn.execute(
+        "SELECT decision, decided_at, decision_detail FROM hosted_links ORDER BY recipient_id"
+    ).fetchall()
+    assert rows[0] == ("accepted", 5.0, None)
+    assert rows[1][2] is not None and "Name 2" in rows[1][2]

@@ -385,6 +385,21 @@ def test_the_header_field_asks_for_hosted_and_never_reaches_the_recipient(
     link_of(mail)
 
 
+def test_a_header_field_naming_no_mode_is_refused_not_delivered(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """A sender who wrote X-Certifica-Mode meant a mode: a value naming none is refused
+    with a sentence rather than delivered plainly with the field in it."""
+    gw, sink, _ = hosted
+    raw = message("Misspelt mode", "gina@example.org", extra="X-Certifica-Mode: hostde\r\n")
+    with gw.smtp() as client:
+        client.mail("alice@example.com")
+        assert client.rcpt("gina@example.org")[0] == 250
+        code, reply = client.data(raw)
+    assert code == 550 and reply.decode().startswith("5.6.0 X-Certifica-Mode: hostde names no mode")
+    assert not [m for m in sink.messages if b"Misspelt mode" in m.data]
+
+
 def test_a_users_default_mode(hosted: tuple[Gateway, Sink, int]) -> None:
     gw, sink, _ = hosted
     done = gw.cli("users", "set", "alice@example.com", "--mode", "hosted")

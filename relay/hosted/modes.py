@@ -60,15 +60,30 @@ USER_MODES = ("hosted", "hosted-code", "accept", "plain")
 _FIELD_VALUE = re.compile(r"\s*(hosted|hosted-code|accept)\s*", re.IGNORECASE)
 
 
-def field_mode(raw: bytes) -> Mode | None:
-    """The mode ``X-Certifica-Mode`` asks for in the header of ``raw`` (the first such
-    field), or None (absent, or a value that names no mode)."""
+def _field_value(raw: bytes) -> str | None:
+    """The value of the first ``X-Certifica-Mode`` of ``raw``'s header, unfolded, or None."""
     for field in header_fields(raw[: header_end(raw)]):
         if field_name(field) == MODE_FIELD.lower().encode():
-            value = field.split(b":", 1)[1].decode("ascii", "replace")
-            match = _FIELD_VALUE.fullmatch(" ".join(value.split()))
-            return Mode(match.group(1).lower()) if match else None
+            return " ".join(field.split(b":", 1)[1].decode("ascii", "replace").split())
     return None
+
+
+def field_mode(raw: bytes) -> Mode | None:
+    """The mode ``X-Certifica-Mode`` asks for in the header of ``raw`` (the first such
+    field), or None (absent, ``plain``, or a value that names no mode)."""
+    value = _field_value(raw)
+    match = _FIELD_VALUE.fullmatch(value) if value is not None else None
+    return Mode(match.group(1).lower()) if match else None
+
+
+def unknown_field_value(raw: bytes) -> str | None:
+    """The value of an ``X-Certifica-Mode`` that names no mode (nor ``plain``), to refuse
+    the message with rather than deliver it with the field in it; None when the field
+    is absent or names a mode."""
+    value = _field_value(raw)
+    if value is None or _FIELD_VALUE.fullmatch(value) or value.lower() == "plain":
+        return None
+    return value
 
 
 def chosen_mode(tags: list[str], raw: bytes, user_default: str | None) -> Mode | None:

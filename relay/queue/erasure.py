@@ -359,6 +359,7 @@ def _apply(
         for rid, cols in changes.recipients.items():
             subjects.update_recipient(conn, rid, cols)
     subjects.forget_tracking(conn, work["own"])
+    subjects.forget_hosted(conn, work["own"])
     by_keep: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for entry in work["entries"]:
         # A tracking hit keeps its classification, as after tracking_days (retention).

@@ -484,6 +484,21 @@ def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
         )
 
 
+def forget_hosted(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
+    """Inside the caller's transaction: the decisions of these recipient rows on hosted
+    content (docs/hosted.md) keep what was decided and when, and lose the typed name,
+    the comment and the context (IP address, user agent); the certificate of the
+    decision already issued still verifies (its values are in the evidence log, whose
+    entries the erasure forgets the same way)."""
+    for chunk in _chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        conn.execute(
+            f"UPDATE hosted_links SET decision_detail = NULL"  # noqa: S608
+            f" WHERE recipient_id IN ({marks})",
+            chunk,
+        )
+
+
 # The columns of the user's own rows that an export shows: names, times, where a
 # session came from; never a secret, a hash of one, nor a session's CSRF token.
 _USER_ROWS = {

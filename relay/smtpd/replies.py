@@ -201,6 +201,10 @@ SENDER_MAY_NOT_SEND = (
 
 # Hosted content (docs/hosted.md) is asked for through submission only: on the MX port the
 # sender's own provider has already delivered the content to the recipients.
+HOSTED_MODE_UNKNOWN = (
+    "550 5.6.0 X-Certifica-Mode: {value} names no mode; write hosted, hosted-code, accept "
+    "or plain, or leave the field out"
+)
 HOSTED_ON_MX = (
     "550 5.7.1 Hosted content and acceptance are asked for when sending through the "
     "gateway (submission, port 587 or 465), not by a copy to {address}; send the message "

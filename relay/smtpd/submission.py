@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +30,7 @@ from relay.certify import dsn
 from relay.cleanup.intake import accept, address_problem, client_ip, session_tls
 from relay.config import Config
 from relay.delivery.outbound import missing_submission_fields
-from relay.hosted.modes import hosted_mode
+from relay.hosted.modes import hosted_mode, unknown_field_value
 from relay.logs import printable
 from relay.queue.ids import new_certificate_id, new_queue_id
 from relay.queue.orgs import Account
@@ -239,6 +240,10 @@ class SubmissionHandler:
         certified = any(self.addresses.is_certification(a) for a in envelope.rcpt_tos)
         recipients = tuple(a for a in envelope.rcpt_tos if not self.addresses.is_certification(a))
         # Hosted content or acceptance (docs/hosted.md): a tag, the header field, the user's default.
+        unknown = unknown_field_value(raw)
+        if unknown is not None:
+            shown = re.sub(r"[^A-Za-z0-9 ._-]", "?", unknown[:40])  # the reply stays ASCII
+            return replies.HOSTED_MODE_UNKNOWN.format(value=shown)
         hosted = await hosted_mode(self.store, self.addresses, envelope.rcpt_tos, raw, user)
         certified = certified or hosted is not None
         if not recipients:
