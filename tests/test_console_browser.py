@@ -40,6 +40,7 @@ from tests.console_site import (
     ConsoleClient,
     add_credits,
     add_organisation,
+    bind_domain,
     send_and_wait,
 )
 from tests.test_verification_browser import CHROMIUM, CHROMIUM_ARGS
@@ -58,6 +59,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway
     try:
         add_organisation(gw)
         add_organisation(gw, members={TOTP_USER: "sender"})
+        bind_domain(gw)  # its admin adds newcomer@example.com
         add_credits(gw, 500, "invoice 2026-117")
         send_and_wait(gw, [SENDER, OTHER_SENDER, OUTSIDER])
         yield gw

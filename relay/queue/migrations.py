@@ -400,6 +400,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX credit_holds_recipient ON credit_holds(recipient_id)
         WHERE recipient_id IS NOT NULL;
     """,
+    # 17 (branch domainfix): an admin's request to bind a domain, pending until the
+    # domain publishes the token in a DNS TXT record (docs/accounts.md, "Domains").
+    # Several organisations may claim one unbound domain; the first to prove it binds
+    # it, and every claim of that domain ends.
+    """
+    CREATE TABLE org_domain_claims (
+        domain TEXT NOT NULL,                   -- lower case, IDNA (A-labels)
+        org TEXT NOT NULL,
+        token TEXT NOT NULL,                    -- random, published as certifica-domain=<token>
+        requested REAL NOT NULL,
+        requested_by TEXT NOT NULL,             -- the admin's address
+        PRIMARY KEY (domain, org)
+    );
+    CREATE INDEX org_domain_claims_org ON org_domain_claims(org);
+    """,
 ]
 
 
