@@ -316,3 +316,27 @@ def test_the_operator_adds_any_address_but_the_gateways_own(site: Site) -> None:
     with site.store() as store:
         account = store.account_now("consultant@victim.test")
     assert account is not None and account.org == "EVIL"
+
+
+def test_users_of_others_at_a_proven_domain_stay_theirs_and_are_logged(site: Site) -> None:
+    """The attribution rule (docs/accounts.md): a user is its own organisation's, even
+    at a domain another organisation then proves; the operator is told in the log."""
+    added = site.gw.cli(
+        "users",
+        "add",
+        "early@stranger.test",
+        "--org",
+        "VICTIM",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    publish(site, claim(site, "mallory", "stranger.test"))
+    assert (
+        site.api.call("verifyDomain", site.tokens["mallory"], domain="stranger.test").status == 200
+    )
+    with site.store() as store:
+        account = store.account_now("early@stranger.test")
+    assert account is not None and account.org == "VICTIM"
+    line = next(x for x in site.gw.log().splitlines() if "domain stranger.test now bound" in x)
+    assert "to EVIL has users of other organisations" in line and "early@stranger.test" in line

@@ -186,6 +186,16 @@ def claims(conn: sqlite3.Connection, org: str) -> list[DomainClaim]:
     return [DomainClaim(str(r[0]), str(r[1]), str(r[2]), float(r[3]), str(r[4])) for r in rows]
 
 
+def strangers(conn: sqlite3.Connection, org: str, domain: str) -> list[str]:
+    """The users of other organisations than ``org`` at ``domain`` (a normalised domain
+    name: letters, digits, dots and hyphens, so no LIKE wildcard), by address."""
+    rows = conn.execute(
+        "SELECT address FROM users WHERE org != ? AND address LIKE ? ORDER BY address",
+        (org, "%@" + domain),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def claim(conn: sqlite3.Connection, org: str, domain: str) -> DomainClaim | None:
     """``org``'s pending claim of ``domain``, or None."""
     return next((c for c in claims(conn, org) if c.domain == domain), None)
@@ -219,6 +229,11 @@ class Organisations(Database):
 
     async def domain_claims(self, org: str) -> list[DomainClaim]:
         return await self._read(lambda: claims(self._conn, org))
+
+    async def domain_strangers(self, org: str, domain: str) -> list[str]:
+        """Users of other organisations at ``domain``: the operator's to look at when
+        ``org`` proves the domain is its own (docs/accounts.md)."""
+        return await self._read(lambda: strangers(self._conn, org, domain))
 
     # The same, from synchronous code (the certifica command, tests).
     def account_now(self, address: str) -> Account | None:

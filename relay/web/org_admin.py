@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import secrets
 from collections.abc import Collection, Sequence
 
@@ -35,7 +36,11 @@ import dns.resolver
 
 from relay.addresses import GatewayAddresses
 from relay.delivery.routing import parse_nameservers
+from relay.logs import printable
 from relay.queue.orgs import normalise_domain
+from relay.queue.store import Store
+
+log = logging.getLogger("certifica/web")
 
 RECORD_LABEL = "_certifica"
 RECORD_PREFIX = "certifica-domain="
@@ -94,6 +99,21 @@ def user_refusal(addresses: GatewayAddresses, bound: Collection[str], address: s
     except ValueError:
         return OUTSIDE_DOMAINS
     return None if domain in bound else OUTSIDE_DOMAINS
+
+
+async def report_strangers(store: Store, org: str, domain: str) -> None:
+    """Once ``org`` proved ``domain``: one line naming the users of other organisations
+    at it. They stay theirs (docs/accounts.md, "Which organisation a message belongs
+    to"); whether they should is the operator's to decide."""
+    others = await store.domain_strangers(org, domain)
+    if others:
+        log.warning(
+            "domain %s now bound to %s has users of other organisations, which keep "
+            "them: %s (certifica users set ADDR --org, or remove them)",
+            domain,
+            org,
+            printable(", ".join(others), 400),
+        )
 
 
 async def look_up(nameservers: Sequence[str], timeout: float, domain: str, token: str) -> Proof:

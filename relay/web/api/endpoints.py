@@ -55,6 +55,7 @@ from relay.web.org_admin import (
     new_token,
     record_name,
     record_value,
+    report_strangers,
     user_refusal,
 )
 from relay.web.ratelimit import RateLimiter, client_key
@@ -519,6 +520,7 @@ class JsonApi:
             viewer.org,
             record_name(claimed.domain),
         )
+        await report_strangers(self.store, viewer.org, claimed.domain)
         return proof
 
     async def unbind_domain(self, request: web.Request, viewer: Account) -> web.StreamResponse:

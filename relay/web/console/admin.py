@@ -36,6 +36,7 @@ from relay.web.org_admin import (
     new_token,
     record_name,
     record_value,
+    report_strangers,
     user_refusal,
 )
 
@@ -304,6 +305,7 @@ class Admin:
             org,
             record_name(claim.domain),
         )
+        await report_strangers(c.store, org, claim.domain)
         return c.redirect(visit, "domains?done=bound")
 
     async def unbind(self, request: web.Request, visit: Visit) -> web.StreamResponse:
