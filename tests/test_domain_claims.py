@@ -340,3 +340,26 @@ def test_users_of_others_at_a_proven_domain_stay_theirs_and_are_logged(site: Sit
     assert account is not None and account.org == "VICTIM"
     line = next(x for x in site.gw.log().splitlines() if "domain stranger.test now bound" in x)
     assert "to EVIL has users of other organisations" in line and "early@stranger.test" in line
+
+
+def test_a_removed_admins_requests_end_with_it(site: Site) -> None:
+    added = site.gw.cli(
+        "users",
+        "add",
+        "leaving@evil.test",
+        "--org",
+        "EVIL",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    claimed = site.api.call(
+        "bindDomain", api_token(site.gw, "leaving@evil.test"), domain="leaving.test"
+    )
+    assert claimed.status == 202 and claimed.json["requested_by"] == "leaving@evil.test"
+    removed = site.gw.cli("users", "remove", "leaving@evil.test")
+    assert removed.returncode == 0, removed.stderr
+    listed = site.api.call("listDomains", site.tokens["mallory"]).json
+    assert "leaving.test" not in [p["domain"] for p in listed["pending"]]

@@ -126,6 +126,7 @@ def _look_up(nameservers: tuple[str, ...], timeout: float, domain: str, token: s
         resolver = dns.resolver.Resolver(configure=not nameservers)
         if nameservers:
             resolver.nameservers = parse_nameservers(nameservers)
+        resolver.timeout = min(resolver.timeout, timeout)  # each try; lifetime: in all
         answer = resolver.resolve(
             dns.name.from_text(record_name(domain)), "TXT", search=False, lifetime=timeout
         )
