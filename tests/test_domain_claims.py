@@ -125,6 +125,9 @@ def test_a_claim_without_the_record_is_not_bound(site: Site) -> None:
     guessed = site.api.call("verifyDomain", site.tokens["mallory"], domain="prospect.test")
     assert guessed.status == 409
     assert "prospect.test" not in site.bound("EVIL")
+    # the operator sees it, as not bound
+    listed_by_operator = site.gw.cli("org", "domain", "list", "EVIL").stdout
+    assert "prospect.test\tpending: asked by mallory@evil.test" in listed_by_operator
     # asked again: the same claim, the same token, still pending
     again = site.api.call("bindDomain", site.tokens["mallory"], domain="prospect.test")
     assert again.status == 202 and again.json["record"] == claimed["record"]
@@ -363,3 +366,17 @@ def test_a_removed_admins_requests_end_with_it(site: Site) -> None:
     assert removed.returncode == 0, removed.stderr
     listed = site.api.call("listDomains", site.tokens["mallory"]).json
     assert "leaving.test" not in [p["domain"] for p in listed["pending"]]
+
+
+def test_the_operator_binds_at_once_and_ends_admins_requests(site: Site) -> None:
+    claimed = claim(site, "mallory", "operator.test")
+    bound = site.gw.cli("org", "domain", "add", "VICTIM", "operator.test")
+    assert bound.returncode == 0 and bound.stdout == "domain operator.test bound to VICTIM\n"
+    assert "operator.test" in site.bound("VICTIM")
+    listed = site.api.call("listDomains", site.tokens["mallory"]).json
+    assert "operator.test" not in [p["domain"] for p in listed["pending"]]
+    publish(site, claimed)  # too late: the request ended
+    assert (
+        site.api.call("verifyDomain", site.tokens["mallory"], domain="operator.test").status == 404
+    )
+    assert "operator.test" not in site.bound("EVIL")

@@ -251,6 +251,9 @@ class Organisations(Database):
     def org_domains_now(self, org: str) -> list[str]:
         return self.run_sync(lambda db: domains(db.conn, org), read=True)
 
+    def domain_claims_now(self, org: str) -> list[DomainClaim]:
+        return self.run_sync(lambda db: claims(db.conn, org), read=True)
+
     def add_organisation(self, code: str, name: str, legal_id: str, now: float) -> bool:
         """Add an organisation; False, with nothing changed, when the code is taken."""
         return self.run_sync(

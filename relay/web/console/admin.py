@@ -24,6 +24,7 @@ from aiohttp import web
 
 from certifier.message import parse_single_mailbox
 from relay.addresses import GatewayAddresses
+from relay.logs import printable
 from relay.queue.orgs import DomainClaim
 from relay.queue.states import Role
 from relay.roles import Action
@@ -143,10 +144,11 @@ class Admin:
         refusal = user_refusal(self.addresses, await c.store.org_domains(org), address)
         if refusal is not None:
             log.info(
-                "console: <%s> may not add <%s>: not at a domain of %s",
+                "console: <%s> may not add <%s> to %s (%s)",
                 visit.account.address,
-                address,
+                printable(address, 200),
                 org,
+                "the gateway's own" if self.addresses.is_reserved(address) else "not its domain",
             )
             return await self.users(request, visit, 422, refusal)
         password = new_password()
