@@ -266,6 +266,19 @@ class GatewayAddresses:
         """True for a domain whose mail the gateway takes itself."""
         return domain.lower().rstrip(".") in self.domains
 
+    def is_reserved(self, address: str) -> bool:
+        """True for an address that is the gateway's own, so never a user's: at one of
+        its domains, the certification address (any ``+tag``), postmaster, abuse,
+        mailer-daemon, and the bounce and reception prefixes (any ``+tag``). A user at
+        such an address would send, signed with the gateway's DKIM key, as the gateway
+        itself (docs/accounts.md, "Users and roles")."""
+        local, at, domain = address.strip().lower().rpartition("@")
+        if not at or domain.rstrip(".") not in self.domains:
+            return False
+        head = local.partition("+")[0]
+        own = {self.verp_prefix, self.reception_prefix, *_ROLE_ACCOUNTS}
+        return head in own or bool(self.cert_local) and head == self.cert_local
+
     def is_certification(self, address: str) -> bool:
         """True for the certification address and its documented tagged forms."""
         return self.classify(address).kind is AddressKind.CERTIFY

@@ -47,6 +47,13 @@ def add_organisation(gw: Gateway, org: str = ORG, members: dict[str, str] = MEMB
             store.add_user(address, hash_password(PASSWORD), now, org=org, role=role)
 
 
+def bind_domain(gw: Gateway, domain: str = "example.com", org: str = ORG) -> None:
+    """Bind ``domain`` to ``org`` as the operator does (``certifica org domain add``):
+    the organisation's admins may then add users at it."""
+    with Store(gw.state / "queue.db", 30.0) as store:
+        assert store.bind_domain(org, domain, time.time()) is None
+
+
 def add_credits(gw: Gateway, amount: int, note: str, org: str = ORG) -> None:
     with Store(gw.state / "queue.db", 30.0) as store:
         store.add_credits(org, amount, note=note, actor="operator")

@@ -41,6 +41,7 @@ from tests.console_site import (
     ConsoleClient,
     add_credits,
     add_organisation,
+    bind_domain,
     send_and_wait,
 )
 from tests.test_permissions import auth
@@ -60,6 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway
     try:
         add_organisation(gw)
         add_organisation(gw, members={TOTP_USER: "sender"})
+        bind_domain(gw)  # its admin adds newcomer@example.com
         add_credits(gw, 500, "invoice 2026-117")
         send_and_wait(gw, [SENDER, OTHER_SENDER, OUTSIDER])
         yield gw

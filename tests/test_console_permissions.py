@@ -20,6 +20,7 @@ from tests.conftest import Gateway, Sink, start_gateway, write_config
 from tests.console_site import (
     ADMIN,
     AUDITOR,
+    ORG,
     OTHER_SENDER,
     OUTSIDER,
     RECIPIENTS,
@@ -27,6 +28,7 @@ from tests.console_site import (
     ConsoleClient,
     add_credits,
     add_organisation,
+    bind_domain,
     send_and_wait,
 )
 
@@ -44,6 +46,7 @@ def site(
     gw = start_gateway(cfg)
     try:
         add_organisation(gw)
+        bind_domain(gw)  # its admin adds users at example.com
         add_credits(gw, 100, "invoice 2026-117")
         pdfs = send_and_wait(gw, [SENDER, OTHER_SENDER, OUTSIDER])
         yield gw, pdfs
@@ -131,12 +134,15 @@ def test_bind_domains(site: tuple[Gateway, list[Path]], role: Role) -> None:
     assert client.get("/app/domains").status == (200 if may else 403)
     token = client.token()
     domain = f"{role}.acme.example"
-    bound = client.post("/app/domains", {"csrf": token, "domain": domain})
-    assert bound.status == (303 if may else 403)
+    claimed = client.post("/app/domains", {"csrf": token, "domain": domain})
+    assert claimed.status == (303 if may else 403)
+    with Store(gw.state / "queue.db", 30.0) as store:
+        assert domain not in store.org_domains_now(ORG)  # asked for, not bound without proof
     if may:
-        assert domain in client.get("/app/domains").text
-        unbound = client.post("/app/domains/unbind", {"csrf": token, "domain": domain})
-        assert unbound.status == 303
+        page = client.get("/app/domains").text
+        assert f'data-domain="{domain}"' in page and f"_certifica.{domain}" in page
+        withdrawn = client.post("/app/domains/unbind", {"csrf": token, "domain": domain})
+        assert withdrawn.status == 303
         assert domain not in client.get("/app/domains").text
         # a domain another organisation holds: refused with a sentence naming no one
         with Store(gw.state / "queue.db", 30.0) as store:

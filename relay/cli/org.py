@@ -142,6 +142,13 @@ def cmd_org_domain(args: argparse.Namespace) -> int:
         if action == "list":
             for bound in store.org_domains_now(code):
                 print(bound)
+            # an admin's requests, bound once their DNS record is seen (docs/accounts.md)
+            for pending in store.domain_claims_now(code):
+                asked = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pending.requested))
+                print(
+                    f"{pending.domain}\tpending: asked by {pending.requested_by} {asked}; "
+                    "not bound until its DNS proof is seen (or: certifica org domain add)"
+                )
             return EXIT_OK
         if action == "add":
             holder = store.bind_domain(code, domain, time.time())

@@ -91,6 +91,7 @@ def _read_password(args: argparse.Namespace, address: str) -> str:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     from certifier.message import parse_single_mailbox
+    from relay.addresses import GatewayAddresses
     from relay.queue.orgs import DEFAULT_ORG
     from relay.smtpd.users import hash_password, normalise_address
 
@@ -101,8 +102,15 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     language, timezone = _reading(args)
     org = (args.org or DEFAULT_ORG).strip()
     role = args.role or Role.SENDER
+    cfg = config_of(args)
+    if GatewayAddresses.from_config(cfg).is_reserved(address):
+        # a user there would send, DKIM-signed by the gateway, as the gateway itself
+        raise UserError(
+            f"{address} is one of the gateway's own addresses (certification, postmaster, "
+            "abuse, bounce or reception): it cannot be a user"
+        )
     _need_terminal(args, address)
-    with open_store(config_of(args), writes=True) as store:
+    with open_store(cfg, writes=True) as store:
         if store.user_exists(address):
             raise UserError(
                 f"user {address} exists already; to change it: certifica users set "

@@ -449,6 +449,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN wrong_codes_since REAL;  -- the first of them in the window
     ALTER TABLE users ADD COLUMN codes_refused_until REAL;
     """,
+    # 20: an admin's request to bind a domain, pending until the
+    # domain publishes the token in a DNS TXT record (docs/accounts.md, "Domains").
+    # Several organisations may claim one unbound domain; the first to prove it binds
+    # it, and every claim of that domain ends.
+    """
+    CREATE TABLE org_domain_claims (
+        domain TEXT NOT NULL,                   -- lower case, IDNA (A-labels)
+        org TEXT NOT NULL,
+        token TEXT NOT NULL,                    -- random, published as certifica-domain=<token>
+        requested REAL NOT NULL,
+        requested_by TEXT NOT NULL,             -- the admin's address
+        PRIMARY KEY (domain, org)
+    );
+    CREATE INDEX org_domain_claims_org ON org_domain_claims(org);
+    """,
 ]
 
 

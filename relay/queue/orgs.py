@@ -6,7 +6,9 @@ belongs to exactly one, with one role (:class:`relay.queue.states.Role`; what ea
 may do is :mod:`relay.roles`). The users that existed before organisations joined the
 organisation ``default`` as senders (migration 15). A domain bound to an organisation
 (``certifica org domain add ACME acme.example``) attributes to it the MX-mode and
-reception mail of that domain.
+reception mail of that domain. The operator binds at once; an organisation's admin
+*claims* a domain (:class:`DomainClaim`, ``org_domain_claims``), and the claim binds it
+only once the domain publishes the claim's token in the DNS (:mod:`relay.web.domain_proof`).
 
 The module-level functions take a connection and run inside the caller's transaction;
 :class:`Organisations` is the part of :class:`relay.queue.store.Store` that wraps them.
@@ -162,6 +164,43 @@ def domains(conn: sqlite3.Connection, org: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class DomainClaim:
+    """An admin's pending request to bind ``domain`` to ``org`` (``org_domain_claims``):
+    bound once ``_certifica.<domain>`` publishes ``token`` (docs/accounts.md)."""
+
+    domain: str
+    org: str
+    token: str
+    requested: float
+    requested_by: str
+
+
+def claims(conn: sqlite3.Connection, org: str) -> list[DomainClaim]:
+    """The pending claims of ``org``, by domain."""
+    rows = conn.execute(
+        "SELECT domain, org, token, requested, requested_by FROM org_domain_claims"
+        " WHERE org = ? ORDER BY domain",
+        (org,),
+    ).fetchall()
+    return [DomainClaim(str(r[0]), str(r[1]), str(r[2]), float(r[3]), str(r[4])) for r in rows]
+
+
+def strangers(conn: sqlite3.Connection, org: str, domain: str) -> list[str]:
+    """The users of other organisations than ``org`` at ``domain`` (a normalised domain
+    name: letters, digits, dots and hyphens, so no LIKE wildcard), by address."""
+    rows = conn.execute(
+        "SELECT address FROM users WHERE org != ? AND address LIKE ? ORDER BY address",
+        (org, "%@" + domain),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def claim(conn: sqlite3.Connection, org: str, domain: str) -> DomainClaim | None:
+    """``org``'s pending claim of ``domain``, or None."""
+    return next((c for c in claims(conn, org) if c.domain == domain), None)
+
+
 class Organisations(Database):
     """Organisations, memberships and domains: the ``certifica org`` commands, the
     console's administration, and who a message is attributed to."""
@@ -188,6 +227,14 @@ class Organisations(Database):
     async def org_domains(self, org: str) -> list[str]:
         return await self._read(lambda: domains(self._conn, org))
 
+    async def domain_claims(self, org: str) -> list[DomainClaim]:
+        return await self._read(lambda: claims(self._conn, org))
+
+    async def domain_strangers(self, org: str, domain: str) -> list[str]:
+        """Users of other organisations at ``domain``: the operator's to look at when
+        ``org`` proves the domain is its own (docs/accounts.md)."""
+        return await self._read(lambda: strangers(self._conn, org, domain))
+
     # The same, from synchronous code (the certifica command, tests).
     def account_now(self, address: str) -> Account | None:
         return self.run_sync(lambda db: account(db.conn, address), read=True)
@@ -203,6 +250,9 @@ class Organisations(Database):
 
     def org_domains_now(self, org: str) -> list[str]:
         return self.run_sync(lambda db: domains(db.conn, org), read=True)
+
+    def domain_claims_now(self, org: str) -> list[DomainClaim]:
+        return self.run_sync(lambda db: claims(db.conn, org), read=True)
 
     def add_organisation(self, code: str, name: str, legal_id: str, now: float) -> bool:
         """Add an organisation; False, with nothing changed, when the code is taken."""
@@ -297,9 +347,67 @@ class Organisations(Database):
             db.conn.execute(
                 "INSERT INTO org_domains (domain, org, added) VALUES (?, ?, ?)", (domain, org, now)
             )
+            # the operator decided: admins' pending claims of the domain end
+            db.conn.execute("DELETE FROM org_domain_claims WHERE domain = ?", (domain,))
             return None
 
         return self.run_sync(write)
+
+    def claim_domain(
+        self, org: str, domain: str, token: str, now: float, requested_by: str
+    ) -> DomainClaim | str | None:
+        """An admin of ``org`` asks for ``domain`` (lower case). Returns the claim, the
+        one already pending if there is one (its token unchanged, so a record already
+        published stays good); None when the domain is bound to ``org`` already; the
+        holder's code when another organisation holds it."""
+
+        def write(db: sqlite_utils.Database) -> DomainClaim | str | None:
+            holder = org_for_domain(db.conn, domain)
+            if holder is not None:
+                return None if holder == org else holder
+            db.conn.execute(
+                "INSERT OR IGNORE INTO org_domain_claims"
+                " (domain, org, token, requested, requested_by) VALUES (?, ?, ?, ?, ?)",
+                (domain, org, token, now, requested_by),
+            )
+            return claim(db.conn, org, domain)
+
+        return self.run_sync(write)
+
+    def confirm_claim(self, org: str, domain: str, token: str, now: float) -> str | None:
+        """Bind ``domain`` to ``org`` on the proof of ``token``, if that is still
+        ``org``'s claim and nobody holds the domain; every claim of the domain ends.
+        Returns None when bound, else why not: ``"claim"`` (no such claim, or another
+        token) or the holder's code."""
+
+        def write(db: sqlite_utils.Database) -> str | None:
+            conn = db.conn
+            pending = claim(conn, org, domain)
+            if pending is None or pending.token != token:
+                return "claim"
+            holder = org_for_domain(conn, domain)
+            if holder is not None and holder != org:
+                return holder
+            if holder is None:
+                conn.execute(
+                    "INSERT INTO org_domains (domain, org, added) VALUES (?, ?, ?)",
+                    (domain, org, now),
+                )
+            conn.execute("DELETE FROM org_domain_claims WHERE domain = ?", (domain,))
+            return None
+
+        return self.run_sync(write)
+
+    def withdraw_claim(self, org: str, domain: str) -> bool:
+        """Drop ``org``'s pending claim of ``domain``; False when it had none."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "DELETE FROM org_domain_claims WHERE domain = ? AND org = ?", (domain, org)
+                ).rowcount
+                > 0
+            )
+        )
 
     def unbind_domain(self, org: str, domain: str) -> bool:
         """Unbind ``domain`` from ``org``; False when it was not bound to it."""

@@ -19,7 +19,9 @@ Where an address can be, column by column (the schema is :mod:`relay.queue.migra
 - ``users.address`` (with its organisation, role and whether it has a second factor),
   the user's ``app_passwords``, ``api_tokens`` and ``web_sessions`` (by ``address``:
   names and times, a session's IP address and user agent; never a secret nor its hash),
-  ``reception_owners.owner``, ``reception_acks`` (owner, sender).
+  ``reception_owners.owner``, ``reception_acks`` (owner, sender); an admin's pending
+  requests to bind a domain (``org_domain_claims.requested_by``), which an erasure ends
+  and an export does not list (a domain name and a time, the organisation's).
 
 An address is compared as the rest of the gateway compares it
 (:func:`relay.smtpd.users.normalise_address`): the whole address case-insensitively.
@@ -553,6 +555,8 @@ def remove_accounts(conn: sqlite3.Connection, match: Matcher) -> None:
     for table in _USER_ROWS:
         conn.execute(f"DELETE FROM {table} WHERE address = ?", (match.address,))  # noqa: S608
     conn.execute("DELETE FROM reception_owners WHERE owner = ?", (match.address,))
+    # the admin's requests to bind a domain end with it (the organisation may ask again)
+    conn.execute("DELETE FROM org_domain_claims WHERE requested_by = ?", (match.address,))
     conn.execute(
         "DELETE FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",
         (match.address, match.address, match.address),

@@ -168,6 +168,8 @@ class Users(Database):
                 return False
             for table in USER_TABLES:
                 db.conn.execute(f"DELETE FROM {table} WHERE address = ?", (address,))  # noqa: S608
+            # its pending requests to bind a domain (docs/accounts.md) end with it
+            db.conn.execute("DELETE FROM org_domain_claims WHERE requested_by = ?", (address,))
             return True
 
         return self.run_sync(write)

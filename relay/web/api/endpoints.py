@@ -9,6 +9,11 @@ handler; whatever the handler raises becomes a problem details answer
 never its text. A document, a user or a domain the caller may not see is answered
 exactly as one that does not exist (404).
 
+Admins add users only at their organisation's bound domains, and bind a domain only
+with a proof of control published in its DNS (:mod:`relay.web.org_admin`): ``PUT
+/domains/{domain}`` makes a pending claim (202, with the TXT record to publish), and
+``POST /domains/{domain}/verify`` (or the PUT again) looks the record up and binds it.
+
 The operations are the web console's (docs/console.md), on the same functions of the
 queue: :mod:`relay.queue.certificates`, :mod:`relay.queue.credits`,
 :mod:`relay.queue.orgs`, :mod:`relay.queue.users`.
@@ -30,18 +35,29 @@ from aiohttp import web
 from addendum.http import client_ip, trusted_networks
 from certifier.message import parse_single_mailbox
 from certifier.outcome import Outcome
+from relay.addresses import GatewayAddresses
 from relay.config import Config
 from relay.logs import printable
 from relay.queue.certificates import MAX_PAGE, CertificateInfo, CertificateQuery
 from relay.queue.credits import Movement, Statement
 from relay.queue.ids import CERTIFICATE_ID
-from relay.queue.orgs import Account
+from relay.queue.orgs import Account, DomainClaim
 from relay.queue.states import Role
 from relay.queue.store import Store
 from relay.roles import Action, allowed
 from relay.smtpd.users import hash_password, normalise_address
 from relay.web.api import params
 from relay.web.api.problems import Problem, problem_response
+from relay.web.org_admin import (
+    Proof,
+    claim_refusal,
+    look_up,
+    new_token,
+    record_name,
+    record_value,
+    report_strangers,
+    user_refusal,
+)
 from relay.web.ratelimit import RateLimiter, client_key
 
 log = logging.getLogger("certifica/api")
@@ -115,6 +131,21 @@ def movement_json(movement: Movement) -> dict[str, Any]:
     }
 
 
+def claim_json(claim: DomainClaim) -> dict[str, Any]:
+    return {
+        "organisation": claim.org,
+        "domain": claim.domain,
+        "state": "pending",
+        "record": {
+            "name": record_name(claim.domain),
+            "type": "TXT",
+            "value": record_value(claim.token),
+        },
+        "requested_at": rfc3339(claim.requested),
+        "requested_by": claim.requested_by,
+    }
+
+
 def statement_json(statement: Statement) -> dict[str, Any]:
     return {
         "organisation": statement.org,
@@ -135,6 +166,7 @@ class JsonApi:
         self.archive = archive
         self.limiter = RateLimiter(cfg.web.rate_limit)
         self.trusted = trusted_networks(cfg.web.trusted_proxies)
+        self.addresses = GatewayAddresses.from_config(cfg)
 
     def add_routes(self, app: web.Application) -> None:
         routes: list[tuple[str, dict[str, tuple[Handler, Action | None]]]] = [
@@ -162,6 +194,7 @@ class JsonApi:
                     "DELETE": (self.unbind_domain, Action.BIND_DOMAINS),
                 },
             ),
+            ("/domains/{domain}/verify", {"POST": (self.verify_domain, Action.BIND_DOMAINS)}),
         ]
         for path, methods in routes:
             for method, (handler, action) in methods.items():
@@ -363,6 +396,12 @@ class JsonApi:
             raise params.bad("The field 'address' must be a single e-mail address.")
         role = params.choice("role", body["role"], tuple(str(r) for r in Role), "field")
         address = normalise_address(parsed)
+        refusal = user_refusal(
+            self.addresses, await self.read(self.store.org_domains(viewer.org)), address
+        )
+        if refusal is not None:
+            log.info("api: %s may not add user %s", viewer.address, printable(address))
+            raise Problem(422, refusal)
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         hashed = await asyncio.to_thread(hash_password, password)
         added = await asyncio.to_thread(
@@ -400,20 +439,97 @@ class JsonApi:
     async def domains(self, request: web.Request, viewer: Account) -> web.StreamResponse:
         params.query(request.query, frozenset())
         found = await self.read(self.store.org_domains(viewer.org))
-        return answer({"organisation": viewer.org, "domains": found})
+        pending = await self.read(self.store.domain_claims(viewer.org))
+        return answer(
+            {
+                "organisation": viewer.org,
+                "domains": found,
+                "pending": [claim_json(c) for c in pending],
+            }
+        )
+
+    @staticmethod
+    def bound(viewer: Account, domain: str) -> web.Response:
+        return answer({"organisation": viewer.org, "domain": domain, "state": "bound"})
 
     async def bind_domain(self, request: web.Request, viewer: Account) -> web.StreamResponse:
+        """Claim the domain (202 with the record to publish); the claim's record already
+        published, or the domain bound to the organisation already: 200."""
         params.query(request.query, frozenset())
         domain = params.domain(request.match_info["domain"])
-        holder = await asyncio.to_thread(self.store.bind_domain, viewer.org, domain, time.time())
-        if holder is not None:
+        refusal = claim_refusal(self.addresses, domain)
+        if refusal is not None:
+            raise Problem(422, refusal)
+        token = new_token()
+        claimed = await asyncio.to_thread(
+            self.store.claim_domain, viewer.org, domain, token, time.time(), viewer.address
+        )
+        if isinstance(claimed, str):
             raise Problem(409, "This domain is bound to another organisation.")
-        log.info("api: %s bound domain %s to %s", viewer.address, domain, viewer.org)
-        return answer({"organisation": viewer.org, "domain": domain})
+        if claimed is None:
+            return self.bound(viewer, domain)
+        if claimed.token == token:
+            log.info("api: %s asked to bind domain %s to %s", viewer.address, domain, viewer.org)
+            return answer(claim_json(claimed), status=202)
+        if await self.prove(viewer, claimed) is Proof.FOUND:  # asked again: tried again
+            return self.bound(viewer, domain)
+        return answer(claim_json(claimed), status=202)
+
+    async def verify_domain(self, request: web.Request, viewer: Account) -> web.StreamResponse:
+        params.query(request.query, frozenset())
+        domain = params.domain(request.match_info["domain"])
+        pending = await self.read(self.store.domain_claims(viewer.org))
+        claimed = next((c for c in pending if c.domain == domain), None)
+        if claimed is None:
+            if domain in await self.read(self.store.org_domains(viewer.org)):
+                return self.bound(viewer, domain)
+            raise Problem(404, "Your organisation has not asked to bind this domain.")
+        proof = await self.prove(viewer, claimed)
+        if proof is Proof.UNKNOWN:
+            raise Problem(
+                503,
+                "The DNS did not answer the lookup of the record; try again in a few minutes.",
+                {"Retry-After": "60"},
+            )
+        if proof is Proof.MISSING:
+            raise Problem(
+                409,
+                f"No TXT record {record_value(claimed.token)} was found at "
+                f"{record_name(domain)}. Publish it, then try again (a new record may take "
+                "a few minutes to be seen).",
+            )
+        return self.bound(viewer, domain)
+
+    async def prove(self, viewer: Account, claimed: DomainClaim) -> Proof:
+        """Look the claim's record up; bind the domain when it is there (FOUND)."""
+        dns = self.cfg.dns
+        proof = await look_up(dns.nameservers, dns.timeout, claimed.domain, claimed.token)
+        if proof is not Proof.FOUND:
+            return proof
+        why = await asyncio.to_thread(
+            self.store.confirm_claim, viewer.org, claimed.domain, claimed.token, time.time()
+        )
+        if why == "claim":
+            raise Problem(404, "Your organisation has not asked to bind this domain.")
+        if why is not None:
+            raise Problem(409, "This domain is bound to another organisation.")
+        log.info(
+            "api: %s bound domain %s to %s (DNS record %s found)",
+            viewer.address,
+            claimed.domain,
+            viewer.org,
+            record_name(claimed.domain),
+        )
+        await report_strangers(self.store, viewer.org, claimed.domain)
+        return proof
 
     async def unbind_domain(self, request: web.Request, viewer: Account) -> web.StreamResponse:
+        """Unbind the domain, or withdraw the organisation's pending claim of it."""
         params.query(request.query, frozenset())
         domain = params.domain(request.match_info["domain"])
+        if await asyncio.to_thread(self.store.withdraw_claim, viewer.org, domain):
+            log.info("api: %s withdrew the claim of domain %s", viewer.address, domain)
+            return web.Response(status=204)
         if not await asyncio.to_thread(self.store.unbind_domain, viewer.org, domain):
             raise Problem(404, "This domain is not bound to your organisation.")
         log.info("api: %s unbound domain %s from %s", viewer.address, domain, viewer.org)

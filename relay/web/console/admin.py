@@ -2,6 +2,11 @@
 reset its users, and bind and unbind its domains (docs/console.md; who may is
 :mod:`relay.roles`: ``manage-users``, ``bind-domains``).
 
+A domain is bound only with a proof of control: asking makes a pending claim, the page
+shows the DNS TXT record to publish, and "Verify" looks it up and binds the domain
+(:mod:`relay.web.org_admin`). Users are added only at the organisation's bound domains,
+never at the gateway's own addresses.
+
 A new user's password, and a reset one, is made here (random, 120 bits) and shown once;
 a reset ends the user's console sessions (``credentials_changed``), and so does
 disabling. An admin acts only on the users of its own organisation: any other address
@@ -18,10 +23,23 @@ import time
 from aiohttp import web
 
 from certifier.message import parse_single_mailbox
+from relay.addresses import GatewayAddresses
+from relay.logs import printable
+from relay.queue.orgs import DomainClaim
 from relay.queue.states import Role
 from relay.roles import Action
 from relay.smtpd.users import hash_password, normalise_address
 from relay.web.console.base import N_, Console, Visit
+from relay.web.org_admin import (
+    Proof,
+    claim_refusal,
+    look_up,
+    new_token,
+    record_name,
+    record_value,
+    report_strangers,
+    user_refusal,
+)
 
 log = logging.getLogger("certifica/console")
 
@@ -31,6 +49,10 @@ ROLES = {
     Role.AUDITOR: N_("Auditor"),
 }
 NO_USER = N_("There is no such user in your organisation.")
+TAKEN = N_(
+    "This domain belongs to another organisation. If it is yours, please ask the "
+    "service's operator."
+)
 
 
 def new_password() -> str:
@@ -61,6 +83,7 @@ class Admin:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.addresses = GatewayAddresses.from_config(console.cfg)
 
     def add_routes(self, app: web.Application) -> None:
         c = self.console
@@ -72,6 +95,7 @@ class Admin:
         app.router.add_post("/app/users/reset", c.guarded(self.reset, action=users))
         app.router.add_get("/app/domains", c.guarded(self.domains, action=domains))
         app.router.add_post("/app/domains", c.guarded(self.bind, action=domains))
+        app.router.add_post("/app/domains/verify", c.guarded(self.verify, action=domains))
         app.router.add_post("/app/domains/unbind", c.guarded(self.unbind, action=domains))
 
     # --- users --------------------------------------------------------------------------
@@ -116,9 +140,19 @@ class Admin:
         except ValueError:
             return await self.users(request, visit, 400, N_("Choose a role."))
         address = normalise_address(parsed)
+        org = visit.account.org
+        refusal = user_refusal(self.addresses, await c.store.org_domains(org), address)
+        if refusal is not None:
+            log.info(
+                "console: <%s> may not add <%s> to %s (%s)",
+                visit.account.address,
+                printable(address, 200),
+                org,
+                "the gateway's own" if self.addresses.is_reserved(address) else "not its domain",
+            )
+            return await self.users(request, visit, 422, refusal)
         password = new_password()
         hashed = await asyncio.to_thread(hash_password, password)
-        org = visit.account.org
         added = await asyncio.to_thread(
             c.store.add_user, address, hashed, time.time(), org=org, role=str(role)
         )
@@ -182,14 +216,28 @@ class Admin:
         self, request: web.Request, visit: Visit, status: int = 200, error: str = ""
     ) -> web.Response:
         c = self.console
-        bound = await c.store.org_domains(visit.account.org)
+        org = visit.account.org
+        bound = await c.store.org_domains(org)
+        pending = [
+            {"domain": p.domain, "name": record_name(p.domain), "value": record_value(p.token)}
+            for p in await c.store.domain_claims(org)
+        ]
+        done = {
+            "bound": N_("The domain is bound to your organisation."),
+            "claimed": N_(
+                "Publish the DNS record shown for the domain, then press Verify. A new "
+                "record may take a few minutes to be seen."
+            ),
+        }.get(request.query.get("done", ""), "")
         return c.page(
             visit,
             "domains.html",
             status,
             domains=bound,
+            pending=pending,
             org_name=visit.account.org_name,
             error=visit.gettext(error) if error else "",
+            note=visit.gettext(done) if done and not error else "",
         )
 
     async def bind(self, request: web.Request, visit: Visit) -> web.StreamResponse:
@@ -198,33 +246,82 @@ class Admin:
         domain = _domain(str(form.get("domain", "")))
         if domain is None:
             return await self.domains(request, visit, 400, N_("That is not a domain name."))
-        holder = await asyncio.to_thread(
-            c.store.bind_domain, visit.account.org, domain, time.time()
+        refusal = claim_refusal(self.addresses, domain)
+        if refusal is not None:
+            return await self.domains(request, visit, 422, refusal)
+        org = visit.account.org
+        claimed = await asyncio.to_thread(
+            c.store.claim_domain, org, domain, new_token(), time.time(), visit.account.address
         )
-        if holder is not None:
+        if isinstance(claimed, str):
+            return await self.domains(request, visit, 409, TAKEN)
+        if claimed is None:  # bound to this organisation already
+            return c.redirect(visit, "domains")
+        log.info("console: <%s> asked to bind %s to %s", visit.account.address, domain, org)
+        return c.redirect(visit, "domains?done=claimed")
+
+    async def verify(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        c = self.console
+        form = await request.post()
+        domain = _domain(str(form.get("domain", "")))
+        org = visit.account.org
+        claim: DomainClaim | None = None
+        if domain is not None:
+            claim = next((p for p in await c.store.domain_claims(org) if p.domain == domain), None)
+        if claim is None:
+            return await self.domains(
+                request, visit, 404, N_("Your organisation has not asked to bind that domain.")
+            )
+        dns = c.cfg.dns
+        proof = await look_up(dns.nameservers, dns.timeout, claim.domain, claim.token)
+        if proof is Proof.UNKNOWN:
+            return await self.domains(
+                request,
+                visit,
+                503,
+                N_("The DNS did not answer. Please try again in a few minutes."),
+            )
+        if proof is Proof.MISSING:
             return await self.domains(
                 request,
                 visit,
                 409,
                 N_(
-                    "This domain belongs to another organisation. If it is yours, please "
-                    "ask the service's operator."
+                    "The DNS record was not found yet. Check its name and text; a new "
+                    "record may take a few minutes to be seen, then try again."
                 ),
             )
-        log.info("console: <%s> bound %s to %s", visit.account.address, domain, visit.account.org)
-        return c.redirect(visit, "domains")
+        why = await asyncio.to_thread(
+            c.store.confirm_claim, org, claim.domain, claim.token, time.time()
+        )
+        if why == "claim":
+            return await self.domains(
+                request, visit, 404, N_("Your organisation has not asked to bind that domain.")
+            )
+        if why is not None:
+            return await self.domains(request, visit, 409, TAKEN)
+        log.info(
+            "console: <%s> bound %s to %s (DNS record %s found)",
+            visit.account.address,
+            claim.domain,
+            org,
+            record_name(claim.domain),
+        )
+        await report_strangers(c.store, org, claim.domain)
+        return c.redirect(visit, "domains?done=bound")
 
     async def unbind(self, request: web.Request, visit: Visit) -> web.StreamResponse:
+        """Unbind a bound domain, or withdraw a pending request for one."""
         c = self.console
         form = await request.post()
         domain = _domain(str(form.get("domain", "")))
-        if domain is None or not await asyncio.to_thread(
-            c.store.unbind_domain, visit.account.org, domain
-        ):
+        org = visit.account.org
+        if domain is not None and await asyncio.to_thread(c.store.withdraw_claim, org, domain):
+            log.info("console: <%s> withdrew the claim of %s", visit.account.address, domain)
+            return c.redirect(visit, "domains")
+        if domain is None or not await asyncio.to_thread(c.store.unbind_domain, org, domain):
             return await self.domains(
                 request, visit, 404, N_("That domain is not bound to your organisation.")
             )
-        log.info(
-            "console: <%s> unbound %s from %s", visit.account.address, domain, visit.account.org
-        )
+        log.info("console: <%s> unbound %s from %s", visit.account.address, domain, org)
         return c.redirect(visit, "domains")
