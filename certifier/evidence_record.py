@@ -374,7 +374,8 @@ class Decision(TypedDict, total=False):
     time: Required[str]  # UTC, ISO 8601 with Z
     name: str  # typed by the recipient, optional
     comment: str
-    page_sha256: str  # the content page the server sent that recipient
+    page_sha256: str  # the content page the server sent that recipient, decided on
+    page_file: str  # that page's bytes, embedded in the certificate (shown-page.html)
     message_sha256: str
     attachments: list[dict[str, str]]  # name, sha256
     ip: str

@@ -612,3 +612,56 @@ def test_the_notification_speaks_the_senders_language_when_the_recipients_is_unk
     assert "le ha enviado un mensaje certificado" in str(mail.message["Subject"])
     text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "El enlace funciona hasta el" in text
+
+
+def test_a_decision_certifies_the_page_it_was_made_on_and_embeds_it(
+    hosted: tuple[Gateway, Sink, int], tmp_path: Path
+) -> None:
+    """Review finding 1: two tabs, the decision posted from the first one; the page of
+    that tab is certified and embedded, whatever was opened after it."""
+    import hashlib
+
+    gw, sink, _ = hosted
+    rcpt = "judy@example.org"
+    raw = message("Two tabs", rcpt, cc="certifica+accept@certifica.localhost")
+    qid = send(gw, raw, [rcpt, "certifica+accept@certifica.localhost"])
+    link = link_of(notification(sink, rcpt, "Two tabs"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, tab_a = fetch(f"{link}/open", f"form={key}".encode())
+    assert status == 200 and b"sale of the boat" in tab_a
+    status, _, tab_b = fetch(f"{link}/open", f"form={key}&images=1".encode())
+    assert status == 200 and tab_b != tab_a
+    a_sha = hashlib.sha256(tab_a).hexdigest()
+    first, second = evidence(gw, qid, "ContentHandover")
+    assert first["page_sha256"] == a_sha
+    assert second["page_sha256"] == hashlib.sha256(tab_b).hexdigest()
+    key_a = re.search(rb'name="form" value="([^"]+)"', tab_a).group(1).decode()  # type: ignore[union-attr]
+    status, _, _ = fetch(f"{link}/decide", f"form={key_a}&decision=accepted".encode())
+    assert status == 200
+    (decided,) = evidence(gw, qid, "ContentAccepted")
+    assert decided["page_sha256"] == a_sha
+    found = sink.wait_for(
+        lambda ms: any(
+            "Certificate of acceptance: “Two tabs”" in str(m.message["Subject"]) for m in ms
+        )  # fmt: skip
+    )
+    mail = next(
+        m for m in found if "Certificate of acceptance: “Two tabs”" in str(m.message["Subject"])
+    )
+    (pdf,) = [
+        a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"
+    ]
+    path = tmp_path / "decision.pdf"
+    path.write_bytes(pdf.get_payload(decode=True))
+    verified = gw.cli("verify", str(path))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    out = tmp_path / "files"
+    out.mkdir()
+    subprocess.run(["pdfdetach", "-saveall", "-o", str(out), str(path)], check=True)
+    assert (out / "shown-page.html").read_bytes() == tab_a  # anyone can recompute the hash
+    from certifier.verify import embedded_evidence
+
+    record = embedded_evidence(path.read_bytes())
+    assert record is not None and record["decision"]["page_sha256"] == a_sha
+    assert record["decision"]["page_file"] == "shown-page.html"

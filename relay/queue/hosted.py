@@ -12,6 +12,7 @@ its consent-based consignment is consent to receive, not to terms) is recorded o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from typing import Any
@@ -139,11 +140,17 @@ class Hosted(Database):
         return await self._read(read)
 
     async def record_handover(
-        self, recipient_id: int, detail: dict[str, Any], now: float, page_sha256: str | None = None
+        self,
+        recipient_id: int,
+        detail: dict[str, Any],
+        now: float,
+        page_sha256: str | None = None,
+        page: tuple[str, bytes] | None = None,
     ) -> dict[str, Any] | None:
         """A ``ContentHandover`` entry (the page shown, or one download); the first makes
-        the link ``handed_over``. None (and nothing written) when the link is not
-        waiting or handed over (expired)."""
+        the link ``handed_over``. ``page``: the nonce and exact bytes of the content page
+        sent, kept until a decision names that nonce (``accept``). None (and nothing
+        written) when the link is not waiting or handed over (expired)."""
 
         def write() -> dict[str, Any] | None:
             row = self._conn.execute(
@@ -163,6 +170,13 @@ class Hosted(Database):
                 self._conn.execute(
                     "UPDATE hosted_links SET shown_sha256 = ? WHERE recipient_id = ?",
                     (page_sha256, recipient_id),
+                )
+            if page is not None:
+                nonce, html = page
+                self._conn.execute(
+                    "INSERT INTO hosted_pages (recipient_id, nonce, sha256, html, shown)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (recipient_id, nonce, hashlib.sha256(html).hexdigest(), html, now),
                 )
             entry = evidence_log.append(self._conn, now, qid, HANDOVER, detail, address)
             return {"seq": entry.seq, "first": state == WAITING}
@@ -207,10 +221,30 @@ class Hosted(Database):
 
         return await self._run(check)
 
+    async def shown_page(self, recipient_id: int, nonce: str) -> tuple[str, bytes] | None:
+        """The SHA-256 and bytes of the content page sent with ``nonce``; None when no
+        such page was sent to that link."""
+
+        def read() -> tuple[str, bytes] | None:
+            row = self._conn.execute(
+                "SELECT sha256, html FROM hosted_pages WHERE recipient_id = ? AND nonce = ?",
+                (recipient_id, nonce),
+            ).fetchone()
+            return (str(row[0]), bytes(row[1])) if row else None
+
+        return await self._read(read)
+
     async def record_decision(
-        self, recipient_id: int, decision: str, detail: dict[str, Any], cert_id: str, now: float
+        self,
+        recipient_id: int,
+        decision: str,
+        detail: dict[str, Any],
+        cert_id: str,
+        now: float,
+        page: bytes | None = None,
     ) -> bool:
-        """Record the recipient's decision once (False: one was recorded already)."""
+        """Record the recipient's decision once (False: one was recorded already), with
+        ``page``, the exact content page it was made on; the other pages sent go."""
 
         def write() -> bool:
             row = self._conn.execute(
@@ -224,9 +258,11 @@ class Hosted(Database):
             qid, address = row
             self._conn.execute(
                 "UPDATE hosted_links SET decision = ?, decided_at = ?, decision_detail = ?,"
-                " decision_cert_id = ?, decision_cert_state = 'pending' WHERE recipient_id = ?",
-                (decision, now, json.dumps(detail, sort_keys=True), cert_id, recipient_id),
+                " decision_cert_id = ?, decision_cert_state = 'pending', decision_page = ?"
+                " WHERE recipient_id = ?",
+                (decision, now, json.dumps(detail, sort_keys=True), cert_id, page, recipient_id),
             )
+            self._conn.execute("DELETE FROM hosted_pages WHERE recipient_id = ?", (recipient_id,))
             event = DECISIONS[decision]
             evidence_log.append(
                 self._conn, now, qid, event, {**detail, "certificate": cert_id}, address
@@ -281,7 +317,7 @@ class HostedDecisions(Database):
         def read() -> list[dict[str, Any]]:
             cursor = self._conn.execute(
                 "SELECT h.recipient_id, h.decision, h.decided_at, h.decision_detail,"
-                " h.decision_cert_id, r.address FROM hosted_links h"
+                " h.decision_cert_id, h.decision_page, r.address FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id"
                 " WHERE h.qid = ? AND h.decision_cert_state = 'pending' ORDER BY h.recipient_id",
                 (qid,),

@@ -91,8 +91,15 @@ class HostedRecords(Protocol):
     async def hosted_by_token(self, token_sha256: str) -> dict[str, Any] | None: ...
 
     async def record_handover(
-        self, recipient_id: int, detail: dict[str, Any], now: float, page_sha256: str | None = None
+        self,
+        recipient_id: int,
+        detail: dict[str, Any],
+        now: float,
+        page_sha256: str | None = None,
+        page: tuple[str, bytes] | None = None,
     ) -> dict[str, Any] | None: ...
+
+    async def shown_page(self, recipient_id: int, nonce: str) -> tuple[str, bytes] | None: ...
 
     async def set_hosted_code(
         self, recipient_id: int, code_sha256: str, expires: float
@@ -103,7 +110,13 @@ class HostedRecords(Protocol):
     ) -> bool: ...
 
     async def record_decision(
-        self, recipient_id: int, decision: str, detail: dict[str, Any], cert_id: str, now: float
+        self,
+        recipient_id: int,
+        decision: str,
+        detail: dict[str, Any],
+        cert_id: str,
+        now: float,
+        page: bytes | None = None,
     ) -> bool: ...
 
     async def user_reading(self, address: str) -> tuple[str | None, str | None]: ...
@@ -250,21 +263,26 @@ class HostedPage:
             return None  # the daily task has not certified it yet: already gone for the page
         return row
 
-    def form_key(self, row: dict[str, Any], scope: str, issued: int | None = None) -> str:
+    def form_key(
+        self, row: dict[str, Any], scope: str, issued: int | None = None, nonce: str = ""
+    ) -> str:
         """The forms' key of a page: ``landing`` (open, ask for a code) or ``content``
         (also download and decide: given only with the content, so with ``+hosted-code``
-        only after the code)."""
+        only after the code). A content page's key carries its ``nonce``, which names
+        that rendering: a decision certifies the page it was posted from."""
         issued = int(time.time()) if issued is None else issued
-        text = f"hosted-form|{scope}|{row['token_sha256']}|{issued}"
+        text = f"hosted-form|{scope}|{row['token_sha256']}|{issued}|{nonce}"
         mac = hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{issued}.{mac}"
+        return f"{issued}.{nonce}.{mac}" if nonce else f"{issued}.{mac}"
 
     def form_ok(self, row: dict[str, Any], value: str, *scopes: str) -> bool:
-        issued, _, _mac = value.partition(".")
+        issued = value.split(".")[0]
         if not issued.isdigit() or time.time() - int(issued) > FORM_SECONDS:
             return False
+        nonce = form_nonce(value)
         return any(
-            hmac.compare_digest(self.form_key(row, scope, int(issued)), value) for scope in scopes
+            hmac.compare_digest(self.form_key(row, scope, int(issued), nonce), value)
+            for scope in scopes
         )
 
     async def reader(self, request: web.Request, row: dict[str, Any]) -> Reader:
@@ -286,13 +304,18 @@ class HostedPage:
             return None
 
     def context(
-        self, request: web.Request, row: dict[str, Any], reader: Reader, scope: str = "landing"
+        self,
+        request: web.Request,
+        row: dict[str, Any],
+        reader: Reader,
+        scope: str = "landing",
+        nonce: str = "",
     ) -> dict[str, Any]:
         return {
             "sender": str(row.get("auth_user") or row["sender"]),
             "expires": reader.moment(row["expires"]),
             "mode": str(row["mode"]),
-            "form": self.form_key(row, scope),
+            "form": self.form_key(row, scope, nonce=nonce),
             "base": f"/h/{request.match_info['token']}",
             "lang": reader.language,
             "decision": row.get("decision"),
@@ -410,17 +433,21 @@ class HostedPage:
                 return self.page(body)  # the form again, with the sentence
         images = form.get("images") == "1"
         content = await asyncio.to_thread(read_content, raw)
-        body = self.content_page(request, row, reader, content, images)
-        page_sha256 = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        nonce = secrets.token_hex(16)
+        body = self.content_page(request, row, reader, content, images, nonce)
+        sent = body.encode("utf-8")  # the exact bytes of the response's body
+        page_sha256 = hashlib.sha256(sent).hexdigest()
         detail = {
             **self.event(request, row, "page"),
             "page_sha256": page_sha256,
+            "page_nonce": nonce,
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "images": images,
             "code_checked": row["mode"] == Mode.HOSTED_CODE,  # bound to the mailbox
         }
+        kept = (nonce, sent) if row["mode"] == Mode.ACCEPT and not row.get("decision") else None
         done = await self.records.record_handover(
-            int(row["recipient_id"]), detail, time.time(), page_sha256
+            int(row["recipient_id"]), detail, time.time(), page_sha256, kept
         )
         if done is None:
             return await self.not_found(request)
@@ -432,7 +459,16 @@ class HostedPage:
             printable(str(row["address"])),
             detail["ip"],
         )
-        return self.page(body, policy=IMAGES_POLICY if images else CONTENT_SECURITY_POLICY)
+        return web.Response(
+            status=200,
+            body=sent,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                **PAGE_HEADERS,
+                "Content-Security-Policy": IMAGES_POLICY if images else CONTENT_SECURITY_POLICY,
+            },
+        )
 
     def content_page(
         self,
@@ -441,6 +477,7 @@ class HostedPage:
         reader: Reader,
         content: Content,
         images: bool,
+        nonce: str,
     ) -> str:
         return render(
             "hosted/content.html",
@@ -450,7 +487,7 @@ class HostedPage:
             html=_framed(content.html) if content.html is not None else None,
             images=images,
             languages=[],
-            **self.context(request, row, reader, "content"),
+            **self.context(request, row, reader, "content", nonce),
         )
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -501,13 +538,18 @@ class HostedPage:
             return await self.not_found(request)
         form = await request.post()
         decision = str(form.get("decision", ""))
+        key = str(form.get("form", ""))
         if (
-            not self.form_ok(row, str(form.get("form", "")), "content")
+            not self.form_ok(row, key, "content")
             or decision not in ("accepted", "rejected")
             or row["state"] == WAITING
-            or not row.get("shown_sha256")
         ):
             return await self.not_found(request)
+        # The page this form came from (its nonce): its hash is what is certified.
+        shown = await self.records.shown_page(int(row["recipient_id"]), form_nonce(key))
+        if shown is None and not row.get("decision"):
+            return await self.not_found(request)
+        page_sha256, page = shown if shown is not None else ("", b"")
         reader = await self.reader(request, row)
         raw = await self.raw(row)
         if raw is None:
@@ -518,13 +560,14 @@ class HostedPage:
             "decision": decision,
             "name": " ".join(str(form.get("name", "")).split())[:200],
             "comment": str(form.get("comment", "")).strip()[:2000],
-            "page_sha256": str(row["shown_sha256"]),
+            "page_sha256": page_sha256,
+            "page_nonce": form_nonce(key),
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "message_sha256": str(row["message_sha256"]),
         }
         now = time.time()
         recorded = await self.records.record_decision(
-            int(row["recipient_id"]), decision, detail, new_certificate_id(), now
+            int(row["recipient_id"]), decision, detail, new_certificate_id(), now, page
         )
         if recorded:
             log.info(
@@ -546,6 +589,12 @@ class HostedPage:
             **self.context(request, row, reader),
         )
         return self.page(body)
+
+
+def form_nonce(key: str) -> str:
+    """The nonce of a content page's form key (empty for a landing page's)."""
+    parts = key.split(".")
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _framed(html: str) -> str:
