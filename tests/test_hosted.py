@@ -665,3 +665,79 @@ def test_a_decision_certifies_the_page_it_was_made_on_and_embeds_it(
     record = embedded_evidence(path.read_bytes())
     assert record is not None and record["decision"]["page_sha256"] == a_sha
     assert record["decision"]["page_file"] == "shown-page.html"
+
+
+def _codes(sink: Sink, rcpt: str, count: int) -> list[str]:
+    """The codes mailed to ``rcpt`` once there are ``count``, in order."""
+    found = sink.wait_for(
+        lambda ms: sum(rcpt in m.rcpt_tos and b"Your code" in _subject(m) for m in ms) >= count
+    )
+    mails = [m for m in found if rcpt in m.rcpt_tos and b"Your code" in _subject(m)]
+    return [re.search(r"\b(\d{6})\b", str(m.message["Subject"])).group(1) for m in mails]  # type: ignore[union-attr]
+
+
+def _wrong(code: str) -> str:
+    return "000000" if code != "000000" else "111111"
+
+
+def test_one_time_codes_are_limited_per_link_not_per_code(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 2: a new code resets neither the wrong guesses nor the codes sent."""
+    gw, sink, _ = hosted
+    rcpt = "ken@example.org"
+    qid = send(gw, message("Guarded", rcpt, cc="certifica+hosted-code@certifica.localhost"),
+               [rcpt, "certifica+hosted-code@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Guarded"))
+    _, _, landing = fetch(link)
+    assert b'id="code-limits"' in landing and b"at most 5 codes a day" in landing
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+
+    def guess(code: str) -> bytes:
+        return fetch(f"{link}/open", f"form={key}&code={code}".encode())[2]
+
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    (first,) = _codes(sink, rcpt, 1)
+    for _ in range(4):
+        assert b'role="alert"' in guess(_wrong(first))
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    second = _codes(sink, rcpt, 2)[1]
+    for _ in range(4):
+        guess(_wrong(second))
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    third = _codes(sink, rcpt, 3)[2]
+    guess(_wrong(third))
+    locked = guess(_wrong(third))  # the 10th wrong code of the link
+    assert b'id="code-refused"' in locked and b"Too many wrong codes" in locked
+    assert b"sale of the boat" not in guess(third)  # even the right one, while locked
+    refused = fetch(f"{link}/code", f"form={key}".encode())[2]
+    assert b'id="code-refused"' in refused
+    assert evidence(gw, qid, "ContentHandover") == []
+    with db(gw) as conn:
+        (sent,) = conn.execute(
+            "SELECT codes_sent FROM hosted_links h JOIN recipients r ON r.id = h.recipient_id"
+            " WHERE r.address = ? AND h.qid = ?",
+            (rcpt, qid),
+        ).fetchone()
+    assert sent == 3 and len(_codes(sink, rcpt, 3)) == 3  # no mail while locked
+
+
+def test_no_more_than_the_days_codes_are_mailed_for_a_link(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    gw, sink, _ = hosted
+    rcpt = "leo@example.org"
+    send(gw, message("Mail bomb", rcpt, cc="certifica+hosted-code@certifica.localhost"),
+         [rcpt, "certifica+hosted-code@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Mail bomb"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    for _ in range(5):
+        assert b'id="code-refused"' not in fetch(f"{link}/code", f"form={key}".encode())[2]
+    for _ in range(3):
+        refused = fetch(f"{link}/code", f"form={key}".encode())[2]
+        assert b"No more codes can be sent" in refused
+    codes = _codes(sink, rcpt, 5)
+    assert b"sale of the boat" in fetch(f"{link}/open", f"form={key}&code={codes[-1]}".encode())[2]
+    assert len([m for m in sink.messages if rcpt in m.rcpt_tos
+                and b"Your code" in _subject(m)]) == 5  # fmt: skip

@@ -183,35 +183,90 @@ class Hosted(Database):
 
         return await self._run(write)
 
-    async def set_hosted_code(self, recipient_id: int, code_sha256: str, expires: float) -> None:
-        """A new one-time code for the link (the previous one no longer works)."""
-        await self._run(
-            lambda: self._conn.execute(
-                "UPDATE hosted_links SET code_sha256 = ?, code_expires = ?, code_tries = 0"
-                " WHERE recipient_id = ?",
-                (code_sha256, expires, recipient_id),
-            )
-        )
+    async def set_hosted_code(
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        expires: float,
+        now: float = 0.0,
+        per_day: int = 0,
+    ) -> str | None:
+        """A new one-time code for the link (the previous one no longer works). Refused
+        (nothing written) with the reason, ``locked`` (too many wrong codes) or
+        ``too_many`` (``per_day`` codes mailed in the last 24 hours), else None."""
 
-    async def check_hosted_code(
-        self, recipient_id: int, code_sha256: str, now: float, tries: int
-    ) -> bool:
-        """Whether ``code_sha256`` is the link's live code; a wrong one counts, and after
-        ``tries`` wrong ones the code is void (a new one must be sent)."""
-
-        def check() -> bool:
+        def write() -> str | None:
             row = self._conn.execute(
-                "SELECT code_sha256, code_expires, code_tries FROM hosted_links"
+                "SELECT codes_sent, codes_since, code_locked_until FROM hosted_links"
                 " WHERE recipient_id = ?",
                 (recipient_id,),
             ).fetchone()
-            if row is None or row[0] is None or row[1] < now or row[2] >= tries:
+            if row is None:
+                return "locked"
+            sent, since, locked = row
+            if locked is not None and locked > now:
+                return "locked"
+            if since is None or now - since >= 86400.0:
+                sent, since = 0, now  # a new day's window
+            if per_day and sent >= per_day:
+                return "too_many"
+            self._conn.execute(
+                "UPDATE hosted_links SET code_sha256 = ?, code_expires = ?, code_tries = 0,"
+                " codes_sent = ?, codes_since = ? WHERE recipient_id = ?",
+                (code_sha256, expires, sent + 1, since, recipient_id),
+            )
+            return None
+
+        return await self._run(write)
+
+    async def code_locked(self, recipient_id: int, now: float) -> bool:
+        """Whether the link's codes are refused now (too many wrong ones)."""
+
+        def read() -> bool:
+            row = self._conn.execute(
+                "SELECT code_locked_until FROM hosted_links WHERE recipient_id = ?",
+                (recipient_id,),
+            ).fetchone()
+            return bool(row and row[0] is not None and row[0] > now)
+
+        return await self._read(read)
+
+    async def check_hosted_code(
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        now: float,
+        tries: int,
+        failures: int = 0,
+        lock_seconds: float = 0.0,
+    ) -> bool:
+        """Whether ``code_sha256`` is the link's live code; a wrong one counts, and after
+        ``tries`` wrong ones the code is void (a new one must be sent). Wrong codes also
+        count per link, whatever the code: after ``failures`` of them the link's codes
+        are refused for ``lock_seconds`` (the live one is void)."""
+
+        def check() -> bool:
+            row = self._conn.execute(
+                "SELECT code_sha256, code_expires, code_tries, code_locked_until,"
+                " wrong_codes FROM hosted_links WHERE recipient_id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None or row[3] is not None and row[3] > now:
+                return False
+            if row[0] is None or row[1] < now or row[2] >= tries:
                 return False
             if row[0] != code_sha256:
                 self._conn.execute(
-                    "UPDATE hosted_links SET code_tries = code_tries + 1 WHERE recipient_id = ?",
+                    "UPDATE hosted_links SET code_tries = code_tries + 1,"
+                    " wrong_codes = wrong_codes + 1 WHERE recipient_id = ?",
                     (recipient_id,),
                 )
+                if failures and row[4] + 1 >= failures:
+                    self._conn.execute(
+                        "UPDATE hosted_links SET code_locked_until = ?, wrong_codes = 0,"
+                        " code_sha256 = NULL WHERE recipient_id = ?",
+                        (now + lock_seconds, recipient_id),
+                    )
                 return False
             self._conn.execute(  # one code, one opening
                 "UPDATE hosted_links SET code_sha256 = NULL WHERE recipient_id = ?",

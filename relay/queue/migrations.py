@@ -479,6 +479,15 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE hosted_links ADD COLUMN decision_page BLOB;  -- the page decided on
     """,
+    # 22: one-time codes limited per link, not only per code (docs/hosted.md, "The
+    # one-time code's limits"): codes mailed in the current day's window, and wrong
+    # codes in total (a new code does not reset them), which lock the code path.
+    """
+    ALTER TABLE hosted_links ADD COLUMN codes_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosted_links ADD COLUMN codes_since REAL;    -- the window's first code
+    ALTER TABLE hosted_links ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosted_links ADD COLUMN code_locked_until REAL;
+    """,
 ]
 
 

@@ -102,11 +102,24 @@ class HostedRecords(Protocol):
     async def shown_page(self, recipient_id: int, nonce: str) -> tuple[str, bytes] | None: ...
 
     async def set_hosted_code(
-        self, recipient_id: int, code_sha256: str, expires: float
-    ) -> None: ...
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        expires: float,
+        now: float = 0.0,
+        per_day: int = 0,
+    ) -> str | None: ...
+
+    async def code_locked(self, recipient_id: int, now: float) -> bool: ...
 
     async def check_hosted_code(
-        self, recipient_id: int, code_sha256: str, now: float, tries: int
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        now: float,
+        tries: int,
+        failures: int = 0,
+        lock_seconds: float = 0.0,
     ) -> bool: ...
 
     async def record_decision(
@@ -363,6 +376,7 @@ class HostedPage:
             languages=self.languages(reader.language),
             code_sent=False,
             code_wrong=False,
+            **self.code_limits(),
             **self.context(request, row, reader),
         )
         return self.page(body)
@@ -377,10 +391,31 @@ class HostedPage:
         if row["mode"] != Mode.HOSTED_CODE or not self.form_ok(row, key, "landing", "content"):
             return await self.not_found(request)
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        expires = time.time() + self.cfg.hosted.code_minutes * 60
-        await self.records.set_hosted_code(
-            int(row["recipient_id"]), code_hash(str(row["token_sha256"]), code), expires
+        now = time.time()
+        expires = now + self.cfg.hosted.code_minutes * 60
+        refused = await self.records.set_hosted_code(
+            int(row["recipient_id"]),
+            code_hash(str(row["token_sha256"]), code),
+            expires,
+            now,
+            self.cfg.hosted.codes_per_day,
         )
+        if refused is not None:  # per link, whoever asks (docs/hosted.md)
+            log.info("%s: one-time code refused for a link (%s)", row["qid"], refused)
+            raw = await self.raw(row)
+            body = render(
+                "hosted/landing.html",
+                reader.language,
+                title=translations(reader.language, "web").gettext("A certified message for you"),
+                subject=original_headers(raw or b"").subject,
+                languages=[],
+                code_sent=False,
+                code_wrong=False,
+                code_refused=refused,
+                **self.code_limits(),
+                **self.context(request, row, reader),
+            )
+            return self.page(body)
         if self.mailer is not None:
             data = build_code_mail(self.cfg, str(row["address"]), code, reader, str(row["qid"]))
             await self.mailer(str(row["qid"]), str(row["address"]), data)
@@ -394,9 +429,18 @@ class HostedPage:
             languages=[],
             code_sent=True,
             code_wrong=False,
+            **self.code_limits(),
             **self.context(request, row, reader),
         )
         return self.page(body)
+
+    def code_limits(self) -> dict[str, Any]:
+        """The one-time code's limits, as the landing page states them."""
+        return {
+            "codes_per_day": self.cfg.hosted.codes_per_day,
+            "code_failures": self.cfg.hosted.code_failures,
+            "code_lock_hours": max(1, round(self.cfg.hosted.code_lock_minutes / 60)),
+        }
 
     async def open(self, request: web.Request) -> web.Response:
         row = await self.link(request)
@@ -416,8 +460,11 @@ class HostedPage:
                 code_hash(str(row["token_sha256"]), code),
                 time.time(),
                 self.cfg.hosted.code_tries,
+                self.cfg.hosted.code_failures,
+                self.cfg.hosted.code_lock_minutes * 60.0,
             )
             if not good:
+                locked = await self.records.code_locked(int(row["recipient_id"]), time.time())
                 body = render(
                     "hosted/landing.html",
                     reader.language,
@@ -426,8 +473,10 @@ class HostedPage:
                     ),
                     subject=original_headers(raw).subject,
                     languages=[],
-                    code_sent=True,
-                    code_wrong=True,
+                    code_sent=not locked,
+                    code_wrong=not locked,
+                    code_refused="locked" if locked else None,
+                    **self.code_limits(),
                     **self.context(request, row, reader),
                 )
                 return self.page(body)  # the form again, with the sentence
