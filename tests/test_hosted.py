@@ -741,3 +741,31 @@ def test_no_more_than_the_days_codes_are_mailed_for_a_link(
     assert b"sale of the boat" in fetch(f"{link}/open", f"form={key}&code={codes[-1]}".encode())[2]
     assert len([m for m in sink.messages if rcpt in m.rcpt_tos
                 and b"Your code" in _subject(m)]) == 5  # fmt: skip
+
+
+def test_after_its_expiry_an_opened_link_neither_opens_nor_decides(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 4: an opened link past its expiry gets the unknown link's 404; no
+    handover and no decision is recorded after it."""
+    gw, sink, _ = hosted
+    rcpt = "mallory@example.org"
+    qid = send(gw, message("Late offer", rcpt, cc="certifica+accept@certifica.localhost"),
+               [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Late offer"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    assert status == 200 and b"sale of the boat" in content
+    content_key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    with sqlite3.connect(gw.state / "queue.db", timeout=30) as conn:  # the offer's end passes
+        conn.execute("UPDATE hosted_links SET expires = ? WHERE qid = ?", (time.time() - 1, qid))
+    unknown = fetch(link[:-5] + "AAAAA")
+    status, _, body = fetch(link)
+    assert status == 404 and body == unknown[2]
+    assert fetch(f"{link}/open", f"form={key}".encode())[0] == 404
+    status, _, body = fetch(f"{link}/decide", f"form={content_key}&decision=accepted".encode())
+    assert status == 404 and body == unknown[2]
+    assert fetch(f"{link}/a/1", f"form={content_key}".encode())[0] == 404
+    assert len(evidence(gw, qid, "ContentHandover")) == 1
+    assert evidence(gw, qid, "ContentAccepted") == []

@@ -148,19 +148,19 @@ class Hosted(Database):
         page: tuple[str, bytes] | None = None,
     ) -> dict[str, Any] | None:
         """A ``ContentHandover`` entry (the page shown, or one download); the first makes
-        the link ``handed_over``. ``page``: the nonce and exact bytes of the content page
+        the link ``handed_over``. Nothing after the link's expiry. ``page``: the nonce and exact bytes of the content page
         sent, kept until a decision names that nonce (``accept``). None (and nothing
         written) when the link is not waiting or handed over (expired)."""
 
         def write() -> dict[str, Any] | None:
             row = self._conn.execute(
-                "SELECT h.qid, h.state, r.address FROM hosted_links h"
+                "SELECT h.qid, h.state, r.address, h.expires FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id WHERE h.recipient_id = ?",
                 (recipient_id,),
             ).fetchone()
-            if row is None or row[1] not in (WAITING, HANDED_OVER):
-                return None
-            qid, state, address = row
+            if row is None or row[1] not in (WAITING, HANDED_OVER) or row[3] <= now:
+                return None  # never a handover after the link's expiry
+            qid, state, address, _expires = row
             if state == WAITING:
                 self._conn.execute(
                     "UPDATE hosted_links SET state = ?, handed_over_at = ? WHERE recipient_id = ?",
@@ -298,15 +298,17 @@ class Hosted(Database):
         now: float,
         page: bytes | None = None,
     ) -> bool:
-        """Record the recipient's decision once (False: one was recorded already), with
+        """Record the recipient's decision once (False: one was recorded already, or the
+        link expired), with
         ``page``, the exact content page it was made on; the other pages sent go."""
 
         def write() -> bool:
             row = self._conn.execute(
                 "SELECT h.qid, r.address FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id"
-                " WHERE h.recipient_id = ? AND h.decision IS NULL AND h.state != ?",
-                (recipient_id, EXPIRED),
+                " WHERE h.recipient_id = ? AND h.decision IS NULL AND h.state != ?"
+                " AND h.expires > ?",  # never a decision after the link's expiry
+                (recipient_id, EXPIRED, now),
             ).fetchone()
             if row is None:
                 return False

@@ -20,8 +20,8 @@ message comes to get it, and where the content is handed over with evidence.
 
 Every POST carries a per-page token (an HMAC of the link and the time under the
 gateway's key, valid :data:`FORM_SECONDS`), so another site cannot make a browser open,
-download or decide. An unknown, malformed or expired link, and every other path under
-``/h/``, gets one identical 404 page (it depends only on the request's language).
+download or decide. An unknown, malformed or expired link (past its expiry, opened or not), and every
+other path under ``/h/``, gets one identical 404 page (it depends only on the request's language).
 Requests are counted per client (:mod:`relay.web.ratelimit`, ``[web] rate_limit``).
 """
 
@@ -272,8 +272,11 @@ class HostedPage:
         )
         if row is None or row["state"] == EXPIRED:
             return None
-        if row["state"] == WAITING and row["expires"] <= time.time():
-            return None  # the daily task has not certified it yet: already gone for the page
+        if row["expires"] <= time.time():
+            # Past the link's expiry nothing is opened, downloaded or decided, whether it
+            # was opened before or not (docs/hosted.md, "Expiry and retention"); a waiting
+            # link the hourly task has not certified yet is already gone for the page.
+            return None
         return row
 
     def form_key(
@@ -628,8 +631,11 @@ class HostedPage:
             row = {**row, "decision": decision, "decided_at": now}
             if self.wake is not None:
                 self.wake()  # the sender's certificate is made at once
-        else:  # decided already: the page shows the first decision
-            row = await self.link(request) or row
+        else:  # decided already: the page shows the first decision (or it just expired)
+            again = await self.link(request)
+            if again is None or not again.get("decision"):
+                return await self.not_found(request)
+            row = again
         body = render(
             "hosted/decided.html",
             reader.language,
