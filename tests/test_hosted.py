@@ -769,3 +769,63 @@ def test_after_its_expiry_an_opened_link_neither_opens_nor_decides(
     assert fetch(f"{link}/a/1", f"form={content_key}".encode())[0] == 404
     assert len(evidence(gw, qid, "ContentHandover")) == 1
     assert evidence(gw, qid, "ContentAccepted") == []
+
+
+def test_the_html_notification_shows_the_senders_address_as_text(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 5: the address is escaped text, not a tag that hides it."""
+    from html.parser import HTMLParser
+
+    gw, sink, _ = hosted
+    rcpt = "nina@example.org"
+    send(gw, message("Who sent it", rcpt, cc="certifica+accept@certifica.localhost"),
+         [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    mail = notification(sink, rcpt, "Who sent it")
+    html = mail.message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert "&lt;alice@example.com&gt;" in html
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.text = ""
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            self.tags.append(tag)
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+
+    parsed = Text()
+    parsed.feed(html)
+    assert "Alice <alice@example.com> sent you a certified message" in " ".join(parsed.text.split())
+    assert not [t for t in parsed.tags if "@" in t]
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Alice <alice@example.com> sent you a certified message" in " ".join(text.split())
+
+
+def _decision_mail(gw: Gateway, sink: Sink, rcpt: str, subject: str, decision: str) -> str:
+    """Decide on a fresh ``+accept`` message by POSTs; the plain text of the sender's mail."""
+    send(gw, message(subject, rcpt, cc="certifica+accept@certifica.localhost"),
+         [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, subject))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    _, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    assert fetch(f"{link}/decide", f"form={key}&decision={decision}".encode())[0] == 200
+    title = "acceptance" if decision == "accepted" else "rejection"
+    wanted = f"Certificate of {title}: “{subject}”"
+    found = sink.wait_for(lambda ms: any(wanted in str(m.message["Subject"]) for m in ms))
+    mail = next(m for m in found if wanted in str(m.message["Subject"]))
+    return str(mail.message.get_body(preferencelist=("plain",)).get_content())  # type: ignore[union-attr]
+
+
+def test_the_mail_of_a_rejection_never_says_delivered(hosted: tuple[Gateway, Sink, int]) -> None:
+    """Review finding 6: the decision, in words and in the details, not a server's 250."""
+    gw, sink, _ = hosted
+    text = " ".join(_decision_mail(gw, sink, "olga@example.org", "No deal", "rejected").split())
+    assert "olga@example.org: rejected on the gateway's page, through the link" in text
+    assert "delivered" not in text and "recipient's mail server" not in text, text
+    assert "olga@example.org: rejected on the gateway's page" in text

@@ -104,7 +104,13 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
         qid=qid,
         cert_id=cert_id,
         sha256=row["sha256"],
-        recipients=[{"address": decision["address"], "status": "delivered"}],
+        recipients=[
+            {
+                "address": decision["address"],
+                "status": decision["decision"],  # accepted | rejected, never "delivered"
+                "at": decision["decided_at"],
+            }
+        ],
         original=notices.original_headers(raw),
         pdf=kept,
         label="Certificate",
