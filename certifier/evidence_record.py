@@ -240,6 +240,7 @@ class HostedLink(TypedDict, total=False):
     expired_at: str | None
     decision: Literal["accepted", "rejected"] | None
     decided_at: str | None
+    handover: dict[str, Any]  # the first opening: automatic, reason, code_checked
 
 
 class Recipient(TypedDict, total=False):
@@ -382,6 +383,7 @@ class Decision(TypedDict, total=False):
     user_agent: str
     automatic: bool
     reason: str
+    code_checked: bool  # a one-time code sent to the mailbox was typed before the page
 
 
 class EvidenceRecord(TypedDict, total=False):

@@ -314,7 +314,11 @@ def test_get_alone_never_hands_over_and_the_post_does(
     assert state["state"] == "handed_over" and state["handed_over_at"]
     # the message's certificate, issued once the content was handed over, says so
     pdf, page1 = certificate_of(gw, sink, "Open me", tmp_path)
-    assert "notification with the link" in page1 and "handed over to the recipient" in page1
+    assert "notification with the link" in page1
+    # finding 3: the link was used, not "the recipient"; person or machine, no code
+    assert "opened on the gateway's page" in page1 and "through the link sent to" in page1
+    assert "handed over to the recipient" not in page1
+    assert "No code was asked for" in page1 and "Classified as" in page1
     files = etsi_documents(gw, pdf, tmp_path / "etsi")
     handover = [x for n, x in files.items() if n.endswith("-ContentHandover.xml")]
     assert handover and b"http://uri.etsi.org/19522/Event/ContentHandover" in handover[0]
@@ -535,6 +539,9 @@ def test_a_decision_is_recorded_once_with_what_was_shown(
     page1 = " ".join(first.stdout.split())
     assert f"Certificate of {title} of a certified e-mail" in page1
     assert "simple electronic signature" in page1 and "3(10)" in page1
+    # finding 3: the decision was made through the link, by whoever held it
+    assert f"through the link sent to {rcpt}" in page1 and f"{rcpt} {verdict}" not in page1
+    assert "No code was asked for" in page1 and "Classified as" in page1, page1
     body_text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     url = re.search(r"http://127\.0\.0\.1:\d+/v/[A-Za-z0-9_-]+", body_text)
     assert url, body_text

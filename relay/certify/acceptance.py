@@ -80,6 +80,7 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
                     "user_agent",
                     "automatic",
                     "reason",
+                    "code_checked",
                 )
                 if k in detail
             },

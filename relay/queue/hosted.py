@@ -129,10 +129,13 @@ class Hosted(Database):
         def read() -> list[dict[str, Any]]:
             cursor = self._conn.execute(
                 "SELECT h.recipient_id, h.mode, h.state, h.created, h.expires,"
-                " h.handed_over_at, h.expired_at, h.decision, h.decided_at, r.address"
+                " h.handed_over_at, h.expired_at, h.decision, h.decided_at, r.address,"
+                # the first opening's classification (person or machine) and code check
+                " (SELECT detail FROM evidence e WHERE e.qid = h.qid AND e.event = ?"
+                "  AND e.recipient = r.address ORDER BY e.seq LIMIT 1) AS handover_detail"
                 " FROM hosted_links h JOIN recipients r ON r.id = h.recipient_id"
                 " WHERE h.qid = ? ORDER BY h.recipient_id",
-                (qid,),
+                (HANDOVER, qid),
             )
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor]

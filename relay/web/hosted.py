@@ -616,6 +616,7 @@ class HostedPage:
             "page_nonce": form_nonce(key),
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "message_sha256": str(row["message_sha256"]),
+            "code_checked": row["mode"] == Mode.HOSTED_CODE,  # access bound to the mailbox
         }
         now = time.time()
         recorded = await self.records.record_decision(
