@@ -233,7 +233,7 @@ class Copy(TypedDict):
 class HostedLink(TypedDict, total=False):
     """What became of a recipient's link to hosted content (docs/hosted.md)."""
 
-    mode: Required[Literal["hosted", "hosted-code", "accept"]]
+    mode: Required[Literal["hosted", "hosted-code", "accept", "accept-code"]]
     state: Required[Literal["waiting", "handed_over", "expired"]]
     expires: str | None
     handed_over_at: str | None

@@ -836,3 +836,39 @@ def test_the_mail_of_a_rejection_never_says_delivered(hosted: tuple[Gateway, Sin
     assert "olga@example.org: rejected on the gateway's page, through the link" in text
     assert "delivered" not in text and "recipient's mail server" not in text, text
     assert "olga@example.org: rejected on the gateway's page" in text
+
+
+def test_accept_with_a_code_keeps_both(hosted: tuple[Gateway, Sink, int]) -> None:
+    """Review finding 3: +accept and +hosted-code together ask for the code, then the
+    decision; the certificate says the access was bound to the mailbox."""
+    from relay.hosted.modes import chosen_mode
+
+    assert chosen_mode(["accept", "hosted-code"], b"Subject: x\r\n\r\n", None) == "accept-code"
+    gw, sink, _ = hosted
+    rcpt = "pat@example.org"
+    tags = ["certifica+accept@certifica.localhost", "certifica+hosted-code@certifica.localhost"]
+    qid = send(gw, message("Coded terms", rcpt, cc=", ".join(tags)), [rcpt, *tags])
+    link = link_of(notification(sink, rcpt, "Coded terms"))
+    _, _, landing = fetch(link)
+    assert b'id="send-code"' in landing and b'id="open"' not in landing
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    assert b"sale of the boat" not in content  # no code, nothing shown
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    (code,) = _codes(sink, rcpt, 1)
+    status, _, content = fetch(f"{link}/open", f"form={key}&code={code}".encode())
+    assert b"sale of the boat" in content and b'id="accept"' in content
+    key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    assert fetch(f"{link}/decide", f"form={key}&decision=accepted".encode())[0] == 200
+    (decided,) = evidence(gw, qid, "ContentAccepted")
+    assert decided["code_checked"] is True
+    wanted = "Certificate of acceptance: “Coded terms”"
+    found = sink.wait_for(lambda ms: any(wanted in str(m.message["Subject"]) for m in ms))
+    mail = next(m for m in found if wanted in str(m.message["Subject"]))
+    (pdf,) = [
+        a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"
+    ]
+    from certifier.verify import embedded_evidence
+
+    record = embedded_evidence(pdf.get_payload(decode=True))
+    assert record is not None and record["decision"]["code_checked"] is True

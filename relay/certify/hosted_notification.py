@@ -35,12 +35,16 @@ _SUBJECTS = {
     Mode.HOSTED: N_("%(sender)s sent you a certified message: “%(subject)s”"),
     Mode.HOSTED_CODE: N_("%(sender)s sent you a certified message: “%(subject)s”"),
     Mode.ACCEPT: N_("%(sender)s asks you to accept or reject: “%(subject)s”"),
+    Mode.ACCEPT_CODE: N_("%(sender)s asks you to accept or reject: “%(subject)s”"),
 }
 
 _INTROS = {
     Mode.HOSTED: N_("%(name)s <%(sender)s> sent you a certified message."),
     Mode.HOSTED_CODE: N_("%(name)s <%(sender)s> sent you a certified message."),
     Mode.ACCEPT: N_(
+        "%(name)s <%(sender)s> sent you a certified message and asks you to accept or reject it."
+    ),
+    Mode.ACCEPT_CODE: N_(
         "%(name)s <%(sender)s> sent you a certified message and asks you to accept or reject it."
     ),
 }

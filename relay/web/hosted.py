@@ -46,7 +46,7 @@ from relay.certify.hosted_notification import build_code_mail
 from relay.certify.notices import N_, original_headers
 from relay.config import Config
 from relay.hosted.content import Content, read_content
-from relay.hosted.modes import TOKEN, Mode, token_hash
+from relay.hosted.modes import CODE_MODES, DECISION_MODES, TOKEN, token_hash
 from relay.logs import printable
 from relay.queue.hosted import EXPIRED, WAITING
 from relay.queue.ids import new_certificate_id, new_queue_id
@@ -331,6 +331,8 @@ class HostedPage:
             "sender": str(row.get("auth_user") or row["sender"]),
             "expires": reader.moment(row["expires"]),
             "mode": str(row["mode"]),
+            "code_mode": row["mode"] in CODE_MODES,
+            "decides": row["mode"] in DECISION_MODES,
             "form": self.form_key(row, scope, nonce=nonce),
             "base": f"/h/{request.match_info['token']}",
             "lang": reader.language,
@@ -391,7 +393,7 @@ class HostedPage:
         form = await request.post()
         reader = await self.reader(request, row)
         key = str(form.get("form", ""))
-        if row["mode"] != Mode.HOSTED_CODE or not self.form_ok(row, key, "landing", "content"):
+        if row["mode"] not in CODE_MODES or not self.form_ok(row, key, "landing", "content"):
             return await self.not_found(request)
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         now = time.time()
@@ -456,7 +458,7 @@ class HostedPage:
         raw = await self.raw(row)
         if raw is None:
             return await self.not_found(request)
-        if row["mode"] == Mode.HOSTED_CODE:
+        if row["mode"] in CODE_MODES:
             code = "".join(str(form.get("code", "")).split())[:CODE_DIGITS]
             good = code.isdigit() and await self.records.check_hosted_code(
                 int(row["recipient_id"]),
@@ -495,9 +497,9 @@ class HostedPage:
             "page_nonce": nonce,
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "images": images,
-            "code_checked": row["mode"] == Mode.HOSTED_CODE,  # bound to the mailbox
+            "code_checked": row["mode"] in CODE_MODES,  # bound to the mailbox
         }
-        kept = (nonce, sent) if row["mode"] == Mode.ACCEPT and not row.get("decision") else None
+        kept = (nonce, sent) if row["mode"] in DECISION_MODES and not row.get("decision") else None
         done = await self.records.record_handover(
             int(row["recipient_id"]), detail, time.time(), page_sha256, kept
         )
@@ -586,7 +588,7 @@ class HostedPage:
 
     async def decide(self, request: web.Request) -> web.Response:
         row = await self.link(request)
-        if row is None or row["mode"] != Mode.ACCEPT:
+        if row is None or row["mode"] not in DECISION_MODES:
             return await self.not_found(request)
         form = await request.post()
         decision = str(form.get("decision", ""))
@@ -616,7 +618,7 @@ class HostedPage:
             "page_nonce": form_nonce(key),
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "message_sha256": str(row["message_sha256"]),
-            "code_checked": row["mode"] == Mode.HOSTED_CODE,  # access bound to the mailbox
+            "code_checked": row["mode"] in CODE_MODES,  # access bound to the mailbox
         }
         now = time.time()
         recorded = await self.records.record_decision(
