@@ -233,13 +233,14 @@ class Copy(TypedDict):
 class HostedLink(TypedDict, total=False):
     """What became of a recipient's link to hosted content (docs/hosted.md)."""
 
-    mode: Required[Literal["hosted", "hosted-code", "accept"]]
+    mode: Required[Literal["hosted", "hosted-code", "accept", "accept-code"]]
     state: Required[Literal["waiting", "handed_over", "expired"]]
     expires: str | None
     handed_over_at: str | None
     expired_at: str | None
     decision: Literal["accepted", "rejected"] | None
     decided_at: str | None
+    handover: dict[str, Any]  # the first opening: automatic, reason, code_checked
 
 
 class Recipient(TypedDict, total=False):
@@ -374,13 +375,15 @@ class Decision(TypedDict, total=False):
     time: Required[str]  # UTC, ISO 8601 with Z
     name: str  # typed by the recipient, optional
     comment: str
-    page_sha256: str  # the content page the server sent that recipient
+    page_sha256: str  # the content page the server sent that recipient, decided on
+    page_file: str  # that page's bytes, embedded in the certificate (shown-page.html)
     message_sha256: str
     attachments: list[dict[str, str]]  # name, sha256
     ip: str
     user_agent: str
     automatic: bool
     reason: str
+    code_checked: bool  # a one-time code sent to the mailbox was typed before the page
 
 
 class EvidenceRecord(TypedDict, total=False):

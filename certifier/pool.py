@@ -56,6 +56,13 @@ __all__ = [
     "render_and_sign",
 ]
 
+SHOWN_PAGE = "shown-page.html"
+"""The name, in an acceptance certificate, of the exact page the decision was made on
+(docs/hosted.md); its SHA-256 is the decision's ``page_sha256``."""
+SHOWN_PAGE_KEY = "_shown_page"
+"""The evidence key that carries that page's bytes to :func:`render_and_sign` (it is
+embedded as :data:`SHOWN_PAGE`, never written into ``evidence.json``)."""
+
 
 @dataclass(frozen=True)
 class SigningSettings:
@@ -268,7 +275,12 @@ def render_and_sign(
         raise RuntimeError("no signer: call init_process(settings) or pass signer=")
     if "seal" not in evidence:
         evidence = {**evidence, "seal": signer.seal}
+    page = evidence.get(SHOWN_PAGE_KEY)
+    if page is not None:  # an acceptance's decided page: embedded, not in evidence.json
+        evidence = {k: v for k, v in evidence.items() if k != SHOWN_PAGE_KEY}
     xml = signer.etsi_evidence(evidence, eml)
+    if page is not None:
+        xml = [*xml, (SHOWN_PAGE, bytes(page))]
     signed = signer.sign(render_certificate(evidence, eml, reader or Reader(), xml))
     archiver = archiver or (_archiver if signer is _signer else None)
     return signed if archiver is None else archiver.archive(signed)

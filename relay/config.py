@@ -335,6 +335,9 @@ class HostedConfig:
     expiry_days: int = 14  # a link not opened in this many days is certified as expired
     code_minutes: int = 15  # a one-time code (+hosted-code) is valid this long
     code_tries: int = 5  # wrong codes before the link needs a new code
+    codes_per_day: int = 5  # codes mailed for one link in 24 hours, at most
+    code_failures: int = 10  # wrong codes per link (any code) before its codes are refused
+    code_lock_minutes: int = 120  # how long they are refused then
 
 
 @dataclass(frozen=True)
@@ -527,6 +530,11 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: hosted.expiry_days must be 1 to 3650 days")
     if cfg.hosted.code_minutes < 1 or cfg.hosted.code_tries < 1:
         raise ConfigError(f"{where}: hosted.code_minutes and hosted.code_tries must be at least 1")
+    if min(cfg.hosted.codes_per_day, cfg.hosted.code_failures, cfg.hosted.code_lock_minutes) < 1:
+        raise ConfigError(
+            f"{where}: hosted.codes_per_day, hosted.code_failures and"
+            " hosted.code_lock_minutes must be at least 1"
+        )
 
 
 SMSC_PASSWORD_ENV = "CERTIFICA_SMSC_PASSWORD"  # noqa: S105 - a variable name

@@ -314,7 +314,11 @@ def test_get_alone_never_hands_over_and_the_post_does(
     assert state["state"] == "handed_over" and state["handed_over_at"]
     # the message's certificate, issued once the content was handed over, says so
     pdf, page1 = certificate_of(gw, sink, "Open me", tmp_path)
-    assert "notification with the link" in page1 and "handed over to the recipient" in page1
+    assert "notification with the link" in page1
+    # finding 3: the link was used, not "the recipient"; person or machine, no code
+    assert "opened on the gateway's page" in page1 and "through the link sent to" in page1
+    assert "handed over to the recipient" not in page1
+    assert "No code was asked for" in page1 and "Classified as" in page1
     files = etsi_documents(gw, pdf, tmp_path / "etsi")
     handover = [x for n, x in files.items() if n.endswith("-ContentHandover.xml")]
     assert handover and b"http://uri.etsi.org/19522/Event/ContentHandover" in handover[0]
@@ -535,6 +539,9 @@ def test_a_decision_is_recorded_once_with_what_was_shown(
     page1 = " ".join(first.stdout.split())
     assert f"Certificate of {title} of a certified e-mail" in page1
     assert "simple electronic signature" in page1 and "3(10)" in page1
+    # finding 3: the decision was made through the link, by whoever held it
+    assert f"through the link sent to {rcpt}" in page1 and f"{rcpt} {verdict}" not in page1
+    assert "No code was asked for" in page1 and "Classified as" in page1, page1
     body_text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     url = re.search(r"http://127\.0\.0\.1:\d+/v/[A-Za-z0-9_-]+", body_text)
     assert url, body_text
@@ -612,3 +619,256 @@ def test_the_notification_speaks_the_senders_language_when_the_recipients_is_unk
     assert "le ha enviado un mensaje certificado" in str(mail.message["Subject"])
     text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert "El enlace funciona hasta el" in text
+
+
+def test_a_decision_certifies_the_page_it_was_made_on_and_embeds_it(
+    hosted: tuple[Gateway, Sink, int], tmp_path: Path
+) -> None:
+    """Review finding 1: two tabs, the decision posted from the first one; the page of
+    that tab is certified and embedded, whatever was opened after it."""
+    import hashlib
+
+    gw, sink, _ = hosted
+    rcpt = "judy@example.org"
+    raw = message("Two tabs", rcpt, cc="certifica+accept@certifica.localhost")
+    qid = send(gw, raw, [rcpt, "certifica+accept@certifica.localhost"])
+    link = link_of(notification(sink, rcpt, "Two tabs"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, tab_a = fetch(f"{link}/open", f"form={key}".encode())
+    assert status == 200 and b"sale of the boat" in tab_a
+    status, _, tab_b = fetch(f"{link}/open", f"form={key}&images=1".encode())
+    assert status == 200 and tab_b != tab_a
+    a_sha = hashlib.sha256(tab_a).hexdigest()
+    first, second = evidence(gw, qid, "ContentHandover")
+    assert first["page_sha256"] == a_sha
+    assert second["page_sha256"] == hashlib.sha256(tab_b).hexdigest()
+    key_a = re.search(rb'name="form" value="([^"]+)"', tab_a).group(1).decode()  # type: ignore[union-attr]
+    status, _, _ = fetch(f"{link}/decide", f"form={key_a}&decision=accepted".encode())
+    assert status == 200
+    (decided,) = evidence(gw, qid, "ContentAccepted")
+    assert decided["page_sha256"] == a_sha
+    found = sink.wait_for(
+        lambda ms: any(
+            "Certificate of acceptance: “Two tabs”" in str(m.message["Subject"]) for m in ms
+        )  # fmt: skip
+    )
+    mail = next(
+        m for m in found if "Certificate of acceptance: “Two tabs”" in str(m.message["Subject"])
+    )
+    (pdf,) = [
+        a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"
+    ]
+    path = tmp_path / "decision.pdf"
+    path.write_bytes(pdf.get_payload(decode=True))
+    verified = gw.cli("verify", str(path))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    out = tmp_path / "files"
+    out.mkdir()
+    subprocess.run(["pdfdetach", "-saveall", "-o", str(out), str(path)], check=True)
+    assert (out / "shown-page.html").read_bytes() == tab_a  # anyone can recompute the hash
+    from certifier.verify import embedded_evidence
+
+    record = embedded_evidence(path.read_bytes())
+    assert record is not None and record["decision"]["page_sha256"] == a_sha
+    assert record["decision"]["page_file"] == "shown-page.html"
+
+
+def _codes(sink: Sink, rcpt: str, count: int) -> list[str]:
+    """The codes mailed to ``rcpt`` once there are ``count``, in order."""
+    found = sink.wait_for(
+        lambda ms: sum(rcpt in m.rcpt_tos and b"Your code" in _subject(m) for m in ms) >= count
+    )
+    mails = [m for m in found if rcpt in m.rcpt_tos and b"Your code" in _subject(m)]
+    return [re.search(r"\b(\d{6})\b", str(m.message["Subject"])).group(1) for m in mails]  # type: ignore[union-attr]
+
+
+def _wrong(code: str) -> str:
+    return "000000" if code != "000000" else "111111"
+
+
+def test_one_time_codes_are_limited_per_link_not_per_code(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 2: a new code resets neither the wrong guesses nor the codes sent."""
+    gw, sink, _ = hosted
+    rcpt = "ken@example.org"
+    qid = send(gw, message("Guarded", rcpt, cc="certifica+hosted-code@certifica.localhost"),
+               [rcpt, "certifica+hosted-code@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Guarded"))
+    _, _, landing = fetch(link)
+    assert b'id="code-limits"' in landing and b"at most 5 codes a day" in landing
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+
+    def guess(code: str) -> bytes:
+        return fetch(f"{link}/open", f"form={key}&code={code}".encode())[2]
+
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    (first,) = _codes(sink, rcpt, 1)
+    for _ in range(4):
+        assert b'role="alert"' in guess(_wrong(first))
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    second = _codes(sink, rcpt, 2)[1]
+    for _ in range(4):
+        guess(_wrong(second))
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    third = _codes(sink, rcpt, 3)[2]
+    guess(_wrong(third))
+    locked = guess(_wrong(third))  # the 10th wrong code of the link
+    assert b'id="code-refused"' in locked and b"Too many wrong codes" in locked
+    assert b"sale of the boat" not in guess(third)  # even the right one, while locked
+    refused = fetch(f"{link}/code", f"form={key}".encode())[2]
+    assert b'id="code-refused"' in refused
+    assert evidence(gw, qid, "ContentHandover") == []
+    with db(gw) as conn:
+        (sent,) = conn.execute(
+            "SELECT codes_sent FROM hosted_links h JOIN recipients r ON r.id = h.recipient_id"
+            " WHERE r.address = ? AND h.qid = ?",
+            (rcpt, qid),
+        ).fetchone()
+    assert sent == 3 and len(_codes(sink, rcpt, 3)) == 3  # no mail while locked
+
+
+def test_no_more_than_the_days_codes_are_mailed_for_a_link(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    gw, sink, _ = hosted
+    rcpt = "leo@example.org"
+    send(gw, message("Mail bomb", rcpt, cc="certifica+hosted-code@certifica.localhost"),
+         [rcpt, "certifica+hosted-code@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Mail bomb"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    for _ in range(5):
+        assert b'id="code-refused"' not in fetch(f"{link}/code", f"form={key}".encode())[2]
+    for _ in range(3):
+        refused = fetch(f"{link}/code", f"form={key}".encode())[2]
+        assert b"No more codes can be sent" in refused
+    codes = _codes(sink, rcpt, 5)
+    assert b"sale of the boat" in fetch(f"{link}/open", f"form={key}&code={codes[-1]}".encode())[2]
+    assert len([m for m in sink.messages if rcpt in m.rcpt_tos
+                and b"Your code" in _subject(m)]) == 5  # fmt: skip
+
+
+def test_after_its_expiry_an_opened_link_neither_opens_nor_decides(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 4: an opened link past its expiry gets the unknown link's 404; no
+    handover and no decision is recorded after it."""
+    gw, sink, _ = hosted
+    rcpt = "mallory@example.org"
+    qid = send(gw, message("Late offer", rcpt, cc="certifica+accept@certifica.localhost"),
+               [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, "Late offer"))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    assert status == 200 and b"sale of the boat" in content
+    content_key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    with sqlite3.connect(gw.state / "queue.db", timeout=30) as conn:  # the offer's end passes
+        conn.execute("UPDATE hosted_links SET expires = ? WHERE qid = ?", (time.time() - 1, qid))
+    unknown = fetch(link[:-5] + "AAAAA")
+    status, _, body = fetch(link)
+    assert status == 404 and body == unknown[2]
+    assert fetch(f"{link}/open", f"form={key}".encode())[0] == 404
+    status, _, body = fetch(f"{link}/decide", f"form={content_key}&decision=accepted".encode())
+    assert status == 404 and body == unknown[2]
+    assert fetch(f"{link}/a/1", f"form={content_key}".encode())[0] == 404
+    assert len(evidence(gw, qid, "ContentHandover")) == 1
+    assert evidence(gw, qid, "ContentAccepted") == []
+
+
+def test_the_html_notification_shows_the_senders_address_as_text(
+    hosted: tuple[Gateway, Sink, int],
+) -> None:
+    """Review finding 5: the address is escaped text, not a tag that hides it."""
+    from html.parser import HTMLParser
+
+    gw, sink, _ = hosted
+    rcpt = "nina@example.org"
+    send(gw, message("Who sent it", rcpt, cc="certifica+accept@certifica.localhost"),
+         [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    mail = notification(sink, rcpt, "Who sent it")
+    html = mail.message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert "&lt;alice@example.com&gt;" in html
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.text = ""
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            self.tags.append(tag)
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+
+    parsed = Text()
+    parsed.feed(html)
+    assert "Alice <alice@example.com> sent you a certified message" in " ".join(parsed.text.split())
+    assert not [t for t in parsed.tags if "@" in t]
+    text = mail.message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Alice <alice@example.com> sent you a certified message" in " ".join(text.split())
+
+
+def _decision_mail(gw: Gateway, sink: Sink, rcpt: str, subject: str, decision: str) -> str:
+    """Decide on a fresh ``+accept`` message by POSTs; the plain text of the sender's mail."""
+    send(gw, message(subject, rcpt, cc="certifica+accept@certifica.localhost"),
+         [rcpt, "certifica+accept@certifica.localhost"])  # fmt: skip
+    link = link_of(notification(sink, rcpt, subject))
+    _, _, landing = fetch(link)
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    _, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    assert fetch(f"{link}/decide", f"form={key}&decision={decision}".encode())[0] == 200
+    title = "acceptance" if decision == "accepted" else "rejection"
+    wanted = f"Certificate of {title}: “{subject}”"
+    found = sink.wait_for(lambda ms: any(wanted in str(m.message["Subject"]) for m in ms))
+    mail = next(m for m in found if wanted in str(m.message["Subject"]))
+    return str(mail.message.get_body(preferencelist=("plain",)).get_content())  # type: ignore[union-attr]
+
+
+def test_the_mail_of_a_rejection_never_says_delivered(hosted: tuple[Gateway, Sink, int]) -> None:
+    """Review finding 6: the decision, in words and in the details, not a server's 250."""
+    gw, sink, _ = hosted
+    text = " ".join(_decision_mail(gw, sink, "olga@example.org", "No deal", "rejected").split())
+    assert "olga@example.org: rejected on the gateway's page, through the link" in text
+    assert "delivered" not in text and "recipient's mail server" not in text, text
+    assert "olga@example.org: rejected on the gateway's page" in text
+
+
+def test_accept_with_a_code_keeps_both(hosted: tuple[Gateway, Sink, int]) -> None:
+    """Review finding 3: +accept and +hosted-code together ask for the code, then the
+    decision; the certificate says the access was bound to the mailbox."""
+    from relay.hosted.modes import chosen_mode
+
+    assert chosen_mode(["accept", "hosted-code"], b"Subject: x\r\n\r\n", None) == "accept-code"
+    gw, sink, _ = hosted
+    rcpt = "pat@example.org"
+    tags = ["certifica+accept@certifica.localhost", "certifica+hosted-code@certifica.localhost"]
+    qid = send(gw, message("Coded terms", rcpt, cc=", ".join(tags)), [rcpt, *tags])
+    link = link_of(notification(sink, rcpt, "Coded terms"))
+    _, _, landing = fetch(link)
+    assert b'id="send-code"' in landing and b'id="open"' not in landing
+    key = re.search(rb'name="form" value="([^"]+)"', landing).group(1).decode()  # type: ignore[union-attr]
+    status, _, content = fetch(f"{link}/open", f"form={key}".encode())
+    assert b"sale of the boat" not in content  # no code, nothing shown
+    assert fetch(f"{link}/code", f"form={key}".encode())[0] == 200
+    (code,) = _codes(sink, rcpt, 1)
+    status, _, content = fetch(f"{link}/open", f"form={key}&code={code}".encode())
+    assert b"sale of the boat" in content and b'id="accept"' in content
+    key = re.search(rb'name="form" value="([^"]+)"', content).group(1).decode()  # type: ignore[union-attr]
+    assert fetch(f"{link}/decide", f"form={key}&decision=accepted".encode())[0] == 200
+    (decided,) = evidence(gw, qid, "ContentAccepted")
+    assert decided["code_checked"] is True
+    wanted = "Certificate of acceptance: “Coded terms”"
+    found = sink.wait_for(lambda ms: any(wanted in str(m.message["Subject"]) for m in ms))
+    mail = next(m for m in found if wanted in str(m.message["Subject"]))
+    (pdf,) = [
+        a for a in mail.message.iter_attachments() if a.get_content_type() == "application/pdf"
+    ]
+    from certifier.verify import embedded_evidence
+
+    record = embedded_evidence(pdf.get_payload(decode=True))
+    assert record is not None and record["decision"]["code_checked"] is True

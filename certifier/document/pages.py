@@ -335,11 +335,25 @@ def _decision(doc: Document) -> list[Flowable]:
         "time": doc.moment(d.get("time")),
         "subject": clean(as_dict(doc.ev.get("message")).get("subject"), CAP_SHORT) or "—",
     }
+    # Who clicked is not known: only that the link mailed to that address was used
+    # (and, with a one-time code, that the mailbox was read).
     if d.get("decision") == "accepted":
-        first = _("%(recipient)s accepted the message “%(subject)s” on %(time)s.") % values
+        first = (
+            _(
+                "The message “%(subject)s” was accepted on %(time)s on the gateway's page, through "
+                "the link sent to %(recipient)s."
+            )
+            % values
+        )
     else:
-        first = _("%(recipient)s rejected the message “%(subject)s” on %(time)s.") % values
-    items = []
+        first = (
+            _(
+                "The message “%(subject)s” was rejected on %(time)s on the gateway's page, through "
+                "the link sent to %(recipient)s."
+            )
+            % values
+        )
+    items = [_access(doc, d)]
     if clean(d.get("name"), CAP_SHORT):
         items.append(_("Name typed: %(name)s") % {"name": clean(d.get("name"), CAP_SHORT)})
     if clean(d.get("comment"), CAP_CELL):
@@ -352,7 +366,12 @@ def _decision(doc: Document) -> list[Flowable]:
         *_heading(_("The recipient's decision")),
         _sentence(first),
         *_bullets(items),
-        _sentence(_("SHA-256 of the page the recipient was shown:")),
+        _sentence(
+            _(
+                "SHA-256 of the page the decision was made on (attached to this PDF as "
+                "shown-page.html):"
+            )
+        ),
         _hash(d.get("page_sha256")),
     ]
     for a in as_list(d.get("attachments")):
@@ -511,6 +530,27 @@ def _recipient_sentence(doc: Document, r: dict[str, Any]) -> str:
     return _("The evidence states no result for %(address)s.") % values
 
 
+def _access(doc: Document, context: dict[str, Any]) -> str:
+    """Whether a one-time code bound the access to the mailbox, and how the request was
+    classified (a person, or a machine such as a link scanner: addendum/classify.py)."""
+    _ = doc._
+    if context.get("code_checked"):
+        bound = _(
+            "A one-time code sent to that mailbox was typed first: the access was bound to "
+            "the mailbox."
+        )
+    else:
+        bound = _(
+            "No code was asked for: whoever held the link could use it; the person who did "
+            "is not identified."
+        )
+    if context.get("automatic"):
+        kind = _("Classified as automatic (a machine): %(reason)s.")
+    else:
+        kind = _("Classified as likely a person: %(reason)s.")
+    return f"{bound} {kind % {'reason': clean(context.get('reason'), 200) or '—'}}"
+
+
 def _hosted_sentence(doc: Document, hosted: dict[str, Any], values: dict[str, str]) -> str:
     """A recipient of hosted content (docs/hosted.md): the notification, then whether and
     when the content itself was handed over, or the link expired."""
@@ -524,9 +564,14 @@ def _hosted_sentence(doc: Document, hosted: dict[str, Any], values: dict[str, st
     ]
     if hosted.get("state") == "handed_over":
         out.append(
-            _("The content was handed over to the recipient on the gateway's page on %(when)s.")
-            % {"when": doc.moment(hosted.get("handed_over_at"))}
+            _(
+                "The content was opened on the gateway's page on %(when)s, through the link "
+                "sent to %(address)s."
+            )
+            % {"when": doc.moment(hosted.get("handed_over_at")), "address": values["address"]}
         )
+        if as_dict(hosted.get("handover")):
+            out.append(_access(doc, as_dict(hosted.get("handover"))))
     elif hosted.get("state") == "expired":
         out.append(
             _(
@@ -539,12 +584,12 @@ def _hosted_sentence(doc: Document, hosted: dict[str, Any], values: dict[str, st
         out.append(_("The content had not been handed over when this document was issued."))
     if hosted.get("decision") == "accepted":
         out.append(
-            _("The recipient accepted it on %(when)s.")
+            _("It was accepted through that link on %(when)s.")
             % {"when": doc.moment(hosted.get("decided_at"))}
         )
     elif hosted.get("decision") == "rejected":
         out.append(
-            _("The recipient rejected it on %(when)s.")
+            _("It was rejected through that link on %(when)s.")
             % {"when": doc.moment(hosted.get("decided_at"))}
         )
     return " ".join(out)

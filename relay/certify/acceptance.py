@@ -5,7 +5,7 @@ It is made like the other documents (:mod:`relay.certify.documents`): the messag
 evidence record (``kind: acceptance``, ``addendum_of`` the message's certificate) with
 the decision (``decision``: who, what, when, the typed name and comment, the SHA-256 of
 the page the recipient was shown and of each attachment, the network address and
-browser), rendered and signed PAdES with its timestamp, kept under ``certificates/``,
+browser), rendered, with that exact page embedded as ``shown-page.html``, and signed PAdES with its timestamp, kept under ``certificates/``,
 recorded for the verification page, and mailed to the sender. Page 1 says what the
 recipient decided and that a typed name and a click are a simple electronic signature
 (eIDAS art. 3(10)), not an advanced or qualified one (:mod:`certifier.document.pages`).
@@ -21,6 +21,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from certifier.pool import SHOWN_PAGE, SHOWN_PAGE_KEY
 from relay.certify import notices
 from relay.certify.evidence_record import build_evidence, iso
 from relay.logs import log_failure, printable
@@ -79,6 +80,7 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
                     "user_agent",
                     "automatic",
                     "reason",
+                    "code_checked",
                 )
                 if k in detail
             },
@@ -86,7 +88,13 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
     )
     if row.get("cert_id"):
         evidence["addendum_of"] = row["cert_id"]
-    pdf = await documents._render(row, evidence, raw or None)
+    if decision.get("decision_page"):  # the exact page decided on, as shown-page.html
+        evidence[SHOWN_PAGE_KEY] = bytes(decision["decision_page"])
+        evidence["decision"]["page_file"] = SHOWN_PAGE
+    try:
+        pdf = await documents._render(row, evidence, raw or None)
+    finally:
+        evidence.pop(SHOWN_PAGE_KEY, None)
     kept = await asyncio.to_thread(write_once, documents.certificates_dir / f"{cert_id}.pdf", pdf)
     pdf_sha = await documents._record_verification(row, cert_id, kept, pdf, evidence)
     data = notices.build_certificate_mail(
@@ -97,7 +105,13 @@ async def _one(documents: DocumentMaker, row: dict[str, Any], decision: dict[str
         qid=qid,
         cert_id=cert_id,
         sha256=row["sha256"],
-        recipients=[{"address": decision["address"], "status": "delivered"}],
+        recipients=[
+            {
+                "address": decision["address"],
+                "status": decision["decision"],  # accepted | rejected, never "delivered"
+                "at": decision["decided_at"],
+            }
+        ],
         original=notices.original_headers(raw),
         pdf=kept,
         label="Certificate",

@@ -147,6 +147,25 @@ def hosted_evidence(link: dict[str, Any]) -> dict[str, Any]:
         "expired_at": iso(link["expired_at"]),
         "decision": link["decision"],
         "decided_at": iso(link["decided_at"]),
+        **_first_handover(link.get("handover_detail")),
+    }
+
+
+def _first_handover(detail: str | None) -> dict[str, Any]:
+    """The first opening's context page 1 shows: person or machine, and whether a
+    one-time code bound it to the mailbox (its full detail is in the evidence log)."""
+    try:
+        d = json.loads(detail) if detail else None
+    except ValueError:
+        d = None
+    if not isinstance(d, dict):
+        return {}
+    return {
+        "handover": {
+            "automatic": bool(d.get("automatic")),
+            "reason": str(d.get("reason") or ""),
+            "code_checked": bool(d.get("code_checked")),
+        }
     }
 
 

@@ -35,7 +35,22 @@ _SUBJECTS = {
     Mode.HOSTED: N_("%(sender)s sent you a certified message: “%(subject)s”"),
     Mode.HOSTED_CODE: N_("%(sender)s sent you a certified message: “%(subject)s”"),
     Mode.ACCEPT: N_("%(sender)s asks you to accept or reject: “%(subject)s”"),
+    Mode.ACCEPT_CODE: N_("%(sender)s asks you to accept or reject: “%(subject)s”"),
 }
+
+_INTROS = {
+    Mode.HOSTED: N_("%(name)s <%(sender)s> sent you a certified message."),
+    Mode.HOSTED_CODE: N_("%(name)s <%(sender)s> sent you a certified message."),
+    Mode.ACCEPT: N_(
+        "%(name)s <%(sender)s> sent you a certified message and asks you to accept or reject it."
+    ),
+    Mode.ACCEPT_CODE: N_(
+        "%(name)s <%(sender)s> sent you a certified message and asks you to accept or reject it."
+    ),
+}
+"""The notification's first sentence: who sent it, name and address. Made here as plain
+text, so the HTML part escapes the address's angle brackets like any text (in a
+template's ``_()`` the msgid would be trusted markup, and ``<address>`` a tag)."""
 
 
 def build_notification(
@@ -60,6 +75,7 @@ def build_notification(
     context = {
         "sender": one_line(sender, 320),
         "sender_name": who,
+        "intro": _(_INTROS[mode]) % {"name": who, "sender": one_line(sender, 320)},
         "subject": subject,
         "link": link,
         "expires": reader.moment(expires),

@@ -272,6 +272,14 @@ _STATUS_WORDS: dict[str, str] = {
 }
 _STATUS_WORDS_AT: dict[str, str] = {
     "delivered": N_("accepted by the recipient's mail server on %(when)s"),
+    # A decision on hosted content (docs/hosted.md): made on the gateway's page, not by
+    # a mail server; "delivered" would contradict a rejection.
+    "accepted": N_(
+        "accepted on the gateway's page, through the link sent to this address, on %(when)s"
+    ),
+    "rejected": N_(
+        "rejected on the gateway's page, through the link sent to this address, on %(when)s"
+    ),
     "bounced": N_(
         "accepted by the recipient's mail server on %(when)s, which reported later that it "
         "could not deliver it"
@@ -286,6 +294,8 @@ _STATUS_NAMES: dict[str, str] = {
     "failed": N_("failed"),
     "bounced": N_("bounced"),
     "withdrawn": N_("withdrawn"),
+    "accepted": N_("accepted on the gateway's page"),
+    "rejected": N_("rejected on the gateway's page"),
     "queued": N_("queued"),
     "deferred": N_("deferred"),
 }

@@ -41,6 +41,13 @@ class Mode(enum.StrEnum):
     HOSTED = "hosted"  # a link; the content is handed over on the page
     HOSTED_CODE = "hosted-code"  # the same, after a one-time code mailed to the recipient
     ACCEPT = "accept"  # the content, and accept / reject buttons
+    ACCEPT_CODE = "accept-code"  # both tags, +accept and +hosted-code: the code, then accept
+
+
+CODE_MODES = (Mode.HOSTED_CODE, Mode.ACCEPT_CODE)
+"""The modes whose page asks for a one-time code mailed to the recipient first."""
+DECISION_MODES = (Mode.ACCEPT, Mode.ACCEPT_CODE)
+"""The modes whose page asks the recipient to accept or reject."""
 
 
 TAGS: dict[str, str] = {
@@ -89,6 +96,8 @@ def unknown_field_value(raw: bytes) -> str | None:
 def chosen_mode(tags: list[str], raw: bytes, user_default: str | None) -> Mode | None:
     """The message's mode: a tag of the certification address, else the header field,
     else the user's default (``plain`` or unset: None, the content is delivered)."""
+    if Mode.ACCEPT in tags and Mode.HOSTED_CODE in tags:
+        return Mode.ACCEPT_CODE  # both asked: neither is dropped
     for tag in (Mode.ACCEPT, Mode.HOSTED_CODE, Mode.HOSTED):  # the strongest asked
         if tag in tags:
             return tag

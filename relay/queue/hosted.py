@@ -12,6 +12,7 @@ its consent-based consignment is consent to receive, not to terms) is recorded o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from typing import Any
@@ -128,10 +129,13 @@ class Hosted(Database):
         def read() -> list[dict[str, Any]]:
             cursor = self._conn.execute(
                 "SELECT h.recipient_id, h.mode, h.state, h.created, h.expires,"
-                " h.handed_over_at, h.expired_at, h.decision, h.decided_at, r.address"
+                " h.handed_over_at, h.expired_at, h.decision, h.decided_at, r.address,"
+                # the first opening's classification (person or machine) and code check
+                " (SELECT detail FROM evidence e WHERE e.qid = h.qid AND e.event = ?"
+                "  AND e.recipient = r.address ORDER BY e.seq LIMIT 1) AS handover_detail"
                 " FROM hosted_links h JOIN recipients r ON r.id = h.recipient_id"
                 " WHERE h.qid = ? ORDER BY h.recipient_id",
-                (qid,),
+                (HANDOVER, qid),
             )
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor]
@@ -139,21 +143,27 @@ class Hosted(Database):
         return await self._read(read)
 
     async def record_handover(
-        self, recipient_id: int, detail: dict[str, Any], now: float, page_sha256: str | None = None
+        self,
+        recipient_id: int,
+        detail: dict[str, Any],
+        now: float,
+        page_sha256: str | None = None,
+        page: tuple[str, bytes] | None = None,
     ) -> dict[str, Any] | None:
         """A ``ContentHandover`` entry (the page shown, or one download); the first makes
-        the link ``handed_over``. None (and nothing written) when the link is not
-        waiting or handed over (expired)."""
+        the link ``handed_over``. Nothing after the link's expiry. ``page``: the nonce and exact bytes of the content page
+        sent, kept until a decision names that nonce (``accept``). None (and nothing
+        written) when the link is not waiting or handed over (expired)."""
 
         def write() -> dict[str, Any] | None:
             row = self._conn.execute(
-                "SELECT h.qid, h.state, r.address FROM hosted_links h"
+                "SELECT h.qid, h.state, r.address, h.expires FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id WHERE h.recipient_id = ?",
                 (recipient_id,),
             ).fetchone()
-            if row is None or row[1] not in (WAITING, HANDED_OVER):
-                return None
-            qid, state, address = row
+            if row is None or row[1] not in (WAITING, HANDED_OVER) or row[3] <= now:
+                return None  # never a handover after the link's expiry
+            qid, state, address, _expires = row
             if state == WAITING:
                 self._conn.execute(
                     "UPDATE hosted_links SET state = ?, handed_over_at = ? WHERE recipient_id = ?",
@@ -164,40 +174,102 @@ class Hosted(Database):
                     "UPDATE hosted_links SET shown_sha256 = ? WHERE recipient_id = ?",
                     (page_sha256, recipient_id),
                 )
+            if page is not None:
+                nonce, html = page
+                self._conn.execute(
+                    "INSERT INTO hosted_pages (recipient_id, nonce, sha256, html, shown)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (recipient_id, nonce, hashlib.sha256(html).hexdigest(), html, now),
+                )
             entry = evidence_log.append(self._conn, now, qid, HANDOVER, detail, address)
             return {"seq": entry.seq, "first": state == WAITING}
 
         return await self._run(write)
 
-    async def set_hosted_code(self, recipient_id: int, code_sha256: str, expires: float) -> None:
-        """A new one-time code for the link (the previous one no longer works)."""
-        await self._run(
-            lambda: self._conn.execute(
-                "UPDATE hosted_links SET code_sha256 = ?, code_expires = ?, code_tries = 0"
-                " WHERE recipient_id = ?",
-                (code_sha256, expires, recipient_id),
-            )
-        )
+    async def set_hosted_code(
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        expires: float,
+        now: float = 0.0,
+        per_day: int = 0,
+    ) -> str | None:
+        """A new one-time code for the link (the previous one no longer works). Refused
+        (nothing written) with the reason, ``locked`` (too many wrong codes) or
+        ``too_many`` (``per_day`` codes mailed in the last 24 hours), else None."""
 
-    async def check_hosted_code(
-        self, recipient_id: int, code_sha256: str, now: float, tries: int
-    ) -> bool:
-        """Whether ``code_sha256`` is the link's live code; a wrong one counts, and after
-        ``tries`` wrong ones the code is void (a new one must be sent)."""
-
-        def check() -> bool:
+        def write() -> str | None:
             row = self._conn.execute(
-                "SELECT code_sha256, code_expires, code_tries FROM hosted_links"
+                "SELECT codes_sent, codes_since, code_locked_until FROM hosted_links"
                 " WHERE recipient_id = ?",
                 (recipient_id,),
             ).fetchone()
-            if row is None or row[0] is None or row[1] < now or row[2] >= tries:
+            if row is None:
+                return "locked"
+            sent, since, locked = row
+            if locked is not None and locked > now:
+                return "locked"
+            if since is None or now - since >= 86400.0:
+                sent, since = 0, now  # a new day's window
+            if per_day and sent >= per_day:
+                return "too_many"
+            self._conn.execute(
+                "UPDATE hosted_links SET code_sha256 = ?, code_expires = ?, code_tries = 0,"
+                " codes_sent = ?, codes_since = ? WHERE recipient_id = ?",
+                (code_sha256, expires, sent + 1, since, recipient_id),
+            )
+            return None
+
+        return await self._run(write)
+
+    async def code_locked(self, recipient_id: int, now: float) -> bool:
+        """Whether the link's codes are refused now (too many wrong ones)."""
+
+        def read() -> bool:
+            row = self._conn.execute(
+                "SELECT code_locked_until FROM hosted_links WHERE recipient_id = ?",
+                (recipient_id,),
+            ).fetchone()
+            return bool(row and row[0] is not None and row[0] > now)
+
+        return await self._read(read)
+
+    async def check_hosted_code(
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        now: float,
+        tries: int,
+        failures: int = 0,
+        lock_seconds: float = 0.0,
+    ) -> bool:
+        """Whether ``code_sha256`` is the link's live code; a wrong one counts, and after
+        ``tries`` wrong ones the code is void (a new one must be sent). Wrong codes also
+        count per link, whatever the code: after ``failures`` of them the link's codes
+        are refused for ``lock_seconds`` (the live one is void)."""
+
+        def check() -> bool:
+            row = self._conn.execute(
+                "SELECT code_sha256, code_expires, code_tries, code_locked_until,"
+                " wrong_codes FROM hosted_links WHERE recipient_id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None or row[3] is not None and row[3] > now:
+                return False
+            if row[0] is None or row[1] < now or row[2] >= tries:
                 return False
             if row[0] != code_sha256:
                 self._conn.execute(
-                    "UPDATE hosted_links SET code_tries = code_tries + 1 WHERE recipient_id = ?",
+                    "UPDATE hosted_links SET code_tries = code_tries + 1,"
+                    " wrong_codes = wrong_codes + 1 WHERE recipient_id = ?",
                     (recipient_id,),
                 )
+                if failures and row[4] + 1 >= failures:
+                    self._conn.execute(
+                        "UPDATE hosted_links SET code_locked_until = ?, wrong_codes = 0,"
+                        " code_sha256 = NULL WHERE recipient_id = ?",
+                        (now + lock_seconds, recipient_id),
+                    )
                 return False
             self._conn.execute(  # one code, one opening
                 "UPDATE hosted_links SET code_sha256 = NULL WHERE recipient_id = ?",
@@ -207,26 +279,50 @@ class Hosted(Database):
 
         return await self._run(check)
 
+    async def shown_page(self, recipient_id: int, nonce: str) -> tuple[str, bytes] | None:
+        """The SHA-256 and bytes of the content page sent with ``nonce``; None when no
+        such page was sent to that link."""
+
+        def read() -> tuple[str, bytes] | None:
+            row = self._conn.execute(
+                "SELECT sha256, html FROM hosted_pages WHERE recipient_id = ? AND nonce = ?",
+                (recipient_id, nonce),
+            ).fetchone()
+            return (str(row[0]), bytes(row[1])) if row else None
+
+        return await self._read(read)
+
     async def record_decision(
-        self, recipient_id: int, decision: str, detail: dict[str, Any], cert_id: str, now: float
+        self,
+        recipient_id: int,
+        decision: str,
+        detail: dict[str, Any],
+        cert_id: str,
+        now: float,
+        page: bytes | None = None,
     ) -> bool:
-        """Record the recipient's decision once (False: one was recorded already)."""
+        """Record the recipient's decision once (False: one was recorded already, or the
+        link expired), with
+        ``page``, the exact content page it was made on; the other pages sent go."""
 
         def write() -> bool:
             row = self._conn.execute(
                 "SELECT h.qid, r.address FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id"
-                " WHERE h.recipient_id = ? AND h.decision IS NULL AND h.state != ?",
-                (recipient_id, EXPIRED),
+                " WHERE h.recipient_id = ? AND h.decision IS NULL AND h.state != ?"
+                " AND h.expires > ?",  # never a decision after the link's expiry
+                (recipient_id, EXPIRED, now),
             ).fetchone()
             if row is None:
                 return False
             qid, address = row
             self._conn.execute(
                 "UPDATE hosted_links SET decision = ?, decided_at = ?, decision_detail = ?,"
-                " decision_cert_id = ?, decision_cert_state = 'pending' WHERE recipient_id = ?",
-                (decision, now, json.dumps(detail, sort_keys=True), cert_id, recipient_id),
+                " decision_cert_id = ?, decision_cert_state = 'pending', decision_page = ?"
+                " WHERE recipient_id = ?",
+                (decision, now, json.dumps(detail, sort_keys=True), cert_id, page, recipient_id),
             )
+            self._conn.execute("DELETE FROM hosted_pages WHERE recipient_id = ?", (recipient_id,))
             event = DECISIONS[decision]
             evidence_log.append(
                 self._conn, now, qid, event, {**detail, "certificate": cert_id}, address
@@ -281,7 +377,7 @@ class HostedDecisions(Database):
         def read() -> list[dict[str, Any]]:
             cursor = self._conn.execute(
                 "SELECT h.recipient_id, h.decision, h.decided_at, h.decision_detail,"
-                " h.decision_cert_id, r.address FROM hosted_links h"
+                " h.decision_cert_id, h.decision_page, r.address FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id"
                 " WHERE h.qid = ? AND h.decision_cert_state = 'pending' ORDER BY h.recipient_id",
                 (qid,),

@@ -464,6 +464,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX org_domain_claims_org ON org_domain_claims(org);
     """,
+    # 21: the acceptance pages served (docs/hosted.md, "What the page hash covers"):
+    # each rendering of an ``accept`` link's content page, by the nonce its forms
+    # carry, so a decision certifies the page it was posted from; the decided page's
+    # exact bytes stay with the link and go into the certificate as shown-page.html.
+    """
+    CREATE TABLE hosted_pages (
+        recipient_id INTEGER NOT NULL,
+        nonce TEXT NOT NULL,                -- random, in the page's form key
+        sha256 TEXT NOT NULL,               -- of the exact bytes sent
+        html BLOB NOT NULL,                 -- the exact bytes sent (UTF-8 HTML)
+        shown REAL NOT NULL,
+        PRIMARY KEY (recipient_id, nonce)
+    );
+    ALTER TABLE hosted_links ADD COLUMN decision_page BLOB;  -- the page decided on
+    """,
+    # 22: one-time codes limited per link, not only per code (docs/hosted.md, "The
+    # one-time code's limits"): codes mailed in the current day's window, and wrong
+    # codes in total (a new code does not reset them), which lock the code path.
+    """
+    ALTER TABLE hosted_links ADD COLUMN codes_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosted_links ADD COLUMN codes_since REAL;    -- the window's first code
+    ALTER TABLE hosted_links ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosted_links ADD COLUMN code_locked_until REAL;
+    """,
 ]
 
 

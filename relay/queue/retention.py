@@ -262,7 +262,16 @@ def _content_gone(
         conn.execute("UPDATE recipients SET delivered_copy = NULL WHERE qid = ?", (qid,))
         # A decision's name, comment, address and browser (docs/hosted.md): its certificate
         # and the evidence log keep what it proves.
-        conn.execute("UPDATE hosted_links SET decision_detail = NULL WHERE qid = ?", (qid,))
+        conn.execute(
+            "UPDATE hosted_links SET decision_detail = NULL, decision_page = NULL WHERE qid = ?",
+            (qid,),
+        )
+        # The content pages served (they show the content; the certificates keep theirs).
+        conn.execute(
+            "DELETE FROM hosted_pages WHERE recipient_id IN"
+            " (SELECT recipient_id FROM hosted_links WHERE qid = ?)",
+            (qid,),
+        )
         if content_removed(conn, qid) is None:
             evidence_log.append(
                 conn, now, qid, CONTENT_REMOVED, {"reason": "retention", "content_days": days}

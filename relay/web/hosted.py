@@ -20,8 +20,8 @@ message comes to get it, and where the content is handed over with evidence.
 
 Every POST carries a per-page token (an HMAC of the link and the time under the
 gateway's key, valid :data:`FORM_SECONDS`), so another site cannot make a browser open,
-download or decide. An unknown, malformed or expired link, and every other path under
-``/h/``, gets one identical 404 page (it depends only on the request's language).
+download or decide. An unknown, malformed or expired link (past its expiry, opened or not), and every
+other path under ``/h/``, gets one identical 404 page (it depends only on the request's language).
 Requests are counted per client (:mod:`relay.web.ratelimit`, ``[web] rate_limit``).
 """
 
@@ -46,7 +46,7 @@ from relay.certify.hosted_notification import build_code_mail
 from relay.certify.notices import N_, original_headers
 from relay.config import Config
 from relay.hosted.content import Content, read_content
-from relay.hosted.modes import TOKEN, Mode, token_hash
+from relay.hosted.modes import CODE_MODES, DECISION_MODES, TOKEN, token_hash
 from relay.logs import printable
 from relay.queue.hosted import EXPIRED, WAITING
 from relay.queue.ids import new_certificate_id, new_queue_id
@@ -91,19 +91,45 @@ class HostedRecords(Protocol):
     async def hosted_by_token(self, token_sha256: str) -> dict[str, Any] | None: ...
 
     async def record_handover(
-        self, recipient_id: int, detail: dict[str, Any], now: float, page_sha256: str | None = None
+        self,
+        recipient_id: int,
+        detail: dict[str, Any],
+        now: float,
+        page_sha256: str | None = None,
+        page: tuple[str, bytes] | None = None,
     ) -> dict[str, Any] | None: ...
 
+    async def shown_page(self, recipient_id: int, nonce: str) -> tuple[str, bytes] | None: ...
+
     async def set_hosted_code(
-        self, recipient_id: int, code_sha256: str, expires: float
-    ) -> None: ...
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        expires: float,
+        now: float = 0.0,
+        per_day: int = 0,
+    ) -> str | None: ...
+
+    async def code_locked(self, recipient_id: int, now: float) -> bool: ...
 
     async def check_hosted_code(
-        self, recipient_id: int, code_sha256: str, now: float, tries: int
+        self,
+        recipient_id: int,
+        code_sha256: str,
+        now: float,
+        tries: int,
+        failures: int = 0,
+        lock_seconds: float = 0.0,
     ) -> bool: ...
 
     async def record_decision(
-        self, recipient_id: int, decision: str, detail: dict[str, Any], cert_id: str, now: float
+        self,
+        recipient_id: int,
+        decision: str,
+        detail: dict[str, Any],
+        cert_id: str,
+        now: float,
+        page: bytes | None = None,
     ) -> bool: ...
 
     async def user_reading(self, address: str) -> tuple[str | None, str | None]: ...
@@ -246,25 +272,33 @@ class HostedPage:
         )
         if row is None or row["state"] == EXPIRED:
             return None
-        if row["state"] == WAITING and row["expires"] <= time.time():
-            return None  # the daily task has not certified it yet: already gone for the page
+        if row["expires"] <= time.time():
+            # Past the link's expiry nothing is opened, downloaded or decided, whether it
+            # was opened before or not (docs/hosted.md, "Expiry and retention"); a waiting
+            # link the hourly task has not certified yet is already gone for the page.
+            return None
         return row
 
-    def form_key(self, row: dict[str, Any], scope: str, issued: int | None = None) -> str:
+    def form_key(
+        self, row: dict[str, Any], scope: str, issued: int | None = None, nonce: str = ""
+    ) -> str:
         """The forms' key of a page: ``landing`` (open, ask for a code) or ``content``
         (also download and decide: given only with the content, so with ``+hosted-code``
-        only after the code)."""
+        only after the code). A content page's key carries its ``nonce``, which names
+        that rendering: a decision certifies the page it was posted from."""
         issued = int(time.time()) if issued is None else issued
-        text = f"hosted-form|{scope}|{row['token_sha256']}|{issued}"
+        text = f"hosted-form|{scope}|{row['token_sha256']}|{issued}|{nonce}"
         mac = hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{issued}.{mac}"
+        return f"{issued}.{nonce}.{mac}" if nonce else f"{issued}.{mac}"
 
     def form_ok(self, row: dict[str, Any], value: str, *scopes: str) -> bool:
-        issued, _, _mac = value.partition(".")
+        issued = value.split(".")[0]
         if not issued.isdigit() or time.time() - int(issued) > FORM_SECONDS:
             return False
+        nonce = form_nonce(value)
         return any(
-            hmac.compare_digest(self.form_key(row, scope, int(issued)), value) for scope in scopes
+            hmac.compare_digest(self.form_key(row, scope, int(issued), nonce), value)
+            for scope in scopes
         )
 
     async def reader(self, request: web.Request, row: dict[str, Any]) -> Reader:
@@ -286,13 +320,20 @@ class HostedPage:
             return None
 
     def context(
-        self, request: web.Request, row: dict[str, Any], reader: Reader, scope: str = "landing"
+        self,
+        request: web.Request,
+        row: dict[str, Any],
+        reader: Reader,
+        scope: str = "landing",
+        nonce: str = "",
     ) -> dict[str, Any]:
         return {
             "sender": str(row.get("auth_user") or row["sender"]),
             "expires": reader.moment(row["expires"]),
             "mode": str(row["mode"]),
-            "form": self.form_key(row, scope),
+            "code_mode": row["mode"] in CODE_MODES,
+            "decides": row["mode"] in DECISION_MODES,
+            "form": self.form_key(row, scope, nonce=nonce),
             "base": f"/h/{request.match_info['token']}",
             "lang": reader.language,
             "decision": row.get("decision"),
@@ -340,6 +381,7 @@ class HostedPage:
             languages=self.languages(reader.language),
             code_sent=False,
             code_wrong=False,
+            **self.code_limits(),
             **self.context(request, row, reader),
         )
         return self.page(body)
@@ -351,13 +393,34 @@ class HostedPage:
         form = await request.post()
         reader = await self.reader(request, row)
         key = str(form.get("form", ""))
-        if row["mode"] != Mode.HOSTED_CODE or not self.form_ok(row, key, "landing", "content"):
+        if row["mode"] not in CODE_MODES or not self.form_ok(row, key, "landing", "content"):
             return await self.not_found(request)
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        expires = time.time() + self.cfg.hosted.code_minutes * 60
-        await self.records.set_hosted_code(
-            int(row["recipient_id"]), code_hash(str(row["token_sha256"]), code), expires
+        now = time.time()
+        expires = now + self.cfg.hosted.code_minutes * 60
+        refused = await self.records.set_hosted_code(
+            int(row["recipient_id"]),
+            code_hash(str(row["token_sha256"]), code),
+            expires,
+            now,
+            self.cfg.hosted.codes_per_day,
         )
+        if refused is not None:  # per link, whoever asks (docs/hosted.md)
+            log.info("%s: one-time code refused for a link (%s)", row["qid"], refused)
+            raw = await self.raw(row)
+            body = render(
+                "hosted/landing.html",
+                reader.language,
+                title=translations(reader.language, "web").gettext("A certified message for you"),
+                subject=original_headers(raw or b"").subject,
+                languages=[],
+                code_sent=False,
+                code_wrong=False,
+                code_refused=refused,
+                **self.code_limits(),
+                **self.context(request, row, reader),
+            )
+            return self.page(body)
         if self.mailer is not None:
             data = build_code_mail(self.cfg, str(row["address"]), code, reader, str(row["qid"]))
             await self.mailer(str(row["qid"]), str(row["address"]), data)
@@ -371,9 +434,18 @@ class HostedPage:
             languages=[],
             code_sent=True,
             code_wrong=False,
+            **self.code_limits(),
             **self.context(request, row, reader),
         )
         return self.page(body)
+
+    def code_limits(self) -> dict[str, Any]:
+        """The one-time code's limits, as the landing page states them."""
+        return {
+            "codes_per_day": self.cfg.hosted.codes_per_day,
+            "code_failures": self.cfg.hosted.code_failures,
+            "code_lock_hours": max(1, round(self.cfg.hosted.code_lock_minutes / 60)),
+        }
 
     async def open(self, request: web.Request) -> web.Response:
         row = await self.link(request)
@@ -386,15 +458,18 @@ class HostedPage:
         raw = await self.raw(row)
         if raw is None:
             return await self.not_found(request)
-        if row["mode"] == Mode.HOSTED_CODE:
+        if row["mode"] in CODE_MODES:
             code = "".join(str(form.get("code", "")).split())[:CODE_DIGITS]
             good = code.isdigit() and await self.records.check_hosted_code(
                 int(row["recipient_id"]),
                 code_hash(str(row["token_sha256"]), code),
                 time.time(),
                 self.cfg.hosted.code_tries,
+                self.cfg.hosted.code_failures,
+                self.cfg.hosted.code_lock_minutes * 60.0,
             )
             if not good:
+                locked = await self.records.code_locked(int(row["recipient_id"]), time.time())
                 body = render(
                     "hosted/landing.html",
                     reader.language,
@@ -403,24 +478,30 @@ class HostedPage:
                     ),
                     subject=original_headers(raw).subject,
                     languages=[],
-                    code_sent=True,
-                    code_wrong=True,
+                    code_sent=not locked,
+                    code_wrong=not locked,
+                    code_refused="locked" if locked else None,
+                    **self.code_limits(),
                     **self.context(request, row, reader),
                 )
                 return self.page(body)  # the form again, with the sentence
         images = form.get("images") == "1"
         content = await asyncio.to_thread(read_content, raw)
-        body = self.content_page(request, row, reader, content, images)
-        page_sha256 = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        nonce = secrets.token_hex(16)
+        body = self.content_page(request, row, reader, content, images, nonce)
+        sent = body.encode("utf-8")  # the exact bytes of the response's body
+        page_sha256 = hashlib.sha256(sent).hexdigest()
         detail = {
             **self.event(request, row, "page"),
             "page_sha256": page_sha256,
+            "page_nonce": nonce,
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "images": images,
-            "code_checked": row["mode"] == Mode.HOSTED_CODE,  # bound to the mailbox
+            "code_checked": row["mode"] in CODE_MODES,  # bound to the mailbox
         }
+        kept = (nonce, sent) if row["mode"] in DECISION_MODES and not row.get("decision") else None
         done = await self.records.record_handover(
-            int(row["recipient_id"]), detail, time.time(), page_sha256
+            int(row["recipient_id"]), detail, time.time(), page_sha256, kept
         )
         if done is None:
             return await self.not_found(request)
@@ -432,7 +513,16 @@ class HostedPage:
             printable(str(row["address"])),
             detail["ip"],
         )
-        return self.page(body, policy=IMAGES_POLICY if images else CONTENT_SECURITY_POLICY)
+        return web.Response(
+            status=200,
+            body=sent,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                **PAGE_HEADERS,
+                "Content-Security-Policy": IMAGES_POLICY if images else CONTENT_SECURITY_POLICY,
+            },
+        )
 
     def content_page(
         self,
@@ -441,6 +531,7 @@ class HostedPage:
         reader: Reader,
         content: Content,
         images: bool,
+        nonce: str,
     ) -> str:
         return render(
             "hosted/content.html",
@@ -450,7 +541,7 @@ class HostedPage:
             html=_framed(content.html) if content.html is not None else None,
             images=images,
             languages=[],
-            **self.context(request, row, reader, "content"),
+            **self.context(request, row, reader, "content", nonce),
         )
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -497,17 +588,22 @@ class HostedPage:
 
     async def decide(self, request: web.Request) -> web.Response:
         row = await self.link(request)
-        if row is None or row["mode"] != Mode.ACCEPT:
+        if row is None or row["mode"] not in DECISION_MODES:
             return await self.not_found(request)
         form = await request.post()
         decision = str(form.get("decision", ""))
+        key = str(form.get("form", ""))
         if (
-            not self.form_ok(row, str(form.get("form", "")), "content")
+            not self.form_ok(row, key, "content")
             or decision not in ("accepted", "rejected")
             or row["state"] == WAITING
-            or not row.get("shown_sha256")
         ):
             return await self.not_found(request)
+        # The page this form came from (its nonce): its hash is what is certified.
+        shown = await self.records.shown_page(int(row["recipient_id"]), form_nonce(key))
+        if shown is None and not row.get("decision"):
+            return await self.not_found(request)
+        page_sha256, page = shown if shown is not None else ("", b"")
         reader = await self.reader(request, row)
         raw = await self.raw(row)
         if raw is None:
@@ -518,13 +614,15 @@ class HostedPage:
             "decision": decision,
             "name": " ".join(str(form.get("name", "")).split())[:200],
             "comment": str(form.get("comment", "")).strip()[:2000],
-            "page_sha256": str(row["shown_sha256"]),
+            "page_sha256": page_sha256,
+            "page_nonce": form_nonce(key),
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
             "message_sha256": str(row["message_sha256"]),
+            "code_checked": row["mode"] in CODE_MODES,  # access bound to the mailbox
         }
         now = time.time()
         recorded = await self.records.record_decision(
-            int(row["recipient_id"]), decision, detail, new_certificate_id(), now
+            int(row["recipient_id"]), decision, detail, new_certificate_id(), now, page
         )
         if recorded:
             log.info(
@@ -536,8 +634,11 @@ class HostedPage:
             row = {**row, "decision": decision, "decided_at": now}
             if self.wake is not None:
                 self.wake()  # the sender's certificate is made at once
-        else:  # decided already: the page shows the first decision
-            row = await self.link(request) or row
+        else:  # decided already: the page shows the first decision (or it just expired)
+            again = await self.link(request)
+            if again is None or not again.get("decision"):
+                return await self.not_found(request)
+            row = again
         body = render(
             "hosted/decided.html",
             reader.language,
@@ -546,6 +647,12 @@ class HostedPage:
             **self.context(request, row, reader),
         )
         return self.page(body)
+
+
+def form_nonce(key: str) -> str:
+    """The nonce of a content page's form key (empty for a landing page's)."""
+    parts = key.split(".")
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _framed(html: str) -> str:
