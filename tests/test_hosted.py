@@ -461,13 +461,18 @@ def test_a_one_time_code_before_anything_is_shown(
 
 
 def test_links_not_opened_expire_with_evidence(
-    hosted: tuple[Gateway, Sink, int], tmp_path: Path
+    hosted: tuple[Gateway, Sink, int], browser: Any, tmp_path: Path
 ) -> None:
     gw, sink, _ = hosted
     qid = send(gw, message("Never opened", "heidi@example.org"),
                ["heidi@example.org", "certifica+hosted@certifica.localhost"])  # fmt: skip
     link = link_of(notification(sink, "heidi@example.org", "Never opened"))
     assert fetch(link)[0] == 200
+    # In the browser, before the expiry: the landing page and its button, nothing handed
+    # over. (A tab of its own: the `page` fixture fails on the 404 this test asks for.)
+    context = browser.new_context(locale="en-GB")
+    page = context.new_page()
+    assert page.goto(link).status == 200 and page.locator("#open").count() == 1
     early = gw.cli("hosted", "expire", "--at", "2026-01-01T00:00:00+00:00")
     assert early.returncode == 0 and "expired: 0" in early.stdout
     later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 8 * 86400))
@@ -478,6 +483,11 @@ def test_links_not_opened_expire_with_evidence(
     assert "expiry" in expired[0]["reason"]
     status, _, body = fetch(link)
     assert status == 404 and body == fetch(link[:-5] + "AAAAA")[2]
+    # In the browser, after it: the unknown link's page, no button, no content.
+    assert page.goto(link).status == 404 and page.locator("#open").count() == 0
+    assert "Never opened" not in page.content()
+    context.close()
+    assert not evidence(gw, qid, "ContentHandover")
     _pdf, page1 = certificate_of(gw, sink, "Never opened", tmp_path)
     assert "was not opened before it expired" in page1 and "not handed over" in page1
     files = etsi_documents(gw, _pdf, tmp_path / "etsi")
