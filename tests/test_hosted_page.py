@@ -9,6 +9,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.config import load_config
 from relay.queue.spool import Spool
@@ -79,3 +81,27 @@ def test_retention_keeps_hosted_content_until_the_links_expire(tmp_path: Path) -
         store.run_sync(check)
     finally:
         store.close()
+
+
+def test_a_typed_name_and_comment_keep_no_control_or_bidi_characters() -> None:
+    """What a recipient typed is kept as they saw it: no NUL, BEL or U+202E (which would
+    make "Ivan" read otherwise in the certificate), spaces made one, a name one line."""
+    from relay.web.hosted import typed_text
+
+    assert typed_text("Ivan\x00 \u202ePetrov\u202c\x07", 200, lines=False) == "Ivan Petrov"
+    assert typed_text("Read\r\nand\tunderstood.\n\n", 2000, lines=True) == "Read\nand understood."
+    assert typed_text("x" * 300, 200, lines=False) == "x" * 200
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.booleans())
+def test_typed_text_never_keeps_an_invisible_character(text: str, lines: bool) -> None:
+    import unicodedata
+
+    from relay.web.hosted import typed_text
+
+    kept = typed_text(text, 500, lines=lines)
+    assert len(kept) <= 500
+    assert all(unicodedata.category(c) not in ("Cc", "Cf", "Co", "Cs", "Cn") or c == "\n"
+               for c in kept)  # fmt: skip
+    assert lines or "\n" not in kept

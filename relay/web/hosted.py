@@ -33,6 +33,7 @@ import hmac
 import logging
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -83,6 +84,26 @@ FORM_SECONDS = 3600.0
 """How long a page's forms stay valid."""
 CODE_DIGITS = 6
 LOOKUP_TIMEOUT = 5.0
+
+
+_INVISIBLE = frozenset(("Cc", "Cf", "Co", "Cs", "Cn"))
+"""Unicode categories never kept in a typed text: controls (NUL, BEL), format characters
+(the bidirectional overrides such as U+202E that reorder what a reader sees), private
+use, surrogates and unassigned code points."""
+
+
+def typed_text(text: str, limit: int, *, lines: bool) -> str:
+    """What a recipient typed (a name, a comment), as the evidence keeps it: without
+    control, format or bidi characters, spaces runs made one, at most ``limit``
+    characters; a comment keeps its line breaks (``lines``), a name is one line. The
+    certificate prints these values and a court reads them: what is kept is what the
+    recipient saw themselves type, with nothing that could make it read otherwise."""
+    kept_lines = []
+    for line in text.splitlines() if lines else [text]:
+        visible = "".join(c if unicodedata.category(c) not in _INVISIBLE else " " for c in line)
+        kept_lines.append(" ".join(visible.split()))
+    joined = "\n".join(kept_lines) if lines else kept_lines[0]
+    return joined.strip()[:limit]
 
 
 class HostedRecords(Protocol):
@@ -612,8 +633,8 @@ class HostedPage:
         detail = {
             **self.event(request, row, "decision"),
             "decision": decision,
-            "name": " ".join(str(form.get("name", "")).split())[:200],
-            "comment": str(form.get("comment", "")).strip()[:2000],
+            "name": typed_text(str(form.get("name", "")), 200, lines=False),
+            "comment": typed_text(str(form.get("comment", "")), 2000, lines=True),
             "page_sha256": page_sha256,
             "page_nonce": form_nonce(key),
             "attachments": [{"name": a.name, "sha256": a.sha256} for a in content.attachments],
