@@ -268,7 +268,14 @@ def _title_block(doc: Document) -> list[Flowable]:
         "id": clean(ev.get("certificate_id"), 100) or "—",
         "time": doc.moment(ev.get("issued_at")),
     }
-    if ev.get("addendum_of"):
+    if ev.get("addendum_of") and ev.get("kind") == "acceptance":
+        # The message's own certificate comes once every recipient had the content or
+        # its link expired (docs/hosted.md): often after this one.
+        line += ". " + _(
+            "It concerns the message whose certificate, number %(id)s, is issued once "
+            "every recipient has had the content or its link has expired."
+        ) % {"id": clean(ev.get("addendum_of"), 100)}
+    elif ev.get("addendum_of"):
         line += ". " + _("It adds to certificate %(id)s.") % {
             "id": clean(ev.get("addendum_of"), 100)
         }
