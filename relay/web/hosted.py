@@ -34,7 +34,7 @@ import logging
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -393,19 +393,7 @@ class HostedPage:
         raw = await self.raw(row)
         if raw is None:
             return await self.not_found(request)
-        subject = original_headers(raw).subject
-        body = render(
-            "hosted/landing.html",
-            reader.language,
-            title=translations(reader.language, "web").gettext("A certified message for you"),
-            subject=subject,
-            languages=self.languages(reader.language),
-            code_sent=False,
-            code_wrong=False,
-            **self.code_limits(),
-            **self.context(request, row, reader),
-        )
-        return self.page(body)
+        return self.landing_page(request, row, reader, raw, self.languages(reader.language))
 
     async def send_code(self, request: web.Request) -> web.Response:
         row = await self.link(request)
@@ -429,32 +417,37 @@ class HostedPage:
         if refused is not None:  # per link, whoever asks (docs/hosted.md)
             log.info("%s: one-time code refused for a link (%s)", row["qid"], refused)
             raw = await self.raw(row)
-            body = render(
-                "hosted/landing.html",
-                reader.language,
-                title=translations(reader.language, "web").gettext("A certified message for you"),
-                subject=original_headers(raw or b"").subject,
-                languages=[],
-                code_sent=False,
-                code_wrong=False,
-                code_refused=refused,
-                **self.code_limits(),
-                **self.context(request, row, reader),
-            )
-            return self.page(body)
+            return self.landing_page(request, row, reader, raw, code_refused=refused)
         if self.mailer is not None:
             data = build_code_mail(self.cfg, str(row["address"]), code, reader, str(row["qid"]))
             await self.mailer(str(row["qid"]), str(row["address"]), data)
         log.info("%s: one-time code sent to <%s>", row["qid"], printable(str(row["address"])))
         raw = await self.raw(row)
+        return self.landing_page(request, row, reader, raw, code_sent=True)
+
+    def landing_page(
+        self,
+        request: web.Request,
+        row: dict[str, Any],
+        reader: Reader,
+        raw: bytes | None,
+        languages: Sequence[dict[str, Any]] = (),
+        *,
+        code_sent: bool = False,
+        code_wrong: bool = False,
+        code_refused: str | None = None,
+    ) -> web.Response:
+        """The landing page (the "open the message" button, or the one-time code's form
+        and what became of the last code): the one rendering of every route that shows it."""
         body = render(
             "hosted/landing.html",
             reader.language,
             title=translations(reader.language, "web").gettext("A certified message for you"),
             subject=original_headers(raw or b"").subject,
-            languages=[],
-            code_sent=True,
-            code_wrong=False,
+            languages=list(languages),
+            code_sent=code_sent,
+            code_wrong=code_wrong,
+            code_refused=code_refused,
             **self.code_limits(),
             **self.context(request, row, reader),
         )
@@ -491,21 +484,15 @@ class HostedPage:
             )
             if not good:
                 locked = await self.records.code_locked(int(row["recipient_id"]), time.time())
-                body = render(
-                    "hosted/landing.html",
-                    reader.language,
-                    title=translations(reader.language, "web").gettext(
-                        "A certified message for you"
-                    ),
-                    subject=original_headers(raw).subject,
-                    languages=[],
+                return self.landing_page(  # the form again, with the sentence
+                    request,
+                    row,
+                    reader,
+                    raw,
                     code_sent=not locked,
                     code_wrong=not locked,
                     code_refused="locked" if locked else None,
-                    **self.code_limits(),
-                    **self.context(request, row, reader),
                 )
-                return self.page(body)  # the form again, with the sentence
         images = form.get("images") == "1"
         content = await asyncio.to_thread(read_content, raw)
         nonce = secrets.token_hex(16)
