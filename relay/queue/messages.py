@@ -106,6 +106,25 @@ class Messages(Credits):
                 recipient_ids.append(
                     int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                 )
+        if msg.sms is not None:  # docs/sms.md
+            sms = msg.sms
+            insert_row(
+                self._conn,
+                "sms_messages",
+                {
+                    "qid": msg.qid,
+                    "text": sms.text,
+                    "text_sha256": sms.text_sha256,
+                    "alphabet": sms.alphabet,
+                    "data_coding": sms.data_coding,
+                    "esm_class": sms.esm_class,
+                    "parts": json.dumps(list(sms.parts)),
+                    "units": sms.units,
+                    "marketing": int(sms.marketing),
+                    "sender_id": sms.sender_id,
+                    "skipped": json.dumps(list(sms.skipped)),
+                },
+            )
         if msg.event:
             evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
         if payer:

@@ -488,6 +488,100 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosted_links ADD COLUMN wrong_codes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE hosted_links ADD COLUMN code_locked_until REAL;
     """,
+    # 23: certified SMS (docs/sms.md). A message's SMS recipients are rows of
+    # ``recipients`` like any other (address ``+34600111222@sms.<gateway domain>``);
+    # what is sent to them is ``sms_messages`` (one text per message, its parts' exact
+    # octets), each ``submit_sm`` of a part is an ``sms_parts`` row, each operator's
+    # receipt an ``sms_receipts`` row (kept raw); organisations keep contacts, groups,
+    # consents and opt-outs; every message a phone sent (MO) is kept.
+    """
+    CREATE TABLE sms_messages (
+        qid TEXT PRIMARY KEY,
+        text TEXT,                          -- exactly what is sent (opt-out line included); NULL once erased
+        text_sha256 TEXT NOT NULL,          -- SHA-256 of the text in UTF-8
+        alphabet TEXT NOT NULL,             -- gsm | ucs2 (relay/sms/encoding.py)
+        data_coding INTEGER NOT NULL,       -- SMPP 3.4 section 5.2.19
+        esm_class INTEGER NOT NULL,         -- 0x40 when the parts carry a UDH
+        parts TEXT NOT NULL,                -- JSON list: each part's short_message, hex
+        units INTEGER NOT NULL,             -- septets or UTF-16 code units of the text
+        marketing INTEGER NOT NULL DEFAULT 0,
+        sender_id TEXT NOT NULL,            -- source_addr: ACME or +34600111222
+        skipped TEXT NOT NULL DEFAULT '[]'  -- JSON [{address, name, reason}]: not sent to, and why
+    );
+    CREATE TABLE sms_parts (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL,
+        qid TEXT NOT NULL,
+        seq INTEGER NOT NULL,               -- the part's number, from 1
+        attempt INTEGER NOT NULL,           -- the recipient's attempt that sent it
+        state TEXT NOT NULL,                -- submitting | accepted | deferred | failed
+        started REAL NOT NULL,              -- committed before the submit_sm left
+        answered REAL,                      -- the submit_sm_resp (or the end of waiting)
+        message_id TEXT,                    -- the SMSC's, when accepted
+        match_key TEXT,                     -- message_id as receipts are matched (relay/sms/inbound.py)
+        command_status INTEGER,
+        sentence TEXT,                      -- the outcome in words
+        maybe_duplicate INTEGER NOT NULL DEFAULT 0,
+        receipt_state TEXT,                 -- the last receipt's stat: DELIVRD, UNDELIV...
+        receipt_id INTEGER                  -- that receipt
+    );
+    CREATE INDEX sms_parts_recipient ON sms_parts(recipient_id);
+    CREATE INDEX sms_parts_qid ON sms_parts(qid);
+    CREATE INDEX sms_parts_key ON sms_parts(match_key);
+    CREATE TABLE sms_receipts (
+        id INTEGER PRIMARY KEY,
+        received REAL NOT NULL,
+        message_id TEXT NOT NULL,
+        match_key TEXT NOT NULL,
+        part_id INTEGER,                    -- NULL until matched to a part
+        state TEXT,                         -- stat (ReceiptState); NULL: unreadable
+        submit_date TEXT,                   -- as the operator wrote them (YYMMDDhhmm)
+        done_date TEXT,
+        error TEXT,
+        raw BLOB NOT NULL,                  -- the deliver_sm's short_message and TLVs as received
+        fields TEXT NOT NULL                -- JSON: everything parsed
+    );
+    CREATE INDEX sms_receipts_key ON sms_receipts(match_key);
+    CREATE INDEX sms_receipts_part ON sms_receipts(part_id);
+    CREATE TABLE contacts (
+        id INTEGER PRIMARY KEY,
+        org TEXT NOT NULL,
+        number TEXT,                        -- E.164; NULL: none known (skipped, with the reason)
+        name TEXT,
+        consent_marketing REAL,             -- when the opt-in was given; NULL: none recorded
+        consent_source TEXT,                -- where it was given (a form, a contract)
+        added REAL NOT NULL,
+        added_by TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX contacts_number ON contacts(org, number) WHERE number IS NOT NULL;
+    CREATE TABLE contact_groups (
+        contact_id INTEGER NOT NULL,
+        name TEXT NOT NULL,                 -- lower case
+        PRIMARY KEY (contact_id, name)
+    );
+    CREATE INDEX contact_groups_name ON contact_groups(name);
+    CREATE TABLE sms_optouts (
+        org TEXT NOT NULL,
+        number TEXT NOT NULL,               -- E.164
+        time REAL NOT NULL,
+        how TEXT NOT NULL,                  -- mo | web | operator
+        detail TEXT,                        -- JSON: the keyword and the MO, the page's client
+        PRIMARY KEY (org, number)
+    );
+    CREATE TABLE sms_inbound (
+        id INTEGER PRIMARY KEY,
+        received REAL NOT NULL,
+        source TEXT NOT NULL,               -- the phone, E.164 when international
+        destination TEXT NOT NULL,          -- the number it was sent to
+        text TEXT NOT NULL,
+        org TEXT,                           -- the organisation it was taken to be for
+        action TEXT NOT NULL,               -- optout | none
+        raw BLOB NOT NULL
+    );
+    ALTER TABLE organisations ADD COLUMN sms_sender TEXT;   -- sender ID; NULL: [sms] source
+    ALTER TABLE organisations ADD COLUMN sms_number TEXT;   -- its own number, for replies (MO)
+    ALTER TABLE users ADD COLUMN sms_sender TEXT;           -- NULL: the organisation's
+    """,
 ]
 
 

@@ -12,6 +12,25 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class SmsContent:
+    """What a message's SMS recipients are sent (docs/sms.md): its ``sms_messages`` row,
+    written in the transaction that queues the message. ``parts`` are the exact
+    ``short_message`` octets of each part (UDH included), in hexadecimal; ``skipped``
+    lists who was not sent to and why (``{"address", "name", "reason"}``)."""
+
+    text: str
+    text_sha256: str
+    alphabet: str  # gsm | ucs2
+    data_coding: int
+    esm_class: int
+    parts: tuple[str, ...]
+    units: int
+    sender_id: str
+    marketing: bool = False
+    skipped: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message to put in the queue: its row and its recipients."""
 
@@ -47,6 +66,7 @@ class NewMessage:
     orcpt: Mapping[str, str] = field(default_factory=dict)  # ORCPT= per recipient given one
     original_to: tuple[str, ...] = ()  # postmaster mail: the addresses it was sent to
     hosted: str | None = None  # hosted | hosted-code | accept (docs/hosted.md)
+    sms: SmsContent | None = None  # what its SMS recipients are sent (docs/sms.md)
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,8 @@ class Outcome:
     note: str | None = None
     next_attempt: float | None = None
     delivered_copy: str | None = None  # JSON: how to rebuild the copy (certifier.copies)
+    # its credits are given back, not spent: an SMS the SMSC refused (docs/credits.md)
+    refund: bool = False
 
 
 def domain_of(address: str) -> str:

@@ -7,7 +7,8 @@ back compare equal to the members, and mypy finds a misspelt state where a bare 
 would have passed. A reader looking for every place a recipient changes state searches
 for the member (``RecipientState.DELIVERED``), as for Haraka's named outcomes.
 
-Recipient states: ``queued`` (never tried), ``deferred`` (tried, will be retried), and the
+Recipient states: ``queued`` (never tried), ``deferred`` (tried, will be retried),
+``submitted`` (an SMS the SMSC took, waiting for the operator's receipt), and the
 final ones (:data:`FINAL`) ``delivered``, ``failed``, ``withdrawn`` (the operator deleted
 the message before delivery) and ``bounced`` (delivered, then a DSN said it failed after
 all, RFC 3464).
@@ -28,6 +29,9 @@ class RecipientState(StrEnum):
 
     QUEUED = "queued"  # never tried
     DEFERRED = "deferred"  # tried, will be tried again
+    # an SMS whose every part the SMSC took, waiting for the operator's receipts (not
+    # final, not due: a receipt or [sms] receipt_timeout ends it; docs/sms.md)
+    SUBMITTED = "submitted"
     DELIVERED = "delivered"  # the next hop took it (RFC 5321 250)
     FAILED = "failed"  # permanently refused, or expired in the queue
     WITHDRAWN = "withdrawn"  # the operator deleted the message before delivery

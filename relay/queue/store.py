@@ -31,6 +31,8 @@ together from one class per concern, each in its own module of :mod:`relay.queue
 :mod:`relay.queue.maintenance`  when each daily job (renewal, retention) last ran
 :mod:`relay.queue.health`     what the admin listener reads: the queue by state, the write probe
 :mod:`relay.queue.hosted`      hosted content: each recipient's link, handovers, decisions
+:mod:`relay.queue.sms`         SMS: texts, each part's submit_sm, receipts, MO messages
+:mod:`relay.queue.contacts`    SMS contacts, groups, consents, opt-outs, sender IDs
 :mod:`relay.queue.errors`      :class:`StoreError` and :class:`StoreFullError`
 =============================  =============================================================
 
@@ -52,6 +54,7 @@ from __future__ import annotations
 from relay.queue.app_passwords import AppPasswords
 from relay.queue.bounces import LATE_ACTIONS, LateBounces
 from relay.queue.certificates import Certificates
+from relay.queue.contacts import Contacts
 from relay.queue.credit_notices import CreditNotices
 from relay.queue.credits import Credits
 from relay.queue.db import GROUP_MAX, Database
@@ -69,6 +72,7 @@ from relay.queue.reception import Reception
 from relay.queue.records import NewMessage, Outcome
 from relay.queue.reports import Reports
 from relay.queue.sessions import WebSessions
+from relay.queue.sms import SmsQueue
 from relay.queue.states import FINAL
 from relay.queue.tokens import Tokens
 from relay.queue.tracking import Tracking
@@ -115,6 +119,8 @@ class Store(
     QueueHealth,
     Hosted,
     HostedDecisions,
+    SmsQueue,
+    Contacts,
     Database,
 ):
     """The queue's database: every operation the stages need, each one transaction.
