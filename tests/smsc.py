@@ -27,12 +27,15 @@ import contextlib
 import enum
 import ssl
 import struct
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import smpp34
+
+T = TypeVar("T")
 
 HEADER = struct.Struct(">IIII")
 BIND_TRANSCEIVER, BIND_TRANSCEIVER_RESP = 0x00000009, 0x80000009
@@ -299,3 +302,42 @@ class TestSmsc:
                 conn.writer.write(reply)
                 await conn.writer.drain()
         return keep
+
+
+class SmscThread:
+    """A :class:`TestSmsc` on an event loop of its own thread, for tests that drive the
+    real gateway (a subprocess) synchronously: ``with SmscThread() as smsc:``, then
+    ``smsc.port``, ``smsc.call(smsc.smsc.send_receipt(...))`` and :meth:`wait_for`.
+    Reading ``smsc.smsc.received`` from the test's thread is safe between calls: the
+    list only grows, one append at a time."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.smsc = TestSmsc(**options)
+
+    @property
+    def port(self) -> int:
+        return self.smsc.port
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the SMSC's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``condition`` (read on the SMSC's loop) holds, or fail the test."""
+        self.call(self.smsc.wait_for(condition, timeout), timeout + 5)
+
+    def __enter__(self) -> SmscThread:
+        self._thread.start()
+        self.call(self.smsc.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.call(self.smsc.__aexit__(None, None, None))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
