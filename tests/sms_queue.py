@@ -28,7 +28,16 @@ SMS_DOMAIN = "sms.certifica.localhost"
 SMSC_PASSWORD = "secret"  # tests/smsc.py TestSmsc's default  # noqa: S105
 
 
-def sms_config(tmp: Path, smsc_port: int, routes: dict[str, int], extra: str = "") -> Path:
+def sms_config(
+    tmp: Path,
+    smsc_port: int,
+    routes: dict[str, int],
+    extra: str = "",
+    *,
+    enabled: bool = True,
+    response_timeout: float = 2.0,
+    receipt_timeout: float = 172800.0,
+) -> Path:
     """A gateway configuration whose ``[sms]`` binds to the test SMSC on ``smsc_port``."""
     (tmp / "smsc.password").write_text(SMSC_PASSWORD + "\n")
     return write_config(
@@ -37,12 +46,13 @@ def sms_config(tmp: Path, smsc_port: int, routes: dict[str, int], extra: str = "
         extra
         + f"""
 [sms]
-enabled = true
+enabled = {"true" if enabled else "false"}
 smsc = "127.0.0.1:{smsc_port}"
 system_id = "esme"
 password_file = "smsc.password"
 source = "ACME"
-response_timeout = 2.0
+response_timeout = {response_timeout}
+receipt_timeout = {receipt_timeout}
 """,
     )
 

@@ -57,11 +57,8 @@ def gw(
         smsc.port,
         {"example.com": mx.port},
         extra="[credits]\nemail_recipient = 2\n",
+        receipt_timeout=RECEIPT_TIMEOUT,
     )
-    text = cfg.read_text().replace(
-        "response_timeout = 2.0", f"response_timeout = 2.0\nreceipt_timeout = {RECEIPT_TIMEOUT}"
-    )
-    cfg.write_text(text)
     gw = start_gateway(cfg)
     assert gw.cli("org", "add", "ACME", "--name", "Acme S.L.").returncode == 0
     assert gw.cli("credits", "add", "ACME", "100").returncode == 0
