@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from relay.queue.jobs import DeliveryDone, DeliveryJob, Row
 from relay.queue.sms import SmsAttempt, no_receipt_note
 from relay.queue.store import Store
 from relay.sms.inbound import DeliveryReceipt, MobileOriginated
-from relay.sms.smpp import EsmeClient, Outcome, SmscSettings, SubmitResult, sender_address
+from relay.sms.smpp import EsmeClient, Outcome, SmscSettings, sender_address
 
 log = logging.getLogger("certifica/sms")
 
@@ -135,14 +136,10 @@ class SmsAgent:
             smsc_host=self.settings.host,
             smsc_port=self.settings.port,
         )
-        if sms is None:  # no text stored: nothing can ever be sent
-            failed = SubmitResult(
-                outcome=Outcome.FAILED, sentence="the message has no SMS text (internal error)"
-            )
-            parts = await self.store.sms_start_attempt(qid, row["id"], row["attempts"] + 1, now)
-            await self.store.record_sms_attempt(attempt, [(p, failed) for p in parts], now)
-            return
         parts = await self.store.sms_start_attempt(qid, row["id"], row["attempts"] + 1, now)
+        if sms is None:  # no text stored: the recipient fails (relay.queue.sms.record_attempt)
+            await self.store.record_sms_attempt(attempt, [], now)
+            return
         destination = address.partition("@")[0].lstrip("+")
         sender = sender_address(sms["sender_id"])
         self.in_flight += 1
@@ -199,8 +196,10 @@ class SmsAgent:
 
     async def on_mo(self, mo: MobileOriginated) -> None:
         """Record a message from a phone durably (then the client acknowledges it)."""
-        if self.handle_mo is not None:
-            await self.handle_mo(self.cfg, self.store, mo, mo.raw)
+        if self.handle_mo is not None:  # it records the MO itself, with what it decided
+            done = self.handle_mo(self.cfg, self.store, mo, mo.raw)
+            if inspect.isawaitable(done):
+                await done
         else:
             await self.store.record_mo(mo, time.time())
         self.mos += 1
