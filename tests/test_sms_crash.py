@@ -58,6 +58,8 @@ def test_kill_9_with_sms_in_flight_loses_none(sink_server: SinkServer, tmp_path:
         waiting = recipient(gw.state, first, numbers[0])
         assert (waiting["status"], waiting["handed_out"]) == ("queued", None)
         assert smsc.smsc.binds == 0
+        listing = gw.cli("queue", "list")
+        assert listing.returncode == 0 and numbers[0] in listing.stdout, listing.stdout
         gw.stop()
         assert_clean_log(gw.log())
 
