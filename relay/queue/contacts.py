@@ -313,3 +313,51 @@ class Contacts(Database):
             return True
 
         return self.run_sync(write)
+
+    # -- sender IDs and numbers (certifica org set, users set) -------------------------
+
+    def set_org_sms(
+        self, org: str, *, sender: str | None = None, number: str | None = None
+    ) -> bool:
+        """Set ``org``'s sender ID and/or its own number ("" clears one); False when
+        there is no such organisation."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            conn = db.conn
+            if (
+                conn.execute("SELECT 1 FROM organisations WHERE code = ?", (org,)).fetchone()
+                is None
+            ):
+                return False
+            if sender is not None:
+                conn.execute(
+                    "UPDATE organisations SET sms_sender = ? WHERE code = ?", (sender or None, org)
+                )
+            if number is not None:
+                conn.execute(
+                    "UPDATE organisations SET sms_number = ? WHERE code = ?", (number or None, org)
+                )
+            return True
+
+        return self.run_sync(write)
+
+    def org_sms_now(self, org: str) -> tuple[str | None, str | None]:
+        """``org``'s sender ID and number (None: not set)."""
+        row = self.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT sms_sender, sms_number FROM organisations WHERE code = ?", (org,)
+            ).fetchone(),
+            read=True,
+        )
+        return (None, None) if row is None else (row[0], row[1])
+
+    def set_user_sms_sender(self, address: str, sender: str) -> bool:
+        """Set the user's own sender ID ("" clears it); False when there is no such user."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
+                ).rowcount
+                > 0
+            )
+        )
