@@ -70,7 +70,7 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
-_INSERTABLE = frozenset({"messages", "recipients", "tracking_events"})
+_INSERTABLE = frozenset({"messages", "recipients", "tracking_events", "sms_messages"})
 
 
 def _check_columns(columns: Iterable[str]) -> None:
