@@ -18,6 +18,9 @@ With ``CERTIFICA_SCREENSHOTS=1`` page 1 is also written to
 from __future__ import annotations
 
 import asyncio
+import email
+import email.message
+import email.policy
 import hashlib
 import io
 import json
@@ -82,6 +85,7 @@ class Made:
     evidence: dict[str, Any]
     text: str
     pki: Pki
+    mail: bytes  # the certificate mail queued to the sender
 
 
 def encoded(text: str) -> EncodedSms:
@@ -307,13 +311,20 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
 
     try:
         qids = asyncio.run(make())
+        mails = {}
+        for queued in asyncio.run(store.all_qids()):
+            row = asyncio.run(store.message(queued))
+            if row is not None and row["parent_qid"]:
+                mails[(row["parent_qid"], row["kind"])] = spool.read(queued)
         out = {}
         for name, qid in qids.items():
             row = asyncio.run(store.message(qid))
             assert row is not None and row["cert_state"] == "done", row
             pdf = paths["certificates"] / f"{row['cert_id']}.pdf"
             text = TEXT if name == "sms" else HOSTILE_TEXT
-            out[name] = Made(pdf, embedded_evidence(pdf.read_bytes()), text, pki)
+            out[name] = Made(
+                pdf, embedded_evidence(pdf.read_bytes()), text, pki, mails[(qid, "certificate")]
+            )
         yield out
     finally:
         store.close()
@@ -567,6 +578,26 @@ def test_hostile_sms_text_stays_text_and_the_mixed_message_has_both_sections(
             "The SMS and the operator's receipts"
         )[0]
     )
+
+
+def test_the_certificate_mail_says_what_became_of_each_phone(made: dict[str, Made]) -> None:
+    message = email.message_from_bytes(made["sms"].mail, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = " ".join(body.get_content().split())
+    assert "SMS delivered to the phone, as the operator's receipt confirms" in text
+    assert "SMS not delivered: the operator's receipt says so" in text
+    assert "SMS sent; the operator sent no delivery receipt" in text
+    assert "SMS not sent: the operator's SMS centre refused it" in text
+    assert "mail server" not in text.partition("Technical details")[0]
+    mixed = email.message_from_bytes(made["mixed"].mail, policy=email.policy.default)
+    assert isinstance(mixed, email.message.EmailMessage)
+    body = mixed.get_body(("plain",))
+    assert body is not None
+    said = " ".join(body.get_content().split())
+    assert "accepted by the recipient's mail server" in said  # bob@example.org
+    assert "SMS delivered to the phone, as the operator's receipt confirms" in said
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:
