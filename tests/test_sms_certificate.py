@@ -42,9 +42,11 @@ from certifier import evidence_record
 from certifier.document.pages import hash_groups
 from certifier.evidence_record import schema, schema_problem
 from certifier.i18n import Reader
+from certifier.pipeline import complete_evidence
 from certifier.pki import Pki, ensure_dev_pki
 from certifier.pool import CertificatePool, SigningSettings, build_signer, render_and_sign
 from relay.certify.documents import DocumentMaker
+from relay.certify.evidence_record import build_evidence
 from relay.config import Config, load_config
 from relay.process.gateway import PipelineCertifier, signing_settings, state_paths
 from relay.queue.jobs import DocumentJob, DocumentKind
@@ -86,6 +88,7 @@ class Made:
     text: str
     pki: Pki
     mail: bytes  # the certificate mail queued to the sender
+    erased: dict[str, Any]  # the evidence built again once retention cleared the text
 
 
 def encoded(text: str) -> EncodedSms:
@@ -316,6 +319,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
             row = asyncio.run(store.message(queued))
             if row is not None and row["parent_qid"]:
                 mails[(row["parent_qid"], row["kind"])] = spool.read(queued)
+        # As retention leaves a message's SMS (docs/retention.md): no text, no octets.
+        store.run_sync(lambda db: db.execute("UPDATE sms_messages SET text = NULL, parts = '[]'"))
+        erased = {
+            qid: asyncio.run(build_evidence(cfg, store, asyncio.run(store.message(qid)) or {}))
+            for qid in qids.values()
+        }
         out = {}
         for name, qid in qids.items():
             row = asyncio.run(store.message(qid))
@@ -323,7 +332,12 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
             pdf = paths["certificates"] / f"{row['cert_id']}.pdf"
             text = TEXT if name == "sms" else HOSTILE_TEXT
             out[name] = Made(
-                pdf, embedded_evidence(pdf.read_bytes()), text, pki, mails[(qid, "certificate")]
+                pdf,
+                embedded_evidence(pdf.read_bytes()),
+                text,
+                pki,
+                mails[(qid, "certificate")],
+                erased[qid],
             )
         yield out
     finally:
@@ -598,6 +612,29 @@ def test_the_certificate_mail_says_what_became_of_each_phone(made: dict[str, Mad
     said = " ".join(body.get_content().split())
     assert "accepted by the recipient's mail server" in said  # bob@example.org
     assert "SMS delivered to the phone, as the operator's receipt confirms" in said
+
+
+def test_once_the_text_is_erased_its_hash_and_the_receipts_remain(
+    made: dict[str, Made], tmp_path: Path
+) -> None:
+    m = made["sms"]
+    erased = m.erased
+    assert erased["sms"]["text"] is None and erased["sms"]["parts"] == []
+    assert erased["sms"]["text_sha256"] == m.evidence["sms"]["text_sha256"]
+    assert erased["sms"]["segments"] == 2  # from the parts submitted
+    assert [r["sms"] for r in erased["recipients"]] == [r["sms"] for r in m.evidence["recipients"]]
+    eml = embedded_message(m.pdf)
+    evidence = complete_evidence(erased, eml) | {"verification": m.evidence["verification"]}
+    assert schema_problem(evidence) is None
+    signer = build_signer(SigningSettings.from_pki(m.pki))
+    pdf = tmp_path / "erased.pdf"
+    pdf.write_bytes(render_and_sign(evidence, eml, signer))
+    page = pdftotext(pdf, 1)
+    assert (
+        "The text is no longer kept (it was erased); its SHA-256 in annex C still identifies it."
+        in page
+    )
+    assert "Delivered to the phone" in page
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:

@@ -157,6 +157,8 @@ async def build_evidence(
     }
     if sms:
         record["sms"] = sms_evidence(sms, cfg.sms.receipt_timeout)
+        if not record["sms"]["parts"]:  # retention cleared the octets (docs/retention.md)
+            record["sms"]["segments"] = await _segments_sent(store, qid)
     return record
 
 
@@ -198,6 +200,11 @@ def _alphabet(value: object) -> str:
     if text.startswith("ucs"):
         return "ucs2"
     return text
+
+
+async def _segments_sent(store: Store, qid: str) -> int:
+    """How many parts the text had, from the parts submitted (once its octets are gone)."""
+    return max((p["seq"] for p in await store.sms_parts_of(qid)), default=0)
 
 
 async def _sms_recipients(
