@@ -56,6 +56,12 @@ __all__ = [
     "Reply",
     "Seal",
     "Sender",
+    "Sms",
+    "SmsFailure",
+    "SmsPart",
+    "SmsReceipt",
+    "SmsRecipient",
+    "SmsSkipped",
     "TimelineEntry",
     "Tls",
     "Tracking",
@@ -243,9 +249,93 @@ class HostedLink(TypedDict, total=False):
     handover: dict[str, Any]  # the first opening: automatic, reason, code_checked
 
 
+class SmsSkipped(TypedDict, total=False):
+    """A group member the SMS was not sent to (docs/sms.md, "Groups"), and why."""
+
+    address: Required[str]
+    name: str
+    reason: Required[str]
+
+
+class Sms(TypedDict, total=False):
+    """What a message's SMS recipients were sent (docs/sms.md, "The certificate"): the
+    text exactly as sent (None once erased) and its SHA-256 (of its UTF-8), its
+    encoding (``gsm`` or ``ucs2``; ``data_coding`` SMPP 3.4 section 5.2.19), each
+    part's ``short_message`` octets in hexadecimal (UDH included)."""
+
+    text: Required[str | None]
+    text_sha256: Required[str]
+    alphabet: Required[str]
+    data_coding: Required[int]
+    esm_class: int
+    segments: Required[int]
+    units: int
+    parts: Required[list[str]]
+    sender_id: Required[str]
+    marketing: bool
+    skipped: list[SmsSkipped]
+    receipt_timeout: float  # [sms] receipt_timeout, seconds
+
+
+class SmsPart(TypedDict, total=False):
+    """One ``submit_sm`` of one part, and the SMSC's answer."""
+
+    seq: Required[int]
+    attempt: Required[int]
+    message_id: str | None
+    submitted_at: str | None
+    answered_at: str | None
+    state: Required[Literal["submitting", "accepted", "deferred", "failed"]]
+    command_status: int | None
+    sentence: str | None
+    maybe_duplicate: bool  # the answer to an earlier submit of this part was lost
+
+
+class SmsReceipt(TypedDict, total=False):
+    """An operator's delivery receipt, parsed and raw; its dates as the operator wrote
+    them (``YYMMDDhhmm``, the operator's clock)."""
+
+    seq: int | None
+    message_id: Required[str]
+    state: Required[str | None]
+    submit_date: str | None
+    done_date: str | None
+    error: str | None
+    received_at: str | None
+    raw: Required[str]  # hexadecimal
+
+
+class SmsFailure(TypedDict, total=False):
+    """What ended an undelivered SMS (a receipt's state and error) or a refused one (the
+    SMSC's command_status and its sentence)."""
+
+    seq: int | None
+    state: str | None
+    error: str | None
+    command_status: int | None
+    sentence: str | None
+
+
+class SmsRecipient(TypedDict, total=False):
+    """An SMS recipient: its number (E.164) and what became of its SMS."""
+
+    number: Required[str]
+    outcome: Required[
+        Literal["delivered", "undelivered", "no_receipt", "refused", "withdrawn", "pending"]
+    ]
+    possible_duplicate: bool
+    submitted_at: str | None
+    receipt_at: str | None
+    failure: SmsFailure
+    parts: Required[list[SmsPart]]
+    receipts: Required[list[SmsReceipt]]
+
+
 class Recipient(TypedDict, total=False):
     address: Required[str]
-    status: Required[Literal["queued", "deferred", "delivered", "failed", "withdrawn", "bounced"]]
+    status: Required[
+        Literal["queued", "deferred", "submitted", "delivered", "failed", "withdrawn", "bounced"]
+    ]
     time: str | None
     mx_host: str | None
     ip: str | None
@@ -260,6 +350,7 @@ class Recipient(TypedDict, total=False):
     restored_from: str
     tracking: RecipientTracking | None
     hosted: HostedLink  # hosted content (docs/hosted.md)
+    sms: SmsRecipient  # an SMS recipient (docs/sms.md)
 
 
 class TrackingEvent(TypedDict, total=False):
@@ -408,6 +499,7 @@ class EvidenceRecord(TypedDict, total=False):
     reception: Reception  # kind reception
     late_bounce: LateBounce  # an addendum about a late delivery report
     decision: Decision  # kind acceptance (docs/hosted.md)
+    sms: Sms  # a message with SMS recipients (docs/sms.md)
 
 
 @functools.cache

@@ -9,14 +9,18 @@ failed or withdrawn message is never called a delivery:
 ``non_delivery``   no recipient's server accepted it (failed, bounced)
 ``partial``        some accepted it, others did not (or it was withdrawn for them)
 ``withdrawal``     the operator withdrew it for every recipient before delivery
-``pending``        not every recipient is final (never so for a certificate)
+``pending``        not every recipient is final (never so for a certificate), or every
+                   SMS was sent and no delivery receipt came (docs/sms.md)
 ``reception``      certified reception: a message arrived for a mailbox owner
 ``addendum``       events after the certificate (opens, clicks, a late bounce)
 ``acceptance``     a recipient accepted the hosted content (docs/hosted.md)
 ``rejection``      a recipient rejected it
 =================  =========================================================
 
-Statuses are those of the evidence record (``recipients[].status``).
+Statuses are those of the evidence record (``recipients[].status``). An SMS
+recipient the operator sent no delivery receipt for (``recipients[].sms.outcome``
+``no_receipt``) was sent, neither delivered nor failed. A message whose recipients are
+all phones is titled as a certified SMS (:data:`SMS_TITLES`, :func:`title_id`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["TITLES", "Outcome", "outcome", "recipients_outcome"]
+__all__ = [
+    "SMS_TITLES",
+    "TITLES",
+    "Outcome",
+    "outcome",
+    "recipients_outcome",
+    "sms_only",
+    "title_id",
+]
 
 
 def N_(message: str) -> str:  # noqa: N802 - the gettext convention for "mark only"
@@ -59,17 +71,34 @@ TITLES: dict[Outcome, str] = {
 catalog): the PDF and the verification page name a document alike."""
 
 
+SMS_TITLES: dict[Outcome, str] = {
+    Outcome.DELIVERY: N_("Certificate of delivery of a certified SMS"),
+    Outcome.NON_DELIVERY: N_("Certificate of non-delivery of a certified SMS"),
+    Outcome.PARTIAL: N_("Certificate of partial delivery of a certified SMS"),
+    Outcome.WITHDRAWAL: N_("Certificate of withdrawal of a certified SMS"),
+    Outcome.PENDING: N_("Certificate of sending of a certified SMS"),
+}
+"""The title of a sending whose recipients are all phones (docs/sms.md)."""
+
+SENT = "sent"
+"""The status an SMS recipient counts as when the operator sent no delivery receipt."""
+
+
 def recipients_outcome(statuses: Iterable[object]) -> Outcome:
-    """The outcome of a sending whose recipients ended with ``statuses``."""
+    """The outcome of a sending whose recipients ended with ``statuses`` (an SMS sent
+    without a delivery receipt: :data:`SENT`)."""
     seen = [str(s) for s in statuses]
     if not seen:
         return Outcome.NON_DELIVERY
-    if any(s in ("queued", "deferred") for s in seen):
+    if any(s in ("queued", "deferred", "submitted") for s in seen):
         return Outcome.PENDING
     delivered = sum(s == "delivered" for s in seen)
+    sent = sum(s == SENT for s in seen)
     if delivered == len(seen):
         return Outcome.DELIVERY
-    if delivered:
+    if delivered + sent == len(seen):
+        return Outcome.PENDING  # sent, not every one with a receipt
+    if delivered or sent:
         return Outcome.PARTIAL
     if all(s == "withdrawn" for s in seen):
         return Outcome.WITHDRAWAL
@@ -90,4 +119,33 @@ def outcome(evidence: Mapping[str, Any]) -> Outcome:
     recipients = evidence.get("recipients")
     if not isinstance(recipients, list):
         return Outcome.NON_DELIVERY
-    return recipients_outcome(r.get("status") if isinstance(r, dict) else None for r in recipients)
+    return recipients_outcome(_status(r) for r in recipients)
+
+
+def _status(recipient: object) -> object:
+    if not isinstance(recipient, dict):
+        return None
+    sms = recipient.get("sms")
+    if isinstance(sms, dict) and sms.get("outcome") == "no_receipt":
+        return SENT
+    return recipient.get("status")
+
+
+def sms_only(evidence: Mapping[str, Any]) -> bool:
+    """Whether every recipient of a sending is a phone (docs/sms.md)."""
+    recipients = evidence.get("recipients")
+    return (
+        evidence.get("kind") == "sending"
+        and isinstance(recipients, list)
+        and bool(recipients)
+        and all(isinstance(r, dict) and isinstance(r.get("sms"), dict) for r in recipients)
+    )
+
+
+def title_id(evidence: Mapping[str, Any]) -> str:
+    """The message id (``certificate`` catalog) of the title of a document made from
+    ``evidence``: that of a certified SMS when every recipient is a phone."""
+    said = outcome(evidence)
+    if sms_only(evidence) and said in SMS_TITLES:
+        return SMS_TITLES[said]
+    return TITLES[said]

@@ -31,6 +31,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import CondPageBreak, Flowable, KeepTogether, Spacer, Table, TableStyle
 
 from certifier.document import invoices, words
+from certifier.document import sms as sms_pages
 from certifier.document.qr import QrMark
 from certifier.document.typeset import (
     CAP_BODY,
@@ -57,18 +58,19 @@ from certifier.document.typeset import (
 )
 from certifier.document.words import N_
 from certifier.i18n import Reader
-from certifier.outcome import TITLES, Outcome, outcome
+from certifier.outcome import TITLES, Outcome, outcome, sms_only, title_id
 
 __all__ = ["TITLES", "Document", "content_unavailable", "fallback_story", "story", "title"]
 
 
-_WIDTH = PAGE_W - 2 * MARGIN
+WIDTH = PAGE_W - 2 * MARGIN
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def title(evidence: dict[str, Any], reader: Reader) -> str:
-    """The document's title in the reader's language, by what happened."""
-    return reader.catalog("certificate").gettext(TITLES[outcome(evidence)])
+    """The document's title in the reader's language, by what happened (and to whom:
+    a certified SMS when every recipient is a phone)."""
+    return reader.catalog("certificate").gettext(title_id(evidence))
 
 
 def content_unavailable(evidence: dict[str, Any]) -> str | None:
@@ -151,21 +153,21 @@ def hash_groups(value: object) -> str:
     return text
 
 
-def _hash(value: object, style: str = "hash") -> Flowable:
+def hash_block(value: object, style: str = "hash") -> Flowable:
     return para(hash_groups(value), style, cap=CAP_SHORT + 20)
 
 
-def _sentence(text: str, style: str = "sentence") -> Flowable:
+def sentence(text: str, style: str = "sentence") -> Flowable:
     """A sentence of the gateway's, filled in with (already cleaned) evidence values:
     set as plain text, never markup."""
     return para(text, style, cap=CAP_CELL * 2)
 
 
-def _bullets(items: list[str], style: str = "sentence") -> list[Flowable]:
-    rows = [[para("•", style), _sentence(text, style)] for text in items]
+def bullets(items: list[str], style: str = "sentence") -> list[Flowable]:
+    rows = [[para("•", style), sentence(text, style)] for text in items]
     if not rows:
         return []
-    table = Table(rows, colWidths=[5 * mm, _WIDTH - 5 * mm], hAlign="LEFT")
+    table = Table(rows, colWidths=[5 * mm, WIDTH - 5 * mm], hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
@@ -181,14 +183,14 @@ def _bullets(items: list[str], style: str = "sentence") -> list[Flowable]:
     return [table]
 
 
-def _heading(text: str, style: str = "h2") -> list[Flowable]:
+def heading(text: str, style: str = "h2") -> list[Flowable]:
     # Keep a heading with at least a few lines of what follows it.
     return [CondPageBreak(30 * mm), trusted(escape(text), style)]
 
 
-def _annex_heading(doc: Document, section: str, text: str) -> list[Flowable]:
+def annex_heading(doc: Document, section: str, text: str) -> list[Flowable]:
     _ = doc._
-    return _heading(
+    return heading(
         _("Annex %(letter)s — %(title)s") % {"letter": doc.annex(section), "title": text}
     )
 
@@ -249,7 +251,7 @@ def _sender_name(ev: dict[str, Any]) -> str:
     return clean(s.get("header_from") or s.get("envelope_from"), CAP_SHORT) or "—"
 
 
-def _sent_at(ev: dict[str, Any]) -> object:
+def sent_at(ev: dict[str, Any]) -> object:
     for entry in as_list(ev.get("timeline")):
         e = as_dict(entry)
         if e.get("event") in ("SubmissionAcceptance", "ReceivedFromNonERDS"):
@@ -263,7 +265,7 @@ def _sent_at(ev: dict[str, Any]) -> object:
 def _title_block(doc: Document) -> list[Flowable]:
     _ = doc._
     ev = doc.ev
-    out: list[Flowable] = [trusted(escape(_(TITLES[doc.outcome])), "title"), Spacer(1, 1 * mm)]
+    out: list[Flowable] = [trusted(escape(_(title_id(ev))), "title"), Spacer(1, 1 * mm)]
     line = _("Certificate number %(id)s, issued on %(time)s") % {
         "id": clean(ev.get("certificate_id"), 100) or "—",
         "time": doc.moment(ev.get("issued_at")),
@@ -279,7 +281,7 @@ def _title_block(doc: Document) -> list[Flowable]:
         line += ". " + _("It adds to certificate %(id)s.") % {
             "id": clean(ev.get("addendum_of"), 100)
         }
-    out.append(_sentence(line, "subtitle"))
+    out.append(sentence(line, "subtitle"))
     return out
 
 
@@ -327,7 +329,7 @@ def _statement(doc: Document) -> list[Flowable]:
                 "attached to this PDF."
             )
         )
-    return [Spacer(1, 3 * mm), _sentence(" ".join(sentences), "intro")]
+    return [Spacer(1, 3 * mm), sentence(" ".join(sentences), "intro")]
 
 
 def _decision(doc: Document) -> list[Flowable]:
@@ -370,28 +372,28 @@ def _decision(doc: Document) -> list[Flowable]:
         % {"ip": clean(d.get("ip"), 100) or "—", "agent": clean(d.get("user_agent"), 300) or "—"}
     )
     out: list[Flowable] = [
-        *_heading(_("The recipient's decision")),
-        _sentence(first),
-        *_bullets(items),
-        _sentence(
+        *heading(_("The recipient's decision")),
+        sentence(first),
+        *bullets(items),
+        sentence(
             _(
                 "SHA-256 of the page the decision was made on (attached to this PDF as "
                 "shown-page.html):"
             )
         ),
-        _hash(d.get("page_sha256")),
+        hash_block(d.get("page_sha256")),
     ]
     for a in as_list(d.get("attachments")):
         item = as_dict(a)
         out += [
-            _sentence(
+            sentence(
                 _("SHA-256 of the attachment %(name)s:")
                 % {"name": clean(item.get("name"), CAP_SHORT) or "—"}
             ),
-            _hash(item.get("sha256")),
+            hash_block(item.get("sha256")),
         ]
     out.append(
-        _sentence(
+        sentence(
             _(
                 "Typing a name and pressing a button is a simple electronic signature "
                 "(Regulation (EU) No 910/2014, eIDAS, article 3(10)): it records the "
@@ -412,7 +414,7 @@ def _identity(doc: Document) -> list[Flowable]:
     left: list[Flowable] = []
     qr_w = 30 * mm
     right_w = 52 * mm if url else 0.0
-    left_w = _WIDTH - right_w - (4 * mm if url else 0)
+    left_w = WIDTH - right_w - (4 * mm if url else 0)
     if provider:
         rows = [
             (_("Trust service provider"), provider.get("name")),
@@ -472,10 +474,10 @@ def _invoice_lines(doc: Document) -> list[Flowable]:
         }
         for a, i in found[:_PAGE1_INVOICES]
     ]
-    out: list[Flowable] = [Spacer(1, 2 * mm), _sentence(intro), *_bullets(lines)]
+    out: list[Flowable] = [Spacer(1, 2 * mm), sentence(intro), *bullets(lines)]
     if len(found) > _PAGE1_INVOICES:
         out.append(
-            _sentence(
+            sentence(
                 _("The other invoices are listed with the attached files in annex %(annex)s.")
                 % {"annex": doc.annex("message")},
                 "note",
@@ -606,13 +608,16 @@ def _what_happened(doc: Document) -> list[Flowable]:
     _ = doc._
     ev = doc.ev
     m = as_dict(ev.get("message"))
-    recipients = [as_dict(r) for r in as_list(ev.get("recipients"))]
-    out = _heading(_("What happened"))
+    # Phones have a section of their own (certifier.document.sms, docs/sms.md).
+    recipients = [as_dict(r) for r in as_list(ev.get("recipients")) if not sms_pages.is_sms(r)]
+    out = heading(_("What happened"))
     if doc.outcome == Outcome.RECEPTION:
         return out + _what_arrived(doc) + _invoice_lines(doc)
+    if sms_only(ev):
+        return out + sms_pages.page_one(doc, titled=False)
     subject = clean(m.get("subject"), 300)
     values = {
-        "time": doc.moment(_sent_at(ev)),
+        "time": doc.moment(sent_at(ev)),
         "sender": _sender_name(ev),
         "subject": subject or _("(no subject)"),
         "count": doc.reader.number(len(recipients)),
@@ -634,14 +639,14 @@ def _what_happened(doc: Document) -> list[Flowable]:
             "through the gateway to %(count)s recipients.",
             len(recipients),
         )
-    out.append(_sentence(text % values))
+    out.append(sentence(text % values))
     out += _invoice_lines(doc)
     out.append(Spacer(1, 2 * mm))
     shown = recipients[:_PAGE1_RECIPIENTS]
-    out += _bullets([_recipient_sentence(doc, r) for r in shown])
+    out += bullets([_recipient_sentence(doc, r) for r in shown])
     if len(recipients) > len(shown):
         out.append(
-            _sentence(
+            sentence(
                 doc.ngettext(
                     "The result for the other recipient is in annex %(annex)s.",
                     "The results for the other %(count)s recipients are in annex %(annex)s.",
@@ -654,7 +659,7 @@ def _what_happened(doc: Document) -> list[Flowable]:
             )
         )
     late = as_list(as_dict(ev.get("late_bounce")).get("reports"))
-    out += _bullets([words.late_report_sentence(_, as_dict(r)) for r in late[:CAP_LIST]])
+    out += bullets([words.late_report_sentence(_, as_dict(r)) for r in late[:CAP_LIST]])
     tracking = as_dict(ev.get("tracking"))
     events = [as_dict(e) for e in as_list(tracking.get("events"))]
     if doc.outcome == Outcome.ADDENDUM and events:
@@ -680,9 +685,11 @@ def _what_happened(doc: Document) -> list[Flowable]:
             _("Each is listed in annex %(annex)s with its classification.")
             % {"annex": doc.annex("tracking")},
         ]
-        out += _bullets([" ".join(s for s in said if s)])
+        out += bullets([" ".join(s for s in said if s)])
     if any(r.get("status") in ("delivered", "bounced") for r in recipients):
-        out += [Spacer(1, 2 * mm), _sentence(_accepted_means(doc), "note")]
+        out += [Spacer(1, 2 * mm), sentence(_accepted_means(doc), "note")]
+    if as_dict(ev.get("sms")):
+        out += sms_pages.page_one(doc, titled=True)
     if doc.lost:
         out += _content_lost(doc)
     return out
@@ -708,7 +715,7 @@ def _what_arrived(doc: Document) -> list[Flowable]:
     m = as_dict(ev.get("message"))
     receipt = as_dict(r.get("receipt"))
     values = {
-        "time": doc.moment(r.get("arrived_at") or _sent_at(ev)),
+        "time": doc.moment(r.get("arrived_at") or sent_at(ev)),
         "owner": clean(r.get("owner"), CAP_SHORT) or "—",
         "sender": clean(r.get("original_from"), CAP_SHORT)
         or clean(as_dict(ev.get("sender")).get("envelope_from"), CAP_SHORT)
@@ -730,10 +737,10 @@ def _what_arrived(doc: Document) -> list[Flowable]:
     elif receipt:
         items.append(_("No proof of receipt was sent to the sender (see annex %(annex)s).")
                      % {"annex": doc.annex("reception")})  # fmt: skip
-    out = _bullets(items)
+    out = bullets(items)
     out.append(Spacer(1, 2 * mm))
     out.append(
-        _sentence(
+        sentence(
             _(
                 "This certificate proves that the message, with the content identified in "
                 "annex %(annex)s, reached the gateway for this mailbox at that time. It "
@@ -753,8 +760,8 @@ def _content_lost(doc: Document) -> list[Flowable]:
     """What a certificate made without the message states, on page 1, in full sentences."""
     _ = doc._
     return [
-        *_heading(_("The message could not be read")),
-        _sentence(
+        *heading(_("The message could not be read")),
+        sentence(
             _(
                 "The gateway could no longer read the message when it made this "
                 "certificate (%(reason)s). It is not attached, and its subject, header "
@@ -777,7 +784,7 @@ def _seal(doc: Document) -> list[Flowable]:
         return []
     rows: list[Flowable] = [
         trusted(escape(_("Electronic seal")), "h3"),
-        _sentence(_("This document bears the electronic seal of:"), "note"),
+        sentence(_("This document bears the electronic seal of:"), "note"),
         para(signer, "seal"),
     ]
     organization = clean(seal.get("organization"), CAP_SHORT)
@@ -803,9 +810,9 @@ def _seal(doc: Document) -> list[Flowable]:
             "the file invalidates them. PDF readers show them in their signature panel."
         )
     )
-    rows.append(_sentence(" ".join(details), "note"))
+    rows.append(sentence(" ".join(details), "note"))
     ink = colors.HexColor("#1f2a44")
-    box = Table([[rows]], colWidths=[_WIDTH], hAlign="LEFT")
+    box = Table([[rows]], colWidths=[WIDTH], hAlign="LEFT")
     box.setStyle(
         TableStyle(
             [
@@ -850,7 +857,7 @@ def _annex_submission(doc: Document) -> list[Flowable]:
         (_("Encryption of the connection (TLS)"), para(_tls(doc, s.get("tls")))),
         (_("How the gateway received it"), para(words.method_phrase(_, s.get("method")))),
         *(
-            [(_("Sender authentication (DKIM, SPF, DMARC)"), _sentence(" ".join(checks), "value"))]
+            [(_("Sender authentication (DKIM, SPF, DMARC)"), sentence(" ".join(checks), "value"))]
             if checks
             else []
         ),
@@ -861,7 +868,7 @@ def _annex_submission(doc: Document) -> list[Flowable]:
         (_("Certificate number"), para(ev.get("certificate_id"), cap=100)),
         (_("Issued on"), para(doc.moment(ev.get("issued_at")))),
     ]
-    return [*_annex_heading(doc, "submission", _("Sender and submission")), kv_table(rows)]
+    return [*annex_heading(doc, "submission", _("Sender and submission")), kv_table(rows)]
 
 
 def _annex_reception(doc: Document) -> list[Flowable]:
@@ -899,10 +906,10 @@ def _annex_reception(doc: Document) -> list[Flowable]:
         (_("ARC chain (RFC 8617)"), para(arc_text)),
         (_("Proof of receipt to the sender"), para(receipt_text)),
     ]
-    out = [*_annex_heading(doc, "reception", _("Reception")), kv_table(rows)]
+    out = [*annex_heading(doc, "reception", _("Reception")), kv_table(rows)]
     received = as_list(as_dict(r.get("trace")).get("received"))
     if received:
-        out += _heading(_("Forwarding chain (Received fields, newest first)"), "h3")
+        out += heading(_("Forwarding chain (Received fields, newest first)"), "h3")
         for line in received[:CAP_LIST]:
             out.append(para(line, "cell", cap=CAP_LINE))
     return out
@@ -911,12 +918,12 @@ def _annex_reception(doc: Document) -> list[Flowable]:
 def _annex_message(doc: Document) -> list[Flowable]:
     _ = doc._
     m = as_dict(doc.ev.get("message"))
-    head = _annex_heading(doc, "message", _("The message"))
+    head = annex_heading(doc, "message", _("The message"))
     if doc.lost:
         rows = [
             (_("Content"), para(_("not available: the gateway could not read the message"))),
             (_("Size"), para(doc.size(m.get("size")))),
-            (_("SHA-256 of the message as received"), _hash(m.get("sha256"))),
+            (_("SHA-256 of the message as received"), hash_block(m.get("sha256"))),
         ]
         return [*head, kv_table(rows)]
     rows = [
@@ -927,14 +934,14 @@ def _annex_message(doc: Document) -> list[Flowable]:
         (_("To"), para(_addresses(doc, m.get("to")), cap=CAP_CELL)),
         (_("Cc"), para(_addresses(doc, m.get("cc")), cap=CAP_CELL)),
         (_("Size"), para(doc.size(m.get("size")))),
-        (_("SHA-256 of the message as received"), _hash(m.get("sha256"))),
+        (_("SHA-256 of the message as received"), hash_block(m.get("sha256"))),
     ]
     added = [clean(name, 100) for name in as_list(m.get("added_fields"))]
     if added:
         rows.append(
             (
                 _("Header fields added by the gateway"),
-                _sentence(
+                sentence(
                     _(
                         "%(fields)s: the message as submitted had none (RFC 6409, section 8). "
                         "The SHA-256 above is of the message as received, without them; the "
@@ -955,7 +962,7 @@ def _annex_message(doc: Document) -> list[Flowable]:
 def _attachments(doc: Document) -> list[Flowable]:
     _ = doc._
     items = as_list(as_dict(doc.ev.get("message")).get("attachments"))
-    out = _heading(_("Attached files"), "h3")
+    out = heading(_("Attached files"), "h3")
     if not items:
         return [*out, trusted(escape(_("The message has no attached files.")), "note")]
     rows: list[list[Flowable | str]] = []
@@ -975,8 +982,8 @@ def _attachments(doc: Document) -> list[Flowable]:
         rows.append(
             [
                 Table(
-                    [[trusted(escape(sha_label), "cell"), _hash(a.get("sha256"))]],
-                    colWidths=[20 * mm, _WIDTH - 24 * mm],
+                    [[trusted(escape(sha_label), "cell"), hash_block(a.get("sha256"))]],
+                    colWidths=[20 * mm, WIDTH - 24 * mm],
                     hAlign="LEFT",
                     style=[
                         base_font(),
@@ -993,7 +1000,7 @@ def _attachments(doc: Document) -> list[Flowable]:
         invoice = as_dict(a.get("invoice"))
         if invoice:  # the invoice in words, on the attachment's own entry
             rows.append(
-                [_sentence(invoices.invoice_sentence(_, doc.reader, invoice), "cell"), "", ""]
+                [sentence(invoices.invoice_sentence(_, doc.reader, invoice), "cell"), "", ""]
             )
             row = len(rows)  # the header is row 0
             spans.append(("SPAN", (0, row), (-1, row)))
@@ -1001,7 +1008,7 @@ def _attachments(doc: Document) -> list[Flowable]:
     table = grid_table(
         [_("File name"), _("Type"), _("Size")],
         rows,  # type: ignore[arg-type]
-        [_WIDTH * 0.5, _WIDTH * 0.3, _WIDTH * 0.2],
+        [WIDTH * 0.5, WIDTH * 0.3, WIDTH * 0.2],
         spans,
     )
     return [*out, table, *_more_note(doc, len(items)), *_invoice_details(doc, items[:CAP_ROWS])]
@@ -1016,7 +1023,7 @@ def _invoice_details(doc: Document, items: list[Any]) -> list[Flowable]:
         invoice = as_dict(a.get("invoice"))
         if not invoice:
             continue
-        out += _heading(
+        out += heading(
             _("Invoice in the attached file %(file)s")
             % {"file": clean(a.get("filename"), CAP_SHORT) or _("(no name)")},
             "h3",
@@ -1041,8 +1048,8 @@ _STATUS = {
 
 def _annex_delivery(doc: Document) -> list[Flowable]:
     _ = doc._
-    items = as_list(doc.ev.get("recipients"))
-    out = _annex_heading(doc, "delivery", _("Delivery to each recipient"))
+    items = [r for r in as_list(doc.ev.get("recipients")) if not sms_pages.is_sms(r)]
+    out = annex_heading(doc, "delivery", _("Delivery to each recipient"))
     if not items:
         return [*out, trusted(escape(_("The evidence lists no recipients.")), "note")]
     for raw in items[:CAP_RECIPIENTS]:
@@ -1075,7 +1082,7 @@ def _annex_delivery(doc: Document) -> list[Flowable]:
                     else clean(attempts, 20)
                 ),
             ),
-            (_("SHA-256 of the copy delivered"), _hash(r.get("delivered_sha256"))),
+            (_("SHA-256 of the copy delivered"), hash_block(r.get("delivered_sha256"))),
         ]
         if r.get("note"):
             rows.append((_("Note"), para(r.get("note"), cap=CAP_LINE)))
@@ -1086,7 +1093,7 @@ def _annex_delivery(doc: Document) -> list[Flowable]:
             rows.append(
                 (
                     _("Tracking"),
-                    _sentence(
+                    sentence(
                         _("Its copy carried tracking links and a tracking image.")
                         if tracking.get("tracked")
                         else _("Its copy was not tracked."),
@@ -1127,7 +1134,7 @@ def _copy_changes(doc: Document, copy: object) -> list[Flowable]:
             "The copy delivered to this recipient can be rebuilt exactly from the attached "
             "message and the evidence record (certifica verify does it)."
         )
-        return [Spacer(1, 1 * mm), _sentence(text, "note")]
+        return [Spacer(1, 1 * mm), sentence(text, "note")]
     intro = _(
         "The copy delivered to this recipient differs from the message as received as "
         "follows; it can be rebuilt exactly from the attached message and the evidence "
@@ -1135,8 +1142,8 @@ def _copy_changes(doc: Document, copy: object) -> list[Flowable]:
     )
     return [
         Spacer(1, 1 * mm),
-        _sentence(intro, "note"),
-        *_bullets([words.change_sentence(_, c) for c in changes], "note"),
+        sentence(intro, "note"),
+        *bullets([words.change_sentence(_, c) for c in changes], "note"),
     ]
 
 
@@ -1144,11 +1151,11 @@ def _annex_tracking(doc: Document) -> list[Flowable]:
     """Opens and clicks (the addendum), each with its classification and why."""
     _ = doc._
     tracking = as_dict(doc.ev.get("tracking"))
-    out = _annex_heading(doc, "tracking", _("Opens and clicks"))
+    out = annex_heading(doc, "tracking", _("Opens and clicks"))
     before = as_dict(tracking.get("reported_before"))
     if before:
         out.append(
-            _sentence(
+            sentence(
                 _(
                     "Earlier opens and clicks are in certificate %(id)s and its earlier "
                     "addenda; this document lists those recorded since."
@@ -1191,7 +1198,7 @@ def _annex_tracking(doc: Document) -> list[Flowable]:
             _("Classification"),
         ],
         grid,
-        [_WIDTH * 0.15, _WIDTH * 0.19, _WIDTH * 0.2, _WIDTH * 0.23, _WIDTH * 0.23],
+        [WIDTH * 0.15, WIDTH * 0.19, WIDTH * 0.2, WIDTH * 0.23, WIDTH * 0.23],
     )
     return [*out, table, *_more_note(doc, len(items))]
 
@@ -1203,6 +1210,11 @@ def _log_details(doc: Document) -> list[dict[str, Any]]:
         words.parsed_detail(as_dict(e))
         for e in as_list(as_dict(doc.ev.get("evidence_log")).get("entries"))
     ]
+
+
+def _event_phrase(doc: Document, entry: dict[str, Any]) -> str:
+    """An evidence entry's name; for a phone, in the words of SMS (docs/sms.md)."""
+    return sms_pages.event_phrase(doc, entry) or words.event_phrase(doc._, entry.get("event"))
 
 
 _KEY_VALUE = re.compile(r"\b[a-z_]+=")
@@ -1228,7 +1240,7 @@ def _annex_timeline(doc: Document) -> list[Flowable]:
         rows.append(
             [
                 para(doc.short_moment(e.get("time")), "cell"),
-                para(words.event_phrase(_, e.get("event")), "cell"),
+                para(_event_phrase(doc, e), "cell"),
                 para(e.get("recipient"), "cell", empty=""),
                 para(_timeline_detail(doc, e, structured), "cell", cap=CAP_LINE * 2, empty=""),
             ]
@@ -1241,10 +1253,10 @@ def _annex_timeline(doc: Document) -> list[Flowable]:
             _("Details"),
         ],
         rows,
-        [_WIDTH * 0.16, _WIDTH * 0.22, _WIDTH * 0.22, _WIDTH * 0.4],
+        [WIDTH * 0.16, WIDTH * 0.22, WIDTH * 0.22, WIDTH * 0.4],
     )
     return [
-        *_annex_heading(doc, "timeline", _("Timeline")),
+        *annex_heading(doc, "timeline", _("Timeline")),
         table,
         *_more_note(doc, len(items)),
     ]
@@ -1255,8 +1267,8 @@ def _annex_log(doc: Document) -> list[Flowable]:
     log = as_dict(doc.ev.get("evidence_log"))
     items = as_list(log.get("entries"))
     out = [
-        *_annex_heading(doc, "log", _("Evidence log")),
-        _sentence(
+        *annex_heading(doc, "log", _("Evidence log")),
+        sentence(
             _(
                 "The gateway keeps every event in a hash chain: the SHA-256 of each entry "
                 "covers the one before it, so no entry can be removed or altered without "
@@ -1266,13 +1278,13 @@ def _annex_log(doc: Document) -> list[Flowable]:
         ),
         Spacer(1, 1.5 * mm),
     ]
-    rows = [(_("Last entry of the chain (SHA-256)"), _hash(log.get("head")))]
+    rows = [(_("Last entry of the chain (SHA-256)"), hash_block(log.get("head")))]
     checkpoint = as_dict(log.get("checkpoint"))
     if checkpoint:
         rows.append(
             (
                 _("Time-stamped checkpoint"),
-                _sentence(
+                sentence(
                     _(
                         "A time-stamp authority (RFC 3161) stamped the chain on %(time)s, "
                         "up to entry %(seq)s."
@@ -1289,7 +1301,7 @@ def _annex_log(doc: Document) -> list[Flowable]:
         rows.append(
             (
                 _("Time-stamped checkpoint"),
-                _sentence(
+                sentence(
                     _(
                         "None covered these entries yet when this document was made; the "
                         "gateway's next checkpoint does."
@@ -1308,8 +1320,8 @@ def _annex_log(doc: Document) -> list[Flowable]:
                 [
                     para(e.get("seq"), "cell"),
                     para(moment, "cell"),
-                    para(words.event_phrase(_, e.get("event")), "cell"),
-                    _hash(e.get("hash"), "hash"),
+                    para(_event_phrase(doc, e), "cell"),
+                    hash_block(e.get("hash"), "hash"),
                 ]
             )
         out += [
@@ -1323,7 +1335,7 @@ def _annex_log(doc: Document) -> list[Flowable]:
                 ],
                 grid,
                 # The hash column holds four groups of eight digits a line, two lines.
-                [_WIDTH * 0.06, _WIDTH * 0.2, _WIDTH * 0.36, _WIDTH * 0.38],
+                [WIDTH * 0.06, WIDTH * 0.2, WIDTH * 0.36, WIDTH * 0.38],
             ),
             *_more_note(doc, len(items)),
         ]
@@ -1334,7 +1346,7 @@ def _annex_text(doc: Document) -> list[Flowable]:
     _ = doc._
     m = as_dict(doc.ev.get("message"))
     text = m.get("text")
-    out = _annex_heading(doc, "text", _("Text of the message"))
+    out = annex_heading(doc, "text", _("Text of the message"))
     if not isinstance(text, str) or not text.strip():
         return [*out, trusted(escape(_("The message has no text part.")), "note")]
     notes = []
@@ -1383,11 +1395,11 @@ def how_to_verify(doc: Document) -> list[Flowable]:
     """Annex: how anyone checks the document, with or without the gateway's software."""
     _ = doc._
     style = styles()["body"]
-    out = _annex_heading(doc, "verify", _("How to verify"))
+    out = annex_heading(doc, "verify", _("How to verify"))
     url = clean(as_dict(doc.ev.get("verification")).get("url"), CAP_SHORT)
     if url:
         out += [
-            _sentence(
+            sentence(
                 _(
                     "Anyone can check this certificate at %(url)s (the QR code on page 1 "
                     "leads there): the page shows when the provider issued it and its "
@@ -1441,8 +1453,10 @@ def _annexes(doc: Document) -> list[tuple[str, _Section]]:
     if reception:
         sections.append(("reception", _annex_reception))
     sections += [("submission", _annex_submission), ("message", _annex_message)]
-    if not reception:
+    if not reception and not sms_only(doc.ev):
         sections.append(("delivery", _annex_delivery))
+    if as_dict(doc.ev.get("sms")):
+        sections.append(("sms", sms_pages.annex))
     if as_dict(doc.ev.get("tracking")):
         sections.append(("tracking", _annex_tracking))
     if as_list(doc.ev.get("timeline")):
@@ -1482,13 +1496,13 @@ def fallback_story(doc: Document) -> list[Flowable]:
     m = as_dict(doc.ev.get("message"))
     doc.annexes = {"message": "", "verify": "A"}
     return [
-        trusted(escape(_(TITLES[doc.outcome])), "title"),
+        trusted(escape(_(title_id(doc.ev))), "title"),
         kv_table(
             [
                 (_("Certificate number"), para(doc.ev.get("certificate_id"), cap=100)),
                 (_("Issued on"), para(doc.moment(doc.ev.get("issued_at")))),
                 (_("Subject"), para(m.get("subject"), cap=200)),
-                (_("SHA-256 of the message as received"), _hash(m.get("sha256"))),
+                (_("SHA-256 of the message as received"), hash_block(m.get("sha256"))),
             ]
         ),
         trusted(

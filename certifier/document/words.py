@@ -57,6 +57,11 @@ EVENTS: dict[str, str] = {
     "AddendumIssued": N_("Addendum issued"),
     "AddendumNotIssued": N_("Addendum not issued"),
     "DuplicateReception": N_("The same message received again"),
+    # Certified SMS (docs/sms.md).
+    "SmsSubmitted": N_("SMS part taken by the operator's SMS centre"),
+    "SmsSubmitFailed": N_("SMS part not taken by the operator's SMS centre"),
+    "SmsDeliveryReceipt": N_("Operator's delivery receipt received"),
+    "SmsOptOut": N_("Phone number opted out of SMS"),
 }
 """Every event the gateway records (relay/queue and relay/certify write them)."""
 
@@ -166,9 +171,31 @@ def event_details(
         return _("Document %(id)s.") % {"id": _text(d.get("certificate_id"))}
     if event == "DuplicateReception":
         return _("It was not certified a second time.")
+    if event in ("SmsSubmitted", "SmsSubmitFailed", "SmsDeliveryReceipt"):
+        return _sms_details(_, event, d)
     if event == "DeliveryReportUnmatched" and d.get("recipient"):
         return _("The report names %(address)s.") % {"address": _text(d.get("recipient"))}
     return ""
+
+
+def _sms_details(_: Gettext, event: object, d: Mapping[str, Any]) -> str:
+    """An SMS part's submission or receipt (docs/sms.md), as one sentence."""
+    values = {
+        "seq": _text(d.get("seq")) or "?",
+        "total": _text(d.get("total")) or "?",
+        "id": _text(d.get("message_id")) or "—",
+        "state": _text(d.get("state")) or "—",
+        "error": _text(d.get("error")) or "—",
+        "reason": _text(d.get("sentence")) or "—",
+    }
+    if event == "SmsSubmitted":
+        text = _("Part %(seq)s of %(total)s, the SMS centre's message id %(id)s.") % values
+        if d.get("maybe_duplicate"):
+            text += " " + _("An earlier submission's answer was lost: it may have arrived twice.")
+        return text
+    if event == "SmsSubmitFailed":
+        return _("Part %(seq)s: “%(reason)s”.") % values
+    return _("Part %(seq)s, message id %(id)s: %(state)s, error %(error)s.") % values
 
 
 _ACTIONS = {

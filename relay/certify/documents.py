@@ -1061,7 +1061,7 @@ class DocumentMaker:
             qid=qid,
             cert_id=cert_id,
             sha256=row["sha256"],
-            recipients=_outcomes_for_mail(recipients),
+            recipients=_outcomes_for_mail(recipients, evidence),
             original=notices.original_headers(raw),
             pdf=pdf,
             label=label,
@@ -1164,15 +1164,23 @@ def _posix(iso_time: object) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
-def _outcomes_for_mail(recipients: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _outcomes_for_mail(
+    recipients: list[dict[str, Any]], evidence: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
     """Each recipient's address, status, last reply and its time, as the sender's mail
-    lists them."""
+    lists them; a phone's with its SMS outcome from ``evidence`` (docs/sms.md)."""
+    sms = {
+        r.get("address"): r["sms"].get("outcome")
+        for r in (evidence or {}).get("recipients") or []
+        if isinstance(r, dict) and isinstance(r.get("sms"), dict)
+    }
     return [
         {
             "address": r["address"],
             "status": r["status"],
             "reply": notices.one_line(f"{r['reply_code'] or ''} {r['reply_text'] or ''}"),
             "at": iso(r["last_attempt"]) or "",
+            **({"sms": str(sms[r["address"]])} if r["address"] in sms else {}),
         }
         for r in recipients
     ]

@@ -6,6 +6,12 @@ opens and clicks, and the evidence log with the RFC 3161 checkpoint covering it
 (:mod:`relay.certify.checkpoints`), so ``certifica verify`` recomputes it offline
 (:mod:`certifier.verify`). The documents (:mod:`relay.certify.documents`) add what is
 particular to a reception certificate or an addendum.
+
+A message with SMS recipients (docs/sms.md, "The certificate") also has a top-level
+``sms`` object (the text exactly as sent, its SHA-256, alphabet, segments and their
+octets, the sender ID, who was skipped and why), and each SMS recipient an ``sms``
+object: its number, every ``submit_sm`` of every part with the SMSC's answer, every
+operator receipt raw and parsed, and the outcome in one word (:func:`sms_outcome`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ from certifier import evidence as evidence_log
 from relay.certify.checkpoints import evidence_log_section
 from relay.config import Config
 from relay.queue.store import Store
+from relay.sms.numbers import is_sms_address
+
+NO_RECEIPT_NOTE = "sent, no delivery receipt"
+"""How the note of an SMS recipient ended by ``[sms] receipt_timeout`` starts ("sent, no
+delivery receipt from the operator within …", docs/sms.md "Receipts")."""
+
+DELIVERED_RECEIPT = "DELIVRD"
+NOT_FINAL_RECEIPTS = frozenset({"ENROUTE"})
+"""Receipt states (SMPP 3.4 section 5.2.28) after which another receipt may follow
+(``relay.sms.inbound.ReceiptState.final``)."""
 
 
 def iso(ts: float | None) -> str | None:
@@ -39,7 +55,11 @@ async def build_evidence(
     hosted = {h["recipient_id"]: h for h in await store.hosted_links_of(qid)}  # docs/hosted.md
     entries = await store.evidence_for(qid)
     summary = row.get("summary")
-    return {
+    sms = await store.sms_message(qid)
+    sms_recipients = (
+        await _sms_recipients(store, qid, recipients, cfg.gateway.domain) if sms else {}
+    )
+    record: dict[str, Any] = {
         "format": "certifica-evidence/1",
         "kind": "sending",
         "certificate_id": row["cert_id"],
@@ -117,6 +137,7 @@ async def build_evidence(
                     "notes": json.loads(r["tracking_notes"] or "[]"),
                 },
                 **({"hosted": hosted_evidence(hosted[r["id"]])} if r["id"] in hosted else {}),
+                **({"sms": sms_recipients[r["id"]]} if r["id"] in sms_recipients else {}),
             }
             for r in recipients
         ],
@@ -133,6 +154,150 @@ async def build_evidence(
         # The timeline's entries in full (every hashed field) and the RFC 3161
         # checkpoint covering them, so a verifier recomputes them offline.
         "evidence_log": await evidence_log_section(store, entries),
+    }
+    if sms:
+        record["sms"] = sms_evidence(sms, cfg.sms.receipt_timeout)
+        if not record["sms"]["parts"]:  # retention cleared the octets (docs/retention.md)
+            record["sms"]["segments"] = await _segments_sent(store, qid)
+    return record
+
+
+def sms_evidence(row: dict[str, Any], receipt_timeout: float) -> dict[str, Any]:
+    """What a message's SMS recipients were sent (its ``sms_messages`` row): the text
+    exactly as sent (None once erased; the SHA-256 stays), how it was encoded, each
+    part's ``short_message`` octets in hexadecimal (UDH included), the sender ID, and
+    who was not sent to and why."""
+    parts = [str(p).lower() for p in row["parts"]]
+    return {
+        "text": row["text"],
+        "text_sha256": row["text_sha256"],
+        "alphabet": _alphabet(row["alphabet"]),
+        "data_coding": row["data_coding"],
+        "esm_class": row["esm_class"],
+        "segments": len(parts),
+        "units": row["units"],
+        "parts": parts,
+        "sender_id": row["sender_id"],
+        "marketing": bool(row["marketing"]),
+        "skipped": [
+            {
+                "address": str(s.get("address") or ""),
+                "name": str(s.get("name") or ""),
+                "reason": str(s.get("reason") or ""),
+            }
+            for s in row["skipped"]
+            if isinstance(s, dict)
+        ],
+        "receipt_timeout": receipt_timeout,
+    }
+
+
+def _alphabet(value: object) -> str:
+    """``gsm`` or ``ucs2`` however the row names it (``GSM 7-bit``, ``UCS-2``)."""
+    text = str(value).lower()
+    if text.startswith("gsm"):
+        return "gsm"
+    if text.startswith("ucs"):
+        return "ucs2"
+    return text
+
+
+async def _segments_sent(store: Store, qid: str) -> int:
+    """How many parts the text had, from the parts submitted (once its octets are gone)."""
+    return max((p["seq"] for p in await store.sms_parts_of(qid)), default=0)
+
+
+async def _sms_recipients(
+    store: Store, qid: str, recipients: list[dict[str, Any]], domain: str
+) -> dict[int, dict[str, Any]]:
+    """Each SMS recipient's ``sms`` object, by recipient id."""
+    parts = await store.sms_parts_of(qid)
+    receipts = await store.sms_receipts_of(qid)
+    out = {}
+    for r in recipients:
+        if not is_sms_address(r["address"], domain):
+            continue
+        mine = [p for p in parts if p["recipient_id"] == r["id"]]
+        got = [x for x in receipts if x["recipient_id"] == r["id"]]
+        out[r["id"]] = sms_recipient_evidence(r, mine, got)
+    return out
+
+
+def sms_recipient_evidence(
+    r: dict[str, Any], parts: list[dict[str, Any]], receipts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One SMS recipient: its number, every ``submit_sm`` of its parts and the SMSC's
+    answer, every operator receipt (raw and parsed, the operator's times as written:
+    ``YYMMDDhhmm``, its clock), and the outcome in one word (:func:`sms_outcome`)."""
+    outcome, failure = sms_outcome(r, parts, receipts)
+    accepted = [p["answered"] for p in parts if p["state"] == "accepted" and p["answered"]]
+    decided = [
+        x["received"] for x in receipts if x["state"] and x["state"] not in NOT_FINAL_RECEIPTS
+    ]
+    return {
+        "number": r["address"].rpartition("@")[0],
+        "outcome": outcome,
+        "possible_duplicate": any(p["maybe_duplicate"] for p in parts),
+        "submitted_at": iso(max(accepted)) if accepted else None,
+        "receipt_at": iso(max(decided)) if decided else None,
+        **({"failure": failure} if failure else {}),
+        "parts": [
+            {
+                "seq": p["seq"],
+                "attempt": p["attempt"],
+                "message_id": p["message_id"],
+                "submitted_at": iso(p["started"]),
+                "answered_at": iso(p["answered"]),
+                "state": p["state"],
+                "command_status": p["command_status"],
+                "sentence": p["sentence"],
+                "maybe_duplicate": bool(p["maybe_duplicate"]),
+            }
+            for p in parts
+        ],
+        "receipts": [
+            {
+                "seq": x["seq"],
+                "message_id": x["message_id"],
+                "state": x["state"],
+                "submit_date": x["submit_date"],
+                "done_date": x["done_date"],
+                "error": x["error"],
+                "received_at": iso(x["received"]),
+                "raw": bytes(x["raw"]).hex(),
+            }
+            for x in receipts
+        ],
+    }
+
+
+def sms_outcome(
+    r: dict[str, Any], parts: list[dict[str, Any]], receipts: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any] | None]:
+    """What became of an SMS recipient, in one word, and what decided a failure:
+
+    ``delivered`` every part's final receipt is DELIVRD; ``no_receipt`` sent, no
+    receipt within ``[sms] receipt_timeout``; ``undelivered`` a part's final receipt is
+    another state (which one: ``failure``); ``refused`` the SMSC refused a part (its
+    answer: ``failure``); ``withdrawn`` by the operator; ``pending`` not ended."""
+    status = r["status"]
+    if status == "withdrawn":
+        return "withdrawn", None
+    if status == "delivered":
+        if (r.get("note") or "").startswith(NO_RECEIPT_NOTE):
+            return "no_receipt", None
+        return "delivered", None
+    if status not in ("failed", "bounced"):
+        return "pending", None
+    for x in receipts:
+        if x["state"] and x["state"] not in NOT_FINAL_RECEIPTS | {DELIVERED_RECEIPT}:
+            return "undelivered", {"seq": x["seq"], "state": x["state"], "error": x["error"]}
+    refused = [p for p in parts if p["state"] == "failed"]
+    last = refused[-1] if refused else None
+    return "refused", {
+        "seq": last["seq"] if last else None,
+        "command_status": last["command_status"] if last else None,
+        "sentence": (last["sentence"] if last else None) or r.get("reply_text"),
     }
 
 

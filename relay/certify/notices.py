@@ -218,7 +218,9 @@ def _plain_words(value: str) -> tuple[str, str]:
 Recipients = Sequence[Mapping[str, Any]]
 """Each recipient as the sender's mail lists it: ``address``, ``status`` (a recipient
 state of :mod:`relay.queue.states`), ``reply`` (the last reply, for the technical
-details) and, when known, ``at`` (the time of that reply: ISO 8601 or POSIX)."""
+details), when known ``at`` (the time of that reply: ISO 8601 or POSIX), and for a
+phone ``sms``: what became of its SMS in one word (the evidence's
+``recipients[].sms.outcome``, docs/sms.md)."""
 
 _SUBJECTS: dict[str, str] = {
     Outcome.DELIVERY: N_("Certificate of delivery: “%(subject)s” (%(id)s)"),
@@ -286,6 +288,17 @@ _STATUS_WORDS_AT: dict[str, str] = {
     ),
 }
 _REFUSED = N_("not delivered: the recipient's mail server refused it")
+_SMS_WORDS: dict[str, str] = {
+    "delivered": N_("SMS delivered to the phone, as the operator's receipt confirms"),
+    "no_receipt": N_("SMS sent; the operator sent no delivery receipt"),
+    "undelivered": N_("SMS not delivered: the operator's receipt says so"),
+    "refused": N_("SMS not sent: the operator's SMS centre refused it"),
+}
+"""A phone's outcome in words (docs/sms.md): no mail server is involved."""
+_SMS_DELIVERED = N_(
+    "Your message “%(subject)s” was delivered as an SMS: the operator's receipts confirm "
+    "delivery to every phone."
+)
 """What happened to one recipient, in words (and, when known, when); a failed one whose
 last reply was a 5xx was refused, else it may also never have been reached."""
 
@@ -314,6 +327,9 @@ def _in_words(r: Mapping[str, Any], reader: Reader) -> str:
     """One recipient's outcome as the reader reads it."""
     _ = reader.catalog(DOMAIN).gettext
     status = str(r.get("status") or "")
+    sms = _SMS_WORDS.get(str(r.get("sms") or ""))
+    if sms and status != "withdrawn":
+        return _(sms)
     when = reader.moment(r.get("at"))
     if when and status in _STATUS_WORDS_AT:
         return _(_STATUS_WORDS_AT[status]) % {"when": when}
@@ -440,7 +456,12 @@ def build_certificate_mail(
         what = Outcome.PENDING.value  # no recipient listed: nobody to name
     values = {"subject": subject, "failed": ", ".join(failed), "id": cert_id}
     context: dict[str, Any] = {
-        "headline": _(_HEADLINES[what]) % values,
+        "headline": _(
+            _SMS_DELIVERED
+            if what == Outcome.DELIVERY and recipients and all(r.get("sms") for r in recipients)
+            else _HEADLINES[what]
+        )
+        % values,
         "addendum": what == Outcome.ADDENDUM,
         "not_delivered": ", ".join(bounced) if what == Outcome.ADDENDUM else "",
         "subject": subject,

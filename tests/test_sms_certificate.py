@@ -1,0 +1,681 @@
+"""The certificate of a message with SMS recipients (docs/sms.md, "The certificate").
+
+Messages are queued in a real store with their SMS text encoded by
+:func:`relay.sms.encoding.encode_sms`; their outcomes are recorded by the store's own
+``record`` (the evidence log entries and all), and the SMSC's answers and the
+operator's receipts are rows of migration 23's ``sms_parts`` and ``sms_receipts``,
+written by :func:`write_part` and :func:`write_receipt` through the store's writer
+thread. The certificate is then made by the certify stage (:class:`DocumentMaker`,
+the process pool running :func:`certifier.pipeline.certify`), exactly as for e-mail,
+and checked with tools that are not the gateway's: pdftotext (what page 1 says, in
+English, Spanish, Catalan and Italian), pdfsig (the signature), hashlib (the text's
+SHA-256), a JSON Schema validator (the evidence) and ``certifica verify``.
+
+With ``CERTIFICA_SCREENSHOTS=1`` page 1 is also written to
+``docs/screenshots/sms-certificate-page1.png`` (pdftoppm, 80 dpi).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.message
+import email.policy
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+from pyhanko.pdf_utils.reader import PdfFileReader
+
+from certifier import evidence_record
+from certifier.document.pages import hash_groups
+from certifier.evidence_record import schema, schema_problem
+from certifier.i18n import Reader
+from certifier.pipeline import complete_evidence
+from certifier.pki import Pki, ensure_dev_pki
+from certifier.pool import CertificatePool, SigningSettings, build_signer, render_and_sign
+from relay.certify.documents import DocumentMaker
+from relay.certify.evidence_record import build_evidence
+from relay.config import Config, load_config
+from relay.process.gateway import PipelineCertifier, signing_settings, state_paths
+from relay.queue.jobs import DocumentJob, DocumentKind
+from relay.queue.records import NewMessage, Outcome, SmsContent
+from relay.queue.spool import Spool
+from relay.queue.store import Store
+from relay.sms.encoding import EncodedSms, encode_sms
+from relay.sms.numbers import sms_domain
+from tests.conftest import write_config
+from tests.test_evidence_schema import cli_verify, embedded_evidence
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshots" / "sms-certificate-page1.png"
+
+TEXT = (
+    "Estimado cliente: le comunicamos que el contrato 2026/118 vence el 15/12/2026. "
+    "Si desea renovarlo, responda antes del 10/12/2026 o llame al 900 100 200. "
+    "Gracias. ACME Seguros"
+)
+HOSTILE_TEXT = (
+    "<b>pay</b> &amp; <font color=red>now</font> %PDF-1.7 ]]> {{7*7}}\n"
+    "abc\u202etxt.exe\u200b ok\n" + "W" * 280
+)
+SENDER = "alice@acme.example"
+DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED = (
+    "+34600111222",
+    "+34600111333",
+    "+393471234567",
+    "+34600111555",
+)
+
+
+@dataclass
+class Made:
+    """A certificate the certify stage made, and what it was made of."""
+
+    pdf: Path
+    evidence: dict[str, Any]
+    text: str
+    pki: Pki
+    mail: bytes  # the certificate mail queued to the sender
+    erased: dict[str, Any]  # the evidence built again once retention cleared the text
+
+
+def encoded(text: str) -> EncodedSms:
+    result = encode_sms(text, max_segments=6, reference=42)
+    assert isinstance(result, EncodedSms)
+    return result
+
+
+def sms_content(text: str, **extra: Any) -> SmsContent:
+    sms = encoded(text)
+    return SmsContent(
+        text=text,
+        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        alphabet=str(sms.alphabet),
+        data_coding=sms.data_coding,
+        esm_class=sms.esm_class,
+        parts=tuple(p.hex() for p in sms.parts),
+        units=sms.units,
+        sender_id="ACME",
+        **extra,
+    )
+
+
+def write_part(store: Store, **row: Any) -> int:
+    """An ``sms_parts`` row (migration 23): one ``submit_sm`` of one part."""
+    row = {"attempt": 1, "state": "accepted", "maybe_duplicate": 0} | row
+    row.setdefault("match_key", row.get("message_id"))
+    return store.run_sync(lambda db: db["sms_parts"].insert(row).last_pk)  # type: ignore[no-any-return]
+
+
+def write_receipt(store: Store, part_id: int, message_id: str, state: str, **more: Any) -> None:
+    """An ``sms_receipts`` row matched to ``part_id``, its raw text as SMPP 3.4
+    Appendix B writes it."""
+    raw = (
+        f"id:{message_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
+        f"submit date:2612031802 done date:2612031804 stat:{state} err:{more.get('error', '000')} "
+        "text:"
+    ).encode()
+    row = {
+        "received": more.get("received", time.time()),
+        "message_id": message_id,
+        "match_key": message_id,
+        "part_id": part_id,
+        "state": state,
+        "submit_date": "2612031802",
+        "done_date": "2612031804",
+        "error": more.get("error", "000"),
+        "raw": raw,
+        "fields": json.dumps({"stat": state}),
+    }
+
+    def write(db: sqlite_utils.Database) -> None:
+        receipt = db["sms_receipts"].insert(row).last_pk
+        db.execute(
+            "UPDATE sms_parts SET receipt_state = ?, receipt_id = ? WHERE id = ?",
+            (state, receipt, part_id),
+        )
+
+    store.run_sync(write)
+
+
+def eml(subject: str, to: str, body: str) -> bytes:
+    return (
+        (
+            f"From: Alice <{SENDER}>\r\nTo: {to}\r\nCc: certifica@certifica.localhost\r\n"
+            f"Subject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}@acme.example>\r\n"
+            "Date: Thu, 03 Dec 2026 18:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+        ).encode()
+        + body.replace("\n", "\r\n").encode("utf-8")
+        + b"\r\n"
+    )
+
+
+async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
+    """Four numbers: delivered (two parts, the second sent twice), undelivered, no
+    receipt within the timeout, refused by the SMSC; and a group member skipped."""
+    domain = sms_domain(cfg.gateway.domain)
+    qid = "SMS0000000A1"
+    raw = eml("Vencimiento", f"clientes@{domain}", TEXT)
+    spool.store(qid, raw)
+    numbers = (DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED)
+    skipped = ({"address": f"juan@{domain}", "name": "Juan Pérez", "reason": "no_number"},)
+    await store.enqueue(
+        NewMessage(
+            qid=qid,
+            kind="mail",
+            sender=SENDER,
+            size=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            recipients=tuple(f"{n}@{domain}" for n in numbers),
+            certified=True,
+            method="submission",
+            cert_id="CF-5A5A000000000001",
+            auth_user=SENDER,
+            client_ip="192.0.2.10",
+            sms=sms_content(TEXT, skipped=skipped),
+        )
+    )
+    ids = {r["address"].partition("@")[0]: r["id"] for r in await store.recipients(qid)}
+    now = time.time()
+    # Delivered: two parts; part 2's first submit_sm never got its answer.
+    p1 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=1, started=now,
+                    answered=now + 0.2, message_id="4f2a01", command_status=0)  # fmt: skip
+    write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, started=now, state="submitting")
+    p2 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, attempt=2,
+                    started=now + 60, answered=now + 60.2, message_id="4f2a02",
+                    command_status=0, maybe_duplicate=1)  # fmt: skip
+    write_receipt(store, p1, "4f2a01", "DELIVRD", received=now + 120)
+    write_receipt(store, p2, "4f2a02", "DELIVRD", received=now + 121)
+    # Undelivered: both parts accepted, part 1 UNDELIV error 001.
+    u1 = write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=1, started=now,
+                    answered=now + 0.3, message_id="4f2a03", command_status=0)  # fmt: skip
+    write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=2, started=now,
+               answered=now + 0.3, message_id="4f2a04", command_status=0)  # fmt: skip
+    write_receipt(store, u1, "4f2a03", "UNDELIV", error="001", received=now + 130)
+    # No receipt: accepted, nothing came back.
+    for seq in (1, 2):
+        write_part(store, recipient_id=ids[NO_RECEIPT], qid=qid, seq=seq, started=now,
+                   answered=now + 0.4, message_id=f"4f2a1{seq}", command_status=0)  # fmt: skip
+    # Refused: the SMSC refused part 1.
+    refusal = (
+        "the SMSC refused the SMS: the destination number was refused (ESME_RINVDSTADR, 0x0000000B)"
+    )
+    write_part(store, recipient_id=ids[REFUSED], qid=qid, seq=1, started=now,
+               answered=now + 0.5, state="failed", command_status=0x0B, sentence=refusal)  # fmt: skip
+    await store.record(
+        qid,
+        [
+            Outcome(ids[DELIVERED], "delivered", None, None, "delivered to the phone"),
+            Outcome(ids[UNDELIVERED], "failed", None, None, "UNDELIV, error 001"),
+            Outcome(
+                ids[NO_RECEIPT],
+                "delivered",
+                None,
+                None,
+                "sent",
+                note="sent, no delivery receipt from the operator within 48 h",
+            ),
+            Outcome(ids[REFUSED], "failed", None, None, refusal, refund=True),
+        ],
+        now + 200,
+    )
+    return qid
+
+
+async def _mixed_hostile(cfg: Config, store: Store, spool: Spool) -> str:
+    """One e-mail recipient and one phone; the SMS text looks like markup and PDF
+    syntax, holds a right-to-left override and a zero-width space, and a 280-letter
+    word (UCS-2, because of the override)."""
+    domain = sms_domain(cfg.gateway.domain)
+    qid = "SMS0000000B2"
+    raw = eml("Mixed", f"bob@example.org, {DELIVERED}@{domain}", "See the SMS.")
+    spool.store(qid, raw)
+    await store.enqueue(
+        NewMessage(
+            qid=qid,
+            kind="mail",
+            sender=SENDER,
+            size=len(raw),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            recipients=("bob@example.org", f"{DELIVERED}@{domain}"),
+            certified=True,
+            method="submission",
+            cert_id="CF-5A5A000000000002",
+            auth_user=SENDER,
+            client_ip="192.0.2.10",
+            sms=sms_content(HOSTILE_TEXT, marketing=True),
+        )
+    )
+    ids = {r["address"]: r["id"] for r in await store.recipients(qid)}
+    phone = ids[f"{DELIVERED}@{domain}"]
+    now = time.time()
+    for seq in range(1, len(encoded(HOSTILE_TEXT).parts) + 1):
+        part = write_part(store, recipient_id=phone, qid=qid, seq=seq, started=now,
+                          answered=now + 0.1, message_id=f"77{seq:02d}", command_status=0)  # fmt: skip
+        write_receipt(store, part, f"77{seq:02d}", "DELIVRD", received=now + 5)
+    await store.record(
+        qid,
+        [
+            Outcome(
+                ids["bob@example.org"],
+                "delivered",
+                250,
+                "2.0.0",
+                "Ok: queued as B1",
+                mx_host="mx.example.org",
+                ip="127.0.0.1",
+                port=25,
+            ),  # fmt: skip
+            Outcome(phone, "delivered", None, None, "delivered to the phone"),
+        ],
+        now + 10,
+    )
+    return qid
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
+    """Both certificates, made by the certify stage from a real store."""
+    tmp = tmp_path_factory.mktemp("sms-certificate")
+    cfg = load_config(write_config(tmp, {"example.org": 9}))
+    paths = state_paths(cfg)
+    for key in ("keys", "spool", "certificates"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    pki = ensure_dev_pki(paths["keys"], cfg.gateway.hostname)
+    pool = CertificatePool(signing_settings(cfg, pki), workers=1)
+    store = Store(paths["db"], cfg.queue.lifetime)
+    spool = Spool(paths["spool"])
+
+    async def make() -> dict[str, str]:
+        maker = DocumentMaker(
+            cfg, store, spool, PipelineCertifier(pool), paths["certificates"], b"k" * 32
+        )
+        qids = {
+            "sms": await _sms_only(cfg, store, spool),
+            "mixed": await _mixed_hostile(cfg, store, spool),
+        }
+        for qid in qids.values():
+            await maker.make(DocumentJob(DocumentKind.NOTICE, qid))
+            await maker.make(DocumentJob(DocumentKind.FINISH, qid))
+        return qids
+
+    try:
+        qids = asyncio.run(make())
+        mails = {}
+        for queued in asyncio.run(store.all_qids()):
+            row = asyncio.run(store.message(queued))
+            if row is not None and row["parent_qid"]:
+                mails[(row["parent_qid"], row["kind"])] = spool.read(queued)
+        # As retention leaves a message's SMS (docs/retention.md): no text, no octets.
+        store.run_sync(lambda db: db.execute("UPDATE sms_messages SET text = NULL, parts = '[]'"))
+        erased = {
+            qid: asyncio.run(build_evidence(cfg, store, asyncio.run(store.message(qid)) or {}))
+            for qid in qids.values()
+        }
+        out = {}
+        for name, qid in qids.items():
+            row = asyncio.run(store.message(qid))
+            assert row is not None and row["cert_state"] == "done", row
+            pdf = paths["certificates"] / f"{row['cert_id']}.pdf"
+            text = TEXT if name == "sms" else HOSTILE_TEXT
+            out[name] = Made(
+                pdf,
+                embedded_evidence(pdf.read_bytes()),
+                text,
+                pki,
+                mails[(qid, "certificate")],
+                erased[qid],
+            )
+        yield out
+    finally:
+        store.close()
+        pool.close()
+
+
+def pdftotext(pdf: Path, *pages: int) -> str:
+    span = ["-f", str(pages[0]), "-l", str(pages[-1])] if pages else []
+    done = subprocess.run(
+        ["pdftotext", "-enc", "UTF-8", *span, str(pdf), "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return " ".join(done.stdout.split())
+
+
+def rendered(made: Made, language: str, tmp: Path) -> Path:
+    signer = build_signer(SigningSettings.from_pki(made.pki))
+    path = tmp / f"{language}.pdf"
+    reader = Reader(language, "Europe/Madrid")
+    path.write_bytes(
+        render_and_sign(made.evidence, embedded_message(made.pdf), signer, reader=reader)
+    )
+    return path
+
+
+def embedded_message(pdf: Path) -> bytes:
+    reader = PdfFileReader(io.BytesIO(pdf.read_bytes()))
+    names = reader.root["/Names"]["/EmbeddedFiles"]["/Names"]
+    files = {
+        str(names[i]): names[i + 1].get_object()["/EF"]["/F"].get_object().data
+        for i in range(0, len(names), 2)
+    }
+    data: bytes = files["message.eml"]
+    return data
+
+
+# --- the evidence -------------------------------------------------------------------
+
+
+def by_number(made: Made) -> dict[str, dict[str, Any]]:
+    return {r["sms"]["number"]: r for r in made.evidence["recipients"] if "sms" in r}
+
+
+def test_the_evidence_holds_the_exact_text_its_hash_and_the_octets_sent(
+    made: dict[str, Made],
+) -> None:
+    for m in made.values():
+        sms = m.evidence["sms"]
+        assert sms["text"] == m.text
+        assert sms["text_sha256"] == hashlib.sha256(m.text.encode("utf-8")).hexdigest()
+        sent = encoded(m.text)
+        assert sms["parts"] == [p.hex() for p in sent.parts]
+        assert sms["segments"] == len(sent.parts) and sms["units"] == sent.units
+        assert sms["data_coding"] == sent.data_coding and sms["esm_class"] == sent.esm_class
+        assert sms["sender_id"] == "ACME"
+    assert made["sms"].evidence["sms"]["alphabet"] == "gsm"
+    assert made["mixed"].evidence["sms"]["alphabet"] == "ucs2"  # U+202E is not GSM
+    assert made["mixed"].evidence["sms"]["marketing"] is True
+    assert made["sms"].evidence["sms"]["skipped"] == [
+        {"address": "juan@sms.certifica.localhost", "name": "Juan Pérez", "reason": "no_number"}
+    ]
+
+
+def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -> None:
+    phones = by_number(made["sms"])
+    assert {n: r["sms"]["outcome"] for n, r in phones.items()} == {
+        DELIVERED: "delivered",
+        UNDELIVERED: "undelivered",
+        NO_RECEIPT: "no_receipt",
+        REFUSED: "refused",
+    }
+    delivered = phones[DELIVERED]["sms"]
+    assert delivered["possible_duplicate"] is True
+    assert [
+        (p["seq"], p["attempt"], p["state"], p["maybe_duplicate"]) for p in delivered["parts"]
+    ] == [
+        (1, 1, "accepted", False),
+        (2, 1, "submitting", False),
+        (2, 2, "accepted", True),
+    ]
+    assert [p["message_id"] for p in delivered["parts"]] == ["4f2a01", None, "4f2a02"]
+    assert [(x["seq"], x["state"]) for x in delivered["receipts"]] == [
+        (1, "DELIVRD"),
+        (2, "DELIVRD"),
+    ]
+    raw = bytes.fromhex(delivered["receipts"][0]["raw"]).decode()
+    assert raw.startswith("id:4f2a01 sub:001 dlvrd:001 submit date:2612031802 done date:2612031804")
+    assert delivered["receipts"][0]["done_date"] == "2612031804"  # as the operator wrote it
+    undelivered = phones[UNDELIVERED]["sms"]
+    assert undelivered["failure"] == {"seq": 1, "state": "UNDELIV", "error": "001"}
+    assert undelivered["possible_duplicate"] is False
+    assert phones[NO_RECEIPT]["sms"]["receipts"] == []
+    assert phones[NO_RECEIPT]["status"] == "delivered"
+    refused = phones[REFUSED]["sms"]
+    assert refused["failure"]["command_status"] == 0x0B
+    assert "ESME_RINVDSTADR" in refused["failure"]["sentence"]
+    assert refused["submitted_at"] is None
+    # The e-mail recipient of the mixed message has no sms object.
+    mixed = {r["address"]: r for r in made["mixed"].evidence["recipients"]}
+    assert "sms" not in mixed["bob@example.org"]
+
+
+def test_the_evidence_follows_the_schema_and_the_types_name_its_fields(
+    made: dict[str, Made],
+) -> None:
+    for m in made.values():
+        assert schema_problem(m.evidence) is None
+    defs = schema()["$defs"]
+    for typed, node in [
+        (evidence_record.Sms, defs["sms"]),
+        (evidence_record.SmsSkipped, defs["sms_skipped"]),
+        (evidence_record.SmsRecipient, defs["sms_recipient"]),
+        (evidence_record.SmsPart, defs["sms_part"]),
+        (evidence_record.SmsReceipt, defs["sms_receipt"]),
+        (evidence_record.SmsFailure, defs["sms_failure"]),
+    ]:
+        assert set(typing.get_type_hints(typed)) == set(node["properties"]), typed
+        assert set(typed.__required_keys__) == set(node.get("required", [])), typed
+    # A recipient still waiting for its receipts is "submitted"; a wrong outcome is not allowed.
+    waiting = json.loads(json.dumps(made["sms"].evidence))
+    waiting["recipients"][0]["status"] = "submitted"
+    assert schema_problem(waiting) is None
+    waiting["recipients"][0]["sms"]["outcome"] = "read"
+    assert (
+        schema_problem(waiting)
+        == "recipients[0].sms.outcome holds a value this format does not allow"
+    )
+
+
+# --- the PDF ---------------------------------------------------------------------------
+
+PAGE_ONE = {
+    "en": [
+        "Certificate of partial delivery of a certified SMS",
+        "SMS sent to +34 600 11 12 22",
+        "Delivered to the phone (operator's receipt, received on",
+        "It may have arrived twice",
+        "Not delivered: the operator reported UNDELIV (the SMS could not be delivered), error 001.",
+        "Sent; the operator sent no delivery receipt within 48 hours.",
+        "+39 347 123 4567",
+        "Refused by the operator's SMS centre:",
+        "Juan Pérez (juan@sms.certifica.localhost): not sent, because no mobile number is recorded",
+        "with the sender name ACME",
+    ],
+    "es": [
+        "Certificado de entrega parcial de un SMS certificado",
+        "SMS enviado al +34 600 11 12 22",
+        "Entregado en el teléfono (acuse de entrega de la operadora, recibido el",
+        "Puede haber llegado dos veces",
+        "No entregado: la operadora comunicó UNDELIV (no se pudo entregar el SMS), error 001.",
+        "Enviado; la operadora no remitió acuse de entrega en un plazo de 48 horas.",
+        "Rechazado por el centro de mensajes de la operadora:",
+        "Juan Pérez (juan@sms.certifica.localhost): no se envió, porque no consta ningún número",
+        "con el remitente ACME",
+    ],
+    "ca": [
+        "Certificat de lliurament parcial d'un SMS certificat",
+        "SMS enviat al +34 600 11 12 22",
+        "Lliurat al telèfon (justificant de lliurament de l'operadora, rebut el",
+        "Pot haver arribat dues vegades",
+        "No lliurat: l'operadora va comunicar UNDELIV (no s'ha pogut lliurar l'SMS), error 001.",
+        "Enviat; l'operadora no va trametre cap justificant de lliurament en un termini de 48 hores.",
+        "Rebutjat pel centre de missatges de l'operadora:",
+        "Juan Pérez (juan@sms.certifica.localhost): no s'hi va enviar",
+    ],
+    "it": [
+        "Certificato di consegna parziale di un SMS certificato",
+        "SMS inviato al +34 600 11 12 22",
+        "Consegnato al telefono (ricevuta di consegna dell'operatore, ricevuta il",
+        "Potrebbe essere arrivato due volte",
+        "Non consegnato: l'operatore ha comunicato UNDELIV (non è stato possibile consegnare l'SMS), errore 001.",
+        "Inviato; l'operatore non ha trasmesso alcuna ricevuta di consegna entro 48 ore.",
+        "Rifiutato dal centro messaggi dell'operatore:",
+        "Juan Pérez (juan@sms.certifica.localhost): non inviato, perché",
+    ],
+}
+
+
+@pytest.mark.parametrize("language", sorted(PAGE_ONE))
+def test_page_one_states_number_text_and_outcomes_in_words(
+    made: dict[str, Made], language: str, tmp_path: Path
+) -> None:
+    m = made["sms"]
+    pdf = m.pdf if language == "en" else rendered(m, language, tmp_path)
+    page = pdftotext(pdf, 1)
+    for said in PAGE_ONE[language]:
+        assert said in page, (said, page)
+    assert " ".join(TEXT.split()) in page  # the exact text, in its box
+    if language == "es":  # dates as the reader writes them, in the reader's time zone
+        submitted = made["sms"].evidence["recipients"][0]["sms"]["submitted_at"]
+        said = Reader("es", "Europe/Madrid").moment(submitted)
+        assert "CET (" in said
+        assert f"aceptado por el centro de mensajes de la operadora el {said}" in page
+
+
+def test_the_annex_states_the_text_hash_encoding_ids_and_raw_receipts(
+    made: dict[str, Made],
+) -> None:
+    m = made["sms"]
+    text = pdftotext(m.pdf)
+    digest = hashlib.sha256(TEXT.encode("utf-8")).hexdigest()
+    assert f"SHA-256 of the text (UTF-8) {hash_groups(digest)}" in text
+    assert "GSM 7-bit default alphabet (3GPP TS 23.038)" in text
+    assert "data_coding (SMPP 3.4, section 5.2.19) 0 (0x00)" in text
+    assert "Segments 2" in text
+    for message_id in ("4f2a01", "4f2a02", "4f2a03", "4f2a11", "4f2a12"):
+        assert message_id in text
+    # Each part's octets and each receipt, in hexadecimal pairs.
+    first = encoded(TEXT).parts[0].hex()
+    assert " ".join(first[i : i + 2] for i in range(0, 24, 2)) in text
+    assert "2612031804 (2026-12-03 18:04)" in text  # the operator's clock, as written
+    assert "69 64 3a 34 66 32 61 30 33" in text  # "id:4f2a03" of the UNDELIV receipt raw
+    # The timeline names what ended each phone in the words of SMS, not of mail servers.
+    assert "SMS delivered to the phone (operator's receipt)" in text
+    assert "SMS not delivered (operator's receipt)" in text
+    assert "SMS sent; no delivery receipt from the operator" in text
+
+
+@pytest.mark.parametrize("name", ["sms", "mixed"])
+def test_pdfsig_and_certifica_verify_accept_it(made: dict[str, Made], name: str) -> None:
+    m = made[name]
+    signed = subprocess.run(["pdfsig", str(m.pdf)], capture_output=True, text=True, timeout=60)
+    assert "Signature is Valid" in signed.stdout, signed.stdout + signed.stderr
+    assert "Total document signed" in signed.stdout
+    result = cli_verify(m.pdf, m.pki.ca_cert)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   evidence-schema" in result.stdout
+
+
+def test_hostile_sms_text_stays_text_and_the_mixed_message_has_both_sections(
+    made: dict[str, Made],
+) -> None:
+    m = made["mixed"]
+    page = pdftotext(m.pdf, 1)
+    assert "Certificate of delivery of a certified e-mail" in page  # e-mail on its terms
+    assert "The mail server of example.org accepted the message for bob@example.org" in page
+    assert "The SMS On " in page and "SMS sent to +34 600 11 12 22" in page
+    assert "<b>pay</b> &amp; <font color=red>now</font> %PDF-1.7 ]]> {{7*7}}" in page
+    assert "abc[U+202E]txt.exe[U+200B] ok" in page  # shown as codes, never applied
+    assert "\u202e" not in pdftotext(m.pdf) and "\u200b" not in pdftotext(m.pdf)
+    assert "W" * 50 in page  # the long word wraps inside the box
+    assert "This SMS is a marketing message" in page
+    whole = pdftotext(m.pdf)
+    assert "Delivery to each recipient bob@example.org" in whole
+    assert (
+        "+34600111222@sms"
+        not in whole.partition("Delivery to each recipient")[2].partition(
+            "The SMS and the operator's receipts"
+        )[0]
+    )
+
+
+def test_the_certificate_mail_says_what_became_of_each_phone(made: dict[str, Made]) -> None:
+    message = email.message_from_bytes(made["sms"].mail, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = " ".join(body.get_content().split())
+    assert "SMS delivered to the phone, as the operator's receipt confirms" in text
+    assert "SMS not delivered: the operator's receipt says so" in text
+    assert "SMS sent; the operator sent no delivery receipt" in text
+    assert "SMS not sent: the operator's SMS centre refused it" in text
+    assert "mail server" not in text.partition("Technical details")[0]
+    mixed = email.message_from_bytes(made["mixed"].mail, policy=email.policy.default)
+    assert isinstance(mixed, email.message.EmailMessage)
+    body = mixed.get_body(("plain",))
+    assert body is not None
+    said = " ".join(body.get_content().split())
+    assert "accepted by the recipient's mail server" in said  # bob@example.org
+    assert "SMS delivered to the phone, as the operator's receipt confirms" in said
+
+
+def test_once_the_text_is_erased_its_hash_and_the_receipts_remain(
+    made: dict[str, Made], tmp_path: Path
+) -> None:
+    m = made["sms"]
+    erased = m.erased
+    assert erased["sms"]["text"] is None and erased["sms"]["parts"] == []
+    assert erased["sms"]["text_sha256"] == m.evidence["sms"]["text_sha256"]
+    assert erased["sms"]["segments"] == 2  # from the parts submitted
+    assert [r["sms"] for r in erased["recipients"]] == [r["sms"] for r in m.evidence["recipients"]]
+    eml = embedded_message(m.pdf)
+    evidence = complete_evidence(erased, eml) | {"verification": m.evidence["verification"]}
+    assert schema_problem(evidence) is None
+    signer = build_signer(SigningSettings.from_pki(m.pki))
+    pdf = tmp_path / "erased.pdf"
+    pdf.write_bytes(render_and_sign(evidence, eml, signer))
+    page = pdftotext(pdf, 1)
+    assert (
+        "The text is no longer kept (it was erased); its SHA-256 in annex C still identifies it."
+        in page
+    )
+    assert "Delivered to the phone" in page
+
+
+def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:
+    from certifier.outcome import Outcome, outcome, title_id
+
+    evidence = json.loads(json.dumps(made["sms"].evidence))
+    only = [r for r in evidence["recipients"] if r["sms"]["outcome"] == "no_receipt"]
+    assert title_id(evidence | {"recipients": only}) == "Certificate of sending of a certified SMS"
+    delivered = [r for r in evidence["recipients"] if r["sms"]["outcome"] == "delivered"]
+    assert outcome(evidence | {"recipients": delivered}) == Outcome.DELIVERY
+    assert (
+        title_id(evidence | {"recipients": delivered})
+        == "Certificate of delivery of a certified SMS"
+    )
+    failed = [r for r in evidence["recipients"] if r["status"] == "failed"]
+    assert (
+        title_id(evidence | {"recipients": failed})
+        == "Certificate of non-delivery of a certified SMS"
+    )
+
+
+def test_page_one_screenshot(made: dict[str, Made], tmp_path: Path) -> None:
+    """Page 1 as a reader sees it (docs/screenshots/sms-certificate-page1.png)."""
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-r",
+            "80",
+            "-png",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            str(made["sms"].pdf),
+            str(tmp_path / "page"),
+        ],
+        check=True,
+        timeout=60,
+    )
+    (png,) = tmp_path.glob("page*.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("CERTIFICA_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, SCREENSHOT)
