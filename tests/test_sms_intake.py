@@ -298,8 +298,8 @@ def test_marketing_without_consent_or_opted_out_skipped(gw: Gateway) -> None:
     day = time.strftime("%Y-%m-%d", time.gmtime())
     reasons = {s["address"]: s["reason"] for s in sms_row(gw, qid)["skipped"]}
     assert reasons == {
-        f"+34600111333@{DOMAIN}": "no recorded consent to marketing",
-        f"+34600000004@{DOMAIN}": f"opted out on {day} (reply BAJA)",
+        "+34600111333": "no recorded consent to marketing",
+        "+34600000004": f"opted out on {day} (reply BAJA)",
     }
 
 

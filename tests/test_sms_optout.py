@@ -186,7 +186,7 @@ def test_marketing_skips_the_opted_out(gw: Gateway, cfg: Config) -> None:
     qid = accepted(gw, [f"fans@{DOMAIN}"], headers="X-Certifica-SMS: marketing\r\n")
     day = time.strftime("%Y-%m-%d", time.gmtime())
     skipped = {s["address"]: s["reason"] for s in sms_row(gw, qid)["skipped"]}
-    assert skipped[f"+34600000014@{DOMAIN}"] == f"opted out on {day} (reply STOP)"
+    assert skipped["+34600000014"] == f"opted out on {day} (reply STOP)"
     assert f"+34600000014@{DOMAIN}" not in addresses_of(gw, qid)
     assert f"+34600000019@{DOMAIN}" in addresses_of(gw, qid)
 
@@ -236,7 +236,7 @@ def test_page_opts_out_in_the_readers_language(gw: Gateway, page: Any) -> None:
     assert f"+34600000013@{DOMAIN}" not in addresses_of(gw, qid)
     reasons = {s["address"]: s["reason"] for s in sms_row(gw, qid)["skipped"]}
     day = time.strftime("%Y-%m-%d", time.gmtime())
-    assert reasons[f"+34600000013@{DOMAIN}"] == f"opted out on {day} (on the opt-out page)"
+    assert reasons["+34600000013"] == f"opted out on {day} (on the opt-out page)"
 
 
 def test_page_the_shared_sender_and_no_contact_revealed(gw: Gateway, page: Any) -> None:

@@ -294,7 +294,7 @@ class Contacts(Database):
     async def opted_out(self, org: str, number: str) -> bool:
         return await self._read(lambda: optout_of(self._conn, org, number) is not None)
 
-    async def record_mo(
+    async def record_mo_optout(
         self,
         mo: MoRecord,
         org: str | None,

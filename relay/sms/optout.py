@@ -95,7 +95,7 @@ def confirmation_text(cfg: Config, organisation: str) -> str:
 
 @dataclass(frozen=True)
 class MoRecord:
-    """One MO as :meth:`relay.queue.contacts.Contacts.record_mo` keeps it."""
+    """One MO as :meth:`relay.queue.contacts.Contacts.record_mo_optout` keeps it."""
 
     received: float
     source: str
@@ -171,7 +171,9 @@ async def handle_mo(cfg: Config, store: Any, mo: MobileOriginated, raw: bytes) -
     if confirmation is not None:
         await asyncio.to_thread(spool.store, confirmation[0].qid, confirmation[1])
     try:
-        opted = await store.record_mo(record, target[0] if target else None, confirmation, now)
+        opted = await store.record_mo_optout(
+            record, target[0] if target else None, confirmation, now
+        )
     except BaseException:
         if confirmation is not None:
             await asyncio.to_thread(spool.remove, confirmation[0].qid)
