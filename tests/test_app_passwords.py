@@ -8,6 +8,7 @@ as the console would, so that these tests depend only on what SMTP reads of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sqlite3
@@ -43,13 +44,22 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Ga
     cfg = write_config(tmp_path_factory.mktemp("apppw"), {"example.org": sink.port})
     cfg.write_text(cfg.read_text().replace("auth_delay = 0.2", "auth_delay = 0.01"))
     gw = start_gateway(cfg, {WITH_TOTP: PASSWORD, WITHOUT: PASSWORD})
-    with sqlite3.connect(gw.state / "queue.db", timeout=10) as db:  # as the console enrols it
-        db.execute(
-            "UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (WITH_TOTP,)
-        )
+    enrol_second_factor(gw, WITH_TOTP)
     yield gw
     gw.stop()
     assert_clean_log(gw.log())
+
+
+def enrol_second_factor(gw: Gateway, address: str) -> None:
+    """Give ``address`` a TOTP secret as the console's enrolment writes it: one committed
+    UPDATE of exactly its row, on a connection closed at once, so that no connection of
+    this process stays open on the gateway's database (nor loses SQLite's locks when a
+    test reads the database's files)."""
+    with contextlib.closing(sqlite3.connect(gw.state / "queue.db", timeout=30)) as db, db:
+        changed = db.execute(
+            "UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (address,)
+        ).rowcount
+    assert changed == 1, f"no user {address} to enrol"
 
 
 def add(gw: Gateway, address: str, name: str) -> str:
@@ -105,9 +115,10 @@ def test_the_operator_resets_a_lost_second_factor(gateway: Gateway) -> None:
     user = "lost@example.com"
     added = gateway.cli("users", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
-    with sqlite3.connect(gateway.state / "queue.db", timeout=10) as db:
-        db.execute("UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (user,))
-    assert "\tTOTP yes\t" in gateway.cli("users", "list").stdout
+    enrol_second_factor(gateway, user)
+    assert re.search(
+        rf"^{re.escape(user)}\t.*\tTOTP yes\t", gateway.cli("users", "list").stdout, re.M
+    )
     assert auth(gateway, user)[0] == 535
     out = gateway.cli("users", "set", user, "--no-totp")
     assert out.returncode == 0, out.stderr
