@@ -8,15 +8,18 @@ as the console would, so that these tests depend only on what SMTP reads of it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from relay.queue.app_passwords import SECRET_BITS, new_secret, secret_hash
+from relay.queue.store import Store
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,
@@ -150,3 +153,34 @@ def test_app_password_refusals_are_one_sentence(gateway: Gateway) -> None:
     add(gateway, WITHOUT, "twice")
     dup = gateway.cli("users", "app-password", "add", WITHOUT, "--name", "twice")
     assert dup.returncode == 2 and "already" in dup.stderr
+
+
+def test_what_auth_reads_is_the_database_as_it_is_now(tmp_path: Path) -> None:
+    """The reads SMTP AUTH makes (the user's hash, its account) see another process's
+    commit at the very next operation, also right after reading the same row: no account
+    is cached and no read transaction outlives its operation, so a second factor turned
+    on or a user disabled holds from the next AUTH on (docs/accounts.md)."""
+    path = tmp_path / "queue.db"
+    store = Store(path, 3600.0)
+    try:
+        assert store.add_user(WITH_TOTP, "hash", 1.0)
+
+        def elsewhere(sql: str) -> None:  # another process: the console, `certifica users`
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as db, db:
+                assert db.execute(sql, (WITH_TOTP,)).rowcount == 1
+
+        async def scenario() -> None:
+            before = await store.account(WITH_TOTP)
+            assert before is not None and not before.totp and before.active
+            elsewhere("UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?")
+            after = await store.account(WITH_TOTP)
+            assert after is not None and after.totp
+            assert await store.user_hash(WITH_TOTP) == "hash"
+            elsewhere("UPDATE users SET disabled = 1, password_hash = 'new' WHERE address = ?")
+            assert await store.user_hash(WITH_TOTP) == "new"
+            disabled = await store.account(WITH_TOTP)
+            assert disabled is not None and not disabled.active
+
+        asyncio.run(scenario())
+    finally:
+        store.close()
