@@ -8,14 +8,18 @@ as the console would, so that these tests depend only on what SMTP reads of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from relay.queue.app_passwords import SECRET_BITS, new_secret, secret_hash
+from relay.queue.store import Store
 from tests.conftest import (
     CERT_ADDRESS,
     PASSWORD,
@@ -43,13 +47,22 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Ga
     cfg = write_config(tmp_path_factory.mktemp("apppw"), {"example.org": sink.port})
     cfg.write_text(cfg.read_text().replace("auth_delay = 0.2", "auth_delay = 0.01"))
     gw = start_gateway(cfg, {WITH_TOTP: PASSWORD, WITHOUT: PASSWORD})
-    with sqlite3.connect(gw.state / "queue.db", timeout=10) as db:  # as the console enrols it
-        db.execute(
-            "UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (WITH_TOTP,)
-        )
+    enrol_second_factor(gw, WITH_TOTP)
     yield gw
     gw.stop()
     assert_clean_log(gw.log())
+
+
+def enrol_second_factor(gw: Gateway, address: str) -> None:
+    """Give ``address`` a TOTP secret as the console's enrolment writes it: one committed
+    UPDATE of exactly its row, on a connection closed at once, so that no connection of
+    this process stays open on the gateway's database (nor loses SQLite's locks when a
+    test reads the database's files)."""
+    with contextlib.closing(sqlite3.connect(gw.state / "queue.db", timeout=30)) as db, db:
+        changed = db.execute(
+            "UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (address,)
+        ).rowcount
+    assert changed == 1, f"no user {address} to enrol"
 
 
 def add(gw: Gateway, address: str, name: str) -> str:
@@ -105,9 +118,10 @@ def test_the_operator_resets_a_lost_second_factor(gateway: Gateway) -> None:
     user = "lost@example.com"
     added = gateway.cli("users", "add", user, "--password-stdin", stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
-    with sqlite3.connect(gateway.state / "queue.db", timeout=10) as db:
-        db.execute("UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?", (user,))
-    assert "\tTOTP yes\t" in gateway.cli("users", "list").stdout
+    enrol_second_factor(gateway, user)
+    assert re.search(
+        rf"^{re.escape(user)}\t.*\tTOTP yes\t", gateway.cli("users", "list").stdout, re.M
+    )
     assert auth(gateway, user)[0] == 535
     out = gateway.cli("users", "set", user, "--no-totp")
     assert out.returncode == 0, out.stderr
@@ -139,3 +153,34 @@ def test_app_password_refusals_are_one_sentence(gateway: Gateway) -> None:
     add(gateway, WITHOUT, "twice")
     dup = gateway.cli("users", "app-password", "add", WITHOUT, "--name", "twice")
     assert dup.returncode == 2 and "already" in dup.stderr
+
+
+def test_what_auth_reads_is_the_database_as_it_is_now(tmp_path: Path) -> None:
+    """The reads SMTP AUTH makes (the user's hash, its account) see another process's
+    commit at the very next operation, also right after reading the same row: no account
+    is cached and no read transaction outlives its operation, so a second factor turned
+    on or a user disabled holds from the next AUTH on (docs/accounts.md)."""
+    path = tmp_path / "queue.db"
+    store = Store(path, 3600.0)
+    try:
+        assert store.add_user(WITH_TOTP, "hash", 1.0)
+
+        def elsewhere(sql: str) -> None:  # another process: the console, `certifica users`
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as db, db:
+                assert db.execute(sql, (WITH_TOTP,)).rowcount == 1
+
+        async def scenario() -> None:
+            before = await store.account(WITH_TOTP)
+            assert before is not None and not before.totp and before.active
+            elsewhere("UPDATE users SET totp_secret = 'JBSWY3DPEHPK3PXP' WHERE address = ?")
+            after = await store.account(WITH_TOTP)
+            assert after is not None and after.totp
+            assert await store.user_hash(WITH_TOTP) == "hash"
+            elsewhere("UPDATE users SET disabled = 1, password_hash = 'new' WHERE address = ?")
+            assert await store.user_hash(WITH_TOTP) == "new"
+            disabled = await store.account(WITH_TOTP)
+            assert disabled is not None and not disabled.active
+
+        asyncio.run(scenario())
+    finally:
+        store.close()
