@@ -510,7 +510,7 @@ PAGE_ONE = {
     "it": [
         "Certificato di consegna parziale di un SMS certificato",
         "SMS inviato al +34 600 11 12 22",
-        "Consegnato al telefono (ricevuta di consegna dell'operatore, ricevuta il",
+        "Consegnato al telefono (ricevuta di consegna dell'operatore, pervenuta il",
         "Potrebbe essere arrivato due volte",
         "Non consegnato: l'operatore ha comunicato UNDELIV (non è stato possibile consegnare l'SMS), errore 001.",
         "Inviato; l'operatore non ha trasmesso alcuna ricevuta di consegna entro 48 ore.",
