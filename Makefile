@@ -94,7 +94,8 @@ clean:
 	rm -rf $(VENV) var .pytest_cache
 
 # make bench [QUICK=1] [PROFILE=1]: the gateway against Postfix on this machine
-# (bench/README.md). Installs Postfix for smtp-source/smtp-sink, unconfigured.
+# (bench/README.md), then SMS submitted per second to the test SMSC (bench/sms.py).
+# Installs Postfix for smtp-source/smtp-sink, unconfigured.
 bench: install
 	@if [ ! -x /usr/sbin/smtp-source ] && ! command -v smtp-source >/dev/null 2>&1; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
@@ -104,3 +105,5 @@ bench: install
 	fi
 	$(if $(PROFILE),$(BIN)/pip install --quiet 'py-spy==0.4.3')
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
+	@echo "SMS: submit_sm per second through the ESME client to the test SMSC (bench/sms.py)"
+	$(BIN)/python bench/sms.py $(if $(QUICK),--count 1000 --windows 10,--count 5000 --windows 1,10,50)

@@ -16,7 +16,8 @@ their SMPP 3.4 section 4 layouts (C-octet strings and one-octet integers).
 Scripting: :attr:`TestSmsc.answers` is a queue of how to answer the next ``submit_sm``
 (``ok`` when empty); :meth:`send_receipt` and :meth:`send_mo` push ``deliver_sm`` to
 the bound session and return the gateway's ``command_status``; :meth:`drop` closes every
-connection. :attr:`received` records every PDU, in order; :meth:`wait_for` waits on a
+connection, and :attr:`TestSmsc.accepting` False closes each new one at once (an
+outage). :attr:`received` records every PDU, in order; :meth:`wait_for` waits on a
 condition over it (no sleeps).
 """
 
@@ -125,6 +126,7 @@ class TestSmsc:
         self.ssl_context = ssl_context
         self.decimal_receipt_ids = decimal_receipt_ids
         self.answers: deque[Answer] = deque()
+        self.accepting = True  # False: an outage, every connection is closed at once
         self.received: list[Received] = []
         self.accepted: list[tuple[str, Any]] = []  # (message_id, SubmitSm)
         self.port = 0
@@ -229,6 +231,9 @@ class TestSmsc:
             self._changed.notify_all()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.accepting:
+            writer.transport.abort()
+            return
         conn = _Connection(reader, writer)
         self._connections.append(conn)
         try:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.sms.inbound import parse_receipt_text, receipt_matches
+from relay.sms.inbound import match_key, parse_receipt_text, receipt_matches
 from relay.sms.smpp import sender_address
 
 
@@ -63,3 +63,43 @@ def test_sender_ids_get_their_ton_and_npi() -> None:
     assert (sender_address("ACME").ton, sender_address("ACME").npi) == (5, 0)
     number = sender_address("+34600111222")
     assert (number.addr, number.ton, number.npi) == ("34600111222", 1, 1)
+
+
+# Ids as SMSCs write them: decimal, hexadecimal in either case, padded with zeros, and
+# now and then something else (a dash, a letter past f).
+_ID_CHARS = st.sampled_from("0123456789abcdefABCDEF0000xz-")
+_ids = st.text(_ID_CHARS, min_size=1, max_size=12)
+
+
+def _notations(value: int) -> st.SearchStrategy[tuple[str, str]]:
+    """One number as receipts write it: decimal or hexadecimal (any case), zero-padded,
+    with the notation used ("d", "x", "X")."""
+    return st.tuples(
+        st.sampled_from(["d", "x", "X"]), st.integers(0, 3), st.sampled_from(["", " "])
+    ).map(lambda f: (f[2] + "0" * f[1] + format(value, f[0]) + f[2], f[0]))
+
+
+@given(_ids, _ids)
+def test_ids_that_match_share_their_key(a: str, b: str) -> None:
+    if receipt_matches(a, b):
+        assert match_key(a) == match_key(b)
+
+
+@given(st.integers(0, 2**64).flatmap(lambda n: st.tuples(_notations(n), _notations(n))))
+def test_one_number_in_two_notations(pair: tuple[tuple[str, str], tuple[str, str]]) -> None:
+    (a, how_a), (b, how_b) = pair
+    if receipt_matches(a, b):
+        assert match_key(a) == match_key(b)
+    if how_a == how_b == "d" or (how_a != "d" and how_b != "d"):
+        assert receipt_matches(a, b)  # one notation: zeros and case aside, the same id
+    elif any(c.isalpha() for c in a + b):
+        assert receipt_matches(a, b)  # hexadecimal with a letter against decimal
+
+
+@pytest.mark.parametrize(
+    "message_id, key",
+    [("0A1B2C", "662316"), ("662316", "662316"), ("000123", "123"), ("0", "0"),
+     (" Ab-1 ", "ab-1"), ("0xyz", "xyz")],
+)  # fmt: skip
+def test_match_keys(message_id: str, key: str) -> None:
+    assert match_key(message_id) == key

@@ -1,5 +1,5 @@
 """The ``certifica`` command: ``serve``, ``status``, ``reload``, ``verify``, ``users``,
-``org``, ``credits``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``,
+``org``, ``contacts``, ``credits``, ``reception``, ``dkim``, ``queue``, ``addendum``, ``evidence``, ``log``,
 ``export``, ``erase``, ``retention``, ``backup``, ``restore``, ``token``, ``webhook``, ``hosted``.
 
 Every subcommand has ``--help``. Errors an operator can fix (a bad config key, an
@@ -42,6 +42,7 @@ if _HELD:
 from relay.cli import (  # noqa: E402 - after SIGHUP is held
     addendum,
     backup,
+    contacts,
     credits,
     dkim,
     erase,
@@ -72,6 +73,7 @@ COMMANDS = (
     addendum,
     users,
     org,
+    contacts,
     credits,
     reception,
     dkim,

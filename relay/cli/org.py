@@ -11,9 +11,11 @@ A domain is bound to one organisation at most.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.config import sms_sender_ok
 
 
 def _code(text: str) -> str:
@@ -35,6 +37,31 @@ def _domain(text: str) -> str:
         return normalise_domain(text)
     except ValueError as err:
         raise UserError(str(err)) from None
+
+
+def sms_sender_option(text: str) -> str:
+    """``--sms-sender``: a sender ID an SMSC takes (:func:`relay.config.sms_sender_ok`),
+    or "" to clear it."""
+    text = text.strip()
+    if text and not sms_sender_ok(text):
+        raise UserError(
+            f"{text!r} is not an SMS sender ID: 1 to 11 letters and digits (not only "
+            "digits), or an international number such as +34600111222; '' clears it"
+        )
+    return text
+
+
+def _sms_number(text: str) -> str:
+    """``--sms-number``: the organisation's own number in E.164 ("" clears it), where
+    replies (STOP) come. Any international number: it may be a virtual or fixed line
+    the operator routes SMS to, which a handset check would refuse."""
+    digits = re.sub(r"[ .()\-]", "", text.strip())
+    if digits and not re.fullmatch(r"\+[1-9][0-9]{6,14}", digits):
+        raise UserError(
+            f"{text!r} is not an international number: write + and the country code, "
+            "such as +34600111222; '' clears it"
+        )
+    return digits
 
 
 def _no_such(code: str) -> UserError:
@@ -80,6 +107,7 @@ def cmd_org_show(args: argparse.Namespace) -> int:
             raise _no_such(code)
         accounts = store.org_accounts_now(code)
         domains = store.org_domains_now(code)
+        store_sms = store.org_sms_now(code)
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(org.created))
     print(f"organisation {org.code}: {org.name}")
     print(f"legal id: {org.legal_id or '-'}")
@@ -95,22 +123,31 @@ def cmd_org_show(args: argparse.Namespace) -> int:
     print(f"domains ({len(domains)}):")
     for domain in domains:
         print(f"  {domain}")
+    sender, number = store_sms
+    print(f"SMS sender ID: {sender or '- ([sms] source)'}; SMS number: {number or '-'}")
     return EXIT_OK
 
 
 def cmd_org_set(args: argparse.Namespace) -> int:
     code = _code(args.code)
-    if args.name is None and args.legal_id is None:
-        raise UserError("nothing to change: give --name or --legal-id")
+    if (args.name, args.legal_id, args.sms_sender, args.sms_number) == (None,) * 4:
+        raise UserError("nothing to change: give --name, --legal-id, --sms-sender or --sms-number")
     name = None if args.name is None else args.name.strip()
     if name == "":
         raise UserError("the organisation's name cannot be empty")
     legal_id = None if args.legal_id is None else args.legal_id.strip()
+    sender = None if args.sms_sender is None else sms_sender_option(args.sms_sender)
+    number = None if args.sms_number is None else _sms_number(args.sms_number)
     with open_store(config_of(args), writes=True) as store:
         if not store.set_organisation(code, name=name, legal_id=legal_id):
             raise _no_such(code)
-    said = ([f"name {name}"] if name is not None else []) + (
-        [f"legal id {legal_id or '-'}"] if legal_id is not None else []
+        if (sender, number) != (None, None):
+            store.set_org_sms(code, sender=sender, number=number)
+    said = (
+        ([f"name {name}"] if name is not None else [])
+        + ([f"legal id {legal_id or '-'}"] if legal_id is not None else [])
+        + ([f"SMS sender ID {sender or '- ([sms] source)'}"] if sender is not None else [])
+        + ([f"SMS number {number or '-'}"] if number is not None else [])
     )
     print(f"organisation {code}: {', '.join(said)}")
     return EXIT_OK
@@ -205,6 +242,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("code", metavar="CODE", help="the organisation's code (ACME)")
     p.add_argument("--name", help="the new legal name")
     p.add_argument("--legal-id", help="the new tax or registration number ('' for none)")
+    p.add_argument(
+        "--sms-sender",
+        metavar="ID",
+        help="the sender ID its SMS show: up to 11 letters and digits (ACME) or an "
+        "international number; '' for [sms] source (docs/sms.md)",
+    )
+    p.add_argument(
+        "--sms-number",
+        metavar="NUMBER",
+        help="its own number (E.164, +34...), where replies such as STOP reach it; '' for none",
+    )
     p.set_defaults(func=cmd_org_set)
     for name, short, long in (
         (

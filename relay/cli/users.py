@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from certifier.i18n import LANGUAGES, check_language, check_timezone
 from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.cli.org import sms_sender_option
 from relay.queue.states import Role
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
     org = None if args.org is None else args.org.strip()
     role = None if args.role is None else Role(args.role)
     disabled = args.disabled
+    sms_sender = None if args.sms_sender is None else sms_sender_option(args.sms_sender)
     new_password = args.password_stdin or (
         args.tracking is None
         and language is None
@@ -157,6 +159,7 @@ def cmd_users_set(args: argparse.Namespace) -> int:
         and disabled is None
         and not args.no_totp
         and args.mode is None
+        and args.sms_sender is None
     )
     if new_password:
         _need_terminal(args, address)
@@ -179,6 +182,8 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             store.clear_totp(address, now)
         if args.mode is not None:  # docs/hosted.md
             store.set_user_hosted_mode(address, None if args.mode == "plain" else args.mode)
+        if sms_sender is not None:  # docs/sms.md
+            store.set_user_sms_sender(address, sms_sender)
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
@@ -192,6 +197,11 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             else []
         )
         + ([f"mode {args.mode}"] if args.mode is not None else [])
+        + (
+            ["SMS sender ID " + (sms_sender or "- (its organisation's)")]
+            if sms_sender is not None
+            else []
+        )
     )
     print(f"user {address}: {', '.join(changed)}")
     return EXIT_OK
@@ -422,6 +432,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 help="what the recipients of the user's certified mail get: a link to the "
                 "content (hosted, hosted-code), the content to accept or reject (accept), "
                 "or the content itself (plain); docs/hosted.md",
+            )
+            p.add_argument(
+                "--sms-sender",
+                metavar="ID",
+                help="the sender ID of the user's SMS: up to 11 letters and digits or an "
+                "international number; '' for its organisation's (docs/sms.md)",
             )
         p.set_defaults(func=func)
     p = usub.add_parser(

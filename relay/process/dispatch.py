@@ -84,15 +84,24 @@ class Connection:
 
 class ChildDispatcher:
     """:class:`~relay.queue.jobs.Dispatcher` over ``run/qmgr.sock`` (see the module
-    docstring): deliveries to the least busy delivery agent, documents to the least
-    busy certificate worker."""
+    docstring): deliveries to the least busy delivery agent (those to ``sms_domain``,
+    phones, to the ``sms`` process: docs/sms.md), documents to the least busy
+    certificate worker."""
 
     def __init__(
-        self, listening: socket.socket, release: Callable[[list[int]], Awaitable[None]]
+        self,
+        listening: socket.socket,
+        release: Callable[[list[int]], Awaitable[None]],
+        sms_domain: str | None = None,
     ) -> None:
         self.listening = listening
         self.release = release  # gives leases back: the store's release
-        self.connections: dict[str, list[Connection]] = {"delivery": [], "certify": []}
+        self.sms_domain = sms_domain
+        self.connections: dict[str, list[Connection]] = {
+            "delivery": [],
+            "certify": [],
+            "sms": [],
+        }
         self.busy_rows: set[int] = set()
         self.adopted: dict[str, asyncio.Future[dict[str, Any]]] = {}  # DocumentJob.key
         self.hellos = 0
@@ -133,7 +142,8 @@ class ChildDispatcher:
 
     # -- the Dispatcher protocol -----------------------------------------------------
     async def deliver(self, job: DeliveryJob) -> DeliveryDone:
-        answer = await self._run("delivery", {"kind": "deliver", **job.to_json()})
+        role = "sms" if self.sms_domain and job.domain == self.sms_domain else "delivery"
+        answer = await self._run(role, {"kind": "deliver", **job.to_json()})
         return DeliveryDone.from_json(answer)
 
     async def document(self, job: DocumentJob) -> DocumentDone:
@@ -252,6 +262,8 @@ class ChildDispatcher:
             "documents": sum(len(c.jobs) for c in self.connections["certify"]),
             "delivery_agents": len(self.connections["delivery"]),
             "certify_workers": len(self.connections["certify"]),
+            "sms": sum(len(c.jobs) for c in self.connections["sms"]),
+            "sms_agents": len(self.connections["sms"]),
             "jobs_done": self.done,
         }
 

@@ -16,7 +16,8 @@ Postfix's master(8) in Python (ARCHITECTURE.md §1). ``certifica serve``:
    then the acceptors (``[processes] acceptors``, one per core by default), and the
    admin process when ``[listen] admin`` is set (metrics and health,
    :mod:`relay.process.admin`), and the webhook process (organisations' events POSTed
-   to their URLs, :mod:`relay.process.webhooks`).
+   to their URLs, :mod:`relay.process.webhooks`), and with ``[sms] enabled`` the ``sms``
+   process (the SMPP session to the SMSC, :mod:`relay.sms.agent`).
 
 The metrics of every process live in ``<state>/run/metrics`` (:mod:`relay.metrics`):
 the master empties it before the first fork, counts the restarts of its children
@@ -353,7 +354,7 @@ class Master:
             paths=self.paths,
             wake_socket=self.wake_socket,
             job_socket=self.job_socket,
-            workers=agents + certifiers,
+            workers=agents + certifiers + (1 if cfg.sms.enabled else 0),
             grace=grace,
         )
         wsetup = worker.WorkerSetup(
@@ -385,6 +386,8 @@ class Master:
             self.slots.append(Slot("delivery", i, _runner(worker.serve, wsetup, "delivery", i)))
         for i in range(certifiers):
             self.slots.append(Slot("certify", i, _runner(worker.serve, wsetup, "certify", i)))
+        if cfg.sms.enabled:  # the one SMPP session to the SMSC (docs/sms.md)
+            self.slots.append(Slot("sms", 0, _runner(worker.serve, wsetup, "sms", 0)))
         for i in range(acceptor_count(cfg)):
             self.slots.append(Slot("acceptor", i, _runner(acceptor.serve, asetup, i)))
         if "admin" in self.listeners.sockets:
@@ -416,6 +419,7 @@ class Master:
         import relay.process.qmgr  # noqa: F401
         import relay.process.webhooks  # noqa: F401
         import relay.process.worker  # noqa: F401
+        import relay.sms.agent  # noqa: F401
 
         gc.collect()
         gc.freeze()
@@ -633,7 +637,8 @@ class Master:
         deadline = time.monotonic() + grace + self.cfg.signing.tsa_timeout + KILL_AFTER
         # The admin process with the acceptors: /readyz stops answering when mail does;
         # the webhook process too: what it has not sent is sent at the next start.
-        for roles in (("acceptor", "admin", "webhooks"), ("qmgr",), ("delivery", "certify")):
+        stages = ("delivery", "certify", "sms")
+        for roles in (("acceptor", "admin", "webhooks"), ("qmgr",), stages):
             group = [s for s in self.slots if s.role in roles and s.pid]
             if not group:
                 continue

@@ -31,6 +31,7 @@ from relay.process.reload import listen_for_log_reload
 from relay.queue.credits import CreditTerms
 from relay.queue.manager import QueueManager
 from relay.queue.store import Store
+from relay.sms.numbers import sms_domain
 
 log = logging.getLogger("certifica/qmgr")
 
@@ -43,7 +44,7 @@ class QmgrSetup:
     paths: dict[str, Path]
     wake_socket: socket.socket
     job_socket: socket.socket
-    workers: int  # delivery agents and certificate workers, whose hellos it waits for
+    workers: int  # delivery agents, certificate workers, the sms process: hellos to wait for
     grace: float = 10.0
 
 
@@ -57,7 +58,8 @@ class QueueProcess:
     async def start(self) -> None:
         setup, cfg = self.setup, self.setup.cfg
         self.store = Store(setup.paths["db"], cfg.queue.lifetime, CreditTerms.of(cfg))
-        self.dispatcher = ChildDispatcher(setup.job_socket, self.store.release)
+        sms = sms_domain(cfg.gateway.domain) if cfg.sms.enabled else None
+        self.dispatcher = ChildDispatcher(setup.job_socket, self.store.release, sms)
         await self.dispatcher.start()
         busy = await self.dispatcher.wait_for_children(setup.workers)
         # The attempts of a killed queue manager are over, but for those a delivery
@@ -83,7 +85,8 @@ class QueueProcess:
     def describe(self) -> tuple[str, dict[str, int]]:
         counts = self.dispatcher.describe()
         doing = (
-            f"delivering {counts['deliveries']}, documents {counts['documents']}, "
+            f"delivering {counts['deliveries']}, SMS {counts['sms']}, "
+            f"documents {counts['documents']}, "
             f"{counts['jobs_done']} jobs done, {self.wakes} wake-ups"
         )
         return doing, {**counts, "wakes": self.wakes}

@@ -27,8 +27,9 @@ ORDER = {
     "acceptor": 2,
     "delivery": 3,
     "certify": 4,
-    "admin": 5,
-    "webhooks": 6,
+    "sms": 5,
+    "admin": 6,
+    "webhooks": 7,
 }
 
 

@@ -1,6 +1,11 @@
-"""The delivery agents and the certificate workers: children that run the queue
-manager's jobs, received on ``run/qmgr.sock`` (the protocol is in
+"""The delivery agents, the certificate workers and the ``sms`` process: children that
+run the queue manager's jobs, received on ``run/qmgr.sock`` (the protocol is in
 :mod:`relay.process.dispatch`; ARCHITECTURE.md §1).
+
+The ``sms`` process (one, with ``[sms] enabled``) runs a
+:class:`~relay.sms.agent.SmsAgent`: the SMPP session to the SMSC, bound from the
+process's start so receipts and messages from phones come in with no job, and the
+deliveries to the SMS domain (docs/sms.md). A reload changes only its logging.
 
 A delivery agent (Postfix's smtp(8), ``[processes] delivery_agents`` of them) runs a
 :class:`~relay.delivery.agent.DeliveryAgent`: many attempts at once, each recording its
@@ -20,10 +25,12 @@ them twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +59,7 @@ from relay.queue.credits import CreditTerms
 from relay.queue.jobs import DeliveryJob, DocumentJob, DocumentKind
 from relay.queue.spool import Spool
 from relay.queue.store import Store
+from relay.sms.agent import SmsAgent
 
 log = logging.getLogger("certifica/worker")
 
@@ -198,6 +206,20 @@ async def _offload(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+def _waker(cfg: Config) -> Callable[[str], None]:
+    """A datagram to the queue manager's ``run/qmgr.wake`` naming a message that may be
+    finished (best effort: its scan finds it anyway), as the acceptors send."""
+    path = str(run_dir(cfg.state_dir) / "qmgr.wake")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+
+    def wake(qid: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendto(qid.encode("ascii", "replace"), path)
+
+    return wake
+
+
 def make_deliverer(cfg: Config) -> Deliverer:
     """The SMTP client of ``[delivery]``."""
     return Deliverer(
@@ -229,7 +251,15 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     certifier: InProcessCertifier | None = None
     deliverer = None
     handle: Handler
-    if role == "delivery":
+    sms_agent: SmsAgent | None = None
+    if role == "sms":
+        sms = sms_agent = SmsAgent(cfg, store, wake=_waker(cfg))
+        sms.start()  # bound from the start: receipts and MOs come with no job
+
+        async def handle(job: dict[str, Any]) -> dict[str, Any]:
+            return (await sms.deliver(DeliveryJob.from_json(job))).to_json()
+
+    elif role == "delivery":
         deliverer = make_deliverer(cfg)
         if setup.local_mx is not None:
             deliverer.router.route_local(setup.local_mx)
@@ -299,6 +329,9 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
 
     def describe() -> tuple[str, dict[str, int]]:
         running = list(client.running.values())
+        if sms_agent is not None:
+            counters = {"in_flight": len(running), "done": client.done}
+            return f"{sms_agent.describe()}, {client.done} jobs done", counters
         qids = sorted({str(_summary(j).get("qid"))[:12] for j in running})
         shown = ", ".join(qids[:3]) + (", ..." if len(qids) > 3 else "")
         what = "attempts" if role == "delivery" else "documents"
@@ -313,6 +346,8 @@ async def serve(setup: WorkerSetup, role: str, index: int) -> None:
     await asyncio.gather(connection, reporter, return_exceptions=True)
     if deliverer is not None:
         await deliverer.close()
+    if sms_agent is not None:
+        await sms_agent.stop()
     if maintenance is not None:
         await maintenance.stop()
     if checkpointer is not None:

@@ -1,11 +1,363 @@
 """Organisations' SMS contacts (docs/sms.md, "Contacts, consent and opt-out"): numbers
 with names, groups and the marketing consent each gave, the opt-outs, and the sender
-ID and number of each organisation and user."""
+ID and number of each organisation and user.
+
+A contact belongs to one organisation; its number is E.164 (checked by
+:mod:`relay.sms.numbers` before it gets here) or NULL (a contact the organisation has
+no number for, listed as skipped when its group is sent to). A consent to marketing and
+an opt-out are evidence: each is written with an entry of the evidence log
+(``SmsConsentRecorded``, ``SmsOptOut``, ``SmsOptIn``) in the transaction that records
+it, under the queue id :data:`CONTACTS_QID` (they are about no message).
+
+The module-level functions take a connection and run inside the caller's transaction;
+:class:`Contacts` is the part of :class:`relay.queue.store.Store` that wraps them.
+"""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from relay.queue import evidence_log
 from relay.queue.db import Database
+
+CONTACTS_QID = "contacts"
+"""The evidence log's queue id for consents and opt-outs (about no message)."""
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One contact of an organisation, with its groups."""
+
+    id: int
+    org: str
+    number: str | None
+    name: str | None
+    consent_marketing: float | None  # when the opt-in was given; None: none recorded
+    consent_source: str | None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """A number that asked an organisation for no more SMS."""
+
+    org: str
+    number: str
+    time: float
+    how: str  # mo | web | operator
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """What an organisation's contacts say about the numbers and groups one message is
+    sent to: each group's members, the contact of each number concerned (when there is
+    one) and the opt-outs among them."""
+
+    groups: dict[str, tuple[Contact, ...]]
+    by_number: dict[str, Contact]
+    optouts: dict[str, OptOut]
+
+
+@dataclass(frozen=True)
+class NewContact:
+    """A contact to add (``certifica contacts add`` or one row of an import)."""
+
+    number: str | None
+    name: str | None = None
+    groups: tuple[str, ...] = ()
+    consent_marketing: float | None = None
+    consent_source: str | None = None
+
+
+_CONTACT = (
+    "SELECT c.id, c.org, c.number, c.name, c.consent_marketing, c.consent_source,"
+    " (SELECT group_concat(g.name, char(31)) FROM (SELECT name FROM contact_groups"
+    "   WHERE contact_id = c.id ORDER BY name) g)"
+    " FROM contacts c"
+)
+
+
+def _contact(row: tuple[Any, ...]) -> Contact:
+    groups = tuple(str(row[6]).split("\x1f")) if row[6] else ()
+    return Contact(
+        id=int(row[0]),
+        org=str(row[1]),
+        number=None if row[2] is None else str(row[2]),
+        name=None if row[3] is None else str(row[3]),
+        consent_marketing=None if row[4] is None else float(row[4]),
+        consent_source=None if row[5] is None else str(row[5]),
+        groups=groups,
+    )
+
+
+def _optout(row: tuple[Any, ...]) -> OptOut:
+    return OptOut(str(row[0]), str(row[1]), float(row[2]), str(row[3]), json.loads(row[4] or "{}"))
+
+
+def group_exists(conn: sqlite3.Connection, org: str, group: str) -> bool:
+    """Whether ``org`` has a contact in ``group`` (lower case)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM contact_groups g JOIN contacts c ON c.id = g.contact_id"
+            " WHERE c.org = ? AND g.name = ? LIMIT 1",
+            (org, group),
+        ).fetchone()
+        is not None
+    )
+
+
+def contacts_of(conn: sqlite3.Connection, org: str, group: str | None = None) -> list[Contact]:
+    """``org``'s contacts (those of ``group`` only, when given), by name then number."""
+    where = " WHERE c.org = ?"
+    args: tuple[Any, ...] = (org,)
+    if group is not None:
+        where += " AND c.id IN (SELECT contact_id FROM contact_groups WHERE name = ?)"
+        args = (org, group)
+    rows = conn.execute(
+        _CONTACT + where + " ORDER BY coalesce(c.name, ''), coalesce(c.number, ''), c.id", args
+    ).fetchall()
+    return [_contact(r) for r in rows]
+
+
+def contact_by_number(conn: sqlite3.Connection, org: str, number: str) -> Contact | None:
+    row = conn.execute(_CONTACT + " WHERE c.org = ? AND c.number = ?", (org, number)).fetchone()
+    return None if row is None else _contact(row)
+
+
+def optout_of(conn: sqlite3.Connection, org: str, number: str) -> OptOut | None:
+    row = conn.execute(
+        "SELECT org, number, time, how, detail FROM sms_optouts WHERE org = ? AND number = ?",
+        (org, number),
+    ).fetchone()
+    return None if row is None else _optout(row)
+
+
+def audience(
+    conn: sqlite3.Connection, org: str, numbers: Iterable[str], groups: Iterable[str]
+) -> Audience:
+    """:class:`Audience` of ``org`` for ``numbers`` (E.164) and ``groups`` (lower case)."""
+    members = {g: tuple(contacts_of(conn, org, g)) for g in groups}
+    wanted = set(numbers) | {c.number for m in members.values() for c in m if c.number}
+    by_number: dict[str, Contact] = {}
+    optouts: dict[str, OptOut] = {}
+    for number in sorted(wanted):
+        found = contact_by_number(conn, org, number)
+        if found is not None:
+            by_number[number] = found
+        opted = optout_of(conn, org, number)
+        if opted is not None:
+            optouts[number] = opted
+    return Audience(members, by_number, optouts)
+
+
+def record_optout(
+    conn: sqlite3.Connection,
+    org: str,
+    number: str,
+    now: float,
+    how: str,
+    detail: dict[str, Any],
+) -> bool:
+    """Opt ``number`` out of ``org``'s SMS with its evidence entry (``SmsOptOut``);
+    False, with nothing written, when it was opted out already."""
+    if optout_of(conn, org, number) is not None:
+        return False
+    conn.execute(
+        "INSERT INTO sms_optouts (org, number, time, how, detail) VALUES (?, ?, ?, ?, ?)",
+        (org, number, now, how, json.dumps(detail)),
+    )
+    evidence_log.append(
+        conn,
+        now,
+        CONTACTS_QID,
+        "SmsOptOut",
+        {"organisation": org, "number": number, "how": how, **detail},
+    )
+    return True
+
+
+def _add(conn: sqlite3.Connection, org: str, new: NewContact, now: float, actor: str) -> int:
+    cursor = conn.execute(
+        "INSERT INTO contacts (org, number, name, consent_marketing, consent_source, added,"
+        " added_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (org, new.number, new.name, new.consent_marketing, new.consent_source, now, actor),
+    )
+    contact_id = int(cursor.lastrowid or 0)
+    conn.executemany(
+        "INSERT OR IGNORE INTO contact_groups (contact_id, name) VALUES (?, ?)",
+        [(contact_id, g.lower()) for g in new.groups],
+    )
+    if new.consent_marketing is not None:
+        evidence_log.append(
+            conn,
+            now,
+            CONTACTS_QID,
+            "SmsConsentRecorded",
+            {
+                "organisation": org,
+                "number": new.number,
+                "name": new.name,
+                "consent": "marketing",
+                "given": new.consent_marketing,
+                "source": new.consent_source,
+                "actor": actor,
+            },
+        )
+    return contact_id
 
 
 class Contacts(Database):
     """Contacts, groups, consents and opt-outs (module docstring)."""
+
+    async def contact_group_exists(self, org: str, group: str) -> bool:
+        """Whether ``org`` has a contact in ``group`` (lower case)."""
+        return await self._read(lambda: group_exists(self._conn, org, group))
+
+    async def sms_audience(self, org: str, numbers: list[str], groups: list[str]) -> Audience:
+        """What ``org``'s contacts say about ``numbers`` and ``groups`` (:func:`audience`)."""
+        return await self._read(lambda: audience(self._conn, org, numbers, groups))
+
+    async def sms_sender_of(self, address: str) -> str | None:
+        """The sender ID of the user ``address``: its own, else its organisation's; None
+        when neither has one (``[sms] source`` then)."""
+
+        def read() -> str | None:
+            row = self._conn.execute(
+                "SELECT coalesce(u.sms_sender, o.sms_sender) FROM users u"
+                " JOIN organisations o ON o.code = u.org WHERE u.address = ?",
+                (address,),
+            ).fetchone()
+            return None if row is None or row[0] is None else str(row[0])
+
+        return await self._read(read)
+
+    async def record_optout(
+        self, org: str, number: str, now: float, how: str, detail: dict[str, Any]
+    ) -> bool:
+        """Opt ``number`` out of ``org`` (:func:`record_optout`)."""
+        return await self._run(lambda: record_optout(self._conn, org, number, now, how, detail))
+
+    # -- the command line (certifica contacts) ---------------------------------------
+
+    def add_contacts(
+        self, org: str, contacts: list[NewContact], now: float, actor: str
+    ) -> list[str]:
+        """Add ``contacts`` to ``org`` in one transaction; returns the numbers that were
+        already contacts of ``org`` (those rows are not added: nothing is overwritten)."""
+
+        def write(db: sqlite_utils.Database) -> list[str]:
+            taken: list[str] = []
+            for new in contacts:
+                if new.number is not None and contact_by_number(db.conn, org, new.number):
+                    taken.append(new.number)
+                    continue
+                _add(db.conn, org, new, now, actor)
+            return taken
+
+        return self.run_sync(write)
+
+    def contacts_now(self, org: str, group: str | None = None) -> list[Contact]:
+        return self.run_sync(lambda db: contacts_of(db.conn, org, group), read=True)
+
+    def optouts_now(self, org: str) -> dict[str, OptOut]:
+        rows = self.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT org, number, time, how, detail FROM sms_optouts WHERE org = ?", (org,)
+            ).fetchall(),
+            read=True,
+        )
+        return {str(r[1]): _optout(r) for r in rows}
+
+    def remove_contact(self, org: str, number: str) -> bool:
+        """Remove ``org``'s contact ``number`` and its groups; False when there is none.
+        Its opt-out, if any, stays (a number that said STOP is not sent marketing when
+        it is added again)."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            found = contact_by_number(db.conn, org, number)
+            if found is None:
+                return False
+            db.conn.execute("DELETE FROM contact_groups WHERE contact_id = ?", (found.id,))
+            db.conn.execute("DELETE FROM contacts WHERE id = ?", (found.id,))
+            return True
+
+        return self.run_sync(write)
+
+    def optout_now(
+        self, org: str, number: str, now: float, how: str, detail: dict[str, Any]
+    ) -> bool:
+        return self.run_sync(lambda db: record_optout(db.conn, org, number, now, how, detail))
+
+    def optin_now(self, org: str, number: str, now: float, actor: str) -> bool:
+        """Remove ``number``'s opt-out of ``org`` (the person asked again), with an
+        ``SmsOptIn`` entry; False when it was not opted out."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            if optout_of(db.conn, org, number) is None:
+                return False
+            db.conn.execute("DELETE FROM sms_optouts WHERE org = ? AND number = ?", (org, number))
+            evidence_log.append(
+                db.conn,
+                now,
+                CONTACTS_QID,
+                "SmsOptIn",
+                {"organisation": org, "number": number, "actor": actor},
+            )
+            return True
+
+        return self.run_sync(write)
+
+    # -- sender IDs and numbers (certifica org set, users set) -------------------------
+
+    def set_org_sms(
+        self, org: str, *, sender: str | None = None, number: str | None = None
+    ) -> bool:
+        """Set ``org``'s sender ID and/or its own number ("" clears one); False when
+        there is no such organisation."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            conn = db.conn
+            if (
+                conn.execute("SELECT 1 FROM organisations WHERE code = ?", (org,)).fetchone()
+                is None
+            ):
+                return False
+            if sender is not None:
+                conn.execute(
+                    "UPDATE organisations SET sms_sender = ? WHERE code = ?", (sender or None, org)
+                )
+            if number is not None:
+                conn.execute(
+                    "UPDATE organisations SET sms_number = ? WHERE code = ?", (number or None, org)
+                )
+            return True
+
+        return self.run_sync(write)
+
+    def org_sms_now(self, org: str) -> tuple[str | None, str | None]:
+        """``org``'s sender ID and number (None: not set)."""
+        row = self.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT sms_sender, sms_number FROM organisations WHERE code = ?", (org,)
+            ).fetchone(),
+            read=True,
+        )
+        return (None, None) if row is None else (row[0], row[1])
+
+    def set_user_sms_sender(self, address: str, sender: str) -> bool:
+        """Set the user's own sender ID ("" clears it); False when there is no such user."""
+        return self.run_sync(
+            lambda db: (
+                db.conn.execute(
+                    "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
+                ).rowcount
+                > 0
+            )
+        )

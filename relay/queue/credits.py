@@ -89,6 +89,9 @@ class CreditTerms:
     addendum: int = 0
     reception: int = 0
     sms_segment: int = 0
+    # [credits.sms_prefix]: per segment to numbers starting so; the longest prefix wins
+    sms_prefix: tuple[tuple[str, int], ...] = ()
+    sms_domain: str = ""  # the recipients priced per segment: sms.<gateway domain>
     warn_below: int = 0
     defer_when_short: bool = False  # [credits] when_short = "defer"
     contact: str = ""  # [provider] contact: how to top up
@@ -101,6 +104,9 @@ class CreditTerms:
             addendum=c.addendum,
             reception=c.reception,
             sms_segment=c.sms_segment,
+            sms_prefix=tuple(sorted(c.sms_prefix.items())),
+            # relay.sms.numbers.sms_domain, without importing phonenumbers into the queue
+            sms_domain="sms." + cfg.gateway.domain.lower().rstrip("."),
             warn_below=c.warn_below,
             defer_when_short=c.when_short == "defer",
             contact=cfg.provider.contact,
@@ -109,12 +115,31 @@ class CreditTerms:
     @property
     def in_use(self) -> bool:
         """Whether anything costs credits or is watched (else nothing is looked for)."""
-        prices = (self.email_recipient, self.addendum, self.reception, self.sms_segment)
+        prices = (
+            self.email_recipient,
+            self.addendum,
+            self.reception,
+            self.sms_segment,
+            *(p for _, p in self.sms_prefix),
+        )
         return any(p > 0 for p in prices) or self.warn_below > 0
 
     def price(self, product: Product) -> int:
         """What one unit of ``product`` costs (0: free)."""
         return int(getattr(self, str(product)))
+
+    def sms_segment_price(self, number: str) -> int:
+        """What one segment to ``number`` (E.164) costs: the price of the longest
+        ``[credits.sms_prefix]`` it starts with, else ``[credits] sms_segment``."""
+        best, price = -1, self.sms_segment
+        for prefix, amount in self.sms_prefix:
+            if number.startswith(prefix) and len(prefix) > best:
+                best, price = len(prefix), amount
+        return price
+
+    def is_sms(self, address: str) -> bool:
+        """Whether ``address`` is an SMS recipient (priced per segment)."""
+        return bool(self.sms_domain) and address.rpartition("@")[2].lower() == self.sms_domain
 
     def short(self, org: str, balance: int, needed: int) -> InsufficientCredits:
         return InsufficientCredits(
@@ -238,45 +263,58 @@ def _watch_low(conn: sqlite3.Connection, org: str, after: int, warn_below: int) 
         )
 
 
+@dataclass(frozen=True)
+class Hold:
+    """What one recipient of a message reserves: ``amount`` credits of ``product``,
+    ``units`` of it (an SMS: its segments)."""
+
+    recipient_id: int
+    product: Product
+    amount: int
+    units: int = 1
+
+
 def reserve(
     conn: sqlite3.Connection,
     org: str,
     qid: str,
-    recipient_ids: list[int],
+    holds: list[Hold],
     terms: CreditTerms,
     now: float,
     *,
     actor: str,
 ) -> int:
-    """Reserve ``[credits] email_recipient`` per recipient of the certified message
-    ``qid``, in the transaction that queues it: one ``RESERVE`` movement and one hold per
-    recipient. Raises :class:`InsufficientCredits` (the caller's transaction is then
-    rolled back whole) when the balance is short. Returns the credits reserved."""
-    price = terms.email_recipient
-    if price <= 0 or not recipient_ids:
+    """Reserve ``holds`` for the message ``qid``, in the transaction that queues it: one
+    ``RESERVE`` movement per product and one hold per recipient. Raises
+    :class:`InsufficientCredits` (the caller's transaction is then rolled back whole)
+    when the balance is short. Returns the credits reserved."""
+    holds = [h for h in holds if h.amount > 0]
+    needed = sum(h.amount for h in holds)
+    if needed <= 0:
         return 0
-    needed = price * len(recipient_ids)
     have = balance(conn, org)
     if have < needed:
         raise terms.short(org, have, needed)
-    move(
-        conn,
-        org,
-        CreditKind.RESERVE,
-        -needed,
-        now,
-        actor=actor,
-        product=str(Product.EMAIL_RECIPIENT),
-        qid=qid,
-        units=len(recipient_ids),
-        warn_below=terms.warn_below,
-    )
+    for product in sorted({h.product for h in holds}):
+        these = [h for h in holds if h.product == product]
+        move(
+            conn,
+            org,
+            CreditKind.RESERVE,
+            -sum(h.amount for h in these),
+            now,
+            actor=actor,
+            product=str(product),
+            qid=qid,
+            units=sum(h.units for h in these),
+            warn_below=terms.warn_below,
+        )
     conn.executemany(
         "INSERT INTO credit_holds (qid, recipient_id, org, product, amount, state)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (qid, rid, org, str(Product.EMAIL_RECIPIENT), price, str(HoldState.RESERVED))
-            for rid in recipient_ids
+            (qid, h.recipient_id, org, str(h.product), h.amount, str(HoldState.RESERVED))
+            for h in holds
         ],
     )
     return needed
@@ -290,6 +328,7 @@ def settle(
     refund: bool,
     actor: str,
     warn_below: int = 0,
+    note: str = "withdrawn before any delivery attempt",
 ) -> int:
     """Settle the holds still reserved for ``recipient_ids``, in the transaction that
     makes those recipients final: ``refund`` (withdrawn before any attempt) gives the
@@ -302,7 +341,7 @@ def settle(
         return 0
     marks = ", ".join("?" for _ in ids)
     rows = conn.execute(
-        f"SELECT id, qid, org, amount FROM credit_holds"  # noqa: S608 - placeholders only
+        f"SELECT id, qid, org, amount, product FROM credit_holds"  # noqa: S608 - placeholders only
         f" WHERE recipient_id IN ({marks}) AND state = ? ORDER BY id",
         (*ids, str(HoldState.RESERVED)),
     ).fetchall()
@@ -315,11 +354,11 @@ def settle(
     )
     if not refund:
         return 0
-    per_message: dict[tuple[str, str], list[int]] = {}
-    for _, qid, org, amount in rows:
-        per_message.setdefault((str(org), str(qid)), []).append(int(amount))
+    per_message: dict[tuple[str, str, str], list[int]] = {}
+    for _, qid, org, amount, product in rows:
+        per_message.setdefault((str(org), str(qid), str(product)), []).append(int(amount))
     refunded = 0
-    for (org, qid), amounts in per_message.items():
+    for (org, qid, product), amounts in per_message.items():
         move(
             conn,
             org,
@@ -327,10 +366,10 @@ def settle(
             sum(amounts),
             now,
             actor=actor,
-            product=str(Product.EMAIL_RECIPIENT),
+            product=product,
             qid=qid,
             units=len(amounts),
-            note="withdrawn before any delivery attempt",
+            note=note,
             warn_below=warn_below,
         )
         refunded += sum(amounts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -158,17 +159,7 @@ class Leases(Database):
         return len(ids)
 
     def _drop_leases(self, ids: list[int], owner: str | None) -> None:
-        if owner is None:
-            self._conn.executemany(
-                "UPDATE recipients SET lease_until = NULL, lease_owner = NULL WHERE id = ?",
-                [(i,) for i in ids],
-            )
-        else:
-            self._conn.executemany(
-                "UPDATE recipients SET lease_until = NULL, lease_owner = NULL"
-                " WHERE id = ? AND lease_owner = ?",
-                [(i, owner) for i in ids],
-            )
+        _drop_leases(self._conn, ids, owner)
 
     async def release(self, ids: Iterable[int], owner: str | None = None) -> None:
         """Give up leases taken but not used; the recipients are due as they were. With
@@ -203,94 +194,136 @@ class Leases(Database):
         await self._run(self._record, qid, outcomes, now, owner)
 
     def _record(self, qid: str, outcomes: list[Outcome], now: float, owner: str | None) -> None:
-        report = False  # an outcome the sender asked to hear of (relay/certify/dsn.py)
-        for out in outcomes:
-            row = self._conn.execute(
-                "SELECT address, status, notify, lease_owner FROM recipients WHERE id = ?",
-                (out.recipient_id,),
-            ).fetchone()
-            if row is not None and row[1] == RecipientState.WITHDRAWN:
-                # The operator withdrew the message while this attempt was under way.
-                if out.status != RecipientState.DELIVERED:
-                    self._drop_leases([out.recipient_id], owner)
-                    continue  # it stays withdrawn; nothing reached the recipient
-                # It was delivered all the same: the evidence says so, as it happened.
-                out = dataclasses.replace(
-                    out, note=((out.note + "; ") if out.note else "") + WITHDRAWN_TOO_LATE
-                )
-            elif row is not None and row[1] in FINAL:
-                self._drop_leases([out.recipient_id], owner)
-                continue  # recorded already: once is what happened
-            elif (
-                row is not None
-                and owner is not None
-                and row[3] != owner
-                and out.status != RecipientState.DELIVERED
-            ):
-                continue  # the lease is not this attempt's any more; the new one records
-            self._conn.execute(
-                "UPDATE recipients SET status = ?, attempts = attempts + 1, last_attempt = ?,"
-                " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
-                " remote_qid = ?, mx_host = ?, ip = ?, port = ?, tls_version = ?,"
-                " tls_cipher = ?, delivered_sha256 = ?, delivered_copy = ?,"
-                " note = COALESCE(?, note), lease_until = NULL, lease_owner = NULL"
-                " WHERE id = ?",
-                (
-                    out.status,
-                    now,
-                    out.next_attempt if out.next_attempt is not None else now,
-                    out.reply_code,
-                    out.reply_enhanced,
-                    out.reply_text,
-                    out.remote_qid,
-                    out.mx_host,
-                    out.ip,
-                    out.port,
-                    out.tls_version,
-                    out.tls_cipher,
-                    out.delivered_sha256,
-                    out.delivered_copy,
-                    out.note,
-                    out.recipient_id,
-                ),
+        record_outcomes(self._conn, qid, outcomes, now, owner)
+
+
+def _drop_leases(conn: sqlite3.Connection, ids: list[int], owner: str | None) -> None:
+    if owner is None:
+        conn.executemany(
+            "UPDATE recipients SET lease_until = NULL, lease_owner = NULL WHERE id = ?",
+            [(i,) for i in ids],
+        )
+    else:
+        conn.executemany(
+            "UPDATE recipients SET lease_until = NULL, lease_owner = NULL"
+            " WHERE id = ? AND lease_owner = ?",
+            [(i, owner) for i in ids],
+        )
+
+
+def record_outcomes(
+    conn: sqlite3.Connection,
+    qid: str,
+    outcomes: list[Outcome],
+    now: float,
+    owner: str | None,
+    *,
+    attempt: bool = True,
+) -> None:
+    """:meth:`Leases.record` inside the caller's transaction (the SMS queue's receipts
+    and submissions end recipients through it too, :mod:`relay.queue.sms`).
+
+    ``attempt`` False: the outcome is not an attempt of ours (an operator's receipt, a
+    receipt timeout), so ``attempts`` stays as it is. An SMS outcome is recorded like a
+    delivery when the lease is no longer this attempt's: ``submitted`` means the SMSC
+    took it, which happened whoever holds the lease now. ``submitted`` writes no
+    evidence entry here (each part has its ``SmsSubmitted``); a refunded outcome
+    (:attr:`Outcome.refund`, an SMS the SMSC refused) gives its credits back.
+    """
+    report = False  # an outcome the sender asked to hear of (relay/certify/dsn.py)
+    for out in outcomes:
+        row = conn.execute(
+            "SELECT address, status, notify, lease_owner FROM recipients WHERE id = ?",
+            (out.recipient_id,),
+        ).fetchone()
+        if row is not None and row[1] == RecipientState.WITHDRAWN:
+            # The operator withdrew the message while this attempt was under way.
+            if out.status != RecipientState.DELIVERED:
+                _drop_leases(conn, [out.recipient_id], owner)
+                continue  # it stays withdrawn; nothing reached the recipient
+            # It was delivered all the same: the evidence says so, as it happened.
+            out = dataclasses.replace(
+                out, note=((out.note + "; ") if out.note else "") + WITHDRAWN_TOO_LATE
             )
-            if out.status in (RecipientState.DELIVERED, RecipientState.FAILED):
-                # Attempted: its credits are spent, the evidence was produced (a failure
-                # and an expiry too; docs/credits.md). A settled hold stays as it is.
-                credits.settle(self._conn, [out.recipient_id], now, refund=False, actor="gateway")
-            event = {
-                RecipientState.DELIVERED: "RelayToNonERDS",
-                RecipientState.FAILED: "RelayToNonERDSFailure",
-                RecipientState.DEFERRED: "RelayAttemptDeferred",
-            }[RecipientState(out.status)]
-            evidence_log.append(
-                self._conn,
+        elif row is not None and row[1] in FINAL:
+            _drop_leases(conn, [out.recipient_id], owner)
+            continue  # recorded already: once is what happened
+        elif (
+            row is not None
+            and owner is not None
+            and row[3] != owner
+            and out.status not in (RecipientState.DELIVERED, RecipientState.SUBMITTED)
+        ):
+            continue  # the lease is not this attempt's any more; the new one records
+        conn.execute(
+            "UPDATE recipients SET status = ?, attempts = attempts + ?, last_attempt = ?,"
+            " next_attempt = ?, reply_code = ?, reply_enhanced = ?, reply_text = ?,"
+            " remote_qid = ?, mx_host = ?, ip = ?, port = ?, tls_version = ?,"
+            " tls_cipher = ?, delivered_sha256 = ?, delivered_copy = ?,"
+            " note = COALESCE(?, note), lease_until = NULL, lease_owner = NULL"
+            " WHERE id = ?",
+            (
+                out.status,
+                1 if attempt else 0,
                 now,
-                qid,
-                event,
-                {
-                    "reply": f"{out.reply_code or ''} {out.reply_enhanced or ''} "
-                    f"{out.reply_text}".strip(),
-                    "mx_host": out.mx_host,
-                    "ip": out.ip,
-                    "port": out.port,
-                    "tls": out.tls_version,
-                    "delivered_sha256": out.delivered_sha256,
-                    "note": out.note,
-                },
-                recipient=row[0] if row else None,
-            )
-            action = {
-                RecipientState.FAILED: dsn.Action.FAILED,
-                RecipientState.DELIVERED: dsn.Action.RELAYED,
-            }.get(RecipientState(out.status))
-            if action is not None and row is not None and dsn.wants(row[2], action):
-                report = True
-        if report:
-            # Only mail a person sent plainly gets reports: certified mail has its
-            # certificate, and the null sender and the gateway's own mail get nothing.
-            self._conn.execute(
-                "UPDATE messages SET reports_pending = 1 WHERE qid = ? AND kind = 'mail'"
-                " AND certified = 0 AND sender != ''",
-                (qid,),
-            )
+                out.next_attempt if out.next_attempt is not None else now,
+                out.reply_code,
+                out.reply_enhanced,
+                out.reply_text,
+                out.remote_qid,
+                out.mx_host,
+                out.ip,
+                out.port,
+                out.tls_version,
+                out.tls_cipher,
+                out.delivered_sha256,
+                out.delivered_copy,
+                out.note,
+                out.recipient_id,
+            ),
+        )
+        if out.status in (RecipientState.DELIVERED, RecipientState.FAILED):
+            # Attempted: its credits are spent, the evidence was produced (a failure
+            # and an expiry too; docs/credits.md), unless the outcome gives them back
+            # (an SMS the SMSC refused: docs/sms.md). A settled hold stays as it is.
+            credits.settle(conn, [out.recipient_id], now, refund=out.refund, actor="gateway")
+        event = {
+            RecipientState.DELIVERED: "RelayToNonERDS",
+            RecipientState.FAILED: "RelayToNonERDSFailure",
+            RecipientState.DEFERRED: "RelayAttemptDeferred",
+            RecipientState.SUBMITTED: None,  # each part has its SmsSubmitted entry
+        }[RecipientState(out.status)]
+        if event is None:
+            continue
+        evidence_log.append(
+            conn,
+            now,
+            qid,
+            event,
+            {
+                "reply": f"{out.reply_code or ''} {out.reply_enhanced or ''} "
+                f"{out.reply_text}".strip(),
+                "mx_host": out.mx_host,
+                "ip": out.ip,
+                "port": out.port,
+                "tls": out.tls_version,
+                "delivered_sha256": out.delivered_sha256,
+                "note": out.note,
+                **({"refunded": True} if out.refund else {}),
+            },
+            recipient=row[0] if row else None,
+        )
+        action = {
+            RecipientState.FAILED: dsn.Action.FAILED,
+            RecipientState.DELIVERED: dsn.Action.RELAYED,
+        }.get(RecipientState(out.status))
+        if action is not None and row is not None and dsn.wants(row[2], action):
+            report = True
+    if report:
+        # Only mail a person sent plainly gets reports: certified mail has its
+        # certificate, and the null sender and the gateway's own mail get nothing.
+        conn.execute(
+            "UPDATE messages SET reports_pending = 1 WHERE qid = ? AND kind = 'mail'"
+            " AND certified = 0 AND sender != ''",
+            (qid,),
+        )

@@ -30,6 +30,7 @@ from relay.queue.jobs import (
     Row,
 )
 from relay.queue.store import Store
+from relay.sms.numbers import sms_domain
 
 log = logging.getLogger("certifica/qmgr")
 
@@ -133,6 +134,10 @@ class QueueManager:
                 d: self._allowance(d) - self._by_domain.get(d, 0)
                 for d in {*self._by_domain, *self._unreachable}
             }
+            if not self.cfg.sms.enabled:
+                # No sms process to send them: SMS recipients wait in the queue, not
+                # leased (`certifica queue` shows them) until [sms] is enabled.
+                slots[sms_domain(self.cfg.gateway.domain)] = 0
             due = await self.store.take_due(
                 now, room * 4, lease, slots, self.cfg.delivery.per_destination
             )

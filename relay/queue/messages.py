@@ -5,7 +5,9 @@ A message is owned by the gateway from the commit of :meth:`Messages.enqueue` on
 intake answers 250 only after it (RFC 5321 6.1). A certified message of an organisation
 reserves its credits in that same transaction (:func:`relay.queue.credits.reserve`), so
 the 250 and the credits are one decision: short of credits, nothing is written and the
-intake refuses it (docs/credits.md).
+intake refuses it (docs/credits.md). Each SMS recipient reserves its segments at the
+price of its number, certified or not (docs/sms.md, "Credits"), and the message's SMS
+text and parts (``sms_messages``) are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from relay.queue import credits, evidence_log
 from relay.queue.credits import Charge, Credits
 from relay.queue.db import insert_row, update_message, update_message_if
 from relay.queue.records import NewMessage, domain_of
-from relay.queue.states import DocumentState, MessageKind, MessageState, RecipientState
+from relay.queue.states import (
+    DocumentState,
+    MessageKind,
+    MessageState,
+    Product,
+    RecipientState,
+)
 from relay.queue.tracking import mark_addendum_at
 
 
@@ -32,18 +40,25 @@ class Messages(Credits):
 
     def _enqueue(self, msg: NewMessage, now: float) -> None:
         # Certified mail of an organisation reserves its recipients' credits with its
-        # 250; other kinds (the gateway's own mail, reception, postmaster) reserve none,
-        # and with the price 0 nothing is read or written.
-        payer = (
-            msg.org
-            if msg.certified and msg.kind == MessageKind.MAIL and self.credit_terms.email_recipient
-            else None
-        )
+        # 250, and an SMS recipient its segments whether certified or not (an SMS costs
+        # the operator money); other kinds (the gateway's own mail, reception,
+        # postmaster) reserve none, and with the prices 0 nothing is read or written.
+        terms = self.credit_terms
+        prices: dict[str, tuple[Product, int, int]] = {}  # address: product, amount, units
+        if msg.org and msg.kind == MessageKind.MAIL:
+            segments = len(msg.sms.parts) if msg.sms is not None else 0
+            for rcpt in msg.recipients:
+                if msg.sms is not None and terms.is_sms(rcpt):
+                    per = terms.sms_segment_price(rcpt.partition("@")[0])
+                    prices[rcpt] = (Product.SMS_SEGMENT, per * segments, segments)
+                elif msg.certified:
+                    prices[rcpt] = (Product.EMAIL_RECIPIENT, terms.email_recipient, 1)
+        payer = msg.org if any(amount > 0 for _, amount, _ in prices.values()) else None
         if payer:
-            needed = self.credit_terms.email_recipient * len(msg.recipients)
+            needed = sum(amount for _, amount, _ in prices.values())
             have = credits.balance(self._conn, payer)
             if have < needed:  # nothing written: the intake refuses the message
-                raise self.credit_terms.short(payer, have, needed)
+                raise terms.short(payer, have, needed)
         insert_row(
             self._conn,
             "messages",
@@ -86,7 +101,7 @@ class Messages(Credits):
                 "cert_state": DocumentState.PENDING if msg.certified else DocumentState.NONE,
             },
         )
-        recipient_ids: list[int] = []
+        holds: list[credits.Hold] = []
         for rcpt in msg.recipients:
             insert_row(
                 self._conn,
@@ -99,31 +114,33 @@ class Messages(Credits):
                     "next_attempt": now,
                     "notify": msg.notify.get(rcpt),
                     "orcpt": msg.orcpt.get(rcpt),
-                    "hosted": msg.hosted,
+                    # an SMS carries its text only (docs/sms.md)
+                    "hosted": None if terms.is_sms(rcpt) and msg.sms else msg.hosted,
                 },
             )
-            if payer:  # its hold names it
-                recipient_ids.append(
-                    int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-                )
+            if payer and rcpt in prices:  # its hold names it
+                product, amount, units = prices[rcpt]
+                rid = int(self._conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+                holds.append(credits.Hold(rid, product, amount, units))
         if msg.sms is not None:  # docs/sms.md
             sms = msg.sms
-            insert_row(
-                self._conn,
-                "sms_messages",
-                {
-                    "qid": msg.qid,
-                    "text": sms.text,
-                    "text_sha256": sms.text_sha256,
-                    "alphabet": sms.alphabet,
-                    "data_coding": sms.data_coding,
-                    "esm_class": sms.esm_class,
-                    "parts": json.dumps(list(sms.parts)),
-                    "units": sms.units,
-                    "marketing": int(sms.marketing),
-                    "sender_id": sms.sender_id,
-                    "skipped": json.dumps(list(sms.skipped)),
-                },
+            self._conn.execute(
+                "INSERT INTO sms_messages (qid, text, text_sha256, alphabet, data_coding,"
+                " esm_class, parts, units, marketing, sender_id, skipped)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    msg.qid,
+                    sms.text,
+                    sms.text_sha256,
+                    sms.alphabet,
+                    sms.data_coding,
+                    sms.esm_class,
+                    json.dumps(list(sms.parts)),
+                    sms.units,
+                    int(sms.marketing),
+                    sms.sender_id,
+                    json.dumps(list(sms.skipped)),
+                ),
             )
         if msg.event:
             evidence_log.append(self._conn, now, msg.qid, msg.event, msg.event_detail)
@@ -132,8 +149,8 @@ class Messages(Credits):
                 self._conn,
                 payer,
                 msg.qid,
-                recipient_ids,
-                self.credit_terms,
+                holds,
+                terms,
                 now,
                 actor=msg.auth_user or msg.sender or "gateway",
             )

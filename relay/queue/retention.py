@@ -217,6 +217,7 @@ def _content_rows(
         "SELECT m.qid, m.parent_qid FROM messages m WHERE m.qid > ? AND +m.state = 'done'"
         " AND COALESCE(m.done_at, m.created) < ? AND (m.header_section IS NOT NULL"
         "  OR m.subject IS NOT NULL"
+        "  OR EXISTS (SELECT 1 FROM sms_messages s WHERE s.qid = m.qid AND s.text IS NOT NULL)"
         "  OR EXISTS (SELECT 1 FROM recipients r WHERE r.qid = m.qid"
         "   AND r.delivered_copy IS NOT NULL))"
         " ORDER BY m.qid LIMIT ?",
@@ -260,6 +261,9 @@ def _content_gone(
             "UPDATE messages SET header_section = NULL, subject = NULL WHERE qid = ?", (qid,)
         )
         conn.execute("UPDATE recipients SET delivered_copy = NULL WHERE qid = ?", (qid,))
+        # An SMS's text and its parts' octets are its content (docs/sms.md): the text's
+        # SHA-256 and the signed certificate keep what it proves.
+        conn.execute("UPDATE sms_messages SET text = NULL, parts = '[]' WHERE qid = ?", (qid,))
         # A decision's name, comment, address and browser (docs/hosted.md): its certificate
         # and the evidence log keep what it proves.
         conn.execute(

@@ -12,7 +12,10 @@ messages, read from ``deliver_sm`` PDUs (SMPP 3.4 section 4.6).
   its sender in E.164 when the TON is international (section 5.2.5), its text decoded
   by :func:`relay.sms.encoding.decode_short_message`, its UDH kept (a concatenated MO is
   joined by the caller).
-- :func:`receipt_matches` tells whether a receipt's id names a ``message_id``.
+- :func:`receipt_matches` tells whether a receipt's id names a ``message_id``, and
+  :func:`match_key` writes an id in the one form under which the queue looks a receipt
+  up (``sms_parts.match_key``, ``sms_receipts.match_key``): two ids that match have the
+  same key.
 
 The PDUs come from smpplib's parser (:mod:`relay.sms.smpp` says why that library);
 every function here reads fields with ``getattr`` so an absent one is empty, never an
@@ -33,6 +36,7 @@ __all__ = [
     "MobileOriginated",
     "ReceiptState",
     "is_receipt",
+    "match_key",
     "mo_from_pdu",
     "parse_receipt_text",
     "pdu_text",
@@ -112,6 +116,7 @@ class DeliveryReceipt:
     destination_addr: str
     short_message: bytes
     esm_class: int
+    raw: bytes = b""  # the whole deliver_sm PDU as received (header, fields, TLVs)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class MobileOriginated:
     udh: bytes
     data_coding: int
     short_message: bytes
+    raw: bytes = b""  # the whole deliver_sm PDU as received
 
 
 def parse_receipt_text(text: str) -> dict[str, str]:
@@ -152,7 +158,8 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
         return True
     for hexadecimal, decimal in ((a, b), (b, a)):
         if (
-            decimal.isdigit()
+            decimal.isascii()
+            and decimal.isdigit()
             and _HEX_ID.fullmatch(hexadecimal)
             and not hexadecimal.isdigit()
             and int(hexadecimal, 16) == int(decimal)
@@ -162,6 +169,26 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
 
 
 _HEX_ID = re.compile(r"[0-9a-f]{1,32}")
+
+
+def match_key(message_id: str) -> str:
+    """``message_id`` in the form receipts are looked up by: two ids that
+    :func:`receipt_matches` pairs get the same key (a property test holds it), so the
+    queue finds a receipt's part with an index instead of comparing every id.
+
+    Lower case, without surrounding spaces; an id of decimal digits as its number
+    (leading zeros dropped); a hexadecimal id with a letter as its value in decimal,
+    the notation a decimal receipt would use; any other alphanumeric id without its
+    leading zeros. A key may be shared by ids that do not match (``0-1`` and ``-1``
+    are not alphanumeric): the caller checks the candidates with :func:`receipt_matches`."""
+    text = message_id.strip().lower()
+    if text.isascii() and text.isdigit():
+        return str(int(text))
+    if _HEX_ID.fullmatch(text):
+        return str(int(text, 16))
+    if text.isalnum():
+        return text.lstrip("0") or "0"
+    return text
 
 
 def pdu_text(value: Any) -> str:
@@ -178,8 +205,9 @@ def _body(pdu: Any) -> bytes:
     return body if isinstance(body, bytes) else b""
 
 
-def receipt_from_pdu(pdu: Any) -> DeliveryReceipt:
-    """The receipt a ``deliver_sm`` (or ``data_sm``) PDU read by smpplib carries."""
+def receipt_from_pdu(pdu: Any, raw: bytes = b"") -> DeliveryReceipt:
+    """The receipt a ``deliver_sm`` (or ``data_sm``) PDU read by smpplib carries;
+    ``raw``: the PDU's octets as received, kept as the evidence."""
     short = _body(pdu)
     fields = parse_receipt_text(short.decode("latin-1"))
     tlv_state = getattr(pdu, "message_state", None)
@@ -202,6 +230,7 @@ def receipt_from_pdu(pdu: Any) -> DeliveryReceipt:
         destination_addr=pdu_text(pdu.destination_addr),
         short_message=short,
         esm_class=pdu.esm_class or 0,
+        raw=raw,
     )
 
 
@@ -218,8 +247,9 @@ def _international(pdu: Any) -> str:
     return addr
 
 
-def mo_from_pdu(pdu: Any) -> MobileOriginated:
-    """The mobile-originated message a ``deliver_sm`` (or ``data_sm``) PDU carries."""
+def mo_from_pdu(pdu: Any, raw: bytes = b"") -> MobileOriginated:
+    """The mobile-originated message a ``deliver_sm`` (or ``data_sm``) PDU carries;
+    ``raw``: the PDU's octets as received."""
     short = _body(pdu)
     data_coding = pdu.data_coding or 0
     udh, text = decode_short_message(short, data_coding, pdu.esm_class or 0)
@@ -230,4 +260,5 @@ def mo_from_pdu(pdu: Any) -> MobileOriginated:
         udh=udh,
         data_coding=data_coding,
         short_message=short,
+        raw=raw,
     )

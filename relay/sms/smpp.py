@@ -500,19 +500,19 @@ class EsmeClient:
                 self._attempt_error = "the SMSC unbound"
                 return
             elif pdu.command in ("deliver_sm", "data_sm"):
-                task = asyncio.create_task(self._deliver(session, pdu))
+                task = asyncio.create_task(self._deliver(session, pdu, raw))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
                 await self._respond(session, "generic_nack", sequence, 0x03)
 
-    async def _deliver(self, session: _Session, pdu: Any) -> None:
+    async def _deliver(self, session: _Session, pdu: Any, raw: bytes) -> None:
         resp = "deliver_sm_resp" if pdu.command == "deliver_sm" else "data_sm_resp"
         try:
             if is_receipt(pdu.esm_class or 0):
-                await self.on_receipt(receipt_from_pdu(pdu))
+                await self.on_receipt(receipt_from_pdu(pdu, raw))
             else:
-                await self.on_mo(mo_from_pdu(pdu))
+                await self.on_mo(mo_from_pdu(pdu, raw))
         except Exception:
             log_failure(log, "sms: a %s could not be handled; the SMSC will send it again", resp)
             await self._respond(session, resp, pdu.sequence, ESME_RX_T_APPN)

@@ -210,3 +210,24 @@ HOSTED_ON_MX = (
     "gateway (submission, port 587 or 465), not by a copy to {address}; send the message "
     "through the gateway with that address in Cc"
 )
+
+# -- certified SMS (docs/sms.md, "Sending"): mail to <number>@sms.<gateway domain> -------
+SMS_DISABLED = "550 5.1.2 This gateway does not send SMS: addresses at {domain} cannot receive mail"
+SMS_ROLE_REFUSED = (
+    "550 5.7.1 Your role ({role}) may not send SMS on this gateway; the roles that may are: {roles}"
+)
+SMS_NUMBER_REFUSED = "550 5.1.3 {sentence}"
+SMS_NO_SUCH_GROUP = (
+    "550 5.1.1 Your organisation has no contacts in the group {group}; its "
+    "administrator adds them (certifica contacts add or import, with --group {group})"
+)
+SMS_KIND_UNKNOWN = (
+    "550 5.6.0 X-Certifica-SMS: {value} names no kind of SMS; write marketing or "
+    "transactional, or leave the field out (transactional)"
+)
+SMS_NO_TEXT = "550 5.6.0 {sentence}"
+SMS_TOO_LONG = "552 5.3.4 {sentence}"
+SMS_NOBODY = (
+    "550 5.7.1 Nothing was sent: every SMS recipient was skipped ({why}), and the "
+    "message has no e-mail recipient"
+)

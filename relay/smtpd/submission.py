@@ -39,6 +39,17 @@ from relay.queue.spool import Spool
 from relay.queue.states import MessageKind, Method
 from relay.queue.store import NewMessage, Store
 from relay.roles import Action, allowed
+from relay.sms.compose import Composed, SmsKind, compose, sms_kind
+from relay.sms.encoding import SmsTooLong
+from relay.sms.numbers import (
+    NumberRefused,
+    SmsGroup,
+    SmsNumber,
+    is_sms_address,
+    parse_sms_address,
+    sms_domain,
+)
+from relay.sms.text import NoText
 from relay.smtpd import replies
 from relay.smtpd.protocol import CertificaSMTP
 from relay.smtpd.users import check_password, normalise_address
@@ -205,6 +216,8 @@ class SubmissionHandler:
         decision = self.addresses.classify(address)
         if decision.kind is not None:
             address = decision.address  # <Postmaster> is delivered as postmaster@<domain>
+        if is_sms_address(address, self.cfg.gateway.domain):
+            return await self._sms_rcpt(server, session, envelope, address, options)
         problem = address_problem(address)
         if problem:
             return replies.BAD_ADDRESS.format(why=problem)
@@ -226,6 +239,77 @@ class SubmissionHandler:
             envelope.dsn_rcpt[address] = getattr(server, "dsn_rcpt", dsn.RcptParameters())
         return replies.RECIPIENT_OK
 
+    def sms_refusal(self, account: Account | None) -> str | None:
+        """None when ``account`` may send SMS now, else the refusal: SMS are off, or its
+        role is not in ``[sms] roles`` (docs/sms.md, "Sending")."""
+        if not self.cfg.sms.enabled:
+            return replies.SMS_DISABLED.format(domain=sms_domain(self.cfg.gateway.domain))
+        if account is None or str(account.role) not in self.cfg.sms.roles:
+            return replies.SMS_ROLE_REFUSED.format(
+                role=account.role if account else "none",
+                roles=", ".join(self.cfg.sms.roles) or "none",
+            )
+        return None
+
+    async def _sms_rcpt(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        """RCPT to ``<number or group>@sms.<domain>``: written back in E.164 (a group in
+        lower case), once however it is spelt; a group must have contacts."""
+        account = await self.store.account(self._user(session))
+        refused = self.sms_refusal(account)
+        if refused or account is None:
+            return refused or replies.ACCOUNT_CANNOT_SEND
+        target = parse_sms_address(address, self.cfg.gateway.domain, self.cfg.sms.default_region)
+        if isinstance(target, NumberRefused):
+            return replies.SMS_NUMBER_REFUSED.format(sentence=target.sentence)
+        if isinstance(target, SmsGroup) and not await self.store.contact_group_exists(
+            account.org, target.name
+        ):
+            return replies.SMS_NO_SUCH_GROUP.format(group=target.name)
+        local = target.e164 if isinstance(target, SmsNumber) else target.name
+        address = f"{local}@{sms_domain(self.cfg.gateway.domain)}"
+        if address in envelope.rcpt_tos:
+            return replies.RECIPIENT_OK
+        if len(envelope.rcpt_tos) >= self.cfg.limits.recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.dsn_rcpt[address] = getattr(server, "dsn_rcpt", dsn.RcptParameters())
+        return replies.RECIPIENT_OK
+
+    async def _sms(
+        self, raw: bytes, user: str, account: Account, addresses: list[str]
+    ) -> Composed | str:
+        """The SMS of a message for its SMS ``addresses`` (:func:`relay.sms.compose.compose`),
+        or the reply refusing the message."""
+        refused = self.sms_refusal(account)  # its role may have changed since RCPT
+        if refused:
+            return refused
+        kind = sms_kind(raw)
+        if not isinstance(kind, SmsKind):
+            shown = re.sub(r"[^A-Za-z0-9 ._-]", "?", kind[:40])  # the reply stays ASCII
+            return replies.SMS_KIND_UNKNOWN.format(value=shown)
+        domain, region = self.cfg.gateway.domain, self.cfg.sms.default_region
+        targets = [
+            t
+            for t in (parse_sms_address(a, domain, region) for a in addresses)
+            if isinstance(t, SmsNumber | SmsGroup)
+        ]
+        audience = await self.store.sms_audience(
+            account.org,
+            [t.e164 for t in targets if isinstance(t, SmsNumber)],
+            [t.name for t in targets if isinstance(t, SmsGroup)],
+        )
+        sender = await self.store.sms_sender_of(user) or self.cfg.sms.source
+        composed = compose(self.cfg, raw, targets, audience, sender, kind)
+        if isinstance(composed, NoText):
+            return replies.SMS_NO_TEXT.format(sentence=composed.sentence)
+        if isinstance(composed, SmsTooLong):
+            sentence = composed.sentence.replace("\u20ac", "the euro sign")
+            return replies.SMS_TOO_LONG.format(sentence=sentence)
+        return composed
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if not self.accepting:
             return replies.SHUTTING_DOWN
@@ -244,7 +328,14 @@ class SubmissionHandler:
         if unknown is not None:
             shown = re.sub(r"[^A-Za-z0-9 ._-]", "?", unknown[:40])  # the reply stays ASCII
             return replies.HOSTED_MODE_UNKNOWN.format(value=shown)
-        hosted = await hosted_mode(self.store, self.addresses, envelope.rcpt_tos, raw, user)
+        sms_addresses = [a for a in recipients if is_sms_address(a, self.cfg.gateway.domain)]
+        # An SMS carries its text only: hosted content is for the e-mail recipients.
+        emailed = len(recipients) > len(sms_addresses)
+        hosted = (
+            await hosted_mode(self.store, self.addresses, envelope.rcpt_tos, raw, user)
+            if emailed
+            else None
+        )
         certified = certified or hosted is not None
         if not recipients:
             return replies.NO_OTHER_RECIPIENTS
@@ -259,6 +350,18 @@ class SubmissionHandler:
         refused = self.sending_refusal(account)  # disabled, or its role changed, since MAIL
         if refused or account is None:
             return refused or replies.ACCOUNT_CANNOT_SEND
+        sms: Composed | None = None
+        if sms_addresses:
+            composed = await self._sms(raw, user, account, sms_addresses)
+            if isinstance(composed, str):
+                return composed
+            sms = composed
+            recipients = (
+                *(a for a in recipients if a not in sms_addresses),
+                *composed.addresses,
+            )
+            if not recipients:
+                return replies.SMS_NOBODY.format(why=skipped_summary(composed))
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
         org = account.org  # docs/accounts.md
 
@@ -279,6 +382,7 @@ class SubmissionHandler:
                 auth_user=user,
                 org=org,
                 hosted=hosted,
+                sms=sms.content if sms else None,
                 client_ip=peer,
                 client_helo=session.host_name,
                 tls_version=tls_version,
@@ -300,6 +404,7 @@ class SubmissionHandler:
                     "tls": tls_version,
                     # added to the copy that leaves (relay.delivery.outbound), not to the spool
                     "added_fields": missing_submission_fields(raw),
+                    **({"sms": sms_detail(sms)} if sms else {}),
                 },
             )
 
@@ -324,3 +429,33 @@ class SubmissionHandler:
         self.wake()
         template = replies.QUEUED_CERTIFIED if certified else replies.QUEUED
         return template.format(qid=qid)
+
+
+def sms_detail(sms: Composed) -> dict[str, Any]:
+    """What the ``SubmissionAcceptance`` entry says of a message's SMS (docs/sms.md)."""
+    content = sms.content
+    return {
+        "text_sha256": content.text_sha256,
+        "segments": sms.segments,
+        "alphabet": content.alphabet,
+        "data_coding": content.data_coding,
+        "marketing": content.marketing,
+        "sender_id": content.sender_id,
+        "recipients": list(sms.addresses),
+        "skipped": list(content.skipped),
+    }
+
+
+def skipped_summary(sms: Composed, shown: int = 3) -> str:
+    """The first ``shown`` skipped recipients and their reasons, for a reply (ASCII:
+    numbers and reasons, never a contact's name)."""
+    skipped = sms.content.skipped
+    if not skipped:
+        return "no number to send to"
+    words = [
+        f"{s['address'].partition('@')[0] or 'a contact of ' + s['group']}: {s['reason']}"
+        for s in skipped[:shown]
+    ]
+    if len(skipped) > shown:
+        words.append(f"and {len(skipped) - shown} more")
+    return "; ".join(words)
