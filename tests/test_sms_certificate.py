@@ -1,15 +1,15 @@
 """The certificate of a message with SMS recipients (docs/sms.md, "The certificate").
 
 Messages are queued in a real store with their SMS text encoded by
-:func:`relay.sms.encoding.encode_sms`; their outcomes are recorded by the store's own
-``record`` (the evidence log entries and all), and the SMSC's answers and the
-operator's receipts are rows of migration 23's ``sms_parts`` and ``sms_receipts``,
-written by :func:`write_part` and :func:`write_receipt` through the store's writer
-thread. The certificate is then made by the certify stage (:class:`DocumentMaker`,
-the process pool running :func:`certifier.pipeline.certify`), exactly as for e-mail,
-and checked with tools that are not the gateway's: pdftotext (what page 1 says, in
-English, Spanish, Catalan and Italian), pdfsig (the signature), hashlib (the text's
-SHA-256), a JSON Schema validator (the evidence) and ``certifica verify``.
+:func:`relay.sms.encoding.encode_sms`; each SMS recipient then goes through the store's
+own SMS writes as the SMS agent drives them (a ``submitting`` row per part before it
+leaves, the SMSC's answers, a part whose answer was lost sent again, receipts made as
+``deliver_sm`` PDUs by smpp34 and read back by the gateway's reader, the receipt
+timeout). The certificate is made by the certify stage (:class:`DocumentMaker`, the
+process pool running :func:`certifier.pipeline.certify`), exactly as for e-mail, and
+checked with tools that are not the gateway's: pdftotext (what page 1 says, in English,
+Spanish, Catalan and Italian), pdfsig (the signature), hashlib (the text's SHA-256), a
+JSON Schema validator (the evidence) and ``certifica verify``.
 
 With ``CERTIFICA_SCREENSHOTS=1`` page 1 is also written to
 ``docs/screenshots/sms-certificate-page1.png`` (pdftoppm, 80 dpi).
@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
+import smpp34
 from pyhanko.pdf_utils.reader import PdfFileReader
+from smpplib import smpp as smpplib_pdu
 
 from certifier import evidence_record
 from certifier.document.pages import hash_groups
@@ -51,10 +52,14 @@ from relay.config import Config, load_config
 from relay.process.gateway import PipelineCertifier, signing_settings, state_paths
 from relay.queue.jobs import DocumentJob, DocumentKind
 from relay.queue.records import NewMessage, Outcome, SmsContent
+from relay.queue.sms import SmsAttempt
 from relay.queue.spool import Spool
 from relay.queue.store import Store
 from relay.sms.encoding import EncodedSms, encode_sms
+from relay.sms.inbound import DeliveryReceipt, receipt_from_pdu
 from relay.sms.numbers import sms_domain
+from relay.sms.smpp import Outcome as SubmitOutcome
+from relay.sms.smpp import SubmitResult
 from tests.conftest import write_config
 from tests.test_evidence_schema import cli_verify, embedded_evidence
 
@@ -112,42 +117,47 @@ def sms_content(text: str, **extra: Any) -> SmsContent:
     )
 
 
-def write_part(store: Store, **row: Any) -> int:
-    """An ``sms_parts`` row (migration 23): one ``submit_sm`` of one part."""
-    row = {"attempt": 1, "state": "accepted", "maybe_duplicate": 0} | row
-    row.setdefault("match_key", row.get("message_id"))
-    return store.run_sync(lambda db: db["sms_parts"].insert(row).last_pk)  # type: ignore[no-any-return]
+class _Sequence:
+    """Sequence numbers for smpplib's PDU parser."""
+
+    sequence = 0
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
 
 
-def write_receipt(store: Store, part_id: int, message_id: str, state: str, **more: Any) -> None:
-    """An ``sms_receipts`` row matched to ``part_id``, its raw text as SMPP 3.4
-    Appendix B writes it."""
-    raw = (
+def receipt(number: str, message_id: str, state: str, error: str = "000") -> DeliveryReceipt:
+    """An operator's receipt as the SMSC sends it: a ``deliver_sm`` with the SMPP 3.4
+    Appendix B text, encoded by smpp34 (as tests/smsc.py does) and read back as the
+    gateway reads it (smpplib, :func:`receipt_from_pdu`), the PDU kept raw."""
+    text = (
         f"id:{message_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
-        f"submit date:2612031802 done date:2612031804 stat:{state} err:{more.get('error', '000')} "
-        "text:"
-    ).encode()
-    row = {
-        "received": more.get("received", time.time()),
-        "message_id": message_id,
-        "match_key": message_id,
-        "part_id": part_id,
-        "state": state,
-        "submit_date": "2612031802",
-        "done_date": "2612031804",
-        "error": more.get("error", "000"),
-        "raw": raw,
-        "fields": json.dumps({"stat": state}),
-    }
+        f"submit date:2612031802 done date:2612031804 stat:{state} err:{error} text:Estimado"
+    ).encode("ascii")
+    pdu = smpp34.DeliverSm(
+        number.lstrip("+"), "ACME", text, source_addr_ton=1, source_addr_npi=1,
+        dest_addr_ton=5, dest_addr_npi=0, esm_class=0x04, tlvs=[], sequence_number=9,
+    )  # fmt: skip
+    raw = pdu.encode()
+    parsed = smpplib_pdu.parse_pdu(raw, client=_Sequence(), allow_unknown_opt_params=True)
+    return receipt_from_pdu(parsed, raw)
 
-    def write(db: sqlite_utils.Database) -> None:
-        receipt = db["sms_receipts"].insert(row).last_pk
-        db.execute(
-            "UPDATE sms_parts SET receipt_state = ?, receipt_id = ? WHERE id = ?",
-            (state, receipt, part_id),
-        )
 
-    store.run_sync(write)
+def accepted(message_id: str) -> SubmitResult:
+    return SubmitResult(SubmitOutcome.ACCEPTED, message_id=message_id, command_status=0)
+
+
+async def attempt(
+    store: Store, qid: str, rid: int, attempts: int, answers: dict[int, SubmitResult], now: float
+) -> str:
+    """One attempt of the SMS agent on one recipient, through the store's own writes:
+    a ``submitting`` row per part still to send, then the SMSC's answers (a part left
+    out of ``answers`` never got one: the process died with it out)."""
+    parts = await store.sms_start_attempt(qid, rid, attempts + 1, now)
+    sms = SmsAttempt(qid, rid, attempts, expires=now + 3600, next_attempt=now + 60)
+    results = [(p, answers[p.seq]) for p in parts if p.seq in answers]
+    return await store.record_sms_attempt(sms, results, now + 0.2)
 
 
 def eml(subject: str, to: str, body: str) -> bytes:
@@ -171,7 +181,13 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     raw = eml("Vencimiento", f"clientes@{domain}", TEXT)
     spool.store(qid, raw)
     numbers = (DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED)
-    skipped = ({"address": f"juan@{domain}", "name": "Juan Pérez", "reason": "no_number"},)
+    # As relay.sms.compose lists them (docs/sms.md, "Groups").
+    skipped = (
+        {"address": "", "name": "Juan Pérez", "group": "clientes", "reason": "no phone number",
+         "why": "no_number"},
+        {"address": f"+34600111999@{domain}", "name": "", "group": "",
+         "reason": "opted out on 2026-12-01 (reply STOP)", "why": "opted_out"},
+    )  # fmt: skip
     await store.enqueue(
         NewMessage(
             qid=qid,
@@ -190,48 +206,32 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     )
     ids = {r["address"].partition("@")[0]: r["id"] for r in await store.recipients(qid)}
     now = time.time()
-    # Delivered: two parts; part 2's first submit_sm never got its answer.
-    p1 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=1, started=now,
-                    answered=now + 0.2, message_id="4f2a01", command_status=0)  # fmt: skip
-    write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, started=now, state="submitting")
-    p2 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, attempt=2,
-                    started=now + 60, answered=now + 60.2, message_id="4f2a02",
-                    command_status=0, maybe_duplicate=1)  # fmt: skip
-    write_receipt(store, p1, "4f2a01", "DELIVRD", received=now + 120)
-    write_receipt(store, p2, "4f2a02", "DELIVRD", received=now + 121)
+    # Delivered: part 2's first submit_sm never got its answer, so it is sent again.
+    first = {1: accepted("4f2a01")}
+    assert await attempt(store, qid, ids[DELIVERED], 0, first, now) == "deferred"
+    assert await attempt(store, qid, ids[DELIVERED], 1, {2: accepted("4f2a02")}, now + 60) == (
+        "submitted"
+    )
+    await store.record_sms_receipt(receipt(DELIVERED, "4f2a01", "DELIVRD"), now + 120)
+    await store.record_sms_receipt(receipt(DELIVERED, "4f2a02", "DELIVRD"), now + 121)
     # Undelivered: both parts accepted, part 1 UNDELIV error 001.
-    u1 = write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=1, started=now,
-                    answered=now + 0.3, message_id="4f2a03", command_status=0)  # fmt: skip
-    write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=2, started=now,
-               answered=now + 0.3, message_id="4f2a04", command_status=0)  # fmt: skip
-    write_receipt(store, u1, "4f2a03", "UNDELIV", error="001", received=now + 130)
-    # No receipt: accepted, nothing came back.
-    for seq in (1, 2):
-        write_part(store, recipient_id=ids[NO_RECEIPT], qid=qid, seq=seq, started=now,
-                   answered=now + 0.4, message_id=f"4f2a1{seq}", command_status=0)  # fmt: skip
-    # Refused: the SMSC refused part 1.
-    refusal = (
-        "the SMSC refused the SMS: the destination number was refused (ESME_RINVDSTADR, 0x0000000B)"
+    both = {1: accepted("4f2a03"), 2: accepted("4f2a04")}
+    assert await attempt(store, qid, ids[UNDELIVERED], 0, both, now) == "submitted"
+    await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a03", "UNDELIV", "001"), now + 130)
+    await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a04", "DELIVRD"), now + 131)
+    # Refused: the SMSC refused the destination.
+    refusal = SubmitResult(
+        SubmitOutcome.FAILED,
+        command_status=0x0B,
+        sentence="the SMSC refused the SMS: the destination number was refused "
+        "(ESME_RINVDSTADR, 0x0000000B)",
     )
-    write_part(store, recipient_id=ids[REFUSED], qid=qid, seq=1, started=now,
-               answered=now + 0.5, state="failed", command_status=0x0B, sentence=refusal)  # fmt: skip
-    await store.record(
-        qid,
-        [
-            Outcome(ids[DELIVERED], "delivered", None, None, "delivered to the phone"),
-            Outcome(ids[UNDELIVERED], "failed", None, None, "UNDELIV, error 001"),
-            Outcome(
-                ids[NO_RECEIPT],
-                "delivered",
-                None,
-                None,
-                "sent",
-                note="sent, no delivery receipt from the operator within 48 h",
-            ),
-            Outcome(ids[REFUSED], "failed", None, None, refusal, refund=True),
-        ],
-        now + 200,
-    )
+    assert await attempt(store, qid, ids[REFUSED], 0, {1: refusal, 2: refusal}, now) == "failed"
+    # No receipt: accepted, nothing comes back within [sms] receipt_timeout.
+    both = {1: accepted("4f2a11"), 2: accepted("4f2a12")}
+    assert await attempt(store, qid, ids[NO_RECEIPT], 0, both, now) == "submitted"
+    timeout = cfg.sms.receipt_timeout
+    assert await store.sms_receipt_timeouts(now + timeout + 1, timeout) == [qid]
     return qid
 
 
@@ -262,10 +262,11 @@ async def _mixed_hostile(cfg: Config, store: Store, spool: Spool) -> str:
     ids = {r["address"]: r["id"] for r in await store.recipients(qid)}
     phone = ids[f"{DELIVERED}@{domain}"]
     now = time.time()
-    for seq in range(1, len(encoded(HOSTILE_TEXT).parts) + 1):
-        part = write_part(store, recipient_id=phone, qid=qid, seq=seq, started=now,
-                          answered=now + 0.1, message_id=f"77{seq:02d}", command_status=0)  # fmt: skip
-        write_receipt(store, part, f"77{seq:02d}", "DELIVRD", received=now + 5)
+    segments = len(encoded(HOSTILE_TEXT).parts)
+    answers = {seq: accepted(f"77{seq:02d}") for seq in range(1, segments + 1)}
+    assert await attempt(store, qid, phone, 0, answers, now) == "submitted"
+    for seq in range(1, segments + 1):
+        await store.record_sms_receipt(receipt(DELIVERED, f"77{seq:02d}", "DELIVRD"), now + 5)
     await store.record(
         qid,
         [
@@ -279,7 +280,6 @@ async def _mixed_hostile(cfg: Config, store: Store, spool: Spool) -> str:
                 ip="127.0.0.1",
                 port=25,
             ),  # fmt: skip
-            Outcome(phone, "delivered", None, None, "delivered to the phone"),
         ],
         now + 10,
     )
@@ -401,8 +401,11 @@ def test_the_evidence_holds_the_exact_text_its_hash_and_the_octets_sent(
     assert made["mixed"].evidence["sms"]["alphabet"] == "ucs2"  # U+202E is not GSM
     assert made["mixed"].evidence["sms"]["marketing"] is True
     assert made["sms"].evidence["sms"]["skipped"] == [
-        {"address": "juan@sms.certifica.localhost", "name": "Juan Pérez", "reason": "no_number"}
-    ]
+        {"address": "", "name": "Juan Pérez", "group": "clientes", "reason": "no phone number",
+         "why": "no_number"},
+        {"address": "+34600111999@sms.certifica.localhost", "name": "", "group": "",
+         "reason": "opted out on 2026-12-01 (reply STOP)", "why": "opted_out"},
+    ]  # fmt: skip
 
 
 def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -> None:
@@ -427,8 +430,10 @@ def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -
         (1, "DELIVRD"),
         (2, "DELIVRD"),
     ]
-    raw = bytes.fromhex(delivered["receipts"][0]["raw"]).decode()
-    assert raw.startswith("id:4f2a01 sub:001 dlvrd:001 submit date:2612031802 done date:2612031804")
+    # The whole deliver_sm as the SMSC sent it, its Appendix B text inside.
+    raw = bytes.fromhex(delivered["receipts"][0]["raw"])
+    assert raw == receipt(DELIVERED, "4f2a01", "DELIVRD").raw
+    assert b"id:4f2a01 sub:001 dlvrd:001 submit date:2612031802 done date:2612031804" in raw
     assert delivered["receipts"][0]["done_date"] == "2612031804"  # as the operator wrote it
     undelivered = phones[UNDELIVERED]["sms"]
     assert undelivered["failure"] == {"seq": 1, "state": "UNDELIV", "error": "001"}
@@ -483,7 +488,8 @@ PAGE_ONE = {
         "Sent; the operator sent no delivery receipt within 48 hours.",
         "+39 347 123 4567",
         "Refused by the operator's SMS centre:",
-        "Juan Pérez (juan@sms.certifica.localhost): not sent, because no mobile number is recorded",
+        "Juan Pérez, of the group clientes: not sent, because no mobile number is recorded",
+        "+34 600 11 19 99: not sent, because the number opted out of these messages.",
         "with the sender name ACME",
     ],
     "es": [
@@ -494,7 +500,8 @@ PAGE_ONE = {
         "No entregado: la operadora comunicó UNDELIV (no se pudo entregar el SMS), error 001.",
         "Enviado; la operadora no remitió acuse de entrega en un plazo de 48 horas.",
         "Rechazado por el centro de mensajes de la operadora:",
-        "Juan Pérez (juan@sms.certifica.localhost): no se envió, porque no consta ningún número",
+        "Juan Pérez, del grupo clientes: no se envió, porque no consta ningún número",
+        "+34 600 11 19 99: no se envió, porque el número se dio de baja de estos mensajes.",
         "con el remitente ACME",
     ],
     "ca": [
@@ -505,7 +512,8 @@ PAGE_ONE = {
         "No lliurat: l'operadora va comunicar UNDELIV (no s'ha pogut lliurar l'SMS), error 001.",
         "Enviat; l'operadora no va trametre cap justificant de lliurament en un termini de 48 hores.",
         "Rebutjat pel centre de missatges de l'operadora:",
-        "Juan Pérez (juan@sms.certifica.localhost): no s'hi va enviar",
+        "Juan Pérez, del grup clientes: no s'hi va enviar",
+        "+34 600 11 19 99: no s'hi va enviar, perquè el número s'ha donat de baixa",
     ],
     "it": [
         "Certificato di consegna parziale di un SMS certificato",
@@ -515,7 +523,8 @@ PAGE_ONE = {
         "Non consegnato: l'operatore ha comunicato UNDELIV (non è stato possibile consegnare l'SMS), errore 001.",
         "Inviato; l'operatore non ha trasmesso alcuna ricevuta di consegna entro 48 ore.",
         "Rifiutato dal centro messaggi dell'operatore:",
-        "Juan Pérez (juan@sms.certifica.localhost): non inviato, perché",
+        "Juan Pérez, del gruppo clientes: non inviato, perché",
+        "+34 600 11 19 99: non inviato, perché il numero ha revocato il consenso",
     ],
 }
 

@@ -81,6 +81,7 @@ _SKIP_REASONS = {
     "no_number": N_("no mobile number is recorded for this contact"),
     "opted_out": N_("the number opted out of these messages"),
     "no_consent": N_("no consent to marketing messages is recorded"),
+    "refused": N_("the number recorded cannot receive SMS"),
 }
 """Why a group member was not sent to, when the evidence gives a code; any other
 reason is shown as the gateway recorded it."""
@@ -373,6 +374,23 @@ def page_one(doc: pages.Document, *, titled: bool) -> list[Flowable]:
 _PAGE1_NUMBERS = 20
 
 
+def _who_skipped(s: dict[str, Any]) -> str:
+    """A skipped recipient: its name and number, whichever are known."""
+    who = clean(s.get("name"), CAP_SHORT)
+    address = clean(s.get("address"), CAP_SHORT)
+    if address.startswith("+"):
+        address = number(address.partition("@")[0])
+    return f"{who} ({address})" if who and address else who or address or "—"
+
+
+def _skip_reason(doc: pages.Document, s: dict[str, Any]) -> str:
+    """Why, in the reader's words when the evidence gives the code (``why``), else as
+    the gateway recorded it."""
+    why = s.get("why") or s.get("reason")
+    known = _SKIP_REASONS.get(why) if isinstance(why, str) else None
+    return doc._(known) if known else clean(s.get("reason"), CAP_SHORT) or "—"
+
+
 def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
     _ = doc._
     skipped = [as_dict(s) for s in as_list(message.get("skipped"))]
@@ -380,25 +398,23 @@ def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
         return []
     lines = []
     for s in skipped[:CAP_LIST]:
-        reason = s.get("reason")
-        known = _SKIP_REASONS.get(reason) if isinstance(reason, str) else None
-        who = clean(s.get("name"), CAP_SHORT)
-        address = clean(s.get("address"), CAP_SHORT)
-        if address.startswith("+"):
-            address = number(address.partition("@")[0])
-        lines.append(
-            _("%(who)s: not sent, because %(reason)s.")
-            % {
-                "who": f"{who} ({address})" if who and address else who or address or "—",
-                "reason": _(known) if known else clean(reason, CAP_SHORT) or "—",
-            }
-        )
+        values = {
+            "who": _who_skipped(s),
+            "group": clean(s.get("group"), CAP_SHORT),
+            "reason": _skip_reason(doc, s),
+        }
+        if values["group"]:
+            lines.append(
+                _("%(who)s, of the group %(group)s: not sent, because %(reason)s.") % values
+            )
+        else:
+            lines.append(_("%(who)s: not sent, because %(reason)s.") % values)
     out = [
         Spacer(1, 1 * mm),
         pages.sentence(
             doc.ngettext(
-                "One member of the group was skipped:",
-                "%(count)s members of the group were skipped:",
+                "The SMS was not sent to one recipient:",
+                "The SMS was not sent to %(count)s recipients:",
                 len(skipped),
             )
             % {"count": doc.reader.number(len(skipped))}
@@ -410,6 +426,31 @@ def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
             pages.sentence(_("The others are listed in the attached evidence.json."), "note")
         )
     return out
+
+
+def _annex_skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
+    """Who was not sent to, each with the reason as the gateway recorded it."""
+    _ = doc._
+    skipped = [as_dict(s) for s in as_list(message.get("skipped"))]
+    if not skipped:
+        return []
+    rows = [
+        [
+            para(_who_skipped(s), "cell"),
+            para(s.get("group"), "cell", empty=""),
+            para(_skip_reason(doc, s), "cell"),
+            para(s.get("reason"), "cell", cap=CAP_LINE),
+        ]
+        for s in skipped[:CAP_ROWS]
+    ]
+    return [
+        *pages.heading(_("Not sent to"), "h3"),
+        grid_table(
+            [_("Recipient"), _("Group"), _("Why"), _("As the service recorded it")],
+            rows,
+            [pages.WIDTH * 0.28, pages.WIDTH * 0.16, pages.WIDTH * 0.28, pages.WIDTH * 0.28],
+        ),
+    ]
 
 
 # --- the annex ----------------------------------------------------------------------
@@ -492,6 +533,7 @@ def annex(doc: pages.Document) -> list[Flowable]:
                 ]
             )
         )
+    out += _annex_skipped(doc, message)
     out.append(
         pages.sentence(
             _(
