@@ -22,9 +22,11 @@ import email
 import email.message
 import email.policy
 import hashlib
+import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -34,10 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import smpp34
+from aiohttp import web
 from pyhanko.pdf_utils.reader import PdfFileReader
 from smpplib import smpp as smpplib_pdu
+from yarl import URL
 
 from certifier import evidence_record
 from certifier.document.pages import hash_groups
@@ -60,6 +65,7 @@ from relay.sms.inbound import DeliveryReceipt, receipt_from_pdu
 from relay.sms.numbers import sms_domain
 from relay.sms.smpp import Outcome as SubmitOutcome
 from relay.sms.smpp import SubmitResult
+from relay.web.tracking import StoreBackend, make_http_runner
 from tests.conftest import write_config
 from tests.test_evidence_schema import cli_verify, embedded_evidence
 
@@ -94,6 +100,8 @@ class Made:
     pki: Pki
     mail: bytes  # the certificate mail queued to the sender
     erased: dict[str, Any]  # the evidence built again once retention cleared the text
+    cfg: Config
+    store: Store
 
 
 def encoded(text: str) -> EncodedSms:
@@ -338,6 +346,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
                 pki,
                 mails[(qid, "certificate")],
                 erased[qid],
+                cfg,
+                store,
             )
         yield out
     finally:
@@ -644,6 +654,45 @@ def test_once_the_text_is_erased_its_hash_and_the_receipts_remain(
         in page
     )
     assert "Delivered to the phone" in page
+
+
+async def _page(made: Made, language: str) -> str:
+    """The verification page of ``made`` (the QR code's link), served by the gateway's
+    own HTTP application on a port of its own, in ``language``."""
+    runner = await make_http_runner(
+        made.cfg, b"k" * 32, StoreBackend(made.cfg, made.store, lambda: None)
+    )
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        path = URL(made.evidence["verification"]["url"]).path
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}{path}", headers={"Accept-Language": language}
+            ) as response,
+        ):
+            assert response.status == 200
+            return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", await response.text())).split())
+    finally:
+        await runner.cleanup()
+
+
+def test_the_verification_page_names_it_and_each_phone_as_the_pdf_does(
+    made: dict[str, Made],
+) -> None:
+    page = asyncio.run(_page(made["sms"], "es"))
+    assert "Certificado de entrega parcial de un SMS certificado" in page
+    assert "SMS entregado en el teléfono (acuse de la operadora)" in page
+    assert "SMS no entregado (acuse de la operadora)" in page
+    assert "SMS enviado; sin acuse de entrega de la operadora" in page
+    assert "SMS rechazado por el centro de mensajes de la operadora" in page
+    assert "servidor de correo" not in page
+    mixed = asyncio.run(_page(made["mixed"], "en"))
+    assert "Certificate of delivery of a certified e-mail" in mixed
+    assert "Accepted by the recipient's mail server" in mixed  # bob@example.org
+    assert "SMS delivered to the phone (operator's receipt)" in mixed
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:
