@@ -296,7 +296,8 @@ class LogConfig:
 @dataclass(frozen=True)
 class SmsConfig:
     """``[sms]``: certified SMS through an SMSC over SMPP 3.4 (README, "Certified SMS";
-    docs/sms.md). Off by default; the pieces in ``relay/sms/`` read it."""
+    docs/sms.md). Off by default; on, the ``sms`` process (``relay/sms/agent.py``) holds
+    the SMPP session and the submission port takes mail to ``sms.<gateway domain>``."""
 
     enabled: bool = False
     smsc: str = ""  # host:port of the operator's SMSC

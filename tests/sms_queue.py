@@ -1,13 +1,16 @@
 """Helpers for the tests that drive SMS through the real gateway: a configuration with
-an ``[sms]`` section pointing at the test SMSC (tests/smsc.py), an SMS message put in
-the gateway's queue as its intake does (spool file, then the message row with its
-``sms_messages`` row, in the queue's own :class:`~relay.queue.store.Store`), and
-polling the queue's tables with a deadline (no sleeps)."""
+an ``[sms]`` section pointing at the test SMSC (tests/smsc.py), an SMS sent through
+submission (:func:`submit_sms`), or put in the gateway's queue as its intake does
+(:func:`enqueue_sms`: spool file, then the message row with its ``sms_messages`` row,
+in the queue's own :class:`~relay.queue.store.Store`; for a queue the intake would not
+fill, such as one with ``[sms]`` off), and polling the queue's tables with a deadline
+(no sleeps)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from relay.queue.records import NewMessage, SmsContent
 from relay.queue.spool import Spool
 from relay.queue.store import Store
 from relay.sms.encoding import EncodedSms, encode_sms
-from tests.conftest import write_config
+from tests.conftest import CERT_ADDRESS, Gateway, write_config
 
 T = TypeVar("T")
 
@@ -118,6 +121,34 @@ def enqueue_sms(
     finally:
         store.close()
     return qid, sms
+
+
+def submit_sms(gw: Gateway, numbers: list[str], text: str, *, certified: bool = False) -> str:
+    """Send ``text`` to ``numbers`` (E.164) as alice through submission, with the
+    certification address in Cc when ``certified``; the queue id of the 250."""
+    to = ", ".join(f"{n}@{SMS_DOMAIN}" for n in numbers)
+    raw = (
+        f"From: Alice <alice@example.com>\r\nTo: {to}\r\n"
+        + (f"Cc: {CERT_ADDRESS}\r\n" if certified else "")
+        + f"Subject: SMS\r\nMessage-ID: <{time.monotonic_ns()}@example.com>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"{text}\r\n"
+    ).encode()
+    rcpts = [f"{n}@{SMS_DOMAIN}" for n in numbers] + ([CERT_ADDRESS] if certified else [])
+    with gw.smtp() as client:
+        client.mail("alice@example.com")
+        for r in rcpts:
+            code, reply = client.rcpt(r)
+            assert code == 250, (r, reply)
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    return reply.decode().rsplit(" ", 1)[1]
+
+
+def stored_parts(state: Path, qid: str) -> list[bytes]:
+    """The exact ``short_message`` octets of each part, as the queue holds them."""
+    (row,) = rows(state, "SELECT parts FROM sms_messages WHERE qid = ?", qid)
+    return [bytes.fromhex(p) for p in json.loads(row["parts"])]
 
 
 def rows(state: Path, sql: str, *args: Any) -> list[dict[str, Any]]:

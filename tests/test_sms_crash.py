@@ -3,7 +3,8 @@ the SMSC holds every ``submit_sm`` unanswered, the master is killed with SIGKILL
 children die with it, PR_SET_PDEATHSIG), and after a restart every SMS is sent, each
 part whose first submit was never answered marked *maybe duplicate*; the octets the
 SMSC received are the parts stored for the message. Before that, with ``[sms]`` off,
-SMS recipients wait in the queue untouched while mail goes on."""
+SMS recipients already queued (put there as the intake does: with ``[sms]`` off
+submission refuses new ones) wait untouched while mail goes on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ import time
 from pathlib import Path
 
 from tests.conftest import Sink, SinkServer, assert_clean_log, start_gateway
-from tests.sms_queue import enqueue_sms, parts, recipient, rows, sms_config, wait_until
+from tests.sms_queue import (
+    enqueue_sms,
+    parts,
+    recipient,
+    rows,
+    sms_config,
+    stored_parts,
+    submit_sms,
+    wait_until,
+)
 from tests.smsc import Answer, SmscThread
 
 TEXT = "Le recordamos su cita del jueves 4 a las 10:00 en la calle Mayor 12, consulta 3. " * 3
@@ -67,7 +77,10 @@ def test_kill_9_with_sms_in_flight_loses_none(sink_server: SinkServer, tmp_path:
         sms_config(tmp_path, smsc.port, routes, response_timeout=60.0)
         smsc.smsc.answers.extend([Answer.NO_ANSWER] * 4)
         gw = start_gateway(cfg)
-        second, _ = enqueue_sms(gw.state, numbers[1:], TEXT)
+        assert gw.cli("org", "add", "ACME", "--name", "Acme S.L.").returncode == 0
+        joined = gw.cli("users", "set", "alice@example.com", "--org", "ACME", "--role", "admin")
+        assert joined.returncode == 0, joined.stderr
+        second = submit_sms(gw, numbers[1:], TEXT)  # through submission, as users send
         smsc.wait_for(lambda: len(smsc.smsc.of("submit_sm")) == 4)
         in_flight = rows(gw.state, "SELECT state FROM sms_parts")
         assert [p["state"] for p in in_flight] == ["submitting"] * 4
@@ -87,15 +100,14 @@ def test_kill_9_with_sms_in_flight_loses_none(sink_server: SinkServer, tmp_path:
                 (1, "accepted", 1), (1, "submitting", 0), (2, "accepted", 1), (2, "submitting", 0),
             ]  # fmt: skip
         # Byte for byte: what the SMSC read (smpp34) is what the queue holds, twice each.
-        stored = [bytes.fromhex(p) for p in json.loads(
-            rows(gw.state, "SELECT parts FROM sms_messages WHERE qid = ?", first)[0]["parts"]
-        )]  # fmt: skip
-        for number in numbers:
+        for qid, number in ((first, numbers[0]), (second, numbers[1])):
             got = [
                 r.submit.short_message for r in smsc.smsc.of("submit_sm")
                 if r.submit.destination_addr == number.lstrip("+")
             ]  # fmt: skip
-            assert sorted(got) == sorted(stored * 2)
+            stored = stored_parts(gw.state, qid)
+            assert len(stored) == 2
+            assert sorted(got) == sorted(stored * 2)  # each part twice, octet for octet
         for message_id, _ in list(smsc.smsc.accepted):
             assert smsc.call(smsc.smsc.send_receipt(message_id, "DELIVRD")) == 0
         for qid, number in ((first, numbers[0]), (second, numbers[1])):

@@ -1,6 +1,7 @@
 """SMS recipients leave the queue through the ``sms`` process and come back with the
 operator's receipts (docs/sms.md "Delivery", "Receipts"): the real gateway, bound to
-the test SMSC (tests/smsc.py, smpp34's codec), one of each for the module.
+the test SMSC (tests/smsc.py, smpp34's codec), one of each for the module; every SMS
+sent by alice (an admin of ACME) through submission.
 
 What the SMSC received is compared byte for byte with the parts stored for the
 message; states, evidence and credits are read from the gateway's queue database."""
@@ -15,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from relay.queue.credits import CreditTerms
 from relay.queue.records import NewMessage, Outcome, SmsContent
 from relay.queue.sms import NO_RECEIPT, SmsAttempt
 from relay.queue.store import Store
@@ -25,18 +25,18 @@ from relay.sms.smpp import SubmitResult
 from tests.conftest import Gateway, Sink, SinkServer, assert_clean_log, start_gateway
 from tests.sms_queue import (
     SMS_DOMAIN,
-    enqueue_sms,
     parts,
     recipient,
     rows,
     sms_config,
     status_is,
+    stored_parts,
+    submit_sms,
     wait_until,
 )
 from tests.smsc import Answer, SmscThread
 
 RECEIPT_TIMEOUT = 6.0
-TERMS = CreditTerms(email_recipient=2)  # the gateway's [credits] below
 TWO_PARTS = "Su cita del jueves 4 a las 10:00 en la calle Mayor 12 queda confirmada. " * 3
 
 
@@ -56,12 +56,14 @@ def gw(
         tmp,
         smsc.port,
         {"example.com": mx.port},
-        extra="[credits]\nemail_recipient = 2\n",
+        extra="[credits]\nemail_recipient = 2\nsms_segment = 1\n",
         receipt_timeout=RECEIPT_TIMEOUT,
     )
     gw = start_gateway(cfg)
     assert gw.cli("org", "add", "ACME", "--name", "Acme S.L.").returncode == 0
     assert gw.cli("credits", "add", "ACME", "100").returncode == 0
+    joined = gw.cli("users", "set", "alice@example.com", "--org", "ACME", "--role", "admin")
+    assert joined.returncode == 0, joined.stderr
     smsc.wait_for(lambda: smsc.smsc.binds >= 1)
     yield gw
     gw.stop()
@@ -93,10 +95,8 @@ def holds(state: Path, qid: str) -> list[str]:
 
 def test_receipts_deliver_and_the_certificate_is_made(gw: Gateway, smsc: SmscThread) -> None:
     one, two = "+34600111001", "+34600111002"
-    qid, sms = enqueue_sms(
-        gw.state, [one, two], TWO_PARTS + "€", certified=True, org="ACME", credit_terms=TERMS
-    )
-    assert sms.segments == 2
+    qid = submit_sms(gw, [one, two], TWO_PARTS + "€", certified=True)
+    assert len(stored_parts(gw.state, qid)) == 2
     for n in (one, two):
         wait_until(lambda n=n: len(accepted_ids(smsc, n)) == 2, say=f"{n}'s two parts")
         wait_until(status_is(gw.state, qid, n, "submitted"))
@@ -130,7 +130,7 @@ def test_receipts_deliver_and_the_certificate_is_made(gw: Gateway, smsc: SmscThr
 
 def test_undelivered_fails_and_its_credits_are_spent(gw: Gateway, smsc: SmscThread) -> None:
     n = "+34600111003"
-    qid, _ = enqueue_sms(gw.state, [n], "Hola", certified=True, org="ACME", credit_terms=TERMS)
+    qid = submit_sms(gw, [n], "Hola", certified=True)
     (message_id,) = wait_until(lambda: accepted_ids(smsc, n))
     # An intermediate notification first: recorded, not final.
     assert smsc.call(smsc.smsc.send_receipt(message_id, "ENROUTE", style="both")) == 0
@@ -148,7 +148,7 @@ def test_undelivered_fails_and_its_credits_are_spent(gw: Gateway, smsc: SmscThre
 def test_a_permanent_error_fails_and_is_refunded(gw: Gateway, smsc: SmscThread) -> None:
     n = "+34600111004"
     smsc.smsc.answers.append(Answer.INVALID_DESTINATION)
-    qid, _ = enqueue_sms(gw.state, [n], "Hola", certified=True, org="ACME", credit_terms=TERMS)
+    qid = submit_sms(gw, [n], "Hola", certified=True)
     wait_until(status_is(gw.state, qid, n, "failed"))
     row = recipient(gw.state, qid, n)
     assert "ESME_RINVDSTADR" in row["reply_text"] and row["reply_code"] is None
@@ -165,19 +165,19 @@ def test_throttling_defers_and_only_the_missing_part_is_sent_again(
 ) -> None:
     n = "+34600111005"
     smsc.smsc.answers.extend([Answer.OK, Answer.THROTTLED])
-    qid, sms = enqueue_sms(gw.state, [n], TWO_PARTS)
+    qid = submit_sms(gw, [n], TWO_PARTS)
     wait_until(status_is(gw.state, qid, n, "submitted"))
     got = submits_to(smsc, n)
     assert len(got) == 3  # two, then the throttled one again
     assert got[2].submit.short_message == got[1].submit.short_message
-    assert sorted(r.submit.short_message for r in got[::2]) == sorted(sms.parts)
+    assert sorted(r.submit.short_message for r in got[::2]) == sorted(stored_parts(gw.state, qid))
     states = [(p["seq"], p["state"], p["command_status"]) for p in parts(gw.state, qid, n)]
     assert ("deferred" in [s for _, s, _ in states]) and (0x58 in [c for _, _, c in states])
     assert recipient(gw.state, qid, n)["attempts"] == 2
     # A full queue is throttling too.
     m = "+34600111006"
     smsc.smsc.answers.append(Answer.QUEUE_FULL)
-    qid2, _ = enqueue_sms(gw.state, [m], "Hola")
+    qid2 = submit_sms(gw, [m], "Hola")
     wait_until(status_is(gw.state, qid2, m, "submitted"))
     assert [p["command_status"] for p in parts(gw.state, qid2, m)] == [0x14, 0]
     for message_id in accepted_ids(smsc, n) + accepted_ids(smsc, m):
@@ -189,7 +189,7 @@ def test_throttling_defers_and_only_the_missing_part_is_sent_again(
 def test_a_dropped_connection_is_a_maybe_duplicate(gw: Gateway, smsc: SmscThread) -> None:
     n = "+34600111007"
     smsc.smsc.answers.append(Answer.DROP)
-    qid, _ = enqueue_sms(gw.state, [n], "Hola")
+    qid = submit_sms(gw, [n], "Hola")
     wait_until(status_is(gw.state, qid, n, "submitted"))
     first, second = parts(gw.state, qid, n)
     assert (first["state"], first["maybe_duplicate"]) == ("deferred", 1)
@@ -207,7 +207,7 @@ def test_an_outage_of_the_smsc_defers_then_sends(gw: Gateway, smsc: SmscThread) 
     smsc.smsc.accepting = False
     try:
         smsc.call(smsc.smsc.drop())
-        qid, _ = enqueue_sms(gw.state, [n], "Hola")
+        qid = submit_sms(gw, [n], "Hola")
         wait_until(lambda: any(p["state"] == "deferred" for p in parts(gw.state, qid, n)))
         assert "not bound" in recipient(gw.state, qid, n)["reply_text"]
         assert submits_to(smsc, n) == []
@@ -223,7 +223,7 @@ def test_no_receipt_within_the_timeout_is_delivered_with_a_note(
     gw: Gateway, smsc: SmscThread
 ) -> None:
     n = "+34600111009"
-    qid, _ = enqueue_sms(gw.state, [n], "Hola")
+    qid = submit_sms(gw, [n], "Hola")
     wait_until(status_is(gw.state, qid, n, "submitted"))
     wait_until(status_is(gw.state, qid, n, "delivered"), timeout=RECEIPT_TIMEOUT + 30)
     row = recipient(gw.state, qid, n)

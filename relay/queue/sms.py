@@ -28,7 +28,9 @@ The writes, each one transaction:
 - :meth:`SmsQueue.sms_receipt_timeouts`: ``submitted`` recipients whose last part was
   accepted more than ``[sms] receipt_timeout`` ago are ``delivered`` with the note
   :data:`NO_RECEIPT` (the certificate says so).
-- :meth:`SmsQueue.record_mo`: a message from a phone (``sms_inbound``).
+- :meth:`SmsQueue.keep_mo`: a message from a phone (``sms_inbound``), kept as it came
+  when nothing decides on it (``relay.sms.optout.handle_mo`` records the MOs it reads
+  itself, with the opt-out it made).
 
 Final states go through :func:`relay.queue.leases.record_outcomes`, as mail's do:
 the ``RelayToNonERDS``/``RelayToNonERDSFailure`` evidence, the credits' settlement and
@@ -499,7 +501,7 @@ class SmsQueue(Database):
         seconds of their last accepted part: delivered with :func:`no_receipt_note`."""
         return await self._run(receipt_timeouts, self._conn, now, timeout)
 
-    async def record_mo(
+    async def keep_mo(
         self,
         mo: MobileOriginated,
         now: float,

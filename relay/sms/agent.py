@@ -50,7 +50,7 @@ Wake = Callable[[str], None]
 def _mo_handler() -> Any:
     """``relay.sms.optout.handle_mo(cfg, store, mo, raw)`` when that module exists: it
     decides whether a message from a phone opts its number out and records it.
-    Without it, the message is only kept (:meth:`relay.queue.sms.SmsQueue.record_mo`)."""
+    Without it, the message is only kept (:meth:`relay.queue.sms.SmsQueue.keep_mo`)."""
     try:
         module = importlib.import_module("relay.sms.optout")
     except ImportError:
@@ -201,7 +201,7 @@ class SmsAgent:
             if inspect.isawaitable(done):
                 await done
         else:
-            await self.store.record_mo(mo, time.time())
+            await self.store.keep_mo(mo, time.time())
         self.mos += 1
         log.info(
             "sms: message from %s to %s",
