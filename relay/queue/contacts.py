@@ -19,12 +19,16 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from relay.queue import evidence_log
 from relay.queue.db import Database
+
+if TYPE_CHECKING:
+    from relay.queue.records import NewMessage
+    from relay.sms.optout import MoRecord
 
 CONTACTS_QID = "contacts"
 """The evidence log's queue id for consents and opt-outs (about no message)."""
@@ -213,8 +217,143 @@ def _add(conn: sqlite3.Connection, org: str, new: NewContact, now: float, actor:
     return contact_id
 
 
+def _digits(number: str) -> str:
+    digits = "".join(c for c in number if c.isdigit())
+    return digits[2:] if digits.startswith("00") else digits
+
+
+def mo_organisation(
+    conn: sqlite3.Connection, destination: str, number: str | None, domain: str
+) -> tuple[str, str, str | None] | None:
+    """The organisation an MO to ``destination`` from ``number`` answers, with its name
+    and sender ID: the one whose ``sms_number`` it was sent to, else the one that last
+    sent an SMS to ``number`` (docs/sms.md); None when neither is known."""
+    wanted = _digits(destination)
+    rows = conn.execute(
+        "SELECT code, name, sms_sender, sms_number FROM organisations"
+        " WHERE sms_number IS NOT NULL ORDER BY code"
+    ).fetchall()
+    for code, name, sender, own in rows:
+        if wanted and _digits(str(own)) == wanted:
+            return str(code), str(name), sender
+    if number is None:
+        return None
+    row = conn.execute(
+        "SELECT o.code, o.name, o.sms_sender FROM recipients r"
+        " JOIN messages m ON m.qid = r.qid JOIN organisations o ON o.code = m.org"
+        " WHERE r.address = ? ORDER BY m.created DESC, r.id DESC LIMIT 1",
+        (f"{number}@{domain}",),
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]), row[2])
+
+
+def sender_organisations(
+    conn: sqlite3.Connection, sender: str, number: str, domain: str, shared: str
+) -> list[str] | None:
+    """The organisations an opt-out of ``number`` from the sender ID ``sender`` (any
+    case) is for: those whose own or whose users' sender ID it is, and those that sent
+    an SMS to ``number`` under it (for the shared ``[sms] source``, only those). None
+    when no organisation sends as ``sender`` and it is not ``shared``."""
+    wanted = sender.casefold()
+    own = {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT code, sms_sender FROM organisations WHERE sms_sender IS NOT NULL"
+            " UNION SELECT org, sms_sender FROM users WHERE sms_sender IS NOT NULL"
+        ).fetchall()
+        if str(r[1]).casefold() == wanted
+    }
+    sent = {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT DISTINCT m.org, s.sender_id FROM recipients r"
+            " JOIN sms_messages s ON s.qid = r.qid JOIN messages m ON m.qid = r.qid"
+            " WHERE r.address = ? AND m.org IS NOT NULL",
+            (f"{number}@{domain}",),
+        ).fetchall()
+        if str(r[1]).casefold() == wanted
+    }
+    if not own and not sent and wanted != shared.casefold():
+        return None
+    return sorted(own | sent)
+
+
 class Contacts(Database):
     """Contacts, groups, consents and opt-outs (module docstring)."""
+
+    if TYPE_CHECKING:  # Messages' (the Store has both): a confirmation is queued with its MO
+
+        def _enqueue(self, msg: NewMessage, now: float) -> None: ...
+
+    async def mo_organisation(
+        self, destination: str, number: str | None, domain: str
+    ) -> tuple[str, str, str | None] | None:
+        """:func:`mo_organisation`."""
+        return await self._read(lambda: mo_organisation(self._conn, destination, number, domain))
+
+    async def opted_out(self, org: str, number: str) -> bool:
+        return await self._read(lambda: optout_of(self._conn, org, number) is not None)
+
+    async def record_mo_optout(
+        self,
+        mo: MoRecord,
+        org: str | None,
+        confirmation: tuple[NewMessage, bytes] | None,
+        now: float,
+    ) -> bool:
+        """Keep the MO ``mo`` and, when it is an opt-out keyword from a number for
+        ``org``, opt the number out with the MO as its evidence and queue
+        ``confirmation`` (its spool file written already), in one transaction. True
+        when the number was opted out now (False: no keyword, no organisation, or
+        opted out already, when ``confirmation`` is not queued)."""
+
+        def write() -> bool:
+            action = "optout" if mo.keyword and mo.number and org else "none"
+            cursor = self._conn.execute(
+                "INSERT INTO sms_inbound (received, source, destination, text, org, action, raw)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mo.received, mo.source, mo.destination, mo.text, org, action, mo.raw),
+            )
+            if action != "optout" or org is None or mo.number is None:
+                return False
+            detail = {
+                "keyword": mo.keyword,
+                "inbound_id": int(cursor.lastrowid or 0),
+                "mo": {
+                    "source": mo.source,
+                    "destination": mo.destination,
+                    "text": mo.text,
+                    "received": mo.received,
+                    "raw": mo.raw.hex(),
+                },
+            }
+            if not record_optout(self._conn, org, mo.number, now, "mo", detail):
+                return False
+            if confirmation is not None:
+                self._enqueue(confirmation[0], now)
+            return True
+
+        return await self._run(write)
+
+    async def web_optout(
+        self,
+        sender: str,
+        number: str,
+        domain: str,
+        shared: str,
+        now: float,
+        detail: dict[str, Any],
+    ) -> list[str] | None:
+        """Opt ``number`` out of every organisation :func:`sender_organisations` finds
+        for ``sender`` (the page, ``how`` web); returns them (None: an unknown sender)."""
+
+        def write() -> list[str] | None:
+            orgs = sender_organisations(self._conn, sender, number, domain, shared)
+            for org in orgs or []:
+                record_optout(self._conn, org, number, now, "web", {"sender": sender, **detail})
+            return orgs
+
+        return await self._run(write)
 
     async def contact_group_exists(self, org: str, group: str) -> bool:
         """Whether ``org`` has a contact in ``group`` (lower case)."""

@@ -5,7 +5,9 @@ envelope named (checked at RCPT by :mod:`relay.sms.numbers`) and what the
 organisation's contacts say about them (:class:`relay.queue.contacts.Audience`). It
 returns the :class:`relay.queue.records.SmsContent` of the message (the exact octets of
 each part, the text's SHA-256, who is skipped and why) and the recipient rows, one per
-number (a group is never a row):
+number (a group is never a row). A skipped entry is ``{"address": the number in E.164
+("" for a contact without one), "name", "group", "reason": in words, "why": no_number |
+no_consent | opted_out | refused}``:
 
 1. **The text** is :func:`relay.sms.text.sms_text` of the message.
 2. **Marketing** is asked for with ``X-Certifica-SMS: marketing`` (any case;
@@ -138,7 +140,6 @@ def compose(
         if number in seen:
             return
         seen.add(number)
-        address = f"{number}@{domain}"
         contact = audience.by_number.get(number)
         shown = name or (contact.name if contact else None) or ""
         optout = audience.optouts.get(number)
@@ -149,9 +150,9 @@ def compose(
         elif marketing and (contact is None or contact.consent_marketing is None):
             reason, why = "no recorded consent to marketing", "no_consent"
         if reason is None:
-            sent.append(address)
+            sent.append(f"{number}@{domain}")
         else:
-            skipped.append(_skip(address, shown, group, reason, why))
+            skipped.append(_skip(number, shown, group, reason, why))
 
     for target in targets:
         if isinstance(target, SmsNumber):
@@ -169,7 +170,7 @@ def compose(
                     seen.add(member.number)
                     skipped.append(
                         _skip(
-                            f"{member.number}@{domain}",
+                            member.number,
                             member.name or "",
                             target.name,
                             checked.sentence,

@@ -26,7 +26,7 @@ from relay.metrics import TRACKING_HITS
 from relay.queue.states import TrackingKind
 from relay.queue.store import Store
 from relay.smtpd.protocol import AuthThrottle
-from relay.web import api, console, hosted, pki, verification
+from relay.web import api, console, hosted, pki, sms_optout, verification
 
 log = logging.getLogger("certifica/tracking")
 
@@ -141,7 +141,8 @@ async def make_http_runner(
 ) -> web.AppRunner:
     """The public HTTP listener's aiohttp runner, set up: the tracking endpoint, the
     verification page (:mod:`relay.web.verification`), the web console
-    (:mod:`relay.web.console`), the JSON API (:mod:`relay.web.api`) and the development
+    (:mod:`relay.web.console`), the JSON API (:mod:`relay.web.api`), the SMS opt-out page
+    (:mod:`relay.web.sms_optout`) and the development
     CA's CRL and certificate (:mod:`relay.web.pki`); a site (an address or a socket the
     master bound) is added by the caller. ``throttle``: the acceptor's count of failed
     SMTP AUTH, which console logins share (None: one of the listener's own)."""
@@ -158,6 +159,7 @@ async def make_http_runner(
     api.install(app, cfg, backend.store, archive)
     pki.install(app, cfg.state_dir / "keys")
     hosted.install_on_gateway(app, cfg, backend.store, key, backend.wake)  # docs/hosted.md
+    sms_optout.install(app, cfg, backend.store, key)  # docs/sms.md
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner
