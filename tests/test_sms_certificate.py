@@ -45,6 +45,7 @@ from smpplib import smpp as smpplib_pdu
 from yarl import URL
 
 from certifier import evidence_record
+from certifier.document import render_certificate
 from certifier.document.pages import hash_groups
 from certifier.evidence_record import schema, schema_problem
 from certifier.i18n import Reader
@@ -693,6 +694,21 @@ def test_the_verification_page_names_it_and_each_phone_as_the_pdf_does(
     assert "Certificate of delivery of a certified e-mail" in mixed
     assert "Accepted by the recipient's mail server" in mixed  # bob@example.org
     assert "SMS delivered to the phone (operator's receipt)" in mixed
+
+
+def test_a_text_of_many_lines_goes_on_in_the_annex(made: dict[str, Made], tmp_path: Path) -> None:
+    """Page 1's box is one table cell, which cannot be split between pages: it shows the
+    beginning, and the annex every line (no plainer fallback document)."""
+    evidence = json.loads(json.dumps(made["sms"].evidence))
+    evidence["sms"]["text"] = "\n".join(f"line {i}" for i in range(1, 401))
+    pdf = tmp_path / "lines.pdf"
+    pdf.write_bytes(render_certificate(evidence, embedded_message(made["sms"].pdf)))
+    page = pdftotext(pdf, 1)
+    assert "line 1 line 2" in page and "line 24 " in page and "line 25 " not in page
+    assert "The text goes on: annex C shows it whole." in page
+    whole = pdftotext(pdf)
+    assert "The text exactly as sent" in whole and "line 400" in whole
+    assert "could not be laid out" not in whole
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:

@@ -34,6 +34,7 @@ from reportlab.platypus import Flowable, KeepTogether, Spacer, Table, TableStyle
 # either may be imported first.
 from certifier.document import pages
 from certifier.document.typeset import (
+    CAP_BODY,
     CAP_CELL,
     CAP_LINE,
     CAP_LIST,
@@ -54,9 +55,11 @@ from certifier.document.words import N_
 
 __all__ = ["annex", "event_phrase", "is_sms", "number", "page_one", "shown_text"]
 
-CAP_TEXT = 4000
-"""Characters of the SMS text in page 1's box (6 segments are at most 918 GSM
-characters; ``[sms] max_segments`` may allow more): the rest is in evidence.json."""
+BOX_CHARS = 1200
+BOX_LINES = 24
+"""What page 1's box shows of the SMS text at most (6 segments are at most 918 GSM
+characters): a box is one table cell, which cannot be split between pages; the annex
+shows the whole text (:func:`whole_text`)."""
 
 _RECEIPT_STATES = {
     "DELIVRD": N_("delivered to the phone"),
@@ -244,9 +247,11 @@ def text_box(doc: pages.Document, text: object) -> list[Flowable]:
                 "note",
             )
         ]
-    shown = shown_text(text[:CAP_TEXT])
+    whole = shown_text(text)
+    lines = whole[:BOX_CHARS].split("\n")[:BOX_LINES]
+    shown = "\n".join(lines)
     style = styles()["body"]
-    blocks: list[Flowable] = [TextBlock(line, style) for line in shown.split("\n")]
+    blocks: list[Flowable] = [TextBlock(line, style) for line in lines]
     box = Table([[blocks]], colWidths=[pages.WIDTH], hAlign="LEFT")
     box.setStyle(
         TableStyle(
@@ -262,24 +267,44 @@ def text_box(doc: pages.Document, text: object) -> list[Flowable]:
         )
     )
     out: list[Flowable] = [Spacer(1, 1 * mm), box]
-    if len(text) > CAP_TEXT:
+    if shown != whole:
         out.append(
             pages.sentence(
-                _(
-                    "Only the first %(shown)s of %(total)s characters are shown; the whole "
-                    "text is in the attached evidence.json."
-                )
-                % {"shown": doc.reader.number(CAP_TEXT), "total": doc.reader.number(len(text))},
+                _("The text goes on: annex %(annex)s shows it whole.")
+                % {"annex": doc.annex("sms")},
                 "note",
             )
         )
-    if shown != text[:CAP_TEXT].replace("\r", ""):
+    if whole != text.replace("\r", ""):
         out.append(
             pages.sentence(
                 _(
                     "Characters that cannot be seen or that change how text is shown are "
                     "written as their code, such as [U+202E]."
                 ),
+                "note",
+            )
+        )
+    return out
+
+
+def whole_text(doc: pages.Document, text: object) -> list[Flowable]:
+    """The annex's copy of the text: every line, split between pages as needed."""
+    _ = doc._
+    if not isinstance(text, str):
+        return []
+    out = pages.heading(_("The text exactly as sent"), "h3")
+    style = styles()["body"]
+    shown = shown_text(text[:CAP_BODY])
+    out += [TextBlock(line, style) for line in shown.split("\n")]
+    if len(text) > CAP_BODY:
+        out.append(
+            pages.sentence(
+                _(
+                    "Only the first %(shown)s of %(total)s characters are shown; the whole "
+                    "text is in the attached evidence.json."
+                )
+                % {"shown": doc.reader.number(CAP_BODY), "total": doc.reader.number(len(text))},
                 "note",
             )
         )
@@ -519,6 +544,7 @@ def annex(doc: pages.Document) -> list[Flowable]:
         Spacer(1, 1.5 * mm),
         kv_table(rows),
     ]
+    out += whole_text(doc, message.get("text"))
     parts = as_list(message.get("parts"))
     if parts:
         out += pages.heading(_("Octets of each part (short_message, hexadecimal)"), "h3")
