@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import time
 import typing
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ import aiohttp
 import pytest
 import smpp34
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyhanko.pdf_utils.reader import PdfFileReader
 from smpplib import smpp as smpplib_pdu
 from yarl import URL
@@ -47,6 +50,7 @@ from yarl import URL
 from certifier import evidence_record
 from certifier.document import render_certificate
 from certifier.document.pages import hash_groups
+from certifier.document.sms import shown_text
 from certifier.evidence_record import schema, schema_problem
 from certifier.i18n import Reader
 from certifier.pipeline import complete_evidence
@@ -709,6 +713,36 @@ def test_a_text_of_many_lines_goes_on_in_the_annex(made: dict[str, Made], tmp_pa
     whole = pdftotext(pdf)
     assert "The text exactly as sent" in whole and "line 400" in whole
     assert "could not be laid out" not in whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_the_text_shown_keeps_every_character_and_applies_none(text: str) -> None:
+    shown = shown_text(text)
+    hidden = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    assert all(c == "\n" or unicodedata.category(c) not in hidden for c in shown)
+
+    # Every character is there, as itself or as its code, in order.
+    def code(c: str) -> str:
+        return f"[U+{ord(c):04X}]" if unicodedata.category(c) in hidden else c
+
+    expected = "".join("\n" if c == "\n" else code(c) for c in text if c != "\r")
+    assert shown == expected
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(min_size=1, max_size=400))
+def test_any_text_renders_as_text(made: dict[str, Made], text: str) -> None:
+    evidence = json.loads(json.dumps(made["mixed"].evidence))
+    evidence["sms"]["text"] = text
+    pdf = render_certificate(evidence, embedded_message(made["mixed"].pdf))
+    done = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", "-", "-"], input=pdf, capture_output=True, timeout=60
+    )
+    page = done.stdout.decode("utf-8")
+    assert "The SMS" in page and "SMS sent to +34 600 11 12 22" in " ".join(page.split())
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:
