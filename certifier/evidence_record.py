@@ -252,9 +252,11 @@ class HostedLink(TypedDict, total=False):
 class SmsSkipped(TypedDict, total=False):
     """A group member the SMS was not sent to (docs/sms.md, "Groups"), and why."""
 
-    address: Required[str]
+    address: Required[str]  # empty when the contact has no number
     name: str
-    reason: Required[str]
+    group: str  # the group it was named through; empty for a number named directly
+    reason: Required[str]  # in the gateway's words
+    why: str  # no_number | opted_out | no_consent | refused
 
 
 class Sms(TypedDict, total=False):

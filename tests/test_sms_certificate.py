@@ -1,15 +1,15 @@
 """The certificate of a message with SMS recipients (docs/sms.md, "The certificate").
 
 Messages are queued in a real store with their SMS text encoded by
-:func:`relay.sms.encoding.encode_sms`; their outcomes are recorded by the store's own
-``record`` (the evidence log entries and all), and the SMSC's answers and the
-operator's receipts are rows of migration 23's ``sms_parts`` and ``sms_receipts``,
-written by :func:`write_part` and :func:`write_receipt` through the store's writer
-thread. The certificate is then made by the certify stage (:class:`DocumentMaker`,
-the process pool running :func:`certifier.pipeline.certify`), exactly as for e-mail,
-and checked with tools that are not the gateway's: pdftotext (what page 1 says, in
-English, Spanish, Catalan and Italian), pdfsig (the signature), hashlib (the text's
-SHA-256), a JSON Schema validator (the evidence) and ``certifica verify``.
+:func:`relay.sms.encoding.encode_sms`; each SMS recipient then goes through the store's
+own SMS writes as the SMS agent drives them (a ``submitting`` row per part before it
+leaves, the SMSC's answers, a part whose answer was lost sent again, receipts made as
+``deliver_sm`` PDUs by smpp34 and read back by the gateway's reader, the receipt
+timeout). The certificate is made by the certify stage (:class:`DocumentMaker`, the
+process pool running :func:`certifier.pipeline.certify`), exactly as for e-mail, and
+checked with tools that are not the gateway's: pdftotext (what page 1 says, in English,
+Spanish, Catalan and Italian), pdfsig (the signature), hashlib (the text's SHA-256), a
+JSON Schema validator (the evidence) and ``certifica verify``.
 
 With ``CERTIFICA_SCREENSHOTS=1`` page 1 is also written to
 ``docs/screenshots/sms-certificate-page1.png`` (pdftoppm, 80 dpi).
@@ -22,24 +22,35 @@ import email
 import email.message
 import email.policy
 import hashlib
+import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
 import typing
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-import sqlite_utils
+import smpp34
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyhanko.pdf_utils.reader import PdfFileReader
+from smpplib import smpp as smpplib_pdu
+from yarl import URL
 
 from certifier import evidence_record
+from certifier.document import render_certificate
 from certifier.document.pages import hash_groups
+from certifier.document.sms import shown_text
 from certifier.evidence_record import schema, schema_problem
 from certifier.i18n import Reader
 from certifier.pipeline import complete_evidence
@@ -51,10 +62,15 @@ from relay.config import Config, load_config
 from relay.process.gateway import PipelineCertifier, signing_settings, state_paths
 from relay.queue.jobs import DocumentJob, DocumentKind
 from relay.queue.records import NewMessage, Outcome, SmsContent
+from relay.queue.sms import SmsAttempt
 from relay.queue.spool import Spool
 from relay.queue.store import Store
 from relay.sms.encoding import EncodedSms, encode_sms
+from relay.sms.inbound import DeliveryReceipt, receipt_from_pdu
 from relay.sms.numbers import sms_domain
+from relay.sms.smpp import Outcome as SubmitOutcome
+from relay.sms.smpp import SubmitResult
+from relay.web.tracking import StoreBackend, make_http_runner
 from tests.conftest import write_config
 from tests.test_evidence_schema import cli_verify, embedded_evidence
 
@@ -89,6 +105,8 @@ class Made:
     pki: Pki
     mail: bytes  # the certificate mail queued to the sender
     erased: dict[str, Any]  # the evidence built again once retention cleared the text
+    cfg: Config
+    store: Store
 
 
 def encoded(text: str) -> EncodedSms:
@@ -112,42 +130,47 @@ def sms_content(text: str, **extra: Any) -> SmsContent:
     )
 
 
-def write_part(store: Store, **row: Any) -> int:
-    """An ``sms_parts`` row (migration 23): one ``submit_sm`` of one part."""
-    row = {"attempt": 1, "state": "accepted", "maybe_duplicate": 0} | row
-    row.setdefault("match_key", row.get("message_id"))
-    return store.run_sync(lambda db: db["sms_parts"].insert(row).last_pk)  # type: ignore[no-any-return]
+class _Sequence:
+    """Sequence numbers for smpplib's PDU parser."""
+
+    sequence = 0
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
 
 
-def write_receipt(store: Store, part_id: int, message_id: str, state: str, **more: Any) -> None:
-    """An ``sms_receipts`` row matched to ``part_id``, its raw text as SMPP 3.4
-    Appendix B writes it."""
-    raw = (
+def receipt(number: str, message_id: str, state: str, error: str = "000") -> DeliveryReceipt:
+    """An operator's receipt as the SMSC sends it: a ``deliver_sm`` with the SMPP 3.4
+    Appendix B text, encoded by smpp34 (as tests/smsc.py does) and read back as the
+    gateway reads it (smpplib, :func:`receipt_from_pdu`), the PDU kept raw."""
+    text = (
         f"id:{message_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
-        f"submit date:2612031802 done date:2612031804 stat:{state} err:{more.get('error', '000')} "
-        "text:"
-    ).encode()
-    row = {
-        "received": more.get("received", time.time()),
-        "message_id": message_id,
-        "match_key": message_id,
-        "part_id": part_id,
-        "state": state,
-        "submit_date": "2612031802",
-        "done_date": "2612031804",
-        "error": more.get("error", "000"),
-        "raw": raw,
-        "fields": json.dumps({"stat": state}),
-    }
+        f"submit date:2612031802 done date:2612031804 stat:{state} err:{error} text:Estimado"
+    ).encode("ascii")
+    pdu = smpp34.DeliverSm(
+        number.lstrip("+"), "ACME", text, source_addr_ton=1, source_addr_npi=1,
+        dest_addr_ton=5, dest_addr_npi=0, esm_class=0x04, tlvs=[], sequence_number=9,
+    )  # fmt: skip
+    raw = pdu.encode()
+    parsed = smpplib_pdu.parse_pdu(raw, client=_Sequence(), allow_unknown_opt_params=True)
+    return receipt_from_pdu(parsed, raw)
 
-    def write(db: sqlite_utils.Database) -> None:
-        receipt = db["sms_receipts"].insert(row).last_pk
-        db.execute(
-            "UPDATE sms_parts SET receipt_state = ?, receipt_id = ? WHERE id = ?",
-            (state, receipt, part_id),
-        )
 
-    store.run_sync(write)
+def accepted(message_id: str) -> SubmitResult:
+    return SubmitResult(SubmitOutcome.ACCEPTED, message_id=message_id, command_status=0)
+
+
+async def attempt(
+    store: Store, qid: str, rid: int, attempts: int, answers: dict[int, SubmitResult], now: float
+) -> str:
+    """One attempt of the SMS agent on one recipient, through the store's own writes:
+    a ``submitting`` row per part still to send, then the SMSC's answers (a part left
+    out of ``answers`` never got one: the process died with it out)."""
+    parts = await store.sms_start_attempt(qid, rid, attempts + 1, now)
+    sms = SmsAttempt(qid, rid, attempts, expires=now + 3600, next_attempt=now + 60)
+    results = [(p, answers[p.seq]) for p in parts if p.seq in answers]
+    return await store.record_sms_attempt(sms, results, now + 0.2)
 
 
 def eml(subject: str, to: str, body: str) -> bytes:
@@ -171,7 +194,13 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     raw = eml("Vencimiento", f"clientes@{domain}", TEXT)
     spool.store(qid, raw)
     numbers = (DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED)
-    skipped = ({"address": f"juan@{domain}", "name": "Juan Pérez", "reason": "no_number"},)
+    # As relay.sms.compose lists them (docs/sms.md, "Groups").
+    skipped = (
+        {"address": "", "name": "Juan Pérez", "group": "clientes", "reason": "no phone number",
+         "why": "no_number"},
+        {"address": f"+34600111999@{domain}", "name": "", "group": "",
+         "reason": "opted out on 2026-12-01 (reply STOP)", "why": "opted_out"},
+    )  # fmt: skip
     await store.enqueue(
         NewMessage(
             qid=qid,
@@ -190,48 +219,32 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     )
     ids = {r["address"].partition("@")[0]: r["id"] for r in await store.recipients(qid)}
     now = time.time()
-    # Delivered: two parts; part 2's first submit_sm never got its answer.
-    p1 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=1, started=now,
-                    answered=now + 0.2, message_id="4f2a01", command_status=0)  # fmt: skip
-    write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, started=now, state="submitting")
-    p2 = write_part(store, recipient_id=ids[DELIVERED], qid=qid, seq=2, attempt=2,
-                    started=now + 60, answered=now + 60.2, message_id="4f2a02",
-                    command_status=0, maybe_duplicate=1)  # fmt: skip
-    write_receipt(store, p1, "4f2a01", "DELIVRD", received=now + 120)
-    write_receipt(store, p2, "4f2a02", "DELIVRD", received=now + 121)
+    # Delivered: part 2's first submit_sm never got its answer, so it is sent again.
+    first = {1: accepted("4f2a01")}
+    assert await attempt(store, qid, ids[DELIVERED], 0, first, now) == "deferred"
+    assert await attempt(store, qid, ids[DELIVERED], 1, {2: accepted("4f2a02")}, now + 60) == (
+        "submitted"
+    )
+    await store.record_sms_receipt(receipt(DELIVERED, "4f2a01", "DELIVRD"), now + 120)
+    await store.record_sms_receipt(receipt(DELIVERED, "4f2a02", "DELIVRD"), now + 121)
     # Undelivered: both parts accepted, part 1 UNDELIV error 001.
-    u1 = write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=1, started=now,
-                    answered=now + 0.3, message_id="4f2a03", command_status=0)  # fmt: skip
-    write_part(store, recipient_id=ids[UNDELIVERED], qid=qid, seq=2, started=now,
-               answered=now + 0.3, message_id="4f2a04", command_status=0)  # fmt: skip
-    write_receipt(store, u1, "4f2a03", "UNDELIV", error="001", received=now + 130)
-    # No receipt: accepted, nothing came back.
-    for seq in (1, 2):
-        write_part(store, recipient_id=ids[NO_RECEIPT], qid=qid, seq=seq, started=now,
-                   answered=now + 0.4, message_id=f"4f2a1{seq}", command_status=0)  # fmt: skip
-    # Refused: the SMSC refused part 1.
-    refusal = (
-        "the SMSC refused the SMS: the destination number was refused (ESME_RINVDSTADR, 0x0000000B)"
+    both = {1: accepted("4f2a03"), 2: accepted("4f2a04")}
+    assert await attempt(store, qid, ids[UNDELIVERED], 0, both, now) == "submitted"
+    await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a03", "UNDELIV", "001"), now + 130)
+    await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a04", "DELIVRD"), now + 131)
+    # Refused: the SMSC refused the destination.
+    refusal = SubmitResult(
+        SubmitOutcome.FAILED,
+        command_status=0x0B,
+        sentence="the SMSC refused the SMS: the destination number was refused "
+        "(ESME_RINVDSTADR, 0x0000000B)",
     )
-    write_part(store, recipient_id=ids[REFUSED], qid=qid, seq=1, started=now,
-               answered=now + 0.5, state="failed", command_status=0x0B, sentence=refusal)  # fmt: skip
-    await store.record(
-        qid,
-        [
-            Outcome(ids[DELIVERED], "delivered", None, None, "delivered to the phone"),
-            Outcome(ids[UNDELIVERED], "failed", None, None, "UNDELIV, error 001"),
-            Outcome(
-                ids[NO_RECEIPT],
-                "delivered",
-                None,
-                None,
-                "sent",
-                note="sent, no delivery receipt from the operator within 48 h",
-            ),
-            Outcome(ids[REFUSED], "failed", None, None, refusal, refund=True),
-        ],
-        now + 200,
-    )
+    assert await attempt(store, qid, ids[REFUSED], 0, {1: refusal, 2: refusal}, now) == "failed"
+    # No receipt: accepted, nothing comes back within [sms] receipt_timeout.
+    both = {1: accepted("4f2a11"), 2: accepted("4f2a12")}
+    assert await attempt(store, qid, ids[NO_RECEIPT], 0, both, now) == "submitted"
+    timeout = cfg.sms.receipt_timeout
+    assert await store.sms_receipt_timeouts(now + timeout + 1, timeout) == [qid]
     return qid
 
 
@@ -262,10 +275,11 @@ async def _mixed_hostile(cfg: Config, store: Store, spool: Spool) -> str:
     ids = {r["address"]: r["id"] for r in await store.recipients(qid)}
     phone = ids[f"{DELIVERED}@{domain}"]
     now = time.time()
-    for seq in range(1, len(encoded(HOSTILE_TEXT).parts) + 1):
-        part = write_part(store, recipient_id=phone, qid=qid, seq=seq, started=now,
-                          answered=now + 0.1, message_id=f"77{seq:02d}", command_status=0)  # fmt: skip
-        write_receipt(store, part, f"77{seq:02d}", "DELIVRD", received=now + 5)
+    segments = len(encoded(HOSTILE_TEXT).parts)
+    answers = {seq: accepted(f"77{seq:02d}") for seq in range(1, segments + 1)}
+    assert await attempt(store, qid, phone, 0, answers, now) == "submitted"
+    for seq in range(1, segments + 1):
+        await store.record_sms_receipt(receipt(DELIVERED, f"77{seq:02d}", "DELIVRD"), now + 5)
     await store.record(
         qid,
         [
@@ -279,7 +293,6 @@ async def _mixed_hostile(cfg: Config, store: Store, spool: Spool) -> str:
                 ip="127.0.0.1",
                 port=25,
             ),  # fmt: skip
-            Outcome(phone, "delivered", None, None, "delivered to the phone"),
         ],
         now + 10,
     )
@@ -338,6 +351,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Made]]:
                 pki,
                 mails[(qid, "certificate")],
                 erased[qid],
+                cfg,
+                store,
             )
         yield out
     finally:
@@ -401,8 +416,11 @@ def test_the_evidence_holds_the_exact_text_its_hash_and_the_octets_sent(
     assert made["mixed"].evidence["sms"]["alphabet"] == "ucs2"  # U+202E is not GSM
     assert made["mixed"].evidence["sms"]["marketing"] is True
     assert made["sms"].evidence["sms"]["skipped"] == [
-        {"address": "juan@sms.certifica.localhost", "name": "Juan Pérez", "reason": "no_number"}
-    ]
+        {"address": "", "name": "Juan Pérez", "group": "clientes", "reason": "no phone number",
+         "why": "no_number"},
+        {"address": "+34600111999@sms.certifica.localhost", "name": "", "group": "",
+         "reason": "opted out on 2026-12-01 (reply STOP)", "why": "opted_out"},
+    ]  # fmt: skip
 
 
 def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -> None:
@@ -427,8 +445,10 @@ def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -
         (1, "DELIVRD"),
         (2, "DELIVRD"),
     ]
-    raw = bytes.fromhex(delivered["receipts"][0]["raw"]).decode()
-    assert raw.startswith("id:4f2a01 sub:001 dlvrd:001 submit date:2612031802 done date:2612031804")
+    # The whole deliver_sm as the SMSC sent it, its Appendix B text inside.
+    raw = bytes.fromhex(delivered["receipts"][0]["raw"])
+    assert raw == receipt(DELIVERED, "4f2a01", "DELIVRD").raw
+    assert b"id:4f2a01 sub:001 dlvrd:001 submit date:2612031802 done date:2612031804" in raw
     assert delivered["receipts"][0]["done_date"] == "2612031804"  # as the operator wrote it
     undelivered = phones[UNDELIVERED]["sms"]
     assert undelivered["failure"] == {"seq": 1, "state": "UNDELIV", "error": "001"}
@@ -483,7 +503,8 @@ PAGE_ONE = {
         "Sent; the operator sent no delivery receipt within 48 hours.",
         "+39 347 123 4567",
         "Refused by the operator's SMS centre:",
-        "Juan Pérez (juan@sms.certifica.localhost): not sent, because no mobile number is recorded",
+        "Juan Pérez, of the group clientes: not sent, because no mobile number is recorded",
+        "+34 600 11 19 99: not sent, because the number opted out of these messages.",
         "with the sender name ACME",
     ],
     "es": [
@@ -494,7 +515,8 @@ PAGE_ONE = {
         "No entregado: la operadora comunicó UNDELIV (no se pudo entregar el SMS), error 001.",
         "Enviado; la operadora no remitió acuse de entrega en un plazo de 48 horas.",
         "Rechazado por el centro de mensajes de la operadora:",
-        "Juan Pérez (juan@sms.certifica.localhost): no se envió, porque no consta ningún número",
+        "Juan Pérez, del grupo clientes: no se envió, porque no consta ningún número",
+        "+34 600 11 19 99: no se envió, porque el número se dio de baja de estos mensajes.",
         "con el remitente ACME",
     ],
     "ca": [
@@ -505,17 +527,19 @@ PAGE_ONE = {
         "No lliurat: l'operadora va comunicar UNDELIV (no s'ha pogut lliurar l'SMS), error 001.",
         "Enviat; l'operadora no va trametre cap justificant de lliurament en un termini de 48 hores.",
         "Rebutjat pel centre de missatges de l'operadora:",
-        "Juan Pérez (juan@sms.certifica.localhost): no s'hi va enviar",
+        "Juan Pérez, del grup clientes: no s'hi va enviar",
+        "+34 600 11 19 99: no s'hi va enviar, perquè el número s'ha donat de baixa",
     ],
     "it": [
         "Certificato di consegna parziale di un SMS certificato",
         "SMS inviato al +34 600 11 12 22",
-        "Consegnato al telefono (ricevuta di consegna dell'operatore, ricevuta il",
+        "Consegnato al telefono (ricevuta di consegna dell'operatore, pervenuta il",
         "Potrebbe essere arrivato due volte",
         "Non consegnato: l'operatore ha comunicato UNDELIV (non è stato possibile consegnare l'SMS), errore 001.",
         "Inviato; l'operatore non ha trasmesso alcuna ricevuta di consegna entro 48 ore.",
         "Rifiutato dal centro messaggi dell'operatore:",
-        "Juan Pérez (juan@sms.certifica.localhost): non inviato, perché",
+        "Juan Pérez, del gruppo clientes: non inviato, perché",
+        "+34 600 11 19 99: non inviato, perché il numero ha revocato il consenso",
     ],
 }
 
@@ -635,6 +659,90 @@ def test_once_the_text_is_erased_its_hash_and_the_receipts_remain(
         in page
     )
     assert "Delivered to the phone" in page
+
+
+async def _page(made: Made, language: str) -> str:
+    """The verification page of ``made`` (the QR code's link), served by the gateway's
+    own HTTP application on a port of its own, in ``language``."""
+    runner = await make_http_runner(
+        made.cfg, b"k" * 32, StoreBackend(made.cfg, made.store, lambda: None)
+    )
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        path = URL(made.evidence["verification"]["url"]).path
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}{path}", headers={"Accept-Language": language}
+            ) as response,
+        ):
+            assert response.status == 200
+            return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", await response.text())).split())
+    finally:
+        await runner.cleanup()
+
+
+def test_the_verification_page_names_it_and_each_phone_as_the_pdf_does(
+    made: dict[str, Made],
+) -> None:
+    page = asyncio.run(_page(made["sms"], "es"))
+    assert "Certificado de entrega parcial de un SMS certificado" in page
+    assert "SMS entregado en el teléfono (acuse de la operadora)" in page
+    assert "SMS no entregado (acuse de la operadora)" in page
+    assert "SMS enviado; sin acuse de entrega de la operadora" in page
+    assert "SMS rechazado por el centro de mensajes de la operadora" in page
+    assert "servidor de correo" not in page
+    mixed = asyncio.run(_page(made["mixed"], "en"))
+    assert "Certificate of delivery of a certified e-mail" in mixed
+    assert "Accepted by the recipient's mail server" in mixed  # bob@example.org
+    assert "SMS delivered to the phone (operator's receipt)" in mixed
+
+
+def test_a_text_of_many_lines_goes_on_in_the_annex(made: dict[str, Made], tmp_path: Path) -> None:
+    """Page 1's box is one table cell, which cannot be split between pages: it shows the
+    beginning, and the annex every line (no plainer fallback document)."""
+    evidence = json.loads(json.dumps(made["sms"].evidence))
+    evidence["sms"]["text"] = "\n".join(f"line {i}" for i in range(1, 401))
+    pdf = tmp_path / "lines.pdf"
+    pdf.write_bytes(render_certificate(evidence, embedded_message(made["sms"].pdf)))
+    page = pdftotext(pdf, 1)
+    assert "line 1 line 2" in page and "line 24 " in page and "line 25 " not in page
+    assert "The text goes on: annex C shows it whole." in page
+    whole = pdftotext(pdf)
+    assert "The text exactly as sent" in whole and "line 400" in whole
+    assert "could not be laid out" not in whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_the_text_shown_keeps_every_character_and_applies_none(text: str) -> None:
+    shown = shown_text(text)
+    hidden = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    assert all(c == "\n" or unicodedata.category(c) not in hidden for c in shown)
+
+    # Every character is there, as itself or as its code, in order.
+    def code(c: str) -> str:
+        return f"[U+{ord(c):04X}]" if unicodedata.category(c) in hidden else c
+
+    expected = "".join("\n" if c == "\n" else code(c) for c in text if c != "\r")
+    assert shown == expected
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(min_size=1, max_size=400))
+def test_any_text_renders_as_text(made: dict[str, Made], text: str) -> None:
+    evidence = json.loads(json.dumps(made["mixed"].evidence))
+    evidence["sms"]["text"] = text
+    pdf = render_certificate(evidence, embedded_message(made["mixed"].pdf))
+    done = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", "-", "-"], input=pdf, capture_output=True, timeout=60
+    )
+    page = done.stdout.decode("utf-8")
+    assert "The SMS" in page and "SMS sent to +34 600 11 12 22" in " ".join(page.split())
 
 
 def test_an_sms_sent_without_any_receipt_is_titled_as_sent(made: dict[str, Made]) -> None:

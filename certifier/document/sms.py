@@ -34,6 +34,7 @@ from reportlab.platypus import Flowable, KeepTogether, Spacer, Table, TableStyle
 # either may be imported first.
 from certifier.document import pages
 from certifier.document.typeset import (
+    CAP_BODY,
     CAP_CELL,
     CAP_LINE,
     CAP_LIST,
@@ -54,9 +55,11 @@ from certifier.document.words import N_
 
 __all__ = ["annex", "event_phrase", "is_sms", "number", "page_one", "shown_text"]
 
-CAP_TEXT = 4000
-"""Characters of the SMS text in page 1's box (6 segments are at most 918 GSM
-characters; ``[sms] max_segments`` may allow more): the rest is in evidence.json."""
+BOX_CHARS = 1200
+BOX_LINES = 24
+"""What page 1's box shows of the SMS text at most (6 segments are at most 918 GSM
+characters): a box is one table cell, which cannot be split between pages; the annex
+shows the whole text (:func:`whole_text`)."""
 
 _RECEIPT_STATES = {
     "DELIVRD": N_("delivered to the phone"),
@@ -81,6 +84,7 @@ _SKIP_REASONS = {
     "no_number": N_("no mobile number is recorded for this contact"),
     "opted_out": N_("the number opted out of these messages"),
     "no_consent": N_("no consent to marketing messages is recorded"),
+    "refused": N_("the number recorded cannot receive SMS"),
 }
 """Why a group member was not sent to, when the evidence gives a code; any other
 reason is shown as the gateway recorded it."""
@@ -243,9 +247,11 @@ def text_box(doc: pages.Document, text: object) -> list[Flowable]:
                 "note",
             )
         ]
-    shown = shown_text(text[:CAP_TEXT])
+    whole = shown_text(text)
+    lines = whole[:BOX_CHARS].split("\n")[:BOX_LINES]
+    shown = "\n".join(lines)
     style = styles()["body"]
-    blocks: list[Flowable] = [TextBlock(line, style) for line in shown.split("\n")]
+    blocks: list[Flowable] = [TextBlock(line, style) for line in lines]
     box = Table([[blocks]], colWidths=[pages.WIDTH], hAlign="LEFT")
     box.setStyle(
         TableStyle(
@@ -261,24 +267,44 @@ def text_box(doc: pages.Document, text: object) -> list[Flowable]:
         )
     )
     out: list[Flowable] = [Spacer(1, 1 * mm), box]
-    if len(text) > CAP_TEXT:
+    if shown != whole:
         out.append(
             pages.sentence(
-                _(
-                    "Only the first %(shown)s of %(total)s characters are shown; the whole "
-                    "text is in the attached evidence.json."
-                )
-                % {"shown": doc.reader.number(CAP_TEXT), "total": doc.reader.number(len(text))},
+                _("The text goes on: annex %(annex)s shows it whole.")
+                % {"annex": doc.annex("sms")},
                 "note",
             )
         )
-    if shown != text[:CAP_TEXT].replace("\r", ""):
+    if whole != text.replace("\r", ""):
         out.append(
             pages.sentence(
                 _(
                     "Characters that cannot be seen or that change how text is shown are "
                     "written as their code, such as [U+202E]."
                 ),
+                "note",
+            )
+        )
+    return out
+
+
+def whole_text(doc: pages.Document, text: object) -> list[Flowable]:
+    """The annex's copy of the text: every line, split between pages as needed."""
+    _ = doc._
+    if not isinstance(text, str):
+        return []
+    out = pages.heading(_("The text exactly as sent"), "h3")
+    style = styles()["body"]
+    shown = shown_text(text[:CAP_BODY])
+    out += [TextBlock(line, style) for line in shown.split("\n")]
+    if len(text) > CAP_BODY:
+        out.append(
+            pages.sentence(
+                _(
+                    "Only the first %(shown)s of %(total)s characters are shown; the whole "
+                    "text is in the attached evidence.json."
+                )
+                % {"shown": doc.reader.number(CAP_BODY), "total": doc.reader.number(len(text))},
                 "note",
             )
         )
@@ -373,6 +399,23 @@ def page_one(doc: pages.Document, *, titled: bool) -> list[Flowable]:
 _PAGE1_NUMBERS = 20
 
 
+def _who_skipped(s: dict[str, Any]) -> str:
+    """A skipped recipient: its name and number, whichever are known."""
+    who = clean(s.get("name"), CAP_SHORT)
+    address = clean(s.get("address"), CAP_SHORT)
+    if address.startswith("+"):
+        address = number(address.partition("@")[0])
+    return f"{who} ({address})" if who and address else who or address or "—"
+
+
+def _skip_reason(doc: pages.Document, s: dict[str, Any]) -> str:
+    """Why, in the reader's words when the evidence gives the code (``why``), else as
+    the gateway recorded it."""
+    why = s.get("why") or s.get("reason")
+    known = _SKIP_REASONS.get(why) if isinstance(why, str) else None
+    return doc._(known) if known else clean(s.get("reason"), CAP_SHORT) or "—"
+
+
 def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
     _ = doc._
     skipped = [as_dict(s) for s in as_list(message.get("skipped"))]
@@ -380,25 +423,23 @@ def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
         return []
     lines = []
     for s in skipped[:CAP_LIST]:
-        reason = s.get("reason")
-        known = _SKIP_REASONS.get(reason) if isinstance(reason, str) else None
-        who = clean(s.get("name"), CAP_SHORT)
-        address = clean(s.get("address"), CAP_SHORT)
-        if address.startswith("+"):
-            address = number(address.partition("@")[0])
-        lines.append(
-            _("%(who)s: not sent, because %(reason)s.")
-            % {
-                "who": f"{who} ({address})" if who and address else who or address or "—",
-                "reason": _(known) if known else clean(reason, CAP_SHORT) or "—",
-            }
-        )
+        values = {
+            "who": _who_skipped(s),
+            "group": clean(s.get("group"), CAP_SHORT),
+            "reason": _skip_reason(doc, s),
+        }
+        if values["group"]:
+            lines.append(
+                _("%(who)s, of the group %(group)s: not sent, because %(reason)s.") % values
+            )
+        else:
+            lines.append(_("%(who)s: not sent, because %(reason)s.") % values)
     out = [
         Spacer(1, 1 * mm),
         pages.sentence(
             doc.ngettext(
-                "One member of the group was skipped:",
-                "%(count)s members of the group were skipped:",
+                "The SMS was not sent to one recipient:",
+                "The SMS was not sent to %(count)s recipients:",
                 len(skipped),
             )
             % {"count": doc.reader.number(len(skipped))}
@@ -410,6 +451,31 @@ def _skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
             pages.sentence(_("The others are listed in the attached evidence.json."), "note")
         )
     return out
+
+
+def _annex_skipped(doc: pages.Document, message: dict[str, Any]) -> list[Flowable]:
+    """Who was not sent to, each with the reason as the gateway recorded it."""
+    _ = doc._
+    skipped = [as_dict(s) for s in as_list(message.get("skipped"))]
+    if not skipped:
+        return []
+    rows = [
+        [
+            para(_who_skipped(s), "cell"),
+            para(s.get("group"), "cell", empty=""),
+            para(_skip_reason(doc, s), "cell"),
+            para(s.get("reason"), "cell", cap=CAP_LINE),
+        ]
+        for s in skipped[:CAP_ROWS]
+    ]
+    return [
+        *pages.heading(_("Not sent to"), "h3"),
+        grid_table(
+            [_("Recipient"), _("Group"), _("Why"), _("As the service recorded it")],
+            rows,
+            [pages.WIDTH * 0.28, pages.WIDTH * 0.16, pages.WIDTH * 0.28, pages.WIDTH * 0.28],
+        ),
+    ]
 
 
 # --- the annex ----------------------------------------------------------------------
@@ -478,6 +544,7 @@ def annex(doc: pages.Document) -> list[Flowable]:
         Spacer(1, 1.5 * mm),
         kv_table(rows),
     ]
+    out += whole_text(doc, message.get("text"))
     parts = as_list(message.get("parts"))
     if parts:
         out += pages.heading(_("Octets of each part (short_message, hexadecimal)"), "h3")
@@ -492,6 +559,7 @@ def annex(doc: pages.Document) -> list[Flowable]:
                 ]
             )
         )
+    out += _annex_skipped(doc, message)
     out.append(
         pages.sentence(
             _(

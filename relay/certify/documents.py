@@ -181,7 +181,13 @@ class DocumentMaker:
             first: dict[str, Any] | None = await asyncio.to_thread(embedded_evidence, kept)
             evidence = first or evidence
         recipients = [
-            {"address": r.get("address"), "status": r.get("status"), "time": r.get("time")}
+            {
+                "address": r.get("address"),
+                "status": r.get("status"),
+                "time": r.get("time"),
+                # A phone: its SMS outcome, as the certificate words it (docs/sms.md).
+                **({"sms": r["sms"].get("outcome")} if isinstance(r.get("sms"), dict) else {}),
+            }
             for r in evidence.get("recipients") or []
             if isinstance(r, dict)
         ]

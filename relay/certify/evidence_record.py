@@ -25,12 +25,9 @@ from typing import Any
 from certifier import evidence as evidence_log
 from relay.certify.checkpoints import evidence_log_section
 from relay.config import Config
+from relay.queue.sms import NO_RECEIPT
 from relay.queue.store import Store
 from relay.sms.numbers import is_sms_address
-
-NO_RECEIPT_NOTE = "sent, no delivery receipt"
-"""How the note of an SMS recipient ended by ``[sms] receipt_timeout`` starts ("sent, no
-delivery receipt from the operator within …", docs/sms.md "Receipts")."""
 
 DELIVERED_RECEIPT = "DELIVRD"
 NOT_FINAL_RECEIPTS = frozenset({"ENROUTE"})
@@ -183,7 +180,9 @@ def sms_evidence(row: dict[str, Any], receipt_timeout: float) -> dict[str, Any]:
             {
                 "address": str(s.get("address") or ""),
                 "name": str(s.get("name") or ""),
+                "group": str(s.get("group") or ""),
                 "reason": str(s.get("reason") or ""),
+                "why": str(s.get("why") or ""),
             }
             for s in row["skipped"]
             if isinstance(s, dict)
@@ -284,7 +283,7 @@ def sms_outcome(
     if status == "withdrawn":
         return "withdrawn", None
     if status == "delivered":
-        if (r.get("note") or "").startswith(NO_RECEIPT_NOTE):
+        if (r.get("note") or "").startswith(NO_RECEIPT):
             return "no_receipt", None
         return "delivered", None
     if status not in ("failed", "bounced"):

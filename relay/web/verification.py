@@ -66,7 +66,7 @@ from markupsafe import Markup
 from addendum.http import client_ip, reader_language, trusted_networks
 from certifier.errors import TemporaryError
 from certifier.i18n import LANGUAGES, Reader, translations
-from certifier.outcome import TITLES, Outcome
+from certifier.outcome import SMS_TITLES, TITLES, Outcome
 from relay.config import Config
 from relay.queue.verifications import VersionKind
 from relay.web.checker import CheckResult, PdfChecker
@@ -117,6 +117,13 @@ RESULTS = {
     "received": N_("Received"),
 }
 OTHER_RESULT = N_("As stated in the certificate")
+SMS_RESULTS = {
+    "delivered": N_("SMS delivered to the phone (operator's receipt)"),
+    "no_receipt": N_("SMS sent; no delivery receipt from the operator"),
+    "undelivered": N_("SMS not delivered (operator's receipt)"),
+    "refused": N_("SMS refused by the operator's SMS centre"),
+}
+"""A phone's result (the record's ``sms``, docs/sms.md): no mail server took it."""
 
 # The checks of certifier.verify, in the four groups the page words for a visitor.
 SEAL_CHECKS = frozenset({"pdf", "signature-count", "coverage", "container", "integrity"})
@@ -152,6 +159,28 @@ def _outcome(kind: str, value: str) -> Outcome:
         return Outcome(value.replace("-", "_"))
     except ValueError:
         return Outcome.PENDING
+
+
+def _result(recipient: dict[str, Any]) -> str:
+    """A recipient's result as the page words it: a phone's from its SMS outcome."""
+    if "sms" in recipient:
+        return SMS_RESULTS.get(str(recipient["sms"]), OTHER_RESULT)
+    return RESULTS.get(str(recipient.get("status")), OTHER_RESULT)
+
+
+def _title(record: dict[str, Any]) -> str:
+    """The document's title, as its PDF has it: a certified SMS when every recipient is
+    a phone (:func:`certifier.outcome.title_id`)."""
+    said = _outcome(str(record["kind"]), str(record["outcome"]))
+    recipients = record.get("recipients")
+    phones = (
+        isinstance(recipients, list)
+        and bool(recipients)
+        and all(isinstance(r, dict) and "sms" in r for r in recipients)
+    )
+    if record["kind"] == "sending" and phones and said in SMS_TITLES:
+        return SMS_TITLES[said]
+    return TITLES[said]
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -358,7 +387,7 @@ class VerificationPage:
             shown = [
                 {
                     "address": mask_address(str(r.get("address", ""))),
-                    "result": gettext(RESULTS.get(str(r.get("status")), OTHER_RESULT)),
+                    "result": gettext(_result(r)),
                     "time": reader.moment(r.get("time")),
                 }
                 for r in recipients
@@ -369,9 +398,7 @@ class VerificationPage:
             "verification.html",
             reader.language,
             # The certificate's own catalog: the page names the document as the PDF does.
-            title=reader.catalog("certificate").gettext(
-                TITLES[_outcome(str(record["kind"]), str(record["outcome"]))]
-            ),
+            title=reader.catalog("certificate").gettext(_title(record)),
             provider_name=provider.name,
             legal_id=provider.legal_id,
             issued_moment=reader.moment(_as_time(record["issued_at"])),
@@ -383,7 +410,10 @@ class VerificationPage:
             renewed_url=f"{code}/renewed?lang={reader.language}",
             hash_groups=grouped(record["pdf_sha256"]),
             recipients=shown,
-            accepted=any(r.get("status") == "delivered" for r in recipients or ()),
+            # What a mail server's acceptance means: only where one took the message.
+            accepted=any(
+                r.get("status") == "delivered" and "sms" not in r for r in recipients or ()
+            ),
             url=url,
             qr=Markup(qr_svg(url)),  # noqa: S704 - our own SVG: numbers only, no text of the record
             check_url=f"{code}/check?lang={reader.language}",
