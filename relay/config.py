@@ -314,6 +314,9 @@ class SmsConfig:
     optout_text: str = "STOP: {optout_url}"
     optout_keywords: tuple[str, ...] = ("STOP", "BAJA", "BAIXA", "ALT")
     optout_scope: str = "marketing"  # "marketing" or "all"
+    # A regular expression (Python's re, searched, any case): a message whose Subject
+    # matches is marketing without X-Certifica-SMS; "": only that header field says so.
+    marketing_subject: str = ""
     submit_window: int = 10  # submit_sm sent before their responses come back
     enquire_link_interval: float = 30.0  # seconds of silence before an enquire_link
     response_timeout: float = 30.0  # seconds to wait for a response PDU
@@ -579,6 +582,19 @@ def _validate_sms(cfg: Config, where: str) -> None:
         )
     if sms.optout_scope not in ("marketing", "all"):
         raise ConfigError(f'{where}: sms.optout_scope must be "marketing" or "all"')
+    if sms.marketing_subject:
+        try:
+            re.compile(sms.marketing_subject)
+        except re.error as err:
+            raise ConfigError(
+                f"{where}: sms.marketing_subject is not a regular expression ({err})"
+            ) from None
+    known_roles = ("admin", "sender", "auditor")  # relay.queue.states.Role
+    for i, role in enumerate(sms.roles):
+        if role not in known_roles:
+            raise ConfigError(
+                f"{where}: sms.roles[{i}] = {role!r} is not a role: admin, sender or auditor"
+            )
     try:
         sms.optout_text.format(optout_url="")
     except (KeyError, IndexError, ValueError):

@@ -36,6 +36,8 @@ def test_off_by_default_and_the_shipped_file_says_the_same() -> None:
         ("submit_window = 0", "sms.submit_window must be at least 1"),
         ("response_timeout = 0", "sms.response_timeout must be more than 0"),
         ("roles = 'admin'", "sms.roles must be a list"),
+        ("roles = ['admin', 'director']", "sms.roles[1] = 'director' is not a role"),
+        ("marketing_subject = '[promo'", "sms.marketing_subject is not a regular expression"),
         ("tls = 'yes'", "sms.tls must be true or false"),
         ("enabled = true", "sms.enabled needs sms.smsc"),
         (

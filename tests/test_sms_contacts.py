@@ -79,6 +79,15 @@ def test_add_list_remove(config: Path) -> None:
         "ACME: contact +393123456789 removed"
     )
     assert "Carlo" not in ok(config, "contacts", "list", "ACME")
+    # A contact without a number is removed by its name.
+    assert "no contact without a number named Ana" in refused(
+        config, "contacts", "remove", "ACME", "--name", "Ana"
+    )
+    assert "give the contact's NUMBER, or --name" in refused(config, "contacts", "remove", "ACME")
+    assert ok(config, "contacts", "remove", "ACME", "--name", "Bea").startswith(
+        "ACME: 1 contact(s) without a number named Bea removed"
+    )
+    assert ok(config, "contacts", "list", "ACME").splitlines()[-1] == "1 contacts"
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,7 @@ system_id = "certifica"
 password_file = "{tmp / "smsc.password"}"
 source = "Certifica"
 default_region = "ES"
+marketing_subject = '^\\[(promo|oferta)\\]'
 [credits]
 email_recipient = 1
 sms_segment = 2
@@ -301,6 +302,43 @@ def test_marketing_without_consent_or_opted_out_skipped(gw: Gateway) -> None:
         "+34600111333": "no recorded consent to marketing",
         "+34600000004": f"opted out on {day} (reply BAJA)",
     }
+
+
+def test_a_subject_matching_the_configured_rule_is_marketing(gw: Gateway) -> None:
+    """[sms] marketing_subject: the configured rule, besides X-Certifica-SMS."""
+    numbers = [f"+34600000001@{DOMAIN}", f"+34600111333@{DOMAIN}"]
+    raw = make_message(subject="[Oferta] 20% en diciembre", body="Todo al 20%.\r\n")
+    with gw.smtp("alice@example.com") as client:
+        client.mail("alice@example.com")
+        for r in numbers:
+            assert client.rcpt(r)[0] == 250
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    qid = reply.decode().rsplit(" ", 1)[1]
+    row = sms_row(gw, qid)
+    assert row["marketing"] == 1 and row["text"].endswith(f"STOP: {PUBLIC_URL}/sms/optout")
+    assert addresses_of(gw, qid) == [f"+34600000001@{DOMAIN}"]  # the one with a consent
+    # The header field wins over the rule.
+    qid = accepted(gw, numbers, headers="X-Certifica-SMS: transactional\r\n",
+                   body="[Oferta] no es publicidad.\r\n")  # fmt: skip
+    assert sms_row(gw, qid)["marketing"] == 0 and addresses_of(gw, qid) == numbers
+
+
+def test_a_users_sender_id_wins_over_the_organisations(gw: Gateway) -> None:
+    assert gw.cli("org", "set", "ACME", "--sms-sender", "ACMEBANK").returncode == 0
+    assert gw.cli("users", "set", "sam@example.com", "--sms-sender", "SamDesk").returncode == 0
+    try:
+        assert sms_row(gw, accepted(gw, [f"+34600111333@{DOMAIN}"]))["sender_id"] == "ACMEBANK"
+        # sam is a sender, not in [sms] roles here: the sender ID is read for alice's
+        # colleague through the same lookup, so give sam the admin role for the check.
+        with open_db(gw) as store:
+            assert store.set_membership("sam@example.com", org="ACME", role=Role.ADMIN)
+        row = sms_row(gw, accepted(gw, [f"+34600111333@{DOMAIN}"], user="sam@example.com"))
+        assert row["sender_id"] == "SamDesk"
+    finally:
+        with open_db(gw) as store:
+            assert store.set_membership("sam@example.com", org="ACME", role=Role.SENDER)
+        assert gw.cli("org", "set", "ACME", "--sms-sender", "").returncode == 0
 
 
 def test_transactional_goes_to_opted_out_numbers(gw: Gateway) -> None:

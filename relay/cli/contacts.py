@@ -268,6 +268,20 @@ def _number_arg(args: argparse.Namespace) -> str:
 
 
 def cmd_contacts_remove(args: argparse.Namespace) -> int:
+    if (args.number is None) == (args.name is None):
+        raise UserError("give the contact's NUMBER, or --name for a contact without a number")
+    if args.name is not None:
+        with open_store(config_of(args), writes=True) as store:
+            _org(store, args.org)
+            removed = store.remove_numberless_contacts(args.org, args.name)
+        if not removed:
+            raise UserError(
+                f"{args.org} has no contact without a number named {printable(args.name)}"
+            )
+        print(
+            f"{args.org}: {removed} contact(s) without a number named {printable(args.name)} removed"
+        )
+        return EXIT_OK
     number = _number_arg(args)
     with open_store(config_of(args), writes=True) as store:
         _org(store, args.org)
@@ -348,10 +362,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = csub.add_parser(
         "remove",
         help="remove a contact",
-        description="Remove ORG's contact NUMBER and its groups. An opt-out of the number stays.",
+        description="Remove ORG's contact NUMBER and its groups (or, with --name, the "
+        "contacts of that name that have no number). An opt-out of the number stays.",
     )
     p.add_argument("org", metavar="ORG", help="the organisation's code (ACME)")
-    p.add_argument("number", metavar="NUMBER", help="the contact's number")
+    p.add_argument("number", metavar="NUMBER", nargs="?", help="the contact's number")
+    p.add_argument("--name", metavar="NAME", help="a contact without a number, by its name")
     p.set_defaults(func=cmd_contacts_remove)
     for name, short, long in (
         (

@@ -429,6 +429,25 @@ class Contacts(Database):
 
         return self.run_sync(write)
 
+    def remove_numberless_contacts(self, org: str, name: str) -> int:
+        """Remove ``org``'s contacts named ``name`` that have no number (a contact
+        without a number has nothing else to name it by); how many were removed."""
+
+        def write(db: sqlite_utils.Database) -> int:
+            ids = [
+                row[0]
+                for row in db.conn.execute(
+                    "SELECT id FROM contacts WHERE org = ? AND number IS NULL AND name = ?",
+                    (org, name),
+                )
+            ]
+            for contact_id in ids:
+                db.conn.execute("DELETE FROM contact_groups WHERE contact_id = ?", (contact_id,))
+                db.conn.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+            return len(ids)
+
+        return self.run_sync(write)
+
     def optout_now(
         self, org: str, number: str, now: float, how: str, detail: dict[str, Any]
     ) -> bool:

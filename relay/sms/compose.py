@@ -27,6 +27,7 @@ no_consent | opted_out | refused}``:
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from certifier.mime import field_name, header_end, header_fields
+from relay.cleanup.intake import subject_of
 from relay.config import Config
 from relay.queue.contacts import Audience, OptOut
 from relay.queue.records import SmsContent
@@ -73,9 +75,11 @@ class Composed:
     segments: int
 
 
-def sms_kind(raw: bytes) -> SmsKind | str:
-    """The kind ``X-Certifica-SMS`` asks for in ``raw``'s header (the first such field;
-    absent: transactional), or the value as written when it names no kind."""
+def sms_kind(raw: bytes, marketing_subject: str = "") -> SmsKind | str:
+    """The kind of SMS ``raw`` is: what ``X-Certifica-SMS`` asks for (the first such
+    field), else marketing when its Subject matches ``[sms] marketing_subject`` (a
+    regular expression, any case), else transactional; the field's value as written
+    when it names no kind."""
     for line in header_fields(raw[: header_end(raw)]):
         if field_name(line) == KIND_FIELD.lower().encode():
             value = " ".join(line.split(b":", 1)[1].decode("ascii", "replace").split())
@@ -83,6 +87,10 @@ def sms_kind(raw: bytes) -> SmsKind | str:
                 return SmsKind(value.lower())
             except ValueError:
                 return value
+    if marketing_subject:
+        subject = subject_of(raw) or ""
+        if re.search(marketing_subject, subject, re.IGNORECASE):
+            return SmsKind.MARKETING
     return SmsKind.TRANSACTIONAL
 
 

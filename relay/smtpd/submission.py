@@ -286,7 +286,7 @@ class SubmissionHandler:
         refused = self.sms_refusal(account)  # its role may have changed since RCPT
         if refused:
             return refused
-        kind = sms_kind(raw)
+        kind = sms_kind(raw, self.cfg.sms.marketing_subject)
         if not isinstance(kind, SmsKind):
             shown = re.sub(r"[^A-Za-z0-9 ._-]", "?", kind[:40])  # the reply stays ASCII
             return replies.SMS_KIND_UNKNOWN.format(value=shown)
