@@ -108,7 +108,7 @@ class _CommandParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certifica",
-        description="Certifica: an SMTP relay that certifies e-mail with signed PDF certificates.",
+        description="Certifica: an SMTP relay that certifies e-mail (and SMS sent by mail) with signed PDF certificates.",
     )
     parser.add_argument(
         "-c",
