@@ -617,9 +617,15 @@ def test_over_the_rate_limit_is_429_with_retry_after(site: Site) -> None:
     assert 429 in statuses
     assert set(statuses) == {401, 429}
     assert statuses.count(401) >= RATE_LIMIT  # the bucket's size was answered first
-    limited = client.call("getMe", site.tokens["carol"])
-    assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
-    assert limited.json["detail"].startswith("Too many requests")
+    # A valid token does not lift the address's limit: of a burst with carol's token, at
+    # most the tokens refilled meanwhile are answered (a loaded machine may refill one
+    # between two requests, so a single request could pass), the others are 429.
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        replies = list(pool.map(lambda _: client.call("getMe", site.tokens["carol"]), range(32)))
+    limited = [r for r in replies if r.status == 429]
+    assert limited and {r.status for r in replies} <= {200, 429}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+    assert limited[0].json["detail"].startswith("Too many requests")
 
 
 def test_a_pdf_no_longer_kept_is_410_and_a_failure_of_ours_500_with_one_log_line(
