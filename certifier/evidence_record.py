@@ -277,6 +277,7 @@ class Sms(TypedDict, total=False):
     marketing: bool
     skipped: list[SmsSkipped]
     receipt_timeout: float  # [sms] receipt_timeout, seconds
+    queue_lifetime: float  # [queue] lifetime, seconds: how long an SMS not taken is tried
 
 
 class SmsPart(TypedDict, total=False):
@@ -305,16 +306,19 @@ class SmsReceipt(TypedDict, total=False):
     error: str | None
     received_at: str | None
     raw: Required[str]  # hexadecimal
+    final: bool  # it ended its part (false: an intermediate notification, esm_class 0x20)
 
 
 class SmsFailure(TypedDict, total=False):
-    """What ended an undelivered SMS (a receipt's state and error) or a refused one (the
-    SMSC's command_status and its sentence)."""
+    """What ended an undelivered SMS (a receipt's state and error), a refused one (the
+    SMSC's command_status, its name in SMPP 3.4 section 5.1.3 and its sentence) or one
+    not sent before the queue lifetime ran out (the last answer)."""
 
     seq: int | None
     state: str | None
     error: str | None
     command_status: int | None
+    status_name: str | None  # ESME_RINVDSTADR; None when the standard names none
     sentence: str | None
 
 
@@ -323,7 +327,9 @@ class SmsRecipient(TypedDict, total=False):
 
     number: Required[str]
     outcome: Required[
-        Literal["delivered", "undelivered", "no_receipt", "refused", "withdrawn", "pending"]
+        Literal[
+            "delivered", "undelivered", "no_receipt", "refused", "not_sent", "withdrawn", "pending"
+        ]
     ]
     possible_duplicate: bool
     submitted_at: str | None

@@ -87,11 +87,12 @@ HOSTILE_TEXT = (
     "abc\u202etxt.exe\u200b ok\n" + "W" * 280
 )
 SENDER = "alice@acme.example"
-DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED = (
+DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED, NOT_SENT = (
     "+34600111222",
     "+34600111333",
     "+393471234567",
     "+34600111555",
+    "+34600111666",
 )
 
 
@@ -140,17 +141,20 @@ class _Sequence:
         return self.sequence
 
 
-def receipt(number: str, message_id: str, state: str, error: str = "000") -> DeliveryReceipt:
+def receipt(
+    number: str, message_id: str, state: str, error: str = "000", esm_class: int = 0x04
+) -> DeliveryReceipt:
     """An operator's receipt as the SMSC sends it: a ``deliver_sm`` with the SMPP 3.4
     Appendix B text, encoded by smpp34 (as tests/smsc.py does) and read back as the
-    gateway reads it (smpplib, :func:`receipt_from_pdu`), the PDU kept raw."""
+    gateway reads it (smpplib, :func:`receipt_from_pdu`), the PDU kept raw;
+    ``esm_class`` 0x20: an intermediate notification (section 5.2.12), never final."""
     text = (
         f"id:{message_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
         f"submit date:2612031802 done date:2612031804 stat:{state} err:{error} text:Estimado"
     ).encode("ascii")
     pdu = smpp34.DeliverSm(
         number.lstrip("+"), "ACME", text, source_addr_ton=1, source_addr_npi=1,
-        dest_addr_ton=5, dest_addr_npi=0, esm_class=0x04, tlvs=[], sequence_number=9,
+        dest_addr_ton=5, dest_addr_npi=0, esm_class=esm_class, tlvs=[], sequence_number=9,
     )  # fmt: skip
     raw = pdu.encode()
     parsed = smpplib_pdu.parse_pdu(raw, client=_Sequence(), allow_unknown_opt_params=True)
@@ -187,13 +191,15 @@ def eml(subject: str, to: str, body: str) -> bytes:
 
 
 async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
-    """Four numbers: delivered (two parts, the second sent twice), undelivered, no
-    receipt within the timeout, refused by the SMSC; and a group member skipped."""
+    """Five numbers: delivered (two parts, the second sent twice), undelivered (with
+    intermediate notifications before and after its final receipts), no receipt within
+    the timeout, refused by the SMSC, not sent before the message's time in the queue ran
+    out (throttled, then no session); and a group member skipped."""
     domain = sms_domain(cfg.gateway.domain)
     qid = "SMS0000000A1"
     raw = eml("Vencimiento", f"clientes@{domain}", TEXT)
     spool.store(qid, raw)
-    numbers = (DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED)
+    numbers = (DELIVERED, UNDELIVERED, NO_RECEIPT, REFUSED, NOT_SENT)
     # As relay.sms.compose lists them (docs/sms.md, "Groups").
     skipped = (
         {"address": "", "name": "Juan Pérez", "group": "clientes", "reason": "no phone number",
@@ -227,11 +233,18 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     )
     await store.record_sms_receipt(receipt(DELIVERED, "4f2a01", "DELIVRD"), now + 120)
     await store.record_sms_receipt(receipt(DELIVERED, "4f2a02", "DELIVRD"), now + 121)
-    # Undelivered: both parts accepted, part 1 UNDELIV error 001.
+    # Undelivered: both parts accepted, part 1 UNDELIV error 001. Intermediate
+    # notifications (esm_class 0x20, ACCEPTD) come before and after: never final.
     both = {1: accepted("4f2a03"), 2: accepted("4f2a04")}
     assert await attempt(store, qid, ids[UNDELIVERED], 0, both, now) == "submitted"
+    await store.record_sms_receipt(
+        receipt(UNDELIVERED, "4f2a03", "ACCEPTD", esm_class=0x20), now + 125
+    )
     await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a03", "UNDELIV", "001"), now + 130)
     await store.record_sms_receipt(receipt(UNDELIVERED, "4f2a04", "DELIVRD"), now + 131)
+    await store.record_sms_receipt(
+        receipt(UNDELIVERED, "4f2a04", "ACCEPTD", esm_class=0x20), now + 140
+    )
     # Refused: the SMSC refused the destination.
     refusal = SubmitResult(
         SubmitOutcome.FAILED,
@@ -245,6 +258,20 @@ async def _sms_only(cfg: Config, store: Store, spool: Spool) -> str:
     assert await attempt(store, qid, ids[NO_RECEIPT], 0, both, now) == "submitted"
     timeout = cfg.sms.receipt_timeout
     assert await store.sms_receipt_timeouts(now + timeout + 1, timeout) == [qid]
+    # Not sent: throttled, then no session with the SMSC, until the message expired.
+    throttled = SubmitResult(
+        SubmitOutcome.DEFERRED,
+        command_status=0x58,
+        sentence="the SMSC refused the SMS: too many messages were sent too fast "
+        "(throttling) (ESME_RTHROTTLED, 0x00000058)",
+    )
+    unbound = SubmitResult(SubmitOutcome.DEFERRED, sentence="not bound to the SMSC")
+    rid = ids[NOT_SENT]
+    assert await attempt(store, qid, rid, 0, {1: throttled, 2: throttled}, now) == "deferred"
+    parts = await store.sms_start_attempt(qid, rid, 2, now + 60)
+    last = SmsAttempt(qid, rid, 1, expires=now + 30, next_attempt=now + 120)
+    said = await store.record_sms_attempt(last, [(p, unbound) for p in parts], now + 60.2)
+    assert said == "failed"
     return qid
 
 
@@ -430,6 +457,7 @@ def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -
         UNDELIVERED: "undelivered",
         NO_RECEIPT: "no_receipt",
         REFUSED: "refused",
+        NOT_SENT: "not_sent",
     }
     delivered = phones[DELIVERED]["sms"]
     assert delivered["possible_duplicate"] is True
@@ -459,9 +487,58 @@ def test_each_number_has_its_outcome_parts_and_receipts(made: dict[str, Made]) -
     assert refused["failure"]["command_status"] == 0x0B
     assert "ESME_RINVDSTADR" in refused["failure"]["sentence"]
     assert refused["submitted_at"] is None
+    assert refused["failure"]["status_name"] == "ESME_RINVDSTADR"
     # The e-mail recipient of the mixed message has no sms object.
     mixed = {r["address"]: r for r in made["mixed"].evidence["recipients"]}
     assert "sms" not in mixed["bob@example.org"]
+
+
+def test_only_final_receipts_decide_and_intermediate_ones_are_marked(
+    made: dict[str, Made],
+) -> None:
+    """An intermediate notification (esm_class 0x20, ACCEPTD) is kept and shown, but
+    neither the failure nor the receipt's time: the receipts that ended each part do."""
+    undelivered = by_number(made["sms"])[UNDELIVERED]["sms"]
+    assert [(x["seq"], x["state"], x["final"]) for x in undelivered["receipts"]] == [
+        (1, "ACCEPTD", False),
+        (1, "UNDELIV", True),
+        (2, "DELIVRD", True),
+        (2, "ACCEPTD", False),
+    ]
+    assert undelivered["failure"] == {"seq": 1, "state": "UNDELIV", "error": "001"}
+    finals = [x["received_at"] for x in undelivered["receipts"] if x["final"]]
+    assert undelivered["receipt_at"] == max(finals)
+    assert undelivered["receipt_at"] < undelivered["receipts"][-1]["received_at"]
+    delivered = by_number(made["sms"])[DELIVERED]["sms"]
+    assert all(x["final"] for x in delivered["receipts"])
+    text = pdftotext(made["sms"].pdf)
+    assert text.count("Operator's intermediate notification (not the final receipt)") == 2
+
+
+def test_an_sms_the_smsc_never_took_before_the_queue_lifetime_is_not_sent(
+    made: dict[str, Made], tmp_path: Path
+) -> None:
+    """Throttled, then no session: no part refused, no receipt; the message's time in
+    the queue ran out. Not "refused": "not sent", with the last answer."""
+    r = by_number(made["sms"])[NOT_SENT]
+    assert r["status"] == "failed"
+    assert r["sms"]["submitted_at"] is None and r["sms"]["receipts"] == []
+    failure = r["sms"]["failure"]
+    assert failure["sentence"] == r["reply"]["text"]
+    assert failure["sentence"].startswith("retries exhausted after 2 attempts")
+    assert failure["command_status"] is None and failure["status_name"] is None
+    assert made["sms"].evidence["sms"]["queue_lifetime"] == made["sms"].cfg.queue.lifetime
+    page = pdftotext(made["sms"].pdf, 1)
+    assert "SMS to +34 600 11 16 66: not taken by the operator's SMS centre. Not sent:" in page
+    assert "time in the queue ran out (1 minute)" in page  # the test's [queue] lifetime
+    assert page.count("Refused by the operator's SMS centre") == 1  # REFUSED only
+    # The annex keeps the gateway's own account of it.
+    assert f"from the SMS centre's answer: “{failure['sentence']}”" in pdftotext(made["sms"].pdf)
+    evidence = json.loads(json.dumps(made["sms"].evidence))
+    evidence["sms"]["queue_lifetime"] = 5 * 86400  # the default [queue] lifetime
+    pdf = tmp_path / "days.pdf"
+    pdf.write_bytes(render_certificate(evidence, embedded_message(made["sms"].pdf)))
+    assert "time in the queue ran out (5 days)." in pdftotext(pdf, 1)
 
 
 def test_the_evidence_follows_the_schema_and_the_types_name_its_fields(
@@ -503,6 +580,8 @@ PAGE_ONE = {
         "Sent; the operator sent no delivery receipt within 48 hours.",
         "+39 347 123 4567",
         "Refused by the operator's SMS centre:",
+        "Refused by the operator's SMS centre: the destination number is not valid (code ESME_RINVDSTADR, 0x0000000B).",
+        "Not sent: the operator's SMS centre could not be reached or did not take it before the message's time in the queue ran out (",
         "Juan Pérez, of the group clientes: not sent, because no mobile number is recorded",
         "+34 600 11 19 99: not sent, because the number opted out of these messages.",
         "with the sender name ACME",
@@ -515,6 +594,8 @@ PAGE_ONE = {
         "No entregado: la operadora comunicó UNDELIV (no se pudo entregar el SMS), error 001.",
         "Enviado; la operadora no remitió acuse de entrega en un plazo de 48 horas.",
         "Rechazado por el centro de mensajes de la operadora:",
+        "Rechazado por el centro de mensajes de la operadora: el número de destino no es válido (código ESME_RINVDSTADR, 0x0000000B).",
+        "No enviado: no se pudo contactar con el centro de mensajes de la operadora, o este no lo aceptó, antes de que se agotara el tiempo del mensaje en la cola (",
         "Juan Pérez, del grupo clientes: no se envió, porque no consta ningún número",
         "+34 600 11 19 99: no se envió, porque el número se dio de baja de estos mensajes.",
         "con el remitente ACME",
@@ -527,6 +608,8 @@ PAGE_ONE = {
         "No lliurat: l'operadora va comunicar UNDELIV (no s'ha pogut lliurar l'SMS), error 001.",
         "Enviat; l'operadora no va trametre cap justificant de lliurament en un termini de 48 hores.",
         "Rebutjat pel centre de missatges de l'operadora:",
+        "Rebutjat pel centre de missatges de l'operadora: el número de destinació no és vàlid (codi ESME_RINVDSTADR, 0x0000000B).",
+        "No enviat: no es va poder contactar amb el centre de missatges de l'operadora",
         "Juan Pérez, del grup clientes: no s'hi va enviar",
         "+34 600 11 19 99: no s'hi va enviar, perquè el número s'ha donat de baixa",
     ],
@@ -538,6 +621,8 @@ PAGE_ONE = {
         "Non consegnato: l'operatore ha comunicato UNDELIV (non è stato possibile consegnare l'SMS), errore 001.",
         "Inviato; l'operatore non ha trasmesso alcuna ricevuta di consegna entro 48 ore.",
         "Rifiutato dal centro messaggi dell'operatore:",
+        "Rifiutato dal centro messaggi dell'operatore: il numero di destinazione non è valido (codice ESME_RINVDSTADR, 0x0000000B).",
+        "Non inviato: non è stato possibile contattare il centro messaggi dell'operatore",
         "Juan Pérez, del gruppo clientes: non inviato, perché",
         "+34 600 11 19 99: non inviato, perché il numero ha revocato il consenso",
     ],
@@ -553,6 +638,10 @@ def test_page_one_states_number_text_and_outcomes_in_words(
     page = pdftotext(pdf, 1)
     for said in PAGE_ONE[language]:
         assert said in page, (said, page)
+    # Wholly in the reader's language: the SMSC's English answer is the annex's detail.
+    assert "SMSC" not in page and "refused the SMS" not in page
+    assert "e-mail" not in page and "correo" not in page and "correu" not in page
+    assert "posta elettronica" not in page
     assert " ".join(TEXT.split()) in page  # the exact text, in its box
     if language == "es":  # dates as the reader writes them, in the reader's time zone
         submitted = made["sms"].evidence["recipients"][0]["sms"]["submitted_at"]
@@ -601,6 +690,7 @@ def test_hostile_sms_text_stays_text_and_the_mixed_message_has_both_sections(
     m = made["mixed"]
     page = pdftotext(m.pdf, 1)
     assert "Certificate of delivery of a certified e-mail" in page  # e-mail on its terms
+    assert "certified e-mail and SMS" in page  # the statement names both services
     assert "The mail server of example.org accepted the message for bob@example.org" in page
     assert "The SMS On " in page and "SMS sent to +34 600 11 12 22" in page
     assert "<b>pay</b> &amp; <font color=red>now</font> %PDF-1.7 ]]> {{7*7}}" in page
@@ -628,6 +718,7 @@ def test_the_certificate_mail_says_what_became_of_each_phone(made: dict[str, Mad
     assert "SMS not delivered: the operator's receipt says so" in text
     assert "SMS sent; the operator sent no delivery receipt" in text
     assert "SMS not sent: the operator's SMS centre refused it" in text
+    assert "SMS not sent: the operator's SMS centre could not be reached or did not" in text
     assert "mail server" not in text.partition("Technical details")[0]
     mixed = email.message_from_bytes(made["mixed"].mail, policy=email.policy.default)
     assert isinstance(mixed, email.message.EmailMessage)
@@ -693,6 +784,7 @@ def test_the_verification_page_names_it_and_each_phone_as_the_pdf_does(
     assert "SMS no entregado (acuse de la operadora)" in page
     assert "SMS enviado; sin acuse de entrega de la operadora" in page
     assert "SMS rechazado por el centro de mensajes de la operadora" in page
+    assert "SMS no enviado: el centro de mensajes de la operadora no lo aceptó a tiempo" in page
     assert "servidor de correo" not in page
     mixed = asyncio.run(_page(made["mixed"], "en"))
     assert "Certificate of delivery of a certified e-mail" in mixed

@@ -292,23 +292,49 @@ def _statement(doc: Document) -> list[Flowable]:
     provider = as_dict(ev.get("provider"))
     gateway = as_dict(ev.get("gateway"))
     issuer = clean(provider.get("name"), CAP_SHORT)
+    # The service named as what the document is about (docs/sms.md): an e-mail-only
+    # certificate keeps its words.
+    phones = [sms_pages.is_sms(r) for r in as_list(ev.get("recipients"))]
+    service = "sms" if phones and all(phones) else "both" if any(phones) else "mail"
     if issuer:
-        sentences = [
-            _(
+        values = {"provider": issuer, "gateway": clean(gateway.get("domain"), CAP_SHORT) or "—"}
+        if service == "sms":
+            said = _(
+                "%(provider)s, as the trust service provider operating the certified SMS "
+                "service of %(gateway)s, certifies the facts stated in this document, as its "
+                "systems recorded them."
+            )
+        elif service == "both":
+            said = _(
+                "%(provider)s, as the trust service provider operating the certified e-mail "
+                "and SMS service of %(gateway)s, certifies the facts stated in this document, "
+                "as its systems recorded them."
+            )
+        else:
+            said = _(
                 "%(provider)s, as the trust service provider operating the certified e-mail "
                 "service of %(gateway)s, certifies the facts stated in this document, as its "
                 "systems recorded them."
             )
-            % {"provider": issuer, "gateway": clean(gateway.get("domain"), CAP_SHORT) or "—"}
-        ]
+        sentences = [said % values]
     else:
-        sentences = [
-            _(
+        values = {"gateway": clean(gateway.get("hostname"), CAP_SHORT) or "—"}
+        if service == "sms":
+            said = _(
+                "The certified SMS gateway %(gateway)s certifies the facts stated in this "
+                "document, as it recorded them."
+            )
+        elif service == "both":
+            said = _(
+                "The certified e-mail and SMS gateway %(gateway)s certifies the facts stated "
+                "in this document, as it recorded them."
+            )
+        else:
+            said = _(
                 "The certified e-mail gateway %(gateway)s certifies the facts stated in this "
                 "document, as it recorded them."
             )
-            % {"gateway": clean(gateway.get("hostname"), CAP_SHORT) or "—"}
-        ]
+        sentences = [said % values]
     policy = clean(provider.get("policy_id"), CAP_SHORT)
     if policy:
         sentences.append(

@@ -6,7 +6,9 @@ the phone shows, the authenticated account), the exact text in a box, and for ea
 number when the operator's SMS centre took it and what the operator's delivery
 receipts say, in words ("Delivered to the phone", "Not delivered: the operator
 reported UNDELIV", "Sent; the operator sent no delivery receipt within 48 hours",
-"Refused by the operator's SMS centre", "may have arrived twice"); then who in a group
+"Refused by the operator's SMS centre: the destination number is not valid (code
+ESME_RINVDSTADR, 0x0000000B)", "Not sent: ... before the message's time in the queue
+ran out", "may have arrived twice"); then who in a group
 was skipped and why. The annex holds what a technician checks: the SHA-256 of the
 text, the alphabet (3GPP TS 23.038), ``data_coding`` and ``esm_class`` (SMPP 3.4
 sections 5.2.19 and 5.2.12), each part's octets, every ``submit_sm`` with the SMSC's
@@ -72,6 +74,16 @@ _RECEIPT_STATES = {
     "ENROUTE": N_("on its way"),
 }
 """Receipt states (SMPP 3.4 section 5.2.28 and Appendix B) in words."""
+
+_STATUS_MEANINGS = {
+    "ESME_RINVDSTADR": N_("the destination number is not valid"),
+    "ESME_RINVSRCADR": N_("the sender name is not valid"),
+    "ESME_RTHROTTLED": N_("too many messages were sent too fast"),
+    "ESME_RMSGQFUL": N_("its message queue was full"),
+    "ESME_RSYSERR": N_("it had a system error"),
+}
+"""The commonest ``command_status`` values (SMPP 3.4 section 5.1.3) in the reader's
+words, for page 1; any other is named by its code, its meaning in the annex."""
 
 _PART_STATES = {
     "accepted": N_("accepted by the SMS centre"),
@@ -156,6 +168,49 @@ def _period(doc: pages.Document, seconds: object) -> str:
     }
 
 
+def _lifetime(doc: pages.Document, seconds: object) -> str:
+    """``[queue] lifetime`` in days (or hours, when not whole days)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        return doc._("the time set for the service")
+    if seconds % 86400 == 0:
+        days = int(seconds // 86400)
+        return doc.ngettext("%(count)s day", "%(count)s days", days) % {
+            "count": doc.reader.number(days)
+        }
+    return _period(doc, seconds)
+
+
+def _refusal(doc: pages.Document, failure: dict[str, Any]) -> str:
+    """The SMSC's refusal, wholly in the reader's language: the status's name and code
+    (SMPP 3.4 section 5.1.3) and, for the commonest, what it means; the SMSC's answer
+    in English is the annex's technical detail."""
+    _ = doc._
+    status = failure.get("command_status")
+    if isinstance(status, bool) or not isinstance(status, int):
+        return _("Refused by the operator's SMS centre (its answer is in annex %(annex)s).") % {
+            "annex": doc.annex("sms")
+        }
+    name = failure.get("status_name")
+    values = {
+        "name": clean(name, 40) if isinstance(name, str) and name else _("unnamed"),
+        "code": f"0x{status:08X}",
+        "annex": doc.annex("sms"),
+    }
+    meaning = _STATUS_MEANINGS.get(name) if isinstance(name, str) else None
+    if meaning:
+        return _("Refused by the operator's SMS centre: %(meaning)s (code %(name)s, %(code)s).") % {
+            **values,
+            "meaning": _(meaning),
+        }
+    return (
+        _(
+            "Refused by the operator's SMS centre (code %(name)s, %(code)s; its meaning is "
+            "in annex %(annex)s)."
+        )
+        % values
+    )
+
+
 def _state_words(doc: pages.Document, state: object) -> str:
     known = _RECEIPT_STATES.get(state) if isinstance(state, str) else None
     return doc._(known) if known else doc._("a state this version does not describe")
@@ -186,9 +241,12 @@ def outcome_sentence(doc: pages.Document, sms: dict[str, Any], message: dict[str
             "period": _period(doc, message.get("receipt_timeout"))
         }
     elif outcome == "refused":
-        text = _("Refused by the operator's SMS centre: “%(answer)s”.") % {
-            "answer": clean(failure.get("sentence"), CAP_LINE) or "—"
-        }
+        text = _refusal(doc, failure)
+    elif outcome == "not_sent":
+        text = _(
+            "Not sent: the operator's SMS centre could not be reached or did not take it "
+            "before the message's time in the queue ran out (%(period)s)."
+        ) % {"period": _lifetime(doc, message.get("queue_lifetime"))}
     elif outcome == "withdrawn":
         text = _("Withdrawn by the provider's operator before it was sent.")
     else:
@@ -217,6 +275,7 @@ _SMS_EVENTS = {
     "no_receipt": N_("SMS sent; no delivery receipt from the operator"),
     "undelivered": N_("SMS not delivered (operator's receipt)"),
     "refused": N_("SMS refused by the operator's SMS centre"),
+    "not_sent": N_("SMS not sent: the operator's SMS centre did not take it in time"),
 }
 
 
@@ -587,6 +646,15 @@ def _annex_recipient(
         para(number(sms.get("number")), "h3"),
         pages.sentence(outcome_sentence(doc, sms, message), "note"),
     ]
+    answer = as_dict(sms.get("failure")).get("sentence")
+    if sms.get("outcome") in ("refused", "not_sent") and answer:
+        block.append(
+            pages.sentence(
+                _("As the service recorded it, from the SMS centre's answer: “%(answer)s”.")
+                % {"answer": clean(answer, CAP_LINE)},
+                "note",
+            )
+        )
     submissions = []
     for raw in as_list(sms.get("parts"))[:CAP_ROWS]:
         p = as_dict(raw)
@@ -651,9 +719,15 @@ def _annex_recipient(
                 para(_hex_pairs(x.get("raw")), "hash", cap=CAP_CELL),
             ),
         ]
+        final = x.get("final") is not False  # absent in records made before it was kept
         out += [
             Spacer(1, 1.5 * mm),
-            para(_("Operator's delivery receipt"), "cellbold"),
+            para(
+                _("Operator's delivery receipt")
+                if final
+                else _("Operator's intermediate notification (not the final receipt)"),
+                "cellbold",
+            ),
             kv_table(rows),
         ]
     if len(receipts) > CAP_ROWS:

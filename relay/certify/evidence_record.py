@@ -28,11 +28,9 @@ from relay.config import Config
 from relay.queue.sms import NO_RECEIPT
 from relay.queue.store import Store
 from relay.sms.numbers import is_sms_address
+from relay.sms.smpp import COMMAND_STATUS
 
 DELIVERED_RECEIPT = "DELIVRD"
-NOT_FINAL_RECEIPTS = frozenset({"ENROUTE"})
-"""Receipt states (SMPP 3.4 section 5.2.28) after which another receipt may follow
-(``relay.sms.inbound.ReceiptState.final``)."""
 
 
 def iso(ts: float | None) -> str | None:
@@ -154,6 +152,7 @@ async def build_evidence(
     }
     if sms:
         record["sms"] = sms_evidence(sms, cfg.sms.receipt_timeout)
+        record["sms"]["queue_lifetime"] = cfg.queue.lifetime
         if not record["sms"]["parts"]:  # retention cleared the octets (docs/retention.md)
             record["sms"]["segments"] = await _segments_sent(store, qid)
     return record
@@ -227,12 +226,12 @@ def sms_recipient_evidence(
 ) -> dict[str, Any]:
     """One SMS recipient: its number, every ``submit_sm`` of its parts and the SMSC's
     answer, every operator receipt (raw and parsed, the operator's times as written:
-    ``YYMMDDhhmm``, its clock), and the outcome in one word (:func:`sms_outcome`)."""
+    ``YYMMDDhhmm``, its clock; ``final`` when it ended its part), and the outcome in
+    one word (:func:`sms_outcome`)."""
     outcome, failure = sms_outcome(r, parts, receipts)
     accepted = [p["answered"] for p in parts if p["state"] == "accepted" and p["answered"]]
-    decided = [
-        x["received"] for x in receipts if x["state"] and x["state"] not in NOT_FINAL_RECEIPTS
-    ]
+    finals = _final_receipt_ids(parts)
+    decided = [x["received"] for x in receipts if x["id"] in finals]
     return {
         "number": r["address"].rpartition("@")[0],
         "outcome": outcome,
@@ -264,9 +263,36 @@ def sms_recipient_evidence(
                 "error": x["error"],
                 "received_at": iso(x["received"]),
                 "raw": bytes(x["raw"]).hex(),
+                "final": x["id"] in finals,
             }
             for x in receipts
         ],
+    }
+
+
+def _final_receipt_ids(parts: list[dict[str, Any]]) -> set[int]:
+    """The receipts that ended a part (``sms_parts.receipt_id``, set by
+    :func:`relay.queue.sms.record_receipt` for a final state only): an intermediate
+    notification (``esm_class`` 0x20, ACCEPTD) or an ENROUTE never ends one."""
+    return {int(p["receipt_id"]) for p in parts if p.get("receipt_id") is not None}
+
+
+def status_name(command_status: int | None) -> str | None:
+    """A ``command_status``'s name in SMPP 3.4 section 5.1.3 (``ESME_RINVDSTADR``);
+    None when there is none or the standard names none."""
+    if command_status is None:
+        return None
+    return COMMAND_STATUS.get(command_status, ("", ""))[0] or None
+
+
+def _answer(part: dict[str, Any] | None, sentence: str | None) -> dict[str, Any]:
+    """The SMSC's answer to ``part`` as a ``failure``: its status, named, and in words."""
+    status = part["command_status"] if part else None
+    return {
+        "seq": part["seq"] if part else None,
+        "command_status": status,
+        "status_name": status_name(status),
+        "sentence": sentence,
     }
 
 
@@ -278,7 +304,13 @@ def sms_outcome(
     ``delivered`` every part's final receipt is DELIVRD; ``no_receipt`` sent, no
     receipt within ``[sms] receipt_timeout``; ``undelivered`` a part's final receipt is
     another state (which one: ``failure``); ``refused`` the SMSC refused a part (its
-    answer: ``failure``); ``withdrawn`` by the operator; ``pending`` not ended."""
+    answer: ``failure``); ``not_sent`` no part was refused and no receipt was negative,
+    but the message's queue lifetime ran out before the SMSC took every part (it could
+    not be reached, or kept throttling: the last answer is ``failure``); ``withdrawn``
+    by the operator; ``pending`` not ended.
+
+    Only the final receipts decide (:func:`_final_receipt_ids`): an intermediate
+    notification such as ACCEPTD is shown, never taken for the end."""
     status = r["status"]
     if status == "withdrawn":
         return "withdrawn", None
@@ -288,16 +320,17 @@ def sms_outcome(
         return "delivered", None
     if status not in ("failed", "bounced"):
         return "pending", None
-    for x in receipts:
-        if x["state"] and x["state"] not in NOT_FINAL_RECEIPTS | {DELIVERED_RECEIPT}:
+    finals = _final_receipt_ids(parts)
+    ended = sorted((x for x in receipts if x["id"] in finals), key=lambda x: (x["seq"], x["id"]))
+    for x in ended:
+        if x["state"] != DELIVERED_RECEIPT:
             return "undelivered", {"seq": x["seq"], "state": x["state"], "error": x["error"]}
     refused = [p for p in parts if p["state"] == "failed"]
-    last = refused[-1] if refused else None
-    return "refused", {
-        "seq": last["seq"] if last else None,
-        "command_status": last["command_status"] if last else None,
-        "sentence": (last["sentence"] if last else None) or r.get("reply_text"),
-    }
+    if refused:
+        last = refused[-1]
+        return "refused", _answer(last, last["sentence"] or r.get("reply_text"))
+    tried = sorted((p for p in parts if p["state"] != "accepted"), key=lambda p: p["id"])
+    return "not_sent", _answer(tried[-1] if tried else None, r.get("reply_text"))
 
 
 def hosted_evidence(link: dict[str, Any]) -> dict[str, Any]:

@@ -293,6 +293,10 @@ _SMS_WORDS: dict[str, str] = {
     "no_receipt": N_("SMS sent; the operator sent no delivery receipt"),
     "undelivered": N_("SMS not delivered: the operator's receipt says so"),
     "refused": N_("SMS not sent: the operator's SMS centre refused it"),
+    "not_sent": N_(
+        "SMS not sent: the operator's SMS centre could not be reached or did not take it "
+        "before the message's time in the queue ran out"
+    ),
 }
 """A phone's outcome in words (docs/sms.md): no mail server is involved."""
 _SMS_DELIVERED = N_(

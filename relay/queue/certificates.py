@@ -46,6 +46,7 @@ class CertificateQuery:
 class CertificateRecipient:
     address: str
     status: str
+    sms: str | None = None  # a phone's outcome (docs/sms.md: delivered, refused, ...)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,11 @@ _SELECT = (
 def _info(row: tuple[object, ...]) -> CertificateInfo:
     listed = json.loads(str(row[7])) if row[7] else []
     recipients = tuple(
-        CertificateRecipient(str(r.get("address", "")), str(r.get("status", "")))
+        CertificateRecipient(
+            str(r.get("address", "")),
+            str(r.get("status", "")),
+            str(r["sms"]) if r.get("sms") is not None else None,
+        )
         for r in listed
         if isinstance(r, dict)
     )

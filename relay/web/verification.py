@@ -122,6 +122,7 @@ SMS_RESULTS = {
     "no_receipt": N_("SMS sent; no delivery receipt from the operator"),
     "undelivered": N_("SMS not delivered (operator's receipt)"),
     "refused": N_("SMS refused by the operator's SMS centre"),
+    "not_sent": N_("SMS not sent: the operator's SMS centre did not take it in time"),
 }
 """A phone's result (the record's ``sms``, docs/sms.md): no mail server took it."""
 

@@ -17,13 +17,13 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from certifier.outcome import TITLES, Outcome
+from certifier.outcome import SMS_TITLES, TITLES, Outcome
 from relay.queue.certificates import CertificateInfo, CertificateQuery
 from relay.queue.states import CreditKind
 from relay.roles import Action
 from relay.statements import statement_csv
 from relay.web.console.base import N_, PAGE_HEADERS, Console, Visit
-from relay.web.verification import OTHER_RESULT, RESULTS
+from relay.web.verification import OTHER_RESULT, RESULTS, SMS_RESULTS
 
 PAGE_SIZE = 25
 CERT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -39,6 +39,15 @@ STATUSES = {
     Outcome.ADDENDUM: N_("Addendum"),
 }
 """What a document's outcome is called in the list (``verifications.outcome``)."""
+SMS_STATUSES = {
+    Outcome.DELIVERY: N_("SMS delivered"),
+    Outcome.NON_DELIVERY: N_("SMS not delivered"),
+    Outcome.PARTIAL: N_("SMS partly delivered"),
+    Outcome.WITHDRAWAL: N_("SMS withdrawn"),
+    Outcome.PENDING: N_("SMS sent"),
+}
+"""The same, for a certificate whose every recipient is a phone: titled as a certified
+SMS, as its PDF is (:data:`certifier.outcome.SMS_TITLES`, docs/sms.md)."""
 SEARCHABLE = (Outcome.DELIVERY, Outcome.NON_DELIVERY, Outcome.PARTIAL, Outcome.WITHDRAWAL)
 
 MOVEMENTS = {
@@ -58,6 +67,39 @@ def _outcome(info: CertificateInfo) -> Outcome:
         return Outcome(info.outcome.replace("-", "_"))
     except ValueError:
         return Outcome.PENDING
+
+
+def _sms_only(info: CertificateInfo) -> bool:
+    """Whether every recipient of a certificate of sending is a phone (its PDF is then
+    titled as a certified SMS: :func:`certifier.outcome.title_id`)."""
+    return (
+        info.kind == "sending"
+        and bool(info.recipients)
+        and all(r.sms is not None for r in info.recipients)
+    )
+
+
+def _status(info: CertificateInfo) -> str:
+    """The message id (``web`` catalog) of a document's outcome in the list."""
+    outcome = _outcome(info)
+    if _sms_only(info) and outcome in SMS_STATUSES:
+        return SMS_STATUSES[outcome]
+    return STATUSES[outcome]
+
+
+def _title(info: CertificateInfo) -> str:
+    """The message id (``certificate`` catalog) of the document's title, as its PDF has it."""
+    outcome = _outcome(info)
+    if _sms_only(info) and outcome in SMS_TITLES:
+        return SMS_TITLES[outcome]
+    return TITLES[outcome]
+
+
+def _result(status: str, sms: str | None) -> str:
+    """A recipient's result: a phone's from its SMS outcome (no mail server took it)."""
+    if sms is not None:
+        return SMS_RESULTS.get(sms, OTHER_RESULT)
+    return RESULTS.get(status, OTHER_RESULT)
 
 
 def _day(text: str) -> date | None:
@@ -143,7 +185,7 @@ class Views:
         return {
             "cert_id": info.cert_id,
             "issued": visit.reader.short_moment(info.issued_at),
-            "status": visit.gettext(STATUSES[_outcome(info)]),
+            "status": visit.gettext(_status(info)),
             "sender": info.sender,
             "subject": info.subject,
             "recipients": ", ".join(r.address for r in info.recipients),
@@ -160,19 +202,15 @@ class Views:
         if info is None:
             return self.console.refusal(visit, 404, NO_DOCUMENT, N_("No such document"))
         reader = visit.reader
-        outcome = _outcome(info)
         return self.console.page(
             visit,
             "certificate.html",
             info=info,
-            title=reader.catalog("certificate").gettext(TITLES[outcome]),
+            title=reader.catalog("certificate").gettext(_title(info)),
             issued=reader.moment(info.issued_at),
-            result=visit.gettext(STATUSES[outcome]),
+            result=visit.gettext(_status(info)),
             recipients=[
-                {
-                    "address": r.address,
-                    "result": visit.gettext(RESULTS.get(r.status, OTHER_RESULT)),
-                }
+                {"address": r.address, "result": visit.gettext(_result(r.status, r.sms))}
                 for r in info.recipients
             ],
         )
