@@ -228,8 +228,8 @@ def test_page_opts_out_in_the_readers_language(gw: Gateway, page: Any) -> None:
     page.click("#optout")
     done = page.locator("#done").inner_text()
     assert done == (
-        "Hecho: +34600000013 no recibirá más SMS publicitarios enviados como acme a través "
-        "de este servicio."
+        "Solicitud registrada: el número +34600000013 no recibirá más SMS comerciales "
+        "enviados como acme a través de este servicio."
     )
     assert optouts(gw, "+34600000013") == [("ACME", "web")]
     qid = accepted(gw, [f"fans@{DOMAIN}"], headers="X-Certifica-SMS: marketing\r\n")
