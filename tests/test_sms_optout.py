@@ -1,6 +1,7 @@
 """Opting out of SMS (docs/sms.md, "Contacts, consent and opt-out"): a reply STOP
-(any case, punctuation around it) to an organisation's number, or to a shared number
-(the organisation that last sent to the phone), opts the number out at once with the MO
+(any case, punctuation around it) to an organisation's number (written in any form), or
+to a shared number (the organisation that last sent to the phone from that number,
+never one that wrote under a name; nobody when none did), opts the number out at once with the MO
 as evidence and queues one confirming SMS; the opt-out page in a real browser (headless
 Chromium) opts a number out of the organisations sending under the name typed, in the
 reader's language, refuses a POST from elsewhere, and says nothing of who is a
@@ -29,7 +30,14 @@ from relay.queue.evidence_log import entries_for
 from relay.queue.states import Role
 from relay.queue.store import Store
 from relay.sms.inbound import MobileOriginated
-from relay.sms.optout import handle_mo, optout_keyword
+from relay.sms.optout import (
+    TON_INTERNATIONAL,
+    TON_NATIONAL,
+    destination_numbers,
+    destination_ton,
+    handle_mo,
+    optout_keyword,
+)
 from tests.conftest import (
     PASSWORD,
     Gateway,
@@ -44,7 +52,12 @@ from tests.test_sms_intake import DOMAIN, accepted, addresses_of, sms_config, sm
 from tests.test_verification_browser import CHROMIUM, CHROMIUM_ARGS
 
 ACME_NUMBER = "+34600999888"
-USERS = {"alice@example.com": ("ACME", Role.ADMIN), "bea@example.com": ("BETA", Role.ADMIN)}
+SHARED_NUMBER = "+34611000000"  # GAMMA's users send from this number (a phone can reply)
+USERS = {
+    "alice@example.com": ("ACME", Role.ADMIN),
+    "bea@example.com": ("BETA", Role.ADMIN),
+    "carl@example.com": ("GAMMA", Role.ADMIN),
+}
 
 
 def open_db(gw: Gateway) -> Store:
@@ -64,7 +77,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
         extra = sms_config(smsc.port, tmp).replace("[web]\n", "[web]\nrate_limit = 600\n")
         cfg = write_config(tmp, routes, extra)
         gateway = start_gateway(cfg, {address: PASSWORD for address in USERS})
-        for org in ("ACME", "BETA"):
+        for org in ("ACME", "BETA", "GAMMA"):
             assert gateway.cli("org", "add", org, "--name", f"{org} S.L.").returncode == 0
             assert gateway.cli("credits", "add", org, "100000", "--note", "t").returncode == 0
         for address, (org, role) in USERS.items():
@@ -73,6 +86,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
         result = gateway.cli(
             "org", "set", "ACME", "--sms-sender", "ACME", "--sms-number", ACME_NUMBER
         )
+        assert result.returncode == 0, result.stderr
+        result = gateway.cli("users", "set", "carl@example.com", "--sms-sender", SHARED_NUMBER)
         assert result.returncode == 0, result.stderr
         for number in ("+34600000011", "+34600000013", "+34600000014", "+34600000019"):
             result = gateway.cli(
@@ -158,14 +173,49 @@ def test_stop_to_the_organisations_number(gw: Gateway, cfg: Config) -> None:
     assert kept == [(" Stop. ", "ACME", "optout"), ("STOP", "ACME", "optout")]
 
 
-def test_reply_to_a_shared_number_goes_to_the_last_sender(gw: Gateway, cfg: Config) -> None:
-    accepted(gw, [f"+34600000012@{DOMAIN}"], user="alice@example.com")
+def test_reply_to_a_number_goes_to_its_last_sender_not_to_a_name(gw: Gateway, cfg: Config) -> None:
+    # GAMMA wrote from a number, then BETA under the name "Certifica" (nobody can reply
+    # to a name): a STOP to GAMMA's number is GAMMA's, whoever wrote last.
+    accepted(gw, [f"+34600000012@{DOMAIN}"], user="carl@example.com")
     accepted(gw, [f"+34600000012@{DOMAIN}"], user="bea@example.com")
-    reply(gw, cfg, mo("+34600000012", "+34611000000", "baja"))
-    assert optouts(gw, "+34600000012") == [("BETA", "mo")]
+    reply(gw, cfg, mo("+34600000012", SHARED_NUMBER[1:], "baja"))
+    assert optouts(gw, "+34600000012") == [("GAMMA", "mo")]
     assert confirmations(gw, "+34600000012") == [
-        "BETA S.L.: you will receive no more marketing SMS from us."
+        "GAMMA S.L.: you will receive no more marketing SMS from us."
     ]
+
+
+def test_reply_to_a_number_nobody_sent_from_opts_nobody_out(gw: Gateway, cfg: Config) -> None:
+    accepted(gw, [f"+34600000021@{DOMAIN}"], user="bea@example.com")
+    reply(gw, cfg, mo("+34600000021", "+34611000099", "STOP"))
+    assert optouts(gw, "+34600000021") == []
+    assert confirmations(gw, "+34600000021") == []
+    assert query(gw, "SELECT org, action FROM sms_inbound WHERE source = ?", "+34600000021") == [
+        (None, "none")
+    ]
+
+
+def test_reply_to_the_organisations_number_written_nationally(gw: Gateway, cfg: Config) -> None:
+    accepted(gw, [f"+34600000022@{DOMAIN}"], user="alice@example.com")
+    accepted(gw, [f"+34600000022@{DOMAIN}"], user="bea@example.com")
+    reply(gw, cfg, mo("+34600000022", ACME_NUMBER[3:], "STOP"))  # 600999888
+    assert optouts(gw, "+34600000022") == [("ACME", "mo")]
+
+
+def test_the_destination_read_in_e164() -> None:
+    assert destination_numbers("600999888", TON_NATIONAL, "ES") == ["+34600999888"]
+    assert destination_numbers("34600999888", TON_INTERNATIONAL, "ES") == ["+34600999888"]
+    assert destination_numbers("0034600999888", None, "ES") == ["+34600999888"]
+    assert destination_numbers("+34 600 999 888", None, "ES") == ["+34600999888"]
+    assert "+34600999888" in destination_numbers("600999888", 0, "ES")
+    assert destination_numbers("34600999888", 0, "ES") == ["+34600999888"]
+    assert destination_numbers("ACME", None, "ES") == []
+    # deliver_sm (SMPP 3.4 section 4.6.1): header, service_type, source TON/NPI/address,
+    # destination TON/NPI/address
+    body = b"\x00" + b"\x01\x01" + b"34600000022\x00" + b"\x02\x09" + b"600999888\x00"
+    pdu = (16 + len(body)).to_bytes(4, "big") + (5).to_bytes(4, "big") + bytes(8) + body
+    assert destination_ton(pdu) == TON_NATIONAL
+    assert destination_ton(b"\x00raw") is None
 
 
 def test_other_texts_are_kept_only(gw: Gateway, cfg: Config) -> None:

@@ -16,8 +16,9 @@ The module-level functions take a connection and run inside the caller's transac
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -222,29 +223,46 @@ def _digits(number: str) -> str:
     return digits[2:] if digits.startswith("00") else digits
 
 
+def _is_number(sender_id: str) -> bool:
+    """Whether a sender ID is a phone number (one a phone can reply to), not a name."""
+    return re.fullmatch(r"\+?[0-9]{6,17}", sender_id) is not None
+
+
 def mo_organisation(
-    conn: sqlite3.Connection, destination: str, number: str | None, domain: str
+    conn: sqlite3.Connection, destinations: Sequence[str], number: str | None, domain: str
 ) -> tuple[str, str, str | None] | None:
-    """The organisation an MO to ``destination`` from ``number`` answers, with its name
-    and sender ID: the one whose ``sms_number`` it was sent to, else the one that last
-    sent an SMS to ``number`` (docs/sms.md); None when neither is known."""
-    wanted = _digits(destination)
+    """The organisation an MO from ``number`` answers, with its name and sender ID,
+    ``destinations`` being the number the phone replied to read in E.164 (one reading,
+    or two when the SMSC did not say whether it is international or national): the
+    organisation whose ``sms_number`` it is, else, for a number several organisations
+    send from (the shared ``[sms] source``), the one that last sent ``number`` an SMS
+    *from that number*: a phone cannot reply to an alphanumeric sender ID, so an SMS
+    sent under one is never what a reply answers. None when nothing matches (the MO
+    is kept for nobody; docs/sms.md)."""
+    wanted = [_digits(d) for d in destinations if _digits(d)]
+    if not wanted:
+        return None
     rows = conn.execute(
         "SELECT code, name, sms_sender, sms_number FROM organisations"
         " WHERE sms_number IS NOT NULL ORDER BY code"
     ).fetchall()
-    for code, name, sender, own in rows:
-        if wanted and _digits(str(own)) == wanted:
-            return str(code), str(name), sender
+    for digits in wanted:
+        for code, name, sender, own in rows:
+            if _digits(str(own)) == digits:
+                return str(code), str(name), sender
     if number is None:
         return None
-    row = conn.execute(
-        "SELECT o.code, o.name, o.sms_sender FROM recipients r"
+    sent = conn.execute(
+        "SELECT o.code, o.name, o.sms_sender, s.sender_id FROM recipients r"
         " JOIN messages m ON m.qid = r.qid JOIN organisations o ON o.code = m.org"
-        " WHERE r.address = ? ORDER BY m.created DESC, r.id DESC LIMIT 1",
+        " JOIN sms_messages s ON s.qid = r.qid"
+        " WHERE r.address = ? ORDER BY m.created DESC, r.id DESC",
         (f"{number}@{domain}",),
-    ).fetchone()
-    return None if row is None else (str(row[0]), str(row[1]), row[2])
+    ).fetchall()
+    for code, name, sender, sender_id in sent:
+        if _is_number(str(sender_id)) and _digits(str(sender_id)) in wanted:
+            return str(code), str(name), sender
+    return None
 
 
 def sender_organisations(
@@ -286,10 +304,10 @@ class Contacts(Database):
         def _enqueue(self, msg: NewMessage, now: float) -> None: ...
 
     async def mo_organisation(
-        self, destination: str, number: str | None, domain: str
+        self, destinations: Sequence[str], number: str | None, domain: str
     ) -> tuple[str, str, str | None] | None:
         """:func:`mo_organisation`."""
-        return await self._read(lambda: mo_organisation(self._conn, destination, number, domain))
+        return await self._read(lambda: mo_organisation(self._conn, destinations, number, domain))
 
     async def opted_out(self, org: str, number: str) -> bool:
         return await self._read(lambda: optout_of(self._conn, org, number) is not None)
