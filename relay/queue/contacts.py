@@ -296,6 +296,53 @@ def sender_organisations(
     return sorted(own | sent)
 
 
+@dataclass(frozen=True)
+class Taken:
+    """Another organisation already using a sender ID or number (``certifica org set``,
+    ``users set``): which, its name, and the user whose sender ID it is, if a user's."""
+
+    what: str  # sender | number
+    value: str
+    org: str
+    name: str
+    user: str | None = None
+
+
+def same_sender(a: str, b: str) -> bool:
+    """Whether two sender IDs show the same on a phone: numbers by their digits, names
+    in any case."""
+    if _is_number(a) and _is_number(b):
+        return _digits(a) == _digits(b)
+    return a.casefold() == b.casefold()
+
+
+def sms_identity_taken(
+    conn: sqlite3.Connection, org: str | None, *, sender: str | None, number: str | None
+) -> Taken | None:
+    """The first organisation other than ``org`` that already sends as ``sender`` (its
+    own sender ID, else one of its users') or whose own number is ``number``; None when
+    none does. A reply and a web opt-out find an organisation by these, so two sharing
+    one could not be told apart."""
+    if sender:
+        for code, name, user, used in conn.execute(
+            "SELECT o.code, o.name, NULL, o.sms_sender FROM organisations o"
+            " WHERE o.sms_sender IS NOT NULL"
+            " UNION ALL SELECT o.code, o.name, u.address, u.sms_sender FROM users u"
+            " JOIN organisations o ON o.code = u.org WHERE u.sms_sender IS NOT NULL"
+            " ORDER BY 1, 3"
+        ).fetchall():
+            if code != org and same_sender(str(used), sender):
+                return Taken("sender", sender, str(code), str(name), user)
+    if number:
+        for code, name, own in conn.execute(
+            "SELECT code, name, sms_number FROM organisations WHERE sms_number IS NOT NULL"
+            " ORDER BY code"
+        ).fetchall():
+            if code != org and _digits(str(own)) == _digits(number):
+                return Taken("number", number, str(code), str(name))
+    return None
+
+
 class Contacts(Database):
     """Contacts, groups, consents and opt-outs (module docstring)."""
 
@@ -492,27 +539,48 @@ class Contacts(Database):
 
     # -- sender IDs and numbers (certifica org set, users set) -------------------------
 
+    def sms_identity_taken(
+        self, org: str | None, *, sender: str | None = None, number: str | None = None
+    ) -> Taken | None:
+        """The other organisation (not ``org``) that already sends as ``sender`` (its
+        own sender ID or one of its users') or owns ``number``
+        (:func:`sms_identity_taken`); None when neither is taken."""
+        return self.run_sync(
+            lambda db: sms_identity_taken(db.conn, org, sender=sender, number=number), read=True
+        )
+
     def set_org_sms(
-        self, org: str, *, sender: str | None = None, number: str | None = None
+        self,
+        org: str,
+        *,
+        sender: str | None = None,
+        number: str | None = None,
+        actor: str = "operator",
+        now: float = 0.0,
+        forced: bool = False,
     ) -> bool:
-        """Set ``org``'s sender ID and/or its own number ("" clears one); False when
-        there is no such organisation."""
+        """Set ``org``'s sender ID and/or its own number ("" clears one), each change
+        with an ``SmsSenderChanged`` evidence entry (who, old, new); False when there is
+        no such organisation."""
 
         def write(db: sqlite_utils.Database) -> bool:
             conn = db.conn
-            if (
-                conn.execute("SELECT 1 FROM organisations WHERE code = ?", (org,)).fetchone()
-                is None
-            ):
+            row = conn.execute(
+                "SELECT sms_sender, sms_number FROM organisations WHERE code = ?", (org,)
+            ).fetchone()
+            if row is None:
                 return False
-            if sender is not None:
+            for column, value, old in (
+                ("sms_sender", sender, row[0]),
+                ("sms_number", number, row[1]),
+            ):
+                if value is None:
+                    continue
                 conn.execute(
-                    "UPDATE organisations SET sms_sender = ? WHERE code = ?", (sender or None, org)
+                    f"UPDATE organisations SET {column} = ? WHERE code = ?",  # noqa: S608 - our names
+                    (value or None, org),
                 )
-            if number is not None:
-                conn.execute(
-                    "UPDATE organisations SET sms_number = ? WHERE code = ?", (number or None, org)
-                )
+                _changed(conn, now, org, None, column, old, value or None, actor, forced)
             return True
 
         return self.run_sync(write)
@@ -527,13 +595,61 @@ class Contacts(Database):
         )
         return (None, None) if row is None else (row[0], row[1])
 
-    def set_user_sms_sender(self, address: str, sender: str) -> bool:
-        """Set the user's own sender ID ("" clears it); False when there is no such user."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
-                ).rowcount
-                > 0
+    def set_user_sms_sender(
+        self,
+        address: str,
+        sender: str,
+        *,
+        actor: str = "operator",
+        now: float = 0.0,
+        forced: bool = False,
+    ) -> bool:
+        """Set the user's own sender ID ("" clears it) with an ``SmsSenderChanged``
+        evidence entry; False when there is no such user."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            conn = db.conn
+            row = conn.execute(
+                "SELECT org, sms_sender FROM users WHERE address = ?", (address,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
             )
+            _changed(
+                conn, now, row[0], address, "sms_sender", row[1], sender or None, actor, forced
+            )
+            return True
+
+        return self.run_sync(write)
+
+    def user_org_now(self, address: str) -> str | None:
+        """The organisation of the user ``address`` (None: none, or no such user)."""
+        row = self.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT org FROM users WHERE address = ?", (address,)
+            ).fetchone(),
+            read=True,
         )
+        return None if row is None or row[0] is None else str(row[0])
+
+
+def _changed(
+    conn: sqlite3.Connection,
+    now: float,
+    org: str | None,
+    user: str | None,
+    column: str,
+    old: str | None,
+    new: str | None,
+    actor: str,
+    forced: bool,
+) -> None:
+    """The ``SmsSenderChanged`` evidence entry of one change of a sender ID or number
+    (who answers a reply and whose opt-out a page records depend on them)."""
+    detail: dict[str, Any] = {"organisation": org, "field": column, "old": old, "new": new}
+    if user is not None:
+        detail["user"] = user
+    detail.update({"actor": actor, "forced": forced})
+    evidence_log.append(conn, now, CONTACTS_QID, "SmsSenderChanged", detail)
