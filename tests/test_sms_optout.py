@@ -15,6 +15,8 @@ process does for every MO the SMSC delivers.
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +28,7 @@ import pytest
 from playwright import sync_api
 
 from relay.config import Config, load_config
+from relay.queue.contacts import OptOut, optout_stops
 from relay.queue.evidence_log import entries_for
 from relay.queue.states import Role
 from relay.queue.store import Store
@@ -38,6 +41,7 @@ from relay.sms.optout import (
     handle_mo,
     optout_keyword,
 )
+from relay.web.sms_optout import PER_NUMBER
 from tests.conftest import (
     PASSWORD,
     Gateway,
@@ -57,6 +61,7 @@ USERS = {
     "alice@example.com": ("ACME", Role.ADMIN),
     "bea@example.com": ("BETA", Role.ADMIN),
     "carl@example.com": ("GAMMA", Role.ADMIN),
+    "dora@example.com": ("DELTA", Role.ADMIN),
 }
 
 
@@ -75,9 +80,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
     routes = {"example.org": mx.port, "example.com": mx.port, DOMAIN: free_port()}
     with SmscThread() as smsc:
         extra = sms_config(smsc.port, tmp).replace("[web]\n", "[web]\nrate_limit = 600\n")
+        # one acceptor: the per-number limit is counted per acceptor process
+        extra += "[processes]\nacceptors = 1\n"
         cfg = write_config(tmp, routes, extra)
         gateway = start_gateway(cfg, {address: PASSWORD for address in USERS})
-        for org in ("ACME", "BETA", "GAMMA"):
+        for org in ("ACME", "BETA", "GAMMA", "DELTA"):
             assert gateway.cli("org", "add", org, "--name", f"{org} S.L.").returncode == 0
             assert gateway.cli("credits", "add", org, "100000", "--note", "t").returncode == 0
         for address, (org, role) in USERS.items():
@@ -88,6 +95,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
         )
         assert result.returncode == 0, result.stderr
         result = gateway.cli("users", "set", "carl@example.com", "--sms-sender", SHARED_NUMBER)
+        assert result.returncode == 0, result.stderr
+        result = gateway.cli("users", "set", "dora@example.com", "--sms-sender", "DeltaOld")
         assert result.returncode == 0, result.stderr
         for number in ("+34600000011", "+34600000013", "+34600000014", "+34600000019"):
             result = gateway.cli(
@@ -271,6 +280,7 @@ def url(gw: Gateway) -> str:
 
 
 def test_page_opts_out_in_the_readers_language(gw: Gateway, page: Any) -> None:
+    accepted(gw, [f"+34600000013@{DOMAIN}"], user="alice@example.com")  # sent as ACME
     page.goto(url(gw))
     assert page.locator("html").get_attribute("lang") == "es"
     page.fill("#number", "600 000 013")
@@ -353,3 +363,83 @@ def test_page_refuses_a_post_from_elsewhere(gw: Gateway) -> None:
     refused.value.close()
     assert refused.value.code == 403
     assert optouts(gw, "+34600000016") == []
+
+
+def form_token(gw: Gateway) -> str:
+    with urllib.request.urlopen(url(gw) + "?lang=en", timeout=10) as response:
+        html = response.read().decode()
+    return html.split('name="form" value="', 1)[1].split('"', 1)[0]
+
+
+def post(gw: Gateway, number: str, sender: str, token: str | None = None) -> tuple[int, str]:
+    """POST the form as the page does; the status and what the page says."""
+    data = {"form": token or form_token(gw), "number": number, "sender": sender}
+    request = urllib.request.Request(
+        url(gw) + "?lang=en",
+        data=urllib.parse.urlencode(data).encode(),
+        headers={"Sec-Fetch-Site": "same-origin"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, page = response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        status, page = err.code, err.read().decode()
+        err.close()
+    said = re.search(r'id="(?:done|error)">(.*?)</p>', page, re.S)
+    return status, html.unescape(said.group(1)) if said else ""
+
+
+def test_page_token_is_single_use(gw: Gateway) -> None:
+    token = form_token(gw)
+    assert post(gw, "+34600000030", "ACME", token)[0] == 200
+    status, said = post(gw, "+34600000031", "ACME", token)
+    assert status == 403 and said.startswith("This form has expired")
+
+
+def test_page_records_only_where_an_sms_went_and_says_the_same(gw: Gateway) -> None:
+    # ACME (its sender ID "ACME") wrote to one number only; a sweep of the numbers
+    # around it under "ACME" records nothing, and every answer is the same.
+    accepted(gw, [f"+34600000032@{DOMAIN}"], user="alice@example.com")
+    answers = {}
+    for number in ("+34600000032", "+34600000033", "+34600000034", "+34600000035"):
+        status, said = post(gw, number, "acme")
+        assert status == 200
+        answers[number] = said.replace(number, "N")
+    assert len(set(answers.values())) == 1, answers
+    assert optouts(gw, "+34600000032") == [("ACME", "web")]
+    for number in ("+34600000033", "+34600000034", "+34600000035"):
+        assert optouts(gw, number) == []
+    detail = query(gw, "SELECT detail FROM sms_optouts WHERE number = ?", "+34600000032")
+    assert '"stops": "marketing"' in detail[0][0]
+
+
+def test_page_a_former_sender_id_reveals_nothing(gw: Gateway) -> None:
+    # DELTA's user sent as DeltaOld, then changed it: the name is still known, for any
+    # number, and the number it wrote to is opted out of DELTA.
+    accepted(gw, [f"+34600000036@{DOMAIN}"], user="dora@example.com")
+    result = gw.cli("users", "set", "dora@example.com", "--sms-sender", "DeltaNew")
+    assert result.returncode == 0, result.stderr
+    sent = post(gw, "+34600000036", "DELTAOLD")
+    other = post(gw, "+34600000037", "DELTAOLD")
+    assert sent[0] == other[0] == 200
+    assert sent[1].replace("+34600000036", "N") == other[1].replace("+34600000037", "N")
+    assert optouts(gw, "+34600000036") == [("DELTA", "web")]
+    assert optouts(gw, "+34600000037") == []
+    status, said = post(gw, "+34600000037", "NeverUsed")
+    assert status == 404 and said.startswith("No sender of this service is called NeverUsed.")
+
+
+def test_page_limits_the_opt_outs_of_one_number(gw: Gateway) -> None:
+    statuses = [post(gw, "+34600000038", "ACME")[0] for _ in range(PER_NUMBER + 1)]
+    assert statuses == [200] * PER_NUMBER + [429]
+    assert post(gw, "+34600000039", "ACME")[0] == 200
+
+
+def test_a_web_opt_out_stops_marketing_only() -> None:
+    web = OptOut("ACME", "+34600000040", 0.0, "web")
+    reply_stop = OptOut("ACME", "+34600000040", 0.0, "mo")
+    operator = OptOut("ACME", "+34600000040", 0.0, "operator")
+    assert optout_stops(web, True, "all") and optout_stops(web, True, "marketing")
+    assert not optout_stops(web, False, "all")
+    assert optout_stops(reply_stop, False, "all") and optout_stops(operator, False, "all")
+    assert not optout_stops(reply_stop, False, "marketing")

@@ -265,35 +265,48 @@ def mo_organisation(
     return None
 
 
+def sender_known(conn: sqlite3.Connection, sender: str, shared: str) -> bool:
+    """Whether ``sender`` (any case; a number by its digits) is a sender ID of this
+    gateway: the shared ``[sms] source``, an organisation's or a user's now, or one any
+    SMS was ever sent under. Decided without any phone number, so the answer tells
+    nobody whom an organisation wrote to (docs/sms.md)."""
+    if same_sender(sender, shared):
+        return True
+    used = conn.execute(
+        "SELECT sms_sender FROM organisations WHERE sms_sender IS NOT NULL"
+        " UNION SELECT sms_sender FROM users WHERE sms_sender IS NOT NULL"
+        " UNION SELECT DISTINCT sender_id FROM sms_messages"
+    ).fetchall()
+    return any(same_sender(str(r[0]), sender) for r in used)
+
+
 def sender_organisations(
     conn: sqlite3.Connection, sender: str, number: str, domain: str, shared: str
 ) -> list[str] | None:
     """The organisations an opt-out of ``number`` from the sender ID ``sender`` (any
-    case) is for: those whose own or whose users' sender ID it is, and those that sent
-    an SMS to ``number`` under it (for the shared ``[sms] source``, only those). None
-    when no organisation sends as ``sender`` and it is not ``shared``."""
-    wanted = sender.casefold()
-    own = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT code, sms_sender FROM organisations WHERE sms_sender IS NOT NULL"
-            " UNION SELECT org, sms_sender FROM users WHERE sms_sender IS NOT NULL"
-        ).fetchall()
-        if str(r[1]).casefold() == wanted
-    }
-    sent = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT DISTINCT m.org, s.sender_id FROM recipients r"
-            " JOIN sms_messages s ON s.qid = r.qid JOIN messages m ON m.qid = r.qid"
-            " WHERE r.address = ? AND m.org IS NOT NULL",
-            (f"{number}@{domain}",),
-        ).fetchall()
-        if str(r[1]).casefold() == wanted
-    }
-    if not own and not sent and wanted != shared.casefold():
+    case) on the page is for: those that sent ``number`` an SMS under that sender ID
+    (whatever their sender ID is now), and no other: the page cannot tell who typed a
+    number, so it opts it out only of those that wrote to it. None when ``sender`` is
+    no sender ID of this gateway (:func:`sender_known`); an empty list when it is one
+    but nobody sent ``number`` anything under it (the page's answer is the same)."""
+    if not sender_known(conn, sender, shared):
         return None
-    return sorted(own | sent)
+    sent = conn.execute(
+        "SELECT DISTINCT m.org, s.sender_id FROM recipients r"
+        " JOIN sms_messages s ON s.qid = r.qid JOIN messages m ON m.qid = r.qid"
+        " WHERE r.address = ? AND m.org IS NOT NULL",
+        (f"{number}@{domain}",),
+    ).fetchall()
+    return sorted({str(r[0]) for r in sent if same_sender(str(r[1]), sender)})
+
+
+def optout_stops(optout: OptOut, marketing: bool, scope: str) -> bool:
+    """Whether ``optout`` stops an SMS (``marketing`` or not) under ``[sms]
+    optout_scope`` ``scope``: every opt-out stops marketing; with ``"all"`` a reply
+    from the phone (``mo``) or one the operator recorded stops every SMS, but one made
+    on the page does not, since a page cannot prove who owns the number it is given
+    and a stranger must not be able to stop a person's bank notices (docs/sms.md)."""
+    return marketing or (scope == "all" and optout.how != "web")
 
 
 @dataclass(frozen=True)
@@ -410,13 +423,36 @@ class Contacts(Database):
         detail: dict[str, Any],
     ) -> list[str] | None:
         """Opt ``number`` out of every organisation :func:`sender_organisations` finds
-        for ``sender`` (the page, ``how`` web); returns them (None: an unknown sender)."""
+        for ``sender`` (the page, ``how`` web: marketing only, :func:`optout_stops`);
+        returns them (None: an unknown sender; empty: nobody wrote to ``number``)."""
 
         def write() -> list[str] | None:
             orgs = sender_organisations(self._conn, sender, number, domain, shared)
             for org in orgs or []:
-                record_optout(self._conn, org, number, now, "web", {"sender": sender, **detail})
+                record_optout(
+                    self._conn,
+                    org,
+                    number,
+                    now,
+                    "web",
+                    {"sender": sender, "stops": "marketing", **detail},
+                )
             return orgs
+
+        return await self._run(write)
+
+    async def take_optout_form(self, nonce: str, expires: float, now: float) -> bool:
+        """Record the opt-out page's form token ``nonce`` as used (until ``expires``,
+        when it is refused anyway); False when it was used already. Expired ones are
+        forgotten here."""
+
+        def write() -> bool:
+            self._conn.execute("DELETE FROM sms_optout_forms WHERE expires < ?", (now,))
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO sms_optout_forms (nonce, expires) VALUES (?, ?)",
+                (nonce, expires),
+            )
+            return cursor.rowcount == 1
 
         return await self._run(write)
 
