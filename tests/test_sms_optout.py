@@ -62,6 +62,7 @@ USERS = {
     "bea@example.com": ("BETA", Role.ADMIN),
     "carl@example.com": ("GAMMA", Role.ADMIN),
     "dora@example.com": ("DELTA", Role.ADMIN),
+    "eve@example.com": ("EPSILON", Role.ADMIN),
 }
 
 
@@ -84,7 +85,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
         extra += "[processes]\nacceptors = 1\n"
         cfg = write_config(tmp, routes, extra)
         gateway = start_gateway(cfg, {address: PASSWORD for address in USERS})
-        for org in ("ACME", "BETA", "GAMMA", "DELTA"):
+        for org in ("ACME", "BETA", "GAMMA", "DELTA", "EPSILON"):
             assert gateway.cli("org", "add", org, "--name", f"{org} S.L.").returncode == 0
             assert gateway.cli("credits", "add", org, "100000", "--note", "t").returncode == 0
         for address, (org, role) in USERS.items():
@@ -95,6 +96,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory, mx: Sink) -> Iterator[Gateway]:
         )
         assert result.returncode == 0, result.stderr
         result = gateway.cli("users", "set", "carl@example.com", "--sms-sender", SHARED_NUMBER)
+        assert result.returncode == 0, result.stderr
+        result = gateway.cli(
+            "users", "set", "eve@example.com", "--sms-sender", SHARED_NUMBER, "--force"
+        )  # two organisations sending from one number, as from the shared [sms] source
         assert result.returncode == 0, result.stderr
         result = gateway.cli("users", "set", "dora@example.com", "--sms-sender", "DeltaOld")
         assert result.returncode == 0, result.stderr
@@ -192,6 +197,21 @@ def test_reply_to_a_number_goes_to_its_last_sender_not_to_a_name(gw: Gateway, cf
     assert confirmations(gw, "+34600000012") == [
         "GAMMA S.L.: you will receive no more marketing SMS from us."
     ]
+
+
+def test_reply_to_a_shared_number_goes_to_the_last_that_sent_from_it(
+    gw: Gateway, cfg: Config
+) -> None:
+    for phone, users in (
+        ("+34600000027", ("eve@example.com", "carl@example.com")),
+        ("+34600000028", ("carl@example.com", "eve@example.com")),
+    ):
+        for user in users:
+            accepted(gw, [f"{phone}@{DOMAIN}"], user=user)
+        accepted(gw, [f"{phone}@{DOMAIN}"], user="alice@example.com")  # as ACME, a name
+        reply(gw, cfg, mo(phone, SHARED_NUMBER, "STOP"))
+    assert optouts(gw, "+34600000027") == [("GAMMA", "mo")]
+    assert optouts(gw, "+34600000028") == [("EPSILON", "mo")]
 
 
 def test_reply_to_a_number_nobody_sent_from_opts_nobody_out(gw: Gateway, cfg: Config) -> None:
