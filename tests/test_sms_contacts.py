@@ -225,3 +225,52 @@ def test_sender_ids_and_number(config: Path) -> None:
         assert asyncio.run(store.sms_sender_of("ann@acme.test")) == "+34600999888"
         ok(config, "users", "set", "ann@acme.test", "--sms-sender", "")
         assert asyncio.run(store.sms_sender_of("ann@acme.test")) == "Set Co"
+
+
+def test_sender_id_and_number_of_another_organisation_refused(config: Path) -> None:
+    for org in ("UNIQA", "UNIQB"):
+        ok(config, "org", "add", org, "--name", f"{org} S.L.")
+    added = run_cli(
+        config, "users", "add", "bo@uniqb.test", "--org", "UNIQB", "--password-stdin",
+        stdin=PASSWORD,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    ok(config, "org", "set", "UNIQA", "--sms-sender", "UniqBank", "--sms-number", "+34600555444")
+    assert refused(config, "org", "set", "UNIQB", "--sms-sender", "UNIQBANK") == (
+        "certifica: the SMS sender ID UNIQBANK is already used by organisation UNIQA (UNIQA "
+        "S.L.): phones and the opt-out page could not tell them apart; give --force to share "
+        "it anyway"
+    )
+    assert refused(config, "users", "set", "bo@uniqb.test", "--sms-sender", "uniqbank") == (
+        "certifica: the SMS sender ID uniqbank is already used by organisation UNIQA (UNIQA "
+        "S.L.): phones and the opt-out page could not tell them apart; give --force to share "
+        "it anyway"
+    )
+    assert refused(config, "org", "set", "UNIQB", "--sms-number", "+34 600 555 444") == (
+        "certifica: the SMS number +34600555444 is already that of organisation UNIQA (UNIQA "
+        "S.L.): a reply to it could only reach one of them; give --force to share it anyway"
+    )
+    # a user's sender ID counts as its organisation's; the same organisation may reuse it
+    ok(config, "users", "set", "bo@uniqb.test", "--sms-sender", "BoSales")
+    assert refused(config, "org", "set", "UNIQA", "--sms-sender", "bosales").startswith(
+        "certifica: the SMS sender ID bosales is already used by bo@uniqb.test of "
+        "organisation UNIQB (UNIQB S.L.)"
+    )
+    ok(config, "org", "set", "UNIQB", "--sms-sender", "BoSales")
+    assert ok(config, "org", "show", "UNIQB").count("SMS sender ID: BoSales") == 1
+    # nothing was changed by the refusals; --force shares, and says so in the evidence
+    assert "SMS number: -" in ok(config, "org", "show", "UNIQB")
+    ok(config, "org", "set", "UNIQB", "--sms-number", "+34600555444", "--force")
+    changes = [d for e, d in events(config) if e == "SmsSenderChanged"]
+    mine = [(d.get("user"), d["organisation"], d["field"], d["old"], d["new"], d["forced"])
+            for d in changes if str(d["organisation"]).startswith("UNIQ")]  # fmt: skip
+    assert mine == [
+        (None, "UNIQA", "sms_sender", None, "UniqBank", False),
+        (None, "UNIQA", "sms_number", None, "+34600555444", False),
+        ("bo@uniqb.test", "UNIQB", "sms_sender", None, "BoSales", False),
+        (None, "UNIQB", "sms_sender", None, "BoSales", False),
+        (None, "UNIQB", "sms_number", None, "+34600555444", True),
+    ]
+    assert all(str(d["actor"]).startswith("operator:") for d in changes)
+    verify = run_cli(config, "evidence", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -14,8 +14,9 @@ import argparse
 import re
 import time
 
-from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.cli.common import EXIT_OK, UserError, config_of, open_store, operator_name
 from relay.config import sms_sender_ok
+from relay.queue.contacts import Taken
 
 
 def _code(text: str) -> str:
@@ -62,6 +63,22 @@ def _sms_number(text: str) -> str:
             "such as +34600111222; '' clears it"
         )
     return digits
+
+
+def taken_sentence(taken: Taken) -> str:
+    """The refusal of a sender ID or number another organisation already uses."""
+    whose = f"organisation {taken.org} ({taken.name})"
+    if taken.user is not None:
+        whose = f"{taken.user} of {whose}"
+    if taken.what == "number":
+        return (
+            f"the SMS number {taken.value} is already that of {whose}: a reply to it could "
+            "only reach one of them; give --force to share it anyway"
+        )
+    return (
+        f"the SMS sender ID {taken.value} is already used by {whose}: phones and the "
+        "opt-out page could not tell them apart; give --force to share it anyway"
+    )
 
 
 def _no_such(code: str) -> UserError:
@@ -139,10 +156,21 @@ def cmd_org_set(args: argparse.Namespace) -> int:
     sender = None if args.sms_sender is None else sms_sender_option(args.sms_sender)
     number = None if args.sms_number is None else _sms_number(args.sms_number)
     with open_store(config_of(args), writes=True) as store:
+        if (sender, number) != (None, None):
+            taken = store.sms_identity_taken(code, sender=sender, number=number)
+            if taken is not None and not args.force:
+                raise UserError(taken_sentence(taken))
+            if not store.set_org_sms(
+                code,
+                sender=sender,
+                number=number,
+                actor=f"operator:{operator_name()}",
+                now=time.time(),
+                forced=taken is not None,
+            ):
+                raise _no_such(code)
         if not store.set_organisation(code, name=name, legal_id=legal_id):
             raise _no_such(code)
-        if (sender, number) != (None, None):
-            store.set_org_sms(code, sender=sender, number=number)
     said = (
         ([f"name {name}"] if name is not None else [])
         + ([f"legal id {legal_id or '-'}"] if legal_id is not None else [])
@@ -252,6 +280,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--sms-number",
         metavar="NUMBER",
         help="its own number (E.164, +34...), where replies such as STOP reach it; '' for none",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="set --sms-sender or --sms-number even when another organisation already "
+        "uses it (docs/sms.md)",
     )
     p.set_defaults(func=cmd_org_set)
     for name, short, long in (

@@ -22,8 +22,8 @@ import time
 from typing import TYPE_CHECKING
 
 from certifier.i18n import LANGUAGES, check_language, check_timezone
-from relay.cli.common import EXIT_OK, UserError, config_of, open_store
-from relay.cli.org import sms_sender_option
+from relay.cli.common import EXIT_OK, UserError, config_of, open_store, operator_name
+from relay.cli.org import sms_sender_option, taken_sentence
 from relay.queue.states import Role
 
 if TYPE_CHECKING:
@@ -171,6 +171,10 @@ def cmd_users_set(args: argparse.Namespace) -> int:
             )
         if org is not None:
             _need_organisation(store, org)
+        if sms_sender:  # docs/sms.md: one organisation per sender ID, unless --force
+            taken = store.sms_identity_taken(org or store.user_org_now(address), sender=sms_sender)
+            if taken is not None and not args.force:
+                raise UserError(taken_sentence(taken))
         hashed = hash_password(_read_password(args, address)) if new_password else None
         tracking = None if args.tracking is None else args.tracking == "on"
         now = time.time()
@@ -183,7 +187,13 @@ def cmd_users_set(args: argparse.Namespace) -> int:
         if args.mode is not None:  # docs/hosted.md
             store.set_user_hosted_mode(address, None if args.mode == "plain" else args.mode)
         if sms_sender is not None:  # docs/sms.md
-            store.set_user_sms_sender(address, sms_sender)
+            store.set_user_sms_sender(
+                address,
+                sms_sender,
+                actor=f"operator:{operator_name()}",
+                now=now,
+                forced=bool(args.force),
+            )
     changed = (
         (["password changed"] if hashed is not None else [])
         + ([f"open and click tracking {args.tracking}"] if tracking is not None else [])
@@ -438,6 +448,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 metavar="ID",
                 help="the sender ID of the user's SMS: up to 11 letters and digits or an "
                 "international number; '' for its organisation's (docs/sms.md)",
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="set --sms-sender even when another organisation already sends as it",
             )
         p.set_defaults(func=func)
     p = usub.add_parser(

@@ -16,8 +16,9 @@ The module-level functions take a connection and run inside the caller's transac
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -222,60 +223,137 @@ def _digits(number: str) -> str:
     return digits[2:] if digits.startswith("00") else digits
 
 
+def _is_number(sender_id: str) -> bool:
+    """Whether a sender ID is a phone number (one a phone can reply to), not a name."""
+    return re.fullmatch(r"\+?[0-9]{6,17}", sender_id) is not None
+
+
 def mo_organisation(
-    conn: sqlite3.Connection, destination: str, number: str | None, domain: str
+    conn: sqlite3.Connection, destinations: Sequence[str], number: str | None, domain: str
 ) -> tuple[str, str, str | None] | None:
-    """The organisation an MO to ``destination`` from ``number`` answers, with its name
-    and sender ID: the one whose ``sms_number`` it was sent to, else the one that last
-    sent an SMS to ``number`` (docs/sms.md); None when neither is known."""
-    wanted = _digits(destination)
+    """The organisation an MO from ``number`` answers, with its name and sender ID,
+    ``destinations`` being the number the phone replied to read in E.164 (one reading,
+    or two when the SMSC did not say whether it is international or national): the
+    organisation whose ``sms_number`` it is, else, for a number several organisations
+    send from (the shared ``[sms] source``), the one that last sent ``number`` an SMS
+    *from that number*: a phone cannot reply to an alphanumeric sender ID, so an SMS
+    sent under one is never what a reply answers. None when nothing matches (the MO
+    is kept for nobody; docs/sms.md)."""
+    wanted = [_digits(d) for d in destinations if _digits(d)]
+    if not wanted:
+        return None
     rows = conn.execute(
         "SELECT code, name, sms_sender, sms_number FROM organisations"
         " WHERE sms_number IS NOT NULL ORDER BY code"
     ).fetchall()
-    for code, name, sender, own in rows:
-        if wanted and _digits(str(own)) == wanted:
-            return str(code), str(name), sender
+    for digits in wanted:
+        for code, name, sender, own in rows:
+            if _digits(str(own)) == digits:
+                return str(code), str(name), sender
     if number is None:
         return None
-    row = conn.execute(
-        "SELECT o.code, o.name, o.sms_sender FROM recipients r"
+    sent = conn.execute(
+        "SELECT o.code, o.name, o.sms_sender, s.sender_id FROM recipients r"
         " JOIN messages m ON m.qid = r.qid JOIN organisations o ON o.code = m.org"
-        " WHERE r.address = ? ORDER BY m.created DESC, r.id DESC LIMIT 1",
+        " JOIN sms_messages s ON s.qid = r.qid"
+        " WHERE r.address = ? ORDER BY m.created DESC, r.id DESC",
         (f"{number}@{domain}",),
-    ).fetchone()
-    return None if row is None else (str(row[0]), str(row[1]), row[2])
+    ).fetchall()
+    for code, name, sender, sender_id in sent:
+        if _is_number(str(sender_id)) and _digits(str(sender_id)) in wanted:
+            return str(code), str(name), sender
+    return None
+
+
+def sender_known(conn: sqlite3.Connection, sender: str, shared: str) -> bool:
+    """Whether ``sender`` (any case; a number by its digits) is a sender ID of this
+    gateway: the shared ``[sms] source``, an organisation's or a user's now, or one any
+    SMS was ever sent under. Decided without any phone number, so the answer tells
+    nobody whom an organisation wrote to (docs/sms.md)."""
+    if same_sender(sender, shared):
+        return True
+    used = conn.execute(
+        "SELECT sms_sender FROM organisations WHERE sms_sender IS NOT NULL"
+        " UNION SELECT sms_sender FROM users WHERE sms_sender IS NOT NULL"
+        " UNION SELECT DISTINCT sender_id FROM sms_messages"
+    ).fetchall()
+    return any(same_sender(str(r[0]), sender) for r in used)
 
 
 def sender_organisations(
     conn: sqlite3.Connection, sender: str, number: str, domain: str, shared: str
 ) -> list[str] | None:
     """The organisations an opt-out of ``number`` from the sender ID ``sender`` (any
-    case) is for: those whose own or whose users' sender ID it is, and those that sent
-    an SMS to ``number`` under it (for the shared ``[sms] source``, only those). None
-    when no organisation sends as ``sender`` and it is not ``shared``."""
-    wanted = sender.casefold()
-    own = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT code, sms_sender FROM organisations WHERE sms_sender IS NOT NULL"
-            " UNION SELECT org, sms_sender FROM users WHERE sms_sender IS NOT NULL"
-        ).fetchall()
-        if str(r[1]).casefold() == wanted
-    }
-    sent = {
-        str(r[0])
-        for r in conn.execute(
-            "SELECT DISTINCT m.org, s.sender_id FROM recipients r"
-            " JOIN sms_messages s ON s.qid = r.qid JOIN messages m ON m.qid = r.qid"
-            " WHERE r.address = ? AND m.org IS NOT NULL",
-            (f"{number}@{domain}",),
-        ).fetchall()
-        if str(r[1]).casefold() == wanted
-    }
-    if not own and not sent and wanted != shared.casefold():
+    case) on the page is for: those that sent ``number`` an SMS under that sender ID
+    (whatever their sender ID is now), and no other: the page cannot tell who typed a
+    number, so it opts it out only of those that wrote to it. None when ``sender`` is
+    no sender ID of this gateway (:func:`sender_known`); an empty list when it is one
+    but nobody sent ``number`` anything under it (the page's answer is the same)."""
+    if not sender_known(conn, sender, shared):
         return None
-    return sorted(own | sent)
+    sent = conn.execute(
+        "SELECT DISTINCT m.org, s.sender_id FROM recipients r"
+        " JOIN sms_messages s ON s.qid = r.qid JOIN messages m ON m.qid = r.qid"
+        " WHERE r.address = ? AND m.org IS NOT NULL",
+        (f"{number}@{domain}",),
+    ).fetchall()
+    return sorted({str(r[0]) for r in sent if same_sender(str(r[1]), sender)})
+
+
+def optout_stops(optout: OptOut, marketing: bool, scope: str) -> bool:
+    """Whether ``optout`` stops an SMS (``marketing`` or not) under ``[sms]
+    optout_scope`` ``scope``: every opt-out stops marketing; with ``"all"`` a reply
+    from the phone (``mo``) or one the operator recorded stops every SMS, but one made
+    on the page does not, since a page cannot prove who owns the number it is given
+    and a stranger must not be able to stop a person's bank notices (docs/sms.md)."""
+    return marketing or (scope == "all" and optout.how != "web")
+
+
+@dataclass(frozen=True)
+class Taken:
+    """Another organisation already using a sender ID or number (``certifica org set``,
+    ``users set``): which, its name, and the user whose sender ID it is, if a user's."""
+
+    what: str  # sender | number
+    value: str
+    org: str
+    name: str
+    user: str | None = None
+
+
+def same_sender(a: str, b: str) -> bool:
+    """Whether two sender IDs show the same on a phone: numbers by their digits, names
+    in any case."""
+    if _is_number(a) and _is_number(b):
+        return _digits(a) == _digits(b)
+    return a.casefold() == b.casefold()
+
+
+def sms_identity_taken(
+    conn: sqlite3.Connection, org: str | None, *, sender: str | None, number: str | None
+) -> Taken | None:
+    """The first organisation other than ``org`` that already sends as ``sender`` (its
+    own sender ID, else one of its users') or whose own number is ``number``; None when
+    none does. A reply and a web opt-out find an organisation by these, so two sharing
+    one could not be told apart."""
+    if sender:
+        for code, name, user, used in conn.execute(
+            "SELECT o.code, o.name, NULL, o.sms_sender FROM organisations o"
+            " WHERE o.sms_sender IS NOT NULL"
+            " UNION ALL SELECT o.code, o.name, u.address, u.sms_sender FROM users u"
+            " JOIN organisations o ON o.code = u.org WHERE u.sms_sender IS NOT NULL"
+            " ORDER BY 1, 3"
+        ).fetchall():
+            if code != org and same_sender(str(used), sender):
+                return Taken("sender", sender, str(code), str(name), user)
+    if number:
+        for code, name, own in conn.execute(
+            "SELECT code, name, sms_number FROM organisations WHERE sms_number IS NOT NULL"
+            " ORDER BY code"
+        ).fetchall():
+            if code != org and _digits(str(own)) == _digits(number):
+                return Taken("number", number, str(code), str(name))
+    return None
 
 
 class Contacts(Database):
@@ -286,10 +364,10 @@ class Contacts(Database):
         def _enqueue(self, msg: NewMessage, now: float) -> None: ...
 
     async def mo_organisation(
-        self, destination: str, number: str | None, domain: str
+        self, destinations: Sequence[str], number: str | None, domain: str
     ) -> tuple[str, str, str | None] | None:
         """:func:`mo_organisation`."""
-        return await self._read(lambda: mo_organisation(self._conn, destination, number, domain))
+        return await self._read(lambda: mo_organisation(self._conn, destinations, number, domain))
 
     async def opted_out(self, org: str, number: str) -> bool:
         return await self._read(lambda: optout_of(self._conn, org, number) is not None)
@@ -345,13 +423,36 @@ class Contacts(Database):
         detail: dict[str, Any],
     ) -> list[str] | None:
         """Opt ``number`` out of every organisation :func:`sender_organisations` finds
-        for ``sender`` (the page, ``how`` web); returns them (None: an unknown sender)."""
+        for ``sender`` (the page, ``how`` web: marketing only, :func:`optout_stops`);
+        returns them (None: an unknown sender; empty: nobody wrote to ``number``)."""
 
         def write() -> list[str] | None:
             orgs = sender_organisations(self._conn, sender, number, domain, shared)
             for org in orgs or []:
-                record_optout(self._conn, org, number, now, "web", {"sender": sender, **detail})
+                record_optout(
+                    self._conn,
+                    org,
+                    number,
+                    now,
+                    "web",
+                    {"sender": sender, "stops": "marketing", **detail},
+                )
             return orgs
+
+        return await self._run(write)
+
+    async def take_optout_form(self, nonce: str, expires: float, now: float) -> bool:
+        """Record the opt-out page's form token ``nonce`` as used (until ``expires``,
+        when it is refused anyway); False when it was used already. Expired ones are
+        forgotten here."""
+
+        def write() -> bool:
+            self._conn.execute("DELETE FROM sms_optout_forms WHERE expires < ?", (now,))
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO sms_optout_forms (nonce, expires) VALUES (?, ?)",
+                (nonce, expires),
+            )
+            return cursor.rowcount == 1
 
         return await self._run(write)
 
@@ -474,27 +575,48 @@ class Contacts(Database):
 
     # -- sender IDs and numbers (certifica org set, users set) -------------------------
 
+    def sms_identity_taken(
+        self, org: str | None, *, sender: str | None = None, number: str | None = None
+    ) -> Taken | None:
+        """The other organisation (not ``org``) that already sends as ``sender`` (its
+        own sender ID or one of its users') or owns ``number``
+        (:func:`sms_identity_taken`); None when neither is taken."""
+        return self.run_sync(
+            lambda db: sms_identity_taken(db.conn, org, sender=sender, number=number), read=True
+        )
+
     def set_org_sms(
-        self, org: str, *, sender: str | None = None, number: str | None = None
+        self,
+        org: str,
+        *,
+        sender: str | None = None,
+        number: str | None = None,
+        actor: str = "operator",
+        now: float = 0.0,
+        forced: bool = False,
     ) -> bool:
-        """Set ``org``'s sender ID and/or its own number ("" clears one); False when
-        there is no such organisation."""
+        """Set ``org``'s sender ID and/or its own number ("" clears one), each change
+        with an ``SmsSenderChanged`` evidence entry (who, old, new); False when there is
+        no such organisation."""
 
         def write(db: sqlite_utils.Database) -> bool:
             conn = db.conn
-            if (
-                conn.execute("SELECT 1 FROM organisations WHERE code = ?", (org,)).fetchone()
-                is None
-            ):
+            row = conn.execute(
+                "SELECT sms_sender, sms_number FROM organisations WHERE code = ?", (org,)
+            ).fetchone()
+            if row is None:
                 return False
-            if sender is not None:
+            for column, value, old in (
+                ("sms_sender", sender, row[0]),
+                ("sms_number", number, row[1]),
+            ):
+                if value is None:
+                    continue
                 conn.execute(
-                    "UPDATE organisations SET sms_sender = ? WHERE code = ?", (sender or None, org)
+                    f"UPDATE organisations SET {column} = ? WHERE code = ?",  # noqa: S608 - our names
+                    (value or None, org),
                 )
-            if number is not None:
-                conn.execute(
-                    "UPDATE organisations SET sms_number = ? WHERE code = ?", (number or None, org)
-                )
+                _changed(conn, now, org, None, column, old, value or None, actor, forced)
             return True
 
         return self.run_sync(write)
@@ -509,13 +631,61 @@ class Contacts(Database):
         )
         return (None, None) if row is None else (row[0], row[1])
 
-    def set_user_sms_sender(self, address: str, sender: str) -> bool:
-        """Set the user's own sender ID ("" clears it); False when there is no such user."""
-        return self.run_sync(
-            lambda db: (
-                db.conn.execute(
-                    "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
-                ).rowcount
-                > 0
+    def set_user_sms_sender(
+        self,
+        address: str,
+        sender: str,
+        *,
+        actor: str = "operator",
+        now: float = 0.0,
+        forced: bool = False,
+    ) -> bool:
+        """Set the user's own sender ID ("" clears it) with an ``SmsSenderChanged``
+        evidence entry; False when there is no such user."""
+
+        def write(db: sqlite_utils.Database) -> bool:
+            conn = db.conn
+            row = conn.execute(
+                "SELECT org, sms_sender FROM users WHERE address = ?", (address,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE users SET sms_sender = ? WHERE address = ?", (sender or None, address)
             )
+            _changed(
+                conn, now, row[0], address, "sms_sender", row[1], sender or None, actor, forced
+            )
+            return True
+
+        return self.run_sync(write)
+
+    def user_org_now(self, address: str) -> str | None:
+        """The organisation of the user ``address`` (None: none, or no such user)."""
+        row = self.run_sync(
+            lambda db: db.conn.execute(
+                "SELECT org FROM users WHERE address = ?", (address,)
+            ).fetchone(),
+            read=True,
         )
+        return None if row is None or row[0] is None else str(row[0])
+
+
+def _changed(
+    conn: sqlite3.Connection,
+    now: float,
+    org: str | None,
+    user: str | None,
+    column: str,
+    old: str | None,
+    new: str | None,
+    actor: str,
+    forced: bool,
+) -> None:
+    """The ``SmsSenderChanged`` evidence entry of one change of a sender ID or number
+    (who answers a reply and whose opt-out a page records depend on them)."""
+    detail: dict[str, Any] = {"organisation": org, "field": column, "old": old, "new": new}
+    if user is not None:
+        detail["user"] = user
+    detail.update({"actor": actor, "forced": forced})
+    evidence_log.append(conn, now, CONTACTS_QID, "SmsSenderChanged", detail)

@@ -582,6 +582,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE organisations ADD COLUMN sms_number TEXT;   -- its own number, for replies (MO)
     ALTER TABLE users ADD COLUMN sms_sender TEXT;           -- NULL: the organisation's
     """,
+    # 24: the SMS opt-out page's form tokens used (docs/sms.md): each is taken once,
+    # by whichever acceptor process the POST reaches
+    """
+    CREATE TABLE sms_optout_forms (
+        nonce TEXT PRIMARY KEY,
+        expires REAL NOT NULL
+    );
+    CREATE INDEX sms_optout_forms_expires ON sms_optout_forms(expires);
+    """,
 ]
 
 

@@ -6,11 +6,14 @@ a reply such as STOP, and what the opt-out page records.
 and when its text is one of ``[sms] optout_keywords`` (any case; spaces and punctuation
 around it ignored: "Stop.", " baja ") the sending number is opted out of the
 organisation it answers, at once, with an ``SmsOptOut`` evidence entry holding the MO,
-and one SMS confirms it in the gateway's language. The organisation is the one whose
-``sms_number`` the reply was sent to; a reply to any other number (a shared sender
-number) goes to the organisation that last sent an SMS to the phone. A number that was
-opted out already is not confirmed again, so a repeated STOP costs nothing and no
-conversation of confirmations can start.
+and one SMS confirms it in the gateway's language. The number the reply was sent to is
+read in E.164 first (:func:`destination_numbers`: its TON, national numbers in ``[sms]
+default_region``). The organisation is the one whose ``sms_number`` that is; for any
+other number (the shared ``[sms] source``) the one that last sent the phone an SMS
+*from that number*, never one that wrote under an alphanumeric sender ID (nobody can
+reply to one). When nothing matches the MO is kept and nobody is opted out. A number
+that was opted out already is not confirmed again, so a repeated STOP costs nothing and
+no conversation of confirmations can start.
 
 Everything is written in one transaction before :func:`handle_mo` returns, so the SMSC
 is answered only once the MO is on disk (SMPP 3.4 section 4.6.2); an error raises, and
@@ -32,7 +35,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import phonenumbers
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from phonenumbers import NumberParseException
 
 from certifier.i18n import translations
 from relay.config import Config
@@ -45,7 +50,15 @@ from relay.sms.encoding import SmsTooLong, encode_sms
 from relay.sms.inbound import MobileOriginated
 from relay.sms.numbers import NumberRefused, parse_number, sms_domain
 
-__all__ = ["MoRecord", "confirmation_text", "handle_mo", "optout_keyword", "phone_number"]
+__all__ = [
+    "MoRecord",
+    "confirmation_text",
+    "destination_numbers",
+    "destination_ton",
+    "handle_mo",
+    "optout_keyword",
+    "phone_number",
+]
 
 log = logging.getLogger("certifica/sms")
 
@@ -71,6 +84,68 @@ def phone_number(text: str, default_region: str) -> str | None:
     if text.strip().startswith("+") and 7 <= len(digits) <= 15:
         return "+" + digits  # valid in form, if not a mobile by libphonenumber's data
     return None
+
+
+TON_INTERNATIONAL = 1  # SMPP 3.4 section 5.2.5
+TON_NATIONAL = 2
+_DELIVER_SM = (0x00000005, 0x00000103)  # deliver_sm, data_sm: the same address fields
+
+
+def destination_ton(raw: bytes) -> int | None:
+    """The ``dest_addr_ton`` of an MO's PDU (``raw``, its octets as received: SMPP 3.4
+    section 4.6.1, the header, ``service_type``, the source's TON, NPI and address,
+    then the destination's); None when ``raw`` is not such a PDU."""
+    if len(raw) < 16 or int.from_bytes(raw[4:8], "big") not in _DELIVER_SM:
+        return None
+    at = raw.find(b"\x00", 16)  # the end of service_type
+    if at < 0:
+        return None
+    at = raw.find(b"\x00", at + 3)  # after source TON and NPI, the end of source_addr
+    if at < 0 or at + 1 >= len(raw):
+        return None
+    return raw[at + 1]
+
+
+def destination_numbers(destination: str, ton: int | None, default_region: str) -> list[str]:
+    """The number an MO was sent to, in E.164, as the SMSC wrote it: international
+    (TON 1, a leading ``+`` or ``00``), national in ``default_region`` (TON 2), and,
+    when the TON says neither, both readings, international first (an organisation's
+    number or the shared ``[sms] source`` is then found either way)."""
+    text = destination.strip()
+    digits = re.sub(r"[^0-9]", "", text)
+    if not digits or len(digits) > 17:
+        return []
+    found: list[str] = []
+
+    def international(value: str) -> None:
+        try:
+            parsed = phonenumbers.parse("+" + value, None)
+        except NumberParseException:
+            if 7 <= len(value) <= 15:
+                found.append("+" + value)
+            return
+        found.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+    def national(value: str) -> None:
+        if not default_region:
+            return
+        try:
+            parsed = phonenumbers.parse(value, default_region)
+        except NumberParseException:
+            return
+        if phonenumbers.is_valid_number(parsed):
+            found.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+    if text.startswith("+") or ton == TON_INTERNATIONAL:
+        international(digits)
+    elif text.startswith("00"):
+        international(digits[2:])
+    elif ton == TON_NATIONAL:
+        national(digits)
+    else:
+        international(digits)
+        national(digits)
+    return list(dict.fromkeys(found))
 
 
 @lru_cache(maxsize=8)
@@ -159,9 +234,10 @@ async def handle_mo(cfg: Config, store: Any, mo: MobileOriginated, raw: bytes) -
     number = phone_number(mo.source_addr, cfg.sms.default_region)
     keyword = optout_keyword(cfg, mo.text)
     record = MoRecord(now, mo.source_addr, mo.destination_addr, mo.text, raw, number, keyword)
-    target = await store.mo_organisation(
-        mo.destination_addr, number, sms_domain(cfg.gateway.domain)
+    destinations = destination_numbers(
+        mo.destination_addr, destination_ton(raw), cfg.sms.default_region
     )
+    target = await store.mo_organisation(destinations, number, sms_domain(cfg.gateway.domain))
     confirmation: tuple[NewMessage, bytes] | None = None
     spool = Spool(state_paths(cfg)["spool"])
     if keyword and number and target is not None:

@@ -5,21 +5,30 @@ optout_text``), since nobody can reply to an alphanumeric sender ID.
 - ``GET /sms/optout``: a form asking for the reader's number and the sender's name as
   the phone shows it.
 - ``POST /sms/optout``: the number is opted out (``SmsOptOut``, how ``web``, with the
-  client's address and user agent) of every organisation that sends as that name (its
-  own sender ID or one of its users'), and, for the gateway's shared ``[sms] source``,
-  of the organisations that sent an SMS to that number under it
-  (:func:`relay.queue.contacts.sender_organisations`).
+  client's address and user agent) of the organisations that sent it an SMS under that
+  name (:func:`relay.queue.contacts.sender_organisations`), and of no other: anyone can
+  type anyone's number, so the page records an opt-out only where a message went. For
+  the same reason a web opt-out stops marketing only, even with ``[sms] optout_scope =
+  "all"`` (:func:`relay.queue.contacts.optout_stops`): a page cannot prove who owns a
+  number, a reply STOP from the phone can.
 
 The answer is the same whether the number was a contact, had received anything, or
 was opted out already, so the page tells nobody whom an organisation writes to. A
-sender name no organisation uses is said so (sender IDs are public: every SMS shows
-one). No SMS is sent from here (:mod:`relay.sms.optout`).
+sender name that is no sender ID of this gateway (not the shared ``[sms] source``, no
+organisation's or user's, none any SMS was sent under) is said so, decided without
+looking at the number. No SMS is sent from here (:mod:`relay.sms.optout`).
 
 A POST must come from the page itself: the browser's ``Sec-Fetch-Site`` (else its
 ``Origin``, else its ``Referer``) names this site, and the form carries a token (an
-HMAC of the time it was made under the gateway's key, valid :data:`FORM_SECONDS`).
-Requests are counted per client (:mod:`relay.web.ratelimit`, ``[web] rate_limit``);
-every text is rendered by the autoescaping templates in the reader's language.
+HMAC under the gateway's key of the time it was made and a random nonce, valid
+:data:`FORM_SECONDS`) that is taken once: its nonce is recorded as used in the
+queue's database (``sms_optout_forms``, forgotten once the token has expired), which
+every acceptor process shares. Requests are counted per client
+(:mod:`relay.web.ratelimit`, ``[web] rate_limit``), and opt-outs also per sender name
+(:data:`PER_SENDER`) and per number (:data:`PER_NUMBER`) a minute from all clients
+together (each acceptor process counting its own, as for ``rate_limit``), so many
+clients together cannot sweep numbers under one name either. Every text is rendered by
+the autoescaping templates in the reader's language.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -47,6 +57,10 @@ log = logging.getLogger("certifica/sms")
 
 PATH = "/sms/optout"
 FORM_SECONDS = 3600.0
+PER_SENDER = 120
+"""Opt-outs a minute under one sender name, from all clients together."""
+PER_NUMBER = 6
+"""Opt-outs a minute of one number, from all clients together."""
 LOOKUP_TIMEOUT = 5.0
 MAX_FIELD = 40
 
@@ -83,6 +97,8 @@ class OptOutRecords(Protocol):
         detail: dict[str, Any],
     ) -> list[str] | None: ...
 
+    async def take_optout_form(self, nonce: str, expires: float, now: float) -> bool: ...
+
 
 def install(app: web.Application, cfg: Config, records: OptOutRecords, key: bytes) -> None:
     """Add ``/sms/optout`` to ``app`` (the public HTTP listener's)."""
@@ -97,6 +113,8 @@ class OptOutPage:
         self.records = records
         self.key = key
         self.limiter = RateLimiter(cfg.web.rate_limit)
+        self.per_sender = RateLimiter(PER_SENDER)
+        self.per_number = RateLimiter(PER_NUMBER)
         self.trusted = trusted_networks(cfg.web.trusted_proxies)
         public = urlsplit(cfg.web.public_url)
         self.public_origin = f"{public.scheme}://{public.netloc}".lower()
@@ -133,16 +151,31 @@ class OptOutPage:
     def ip(self, request: web.Request) -> str:
         return client_ip(request, self.trusted)
 
-    def form_key(self, issued: int | None = None) -> str:
+    def form_key(self, issued: int | None = None, nonce: str | None = None) -> str:
+        """A form token: ``issued.nonce.mac``."""
         issued = int(time.time()) if issued is None else issued
-        mac = hmac.new(self.key, f"sms-optout|{issued}".encode(), hashlib.sha256).hexdigest()
-        return f"{issued}.{mac[:32]}"
+        nonce = secrets.token_hex(12) if nonce is None else nonce
+        mac = hmac.new(
+            self.key, f"sms-optout|{issued}|{nonce}".encode(), hashlib.sha256
+        ).hexdigest()
+        return f"{issued}.{nonce}.{mac[:32]}"
 
-    def form_ok(self, value: str) -> bool:
-        issued = value.split(".")[0]
-        if not issued.isdigit() or time.time() - int(issued) > FORM_SECONDS:
+    async def form_ok(self, value: str) -> bool:
+        """Whether ``value`` is a token this page made, not expired and not used yet;
+        a good one is used up by this call (recorded in the queue's database, so every
+        acceptor process knows)."""
+        parts = value.split(".")
+        if len(parts) != 3 or not parts[0].isdigit() or len(parts[1]) != 24:
             return False
-        return hmac.compare_digest(self.form_key(int(issued)), value)
+        issued, nonce = int(parts[0]), parts[1]
+        now = time.time()
+        if now - issued > FORM_SECONDS or issued - now > 60:
+            return False
+        if not hmac.compare_digest(self.form_key(issued, nonce), value):
+            return False
+        return await asyncio.wait_for(
+            self.records.take_optout_form(nonce, issued + FORM_SECONDS, now), LOOKUP_TIMEOUT
+        )
 
     def same_origin(self, request: web.Request) -> bool:
         """Whether a POST comes from this site's pages (as the web console decides)."""
@@ -179,7 +212,6 @@ class OptOutPage:
             number=number,
             sender=sender,
             done=done,
-            every_sms=self.cfg.sms.optout_scope == "all",
             form=self.form_key(),
             lang=language,
             static="/v/static",
@@ -205,7 +237,7 @@ class OptOutPage:
         form = await request.post()
         typed_number = " ".join(str(form.get("number", "")).split())[:MAX_FIELD]
         sender = " ".join(str(form.get("sender", "")).split())[:MAX_FIELD]
-        if not self.same_origin(request) or not self.form_ok(str(form.get("form", ""))):
+        if not self.same_origin(request) or not await self.form_ok(str(form.get("form", ""))):
             return self.page(
                 request,
                 403,
@@ -233,6 +265,22 @@ class OptOutPage:
                 error=N_("Please write the sender's name as your phone shows it."),
                 number=typed_number,
             )
+        moment = time.monotonic()
+        wait = self.per_number.hit(found.e164, moment) or self.per_sender.hit(
+            sender.casefold(), moment
+        )
+        if wait is not None:
+            response = self.page(
+                request,
+                429,
+                error=N_(
+                    "Too many requests for this number or sender. Please try again in a minute."
+                ),
+                number=typed_number,
+                sender=sender,
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
         detail = {"ip": self.ip(request), "user_agent": request.headers.get("User-Agent", "")[:300]}
         orgs = await asyncio.wait_for(
             self.records.web_optout(
