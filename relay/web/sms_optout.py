@@ -48,6 +48,7 @@ from addendum.http import client_ip, reader_language, trusted_networks
 from certifier.i18n import translations
 from relay.config import Config
 from relay.logs import printable
+from relay.web.origin import same_origin
 from relay.web.pages import LANGUAGE_NAMES, render
 from relay.web.ratelimit import RateLimiter, client_key
 
@@ -178,18 +179,8 @@ class OptOutPage:
         )
 
     def same_origin(self, request: web.Request) -> bool:
-        """Whether a POST comes from this site's pages (as the web console decides)."""
-        fetch_site = request.headers.get("Sec-Fetch-Site")
-        if fetch_site is not None:
-            return fetch_site == "same-origin"
-        origin = request.headers.get("Origin")
-        if origin is None or origin == "null":
-            referer = request.headers.get("Referer")
-            if not referer:
-                return False
-            parts = urlsplit(referer)
-            origin = f"{parts.scheme}://{parts.netloc}"
-        return origin.lower() in (self.public_origin, f"{request.scheme}://{request.host}".lower())
+        """Whether a POST comes from this site's own pages (:mod:`relay.web.origin`)."""
+        return same_origin(request, self.public_origin)
 
     def page(
         self,

@@ -44,6 +44,7 @@ from relay.queue.sessions import SessionStage, WebSession
 from relay.queue.store import Store
 from relay.roles import Action, allowed
 from relay.smtpd.protocol import AuthThrottle
+from relay.web.origin import same_origin
 from relay.web.pages import LANGUAGE_NAMES, render
 
 log = logging.getLogger("certifica/console")
@@ -213,22 +214,8 @@ class Console:
     # --- CSRF ---------------------------------------------------------------------------
 
     def same_origin(self, request: web.Request) -> bool:
-        """Whether a POST comes from this site's own pages: the browser's
-        ``Sec-Fetch-Site`` (W3C Fetch Metadata) when it sends one, else ``Origin``, else
-        ``Referer``, naming ``public_url``'s origin or the one the request was sent to."""
-        fetch_site = request.headers.get("Sec-Fetch-Site")
-        if fetch_site is not None:
-            return fetch_site == "same-origin"
-        origin = request.headers.get("Origin")
-        if origin is None or origin == "null":
-            referer = request.headers.get("Referer")
-            if not referer:
-                return False
-            parts = urlsplit(referer)
-            origin = f"{parts.scheme}://{parts.netloc}"
-        origin = origin.lower()
-        own = f"{request.scheme}://{request.host}".lower()
-        return origin in (self.public_origin, own)
+        """Whether a POST comes from this site's own pages (:mod:`relay.web.origin`)."""
+        return same_origin(request, self.public_origin)
 
     @staticmethod
     def token_ok(session: WebSession, form: Any) -> bool:
