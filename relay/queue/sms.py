@@ -597,6 +597,20 @@ class SmsQueue(Database):
 
         return await self._run(insert)
 
+    async def sms_group_numbers(self, org: str, group: str) -> int:
+        """How many numbers ``org``'s contacts in ``group`` (lower case) have: what the
+        group expands to at most (checked against ``[limits] recipients`` at RCPT)."""
+        return await self._read(
+            lambda: int(
+                self._conn.execute(
+                    "SELECT count(DISTINCT c.number) FROM contacts c JOIN contact_groups g"
+                    " ON g.contact_id = c.id WHERE c.org = ? AND g.name = ?"
+                    " AND c.number IS NOT NULL",
+                    (org, group),
+                ).fetchone()[0]
+            )
+        )
+
     async def sms_inbound(self) -> list[dict[str, Any]]:
         """Every message phones sent, oldest first."""
         return await self._read(
