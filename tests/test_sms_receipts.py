@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.sms.inbound import MAX_MESSAGE_ID, match_key, parse_receipt_text, receipt_matches
-from relay.sms.smpp import sender_address
+from relay.sms.inbound import (
+    MAX_MESSAGE_ID,
+    DeliveryReceipt,
+    match_key,
+    parse_receipt_text,
+    receipt_matches,
+    unreadable_receipt,
+)
+from relay.sms.smpp import _read, sender_address
 
 
 def test_the_appendix_b_example() -> None:
@@ -139,3 +146,12 @@ def test_any_id_has_a_key(text: str) -> None:
     assert len(match_key(text)) <= MAX_MESSAGE_ID
     if receipt_matches(text, text.upper()):
         assert match_key(text) == match_key(text.upper())
+
+
+def test_a_receipt_that_cannot_be_read_is_kept_raw() -> None:
+    def unreadable(pdu: object, raw: bytes) -> DeliveryReceipt:
+        raise ValueError("an SMSC's surprise")
+
+    raw = b"\0\0\0\x15\0\0\0\x05\0\0\0\0\0\0\0\x07\x04"
+    kept = _read(unreadable, unreadable_receipt, object(), raw)  # a PDU with no fields
+    assert (kept.raw, kept.message_id, kept.state, kept.esm_class) == (raw, "", None, 0)
