@@ -14,7 +14,7 @@ as a header and body (binds, enquire_link, unbind, the responses) are read here 
 their SMPP 3.4 section 4 layouts (C-octet strings and one-octet integers).
 
 Scripting: :attr:`TestSmsc.answers` is a queue of how to answer the next ``submit_sm``
-(``ok`` when empty); :meth:`send_receipt` and :meth:`send_mo` push ``deliver_sm`` to
+(``ok`` when empty), :attr:`TestSmsc.message_ids` of the ids to accept them with; :meth:`send_receipt` and :meth:`send_mo` push ``deliver_sm`` to
 the bound session and return the gateway's ``command_status``; :meth:`drop` closes every
 connection, and :attr:`TestSmsc.accepting` False closes each new one at once (an
 outage). :attr:`received` records every PDU, in order; :meth:`wait_for` waits on a
@@ -126,6 +126,9 @@ class TestSmsc:
         self.ssl_context = ssl_context
         self.decimal_receipt_ids = decimal_receipt_ids
         self.answers: deque[Answer] = deque()
+        # the message_id of the next accepted submit_sm's answer, as given (an SMSC's
+        # odd ones: 5,000 digits, longer than SMPP 3.4's 65 octets); generated when empty
+        self.message_ids: deque[str] = deque()
         self.accepting = True  # False: an outage, every connection is closed at once
         self.received: list[Received] = []
         self.accepted: list[tuple[str, Any]] = []  # (message_id, SubmitSm)
@@ -170,8 +173,12 @@ class TestSmsc:
         self, message_id: str, state: str = "DELIVRD", style: str = "tlv", err: str = "000"
     ) -> int:
         """A delivery receipt for ``message_id``: ``style`` "tlv" (receipted_message_id
-        and message_state, no text), "text" (Appendix B text only) or "both"."""
-        submit = next(s for m, s in self.accepted if m == message_id)
+        and message_state, no text), "text" (Appendix B text only) or "both". An id no
+        ``submit_sm`` was answered with gets a receipt all the same (from +34600111222
+        to ACME, quoting no text)."""
+        submit = next((s for m, s in self.accepted if m == message_id), None)
+        if submit is None:
+            submit = smpp34.SubmitSm("ACME", "34600111222", b"", source_addr_ton=5)
         shown_id = str(int(message_id, 16)) if self.decimal_receipt_ids else message_id
         text = b""
         body = submit.short_message
@@ -280,7 +287,9 @@ class TestSmsc:
             received.fields = {"answer": answer}
             if answer is Answer.OK:
                 self._next_id += 1
-                message_id = f"{self._next_id:08X}"
+                message_id = (
+                    self.message_ids.popleft() if self.message_ids else f"{self._next_id:08X}"
+                )
                 self.accepted.append((message_id, submit))
                 received.fields["message_id"] = message_id
                 reply = _pdu(SUBMIT_SM_RESP, 0, sequence, message_id.encode() + b"\0")

@@ -274,3 +274,65 @@ def test_sender_id_and_number_of_another_organisation_refused(config: Path) -> N
     assert all(str(d["actor"]).startswith("operator:") for d in changes)
     verify = run_cli(config, "evidence", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# -- E2 (security review): consent sources and what `contacts list` writes ---------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["\x1b]0;pwned\x07form", "web\x1b[2Jform", "form\u202e", "a\tb\x7f", "web\u2066form\u2069"],
+)
+def test_a_consent_source_with_control_characters_is_refused(config: Path, source: str) -> None:
+    args = ["contacts", "add", "ACME", "+34600400001", "--consent", "marketing"]
+    assert refused(config, *args, "--consent-source", source) == (
+        "certifica: the consent source holds control characters"
+    )
+
+
+def test_import_refuses_such_a_consent_source_and_the_list_writes_none(
+    config: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "escapes.csv"
+    path.write_text(
+        "number,name,groups,consent,consent_source,consent_date\r\n"
+        "+34600400002,Kim,esc,marketing,\x1b]0;pwned\x07form,2026-11-30\r\n"  # 2
+        "+34600400003,Lou,esc,marketing,form \u202eright,2026-11-30\r\n"  # 3
+        "+34600400004,Max,esc,marketing,fair 2026,2026-11-30\r\n",
+        encoding="utf-8",
+    )
+    result = run_cli(config, "contacts", "import", "ACME", str(path))
+    assert result.returncode == 1
+    reported = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert reported == [
+        "line 2: left out: the consent source holds control characters",
+        "line 3: left out: the consent source holds control characters",
+    ]
+    # One stored before the check existed (written to the store directly) is listed
+    # with its characters escaped, in text and in CSV alike.
+    with Store(config.parent / "state" / "queue.db", 3600.0) as store:
+        store.run_sync(
+            lambda db: db.conn.execute(
+                "UPDATE contacts SET consent_source = ?, name = ? WHERE number = ?",
+                ("\x1b[31mform\u202e\x07", "M\x1bax", "+34600400004"),
+            )
+        )
+    for args in (["--group", "esc"], ["--group", "esc", "--csv"]):
+        out = ok(config, "contacts", "list", "ACME", *args)
+        assert not any(c not in "\t\r\n" and not c.isprintable() for c in out), out
+        assert "\\x1b[31mform\\u202e\\x07" in out and "M\\x1bax" in out
+
+
+def test_a_field_over_the_csv_limit_is_named_with_its_line(config: Path, tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text(
+        "number,name,groups,consent,consent_source,consent_date\r\n"
+        "+34600400005,Ned,big,,,\r\n"
+        f'+34600400006,"{"x" * 200_000}",big,,,\r\n',
+        encoding="utf-8",
+    )
+    limit = f"{csv.field_size_limit():,}"
+    assert refused(config, "contacts", "import", "ACME", str(path)) == (
+        f"certifica: line 3 of the file cannot be read: a field is longer than {limit} "
+        "characters (a quote left open makes the rest of the file one field)"
+    )

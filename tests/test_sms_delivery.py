@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from relay.queue.records import NewMessage, Outcome, SmsContent
-from relay.queue.sms import NO_RECEIPT, SmsAttempt
+from relay.queue.sms import BROKEN_ATTEMPT, NO_RECEIPT, SmsAttempt
 from relay.queue.store import Store
 from relay.sms.inbound import DeliveryReceipt, ReceiptState
 from relay.sms.smpp import Outcome as SubmitOutcome
@@ -25,6 +26,7 @@ from relay.sms.smpp import SubmitResult
 from tests.conftest import Gateway, Sink, SinkServer, assert_clean_log, start_gateway
 from tests.sms_queue import (
     SMS_DOMAIN,
+    enqueue_sms,
     parts,
     recipient,
     rows,
@@ -287,6 +289,116 @@ def test_a_receipt_before_the_acceptance_is_matched_when_it_is_recorded(tmp_path
             await store.record("Q1", [late], 104.0)
             (row,) = await store.recipients("Q1")
             assert row["status"] == "delivered"
+        finally:
+            store.close()
+
+    asyncio.run(run())
+
+
+# -- an SMSC's odd message ids (SMPP 3.4 section 5.2.23: at most 65 octets) ---------
+
+
+@pytest.mark.parametrize(
+    "number, message_id, style",
+    [("+34600111011", "9" * 5000, "tlv"), ("+34600111012", "ID-" + "7" * 63, "both")],
+    ids=["5000 digits", "66 characters"],
+)
+def test_an_overlong_message_id_is_recorded_once_and_its_receipt_matched(
+    gw: Gateway, smsc: SmscThread, number: str, message_id: str, style: str
+) -> None:
+    smsc.smsc.message_ids.append(message_id)
+    qid = submit_sms(gw, [number], "Hola")
+    wait_until(status_is(gw.state, qid, number, "submitted"))
+    (part,) = parts(gw.state, qid, number)
+    assert part["message_id"] == message_id and len(part["match_key"]) == 65
+    assert smsc.call(smsc.smsc.send_receipt(message_id, "DELIVRD", style=style)) == 0
+    wait_until(status_is(gw.state, qid, number, "delivered"))
+    assert recipient(gw.state, qid, number)["attempts"] == 1
+    assert len(submits_to(smsc, number)) == 1  # sent once: never again for its odd id
+    (receipt,) = events(gw.state, qid, "SmsDeliveryReceipt")
+    assert receipt["detail"]["message_id"] == message_id
+
+
+def test_a_receipt_nothing_matches_is_kept_and_acknowledged(gw: Gateway, smsc: SmscThread) -> None:
+    unknown = "8" * 5000
+    # ESME_ROK: kept (unmatched), so the SMSC does not send it again and again.
+    assert smsc.call(smsc.smsc.send_receipt(unknown, "DELIVRD", style="tlv")) == 0
+    (kept,) = rows(gw.state, "SELECT * FROM sms_receipts WHERE message_id = ?", unknown)
+    assert kept["part_id"] is None and kept["match_key"] == "8" * 65
+    assert kept["state"] == "DELIVRD" and unknown.encode() in kept["raw"]
+
+
+# -- an attempt the gateway cannot record: counted, backed off, failed at expiry ------
+
+
+def test_an_attempt_that_cannot_be_recorded_backs_off_and_fails_at_expiry(
+    tmp_path: Path, sink_server: SinkServer
+) -> None:
+    n = "+34600111013"
+    mx = sink_server.start(Sink())
+    with SmscThread() as own:
+        gw = start_gateway(sms_config(tmp_path, own.port, {"example.com": mx.port}))
+        try:
+            own.wait_for(lambda: own.smsc.binds >= 1)
+            # A fault that lasts: every acceptance the SMSC gives fails to be written.
+            conn = sqlite3.connect(gw.state / "queue.db", timeout=10)
+            with conn:
+                conn.execute(
+                    "CREATE TRIGGER test_unrecordable BEFORE UPDATE OF state ON sms_parts"
+                    " WHEN NEW.state = 'accepted' BEGIN SELECT RAISE(ABORT, 'no'); END"
+                )
+            conn.close()
+            qid, _ = enqueue_sms(gw.state, [n], "Hola", lifetime=5.0)
+            wait_until(status_is(gw.state, qid, n, "failed"), timeout=60)
+            row = recipient(gw.state, qid, n)
+            assert row["reply_text"].startswith("retries exhausted after")
+            assert row["reply_text"].endswith(BROKEN_ATTEMPT)
+            # Each attempt submitted it once and was counted, with the backoff between
+            # them: not one submit_sm a second, forever.
+            sent = [r for r in own.smsc.of("submit_sm") if r.submit.destination_addr == n[1:]]
+            assert 1 <= len(sent) == row["attempts"] <= 5
+            states = [(p["state"], p["maybe_duplicate"]) for p in parts(gw.state, qid, n)]
+            assert states == [("submitting", 0)] + [("submitting", 1)] * (len(sent) - 1)
+            deferred = events(gw.state, qid, "RelayAttemptDeferred")
+            assert len(deferred) == len(sent) - 1
+            assert all(BROKEN_ATTEMPT in e["detail"]["reply"] for e in deferred)
+            (failure,) = events(gw.state, qid, "RelayToNonERDSFailure")
+            assert "refunded" not in failure["detail"]  # the SMSC took it: it may arrive
+        finally:
+            gw.stop()
+    log = gw.log()
+    assert "Traceback" not in log
+    assert f"{qid}: SMS attempt failed unexpectedly; will retry" in log
+
+
+def test_a_broken_attempt_is_refunded_only_when_nothing_left(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = Store(tmp_path / "queue.db", 3600.0)
+        try:
+            content = SmsContent("Hola", "x", "gsm", 0, 0, ("486f6c61",), 4, "ACME")
+            numbers = (f"+34600111222@{SMS_DOMAIN}", f"+34600111333@{SMS_DOMAIN}")
+            await store.enqueue(
+                NewMessage("Q2", "mail", "a@example.com", 4, "x", numbers, sms=content)
+            )
+            first, second = await store.recipients("Q2")
+            # Before its expiry: deferred with the backoff given, the attempt counted.
+            attempt = SmsAttempt("Q2", first["id"], 0, expires=500.0, next_attempt=160.0)
+            assert await store.record_sms_broken(attempt, 100.0) == "deferred"
+            row = (await store.recipients("Q2"))[0]
+            assert (row["attempts"], row["next_attempt"]) == (1, 160.0)
+            # Past it: failed; nothing ever left for the first, so refunded...
+            late = SmsAttempt("Q2", first["id"], 1, expires=500.0, next_attempt=999.0)
+            assert await store.record_sms_broken(late, 600.0) == "failed"
+            # ...while a part the SMSC may have taken keeps the second's credits spent.
+            await store.sms_start_attempt("Q2", second["id"], 1, 100.0)
+            late = SmsAttempt("Q2", second["id"], 0, expires=500.0, next_attempt=999.0)
+            assert await store.record_sms_broken(late, 600.0) == "failed"
+            refunds = [
+                e.detail.get("refunded", False)
+                for e in await store.evidence_for("Q2")
+                if e.event == "RelayToNonERDSFailure"
+            ]
+            assert refunds == [True, False]
         finally:
             store.close()
 

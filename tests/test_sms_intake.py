@@ -434,10 +434,12 @@ def test_short_of_credits_refused(gw: Gateway) -> None:
         gw, [f"+34600111222@{DOMAIN}"], body="d" * 200 + "\r\n", user="pat@example.com"
     )
     assert code == 550
+    # Said in words of SMS: an SMS costs credits whether it is certified or not.
     assert reply.startswith(
-        "5.7.1 Not enough credits to certify this message: your organisation's balance is 3 "
-        "and it needs 4"
+        "5.7.1 Not enough credits to send this message's SMS: your organisation's balance "
+        "is 3 and it needs 4"
     )
+    assert "certify" not in reply
 
 
 def org_balance(gw: Gateway, org: str) -> int:
@@ -466,3 +468,39 @@ def test_optout_scope_all_stops_transactional_too() -> None:
             assert [s["reason"] for s in composed.content.skipped] == [
                 "opted out on 1970-01-01 (on the opt-out page)"
             ]
+
+
+# -- [limits] recipients counts the numbers a group expands to (limit 5 here) ---------
+
+
+def test_a_group_over_the_recipient_limit_is_refused(gw: Gateway) -> None:
+    now = time.time()
+    with open_db(gw) as store:
+        store.add_contacts(
+            "ACME",
+            [NewContact(f"+3460100001{i}", f"Crowd {i}", ("crowd",)) for i in range(6)]
+            + [NewContact(f"+3460100002{i}", f"Five {i}", ("five",)) for i in range(5)]
+            + [NewContact(None, "No number", ("five",))],
+            now,
+            "test",
+        )
+    # Alone over the limit: known at RCPT, refused there.
+    code, text = rcpt(gw, f"crowd@{DOMAIN}")
+    assert (code, text) == (
+        552,
+        "5.5.3 The group crowd has 6 contacts with a number, more than this gateway's "
+        "limit of 5 recipients per message: split the group or the sending",
+    )
+    # Within it alone, over it with the other recipients: refused at DATA, nothing queued.
+    before = query(gw, "SELECT count(*) FROM messages")[0][0]
+    code, reply = send(gw, [f"five@{DOMAIN}", "bob@example.org", f"+34601000020@{DOMAIN}"])
+    assert (code, reply) == (
+        552,
+        "5.5.3 With the group five, this message goes to 5 numbers; with the other "
+        "recipients that is 6, more than this gateway's limit of 5 recipients per message: "
+        "split the sending",
+    )
+    assert query(gw, "SELECT count(*) FROM messages")[0][0] == before
+    # The group alone fits: one row per number (the contact without one skipped).
+    qid = accepted(gw, [f"five@{DOMAIN}"])
+    assert len(addresses_of(gw, qid)) == 5

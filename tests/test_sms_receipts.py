@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.sms.inbound import match_key, parse_receipt_text, receipt_matches
-from relay.sms.smpp import sender_address
+from relay.sms.inbound import (
+    MAX_MESSAGE_ID,
+    DeliveryReceipt,
+    match_key,
+    parse_receipt_text,
+    receipt_matches,
+    unreadable_receipt,
+)
+from relay.sms.smpp import _read, sender_address
 
 
 def test_the_appendix_b_example() -> None:
@@ -103,3 +110,48 @@ def test_one_number_in_two_notations(pair: tuple[tuple[str, str], tuple[str, str
 )  # fmt: skip
 def test_match_keys(message_id: str, key: str) -> None:
     assert match_key(message_id) == key
+
+
+# Ids an SMSC should not send (SMPP 3.4 section 5.2.23: 65 octets at most), and do.
+_long_ids = st.text(_ID_CHARS, min_size=1, max_size=90)
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["9" * 5000, "0" * 4999 + "1", "A" * 5000, "ID-" + "7" * 63, "x" * 66, "\x00" * 70],
+)
+def test_an_overlong_id_gets_a_key_of_65_characters_at_most(message_id: str) -> None:
+    key = match_key(message_id)
+    assert 0 < len(key) <= MAX_MESSAGE_ID
+    assert receipt_matches(message_id, message_id)
+    assert match_key(message_id.lower().center(len(message_id) + 4)) == key
+
+
+def test_a_long_decimal_id_against_hexadecimal_is_compared_without_raising() -> None:
+    # A decimal id past Python's 4,300-digit int() limit is never read as a number.
+    assert not receipt_matches("9" * 5000, "7b")
+    assert receipt_matches("0" * 5000 + "123", "7b")
+    assert match_key("0" * 5000 + "123") == match_key("7b") == "123"
+
+
+@given(_long_ids, _long_ids)
+def test_long_ids_that_match_share_their_key(a: str, b: str) -> None:
+    if receipt_matches(a, b):
+        assert match_key(a) == match_key(b)
+    assert len(match_key(a)) <= MAX_MESSAGE_ID
+
+
+@given(st.text(max_size=200))
+def test_any_id_has_a_key(text: str) -> None:
+    assert len(match_key(text)) <= MAX_MESSAGE_ID
+    if receipt_matches(text, text.upper()):
+        assert match_key(text) == match_key(text.upper())
+
+
+def test_a_receipt_that_cannot_be_read_is_kept_raw() -> None:
+    def unreadable(pdu: object, raw: bytes) -> DeliveryReceipt:
+        raise ValueError("an SMSC's surprise")
+
+    raw = b"\0\0\0\x15\0\0\0\x05\0\0\0\0\0\0\0\x07\x04"
+    kept = _read(unreadable, unreadable_receipt, object(), raw)  # a PDU with no fields
+    assert (kept.raw, kept.message_id, kept.state, kept.esm_class) == (raw, "", None, 0)

@@ -3,6 +3,7 @@ documented rule, white space normalised (relay/sms/text.py; docs/sms.md)."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,38 @@ def test_fixed_text_keeps_its_line_breaks() -> None:
     raw = _flowed("one \r\ntwo").replace(b"; format=flowed", b"")
     result = sms_text(raw)
     assert isinstance(result, SmsText) and result.text == "one\ntwo"
+
+
+# Characters that would act on the text on the phone instead of being read (Unicode
+# Standard Annex #9's bidirectional controls, and the invisible format characters).
+BIDI_AND_INVISIBLE = (
+    "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\ufff9\ufffa\ufffb"
+)
+
+
+def test_bidi_overrides_and_isolates_never_reach_the_phone() -> None:
+    result = sms_text_of_body("Pay to \u202eNAPS\u202c now\u200f, \u2066ref\u2069 \u200e12")
+    assert isinstance(result, SmsText)
+    assert result.text == "Pay to NAPS now, ref 12"
+    raw = (
+        "From: alice@example.com\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "\r\nPay to \u202eNAPS\u202c\r\n"
+    ).encode()
+    mailed = sms_text(raw)
+    assert isinstance(mailed, SmsText) and mailed.text == "Pay to NAPS"
+
+
+def test_line_and_paragraph_separators_are_line_breaks() -> None:
+    result = sms_text_of_body("one\u2028two\u2029\u2029\u2029three\u2028> quoted\u2028-- \u2028sig")
+    assert isinstance(result, SmsText)
+    assert result.text == "one\ntwo\n\nthree"
+    assert result.quoted_lines == 1 and result.signature_cut
+
+
+@given(st.text(st.characters(codec="utf-8") | st.sampled_from(BIDI_AND_INVISIBLE), max_size=300))
+def test_no_control_or_format_character_is_ever_sent(body: str) -> None:
+    result = sms_text_of_body(body)
+    if isinstance(result, SmsText):
+        assert not any(c in BIDI_AND_INVISIBLE or c in "\u2028\u2029" for c in result.text)
+        assert all(c == "\n" or unicodedata.category(c) != "Cc" for c in result.text)

@@ -7,8 +7,10 @@ then the row goes to the store in one transaction, and only then is the client t
 fails, for any reason, the spool file is removed before the client is told 451 or 452,
 so nothing half accepted is left behind (the one exception: the client leaving while
 the row is written, when the row may yet commit; the next start sweeps such files).
-A certified message its organisation has not the credits for is refused the same way
-(550 5.7.1, or 452 4.7.1 with ``[credits] when_short = "defer"``; docs/credits.md):
+A certified message its organisation has not the credits for (or any message with SMS
+recipients: they cost credits certified or not, and the reply says so in words of SMS)
+is refused the same way (550 5.7.1, or 452 4.7.1 with ``[credits] when_short =
+"defer"``; docs/credits.md):
 the reservation is in the row's transaction, so nothing of it was written, and it is
 never sent uncertified instead.
 
@@ -93,7 +95,7 @@ async def accept(
                 "%s: refused: organisation %s has %d credits, the message needs %d",
                 qid, printable(err.org), err.balance, err.needed,
             )  # fmt: skip
-            return credits_short_reply(err)
+            return credits_short_reply(err, sms=record.sms is not None)
         if not isinstance(err, StoreError | OSError):
             log_failure(log, "%s: could not record the message; nothing was kept", qid)
             return replies.INTERNAL_ERROR
@@ -103,15 +105,20 @@ async def accept(
     return None
 
 
-def credits_short_reply(short: InsufficientCredits) -> str:
-    """The reply to a certified message its organisation cannot pay for: the balance,
-    what it needed and how to top up (``[provider] contact``, when it fits in a reply)."""
+def credits_short_reply(short: InsufficientCredits, *, sms: bool = False) -> str:
+    """The reply to a message its organisation cannot pay for: the balance, what it
+    needed and how to top up (``[provider] contact``, when it fits in a reply). ``sms``:
+    the message has SMS recipients, which cost credits certified or not (docs/sms.md
+    "Credits"), so the reply speaks of its SMS, not of certifying it."""
     contact = " ".join(short.contact.split())
     fits = contact and contact.isascii() and contact.isprintable() and len(contact) <= 200
     top_up = (
         replies.CREDITS_TOP_UP.format(contact=contact) if fits else replies.CREDITS_TOP_UP_OPERATOR
     )
-    reply = replies.CREDITS_SHORT_DEFER if short.defer else replies.CREDITS_SHORT
+    if sms:
+        reply = replies.CREDITS_SHORT_SMS_DEFER if short.defer else replies.CREDITS_SHORT_SMS
+    else:
+        reply = replies.CREDITS_SHORT_DEFER if short.defer else replies.CREDITS_SHORT
     return reply.format(balance=short.balance, needed=short.needed, top_up=top_up)
 
 

@@ -23,14 +23,15 @@ import csv
 import io
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
 from relay.config import Config
-from relay.logs import printable
+from relay.logs import one_line, printable
 from relay.queue.contacts import NewContact
 from relay.statements import spreadsheet_safe
 
@@ -86,6 +87,19 @@ def _when(text: str) -> float:
     raise ValueError(f"{printable(text[:40])!r} is not a date such as 2026-11-30")
 
 
+def _plain(text: str, what: str) -> str:
+    """``text`` with its white space made single spaces; ValueError when it is longer
+    than :data:`MAX_NAME` or holds a control or invisible format character (an escape
+    sequence or a right-to-left override would act on the operator's terminal or on a
+    spreadsheet when the contact is listed; it is shown in evidence too)."""
+    text = " ".join(text.split())
+    if len(text) > MAX_NAME:
+        raise ValueError(f"{what} is longer than {MAX_NAME} characters")
+    if any(not c.isprintable() for c in text):
+        raise ValueError(f"{what} holds control characters")
+    return text
+
+
 def new_contact(
     cfg: Config,
     number: str,
@@ -96,18 +110,14 @@ def new_contact(
     date: str,
 ) -> NewContact:
     """A contact from what a user typed or a file holds; ValueError with a sentence."""
-    name = " ".join(name.split())
-    if len(name) > MAX_NAME:
-        raise ValueError(f"the name is longer than {MAX_NAME} characters")
-    if any(not c.isprintable() for c in name):
-        raise ValueError("the name holds control characters")
+    name = _plain(name, "the name")
     e164 = _number(number, cfg) if number.strip() else None
     if e164 is None and not name:
         raise ValueError("a contact needs a number or a name")
     consent = consent.strip().lower()
     if consent not in ("", "marketing"):
         raise ValueError(f"consent is empty or marketing, not {printable(consent[:40])!r}")
-    source = " ".join(source.split())
+    source = _plain(source, "the consent source")
     if consent and not source:
         raise ValueError("a consent needs its source (where it was given: a form, a contract)")
     if not consent and (source or date.strip()):
@@ -131,7 +141,7 @@ def read_import(cfg: Config, text: str) -> tuple[list[NewContact], list[BadRow]]
     good: list[NewContact] = []
     bad: list[BadRow] = []
     seen: dict[str, int] = {}
-    for row in reader:
+    for row in _rows(reader):
         line = reader.line_num
         if len(good) + len(bad) >= MAX_IMPORT_ROWS:
             raise UserError(f"the file has more than {MAX_IMPORT_ROWS} rows; split it")
@@ -153,6 +163,29 @@ def read_import(cfg: Config, text: str) -> tuple[list[NewContact], list[BadRow]]
             seen[contact.number] = line
         good.append(contact)
     return good, bad
+
+
+def _rows(reader: Any) -> Iterator[list[str]]:
+    """The rows of ``reader``; a row the csv module cannot read (a field over its limit
+    of :func:`csv.field_size_limit` characters) ends the import with a sentence naming
+    the line it starts on."""
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field larger than field limit" in str(err):
+                why = (
+                    f"a field is longer than {csv.field_size_limit():,} characters "
+                    "(a quote left open makes the rest of the file one field)"
+                )
+            else:
+                why = f"it is not CSV ({printable(str(err), 120)})"
+            raise UserError(f"line {start} of the file cannot be read: {why}") from None
+        yield row
+        start = reader.line_num + 1
 
 
 def _org(store: Store, code: str) -> None:
@@ -231,7 +264,7 @@ def cmd_contacts_list(args: argparse.Namespace) -> int:
             opted = optouts.get(c.number or "")
             out.writerow(
                 [
-                    spreadsheet_safe(cell)
+                    spreadsheet_safe(one_line(cell))  # stored before they were refused
                     for cell in (
                         c.number or "",
                         c.name or "",
@@ -247,14 +280,15 @@ def cmd_contacts_list(args: argparse.Namespace) -> int:
     for c in contacts:
         opted = optouts.get(c.number or "")
         consent = (
-            f"marketing consent {_day(c.consent_marketing)} ({printable(c.consent_source or '')})"
+            f"marketing consent {_day(c.consent_marketing)} "
+            f"({printable(c.consent_source or '', None)})"
             if c.consent_marketing is not None
             else "no marketing consent"
         )
         print(
-            f"{c.number or '(no number)'}\t{printable(c.name or '-')}\t"
-            f"groups {','.join(c.groups) or '-'}\t{consent}"
-            + (f"\topted out {_day(opted.time)} ({opted.how})" if opted else "")
+            f"{printable(c.number or '(no number)')}\t{printable(c.name or '-', None)}\t"
+            f"groups {printable(','.join(c.groups), None) or '-'}\t{consent}"
+            + (f"\topted out {_day(opted.time)} ({printable(opted.how)})" if opted else "")
         )
     print(f"{len(contacts)} contacts")
     return EXIT_OK

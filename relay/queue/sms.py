@@ -24,7 +24,12 @@ The writes, each one transaction:
   is committed waits unmatched, and is matched when the acceptance is recorded),
   evidence ``SmsDeliveryReceipt``; when every part has a final receipt the recipient is
   ``delivered`` (all DELIVRD) or ``failed`` (credits spent: a wrong but valid number
-  costs). Intermediate notifications (ENROUTE, esm_class 0x20) are kept, not final.
+  costs). Intermediate notifications (ENROUTE, esm_class 0x20) are kept, not final. A
+  receipt that cannot be read or matched is kept unmatched, never refused: only a
+  failure of the database itself makes the SMSC send it again.
+- :meth:`SmsQueue.record_sms_broken`: an attempt that failed on the gateway's side
+  (say, the SMSC's answer could not be recorded) counts as an attempt: deferred with
+  the backoff, failed once the message expires, never submitted again at once.
 - :meth:`SmsQueue.sms_receipt_timeouts`: ``submitted`` recipients whose last part was
   accepted more than ``[sms] receipt_timeout`` ago are ``delivered`` with the note
   :data:`NO_RECEIPT` (the certificate says so).
@@ -40,11 +45,13 @@ the reports of plain mail happen in one place.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relay.logs import log_failure
 from relay.queue import evidence_log
 from relay.queue.db import Database
 from relay.queue.leases import record_outcomes
@@ -61,6 +68,8 @@ from relay.sms.inbound import (
 )
 from relay.sms.smpp import Outcome as SubmitOutcome
 from relay.sms.smpp import SubmitResult
+
+log = logging.getLogger("certifica/sms")
 
 NO_RECEIPT = "sent, no delivery receipt from the operator"
 """The start of the note of an SMS delivered for want of a receipt (:func:`no_receipt_note`):
@@ -290,6 +299,44 @@ def record_attempt(
     return str(row[0]) if row else str(status)
 
 
+BROKEN_ATTEMPT = "the gateway could not complete the SMS attempt (internal error; see its log)"
+"""The reply text of an SMS attempt that failed on the gateway's side (:func:`record_broken`)."""
+
+
+def record_broken(
+    conn: sqlite3.Connection, attempt: SmsAttempt, now: float, owner: str | None
+) -> str:
+    """An attempt that failed on the gateway's side, not the SMSC's (its answer could
+    not be recorded, its text could not be read): counted like any attempt and deferred
+    with the backoff, failed once the message expires, so a persistent fault never
+    submits the SMS again and again (RFC 5321 section 4.5.4.1's retry strategy, as for
+    mail). Its parts stay as they were: one still ``submitting`` makes the next submit
+    *maybe duplicate*, and keeps the credits (the SMSC may have taken it)."""
+    rid = attempt.recipient_id
+    row = conn.execute("SELECT status FROM recipients WHERE id = ?", (rid,)).fetchone()
+    if row is None or row[0] == RecipientState.SUBMITTED:
+        return str(row[0]) if row else ""  # its attempt was recorded: it failed after
+    sent = conn.execute(
+        "SELECT 1 FROM sms_parts WHERE recipient_id = ? AND (state IN ('accepted', ?)"
+        " OR maybe_duplicate = 1) LIMIT 1",
+        (rid, SUBMITTING),
+    ).fetchone()
+    host, port = attempt.smsc_host, attempt.smsc_port
+    if now >= attempt.expires:
+        status = RecipientState.FAILED
+        text = f"retries exhausted after {attempt.attempts + 1} attempts; last: {BROKEN_ATTEMPT}"
+        out = Outcome(rid, status, None, None, text, refund=sent is None, mx_host=host, port=port)
+    else:
+        status = RecipientState.DEFERRED
+        out = Outcome(
+            rid, status, None, None, BROKEN_ATTEMPT, next_attempt=attempt.next_attempt,
+            mx_host=host, port=port,
+        )  # fmt: skip
+    record_outcomes(conn, attempt.qid, [out], now, owner)
+    row = conn.execute("SELECT status FROM recipients WHERE id = ?", (rid,)).fetchone()
+    return str(row[0]) if row else str(status)
+
+
 def _is_final(state: str | None, esm_class: int) -> bool:
     if state is None or (esm_class & ESM_TYPE_MASK) == ESM_INTERMEDIATE:
         return False
@@ -432,6 +479,27 @@ def record_receipt(conn: sqlite3.Connection, receipt: DeliveryReceipt, now: floa
         ),
     )
     receipt_id = int(cursor.lastrowid or 0)
+    # Matching is reading what an SMSC wrote: should it fail on something unforeseen,
+    # the receipt stays kept as it came, unmatched, and is acknowledged all the same
+    # (sent again, it would fail again, forever). Only the database's own failure is
+    # left to the caller (the SMSC is answered a temporary error and sends it again).
+    conn.execute("SAVEPOINT sms_receipt_match")
+    try:
+        qid = _match_receipt(conn, receipt, key, receipt_id, now)
+    except sqlite3.Error:
+        raise
+    except Exception:
+        conn.execute("ROLLBACK TO sms_receipt_match")
+        conn.execute("RELEASE sms_receipt_match")
+        log_failure(log, "sms: a receipt could not be matched; kept unmatched (row %d)", receipt_id)
+        return None
+    conn.execute("RELEASE sms_receipt_match")
+    return qid
+
+
+def _match_receipt(
+    conn: sqlite3.Connection, receipt: DeliveryReceipt, key: str, receipt_id: int, now: float
+) -> str | None:
     for part_id, message_id in conn.execute(
         "SELECT id, message_id FROM sms_parts WHERE match_key = ? AND state = 'accepted'"
         " ORDER BY id DESC",
@@ -491,6 +559,13 @@ class SmsQueue(Database):
         receipts were there first)."""
         return await self._run(record_attempt, self._conn, attempt, list(results), now, owner)
 
+    async def record_sms_broken(
+        self, attempt: SmsAttempt, now: float, owner: str | None = None
+    ) -> str:
+        """An attempt that failed on the gateway's side: counted, deferred with the
+        backoff or failed past the message's expiry (:func:`record_broken`); the state."""
+        return await self._run(record_broken, self._conn, attempt, now, owner)
+
     async def record_sms_receipt(self, receipt: DeliveryReceipt, now: float) -> str | None:
         """Keep a receipt (raw and parsed) and match it to its part; the qid of a
         message whose recipient it made final, else None."""
@@ -521,6 +596,20 @@ class SmsQueue(Database):
             return int(cursor.lastrowid or 0)
 
         return await self._run(insert)
+
+    async def sms_group_numbers(self, org: str, group: str) -> int:
+        """How many numbers ``org``'s contacts in ``group`` (lower case) have: what the
+        group expands to at most (checked against ``[limits] recipients`` at RCPT)."""
+        return await self._read(
+            lambda: int(
+                self._conn.execute(
+                    "SELECT count(DISTINCT c.number) FROM contacts c JOIN contact_groups g"
+                    " ON g.contact_id = c.id WHERE c.org = ? AND g.name = ?"
+                    " AND c.number IS NOT NULL",
+                    (org, group),
+                ).fetchone()[0]
+            )
+        )
 
     async def sms_inbound(self) -> list[dict[str, Any]]:
         """Every message phones sent, oldest first."""

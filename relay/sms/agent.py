@@ -33,7 +33,7 @@ from relay.config import Config
 from relay.delivery.agent import backoff
 from relay.logs import log_failure, printable
 from relay.queue.jobs import DeliveryDone, DeliveryJob, Row
-from relay.queue.sms import SmsAttempt, no_receipt_note
+from relay.queue.sms import BROKEN_ATTEMPT, SmsAttempt, no_receipt_note
 from relay.queue.store import Store
 from relay.sms.inbound import DeliveryReceipt, MobileOriginated
 from relay.sms.smpp import EsmeClient, Outcome, SmscSettings, sender_address
@@ -115,20 +115,16 @@ class SmsAgent:
         qid = job.qid
         try:
             sms = await self.store.sms_message(qid)
-            await asyncio.gather(*(self._recipient(row, sms) for row in job.rows))
         except Exception:
-            log_failure(log, "%s: SMS attempt failed unexpectedly; will retry", qid)
-            with contextlib.suppress(Exception):
-                await self.store.postpone(
-                    [r["id"] for r in job.rows], time.time() + self.cfg.queue.first_retry
-                )
+            log_failure(log, "%s: the SMS text could not be read; will retry", qid)
+            await asyncio.gather(*(self._broken(row) for row in job.rows))
+        else:
+            await asyncio.gather(*(self._guarded(row, sms) for row in job.rows))
         return DeliveryDone(qid, job.domain, self.client.bound.is_set())
 
-    async def _recipient(self, row: Row, sms: dict[str, Any] | None) -> None:
-        qid, address = row["qid"], row["address"]
-        now = time.time()
-        attempt = SmsAttempt(
-            qid=qid,
+    def _attempt(self, row: Row, now: float) -> SmsAttempt:
+        return SmsAttempt(
+            qid=row["qid"],
             recipient_id=row["id"],
             attempts=row["attempts"],
             expires=row["expires"],
@@ -136,6 +132,38 @@ class SmsAgent:
             smsc_host=self.settings.host,
             smsc_port=self.settings.port,
         )
+
+    async def _guarded(self, row: Row, sms: dict[str, Any] | None) -> None:
+        try:
+            await self._recipient(row, sms)
+        except Exception:
+            log_failure(log, "%s: SMS attempt failed unexpectedly; will retry", row["qid"])
+            await self._broken(row)
+
+    async def _broken(self, row: Row) -> None:
+        """An attempt that failed on our side: counted and deferred with the backoff,
+        failed at the message's expiry (:meth:`relay.queue.sms.SmsQueue.record_sms_broken`),
+        as mail's are; never sent again at once, whatever keeps failing."""
+        qid, now = row["qid"], time.time()
+        attempt = self._attempt(row, now)
+        try:
+            state = await self.store.record_sms_broken(attempt, now, row.get("lease_owner"))
+        except Exception:
+            log_failure(log, "%s: could not record the failed SMS attempt", qid)
+            with contextlib.suppress(Exception):
+                await self.store.postpone([row["id"]], attempt.next_attempt)
+            return
+        log.info(
+            "%s: to=<%s>, relay=%s:%d, status=%s (%s)", qid, row["address"],
+            self.settings.host, self.settings.port, state, BROKEN_ATTEMPT,
+        )  # fmt: skip
+        if state in ("delivered", "failed"):
+            self.wake(qid)
+
+    async def _recipient(self, row: Row, sms: dict[str, Any] | None) -> None:
+        qid, address = row["qid"], row["address"]
+        now = time.time()
+        attempt = self._attempt(row, now)
         parts = await self.store.sms_start_attempt(qid, row["id"], row["attempts"] + 1, now)
         if sms is None:  # no text stored: the recipient fails (relay.queue.sms.record_attempt)
             await self.store.record_sms_attempt(attempt, [], now)

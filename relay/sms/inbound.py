@@ -32,6 +32,7 @@ from typing import Any
 from relay.sms.encoding import decode_short_message
 
 __all__ = [
+    "MAX_MESSAGE_ID",
     "DeliveryReceipt",
     "MobileOriginated",
     "ReceiptState",
@@ -42,6 +43,8 @@ __all__ = [
     "pdu_text",
     "receipt_from_pdu",
     "receipt_matches",
+    "unreadable_mo",
+    "unreadable_receipt",
 ]
 
 ESM_TYPE_MASK = 0x3C  # section 5.2.12, bits 5-2: the message type
@@ -150,7 +153,8 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
     zeros, or in decimal in the receipt where the response had hexadecimal (a habit of
     several SMSC products; Appendix B calls the text's format vendor-specific). The
     notations are crossed only when one side has a hexadecimal letter, so two decimal
-    ids never match by being read as hexadecimal."""
+    ids never match by being read as hexadecimal. Never raises, whatever the SMSC sent:
+    a decimal id is compared as digits, never read as a number (:func:`match_key`)."""
     a, b = message_id.strip().lower(), receipt_id.strip().lower()
     if not a or not b:
         return False
@@ -162,7 +166,7 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
             and decimal.isdigit()
             and _HEX_ID.fullmatch(hexadecimal)
             and not hexadecimal.isdigit()
-            and int(hexadecimal, 16) == int(decimal)
+            and str(int(hexadecimal, 16)) == (decimal.lstrip("0") or "0")
         ):
             return True
     return False
@@ -171,24 +175,31 @@ def receipt_matches(message_id: str, receipt_id: str) -> bool:
 _HEX_ID = re.compile(r"[0-9a-f]{1,32}")
 
 
+MAX_MESSAGE_ID = 65
+"""The longest ``message_id`` SMPP 3.4 allows (section 5.2.23: a C-Octet String of at
+most 65 octets); a key is cut there, so an SMSC sending a longer one cannot make a key
+of any size."""
+
+
 def match_key(message_id: str) -> str:
     """``message_id`` in the form receipts are looked up by: two ids that
     :func:`receipt_matches` pairs get the same key (a property test holds it), so the
     queue finds a receipt's part with an index instead of comparing every id.
 
-    Lower case, without surrounding spaces; an id of decimal digits as its number
-    (leading zeros dropped); a hexadecimal id with a letter as its value in decimal,
-    the notation a decimal receipt would use; any other alphanumeric id without its
-    leading zeros. A key may be shared by ids that do not match (``0-1`` and ``-1``
-    are not alphanumeric): the caller checks the candidates with :func:`receipt_matches`."""
-    text = message_id.strip().lower()
-    if text.isascii() and text.isdigit():
-        return str(int(text))
-    if _HEX_ID.fullmatch(text):
-        return str(int(text, 16))
-    if text.isalnum():
-        return text.lstrip("0") or "0"
-    return text
+    Lower case, without surrounding spaces; an id of decimal digits without its leading
+    zeros (compared as digits: never read as a number, whatever its length); a
+    hexadecimal id with a letter as its value in decimal, the notation a decimal receipt
+    would use; any other alphanumeric id without its leading zeros; cut to
+    :data:`MAX_MESSAGE_ID` characters. A key may be shared by ids that do not match
+    (``0-1`` and ``-1`` are not alphanumeric; two over-long ids alike in their first 65
+    characters): the caller checks the candidates with :func:`receipt_matches`. Never
+    raises."""
+    key = message_id.strip().lower()
+    if key.isalnum():
+        key = key.lstrip("0") or "0"
+        if not (key.isascii() and key.isdigit()) and _HEX_ID.fullmatch(key):
+            key = str(int(key, 16))  # at most 32 hexadecimal digits: 39 decimal ones
+    return key[:MAX_MESSAGE_ID]
 
 
 def pdu_text(value: Any) -> str:
@@ -232,6 +243,47 @@ def receipt_from_pdu(pdu: Any, raw: bytes = b"") -> DeliveryReceipt:
         esm_class=pdu.esm_class or 0,
         raw=raw,
     )
+
+
+def unreadable_receipt(pdu: Any, raw: bytes) -> DeliveryReceipt:
+    """What is kept of a receipt :func:`receipt_from_pdu` could not read: the PDU as
+    received, no id, no state (it is kept unmatched and acknowledged, never refused:
+    sent again it would be as unreadable)."""
+    return DeliveryReceipt(
+        message_id="",
+        state=None,
+        submit_date="",
+        done_date="",
+        error="",
+        submitted="",
+        delivered="",
+        network_error_code=b"",
+        text_fields={},
+        tlv_state=None,
+        source_addr="",
+        destination_addr="",
+        short_message=b"",
+        esm_class=_int(getattr(pdu, "esm_class", 0)),
+        raw=raw,
+    )
+
+
+def unreadable_mo(pdu: Any, raw: bytes) -> MobileOriginated:
+    """What is kept of a message from a phone :func:`mo_from_pdu` could not read: the
+    PDU as received, no text."""
+    return MobileOriginated(
+        source_addr="",
+        destination_addr="",
+        text="",
+        udh=b"",
+        data_coding=_int(getattr(pdu, "data_coding", 0)),
+        short_message=b"",
+        raw=raw,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _octets(value: Any) -> bytes:

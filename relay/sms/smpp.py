@@ -59,7 +59,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # smpplib: python-smpplib's PDU codec; see the module docstring for why not its Client.
 from smpplib import smpp as smpplib_pdu
@@ -76,6 +76,8 @@ from relay.sms.inbound import (
     mo_from_pdu,
     pdu_text,
     receipt_from_pdu,
+    unreadable_mo,
+    unreadable_receipt,
 )
 
 __all__ = [
@@ -90,6 +92,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("certifica.sms")
+_Read = TypeVar("_Read", DeliveryReceipt, MobileOriginated)
 # smpplib logs one warning per vendor TLV it skips (operators add them to every receipt).
 logging.getLogger("smpplib.command").setLevel(logging.ERROR)
 
@@ -510,10 +513,10 @@ class EsmeClient:
         resp = "deliver_sm_resp" if pdu.command == "deliver_sm" else "data_sm_resp"
         try:
             if is_receipt(pdu.esm_class or 0):
-                await self.on_receipt(receipt_from_pdu(pdu, raw))
+                await self.on_receipt(_read(receipt_from_pdu, unreadable_receipt, pdu, raw))
             else:
-                await self.on_mo(mo_from_pdu(pdu, raw))
-        except Exception:
+                await self.on_mo(_read(mo_from_pdu, unreadable_mo, pdu, raw))
+        except Exception:  # not recorded (the database failed): the SMSC sends it again
             log_failure(log, "sms: a %s could not be handled; the SMSC will send it again", resp)
             await self._respond(session, resp, pdu.sequence, ESME_RX_T_APPN)
             return
@@ -607,6 +610,20 @@ class EsmeClient:
                 )
             )
         )
+
+
+def _read(
+    reader: Callable[[Any, bytes], _Read], fallback: Callable[[Any, bytes], _Read], pdu: Any,
+    raw: bytes,
+) -> _Read:  # fmt: skip
+    """``reader(pdu, raw)``, or ``fallback(pdu, raw)`` (the raw PDU, nothing read) when
+    the PDU cannot be read: what an SMSC sent is kept and acknowledged, never refused
+    for its content (refused, it would come back as unreadable, forever)."""
+    try:
+        return reader(pdu, raw)
+    except Exception:
+        log_failure(log, "sms: a deliver_sm could not be read; kept as received")
+        return fallback(pdu, raw)
 
 
 def _connection_error(err: BaseException) -> str:

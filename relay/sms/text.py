@@ -27,8 +27,12 @@ Then the rule, applied in this order (docs/sms.md repeats it for senders):
    ``Inviato:``/``Date:``/``Fecha:``/``Data:`` on the next line.
 3. **Quoted lines**: every remaining line starting with ``>`` (RFC 3676 section 4.5) is
    dropped.
-4. **White space**: no-break and other Unicode spaces become a space, zero-width
-   characters and controls other than the line break are removed, runs of spaces and tabs
+4. **White space**: no-break and other Unicode spaces become a space, the line and
+   paragraph separators (U+2028, U+2029, NEL) a line break; controls other than the
+   line break and the invisible format characters are removed: zero-width ones, the
+   soft hyphen, and the bidirectional marks, embeddings, overrides and isolates
+   (U+200E, U+200F, U+061C, U+202A-U+202E, U+2066-U+2069: a right-to-left override
+   would show the phone "Pay to SPAN" for "Pay to NAPS"); runs of spaces and tabs
    become one space, lines are trimmed, more than one empty line becomes one, and empty
    lines at the start and end go.
 
@@ -66,7 +70,17 @@ _OUTLOOK_SEPARATOR = re.compile(
 _OUTLOOK_FROM = re.compile(r"(From|De|Da):\s", re.IGNORECASE)
 _OUTLOOK_NEXT = re.compile(r"(Sent|Enviado|Enviat|Inviato|Date|Fecha|Data):\s", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
-_REMOVED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+# Controls (C0 but the line feed, DEL, C1), and the invisible format characters that
+# would act on the text on the phone rather than be read: zero-width ones, the soft
+# hyphen, and the bidirectional marks, embeddings, overrides and isolates of Unicode
+# Standard Annex #9 (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069; "Pay to
+# U+202E NAPS" shows as "Pay to SPAN"), with the invisible operators, the deprecated
+# format characters and the interlinear annotation marks.
+_REMOVED = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
+)
+_LINE_SEPARATORS = re.compile("[\u2028\u2029\x85]")  # Unicode's line and paragraph ends
 
 
 @dataclass(frozen=True)
@@ -155,7 +169,8 @@ def unflow(text: str, delsp: bool) -> str:
 
 def sms_text_of_body(body: str) -> SmsText | NoText:
     """Apply the rule to a body already read as text."""
-    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    body = _LINE_SEPARATORS.sub("\n", body.replace("\r\n", "\n").replace("\r", "\n"))
+    lines = body.split("\n")
     signature_cut = reply_cut = False
     for i, line in enumerate(lines):
         if _SIGNATURE.fullmatch(line):
@@ -187,8 +202,8 @@ def _is_reply_start(lines: list[str], i: int) -> bool:
 
 
 def normalise_whitespace(text: str) -> str:
-    """Step 4 of the rule: spaces, zero-width characters, empty lines."""
-    text = _REMOVED.sub("", text)
+    """Step 4 of the rule: spaces, invisible characters, empty lines."""
+    text = _REMOVED.sub("", _LINE_SEPARATORS.sub("\n", text))
     out: list[str] = []
     for line in text.split("\n"):
         line = _SPACES.sub(" ", line).strip(" ")

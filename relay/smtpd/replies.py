@@ -145,6 +145,16 @@ CREDITS_SHORT_DEFER = (
     "balance is {balance} and it needs {needed}, so nothing was accepted; it can be sent "
     "again once credits are added ({top_up})."
 )
+# A message with SMS recipients: its SMS cost credits whether it is certified or not.
+CREDITS_SHORT_SMS = (
+    "550 5.7.1 Not enough credits to send this message's SMS: your organisation's balance "
+    "is {balance} and it needs {needed}, so nothing was sent; {top_up}."
+)
+CREDITS_SHORT_SMS_DEFER = (
+    "452 4.7.1 Not enough credits to send this message's SMS yet: your organisation's "
+    "balance is {balance} and it needs {needed}, so nothing was accepted; it can be sent "
+    "again once credits are added ({top_up})."
+)
 CREDITS_TOP_UP = "to top up, contact {contact}"
 CREDITS_TOP_UP_OPERATOR = "to top up, ask the operator of this gateway"
 
@@ -224,6 +234,16 @@ SMS_NO_SUCH_GROUP = (
 SMS_KIND_UNKNOWN = (
     "550 5.6.0 X-Certifica-SMS: {value} names no kind of SMS; write marketing or "
     "transactional, or leave the field out (transactional)"
+)
+# [limits] recipients counts each number a group expands to (RFC 5321 4.5.3.1.8 allows
+# a server its own limit); a group alone over it is refused at RCPT, the whole at DATA.
+SMS_GROUP_TOO_BIG = (
+    "552 5.5.3 The group {group} has {count} contacts with a number, more than this "
+    "gateway's limit of {limit} recipients per message: split the group or the sending"
+)
+SMS_TOO_MANY_RECIPIENTS = (
+    "552 5.5.3 With the group{s} {groups}, this message goes to {count} numbers{others}, "
+    "more than this gateway's limit of {limit} recipients per message: split the sending"
 )
 SMS_NO_TEXT = "550 5.6.0 {sentence}"
 SMS_TOO_LONG = "552 5.3.4 {sentence}"

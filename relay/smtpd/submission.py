@@ -263,10 +263,16 @@ class SubmissionHandler:
         target = parse_sms_address(address, self.cfg.gateway.domain, self.cfg.sms.default_region)
         if isinstance(target, NumberRefused):
             return replies.SMS_NUMBER_REFUSED.format(sentence=target.sentence)
-        if isinstance(target, SmsGroup) and not await self.store.contact_group_exists(
-            account.org, target.name
-        ):
-            return replies.SMS_NO_SUCH_GROUP.format(group=target.name)
+        if isinstance(target, SmsGroup):
+            if not await self.store.contact_group_exists(account.org, target.name):
+                return replies.SMS_NO_SUCH_GROUP.format(group=target.name)
+            # Each number of a group is a recipient: a group alone over the limit is
+            # refused now, as it is known (the whole message is counted at DATA).
+            count = await self.store.sms_group_numbers(account.org, target.name)
+            if count > self.cfg.limits.recipients:
+                return replies.SMS_GROUP_TOO_BIG.format(
+                    group=target.name, count=count, limit=self.cfg.limits.recipients
+                )
         local = target.e164 if isinstance(target, SmsNumber) else target.name
         address = f"{local}@{sms_domain(self.cfg.gateway.domain)}"
         if address in envelope.rcpt_tos:
@@ -302,7 +308,9 @@ class SubmissionHandler:
             [t.name for t in targets if isinstance(t, SmsGroup)],
         )
         sender = await self.store.sms_sender_of(user) or self.cfg.sms.source
-        composed = compose(self.cfg, raw, targets, audience, sender, kind)
+        # Off the event loop: a group's numbers are each checked (libphonenumber), and
+        # the other sessions go on meanwhile.
+        composed = await asyncio.to_thread(compose, self.cfg, raw, targets, audience, sender, kind)
         if isinstance(composed, NoText):
             return replies.SMS_NO_TEXT.format(sentence=composed.sentence)
         if isinstance(composed, SmsTooLong):
@@ -362,6 +370,8 @@ class SubmissionHandler:
             )
             if not recipients:
                 return replies.SMS_NOBODY.format(why=skipped_summary(composed))
+            if len(recipients) > self.cfg.limits.recipients:
+                return too_many_recipients(self.cfg, composed, sms_addresses, len(recipients))
         tracking = certified and self.cfg.tracking.enabled and await self.store.user_tracking(user)
         org = account.org  # docs/accounts.md
 
@@ -444,6 +454,25 @@ def sms_detail(sms: Composed) -> dict[str, Any]:
         "recipients": list(sms.addresses),
         "skipped": list(content.skipped),
     }
+
+
+def too_many_recipients(cfg: Config, sms: Composed, sms_addresses: list[str], total: int) -> str:
+    """The refusal of a message whose groups took it over ``[limits] recipients``: each
+    number a group expands to is a recipient (RCPT counted the group as one)."""
+    groups = [
+        a.partition("@")[0]
+        for a in sms_addresses
+        if isinstance(parse_sms_address(a, cfg.gateway.domain, ""), SmsGroup)
+    ]
+    shown = ", ".join(groups[:3]) + (f" and {len(groups) - 3} more" if len(groups) > 3 else "")
+    count = len(sms.addresses)
+    return replies.SMS_TOO_MANY_RECIPIENTS.format(
+        s="s" if len(groups) > 1 else "",
+        groups=shown,
+        count=count,
+        others=f"; with the other recipients that is {total}" if total > count else "",
+        limit=cfg.limits.recipients,
+    )
 
 
 def skipped_summary(sms: Composed, shown: int = 3) -> str:
