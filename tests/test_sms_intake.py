@@ -448,7 +448,9 @@ def org_balance(gw: Gateway, org: str) -> int:
 
 
 def test_optout_scope_all_stops_transactional_too() -> None:
-    """``[sms] optout_scope = "all"``: an opt-out stops every SMS (compose on its own)."""
+    """``[sms] optout_scope = "all"``: a reply STOP (or the operator's opt-out) stops every
+    SMS; one made on the web page stops marketing only, since a page cannot prove who
+    owns the number (compose on its own)."""
     import dataclasses
 
     from relay.config import Config, SmsConfig
@@ -457,16 +459,20 @@ def test_optout_scope_all_stops_transactional_too() -> None:
     from relay.sms.numbers import SmsNumber
 
     raw = make_message(body="Your parcel is ready.\r\n")
-    audience = Audience({}, {}, {"+34600000004": OptOut("ACME", "+34600000004", 0.0, "web")})
-    targets = [SmsNumber("+34600000004", "ES"), SmsNumber("+34600000005", "ES")]
-    for scope, sent in (("marketing", 2), ("all", 1)):
+    optouts = {
+        "+34600000004": OptOut("ACME", "+34600000004", 0.0, "mo", {"keyword": "STOP"}),
+        "+34600000005": OptOut("ACME", "+34600000005", 0.0, "web"),
+    }
+    audience = Audience({}, {}, optouts)
+    targets = [SmsNumber(n, "ES") for n in ("+34600000004", "+34600000005", "+34600000006")]
+    for scope, sent in (("marketing", 3), ("all", 2)):
         cfg = dataclasses.replace(Config(), sms=SmsConfig(optout_scope=scope))
         composed = compose(cfg, raw, targets, audience, "ACME", SmsKind.TRANSACTIONAL, 7)
         assert isinstance(composed, Composed)
         assert len(composed.addresses) == sent
         if scope == "all":
-            assert [s["reason"] for s in composed.content.skipped] == [
-                "opted out on 1970-01-01 (on the opt-out page)"
+            assert [(s["address"], s["reason"]) for s in composed.content.skipped] == [
+                ("+34600000004", "opted out on 1970-01-01 (reply STOP)")
             ]
 
 

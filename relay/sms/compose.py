@@ -37,7 +37,7 @@ from enum import StrEnum
 from certifier.mime import field_name, header_end, header_fields
 from relay.cleanup.intake import subject_of
 from relay.config import Config
-from relay.queue.contacts import Audience, OptOut
+from relay.queue.contacts import Audience, OptOut, optout_stops
 from relay.queue.records import SmsContent
 from relay.sms.encoding import EncodedSms, SmsTooLong, encode_sms
 from relay.sms.numbers import NumberRefused, SmsGroup, SmsNumber, parse_number, sms_domain
@@ -139,7 +139,6 @@ def compose(
     if isinstance(encoded, SmsTooLong):
         return encoded
     domain = sms_domain(cfg.gateway.domain)
-    optouts_apply = marketing or cfg.sms.optout_scope == "all"
     sent: list[str] = []
     skipped: list[dict[str, str]] = []
     seen: set[str] = set()
@@ -153,7 +152,7 @@ def compose(
         optout = audience.optouts.get(number)
         reason: str | None = None
         why = ""
-        if optouts_apply and optout is not None:
+        if optout is not None and optout_stops(optout, marketing, cfg.sms.optout_scope):
             reason, why = optout_reason(optout), "opted_out"
         elif marketing and (contact is None or contact.consent_marketing is None):
             reason, why = "no recorded consent to marketing", "no_consent"
@@ -187,16 +186,22 @@ def compose(
                     )
                 continue
             consider(checked.e164, member.name, target.name)
-    return Composed(_content(encoded, sender_id, marketing, skipped), tuple(sent), encoded.segments)
+    content = sms_content(encoded, sender_id, marketing, skipped)
+    return Composed(content, tuple(sent), encoded.segments)
 
 
 def _skip(address: str, name: str, group: str, reason: str, why: str) -> dict[str, str]:
     return {"address": address, "name": name, "group": group, "reason": reason, "why": why}
 
 
-def _content(
-    encoded: EncodedSms, sender_id: str, marketing: bool, skipped: list[dict[str, str]]
+def sms_content(
+    encoded: EncodedSms,
+    sender_id: str,
+    marketing: bool = False,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> SmsContent:
+    """The ``sms_messages`` row of ``encoded``, sent as ``sender_id``: the text, its
+    SHA-256 (of its UTF-8), the alphabet and each part's octets in hexadecimal."""
     return SmsContent(
         text=encoded.text,
         text_sha256=hashlib.sha256(encoded.text.encode("utf-8")).hexdigest(),

@@ -43,9 +43,10 @@ from certifier.i18n import translations
 from relay.config import Config
 from relay.logs import printable
 from relay.queue.ids import new_queue_id
-from relay.queue.records import NewMessage, SmsContent
+from relay.queue.records import NewMessage
 from relay.queue.spool import Spool
 from relay.queue.states import MessageKind
+from relay.sms.compose import sms_content
 from relay.sms.encoding import SmsTooLong, encode_sms
 from relay.sms.inbound import MobileOriginated
 from relay.sms.numbers import NumberRefused, parse_number, sms_domain
@@ -202,16 +203,7 @@ def _confirmation(
         f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
         f"{text}\r\n"
     ).encode()
-    content = SmsContent(
-        text=encoded.text,
-        text_sha256=hashlib.sha256(encoded.text.encode("utf-8")).hexdigest(),
-        alphabet="gsm" if encoded.alphabet.name == "GSM7" else "ucs2",
-        data_coding=encoded.data_coding,
-        esm_class=encoded.esm_class,
-        parts=tuple(p.hex() for p in encoded.parts),
-        units=encoded.units,
-        sender_id=sender_id,
-    )
+    content = sms_content(encoded, sender_id)
     msg = NewMessage(
         qid=qid,
         kind=MessageKind.NOTICE,
