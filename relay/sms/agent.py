@@ -214,7 +214,7 @@ class SmsAgent:
         qid = await self.store.record_sms_receipt(receipt, time.time())
         self.receipts += 1
         log.info(
-            "sms: receipt for %s: %s%s",
+            "receipt for %s: %s%s",
             printable(receipt.message_id, 64),
             receipt.state or "unreadable",
             f" ({qid}: final)" if qid else "",
@@ -232,7 +232,7 @@ class SmsAgent:
             await self.store.keep_mo(mo, time.time())
         self.mos += 1
         log.info(
-            "sms: message from %s to %s",
+            "message from %s to %s",
             printable(mo.source_addr, 32),
             printable(mo.destination_addr, 32),
         )
@@ -247,4 +247,4 @@ class SmsAgent:
                     log.info("%s: %s", qid, printable(no_receipt_note(timeout)))
                     self.wake(qid)
             except Exception:
-                log_failure(log, "sms: the receipt-timeout pass failed; will retry")
+                log_failure(log, "the receipt-timeout pass failed; will retry")

@@ -91,7 +91,7 @@ __all__ = [
     "status_sentence",
 ]
 
-log = logging.getLogger("certifica.sms")
+log = logging.getLogger("certifica/sms")
 _Read = TypeVar("_Read", DeliveryReceipt, MobileOriginated)
 # smpplib logs one warning per vendor TLV it skips (operators add them to every receipt).
 logging.getLogger("smpplib.command").setLevel(logging.ERROR)
@@ -276,13 +276,11 @@ class _Session:
 
 
 async def _ignore_receipt(receipt: DeliveryReceipt) -> None:
-    log.info(
-        "sms: receipt for %s (%s) with no handler", printable(receipt.message_id), receipt.state
-    )
+    log.info("receipt for %s (%s) with no handler", printable(receipt.message_id), receipt.state)
 
 
 async def _ignore_mo(message: MobileOriginated) -> None:
-    log.info("sms: message from %s with no handler", printable(message.source_addr))
+    log.info("message from %s with no handler", printable(message.source_addr))
 
 
 class EsmeClient:
@@ -326,14 +324,14 @@ class EsmeClient:
                 self.last_error = self._attempt_error or _connection_error(err)
             except Exception:
                 self.last_error = "an internal error (logged)"
-                log_failure(log, "sms: the session with the SMSC ended")
+                log_failure(log, "the session with the SMSC ended")
             if self._stopping:
                 break
             if self.binds > binds:  # a session was up: start short again
                 pause = self.settings.backoff_first
             self.unbound.set()
             log.warning(
-                "sms: not bound to %s:%d (%s); again in %.1f s",
+                "not bound to %s:%d (%s); again in %.1f s",
                 self.settings.host, self.settings.port, self.last_error, pause,
             )  # fmt: skip
             with contextlib.suppress(TimeoutError):
@@ -388,9 +386,7 @@ class EsmeClient:
             self.last_error = ""
             self.unbound.clear()
             self.bound.set()
-            log.info(
-                "sms: bound to %s:%d as %s (transceiver)", s.host, s.port, printable(s.system_id)
-            )
+            log.info("bound to %s:%d as %s (transceiver)", s.host, s.port, printable(s.system_id))
             keepalive = asyncio.create_task(self._keepalive(session))
             try:
                 await reading
@@ -517,7 +513,7 @@ class EsmeClient:
             else:
                 await self.on_mo(_read(mo_from_pdu, unreadable_mo, pdu, raw))
         except Exception:  # not recorded (the database failed): the SMSC sends it again
-            log_failure(log, "sms: a %s could not be handled; the SMSC will send it again", resp)
+            log_failure(log, "a %s could not be handled; the SMSC will send it again", resp)
             await self._respond(session, resp, pdu.sequence, ESME_RX_T_APPN)
             return
         await self._respond(session, resp, pdu.sequence, ESME_ROK)
@@ -622,7 +618,7 @@ def _read(
     try:
         return reader(pdu, raw)
     except Exception:
-        log_failure(log, "sms: a deliver_sm could not be read; kept as received")
+        log_failure(log, "a deliver_sm could not be read; kept as received")
         return fallback(pdu, raw)
 
 
