@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,6 +191,53 @@ def test_export_then_erase_a_phone_number(
     receipt_for_each(smsc, before, 1)
     assert [s.submit.destination_addr for s in submits(smsc)[before:]] == [OTHER[1:]]
     settle(gw)
+    assert gw.cli("evidence", "verify").returncode == 0
+
+
+def test_an_sms_under_legal_hold_keeps_its_text_and_receipts_until_released(
+    gw: Gateway, smsc: SmscThread, mx: Sink
+) -> None:
+    held_number = "+34600111444"
+    before = len(submits(smsc))
+    qid = submit(gw, TEXT + "\r\n", numbers=(held_number,))
+    receipt_for_each(smsc, before, 1)
+    certificate_of(mx, qid)
+    settle(gw)
+    ((cert_id,),) = [tuple(r.values()) for r in rows(gw.state, "SELECT cert_id FROM messages"
+                                                     " WHERE qid = ?", qid)]  # fmt: skip
+    # What `certifica evidence legal-hold CERT-ID` records (relay.queue.holds).
+    conn = sqlite3.connect(gw.state / "queue.db", timeout=10)
+    with conn:
+        conn.execute(
+            "INSERT INTO legal_holds (cert_id, qid, since, note) VALUES (?, ?, ?, 'claim')",
+            (cert_id, qid, time.time()),
+        )
+    conn.close()
+
+    def held() -> tuple[object, ...]:
+        (row,) = rows(
+            gw.state,
+            "SELECT s.text, x.raw FROM sms_messages s JOIN sms_parts p ON p.qid = s.qid"
+            " JOIN sms_receipts x ON x.part_id = p.id WHERE s.qid = ?",
+            qid,
+        )
+        return row["text"], row["raw"]
+
+    kept = gw.cli("erase", "--subject", held_number, "--yes")
+    assert kept.returncode == 0, kept.stderr
+    assert "under legal hold" in kept.stdout
+    text, raw = held()
+    assert text == TEXT and isinstance(raw, bytes) and raw != b""
+
+    conn = sqlite3.connect(gw.state / "queue.db", timeout=10)
+    with conn:
+        conn.execute("DELETE FROM legal_holds WHERE qid = ?", (qid,))
+    conn.close()
+    released = gw.cli("erase", "--subject", held_number, "--yes")
+    assert released.returncode == 0, released.stderr
+    assert held() == (None, b"")
+    checkpointed(gw)
+    assert text_columns_naming(gw.state, (held_number[1:],)) == []
     assert gw.cli("evidence", "verify").returncode == 0
 
 

@@ -384,7 +384,11 @@ def _sms_plan(
             )
             if r[1] != b"" or match.mentions(r[2])
         }
-    sql = f"SELECT id, raw, fields FROM sms_receipts WHERE {subjects._naming(('raw', 'fields'))}"  # noqa: S608
+    # A receipt no part was matched to (its own parts' are above, legal holds respected).
+    sql = (
+        "SELECT id, raw, fields FROM sms_receipts WHERE part_id IS NULL"  # noqa: S608
+        f" AND ({subjects._naming(('raw', 'fields'))})"
+    )
     receipts |= {
         int(r[0]) for r in conn.execute(sql, params) if r[1] != b"" or match.mentions(r[2])
     }
