@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.queue.subjects import Matcher
+from relay.queue.migrations import migrate
+from relay.queue.subjects import Matcher, address_committed_to, commitment
 from tests.conftest import Gateway, Sink, SinkServer, assert_clean_log, start_gateway
 from tests.sms_queue import SMS_DOMAIN, rows, sms_config, wait_until
 from tests.smsc import SmscThread
@@ -102,6 +103,28 @@ def test_a_number_is_matched_as_a_whole_number() -> None:
     assert not match.mentions("+346001112223") and not match.mentions("1600111222")
     assert match.is_subject(f"{NUMBER}@{SMS_DOMAIN.upper()}") and match.is_subject(NUMBER)
     assert not match.is_subject(f"{NUMBER}@example.org")
+
+
+def test_a_number_is_found_by_its_commitment_in_a_restored_backup(tmp_path: Path) -> None:
+    """``certifica erase --commitment``: a phone's commitment is of its E.164 form, found
+    from its SMS address in a recipient row or from a contact's number."""
+    key = bytes(range(32))
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    migrate(conn)
+    with conn:
+        conn.execute(
+            "INSERT INTO recipients (qid, address, domain, status, next_attempt)"
+            " VALUES ('q1', ?, ?, 'delivered', 0)",
+            (f"{NUMBER}@{SMS_DOMAIN}", SMS_DOMAIN),
+        )
+        conn.execute(
+            "INSERT INTO contacts (org, number, added, added_by) VALUES ('ACME', ?, 0, 'op')",
+            (OTHER,),
+        )
+    assert address_committed_to(conn, key, commitment(key, NUMBER)) == NUMBER
+    assert address_committed_to(conn, key, commitment(key, OTHER)) == OTHER
+    assert address_committed_to(conn, key, commitment(key, "+34600111444")) is None
+    conn.close()
 
 
 def test_export_then_erase_a_phone_number(

@@ -136,10 +136,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"], language, timezone
         )
     counts = found.counts()
+    sms = (
+        f"{len(found.sms['contacts'])} contact(s), {len(found.sms['optouts'])} opt-out(s), "
+        f"{len(found.sms['sent'])} SMS sent and {len(found.sms['received'])} received, "
+        if found.sms
+        else ""
+    )
     print(
         f"{address}: {counts['messages']} message(s), {counts['evidence_entries']} evidence "
-        f"entr{'y' if counts['evidence_entries'] == 1 else 'ies'}, {copied} file(s) copied; "
-        f"written to {target} (see README.txt; check with sha256sum -c MANIFEST.sha256)"
+        f"entr{'y' if counts['evidence_entries'] == 1 else 'ies'}, {sms}{copied} file(s) "
+        f"copied; written to {target} (see README.txt; check with sha256sum -c MANIFEST.sha256)"
     )
     return EXIT_OK
 

@@ -342,7 +342,7 @@ def _sms_plan(
     ]
     texts: list[str] = []
     skipped: dict[str, str] = {}
-    for chunk in subjects._chunks(qids):
+    for chunk in subjects.chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         texts += [
             str(r[0])
@@ -352,7 +352,7 @@ def _sms_plan(
                 chunk,
             )
         ]
-    sql = f"SELECT qid, skipped FROM sms_messages WHERE {subjects._naming(('skipped',))}"  # noqa: S608
+    sql = f"SELECT qid, skipped FROM sms_messages WHERE {subjects.naming(('skipped',))}"  # noqa: S608
     held = set(holds.held_qids(conn))
     for qid, listed in conn.execute(sql, params):
         if qid in held:
@@ -365,7 +365,7 @@ def _sms_plan(
                 changed = True
         if changed:
             skipped[str(qid)] = json.dumps(entries, ensure_ascii=False)
-    sql = f"SELECT id FROM sms_inbound WHERE {subjects._naming(('source',))}"  # noqa: S608
+    sql = f"SELECT id FROM sms_inbound WHERE {subjects.naming(('source',))}"  # noqa: S608
     inbound = [
         int(r[0])
         for r in conn.execute(
@@ -373,7 +373,7 @@ def _sms_plan(
         )
     ]
     receipts: set[int] = set()
-    for chunk in subjects._chunks(own):
+    for chunk in subjects.chunks(own):
         marks = ", ".join("?" for _ in chunk)
         receipts |= {
             int(r[0])
@@ -387,7 +387,7 @@ def _sms_plan(
     # A receipt no part was matched to (its own parts' are above, legal holds respected).
     sql = (
         "SELECT id, raw, fields FROM sms_receipts WHERE part_id IS NULL"  # noqa: S608
-        f" AND ({subjects._naming(('raw', 'fields'))})"
+        f" AND ({subjects.naming(('raw', 'fields'))})"
     )
     receipts |= {
         int(r[0]) for r in conn.execute(sql, params) if r[1] != b"" or match.mentions(r[2])
@@ -412,11 +412,11 @@ def _sms_plan(
 
 def _apply_sms(conn: sqlite3.Connection, match: subjects.Matcher, work: dict[str, Any]) -> None:
     """Inside the erasure's transaction: the writes :func:`_sms_plan` found."""
-    for chunk in subjects._chunks(work["contacts"]):
+    for chunk in subjects.chunks(work["contacts"]):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(f"DELETE FROM contact_groups WHERE contact_id IN ({marks})", chunk)  # noqa: S608
         conn.execute(f"DELETE FROM contacts WHERE id IN ({marks})", chunk)  # noqa: S608
-    for chunk in subjects._chunks(work["texts"]):
+    for chunk in subjects.chunks(work["texts"]):
         marks = ", ".join("?" for _ in chunk)
         # The text and its parts' octets are the content, as after retention_days.
         conn.execute(
@@ -425,7 +425,7 @@ def _apply_sms(conn: sqlite3.Connection, match: subjects.Matcher, work: dict[str
         )
     for qid, listed in work["skipped"].items():
         conn.execute("UPDATE sms_messages SET skipped = ? WHERE qid = ?", (listed, qid))
-    for chunk in subjects._chunks(work["inbound"]):
+    for chunk in subjects.chunks(work["inbound"]):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(
             f"UPDATE sms_inbound SET source = ?, text = '', raw = x'' WHERE id IN ({marks})",  # noqa: S608

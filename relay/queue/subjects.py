@@ -219,7 +219,7 @@ class Matcher:
         return self.pattern.sub(replacement, value)
 
     def params(self) -> dict[str, str]:
-        """The parameters of :func:`_naming`'s SQL. ``needle`` is what SQLite's ``lower()``
+        """The parameters of :func:`naming`'s SQL. ``needle`` is what SQLite's ``lower()``
         can find: an ASCII address without characters JSON escapes; otherwise empty
         (``instr(x, '')`` is 1: every row goes to the registered function)."""
         plain = self.needle.isascii() and not set(self.needle) & set('"\\')
@@ -335,12 +335,13 @@ def _rows(
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+def chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    """``values`` in pieces small enough for an SQL ``IN (...)`` list."""
     for start in range(0, len(values), size):  # SQLite's bound-parameter limit
         yield values[start : start + size]
 
 
-def _naming(columns: tuple[str, ...]) -> str:
+def naming(columns: tuple[str, ...]) -> str:
     """SQL true for a row where one of ``columns`` names the address or its commitment.
     SQLite's ``instr`` over ``lower()`` passes over most rows in C; the registered
     function then decides on the few left (a whole word, any case, JSON escapes): a
@@ -356,8 +357,8 @@ def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
     """The messages about the address (or its commitment): sent or received by it, naming
     it, and the documents and reports made about those (their children, recursively)."""
     match.register(conn)
-    on_message = _naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
-    on_recipient = _naming(("address", *RECIPIENT_TEXT_COLUMNS))
+    on_message = naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
+    on_recipient = naming(("address", *RECIPIENT_TEXT_COLUMNS))
     params = match.params()
     found = {
         r[0]
@@ -373,7 +374,7 @@ def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
     frontier = sorted(found)
     while frontier:
         children: set[str] = set()
-        for chunk in _chunks(frontier):
+        for chunk in chunks(frontier):
             marks = ", ".join("?" for _ in chunk)
             children |= {
                 r[0]
@@ -391,7 +392,7 @@ def messages_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any
     """The message rows of ``qids`` (ordered by time), each with all its recipient rows
     under ``recipients``."""
     out: list[dict[str, Any]] = []
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         out += _rows(conn, f"SELECT * FROM messages WHERE qid IN ({marks})", chunk)  # noqa: S608
     out.sort(key=lambda m: (m["created"], m["qid"]))
@@ -408,7 +409,7 @@ def evidence_about(conn: sqlite3.Connection, match: Matcher) -> list[dict[str, A
     match.register(conn)
     return _rows(
         conn,
-        f"SELECT * FROM evidence WHERE {_naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
+        f"SELECT * FROM evidence WHERE {naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
         match.params(),
     )
 
@@ -423,7 +424,7 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     for message in found.messages:
         message["roles"] = roles(message, match)
     own = [r["id"] for m in found.messages for r in m["recipients"] if _is(match, r["address"])]
-    for chunk in _chunks(own):
+    for chunk in chunks(own):
         marks = ", ".join("?" for _ in chunk)
         found.tracking_events += _rows(
             conn,
@@ -440,7 +441,7 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     found.evidence = [e for e in entries if e["event"] != ERASURE_EVENT]
     found.erasures = [e for e in entries if e["event"] == ERASURE_EVENT]
     found.verifications = verifications_of(conn, qids)
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         found.legal_holds += _rows(
             conn,
@@ -499,11 +500,11 @@ def sms_holdings(
     )
     sent = _rows(
         conn,
-        f"SELECT * FROM sms_inbound WHERE {_naming(('source',))} ORDER BY id",  # noqa: S608
+        f"SELECT * FROM sms_inbound WHERE {naming(('source',))} ORDER BY id",  # noqa: S608
         params,
     )
     received: list[dict[str, Any]] = []
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         received += _rows(
             conn,
@@ -528,7 +529,7 @@ def sms_holdings(
     skipped: list[dict[str, Any]] = []
     for row in _rows(
         conn,
-        _SKIPPED + f" WHERE {_naming(('s.skipped',))} ORDER BY m.created",  # noqa: S608
+        _SKIPPED + f" WHERE {naming(('s.skipped',))} ORDER BY m.created",  # noqa: S608
         params,
     ):
         for entry in json.loads(row.pop("skipped") or "[]"):
@@ -572,7 +573,7 @@ def is_sender(message: dict[str, Any]) -> bool:
 def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any]]:
     """The verification records of the documents issued about ``qids``."""
     out: list[dict[str, Any]] = []
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         out += _rows(
             conn,
@@ -585,7 +586,7 @@ def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str
 def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> list[int]:
     """The opens and clicks of these recipient rows that still hold who made them."""
     out: list[int] = []
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         out += [
             int(r[0])
@@ -601,7 +602,7 @@ def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> lis
 def tracked_links(conn: sqlite3.Connection, recipient_ids: list[int]) -> int:
     """How many links of these recipient rows' tracked copies are still stored."""
     count = 0
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         (n,) = conn.execute(
             f"SELECT COUNT(*) FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
@@ -615,7 +616,7 @@ def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
     """Inside the caller's transaction: the opens and clicks of these recipient rows keep
     their kind, time and classification, and lose the IP address, the user agent and
     the URL; the links of their copies are removed (a click on one now finds nothing)."""
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(
             f"UPDATE tracking_events SET ip = '', user_agent = '', url = NULL"  # noqa: S608
@@ -634,7 +635,7 @@ def forget_hosted(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
     the comment and the context (IP address, user agent); the certificate of the
     decision already issued still verifies (its values are in the evidence log, whose
     entries the erasure forgets the same way)."""
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(
             f"UPDATE hosted_links SET decision_detail = NULL"  # noqa: S608
