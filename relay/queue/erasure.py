@@ -591,7 +591,7 @@ def _describe_sms(plan: Plan) -> list[str]:
             "are deleted, with their groups and consents"
         )
     if plan.sms_texts:
-        lines.append(f"the text of {plan.sms_texts} SMS about it is removed (its hash stays)")
+        lines.append(f"{plan.sms_texts} SMS about it lose their text (its SHA-256 stays)")
     if plan.sms_sent:
         lines.append(
             f"{plan.sms_sent} message(s) the phone sent lose their text and octets "
@@ -599,8 +599,8 @@ def _describe_sms(plan: Plan) -> list[str]:
         )
     if plan.sms_skipped:
         lines.append(
-            f"{plan.sms_skipped} SMS that left it out name it, and its contact name, "
-            "only by the commitment"
+            f"{plan.sms_skipped} SMS it was left out of keep the reason; the number and "
+            "its contact name become the commitment"
         )
     if plan.sms_receipts:
         lines.append(
