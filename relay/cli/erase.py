@@ -1,5 +1,6 @@
 """``certifica erase --subject ADDRESS [--yes]``: erase what the gateway holds about one
-e-mail address (GDPR art. 17), keeping what proves the evidence (docs/erasure.md).
+e-mail address or phone number (GDPR art. 17), keeping what proves the evidence
+(docs/erasure.md; a number's opt-outs are kept, and the command says so).
 ``--commitment HEX`` instead names the address by the commitment an earlier erasure
 recorded: the way to erase it again in a backup restored from before that erasure.
 
@@ -53,6 +54,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
             raise UserError(str(erasure.StillActive(address, plan.active)))
         if plan.nothing:
             print(f"Nothing to erase: the gateway holds no personal data of {address}.")
+            kept = erasure.kept_optouts(plan)
+            if kept:
+                print(f"{kept}.")
             if plan.held:
                 print(
                     f"{len(plan.held)} message(s) about it are under legal hold and kept as "
@@ -66,6 +70,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             "  What proves the certificates stays: hashes, commitments, the evidence chain; "
             "copies the senders hold still verify."
         )
+        if erasure.kept_optouts(plan):
+            print(f"  {erasure.kept_optouts(plan)}.")
         if not args.yes:
             if not sys.stdin.isatty():
                 raise UserError("refusing to erase without confirmation; add --yes")
@@ -100,6 +106,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
         )
     if done.users:
         print(f"The user account {address} was removed.")
+    kept = erasure.kept_optouts(done)
+    if kept:
+        print(f"{kept}.")
     if done.held:
         print(
             f"{len(done.held)} message(s) under legal hold were kept; run again once the "
@@ -125,8 +134,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``certifica erase`` to the subcommands."""
     p = sub.add_parser(
         "erase",
-        help="erase an e-mail address's data, keeping the proof (GDPR erasure request)",
-        description="Erase what the gateway holds about an e-mail address: its messages' "
+        help="erase an e-mail address's or phone number's data, keeping the proof (GDPR "
+        "erasure request)",
+        description="Erase what the gateway holds about an e-mail address or a phone number "
+        "(certified SMS: its contacts, the texts sent to and by it; its opt-outs are kept, "
+        "or organisations could not stop sending to it): its messages' "
         "content, the texts and evidence values naming it, its opens and clicks' IP "
         "addresses and user agents, the archived certificates and spool copies about it, "
         "its user account and reception settings. The address becomes a keyed commitment; "
@@ -137,7 +149,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "commitment, in a backup restored from before it; see docs/erasure.md.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--subject", metavar="ADDRESS", help="the e-mail address")
+    which.add_argument(
+        "--subject",
+        metavar="ADDRESS",
+        help="the e-mail address, or a phone number (+34600111222, national in [sms] "
+        "default_region, or its address at sms.<gateway domain>)",
+    )
     which.add_argument(
         "--commitment",
         metavar="HEX",

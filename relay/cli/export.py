@@ -1,5 +1,7 @@
 """``certifica export --subject ADDRESS DIR``: everything the gateway holds about one
-e-mail address, for a request of access (GDPR art. 15; docs/erasure.md).
+e-mail address or phone number, for a request of access (GDPR art. 15; docs/erasure.md).
+A phone number's SMS records (its contacts, opt-outs, the messages it sent, the SMS it
+received with their parts and receipts, those it was left out of) are ``sms.json``.
 
 DIR (new or empty) receives one JSON file per kind of record (:mod:`relay.queue.subjects`
 finds them), copies of the messages kept in the spool and of the archived certificates
@@ -54,19 +56,42 @@ _ADDRESS = re.compile(r"[\w.!#$%&'*+/?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 def subject_address(text: str, cfg: Any) -> str:
     """The ``--subject`` argument, normalised; a one-line refusal when it is no address,
     or one of the gateway's own (the certification address is in the Cc of every
-    certified message: erasing it would erase them all)."""
+    certified message: erasing it would erase them all). A phone number (``+34600111222``,
+    national in ``[sms] default_region``, or its SMS address ``+34600111222@sms.<domain>``)
+    becomes its E.164 form (docs/erasure.md, "Phone numbers")."""
     from relay.addresses import local_domains
     from relay.queue.subjects import looks_like_address, normalise
+    from relay.sms.numbers import is_sms_address
 
     address = normalise(text)
+    local, at, _domain = address.rpartition("@")
+    if at and is_sms_address(address, cfg.gateway.domain):
+        return _phone(local, cfg)
+    if not at and address[:1] in tuple("+0123456789"):
+        return _phone(address, cfg)
     if not looks_like_address(address):
-        raise UserError(f"{text!r} is not an e-mail address (like bob@example.org)")
+        raise UserError(
+            f"{text!r} is not an e-mail address (like bob@example.org) nor a phone number"
+            " (like +34600111222)"
+            if not at and any(c.isdigit() for c in address)
+            else f"{text!r} is not an e-mail address (like bob@example.org)"
+        )
     if address.rpartition("@")[2].rstrip(".") in local_domains(cfg):
         raise UserError(
             f"{address} is an address of the gateway itself, not of a person; "
             "give the address of the person who asked"
         )
     return address
+
+
+def _phone(text: str, cfg: Any) -> str:
+    """A phone number given as the subject, in E.164; the refusal's one sentence if not."""
+    from relay.sms.numbers import SmsNumber, parse_number
+
+    found = parse_number(text, cfg.sms.default_region)
+    if not isinstance(found, SmsNumber):
+        raise UserError(f"{found.sentence.rstrip('.')} (--subject)")
+    return str(found.e164)
 
 
 def subject_key(cfg: Any, store: Store) -> bytes:
@@ -111,10 +136,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             partial, found, paths["spool"], SPOOL_QUEUE, paths["certificates"], language, timezone
         )
     counts = found.counts()
+    sms = (
+        f"{len(found.sms['contacts'])} contact(s), {len(found.sms['optouts'])} opt-out(s), "
+        f"{len(found.sms['sent'])} SMS sent and {len(found.sms['received'])} received, "
+        if found.sms
+        else ""
+    )
     print(
         f"{address}: {counts['messages']} message(s), {counts['evidence_entries']} evidence "
-        f"entr{'y' if counts['evidence_entries'] == 1 else 'ies'}, {copied} file(s) copied; "
-        f"written to {target} (see README.txt; check with sha256sum -c MANIFEST.sha256)"
+        f"entr{'y' if counts['evidence_entries'] == 1 else 'ies'}, {sms}{copied} file(s) "
+        f"copied; written to {target} (see README.txt; check with sha256sum -c MANIFEST.sha256)"
     )
     return EXIT_OK
 
@@ -144,9 +175,10 @@ class _Others:
     so not even their number shows."""
 
     def __init__(self, found: Any) -> None:
-        from relay.queue.subjects import is_sender, normalise
+        from relay.queue.subjects import Matcher, is_sender, normalise
 
         self.subject = {found.address, found.committed}
+        self._match = Matcher(found.address, found.committed)  # a phone: its SMS address too
         self.by_qid = {m["qid"]: m for m in found.messages}
         self.sent = {m["qid"] for m in found.messages if is_sender(m)}
         grew = True
@@ -157,7 +189,9 @@ class _Others:
         self._normalise = normalise
 
     def is_subject(self, value: object) -> bool:
-        return isinstance(value, str) and self._normalise(value) in self.subject
+        return self._match.is_subject(value) or (
+            isinstance(value, str) and self._normalise(value) in self.subject
+        )
 
     def allowed(self, qid: str) -> set[str]:
         """The addresses a record of message ``qid`` may show: the subject's and the
@@ -170,7 +204,10 @@ class _Others:
         """``value`` (a JSON value) without the sender's connection and other addresses."""
         if isinstance(value, str):
             return _ADDRESS.sub(
-                lambda m: m[0] if self._normalise(m[0]) in allowed else WITHHELD, value
+                lambda m: (
+                    m[0] if self._normalise(m[0]) in allowed or self.is_subject(m[0]) else WITHHELD
+                ),
+                value,
             )
         if isinstance(value, dict):
             return {
@@ -189,6 +226,7 @@ class _Others:
             isinstance(item, str)
             and _ADDRESS.fullmatch(item.strip().strip("<>")) is not None
             and self._normalise(item) not in allowed
+            and not self.is_subject(item)
         )
 
 
@@ -244,6 +282,29 @@ def _verifications(found: Any, others: _Others) -> list[dict[str, Any]]:
     return out
 
 
+def _sms(held: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``sms.json``: a phone number's SMS records (:func:`relay.queue.subjects.sms_holdings`),
+    its own: the contacts by organisation (not who added them), the opt-outs with how and
+    when, the messages it sent, the SMS sent to it with their parts and the operator's
+    receipts (parsed), and the SMS it was left out of with the reason."""
+    contacts = [{k: v for k, v in c.items() if k != "added_by"} for c in held["contacts"]]
+    sent = [{k: v for k, v in _readable(m, ()).items() if k != "raw"} for m in held["sent"]]
+    received = []
+    for row in held["received"]:
+        parts = []
+        for part in row["parts"]:
+            receipts = [_readable(r, ("fields",)) for r in part["receipts"]]
+            parts.append({**part, "receipts": receipts})
+        received.append({**row, "parts": parts})
+    return {
+        "contacts": contacts,
+        "opt_outs": [_readable(o, ("detail",)) for o in held["optouts"]],
+        "sent_by_the_phone": sent,
+        "received": received,
+        "left_out_of": held["skipped"],
+    }
+
+
 def _write(
     root: Path,
     found: Any,
@@ -270,6 +331,8 @@ def _write(
         "legal-holds.json": found.legal_holds,
         "erasures.json": [_readable(e, _JSON_COLUMNS) for e in found.erasures],
     }
+    if found.sms:
+        records["sms.json"] = _sms(found.sms)
     for name, value in records.items():
         (root / name).write_text(
             json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
@@ -378,6 +441,22 @@ def _readme(found: Any, copied: int, withheld: bool, language: str, timezone: st
         ),
         item("legal-holds.json", _("the messages kept under legal hold.")),
         item("erasures.json", _("the erasures of this address already made.")),
+        *(
+            [
+                item(
+                    "sms.json",
+                    _(
+                        "for a phone number: the address books of organisations that hold it "
+                        "(name, groups, consent to marketing and where it was given), its "
+                        "requests to receive no more SMS, the messages the phone sent, the "
+                        "SMS sent to it with each part's state and the operator's delivery "
+                        "receipts, and the SMS it was left out of, with the reason."
+                    ),
+                )
+            ]
+            if found.sms
+            else []
+        ),
         item(
             "messages/, certificates/",
             _("copies of the messages and certificates the gateway keeps."),
@@ -438,14 +517,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``certifica export`` to the subcommands."""
     p = sub.add_parser(
         "export",
-        help="everything held about an e-mail address (GDPR access request)",
+        help="everything held about an e-mail address or phone number (GDPR access request)",
         description="Write into DIR (new or empty) everything the gateway holds about an "
-        "e-mail address: its messages, evidence entries, opens and clicks, verification "
-        "records and account as JSON, copies of the messages and certificates kept, a "
+        "e-mail address or a phone number: its messages, evidence entries, opens and clicks, "
+        "verification records and account as JSON (a number's contacts, opt-outs and SMS "
+        "as sms.json), copies of the messages and certificates kept, a "
         "README.txt in plain words and MANIFEST.sha256. After an erasure it says what "
         "remains (records naming the address only by its commitment).",
     )
-    p.add_argument("--subject", required=True, metavar="ADDRESS", help="the e-mail address")
+    p.add_argument(
+        "--subject",
+        required=True,
+        metavar="ADDRESS",
+        help="the e-mail address, or a phone number (+34600111222, national in [sms] "
+        "default_region, or its address at sms.<gateway domain>)",
+    )
     p.add_argument(
         "--language",
         choices=LANGUAGES,

@@ -19,8 +19,12 @@
    (:func:`relay.queue.evidence_log.forget`: the chain still verifies); the
    verification page forgets the recipients of those documents
    (:func:`relay.queue.verifications.erase_record`); its user account and reception
-   settings are removed; an ``Erasure`` evidence entry records who, when and the scope
-   (counts and the commitment, never the address);
+   settings are removed; of a phone number (certified SMS): its contacts (with their
+   groups) are deleted, the texts of the SMS about it and of the messages it sent are
+   cleared, the SMS it was left out of name it by its commitment, its receipts lose
+   their raw octets and the number; its opt-outs are kept (:func:`_sms_plan`); an
+   ``Erasure`` evidence entry records who, when and the scope (counts and the
+   commitment, never the address);
 4. the WAL is checkpointed (``TRUNCATE``), so the old pages leave the ``-wal`` file;
    when a reader keeps it from finishing, the result says so (``wal_cleared``) and the
    gateway's next checkpoint completes it.
@@ -40,6 +44,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -104,6 +109,12 @@ class Plan:
     reception_owners: int = 0
     reception_acks: int = 0
     files: list[Path] = field(default_factory=list)
+    sms_contacts: int = 0  # contacts of the number in organisations' address books
+    sms_texts: int = 0  # SMS texts about the number still held
+    sms_sent: int = 0  # messages the phone sent (MO) still holding their text or source
+    sms_skipped: int = 0  # SMS whose list of those left out names it
+    sms_receipts: int = 0  # receipts of its SMS holding their raw octets or the number
+    sms_optouts_kept: int = 0  # opt-outs of the number: kept (docs/erasure.md)
     held: list[str] = field(default_factory=list)  # qids under legal hold, left as they are
     active: list[str] = field(default_factory=list)  # qids still in the queue
     wal_cleared: bool = True  # after erase: the checkpoint emptied the write-ahead log
@@ -121,6 +132,11 @@ class Plan:
             or self.reception_owners
             or self.reception_acks
             or self.files
+            or self.sms_contacts
+            or self.sms_texts
+            or self.sms_sent
+            or self.sms_skipped
+            or self.sms_receipts
         )
 
     def scope(self) -> dict[str, int]:
@@ -138,6 +154,18 @@ class Plan:
             "reception_acks": self.reception_acks,
             "files": len(self.files),
             "held": len(self.held),
+            **(
+                {
+                    "sms_contacts": self.sms_contacts,
+                    "sms_texts": self.sms_texts,
+                    "sms_sent": self.sms_sent,
+                    "sms_skipped": self.sms_skipped,
+                    "sms_receipts": self.sms_receipts,
+                    "sms_optouts_kept": self.sms_optouts_kept,
+                }
+                if subjects.is_number(self.address)
+                else {}
+            ),
         }
 
 
@@ -292,7 +320,123 @@ def _plan(
         "entries": entries,
         "verifications": pending,
     }
+    if match.number is not None:
+        work["sms"] = _sms_plan(conn, match, plan, [q for q in qids if q not in held], own)
     return plan, work
+
+
+def _sms_plan(
+    conn: sqlite3.Connection,
+    match: subjects.Matcher,
+    plan: Plan,
+    qids: list[str],
+    own: list[int],
+) -> dict[str, Any]:
+    """What the SMS tables need for a phone number (docs/erasure.md, "Phone numbers"):
+    ``qids`` are the messages about it not under legal hold, ``own`` its recipient rows
+    among them. Its opt-outs are only counted: they stay."""
+    match.register(conn)
+    params = match.params()
+    contacts = [
+        int(r[0]) for r in conn.execute("SELECT id FROM contacts WHERE number = ?", (match.number,))
+    ]
+    texts: list[str] = []
+    skipped: dict[str, str] = {}
+    for chunk in subjects.chunks(qids):
+        marks = ", ".join("?" for _ in chunk)
+        texts += [
+            str(r[0])
+            for r in conn.execute(
+                f"SELECT qid FROM sms_messages WHERE qid IN ({marks})"  # noqa: S608
+                " AND (text IS NOT NULL OR parts != '[]')",
+                chunk,
+            )
+        ]
+    sql = f"SELECT qid, skipped FROM sms_messages WHERE {subjects.naming(('skipped',))}"  # noqa: S608
+    held = set(holds.held_qids(conn))
+    for qid, listed in conn.execute(sql, params):
+        if qid in held:
+            continue
+        entries = json.loads(listed or "[]")
+        changed = False
+        for entry in entries:
+            if match.is_subject(entry.get("address")):
+                entry["address"] = entry["name"] = match.committed
+                changed = True
+        if changed:
+            skipped[str(qid)] = json.dumps(entries, ensure_ascii=False)
+    sql = f"SELECT id FROM sms_inbound WHERE {subjects.naming(('source',))}"  # noqa: S608
+    inbound = [
+        int(r[0])
+        for r in conn.execute(
+            sql + " AND (source != :committed OR text != '' OR raw != x'')", params
+        )
+    ]
+    receipts: set[int] = set()
+    for chunk in subjects.chunks(own):
+        marks = ", ".join("?" for _ in chunk)
+        receipts |= {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT r.id, r.raw, r.fields FROM sms_receipts r JOIN sms_parts p"  # noqa: S608
+                f" ON p.id = r.part_id WHERE p.recipient_id IN ({marks})",
+                chunk,
+            )
+            if r[1] != b"" or match.mentions(r[2])
+        }
+    # A receipt no part was matched to (its own parts' are above, legal holds respected).
+    sql = (
+        "SELECT id, raw, fields FROM sms_receipts WHERE part_id IS NULL"  # noqa: S608
+        f" AND ({subjects.naming(('raw', 'fields'))})"
+    )
+    receipts |= {
+        int(r[0]) for r in conn.execute(sql, params) if r[1] != b"" or match.mentions(r[2])
+    }
+    (kept,) = conn.execute(
+        "SELECT COUNT(*) FROM sms_optouts WHERE number = ?", (match.number,)
+    ).fetchone()
+    plan.sms_contacts = len(contacts)
+    plan.sms_texts = len(texts)
+    plan.sms_sent = len(inbound)
+    plan.sms_skipped = len(skipped)
+    plan.sms_receipts = len(receipts)
+    plan.sms_optouts_kept = int(kept)
+    return {
+        "contacts": contacts,
+        "texts": texts,
+        "skipped": skipped,
+        "inbound": inbound,
+        "receipts": sorted(receipts),
+    }
+
+
+def _apply_sms(conn: sqlite3.Connection, match: subjects.Matcher, work: dict[str, Any]) -> None:
+    """Inside the erasure's transaction: the writes :func:`_sms_plan` found."""
+    for chunk in subjects.chunks(work["contacts"]):
+        marks = ", ".join("?" for _ in chunk)
+        conn.execute(f"DELETE FROM contact_groups WHERE contact_id IN ({marks})", chunk)  # noqa: S608
+        conn.execute(f"DELETE FROM contacts WHERE id IN ({marks})", chunk)  # noqa: S608
+    for chunk in subjects.chunks(work["texts"]):
+        marks = ", ".join("?" for _ in chunk)
+        # The text and its parts' octets are the content, as after retention_days.
+        conn.execute(
+            f"UPDATE sms_messages SET text = NULL, parts = '[]' WHERE qid IN ({marks})",  # noqa: S608
+            chunk,
+        )
+    for qid, listed in work["skipped"].items():
+        conn.execute("UPDATE sms_messages SET skipped = ? WHERE qid = ?", (listed, qid))
+    for chunk in subjects.chunks(work["inbound"]):
+        marks = ", ".join("?" for _ in chunk)
+        conn.execute(
+            f"UPDATE sms_inbound SET source = ?, text = '', raw = x'' WHERE id IN ({marks})",  # noqa: S608
+            (match.committed, *chunk),
+        )
+    for rid in work["receipts"]:
+        (fields,) = conn.execute("SELECT fields FROM sms_receipts WHERE id = ?", (rid,)).fetchone()
+        conn.execute(
+            "UPDATE sms_receipts SET raw = x'', fields = ? WHERE id = ?",
+            (match.scrub(fields, match.committed), rid),
+        )
 
 
 def plan(store: Database, address: str, key: bytes, spool_root: Path, certificates: Path) -> Plan:
@@ -370,6 +514,8 @@ def _apply(
     for row in work["verifications"]:
         verifications.erase_record(conn, str(row["cert_id"]), now)
     subjects.remove_accounts(conn, match)
+    if "sms" in work:
+        _apply_sms(conn, match, work["sms"])
 
 
 def checkpoint(path: Path) -> bool:
@@ -428,9 +574,48 @@ def describe(plan: Plan) -> list[str]:
         lines.append("certified reception for it is removed: its forwarding address stops working")
     if plan.reception_acks:
         lines.append(f"{plan.reception_acks} record(s) of proofs of receipt are removed")
+    lines += _describe_sms(plan)
     if plan.held:
         lines.append(
             f"{len(plan.held)} message(s) under legal hold are kept as they are "
             f"({', '.join(plan.held[:5])}): run again once the hold is released"
         )
     return lines
+
+
+def _describe_sms(plan: Plan) -> list[str]:
+    lines = []
+    if plan.sms_contacts:
+        lines.append(
+            f"{plan.sms_contacts} contact(s) of the number in organisations' address books "
+            "are deleted, with their groups and consents"
+        )
+    if plan.sms_texts:
+        lines.append(f"{plan.sms_texts} SMS about it lose their text (its SHA-256 stays)")
+    if plan.sms_sent:
+        lines.append(
+            f"{plan.sms_sent} message(s) the phone sent lose their text and octets "
+            "(their time stays)"
+        )
+    if plan.sms_skipped:
+        lines.append(
+            f"{plan.sms_skipped} SMS it was left out of keep the reason; the number and "
+            "its contact name become the commitment"
+        )
+    if plan.sms_receipts:
+        lines.append(
+            f"{plan.sms_receipts} delivery receipt(s) lose their raw octets and the number "
+            "(the certificates issued hold them)"
+        )
+    return lines
+
+
+def kept_optouts(plan: Plan) -> str | None:
+    """The sentence saying the number's opt-outs stay, and why; None when it has none."""
+    if not plan.sms_optouts_kept:
+        return None
+    return (
+        f"{plan.sms_optouts_kept} SMS opt-out(s) of {plan.address} are kept: without the "
+        "number the organisations could not stop sending to it (GDPR art. 17(3)(b) and "
+        "21(3); docs/erasure.md)"
+    )

@@ -1,4 +1,5 @@
-"""Everything the gateway's database holds about one e-mail address: the inventory that
+"""Everything the gateway's database holds about one e-mail address or phone number: the
+inventory that
 ``certifica export --subject`` writes out (GDPR art. 15) and ``certifica erase --subject``
 erases (art. 17; :mod:`relay.queue.erasure`). docs/erasure.md says what is kept and why.
 
@@ -22,6 +23,18 @@ Where an address can be, column by column (the schema is :mod:`relay.queue.migra
   ``reception_owners.owner``, ``reception_acks`` (owner, sender); an admin's pending
   requests to bind a domain (``org_domain_claims.requested_by``), which an erasure ends
   and an export does not list (a domain name and a time, the organisation's).
+
+A phone number (certified SMS, docs/sms.md) is a subject in E.164 (``+34600111222``): its
+recipient rows hold it as ``+34600111222@sms.<gateway domain>``, and it is also in
+``contacts.number`` (with ``contact_groups``), ``sms_optouts.number`` (and its
+``detail``), ``sms_inbound.source`` (with ``text`` and ``raw``: what the phone sent),
+``sms_messages.skipped`` (an entry's ``address`` and ``name``), and, of its recipient
+rows, ``sms_parts`` and their ``sms_receipts`` (``raw``, ``fields``: the deliver_sm
+names the phone); in the evidence like an address (``SmsSubmitted``,
+``SmsDeliveryReceipt``, ``SmsOptOut``, ``SmsConsentRecorded``...). Inside texts it is
+matched as a whole number: with or without ``+`` (SMPP writes it without), after ``00``,
+or in its national form; ``+346001112223`` is another number. :func:`sms_holdings`
+gathers those rows.
 
 An address is compared as the rest of the gateway compares it
 (:func:`relay.smtpd.users.normalise_address`): the whole address case-insensitively.
@@ -52,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
+
 ERASURE_EVENT = "Erasure"
 """The evidence event an erasure appends (detail: operator, subject commitment, scope;
 :mod:`relay.queue.erasure`)."""
@@ -64,6 +79,14 @@ _MENTIONS = "certifica_mentions_subject"  # the SQL function of :meth:`Matcher.r
 # make a longer address of which ours would only be a piece (RFC 5322 atext, dots).
 _BEFORE = r"(?<![A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-])"
 _AFTER = r"(?![A-Za-z0-9\-]|\.[A-Za-z0-9])"
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # ITU-T E.164: at most 15 digits
+
+
+def is_number(subject: str) -> bool:
+    """Whether the subject (normalised) is a phone number in E.164 rather than an address."""
+    return _E164.fullmatch(subject) is not None
 
 
 def normalise(address: str) -> str:
@@ -125,15 +148,25 @@ _ADDRESS_HOLDERS = (
 def address_committed_to(conn: sqlite3.Connection, key: bytes, committed: str) -> str | None:
     """The address held in the database (a column holding one address) whose commitment
     under ``key`` is ``committed``, else None: how an erasure is applied again, by its
-    commitment, to a backup restored from before it (docs/erasure.md). A full scan of
-    those columns, one HMAC per distinct address: for an operator's command."""
+    commitment, to a backup restored from before it (docs/erasure.md). A phone's
+    commitment is of its number in E.164: an SMS address is tried as its number, and so
+    are the numbers of contacts and of the messages phones sent. A full scan of those
+    columns, one HMAC per distinct address: for an operator's command."""
     seen: set[str] = set()
-    for table, column in _ADDRESS_HOLDERS:
-        rows = conn.execute(
-            f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE '%@%'"  # noqa: S608
-        )
-        for (value,) in rows:
+    holders = [
+        (t, c, f"SELECT DISTINCT {c} FROM {t} WHERE {c} LIKE '%@%'")  # noqa: S608
+        for t, c in _ADDRESS_HOLDERS
+    ]
+    holders += [
+        ("contacts", "number", "SELECT DISTINCT number FROM contacts WHERE number LIKE '+%'"),
+        ("sms_inbound", "source", "SELECT DISTINCT source FROM sms_inbound WHERE source LIKE '+%'"),
+    ]
+    for _table, _column, sql in holders:
+        for (value,) in conn.execute(sql):
             address = normalise(str(value))
+            local, _at, domain = address.rpartition("@")
+            if is_number(local) and domain.startswith("sms."):
+                address = local
             if address in seen:
                 continue
             seen.add(address)
@@ -143,16 +176,37 @@ def address_committed_to(conn: sqlite3.Connection, key: bytes, committed: str) -
 
 
 class Matcher:
-    """Finds the address (or its commitment) in any column's value."""
+    """Finds the address (or its commitment) in any column's value. A subject in E.164
+    (:func:`is_number`) is a phone: its SMS address ``+34600111222@sms.<domain>`` is
+    itself, and the number is found in texts as a whole number (module docstring)."""
 
     def __init__(self, address: str, committed: str) -> None:
         self.address = normalise(address)
         self.committed = committed
-        self.pattern = re.compile(_BEFORE + re.escape(self.address) + _AFTER, re.IGNORECASE)
+        self.number = self.address if is_number(self.address) else None
+        if self.number is None:
+            self.needle = self.address
+            self.pattern = re.compile(_BEFORE + re.escape(self.address) + _AFTER, re.IGNORECASE)
+            return
+        digits = self.number[1:]
+        parsed = phonenumbers.parse(self.number)
+        national = phonenumbers.national_significant_number(parsed) or digits
+        # Every form holds the national digits: the needle SQLite's instr looks for.
+        self.needle = national if national in digits else digits
+        self.pattern = re.compile(
+            rf"(?<![0-9+])(?:(?:\+|00)?{digits}|0?{re.escape(national)})(?![0-9])"
+        )
 
     def is_subject(self, value: object) -> bool:
-        """The value is the address itself (a column holding one address)."""
-        return isinstance(value, str) and normalise(value) == self.address
+        """The value is the address itself (a column holding one address), or for a phone
+        the number in E.164 or its SMS address."""
+        if not isinstance(value, str):
+            return False
+        value = normalise(value)
+        if self.number is None:
+            return value == self.address
+        local, at, domain = value.rpartition("@")
+        return value == self.number or (at != "" and local == self.number and domain[:4] == "sms.")
 
     def mentions(self, value: object) -> bool:
         """The address appears in the value (text, JSON or bytes) as a whole word."""
@@ -165,11 +219,11 @@ class Matcher:
         return self.pattern.sub(replacement, value)
 
     def params(self) -> dict[str, str]:
-        """The parameters of :func:`_naming`'s SQL. ``needle`` is what SQLite's ``lower()``
+        """The parameters of :func:`naming`'s SQL. ``needle`` is what SQLite's ``lower()``
         can find: an ASCII address without characters JSON escapes; otherwise empty
         (``instr(x, '')`` is 1: every row goes to the registered function)."""
-        plain = self.address.isascii() and not set(self.address) & set('"\\')
-        return {"needle": self.address if plain else "", "committed": self.committed}
+        plain = self.needle.isascii() and not set(self.needle) & set('"\\')
+        return {"needle": self.needle if plain else "", "committed": self.committed}
 
     def register(self, conn: sqlite3.Connection) -> None:
         """Make ``certifica_mentions_subject(x)`` callable in this connection's SQL."""
@@ -247,6 +301,7 @@ class Holdings:
     reception_owners: list[dict[str, Any]] = field(default_factory=list)
     reception_acks: list[dict[str, Any]] = field(default_factory=list)
     erasures: list[dict[str, Any]] = field(default_factory=list)  # Erasure evidence entries
+    sms: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sms_holdings()
 
     @property
     def qids(self) -> list[str]:
@@ -268,6 +323,7 @@ class Holdings:
             "users": len(self.users),
             "reception_owners": len(self.reception_owners),
             "reception_acks": len(self.reception_acks),
+            **{f"sms_{k}": len(v) for k, v in self.sms.items()},
         }
 
 
@@ -279,12 +335,13 @@ def _rows(
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def _chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+def chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    """``values`` in pieces small enough for an SQL ``IN (...)`` list."""
     for start in range(0, len(values), size):  # SQLite's bound-parameter limit
         yield values[start : start + size]
 
 
-def _naming(columns: tuple[str, ...]) -> str:
+def naming(columns: tuple[str, ...]) -> str:
     """SQL true for a row where one of ``columns`` names the address or its commitment.
     SQLite's ``instr`` over ``lower()`` passes over most rows in C; the registered
     function then decides on the few left (a whole word, any case, JSON escapes): a
@@ -300,8 +357,8 @@ def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
     """The messages about the address (or its commitment): sent or received by it, naming
     it, and the documents and reports made about those (their children, recursively)."""
     match.register(conn)
-    on_message = _naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
-    on_recipient = _naming(("address", *RECIPIENT_TEXT_COLUMNS))
+    on_message = naming(MESSAGE_ADDRESS_COLUMNS + MESSAGE_TEXT_COLUMNS)
+    on_recipient = naming(("address", *RECIPIENT_TEXT_COLUMNS))
     params = match.params()
     found = {
         r[0]
@@ -317,7 +374,7 @@ def concerned_qids(conn: sqlite3.Connection, match: Matcher) -> list[str]:
     frontier = sorted(found)
     while frontier:
         children: set[str] = set()
-        for chunk in _chunks(frontier):
+        for chunk in chunks(frontier):
             marks = ", ".join("?" for _ in chunk)
             children |= {
                 r[0]
@@ -335,7 +392,7 @@ def messages_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any
     """The message rows of ``qids`` (ordered by time), each with all its recipient rows
     under ``recipients``."""
     out: list[dict[str, Any]] = []
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         out += _rows(conn, f"SELECT * FROM messages WHERE qid IN ({marks})", chunk)  # noqa: S608
     out.sort(key=lambda m: (m["created"], m["qid"]))
@@ -352,7 +409,7 @@ def evidence_about(conn: sqlite3.Connection, match: Matcher) -> list[dict[str, A
     match.register(conn)
     return _rows(
         conn,
-        f"SELECT * FROM evidence WHERE {_naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
+        f"SELECT * FROM evidence WHERE {naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
         match.params(),
     )
 
@@ -367,7 +424,7 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     for message in found.messages:
         message["roles"] = roles(message, match)
     own = [r["id"] for m in found.messages for r in m["recipients"] if _is(match, r["address"])]
-    for chunk in _chunks(own):
+    for chunk in chunks(own):
         marks = ", ".join("?" for _ in chunk)
         found.tracking_events += _rows(
             conn,
@@ -384,7 +441,7 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     found.evidence = [e for e in entries if e["event"] != ERASURE_EVENT]
     found.erasures = [e for e in entries if e["event"] == ERASURE_EVENT]
     found.verifications = verifications_of(conn, qids)
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         found.legal_holds += _rows(
             conn,
@@ -398,7 +455,93 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     found.web_sessions = kept["web_sessions"]
     found.reception_owners = kept["reception_owners"]
     found.reception_acks = kept["reception_acks"]
+    if match.number is not None:
+        found.sms = sms_holdings(conn, match, own)
     return found
+
+
+_RECEIVED = (
+    "SELECT r.id AS recipient_id, r.qid, m.created, r.status, s.sender_id, s.marketing,"
+    " s.text, s.text_sha256 FROM recipients r JOIN sms_messages s ON s.qid = r.qid"
+    " JOIN messages m ON m.qid = r.qid"
+)
+_SKIPPED = (
+    "SELECT s.qid, m.created, s.sender_id, s.marketing, s.skipped FROM sms_messages s"
+    " JOIN messages m ON m.qid = s.qid"
+)
+
+
+def sms_holdings(
+    conn: sqlite3.Connection, match: Matcher, recipient_ids: list[int]
+) -> dict[str, list[dict[str, Any]]]:
+    """What the SMS tables hold about a phone (``match.number``): ``contacts`` (with the
+    organisation's name and the groups), ``optouts``, ``sent`` (the messages the phone
+    sent, MO), ``received`` (the SMS sent to its recipient rows ``recipient_ids``, with
+    their parts and receipts) and ``skipped`` (the SMS it was left out of, and why)."""
+    match.register(conn)
+    params = match.params()
+    contacts = _rows(
+        conn,
+        "SELECT c.id, c.org, o.name AS org_name, c.number, c.name, c.consent_marketing,"
+        " c.consent_source, c.added, c.added_by FROM contacts c"
+        " LEFT JOIN organisations o ON o.code = c.org WHERE c.number = ? ORDER BY c.org",
+        (match.number,),
+    )
+    for contact in contacts:
+        contact["groups"] = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM contact_groups WHERE contact_id = ? ORDER BY name",
+                (contact.pop("id"),),
+            )
+        ]
+    optouts = _rows(
+        conn, "SELECT * FROM sms_optouts WHERE number = ? ORDER BY org", (match.number,)
+    )
+    sent = _rows(
+        conn,
+        f"SELECT * FROM sms_inbound WHERE {naming(('source',))} ORDER BY id",  # noqa: S608
+        params,
+    )
+    received: list[dict[str, Any]] = []
+    for chunk in chunks(recipient_ids):
+        marks = ", ".join("?" for _ in chunk)
+        received += _rows(
+            conn,
+            _RECEIVED + f" WHERE r.id IN ({marks})",  # noqa: S608
+            chunk,
+        )
+    received.sort(key=lambda r: (r["created"], r["recipient_id"]))
+    for row in received:
+        row["parts"] = _rows(
+            conn,
+            "SELECT id, seq, attempt, state, started, answered, message_id, command_status,"
+            " sentence, receipt_state FROM sms_parts WHERE recipient_id = ? ORDER BY id",
+            (row["recipient_id"],),
+        )
+        for part in row["parts"]:
+            part["receipts"] = _rows(
+                conn,
+                "SELECT received, message_id, state, submit_date, done_date, error, fields"
+                " FROM sms_receipts WHERE part_id = ? ORDER BY id",
+                (part.pop("id"),),
+            )
+    skipped: list[dict[str, Any]] = []
+    for row in _rows(
+        conn,
+        _SKIPPED + f" WHERE {naming(('s.skipped',))} ORDER BY m.created",  # noqa: S608
+        params,
+    ):
+        for entry in json.loads(row.pop("skipped") or "[]"):
+            if _is(match, entry.get("address")):
+                skipped.append({**row, **entry})
+    return {
+        "contacts": contacts,
+        "optouts": optouts,
+        "sent": sent,
+        "received": received,
+        "skipped": skipped,
+    }
 
 
 def _is(match: Matcher, value: object) -> bool:
@@ -430,7 +573,7 @@ def is_sender(message: dict[str, Any]) -> bool:
 def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any]]:
     """The verification records of the documents issued about ``qids``."""
     out: list[dict[str, Any]] = []
-    for chunk in _chunks(qids):
+    for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
         out += _rows(
             conn,
@@ -443,7 +586,7 @@ def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str
 def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> list[int]:
     """The opens and clicks of these recipient rows that still hold who made them."""
     out: list[int] = []
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         out += [
             int(r[0])
@@ -459,7 +602,7 @@ def tracking_to_erase(conn: sqlite3.Connection, recipient_ids: list[int]) -> lis
 def tracked_links(conn: sqlite3.Connection, recipient_ids: list[int]) -> int:
     """How many links of these recipient rows' tracked copies are still stored."""
     count = 0
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         (n,) = conn.execute(
             f"SELECT COUNT(*) FROM tracking_links WHERE recipient_id IN ({marks})",  # noqa: S608
@@ -473,7 +616,7 @@ def forget_tracking(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
     """Inside the caller's transaction: the opens and clicks of these recipient rows keep
     their kind, time and classification, and lose the IP address, the user agent and
     the URL; the links of their copies are removed (a click on one now finds nothing)."""
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(
             f"UPDATE tracking_events SET ip = '', user_agent = '', url = NULL"  # noqa: S608
@@ -492,7 +635,7 @@ def forget_hosted(conn: sqlite3.Connection, recipient_ids: list[int]) -> None:
     the comment and the context (IP address, user agent); the certificate of the
     decision already issued still verifies (its values are in the evidence log, whose
     entries the erasure forgets the same way)."""
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
         conn.execute(
             f"UPDATE hosted_links SET decision_detail = NULL"  # noqa: S608
