@@ -33,9 +33,9 @@ The writes, each one transaction:
 - :meth:`SmsQueue.sms_receipt_timeouts`: ``submitted`` recipients whose last part was
   accepted more than ``[sms] receipt_timeout`` ago are ``delivered`` with the note
   :data:`NO_RECEIPT` (the certificate says so).
-- :meth:`SmsQueue.keep_mo`: a message from a phone (``sms_inbound``), kept as it came
-  when nothing decides on it (``relay.sms.optout.handle_mo`` records the MOs it reads
-  itself, with the opt-out it made).
+- Messages from phones (``sms_inbound``) are recorded by ``relay.sms.optout.handle_mo``
+  with the opt-out each made (:mod:`relay.queue.contacts`); :meth:`SmsQueue.sms_inbound`
+  reads them.
 
 Final states go through :func:`relay.queue.leases.record_outcomes`, as mail's do:
 the ``RelayToNonERDS``/``RelayToNonERDSFailure`` evidence, the credits' settlement and
@@ -61,7 +61,6 @@ from relay.sms.inbound import (
     ESM_INTERMEDIATE,
     ESM_TYPE_MASK,
     DeliveryReceipt,
-    MobileOriginated,
     ReceiptState,
     match_key,
     receipt_matches,
@@ -575,27 +574,6 @@ class SmsQueue(Database):
         """End the submitted recipients with no final receipt within ``timeout``
         seconds of their last accepted part: delivered with :func:`no_receipt_note`."""
         return await self._run(receipt_timeouts, self._conn, now, timeout)
-
-    async def keep_mo(
-        self,
-        mo: MobileOriginated,
-        now: float,
-        org: str | None = None,
-        action: str = "none",
-    ) -> int:
-        """Keep a message a phone sent (``sms_inbound``: raw, its text, for whom it was
-        taken to be and what was done: ``optout`` or ``none``); its row id."""
-
-        def insert() -> int:
-            cursor = self._conn.execute(
-                "INSERT INTO sms_inbound (received, source, destination, text, org, action,"
-                " raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now, mo.source_addr, mo.destination_addr, mo.text, org, action,
-                 mo.raw or mo.short_message),
-            )  # fmt: skip
-            return int(cursor.lastrowid or 0)
-
-        return await self._run(insert)
 
     async def sms_group_numbers(self, org: str, group: str) -> int:
         """How many numbers ``org``'s contacts in ``group`` (lower case) have: what the

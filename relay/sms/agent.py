@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from relay.queue.jobs import DeliveryDone, DeliveryJob, Row
 from relay.queue.sms import BROKEN_ATTEMPT, SmsAttempt, no_receipt_note
 from relay.queue.store import Store
 from relay.sms.inbound import DeliveryReceipt, MobileOriginated
+from relay.sms.optout import handle_mo
 from relay.sms.smpp import EsmeClient, Outcome, SmscSettings, sender_address
 
 log = logging.getLogger("certifica/sms")
@@ -45,17 +44,6 @@ TIMEOUT_PASS_MAX = 60.0
 
 Wake = Callable[[str], None]
 """Tells the queue manager a message may be finished (a datagram to ``run/qmgr.wake``)."""
-
-
-def _mo_handler() -> Any:
-    """``relay.sms.optout.handle_mo(cfg, store, mo, raw)`` when that module exists: it
-    decides whether a message from a phone opts its number out and records it.
-    Without it, the message is only kept (:meth:`relay.queue.sms.SmsQueue.keep_mo`)."""
-    try:
-        module = importlib.import_module("relay.sms.optout")
-    except ImportError:
-        return None
-    return getattr(module, "handle_mo", None)
 
 
 class SmsAgent:
@@ -74,7 +62,6 @@ class SmsAgent:
         self.settings = settings or SmscSettings.from_config(cfg)
         self.wake = wake or (lambda qid: None)
         self.client = EsmeClient(self.settings, self.on_receipt, self.on_mo)
-        self.handle_mo = _mo_handler()
         self.in_flight = 0
         self.submitted = 0  # parts accepted by the SMSC
         self.receipts = 0
@@ -223,19 +210,11 @@ class SmsAgent:
             self.wake(qid)
 
     async def on_mo(self, mo: MobileOriginated) -> None:
-        """Record a message from a phone durably (then the client acknowledges it)."""
-        if self.handle_mo is not None:  # it records the MO itself, with what it decided
-            done = self.handle_mo(self.cfg, self.store, mo, mo.raw)
-            if inspect.isawaitable(done):
-                await done
-        else:
-            await self.store.keep_mo(mo, time.time())
+        """Record a message from a phone durably, and the opt-out it may ask for
+        (:func:`relay.sms.optout.handle_mo`, which logs it); then the client
+        acknowledges it."""
+        await handle_mo(self.cfg, self.store, mo, mo.raw)
         self.mos += 1
-        log.info(
-            "message from %s to %s",
-            printable(mo.source_addr, 32),
-            printable(mo.destination_addr, 32),
-        )
 
     async def _timeouts(self) -> None:
         timeout = self.cfg.sms.receipt_timeout
