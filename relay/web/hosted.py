@@ -55,7 +55,8 @@ from relay.queue.records import NewMessage
 from relay.queue.spool import Spool, SpoolFileMissing
 from relay.queue.states import MessageKind
 from relay.web.pages import LANGUAGE_NAMES, render
-from relay.web.ratelimit import RateLimiter, client_key
+from relay.web.ratelimit import RateLimiter
+from relay.web.ratelimit import limited as rate_limited
 
 __all__ = ["CONTENT_SECURITY_POLICY", "HostedPage", "install"]
 
@@ -213,29 +214,25 @@ class HostedPage:
     # --- shared ---------------------------------------------------------------------
 
     def limited(self, handler: Any) -> Any:
-        async def counted(request: web.Request) -> web.StreamResponse:
-            wait = self.limiter.hit(client_key(self.ip(request)), time.monotonic())
-            if wait is None:
-                try:
-                    return await handler(request)  # type: ignore[no-any-return]
-                except (TimeoutError, OSError) as exc:
-                    log.error("hosted page: records not read (%s)", type(exc).__name__)
-                    return self.message(
-                        request,
-                        503,
-                        N_("Temporarily unavailable"),
-                        N_("Temporarily unavailable, please try again in a minute."),
-                    )
-            response = self.message(
+        return rate_limited(
+            self.limiter, self.ip, handler, self.refusal, log, "hosted page: records not read"
+        )
+
+    def refusal(self, request: web.Request, status: int) -> web.Response:
+        """The page of a request refused: too many (429), or the records out of reach (503)."""
+        if status == 429:
+            return self.message(
                 request,
                 429,
                 N_("Too many requests"),
                 N_("Too many requests from your network address. Please try again in a minute."),
             )
-            response.headers["Retry-After"] = str(wait)
-            return response
-
-        return counted
+        return self.message(
+            request,
+            503,
+            N_("Temporarily unavailable"),
+            N_("Temporarily unavailable, please try again in a minute."),
+        )
 
     def ip(self, request: web.Request) -> str:
         return client_ip(request, self.trusted)

@@ -24,10 +24,15 @@ per request.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
-__all__ = ["MAX_CLIENTS", "RateLimiter", "client_key"]
+from aiohttp import web
+
+__all__ = ["MAX_CLIENTS", "RateLimiter", "client_key", "limited"]
 
 MAX_CLIENTS = 100_000
 """Clients remembered at once; past it the least recently seen is forgotten."""
@@ -81,3 +86,35 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._empty_at)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Refusal = Callable[[web.Request, int], web.StreamResponse]
+
+
+def limited(
+    limiter: RateLimiter,
+    client: Callable[[web.Request], str],
+    handler: Handler,
+    refusal: Refusal,
+    log: logging.Logger,
+    what: str,
+) -> Handler:
+    """``handler`` behind ``limiter`` for a public page's routes: beyond the rate the
+    page ``refusal(request, 429)`` with ``Retry-After``; when the handler cannot reach
+    the queue's records (a timeout, an OS error) one line ``what (the error)`` in the
+    log and ``refusal(request, 503)``, never a traceback."""
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        wait = limiter.hit(client_key(client(request)), time.monotonic())
+        if wait is not None:
+            response = refusal(request, 429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        try:
+            return await handler(request)
+        except (TimeoutError, OSError) as exc:
+            log.error("%s (%s)", what, type(exc).__name__)
+            return refusal(request, 503)
+
+    return counted

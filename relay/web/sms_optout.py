@@ -50,7 +50,8 @@ from relay.config import Config
 from relay.logs import printable
 from relay.web.origin import same_origin
 from relay.web.pages import LANGUAGE_NAMES, render
-from relay.web.ratelimit import RateLimiter, client_key
+from relay.web.ratelimit import RateLimiter
+from relay.web.ratelimit import limited as rate_limited
 
 __all__ = ["PATH", "OptOutPage", "install"]
 
@@ -125,29 +126,17 @@ class OptOutPage:
         app.router.add_post(PATH, self.limited(self.submit))
 
     def limited(self, handler: Any) -> Any:
-        async def counted(request: web.Request) -> web.StreamResponse:
-            wait = self.limiter.hit(client_key(self.ip(request)), time.monotonic())
-            if wait is None:
-                try:
-                    return await handler(request)  # type: ignore[no-any-return]
-                except (TimeoutError, OSError) as exc:
-                    log.error("SMS opt-out page: not recorded (%s)", type(exc).__name__)
-                    return self.page(
-                        request,
-                        503,
-                        error=N_("Temporarily unavailable, please try again in a minute."),
-                    )
-            response = self.page(
-                request,
-                429,
-                error=N_(
-                    "Too many requests from your network address. Please try again in a minute."
-                ),
-            )
-            response.headers["Retry-After"] = str(wait)
-            return response
+        return rate_limited(
+            self.limiter, self.ip, handler, self.refusal, log, "SMS opt-out page: not recorded"
+        )
 
-        return counted
+    def refusal(self, request: web.Request, status: int) -> web.Response:
+        """The page of a request refused: too many (429), or the records out of reach (503)."""
+        if status == 429:
+            error = N_("Too many requests from your network address. Please try again in a minute.")
+        else:
+            error = N_("Temporarily unavailable, please try again in a minute.")
+        return self.page(request, status, error=error)
 
     def ip(self, request: web.Request) -> str:
         return client_ip(request, self.trusted)
