@@ -19,6 +19,7 @@ from certifier.errors import UsageError
 from relay.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from relay.queue.orgs import Organisation
     from relay.queue.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -190,6 +191,14 @@ def open_store(cfg: Config, *, writes: bool = False) -> Store:
     return Store(
         state_dir(cfg, writes=writes) / "queue.db", cfg.queue.lifetime, CreditTerms.of(cfg)
     )
+
+
+def organisation_of(store: Store, code: str) -> Organisation:
+    """The organisation ``code``, or the one-line refusal naming it."""
+    org = store.organisation_now(code)
+    if org is None:
+        raise UserError(f"there is no organisation {code!r}")
+    return org
 
 
 def default_trust_roots(args: argparse.Namespace) -> list[Path]:

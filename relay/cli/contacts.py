@@ -29,14 +29,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
+from relay.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UserError,
+    config_of,
+    open_store,
+    operator_name,
+    organisation_of,
+)
 from relay.config import Config
 from relay.logs import one_line, printable
 from relay.queue.contacts import NewContact
 from relay.statements import spreadsheet_safe
 
 if TYPE_CHECKING:
-    from relay.queue.store import Store
+    pass
 
 CSV_FIELDS = ("number", "name", "groups", "consent", "consent_source", "consent_date")
 """The columns of an import file and of ``contacts list --csv``, in this order."""
@@ -188,11 +196,6 @@ def _rows(reader: Any) -> Iterator[list[str]]:
         start = reader.line_num + 1
 
 
-def _org(store: Store, code: str) -> None:
-    if store.organisation_now(code) is None:
-        raise UserError(f"there is no organisation {code!r}")
-
-
 def cmd_contacts_add(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     if args.consent is None and (args.consent_source or args.consent_date):
@@ -210,7 +213,7 @@ def cmd_contacts_add(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from None
     with open_store(cfg, writes=True) as store:
-        _org(store, args.org)
+        organisation_of(store, args.org)
         taken = store.add_contacts(args.org, [contact], time.time(), f"operator:{operator_name()}")
     if taken:
         raise UserError(
@@ -230,7 +233,7 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         raise UserError(f"{args.file} is not UTF-8 text") from None
     good, bad = read_import(cfg, text)
     with open_store(cfg, writes=True) as store:
-        _org(store, args.org)
+        organisation_of(store, args.org)
         taken = store.add_contacts(args.org, good, time.time(), f"operator:{operator_name()}")
     for row in bad:
         print(f"line {row.line}: left out: {printable(row.why)}", file=sys.stderr)
@@ -254,7 +257,7 @@ def cmd_contacts_list(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UserError(str(err)) from None
     with open_store(config_of(args)) as store:
-        _org(store, args.org)
+        organisation_of(store, args.org)
         contacts = store.contacts_now(args.org, group)
         optouts = store.optouts_now(args.org)
     if args.csv:
@@ -306,7 +309,7 @@ def cmd_contacts_remove(args: argparse.Namespace) -> int:
         raise UserError("give the contact's NUMBER, or --name for a contact without a number")
     if args.name is not None:
         with open_store(config_of(args), writes=True) as store:
-            _org(store, args.org)
+            organisation_of(store, args.org)
             removed = store.remove_numberless_contacts(args.org, args.name)
         if not removed:
             raise UserError(
@@ -318,7 +321,7 @@ def cmd_contacts_remove(args: argparse.Namespace) -> int:
         return EXIT_OK
     number = _number_arg(args)
     with open_store(config_of(args), writes=True) as store:
-        _org(store, args.org)
+        organisation_of(store, args.org)
         if not store.remove_contact(args.org, number):
             raise UserError(f"{number} is not a contact of {args.org}")
     print(f"{args.org}: contact {number} removed (an opt-out, if any, stays)")
@@ -329,7 +332,7 @@ def cmd_contacts_optout(args: argparse.Namespace) -> int:
     number = _number_arg(args)
     actor = f"operator:{operator_name()}"
     with open_store(config_of(args), writes=True) as store:
-        _org(store, args.org)
+        organisation_of(store, args.org)
         if args.contacts_command == "optout":
             done = store.optout_now(args.org, number, time.time(), "operator", {"actor": actor})
             said = "opted out" if done else "was opted out already"

@@ -13,7 +13,15 @@ import sys
 import time
 
 from certifier.errors import UsageError
-from relay.cli.common import EXIT_FAILED, EXIT_OK, UserError, config_of, open_store, operator_name
+from relay.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UserError,
+    config_of,
+    open_store,
+    operator_name,
+    organisation_of,
+)
 from relay.queue.credits import NoSuchOrganisation
 from relay.queue.states import CreditKind
 from relay.statements import statement_csv, statement_text
@@ -73,10 +81,7 @@ def cmd_credits_adjust(args: argparse.Namespace) -> int:
 def cmd_credits_balance(args: argparse.Namespace) -> int:
     with open_store(config_of(args)) as store:
         if args.org:
-            org = store.organisation_now(args.org)
-            if org is None:
-                raise UserError(f"there is no organisation {args.org!r}")
-            shown = [org]
+            shown = [organisation_of(store, args.org)]
         else:
             shown = store.organisations_now()
     for org in shown:
@@ -86,9 +91,7 @@ def cmd_credits_balance(args: argparse.Namespace) -> int:
 
 def cmd_credits_statement(args: argparse.Namespace) -> int:
     with open_store(config_of(args)) as store:
-        org = store.organisation_now(args.org)
-        if org is None:
-            raise UserError(f"there is no organisation {args.org!r}")
+        org = organisation_of(store, args.org)
         try:
             st = store.statement_now(args.org, args.month)
         except UsageError as err:

@@ -7,9 +7,8 @@ import argparse
 import time
 from datetime import UTC, datetime
 
-from relay.cli.common import EXIT_OK, UserError, config_of, open_store
+from relay.cli.common import EXIT_OK, UserError, config_of, open_store, organisation_of
 from relay.config import Config
-from relay.queue.store import Store
 from relay.queue.webhooks import DeliveryState, WebhookEvent
 
 EVENT_NAMES = ", ".join(str(e) for e in WebhookEvent)
@@ -17,12 +16,6 @@ EVENT_NAMES = ", ".join(str(e) for e in WebhookEvent)
 
 def _when(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _org(store: Store, code: str) -> str:
-    if store.organisation_now(code) is None:
-        raise UserError(f"there is no organisation {code!r}")
-    return code
 
 
 def _events(text: str) -> tuple[WebhookEvent, ...]:
@@ -54,7 +47,8 @@ def cmd_webhook_add(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     events = _events(args.events)
     with open_store(cfg) as store:
-        org = _org(store, args.org)  # an unknown organisation first, before any lookup
+        organisation_of(store, args.org)  # an unknown organisation first, before any lookup
+        org = args.org
     check_url(cfg, args.url)
     secret = new_secret()
     with open_store(cfg, writes=True) as store:
@@ -67,7 +61,8 @@ def cmd_webhook_add(args: argparse.Namespace) -> int:
 
 def cmd_webhook_list(args: argparse.Namespace) -> int:
     with open_store(config_of(args)) as store:
-        org = _org(store, args.org)
+        organisation_of(store, args.org)
+        org = args.org
         hooks = store.webhooks_now(org)
     if not hooks:
         print(f"{org} has no webhook")
@@ -78,7 +73,8 @@ def cmd_webhook_list(args: argparse.Namespace) -> int:
 
 def cmd_webhook_remove(args: argparse.Namespace) -> int:
     with open_store(config_of(args), writes=True) as store:
-        org = _org(store, args.org)
+        organisation_of(store, args.org)
+        org = args.org
         removed = store.remove_webhook(org, args.id, time.time())
     if not removed:
         raise UserError(f"{org} has no webhook {args.id} (certifica webhook list {org})")
@@ -90,7 +86,8 @@ def cmd_webhook_log(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
     with open_store(config_of(args)) as store:
-        org = _org(store, args.org)
+        organisation_of(store, args.org)
+        org = args.org
         deliveries = store.webhook_log_now(org, args.limit)
     if not deliveries:
         print(f"nothing was sent to the webhooks of {org}")
