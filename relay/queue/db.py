@@ -81,6 +81,16 @@ def _check_columns(columns: Iterable[str]) -> None:
             raise ValueError(f"not a column name: {column!r}")
 
 
+def query_rows(
+    conn: sqlite3.Connection, sql: str, params: Iterable[Any] | dict[str, Any] = ()
+) -> list[dict[str, Any]]:
+    """The rows ``sql`` selects, as dicts by column name, on ``conn`` (inside the
+    caller's transaction, where ``sqlite_utils``' own ``query`` is not at hand)."""
+    cursor = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 def insert_row(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
     """Insert ``row`` into ``table`` inside the current transaction."""
     # Plain SQL rather than sqlite-utils' insert(), which commits on its own and would

@@ -53,7 +53,7 @@ from typing import Any
 
 from relay.logs import log_failure
 from relay.queue import evidence_log
-from relay.queue.db import Database
+from relay.queue.db import Database, query_rows
 from relay.queue.leases import record_outcomes
 from relay.queue.records import Outcome
 from relay.queue.states import RecipientState
@@ -121,11 +121,6 @@ class SmsAttempt:
     next_attempt: float  # when to try again if deferred (the mail's backoff)
     smsc_host: str | None = None
     smsc_port: int | None = None
-
-
-def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, values, strict=True)) for values in cursor]
 
 
 def _part_count(conn: sqlite3.Connection, qid: str) -> int:
@@ -527,7 +522,7 @@ def receipt_timeouts(conn: sqlite3.Connection, now: float, timeout: float) -> li
 def sms_message_row(conn: sqlite3.Connection, qid: str) -> dict[str, Any] | None:
     """``sms_messages``' row of ``qid`` with ``parts`` and ``skipped`` read from their
     JSON; None when the message has no SMS recipients."""
-    rows = _rows(conn.execute("SELECT * FROM sms_messages WHERE qid = ?", (qid,)))
+    rows = query_rows(conn, "SELECT * FROM sms_messages WHERE qid = ?", (qid,))
     if not rows:
         return None
     row = rows[0]
@@ -592,14 +587,14 @@ class SmsQueue(Database):
     async def sms_inbound(self) -> list[dict[str, Any]]:
         """Every message phones sent, oldest first."""
         return await self._read(
-            lambda: _rows(self._conn.execute("SELECT * FROM sms_inbound ORDER BY id"))
+            lambda: query_rows(self._conn, "SELECT * FROM sms_inbound ORDER BY id")
         )
 
     async def sms_unmatched_receipts(self) -> list[dict[str, Any]]:
         """Receipts no part was found for (yet)."""
         return await self._read(
-            lambda: _rows(
-                self._conn.execute("SELECT * FROM sms_receipts WHERE part_id IS NULL ORDER BY id")
+            lambda: query_rows(
+                self._conn, "SELECT * FROM sms_receipts WHERE part_id IS NULL ORDER BY id"
             )
         )
 
@@ -610,22 +605,20 @@ class SmsQueue(Database):
     async def sms_parts_of(self, qid: str) -> list[dict[str, Any]]:
         """Every ``submit_sm`` of every part of ``qid``, by recipient, part, attempt."""
         return await self._read(
-            lambda: _rows(
-                self._conn.execute(
-                    "SELECT * FROM sms_parts WHERE qid = ? ORDER BY recipient_id, seq, id",
-                    (qid,),
-                )
+            lambda: query_rows(
+                self._conn,
+                "SELECT * FROM sms_parts WHERE qid = ? ORDER BY recipient_id, seq, id",
+                (qid,),
             )
         )
 
     async def sms_receipts_of(self, qid: str) -> list[dict[str, Any]]:
         """The receipts matched to the parts of ``qid``, in the order they came."""
         return await self._read(
-            lambda: _rows(
-                self._conn.execute(
-                    "SELECT s.*, p.recipient_id, p.seq FROM sms_receipts s"
-                    " JOIN sms_parts p ON p.id = s.part_id WHERE p.qid = ? ORDER BY s.id",
-                    (qid,),
-                )
+            lambda: query_rows(
+                self._conn,
+                "SELECT s.*, p.recipient_id, p.seq FROM sms_receipts s"
+                " JOIN sms_parts p ON p.id = s.part_id WHERE p.qid = ? ORDER BY s.id",
+                (qid,),
             )
         )

@@ -60,12 +60,14 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import phonenumbers
+
+from relay.queue.db import query_rows
 
 ERASURE_EVENT = "Erasure"
 """The evidence event an erasure appends (detail: operator, subject commitment, scope;
@@ -327,14 +329,6 @@ class Holdings:
         }
 
 
-def _rows(
-    conn: sqlite3.Connection, sql: str, params: Iterable[Any] | dict[str, Any] = ()
-) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, params if isinstance(params, dict) else tuple(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 def chunks(values: list[Any], size: int = 500) -> Iterator[list[Any]]:
     """``values`` in pieces small enough for an SQL ``IN (...)`` list."""
     for start in range(0, len(values), size):  # SQLite's bound-parameter limit
@@ -394,10 +388,10 @@ def messages_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str, Any
     out: list[dict[str, Any]] = []
     for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
-        out += _rows(conn, f"SELECT * FROM messages WHERE qid IN ({marks})", chunk)  # noqa: S608
+        out += query_rows(conn, f"SELECT * FROM messages WHERE qid IN ({marks})", chunk)  # noqa: S608
     out.sort(key=lambda m: (m["created"], m["qid"]))
     for message in out:
-        message["recipients"] = _rows(
+        message["recipients"] = query_rows(
             conn, "SELECT * FROM recipients WHERE qid = ? ORDER BY id", (message["qid"],)
         )
     return out
@@ -407,7 +401,7 @@ def evidence_about(conn: sqlite3.Connection, match: Matcher) -> list[dict[str, A
     """The evidence entries naming the address (recipient column or detail) or its
     commitment, in log order."""
     match.register(conn)
-    return _rows(
+    return query_rows(
         conn,
         f"SELECT * FROM evidence WHERE {naming(('recipient', 'detail'))} ORDER BY seq",  # noqa: S608
         match.params(),
@@ -426,12 +420,12 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     own = [r["id"] for m in found.messages for r in m["recipients"] if _is(match, r["address"])]
     for chunk in chunks(own):
         marks = ", ".join("?" for _ in chunk)
-        found.tracking_events += _rows(
+        found.tracking_events += query_rows(
             conn,
             f"SELECT * FROM tracking_events WHERE recipient_id IN ({marks}) ORDER BY id",  # noqa: S608
             chunk,
         )
-        found.tracking_links += _rows(
+        found.tracking_links += query_rows(
             conn,
             f"SELECT * FROM tracking_links WHERE recipient_id IN ({marks})"  # noqa: S608
             " ORDER BY recipient_id, link",
@@ -443,7 +437,7 @@ def holdings(conn: sqlite3.Connection, address: str, committed: str) -> Holdings
     found.verifications = verifications_of(conn, qids)
     for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
-        found.legal_holds += _rows(
+        found.legal_holds += query_rows(
             conn,
             f"SELECT * FROM legal_holds WHERE qid IN ({marks})",  # noqa: S608
             chunk,
@@ -480,7 +474,7 @@ def sms_holdings(
     their parts and receipts) and ``skipped`` (the SMS it was left out of, and why)."""
     match.register(conn)
     params = match.params()
-    contacts = _rows(
+    contacts = query_rows(
         conn,
         "SELECT c.id, c.org, o.name AS org_name, c.number, c.name, c.consent_marketing,"
         " c.consent_source, c.added, c.added_by FROM contacts c"
@@ -495,10 +489,10 @@ def sms_holdings(
                 (contact.pop("id"),),
             )
         ]
-    optouts = _rows(
+    optouts = query_rows(
         conn, "SELECT * FROM sms_optouts WHERE number = ? ORDER BY org", (match.number,)
     )
-    sent = _rows(
+    sent = query_rows(
         conn,
         f"SELECT * FROM sms_inbound WHERE {naming(('source',))} ORDER BY id",  # noqa: S608
         params,
@@ -506,28 +500,28 @@ def sms_holdings(
     received: list[dict[str, Any]] = []
     for chunk in chunks(recipient_ids):
         marks = ", ".join("?" for _ in chunk)
-        received += _rows(
+        received += query_rows(
             conn,
             _RECEIVED + f" WHERE r.id IN ({marks})",  # noqa: S608
             chunk,
         )
     received.sort(key=lambda r: (r["created"], r["recipient_id"]))
     for row in received:
-        row["parts"] = _rows(
+        row["parts"] = query_rows(
             conn,
             "SELECT id, seq, attempt, state, started, answered, message_id, command_status,"
             " sentence, receipt_state FROM sms_parts WHERE recipient_id = ? ORDER BY id",
             (row["recipient_id"],),
         )
         for part in row["parts"]:
-            part["receipts"] = _rows(
+            part["receipts"] = query_rows(
                 conn,
                 "SELECT received, message_id, state, submit_date, done_date, error, fields"
                 " FROM sms_receipts WHERE part_id = ? ORDER BY id",
                 (part.pop("id"),),
             )
     skipped: list[dict[str, Any]] = []
-    for row in _rows(
+    for row in query_rows(
         conn,
         _SKIPPED + f" WHERE {naming(('s.skipped',))} ORDER BY m.created",  # noqa: S608
         params,
@@ -575,7 +569,7 @@ def verifications_of(conn: sqlite3.Connection, qids: list[str]) -> list[dict[str
     out: list[dict[str, Any]] = []
     for chunk in chunks(qids):
         marks = ", ".join("?" for _ in chunk)
-        out += _rows(
+        out += query_rows(
             conn,
             f"SELECT * FROM verifications WHERE qid IN ({marks}) ORDER BY issued_at",  # noqa: S608
             chunk,
@@ -659,11 +653,11 @@ def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[st
     proofs of receipt sent to or for it (the rows still naming the address itself)."""
     match.register(conn)
     own = {
-        table: _rows(conn, f"{select} WHERE address = ? ORDER BY created", (match.address,))
+        table: query_rows(conn, f"{select} WHERE address = ? ORDER BY created", (match.address,))
         for table, select in _USER_ROWS.items()
     }
     return {
-        "users": _rows(
+        "users": query_rows(
             conn,
             "SELECT address, created, tracking, language, timezone, org, role, disabled,"
             " totp_secret IS NOT NULL AS second_factor FROM users"
@@ -671,12 +665,12 @@ def accounts(conn: sqlite3.Connection, match: Matcher) -> dict[str, list[dict[st
             (match.address, match.address),
         ),
         **own,
-        "reception_owners": _rows(
+        "reception_owners": query_rows(
             conn,
             "SELECT * FROM reception_owners WHERE owner = ?",
             (match.address,),
         ),
-        "reception_acks": _rows(
+        "reception_acks": query_rows(
             conn,
             "SELECT * FROM reception_acks WHERE owner = ? OR lower(sender) = ? OR sender = ?",
             (match.address, match.address, match.address),
