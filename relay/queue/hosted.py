@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 from relay.queue import evidence_log
-from relay.queue.db import Database
+from relay.queue.db import Database, query_rows
 
 HANDOVER = "ContentHandover"
 """ETSI EN 319 522-2's event: the content reached the recipient (the page showed it, or
@@ -127,7 +127,8 @@ class Hosted(Database):
         """The links of a message, by recipient id (the certificate lists them)."""
 
         def read() -> list[dict[str, Any]]:
-            cursor = self._conn.execute(
+            return query_rows(
+                self._conn,
                 "SELECT h.recipient_id, h.mode, h.state, h.created, h.expires,"
                 " h.handed_over_at, h.expired_at, h.decision, h.decided_at, r.address,"
                 # the first opening's classification (person or machine) and code check
@@ -137,8 +138,6 @@ class Hosted(Database):
                 " WHERE h.qid = ? ORDER BY h.recipient_id",
                 (HANDOVER, qid),
             )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor]
 
         return await self._read(read)
 
@@ -375,15 +374,14 @@ class HostedDecisions(Database):
         """The decisions of ``qid`` whose certificate is owed, with their detail."""
 
         def read() -> list[dict[str, Any]]:
-            cursor = self._conn.execute(
+            return query_rows(
+                self._conn,
                 "SELECT h.recipient_id, h.decision, h.decided_at, h.decision_detail,"
                 " h.decision_cert_id, h.decision_page, r.address FROM hosted_links h"
                 " JOIN recipients r ON r.id = h.recipient_id"
                 " WHERE h.qid = ? AND h.decision_cert_state = 'pending' ORDER BY h.recipient_id",
                 (qid,),
             )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor]
 
         return await self._read(read)
 
